@@ -1,0 +1,97 @@
+"""The vendor-neutral verbs: their columns, which are destructive, and
+which can be read back from the MDM (so that a row whose request was in
+flight when a run died can be checked instead of resent)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .model import JobRow
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    #: each entry is a group of alternatives; one of each group must be non-blank
+    requires: tuple[tuple[str, ...], ...]
+    destructive: bool = False
+    #: a provider can read back whether this action's effect is in place
+    verifiable: bool = False
+    summary: str = ""
+
+
+_DEVICE = ("serial", "device_id")
+
+ACTIONS: dict[str, ActionSpec] = {
+    spec.name: spec
+    for spec in (
+        ActionSpec("tag", (_DEVICE, ("tag",)), verifiable=True, summary="link a tag to a device"),
+        ActionSpec("untag", (_DEVICE, ("tag",)), verifiable=True, summary="unlink a tag from a device"),
+        ActionSpec("tag-user", (("email",), ("tag",)), verifiable=True, summary="link a tag to a user"),
+        ActionSpec("untag-user", (("email",), ("tag",)), verifiable=True, summary="unlink a tag from a user"),
+        ActionSpec("assign-user", (_DEVICE, ("user", "email")), verifiable=True, summary="hand a device to a user"),
+        ActionSpec("move-user", (("email",), ("group",)), verifiable=True, summary="move a user to a group"),
+        ActionSpec("add-to-group", (_DEVICE, ("group",)), verifiable=True, summary="add a device to a group"),
+        ActionSpec("remove-from-group", (_DEVICE, ("group",)), verifiable=True, summary="remove a device from a group"),
+        ActionSpec("install-app", (_DEVICE, ("app",)), summary="install an app on a device"),
+        ActionSpec("remove-app", (_DEVICE, ("app",)), summary="remove an app from a device"),
+        ActionSpec("lock", (_DEVICE,), summary="lock a device's screen"),
+        ActionSpec("unlock", (_DEVICE,), summary="unlock a device"),
+        ActionSpec("wipe", (_DEVICE,), destructive=True, summary="erase a device to factory settings"),
+        ActionSpec("retire", (_DEVICE,), destructive=True, summary="retire a device from management"),
+        ActionSpec("restart", (_DEVICE,), summary="restart a device"),
+        ActionSpec("checkin", (_DEVICE,), summary="force a device to check in"),
+        ActionSpec("inventory", (_DEVICE,), summary="ask a device for its inventory"),
+        ActionSpec("clear-passcode", (_DEVICE,), summary="clear a device's passcode"),
+        ActionSpec("message", (_DEVICE, ("message",)), summary="send a message to a device"),
+        ActionSpec("set-attribute", (_DEVICE, ("attribute",), ("value",)), verifiable=True,
+                   summary="set a device's custom attribute"),
+        ActionSpec("ban", (_DEVICE,), verifiable=True, summary="ban a device"),
+        ActionSpec("unban", (_DEVICE,), verifiable=True, summary="reinstate a banned device"),
+        ActionSpec("delete-device", (_DEVICE,), destructive=True, verifiable=True, summary="delete a device"),
+        ActionSpec("delete-user", (("email", "user_id"),), destructive=True, verifiable=True,
+                   summary="delete a user"),
+    )
+}
+
+_ALIASES = {
+    "force-checkin": "checkin",
+    "check-in": "checkin",
+    "forcecheckin": "checkin",
+    "send-message": "message",
+    "sendmessage": "message",
+    "lock-device": "lock",
+    "wipe-device": "wipe",
+    "clearpasscode": "clear-passcode",
+    "installapp": "install-app",
+    "removeapp": "remove-app",
+    "uninstall-app": "remove-app",
+    "assign": "assign-user",
+    "assignuser": "assign-user",
+    "moveuser": "move-user",
+    "taguser": "tag-user",
+    "untaguser": "untag-user",
+    "deletedevice": "delete-device",
+    "deleteuser": "delete-user",
+    "setattribute": "set-attribute",
+    "addtogroup": "add-to-group",
+    "removefromgroup": "remove-from-group",
+}
+
+_SEP = re.compile(r"[\s_]+")
+
+
+def normalise_action(text: str) -> str:
+    """'Assign User' / 'assign_user' / 'ASSIGN-USER' -> 'assign-user'."""
+    name = _SEP.sub("-", text.strip().casefold()).strip("-")
+    return _ALIASES.get(name, name)
+
+
+def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
+    """The required values the row lacks, as a person would name them."""
+    missing = []
+    for group in spec.requires:
+        if not any(row.get(col) for col in group):
+            missing.append(" or ".join(group))
+    return missing

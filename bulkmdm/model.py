@@ -1,0 +1,92 @@
+"""The values that flow through the pipeline: JobRow -> Step -> Outcome.
+
+Small frozen dataclasses, never DataFrames or dicts of dicts (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    """A row's status in the outcome report (CONTRACT.md)."""
+
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    INVALID = "invalid"
+    PLANNED = "planned"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Statuses a re-run of a report carries over untouched.
+DONE_STATUSES = frozenset({Status.SUCCEEDED, Status.SKIPPED})
+#: Statuses that make the exit code 1.
+BAD_STATUSES = frozenset({Status.FAILED, Status.INVALID, Status.UNKNOWN})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One input row, reduced to what the pipeline needs.
+
+    ``index`` is the 0-based position among the data rows; the spreadsheet
+    line a person sees is ``index + 2`` (header on line 1). ``fields`` holds
+    the canonical columns (``columns.CANONICAL``) with surrounding white space
+    stripped; ``action`` is the normalised verb ('' when none was given).
+    """
+
+    index: int
+    action: str
+    fields: Mapping[str, str]
+
+    def get(self, column: str) -> str:
+        return self.fields.get(column, "")
+
+    @property
+    def line(self) -> int:
+        return self.index + 2
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A row whose look-ups are resolved: ready to send.
+
+    ``params`` are the resolved vendor values the provider needs (ids exactly
+    as the vendor returned them). ``batch_key`` groups steps that one vendor
+    request may carry together (same action, same parameters); ``resolved`` is
+    what the report shows in ``resolved_ids``.
+    """
+
+    row: JobRow
+    action: str
+    target: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    resolved: str = ""
+    batch_key: Hashable = None
+
+    @property
+    def index(self) -> int:
+        return self.row.index
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one row."""
+
+    index: int
+    status: Status
+    detail: str
+    http_status: int | None = None
+    attempts: int = 0
+    resolved: str = ""
+
+    def with_(self, **changes: Any) -> Outcome:
+        from dataclasses import replace
+
+        return replace(self, **changes)

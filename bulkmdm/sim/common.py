@@ -1,0 +1,297 @@
+"""What every simulator shares: fault injection, rate limiting, latency,
+request counting, and a way to run a simulator on loopback (in a background
+thread for tests, or in the foreground for ``bulkmdm sim``).
+
+Fault switches (:class:`Faults`) can be changed while the server runs, from
+Python (``sim.faults.error_rate = 0.2``) or over HTTP: ``POST /_sim/faults``
+with a JSON object of the fields to change. ``GET /_sim/stats`` returns the
+request counters. These ``/_sim`` paths need no credentials and exist only in
+the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Faults:
+    """Switches for misbehaviour. Rates are fractions of requests (0..1)."""
+
+    #: seconds added before every answer
+    latency: float = 0.0
+    #: answer this fraction with ``error_status`` before doing anything
+    error_rate: float = 0.0
+    error_status: int = 503
+    #: close the connection without an answer, before doing anything
+    drop_rate: float = 0.0
+    #: do the work, then close the connection without an answer
+    drop_after_rate: float = 0.0
+    #: do the work, then wait ``slow_seconds`` before answering
+    slow_rate: float = 0.0
+    slow_seconds: float = 5.0
+    #: requests per second allowed (None: no limit); above it: 429
+    rate_limit: float | None = None
+    #: the Retry-After sent with a 429 (seconds); None: computed from the limit
+    retry_after: float | None = None
+    #: apply faults only to requests that change something (not GET)
+    mutating_only: bool = False
+    seed: int | None = None
+
+    def update(self, changes: dict[str, Any]) -> None:
+        names = {f.name for f in fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise KeyError(key)
+            setattr(self, key, value)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    mutating: int = 0
+    throttled: int = 0
+    faults: int = 0
+    by_route: Counter[str] = field(default_factory=Counter)
+    first_at: float | None = None
+    last_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["by_route"] = dict(self.by_route)
+        return out
+
+
+class _Window:
+    """A sliding one-second window: at most ``limit`` requests in any second."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def allow(self, limit: float, now: float) -> tuple[bool, float]:
+        cutoff = now - 1.0
+        times = self.times
+        drop = 0
+        while drop < len(times) and times[drop] <= cutoff:
+            drop += 1
+        if drop:
+            del times[:drop]
+        if len(times) < max(1, int(limit)):
+            times.append(now)
+            return True, 0.0
+        return False, max(0.0, times[0] + 1.0 - now)
+
+
+def fault_middleware(faults: Faults, stats: Stats) -> Any:
+    rng = random.Random(faults.seed)
+    window = _Window()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim"):
+            return await handler(request)
+        now = time.monotonic()
+        stats.requests += 1
+        stats.first_at = stats.first_at or now
+        stats.last_at = now
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
+        stats.by_route[f"{request.method} {route}"] += 1
+        mutating = request.method not in ("GET", "HEAD")
+        if mutating:
+            stats.mutating += 1
+        if faults.rate_limit:
+            ok, wait = window.allow(faults.rate_limit, now)
+            if not ok:
+                stats.throttled += 1
+                retry_after = faults.retry_after if faults.retry_after is not None else max(1, round(wait + 0.5))
+                return web.json_response(
+                    {"message": "Too many requests"}, status=429, headers={"Retry-After": str(int(retry_after))}
+                )
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
+        eligible = mutating or not faults.mutating_only
+        if eligible and faults.error_rate and rng.random() < faults.error_rate:
+            stats.faults += 1
+            return web.json_response({"message": "Service temporarily unavailable"}, status=faults.error_status)
+        if eligible and faults.drop_rate and rng.random() < faults.drop_rate:
+            stats.faults += 1
+            _drop(request)
+            raise asyncio.CancelledError
+        response = await handler(request)
+        if eligible and faults.drop_after_rate and rng.random() < faults.drop_after_rate:
+            stats.faults += 1
+            _drop(request)
+            raise asyncio.CancelledError
+        if eligible and faults.slow_rate and rng.random() < faults.slow_rate:
+            stats.faults += 1
+            await asyncio.sleep(faults.slow_seconds)
+        return response
+
+    return middleware
+
+
+def _drop(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def add_control_routes(app: web.Application, faults: Faults, stats: Stats) -> None:
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(stats.as_dict())
+
+    async def reset_stats(request: web.Request) -> web.Response:
+        fresh = Stats()
+        for f in fields(Stats):
+            setattr(stats, f.name, getattr(fresh, f.name))
+        return web.json_response(stats.as_dict())
+
+    async def get_faults(request: web.Request) -> web.Response:
+        return web.json_response(asdict(faults))
+
+    async def set_faults(request: web.Request) -> web.Response:
+        try:
+            faults.update(await request.json())
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"message": f"bad fault setting: {exc}"}, status=400)
+        return web.json_response(asdict(faults))
+
+    app.router.add_get("/_sim/stats", get_stats)
+    app.router.add_post("/_sim/stats/reset", reset_stats)
+    app.router.add_get("/_sim/faults", get_faults)
+    app.router.add_post("/_sim/faults", set_faults)
+
+
+def instrument(app: web.Application, faults: Faults | None = None) -> web.Application:
+    """Give ``app`` fault switches, counters and the /_sim control routes.
+
+    Call before the app's own routes are frozen (i.e. inside ``make_app``)."""
+    faults = faults or Faults()
+    stats = Stats()
+    app["faults"] = faults
+    app["stats"] = stats
+    app.middlewares.insert(0, fault_middleware(faults, stats))
+    add_control_routes(app, faults, stats)
+    return app
+
+
+class SimServer:
+    """Runs a simulator app on 127.0.0.1 in a background thread.
+
+    >>> with SimServer(make_app()) as sim:
+    ...     sim.url, sim.app["faults"], sim.app["stats"]
+    """
+
+    def __init__(self, app: web.Application, *, port: int = 0) -> None:
+        self.app = app
+        self.port = port
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def faults(self) -> Faults:
+        return self.app["faults"]  # type: ignore[no-any-return]
+
+    @property
+    def stats(self) -> Stats:
+        return self.app["stats"]  # type: ignore[no-any-return]
+
+    def __enter__(self) -> SimServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bulkmdm-sim", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        if not self.url:
+            raise RuntimeError("simulator did not start within 30 s")
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._start())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+        loop.close()
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the server's loop thread (to read or change state safely)."""
+        assert self._loop is not None
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def wrapper() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:
+                box["error"] = exc
+            done.set()
+
+        self._loop.call_soon_threadsafe(wrapper)
+        done.wait(30)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def serve_forever(app: web.Application, *, port: int, announce: Callable[[str], None] = print) -> None:
+    """Run a simulator in the foreground until Ctrl-C (``bulkmdm sim``)."""
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        announce(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
