@@ -9,6 +9,7 @@ usable answer came. Nothing here knows about rows or files.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json as jsonlib
 import logging
 import ssl
@@ -61,7 +62,8 @@ class Auth:
 
 class BasicAuth(Auth):
     def __init__(self, username: str, password: str) -> None:
-        self._header = aiohttp.BasicAuth(username, password).encode()
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._header = f"Basic {token}"
 
     def headers(self) -> Mapping[str, str]:
         return {"Authorization": self._header}
@@ -124,6 +126,12 @@ class Client:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"Accept": "application/json", "User-Agent": "bulkmdm"},
             )
+            # aiohttp quietly resends an idempotent request once when a kept-alive
+            # connection drops; every attempt must go through our loop instead, so
+            # that it takes a rate slot and is counted (aiohttp's own test client
+            # turns this off the same way).
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def aclose(self) -> None:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 PROVIDERS: dict[str, str] = {
     "duostation": "bulkmdm.providers.duostation:DuoStation",
     "ivanti": "bulkmdm.providers.ivanti:Ivanti",
+    "manageengine": "bulkmdm.providers.manageengine:ManageEngine",
+    "banyan": "bulkmdm.providers.banyan:Banyan",
 }
 
 _loaded_entry_points = False

@@ -181,9 +181,9 @@ class Index:
             raise LookupFailed(f"the {label} is blank")
         found = self._by.get(norm, ())
         if not found:
-            raise LookupFailed(f"{label} {value!r} was not found")
+            raise LookupFailed(f"{label} '{value}' was not found")
         if len(found) > 1:
-            raise LookupFailed(f"{label} {value!r} matches {len(found)} {self.what}s; make it unique")
+            raise LookupFailed(f"{label} '{value}' matches {len(found)} {self.what}s; make it unique")
         return found[0]
 
     def __len__(self) -> int:

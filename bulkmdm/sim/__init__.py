@@ -10,4 +10,14 @@ from __future__ import annotations
 SIMULATORS: dict[str, str] = {
     "duostation": "bulkmdm.sim.duostation:make_app",
     "ivanti": "bulkmdm.sim.ivanti:make_app",
+    "manageengine": "bulkmdm.sim.manageengine:make_app",
+    "banyan": "bulkmdm.sim.banyan:make_app",
 }
+
+
+def load(name: str):  # type: ignore[no-untyped-def]
+    """The ``make_app`` of the simulator registered under ``name``."""
+    import importlib
+
+    module_name, _, attr = SIMULATORS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)

@@ -15,6 +15,7 @@ import asyncio
 import random
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -179,8 +180,11 @@ def instrument(app: web.Application, faults: Faults | None = None) -> web.Applic
     Call before the app's own routes are frozen (i.e. inside ``make_app``)."""
     faults = faults or Faults()
     stats = Stats()
-    app["faults"] = faults
-    app["stats"] = stats
+    with warnings.catch_warnings():
+        # plain string keys are this module's documented API (app["faults"])
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["faults"] = faults
+        app["stats"] = stats
     app.middlewares.insert(0, fault_middleware(faults, stats))
     add_control_routes(app, faults, stats)
     return app

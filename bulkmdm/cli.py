@@ -1,0 +1,344 @@
+"""The command line: the only module that imports click and rich.
+
+Heavy modules (pandas, aiohttp, the engine) are imported inside the commands
+so that ``bulkmdm --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import __version__
+from .errors import BulkMDMError
+
+if TYPE_CHECKING:
+    from .engine import RunResult
+    from .model import Outcome
+
+PROVIDER_NAMES = ("duostation", "manageengine", "ivanti", "banyan")
+
+
+class _Group(click.Group):
+    """Turns every BulkMDMError into one sentence and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BulkMDMError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bulkmdm")
+def main() -> None:
+    """Run a spreadsheet of device-management actions against your MDM.
+
+    \b
+    Start with:   bulkmdm demo
+    Then:         bulkmdm run JOB.csv --provider duostation --url https://mdm.example.com
+    """
+
+
+# -- run ---------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--provider", "-p", required=True, metavar="NAME",
+              help="The MDM: duostation, manageengine, ivanti or banyan.")
+@click.option("--url", "-u", required=True, metavar="URL", help="The MDM's base address (https://...).")
+@click.option("--action", "-a", metavar="ACTION", help="Do this action on every row (else each row's action column).")
+@click.option("--report", "-o", type=click.Path(path_type=Path), metavar="OUT",
+              help="Where the outcome report goes (.csv or .xlsx). Default: JOB's name + .outcome.")
+@click.option("--dry-run", is_flag=True, help="Check every row and look-up; send nothing that changes anything.")
+@click.option("--yes", "-y", is_flag=True, help="Confirm destructive actions (wipe, retire, delete-device, delete-user).")
+@click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
+@click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min ('none': no limit).")
+@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S",
+              help="Seconds one request may take before the attempt counts as failed.")
+@click.option("--fresh", is_flag=True, help="Ignore what an earlier run of the same job recorded; start over.")
+@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Where the journal lives (default: your user state folder, or BULKMDM_STATE_DIR).")
+@click.option("--max-destructive", type=int, metavar="N", help="Refuse a job that would wipe/retire/delete more than N.")
+@click.option("--batch-size", type=int, metavar="N", help="Most devices in one bulk request (Ivanti).")
+@click.option("--resend-unknown", is_flag=True,
+              help="On resume, resend rows whose request was in flight when the run died (may do them twice).")
+@click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
+def run(job: Path, provider: str, url: str, action: str | None, report: Path | None, dry_run: bool, yes: bool,
+        concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
+        state_dir: Path | None, max_destructive: int | None, batch_size: int | None, resend_unknown: bool,
+        verbose: bool) -> None:
+    """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
+
+    Credentials come from the environment: BULKMDM_USERNAME and BULKMDM_PASSWORD
+    (duostation, ivanti), BULKMDM_API_KEY or BULKMDM_CLIENT_ID/SECRET/REFRESH_TOKEN
+    (manageengine), BULKMDM_TOKEN (banyan).
+
+    Running a report as the job re-runs only its failed, invalid and unknown
+    rows. Running the same command after a crash or Ctrl-C continues where it
+    stopped.
+    """
+    from .engine import RunOptions, run_job
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    options = RunOptions(
+        job=job, provider=provider.casefold(), url=url, action=action, report=report, dry_run=dry_run, yes=yes,
+        concurrency=concurrency, rate=rate, partition=partition, timeout=timeout, fresh=fresh, state_dir=state_dir,
+        max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+    )
+    events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
+    result = run_job(options, events)
+    _summary(result, options, dry_run)
+    sys.exit(result.exit_code)
+
+
+def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
+    counts = result.counts
+    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not run"]
+    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+    rate = ""
+    if result.elapsed > 0 and not dry_run:
+        rate = f" in {result.elapsed:.1f} s"
+    click.echo(f"{result.rows} rows: " + ", ".join(parts) + rate + ".", err=True)
+    if dry_run and result.planned_requests is not None:
+        click.echo(f"The real run will send {result.planned_requests} request(s) that change something "
+                   f"(this dry run made {result.requests} read-only request(s)).", err=True)
+    click.echo(f"Report: {result.report_path}", err=True)
+    rerun = _command(result.report_path, options)
+    if result.exit_code == 130:
+        click.echo("Interrupted. To continue where it stopped, run the same command again:", err=True)
+        click.echo("  " + _command(options.job, options), err=True)
+    elif any(counts.get(k) for k in ("failed", "invalid", "unknown")) and not dry_run:
+        click.echo("Fix what the report's detail column says, then re-run only those rows with:", err=True)
+        click.echo("  " + rerun, err=True)
+
+
+def _command(job: Path, options: Any) -> str:
+    words = ["bulkmdm", "run", str(job), "--provider", options.provider, "--url", options.url]
+    if options.partition:
+        words += ["--partition", options.partition]
+    if options.action:
+        words += ["--action", options.action]
+    if options.rate:
+        words += ["--rate", options.rate]
+    if options.state_dir:
+        words += ["--state-dir", str(options.state_dir)]
+    return shlex.join(words)
+
+
+class PlainEvents:
+    """Progress as plain lines, for logs and pipes: one every few seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self.total = 0
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def message(self, text: str) -> None:
+        click.echo(text, err=True)
+
+    def start(self, total: int, done: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def advance(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.counts[str(o.status)] += 1
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            click.echo(self._line(now), err=True)
+
+    def _line(self, now: float) -> str:
+        done = sum(self.counts.values())
+        elapsed = max(now - self.started, 1e-6)
+        speed = done / elapsed
+        eta = (self.total - done) / speed if speed > 0 else 0
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        return f"{done}/{self.total} rows ({parts}); {speed:.0f} rows/s, about {eta:.0f} s left"
+
+    def finish(self) -> None:
+        pass
+
+    def can_ask(self) -> bool:
+        return False
+
+    def confirm(self, prompt: str, expected: str) -> bool:
+        return False
+
+
+class TerminalEvents(PlainEvents):
+    """A rich progress bar with counts and ETA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: Any = None
+        self.task: Any = None
+
+    def start(self, total: int, done: int) -> None:
+        super().start(total, done)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.console import Console
+
+        self.progress = Progress(
+            TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[green]{task.fields[ok]} ok[/] [dim]{task.fields[skip]} skipped[/] "
+                       "[red]{task.fields[bad]} failed[/]"),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("rows", total=total, ok=0, skip=0, bad=0)
+
+    def advance(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.counts[str(o.status)] += 1
+        if self.progress is not None:
+            c = self.counts
+            self.progress.update(self.task, advance=len(outcomes), ok=c["succeeded"] + c["planned"],
+                                 skip=c["skipped"], bad=c["failed"] + c["invalid"] + c["unknown"])
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            click.echo(text, err=True)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def can_ask(self) -> bool:
+        return sys.stdin.isatty()
+
+    def confirm(self, prompt: str, expected: str) -> bool:
+        self.finish()
+        try:
+            answer = click.prompt(prompt, default="", show_default=False, err=True)
+        except (click.Abort, EOFError):
+            return False
+        return answer.strip() == expected
+
+
+# -- journal commands --------------------------------------------------------
+
+
+@main.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many runs to list, newest first.")
+def runs(state_dir: Path | None, limit: int) -> None:
+    """List earlier runs with their row counts (newest first)."""
+    from .engine import state_dir as resolve
+    from .journal import Journal
+
+    with Journal(resolve(state_dir, os.environ)) as journal:
+        listed = journal.runs(limit)
+        if not listed:
+            click.echo("No runs yet.")
+            return
+        for info, counts in listed:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+            state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
+            parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            click.echo(f"{info.id:>4}  {when}  {info.provider:<11} {state:<10} {Path(info.job_path).name}: {parts}")
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write here instead of the run's report path.")
+@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+def report(run_id: int, out: Path | None, state_dir: Path | None) -> None:
+    """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs)."""
+    from .engine import rebuild_report
+
+    result = rebuild_report(run_id, out=out, state=state_dir)
+    click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+
+
+@main.command()
+def actions() -> None:
+    """List the actions, their columns, and which MDM can do each."""
+    from . import providers
+    from .actions import ACTIONS
+
+    supported = {}
+    for name in providers.names():
+        try:
+            supported[name] = providers.get(name).actions
+        except ImportError:
+            continue
+    for spec in ACTIONS.values():
+        cols = ", ".join(" or ".join(g) for g in spec.requires)
+        who = ", ".join(n for n, acts in supported.items() if spec.name in acts) or "-"
+        flag = " (destructive)" if spec.destructive else ""
+        click.echo(f"{spec.name:<18} {cols:<34} {who}{flag}")
+
+
+# -- simulators and demo ----------------------------------------------------
+
+
+@main.command()
+@click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"],
+                                              case_sensitive=False))
+@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--devices", type=int, default=3000, show_default=True, help="How many devices to seed.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the fake fleet.")
+@click.option("--username", default="admin", show_default=True, help="Basic-auth user name it accepts.")
+@click.option("--password", default="admin", show_default=True, help="Basic-auth password it accepts.")
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every answer.")
+@click.option("--rate-limit", type=float, help="Requests per second allowed; above it: 429 with Retry-After.")
+@click.option("--error-rate", type=float, default=0.0, help="Fraction of requests answered 503.")
+@click.option("--drop-rate", type=float, default=0.0, help="Fraction of connections dropped before the work.")
+@click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
+@click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
+@click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
+        rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
+        slow_seconds: float) -> None:
+    """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
+    from .sim import load
+    from .sim.common import Faults, serve_forever
+
+    faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
+                    drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
+    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
+
+    def announce(url: str) -> None:
+        click.echo(f"{provider} simulator on {url} (user {username!r}); Ctrl-C stops it.", err=True)
+        click.echo(url)
+        sys.stdout.flush()
+
+    serve_forever(app, port=port, announce=announce)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bulkmdm-demo"), show_default=True,
+              help="Folder for the demo's job files and reports.")
+def demo(out: Path) -> None:
+    """Start the built-in simulators and run the example jobs against them."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(out, echo=lambda text: click.echo(text)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,796 @@
+"""Ivanti Neurons for MDM (vendor doc: ivanti-neurons-for-mdm-device-api.txt).
+
+Requests go to ``<tenant>/api/v1/...`` with HTTP Basic auth; every answer is
+the envelope ``{"errors": ..., "result": ...}``, and a 2xx whose ``errors``
+is set is a refusal. The device actions take *lists* of device ids, so rows
+that share an action (and its parameters) go out together, up to
+``max_batch`` ids per request:
+
+=============  ===================================================  =========================
+action         request                                              body
+=============  ===================================================  =========================
+lock           ``PUT device/lock``                                  form: ``ids`` (repeated)
+unlock         ``PUT device/unlock``                                form: ``ids``
+wipe           ``PUT device/wipe``                                  form: ``ids`` + options
+retire         ``PUT device/retire``                                form: ``ids``
+restart        ``PUT device/restart``                               form: ``ids``
+checkin        ``PUT device/forceCheckin``                          form: ``ids``
+message        ``PUT device/message``                               form: ``deviceIds`` (a,b,c)
+assign-user    ``PUT device/updateAccount``                         form: ``accountId``, ``deviceIds``
+set-attribute  ``PATCH device/{id}/customattributes`` (per device)  JSON: attrs, forceOverwrite
+delete-device  ``DELETE device?deviceIds={id}`` (per device)        -
+=============  ===================================================  =========================
+
+lock, wipe, retire and checkin have a documented ``GET device/<action>?
+checkViability=true&ids=...`` that lists the devices which are *not*
+eligible, with their ``actionExceptionCodes``. A batch is checked first and
+only eligible devices are sent; the rest fail with the vendor's reason. The
+same check answers ``--dry-run``. ``updateAccount`` answers with the rejected
+devices itself; the other actions answer with a count only.
+
+Look-ups come from one device search per run (``GET device?dmPartitionId=
+&rows=500&start=``, continued with ``searchAfterValues`` when the server
+offers them). Per the contract, a user's account id is the ``ownerId`` of a
+device found by ``fq=EMAILADDRESS EQ <email>`` (or ``UID EQ <uid>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from multidict import MultiDict
+
+from ..errors import AuthError, ConfigError, TransportError
+from ..model import JobRow, Outcome, Status, Step
+from ..transport import Auth, BasicAuth, Client, Verify
+from .base import (
+    Index,
+    LookupFailed,
+    Provider,
+    Settings,
+    as_list,
+    env_required,
+    explain_status,
+    failed,
+    get_field,
+    outcome_from_error,
+    planned,
+    skipped,
+)
+
+#: The doc: "Do not send a value larger than 500 with the rows parameter
+#: because the APIs do not permit a value of greater than 500."
+PAGE_ROWS = 500
+#: A fleet of 5 million devices; past this a paging loop is a server bug.
+MAX_PAGES = 10_000
+
+WIPE_STATES = frozenset({"WIPE_PENDING", "WIPE_SENT", "WIPED"})
+RETIRE_STATES = frozenset({"RETIRE_PENDING", "RETIRE_SENT", "RETIRED"})
+#: "Device should not be in the "ACTIVE" or "WIPE_PENDING" state when you run
+#: the call against it." (Delete Device)
+UNDELETABLE_STATES = frozenset({"ACTIVE", "WIPE_PENDING"})
+
+#: Statuses where a batch may have failed because of one of its devices
+#: (an id deleted since the look-up, a device in the wrong state): halve it.
+#: 403, 405, 415 and 5xx are the same for every device, so splitting cannot help.
+SPLIT_STATUSES = frozenset({400, 404, 409, 422})
+
+_CODE_TEXT = {
+    "PLATFORM_NOT_SUPPORTED": "the device's platform does not support this action",
+    "DEVICE_NOT_SUPERVISED": "the device is not supervised",
+    "DEVICE_RETIRED": "the device is retired",
+    "DEVICE_WIPED": "the device has been wiped",
+    "DEVICE_NOT_ACTIVE": "the device is not active",
+    "WIPE_ALREADY_PENDING": "a wipe is already pending",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    """How one action goes out as a list of device ids."""
+
+    segment: str
+    verb: str
+    done: str
+    #: the form field holding the ids, and whether they are comma-joined
+    id_field: str = "ids"
+    joined: bool = False
+    #: the doc gives ``GET device/<segment>?checkViability=true``
+    viability: bool = False
+    #: registrationStates that show the change in place (read back after a lost answer)
+    states: frozenset[str] = frozenset()
+
+
+BULK: dict[str, _Bulk] = {
+    "lock": _Bulk("lock", "lock", "Lock command sent to {target}.", viability=True),
+    "unlock": _Bulk("unlock", "unlock", "Unlock command sent to {target}."),
+    "wipe": _Bulk("wipe", "wipe", "Wipe command sent to {target}.", viability=True, states=WIPE_STATES),
+    "retire": _Bulk("retire", "retire", "Retire command sent to {target}.", viability=True, states=RETIRE_STATES),
+    "restart": _Bulk("restart", "restart", "Restart command sent to {target}."),
+    "checkin": _Bulk("forceCheckin", "force a check-in of", "Check-in request sent to {target}.", viability=True),
+    # "The IDs of the devices ..., separated by url-encoded commas."
+    "message": _Bulk("message", "send a message to", "Message sent to {target}.", id_field="deviceIds",
+                     joined=True),
+    # The doc shows a single id; deviceIds is comma-joined like the message
+    # call's field of the same name.
+    "assign-user": _Bulk("updateAccount", "reassign", "Reassignment of {target} to {who} initiated "
+                         "(Ivanti finishes it when the device answers).", id_field="deviceIds", joined=True),
+}
+PER_DEVICE = frozenset({"set-attribute", "delete-device"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One request's answer, with the envelope unwrapped."""
+
+    ok: bool
+    result: Any = None
+    status: int | None = None
+    attempts: int = 0
+    #: the envelope's errors, as text ("" when none)
+    errors: str = ""
+    body: Any = None
+    #: no usable answer came (timeout, dropped connection, ambiguous)
+    error: TransportError | None = None
+    verified: bool = False
+
+    @property
+    def splittable(self) -> bool:
+        if self.error is not None or self.status is None:
+            return False
+        return self.status in SPLIT_STATUSES or (200 <= self.status < 300 and bool(self.errors))
+
+
+class _ReadFailed(Exception):
+    def __init__(self, detail: str, reply: _Reply) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reply = reply
+
+
+class _Fleet:
+    """The device space's devices, indexed once per run."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        self.count = len(devices)
+        self.by_serial = Index("device", devices, lambda d: get_field(d, "serialNumber"))
+        self.by_serial_folded = Index("device", devices, lambda d: get_field(d, "serialNumber"), fold=True)
+        # A device_id column may hold the integer id or the GUID.
+        self.by_ref = Index("device", devices, lambda d: [get_field(d, "id"), get_field(d, "guid")], fold=True)
+
+
+class Ivanti(Provider):
+    name = "ivanti"
+    actions = frozenset(BULK) | PER_DEVICE
+    # The doc states no request rate. One bulk request carries up to 100
+    # devices, so 10 requests/s already acts on 1,000 devices/s; per-device
+    # calls (custom attributes, delete) do 3,000 rows in five minutes. Four in
+    # flight keeps a shared multi-tenant cloud comfortable; the adaptive
+    # controller backs off on 429.
+    default_rate = 10.0
+    default_concurrency = 4
+    # The doc gives no limit for the id lists of the action calls, only 500
+    # for ``rows``. 100 ids keep the checkViability GET (ids in the query
+    # string) near 1.5 KB, far below the 8 KB many proxies allow; keep the
+    # ineligible-device list well inside one 500-row page; and cap what one
+    # lost answer leaves unknown to 100 rows. 500 rows are 5 requests.
+    max_batch = 100
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        super().__init__(client, settings)
+        partition = (settings.partition or settings.env.get("BULKMDM_PARTITION_ID") or "").strip()
+        if not partition:
+            raise ConfigError("ivanti needs the device space id: pass --partition or set BULKMDM_PARTITION_ID.")
+        self.partition = partition
+        self._fleet: _Fleet | None = None
+        self._owners: dict[str, Any] = {}
+        self._seen: dict[Hashable, tuple[int, str]] = {}
+
+    @classmethod
+    def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
+        user, password = env_required(env, "BULKMDM_USERNAME", "BULKMDM_PASSWORD", provider="ivanti")
+        return BasicAuth(user, password)
+
+    @classmethod
+    def api_base(cls, url: str) -> str:
+        return url.rstrip("/") + "/api/v1"
+
+    # -- talking to the API -------------------------------------------------
+    async def _call(self, method: str, path: str, **kwargs: Any) -> _Reply:
+        try:
+            resp = await self.client.request(method, path, **kwargs)
+        except AuthError:
+            raise
+        except TransportError as exc:
+            return _Reply(False, status=exc.status, attempts=exc.attempts, error=exc)
+        body = resp.body
+        result, errors = body, ""
+        if isinstance(body, Mapping) and ("errors" in body or "result" in body):
+            # "Ivanti answers 200 with errors in the body": the envelope decides.
+            errors = _errors_text(body.get("errors"))
+            result = body.get("result")
+        return _Reply(resp.ok and not errors, result, resp.status, resp.attempts, errors, body,
+                      verified=resp.verified)
+
+    async def _read(self, params: Mapping[str, Any], what: str) -> Any:
+        reply = await self._call("GET", "device", params=params)
+        if not reply.ok:
+            raise _ReadFailed(f"Could not read {what}: {_reply_reason(reply)}", reply)
+        return reply.result
+
+    async def _fetch_fleet(self) -> _Fleet:
+        """Every device of the device space, 500 a page. Pages go by
+        ``start`` until the server hands out ``searchAfterValues`` ("useful in
+        searches in environments with ten-thousand or more devices"), then by
+        those: the doc names the parameter but not its format, so the values
+        are sent back exactly as the previous page gave them, comma-joined."""
+        devices: list[Any] = []
+        seen: set[str] = set()
+        start, after = 0, ""
+        what = f"the device list of device space {self.partition}"
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
+            if after:
+                params["searchAfterValues"] = after
+            else:
+                params["start"] = start
+            result = await self._read(params, what)
+            page = as_list(result, "searchResults")
+            new = 0
+            for device in page:
+                key = _key(get_field(device, "id"))
+                if key and key not in seen:
+                    seen.add(key)
+                    devices.append(device)
+                    new += 1
+            total = _int(get_field(result, "totalCount"))
+            if not page or not new or (total is not None and len(devices) >= total):
+                break
+            values = get_field(result, "searchAfterValues")
+            if isinstance(values, list) and values:
+                after = ",".join(str(v) for v in values)
+            elif isinstance(values, (str, int)) and str(values):
+                after = str(values)
+            elif after:
+                break  # the server stopped offering a continuation: that was the last page
+            else:
+                start += len(page)
+        return _Fleet(devices)
+
+    async def _find_owner(self, who: str) -> None:
+        """Look up a user's account id once per run (see :meth:`_owner`)."""
+        key = who.strip().casefold()
+        if key not in self._owners:
+            try:
+                self._owners[key] = await self._search_owner(who.strip())
+            except (LookupFailed, _ReadFailed) as exc:
+                self._owners[key] = exc
+
+    async def _owner(self, who: str) -> Any:
+        """The account id of a user: the ``ownerId`` of a device found by
+        "List Devices by UID or Email Address" (CONTRACT.md)."""
+        await self._find_owner(who)
+        found = self._owners[who.strip().casefold()]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    async def _search_owner(self, who: str) -> Any:
+        searches = [("EMAILADDRESS", "emailAddress")] if "@" in who else []
+        searches.append(("UID", "uid"))  # uid is often the email address too
+        for field, attr in searches:
+            # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
+            result = await self._read(
+                {"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"}, f"the devices of {who}"
+            )
+            owners: dict[str, Any] = {}
+            for device in as_list(result, "searchResults"):
+                # The doc's example answer has " [email protected]" with a
+                # leading space: compare trimmed, case-insensitively.
+                if _key(get_field(device, attr)).casefold() == who.casefold():
+                    owner = get_field(device, "ownerId")
+                    if _key(owner):
+                        owners[_key(owner)] = owner
+            if len(owners) == 1:
+                return next(iter(owners.values()))
+            if len(owners) > 1:
+                raise LookupFailed(f"user {who} owns devices under {len(owners)} accounts "
+                                   f"({', '.join(sorted(owners))}); give the account name instead")
+        raise LookupFailed(
+            f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
+            "(Ivanti's device API finds a user only through a device they own)"
+        )
+
+    # -- planning -----------------------------------------------------------
+    async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
+        try:
+            if self._fleet is None:
+                self._fleet = await self._fetch_fleet()
+        except _ReadFailed as exc:
+            return [failed(row, exc.detail + " Run the job again.", http_status=exc.reply.status,
+                           attempts=exc.reply.attempts) for row in rows]
+        users = {who.casefold(): who for row in rows if row.action == "assign-user"
+                 and (who := (row.get("user") or row.get("email")).strip())}
+        await asyncio.gather(*(self._find_owner(who) for who in users.values()))
+        out: list[Step | Outcome] = []
+        for row in rows:
+            try:
+                out.append(await self._plan_row(row, self._fleet))
+            except LookupFailed as exc:
+                out.append(failed(row, _sentence(str(exc))))
+            except _ReadFailed as exc:
+                out.append(failed(row, exc.detail, http_status=exc.reply.status, attempts=exc.reply.attempts))
+        return out
+
+    def _device(self, row: JobRow, fleet: _Fleet) -> Any:
+        ref, serial = row.get("device_id"), row.get("serial")
+        if ref:
+            device = fleet.by_ref.one(ref, "device id")
+            actual = _key(get_field(device, "serialNumber"))
+            if serial and actual.casefold() != serial.casefold():
+                raise LookupFailed(f"device id {ref} has serial {actual or '(none)'}, not {serial}; "
+                                   "correct one of the two columns")
+            return device
+        if not serial:
+            raise LookupFailed("the serial is blank")
+        found = fleet.by_serial.find(serial) or fleet.by_serial_folded.find(serial)
+        if not found:
+            raise LookupFailed(f"serial {serial} was not found among the {fleet.count} devices of device space "
+                               f"{self.partition}")
+        if len(found) > 1:
+            which = ", ".join(f"id {get_field(d, 'id')} {get_field(d, 'registrationState') or ''}".strip()
+                              for d in found[:5])
+            raise LookupFailed(f"serial {serial} matches {len(found)} devices ({which}); "
+                               "give the device_id column instead")
+        return found[0]
+
+    def _once(self, key: Hashable, row: JobRow, value: str = "") -> tuple[int, str] | None:
+        """The earlier row asking for the same thing, if any."""
+        earlier = self._seen.get(key)
+        if earlier is None or earlier[0] == row.line:
+            self._seen[key] = (row.line, value)
+            return None
+        return earlier
+
+    async def _plan_row(self, row: JobRow, fleet: _Fleet) -> Step | Outcome:
+        action = row.action
+        if action not in self.actions:
+            return failed(row, f"ivanti cannot {action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
+        device = self._device(row, fleet)
+        dev_id = get_field(device, "id")
+        serial = _key(get_field(device, "serialNumber"))
+        state = _key(get_field(device, "registrationState")).upper()
+        target = f"device {serial or dev_id}"
+        resolved = f"device_id={dev_id}"
+        params: dict[str, Any] = {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial}
+
+        if action == "assign-user":
+            who = (row.get("user") or row.get("email")).strip()
+            account = await self._owner(who)
+            resolved += f"; account_id={account}"
+            earlier = self._once(("assign-user", _key(dev_id)), row, _key(account))
+            if earlier:
+                if earlier[1] == _key(account):
+                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+                return failed(row, f"{_cap(target)} is also assigned on line {earlier[0]}; "
+                                   "give each device one user per job.", resolved)
+            if _key(get_field(device, "ownerId")) == _key(account):
+                return skipped(row, f"{_cap(target)} already belongs to {who}; nothing sent.", resolved)
+            return Step(row, action, target, {**params, "account": account, "who": who}, resolved,
+                        ("assign-user", _key(account)))
+
+        if action == "set-attribute":
+            name, value = row.get("attribute"), row.get("value")
+            earlier = self._once(("set-attribute", _key(dev_id), name), row, value)
+            if earlier:
+                if earlier[1] == value:
+                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+                return failed(row, f"Line {earlier[0]} sets {name!r} of {target} to {earlier[1]!r}; "
+                                   "give each attribute one value per job.", resolved)
+            # The device search carries "customAttributes": {"attrs": {...}},
+            # or null for a device without any: no extra request to skip rows
+            # already done.
+            current = _attrs(get_field(device, "customAttributes"))
+            if current.get(name) == [value]:
+                return skipped(row, f"{_cap(target)} already has {name} = {value!r}; nothing sent.", resolved)
+            return Step(row, action, target, {**params, "name": name, "value": value}, resolved,
+                        (action, row.index))
+
+        if action == "delete-device":
+            email = row.get("email")
+            owner_email = _key(get_field(device, "emailAddress"))
+            if email and owner_email.casefold() != email.casefold():
+                return failed(row, f"{_cap(target)} belongs to {owner_email or 'nobody'}, not {email}; "
+                                   "nothing sent.", resolved)
+            if state in UNDELETABLE_STATES:
+                return failed(row, f"{_cap(target)} is {state}; Ivanti deletes only retired devices. "
+                                   "Retire it first, then run the report again.", resolved)
+            earlier = self._once((action, _key(dev_id)), row)
+            if earlier:
+                return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+            return Step(row, action, target, params, resolved, (action, row.index))
+
+        # the bulk commands
+        if action in ("unlock", "restart", "message") and state and state != "ACTIVE":
+            # No viability check is documented for these, and their answer is
+            # a bare count: refuse here what the MDM would silently drop.
+            return failed(row, f"{_cap(target)} is {state}; the MDM sends commands only to active devices.",
+                          resolved)
+        if action == "restart":
+            platform = _key(get_field(device, "platformType")).upper()
+            if (platform and platform != "IOS") or get_field(device, "supervised") is False:
+                what = "an unsupervised iOS device" if platform == "IOS" else f"a {platform} device"
+                return failed(row, f"{_cap(target)} is {what}; Ivanti restarts only supervised iOS devices "
+                                   "(\"Restart Supervised iOS Devices\").", resolved)
+        if action == "wipe" and state in WIPE_STATES:
+            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
+        if action == "retire" and state in RETIRE_STATES:
+            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
+        key: tuple[Any, ...] = (action,)
+        if action == "message":
+            params["message"] = row.get("message")
+            key = ("message", row.get("message"))
+        earlier = self._once((*key, _key(dev_id)), row)
+        if earlier:
+            return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+        return Step(row, action, target, params, resolved, key)
+
+    # -- executing ----------------------------------------------------------
+    def _groups(self, steps: Sequence[Step]) -> list[list[Step]]:
+        """Steps that may share a request, at most ``batch_size()`` each."""
+        by_key: dict[Hashable, list[Step]] = {}
+        for step in steps:
+            by_key.setdefault((step.action, step.batch_key), []).append(step)
+        size = self.batch_size()
+        return [group[i:i + size] for group in by_key.values() for i in range(0, len(group), size)]
+
+    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
+        out: dict[int, Outcome] = {}
+        for group in self._groups(steps):
+            action = group[0].action
+            if action in BULK:
+                out.update(await self._bulk(BULK[action], group))
+            else:
+                for step in group:
+                    out[step.index] = await self._one(step)
+        return [out[step.index] for step in steps]
+
+    async def check(self, steps: Sequence[Step]) -> list[Outcome]:
+        out: dict[int, Outcome] = {}
+        for group in self._groups(steps):
+            spec = BULK.get(group[0].action)
+            if spec is not None and spec.viability:
+                out.update(await self._check(spec, group))
+            else:
+                out.update((step.index, _planned(step)) for step in group)
+        return [out[step.index] for step in steps]
+
+    async def _viability(self, spec: _Bulk, steps: Sequence[Step]) -> _Reply:
+        # "https://[Ivanti Neurons for MDM]/api/v1/device/forceCheckin?checkViability=true&ids=22062&ids=22196"
+        query = urlencode([("checkViability", "true"), *(("ids", _key(s.params["id"])) for s in steps)])
+        return await self._call("GET", f"device/{spec.segment}?{query}")
+
+    async def _check(self, spec: _Bulk, steps: list[Step]) -> dict[int, Outcome]:
+        reply = await self._viability(spec, steps)
+        if not reply.ok and reply.splittable and len(steps) > 1:
+            return await self._halves(steps, lambda half: self._check(spec, half))
+        if not reply.ok:
+            return {s.index: _failure(s, reply, f"Could not check whether the MDM would {spec.verb} "
+                                                f"{s.target}") for s in steps}
+        rejected = _rejections(reply.result)
+        if rejected is None and len(steps) > 1:
+            return await self._halves(steps, lambda half: self._check(spec, half))
+        out = {}
+        for step in steps:
+            reason = _rejection_for(rejected or {}, step)
+            out[step.index] = _planned(step) if reason is None else _not_eligible(spec, step, reason, reply)
+        return out
+
+    async def _halves(self, steps: list[Step],
+                      run: Callable[[list[Step]], Awaitable[dict[int, Outcome]]]) -> dict[int, Outcome]:
+        """A batch refused as a whole: try each half, so that one bad device
+        does not fail the other 99 (a batch of one fails on its own)."""
+        mid = len(steps) // 2
+        first, second = await asyncio.gather(run(steps[:mid]), run(steps[mid:]))
+        return {**first, **second}
+
+    async def _bulk(self, spec: _Bulk, steps: list[Step], *, checked: bool = False) -> dict[int, Outcome]:
+        out: dict[int, Outcome] = {}
+        todo = steps
+        if spec.viability and not checked:
+            reply = await self._viability(spec, steps)
+            if not reply.ok and reply.splittable and len(steps) > 1:
+                return await self._halves(steps, lambda half: self._bulk(spec, half))
+            if not reply.ok:
+                detail = f"Could not check whether the MDM would {spec.verb} the device; nothing sent"
+                return {s.index: _failure(s, reply, detail) for s in steps}
+            rejected = _rejections(reply.result)
+            if rejected is None and len(steps) > 1:
+                # the list of ineligible devices was cut short: check smaller batches
+                return await self._halves(steps, lambda half: self._bulk(spec, half))
+            todo = []
+            for step in steps:
+                reason = _rejection_for(rejected or {}, step)
+                if reason is None:
+                    todo.append(step)
+                else:
+                    out[step.index] = _not_eligible(spec, step, reason, reply)
+            if not todo:
+                return out
+        reply = await self._send(spec, todo)
+        if not reply.ok and reply.splittable and len(todo) > 1:
+            out.update(await self._halves(todo, lambda half: self._bulk(spec, half, checked=True)))
+        elif not reply.ok:
+            out.update((s.index, _failure(s, reply, f"The MDM refused to {spec.verb} {s.target}")) for s in todo)
+        else:
+            out.update(self._accepted(spec, todo, reply))
+        return out
+
+    async def _send(self, spec: _Bulk, steps: list[Step]) -> _Reply:
+        ids = list(dict.fromkeys(_key(s.params["id"]) for s in steps))
+        form: MultiDict[str] = MultiDict()
+        if spec.segment == "updateAccount":
+            form.add("accountId", _key(steps[0].params["account"]))
+        if spec.segment == "message":
+            # "sendPushNotification=true&pushNotificationMessage=...&sendEmail=false&emailSubject=
+            #  &emailBody=&dmPartitionId=23003&deviceIds=370872%2C383279"
+            form.add("sendPushNotification", "true")
+            form.add("pushNotificationMessage", steps[0].params["message"])
+            form.add("sendEmail", "false")
+            form.add("emailSubject", "")
+            form.add("emailBody", "")
+            form.add("dmPartitionId", self.partition)
+        if spec.joined:
+            form.add(spec.id_field, ",".join(ids))
+        else:
+            # "To lock multiple devices, you can chain the ids parameter, for
+            # example: ids=126070&ids=337552"
+            for device_id in ids:
+                form.add(spec.id_field, device_id)
+        if spec.segment == "wipe":
+            # The doc's example sends every option; a server reading them as
+            # plain booleans may refuse a request without them.
+            for name, value in (("osxWipePin", ""), ("iosDisallowProximitySetup", "false"),
+                                ("iosPreserveDataPlan", "false"), ("message", ""),
+                                ("returnToServiceEnabled", "false")):
+                form.add(name, value)
+        # PUT, yet not idempotent: a second lock is a second command to the
+        # device. Resent after a lost answer only if a read-back says it was
+        # not applied; otherwise the rows become "unknown".
+        return await self._call("PUT", f"device/{spec.segment}", data=form, idempotent=False,
+                                verify=self._verifier(spec, steps))
+
+    def _verifier(self, spec: _Bulk, steps: list[Step]) -> Verify | None:
+        if spec.segment == "updateAccount":
+            def applied(device: Any, step: Step) -> bool:
+                return _key(get_field(device, "ownerId")) == _key(step.params["account"])
+        elif spec.states:
+            def applied(device: Any, step: Step) -> bool:
+                return _key(get_field(device, "registrationState")).upper() in spec.states
+        else:
+            return None  # lock, unlock, restart, check-in, message leave nothing to read back
+
+        async def verify() -> bool | None:
+            replies = await asyncio.gather(*(self._call("GET", f"device/{_seg(s.params['id'])}") for s in steps))
+            if not all(r.ok and isinstance(r.result, Mapping) for r in replies):
+                return None
+            flags = [applied(r.result, s) for r, s in zip(replies, steps)]
+            if all(flags):
+                return True
+            return False if not any(flags) else None
+
+        return verify
+
+    def _accepted(self, spec: _Bulk, steps: list[Step], reply: _Reply) -> dict[int, Outcome]:
+        def ok(step: Step) -> Outcome:
+            detail = _cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
+            if reply.verified:
+                detail += " (Confirmed by reading it back after the answer was lost.)"
+            return Outcome(step.index, Status.SUCCEEDED, detail, reply.status, reply.attempts, step.resolved)
+
+        result = reply.result
+        if reply.verified or result is None or result is True:
+            return {s.index: ok(s) for s in steps}
+        if isinstance(result, Mapping):
+            # updateAccount: "List of devices that were not eligible for
+            # reassignment, and hence rejected. Empty list, if all the devices
+            # have been initiated reassignment."
+            rejected = _rejections(result) or {}
+            return {s.index: ok(s) if (reason := _rejection_for(rejected, s)) is None
+                    else _not_eligible(spec, s, reason, reply) for s in steps}
+        if result is False or (isinstance(result, (int, float)) and result <= 0):
+            return {s.index: Outcome(s.index, Status.FAILED,
+                                     f"The MDM accepted the request but did not {spec.verb} {s.target} "
+                                     f"(result {result!r}); check that it is enrolled and eligible.",
+                                     reply.status, reply.attempts, s.resolved) for s in steps}
+        if isinstance(result, int) and 1 < result < len(steps):
+            # "result": 1 means success for some calls (scheduleOSUpdate: "1
+            # (one) for success") and a count for others (forceCheckin answers
+            # 2 for two ids). Fewer than sent, and not 1: some were dropped
+            # without saying which.
+            return {s.index: Outcome(s.index, Status.UNKNOWN,
+                                     f"The MDM carried out the request for {result} of the {len(steps)} devices "
+                                     f"in it without saying which; check {s.target} before sending it again.",
+                                     reply.status, reply.attempts, s.resolved) for s in steps}
+        return {s.index: ok(s) for s in steps}
+
+    async def _one(self, step: Step) -> Outcome:
+        p = step.params
+        path_id = _seg(p["id"])
+        if step.action == "set-attribute":
+            name, value = p["name"], p["value"]
+
+            async def is_set() -> bool | None:
+                read = await self._call("GET", f"device/{path_id}/customattributes")
+                return _attrs(read.result).get(name) == [value] if read.ok else None
+
+            # PATCH keeps the other attributes (the POST of "Add/Replace" would
+            # delete them). forceOverwrite makes a resend harmless.
+            reply = await self._call("PATCH", f"device/{path_id}/customattributes",
+                                     json={"attrs": {name: [value]}, "forceOverwrite": True}, verify=is_set)
+            done = f"Attribute {name} set to {value!r} on {step.target}."
+            what = f"The MDM refused to set {name} on {step.target}"
+        else:
+            async def is_gone() -> bool | None:
+                read = await self._call("GET", f"device/{path_id}")
+                if read.error is not None:
+                    return None
+                if read.status == 404 or (read.ok and not read.result):
+                    return True
+                return False if read.ok else None
+
+            # The URI and example say "DELETE /api/v1/device?deviceIds={id}"
+            # (the parameter table's "ids / Request body" is a copy of Retire's).
+            # One device per request: the answer ("result": 1) cannot say which
+            # of several devices was refused, and this one cannot be undone.
+            reply = await self._call("DELETE", "device", params={"deviceIds": _key(p["id"])}, idempotent=False,
+                                     verify=is_gone)
+            done = f"{_cap(step.target)} deleted."
+            what = f"The MDM refused to delete {step.target}"
+        if not reply.ok:
+            return _failure(step, reply, what)
+        if reply.result in (0, False) and not reply.verified:
+            return Outcome(step.index, Status.FAILED, f"The MDM answered but changed nothing on {step.target} "
+                           f"(result {reply.result!r}).", reply.status, reply.attempts, step.resolved)
+        if reply.verified:
+            done += " (Confirmed by reading it back after the answer was lost.)"
+        return Outcome(step.index, Status.SUCCEEDED, done, reply.status, reply.attempts, step.resolved)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _key(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seg(value: Any) -> str:
+    return quote(_key(value), safe="")
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _sentence(text: str) -> str:
+    text = _cap(text.strip()) or "Look-up failed"
+    return text if text.endswith(".") else text + "."
+
+
+def _errors_text(errors: Any) -> str:
+    """The envelope's ``errors`` as one line ("" when there are none).
+
+    Seen shapes: null; ``{"globalErrors": [...], "fieldErrors": [{"code",
+    "message", "field"}]}`` (the 500-row error of the API basics); a list."""
+    if not errors:
+        return ""
+    if isinstance(errors, str):
+        return errors.strip()
+    parts: list[str] = []
+    items: list[Any] = []
+    if isinstance(errors, Mapping):
+        for name in ("globalErrors", "fieldErrors"):
+            value = errors.get(name)
+            if isinstance(value, list):
+                items.extend(value)
+        if not items and not any(k in errors for k in ("globalErrors", "fieldErrors")):
+            items = [errors]
+    elif isinstance(errors, list):
+        items = errors
+    for item in items:
+        if isinstance(item, Mapping):
+            message = _key(get_field(item, "message", "description", "code"))
+            field_name = _key(get_field(item, "field"))
+            if message:
+                parts.append(f"{field_name}: {message}" if field_name else message)
+        elif item:
+            parts.append(str(item))
+    return "; ".join(parts)[:300]
+
+
+def _reply_reason(reply: _Reply) -> str:
+    if reply.error is not None:
+        return str(reply.error)
+    if reply.status is not None and not 200 <= reply.status < 300:
+        return explain_status(reply.status, reply.errors or reply.body, reply.attempts)
+    return f"the MDM refused the request ({reply.errors})."
+
+
+def _failure(step: Step, reply: _Reply, what: str) -> Outcome:
+    """A request that did not do what was asked, for one step."""
+    if reply.error is not None:
+        return outcome_from_error(step, reply.error)
+    if reply.errors:
+        # the vendor's own words say more than a generic hint for the status
+        tries = f" after {reply.attempts} attempts" if reply.attempts > 1 else ""
+        detail = f"{what} (HTTP {reply.status}{tries}): {reply.errors}."
+    else:
+        detail = explain_status(reply.status or 0, reply.body, reply.attempts)
+    return Outcome(step.index, Status.FAILED, detail, reply.status, reply.attempts, step.resolved)
+
+
+def _rejections(result: Any) -> dict[str, str] | None:
+    """Ineligible devices of a checkViability / updateAccount answer, by id
+    and GUID, with their reasons. None when the list is cut short (its
+    ``totalCount`` is larger than what came), {} for an answer without one."""
+    if not isinstance(result, Mapping):
+        return {}
+    devices = as_list(result, "searchResults")
+    total = _int(get_field(result, "totalCount"))
+    if total is not None and total > len(devices):
+        return None
+    out: dict[str, str] = {}
+    for device in devices:
+        codes = [str(c) for c in get_field(device, "actionExceptionCodes") or [] if c]  # the doc shows [null]
+        reason = "; ".join(f"{c} ({_CODE_TEXT[c]})" if c in _CODE_TEXT else c for c in codes)
+        for ref in (get_field(device, "id"), get_field(device, "guid")):
+            if _key(ref):
+                out[_key(ref).casefold()] = reason
+    return out
+
+
+def _rejection_for(rejected: Mapping[str, str], step: Step) -> str | None:
+    for ref in (step.params.get("id"), step.params.get("guid")):
+        if _key(ref) and _key(ref).casefold() in rejected:
+            return rejected[_key(ref).casefold()]
+    return None
+
+
+def _planned(step: Step) -> Outcome:
+    p = step.params
+    if step.action == "set-attribute":
+        return planned(step, f"would set {p['name']} to {p['value']!r} on {step.target}")
+    if step.action == "assign-user":
+        return planned(step, f"would reassign {step.target} to {p['who']}")
+    spec = BULK.get(step.action)
+    return planned(step, f"would {spec.verb if spec else 'delete'} {step.target}")
+
+
+def _not_eligible(spec: _Bulk, step: Step, reason: str, reply: _Reply) -> Outcome:
+    why = reason or "the MDM gave no reason"
+    return Outcome(step.index, Status.FAILED,
+                   f"The MDM says it cannot {spec.verb} {step.target}: not eligible: {why}.",
+                   reply.status, reply.attempts, step.resolved)
+
+
+def _attrs(value: Any) -> dict[str, list[str]]:
+    """Custom attributes as {name: [values]}, from ``{"attrs": {...}}``, an
+    envelope result, or a device's ``customAttributes``. The doc shows both
+    ``"cityId": "SF"`` and ``"cityid": ["SF"]``; values become lists."""
+    if isinstance(value, Mapping) and "customAttributes" in value:
+        value = value.get("customAttributes")
+    attrs = get_field(value, "attrs") if isinstance(value, Mapping) else None
+    if not isinstance(attrs, Mapping):
+        return {}
+    return {str(k): [str(v) for v in vals] if isinstance(vals, list) else [str(vals)] for k, vals in attrs.items()}

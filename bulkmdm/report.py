@@ -1,0 +1,150 @@
+"""Outcome report writers (CSV, XLSX), formula-safe and atomic.
+
+Rows are streamed: a report of a million rows never sits in memory. The file
+appears under its name only when it is complete (written to a temporary file
+in the same folder, then renamed), so a killed run never leaves half a report
+where the last good one was.
+
+Excel must never run a cell as a formula. In CSV, a cell that starts with
+``= + - @``, tab or CR gets a leading ``'`` (:func:`neutralise`), which
+:func:`bulkmdm.jobfile.read_job` removes again when a report is re-run. In
+XLSX every cell is written as a text cell, so nothing needs a prefix.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import UsageError
+
+# A cell already starting with "'" before one of the dangerous characters is
+# prefixed too, so that stripping one "'" on the way back in is exact:
+# "=1" -> "'=1" -> "=1" and "'=1" -> "''=1" -> "'=1".
+_DANGEROUS = re.compile(r"'*[=+\-@\t\r]")
+
+#: The most data rows one Excel sheet holds (1,048,576 rows minus the header).
+XLSX_MAX_ROWS = 1_048_575
+
+_XLSX_OPTIONS = {
+    "constant_memory": True,
+    "strings_to_formulas": False,
+    "strings_to_numbers": False,
+    "strings_to_urls": False,
+}
+
+
+def neutralise(cell: str) -> str:
+    """Prefix ``'`` to a CSV cell Excel would otherwise read as a formula."""
+    return "'" + cell if _DANGEROUS.match(cell) else cell
+
+
+def write_report(
+    path: str | Path,
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    delimiter: str = ",",
+) -> None:
+    """Write ``headers`` and ``rows`` to ``path`` (``.csv`` or ``.xlsx``), atomically.
+
+    Cells are written as text: ``None`` becomes ``""``, anything else
+    ``str(value)``. ``delimiter`` applies to CSV only.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".xlsx"):
+        raise UsageError(f"The report {path} must end in .csv or .xlsx; choose a --report name with one of those.")
+    if suffix == ".csv" and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise UsageError(f"{delimiter!r} cannot separate the cells of a CSV report; use ',' or ';'.")
+
+    temporary = _reserve(path)
+    try:
+        if suffix == ".csv":
+            _write_csv(temporary, headers, rows, delimiter)
+        else:
+            _write_xlsx(temporary, path, headers, rows)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        if isinstance(exc, PermissionError):
+            raise UsageError(
+                f"The report {path} cannot be replaced (permission denied); close it if Excel has it open, or choose another --report."
+            ) from exc
+        if isinstance(exc, OSError):
+            raise UsageError(
+                f"The report {path} could not be written ({exc.strerror or exc}); free some space or choose another --report."
+            ) from exc
+        raise
+
+
+def _reserve(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` (mode from the umask, like any new file)."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UsageError(
+                f"The report cannot be written in {path.parent} ({exc.strerror or exc}); "
+                "check that the folder exists and is writable, or choose another --report."
+            ) from exc
+        os.close(fd)
+        return candidate
+    raise UsageError(f"The report cannot be written in {path.parent}; remove stale .{path.name}.*.tmp files there.")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if type(value) is str else str(value)
+
+
+def _write_csv(temporary: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], delimiter: str) -> None:
+    # utf-8-sig: the BOM is what makes Excel read å/ä/ö as UTF-8.
+    with open(temporary, "w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\r\n")
+        writer.writerow([neutralise(_text(header)) for header in headers])
+        writer.writerows([neutralise(_text(cell)) for cell in row] for row in rows)
+
+
+def _write_xlsx(temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    import xlsxwriter
+
+    workbook = xlsxwriter.Workbook(str(temporary), _XLSX_OPTIONS)
+    try:
+        sheet = workbook.add_worksheet("Outcome")
+        sheet.freeze_panes(1, 0)
+        write = sheet.write_string
+        for column, header in enumerate(headers):
+            if text := _text(header):
+                write(0, column, text)
+        for number, row in enumerate(rows, start=1):
+            if number > XLSX_MAX_ROWS:
+                raise UsageError(
+                    f"The report {path} would have more than {XLSX_MAX_ROWS:,} rows, more than an Excel sheet holds; "
+                    "write the report as .csv instead."
+                )
+            for column, cell in enumerate(row):
+                # write_string even for numbers: a text cell is never a
+                # formula, a number or a link, whatever it holds.
+                text = _text(cell)
+                if text:
+                    write(number, column, text)
+    finally:
+        workbook.close()

@@ -1,0 +1,627 @@
+"""A simulator of the Ivanti Neurons for MDM device API (vendor doc:
+ivanti-neurons-for-mdm-device-api.txt), for tests, the demo and benchmarks.
+
+It serves what bulkmdm's ``ivanti`` provider uses, the way the doc shows it:
+
+* every answer is the envelope ``{"errors": ..., "result": ...}``;
+* ``GET /api/v1/device?dmPartitionId=&rows=&start=`` pages a device search
+  (``rows`` 1..500, as the doc demands), with ``fq`` filters
+  (``EMAILADDRESS EQ x``, ``UID EQ x``, ``CFDEVICE[name]=v``, ``field=v``)
+  and ``searchAfterValues`` for large fleets: once a search has
+  :attr:`IvantiState.search_after_from` or more hits, every page carries the
+  ``searchAfterValues`` to continue after it, and ``start + rows`` may not go
+  past that window (as with any search-after engine);
+* the bulk actions (``PUT device/lock|unlock|wipe|retire|restart|
+  forceCheckin|message|updateAccount``) take ids from a form body or the
+  query string (repeated or comma separated), skip devices that are not
+  eligible, and answer a count (``updateAccount``: the rejected devices;
+  ``message``: ``true``); ``GET device/<action>?checkViability=true`` lists
+  the devices that are not eligible, each with ``actionExceptionCodes``;
+* an id that names no device fails the whole request with 400, the way a
+  server validating its parameters does;
+* custom attributes per device: GET, POST (replace all), PATCH (merge;
+  ``forceOverwrite``), DELETE (both methods);
+* ``DELETE device?deviceIds=`` (refused while a device is ACTIVE or
+  WIPE_PENDING) and ``GET device/{id or guid}``;
+* HTTP Basic auth (401 otherwise).
+
+State lives in :class:`IvantiState` at ``app["state"]``; ``state.log`` and
+:meth:`IvantiState.applied` tell tests what was done to which device.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import re
+import uuid
+import warnings
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from .common import Faults, Handler, instrument
+
+MAX_ROWS = 500
+
+_FIRST = ("Ana", "Ben", "Chloé", "David", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kofi", "Lena",
+          "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Ximena",
+          "Yusuf", "Zoe", "Liam", "Maja", "Noah", "Olga")
+_LAST = ("Smith", "García", "Müller", "Kowalski", "Nguyen", "Okafor", "Rossi", "Silva", "Tanaka", "Jensen",
+         "Dubois", "Ivanova", "Kim", "Larsen", "Moreau", "Novak", "Patel", "Quispe", "Schmidt", "Walsh")
+_CITIES = ("SF", "NYC", "LON", "BER", "PAR", "TYO", "SYD")
+_MODELS = {
+    "IOS": (("iPhone14,5", "iPhone 13"), ("iPhone15,2", "iPhone 14 Pro"), ("iPad13,1", "iPad Air 4th gen"),
+            ("iPad7,5", "iPad 6th gen")),
+    "ANDROID": (("Pixel 7", "Pixel 7"), ("SM-G991B", "Galaxy S21"), ("TC52", "Zebra TC52")),
+    "OSX": (("MacBookAir10,1", "MacBook Air (M1)"),),
+    "WINDOWS": (("Surface Pro 8", "Surface Pro 8"),),
+}
+_SERIAL_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
+
+#: registrationState after each action that changes it
+_NEW_STATE = {"wipe": "WIPE_PENDING", "retire": "RETIRED"}
+
+
+def _reasons_active(device: dict[str, Any]) -> list[str]:
+    state = device["registrationState"]
+    if state == "ACTIVE":
+        return []
+    if state in ("RETIRED", "RETIRE_PENDING", "RETIRE_SENT"):
+        return ["DEVICE_RETIRED"]
+    if state in ("WIPED", "WIPE_PENDING", "WIPE_SENT"):
+        return ["DEVICE_WIPED"]
+    return ["DEVICE_NOT_ACTIVE"]
+
+
+def _reasons_unlock(device: dict[str, Any]) -> list[str]:
+    return _reasons_active(device) or (["PLATFORM_NOT_SUPPORTED"] if device["platformType"] == "WINDOWS" else [])
+
+
+def _reasons_wipe(device: dict[str, Any]) -> list[str]:
+    if device["registrationState"] in ("WIPE_PENDING", "WIPE_SENT"):
+        return ["WIPE_ALREADY_PENDING"]
+    return _reasons_active(device)
+
+
+def _reasons_retire(device: dict[str, Any]) -> list[str]:
+    if device["registrationState"] in ("RETIRED", "RETIRE_PENDING", "RETIRE_SENT"):
+        return ["DEVICE_RETIRED"]
+    return []
+
+
+def _reasons_supervised_ios(device: dict[str, Any]) -> list[str]:
+    # "Restart Supervised iOS Devices"
+    reasons = _reasons_active(device)
+    if reasons:
+        return reasons
+    if device["platformType"] != "IOS":
+        return ["PLATFORM_NOT_SUPPORTED"]
+    return [] if device["supervised"] else ["DEVICE_NOT_SUPERVISED"]
+
+
+def _reasons_reassign(device: dict[str, Any]) -> list[str]:
+    # "supported on supervised iOS devices and on the Android Enterprise devices"
+    reasons = _reasons_active(device)
+    if reasons:
+        return reasons
+    if device["platformType"] == "ANDROID":
+        return []
+    if device["platformType"] != "IOS":
+        return ["PLATFORM_NOT_SUPPORTED"]
+    return [] if device["supervised"] else ["DEVICE_NOT_SUPERVISED"]
+
+
+#: action path segment -> (log name, eligibility rule, has a checkViability GET)
+ACTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
+    "lock": ("lock", _reasons_active, True),
+    "unlock": ("unlock", _reasons_unlock, False),
+    "wipe": ("wipe", _reasons_wipe, True),
+    "retire": ("retire", _reasons_retire, True),
+    "restart": ("restart", _reasons_supervised_ios, False),
+    "forceCheckin": ("checkin", _reasons_active, True),
+    "message": ("message", _reasons_active, False),
+    "updateAccount": ("assign-user", _reasons_reassign, False),
+}
+
+
+class IvantiState:
+    """The fleet: devices by id, with O(1) indexes by GUID, serial, email and
+    uid, accounts by id, and a log of what was applied to which device."""
+
+    def __init__(self, *, devices: int, seed: int, partition: str) -> None:
+        self.partition = partition
+        self.partition_value: int | str = int(partition) if partition.isdigit() else partition
+        self.devices: dict[int, dict[str, Any]] = {}
+        self.sorted_ids: list[int] = []
+        self.by_guid: dict[str, int] = {}
+        #: device ids by owner email address / uid (casefolded), for fq=EMAILADDRESS EQ ...
+        self.by_owner_key: dict[tuple[str, str], set[int]] = {}
+        self.accounts: dict[int, dict[str, str]] = {}
+        self.account_by_email: dict[str, int] = {}
+        #: every change applied: (device id, action, detail)
+        self.log: list[tuple[int, str, str]] = []
+        self.counts: Counter[tuple[int, str]] = Counter()
+        #: from this many hits on, a search pages with searchAfterValues only
+        self.search_after_from = 10_000
+        self.search_after_requests = 0
+        #: the serial deliberately held by two devices (a re-enrolled device)
+        self.duplicate_serial = ""
+        self._generate(devices, random.Random(seed))
+
+    # -- the fleet ------------------------------------------------------------
+    def _generate(self, count: int, rng: random.Random) -> None:
+        n_users = max(1, int(count * 0.85))
+        taken: set[str] = set()
+        for k in range(n_users):
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            base = f"{first}.{last}".casefold().replace("é", "e").replace("ü", "u").replace("í", "i")
+            email = f"{base}@example.com"
+            n = 2
+            while email in taken:
+                email = f"{base}{n}@example.com"
+                n += 1
+            taken.add(email)
+            uid = email if rng.random() < 0.8 else f"{first[0]}{last}{k}".casefold()
+            account_id = 10_540_000 + k * 7
+            self.accounts[account_id] = {"email": email, "uid": uid, "first": first, "last": last}
+            self.account_by_email[email] = account_id
+        account_ids = list(self.accounts)
+        next_id = 22_000
+        serials: set[str] = set()
+        for i in range(count):
+            next_id += rng.randint(1, 9)
+            platform = rng.choices(("IOS", "ANDROID", "OSX", "WINDOWS"), (55, 35, 5, 5))[0]
+            model, pretty = rng.choice(_MODELS[platform])
+            length = 12 if platform in ("IOS", "OSX") else 11
+            serial = "".join(rng.choice(_SERIAL_CHARS) for _ in range(length))
+            while serial in serials:
+                serial = "".join(rng.choice(_SERIAL_CHARS) for _ in range(length))
+            serials.add(serial)
+            if rng.random() < 0.01:
+                serial = ""  # some Android devices report none (see the doc's Pixel 2)
+            state = rng.choices(
+                ("ACTIVE", "RETIRED", "WIPED", "WIPE_PENDING", "RETIRE_PENDING"), (92, 5, 1, 1, 1)
+            )[0]
+            attrs: dict[str, list[str]] | None = None
+            if rng.random() < 0.4:
+                attrs = {"cityid": [rng.choice(_CITIES)]}
+                if rng.random() < 0.5:
+                    attrs["costcenter"] = [str(rng.randint(1000, 1099))]
+            owner = rng.choice(account_ids)
+            self._add(
+                {
+                    "id": next_id,
+                    "guid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "serialNumber": serial,
+                    "deviceModel": model,
+                    "prettyModel": pretty,
+                    "deviceName": f"{pretty} {i}",
+                    "platformType": platform,
+                    "platformVersion": {"IOS": "17.4", "ANDROID": "14", "OSX": "14.4", "WINDOWS": "10.0.22631"}[
+                        platform
+                    ],
+                    "manufacturer": {"IOS": "Apple Inc.", "OSX": "Apple Inc.", "ANDROID": "Google",
+                                     "WINDOWS": "Microsoft"}[platform],
+                    "registrationState": state,
+                    "supervised": platform == "IOS" and rng.random() < 0.75,
+                    "lastCheckin": 1_700_000_000_000 + rng.randint(0, 10**10),
+                    "ownerId": owner,
+                    "customAttributes": {"attrs": attrs} if attrs else None,
+                    "actionExceptionCodes": [],
+                    "kioskState": "NOT_CONFIGURED",
+                    "dmPartitionId": self.partition_value,
+                    "dmPartitionName": "Default Space",
+                },
+                owner,
+            )
+        # A re-enrolled device: the old, retired record keeps its serial.
+        active = [d for d in self.devices.values() if d["serialNumber"] and d["registrationState"] == "ACTIVE"]
+        if len(active) >= 2:
+            original, old = active[len(active) // 3], active[len(active) // 3 + 1]
+            old["serialNumber"] = original["serialNumber"]
+            old["registrationState"] = "RETIRED"
+            self.duplicate_serial = original["serialNumber"]
+
+    def _add(self, device: dict[str, Any], owner: int) -> None:
+        self._set_owner(device, owner)
+        self.devices[device["id"]] = device
+        self.sorted_ids.append(device["id"])
+        self.by_guid[device["guid"]] = device["id"]
+
+    def _set_owner(self, device: dict[str, Any], account_id: int) -> None:
+        self._unindex_owner(device)
+        account = self.accounts[account_id]
+        for key in (("emailAddress", account["email"].casefold()), ("uid", account["uid"].casefold())):
+            self.by_owner_key.setdefault(key, set()).add(device["id"])
+        device["ownerId"] = account_id
+        device["emailAddress"] = account["email"]
+        device["uid"] = account["uid"]
+        device["firstName"] = account["first"]
+        device["lastName"] = account["last"]
+        device["displayName"] = f"{account['first']} {account['last']}"
+
+    def _unindex_owner(self, device: dict[str, Any]) -> None:
+        for field in ("emailAddress", "uid"):
+            ids = self.by_owner_key.get((field, str(device.get(field) or "").strip().casefold()))
+            if ids is not None:
+                ids.discard(device["id"])
+
+    # -- look-ups -------------------------------------------------------------
+    def device(self, ref: str) -> dict[str, Any] | None:
+        ref = ref.strip()
+        if ref.isdigit():
+            return self.devices.get(int(ref))
+        device_id = self.by_guid.get(ref.casefold())
+        return self.devices.get(device_id) if device_id is not None else None
+
+    def applied(self, device_id: int, action: str) -> int:
+        """How many times ``action`` was applied to the device."""
+        return self.counts[(device_id, action)]
+
+    def record(self, device: dict[str, Any], action: str, detail: str = "") -> None:
+        self.log.append((device["id"], action, detail))
+        self.counts[(device["id"], action)] += 1
+
+    def delete(self, device_id: int) -> None:
+        device = self.devices.pop(device_id)
+        self._unindex_owner(device)
+        self.sorted_ids.remove(device_id)
+        self.by_guid.pop(device["guid"], None)
+
+    def matching(self, fq: str) -> list[int] | None:
+        """Ids of the devices an ``fq`` filter selects (None: bad filter)."""
+        fq = fq.strip()
+        if not fq:
+            return self.sorted_ids
+        parts = fq.split(None, 2)
+        if len(parts) == 3 and parts[1].upper() == "EQ":
+            field, value = parts[0].upper(), parts[2].strip().casefold()
+            if field == "EMAILADDRESS":
+                key = "emailAddress"
+            elif field == "UID":
+                key = "uid"
+            else:
+                return None
+            return sorted(self.by_owner_key.get((key, value), ()))
+        match = re.fullmatch(r"(CFDEVICE|CFLDAP)\[([^\]]+)\]\s*=\s*(.*)", fq, re.I)
+        if match:
+            if match.group(1).upper() == "CFLDAP":
+                return []
+            name, value = match.group(2), match.group(3)
+            out = []
+            for i in self.sorted_ids:
+                attrs = (self.devices[i].get("customAttributes") or {}).get("attrs") or {}
+                if value in attrs.get(name, ()):
+                    out.append(i)
+            return out
+        match = re.fullmatch(r"(\w+)\s*=\s*(.*)", fq)
+        if match:
+            name, value = match.group(1).casefold(), match.group(2).strip()
+            out = []
+            for i in self.sorted_ids:
+                device = self.devices[i]
+                for k, v in device.items():
+                    if k.casefold() == name and str(v) == value:
+                        out.append(i)
+                        break
+            return out
+        return None
+
+
+# -- the HTTP side ------------------------------------------------------------
+
+
+def _envelope(result: Any, status: int = 200) -> web.Response:
+    return web.json_response({"errors": None, "result": result}, status=status)
+
+
+def _error(status: int, message: str, *, field: str | None = None, code: str = "Invalid") -> web.Response:
+    if field:
+        errors = {"globalErrors": None, "fieldErrors": [{"code": code, "message": message, "field": field}]}
+    else:
+        errors = {"globalErrors": [{"code": code, "message": message}], "fieldErrors": None}
+    return web.json_response({"errors": errors, "result": None}, status=status)
+
+
+def _basic_auth_middleware(username: str, password: str) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        ok = False
+        if scheme.casefold() == "basic":
+            try:
+                user, _, secret = base64.b64decode(token.strip()).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, secret = "", ""
+            ok = user == username and secret == password
+        if not ok:
+            response = _error(401, "Full authentication is required to access this resource", code="Unauthorized")
+            response.headers["WWW-Authenticate"] = 'Basic realm="Ivanti Neurons for MDM"'
+            return response
+        return await handler(request)
+
+    return middleware
+
+
+async def _form(request: web.Request) -> MultiDict[str]:
+    """Query parameters and form body together: the doc says the server
+    "will parse [query parameters] into a request body for you"."""
+    params: MultiDict[str] = MultiDict(request.query)
+    if request.can_read_body:
+        ctype = request.content_type
+        if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            body = await request.post()
+            for key, value in body.items():
+                params.add(key, value if isinstance(value, str) else str(value))
+        elif ctype == "application/json":
+            try:
+                data = json.loads(await request.read() or b"{}")
+            except ValueError:
+                data = {}
+            if isinstance(data, dict):
+                for key, value in data.items():
+                    for item in value if isinstance(value, list) else [value]:
+                        params.add(key, str(item))
+    return params
+
+
+def _split_ids(params: MultiDict[str] | MultiDictProxy[str], *names: str) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for value in params.getall(name, []):
+            out.extend(part.strip() for part in value.split(",") if part.strip())
+    return out
+
+
+def _resolve(state: IvantiState, refs: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    found: dict[int, dict[str, Any]] = {}
+    missing = []
+    for ref in refs:
+        device = state.device(ref)
+        if device is None:
+            missing.append(ref)
+        else:
+            found.setdefault(device["id"], device)
+    return list(found.values()), missing
+
+
+def _search_page(devices: list[dict[str, Any]], total: int, start: int, rows: int) -> dict[str, Any]:
+    return {"totalCount": total, "queryTime": 1, "searchResults": devices, "offset": start, "limit": rows,
+            "facetedResults": {}, "totalUnfilteredResultCount": 0}
+
+
+def make_app(
+    *,
+    devices: int = 2000,
+    seed: int = 1,
+    username: str = "admin",
+    password: str = "admin",
+    partition: str = "1",
+    faults: Faults | None = None,
+) -> web.Application:
+    """An Ivanti Neurons for MDM tenant with ``devices`` devices in device
+    space ``partition``, answering on ``/api/v1/...``."""
+    state = IvantiState(devices=devices, seed=seed, partition=str(partition))
+    app = web.Application(middlewares=[_basic_auth_middleware(username, password)])
+    with warnings.catch_warnings():
+        # plain string keys, like common.instrument's app["faults"]
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["state"] = state
+    instrument(app, faults)
+
+    def wrong_partition(value: str | None) -> web.Response | None:
+        if not value:
+            return _error(400, "dmPartitionId is required", field="dmPartitionId", code="NotNull")
+        if value.strip() != state.partition:
+            return _error(403, f"Access denied to device space {value}", code="AccessDenied")
+        return None
+
+    async def search(request: web.Request) -> web.Response:
+        q = request.query
+        bad = wrong_partition(q.get("dmPartitionId"))
+        if bad:
+            return bad
+        try:
+            rows = int(q.get("rows", "50"))
+            start = int(q.get("start", "0"))
+        except ValueError:
+            return _error(400, "rows and start must be integers", field="rows", code="TypeMismatch")
+        if not 1 <= rows <= MAX_ROWS:
+            return _error(400, "must be between 1 and 500", field="rows", code="Range")
+        if start < 0:
+            return _error(400, "must be 0 or more", field="start", code="Range")
+        ids = state.matching(q.get("fq", ""))
+        if ids is None:
+            return _error(400, f"Unsupported filter query {q.get('fq')!r}", field="fq")
+        total = len(ids)
+        after = q.get("searchAfterValues", "").split(",")[0].strip()
+        large = total >= state.search_after_from
+        if after:
+            state.search_after_requests += 1
+            try:
+                position = bisect_right(ids, int(after))
+            except ValueError:
+                return _error(400, "searchAfterValues must come from an earlier answer", field="searchAfterValues")
+            page_ids = ids[position:position + rows]
+        else:
+            if large and start + rows > state.search_after_from:
+                return _error(
+                    400,
+                    f"Result window is too large: start + rows must be at most {state.search_after_from}; "
+                    "use searchAfterValues",
+                    field="start",
+                    code="Range",
+                )
+            page_ids = ids[start:start + rows]
+        result = _search_page([state.devices[i] for i in page_ids], total, start, rows)
+        if large and page_ids:
+            result["searchAfterValues"] = [str(page_ids[-1])]
+        return _envelope(result)
+
+    def bulk_handler(segment: str) -> Handler:
+        action, rule, checkable = ACTIONS[segment]
+
+        async def handler(request: web.Request) -> web.Response:
+            params = await _form(request)
+            refs = _split_ids(params, "deviceIds" if segment in ("message", "updateAccount") else "ids", "guids")
+            if segment in ("message", "updateAccount"):
+                refs += _split_ids(params, "ids")
+            viability = params.get("checkViability", "").casefold() == "true"
+            if request.method == "GET" and not (checkable and viability):
+                return _error(405, f"GET {segment} only checks viability (checkViability=true)", code="NotAllowed")
+            if not refs:
+                return _error(400, "ids is required", field="ids", code="NotEmpty")
+            found, missing = _resolve(state, refs)
+            if missing:
+                return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="ids", code="NotFound")
+            if viability:
+                bad = [dict(d, actionExceptionCodes=codes) for d in found if (codes := rule(d))]
+                return _envelope(_search_page(bad, len(bad), 0, len(bad)))
+            extra = ""
+            account_id = 0
+            if segment == "message":
+                if params.get("dmPartitionId"):
+                    bad_space = wrong_partition(params.get("dmPartitionId"))
+                    if bad_space:
+                        return bad_space
+                if params.get("sendPushNotification", "").casefold() != "true":
+                    return _error(400, "sendPushNotification must be true", field="sendPushNotification")
+                extra = params.get("pushNotificationMessage", "")
+                if not extra.strip():
+                    return _error(400, "pushNotificationMessage may not be empty", field="pushNotificationMessage")
+            if segment == "updateAccount":
+                try:
+                    account_id = int(params.get("accountId", ""))
+                except ValueError:
+                    return _error(400, "accountId is required", field="accountId", code="NotNull")
+                if account_id not in state.accounts:
+                    return _error(400, f"Invalid account id {account_id}", field="accountId", code="NotFound")
+                extra = str(account_id)
+            if segment == "unlock":
+                pin = params.get("deviceUnlockPin", "")
+                if pin and not re.fullmatch(r"[a-zA-Z0-9]{6,8}", pin):
+                    return _error(400, "deviceUnlockPin must be 6-8 letters or digits", field="deviceUnlockPin")
+            sent = 0
+            rejected = []
+            for device in found:
+                codes = rule(device)
+                if codes:
+                    rejected.append(dict(device, actionExceptionCodes=codes))
+                    continue
+                sent += 1
+                if action in _NEW_STATE:
+                    device["registrationState"] = _NEW_STATE[action]
+                if segment == "updateAccount":
+                    state._set_owner(device, account_id)
+                state.record(device, action, extra)
+            if segment == "updateAccount":
+                return _envelope(_search_page(rejected, len(rejected), 0, 0))
+            if segment == "message":
+                return _envelope(sent > 0)
+            return _envelope(sent)
+
+        return handler
+
+    async def delete_devices(request: web.Request) -> web.Response:
+        params = await _form(request)
+        refs = _split_ids(params, "deviceIds", "ids")
+        if not refs:
+            return _error(400, "deviceIds is required", field="deviceIds", code="NotEmpty")
+        found, missing = _resolve(state, refs)
+        if missing:
+            return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="deviceIds",
+                          code="NotFound")
+        busy = [d for d in found if d["registrationState"] in ("ACTIVE", "WIPE_PENDING")]
+        if busy:
+            return _error(
+                400,
+                f"Device {busy[0]['id']} is {busy[0]['registrationState']}; retire it before deleting it",
+                code="InvalidState",
+            )
+        for device in found:
+            state.record(device, "delete-device")
+            state.delete(device["id"])
+        return _envelope(len(found))
+
+    async def details(request: web.Request) -> web.Response:
+        device = state.device(request.match_info["ref"])
+        if device is None:
+            return _error(404, f"Device {request.match_info['ref']} not found", code="NotFound")
+        return _envelope(device)
+
+    async def attributes(request: web.Request) -> web.Response:
+        device = state.device(request.match_info["ref"])
+        if device is None:
+            return _error(404, f"Device {request.match_info['ref']} not found", code="NotFound")
+        current = (device.get("customAttributes") or {}).get("attrs") or {}
+        if request.method == "GET":
+            return _envelope({"deviceId": device["id"], "guid": device["guid"], "attrs": current})
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return _error(400, "the body must be JSON", code="MalformedJson")
+        attrs = body.get("attrs") if isinstance(body, dict) else None
+        if not isinstance(attrs, dict):
+            return _error(400, "attrs is required", field="attrs", code="NotNull")
+        wanted: dict[str, list[str]] = {}
+        for key, value in attrs.items():
+            values = value if isinstance(value, list) else [value]
+            wanted[str(key)] = [str(v) for v in values]
+        if request.method == "POST":
+            new = wanted
+        elif request.method == "PATCH":
+            new = {k: list(v) for k, v in current.items()}
+            overwrite = body.get("forceOverwrite") in (True, "true")
+            for key, values in wanted.items():
+                if overwrite or key not in new:
+                    new[key] = values
+                else:
+                    new[key] = new[key] + [v for v in values if v not in new[key]]
+        else:  # DELETE, method 2
+            new = {k: v for k, v in current.items() if k not in wanted}
+        device["customAttributes"] = {"attrs": new} if new else None
+        state.record(device, f"customattributes-{request.method.lower()}", json.dumps(wanted, sort_keys=True))
+        return _envelope(1)
+
+    async def delete_attributes(request: web.Request) -> web.Response:
+        # method 1: {"ids": ["73542"], "attrKeys": ["ForDocs001"]}
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return _error(400, "the body must be JSON", code="MalformedJson")
+        refs = [str(v) for v in body.get("ids") or []] if isinstance(body, dict) else []
+        keys = [str(v) for v in body.get("attrKeys") or []] if isinstance(body, dict) else []
+        if not refs or not keys:
+            return _error(400, "ids and attrKeys are required", field="ids", code="NotEmpty")
+        found, missing = _resolve(state, refs)
+        if missing:
+            return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="ids", code="NotFound")
+        for device in found:
+            current = (device.get("customAttributes") or {}).get("attrs") or {}
+            new = {k: v for k, v in current.items() if k not in keys}
+            device["customAttributes"] = {"attrs": new} if new else None
+            state.record(device, "customattributes-delete", ",".join(keys))
+        return _envelope(1)
+
+    r = app.router
+    r.add_get("/api/v1/device", search)
+    r.add_delete("/api/v1/device", delete_devices)
+    r.add_delete("/api/v1/device/customattributes", delete_attributes)
+    for segment in ACTIONS:
+        handler = bulk_handler(segment)
+        r.add_put(f"/api/v1/device/{segment}", handler)
+        r.add_get(f"/api/v1/device/{segment}", handler)
+    r.add_get("/api/v1/device/{ref}", details)
+    for method in ("GET", "POST", "PATCH", "DELETE"):
+        r.add_route(method, "/api/v1/device/{ref}/customattributes", attributes)
+    return app

@@ -1,0 +1,84 @@
+"""Shared fixtures: simulators on 127.0.0.1 and a CLI runner with real files."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bulkmdm.cli import main
+from bulkmdm.sim.common import SimServer
+
+CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own journal folder and no real credentials."""
+    monkeypatch.setenv("BULKMDM_STATE_DIR", str(tmp_path / "state"))
+    for name in list(os.environ):
+        if name.startswith("BULKMDM_") and name != "BULKMDM_STATE_DIR":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def duo() -> Iterator[SimServer]:
+    from bulkmdm.sim.duostation import make_app
+
+    with SimServer(make_app(devices=400, seed=1)) as server:
+        yield server
+
+
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+    report: list[dict[str, str]]
+    report_path: Path
+
+
+def write_csv(path: Path, rows: Sequence[Sequence[str]], *, delimiter: str = ",", encoding: str = "utf-8") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def read_report(path: Path) -> list[dict[str, str]]:
+    if path.suffix == ".xlsx":
+        import openpyxl
+
+        wb = openpyxl.load_workbook(path)
+        ws = wb.worksheets[0]
+        values = [[("" if c is None else str(c)) for c in row] for row in ws.iter_rows(values_only=True)]
+        return [dict(zip(values[0], r)) for r in values[1:]]
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        sample = fh.read(4096)
+        fh.seek(0)
+        delimiter = ";" if sample.split("\n")[0].count(";") > sample.split("\n")[0].count(",") else ","
+        return list(csv.DictReader(fh, delimiter=delimiter))
+
+
+@pytest.fixture
+def run_cli() -> object:
+    def invoke(args: Sequence[str], *, env: dict[str, str] | None = None, report: Path | None = None,
+               input: str | None = None) -> Result:
+        runner = CliRunner()
+        merged = dict(CREDS)
+        merged.update(env or {})
+        result = runner.invoke(main, list(args), env=merged, input=input, catch_exceptions=False)
+        output = result.output
+        path = report
+        if path is None and args and args[0] == "run":
+            job = Path(args[1])
+            path = job.with_name(f"{job.stem}.outcome{job.suffix}")
+            if "--report" in args:
+                path = Path(args[list(args).index("--report") + 1])
+        rows = read_report(path) if path is not None and path.exists() else []
+        return Result(result.exit_code, output, rows, path or Path())
+
+    return invoke

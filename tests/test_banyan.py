@@ -1,0 +1,333 @@
+"""The Banyan provider against its simulator, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulkmdm.errors import AuthError, ConfigError
+from bulkmdm.model import JobRow, Outcome, Status, Step
+from bulkmdm.providers.banyan import Banyan, _body_error
+from bulkmdm.providers.base import Settings
+from bulkmdm.retry import RetryPolicy
+from bulkmdm.sim.banyan import DUPLICATE_SERIAL, SHORT_DELETE_PATH, Org, make_app
+from bulkmdm.sim.common import Faults, SimServer
+from bulkmdm.transport import Client
+
+TOKEN = "s3cr3t-banyan-token"
+FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(make_app(devices=220, seed=3, token=TOKEN)) as server:
+        yield server
+
+
+def org(sim: SimServer) -> Org:
+    return sim.app["state"]  # type: ignore[no-any-return]
+
+
+def rows_of(*specs: tuple[str, Mapping[str, str]]) -> list[JobRow]:
+    return [JobRow(i, action, {k: v for k, v in fields.items() if v}) for i, (action, fields) in enumerate(specs)]
+
+
+async def run(sim: SimServer, *specs: tuple[str, Mapping[str, str]], token: str = TOKEN,
+              dry_run: bool = False) -> list[Outcome]:
+    """Plan every row, then execute the steps one by one in row order."""
+    auth = Banyan.auth_from_env({"BULKMDM_TOKEN": token})
+    async with Client(Banyan.api_base(sim.url + "/"), auth=auth, retry=FAST, timeout=5) as client:
+        provider = Banyan(client, Settings(url=sim.url, dry_run=dry_run))
+        out = []
+        for item in await provider.plan(rows_of(*specs)):
+            if isinstance(item, Step):
+                out.extend(await (provider.check if dry_run else provider.execute)([item]))
+            else:
+                out.append(item)
+    return out
+
+
+def log(sim: SimServer, obj: Mapping[str, Any]) -> list[str]:
+    key = f"device:{obj['DeviceID']}" if "DeviceID" in obj else f"user:{obj['ID']}"
+    return list(org(sim).log.get(key, []))
+
+
+def mutating(sim: SimServer) -> int:
+    return sim.stats.mutating
+
+
+# -- ban / unban ----------------------------------------------------------------
+
+
+async def test_ban_and_unban_change_only_what_needs_changing(sim: SimServer) -> None:
+    to_ban, already_banned = org(sim).unique_devices(banned=False)[0], org(sim).unique_devices(banned=True)[0]
+    to_unban, not_banned = org(sim).unique_devices(banned=True)[1], org(sim).unique_devices(banned=False)[1]
+    out = await run(
+        sim,
+        ("ban", {"serial": to_ban["SerialNumber"]}),
+        ("ban", {"serial": already_banned["SerialNumber"]}),
+        ("unban", {"device_id": to_unban["DeviceID"].upper()}),
+        ("unban", {"serial": not_banned["SerialNumber"]}),
+        ("ban", {"serial": to_ban["SerialNumber"]}),
+    )
+    assert [o.status for o in out] == [Status.SUCCEEDED, Status.SKIPPED, Status.SUCCEEDED, Status.SKIPPED,
+                                       Status.SKIPPED]
+    assert "already banned" in out[1].detail and "line 2" in out[4].detail
+    assert to_ban["Banned"] == "TRUE" and to_unban["Banned"] == "FALSE"
+    assert log(sim, to_ban) == ["ban"] and log(sim, to_unban) == ["unban"]
+    assert log(sim, already_banned) == [] and log(sim, not_banned) == []
+    assert out[0].resolved == f"device_id={to_ban['DeviceID']}"
+    assert sim.stats.by_route["POST /v1/mdm/update_device"] == 2
+
+
+async def test_ban_look_ups_that_fail_the_row(sim: SimServer) -> None:
+    duplicate = org(sim).with_serial(DUPLICATE_SERIAL)
+    some = org(sim).unique_devices(banned=False)[0]
+    out = await run(
+        sim,
+        ("ban", {"serial": "NOSUCHSERIAL"}),
+        ("ban", {"serial": "   "}),
+        ("ban", {"serial": DUPLICATE_SERIAL}),
+        ("ban", {"device_id": duplicate[0]["DeviceID"]}),
+        ("ban", {"serial": some["SerialNumber"].lower()}),
+        ("ban", {"device_id": some["DeviceID"], "serial": "OTHERSERIAL"}),
+    )
+    assert all(o.status is Status.FAILED for o in out)
+    assert "was not found" in out[0].detail
+    assert "blank" in out[1].detail
+    assert "matches 2 devices" in out[2].detail
+    assert "held by 2 devices" in out[3].detail
+    assert "was not found" in out[4].detail  # serials match exactly
+    assert "not 'OTHERSERIAL'" in out[5].detail
+    assert mutating(sim) == 0 and all(d["Banned"] == "FALSE" for d in duplicate)
+
+
+async def test_ban_and_unban_of_one_device_in_one_job_conflict(sim: SimServer) -> None:
+    device = org(sim).unique_devices(banned=False)[0]
+    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("unban", {"serial": device["SerialNumber"]}))
+    assert [o.status for o in out] == [Status.SUCCEEDED, Status.FAILED]
+    assert "line 2" in out[1].detail
+
+
+async def test_503_is_retried_and_each_ban_applied_once(sim: SimServer) -> None:
+    sim.faults.update({"error_rate": 0.5, "mutating_only": True})
+    devices = org(sim).unique_devices(banned=False)[:6]
+    out = await run(sim, *[("ban", {"serial": d["SerialNumber"]}) for d in devices])
+    assert all(o.status is Status.SUCCEEDED for o in out), [o.detail for o in out]
+    assert sim.stats.faults > 0 and max(o.attempts for o in out) > 1
+    assert all(log(sim, d) == ["ban"] for d in devices)
+
+
+async def test_answer_lost_after_the_work_is_read_back_not_resent(sim: SimServer) -> None:
+    sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+    device = org(sim).unique_devices(banned=False)[0]
+    gone_device = org(sim).unique_devices(banned=False, users=1)[3]
+    users = [u for u in org(sim).users.values() if len(u["SerialNumbers"]) == 2]
+    out = await run(
+        sim,
+        ("ban", {"serial": device["SerialNumber"]}),
+        ("delete-device", {"serial": gone_device["SerialNumber"]}),
+        ("delete-user", {"email": users[0]["Email"]}),
+    )
+    assert [o.status for o in out] == [Status.SUCCEEDED] * 3, [o.detail for o in out]
+    assert all("confirmed by reading it back" in o.detail for o in out)
+    assert log(sim, device) == ["ban"] and log(sim, gone_device) == ["delete"] and log(sim, users[0]) == ["delete"]
+    # The POST went once. (aiohttp itself resends a DELETE once on a dropped
+    # connection, below our transport; that resend finds nothing to delete.)
+    assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
+
+
+async def test_answer_lost_and_state_unreadable_is_unknown(sim: SimServer) -> None:
+    sim.faults.update({"drop_after_rate": 1.0})  # GETs are dropped too: nothing can be read back
+    device = org(sim).unique_devices(banned=False)[0]
+    auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
+    async with Client(sim.url, auth=auth, retry=FAST, timeout=5) as client:
+        provider = Banyan(client, Settings(url=sim.url))
+        step = Step(rows_of(("ban", {"serial": device["SerialNumber"]}))[0], "ban",
+                    f"device {device['SerialNumber']}", {"serial": device["SerialNumber"], "banned": "TRUE"})
+        (out,) = await provider.execute([step])
+    assert out.status is Status.UNKNOWN and "not resent" in out.detail
+    assert log(sim, device) == ["ban"]
+
+
+# -- delete-device ----------------------------------------------------------------
+
+
+async def test_delete_device_with_and_without_email(sim: SimServer) -> None:
+    o = org(sim)
+    alone = o.unique_devices(users=1)[0]
+    shared = o.unique_devices(users=2)[0]
+    first, second = shared["Emails"]
+    duplicate = o.with_serial(DUPLICATE_SERIAL)
+    dup_email = duplicate[1]["Emails"][0]
+    out = await run(
+        sim,
+        ("delete-device", {"serial": alone["SerialNumber"]}),
+        ("delete-device", {"serial": shared["SerialNumber"], "email": first.upper()}),
+        ("delete-device", {"serial": DUPLICATE_SERIAL, "email": dup_email}),
+        ("delete-device", {"serial": shared["SerialNumber"], "email": "nobody@skola.se"}),
+        ("delete-device", {"serial": "NOSUCHSERIAL"}),
+        ("delete-device", {"serial": DUPLICATE_SERIAL}),
+        ("delete-device", {"serial": alone["SerialNumber"]}),
+    )
+    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED,
+                                       Status.FAILED, Status.FAILED, Status.SKIPPED]
+    assert o.with_serial(alone["SerialNumber"]) == []
+    assert o.with_serial(shared["SerialNumber"]) == [shared] and shared["Emails"] == [second]
+    assert o.with_serial(DUPLICATE_SERIAL) == [duplicate[0]] and log(sim, duplicate[1]) == [f"unlink {dup_email}",
+                                                                                             "delete"]
+    assert "not registered to nobody@skola.se" in out[3].detail
+    assert "not found" in out[4].detail and "matches 2 devices" in out[5].detail
+    assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 3
+
+
+async def test_delete_device_falls_back_to_the_openapi_path(sim: SimServer) -> None:
+    org(sim).delete_paths = {SHORT_DELETE_PATH}
+    a, b = org(sim).unique_devices(users=1)[:2]
+    out = await run(sim, ("delete-device", {"serial": a["SerialNumber"]}),
+                    ("delete-device", {"serial": b["SerialNumber"]}))
+    assert [x.status for x in out] == [Status.SUCCEEDED] * 2
+    assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 1  # learnt once per run
+    assert sim.stats.by_route["DELETE /v1/delete_device"] == 2
+
+
+# -- delete-user -------------------------------------------------------------------
+
+
+async def test_delete_user_by_id_and_by_email(sim: SimServer) -> None:
+    users = list(org(sim).users.values())
+    by_id, by_email, other = users[10], users[11], users[12]
+    out = await run(
+        sim,
+        ("delete-user", {"user_id": by_id["ID"].upper()}),
+        ("delete-user", {"email": by_email["Email"].upper()}),
+        ("delete-user", {"email": "nobody@skola.se"}),
+        ("delete-user", {"user_id": "00000000-0000-4000-8000-000000000000"}),
+        ("delete-user", {"user_id": other["ID"], "email": by_email["Email"]}),
+        ("delete-user", {"email": by_id["Email"]}),
+        ("delete-user", {"email": " "}),
+    )
+    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.FAILED,
+                                       Status.FAILED, Status.SKIPPED, Status.FAILED]
+    assert out[0].resolved == f"user_id={by_id['ID']}" and out[1].resolved == f"user_id={by_email['ID']}"
+    assert by_id["ID"] in org(sim).inactive and by_email["ID"] in org(sim).inactive
+    assert other["ID"] in org(sim).users and log(sim, other) == []
+    assert "was not found" in out[2].detail and "belongs to" in out[4].detail and "blank" in out[6].detail
+    assert sim.stats.by_route["DELETE /v2/endusers"] == 2
+
+
+async def test_user_already_deleted_with_their_only_device_is_skipped(sim: SimServer) -> None:
+    o = org(sim)
+    # Banyan deletes an end user with their only device ("If any user(s) is/are
+    # associated with only the mentioned device then that/those user(s) will
+    # also get deleted"), so the later delete-user finds nothing to delete.
+    device = next(d for d in o.unique_devices(users=1)
+                  if o.user(d["Emails"][0])["SerialNumbers"] == [d["SerialNumber"]])  # type: ignore[index]
+    user = o.user(device["Emails"][0])
+    assert user is not None
+    out = await run(sim, ("delete-device", {"serial": device["SerialNumber"]}),
+                    ("delete-user", {"email": user["Email"]}))
+    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SKIPPED]
+    assert "already gone" in out[1].detail and out[1].http_status == 400
+
+
+# -- reading, auth, dry run ----------------------------------------------------------
+
+
+async def test_listing_is_paged_even_when_the_server_caps_pages(sim: SimServer) -> None:
+    org(sim).max_limit = 40
+    last = sorted(org(sim).unique_devices(banned=False), key=lambda d: d["SerialNumber"])[-1]
+    out = await run(sim, ("ban", {"serial": last["SerialNumber"]}))
+    assert out[0].status is Status.SUCCEEDED
+    assert sim.stats.by_route["GET /v1/devices"] >= 6
+
+
+async def test_dry_run_sends_nothing_that_changes(sim: SimServer) -> None:
+    device = org(sim).unique_devices(banned=False)[0]
+    user = list(org(sim).users.values())[0]
+    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]}),
+                    dry_run=True)
+    assert [x.status for x in out] == [Status.PLANNED, Status.PLANNED]
+    assert mutating(sim) == 0 and sim.stats.by_route["GET /v1/endusers"] == 1
+
+
+async def test_token_is_sent_as_bearer_and_never_shown(sim: SimServer) -> None:
+    with pytest.raises(AuthError) as info:
+        await run(sim, ("ban", {"serial": "X"}), token="wrong-" + TOKEN)
+    assert TOKEN not in str(info.value)
+    auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
+    assert auth.headers() == {"Authorization": f"Bearer {TOKEN}"} and TOKEN not in repr(auth)
+    sim.faults.update({"error_rate": 1.0, "error_status": 500})
+    out = await run(sim, ("ban", {"serial": "X"}))
+    assert out[0].status is Status.FAILED and "Could not read Banyan's v1/devices list" in out[0].detail
+    assert TOKEN not in out[0].detail
+    with pytest.raises(ConfigError, match="BULKMDM_TOKEN"):
+        Banyan.auth_from_env({})
+
+
+def test_a_2xx_body_that_reports_an_error_fails() -> None:
+    assert _body_error([{"Message": "Success"}]) is None
+    assert _body_error("Successfully deleted end user device") is None
+    assert _body_error({"error_code": 0, "data": "successfully marked the endusers as inactive"}) is None
+    assert "error occoured" in (_body_error({"error_code": 500, "error_description": "error occoured"}) or "")
+    assert _body_error({"Message": "Device not found"}) == "Device not found"
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def test_cli_runs_a_mixed_job_and_reports_each_row(sim: SimServer, tmp_path: Path) -> None:
+    from conftest import read_report, write_csv  # type: ignore[import-not-found]
+
+    from click.testing import CliRunner
+
+    from bulkmdm.cli import main
+
+    o = org(sim)
+    ban, banned = o.unique_devices(banned=False)[0], o.unique_devices(banned=True)[0]
+    deleted = o.unique_devices(users=1)[5]
+    user = list(o.users.values())[20]
+    job = write_csv(tmp_path / "banyan job.csv", [
+        ["Action", "Serial Number", "E-mail", "Enduser ID"],
+        ["ban", ban["SerialNumber"], "", ""],
+        ["ban", banned["SerialNumber"], "", ""],
+        ["Delete Device", deleted["SerialNumber"], "", ""],
+        ["delete-user", "", "", user["ID"]],
+        ["ban", "NOSUCHSERIAL", "", ""],
+        ["lock", ban["SerialNumber"], "", ""],
+    ])
+    env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes"], env=env)
+    report = read_report(tmp_path / "banyan job.outcome.csv")
+    assert [r["status"] for r in report] == ["succeeded", "skipped", "succeeded", "succeeded", "failed", "invalid"]
+    assert result.exit_code == 1
+    assert TOKEN not in result.output and TOKEN not in (tmp_path / "banyan job.outcome.csv").read_text()
+    assert log(sim, ban) == ["ban"] and o.with_serial(deleted["SerialNumber"]) == []
+    assert user["ID"] in o.inactive
+
+    # run the report again: only the failed/invalid rows are tried, nothing is sent twice
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "banyan job.outcome.csv"), "--provider", "banyan",
+                                       "--url", sim.url, "--yes"], env=env)
+    assert result.exit_code == 1
+    assert log(sim, ban) == ["ban"] and sim.stats.by_route["DELETE /v2/endusers"] == 1
+
+
+def test_cli_destructive_job_needs_yes_and_missing_token_is_one_message(sim: SimServer, tmp_path: Path) -> None:
+    from conftest import write_csv  # type: ignore[import-not-found]
+
+    from click.testing import CliRunner
+
+    from bulkmdm.cli import main
+
+    device = org(sim).unique_devices(users=1)[0]
+    job = write_csv(tmp_path / "wipe.csv", [["action", "serial"], ["delete-device", device["SerialNumber"]]])
+    env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url], env=env)
+    assert result.exit_code == 2 and mutating(sim) == 0
+    result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes"],
+                                env={"BULKMDM_STATE_DIR": str(tmp_path / "state")})
+    assert result.exit_code == 2 and "BULKMDM_TOKEN" in result.output and "Traceback" not in result.output
+    assert mutating(sim) == 0 and org(sim).with_serial(device["SerialNumber"]) == [device]

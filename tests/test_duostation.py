@@ -1,0 +1,293 @@
+"""Every DuoSTATION action end to end: the CLI over real HTTP against the
+built-in simulator on 127.0.0.1, asserting on the report and on the
+simulator's state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from bulkmdm.sim.duostation import FACTS
+
+from conftest import write_csv
+
+F = FACTS
+
+
+def state(sim: Any) -> Any:
+    return sim.app["state"]
+
+
+def serials(sim: Any, n: int, *, free: bool = False) -> list[str]:
+    """n generated serials (not the edge-case devices), optionally tag-free."""
+    st = state(sim)
+
+    def pick() -> list[str]:
+        out = []
+        for dev in list(st.devices.values())[F["edge_devices"]:]:
+            if free and st.device_tags_of(dev["id"]):
+                continue
+            out.append(dev["serialNumber"])
+        return out[:n]
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+def run(run_cli: Any, sim: Any, job: Path, *extra: str) -> Any:
+    return run_cli(["run", str(job), "--provider", "duostation", "--url", sim.url, *extra])
+
+
+def test_every_action(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    st = state(duo)
+    free = F["untagged_device"]["serial"]
+    deletable = F["user_without_devices"]["email"]
+    job = write_csv(tmp_path / "all.csv", [
+        ["action", "serial", "tag", "email", "user", "group", "app", "message", "note"],
+        ["tag", free, "Lärare", "", "", "", "", "", "keep me"],
+        ["untag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", "", "", ""],
+        ["tag-user", "", "Gymnasiet", deletable, "", "", "", "", ""],
+        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", "", ""],
+        ["assign-user", free, "", "", F["user_with_devices"]["account"], "", "", "", ""],
+        ["move-user", "", "", deletable, "", F["group_path"], "", "", ""],
+        ["install-app", free, "", "", "", "", F["app"]["name"], "", ""],
+        ["remove-app", free, "", "", "", "", F["app"]["packageId"], "", ""],
+        ["lock", free, "", "", "", "", "", "", ""],
+        ["inventory", free, "", "", "", "", "", "", ""],
+        ["clear-passcode", free, "", "", "", "", "", "", ""],
+        ["message", free, "", "", "", "", "", "Lämna in din iPad", ""],
+        ["wipe", F["leading_zero_serial"], "", "", "", "", "", "", ""],
+    ])
+    res = run(run_cli, duo, job, "--yes")
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in res.report] == ["succeeded"] * 13, res.report
+    assert res.report[0]["note"] == "keep me"
+    assert "device_id=" in res.report[0]["resolved_ids"]
+    free_id = F["untagged_device"]["id"]
+
+    def check() -> None:
+        assert st.device_tags_of(free_id) == ["Lärare"]
+        assert st.device_tags_of(F["tagged_device"]["id"]) == []
+        assert "Gymnasiet" in st.user_tags_of(F["user_without_devices"]["id"])
+        assert "Lärare" not in st.user_tags_of(F["tagged_user"]["id"])
+        assert st.devices[free_id]["userId"] == F["user_with_devices"]["id"]
+        assert st.users[F["user_without_devices"]["id"]]["groupId"] == F["group_id"]
+        cmds = [c["command"] for c in st.commands_for(free_id)]
+        assert sorted(cmds) == sorted(["installapp", "removeapp", "lockdevice", "inventorydevice",
+                                       "clearpasscode", "sendmessage"])
+        msg = st.commands_for(free_id, "sendmessage")[0]
+        assert msg["payload"] == {"message": "Lämna in din iPad"}
+        assert st.commands_for(free_id, "installapp")[0]["payload"]["appId"] == F["app"]["id"]
+        assert st.commands_for(free_id, "removeapp")[0]["payload"] == {"identifier": F["app"]["packageId"]}
+        assert len(st.commands_for(F["leading_zero_device_id"], "wipedevice")) == 1
+
+    duo.call(check)
+
+
+def test_delete_user(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "del.csv", [
+        ["email"], [F["user_without_devices"]["email"]], [F["user_with_devices"]["email"]], ["nobody@skola.se"],
+    ])
+    res = run(run_cli, duo, job, "--action", "delete-user", "--yes")
+    assert res.exit_code == 1
+    assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed"]
+    assert res.report[1]["http_status"] == "409"
+    assert "not found" in res.report[2]["detail"]
+    assert duo.call(lambda: F["user_without_devices"]["id"] not in state(duo).users)
+
+
+def test_skipped_not_found_ambiguous_invalid(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "mix.csv", [
+        ["Action", "Serial Number", "Tag Name", "E-mail", "Group Path"],
+        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", ""],   # already there
+        ["tag", "NOSUCHSERIAL", "Lärare", "", ""],                                 # not found
+        ["tag", F["duplicate_serial"], "Lärare", "", ""],                          # 2 devices
+        ["tag", F["untagged_device"]["serial"], F["duplicate_tag_name"], "", ""],  # 2 tags
+        ["tag", F["untagged_device"]["serial"], "Ingen sådan tagg", "", ""],       # tag not found
+        ["tag", "", "Lärare", "", ""],                                             # blank serial
+        ["explode", F["untagged_device"]["serial"], "Lärare", "", ""],             # unknown action
+        ["assign-user", F["assigned_device"]["serial"], "", F["assigned_device"]["email"], ""],  # already
+        ["move-user", "", "", F["user_in_group"]["email"], F["user_in_group"]["group"].replace("\\", "/")],
+        ["move-user", "", "", F["user_without_devices"]["email"], F["duplicate_group_path"]],
+        ["tag-user", "", F["tagged_user"]["tag"], F["duplicate_email"], ""],
+        ["install-app", F["untagged_device"]["serial"], "", "", ""],               # no app column value
+        ["lock", F["untagged_device"]["serial"], "", "", ""],
+        ["lock", F["untagged_device"]["serial"], "", "", ""],                      # same change twice
+    ])
+    res = run(run_cli, duo, job)
+    statuses = [r["status"] for r in res.report]
+    assert statuses == ["skipped", "failed", "failed", "failed", "failed", "invalid", "invalid", "skipped",
+                        "skipped", "failed", "failed", "invalid", "succeeded", "skipped"]
+    details = [r["detail"] for r in res.report]
+    assert "NOSUCHSERIAL" in details[1] and "not found" in details[1]
+    assert "matches 2 devices" in details[2]
+    assert "matches 2 tags" in details[3]
+    assert "Missing serial or device_id" in details[5]
+    assert "Unknown action 'explode'" in details[6]
+    assert "group" in details[9]
+    assert "matches 2 users" in details[10]
+    assert "Missing app" in details[11]
+    assert "line 14" in details[13]
+    assert res.exit_code == 1
+    assert duo.stats.mutating == 1  # only the one lock was sent
+
+
+def test_faults_are_retried_and_nothing_is_linked_twice(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    targets = serials(duo, 60, free=True)
+    duo.faults.update({"error_rate": 0.25, "mutating_only": True, "seed": 7})
+    duo.faults.drop_after_rate = 0.15
+    job = write_csv(tmp_path / "tags.csv", [["serial", "tag"], *[[s, "Prov-läge"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag", "--rate", "none", "--timeout", "5")
+    assert res.exit_code == 0, res.output
+    assert all(r["status"] == "succeeded" for r in res.report)
+    assert any(int(r["attempts"]) > 1 for r in res.report)
+    assert duo.call(lambda: state(duo).duplicate_links()) == []
+    assert duo.call(lambda: sum(1 for s in targets for d in state(duo).devices_by_serial(s)
+                                if "Prov-läge" in state(duo).device_tags_of(d["id"]))) == 60
+
+
+def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    targets = serials(duo, 6, free=True)
+    duo.faults.update({"slow_rate": 1.0, "slow_seconds": 1.5, "mutating_only": True})
+    job = write_csv(tmp_path / "slow.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag", "--timeout", "0.5")
+    assert [r["status"] for r in res.report] == ["succeeded"] * 6, res.report
+    assert "confirmed" in res.report[0]["detail"]
+    assert duo.call(lambda: state(duo).duplicate_links()) == []
+
+
+def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    target = serials(duo, 1)[0]
+    duo.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+    job = write_csv(tmp_path / "msg.csv", [["serial", "message"], [target, "Hej"]])
+    res = run(run_cli, duo, job, "--action", "message")
+    assert res.exit_code == 1
+    assert res.report[0]["status"] == "unknown"
+    assert "not resent" in res.report[0]["detail"]
+    assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
+
+
+def test_report_round_trip(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    targets = serials(duo, 5, free=True)
+    job = write_csv(tmp_path / "round.csv", [
+        ["serial", "tag", "owner"],
+        [targets[0], "Lärare", "=cmd|' /C calc'!A0"],
+        [targets[1], "Nytt läsår", "b"],
+        [targets[2], "Nytt läsår", "c"],
+        [targets[3], "Lärare", "d"],
+    ])
+    first = run(run_cli, duo, job, "--action", "tag")
+    assert first.exit_code == 1
+    assert [r["status"] for r in first.report] == ["succeeded", "failed", "failed", "succeeded"]
+    assert first.report[0]["owner"] == "'=cmd|' /C calc'!A0"  # neutralised for Excel
+    assert "bulkmdm run" in first.output and str(first.report_path) in first.output
+    # fix the cause: the tag now exists
+    duo.call(lambda: state(duo).add_tag({"name": "Nytt läsår"}))
+    duo.call(lambda: duo.stats.__setattr__("mutating", 0))
+    second = run(run_cli, duo, first.report_path, "--action", "tag")
+    assert second.exit_code == 0, second.output
+    assert [r["status"] for r in second.report] == ["succeeded"] * 4
+    assert second.report[0]["detail"] == first.report[0]["detail"]  # carried untouched
+    assert second.report[0]["owner"] == "'=cmd|' /C calc'!A0"
+    header = list(second.report[0])
+    assert header.count("status") == 1 and header[:3] == ["serial", "tag", "owner"]
+    assert duo.stats.mutating == 2  # only the two failed rows were sent again
+
+
+def test_xlsx_job_and_report(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Serial", "Username", "Klass"])
+    ws.append([F["untagged_device"]["serial"], F["mixed_case_email"].lower(), "7A"])
+    ws.append([F["leading_zero_serial"], F["user_without_devices"]["account"], "NA"])
+    ws.append([1234, F["user_without_devices"]["account"], "8B"])
+    path = tmp_path / "reassign.xlsx"
+    wb.save(path)
+    res = run(run_cli, duo, path, "--action", "assign-user")
+    assert res.report_path.suffix == ".xlsx"
+    assert [r["status"] for r in res.report] == ["succeeded", "succeeded", "failed"]
+    assert res.report[1]["Serial"] == F["leading_zero_serial"] and res.report[1]["Klass"] == "NA"
+    assert "'1234'" in res.report[2]["detail"]
+    assert duo.call(lambda: state(duo).devices[F["leading_zero_device_id"]]["userId"]) == 4
+
+
+def test_semicolon_cp1252_csv(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = tmp_path / "sv.csv"
+    job.write_bytes("SN;Tag;Action\r\n".encode("cp1252") +
+                    f"{F['untagged_device']['serial']};Prov-läge;tag\r\n".encode("cp1252"))
+    res = run(run_cli, duo, job)
+    assert res.exit_code == 0, res.output
+    assert res.report[0]["Tag"] == "Prov-läge"
+    assert duo.call(lambda: state(duo).device_tags_of(F["untagged_device"]["id"])) == ["Prov-läge"]
+
+
+def test_dry_run_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    targets = serials(duo, 3, free=True)
+    job = write_csv(tmp_path / "dry.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets],
+                                           ["NOSUCH", "Lärare"], [F["tagged_device"]["serial"], "Prov-läge"]])
+    res = run(run_cli, duo, job, "--action", "tag", "--dry-run")
+    assert [r["status"] for r in res.report] == ["planned"] * 3 + ["failed", "skipped"]
+    assert "3 request(s) that change something" in res.output
+    assert duo.stats.mutating == 0
+
+
+def test_destructive_without_yes_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "wipe.csv", [["serial", "action"], [F["untagged_device"]["serial"], "wipe"],
+                                            [F["leading_zero_serial"], "lock"]])
+    res = run(run_cli, duo, job)
+    assert res.exit_code == 2
+    assert "--yes" in res.output and "Traceback" not in res.output
+    assert duo.stats.requests == 0
+    res = run(run_cli, duo, job, "--yes", "--max-destructive", "0")
+    assert res.exit_code == 2 and duo.stats.requests == 0
+
+
+def test_bad_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "c.csv", [["serial"], [F["untagged_device"]["serial"]]])
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+                  env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    assert res.exit_code == 2
+    assert "credentials" in res.output and "wrong-password-123" not in res.output
+    assert duo.stats.mutating == 0
+
+
+def test_missing_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "c.csv", [["serial"], ["X"]])
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+                  env={"BULKMDM_USERNAME": ""})
+    assert res.exit_code == 2 and "BULKMDM_USERNAME" in res.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--provider", "nope"], "Unknown provider"),
+    (["--url", "ftp://x"], "must start with https://"),
+    (["--rate", "fast"], "is not a rate"),
+    (["--action", "fly"], "is not an action"),
+])
+def test_bad_usage_is_one_sentence(duo: Any, run_cli: Any, tmp_path: Path, args: list[str], words: str) -> None:
+    job = write_csv(tmp_path / "u.csv", [["serial", "action"], ["X", "lock"]])
+    base = {"--provider": "duostation", "--url": duo.url}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["run", str(job)] + [x for kv in base.items() for x in kv]
+    res = run_cli(argv)
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+
+
+def test_missing_column_for_every_row_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "m.csv", [["serial"], ["A"], ["B"]])
+    res = run(run_cli, duo, job, "--action", "tag")
+    assert res.exit_code == 2 and "tag" in res.output
+
+
+def test_requests_per_row(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    targets = serials(duo, 300)
+    job = write_csv(tmp_path / "many.csv", [["serial", "tag"], *[[s, "Gymnasiet"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag", "--rate", "none", "--concurrency", "16")
+    assert res.exit_code == 0
+    already = sum(1 for r in res.report if r["status"] == "skipped")
+    assert already + sum(1 for r in res.report if r["status"] == "succeeded") == 300
+    # one link per row that needed it, plus 3 lists (devices, tags, device tags)
+    assert duo.stats.requests == 300 - already + 3

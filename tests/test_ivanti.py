@@ -1,0 +1,551 @@
+"""The Ivanti Neurons for MDM provider against its simulator, over real HTTP
+on 127.0.0.1: look-ups, batches, per-device rejections, split-and-retry,
+faults, read-back after a lost answer, dry-run viability checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from conftest import write_csv  # type: ignore[import-not-found]
+
+from bulkmdm.errors import AuthError, ConfigError
+from bulkmdm.model import JobRow, Outcome, Status, Step
+from bulkmdm.providers.base import Settings
+from bulkmdm.providers.ivanti import Ivanti
+from bulkmdm.retry import RetryPolicy
+from bulkmdm.sim.common import Faults, SimServer
+from bulkmdm.sim.ivanti import IvantiState, make_app
+from bulkmdm.transport import BasicAuth, Client
+
+FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(make_app(devices=300, seed=7)) as server:
+        yield server
+
+
+def state_of(sim: SimServer) -> IvantiState:
+    return sim.app["state"]  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def ivanti(sim: SimServer, *, password: str = "admin", **settings: Any) -> AsyncIterator[Ivanti]:
+    settings.setdefault("partition", "1")
+    client = Client(Ivanti.api_base(sim.url), auth=BasicAuth("admin", password), retry=FAST, timeout=5)
+    try:
+        yield Ivanti(client, Settings(url=sim.url, **settings))
+    finally:
+        await client.aclose()
+
+
+def pick(sim: SimServer, n: int = 1, **where: Any) -> list[dict[str, Any]]:
+    """``n`` devices with a unique, non-blank serial whose fields match ``where``."""
+    state = state_of(sim)
+    out = []
+    for device in state.devices.values():
+        if not device["serialNumber"] or device["serialNumber"] == state.duplicate_serial:
+            continue
+        if all(device.get(k) == v for k, v in where.items()):
+            out.append(device)
+            if len(out) == n:
+                return out
+    raise AssertionError(f"the simulated fleet has fewer than {n} devices with {where}")
+
+
+def rows(action: str, devices: list[dict[str, Any]], **fields: str) -> list[JobRow]:
+    return [JobRow(i, action, {"serial": d["serialNumber"], **fields}) for i, d in enumerate(devices)]
+
+
+async def run(provider: Ivanti, job: list[JobRow], *, dry_run: bool = False) -> list[Outcome]:
+    """What the engine does: plan, batch by batch_key, execute (or check)."""
+    planned = await provider.plan(job)
+    assert len(planned) == len(job)
+    steps = [p for p in planned if isinstance(p, Step)]
+    batches: dict[Any, list[Step]] = {}
+    for step in steps:
+        batches.setdefault(step.batch_key, []).append(step)
+    done = {p.index: p for p in planned if isinstance(p, Outcome)}
+    size = provider.batch_size()
+    for group in batches.values():
+        for start in range(0, len(group), size):
+            batch = group[start:start + size]
+            outcomes = await (provider.check(batch) if dry_run else provider.execute(batch))
+            assert [o.index for o in outcomes] == [s.index for s in batch]
+            done.update((o.index, o) for o in outcomes)
+    return [done[row.index] for row in job]
+
+
+def statuses(items: Sequence[Outcome | Step]) -> list[str]:
+    return [x.status.value if isinstance(x, Outcome) else "step" for x in items]
+
+
+def detail(item: Outcome | Step) -> str:
+    assert isinstance(item, Outcome), item
+    return item.detail
+
+
+# -- set-up -------------------------------------------------------------------
+
+
+def test_credentials_url_and_partition() -> None:
+    with pytest.raises(ConfigError, match="BULKMDM_USERNAME and BULKMDM_PASSWORD"):
+        Ivanti.auth_from_env({})
+    assert Ivanti.auth_from_env({"BULKMDM_USERNAME": "a", "BULKMDM_PASSWORD": "b"}).headers()["Authorization"]
+    assert Ivanti.api_base("https://tenant.example.com/") == "https://tenant.example.com/api/v1"
+    client = Client("http://127.0.0.1:9/api/v1")
+    with pytest.raises(ConfigError) as info:
+        Ivanti(client, Settings(url="http://127.0.0.1:9", env={}))
+    assert str(info.value) == "ivanti needs the device space id: pass --partition or set BULKMDM_PARTITION_ID."
+    from_env = Ivanti(client, Settings(url="http://127.0.0.1:9", env={"BULKMDM_PARTITION_ID": "23504"}))
+    assert from_env.partition == "23504"
+    flag = Ivanti(client, Settings(url="http://x", env={"BULKMDM_PARTITION_ID": "1"}, partition="2"))
+    assert flag.partition == "2"
+    assert flag.batch_size() == 100
+    assert Ivanti(client, Settings(url="http://x", partition="2", batch_size=10)).batch_size() == 10
+
+
+async def test_bad_credentials_stop_the_run(sim: SimServer) -> None:
+    async with ivanti(sim, password="wrong") as provider:
+        with pytest.raises(AuthError):
+            await provider.plan(rows("lock", pick(sim)))
+
+
+async def test_unknown_device_space_fails_every_row_clearly(sim: SimServer) -> None:
+    async with ivanti(sim, partition="999") as provider:
+        out = await provider.plan(rows("lock", pick(sim, 2)))
+    assert statuses(out) == ["failed", "failed"]
+    assert "device space 999" in detail(out[0]) and "HTTP 403" in detail(out[0])
+
+
+# -- look-ups -----------------------------------------------------------------
+
+
+async def test_lookups_are_exact(sim: SimServer) -> None:
+    state = state_of(sim)
+    device = pick(sim, registrationState="ACTIVE")[0]
+    dup = state.duplicate_serial
+    job = [
+        JobRow(0, "lock", {"serial": "NOSUCHSERIAL"}),
+        JobRow(1, "lock", {"serial": ""}),
+        JobRow(2, "lock", {"serial": dup}),
+        JobRow(3, "lock", {"device_id": device["guid"].upper()}),
+        JobRow(4, "checkin", {"device_id": str(device["id"])}),
+        JobRow(5, "lock", {"device_id": str(device["id"]), "serial": "OTHER123"}),
+        JobRow(6, "wipe", {"serial": device["serialNumber"].lower()}),
+        JobRow(7, "install-app", {"serial": device["serialNumber"], "app": "x"}),
+    ]
+    async with ivanti(sim) as provider:
+        out = await provider.plan(job)
+    assert detail(out[0]) == "Serial NOSUCHSERIAL was not found among the 300 devices of device space 1."
+    assert isinstance(out[1], Outcome) and out[1].detail == "The serial is blank."
+    assert isinstance(out[2], Outcome) and out[2].status is Status.FAILED
+    assert f"serial {dup} matches 2 devices".lower() in out[2].detail.lower()
+    assert "RETIRED" in out[2].detail and "device_id" in out[2].detail
+    for step in out[3], out[4], out[6]:
+        assert isinstance(step, Step) and step.params["id"] == device["id"]
+        assert step.resolved == f"device_id={device['id']}"
+    assert isinstance(out[5], Outcome) and "not OTHER123" in out[5].detail
+    assert isinstance(out[7], Outcome) and "ivanti cannot install-app" in out[7].detail
+
+
+async def test_device_list_is_fetched_once_500_a_page(sim: SimServer) -> None:
+    with SimServer(make_app(devices=1234, seed=3)) as big:
+        async with ivanti(big) as provider:
+            devices = pick(big, 3)
+            await provider.plan(rows("lock", devices[:2]))
+            await provider.plan(rows("unlock", devices[2:]))
+        assert big.stats.by_route["GET /api/v1/device"] == 3  # ceil(1234 / 500), once per run
+
+
+async def test_large_fleets_page_with_search_after_values() -> None:
+    app = make_app(devices=1200, seed=5)
+    state: IvantiState = app["state"]
+    state.search_after_from = 1000  # what the simulator does from 10,000 devices on
+    with SimServer(app) as big:
+        last = max(state.devices)
+        device = state.devices[last]
+        job = [JobRow(0, "lock", {"device_id": str(last)})]
+        if device["serialNumber"]:
+            job.append(JobRow(1, "checkin", {"serial": device["serialNumber"]}))
+        async with ivanti(big) as provider:
+            out = await provider.plan(job)
+        assert all(isinstance(s, Step) and s.params["id"] == last for s in out)
+        assert state.search_after_requests == 2  # pages 2 and 3
+        assert big.stats.by_route["GET /api/v1/device"] == 3
+
+
+# -- bulk actions -------------------------------------------------------------
+
+
+async def test_lock_sends_one_request_for_the_batch(sim: SimServer) -> None:
+    devices = pick(sim, 20, registrationState="ACTIVE")
+    async with ivanti(sim) as provider:
+        out = await run(provider, rows("lock", devices))
+    assert statuses(out) == ["succeeded"] * 20
+    assert out[0].detail == f"Lock command sent to device {devices[0]['serialNumber']}."
+    assert all(state_of(sim).applied(d["id"], "lock") == 1 for d in devices)
+    assert sim.stats.by_route["PUT /api/v1/device/lock"] == 1
+    assert sim.stats.by_route["GET /api/v1/device/lock"] == 1  # checkViability first
+
+
+async def test_devices_not_eligible_fail_with_the_vendors_reason(sim: SimServer) -> None:
+    good = pick(sim, 4, registrationState="ACTIVE")
+    retired = pick(sim, 1, registrationState="RETIRED")
+    devices = good[:2] + retired + good[2:]
+    async with ivanti(sim) as provider:
+        out = await run(provider, rows("lock", devices))
+    assert statuses(out) == ["succeeded", "succeeded", "failed", "succeeded", "succeeded"]
+    assert "not eligible: DEVICE_RETIRED (the device is retired)" in out[2].detail
+    assert state_of(sim).applied(retired[0]["id"], "lock") == 0
+    assert sim.stats.by_route["PUT /api/v1/device/lock"] == 1
+
+
+async def test_assign_user_rejections_come_from_the_answer(sim: SimServer) -> None:
+    state = state_of(sim)
+    android = pick(sim, 1, registrationState="ACTIVE", platformType="ANDROID")[0]
+    unsupervised = pick(sim, 1, registrationState="ACTIVE", platformType="IOS", supervised=False)[0]
+    new_owner = next(a for a, acc in state.accounts.items()
+                     if a not in (android["ownerId"], unsupervised["ownerId"])
+                     and any(d["ownerId"] == a for d in state.devices.values()))
+    email = state.accounts[new_owner]["email"]
+    async with ivanti(sim) as provider:
+        out = await run(provider, rows("assign-user", [android, unsupervised], user=email))
+    assert statuses(out) == ["succeeded", "failed"]
+    assert "Reassignment of device" in out[0].detail and email in out[0].detail
+    assert "DEVICE_NOT_SUPERVISED" in out[1].detail
+    assert android["ownerId"] == new_owner and unsupervised["ownerId"] != new_owner
+    assert sim.stats.by_route["PUT /api/v1/device/updateAccount"] == 1
+
+
+async def test_assign_user_finds_the_account_through_owner_id_once_per_email(sim: SimServer) -> None:
+    targets = pick(sim, 3, registrationState="ACTIVE", platformType="ANDROID")
+    owner_device = next(d for d in pick(sim, 50, registrationState="ACTIVE")
+                        if d["ownerId"] not in {t["ownerId"] for t in targets})
+    account = owner_device["ownerId"]
+    job = rows("assign-user", targets, email=owner_device["emailAddress"].upper())  # case does not matter
+    job.append(JobRow(3, "assign-user", {"serial": targets[0]["serialNumber"], "user": "nobody@example.org"}))
+    job.append(JobRow(4, "assign-user", {"serial": owner_device["serialNumber"],
+                                          "email": owner_device["emailAddress"]}))
+    async with ivanti(sim) as provider:
+        out = await provider.plan(job)
+        for step in out[:3]:
+            assert isinstance(step, Step) and step.params["account"] == account
+            assert step.resolved.endswith(f"account_id={account}")
+            assert step.batch_key == ("assign-user", str(account))
+        assert isinstance(out[3], Outcome) and out[3].status is Status.FAILED
+        assert "No device in device space 1 belongs to nobody@example.org" in out[3].detail
+        assert isinstance(out[4], Outcome) and out[4].status is Status.SKIPPED
+        assert "already belongs to" in out[4].detail
+        result = await provider.execute([s for s in out[:3] if isinstance(s, Step)])
+    assert statuses(result) == ["succeeded"] * 3
+    assert all(t["ownerId"] == account and t["emailAddress"] == owner_device["emailAddress"] for t in targets)
+    # one device-list page, one search for the email (whatever its case), two
+    # for the unknown user (by email address, then by uid)
+    assert sim.stats.by_route["GET /api/v1/device"] == 4
+    assert sim.stats.by_route["PUT /api/v1/device/updateAccount"] == 1
+
+
+async def test_message_batches_by_text(sim: SimServer) -> None:
+    devices = pick(sim, 5, registrationState="ACTIVE")
+    job = rows("message", devices[:3], message="Please return your iPad, Friday 15:00 & thanks")
+    job += [JobRow(3 + i, "message", {"serial": d["serialNumber"], "message": "Other text"})
+            for i, d in enumerate(devices[3:])]
+    async with ivanti(sim) as provider:
+        out = await run(provider, job)
+    assert statuses(out) == ["succeeded"] * 5
+    assert sim.stats.by_route["PUT /api/v1/device/message"] == 2
+    log = {(device_id, detail) for device_id, action, detail in state_of(sim).log if action == "message"}
+    assert (devices[0]["id"], "Please return your iPad, Friday 15:00 & thanks") in log
+    assert (devices[4]["id"], "Other text") in log
+
+
+@pytest.mark.parametrize(
+    ("action", "where", "logged", "new_state"),
+    [
+        ("unlock", {"platformType": "IOS"}, "unlock", "ACTIVE"),
+        ("wipe", {}, "wipe", "WIPE_PENDING"),
+        ("retire", {}, "retire", "RETIRED"),
+        ("restart", {"platformType": "IOS", "supervised": True}, "restart", "ACTIVE"),
+        ("checkin", {}, "checkin", "ACTIVE"),
+    ],
+)
+async def test_each_bulk_action(sim: SimServer, action: str, where: dict[str, Any], logged: str,
+                                new_state: str) -> None:
+    devices = pick(sim, 3, registrationState="ACTIVE", **where)
+    async with ivanti(sim) as provider:
+        out = await run(provider, rows(action, devices))
+    assert statuses(out) == ["succeeded"] * 3, out
+    for device in devices:
+        assert state_of(sim).applied(device["id"], logged) == 1
+        assert device["registrationState"] == new_state
+    assert sum(n for route, n in sim.stats.by_route.items() if route.startswith("PUT ")) == 1
+
+
+async def test_commands_without_a_viability_check_are_refused_in_the_plan(sim: SimServer) -> None:
+    retired = pick(sim, 1, registrationState="RETIRED")[0]
+    android = pick(sim, 1, registrationState="ACTIVE", platformType="ANDROID")[0]
+    wiped = pick(sim, 1, registrationState="WIPE_PENDING")[0]
+    job = [JobRow(0, "unlock", {"serial": retired["serialNumber"]}),
+           JobRow(1, "restart", {"serial": android["serialNumber"]}),
+           JobRow(2, "wipe", {"serial": wiped["serialNumber"]}),
+           JobRow(3, "retire", {"serial": retired["serialNumber"]})]
+    async with ivanti(sim) as provider:
+        out = await provider.plan(job)
+    assert statuses(out) == ["failed", "failed", "skipped", "skipped"]
+    assert "is RETIRED; the MDM sends commands only to active devices" in detail(out[0])
+    assert "restarts only supervised iOS devices" in detail(out[1])
+    assert "already WIPE_PENDING" in detail(out[2])
+
+
+async def test_the_same_change_twice_is_sent_once(sim: SimServer) -> None:
+    device = pick(sim, 1, registrationState="ACTIVE")[0]
+    async with ivanti(sim) as provider:
+        out = await run(provider, rows("lock", [device, device]))
+    assert statuses(out) == ["succeeded", "skipped"]
+    assert out[1].detail == "Same change as line 2; sent once."
+    assert state_of(sim).applied(device["id"], "lock") == 1
+
+
+async def test_500_rows_need_far_fewer_requests_than_rows() -> None:
+    with SimServer(make_app(devices=2000, seed=11)) as big:
+        devices = pick(big, 500, registrationState="ACTIVE")
+        async with ivanti(big) as provider:
+            out = await run(provider, rows("lock", devices))
+        assert statuses(out) == ["succeeded"] * 500
+        assert big.stats.mutating <= 0.05 * 500
+        assert big.stats.mutating == 5
+        assert all(big.app["state"].applied(d["id"], "lock") == 1 for d in devices)
+
+
+async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
+    """A 200 whose envelope holds errors is a refusal; a count below the
+    number of devices sent leaves the rows unknown; a count of 0 fails them."""
+    app = make_app(devices=300, seed=7)
+    answers = {
+        "/api/v1/device/unlock": {"errors": {"globalErrors": [{"code": "Disabled", "message": "Unlock is off"}],
+                                             "fieldErrors": None}, "result": None},
+        "/api/v1/device/restart": {"errors": None, "result": 2},
+        "/api/v1/device/message": {"errors": None, "result": False},
+    }
+
+    @web.middleware
+    async def scripted(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "PUT" and request.path in answers:
+            return web.json_response(answers[request.path])
+        return await handler(request)
+
+    app.middlewares.append(scripted)
+    with SimServer(app) as scripted_sim:
+        devices = pick(scripted_sim, 3, registrationState="ACTIVE", platformType="IOS", supervised=True)
+        async with ivanti(scripted_sim) as provider:
+            unlock = await run(provider, rows("unlock", devices[:1]))
+            restart = await run(provider, rows("restart", devices))
+            message = await run(provider, rows("message", devices[:2], message="hi"))
+    assert statuses(unlock) == ["failed"]
+    serial = devices[0]["serialNumber"]
+    assert unlock[0].detail == f"The MDM refused to unlock device {serial} (HTTP 200): Unlock is off."
+    assert statuses(restart) == ["unknown"] * 3
+    assert "for 2 of the 3 devices in it without saying which" in restart[0].detail
+    assert statuses(message) == ["failed"] * 2 and "(result False)" in message[0].detail
+
+
+# -- a batch refused as a whole -------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["lock", "unlock"])  # split at the viability check / at the PUT
+async def test_batch_refused_as_a_whole_is_split_so_the_good_rows_succeed(sim: SimServer, action: str) -> None:
+    state = state_of(sim)
+    devices = pick(sim, 9, registrationState="ACTIVE", platformType="IOS")
+    async with ivanti(sim) as provider:
+        planned = await provider.plan(rows(action, devices))
+        gone = devices[5]["id"]
+        sim.call(lambda: state.delete(gone))  # deleted in the console since the look-up
+        out = await provider.execute([s for s in planned if isinstance(s, Step)])
+    assert statuses(out) == ["succeeded"] * 5 + ["failed"] + ["succeeded"] * 3
+    assert "HTTP 400" in out[5].detail and f"Invalid device id(s): {gone}" in out[5].detail
+    for device in devices:
+        assert state.applied(device["id"], action) == (0 if device["id"] == gone else 1)
+
+
+async def test_forbidden_batch_is_not_split(sim: SimServer) -> None:
+    devices = pick(sim, 8, registrationState="ACTIVE")
+    async with ivanti(sim) as provider:
+        planned = [s for s in await provider.plan(rows("lock", devices)) if isinstance(s, Step)]
+        sim.faults.error_status = 403
+        sim.faults.error_rate = 1.0
+        out = await provider.execute(planned)
+    assert statuses(out) == ["failed"] * 8 and "HTTP 403" in out[0].detail
+    assert sim.stats.by_route["GET /api/v1/device/lock"] == 1
+
+
+# -- faults -------------------------------------------------------------------
+
+
+async def test_503s_are_retried_and_applied_once() -> None:
+    faults = Faults(error_rate=0.5, seed=3, mutating_only=True)
+    with SimServer(make_app(devices=300, seed=7, faults=faults)) as flaky:
+        devices = pick(flaky, 30, registrationState="ACTIVE")
+        async with ivanti(flaky) as provider:
+            out = await run(provider, rows("lock", devices))
+        assert statuses(out) == ["succeeded"] * 30
+        assert flaky.stats.faults > 0
+        assert max(o.attempts for o in out) > 1
+        assert all(state_of(flaky).applied(d["id"], "lock") == 1 for d in devices)
+
+
+async def test_lost_answer_to_a_command_is_unknown_and_not_resent(sim: SimServer) -> None:
+    devices = pick(sim, 4, registrationState="ACTIVE")
+    async with ivanti(sim) as provider:
+        planned = [s for s in await provider.plan(rows("lock", devices)) if isinstance(s, Step)]
+        sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+        out = await provider.execute(planned)
+    assert statuses(out) == ["unknown"] * 4
+    assert "not resent" in out[0].detail
+    assert all(state_of(sim).applied(d["id"], "lock") == 1 for d in devices)
+
+
+@pytest.mark.parametrize("action", ["retire", "wipe", "assign-user", "set-attribute", "delete-device"])
+async def test_lost_answer_is_confirmed_by_reading_back(sim: SimServer, action: str) -> None:
+    state = state_of(sim)
+    if action == "delete-device":
+        devices = pick(sim, 2, registrationState="RETIRED")
+        job = rows(action, devices)
+    elif action == "assign-user":
+        devices = pick(sim, 2, registrationState="ACTIVE", platformType="ANDROID")
+        other = next(d for d in state.devices.values() if d["ownerId"] not in {x["ownerId"] for x in devices})
+        job = rows(action, devices, email=other["emailAddress"])
+    elif action == "set-attribute":
+        devices = pick(sim, 2, registrationState="ACTIVE")
+        job = rows(action, devices, attribute="cityid", value="Reykjavík")
+    else:
+        devices = pick(sim, 2, registrationState="ACTIVE")
+        job = rows(action, devices)
+    logged = {"set-attribute": "customattributes-patch"}.get(action, action)
+    async with ivanti(sim) as provider:
+        planned = [s for s in await provider.plan(job) if isinstance(s, Step)]
+        assert len(planned) == 2
+        sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+        out = await provider.execute(planned)
+    assert statuses(out) == ["succeeded"] * 2, out
+    assert "Confirmed by reading it back" in out[0].detail
+    for device in devices:
+        assert state.applied(device["id"], logged) == 1
+
+
+# -- dry run --------------------------------------------------------------------
+
+
+async def test_dry_run_asks_check_viability_and_changes_nothing(sim: SimServer) -> None:
+    active = pick(sim, 3, registrationState="ACTIVE")
+    retired = pick(sim, 1, registrationState="RETIRED")
+    job = rows("wipe", active + retired) + [JobRow(4, "unlock", {"serial": active[0]["serialNumber"]})]
+    async with ivanti(sim, dry_run=True) as provider:
+        out = await run(provider, job, dry_run=True)
+    assert statuses(out) == ["planned", "planned", "planned", "failed", "planned"]
+    assert "not eligible: DEVICE_RETIRED" in out[3].detail
+    assert out[0].detail == f"would wipe device {active[0]['serialNumber']}"
+    assert sim.stats.mutating == 0
+    assert sim.stats.by_route["GET /api/v1/device/wipe"] == 1
+    assert "GET /api/v1/device/unlock" not in sim.stats.by_route  # no documented check: planned as is
+    assert all(d["registrationState"] == "ACTIVE" for d in active)
+
+
+# -- per-device calls -----------------------------------------------------------
+
+
+async def test_set_attribute_patches_and_skips_what_is_already_set(sim: SimServer) -> None:
+    state = state_of(sim)
+    with_two = [d for d in pick(sim, 100) if d["customAttributes"] and len(d["customAttributes"]["attrs"]) == 2]
+    done, todo = with_two[:2]
+    city = done["customAttributes"]["attrs"]["cityid"][0]
+    job = [JobRow(0, "set-attribute", {"serial": done["serialNumber"], "attribute": "cityid", "value": city}),
+           JobRow(1, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
+           JobRow(2, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
+           JobRow(3, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "BOS"}),
+           JobRow(4, "set-attribute", {"serial": todo["serialNumber"], "attribute": "floor", "value": "3"})]
+    async with ivanti(sim) as provider:
+        out = await run(provider, job)
+    assert statuses(out) == ["skipped", "succeeded", "skipped", "failed", "succeeded"]
+    assert f"already has cityid = '{city}'" in out[0].detail and "Same change as line 3" in out[2].detail
+    assert "give each attribute one value per job" in out[3].detail
+    attrs = todo["customAttributes"]["attrs"]
+    assert attrs["cityid"] == ["OSL"] and attrs["floor"] == ["3"]
+    assert len(attrs) == 3  # PATCH kept the attribute the job did not name
+    assert state.applied(done["id"], "customattributes-patch") == 0
+    assert sim.stats.by_route["PATCH /api/v1/device/{ref}/customattributes"] == 2
+    assert "POST /api/v1/device/{ref}/customattributes" not in sim.stats.by_route
+
+
+async def test_delete_device(sim: SimServer) -> None:
+    state = state_of(sim)
+    retired = pick(sim, 2, registrationState="RETIRED")
+    active = pick(sim, 1, registrationState="ACTIVE")[0]
+    job = rows("delete-device", retired)
+    job.append(JobRow(2, "delete-device", {"serial": active["serialNumber"]}))
+    job.append(JobRow(3, "delete-device", {"serial": retired[0]["serialNumber"], "email": "someone@else.org"}))
+    async with ivanti(sim) as provider:
+        out = await run(provider, job)
+    assert statuses(out) == ["succeeded", "succeeded", "failed", "failed"]
+    assert out[0].detail == f"Device {retired[0]['serialNumber']} deleted."
+    assert "is ACTIVE" in out[2].detail and "Retire it first" in out[2].detail
+    assert "not someone@else.org" in out[3].detail
+    assert all(d["id"] not in state.devices for d in retired) and active["id"] in state.devices
+    assert sim.stats.by_route["DELETE /api/v1/device"] == 2  # one per device
+
+
+# -- end to end: the command line ----------------------------------------------
+
+
+def test_cli_runs_a_mixed_job(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    state = state_of(sim)
+    active = pick(sim, 4, registrationState="ACTIVE", platformType="IOS", supervised=True)
+    retired = pick(sim, 1, registrationState="RETIRED")[0]
+    job = write_csv(tmp_path / "job.csv", [
+        ["Action", "Serial Number", "Message Text", "Attribute Name", "Attribute Value"],
+        ["lock", active[0]["serialNumber"], "", "", ""],
+        ["lock", active[1]["serialNumber"], "", "", ""],
+        ["lock", retired["serialNumber"], "", "", ""],
+        ["send message", active[2]["serialNumber"], "=1+1 is not a formula", "", ""],
+        ["Set Attribute", active[3]["serialNumber"], "", "floor", "007"],
+        ["restart", state.duplicate_serial, "", "", ""],
+        ["retire", active[3]["serialNumber"], "", "", ""],
+    ])
+    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1", "--yes"])
+    assert result.exit_code == 1, result.output
+    assert [r["status"] for r in result.report] == [
+        "succeeded", "succeeded", "failed", "succeeded", "succeeded", "failed", "succeeded"]
+    assert "DEVICE_RETIRED" in result.report[2]["detail"]
+    assert "matches 2 devices" in result.report[5]["detail"]
+    assert result.report[4]["Attribute Value"] == "007"
+    assert active[3]["customAttributes"]["attrs"]["floor"] == ["007"]  # leading zeros kept
+    assert state.applied(active[0]["id"], "lock") == state.applied(active[1]["id"], "lock") == 1
+    assert (active[2]["id"], "message", "=1+1 is not a formula") in state.log
+    assert active[3]["registrationState"] == "RETIRED"
+    assert sim.stats.by_route["PUT /api/v1/device/lock"] == 1  # both locks in one request
+
+
+def test_cli_dry_run_takes_the_partition_from_the_environment(sim: SimServer, tmp_path: Path,
+                                                               run_cli: Any) -> None:
+    devices = pick(sim, 3, registrationState="ACTIVE")
+    job = write_csv(tmp_path / "wipe.csv", [["serial"], *([d["serialNumber"]] for d in devices)])
+    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--action", "wipe", "--dry-run"],
+                     env={"BULKMDM_PARTITION_ID": "1"})
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in result.report] == ["planned"] * 3
+    assert sim.stats.mutating == 0
+    assert all(d["registrationState"] == "ACTIVE" for d in devices)
+
+
+def test_cli_without_a_partition_says_how_to_give_one(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    job = write_csv(tmp_path / "job.csv", [["serial"], [pick(sim)[0]["serialNumber"]]])
+    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--action", "lock"])
+    assert result.exit_code == 2
+    assert "ivanti needs the device space id: pass --partition or set BULKMDM_PARTITION_ID." in result.output
+    assert sim.stats.requests == 0

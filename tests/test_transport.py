@@ -1,0 +1,189 @@
+"""The HTTP boundary against a real loopback server: retries, Retry-After,
+ambiguous requests, rate pacing, and aiohttp errors mapped to our tree."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+from aiohttp import web
+
+from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, UsageError
+from bulkmdm.limits import RateController, parse_rate
+from bulkmdm.retry import RetryPolicy, parse_retry_after
+from bulkmdm.transport import BasicAuth, Client
+
+FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[web.Application], asyncio.Future[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start  # type: ignore[misc]
+    for runner in runners:
+        await runner.cleanup()
+
+
+def scripted(answers: list[Callable[[web.Request], web.StreamResponse]], hits: list[web.Request]) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        hits.append(request)
+        answer = answers[min(len(hits), len(answers)) - 1]
+        result = answer(request)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+async def test_retries_503_then_succeeds(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+    url = await server(scripted([lambda r: web.json_response({}, status=503), lambda r: web.json_response([1])], hits))
+    async with Client(url, retry=FAST) as client:
+        resp = await client.request("POST", "x", json={"a": 1})
+    assert resp.status == 200 and resp.body == [1] and resp.attempts == 2
+    assert len(hits) == 2
+
+
+async def test_final_4xx_is_not_retried(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+    url = await server(scripted([lambda r: web.json_response({"message": "nope"}, status=400)], hits))
+    async with Client(url, retry=FAST) as client:
+        resp = await client.request("GET", "x")
+    assert resp.status == 400 and len(hits) == 1
+
+
+async def test_401_is_auth_error_and_credentials_never_in_message(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+    url = await server(scripted([lambda r: web.json_response({}, status=401)], hits))
+    async with Client(url, auth=BasicAuth("admin", "s3cr3t-pw"), retry=FAST) as client:
+        with pytest.raises(AuthError) as info:
+            await client.request("GET", "x")
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in repr(client.auth)
+    assert hits[0].headers["Authorization"].startswith("Basic ")
+
+
+async def test_retry_after_seconds_is_honoured(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+    url = await server(scripted([
+        lambda r: web.json_response({}, status=429, headers={"Retry-After": "1"}),
+        lambda r: web.json_response({}),
+    ], hits))
+    limiter = RateController(rate=None)
+    async with Client(url, limiter=limiter, retry=FAST) as client:
+        t0 = time.monotonic()
+        resp = await client.request("GET", "x")
+        waited = time.monotonic() - t0
+    assert resp.ok and waited >= 0.95
+    assert limiter.stats.throttled == 1
+
+
+def test_retry_after_http_date() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    header = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(header, now=now) == pytest.approx(30)
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after("soon") is None
+
+
+async def test_timeout_on_post_is_not_resent_without_verify(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({})
+
+    url = await server(scripted([slow], hits))  # type: ignore[list-item]
+    async with Client(url, retry=FAST, timeout=0.2) as client:
+        with pytest.raises(AmbiguousError):
+            await client.request("POST", "x", json={})
+    assert len(hits) == 1
+
+
+async def test_timeout_on_post_is_verified_instead_of_resent(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({})
+
+    url = await server(scripted([slow], hits))  # type: ignore[list-item]
+    checks = []
+
+    async def verify() -> bool:
+        checks.append(1)
+        return True
+
+    async with Client(url, retry=FAST, timeout=0.2) as client:
+        resp = await client.request("POST", "x", json={}, verify=verify)
+    assert resp.verified and len(hits) == 1 and checks == [1]
+
+
+async def test_timeout_on_put_is_retried(server) -> None:  # type: ignore[no-untyped-def]
+    hits: list[web.Request] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({})
+
+    url = await server(scripted([slow, lambda r: web.json_response({})], hits))  # type: ignore[list-item]
+    async with Client(url, retry=FAST, timeout=0.2) as client:
+        resp = await client.request("PUT", "x", json={})
+    assert resp.ok and len(hits) == 2
+
+
+async def test_connection_refused_is_connect_error() -> None:
+    async with Client("http://127.0.0.1:9", retry=RetryPolicy(attempts=2, base=0.01, cap=0.01)) as client:
+        with pytest.raises(ConnectError) as info:
+            await client.request("POST", "x", json={})
+    assert info.value.attempts == 2
+
+
+async def test_strict_pacing_has_no_burst() -> None:
+    limiter = RateController(rate=50, adaptive=False)
+    stamps: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    await asyncio.gather(*(one() for _ in range(25)))
+    stamps.sort()
+    # no 0.2 s window holds more than 0.2 * 50 requests (+1 for the edge)
+    for i, start in enumerate(stamps):
+        assert sum(1 for t in stamps[i:] if t < start + 0.2) <= 11
+    assert stamps[-1] - stamps[0] >= 24 / 50 * 0.95
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("100/min") == pytest.approx(100 / 60)
+    assert parse_rate("20/s") == 20
+    assert parse_rate("5") == 5
+    assert parse_rate("none") is None
+    with pytest.raises(UsageError):
+        parse_rate("fast")
+
+
+def test_adaptive_rate_drops_on_429_and_recovers_below_ceiling() -> None:
+    limiter = RateController(rate=100, ceiling=100)
+    limiter.throttled(None)
+    assert limiter.rate is not None and limiter.rate < 100
+    for _ in range(5000):
+        limiter.succeeded()
+    assert limiter.rate == 100
