@@ -40,6 +40,28 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one sentence here, the traceback in a file
+            path = _crash_log(exc)
+            click.echo(
+                f"Error: bulkmdm hit an internal error ({type(exc).__name__}). The journal keeps every finished "
+                f"row; run the same command again to continue. Details for a bug report: {path}", err=True)
+            ctx.exit(1)
+
+
+def _crash_log(exc: BaseException) -> str:
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, path = tempfile.mkstemp(prefix="bulkmdm-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return path
+    except OSError:
+        return "(could not write a crash file)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -96,7 +118,7 @@ def run(job: Path, provider: str, url: str, action: str | None, report: Path | N
     from .engine import RunOptions, run_job
 
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        _log_to_stderr()
     options = RunOptions(
         job=job, provider=provider.casefold(), url=url, action=action, report=report, dry_run=dry_run, yes=yes,
         concurrency=concurrency, rate=rate, partition=partition, timeout=timeout, fresh=fresh, state_dir=state_dir,
@@ -106,6 +128,36 @@ def run(job: Path, provider: str, url: str, action: str | None, report: Path | N
     result = run_job(options, events)
     _summary(result, options, dry_run)
     sys.exit(result.exit_code)
+
+
+SECRET_VARIABLES = ("BULKMDM_PASSWORD", "BULKMDM_API_KEY", "BULKMDM_TOKEN", "BULKMDM_CLIENT_SECRET",
+                    "BULKMDM_REFRESH_TOKEN", "BULKMDM_CLIENT_ID")
+
+
+class _RedactingEcho(logging.Handler):
+    """--verbose: log lines to stderr, with any credential value blanked out.
+    (Nothing logs headers; this is the second lock on the door.)"""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.secrets = [v for k in SECRET_VARIABLES if len(v := os.environ.get(k, "")) >= 4]
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        click.echo(text, err=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("bulkmdm")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        if isinstance(handler, _RedactingEcho):
+            logger.removeHandler(handler)
+    logger.addHandler(_RedactingEcho())
 
 
 def _summary(result: RunResult, options: Any, dry_run: bool) -> None:

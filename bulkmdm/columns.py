@@ -1,7 +1,8 @@
 """Header normalisation: which input column means which canonical column.
 
 Names match case-insensitively, ignoring spaces, ``_`` and ``-``
-("Serial Number", "serial_number", "SerialNumber" are one column).
+("Serial Number", "serial_number", "SerialNumber" are one column). Swedish
+names are accepted too, since DuoSTATION's admins often write them.
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ import re
 
 #: canonical column -> the names that mean it (canonical name included).
 ALIASES: dict[str, tuple[str, ...]] = {
-    "action": ("action", "operation", "command", "verb"),
-    "serial": ("serial", "serial number", "serialno", "serial no", "sn", "serial num"),
+    "action": ("action", "operation", "command", "verb", "åtgärd"),
+    "serial": ("serial", "serial number", "serialno", "serial no", "sn", "serial num", "serienummer"),
     "device_id": ("device_id", "deviceid", "device guid", "guid", "device uuid", "udid"),
-    "email": ("email", "email address", "mail", "e-mail", "user email", "e-mail address"),
-    "user": ("user", "username", "account", "account name", "uid", "user name", "login"),
+    "email": ("email", "email address", "mail", "e-mail", "user email", "e-mail address", "e-post", "epost"),
+    "user": ("user", "username", "account", "account name", "uid", "user name", "login", "användare", "konto"),
     "user_id": ("user_id", "enduser id", "account id", "end user id", "userid"),
-    "tag": ("tag", "tag name"),
-    "group": ("group", "group name", "group path", "path"),
-    "app": ("app", "app name", "app id", "package id", "bundle id", "identifier", "application"),
-    "message": ("message", "text", "message text"),
+    "tag": ("tag", "tag name", "tagg"),
+    "group": ("group", "group name", "group path", "path", "grupp"),
+    "app": ("app", "app name", "app id", "package id", "bundle id", "identifier", "application", "applikation"),
+    "message": ("message", "text", "message text", "meddelande"),
     "attribute": ("attribute", "attribute name"),
     "value": ("value", "attribute value"),
-    "name": ("name", "display name", "full name"),
+    "name": ("name", "display name", "full name", "namn"),
 }
 
 #: The columns bulkmdm adds to a report, in order. A job file that has

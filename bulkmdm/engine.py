@@ -343,9 +343,8 @@ class _Run:
                 else:
                     steps.append(item)
             else:
-                if row.index in in_flight_before and item.status is Status.SKIPPED:
-                    item = item.with_(status=Status.SUCCEEDED,
-                                      detail="Done by the earlier run (confirmed by reading it back).")
+                if row.index in in_flight_before:
+                    item = _reconciled(row, item)
                 early.append(item)
         journal.record(run_id, early)
 
@@ -517,6 +516,19 @@ def _validate(row: JobRow, provider_cls: type[Provider]) -> str | None:
     if missing:
         return f"Missing {' and '.join(missing)}: the {row.action} action needs {'them' if len(missing) > 1 else 'it'}."
     return None
+
+
+def _reconciled(row: JobRow, item: Outcome) -> Outcome:
+    """A row whose request was in flight when the earlier run died, re-planned
+    against the MDM's current state: already in the wanted state means the
+    earlier request took effect; for a delete, the object being gone means
+    the same."""
+    if item.status is Status.SKIPPED:
+        return item.with_(status=Status.SUCCEEDED, detail="Done by the earlier run (confirmed by reading it back).")
+    if (item.status is Status.FAILED and row.action in ("delete-device", "delete-user")
+            and "not found" in item.detail.casefold()):
+        return item.with_(status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).")
+    return item
 
 
 def _batches(steps: list[Step], size: int) -> list[list[Step]]:

@@ -176,6 +176,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"7z\xbc\xaf", "a 7-Zip archive"),
     (b"Rar!", "a RAR archive"),
     (b"{\\rtf", "an RTF document"),
+    (b"\x7fELF", "a program"),
+    (b"SQLite format 3\x00", "an SQLite database"),
 )
 
 
@@ -205,11 +207,18 @@ def _ole2_kind(data: bytes) -> str:
     return "encrypted" if "EncryptedPackage".encode("utf-16-le") in data else "xls"
 
 
-def _control_share(sample: bytes) -> float:
-    if not sample:
-        return 0.0
-    controls = sum(1 for b in sample if b < 0x20 and b not in (0x09, 0x0A, 0x0C, 0x0D))
-    return controls / len(sample)
+_CONTROL_BYTES = bytes(b for b in range(0x20) if b not in (0x09, 0x0A, 0x0C, 0x0D))
+
+
+def _is_binary(data: bytes) -> bool:
+    """Mostly control bytes: a program, an image, a database, not a table.
+
+    A few control bytes are not enough: a NUL or an odd control character in
+    one cell of a CSV is that row's problem, not the file's.
+    """
+    sample = data[:8192]
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    return controls >= 16 and controls > 0.3 * len(sample)
 
 
 def _looks_utf16(data: bytes) -> bool:
@@ -244,7 +253,7 @@ def _not_csv(path: Path, data: bytes) -> None:
         raise JobFileError(
             f"{path} is saved as UTF-16 ('Unicode Text'); save it from Excel as 'CSV UTF-8 (Comma delimited)' instead."
         )
-    if _control_share(data[:8192]) > 0.10:
+    if _is_binary(data):
         raise JobFileError(
             f"{path} does not look like a text file (it holds binary data); save the table as 'CSV UTF-8' or as .xlsx."
         )
@@ -278,7 +287,7 @@ def _not_xlsx(path: Path, data: bytes) -> None:
     for magic, what in _MAGIC:
         if head.startswith(magic):
             raise JobFileError(f"{path} is {what}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead.")
-    if not _looks_utf16(data) and _control_share(data[:8192]) <= 0.10:
+    if not _looks_utf16(data) and not _is_binary(data):
         raise JobFileError(
             f"{path} is a text file (probably CSV), not an Excel workbook; rename it to {path.with_suffix('.csv').name}."
         )

@@ -146,6 +146,10 @@ def test_csv_tables_round_trip(
     encoded: tuple[str, tuple[list[str], list[list[str]]]], delimiter: str, quoting: int, newline: str
 ) -> None:
     encoding, (headers, rows) = encoded
+    if newline == "\n" and quoting == csv.QUOTE_MINIMAL:
+        # The csv module then leaves a lone CR unquoted, and "x\r\n" is a line
+        # ending to every reader; Excel never writes that.
+        assume(not any("\r" in cell for row in rows for cell in row))
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, delimiter=delimiter, quoting=quoting, lineterminator=newline)
     writer.writerow(headers)

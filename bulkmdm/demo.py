@@ -1,0 +1,183 @@
+"""``bulkmdm demo``: start the built-in simulators on 127.0.0.1, write the
+example jobs, and run them the way an admin would, explaining each step.
+
+The example jobs are generated from the simulators' seeded fleets (seed 1),
+so they always match; ``jobs/`` in the repository holds the same files
+(``python -m bulkmdm.demo jobs`` writes them, and a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DUO_DEVICES = 3000
+IVANTI_DEVICES = 2000
+CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
+
+
+def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
+    from .sim.duostation import FACTS
+
+    edge = FACTS["edge_devices"]
+    devices = [d for d in list(state.devices.values())[edge:] if len(state.devices_by_serial(d["serialNumber"])) == 1]
+    untagged = [d for d in devices if "Elev-iPad" not in state.device_tags_of(d["id"])]
+    users = list(state.users.values())[FACTS["edge_users"]:]
+    tag = [["Serial Number", "Tag", "Klass", "Kommentar"]]
+    for i, dev in enumerate(untagged[:240]):
+        tag.append([dev["serialNumber"], "Elev-iPad", f"7{'ABC'[i % 3]}", ""])
+    for dev in untagged[240:250]:
+        tag.append([dev["serialNumber"], "Nytt läsår", "8A", "tag not created yet"])
+    tag += [
+        [FACTS["tagged_device"]["serial"], FACTS["tagged_device"]["tag"], "9B", "already tagged"],
+        [FACTS["duplicate_serial"], "Elev-iPad", "9B", "two devices share this serial"],
+        ["F9XX0000ZZZZ", "Elev-iPad", "9B", "typo in the serial"],
+        ["", "Elev-iPad", "9B", "serial missing"],
+    ]
+    assign = [["serial", "user", "name"]]
+    for dev, user in zip(devices[300:340], users[100:140]):
+        assign.append([dev["serialNumber"], user["email"], user["name"]])
+    message = [["serienummer", "meddelande"]]
+    for dev in devices[400:460]:
+        message.append([dev["serialNumber"], "Hej! Lämna in din iPad i biblioteket på fredag. /IT"])
+    lost = [["action", "serial", "message", "anmält av"]]
+    for dev in devices[500:505]:
+        lost.append(["lock", dev["serialNumber"], "", "vaktmästaren"])
+        lost.append(["message", dev["serialNumber"], "Den här iPaden är anmäld förlorad. Ring 031-709 60 66.", ""])
+    apps = [["serial", "app", "action"]]
+    for dev in devices[600:620]:
+        apps.append([dev["serialNumber"], "Kahoot!", "install-app"])
+    apps.append([devices[620]["serialNumber"], "Google Chrome", "install-app"])
+    moves = [["email", "group"]]
+    for user in users[200:215]:
+        moves.append([user["email"], FACTS["group_path"]])
+    return {
+        "duostation-tag.csv": tag,
+        "duostation-assign.xlsx": assign,
+        "duostation-message.csv": message,
+        "duostation-lost.csv": lost,
+        "duostation-apps.csv": apps,
+        "duostation-move-user.csv": moves,
+    }
+
+
+def _ivanti_jobs(state: Any) -> dict[str, list[list[str]]]:
+    active = [d for d in state.devices.values() if d.get("registrationState") == "ACTIVE" and d.get("serialNumber")]
+    others = [d for d in state.devices.values() if d.get("registrationState") == "RETIRED" and d.get("serialNumber")]
+    rows = [["serial", "reason"]]
+    rows += [[d["serialNumber"], "reported lost"] for d in active[:300]]
+    rows += [[d["serialNumber"], "already retired"] for d in others[:3]]
+    return {"ivanti-lock.csv": rows}
+
+
+def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any) -> list[Path]:
+    """Write every example job into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rows in {**_duo_jobs(duo_state), **_ivanti_jobs(ivanti_state)}.items():
+        path = folder / name
+        if name.endswith(".xlsx"):
+            import xlsxwriter
+
+            book = xlsxwriter.Workbook(str(path))
+            sheet = book.add_worksheet("Jobb")
+            for r, row in enumerate(rows):
+                for c, value in enumerate(row):
+                    sheet.write_string(r, c, value)
+            book.close()
+        else:
+            delimiter = ";" if name == "duostation-message.csv" else ","
+            with open(path, "w", newline="", encoding="utf-8-sig") as fh:
+                csv.writer(fh, delimiter=delimiter).writerows(rows)
+        written.append(path)
+    return written
+
+
+def _fleets() -> tuple[Any, Any]:
+    from .sim.duostation import make_app as duo_app
+    from .sim.ivanti import make_app as ivanti_app
+
+    return duo_app(devices=DUO_DEVICES, seed=1), ivanti_app(devices=IVANTI_DEVICES, seed=1)
+
+
+def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
+    """Run the demo; returns the exit code (0 when it went as planned)."""
+    from .engine import RunOptions, run_job
+    from .sim.common import SimServer
+
+    duo_app, ivanti_app = _fleets()
+    out = out.resolve()
+    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"])
+    state_dir = out / ".state"
+    echo(f"Example jobs written to {out}/ ({len(jobs)} files).")
+
+    with SimServer(duo_app) as duo, SimServer(ivanti_app) as ivanti:
+        echo(f"DuoSTATION simulator: {duo.url} ({DUO_DEVICES} devices). Ivanti simulator: {ivanti.url}.")
+        duo.faults.latency = ivanti.faults.latency = 0.005
+
+        def run(title: str, job: Path, provider: str, url: str, **kw: Any) -> Any:
+            echo("")
+            echo(f"== {title}")
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
+                             for k, v in kw.items() if k not in ("partition",))
+            echo(f"$ bulkmdm run {job.name} --provider {provider} --url {url} {flags}".rstrip())
+            options = RunOptions(job=job, provider=provider, url=url, env=CREDS, state_dir=state_dir,
+                                 fresh=True, **kw)
+            result = run_job(options)
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+            echo(f"   {result.rows} rows: {counts}; {result.requests} requests in {result.elapsed:.1f} s.")
+            if result.planned_requests is not None:
+                echo(f"   The real run would send {result.planned_requests} changing requests.")
+            echo(f"   Report: {result.report_path}")
+            return result
+
+        tag = out / "duostation-tag.csv"
+        run("Dry run first: what would tagging 254 iPads do?", tag, "duostation", duo.url, action="tag", dry_run=True,
+            report=out / "duostation-tag.dryrun.csv")
+        first = run("Tag them for real (bad rows fail with a reason; nothing is guessed)", tag, "duostation",
+                    duo.url, action="tag", rate="none", concurrency=16)
+        failed = [r for r in _read(first.report_path) if r["status"] in ("failed", "invalid")]
+        for row in failed[:4]:
+            echo(f"   {row['Serial Number'] or '(blank serial)'}: {row['status']}: {row['detail']}")
+        echo("")
+        echo("-- The admin creates the tag 'Nytt läsår' in the MDM, then re-runs the report:")
+        duo.call(lambda: duo_app["state"].add_tag({"name": "Nytt läsår"}))
+        run("Re-run only what failed", first.report_path, "duostation", duo.url, action="tag", rate="none")
+
+        run("Friday reassignment from HR's spreadsheet (xlsx)", out / "duostation-assign.xlsx", "duostation",
+            duo.url, action="assign-user", concurrency=8)
+        run("Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url,
+            action="move-user")
+        duo.faults.update({"error_rate": 0.15, "mutating_only": True, "seed": 1})
+        echo("")
+        echo("-- The MDM now answers 503 to 15% of changes; bulkmdm retries, nothing is sent twice.")
+        run("Message 60 students (semicolon CSV, Swedish text)", out / "duostation-message.csv", "duostation",
+            duo.url, action="message", rate="none")
+        duo.faults.update({"error_rate": 0.0})
+        run("Lost devices: lock and message (mixed actions in one file)", out / "duostation-lost.csv",
+            "duostation", duo.url)
+        run("Install an app (an ambiguous app name fails its row)", out / "duostation-apps.csv", "duostation",
+            duo.url)
+        result = run("Ivanti: lock 303 devices with bulk calls", out / "ivanti-lock.csv", "ivanti", ivanti.url,
+                     action="lock", partition="1")
+        mutating = ivanti.stats.mutating
+        echo(f"   Ivanti received {mutating} changing requests for {result.rows} rows "
+             f"({mutating / max(result.rows, 1):.3f} per row).")
+    echo("")
+    echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {state_dir}")
+    return 0
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return list(csv.DictReader(fh))
+
+
+if __name__ == "__main__":  # python -m bulkmdm.demo FOLDER: refresh the example jobs
+    duo_app, ivanti_app = _fleets()
+    for written in write_jobs(Path(sys.argv[1] if len(sys.argv) > 1 else "jobs"), duo_app["state"],
+                              ivanti_app["state"]):
+        print(written)

@@ -1,0 +1,712 @@
+"""ManageEngine MDM (vendor doc: manageengine-mdm-api-v1.txt).
+
+Two editions, one API:
+
+* on-premises (``BULKMDM_API_KEY`` set): requests go to
+  ``<url>/api/v1/mdm/...`` with ``Authorization: <api key>``;
+* cloud (otherwise): requests go to ``<url>/api/v1/...`` with
+  ``Authorization: Zoho-oauthtoken <access token>``, the token obtained from
+  Zoho's OAuth endpoint with the refresh-token grant (:class:`ZohoOAuth`).
+
+``api_base`` is a classmethod that sees only the URL, so it returns
+``<url>/api/v1`` for both, and the provider puts ``mdm/`` in front of every
+path when its credentials are an API key (:meth:`ManageEngine._path`).
+
+What each action sends (bodies are JSON, as in the doc's curl examples)::
+
+    add-to-group       POST   groups/{group_id}/members   {"member_ids": [...]}     one request per group
+    remove-from-group  DELETE groups/{group_id}/members/{device_id}                 one per row
+    install-app        POST   apps/{app_id}/devices       {"device_ids": [...], "silent_install": true,
+                                                           "notify_user_via_email": false}  one per app
+    remove-app         DELETE apps/{app_id}/devices/{device_id}                    one per row
+
+Look-ups come from lists read once per run: ``GET devices`` (serial or
+device id), ``GET groups`` (name), ``GET apps`` (name, bundle identifier or
+app id) and ``GET groups/{id}/members`` for each group a row names, which
+lets rows already in the wanted state be skipped.
+
+The vendor allows 100 calls a minute and 2,500 a day (1,000 for free
+organisations). The rate is the default; the day's budget is checked when
+planning: rows whose requests would not fit fail up front with a note to
+run the report again tomorrow (``BULKMDM_DAILY_LIMIT`` changes the budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+
+from ..errors import AuthError, ConfigError, TransportError
+from ..model import JobRow, Outcome, Status, Step
+from ..transport import Auth, Client, HeaderAuth, Response
+from .base import (
+    Index,
+    LookupFailed,
+    Provider,
+    Settings,
+    as_list,
+    explain_status,
+    failed,
+    get_field,
+    outcome_from_error,
+    skipped,
+)
+
+log = logging.getLogger("bulkmdm.http")
+
+DEFAULT_OAUTH_URL = "https://accounts.zoho.com/oauth/v2/token"
+#: "Paid Organization - 2500 API calls/day and 100 API calls/minute"
+DEFAULT_DAILY_LIMIT = 2500
+
+GROUP_ACTIONS = frozenset({"add-to-group", "remove-from-group"})
+APP_ACTIONS = frozenset({"install-app", "remove-app"})
+#: actions whose rows share one request (the API takes a list of ids)
+BATCHED = frozenset({"add-to-group", "install-app"})
+#: a whole-batch 4xx with these is about the account or the request's form,
+#: not one bad id; splitting the batch would only repeat it
+_NO_SPLIT = frozenset({401, 403, 405, 406, 429})
+
+
+# -- credentials ---------------------------------------------------------------
+
+
+class ApiKeyAuth(HeaderAuth):
+    """On-premises: "Header name should be Authorization - Header value should be {api_key}"."""
+
+
+class ZohoOAuth(Auth):
+    """Cloud: an access token from Zoho's refresh-token grant, fetched on first
+    use, renewed a little before ``expires_in`` runs out and on a 401.
+
+    The token request carries the client secret and the refresh token, so it
+    is logged as method, path and status only, and no message built here
+    holds any of the three secrets (:meth:`_redact`).
+    """
+
+    #: tries for the token request (connection errors, 429, 5xx)
+    attempts = 3
+
+    def __init__(self, *, client_id: str, client_secret: str, refresh_token: str, token_url: str) -> None:
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._refresh_token = refresh_token
+        self.token_url = token_url
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        #: how many access tokens this run obtained
+        self.grants = 0
+
+    def headers(self) -> Mapping[str, str]:
+        # Without a token yet the request goes out bare; its 401 makes the
+        # transport call refresh(). The provider calls ensure() first, so
+        # that only happens to requests sent from elsewhere.
+        return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
+
+    def _fresh(self) -> bool:
+        return self._token is not None and time.monotonic() < self._expires_at
+
+    def _locked(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def ensure(self, session: aiohttp.ClientSession) -> None:
+        """Have an access token that will not expire in the next moments."""
+        if self._fresh():
+            return
+        async with self._locked():
+            if not self._fresh():
+                await self._fetch(session)
+
+    async def refresh(self, session: aiohttp.ClientSession) -> bool:
+        seen = self._token
+        async with self._locked():
+            # Workers that get a 401 together refresh once: whoever waited
+            # for the lock finds a token newer than the one that failed.
+            if self._token is not None and self._token != seen:
+                return True
+            await self._fetch(session)
+        return True
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+        # The doc's Step 4 lists refresh_token, client_id, client_secret,
+        # redirect_uri and grant_type=refresh_token (its "Request Example" is a
+        # copy of Step 3's authorization_code URL). The parameters go in a form
+        # body, which Zoho accepts like query parameters, so that the secrets
+        # are never part of a URL that proxies and servers log. redirect_uri
+        # is not needed to refresh and bulkmdm has none to send.
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+            "refresh_token": self._refresh_token,
+        }
+        parts = urlsplit(self.token_url)
+        what = f"POST {parts.path or '/'}"
+        where = parts.netloc
+        problem = ""
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(random.uniform(0.2, 0.5) * 2 ** (attempt - 2))
+            try:
+                async with session.post(self.token_url, data=form) as resp:
+                    status = resp.status
+                    try:
+                        body = await resp.json(content_type=None)
+                    except ValueError:
+                        body = None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.info("%s -> %s", what, type(exc).__name__)
+                problem = f"could not reach the OAuth token endpoint {where} ({type(exc).__name__})"
+                continue
+            log.info("%s -> %s", what, status)
+            error = get_field(body, "error") if isinstance(body, Mapping) else None
+            token = get_field(body, "access_token") if isinstance(body, Mapping) else None
+            if 200 <= status < 300 and isinstance(token, str) and token and not error:
+                self._store(token, body)
+                return
+            if status == 429 or status >= 500 or _too_many(body):
+                problem = f"the OAuth token endpoint {where} answered HTTP {status} (too busy or failing)"
+                continue
+            # Zoho refuses a bad client or refresh token with HTTP 200 and
+            # {"error": "invalid_client"} / {"error": "invalid_code"}.
+            reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {status}"
+            raise AuthError(
+                f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
+                "BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN",
+                status=401,
+            )
+        raise TransportError(f"{problem}; no access token", attempts=self.attempts)
+
+    def _store(self, token: str, body: Mapping[str, Any]) -> None:
+        # "The access_token will expire after a particular period (as given in
+        # expires_in param in the response)". Older Zoho answers give
+        # expires_in in milliseconds next to expires_in_sec; prefer the latter.
+        ttl = _number(get_field(body, "expires_in_sec"))
+        if ttl is None:
+            ttl = _number(get_field(body, "expires_in"))
+            if ttl is not None and ttl > 2 * 86400:
+                ttl /= 1000
+        if ttl is None or ttl <= 0:
+            ttl = 3600.0  # "In most general cases the access tokens expire in one hour"
+        now = time.monotonic()
+        self._token = token
+        self._expires_at = now + ttl - min(60.0, ttl / 10)
+        self.grants += 1
+
+    def _redact(self, text: str) -> str:
+        for secret in (self._client_secret, self._refresh_token, self._client_id, self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _too_many(body: Any) -> bool:
+    # Zoho: {"error": "Access Denied", "error_description": "You have made too
+    # many requests continuously. Please try again after some time."}
+    return isinstance(body, Mapping) and "too many requests" in str(get_field(body, "error_description", default=""))
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _daily_limit(env: Mapping[str, str]) -> int | None:
+    text = env.get("BULKMDM_DAILY_LIMIT", "").strip()
+    if not text:
+        return DEFAULT_DAILY_LIMIT
+    if text.casefold() in ("none", "off", "unlimited"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"BULKMDM_DAILY_LIMIT {text!r} is not a number of API calls; set it to your organisation's "
+            "daily limit (e.g. 2500) or to 'none'."
+        )
+    return int(text)
+
+
+# -- the provider ----------------------------------------------------------------
+
+
+class ManageEngine(Provider):
+    name = "manageengine"
+    actions = frozenset(GROUP_ACTIONS | APP_ACTIONS)
+    # "100 API calls/minute". A handful in flight is plenty at that pace.
+    default_rate = 100 / 60
+    default_concurrency = 4
+    # The doc gives no upper bound for member_ids / device_ids; 100 ids keep
+    # a body small and make a 1,000-row job ten requests. A batch refused as
+    # a whole is halved until the bad rows are found (about 2*log2(100) = 14
+    # extra requests per bad id at most).
+    max_batch = 100
+
+    @classmethod
+    def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
+        _daily_limit(env)  # a bad value stops the run before anything is sent
+        key = env.get("BULKMDM_API_KEY", "").strip()
+        if key:
+            return ApiKeyAuth(key)
+        names = ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN")
+        values = [env.get(n, "").strip() for n in names]
+        missing = [n for n, v in zip(names, values) if not v]
+        if len(missing) == len(names):
+            raise ConfigError(
+                "manageengine needs BULKMDM_API_KEY (on-premises) or BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET "
+                "and BULKMDM_REFRESH_TOKEN (cloud) in the environment; set them and run again."
+            )
+        if missing:
+            raise ConfigError(
+                f"manageengine cloud needs {', '.join(missing)} in the environment as well (or BULKMDM_API_KEY "
+                "for an on-premises server); set it and run again."
+            )
+        token_url = env.get("BULKMDM_OAUTH_URL", "").strip() or DEFAULT_OAUTH_URL
+        if not token_url.startswith(("https://", "http://")):
+            raise ConfigError(f"BULKMDM_OAUTH_URL {token_url!r} must start with https://.")
+        client_id, client_secret, refresh_token = values
+        return ZohoOAuth(client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
+                         token_url=token_url)
+
+    @classmethod
+    def api_base(cls, url: str) -> str:
+        # Cloud: "https://mdm.manageengine.com/api/v1"; on-premises:
+        # "{ServerURL}/api/v1/mdm" -- the "mdm/" is added per path (_path).
+        return url.rstrip("/") + "/api/v1"
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        super().__init__(client, settings)
+        auth = client.auth
+        self._oauth = auth if isinstance(auth, ZohoOAuth) else None
+        if isinstance(auth, (ApiKeyAuth, ZohoOAuth)):
+            self.on_premises = isinstance(auth, ApiKeyAuth)
+        else:
+            self.on_premises = bool(settings.env.get("BULKMDM_API_KEY", "").strip())
+        self.daily_limit = _daily_limit(settings.env)
+
+    # -- requests -------------------------------------------------------------
+    def _path(self, path: str) -> str:
+        return ("mdm/" + path) if self.on_premises else path
+
+    async def _request(self, method: str, path: str, **kw: Any) -> Response:
+        if self._oauth is not None:
+            await self._oauth.ensure(self.client.session)
+        return await self.client.request(method, self._path(path) if "://" not in path else path, **kw)
+
+    async def _get(self, path: str) -> Any:
+        resp = await self._request("GET", path)
+        if not resp.ok:
+            raise _ListFailed(path, resp)
+        return resp.body
+
+    async def _list(self, path: str, key: str) -> list[Any]:
+        """A list under its wrapping key (``{"devices": [...]}``).
+
+        The doc shows no paging, but its error table has "COM0003 Invalid
+        paging params"; if an answer links a next page (``paging.next``, as
+        ManageEngine's newer APIs do), it is followed -- on the same server
+        only, so the credentials go nowhere else."""
+        items: list[Any] = []
+        body = await self._get(path)
+        base = urlsplit(self.client.base_url)
+        seen: set[str] = set()
+        while True:
+            items.extend(as_list(body, key))
+            nxt = get_field(get_field(body, "paging"), "next") if isinstance(body, Mapping) else None
+            if not isinstance(nxt, str) or not nxt.strip():
+                return items
+            url = urljoin(self.client.base_url + "/", nxt.strip())
+            parts = urlsplit(url)
+            if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or url in seen or len(seen) > 1000:
+                return items
+            seen.add(url)
+            body = await self._get(url)
+
+    # -- planning -----------------------------------------------------------------
+    async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
+        actions = {row.action for row in rows}
+        try:
+            lists = await self._fetch_lists(actions, rows)
+        except _ListFailed as exc:
+            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
+                    for row in rows]
+        except TransportError as exc:
+            if isinstance(exc, AuthError):
+                raise
+            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
+            return [failed(row, detail, attempts=exc.attempts) for row in rows]
+        seen: dict[tuple[Any, ...], tuple[str, int]] = {}
+        out: list[Step | Outcome] = []
+        for row in rows:
+            try:
+                out.append(self._plan_row(row, lists, seen))
+            except LookupFailed as exc:
+                out.append(failed(row, _sentence(str(exc))))
+        return self._within_budget(out)
+
+    async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> _Lists:
+        lists = _Lists()
+        devices = await self._list("devices", "devices")
+        lists.device_by_id = Index("device", devices, lambda d: get_field(d, "device_id"))
+        lists.device_by_serial = Index("device", devices, _serial)
+        lists.device_by_serial_folded = Index("device", devices, _serial, fold=True)
+        lists.serials_known = any(_serial(d) for d in devices)
+        if actions & GROUP_ACTIONS:
+            groups = await self._list("groups", "groups")
+            lists.group_by_name = Index("group", groups, lambda g: get_field(g, "name"))
+            lists.group_by_name_folded = Index("group", groups, lambda g: get_field(g, "name"), fold=True)
+            wanted: dict[str, Any] = {}
+            for row in rows:
+                if row.action in GROUP_ACTIONS:
+                    try:
+                        group = self._group(row.get("group"), lists)
+                    except LookupFailed:
+                        continue
+                    wanted[_key(get_field(group, "group_id"))] = group
+            for group_id in wanted:
+                # "Get members present in a group": { "member_ids": [ 12, 213123, 21312 ] }
+                resp = await self._request("GET", f"groups/{_seg(group_id)}/members")
+                if resp.ok:
+                    lists.members[group_id] = {_key(m) for m in as_list(resp.body, "member_ids")}
+                else:
+                    lists.members[group_id] = LookupFailed(
+                        "could not read the members of group " + repr(get_field(wanted[group_id], "name"))
+                        + ": " + _explain(resp)
+                    )
+        if actions & APP_ACTIONS:
+            apps = await self._list("apps", "apps")
+            lists.app_by_name = Index("app", apps, lambda a: get_field(a, "app_name", "name"))
+            lists.app_by_bundle = Index("app", apps, lambda a: get_field(a, "bundle_identifier", "identifier"))
+            lists.app_by_id = Index("app", apps, lambda a: get_field(a, "app_id"))
+            lists.app_names_folded = Index("app", apps, lambda a: get_field(a, "app_name", "name"), fold=True)
+        return lists
+
+    def _device(self, row: JobRow, lists: _Lists) -> Any:
+        if row.get("device_id"):
+            return lists.device_by_id.one(row.get("device_id"), "device id")
+        serial = row.get("serial")
+        if serial.strip() == "--":
+            raise LookupFailed("the serial is '--', which the MDM writes for an unknown serial; give device_id")
+        if lists.device_by_serial.find(serial):
+            return lists.device_by_serial.one(serial, "serial")
+        if not lists.serials_known and serial.strip():
+            raise LookupFailed(f"serial {serial!r} was not found: the MDM's device list carries no serial "
+                               "numbers; give device_id instead")
+        # serial numbers have no meaningful case; a unique match ignoring it is the device
+        return lists.device_by_serial_folded.one(serial, "serial")
+
+    def _group(self, name: str, lists: _Lists) -> Any:
+        if not lists.group_by_name.find(name) and name.strip():
+            near = lists.group_by_name_folded.find(name)
+            if near:
+                hint = ", ".join(repr(get_field(g, "name")) for g in near[:3])
+                raise LookupFailed(f"group {name!r} was not found (names must match exactly; did you mean {hint}?)")
+        return lists.group_by_name.one(name, "group")
+
+    def _app(self, value: str, lists: _Lists) -> Any:
+        if not value.strip():
+            raise LookupFailed("the app is blank")
+        found: dict[str, Any] = {}
+        for index in (lists.app_by_name, lists.app_by_bundle, lists.app_by_id):
+            for app in index.find(value):
+                found[_key(get_field(app, "app_id")) or str(id(app))] = app
+        if not found:
+            near = lists.app_names_folded.find(value)
+            hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
+            raise LookupFailed(f"app {value!r} was not found (give its name, bundle identifier or app id){hint}")
+        if len(found) > 1:
+            raise LookupFailed(f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); "
+                               "give the app id instead")
+        return next(iter(found.values()))
+
+    def _plan_row(self, row: JobRow, lists: _Lists, seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
+        action = row.action
+        if action not in self.actions:
+            return failed(row, f"manageengine cannot {action}.")
+        device = self._device(row, lists)
+        dev_id = get_field(device, "device_id")
+        label = f"device {_serial(device) or dev_id}"
+
+        if action in GROUP_ACTIONS:
+            group = self._group(row.get("group"), lists)
+            group_id = get_field(group, "group_id")
+            gname = get_field(group, "name")
+            resolved = f"device_id={dev_id}; group_id={group_id}"
+            clash = self._once(seen, ("group", _key(dev_id), _key(group_id)), action, row, label, resolved)
+            if clash:
+                return clash
+            members = lists.members.get(_key(group_id))
+            if isinstance(members, LookupFailed):
+                raise members
+            member = members is not None and _key(dev_id) in members
+            if action == "add-to-group":
+                if member:
+                    return skipped(row, f"{_cap(label)} is already in group {gname!r}; nothing sent.", resolved)
+                return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
+                            resolved, (action, _key(group_id)))
+            if not member:
+                return skipped(row, f"{_cap(label)} is not in group {gname!r}; nothing sent.", resolved)
+            return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
+                        resolved, (action, row.index))
+
+        app = self._app(row.get("app"), lists)
+        app_id = get_field(app, "app_id")
+        aname = get_field(app, "app_name", "name")
+        resolved = f"device_id={dev_id}; app_id={app_id}"
+        clash = self._once(seen, ("app", _key(dev_id), _key(app_id)), action, row, label, resolved)
+        if clash:
+            return clash
+        # Whether an app is on a device is one request per device (GET
+        # devices/{id}/apps); with 2,500 calls a day that is not worth it, so
+        # app rows are always sent (associating twice is harmless).
+        key = (action, _key(app_id)) if action == "install-app" else (action, row.index)
+        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key)
+
+    @staticmethod
+    def _once(seen: dict[tuple[Any, ...], tuple[str, int]], key: tuple[Any, ...], action: str, row: JobRow,
+              label: str, resolved: str) -> Outcome | None:
+        """The same change twice is sent once; opposite changes to one pair fail
+        the later row (rows run concurrently, so their order is not kept)."""
+        earlier = seen.get(key)
+        if earlier is None:
+            seen[key] = (action, row.line)
+            return None
+        if earlier[0] == action:
+            return skipped(row, f"Same change as line {earlier[1]}; sent once.", resolved)
+        return failed(row, f"Line {earlier[1]} already does {earlier[0]} for {label} with the same "
+                           f"{key[0]}; put one change per {key[0]} and device in a job.", resolved)
+
+    def _within_budget(self, out: list[Step | Outcome]) -> list[Step | Outcome]:
+        """Fail, up front, the rows whose requests would not fit in the day.
+
+        The cost is counted in input order: look-ups already made, one request
+        per batch of a shared key, one per other row, plus a reserve for
+        retries and split batches. Rows past the budget fail with a note;
+        running the report again tomorrow sends them."""
+        limit = self.daily_limit
+        if limit is None:
+            return out
+        lookups = self.client.requests_sent
+        reserve = max(10, limit // 50)
+        room = limit - reserve - lookups
+        size = self.batch_size()
+        #: batch key -> (steps in it so far, whether its current batch fits)
+        open_batches: dict[Any, tuple[int, bool]] = {}
+        cost = 0
+        total = 0
+        fits: list[bool] = []
+        for item in out:
+            if not isinstance(item, Step):
+                fits.append(True)
+                continue
+            filled, batch_fits = open_batches.get(item.batch_key, (0, False))
+            if item.action in BATCHED and filled % size != 0:
+                ok = batch_fits  # rides in a request already counted (or already cut)
+            else:
+                total += 1
+                ok = cost + 1 <= room
+                cost += ok
+            if item.action in BATCHED:
+                open_batches[item.batch_key] = (filled + 1, ok)
+            fits.append(ok)
+        if all(fits):
+            return out
+        detail = (
+            f"Not sent: this job needs about {total + lookups:,} API calls ({lookups} look-ups included) and "
+            f"ManageEngine allows {limit:,} a day (keeping {reserve} for retries); this row did not fit. Run "
+            "the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
+        )
+        result: list[Step | Outcome] = []
+        for item, ok in zip(out, fits):
+            if ok or not isinstance(item, Step):
+                result.append(item)
+            else:
+                result.append(failed(item.row, detail, item.resolved))
+        return result
+
+    # -- dry run -------------------------------------------------------------------
+    async def check(self, steps: Sequence[Step]) -> list[Outcome]:
+        out = []
+        for step in steps:
+            what = _done(step).rstrip(".")
+            many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
+            out.append(Outcome(step.index, Status.PLANNED, f"Would do: {what}{many}.", resolved=step.resolved))
+        return out
+
+    # -- executing -----------------------------------------------------------------
+    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
+        if not steps:
+            return []
+        if steps[0].action in BATCHED:
+            return await self._send_batch(list(steps))
+        out = []
+        for step in steps:
+            try:
+                out.append(await self._send_one(step))
+            except AuthError:
+                raise
+            except TransportError as exc:
+                out.append(outcome_from_error(step, exc))
+        return out
+
+    async def _send_batch(self, steps: list[Step]) -> list[Outcome]:
+        action = steps[0].action
+        ids = [s.params["device"] for s in steps]
+        if action == "add-to-group":
+            group_id = steps[0].params["group"]
+            path, key = f"groups/{_seg(group_id)}/members", "member_ids"
+            body: dict[str, Any] = {"member_ids": ids}
+
+            async def in_place() -> bool | None:
+                # after a lost answer: did the members arrive? All: done. None: resend.
+                try:
+                    resp = await self._request("GET", path)
+                except TransportError:
+                    return None
+                if not resp.ok:
+                    return None
+                now = {_key(m) for m in as_list(resp.body, "member_ids")}
+                there = [_key(i) in now for i in ids]
+                return True if all(there) else False if not any(there) else None
+
+            verify: Any = in_place
+        else:
+            path, key = f"apps/{_seg(steps[0].params['app'])}/devices", "device_ids"
+            # silent_install: "Enter 'False' for manual installation from App
+            # Catalog" -- a bulk install means install; users are not mailed.
+            body = {"device_ids": ids, "silent_install": True, "notify_user_via_email": False}
+            verify = None  # installation cannot be read back cheaply; a lost answer is "unknown"
+        try:
+            resp = await self._request("POST", path, json=body, verify=verify)
+        except AuthError:
+            raise
+        except TransportError as exc:
+            return [outcome_from_error(s, exc) for s in steps]
+        if resp.ok:
+            confirmed = as_list(resp.body, key) if isinstance(resp.body, Mapping) and key in resp.body else None
+            got = {_key(i) for i in confirmed} if confirmed is not None else None
+            out = []
+            for step in steps:
+                if got is None or _key(step.params["device"]) in got:
+                    out.append(_succeeded(step, resp))
+                else:
+                    out.append(Outcome(step.index, Status.FAILED,
+                                       f"The MDM answered HTTP {resp.status} but did not list this device among "
+                                       f"the {key}; check {step.target} and run the report again.",
+                                       resp.status, resp.attempts, step.resolved))
+            return out
+        if 400 <= resp.status < 500 and resp.status not in _NO_SPLIT and len(steps) > 1:
+            # Refused as a whole, most likely for a few bad ids: halve and retry
+            # until the bad rows stand alone.
+            half = len(steps) // 2
+            return await self._send_batch(steps[:half]) + await self._send_batch(steps[half:])
+        return [_failed(step, resp) for step in steps]
+
+    async def _send_one(self, step: Step) -> Outcome:
+        p = step.params
+        if step.action == "remove-from-group":
+            path = f"groups/{_seg(p['group'])}/members/{_seg(p['device'])}"
+        else:
+            path = f"apps/{_seg(p['app'])}/devices/{_seg(p['device'])}"
+        resp = await self._request("DELETE", path)
+        if resp.status == 404 and resp.attempts > 1:
+            # an earlier attempt went through and its answer was lost
+            resp = Response(200, None, resp.headers, resp.attempts, verified=True)
+        if resp.ok:
+            return _succeeded(step, resp)
+        return _failed(step, resp)
+
+
+class _Lists:
+    """What planning reads once per run."""
+
+    def __init__(self) -> None:
+        empty = Index("x", [], lambda _: None)
+        self.device_by_id = self.device_by_serial = self.device_by_serial_folded = empty
+        self.serials_known = False
+        self.group_by_name = self.group_by_name_folded = empty
+        self.members: dict[str, set[str] | LookupFailed] = {}
+        self.app_by_name = self.app_by_bundle = self.app_by_id = self.app_names_folded = empty
+
+
+class _ListFailed(Exception):
+    def __init__(self, path: str, resp: Response) -> None:
+        self.path = path
+        self.resp = resp
+
+    def detail(self) -> str:
+        what = urlsplit(self.path).path.rsplit("/", 1)[-1] or self.path
+        return f"Could not read the MDM's {what} list: {_explain(self.resp)}"
+
+
+def _me_body(body: Any) -> Any:
+    """The doc's error body ``{"error_code", "error_description", ...}`` as one
+    message with the code, for :func:`explain_status`."""
+    if isinstance(body, Mapping):
+        code = get_field(body, "error_code")
+        text = get_field(body, "localized_error_description", "error_description")
+        if code is not None or text:
+            return {"message": f"{code}: {text}" if code is not None and text else str(text or code)}
+    return body
+
+
+def _explain(resp: Response) -> str:
+    return explain_status(resp.status, _me_body(resp.body), resp.attempts)
+
+
+def _done(step: Step) -> str:
+    p = step.params
+    return {
+        "add-to-group": f"{_cap(step.target)} added to group {p.get('name')!r}.",
+        "remove-from-group": f"{_cap(step.target)} removed from group {p.get('name')!r}.",
+        "install-app": f"Installation of {p.get('name')!r} sent to {step.target}.",
+        "remove-app": f"Removal of {p.get('name')!r} sent to {step.target}.",
+    }[step.action]
+
+
+def _succeeded(step: Step, resp: Response) -> Outcome:
+    detail = _done(step)
+    if resp.verified:
+        detail = detail.rstrip(".") + " (confirmed by reading it back after the answer was lost)."
+    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+
+
+def _failed(step: Step, resp: Response) -> Outcome:
+    detail = _explain(resp)
+    if resp.status in (400, 404) and step.action in BATCHED:
+        detail += f" The MDM refused {step.target}; it may have been removed since the look-up."
+    return Outcome(step.index, Status.FAILED, detail, resp.status, resp.attempts, step.resolved)
+
+
+def _serial(device: Any) -> str:
+    # the doc writes "--" for a value the MDM does not know
+    value = get_field(device, "serial_number", "serial")
+    text = "" if value is None else str(value).strip()
+    return "" if text == "--" else text
+
+
+def _key(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _seg(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[0].upper() + text[1:] if text else "Look-up failed"
+    return text if text.endswith((".", "?")) else text + "."
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]

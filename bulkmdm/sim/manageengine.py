@@ -1,0 +1,582 @@
+"""A ManageEngine MDM simulator (vendor doc: manageengine-mdm-api-v1.txt).
+
+The API is served twice, as the two editions publish it:
+
+* on-premises: ``/api/v1/mdm/...`` with ``Authorization: <api key>``;
+* cloud: ``/api/v1/...`` with ``Authorization: Zoho-oauthtoken <token>``,
+  the token issued by a Zoho-style OAuth endpoint on the same app,
+  ``POST /oauth/v2/token`` (``grant_type=refresh_token``), so tests point
+  ``BULKMDM_OAUTH_URL`` at the simulator. Tokens expire after
+  ``access_token_ttl`` seconds; a missing, unknown or expired token is a 401.
+
+Endpoints (under either prefix), with the doc's wrapping keys::
+
+    GET    devices                         {"devices": [device, ...]}
+    GET    devices/{device_id}             device details (with serial_number)
+    GET    devices/{device_id}/apps        {"apps": [...], "installed_apps": [...]}
+    GET    groups                          {"groups": [group, ...]}
+    GET    groups/{group_id}               group
+    GET    groups/{group_id}/members       {"member_ids": [...]}
+    POST   groups/{group_id}/members       {"member_ids": [...]} -> 200, the same
+    POST   groups/{group_id}/members/{id}  -> 202
+    DELETE groups/{group_id}/members/{id}  -> 204
+    GET    apps                            {"apps": [app, ...]}
+    GET    apps/{app_id}                   app
+    POST   apps/{app_id}/devices           {"device_ids": [...], "silent_install", ...} -> 200, the ids
+    POST   apps/{app_id}/devices/{id}      -> 202
+    DELETE apps/{app_id}/devices/{id}      -> 204
+
+Errors are the doc's body, ``{"error_code", "error_description",
+"localized_error_description"}``, with the codes of its "Common Error codes"
+table (COM0005 bad body, COM0008 unknown resource, COM0013 bad token ...).
+
+Where the doc is silent, the simulator behaves as a plausible real server:
+
+* the device list carries ``serial_number`` (the doc's list example shows only
+  some fields; its detail example has ``serial_number``) and the app list
+  carries ``bundle_identifier`` (same); unknown values are ``"--"`` as in the
+  doc's examples;
+* a list of ids in a POST body that holds any unknown id fails as a whole
+  (400 COM0005) and changes nothing;
+* adding a member that is already in the group, or associating an app that
+  is already associated, is accepted (a set) -- but it is written to the
+  per-device action log, so tests catch a change sent twice;
+* removing a member that is not in the group is 404 COM0008;
+* no paging, as in the doc -- unless a test sets ``state.page_size``, then
+  ``GET devices`` answers pages linked by ``"paging": {"next": <url>}``.
+
+Simulator-only (no auth): ``GET /_sim/log`` (the per-device action log) and
+the ``/_sim`` routes of :mod:`bulkmdm.sim.common`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import fleet
+from .common import Faults, instrument
+
+__all__ = ["FACTS", "MEState", "make_app"]
+
+DEVICE_ID_BASE = 9007199254741000  # above 2**53, like the doc's example ids
+GROUP_ID_BASE = 9007199254751000
+APP_ID_BASE = 9007199254761000
+
+#: The deliberate edge cases every seed and size holds. Tests assert them.
+FACTS: dict[str, Any] = {
+    # two device records share one serial (a re-enrolled device)
+    "duplicate_serial": "DUPSERIAL001",
+    "duplicate_serial_device_ids": [DEVICE_ID_BASE + 0, DEVICE_ID_BASE + 1],
+    # two devices whose serial the MDM does not know ("--", as the doc writes unknowns)
+    "no_serial_device_ids": [DEVICE_ID_BASE + 2, DEVICE_ID_BASE + 3],
+    # a serial with leading zeros
+    "leading_zero_serial": "001234567890",
+    "leading_zero_device_id": DEVICE_ID_BASE + 4,
+    # a device already in group "Lånedatorer"
+    "member_device": {"id": DEVICE_ID_BASE + 5, "serial": "MEMBERIPAD01"},
+    # a device in no group, with no apps
+    "free_device": {"id": DEVICE_ID_BASE + 6, "serial": "FREEIPAD0001"},
+    # a device with Keynote associated and installed
+    "app_device": {"id": DEVICE_ID_BASE + 7, "serial": "APPIPAD00001"},
+    "edge_devices": 8,
+    # an ordinary group, and the group the member device is in
+    "group": {"id": GROUP_ID_BASE + 10, "name": "Björkskolan Klass 8A"},
+    "member_group": {"id": GROUP_ID_BASE + 0, "name": "Lånedatorer"},
+    # two groups with the same name
+    "duplicate_group_name": "Reserv",
+    "duplicate_group_ids": [GROUP_ID_BASE + 2, GROUP_ID_BASE + 3],
+    # an app name shared by two apps (iOS and Android) and a bundle id shared by two
+    "shared_app_name": "Google Chrome",
+    "shared_bundle_identifier": "se.skolverket.app",
+    # an app with a unique name and bundle identifier
+    "app": {"id": APP_ID_BASE + 11, "name": "Kahoot!", "bundle_identifier": "no.mobitroll.kahoot-app"},
+    "installed_app": {"id": APP_ID_BASE + 7, "name": "Keynote", "bundle_identifier": "com.apple.iWork.Keynote"},
+}
+
+_FIXED_GROUPS = ("Lånedatorer", "Lärare", "Reserv", "Reserv", "Prov-läge")
+
+#: the doc's platform names and ids (device: platform_type / platform_type_id)
+_PLATFORMS = {"iOS": ("ios", 1), "Android": ("android", 2), "ChromeOS": ("chrome", 4)}
+
+ERRORS = {
+    "COM0001": (405, "Method not implemented / Invalid URL"),
+    "COM0005": (400, "Parameters in post were invalid or missing"),
+    "COM0006": (400, "No request data recieved"),
+    "COM0008": (404, "Unknown Resource"),
+    "COM0013": (401, "Not Authorised/ Invalid auth token"),
+}
+
+
+class ApiError(Exception):
+    """Answered with the doc's error body for ``code``."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        status, description = ERRORS[code]
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description
+        self.detail = detail
+
+
+def _error_response(exc: ApiError) -> web.Response:
+    # the doc: { "error_code": 1002, "error_description": "Unknown ID", "localized_error_description": ... }
+    return web.json_response(
+        {"error_code": exc.code, "error_description": exc.description,
+         "localized_error_description": exc.description},
+        status=exc.status,
+    )
+
+
+class MEState:
+    """The simulator's data. Every look-up is a dict access. Call methods from
+    the server's loop (``SimServer.call(lambda: state.…)``)."""
+
+    def __init__(self, *, api_key: str, client_id: str, client_secret: str, refresh_token: str,
+                 access_token_ttl: float) -> None:
+        self.api_key = api_key
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.refresh_token = refresh_token
+        self.access_token_ttl = access_token_ttl
+        self.devices: dict[int, dict[str, Any]] = {}
+        self.groups: dict[int, dict[str, Any]] = {}
+        #: group id -> member device ids (a dict as an ordered set)
+        self.members: dict[int, dict[int, None]] = {}
+        self.apps: dict[int, dict[str, Any]] = {}
+        #: app id -> devices it is associated with
+        self.associations: dict[int, dict[int, None]] = {}
+        #: device id -> app ids installed on it
+        self.installed: dict[int, dict[int, None]] = {}
+        #: device id -> every change applied to it, e.g. "add-to-group:<group id>"
+        self.log: dict[int, list[str]] = {}
+        #: access token -> expiry (time.monotonic())
+        self.tokens: dict[str, float] = {}
+        self.token_grants = 0
+        self.token_refusals = 0
+        self.unauthorized = 0
+        #: None: one answer, as the doc shows; a number: pages of that size
+        self.page_size: int | None = None
+
+    # -- auth ---------------------------------------------------------------
+    def grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The Zoho token endpoint. Zoho answers refusals with HTTP 200 and
+        ``{"error": "invalid_code"}`` (or ``invalid_client``), so we do too."""
+        if form.get("grant_type") != "refresh_token":
+            self.token_refusals += 1
+            return 200, {"error": "unsupported_grant_type"}
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            self.token_refusals += 1
+            return 200, {"error": "invalid_client"}
+        if form.get("refresh_token") != self.refresh_token:
+            self.token_refusals += 1
+            return 200, {"error": "invalid_code"}
+        token = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
+        self.tokens[token] = time.monotonic() + self.access_token_ttl
+        self.token_grants += 1
+        ttl = self.access_token_ttl
+        return 200, {
+            "access_token": token,
+            "api_domain": "https://www.zohoapis.com",
+            "token_type": "Bearer",
+            "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
+        }
+
+    def expire_tokens(self) -> None:
+        """Make every issued access token invalid (as if an hour had passed)."""
+        self.tokens.clear()
+
+    def authorised(self, cloud: bool, header: str) -> bool:
+        header = header.strip()
+        if not cloud:
+            return bool(header) and header == self.api_key
+        scheme, _, token = header.partition(" ")
+        # The doc's curl examples write "Zoho-authtoken" (the retired auth-token
+        # scheme); its text says OAuth tokens go as "Zoho-oauthtoken {access_token}".
+        if scheme != "Zoho-oauthtoken":
+            return False
+        expiry = self.tokens.get(token.strip())
+        return expiry is not None and time.monotonic() < expiry
+
+    # -- reads ----------------------------------------------------------------
+    def device(self, device_id: int) -> dict[str, Any]:
+        device = self.devices.get(device_id)
+        if device is None:
+            raise ApiError("COM0008")
+        return device
+
+    def group(self, group_id: int) -> dict[str, Any]:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise ApiError("COM0008")
+        return group
+
+    def app(self, app_id: int) -> dict[str, Any]:
+        app = self.apps.get(app_id)
+        if app is None:
+            raise ApiError("COM0008")
+        return app
+
+    def device_summary(self, device: dict[str, Any]) -> dict[str, Any]:
+        keys = ("device_id", "device_name", "serial_number", "udid", "os_version", "platform_type",
+                "platform_type_id", "model", "product_name", "device_capacity", "is_lost_mode_enabled",
+                "owned_by", "user")
+        return {k: device[k] for k in keys if k in device}
+
+    def device_apps(self, device_id: int) -> dict[str, Any]:
+        self.device(device_id)
+        apps = [
+            {"app_name": a["app_name"], "identifier": a["bundle_identifier"], "app_version": a["version"],
+             "app_id": a["app_id"]}
+            for a in (self.apps[i] for i in self.installed.get(device_id, ()))
+        ]
+        return {"apps": apps, "installed_apps": apps}
+
+    def member_ids(self, group_id: int) -> list[int]:
+        self.group(group_id)
+        return list(self.members.get(group_id, ()))
+
+    # -- changes ----------------------------------------------------------------
+    def _known(self, ids: Any, name: str) -> list[int]:
+        if not isinstance(ids, list) or not ids:
+            raise ApiError("COM0005", f"{name} must be a non-empty list")
+        out = []
+        for value in ids:
+            device_id = _int(value)
+            if device_id is None or device_id not in self.devices:
+                raise ApiError("COM0005", f"unknown id {value!r} in {name}")
+            out.append(device_id)
+        return out
+
+    def add_members(self, group_id: int, ids: Any) -> list[int]:
+        self.group(group_id)
+        members = self._known(ids, "member_ids")
+        bucket = self.members.setdefault(group_id, {})
+        for device_id in members:
+            bucket[device_id] = None
+            self._log(device_id, f"add-to-group:{group_id}")
+        return members
+
+    def remove_member(self, group_id: int, device_id: int) -> None:
+        self.group(group_id)
+        bucket = self.members.get(group_id, {})
+        if device_id not in bucket:
+            raise ApiError("COM0008")
+        del bucket[device_id]
+        self._log(device_id, f"remove-from-group:{group_id}")
+
+    def associate(self, app_id: int, ids: Any) -> list[int]:
+        self.app(app_id)
+        devices = self._known(ids, "device_ids")
+        bucket = self.associations.setdefault(app_id, {})
+        for device_id in devices:
+            bucket[device_id] = None
+            self.installed.setdefault(device_id, {})[app_id] = None
+            self._log(device_id, f"install-app:{app_id}")
+        return devices
+
+    def disassociate(self, app_id: int, device_id: int) -> None:
+        self.app(app_id)
+        self.device(device_id)
+        self.associations.get(app_id, {}).pop(device_id, None)
+        self.installed.get(device_id, {}).pop(app_id, None)
+        self._log(device_id, f"remove-app:{app_id}")
+
+    def delete_device(self, device_id: int) -> None:
+        """Remove a device from management (tests: 'deleted since the look-up')."""
+        self.devices.pop(device_id, None)
+        for bucket in self.members.values():
+            bucket.pop(device_id, None)
+        for bucket in self.associations.values():
+            bucket.pop(device_id, None)
+        self.installed.pop(device_id, None)
+
+    def _log(self, device_id: int, entry: str) -> None:
+        self.log.setdefault(device_id, []).append(entry)
+
+    def by_serial(self, serial: str) -> list[dict[str, Any]]:
+        """Test helper (O(n)): the devices holding ``serial``."""
+        return [d for d in self.devices.values() if d["serial_number"] == serial]
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+# -- seeding -----------------------------------------------------------------
+
+
+def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
+    rng = random.Random(f"bulkmdm-manageengine:{seed}")
+    # groups: fixed names first (ids are FACTS), then one per school and class
+    names = list(_FIXED_GROUPS)
+    for school in fleet.SCHOOLS:
+        names.extend(f"{school} {klass}" for klass in fleet.CLASSES[:3])
+    class_groups = []
+    for k, name in enumerate(names):
+        group_id = GROUP_ID_BASE + k
+        state.groups[group_id] = {"group_id": group_id, "name": name, "group_type": 1,
+                                  "description": f"Enheter: {name}"}
+        if name == "Lärare":
+            state.groups[group_id]["domain"] = "SKOLA"
+        if k >= len(_FIXED_GROUPS):
+            class_groups.append(group_id)
+    assert state.groups[FACTS["group"]["id"]]["name"] == FACTS["group"]["name"]
+
+    for k, (name, company, bundle, platform, store, store_id, version) in enumerate(fleet.APP_CATALOG):
+        app_id = APP_ID_BASE + k
+        state.apps[app_id] = {
+            "app_id": app_id, "app_name": name, "app_category": "Education",
+            # the doc leaves the codes out; store apps 1, enterprise (in-house) apps 2
+            "app_type": 2 if store == 2 else 1,
+            "bundle_identifier": bundle, "version": version,
+            "platform_type": 2 if platform == 1 else 1,
+            "description": f"{name} ({company})",
+            "icon": f"https://mdm.example.se/icons/{app_id}.png",
+            "store_url": f"https://apps.apple.com/se/app/id{store_id}" if store == 0 else "--",
+            "is_app_paid": False, "country_code": "SE", "store_id": store_id,
+            "added_time": 1704067200000 + k * 86400000, "modified_time": 1717200000000 + k * 3600000,
+        }
+    assert state.apps[FACTS["app"]["id"]]["app_name"] == FACTS["app"]["name"]
+    assert state.apps[FACTS["installed_app"]["id"]]["app_name"] == FACTS["installed_app"]["name"]
+
+    edge_serials = [FACTS["duplicate_serial"], FACTS["duplicate_serial"], "--", "--", FACTS["leading_zero_serial"],
+                    FACTS["member_device"]["serial"], FACTS["free_device"]["serial"], FACTS["app_device"]["serial"]]
+    generated = max(0, devices - len(edge_serials))
+    all_serials = edge_serials + fleet.serials(generated, seed)
+    people = fleet.people(len(all_serials), seed)
+    for i, (serial, person) in enumerate(zip(all_serials, people)):
+        device_id = DEVICE_ID_BASE + i
+        if i < len(edge_serials):
+            model, platform, os_version = "iPad (9th generation)", "iOS", "18.1"
+            if i in (2, 3):
+                model, platform, os_version = "Samsung Galaxy Tab A8", "Android", "14"
+        else:
+            model, platform, os_version = fleet.device_model(rng)
+        platform_type, platform_id = _PLATFORMS[platform]
+        state.devices[device_id] = {
+            "device_id": device_id,
+            "device_name": f"{person.account}_{model}",
+            "serial_number": serial,
+            "udid": fleet.guid(rng) if platform == "iOS" else "--",
+            "os_version": os_version,
+            "platform_type": platform_type,
+            "platform_type_id": platform_id,
+            "model": model,
+            "product_name": model.split(" ")[0],
+            "device_capacity": rng.choice((32.0, 64.0, 128.0)),
+            "is_lost_mode_enabled": False,
+            "owned_by": "1",
+            "user": {"user_id": DEVICE_ID_BASE + 500000 + i, "user_name": person.account,
+                     "user_email": person.email},
+        }
+        if i >= len(edge_serials):
+            state.members.setdefault(rng.choice(class_groups), {})[device_id] = None
+            if rng.random() < 0.1:
+                state.members.setdefault(GROUP_ID_BASE + 0, {})[device_id] = None
+    state.members.setdefault(FACTS["member_group"]["id"], {})[FACTS["member_device"]["id"]] = None
+    keynote, app_device = FACTS["installed_app"]["id"], FACTS["app_device"]["id"]
+    state.associations.setdefault(keynote, {})[app_device] = None
+    state.installed.setdefault(app_device, {})[keynote] = None
+    return state
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+Route = Callable[[web.Request, MEState], Awaitable[web.StreamResponse]]
+
+
+def _id(request: web.Request, name: str) -> int:
+    value = _int(request.match_info[name])
+    if value is None:
+        raise ApiError("COM0008")
+    return value
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError("COM0006")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError("COM0005", "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError("COM0005", "body must be a JSON object")
+    return body
+
+
+async def list_devices(request: web.Request, state: MEState) -> web.StreamResponse:
+    devices = [state.device_summary(d) for d in state.devices.values()]
+    if not state.page_size:
+        return web.json_response({"devices": devices})
+    page = max(1, _int(request.query.get("page", "1")) or 1)
+    size = state.page_size
+    body: dict[str, Any] = {"devices": devices[(page - 1) * size:page * size]}
+    if page * size < len(devices):
+        body["paging"] = {"next": str(request.url.with_query({"page": str(page + 1)}))}
+    return web.json_response(body)
+
+
+async def get_device(request: web.Request, state: MEState) -> web.StreamResponse:
+    device = state.device(_id(request, "device_id"))
+    return web.json_response({**device, "name": device["device_name"], "os": {
+        "serial_number": device["serial_number"], "os_version": device["os_version"]}})
+
+
+async def get_device_apps(request: web.Request, state: MEState) -> web.StreamResponse:
+    return web.json_response(state.device_apps(_id(request, "device_id")))
+
+
+async def list_groups(request: web.Request, state: MEState) -> web.StreamResponse:
+    keep = ("group_id", "name", "group_type", "domain")
+    return web.json_response({"groups": [{k: g[k] for k in keep if k in g} for g in state.groups.values()]})
+
+
+async def get_group(request: web.Request, state: MEState) -> web.StreamResponse:
+    return web.json_response(state.group(_id(request, "group_id")))
+
+
+async def get_members(request: web.Request, state: MEState) -> web.StreamResponse:
+    return web.json_response({"member_ids": state.member_ids(_id(request, "group_id"))})
+
+
+async def add_members(request: web.Request, state: MEState) -> web.StreamResponse:
+    group_id = _id(request, "group_id")
+    body = await _json(request)
+    return web.json_response({"member_ids": state.add_members(group_id, body.get("member_ids"))})
+
+
+async def add_member(request: web.Request, state: MEState) -> web.StreamResponse:
+    state.add_members(_id(request, "group_id"), [_id(request, "member_id")])
+    return web.Response(status=202)
+
+
+async def remove_member(request: web.Request, state: MEState) -> web.StreamResponse:
+    state.remove_member(_id(request, "group_id"), _id(request, "member_id"))
+    return web.Response(status=204)
+
+
+async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
+    keep = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version", "platform_type",
+            "description", "icon", "added_time", "modified_time")
+    return web.json_response({"apps": [{k: a[k] for k in keep} for a in state.apps.values()]})
+
+
+async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
+    return web.json_response(state.app(_id(request, "app_id")))
+
+
+async def associate_devices(request: web.Request, state: MEState) -> web.StreamResponse:
+    app_id = _id(request, "app_id")
+    body = await _json(request)
+    return web.json_response({"device_ids": state.associate(app_id, body.get("device_ids"))})
+
+
+async def associate_device(request: web.Request, state: MEState) -> web.StreamResponse:
+    state.associate(_id(request, "app_id"), [_id(request, "device_id")])
+    return web.Response(status=202)
+
+
+async def disassociate_device(request: web.Request, state: MEState) -> web.StreamResponse:
+    state.disassociate(_id(request, "app_id"), _id(request, "device_id"))
+    return web.Response(status=204)
+
+
+_API: list[tuple[str, str, Route]] = [
+    ("GET", "/devices", list_devices),
+    ("GET", "/devices/{device_id}", get_device),
+    ("GET", "/devices/{device_id}/apps", get_device_apps),
+    ("GET", "/groups", list_groups),
+    ("GET", "/groups/{group_id}", get_group),
+    ("GET", "/groups/{group_id}/members", get_members),
+    ("POST", "/groups/{group_id}/members", add_members),
+    ("POST", "/groups/{group_id}/members/{member_id}", add_member),
+    ("DELETE", "/groups/{group_id}/members/{member_id}", remove_member),
+    ("GET", "/apps", list_apps),
+    ("GET", "/apps/{app_id}", get_app),
+    ("POST", "/apps/{app_id}/devices", associate_devices),
+    ("POST", "/apps/{app_id}/devices/{device_id}", associate_device),
+    ("DELETE", "/apps/{app_id}/devices/{device_id}", disassociate_device),
+]
+
+
+def _guarded(state: MEState, cloud: bool, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not state.authorised(cloud, request.headers.get("Authorization", "")):
+            state.unauthorized += 1
+            return _error_response(ApiError("COM0013"))
+        try:
+            return await route(request, state)
+        except ApiError as exc:
+            return _error_response(exc)
+
+    return handler
+
+
+async def _token(request: web.Request) -> web.StreamResponse:
+    state: MEState = request.app["state"]
+    # The doc's examples put the parameters in the query string; Zoho also
+    # takes them as a form body (what bulkmdm sends, to keep secrets out of URLs).
+    form = {k: v for k, v in request.query.items()}
+    if request.content_type == "application/x-www-form-urlencoded":
+        form.update({k: str(v) for k, v in (await request.post()).items()})
+    status, body = state.grant(form)
+    return web.json_response(body, status=status)
+
+
+async def _log(request: web.Request) -> web.StreamResponse:
+    state: MEState = request.app["state"]
+    return web.json_response({str(k): v for k, v in state.log.items()})
+
+
+def make_app(
+    *,
+    devices: int = 1000,
+    seed: int = 1,
+    username: str = "admin",
+    password: str = "admin",
+    faults: Faults | None = None,
+    api_key: str = "me-api-key",
+    client_id: str = "me-client",
+    client_secret: str = "me-secret",
+    refresh_token: str = "me-refresh",
+    access_token_ttl: float = 3600,
+) -> web.Application:
+    """A ManageEngine MDM simulator with a freshly seeded fleet.
+
+    ``devices``: fleet size (the :data:`FACTS` edge cases count towards it).
+    ``username``/``password`` are accepted so ``bulkmdm sim`` can call every
+    simulator alike; ManageEngine has no such credentials. The state is
+    ``app["state"]`` (a :class:`MEState`)."""
+    del username, password
+    state = seed_state(
+        MEState(api_key=api_key, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
+                access_token_ttl=access_token_ttl),
+        devices=devices, seed=seed,
+    )
+    app = web.Application()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["state"] = state
+    for method, path, route in _API:
+        app.router.add_route(method, "/api/v1/mdm" + path, _guarded(state, False, route))
+        app.router.add_route(method, "/api/v1" + path, _guarded(state, True, route))
+    app.router.add_post("/oauth/v2/token", _token)
+    app.router.add_get("/_sim/log", _log)
+    instrument(app, faults)
+    return app

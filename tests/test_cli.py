@@ -1,0 +1,60 @@
+"""The command line's surface: help for every command, the README names
+them all, usage errors are one sentence, start-up stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from bulkmdm.cli import main
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_command_has_help_and_is_in_readme(name: str) -> None:
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    assert main.commands[name].help
+    assert f"bulkmdm {name}" in README
+
+
+def test_every_run_option_is_in_readme() -> None:
+    command = main.commands["run"]
+    assert isinstance(command, click.Command)
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert any(opt in README for opt in param.opts), param.opts
+
+
+def test_readme_has_the_two_commands() -> None:
+    assert "bulkmdm demo" in README and "pytest" in README
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert 'pip install --quiet -e ".[test]" && python -m pytest' in ci
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = ("import sys; from bulkmdm.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('pandas', 'aiohttp', 'rich', 'sqlite3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_missing_job_file_is_one_sentence(run_cli: Any, tmp_path: Path) -> None:
+    res = run_cli(["run", str(tmp_path / "nope.csv"), "--provider", "duostation", "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_header_only_file_exit_2(run_cli: Any, tmp_path: Path) -> None:
+    job = tmp_path / "h.csv"
+    job.write_text("serial,action\n")
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "no rows" in res.output

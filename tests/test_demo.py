@@ -1,0 +1,32 @@
+"""The demo runs end to end, and jobs/ holds exactly what it generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from conftest import read_report
+
+from bulkmdm.cli import main
+from bulkmdm.demo import _fleets, write_jobs
+from bulkmdm.jobfile import read_job
+
+JOBS = Path(__file__).parent.parent / "jobs"
+
+
+def test_jobs_folder_matches_the_demo_fleet(tmp_path: Path) -> None:
+    duo, ivanti = _fleets()
+    for path in write_jobs(tmp_path, duo["state"], ivanti["state"]):
+        shipped = JOBS / path.name
+        assert shipped.exists(), f"run: python -m bulkmdm.demo jobs ({path.name} missing)"
+        assert read_job(shipped).rows == read_job(path).rows, f"jobs/{path.name} is stale"
+
+
+def test_demo_runs(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Ivanti received 3 changing requests for 303 rows" in result.output
+    message = read_report(tmp_path / "bulkmdm-demo" / "duostation-message.outcome.csv")
+    assert [r["status"] for r in message] == ["succeeded"] * 60

@@ -1,0 +1,60 @@
+"""The journal: owner-only SQLite in WAL mode, runs listed, reports rebuilt."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+from conftest import read_report, write_csv
+
+from bulkmdm.journal import Journal
+from bulkmdm.model import Outcome, Status
+from bulkmdm.sim.duostation import FACTS
+
+
+def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
+    with Journal(tmp_path / "st") as journal:
+        run_id = journal.create_run(identity="x", job_path="/j.csv", job_sha256="0", provider="duostation",
+                                    url="http://h", action=None, partition_id=None, dry_run=False,
+                                    headers=["serial"], delimiter=",", report_path="/r.csv", rows=[["A"], ["B"]])
+        journal.mark_in_flight(run_id, [0])
+        journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
+        assert journal.counts(run_id) == {"in_flight": 1, "succeeded": 1}
+        assert journal.resumable("x").id == run_id  # type: ignore[union-attr]
+        journal.finish(run_id)
+        assert journal.resumable("x") is None
+    mode = stat.S_IMODE((tmp_path / "st" / "journal.sqlite3").stat().st_mode)
+    assert mode == 0o600
+    db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+
+
+def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "j.csv", [["serial", "action"], [FACTS["untagged_device"]["serial"], "lock"],
+                                         ["NOPE", "lock"]])
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url])
+    assert res.exit_code == 1
+    listed = run_cli(["runs"])
+    assert listed.exit_code == 0 and "j.csv" in listed.output and "1 succeeded" in listed.output
+    run_id = listed.output.split()[0]
+    res.report_path.unlink()
+    out = tmp_path / "again.xlsx"
+    rebuilt = run_cli(["report", run_id, "--out", str(out)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    rows = read_report(out)
+    assert [r["status"] for r in rows] == ["succeeded", "failed"]
+    assert run_cli(["report", "999"]).exit_code == 2
+
+
+def test_completed_run_is_not_resumed_but_rerun(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
+    args = ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "tag"]
+    first = run_cli([*args[:-1], "tag", "--report", str(tmp_path / "o.csv")])
+    assert first.exit_code == 2  # no tag column: nothing run
+    job = write_csv(tmp_path / "j.csv", [["serial", "tag"], [FACTS["untagged_device"]["serial"], "Lärare"]])
+    assert run_cli(args).report[0]["status"] == "succeeded"
+    # running a finished job again is a new run: the tag is now there, so it is skipped
+    assert run_cli(args).report[0]["status"] == "skipped"
