@@ -221,6 +221,12 @@ def _is_binary(data: bytes) -> bool:
     return controls >= 16 and controls > 0.3 * len(sample)
 
 
+def _looks_text(data: bytes) -> bool:
+    sample = data[:8192]
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    return b"\x00" not in sample and controls <= 0.02 * len(sample)
+
+
 def _looks_utf16(data: bytes) -> bool:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return True
@@ -287,7 +293,7 @@ def _not_xlsx(path: Path, data: bytes) -> None:
     for magic, what in _MAGIC:
         if head.startswith(magic):
             raise JobFileError(f"{path} is {what}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead.")
-    if not _looks_utf16(data) and not _is_binary(data):
+    if _looks_text(data):
         raise JobFileError(
             f"{path} is a text file (probably CSV), not an Excel workbook; rename it to {path.with_suffix('.csv').name}."
         )

@@ -291,3 +291,21 @@ def test_requests_per_row(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     assert already + sum(1 for r in res.report if r["status"] == "succeeded") == 300
     # one link per row that needed it, plus 3 lists (devices, tags, device tags)
     assert duo.stats.requests == 300 - already + 3
+
+
+def test_group_path_from_a_list_answer() -> None:
+    """A server that answers ?path= with a list (or ignores the filter) is
+    narrowed to the path asked, built from name + parentId when needed."""
+    from bulkmdm.providers.duostation import _groups_at
+
+    groups = [
+        {"id": 1, "name": "Skolor", "parentId": 0},
+        {"id": 2, "name": "Norra", "parentId": 1},
+        {"id": 3, "name": "7A", "parentId": 2},
+        {"id": 4, "name": "7A", "parentId": 1},
+    ]
+    assert [g["id"] for g in _groups_at(groups, "Skolor\\Norra\\7A")] == [3]
+    assert [g["id"] for g in _groups_at(groups, "Skolor/7A")] == [4]
+    assert _groups_at(groups, "Norra\\7A") == []
+    with_paths = [{"id": 9, "path": "A/B"}, {"id": 8, "path": "A\\C"}]
+    assert [g["id"] for g in _groups_at(with_paths, "A\\B")] == [9]

@@ -162,6 +162,7 @@ def test_csv_tables_round_trip(
             assume(False)
         except UnicodeDecodeError:
             pass
+    assume(not mostly_control_bytes(content))
     table = read_bytes_as("job.csv", content)
     assert table is not None
     assert table.delimiter == delimiter
@@ -174,6 +175,13 @@ def test_csv_tables_round_trip(
 REPORT_CELL = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 
+def mostly_control_bytes(content: bytes) -> bool:
+    """What read_job rejects as binary rather than reading as a table."""
+    sample = content[:8192]
+    controls = sum(1 for byte in sample if byte < 0x20 and byte not in b"\t\n\x0c\r")
+    return controls >= 16 and controls > 0.3 * len(sample)
+
+
 @SETTINGS
 @given(tables(REPORT_CELL), st.sampled_from(["out.csv", "out.xlsx"]), st.sampled_from([",", ";"]))
 def test_reports_round_trip(table: tuple[list[str], list[list[str]]], name: str, delimiter: str) -> None:
@@ -183,6 +191,7 @@ def test_reports_round_trip(table: tuple[list[str], list[list[str]]], name: str,
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         write_report(path, headers, rows, delimiter=delimiter)
+        assume(name.endswith(".xlsx") or not mostly_control_bytes(path.read_bytes()))
         back = read_job(path)
     assert_well_formed(back)
     assert back.is_report

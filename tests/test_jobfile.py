@@ -328,8 +328,13 @@ def test_csv_that_is_a_pdf(tmp_path: Path) -> None:
 
 
 def test_csv_that_is_binary(tmp_path: Path) -> None:
-    content = bytes(range(256)) * 8
-    assert "binary" in file_error(write(tmp_path, "job.csv", b"\x00\x01\x02\x03" + content))
+    content = b"\x7fELG\x02\x01\x01\x00" + bytes(range(64)) * 64
+    assert "binary" in file_error(write(tmp_path, "job.csv", content))
+
+
+def test_a_few_control_characters_do_not_make_a_binary_file(tmp_path: Path) -> None:
+    table = read_job(write(tmp_path, "job.csv", b"serial,tag\nA,\x1f\x08\x07\nB,\x01\n"))
+    assert table.rows == [("A", "\x1f\x08\x07"), ("B", "\x01")]
 
 
 def test_csv_that_is_utf16(tmp_path: Path) -> None:

@@ -102,20 +102,25 @@ def env_required(env: Mapping[str, str], *names: str, provider: str) -> list[str
 
 
 def get_field(obj: Any, *names: str, default: Any = None) -> Any:
-    """A field of a vendor object, matched case-insensitively (``id``, ``Id``,
-    ``ID``), trying each name in turn. Vendors' docs rarely show the exact
-    spelling of the fields they return, so we read them forgivingly."""
+    """A field of a vendor object, matched ignoring case, ``_`` and ``-``
+    (``serialNumber``, ``SerialNumber``, ``serial_number``), trying each name
+    in turn. Vendors' docs rarely show the exact spelling of the fields they
+    return, so we read them forgivingly."""
     if not isinstance(obj, Mapping):
         return default
     for name in names:
         if name in obj:
             return obj[name]
-    folded = {str(k).casefold(): v for k, v in obj.items()}
+    folded = {_fold(k): v for k, v in obj.items()}
     for name in names:
-        value = folded.get(name.casefold())
+        value = folded.get(_fold(name))
         if value is not None:
             return value
     return default
+
+
+def _fold(key: object) -> str:
+    return str(key).replace("_", "").replace("-", "").casefold()
 
 
 def as_list(body: Any, *keys: str) -> list[Any]:

@@ -121,6 +121,10 @@ class DuoStation(Provider):
             raise _ListFailed("groups", resp)
         body = resp.body
         found = body if isinstance(body, list) else [body] if isinstance(body, Mapping) else []
+        if len(found) > 1:
+            # The doc promises one group or an error; a server that answers
+            # with a list (or ignores the filter) is narrowed to the path asked.
+            found = _groups_at(found, path)
         if not found:
             raise LookupFailed(f"group '{path}' was not found")
         if len(found) > 1:
@@ -157,9 +161,10 @@ class DuoStation(Provider):
             lists["device_by_id"] = Index("device", devices, _id, fold=True)
         if actions & USER_ACTIONS:
             users = await self._list("users", "users")
-            lists["user_by_email"] = Index("user", users, lambda u: get_field(u, "email"), fold=True)
+            lists["user_by_email"] = Index("user", users, lambda u: get_field(u, "email", "emailAddress", "mail"),
+                                           fold=True)
             lists["user_by_account"] = Index(
-                "user", users, lambda u: get_field(u, "accountName", "account", "userName"), fold=True
+                "user", users, lambda u: get_field(u, "accountName", "account", "userName", "login"), fold=True
             )
             lists["user_by_id"] = Index("user", users, _id)
         if actions & {"tag", "untag", "tag-user", "untag-user"}:
@@ -370,7 +375,9 @@ class DuoStation(Provider):
                 resp = Response(200, None, resp.headers, resp.attempts, verified=True)
             return outcome_from_response(step, resp, _cap(f"{step.target} deleted."))
         segment, done = COMMANDS[action]
-        body: dict[str, Any] | None = None
+        # "Data in DELETE-, PUT- and POST-commands must be structured as JSON
+        # objects": commands without in-data get an empty object, not no body.
+        body: dict[str, Any] = {}
         if action == "install-app":
             body = {"appId": p["app"]}
             done = f"installation of '{p['name']}' sent"
@@ -422,6 +429,29 @@ class _ListFailed(Exception):
     def detail(self) -> str:
         return (f"Could not read the MDM's {self.path} list: "
                 + explain_status(self.resp.status, self.resp.body, self.resp.attempts))
+
+
+def _norm_path(path: str) -> str:
+    return "\\".join(part for part in path.replace("/", "\\").split("\\") if part)
+
+
+def _groups_at(groups: list[Any], path: str) -> list[Any]:
+    """The groups whose full path is ``path`` (separators / or \\): from a
+    ``path`` field when the objects have one, else built from name + parentId."""
+    by_id = {_key(_id(g)): g for g in groups}
+
+    def full(group: Any, depth: int = 0) -> str:
+        given = get_field(group, "path", "fullPath", "groupPath")
+        if given:
+            return _norm_path(str(given))
+        name = str(get_field(group, "name", default=""))
+        parent = by_id.get(_key(get_field(group, "parentId")))
+        if parent is None or parent is group or depth > 50:
+            return name
+        return full(parent, depth + 1) + "\\" + name
+
+    wanted = _norm_path(path)
+    return [g for g in groups if full(g) == wanted]
 
 
 def _seg(value: Any) -> str:

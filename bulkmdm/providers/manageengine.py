@@ -34,6 +34,7 @@ run the report again tomorrow (``BULKMDM_DAILY_LIMIT`` changes the budget).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -81,6 +82,10 @@ class ApiKeyAuth(HeaderAuth):
     """On-premises: "Header name should be Authorization - Header value should be {api_key}"."""
 
 
+#: the access token the current task last sent (see ZohoOAuth.refresh)
+_sent_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("bulkmdm_me_sent_token", default=None)
+
+
 class ZohoOAuth(Auth):
     """Cloud: an access token from Zoho's refresh-token grant, fetched on first
     use, renewed a little before ``expires_in`` runs out and on a 401.
@@ -108,6 +113,7 @@ class ZohoOAuth(Auth):
         # Without a token yet the request goes out bare; its 401 makes the
         # transport call refresh(). The provider calls ensure() first, so
         # that only happens to requests sent from elsewhere.
+        _sent_token.set(self._token)
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
 
     def _fresh(self) -> bool:
@@ -127,11 +133,13 @@ class ZohoOAuth(Auth):
                 await self._fetch(session)
 
     async def refresh(self, session: aiohttp.ClientSession) -> bool:
-        seen = self._token
+        # The transport asks for headers() and calls refresh() from the same
+        # task, so the context variable holds the token that got the 401.
+        # Workers that get a 401 together refresh once: the others find a
+        # token newer than the one that failed and just retry with it.
+        failed_with = _sent_token.get()
         async with self._locked():
-            # Workers that get a 401 together refresh once: whoever waited
-            # for the lock finds a token newer than the one that failed.
-            if self._token is not None and self._token != seen:
+            if self._token is not None and self._token != failed_with:
                 return True
             await self._fetch(session)
         return True
@@ -163,7 +171,7 @@ class ZohoOAuth(Auth):
                         body = await resp.json(content_type=None)
                     except ValueError:
                         body = None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.info("%s -> %s", what, type(exc).__name__)
                 problem = f"could not reach the OAuth token endpoint {where} ({type(exc).__name__})"
                 continue
@@ -372,15 +380,14 @@ class ManageEngine(Provider):
                     except LookupFailed:
                         continue
                     wanted[_key(get_field(group, "group_id"))] = group
-            for group_id in wanted:
+            for group_id, group in wanted.items():
                 # "Get members present in a group": { "member_ids": [ 12, 213123, 21312 ] }
                 resp = await self._request("GET", f"groups/{_seg(group_id)}/members")
                 if resp.ok:
                     lists.members[group_id] = {_key(m) for m in as_list(resp.body, "member_ids")}
                 else:
                     lists.members[group_id] = LookupFailed(
-                        "could not read the members of group " + repr(get_field(wanted[group_id], "name"))
-                        + ": " + _explain(resp)
+                        f"could not read the members of group {get_field(group, 'name')!r}: {_explain(resp)}"
                     )
         if actions & APP_ACTIONS:
             apps = await self._list("apps", "apps")
@@ -535,12 +542,9 @@ class ManageEngine(Provider):
 
     # -- dry run -------------------------------------------------------------------
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
-        out = []
-        for step in steps:
-            what = _done(step).rstrip(".")
-            many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
-            out.append(Outcome(step.index, Status.PLANNED, f"Would do: {what}{many}.", resolved=step.resolved))
-        return out
+        many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
+        return [Outcome(step.index, Status.PLANNED, _would(step) + many + ".", resolved=step.resolved)
+                for step in steps]
 
     # -- executing -----------------------------------------------------------------
     async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
@@ -670,6 +674,16 @@ def _done(step: Step) -> str:
         "remove-from-group": f"{_cap(step.target)} removed from group {p.get('name')!r}.",
         "install-app": f"Installation of {p.get('name')!r} sent to {step.target}.",
         "remove-app": f"Removal of {p.get('name')!r} sent to {step.target}.",
+    }[step.action]
+
+
+def _would(step: Step) -> str:
+    p = step.params
+    return {
+        "add-to-group": f"Would add {step.target} to group {p.get('name')!r}",
+        "remove-from-group": f"Would remove {step.target} from group {p.get('name')!r}",
+        "install-app": f"Would install {p.get('name')!r} on {step.target}",
+        "remove-app": f"Would remove {p.get('name')!r} from {step.target}",
     }[step.action]
 
 

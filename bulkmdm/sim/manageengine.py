@@ -337,15 +337,15 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
             class_groups.append(group_id)
     assert state.groups[FACTS["group"]["id"]]["name"] == FACTS["group"]["name"]
 
-    for k, (name, company, bundle, platform, store, store_id, version) in enumerate(fleet.APP_CATALOG):
+    for k, (app_name, company, bundle, app_platform, store, store_id, version) in enumerate(fleet.APP_CATALOG):
         app_id = APP_ID_BASE + k
         state.apps[app_id] = {
-            "app_id": app_id, "app_name": name, "app_category": "Education",
+            "app_id": app_id, "app_name": app_name, "app_category": "Education",
             # the doc leaves the codes out; store apps 1, enterprise (in-house) apps 2
             "app_type": 2 if store == 2 else 1,
             "bundle_identifier": bundle, "version": version,
-            "platform_type": 2 if platform == 1 else 1,
-            "description": f"{name} ({company})",
+            "platform_type": 2 if app_platform == 1 else 1,
+            "description": f"{app_name} ({company})",
             "icon": f"https://mdm.example.se/icons/{app_id}.png",
             "store_url": f"https://apps.apple.com/se/app/id{store_id}" if store == 0 else "--",
             "is_app_paid": False, "country_code": "SE", "store_id": store_id,

@@ -1,0 +1,478 @@
+"""ManageEngine MDM: the provider against its simulator over real HTTP on
+127.0.0.1, in both editions (on-premises API key, cloud OAuth)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulkmdm.errors import AuthError, ConfigError
+from bulkmdm.model import JobRow, Outcome, Step
+from bulkmdm.providers.base import Settings
+from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
+from bulkmdm.retry import RetryPolicy
+from bulkmdm.sim.common import Faults, SimServer
+from bulkmdm.sim.manageengine import FACTS, MEState, make_app
+from bulkmdm.transport import Client
+
+FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
+API_KEY = "me-api-key-0123456789abcdef"
+CLIENT_ID = "1000.CLIENTIDXYZ"
+CLIENT_SECRET = "s3cr3t-client-value"
+REFRESH = "1000.refresh-token-value"
+SECRETS = (API_KEY, CLIENT_SECRET, REFRESH)
+GROUP = FACTS["group"]
+APP = FACTS["app"]
+
+
+def start(**kw: Any) -> SimServer:
+    kw.setdefault("devices", 300)
+    return SimServer(make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                              refresh_token=REFRESH, **kw))
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with start() as server:
+        yield server
+
+
+@pytest.fixture(params=["on-premises", "cloud"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def env_for(mode: str, sim: SimServer, **extra: str) -> dict[str, str]:
+    if mode == "on-premises":
+        env = {"BULKMDM_API_KEY": API_KEY}
+    else:
+        env = {"BULKMDM_CLIENT_ID": CLIENT_ID, "BULKMDM_CLIENT_SECRET": CLIENT_SECRET,
+               "BULKMDM_REFRESH_TOKEN": REFRESH, "BULKMDM_OAUTH_URL": sim.url + "/oauth/v2/token"}
+    env.update(extra)
+    return env
+
+
+def prefix(mode: str) -> str:
+    return "/api/v1/mdm" if mode == "on-premises" else "/api/v1"
+
+
+def state(sim: SimServer) -> MEState:
+    return sim.app["state"]  # type: ignore[no-any-return]
+
+
+def rows(*specs: dict[str, str]) -> list[JobRow]:
+    return [JobRow(i, spec["action"], {k: v for k, v in spec.items() if k != "action"})
+            for i, spec in enumerate(specs)]
+
+
+def batches(steps: list[Step], size: int) -> list[list[Step]]:
+    groups: dict[Any, list[Step]] = {}
+    for step in steps:
+        groups.setdefault(step.batch_key, []).append(step)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
+              between: Callable[[], Awaitable[None] | None] | None = None,
+              concurrent: bool = False) -> list[Outcome]:
+    """plan, then execute every batch, as the engine does; outcomes in row order."""
+    auth = ManageEngine.auth_from_env(env)
+    async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST, timeout=5) as client:
+        provider = ManageEngine(client, Settings(url=sim.url, env=env))
+        planned = await provider.plan(job)
+        assert len(planned) == len(job)
+        if between is not None:
+            waiting = between()
+            if waiting is not None:
+                await waiting
+        out = {p.index: p for p in planned if isinstance(p, Outcome)}
+        todo = batches([p for p in planned if isinstance(p, Step)], provider.batch_size())
+        if concurrent:
+            results = await asyncio.gather(*(provider.execute(b) for b in todo))
+        else:
+            results = [await provider.execute(b) for b in todo]
+        for batch, outcomes in zip(todo, results):
+            assert [o.index for o in outcomes] == [s.index for s in batch]
+            out.update({o.index: o for o in outcomes})
+    return [out[r.index] for r in job]
+
+
+def write_csv(path: Path, table: Sequence[Sequence[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(table)
+    return path
+
+
+def statuses(outcomes: Sequence[Outcome]) -> list[str]:
+    return [str(o.status) for o in outcomes]
+
+
+def serial_of(sim: SimServer, device_id: int) -> str:
+    return str(state(sim).devices[device_id]["serial_number"])
+
+
+def generated(sim: SimServer) -> list[int]:
+    """Ordinary devices (not the FACTS edge cases), in id order."""
+    return sorted(state(sim).devices)[FACTS["edge_devices"]:]
+
+
+def members(sim: SimServer, group_id: int) -> set[int]:
+    return set(state(sim).members.get(group_id, {}))
+
+
+def posts(sim: SimServer, mode: str, route: str) -> int:
+    return sim.stats.by_route.get(f"POST {prefix(mode)}{route}", 0)
+
+
+def deletes(sim: SimServer, mode: str, route: str) -> int:
+    return sim.stats.by_route.get(f"DELETE {prefix(mode)}{route}", 0)
+
+
+# -- each action, both editions ------------------------------------------------
+
+
+async def test_add_to_group_sends_one_request_and_skips_members(sim: SimServer, mode: str) -> None:
+    inside = members(sim, GROUP["id"])
+    new = [d for d in generated(sim) if d not in inside][:5]
+    already = min(inside)
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+               {"action": "add-to-group", "serial": serial_of(sim, already), "group": GROUP["name"]})
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"] * 5 + ["skipped"]
+    assert "already in group" in out[5].detail
+    assert out[0].resolved == f"device_id={new[0]}; group_id={GROUP['id']}"
+    assert posts(sim, mode, "/groups/{group_id}/members") == 1
+    assert members(sim, GROUP["id"]) == inside | set(new)
+    assert all(state(sim).log[d] == [f"add-to-group:{GROUP['id']}"] for d in new)
+    assert already not in state(sim).log
+
+
+async def test_remove_from_group_skips_non_members(sim: SimServer, mode: str) -> None:
+    inside = sorted(members(sim, GROUP["id"]))[:3]
+    free = FACTS["free_device"]
+    job = rows(*({"action": "remove-from-group", "device_id": str(d), "group": GROUP["name"]} for d in inside),
+               {"action": "remove-from-group", "serial": free["serial"], "group": GROUP["name"]})
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"] * 3 + ["skipped"]
+    assert "removed from group" in out[0].detail and "is not in group" in out[3].detail
+    assert deletes(sim, mode, "/groups/{group_id}/members/{member_id}") == 3
+    assert not members(sim, GROUP["id"]) & set(inside)
+    assert all(state(sim).log[d] == [f"remove-from-group:{GROUP['id']}"] for d in inside)
+
+
+async def test_install_app_by_name_bundle_or_id_in_one_request(sim: SimServer, mode: str) -> None:
+    devs = generated(sim)[:5]
+    names = [APP["name"], APP["name"], APP["bundle_identifier"], str(APP["id"]), APP["name"]]
+    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a} for d, a in zip(devs, names)))
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"] * 5
+    assert "Installation of 'Kahoot!' sent" in out[0].detail
+    assert posts(sim, mode, "/apps/{app_id}/devices") == 1
+    assert set(state(sim).associations[APP["id"]]) == set(devs)
+    assert all(state(sim).log[d] == [f"install-app:{APP['id']}"] for d in devs)
+
+
+async def test_remove_app_disassociates(sim: SimServer, mode: str) -> None:
+    dev, app = FACTS["app_device"], FACTS["installed_app"]
+    job = rows({"action": "remove-app", "serial": dev["serial"], "app": app["bundle_identifier"]})
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"], out
+    assert deletes(sim, mode, "/apps/{app_id}/devices/{device_id}") == 1
+    assert dev["id"] not in state(sim).associations[app["id"]]
+    assert state(sim).log[dev["id"]] == [f"remove-app:{app['id']}"]
+
+
+# -- look-ups ------------------------------------------------------------------
+
+
+async def test_not_found_ambiguous_and_blank_rows_fail_without_sending(sim: SimServer) -> None:
+    g = GROUP["name"]
+    job = rows(
+        {"action": "add-to-group", "serial": "NOSUCHSERIAL", "group": g},
+        {"action": "add-to-group", "serial": FACTS["duplicate_serial"], "group": g},
+        {"action": "add-to-group", "serial": "--", "group": g},
+        {"action": "add-to-group", "serial": "", "group": g},
+        {"action": "add-to-group", "device_id": "9007199254999999", "group": g},
+        {"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": "Ingen sådan grupp"},
+        {"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": FACTS["duplicate_group_name"]},
+        {"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": "lånedatorer"},
+        {"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": ""},
+        {"action": "install-app", "serial": FACTS["free_device"]["serial"], "app": FACTS["shared_app_name"]},
+        {"action": "install-app", "serial": FACTS["free_device"]["serial"], "app": FACTS["shared_bundle_identifier"]},
+        {"action": "install-app", "serial": FACTS["free_device"]["serial"], "app": "Minecraft"},
+        {"action": "install-app", "serial": FACTS["free_device"]["serial"], "app": " "},
+    )
+    out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["failed"] * len(job)
+    details = [o.detail for o in out]
+    assert "'NOSUCHSERIAL' was not found" in details[0]
+    assert "matches 2 devices" in details[1]
+    assert "'--'" in details[2] and "blank" in details[3]
+    assert "Device id '9007199254999999' was not found" in details[4]
+    assert "Group 'Ingen sådan grupp' was not found" in details[5]
+    assert "matches 2 groups" in details[6]
+    assert "did you mean 'Lånedatorer'" in details[7]
+    assert "blank" in details[8]
+    assert "matches 2 apps" in details[9] and "matches 2 apps" in details[10]
+    assert "'Minecraft' was not found" in details[11] and "blank" in details[12]
+    assert sim.stats.mutating == 0
+
+
+async def test_serial_keeps_zeros_and_ignores_case_and_device_id_keeps_digits(sim: SimServer) -> None:
+    job = rows(
+        {"action": "add-to-group", "serial": FACTS["leading_zero_serial"], "group": GROUP["name"]},
+        {"action": "add-to-group", "serial": FACTS["free_device"]["serial"].lower(), "group": GROUP["name"]},
+        {"action": "add-to-group", "device_id": str(FACTS["app_device"]["id"]), "group": GROUP["name"]},
+    )
+    out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["succeeded"] * 3
+    want = {FACTS["leading_zero_device_id"], FACTS["free_device"]["id"], FACTS["app_device"]["id"]}
+    assert want <= members(sim, GROUP["id"])
+
+
+async def test_same_change_twice_is_sent_once_and_opposite_changes_conflict(sim: SimServer) -> None:
+    free = FACTS["free_device"]["serial"]
+    job = rows(
+        {"action": "add-to-group", "serial": free, "group": GROUP["name"]},
+        {"action": "add-to-group", "serial": free, "group": GROUP["name"]},
+        {"action": "remove-from-group", "serial": free, "group": GROUP["name"]},
+    )
+    out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["succeeded", "skipped", "failed"]
+    assert "line 2" in out[1].detail and "Line 2" in out[2].detail
+    assert state(sim).log[FACTS["free_device"]["id"]] == [f"add-to-group:{GROUP['id']}"]
+
+
+async def test_device_list_pages_are_followed(sim: SimServer) -> None:
+    state(sim).page_size = 50
+    last = max(state(sim).devices)
+    job = rows({"action": "add-to-group", "serial": serial_of(sim, last), "group": GROUP["name"]})
+    out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["succeeded"]
+    assert sim.stats.by_route["GET /api/v1/mdm/devices"] == 6
+
+
+# -- batches and failures ------------------------------------------------------
+
+
+async def test_batch_with_some_bad_devices_is_split(sim: SimServer, mode: str) -> None:
+    inside = members(sim, GROUP["id"])
+    new = [d for d in generated(sim) if d not in inside][:10]
+    gone = {new[3], new[8]}
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new))
+
+    def delete_two() -> None:
+        # deleted after the look-up, before the batch is sent
+        for device_id in gone:
+            sim.call(partial(state(sim).delete_device, device_id))
+
+    out = await run(sim, env_for(mode, sim), job, between=delete_two)
+    expect = ["failed" if d in gone else "succeeded" for d in new]
+    assert statuses(out) == expect
+    bad = out[3]
+    assert bad.http_status == 400 and "COM0005" in bad.detail and "removed since the look-up" in bad.detail
+    assert members(sim, GROUP["id"]) == inside | (set(new) - gone)
+    assert all(state(sim).log[d] == [f"add-to-group:{GROUP['id']}"] for d in set(new) - gone)
+    # halving 10 rows with 2 bad ones: 15 requests, the 8 good rows each added once
+    assert posts(sim, mode, "/groups/{group_id}/members") == 15
+
+
+async def test_retry_on_503_applies_each_change_once() -> None:
+    with start(faults=Faults(error_rate=0.5, mutating_only=True, seed=7)) as sim:
+        inside = sorted(members(sim, GROUP["id"]))
+        new = [d for d in generated(sim) if d not in inside][:4]
+        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+                   *({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                     for d in inside[:3]),
+                   {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]})
+        out = await run(sim, env_for("on-premises", sim), job)
+        assert statuses(out) == ["succeeded"] * len(job)
+        assert sim.stats.faults > 0
+        assert any(o.attempts > 1 for o in out)
+        for d in new[1:]:
+            assert state(sim).log[d] == [f"add-to-group:{GROUP['id']}"]
+        assert state(sim).log[new[0]] == [f"add-to-group:{GROUP['id']}", f"install-app:{APP['id']}"]
+        for d in inside[:3]:
+            assert state(sim).log[d] == [f"remove-from-group:{GROUP['id']}"]
+
+
+async def test_lost_answers_are_read_back_not_sent_twice() -> None:
+    # seed 7 draws: drop the POST's answer, drop the first DELETE's, keep the second's
+    with start(faults=Faults(seed=7)) as sim:
+        inside = sorted(members(sim, GROUP["id"]))
+        new = [d for d in generated(sim) if d not in inside][:3]
+        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+                   {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+
+        def drop_answers() -> None:
+            # the change is made, then the connection closes without an answer
+            sim.faults.update({"drop_after_rate": 0.5, "mutating_only": True})
+
+        out = await run(sim, env_for("on-premises", sim), job, between=drop_answers)
+        assert statuses(out) == ["succeeded"] * 4
+        assert all("confirmed by reading it back" in o.detail for o in out)
+        assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1  # a POST is read back, not resent
+        assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 2  # 404 the second time
+        for d in new:
+            assert state(sim).log[d] == [f"add-to-group:{GROUP['id']}"]
+        assert state(sim).log[inside[0]] == [f"remove-from-group:{GROUP['id']}"]
+
+
+async def test_server_error_fails_the_batch_without_raising(sim: SimServer) -> None:
+    new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:3]
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new))
+
+    def break_it() -> None:
+        sim.faults.update({"error_rate": 1.0, "error_status": 500, "mutating_only": True})
+
+    out = await run(sim, env_for("on-premises", sim), job, between=break_it)
+    assert statuses(out) == ["failed"] * 3
+    assert all(o.http_status == 500 and "internal error" in o.detail for o in out)
+    assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1  # a 500 is not split
+
+
+async def test_daily_budget_fails_rows_that_do_not_fit_up_front(sim: SimServer) -> None:
+    inside = sorted(members(sim, GROUP["id"]))[:12]
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                 for d in inside))
+    # 20 a day, 10 kept for retries, 3 look-ups (devices, groups, members): 7 rows fit
+    out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), job)
+    assert statuses(out) == ["succeeded"] * 7 + ["failed"] * 5
+    assert "Run the report again tomorrow" in out[7].detail and "15 API calls" in out[7].detail
+    assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 7
+
+
+async def test_daily_budget_counts_a_batch_once(sim: SimServer) -> None:
+    new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:30]
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new))
+    out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="14"), job)
+    assert statuses(out) == ["succeeded"] * 30
+
+
+# -- OAuth ---------------------------------------------------------------------
+
+
+async def test_cloud_token_is_renewed_before_it_expires() -> None:
+    with start(access_token_ttl=1.0) as sim:
+        new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:2]
+        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new))
+        out = await run(sim, env_for("cloud", sim), job, between=lambda: asyncio.sleep(1.1))
+        assert statuses(out) == ["succeeded"] * 2
+        assert state(sim).token_grants == 2 and state(sim).unauthorized == 0
+
+
+async def test_cloud_token_is_refreshed_once_on_401(sim: SimServer) -> None:
+    inside = sorted(members(sim, GROUP["id"]))[:4]
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                 for d in inside))
+    out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens),
+                    concurrent=True)
+    assert statuses(out) == ["succeeded"] * 4
+    assert state(sim).token_grants == 2
+    assert 1 <= state(sim).unauthorized <= 4
+
+
+async def test_token_request_is_a_form_post_and_header_is_zoho_oauthtoken(sim: SimServer) -> None:
+    env = env_for("cloud", sim)
+    auth = ManageEngine.auth_from_env(env)
+    assert isinstance(auth, ZohoOAuth) and auth.headers() == {}
+    async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST) as client:
+        await auth.ensure(client.session)
+        assert auth.headers()["Authorization"].startswith("Zoho-oauthtoken 1000.")
+        resp = await client.request("GET", "groups")
+    assert resp.ok and resp.body["groups"]
+    assert sim.stats.by_route["POST /oauth/v2/token"] == 1
+
+
+@pytest.mark.parametrize("wrong", ["BULKMDM_REFRESH_TOKEN", "BULKMDM_CLIENT_SECRET", "BULKMDM_API_KEY"])
+async def test_bad_credentials_stop_the_run_and_never_show_secrets(
+    sim: SimServer, wrong: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    env = env_for("on-premises" if wrong == "BULKMDM_API_KEY" else "cloud", sim)
+    env[wrong] = "wrong-" + env[wrong]
+    job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
+    with pytest.raises(AuthError) as info:
+        await run(sim, env, job)
+    message = str(info.value)
+    assert ("refused the refresh token or client" in message) == (wrong != "BULKMDM_API_KEY")
+    for text in (message, repr(info.value), caplog.text, repr(ManageEngine.auth_from_env(env))):
+        for secret in (*SECRETS, env[wrong]):
+            assert secret not in text
+    assert sim.stats.mutating == (1 if wrong != "BULKMDM_API_KEY" else 0)  # the token request only
+
+
+async def test_unreachable_token_endpoint_fails_rows_without_secrets(sim: SimServer) -> None:
+    env = env_for("cloud", sim, BULKMDM_OAUTH_URL="http://127.0.0.1:9/oauth/v2/token")
+    job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
+    out = await run(sim, env, job)
+    assert statuses(out) == ["failed"]
+    assert "token endpoint" in out[0].detail
+    assert not any(s in out[0].detail for s in SECRETS)
+
+
+def test_missing_credentials_are_named() -> None:
+    with pytest.raises(ConfigError, match="BULKMDM_API_KEY.*BULKMDM_CLIENT_ID"):
+        ManageEngine.auth_from_env({})
+    with pytest.raises(ConfigError, match="BULKMDM_REFRESH_TOKEN") as info:
+        ManageEngine.auth_from_env({"BULKMDM_CLIENT_ID": "x", "BULKMDM_CLIENT_SECRET": "y"})
+    assert "BULKMDM_CLIENT_ID," not in str(info.value)
+    with pytest.raises(ConfigError, match="BULKMDM_DAILY_LIMIT"):
+        ManageEngine.auth_from_env({"BULKMDM_API_KEY": "k", "BULKMDM_DAILY_LIMIT": "lots"})
+    assert ManageEngine.api_base("https://mdm.example.com/") == "https://mdm.example.com/api/v1"
+
+
+# -- end to end through the CLI ------------------------------------------------
+
+
+def test_cli_run_on_premises(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    inside = sorted(members(sim, GROUP["id"]))
+    new = [d for d in generated(sim) if d not in inside][:2]
+    app_dev = FACTS["app_device"]
+    job = write_csv(tmp_path / "me.csv", [
+        ["Action", "Serial Number", "Group Name", "Bundle ID"],
+        ["add-to-group", serial_of(sim, new[0]), GROUP["name"], ""],
+        ["Add to group", serial_of(sim, new[1]), GROUP["name"], ""],
+        ["add-to-group", serial_of(sim, inside[0]), GROUP["name"], ""],
+        ["remove_from_group", serial_of(sim, inside[1]), GROUP["name"], ""],
+        ["install-app", serial_of(sim, new[0]), "", APP["bundle_identifier"]],
+        ["remove-app", app_dev["serial"], "", FACTS["installed_app"]["name"]],
+        ["add-to-group", "NOSUCHSERIAL", GROUP["name"], ""],
+        ["lock", serial_of(sim, new[0]), "", ""],
+    ])
+    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "50/s"],
+                     env={"BULKMDM_API_KEY": API_KEY})
+    assert result.exit_code == 1, result.output
+    assert [r["status"] for r in result.report] == [
+        "succeeded", "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "failed", "invalid"]
+    assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1
+    assert set(new) <= members(sim, GROUP["id"]) and inside[1] not in members(sim, GROUP["id"])
+    text = result.report_path.read_text(encoding="utf-8-sig") + result.output
+    assert API_KEY not in text
+
+
+def test_cli_cloud_dry_run_sends_nothing(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    inside = sorted(members(sim, GROUP["id"]))
+    new = [d for d in generated(sim) if d not in inside][:2]
+    job = write_csv(tmp_path / "cloud.csv", [
+        ["action", "serial", "group"],
+        *(["add-to-group", serial_of(sim, d), GROUP["name"]] for d in new),
+        ["add-to-group", serial_of(sim, inside[0]), GROUP["name"]],
+        ["add-to-group", serial_of(sim, new[0]), FACTS["duplicate_group_name"]],
+    ])
+    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", sim.url, "--dry-run", "--rate", "50/s"],
+                     env=env_for("cloud", sim))
+    assert result.exit_code == 1, result.output
+    assert [r["status"] for r in result.report] == ["planned", "planned", "skipped", "failed"]
+    assert "one request for 2 rows" in result.report[0]["detail"]
+    assert not any(k.startswith(("POST /api", "DELETE /api")) for k in sim.stats.by_route)
+    assert not members(sim, GROUP["id"]) & set(new)
+    text = result.report_path.read_text(encoding="utf-8-sig") + result.output
+    assert not any(s in text for s in SECRETS)
