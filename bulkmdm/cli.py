@@ -374,8 +374,14 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
     app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
 
+    creds = {
+        "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
+                        "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
+        "banyan": "BULKMDM_TOKEN=banyan-token",
+    }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
+
     def announce(url: str) -> None:
-        click.echo(f"{provider} simulator on {url} (user {username!r}); Ctrl-C stops it.", err=True)
+        click.echo(f"{provider} simulator on {url}; credentials: {creds}. Ctrl-C stops it.", err=True)
         click.echo(url)
         sys.stdout.flush()
 

@@ -167,7 +167,8 @@ class _Run:
     def _rate(self, provider_cls: type[Provider]) -> RateController:
         if self.o.rate is None:
             rate = provider_cls.default_rate
-            return RateController(rate=rate, ceiling=rate * 4 if rate else None, adaptive=True)
+            ceiling = provider_cls.max_rate or (rate * 4 if rate else None)
+            return RateController(rate=rate, ceiling=ceiling, adaptive=True)
         rate = parse_rate(self.o.rate)
         return RateController(rate=rate, ceiling=rate, adaptive=True)
 

@@ -357,7 +357,10 @@ def _sniff(text: str) -> tuple[str, int]:
     for match in _SNIFF_TOKENS.finditer(sample):
         token = match.group()
         if token == '"':
-            quoted = not quoted
+            # As the parser does: a quote opens a quoted cell only at the
+            # start of a cell (a quote inside "5" screen" is just a character).
+            if quoted or match.start() == start or sample[match.start() - 1] in ",;\r\n":
+                quoted = not quoted
         elif token in counts:
             if not quoted:
                 counts[token] += 1

@@ -43,6 +43,9 @@ class Provider(ABC):
     actions: ClassVar[frozenset[str]]
     #: requests/s when --rate is not given (None: no limit)
     default_rate: ClassVar[float | None] = 10.0
+    #: the vendor's documented hard limit (requests/s), if any: without
+    #: --rate the adaptive controller never climbs above it
+    max_rate: ClassVar[float | None] = None
     default_concurrency: ClassVar[int] = 8
     #: the most steps one ``execute`` call may carry
     max_batch: ClassVar[int] = 1

@@ -252,6 +252,8 @@ class ManageEngine(Provider):
     actions = frozenset(GROUP_ACTIONS | APP_ACTIONS)
     # "100 API calls/minute". A handful in flight is plenty at that pace.
     default_rate = 100 / 60
+    # "100 calls/min": a hard limit, so the adaptive controller must not probe above it
+    max_rate = 100 / 60
     default_concurrency = 4
     # The doc gives no upper bound for member_ids / device_ids; 100 ids keep
     # a body small and make a 1,000-row job ten requests. A batch refused as
