@@ -18,7 +18,6 @@ value in any row are not columns.
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
 import io
@@ -336,10 +335,6 @@ def _decode(data: bytes) -> tuple[str, bytes]:
     return text, text.encode("utf-8")
 
 
-def _is_blank(cells: Sequence[str]) -> bool:
-    return all(not cell.strip() for cell in cells)
-
-
 _SNIFF_TOKENS = re.compile(r'["\r\n,;]')
 
 
@@ -354,13 +349,21 @@ def _sniff(text: str) -> tuple[str, int]:
     counts = {",": 0, ";": 0}
     quoted = False
     start = 0
+    escaped = -1
     for match in _SNIFF_TOKENS.finditer(sample):
-        token = match.group()
+        token, at = match.group(), match.start()
         if token == '"':
-            # As the parser does: a quote opens a quoted cell only at the
-            # start of a cell (a quote inside "5" screen" is just a character).
-            if quoted or match.start() == start or sample[match.start() - 1] in ",;\r\n":
-                quoted = not quoted
+            if at == escaped:
+                continue
+            if quoted:
+                if sample[at + 1 : at + 2] == '"':
+                    escaped = at + 1  # "" inside quotes is one literal quote
+                else:
+                    quoted = False
+            elif at == start or sample[at - 1] in ",;\r\n":
+                # As the parser does: a quote opens a quoted cell only at the
+                # start of a cell (the quote in 5" screen is just a character).
+                quoted = True
         elif token in counts:
             if not quoted:
                 counts[token] += 1

@@ -549,3 +549,24 @@ def test_cli_without_a_partition_says_how_to_give_one(sim: SimServer, tmp_path: 
     assert result.exit_code == 2
     assert "ivanti needs the device space id: pass --partition or set BULKMDM_PARTITION_ID." in result.output
     assert sim.stats.requests == 0
+
+
+async def test_server_without_a_viability_check_still_takes_the_action() -> None:
+    """checkViability is a convenience before a real send: when the server
+    has no such route (405/404), the lock is sent without it."""
+    app = make_app(devices=120, seed=7)
+
+    @web.middleware
+    async def no_viability(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.query.get("checkViability") == "true":
+            return web.json_response({"errors": [{"message": "Method Not Allowed"}], "result": None}, status=405)
+        return await handler(request)
+
+    app.middlewares.append(no_viability)
+    with SimServer(app) as server:
+        devices = pick(server, 30, registrationState="ACTIVE")
+        async with ivanti(server) as provider:
+            outcomes = await run(provider, rows("lock", devices))
+        assert statuses(outcomes) == ["succeeded"] * 30
+        assert sum(state_of(server).applied(d["id"], "lock") for d in devices) == 30
+        assert server.stats.by_route["PUT /api/v1/device/lock"] == 1

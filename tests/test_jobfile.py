@@ -98,6 +98,19 @@ def test_delimiter_sniffed_outside_quotes(tmp_path: Path) -> None:
     assert table.rows == [("A", "Smith, John")]
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('"say ""hi"", then";tag', ('say "hi", then', "tag")),
+        ('serial;5" screen, big;tag', ("serial", '5" screen, big', "tag")),
+        ('"a;b",c,d', ("a;b", "c", "d")),
+    ],
+)
+def test_delimiter_sniffed_with_tricky_quotes(tmp_path: Path, header: str, expected: tuple[str, ...]) -> None:
+    table = read_job(write(tmp_path, "job.csv", header + "\n"))
+    assert table.headers == expected
+
+
 def test_comma_wins_when_more_commas_than_semicolons(tmp_path: Path) -> None:
     path = write(tmp_path, "job.csv", "serial,tag,note\nA,t,a;b\n")
     table = read_job(path)
@@ -274,6 +287,17 @@ def test_unreadable_file(tmp_path: Path) -> None:
         assert "permission denied" in file_error(path)
     finally:
         path.chmod(0o644)
+
+
+def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test above cannot run as root; this one stands in for it anywhere.
+    path = write(tmp_path, "job.csv", "serial\nA\n")
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    assert "permission denied" in file_error(path)
 
 
 @pytest.mark.parametrize("name", ["job.csv", "job.xlsx"])

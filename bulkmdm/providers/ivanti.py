@@ -189,6 +189,8 @@ class Ivanti(Provider):
         self._fleet: _Fleet | None = None
         self._owners: dict[str, Any] = {}
         self._seen: dict[Hashable, tuple[int, str]] = {}
+        #: actions whose checkViability the server does not offer (404/405/501)
+        self._no_viability: set[str] = set()
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
@@ -501,8 +503,13 @@ class Ivanti(Provider):
     async def _bulk(self, spec: _Bulk, steps: list[Step], *, checked: bool = False) -> dict[int, Outcome]:
         out: dict[int, Outcome] = {}
         todo = steps
-        if spec.viability and not checked:
+        if spec.viability and not checked and spec.segment not in self._no_viability:
             reply = await self._viability(spec, steps)
+            if reply.status in (404, 405, 501):
+                # The check is a convenience before a real send: a server
+                # without it (the route is missing) still takes the action.
+                self._no_viability.add(spec.segment)
+                return await self._bulk(spec, steps, checked=True)
             if not reply.ok and reply.splittable and len(steps) > 1:
                 return await self._halves(steps, lambda half: self._bulk(spec, half))
             if not reply.ok:
