@@ -172,3 +172,43 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=60)
         assert again.returncode == 0
         assert sim.stats.mutating == 10
+
+
+def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) -> None:
+    with SimServer(make_app(devices=300, seed=8)) as sim:
+        sim.faults.update({"slow_rate": 1.0, "slow_seconds": 20.0, "mutating_only": True})
+        devices = _generated(sim, 100)
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        env = _env(tmp_path)
+        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: sim.stats.mutating >= 8 or proc.poll() is not None)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        report = read_report(job.with_name("lock.outcome.csv"))
+        statuses = [r["status"] for r in report]
+        assert statuses.count("unknown") == 8  # the eight in flight (--concurrency 8)
+        assert statuses.count("") == 92
+        assert all("in flight" in r["detail"] for r in report if r["status"] == "unknown")
+
+
+def test_429_with_retry_after_is_waited_out(tmp_path: Path) -> None:
+    with SimServer(make_app(devices=200, seed=9)) as sim:
+        sim.faults.update({"rate_limit": 40, "retry_after": 1})
+        devices = _generated(sim, 120)
+        st = sim.app["state"]
+        job = write_csv(tmp_path / "t.csv", [["serial", "tag"], *[[s, "Musik"] for s, _ in devices]])
+        res = subprocess.run(_cmd(job, sim.url, "--action", "tag"), env=_env(tmp_path), capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert sim.stats.throttled > 0
+        report = read_report(job.with_name("t.outcome.csv"))
+        assert {r["status"] for r in report} <= {"succeeded", "skipped"}
+        assert sim.call(lambda: st.duplicate_links()) == []
