@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from . import providers
 from .actions import ACTIONS, missing_columns, normalise_action
 from .columns import OUTCOME_COLUMNS
-from .errors import AuthError, ConfirmationRefused, JobFileError, UsageError
+from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, UsageError
 from .journal import DONE, IN_FLIGHT, PENDING, Journal, RunInfo
 from .limits import RateController, parse_rate
 from .model import BAD_STATUSES, DONE_STATUSES, JobRow, Outcome, Status, Step
@@ -257,6 +257,10 @@ class _Run:
         report_path = o.report or default_report_path(o.job)
         if report_path.suffix.lower() not in (".csv", ".xlsx"):
             raise UsageError(f"--report {report_path} must end in .csv or .xlsx.")
+        folder = report_path.parent if str(report_path.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"Cannot write the report to {report_path}: {folder} is not a writable folder; "
+                             "pass --report with another path.")
         identity = self._identity(table.sha256, url)
         run: RunInfo | None = None if (o.fresh or o.dry_run) else journal.resumable(identity)
         resumed = run is not None
@@ -444,7 +448,13 @@ class _Run:
                 counts[status or "not run"] += 1
                 yield [*rec.cells, *values]
 
-        write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
+        try:
+            write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
+        except UsageError as exc:
+            raise ReportError(
+                f"{exc} Every outcome is in the journal: write it elsewhere with "
+                f"`bulkmdm report {run_id} --out OTHER.csv`."
+            ) from None
         if not incomplete and not run.dry_run:
             journal.finish(run_id)
         result.counts = counts

@@ -10,6 +10,7 @@ remedy). aiohttp exceptions are translated once, in ``transport.py``.
     ├── ConfigError                 missing credentials, URL, partition          (exit 2)
     ├── ConfirmationRefused         destructive job not confirmed                (exit 2)
     ├── JournalError                state database unusable                      (exit 2)
+    ├── ReportError                 rows ran but the report could not be written (exit 1)
     └── TransportError              a request did not produce a usable answer
         ├── AuthError               the MDM refused the credentials (401/403)   (exit 2)
         ├── ConnectError            could not connect / connection dropped
@@ -50,6 +51,12 @@ class ConfirmationRefused(BulkMDMError):
 
 class JournalError(BulkMDMError):
     """The state database cannot be used."""
+
+
+class ReportError(BulkMDMError):
+    """Rows ran, but the report could not be written (the journal has them)."""
+
+    exit_code = 1
 
 
 class TransportError(BulkMDMError):
