@@ -96,10 +96,14 @@ class _Window:
 
 def fault_middleware(faults: Faults, stats: Stats) -> Any:
     rng = random.Random(faults.seed)
+    seeded = [faults.seed]
     window = _Window()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if faults.seed != seeded[0]:  # a seed set while running takes effect
+            seeded[0] = faults.seed
+            rng.seed(faults.seed)
         if request.path.startswith("/_sim"):
             return await handler(request)
         now = time.monotonic()
