@@ -329,6 +329,7 @@ class _Run:
         if not rows:
             return
         self.events.message(f"Looking up {len(rows)} row(s) on the MDM...")
+        assert self.stop is not None
         plan_task = asyncio.ensure_future(provider.plan(rows))
         stop_task = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -286,7 +286,7 @@ class Banyan(Provider):
             )
 
         if action in ("ban", "unban"):
-            key = ("ban-state", serial)
+            key = ("ban-state", serial, "")
             if key in seen:
                 other, line = seen[key]
                 if other == action:

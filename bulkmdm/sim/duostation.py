@@ -743,10 +743,10 @@ class DuoState:
                 base64.b64decode(image_data, validate=True)
             except (binascii.Error, ValueError):
                 raise _bad("imageData must be base64") from None
-        key = (values["packageId"], values["platform"], values["store"])
-        app_id = self._apps_by_key.get(key)
+        app_key = (values["packageId"], values["platform"], values["store"])
+        app_id = self._apps_by_key.get(app_key)
         if app_id is None:
-            app_id = self._apps_by_key[key] = self._new_id("app")
+            app_id = self._apps_by_key[app_key] = self._new_id("app")
         self.apps[app_id] = {"id": app_id, **values}
         self._changed("apps")
         return app_id
@@ -819,10 +819,10 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
                        "groupId": group_ids[group] if group else 0})
     tag_ids = {t["name"]: t["id"] for t in reversed(state.tags.values())}  # first of a duplicate name wins
 
-    for name, company, package, platform, store, store_id, version in fleet.APP_CATALOG:
+    for name, company, package, app_platform, store, store_id, version in fleet.APP_CATALOG:
         state.upsert_app({
             "name": name, "description": f"{name} från {company}", "company": company, "packageId": package,
-            "versionText": version, "versionNumber": int(version.split(".")[0]), "platform": platform,
+            "versionText": version, "versionNumber": int(version.split(".")[0]), "platform": app_platform,
             "size": 20_000_000 + 1_000_000 * (len(package) % 97), "store": store, "storeId": store_id,
             "imageUrl": f"https://mdm.norrby.se/icons/{package}.png",
         })
@@ -875,7 +875,8 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
     taken = {u["email"].lower() for u in state.users.values()} | {u["accountName"] for u in state.users.values()}
     classes = fleet.class_groups()
     rng = random.Random(f"bulkmdm-duostation:{seed}")
-    staff, pupils = [], []
+    staff: list[Any] = []
+    pupils: list[Any] = []
     for person in fleet.people(n_users, seed, taken=taken):
         is_staff = rng.random() < 0.1
         group = rng.choice(("Personal\\Lärare", "Personal\\Lärare", "Personal\\Administration")) if is_staff \
@@ -907,16 +908,17 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
         while device_id in state.devices:
             device_id = fleet.guid(guid_rng)
         owner = owners[i % len(owners)] if i < n_assigned else None
+        owner_id: int | None = None
         if owner is not None:
-            user_id, person, group = owner
-            name = f"{_genitive(person.first)} {_kind(model)}"
+            owner_id, owner_person, group = owner
+            name = f"{_genitive(owner_person.first)} {_kind(model)}"
             group_id = 0
         else:
-            user_id, person, group = None, None, rng.choice(classes)
+            group = rng.choice(classes)
             name = f"{fleet.school_code(group)}-{_kind(model).upper()}-{i:04d}"
             group_id = group_ids[group if rng.random() < 0.5 else group.rpartition(SEP)[0]]
         state.add_device({"id": device_id, "serialNumber": serial, "name": name, "model": model,
-                          "platform": platform, "osVersion": os_version, "userId": user_id, "groupId": group_id,
+                          "platform": platform, "osVersion": os_version, "userId": owner_id, "groupId": group_id,
                           "lastSeen": fleet.last_seen(rng)})
         if group.startswith("Personal"):
             if rng.random() < 0.7:

@@ -154,7 +154,7 @@ def serials(n: int, seed: int = 1) -> list[str]:
     """``n`` unique 12-character Apple-style serial numbers (upper case, no I/O)."""
     rng = _rng(seed, "serials")
     seen: set[str] = set()
-    out = []
+    out: list[str] = []
     while len(out) < n:
         serial = "".join(rng.choices(SERIAL_ALPHABET, k=12))
         if serial not in seen and not serial[0].isdigit():
