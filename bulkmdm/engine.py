@@ -151,6 +151,9 @@ class _Run:
             raise UsageError("Give the MDM's address with --url (e.g. --url https://mdm.example.com).")
         if not url.startswith(("https://", "http://")):
             raise UsageError(f"--url {url!r} must start with https:// (or http:// for a local server).")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            # user:password@host would end up in the journal and in printed commands
+            raise UsageError("--url must not hold credentials; set them in the environment (see `bulkmdm run --help`).")
         if o.concurrency is not None:
             try:
                 check_positive("--concurrency", o.concurrency)
@@ -218,11 +221,17 @@ class _Run:
                 raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:]}")
 
         destructive = [r for r in job_rows.values() if ACTIONS[r.action].destructive]
-        if destructive and not o.dry_run and not o.yes:
+        # "a job that holds any destructive row": invalid ones count too
+        held = {r.action for r in destructive} | {
+            action for i, cells in enumerate(rows_cells) if i not in carried and i not in job_rows
+            and (action := action_override or _job_row(i, cells, table.canonical, None).action) in ACTIONS
+            and ACTIONS[action].destructive
+        }
+        if held and not o.dry_run and not o.yes:
             if not self.events.can_ask():
-                verbs = ", ".join(sorted({r.action for r in destructive}))
+                verbs = ", ".join(sorted(held))
                 raise ConfirmationRefused(
-                    f"This job holds {len(destructive)} destructive row(s) ({verbs}) and there is no terminal to "
+                    f"This job holds destructive rows ({verbs}) and there is no terminal to "
                     "confirm on; nothing was sent. Check the file, then run again with --yes."
                 )
         if o.max_destructive is not None and len(destructive) > o.max_destructive:
