@@ -75,7 +75,7 @@ WINDOW = 1.0
 USED = 0.75
 #: Growth per second: before any 429, back towards the measured limit, near
 #: it (a share of the limit, added), past it.
-SLOW_START, RECOVER, CREEP, PROBE = 1.5, 1.2, 0.0025, 1.05
+SLOW_START, RECOVER, CREEP, PROBE = 2.0, 1.2, 0.0025, 1.05
 #: This far past the measured limit with no 429, the limit has gone up.
 PAST = 1.0 + 2 * GUARD
 #: Start from here when a run with no rate is refused and nothing can be measured.
@@ -98,6 +98,19 @@ def parse_rate(text: str) -> float | None:
     if value <= 0:
         return None
     return value
+
+
+@dataclass(slots=True)
+class _Window:
+    """The second before a refused request was sent, and how many requests
+    sent in it succeeded (answers still coming in are added as they come)."""
+
+    generation: int
+    start: float
+    end: float
+    counted: int
+    #: the rate that was cut (None: there was none)
+    rate: float | None
 
 
 @dataclass(slots=True)
@@ -153,6 +166,7 @@ class RateController:
         #: successes since the last change of rate, and when that was
         self._ok_since = 0
         self._changed = time.monotonic()
+        self._window: _Window | None = None
 
     async def acquire(self) -> None:
         """Wait for this request's send slot."""
@@ -191,17 +205,24 @@ class RateController:
         self._ok_since = 0
         if not self.adaptive:
             return
-        measured = sum(1 for t in self._ok if sent_at - WINDOW <= t < sent_at)
-        if measured >= 2:
-            limit = measured / WINDOW
+        counted = sum(1 for t in self._ok if sent_at - WINDOW <= t < sent_at)
+        self._window = _Window(generation, sent_at - WINDOW, sent_at, counted, self.rate)
+        self.stats.cuts += 1
+        self._cut()
+
+    def _cut(self) -> None:
+        """Set the rate from the window behind the last 429."""
+        w = self._window
+        assert w is not None
+        if w.counted >= 2:
+            limit = w.counted / WINDOW
             new = BACKOFF * limit
-            if self.rate is not None:
-                new = min(new, BACKOFF * self.rate)
+            if w.rate is not None:
+                new = min(new, BACKOFF * w.rate)
         else:
-            new = 0.5 * (self.rate if self.rate is not None else FALLBACK)
+            new = 0.5 * (w.rate if w.rate is not None else FALLBACK)
             limit = new
         self.stats.limit = limit
-        self.stats.cuts += 1
         self.rate = max(self.floor, new)
 
     def succeeded(self) -> None:
@@ -213,6 +234,17 @@ class RateController:
         while ok[0] < now - 2 * WINDOW - 1.0:
             ok.popleft()
         if not self.adaptive or self.rate is None:
+            return
+        w = self._window
+        if sent is not None and w is not None and sent[1] == w.generation and w.start <= sent[0] < w.end:
+            # Sent before the refused request, answered after it (a 429 comes
+            # back at once, a success only after the server's work): it was
+            # in the server's window too, so the measured limit goes up by one.
+            w.counted += 1
+            if w.counted >= 2:
+                rate = self.rate
+                self._cut()
+                self.rate = max(self.rate, rate)
             return
         self._ok_since += 1
         if self._ok_since < max(1.0, self.rate * WINDOW):

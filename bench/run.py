@@ -1,0 +1,583 @@
+#!/usr/bin/env python3
+"""bulkmdm's benchmark: one command, every figure next to its target.
+
+    python bench/run.py            the full bench (under 5 minutes on 2 cores)
+    python bench/run.py --quick    small sizes: a smoke run, figures indicative only
+
+Everything runs on 127.0.0.1 against the built-in simulators, each in its own
+process (``python -m bulkmdm sim ...``) so that the client and the server get
+a core each. Whatever compares is measured side by side in the same run and
+printed as a ratio, so a slow or noisy machine moves both sides together:
+
+throughput
+    rows/s of a DuoSTATION ``message`` job (5 ms server latency, ``--rate
+    none``, high ``--concurrency``), wall time of the whole run (read, plan,
+    send, journal, report), next to a naive script on a sample of the same
+    rows: a sequential keep-alive loop doing ``GET /api/devices?
+    serialNumber=`` then ``POST /api/devices/<id>/sendmessage`` per row.
+requests per row
+    a DuoSTATION ``tag`` job and an Ivanti ``lock`` job, every request counted
+    by the simulator (``/_sim/stats``), look-ups included.
+rate-limit saturation
+    the simulator allows N requests in any 1-s window and answers 429 with
+    Retry-After above it. Known limit: ``--rate N/s``. Unknown limit: no
+    ``--rate`` (the provider's default start, 20/s for DuoSTATION, which may
+    adapt up to 4x), and ``--rate none`` (no limit until the first 429).
+    Counted by the simulator over the sending phase (after the look-ups).
+reading
+    ``bulkmdm.jobfile.read_job`` next to pandas' openpyxl engine (XLSX) and a
+    plain ``csv`` module loop (CSV), each to a list of row tuples.
+peak memory
+    RSS high-water mark of a child process doing ``bulkmdm run --dry-run`` on
+    a 1,000,000-row ``message`` job (every row a distinct message to one of
+    the simulator's devices): reading, validation, 1M look-ups and planned
+    steps, the journal (1M rows written, 1M outcomes recorded) and the 1M-row
+    report, with one read-only request to the MDM.
+start-up
+    ``bulkmdm --help``, median wall time of several runs.
+
+Generated files live in a temporary folder that is deleted at the end. Exit
+code: 0 all figures pass (always 0 with --quick unless the bench itself
+broke), 1 some figure fails, 2 the bench broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+USER, PASSWORD = "admin", "admin"
+CREDS = {"BULKMDM_USERNAME": USER, "BULKMDM_PASSWORD": PASSWORD}
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """What each figure runs on (full bench or --quick)."""
+
+    devices: int = 20_000
+    throughput_rows: int = 20_000
+    baseline_rows: int = 500
+    latency: float = 0.005
+    tag_rows: int = 5_000
+    ivanti_devices: int = 6_000
+    lock_rows: int = 5_000
+    limit: int = 50
+    known_rows: int = 500
+    unknown_rows: int = 1_250
+    unlimited_rows: int = 1_000
+    xlsx_rows: int = 100_000
+    csv_rows: int = 1_000_000
+    startup_runs: int = 7
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    devices=3_000, throughput_rows=1_500, baseline_rows=60, tag_rows=300, ivanti_devices=600, lock_rows=300,
+    known_rows=60, unknown_rows=90, unlimited_rows=90, xlsx_rows=3_000, csv_rows=30_000, startup_runs=3,
+)
+
+FIGURES = ("throughput", "requests", "known", "unknown", "reading", "memory", "startup")
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the table."""
+
+    figure: str
+    measured: str
+    target: str = ""
+    ok: bool | None = None  # None: a side-by-side value with no target of its own
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Bench:
+    sizes: Sizes
+    tmp: Path
+    concurrency: int
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        _print_row(row)
+
+
+# -- the simulators ------------------------------------------------------------
+
+
+class Sim:
+    """A simulator in its own process, driven over HTTP (``/_sim/...``)."""
+
+    def __init__(self, provider: str, *, devices: int) -> None:
+        self.provider = provider
+        cmd = [sys.executable, "-m", "bulkmdm", "sim", provider, "--port", "0", "--devices", str(devices),
+               "--username", USER, "--password", PASSWORD]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline().strip()  # printed once it listens
+            if not line.startswith("http://"):
+                raise RuntimeError(f"the {self.provider} simulator did not start")
+            self._url = line
+        return self._url
+
+    def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = ("?" + urlencode(params)) if params else ""
+        return self._call("GET", path + query, headers=AUTH)
+
+    def faults(self, **changes: Any) -> None:
+        self._call("POST", "/_sim/faults", changes)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_sim/stats")  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/stats/reset", {})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def duo_devices(sim: Sim) -> list[dict[str, Any]]:
+    """The simulator's devices whose serial number is unique (the fleet holds
+    a deliberate duplicate)."""
+    devices = sim.get("/api/devices")
+    seen = Counter(d.get("serialNumber") for d in devices)
+    return [d for d in devices if d.get("serialNumber") and seen[d["serialNumber"]] == 1]
+
+
+def ivanti_serials(sim: Sim) -> list[str]:
+    devices: list[dict[str, Any]] = []
+    while True:
+        result = sim.get("/api/v1/device", dmPartitionId=1, rows=500, start=len(devices))["result"]
+        page = result["searchResults"]
+        devices += page
+        if not page or len(devices) >= result["totalCount"]:
+            break
+    seen = Counter(d.get("serialNumber") for d in devices)
+    return [d["serialNumber"] for d in devices if d.get("serialNumber") and seen[d["serialNumber"]] == 1]
+
+
+# -- running bulkmdm -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Timed:
+    """A run_job result with the wall time of the whole run and of its
+    sending phase (from ``Events.start`` to ``Events.finish``)."""
+
+    result: Any
+    wall: float
+    sending: float
+
+
+class _Phases:
+    """Events that time the sending phase and reset the simulator's counters
+    as it starts (so look-ups are left out of rate figures)."""
+
+    def __init__(self, on_start: Callable[[], None] | None) -> None:
+        self.on_start = on_start
+        self.started = self.finished = 0.0
+
+    def message(self, text: str) -> None:
+        pass
+
+    def start(self, total: int, done: int) -> None:
+        if self.on_start is not None:
+            self.on_start()
+        self.started = time.perf_counter()
+
+    def advance(self, outcomes: Sequence[Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.finished = time.perf_counter()
+
+    def can_ask(self) -> bool:
+        return False
+
+    def confirm(self, prompt: str, expected: str) -> bool:
+        return False
+
+
+def run(bench: Bench, job: Path, provider: str, sim: Sim, *, on_start: Callable[[], None] | None = None,
+        **options: Any) -> Timed:
+    from bulkmdm.engine import RunOptions, run_job
+
+    state = bench.tmp / f"state-{job.stem}"
+    env = dict(CREDS)
+    if provider == "ivanti":
+        env["BULKMDM_PARTITION_ID"] = "1"
+    events = _Phases(on_start)
+    started = time.perf_counter()
+    result = run_job(RunOptions(job=job, provider=provider, url=sim.url, state_dir=state, env=env, **options), events)
+    wall = time.perf_counter() - started
+    return Timed(result, wall, (events.finished or time.perf_counter()) - (events.started or started))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _counts(result: Any) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
+
+
+# -- the figures ---------------------------------------------------------------
+
+
+def naive_loop(sim: Sim, serials: Sequence[str]) -> float:
+    """rows/s of the script an admin writes by hand: one look-up and one
+    command per row, in sequence, over one kept-alive connection (stdlib
+    http.client: no client-side overhead a library would add)."""
+    parts = urlsplit(sim.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+    post_headers = {**AUTH, "Content-Type": "application/json"}
+    started = time.perf_counter()
+    for i, serial in enumerate(serials):
+        conn.request("GET", "/api/devices?serialNumber=" + quote(serial), headers=AUTH)
+        resp = conn.getresponse()
+        found = json.loads(resp.read())
+        device = found[0] if isinstance(found, list) else found
+        body = json.dumps({"message": f"Naive message {i}"})
+        conn.request("POST", f"/api/devices/{quote(str(device['id']), safe='')}/sendmessage", body=body,
+                     headers=post_headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status >= 300:
+            raise RuntimeError(f"the naive loop got HTTP {resp.status}")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return len(serials) / elapsed
+
+
+def fig_throughput(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
+    s = bench.sizes
+    duo.faults(latency=s.latency, rate_limit=None)
+    serials = [d["serialNumber"] for d in devices]
+    n = min(s.throughput_rows, len(serials))
+    job = write_csv(bench.tmp / "throughput.csv", ["serial", "message"],
+                    ((serial, f"Bench message {i}") for i, serial in enumerate(serials[:n])))
+    baseline = naive_loop(duo, serials[n - s.baseline_rows:n])
+    timed = run(bench, job, "duostation", duo, action="message", rate="none", concurrency=bench.concurrency)
+    ok = timed.result.counts.get("succeeded", 0)
+    rps = n / timed.wall
+    ratio = rps / baseline
+    bench.add(Row(f"throughput: message, {n:,} rows, {s.latency * 1000:g} ms latency",
+                  f"{rps:,.0f} rows/s = {ratio:.1f}x naive", ">= 30x naive", ratio >= 30 and ok == n,
+                  f"--rate none --concurrency {bench.concurrency}; whole run {timed.wall:.1f} s, sending "
+                  f"{n / timed.sending:,.0f} rows/s; {_counts(timed.result)}"))
+    bench.add(Row(f"  naive loop, {s.baseline_rows} rows sampled", f"{baseline:,.0f} rows/s",
+                  detail="sequential GET look-up + POST per row, one kept-alive connection"))
+
+
+def fig_requests(bench: Bench, duo: Sim, devices: list[dict[str, Any]], ivanti: Sim) -> None:
+    s = bench.sizes
+    duo.faults(latency=0.0, rate_limit=None)
+    tag = next(t for t in duo.get("/api/tags") if t["name"] == "Reserv")
+    tagged = {link["deviceId"] for link in duo.get("/api/devicetags") if link["tagId"] == tag["id"]}
+    serials = [d["serialNumber"] for d in devices if d["id"] not in tagged][: s.tag_rows]
+    job = write_csv(bench.tmp / "tag.csv", ["serial", "tag"], ((serial, "Reserv") for serial in serials))
+    duo.reset()
+    timed = run(bench, job, "duostation", duo, action="tag", rate="none", concurrency=32)
+    sent = duo.stats()["requests"]
+    per_row = sent / len(serials)
+    bench.add(Row(f"requests per row: DuoSTATION tag, {len(serials):,} rows", f"{per_row:.4f}", "<= 1.02",
+                  per_row <= 1.02 and timed.result.counts.get("succeeded", 0) == len(serials),
+                  f"{sent:,} requests counted by the simulator; {_counts(timed.result)}"))
+
+    lock = ivanti_serials(ivanti)[: s.lock_rows]
+    job = write_csv(bench.tmp / "lock.csv", ["serial"], ((serial,) for serial in lock))
+    ivanti.reset()
+    timed = run(bench, job, "ivanti", ivanti, action="lock", rate="none", yes=True)
+    sent = ivanti.stats()["requests"]
+    per_row = sent / len(lock)
+    bench.add(Row(f"requests per row: Ivanti lock, {len(lock):,} rows", f"{per_row:.4f}", "<= 0.05",
+                  per_row <= 0.05 and timed.result.counts.get("succeeded", 0) > 0,
+                  f"{sent:,} requests (device pages, viability checks, locks of 100); "
+                  f"{_counts(timed.result)} (not ACTIVE: refused up front)"))
+
+
+def _saturation(bench: Bench, duo: Sim, serials: Sequence[str], tag: str, rate: str | None
+                ) -> tuple[float, float, Timed, dict[str, Any]]:
+    """(achieved requests/s, share answered 429) of a message job against a
+    simulator allowing ``limit`` requests in any 1-s window."""
+    s = bench.sizes
+    job = write_csv(bench.tmp / f"limit-{tag}.csv", ["serial", "message"],
+                    ((serial, f"Limited message {tag} {i}") for i, serial in enumerate(serials)))
+    duo.faults(latency=s.latency, rate_limit=s.limit)
+    time.sleep(1.1)  # an empty window: nothing left over from the run before
+    timed = run(bench, job, "duostation", duo, on_start=duo.reset, action="message", rate=rate)
+    stats = duo.stats()
+    duo.faults(rate_limit=None)
+    accepted = stats["requests"] - stats["throttled"]
+    span = (stats["last_at"] or 0) - (stats["first_at"] or 0)
+    achieved = (accepted - 1) / span if span > 0 else 0.0
+    share = stats["throttled"] / max(1, stats["requests"])
+    return achieved, share, timed, stats
+
+
+def fig_known(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+    n = bench.sizes.limit
+    rows = serials[: bench.sizes.known_rows]
+    achieved, share, timed, stats = _saturation(bench, duo, rows, "known", f"{n}/s")
+    ok = achieved >= 0.95 * n and stats["throttled"] == 0
+    bench.add(Row(f"rate limit {n}/s, known (--rate {n}/s), {len(rows)} rows",
+                  f"{achieved:.1f}/s = {achieved / n:.2f} N, {stats['throttled']} x 429",
+                  ">= 0.95 N, 0 x 429", ok,
+                  f"{stats['requests']} requests in {timed.sending:.1f} s; {_counts(timed.result)}"))
+
+
+def fig_unknown(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+    s = bench.sizes
+    n = s.limit
+    for label, rate, count in (("no --rate: DuoSTATION default 20/s, adapts", None, s.unknown_rows),
+                               ("--rate none: unlimited until a 429", "none", s.unlimited_rows)):
+        rows = serials[:count]
+        serials = serials[count:]
+        achieved, share, timed, stats = _saturation(bench, duo, rows, label.split(":")[0].strip("- "), rate)
+        ok = achieved >= 0.85 * n and share <= 0.03
+        bench.add(Row(f"rate limit {n}/s, unknown ({label}), {len(rows)} rows",
+                      f"{achieved:.1f}/s = {achieved / n:.2f} N, {share:.1%} x 429",
+                      ">= 0.85 N, <= 3% x 429", ok,
+                      f"{stats['requests']} requests, {stats['throttled']} answered 429, in {timed.sending:.1f} s; "
+                      f"{_counts(timed.result)}"))
+
+
+def _best_of(fn: Callable[[], Any], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def fig_reading(bench: Bench, big_csv: Path) -> None:
+    import pandas as pd
+    import xlsxwriter
+
+    from bulkmdm.jobfile import read_job
+
+    s = bench.sizes
+    xlsx = bench.tmp / "read.xlsx"
+    book = xlsxwriter.Workbook(str(xlsx), {"constant_memory": True})
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, ["serial", "action", "tag", "note"])
+    for i in range(s.xlsx_rows):
+        sheet.write_row(i + 1, 0, [f"C02X{i:08d}", "tag", "Elev-iPad", f"Row {i} of the bench"])
+    book.close()
+    warm = bench.tmp / "warm.xlsx"
+    book = xlsxwriter.Workbook(str(warm))
+    book.add_worksheet().write_row(0, 0, ["serial"])
+    book.close()
+    read_job(warm)  # import calamine and openpyxl before either side is timed
+    pd.read_excel(warm, engine="openpyxl")
+
+    def with_openpyxl() -> list[tuple[str, ...]]:
+        frame = pd.read_excel(xlsx, engine="openpyxl", dtype=str, keep_default_na=False)
+        return list(frame.itertuples(index=False, name=None))
+
+    ours = _best_of(lambda: read_job(xlsx), 1)
+    theirs = _best_of(with_openpyxl, 1)
+    bench.add(Row(f"read {s.xlsx_rows:,}-row XLSX (read_job)", f"{ours:.2f} s = {theirs / ours:.1f}x faster",
+                  ">= 3x pandas+openpyxl", theirs / ours >= 3, "python-calamine via pandas"))
+    bench.add(Row("  pandas read_excel(engine='openpyxl')", f"{theirs:.2f} s"))
+
+    def plain_csv() -> list[list[str]]:
+        with open(big_csv, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.reader(fh))
+
+    ours = _best_of(lambda: read_job(big_csv), 1)
+    theirs = _best_of(plain_csv, 1)
+    bench.add(Row(f"read {s.csv_rows:,}-row CSV (read_job)", f"{ours:.2f} s = {ours / theirs:.2f}x the loop",
+                  "<= 1.5x plain csv loop", ours / theirs <= 1.5,
+                  "encoding + delimiter detection, pandas C parser, checks per cell"))
+    bench.add(Row("  plain csv.reader loop", f"{theirs:.2f} s"))
+
+
+def fig_memory(bench: Bench, duo: Sim, big_csv: Path, rows: int) -> None:
+    duo.faults(latency=0.0, rate_limit=None)
+    env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(bench.tmp / "state-dry")}
+    cmd = [sys.executable, "-m", "bulkmdm", "run", str(big_csv), "--provider", "duostation", "--url", duo.url,
+           "--action", "message", "--dry-run", "--report", str(bench.tmp / "dry.outcome.csv")]
+    started = time.perf_counter()
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    errors = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    peak_mb = usage.ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB on Linux
+    if child.returncode != 0:
+        raise RuntimeError(f"the dry run exited {child.returncode}: {errors.decode(errors='replace')[-400:]}")
+    bench.add(Row(f"peak memory: {rows:,}-row dry run", f"{peak_mb:,.0f} MB", "< 1,000 MB", peak_mb < 1000,
+                  f"`bulkmdm run --dry-run` in a child, RSS high-water mark; {wall:.1f} s, "
+                  f"{rows / wall:,.0f} rows/s"))
+
+
+def fig_startup(bench: Bench) -> None:
+    exe = shutil.which("bulkmdm", path=str(Path(sys.executable).parent)) or shutil.which("bulkmdm")
+    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "bulkmdm", "--help"]
+    times = []
+    for _ in range(bench.sizes.startup_runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    bench.add(Row("start-up: bulkmdm --help", f"{median:.3f} s", "< 0.3 s", median < 0.3,
+                  f"median of {len(times)}: {' '.join(f'{t:.3f}' for t in times)}"))
+
+
+# -- the table -----------------------------------------------------------------
+
+_WIDTHS = (58, 34, 24, 6)
+
+
+def _print_row(row: Row) -> None:
+    result = "" if row.ok is None else "PASS" if row.ok else "FAIL"
+    cells = (row.figure, row.measured, row.target, result)
+    print("  ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS)).rstrip(), flush=True)
+    if row.detail:
+        print(" " * 4 + row.detail, flush=True)
+
+
+def _print_header() -> None:
+    cells = ("figure", "measured", "target", "result")
+    print("  ".join(c.ljust(w) for c, w in zip(cells, _WIDTHS)).rstrip())
+    print("  ".join("-" * w for w in _WIDTHS))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description="Measure bulkmdm against its built-in simulators on 127.0.0.1 and print every figure "
+                    "next to its target (PASS/FAIL). Comparisons are measured side by side in the same run.",
+        epilog="Figures: " + ", ".join(FIGURES) + ". The full bench takes 2-4 minutes on 2 cores; generated "
+               "files go to a temporary folder that is deleted.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (a smoke run for CI, ~20 s); the figures are indicative only and do not "
+                             "affect the exit code")
+    parser.add_argument("--only", metavar="FIGURE[,FIGURE]", default="",
+                        help=f"run only these figures ({', '.join(FIGURES)})")
+    parser.add_argument("--concurrency", type=int, default=128,
+                        help="--concurrency of the throughput run (default: 128)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="the simulator's rate limit N in requests/s for the saturation figures (default: 50)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    if args.limit:
+        sizes = Sizes(**{**{f: getattr(sizes, f) for f in sizes.__dataclass_fields__}, "limit": args.limit})
+    wanted = {f.strip() for f in args.only.split(",") if f.strip()} or set(FIGURES)
+    unknown = wanted - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bulkmdm-bench-"))
+    bench = Bench(sizes, tmp, args.concurrency)
+    sims: list[Sim] = []
+    started = time.perf_counter()
+    print(f"bulkmdm bench{' (--quick: sizes too small for the targets to mean much)' if args.quick else ''}; "
+          f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}\n")
+    _print_header()
+    try:
+        needs_duo = wanted & {"throughput", "requests", "known", "unknown", "memory", "reading"}
+        duo = Sim("duostation", devices=sizes.devices) if needs_duo else None
+        ivanti = Sim("ivanti", devices=sizes.ivanti_devices) if "requests" in wanted else None
+        sims += [s for s in (duo, ivanti) if s is not None]
+        devices = duo_devices(duo) if duo is not None else []
+        if "throughput" in wanted:
+            assert duo is not None
+            fig_throughput(bench, duo, devices)
+        if "requests" in wanted:
+            assert duo is not None and ivanti is not None
+            fig_requests(bench, duo, devices, ivanti)
+            ivanti.close()
+        serials = [d["serialNumber"] for d in devices]
+        if "known" in wanted:
+            assert duo is not None
+            fig_known(bench, duo, serials)
+        if "unknown" in wanted:
+            assert duo is not None
+            # other devices than the known-limit run's, so no row is a repeat
+            fig_unknown(bench, duo, serials[sizes.known_rows:])
+        big_csv = bench.tmp / "big.csv"
+        if wanted & {"reading", "memory"}:
+            # A 1M-row message job: every row a distinct message to one of the
+            # simulator's devices (cycled), so every row is validated, looked
+            # up and planned (a tag job would collapse repeats into skips).
+            write_csv(big_csv, ["serial", "message", "note"],
+                      ((serials[i % len(serials)], f"Bench message {i}", f"row {i}") for i in range(sizes.csv_rows)))
+        if "reading" in wanted:
+            fig_reading(bench, big_csv)
+        if "memory" in wanted:
+            assert duo is not None
+            fig_memory(bench, duo, big_csv, sizes.csv_rows)
+        if "startup" in wanted:
+            fig_startup(bench)
+    except Exception:
+        traceback.print_exc()
+        print("\nThe bench broke before it finished (see above).")
+        return 2
+    finally:
+        for sim in sims:
+            sim.close()
+        if args.keep:
+            print(f"\nFiles kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    failed = [r for r in bench.rows if r.ok is False]
+    total = time.perf_counter() - started
+    print(f"\n{len([r for r in bench.rows if r.ok is not None])} figures, {len(failed)} failing, in {total:.0f} s.")
+    if args.quick:
+        return 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
