@@ -6,14 +6,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bulkmdm.errors import AuthError, ConfigError
 from bulkmdm.model import JobRow, Outcome, Status, Step
-from bulkmdm.providers.banyan import Banyan, _body_error
+from bulkmdm.providers.banyan import Banyan, _body_error, _page
 from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
-from bulkmdm.sim.banyan import DUPLICATE_SERIAL, SHORT_DELETE_PATH, Org, make_app
+from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, SHORT_DELETE_PATH, Org, make_app
 from bulkmdm.sim.common import Faults, SimServer
 from bulkmdm.transport import Client
 
@@ -195,6 +196,44 @@ async def test_delete_device_falls_back_to_the_openapi_path(sim: SimServer) -> N
     assert sim.stats.by_route["DELETE /v1/delete_device"] == 2
 
 
+async def test_a_404_on_both_delete_paths_does_not_switch_paths(sim: SimServer) -> None:
+    # A 404 from both paths proves neither wrong (it may be about the device),
+    # so every row tries the doc's path first again.
+    org(sim).delete_paths = set()
+    a, b = org(sim).unique_devices(users=1)[:2]
+    out = await run(sim, ("delete-device", {"serial": a["SerialNumber"]}),
+                    ("delete-device", {"serial": b["SerialNumber"]}))
+    assert [x.status for x in out] == [Status.FAILED] * 2 and all(x.http_status == 404 for x in out)
+    assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 2
+    assert sim.stats.by_route["DELETE /v1/delete_device"] == 2
+    assert org(sim).with_serial(a["SerialNumber"]) == [a]
+
+
+async def test_delete_device_by_email_when_pages_leave_out_emails(sim: SimServer) -> None:
+    # The doc's paginated device example has no "Emails"; the e-mails are then
+    # read from the doc's non-paginated "?serialnumber=" answer.
+    o = org(sim)
+    o.emails_in_pages = False
+    shared = o.unique_devices(users=2)[0]
+    first, second = shared["Emails"]
+    alone = o.unique_devices(users=1)[0]
+    duplicate = o.with_serial(DUPLICATE_SERIAL)
+    dup_email = duplicate[1]["Emails"][0]
+    out = await run(
+        sim,
+        ("delete-device", {"serial": shared["SerialNumber"], "email": first}),
+        ("delete-device", {"serial": DUPLICATE_SERIAL, "email": dup_email}),
+        ("delete-device", {"serial": alone["SerialNumber"], "email": "nobody@skola.se"}),
+        ("delete-device", {"device_id": alone["DeviceID"], "email": alone["Emails"][0]}),
+    )
+    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.SUCCEEDED]
+    assert shared["Emails"] == [second] and o.with_serial(DUPLICATE_SERIAL) == [duplicate[0]]
+    assert "not registered to nobody@skola.se" in out[2].detail
+    assert o.with_serial(alone["SerialNumber"]) == []
+    assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 3
+    assert sim.stats.by_route["GET /v1/devices"] <= 1 + 3 + 3  # one page, one look-up per serial, read-backs
+
+
 # -- delete-user -------------------------------------------------------------------
 
 
@@ -244,6 +283,53 @@ async def test_listing_is_paged_even_when_the_server_caps_pages(sim: SimServer) 
     out = await run(sim, ("ban", {"serial": last["SerialNumber"]}))
     assert out[0].status is Status.SUCCEEDED
     assert sim.stats.by_route["GET /v1/devices"] >= 6
+
+
+async def test_listing_falls_back_to_the_plain_request_when_paging_is_refused(sim: SimServer) -> None:
+    org(sim).reject_limit_above = 100
+    device = org(sim).unique_devices(banned=False)[-1]
+    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}))
+    assert out[0].status is Status.SUCCEEDED and device["Banned"] == "TRUE"
+    assert sim.stats.by_route["GET /v1/devices"] == 2  # the refused page, then everything at once
+
+
+def test_listing_answers_are_read_in_every_documented_shape() -> None:
+    assert _page([{"SerialNumber": "A"}], "devices") == ([{"SerialNumber": "A"}], None)
+    assert _page({"devices": [], "count": 27}, "devices") == ([], 27)
+    assert _page({"devices": [{"a": 1}], "count": "3"}, "devices") == ([{"a": 1}], 3)
+    assert _page({"error_code": 0, "data": {"endusers": [{"ID": "x"}], "count": 1}}, "endusers") == (
+        [{"ID": "x"}], 1)
+    assert _page({"Message": "nope"}, "devices") == (None, None)
+    assert _page("Internal Server Error", "devices") == (None, None)
+
+
+async def test_simulator_is_strict_where_the_doc_is(sim: SimServer) -> None:
+    device = org(sim).unique_devices(banned=False, users=1)[0]
+    serial = device["SerialNumber"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async def status(method: str, path: str, **kwargs: Any) -> int:
+            async with http.request(method, sim.url + path, **kwargs) as resp:
+                return resp.status
+
+        update = "/v1/mdm/update_device"
+        # "ContentType: application/json" and an array of device objects
+        assert await status("POST", update, params={"SerialNumber": serial}, data={"Banned": "TRUE"},
+                            headers=auth) == 400
+        assert await status("POST", update, params={"SerialNumber": serial}, json={"Banned": "TRUE"},
+                            headers=auth) == 400
+        assert await status("POST", update, params={"serialnumber": serial}, json=[{"Banned": "TRUE"}],
+                            headers=auth) == 400
+        assert await status("POST", update, params={"SerialNumber": serial}, json=[{"Banned": "TRUE"}]) == 401
+        # "SerialNumber ... (compulsary parameter)", in that case
+        assert await status("DELETE", DOC_DELETE_PATH, params={"serialnumber": serial}, headers=auth) == 400
+        assert await status("DELETE", "/v2/endusers", headers=auth) == 400
+        assert await status("DELETE", "/v2/endusers", json={"ids": [device["DeviceID"]]}, headers=auth) == 400
+        assert await status("GET", "/v1/devices", params={"limit": "ten"}, headers=auth) == 400
+        assert device["Banned"] == "FALSE" and org(sim).with_serial(serial) == [device]
+        assert await status("POST", update, params={"SerialNumber": serial}, json=[{"Banned": "TRUE"}],
+                            headers=auth) == 200
+    assert device["Banned"] == "TRUE"
 
 
 async def test_dry_run_sends_nothing_that_changes(sim: SimServer) -> None:
@@ -332,3 +418,23 @@ def test_cli_destructive_job_needs_yes_and_missing_token_is_one_message(sim: Sim
                                 env={"BULKMDM_STATE_DIR": str(tmp_path / "state")})
     assert result.exit_code == 2 and "BULKMDM_TOKEN" in result.output and "Traceback" not in result.output
     assert mutating(sim) == 0 and org(sim).with_serial(device["SerialNumber"]) == [device]
+
+
+def test_shipped_example_job_runs_against_the_default_simulator(tmp_path: Path) -> None:
+    # jobs/banyan-lost.csv names devices of `bulkmdm sim banyan` (3000 devices, seed 1)
+    from conftest import read_report  # type: ignore[import-not-found]
+
+    from click.testing import CliRunner
+
+    from bulkmdm.cli import main
+
+    job = tmp_path / "banyan-lost.csv"
+    job.write_bytes((Path(__file__).parent.parent / "jobs" / "banyan-lost.csv").read_bytes())
+    with SimServer(make_app(devices=3000, seed=1, token=TOKEN)) as server:
+        env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
+        result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", server.url, "--yes"],
+                                    env=env)
+        report = read_report(tmp_path / "banyan-lost.outcome.csv")
+        assert result.exit_code == 0, result.output
+        assert [r["status"] for r in report] == ["succeeded"] * 4 + ["skipped"] + ["succeeded"] * 4
+        assert server.stats.mutating == 8

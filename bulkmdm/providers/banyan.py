@@ -13,15 +13,22 @@ devices hold therefore fails the row (it would change all of them), even when
 the row names one of them by ``device_id``.
 
 Look-ups come from ``GET v1/devices`` and ``GET v1/endusers``, read once per
-run page by page (``skip``/``limit``). Fields are read under the doc's names
+run page by page (``skip``/``limit``), or in one go when a server refuses the
+paging (the doc's non-paginated form). Fields are read under the doc's names
 (``SerialNumber``, ``DeviceID``, ``Banned``, ``Emails``, ``Email``) and the
-end user's id under ``ID`` (CONTRACT.md: the doc's examples show none).
+end user's id under ``ID`` (CONTRACT.md: the doc's examples show none). The
+doc's paginated device example carries no ``Emails``; when a page lacks them
+and a delete-device row names an e-mail, they are read from
+``GET v1/devices?serialnumber=S`` (the doc's non-paginated example has them).
+The doc documents no end-user listing under v2: only ``DELETE v2/endusers``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import AuthError, TransportError
@@ -71,7 +78,9 @@ def _device_id(device: Any) -> str:
 
 
 def _user_id(user: Any) -> str:
-    return _text(get_field(user, "ID", "EnduserID", "enduser_id"))
+    # CONTRACT.md: the end user's id is the object's "ID" (the doc's examples
+    # show none); the other spellings are read as the same field.
+    return _text(get_field(user, "ID", "EnduserID", "UserID"))
 
 
 def _email(user: Any) -> str:
@@ -87,6 +96,27 @@ def _emails(device: Any) -> list[str] | None:
     if isinstance(value, str):
         return [e.strip() for e in value.split(",") if e.strip()]
     return [_text(e) for e in value if _text(e)] if isinstance(value, list) else None
+
+
+def _page(body: Any, key: str) -> tuple[list[Any] | None, int | None]:
+    """The objects of one listing answer and the total it states, if any.
+
+    Non-paginated: a bare array; paginated: ``{"<key>": [...], "count": N}``.
+    The same, wrapped in a v2-style ``{"data": ...}`` envelope, is read too.
+    """
+    if isinstance(body, list):
+        return body, None
+    if not isinstance(body, Mapping):
+        return None, None
+    items = get_field(body, key)
+    if isinstance(items, list):
+        count = get_field(body, "count", "total")
+        try:
+            return items, None if count is None or isinstance(count, bool) else int(count)
+        except (TypeError, ValueError):
+            return items, None
+    data = get_field(body, "data")
+    return _page(data, key) if isinstance(data, (list, Mapping)) else (None, None)
 
 
 def _banned(device: Any) -> bool:
@@ -135,6 +165,8 @@ class Banyan(Provider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delete_path = DELETE_DEVICE_PATHS[0]
+        #: set once a path answered something other than 404 (a real route)
+        self._delete_path_known = False
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
@@ -159,29 +191,39 @@ class Banyan(Provider):
         out: list[Any] = []
         seen: set[str] = set()
         skip = 0
+        paged = True
         while True:
-            params = {"skip": skip, "limit": PAGE, "order": "asc", "orderby": order_by}
+            params = {"skip": skip, "limit": PAGE, "order": "asc", "orderby": order_by} if paged else None
             resp = await self.client.request("GET", path, params=params)
+            if resp.status == 400 and paged and not out:
+                # The doc gives no largest "limit" and only examples of
+                # "OrderBy" values ("such as serialnumber"); a server that
+                # rejects ours gets the doc's plain "GET /v1/devices", whose
+                # answer is every object at once.
+                paged = False
+                continue
             if not resp.ok:
                 raise _ListFailed(path, resp)
-            body = resp.body
-            if isinstance(body, list):
-                return body if not out else out + [o for o in body if ident(o) not in seen]
-            page = get_field(body, key)
-            if not isinstance(page, list):
+            page, count = _page(resp.body, key)
+            if page is None:
                 raise _ListFailed(path, resp, f"the answer holds no {key!r} list")
             fresh = 0
             for obj in page:
-                oid = ident(obj)
-                if oid and oid in seen:
-                    continue  # the list shifted between pages
-                if oid:
-                    seen.add(oid)
+                # an object without an id is told apart by its whole content,
+                # so that a server ignoring "skip" cannot make us loop
+                oid = ident(obj) or json.dumps(obj, sort_keys=True, default=str)
+                if oid in seen:
+                    continue  # the list shifted between pages, or was sent again
+                seen.add(oid)
                 out.append(obj)
                 fresh += 1
+            if not paged or isinstance(resp.body, list):
+                return out  # the non-paginated answer: everything at once
             skip += len(page)
-            count = get_field(body, "count")
-            if not page or not fresh or (isinstance(count, int) and skip >= count):
+            # "count" is the total in the doc's example (limit=2, "count": 27);
+            # after a full page we still ask once more, in case a server
+            # counts only the page.
+            if not page or not fresh or (count is not None and skip >= count and len(page) < PAGE):
                 return out
 
     async def _with_serial(self, serial: str) -> list[Any] | None:
@@ -215,12 +257,50 @@ class Banyan(Provider):
                 return False
         return True
 
+    async def _fill_emails(self, devices: list[Any], rows: Sequence[JobRow]) -> None:
+        """Complete ``Emails`` of the devices that delete-device rows with an
+        e-mail name, where the listing left it out.
+
+        The doc's paginated example (``?skip=0&limit=2``) shows no ``Emails``;
+        its non-paginated one (``/devices?serialnumber=27812a90a19df067``)
+        does, so that is asked once per serial concerned. What still cannot be
+        read stays unknown, and the server decides.
+        """
+        if all(_emails(d) is not None for d in devices):
+            return
+        by_id = Index("device", devices, _device_id, fold=True)
+        by_serial = Index("device", devices, _serial)
+        serials: set[str] = set()
+        for row in rows:
+            if row.action == "delete-device" and row.get("email"):
+                found = by_id.find(row.get("device_id")) if row.get("device_id") else by_serial.find(row.get("serial"))
+                serials.update(_serial(d) for d in found if _emails(d) is None and _serial(d))
+        gate = asyncio.Semaphore(self.default_concurrency)
+
+        async def fill(serial: str) -> None:
+            async with gate:
+                fetched = await self._with_serial(serial)
+            ours = by_serial.find(serial)
+            for fresh in fetched or ():
+                emails = _emails(fresh)
+                fresh_id = _device_id(fresh).casefold()
+                same = [d for d in ours if fresh_id and _device_id(d).casefold() == fresh_id]
+                if emails is None or not (same or len(ours) == len(fetched or ()) == 1):
+                    continue
+                for device in same or ours:
+                    if isinstance(device, MutableMapping):
+                        device["Emails"] = emails
+
+        await asyncio.gather(*(fill(s) for s in sorted(serials)))
+
     # -- planning -----------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
         actions = {row.action for row in rows}
         try:
             devices = await self._list_all("v1/devices", "devices", "serialnumber", _device_id) \
                 if actions & DEVICE_ACTIONS else []
+            if any(r.action == "delete-device" and r.get("email") for r in rows):
+                await self._fill_emails(devices, rows)
             users = await self._list_all("v1/endusers", "endusers", "email", lambda u: _user_id(u) or _email(u)) \
                 if "delete-user" in actions else []
         except _ListFailed as exc:
@@ -266,6 +346,9 @@ class Banyan(Provider):
             matching = [d for d in known if _holds(d, email)]
             if len(candidates) == 1 and not known:
                 matching = candidates  # the listing does not say; the server will
+            if not matching and len(known) < len(candidates):
+                raise LookupFailed(f"serial {given!r} matches {len(candidates)} devices and Banyan's list does not "
+                                   f"say which one {email} is registered on; make it unique")
             if not matching:
                 raise LookupFailed(f"device {given!r} is not registered to {email}")
             if len(matching) > 1:
@@ -377,17 +460,26 @@ class Banyan(Provider):
             devices = await self._with_serial(serial)
             if devices is None:
                 return None
-            return not any(_holds(d, email) for d in devices) if email else not devices
+            if not email:
+                return not devices
+            if any(_emails(d) is None for d in devices):
+                return None  # the answer does not say who is registered
+            return not any(_holds(d, email) for d in devices)
 
         params = {"SerialNumber": serial, "Email": email or None}
         # DELETE is idempotent in HTTP terms, but a second one after a lost
         # answer gets a 400 for a device that is no longer there; read back
         # instead of resending.
         resp = await self.client.request("DELETE", self._delete_path, params=params, idempotent=False, verify=gone)
-        if resp.status == 404 and self._delete_path == DELETE_DEVICE_PATHS[0]:
-            self._delete_path = DELETE_DEVICE_PATHS[1]
-            resp = await self.client.request("DELETE", self._delete_path, params=params, idempotent=False,
-                                             verify=gone)
+        if resp.status == 404 and not self._delete_path_known:
+            other = next(p for p in DELETE_DEVICE_PATHS if p != self._delete_path)
+            second = await self.client.request("DELETE", other, params=params, idempotent=False, verify=gone)
+            if second.status != 404:
+                self._delete_path, resp = other, second
+            # Both 404: neither is proven wrong, so the doc's path stays and
+            # the 404 is taken as being about the device.
+        if resp.status != 404:
+            self._delete_path_known = True
         if email:
             done = (f"Device {serial} no longer registered to {email} (Banyan deletes the device too when that "
                     "was its only user, and the user when that was their only device).")

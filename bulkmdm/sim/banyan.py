@@ -12,7 +12,18 @@ Endpoints, as the doc writes them (Bearer token auth; 401 otherwise):
 
 The doc spells the listing's query parameters two ways (table: ``Skip``,
 ``Limit``, ``Serialnumber``, ``OrderBy``; examples: ``skip``, ``limit``,
-``serialnumber``); both spellings are accepted, nothing else is.
+``serialnumber``); both spellings are accepted, nothing else is. Where the
+doc is exact the simulator is strict: ``SerialNumber`` and ``Email`` on the
+device endpoints are matched in exactly that case, ``update_device`` wants a
+JSON array under ``Content-Type: application/json`` (the doc's "ContentType:
+application/json" header), and ``DELETE /v2/endusers`` a JSON object with
+``enduser_ids``; anything else is a 400.
+
+Switches on the :class:`Org` for what a real server may do that the doc leaves
+open: ``max_limit`` (pages capped below ``limit``), ``reject_limit_above`` (a
+400 for a large ``limit``), ``emails_in_pages`` (paginated pages without
+``Emails``, as in the doc's paginated example) and ``delete_paths`` (which of
+``/v1/v1/delete_device`` and ``/v1/delete_device`` answer).
 
 Seeded edge cases (deterministic for a seed): every tenth device is banned;
 some devices have two users and some users two devices; two extra devices
@@ -69,6 +80,11 @@ class Org:
         self.delete_paths = {DOC_DELETE_PATH}
         #: the most a page may hold whatever ``limit`` asks (None: no cap)
         self.max_limit: int | None = None
+        #: answer 400 to a ``limit`` above this (None: any limit is fine)
+        self.reject_limit_above: int | None = None
+        #: False: paginated device pages leave out ``Emails``, like the doc's
+        #: paginated example (its non-paginated example has them)
+        self.emails_in_pages = True
         self._requests = 0
 
     # -- building -----------------------------------------------------------
@@ -276,11 +292,16 @@ def _listing(request: web.Request, org: Org, items: list[dict[str, Any]], key: s
         # "this API response changes when you add the pagination query
         # parameters: skip and limit"
         return web.json_response(items)
+    if limit is not None and org.reject_limit_above is not None and limit > org.reject_limit_above:
+        return web.json_response({"message": f"limit must not exceed {org.reject_limit_above}"}, status=400)
     start = skip or 0
     size = len(items) if limit is None else limit
     if org.max_limit is not None:
         size = min(size, org.max_limit)
-    return web.json_response({key: items[start:start + size], "count": len(items)})
+    page = items[start:start + size]
+    if key == "devices" and not org.emails_in_pages:
+        page = [{k: v for k, v in d.items() if k != "Emails"} for d in page]
+    return web.json_response({key: page, "count": len(items)})
 
 
 def make_app(
@@ -372,6 +393,9 @@ def make_app(
         serial = request.query.get("SerialNumber")
         if not serial:
             return web.json_response([{"Message": "SerialNumber is required"}], status=400)
+        # The doc's request headers: "ContentType: application/json".
+        if request.content_type != "application/json":
+            return web.json_response([{"Message": "Content-Type must be application/json"}], status=400)
         try:
             body = json.loads(await request.text())
         except ValueError:
