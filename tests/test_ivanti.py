@@ -4,14 +4,18 @@ faults, read-back after a lost answer, dry-run viability checks."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
+import aiohttp
 import pytest
 from aiohttp import web
 from conftest import write_csv  # type: ignore[import-not-found]
+from multidict import MultiDict
 
 from bulkmdm.errors import AuthError, ConfigError
 from bulkmdm.model import JobRow, Outcome, Status, Step
@@ -570,3 +574,239 @@ async def test_server_without_a_viability_check_still_takes_the_action() -> None
         assert statuses(outcomes) == ["succeeded"] * 30
         assert sum(state_of(server).applied(d["id"], "lock") for d in devices) == 30
         assert server.stats.by_route["PUT /api/v1/device/lock"] == 1
+
+
+# -- the wire format, as the vendor doc shows it ----------------------------------
+
+
+def recorder(app: web.Application) -> list[dict[str, Any]]:
+    """Every API request as it arrived: method, path, query, content type and
+    body (the handler still reads the body: aiohttp keeps it)."""
+    seen: list[dict[str, Any]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        body = await request.read() if request.body_exists else b""
+        seen.append({"method": request.method, "path": request.path, "query": request.query_string,
+                     "args": MultiDict(request.query), "type": request.content_type if body else "",
+                     "body": body.decode()})
+        return await handler(request)
+
+    app.middlewares.append(record)
+    return seen
+
+
+def form(request: dict[str, Any]) -> list[tuple[str, str]]:
+    assert request["type"] == "application/x-www-form-urlencoded", request
+    return parse_qsl(request["body"], keep_blank_values=True)
+
+
+async def test_requests_are_sent_as_the_doc_shows() -> None:
+    """Paths, methods, encodings and parameter names of every action, read
+    off the wire (see the vendor doc's example requests)."""
+    app = make_app(devices=300, seed=7)
+    seen = recorder(app)
+    with SimServer(app) as server:
+        state = state_of(server)
+        ios = pick(server, 8, registrationState="ACTIVE", platformType="IOS", supervised=True)
+        android = pick(server, 2, registrationState="ACTIVE", platformType="ANDROID")
+        retired = pick(server, 1, registrationState="RETIRED")
+        owner = next(d for d in state.devices.values() if d["ownerId"] not in {a["ownerId"] for a in android})
+        a, b = (str(d["id"]) for d in ios[:2])
+        job = [*rows("lock", ios[:2]), *rows("unlock", ios[:2]), *rows("restart", ios[:2]),
+               *rows("checkin", ios[:2]), *rows("message", ios[:2], message="Back by 5 & thanks"),
+               *rows("assign-user", android, email=owner["emailAddress"]),
+               *rows("set-attribute", ios[2:3], attribute="floor", value="007"),
+               *rows("delete-device", retired), *rows("retire", ios[3:4]), *rows("wipe", ios[4:5])]
+        job = [JobRow(i, r.action, r.fields) for i, r in enumerate(job)]
+        async with ivanti(server) as provider:
+            out = await run(provider, job)
+    assert set(statuses(out)) == {"succeeded"}, out
+
+    def sent(method: str, path: str) -> list[dict[str, Any]]:
+        return [r for r in seen if r["method"] == method and r["path"] == "/api/v1/" + path]
+
+    # the device list: GET device?dmPartitionId=&rows=500&start=0, no body
+    (search,) = [r for r in sent("GET", "device") if "fq" not in r["args"]]
+    assert dict(search["args"]) == {"dmPartitionId": "1", "rows": "500", "start": "0"}
+    # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
+    (by_email,) = [r for r in sent("GET", "device") if "fq" in r["args"]]
+    assert dict(by_email["args"]) == {"q": "", "dmPartitionId": "1", "fq": f"EMAILADDRESS EQ {owner['emailAddress']}"}
+    # "To lock multiple devices, you can chain the ids parameter: ids=126070&ids=337552"
+    for segment in ("lock", "unlock", "forceCheckin"):
+        (put,) = sent("PUT", f"device/{segment}")
+        assert form(put) == [("ids", a), ("ids", b)] and put["query"] == ""
+    # "chaining the ids, for example: ids=10542407, 10542400"
+    assert form(sent("PUT", "device/restart")[0]) == [("ids", f"{a},{b}")]
+    # "forceCheckin?checkViability=true&ids=22062&ids=22196"
+    (check,) = sent("GET", "device/lock")
+    assert check["args"].getall("ids") == [a, b] and check["args"]["checkViability"] == "true"
+    assert check["body"] == ""
+    # the message example, field by field, the ids "separated by url-encoded commas"
+    assert form(sent("PUT", "device/message")[0]) == [
+        ("sendPushNotification", "true"), ("pushNotificationMessage", "Back by 5 & thanks"), ("sendEmail", "false"),
+        ("emailSubject", ""), ("emailBody", ""), ("dmPartitionId", "1"), ("deviceIds", f"{a},{b}")]
+    assert "deviceIds=" + a + "%2C" + b in sent("PUT", "device/message")[0]["body"]
+    # --data-urlencode 'accountId=10542407' --data-urlencode 'deviceIds=73542'
+    assert form(sent("PUT", "device/updateAccount")[0]) == [
+        ("accountId", str(owner["ownerId"])), ("deviceIds", ",".join(str(d["id"]) for d in android))]
+    (patch,) = sent("PATCH", f"device/{ios[2]['id']}/customattributes")
+    assert patch["type"] == "application/json"
+    assert json.loads(patch["body"]) == {"attrs": {"floor": ["007"]}, "forceOverwrite": True}
+    assert not sent("POST", f"device/{ios[2]['id']}/customattributes")  # POST would replace them all
+    (delete,) = sent("DELETE", "device")
+    assert delete["query"] == f"deviceIds={retired[0]['id']}" and delete["body"] == ""
+    assert form(sent("PUT", "device/retire")[0]) == [("ids", str(ios[3]["id"]))]
+    wipe = dict(form(sent("PUT", "device/wipe")[0]))
+    assert wipe["ids"] == str(ios[4]["id"]) and wipe["returnToServiceEnabled"] == "false"
+    assert all(r["path"].startswith("/api/v1/device") for r in seen)
+
+
+async def test_the_simulator_refuses_what_the_doc_does_not_show(sim: SimServer) -> None:
+    """The simulator is as strict as the doc, so that a wrong request fails
+    our own tests: JSON where the doc sends a form (and the reverse), the
+    wrong id field, the message without its device space, the delete's ids
+    outside the query string, more than 500 rows."""
+    device = pick(sim, 1, registrationState="ACTIVE")[0]
+    retired = pick(sim, 1, registrationState="RETIRED")[0]
+    ident = str(device["id"])
+    message = {"sendPushNotification": "true", "pushNotificationMessage": "hi", "deviceIds": ident}
+    async with aiohttp.ClientSession(sim.url, headers=dict(BasicAuth("admin", "admin").headers())) as http:
+        async def status(method: str, path: str, **kwargs: Any) -> int:
+            async with http.request(method, "/api/v1/" + path, **kwargs) as resp:
+                body = await resp.json()
+                assert set(body) == {"errors", "result"}  # the envelope, errors or not
+                return resp.status
+
+        assert await status("PUT", "device/lock", json={"ids": [ident]}) == 415
+        assert await status("PUT", "device/lock", data={"deviceIds": ident}) == 400
+        assert await status("PUT", "device/updateAccount", data={"accountId": str(device["ownerId"]),
+                                                                  "ids": ident}) == 400
+        assert await status("PUT", "device/message", data=message) == 400
+        assert await status("PUT", "device/message", data={**message, "dmPartitionId": "1"}) == 200
+        assert await status("GET", "device/restart", params={"checkViability": "true", "ids": ident}) == 405
+        assert await status("PATCH", f"device/{ident}/customattributes", data={"attrs": "x"}) == 415
+        assert await status("DELETE", "device", data={"deviceIds": str(retired["id"])}) == 400
+        assert await status("GET", "device", params={"dmPartitionId": "1", "rows": "501"}) == 400
+        assert await status("GET", "device", params={"rows": "5"}) == 400  # no device space
+        assert await status("DELETE", "device", params={"deviceIds": str(retired["id"])}) == 200
+    assert state_of(sim).applied(device["id"], "lock") == 0
+
+
+# -- what another server may do -------------------------------------------------
+
+
+def rewrite_search(app: web.Application, change: Any) -> None:
+    """Pass each device-search answer of the simulator through ``change(result, request)``."""
+
+    @web.middleware
+    async def rewrite(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        if request.method != "GET" or request.path != "/api/v1/device" or response.status != 200:
+            return response
+        assert isinstance(response, web.Response) and response.body is not None
+        body = json.loads(response.body)  # type: ignore[arg-type]
+        change(body["result"], request)
+        return web.json_response(body)
+
+    app.middlewares.append(rewrite)
+
+
+async def test_search_after_values_are_also_read_from_the_last_device() -> None:
+    app = make_app(devices=1200, seed=5)
+    state: IvantiState = app["state"]
+    state.search_after_from = 1000
+
+    def move(result: dict[str, Any], request: web.Request) -> None:
+        values = result.pop("searchAfterValues", None)
+        if values and result["searchResults"]:
+            result["searchResults"][-1] = dict(result["searchResults"][-1], searchAfterValues=values)
+
+    rewrite_search(app, move)
+    with SimServer(app) as server:
+        last = max(state.devices)
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "lock", {"device_id": str(last)})])
+        assert isinstance(out[0], Step) and out[0].params["id"] == last
+        assert state.search_after_requests == 2
+
+
+async def test_search_after_values_the_server_will_not_take_fall_back_to_start() -> None:
+    """A server that hands out continuation values it then refuses (or
+    ignores) is paged by ``start``: every device is still found."""
+    app = make_app(devices=1200, seed=5)
+    state: IvantiState = app["state"]
+    rewrite_search(app, lambda result, request: result.update(searchAfterValues=["not-a-value"]))
+    with SimServer(app) as server:
+        last = max(state.devices)
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "checkin", {"device_id": str(last)})])
+            assert provider._fleet is not None and provider._fleet.count == 1200
+        assert isinstance(out[0], Step) and out[0].params["id"] == last
+        assert server.stats.by_route["GET /api/v1/device"] == 4  # 3 pages, 1 refused continuation
+
+
+@pytest.mark.parametrize("server_does", ["finds nothing", "refuses fq"])
+async def test_owner_is_found_in_the_device_list_when_the_search_fails(server_does: str) -> None:
+    app = make_app(devices=300, seed=7)
+    if server_does == "finds nothing":
+        rewrite_search(app, lambda result, request: "fq" in request.query and result.update(
+            searchResults=[], totalCount=0))
+    else:
+        @web.middleware
+        async def no_fq(request: web.Request, handler: Any) -> web.StreamResponse:
+            if "fq" in request.query:
+                return web.json_response({"errors": [{"message": "Unknown field"}], "result": None}, status=400)
+            return await handler(request)
+
+        app.middlewares.append(no_fq)
+    with SimServer(app) as server:
+        target = pick(server, 1, registrationState="ACTIVE", platformType="ANDROID")[0]
+        owner = next(d for d in state_of(server).devices.values() if d["ownerId"] != target["ownerId"])
+        async with ivanti(server) as provider:
+            out = await run(provider, rows("assign-user", [target], email=owner["emailAddress"]))
+        assert statuses(out) == ["succeeded"], out
+        assert target["ownerId"] == owner["ownerId"]
+
+
+def viability_answers(app: web.Application, status: int) -> None:
+    @web.middleware
+    async def answer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.query.get("checkViability") == "true":
+            return web.Response(status=status, text=f"{status}: no such route")
+        return await handler(request)
+
+    app.middlewares.append(answer)
+
+
+async def test_dry_run_on_a_server_without_viability_checks_plans_the_rows() -> None:
+    app = make_app(devices=120, seed=7)
+    viability_answers(app, 404)
+    with SimServer(app) as server:
+        devices = pick(server, 3, registrationState="ACTIVE")
+        async with ivanti(server, dry_run=True) as provider:
+            out = await run(provider, rows("wipe", devices), dry_run=True)
+        assert statuses(out) == ["planned"] * 3
+        assert "offers no eligibility check" in out[0].detail
+        assert server.stats.mutating == 0
+        assert server.stats.by_route["GET /api/v1/device/wipe"] == 1  # asked once per run
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_a_check_that_fails_does_not_stop_the_command(status: int) -> None:
+    """A check refused (400 all the way down to one device) or broken (500)
+    on the server's side: the command is sent and its own answer decides."""
+    app = make_app(devices=120, seed=7)
+    viability_answers(app, status)
+    with SimServer(app) as server:
+        devices = pick(server, 4, registrationState="ACTIVE")
+        async with ivanti(server) as provider:
+            out = await run(provider, rows("lock", devices))
+            again = await run(provider, rows("lock", pick(server, 6, registrationState="ACTIVE")[4:]))
+        assert statuses(out) == ["succeeded"] * 4 and statuses(again) == ["succeeded"] * 2
+        assert all(state_of(server).applied(d["id"], "lock") == 1 for d in devices)
+        checks = server.stats.by_route["GET /api/v1/device/lock"]
+        # 400: halves down to single devices (7 checks), then never again;
+        # 500: one check per batch, the command sent as a whole
+        assert checks == (7 if status == 400 else 2)
+        assert server.stats.by_route["PUT /api/v1/device/lock"] == (5 if status == 400 else 2)

@@ -13,7 +13,7 @@ lock           ``PUT device/lock``                                  form: ``ids`
 unlock         ``PUT device/unlock``                                form: ``ids``
 wipe           ``PUT device/wipe``                                  form: ``ids`` + options
 retire         ``PUT device/retire``                                form: ``ids``
-restart        ``PUT device/restart``                               form: ``ids``
+restart        ``PUT device/restart``                               form: ``ids`` (a,b,c)
 checkin        ``PUT device/forceCheckin``                          form: ``ids``
 message        ``PUT device/message``                               form: ``deviceIds`` (a,b,c)
 assign-user    ``PUT device/updateAccount``                         form: ``accountId``, ``deviceIds``
@@ -21,17 +21,26 @@ set-attribute  ``PATCH device/{id}/customattributes`` (per device)  JSON: attrs,
 delete-device  ``DELETE device?deviceIds={id}`` (per device)        -
 =============  ===================================================  =========================
 
+Form bodies are ``application/x-www-form-urlencoded``, as in the doc's curl
+examples (``--data``, ``--data-urlencode``); Unlock's example alone uses
+``--form`` (multipart), which a server reading form parameters takes either
+way. The doc's ids table for every command says "Request body"; the query
+string works too ("the server will parse them into a request body for you").
+
 lock, wipe, retire and checkin have a documented ``GET device/<action>?
 checkViability=true&ids=...`` that lists the devices which are *not*
 eligible, with their ``actionExceptionCodes``. A batch is checked first and
 only eligible devices are sent; the rest fail with the vendor's reason. The
-same check answers ``--dry-run``. ``updateAccount`` answers with the rejected
-devices itself; the other actions answer with a count only.
+same check answers ``--dry-run``. A server without the check (404/405/501),
+or an account not allowed to use it (403), gets the commands unchecked.
+``updateAccount`` answers with the rejected devices itself; the other
+actions answer with a count only.
 
 Look-ups come from one device search per run (``GET device?dmPartitionId=
 &rows=500&start=``, continued with ``searchAfterValues`` when the server
 offers them). Per the contract, a user's account id is the ``ownerId`` of a
-device found by ``fq=EMAILADDRESS EQ <email>`` (or ``UID EQ <uid>``).
+device found by ``fq=EMAILADDRESS EQ <email>`` (or ``UID EQ <uid>``); the
+run's device list is the fallback when that search finds nothing.
 """
 
 from __future__ import annotations
@@ -110,7 +119,10 @@ BULK: dict[str, _Bulk] = {
     "unlock": _Bulk("unlock", "unlock", "Unlock command sent to {target}."),
     "wipe": _Bulk("wipe", "wipe", "Wipe command sent to {target}.", viability=True, states=WIPE_STATES),
     "retire": _Bulk("retire", "retire", "Retire command sent to {target}.", viability=True, states=RETIRE_STATES),
-    "restart": _Bulk("restart", "restart", "Restart command sent to {target}."),
+    # "You can restart multiple devices by chaining the ids, for example:
+    # ids=10542407, 10542400" (Restart Supervised iOS Devices) -- the one call
+    # whose doc chains ids with commas rather than by repeating the field.
+    "restart": _Bulk("restart", "restart", "Restart command sent to {target}.", joined=True),
     "checkin": _Bulk("forceCheckin", "force a check-in of", "Check-in request sent to {target}.", viability=True),
     # "The IDs of the devices ..., separated by url-encoded commas."
     "message": _Bulk("message", "send a message to", "Message sent to {target}.", id_field="deviceIds",
@@ -156,6 +168,7 @@ class _Fleet:
     """The device space's devices, indexed once per run."""
 
     def __init__(self, devices: list[Any]) -> None:
+        self.devices = devices
         self.count = len(devices)
         self.by_serial = Index("device", devices, lambda d: get_field(d, "serialNumber"))
         self.by_serial_folded = Index("device", devices, lambda d: get_field(d, "serialNumber"), fold=True)
@@ -225,22 +238,34 @@ class Ivanti(Provider):
         return reply.result
 
     async def _fetch_fleet(self) -> _Fleet:
-        """Every device of the device space, 500 a page. Pages go by
-        ``start`` until the server hands out ``searchAfterValues`` ("useful in
-        searches in environments with ten-thousand or more devices"), then by
-        those: the doc names the parameter but not its format, so the values
-        are sent back exactly as the previous page gave them, comma-joined."""
+        """Every device of the device space, 500 a page.
+
+        Pages go by ``start`` until the server hands out ``searchAfterValues``
+        ("Useful in searches in environments with ten-thousand or more
+        devices. See Searching for devices efficiently."), then by those. The
+        doc names the parameter but shows neither where the answer carries it
+        nor its format, so it is read from the result (or, search-after
+        style, from the last device of the page) and sent back exactly as
+        given, comma-joined. A server that refuses the values it handed out,
+        or answers them with nothing new, is paged by ``start`` again."""
         devices: list[Any] = []
         seen: set[str] = set()
-        start, after = 0, ""
+        after = ""
+        after_ok = True  # False once search-after paging failed on this server
         what = f"the device list of device space {self.partition}"
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
             if after:
                 params["searchAfterValues"] = after
             else:
-                params["start"] = start
-            result = await self._read(params, what)
+                params["start"] = len(devices)
+            try:
+                result = await self._read(params, what)
+            except _ReadFailed:
+                if not after:
+                    raise
+                after, after_ok = "", False
+                continue
             page = as_list(result, "searchResults")
             new = 0
             for device in page:
@@ -250,17 +275,25 @@ class Ivanti(Provider):
                     devices.append(device)
                     new += 1
             total = _int(get_field(result, "totalCount"))
-            if not page or not new or (total is not None and len(devices) >= total):
+            if total is not None and len(devices) >= total:
+                break
+            if not page or not new:
+                if after and total is not None:
+                    # the values did not move the search on: page by start instead
+                    after, after_ok = "", False
+                    continue
                 break
             values = get_field(result, "searchAfterValues")
-            if isinstance(values, list) and values:
+            if values is None and isinstance(page[-1], Mapping):
+                values = get_field(page[-1], "searchAfterValues")
+            if after_ok and isinstance(values, list) and values:
                 after = ",".join(str(v) for v in values)
-            elif isinstance(values, (str, int)) and str(values):
+            elif after_ok and isinstance(values, (str, int)) and str(values):
                 after = str(values)
-            elif after:
+            elif after and total is None:
                 break  # the server stopped offering a continuation: that was the last page
             else:
-                start += len(page)
+                after = ""
         return _Fleet(devices)
 
     async def _find_owner(self, who: str) -> None:
@@ -284,11 +317,16 @@ class Ivanti(Provider):
     async def _search_owner(self, who: str) -> Any:
         searches = [("EMAILADDRESS", "emailAddress")] if "@" in who else []
         searches.append(("UID", "uid"))  # uid is often the email address too
+        refused: _ReadFailed | None = None
         for field, attr in searches:
             # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
-            result = await self._read(
-                {"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"}, f"the devices of {who}"
-            )
+            try:
+                result = await self._read(
+                    {"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"}, f"the devices of {who}"
+                )
+            except _ReadFailed as exc:
+                refused = refused or exc
+                continue
             owners: dict[str, Any] = {}
             for device in as_list(result, "searchResults"):
                 # The doc's example answer has " [email protected]" with a
@@ -297,11 +335,20 @@ class Ivanti(Provider):
                     owner = get_field(device, "ownerId")
                     if _key(owner):
                         owners[_key(owner)] = owner
-            if len(owners) == 1:
-                return next(iter(owners.values()))
-            if len(owners) > 1:
-                raise LookupFailed(f"user {who} owns devices under {len(owners)} accounts "
-                                   f"({', '.join(sorted(owners))}); give the account name instead")
+            if owners:
+                return _one_owner(who, owners)
+        if self._fleet is not None:
+            # A server that ignores the fq filter answers with an unfiltered
+            # first page, one that does not know it with an error; the device
+            # list of this run carries the same emailAddress/uid/ownerId fields.
+            for _field, attr in searches:
+                owners = {_key(o): o for d in self._fleet.devices
+                          if _key(get_field(d, attr)).casefold() == who.casefold()
+                          and _key(o := get_field(d, "ownerId"))}
+                if owners:
+                    return _one_owner(who, owners)
+        if refused is not None:
+            raise refused
         raise LookupFailed(
             f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
             "(Ivanti's device API finds a user only through a device they own)"
@@ -478,6 +525,10 @@ class Ivanti(Provider):
 
     async def _check(self, spec: _Bulk, steps: list[Step]) -> dict[int, Outcome]:
         reply = await self._viability(spec, steps)
+        if self._check_unavailable(spec, reply):
+            note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {reply.status}; "
+                    "the real run sends it unchecked)")
+            return {s.index: planned(s, _planned(s).detail + note) for s in steps}
         if not reply.ok and reply.splittable and len(steps) > 1:
             return await self._halves(steps, lambda half: self._check(spec, half))
         if not reply.ok:
@@ -492,6 +543,16 @@ class Ivanti(Provider):
             out[step.index] = _planned(step) if reason is None else _not_eligible(spec, step, reason, reply)
         return out
 
+    def _check_unavailable(self, spec: _Bulk, reply: _Reply) -> bool:
+        """The server has no checkViability for this action (the route is
+        missing: 404/405/501), or this account may not use it (403: the checks
+        "require Tenant Admin credentials", the commands only "Device Actions
+        or Device Management"). Remembered for the rest of the run."""
+        if reply.error is None and reply.status in (403, 404, 405, 501):
+            self._no_viability.add(spec.segment)
+            return True
+        return False
+
     async def _halves(self, steps: list[Step],
                       run: Callable[[list[Step]], Awaitable[dict[int, Outcome]]]) -> dict[int, Outcome]:
         """A batch refused as a whole: try each half, so that one bad device
@@ -505,16 +566,25 @@ class Ivanti(Provider):
         todo = steps
         if spec.viability and not checked and spec.segment not in self._no_viability:
             reply = await self._viability(spec, steps)
-            if reply.status in (404, 405, 501):
+            if self._check_unavailable(spec, reply):
                 # The check is a convenience before a real send: a server
-                # without it (the route is missing) still takes the action.
-                self._no_viability.add(spec.segment)
+                # without it still takes the action.
                 return await self._bulk(spec, steps, checked=True)
             if not reply.ok and reply.splittable and len(steps) > 1:
                 return await self._halves(steps, lambda half: self._bulk(spec, half))
-            if not reply.ok:
+            if not reply.ok and reply.error is not None:
                 detail = f"Could not check whether the MDM would {spec.verb} the device; nothing sent"
                 return {s.index: _failure(s, reply, detail) for s in steps}
+            if not reply.ok:
+                # A check refused for one device, or failing on the server's
+                # side (5xx after retries): the command's own answer decides.
+                sent = await self._bulk(spec, steps, checked=True)
+                if reply.status is not None and 400 <= reply.status < 500 and all(
+                        o.status is Status.SUCCEEDED for o in sent.values()):
+                    # the device was fine, so the check itself is what this
+                    # server refuses: stop asking it for this action
+                    self._no_viability.add(spec.segment)
+                return sent
             rejected = _rejections(reply.result)
             if rejected is None and len(steps) > 1:
                 # the list of ineligible devices was cut short: check smaller batches
@@ -602,7 +672,7 @@ class Ivanti(Provider):
         result = reply.result
         if reply.verified or result is None or result is True:
             return {s.index: ok(s) for s in steps}
-        if isinstance(result, Mapping):
+        if isinstance(result, (Mapping, list)):
             # updateAccount: "List of devices that were not eligible for
             # reassignment, and hence rejected. Empty list, if all the devices
             # have been initiated reassignment."
@@ -751,10 +821,15 @@ def _rejections(result: Any) -> dict[str, str] | None:
     """Ineligible devices of a checkViability / updateAccount answer, by id
     and GUID, with their reasons. None when the list is cut short (its
     ``totalCount`` is larger than what came), {} for an answer without one."""
-    if not isinstance(result, Mapping):
+    devices: list[Any]
+    total: int | None = None
+    if isinstance(result, list):  # a bare list of the devices, tolerated
+        devices = result
+    elif isinstance(result, Mapping):
+        devices = as_list(result, "searchResults")
+        total = _int(get_field(result, "totalCount"))
+    else:
         return {}
-    devices = as_list(result, "searchResults")
-    total = _int(get_field(result, "totalCount"))
     if total is not None and total > len(devices):
         return None
     out: dict[str, str] = {}
@@ -772,6 +847,13 @@ def _rejection_for(rejected: Mapping[str, str], step: Step) -> str | None:
         if _key(ref) and _key(ref).casefold() in rejected:
             return rejected[_key(ref).casefold()]
     return None
+
+
+def _one_owner(who: str, owners: Mapping[str, Any]) -> Any:
+    if len(owners) > 1:
+        raise LookupFailed(f"user {who} owns devices under {len(owners)} accounts "
+                           f"({', '.join(sorted(owners))}); give the account name instead")
+    return next(iter(owners.values()))
 
 
 def _planned(step: Step) -> Outcome:

@@ -12,17 +12,21 @@ It serves what bulkmdm's ``ivanti`` provider uses, the way the doc shows it:
   ``searchAfterValues`` to continue after it, and ``start + rows`` may not go
   past that window (as with any search-after engine);
 * the bulk actions (``PUT device/lock|unlock|wipe|retire|restart|
-  forceCheckin|message|updateAccount``) take ids from a form body or the
-  query string (repeated or comma separated), skip devices that are not
-  eligible, and answer a count (``updateAccount``: the rejected devices;
-  ``message``: ``true``); ``GET device/<action>?checkViability=true`` lists
-  the devices that are not eligible, each with ``actionExceptionCodes``;
+  forceCheckin|message|updateAccount``) take ids from a form-encoded body
+  or the query string (repeated or comma separated; ``ids``/``guids``, but
+  ``deviceIds`` for message and updateAccount, as documented), refuse any
+  other body with 415, skip devices that are not eligible, and answer a
+  count (``updateAccount``: the rejected devices; ``message``: ``true``,
+  and its ``dmPartitionId`` is required); ``GET device/<action>?
+  checkViability=true`` lists the devices that are not eligible, each with
+  ``actionExceptionCodes``;
 * an id that names no device fails the whole request with 400, the way a
   server validating its parameters does;
 * custom attributes per device: GET, POST (replace all), PATCH (merge;
-  ``forceOverwrite``), DELETE (both methods);
-* ``DELETE device?deviceIds=`` (refused while a device is ACTIVE or
-  WIPE_PENDING) and ``GET device/{id or guid}``;
+  ``forceOverwrite``), DELETE (both methods); JSON bodies only (415);
+* ``DELETE device?deviceIds=`` (ids in the query string, as the URI shows;
+  refused while a device is ACTIVE or WIPE_PENDING) and
+  ``GET device/{id or guid}``;
 * HTTP Basic auth (401 otherwise).
 
 State lives in :class:`IvantiState` at ``app["state"]``; ``state.log`` and
@@ -353,26 +357,39 @@ def _basic_auth_middleware(username: str, password: str) -> Any:
     return middleware
 
 
-async def _form(request: web.Request) -> MultiDict[str]:
+#: media types the form endpoints read, as a Spring ``@RequestParam`` server does
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _form(request: web.Request) -> MultiDict[str] | web.Response:
     """Query parameters and form body together: the doc says the server
-    "will parse [query parameters] into a request body for you"."""
+    "will parse [query parameters] into a request body for you". The bodies
+    of the doc's examples are form-encoded (``--data``, ``--data-urlencode``;
+    Unlock's ``--form`` is multipart): any other body (JSON, say) is refused
+    with 415, so that a client sending the wrong encoding is caught."""
     params: MultiDict[str] = MultiDict(request.query)
-    if request.can_read_body:
+    if request.body_exists:
         ctype = request.content_type
-        if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if ctype in FORM_TYPES:
             body = await request.post()
             for key, value in body.items():
                 params.add(key, value if isinstance(value, str) else str(value))
-        elif ctype == "application/json":
-            try:
-                data = json.loads(await request.read() or b"{}")
-            except ValueError:
-                data = {}
-            if isinstance(data, dict):
-                for key, value in data.items():
-                    for item in value if isinstance(value, list) else [value]:
-                        params.add(key, str(item))
+        elif await request.read():
+            return _error(415, f"Content type '{ctype}' not supported; send the parameters form-encoded",
+                          code="UnsupportedMediaType")
     return params
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The JSON body of the custom-attribute calls ("a JSON payload"): 415
+    for another content type, 400 for malformed JSON."""
+    if request.content_type != "application/json":
+        return _error(415, f"Content type '{request.content_type}' not supported; send application/json",
+                      code="UnsupportedMediaType")
+    try:
+        return json.loads(await request.read() or b"{}")
+    except ValueError:
+        return _error(400, "the body must be JSON", code="MalformedJson")
 
 
 def _split_ids(params: MultiDict[str] | MultiDictProxy[str], *names: str) -> list[str]:
@@ -471,16 +488,20 @@ def make_app(
     def bulk_handler(segment: str) -> Handler:
         action, rule, checkable = ACTIONS[segment]
 
+        # message and updateAccount name their list "deviceIds" (and take no
+        # GUIDs); the other commands take "ids" or "guids".
+        id_names = ("deviceIds",) if segment in ("message", "updateAccount") else ("ids", "guids")
+
         async def handler(request: web.Request) -> web.Response:
             params = await _form(request)
-            refs = _split_ids(params, "deviceIds" if segment in ("message", "updateAccount") else "ids", "guids")
-            if segment in ("message", "updateAccount"):
-                refs += _split_ids(params, "ids")
+            if isinstance(params, web.Response):
+                return params
+            refs = _split_ids(params, *id_names)
             viability = params.get("checkViability", "").casefold() == "true"
             if request.method == "GET" and not (checkable and viability):
                 return _error(405, f"GET {segment} only checks viability (checkViability=true)", code="NotAllowed")
             if not refs:
-                return _error(400, "ids is required", field="ids", code="NotEmpty")
+                return _error(400, f"{id_names[0]} is required", field=id_names[0], code="NotEmpty")
             found, missing = _resolve(state, refs)
             if missing:
                 return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="ids", code="NotFound")
@@ -490,10 +511,10 @@ def make_app(
             extra = ""
             account_id = 0
             if segment == "message":
-                if params.get("dmPartitionId"):
-                    bad_space = wrong_partition(params.get("dmPartitionId"))
-                    if bad_space:
-                        return bad_space
+                # "dmPartitionId: The device space ID of the device(s)."
+                bad_space = wrong_partition(params.get("dmPartitionId"))
+                if bad_space:
+                    return bad_space
                 if params.get("sendPushNotification", "").casefold() != "true":
                     return _error(400, "sendPushNotification must be true", field="sendPushNotification")
                 extra = params.get("pushNotificationMessage", "")
@@ -533,8 +554,8 @@ def make_app(
         return handler
 
     async def delete_devices(request: web.Request) -> web.Response:
-        params = await _form(request)
-        refs = _split_ids(params, "deviceIds", "ids")
+        # "DELETE /api/v1/device?deviceIds={id}": the ids in the query string
+        refs = _split_ids(request.query, "deviceIds")
         if not refs:
             return _error(400, "deviceIds is required", field="deviceIds", code="NotEmpty")
         found, missing = _resolve(state, refs)
@@ -566,10 +587,9 @@ def make_app(
         current = (device.get("customAttributes") or {}).get("attrs") or {}
         if request.method == "GET":
             return _envelope({"deviceId": device["id"], "guid": device["guid"], "attrs": current})
-        try:
-            body = json.loads(await request.read() or b"{}")
-        except ValueError:
-            return _error(400, "the body must be JSON", code="MalformedJson")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         attrs = body.get("attrs") if isinstance(body, dict) else None
         if not isinstance(attrs, dict):
             return _error(400, "attrs is required", field="attrs", code="NotNull")
@@ -595,10 +615,9 @@ def make_app(
 
     async def delete_attributes(request: web.Request) -> web.Response:
         # method 1: {"ids": ["73542"], "attrKeys": ["ForDocs001"]}
-        try:
-            body = json.loads(await request.read() or b"{}")
-        except ValueError:
-            return _error(400, "the body must be JSON", code="MalformedJson")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         refs = [str(v) for v in body.get("ids") or []] if isinstance(body, dict) else []
         keys = [str(v) for v in body.get("attrKeys") or []] if isinstance(body, dict) else []
         if not refs or not keys:
