@@ -81,11 +81,14 @@ def batches(steps: list[Step], size: int) -> list[list[Step]]:
 
 async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
               between: Callable[[], Awaitable[None] | None] | None = None,
-              concurrent: bool = False) -> list[Outcome]:
-    """plan, then execute every batch, as the engine does; outcomes in row order."""
+              concurrent: bool = False, window: float | None = None) -> list[Outcome]:
+    """plan, then execute every batch, as the engine does; outcomes in row order.
+    ``window``: the provider's wait for the API's per-minute window, shortened."""
     auth = ManageEngine.auth_from_env(env)
     async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST, timeout=5) as client:
         provider = ManageEngine(client, Settings(url=sim.url, env=env))
+        if window is not None:
+            provider.window = window
         planned = await provider.plan(job)
         assert len(planned) == len(job)
         if between is not None:
@@ -133,6 +136,10 @@ def posts(sim: SimServer, mode: str, route: str) -> int:
 
 def deletes(sim: SimServer, mode: str, route: str) -> int:
     return sim.stats.by_route.get(f"DELETE {prefix(mode)}{route}", 0)
+
+
+def gets(sim: SimServer, mode: str, route: str) -> int:
+    return sim.stats.by_route.get(f"GET {prefix(mode)}{route}", 0)
 
 
 # -- each action, both editions ------------------------------------------------
@@ -347,6 +354,7 @@ async def test_daily_budget_fails_rows_that_do_not_fit_up_front(sim: SimServer) 
     assert statuses(out) == ["succeeded"] * 7 + ["failed"] * 5
     assert "Run the report again tomorrow" in out[7].detail and "15 API calls" in out[7].detail
     assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 7
+    assert state(sim).calls_today == 10
 
 
 async def test_daily_budget_counts_a_batch_once(sim: SimServer) -> None:
@@ -354,6 +362,142 @@ async def test_daily_budget_counts_a_batch_once(sim: SimServer) -> None:
     job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new))
     out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="14"), job)
     assert statuses(out) == ["succeeded"] * 30
+
+
+# -- what the doc leaves to the client -------------------------------------------
+
+
+async def test_doc_shaped_lists_serials_and_bundle_ids_come_from_details(mode: str) -> None:
+    # The doc's list examples carry no serial_number / bundle_identifier; its
+    # detail examples do.
+    with start(devices=40) as sim:
+        state(sim).doc_fields = True
+        new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:2]
+        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+                   {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["bundle_identifier"]},
+                   {"action": "add-to-group", "serial": FACTS["duplicate_serial"], "group": GROUP["name"]},
+                   {"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]})
+        out = await run(sim, env_for(mode, sim), job)
+        assert statuses(out) == ["succeeded", "succeeded", "succeeded", "failed", "succeeded"]
+        assert "matches 2 devices" in out[3].detail
+        assert gets(sim, mode, "/devices/{device_id}") == 40
+        assert gets(sim, mode, "/apps/{app_id}") == len(state(sim).apps)
+        assert set(new) | {FACTS["free_device"]["id"]} <= members(sim, GROUP["id"])
+        assert new[0] in state(sim).associations[APP["id"]]
+
+
+async def test_doc_shaped_lists_read_no_details_when_not_needed_or_over_budget() -> None:
+    with start(devices=40) as sim:
+        state(sim).doc_fields = True
+        by_id = rows({"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]},
+                     {"action": "install-app", "device_id": str(FACTS["free_device"]["id"]), "app": APP["name"]})
+        out = await run(sim, env_for("on-premises", sim), by_id)
+        assert statuses(out) == ["succeeded"] * 2
+        assert gets(sim, "on-premises", "/devices/{device_id}") == 0
+        assert gets(sim, "on-premises", "/apps/{app_id}") == 0
+
+        by_serial = rows({"action": "add-to-group", "serial": FACTS["app_device"]["serial"], "group": GROUP["name"]})
+        out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="60"), by_serial)
+        assert statuses(out) == ["failed"]
+        assert "would not fit in the day's API calls; give device_id" in out[0].detail
+        assert gets(sim, "on-premises", "/devices/{device_id}") == 0
+
+
+async def test_ids_go_as_json_numbers_even_when_the_list_gives_strings(sim: SimServer, mode: str) -> None:
+    state(sim).string_ids = True  # and the simulator refuses "device_ids": ["..."] with COM0005
+    state(sim).strict_headers = True  # and every request without the examples' Content-Type with COM0011
+    new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:3]
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+               *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in new))
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"] * 6
+    assert set(new) <= members(sim, GROUP["id"]) and set(new) <= set(state(sim).associations[APP["id"]])
+    # and as the doc has them, for rows in the opposite direction (DELETE, no body)
+    job = rows({"action": "remove-from-group", "device_id": str(new[0]), "group": GROUP["name"]},
+               {"action": "remove-app", "device_id": str(new[0]), "app": APP["name"]})
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["succeeded"] * 2
+    assert new[0] not in members(sim, GROUP["id"]) and new[0] not in state(sim).associations[APP["id"]]
+
+
+async def test_app_rows_already_in_state_are_skipped(sim: SimServer, mode: str) -> None:
+    has, free, keynote = FACTS["app_device"], FACTS["free_device"], FACTS["installed_app"]
+    other = generated(sim)[0]
+    job = rows({"action": "install-app", "serial": has["serial"], "app": keynote["name"]},
+               {"action": "remove-app", "serial": free["serial"], "app": keynote["bundle_identifier"]},
+               {"action": "install-app", "device_id": str(other), "app": keynote["name"]})
+    out = await run(sim, env_for(mode, sim), job)
+    assert statuses(out) == ["skipped", "skipped", "succeeded"]
+    assert "already has 'Keynote'" in out[0].detail and "does not have 'Keynote'" in out[1].detail
+    assert gets(sim, mode, "/devices/{device_id}/apps") == 3
+    assert deletes(sim, mode, "/apps/{app_id}/devices/{device_id}") == 0
+    assert state(sim).log == {other: [f"install-app:{keynote['id']}"]}
+
+
+async def test_lists_paged_by_offset_are_read_whole(mode: str) -> None:
+    with start(devices=120) as sim:
+        st = state(sim)
+        st.page_size = 10
+        st.next_links = False  # only metadata.total_record_count says there is more
+        last_device = max(st.devices)
+        last_group = max(st.groups)
+        last_app = max(st.apps)
+        big = max(st.members, key=lambda g: len(st.members[g]))
+        assert len(st.members[big]) > 10
+        last_member = list(st.members[big])[-1]
+        job = rows({"action": "add-to-group", "serial": serial_of(sim, last_device),
+                    "group": st.groups[last_group]["name"]},
+                   {"action": "install-app", "serial": serial_of(sim, last_device),
+                    "app": str(last_app)},
+                   {"action": "remove-from-group", "device_id": str(last_member), "group": st.groups[big]["name"]})
+        out = await run(sim, env_for(mode, sim), job)
+        assert statuses(out) == ["succeeded"] * 3, out
+        assert last_member not in st.members[big]
+        assert gets(sim, mode, "/devices") == 12
+        assert gets(sim, mode, "/groups/{group_id}/members") > 2
+        assert gets(sim, mode, "/groups") == -(-len(st.groups) // 10)
+        assert gets(sim, mode, "/apps") == -(-len(st.apps) // 10)
+
+
+def test_a_next_link_naming_another_host_is_read_from_this_server() -> None:
+    provider = ManageEngine(Client("http://127.0.0.1:1/api/v1", auth=ZohoOAuth(
+        client_id="c", client_secret="s", refresh_token="r", token_url="http://127.0.0.1:1/t")),
+        Settings(url="http://127.0.0.1:1"))
+    assert provider._on_this_server("https://mdm.example.com/api/v1/devices?limit=50&offset=50") == \
+        "http://127.0.0.1:1/api/v1/devices?limit=50&offset=50"
+
+
+# -- the doc's API call limits -------------------------------------------------
+
+
+async def test_minute_limit_429s_without_retry_after_are_waited_out(mode: str) -> None:
+    with start() as sim:
+        st = state(sim)
+        st.calls_per_window, st.limit_window = 4, 0.5
+        inside = sorted(members(sim, GROUP["id"]))[:6]
+        job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                     for d in inside))
+        out = await run(sim, env_for(mode, sim), job, window=0.6)
+        assert statuses(out) == ["succeeded"] * 6, [o.detail for o in out]
+        assert st.limited > 0
+        assert all(st.log[d] == [f"remove-from-group:{GROUP['id']}"] for d in inside)
+
+
+async def test_daily_limit_429s_fail_the_rest_without_sending(sim: SimServer) -> None:
+    st = state(sim)
+    st.calls_per_day, st.limit_window = 6, 0.1
+    inside = sorted(members(sim, GROUP["id"]))[:8]
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                 for d in inside))
+    # our own budget is off: the server's answers are what stops the run
+    out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="none"), job, window=0.2)
+    assert statuses(out) == ["succeeded"] * 3 + ["failed"] * 5
+    assert all("tomorrow" in o.detail and o.http_status == 429 for o in out[3:])
+    # one row: the transport's quick tries, the minute's pause, the quick tries again; nothing after it
+    tries = 2 * FAST.attempts
+    assert out[3].attempts == tries and "Not sent" in out[4].detail and out[4].attempts == 0
+    assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 3 + tries
+    assert st.limited == tries
 
 
 # -- OAuth ---------------------------------------------------------------------
@@ -382,13 +526,36 @@ async def test_cloud_token_is_refreshed_once_on_401(sim: SimServer) -> None:
 async def test_token_request_is_a_form_post_and_header_is_zoho_oauthtoken(sim: SimServer) -> None:
     env = env_for("cloud", sim)
     auth = ManageEngine.auth_from_env(env)
-    assert isinstance(auth, ZohoOAuth) and auth.headers() == {}
+    assert isinstance(auth, ZohoOAuth) and "Authorization" not in auth.headers()
     async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST) as client:
         await auth.ensure(client.session)
         assert auth.headers()["Authorization"].startswith("Zoho-oauthtoken 1000.")
         resp = await client.request("GET", "groups")
     assert resp.ok and resp.body["groups"]
     assert sim.stats.by_route["POST /oauth/v2/token"] == 1
+
+
+@pytest.mark.parametrize("reads", ["query", "form"])
+async def test_token_endpoint_gets_the_refresh_grant_in_query_and_form(sim: SimServer, reads: str) -> None:
+    # the doc's examples put the parameters in the URL; OAuth servers read a form body
+    state(sim).token_params = reads
+    job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
+    out = await run(sim, env_for("cloud", sim), job)
+    assert statuses(out) == ["succeeded"]
+    want = ["client_id", "client_secret", "grant_type", "refresh_token"]
+    assert state(sim).token_sources == [{"query": want, "form": want}]
+
+
+async def test_cloud_token_refused_mid_run_is_refreshed_for_every_action(sim: SimServer) -> None:
+    inside = sorted(members(sim, GROUP["id"]))
+    new = [d for d in generated(sim) if d not in inside][:2]
+    job = rows({"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
+               {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
+               {"action": "install-app", "serial": serial_of(sim, new[1]), "app": APP["name"]},
+               {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]})
+    out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens))
+    assert statuses(out) == ["succeeded"] * 4
+    assert state(sim).token_grants == 2 and state(sim).unauthorized == 1
 
 
 @pytest.mark.parametrize("wrong", ["BULKMDM_REFRESH_TOKEN", "BULKMDM_CLIENT_SECRET", "BULKMDM_API_KEY"])
@@ -427,6 +594,8 @@ def test_missing_credentials_are_named() -> None:
     with pytest.raises(ConfigError, match="BULKMDM_DAILY_LIMIT"):
         ManageEngine.auth_from_env({"BULKMDM_API_KEY": "k", "BULKMDM_DAILY_LIMIT": "lots"})
     assert ManageEngine.api_base("https://mdm.example.com/") == "https://mdm.example.com/api/v1"
+    assert ManageEngine.api_base("https://mdm.example.com/api/v1/mdm/") == "https://mdm.example.com/api/v1"
+    assert ManageEngine.api_base("https://mdm.manageengine.com/api/v1") == "https://mdm.manageengine.com/api/v1"
 
 
 # -- end to end through the CLI ------------------------------------------------
@@ -476,3 +645,16 @@ def test_cli_cloud_dry_run_sends_nothing(sim: SimServer, tmp_path: Path, run_cli
     assert not members(sim, GROUP["id"]) & set(new)
     text = result.report_path.read_text(encoding="utf-8-sig") + result.output
     assert not any(s in text for s in SECRETS)
+
+
+def test_shipped_example_job_runs_against_the_default_simulator(tmp_path: Path, run_cli: Any) -> None:
+    # jobs/manageengine-classes.csv names devices of `bulkmdm sim manageengine` (3000 devices, seed 1)
+    job = tmp_path / "manageengine-classes.csv"
+    job.write_bytes((Path(__file__).parent.parent / "jobs" / "manageengine-classes.csv").read_bytes())
+    with SimServer(make_app(devices=3000, seed=1)) as server:
+        result = run_cli(["run", str(job), "--provider", "manageengine", "--url", server.url, "--rate", "50/s"],
+                         env={"BULKMDM_API_KEY": "me-api-key"})
+        assert result.exit_code == 0, result.output
+        assert [r["status"] for r in result.report] == ["succeeded"] * 4 + ["skipped"] + ["succeeded"] * 4
+        # one POST for the four additions, one for the two installs, two DELETEs
+        assert server.stats.mutating == 4

@@ -12,7 +12,8 @@ Two editions, one API:
 ``<url>/api/v1`` for both, and the provider puts ``mdm/`` in front of every
 path when its credentials are an API key (:meth:`ManageEngine._path`).
 
-What each action sends (bodies are JSON, as in the doc's curl examples)::
+What each action sends (bodies are JSON, as in the doc's curl examples, ids
+as JSON numbers as in its ``"device_ids": [ 1, 2, 3 ]``)::
 
     add-to-group       POST   groups/{group_id}/members   {"member_ids": [...]}     one request per group
     remove-from-group  DELETE groups/{group_id}/members/{device_id}                 one per row
@@ -20,15 +21,25 @@ What each action sends (bodies are JSON, as in the doc's curl examples)::
                                                            "notify_user_via_email": false}  one per app
     remove-app         DELETE apps/{app_id}/devices/{device_id}                    one per row
 
-Look-ups come from lists read once per run: ``GET devices`` (serial or
-device id), ``GET groups`` (name), ``GET apps`` (name, bundle identifier or
-app id) and ``GET groups/{id}/members`` for each group a row names, which
-lets rows already in the wanted state be skipped.
+Look-ups come from lists read once per run, every page (``paging.next``, or
+``offset`` while ``metadata.total_record_count`` says there is more):
+``GET devices`` (serial or device id), ``GET groups`` (name), ``GET apps``
+(name, bundle identifier or app id), ``GET groups/{id}/members`` for each
+group a row names, and ``GET devices/{id}/apps`` for the devices of app rows
+(up to :attr:`ManageEngine.app_check_max` of them), so that rows already in
+the wanted state are skipped. The doc's list examples lack serial_number
+(devices) and bundle_identifier (apps), which its detail examples have: when
+a list carries none and a row needs them, the details are read
+(``GET devices/{id}``, ``GET apps/{id}``) if they fit in the day's budget.
 
 The vendor allows 100 calls a minute and 2,500 a day (1,000 for free
 organisations). The rate is the default; the day's budget is checked when
 planning: rows whose requests would not fit fail up front with a note to
 run the report again tomorrow (``BULKMDM_DAILY_LIMIT`` changes the budget).
+The doc's 429 ("COM0002 API Limit Exceeded") names no Retry-After: when the
+transport's quick retries meet only 429s, the run holds for the minute
+window and tries once more; a 429 after that means the day's calls are used
+up, and the remaining rows fail without being sent.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -78,8 +89,18 @@ _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
 # -- credentials ---------------------------------------------------------------
 
 
+#: Every curl example in the doc sends this, GETs and DELETEs included, and its
+#: error table has "COM0011 422 Invalid / Missing headers". The transport's
+#: request() takes no headers, so the credentials' headers carry it; on a
+#: request with a JSON body it is the body's own type.
+DOC_HEADERS = {"Content-Type": "application/json;charset=UTF-8"}
+
+
 class ApiKeyAuth(HeaderAuth):
     """On-premises: "Header name should be Authorization - Header value should be {api_key}"."""
+
+    def headers(self) -> Mapping[str, str]:
+        return {**super().headers(), **DOC_HEADERS}
 
 
 #: the access token the current task last sent (see ZohoOAuth.refresh)
@@ -114,7 +135,7 @@ class ZohoOAuth(Auth):
         # transport call refresh(). The provider calls ensure() first, so
         # that only happens to requests sent from elsewhere.
         _sent_token.set(self._token)
-        return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
+        return {"Authorization": f"Zoho-oauthtoken {self._token}", **DOC_HEADERS} if self._token else DOC_HEADERS
 
     def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
@@ -146,16 +167,21 @@ class ZohoOAuth(Auth):
 
     async def _fetch(self, session: aiohttp.ClientSession) -> None:
         # The doc's Step 4 lists refresh_token, client_id, client_secret,
-        # redirect_uri and grant_type=refresh_token (its "Request Example" is a
-        # copy of Step 3's authorization_code URL). The parameters go in a form
-        # body, which Zoho accepts like query parameters, so that the secrets
-        # are never part of a URL that proxies and servers log. redirect_uri
-        # is not needed to refresh and bulkmdm has none to send.
+        # redirect_uri and grant_type=refresh_token, none marked mandatory (its
+        # "Request Example" is a copy of Step 3's authorization_code URL), and
+        # says "make a POST request for the following URL with given params"
+        # with every example in the query string
+        # ("https://accounts.zoho.com/oauth/v2/token?refresh_token=...").
+        # Zoho reads them from the query string or from a form body, an
+        # RFC 6749 server from the form body only, a server written from the
+        # doc maybe from the query only: they go in both, with the same values.
+        # The URL is never logged here (only method and path). redirect_uri is
+        # not needed to refresh and bulkmdm has none to send.
         form = {
-            "grant_type": "refresh_token",
+            "refresh_token": self._refresh_token,
             "client_id": self._client_id,
             "client_secret": self._client_secret,
-            "refresh_token": self._refresh_token,
+            "grant_type": "refresh_token",
         }
         parts = urlsplit(self.token_url)
         what = f"POST {parts.path or '/'}"
@@ -165,7 +191,7 @@ class ZohoOAuth(Auth):
             if attempt > 1:
                 await asyncio.sleep(random.uniform(0.2, 0.5) * 2 ** (attempt - 2))
             try:
-                async with session.post(self.token_url, data=form) as resp:
+                async with session.post(self.token_url, params=form, data=form) as resp:
                     status = resp.status
                     try:
                         body = await resp.json(content_type=None)
@@ -260,6 +286,8 @@ class ManageEngine(Provider):
     # a whole is halved until the bad rows are found (about 2*log2(100) = 14
     # extra requests per bad id at most).
     max_batch = 100
+    #: the most devices whose app list is read to skip app rows already in state
+    app_check_max = 250
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
@@ -291,7 +319,17 @@ class ManageEngine(Provider):
     def api_base(cls, url: str) -> str:
         # Cloud: "https://mdm.manageengine.com/api/v1"; on-premises:
         # "{ServerURL}/api/v1/mdm" -- the "mdm/" is added per path (_path).
-        return url.rstrip("/") + "/api/v1"
+        # --url is the server root; a URL copied with the doc's base path on
+        # it is taken as meaning that root.
+        root = url.rstrip("/")
+        for tail in ("/api/v1/mdm", "/api/v1"):
+            if root.casefold().endswith(tail):
+                root = root[: -len(tail)]
+                break
+        return root + "/api/v1"
+
+    #: seconds the API's per-minute window needs to pass ("100 API calls/minute")
+    window = 61.0
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
@@ -302,15 +340,46 @@ class ManageEngine(Provider):
         else:
             self.on_premises = bool(settings.env.get("BULKMDM_API_KEY", "").strip())
         self.daily_limit = _daily_limit(settings.env)
+        #: set when 429s outlast a whole minute: the day's calls are used up
+        self.day_used_up = False
+        self._quiet_until = 0.0
 
     # -- requests -------------------------------------------------------------
     def _path(self, path: str) -> str:
         return ("mdm/" + path) if self.on_premises else path
 
     async def _request(self, method: str, path: str, **kw: Any) -> Response:
+        if self.day_used_up:
+            # nothing is sent: every call would be refused until tomorrow
+            return Response(429, None, {}, 0)
         if self._oauth is not None:
             await self._oauth.ensure(self.client.session)
-        return await self.client.request(method, self._path(path) if "://" not in path else path, **kw)
+        url = self._path(path) if "://" not in path else path
+        resp = await self.client.request(method, url, **kw)
+        if resp.status != 429:
+            return resp
+        # The doc: "429 Too many requests within a certain time frame",
+        # "COM0002 429 API Limit Exceeded", limits "2500 API calls/day and 100
+        # API calls/minute", and no Retry-After. The transport's quick retries
+        # are over: wait for the minute window to pass (every worker holds),
+        # then try once more. A 429 after that is the daily limit; nothing more
+        # is sent this run. A 429 means the request was not processed, so
+        # resending a POST here cannot apply it twice.
+        await self._sit_out_the_minute()
+        if self.day_used_up:
+            return resp
+        again = await self.client.request(method, url, **kw)
+        if again.status == 429:
+            self.day_used_up = True
+            log.info("ManageEngine: still 429 after a full minute; taking the day's API calls as used up")
+        return Response(again.status, again.body, again.headers, resp.attempts + again.attempts, again.verified)
+
+    async def _sit_out_the_minute(self) -> None:
+        now = time.monotonic()
+        if self._quiet_until <= now:
+            self._quiet_until = now + self.window
+            self.client.limiter.throttled(self.window)
+        await asyncio.sleep(max(0.0, self._quiet_until - now))
 
     async def _get(self, path: str) -> Any:
         resp = await self._request("GET", path)
@@ -318,28 +387,79 @@ class ManageEngine(Provider):
             raise _ListFailed(path, resp)
         return resp.body
 
-    async def _list(self, path: str, key: str) -> list[Any]:
-        """A list under its wrapping key (``{"devices": [...]}``).
+    async def _list(self, path: str, key: str | tuple[str, ...], id_field: str) -> list[Any]:
+        """A list under its wrapping key (``{"devices": [...]}``), every page.
 
-        The doc shows no paging, but its error table has "COM0003 Invalid
-        paging params"; if an answer links a next page (``paging.next``, as
-        ManageEngine's newer APIs do), it is followed -- on the same server
-        only, so the credentials go nowhere else."""
+        The doc's examples show one answer, but its error table has "COM0003
+        Invalid paging params", and ManageEngine's API pages lists (50 items by
+        default) with ``"paging": {"next": "<url>"}`` and ``"metadata":
+        {"total_record_count": n}``, the next page asked for with ``offset``
+        and ``limit``. A ``next`` link is followed; without one, a total larger
+        than what arrived is fetched by ``offset``. Either way the request goes
+        to the server this run talks to (only the link's path and query are
+        used), so the credentials go nowhere else. Items repeated across pages
+        are kept once, so a repeated page cannot make a serial look ambiguous."""
         items: list[Any] = []
+        ids: set[str] = set()
+        current = self.client.url(self._path(path))
         body = await self._get(path)
-        base = urlsplit(self.client.base_url)
-        seen: set[str] = set()
+        seen = {current}
         while True:
-            items.extend(as_list(body, key))
-            nxt = get_field(get_field(body, "paging"), "next") if isinstance(body, Mapping) else None
-            if not isinstance(nxt, str) or not nxt.strip():
-                return items
-            url = urljoin(self.client.base_url + "/", nxt.strip())
-            parts = urlsplit(url)
-            if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or url in seen or len(seen) > 1000:
+            page = as_list(body, *((key,) if isinstance(key, str) else key))
+            fresh = 0
+            for item in page:
+                item_id = _key(get_field(item, id_field))
+                if item_id and item_id in ids:
+                    continue
+                if item_id:
+                    ids.add(item_id)
+                items.append(item)
+                fresh += 1
+            nxt = _next_link(body)
+            if nxt:
+                url = self._on_this_server(urljoin(current, nxt))
+            else:
+                total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
+                if not page or total is None or len(items) >= total:
+                    return items
+                base = self.client.url(self._path(path))
+                url = f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': len(items), 'limit': len(page)})}"
+            if not fresh or url in seen or len(seen) > 1000:
                 return items
             seen.add(url)
+            current = url
             body = await self._get(url)
+
+    def _on_this_server(self, url: str) -> str:
+        """``url``'s path and query on the server this run talks to (a next
+        link may name the server as the server sees itself)."""
+        base = urlsplit(self.client.base_url)
+        parts = urlsplit(url)
+        return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
+
+    async def _each(self, paths: Sequence[str], *, quiet: bool) -> list[Response | None]:
+        """GET every path, a few at a time (the rate limiter paces them).
+        ``quiet``: None where no answer came; otherwise that error is raised."""
+        limit = asyncio.Semaphore(max(1, self.default_concurrency))
+
+        async def one(path: str) -> Response | None:
+            async with limit:
+                try:
+                    return await self._request("GET", path)
+                except AuthError:
+                    raise
+                except TransportError:
+                    if not quiet:
+                        raise
+                    return None
+
+        return list(await asyncio.gather(*(one(p) for p in paths)))
+
+    def _room(self) -> int | None:
+        """API calls left in the day's budget (None: no budget)."""
+        if self.daily_limit is None:
+            return None
+        return self.daily_limit - max(10, self.daily_limit // 50) - self.client.requests_sent
 
     # -- planning -----------------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
@@ -365,15 +485,19 @@ class ManageEngine(Provider):
 
     async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> _Lists:
         lists = _Lists()
-        devices = await self._list("devices", "devices")
+        devices = await self._list("devices", "devices", "device_id")
+        by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
+        if by_serial and devices and not any(_has_serial(d) for d in devices):
+            devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
         lists.device_by_id = Index("device", devices, lambda d: get_field(d, "device_id"))
         lists.device_by_serial = Index("device", devices, _serial)
         lists.device_by_serial_folded = Index("device", devices, _serial, fold=True)
         lists.serials_known = any(_serial(d) for d in devices)
         if actions & GROUP_ACTIONS:
-            groups = await self._list("groups", "groups")
-            lists.group_by_name = Index("group", groups, lambda g: get_field(g, "name"))
-            lists.group_by_name_folded = Index("group", groups, lambda g: get_field(g, "name"), fold=True)
+            groups = await self._list("groups", "groups", "group_id")
+            lists.group_by_name = Index("group", groups, lambda g: get_field(g, "name", "group_name"))
+            lists.group_by_name_folded = Index("group", groups, lambda g: get_field(g, "name", "group_name"),
+                                               fold=True)
             wanted: dict[str, Any] = {}
             for row in rows:
                 if row.action in GROUP_ACTIONS:
@@ -383,24 +507,91 @@ class ManageEngine(Provider):
                         continue
                     wanted[_key(get_field(group, "group_id"))] = group
             for group_id, group in wanted.items():
-                # "Get members present in a group": { "member_ids": [ 12, 213123, 21312 ] }
-                resp = await self._request("GET", f"groups/{_seg(group_id)}/members")
-                if resp.ok:
-                    lists.members[group_id] = {_key(m) for m in as_list(resp.body, "member_ids")}
-                else:
+                try:
+                    lists.members[group_id] = await self._members(group_id)
+                except _ListFailed as exc:
                     lists.members[group_id] = LookupFailed(
-                        f"could not read the members of group {get_field(group, 'name')!r}: {_explain(resp)}"
+                        f"could not read the members of group {get_field(group, 'name')!r}: {_explain(exc.resp)}"
                     )
         if actions & APP_ACTIONS:
-            apps = await self._list("apps", "apps")
-            lists.app_by_name = Index("app", apps, lambda a: get_field(a, "app_name", "name"))
-            lists.app_by_bundle = Index("app", apps, lambda a: get_field(a, "bundle_identifier", "identifier"))
-            lists.app_by_id = Index("app", apps, lambda a: get_field(a, "app_id"))
-            lists.app_names_folded = Index("app", apps, lambda a: get_field(a, "app_name", "name"), fold=True)
+            apps = await self._list("apps", "apps", "app_id")
+            self._index_apps(lists, apps)
+            app_rows = [row for row in rows if row.action in APP_ACTIONS]
+            if apps and not any(get_field(a, "bundle_identifier", "identifier") for a in apps):
+                # "Get App List" shows no bundle_identifier; "Get App Details" does.
+                unmatched = [row for row in app_rows if row.get("app").strip() and not self._app_matches(row, lists)]
+                if unmatched:
+                    apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
+                    self._index_apps(lists, apps)
+            await self._read_device_apps(app_rows, lists)
         return lists
 
+    async def _members(self, group_id: Any) -> set[str]:
+        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
+        21312 ] }`` (every page, should the server page it; member objects
+        are read too)."""
+        items = await self._list(f"groups/{_seg(group_id)}/members", MEMBER_KEYS, "member_id")
+        return {_member_id(m) for m in items} - {""}
+
+    def _index_apps(self, lists: _Lists, apps: list[Any]) -> None:
+        lists.app_by_name = Index("app", apps, lambda a: get_field(a, "app_name", "name"))
+        lists.app_by_bundle = Index("app", apps, lambda a: get_field(a, "bundle_identifier", "identifier"))
+        lists.app_by_id = Index("app", apps, lambda a: get_field(a, "app_id"))
+        lists.app_names_folded = Index("app", apps, lambda a: get_field(a, "app_name", "name"), fold=True)
+
+    def _app_matches(self, row: JobRow, lists: _Lists) -> bool:
+        value = row.get("app")
+        return bool(lists.app_by_name.find(value) or lists.app_by_id.find(value))
+
+    async def _with_details(self, items: list[Any], kind: str, id_field: str, lists: _Lists,
+                            what: str) -> list[Any]:
+        """``items`` with the fields of their detail answers (``GET kind/{id}``)
+        added: the doc's list examples lack what a row may name them by (the
+        device list has no serial_number, the app list no bundle_identifier),
+        its detail examples have it. One call per item, so only when they fit
+        in half of the day's remaining budget."""
+        room = self._room()
+        if room is not None and len(items) > room // 2:
+            lists.no_details[kind] = (
+                f"the MDM's {kind} list carries no {what} and reading the {len(items):,} {kind} one by one "
+                f"would not fit in the day's API calls"
+            )
+            return items
+        ids = [get_field(item, id_field) for item in items]
+        answers = await self._each([f"{kind}/{_seg(i)}" for i in ids], quiet=False)
+        out = []
+        for item, resp in zip(items, answers):
+            if resp is not None and resp.ok and isinstance(resp.body, Mapping):
+                # the list's fields win: the detail example has no device_id
+                out.append({**resp.body, **item})
+            elif resp is not None and resp.status in (404, 410):
+                out.append(item)  # removed since the list was read
+            elif resp is not None:
+                raise _ListFailed(f"{kind[:-1]} details", resp)
+        return out
+
+    async def _read_device_apps(self, app_rows: Sequence[JobRow], lists: _Lists) -> None:
+        """What each device of the app rows has ("Get device app list"), so a
+        row already in the wanted state is skipped. One call per device: only
+        for up to ``app_check_max`` devices and a quarter of the day's
+        remaining budget; beyond that the rows are sent unchecked."""
+        wanted: dict[str, Any] = {}
+        for row in app_rows:
+            try:
+                device = self._device(row, lists)
+            except LookupFailed:
+                continue
+            wanted[_key(get_field(device, "device_id"))] = get_field(device, "device_id")
+        room = self._room()
+        if not wanted or len(wanted) > self.app_check_max or (room is not None and len(wanted) > room // 4):
+            return
+        answers = await self._each([f"devices/{_seg(d)}/apps" for d in wanted.values()], quiet=True)
+        for key, resp in zip(wanted, answers):
+            if resp is not None and resp.ok and isinstance(resp.body, Mapping):
+                lists.device_apps[key] = _DeviceApps(resp.body)
+
     def _device(self, row: JobRow, lists: _Lists) -> Any:
-        if row.get("device_id"):
+        if row.get("device_id").strip():
             return lists.device_by_id.one(row.get("device_id"), "device id")
         serial = row.get("serial")
         if serial.strip() == "--":
@@ -408,8 +599,8 @@ class ManageEngine(Provider):
         if lists.device_by_serial.find(serial):
             return lists.device_by_serial.one(serial, "serial")
         if not lists.serials_known and serial.strip():
-            raise LookupFailed(f"serial {serial!r} was not found: the MDM's device list carries no serial "
-                               "numbers; give device_id instead")
+            why = lists.no_details.get("devices") or "the MDM's device list carries no serial numbers"
+            raise LookupFailed(f"serial {serial!r} was not found: {why}; give device_id instead")
         # serial numbers have no meaningful case; a unique match ignoring it is the device
         return lists.device_by_serial_folded.one(serial, "serial")
 
@@ -417,7 +608,7 @@ class ManageEngine(Provider):
         if not lists.group_by_name.find(name) and name.strip():
             near = lists.group_by_name_folded.find(name)
             if near:
-                hint = ", ".join(repr(get_field(g, "name")) for g in near[:3])
+                hint = ", ".join(repr(get_field(g, "name", "group_name")) for g in near[:3])
                 raise LookupFailed(f"group {name!r} was not found (names must match exactly; did you mean {hint}?)")
         return lists.group_by_name.one(name, "group")
 
@@ -431,6 +622,8 @@ class ManageEngine(Provider):
         if not found:
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
+            if not hint and "apps" in lists.no_details:
+                hint = f"; {lists.no_details['apps']}"
             raise LookupFailed(f"app {value!r} was not found (give its name, bundle identifier or app id){hint}")
         if len(found) > 1:
             raise LookupFailed(f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); "
@@ -474,9 +667,12 @@ class ManageEngine(Provider):
         clash = self._once(seen, ("app", _key(dev_id), _key(app_id)), action, row, label, resolved)
         if clash:
             return clash
-        # Whether an app is on a device is one request per device (GET
-        # devices/{id}/apps); with 2,500 calls a day that is not worth it, so
-        # app rows are always sent (associating twice is harmless).
+        has = lists.device_apps.get(_key(dev_id))
+        if has is not None:
+            if action == "install-app" and has.holds(app, loosely=False):
+                return skipped(row, f"{_cap(label)} already has {aname!r}; nothing sent.", resolved)
+            if action == "remove-app" and not has.holds(app, loosely=True):
+                return skipped(row, f"{_cap(label)} does not have {aname!r}; nothing sent.", resolved)
         key = (action, _key(app_id)) if action == "install-app" else (action, row.index)
         return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key)
 
@@ -566,7 +762,7 @@ class ManageEngine(Provider):
 
     async def _send_batch(self, steps: list[Step]) -> list[Outcome]:
         action = steps[0].action
-        ids = [s.params["device"] for s in steps]
+        ids = [_wire_id(s.params["device"]) for s in steps]
         if action == "add-to-group":
             group_id = steps[0].params["group"]
             path, key = f"groups/{_seg(group_id)}/members", "member_ids"
@@ -575,12 +771,9 @@ class ManageEngine(Provider):
             async def in_place() -> bool | None:
                 # after a lost answer: did the members arrive? All: done. None: resend.
                 try:
-                    resp = await self._request("GET", path)
-                except TransportError:
+                    now = await self._members(group_id)
+                except (TransportError, _ListFailed):
                     return None
-                if not resp.ok:
-                    return None
-                now = {_key(m) for m in as_list(resp.body, "member_ids")}
                 there = [_key(i) in now for i in ids]
                 return True if all(there) else False if not any(there) else None
 
@@ -598,8 +791,12 @@ class ManageEngine(Provider):
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         if resp.ok:
+            # The doc's answer echoes the ids ({"member_ids": [...]} /
+            # {"device_ids": [...]}); an id missing from a non-empty echo was
+            # not taken. No echo (or an empty one, or a 202) says nothing more
+            # than the 2xx.
             confirmed = as_list(resp.body, key) if isinstance(resp.body, Mapping) and key in resp.body else None
-            got = {_key(i) for i in confirmed} if confirmed is not None else None
+            got = {_key(i) for i in confirmed} if confirmed else None
             out = []
             for step in steps:
                 if got is None or _key(step.params["device"]) in got:
@@ -642,6 +839,36 @@ class _Lists:
         self.group_by_name = self.group_by_name_folded = empty
         self.members: dict[str, set[str] | LookupFailed] = {}
         self.app_by_name = self.app_by_bundle = self.app_by_id = self.app_names_folded = empty
+        #: device id -> its apps (only for devices that were read)
+        self.device_apps: dict[str, _DeviceApps] = {}
+        #: kind -> why its details were not read
+        self.no_details: dict[str, str] = {}
+
+
+class _DeviceApps:
+    """A device's apps from "Get device app list": ``{"apps": [...],
+    "installed_apps": [...]}``, entries ``{"app_name", "identifier",
+    "app_version", "app_id"}``. The doc does not say how the two lists
+    differ; an app in either is on the device."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        entries = [e for k in ("apps", "installed_apps") for e in as_list(body, k) if isinstance(e, Mapping)]
+        self.ids = {_key(get_field(e, "app_id")) for e in entries} - {""}
+        self.identifiers = {_key(get_field(e, "identifier", "bundle_identifier")) for e in entries} - {""}
+        self.names = {_key(get_field(e, "app_name", "name")).casefold() for e in entries} - {""}
+
+    def holds(self, app: Any, *, loosely: bool) -> bool:
+        """Whether ``app`` (from the repository list) is on the device: by app
+        id or bundle identifier; ``loosely`` also by name. A device's app
+        entry may carry an id of its own, so before a removal is skipped as
+        "not there" every way of naming the app must miss."""
+        if _key(get_field(app, "app_id")) in self.ids:
+            return True
+        bundle = _key(get_field(app, "bundle_identifier", "identifier"))
+        if bundle and bundle in self.identifiers:
+            return True
+        name = _key(get_field(app, "app_name", "name")).casefold()
+        return loosely and bool(name) and name in self.names
 
 
 class _ListFailed(Exception):
@@ -696,7 +923,18 @@ def _succeeded(step: Step, resp: Response) -> Outcome:
     return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
 
+#: why a row failed once 429s outlasted a whole minute
+DAY_USED_UP = (
+    "HTTP 429: ManageEngine still answered 'API Limit Exceeded' (COM0002) after a full minute's pause, so the "
+    "organisation's API calls for the day (2,500; 1,000 for free organisations) look used up. Run the report "
+    "again tomorrow to send this row."
+)
+
+
 def _failed(step: Step, resp: Response) -> Outcome:
+    if resp.status == 429:
+        detail = DAY_USED_UP if resp.attempts else "Not sent: " + DAY_USED_UP
+        return Outcome(step.index, Status.FAILED, detail, 429, resp.attempts, step.resolved)
     detail = _explain(resp)
     if resp.status in (400, 404) and step.action in BATCHED:
         detail += f" The MDM refused {step.target}; it may have been removed since the look-up."
@@ -704,10 +942,49 @@ def _failed(step: Step, resp: Response) -> Outcome:
 
 
 def _serial(device: Any) -> str:
-    # the doc writes "--" for a value the MDM does not know
+    # the doc writes "--" for a value the MDM does not know; its device
+    # details carry serial_number at the top and again under "os"
     value = get_field(device, "serial_number", "serial")
+    if value is None:
+        value = get_field(get_field(device, "os"), "serial_number", "serial")
     text = "" if value is None else str(value).strip()
     return "" if text == "--" else text
+
+
+def _has_serial(device: Any) -> bool:
+    """Whether a device object has a serial number field at all ("--" counts)."""
+    return (get_field(device, "serial_number", "serial") is not None
+            or get_field(get_field(device, "os"), "serial_number", "serial") is not None)
+
+
+def _next_link(body: Any) -> str | None:
+    """ManageEngine's ``"paging": {"next": "<url>"}`` (or a bare ``next``)."""
+    if not isinstance(body, Mapping):
+        return None
+    nxt = get_field(get_field(body, "paging"), "next")
+    if nxt is None:
+        nxt = get_field(body, "next")
+    return nxt.strip() if isinstance(nxt, str) and nxt.strip() else None
+
+
+#: where a members answer holds its list: the doc's key first
+MEMBER_KEYS = ("member_ids", "members", "devices")
+
+
+def _member_id(member: Any) -> str:
+    """A member id, or a member object's (``{"device_id": ...}``)."""
+    if isinstance(member, Mapping):
+        member = get_field(member, "member_id", "device_id", "resource_id")
+    return _key(member)
+
+
+def _wire_id(value: Any) -> Any:
+    """An id as the doc's bodies carry it: a JSON number (``"device_ids": [
+    1, 2, 3 ]``, type long). A list that gave it as a digit string is
+    converted; Python's int keeps every digit of ids above 2**53."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
 
 
 def _key(value: Any) -> str:

@@ -42,8 +42,32 @@ Where the doc is silent, the simulator behaves as a plausible real server:
   is already associated, is accepted (a set) -- but it is written to the
   per-device action log, so tests catch a change sent twice;
 * removing a member that is not in the group is 404 COM0008;
-* no paging, as in the doc -- unless a test sets ``state.page_size``, then
-  ``GET devices`` answers pages linked by ``"paging": {"next": <url>}``.
+* no paging, as in the doc's examples -- unless a test sets
+  ``state.page_size``; then the lists (devices, groups, apps) answer pages as
+  ManageEngine's API does (group members too): ``offset``/``limit`` query parameters,
+  ``"metadata": {"total_record_count": n}`` and ``"paging": {"next": <url>}``
+  (``state.next_links = False`` leaves the link out); bad paging
+  parameters are 400 COM0003;
+* ``state.string_ids = True``: the device list gives ``device_id`` as a
+  string (some servers do), while bodies still need numbers;
+* ``state.doc_fields = True``: list items carry only the fields of the doc's
+  list examples -- devices without ``serial_number``, apps without
+  ``bundle_identifier`` -- which a client must read from the details;
+* POST bodies must be JSON (``Content-Type: application/json``, as in every
+  curl example) and ids in them JSON numbers ("device_ids": [ 1, 2, 3 ],
+  type long); anything else is 400 COM0005;
+* the doc's API call limits ("100 API calls/minute", "2500 API calls/day")
+  are enforced when ``state.calls_per_window`` / ``state.calls_per_day`` are
+  set (off by default so demos and benchmarks run fast): over them, 429
+  COM0002 "API Limit Exceeded" with no Retry-After (the doc names none).
+  Refused calls do not count. ``state.limit_window`` is the window's length
+  (60 s; tests shorten it);
+* ``state.strict_headers = True``: a request without the examples'
+  ``Content-Type: application/json`` header, GET and DELETE included, is
+  422 COM0011 "Invalid / Missing headers";
+* the token endpoint reads its parameters from the query string and a form
+  body (``state.token_params`` = "query" or "form" reads only one), and
+  records where they came from in ``state.token_sources``.
 
 Simulator-only (no auth): ``GET /_sim/log`` (the per-device action log) and
 the ``/_sim`` routes of :mod:`bulkmdm.sim.common`.
@@ -108,9 +132,12 @@ _PLATFORMS = {"iOS": ("ios", 1), "Android": ("android", 2), "ChromeOS": ("chrome
 
 ERRORS = {
     "COM0001": (405, "Method not implemented / Invalid URL"),
+    "COM0002": (429, "API Limit Exceeded"),
+    "COM0003": (400, "Invalid paging params"),
     "COM0005": (400, "Parameters in post were invalid or missing"),
     "COM0006": (400, "No request data recieved"),
     "COM0008": (404, "Unknown Resource"),
+    "COM0011": (422, "Invalid / Missing headers"),
     "COM0013": (401, "Not Authorised/ Invalid auth token"),
 }
 
@@ -165,6 +192,25 @@ class MEState:
         self.unauthorized = 0
         #: None: one answer, as the doc shows; a number: pages of that size
         self.page_size: int | None = None
+        #: pages link the next one (else only metadata.total_record_count tells)
+        self.next_links = True
+        #: list items with only the fields of the doc's list examples
+        self.doc_fields = False
+        #: every request must carry the examples' JSON Content-Type (422 COM0011)
+        self.strict_headers = False
+        #: the device list gives device_id as a string (bodies still want numbers)
+        self.string_ids = False
+        #: the doc's API call limits (None: not enforced)
+        self.calls_per_window: int | None = None
+        self.calls_per_day: int | None = None
+        self.limit_window = 60.0
+        self.calls: list[float] = []
+        self.calls_today = 0
+        self.limited = 0
+        #: where the token endpoint reads parameters: "either", "query", "form"
+        self.token_params = "either"
+        #: per token request: the parameter names found in the query and form
+        self.token_sources: list[dict[str, list[str]]] = []
 
     # -- auth ---------------------------------------------------------------
     def grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -206,6 +252,22 @@ class MEState:
         expiry = self.tokens.get(token.strip())
         return expiry is not None and time.monotonic() < expiry
 
+    def within_limits(self) -> bool:
+        """Count one API call, unless it is over the doc's limits."""
+        now = time.monotonic()
+        if self.calls_per_day is not None and self.calls_today >= self.calls_per_day:
+            self.limited += 1
+            return False
+        if self.calls_per_window is not None:
+            cutoff = now - self.limit_window
+            self.calls = [t for t in self.calls if t > cutoff]
+            if len(self.calls) >= self.calls_per_window:
+                self.limited += 1
+                return False
+            self.calls.append(now)
+        self.calls_today += 1
+        return True
+
     # -- reads ----------------------------------------------------------------
     def device(self, device_id: int) -> dict[str, Any]:
         device = self.devices.get(device_id)
@@ -226,10 +288,17 @@ class MEState:
         return app
 
     def device_summary(self, device: dict[str, Any]) -> dict[str, Any]:
-        keys = ("device_id", "device_name", "serial_number", "udid", "os_version", "platform_type",
-                "platform_type_id", "model", "product_name", "device_capacity", "is_lost_mode_enabled",
-                "owned_by", "user")
-        return {k: device[k] for k in keys if k in device}
+        keys: tuple[str, ...] = ("device_id", "device_name", "serial_number", "udid", "os_version", "platform_type",
+                                 "platform_type_id", "model", "product_name", "device_capacity",
+                                 "is_lost_mode_enabled", "owned_by", "user")
+        if self.doc_fields:
+            # exactly the doc's "Get device list" example
+            keys = ("device_id", "device_capacity", "os_version", "is_lost_mode_enabled", "platform_type",
+                    "platform_type_id", "model", "device_name", "product_name", "user")
+        summary = {k: device[k] for k in keys if k in device}
+        if self.string_ids:
+            summary["device_id"] = str(summary["device_id"])
+        return summary
 
     def device_apps(self, device_id: int) -> dict[str, Any]:
         self.device(device_id)
@@ -250,7 +319,8 @@ class MEState:
             raise ApiError("COM0005", f"{name} must be a non-empty list")
         out = []
         for value in ids:
-            device_id = _int(value)
+            # the doc: "device_ids": [ 1, 2, 3 ], ids of type long -- numbers, not strings
+            device_id = value if isinstance(value, int) and not isinstance(value, bool) else None
             if device_id is None or device_id not in self.devices:
                 raise ApiError("COM0005", f"unknown id {value!r} in {name}")
             out.append(device_id)
@@ -411,6 +481,9 @@ async def _json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         raise ApiError("COM0006")
+    if "json" not in request.content_type:
+        # every curl example sends -H "Content-Type: application/json;charset=UTF-8"
+        raise ApiError("COM0005", "body must be JSON")
     try:
         body = json.loads(raw)
     except ValueError:
@@ -420,16 +493,24 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def list_devices(request: web.Request, state: MEState) -> web.StreamResponse:
-    devices = [state.device_summary(d) for d in state.devices.values()]
+def _page(request: web.Request, state: MEState, key: str, items: list[Any]) -> web.StreamResponse:
+    """One answer, as the doc's examples show, or (``state.page_size``) a page
+    as ManageEngine pages its lists."""
     if not state.page_size:
-        return web.json_response({"devices": devices})
-    page = max(1, _int(request.query.get("page", "1")) or 1)
-    size = state.page_size
-    body: dict[str, Any] = {"devices": devices[(page - 1) * size:page * size]}
-    if page * size < len(devices):
-        body["paging"] = {"next": str(request.url.with_query({"page": str(page + 1)}))}
+        return web.json_response({key: items})
+    offset_text = request.query.get("offset", "0").strip()
+    limit_text = request.query.get("limit", str(state.page_size)).strip()
+    if not offset_text.isdigit() or not limit_text.isdigit() or int(limit_text) < 1:
+        raise ApiError("COM0003")
+    offset, limit = int(offset_text), min(int(limit_text), state.page_size)
+    body: dict[str, Any] = {"metadata": {"total_record_count": len(items)}, key: items[offset:offset + limit]}
+    if offset + limit < len(items) and state.next_links:
+        body["paging"] = {"next": str(request.url.with_query({"limit": str(limit), "offset": str(offset + limit)}))}
     return web.json_response(body)
+
+
+async def list_devices(request: web.Request, state: MEState) -> web.StreamResponse:
+    return _page(request, state, "devices", [state.device_summary(d) for d in state.devices.values()])
 
 
 async def get_device(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -444,7 +525,7 @@ async def get_device_apps(request: web.Request, state: MEState) -> web.StreamRes
 
 async def list_groups(request: web.Request, state: MEState) -> web.StreamResponse:
     keep = ("group_id", "name", "group_type", "domain")
-    return web.json_response({"groups": [{k: g[k] for k in keep if k in g} for g in state.groups.values()]})
+    return _page(request, state, "groups", [{k: g[k] for k in keep if k in g} for g in state.groups.values()])
 
 
 async def get_group(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -452,7 +533,7 @@ async def get_group(request: web.Request, state: MEState) -> web.StreamResponse:
 
 
 async def get_members(request: web.Request, state: MEState) -> web.StreamResponse:
-    return web.json_response({"member_ids": state.member_ids(_id(request, "group_id"))})
+    return _page(request, state, "member_ids", state.member_ids(_id(request, "group_id")))
 
 
 async def add_members(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -474,7 +555,9 @@ async def remove_member(request: web.Request, state: MEState) -> web.StreamRespo
 async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
     keep = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version", "platform_type",
             "description", "icon", "added_time", "modified_time")
-    return web.json_response({"apps": [{k: a[k] for k in keep} for a in state.apps.values()]})
+    if state.doc_fields:
+        keep = tuple(k for k in keep if k != "bundle_identifier")  # the doc's "Get App List" example
+    return _page(request, state, "apps", [{k: a[k] for k in keep} for a in state.apps.values()])
 
 
 async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -520,6 +603,11 @@ def _guarded(state: MEState, cloud: bool, route: Route) -> Callable[[web.Request
         if not state.authorised(cloud, request.headers.get("Authorization", "")):
             state.unauthorized += 1
             return _error_response(ApiError("COM0013"))
+        if state.strict_headers and "json" not in request.headers.get("Content-Type", ""):
+            # every curl example sends -H "Content-Type: application/json;charset=UTF-8"
+            return _error_response(ApiError("COM0011"))
+        if not state.within_limits():
+            return _error_response(ApiError("COM0002"))
         try:
             return await route(request, state)
         except ApiError as exc:
@@ -532,9 +620,12 @@ async def _token(request: web.Request) -> web.StreamResponse:
     state: MEState = request.app["state"]
     # The doc's examples put the parameters in the query string; Zoho also
     # takes them as a form body (what bulkmdm sends, to keep secrets out of URLs).
-    form = {k: v for k, v in request.query.items()}
+    query = {k: v for k, v in request.query.items()}
+    posted: dict[str, str] = {}
     if request.content_type == "application/x-www-form-urlencoded":
-        form.update({k: str(v) for k, v in (await request.post()).items()})
+        posted = {k: str(v) for k, v in (await request.post()).items()}
+    state.token_sources.append({"query": sorted(query), "form": sorted(posted)})
+    form = {"query": query, "form": posted}.get(state.token_params, {**query, **posted})
     status, body = state.grant(form)
     return web.json_response(body, status=status)
 
