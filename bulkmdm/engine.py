@@ -13,7 +13,7 @@ import hashlib
 import os
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,8 +213,7 @@ class _Run:
                 invalid[idx] = Outcome(idx, Status.INVALID, problem)
             else:
                 job_rows[idx] = row
-        to_run = [i for i in range(len(rows_cells)) if i not in carried]
-        if to_run and not job_rows:
+        if len(carried) < len(rows_cells) and not job_rows:
             reasons = Counter(o.detail for o in invalid.values())
             common, n = reasons.most_common(1)[0]
             if n == len(invalid) and common.startswith("Missing "):
@@ -284,18 +283,26 @@ class _Run:
         else:
             run_id = run.id
             journal.set_report_path(run_id, str(report_path.resolve()))
+        # The journal holds every row's cells now (the report is written from
+        # it); the parsed grid is not needed again, and on a million-row job
+        # it is a few hundred MB.
+        n_rows = len(rows_cells)
+        rows_cells.clear()
+        table.rows.clear()
         in_flight_before = set(journal.indices(run_id, IN_FLIGHT))
         todo = set(journal.indices(run_id, PENDING)) | in_flight_before
         rows = [job_rows[i] for i in sorted(todo) if i in job_rows]
+        done_already = n_rows - len(todo)
+        del todo
+        job_rows.clear()  # ``rows`` holds them now
         if resumed:
-            done_already = len(rows_cells) - len(todo)
             self.events.message(
-                f"Resuming run {run_id}: {done_already} of {len(rows_cells)} rows were already done"
+                f"Resuming run {run_id}: {done_already} of {n_rows} rows were already done"
                 + (f"; {len(in_flight_before)} were in flight and will be checked" if in_flight_before else "")
                 + " (--fresh starts over)."
             )
 
-        result = RunResult(run_id, report_path, Counter(), 0, resumed=resumed, rows=len(rows_cells))
+        result = RunResult(run_id, report_path, Counter(), 0, resumed=resumed, rows=n_rows)
         limiter = self._rate(provider_cls)
         concurrency = self.concurrency = o.concurrency or provider_cls.default_concurrency
         client = Client(
@@ -334,37 +341,25 @@ class _Run:
         in_flight_before: set[int],
         result: RunResult,
     ) -> None:
+        """Plan and send in chunks, so that a million-row job never holds a
+        million Steps: the first chunk is planned here (and a destructive job
+        confirmed); later chunks are planned by whichever worker runs out of
+        batches first, while the others keep sending."""
         o = self.o
         if not rows:
             return
         self.events.message(f"Looking up {len(rows)} row(s) on the MDM...")
-        assert self.stop is not None
-        plan_task = asyncio.ensure_future(provider.plan(rows))
-        stop_task = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if not plan_task.done():
-            plan_task.cancel()
+        confirm = not o.dry_run and not o.yes and any(ACTIONS[r.action].destructive for r in rows)
+        # The number a person types is the whole job's, so a job to confirm is
+        # planned in one piece; so is everything for a provider that needs to
+        # see all rows at once (chunk_rows None).
+        size = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
+        feed = _Feed(self, journal, run_id, provider, rows, size, in_flight_before, result)
+        self.events.start(len(rows), 0)
+        if not await feed.plan_next():
             return
-        planned = plan_task.result()
-        if len(planned) != len(rows):
-            raise RuntimeError("provider.plan returned the wrong number of results")
-        steps: list[Step] = []
-        early: list[Outcome] = []
-        for row, item in zip(rows, planned):
-            if isinstance(item, Step):
-                if row.index in in_flight_before and not ACTIONS[row.action].verifiable and not o.resend_unknown:
-                    early.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
-                else:
-                    steps.append(item)
-            else:
-                if row.index in in_flight_before:
-                    item = _reconciled(row, item)
-                early.append(item)
-        journal.record(run_id, early)
-
-        if not o.dry_run and not o.yes:
-            destructive = [s for s in steps if ACTIONS[s.action].destructive]
+        if confirm:
+            destructive = [s for s in feed.queued() if ACTIONS[s.action].destructive]
             if destructive:
                 n = str(len(destructive))
                 verbs = " / ".join(sorted({s.action for s in destructive}))
@@ -374,30 +369,21 @@ class _Run:
                 )
                 if answer is not True:
                     raise ConfirmationRefused("Not confirmed; nothing destructive was sent.")
-
-        batches = _batches(steps, provider.batch_size())
-        total = len(rows)
-        self.events.start(total, len(early))
-        self.events.advance(early)
-        if o.dry_run:
-            result.planned_requests = sum(1 if len(b) > 1 else provider.requests_for(b[0]) for b in batches)
-            await self._pool(journal, run_id, batches, provider.check, self.concurrency)
-        else:
-            await self._pool(journal, run_id, batches, provider.execute, self.concurrency)
+        await self._pool(journal, run_id, feed, provider.check if o.dry_run else provider.execute,
+                         self.concurrency)
+        if feed.error is not None:
+            raise feed.error
         self.events.finish()
 
-    async def _pool(self, journal: Journal, run_id: int, batches: list[list[Step]], send: Any,
-                    concurrency: int) -> None:
+    async def _pool(self, journal: Journal, run_id: int, feed: _Feed, send: Any, concurrency: int) -> None:
         """A bounded pool of workers pulling batches; no task per row."""
-        it = iter(batches)
         o = self.o
-        size = min(len(batches), concurrency) or 1
         assert self.stop is not None
         stop = self.stop
 
         async def worker() -> None:
             while not stop.is_set():
-                batch = next(it, None)
+                batch = await feed.next()
                 if batch is None:
                     return
                 indices = [s.index for s in batch]
@@ -415,12 +401,17 @@ class _Run:
                 journal.record(run_id, outcomes)
                 self.events.advance(outcomes)
 
+        size = max(1, min(concurrency, feed.batches_hint()))
         self.workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         try:
             await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
             if self.interrupts < 2:
                 raise
+        except BaseException:
+            for task in self.workers:
+                task.cancel()
+            raise
 
     def _on_sigint(self) -> None:
         self.interrupts += 1
@@ -473,6 +464,92 @@ class _Run:
             result.exit_code = 130
         else:
             result.exit_code = 1 if bad else 0
+
+
+class _Feed:
+    """Batches for the workers, planned a chunk of rows at a time."""
+
+    def __init__(self, run: _Run, journal: Journal, run_id: int, provider: Provider, rows: list[JobRow],
+                 size: int, in_flight_before: set[int], result: RunResult) -> None:
+        self.run = run
+        self.journal = journal
+        self.run_id = run_id
+        self.provider = provider
+        self.rows = rows
+        self.size = max(1, size)
+        self.start = 0
+        self.in_flight_before = in_flight_before
+        self.result = result
+        self.batches: deque[list[Step]] = deque()
+        self.lock = asyncio.Lock()
+        #: an error raised while planning a later chunk (raised after the pool stops)
+        self.error: BaseException | None = None
+        if run.o.dry_run:
+            result.planned_requests = 0
+
+    def queued(self) -> list[Step]:
+        return [s for b in self.batches for s in b]
+
+    def batches_hint(self) -> int:
+        """How many workers are worth starting."""
+        more = len(self.rows) - self.start
+        return len(self.batches) + more
+
+    async def next(self) -> list[Step] | None:
+        if self.batches:
+            return self.batches.popleft()
+        async with self.lock:
+            while not self.batches:
+                if self.start >= len(self.rows) or self.error is not None:
+                    return None
+                try:
+                    if not await self.plan_next():
+                        return None
+                except BaseException as exc:  # handed to the engine once the pool stops
+                    self.error = exc
+                    assert self.run.stop is not None
+                    self.run.stop.set()
+                    return None
+            return self.batches.popleft()
+
+    async def plan_next(self) -> bool:
+        """Plan the next chunk; False when Ctrl-C came first."""
+        o = self.run.o
+        stop = self.run.stop
+        assert stop is not None
+        chunk = self.rows[self.start:self.start + self.size]
+        plan_task = asyncio.ensure_future(self.provider.plan(chunk))
+        stop_task = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if not plan_task.done():
+            plan_task.cancel()
+            return False
+        planned = plan_task.result()
+        self.start += len(chunk)
+        if len(planned) != len(chunk):
+            raise RuntimeError("provider.plan returned the wrong number of results")
+        steps: list[Step] = []
+        early: list[Outcome] = []
+        for row, item in zip(chunk, planned):
+            if isinstance(item, Step):
+                if row.index in self.in_flight_before and not ACTIONS[row.action].verifiable \
+                        and not o.resend_unknown:
+                    early.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
+                else:
+                    steps.append(item)
+            else:
+                if row.index in self.in_flight_before:
+                    item = _reconciled(row, item)
+                early.append(item)
+        self.journal.record(self.run_id, early)
+        self.run.events.advance(early)
+        batches = _batches(steps, self.provider.batch_size())
+        if o.dry_run and self.result.planned_requests is not None:
+            self.result.planned_requests += sum(
+                1 if len(b) > 1 else self.provider.requests_for(b[0]) for b in batches)
+        self.batches.extend(batches)
+        return True
 
 
 def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,

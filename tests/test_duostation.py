@@ -309,3 +309,209 @@ def test_group_path_from_a_list_answer() -> None:
     assert _groups_at(groups, "Norra\\7A") == []
     with_paths = [{"id": 9, "path": "A/B"}, {"id": 8, "path": "A\\C"}]
     assert [g["id"] for g in _groups_at(with_paths, "A\\B")] == [9]
+
+
+# -- the wire, exactly as the vendor doc writes it --------------------------------
+
+
+def wire(sim: Any) -> list[dict[str, Any]]:
+    """Every /api request the simulator received: method, raw path, content type, body."""
+    return sim.call(lambda: list(sim.app["requests"]))  # type: ignore[no-any-return]
+
+
+def changes(sim: Any) -> list[tuple[str, str, Any]]:
+    return [(r["method"], r["path"], r["body"]) for r in wire(sim) if r["method"] != "GET"]
+
+
+def test_requests_are_the_documented_ones(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    free, free_id = F["untagged_device"]["serial"], F["untagged_device"]["id"]
+    tagged = F["tagged_device"]
+    nodev = F["user_without_devices"]
+    job = write_csv(tmp_path / "wire.csv", [
+        ["action", "serial", "tag", "email", "user", "group", "app", "message"],
+        ["tag", free, "Lärare", "", "", "", "", ""],
+        ["untag", tagged["serial"], tagged["tag"], "", "", "", "", ""],
+        ["tag-user", "", "Gymnasiet", nodev["email"], "", "", "", ""],
+        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", ""],
+        ["assign-user", free, "", "", nodev["account"], "", "", ""],
+        ["move-user", "", "", nodev["email"], "", F["group_path"], "", ""],
+        ["install-app", free, "", "", "", "", F["app"]["name"], ""],
+        ["remove-app", free, "", "", "", "", F["app"]["name"], ""],
+        ["lock", free, "", "", "", "", "", ""],
+        ["wipe", free, "", "", "", "", "", ""],
+        ["inventory", free, "", "", "", "", "", ""],
+        ["clear-passcode", free, "", "", "", "", "", ""],
+        ["message", free, "", "", "", "", "", "Hej & välkommen"],
+        ["delete-user", "", "", F["user_in_group"]["email"], "", "", "", ""],
+    ])
+    res = run(run_cli, duo, job, "--yes", "--concurrency", "1")
+    assert [r["status"] for r in res.report] == ["succeeded"] * 14, res.report
+    dev = f"/api/devices/{free_id}"
+    assert sorted(changes(duo), key=repr) == sorted([
+        ("POST", "/api/devicetags", {"deviceId": free_id, "tagId": 2}),
+        ("DELETE", f"/api/devicetags/{tagged['link_id']}", None),
+        ("POST", "/api/usertags", {"userId": nodev["id"], "tagId": 8}),
+        ("DELETE", f"/api/usertags/{F['tagged_user']['link_id']}", None),
+        ("PUT", dev, {"userId": nodev["id"]}),
+        ("PUT", f"/api/users/{nodev['id']}", {"groupId": F["group_id"]}),
+        ("POST", f"{dev}/installapp", {"appId": F["app"]["id"]}),
+        ("POST", f"{dev}/removeapp", {"identifier": F["app"]["packageId"]}),
+        ("POST", f"{dev}/lockdevice", {}),
+        ("POST", f"{dev}/wipedevice", {}),
+        ("POST", f"{dev}/inventorydevice", {}),
+        ("POST", f"{dev}/clearpasscode", {}),
+        ("POST", f"{dev}/sendmessage", {"message": "Hej & välkommen"}),
+        ("DELETE", f"/api/users/{F['user_in_group']['id']}", None),
+    ], key=repr)
+    # integers go out as JSON numbers, bodies as JSON
+    for r in wire(duo):
+        if r["body"] is not None:
+            assert r["contentType"] == "application/json", r
+    for method, _, body in changes(duo):
+        for key in ("tagId", "userId", "groupId", "appId"):
+            if body and key in body:
+                assert type(body[key]) is int, (method, body)
+    # the group is found with the documented GET /api/groups?path=, encoded as
+    # the doc's example encodes it (%5C for \, %20 for a space)
+    assert "/api/groups?path=Skolor%5CBj%C3%B6rkskolan%5CKlass%208B" in [r["path"] for r in wire(duo)]
+
+
+def test_lists_cut_short_use_the_documented_searches(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """A server whose full lists leave objects out: every device, user and tag
+    link is then found with the doc's searches, and "already done" still holds."""
+    duo.app["shape"].list_limit = 0
+    tagged, nodev = F["tagged_device"], F["user_without_devices"]
+    job = write_csv(tmp_path / "cut.csv", [
+        ["action", "serial", "tag", "email", "user", "group"],
+        ["tag", F["untagged_device"]["serial"], "Lärare", "", "", ""],
+        ["tag", tagged["serial"], tagged["tag"], "", "", ""],                   # already: links read per device
+        ["untag", tagged["serial"], tagged["tag"], "", "", ""],
+        ["tag-user", "", F["tagged_user"]["tag"], F["tagged_user"]["email"], "", ""],  # already
+        ["assign-user", F["leading_zero_serial"], "", "", nodev["account"], ""],
+        ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["email"], ""],  # already
+        ["move-user", "", "", F["mixed_case_email"].upper(), "", F["group_path"]],
+        ["lock", "NOSUCHSERIAL", "", "", "", ""],
+        ["lock", F["duplicate_serial"], "", "", "", ""],
+        ["tag-user", "", "Lärare", "nobody@skola.se", "", ""],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == [
+        "succeeded", "skipped", "succeeded", "skipped", "succeeded", "skipped", "succeeded",
+        "failed", "failed", "failed"], res.report
+    assert "not found" in res.report[7]["detail"] and "matches 2 devices" in res.report[8]["detail"]
+    assert "not found" in res.report[9]["detail"]
+    paths = [r["path"] for r in wire(duo) if r["method"] == "GET"]
+    assert f"/api/devices?serialNumber={tagged['serial']}" in paths
+    assert f"/api/devicetags?deviceId={tagged['id']}" in paths
+    # (yarl sends the @ that we encode as %40 bare; both decode the same)
+    assert "/api/users?email=lars.hakansson@skola.se" in paths
+    assert "/api/users?account=samnys01" in paths
+
+    def check() -> None:
+        st = state(duo)
+        assert st.device_tags_of(F["untagged_device"]["id"]) == ["Lärare"]
+        assert st.device_tags_of(tagged["id"]) == []
+        assert st.devices[F["leading_zero_device_id"]]["userId"] == nodev["id"]
+        assert st.users[F["mixed_case_email_user_id"]]["groupId"] == F["group_id"]
+        assert st.duplicate_links() == [] and st.duplicate_user_links() == []
+
+    duo.call(check)
+
+
+def test_pascal_case_wrapped_lists_and_string_ids(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """Json.NET's default PascalCase, lists wrapped in an object and integer ids
+    answered as strings are all read; ids still go out as JSON numbers."""
+    shape = duo.app["shape"]
+    shape.pascal_case, shape.wrap, shape.string_ids = True, "Data", True
+    free = F["untagged_device"]["serial"]
+    nodev = F["user_without_devices"]
+    job = write_csv(tmp_path / "pascal.csv", [
+        ["action", "serial", "tag", "email", "user", "group", "app"],
+        ["tag", free, "Lärare", "", "", "", ""],
+        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", ""],
+        ["tag-user", "", "Gymnasiet", nodev["email"], "", "", ""],
+        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", ""],
+        ["assign-user", free, "", "", nodev["account"], "", ""],
+        ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["account"], "", ""],
+        ["move-user", "", "", nodev["email"], "", F["group_path"], ""],
+        ["move-user", "", "", F["user_in_group"]["email"], "", F["user_in_group"]["group"], ""],
+        ["install-app", free, "", "", "", "", F["app"]["packageId"]],
+        ["remove-app", free, "", "", "", "", F["app"]["name"]],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == [
+        "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "skipped", "succeeded", "skipped",
+        "succeeded", "succeeded"], res.report
+
+    def check() -> None:
+        st = state(duo)
+        assert st.device_tags_of(F["untagged_device"]["id"]) == ["Lärare"]
+        assert st.user_tags_of(nodev["id"]) == ["Gymnasiet"]
+        assert st.user_tags_of(F["tagged_user"]["id"]) == []
+        assert st.devices[F["untagged_device"]["id"]]["userId"] == nodev["id"]
+        assert st.users[nodev["id"]]["groupId"] == F["group_id"]
+        assert st.commands_for(F["untagged_device"]["id"], "removeapp")[0]["payload"] == {
+            "identifier": F["app"]["packageId"]}
+
+    duo.call(check)
+
+
+def test_an_error_for_an_ambiguous_group_fails_only_its_rows(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """"If more than one group matches the name an error will be returned":
+    the doc names no status; a server that answers 500 fails those rows only."""
+    duo.app["shape"].ambiguous_group_status = 500
+    nodev = F["user_without_devices"]
+    job = write_csv(tmp_path / "amb.csv", [
+        ["action", "serial", "email", "group"],
+        ["move-user", "", nodev["email"], F["duplicate_group_path"]],
+        ["move-user", "", F["mixed_case_email"], F["group_path"]],
+        ["lock", F["untagged_device"]["serial"], "", ""],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == ["failed", "succeeded", "succeeded"], res.report
+    assert "more than one group" in res.report[0]["detail"] and "500" in res.report[0]["detail"]
+    assert duo.call(lambda: state(duo).users[nodev["id"]]["groupId"]) != F["duplicate_group_ids"][0]
+
+
+def test_delete_user_by_user_id_and_account_names_that_look_like_addresses(
+        duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    st = state(duo)
+    uid = duo.call(lambda: st.add_user({"name": "Anna Konto", "email": "anna.annan@skola.se",
+                                        "accountName": "anna@konto.local", "groupId": 0}))
+    job = write_csv(tmp_path / "del.csv", [["user_id"], [str(F["user_without_devices"]["id"])],
+                                           [str(F["user_with_devices"]["id"])], ["99999"], ["abc"]])
+    res = run(run_cli, duo, job, "--action", "delete-user", "--yes")
+    assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed", "failed"], res.report
+    assert res.report[1]["http_status"] == "409"
+    assert "not found" in res.report[2]["detail"] and "not found" in res.report[3]["detail"]
+    assert duo.call(lambda: F["user_without_devices"]["id"] not in st.users)
+    assert ("DELETE", f"/api/users/{F['user_without_devices']['id']}", None) in changes(duo)
+
+    job = write_csv(tmp_path / "acct.csv", [["serial", "user"], [F["untagged_device"]["serial"], "anna@konto.local"]])
+    res = run(run_cli, duo, job, "--action", "assign-user")
+    assert res.report[0]["status"] == "succeeded", res.report
+    assert duo.call(lambda: st.devices[F["untagged_device"]["id"]]["userId"]) == uid
+
+
+def test_planned_in_chunks(duo: Any, run_cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job planned a chunk at a time (as a huge one is) fetches its lists
+    once, catches a repeat across chunks and reports every row."""
+    from bulkmdm.providers.duostation import DuoStation
+
+    monkeypatch.setattr(DuoStation, "chunk_rows", 7)
+    targets = serials(duo, 40, free=True)
+    rows = [[s, "Gymnasiet"] for s in targets] + [[targets[0], "Gymnasiet"], ["NO-SUCH-SERIAL", "Gymnasiet"]]
+    job = write_csv(tmp_path / "chunks.csv", [["serial", "tag"], *rows])
+    res = run(run_cli, duo, job, "--action", "tag", "--rate", "none", "--concurrency", "4")
+    assert res.exit_code == 1
+    statuses = [r["status"] for r in res.report]
+    assert statuses == ["succeeded"] * 40 + ["skipped", "failed"], res.report
+    assert "line 2" in res.report[40]["detail"]
+    # 40 links, 3 lists fetched once (not once per chunk), 1 search for the unknown serial
+    assert duo.stats.requests == 40 + 3 + 1
+
+    def links() -> int:
+        st = state(duo)
+        return sum(1 for s in targets if "Gymnasiet" in st.device_tags_of(st.devices_by_serial(s)[0]["id"]))
+
+    assert duo.call(links) == 40

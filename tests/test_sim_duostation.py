@@ -36,10 +36,12 @@ class Api:
 
     async def __call__(
         self, method: str, path: str, *, json: Any = None, data: Any = None,
-        params: dict[str, str] | None = None, auth: str | bool = True,
+        params: dict[str, str] | None = None, auth: str | bool = True, content_type: str | None = None,
     ) -> tuple[int, Any, Any]:
         url = self.base + path if path.startswith("/_sim") else f"{self.base}/api/{path}"
         headers = {"Authorization": ADMIN if auth is True else auth} if auth else {}
+        if content_type:
+            headers["Content-Type"] = content_type
         async with self.session.request(method, url, json=json, data=data, params=params, headers=headers) as resp:
             raw = await resp.read()
             body = _loads(raw) if raw else None
@@ -163,8 +165,14 @@ async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
 
 
 async def test_bad_bodies_are_400(api: Api) -> None:
-    status, body, _ = await api("POST", "tags", data=b"{not json", auth=True)
+    status, body, _ = await api("POST", "tags", data=b"{not json", content_type="application/json")
     assert status == 400 and body["message"]
+    # "Data in DELETE-, PUT- and POST-commands must be structured as JSON objects"
+    status, body, _ = await api("POST", "tags", data={"name": "Formulär"})
+    assert status == 415 and "JSON" in body["message"]
+    status, body, _ = await api("POST", "tags", data=b'{"name": "Text"}', content_type="text/plain")
+    assert status == 415
+    assert not api.state.tags_by_name("Formulär") and not api.state.tags_by_name("Text")
     status, body, _ = await api("POST", "tags", json=["a list"])
     assert status == 400
     status, body, _ = await api("POST", "tags", json={"description": "no name"})
@@ -173,6 +181,22 @@ async def test_bad_bodies_are_400(api: Api) -> None:
     assert status == 400 and "deviceId" in body["message"]
     status, body, _ = await api("POST", "usertags", json={"userId": "abc", "tagId": 1})
     assert status == 400 and "userId" in body["message"]
+    # integers the doc writes unquoted must be JSON numbers
+    free = FACTS["untagged_device"]["id"]
+    for path, payload, name in (
+        ("devicetags", {"deviceId": free, "tagId": "4"}, "tagId"),
+        ("usertags", {"userId": 4, "tagId": "2"}, "tagId"),
+        (f"devices/{free}/installapp", {"appId": str(FACTS["app"]["id"])}, "appId"),
+        ("groups", {"name": "X", "parentId": "9"}, "parentId"),
+        ("tags", {"name": "X", "groupId": "9"}, "groupId"),
+    ):
+        status, body, _ = await api("POST", path, json=payload)
+        assert status == 400 and name in body["message"], path
+    status, body, _ = await api("PUT", f"devices/{free}", json={"userId": "4"})
+    assert status == 400 and "userId" in body["message"]
+    status, body, _ = await api("PUT", "users/4", json={"groupId": "13"})
+    assert status == 400 and "groupId" in body["message"]
+    assert api.state.device(free)["userId"] is None and api.state.commands == []
 
 
 # -- groups -------------------------------------------------------------------------
@@ -200,7 +224,7 @@ async def test_groups(api: Api) -> None:
 
     status, new_id, _ = await api("POST", "groups", json={"name": "Klass 9C", "parentId": 9})
     assert status == 200 and isinstance(new_id, int)
-    status, sub_id, _ = await api("POST", "groups", json={"name": "Grupp 1", "parentId": str(new_id)})
+    status, sub_id, _ = await api("POST", "groups", json={"name": "Grupp 1", "parentId": new_id})
     status, group, _ = await api("GET", "groups", params={"path": "Skolor/Björkskolan/Klass 9C/Grupp 1"})
     assert group["id"] == sub_id and group["parentId"] == new_id
     status, top, _ = await api("POST", "groups", json={"name": "Fritids"})
@@ -343,8 +367,9 @@ async def test_assigning_a_device(api: Api) -> None:
     # the cached full list sees the change
     listed = next(d for d in (await api("GET", "devices"))[1] if d["id"] == free["id"])
     assert listed["userId"] == target["id"]
-    # ids as numeric strings are accepted
-    assert (await api("PUT", f"devices/{free['id']}", json={"userId": str(FACTS["tagged_user"]["id"])}))[0] == 200
+    # "{ "userId": <userId> }": a JSON number; a numeric string is refused
+    assert (await api("PUT", f"devices/{free['id']}", json={"userId": str(FACTS["tagged_user"]["id"])}))[0] == 400
+    assert (await api("PUT", f"devices/{free['id']}", json={"userId": FACTS["tagged_user"]["id"]}))[0] == 200
     assert api.state.device(free["id"])["accountName"] == "larhak01"
     assert (await api("PUT", f"devices/{free['id']}", json={"userId": 99999}))[0] == 404
     assert (await api("PUT", f"devices/{free['id']}", json={}))[0] == 400
@@ -401,7 +426,7 @@ async def test_device_tags_and_duplicate_links(api: Api) -> None:
     assert api.state.device_tags_of(free["id"]) == ["Lånedator"]
     assert api.state.duplicate_links() == []
     # the same link again is a second link: how a double send shows
-    status, second, _ = await api("POST", "devicetags", json={"deviceId": free["id"].upper(), "tagId": "4"})
+    status, second, _ = await api("POST", "devicetags", json={"deviceId": free["id"].upper(), "tagId": 4})
     assert status == 200 and second != first
     assert api.state.device_tags_of(free["id"]) == ["Lånedator", "Lånedator"]
     assert api.state.duplicate_links() == [(free["id"], 4)]
@@ -522,7 +547,8 @@ async def test_device_commands_are_logged(api: Api) -> None:
         if message:
             assert answer == {"message": message}
     assert (await api("POST", "devices/nope/lockdevice"))[0] == 404
-    assert (await api("POST", f"devices/{dev}/lockdevice", data=b"{oops"))[0] == 400
+    assert (await api("POST", f"devices/{dev}/lockdevice", data=b"{oops", content_type="application/json"))[0] == 400
+    assert (await api("POST", f"devices/{dev}/sendmessage", data={"message": "form"}))[0] == 415
     assert len(api.state.commands) == len(bodies)
     assert api.state.summary()["commands"] == len(bodies)
 
@@ -588,3 +614,29 @@ def test_sim_server_thread_and_control_routes() -> None:
         assert [c["command"] for c in get("/_sim/commands")] == ["lockdevice"]
         assert sim.call(lambda: state.device_tags_of(FACTS["tagged_device"]["id"])) == ["Prov-läge"]
         assert sim.stats.requests == 2
+
+
+# -- answer shapes and the request log ---------------------------------------------------------
+
+
+async def test_answer_shapes_and_request_log(api: Api) -> None:
+    shape = api.app["shape"]
+    shape.list_limit, shape.wrap, shape.pascal_case, shape.string_ids = 2, "Data", True, True
+    status, body, _ = await api("GET", "devices")
+    assert status == 200 and list(body) == ["Data"] and len(body["Data"]) == 2
+    assert {"Id", "SerialNumber", "UserId"} <= set(body["Data"][0])
+    assert len((await api("GET", "tags"))[1]["Data"]) == 30  # no search for tags: never cut
+    serial = FACTS["tagged_device"]["serial"]
+    found = (await api("GET", "devices", params={"serialNumber": serial}))[1]["Data"]
+    assert [d["SerialNumber"] for d in found] == [serial]
+    user = (await api("GET", f"users/{FACTS['user_in_group']['id']}"))[1]
+    assert user["Id"] == str(FACTS["user_in_group"]["id"]) and user["GroupId"] == str(FACTS["group_id"])
+    shape.ambiguous_group_status = 500
+    assert (await api("GET", "groups", params={"path": FACTS["duplicate_group_path"]}))[0] == 500
+
+    await api("POST", f"devices/{FACTS['untagged_device']['id']}/sendmessage", json={"message": "Hej"})
+    log = list(api.app["requests"])
+    assert log[-1] == {"method": "POST", "path": f"/api/devices/{FACTS['untagged_device']['id']}/sendmessage",
+                       "contentType": "application/json", "body": {"message": "Hej"}}
+    assert (log[-2]["method"], log[-2]["path"].partition("?")[0]) == ("GET", "/api/groups")
+    assert log[0] == {"method": "GET", "path": "/api/devices", "contentType": None, "body": None}

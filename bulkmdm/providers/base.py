@@ -5,7 +5,8 @@ A provider does two things:
 
 * ``plan(rows)``: resolve serials, names and emails to vendor ids from lists
   fetched once per run (read-only requests), and return per row either a
-  ``Step`` ready to send or an ``Outcome`` (skipped, failed look-up).
+  ``Step`` ready to send or an ``Outcome`` (skipped, failed look-up). With
+  ``chunk_rows`` set, the engine calls it on consecutive chunks of the job.
 * ``execute(steps)``: send a batch of steps that share a ``batch_key`` and
   return exactly one ``Outcome`` per step, in order. Per-device vendors get
   batches of one (``max_batch = 1``); Ivanti sends id lists in one request.
@@ -49,6 +50,11 @@ class Provider(ABC):
     default_concurrency: ClassVar[int] = 8
     #: the most steps one ``execute`` call may carry
     max_batch: ClassVar[int] = 1
+    #: ``plan`` may be called on consecutive chunks of this many rows (lists
+    #: fetched on the first call are kept, duplicates are caught across
+    #: calls), so a huge job never holds all its Steps at once. None: all
+    #: rows in one call.
+    chunk_rows: ClassVar[int | None] = None
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client

@@ -20,10 +20,16 @@ doc's parameter names (camelCase)::
     app       {id, name, description, company, packageId, versionText,
                versionNumber, platform, size, store, storeId, imageUrl}
 
+Requests: bodies must be JSON objects sent as ``application/json`` (else
+400/415); integers the doc writes unquoted (``"tagId": <tagId>``) must be
+JSON numbers, a numeric string is 400 (only the two ids the doc itself
+quotes, usertags ``userId`` and grouptags ``groupId``, may be strings).
+
 Answers: 200 with a JSON object or array for reads; 200 with the new id as a
 bare JSON number for a POST that creates; 200 with an empty body for PUT,
 DELETE and device commands. Errors are JSON ``{"message": ...}``: 400 bad
-body or parameter, 401 bad credentials, 404 unknown id, 409 conflict (a
+body or parameter, 401 bad credentials, 404 unknown id, 415 a body that is
+not JSON, 409 conflict (a
 group path that matches several groups, deleting a user with devices or a
 group that is in use).
 
@@ -34,6 +40,14 @@ ignored; e-mail searches ignore case, every other match (serial numbers,
 account names, group paths) is exact; ``PUT /api/devices/<id>`` with
 ``{"userId": null}`` or ``0`` unlinks the user; deleting a tag deletes its
 links; deleting a user deletes the user's tag links.
+
+The doc shows no answer objects, so a real server may shape them otherwise;
+:class:`Shape` (``app["shape"]``, changeable while running) makes the
+simulator answer like such a server, for tests of a tolerant client: lists
+cut short, wrapped lists, PascalCase field names (Json.NET's default),
+integer ids as strings, another status for an ambiguous group path. Every
+``/api`` request is kept in ``app["requests"]`` (method, raw path with query
+string, content type, body) so tests can assert the exact wire request.
 
 Simulator-only routes (no auth, like the other ``/_sim`` routes):
 ``GET /_sim/state/summary`` (counts) and ``GET /_sim/commands`` (the command
@@ -47,7 +61,9 @@ import binascii
 import json
 import random
 import warnings
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,7 +72,7 @@ from aiohttp import web
 from . import fleet
 from .common import Faults, Handler, instrument
 
-__all__ = ["COMMANDS", "FACTS", "ApiError", "DuoState", "make_app", "seed_state"]
+__all__ = ["COMMANDS", "FACTS", "ApiError", "DuoState", "Shape", "make_app", "seed_state"]
 
 #: the device commands (POST /api/devices/<id>/<command>)
 COMMANDS = ("inventorydevice", "installapp", "removeapp", "lockdevice", "wipedevice", "clearpasscode", "sendmessage")
@@ -151,16 +167,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def as_int(value: Any, name: str) -> int:
-    """An integer id given as a JSON number or a numeric string (the doc's own
-    usertags example quotes ``"<userId>"``)."""
+def as_int(value: Any, name: str, *, quoted: bool = False) -> int:
+    """An integer id. In bodies the doc writes integers unquoted
+    (``"tagId": <tagId>``), so a JSON number is required; ``quoted`` also
+    accepts a numeric string, for query parameters and for the two fields the
+    doc itself quotes while calling them integers (``"userId": "<userId>"``
+    in usertags, ``"groupId": "<groupId>"`` in grouptags)."""
     if isinstance(value, bool):
         raise _bad(f"{name} must be an integer")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and quoted:
         text = value.strip()
         if text.lstrip("-").isdigit():
             return int(text)
@@ -960,6 +979,11 @@ async def _body(request: web.Request, *, optional: bool = False) -> dict[str, An
         if optional:
             return {}
         raise _bad("The request body must be a JSON object")
+    # "Data in DELETE-, PUT- and POST-commands must be structured as JSON
+    # objects": a form or text body is refused the way ASP.NET refuses it.
+    if "json" not in request.content_type:
+        raise ApiError(415, f"The request body must be JSON (Content-Type: application/json), "
+                            f"not {request.content_type or 'untyped'}")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -982,7 +1006,7 @@ def _q(request: web.Request, name: str) -> str | None:
 
 def _qint(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
-    return None if value is None else as_int(value, name)
+    return None if value is None else as_int(value, name, quoted=True)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:
@@ -1031,23 +1055,95 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
                                  headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
 
 
-def _routes(state: DuoState) -> web.RouteTableDef:
+@dataclass
+class Shape:
+    """How ``/api`` answers are shaped; the defaults are the doc's plain reading."""
+
+    #: answer a full (unfiltered) list of the ``limited`` kinds with only its
+    #: first n objects (tags and apps, which have no search, stay whole)
+    list_limit: int | None = None
+    limited: tuple[str, ...] = ("devices", "users", "devicetags", "usertags", "groups")
+    #: wrap every array answer as ``{wrap: [...]}``
+    wrap: str | None = None
+    #: field names in PascalCase (``SerialNumber``), as Json.NET writes by default
+    pascal_case: bool = False
+    #: integer ids (``id``, ``userId``, ``tagId``, ``groupId``, ``parentId``) as strings
+    string_ids: bool = False
+    #: the status for ``GET /api/groups?path=`` matching several groups
+    ambiguous_group_status: int = 409
+
+    @property
+    def plain(self) -> bool:
+        return self == Shape()
+
+
+_ID_KEYS = frozenset({"id", "userId", "tagId", "groupId", "parentId", "appId"})
+
+
+def _shaped(data: Any, shape: Shape) -> Any:
+    if isinstance(data, list):
+        return [_shaped(x, shape) for x in data]
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if shape.string_ids and key in _ID_KEYS and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            out[key[:1].upper() + key[1:] if shape.pascal_case else key] = value
+        return out
+    return data
+
+
+def _request_log(log: deque[dict[str, Any]]) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api"):
+            raw = await request.read()  # aiohttp keeps it for the handler
+            body: Any = None
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    body = raw.decode("utf-8", errors="replace")
+            log.append({"method": request.method, "path": request.raw_path,
+                        "contentType": request.content_type if raw else None, "body": body})
+        return await handler(request)
+
+    return middleware
+
+
+def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     r = web.RouteTableDef()
 
     def cached(kind: str) -> web.Response:
-        return web.Response(body=state.list_json(kind), content_type=_JSON, charset="utf-8")
+        if shape.plain:
+            return web.Response(body=state.list_json(kind), content_type=_JSON, charset="utf-8")
+        rows = json.loads(state.list_json(kind))
+        if shape.list_limit is not None and kind in shape.limited:
+            rows = rows[:shape.list_limit]
+        return out(rows)
+
+    def out(data: Any) -> web.Response:
+        if shape.plain:
+            return _json(data)
+        data = _shaped(data, shape)
+        return _json({shape.wrap: data} if shape.wrap and isinstance(data, list) else data)
 
     # -- groups
     @r.get("/api/groups")
     async def groups(request: web.Request) -> web.Response:
         path = _q(request, "path")
         if path is not None:
-            return _json(state.group_by_path(path))
+            try:
+                return out(state.group_by_path(path))
+            except ApiError as exc:
+                if exc.status == 409:
+                    exc.status = shape.ambiguous_group_status
+                raise
         return cached("groups")
 
     @r.get("/api/groups/{id}")
     async def group(request: web.Request) -> web.Response:
-        return _json(state.group(_id_of(request, "Group")))
+        return out(state.group(_id_of(request, "Group")))
 
     @r.put("/api/groups/{id}")
     async def put_group(request: web.Request) -> web.Response:
@@ -1074,13 +1170,13 @@ def _routes(state: DuoState) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"email", "phoneNumber", "account", "groupId", "tagId"}:
             return cached("users")
-        return _json(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
+        return out(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
                                         account=_q(request, "account"), group_id=_qint(request, "groupId"),
                                         tag_id=_qint(request, "tagId")))
 
     @r.get("/api/users/{id}")
     async def user(request: web.Request) -> web.Response:
-        return _json(state.user(_id_of(request, "User")))
+        return out(state.user(_id_of(request, "User")))
 
     @r.put("/api/users/{id}")
     async def put_user(request: web.Request) -> web.Response:
@@ -1104,13 +1200,13 @@ def _routes(state: DuoState) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"serialNumber", "groupId", "userId", "accountName", "tagId"}:
             return cached("devices")
-        return _json(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
+        return out(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
                                           user_id=_qint(request, "userId"), account=_q(request, "accountName"),
                                           tag_id=_qint(request, "tagId")))
 
     @r.get("/api/devices/{id}")
     async def device(request: web.Request) -> web.Response:
-        return _json(state.device(request.match_info["id"]))
+        return out(state.device(request.match_info["id"]))
 
     @r.put("/api/devices/{id}")
     async def put_device(request: web.Request) -> web.Response:
@@ -1141,7 +1237,7 @@ def _routes(state: DuoState) -> web.RouteTableDef:
 
     @r.get("/api/tags/{id}")
     async def tag(request: web.Request) -> web.Response:
-        return _json(state.tag(_id_of(request, "Tag")))
+        return out(state.tag(_id_of(request, "Tag")))
 
     @r.put("/api/tags/{id}")
     async def put_tag(request: web.Request) -> web.Response:
@@ -1164,7 +1260,7 @@ def _routes(state: DuoState) -> web.RouteTableDef:
     async def devicetags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"deviceId", "serialNumber"}:
             return cached("devicetags")
-        return _json(state.search_device_tags(device_id=_q(request, "deviceId"), serial=_q(request, "serialNumber")))
+        return out(state.search_device_tags(device_id=_q(request, "deviceId"), serial=_q(request, "serialNumber")))
 
     @r.post("/api/devicetags")
     async def post_devicetag(request: web.Request) -> web.Response:
@@ -1178,12 +1274,12 @@ def _routes(state: DuoState) -> web.RouteTableDef:
     async def usertags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"userId", "email"}:
             return cached("usertags")
-        return _json(state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
+        return out(state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
 
     @r.post("/api/usertags")
     async def post_usertag(request: web.Request) -> web.Response:
         data = await _body(request)
-        return _created(state.link_user_tag(as_int(_required(data, "userId"), "userId"),
+        return _created(state.link_user_tag(as_int(_required(data, "userId"), "userId", quoted=True),
                                             as_int(_required(data, "tagId"), "tagId")))
 
     @r.get("/api/grouptags")
@@ -1195,14 +1291,14 @@ def _routes(state: DuoState) -> web.RouteTableDef:
         data = await _body(request)
         if data.get("groupId") is None or data.get("groupId") == "":
             raise _bad("groupId is required")
-        return _created(state.link_group_tag(as_int(data["groupId"], "groupId"),
+        return _created(state.link_group_tag(as_int(data["groupId"], "groupId", quoted=True),
                                              as_int(_required(data, "tagId"), "tagId")))
 
     def link_routes(kind: str) -> None:
         what = _LINK_NAMES[kind]
 
         async def get_link(request: web.Request) -> web.Response:
-            return _json(state.link(kind, _id_of(request, what)))
+            return out(state.link(kind, _id_of(request, what)))
 
         async def delete_link(request: web.Request) -> web.Response:
             state.unlink(kind, _id_of(request, what))
@@ -1221,7 +1317,7 @@ def _routes(state: DuoState) -> web.RouteTableDef:
 
     @r.get("/api/apps/{id}")
     async def app(request: web.Request) -> web.Response:
-        return _json(state.app(_id_of(request, "App")))
+        return out(state.app(_id_of(request, "App")))
 
     @r.post("/api/apps")
     async def post_app(request: web.Request) -> web.Response:
@@ -1253,19 +1349,26 @@ def make_app(
     username: str = "admin",
     password: str = "admin",
     faults: Faults | None = None,
+    shape: Shape | None = None,
 ) -> web.Application:
     """A DuoSTATION simulator with a freshly seeded district.
 
     ``devices``/``users``: sizes (users default to 80% of devices; the
     :data:`FACTS` edge cases are always there and count towards both).
-    The state is ``app["state"]`` (a :class:`DuoState`)."""
+    The state is ``app["state"]`` (a :class:`DuoState`), the answer shape
+    ``app["shape"]`` (a :class:`Shape`), the last 10,000 ``/api`` requests
+    ``app["requests"]``."""
     state = seed_state(DuoState(), devices=devices, users=users, seed=seed)
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware(username, password)])
+    shape = shape or Shape()
+    log: deque[dict[str, Any]] = deque(maxlen=10_000)
+    app = web.Application(middlewares=[_request_log(log), _error_middleware, _auth_middleware(username, password)])
     with warnings.catch_warnings():
         # a plain string key, like common.py's app["faults"], so tests can write app["state"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["state"] = state
-    app.add_routes(_routes(state))
+        app["shape"] = shape
+        app["requests"] = log
+    app.add_routes(_routes(state, shape))
     instrument(app, faults)
     return app
 
