@@ -810,3 +810,21 @@ async def test_a_check_that_fails_does_not_stop_the_command(status: int) -> None
         # 500: one check per batch, the command sent as a whole
         assert checks == (7 if status == 400 else 2)
         assert server.stats.by_route["PUT /api/v1/device/lock"] == (5 if status == 400 else 2)
+
+
+def test_cli_plans_in_chunks(sim: SimServer, tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job planned a chunk at a time reads the fleet once, catches a repeat
+    across chunks, and still sends one lock request per chunk's batch."""
+    monkeypatch.setattr(Ivanti, "chunk_rows", 10)
+    state = state_of(sim)
+    active = pick(sim, 25, registrationState="ACTIVE", platformType="IOS", supervised=True)
+    rows = [[d["serialNumber"]] for d in active] + [[active[0]["serialNumber"]]]
+    job = write_csv(tmp_path / "lock.csv", [["serial"], *rows])
+    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1",
+                      "--action", "lock"])
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in result.report] == ["succeeded"] * 25 + ["skipped"]
+    assert "line 2" in result.report[25]["detail"]
+    assert all(state.applied(d["id"], "lock") == 1 for d in active)
+    assert sim.stats.by_route["PUT /api/v1/device/lock"] == 3  # chunks of 10, 10 and 5 (+ the repeat)
+    assert sim.stats.by_route["GET /api/v1/device"] == 1  # the fleet, read once

@@ -192,6 +192,8 @@ class Ivanti(Provider):
     # ineligible-device list well inside one 500-row page; and cap what one
     # lost answer leaves unknown to 100 rows. 500 rows are 5 requests.
     max_batch = 100
+    # The fleet, owners and duplicate checks are kept across plan() calls.
+    chunk_rows = 10_000
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
