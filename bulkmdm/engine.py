@@ -31,6 +31,8 @@ from .retry import RetryPolicy, check_positive
 from .transport import Client
 
 NOT_RUN = "Not run yet: the run was interrupted. Run the same command again to continue."
+NOT_SENT_AUTH = ("Not sent: the MDM refused the credentials. Fix them, then run the same command again "
+                 "to continue.")
 IN_FLIGHT_DETAIL = (
     "A request was in flight when the run stopped, so its effect is not known. Check the device, "
     "then run this report again to resend it."
@@ -269,6 +271,16 @@ class _Run:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UsageError(f"Cannot write the report to {report_path}: {folder} is not a writable folder; "
                              "pass --report with another path.")
+        # The provider is built before the journal is touched: a setting it
+        # refuses (ConfigError) leaves no run and no report behind.
+        limiter = self._rate(provider_cls)
+        concurrency = self.concurrency = o.concurrency or provider_cls.default_concurrency
+        client = Client(
+            provider_cls.api_base(url), auth=auth, limiter=limiter, retry=o.retry, timeout=o.timeout,
+            connections=concurrency + 4,
+        )
+        settings = Settings(url=url, env=o.env, partition=o.partition, batch_size=o.batch_size, dry_run=o.dry_run)
+        provider = provider_cls(client, settings)
         identity = self._identity(table.sha256, url)
         run: RunInfo | None = None if (o.fresh or o.dry_run) else journal.resumable(identity)
         resumed = run is not None
@@ -303,21 +315,15 @@ class _Run:
             )
 
         result = RunResult(run_id, report_path, Counter(), 0, resumed=resumed, rows=n_rows)
-        limiter = self._rate(provider_cls)
-        concurrency = self.concurrency = o.concurrency or provider_cls.default_concurrency
-        client = Client(
-            provider_cls.api_base(url), auth=auth, limiter=limiter, retry=o.retry, timeout=o.timeout,
-            connections=concurrency + 4,
-        )
-        settings = Settings(url=url, env=o.env, partition=o.partition, batch_size=o.batch_size, dry_run=o.dry_run)
         self.stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         installed = _install_sigint(loop, self._on_sigint)
         try:
             async with client:
-                provider = provider_cls(client, settings)
                 try:
                     await self._plan_and_execute(journal, run_id, provider, rows, in_flight_before, result)
+                except AuthError as exc:
+                    self.auth_error = exc
                 finally:
                     await provider.aclose()
         finally:
@@ -445,7 +451,7 @@ class _Run:
                 else:
                     incomplete = True
                     status = ""
-                    values = ["", NOT_RUN, "", "", ""]
+                    values = ["", NOT_SENT_AUTH if self.auth_error is not None else NOT_RUN, "", "", ""]
                 counts[status or "not run"] += 1
                 yield [*rec.cells, *values]
 

@@ -12,6 +12,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_csv
+
 from bulkmdm.cli import main
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -58,3 +60,25 @@ def test_header_only_file_exit_2(run_cli: Any, tmp_path: Path) -> None:
     job.write_text("serial,action\n")
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", "http://127.0.0.1:9"])
     assert res.exit_code == 2 and "no rows" in res.output
+
+
+def test_refused_credentials_leave_a_report_that_says_so(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    from bulkmdm.sim.duostation import FACTS
+
+    job = write_csv(tmp_path / "c.csv", [["serial"], [FACTS["untagged_device"]["serial"]], ["X"]])
+    args = ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"]
+    res = run_cli(args, env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    assert res.exit_code == 2
+    assert [r["status"] for r in res.report] == ["", ""]
+    assert all("refused the credentials" in r["detail"] for r in res.report), res.report
+    # the same command with the right password continues the run
+    again = run_cli(args)
+    assert "Resuming" in again.output
+    assert [r["status"] for r in again.report] == ["succeeded", "failed"]
+
+
+def test_a_setting_the_provider_refuses_writes_no_report(run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "p.csv", [["serial"], ["X"]])
+    res = run_cli(["run", str(job), "--provider", "ivanti", "--url", "http://127.0.0.1:9", "--action", "lock"])
+    assert res.exit_code == 2 and "partition" in res.output
+    assert not res.report_path.exists()
