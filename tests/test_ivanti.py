@@ -555,6 +555,19 @@ def test_cli_without_a_partition_says_how_to_give_one(sim: SimServer, tmp_path: 
     assert sim.stats.requests == 0
 
 
+def test_cli_with_a_non_numeric_partition_is_bad_usage(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    """dmPartitionId is "Integer. The device space ID.": a typo like ``abc``
+    stops the run (exit 2) before any request, rather than failing every row
+    with the server's 400/403 and exit 1."""
+    job = write_csv(tmp_path / "job.csv", [["serial"], [pick(sim)[0]["serialNumber"]]])
+    for bad, env in (("abc", {}), (None, {"BULKMDM_PARTITION_ID": "space-1"})):
+        args = ["run", str(job), "--provider", "ivanti", "--url", sim.url, "--action", "lock", "--fresh"]
+        result = run_cli(args + (["--partition", bad] if bad else []), env=env)
+        assert result.exit_code == 2, result.output
+        assert "device space id is a number" in result.output
+    assert sim.stats.requests == 0
+
+
 async def test_server_without_a_viability_check_still_takes_the_action() -> None:
     """checkViability is a convenience before a real send: when the server
     has no such route (405/404), the lock is sent without it."""

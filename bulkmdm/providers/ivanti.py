@@ -200,6 +200,11 @@ class Ivanti(Provider):
         partition = (settings.partition or settings.env.get("BULKMDM_PARTITION_ID") or "").strip()
         if not partition:
             raise ConfigError("ivanti needs the device space id: pass --partition or set BULKMDM_PARTITION_ID.")
+        if not (partition.isascii() and partition.isdigit()):
+            # "dmPartitionId: Integer. The device space ID." Anything else is a
+            # typo that every request would carry: bad usage, nothing sent.
+            raise ConfigError(f"ivanti's device space id is a number (dmPartitionId, e.g. 23505), not "
+                              f"{partition!r}: correct --partition or BULKMDM_PARTITION_ID.")
         self.partition = partition
         self._fleet: _Fleet | None = None
         self._owners: dict[str, Any] = {}
