@@ -819,9 +819,11 @@ async def test_a_check_that_fails_does_not_stop_the_command(status: int) -> None
         assert statuses(out) == ["succeeded"] * 4 and statuses(again) == ["succeeded"] * 2
         assert all(state_of(server).applied(d["id"], "lock") == 1 for d in devices)
         checks = server.stats.by_route["GET /api/v1/device/lock"]
-        # 400: halves down to single devices (7 checks), then never again;
+        # 400: halves down to single devices (up to 7 checks; fewer when a
+        # single device's lock succeeds before the other half's singles are
+        # checked, since the halves run side by side), then never again;
         # 500: one check per batch, the command sent as a whole
-        assert checks == (7 if status == 400 else 2)
+        assert (5 <= checks <= 7) if status == 400 else checks == 2
         assert server.stats.by_route["PUT /api/v1/device/lock"] == (5 if status == 400 else 2)
 
 
