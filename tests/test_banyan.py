@@ -186,6 +186,48 @@ async def test_delete_device_with_and_without_email(sim: SimServer) -> None:
     assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 3
 
 
+async def test_delete_device_sends_the_email_as_banyan_holds_it(sim: SimServer) -> None:
+    # The row's e-mail is matched ignoring case; a server that compares the
+    # Email parameter exactly must still get the registration it holds.
+    o = org(sim)
+    o.exact_emails = True
+    shared = o.unique_devices(users=2)[0]
+    first, second = shared["Emails"]
+    duplicate = o.with_serial(DUPLICATE_SERIAL)
+    dup_email = duplicate[1]["Emails"][0]
+    out = await run(
+        sim,
+        ("delete-device", {"serial": shared["SerialNumber"], "email": first.upper()}),
+        ("delete-device", {"serial": DUPLICATE_SERIAL, "email": dup_email.swapcase()}),
+    )
+    assert [x.status for x in out] == [Status.SUCCEEDED] * 2, [x.detail for x in out]
+    assert shared["Emails"] == [second] and o.with_serial(DUPLICATE_SERIAL) == [duplicate[0]]
+    assert first in out[0].detail
+    assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 2
+
+
+async def test_a_shared_serial_without_email_says_how_to_choose(sim: SimServer) -> None:
+    duplicate = org(sim).with_serial(DUPLICATE_SERIAL)
+    out = await run(sim, ("delete-device", {"serial": DUPLICATE_SERIAL}), ("ban", {"serial": DUPLICATE_SERIAL}))
+    assert [x.status for x in out] == [Status.FAILED] * 2
+    assert "add an email column" in out[0].detail and duplicate[1]["Emails"][0] in out[0].detail
+    assert "resolve the duplicate" in out[1].detail
+    assert mutating(sim) == 0
+
+
+async def test_an_unreadable_device_list_fails_only_the_device_rows(sim: SimServer) -> None:
+    # delete-user rows need only the end-user list; it is still read.
+    o = org(sim)
+    o.devices_status = 500
+    device = o.unique_devices(banned=False)[0]
+    user = list(o.users.values())[10]
+    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]}))
+    assert [x.status for x in out] == [Status.FAILED, Status.SUCCEEDED], [x.detail for x in out]
+    assert "v1/devices" in out[0].detail and out[0].http_status == 500
+    assert user["ID"] in o.inactive and device["Banned"] == "FALSE"
+    assert sim.stats.by_route["DELETE /v2/endusers"] == 1 and mutating(sim) == 1
+
+
 async def test_delete_device_falls_back_to_the_openapi_path(sim: SimServer) -> None:
     org(sim).delete_paths = {SHORT_DELETE_PATH}
     a, b = org(sim).unique_devices(users=1)[:2]

@@ -296,24 +296,43 @@ class Banyan(Provider):
     # -- planning -----------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
         actions = {row.action for row in rows}
-        try:
-            devices = await self._list_all("v1/devices", "devices", "serialnumber", _device_id) \
-                if actions & DEVICE_ACTIONS else []
+        # Each list fails only the rows that need it: a device list that
+        # cannot be read says nothing about a delete-user row, and the
+        # end-user list is still read for those.
+        unreadable: dict[str, Callable[[JobRow], Outcome]] = {}
+
+        async def read(what: str, fetch: Callable[[], Any]) -> list[Any]:
+            try:
+                return await fetch()  # type: ignore[no-any-return]
+            except _ListFailed as exc:
+                detail, status, attempts = exc.detail(), exc.resp.status, exc.resp.attempts
+            except AuthError:
+                raise
+            except TransportError as exc:
+                detail, status, attempts = f"Could not read Banyan's {what} list: {exc}. Run the job again.", None, \
+                    exc.attempts
+            unreadable[what] = lambda row: failed(row, detail, http_status=status, attempts=attempts)
+            return []
+
+        async def fetch_devices() -> list[Any]:
+            devices = await self._list_all("v1/devices", "devices", "serialnumber", _device_id)
             if any(r.action == "delete-device" and r.get("email") for r in rows):
                 await self._fill_emails(devices, rows)
-            users = await self._list_all("v1/endusers", "endusers", "email", lambda u: _user_id(u) or _email(u)) \
-                if "delete-user" in actions else []
-        except _ListFailed as exc:
-            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts) for row in rows]
-        except AuthError:
-            raise
-        except TransportError as exc:
-            detail = f"Could not read Banyan's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
+            return devices
+
+        devices = await read("v1/devices", fetch_devices) if actions & DEVICE_ACTIONS else []
+        users = await read("v1/endusers", lambda: self._list_all(
+            "v1/endusers", "endusers", "email", lambda u: _user_id(u) or _email(u))) \
+            if "delete-user" in actions else []
         lists = _Lists(devices, users)
         seen: dict[tuple[str, ...], tuple[str, int]] = {}
         out: list[Step | Outcome] = []
         for row in rows:
+            need = "v1/devices" if row.action in DEVICE_ACTIONS else "v1/endusers" \
+                if row.action == "delete-user" else ""
+            if need in unreadable:
+                out.append(unreadable[need](row))
+                continue
             try:
                 if row.action in DEVICE_ACTIONS:
                     out.append(self._plan_device(row, lists, seen))
@@ -355,7 +374,21 @@ class Banyan(Provider):
                 raise LookupFailed(f"serial {given!r} with {email} matches {len(matching)} devices; make it unique")
             device = matching[0]
         else:
+            holders = lists.device_by_serial.find(given)
+            if len(holders) > 1:
+                # A serial alone cannot tell them apart, and Banyan acts on
+                # every device holding it.
+                whose = sorted({e for d in holders for e in _emails(d) or ()}, key=str.casefold)
+                hint = ("add an email column naming whose registration to delete"
+                        if action == "delete-device" else "resolve the duplicate in Banyan first")
+                raise LookupFailed(f"serial {given!r} matches {len(holders)} devices"
+                                   + (f" (registered to {', '.join(whose)})" if whose else "")
+                                   + f", and Banyan would change all of them; {hint}")
             device = lists.device_by_serial.one(given, "serial")
+        if email:
+            # Send the e-mail as Banyan holds it: it was matched here ignoring
+            # case, and the server may compare it exactly.
+            email = next((e for e in _emails(device) or () if e.casefold() == email.casefold()), email)
         serial = _serial(device)
         dev_id = _device_id(device)
         resolved = f"device_id={dev_id}"

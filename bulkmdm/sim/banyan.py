@@ -22,8 +22,10 @@ application/json" header), and ``DELETE /v2/endusers`` a JSON object with
 Switches on the :class:`Org` for what a real server may do that the doc leaves
 open: ``max_limit`` (pages capped below ``limit``), ``reject_limit_above`` (a
 400 for a large ``limit``), ``emails_in_pages`` (paginated pages without
-``Emails``, as in the doc's paginated example) and ``delete_paths`` (which of
-``/v1/v1/delete_device`` and ``/v1/delete_device`` answer).
+``Emails``, as in the doc's paginated example), ``delete_paths`` (which of
+``/v1/v1/delete_device`` and ``/v1/delete_device`` answer), ``exact_emails``
+(``delete_device`` matches ``Email`` case-sensitively) and ``devices_status``
+(``GET /v1/devices`` answers only this error status).
 
 Seeded edge cases (deterministic for a seed): every tenth device is banned;
 some devices have two users and some users two devices; two extra devices
@@ -85,6 +87,11 @@ class Org:
         #: False: paginated device pages leave out ``Emails``, like the doc's
         #: paginated example (its non-paginated example has them)
         self.emails_in_pages = True
+        #: True: ``delete_device`` matches ``Email`` in exactly the case Banyan
+        #: holds it (the doc does not say; a server may well compare bytes)
+        self.exact_emails = False
+        #: answer ``GET /v1/devices`` with this status (None: answer normally)
+        self.devices_status: int | None = None
         self._requests = 0
 
     # -- building -----------------------------------------------------------
@@ -354,6 +361,8 @@ def make_app(
         return _listing(request, org, items, "endusers", _USER_SORT)
 
     async def get_devices(request: web.Request) -> web.Response:
+        if org.devices_status is not None:
+            return web.json_response({"message": "device list unavailable"}, status=org.devices_status)
         serial = _param(request, "serialnumber", "Serialnumber")
         email = _param(request, "email", "Email")
         model = _param(request, "model", "Model")
@@ -382,6 +391,10 @@ def make_app(
         found = org.with_serial(serial)
         if not found:
             return web.json_response({"message": f"no device with serial number {serial}"}, status=400)
+        if email is not None and org.exact_emails and not any(e == email for d in found for e in d["Emails"]):
+            return web.json_response(
+                {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
+            )
         if email is not None and not any(_fold(e) == _fold(email) for d in found for e in d["Emails"]):
             return web.json_response(
                 {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
