@@ -142,6 +142,7 @@ class _Run:
         self.interrupts = 0
         self.workers: list[asyncio.Task[None]] = []
         self.auth_error: AuthError | None = None
+        self.sent_any = False
         self.concurrency = 8
 
     # -- set-up -------------------------------------------------------------
@@ -167,6 +168,9 @@ class _Run:
             raise UsageError("--batch-size must be at least 1.")
         if o.action is not None and normalise_action(o.action) not in ACTIONS:
             raise UsageError(f"--action {o.action!r} is not an action; `bulkmdm actions` lists them.")
+        if o.action is not None and normalise_action(o.action) not in provider_cls.actions:
+            can = ", ".join(sorted(provider_cls.actions))
+            raise UsageError(f"{provider_cls.name} cannot {normalise_action(o.action)}; it can: {can}.")
         return provider_cls, url
 
     def _rate(self, provider_cls: type[Provider]) -> RateController:
@@ -284,6 +288,8 @@ class _Run:
         identity = self._identity(table.sha256, url)
         run: RunInfo | None = None if (o.fresh or o.dry_run) else journal.resumable(identity)
         resumed = run is not None
+        #: set once a batch has been sent (an answer or an error came back)
+        self.sent_any = False
         if run is None:
             run_id = journal.create_run(
                 identity=identity, job_path=str(o.job.resolve()), job_sha256=table.sha256, provider=o.provider,
@@ -332,7 +338,14 @@ class _Run:
             result.requests = client.requests_sent
             result.mutating_requests = client.mutating_sent
             result.interrupted = self.interrupts > 0
-            self._write_report(journal, run_id, report_path, result)
+            if self.auth_error is not None and not self.sent_any:
+                # Refused at the first request: nothing was run (exit 2). An
+                # earlier report at this path stays as it was, and a new run
+                # is forgotten, so the corrected command starts clean.
+                if not resumed:
+                    journal.delete_run(run_id)
+            else:
+                self._write_report(journal, run_id, report_path, result)
             result.elapsed = time.monotonic() - started
         if self.auth_error is not None:
             raise self.auth_error
@@ -397,6 +410,7 @@ class _Run:
                     journal.mark_in_flight(run_id, indices)
                 try:
                     outcomes = await send(batch)
+                    self.sent_any = True
                 except AuthError as exc:
                     self.auth_error = exc
                     stop.set()

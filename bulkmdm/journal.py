@@ -236,6 +236,12 @@ class Journal:
             self.db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM runs ORDER BY id DESC LIMIT -1 OFFSET ?)",
                             (keep,))
 
+    def delete_run(self, run_id: int) -> None:
+        """Forget one run (one that sent nothing, e.g. refused credentials)."""
+        with self._tx():
+            self.db.execute("DELETE FROM rows WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     # -- rows ---------------------------------------------------------------
     def indices(self, run_id: int, state: str) -> list[int]:
         return [r[0] for r in self.db.execute(

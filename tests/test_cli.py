@@ -62,19 +62,29 @@ def test_header_only_file_exit_2(run_cli: Any, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no rows" in res.output
 
 
-def test_refused_credentials_leave_a_report_that_says_so(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+def test_refused_credentials_leave_the_earlier_report_alone(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     from bulkmdm.sim.duostation import FACTS
 
     job = write_csv(tmp_path / "c.csv", [["serial"], [FACTS["untagged_device"]["serial"]], ["X"]])
     args = ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"]
+    first = run_cli(args)
+    assert [r["status"] for r in first.report] == ["succeeded", "failed"]
+    before = first.report_path.read_bytes()
     res = run_cli(args, env={"BULKMDM_PASSWORD": "wrong-password-123"})
-    assert res.exit_code == 2
-    assert [r["status"] for r in res.report] == ["", ""]
-    assert all("refused the credentials" in r["detail"] for r in res.report), res.report
-    # the same command with the right password continues the run
-    again = run_cli(args)
-    assert "Resuming" in again.output
+    assert res.exit_code == 2 and "credentials" in res.output
+    assert first.report_path.read_bytes() == before  # nothing was run, nothing overwritten
+    again = run_cli([args[0], str(first.report_path), *args[2:]])
+    assert again.exit_code == 1, again.output
+    assert "Resuming" not in again.output
     assert [r["status"] for r in again.report] == ["succeeded", "failed"]
+    assert duo.stats.mutating == 1  # the lock was sent once, by the first run
+
+
+def test_an_action_the_provider_lacks_is_bad_usage(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "b.csv", [["serial"], ["X"]])
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "ban"])
+    assert res.exit_code == 2 and "duostation cannot ban" in res.output
+    assert not res.report_path.exists() and duo.stats.requests == 0
 
 
 def test_a_setting_the_provider_refuses_writes_no_report(run_cli: Any, tmp_path: Path) -> None:
