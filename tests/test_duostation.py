@@ -515,3 +515,49 @@ def test_planned_in_chunks(duo: Any, run_cli: Any, tmp_path: Path, monkeypatch: 
         return sum(1 for s in targets if "Gymnasiet" in st.device_tags_of(st.devices_by_serial(s)[0]["id"]))
 
     assert duo.call(links) == 40
+
+
+def test_tag_and_untag_of_one_pair_in_one_job_fail_the_later_row(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    # Every row is planned against the state before the run: an untag then a
+    # tag of the same pair used to report the tag "skipped: already has tag"
+    # while the device ended without it. The later row now fails instead.
+    tagged, user = F["tagged_device"], F["tagged_user"]
+    job = write_csv(tmp_path / "flip.csv", [
+        ["action", "serial", "email", "tag"],
+        ["untag", tagged["serial"], "", tagged["tag"]],
+        ["tag", tagged["serial"], "", tagged["tag"]],
+        ["untag", tagged["serial"], "", tagged["tag"]],
+        ["untag-user", "", user["email"], user["tag"]],
+        ["tag-user", "", user["email"], user["tag"]],
+        # an earlier opposite row that changed nothing is no contradiction
+        ["untag", F["untagged_device"]["serial"], "", "Lärare"],
+        ["tag", F["untagged_device"]["serial"], "", "Lärare"],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == ["succeeded", "failed", "skipped", "succeeded", "failed",
+                                                 "skipped", "succeeded"], res.report
+    assert "also untagged" in res.report[1]["detail"] and "line 2" in res.report[1]["detail"]
+    assert "line 2" in res.report[2]["detail"]
+    assert "also untagged" in res.report[4]["detail"] and "line 5" in res.report[4]["detail"]
+    assert res.exit_code == 1
+    assert duo.call(lambda: state(duo).device_tags_of(tagged["id"])) == []
+    assert user["tag"] not in duo.call(lambda: state(duo).user_tags_of(user["id"]))
+    assert duo.call(lambda: state(duo).device_tags_of(F["untagged_device"]["id"])) == ["Lärare"]
+    assert duo.stats.mutating == 3
+
+
+def test_app_name_in_another_capitalisation(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    # Like tag names: a name or package id in other letter case is used when
+    # it points at one app; one that points at several still fails the row.
+    free = F["untagged_device"]["serial"]
+    job = write_csv(tmp_path / "apps.csv", [
+        ["action", "serial", "app"],
+        ["install-app", free, F["app"]["name"].upper()],
+        ["remove-app", free, F["app"]["packageId"].upper()],
+        ["install-app", free, F["shared_app_name"].lower()],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == ["succeeded", "succeeded", "failed"], res.report
+    assert "matches 2 apps" in res.report[2]["detail"]
+    bodies = [body for method, _path, body in changes(duo)]
+    assert bodies == [{"appId": F["app"]["id"]}, {"identifier": F["app"]["packageId"]}], bodies

@@ -271,6 +271,8 @@ class DuoStation(Provider):
         if actions & {"install-app", "remove-app"} and "app_by_key" not in lists:
             apps = await self._list("apps", "apps")
             lists["app_by_key"] = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)])
+            lists["app_by_key_folded"] = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)],
+                                               fold=True)
             lists["app_by_id"] = Index("app", apps, lambda a: _id(a, "appId"))
         if "move-user" in actions:
             groups: dict[str, Any] = lists.setdefault("groups", {})
@@ -437,6 +439,10 @@ class DuoStation(Provider):
         if not value.strip():
             raise LookupFailed("the app is blank")
         found = {id(a): a for a in lists["app_by_key"].find(value)}
+        if not found:
+            # As for tags: a different capitalisation of a name or package id
+            # is accepted only when it points at exactly one app.
+            found = {id(a): a for a in lists["app_by_key_folded"].find(value)}
         if not found and value.strip().isdigit():
             found = {id(a): a for a in lists["app_by_id"].find(value)}
         if not found:
@@ -448,15 +454,37 @@ class DuoStation(Provider):
     def _plan_row(self, row: JobRow, lists: dict[str, Any], seen: dict[tuple[Any, ...], int]) -> Step | Outcome:
         action = row.action
 
-        def once(change: tuple[Any, ...], resolved: str) -> Outcome | None:
-            # Two rows asking for the same change: the second is not sent again.
+        def digest(change: tuple[Any, ...]) -> tuple[bytes]:
             # Kept for the whole run as a 16-byte digest, not the tuple: a
             # million distinct messages would otherwise hold ~150 MB here.
-            key = (hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest(),)
+            return (hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest(),)
+
+        def once(change: tuple[Any, ...], resolved: str) -> Outcome | None:
+            # Two rows asking for the same change: the second is not sent again.
+            key = digest(change)
             if key in seen:
                 return skipped(row, f"Same change as line {seen[key]}; sent once.", resolved)
             seen[key] = row.line
             return None
+
+        def contradicted(change: tuple[Any, ...], opposite: str, what: str, resolved: str) -> Outcome | None:
+            # tag and untag (or tag-user and untag-user) of the same pair in one
+            # job, the earlier of them a change: every row is planned against
+            # the state before the run, so the later one would be judged on a
+            # state the earlier one changes, and its "skipped" (or its request)
+            # would not be what the MDM ends in. Like two assignments of one
+            # device, the later row fails and says which line it contradicts.
+            # (An earlier opposite row that was skipped changed nothing.)
+            key = digest(("changes", opposite, *change[1:]))
+            if key in seen:
+                verb = "untagged" if opposite.startswith("untag") else "tagged"
+                return failed(row, f"{_cap(what)} is also {verb} with this tag on line {seen[key]}; "
+                                   "give each tag one change per job.", resolved)
+            return None
+
+        def changes(change: tuple[Any, ...], step: Step) -> Step:
+            seen.setdefault(digest(("changes", *change)), row.line)
+            return step
 
         if action in ("tag", "untag"):
             device = self._device(row, lists)[0]
@@ -464,7 +492,9 @@ class DuoStation(Provider):
             dev_id, tag_id = _id(device, "deviceId", "guid"), _int(_id(tag, "tagId"))
             serial = get_field(device, *SERIAL) or row.get("serial")
             resolved = f"device_id={dev_id}; tag_id={tag_id}"
-            dup = once((action, _fkey(dev_id), _key(tag_id)), resolved)
+            change = (action, _fkey(dev_id), _key(tag_id))
+            dup = contradicted(change, "untag" if action == "tag" else "tag", f"device {serial}", resolved) \
+                or once(change, resolved)
             if dup:
                 return dup
             if _fkey(dev_id) in lists.get("link_failures", {}):
@@ -474,14 +504,15 @@ class DuoStation(Provider):
             if action == "tag":
                 if links:
                     return skipped(row, f"Device {serial} already has tag '{tag_name}'; nothing sent.", resolved)
-                return Step(row, action, f"device {serial}", {"device": dev_id, "tag": tag_id, "name": tag_name},
-                            resolved, (action,))
+                return changes(change, Step(row, action, f"device {serial}",
+                                            {"device": dev_id, "tag": tag_id, "name": tag_name}, resolved, (action,)))
             if not links:
                 return skipped(row, f"Device {serial} does not have tag '{tag_name}'; nothing sent.", resolved)
             if None in links:
                 raise LookupFailed(f"the MDM lists the link of tag '{tag_name}' to device {serial} without an id")
-            return Step(row, action, f"device {serial}",
-                        {"device": dev_id, "tag": tag_id, "links": tuple(links), "name": tag_name}, resolved, (action,))
+            return changes(change, Step(row, action, f"device {serial}",
+                                        {"device": dev_id, "tag": tag_id, "links": tuple(links), "name": tag_name},
+                                        resolved, (action,)))
 
         if action in ("tag-user", "untag-user"):
             user = self._user(row.get("email"), lists)[0]
@@ -489,7 +520,9 @@ class DuoStation(Provider):
             user_id, tag_id = _int(_id(user, "userId")), _int(_id(tag, "tagId"))
             email = get_field(user, *EMAIL) or row.get("email")
             resolved = f"user_id={user_id}; tag_id={tag_id}"
-            dup = once((action, _key(user_id), _key(tag_id)), resolved)
+            change = (action, _key(user_id), _key(tag_id))
+            opposite = "untag-user" if action == "tag-user" else "tag-user"
+            dup = contradicted(change, opposite, f"user {email}", resolved) or once(change, resolved)
             if dup:
                 return dup
             if _fkey(user_id) in lists.get("link_failures", {}):
@@ -499,14 +532,15 @@ class DuoStation(Provider):
             if action == "tag-user":
                 if links:
                     return skipped(row, f"User {email} already has tag '{tag_name}'; nothing sent.", resolved)
-                return Step(row, action, f"user {email}", {"user": user_id, "tag": tag_id, "name": tag_name},
-                            resolved, (action,))
+                return changes(change, Step(row, action, f"user {email}",
+                                            {"user": user_id, "tag": tag_id, "name": tag_name}, resolved, (action,)))
             if not links:
                 return skipped(row, f"User {email} does not have tag '{tag_name}'; nothing sent.", resolved)
             if None in links:
                 raise LookupFailed(f"the MDM lists the link of tag '{tag_name}' to user {email} without an id")
-            return Step(row, action, f"user {email}",
-                        {"user": user_id, "tag": tag_id, "links": tuple(links), "name": tag_name}, resolved, (action,))
+            return changes(change, Step(row, action, f"user {email}",
+                                        {"user": user_id, "tag": tag_id, "links": tuple(links), "name": tag_name},
+                                        resolved, (action,)))
 
         if action == "assign-user":
             device = self._device(row, lists)[0]
