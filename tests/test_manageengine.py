@@ -434,6 +434,46 @@ async def test_app_rows_already_in_state_are_skipped(sim: SimServer, mode: str) 
     assert state(sim).log == {other: [f"install-app:{keynote['id']}"]}
 
 
+async def test_app_already_on_device_is_skipped_when_device_app_ids_differ(mode: str) -> None:
+    # The doc's "Get device app list" example gives app_id 9007199254741340 for
+    # identifier com.zoho.inhouse.zvoice, its App Repository ids look like
+    # 99731238129, and its "Get App List" has no bundle_identifier: an app on
+    # a device is known by its identifier, read from the app's details.
+    with start(devices=40) as sim:
+        state(sim).doc_fields = True
+        state(sim).own_device_app_ids = True
+        has, free, keynote = FACTS["app_device"], FACTS["free_device"], FACTS["installed_app"]
+        job = rows({"action": "install-app", "device_id": str(has["id"]), "app": keynote["name"]},
+                   {"action": "install-app", "device_id": str(free["id"]), "app": keynote["name"]},
+                   {"action": "remove-app", "device_id": str(free["id"]), "app": APP["name"]})
+        out = await run(sim, env_for(mode, sim), job)
+        assert statuses(out) == ["skipped", "succeeded", "skipped"]
+        assert "already has 'Keynote'" in out[0].detail
+        assert gets(sim, mode, "/apps/{app_id}") == 1  # Keynote's details only
+        assert state(sim).log == {free["id"]: [f"install-app:{keynote['id']}"]}
+
+
+async def test_a_read_answered_500_is_tried_again_a_moment_later(mode: str, monkeypatch: Any) -> None:
+    # "COM0004 500 Internal server error, Please try again in a moment"
+    monkeypatch.setattr(ManageEngine, "pauses_after_500", (0.01, 0.02), raising=False)
+    with start(devices=40) as sim:
+        free = FACTS["free_device"]
+        state(sim).read_errors = 1
+        job = rows({"action": "add-to-group", "serial": free["serial"], "group": GROUP["name"]})
+        out = await run(sim, env_for(mode, sim), job)
+        assert statuses(out) == ["succeeded"]
+        assert gets(sim, mode, "/devices") == 2
+        assert free["id"] in members(sim, GROUP["id"])
+
+        state(sim).read_errors = 3  # the first try and both retries: the rows fail, nothing is sent
+        job = rows({"action": "remove-from-group", "serial": free["serial"], "group": GROUP["name"]})
+        out = await run(sim, env_for(mode, sim), job)
+        assert statuses(out) == ["failed"]
+        assert out[0].http_status == 500 and "devices list" in out[0].detail
+        assert gets(sim, mode, "/devices") == 5
+        assert free["id"] in members(sim, GROUP["id"])
+
+
 async def test_lists_paged_by_offset_are_read_whole(mode: str) -> None:
     with start(devices=120) as sim:
         st = state(sim)

@@ -356,6 +356,8 @@ class ManageEngine(Provider):
             await self._oauth.ensure(self.client.session)
         url = self._path(path) if "://" not in path else path
         resp = await self.client.request(method, url, **kw)
+        if resp.status == 500 and method == "GET":
+            resp = await self._again_after_500(method, url, resp, **kw)
         if resp.status != 429:
             return resp
         # The doc: "429 Too many requests within a certain time frame",
@@ -373,6 +375,23 @@ class ManageEngine(Provider):
             self.day_used_up = True
             log.info("ManageEngine: still 429 after a full minute; taking the day's API calls as used up")
         return Response(again.status, again.body, again.headers, resp.attempts + again.attempts, again.verified)
+
+    #: pauses before re-reading after a 500 (COM0004 "Please try again in a moment")
+    pauses_after_500 = (1.0, 3.0)
+
+    async def _again_after_500(self, method: str, url: str, resp: Response, **kw: Any) -> Response:
+        """The doc's "COM0004 500 Internal server error, Please try again in a
+        moment": a read is tried again a moment later (the transport retries
+        no 500). Only reads: a change that met a 500 may have been made, and
+        is left to the report and its re-run."""
+        attempts = resp.attempts
+        for pause in self.pauses_after_500:
+            await asyncio.sleep(pause)
+            resp = await self.client.request(method, url, **kw)
+            attempts += resp.attempts
+            if resp.status != 500:
+                break
+        return Response(resp.status, resp.body, resp.headers, attempts, resp.verified)
 
     async def _sit_out_the_minute(self) -> None:
         now = time.monotonic()
@@ -524,6 +543,8 @@ class ManageEngine(Provider):
                     apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
                     self._index_apps(lists, apps)
             await self._read_device_apps(app_rows, lists)
+            if lists.device_apps and not lists.no_details.get("apps"):
+                apps = await self._bundles_for_device_checks(apps, app_rows, lists)
         return lists
 
     async def _members(self, group_id: Any) -> set[str]:
@@ -589,6 +610,44 @@ class ManageEngine(Provider):
         for key, resp in zip(wanted, answers):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
                 lists.device_apps[key] = _DeviceApps(resp.body)
+
+    async def _bundles_for_device_checks(self, apps: list[Any], app_rows: Sequence[JobRow],
+                                         lists: _Lists) -> list[Any]:
+        """``apps`` with the bundle identifiers of the apps whose presence on a
+        row's device the device's app list cannot settle by app id.
+
+        "Get device app list" names an app by ``app_id`` and ``identifier``;
+        its example's ``app_id`` (9007199254741340) is not from the repository's
+        id range (99731238129), so the ids of the two lists need not match, and
+        "Get App List" carries no ``bundle_identifier`` ("Get App Details"
+        does). Without the identifier an app already on a device would be
+        installed again, and one on it under another name not removed. One
+        ``GET apps/{id}`` per such app, if it fits in the day's budget."""
+        wanted: dict[str, Any] = {}
+        for row in app_rows:
+            try:
+                device = self._device(row, lists)
+                app = self._app(row.get("app"), lists)
+            except LookupFailed:
+                continue
+            has = lists.device_apps.get(_key(get_field(device, "device_id")))
+            if (has is None or not has.identifiers or has.holds(app, loosely=False)
+                    or get_field(app, "bundle_identifier", "identifier")):
+                continue
+            wanted[_key(get_field(app, "app_id"))] = get_field(app, "app_id")
+        room = self._room()
+        if not wanted or (room is not None and len(wanted) > room // 4):
+            return apps
+        answers = await self._each([f"apps/{_seg(i)}" for i in wanted.values()], quiet=True)
+        details = {key: resp.body for key, resp in zip(wanted, answers)
+                   if resp is not None and resp.ok and isinstance(resp.body, Mapping)}
+        if not details:
+            return apps
+        # the list's fields win, as in _with_details
+        merged = [{**details[_key(get_field(a, "app_id"))], **a} if _key(get_field(a, "app_id")) in details else a
+                  for a in apps]
+        self._index_apps(lists, merged)
+        return merged
 
     def _device(self, row: JobRow, lists: _Lists) -> Any:
         if row.get("device_id").strip():

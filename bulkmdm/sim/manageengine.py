@@ -65,6 +65,12 @@ Where the doc is silent, the simulator behaves as a plausible real server:
 * ``state.strict_headers = True``: a request without the examples'
   ``Content-Type: application/json`` header, GET and DELETE included, is
   422 COM0011 "Invalid / Missing headers";
+* ``state.own_device_app_ids = True``: "Get device app list" entries carry
+  an ``app_id`` of their own, not the repository's (the doc's examples:
+  9007199254741340 there, 99731238129 in the App Repository); only the
+  ``identifier`` ties them to an app;
+* ``state.read_errors = n``: the next ``n`` reads (GET) answer 500 COM0004
+  "Internal server error, Please try again in a moment";
 * the token endpoint reads its parameters from the query string and a form
   body (``state.token_params`` = "query" or "form" reads only one), and
   records where they came from in ``state.token_sources``.
@@ -93,6 +99,8 @@ __all__ = ["FACTS", "MEState", "make_app"]
 DEVICE_ID_BASE = 9007199254741000  # above 2**53, like the doc's example ids
 GROUP_ID_BASE = 9007199254751000
 APP_ID_BASE = 9007199254761000
+#: what own_device_app_ids adds to an app's id in a device's app list
+DEVICE_APP_ID_OFFSET = 100000
 
 #: The deliberate edge cases every seed and size holds. Tests assert them.
 FACTS: dict[str, Any] = {
@@ -134,6 +142,7 @@ ERRORS = {
     "COM0001": (405, "Method not implemented / Invalid URL"),
     "COM0002": (429, "API Limit Exceeded"),
     "COM0003": (400, "Invalid paging params"),
+    "COM0004": (500, "Internal server error, Please try again in a moment"),
     "COM0005": (400, "Parameters in post were invalid or missing"),
     "COM0006": (400, "No request data recieved"),
     "COM0008": (404, "Unknown Resource"),
@@ -207,6 +216,10 @@ class MEState:
         self.calls: list[float] = []
         self.calls_today = 0
         self.limited = 0
+        #: device app list entries carry their own app_id (not the repository's)
+        self.own_device_app_ids = False
+        #: the next this many GETs answer 500 COM0004
+        self.read_errors = 0
         #: where the token endpoint reads parameters: "either", "query", "form"
         self.token_params = "either"
         #: per token request: the parameter names found in the query and form
@@ -304,7 +317,7 @@ class MEState:
         self.device(device_id)
         apps = [
             {"app_name": a["app_name"], "identifier": a["bundle_identifier"], "app_version": a["version"],
-             "app_id": a["app_id"]}
+             "app_id": a["app_id"] + DEVICE_APP_ID_OFFSET if self.own_device_app_ids else a["app_id"]}
             for a in (self.apps[i] for i in self.installed.get(device_id, ()))
         ]
         return {"apps": apps, "installed_apps": apps}
@@ -608,6 +621,9 @@ def _guarded(state: MEState, cloud: bool, route: Route) -> Callable[[web.Request
             return _error_response(ApiError("COM0011"))
         if not state.within_limits():
             return _error_response(ApiError("COM0002"))
+        if request.method == "GET" and state.read_errors > 0:
+            state.read_errors -= 1
+            return _error_response(ApiError("COM0004"))
         try:
             return await route(request, state)
         except ApiError as exc:
