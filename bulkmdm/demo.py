@@ -16,6 +16,10 @@ from typing import Any
 
 DUO_DEVICES = 3000
 IVANTI_DEVICES = 2000
+BANYAN_DEVICES = 3000
+BANYAN_TOKEN = "banyan-token"
+ME_DEVICES = 3000
+ME_KEY = "me-api-key"
 CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
 
 
@@ -73,11 +77,49 @@ def _ivanti_jobs(state: Any) -> dict[str, list[list[str]]]:
     return {"ivanti-lock.csv": rows}
 
 
-def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any) -> list[Path]:
+def _banyan_jobs(org: Any) -> dict[str, list[list[str]]]:
+    free = org.unique_devices(banned=False, users=1)
+    banned = org.unique_devices(banned=True)
+    shared = org.unique_devices(users=2)
+    rows = [["action", "serial", "email", "reason"]]
+    rows += [["ban", d["SerialNumber"], "", "reported stolen"] for d in free[:4]]
+    rows.append(["ban", banned[0]["SerialNumber"], "", "reported stolen"])  # already banned: skipped
+    rows.append(["unban", banned[1]["SerialNumber"], "", "found again"])
+    rows.append(["delete-device", free[4]["SerialNumber"], "", "sold"])
+    rows.append(["delete-device", shared[0]["SerialNumber"], shared[0]["Emails"][1], "shared laptop, user left"])
+    touched = {e.casefold() for d in [*free[:5], *banned[:2], shared[0]] for e in d["Emails"]}
+    leaver = next(u for u in org.users.values() if u["Email"].casefold() not in touched)
+    rows.append(["delete-user", "", leaver["Email"], "left the school"])
+    return {"banyan-lost.csv": rows}
+
+
+def _manageengine_jobs(state: Any) -> dict[str, list[list[str]]]:
+    from .sim.manageengine import FACTS
+
+    group, member_group = FACTS["group"], FACTS["member_group"]
+    serials: dict[str, int] = {}
+    for device in state.devices.values():
+        serials[device["serial_number"]] = serials.get(device["serial_number"], 0) + 1
+    ordinary = [d for d in list(state.devices.values())[FACTS["edge_devices"]:] if serials[d["serial_number"]] == 1]
+    in_class = state.members.get(group["id"], {})
+    joining = [d for d in ordinary if d["device_id"] not in in_class][:4]
+    leaving = next(d for d in ordinary if d["device_id"] in in_class)
+    rows = [["Action", "Serial Number", "Group", "App"]]
+    rows += [["add-to-group", d["serial_number"], group["name"], ""] for d in joining]
+    rows.append(["add-to-group", FACTS["member_device"]["serial"], member_group["name"], ""])  # already: skipped
+    rows.append(["remove-from-group", leaving["serial_number"], group["name"], ""])
+    rows += [["install-app", d["serial_number"], "", FACTS["app"]["bundle_identifier"]] for d in joining[:2]]
+    rows.append(["remove-app", FACTS["app_device"]["serial"], "", FACTS["installed_app"]["name"]])
+    return {"manageengine-classes.csv": rows}
+
+
+def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any, banyan_state: Any, me_state: Any) -> list[Path]:
     """Write every example job into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, rows in {**_duo_jobs(duo_state), **_ivanti_jobs(ivanti_state)}.items():
+    jobs = {**_duo_jobs(duo_state), **_ivanti_jobs(ivanti_state), **_banyan_jobs(banyan_state),
+            **_manageengine_jobs(me_state)}
+    for name, rows in jobs.items():
         path = folder / name
         if name.endswith(".xlsx"):
             import xlsxwriter
@@ -96,11 +138,14 @@ def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any) -> list[Path]:
     return written
 
 
-def _fleets() -> tuple[Any, Any]:
+def _fleets() -> tuple[Any, Any, Any, Any]:
+    from .sim.banyan import make_app as banyan_app
     from .sim.duostation import make_app as duo_app
     from .sim.ivanti import make_app as ivanti_app
+    from .sim.manageengine import make_app as me_app
 
-    return duo_app(devices=DUO_DEVICES, seed=1), ivanti_app(devices=IVANTI_DEVICES, seed=1)
+    return (duo_app(devices=DUO_DEVICES, seed=1), ivanti_app(devices=IVANTI_DEVICES, seed=1),
+            banyan_app(devices=BANYAN_DEVICES, seed=1, token=BANYAN_TOKEN), me_app(devices=ME_DEVICES, seed=1))
 
 
 def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
@@ -108,23 +153,24 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     from .engine import RunOptions, run_job
     from .sim.common import SimServer
 
-    duo_app, ivanti_app = _fleets()
+    duo_app, ivanti_app, banyan_app, me_app = _fleets()
     out = out.resolve()
-    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"])
+    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"], banyan_app["state"], me_app["state"])
     state_dir = out / ".state"
     echo(f"Example jobs written to {out}/ ({len(jobs)} files).")
 
-    with SimServer(duo_app) as duo, SimServer(ivanti_app) as ivanti:
+    with SimServer(duo_app) as duo, SimServer(ivanti_app) as ivanti, SimServer(banyan_app) as banyan, \
+            SimServer(me_app) as me:
         echo(f"DuoSTATION simulator: {duo.url} ({DUO_DEVICES} devices). Ivanti simulator: {ivanti.url}.")
         duo.faults.latency = ivanti.faults.latency = 0.005
 
-        def run(title: str, job: Path, provider: str, url: str, **kw: Any) -> Any:
+        def run(title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
             echo("")
             echo(f"== {title}")
             flags = " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
                              for k, v in kw.items() if k not in ("partition",))
             echo(f"$ bulkmdm run {job.name} --provider {provider} --url {url} {flags}".rstrip())
-            options = RunOptions(job=job, provider=provider, url=url, env=CREDS, state_dir=state_dir,
+            options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=state_dir,
                                  fresh=True, **kw)
             result = run_job(options)
             counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
@@ -166,6 +212,12 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
         mutating = ivanti.stats.mutating
         echo(f"   Ivanti received {mutating} changing requests for {result.rows} rows "
              f"({mutating / max(result.rows, 1):.3f} per row).")
+        run("Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
+            out / "banyan-lost.csv", "banyan", banyan.url, env={"BULKMDM_TOKEN": BANYAN_TOKEN}, yes=True)
+        echo("")
+        echo("-- ManageEngine allows 100 calls a minute: bulkmdm paces itself under that on its own.")
+        run("ManageEngine (on-premises API key): class groups and apps", out / "manageengine-classes.csv",
+            "manageengine", me.url, env={"BULKMDM_API_KEY": ME_KEY})
     echo("")
     echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {state_dir}")
     return 0
@@ -177,7 +229,6 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 if __name__ == "__main__":  # python -m bulkmdm.demo FOLDER: refresh the example jobs
-    duo_app, ivanti_app = _fleets()
-    for written in write_jobs(Path(sys.argv[1] if len(sys.argv) > 1 else "jobs"), duo_app["state"],
-                              ivanti_app["state"]):
+    for written in write_jobs(Path(sys.argv[1] if len(sys.argv) > 1 else "jobs"),
+                              *(app["state"] for app in _fleets())):
         print(written)

@@ -16,8 +16,7 @@ JOBS = Path(__file__).parent.parent / "jobs"
 
 
 def test_jobs_folder_matches_the_demo_fleet(tmp_path: Path) -> None:
-    duo, ivanti = _fleets()
-    for path in write_jobs(tmp_path, duo["state"], ivanti["state"]):
+    for path in write_jobs(tmp_path, *(app["state"] for app in _fleets())):
         shipped = JOBS / path.name
         assert shipped.exists(), f"run: python -m bulkmdm.demo jobs ({path.name} missing)"
         assert read_job(shipped).rows == read_job(path).rows, f"jobs/{path.name} is stale"
@@ -28,5 +27,7 @@ def test_demo_runs(tmp_path: Path, monkeypatch: Any) -> None:
     result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "Ivanti received 3 changing requests for 303 rows" in result.output
+    assert "banyan-lost.csv --provider banyan" in result.output and "9 rows: 1 skipped, 8 succeeded" in result.output
+    assert "manageengine-classes.csv --provider manageengine" in result.output
     message = read_report(tmp_path / "bulkmdm-demo" / "duostation-message.outcome.csv")
     assert [r["status"] for r in message] == ["succeeded"] * 60
