@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDict, MultiMapping
 
 from .common import Faults, Handler, instrument
 
@@ -392,7 +392,7 @@ async def _json_body(request: web.Request) -> Any:
         return _error(400, "the body must be JSON", code="MalformedJson")
 
 
-def _split_ids(params: MultiDict[str] | MultiDictProxy[str], *names: str) -> list[str]:
+def _split_ids(params: MultiMapping[str], *names: str) -> list[str]:
     out: list[str] = []
     for name in names:
         for value in params.getall(name, []):

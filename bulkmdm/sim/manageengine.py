@@ -566,7 +566,7 @@ async def remove_member(request: web.Request, state: MEState) -> web.StreamRespo
 
 
 async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
-    keep = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version", "platform_type",
+    keep: tuple[str, ...] = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version", "platform_type",
             "description", "icon", "added_time", "modified_time")
     if state.doc_fields:
         keep = tuple(k for k in keep if k != "bundle_identifier")  # the doc's "Get App List" example
