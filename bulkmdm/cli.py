@@ -351,7 +351,7 @@ def actions() -> None:
 @main.command()
 @click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"],
                                               case_sensitive=False))
-@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
 @click.option("--devices", type=int, default=3000, show_default=True, help="How many devices to seed.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed for the fake fleet.")
 @click.option("--username", default="admin", show_default=True, help="Basic-auth user name it accepts.")

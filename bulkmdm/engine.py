@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import signal
 import time
@@ -126,7 +127,7 @@ def state_dir(explicit: Path | None, env: Mapping[str, str]) -> Path:
 
 
 def default_report_path(job: Path) -> Path:
-    return job.with_name(f"{job.stem}.outcome{job.suffix.lower()}")
+    return job.with_name(f"{job.stem}.outcome{job.suffix}")
 
 
 def run_job(options: RunOptions, events: Events | None = None) -> RunResult:
@@ -157,13 +158,16 @@ class _Run:
         if "@" in url.split("://", 1)[1].split("/", 1)[0]:
             # user:password@host would end up in the journal and in printed commands
             raise UsageError("--url must not hold credentials; set them in the environment (see `bulkmdm run --help`).")
+        _check_url(url)
         if o.concurrency is not None:
             try:
                 check_positive("--concurrency", o.concurrency)
             except ValueError as exc:
                 raise UsageError(f"{exc}.") from None
-        if not o.timeout > 0:
+        if not (o.timeout > 0 and math.isfinite(o.timeout)):
             raise UsageError("--timeout must be a number of seconds greater than 0.")
+        if o.max_destructive is not None and o.max_destructive < 0:
+            raise UsageError("--max-destructive must be 0 or more.")
         if o.batch_size is not None and o.batch_size < 1:
             raise UsageError("--batch-size must be at least 1.")
         if o.action is not None and normalise_action(o.action) not in ACTIONS:
@@ -224,6 +228,13 @@ class _Run:
             common, n = reasons.most_common(1)[0]
             if n == len(invalid) and common.startswith("Missing "):
                 raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:]}")
+            if all(x.detail.startswith("Missing ") for x in invalid.values()):
+                # rows of several actions, each missing what its action needs
+                first = invalid[min(invalid)]
+                raise JobFileError(
+                    f"No row of {o.job} can run: every row misses a column its action needs "
+                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')})."
+                )
 
         destructive = [r for r in job_rows.values() if ACTIONS[r.action].destructive]
         # "a job that holds any destructive row": invalid ones count too
@@ -271,6 +282,8 @@ class _Run:
         report_path = o.report or default_report_path(o.job)
         if report_path.suffix.lower() not in (".csv", ".xlsx"):
             raise UsageError(f"--report {report_path} must end in .csv or .xlsx.")
+        if report_path.is_dir():
+            raise UsageError(f"--report {report_path} is a folder; give the path of a .csv or .xlsx file.")
         folder = report_path.parent if str(report_path.parent) else Path(".")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UsageError(f"Cannot write the report to {report_path}: {folder} is not a writable folder; "
@@ -608,6 +621,26 @@ def _split_report(table: Any) -> tuple[list[Sequence[str]], tuple[str, ...], dic
                 cells[table.outcome[name]] if name in table.outcome else "" for name in OUTCOME_COLUMNS
             )
     return rows, headers, carried
+
+
+def _check_url(url: str) -> None:
+    """Refuse a --url that names no server (``http://``, a bad port, spaces)."""
+    from urllib.parse import urlsplit
+
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UsageError(f"--url {url!r} holds spaces or control characters; give the MDM's address, "
+                         "e.g. --url https://mdm.example.com.")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        if host:
+            host.encode("idna")  # what the resolver does: 'a..b' fails here
+    except (ValueError, UnicodeError):
+        host = port = None
+        parts = None
+    if parts is None or not host or port == 0:
+        raise UsageError(f"--url {url!r} is not a usable address; give the MDM's address, "
+                         "e.g. --url https://mdm.example.com.")
 
 
 def _job_row(idx: int, cells: Sequence[str], canonical: Mapping[str, int], action: str | None) -> JobRow:

@@ -59,9 +59,10 @@ class JobTable:
     ``headers`` are the header texts in file order (duplicates kept, BOM
     stripped, ``""`` for a blank header cell). ``canonical`` maps a canonical
     column (``columns.CANONICAL``) to the position of the first column that
-    means it; ``outcome`` does the same for the report columns bulkmdm adds
-    (``status``, ``detail``, ...). Every tuple in ``rows`` is exactly
-    ``len(headers)`` long. ``problems`` maps a 0-based row index to one
+    means it; ``outcome`` maps the report columns bulkmdm adds (``status``,
+    ``detail``, ...) to the position of the *last* column that means each
+    (a report appends them after every column of the job). Every tuple in
+    ``rows`` is exactly ``len(headers)`` long. ``problems`` maps a 0-based row index to one
     sentence saying why that row is broken.
     """
 
@@ -565,7 +566,9 @@ def _table(
         if name is None:
             continue
         if name.startswith("outcome:"):
-            outcome.setdefault(name.removeprefix("outcome:"), position)
+            # The last one: a report appends its outcome columns after all of
+            # the job's, which may hold a column of its own named "Status".
+            outcome[name.removeprefix("outcome:")] = position
         else:
             canonical.setdefault(name, position)
 

@@ -86,17 +86,18 @@ _SENT: ContextVar[tuple[float, int] | None] = ContextVar("bulkmdm_rate_slot", de
 
 
 def parse_rate(text: str) -> float | None:
-    """'100/min' -> 1.667 requests/s; '20/s' or '20' -> 20.0; '0', 'none',
-    'unlimited' -> None (no limit)."""
-    if text.strip().casefold() in {"none", "unlimited", "off", "0"}:
+    """'100/min' -> 1.667 requests/s; '20/s' or '20' -> 20.0; 'none',
+    'unlimited' -> None (no limit). A rate of 0 is refused: it would never
+    send anything, and reading it as "no limit" would hammer the MDM."""
+    if text.strip().casefold() in {"none", "unlimited", "off"}:
         return None
     match = _RATE.match(text)
     if not match:
         raise UsageError(f"--rate {text!r} is not a rate; write it like 20/s or 100/min.")
     per = _PER[(match.group(2) or "s").casefold()]
     value = float(match.group(1)) / per
-    if value <= 0:
-        return None
+    if not value > 0:
+        raise UsageError(f"--rate {text!r} must be more than 0; write it like 20/s or 100/min, or 'none' for no limit.")
     return value
 
 

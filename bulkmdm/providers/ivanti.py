@@ -367,7 +367,7 @@ class Ivanti(Provider):
             if self._fleet is None:
                 self._fleet = await self._fetch_fleet()
         except _ReadFailed as exc:
-            return [failed(row, exc.detail + " Run the job again.", http_status=exc.reply.status,
+            return [failed(row, exc.detail.rstrip(".") + ". Run the job again.", http_status=exc.reply.status,
                            attempts=exc.reply.attempts) for row in rows]
         users = {who.casefold(): who for row in rows if row.action == "assign-user"
                  and (who := (row.get("user") or row.get("email")).strip())}
