@@ -52,6 +52,7 @@ import asyncio
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -169,23 +170,30 @@ class RateController:
         self._changed = time.monotonic()
         self._window: _Window | None = None
 
-    async def acquire(self) -> None:
-        """Wait for this request's send slot."""
+    async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
+        """Wait for this request's send slot. With ``stopping``, give the wait
+        up (return False) once it says True; otherwise return True."""
         self.stats.sent += 1
         while True:
             now = time.monotonic()
             if self.rate is None and self._paused_until <= now:
                 _SENT.set((now, self._generation))
-                return
+                return True
             slot = max(now, self._next, self._paused_until)
             if self.rate is not None:
                 self._next = slot + (1.0 + GUARD) / self.rate
             generation = self._generation
             if slot > now:
-                await asyncio.sleep(slot - now)
+                if stopping is None:
+                    await asyncio.sleep(slot - now)
+                else:
+                    while (left := slot - time.monotonic()) > 0:
+                        if stopping():
+                            return False
+                        await asyncio.sleep(min(left, 0.25))
             if generation == self._generation:
                 _SENT.set((slot, generation))
-                return
+                return True
             # A 429 came while this request waited: its slot belonged to the
             # schedule before the cut. Take one from the new schedule.
 
@@ -232,7 +240,7 @@ class RateController:
         sent = _SENT.get()
         ok = self._ok
         ok.append(sent[0] if sent is not None else now)
-        while ok[0] < now - 2 * WINDOW - 1.0:
+        while ok and ok[0] < now - 2 * WINDOW - 1.0:
             ok.popleft()
         if not self.adaptive or self.rate is None:
             return

@@ -96,6 +96,7 @@ class Client:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         connections: int = 32,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -107,6 +108,9 @@ class Client:
         self.requests_sent = 0
         self.mutating_sent = 0
         self._connections = connections
+        #: True once the run is stopping (Ctrl-C): an attempt in flight may
+        #: finish, but no new one is started for a retry.
+        self._stopping = stopping or (lambda: False)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -172,9 +176,15 @@ class Client:
         policy = self.retry
         attempt = 0
         refreshed = False
+        #: what the last attempt got, handed back if the run stops before the next
+        last: Response | Exception | None = None
         while True:
             attempt += 1
-            await self.limiter.acquire()
+            if last is None:
+                await self.limiter.acquire()
+            elif self._stopping() or not await self.limiter.acquire(self._stopping):
+                # (a retry may wait out a long Retry-After pause here)
+                return _give_up(last)
             self.requests_sent += 1
             if method not in ("GET", "HEAD"):
                 self.mutating_sent += 1
@@ -217,15 +227,16 @@ class Client:
                     raise AuthError(
                         f"the MDM refused the credentials (HTTP 401 on {what})", attempts=attempt, status=401
                     )
-                if status in RETRY_STATUSES and attempt < policy.attempts:
+                if status in RETRY_STATUSES and attempt < policy.attempts and not self._stopping():
+                    last = Response(status, body, resp_headers, attempt)
                     retry_after = parse_retry_after(resp_headers.get("Retry-After"))
                     if status == 429:
                         self.limiter.throttled(retry_after)
                         # a 429 is the limiter's business; the pause above already
                         # holds every worker, so wait only a little more here
-                        await asyncio.sleep(policy.backoff(attempt) / 4 if retry_after is None else 0)
+                        await self._pause(policy.backoff(attempt) / 4 if retry_after is None else 0)
                     else:
-                        await asyncio.sleep(policy.backoff(attempt, retry_after))
+                        await self._pause(policy.backoff(attempt, retry_after))
                     continue
                 if 200 <= status < 300:
                     self.limiter.succeeded()
@@ -246,9 +257,26 @@ class Client:
                         f"{error}; could not tell whether it took effect, so it was not resent",
                         attempts=attempt,
                     )
-            if attempt >= policy.attempts:
+            if attempt >= policy.attempts or self._stopping():
                 raise error
-            await asyncio.sleep(policy.backoff(attempt))
+            last = error
+            await self._pause(policy.backoff(attempt))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep before a retry; cut short when the run is stopping."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self._stopping():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.25))
+
+
+def _give_up(last: Response | Exception) -> Response:
+    """The run is stopping: the last attempt's answer is the row's answer."""
+    if isinstance(last, Exception):
+        raise last
+    return last
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:

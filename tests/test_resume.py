@@ -212,3 +212,29 @@ def test_429_with_retry_after_is_waited_out(tmp_path: Path) -> None:
         report = read_report(job.with_name("t.outcome.csv"))
         assert {r["status"] for r in report} <= {"succeeded", "skipped"}
         assert sim.call(lambda: st.duplicate_links()) == []
+
+
+def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
+    """After the first Ctrl-C no retry is started: rows that were waiting out a
+    long Retry-After end with the MDM's last answer, and the run exits at once."""
+    with SimServer(make_app(devices=200, seed=10)) as sim:
+        sim.faults.update({"rate_limit": 2, "retry_after": 60})
+        devices = _generated(sim, 40)
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock"), env=_env(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: sim.stats.throttled >= 1 or proc.poll() is not None)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert took < 10, took  # not the 60 s Retry-After
+        report = read_report(job.with_name("lock.outcome.csv"))
+        assert any(r["http_status"] == "429" and r["status"] == "failed" for r in report), report
+        assert all(r["status"] in ("succeeded", "failed", "") for r in report)

@@ -187,3 +187,31 @@ def test_adaptive_rate_drops_on_429_and_recovers_below_ceiling() -> None:
     for _ in range(5000):
         limiter.succeeded()
     assert limiter.rate == 100
+
+
+async def test_an_answer_slower_than_the_measuring_window_is_counted_safely() -> None:
+    """A success whose request was sent long ago (a slow server) must not
+    empty the controller's window and crash the run."""
+    limiter = RateController(rate=20, ceiling=40)
+    await limiter.acquire()
+    import bulkmdm.limits as limits
+
+    sent, generation = limits._SENT.get() or (0.0, 0)
+    limits._SENT.set((sent - 10.0, generation))
+    limiter.succeeded()
+    limiter.succeeded()
+    assert limiter.rate is not None
+
+
+async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
+    limiter = RateController(rate=1, ceiling=1)
+    limiter.throttled(30.0)  # everyone paused for 30 s
+    stop = False
+
+    def stopping() -> bool:
+        return stop
+
+    task = asyncio.ensure_future(limiter.acquire(stopping))
+    await asyncio.sleep(0.1)
+    stop = True
+    assert await asyncio.wait_for(task, 2) is False
