@@ -293,7 +293,7 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
 def _decode(raw: bytes, content_type: str) -> Any:
     if not raw:
         return None
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8-sig", errors="replace")  # .NET servers may send a BOM
     if "json" in content_type or text[:1] in "[{\"" or text.strip().lstrip("-").isdigit():
         try:
             return jsonlib.loads(text)

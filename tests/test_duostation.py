@@ -5,6 +5,7 @@ simulator's state."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import openpyxl
@@ -561,3 +562,102 @@ def test_app_name_in_another_capitalisation(duo: Any, run_cli: Any, tmp_path: Pa
     assert "matches 2 apps" in res.report[2]["detail"]
     bodies = [body for method, _path, body in changes(duo)]
     assert bodies == [{"appId": F["app"]["id"]}, {"identifier": F["app"]["packageId"]}], bodies
+
+
+def test_answers_with_a_byte_order_mark_are_read(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """A .NET server writing with Encoding.UTF8 puts a BOM before its JSON; the
+    lists are still read (not every serial reported "not found")."""
+    duo.app["shape"].bom = True
+    free = F["untagged_device"]["serial"]
+    nodev = F["user_without_devices"]
+    job = write_csv(tmp_path / "bom.csv", [
+        ["action", "serial", "tag", "email", "group", "app"],
+        ["tag", free, "Lärare", "", "", ""],
+        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", ""],
+        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", ""],
+        ["move-user", "", "", nodev["email"], F["group_path"], ""],
+        ["install-app", free, "", "", "", F["app"]["name"]],
+        ["lock", free, "", "", "", ""],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == [
+        "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "succeeded"], res.report
+    assert duo.call(lambda: state(duo).users[nodev["id"]]["groupId"]) == F["group_id"]
+
+
+def test_tag_links_shaped_as_the_tags_they_link(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """A device/user tag answered as the linked tag ({"deviceTagId": <link>,
+    "id": <tag>, "name": ...}): the link's id is the one deleted, never the tag's."""
+    duo.app["shape"].links_as_tags = True
+    tagged, tuser = F["tagged_device"], F["tagged_user"]
+    free = F["untagged_device"]["serial"]
+    job = write_csv(tmp_path / "tagobj.csv", [
+        ["action", "serial", "tag", "email"],
+        ["tag", tagged["serial"], tagged["tag"], ""],
+        ["untag", tagged["serial"], tagged["tag"], ""],
+        ["untag", free, tagged["tag"], ""],
+        ["untag-user", "", tuser["tag"], tuser["email"]],
+    ])
+    # the second row is the opposite of the first, which was skipped: it stands
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == ["skipped", "succeeded", "skipped", "succeeded"], res.report
+    assert ("DELETE", f"/api/devicetags/{tagged['link_id']}", None) in changes(duo)
+    assert ("DELETE", f"/api/usertags/{tuser['link_id']}", None) in changes(duo)
+    assert not [c for c in changes(duo) if c[0] == "POST"]
+    assert duo.call(lambda: state(duo).device_tags_of(tagged["id"])) == []
+    assert duo.call(lambda: tuser["tag"] not in state(duo).user_tags_of(tuser["id"]))
+
+
+def test_refused_unfiltered_link_lists_use_the_documented_search(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """A server that will not list every device tag (it wants ?deviceId=) does
+    not fail the job: each device's tags are read with the documented search."""
+    duo.app["shape"].unfiltered_links_status = 400
+    tagged, tuser = F["tagged_device"], F["tagged_user"]
+    free = F["untagged_device"]["serial"]
+    job = write_csv(tmp_path / "nolist.csv", [
+        ["action", "serial", "tag", "email"],
+        ["tag", tagged["serial"], tagged["tag"], ""],
+        ["tag", free, "Lärare", ""],
+        ["untag", tagged["serial"], "Lärare", ""],
+        ["tag-user", "", tuser["tag"], tuser["email"]],
+        ["untag-user", "", tuser["tag"], F["user_without_devices"]["email"]],
+        ["lock", free, "", ""],
+    ])
+    res = run(run_cli, duo, job)
+    assert res.exit_code == 0, res.report
+    assert [r["status"] for r in res.report] == [
+        "skipped", "succeeded", "skipped", "skipped", "skipped", "succeeded"], res.report
+    paths = [r["path"] for r in wire(duo) if r["method"] == "GET"]
+    assert f"/api/devicetags?deviceId={tagged['id']}" in paths
+    assert f"/api/usertags?userId={tuser['id']}" in paths
+    assert [c[0] for c in changes(duo)] == ["POST", "POST"]
+    assert duo.call(lambda: state(duo).device_tags_of(F["untagged_device"]["id"])) == ["Lärare"]
+
+
+def test_bad_credentials_answered_403_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    duo.app["shape"].auth_status = 403
+    job = write_csv(tmp_path / "c403.csv", [["serial"], [F["untagged_device"]["serial"]]])
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+                  env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    assert res.exit_code == 2, res.output
+    assert "credentials" in res.output and "wrong-password-123" not in res.output
+    assert duo.stats.mutating == 0
+
+
+def test_group_path_with_outer_separators(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """"<path> is the full path for the group separated with / or \\": a path
+    written with a leading/trailing separator names the same group, also on a
+    server that matches ?path= exactly as written."""
+    duo.app["shape"].exact_group_paths = True
+    nodev = F["user_without_devices"]
+    job = write_csv(tmp_path / "outer.csv", [
+        ["action", "email", "group"],
+        ["move-user", nodev["email"], "\\" + F["group_path"] + "\\"],
+        ["move-user", F["user_in_group"]["email"], "/" + F["user_in_group"]["group"]],
+        ["move-user", F["mixed_case_email"], "\\"],
+    ])
+    res = run(run_cli, duo, job)
+    assert [r["status"] for r in res.report] == ["succeeded", "skipped", "failed"], res.report
+    assert res.report[0]["group"] == "\\" + F["group_path"] + "\\"
+    assert duo.call(lambda: state(duo).users[nodev["id"]]["groupId"]) == F["group_id"]
+    assert f"/api/groups?path={quote(F['group_path'], safe='')}" in [r["path"] for r in wire(duo)]

@@ -215,3 +215,9 @@ async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
     await asyncio.sleep(0.1)
     stop = True
     assert await asyncio.wait_for(task, 2) is False
+
+
+def test_json_with_a_byte_order_mark_is_json() -> None:
+    from bulkmdm.transport import _decode
+
+    assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8") == [{"id": 1}]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -102,6 +103,21 @@ def _fkey(value: Any) -> str:
     return _key(value).casefold()
 
 
+def _decoded(body: Any) -> Any:
+    """An answer as JSON. "Returned data will be structured as a JSON object or
+    an array of JSON objects", but a .NET server writing with Encoding.UTF8
+    puts a byte order mark before it, which a strict JSON parser refuses and
+    hands over as text; read such text as the JSON it is."""
+    if isinstance(body, str):
+        text = body.lstrip("\ufeff").strip()
+        if text[:1] in ("[", "{", '"') or text.lstrip("-").isdigit():
+            try:
+                return json.loads(text)
+            except ValueError:
+                return body
+    return body
+
+
 def _int(value: Any) -> Any:
     """The doc's integer ids ("<tagId> is the unique id (integer)") go out as
     JSON numbers even if a server handed them to us as numeric strings."""
@@ -115,6 +131,8 @@ class _Links:
 
     def __init__(self, links: list[Any], owner_field: str, nested: str) -> None:
         self.owner_field = owner_field
+        #: "deviceTagId" / "userTagId": the link's own id under its specific name
+        self.link_field = owner_field[:-2] + "TagId"
         self.nested = nested
         self.by_pair: dict[tuple[str, str], list[Any]] = {}
         self._seen: set[str] = set()
@@ -122,9 +140,19 @@ class _Links:
 
     def add(self, links: list[Any]) -> None:
         for link in links:
-            link_id = _id(link, "deviceTagId", "userTagId")
+            # "Search for tags linked to a specific device" answers an "Array of
+            # device tags"; a server may shape a device tag as the linked tag
+            # itself ({"deviceTagId": 11, "id": <tag id>, "name": ...}). A
+            # specific deviceTagId/userTagId is therefore the link's id when
+            # present (never DELETE a tag's id as a link's), and "id" is then
+            # the tag's id unless a tagId says otherwise.
+            specific = get_field(link, self.link_field)
+            link_id = specific if specific is not None else _id(link, "deviceTagId", "userTagId")
             owner = _fkey(_ref(link, self.owner_field, self.nested))
-            tag = _key(_ref(link, "tagId", "tag"))
+            tag_ref = _ref(link, "tagId", "tag")
+            if tag_ref is None and specific is not None:
+                tag_ref = _id(link)
+            tag = _key(tag_ref)
             if not (owner and tag) or (link_id is not None and _key(link_id) in self._seen):
                 continue
             if link_id is not None:
@@ -153,6 +181,8 @@ class DuoStation(Provider):
         self._lists: dict[str, Any] = {"extra": {}}
         #: (what, which) -> the line that asked for it, across chunks
         self._planned: dict[tuple[Any, ...], int] = {}
+        #: whether any list has been read (a 403 before that is a refusal of the credentials)
+        self._read_once = False
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
@@ -166,9 +196,18 @@ class DuoStation(Provider):
     # -- reading ------------------------------------------------------------
     async def _get(self, path: str) -> Any:
         resp = await self.client.request("GET", path)
+        if resp.status == 403 and not self._read_once:
+            # "The API uses Basic Authentication": a server that answers our
+            # very first request with 403 instead of 401 refused the
+            # credentials (or the account may not use the API at all); nothing
+            # can be looked up, so the run stops like for a 401 (exit 2).
+            raise AuthError(f"the MDM refused the credentials (HTTP 403 on GET /api/{path.partition('?')[0]}); "
+                            "check the user name, the password and that the account may use the API",
+                            attempts=resp.attempts, status=403)
         if not resp.ok:
             raise _ListFailed(path.partition("?")[0], resp)
-        return resp.body
+        self._read_once = True
+        return _decoded(resp.body)
 
     async def _list(self, path: str, *keys: str) -> list[Any]:
         return as_list(await self._get(path), path, *keys, *WRAPPERS)
@@ -188,7 +227,7 @@ class DuoStation(Provider):
         if not resp.ok:
             reason = explain_status(resp.status, resp.body, resp.attempts)
             return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {reason}")
-        body = resp.body
+        body = _decoded(resp.body)
         if isinstance(body, Mapping) and _id(body) is not None:
             return [body]
         return as_list(body, path.partition("?")[0], *WRAPPERS)
@@ -199,7 +238,14 @@ class DuoStation(Provider):
         error answer (a 400, a 409, or a 500 from a server that throws) fails
         the rows that name this path, and only them."""
         try:
-            resp = await self.client.request("GET", _query("groups", path=path))
+            # "<path> is the full path for the group separated with / or \": a
+            # path written with a leading or trailing separator (\Skolor\Klass 7A\)
+            # names the same group, so it is sent without them, for a server
+            # that compares the path as written.
+            trimmed = path.strip().strip("\\/").strip()
+            if not trimmed:
+                raise LookupFailed(f"group '{path}' names no group")
+            resp = await self.client.request("GET", _query("groups", path=trimmed))
         except AuthError:
             raise
         except TransportError as exc:
@@ -210,7 +256,7 @@ class DuoStation(Provider):
             reason = explain_status(resp.status, resp.body, resp.attempts)
             raise LookupFailed(f"group '{path}' could not be resolved (it may match more than one group); "
                                f"the MDM answered {reason}")
-        body = resp.body
+        body = _decoded(resp.body)
         if isinstance(body, Mapping) and _id(body) is None:
             inner = get_field(body, "group")
             body = inner if isinstance(inner, Mapping) else as_list(body, "groups", *WRAPPERS)
@@ -264,10 +310,9 @@ class DuoStation(Provider):
             lists["tag_by_name"] = Index("tag", tags, lambda t: get_field(t, "name", "tagName"))
             lists["tag_by_name_folded"] = Index("tag", tags, lambda t: get_field(t, "name", "tagName"), fold=True)
         if actions & {"tag", "untag"} and "devicetags" not in lists:
-            lists["devicetags"] = _Links(await self._list("devicetags", "devicetags", "deviceTags"),
-                                         "deviceId", "device")
+            lists["devicetags"] = await self._links("devicetags", "deviceId", "device", lists)
         if actions & {"tag-user", "untag-user"} and "usertags" not in lists:
-            lists["usertags"] = _Links(await self._list("usertags", "usertags", "userTags"), "userId", "user")
+            lists["usertags"] = await self._links("usertags", "userId", "user", lists)
         if actions & {"install-app", "remove-app"} and "app_by_key" not in lists:
             apps = await self._list("apps", "apps")
             lists["app_by_key"] = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)])
@@ -284,6 +329,18 @@ class DuoStation(Provider):
                     groups[path] = exc
         await self._search_misses(rows, lists)
         return lists
+
+    async def _links(self, kind: str, owner_field: str, nested: str, lists: dict[str, Any]) -> _Links:
+        """All device (or user) tags: "GET /api/devicetags - Get all available
+        device tags". A server that refuses the whole list (one that wants a
+        search parameter, or cannot list a large site) is asked the documented
+        search instead, "GET /api/devicetags?deviceId=<deviceId>" once per
+        device of the job, and only the rows whose search fails fail."""
+        try:
+            return _Links(await self._list(kind, kind, kind[:-4] + "Tags"), owner_field, nested)
+        except _ListFailed:
+            lists[kind + "_by_owner"] = True
+            return _Links([], owner_field, nested)
 
     async def _search_misses(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
         """Look up, with the documented searches, the values the lists did not hold."""
@@ -367,11 +424,11 @@ class DuoStation(Provider):
             try:
                 if row.action in ("tag", "untag"):
                     device, listed = self._device(row, lists)
-                    if not listed:
+                    if not listed or lists.get("devicetags_by_owner"):
                         read_links("devicetags", "deviceId", _id(device, "deviceId", "guid"))
                 elif row.action in ("tag-user", "untag-user"):
                     user, listed = self._user(row.get("email"), lists)
-                    if not listed:
+                    if not listed or lists.get("usertags_by_owner"):
                         read_links("usertags", "userId", _int(_id(user, "userId")))
             except LookupFailed:
                 continue
@@ -691,7 +748,7 @@ class DuoStation(Provider):
                 return None
             if not resp.ok:
                 return None
-            return bool(_Links(as_list(resp.body, kind, *WRAPPERS), owner_field, nested).ids(owner, tag))
+            return bool(_Links(as_list(_decoded(resp.body), kind, *WRAPPERS), owner_field, nested).ids(owner, tag))
 
         return await self.client.request("POST", kind, json={owner_field: owner, "tagId": tag}, verify=already_linked)
 

@@ -960,8 +960,9 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
 _JSON = "application/json"
 
 
-def _json(data: Any) -> web.Response:
-    return web.Response(body=json.dumps(data, ensure_ascii=False).encode(), content_type=_JSON, charset="utf-8")
+def _json(data: Any, *, bom: bool = False) -> web.Response:
+    body = json.dumps(data, ensure_ascii=False).encode()
+    return web.Response(body=b"\xef\xbb\xbf" + body if bom else body, content_type=_JSON, charset="utf-8")
 
 
 def _ok() -> web.Response:
@@ -1015,7 +1016,7 @@ def _required(data: dict[str, Any], name: str) -> Any:
     return data[name]
 
 
-def _auth_middleware(username: str, password: str) -> Any:
+def _auth_middleware(username: str, password: str, shape: Shape) -> Any:
     expected = (username, password)
     token = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
@@ -1024,8 +1025,8 @@ def _auth_middleware(username: str, password: str) -> Any:
         if request.path.startswith("/api"):
             header = request.headers.get("Authorization", "")
             if header != token and _basic(header) != expected:
-                raise ApiError(401, "Authorization has been denied for this request.",
-                               {"WWW-Authenticate": f'Basic realm="{REALM}"'})
+                raise ApiError(shape.auth_status, "Authorization has been denied for this request.",
+                               {"WWW-Authenticate": f'Basic realm="{REALM}"'} if shape.auth_status == 401 else None)
         return await handler(request)
 
     return middleware
@@ -1071,6 +1072,18 @@ class Shape:
     string_ids: bool = False
     #: the status for ``GET /api/groups?path=`` matching several groups
     ambiguous_group_status: int = 409
+    #: JSON answers start with a UTF-8 byte order mark (as .NET's Encoding.UTF8 writes)
+    bom: bool = False
+    #: ``GET /api/devicetags`` / ``/api/usertags`` without a search parameter
+    #: refused with this status (a server that wants ``?deviceId=`` / ``?userId=``)
+    unfiltered_links_status: int | None = None
+    #: device/user tags answered as the linked tag (``id``/``name`` of the tag)
+    #: with the link's own id as ``deviceTagId`` / ``userTagId``
+    links_as_tags: bool = False
+    #: the status for refused credentials (some servers answer 403)
+    auth_status: int = 401
+    #: ``?path=`` with a leading or trailing separator (``\\Skolor\\``) matches nothing
+    exact_group_paths: bool = False
 
     @property
     def plain(self) -> bool:
@@ -1126,13 +1139,31 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         if shape.plain:
             return _json(data)
         data = _shaped(data, shape)
-        return _json({shape.wrap: data} if shape.wrap and isinstance(data, list) else data)
+        return _json({shape.wrap: data} if shape.wrap and isinstance(data, list) else data, bom=shape.bom)
+
+    def links(kind: str, rows: list[dict[str, Any]] | None) -> web.Response:
+        """A device/user tag list, as ``shape`` says (``None``: the unfiltered list)."""
+        if rows is None:
+            if shape.unfiltered_links_status is not None:
+                raise ApiError(shape.unfiltered_links_status, "A search parameter is required.")
+            if not shape.links_as_tags:
+                return cached(kind)
+            rows = json.loads(state.list_json(kind))
+            if shape.list_limit is not None and kind in shape.limited:
+                rows = rows[:shape.list_limit]
+        if shape.links_as_tags:
+            link_id = kind[:-4] + "TagId"
+            rows = [{link_id: row["id"], **{k: v for k, v in row.items() if k not in ("id", "tagId")},
+                     "id": row["tagId"], "name": state.tag(row["tagId"])["name"]} for row in rows]
+        return out(rows)
 
     # -- groups
     @r.get("/api/groups")
     async def groups(request: web.Request) -> web.Response:
         path = _q(request, "path")
         if path is not None:
+            if shape.exact_group_paths and path != path.strip().strip("\\/"):
+                raise _missing(f"No group matches the path {path}")
             try:
                 return out(state.group_by_path(path))
             except ApiError as exc:
@@ -1259,8 +1290,9 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     @r.get("/api/devicetags")
     async def devicetags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"deviceId", "serialNumber"}:
-            return cached("devicetags")
-        return out(state.search_device_tags(device_id=_q(request, "deviceId"), serial=_q(request, "serialNumber")))
+            return links("devicetags", None)
+        return links("devicetags", state.search_device_tags(device_id=_q(request, "deviceId"),
+                                                            serial=_q(request, "serialNumber")))
 
     @r.post("/api/devicetags")
     async def post_devicetag(request: web.Request) -> web.Response:
@@ -1273,8 +1305,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     @r.get("/api/usertags")
     async def usertags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"userId", "email"}:
-            return cached("usertags")
-        return out(state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
+            return links("usertags", None)
+        return links("usertags", state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
 
     @r.post("/api/usertags")
     async def post_usertag(request: web.Request) -> web.Response:
@@ -1361,7 +1393,8 @@ def make_app(
     state = seed_state(DuoState(), devices=devices, users=users, seed=seed)
     shape = shape or Shape()
     log: deque[dict[str, Any]] = deque(maxlen=10_000)
-    app = web.Application(middlewares=[_request_log(log), _error_middleware, _auth_middleware(username, password)])
+    app = web.Application(middlewares=[_request_log(log), _error_middleware,
+                                          _auth_middleware(username, password, shape)])
     with warnings.catch_warnings():
         # a plain string key, like common.py's app["faults"], so tests can write app["state"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
