@@ -291,6 +291,36 @@ async def test_batch_with_some_bad_devices_is_split(sim: SimServer, mode: str) -
     assert posts(sim, mode, "/groups/{group_id}/members") == 15
 
 
+async def test_already_there_409_skips_that_row_and_sends_the_rest(sim: SimServer, mode: str) -> None:
+    # a server that answers "COM0010 409 Resource Already Exists" for a member
+    # or app association made since the look-up refuses the whole request
+    state(sim).conflict_on_duplicate = True
+    inside = members(sim, GROUP["id"])
+    new = [d for d in generated(sim) if d not in inside][:4]
+    devs = [d for d in generated(sim) if d not in state(sim).associations.get(APP["id"], {})][:4]
+    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+               *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in devs))
+
+    def meanwhile() -> None:
+        sim.call(partial(state(sim).add_members, GROUP["id"], [new[1]]))
+        sim.call(partial(state(sim).associate, APP["id"], [devs[2]]))
+
+    out = await run(sim, env_for(mode, sim), job, between=meanwhile)
+    assert statuses(out) == ["succeeded", "skipped", "succeeded", "succeeded",
+                             "succeeded", "succeeded", "skipped", "succeeded"], out
+    assert "already in group" in out[1].detail and out[1].http_status == 409
+    assert "already associated" in out[6].detail
+    # the group's members are read to find the row already there; the app's
+    # batch is halved until it stands alone
+    assert posts(sim, mode, "/groups/{group_id}/members") == 2
+    assert posts(sim, mode, "/apps/{app_id}/devices") == 5
+    assert members(sim, GROUP["id"]) == inside | set(new)
+    assert set(devs) <= set(state(sim).associations[APP["id"]])
+    # each change made once (the two "meanwhile" ones included)
+    assert all(state(sim).log[d].count(f"add-to-group:{GROUP['id']}") == 1 for d in new)
+    assert all(state(sim).log[d].count(f"install-app:{APP['id']}") == 1 for d in devs)
+
+
 async def test_retry_on_503_applies_each_change_once() -> None:
     with start(faults=Faults(error_rate=0.5, mutating_only=True, seed=7)) as sim:
         inside = sorted(members(sim, GROUP["id"]))
@@ -623,6 +653,32 @@ async def test_unreachable_token_endpoint_fails_rows_without_secrets(sim: SimSer
     assert statuses(out) == ["failed"]
     assert "token endpoint" in out[0].detail
     assert not any(s in out[0].detail for s in SECRETS)
+
+
+async def test_credentials_refused_with_403_stop_the_run_or_renew_the_token(sim: SimServer) -> None:
+    # COM0013 answered 403 ("Forbidden ... not an user of the respective
+    # organization") rather than 401: a bad key stops the run as bad
+    # credentials (exit 2), an expired cloud token is renewed as on a 401
+    state(sim).unauthorized_status = 403
+    inside = sorted(members(sim, GROUP["id"]))
+    job = rows({"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+    env = env_for("on-premises", sim)
+    env["BULKMDM_API_KEY"] = "wrong-" + env["BULKMDM_API_KEY"]
+    with pytest.raises(AuthError) as info:
+        await run(sim, env, job)
+    assert "refused the credentials" in str(info.value) and "403" in str(info.value)
+    assert sim.stats.mutating == 0
+    assert inside[0] in members(sim, GROUP["id"])
+
+    new = [d for d in generated(sim) if d not in inside][:1]
+    job = rows({"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
+               {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
+               {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]},
+               {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]})
+    out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens))
+    assert statuses(out) == ["succeeded"] * 4, out
+    assert state(sim).token_grants == 2
+    assert state(sim).log[new[0]].count(f"add-to-group:{GROUP['id']}") == 1
 
 
 def test_missing_credentials_are_named() -> None:

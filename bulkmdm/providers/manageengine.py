@@ -356,6 +356,16 @@ class ManageEngine(Provider):
             await self._oauth.ensure(self.client.session)
         url = self._path(path) if "://" not in path else path
         resp = await self.client.request(method, url, **kw)
+        if resp.status == 403 and self._oauth is not None and _error_code(resp.body) == "COM0013":
+            # "COM0013 Not Authorised/ Invalid auth token" answered 403 (the
+            # table's "403 Forbidden ... not an user of the respective
+            # organization") instead of 401: the token is refused like a 401,
+            # so it is renewed and the request sent once more (a refused
+            # request was not processed; resending cannot apply it twice).
+            if await self._oauth.refresh(self.client.session):
+                again = await self.client.request(method, url, **kw)
+                resp = Response(again.status, again.body, again.headers, resp.attempts + again.attempts,
+                                again.verified)
         if resp.status == 500 and method == "GET":
             resp = await self._again_after_500(method, url, resp, **kw)
         if resp.status != 429:
@@ -486,6 +496,21 @@ class ManageEngine(Provider):
         try:
             lists = await self._fetch_lists(actions, rows)
         except _ListFailed as exc:
+            if exc.resp.status == 403 or _error_code(exc.resp.body) == "COM0013":
+                # The doc's table has "401 Unauthorized (Invalid AuthToken)" but
+                # also "403 Forbidden ... possibly not an user of the respective
+                # organization", and "COM0013 Not Authorised/ Invalid auth token":
+                # a server may refuse a bad key with 403. Refused on the look-ups,
+                # nothing can run and nothing was sent: bad credentials, not rows
+                # that failed one by one.
+                said = get_field(_me_body(exc.resp.body), "message")
+                what = urlsplit(exc.path).path.rsplit("/", 1)[-1] or exc.path
+                raise AuthError(
+                    f"the MDM refused the credentials (HTTP {exc.resp.status} reading the {what} list"
+                    f"{': ' + str(said) if said else ''}); check "
+                    f"{'BULKMDM_API_KEY' if self.on_premises else 'the OAuth client and refresh token'} "
+                    "and the account's permissions", attempts=exc.resp.attempts, status=exc.resp.status,
+                ) from None
             return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
                     for row in rows]
         except TransportError as exc:
@@ -866,6 +891,30 @@ class ManageEngine(Provider):
                                        f"the {key}; check {step.target} and run the report again.",
                                        resp.status, resp.attempts, step.resolved))
             return out
+        if resp.status == 409 and len(steps) == 1:
+            # The doc's "COM0010 409 Resource Already Exists": the device was
+            # already in the group (or the app already associated with it) when
+            # the request arrived -- added or installed elsewhere since the
+            # look-up, or a device app list that does not show an association
+            # yet. The wanted state holds; a batch refused for it is halved
+            # first (below), so the rows that were not there get sent.
+            return [_already(steps[0], resp)]
+        if resp.status == 409 and action == "add-to-group":
+            # Which members were already there is one read away (halving
+            # would cost up to two requests per row): those rows are already
+            # in state, the others are sent again without them.
+            try:
+                now: set[str] | None = await self._members(steps[0].params["group"])
+            except AuthError:
+                raise
+            except (TransportError, _ListFailed):
+                now = None
+            there = [s for s in steps if now is not None and _key(s.params["device"]) in now]
+            if there:
+                rest = [s for s in steps if s not in there]
+                done = {s.index: _already(s, resp) for s in there}
+                done.update({o.index: o for o in (await self._send_batch(rest) if rest else [])})
+                return [done[s.index] for s in steps]
         if 400 <= resp.status < 500 and resp.status not in _NO_SPLIT and len(steps) > 1:
             # Refused as a whole, most likely for a few bad ids: halve and retry
             # until the bad rows stand alone.
@@ -940,6 +989,11 @@ class _ListFailed(Exception):
         return f"Could not read the MDM's {what} list: {_explain(self.resp)}"
 
 
+def _error_code(body: Any) -> str:
+    """The doc's ``error_code`` of an error body ("" if none)."""
+    return _key(get_field(body, "error_code")) if isinstance(body, Mapping) else ""
+
+
 def _me_body(body: Any) -> Any:
     """The doc's error body ``{"error_code", "error_description", ...}`` as one
     message with the code, for :func:`explain_status`."""
@@ -988,6 +1042,21 @@ DAY_USED_UP = (
     "organisation's API calls for the day (2,500; 1,000 for free organisations) look used up. Run the report "
     "again tomorrow to send this row."
 )
+
+
+def _already(step: Step, resp: Response) -> Outcome:
+    """A 409 (COM0010 "Resource Already Exists") to an add: already in state."""
+    p = step.params
+    if step.action == "add-to-group":
+        detail = f"{_cap(step.target)} was already in group {p.get('name')!r}"
+    else:
+        detail = f"{p.get('name')!r} was already associated with {step.target}"
+    if resp.attempts > 1:
+        # a retried request may have found its own earlier attempt's change
+        detail += " when the request was retried (HTTP 409, Resource Already Exists); taken as done."
+        return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+    detail += " when the request arrived (HTTP 409, Resource Already Exists); nothing changed."
+    return Outcome(step.index, Status.SKIPPED, detail, resp.status, resp.attempts, step.resolved)
 
 
 def _failed(step: Step, resp: Response) -> Outcome:

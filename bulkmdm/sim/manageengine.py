@@ -42,6 +42,11 @@ Where the doc is silent, the simulator behaves as a plausible real server:
   is already associated, is accepted (a set) -- but it is written to the
   per-device action log, so tests catch a change sent twice;
 * removing a member that is not in the group is 404 COM0008;
+* ``state.conflict_on_duplicate = True``: adding a member already in the
+  group, or associating an app already associated, is 409 COM0010 "Resource
+  Already Exists" for the whole request, which changes nothing;
+* ``state.unauthorized_status = 403``: a refused key or token is answered
+  403 (with COM0013) instead of 401;
 * no paging, as in the doc's examples -- unless a test sets
   ``state.page_size``; then the lists (devices, groups, apps) answer pages as
   ManageEngine's API does (group members too): ``offset``/``limit`` query parameters,
@@ -146,6 +151,7 @@ ERRORS = {
     "COM0005": (400, "Parameters in post were invalid or missing"),
     "COM0006": (400, "No request data recieved"),
     "COM0008": (404, "Unknown Resource"),
+    "COM0010": (409, "Resource Already Exists"),
     "COM0011": (422, "Invalid / Missing headers"),
     "COM0013": (401, "Not Authorised/ Invalid auth token"),
 }
@@ -220,6 +226,13 @@ class MEState:
         self.own_device_app_ids = False
         #: the next this many GETs answer 500 COM0004
         self.read_errors = 0
+        #: adding a member already in the group, or associating an app already
+        #: associated, is 409 COM0010 "Resource Already Exists" (else a set)
+        self.conflict_on_duplicate = False
+        #: the status of a refused credential: the doc's table has both "401
+        #: Unauthorized (Invalid AuthToken)" and "403 Forbidden ... possibly not
+        #: an user of the respective organization"; COM0013 either way
+        self.unauthorized_status = 401
         #: where the token endpoint reads parameters: "either", "query", "form"
         self.token_params = "either"
         #: per token request: the parameter names found in the query and form
@@ -343,6 +356,8 @@ class MEState:
         self.group(group_id)
         members = self._known(ids, "member_ids")
         bucket = self.members.setdefault(group_id, {})
+        if self.conflict_on_duplicate and any(d in bucket for d in members):
+            raise ApiError("COM0010", "already a member")
         for device_id in members:
             bucket[device_id] = None
             self._log(device_id, f"add-to-group:{group_id}")
@@ -360,6 +375,8 @@ class MEState:
         self.app(app_id)
         devices = self._known(ids, "device_ids")
         bucket = self.associations.setdefault(app_id, {})
+        if self.conflict_on_duplicate and any(d in bucket for d in devices):
+            raise ApiError("COM0010", "already associated")
         for device_id in devices:
             bucket[device_id] = None
             self.installed.setdefault(device_id, {})[app_id] = None
@@ -615,7 +632,9 @@ def _guarded(state: MEState, cloud: bool, route: Route) -> Callable[[web.Request
     async def handler(request: web.Request) -> web.StreamResponse:
         if not state.authorised(cloud, request.headers.get("Authorization", "")):
             state.unauthorized += 1
-            return _error_response(ApiError("COM0013"))
+            refusal = ApiError("COM0013")
+            refusal.status = state.unauthorized_status
+            return _error_response(refusal)
         if state.strict_headers and "json" not in request.headers.get("Content-Type", ""):
             # every curl example sends -H "Content-Type: application/json;charset=UTF-8"
             return _error_response(ApiError("COM0011"))
