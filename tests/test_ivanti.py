@@ -289,7 +289,9 @@ async def test_each_bulk_action(sim: SimServer, action: str, where: dict[str, An
     for device in devices:
         assert state_of(sim).applied(device["id"], logged) == 1
         assert device["registrationState"] == new_state
-    assert sum(n for route, n in sim.stats.by_route.items() if route.startswith("PUT ")) == 1
+    # wipe and retire document one id per request ("id of the device to wipe")
+    puts = 3 if action in ("wipe", "retire") else 1
+    assert sum(n for route, n in sim.stats.by_route.items() if route.startswith("PUT ")) == puts
 
 
 async def test_commands_without_a_viability_check_are_refused_in_the_plan(sim: SimServer) -> None:
@@ -456,7 +458,7 @@ async def test_dry_run_asks_check_viability_and_changes_nothing(sim: SimServer) 
     assert "not eligible: DEVICE_RETIRED" in out[3].detail
     assert out[0].detail == f"would wipe device {active[0]['serialNumber']}"
     assert sim.stats.mutating == 0
-    assert sim.stats.by_route["GET /api/v1/device/wipe"] == 1
+    assert sim.stats.by_route["GET /api/v1/device/wipe"] == 4  # one device a request, as the doc shows
     assert "GET /api/v1/device/unlock" not in sim.stats.by_route  # no documented check: planned as is
     assert all(d["registrationState"] == "ACTIVE" for d in active)
 
@@ -843,3 +845,85 @@ def test_cli_plans_in_chunks(sim: SimServer, tmp_path: Path, run_cli: Any, monke
     assert all(state.applied(d["id"], "lock") == 1 for d in active)
     assert sim.stats.by_route["PUT /api/v1/device/lock"] == 3  # chunks of 10, 10 and 5 (+ the repeat)
     assert sim.stats.by_route["GET /api/v1/device"] == 1  # the fleet, read once
+
+
+# -- other readings of the doc (a third look) -----------------------------------
+
+
+async def test_wipe_and_retire_send_one_device_a_request() -> None:
+    """Wipe and Retire document one id ("ids: id of the device to wipe"): a
+    server reading that one value must not leave the other devices of a
+    batch reported as wiped."""
+    app = make_app(devices=300, seed=7)
+    state: IvantiState = app["state"]
+    state.single_id = {"wipe", "retire"}
+    with SimServer(app) as server:
+        active = pick(server, 6, registrationState="ACTIVE")
+        retired = pick(server, 1, registrationState="RETIRED")
+        job = [*rows("wipe", active[:3] + retired), *rows("retire", active[3:])]
+        job = [JobRow(i, r.action, r.fields) for i, r in enumerate(job)]
+        async with ivanti(server) as provider:
+            out = await run(provider, job)
+        assert statuses(out) == ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 3
+        assert "not eligible: DEVICE_RETIRED" in detail(out[3])
+        assert all(state.applied(d["id"], "wipe") == 1 for d in active[:3])
+        assert all(state.applied(d["id"], "retire") == 1 for d in active[3:])
+        assert state.applied(retired[0]["id"], "wipe") == 0
+        assert server.stats.by_route["PUT /api/v1/device/wipe"] == 3
+        assert server.stats.by_route["PUT /api/v1/device/retire"] == 3
+
+
+async def test_answers_that_list_every_device_with_its_own_result() -> None:
+    """A checkViability that lists every device (eligible ones with no
+    actionExceptionCodes) and commands that answer each device's status
+    fail only the devices that were refused."""
+    app = make_app(devices=300, seed=7)
+    state: IvantiState = app["state"]
+    state.viability_lists_every = True
+    state.answers_per_device = True
+    with SimServer(app) as server:
+        ios = pick(server, 5, registrationState="ACTIVE", platformType="IOS")
+        windows = pick(server, 1, registrationState="ACTIVE", platformType="WINDOWS")
+        retired = pick(server, 1, registrationState="RETIRED")
+        job = [*rows("lock", ios[:3] + retired), *rows("unlock", ios[3:] + windows)]
+        job = [JobRow(i, r.action, r.fields) for i, r in enumerate(job)]
+        async with ivanti(server, dry_run=True) as provider:
+            dry = await run(provider, job[:4], dry_run=True)
+        assert statuses(dry) == ["planned"] * 3 + ["failed"]
+        assert server.stats.mutating == 0
+        async with ivanti(server) as provider:
+            out = await run(provider, job)
+        assert statuses(out) == ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 2 + ["failed"]
+        assert "DEVICE_RETIRED" in detail(out[3]) and "PLATFORM_NOT_SUPPORTED" in detail(out[6])
+        assert all(state.applied(d["id"], "lock") == 1 for d in ios[:3])
+        assert state.applied(retired[0]["id"], "lock") == 0
+
+
+async def test_a_check_answering_a_count_is_narrowed_down() -> None:
+    """A checkViability answering the number of eligible devices (as Check
+    Relinquish Viability does): the batch is checked in halves until the
+    count says which device cannot; nothing is left unknown."""
+    app = make_app(devices=300, seed=7)
+    state: IvantiState = app["state"]
+    state.viability_counts = True
+    with SimServer(app) as server:
+        active = pick(server, 5, registrationState="ACTIVE")
+        retired = pick(server, 1, registrationState="RETIRED")
+        async with ivanti(server) as provider:
+            out = await run(provider, rows("checkin", active[:2] + retired + active[2:]))
+        assert statuses(out) == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 3
+        assert all(state.applied(d["id"], "checkin") == 1 for d in active)
+        assert state.applied(retired[0]["id"], "checkin") == 0
+
+
+async def test_a_total_count_of_the_page_alone_does_not_end_the_device_list() -> None:
+    app = make_app(devices=1200, seed=5)
+    state: IvantiState = app["state"]
+    state.total_is_page = True
+    with SimServer(app) as server:
+        last = max(state.devices)
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "lock", {"device_id": str(last)})])
+            assert provider._fleet is not None and provider._fleet.count == 1200
+        assert isinstance(out[0], Step) and out[0].params["id"] == last
+        assert server.stats.by_route["GET /api/v1/device"] == 3

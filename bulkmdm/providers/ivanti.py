@@ -11,8 +11,8 @@ action         request                                              body
 =============  ===================================================  =========================
 lock           ``PUT device/lock``                                  form: ``ids`` (repeated)
 unlock         ``PUT device/unlock``                                form: ``ids``
-wipe           ``PUT device/wipe``                                  form: ``ids`` + options
-retire         ``PUT device/retire``                                form: ``ids``
+wipe           ``PUT device/wipe`` (per device)                     form: ``ids`` + options
+retire         ``PUT device/retire`` (per device)                   form: ``ids``
 restart        ``PUT device/restart``                               form: ``ids`` (a,b,c)
 checkin        ``PUT device/forceCheckin``                          form: ``ids``
 message        ``PUT device/message``                               form: ``deviceIds`` (a,b,c)
@@ -133,6 +133,16 @@ BULK: dict[str, _Bulk] = {
                          "(Ivanti finishes it when the device answers).", id_field="deviceIds", joined=True),
 }
 PER_DEVICE = frozenset({"set-attribute", "delete-device"})
+#: Wipe and Retire document one id only ("ids: id of the device to wipe",
+#: "id of the device to retire", and their checkViability: "ids: id of the
+#: device"), unlike Lock ("you can chain the ids parameter, for example:
+#: ids=126070&ids=337552"). A server that reads that single value would act on
+#: one device of a batch and still answer "result": 1, which reads as success
+#: for all of them; so these two, destructive and not repeatable, go one
+#: device per request (the id, the check and the answer then agree). (updateAccount,
+#: whose doc also shows one id, sends its ids comma-joined: a single-id server
+#: refuses "a,b" outright and the batch is split, nothing is lost silently.)
+SINGLE = frozenset({"wipe", "retire"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +292,10 @@ class Ivanti(Provider):
                     devices.append(device)
                     new += 1
             total = _int(get_field(result, "totalCount"))
-            if total is not None and len(devices) >= total:
+            if total is not None and len(devices) >= total and not (len(page) >= PAGE_ROWS and total <= len(page)):
+                # A full page whose totalCount is no more than the page itself
+                # may be a server counting the page ("totalCount" is not
+                # described): ask for the next page rather than stop at 500.
                 break
             if not page or not new:
                 if after and total is not None:
@@ -493,6 +506,8 @@ class Ivanti(Provider):
         earlier = self._once((*key, _key(dev_id)), row)
         if earlier:
             return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+        if action in SINGLE:
+            return Step(row, action, target, params, resolved, (action, row.index))
         return Step(row, action, target, params, resolved, key)
 
     # -- executing ----------------------------------------------------------
@@ -531,6 +546,9 @@ class Ivanti(Provider):
         return await self._call("GET", f"device/{spec.segment}?{query}")
 
     async def _check(self, spec: _Bulk, steps: list[Step]) -> dict[int, Outcome]:
+        if spec.segment in self._no_viability:
+            note = f" (the MDM offers no eligibility check for {spec.segment}; the real run sends it unchecked)"
+            return {s.index: planned(s, _planned(s).detail + note) for s in steps}
         reply = await self._viability(spec, steps)
         if self._check_unavailable(spec, reply):
             note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {reply.status}; "
@@ -541,7 +559,11 @@ class Ivanti(Provider):
         if not reply.ok:
             return {s.index: _failure(s, reply, f"Could not check whether the MDM would {spec.verb} "
                                                 f"{s.target}") for s in steps}
-        rejected = _rejections(reply.result)
+        eligible = _eligible_count(reply.result)
+        if eligible is not None and 0 < eligible < len(steps):
+            # a count of eligible devices that does not say which: check halves
+            return await self._halves(steps, lambda half: self._check(spec, half))
+        rejected = _rejections(reply.result, steps, strict=False)
         if rejected is None and len(steps) > 1:
             return await self._halves(steps, lambda half: self._check(spec, half))
         out = {}
@@ -592,7 +614,12 @@ class Ivanti(Provider):
                     # server refuses: stop asking it for this action
                     self._no_viability.add(spec.segment)
                 return sent
-            rejected = _rejections(reply.result)
+            eligible = _eligible_count(reply.result)
+            if eligible is not None and 0 < eligible < len(steps):
+                # "result: Number of eligible devices" (the relinquish check's
+                # answer): some are not, and the number does not say which.
+                return await self._halves(steps, lambda half: self._bulk(spec, half))
+            rejected = _rejections(reply.result, steps, strict=False)
             if rejected is None and len(steps) > 1:
                 # the list of ineligible devices was cut short: check smaller batches
                 return await self._halves(steps, lambda half: self._bulk(spec, half))
@@ -683,7 +710,7 @@ class Ivanti(Provider):
             # updateAccount: "List of devices that were not eligible for
             # reassignment, and hence rejected. Empty list, if all the devices
             # have been initiated reassignment."
-            rejected = _rejections(result) or {}
+            rejected = _rejections(result, steps, strict=spec.segment == "updateAccount") or {}
             return {s.index: ok(s) if (reason := _rejection_for(rejected, s)) is None
                     else _not_eligible(spec, s, reason, reply) for s in steps}
         if result is False or (isinstance(result, (int, float)) and result <= 0):
@@ -824,10 +851,32 @@ def _failure(step: Step, reply: _Reply, what: str) -> Outcome:
     return Outcome(step.index, Status.FAILED, detail, reply.status, reply.attempts, step.resolved)
 
 
-def _rejections(result: Any) -> dict[str, str] | None:
+#: per-device "status" values of an answer that lists every device it was sent
+_DONE = frozenset({"SUCCESS", "SUCCEEDED", "SUCCESSFUL", "OK", "ACCEPTED", "INITIATED", "SENT", "QUEUED",
+                   "PENDING", "TRUE", "DONE", "COMPLETED"})
+
+
+def _eligible_count(result: Any) -> int | None:
+    """A check answered with a bare number ("result: Number of eligible
+    devices", Check Relinquish Viability) rather than the list of devices
+    that cannot; None for any other answer."""
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    return None
+
+
+def _rejections(result: Any, steps: Sequence[Step] = (), *, strict: bool = True) -> dict[str, str] | None:
     """Ineligible devices of a checkViability / updateAccount answer, by id
     and GUID, with their reasons. None when the list is cut short (its
-    ``totalCount`` is larger than what came), {} for an answer without one."""
+    ``totalCount`` is larger than what came), {} for an answer without one.
+
+    The doc's lists hold only the devices that cannot ("The results only list
+    the specified devices that CANNOT ...", "List of devices that were not
+    eligible for reassignment, and hence rejected"). A server may instead
+    list *every* device it was sent, each with its own result: then a device
+    with a success ``status``, or (unless ``strict``: updateAccount's list is
+    rejections by definition) with no ``actionExceptionCodes``, is eligible.
+    A bare id in the list names a rejected device."""
     devices: list[Any]
     total: int | None = None
     if isinstance(result, list):  # a bare list of the devices, tolerated
@@ -839,9 +888,28 @@ def _rejections(result: Any) -> dict[str, str] | None:
         return {}
     if total is not None and total > len(devices):
         return None
+    listed = {_key(ref).casefold() for device in devices
+              for ref in ((get_field(device, "id"), get_field(device, "guid")) if isinstance(device, Mapping)
+                          else (device,)) if _key(ref)}
+    every = bool(steps) and all(_key(s.params.get("id")).casefold() in listed
+                                or _key(s.params.get("guid")).casefold() in listed for s in steps)
     out: dict[str, str] = {}
     for device in devices:
-        codes = [str(c) for c in get_field(device, "actionExceptionCodes") or [] if c]  # the doc shows [null]
+        if not isinstance(device, Mapping):
+            if isinstance(device, (str, int)) and not isinstance(device, bool) and _key(device):
+                out[_key(device).casefold()] = ""
+            continue
+        raw = get_field(device, "actionExceptionCodes")
+        codes = [str(c) for c in (raw if isinstance(raw, list) else [raw] if raw else []) if c]  # the doc shows [null]
+        status = get_field(device, "status", "result", "success")
+        if isinstance(status, bool):
+            status = "TRUE" if status else "FALSE"
+        if isinstance(status, str) and status.strip():
+            if status.strip().upper() in _DONE and not codes:
+                continue
+            codes = codes or [status.strip()]
+        elif not codes and every and not strict:
+            continue
         reason = "; ".join(f"{c} ({_CODE_TEXT[c]})" if c in _CODE_TEXT else c for c in codes)
         for ref in (get_field(device, "id"), get_field(device, "guid")):
             if _key(ref):

@@ -157,6 +157,21 @@ class IvantiState:
         self.search_after_requests = 0
         #: the serial deliberately held by two devices (a re-enrolled device)
         self.duplicate_serial = ""
+        # -- what another server, as faithful to the doc, may do instead --
+        #: segments that read one id only, as their doc shows ("ids: id of the
+        #: device to wipe"): the first of repeated ids; a comma list is refused
+        self.single_id: set[str] = set()
+        #: checkViability lists every device sent, eligible ones with no codes
+        self.viability_lists_every = False
+        #: checkViability answers the number of eligible devices (as Check
+        #: Relinquish Viability does) instead of the list of those that cannot
+        self.viability_counts = False
+        #: commands answer a list of every device with its own status
+        self.answers_per_device = False
+        #: updateAccount answers the number of devices reassigned
+        self.update_account_counts = False
+        #: a search's totalCount is the number of devices on the page
+        self.total_is_page = False
         self._generate(devices, random.Random(seed))
 
     # -- the fleet ------------------------------------------------------------
@@ -480,7 +495,8 @@ def make_app(
                     code="Range",
                 )
             page_ids = ids[start:start + rows]
-        result = _search_page([state.devices[i] for i in page_ids], total, start, rows)
+        result = _search_page([state.devices[i] for i in page_ids], len(page_ids) if state.total_is_page else total,
+                              start, rows)
         if large and page_ids:
             result["searchAfterValues"] = [str(page_ids[-1])]
         return _envelope(result)
@@ -497,6 +513,11 @@ def make_app(
             if isinstance(params, web.Response):
                 return params
             refs = _split_ids(params, *id_names)
+            if segment in state.single_id:
+                first = next((v for name in id_names for v in params.getall(name, [])), "")
+                if "," in first:
+                    return _error(400, f"{id_names[0]} must be one device id", field=id_names[0], code="TypeMismatch")
+                refs = [first.strip()] if first.strip() else []
             viability = params.get("checkViability", "").casefold() == "true"
             if request.method == "GET" and not (checkable and viability):
                 return _error(405, f"GET {segment} only checks viability (checkViability=true)", code="NotAllowed")
@@ -506,6 +527,11 @@ def make_app(
             if missing:
                 return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="ids", code="NotFound")
             if viability:
+                if state.viability_counts:
+                    return _envelope(sum(1 for d in found if not rule(d)))
+                if state.viability_lists_every:
+                    every = [dict(d, actionExceptionCodes=rule(d)) for d in found]
+                    return _envelope(_search_page(every, len(every), 0, len(every)))
                 bad = [dict(d, actionExceptionCodes=codes) for d in found if (codes := rule(d))]
                 return _envelope(_search_page(bad, len(bad), 0, len(bad)))
             extra = ""
@@ -534,8 +560,11 @@ def make_app(
                     return _error(400, "deviceUnlockPin must be 6-8 letters or digits", field="deviceUnlockPin")
             sent = 0
             rejected = []
+            each = []
             for device in found:
                 codes = rule(device)
+                each.append({"id": device["id"], "guid": device["guid"], "status": "FAILED" if codes else "SUCCESS",
+                             "actionExceptionCodes": codes})
                 if codes:
                     rejected.append(dict(device, actionExceptionCodes=codes))
                     continue
@@ -546,7 +575,11 @@ def make_app(
                     state._set_owner(device, account_id)
                 state.record(device, action, extra)
             if segment == "updateAccount":
+                if state.update_account_counts:
+                    return _envelope(sent)
                 return _envelope(_search_page(rejected, len(rejected), 0, 0))
+            if state.answers_per_device and segment != "message":
+                return _envelope(each)
             if segment == "message":
                 return _envelope(sent > 0)
             return _envelope(sent)
