@@ -143,6 +143,7 @@ class _Run:
         self.interrupts = 0
         self.workers: list[asyncio.Task[None]] = []
         self.auth_error: AuthError | None = None
+        #: set once a batch has been sent (an answer or an error came back)
         self.sent_any = False
         self.concurrency = 8
 
@@ -301,8 +302,6 @@ class _Run:
         identity = self._identity(table.sha256, url)
         run: RunInfo | None = None if (o.fresh or o.dry_run) else journal.resumable(identity)
         resumed = run is not None
-        #: set once a batch has been sent (an answer or an error came back)
-        self.sent_any = False
         if run is None:
             run_id = journal.create_run(
                 identity=identity, job_path=str(o.job.resolve()), job_sha256=table.sha256, provider=o.provider,

@@ -102,6 +102,20 @@ def parse_rate(text: str) -> float | None:
     return value
 
 
+async def sleep_unless(seconds: float, stopping: Callable[[], bool] | None) -> bool:
+    """Sleep ``seconds``; with ``stopping``, wake early and return False once
+    it says True (checked every quarter second)."""
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return True
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stopping():
+            return False
+        await asyncio.sleep(min(left, 0.25))
+    return not stopping()
+
+
 @dataclass(slots=True)
 class _Window:
     """The second before a refused request was sent, and how many requests
@@ -183,14 +197,8 @@ class RateController:
             if self.rate is not None:
                 self._next = slot + (1.0 + GUARD) / self.rate
             generation = self._generation
-            if slot > now:
-                if stopping is None:
-                    await asyncio.sleep(slot - now)
-                else:
-                    while (left := slot - time.monotonic()) > 0:
-                        if stopping():
-                            return False
-                        await asyncio.sleep(min(left, 0.25))
+            if slot > now and not await sleep_unless(slot - now, stopping):
+                return False
             if generation == self._generation:
                 _SENT.set((slot, generation))
                 return True

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .errors import AmbiguousError, AuthError, ConnectError, RequestTimeout
-from .limits import RateController
+from .limits import RateController, sleep_unless
 from .retry import IDEMPOTENT_METHODS, RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("bulkmdm.http")
@@ -264,12 +264,7 @@ class Client:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while not self._stopping():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.25))
+        await sleep_unless(seconds, self._stopping)
 
 
 def _give_up(last: Response | Exception) -> Response:
