@@ -288,8 +288,11 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
 def _decode(raw: bytes, content_type: str) -> Any:
     if not raw:
         return None
-    text = raw.decode("utf-8-sig", errors="replace")  # .NET servers may send a BOM
-    if "json" in content_type or text[:1] in "[{\"" or text.strip().lstrip("-").isdigit():
+    # .NET servers writing with Encoding.UTF8 put a byte order mark first;
+    # JSON may come as text/plain, after white space
+    text = raw.decode("utf-8-sig", errors="replace")
+    start = text.lstrip()[:1]
+    if "json" in content_type or (start and start in "[{\"") or text.strip().lstrip("-").isdigit():
         try:
             return jsonlib.loads(text)
         except ValueError:

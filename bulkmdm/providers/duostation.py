@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -101,21 +100,6 @@ def _key(value: Any) -> str:
 def _fkey(value: Any) -> str:
     """GUIDs and e-mail addresses compare ignoring case."""
     return _key(value).casefold()
-
-
-def _decoded(body: Any) -> Any:
-    """An answer as JSON. "Returned data will be structured as a JSON object or
-    an array of JSON objects", but a .NET server writing with Encoding.UTF8
-    puts a byte order mark before it, which a strict JSON parser refuses and
-    hands over as text; read such text as the JSON it is."""
-    if isinstance(body, str):
-        text = body.lstrip("\ufeff").strip()
-        if text[:1] in ("[", "{", '"') or text.lstrip("-").isdigit():
-            try:
-                return json.loads(text)
-            except ValueError:
-                return body
-    return body
 
 
 def _int(value: Any) -> Any:
@@ -207,7 +191,7 @@ class DuoStation(Provider):
         if not resp.ok:
             raise _ListFailed(path.partition("?")[0], resp)
         self._read_once = True
-        return _decoded(resp.body)
+        return resp.body
 
     async def _list(self, path: str, *keys: str) -> list[Any]:
         return as_list(await self._get(path), path, *keys, *WRAPPERS)
@@ -227,7 +211,7 @@ class DuoStation(Provider):
         if not resp.ok:
             reason = explain_status(resp.status, resp.body, resp.attempts)
             return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {reason}")
-        body = _decoded(resp.body)
+        body = resp.body
         if isinstance(body, Mapping) and _id(body) is not None:
             return [body]
         return as_list(body, path.partition("?")[0], *WRAPPERS)
@@ -256,7 +240,7 @@ class DuoStation(Provider):
             reason = explain_status(resp.status, resp.body, resp.attempts)
             raise LookupFailed(f"group '{path}' could not be resolved (it may match more than one group); "
                                f"the MDM answered {reason}")
-        body = _decoded(resp.body)
+        body = resp.body
         if isinstance(body, Mapping) and _id(body) is None:
             inner = get_field(body, "group")
             body = inner if isinstance(inner, Mapping) else as_list(body, "groups", *WRAPPERS)
@@ -748,7 +732,7 @@ class DuoStation(Provider):
                 return None
             if not resp.ok:
                 return None
-            return bool(_Links(as_list(_decoded(resp.body), kind, *WRAPPERS), owner_field, nested).ids(owner, tag))
+            return bool(_Links(as_list(resp.body, kind, *WRAPPERS), owner_field, nested).ids(owner, tag))
 
         return await self.client.request("POST", kind, json={owner_field: owner, "tagId": tag}, verify=already_linked)
 
