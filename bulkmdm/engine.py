@@ -296,6 +296,7 @@ class _Run:
         client = Client(
             provider_cls.api_base(url), auth=auth, limiter=limiter, retry=o.retry, timeout=o.timeout,
             connections=concurrency + 4, stopping=lambda: self.stop is not None and self.stop.is_set(),
+            headers=provider_cls.request_headers,
         )
         settings = Settings(url=url, env=o.env, partition=o.partition, batch_size=o.batch_size, dry_run=o.dry_run)
         provider = provider_cls(client, settings)

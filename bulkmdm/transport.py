@@ -97,6 +97,7 @@ class Client:
         timeout: float = 30.0,
         connections: int = 32,
         stopping: Callable[[], bool] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -112,6 +113,8 @@ class Client:
         #: finish, but no new one is started for a retry.
         self._stopping = stopping or (lambda: False)
         self._session: aiohttp.ClientSession | None = None
+        #: sent with every request (a vendor's required headers), before the credentials'
+        self._headers = dict(headers or {})
 
     async def __aenter__(self) -> Client:
         return self
@@ -192,7 +195,7 @@ class Client:
             started = loop.time()
             sent = False
             try:
-                headers = dict(self.auth.headers())
+                headers = {**self._headers, **self.auth.headers()}
                 async with self.session.request(
                     method, url, params=_clean_params(params), json=json, data=data, headers=headers
                 ) as resp:

@@ -85,7 +85,8 @@ async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
     """plan, then execute every batch, as the engine does; outcomes in row order.
     ``window``: the provider's wait for the API's per-minute window, shortened."""
     auth = ManageEngine.auth_from_env(env)
-    async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST, timeout=5) as client:
+    async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=FAST, timeout=5,
+                      headers=ManageEngine.request_headers) as client:
         provider = ManageEngine(client, Settings(url=sim.url, env=env))
         if window is not None:
             provider.window = window

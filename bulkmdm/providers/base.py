@@ -55,6 +55,8 @@ class Provider(ABC):
     #: calls), so a huge job never holds all its Steps at once. None: all
     #: rows in one call.
     chunk_rows: ClassVar[int | None] = None
+    #: headers the vendor's doc requires on every request
+    request_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client

@@ -90,17 +90,13 @@ _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
 
 
 #: Every curl example in the doc sends this, GETs and DELETEs included, and its
-#: error table has "COM0011 422 Invalid / Missing headers". The transport's
-#: request() takes no headers, so the credentials' headers carry it; on a
-#: request with a JSON body it is the body's own type.
+#: error table has "COM0011 422 Invalid / Missing headers"; on a request with
+#: a JSON body it is the body's own type.
 DOC_HEADERS = {"Content-Type": "application/json;charset=UTF-8"}
 
 
 class ApiKeyAuth(HeaderAuth):
     """On-premises: "Header name should be Authorization - Header value should be {api_key}"."""
-
-    def headers(self) -> Mapping[str, str]:
-        return {**super().headers(), **DOC_HEADERS}
 
 
 #: the access token the current task last sent (see ZohoOAuth.refresh)
@@ -135,7 +131,7 @@ class ZohoOAuth(Auth):
         # transport call refresh(). The provider calls ensure() first, so
         # that only happens to requests sent from elsewhere.
         _sent_token.set(self._token)
-        return {"Authorization": f"Zoho-oauthtoken {self._token}", **DOC_HEADERS} if self._token else DOC_HEADERS
+        return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
 
     def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
@@ -286,6 +282,7 @@ class ManageEngine(Provider):
     # a whole is halved until the bad rows are found (about 2*log2(100) = 14
     # extra requests per bad id at most).
     max_batch = 100
+    request_headers = DOC_HEADERS
     #: the most devices whose app list is read to skip app rows already in state
     app_check_max = 250
 
