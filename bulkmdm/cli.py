@@ -12,14 +12,14 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .errors import BulkMDMError
+from .errors import BulkMDMError, ConfigError
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -78,11 +78,19 @@ def main() -> None:
 # -- run ---------------------------------------------------------------------
 
 
+def profile_option(command: Any) -> Any:
+    """``--profile NAME`` for every command that talks to an MDM (see bulkmdm.config.resolve_target)."""
+    return click.option("--profile", "-P", metavar="NAME",
+                        help="Take provider, url, partition, rate and concurrency from [profiles.NAME] in "
+                             "config.toml (flags win), and credentials the environment lacks from the OS keyring "
+                             "(`bulkmdm login`).")(command)
+
+
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--provider", "-p", required=True, metavar="NAME",
-              help="The MDM: duostation, manageengine, ivanti or banyan.")
-@click.option("--url", "-u", required=True, metavar="URL", help="The MDM's base address (https://...).")
+@click.option("--provider", "-p", metavar="NAME",
+              help="The MDM: duostation, manageengine, ivanti or banyan (or from --profile).")
+@click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...; or from --profile).")
 @click.option("--action", "-a", metavar="ACTION", help="Do this action on every row (else each row's action column).")
 @click.option("--report", "-o", type=click.Path(path_type=Path), metavar="OUT",
               help="Where the outcome report goes (.csv or .xlsx). Default: JOB's name + .outcome.")
@@ -101,28 +109,35 @@ def main() -> None:
 @click.option("--resend-unknown", is_flag=True,
               help="On resume, resend rows whose request was in flight when the run died (may do them twice).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
-def run(job: Path, provider: str, url: str, action: str | None, report: Path | None, dry_run: bool, yes: bool,
-        concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
+@profile_option
+def run(job: Path, provider: str | None, url: str | None, action: str | None, report: Path | None, dry_run: bool,
+        yes: bool, concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
         state_dir: Path | None, max_destructive: int | None, batch_size: int | None, resend_unknown: bool,
-        verbose: bool) -> None:
+        verbose: bool, profile: str | None) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
 
     Credentials come from the environment: BULKMDM_USERNAME and BULKMDM_PASSWORD
     (duostation, ivanti), BULKMDM_API_KEY or BULKMDM_CLIENT_ID/SECRET/REFRESH_TOKEN
-    (manageengine), BULKMDM_TOKEN (banyan).
+    (manageengine), BULKMDM_TOKEN (banyan); with --profile, those the environment
+    does not set come from the OS keyring (`bulkmdm login --profile NAME`).
 
     Running a report as the job re-runs only its failed, invalid and unknown
     rows. Running the same command after a crash or Ctrl-C continues where it
     stopped.
     """
+    from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
 
+    target = resolve_target(profile, provider=provider, url=url, partition=partition, rate=rate,
+                            concurrency=concurrency, env=os.environ)
+    env = environment_for(target, os.environ)
     if verbose:
-        _log_to_stderr()
+        _log_to_stderr(env)
     options = RunOptions(
-        job=job, provider=provider.casefold(), url=url, action=action, report=report, dry_run=dry_run, yes=yes,
-        concurrency=concurrency, rate=rate, partition=partition, timeout=timeout, fresh=fresh, state_dir=state_dir,
-        max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+        job=job, provider=target.provider, url=target.url, action=action, report=report, dry_run=dry_run, yes=yes,
+        concurrency=target.concurrency, rate=target.rate, partition=target.partition, timeout=timeout, fresh=fresh,
+        state_dir=state_dir, max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+        env=env,
     )
     events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
     result = run_job(options, events)
@@ -138,9 +153,9 @@ class _RedactingEcho(logging.Handler):
     """--verbose: log lines to stderr, with any credential value blanked out.
     (Nothing logs headers; this is the second lock on the door.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         super().__init__(logging.INFO)
-        self.secrets = [v for k in SECRET_VARIABLES if len(v := os.environ.get(k, "")) >= 4]
+        self.secrets = [v for k in SECRET_VARIABLES if len(v := env.get(k, "")) >= 4]
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -150,14 +165,14 @@ class _RedactingEcho(logging.Handler):
         click.echo(text, err=True)
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(env: Mapping[str, str]) -> None:
     logger = logging.getLogger("bulkmdm")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         if isinstance(handler, _RedactingEcho):
             logger.removeHandler(handler)
-    logger.addHandler(_RedactingEcho())
+    logger.addHandler(_RedactingEcho(env))
 
 
 def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
@@ -289,6 +304,42 @@ class TerminalEvents(PlainEvents):
         except (click.Abort, EOFError):
             return False
         return answer.strip() == expected
+
+
+# -- profiles and secrets ----------------------------------------------------
+
+
+@main.command()
+@click.option("--profile", "-P", required=True, metavar="NAME", help="The profile in config.toml to log in for.")
+def login(profile: str) -> None:
+    """Store a profile's credentials in the OS keyring (asked for without echo).
+
+    The profile ([profiles.NAME] in config.toml) says which MDM it is, and so
+    which credentials to ask for. A run with --profile NAME then reads them
+    from the keyring whenever the environment does not set them.
+    """
+    from .config import config_path, credential_sets, keyring_backend, load_profile, store_secrets
+
+    chosen = load_profile(profile, os.environ)
+    if not chosen.provider:
+        raise ConfigError(f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
+                          "provider = \"duostation\" (or manageengine, ivanti, banyan) to it.")
+    sets = credential_sets(chosen.provider)
+    keyring_backend(" or ".join(" and ".join(names) for names in sets))  # no backend: say so before asking
+    variables = sets[0]
+    if len(sets) > 1:
+        for number, names in enumerate(sets, start=1):
+            click.echo(f"  {number}: {', '.join(names)}", err=True)
+        choice = click.prompt(f"Which credentials does {chosen.provider} use here", type=click.IntRange(1, len(sets)),
+                              default=1, err=True)
+        variables = sets[choice - 1]
+    values = {}
+    for variable in variables:
+        secret = not variable.endswith("USERNAME")
+        values[variable] = click.prompt(variable, hide_input=secret, err=True).strip()
+    store_secrets(profile, values)
+    click.echo(f"Stored {', '.join(values)} for profile {profile!r} in the OS keyring; the environment still wins "
+               "when it sets them.", err=True)
 
 
 # -- journal commands --------------------------------------------------------
