@@ -140,7 +140,10 @@ def run(job: Path, provider: str | None, url: str | None, action: str | None, re
         env=env,
     )
     events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
-    result = run_job(options, events)
+    try:
+        result = run_job(options, events)
+    finally:
+        events.finish()
     _summary(result, options, dry_run)
     sys.exit(result.exit_code)
 
@@ -209,12 +212,27 @@ def _command(job: Path, options: Any) -> str:
     return shlex.join(words)
 
 
+#: statuses a bar counts as done well / badly
+_GOOD = ("succeeded", "planned")
+_BAD = ("failed", "unknown", "not-run", "not run")
+
+
+def _clock(seconds: float) -> str:
+    """12 -> '0:12', 3725 -> '1:02:05'."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class PlainEvents:
     """Progress as plain lines, for logs and pipes: one every few seconds."""
 
     def __init__(self, every: float = 5.0) -> None:
         self.every = every
         self.total = 0
+        #: rows already done when this run started (invalid rows, rows carried over or done before a resume)
+        self.done_before = 0
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.last = 0.0
@@ -222,26 +240,42 @@ class PlainEvents:
     def message(self, text: str) -> None:
         click.echo(text, err=True)
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
+        """``total`` rows, ``done`` of them finished before sending starts,
+        with their statuses in ``counts`` (e.g. ``{"invalid": 3}``)."""
         self.total = total
+        self.done_before = done
+        self.counts = Counter({k: n for k, n in (counts or {}).items() if k not in ("pending", "in_flight") and n})
         self.started = time.monotonic()
         self.last = self.started
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
-        for o in outcomes:
-            self.counts[str(o.status)] += 1
+        self._count(outcomes)
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
             click.echo(self._line(now), err=True)
 
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            self.counts[str(outcome.status)] += 1
+
+    def speed_and_eta(self, now: float) -> tuple[float, float | None]:
+        """Rows per second sent by this run, and the seconds left (None until it is known)."""
+        done = sum(self.counts.values())
+        sent = max(done - self.done_before, 0)
+        elapsed = now - self.started
+        if sent == 0 or elapsed <= 0:
+            return 0.0, None
+        speed = sent / elapsed
+        return speed, max(self.total - done, 0) / speed
+
     def _line(self, now: float) -> str:
         done = sum(self.counts.values())
-        elapsed = max(now - self.started, 1e-6)
-        speed = done / elapsed
-        eta = (self.total - done) / speed if speed > 0 else 0
+        speed, eta = self.speed_and_eta(now)
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        return f"{done}/{self.total} rows ({parts}); {speed:.0f} rows/s, about {eta:.0f} s left"
+        left = f"ETA {_clock(eta)}" if eta is not None else "ETA --:--"
+        return f"{done}/{self.total} rows ({parts}); {speed:.1f} rows/s, {left}"
 
     def finish(self) -> None:
         pass
@@ -254,38 +288,48 @@ class PlainEvents:
 
 
 class TerminalEvents(PlainEvents):
-    """A rich progress bar with counts and ETA."""
+    """A live bar: rows done of all rows (invalid ones counted from the start),
+    counts by status, rows/s and a labelled ETA. Messages and the destructive
+    prompt print above it, never through it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.progress: Any = None
         self.task: Any = None
 
-    def start(self, total: int, done: int) -> None:
-        super().start(total, done)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
+        super().start(total, done, counts)
         from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.progress = Progress(
             TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[ok]} ok[/] [dim]{task.fields[skip]} skipped[/] "
-                       "[red]{task.fields[bad]} failed[/]"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("[green]{task.fields[good]} ok[/] [dim]{task.fields[skipped]} skipped[/] "
+                       "[red]{task.fields[failed]} failed {task.fields[invalid]} invalid[/]"),
+            TextColumn("{task.fields[speed]}"), TextColumn("[cyan]{task.fields[eta]}"),
+            console=Console(stderr=True), transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("rows", total=total, ok=0, skip=0, bad=0)
+        self.task = self.progress.add_task("rows", total=total, completed=sum(self.counts.values()),
+                                           **self._fields(time.monotonic()))
+
+    def _fields(self, now: float) -> dict[str, Any]:
+        counts = self.counts
+        speed, eta = self.speed_and_eta(now)
+        return {
+            "good": sum(counts[k] for k in _GOOD), "skipped": counts["skipped"],
+            "failed": sum(counts[k] for k in _BAD), "invalid": counts["invalid"],
+            "speed": f"{speed:.1f} rows/s", "eta": f"ETA {_clock(eta)}" if eta is not None else "ETA --:--",
+        }
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
-        for o in outcomes:
-            self.counts[str(o.status)] += 1
+        self._count(outcomes)
         if self.progress is not None:
-            c = self.counts
-            self.progress.update(self.task, advance=len(outcomes), ok=c["succeeded"] + c["planned"],
-                                 skip=c["skipped"], bad=c["failed"] + c["invalid"] + c["unknown"])
+            self.progress.update(self.task, completed=sum(self.counts.values()), **self._fields(time.monotonic()))
 
     def message(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False, highlight=False)
         else:
             click.echo(text, err=True)
 
@@ -298,12 +342,50 @@ class TerminalEvents(PlainEvents):
         return sys.stdin.isatty()
 
     def confirm(self, prompt: str, expected: str) -> bool:
-        self.finish()
+        """Ask with the bar paused, so the question stands clear of it. Ctrl-C
+        here stops at once (KeyboardInterrupt, exit 130); end of input or any
+        other answer declines."""
+        live = self.progress
+        if live is not None:
+            live.stop()
         try:
-            answer = click.prompt(prompt, default="", show_default=False, err=True)
-        except (click.Abort, EOFError):
-            return False
-        return answer.strip() == expected
+            answer = _prompt_interruptibly(prompt)
+        finally:
+            if live is not None:
+                live.start()
+        return answer is not None and answer.strip() == expected
+
+
+def _prompt_interruptibly(prompt: str) -> str | None:
+    """click.prompt, with Ctrl-C raising KeyboardInterrupt even while an event
+    loop owns SIGINT (its handler only flags the signal, so the prompt would
+    wait on). None when the input ends (Ctrl-D)."""
+    import signal
+
+    interrupted = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        # the loop's wakeup fd would deliver this Ctrl-C to it once more afterwards
+        wakeup = signal.set_wakeup_fd(-1)
+    except ValueError:  # not the main thread: ask without the guard
+        previous, wakeup = None, None
+    try:
+        return str(click.prompt(prompt, default="", show_default=False, err=True))
+    except (click.Abort, EOFError):
+        if interrupted:
+            raise KeyboardInterrupt from None
+        return None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if wakeup is not None and wakeup != -1:
+            signal.set_wakeup_fd(wakeup)
 
 
 # -- profiles and secrets ----------------------------------------------------
