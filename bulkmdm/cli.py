@@ -431,32 +431,78 @@ def login(profile: str) -> None:
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
 @click.option("--limit", type=int, default=20, show_default=True, help="How many runs to list, newest first.")
 def runs(state_dir: Path | None, limit: int) -> None:
-    """List earlier runs with their row counts (newest first)."""
+    """List earlier runs (newest first): when, which MDM and profile, the job and its row counts."""
     from .engine import state_dir as resolve
     from .journal import Journal
 
     with Journal(resolve(state_dir, os.environ)) as journal:
         listed = journal.runs(limit)
-        if not listed:
-            click.echo("No runs yet.")
-            return
-        for info, counts in listed:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-            state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
-            parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            click.echo(f"{info.id:>4}  {when}  {info.provider:<11} {state:<10} {Path(info.job_path).name}: {parts}")
+    if not listed:
+        click.echo("No runs yet.")
+        return
+    profiles = _profiles_by_target()
+    table = [("RUN", "STARTED", "STATE", "PROVIDER", "URL", "PROFILE", "JOB", "ROWS")]
+    for info, counts in listed:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+        state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
+        profile = profiles.get((info.provider, info.url.rstrip("/")), "-")
+        table.append((str(info.id), when, state, info.provider, info.url, profile, Path(info.job_path).name, parts))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        cells = [cell.rjust(widths[0]) if i == 0 else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _profiles_by_target() -> dict[tuple[str, str], str]:
+    """(provider, url) -> the profile(s) in config.toml that name them; runs do not record a profile,
+    so this is what `runs` shows."""
+    from .config import load_profiles
+
+    try:
+        profiles = load_profiles(os.environ)
+    except BulkMDMError:
+        return {}
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, profile in sorted(profiles.items()):
+        if profile.provider and profile.url:
+            found.setdefault((profile.provider.casefold(), profile.url.rstrip("/")), []).append(name)
+    return {key: ", ".join(names) for key, names in found.items()}
 
 
 @main.command()
 @click.argument("run_id", metavar="RUN", type=int)
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write here instead of the run's report path.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write it here (.csv or .xlsx).")
+@click.option("--replace", is_flag=True, help="Write over the run's own report (edits made to it since are lost).")
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
-def report(run_id: int, out: Path | None, state_dir: Path | None) -> None:
-    """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs)."""
-    from .engine import rebuild_report
+def report(run_id: int, out: Path | None, replace: bool, state_dir: Path | None) -> None:
+    """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs).
 
+    It goes to a new file next to the run's report (an admin may have edited
+    that one in Excel), unless --replace or --out says where.
+    """
+    from .engine import rebuild_report
+    from .engine import state_dir as resolve
+    from .journal import Journal
+
+    if out is not None and replace:
+        raise click.UsageError("Give --out or --replace, not both.")
+    if out is None:
+        with Journal(resolve(state_dir, os.environ)) as journal:
+            original = Path(journal.run(run_id).report_path)
+        out = original if replace else _unused_name(original, run_id)
     result = rebuild_report(run_id, out=out, state=state_dir)
     click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+
+
+def _unused_name(report_path: Path, run_id: int) -> Path:
+    """'tags.outcome.csv' -> 'tags.outcome.run3.csv' (then '.run3-2.csv', ...): a file that does not exist yet."""
+    candidate = report_path.with_name(f"{report_path.stem}.run{run_id}{report_path.suffix}")
+    number = 2
+    while candidate.exists():
+        candidate = report_path.with_name(f"{report_path.stem}.run{run_id}-{number}{report_path.suffix}")
+        number += 1
+    return candidate
 
 
 @main.command()
