@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from . import providers
 from .actions import ACTIONS, confirmation_prompt, missing_columns, normalise_action
-from .columns import OUTCOME_COLUMNS
+from .columns import OUTCOME_COLUMNS, header_notes, seen
 from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, UsageError
 from .journal import DONE, IN_FLIGHT, PENDING, Journal, RunInfo
 from .limits import RateController, parse_rate
@@ -207,13 +207,16 @@ class _Run:
         from .jobfile import read_job
 
         table = read_job(o.job)
+        for note in header_notes(table.headers):
+            self.events.message(note)
         rows_cells, headers, carried = _split_report(table)
         action_override = normalise_action(o.action) if o.action else None
         if not table.rows:
             raise JobFileError(f"{o.job} has a header but no rows; there is nothing to do.")
         if action_override is None and "action" not in table.canonical:
             raise JobFileError(
-                f"{o.job} has no action column; add one (e.g. 'action' with lock, tag, ...) or pass --action."
+                f"{o.job} has no action column ({seen(table.headers)}); add one (e.g. 'action' with lock, tag, ...) "
+                "or pass --action."
             )
 
         # validate every row
@@ -232,13 +235,15 @@ class _Run:
             reasons = Counter(o.detail for o in invalid.values())
             common, n = reasons.most_common(1)[0]
             if n == len(invalid) and common.startswith("Missing "):
-                raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:]}")
+                raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:-1]} "
+                                   f"({seen(headers)}).")
             if all(x.detail.startswith("Missing ") for x in invalid.values()):
                 # rows of several actions, each missing what its action needs
                 first = invalid[min(invalid)]
                 raise JobFileError(
                     f"No row of {o.job} can run: every row misses a column its action needs "
-                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')})."
+                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')}; "
+                    f"{seen(headers)})."
                 )
 
         destructive = [r for r in job_rows.values() if ACTIONS[r.action].destructive]
