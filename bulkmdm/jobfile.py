@@ -658,10 +658,10 @@ def _note_disagreements(columns: list[list[str]], headers: Sequence[str], proble
     them silently winning."""
     for positions in same_meaning(headers).values():
         picked = [columns[p] for p in positions]
-        for r, values in enumerate(zip(*picked)):
+        for r, values in enumerate(zip(*picked, strict=True)):
             if r in problems or len({v.strip() for v in values}) <= 1:
                 continue
-            cells = dict(zip(positions, values))
+            cells = dict(zip(positions, values, strict=True))
             sentence = disagreement(r + 2, headers, positions, [cells.get(i, "") for i in range(len(headers))])
             if sentence:
                 problems[r] = sentence
