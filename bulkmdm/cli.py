@@ -424,6 +424,26 @@ def login(profile: str) -> None:
                "when it sets them.", err=True)
 
 
+@main.command()
+@click.argument("action_name", metavar="ACTION")
+@click.option("--provider", "-p", metavar="NAME", help="Check that this MDM can do ACTION (or from --profile).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to write it (.xlsx or .csv). Default: ACTION.xlsx here.")
+@profile_option
+def template(action_name: str, provider: str | None, out: Path | None, profile: str | None) -> None:
+    """Write an empty job file for ACTION: its columns as the header, and in
+    an .xlsx a Notes sheet explaining each column with an example."""
+    from .config import load_profile
+    from .template import resolve_action, write_template
+
+    if profile and not provider:
+        provider = load_profile(profile, os.environ).provider
+    spec = resolve_action(action_name, provider)
+    path = write_template(out or Path(f"{spec.name}.xlsx"), spec, provider=provider)
+    click.echo(f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
+               f"--action {spec.name} --dry-run ...", err=True)
+
+
 # -- journal commands --------------------------------------------------------
 
 
