@@ -348,12 +348,14 @@ class TerminalEvents(PlainEvents):
         live = self.progress
         if live is not None:
             live.stop()
-        try:
-            answer = _prompt_interruptibly(prompt)
-        finally:
-            if live is not None:
+        answer = _prompt_interruptibly(prompt)
+        confirmed = answer is not None and answer.strip() == expected
+        if live is not None:
+            if confirmed:
                 live.start()
-        return answer is not None and answer.strip() == expected
+            else:  # nothing more to show: the run stops here
+                self.progress = None
+        return confirmed
 
 
 def _prompt_interruptibly(prompt: str) -> str | None:
@@ -379,6 +381,7 @@ def _prompt_interruptibly(prompt: str) -> str | None:
         return str(click.prompt(prompt, default="", show_default=False, err=True))
     except (click.Abort, EOFError):
         if interrupted:
+            click.echo("", err=True)  # the answer's line was never ended
             raise KeyboardInterrupt from None
         return None
     finally:
