@@ -410,6 +410,9 @@ def login(profile: str) -> None:
         raise ConfigError(f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
                           "provider = \"duostation\" (or manageengine, ivanti, banyan) to it.")
     sets = credential_sets(chosen.provider)
+    if not sets:
+        raise ConfigError(f"{chosen.provider} does not say which credentials it reads, so there is nothing to store; "
+                          "set its variables in the environment instead.")
     keyring_backend(" or ".join(" and ".join(names) for names in sets))  # no backend: say so before asking
     variables = sets[0]
     if len(sets) > 1:

@@ -191,3 +191,24 @@ def test_no_keyring_backend_points_to_the_environment(run_cli: Any, tmp_path: Pa
     assert "BULKMDM_USERNAME:" not in res.output  # refused before asking
     res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env={**env, **NO_CREDS})
     assert res.exit_code == 2 and "keyring cannot be used" in res.output
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('[defaults]\nrate = "5/s"\n', ["(line 1)", "'defaults' is not a setting"]),
+    ('# mine\n\n[profiles."skolan"]\nprovider = "duostation"\n"url" = 5\n', ["(line 5)", "url must be text"]),
+    ('[profiles.skolan]\nprovider = "duostation"\n\n[profiles.other]\nconcurrency = 0\n',
+     ["(line 5)", "concurrency must be a whole number"]),
+])
+def test_line_numbers_in_other_shapes(run_cli: Any, tmp_path: Path, text: str, words: list[str]) -> None:
+    env = _config(tmp_path, text)
+    profile = "other" if "profiles.other" in text else "skolan"
+    res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", profile], env=env)
+    assert res.exit_code == 2
+    for word in words:
+        assert word in res.output, res.output
+
+
+def test_a_mistake_in_another_profile_does_not_block_this_one(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    env = _config(tmp_path, f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n\n'
+                            '[profiles.broken]\nprovider = "nope"\n')
+    assert run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env=env).exit_code == 0
