@@ -119,6 +119,9 @@ def load_profile(name: str, env: Mapping[str, str]) -> Profile:
     tables, text, path = _read(env)
     if name in tables:
         return _profile(name, tables[name], text, path)
+    if not text:
+        raise ConfigError(f"There is no profile {name!r}: {path} does not exist; create it with a [profiles.{name}] "
+                          "table that sets provider and url.")
     if not tables:
         raise ConfigError(
             f"There is no profile {name!r}: {path} has none; add a [profiles.{name}] table with provider and url.")

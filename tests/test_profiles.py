@@ -118,6 +118,8 @@ def test_missing_provider_or_url_or_profile(run_cli: Any, tmp_path: Path) -> Non
     job = str(_lock_job(tmp_path))
     res = run_cli(["run", job])
     assert res.exit_code == 2 and "Give --provider and --url" in res.output and "--profile" in res.output
+    res = run_cli(["run", job, "--profile", "skolan"], env={"BULKMDM_CONFIG_DIR": str(tmp_path / "nowhere")})
+    assert res.exit_code == 2 and "config.toml does not exist; create it with a [profiles.skolan]" in res.output
     env = _config(tmp_path, '[profiles.skolan]\nprovider = "duostation"\n')
     res = run_cli(["run", job, "--profile", "skolan"], env=env)
     assert res.exit_code == 2 and "Give --url (profile 'skolan' does not set it either)" in res.output
