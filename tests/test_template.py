@@ -79,3 +79,14 @@ def test_choices_become_dropdowns(tmp_path: Path) -> None:
     assert rules == {"B2:B101": "Lists!$B$2:$B$301", "C2:C101": '"Kahoot!"'}
     assert loaded["Lists"]["B301"].value == "Grupp 299, Norra skolan"
     assert read_job(path).headers == ("serial", "group", "app")  # the job is still the first sheet
+
+
+def test_profile_names_the_provider(run_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[profiles.b]\nprovider = "banyan"\nurl = "https://api.example.com"\n')
+    env = {"BULKMDM_CONFIG_DIR": str(tmp_path)}
+    res = run_cli(["template", "wipe", "--profile", "b", "-o", str(tmp_path / "w.xlsx")], env=env)
+    assert res.exit_code == 2 and "banyan cannot wipe" in res.output
+    res = run_cli(["template", "ban", "--profile", "b", "-o", str(tmp_path / "b.xlsx")], env=env)
+    assert res.exit_code == 0 and "--provider banyan" in " ".join(
+        str(c) for row in openpyxl.load_workbook(tmp_path / "b.xlsx")["Notes"].iter_rows(values_only=True)
+        for c in row if c)
