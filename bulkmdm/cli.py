@@ -359,36 +359,52 @@ class TerminalEvents(PlainEvents):
 
 
 def _prompt_interruptibly(prompt: str) -> str | None:
-    """click.prompt, with Ctrl-C raising KeyboardInterrupt even while an event
-    loop owns SIGINT (its handler only flags the signal, so the prompt would
-    wait on). None when the input ends (Ctrl-D)."""
+    """Ask on the terminal; None when the input ends (Ctrl-D). Ctrl-C raises
+    KeyboardInterrupt at once, even while an event loop owns SIGINT.
+
+    A blocking read would not do: the kernel may hand SIGINT to any thread
+    (aiohttp's resolver threads, say), and then the read in the main thread
+    is never interrupted. So the answer is awaited with select() on the
+    terminal and on a wakeup pipe that the signal writes to, whichever thread
+    receives it.
+    """
+    import select
     import signal
 
-    interrupted = False
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
-        raise KeyboardInterrupt
-
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        # the loop's wakeup fd would deliver this Ctrl-C to it once more afterwards
-        wakeup = signal.set_wakeup_fd(-1)
-    except ValueError:  # not the main thread: ask without the guard
-        previous, wakeup = None, None
+        wake_read, wake_write = os.pipe()
+    except OSError:
+        wake_read = wake_write = -1
+    try:
+        os.set_blocking(wake_write, False)
+        previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or not POSIX: a plain prompt
+        for fd in (wake_read, wake_write):
+            if fd >= 0:
+                os.close(fd)
+        return _plain_prompt(prompt)
+    try:
+        click.echo(f"{prompt}: ", nl=False, err=True)  # asked only once Ctrl-C is watched for
+        while True:
+            ready, _, _ = select.select([sys.stdin, wake_read], [], [])
+            if wake_read in ready:
+                click.echo("", err=True)  # the answer's line was never ended
+                raise KeyboardInterrupt
+            line = sys.stdin.readline()
+            return line.rstrip("\r\n") if line else None
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wake_read)
+        os.close(wake_write)
+
+
+def _plain_prompt(prompt: str) -> str | None:
     try:
         return str(click.prompt(prompt, default="", show_default=False, err=True))
     except (click.Abort, EOFError):
-        if interrupted:
-            click.echo("", err=True)  # the answer's line was never ended
-            raise KeyboardInterrupt from None
         return None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        if wakeup is not None and wakeup != -1:
-            signal.set_wakeup_fd(wakeup)
 
 
 # -- profiles and secrets ----------------------------------------------------
