@@ -14,7 +14,7 @@ from bulkmdm.model import JobRow, Outcome, Status, Step
 from bulkmdm.providers.banyan import Banyan, _body_error, _page
 from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
-from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, SHORT_DELETE_PATH, Org, make_app
+from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, Org, make_app
 from bulkmdm.sim.common import SimServer
 from bulkmdm.transport import Client
 
