@@ -426,7 +426,7 @@ async def test_token_is_sent_as_bearer_and_never_shown(sim: SimServer) -> None:
     assert auth.headers() == {"Authorization": f"Bearer {TOKEN}"} and TOKEN not in repr(auth)
     sim.faults.update({"error_rate": 1.0, "error_status": 500})
     out = await run(sim, ("ban", {"serial": "X"}))
-    assert out[0].status is Status.FAILED and "Could not read Banyan's v1/devices list" in out[0].detail
+    assert out[0].status is Status.FAILED and "Could not read the MDM's v1/devices list" in out[0].detail
     assert TOKEN not in out[0].detail
     with pytest.raises(ConfigError, match="BULKMDM_TOKEN"):
         Banyan.auth_from_env({})
