@@ -399,6 +399,142 @@ def _device_changes(body: Any, *, real: bool) -> dict[str, str] | str:
     return changes
 
 
+class _Api:
+    """The documented endpoints over one :class:`Org` (and the real service's, see the module docstring)."""
+
+    def __init__(self, org: Org) -> None:
+        self.org = org
+
+    async def get_endusers(self, request: web.Request) -> web.Response:
+        serial = _param(request, "serialnumber", "Serialnumber")
+        email = _param(request, "email", "Email")
+        name = _param(request, "name", "Name")
+        if email is not None:
+            user = self.org.user(email)
+            items = [user] if user else []
+        else:
+            items = list(self.org.users.values())
+        if serial is not None:
+            items = [u for u in items if serial in u["SerialNumbers"]]
+        if name is not None:
+            items = [u for u in items if _fold(u["Name"]) == _fold(name)]
+
+        def shape(user: dict[str, Any]) -> dict[str, Any]:
+            shown = self.org.shown(user, user["ID"])
+            # the doc's v1 examples carry no id; the real service keeps it to v2
+            return {k: v for k, v in shown.items() if k != "ID"} if self.org.real else shown
+
+        return _listing(request, self.org, items, "endusers", _USER_SORT, shape)
+
+    async def get_v2_endusers(self, request: web.Request) -> web.Response:
+        if not self.org.real:
+            return _no_route(self.org)  # the doc documents no end-user listing under v2
+        try:
+            skip = _int(request, "skip") or 0
+            limit = _int(request, "limit")
+        except _BadRequest as exc:
+            return web.json_response({"request_id": self.org.request_id(), "error_code": 400,
+                                      "error_description": str(exc), "data": None}, status=400)
+        only_active = (_param(request, "active") or "").casefold() == "true"
+        listed = [(u, True) for u in self.org.users.values()]
+        if not only_active:
+            listed += [(u, False) for u in self.org.inactive.values()]
+        listed.sort(key=lambda pair: pair[0]["ID"])
+        size = len(listed) if limit is None else limit
+        if self.org.max_limit is not None:
+            size = min(size, self.org.max_limit)
+        page = [_v2_user(self.org, user, active) for user, active in listed[skip:skip + size]]
+        return web.json_response({"request_id": self.org.request_id(), "error_code": 0, "error_description": "",
+                                  "data": {"endusers": page, "count": len(listed)}})
+
+    async def get_devices(self, request: web.Request) -> web.Response:
+        if self.org.devices_status is not None:
+            return web.json_response({"message": "device list unavailable"}, status=self.org.devices_status)
+        serial = _param(request, "serialnumber", "Serialnumber")
+        email = _param(request, "email", "Email")
+        model = _param(request, "model", "Model")
+        friendly = _param(request, "devicefriendlyname", "DeviceFriendlyName")
+        if serial is not None:
+            items = self.org.with_serial(serial)
+        elif email is not None:
+            items = [self.org.devices[d] for d in sorted(self.org.devices_by_email.get(_fold(email), ()))]
+        else:
+            items = list(self.org.devices.values())
+        if email is not None:
+            items = [d for d in items if any(_fold(e) == _fold(email) for e in d["Emails"])]
+        if model is not None:
+            items = [d for d in items if _fold(d["Model"]) == _fold(model)]
+        if friendly is not None:
+            items = [d for d in items if _fold(d["DeviceFriendlyName"]) == _fold(friendly)]
+        return _listing(request, self.org, items, "devices", _DEVICE_SORT, lambda d: self.org.shown(d, d["DeviceID"]))
+
+    async def delete_device(self, request: web.Request) -> web.Response:
+        if request.path not in self.org.delete_routes():
+            return _no_route(self.org)
+        serial = request.query.get("SerialNumber")
+        email = request.query.get("Email") or None
+        if not serial:
+            return web.json_response({"message": "SerialNumber is a compulsory parameter"}, status=400)
+        found = self.org.with_serial(serial)
+        if not found:
+            return web.json_response({"message": f"no device with serial number {serial}"}, status=400)
+        if email is not None and self.org.exact_emails and not any(e == email for d in found for e in d["Emails"]):
+            return web.json_response(
+                {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
+            )
+        if email is not None and not any(_fold(e) == _fold(email) for d in found for e in d["Emails"]):
+            return web.json_response(
+                {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
+            )
+        self.org.delete_device(serial, email)
+        return web.json_response("Successfully deleted end user device")
+
+    async def update_device(self, request: web.Request) -> web.Response:
+        def refuse(message: str) -> web.Response:
+            return web.json_response({"Message": message} if self.org.real else [{"Message": message}], status=400)
+
+        serial = request.query.get("SerialNumber")
+        if not serial:
+            return refuse("SerialNumber is required")
+        # The doc's request headers: "ContentType: application/json".
+        if request.content_type != "application/json":
+            return refuse("Content-Type must be application/json")
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            return refuse("request body is not JSON")
+        changes = _device_changes(body, real=self.org.real)
+        if isinstance(changes, str):
+            return refuse(changes)
+        found = self.org.with_serial(serial)
+        if not found:
+            return refuse(f"no device with serial number {serial}")
+        # "Updates all end user devices for given serial number"
+        for device in found:
+            device.update(changes)
+            entry = {"TRUE": "ban", "FALSE": "unban"}.get(changes.get("Banned", ""), "update")
+            self.org.log[f"device:{device['DeviceID']}"].append(entry)
+        # pybanyan reads the answer's "Message" from an object; the doc shows an array
+        return web.json_response({"Message": "Success"} if self.org.real else [{"Message": "Success"}])
+
+    async def delete_endusers(self, request: web.Request) -> web.Response:
+        def answer(status: int, description: str, data: Any) -> web.Response:
+            return web.json_response({"request_id": self.org.request_id(), "error_code": 0 if status == 200 else status,
+                                      "error_description": description, "data": data}, status=status)
+
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            return answer(400, "request body is not JSON", None)
+        ids = body.get("enduser_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return answer(400, "enduser_ids must be a non-empty array of ids", None)
+        if any(i not in self.org.users for i in ids):
+            return answer(400, "record not found", None)
+        self.org.deactivate(list(dict.fromkeys(ids)))
+        return answer(200, "", "successfully marked the endusers as inactive")
+
+
 def make_app(
     *,
     devices: int = 1000,
@@ -437,140 +573,12 @@ def make_app(
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["state"] = org
 
-    async def get_endusers(request: web.Request) -> web.Response:
-        serial = _param(request, "serialnumber", "Serialnumber")
-        email = _param(request, "email", "Email")
-        name = _param(request, "name", "Name")
-        if email is not None:
-            user = org.user(email)
-            items = [user] if user else []
-        else:
-            items = list(org.users.values())
-        if serial is not None:
-            items = [u for u in items if serial in u["SerialNumbers"]]
-        if name is not None:
-            items = [u for u in items if _fold(u["Name"]) == _fold(name)]
-
-        def shape(user: dict[str, Any]) -> dict[str, Any]:
-            shown = org.shown(user, user["ID"])
-            # the doc's v1 examples carry no id; the real service keeps it to v2
-            return {k: v for k, v in shown.items() if k != "ID"} if org.real else shown
-
-        return _listing(request, org, items, "endusers", _USER_SORT, shape)
-
-    async def get_v2_endusers(request: web.Request) -> web.Response:
-        if not org.real:
-            return _no_route(org)  # the doc documents no end-user listing under v2
-        try:
-            skip = _int(request, "skip") or 0
-            limit = _int(request, "limit")
-        except _BadRequest as exc:
-            return web.json_response({"request_id": org.request_id(), "error_code": 400,
-                                      "error_description": str(exc), "data": None}, status=400)
-        only_active = (_param(request, "active") or "").casefold() == "true"
-        listed = [(u, True) for u in org.users.values()]
-        if not only_active:
-            listed += [(u, False) for u in org.inactive.values()]
-        listed.sort(key=lambda pair: pair[0]["ID"])
-        size = len(listed) if limit is None else limit
-        if org.max_limit is not None:
-            size = min(size, org.max_limit)
-        page = [_v2_user(org, user, active) for user, active in listed[skip:skip + size]]
-        return web.json_response({"request_id": org.request_id(), "error_code": 0, "error_description": "",
-                                  "data": {"endusers": page, "count": len(listed)}})
-
-    async def get_devices(request: web.Request) -> web.Response:
-        if org.devices_status is not None:
-            return web.json_response({"message": "device list unavailable"}, status=org.devices_status)
-        serial = _param(request, "serialnumber", "Serialnumber")
-        email = _param(request, "email", "Email")
-        model = _param(request, "model", "Model")
-        friendly = _param(request, "devicefriendlyname", "DeviceFriendlyName")
-        if serial is not None:
-            items = org.with_serial(serial)
-        elif email is not None:
-            items = [org.devices[d] for d in sorted(org.devices_by_email.get(_fold(email), ()))]
-        else:
-            items = list(org.devices.values())
-        if email is not None:
-            items = [d for d in items if any(_fold(e) == _fold(email) for e in d["Emails"])]
-        if model is not None:
-            items = [d for d in items if _fold(d["Model"]) == _fold(model)]
-        if friendly is not None:
-            items = [d for d in items if _fold(d["DeviceFriendlyName"]) == _fold(friendly)]
-        return _listing(request, org, items, "devices", _DEVICE_SORT, lambda d: org.shown(d, d["DeviceID"]))
-
-    async def delete_device(request: web.Request) -> web.Response:
-        if request.path not in org.delete_routes():
-            return _no_route(org)
-        serial = request.query.get("SerialNumber")
-        email = request.query.get("Email") or None
-        if not serial:
-            return web.json_response({"message": "SerialNumber is a compulsory parameter"}, status=400)
-        found = org.with_serial(serial)
-        if not found:
-            return web.json_response({"message": f"no device with serial number {serial}"}, status=400)
-        if email is not None and org.exact_emails and not any(e == email for d in found for e in d["Emails"]):
-            return web.json_response(
-                {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
-            )
-        if email is not None and not any(_fold(e) == _fold(email) for d in found for e in d["Emails"]):
-            return web.json_response(
-                {"message": f"no device with serial number {serial} is registered to {email}"}, status=400
-            )
-        org.delete_device(serial, email)
-        return web.json_response("Successfully deleted end user device")
-
-    async def update_device(request: web.Request) -> web.Response:
-        def refuse(message: str) -> web.Response:
-            return web.json_response({"Message": message} if org.real else [{"Message": message}], status=400)
-
-        serial = request.query.get("SerialNumber")
-        if not serial:
-            return refuse("SerialNumber is required")
-        # The doc's request headers: "ContentType: application/json".
-        if request.content_type != "application/json":
-            return refuse("Content-Type must be application/json")
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            return refuse("request body is not JSON")
-        changes = _device_changes(body, real=org.real)
-        if isinstance(changes, str):
-            return refuse(changes)
-        found = org.with_serial(serial)
-        if not found:
-            return refuse(f"no device with serial number {serial}")
-        # "Updates all end user devices for given serial number"
-        for device in found:
-            device.update(changes)
-            entry = {"TRUE": "ban", "FALSE": "unban"}.get(changes.get("Banned", ""), "update")
-            org.log[f"device:{device['DeviceID']}"].append(entry)
-        # pybanyan reads the answer's "Message" from an object; the doc shows an array
-        return web.json_response({"Message": "Success"} if org.real else [{"Message": "Success"}])
-
-    async def delete_endusers(request: web.Request) -> web.Response:
-        def answer(status: int, description: str, data: Any) -> web.Response:
-            return web.json_response({"request_id": org.request_id(), "error_code": 0 if status == 200 else status,
-                                      "error_description": description, "data": data}, status=status)
-
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            return answer(400, "request body is not JSON", None)
-        ids = body.get("enduser_ids") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            return answer(400, "enduser_ids must be a non-empty array of ids", None)
-        if any(i not in org.users for i in ids):
-            return answer(400, "record not found", None)
-        org.deactivate(list(dict.fromkeys(ids)))
-        return answer(200, "", "successfully marked the endusers as inactive")
-
-    app.router.add_get("/v1/endusers", get_endusers)
-    app.router.add_get("/v1/devices", get_devices)
-    app.router.add_get("/v2/enduser", get_v2_endusers)
-    app.router.add_delete(DOC_DELETE_PATH, delete_device)
-    app.router.add_delete(SHORT_DELETE_PATH, delete_device)
-    app.router.add_post("/v1/mdm/update_device", update_device)
-    app.router.add_delete("/v2/endusers", delete_endusers)
+    api = _Api(org)
+    app.router.add_get("/v1/endusers", api.get_endusers)
+    app.router.add_get("/v1/devices", api.get_devices)
+    app.router.add_get("/v2/enduser", api.get_v2_endusers)
+    app.router.add_delete(DOC_DELETE_PATH, api.delete_device)
+    app.router.add_delete(SHORT_DELETE_PATH, api.delete_device)
+    app.router.add_post("/v1/mdm/update_device", api.update_device)
+    app.router.add_delete("/v2/endusers", api.delete_endusers)
     return instrument(app, faults)
