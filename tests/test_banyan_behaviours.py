@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from bulkmdm.cli import main
 from bulkmdm.model import JobRow, Step
 from bulkmdm.providers.banyan import Banyan
 from bulkmdm.providers.base import Settings
@@ -236,3 +238,11 @@ def test_undo_rows_put_the_ban_state_back(any_sim: SimServer, tmp_path: Path, ru
     else:
         before["users"][doomed_owner]["SerialNumbers"].remove(doomed["SerialNumber"])
     assert state(o) == before
+
+
+def test_sim_command_offers_the_real_behaviour(run_cli: Any) -> None:
+    result = run_cli(["sim", "--help"])
+    assert result.exit_code == 0 and "--real" in result.output and "/v1/delete_device" in result.output
+    # a simulator without that switch says so in one sentence, before serving anything
+    result = CliRunner().invoke(main, ["sim", "duostation", "--real", "--port", "0"])
+    assert result.exit_code == 2 and "has no --real behaviour" in result.output and "Traceback" not in result.output

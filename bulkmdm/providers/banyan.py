@@ -419,20 +419,21 @@ class Banyan(Provider):
         actions = {row.action for row in rows}
         fresh = False
         if actions & DEVICE_ACTIONS and self._devices is None:
-            self._devices = await self._readable(self._list("v1/devices", "devices", _device_id, "serialnumber"))
+            self._devices = await self._readable("device", self._list("v1/devices", "devices", _device_id,
+                                                                      "serialnumber"))
             fresh = True
         if isinstance(self._devices, list) and any(r.action == "delete-device" and r.get("email") for r in rows) \
                 and any(_emails(d) is None for d in self._devices):
             await self._fill_emails(self._devices, rows)
             fresh = True
         if "delete-user" in actions and self._users is None:
-            self._users = await self._readable(self._read_users())
+            self._users = await self._readable("end-user", self._read_users())
             fresh = True
         if self._lists is None or fresh:
             self._lists = _Lists(self._devices, self._users)
         return self._lists
 
-    async def _readable(self, reading: Awaitable[list[Any]]) -> list[Any] | _Unreadable:
+    async def _readable(self, what: str, reading: Awaitable[list[Any]]) -> list[Any] | _Unreadable:
         try:
             return await reading
         except ListFailed as exc:
@@ -440,7 +441,8 @@ class Banyan(Provider):
             return _Unreadable(exc.detail(), exc.resp.status, exc.resp.attempts)
         except TransportError as exc:
             self._stop_if_setup_is_wrong(exc)
-            return _Unreadable(f"Could not read Banyan's list: {exc}. Run the job again.", exc.status, exc.attempts)
+            return _Unreadable(f"Could not read Banyan's {what} list: {sentence(str(exc))} Run the job again.",
+                               exc.status, exc.attempts)
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action == "delete-user":
