@@ -617,16 +617,25 @@ def export(provider: str, url: str, out: Path | None, action: str | None, partit
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+@click.option("--real", is_flag=True,
+              help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
+                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float) -> None:
+        slow_seconds: float, real: bool) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
+    import inspect
+
     from .sim import load
     from .sim.common import Faults, serve_forever
 
     faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
-    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
+    make_app = load(provider.casefold())
+    behaviour = {"real": True} if real else {}
+    if real and "real" not in inspect.signature(make_app).parameters:
+        raise click.UsageError(f"the {provider} simulator has no --real behaviour; leave --real out.")
+    app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
     creds = {
         "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
