@@ -69,6 +69,7 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     resolved: str = ""
     batch_key: Hashable = None
+    undo: Mapping[str, str] | None = None
 
     @property
     def index(self) -> int:
