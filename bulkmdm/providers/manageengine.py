@@ -4,13 +4,33 @@ Two editions, one API:
 
 * on-premises (``BULKMDM_API_KEY`` set): requests go to
   ``<url>/api/v1/mdm/...`` with ``Authorization: <api key>``;
-* cloud (otherwise): requests go to ``<url>/api/v1/...`` with
+* cloud (otherwise): requests go to ``<url>/api/v1/mdm/...`` too, with
   ``Authorization: Zoho-oauthtoken <access token>``, the token obtained from
   Zoho's OAuth endpoint with the refresh-token grant (:class:`ZohoOAuth`).
+  The doc's introduction gives the cloud base as
+  ``https://mdm.manageengine.com/api/v1``, but every public client of the
+  cloud (a Dart client covering all nine regions, Python and JavaScript
+  scripts) calls ``https://mdm.manageengine.com/api/v1/mdm/devices``: that
+  comes first, and only when the run's first list answers 404 there does the
+  cloud fall back to the doc's ``<url>/api/v1/...`` for the rest of the run
+  (:meth:`ManageEngine._get`). A ``--url`` that already ends in
+  ``/api/v1/mdm`` is taken as it is, with no fallback.
+
+Regional clouds (``mdm.manageengine.eu``, ``.in``, ``.com.au``, ``.jp``,
+``.ca``, ``.cn``, ``.sa``, ``.uk``) take their tokens from their own Zoho
+accounts server (:func:`zoho_token_url`) unless ``BULKMDM_OAUTH_URL`` says
+otherwise; a refusal from a token server of another region says which one
+to use (:func:`region_hint`).
 
 ``api_base`` is a classmethod that sees only the URL, so it returns
-``<url>/api/v1`` for both, and the provider puts ``mdm/`` in front of every
-path when its credentials are an API key (:meth:`ManageEngine._path`).
+``<url>/api/v1`` (or the URL as given when it ends in ``/api/v1/mdm``), and
+the provider puts ``mdm/`` in front of every path (:meth:`ManageEngine._path`).
+
+Device lists keep de-enrolled records (``"is_removed": "true"``) beside a
+re-enrolled device's current record with the same serial. Public clients ask
+for ``exclude_removed=true`` and still check ``is_removed`` on every record
+(a JavaScript client compares it with the strings ``'true'``/``'false'``):
+so does this one, and a removed record never matches a row.
 
 What each action sends (bodies are JSON, as in the doc's curl examples, ids
 as JSON numbers as in its ``"device_ids": [ 1, 2, 3 ]``)::
@@ -49,7 +69,7 @@ import contextvars
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -252,6 +272,61 @@ def _number(value: Any) -> float | None:
         return None
 
 
+#: A ManageEngine cloud's domain suffix -> the Zoho accounts server of that
+#: region. Public clients pair them so (a Dart client's ManageEngineChannel,
+#: TypeScript DATA_CENTRES tables): Canada's Zoho accounts live on
+#: zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any other
+#: mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
+ZOHO_ACCOUNTS = {
+    "com": "accounts.zoho.com",
+    "eu": "accounts.zoho.eu",
+    "in": "accounts.zoho.in",
+    "com.au": "accounts.zoho.com.au",
+    "jp": "accounts.zoho.jp",
+    "ca": "accounts.zohocloud.ca",
+    "cn": "accounts.zoho.com.cn",
+    "com.cn": "accounts.zoho.com.cn",
+    "sa": "accounts.zoho.sa",
+    "uk": "accounts.zoho.uk",
+    "co.uk": "accounts.zoho.uk",
+}
+
+
+def cloud_host(url: str) -> str | None:
+    """``url``'s host when it is a ManageEngine cloud (``mdm.manageengine.eu``)."""
+    host = (urlsplit(url.strip()).hostname or "").casefold().rstrip(".")
+    return host if host.startswith(("manageengine.", "mdm.manageengine.")) else None
+
+
+def zoho_accounts_host(url: str) -> str | None:
+    """The Zoho accounts server of the region ``url`` is in (None: not a ManageEngine cloud)."""
+    host = cloud_host(url)
+    if host is None:
+        return None
+    tld = host.split("manageengine.", 1)[1]
+    return ZOHO_ACCOUNTS.get(tld) or f"accounts.zoho.{tld}"
+
+
+def zoho_token_url(url: str) -> str:
+    """The token endpoint for a tenant at ``url`` (``--url``): its region's
+    Zoho accounts server, or the doc's ``accounts.zoho.com`` for a URL that
+    names no ManageEngine cloud (a proxy, a test server)."""
+    accounts = zoho_accounts_host(url)
+    return f"https://{accounts}/oauth/v2/token" if accounts else DEFAULT_OAUTH_URL
+
+
+def region_hint(url: str, token_url: str) -> str:
+    """What to say when credentials are refused and the token came from a
+    server other than the tenant's region's ("" when they match, or when the
+    tenant is not a ManageEngine cloud)."""
+    accounts = zoho_accounts_host(url)
+    used = (urlsplit(token_url).hostname or "").casefold()
+    if accounts is None or used == accounts:
+        return ""
+    return (f"; your tenant is on {cloud_host(url)}: use {accounts} (unset BULKMDM_OAUTH_URL, or set it to "
+            f"https://{accounts}/oauth/v2/token)")
+
+
 def _daily_limit(env: Mapping[str, str]) -> int | None:
     text = env.get("BULKMDM_DAILY_LIMIT", "").strip()
     if not text:
@@ -294,7 +369,7 @@ class ManageEngine(Provider):
             return ApiKeyAuth(key)
         names = ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN")
         values = [env.get(n, "").strip() for n in names]
-        missing = [n for n, v in zip(names, values) if not v]
+        missing = [n for n, v in zip(names, values, strict=True) if not v]
         if len(missing) == len(names):
             raise ConfigError(
                 "manageengine needs BULKMDM_API_KEY (on-premises) or BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET "
@@ -314,15 +389,15 @@ class ManageEngine(Provider):
 
     @classmethod
     def api_base(cls, url: str) -> str:
-        # Cloud: "https://mdm.manageengine.com/api/v1"; on-premises:
-        # "{ServerURL}/api/v1/mdm" -- the "mdm/" is added per path (_path).
-        # --url is the server root; a URL copied with the doc's base path on
-        # it is taken as meaning that root.
+        # --url is the server root, and "mdm/" is added per path (_path), so
+        # that the cloud can fall back to the doc's "<url>/api/v1/...". A URL
+        # copied with the doc's cloud base on it ("/api/v1") means that root;
+        # one that ends in "/api/v1/mdm" is the user's choice, kept as it is.
         root = url.rstrip("/")
-        for tail in ("/api/v1/mdm", "/api/v1"):
-            if root.casefold().endswith(tail):
-                root = root[: -len(tail)]
-                break
+        if root.casefold().endswith("/api/v1/mdm"):
+            return root
+        if root.casefold().endswith("/api/v1"):
+            root = root[: -len("/api/v1")]
         return root + "/api/v1"
 
     #: seconds the API's per-minute window needs to pass ("100 API calls/minute")
@@ -340,10 +415,26 @@ class ManageEngine(Provider):
         #: set when 429s outlast a whole minute: the day's calls are used up
         self.day_used_up = False
         self._quiet_until = 0.0
+        pinned = client.base_url.casefold().endswith("/api/v1/mdm")
+        #: what goes before every path: "mdm/" (on-premises and the cloud as
+        #: its public clients call it), "" once the cloud fell back to the doc's base
+        self._prefix = "" if pinned else "mdm/"
+        #: the cloud may still fall back to the doc's base (until a list answers)
+        self._may_fall_back = not pinned and not self.on_premises
+        if self._oauth is not None and not settings.env.get("BULKMDM_OAUTH_URL", "").strip():
+            self._oauth.token_url = zoho_token_url(settings.url)
 
     # -- requests -------------------------------------------------------------
     def _path(self, path: str) -> str:
-        return ("mdm/" + path) if self.on_premises else path
+        return self._prefix + path
+
+    def _with_region_hint(self, exc: AuthError) -> AuthError:
+        """``exc`` saying which Zoho accounts server to use, when the token
+        came from another region's."""
+        hint = region_hint(self.settings.url, self._oauth.token_url) if self._oauth is not None else ""
+        if not hint or hint in str(exc):
+            return exc
+        return AuthError(str(exc) + hint, attempts=exc.attempts, status=exc.status)
 
     async def _request(self, method: str, path: str, **kw: Any) -> Response:
         if self.day_used_up:
@@ -409,12 +500,32 @@ class ManageEngine(Provider):
 
     async def _get(self, path: str) -> Any:
         resp = await self._request("GET", path)
+        if resp.status == 404 and self._may_fall_back:
+            # The run's first list met a 404 under /api/v1/mdm/: a cloud that
+            # serves the doc's base ("Cloud https://mdm.manageengine.com/api/v1")
+            # instead of the one its public clients call. The rest of the run
+            # uses the doc's base.
+            log.info("ManageEngine: %s answered 404 under /api/v1/mdm; trying the doc's cloud base /api/v1", path)
+            self._prefix = ""
+            self._may_fall_back = False
+            resp = await self._request("GET", path)
+            if resp.status == 404:
+                self._prefix = "mdm/"
+                raise _ListFailed(path, resp, hint=(
+                    "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url (the server root, "
+                    "e.g. https://mdm.manageengine.eu)"))
         if not resp.ok:
             raise _ListFailed(path, resp)
+        self._may_fall_back = False
         return resp.body
 
     async def _list(self, path: str, key: str | tuple[str, ...], id_field: str) -> list[Any]:
-        """A list under its wrapping key (``{"devices": [...]}``), every page.
+        """A list under its wrapping key (``{"devices": [...]}``), every page
+        (see :meth:`_pages`)."""
+        return [item async for page in self._pages(path, key, id_field) for item in page]
+
+    async def _pages(self, path: str, key: str | tuple[str, ...], id_field: str) -> AsyncIterator[list[Any]]:
+        """A list under its wrapping key (``{"devices": [...]}``), page by page.
 
         The doc's examples show one answer, but its error table has "COM0003
         Invalid paging params", and ManageEngine's API pages lists (50 items by
@@ -424,34 +535,37 @@ class ManageEngine(Provider):
         than what arrived is fetched by ``offset``. Either way the request goes
         to the server this run talks to (only the link's path and query are
         used), so the credentials go nowhere else. Items repeated across pages
-        are kept once, so a repeated page cannot make a serial look ambiguous."""
-        items: list[Any] = []
+        are kept once, so a repeated page cannot make a serial look ambiguous;
+        items without an id are all kept (they never collapse into one)."""
         ids: set[str] = set()
-        current = self.client.url(self._path(path))
+        count = 0
         body = await self._get(path)
+        current = self.client.url(self._path(path))  # after _get: the first list may have changed the base
         seen = {current}
         while True:
             page = as_list(body, *((key,) if isinstance(key, str) else key))
-            fresh = 0
+            fresh = []
             for item in page:
-                item_id = _key(get_field(item, id_field))
+                item_id = _usable_id(get_field(item, id_field))
                 if item_id and item_id in ids:
                     continue
                 if item_id:
                     ids.add(item_id)
-                items.append(item)
-                fresh += 1
+                fresh.append(item)
+            count += len(fresh)
+            if fresh:
+                yield fresh
             nxt = _next_link(body)
             if nxt:
                 url = self._on_this_server(urljoin(current, nxt))
             else:
                 total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
-                if not page or total is None or len(items) >= total:
-                    return items
+                if not page or total is None or count >= total:
+                    return
                 base = self.client.url(self._path(path))
-                url = f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': len(items), 'limit': len(page)})}"
+                url = f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': count, 'limit': len(page)})}"
             if not fresh or url in seen or len(seen) > 1000:
-                return items
+                return
             seen.add(url)
             current = url
             body = await self._get(url)
@@ -502,17 +616,19 @@ class ManageEngine(Provider):
                 # that failed one by one.
                 said = get_field(_me_body(exc.resp.body), "message")
                 what = urlsplit(exc.path).path.rsplit("/", 1)[-1] or exc.path
-                raise AuthError(
+                raise self._with_region_hint(AuthError(
                     f"the MDM refused the credentials (HTTP {exc.resp.status} reading the {what} list"
                     f"{': ' + str(said) if said else ''}); check "
                     f"{'BULKMDM_API_KEY' if self.on_premises else 'the OAuth client and refresh token'} "
                     "and the account's permissions", attempts=exc.resp.attempts, status=exc.resp.status,
-                ) from None
+                )) from None
             return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
                     for row in rows]
         except TransportError as exc:
             if isinstance(exc, AuthError):
-                raise
+                # refused by the token endpoint or with a 401: bad credentials,
+                # or a token from another region's accounts server
+                raise self._with_region_hint(exc) from None
             detail = f"Could not read the MDM's lists: {exc}. Run the job again."
             return [failed(row, detail, attempts=exc.attempts) for row in rows]
         seen: dict[tuple[Any, ...], tuple[str, int]] = {}
@@ -526,48 +642,69 @@ class ManageEngine(Provider):
 
     async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> _Lists:
         lists = _Lists()
-        devices = await self._list("devices", "devices", "device_id")
+        devices = await self._list(DEVICE_LIST, "devices", "device_id")
         by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
         if by_serial and devices and not any(_has_serial(d) for d in devices):
             devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
-        lists.device_by_id = Index("device", devices, lambda d: get_field(d, "device_id"))
-        lists.device_by_serial = Index("device", devices, _serial)
-        lists.device_by_serial_folded = Index("device", devices, _serial, fold=True)
-        lists.serials_known = any(_serial(d) for d in devices)
+        self._index_devices(lists, devices)
         if actions & GROUP_ACTIONS:
-            groups = await self._list("groups", "groups", "group_id")
-            lists.group_by_name = Index("group", groups, lambda g: get_field(g, "name", "group_name"))
-            lists.group_by_name_folded = Index("group", groups, lambda g: get_field(g, "name", "group_name"),
-                                               fold=True)
-            wanted: dict[str, Any] = {}
-            for row in rows:
-                if row.action in GROUP_ACTIONS:
-                    try:
-                        group = self._group(row.get("group"), lists)
-                    except LookupFailed:
-                        continue
-                    wanted[_key(get_field(group, "group_id"))] = group
-            for group_id, group in wanted.items():
-                try:
-                    lists.members[group_id] = await self._members(group_id)
-                except _ListFailed as exc:
-                    lists.members[group_id] = LookupFailed(
-                        f"could not read the members of group {get_field(group, 'name')!r}: {_explain(exc.resp)}"
-                    )
+            await self._fetch_groups(lists, rows)
         if actions & APP_ACTIONS:
-            apps = await self._list("apps", "apps", "app_id")
-            self._index_apps(lists, apps)
-            app_rows = [row for row in rows if row.action in APP_ACTIONS]
-            if apps and not any(get_field(a, "bundle_identifier", "identifier") for a in apps):
-                # "Get App List" shows no bundle_identifier; "Get App Details" does.
-                unmatched = [row for row in app_rows if row.get("app").strip() and not self._app_matches(row, lists)]
-                if unmatched:
-                    apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
-                    self._index_apps(lists, apps)
-            await self._read_device_apps(app_rows, lists)
-            if lists.device_apps and not lists.no_details.get("apps"):
-                apps = await self._bundles_for_device_checks(apps, app_rows, lists)
+            await self._fetch_apps(lists, rows)
         return lists
+
+    @staticmethod
+    def _index_devices(lists: _Lists, devices: list[Any]) -> None:
+        # A record with "is_removed" true is a de-enrolled device whose serial
+        # a current record may hold again; one without a usable device_id
+        # cannot be acted on. Neither ever matches a row; both are kept to
+        # say why a row found nothing.
+        live = [d for d in devices if not _is_removed(d) and _usable_id(get_field(d, "device_id"))]
+        removed = [d for d in devices if _is_removed(d)]
+        no_id = [d for d in devices if not _is_removed(d) and not _usable_id(get_field(d, "device_id"))]
+        lists.device_by_id = Index("device", live, lambda d: _usable_id(get_field(d, "device_id")))
+        lists.device_by_serial = Index("device", live, _serial)
+        lists.device_by_serial_folded = Index("device", live, _serial, fold=True)
+        lists.removed_by_id = Index("device", removed, lambda d: _usable_id(get_field(d, "device_id")))
+        lists.removed_by_serial = Index("device", removed, _serial, fold=True)
+        lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
+        lists.serials_known = any(_serial(d) for d in devices)
+
+    async def _fetch_groups(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
+        groups = await self._list("groups", "groups", "group_id")
+        usable = [g for g in groups if _usable_id(get_field(g, "group_id"))]
+        lists.group_by_name = Index("group", usable, _group_name)
+        lists.group_by_name_folded = Index("group", usable, _group_name, fold=True)
+        lists.groups_without_id = Index("group", [g for g in groups if g not in usable], _group_name)
+        wanted: dict[str, Any] = {}
+        for row in rows:
+            if row.action in GROUP_ACTIONS:
+                try:
+                    group = self._group(row.get("group"), lists)
+                except LookupFailed:
+                    continue
+                wanted[_key(get_field(group, "group_id"))] = group
+        for group_id, group in wanted.items():
+            try:
+                lists.members[group_id] = await self._members(group_id)
+            except _ListFailed as exc:
+                lists.members[group_id] = LookupFailed(
+                    f"could not read the members of group {get_field(group, 'name')!r}: {_explain(exc.resp)}"
+                )
+
+    async def _fetch_apps(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
+        apps = await self._list("apps", "apps", "app_id")
+        self._index_apps(lists, apps)
+        app_rows = [row for row in rows if row.action in APP_ACTIONS]
+        if apps and not any(get_field(a, "bundle_identifier", "identifier") for a in apps):
+            # "Get App List" shows no bundle_identifier; "Get App Details" does.
+            unmatched = [row for row in app_rows if row.get("app").strip() and not self._app_matches(row, lists)]
+            if unmatched:
+                apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
+                self._index_apps(lists, apps)
+        await self._read_device_apps(app_rows, lists)
+        if lists.device_apps and not lists.no_details.get("apps"):
+            await self._bundles_for_device_checks(apps, app_rows, lists)
 
     async def _members(self, group_id: Any) -> set[str]:
         """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
@@ -577,10 +714,14 @@ class ManageEngine(Provider):
         return {_member_id(m) for m in items} - {""}
 
     def _index_apps(self, lists: _Lists, apps: list[Any]) -> None:
-        lists.app_by_name = Index("app", apps, lambda a: get_field(a, "app_name", "name"))
-        lists.app_by_bundle = Index("app", apps, lambda a: get_field(a, "bundle_identifier", "identifier"))
-        lists.app_by_id = Index("app", apps, lambda a: get_field(a, "app_id"))
-        lists.app_names_folded = Index("app", apps, lambda a: get_field(a, "app_name", "name"), fold=True)
+        usable = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+        lists.app_by_name = Index("app", usable, lambda a: get_field(a, "app_name", "name"))
+        lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
+        lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
+        lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
+        lists.apps_without_id = Index("app", [a for a in apps if a not in usable],
+                                      lambda a: (get_field(a, "app_name", "name"),
+                                                 get_field(a, "bundle_identifier", "identifier")))
 
     def _app_matches(self, row: JobRow, lists: _Lists) -> bool:
         value = row.get("app")
@@ -603,7 +744,7 @@ class ManageEngine(Provider):
         ids = [get_field(item, id_field) for item in items]
         answers = await self._each([f"{kind}/{_seg(i)}" for i in ids], quiet=False)
         out = []
-        for item, resp in zip(items, answers):
+        for item, resp in zip(items, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
                 # the list's fields win: the detail example has no device_id
                 out.append({**resp.body, **item})
@@ -629,7 +770,7 @@ class ManageEngine(Provider):
         if not wanted or len(wanted) > self.app_check_max or (room is not None and len(wanted) > room // 4):
             return
         answers = await self._each([f"devices/{_seg(d)}/apps" for d in wanted.values()], quiet=True)
-        for key, resp in zip(wanted, answers):
+        for key, resp in zip(wanted, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
                 lists.device_apps[key] = _DeviceApps(resp.body)
 
@@ -661,7 +802,7 @@ class ManageEngine(Provider):
         if not wanted or (room is not None and len(wanted) > room // 4):
             return apps
         answers = await self._each([f"apps/{_seg(i)}" for i in wanted.values()], quiet=True)
-        details = {key: resp.body for key, resp in zip(wanted, answers)
+        details = {key: resp.body for key, resp in zip(wanted, answers, strict=True)
                    if resp is not None and resp.ok and isinstance(resp.body, Mapping)}
         if not details:
             return apps
@@ -672,8 +813,12 @@ class ManageEngine(Provider):
         return merged
 
     def _device(self, row: JobRow, lists: _Lists) -> Any:
-        if row.get("device_id").strip():
-            return lists.device_by_id.one(row.get("device_id"), "device id")
+        device_id = row.get("device_id")
+        if device_id.strip():
+            if not lists.device_by_id.find(device_id) and lists.removed_by_id.find(device_id):
+                raise LookupFailed(f"device id {device_id!r} is a removed (de-enrolled) record (is_removed true); "
+                                   "give the device's current id, or its serial")
+            return lists.device_by_id.one(device_id, "device id")
         serial = row.get("serial")
         if serial.strip() == "--":
             raise LookupFailed("the serial is '--', which the MDM writes for an unknown serial; give device_id")
@@ -682,14 +827,19 @@ class ManageEngine(Provider):
         if not lists.serials_known and serial.strip():
             why = lists.no_details.get("devices") or "the MDM's device list carries no serial numbers"
             raise LookupFailed(f"serial {serial!r} was not found: {why}; give device_id instead")
+        if serial.strip() and not lists.device_by_serial_folded.find(serial):
+            _why_no_device(serial, lists)
         # serial numbers have no meaningful case; a unique match ignoring it is the device
         return lists.device_by_serial_folded.one(serial, "serial")
 
     def _group(self, name: str, lists: _Lists) -> Any:
         if not lists.group_by_name.find(name) and name.strip():
+            if lists.groups_without_id.find(name):
+                raise LookupFailed(f"group {name!r} was found, but the MDM's record for it has no group_id "
+                                   "(missing or null), so it cannot be changed")
             near = lists.group_by_name_folded.find(name)
             if near:
-                hint = ", ".join(repr(get_field(g, "name", "group_name")) for g in near[:3])
+                hint = ", ".join(repr(_group_name(g)) for g in near[:3])
                 raise LookupFailed(f"group {name!r} was not found (names must match exactly; did you mean {hint}?)")
         return lists.group_by_name.one(name, "group")
 
@@ -699,8 +849,11 @@ class ManageEngine(Provider):
         found: dict[str, Any] = {}
         for index in (lists.app_by_name, lists.app_by_bundle, lists.app_by_id):
             for app in index.find(value):
-                found[_key(get_field(app, "app_id")) or str(id(app))] = app
+                found[_usable_id(get_field(app, "app_id"))] = app
         if not found:
+            if lists.apps_without_id.find(value):
+                raise LookupFailed(f"app {value!r} was found, but the MDM's record for it has no app_id "
+                                   "(missing or null), so it cannot be sent")
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
             if not hint and "apps" in lists.no_details:
@@ -712,35 +865,45 @@ class ManageEngine(Provider):
         return next(iter(found.values()))
 
     def _plan_row(self, row: JobRow, lists: _Lists, seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
-        action = row.action
-        if action not in self.actions:
-            return failed(row, f"manageengine cannot {action}.")
+        if row.action not in self.actions:
+            return failed(row, f"manageengine cannot {row.action}.")
         device = self._device(row, lists)
+        if row.action in GROUP_ACTIONS:
+            return self._plan_group_row(row, device, lists, seen)
+        return self._plan_app_row(row, device, lists, seen)
+
+    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists,
+                        seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
+        action = row.action
         dev_id = get_field(device, "device_id")
         label = f"device {_serial(device) or dev_id}"
+        group = self._group(row.get("group"), lists)
+        group_id = get_field(group, "group_id")
+        gname = _group_name(group)
+        resolved = f"device_id={dev_id}; group_id={group_id}"
+        clash = self._once(seen, ("group", _key(dev_id), _key(group_id)), action, row, label, resolved)
+        if clash:
+            return clash
+        members = lists.members.get(_key(group_id))
+        if isinstance(members, LookupFailed):
+            raise members
+        member = members is not None and _key(dev_id) in members
+        params = {"device": dev_id, "group": group_id, "name": gname}
+        if action == "add-to-group":
+            if member:
+                return skipped(row, f"{_cap(label)} is already in group {gname!r}; nothing sent.", resolved)
+            undo = _undo_row("remove-from-group", device, group=gname) if members is not None else None
+            return Step(row, action, label, params, resolved, (action, _key(group_id)), undo)
+        if not member:
+            return skipped(row, f"{_cap(label)} is not in group {gname!r}; nothing sent.", resolved)
+        return Step(row, action, label, params, resolved, (action, row.index),
+                    _undo_row("add-to-group", device, group=gname))
 
-        if action in GROUP_ACTIONS:
-            group = self._group(row.get("group"), lists)
-            group_id = get_field(group, "group_id")
-            gname = get_field(group, "name")
-            resolved = f"device_id={dev_id}; group_id={group_id}"
-            clash = self._once(seen, ("group", _key(dev_id), _key(group_id)), action, row, label, resolved)
-            if clash:
-                return clash
-            members = lists.members.get(_key(group_id))
-            if isinstance(members, LookupFailed):
-                raise members
-            member = members is not None and _key(dev_id) in members
-            if action == "add-to-group":
-                if member:
-                    return skipped(row, f"{_cap(label)} is already in group {gname!r}; nothing sent.", resolved)
-                return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
-                            resolved, (action, _key(group_id)))
-            if not member:
-                return skipped(row, f"{_cap(label)} is not in group {gname!r}; nothing sent.", resolved)
-            return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
-                        resolved, (action, row.index))
-
+    def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists,
+                      seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
+        action = row.action
+        dev_id = get_field(device, "device_id")
+        label = f"device {_serial(device) or dev_id}"
         app = self._app(row.get("app"), lists)
         app_id = get_field(app, "app_id")
         aname = get_field(app, "app_name", "name")
@@ -754,8 +917,12 @@ class ManageEngine(Provider):
                 return skipped(row, f"{_cap(label)} already has {aname!r}; nothing sent.", resolved)
             if action == "remove-app" and not has.holds(app, loosely=True):
                 return skipped(row, f"{_cap(label)} does not have {aname!r}; nothing sent.", resolved)
+        # Undone only where the device's app list was read: without it, an
+        # app installed before the run could be removed by the undo.
+        opposite = "remove-app" if action == "install-app" else "install-app"
+        undo = _undo_row(opposite, device, app=_key(app_id)) if has is not None else None
         key = (action, _key(app_id)) if action == "install-app" else (action, row.index)
-        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key)
+        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key, undo)
 
     @staticmethod
     def _once(seen: dict[tuple[Any, ...], tuple[str, int]], key: tuple[Any, ...], action: str, row: JobRow,
@@ -812,7 +979,7 @@ class ManageEngine(Provider):
             "the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
         )
         result: list[Step | Outcome] = []
-        for item, ok in zip(out, fits):
+        for item, ok in zip(out, fits, strict=True):
             if ok or not isinstance(item, Step):
                 result.append(item)
             else:
@@ -940,10 +1107,13 @@ class _Lists:
     def __init__(self) -> None:
         empty = Index("x", [], lambda _: None)
         self.device_by_id = self.device_by_serial = self.device_by_serial_folded = empty
+        #: records that never match a row, kept to say why: de-enrolled ones, ones without device_id
+        self.removed_by_id = self.removed_by_serial = self.no_id_by_serial = empty
         self.serials_known = False
-        self.group_by_name = self.group_by_name_folded = empty
+        self.group_by_name = self.group_by_name_folded = self.groups_without_id = empty
         self.members: dict[str, set[str] | LookupFailed] = {}
         self.app_by_name = self.app_by_bundle = self.app_by_id = self.app_names_folded = empty
+        self.apps_without_id = empty
         #: device id -> its apps (only for devices that were read)
         self.device_apps: dict[str, _DeviceApps] = {}
         #: kind -> why its details were not read
@@ -977,13 +1147,17 @@ class _DeviceApps:
 
 
 class _ListFailed(Exception):
-    def __init__(self, path: str, resp: Response) -> None:
+    def __init__(self, path: str, resp: Response, *, hint: str = "") -> None:
         self.path = path
         self.resp = resp
+        self.hint = hint
 
     def detail(self) -> str:
         what = urlsplit(self.path).path.rsplit("/", 1)[-1] or self.path
-        return f"Could not read the MDM's {what} list: {_explain(self.resp)}"
+        explained = _explain(self.resp)
+        if self.hint:
+            explained = explained.rstrip(".") + f"; {self.hint}."
+        return f"Could not read the MDM's {what} list: {explained}"
 
 
 def _error_code(body: Any) -> str:
@@ -1076,6 +1250,43 @@ def _serial(device: Any) -> str:
     return "" if text == "--" else text
 
 
+def _why_no_device(serial: str, lists: _Lists) -> None:
+    """Raise why ``serial`` matches no current device record, when a record
+    that cannot be acted on holds it (else return: plain "not found")."""
+    if lists.removed_by_serial.find(serial):
+        raise LookupFailed(f"serial {serial!r} belongs only to removed (de-enrolled) device records "
+                           "(is_removed true); re-enrol the device or check the serial")
+    if lists.no_id_by_serial.find(serial):
+        raise LookupFailed(f"serial {serial!r} was found, but the MDM's record for it has no device_id "
+                           "(missing or null), so it cannot be changed")
+
+
+def _is_removed(device: Any) -> bool:
+    """A de-enrolled record: ``"is_removed": true``, or the strings public
+    clients compare it with (``d.is_removed === 'true'``)."""
+    value = get_field(device, "is_removed")
+    return value is True or (isinstance(value, str) and value.strip().casefold() == "true")
+
+
+def _usable_id(value: Any) -> str:
+    """An id as text, or "" when there is none to act on (missing, null,
+    blank, or not a number or string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return ""
+    return str(value).strip()
+
+
+def _group_name(group: Any) -> str:
+    return _key(get_field(group, "name", "group_name"))
+
+
+def _undo_row(action: str, device: Any, **columns: str) -> dict[str, str]:
+    """The job row that puts a device's earlier state back (by device id,
+    which a serial shared by two records cannot make ambiguous)."""
+    return {"action": action, "device_id": _key(get_field(device, "device_id")), "serial": _serial(device),
+            **columns}
+
+
 def _has_serial(device: Any) -> bool:
     """Whether a device object has a serial number field at all ("--" counts)."""
     return (get_field(device, "serial_number", "serial") is not None
@@ -1091,6 +1302,10 @@ def _next_link(body: Any) -> str | None:
         nxt = get_field(body, "next")
     return nxt.strip() if isinstance(nxt, str) and nxt.strip() else None
 
+
+#: the device list as public clients ask for it: without de-enrolled records
+#: (they still check is_removed on each record: a next link may drop the filter)
+DEVICE_LIST = "devices?exclude_removed=true"
 
 #: where a members answer holds its list: the doc's key first
 MEMBER_KEYS = ("member_ids", "members", "devices")
