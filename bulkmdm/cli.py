@@ -363,16 +363,23 @@ def actions() -> None:
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+@click.option("--me-real", is_flag=True,
+              help="manageengine: answer as the real cloud does, not as its doc writes (cloud API under "
+                   "/api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float) -> None:
+        slow_seconds: float, me_real: bool) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     from .sim import load
     from .sim.common import Faults, serve_forever
 
     faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
-    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
+    if me_real and provider.casefold() != "manageengine":
+        raise click.UsageError("--me-real is for the manageengine simulator only.")
+    behaviour = {"real": True} if me_real else {}
+    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults,
+                                    **behaviour)
 
     creds = {
         "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "

@@ -69,13 +69,14 @@ import contextvars
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from ..errors import AuthError, ConfigError, TransportError
+from ..errors import AuthError, ConfigError, HTTPStatusError, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
@@ -986,6 +987,61 @@ class ManageEngine(Provider):
                 result.append(failed(item.row, detail, item.resolved))
         return result
 
+    # -- export and templates ------------------------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """Every current device, one dict per device, page by page as the
+        device list pages: ``serial``, ``device_id``, ``name``, ``email``,
+        ``user``, ``model``, ``platform`` and ``groups`` (the names of the
+        groups it is a member of, ``"; "``-separated), all text. Removed
+        (de-enrolled) records are left out. Group memberships take one call
+        per group ("Get members present in a group"), made only when they
+        fit in a quarter of the day's remaining API calls; otherwise
+        ``groups`` is blank. Raises ``HTTPStatusError`` when a list cannot
+        be read."""
+        try:
+            groups_of = await self._groups_by_device()
+            seen: set[str] = set()
+            async for page in self._pages(DEVICE_LIST, "devices", "device_id"):
+                for device in page:
+                    device_id = _usable_id(get_field(device, "device_id"))
+                    if _is_removed(device) or (device_id and device_id in seen):
+                        continue
+                    seen.add(device_id)
+                    yield _inventory_row(device, groups_of.get(device_id, ()))
+        except _ListFailed as exc:
+            raise _list_error(exc) from None
+
+    async def _groups_by_device(self) -> dict[str, list[str]]:
+        """device id -> names of its groups (empty when that would not fit in the day)."""
+        groups = [g for g in await self._list("groups", "groups", "group_id") if _usable_id(get_field(g, "group_id"))]
+        room = self._room()
+        if room is not None and len(groups) > room // 4:
+            log.info("ManageEngine: %d groups' members would not fit in the day's API calls; groups left blank",
+                     len(groups))
+            return {}
+        out: dict[str, list[str]] = {}
+        for group in groups:
+            for member in sorted(await self._members(get_field(group, "group_id"))):
+                out.setdefault(member, []).append(_group_name(group))
+        return out
+
+    async def choices(self, column: str) -> list[str]:
+        """Names a template offers for ``column``: groups by name (names two
+        groups share are left out: a row naming one fails as ambiguous), apps
+        by name, or by bundle identifier or app id where the name (and the
+        identifier) is shared. ManageEngine has no tags: ``[]``."""
+        try:
+            if column == "group":
+                groups = [g for g in await self._list("groups", "groups", "group_id")
+                          if _usable_id(get_field(g, "group_id"))]
+                names = Counter(_group_name(g) for g in groups)
+                return sorted((n for n, times in names.items() if n and times == 1), key=str.casefold)
+            if column == "app":
+                return _app_choices(await self._list("apps", "apps", "app_id"))
+        except _ListFailed as exc:
+            raise _list_error(exc) from None
+        return []
+
     # -- dry run -------------------------------------------------------------------
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
         many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
@@ -1248,6 +1304,49 @@ def _serial(device: Any) -> str:
         value = get_field(get_field(device, "os"), "serial_number", "serial")
     text = "" if value is None else str(value).strip()
     return "" if text == "--" else text
+
+
+def _inventory_row(device: Any, groups: Sequence[str]) -> dict[str, str]:
+    user = get_field(device, "user")
+    return {
+        "serial": _serial(device),
+        "device_id": _usable_id(get_field(device, "device_id")),
+        "name": _key(get_field(device, "device_name", "name")),
+        "email": _key(get_field(user, "user_email", "email")),
+        "user": _key(get_field(user, "user_name", "name")),
+        "model": _key(get_field(device, "model")),
+        "platform": _key(get_field(device, "platform_type")),
+        "groups": "; ".join(groups),
+    }
+
+
+def _app_choices(apps: list[Any]) -> list[str]:
+    """Each app once, by the first of name, bundle identifier and app id that
+    names it alone."""
+    apps = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+
+    def name(app: Any) -> str:
+        return _key(get_field(app, "app_name", "name"))
+
+    def bundle(app: Any) -> str:
+        return _key(get_field(app, "bundle_identifier", "identifier"))
+
+    names = Counter(name(a) for a in apps)
+    bundles = Counter(bundle(a) for a in apps)
+    out = set()
+    for app in apps:
+        if name(app) and names[name(app)] == 1:
+            out.add(name(app))
+        elif bundle(app) and bundles[bundle(app)] == 1:
+            out.add(bundle(app))
+        else:
+            out.add(_usable_id(get_field(app, "app_id")))
+    return sorted(out, key=str.casefold)
+
+
+def _list_error(exc: _ListFailed) -> HTTPStatusError:
+    """A list that could not be read, for a command that needs it whole (export, template)."""
+    return HTTPStatusError(exc.detail(), status=exc.resp.status, body=exc.resp.body, attempts=exc.resp.attempts)
 
 
 def _why_no_device(serial: str, lists: _Lists) -> None:

@@ -76,6 +76,8 @@ Where the doc is silent, the simulator behaves as a plausible real server:
   ``identifier`` ties them to an app;
 * ``state.read_errors = n``: the next ``n`` reads (GET) answer 500 COM0004
   "Internal server error, Please try again in a moment";
+* ``state.no_id[id] = "missing"`` (or ``"null"``): that device's, group's or
+  app's list entry comes without its id field (or with it null);
 * the token endpoint reads its parameters from the query string and a form
   body (``state.token_params`` = "query" or "form" reads only one), and
   records where they came from in ``state.token_sources``.
@@ -218,6 +220,11 @@ class MEState:
         self.real = False
         #: a list asked with exclude_removed=true leaves removed records out
         self.honour_exclude_removed = True
+        #: how many device list pages were asked with exclude_removed=true
+        self.exclude_removed_asked = 0
+        #: device, group or app id -> "missing" or "null": its list entry
+        #: comes without that id (renamed, or null)
+        self.no_id: dict[int, str] = {}
         self.groups: dict[int, dict[str, Any]] = {}
         #: group id -> member device ids (a dict as an ordered set)
         self.members: dict[int, dict[int, None]] = {}
@@ -354,7 +361,16 @@ class MEState:
             summary["is_removed"] = "true" if device["device_id"] in self.removed else "false"
         if self.string_ids:
             summary["device_id"] = str(summary["device_id"])
-        return summary
+        return self.without_id(summary, "device_id", device["device_id"])
+
+    def without_id(self, item: dict[str, Any], field: str, item_id: int) -> dict[str, Any]:
+        """``item`` as listed: without its id field, or with it null, where ``no_id`` says so."""
+        how = self.no_id.get(item_id)
+        if how == "missing":
+            return {k: v for k, v in item.items() if k != field}
+        if how == "null":
+            return {**item, field: None}
+        return item
 
     def device_list(self, *, exclude_removed: bool) -> list[dict[str, Any]]:
         """The device list: each removed twin just before its live record."""
@@ -365,6 +381,10 @@ class MEState:
             if twin is not None and not hide:
                 out.append(self.device_summary(self.removed[twin]))
             out.append(self.device_summary(device))
+        if not hide:
+            # twins whose current record was deleted since
+            out.extend(self.device_summary(self.removed[twin]) for live, twin in self.twin_of.items()
+                       if live not in self.devices)
         return out
 
     def device_apps(self, device_id: int) -> dict[str, Any]:
@@ -595,6 +615,7 @@ def _page(request: web.Request, state: MEState, key: str, items: list[Any]) -> w
 
 async def list_devices(request: web.Request, state: MEState) -> web.StreamResponse:
     exclude = request.query.get("exclude_removed", "").strip().casefold() == "true"
+    state.exclude_removed_asked += exclude
     return _page(request, state, "devices", state.device_list(exclude_removed=exclude))
 
 
@@ -610,7 +631,9 @@ async def get_device_apps(request: web.Request, state: MEState) -> web.StreamRes
 
 async def list_groups(request: web.Request, state: MEState) -> web.StreamResponse:
     keep = ("group_id", "name", "group_type", "domain")
-    return _page(request, state, "groups", [{k: g[k] for k in keep if k in g} for g in state.groups.values()])
+    groups = [state.without_id({k: g[k] for k in keep if k in g}, "group_id", g["group_id"])
+              for g in state.groups.values()]
+    return _page(request, state, "groups", groups)
 
 
 async def get_group(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -642,7 +665,8 @@ async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
                              "platform_type", "description", "icon", "added_time", "modified_time")
     if state.doc_fields:
         keep = tuple(k for k in keep if k != "bundle_identifier")  # the doc's "Get App List" example
-    return _page(request, state, "apps", [{k: a[k] for k in keep} for a in state.apps.values()])
+    return _page(request, state, "apps", [state.without_id({k: a[k] for k in keep}, "app_id", a["app_id"])
+                                          for a in state.apps.values()])
 
 
 async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
