@@ -274,10 +274,13 @@ def _number(value: Any) -> float | None:
 
 
 #: A ManageEngine cloud's domain suffix -> the Zoho accounts server of that
-#: region. Public clients pair them so (a Dart client's ManageEngineChannel,
-#: TypeScript DATA_CENTRES tables): Canada's Zoho accounts live on
-#: zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any other
-#: mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
+#: region. The doc knows one region: every OAuth step posts to
+#: "https://accounts.zoho.com/oauth/v2/token". Public clients serve nine
+#: (a Dart client's ManageEngineChannel lists mdm.manageengine.com, .eu, .in,
+#: .com.au, .jp, .ca, .cn, .sa, .co.uk) and pair each with its own accounts
+#: server (TypeScript clients' DATA_CENTRES tables): Canada's Zoho accounts
+#: live on zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any
+#: other mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
 ZOHO_ACCOUNTS = {
     "com": "accounts.zoho.com",
     "eu": "accounts.zoho.eu",
@@ -1402,8 +1405,11 @@ def _next_link(body: Any) -> str | None:
     return nxt.strip() if isinstance(nxt, str) and nxt.strip() else None
 
 
-#: the device list as public clients ask for it: without de-enrolled records
-#: (they still check is_removed on each record: a next link may drop the filter)
+#: The device list as public clients ask for it: without de-enrolled records.
+#: The doc's "Get device list" ("Get List of managed devices") shows neither
+#: the parameter nor an is_removed field, but the cloud keeps a re-enrolled
+#: device's old record; public clients pass exclude_removed=true and still
+#: filter on is_removed (a next link may drop the parameter), as we do.
 DEVICE_LIST = "devices?exclude_removed=true"
 
 #: where a members answer holds its list: the doc's key first
