@@ -395,3 +395,33 @@ async def test_choices_offer_names_that_name_one_object(me: SimServer) -> None:
 def test_sim_option_for_the_real_behaviour_is_manageengine_only(run_cli: Any) -> None:
     result = run_cli(["sim", "duostation", "--me-real", "--port", "0"])
     assert result.exit_code == 2 and "--me-real is for the manageengine simulator only" in result.output
+
+
+def test_bulkmdm_sim_manageengine_me_real_serves_the_real_behaviour() -> None:
+    import json
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "sim", "manageengine", "--me-real", "--port", "0",
+                             "--devices", "40"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+
+        def get(path: str) -> Any:
+            request = urllib.request.Request(url + path, headers={"Authorization": "me-api-key"})
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.load(resp)
+
+        devices = get("/api/v1/mdm/devices")["devices"]
+        assert sum(d["is_removed"] == "true" for d in devices) == len(FACTS["removed_twin_of"]) + 4
+        assert not any(d["is_removed"] == "true" for d in get("/api/v1/mdm/devices?exclude_removed=true")["devices"])
+        with pytest.raises(urllib.error.HTTPError) as info:
+            get("/api/v1/devices")
+        assert info.value.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
