@@ -104,7 +104,7 @@ async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
             results = await asyncio.gather(*(provider.execute(b) for b in todo))
         else:
             results = [await provider.execute(b) for b in todo]
-        for batch, outcomes in zip(todo, results):
+        for batch, outcomes in zip(todo, results, strict=True):
             assert [o.index for o in outcomes] == [s.index for s in batch]
             out.update({o.index: o for o in outcomes})
     return [out[r.index] for r in job]
@@ -180,7 +180,8 @@ async def test_remove_from_group_skips_non_members(sim: SimServer, mode: str) ->
 async def test_install_app_by_name_bundle_or_id_in_one_request(sim: SimServer, mode: str) -> None:
     devs = generated(sim)[:5]
     names = [APP["name"], APP["name"], APP["bundle_identifier"], str(APP["id"]), APP["name"]]
-    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a} for d, a in zip(devs, names)))
+    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a}
+                 for d, a in zip(devs, names, strict=True)))
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 5
     assert "Installation of 'Kahoot!' sent" in out[0].detail
@@ -256,7 +257,7 @@ async def test_same_change_twice_is_sent_once_and_opposite_changes_conflict(sim:
     )
     out = await run(sim, env_for("on-premises", sim), job)
     assert statuses(out) == ["succeeded", "skipped", "failed"]
-    assert "line 2" in out[1].detail and "Line 2" in out[2].detail
+    assert "line 2" in out[1].detail and "line 2" in out[2].detail and "opposite change" in out[2].detail
     assert state(sim).log[FACTS["free_device"]["id"]] == [f"add-to-group:{GROUP['id']}"]
 
 

@@ -56,10 +56,9 @@ The vendor allows 100 calls a minute and 2,500 a day (1,000 for free
 organisations). The rate is the default; the day's budget is checked when
 planning: rows whose requests would not fit fail up front with a note to
 run the report again tomorrow (``BULKMDM_DAILY_LIMIT`` changes the budget).
-The doc's 429 ("COM0002 API Limit Exceeded") names no Retry-After: when the
-transport's quick retries meet only 429s, the run holds for the minute
-window and tries once more; a 429 after that means the day's calls are used
-up, and the remaining rows fail without being sent.
+The doc's 429 ("COM0002 API Limit Exceeded") names no Retry-After: the
+declared retry policy holds the run for the minute window and tries once
+more; a 429 after that means the day's calls are used up, and the run stops.
 """
 
 from __future__ import annotations
@@ -70,8 +69,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any
-from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 from ..errors import AuthError, BadAnswer, ConfigError, RedirectRefused, TransportError
 from ..model import JobRow, Outcome, Status, Step
@@ -79,15 +80,24 @@ from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Index,
+    ListFailed,
     LookupFailed,
+    Page,
     Provider,
     Settings,
+    as_int,
     as_list,
+    cap,
+    collect_pages,
     explain_status,
     failed,
     get_field,
+    key,
     outcome_from_error,
+    seg,
+    send_halving,
     skipped,
+    wire_int,
 )
 
 log = logging.getLogger("bulkmdm.http")
@@ -100,6 +110,9 @@ GROUP_ACTIONS = frozenset({"add-to-group", "remove-from-group"})
 APP_ACTIONS = frozenset({"install-app", "remove-app"})
 #: actions whose rows share one request (the API takes a list of ids)
 BATCHED = frozenset({"add-to-group", "install-app"})
+#: the change that undoes each action
+OPPOSITE = {"add-to-group": "remove-from-group", "remove-from-group": "add-to-group",
+            "install-app": "remove-app", "remove-app": "install-app"}
 #: a whole-batch 4xx with these is about the account or the request's form,
 #: not one bad id; splitting the batch would only repeat it
 _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
@@ -152,12 +165,18 @@ class ZohoOAuth(Auth):
         self._lock: asyncio.Lock | None = None
         #: how many access tokens this run obtained
         self.grants = 0
+        #: what a refusal adds when the token server is not the tenant's region's (see region_hint)
+        self.hint = ""
+        #: whether the MDM took the current token (a 2xx answer to a request that carried it)
+        self._accepted = False
 
     def headers(self) -> Mapping[str, str]:
         _sent_token.set(self._token)
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
 
     def refused(self, status: int, body: Any) -> bool:
+        if 200 <= status < 300:
+            self._accepted = True  # the token server is one the MDM trusts
         return _token_refused(status, body)
 
     def _fresh(self) -> bool:
@@ -182,6 +201,11 @@ class ZohoOAuth(Auth):
         # refused together renew once: the others find a token newer than the
         # one that failed and just retry with it.
         failed_with = _sent_token.get()
+        if self.hint and not self._accepted:
+            # A token from another region's accounts server, refused before
+            # the MDM ever took it: another token from there will not do.
+            raise AuthError(f"the MDM refused the access token from {urlsplit(self.token_url).netloc}{self.hint}",
+                            status=401)
         async with self._locked():
             if self._token is not None and self._token != failed_with:
                 return True
@@ -224,7 +248,7 @@ class ZohoOAuth(Auth):
         reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {resp.status}"
         raise AuthError(
             f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
-            "BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN",
+            f"BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN{self.hint}",
             status=401,
         )
 
@@ -243,6 +267,7 @@ class ZohoOAuth(Auth):
         self._token = token
         self._expires_at = now + ttl - min(60.0, ttl / 10)
         self.grants += 1
+        self._accepted = False  # not yet by the MDM (the 200 just seen was the token server's)
 
     def _redact(self, text: str) -> str:
         for secret in (self._client_secret, self._refresh_token, self._client_id, self._token):
@@ -342,10 +367,13 @@ def _daily_limit(env: Mapping[str, str]) -> int | None:
 class ManageEngine(Provider):
     name = "manageengine"
     actions = frozenset(GROUP_ACTIONS | APP_ACTIONS)
+    credentials = (("BULKMDM_API_KEY",), ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN"))
     # "100 API calls/minute". A handful in flight is plenty at that pace.
     default_rate = 100 / 60
     # "100 calls/min": a hard limit, so the adaptive controller must not probe above it
     max_rate = 100 / 60
+    #: the window the vendor counts its limit over ("100 API calls/minute")
+    rate_window = 60.0
     default_concurrency = 4
     # The doc: "COM0004 500 Internal server error, Please try again in a
     # moment": reads are tried again (a change that met a 500 may have been
@@ -368,10 +396,10 @@ class ManageEngine(Provider):
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
         _daily_limit(env)  # a bad value stops the run before anything is sent
-        key = env.get("BULKMDM_API_KEY", "").strip()
-        if key:
-            return ApiKeyAuth(key)
-        names = ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN")
+        api_key = env.get("BULKMDM_API_KEY", "").strip()
+        if api_key:
+            return ApiKeyAuth(api_key)
+        names = cls.credentials[1]
         values = [env.get(n, "").strip() for n in names]
         missing = [n for n, v in zip(names, values, strict=True) if not v]
         if len(missing) == len(names):
@@ -384,6 +412,8 @@ class ManageEngine(Provider):
                 f"manageengine cloud needs {', '.join(missing)} in the environment as well (or BULKMDM_API_KEY "
                 "for an on-premises server); set it and run again."
             )
+        # Without BULKMDM_OAUTH_URL the provider names the tenant's region's
+        # accounts server once it knows --url (zoho_token_url).
         token_url = env.get("BULKMDM_OAUTH_URL", "").strip() or DEFAULT_OAUTH_URL
         if not token_url.startswith(("https://", "http://")):
             raise ConfigError(f"BULKMDM_OAUTH_URL {token_url!r} must start with https://.")
@@ -407,65 +437,49 @@ class ManageEngine(Provider):
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         auth = client.auth
-        if isinstance(auth, (ApiKeyAuth, ZohoOAuth)):
-            self.on_premises = isinstance(auth, ApiKeyAuth)
-        else:
-            self.on_premises = bool(settings.env.get("BULKMDM_API_KEY", "").strip())
+        self.on_premises = isinstance(auth, ApiKeyAuth) or (
+            not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip()))
         self.daily_limit = _daily_limit(settings.env)
-        self._oauth = auth if isinstance(auth, ZohoOAuth) else None
         pinned = client.base_url.casefold().endswith("/api/v1/mdm")
-        #: what goes before every path: "mdm/" (on-premises and the cloud as
-        #: its public clients call it), "" once the cloud fell back to the doc's base
+        #: what goes before every path: "mdm/" (on-premises, and the cloud as
+        #: its public clients call it); "" once the cloud fell back to the doc's base
         self._prefix = "" if pinned else "mdm/"
         #: the cloud may still fall back to the doc's base (until a list answers)
         self._may_fall_back = not pinned and not self.on_premises
-        if self._oauth is not None and not settings.env.get("BULKMDM_OAUTH_URL", "").strip():
-            self._oauth.token_url = zoho_token_url(settings.url)
+        if isinstance(auth, ZohoOAuth):
+            if not settings.env.get("BULKMDM_OAUTH_URL", "").strip():
+                auth.token_url = zoho_token_url(settings.url)
+            auth.hint = region_hint(settings.url, auth.token_url)
+        self._lists: _Lists | None = None
 
-    # -- requests -------------------------------------------------------------
+    # -- reading --------------------------------------------------------------
     def _path(self, path: str) -> str:
-        return self._prefix + path
-
-    def _with_region_hint(self, exc: AuthError) -> AuthError:
-        """``exc`` saying which Zoho accounts server to use, when the token
-        came from another region's."""
-        hint = region_hint(self.settings.url, self._oauth.token_url) if self._oauth is not None else ""
-        if not hint or hint in str(exc):
-            return exc
-        return AuthError(str(exc) + hint, attempts=exc.attempts, status=exc.status)
-
-    async def _request(self, method: str, path: str, **kw: Any) -> Response:
-        url = self._path(path) if "://" not in path else path
-        return await self.client.request(method, url, **kw)
+        return path if "://" in path else self._prefix + path
 
     async def _get(self, path: str) -> Any:
-        resp = await self._request("GET", path)
+        """GET a documented resource: the body, or ListFailed. The run's first
+        list met with a 404 under /api/v1/mdm/ moves the cloud to the doc's base."""
+        resp = await self.client.request("GET", self._path(path))
         if resp.status == 404 and self._may_fall_back:
-            # The run's first list met a 404 under /api/v1/mdm/: a cloud that
-            # serves the doc's base ("Cloud https://mdm.manageengine.com/api/v1")
-            # instead of the one its public clients call. The rest of the run
-            # uses the doc's base.
+            # The doc: "Cloud https://mdm.manageengine.com/api/v1"; its public
+            # clients call /api/v1/mdm/. A cloud that serves only the doc's
+            # base is spoken to there for the rest of the run.
             log.info("ManageEngine: %s answered 404 under /api/v1/mdm; trying the doc's cloud base /api/v1", path)
-            self._prefix = ""
-            self._may_fall_back = False
-            resp = await self._request("GET", path)
+            self._prefix, self._may_fall_back = "", False
+            resp = await self.client.request("GET", self._path(path))
             if resp.status == 404:
                 self._prefix = "mdm/"
-                raise _ListFailed(path, resp, hint=(
+                raise ListFailed(path, replace(resp, note=(
                     "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url (the server root, "
-                    "e.g. https://mdm.manageengine.eu)"))
+                    "e.g. https://mdm.manageengine.eu)")))
         if not resp.ok:
-            raise _ListFailed(path, resp)
+            raise ListFailed(path, resp)
         self._may_fall_back = False
         return resp.body
 
-    async def _list(self, path: str, key: str | tuple[str, ...], id_field: str) -> list[Any]:
-        """A list under its wrapping key (``{"devices": [...]}``), every page
-        (see :meth:`_pages`)."""
-        return [item async for page in self._pages(path, key, id_field) for item in page]
-
-    async def _pages(self, path: str, key: str | tuple[str, ...], id_field: str) -> AsyncIterator[list[Any]]:
-        """A list under its wrapping key (``{"devices": [...]}``), page by page.
+    async def _page(self, path: str, keys: tuple[str, ...], cursor: str | None) -> Page:
+        """One page of a list under its wrapping key (``{"devices": [...]}``)
+        and the next page's URL (None: the last).
 
         The doc's examples show one answer, but its error table has "COM0003
         Invalid paging params", and ManageEngine's API pages lists (50 items by
@@ -474,41 +488,24 @@ class ManageEngine(Provider):
         and ``limit``. A ``next`` link is followed; without one, a total larger
         than what arrived is fetched by ``offset``. Either way the request goes
         to the server this run talks to (only the link's path and query are
-        used), so the credentials go nowhere else. Items repeated across pages
-        are kept once, so a repeated page cannot make a serial look ambiguous;
-        items without an id are all kept (they never collapse into one)."""
-        ids: set[str] = set()
-        count = 0
-        body = await self._get(path)
-        current = self.client.url(self._path(path))  # after _get: the first list may have changed the base
-        seen = {current}
-        while True:
-            page = as_list(body, *((key,) if isinstance(key, str) else key))
-            fresh = []
-            for item in page:
-                item_id = _usable_id(get_field(item, id_field))
-                if item_id and item_id in ids:
-                    continue
-                if item_id:
-                    ids.add(item_id)
-                fresh.append(item)
-            count += len(fresh)
-            if fresh:
-                yield fresh
-            nxt = _next_link(body)
-            if nxt:
-                url = self._on_this_server(urljoin(current, nxt))
-            else:
-                total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
-                if not page or total is None or count >= total:
-                    return
-                base = self.client.url(self._path(path))
-                url = f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': count, 'limit': len(page)})}"
-            if not fresh or url in seen or len(seen) > 1000:
-                return
-            seen.add(url)
-            current = url
-            body = await self._get(url)
+        used), so the credentials go nowhere else."""
+        body = await self._get(cursor or path)
+        current = self.client.url(self._path(cursor or path))  # after _get: the base may have changed
+        items = as_list(body, *keys)
+        nxt = _next_link(body)
+        if nxt:
+            return items, self._on_this_server(urljoin(current, nxt))
+        total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
+        offset = _offset(current) + len(items)
+        if not items or total is None or offset >= total:
+            return items, None
+        base = self.client.url(self._path(path))
+        return items, f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': offset, 'limit': len(items)})}"
+
+    async def _list(self, path: str, keys: tuple[str, ...], id_field: str) -> list[Any]:
+        """Every page of a list, each item once (items without an id are all kept)."""
+        return await collect_pages(partial(self._page, path, keys),
+                                   ident=lambda item: _usable_id(get_field(item, id_field)))
 
     def _on_this_server(self, url: str) -> str:
         """``url``'s path and query on the server this run talks to (a next
@@ -516,6 +513,13 @@ class ManageEngine(Provider):
         base = urlsplit(self.client.base_url)
         parts = urlsplit(url)
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
+
+    async def _members(self, group_id: Any) -> set[str]:
+        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
+        21312 ] }`` (every page, should the server page it; member objects
+        are read too)."""
+        items = await self._list(f"groups/{seg(group_id)}/members", MEMBER_KEYS, "member_id")
+        return {_member_id(m) for m in items} - {""}
 
     async def _each(self, paths: Sequence[str], *, quiet: bool) -> list[Response | None]:
         """GET every path, a few at a time (the rate limiter paces them).
@@ -525,9 +529,7 @@ class ManageEngine(Provider):
         async def one(path: str) -> Response | None:
             async with limit:
                 try:
-                    return await self._request("GET", path)
-                except AuthError:
-                    raise
+                    return await self.client.request("GET", self._path(path))
                 except TransportError:
                     if not quiet:
                         raise
@@ -543,79 +545,29 @@ class ManageEngine(Provider):
 
     # -- planning -----------------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
-        actions = {row.action for row in rows}
-        try:
-            lists = await self._fetch_lists(actions, rows)
-        except _ListFailed as exc:
-            if exc.resp.status == 403 or _error_code(exc.resp.body) == "COM0013":
-                # The doc's table has "401 Unauthorized (Invalid AuthToken)" but
-                # also "403 Forbidden ... possibly not an user of the respective
-                # organization", and "COM0013 Not Authorised/ Invalid auth token":
-                # a server may refuse a bad key with 403. Refused on the look-ups,
-                # nothing can run and nothing was sent: bad credentials, not rows
-                # that failed one by one.
-                said = get_field(_me_body(exc.resp.body), "message")
-                what = urlsplit(exc.path).path.rsplit("/", 1)[-1] or exc.path
-                raise self._with_region_hint(AuthError(
-                    f"the MDM refused the credentials (HTTP {exc.resp.status} reading the {what} list"
-                    f"{': ' + str(said) if said else ''}); check "
-                    f"{'BULKMDM_API_KEY' if self.on_premises else 'the OAuth client and refresh token'} "
-                    "and the account's permissions", attempts=exc.resp.attempts, status=exc.resp.status,
-                )) from None
-            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
-                    for row in rows]
-        except TransportError as exc:
-            if isinstance(exc, AuthError):
-                # refused by the token endpoint or with a 401: bad credentials,
-                # or a token from another region's accounts server
-                raise self._with_region_hint(exc) from None
-            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
-        seen: dict[tuple[Any, ...], tuple[str, int]] = {}
-        out: list[Step | Outcome] = []
-        for row in rows:
-            try:
-                out.append(self._plan_row(row, lists, seen))
-            except LookupFailed as exc:
-                out.append(failed(row, _sentence(str(exc))))
-        return self._within_budget(out)
+        # the base's plan loop, then the day's budget over all the rows
+        return self._within_budget(await super().plan(rows))
 
-    async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> _Lists:
-        lists = _Lists()
-        devices = await self._list(DEVICE_LIST, "devices", "device_id")
-        by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
-        if by_serial and devices and not any(_has_serial(d) for d in devices):
-            devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
-        self._index_devices(lists, devices)
+    async def prepare(self, rows: Sequence[JobRow]) -> _Lists:
+        lists = self._lists or _Lists()
+        if self._lists is None:
+            devices = await self._list(DEVICE_LIST, ("devices",), "device_id")
+            by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
+            if by_serial and devices and not any(_has_serial(d) for d in devices):
+                devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
+            _index_devices(lists, devices)
+            self._lists = lists
+        actions = {row.action for row in rows}
         if actions & GROUP_ACTIONS:
             await self._fetch_groups(lists, rows)
         if actions & APP_ACTIONS:
             await self._fetch_apps(lists, rows)
         return lists
 
-    @staticmethod
-    def _index_devices(lists: _Lists, devices: list[Any]) -> None:
-        # A record with "is_removed" true is a de-enrolled device whose serial
-        # a current record may hold again; one without a usable device_id
-        # cannot be acted on. Neither ever matches a row; both are kept to
-        # say why a row found nothing.
-        live = [d for d in devices if not _is_removed(d) and _usable_id(get_field(d, "device_id"))]
-        removed = [d for d in devices if _is_removed(d)]
-        no_id = [d for d in devices if not _is_removed(d) and not _usable_id(get_field(d, "device_id"))]
-        lists.device_by_id = Index("device", live, lambda d: _usable_id(get_field(d, "device_id")))
-        lists.device_by_serial = Index("device", live, _serial)
-        lists.device_by_serial_folded = Index("device", live, _serial, fold=True)
-        lists.removed_by_id = Index("device", removed, lambda d: _usable_id(get_field(d, "device_id")))
-        lists.removed_by_serial = Index("device", removed, _serial, fold=True)
-        lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
-        lists.serials_known = any(_serial(d) for d in devices)
-
     async def _fetch_groups(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
-        groups = await self._list("groups", "groups", "group_id")
-        usable = [g for g in groups if _usable_id(get_field(g, "group_id"))]
-        lists.group_by_name = Index("group", usable, _group_name)
-        lists.group_by_name_folded = Index("group", usable, _group_name, fold=True)
-        lists.groups_without_id = Index("group", [g for g in groups if g not in usable], _group_name)
+        if lists.groups is None:
+            lists.groups = await self._list("groups", ("groups",), "group_id")
+            _index_groups(lists, lists.groups)
         wanted: dict[str, Any] = {}
         for row in rows:
             if row.action in GROUP_ACTIONS:
@@ -623,49 +575,30 @@ class ManageEngine(Provider):
                     group = self._group(row.get("group"), lists)
                 except LookupFailed:
                     continue
-                wanted[_key(get_field(group, "group_id"))] = group
+                wanted.setdefault(key(get_field(group, "group_id")), group)
         for group_id, group in wanted.items():
+            if group_id in lists.members:
+                continue
             try:
                 lists.members[group_id] = await self._members(group_id)
-            except _ListFailed as exc:
+            except ListFailed as exc:
                 lists.members[group_id] = LookupFailed(
-                    f"could not read the members of group {get_field(group, 'name')!r}: {_explain(exc.resp)}"
-                )
+                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}")
 
     async def _fetch_apps(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
-        apps = await self._list("apps", "apps", "app_id")
-        self._index_apps(lists, apps)
+        if lists.apps is None:
+            lists.apps = await self._list("apps", ("apps",), "app_id")
+            _index_apps(lists, lists.apps)
         app_rows = [row for row in rows if row.action in APP_ACTIONS]
-        if apps and not any(get_field(a, "bundle_identifier", "identifier") for a in apps):
+        if lists.apps and not any(get_field(a, "bundle_identifier", "identifier") for a in lists.apps):
             # "Get App List" shows no bundle_identifier; "Get App Details" does.
-            unmatched = [row for row in app_rows if row.get("app").strip() and not self._app_matches(row, lists)]
+            unmatched = [row for row in app_rows if row.get("app").strip() and not _app_matches(row, lists)]
             if unmatched:
-                apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
-                self._index_apps(lists, apps)
+                lists.apps = await self._with_details(lists.apps, "apps", "app_id", lists, "bundle identifiers")
+                _index_apps(lists, lists.apps)
         await self._read_device_apps(app_rows, lists)
         if lists.device_apps and not lists.no_details.get("apps"):
-            await self._bundles_for_device_checks(apps, app_rows, lists)
-
-    async def _members(self, group_id: Any) -> set[str]:
-        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
-        21312 ] }`` (every page, should the server page it; member objects
-        are read too)."""
-        items = await self._list(f"groups/{_seg(group_id)}/members", MEMBER_KEYS, "member_id")
-        return {_member_id(m) for m in items} - {""}
-
-    def _index_apps(self, lists: _Lists, apps: list[Any]) -> None:
-        usable = [a for a in apps if _usable_id(get_field(a, "app_id"))]
-        lists.app_by_name = Index("app", usable, lambda a: get_field(a, "app_name", "name"))
-        lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
-        lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
-        lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
-        lists.apps_without_id = Index("app", [a for a in apps if a not in usable],
-                                      lambda a: (get_field(a, "app_name", "name"),
-                                                 get_field(a, "bundle_identifier", "identifier")))
-
-    def _app_matches(self, row: JobRow, lists: _Lists) -> bool:
-        value = row.get("app")
-        return bool(lists.app_by_name.find(value) or lists.app_by_id.find(value))
+            await self._bundles_for_device_checks(app_rows, lists)
 
     async def _with_details(self, items: list[Any], kind: str, id_field: str, lists: _Lists,
                             what: str) -> list[Any]:
@@ -682,7 +615,7 @@ class ManageEngine(Provider):
             )
             return items
         ids = [get_field(item, id_field) for item in items]
-        answers = await self._each([f"{kind}/{_seg(i)}" for i in ids], quiet=False)
+        answers = await self._each([f"{kind}/{seg(i)}" for i in ids], quiet=False)
         out = []
         for item, resp in zip(items, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
@@ -691,7 +624,7 @@ class ManageEngine(Provider):
             elif resp is not None and resp.status in (404, 410):
                 out.append(item)  # removed since the list was read
             elif resp is not None:
-                raise _ListFailed(f"{kind[:-1]} details", resp)
+                raise ListFailed(f"{kind[:-1]} details", resp)
         return out
 
     async def _read_device_apps(self, app_rows: Sequence[JobRow], lists: _Lists) -> None:
@@ -705,19 +638,18 @@ class ManageEngine(Provider):
                 device = self._device(row, lists)
             except LookupFailed:
                 continue
-            wanted[_key(get_field(device, "device_id"))] = get_field(device, "device_id")
+            wanted[key(get_field(device, "device_id"))] = get_field(device, "device_id")
         room = self._room()
         if not wanted or len(wanted) > self.app_check_max or (room is not None and len(wanted) > room // 4):
             return
-        answers = await self._each([f"devices/{_seg(d)}/apps" for d in wanted.values()], quiet=True)
-        for key, resp in zip(wanted, answers, strict=True):
+        answers = await self._each([f"devices/{seg(d)}/apps" for d in wanted.values()], quiet=True)
+        for device_key, resp in zip(wanted, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
-                lists.device_apps[key] = _DeviceApps(resp.body)
+                lists.device_apps[device_key] = _DeviceApps(resp.body)
 
-    async def _bundles_for_device_checks(self, apps: list[Any], app_rows: Sequence[JobRow],
-                                         lists: _Lists) -> list[Any]:
-        """``apps`` with the bundle identifiers of the apps whose presence on a
-        row's device the device's app list cannot settle by app id.
+    async def _bundles_for_device_checks(self, app_rows: Sequence[JobRow], lists: _Lists) -> None:
+        """Add the bundle identifiers of the apps whose presence on a row's
+        device the device's app list cannot settle by app id.
 
         "Get device app list" names an app by ``app_id`` and ``identifier``;
         its example's ``app_id`` (9007199254741340) is not from the repository's
@@ -733,24 +665,22 @@ class ManageEngine(Provider):
                 app = self._app(row.get("app"), lists)
             except LookupFailed:
                 continue
-            has = lists.device_apps.get(_key(get_field(device, "device_id")))
+            has = lists.device_apps.get(key(get_field(device, "device_id")))
             if (has is None or not has.identifiers or has.holds(app, loosely=False)
                     or get_field(app, "bundle_identifier", "identifier")):
                 continue
-            wanted[_key(get_field(app, "app_id"))] = get_field(app, "app_id")
+            wanted[key(get_field(app, "app_id"))] = get_field(app, "app_id")
         room = self._room()
         if not wanted or (room is not None and len(wanted) > room // 4):
-            return apps
-        answers = await self._each([f"apps/{_seg(i)}" for i in wanted.values()], quiet=True)
-        details = {key: resp.body for key, resp in zip(wanted, answers, strict=True)
+            return
+        answers = await self._each([f"apps/{seg(i)}" for i in wanted.values()], quiet=True)
+        details = {app_key: resp.body for app_key, resp in zip(wanted, answers, strict=True)
                    if resp is not None and resp.ok and isinstance(resp.body, Mapping)}
-        if not details:
-            return apps
-        # the list's fields win, as in _with_details
-        merged = [{**details[_key(get_field(a, "app_id"))], **a} if _key(get_field(a, "app_id")) in details else a
-                  for a in apps]
-        self._index_apps(lists, merged)
-        return merged
+        if details and lists.apps is not None:
+            # the list's fields win, as in _with_details
+            lists.apps = [{**details[key(get_field(a, "app_id"))], **a} if key(get_field(a, "app_id")) in details
+                          else a for a in lists.apps]
+            _index_apps(lists, lists.apps)
 
     def _device(self, row: JobRow, lists: _Lists) -> Any:
         device_id = row.get("device_id")
@@ -804,43 +734,49 @@ class ManageEngine(Provider):
                                "give the app id instead")
         return next(iter(found.values()))
 
-    def _plan_row(self, row: JobRow, lists: _Lists, seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
+    def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action not in self.actions:
             return failed(row, f"manageengine cannot {row.action}.")
         device = self._device(row, lists)
         if row.action in GROUP_ACTIONS:
-            return self._plan_group_row(row, device, lists, seen)
-        return self._plan_app_row(row, device, lists, seen)
+            return self._plan_group_row(row, device, lists)
+        return self._plan_app_row(row, device, lists)
 
-    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists,
-                        seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
-        action = row.action
+    def _same_or_opposite(self, row: JobRow, what: str, pair: tuple[str, str], label: str,
+                          resolved: str) -> Outcome | None:
+        """The same change twice is sent once; a change and its opposite to one
+        pair fail the later row (rows run concurrently, so their order is not kept)."""
+        opposite = OPPOSITE[row.action]
+        return self.changes.once(row, (row.action, *pair), resolved) or self.changes.contradicts(
+            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved)
+
+    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         dev_id = get_field(device, "device_id")
         label = f"device {_serial(device) or dev_id}"
         group = self._group(row.get("group"), lists)
         group_id = get_field(group, "group_id")
         gname = _group_name(group)
         resolved = f"device_id={dev_id}; group_id={group_id}"
-        clash = self._once(seen, ("group", _key(dev_id), _key(group_id)), action, row, label, resolved)
+        pair = (key(dev_id), key(group_id))
+        clash = self._same_or_opposite(row, "group", pair, label, resolved)
         if clash:
             return clash
-        members = lists.members.get(_key(group_id))
+        members = lists.members.get(key(group_id))
         if isinstance(members, LookupFailed):
             raise members
-        member = members is not None and _key(dev_id) in members
+        member = members is not None and key(dev_id) in members
+        if member == (row.action == "add-to-group"):
+            state = "already in" if member else "not in"
+            return skipped(row, f"{cap(label)} is {state} group {gname!r}; nothing sent.", resolved)
+        self.changes.changing(row, (row.action, *pair))
         params = {"device": dev_id, "group": group_id, "name": gname}
-        if action == "add-to-group":
-            if member:
-                return skipped(row, f"{_cap(label)} is already in group {gname!r}; nothing sent.", resolved)
+        if row.action == "add-to-group":
             undo = _undo_row("remove-from-group", device, group=gname) if members is not None else None
-            return Step(row, action, label, params, resolved, (action, _key(group_id)), undo)
-        if not member:
-            return skipped(row, f"{_cap(label)} is not in group {gname!r}; nothing sent.", resolved)
-        return Step(row, action, label, params, resolved, (action, row.index),
+            return Step(row, row.action, label, params, resolved, (row.action, key(group_id)), undo)
+        return Step(row, row.action, label, params, resolved, (row.action, row.index),
                     _undo_row("add-to-group", device, group=gname))
 
-    def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists,
-                      seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
+    def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         action = row.action
         dev_id = get_field(device, "device_id")
         label = f"device {_serial(device) or dev_id}"
@@ -848,35 +784,22 @@ class ManageEngine(Provider):
         app_id = get_field(app, "app_id")
         aname = get_field(app, "app_name", "name")
         resolved = f"device_id={dev_id}; app_id={app_id}"
-        clash = self._once(seen, ("app", _key(dev_id), _key(app_id)), action, row, label, resolved)
+        pair = (key(dev_id), key(app_id))
+        clash = self._same_or_opposite(row, "app", pair, label, resolved)
         if clash:
             return clash
-        has = lists.device_apps.get(_key(dev_id))
+        has = lists.device_apps.get(key(dev_id))
         if has is not None:
             if action == "install-app" and has.holds(app, loosely=False):
-                return skipped(row, f"{_cap(label)} already has {aname!r}; nothing sent.", resolved)
+                return skipped(row, f"{cap(label)} already has {aname!r}; nothing sent.", resolved)
             if action == "remove-app" and not has.holds(app, loosely=True):
-                return skipped(row, f"{_cap(label)} does not have {aname!r}; nothing sent.", resolved)
+                return skipped(row, f"{cap(label)} does not have {aname!r}; nothing sent.", resolved)
+        self.changes.changing(row, (action, *pair))
         # Undone only where the device's app list was read: without it, an
         # app installed before the run could be removed by the undo.
-        opposite = "remove-app" if action == "install-app" else "install-app"
-        undo = _undo_row(opposite, device, app=_key(app_id)) if has is not None else None
-        key = (action, _key(app_id)) if action == "install-app" else (action, row.index)
-        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key, undo)
-
-    @staticmethod
-    def _once(seen: dict[tuple[Any, ...], tuple[str, int]], key: tuple[Any, ...], action: str, row: JobRow,
-              label: str, resolved: str) -> Outcome | None:
-        """The same change twice is sent once; opposite changes to one pair fail
-        the later row (rows run concurrently, so their order is not kept)."""
-        earlier = seen.get(key)
-        if earlier is None:
-            seen[key] = (action, row.line)
-            return None
-        if earlier[0] == action:
-            return skipped(row, f"Same change as line {earlier[1]}; sent once.", resolved)
-        return failed(row, f"Line {earlier[1]} already does {earlier[0]} for {label} with the same "
-                           f"{key[0]}; put one change per {key[0]} and device in a job.", resolved)
+        undo = _undo_row(OPPOSITE[action], device, app=key(app_id)) if has is not None else None
+        batch = (action, key(app_id)) if action == "install-app" else (action, row.index)
+        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, batch, undo)
 
     def _within_budget(self, out: list[Step | Outcome]) -> list[Step | Outcome]:
         """Fail, up front, the rows whose requests would not fit in the day.
@@ -889,13 +812,11 @@ class ManageEngine(Provider):
         if limit is None:
             return out
         lookups = self.client.requests_sent
-        reserve = max(10, limit // 50)
-        room = limit - reserve - lookups
+        room = limit - max(10, limit // 50) - lookups
         size = self.batch_size()
         #: batch key -> (steps in it so far, whether its current batch fits)
         open_batches: dict[Any, tuple[int, bool]] = {}
-        cost = 0
-        total = 0
+        cost = total = 0
         fits: list[bool] = []
         for item in out:
             if not isinstance(item, Step):
@@ -915,16 +836,11 @@ class ManageEngine(Provider):
             return out
         detail = (
             f"Not sent: this job needs about {total + lookups:,} API calls ({lookups} look-ups included) and "
-            f"ManageEngine allows {limit:,} a day (keeping {reserve} for retries); this row did not fit. Run "
-            "the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
+            f"ManageEngine allows {limit:,} a day (keeping {max(10, limit // 50)} for retries); this row did not "
+            "fit. Run the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
         )
-        result: list[Step | Outcome] = []
-        for item, ok in zip(out, fits, strict=True):
-            if ok or not isinstance(item, Step):
-                result.append(item)
-            else:
-                result.append(failed(item.row, detail, item.resolved))
-        return result
+        return [item if ok or not isinstance(item, Step) else failed(item.row, detail, item.resolved)
+                for item, ok in zip(out, fits, strict=True)]
 
     # -- export and templates ------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
@@ -935,24 +851,29 @@ class ManageEngine(Provider):
         (de-enrolled) records are left out. Group memberships take one call
         per group ("Get members present in a group"), made only when they
         fit in a quarter of the day's remaining API calls; otherwise
-        ``groups`` is blank. Raises ``HTTPStatusError`` when a list cannot
-        be read."""
+        ``groups`` is blank. Raises ``TransportError`` when a list cannot be
+        read."""
         try:
             groups_of = await self._groups_by_device()
             seen: set[str] = set()
-            async for page in self._pages(DEVICE_LIST, "devices", "device_id"):
-                for device in page:
+            cursor: str | None = None
+            for _page in range(100_000):
+                devices, cursor = await self._page(DEVICE_LIST, ("devices",), cursor)
+                for device in devices:
                     device_id = _usable_id(get_field(device, "device_id"))
                     if _is_removed(device) or (device_id and device_id in seen):
                         continue
                     seen.add(device_id)
                     yield _inventory_row(device, groups_of.get(device_id, ()))
-        except _ListFailed as exc:
-            raise _list_error(exc) from None
+                if cursor is None:
+                    return
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
 
     async def _groups_by_device(self) -> dict[str, list[str]]:
         """device id -> names of its groups (empty when that would not fit in the day)."""
-        groups = [g for g in await self._list("groups", "groups", "group_id") if _usable_id(get_field(g, "group_id"))]
+        groups = [g for g in await self._list("groups", ("groups",), "group_id")
+                  if _usable_id(get_field(g, "group_id"))]
         room = self._room()
         if room is not None and len(groups) > room // 4:
             log.info("ManageEngine: %d groups' members would not fit in the day's API calls; groups left blank",
@@ -971,14 +892,14 @@ class ManageEngine(Provider):
         identifier) is shared. ManageEngine has no tags: ``[]``."""
         try:
             if column == "group":
-                groups = [g for g in await self._list("groups", "groups", "group_id")
+                groups = [g for g in await self._list("groups", ("groups",), "group_id")
                           if _usable_id(get_field(g, "group_id"))]
                 names = Counter(_group_name(g) for g in groups)
                 return sorted((n for n, times in names.items() if n and times == 1), key=str.casefold)
             if column == "app":
-                return _app_choices(await self._list("apps", "apps", "app_id"))
-        except _ListFailed as exc:
-            raise _list_error(exc) from None
+                return _app_choices(await self._list("apps", ("apps",), "app_id"))
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
         return []
 
     # -- dry run -------------------------------------------------------------------
@@ -987,117 +908,90 @@ class ManageEngine(Provider):
         return [Outcome(step.index, Status.PLANNED, _would(step) + many + ".", resolved=step.resolved)
                 for step in steps]
 
-    # -- executing -----------------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        if not steps:
-            return []
+    # -- sending -------------------------------------------------------------------
+    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
         if steps[0].action in BATCHED:
-            return await self._send_batch(list(steps))
-        out = []
-        for step in steps:
-            try:
-                out.append(await self._send_one(step))
-            except AuthError:
-                raise
-            except TransportError as exc:
-                out.append(outcome_from_error(step, exc))
-        return out
+            return await send_halving(steps, self._send_ids, _refused_whole)
+        return await super().send_batch(steps)
 
-    async def _send_batch(self, steps: list[Step]) -> list[Outcome]:
-        action = steps[0].action
-        ids = [_wire_id(s.params["device"]) for s in steps]
-        if action == "add-to-group":
+    async def _send_ids(self, steps: list[Step]) -> list[Outcome]:
+        """One POST carrying every step's device id: "Add multiple members
+        simultaneously to an existing group" / "Associate an existing app to
+        multiple devices"."""
+        ids = [wire_int(s.params["device"]) for s in steps]
+        if steps[0].action == "add-to-group":
             group_id = steps[0].params["group"]
-            path, key = f"groups/{_seg(group_id)}/members", "member_ids"
+            path, echo = f"groups/{seg(group_id)}/members", "member_ids"
             body: dict[str, Any] = {"member_ids": ids}
-
-            async def in_place() -> bool | None:
-                # after a lost answer: did the members arrive? All: done. None: resend.
-                try:
-                    now = await self._members(group_id)
-                except (TransportError, _ListFailed):
-                    return None
-                there = [_key(i) in now for i in ids]
-                return True if all(there) else False if not any(there) else None
-
-            verify: Any = in_place
+            verify: Any = partial(self._members_in_place, group_id, ids)
         else:
-            path, key = f"apps/{_seg(steps[0].params['app'])}/devices", "device_ids"
+            path, echo = f"apps/{seg(steps[0].params['app'])}/devices", "device_ids"
             # silent_install: "Enter 'False' for manual installation from App
             # Catalog" -- a bulk install means install; users are not mailed.
             body = {"device_ids": ids, "silent_install": True, "notify_user_via_email": False}
             verify = None  # installation cannot be read back cheaply; a lost answer is "unknown"
         try:
-            resp = await self._request("POST", path, json=body, verify=verify)
-        except AuthError:
-            raise
+            resp = await self.client.request("POST", self._path(path), json=body, verify=verify)
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         if resp.ok:
-            # The doc's answer echoes the ids ({"member_ids": [...]} /
-            # {"device_ids": [...]}); an id missing from a non-empty echo was
-            # not taken. No echo (or an empty one, or a 202) says nothing more
-            # than the 2xx.
-            confirmed = as_list(resp.body, key) if isinstance(resp.body, Mapping) and key in resp.body else None
-            got = {_key(i) for i in confirmed} if confirmed else None
-            out = []
-            for step in steps:
-                if got is None or _key(step.params["device"]) in got:
-                    out.append(_succeeded(step, resp))
-                else:
-                    out.append(Outcome(step.index, Status.FAILED,
-                                       f"The MDM answered HTTP {resp.status} but did not list this device among "
-                                       f"the {key}; check {step.target} and run the report again.",
-                                       resp.status, resp.attempts, step.resolved))
-            return out
+            return [_echoed(step, resp, echo) for step in steps]
         if resp.status == 409 and len(steps) == 1:
             # The doc's "COM0010 409 Resource Already Exists": the device was
             # already in the group (or the app already associated with it) when
             # the request arrived -- added or installed elsewhere since the
             # look-up, or a device app list that does not show an association
             # yet. The wanted state holds; a batch refused for it is halved
-            # first (below), so the rows that were not there get sent.
+            # (send_halving), so the rows that were not there get sent.
             return [_already(steps[0], resp)]
-        if resp.status == 409 and action == "add-to-group":
-            # Which members were already there is one read away (halving
-            # would cost up to two requests per row): those rows are already
-            # in state, the others are sent again without them.
-            try:
-                now: set[str] | None = await self._members(steps[0].params["group"])
-            except AuthError:
-                raise
-            except (TransportError, _ListFailed):
-                now = None
-            there = [s for s in steps if now is not None and _key(s.params["device"]) in now]
-            if there:
-                rest = [s for s in steps if s not in there]
-                done = {s.index: _already(s, resp) for s in there}
-                done.update({o.index: o for o in (await self._send_batch(rest) if rest else [])})
-                return [done[s.index] for s in steps]
-        if 400 <= resp.status < 500 and resp.status not in _NO_SPLIT and len(steps) > 1:
-            # Refused as a whole, most likely for a few bad ids: halve and retry
-            # until the bad rows stand alone.
-            half = len(steps) // 2
-            return await self._send_batch(steps[:half]) + await self._send_batch(steps[half:])
+        if resp.status == 409 and steps[0].action == "add-to-group":
+            return await self._resend_without_members(steps, resp)
         return [_failed(step, resp) for step in steps]
 
-    async def _send_one(self, step: Step) -> Outcome:
+    async def _members_in_place(self, group_id: Any, ids: list[Any]) -> bool | None:
+        """After a lost answer: did the members arrive? All: done; none: not
+        sent; some or unreadable: cannot tell. (The base's read_back reads one
+        answer; a group's member list may page.)"""
+        try:
+            now = await self._members(group_id)
+        except (TransportError, ListFailed):
+            return None
+        there = [key(i) in now for i in ids]
+        return True if all(there) else False if not any(there) else None
+
+    async def _resend_without_members(self, steps: list[Step], resp: Response) -> list[Outcome]:
+        """A 409 to an add: which members were already there is one read away
+        (halving would cost up to two requests per row); those rows are
+        already in state, the others are sent again without them."""
+        try:
+            now = await self._members(steps[0].params["group"])
+        except (TransportError, ListFailed):
+            return [_failed(step, resp) for step in steps]
+        there = [s for s in steps if key(s.params["device"]) in now]
+        if not there:
+            return [_failed(step, resp) for step in steps]
+        rest = [s for s in steps if s not in there]
+        done = {s.index: _already(s, resp) for s in there}
+        done.update({o.index: o for o in (await send_halving(rest, self._send_ids, _refused_whole) if rest else [])})
+        return [done[s.index] for s in steps]
+
+    async def send(self, step: Step) -> Outcome:
+        """"Remove a member from a particular group" / "Disassociate an app
+        from a particular device": one DELETE per row."""
         p = step.params
         if step.action == "remove-from-group":
-            path = f"groups/{_seg(p['group'])}/members/{_seg(p['device'])}"
+            path = f"groups/{seg(p['group'])}/members/{seg(p['device'])}"
         else:
-            path = f"apps/{_seg(p['app'])}/devices/{_seg(p['device'])}"
-        resp = await self._request("DELETE", path)
+            path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
+        resp = await self.client.request("DELETE", self._path(path))
         if resp.status == 404 and resp.attempts > 1:
             # an earlier attempt went through and its answer was lost
             resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-        if resp.ok:
-            return _succeeded(step, resp)
-        return _failed(step, resp)
+        return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
 class _Lists:
-    """What planning reads once per run."""
+    """What planning reads once per run (kept across chunks)."""
 
     def __init__(self) -> None:
         empty = Index("x", [], lambda _: None)
@@ -1106,6 +1000,9 @@ class _Lists:
         self.removed_by_id = self.removed_by_serial = self.no_id_by_serial = empty
         self.serials_known = False
         self.group_by_name = self.group_by_name_folded = self.groups_without_id = empty
+        #: the lists as read (None: not needed yet)
+        self.groups: list[Any] | None = None
+        self.apps: list[Any] | None = None
         self.members: dict[str, set[str] | LookupFailed] = {}
         self.app_by_name = self.app_by_bundle = self.app_by_id = self.app_names_folded = empty
         self.apps_without_id = empty
@@ -1123,41 +1020,27 @@ class _DeviceApps:
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         entries = [e for k in ("apps", "installed_apps") for e in as_list(body, k) if isinstance(e, Mapping)]
-        self.ids = {_key(get_field(e, "app_id")) for e in entries} - {""}
-        self.identifiers = {_key(get_field(e, "identifier", "bundle_identifier")) for e in entries} - {""}
-        self.names = {_key(get_field(e, "app_name", "name")).casefold() for e in entries} - {""}
+        self.ids = {key(get_field(e, "app_id")) for e in entries} - {""}
+        self.identifiers = {key(get_field(e, "identifier", "bundle_identifier")) for e in entries} - {""}
+        self.names = {key(get_field(e, "app_name", "name")).casefold() for e in entries} - {""}
 
     def holds(self, app: Any, *, loosely: bool) -> bool:
         """Whether ``app`` (from the repository list) is on the device: by app
         id or bundle identifier; ``loosely`` also by name. A device's app
         entry may carry an id of its own, so before a removal is skipped as
         "not there" every way of naming the app must miss."""
-        if _key(get_field(app, "app_id")) in self.ids:
+        if key(get_field(app, "app_id")) in self.ids:
             return True
-        bundle = _key(get_field(app, "bundle_identifier", "identifier"))
+        bundle = key(get_field(app, "bundle_identifier", "identifier"))
         if bundle and bundle in self.identifiers:
             return True
-        name = _key(get_field(app, "app_name", "name")).casefold()
+        name = key(get_field(app, "app_name", "name")).casefold()
         return loosely and bool(name) and name in self.names
-
-
-class _ListFailed(Exception):
-    def __init__(self, path: str, resp: Response, *, hint: str = "") -> None:
-        self.path = path
-        self.resp = resp
-        self.hint = hint
-
-    def detail(self) -> str:
-        what = urlsplit(self.path).path.rsplit("/", 1)[-1] or self.path
-        explained = _explain(self.resp)
-        if self.hint:
-            explained = explained.rstrip(".") + f"; {self.hint}."
-        return f"Could not read the MDM's {what} list: {explained}"
 
 
 def _error_code(body: Any) -> str:
     """The doc's ``error_code`` of an error body ("" if none)."""
-    return _key(get_field(body, "error_code")) if isinstance(body, Mapping) else ""
+    return key(get_field(body, "error_code")) if isinstance(body, Mapping) else ""
 
 
 def _me_body(body: Any) -> Any:
@@ -1172,14 +1055,36 @@ def _me_body(body: Any) -> Any:
 
 
 def _explain(resp: Response) -> str:
-    return explain_status(resp.status, _me_body(resp.body), resp.attempts)
+    """Why an error answer failed the row, with the doc's error code."""
+    detail = explain_status(resp.status, _me_body(resp.body), resp.attempts)
+    return detail[:-1] + f"; {resp.note}." if resp.note else detail
+
+
+def _echoed(step: Step, resp: Response, echo: str) -> Outcome:
+    """A 2xx to a POST of ids. The doc's answer echoes the ids
+    (``{"member_ids": [...]}`` / ``{"device_ids": [...]}``): an id missing
+    from a non-empty echo was not taken. No echo (or an empty one, or a 202)
+    says nothing more than the 2xx."""
+    confirmed = as_list(resp.body, echo) if isinstance(resp.body, Mapping) and echo in resp.body else None
+    if not confirmed or key(step.params["device"]) in {key(i) for i in confirmed}:
+        return _succeeded(step, resp)
+    return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but did not list this device "
+                   f"among the {echo}; check {step.target} and run the report again.", resp.status, resp.attempts,
+                   step.resolved)
+
+
+def _refused_whole(outcomes: list[Outcome]) -> bool:
+    """A batch refused as a whole for what may be a few bad ids (a 4xx that
+    is not about the account or the request's form): worth halving."""
+    return all(o.status is Status.FAILED and o.http_status is not None and 400 <= o.http_status < 500
+               and o.http_status not in _NO_SPLIT for o in outcomes)
 
 
 def _done(step: Step) -> str:
     p = step.params
     return {
-        "add-to-group": f"{_cap(step.target)} added to group {p.get('name')!r}.",
-        "remove-from-group": f"{_cap(step.target)} removed from group {p.get('name')!r}.",
+        "add-to-group": f"{cap(step.target)} added to group {p.get('name')!r}.",
+        "remove-from-group": f"{cap(step.target)} removed from group {p.get('name')!r}.",
         "install-app": f"Installation of {p.get('name')!r} sent to {step.target}.",
         "remove-app": f"Removal of {p.get('name')!r} sent to {step.target}.",
     }[step.action]
@@ -1202,19 +1107,11 @@ def _succeeded(step: Step, resp: Response) -> Outcome:
     return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
 
-#: why a row failed once 429s outlasted a whole minute
-DAY_USED_UP = (
-    "HTTP 429: ManageEngine still answered 'API Limit Exceeded' (COM0002) after a full minute's pause, so the "
-    "organisation's API calls for the day (2,500; 1,000 for free organisations) look used up. Run the report "
-    "again tomorrow to send this row."
-)
-
-
 def _already(step: Step, resp: Response) -> Outcome:
     """A 409 (COM0010 "Resource Already Exists") to an add: already in state."""
     p = step.params
     if step.action == "add-to-group":
-        detail = f"{_cap(step.target)} was already in group {p.get('name')!r}"
+        detail = f"{cap(step.target)} was already in group {p.get('name')!r}"
     else:
         detail = f"{p.get('name')!r} was already associated with {step.target}"
     if resp.attempts > 1:
@@ -1226,9 +1123,6 @@ def _already(step: Step, resp: Response) -> Outcome:
 
 
 def _failed(step: Step, resp: Response) -> Outcome:
-    if resp.status == 429:
-        detail = DAY_USED_UP if resp.attempts else "Not sent: " + DAY_USED_UP
-        return Outcome(step.index, Status.FAILED, detail, 429, resp.attempts, step.resolved)
     detail = _explain(resp)
     if resp.status in (400, 404) and step.action in BATCHED:
         detail += f" The MDM refused {step.target}; it may have been removed since the look-up."
@@ -1250,11 +1144,11 @@ def _inventory_row(device: Any, groups: Sequence[str]) -> dict[str, str]:
     return {
         "serial": _serial(device),
         "device_id": _usable_id(get_field(device, "device_id")),
-        "name": _key(get_field(device, "device_name", "name")),
-        "email": _key(get_field(user, "user_email", "email")),
-        "user": _key(get_field(user, "user_name", "name")),
-        "model": _key(get_field(device, "model")),
-        "platform": _key(get_field(device, "platform_type")),
+        "name": key(get_field(device, "device_name", "name")),
+        "email": key(get_field(user, "user_email", "email")),
+        "user": key(get_field(user, "user_name", "name")),
+        "model": key(get_field(device, "model")),
+        "platform": key(get_field(device, "platform_type")),
         "groups": "; ".join(groups),
     }
 
@@ -1265,10 +1159,10 @@ def _app_choices(apps: list[Any]) -> list[str]:
     apps = [a for a in apps if _usable_id(get_field(a, "app_id"))]
 
     def name(app: Any) -> str:
-        return _key(get_field(app, "app_name", "name"))
+        return key(get_field(app, "app_name", "name"))
 
     def bundle(app: Any) -> str:
-        return _key(get_field(app, "bundle_identifier", "identifier"))
+        return key(get_field(app, "bundle_identifier", "identifier"))
 
     names = Counter(name(a) for a in apps)
     bundles = Counter(bundle(a) for a in apps)
@@ -1281,11 +1175,6 @@ def _app_choices(apps: list[Any]) -> list[str]:
         else:
             out.add(_usable_id(get_field(app, "app_id")))
     return sorted(out, key=str.casefold)
-
-
-def _list_error(exc: _ListFailed) -> TransportError:
-    """A list that could not be read, for a command that needs it whole (export, template)."""
-    return TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts)
 
 
 def _why_no_device(serial: str, lists: _Lists) -> None:
@@ -1315,13 +1204,13 @@ def _usable_id(value: Any) -> str:
 
 
 def _group_name(group: Any) -> str:
-    return _key(get_field(group, "name", "group_name"))
+    return key(get_field(group, "name", "group_name"))
 
 
 def _undo_row(action: str, device: Any, **columns: str) -> dict[str, str]:
     """The job row that puts a device's earlier state back (by device id,
     which a serial shared by two records cannot make ambiguous)."""
-    return {"action": action, "device_id": _key(get_field(device, "device_id")), "serial": _serial(device),
+    return {"action": action, "device_id": key(get_field(device, "device_id")), "serial": _serial(device),
             **columns}
 
 
@@ -1356,31 +1245,50 @@ def _member_id(member: Any) -> str:
     """A member id, or a member object's (``{"device_id": ...}``)."""
     if isinstance(member, Mapping):
         member = get_field(member, "member_id", "device_id", "resource_id")
-    return _key(member)
+    return key(member)
 
 
-def _wire_id(value: Any) -> Any:
-    """An id as the doc's bodies carry it: a JSON number (``"device_ids": [
-    1, 2, 3 ]``, type long). A list that gave it as a digit string is
-    converted; Python's int keeps every digit of ids above 2**53."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return value
+def _offset(url: str) -> int:
+    """The ``offset`` a page's URL asked for (0 for the first page)."""
+    values = parse_qs(urlsplit(url).query).get("offset")
+    return (as_int(values[-1]) or 0) if values else 0
 
 
-def _key(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _index_devices(lists: _Lists, devices: list[Any]) -> None:
+    # A record with "is_removed" true is a de-enrolled device whose serial a
+    # current record may hold again; one without a usable device_id cannot be
+    # acted on. Neither ever matches a row; both are kept to say why a row
+    # found nothing.
+    live = [d for d in devices if not _is_removed(d) and _usable_id(get_field(d, "device_id"))]
+    removed = [d for d in devices if _is_removed(d)]
+    no_id = [d for d in devices if not _is_removed(d) and not _usable_id(get_field(d, "device_id"))]
+    lists.device_by_id = Index("device", live, lambda d: _usable_id(get_field(d, "device_id")))
+    lists.device_by_serial = Index("device", live, _serial)
+    lists.device_by_serial_folded = Index("device", live, _serial, fold=True)
+    lists.removed_by_id = Index("device", removed, lambda d: _usable_id(get_field(d, "device_id")))
+    lists.removed_by_serial = Index("device", removed, _serial, fold=True)
+    lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
+    lists.serials_known = any(_serial(d) for d in devices)
 
 
-def _seg(value: Any) -> str:
-    return quote(str(value), safe="")
+def _index_groups(lists: _Lists, groups: list[Any]) -> None:
+    usable = [g for g in groups if _usable_id(get_field(g, "group_id"))]
+    lists.group_by_name = Index("group", usable, _group_name)
+    lists.group_by_name_folded = Index("group", usable, _group_name, fold=True)
+    lists.groups_without_id = Index("group", [g for g in groups if g not in usable], _group_name)
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[0].upper() + text[1:] if text else "Look-up failed"
-    return text if text.endswith((".", "?")) else text + "."
+def _index_apps(lists: _Lists, apps: list[Any]) -> None:
+    usable = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+    lists.app_by_name = Index("app", usable, lambda a: get_field(a, "app_name", "name"))
+    lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
+    lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
+    lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
+    lists.apps_without_id = Index("app", [a for a in apps if a not in usable],
+                                  lambda a: (get_field(a, "app_name", "name"),
+                                             get_field(a, "bundle_identifier", "identifier")))
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _app_matches(row: JobRow, lists: _Lists) -> bool:
+    value = row.get("app")
+    return bool(lists.app_by_name.find(value) or lists.app_by_id.find(value))
