@@ -17,7 +17,8 @@ of one request and fails one row (providers turn it into an ``Outcome``).
     ├── ReportError                 rows ran but the report could not be written (exit 1)
     ├── RunStopped                  the run cannot go on; unsent rows are not-run
     │   ├── AuthError               the MDM refused the credentials              (exit 2 if nothing ran)
-    │   └── QuotaExhausted          the MDM's API quota is spent for now
+    │   ├── SetupFailed             nothing answers, or not as the MDM: wrong URL, TLS, device space (exit 2)
+    │   └── QuotaExhausted          the MDM's API quota is spent for now         (exit 1)
     └── TransportError              one request produced no usable answer: the row fails
         ├── ConnectError            could not connect / connection dropped
         ├── RequestTimeout          no answer within --timeout
@@ -73,6 +74,10 @@ class RunStopped(BulkMDMError):
 
 class AuthError(RunStopped):
     """The MDM refused the credentials."""
+
+
+class SetupFailed(RunStopped):
+    """The first look-up shows the set-up is wrong: nothing answers, or not as the MDM does."""
 
 
 class QuotaExhausted(RunStopped):

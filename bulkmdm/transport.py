@@ -140,6 +140,8 @@ class _Failure:
     error: TransportError
     #: the request may have reached the server
     ambiguous: bool
+    #: trying again cannot help (the same server fails the same way)
+    final: bool = False
 
 
 @dataclass(slots=True)
@@ -190,6 +192,9 @@ class Client:
         self.answers_json = answers_json
         self.requests_sent = 0
         self.mutating_sent = 0
+        #: any HTTP answer came from the MDM in this run / a 2xx one did
+        self.answered = False
+        self.answered_ok = False
         self._connections = connections
         #: True once the run is stopping (Ctrl-C): no new request is started.
         self._stopping = stopping or (lambda: False)
@@ -349,6 +354,10 @@ class Client:
                 raw = await self._read_body(req, resp, attempt)
         except BadAnswer as exc:
             return _Failure(exc, ambiguous=not req.is_read)
+        except aiohttp.ClientSSLError as exc:
+            # Never reached the server either, and the same handshake fails the same way again.
+            log.info("%s -> TLS error", req.what)
+            return _Failure(ConnectError(_tls_failed(url, exc), attempts=attempt), ambiguous=False, final=True)
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: always safe to try again.
             log.info("%s -> connect error after %.3fs", req.what, loop.time() - started)
@@ -364,6 +373,9 @@ class Client:
             error = ConnectError(f"{req.what} failed: the connection dropped ({_reason(exc)})", attempts=attempt)
             return _Failure(error, ambiguous=sent or not isinstance(exc, aiohttp.ClientConnectorError))
         log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
+        if not req.credential:
+            self.answered = True
+            self.answered_ok = self.answered_ok or 200 <= status < 300
         return status, raw, resp_headers
 
     async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
@@ -435,7 +447,7 @@ class Client:
     ) -> Response | None:
         """Raise, settle (a verified change), or None: worth another attempt."""
         error = failure.error
-        if isinstance(error, (BadAnswer, RedirectRefused)):
+        if failure.final or isinstance(error, (BadAnswer, RedirectRefused)):
             raise error  # the same server will answer the same way
         if failure.ambiguous and not idempotent:
             if verify is None:
@@ -447,7 +459,10 @@ class Client:
             if state is None:
                 raise AmbiguousError(f"{error}; could not tell whether it took effect, so it was not resent",
                                      attempts=attempt)
-        if attempt >= self.retry.attempts or self._stopping():
+        # Until the MDM has answered once, a connection that fails is most
+        # likely a wrong --url: two tries, not the whole retry budget.
+        attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
+        if attempt >= attempts or self._stopping():
             raise error
         return None
 
@@ -498,6 +513,14 @@ def _not_json(req: _Request, status: int, content_type: str, body: str) -> str:
     kind = "an HTML page" if body.lstrip()[:1] == "<" or "html" in content_type.casefold() else "text that is not JSON"
     return (f"the MDM answered {req.what} with {kind} (HTTP {status}), not the JSON it sends: a login page or a "
             "proxy in the way? Check --url and the network")
+
+
+def _tls_failed(url: str, exc: BaseException) -> str:
+    where = _shown(url)
+    if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc):
+        return (f"{where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
+                "really the MDM, or check the port")
+    return f"the TLS handshake with {where} failed ({_reason(exc)}); check --url and the server's certificate"
 
 
 def _too_big(req: _Request, limit: int) -> str:

@@ -43,7 +43,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from ..errors import AmbiguousError, ConfigError, NotSent, TransportError
+from ..errors import (
+    AmbiguousError,
+    BadAnswer,
+    ConfigError,
+    ConnectError,
+    NotSent,
+    RedirectRefused,
+    RequestTimeout,
+    SetupFailed,
+    TransportError,
+)
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, Client, Response
@@ -86,6 +96,10 @@ class Provider(ABC):
     chunk_rows: ClassVar[int | None] = None
     #: headers the vendor's doc requires on every request
     request_headers: ClassVar[Mapping[str, str]] = {}
+    #: what --url should be, for a set-up error ("the site root, e.g. https://mdm.school.se")
+    url_hint: ClassVar[str] = "the MDM's base address"
+    #: what else to check when the first look-up is refused
+    setup_hint: ClassVar[str] = "the account's API permissions"
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
@@ -122,9 +136,11 @@ class Provider(ABC):
         try:
             lists = await self.prepare(rows)
         except ListFailed as exc:
+            self._stop_if_setup_is_wrong(exc)
             return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
                     for row in rows]
         except TransportError as exc:
+            self._stop_if_setup_is_wrong(exc)
             detail = f"Could not read the MDM's lists: {exc}. Run the job again."
             return [failed(row, detail, attempts=exc.attempts) for row in rows]
         out: list[Step | Outcome] = []
@@ -134,6 +150,33 @@ class Provider(ABC):
             except LookupFailed as exc:
                 out.append(failed(row, sentence(str(exc))))
         return out
+
+    def _stop_if_setup_is_wrong(self, exc: ListFailed | TransportError) -> None:
+        """The run's first look-up failed before the MDM ever answered 2xx:
+        the URL, the network or the account is wrong for every row, so the
+        run stops before sending anything (SetupFailed) instead of failing
+        a thousand rows. A busy MDM (429, 5xx) only fails these rows."""
+        if self.client.answered_ok:
+            return
+        where = self.settings.url
+        if isinstance(exc, ListFailed):
+            status = exc.resp.status
+            if status in (404, 405):
+                raise SetupFailed(
+                    f"The MDM at {where} has no {exc.path} (HTTP {status} on the first look-up); check --url: "
+                    f"it should be {self.url_hint}. Nothing was sent."
+                )
+            if 400 <= status < 500 and status != 429:
+                raise SetupFailed(
+                    f"The MDM at {where} refused the first look-up ({explain_response(exc.resp)[:-1]}); check "
+                    f"--url, {self.setup_hint}. Nothing was sent."
+                )
+            return
+        if isinstance(exc, (ConnectError, RequestTimeout)) and not self.client.answered:
+            raise SetupFailed(f"Nothing answers at {where}: {exc}; check --url and that the MDM can be reached "
+                              "from here. Nothing was sent.")
+        if isinstance(exc, (BadAnswer, RedirectRefused)):
+            raise SetupFailed(f"{sentence(str(exc))[:-1]}. Nothing was sent.")
 
     async def prepare(self, rows: Sequence[JobRow]) -> Any:
         """Read what ``plan_row`` needs for these rows (kept across chunks by the provider)."""
