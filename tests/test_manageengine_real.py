@@ -167,8 +167,10 @@ def test_a_url_ending_in_api_v1_mdm_is_kept(me: SimServer, behaviour: str, tmp_p
     if behaviour == "real":
         assert result.exit_code == 0 and free["id"] in members(me, GROUP["id"])
     else:
-        assert result.exit_code == 1
-        assert result.report[0]["status"] == "failed" and "HTTP 404" in result.report[0]["detail"]
+        # the first list answers 404: a set-up that is wrong for every row stops the run (CONTRACT)
+        assert result.exit_code == 2 and not result.report
+        assert "has no devices (HTTP 404 on the first look-up); check --url" in result.output
+        assert "Nothing was sent." in result.output
         assert me.stats.mutating == 1  # the token request only
 
 
@@ -178,9 +180,13 @@ def test_a_first_list_answering_404_on_both_bases_says_check_url(me: SimServer, 
                                              ["add-to-group", FACTS["free_device"]["serial"], GROUP["name"]]])
     result = run_cli(["run", str(job), "--provider", "manageengine", "--url", me.url + "/elsewhere",
                       "--rate", "50/s"], env=env_for("cloud", me))
-    assert result.exit_code == 1
-    detail = result.report[0]["detail"]
-    assert "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url" in detail, detail
+    assert result.exit_code == 2 and not result.report
+    assert "has no devices (HTTP 404 on the first look-up); check --url: it should be the server root" in \
+        result.output
+    assert "/api/v1/mdm/" in result.output and "Nothing was sent." in result.output
+    # both bases were tried, once each
+    tried = me.stats.by_route
+    assert tried["GET /elsewhere/api/v1/mdm/devices"] == tried["GET /elsewhere/api/v1/devices"] == 1
     assert me.stats.mutating == 1
 
 

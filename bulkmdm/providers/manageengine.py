@@ -390,6 +390,8 @@ class ManageEngine(Provider):
     # extra requests per bad id at most).
     max_batch = 100
     request_headers = DOC_HEADERS
+    url_hint = ("the server root, under which ManageEngine answers /api/v1/mdm/ (a cloud may answer the doc's "
+                "/api/v1/ instead), e.g. https://mdm.manageengine.eu or https://mdm.example.com:8383")
     #: the most devices whose app list is read to skip app rows already in state
     app_check_max = 250
 
