@@ -258,6 +258,21 @@ async def test_a_token_the_mdm_refuses_names_the_tenants_accounts_server(me: Sim
     assert me.stats.mutating == 0
 
 
+async def test_a_token_expiring_mid_run_is_renewed_even_behind_a_token_proxy(sim: SimServer) -> None:
+    # BULKMDM_OAUTH_URL names a proxy, not the tenant's accounts server: tokens
+    # the MDM took once are renewed as usual when they expire, by one worker
+    inside = sorted(members(sim, GROUP["id"]))[:4]
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
+                 for d in inside))
+    async with provider_for(sim, env_for("cloud", sim), settings_url="https://mdm.manageengine.eu") as provider:
+        assert provider.client.auth.hint  # type: ignore[attr-defined]
+        planned = await provider.plan(job)
+        sim.call(state(sim).expire_tokens)
+        results = await asyncio.gather(*(provider.execute([step]) for step in planned if isinstance(step, Step)))
+    assert [o.status for found in results for o in found] == ["succeeded"] * 4
+    assert state(sim).token_grants == 2 and not members(sim, GROUP["id"]) & set(inside)
+
+
 async def test_no_region_hint_for_a_server_that_is_not_a_manageengine_cloud(me: SimServer) -> None:
     env = env_for("cloud", me, BULKMDM_REFRESH_TOKEN="wrong")
     job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})

@@ -201,14 +201,14 @@ class ZohoOAuth(Auth):
         # refused together renew once: the others find a token newer than the
         # one that failed and just retry with it.
         failed_with = _sent_token.get()
-        if self.hint and not self._accepted:
-            # A token from another region's accounts server, refused before
-            # the MDM ever took it: another token from there will not do.
-            raise AuthError(f"the MDM refused the access token from {urlsplit(self.token_url).netloc}{self.hint}",
-                            status=401)
         async with self._locked():
             if self._token is not None and self._token != failed_with:
                 return True
+            if self.hint and not self._accepted:
+                # A token from another region's accounts server, refused before
+                # the MDM ever took it: another token from there will not do.
+                raise AuthError(f"the MDM refused the access token from {urlsplit(self.token_url).netloc}"
+                                f"{self.hint}", status=401)
             await self._fetch(client)
         return True
 
