@@ -400,6 +400,17 @@ async def test_inventory_streams_every_current_device_as_text(me: SimServer, beh
     assert all(isinstance(v, str) for row in found for v in row.values())
 
 
+async def test_inventory_reads_serials_from_details_when_the_list_has_none() -> None:
+    with start(devices=40) as sim:
+        state(sim).doc_fields = True  # the doc's "Get device list" example: no serial_number
+        async with provider_for(sim, {"BULKMDM_API_KEY": API_KEY}) as provider:
+            found = [row async for row in provider.inventory()]
+        # "--" is how the doc writes a serial the MDM does not know: exported blank
+        want = {"" if d["serial_number"] == "--" else d["serial_number"] for d in state(sim).devices.values()}
+        assert {row["serial"] for row in found} == want and len(found) == 40
+        assert sim.stats.by_route["GET /api/v1/mdm/devices/{device_id}"] == 40
+
+
 async def test_choices_offer_names_that_name_one_object(me: SimServer) -> None:
     async with provider_for(me, env_for("on-premises", me)) as provider:
         groups = await provider.choices("group")

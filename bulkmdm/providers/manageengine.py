@@ -850,7 +850,10 @@ class ManageEngine(Provider):
         device list pages: ``serial``, ``device_id``, ``name``, ``email``,
         ``user``, ``model``, ``platform`` and ``groups`` (the names of the
         groups it is a member of, ``"; "``-separated), all text. Removed
-        (de-enrolled) records are left out. Group memberships take one call
+        (de-enrolled) records are left out. A device list without serial
+        numbers (as the doc's example) has them read from each device's
+        details while that fits in half the day's remaining API calls (after
+        that, serials stay blank). Group memberships take one call
         per group ("Get members present in a group"), made only when they
         fit in a quarter of the day's remaining API calls; otherwise
         ``groups`` is blank. Raises ``TransportError`` when a list cannot be
@@ -861,6 +864,9 @@ class ManageEngine(Provider):
             cursor: str | None = None
             for _page in range(100_000):
                 devices, cursor = await self._page(DEVICE_LIST, ("devices",), cursor)
+                if devices and not any(_has_serial(d) for d in devices):
+                    # the doc's list example has no serial_number, its detail example does
+                    devices = await self._with_details(devices, "devices", "device_id", _Lists(), "serial numbers")
                 for device in devices:
                     device_id = _usable_id(get_field(device, "device_id"))
                     if _is_removed(device) or (device_id and device_id in seen):
