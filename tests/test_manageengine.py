@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bulkmdm.errors import AuthError, ConfigError, QuotaExhausted
+from bulkmdm.errors import AuthError, ConfigError, QuotaExhausted, SetupFailed
 from bulkmdm.model import JobRow, Outcome, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
@@ -647,13 +647,16 @@ async def test_bad_credentials_stop_the_run_and_never_show_secrets(
     assert sim.stats.mutating == (1 if wrong != "BULKMDM_API_KEY" else 0)  # the token request only
 
 
-async def test_unreachable_token_endpoint_fails_rows_without_secrets(sim: SimServer) -> None:
+async def test_unreachable_token_endpoint_stops_the_run_without_secrets(sim: SimServer) -> None:
+    # nothing answers where the tokens come from: the set-up is wrong for every row (CONTRACT "Stopping early")
     env = env_for("cloud", sim, BULKMDM_OAUTH_URL="http://127.0.0.1:9/oauth/v2/token")
     job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
-    out = await run(sim, env, job)
-    assert statuses(out) == ["failed"]
-    assert "token endpoint" in out[0].detail
-    assert not any(s in out[0].detail for s in SECRETS)
+    with pytest.raises(SetupFailed) as info:
+        await run(sim, env, job)
+    assert "Nothing answers at the OAuth token endpoint 127.0.0.1:9" in str(info.value)
+    assert "BULKMDM_OAUTH_URL" in str(info.value) and "Nothing was sent." in str(info.value)
+    assert not any(s in str(info.value) for s in SECRETS)
+    assert sim.stats.requests == 0
 
 
 async def test_credentials_refused_with_403_stop_the_run_or_renew_the_token(sim: SimServer) -> None:

@@ -74,7 +74,16 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
-from ..errors import AuthError, BadAnswer, ConfigError, RedirectRefused, TransportError
+from ..errors import (
+    AuthError,
+    BadAnswer,
+    ConfigError,
+    ConnectError,
+    RedirectRefused,
+    RequestTimeout,
+    SetupFailed,
+    TransportError,
+)
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
@@ -231,6 +240,14 @@ class ZohoOAuth(Auth):
             resp = await client.request("POST", self.token_url, data=form, credential=True, idempotent=True)
         except (BadAnswer, RedirectRefused) as exc:
             raise AuthError(f"no access token: {self._redact(str(exc))}; check BULKMDM_OAUTH_URL") from None
+        except (ConnectError, RequestTimeout) as exc:
+            if not client.answered_ok:
+                # before the MDM ever answered: the set-up is wrong for every row (CONTRACT "Stopping early")
+                raise SetupFailed(f"Nothing answers at the OAuth token endpoint {where}: {self._redact(str(exc))}; "
+                                  "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
+                                  "that it can be reached from here. Nothing was sent.") from None
+            raise TransportError(f"no access token from the OAuth token endpoint {where}: "
+                                 f"{self._redact(str(exc))}", attempts=exc.attempts) from None
         except TransportError as exc:
             raise TransportError(f"no access token from the OAuth token endpoint {where}: "
                                  f"{self._redact(str(exc))}", attempts=exc.attempts) from None
