@@ -617,9 +617,10 @@ def export(provider: str, url: str, out: Path | None, action: str | None, partit
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
-@click.option("--real", is_flag=True,
+@click.option("--real", "--me-real", "real", is_flag=True,
               help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
-                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only).")
+                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only; manageengine: the cloud "
+                   "API under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
         slow_seconds: float, real: bool) -> None:
