@@ -1,0 +1,164 @@
+"""The web app of ``bulkmdm serve``: routes, the session's state, pages.
+
+One admin, one browser, one process: the state (the connection, the
+uploaded jobs, the runs started from the page) lives in memory. What lasts
+is on disk where the terminal puts it too: job files and reports under the
+state folder, every run in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from ..errors import BulkMDMError
+from .children import ChildRun, RunRequest
+from .connection import CREDENTIAL_FIELDS, Connection
+from .security import Guard
+
+#: the largest job file the page takes
+MAX_UPLOAD = 50 * 1024 * 1024
+_SUFFIXES = (".csv", ".xlsx")
+_SAFE_NAME = re.compile(r"[^\w.\- ]+")
+
+
+@dataclass(slots=True)
+class Upload:
+    """A job file given to the page, and the runs made of it."""
+
+    id: str
+    path: Path
+    name: str
+    dry_run: ChildRun | None = None
+    runs: list[ChildRun] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def report_path(self, kind: str) -> Path:
+        stem, suffix = self.path.stem, self.path.suffix
+        if kind == "dry run":
+            return self.folder / f"{stem}.dryrun{suffix}"
+        reruns = sum(1 for r in self.runs if r.request.kind == "re-run")
+        return self.folder / (f"{stem}.outcome{suffix}" if kind == "run" else f"{stem}.outcome-{reruns + 2}{suffix}")
+
+
+@dataclass(slots=True)
+class WebState:
+    """Everything one ``bulkmdm serve`` holds in memory."""
+
+    guard: Guard
+    state_dir: Path
+    templates: jinja2.Environment
+    max_upload: int = MAX_UPLOAD
+    connection: Connection | None = None
+    uploads: dict[str, Upload] = field(default_factory=dict)
+    children: dict[str, ChildRun] = field(default_factory=dict)
+    tables: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    summaries: dict[tuple[str, float], Any] = field(default_factory=dict)
+    flash: str = ""
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.state_dir / "web-jobs"
+
+    def render(self, name: str, *, status: int = 200, **context: Any) -> web.Response:
+        flash, self.flash = self.flash, ""
+        html = self.templates.get_template(name).render(
+            csrf=self.guard.csrf, connection=self.connection, flash=context.pop("flash", flash), **context)
+        return web.Response(text=html, content_type="text/html", status=status)
+
+    async def table(self, upload: Upload) -> Any:
+        """The upload's parsed job, kept for the last few uploads (paging must not re-read it)."""
+        from ..jobfile import read_job
+
+        if upload.id not in self.tables:
+            self.tables[upload.id] = await asyncio.to_thread(read_job, upload.path)
+            while len(self.tables) > 3:
+                self.tables.popitem(last=False)
+        self.tables.move_to_end(upload.id)
+        return self.tables[upload.id]
+
+    async def summary(self, path: Path) -> Any:
+        from .summary import summarise
+
+        key = (str(path), path.stat().st_mtime)
+        if key not in self.summaries:
+            self.summaries[key] = await asyncio.to_thread(summarise, path)
+        return self.summaries[key]
+
+    async def start(self, request: RunRequest) -> ChildRun:
+        child = ChildRun(request)
+        await child.start()
+        self.children[child.id] = child
+        return child
+
+
+STATE = web.AppKey("state", WebState)
+
+
+def make_app(state_dir: Path, *, port: int = 0, max_upload: int = MAX_UPLOAD, secret: str | None = None
+             ) -> web.Application:
+    """The app; ``app[STATE].guard.port`` must be set to the bound port before it answers."""
+    from . import routes
+
+    templates = jinja2.Environment(
+        loader=jinja2.PackageLoader("bulkmdm.web", "templates"), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    templates.globals.update(credential_fields=CREDENTIAL_FIELDS, providers=sorted(CREDENTIAL_FIELDS))
+    templates.filters.update(routes.FILTERS)
+    guard = Guard(port, secret=secret)
+    app = web.Application(middlewares=[guard.middleware(), _errors], client_max_size=1024 * 1024)
+    app[STATE] = WebState(guard=guard, state_dir=state_dir, templates=templates, max_upload=max_upload)
+    routes.add_routes(app)
+    app.router.add_static("/static/", Path(__file__).with_name("static"), name="static")
+    app.on_shutdown.append(_stop_children)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An error we can explain becomes one sentence on the page; a bug never shows a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except BulkMDMError as exc:
+        return request.app[STATE].render("error.html", message=str(exc), status=400)
+    except Exception as exc:  # a bug: one sentence, never a traceback
+        import logging
+
+        logging.getLogger("bulkmdm.web").exception("internal error")
+        return request.app[STATE].render(
+            "error.html", message=f"bulkmdm hit an internal error ({type(exc).__name__}); runs already started "
+                                  "go on, and the journal keeps every finished row.", status=500)
+
+
+async def _stop_children(app: web.Application) -> None:
+    running = [c for c in app[STATE].children.values() if not c.finished]
+    for child in running:
+        child.stop()
+    await asyncio.gather(*(c.wait(30) for c in running))
+
+
+def new_upload(state: WebState, filename: str) -> Upload | None:
+    """A folder for a new upload, or None when the name is not a .csv/.xlsx file."""
+    name = _SAFE_NAME.sub("_", Path(filename.replace("\\", "/")).name).strip(" .") or "job"
+    if Path(name).suffix.lower() not in _SUFFIXES:
+        return None
+    upload_id = secrets.token_hex(6)
+    folder = state.uploads_dir / upload_id
+    folder.mkdir(parents=True, mode=0o700)
+    upload = Upload(upload_id, folder / name, name)
+    state.uploads[upload_id] = upload
+    return upload
