@@ -3,7 +3,7 @@ the whole flow against the DuoSTATION simulator, one screenshot per step.
 
 Upload -> preview -> dry run -> confirm a destructive job (wipe) -> watch it
 run -> stop -> resume -> download the report -> re-run the failed rows.
-Screenshots (1280x800) land in the test's tmp folder; BULKMDM_SCREENSHOTS=DIR
+Screenshots (1280x800) land in the test's tmp folder; SERVE_SCREENSHOTS=DIR
 copies them there too (that is how docs/serve.png is made).
 """
 
@@ -61,8 +61,8 @@ def _wipes(sim: SimServer) -> list[str]:
 def _shot(page: Any, tmp_path: Path, name: str) -> None:
     path = tmp_path / "screens" / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
-    if os.environ.get("BULKMDM_SCREENSHOTS"):
-        target = Path(os.environ["BULKMDM_SCREENSHOTS"])
+    if os.environ.get("SERVE_SCREENSHOTS"):
+        target = Path(os.environ["SERVE_SCREENSHOTS"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.name)
 

@@ -1,0 +1,217 @@
+"""`bulkmdm serve` over plain HTTP (aiohttp's client against the real app on
+127.0.0.1): the locks (secret, Host, CSRF, upload cap), the preview of a big
+job, and errors as one sentence. The browser walk-through is test_web_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import write_csv
+
+from bulkmdm.sim.common import SimServer
+from bulkmdm.web.app import STATE, WebState, make_app
+from bulkmdm.web.children import RunRequest
+from bulkmdm.web.connection import connection_from_form
+
+SECRET = "test-secret-1234567890"
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    state: WebState
+
+    @property
+    def csrf(self) -> str:
+        return self.state.guard.csrf
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    app = make_app(tmp_path / "state", max_upload=4096, secret=SECRET)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    app[STATE].guard.port = port
+    try:
+        yield Served(f"http://127.0.0.1:{port}", port, app[STATE])
+    finally:
+        await runner.cleanup()
+
+
+def _client(cookie: bool = True) -> aiohttp.ClientSession:
+    jar = aiohttp.CookieJar(unsafe=True)  # the default jar ignores cookies of a bare IP address
+    session = aiohttp.ClientSession(cookie_jar=jar)
+    if cookie:
+        jar.update_cookies({"bulkmdm_session": SECRET})
+    return session
+
+
+async def test_first_visit_trades_the_secret_for_a_strict_cookie(served: Served) -> None:
+    async with _client(cookie=False) as client:
+        async with client.get(f"{served.url}/jobs/x?token={SECRET}&page=2", allow_redirects=False) as resp:
+            assert resp.status == 302
+            assert resp.headers["Location"] == "/jobs/x?page=2"
+            cookie = resp.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        async with client.get(f"{served.url}/") as resp:
+            assert resp.status == 200
+            assert "Content-Security-Policy" in resp.headers and resp.headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.css", "/jobs/abc", "/runs/abc/events", "/history/1/report"])
+async def test_no_secret_no_page(served: Served, path: str) -> None:
+    async with _client(cookie=False) as client:
+        for url in (f"{served.url}{path}", f"{served.url}{path}?token=wrong-secret"):
+            async with client.get(url, allow_redirects=False) as resp:
+                assert resp.status == 403
+                text = await resp.text()
+                assert "secret" in text and text.count("\n") == 1 and "Traceback" not in text
+
+
+async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> None:
+    async with _client() as client:
+        for host in (f"evil.example:{served.port}", f"127.0.0.1:{served.port + 1}", "localhost"):
+            async with client.get(f"{served.url}/?token={SECRET}", headers={"Host": host},
+                                  allow_redirects=False) as resp:
+                assert resp.status == 400, host
+        async with client.get(f"{served.url}/", headers={"Host": f"localhost:{served.port}"}) as resp:
+            assert resp.status == 200
+
+
+async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
+    form = {"provider": "duostation", "url": "http://127.0.0.1:9", "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "pw-from-the-form"}
+    async with _client() as client:
+        for token in (None, "forged"):
+            data = dict(form, **({"csrf": token} if token else {}))
+            async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+                assert resp.status == 403
+        assert served.state.connection is None
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", "forged")
+        upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
+        async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert not served.state.uploads
+        async with client.post(f"{served.url}/connect", data=dict(form, csrf=served.csrf),
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+        assert served.state.connection is not None
+        async with client.get(f"{served.url}/") as resp:
+            assert "pw-from-the-form" not in await resp.text()
+    assert "pw-from-the-form" not in repr(served.state.connection)
+
+
+async def test_upload_over_the_cap_is_one_sentence_and_keeps_nothing(served: Served) -> None:
+    async with _client() as client:
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"action,serial\n" + b"lock,ABC\n" * 1000, filename="big.csv")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            text = await resp.text()
+            assert resp.status == 200
+            assert "big.csv is larger than" in text and "split it" in text
+    assert not served.state.uploads
+    assert not any((served.state.uploads_dir).glob("*/*"))
+
+
+async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
+    async with _client() as client:
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"hello", filename="notes.txt")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            assert "notes.txt is not a .csv or .xlsx file" in await resp.text()
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"PK\x03\x04 not really a workbook", filename="broken.xlsx")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            text = await resp.text()
+            assert resp.status == 400 and "broken.xlsx" in text and "Traceback" not in text
+
+
+async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) -> None:
+    job = tmp_path / "big.csv"
+    with open(job, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["action", "serial", "Tagg", "Serail"])
+        writer.writerows(["lock" if i % 1000 else "lokc", f"SN{i:07d}", "x", ""] for i in range(100_000))
+    app = make_app(tmp_path / "state", secret=SECRET)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    app[STATE].guard.port = port
+    try:
+        async with _client() as client:
+            upload = aiohttp.FormData()
+            upload.add_field("csrf", app[STATE].guard.csrf)
+            upload.add_field("job", job.read_bytes(), filename="big.csv")
+            started = time.monotonic()
+            async with client.post(f"http://127.0.0.1:{port}/upload", data=upload) as resp:
+                first = await resp.text()
+            first_page = time.monotonic() - started
+            location = str(resp.url)
+            started = time.monotonic()
+            async with client.get(f"{location}?show=problems&page=2") as resp:
+                problems = await resp.text()
+            later_page = time.monotonic() - started
+    finally:
+        await runner.cleanup()
+    assert "100000 rows" in first and "Page 1 of 2000" in first and "SN0000049" in first and "SN0000050" not in first
+    assert "100 rows cannot run" in first and "did you mean <b>serial</b>" in first
+    assert len(first) < 200_000
+    assert "Page 2 of 2" in problems and "SN0050000" in problems
+    print(f"100k-row preview: first page {first_page:.2f} s, a later page {later_page:.2f} s")
+    assert first_page < 20 and later_page < 2, (first_page, later_page)
+
+
+async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path: Path) -> None:
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
+    with SimServer(duo_app(devices=20)) as sim:
+        async with _client() as client:
+            form = {"csrf": served.csrf, "provider": "duostation", "url": sim.url,
+                    "duostation:BULKMDM_USERNAME": "admin", "duostation:BULKMDM_PASSWORD": "wrong-password"}
+            await client.post(f"{served.url}/connect", data=form)
+            upload = aiohttp.FormData()
+            upload.add_field("csrf", served.csrf)
+            upload.add_field("job", job.read_bytes(), filename="lock.csv")
+            async with client.post(f"{served.url}/upload", data=upload) as resp:
+                job_page = str(resp.url)
+            async with client.post(f"{job_page}/dry-run", data={"csrf": served.csrf}) as resp:
+                run_page = str(resp.url)
+            text = ""
+            for _ in range(150):
+                async with client.get(run_page) as resp:
+                    text = await resp.text()
+                if "nothing was run" in text:
+                    break
+                await asyncio.sleep(0.2)
+    error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
+    assert error is not None, text
+    assert "credentials" in error.group(1).lower() and "wrong-password" not in text
+
+
+def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
+    connection = connection_from_form({"provider": "banyan", "url": "https://banyan.example/",
+                                       "banyan:BULKMDM_TOKEN": "tok-123456"})
+    request = RunRequest("run", tmp_path / "j.csv", tmp_path / "r.csv", connection, tmp_path, "u1")
+    assert "tok-123456" not in " ".join(request.arguments())
+    assert connection.child_environment()["BULKMDM_TOKEN"] == "tok-123456"
+    assert "tok-123456" not in repr(connection) and "tok-123456" not in repr(request)
