@@ -22,7 +22,7 @@ from aiohttp import web
 from ..errors import BulkMDMError
 from .children import ChildRun, RunRequest
 from .connection import CREDENTIAL_FIELDS, Connection
-from .security import Guard
+from .security import Guard, add_headers
 
 #: the largest job file the page takes
 MAX_UPLOAD = 50 * 1024 * 1024
@@ -122,6 +122,7 @@ def make_app(state_dir: Path, *, port: int = 0, max_upload: int = MAX_UPLOAD, se
     app[STATE] = WebState(guard=guard, state_dir=state_dir, templates=templates, max_upload=max_upload)
     routes.add_routes(app)
     app.router.add_static("/static/", Path(__file__).with_name("static"), name="static")
+    app.on_response_prepare.append(add_headers)
     app.on_shutdown.append(_stop_children)
     return app
 

@@ -279,15 +279,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    while True:
-        progress = await child.progress()
-        payload = asdict(progress)
-        payload["counts"] = count_statuses(progress.counts)
-        await response.write(f"data: {json.dumps(payload)}\n\n".encode())
-        if child.finished:
-            await response.write(b"event: end\ndata: {}\n\n")
-            return response
-        await child.wait(1.0)
+    try:
+        while True:
+            progress = await child.progress()
+            payload = asdict(progress)
+            payload["counts"] = count_statuses(progress.counts)
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            if child.finished:
+                await response.write(b"event: end\ndata: {}\n\n")
+                return response
+            await child.wait(1.0)
+    except ConnectionResetError:  # the page was closed or left; the run goes on
+        return response
 
 
 @routes.get("/runs/{child}/report.{ext:csv|xlsx}")

@@ -52,12 +52,10 @@ class Guard:
     def middleware(self) -> Any:
         @web.middleware
         async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-            response = await self._check(request, handler)
-            for name, value in _HEADERS.items():
-                response.headers.setdefault(name, value)
-            return response
+            return await self._check(request, handler)
 
         return guard
+
 
     async def _check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.host not in self.allowed_hosts():
@@ -100,3 +98,9 @@ async def _csrf_of(request: web.Request) -> str | None:
 
 def _refuse(status: int, sentence: str) -> web.Response:
     return web.Response(status=status, text=sentence + "\n", content_type="text/plain")
+
+
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer (streams and files too) carries the protective headers."""
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)

@@ -84,4 +84,13 @@ function follow() {
   source.addEventListener("end", () => { source.close(); window.location.reload(); });
 }
 
-document.addEventListener("DOMContentLoaded", () => { showCredentials(); follow(); });
+function oneSubmitEach() {
+  // a second click on "Run" must not start the same job twice
+  for (const form of document.querySelectorAll("form")) {
+    form.addEventListener("submit", () => {
+      setTimeout(() => { for (const b of form.querySelectorAll("button")) b.disabled = true; }, 0);
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => { showCredentials(); follow(); oneSubmitEach(); });
