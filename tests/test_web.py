@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -215,3 +217,23 @@ def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path
     assert "tok-123456" not in " ".join(request.arguments())
     assert connection.child_environment()["BULKMDM_TOKEN"] == "tok-123456"
     assert "tok-123456" not in repr(connection) and "tok-123456" not in repr(request)
+
+
+async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_path: Path, duo: SimServer) -> None:
+    from bulkmdm.sim.duostation import FACTS
+
+    job = write_csv(tmp_path / "terminal-job.csv", [["action", "serial", "tag"],
+                                                    ["tag", FACTS["untagged_device"]["serial"], "Prov-läge"]])
+    env = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin", "BULKMDM_STATE_DIR": str(served.state.state_dir)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url,
+        env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    assert await process.wait() == 0
+    async with _client() as client:
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+        assert "terminal-job.csv" in page and "1</b> succeeded" in page
+        link = re.search(r'href="(/history/\d+/report)"', page)
+        assert link is not None
+        async with client.get(f"{served.url}{link.group(1)}") as resp:
+            assert resp.status == 200 and "succeeded" in await resp.text()

@@ -9,6 +9,9 @@ run a child ``bulkmdm run``), ``preview`` and ``summary`` (what the pages show).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import signal
 import webbrowser
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +39,8 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
         except OSError as exc:
             from ..errors import UsageError
 
-            raise UsageError(f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port, "
+            reason = "another program uses it" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise UsageError(f"Cannot listen on 127.0.0.1:{port} ({reason}); pass another --port, "
                              "or --port 0 for any free one.") from None
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         guard = app[STATE].guard
@@ -47,6 +51,10 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
              "which can be resumed).")
         if open_browser:
             webbrowser.open(address)
-        await asyncio.Event().wait()
+        stopped = asyncio.Event()
+        # SIGTERM stops serve like Ctrl-C does: its runs are stopped (and resumable), not orphaned
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        await stopped.wait()
     finally:
         await runner.cleanup()
