@@ -158,8 +158,11 @@ def new_upload(state: WebState, filename: str) -> Upload | None:
     if Path(name).suffix.lower() not in _SUFFIXES:
         return None
     upload_id = secrets.token_hex(6)
+    # job files hold names and e-mail addresses: readable by their owner only, like the journal
+    state.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.uploads_dir.mkdir(exist_ok=True, mode=0o700)
     folder = state.uploads_dir / upload_id
-    folder.mkdir(parents=True, mode=0o700)
+    folder.mkdir(mode=0o700)
     upload = Upload(upload_id, folder / name, name)
     state.uploads[upload_id] = upload
     return upload

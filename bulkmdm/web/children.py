@@ -145,7 +145,8 @@ class ChildRun:
 
     def stop(self) -> None:
         """Like Ctrl-C: no new rows start, the report is written, the run can be resumed."""
-        if self.process is not None and not self.finished:
+        # once only: a second SIGINT would abandon the requests in flight (they would end up unknown)
+        if self.process is not None and not self.finished and not self.stop_requested:
             self.stop_requested = True
             self.process.send_signal(signal.SIGINT)
 

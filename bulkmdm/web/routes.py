@@ -194,20 +194,25 @@ async def run(request: web.Request) -> web.Response:
     if job.dry_run is None or not job.dry_run.finished or not job.dry_run.request.report.exists():
         raise UsageError("Do a dry run of this job first; the real run is started from its results.")
     summary = await state.summary(job.dry_run.request.report)
-    yes = _confirmed(state, summary.destructive_planned, str(form.get("confirm", "")))
+    yes = _confirmed(state, summary.destructive_planned, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{job.dry_run.id}")
-    request_ = RunRequest("run", job.path, job.report_path("run"), _connection(state), state.state_dir, job.id,
-                          yes=yes, rate=_rate(form))
+    # The MDM the dry run checked, even if the page has been switched to another since.
+    request_ = RunRequest("run", job.path, job.report_path("run"), job.dry_run.request.connection, state.state_dir,
+                          job.id, yes=yes, rate=_rate(form))
     child = await state.start(request_)
     job.runs.append(child)
     return _see(f"/runs/{child.id}")
 
 
-def _confirmed(state: WebState, destructive: int, typed: str) -> bool | None:
+def _confirmed(state: WebState, destructive: int, holds_destructive: bool, typed: str) -> bool | None:
     """True/False for --yes; None (and a message) when a destructive job's count was not typed."""
-    if destructive == 0:
+    if not holds_destructive:
         return False
+    if destructive == 0:
+        # Its destructive rows are all invalid or failed in the dry run, so none is sent; the
+        # engine still wants --yes for a job that holds one (invalid rows count there too).
+        return True
     if typed.strip() != str(destructive):
         state.flash = f"Type {destructive} (the number of devices or users it changes for good) to go ahead."
         return None
@@ -244,10 +249,10 @@ async def rerun(request: web.Request) -> web.Response:
     form = await request.post()
     summary = await state.summary(child.request.report)
     to_confirm = sum(1 for row in summary.destructive if row.status in ("failed", "invalid", "unknown", "not-run"))
-    yes = _confirmed(state, to_confirm, str(form.get("confirm", "")))
+    yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{child.id}")
-    again = RunRequest("re-run", child.request.report, job.report_path("re-run"), _connection(state),
+    again = RunRequest("re-run", child.request.report, job.report_path("re-run"), child.request.connection,
                        state.state_dir, job.id, yes=yes, rate=_rate(form))
     started = await state.start(again)
     job.runs.append(started)
