@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import read_report
 from web_helpers import serving
 
 from bulkmdm.sim.common import SimServer
@@ -172,6 +173,8 @@ def _download_and_rerun(page: Any, tmp_path: Path) -> None:
     with page.expect_download() as download:
         page.click("text=Download report (.xlsx)")
     assert download.value.suggested_filename.endswith(".xlsx")
+    download.value.save_as(tmp_path / "downloaded.xlsx")
+    assert [row["status"] for row in read_report(tmp_path / "downloaded.xlsx")] == statuses
     page.fill("input[name=confirm]", "3")  # two wipes not found, one without a serial
     page.click("#rerun")
     page.wait_for_url("**/runs/*")
