@@ -132,6 +132,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """An error we can explain becomes one sentence on the page; a bug never shows a traceback."""
     try:
         return await handler(request)
+    except web.HTTPNotFound as exc:
+        text = (exc.text or "").strip()
+        message = text if text and not text.startswith("404") else "There is no such page; start from the first page."
+        return request.app[STATE].render("error.html", message=message, status=404)
     except web.HTTPException:
         raise
     except BulkMDMError as exc:

@@ -366,4 +366,13 @@ def _duration(seconds: float | None) -> str:
         f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s")
 
 
-FILTERS = {"when": _when, "duration": _duration}
+def _sentence(text: str) -> str:
+    """The child's message as a sentence: first letter capital, a full stop at the end."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+FILTERS = {"when": _when, "duration": _duration, "sentence": _sentence}
