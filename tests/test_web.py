@@ -5,6 +5,7 @@ job, and errors as one sentence. The browser walk-through is test_web_browser.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import os
 import re
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -38,9 +40,9 @@ class Served:
         return self.state.guard.csrf
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    app = make_app(tmp_path / "state", max_upload=4096, secret=SECRET)
+@contextlib.asynccontextmanager
+async def _serve_app(state_dir: Path, **options: Any) -> AsyncIterator[Served]:
+    app = make_app(state_dir, secret=SECRET, **options)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -51,6 +53,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         yield Served(f"http://127.0.0.1:{port}", port, app[STATE])
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with _serve_app(tmp_path / "state", max_upload=4096) as server:
+        yield server
 
 
 def _client(cookie: bool = True) -> aiohttp.ClientSession:
@@ -151,29 +159,14 @@ async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) ->
         writer = csv.writer(fh)
         writer.writerow(["action", "serial", "Tagg", "Serail"])
         writer.writerows(["lock" if i % 1000 else "lokc", f"SN{i:07d}", "x", ""] for i in range(100_000))
-    app = make_app(tmp_path / "state", secret=SECRET)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    app[STATE].guard.port = port
-    try:
-        async with _client() as client:
-            upload = aiohttp.FormData()
-            upload.add_field("csrf", app[STATE].guard.csrf)
-            upload.add_field("job", job.read_bytes(), filename="big.csv")
-            started = time.monotonic()
-            async with client.post(f"http://127.0.0.1:{port}/upload", data=upload) as resp:
-                first = await resp.text()
-            first_page = time.monotonic() - started
-            location = str(resp.url)
-            started = time.monotonic()
-            async with client.get(f"{location}?show=problems&page=2") as resp:
-                problems = await resp.text()
-            later_page = time.monotonic() - started
-    finally:
-        await runner.cleanup()
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        started = time.monotonic()
+        first = await _upload(client, server, job)
+        first_page = time.monotonic() - started
+        started = time.monotonic()
+        async with client.get(f"{server.url}{_job_page(first)}?show=problems&page=2") as resp:
+            problems = await resp.text()
+        later_page = time.monotonic() - started
     assert "100000 rows" in first and "Page 1 of 2000" in first and "SN0000049" in first and "SN0000050" not in first
     assert "100 rows cannot run" in first and "did you mean <b>serial</b>" in first
     assert len(first) < 200_000
@@ -237,3 +230,72 @@ async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_pa
         assert link is not None
         async with client.get(f"{served.url}{link.group(1)}") as resp:
             assert resp.status == 200 and "succeeded" in await resp.text()
+
+
+async def _upload(client: aiohttp.ClientSession, server: Served, job: Path) -> str:
+    """Upload a job; the preview page's HTML."""
+    form = aiohttp.FormData()
+    form.add_field("csrf", server.csrf)
+    form.add_field("job", job.read_bytes(), filename=job.name)
+    async with client.post(f"{server.url}/upload", data=form) as resp:
+        return await resp.text()
+
+
+def _job_page(html: str) -> str:
+    match = re.search(r'href="(/jobs/[0-9a-f]{16})\?show=problems"', html)
+    assert match is not None, html
+    return match.group(1)
+
+
+async def _post(client: aiohttp.ClientSession, server: Served, path: str, **form: str) -> str:
+    """POST a form; the path of the page it leads to."""
+    async with client.post(f"{server.url}{path}", data={"csrf": server.csrf, **form}, allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+        return resp.headers["Location"]
+
+
+async def _until(client: aiohttp.ClientSession, server: Served, path: str, marker: str) -> str:
+    for _ in range(300):
+        async with client.get(f"{server.url}{path}") as resp:
+            text = await resp.text()
+        if marker in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{marker!r} never appeared on {path}")
+
+
+async def _dry_run_and_run(client: aiohttp.ClientSession, server: Served, job_page: str, rate: str) -> str:
+    dry = await _post(client, server, f"{job_page}/dry-run")
+    await _until(client, server, dry, 'id="confirm"')
+    return await _post(client, server, f"{job_page}/run", rate=rate)
+
+
+async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: SimServer) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:64]])
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
+    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
+               "duostation:BULKMDM_PASSWORD": "admin"}
+    duo.faults.update({"latency": 0.2, "mutating_only": True})
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        job_page = _job_page(await _upload(client, server, job))
+        run_page = await _dry_run_and_run(client, server, job_page, "2/s")
+        for _ in range(200):
+            if duo.call(lambda: len(state.commands)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await _post(client, server, f"{run_page}/stop")
+        await _until(client, server, run_page, 'id="resume"')
+    sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
+    assert 0 < sent < len(serials)
+    duo.faults.update({"latency": 0.0})
+    async with _serve_app(tmp_path / "state") as server, _client() as client:  # a new `bulkmdm serve`
+        await _post(client, server, "/connect", **connect)
+        preview = await _upload(client, server, job)
+        assert _job_page(preview) == job_page and 'id="unfinished"' in preview
+        run_page = await _dry_run_and_run(client, server, job_page, "")
+        done = await _until(client, server, run_page, 'id="next"')
+        assert "Resuming run" in done
+    locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
+    assert locks == sorted(serials)

@@ -9,6 +9,8 @@ state folder, every run in the journal.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
 import secrets
 from collections import OrderedDict
@@ -28,6 +30,9 @@ from .security import Guard, add_headers
 MAX_UPLOAD = 50 * 1024 * 1024
 _SUFFIXES = (".csv", ".xlsx")
 _SAFE_NAME = re.compile(r"[^\w.\- ]+")
+_NAME_FILE = "job-name.txt"
+#: an upload's id: 16 hex digits of its content and name
+UPLOAD_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(slots=True)
@@ -156,17 +161,49 @@ async def _stop_children(app: web.Application) -> None:
     await asyncio.gather(*(c.wait(30) for c in running))
 
 
-def new_upload(state: WebState, filename: str) -> Upload | None:
-    """A folder for a new upload, or None when the name is not a .csv/.xlsx file."""
+def job_name(filename: str) -> str | None:
+    """The name an uploaded file is kept under, or None when it is not a .csv/.xlsx file."""
     name = _SAFE_NAME.sub("_", Path(filename.replace("\\", "/")).name).strip(" .") or "job"
-    if Path(name).suffix.lower() not in _SUFFIXES:
+    return name if Path(name).suffix.lower() in _SUFFIXES else None
+
+
+def keep_upload(state: WebState, incoming: Path, name: str, digest: str) -> Upload:
+    """Move a received file to its folder and remember it.
+
+    The folder is named by the file's content and name, so the same file
+    uploaded again (after a restart, say) is the same job path: a run of it
+    resumes, or says it already ran, exactly as `bulkmdm run` on the same file
+    does in a terminal."""
+    upload_id = hashlib.sha256(f"{digest}\x1f{name}".encode()).hexdigest()[:16]
+    folder = state.uploads_dir / upload_id
+    folder.mkdir(exist_ok=True, mode=0o700)
+    os.replace(incoming, folder / name)
+    (folder / _NAME_FILE).write_text(name, encoding="utf-8")
+    upload = state.uploads.get(upload_id) or Upload(upload_id, folder / name, name)
+    state.uploads[upload_id] = upload
+    state.tables.pop(upload_id, None)
+    return upload
+
+
+def find_upload(state: WebState, upload_id: str) -> Upload | None:
+    """An upload of this session, or one kept on disk by an earlier `bulkmdm serve`."""
+    if upload_id in state.uploads:
+        return state.uploads[upload_id]
+    if not UPLOAD_ID.fullmatch(upload_id):
         return None
-    upload_id = secrets.token_hex(6)
-    # job files hold names and e-mail addresses: readable by their owner only, like the journal
+    try:
+        name = (state.uploads_dir / upload_id / _NAME_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    path = state.uploads_dir / upload_id / name
+    if job_name(name) != name or not path.is_file():
+        return None
+    upload = state.uploads[upload_id] = Upload(upload_id, path, name)
+    return upload
+
+
+def incoming_file(state: WebState) -> Path:
+    """A fresh file to receive an upload into (owner-only folders: job files hold names and e-mail addresses)."""
     state.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state.uploads_dir.mkdir(exist_ok=True, mode=0o700)
-    folder = state.uploads_dir / upload_id
-    folder.mkdir(mode=0o700)
-    upload = Upload(upload_id, folder / name, name)
-    state.uploads[upload_id] = upload
-    return upload
+    return state.uploads_dir / f".incoming-{secrets.token_hex(8)}"

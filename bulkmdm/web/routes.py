@@ -4,6 +4,7 @@ connect, upload, preview, dry run, confirm, run, done, history."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -13,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BulkMDMError, UsageError
-from .app import STATE, Upload, WebState, new_upload
+from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
 from .connection import connection_from_form
 
@@ -34,7 +35,7 @@ def _see(location: str) -> web.Response:
 
 
 def _upload(request: web.Request) -> Upload:
-    upload = _state(request).uploads.get(request.match_info["upload"])
+    upload = find_upload(_state(request), request.match_info["upload"])
     if upload is None:
         raise web.HTTPNotFound(text="There is no such job in this session; upload it again.\n")
     return upload
@@ -63,13 +64,19 @@ def _history(state: WebState, limit: int = 15) -> list[dict[str, Any]]:
     from ..journal import Journal
 
     ours = {c.run_id: c for c in state.children.values() if c.run_id is not None}
+    uploads = state.uploads_dir.resolve()
     try:
         with Journal(state.state_dir) as journal:
             listed = journal.runs(limit)
     except BulkMDMError:
         return []
-    return [{"info": info, "counts": count_statuses(counts), "child": ours.get(info.id),
-             "report": Path(info.report_path).exists()} for info, counts in listed]
+    history = []
+    for info, counts in listed:
+        job = Path(info.job_path)
+        history.append({"info": info, "counts": count_statuses(counts), "child": ours.get(info.id),
+                        "report": Path(info.report_path).exists(),
+                        "upload": job.parent.name if job.parent.parent == uploads and job.exists() else None})
+    return history
 
 
 @routes.post("/connect")
@@ -103,32 +110,36 @@ async def upload(request: web.Request) -> web.Response:
     if part is None or not filename:
         state.flash = "Choose a .csv or .xlsx job file first."
         return _see("/")
-    job = new_upload(state, filename)
-    if job is None:
+    name = job_name(filename)
+    if name is None:
         state.flash = f"{Path(filename).name} is not a .csv or .xlsx file; save the sheet as one and upload it."
         return _see("/")
-    if not await _save(part, job.path, state.max_upload):
-        del state.uploads[job.id]
-        state.flash = (f"{job.name} is larger than {state.max_upload // (1024 * 1024)} MB; split it into smaller "
+    incoming = incoming_file(state)
+    digest = await _save(part, incoming, state.max_upload)
+    if digest is None:
+        state.flash = (f"{name} is larger than {state.max_upload // (1024 * 1024)} MB; split it into smaller "
                        "jobs and upload each.")
         return _see("/")
+    job = keep_upload(state, incoming, name, digest)
     return _see(f"/jobs/{job.id}")
 
 
-async def _save(part: Any, path: Path, limit: int) -> bool:
-    """Write an uploaded file to ``path``; False (and nothing kept) when it is over ``limit`` bytes."""
+async def _save(part: Any, path: Path, limit: int) -> str | None:
+    """Write an uploaded file to ``path`` and return its SHA-256; None (and nothing kept) when it is over
+    ``limit`` bytes."""
     size = 0
+    digest = hashlib.sha256()
     with open(path, "wb") as out:
         while chunk := await part.read_chunk(256 * 1024):
             size += len(chunk)
             if size > limit:
                 break
+            digest.update(chunk)
             out.write(chunk)
     if size > limit:
         path.unlink(missing_ok=True)
-        path.parent.rmdir()
-        return False
-    return True
+        return None
+    return digest.hexdigest()
 
 
 # -- preview -------------------------------------------------------------
@@ -147,8 +158,10 @@ async def preview(request: web.Request) -> web.Response:
     only_problems = request.query.get("show") == "problems"
     problems = await asyncio.to_thread(look.problem_rows, table, None, can_do)
     page = look.page_of(table, problems if only_problems else None, _number(request), None, can_do)
+    earlier = [item for item in await asyncio.to_thread(_history, state, 50)
+               if item["info"].job_path == str(job.path.resolve())]
     return state.render("job.html", job=job, table=table, columns=look.read_columns(table), page=page,
-                        problems=len(problems), only_problems=only_problems)
+                        problems=len(problems), only_problems=only_problems, earlier=earlier)
 
 
 def _can_do(state: WebState) -> frozenset[str] | None:
