@@ -53,8 +53,13 @@ class Upload:
         stem, suffix = self.path.stem, self.path.suffix
         if kind == "dry run":
             return self.folder / f"{stem}.dryrun{suffix}"
-        reruns = sum(1 for r in self.runs if r.request.kind == "re-run")
-        return self.folder / (f"{stem}.outcome{suffix}" if kind == "run" else f"{stem}.outcome-{reruns + 2}{suffix}")
+        if kind == "run":
+            return self.folder / f"{stem}.outcome{suffix}"
+        # each re-run its own report (the one before it is its job), numbered on from the last one on disk
+        number = 2
+        while (self.folder / f"{stem}.outcome-{number}{suffix}").exists():
+            number += 1
+        return self.folder / f"{stem}.outcome-{number}{suffix}"
 
 
 @dataclass(slots=True)

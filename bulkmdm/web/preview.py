@@ -88,7 +88,9 @@ def row_problem(table: JobTable, index: int, action_override: str | None, can_do
     if not action:
         return "No action: fill in the action column (e.g. lock, tag, wipe)."
     if action not in ACTIONS:
-        return f"{fields.get('action', action)!r} is not an action; the list of actions is in the README."
+        close = difflib.get_close_matches(action, list(ACTIONS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "the README lists the actions."
+        return f"{fields.get('action', action)!r} is not an action; {hint}"
     if can_do is not None and action not in can_do:
         return f"This MDM cannot {action}."
     missing = missing_columns(ACTIONS[action], JobRow(index, action, fields))
