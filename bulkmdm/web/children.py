@@ -10,6 +10,7 @@ Ctrl-C (report written, exit 130, resumable by running it again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import signal
@@ -148,7 +149,8 @@ class ChildRun:
         # once only: a second SIGINT would abandon the requests in flight (they would end up unknown)
         if self.process is not None and not self.finished and not self.stop_requested:
             self.stop_requested = True
-            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                self.process.send_signal(signal.SIGINT)
 
     async def wait(self, timeout: float | None = None) -> bool:
         try:
