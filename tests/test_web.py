@@ -299,3 +299,14 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
         assert "Resuming run" in done
     locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
     assert locks == sorted(serials)
+
+
+async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tmp_path: Path) -> None:
+    source = Path(__file__).parent.parent / "jobs" / "duostation-assign.xlsx"
+    job = tmp_path / "Björkskolan lån.xlsx"
+    job.write_bytes(source.read_bytes())
+    served.state.max_upload = 1024 * 1024
+    async with _client() as client:
+        page = await _upload(client, served, job)
+    assert "Björkskolan lån.xlsx" in page and "✓ serial" in page
+    assert any(path.name == job.name for path in served.state.uploads_dir.glob("*/*"))

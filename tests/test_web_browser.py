@@ -69,7 +69,7 @@ def _shot(page: Any, tmp_path: Path, name: str) -> None:
 
 
 def _job(tmp_path: Path, serials: list[str]) -> Path:
-    path = tmp_path / "lost-ipads.csv"
+    path = tmp_path / "förlorade iPads.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["Action", "Serial Number", "Klass", "Tgg"])

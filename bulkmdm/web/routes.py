@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -110,7 +111,8 @@ async def upload(request: web.Request) -> web.Response:
     if part is None or not filename:
         state.flash = "Choose a .csv or .xlsx job file first."
         return _see("/")
-    name = job_name(filename)
+    # browsers send the name as UTF-8 with '"' as %22; some clients percent-encode all of it
+    name = job_name(unquote(filename))
     if name is None:
         state.flash = f"{Path(filename).name} is not a .csv or .xlsx file; save the sheet as one and upload it."
         return _see("/")
@@ -358,8 +360,6 @@ async def history_report(request: web.Request) -> web.StreamResponse:
 def _download(path: Path) -> web.FileResponse:
     if path.suffix.lower() not in (".csv", ".xlsx"):
         raise UsageError("Only .csv and .xlsx reports can be downloaded here.")
-    from urllib.parse import quote
-
     disposition = f"attachment; filename*=UTF-8''{quote(path.name)}"
     return web.FileResponse(path, headers={"Content-Disposition": disposition})
 
