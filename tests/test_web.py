@@ -310,3 +310,14 @@ async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tm
         page = await _upload(client, served, job)
     assert "Björkskolan lån.xlsx" in page and "✓ serial" in page
     assert any(path.name == job.name for path in served.state.uploads_dir.glob("*/*"))
+
+
+async def test_an_unusable_state_folder_is_one_sentence(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    async with _serve_app(blocker / "state") as server, _client() as client:
+        page = await _upload(client, server, write_csv(tmp_path / "j.csv", [["action", "serial"], ["lock", "A"]]))
+        async with client.get(f"{server.url}/") as resp:
+            home = await resp.text()
+    assert "--state-dir naming a folder you can write to" in page and "Traceback" not in page
+    assert resp.status == 200 and "No runs yet" in home

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import signal
 import webbrowser
 from collections.abc import Callable
@@ -29,6 +30,7 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
 
     from .app import STATE, make_app
 
+    _log_bugs_to_files(echo)
     app = make_app(state_dir, port=port)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -50,7 +52,8 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
         echo("Keep this window open while you work; Ctrl-C stops bulkmdm serve (and any run it started, "
              "which can be resumed).")
         if open_browser:
-            webbrowser.open(address)
+            with contextlib.suppress(webbrowser.Error):  # no browser here: the printed address is enough
+                webbrowser.open(address)
         stopped = asyncio.Event()
         # SIGTERM stops serve like Ctrl-C does: its runs are stopped (and resumable), not orphaned
         with contextlib.suppress(NotImplementedError):
@@ -58,3 +61,27 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
         await stopped.wait()
     finally:
         await runner.cleanup()
+
+
+class _CrashFiles(logging.Handler):
+    """aiohttp's own errors (a bug that escaped a page) as one line on the terminal, the traceback in a file."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .app import crash_file
+
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            self.echo(f"bulkmdm serve: {record.getMessage()}")
+            return
+        self.echo(f"bulkmdm serve hit an internal error ({type(error).__name__}); it goes on. "
+                  f"Details for a bug report: {crash_file(error)}")
+
+
+def _log_bugs_to_files(echo: Callable[[str], None]) -> None:
+    logger = logging.getLogger("aiohttp")
+    logger.propagate = False
+    logger.handlers = [_CrashFiles(echo)]

@@ -150,13 +150,29 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
     except BulkMDMError as exc:
         return request.app[STATE].render("error.html", message=str(exc), status=400)
-    except Exception as exc:  # a bug: one sentence, never a traceback
-        import logging
-
-        logging.getLogger("bulkmdm.web").exception("internal error")
+    except OSError as exc:
         return request.app[STATE].render(
-            "error.html", message=f"bulkmdm hit an internal error ({type(exc).__name__}); runs already started "
-                                  "go on, and the journal keeps every finished row.", status=500)
+            "error.html", status=500, message=f"bulkmdm could not use a file it needs ({exc.strerror or exc}: "
+            f"{exc.filename or ''}); start bulkmdm serve with --state-dir naming a folder you can write to.")
+    except Exception as exc:  # a bug: one sentence here, the traceback in a file
+        path = crash_file(exc)
+        return request.app[STATE].render(
+            "error.html", status=500, message=f"bulkmdm hit an internal error ({type(exc).__name__}); runs already "
+            f"started go on, and the journal keeps every finished row. Details for a bug report: {path}")
+
+
+def crash_file(exc: BaseException) -> str:
+    """Write the traceback of a bug to a file of its own; its path, for the one sentence a person sees."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="bulkmdm-serve-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return "(could not write a crash file)"
 
 
 async def _stop_children(app: web.Application) -> None:
