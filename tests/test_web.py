@@ -321,3 +321,24 @@ async def test_an_unusable_state_folder_is_one_sentence(tmp_path: Path) -> None:
             home = await resp.text()
     assert "--state-dir naming a folder you can write to" in page and "Traceback" not in page
     assert resp.status == 200 and "No runs yet" in home
+
+
+async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_path: Path, duo: SimServer) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:45]])
+    job = write_csv(tmp_path / "serials.csv", [["Serial Number"], *([s] for s in serials)])
+    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
+               "duostation:BULKMDM_PASSWORD": "admin"}
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        preview = await _upload(client, server, job)
+        assert 'id="action"' in preview and "No problems found" in preview
+        job_page = _job_page(preview)
+        async with client.post(f"{server.url}{job_page}/dry-run", data={"csrf": server.csrf, "action": "lokc"}) as resp:
+            assert resp.status == 400 and "Choose the action" in await resp.text()
+        dry = await _post(client, server, f"{job_page}/dry-run", action="lock")
+        await _until(client, server, dry, 'id="confirm"')
+        run_page = await _post(client, server, f"{job_page}/run")
+        await _until(client, server, run_page, 'id="next"')
+    locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
+    assert locks == sorted(serials)

@@ -44,6 +44,8 @@ class Upload:
     name: str
     dry_run: ChildRun | None = None
     runs: list[ChildRun] = field(default_factory=list)
+    #: the action for every row, chosen on the page when the file has no action column
+    action: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -74,7 +76,7 @@ class WebState:
     uploads: dict[str, Upload] = field(default_factory=dict)
     children: dict[str, ChildRun] = field(default_factory=dict)
     tables: OrderedDict[str, Any] = field(default_factory=OrderedDict)
-    summaries: dict[tuple[str, float], Any] = field(default_factory=dict)
+    summaries: dict[tuple[str, float, str | None], Any] = field(default_factory=dict)
     flash: str = ""
 
     @property
@@ -98,12 +100,12 @@ class WebState:
         self.tables.move_to_end(upload.id)
         return self.tables[upload.id]
 
-    async def summary(self, path: Path) -> Any:
+    async def summary(self, path: Path, action: str | None = None) -> Any:
         from .summary import summarise
 
-        key = (str(path), path.stat().st_mtime)
+        key = (str(path), path.stat().st_mtime, action)
         if key not in self.summaries:
-            self.summaries[key] = await asyncio.to_thread(summarise, path)
+            self.summaries[key] = await asyncio.to_thread(summarise, path, action)
         return self.summaries[key]
 
     async def start(self, request: RunRequest) -> ChildRun:

@@ -44,6 +44,8 @@ class RunRequest:
     dry_run: bool = False
     yes: bool = False
     rate: str | None = None
+    #: the action for every row, for a job without an action column
+    action: str | None = None
 
     def arguments(self) -> list[str]:
         """The command line (never a credential: those go in the environment)."""
@@ -51,6 +53,8 @@ class RunRequest:
                  "--url", self.connection.url, "--report", str(self.report), "--state-dir", str(self.state_dir)]
         if self.connection.partition:
             words += ["--partition", self.connection.partition]
+        if self.action:
+            words += ["--action", self.action]
         if self.dry_run:
             words.append("--dry-run")
         if self.yes:

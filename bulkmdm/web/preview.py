@@ -86,7 +86,8 @@ def row_problem(table: JobTable, index: int, action_override: str | None, can_do
         return ""
     action = normalise_action(action_override or fields.get("action", ""))
     if not action:
-        return "No action: fill in the action column (e.g. lock, tag, wipe)."
+        # without an action column the action is chosen on the page for every row
+        return "" if "action" not in table.canonical else "No action: fill in the action column (e.g. lock, tag)."
     if action not in ACTIONS:
         close = difflib.get_close_matches(action, list(ACTIONS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "the README lists the actions."

@@ -14,6 +14,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
@@ -158,12 +159,13 @@ async def preview(request: web.Request) -> web.Response:
         return state.render("error.html", message=str(exc), status=400)
     can_do = _can_do(state)
     only_problems = request.query.get("show") == "problems"
-    problems = await asyncio.to_thread(look.problem_rows, table, None, can_do)
-    page = look.page_of(table, problems if only_problems else None, _number(request), None, can_do)
+    problems = await asyncio.to_thread(look.problem_rows, table, job.action, can_do)
+    page = look.page_of(table, problems if only_problems else None, _number(request), job.action, can_do)
     earlier = [item for item in await asyncio.to_thread(_history, state, 50)
                if item["info"].job_path == str(job.path.resolve())]
     return state.render("job.html", job=job, table=table, columns=look.read_columns(table), page=page,
-                        problems=len(problems), only_problems=only_problems, earlier=earlier)
+                        problems=len(problems), only_problems=only_problems, earlier=earlier,
+                        actions=sorted(can_do) if can_do is not None else sorted(ACTIONS))
 
 
 def _can_do(state: WebState) -> frozenset[str] | None:
@@ -196,8 +198,14 @@ def _connection(state: WebState) -> Any:
 @routes.post("/jobs/{upload}/dry-run")
 async def dry_run(request: web.Request) -> web.Response:
     state, job = _state(request), _upload(request)
+    form = await request.post()
+    if "action" in form:
+        action = normalise_action(str(form["action"]))
+        if action not in ACTIONS:
+            raise UsageError("Choose the action for every row from the list.")
+        job.action = action
     run = RunRequest("dry run", job.path, job.report_path("dry run"), _connection(state), state.state_dir, job.id,
-                     dry_run=True)
+                     dry_run=True, action=job.action)
     job.dry_run = await state.start(run)
     return _see(f"/runs/{job.dry_run.id}")
 
@@ -208,13 +216,13 @@ async def run(request: web.Request) -> web.Response:
     form = await request.post()
     if job.dry_run is None or not job.dry_run.finished or not job.dry_run.request.report.exists():
         raise UsageError("Do a dry run of this job first; the real run is started from its results.")
-    summary = await state.summary(job.dry_run.request.report)
+    summary = await state.summary(job.dry_run.request.report, job.dry_run.request.action)
     yes = _confirmed(state, summary.destructive_planned, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{job.dry_run.id}")
     # The MDM the dry run checked, even if the page has been switched to another since.
     request_ = RunRequest("run", job.path, job.report_path("run"), job.dry_run.request.connection, state.state_dir,
-                          job.id, yes=yes, rate=_rate(form))
+                          job.id, yes=yes, rate=_rate(form), action=job.dry_run.request.action)
     child = await state.start(request_)
     job.runs.append(child)
     return _see(f"/runs/{child.id}")
@@ -262,13 +270,13 @@ async def rerun(request: web.Request) -> web.Response:
     state, child = _state(request), _child(request)
     job = state.uploads[child.request.upload_id]
     form = await request.post()
-    summary = await state.summary(child.request.report)
+    summary = await state.summary(child.request.report, child.request.action)
     to_confirm = sum(1 for row in summary.destructive if row.status in ("failed", "invalid", "unknown", "not-run"))
     yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{child.id}")
     again = RunRequest("re-run", child.request.report, job.report_path("re-run"), child.request.connection,
-                       state.state_dir, job.id, yes=yes, rate=_rate(form))
+                       state.state_dir, job.id, yes=yes, rate=_rate(form), action=child.request.action)
     started = await state.start(again)
     job.runs.append(started)
     return _see(f"/runs/{started.id}")
@@ -284,7 +292,7 @@ async def watch(request: web.Request) -> web.Response:
     progress = await child.progress()
     summary = None
     if child.finished and child.request.report.exists() and child.returncode != 2:
-        summary = await state.summary(child.request.report)
+        summary = await state.summary(child.request.report, child.request.action)
     return state.render("run.html", child=child, job=job, progress=progress, summary=summary,
                         counts=count_statuses(progress.counts), page=_number(request))
 
