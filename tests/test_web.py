@@ -9,8 +9,12 @@ import contextlib
 import csv
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,3 +346,31 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
         await _until(client, server, run_page, 'id="next"')
     locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
     assert locks == sorted(serials)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    """`bulkmdm serve` as a user starts it (no --no-browser; no desktop here, so no browser is started)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
+    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir",
+                             str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert re.fullmatch(r"Open http://127\.0\.0\.1:\d+/\?token=[\w-]{20,}", line), line
+        port = int(line.split(":")[2].split("/")[0])
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
+        with browser.open(line.removeprefix("Open ")) as resp:
+            assert resp.status == 200 and "bulkmdm" in resp.read().decode()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/")
+            raise AssertionError("served without the secret")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err

@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
+import sys
+import threading
 import webbrowser
 from collections.abc import Callable
 from pathlib import Path
@@ -51,9 +54,9 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
         echo(f"Open {address}")
         echo("Keep this window open while you work; Ctrl-C stops bulkmdm serve (and any run it started, "
              "which can be resumed).")
-        if open_browser:
-            with contextlib.suppress(webbrowser.Error):  # no browser here: the printed address is enough
-                webbrowser.open(address)
+        if open_browser and _has_desktop():
+            # in a thread: webbrowser waits for some browsers to exit, and the page must answer meanwhile
+            threading.Thread(target=_open_browser, args=(address,), daemon=True).start()
         stopped = asyncio.Event()
         # SIGTERM stops serve like Ctrl-C does: its runs are stopped (and resumable), not orphaned
         with contextlib.suppress(NotImplementedError):
@@ -85,3 +88,16 @@ def _log_bugs_to_files(echo: Callable[[str], None]) -> None:
     logger = logging.getLogger("aiohttp")
     logger.propagate = False
     logger.handlers = [_CrashFiles(echo)]
+
+
+def _has_desktop() -> bool:
+    """A graphical session to open a browser in. Without one, webbrowser would start a console browser
+    (lynx, w3m) on this very terminal; the printed address is the way in there."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _open_browser(address: str) -> None:
+    with contextlib.suppress(webbrowser.Error, OSError):
+        webbrowser.open(address)
