@@ -18,7 +18,7 @@ from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
-from .connection import connection_from_form
+from .connection import Connection, connection_from_form
 
 routes = web.RouteTableDef()
 
@@ -189,7 +189,7 @@ def _number(request: web.Request, name: str = "page") -> int:
 # -- dry run, confirm, run ---------------------------------------------------
 
 
-def _connection(state: WebState) -> Any:
+def _connection(state: WebState) -> Connection:
     if state.connection is None:
         raise UsageError("Connect to your MDM first (the first page), then start the run again.")
     return state.connection

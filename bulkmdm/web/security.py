@@ -56,7 +56,6 @@ class Guard:
 
         return guard
 
-
     async def _check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.host not in self.allowed_hosts():
             # A DNS-rebinding page reaches us under its own name; refuse before anything else.
