@@ -641,9 +641,11 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
     def sent(method: str, path: str) -> list[dict[str, Any]]:
         return [r for r in seen if r["method"] == method and r["path"] == "/api/v1/" + path]
 
-    # the device list: GET device?dmPartitionId=&rows=500&start=0, no body
+    # the device list: GET device?dmPartitionId=&rows=500&start=0, no body, in
+    # a stable order (public clients' sortFields[0].name/order; see issue 13)
     (search,) = [r for r in sent("GET", "device") if "fq" not in r["args"]]
-    assert dict(search["args"]) == {"dmPartitionId": "1", "rows": "500", "start": "0"}
+    assert dict(search["args"]) == {"dmPartitionId": "1", "rows": "500", "start": "0",
+                                    "sortFields[0].name": "id", "sortFields[0].order": "ASC"}
     # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
     (by_email,) = [r for r in sent("GET", "device") if "fq" in r["args"]]
     assert dict(by_email["args"]) == {"q": "", "dmPartitionId": "1", "fq": f"EMAILADDRESS EQ {owner['emailAddress']}"}

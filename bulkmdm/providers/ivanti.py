@@ -46,6 +46,7 @@ run's device list is the fallback when that search finds nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,11 @@ from .base import (
 PAGE_ROWS = 500
 #: A fleet of 5 million devices; past this a paging loop is a server bug.
 MAX_PAGES = 10_000
+#: Passes over the device search when one comes up short of its totalCount.
+MAX_PASSES = 3
+#: The doc names no sort parameter; public clients send Spring-style
+#: ``sortFields[0].name`` / ``sortFields[0].order`` (see ``_page_through``).
+STABLE_SORT = {"sortFields[0].name": "id", "sortFields[0].order": "ASC"}
 
 WIPE_STATES = frozenset({"WIPE_PENDING", "WIPE_SENT", "WIPED"})
 RETIRE_STATES = frozenset({"RETIRE_PENDING", "RETIRE_SENT", "RETIRED"})
@@ -174,16 +180,58 @@ class _ReadFailed(Exception):
         self.reply = reply
 
 
+class _Collected:
+    """Devices of a paged search, each kept once by its ``id`` (pages may
+    overlap). A device listed without a usable ``id`` is kept apart: no
+    command can name it, and two such devices must never become one."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Any] = {}
+        self.without_id: list[Any] = []
+        self._seen_without_id: set[str] = set()
+
+    @property
+    def devices(self) -> list[Any]:
+        return list(self.by_id.values())
+
+    @property
+    def count(self) -> int:
+        return len(self.by_id) + len(self.without_id)
+
+    def add(self, page: Sequence[Any]) -> int:
+        """Keep the page's devices; how many were new."""
+        new = 0
+        for device in page:
+            if not isinstance(device, Mapping):
+                continue
+            key = _key(get_field(device, "id"))
+            if key:
+                if key not in self.by_id:
+                    self.by_id[key] = device
+                    new += 1
+                continue
+            seen = _key(get_field(device, "guid")) or json.dumps(device, sort_keys=True, default=str)
+            if seen not in self._seen_without_id:
+                self._seen_without_id.add(seen)
+                self.without_id.append(device)
+                new += 1
+        return new
+
+
 class _Fleet:
     """The device space's devices, indexed once per run."""
 
-    def __init__(self, devices: list[Any]) -> None:
+    def __init__(self, devices: list[Any], without_id: Sequence[Any] = ()) -> None:
         self.devices = devices
         self.count = len(devices)
         self.by_serial = Index("device", devices, lambda d: get_field(d, "serialNumber"))
         self.by_serial_folded = Index("device", devices, lambda d: get_field(d, "serialNumber"), fold=True)
         # A device_id column may hold the integer id or the GUID.
         self.by_ref = Index("device", devices, lambda d: [get_field(d, "id"), get_field(d, "guid")], fold=True)
+        #: devices listed without an id, by serial and GUID: never a match,
+        #: only the reason a row names no device
+        self.without_id = Index("device", without_id, lambda d: [get_field(d, "serialNumber"),
+                                                                  get_field(d, "guid")], fold=True)
 
 
 class Ivanti(Provider):
@@ -217,6 +265,8 @@ class Ivanti(Provider):
                               f"{partition!r}: correct --partition or BULKMDM_PARTITION_ID.")
         self.partition = partition
         self._fleet: _Fleet | None = None
+        #: False once the server refused STABLE_SORT
+        self._sorted = True
         self._owners: dict[str, Any] = {}
         self._seen: dict[Hashable, tuple[int, str]] = {}
         #: actions whose checkViability the server does not offer (404/405/501)
@@ -255,66 +305,95 @@ class Ivanti(Provider):
         return reply.result
 
     async def _fetch_fleet(self) -> _Fleet:
-        """Every device of the device space, 500 a page.
+        """Every device of the device space (see :meth:`_page_through`).
 
-        Pages go by ``start`` until the server hands out ``searchAfterValues``
-        ("Useful in searches in environments with ten-thousand or more
-        devices. See Searching for devices efficiently."), then by those. The
-        doc names the parameter but shows neither where the answer carries it
-        nor its format, so it is read from the result (or, search-after
-        style, from the last device of the page) and sent back exactly as
-        given, comma-joined. A server that refuses the values it handed out,
-        or answers them with nothing new, is paged by ``start`` again."""
-        devices: list[Any] = []
-        seen: set[str] = set()
-        after = ""
-        after_ok = True  # False once search-after paging failed on this server
+        A pass that comes up short of the ``totalCount`` of its first page
+        (a server that ignores or refuses the sort, a device deleted while we
+        paged) is followed by another one, while passes still find devices:
+        pages may then overlap, and devices are kept once by id."""
+        collected = _Collected()
+        for _ in range(MAX_PASSES):
+            before = collected.count
+            total = await self._page_through(collected)
+            if total is None or collected.count >= total or collected.count == before:
+                break
+        return _Fleet(collected.devices, collected.without_id)
+
+    def _search_params(self, start: int, after: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
+        if self._sorted:
+            params.update(STABLE_SORT)
+        if after:
+            params["searchAfterValues"] = after
+        else:
+            params["start"] = start
+        return params
+
+    async def _search_page(self, start: int, after: str) -> Any:
         what = f"the device list of device space {self.partition}"
-        for _ in range(MAX_PAGES):
-            params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
-            if after:
-                params["searchAfterValues"] = after
-            else:
-                params["start"] = len(devices)
+        try:
+            return await self._read(self._search_params(start, after), what)
+        except _ReadFailed as exc:
+            if not self._sorted or after or start or exc.reply.status != 400:
+                raise
+        # The doc has no sortFields: a server that refuses them with 400 (on
+        # the first page, where nothing else can be wrong) is asked the doc's way; the extra passes of _fetch_fleet cover its order.
+        self._sorted = False
+        return await self._read(self._search_params(start, after), what)
+
+    async def _page_through(self, collected: _Collected) -> int | None:
+        """One pass over the device search, 500 a page; the first page's
+        ``totalCount`` (None when it has none).
+
+        "Do not send a value larger than 500 with the rows parameter", and
+        ``start`` is "the row on which to start the display". As the public
+        clients of this API do, ``start`` is advanced by the number of rows
+        each page returned (the Checkmk agent_mobileiron steps it by ``rows``;
+        Oomnitza's connector by ``len(searchResults)``, noting that "'offset'
+        does not operate as the MobileIron documentation indicates. We should
+        instead use 'start' and pass the latest index"), under an explicit
+        order (Oomnitza sends ``sortFields[0].name=lastCheckin&
+        sortFields[0].order=DESC``). We sort by ``id``, unique and never
+        changing, where ``lastCheckin`` moves while we page: pages then
+        neither overlap nor skip.
+
+        The doc adds ``searchAfterValues`` ("Useful in searches in
+        environments with ten-thousand or more devices"), without showing
+        where an answer carries them: they are read from the result (or,
+        search-after style, from the last device of the page), sent back as
+        given, comma-joined, with the same sort. A server that refuses the
+        values it handed out, or answers them with nothing new, is paged by
+        ``start`` again."""
+        start, after, after_ok = 0, "", True
+        first_total: int | None = None
+        for page_number in range(MAX_PAGES):
             try:
-                result = await self._read(params, what)
+                result = await self._search_page(start, after)
             except _ReadFailed:
                 if not after:
                     raise
                 after, after_ok = "", False
                 continue
             page = as_list(result, "searchResults")
-            new = 0
-            for device in page:
-                key = _key(get_field(device, "id"))
-                if key and key not in seen:
-                    seen.add(key)
-                    devices.append(device)
-                    new += 1
+            new = collected.add(page)
+            start += len(page)
             total = _int(get_field(result, "totalCount"))
-            if total is not None and len(devices) >= total and not (len(page) >= PAGE_ROWS and total <= len(page)):
+            if page_number == 0:
+                first_total = total
+            if not page:
+                break
+            if total is not None and start >= total and not (len(page) >= PAGE_ROWS and total <= len(page)):
                 # A full page whose totalCount is no more than the page itself
                 # may be a server counting the page ("totalCount" is not
                 # described): ask for the next page rather than stop at 500.
                 break
-            if not page or not new:
-                if after and total is not None:
-                    # the values did not move the search on: page by start instead
-                    after, after_ok = "", False
-                    continue
-                break
-            values = get_field(result, "searchAfterValues")
-            if values is None and isinstance(page[-1], Mapping):
-                values = get_field(page[-1], "searchAfterValues")
-            if after_ok and isinstance(values, list) and values:
-                after = ",".join(str(v) for v in values)
-            elif after_ok and isinstance(values, (str, int)) and str(values):
-                after = str(values)
-            elif after and total is None:
-                break  # the server stopped offering a continuation: that was the last page
-            else:
-                after = ""
-        return _Fleet(devices)
+            if not new:
+                if not after:
+                    break  # the server repeats itself (it ignores start)
+                after, after_ok = "", False  # the values did not move the search on
+                continue
+            after = _continuation(result, page) if after_ok else ""
+        return first_total
 
     async def _find_owner(self, who: str) -> None:
         """Look up a user's account id once per run (see :meth:`_owner`)."""
@@ -689,7 +768,7 @@ class Ivanti(Provider):
             replies = await asyncio.gather(*(self._call("GET", f"device/{_seg(s.params['id'])}") for s in steps))
             if not all(r.ok and isinstance(r.result, Mapping) for r in replies):
                 return None
-            flags = [applied(r.result, s) for r, s in zip(replies, steps)]
+            flags = [applied(r.result, s) for r, s in zip(replies, steps, strict=True)]
             if all(flags):
                 return True
             return False if not any(flags) else None
@@ -777,6 +856,18 @@ class Ivanti(Provider):
 
 def _key(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def _continuation(result: Any, page: Sequence[Any]) -> str:
+    """The ``searchAfterValues`` an answer hands out, comma-joined ("" for none)."""
+    values = get_field(result, "searchAfterValues")
+    if values is None and page and isinstance(page[-1], Mapping):
+        values = get_field(page[-1], "searchAfterValues")
+    if isinstance(values, list) and values:
+        return ",".join(str(v) for v in values)
+    if isinstance(values, (str, int)) and not isinstance(values, bool):
+        return str(values)
+    return ""
 
 
 def _int(value: Any) -> int | None:
