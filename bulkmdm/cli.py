@@ -363,22 +363,31 @@ def actions() -> None:
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+@click.option("--partition", type=click.IntRange(min=0), default=1, show_default=True, metavar="ID",
+              help="ivanti: the device space id (dmPartitionId) it serves; pass the same to "
+                   "`bulkmdm run --partition ID` (or set BULKMDM_PARTITION_ID).")
+@click.option("--real", is_flag=True, help="Answer as the real service does where it differs from the vendor's doc "
+              "(ivanti: device searches in check-in order that moves while you page, sortFields honoured).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float) -> None:
+        slow_seconds: float, partition: int, real: bool) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     from .sim import load
     from .sim.common import Faults, serve_forever
 
     faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
-    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
+    extra: dict[str, Any] = {"partition": str(partition), "real": real} if provider.casefold() == "ivanti" else {}
+    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults,
+                                    **extra)
 
     creds = {
         "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
                         "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
         "banyan": "BULKMDM_TOKEN=banyan-token",
     }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
+    if provider.casefold() == "ivanti":
+        creds += f"; device space id {partition} (--partition {partition} or BULKMDM_PARTITION_ID={partition})"
 
     def announce(url: str) -> None:
         click.echo(f"{provider} simulator on {url}; credentials: {creds}. Ctrl-C stops it.", err=True)

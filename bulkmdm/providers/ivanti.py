@@ -337,7 +337,8 @@ class Ivanti(Provider):
             if not self._sorted or after or start or exc.reply.status != 400:
                 raise
         # The doc has no sortFields: a server that refuses them with 400 (on
-        # the first page, where nothing else can be wrong) is asked the doc's way; the extra passes of _fetch_fleet cover its order.
+        # the first page, where nothing else can be wrong) is asked the doc's
+        # way; the extra passes of _fetch_fleet cover an order that moves.
         self._sorted = False
         return await self._read(self._search_params(start, after), what)
 
@@ -387,11 +388,13 @@ class Ivanti(Provider):
                 # may be a server counting the page ("totalCount" is not
                 # described): ask for the next page rather than stop at 500.
                 break
-            if not new:
-                if not after:
-                    break  # the server repeats itself (it ignores start)
+            if not new and after:
                 after, after_ok = "", False  # the values did not move the search on
                 continue
+            if not new and (total is None or total <= len(page)):
+                break  # the server repeats itself (it ignores start); with a
+                # totalCount, a page of devices already seen is a later pass's
+                # normal and start still moves on to the end
             after = _continuation(result, page) if after_ok else ""
         return first_total
 
@@ -477,6 +480,8 @@ class Ivanti(Provider):
     def _device(self, row: JobRow, fleet: _Fleet) -> Any:
         ref, serial = row.get("device_id"), row.get("serial")
         if ref:
+            if not fleet.by_ref.find(ref) and fleet.without_id.find(ref):
+                raise LookupFailed(_no_id(f"device {ref}"))
             device = fleet.by_ref.one(ref, "device id")
             actual = _key(get_field(device, "serialNumber"))
             if serial and actual.casefold() != serial.casefold():
@@ -486,6 +491,8 @@ class Ivanti(Provider):
         if not serial:
             raise LookupFailed("the serial is blank")
         found = fleet.by_serial.find(serial) or fleet.by_serial_folded.find(serial)
+        if not found and fleet.without_id.find(serial):
+            raise LookupFailed(_no_id(f"serial {serial}"))
         if not found:
             raise LookupFailed(f"serial {serial} was not found among the {fleet.count} devices of device space "
                                f"{self.partition}")
@@ -856,6 +863,11 @@ class Ivanti(Provider):
 
 def _key(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def _no_id(what: str) -> str:
+    return (f"the MDM lists {what} without a device id (its 'id' field is missing or empty), so no command can "
+            "name it; check the device in the Ivanti portal")
 
 
 def _continuation(result: Any, page: Sequence[Any]) -> str:

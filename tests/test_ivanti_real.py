@@ -1,0 +1,247 @@
+"""Ivanti as the live service answers where it differs from its doc (issue
+13): the device search pages in an order that moves under the client unless
+it sorts by a field that does not; every action runs end to end through the
+CLI against both behaviours of the simulator, with its exact state checked.
+Also: devices listed without an id (issue 10), and how to choose the device
+space id for the simulator and the demo's printed commands (issue 13, item 8)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from conftest import write_csv  # type: ignore[import-not-found]
+from test_ivanti import ivanti, rewrite_search  # type: ignore[import-not-found]
+
+from bulkmdm.cli import main
+from bulkmdm.demo import shown_command
+from bulkmdm.model import JobRow, Status, Step
+from bulkmdm.sim.common import SimServer
+from bulkmdm.sim.ivanti import IvantiState, make_app
+
+#: three pages of 500: the order of the search matters
+FLEET = 1200
+
+
+@pytest.fixture(params=["doc", "real"])
+def any_sim(request: pytest.FixtureRequest) -> Iterator[SimServer]:
+    """The simulator answering as the doc shows, then as the real service does."""
+    with SimServer(make_app(devices=FLEET, seed=7, real=request.param == "real")) as server:
+        yield server
+
+
+@pytest.fixture
+def real_sim() -> Iterator[SimServer]:
+    with SimServer(make_app(devices=FLEET, seed=7, real=True)) as server:
+        yield server
+
+
+def state_of(sim: SimServer) -> IvantiState:
+    return sim.app["state"]  # type: ignore[no-any-return]
+
+
+class Picker:
+    """Distinct devices with a unique serial, last page first (the page a
+    search that skips is most likely to miss)."""
+
+    def __init__(self, state: IvantiState) -> None:
+        self.state = state
+        self.taken: set[int] = set()
+
+    def __call__(self, **where: Any) -> dict[str, Any]:
+        for device_id in reversed(self.state.sorted_ids):
+            device = self.state.devices[device_id]
+            if (device_id in self.taken or not device["serialNumber"]
+                    or device["serialNumber"] == self.state.duplicate_serial):
+                continue
+            if all(device.get(k) == v for k, v in where.items()):
+                self.taken.add(device_id)
+                return device
+        raise AssertionError(f"no device left with {where}")
+
+
+async def page_ids(url: str, **extra: str) -> list[int]:
+    """Every id a client paging by ``start`` (advanced by the rows each page
+    returned) is given, overlaps included."""
+    seen: list[int] = []
+    start = 0
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+    async with aiohttp.ClientSession(headers=auth) as session:
+        while True:
+            params = {"dmPartitionId": "1", "rows": "500", "start": str(start), **extra}
+            async with session.get(f"{url}/api/v1/device", params=params) as resp:
+                result = (await resp.json())["result"]
+            page = result["searchResults"]
+            seen += [d["id"] for d in page]
+            start += len(page)
+            if not page or start >= result["totalCount"]:
+                return seen
+
+
+# -- the device search ----------------------------------------------------------
+
+
+async def test_the_real_order_moves_while_a_client_pages_unless_it_sorts_by_id(real_sim: SimServer) -> None:
+    unsorted = await page_ids(real_sim.url)
+    assert len(set(unsorted)) < FLEET  # devices that checked in meanwhile were skipped
+    by_checkin = await page_ids(real_sim.url, **{"sortFields[0].name": "lastCheckin", "sortFields[0].order": "DESC"})
+    assert len(set(by_checkin)) < FLEET  # the order of Oomnitza's connector moves too
+    by_id = await page_ids(real_sim.url, **{"sortFields[0].name": "id", "sortFields[0].order": "ASC"})
+    assert by_id == sorted(state_of(real_sim).devices)  # neither overlap nor skip
+
+
+async def test_every_device_is_found_in_both_behaviours(any_sim: SimServer) -> None:
+    state = state_of(any_sim)
+    async with ivanti(any_sim) as provider:
+        out = await provider.plan([JobRow(0, "lock", {"device_id": str(max(state.devices))})])
+        assert provider._fleet is not None and provider._fleet.count == FLEET
+    assert isinstance(out[0], Step)
+    assert any_sim.stats.by_route["GET /api/v1/device"] == 3
+
+
+async def test_a_server_refusing_the_sort_is_paged_the_docs_way_until_nothing_is_missing(
+        real_sim: SimServer) -> None:
+    state = state_of(real_sim)
+    state.refuses_sort = True
+    async with ivanti(real_sim) as provider:
+        await provider.plan([JobRow(0, "lock", {"device_id": str(max(state.devices))})])
+        assert provider._fleet is not None and provider._fleet.count == FLEET
+    # one refused sorted page, then passes of 3 unsorted pages until none is
+    # missing: the devices a pass skipped checked in, so the next finds them
+    assert real_sim.stats.by_route["GET /api/v1/device"] == 1 + 3 + 3
+
+
+async def test_large_real_fleets_page_with_search_after_values_under_the_id_order() -> None:
+    app = make_app(devices=FLEET, seed=5, real=True)
+    state: IvantiState = app["state"]
+    state.search_after_from = 1000  # what the simulator does from 10,000 devices on
+    with SimServer(app) as server:
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "lock", {"device_id": str(max(state.devices))})])
+            assert provider._fleet is not None and provider._fleet.count == FLEET
+        assert isinstance(out[0], Step)
+        assert state.search_after_requests == 2
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["doc", "real"])
+async def test_devices_listed_without_an_id_are_no_match_and_never_one_device(real: bool) -> None:
+    app = make_app(devices=FLEET, seed=7, real=real)
+    state: IvantiState = app["state"]
+    pick = Picker(state)
+    nulled, renamed, fine = (pick(registrationState="ACTIVE") for _ in range(3))
+
+    def strip_ids(result: dict[str, Any], request: Any) -> None:
+        for device in result["searchResults"]:
+            if device["id"] == nulled["id"]:
+                device["id"] = None
+            elif device.get("id") == renamed["id"]:
+                device["deviceId"] = device.pop("id")
+
+    rewrite_search(app, strip_ids)
+    job = [JobRow(0, "lock", {"serial": nulled["serialNumber"]}),
+           JobRow(1, "lock", {"serial": renamed["serialNumber"]}),
+           JobRow(2, "lock", {"device_id": renamed["guid"]}),
+           JobRow(3, "lock", {"serial": fine["serialNumber"]})]
+    with SimServer(app) as server:
+        async with ivanti(server) as provider:
+            out = await provider.plan(job)
+            assert provider._fleet is not None and provider._fleet.count == FLEET - 2
+    for item in out[:3]:
+        assert not isinstance(item, Step) and item.status is Status.FAILED
+        assert "without a device id (its 'id' field is missing or empty)" in item.detail
+    assert isinstance(out[3], Step) and out[3].params["id"] == fine["id"]
+
+
+# -- every action, end to end, against both behaviours ------------------------------
+
+
+def test_every_action_through_the_cli(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    state = state_of(any_sim)
+    pick = Picker(state)
+    locks = [pick(registrationState="ACTIVE"), pick(registrationState="ACTIVE")]
+    unlock = pick(registrationState="ACTIVE", platformType="IOS")
+    wipe, retire = pick(registrationState="ACTIVE"), pick(registrationState="ACTIVE")
+    restart = pick(registrationState="ACTIVE", platformType="IOS", supervised=True)
+    checkin, message = pick(registrationState="ACTIVE"), pick(registrationState="ACTIVE")
+    moved = pick(registrationState="ACTIVE", platformType="ANDROID")
+    new_owner = next(d for d in (pick(registrationState="ACTIVE") for _ in range(20))
+                     if d["ownerId"] != moved["ownerId"])
+    attribute = pick(registrationState="ACTIVE")
+    gone = pick(registrationState="RETIRED")
+    job = write_csv(tmp_path / "job.csv", [
+        ["action", "serial", "user", "message", "attribute", "value"],
+        *(["lock", d["serialNumber"], "", "", "", ""] for d in locks),
+        ["unlock", unlock["serialNumber"], "", "", "", ""],
+        ["wipe", wipe["serialNumber"], "", "", "", ""],
+        ["retire", retire["serialNumber"], "", "", "", ""],
+        ["restart", restart["serialNumber"], "", "", "", ""],
+        ["checkin", checkin["serialNumber"], "", "", "", ""],
+        ["message", message["serialNumber"], "", "Please return the iPad", "", ""],
+        ["assign-user", moved["serialNumber"], new_owner["emailAddress"], "", "", ""],
+        ["set-attribute", attribute["serialNumber"], "", "", "floor", "007"],
+        ["delete-device", gone["serialNumber"], "", "", "", ""],
+    ])
+    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in result.report] == ["succeeded"] * 11, [r["detail"] for r in result.report]
+    account = new_owner["ownerId"]
+    assert sorted(state.log) == sorted([
+        *((d["id"], "lock", "") for d in locks),
+        (unlock["id"], "unlock", ""), (wipe["id"], "wipe", ""), (retire["id"], "retire", ""),
+        (restart["id"], "restart", ""), (checkin["id"], "checkin", ""),
+        (message["id"], "message", "Please return the iPad"), (moved["id"], "assign-user", str(account)),
+        (attribute["id"], "customattributes-patch", json.dumps({"floor": ["007"]})),
+        (gone["id"], "delete-device", ""),
+    ])
+    assert wipe["registrationState"] == "WIPE_PENDING" and retire["registrationState"] == "RETIRED"
+    assert moved["ownerId"] == account and moved["emailAddress"] == new_owner["emailAddress"]
+    assert attribute["customAttributes"]["attrs"]["floor"] == ["007"]
+    assert gone["id"] not in state.devices and len(state.devices) == FLEET - 1
+
+
+# -- choosing the device space (issue 13, item 8) ---------------------------------
+
+
+def test_sim_help_says_how_to_choose_the_device_space() -> None:
+    result = CliRunner().invoke(main, ["sim", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--partition ID" in text and "device space id (dmPartitionId)" in text
+    assert "bulkmdm run --partition ID" in text and "--real" in text
+
+
+def test_sim_prints_the_device_space_id() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "sim", "ivanti", "--port", "0", "--devices", "5",
+                             "--partition", "23505"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        announced = proc.stderr.readline()
+        url = proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert url.startswith("http://127.0.0.1:")
+    assert "device space id 23505 (--partition 23505 or BULKMDM_PARTITION_ID=23505)" in announced
+
+
+def test_the_demos_printed_ivanti_command_works_when_copied(any_sim: SimServer, tmp_path: Path, run_cli: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    device = Picker(state_of(any_sim))(registrationState="ACTIVE")
+    write_csv(tmp_path / "ivanti-lock.csv", [["serial"], [device["serialNumber"]]])
+    shown = shown_command(tmp_path / "ivanti-lock.csv", "ivanti", any_sim.url, action="lock", partition="1")
+    assert "--partition 1" in shown
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(shown)
+    assert args[:2] == ["bulkmdm", "run"]
+    result = run_cli(args[1:])
+    assert result.exit_code == 0, result.output
+    assert state_of(any_sim).log == [(device["id"], "lock", "")]
