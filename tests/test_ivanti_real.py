@@ -7,6 +7,7 @@ space id for the simulator and the demo's printed commands (issue 13, item 8).""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shlex
@@ -245,3 +246,78 @@ def test_the_demos_printed_ivanti_command_works_when_copied(any_sim: SimServer, 
     result = run_cli(args[1:])
     assert result.exit_code == 0, result.output
     assert state_of(any_sim).log == [(device["id"], "lock", "")]
+
+
+# -- undo (issue 12) ----------------------------------------------------------------
+
+
+def _owners_and_attributes(state: IvantiState) -> dict[int, tuple[Any, ...]]:
+    return {i: (d["ownerId"], d["emailAddress"], d["uid"], json.dumps(d["customAttributes"], sort_keys=True))
+            for i, d in state.devices.items()}
+
+
+def test_undo_rows_put_back_owners_and_attributes(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    state = state_of(any_sim)
+    pick = Picker(state)
+    moved = pick(registrationState="ACTIVE", platformType="ANDROID")
+    new_owner = next(d for d in (pick(registrationState="ACTIVE") for _ in range(20))
+                     if d["ownerId"] != moved["ownerId"])
+    changed = next(d for d in (pick(registrationState="ACTIVE") for _ in range(50))
+                   if d["customAttributes"] and len(d["customAttributes"]["attrs"].get("cityid", ())) == 1)
+    fresh = next(d for d in (pick(registrationState="ACTIVE") for _ in range(50)) if not d["customAttributes"])
+    locked = pick(registrationState="ACTIVE")
+    job = [JobRow(0, "assign-user", {"serial": moved["serialNumber"], "user": new_owner["emailAddress"]}),
+           JobRow(1, "set-attribute", {"serial": changed["serialNumber"], "attribute": "cityid", "value": "XYZ"}),
+           JobRow(2, "set-attribute", {"serial": fresh["serialNumber"], "attribute": "floor", "value": "3"}),
+           JobRow(3, "lock", {"serial": locked["serialNumber"]})]
+    before = _owners_and_attributes(state)
+    previous_city = changed["customAttributes"]["attrs"]["cityid"][0]
+
+    async def plan() -> list[Any]:
+        async with ivanti(any_sim) as provider:
+            return await provider.plan(job)
+
+    steps = asyncio.run(plan())
+    assert all(isinstance(s, Step) for s in steps)
+    undo = [s.undo for s in steps]
+    assert undo[0] == {"action": "assign-user", "device_id": str(moved["id"]), "serial": moved["serialNumber"],
+                       "user": moved["emailAddress"], "user_id": str(moved["ownerId"])}
+    assert undo[1] == {"action": "set-attribute", "device_id": str(changed["id"]),
+                       "serial": changed["serialNumber"], "attribute": "cityid", "value": previous_city}
+    assert undo[2] is None and undo[3] is None  # no earlier value to put back; a lock is a command
+
+    header = ["action", "serial", "user", "attribute", "value"]
+    forward = write_csv(tmp_path / "job.csv", [header, *([r.action, *(r.get(c) for c in header[1:])] for r in job)])
+    assert run_cli(["run", str(forward), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1"]
+                   ).exit_code == 0
+    assert moved["ownerId"] == new_owner["ownerId"] and changed["customAttributes"]["attrs"]["cityid"] == ["XYZ"]
+
+    columns = ["action", "device_id", "serial", "user", "user_id", "attribute", "value"]
+    back = write_csv(tmp_path / "undo.csv", [columns, *([u.get(c, "") for c in columns] for u in undo if u)])
+    result = run_cli(["run", str(back), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1"])
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in result.report] == ["succeeded", "succeeded"]
+    after = _owners_and_attributes(state)
+    assert after.pop(fresh["id"])[3] == json.dumps({"attrs": {"floor": ["3"]}})  # not undoable: left as set
+    before.pop(fresh["id"])
+    assert after == before
+
+
+async def test_a_users_devices_without_an_owner_id_say_so() -> None:
+    app = make_app(devices=300, seed=7)
+    state: IvantiState = app["state"]
+    device = Picker(state)(registrationState="ACTIVE", platformType="ANDROID")
+    email = state.devices[state.sorted_ids[0]]["emailAddress"]
+    owned = [d for d in state.devices.values() if d["emailAddress"] == email]
+
+    def strip_owner(result: dict[str, Any], request: Any) -> None:
+        for listed in result["searchResults"]:
+            if listed["emailAddress"] == email:
+                listed.pop("ownerId")
+
+    rewrite_search(app, strip_owner)
+    with SimServer(app) as server:
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "assign-user", {"serial": device["serialNumber"], "user": email})])
+    assert not isinstance(out[0], Step) and out[0].status is Status.FAILED
+    assert f"The MDM lists {len(owned)} device(s) of {email} without an account id (their 'ownerId'" in out[0].detail

@@ -234,6 +234,29 @@ class _Fleet:
                                                                   get_field(d, "guid")], fold=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The device a row resolved to, as a plan needs it."""
+
+    id: str
+    name: str
+    state: str
+    resolved: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, device: Any) -> _Target:
+        dev_id = get_field(device, "id")
+        serial = _key(get_field(device, "serialNumber"))
+        return cls(_key(dev_id), f"device {serial or dev_id}", _key(get_field(device, "registrationState")).upper(),
+                   f"device_id={dev_id}", {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial})
+
+    def undo_row(self, action: str, **columns: str) -> dict[str, str]:
+        """A job row for this device (by id, and serial where it has one)."""
+        serial = _key(self.params["serial"])
+        return {"action": action, "device_id": self.id, **({"serial": serial} if serial else {}), **columns}
+
+
 class Ivanti(Provider):
     name = "ivanti"
     actions = frozenset(BULK) | PER_DEVICE
@@ -420,6 +443,7 @@ class Ivanti(Provider):
         searches = [("EMAILADDRESS", "emailAddress")] if "@" in who else []
         searches.append(("UID", "uid"))  # uid is often the email address too
         refused: _ReadFailed | None = None
+        without_owner: set[str] = set()  # devices of this user listed without an ownerId
         for field, attr in searches:
             # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
             try:
@@ -437,6 +461,8 @@ class Ivanti(Provider):
                     owner = get_field(device, "ownerId")
                     if _key(owner):
                         owners[_key(owner)] = owner
+                    else:
+                        without_owner.add(_key(get_field(device, "id")) or json.dumps(device, default=str))
             if owners:
                 return _one_owner(who, owners)
         if self._fleet is not None:
@@ -451,6 +477,10 @@ class Ivanti(Provider):
                     return _one_owner(who, owners)
         if refused is not None:
             raise refused
+        if without_owner:
+            raise LookupFailed(f"the MDM lists {len(without_owner)} device(s) of {who} without an account id "
+                               "(their 'ownerId' field is missing or empty), so the account cannot be found; add "
+                               "the account id in a user_id column")
         raise LookupFailed(
             f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
             "(Ivanti's device API finds a user only through a device they own)"
@@ -464,7 +494,7 @@ class Ivanti(Provider):
         except _ReadFailed as exc:
             return [failed(row, exc.detail.rstrip(".") + ". Run the job again.", http_status=exc.reply.status,
                            attempts=exc.reply.attempts) for row in rows]
-        users = {who.casefold(): who for row in rows if row.action == "assign-user"
+        users = {who.casefold(): who for row in rows if row.action == "assign-user" and not row.get("user_id")
                  and (who := (row.get("user") or row.get("email")).strip())}
         await asyncio.gather(*(self._find_owner(who) for who in users.values()))
         out: list[Step | Outcome] = []
@@ -512,89 +542,100 @@ class Ivanti(Provider):
         return earlier
 
     async def _plan_row(self, row: JobRow, fleet: _Fleet) -> Step | Outcome:
-        action = row.action
-        if action not in self.actions:
-            return failed(row, f"ivanti cannot {action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
+        if row.action not in self.actions:
+            return failed(row, f"ivanti cannot {row.action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
         device = self._device(row, fleet)
-        dev_id = get_field(device, "id")
-        serial = _key(get_field(device, "serialNumber"))
-        state = _key(get_field(device, "registrationState")).upper()
-        target = f"device {serial or dev_id}"
-        resolved = f"device_id={dev_id}"
-        params: dict[str, Any] = {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial}
+        target = _Target.of(device)
+        if row.action == "assign-user":
+            return await self._plan_assign(row, device, target)
+        if row.action == "set-attribute":
+            return self._plan_attribute(row, device, target)
+        if row.action == "delete-device":
+            return self._plan_delete(row, device, target)
+        return self._plan_command(row, device, target)
 
-        if action == "assign-user":
-            who = (row.get("user") or row.get("email")).strip()
-            account = await self._owner(who)
-            resolved += f"; account_id={account}"
-            earlier = self._once(("assign-user", _key(dev_id)), row, _key(account))
-            if earlier:
-                if earlier[1] == _key(account):
-                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-                return failed(row, f"{_cap(target)} is also assigned on line {earlier[0]}; "
-                                   "give each device one user per job.", resolved)
-            if _key(get_field(device, "ownerId")) == _key(account):
-                return skipped(row, f"{_cap(target)} already belongs to {who}; nothing sent.", resolved)
-            return Step(row, action, target, {**params, "account": account, "who": who}, resolved,
-                        ("assign-user", _key(account)))
-
-        if action == "set-attribute":
-            name, value = row.get("attribute"), row.get("value")
-            earlier = self._once(("set-attribute", _key(dev_id), name), row, value)
-            if earlier:
-                if earlier[1] == value:
-                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-                return failed(row, f"Line {earlier[0]} sets {name!r} of {target} to {earlier[1]!r}; "
-                                   "give each attribute one value per job.", resolved)
-            # The device search carries "customAttributes": {"attrs": {...}},
-            # or null for a device without any: no extra request to skip rows
-            # already done.
-            current = _attrs(get_field(device, "customAttributes"))
-            if current.get(name) == [value]:
-                return skipped(row, f"{_cap(target)} already has {name} = {value!r}; nothing sent.", resolved)
-            return Step(row, action, target, {**params, "name": name, "value": value}, resolved,
-                        (action, row.index))
-
-        if action == "delete-device":
-            email = row.get("email")
-            owner_email = _key(get_field(device, "emailAddress"))
-            if email and owner_email.casefold() != email.casefold():
-                return failed(row, f"{_cap(target)} belongs to {owner_email or 'nobody'}, not {email}; "
-                                   "nothing sent.", resolved)
-            if state in UNDELETABLE_STATES:
-                return failed(row, f"{_cap(target)} is {state}; Ivanti deletes only retired devices. "
-                                   "Retire it first, then run the report again.", resolved)
-            earlier = self._once((action, _key(dev_id)), row)
-            if earlier:
+    async def _plan_assign(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        who = (row.get("user") or row.get("email") or row.get("user_id")).strip()
+        # An account id in user_id is used as given (the undo rows carry the
+        # previous owner's, who may own no other device by then).
+        account = row.get("user_id").strip() or await self._owner(who)
+        resolved = f"{target.resolved}; account_id={account}"
+        earlier = self._once(("assign-user", target.id), row, _key(account))
+        if earlier:
+            if earlier[1] == _key(account):
                 return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-            return Step(row, action, target, params, resolved, (action, row.index))
+            return failed(row, f"{_cap(target.name)} is also assigned on line {earlier[0]}; "
+                               "give each device one user per job.", resolved)
+        previous = get_field(device, "ownerId")
+        if _key(previous) == _key(account):
+            return skipped(row, f"{_cap(target.name)} already belongs to {who}; nothing sent.", resolved)
+        undo = None
+        if _key(previous):
+            before = _key(get_field(device, "emailAddress")) or _key(get_field(device, "uid")) or _key(previous)
+            undo = target.undo_row("assign-user", user=before, user_id=_key(previous))
+        return Step(row, "assign-user", target.name, {**target.params, "account": account, "who": who}, resolved,
+                    ("assign-user", _key(account)), undo=undo)
 
-        # the bulk commands
+    def _plan_attribute(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        name, value = row.get("attribute"), row.get("value")
+        earlier = self._once(("set-attribute", target.id, name), row, value)
+        if earlier:
+            if earlier[1] == value:
+                return skipped(row, f"Same change as line {earlier[0]}; sent once.", target.resolved)
+            return failed(row, f"Line {earlier[0]} sets {name!r} of {target.name} to {earlier[1]!r}; "
+                               "give each attribute one value per job.", target.resolved)
+        # The device search carries "customAttributes": {"attrs": {...}},
+        # or null for a device without any: no extra request to skip rows
+        # already done.
+        before = _attrs(get_field(device, "customAttributes")).get(name)
+        if before == [value]:
+            return skipped(row, f"{_cap(target.name)} already has {name} = {value!r}; nothing sent.",
+                           target.resolved)
+        # Only one earlier value can be put back by a set-attribute row (an
+        # attribute the device did not have, or several values, cannot).
+        undo = target.undo_row("set-attribute", attribute=name, value=before[0]) if (
+            before and len(before) == 1 and before[0]) else None
+        return Step(row, "set-attribute", target.name, {**target.params, "name": name, "value": value},
+                    target.resolved, ("set-attribute", row.index), undo=undo)
+
+    def _plan_delete(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        email = row.get("email")
+        owner_email = _key(get_field(device, "emailAddress"))
+        if email and owner_email.casefold() != email.casefold():
+            return failed(row, f"{_cap(target.name)} belongs to {owner_email or 'nobody'}, not {email}; "
+                               "nothing sent.", target.resolved)
+        if target.state in UNDELETABLE_STATES:
+            return failed(row, f"{_cap(target.name)} is {target.state}; Ivanti deletes only retired devices. "
+                               "Retire it first, then run the report again.", target.resolved)
+        if earlier := self._once(("delete-device", target.id), row):
+            return skipped(row, f"Same change as line {earlier[0]}; sent once.", target.resolved)
+        return Step(row, "delete-device", target.name, target.params, target.resolved, ("delete-device", row.index))
+
+    def _plan_command(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        """The bulk commands: nothing to read back or undo."""
+        action, state, name = row.action, target.state, _cap(target.name)
         if action in ("unlock", "restart", "message") and state and state != "ACTIVE":
             # No viability check is documented for these, and their answer is
             # a bare count: refuse here what the MDM would silently drop.
-            return failed(row, f"{_cap(target)} is {state}; the MDM sends commands only to active devices.",
-                          resolved)
+            return failed(row, f"{name} is {state}; the MDM sends commands only to active devices.", target.resolved)
         if action == "restart":
             platform = _key(get_field(device, "platformType")).upper()
             if (platform and platform != "IOS") or get_field(device, "supervised") is False:
                 what = "an unsupervised iOS device" if platform == "IOS" else f"a {platform} device"
-                return failed(row, f"{_cap(target)} is {what}; Ivanti restarts only supervised iOS devices "
-                                   "(\"Restart Supervised iOS Devices\").", resolved)
-        if action == "wipe" and state in WIPE_STATES:
-            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
-        if action == "retire" and state in RETIRE_STATES:
-            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
+                return failed(row, f"{name} is {what}; Ivanti restarts only supervised iOS devices "
+                                   "(\"Restart Supervised iOS Devices\").", target.resolved)
+        if (action == "wipe" and state in WIPE_STATES) or (action == "retire" and state in RETIRE_STATES):
+            return skipped(row, f"{name} is already {state}; nothing sent.", target.resolved)
+        params = dict(target.params)
         key: tuple[Any, ...] = (action,)
         if action == "message":
             params["message"] = row.get("message")
             key = ("message", row.get("message"))
-        earlier = self._once((*key, _key(dev_id)), row)
-        if earlier:
-            return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
+        if earlier := self._once((*key, target.id), row):
+            return skipped(row, f"Same change as line {earlier[0]}; sent once.", target.resolved)
         if action in SINGLE:
-            return Step(row, action, target, params, resolved, (action, row.index))
-        return Step(row, action, target, params, resolved, key)
+            key = (action, row.index)
+        return Step(row, action, target.name, params, target.resolved, key)
 
     # -- executing ----------------------------------------------------------
     def _groups(self, steps: Sequence[Step]) -> list[list[Step]]:
