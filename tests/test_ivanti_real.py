@@ -321,3 +321,43 @@ async def test_a_users_devices_without_an_owner_id_say_so() -> None:
             out = await provider.plan([JobRow(0, "assign-user", {"serial": device["serialNumber"], "user": email})])
     assert not isinstance(out[0], Step) and out[0].status is Status.FAILED
     assert f"The MDM lists {len(owned)} device(s) of {email} without an account id (their 'ownerId'" in out[0].detail
+
+
+# -- export and templates (issue 14) --------------------------------------------------
+
+
+async def test_inventory_streams_every_device_as_text(any_sim: SimServer) -> None:
+    state = state_of(any_sim)
+    template = state.devices[state.sorted_ids[0]]
+    huge = dict(template, id=2**60 + 1, guid="0f8e2b4c-0000-4000-8000-000000000001", serialNumber="000123",
+                deviceName="Lab iPad", supervised=True)
+    any_sim.call(lambda: state._add(huge, template["ownerId"]))
+    async with ivanti(any_sim) as provider:
+        stream = provider.inventory()
+        first = await anext(stream)
+        assert any_sim.stats.by_route["GET /api/v1/device"] == 1  # streamed: one page read so far
+        rows = [first] + [row async for row in stream]
+    assert len(rows) == FLEET + 1 and len({r["device_id"] for r in rows}) == FLEET + 1
+    assert any_sim.stats.by_route["GET /api/v1/device"] == 3
+    by_id = {r["device_id"]: r for r in rows}
+    assert by_id[str(2**60 + 1)] == {
+        "serial": "000123", "device_id": "1152921504606846977", "name": "Lab iPad",
+        "email": template["emailAddress"], "user": template["uid"], "platform": template["platformType"],
+        "registration_state": template["registrationState"], "model": template["prettyModel"]}
+    assert {r["registration_state"] for r in rows} >= {"ACTIVE", "RETIRED"}
+
+
+async def test_inventory_of_a_device_space_that_is_not_the_accounts_raises_one_clear_error(
+        any_sim: SimServer) -> None:
+    from bulkmdm.errors import BulkMDMError
+
+    async with ivanti(any_sim, partition="999") as provider:
+        with pytest.raises(BulkMDMError) as caught:
+            [row async for row in provider.inventory()]
+    assert "device space 999" in str(caught.value) and "403" in str(caught.value)
+
+
+async def test_choices_offer_attribute_names_and_nothing_for_tags_groups_apps(any_sim: SimServer) -> None:
+    async with ivanti(any_sim) as provider:
+        assert await provider.choices("tag") == await provider.choices("group") == await provider.choices("app") == []
+        assert await provider.choices("attribute") == ["cityid", "costcenter"]

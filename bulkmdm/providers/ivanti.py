@@ -47,14 +47,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from multidict import MultiDict
 
-from ..errors import AuthError, ConfigError, TransportError
+from ..errors import AuthError, ConfigError, HTTPStatusError, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..transport import Auth, BasicAuth, Client, Verify
 from .base import (
@@ -179,16 +179,27 @@ class _ReadFailed(Exception):
         self.detail = detail
         self.reply = reply
 
+    def as_error(self) -> TransportError:
+        """The error tree's form, for callers outside the plan (export, templates)."""
+        if self.reply.error is not None:
+            return self.reply.error
+        return HTTPStatusError(self.detail, status=self.reply.status or 0, body=self.reply.body,
+                               attempts=self.reply.attempts)
+
 
 class _Collected:
     """Devices of a paged search, each kept once by its ``id`` (pages may
     overlap). A device listed without a usable ``id`` is kept apart: no
-    command can name it, and two such devices must never become one."""
+    command can name it, and two such devices must never become one. With
+    ``keep=False`` only the keys are kept (a streamed export)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
         self.by_id: dict[str, Any] = {}
         self.without_id: list[Any] = []
         self._seen_without_id: set[str] = set()
+        #: the totalCount of the last pass's first page
+        self.total: int | None = None
 
     @property
     def devices(self) -> list[Any]:
@@ -196,25 +207,26 @@ class _Collected:
 
     @property
     def count(self) -> int:
-        return len(self.by_id) + len(self.without_id)
+        return len(self.by_id) + len(self._seen_without_id)
 
-    def add(self, page: Sequence[Any]) -> int:
-        """Keep the page's devices; how many were new."""
-        new = 0
+    def add(self, page: Sequence[Any]) -> list[Any]:
+        """Keep the page's devices; those not seen before."""
+        new = []
         for device in page:
             if not isinstance(device, Mapping):
                 continue
             key = _key(get_field(device, "id"))
             if key:
                 if key not in self.by_id:
-                    self.by_id[key] = device
-                    new += 1
+                    self.by_id[key] = device if self.keep else None
+                    new.append(device)
                 continue
             seen = _key(get_field(device, "guid")) or json.dumps(device, sort_keys=True, default=str)
             if seen not in self._seen_without_id:
                 self._seen_without_id.add(seen)
-                self.without_id.append(device)
-                new += 1
+                if self.keep:
+                    self.without_id.append(device)
+                new.append(device)
         return new
 
 
@@ -328,19 +340,57 @@ class Ivanti(Provider):
         return reply.result
 
     async def _fetch_fleet(self) -> _Fleet:
-        """Every device of the device space (see :meth:`_page_through`).
+        """Every device of the device space, indexed for the plan."""
+        collected = _Collected()
+        async for _device in self._devices(collected):
+            pass
+        return _Fleet(collected.devices, collected.without_id)
+
+    async def _devices(self, collected: _Collected) -> AsyncIterator[Any]:
+        """Every device of the device space once, as its page comes (see
+        :meth:`_page_through`).
 
         A pass that comes up short of the ``totalCount`` of its first page
         (a server that ignores or refuses the sort, a device deleted while we
         paged) is followed by another one, while passes still find devices:
         pages may then overlap, and devices are kept once by id."""
-        collected = _Collected()
         for _ in range(MAX_PASSES):
             before = collected.count
-            total = await self._page_through(collected)
+            async for new in self._page_through(collected):
+                for device in new:
+                    yield device
+            total = collected.total
             if total is None or collected.count >= total or collected.count == before:
                 break
-        return _Fleet(collected.devices, collected.without_id)
+
+    # -- export and templates ---------------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """One row per device of the device space, streamed page by page:
+        the job columns ``serial``, ``device_id``, ``name``, ``email``,
+        ``user`` (the uid), plus ``model``, ``platform`` and
+        ``registration_state`` (which actions a device takes depends on it:
+        Ivanti deletes only retired devices). Values are text, as the MDM
+        sent them (ids exact, serials with their leading zeros)."""
+        try:
+            async for device in self._devices(_Collected(keep=False)):
+                yield _inventory_row(device)
+        except _ReadFailed as exc:
+            raise exc.as_error() from None
+
+    async def choices(self, column: str) -> list[str]:
+        """Names to offer for a template's column. Ivanti's device API has
+        no tags, groups or apps; for ``attribute`` the names of the custom
+        attributes the device space's devices carry (one read of the list)."""
+        if column != "attribute":
+            return []
+        names: dict[str, str] = {}
+        try:
+            async for device in self._devices(_Collected(keep=False)):
+                for name in _attrs(get_field(device, "customAttributes")):
+                    names.setdefault(name.casefold(), name)
+        except _ReadFailed as exc:
+            raise exc.as_error() from None
+        return sorted(names.values(), key=str.casefold)
 
     def _search_params(self, start: int, after: str) -> dict[str, Any]:
         params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
@@ -365,8 +415,9 @@ class Ivanti(Provider):
         self._sorted = False
         return await self._read(self._search_params(start, after), what)
 
-    async def _page_through(self, collected: _Collected) -> int | None:
-        """One pass over the device search, 500 a page; the first page's
+    async def _page_through(self, collected: _Collected) -> AsyncIterator[list[Any]]:
+        """One pass over the device search, 500 a page: yields each page's
+        devices not seen before; ``collected.total`` is the first page's
         ``totalCount`` (None when it has none).
 
         "Do not send a value larger than 500 with the rows parameter", and
@@ -389,7 +440,6 @@ class Ivanti(Provider):
         values it handed out, or answers them with nothing new, is paged by
         ``start`` again."""
         start, after, after_ok = 0, "", True
-        first_total: int | None = None
         for page_number in range(MAX_PAGES):
             try:
                 result = await self._search_page(start, after)
@@ -403,7 +453,9 @@ class Ivanti(Provider):
             start += len(page)
             total = _int(get_field(result, "totalCount"))
             if page_number == 0:
-                first_total = total
+                collected.total = total
+            if new:
+                yield new
             if not page:
                 break
             if total is not None and start >= total and not (len(page) >= PAGE_ROWS and total <= len(page)):
@@ -419,7 +471,6 @@ class Ivanti(Provider):
                 # totalCount, a page of devices already seen is a later pass's
                 # normal and start still moves on to the end
             after = _continuation(result, page) if after_ok else ""
-        return first_total
 
     async def _find_owner(self, who: str) -> None:
         """Look up a user's account id once per run (see :meth:`_owner`)."""
@@ -904,6 +955,22 @@ class Ivanti(Provider):
 
 def _key(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def _inventory_row(device: Any) -> dict[str, str]:
+    fields = {"serial": "serialNumber", "device_id": "id", "name": "deviceName", "email": "emailAddress",
+              "user": "uid", "platform": "platformType", "registration_state": "registrationState"}
+    row = {column: _text(get_field(device, name)) for column, name in fields.items()}
+    row["model"] = _text(get_field(device, "prettyModel")) or _text(get_field(device, "deviceModel"))
+    return row
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
 
 
 def _no_id(what: str) -> str:
