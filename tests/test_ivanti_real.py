@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 from conftest import write_csv  # type: ignore[import-not-found]
 from test_ivanti import ivanti, rewrite_search  # type: ignore[import-not-found]
@@ -361,3 +362,27 @@ async def test_choices_offer_attribute_names_and_nothing_for_tags_groups_apps(an
     async with ivanti(any_sim) as provider:
         assert await provider.choices("tag") == await provider.choices("group") == await provider.choices("app") == []
         assert await provider.choices("attribute") == ["cityid", "costcenter"]
+
+
+async def test_search_after_values_the_server_ignores_fall_back_to_start() -> None:
+    """A server that hands out continuation values but answers them with the
+    first page again is paged by ``start``: every device, no endless loop."""
+    app = make_app(devices=FLEET, seed=5)
+    state: IvantiState = app["state"]
+    rewrite_search(app, lambda result, request: result.update(searchAfterValues=["42"]))
+
+    @web.middleware
+    async def ignore_after(request: web.Request, handler: Any) -> web.StreamResponse:
+        if "searchAfterValues" in request.query:
+            query = {k: v for k, v in request.query.items() if k != "searchAfterValues"}
+            request = request.clone(rel_url=request.rel_url.with_query(query))
+        return await handler(request)
+
+    app.middlewares.insert(0, ignore_after)
+    with SimServer(app) as server:
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "lock", {"device_id": str(max(state.devices))})])
+            assert provider._fleet is not None and provider._fleet.count == FLEET
+        assert isinstance(out[0], Step)
+        # page 1, its continuation answered with page 1 again, then pages 2 and 3 by start
+        assert server.stats.by_route["GET /api/v1/device"] == 4

@@ -37,8 +37,8 @@ or an account not allowed to use it (403), gets the commands unchecked.
 actions answer with a count only.
 
 Look-ups come from one device search per run (``GET device?dmPartitionId=
-&rows=500&start=``, continued with ``searchAfterValues`` when the server
-offers them). Per the contract, a user's account id is the ``ownerId`` of a
+&rows=500&start=`` sorted by id, continued with ``searchAfterValues`` when
+the server offers them; see ``Ivanti._page_through``). Per the contract, a user's account id is the ``ownerId`` of a
 device found by ``fq=EMAILADDRESS EQ <email>`` (or ``UID EQ <uid>``); the
 run's device list is the fallback when that search finds nothing.
 """
@@ -354,11 +354,16 @@ class Ivanti(Provider):
         (a server that ignores or refuses the sort, a device deleted while we
         paged) is followed by another one, while passes still find devices:
         pages may then overlap, and devices are kept once by id."""
-        for _ in range(MAX_PASSES):
+        for number in range(MAX_PASSES):
             before = collected.count
-            async for new in self._page_through(collected):
-                for device in new:
-                    yield device
+            try:
+                async for new in self._page_through(collected):
+                    for device in new:
+                        yield device
+            except _ReadFailed:
+                if number == 0:
+                    raise
+                break  # a later pass only looks for stragglers: keep what the first found
             total = collected.total
             if total is None or collected.count >= total or collected.count == before:
                 break
@@ -449,6 +454,12 @@ class Ivanti(Provider):
                 after, after_ok = "", False
                 continue
             page = as_list(result, "searchResults")
+            following = _continuation(result, page) if after_ok else ""
+            if after and following == after:
+                # the values did not move the search on (a server ignoring
+                # them answers the first page again): page by start from here
+                after, after_ok = "", False
+                continue
             new = collected.add(page)
             start += len(page)
             total = _int(get_field(result, "totalCount"))
@@ -463,14 +474,11 @@ class Ivanti(Provider):
                 # may be a server counting the page ("totalCount" is not
                 # described): ask for the next page rather than stop at 500.
                 break
-            if not new and after:
-                after, after_ok = "", False  # the values did not move the search on
-                continue
-            if not new and (total is None or total <= len(page)):
+            if not new and not after and (total is None or total <= len(page)):
                 break  # the server repeats itself (it ignores start); with a
                 # totalCount, a page of devices already seen is a later pass's
                 # normal and start still moves on to the end
-            after = _continuation(result, page) if after_ok else ""
+            after = following
 
     async def _find_owner(self, who: str) -> None:
         """Look up a user's account id once per run (see :meth:`_owner`)."""
