@@ -58,7 +58,7 @@ from multidict import MultiDict
 from ..errors import ConfigError, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Auth, BasicAuth, Response
+from ..transport import Auth, BasicAuth, Client, Response
 from .base import (
     Index,
     ListFailed,
@@ -246,7 +246,7 @@ class Ivanti(Provider):
     # The fleet, owners and duplicate checks are kept across plan() calls.
     chunk_rows = 10_000
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         partition = (settings.partition or settings.env.get("BULKMDM_PARTITION_ID") or "").strip()
         if not partition:
