@@ -73,6 +73,7 @@ from .base import (
     explain_response,
     failed,
     get_field,
+    iter_pages,
     key,
     outcome_from_error,
     planned,
@@ -397,19 +398,9 @@ class Ivanti(Provider):
         ``registration_state`` (which actions a device takes depends on it:
         Ivanti deletes only retired devices). Values are text, as the MDM
         sent them (ids exact, serials with their leading zeros)."""
-        seen: set[str] = set()
-        cursor: _Cursor | None = None
         try:
-            # collect_pages holds a whole list; an export streams (one pass)
-            for _page in range(MAX_PAGES):
-                page, cursor = await self._fetch_page(cursor)
-                for device in page:
-                    dev_id = key(get_field(device, "id"))
-                    if not dev_id or dev_id not in seen:
-                        seen.add(dev_id)
-                        yield _inventory_row(device)
-                if cursor is None:
-                    break
+            async for device in iter_pages(self._fetch_page, ident=lambda d: get_field(d, "id"), max_pages=MAX_PAGES):
+                yield _inventory_row(device)
         except ListFailed as exc:
             raise self._list_error(exc) from None
 
