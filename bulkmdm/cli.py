@@ -617,13 +617,17 @@ def export(provider: str, url: str, out: Path | None, action: str | None, partit
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+@click.option("--partition", type=click.IntRange(min=0), default=1, show_default=True, metavar="ID",
+              help="ivanti: the device space id (dmPartitionId) it serves; pass the same to "
+                   "`bulkmdm run --partition ID` (or set BULKMDM_PARTITION_ID).")
 @click.option("--real", "--me-real", "real", is_flag=True,
               help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
-                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only; manageengine: the cloud "
-                   "API under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
+                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only; ivanti: device searches "
+                   "in check-in order that moves while you page, sortFields honoured; manageengine: the cloud API "
+                   "under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float, real: bool) -> None:
+        slow_seconds: float, partition: int, real: bool) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
@@ -633,9 +637,12 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
     faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
     make_app = load(provider.casefold())
-    behaviour = {"real": True} if real else {}
-    if real and "real" not in inspect.signature(make_app).parameters:
+    accepts = inspect.signature(make_app).parameters
+    behaviour: dict[str, Any] = {"real": True} if real else {}
+    if real and "real" not in accepts:
         raise click.UsageError(f"the {provider} simulator has no --real behaviour; leave --real out.")
+    if "partition" in accepts:
+        behaviour["partition"] = str(partition)
     app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
     creds = {
@@ -643,6 +650,8 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
                         "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
         "banyan": "BULKMDM_TOKEN=banyan-token",
     }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
+    if provider.casefold() == "ivanti":
+        creds += f"; device space id {partition} (--partition {partition} or BULKMDM_PARTITION_ID={partition})"
 
     def announce(url: str) -> None:
         click.echo(f"{provider} simulator on {url}; credentials: {creds}. Ctrl-C stops it.", err=True)

@@ -156,6 +156,15 @@ def _fleets() -> tuple[Any, Any, Any, Any]:
             banyan_app(devices=BANYAN_DEVICES, seed=1, token=BANYAN_TOKEN), me_app(devices=ME_DEVICES, seed=1))
 
 
+def shown_command(job: Path, provider: str, url: str, **options: Any) -> str:
+    """The ``bulkmdm run`` command line the demo prints for a run: every
+    option, ``--partition`` included, so that a copied command works (run
+    from the demo's folder, with the credentials in the environment)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
+                     for k, v in options.items())
+    return f"bulkmdm run {job.name} --provider {provider} --url {url} {flags}".rstrip()
+
+
 def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     """Run the demo; returns the exit code (0 when it went as planned)."""
     from .engine import RunOptions, run_job
@@ -175,9 +184,7 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
         def run(title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
             echo("")
             echo(f"== {title}")
-            flags = " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
-                             for k, v in kw.items() if k not in ("partition",))
-            echo(f"$ bulkmdm run {job.name} --provider {provider} --url {url} {flags}".rstrip())
+            echo(f"$ {shown_command(job, provider, url, **kw)}")
             options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=state_dir,
                                  fresh=True, **kw)
             result = run_job(options)

@@ -37,45 +37,66 @@ or an account not allowed to use it (403), gets the commands unchecked.
 actions answer with a count only.
 
 Look-ups come from one device search per run (``GET device?dmPartitionId=
-&rows=500&start=``, continued with ``searchAfterValues`` when the server
-offers them). Per the contract, a user's account id is the ``ownerId`` of a
-device found by ``fq=EMAILADDRESS EQ <email>`` (or ``UID EQ <uid>``); the
-run's device list is the fallback when that search finds nothing.
+&rows=500&start=`` sorted by id, continued with ``searchAfterValues`` when
+the server offers them; see :meth:`Ivanti._fetch_page`). Per the contract, a
+user's account id is the ``ownerId`` of a device found by ``fq=EMAILADDRESS
+EQ <email>`` (or ``UID EQ <uid>``); the run's device list is the fallback
+when that search finds nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlencode
+from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 from multidict import MultiDict
 
-from ..errors import AuthError, ConfigError, TransportError
+from ..errors import ConfigError, TransportError
 from ..model import JobRow, Outcome, Status, Step
-from ..transport import Auth, BasicAuth, Client, Verify
+from ..retry import RetryPolicy
+from ..transport import Auth, BasicAuth, Client, Response
 from .base import (
     Index,
+    ListFailed,
     LookupFailed,
     Provider,
     Settings,
+    as_int,
     as_list,
+    cap,
+    collect_pages,
     env_required,
-    explain_status,
+    explain_response,
     failed,
     get_field,
+    iter_pages,
+    key,
     outcome_from_error,
     planned,
+    read_back,
+    seg,
+    send_halving,
     skipped,
 )
 
 #: The doc: "Do not send a value larger than 500 with the rows parameter
 #: because the APIs do not permit a value of greater than 500."
 PAGE_ROWS = 500
+#: Passes over the device search when one comes up short of its totalCount.
+MAX_PASSES = 3
 #: A fleet of 5 million devices; past this a paging loop is a server bug.
 MAX_PAGES = 10_000
+#: The doc names no sort parameter; public clients send Spring-style
+#: ``sortFields[0].name`` / ``sortFields[0].order`` (see ``_fetch_page``).
+STABLE_SORT = {"sortFields[0].name": "id", "sortFields[0].order": "ASC"}
+
+#: The device fields the plan, its undo rows and the attribute choices read.
+PLAN_FIELDS = ("id", "guid", "serialNumber", "registrationState", "platformType", "supervised", "ownerId",
+               "emailAddress", "uid", "customAttributes")
 
 WIPE_STATES = frozenset({"WIPE_PENDING", "WIPE_SENT", "WIPED"})
 RETIRE_STATES = frozenset({"RETIRE_PENDING", "RETIRE_SENT", "RETIRED"})
@@ -87,6 +108,11 @@ UNDELETABLE_STATES = frozenset({"ACTIVE", "WIPE_PENDING"})
 #: (an id deleted since the look-up, a device in the wrong state): halve it.
 #: 403, 405, 415 and 5xx are the same for every device, so splitting cannot help.
 SPLIT_STATUSES = frozenset({400, 404, 409, 422})
+#: A check answered with these: this server has no checkViability for the
+#: action (404/405/501), or this account may not use it (403: the checks
+#: "require Tenant Admin credentials", the commands only "Device Actions or
+#: Device Management").
+NO_CHECK_STATUSES = frozenset({403, 404, 405, 501})
 
 _CODE_TEXT = {
     "PLATFORM_NOT_SUPPORTED": "the device's platform does not support this action",
@@ -145,50 +171,70 @@ PER_DEVICE = frozenset({"set-attribute", "delete-device"})
 SINGLE = frozenset({"wipe", "retire"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    """One request's answer, with the envelope unwrapped."""
-
-    ok: bool
-    result: Any = None
-    status: int | None = None
-    attempts: int = 0
-    #: the envelope's errors, as text ("" when none)
-    errors: str = ""
-    body: Any = None
-    #: no usable answer came (timeout, dropped connection, ambiguous)
-    error: TransportError | None = None
-    verified: bool = False
-
-    @property
-    def splittable(self) -> bool:
-        if self.error is not None or self.status is None:
-            return False
-        return self.status in SPLIT_STATUSES or (200 <= self.status < 300 and bool(self.errors))
-
-
-class _ReadFailed(Exception):
-    def __init__(self, detail: str, reply: _Reply) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.reply = reply
+class _Refused(list[Outcome]):
+    """The outcomes of a request refused as a whole (most likely for one of
+    its devices): :func:`send_halving` tries each half."""
 
 
 class _Fleet:
-    """The device space's devices, indexed once per run."""
+    """The device space's devices, indexed once per run. A device listed
+    without a usable ``id`` is no match (no command can name it; two such
+    devices must never become one): it is only the reason a row fails."""
 
-    def __init__(self, devices: list[Any]) -> None:
-        self.devices = devices
-        self.count = len(devices)
-        self.by_serial = Index("device", devices, lambda d: get_field(d, "serialNumber"))
-        self.by_serial_folded = Index("device", devices, lambda d: get_field(d, "serialNumber"), fold=True)
+    def __init__(self, listed: Sequence[Any]) -> None:
+        self.devices = [d for d in listed if key(get_field(d, "id"))]
+        self.count = len(self.devices)
+        self.by_serial = Index("device", self.devices, lambda d: get_field(d, "serialNumber"))
+        self.by_serial_folded = Index("device", self.devices, lambda d: get_field(d, "serialNumber"), fold=True)
         # A device_id column may hold the integer id or the GUID.
-        self.by_ref = Index("device", devices, lambda d: [get_field(d, "id"), get_field(d, "guid")], fold=True)
+        self.by_ref = Index("device", self.devices, lambda d: [get_field(d, "id"), get_field(d, "guid")], fold=True)
+        self.without_id = Index("device", (d for d in listed if not key(get_field(d, "id"))),
+                                lambda d: [get_field(d, "serialNumber"), get_field(d, "guid")], fold=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where the next page of the device search starts."""
+
+    start: int = 0
+    #: the searchAfterValues to send ("" : page by start)
+    after: str = ""
+    #: False once this server refused or ignored the values it handed out
+    after_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The device a row resolved to, as a plan needs it."""
+
+    id: str
+    name: str
+    state: str
+    resolved: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, device: Any) -> _Target:
+        dev_id = get_field(device, "id")
+        serial = key(get_field(device, "serialNumber"))
+        return cls(key(dev_id), f"device {serial or dev_id}", key(get_field(device, "registrationState")).upper(),
+                   f"device_id={dev_id}", {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial})
+
+    def undo_row(self, action: str, **columns: str) -> dict[str, str]:
+        """A job row for this device (by id, and serial where it has one)."""
+        serial = key(self.params["serial"])
+        return {"action": action, "device_id": self.id, **({"serial": serial} if serial else {}), **columns}
 
 
 class Ivanti(Provider):
     name = "ivanti"
     actions = frozenset(BULK) | PER_DEVICE
+    credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    # The doc gives no rate limit and no retry advice: the shared policy
+    # (408, 429, 502, 503, 504 tried again; Retry-After honoured within its cap).
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
+    url_hint = "the tenant root, e.g. https://na1.mobileiron.com (requests go to URL/api/v1/...)"
+    setup_hint = "the device space id (--partition) and the account's API permissions"
     # The doc states no request rate. One bulk request carries up to 100
     # devices, so 10 requests/s already acts on 1,000 devices/s; per-device
     # calls (custom attributes, delete) do 3,000 rows in five minutes. Four in
@@ -217,119 +263,187 @@ class Ivanti(Provider):
                               f"{partition!r}: correct --partition or BULKMDM_PARTITION_ID.")
         self.partition = partition
         self._fleet: _Fleet | None = None
+        #: account ids by casefolded email/uid, or why there is none
         self._owners: dict[str, Any] = {}
-        self._seen: dict[Hashable, tuple[int, str]] = {}
-        #: actions whose checkViability the server does not offer (404/405/501)
+        #: False once the server refused STABLE_SORT
+        self._sorted = True
+        #: the totalCount of the current pass's first page
+        self._total: int | None = None
+        #: actions whose checkViability this server does not offer
         self._no_viability: set[str] = set()
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        user, password = env_required(env, "BULKMDM_USERNAME", "BULKMDM_PASSWORD", provider="ivanti")
+        user, password = env_required(env, *cls.credentials[0], provider="ivanti")
         return BasicAuth(user, password)
 
     @classmethod
     def api_base(cls, url: str) -> str:
         return url.rstrip("/") + "/api/v1"
 
-    # -- talking to the API -------------------------------------------------
-    async def _call(self, method: str, path: str, **kwargs: Any) -> _Reply:
-        try:
-            resp = await self.client.request(method, path, **kwargs)
-        except AuthError:
-            raise
-        except TransportError as exc:
-            return _Reply(False, status=exc.status, attempts=exc.attempts, error=exc)
-        body = resp.body
-        result, errors = body, ""
-        if isinstance(body, Mapping) and ("errors" in body or "result" in body):
-            # "Ivanti answers 200 with errors in the body": the envelope decides.
-            errors = _errors_text(body.get("errors"))
-            result = body.get("result")
-        return _Reply(resp.ok and not errors, result, resp.status, resp.attempts, errors, body,
-                      verified=resp.verified)
+    # -- listing and paging -------------------------------------------------
+    async def _search(self, params: Mapping[str, Any]) -> Any:
+        """``GET device`` (the device search): the envelope's result;
+        ListFailed for an error answer, a 2xx with ``errors`` included."""
+        resp = await self.client.request("GET", "device", params=params)
+        result, errors = _unwrap(resp.body)
+        if not resp.ok or errors:
+            raise ListFailed("device", resp)
+        return result
 
-    async def _read(self, params: Mapping[str, Any], what: str) -> Any:
-        reply = await self._call("GET", "device", params=params)
-        if not reply.ok:
-            raise _ReadFailed(f"Could not read {what}: {_reply_reason(reply)}", reply)
-        return reply.result
+    def _search_params(self, cursor: _Cursor) -> dict[str, Any]:
+        params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
+        if self._sorted:
+            params.update(STABLE_SORT)
+        if cursor.after:
+            params["searchAfterValues"] = cursor.after
+        else:
+            params["start"] = cursor.start
+        return params
+
+    async def _fetch_page(self, cursor: _Cursor | None) -> tuple[list[Any], _Cursor | None]:
+        """One page of the device search, 500 devices, and where the next
+        starts (None: this was the last).
+
+        "Do not send a value larger than 500 with the rows parameter", and
+        ``start`` is "the row on which to start the display". As the public
+        clients of this API do, ``start`` is advanced by the number of rows
+        each page returned (the Checkmk agent_mobileiron steps it by ``rows``;
+        Oomnitza's connector by ``len(searchResults)``, noting that "'offset'
+        does not operate as the MobileIron documentation indicates. We should
+        instead use 'start' and pass the latest index"), under an explicit
+        order (Oomnitza sends ``sortFields[0].name=lastCheckin&
+        sortFields[0].order=DESC``). We sort by ``id``, unique and never
+        changing, where ``lastCheckin`` moves while we page: pages then
+        neither overlap nor skip.
+
+        The doc adds ``searchAfterValues`` ("Useful in searches in
+        environments with ten-thousand or more devices"), without showing
+        where an answer carries them: they are read from the result (or,
+        search-after style, from the last device of the page) and sent back
+        as given, comma-joined, with the same sort."""
+        if cursor is None:
+            self._total = None
+        result, cursor = await self._read_page(cursor or _Cursor())
+        page = as_list(result, "searchResults")
+        total = as_int(get_field(result, "totalCount"))
+        self._total = total if self._total is None else self._total
+        start = cursor.start + len(page)
+        if not page or (total is not None and start >= total and not (len(page) >= PAGE_ROWS and total <= len(page))):
+            # (A full page whose totalCount is no more than the page itself
+            # may be a server counting the page, "totalCount" is not
+            # described: the next page is asked for rather than stop at 500.)
+            return page, None
+        return page, _Cursor(start, _continuation(result, page) if cursor.after_ok else "", cursor.after_ok)
+
+    async def _read_page(self, cursor: _Cursor) -> tuple[Any, _Cursor]:
+        """The search answer for ``cursor``, and the cursor it was read with:
+        a server that refuses the continuation values it handed out, or
+        answers them with the same page again, is paged by ``start`` from
+        there; one that refuses the sort with 400 on the first page (the doc
+        has no sortFields) is asked the doc's way, and the extra passes of
+        :meth:`_fetch_fleet` cover an order that moves."""
+        try:
+            result = await self._search(self._search_params(cursor))
+        except ListFailed as exc:
+            if cursor.after:
+                return await self._read_page(_Cursor(cursor.start, "", False))
+            if not self._sorted or cursor.start or exc.resp.status != 400:
+                raise
+            self._sorted = False
+            return await self._read_page(cursor)
+        if cursor.after and _continuation(result, as_list(result, "searchResults")) == cursor.after:
+            return await self._read_page(_Cursor(cursor.start, "", False))
+        return result, cursor
+
+    async def _fetch_slim_page(self, cursor: _Cursor | None) -> tuple[list[Any], _Cursor | None]:
+        """A page of the search with only the fields a plan reads: a device
+        of the real service has some 130, and a fleet is held for the run."""
+        page, following = await self._fetch_page(cursor)
+        return [{name: get_field(device, name) for name in PLAN_FIELDS} for device in page
+                if isinstance(device, Mapping)], following
 
     async def _fetch_fleet(self) -> _Fleet:
-        """Every device of the device space, 500 a page.
+        """Every device of the device space, each once.
 
-        Pages go by ``start`` until the server hands out ``searchAfterValues``
-        ("Useful in searches in environments with ten-thousand or more
-        devices. See Searching for devices efficiently."), then by those. The
-        doc names the parameter but shows neither where the answer carries it
-        nor its format, so it is read from the result (or, search-after
-        style, from the last device of the page) and sent back exactly as
-        given, comma-joined. A server that refuses the values it handed out,
-        or answers them with nothing new, is paged by ``start`` again."""
-        devices: list[Any] = []
-        seen: set[str] = set()
-        after = ""
-        after_ok = True  # False once search-after paging failed on this server
-        what = f"the device list of device space {self.partition}"
-        for _ in range(MAX_PAGES):
-            params: dict[str, Any] = {"dmPartitionId": self.partition, "rows": PAGE_ROWS}
-            if after:
-                params["searchAfterValues"] = after
-            else:
-                params["start"] = len(devices)
+        A pass that comes up short of the ``totalCount`` of its first page
+        (a server that ignores or refuses the sort, a device deleted while we
+        paged) is followed by another, while passes still find devices; a
+        later pass that fails keeps what the first found."""
+        by_id: dict[str, Any] = {}
+        without_id: list[Any] = []
+        for number in range(MAX_PASSES):
             try:
-                result = await self._read(params, what)
-            except _ReadFailed:
-                if not after:
+                listed = await collect_pages(self._fetch_slim_page, ident=lambda d: d["id"], max_pages=MAX_PAGES)
+            except (ListFailed, TransportError):
+                if number == 0:
                     raise
-                after, after_ok = "", False
-                continue
-            page = as_list(result, "searchResults")
-            new = 0
-            for device in page:
-                key = _key(get_field(device, "id"))
-                if key and key not in seen:
-                    seen.add(key)
-                    devices.append(device)
-                    new += 1
-            total = _int(get_field(result, "totalCount"))
-            if total is not None and len(devices) >= total and not (len(page) >= PAGE_ROWS and total <= len(page)):
-                # A full page whose totalCount is no more than the page itself
-                # may be a server counting the page ("totalCount" is not
-                # described): ask for the next page rather than stop at 500.
                 break
-            if not page or not new:
-                if after and total is not None:
-                    # the values did not move the search on: page by start instead
-                    after, after_ok = "", False
-                    continue
+            before = len(by_id)
+            for device in listed:
+                if dev_id := key(get_field(device, "id")):
+                    by_id.setdefault(dev_id, device)
+                elif number == 0:
+                    without_id.append(device)
+            found = len(by_id) + len(without_id)
+            if self._total is None or found >= self._total or (number and len(by_id) == before):
                 break
-            values = get_field(result, "searchAfterValues")
-            if values is None and isinstance(page[-1], Mapping):
-                values = get_field(page[-1], "searchAfterValues")
-            if after_ok and isinstance(values, list) and values:
-                after = ",".join(str(v) for v in values)
-            elif after_ok and isinstance(values, (str, int)) and str(values):
-                after = str(values)
-            elif after and total is None:
-                break  # the server stopped offering a continuation: that was the last page
-            else:
-                after = ""
-        return _Fleet(devices)
+        return _Fleet([*by_id.values(), *without_id])
 
+    # -- export and templates ---------------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """One row per device of the device space, streamed page by page:
+        the job columns ``serial``, ``device_id``, ``name``, ``email``,
+        ``user`` (the uid), plus ``model``, ``platform`` and
+        ``registration_state`` (which actions a device takes depends on it:
+        Ivanti deletes only retired devices). Values are text, as the MDM
+        sent them (ids exact, serials with their leading zeros)."""
+        try:
+            async for device in iter_pages(self._fetch_page, ident=lambda d: get_field(d, "id"), max_pages=MAX_PAGES):
+                yield _inventory_row(device)
+        except ListFailed as exc:
+            raise self._list_error(exc) from None
+
+    async def choices(self, column: str) -> list[str]:
+        """Names to offer for a template's column. Ivanti's device API has
+        no tags, groups or apps; for ``attribute`` the names of the custom
+        attributes the device space's devices carry (one read of the list)."""
+        if column != "attribute":
+            return []
+        try:
+            fleet = self._fleet or await self._fetch_fleet()
+        except ListFailed as exc:
+            raise self._list_error(exc) from None
+        names = {name.casefold(): name for device in fleet.devices
+                 for name in _attrs(get_field(device, "customAttributes"))}
+        return sorted(names.values(), key=str.casefold)
+
+    def _list_error(self, exc: ListFailed) -> Exception:
+        """A list read outside the plan, as the error tree has it (the CLI
+        says it in one sentence): a set-up that is wrong stops as a run would."""
+        self._stop_if_setup_is_wrong(exc)
+        return TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts)
+
+    # -- users ----------------------------------------------------------------
     async def _find_owner(self, who: str) -> None:
         """Look up a user's account id once per run (see :meth:`_owner`)."""
-        key = who.strip().casefold()
-        if key not in self._owners:
+        folded = who.strip().casefold()
+        if folded not in self._owners:
             try:
-                self._owners[key] = await self._search_owner(who.strip())
-            except (LookupFailed, _ReadFailed) as exc:
-                self._owners[key] = exc
+                self._owners[folded] = await self._search_owner(who.strip())
+            except LookupFailed as exc:
+                self._owners[folded] = exc
+            except ListFailed as exc:
+                self._owners[folded] = LookupFailed(exc.detail().rstrip("."))
+            except TransportError as exc:
+                self._owners[folded] = LookupFailed(f"could not search the devices of {who}: {exc}")
 
-    async def _owner(self, who: str) -> Any:
+    def _owner(self, who: str) -> Any:
         """The account id of a user: the ``ownerId`` of a device found by
         "List Devices by UID or Email Address" (CONTRACT.md)."""
-        await self._find_owner(who)
-        found = self._owners[who.strip().casefold()]
+        found = self._owners.get(who.strip().casefold())
+        if found is None:
+            raise LookupFailed(f"the devices of {who} were not searched")
         if isinstance(found, Exception):
             raise found
         return found
@@ -337,24 +451,21 @@ class Ivanti(Provider):
     async def _search_owner(self, who: str) -> Any:
         searches = [("EMAILADDRESS", "emailAddress")] if "@" in who else []
         searches.append(("UID", "uid"))  # uid is often the email address too
-        refused: _ReadFailed | None = None
+        refused: ListFailed | None = None
+        without_owner: set[str] = set()  # devices of this user listed without an ownerId
         for field, attr in searches:
             # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
             try:
-                result = await self._read(
-                    {"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"}, f"the devices of {who}"
-                )
-            except _ReadFailed as exc:
+                result = await self._search({"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"})
+            except ListFailed as exc:
                 refused = refused or exc
                 continue
-            owners: dict[str, Any] = {}
-            for device in as_list(result, "searchResults"):
-                # The doc's example answer has " [email protected]" with a
-                # leading space: compare trimmed, case-insensitively.
-                if _key(get_field(device, attr)).casefold() == who.casefold():
-                    owner = get_field(device, "ownerId")
-                    if _key(owner):
-                        owners[_key(owner)] = owner
+            # The doc's example answer has " [email protected]" with a
+            # leading space: compare trimmed, case-insensitively.
+            mine = [d for d in as_list(result, "searchResults") if key(get_field(d, attr)).casefold() == who.casefold()]
+            owners = {key(owner): owner for d in mine if key(owner := get_field(d, "ownerId"))}
+            without_owner.update(key(get_field(d, "id")) or json.dumps(d, default=str)
+                                 for d in mine if not key(get_field(d, "ownerId")))
             if owners:
                 return _one_owner(who, owners)
         if self._fleet is not None:
@@ -362,44 +473,52 @@ class Ivanti(Provider):
             # first page, one that does not know it with an error; the device
             # list of this run carries the same emailAddress/uid/ownerId fields.
             for _field, attr in searches:
-                owners = {_key(o): o for d in self._fleet.devices
-                          if _key(get_field(d, attr)).casefold() == who.casefold()
-                          and _key(o := get_field(d, "ownerId"))}
+                owners = {key(o): o for d in self._fleet.devices
+                          if key(get_field(d, attr)).casefold() == who.casefold() and key(o := get_field(d, "ownerId"))}
                 if owners:
                     return _one_owner(who, owners)
         if refused is not None:
             raise refused
+        if without_owner:
+            raise LookupFailed(f"the MDM lists {len(without_owner)} device(s) of {who} without an account id "
+                               "(their 'ownerId' field is missing or empty), so the account cannot be found; add "
+                               "the account id in a user_id column")
         raise LookupFailed(
             f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
             "(Ivanti's device API finds a user only through a device they own)"
         )
 
-    # -- planning -----------------------------------------------------------
-    async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
-        try:
-            if self._fleet is None:
-                self._fleet = await self._fetch_fleet()
-        except _ReadFailed as exc:
-            return [failed(row, exc.detail.rstrip(".") + ". Run the job again.", http_status=exc.reply.status,
-                           attempts=exc.reply.attempts) for row in rows]
-        users = {who.casefold(): who for row in rows if row.action == "assign-user"
+    # -- planning -------------------------------------------------------------
+    async def prepare(self, rows: Sequence[JobRow]) -> _Fleet:
+        """The device space's devices (once per run), and the account ids of
+        the users the rows assign devices to."""
+        if self._fleet is None:
+            self._fleet = await self._fetch_fleet()
+        users = {who.casefold(): who for row in rows if row.action == "assign-user" and not row.get("user_id")
                  and (who := (row.get("user") or row.get("email")).strip())}
         await asyncio.gather(*(self._find_owner(who) for who in users.values()))
-        out: list[Step | Outcome] = []
-        for row in rows:
-            try:
-                out.append(await self._plan_row(row, self._fleet))
-            except LookupFailed as exc:
-                out.append(failed(row, _sentence(str(exc))))
-            except _ReadFailed as exc:
-                out.append(failed(row, exc.detail, http_status=exc.reply.status, attempts=exc.reply.attempts))
-        return out
+        return self._fleet
+
+    def plan_row(self, row: JobRow, lists: Any) -> Step | Outcome:
+        if row.action not in self.actions:
+            return failed(row, f"ivanti cannot {row.action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
+        device = self._device(row, lists)
+        target = _Target.of(device)
+        if row.action == "assign-user":
+            return self._plan_assign(row, device, target)
+        if row.action == "set-attribute":
+            return self._plan_attribute(row, device, target)
+        if row.action == "delete-device":
+            return self._plan_delete(row, device, target)
+        return self._plan_command(row, device, target)
 
     def _device(self, row: JobRow, fleet: _Fleet) -> Any:
         ref, serial = row.get("device_id"), row.get("serial")
         if ref:
+            if not fleet.by_ref.find(ref) and fleet.without_id.find(ref):
+                raise LookupFailed(_no_id(f"device {ref}"))
             device = fleet.by_ref.one(ref, "device id")
-            actual = _key(get_field(device, "serialNumber"))
+            actual = key(get_field(device, "serialNumber"))
             if serial and actual.casefold() != serial.casefold():
                 raise LookupFailed(f"device id {ref} has serial {actual or '(none)'}, not {serial}; "
                                    "correct one of the two columns")
@@ -407,6 +526,8 @@ class Ivanti(Provider):
         if not serial:
             raise LookupFailed("the serial is blank")
         found = fleet.by_serial.find(serial) or fleet.by_serial_folded.find(serial)
+        if not found and fleet.without_id.find(serial):
+            raise LookupFailed(_no_id(f"serial {serial}"))
         if not found:
             raise LookupFailed(f"serial {serial} was not found among the {fleet.count} devices of device space "
                                f"{self.partition}")
@@ -417,244 +538,179 @@ class Ivanti(Provider):
                                "give the device_id column instead")
         return found[0]
 
-    def _once(self, key: Hashable, row: JobRow, value: str = "") -> tuple[int, str] | None:
-        """The earlier row asking for the same thing, if any."""
-        earlier = self._seen.get(key)
-        if earlier is None or earlier[0] == row.line:
-            self._seen[key] = (row.line, value)
-            return None
-        return earlier
+    def _plan_assign(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        who = (row.get("user") or row.get("email") or row.get("user_id")).strip()
+        # An account id in user_id is used as given (the undo rows carry the
+        # previous owner's, who may own no other device by then).
+        account = row.get("user_id").strip() or self._owner(who)
+        resolved = f"{target.resolved}; account_id={account}"
+        if same := self.changes.once(row, ("assign-user", target.id, key(account)), resolved):
+            return same
+        if clash := self.changes.only_one(row, ("assign-user", target.id), f"{cap(target.name)} is also assigned",
+                                          resolved):
+            return clash
+        previous = get_field(device, "ownerId")
+        if key(previous) == key(account):
+            return skipped(row, f"{cap(target.name)} already belongs to {who}; nothing sent.", resolved)
+        undo = None
+        if key(previous):
+            before = key(get_field(device, "emailAddress")) or key(get_field(device, "uid")) or key(previous)
+            undo = target.undo_row("assign-user", user=before, user_id=key(previous))
+        return Step(row, "assign-user", target.name, {**target.params, "account": account, "who": who}, resolved,
+                    ("assign-user", key(account)), undo=undo)
 
-    async def _plan_row(self, row: JobRow, fleet: _Fleet) -> Step | Outcome:
-        action = row.action
-        if action not in self.actions:
-            return failed(row, f"ivanti cannot {action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
-        device = self._device(row, fleet)
-        dev_id = get_field(device, "id")
-        serial = _key(get_field(device, "serialNumber"))
-        state = _key(get_field(device, "registrationState")).upper()
-        target = f"device {serial or dev_id}"
-        resolved = f"device_id={dev_id}"
-        params: dict[str, Any] = {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial}
+    def _plan_attribute(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        name, value = row.get("attribute"), row.get("value")
+        if same := self.changes.once(row, ("set-attribute", target.id, name, value), target.resolved):
+            return same
+        if clash := self.changes.only_one(row, ("set-attribute", target.id, name),
+                                          f"{name!r} of {target.name} is also set", target.resolved):
+            return clash
+        # The device search carries "customAttributes": {"attrs": {...}},
+        # or null for a device without any: no extra request to skip rows
+        # already done.
+        before = _attrs(get_field(device, "customAttributes")).get(name)
+        if before == [value]:
+            return skipped(row, f"{cap(target.name)} already has {name} = {value!r}; nothing sent.",
+                           target.resolved)
+        # Only one earlier value can be put back by a set-attribute row (an
+        # attribute the device did not have, or several values, cannot).
+        undo = target.undo_row("set-attribute", attribute=name, value=before[0]) if (
+            before and len(before) == 1 and before[0]) else None
+        return Step(row, "set-attribute", target.name, {**target.params, "name": name, "value": value},
+                    target.resolved, ("set-attribute", row.index), undo=undo)
 
-        if action == "assign-user":
-            who = (row.get("user") or row.get("email")).strip()
-            account = await self._owner(who)
-            resolved += f"; account_id={account}"
-            earlier = self._once(("assign-user", _key(dev_id)), row, _key(account))
-            if earlier:
-                if earlier[1] == _key(account):
-                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-                return failed(row, f"{_cap(target)} is also assigned on line {earlier[0]}; "
-                                   "give each device one user per job.", resolved)
-            if _key(get_field(device, "ownerId")) == _key(account):
-                return skipped(row, f"{_cap(target)} already belongs to {who}; nothing sent.", resolved)
-            return Step(row, action, target, {**params, "account": account, "who": who}, resolved,
-                        ("assign-user", _key(account)))
+    def _plan_delete(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        email = row.get("email")
+        owner_email = key(get_field(device, "emailAddress"))
+        if email and owner_email.casefold() != email.casefold():
+            return failed(row, f"{cap(target.name)} belongs to {owner_email or 'nobody'}, not {email}; "
+                               "nothing sent.", target.resolved)
+        if target.state in UNDELETABLE_STATES:
+            return failed(row, f"{cap(target.name)} is {target.state}; Ivanti deletes only retired devices. "
+                               "Retire it first, then run the report again.", target.resolved)
+        if same := self.changes.once(row, ("delete-device", target.id), target.resolved):
+            return same
+        return Step(row, "delete-device", target.name, target.params, target.resolved, ("delete-device", row.index))
 
-        if action == "set-attribute":
-            name, value = row.get("attribute"), row.get("value")
-            earlier = self._once(("set-attribute", _key(dev_id), name), row, value)
-            if earlier:
-                if earlier[1] == value:
-                    return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-                return failed(row, f"Line {earlier[0]} sets {name!r} of {target} to {earlier[1]!r}; "
-                                   "give each attribute one value per job.", resolved)
-            # The device search carries "customAttributes": {"attrs": {...}},
-            # or null for a device without any: no extra request to skip rows
-            # already done.
-            current = _attrs(get_field(device, "customAttributes"))
-            if current.get(name) == [value]:
-                return skipped(row, f"{_cap(target)} already has {name} = {value!r}; nothing sent.", resolved)
-            return Step(row, action, target, {**params, "name": name, "value": value}, resolved,
-                        (action, row.index))
-
-        if action == "delete-device":
-            email = row.get("email")
-            owner_email = _key(get_field(device, "emailAddress"))
-            if email and owner_email.casefold() != email.casefold():
-                return failed(row, f"{_cap(target)} belongs to {owner_email or 'nobody'}, not {email}; "
-                                   "nothing sent.", resolved)
-            if state in UNDELETABLE_STATES:
-                return failed(row, f"{_cap(target)} is {state}; Ivanti deletes only retired devices. "
-                                   "Retire it first, then run the report again.", resolved)
-            earlier = self._once((action, _key(dev_id)), row)
-            if earlier:
-                return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-            return Step(row, action, target, params, resolved, (action, row.index))
-
-        # the bulk commands
+    def _plan_command(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
+        """The bulk commands: nothing to read back or undo."""
+        action, state, name = row.action, target.state, cap(target.name)
         if action in ("unlock", "restart", "message") and state and state != "ACTIVE":
             # No viability check is documented for these, and their answer is
             # a bare count: refuse here what the MDM would silently drop.
-            return failed(row, f"{_cap(target)} is {state}; the MDM sends commands only to active devices.",
-                          resolved)
+            return failed(row, f"{name} is {state}; the MDM sends commands only to active devices.", target.resolved)
         if action == "restart":
-            platform = _key(get_field(device, "platformType")).upper()
+            platform = key(get_field(device, "platformType")).upper()
             if (platform and platform != "IOS") or get_field(device, "supervised") is False:
                 what = "an unsupervised iOS device" if platform == "IOS" else f"a {platform} device"
-                return failed(row, f"{_cap(target)} is {what}; Ivanti restarts only supervised iOS devices "
-                                   "(\"Restart Supervised iOS Devices\").", resolved)
-        if action == "wipe" and state in WIPE_STATES:
-            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
-        if action == "retire" and state in RETIRE_STATES:
-            return skipped(row, f"{_cap(target)} is already {state}; nothing sent.", resolved)
-        key: tuple[Any, ...] = (action,)
+                return failed(row, f"{name} is {what}; Ivanti restarts only supervised iOS devices "
+                                   "(\"Restart Supervised iOS Devices\").", target.resolved)
+        if (action == "wipe" and state in WIPE_STATES) or (action == "retire" and state in RETIRE_STATES):
+            return skipped(row, f"{name} is already {state}; nothing sent.", target.resolved)
+        params = dict(target.params)
+        batch: tuple[Any, ...] = (action,)
         if action == "message":
             params["message"] = row.get("message")
-            key = ("message", row.get("message"))
-        earlier = self._once((*key, _key(dev_id)), row)
-        if earlier:
-            return skipped(row, f"Same change as line {earlier[0]}; sent once.", resolved)
-        if action in SINGLE:
-            return Step(row, action, target, params, resolved, (action, row.index))
-        return Step(row, action, target, params, resolved, key)
+            batch = ("message", row.get("message"))
+        if same := self.changes.once(row, (*batch, target.id), target.resolved):
+            return same
+        return Step(row, action, target.name, params, target.resolved, (action, row.index) if action in SINGLE
+                    else batch)
 
-    # -- executing ----------------------------------------------------------
-    def _groups(self, steps: Sequence[Step]) -> list[list[Step]]:
-        """Steps that may share a request, at most ``batch_size()`` each."""
-        by_key: dict[Hashable, list[Step]] = {}
-        for step in steps:
-            by_key.setdefault((step.action, step.batch_key), []).append(step)
-        size = self.batch_size()
-        return [group[i:i + size] for group in by_key.values() for i in range(0, len(group), size)]
-
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        out: dict[int, Outcome] = {}
-        for group in self._groups(steps):
-            action = group[0].action
-            if action in BULK:
-                out.update(await self._bulk(BULK[action], group))
-            else:
-                for step in group:
-                    out[step.index] = await self._one(step)
-        return [out[step.index] for step in steps]
+    # -- sending --------------------------------------------------------------
+    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+        spec = BULK.get(steps[0].action)
+        if spec is None:
+            return await super().send_batch(steps)  # set-attribute, delete-device: one request each
+        verdicts = await self._verdicts(spec, steps) if spec.viability else [planned(s) for s in steps]
+        eligible = [s for s, v in zip(steps, verdicts, strict=True) if v.status in (Status.PLANNED, Status.UNKNOWN)]
+        sent = await send_halving(eligible, lambda part: self._command(spec, part), _refused_whole) if eligible else []
+        by_index = {o.index: o for o in sent}
+        unchecked = [v for v in verdicts if v.status is Status.UNKNOWN]
+        if unchecked and all(o.status is Status.SUCCEEDED for o in sent) and all(
+                v.http_status is not None and 400 <= v.http_status < 500 for v in unchecked):
+            # The check refused what the command then took: this server
+            # refuses the check itself. Stop asking it for this action.
+            self._no_viability.add(spec.segment)
+        return [by_index.get(v.index, v) for v in verdicts]
 
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
-        out: dict[int, Outcome] = {}
-        for group in self._groups(steps):
-            spec = BULK.get(group[0].action)
-            if spec is not None and spec.viability:
-                out.update(await self._check(spec, group))
-            else:
-                out.update((step.index, _planned(step)) for step in group)
-        return [out[step.index] for step in steps]
+        """Dry run: the documented checkViability says which devices cannot."""
+        spec = BULK.get(steps[0].action) if steps else None
+        if spec is None or not spec.viability:
+            return [_planned(s) for s in steps]
+        return [Outcome(v.index, Status.FAILED, v.detail, v.http_status, v.attempts, v.resolved)
+                if v.status is Status.UNKNOWN else v for v in await self._verdicts(spec, list(steps))]
 
-    async def _viability(self, spec: _Bulk, steps: Sequence[Step]) -> _Reply:
-        # "https://[Ivanti Neurons for MDM]/api/v1/device/forceCheckin?checkViability=true&ids=22062&ids=22196"
-        query = urlencode([("checkViability", "true"), *(("ids", _key(s.params["id"])) for s in steps)])
-        return await self._call("GET", f"device/{spec.segment}?{query}")
-
-    async def _check(self, spec: _Bulk, steps: list[Step]) -> dict[int, Outcome]:
+    async def _verdicts(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+        """Per step: PLANNED (eligible), FAILED (not eligible, with the
+        vendor's reason; or no answer), UNKNOWN (the check failed: a real run
+        sends the command unchecked and its own answer decides)."""
         if spec.segment in self._no_viability:
             note = f" (the MDM offers no eligibility check for {spec.segment}; the real run sends it unchecked)"
-            return {s.index: planned(s, _planned(s).detail + note) for s in steps}
-        reply = await self._viability(spec, steps)
-        if self._check_unavailable(spec, reply):
-            note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {reply.status}; "
-                    "the real run sends it unchecked)")
-            return {s.index: planned(s, _planned(s).detail + note) for s in steps}
-        if not reply.ok and reply.splittable and len(steps) > 1:
-            return await self._halves(steps, lambda half: self._check(spec, half))
-        if not reply.ok:
-            return {s.index: _failure(s, reply, f"Could not check whether the MDM would {spec.verb} "
-                                                f"{s.target}") for s in steps}
-        eligible = _eligible_count(reply.result)
-        if eligible is not None and 0 < eligible < len(steps):
-            # a count of eligible devices that does not say which: check halves
-            return await self._halves(steps, lambda half: self._check(spec, half))
-        rejected = _rejections(reply.result, steps, strict=False)
-        if rejected is None and len(steps) > 1:
-            return await self._halves(steps, lambda half: self._check(spec, half))
-        out = {}
-        for step in steps:
-            reason = _rejection_for(rejected or {}, step)
-            out[step.index] = _planned(step) if reason is None else _not_eligible(spec, step, reason, reply)
-        return out
+            return [planned(s, _planned(s).detail + note) for s in steps]
+        return await send_halving(steps, lambda part: self._check_part(spec, part), _refused_whole)
 
-    def _check_unavailable(self, spec: _Bulk, reply: _Reply) -> bool:
-        """The server has no checkViability for this action (the route is
-        missing: 404/405/501), or this account may not use it (403: the checks
-        "require Tenant Admin credentials", the commands only "Device Actions
-        or Device Management"). Remembered for the rest of the run."""
-        if reply.error is None and reply.status in (403, 404, 405, 501):
+    async def _check_part(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+        # "https://[Ivanti Neurons for MDM]/api/v1/device/forceCheckin?checkViability=true&ids=22062&ids=22196"
+        query = urlencode([("checkViability", "true"), *(("ids", key(s.params["id"])) for s in steps)])
+        try:
+            resp = await self.client.request("GET", f"device/{spec.segment}?{query}")
+        except TransportError as exc:
+            return [outcome_from_error(s, exc) for s in steps]
+        result, errors = _unwrap(resp.body)
+        if resp.status in NO_CHECK_STATUSES:
             self._no_viability.add(spec.segment)
-            return True
-        return False
+            note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {resp.status}; "
+                    "the real run sends it unchecked)")
+            return [planned(s, _planned(s).detail + note) for s in steps]
+        if not resp.ok or errors:
+            unchecked = [Outcome(s.index, Status.UNKNOWN, _refusal(resp, errors, f"Could not check whether the MDM "
+                                                                                 f"would {spec.verb} {s.target}"),
+                                 resp.status, resp.attempts, s.resolved) for s in steps]
+            return _Refused(unchecked) if _splittable(resp, errors) else unchecked
+        eligible = _eligible_count(result)
+        if eligible is not None and eligible <= 0:
+            none = "the MDM's check counts none of them eligible"
+            return [_not_eligible(spec, s, none, resp) for s in steps]
+        rejected = _rejections(result, steps, strict=False)
+        if (eligible is not None and eligible < len(steps)) or rejected is None:
+            # "result: Number of eligible devices" (the relinquish check's
+            # answer) that does not say which, or a list cut short: halves
+            return _Refused(planned(s) for s in steps)
+        return [_planned(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp)
+                for s in steps]
 
-    async def _halves(self, steps: list[Step],
-                      run: Callable[[list[Step]], Awaitable[dict[int, Outcome]]]) -> dict[int, Outcome]:
-        """A batch refused as a whole: try each half, so that one bad device
-        does not fail the other 99 (a batch of one fails on its own)."""
-        mid = len(steps) // 2
-        first, second = await asyncio.gather(run(steps[:mid]), run(steps[mid:]))
-        return {**first, **second}
+    async def _command(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+        try:
+            # PUT, yet not idempotent: a second lock is a second command to
+            # the device. Resent after a lost answer only if a read-back says
+            # it was not applied; otherwise the rows become "unknown".
+            resp = await self.client.request("PUT", f"device/{spec.segment}", data=self._form(spec, steps),
+                                             idempotent=False, verify=self._verifier(spec, steps))
+        except TransportError as exc:
+            return [outcome_from_error(s, exc) for s in steps]
+        result, errors = _unwrap(resp.body)
+        if not resp.ok or errors:
+            refused = [Outcome(s.index, Status.FAILED, _refusal(resp, errors, f"The MDM refused to {spec.verb} "
+                                                                              f"{s.target}"),
+                               resp.status, resp.attempts, s.resolved) for s in steps]
+            return _Refused(refused) if _splittable(resp, errors) else refused
+        return _accepted(spec, steps, resp, result)
 
-    async def _bulk(self, spec: _Bulk, steps: list[Step], *, checked: bool = False) -> dict[int, Outcome]:
-        out: dict[int, Outcome] = {}
-        todo = steps
-        if spec.viability and not checked and spec.segment not in self._no_viability:
-            reply = await self._viability(spec, steps)
-            if self._check_unavailable(spec, reply):
-                # The check is a convenience before a real send: a server
-                # without it still takes the action.
-                return await self._bulk(spec, steps, checked=True)
-            if not reply.ok and reply.splittable and len(steps) > 1:
-                return await self._halves(steps, lambda half: self._bulk(spec, half))
-            if not reply.ok and reply.error is not None:
-                detail = f"Could not check whether the MDM would {spec.verb} the device; nothing sent"
-                return {s.index: _failure(s, reply, detail) for s in steps}
-            if not reply.ok:
-                # A check refused for one device, or failing on the server's
-                # side (5xx after retries): the command's own answer decides.
-                sent = await self._bulk(spec, steps, checked=True)
-                if reply.status is not None and 400 <= reply.status < 500 and all(
-                        o.status is Status.SUCCEEDED for o in sent.values()):
-                    # the device was fine, so the check itself is what this
-                    # server refuses: stop asking it for this action
-                    self._no_viability.add(spec.segment)
-                return sent
-            eligible = _eligible_count(reply.result)
-            if eligible is not None and 0 < eligible < len(steps):
-                # "result: Number of eligible devices" (the relinquish check's
-                # answer): some are not, and the number does not say which.
-                return await self._halves(steps, lambda half: self._bulk(spec, half))
-            rejected = _rejections(reply.result, steps, strict=False)
-            if rejected is None and len(steps) > 1:
-                # the list of ineligible devices was cut short: check smaller batches
-                return await self._halves(steps, lambda half: self._bulk(spec, half))
-            todo = []
-            for step in steps:
-                reason = _rejection_for(rejected or {}, step)
-                if reason is None:
-                    todo.append(step)
-                else:
-                    out[step.index] = _not_eligible(spec, step, reason, reply)
-            if not todo:
-                return out
-        reply = await self._send(spec, todo)
-        if not reply.ok and reply.splittable and len(todo) > 1:
-            out.update(await self._halves(todo, lambda half: self._bulk(spec, half, checked=True)))
-        elif not reply.ok:
-            out.update((s.index, _failure(s, reply, f"The MDM refused to {spec.verb} {s.target}")) for s in todo)
-        else:
-            out.update(self._accepted(spec, todo, reply))
-        return out
-
-    async def _send(self, spec: _Bulk, steps: list[Step]) -> _Reply:
-        ids = list(dict.fromkeys(_key(s.params["id"]) for s in steps))
+    def _form(self, spec: _Bulk, steps: list[Step]) -> MultiDict[str]:
+        ids = list(dict.fromkeys(key(s.params["id"]) for s in steps))
         form: MultiDict[str] = MultiDict()
         if spec.segment == "updateAccount":
-            form.add("accountId", _key(steps[0].params["account"]))
+            form.add("accountId", key(steps[0].params["account"]))
         if spec.segment == "message":
             # "sendPushNotification=true&pushNotificationMessage=...&sendEmail=false&emailSubject=
             #  &emailBody=&dmPartitionId=23003&deviceIds=370872%2C383279"
-            form.add("sendPushNotification", "true")
-            form.add("pushNotificationMessage", steps[0].params["message"])
-            form.add("sendEmail", "false")
-            form.add("emailSubject", "")
-            form.add("emailBody", "")
-            form.add("dmPartitionId", self.partition)
+            for name, value in (("sendPushNotification", "true"), ("pushNotificationMessage",
+                                 steps[0].params["message"]), ("sendEmail", "false"), ("emailSubject", ""),
+                                ("emailBody", ""), ("dmPartitionId", self.partition)):
+                form.add(name, value)
         if spec.joined:
             form.add(spec.id_field, ",".join(ids))
         else:
@@ -669,134 +725,137 @@ class Ivanti(Provider):
                                 ("iosPreserveDataPlan", "false"), ("message", ""),
                                 ("returnToServiceEnabled", "false")):
                 form.add(name, value)
-        # PUT, yet not idempotent: a second lock is a second command to the
-        # device. Resent after a lost answer only if a read-back says it was
-        # not applied; otherwise the rows become "unknown".
-        return await self._call("PUT", f"device/{spec.segment}", data=form, idempotent=False,
-                                verify=self._verifier(spec, steps))
+        return form
 
-    def _verifier(self, spec: _Bulk, steps: list[Step]) -> Verify | None:
+    def _verifier(self, spec: _Bulk, steps: list[Step]) -> Callable[[], Awaitable[bool | None]] | None:
+        """Whether a command whose answer was lost took effect on every
+        device (True), on none (False: resend), or cannot be told (None)."""
         if spec.segment == "updateAccount":
             def applied(device: Any, step: Step) -> bool:
-                return _key(get_field(device, "ownerId")) == _key(step.params["account"])
+                return key(get_field(device, "ownerId")) == key(step.params["account"])
         elif spec.states:
             def applied(device: Any, step: Step) -> bool:
-                return _key(get_field(device, "registrationState")).upper() in spec.states
+                return key(get_field(device, "registrationState")).upper() in spec.states
         else:
             return None  # lock, unlock, restart, check-in, message leave nothing to read back
+        each = [self._read_back_device(step, applied) for step in steps]
 
         async def verify() -> bool | None:
-            replies = await asyncio.gather(*(self._call("GET", f"device/{_seg(s.params['id'])}") for s in steps))
-            if not all(r.ok and isinstance(r.result, Mapping) for r in replies):
-                return None
-            flags = [applied(r.result, s) for r, s in zip(replies, steps)]
-            if all(flags):
+            flags = await asyncio.gather(*(one() for one in each))
+            if all(flag is True for flag in flags):
                 return True
-            return False if not any(flags) else None
+            return False if all(flag is False for flag in flags) else None
 
         return verify
 
-    def _accepted(self, spec: _Bulk, steps: list[Step], reply: _Reply) -> dict[int, Outcome]:
-        def ok(step: Step) -> Outcome:
-            detail = _cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
-            if reply.verified:
-                detail += " (Confirmed by reading it back after the answer was lost.)"
-            return Outcome(step.index, Status.SUCCEEDED, detail, reply.status, reply.attempts, step.resolved)
+    def _read_back_device(self, step: Step, applied: Callable[[Any, Step], bool]) -> Callable[
+            [], Awaitable[bool | None]]:
+        def fetch() -> Awaitable[Response]:
+            return self.client.request("GET", f"device/{seg(step.params['id'])}")
 
-        result = reply.result
-        if reply.verified or result is None or result is True:
-            return {s.index: ok(s) for s in steps}
-        if isinstance(result, (Mapping, list)):
-            # updateAccount: "List of devices that were not eligible for
-            # reassignment, and hence rejected. Empty list, if all the devices
-            # have been initiated reassignment."
-            rejected = _rejections(result, steps, strict=spec.segment == "updateAccount") or {}
-            return {s.index: ok(s) if (reason := _rejection_for(rejected, s)) is None
-                    else _not_eligible(spec, s, reason, reply) for s in steps}
-        if result is False or (isinstance(result, (int, float)) and result <= 0):
-            return {s.index: Outcome(s.index, Status.FAILED,
-                                     f"The MDM accepted the request but did not {spec.verb} {s.target} "
-                                     f"(result {result!r}); check that it is enrolled and eligible.",
-                                     reply.status, reply.attempts, s.resolved) for s in steps}
-        if isinstance(result, int) and 1 < result < len(steps):
-            # "result": 1 means success for some calls (scheduleOSUpdate: "1
-            # (one) for success") and a count for others (forceCheckin answers
-            # 2 for two ids). Fewer than sent, and not 1: some were dropped
-            # without saying which.
-            return {s.index: Outcome(s.index, Status.UNKNOWN,
-                                     f"The MDM carried out the request for {result} of the {len(steps)} devices "
-                                     f"in it without saying which; check {s.target} before sending it again.",
-                                     reply.status, reply.attempts, s.resolved) for s in steps}
-        return {s.index: ok(s) for s in steps}
+        def in_place(body: Any) -> bool | None:
+            device = _unwrap(body)[0]
+            return applied(device, step) if isinstance(device, Mapping) else None
 
-    async def _one(self, step: Step) -> Outcome:
-        p = step.params
-        path_id = _seg(p["id"])
+        return read_back(fetch, in_place)
+
+    async def send(self, step: Step) -> Outcome:
+        """set-attribute and delete-device, one device a request."""
+        path_id = seg(step.params["id"])
         if step.action == "set-attribute":
-            name, value = p["name"], p["value"]
-
-            async def is_set() -> bool | None:
-                read = await self._call("GET", f"device/{path_id}/customattributes")
-                return _attrs(read.result).get(name) == [value] if read.ok else None
-
+            name, value = step.params["name"], step.params["value"]
             # PATCH keeps the other attributes (the POST of "Add/Replace" would
             # delete them). forceOverwrite makes a resend harmless.
-            reply = await self._call("PATCH", f"device/{path_id}/customattributes",
-                                     json={"attrs": {name: [value]}, "forceOverwrite": True}, verify=is_set)
-            done = f"Attribute {name} set to {value!r} on {step.target}."
-            what = f"The MDM refused to set {name} on {step.target}"
+            resp = await self.client.request(
+                "PATCH", f"device/{path_id}/customattributes", json={"attrs": {name: [value]}, "forceOverwrite": True},
+                verify=read_back(lambda: self.client.request("GET", f"device/{path_id}/customattributes"),
+                                 lambda body: _attrs(_unwrap(body)[0]).get(name) == [value]))
+            done, what = f"Attribute {name} set to {value!r} on {step.target}.", f"The MDM refused to set {name} on"
         else:
-            async def is_gone() -> bool | None:
-                read = await self._call("GET", f"device/{path_id}")
-                if read.error is not None:
-                    return None
-                if read.status == 404 or (read.ok and not read.result):
-                    return True
-                return False if read.ok else None
+            async def device_or_none() -> Response:
+                read = await self.client.request("GET", f"device/{path_id}")
+                return Response(200, {"result": None}) if read.status == 404 else read
 
             # The URI and example say "DELETE /api/v1/device?deviceIds={id}"
             # (the parameter table's "ids / Request body" is a copy of Retire's).
             # One device per request: the answer ("result": 1) cannot say which
             # of several devices was refused, and this one cannot be undone.
-            reply = await self._call("DELETE", "device", params={"deviceIds": _key(p["id"])}, idempotent=False,
-                                     verify=is_gone)
-            done = f"{_cap(step.target)} deleted."
-            what = f"The MDM refused to delete {step.target}"
-        if not reply.ok:
-            return _failure(step, reply, what)
-        if reply.result in (0, False) and not reply.verified:
+            resp = await self.client.request("DELETE", "device", params={"deviceIds": key(step.params["id"])},
+                                             idempotent=False,
+                                             verify=read_back(device_or_none, lambda body: not _unwrap(body)[0]))
+            done, what = f"{cap(step.target)} deleted.", "The MDM refused to delete"
+        result, errors = _unwrap(resp.body)
+        if not resp.ok or errors:
+            return Outcome(step.index, Status.FAILED, _refusal(resp, errors, f"{what} {step.target}"), resp.status,
+                           resp.attempts, step.resolved)
+        if result in (0, False) and not resp.verified:
             return Outcome(step.index, Status.FAILED, f"The MDM answered but changed nothing on {step.target} "
-                           f"(result {reply.result!r}).", reply.status, reply.attempts, step.resolved)
-        if reply.verified:
+                           f"(result {result!r}).", resp.status, resp.attempts, step.resolved)
+        if resp.verified:
             done += " (Confirmed by reading it back after the answer was lost.)"
-        return Outcome(step.index, Status.SUCCEEDED, done, reply.status, reply.attempts, step.resolved)
+        return Outcome(step.index, Status.SUCCEEDED, done, resp.status, resp.attempts, step.resolved)
 
 
-# -- helpers ------------------------------------------------------------------
+# -- reading the answers --------------------------------------------------------
 
 
-def _key(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _unwrap(body: Any) -> tuple[Any, str]:
+    """The envelope's ``result``, and its ``errors`` as one line ("" when
+    none): "Ivanti answers 200 with errors in the body", so the envelope decides."""
+    if isinstance(body, Mapping) and ("errors" in body or "result" in body):
+        return body.get("result"), _errors_text(body.get("errors"))
+    return body, ""
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+def _splittable(resp: Response, errors: str) -> bool:
+    """A refusal that may be down to one device of the request."""
+    return resp.status in SPLIT_STATUSES or (resp.ok and bool(errors))
 
 
-def _seg(value: Any) -> str:
-    return quote(_key(value), safe="")
+def _refused_whole(outcomes: list[Outcome]) -> bool:
+    return isinstance(outcomes, _Refused)
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _refusal(resp: Response, errors: str, what: str) -> str:
+    """Why a request was refused: the vendor's own words say more than a generic hint for the status."""
+    if not errors:
+        return explain_response(resp)
+    tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
+    return f"{what} (HTTP {resp.status}{tries}): {errors}."
 
 
-def _sentence(text: str) -> str:
-    text = _cap(text.strip()) or "Look-up failed"
-    return text if text.endswith(".") else text + "."
+def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> list[Outcome]:
+    """What a 2xx answer to a command says about each of its devices."""
+    def ok(step: Step) -> Outcome:
+        detail = cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
+        if resp.verified:
+            detail += " (Confirmed by reading it back after the answer was lost.)"
+        return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+
+    def each(status: Status, detail: str) -> list[Outcome]:
+        return [Outcome(s.index, status, detail.format(target=s.target), resp.status, resp.attempts, s.resolved)
+                for s in steps]
+
+    if resp.verified or result is None or result is True:
+        return [ok(s) for s in steps]
+    if isinstance(result, (Mapping, list)):
+        # updateAccount: "List of devices that were not eligible for
+        # reassignment, and hence rejected. Empty list, if all the devices
+        # have been initiated reassignment."
+        rejected = _rejections(result, steps, strict=spec.segment == "updateAccount") or {}
+        return [ok(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp)
+                for s in steps]
+    if result is False or (isinstance(result, (int, float)) and result <= 0):
+        return each(Status.FAILED, f"The MDM accepted the request but did not {spec.verb} {{target}} "
+                                   f"(result {result!r}); check that it is enrolled and eligible.")
+    if isinstance(result, int) and 1 < result < len(steps):
+        # "result": 1 means success for some calls (scheduleOSUpdate: "1
+        # (one) for success") and a count for others (forceCheckin answers
+        # 2 for two ids). Fewer than sent, and not 1: some were dropped
+        # without saying which.
+        return each(Status.UNKNOWN, f"The MDM carried out the request for {result} of the {len(steps)} devices "
+                                    "in it without saying which; check {target} before sending it again.")
+    return [ok(s) for s in steps]
 
 
 def _errors_text(errors: Any) -> str:
@@ -821,34 +880,14 @@ def _errors_text(errors: Any) -> str:
         items = errors
     for item in items:
         if isinstance(item, Mapping):
-            message = _key(get_field(item, "message", "description", "code"))
-            field_name = _key(get_field(item, "field"))
+            message = key(get_field(item, "message", "description", "code"))
+            field_name = key(get_field(item, "field"))
             if message:
                 parts.append(f"{field_name}: {message}" if field_name else message)
         elif item:
             parts.append(str(item))
     return "; ".join(parts)[:300]
 
-
-def _reply_reason(reply: _Reply) -> str:
-    if reply.error is not None:
-        return str(reply.error)
-    if reply.status is not None and not 200 <= reply.status < 300:
-        return explain_status(reply.status, reply.errors or reply.body, reply.attempts)
-    return f"the MDM refused the request ({reply.errors})."
-
-
-def _failure(step: Step, reply: _Reply, what: str) -> Outcome:
-    """A request that did not do what was asked, for one step."""
-    if reply.error is not None:
-        return outcome_from_error(step, reply.error)
-    if reply.errors:
-        # the vendor's own words say more than a generic hint for the status
-        tries = f" after {reply.attempts} attempts" if reply.attempts > 1 else ""
-        detail = f"{what} (HTTP {reply.status}{tries}): {reply.errors}."
-    else:
-        detail = explain_status(reply.status or 0, reply.body, reply.attempts)
-    return Outcome(step.index, Status.FAILED, detail, reply.status, reply.attempts, step.resolved)
 
 
 #: per-device "status" values of an answer that lists every device it was sent
@@ -883,21 +922,21 @@ def _rejections(result: Any, steps: Sequence[Step] = (), *, strict: bool = True)
         devices = result
     elif isinstance(result, Mapping):
         devices = as_list(result, "searchResults")
-        total = _int(get_field(result, "totalCount"))
+        total = as_int(get_field(result, "totalCount"))
     else:
         return {}
     if total is not None and total > len(devices):
         return None
-    listed = {_key(ref).casefold() for device in devices
+    listed = {key(ref).casefold() for device in devices
               for ref in ((get_field(device, "id"), get_field(device, "guid")) if isinstance(device, Mapping)
-                          else (device,)) if _key(ref)}
-    every = bool(steps) and all(_key(s.params.get("id")).casefold() in listed
-                                or _key(s.params.get("guid")).casefold() in listed for s in steps)
+                          else (device,)) if key(ref)}
+    every = bool(steps) and all(key(s.params.get("id")).casefold() in listed
+                                or key(s.params.get("guid")).casefold() in listed for s in steps)
     out: dict[str, str] = {}
     for device in devices:
         if not isinstance(device, Mapping):
-            if isinstance(device, (str, int)) and not isinstance(device, bool) and _key(device):
-                out[_key(device).casefold()] = ""
+            if isinstance(device, (str, int)) and not isinstance(device, bool) and key(device):
+                out[key(device).casefold()] = ""
             continue
         raw = get_field(device, "actionExceptionCodes")
         codes = [str(c) for c in (raw if isinstance(raw, list) else [raw] if raw else []) if c]  # the doc shows [null]
@@ -912,15 +951,15 @@ def _rejections(result: Any, steps: Sequence[Step] = (), *, strict: bool = True)
             continue
         reason = "; ".join(f"{c} ({_CODE_TEXT[c]})" if c in _CODE_TEXT else c for c in codes)
         for ref in (get_field(device, "id"), get_field(device, "guid")):
-            if _key(ref):
-                out[_key(ref).casefold()] = reason
+            if key(ref):
+                out[key(ref).casefold()] = reason
     return out
 
 
 def _rejection_for(rejected: Mapping[str, str], step: Step) -> str | None:
     for ref in (step.params.get("id"), step.params.get("guid")):
-        if _key(ref) and _key(ref).casefold() in rejected:
-            return rejected[_key(ref).casefold()]
+        if key(ref) and key(ref).casefold() in rejected:
+            return rejected[key(ref).casefold()]
     return None
 
 
@@ -941,11 +980,10 @@ def _planned(step: Step) -> Outcome:
     return planned(step, f"would {spec.verb if spec else 'delete'} {step.target}")
 
 
-def _not_eligible(spec: _Bulk, step: Step, reason: str, reply: _Reply) -> Outcome:
+def _not_eligible(spec: _Bulk, step: Step, reason: str, resp: Response) -> Outcome:
     why = reason or "the MDM gave no reason"
-    return Outcome(step.index, Status.FAILED,
-                   f"The MDM says it cannot {spec.verb} {step.target}: not eligible: {why}.",
-                   reply.status, reply.attempts, step.resolved)
+    return Outcome(step.index, Status.FAILED, f"The MDM says it cannot {spec.verb} {step.target}: not eligible: {why}.",
+                   resp.status, resp.attempts, step.resolved)
 
 
 def _attrs(value: Any) -> dict[str, list[str]]:
@@ -958,3 +996,36 @@ def _attrs(value: Any) -> dict[str, list[str]]:
     if not isinstance(attrs, Mapping):
         return {}
     return {str(k): [str(v) for v in vals] if isinstance(vals, list) else [str(vals)] for k, vals in attrs.items()}
+
+
+def _inventory_row(device: Any) -> dict[str, str]:
+    fields = {"serial": "serialNumber", "device_id": "id", "name": "deviceName", "email": "emailAddress",
+              "user": "uid", "platform": "platformType", "registration_state": "registrationState"}
+    row = {column: _text(get_field(device, name)) for column, name in fields.items()}
+    row["model"] = _text(get_field(device, "prettyModel")) or _text(get_field(device, "deviceModel"))
+    return row
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
+
+
+def _no_id(what: str) -> str:
+    return (f"the MDM lists {what} without a device id (its 'id' field is missing or empty), so no command can "
+            "name it; check the device in the Ivanti portal")
+
+
+def _continuation(result: Any, page: Sequence[Any]) -> str:
+    """The ``searchAfterValues`` an answer hands out, comma-joined ("" for none)."""
+    values = get_field(result, "searchAfterValues")
+    if values is None and page and isinstance(page[-1], Mapping):
+        values = get_field(page[-1], "searchAfterValues")
+    if isinstance(values, list) and values:
+        return ",".join(str(v) for v in values)
+    if isinstance(values, (str, int)) and not isinstance(values, bool):
+        return str(values)
+    return ""

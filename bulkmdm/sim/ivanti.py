@@ -172,7 +172,24 @@ class IvantiState:
         self.update_account_counts = False
         #: a search's totalCount is the number of devices on the page
         self.total_is_page = False
+        # -- the live service, as the public clients of this API meet it --
+        #: answer as the real service does where it differs from the doc:
+        #: a search without ``sortFields`` comes most recent check-in first,
+        #: and devices check in while a client pages (so pages by ``start``
+        #: overlap and skip unless the client sorts by a field that does not
+        #: move); ``sortFields[i].name`` / ``.order`` are honoured (400 for a
+        #: field a device does not have); ``searchAfterValues`` are handed
+        #: out only under an order by id; the answer's ``offset`` is always
+        #: 0, as in every example answer of the doc
+        self.real = False
+        #: devices that check in before each device search (real mode)
+        self.checkins_per_search = 3
+        #: the real service refuses sortFields with 400 (a variant, to test
+        #: the fallback to the doc's unsorted search)
+        self.refuses_sort = False
+        self._checkin_rng = random.Random(seed + 1)
         self._generate(devices, random.Random(seed))
+        self._clock = max((d["lastCheckin"] for d in self.devices.values()), default=1_700_000_000_000)
 
     # -- the fleet ------------------------------------------------------------
     def _generate(self, count: int, rng: random.Random) -> None:
@@ -293,6 +310,28 @@ class IvantiState:
         self._unindex_owner(device)
         self.sorted_ids.remove(device_id)
         self.by_guid.pop(device["guid"], None)
+
+    def check_in_some(self) -> None:
+        """A few devices check in (the real service's order moves under a client)."""
+        if not self.sorted_ids:
+            return
+        for _ in range(self.checkins_per_search):
+            self._clock += 1_000
+            self.devices[self._checkin_rng.choice(self.sorted_ids)]["lastCheckin"] = self._clock
+
+    def ordered(self, ids: list[int], sort: list[tuple[str, bool]]) -> tuple[list[int], bool]:
+        """``ids`` in the order of the answer, and whether that is by id,
+        ascending (the order search-after values continue). ``sort`` holds
+        (field, descending) pairs; the doc's server ignores them."""
+        if not self.real:
+            return ids, True
+        sort = sort or [("lastCheckin", True)]
+        if sort[0] == ("id", False):
+            return ids, True
+        out = list(ids)
+        for name, descending in reversed(sort):
+            out.sort(key=lambda i: _sort_value(self.devices[i].get(name)), reverse=descending)
+        return out, False
 
     def matching(self, fq: str) -> list[int] | None:
         """Ids of the devices an ``fq`` filter selects (None: bad filter)."""
@@ -427,6 +466,25 @@ def _resolve(state: IvantiState, refs: Iterable[str]) -> tuple[list[dict[str, An
     return list(found.values()), missing
 
 
+def _sort_value(value: Any) -> tuple[bool, Any]:
+    return (value is None, value if value is not None else 0)
+
+
+def _sort_fields(query: MultiMapping[str], state: IvantiState) -> list[tuple[str, bool]] | web.Response:
+    """``sortFields[i].name`` / ``sortFields[i].order`` as (field, descending) pairs."""
+    out: list[tuple[str, bool]] = []
+    for i in range(10):
+        name = query.get(f"sortFields[{i}].name")
+        if name is None:
+            break
+        order = query.get(f"sortFields[{i}].order", "ASC").upper()
+        if state.refuses_sort or order not in ("ASC", "DESC") or (
+                state.devices and name not in next(iter(state.devices.values()))):
+            return _error(400, f"Cannot sort by {name} {order}", field=f"sortFields[{i}]", code="InvalidSort")
+        out.append((name, order == "DESC"))
+    return out
+
+
 def _search_page(devices: list[dict[str, Any]], total: int, start: int, rows: int) -> dict[str, Any]:
     return {"totalCount": total, "queryTime": 1, "searchResults": devices, "offset": start, "limit": rows,
             "facetedResults": {}, "totalUnfilteredResultCount": 0}
@@ -440,10 +498,13 @@ def make_app(
     password: str = "admin",
     partition: str = "1",
     faults: Faults | None = None,
+    real: bool = False,
 ) -> web.Application:
     """An Ivanti Neurons for MDM tenant with ``devices`` devices in device
-    space ``partition``, answering on ``/api/v1/...``."""
+    space ``partition``, answering on ``/api/v1/...`` as the doc shows, or
+    with ``real`` as the live service does (see :attr:`IvantiState.real`)."""
     state = IvantiState(devices=devices, seed=seed, partition=str(partition))
+    state.real = real
     app = web.Application(middlewares=[_basic_auth_middleware(username, password)])
     with warnings.catch_warnings():
         # plain string keys, like common.instrument's app["faults"]
@@ -475,16 +536,24 @@ def make_app(
         ids = state.matching(q.get("fq", ""))
         if ids is None:
             return _error(400, f"Unsupported filter query {q.get('fq')!r}", field="fq")
+        sort = _sort_fields(q, state) if state.real else []
+        if isinstance(sort, web.Response):
+            return sort
+        if state.real:
+            state.check_in_some()
+        ids, by_id = state.ordered(ids, sort)
         total = len(ids)
         after = q.get("searchAfterValues", "").split(",")[0].strip()
         large = total >= state.search_after_from
-        if after:
+        if after and by_id:
             state.search_after_requests += 1
             try:
                 position = bisect_right(ids, int(after))
             except ValueError:
                 return _error(400, "searchAfterValues must come from an earlier answer", field="searchAfterValues")
             page_ids = ids[position:position + rows]
+        elif after:
+            return _error(400, "searchAfterValues need the search sorted by id", field="searchAfterValues")
         else:
             if large and start + rows > state.search_after_from:
                 return _error(
@@ -496,8 +565,8 @@ def make_app(
                 )
             page_ids = ids[start:start + rows]
         result = _search_page([state.devices[i] for i in page_ids], len(page_ids) if state.total_is_page else total,
-                              start, rows)
-        if large and page_ids:
+                              0 if state.real else start, rows)
+        if large and page_ids and by_id:
             result["searchAfterValues"] = [str(page_ids[-1])]
         return _envelope(result)
 
