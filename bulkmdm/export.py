@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .actions import ACTIONS, normalise_action
 from .connect import Target, open_provider
-from .errors import UsageError
+from .errors import TransportError, UsageError
+from .providers.base import ListFailed
 from .report import write_report
 
 #: the columns every export starts with, in this order (where the vendor has them)
@@ -59,6 +60,13 @@ async def export_devices(
     verb = normalise_action(action) if action else None
     if verb is not None and verb not in ACTIONS:
         raise UsageError(f"--action {action!r} is not an action; `bulkmdm actions` lists them.")
+    try:
+        return await _export(target, path, verb, progress)
+    except ListFailed as exc:
+        raise TransportError(exc.detail()) from None
+
+
+async def _export(target: Target, path: Path, verb: str | None, progress: Callable[[int], None] | None) -> int:
     async with open_provider(target) as provider:
         devices = provider.inventory()
         sample = await _sample(devices)
