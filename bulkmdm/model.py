@@ -69,6 +69,9 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     resolved: str = ""
     batch_key: Hashable = None
+    #: the job row (canonical columns + ``action``) that puts back the state
+    #: read before this change; None for what cannot be undone
+    undo: Mapping[str, str] | None = None
 
     @property
     def index(self) -> int:
