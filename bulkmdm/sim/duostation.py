@@ -1084,6 +1084,19 @@ class Shape:
     auth_status: int = 401
     #: ``?path=`` with a leading or trailing separator (``\\Skolor\\``) matches nothing
     exact_group_paths: bool = False
+    # -- hostile answers (issue 10): what bulkmdm must never read as success --
+    #: (kind, field) pairs answered without a value, e.g. ``("devices", "id")``:
+    #: every device comes with ``"id": null`` (renamed to ``"oldId"`` with
+    #: ``hidden_renamed``); kinds: groups, users, devices, tags, apps,
+    #: devicetags, usertags
+    hidden: tuple[tuple[str, str], ...] = ()
+    hidden_renamed: bool = False
+    #: how a change (POST, PUT, DELETE under /api) is answered: None as the doc
+    #: says; "empty": done, answered 200 with no body; "ignored": a tag link
+    #: not made, answered 200 with no body (other changes as the doc says);
+    #: "html": not done, 200 with a sign-in page; "refused": not done, 200
+    #: with ``{"success": false, "message": ...}``
+    change_answer: str | None = None
 
     @property
     def plain(self) -> bool:
@@ -1093,17 +1106,58 @@ class Shape:
 _ID_KEYS = frozenset({"id", "userId", "tagId", "groupId", "parentId", "appId"})
 
 
-def _shaped(data: Any, shape: Shape) -> Any:
+def _shaped(data: Any, shape: Shape, kind: str = "") -> Any:
     if isinstance(data, list):
-        return [_shaped(x, shape) for x in data]
+        return [_shaped(x, shape, kind) for x in data]
     if isinstance(data, dict):
+        hidden = {name for what, name in shape.hidden if what == kind}
         out: dict[str, Any] = {}
         for key, value in data.items():
             if shape.string_ids and key in _ID_KEYS and isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
+            if key in hidden:
+                if not shape.hidden_renamed:
+                    value = None
+                else:
+                    key = "old" + key[:1].upper() + key[1:]
             out[key[:1].upper() + key[1:] if shape.pascal_case else key] = value
         return out
     return data
+
+
+def _wrapped(data: Any, wrap: str | None) -> Any:
+    """``data`` under ``wrap`` (dots nest: ``"result.rows"``)."""
+    if not wrap or not isinstance(data, list):
+        return data
+    for key in reversed(wrap.split(".")):
+        data = {key: data}
+    return data
+
+
+_SIGN_IN_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
+                 b"<body><form method=post action=/login>Your session has expired.</form></body></html>")
+
+
+def _change_answers(shape: Shape) -> Any:
+    """Answers a change as ``shape.change_answer`` says (see :class:`Shape`)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        mode = shape.change_answer
+        if mode is None or request.method in ("GET", "HEAD") or not request.path.startswith("/api"):
+            return await handler(request)
+        if mode == "html":
+            return web.Response(body=_SIGN_IN_PAGE, content_type="text/html", charset="utf-8")
+        if mode == "refused":
+            return _json({"success": False, "message": "The operation could not be completed."})
+        if mode == "ignored":
+            if request.method == "POST" and request.path in ("/api/devicetags", "/api/usertags"):
+                return web.Response(status=200)
+            return await handler(request)
+        response = await handler(request)
+        return web.Response(status=200) if mode == "empty" and response.status == 200 else response
+
+    return middleware
 
 
 def _request_log(log: deque[dict[str, Any]]) -> Any:
@@ -1133,13 +1187,12 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         rows = json.loads(state.list_json(kind))
         if shape.list_limit is not None and kind in shape.limited:
             rows = rows[:shape.list_limit]
-        return out(rows)
+        return out(rows, kind)
 
-    def out(data: Any) -> web.Response:
+    def out(data: Any, kind: str) -> web.Response:
         if shape.plain:
             return _json(data)
-        data = _shaped(data, shape)
-        return _json({shape.wrap: data} if shape.wrap and isinstance(data, list) else data, bom=shape.bom)
+        return _json(_wrapped(_shaped(data, shape, kind), shape.wrap), bom=shape.bom)
 
     def links(kind: str, rows: list[dict[str, Any]] | None) -> web.Response:
         """A device/user tag list, as ``shape`` says (``None``: the unfiltered list)."""
@@ -1155,7 +1208,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
             link_id = kind[:-4] + "TagId"
             rows = [{link_id: row["id"], **{k: v for k, v in row.items() if k not in ("id", "tagId")},
                      "id": row["tagId"], "name": state.tag(row["tagId"])["name"]} for row in rows]
-        return out(rows)
+        return out(rows, kind)
 
     # -- groups
     @r.get("/api/groups")
@@ -1165,7 +1218,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
             if shape.exact_group_paths and path != path.strip().strip("\\/"):
                 raise _missing(f"No group matches the path {path}")
             try:
-                return out(state.group_by_path(path))
+                return out(state.group_by_path(path), "groups")
             except ApiError as exc:
                 if exc.status == 409:
                     exc.status = shape.ambiguous_group_status
@@ -1174,7 +1227,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/groups/{id}")
     async def group(request: web.Request) -> web.Response:
-        return out(state.group(_id_of(request, "Group")))
+        return out(state.group(_id_of(request, "Group")), "groups")
 
     @r.put("/api/groups/{id}")
     async def put_group(request: web.Request) -> web.Response:
@@ -1203,11 +1256,11 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
             return cached("users")
         return out(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
                                         account=_q(request, "account"), group_id=_qint(request, "groupId"),
-                                        tag_id=_qint(request, "tagId")))
+                                        tag_id=_qint(request, "tagId")), "users")
 
     @r.get("/api/users/{id}")
     async def user(request: web.Request) -> web.Response:
-        return out(state.user(_id_of(request, "User")))
+        return out(state.user(_id_of(request, "User")), "users")
 
     @r.put("/api/users/{id}")
     async def put_user(request: web.Request) -> web.Response:
@@ -1233,11 +1286,11 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
             return cached("devices")
         return out(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
                                           user_id=_qint(request, "userId"), account=_q(request, "accountName"),
-                                          tag_id=_qint(request, "tagId")))
+                                          tag_id=_qint(request, "tagId")), "devices")
 
     @r.get("/api/devices/{id}")
     async def device(request: web.Request) -> web.Response:
-        return out(state.device(request.match_info["id"]))
+        return out(state.device(request.match_info["id"]), "devices")
 
     @r.put("/api/devices/{id}")
     async def put_device(request: web.Request) -> web.Response:
@@ -1268,7 +1321,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/tags/{id}")
     async def tag(request: web.Request) -> web.Response:
-        return out(state.tag(_id_of(request, "Tag")))
+        return out(state.tag(_id_of(request, "Tag")), "tags")
 
     @r.put("/api/tags/{id}")
     async def put_tag(request: web.Request) -> web.Response:
@@ -1330,7 +1383,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         what = _LINK_NAMES[kind]
 
         async def get_link(request: web.Request) -> web.Response:
-            return out(state.link(kind, _id_of(request, what)))
+            return out(state.link(kind, _id_of(request, what)), kind)
 
         async def delete_link(request: web.Request) -> web.Response:
             state.unlink(kind, _id_of(request, what))
@@ -1349,7 +1402,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/apps/{id}")
     async def app(request: web.Request) -> web.Response:
-        return out(state.app(_id_of(request, "App")))
+        return out(state.app(_id_of(request, "App")), "apps")
 
     @r.post("/api/apps")
     async def post_app(request: web.Request) -> web.Response:
@@ -1394,7 +1447,7 @@ def make_app(
     shape = shape or Shape()
     log: deque[dict[str, Any]] = deque(maxlen=10_000)
     app = web.Application(middlewares=[_request_log(log), _error_middleware,
-                                          _auth_middleware(username, password, shape)])
+                                          _auth_middleware(username, password, shape), _change_answers(shape)])
     with warnings.catch_warnings():
         # a plain string key, like common.py's app["faults"], so tests can write app["state"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
