@@ -828,6 +828,9 @@ class DuoStation(Provider):
         user, user_id, _ = self._user_ref(row.get("user") or row.get("email"), lists)
         who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
         resolved = f"device_id={dev_id}; user_id={user_id}"
+        dup = repeats.once(row, ("assign-user", _fkey(dev_id), _key(user_id)), resolved)
+        if dup:
+            return dup
         line = repeats.first(row, ("assign-user", _fkey(dev_id)))
         if line is not None:
             return failed(row, f"Device {serial} is also assigned on line {line}; "
@@ -874,6 +877,11 @@ class DuoStation(Provider):
             raise LookupFailed("the group is blank")
         group_id = _int(_identified(group, "group", f"'{row.get('group')}'", *GROUP_ID))
         resolved = f"user_id={user_id}; group_id={group_id}"
+        # one user twice (an export lists a user once per device): the same
+        # group is the same change, another group a contradiction
+        dup = repeats.once(row, ("move-user", _key(user_id), _key(group_id)), resolved)
+        if dup:
+            return dup
         line = repeats.first(row, ("move-user", _key(user_id)))
         if line is not None:
             return failed(row, f"User {email} is also moved on line {line}; give each user one group per job.",
