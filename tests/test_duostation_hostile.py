@@ -197,3 +197,14 @@ def test_changes_answered_200_with_a_failure_in_the_body(duo: Any, run_cli: Any,
     assert set(statuses(res)) == {"failed"}, res.report
     assert "could not be completed" in res.report[8]["detail"]
     assert not any(done)
+
+
+def test_searches_that_ignore_their_filter(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """Lists cut short send every row to the documented searches; a server
+    that ignores a search's parameter answers everything: only the objects
+    that carry the value searched for are matches (the group by its path)."""
+    shape = duo.app["shape"]
+    shape.list_limit, shape.ignore_filters = 0, True
+    res, done = run_every_action(duo, run_cli, tmp_path)
+    assert set(statuses(res)) == {"succeeded"}, [r["detail"] for r in res.report]
+    assert all(done)

@@ -464,6 +464,8 @@ class DuoStation(Provider):
             # The doc promises one group or an error; a server that answers
             # with a list (or ignores the filter) is narrowed to the path asked.
             inner = _groups_at(inner, path)
+        elif inner and _key(get_field(inner[0], "name")) not in ("", _norm_path(path).rpartition("\\")[2].strip()):
+            inner = []  # one group, but by its name not the one asked for
         if not inner:
             raise LookupFailed(f"group '{path}' was not found")
         if len(inner) > 1:
@@ -1261,6 +1263,10 @@ def _not_the_answer(body: Any, *, new_id: bool) -> str | None:
     blank = body is None or (isinstance(body, str) and not body.strip())
     if isinstance(body, str) and not blank:
         return _describe_answer(body)
+    if isinstance(body, list):
+        # no change of the doc answers with an array; a read does (a change
+        # redirected to a list, or a server that ignored the method)
+        return "an array, as a read answers"
     if new_id and _new_link_id(body) is None:
         return "no body (the doc answers with the new link's id)" if blank else "no id of the new link"
     return None

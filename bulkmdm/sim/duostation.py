@@ -64,7 +64,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -164,7 +164,7 @@ def _missing(message: str) -> ApiError:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def as_int(value: Any, name: str, *, quoted: bool = False) -> int:
@@ -823,7 +823,8 @@ def _genitive(first: str) -> str:
     return first if first.endswith(("s", "x", "z")) else first + "s"
 
 
-def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1) -> DuoState:
+def seed_state(  # noqa: C901 (one pass over the district, in the order the ids must come)
+        state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1) -> DuoState:
     """Fill an empty ``state`` with the district and the :data:`FACTS`."""
     group_ids: dict[str, int] = {}
     for path in fleet.school_groups(seed):
@@ -878,7 +879,8 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
         ("ASSIGNEDPAD1", "Lars iPad", ipad, lars, 0),
         (FACTS["leading_zero_serial"], "EKB-IPAD-0001", ipad, None, group_ids["Skolor\\Ekbackens skola"]),
     ]
-    for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(edge_devices, _EDGE_GUIDS):
+    for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(
+            edge_devices, _EDGE_GUIDS, strict=True):
         state.add_device({"id": device_id, "serialNumber": serial, "name": name, "model": model,
                           "platform": platform, "osVersion": os_version, "userId": owner, "groupId": group_id,
                           "lastSeen": "2025-01-14T13:37:00Z"})
@@ -1097,6 +1099,9 @@ class Shape:
     #: "html": not done, 200 with a sign-in page; "refused": not done, 200
     #: with ``{"success": false, "message": ...}``
     change_answer: str | None = None
+    #: searches (``?serialNumber=``, ``?email=``, ``?path=``, ``?deviceId=`` ...)
+    #: ignore their parameters and answer the whole, uncut list
+    ignore_filters: bool = False
 
     @property
     def plain(self) -> bool:
@@ -1178,7 +1183,7 @@ def _request_log(log: deque[dict[str, Any]]) -> Any:
     return middleware
 
 
-def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
+def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (one closure per endpoint of the doc)
     r = web.RouteTableDef()
 
     def cached(kind: str) -> web.Response:
@@ -1188,6 +1193,10 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         if shape.list_limit is not None and kind in shape.limited:
             rows = rows[:shape.list_limit]
         return out(rows, kind)
+
+    def whole(kind: str) -> web.Response:
+        """Every object of ``kind``, as a search that ignored its filter answers."""
+        return out(json.loads(state.list_json(kind)), kind)
 
     def out(data: Any, kind: str) -> web.Response:
         if shape.plain:
@@ -1214,6 +1223,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     @r.get("/api/groups")
     async def groups(request: web.Request) -> web.Response:
         path = _q(request, "path")
+        if path is not None and shape.ignore_filters:
+            return whole("groups")
         if path is not None:
             if shape.exact_group_paths and path != path.strip().strip("\\/"):
                 raise _missing(f"No group matches the path {path}")
@@ -1254,6 +1265,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"email", "phoneNumber", "account", "groupId", "tagId"}:
             return cached("users")
+        if shape.ignore_filters:
+            return whole("users")
         return out(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
                                         account=_q(request, "account"), group_id=_qint(request, "groupId"),
                                         tag_id=_qint(request, "tagId")), "users")
@@ -1284,6 +1297,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"serialNumber", "groupId", "userId", "accountName", "tagId"}:
             return cached("devices")
+        if shape.ignore_filters:
+            return whole("devices")
         return out(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
                                           user_id=_qint(request, "userId"), account=_q(request, "accountName"),
                                           tag_id=_qint(request, "tagId")), "devices")
@@ -1344,6 +1359,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     async def devicetags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"deviceId", "serialNumber"}:
             return links("devicetags", None)
+        if shape.ignore_filters:
+            return links("devicetags", json.loads(state.list_json("devicetags")))
         return links("devicetags", state.search_device_tags(device_id=_q(request, "deviceId"),
                                                             serial=_q(request, "serialNumber")))
 
@@ -1359,6 +1376,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     async def usertags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"userId", "email"}:
             return links("usertags", None)
+        if shape.ignore_filters:
+            return links("usertags", json.loads(state.list_json("usertags")))
         return links("usertags", state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
 
     @r.post("/api/usertags")
