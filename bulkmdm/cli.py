@@ -345,6 +345,39 @@ def actions() -> None:
         click.echo(f"{spec.name:<18} {cols:<34} {who}{flag}")
 
 
+# -- the fleet -----------------------------------------------------------------
+
+
+@main.command()
+@click.option("--provider", "-p", required=True, metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan.")
+@click.option("--url", "-u", required=True, metavar="URL", help="The MDM's base address (https://...).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
+              help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.")
+@click.option("--action", "-a", metavar="ACTION", help="Add an action column with this action: the file is a job.")
+@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take.")
+def export(provider: str, url: str, out: Path | None, action: str | None, partition: str | None, rate: str | None,
+           timeout: float) -> None:
+    """Write every device of the MDM to a sheet, one row each (serial, device_id, name, model, user ...).
+
+    Add an action column (or pass --action) and the file is a job for `bulkmdm run`.
+    Credentials come from the environment, as for `bulkmdm run`.
+    """
+    import asyncio
+
+    from .connect import Target
+    from .export import default_path, export_devices
+
+    target = Target(provider=provider.casefold(), url=url, env=dict(os.environ), partition=partition, rate=rate,
+                    timeout=timeout)
+    path = out or default_path(target.provider)
+    click.echo(f"Reading the devices of {url} ...", err=True)
+    count = asyncio.run(export_devices(target, path, action=action,
+                                       progress=lambda n: click.echo(f"{n} devices ...", err=True)))
+    click.echo(f"{count} devices written to {path}.")
+
+
 # -- simulators and demo ----------------------------------------------------
 
 

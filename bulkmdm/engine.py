@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from . import providers
 from .actions import ACTIONS, missing_columns, normalise_action
 from .columns import OUTCOME_COLUMNS
-from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, UsageError
+from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, RunStopped, UsageError
 from .journal import DONE, IN_FLIGHT, PENDING, Journal, RunInfo
 from .limits import RateController, parse_rate
 from .model import BAD_STATUSES, DONE_STATUSES, JobRow, Outcome, Status, Step
@@ -142,7 +142,7 @@ class _Run:
         self.stop: asyncio.Event | None = None  # created inside the loop
         self.interrupts = 0
         self.workers: list[asyncio.Task[None]] = []
-        self.auth_error: AuthError | None = None
+        self.auth_error: RunStopped | None = None
         #: set once a batch has been sent (an answer or an error came back)
         self.sent_any = False
         self.concurrency = 8
@@ -341,7 +341,7 @@ class _Run:
             async with client:
                 try:
                     await self._plan_and_execute(journal, run_id, provider, rows, in_flight_before, result)
-                except AuthError as exc:
+                except RunStopped as exc:
                     self.auth_error = exc
                 finally:
                     await provider.aclose()
@@ -424,11 +424,12 @@ class _Run:
                 try:
                     outcomes = await send(batch)
                     self.sent_any = True
-                except AuthError as exc:
+                except RunStopped as exc:
                     self.auth_error = exc
                     stop.set()
-                    outcomes = [Outcome(s.index, Status.FAILED, f"{_cap(str(exc))}; check the credentials.",
-                                        401, exc.attempts, s.resolved) for s in batch]
+                    hint = "check the credentials" if isinstance(exc, AuthError) else "run the same command later"
+                    outcomes = [Outcome(s.index, Status.FAILED, f"{_cap(str(exc))}; {hint}.",
+                                        exc.status, exc.attempts, s.resolved) for s in batch]
                 if [x.index for x in outcomes] != indices:
                     raise RuntimeError("provider returned outcomes that do not match its batch")
                 journal.record(run_id, outcomes)
@@ -458,6 +459,13 @@ class _Run:
             for task in self.workers:
                 task.cancel()
 
+    def _not_sent(self) -> str:
+        if self.auth_error is None:
+            return NOT_RUN
+        if isinstance(self.auth_error, AuthError):
+            return NOT_SENT_AUTH
+        return f"Not sent: {self.auth_error}. Run the same command again later to continue."
+
     def _write_report(self, journal: Journal, run_id: int, path: Path, result: RunResult) -> None:
         from .report import write_report
 
@@ -478,7 +486,7 @@ class _Run:
                 else:
                     incomplete = True
                     status = ""
-                    values = ["", NOT_SENT_AUTH if self.auth_error is not None else NOT_RUN, "", "", ""]
+                    values = ["", self._not_sent(), "", "", ""]
                 counts[status or "not run"] += 1
                 yield [*rec.cells, *values]
 

@@ -4,6 +4,10 @@ Every error bulkmdm raises on purpose derives from :class:`BulkMDMError`; the
 CLI catches only that root and prints its message (one sentence with the
 remedy). aiohttp exceptions are translated once, in ``transport.py``.
 
+The tree says what each error stops: a :class:`RunStopped` ends the whole run
+(rows not yet sent stay ``not-run``); a :class:`TransportError` is the answer
+of one request and fails one row (providers turn it into an ``Outcome``).
+
     BulkMDMError                    anything we expect and can explain
     ├── UsageError                  bad flags, bad --rate, unknown provider      (exit 2)
     ├── JobFileError                unreadable / empty / wrong-format job file   (exit 2)
@@ -11,20 +15,20 @@ remedy). aiohttp exceptions are translated once, in ``transport.py``.
     ├── ConfirmationRefused         destructive job not confirmed                (exit 2)
     ├── JournalError                state database unusable                      (exit 2)
     ├── ReportError                 rows ran but the report could not be written (exit 1)
-    └── TransportError              a request did not produce a usable answer
-        ├── AuthError               the MDM refused the credentials (401/403)   (exit 2)
+    ├── RunStopped                  the run cannot go on; unsent rows are not-run
+    │   ├── AuthError               the MDM refused the credentials              (exit 2 if nothing ran)
+    │   ├── SetupFailed             nothing answers, or not as the MDM: wrong URL, TLS, device space (exit 2)
+    │   └── QuotaExhausted          the MDM's API quota is spent for now         (exit 1)
+    └── TransportError              one request produced no usable answer: the row fails
         ├── ConnectError            could not connect / connection dropped
         ├── RequestTimeout          no answer within --timeout
         ├── AmbiguousError          the request may have been applied; not resent
-        └── HTTPStatusError         a final non-2xx answer (carries status, body)
-
-A failed *row* is never an exception past the provider: providers turn
-TransportError into an ``Outcome`` (see ``providers/base.py``).
+        ├── BadAnswer               an answer that is not the vendor's (HTML for JSON, too big, too deep)
+        ├── RedirectRefused         a redirect that was not followed (another origin, or a change)
+        └── NotSent                 the run was stopping; the request never went out
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class BulkMDMError(Exception):
@@ -59,8 +63,8 @@ class ReportError(BulkMDMError):
     exit_code = 1
 
 
-class TransportError(BulkMDMError):
-    """A request did not produce a usable answer."""
+class RunStopped(BulkMDMError):
+    """The run cannot go on: no further request is sent."""
 
     def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
         super().__init__(message)
@@ -68,8 +72,27 @@ class TransportError(BulkMDMError):
         self.status = status
 
 
-class AuthError(TransportError):
+class AuthError(RunStopped):
     """The MDM refused the credentials."""
+
+
+class SetupFailed(RunStopped):
+    """The first look-up shows the set-up is wrong: nothing answers, or not as the MDM does."""
+
+
+class QuotaExhausted(RunStopped):
+    """The MDM's API quota (e.g. calls per day) is spent."""
+
+    exit_code = 1
+
+
+class TransportError(BulkMDMError):
+    """A request did not produce a usable answer."""
+
+    def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
 
 
 class ConnectError(TransportError):
@@ -84,9 +107,13 @@ class AmbiguousError(TransportError):
     """The request may have reached the MDM; its effect is not known."""
 
 
-class HTTPStatusError(TransportError):
-    """The MDM gave a final non-2xx answer."""
+class BadAnswer(TransportError):
+    """The answer is not one the vendor sends (HTML for JSON, too big, too deep)."""
 
-    def __init__(self, message: str, *, status: int, body: Any = None, attempts: int = 0) -> None:
-        super().__init__(message, attempts=attempts, status=status)
-        self.body = body
+
+class RedirectRefused(TransportError):
+    """The MDM redirected us somewhere bulkmdm does not follow."""
+
+
+class NotSent(TransportError):
+    """The run was stopping, so the request was never sent."""

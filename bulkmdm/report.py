@@ -49,6 +49,7 @@ def write_report(
     rows: Iterable[Sequence[object]],
     *,
     delimiter: str = ",",
+    sheet: str = "Outcome",
 ) -> None:
     """Write ``headers`` and ``rows`` to ``path`` (``.csv`` or ``.xlsx``), atomically.
 
@@ -67,7 +68,7 @@ def write_report(
         if suffix == ".csv":
             _write_csv(temporary, headers, rows, delimiter)
         else:
-            _write_xlsx(temporary, path, headers, rows)
+            _write_xlsx(temporary, path, headers, rows, sheet)
         _fsync(temporary)
         os.replace(temporary, path)
     except BaseException as exc:
@@ -123,12 +124,14 @@ def _write_csv(temporary: Path, headers: Sequence[str], rows: Iterable[Sequence[
         writer.writerows([neutralise(_text(cell)) for cell in row] for row in rows)
 
 
-def _write_xlsx(temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+def _write_xlsx(
+    temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], sheet_name: str
+) -> None:
     import xlsxwriter
 
     workbook = xlsxwriter.Workbook(str(temporary), _XLSX_OPTIONS)
     try:
-        sheet = workbook.add_worksheet("Outcome")
+        sheet = workbook.add_worksheet(sheet_name)
         sheet.freeze_panes(1, 0)
         write = sheet.write_string
         for column, header in enumerate(headers):

@@ -1,18 +1,22 @@
 """What is retried, and how long to wait: the retry policy, declared once.
 
-Written here rather than taken from stamina/tenacity because each attempt
-must (1) take a fresh token from the shared rate controller, (2) honour a
-server's Retry-After, and (3) ask, before resending a request that may
-already have been applied, whether it took effect. Those three hooks sit in
-the middle of the attempt loop in ``transport.py``; what stays here is the
-small, pure part: which answers are worth another try and how long to sleep.
+Each provider declares a :class:`RetryPolicy` (``Provider.retry_policy``);
+the one client in ``transport.py`` carries it out for every request, token
+fetches included. Written here rather than taken from stamina/tenacity
+because each attempt must (1) take a fresh slot from the shared rate
+controller, (2) honour a server's Retry-After, within a cap, and (3) ask,
+before resending a request that may already have been applied, whether it
+took effect. Those hooks sit in the middle of the attempt loop in
+``transport.py``; what stays here is the small, pure part: which answers are
+worth another try and how long to sleep.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, UTC
 from email.utils import parsedate_to_datetime
 
 #: Answers that mean "not done, try again later". 408 and 429 say the server
@@ -22,6 +26,7 @@ from email.utils import parsedate_to_datetime
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def check_positive(name: str, value: float) -> None:
@@ -31,40 +36,59 @@ def check_positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped; Retry-After wins."""
+    """Exponential backoff with full jitter, capped; Retry-After wins, within ``max_wait``."""
 
     attempts: int = 6
     base: float = 0.5
     cap: float = 30.0
-    #: the longest Retry-After we agree to wait; longer fails the attempt
-    max_retry_after: float = 300.0
+    #: the longest wait bulkmdm agrees to (a Retry-After, a throttle wait);
+    #: an answer asking for longer ends the attempts with that answer
+    max_wait: float = 300.0
+    #: answers retried for every method
+    statuses: frozenset[int] = RETRY_STATUSES
+    #: answers retried for reads only (e.g. a vendor's "500: try again in a moment")
+    read_statuses: frozenset[int] = field(default_factory=frozenset)
+    #: how long a 429 without Retry-After pauses everyone (None: a short backoff).
+    #: A vendor whose limit is counted per window declares the window here; a
+    #: 429 that comes again after a whole window was waited out means the
+    #: quota is spent (``QuotaExhausted``).
+    throttle_wait: float | None = None
 
     def __post_init__(self) -> None:
         check_positive("attempts", self.attempts)
         check_positive("base", self.base)
         check_positive("cap", self.cap)
+        check_positive("max_wait", self.max_wait)
 
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+    def retries(self, method: str, status: int) -> bool:
+        """Whether an answer with this status is worth another attempt."""
+        return status in self.statuses or (method in READ_METHODS and status in self.read_statuses)
+
+    def backoff(self, attempt: int) -> float:
         """Seconds to wait after the given (1-based) failed attempt."""
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or unreadable.
+
+    Absurd values are passed through as large numbers (``inf`` for
+    ``Retry-After: inf``): the caller compares them with its cap.
+    """
     if not value:
         return None
-    value = value.strip()
+    value = value.strip()[:100]
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
     return max(0.0, (when - now).total_seconds())

@@ -1,9 +1,26 @@
-"""The HTTP boundary: one aiohttp session per run, the retry loop, the rate
-controller, and the translation of aiohttp exceptions into ``errors.py``.
+"""The HTTP boundary: the one client that owns every request, retry and wait.
 
-Providers call :meth:`Client.request` and get a :class:`Response` for any
-HTTP answer (2xx or a final error status), or a ``TransportError`` when no
-usable answer came. Nothing here knows about rows or files.
+One aiohttp session per run. :meth:`Client.request` carries out the
+provider's declared :class:`~bulkmdm.retry.RetryPolicy` for every request
+(token fetches included), takes a slot from the shared rate controller for
+every attempt, counts it, cuts waits short when the run stops, and
+translates aiohttp's exceptions into ``errors.py`` here, once.
+
+What it refuses to take for an answer, so that no row is ``succeeded`` on
+the word of something that is not the MDM:
+
+* a redirect to another origin, or any redirect of a change or of a
+  credential request (:class:`RedirectRefused`); reads follow a redirect
+  within the same origin;
+* a 2xx answer that is not JSON where the vendor answers JSON (an SSO login
+  page, a proxy's "session expired"), a body over ``max_body`` bytes after
+  decompression, or JSON nested too deep (:class:`BadAnswer`);
+* a Retry-After (or throttle wait) longer than the policy's ``max_wait``:
+  the attempts end with that answer instead of a wait of years.
+
+Providers get a :class:`Response` for any HTTP answer (2xx or a final error
+status), or a ``TransportError`` when no usable answer came. Nothing here
+knows about rows or files.
 """
 
 from __future__ import annotations
@@ -14,21 +31,44 @@ import json as jsonlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from .errors import AmbiguousError, AuthError, ConnectError, RequestTimeout
+from .errors import (
+    AmbiguousError,
+    AuthError,
+    BadAnswer,
+    ConnectError,
+    NotSent,
+    QuotaExhausted,
+    RedirectRefused,
+    RequestTimeout,
+    TransportError,
+)
 from .limits import RateController, sleep_unless
-from .retry import IDEMPOTENT_METHODS, RETRY_STATUSES, RetryPolicy, parse_retry_after
+from .retry import IDEMPOTENT_METHODS, READ_METHODS, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("bulkmdm.http")
 
 #: Verify callback: True = the change is in place, False = it is not (safe to
 #: send), None = cannot tell.
 Verify = Callable[[], Awaitable["bool | None"]]
+
+#: Called (if set) right before any request that is not a read goes out: the
+#: engine sets it per batch, to mark the batch's rows in flight only once a
+#: change is really being sent.
+about_to_change: ContextVar[Callable[[], None] | None] = ContextVar("bulkmdm_about_to_change", default=None)
+
+#: The largest answer read, after decompression. A fleet list of 100,000
+#: devices is some tens of MB; past this an answer is refused, not read.
+MAX_BODY = 128 * 1024 * 1024
+#: Same-origin redirects a read follows before giving up.
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +80,8 @@ class Response:
     #: True when the answer was not received but a read-back showed the change
     #: in place (see ``verify`` in :meth:`Client.request`).
     verified: bool = False
+    #: why the attempts ended before the policy's last one (e.g. a Retry-After over the cap)
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -47,13 +89,25 @@ class Response:
 
 
 class Auth:
-    """Adds credentials to a request. Subclasses may refresh on a 401."""
+    """Adds credentials to a request. Subclasses may fetch or renew them.
+
+    ``ready`` and ``renew`` get the client, so that a token request is one
+    more request of the run: rate-limited, counted, retried by the policy,
+    never redirected (``request(..., credential=True)``).
+    """
 
     def headers(self) -> Mapping[str, str]:
         return {}
 
-    async def refresh(self, session: aiohttp.ClientSession) -> bool:
-        """Called on a 401; return True if new credentials are worth a retry."""
+    def refused(self, status: int, body: Any) -> bool:
+        """Whether this answer means the credentials were refused."""
+        return status == 401
+
+    async def ready(self, client: Client) -> None:
+        """Called before every request: have credentials that will work."""
+
+    async def renew(self, client: Client) -> bool:
+        """Called once when the credentials were refused; True if new ones are worth a retry."""
         return False
 
     def __repr__(self) -> str:  # never print credentials
@@ -79,9 +133,34 @@ class HeaderAuth(Auth):
         return {"Authorization": self._value}
 
 
-def _describe(method: str, url: str) -> str:
-    parts = urlsplit(url)
-    return f"{method} {parts.path}"
+@dataclass(slots=True)
+class _Failure:
+    """An attempt that got no usable answer."""
+
+    error: TransportError
+    #: the request may have reached the server
+    ambiguous: bool
+    #: trying again cannot help (the same server fails the same way)
+    final: bool = False
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    url: str
+    params: dict[str, str] | None
+    json: Any
+    data: Mapping[str, Any] | str | None
+    credential: bool
+    expect_json: bool
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} {urlsplit(self.url).path or '/'}"
+
+    @property
+    def is_read(self) -> bool:
+        return self.method in READ_METHODS
 
 
 class Client:
@@ -98,6 +177,8 @@ class Client:
         connections: int = 32,
         stopping: Callable[[], bool] | None = None,
         headers: Mapping[str, str] | None = None,
+        max_body: int = MAX_BODY,
+        answers_json: bool = True,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -106,11 +187,16 @@ class Client:
         self.limiter = limiter or RateController(rate=None, adaptive=False)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
+        self.max_body = max_body
+        #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
+        self.answers_json = answers_json
         self.requests_sent = 0
         self.mutating_sent = 0
+        #: any HTTP answer came from the MDM in this run / a 2xx one did
+        self.answered = False
+        self.answered_ok = False
         self._connections = connections
-        #: True once the run is stopping (Ctrl-C): an attempt in flight may
-        #: finish, but no new one is started for a retry.
+        #: True once the run is stopping (Ctrl-C): no new request is started.
         self._stopping = stopping or (lambda: False)
         self._session: aiohttp.ClientSession | None = None
         #: sent with every request (a vendor's required headers), before the credentials'
@@ -121,6 +207,10 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -161,8 +251,10 @@ class Client:
         data: Mapping[str, Any] | str | None = None,
         idempotent: bool | None = None,
         verify: Verify | None = None,
+        credential: bool = False,
+        expect_json: bool | None = None,
     ) -> Response:
-        """Send one logical request, retrying what is worth retrying.
+        """Send one logical request, retrying what the policy says is worth retrying.
 
         ``idempotent`` defaults from the method (GET/PUT/DELETE yes, POST/PATCH
         no). A request that may have reached the server without an answer
@@ -170,109 +262,220 @@ class Client:
         ``verify()`` says the change is not in place; when ``verify`` says it
         is, the result is a ``Response(verified=True)``; when it cannot tell,
         :class:`AmbiguousError` is raised and nothing is resent.
+
+        ``credential=True`` marks a token request: sent without the run's
+        credentials, never redirected, its URL and body never logged.
+        Raises :class:`AuthError` when the credentials are refused (and cannot
+        be renewed) and :class:`NotSent` when the run stopped before it went out.
         """
         method = method.upper()
+        req = _Request(
+            method, self.url(path), _clean_params(params), json, data, credential,
+            self.answers_json if expect_json is None else expect_json,
+        )
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        url = self.url(path)
-        what = _describe(method, url)
-        policy = self.retry
         attempt = 0
-        refreshed = False
-        #: what the last attempt got, handed back if the run stops before the next
-        last: Response | Exception | None = None
+        renewed = waited_window = False
+        last: Response | TransportError | None = None
         while True:
             attempt += 1
-            if last is None:
-                await self.limiter.acquire()
-            elif self._stopping() or not await self.limiter.acquire(self._stopping):
-                # (a retry may wait out a long Retry-After pause here)
-                return _give_up(last)
-            self.requests_sent += 1
-            if method not in ("GET", "HEAD"):
-                self.mutating_sent += 1
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            sent = False
-            try:
-                headers = {**self._headers, **self.auth.headers()}
-                async with self.session.request(
-                    method, url, params=_clean_params(params), json=json, data=data, headers=headers
-                ) as resp:
-                    sent = True
-                    raw = await resp.read()
-                    status = resp.status
-                    resp_headers = {k: v for k, v in resp.headers.items() if k.lower() != "set-cookie"}
-            except aiohttp.ClientConnectorError as exc:
-                # Never reached the server: always safe to try again.
-                error: Exception = ConnectError(
-                    f"could not connect to {urlsplit(url).netloc} ({_reason(exc)})", attempts=attempt
-                )
-                log.info("%s -> connect error after %.3fs", what, loop.time() - started)
-                ambiguous = False
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-                error = RequestTimeout(f"{what} got no answer within {self.timeout:g} s", attempts=attempt)
-                log.info("%s -> timeout", what)
-                ambiguous = True
-            except (aiohttp.ClientError, OSError) as exc:
-                error = ConnectError(f"{what} failed: the connection dropped ({_reason(exc)})", attempts=attempt)
-                log.info("%s -> %s", what, type(exc).__name__)
-                ambiguous = not isinstance(exc, aiohttp.ClientConnectorError) or sent
-            else:
-                body = _decode(raw, resp_headers.get("Content-Type", ""))
-                log.info("%s -> %s in %.3fs", what, status, loop.time() - started)
-                if status == 401 and not refreshed:
-                    refreshed = True
-                    if await self.auth.refresh(self.session):
-                        attempt -= 1
-                        continue
-                if status == 401:
+            if not await self._slot(req, first=last is None):
+                return _give_up(last, req)
+            result = await self._attempt(req, attempt)
+            if isinstance(result, _Failure):
+                settled = await self._after_failure(req, result, attempt, idempotent, verify)
+                if settled is not None:
+                    return settled
+                last = result.error
+                await self._pause(self.retry.backoff(attempt))
+                continue
+            if self.auth.refused(result.status, result.body) and not req.credential:
+                if renewed or not await self.auth.renew(self):
                     raise AuthError(
-                        f"the MDM refused the credentials (HTTP 401 on {what})", attempts=attempt, status=401
+                        f"the MDM refused the credentials (HTTP {result.status} on {req.what})",
+                        attempts=attempt, status=result.status,
                     )
-                if status in RETRY_STATUSES and attempt < policy.attempts and not self._stopping():
-                    last = Response(status, body, resp_headers, attempt)
-                    retry_after = parse_retry_after(resp_headers.get("Retry-After"))
-                    if status == 429:
-                        self.limiter.throttled(retry_after)
-                        # a 429 is the limiter's business; the pause above already
-                        # holds every worker, so wait only a little more here
-                        await self._pause(policy.backoff(attempt) / 4 if retry_after is None else 0)
-                    else:
-                        await self._pause(policy.backoff(attempt, retry_after))
-                    continue
-                if 200 <= status < 300:
+                renewed = True
+                attempt -= 1
+                continue
+            wait, note = self._retry_wait(req, result, attempt, waited_window)
+            if wait is None:
+                if result.ok:
                     self.limiter.succeeded()
-                return Response(status, body, resp_headers, attempt)
+                return replace(result, note=note) if note else result
+            last = result
+            waited_window = wait >= (self.retry.throttle_wait or float("inf"))
+            await self._pause(wait)
 
-            # No usable answer.
-            if ambiguous and not idempotent:
-                if verify is None:
-                    raise AmbiguousError(
-                        f"{error} and may have reached the MDM; not resent, to avoid doing it twice",
-                        attempts=attempt,
-                    )
-                state = await verify()
-                if state is True:
-                    return Response(200, None, {}, attempt, verified=True)
-                if state is None:
-                    raise AmbiguousError(
-                        f"{error}; could not tell whether it took effect, so it was not resent",
-                        attempts=attempt,
-                    )
-            if attempt >= policy.attempts or self._stopping():
-                raise error
-            last = error
-            await self._pause(policy.backoff(attempt))
+    # -- the parts of one attempt ---------------------------------------------
+    async def _slot(self, req: _Request, *, first: bool) -> bool:
+        """Credentials ready and a rate slot taken; False when the run is stopping."""
+        if self._stopping():
+            return False
+        if not req.credential:
+            await self.auth.ready(self)
+        return await self.limiter.acquire(self._stopping) and not self._stopping()
+
+    async def _attempt(self, req: _Request, attempt: int) -> Response | _Failure:
+        """Send once (following same-origin redirects of a read); an answer or why there is none."""
+        url = req.url
+        for _hop in range(MAX_REDIRECTS + 1):
+            outcome = await self._send(req, url, attempt)
+            if isinstance(outcome, _Failure):
+                return outcome
+            status, raw, headers = outcome
+            if status not in REDIRECTS:
+                return self._answer(req, status, raw, headers, attempt)
+            url = self._redirect_target(req, url, headers.get("Location", ""), status, attempt)
+        return _Failure(RedirectRefused(f"{req.what} was redirected more than {MAX_REDIRECTS} times; check --url",
+                                        attempts=attempt), ambiguous=False)
+
+    async def _send(self, req: _Request, url: str, attempt: int) -> tuple[int, bytes, dict[str, str]] | _Failure:
+        self.requests_sent += 1
+        if not req.is_read:
+            self.mutating_sent += 1
+            hook = about_to_change.get()
+            if hook is not None and not req.credential:
+                hook()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = False
+        try:
+            # a token request is the token endpoint's, not the MDM's: no MDM headers, no credentials
+            headers = {} if req.credential else {**self._headers, **self.auth.headers()}
+            async with self.session.request(
+                req.method, url, params=req.params, json=req.json, data=req.data, headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                sent = True
+                status = resp.status
+                resp_headers = {k: v for k, v in resp.headers.items() if k.lower() != "set-cookie"}
+                raw = await self._read_body(req, resp, attempt)
+        except BadAnswer as exc:
+            return _Failure(exc, ambiguous=not req.is_read)
+        except aiohttp.ClientSSLError as exc:
+            # Never reached the server either, and the same handshake fails the same way again.
+            log.info("%s -> TLS error", req.what)
+            return _Failure(ConnectError(_tls_failed(url, exc), attempts=attempt), ambiguous=False, final=True)
+        except aiohttp.ClientConnectorError as exc:
+            # Never reached the server: always safe to try again.
+            log.info("%s -> connect error after %.3fs", req.what, loop.time() - started)
+            where = urlsplit(url).netloc
+            return _Failure(ConnectError(f"could not connect to {where} ({_reason(exc)})", attempts=attempt), False)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            log.info("%s -> timeout", req.what)
+            timeout = RequestTimeout(f"{req.what} got no answer within {self.timeout:g} s", attempts=attempt)
+            return _Failure(timeout, ambiguous=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            # (also aiohttp's parser refusing an absurd header or status line)
+            log.info("%s -> %s", req.what, type(exc).__name__)
+            error = ConnectError(f"{req.what} failed: the connection dropped ({_reason(exc)})", attempts=attempt)
+            return _Failure(error, ambiguous=sent or not isinstance(exc, aiohttp.ClientConnectorError))
+        log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
+        if not req.credential:
+            self.answered = True
+            self.answered_ok = self.answered_ok or 200 <= status < 300
+        return status, raw, resp_headers
+
+    async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
+        """The whole body, refused past ``max_body`` bytes (after decompression)."""
+        limit = self.max_body
+        if resp.content_length is not None and resp.content_length > limit:
+            raise BadAnswer(_too_big(req, limit), attempts=attempt)
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise BadAnswer(_too_big(req, limit), attempts=attempt)
+        return bytes(body)
+
+    def _redirect_target(self, req: _Request, url: str, location: str, status: int, attempt: int) -> str:
+        """Where a redirect may be followed to; raises RedirectRefused otherwise."""
+        target = urljoin(url, location.strip()) if location.strip() else ""
+        shown = _shown(target) if target else "nowhere"
+        if req.credential or not req.is_read:
+            why = "a credential request is never redirected" if req.credential else "a change is never redirected"
+        elif not target or _origin(target) != _origin(url):
+            why = "it leads away from the MDM's address"
+        else:
+            return target
+        raise RedirectRefused(
+            f"the MDM answered {req.what} with HTTP {status}, a redirect to {shown}, which was not followed "
+            f"({why}); check --url (the MDM's own address, https:// if it uses TLS)",
+            attempts=attempt, status=status,
+        )
+
+    def _answer(self, req: _Request, status: int, raw: bytes, headers: dict[str, str], attempt: int) -> Response:
+        content_type = headers.get("Content-Type", "")
+        try:
+            body, is_json = _decode(raw, content_type)
+        except RecursionError:
+            raise BadAnswer(f"the MDM's answer to {req.what} is JSON nested too deep to read", attempts=attempt,
+                            status=status) from None
+        if req.expect_json and 200 <= status < 300 and not is_json:
+            raise BadAnswer(_not_json(req, status, content_type, body), attempts=attempt, status=status)
+        return Response(status, body, headers, attempt)
+
+    def _retry_wait(
+        self, req: _Request, resp: Response, attempt: int, waited_window: bool
+    ) -> tuple[float | None, str]:
+        """Seconds to wait before the next attempt, or None: this answer is final (and why, if early)."""
+        policy = self.retry
+        if not policy.retries(req.method, resp.status) or attempt >= policy.attempts or self._stopping():
+            return None, ""
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        if retry_after is not None and retry_after > policy.max_wait:
+            return None, (f"the MDM asked to wait {_duration(retry_after)}, longer than the "
+                          f"{_duration(policy.max_wait)} bulkmdm waits")
+        if resp.status != 429:
+            return (retry_after if retry_after is not None else policy.backoff(attempt)), ""
+        if retry_after is None and policy.throttle_wait is not None:
+            if waited_window:
+                raise QuotaExhausted(
+                    f"the MDM still answers {req.what} with 429 after a whole {_duration(policy.throttle_wait)} "
+                    "wait: its API quota for the day seems spent",
+                    attempts=attempt, status=429,
+                )
+            retry_after = policy.throttle_wait
+        # a 429 is the limiter's business: the pause it sets holds every worker
+        self.limiter.throttled(retry_after)
+        return (retry_after if retry_after is not None else policy.backoff(attempt) / 4), ""
+
+    async def _after_failure(
+        self, req: _Request, failure: _Failure, attempt: int, idempotent: bool, verify: Verify | None
+    ) -> Response | None:
+        """Raise, settle (a verified change), or None: worth another attempt."""
+        error = failure.error
+        if failure.final or isinstance(error, (BadAnswer, RedirectRefused)):
+            raise error  # the same server will answer the same way
+        if failure.ambiguous and not idempotent:
+            if verify is None:
+                raise AmbiguousError(f"{error} and may have reached the MDM; not resent, to avoid doing it twice",
+                                     attempts=attempt)
+            state = await verify()
+            if state is True:
+                return Response(200, None, {}, attempt, verified=True)
+            if state is None:
+                raise AmbiguousError(f"{error}; could not tell whether it took effect, so it was not resent",
+                                     attempts=attempt)
+        # Until the MDM has answered once, a connection that fails is most
+        # likely a wrong --url: two tries, not the whole retry budget.
+        attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
+        if attempt >= attempts or self._stopping():
+            raise error
+        return None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
         await sleep_unless(seconds, self._stopping)
 
 
-def _give_up(last: Response | Exception) -> Response:
+def _give_up(last: Response | TransportError | None, req: _Request) -> Response:
     """The run is stopping: the last attempt's answer is the row's answer."""
-    if isinstance(last, Exception):
+    if last is None:
+        raise NotSent(f"{req.what} was not sent: the run was stopping")
+    if isinstance(last, TransportError):
         raise last
     return last
 
@@ -288,19 +491,64 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     return out
 
 
-def _decode(raw: bytes, content_type: str) -> Any:
-    if not raw:
-        return None
+def _decode(raw: bytes, content_type: str) -> tuple[Any, bool]:
+    """The body, and whether it is JSON: JSON where it parses as JSON;
+    otherwise the text (the caller decides what that means). No body at all
+    counts as JSON (nothing to misread: a 204, or a 200 with no content)."""
+    if not raw.strip():
+        return None, True
     # .NET servers writing with Encoding.UTF8 put a byte order mark first;
     # JSON may come as text/plain, after white space
     text = raw.decode("utf-8-sig", errors="replace")
     start = text.lstrip()[:1]
-    if "json" in content_type or (start and start in "[{\"") or text.strip().lstrip("-").isdigit():
+    if "json" in content_type or (start and start in "[{\"-0123456789tfn"):
         try:
-            return jsonlib.loads(text)
+            return jsonlib.loads(text), True
         except ValueError:
-            return text
-    return text
+            return text, False
+    return text, False
+
+
+def _not_json(req: _Request, status: int, content_type: str, body: str) -> str:
+    kind = "an HTML page" if body.lstrip()[:1] == "<" or "html" in content_type.casefold() else "text that is not JSON"
+    return (f"the MDM answered {req.what} with {kind} (HTTP {status}), not the JSON it sends: a login page or a "
+            "proxy in the way? Check --url and the network")
+
+
+def _tls_failed(url: str, exc: BaseException) -> str:
+    where = _shown(url)
+    if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc):
+        return (f"{where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
+                "really the MDM, or check the port")
+    return f"the TLS handshake with {where} failed ({_reason(exc)}); check --url and the server's certificate"
+
+
+def _too_big(req: _Request, limit: int) -> str:
+    return f"the MDM's answer to {req.what} is larger than {limit // (1024 * 1024)} MB; it was not read"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or ""), port
+
+
+def _shown(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, 80, 443) else "")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf") or seconds > 10 * 365 * 86400:
+        return "for years"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.0f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:g} s"
 
 
 def _reason(exc: BaseException) -> str:

@@ -220,4 +220,4 @@ async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
 def test_json_with_a_byte_order_mark_is_json() -> None:
     from bulkmdm.transport import _decode
 
-    assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8") == [{"id": 1}]
+    assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8")[0] == [{"id": 1}]

@@ -1,29 +1,61 @@
-"""The Provider interface every vendor implements, and the small helpers
-they share (exact look-ups, turning answers and errors into Outcomes).
+"""The Provider interface every vendor implements, and what every vendor shares.
 
-A provider does two things:
+A provider holds only what is vendor-specific, and reads like its API doc
+(as httpx's ``AsyncBaseTransport`` is one method and ``aclose``):
 
-* ``plan(rows)``: resolve serials, names and emails to vendor ids from lists
-  fetched once per run (read-only requests), and return per row either a
-  ``Step`` ready to send or an ``Outcome`` (skipped, failed look-up). With
-  ``chunk_rows`` set, the engine calls it on consecutive chunks of the job.
-* ``execute(steps)``: send a batch of steps that share a ``batch_key`` and
-  return exactly one ``Outcome`` per step, in order. Per-device vendors get
-  batches of one (``max_batch = 1``); Ivanti sends id lists in one request.
+* **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.transport.Auth`
+  from the variables named in ``credentials``; ``api_base(url)`` is the root
+  the documented paths are appended to.
+* **declare its limits**: ``retry_policy`` (which answers are retried, the
+  wait for a 429 without Retry-After), ``default_rate``/``max_rate``,
+  ``default_concurrency``, ``max_batch``, ``request_headers``, ``answers_json``.
+* **list and page**: ``prepare(rows)`` reads, once per run and kept across
+  chunks, whatever ``plan_row`` needs (with :meth:`Provider.read`,
+  :func:`collect_pages` and :class:`Index`).
+* **resolve a row to a change**: ``plan_row(row, lists)`` returns a
+  :class:`~bulkmdm.model.Step` (to send) or an Outcome (skipped: already in the
+  wanted state); it raises :class:`LookupFailed` for a value that matches
+  nothing or several objects. ``self.changes`` (:class:`Changes`) says which
+  rows are the same change, or contradict each other, across the whole run.
+* **send**: ``send(step)`` for one step, or ``send_batch(steps)`` for vendors
+  whose requests carry many (``max_batch > 1``; :func:`send_halving` splits
+  a batch refused as a whole). ``check(steps)`` is the dry run's read-only
+  counterpart.
+* **read back**: the ``verify`` callbacks handed to ``client.request`` say
+  whether a change whose answer was lost took effect (:func:`read_back`).
+* **export**: ``inventory()`` yields the fleet as job rows; ``choices(column)``
+  names the tags, groups or apps a template may offer.
 
-Failed rows are data: ``execute`` never raises for a vendor or network error
-(``AuthError`` excepted: bad credentials stop the run).
+What every vendor needs lives here, once: the plan loop (look-up failures
+and unreadable lists become failed rows), the execute loop (every
+``TransportError`` becomes an Outcome: a failed row is data; only a
+:class:`~bulkmdm.errors.RunStopped` such as ``AuthError`` ends the run),
+same-change detection, paged de-duplicated lists, batch halving, and the
+small helpers for text and ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
-from ..errors import AmbiguousError, AuthError, ConfigError, HTTPStatusError, TransportError
+from ..errors import (
+    AmbiguousError,
+    BadAnswer,
+    ConfigError,
+    ConnectError,
+    NotSent,
+    RedirectRefused,
+    RequestTimeout,
+    SetupFailed,
+    TransportError,
+)
 from ..model import JobRow, Outcome, Status, Step
+from ..retry import RetryPolicy
 from ..transport import Auth, Client, Response
 
 
@@ -42,6 +74,13 @@ class Provider(ABC):
     name: ClassVar[str]
     #: the verbs of ``actions.ACTIONS`` this vendor can do
     actions: ClassVar[frozenset[str]]
+    #: the environment variables that hold credentials: each tuple is one
+    #: complete set (ManageEngine: an API key, or an OAuth client)
+    credentials: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: which answers are retried, how long a 429 waits (see retry.py)
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
+    #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
+    answers_json: ClassVar[bool] = True
     #: requests/s when --rate is not given (None: no limit)
     default_rate: ClassVar[float | None] = 10.0
     #: the vendor's documented hard limit (requests/s), if any: without
@@ -57,10 +96,16 @@ class Provider(ABC):
     chunk_rows: ClassVar[int | None] = None
     #: headers the vendor's doc requires on every request
     request_headers: ClassVar[Mapping[str, str]] = {}
+    #: what --url should be, for a set-up error ("the site root, e.g. https://mdm.school.se")
+    url_hint: ClassVar[str] = "the MDM's base address"
+    #: what else to check when the first look-up is refused
+    setup_hint: ClassVar[str] = "the account's API permissions"
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        #: which rows ask for the same change, across every chunk of the run
+        self.changes = Changes()
 
     # -- set-up -------------------------------------------------------------
     @classmethod
@@ -77,14 +122,92 @@ class Provider(ABC):
         size = self.settings.batch_size or self.max_batch
         return max(1, min(size, self.max_batch))
 
-    # -- the pipeline -------------------------------------------------------
-    @abstractmethod
+    # -- reading ------------------------------------------------------------
+    async def read(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
+        """GET a documented resource; the body, or :class:`ListFailed` for an error answer."""
+        resp = await self.client.request("GET", path, params=params)
+        if not resp.ok:
+            raise ListFailed(path, resp)
+        return resp.body
+
+    # -- planning -----------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
         """One Step (to send) or Outcome (skipped / failed look-up) per row."""
+        try:
+            lists = await self.prepare(rows)
+        except ListFailed as exc:
+            self._stop_if_setup_is_wrong(exc)
+            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
+                    for row in rows]
+        except TransportError as exc:
+            self._stop_if_setup_is_wrong(exc)
+            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
+            return [failed(row, detail, attempts=exc.attempts) for row in rows]
+        out: list[Step | Outcome] = []
+        for row in rows:
+            try:
+                out.append(self.plan_row(row, lists))
+            except LookupFailed as exc:
+                out.append(failed(row, sentence(str(exc))))
+        return out
 
-    @abstractmethod
+    def _stop_if_setup_is_wrong(self, exc: ListFailed | TransportError) -> None:
+        """The run's first look-up failed before the MDM ever answered 2xx:
+        the URL, the network or the account is wrong for every row, so the
+        run stops before sending anything (SetupFailed) instead of failing
+        a thousand rows. A busy MDM (429, 5xx) only fails these rows."""
+        if self.client.answered_ok:
+            return
+        where = self.settings.url
+        if isinstance(exc, ListFailed):
+            status = exc.resp.status
+            if status in (404, 405):
+                raise SetupFailed(
+                    f"The MDM at {where} has no {exc.path} (HTTP {status} on the first look-up); check --url: "
+                    f"it should be {self.url_hint}. Nothing was sent."
+                )
+            if 400 <= status < 500 and status != 429:
+                raise SetupFailed(
+                    f"The MDM at {where} refused the first look-up ({explain_response(exc.resp)[:-1]}); check "
+                    f"--url, {self.setup_hint}. Nothing was sent."
+                )
+            return
+        if isinstance(exc, (ConnectError, RequestTimeout)) and not self.client.answered:
+            raise SetupFailed(f"Nothing answers at {where}: {exc}; check --url and that the MDM can be reached "
+                              "from here. Nothing was sent.")
+        if isinstance(exc, (BadAnswer, RedirectRefused)):
+            raise SetupFailed(f"{sentence(str(exc))[:-1]}. Nothing was sent.")
+
+    async def prepare(self, rows: Sequence[JobRow]) -> Any:
+        """Read what ``plan_row`` needs for these rows (kept across chunks by the provider)."""
+        return None
+
+    def plan_row(self, row: JobRow, lists: Any) -> Step | Outcome:
+        """Resolve one row against ``lists``; raise LookupFailed for a value that matches nothing or several."""
+        raise NotImplementedError(f"{self.name} plans no rows")
+
+    # -- executing ----------------------------------------------------------
     async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        """Send one batch; one Outcome per step, in order."""
+        """Send one batch; one Outcome per step, in order. Never raises for a
+        vendor or network error (a ``RunStopped`` ends the run)."""
+        try:
+            return await self.send_batch(list(steps))
+        except TransportError as exc:
+            return [outcome_from_error(step, exc) for step in steps]
+
+    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+        """Send steps that share a ``batch_key``. Default: one ``send`` each."""
+        out = []
+        for step in steps:
+            try:
+                out.append(await self.send(step))
+            except TransportError as exc:
+                out.append(outcome_from_error(step, exc))
+        return out
+
+    async def send(self, step: Step) -> Outcome:
+        """Send one step and say what came of it."""
+        raise NotImplementedError(f"{self.name} sends batches only")
 
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
         """Dry run: would the vendor accept these? Default: yes, as planned."""
@@ -93,6 +216,16 @@ class Provider(ABC):
     def requests_for(self, step: Step) -> int:
         """How many mutating requests a real run sends for this step (dry-run estimate)."""
         return 1
+
+    # -- export -------------------------------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """Every device as a job row (canonical column names, text values)."""
+        raise NotImplementedError(f"{self.name} cannot export its devices yet")
+        yield {}  # pragma: no cover (makes this an async generator)
+
+    async def choices(self, column: str) -> list[str]:
+        """The names a template may offer for ``column`` (tag, group, app)."""
+        return []
 
     async def aclose(self) -> None:
         return None
@@ -103,7 +236,7 @@ class Provider(ABC):
 
 def env_required(env: Mapping[str, str], *names: str, provider: str) -> list[str]:
     values = [env.get(n, "") for n in names]
-    missing = [n for n, v in zip(names, values) if not v]
+    missing = [n for n, v in zip(names, values, strict=False) if not v]
     if missing:
         raise ConfigError(
             f"{provider} needs {' and '.join(missing)} in the environment; set "
@@ -249,14 +382,13 @@ def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     if resp.ok:
         detail = done + (" (confirmed by reading it back after the answer was lost)" if resp.verified else "")
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
-    return Outcome(
-        step.index,
-        Status.FAILED,
-        explain_status(resp.status, resp.body, resp.attempts),
-        resp.status,
-        resp.attempts,
-        step.resolved,
-    )
+    return Outcome(step.index, Status.FAILED, explain_response(resp), resp.status, resp.attempts, step.resolved)
+
+
+def explain_response(resp: Response) -> str:
+    """Why an error answer failed the row, in one sentence."""
+    detail = explain_status(resp.status, resp.body, resp.attempts)
+    return detail[:-1] + f"; {resp.note}." if resp.note else detail
 
 
 def explain_status(status: int, body: Any, attempts: int) -> str:
@@ -277,24 +409,218 @@ def explain_status(status: int, body: Any, attempts: int) -> str:
 
 
 def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
-    """A request that produced no usable answer."""
-    if isinstance(exc, AuthError):
-        raise exc
-    if isinstance(exc, HTTPStatusError):
-        return Outcome(step.index, Status.FAILED, explain_status(exc.status or 0, exc.body, exc.attempts),
-                       exc.status, exc.attempts, step.resolved)
-    status = Status.UNKNOWN if isinstance(exc, AmbiguousError) else Status.FAILED
-    detail = _sentence(str(exc))
-    if status is Status.UNKNOWN:
-        detail += " Check the device, then run the report again to resend it."
-    else:
-        detail += " Run the report again to retry."
-    return Outcome(step.index, status, detail, exc.status, exc.attempts, step.resolved)
+    """A request that produced no usable answer, as the row's Outcome (never raises)."""
+    if isinstance(exc, NotSent):
+        return Outcome(step.index, Status.NOT_RUN, "Not sent: the run stopped first. Run the same command again "
+                       "to continue.", None, exc.attempts, step.resolved)
+    detail = sentence(str(exc), empty="The request failed")
+    if isinstance(exc, AmbiguousError):
+        return Outcome(step.index, Status.UNKNOWN, detail + " Check the device, then run the report again to "
+                       "resend it.", exc.status, exc.attempts, step.resolved)
+    return Outcome(step.index, Status.FAILED, detail + " Run the report again to retry.", exc.status, exc.attempts,
+                   step.resolved)
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return "The request failed."
-    text = text[0].upper() + text[1:]
-    return text if text.endswith(".") else text + "."
+# -- text and ids ------------------------------------------------------------
+
+
+def cap(text: str) -> str:
+    """``text`` with its first letter upper-case."""
+    return text[:1].upper() + text[1:]
+
+
+def sentence(text: str, *, empty: str = "Look-up failed") -> str:
+    """``text`` as a sentence: capitalised, ending in a full stop."""
+    text = cap(text.strip()) or empty
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def seg(value: Any) -> str:
+    """An id as one URL path segment (nothing in it can add a path or a query)."""
+    return quote(key(value), safe="")
+
+
+def key(value: Any) -> str:
+    """An id or name as comparable text ('' for None)."""
+    return "" if value is None else str(value).strip()
+
+
+def fkey(value: Any) -> str:
+    """Like :func:`key`, ignoring case (GUIDs, e-mail addresses)."""
+    return key(value).casefold()
+
+
+def wire_int(value: Any) -> Any:
+    """An id the doc types as an integer, sent as a JSON number even if a list
+    gave it as a digit string (Python's int keeps every digit past 2**53)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
+def as_int(value: Any) -> int | None:
+    """A number the vendor may give as text; None if it is none."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def one_of(found: Sequence[Any], value: str, label: str, what: str) -> Any:
+    """The one object found for ``value``: blank, none and several fail the row."""
+    if not key(value):
+        raise LookupFailed(f"the {label} is blank")
+    if not found:
+        raise LookupFailed(f"{label} '{value}' was not found")
+    if len(found) > 1:
+        raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
+    return found[0]
+
+
+# -- lists -------------------------------------------------------------------
+
+
+class ListFailed(Exception):
+    """A list or object the plan needs could not be read (an error answer)."""
+
+    def __init__(self, path: str, resp: Response) -> None:
+        super().__init__(path)
+        self.path = path.partition("?")[0]
+        self.resp = resp
+
+    def detail(self) -> str:
+        return f"Could not read the MDM's {self.path} list: {explain_response(self.resp)}"
+
+
+#: One page: its items and the cursor of the next page (None: the last).
+Page = tuple[list[Any], Any]
+
+
+async def collect_pages(
+    fetch: Callable[[Any], Awaitable[Page]],
+    *,
+    ident: Callable[[Any], Any],
+    max_pages: int = 100_000,
+) -> list[Any]:
+    """Every item of a paged list, each once.
+
+    ``fetch(cursor)`` returns one page and the next cursor (``fetch(None)``
+    the first page). Items whose ``ident`` was seen on an earlier page are
+    kept once, so a repeated or overlapping page cannot make a serial look
+    ambiguous; a page that adds nothing new, or a cursor seen before, ends
+    the list (a server that ignores the paging parameters would loop).
+    Items without an ident are kept (an :class:`Index` never matches them).
+    """
+    items: list[Any] = []
+    seen_ids: set[str] = set()
+    seen_cursors: set[str] = set()
+    cursor: Any = None
+    for _page in range(max_pages):
+        page, cursor = await fetch(cursor)
+        fresh = 0
+        for item in page:
+            item_id = key(ident(item))
+            if item_id and item_id in seen_ids:
+                continue
+            if item_id:
+                seen_ids.add(item_id)
+            items.append(item)
+            fresh += 1
+        if cursor is None or not fresh or repr(cursor) in seen_cursors:
+            break
+        seen_cursors.add(repr(cursor))
+    return items
+
+
+# -- same change, contradictions ---------------------------------------------
+
+
+class Changes:
+    """Which rows of a run ask for the same change, or contradict each other.
+
+    Keys are tuples the provider builds from resolved ids (``("tag",
+    device_id, tag_id)``); they are kept for the whole run as 16-byte
+    digests, so a million distinct messages do not hold ~150 MB here.
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[bytes, int] = {}
+
+    @staticmethod
+    def _digest(change: Iterable[Any]) -> bytes:
+        return hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest()
+
+    def once(self, row: JobRow, change: Sequence[Any], resolved: str = "") -> Outcome | None:
+        """Two rows asking for the same change: the later one is skipped, not sent again."""
+        digest = self._digest(("same", *change))
+        line = self._lines.setdefault(digest, row.line)
+        if line != row.line:
+            return skipped(row, f"Same change as line {line}; sent once.", resolved)
+        return None
+
+    def only_one(self, row: JobRow, subject: Sequence[Any], clash: str, resolved: str = "") -> Outcome | None:
+        """One change per ``subject`` per job (a device gets one user): a later row fails.
+
+        ``clash`` completes "... on line N", e.g. "Device X is also assigned".
+        """
+        digest = self._digest(("only", *subject))
+        line = self._lines.setdefault(digest, row.line)
+        if line != row.line:
+            return failed(row, f"{clash} on line {line}; give it one change per job.", resolved)
+        return None
+
+    def changing(self, row: JobRow, change: Sequence[Any]) -> None:
+        """Record that ``row`` sends ``change`` (an earlier skipped row changed nothing)."""
+        self._lines.setdefault(self._digest(("sent", *change)), row.line)
+
+    def contradicts(self, row: JobRow, opposite: Sequence[Any], clash: str, resolved: str = "") -> Outcome | None:
+        """The row undoes a change an earlier row sends (tag, then untag of the pair).
+
+        Every row is planned against the state before the run, so the later
+        row would be judged on a state the earlier one changes: it fails and
+        names the line. ``clash`` completes "... on line N".
+        """
+        line = self._lines.get(self._digest(("sent", *opposite)))
+        if line is not None and line != row.line:
+            return failed(row, f"{clash} on line {line}; give each pair one change per job.", resolved)
+        return None
+
+
+# -- batches and read-backs --------------------------------------------------
+
+
+async def send_halving(
+    steps: list[Step],
+    send: Callable[[list[Step]], Awaitable[list[Outcome]]],
+    refused_whole: Callable[[list[Outcome]], bool],
+) -> list[Outcome]:
+    """Send a batch; one refused as a whole (most likely for a few bad ids) is
+    halved and each half sent again, until the bad rows stand alone, so one
+    bad device does not fail the other 99 (about 2*log2(n) extra requests per
+    bad id at most)."""
+    outcomes = await send(steps)
+    if len(steps) < 2 or not refused_whole(outcomes):
+        return outcomes
+    half = len(steps) // 2
+    return await send_halving(steps[:half], send, refused_whole) + await send_halving(steps[half:], send,
+                                                                                      refused_whole)
+
+
+def read_back(
+    fetch: Callable[[], Awaitable[Response]],
+    applied: Callable[[Any], bool | None],
+) -> Callable[[], Awaitable[bool | None]]:
+    """A ``verify`` callback for ``client.request``: read the object again and
+    say whether the change is in place (``applied(body)``); None when the
+    read fails or cannot tell, so the request is not resent blindly."""
+
+    async def verify() -> bool | None:
+        try:
+            resp = await fetch()
+        except TransportError:
+            return None
+        return applied(resp.body) if resp.ok else None
+
+    return verify

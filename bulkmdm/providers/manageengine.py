@@ -47,16 +47,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
-import aiohttp
-
-from ..errors import AuthError, ConfigError, TransportError
+from ..errors import AuthError, BadAnswer, ConfigError, RedirectRefused, TransportError
 from ..model import JobRow, Outcome, Status, Step
+from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Index,
@@ -95,25 +93,33 @@ _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
 DOC_HEADERS = {"Content-Type": "application/json;charset=UTF-8"}
 
 
+def _token_refused(status: int, body: Any) -> bool:
+    # "COM0013 Not Authorised/ Invalid auth token" answered 403 (the table's
+    # "403 Forbidden ... not an user of the respective organization") instead
+    # of 401: the credentials are refused like with a 401.
+    return status == 401 or (status == 403 and _error_code(body) == "COM0013")
+
+
 class ApiKeyAuth(HeaderAuth):
     """On-premises: "Header name should be Authorization - Header value should be {api_key}"."""
 
+    def refused(self, status: int, body: Any) -> bool:
+        return _token_refused(status, body)
 
-#: the access token the current task last sent (see ZohoOAuth.refresh)
+
+#: the access token the current task last sent (see ZohoOAuth.renew)
 _sent_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("bulkmdm_me_sent_token", default=None)
 
 
 class ZohoOAuth(Auth):
     """Cloud: an access token from Zoho's refresh-token grant, fetched on first
-    use, renewed a little before ``expires_in`` runs out and on a 401.
+    use, renewed a little before ``expires_in`` runs out and when refused.
 
-    The token request carries the client secret and the refresh token, so it
-    is logged as method, path and status only, and no message built here
-    holds any of the three secrets (:meth:`_redact`).
+    The token request goes through the run's client like any other (rate
+    slot, retries by the policy, Ctrl-C), marked as a credential request: it
+    is never redirected and its URL and body are never logged. No message
+    built here holds any of the three secrets (:meth:`_redact`).
     """
-
-    #: tries for the token request (connection errors, 429, 5xx)
-    attempts = 3
 
     def __init__(self, *, client_id: str, client_secret: str, refresh_token: str, token_url: str) -> None:
         self._client_id = client_id
@@ -127,11 +133,11 @@ class ZohoOAuth(Auth):
         self.grants = 0
 
     def headers(self) -> Mapping[str, str]:
-        # Without a token yet the request goes out bare; its 401 makes the
-        # transport call refresh(). The provider calls ensure() first, so
-        # that only happens to requests sent from elsewhere.
         _sent_token.set(self._token)
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
+
+    def refused(self, status: int, body: Any) -> bool:
+        return _token_refused(status, body)
 
     def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
@@ -141,37 +147,33 @@ class ZohoOAuth(Auth):
             self._lock = asyncio.Lock()
         return self._lock
 
-    async def ensure(self, session: aiohttp.ClientSession) -> None:
+    async def ready(self, client: Client) -> None:
         """Have an access token that will not expire in the next moments."""
         if self._fresh():
             return
         async with self._locked():
             if not self._fresh():
-                await self._fetch(session)
+                await self._fetch(client)
 
-    async def refresh(self, session: aiohttp.ClientSession) -> bool:
-        # The transport asks for headers() and calls refresh() from the same
-        # task, so the context variable holds the token that got the 401.
-        # Workers that get a 401 together refresh once: the others find a
-        # token newer than the one that failed and just retry with it.
+    async def renew(self, client: Client) -> bool:
+        # The client asks for headers() and calls renew() from the same task,
+        # so the context variable holds the token that was refused. Workers
+        # refused together renew once: the others find a token newer than the
+        # one that failed and just retry with it.
         failed_with = _sent_token.get()
         async with self._locked():
             if self._token is not None and self._token != failed_with:
                 return True
-            await self._fetch(session)
+            await self._fetch(client)
         return True
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+    async def _fetch(self, client: Client) -> None:
         # The doc's Step 4 lists refresh_token, client_id, client_secret,
-        # redirect_uri and grant_type=refresh_token, none marked mandatory (its
-        # "Request Example" is a copy of Step 3's authorization_code URL), and
-        # says "make a POST request for the following URL with given params"
-        # with every example in the query string
-        # ("https://accounts.zoho.com/oauth/v2/token?refresh_token=...").
-        # Zoho reads them from the query string or from a form body, an
-        # RFC 6749 server from the form body only, a server written from the
-        # doc maybe from the query only: they go in both, with the same values.
-        # The URL is never logged here (only method and path). redirect_uri is
+        # redirect_uri and grant_type=refresh_token, none marked mandatory, and
+        # shows every example in the query string
+        # ("https://accounts.zoho.com/oauth/v2/token?refresh_token=..."). Zoho
+        # reads them from a form body too, as RFC 6749 asks, and a URL is what
+        # proxies log: the secrets go in the form body only. redirect_uri is
         # not needed to refresh and bulkmdm has none to send.
         form = {
             "refresh_token": self._refresh_token,
@@ -179,42 +181,31 @@ class ZohoOAuth(Auth):
             "client_secret": self._client_secret,
             "grant_type": "refresh_token",
         }
-        parts = urlsplit(self.token_url)
-        what = f"POST {parts.path or '/'}"
-        where = parts.netloc
-        problem = ""
-        for attempt in range(1, self.attempts + 1):
-            if attempt > 1:
-                await asyncio.sleep(random.uniform(0.2, 0.5) * 2 ** (attempt - 2))
-            try:
-                async with session.post(self.token_url, params=form, data=form) as resp:
-                    status = resp.status
-                    try:
-                        body = await resp.json(content_type=None)
-                    except ValueError:
-                        body = None
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.info("%s -> %s", what, type(exc).__name__)
-                problem = f"could not reach the OAuth token endpoint {where} ({type(exc).__name__})"
-                continue
-            log.info("%s -> %s", what, status)
-            error = get_field(body, "error") if isinstance(body, Mapping) else None
-            token = get_field(body, "access_token") if isinstance(body, Mapping) else None
-            if 200 <= status < 300 and isinstance(token, str) and token and not error:
-                self._store(token, body)
-                return
-            if status == 429 or status >= 500 or _too_many(body):
-                problem = f"the OAuth token endpoint {where} answered HTTP {status} (too busy or failing)"
-                continue
-            # Zoho refuses a bad client or refresh token with HTTP 200 and
-            # {"error": "invalid_client"} / {"error": "invalid_code"}.
-            reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {status}"
-            raise AuthError(
-                f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
-                "BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN",
-                status=401,
-            )
-        raise TransportError(f"{problem}; no access token", attempts=self.attempts)
+        where = urlsplit(self.token_url).netloc
+        try:
+            resp = await client.request("POST", self.token_url, data=form, credential=True, idempotent=True)
+        except (BadAnswer, RedirectRefused) as exc:
+            raise AuthError(f"no access token: {self._redact(str(exc))}; check BULKMDM_OAUTH_URL") from None
+        except TransportError as exc:
+            raise TransportError(f"no access token from the OAuth token endpoint {where}: "
+                                 f"{self._redact(str(exc))}", attempts=exc.attempts) from None
+        body = resp.body if isinstance(resp.body, Mapping) else {}
+        error = get_field(body, "error")
+        token = get_field(body, "access_token")
+        if resp.ok and isinstance(token, str) and token and not error:
+            self._store(token, body)
+            return
+        if resp.status == 429 or resp.status >= 500 or _too_many(body):
+            raise TransportError(f"the OAuth token endpoint {where} answered HTTP {resp.status} (too busy or "
+                                 "failing); no access token", attempts=resp.attempts, status=resp.status)
+        # Zoho refuses a bad client or refresh token with HTTP 200 and
+        # {"error": "invalid_client"} / {"error": "invalid_code"}.
+        reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {resp.status}"
+        raise AuthError(
+            f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
+            "BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN",
+            status=401,
+        )
 
     def _store(self, token: str, body: Mapping[str, Any]) -> None:
         # "The access_token will expire after a particular period (as given in
@@ -277,6 +268,15 @@ class ManageEngine(Provider):
     # "100 calls/min": a hard limit, so the adaptive controller must not probe above it
     max_rate = 100 / 60
     default_concurrency = 4
+    # The doc: "COM0004 500 Internal server error, Please try again in a
+    # moment": reads are tried again (a change that met a 500 may have been
+    # made, and is left to the report). "429 Too many requests within a
+    # certain time frame", "COM0002 429 API Limit Exceeded", limits "2500 API
+    # calls/day and 100 API calls/minute", and no Retry-After: a 429 waits out
+    # the minute window (every worker holds); a 429 after that is the daily
+    # limit, and the run stops (QuotaExhausted). A 429 means the request was
+    # not processed, so resending a POST after it cannot apply it twice.
+    retry_policy = RetryPolicy(read_statuses=frozenset({500}), throttle_wait=61.0)
     # The doc gives no upper bound for member_ids / device_ids; 100 ids keep
     # a body small and make a 1,000-row job ten requests. A batch refused as
     # a whole is halved until the bad rows are found (about 2*log2(100) = 14
@@ -325,87 +325,22 @@ class ManageEngine(Provider):
                 break
         return root + "/api/v1"
 
-    #: seconds the API's per-minute window needs to pass ("100 API calls/minute")
-    window = 61.0
-
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         auth = client.auth
-        self._oauth = auth if isinstance(auth, ZohoOAuth) else None
         if isinstance(auth, (ApiKeyAuth, ZohoOAuth)):
             self.on_premises = isinstance(auth, ApiKeyAuth)
         else:
             self.on_premises = bool(settings.env.get("BULKMDM_API_KEY", "").strip())
         self.daily_limit = _daily_limit(settings.env)
-        #: set when 429s outlast a whole minute: the day's calls are used up
-        self.day_used_up = False
-        self._quiet_until = 0.0
 
     # -- requests -------------------------------------------------------------
     def _path(self, path: str) -> str:
         return ("mdm/" + path) if self.on_premises else path
 
     async def _request(self, method: str, path: str, **kw: Any) -> Response:
-        if self.day_used_up:
-            # nothing is sent: every call would be refused until tomorrow
-            return Response(429, None, {}, 0)
-        if self._oauth is not None:
-            await self._oauth.ensure(self.client.session)
         url = self._path(path) if "://" not in path else path
-        resp = await self.client.request(method, url, **kw)
-        if resp.status == 403 and self._oauth is not None and _error_code(resp.body) == "COM0013":
-            # "COM0013 Not Authorised/ Invalid auth token" answered 403 (the
-            # table's "403 Forbidden ... not an user of the respective
-            # organization") instead of 401: the token is refused like a 401,
-            # so it is renewed and the request sent once more (a refused
-            # request was not processed; resending cannot apply it twice).
-            if await self._oauth.refresh(self.client.session):
-                again = await self.client.request(method, url, **kw)
-                resp = Response(again.status, again.body, again.headers, resp.attempts + again.attempts,
-                                again.verified)
-        if resp.status == 500 and method == "GET":
-            resp = await self._again_after_500(method, url, resp, **kw)
-        if resp.status != 429:
-            return resp
-        # The doc: "429 Too many requests within a certain time frame",
-        # "COM0002 429 API Limit Exceeded", limits "2500 API calls/day and 100
-        # API calls/minute", and no Retry-After. The transport's quick retries
-        # are over: wait for the minute window to pass (every worker holds),
-        # then try once more. A 429 after that is the daily limit; nothing more
-        # is sent this run. A 429 means the request was not processed, so
-        # resending a POST here cannot apply it twice.
-        await self._sit_out_the_minute()
-        if self.day_used_up:
-            return resp
-        again = await self.client.request(method, url, **kw)
-        if again.status == 429:
-            self.day_used_up = True
-            log.info("ManageEngine: still 429 after a full minute; taking the day's API calls as used up")
-        return Response(again.status, again.body, again.headers, resp.attempts + again.attempts, again.verified)
-
-    #: pauses before re-reading after a 500 (COM0004 "Please try again in a moment")
-    pauses_after_500 = (1.0, 3.0)
-
-    async def _again_after_500(self, method: str, url: str, resp: Response, **kw: Any) -> Response:
-        """The doc's "COM0004 500 Internal server error, Please try again in a
-        moment": a read is tried again a moment later (the transport retries
-        no 500). Only reads: a change that met a 500 may have been made, and
-        is left to the report and its re-run."""
-        attempts = resp.attempts
-        for pause in self.pauses_after_500:
-            await asyncio.sleep(pause)
-            resp = await self.client.request(method, url, **kw)
-            attempts += resp.attempts
-            if resp.status != 500:
-                break
-        return Response(resp.status, resp.body, resp.headers, attempts, resp.verified)
-
-    async def _sit_out_the_minute(self) -> None:
-        now = time.monotonic()
-        if self._quiet_until <= now:
-            self._quiet_until = now + self.window
-            self.client.limiter.throttled(self.window)
-        await asyncio.sleep(max(0.0, self._quiet_until - now))
+        return await self.client.request(method, url, **kw)
 
     async def _get(self, path: str) -> Any:
         resp = await self._request("GET", path)

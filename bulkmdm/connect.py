@@ -1,0 +1,81 @@
+"""A provider on an MDM, with its one client: what ``run``, ``export`` and
+``template`` all start from.
+
+The client gets the provider's declared retry policy, headers and JSON
+expectation; the rate controller starts at the provider's safe default and
+never climbs past its documented limit (an explicit rate is its own ceiling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+from . import providers
+from .limits import RateController, parse_rate
+from .providers.base import Provider, Settings
+from .retry import RetryPolicy
+from .transport import Client
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Which MDM, and how hard to press it."""
+
+    provider: str
+    url: str
+    env: Mapping[str, str]
+    partition: str | None = None
+    rate: str | None = None
+    concurrency: int | None = None
+    timeout: float = 30.0
+    batch_size: int | None = None
+    dry_run: bool = False
+    #: overrides of the provider's declared retry policy (tests shorten waits)
+    retry: Mapping[str, object] | None = None
+
+
+def rate_controller(rate_flag: str | None, provider_cls: type[Provider]) -> RateController:
+    """The run's rate controller: ``--rate`` wins; else the vendor's default, adapting up to its limit."""
+    if rate_flag is None:
+        rate = provider_cls.default_rate
+        ceiling = provider_cls.max_rate or (rate * 4 if rate else None)
+        return RateController(rate=rate, ceiling=ceiling, adaptive=True)
+    rate = parse_rate(rate_flag)
+    return RateController(rate=rate, ceiling=rate, adaptive=True)
+
+
+def retry_policy(provider_cls: type[Provider], overrides: Mapping[str, object] | None) -> RetryPolicy:
+    return replace(provider_cls.retry_policy, **overrides) if overrides else provider_cls.retry_policy  # type: ignore[arg-type]
+
+
+def make_client(target: Target, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None) -> Client:
+    """The one client of a run, set up as the vendor declares."""
+    concurrency = target.concurrency or provider_cls.default_concurrency
+    return Client(
+        provider_cls.api_base(target.url),
+        auth=provider_cls.auth_from_env(target.env),
+        limiter=rate_controller(target.rate, provider_cls),
+        retry=retry_policy(provider_cls, target.retry),
+        timeout=target.timeout,
+        connections=concurrency + 4,
+        stopping=stopping,
+        headers=provider_cls.request_headers,
+        answers_json=provider_cls.answers_json,
+    )
+
+
+@asynccontextmanager
+async def open_provider(target: Target, *, stopping: Callable[[], bool] | None = None) -> AsyncIterator[Provider]:
+    """The provider for ``target``, its client closed on the way out."""
+    provider_cls = providers.get(target.provider)
+    client = make_client(target, provider_cls, stopping=stopping)
+    settings = Settings(url=target.url, env=target.env, partition=target.partition, batch_size=target.batch_size,
+                        dry_run=target.dry_run)
+    async with client:
+        provider = provider_cls(client, settings)
+        try:
+            yield provider
+        finally:
+            await provider.aclose()

@@ -1,0 +1,340 @@
+"""Servers that misbehave on purpose: no answer of theirs makes a row
+`succeeded` that the MDM did not confirm, hangs a run, or takes unbounded
+memory. Each server is a small aiohttp app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bulkmdm.errors import AuthError, BadAnswer, NotSent, RedirectRefused
+from bulkmdm.model import JobRow, Status, Step
+from bulkmdm.providers.base import outcome_from_error
+from bulkmdm.retry import RetryPolicy, parse_retry_after
+from bulkmdm.sim.common import SimServer
+from bulkmdm.transport import MAX_BODY, Client
+
+from conftest import write_csv
+
+FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05, max_wait=2.0)
+
+Start = Callable[[web.Application], "asyncio.Future[str]"]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Start]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start  # type: ignore[misc]
+    for runner in runners:
+        await runner.cleanup()
+
+
+def app_with(handler: Callable[[web.Request], Any]) -> web.Application:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        result = handler(request)
+        return await result if asyncio.iscoroutine(result) else result  # type: ignore[no-any-return]
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def counter() -> tuple[list[str], Callable[[web.Request], None]]:
+    hits: list[str] = []
+    return hits, lambda request: hits.append(f"{request.method} {request.path}")
+
+
+# -- redirects -----------------------------------------------------------------
+
+
+async def test_a_change_redirected_to_another_origin_is_not_followed(server: Start) -> None:
+    elsewhere_hits, count_elsewhere = counter()
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        count_elsewhere(request)
+        return web.json_response({"ok": True})
+
+    other = await server(app_with(elsewhere))
+
+    async def mdm(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(other + request.path)
+
+    url = await server(app_with(mdm))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(RedirectRefused) as info:
+            await client.request("POST", "devices/1/lockdevice", json={})
+    assert elsewhere_hits == []
+    assert "redirect to http://127.0.0.1:" in str(info.value) and "not followed" in str(info.value)
+    assert info.value.attempts == 1  # one redirect, no retry loop
+
+
+async def test_a_change_is_not_redirected_even_within_the_origin(server: Start) -> None:
+    hits, count = counter()
+
+    async def mdm(request: web.Request) -> web.Response:
+        count(request)
+        if request.path == "/api/devices/1/lockdevice":
+            raise web.HTTPPermanentRedirect("/api/v2/devices/1/lockdevice")
+        return web.json_response({})
+
+    url = await server(app_with(mdm))
+    async with Client(url + "/api", retry=FAST) as client:
+        with pytest.raises(RedirectRefused):
+            await client.request("POST", "devices/1/lockdevice", json={})
+    assert hits == ["POST /api/devices/1/lockdevice"]
+
+
+async def test_a_read_follows_a_redirect_within_the_origin_only(server: Start) -> None:
+    other = await server(app_with(lambda r: web.json_response(["elsewhere"])))
+
+    async def mdm(request: web.Request) -> web.Response:
+        if request.path == "/api/devices":
+            raise web.HTTPFound("/api/devices/")
+        if request.path == "/api/devices/":
+            return web.json_response([{"id": 1}])
+        raise web.HTTPFound(other + "/api/tags")
+
+    url = await server(app_with(mdm))
+    async with Client(url + "/api", retry=FAST) as client:
+        resp = await client.request("GET", "devices")
+        assert resp.ok and resp.body == [{"id": 1}]
+        with pytest.raises(RedirectRefused):
+            await client.request("GET", "tags")
+
+
+async def test_a_redirect_loop_ends_quickly(server: Start) -> None:
+    hits, count = counter()
+
+    async def mdm(request: web.Request) -> web.Response:
+        count(request)
+        raise web.HTTPFound(request.path)
+
+    url = await server(app_with(mdm))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(RedirectRefused):
+            await client.request("GET", "devices")
+    assert len(hits) <= 6
+
+
+# -- answers that are not the vendor's ------------------------------------------
+
+
+LOGIN_PAGE = "<!DOCTYPE html><html><body><form action='/sso/login'>Session expired</form></body></html>"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+async def test_an_html_page_with_200_is_not_an_answer(server: Start, method: str) -> None:
+    url = await server(app_with(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(BadAnswer) as info:
+            await client.request(method, "devices/1", json={} if method != "GET" else None)
+    assert "HTML page (HTTP 200)" in str(info.value) and "login page" in str(info.value)
+    outcome = outcome_from_error(step(), info.value)
+    assert outcome.status is Status.FAILED
+
+
+async def test_an_empty_2xx_and_json_text_are_answers(server: Start) -> None:
+    answers = iter([web.Response(status=204), web.Response(text='{"a": 1}', content_type="text/plain")])
+    url = await server(app_with(lambda r: next(answers)))
+    async with Client(url, retry=FAST) as client:
+        assert (await client.request("DELETE", "x")).status == 204
+        assert (await client.request("GET", "x")).body == {"a": 1}
+
+
+async def test_json_nested_too_deep_is_an_unreadable_answer(server: Start) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    url = await server(app_with(lambda r: web.Response(text=deep, content_type="application/json")))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(BadAnswer) as info:
+            await client.request("GET", "devices")
+    assert "nested too deep" in str(info.value)
+
+
+async def test_a_body_over_the_cap_is_refused_unread(server: Start) -> None:
+    big = b"[" + b"1," * 600_000 + b"1]"
+    url = await server(app_with(lambda r: web.Response(body=big, content_type="application/json")))
+    async with Client(url, retry=FAST, max_body=1_000_000) as client:
+        with pytest.raises(BadAnswer) as info:
+            await client.request("GET", "devices")
+    assert "larger than" in str(info.value)
+
+
+async def test_a_gzip_bomb_is_refused_in_bounded_memory(server: Start) -> None:
+    # 200 MB of zeros in ~200 KB: refused at the default cap, never held whole
+    bomb = gzip.compress(b"[" + b"0" * (200 * 1024 * 1024) + b"]", compresslevel=9)
+    assert len(bomb) < 1_000_000
+
+    async def mdm(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    url = await server(app_with(mdm))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(BadAnswer) as info:
+            await client.request("GET", "devices")
+    assert f"larger than {MAX_BODY // (1024 * 1024)} MB" in str(info.value)
+
+
+async def test_absurd_headers_fail_the_request_cleanly(server: Start) -> None:
+    async def mdm(request: web.Request) -> web.Response:
+        return web.json_response({}, headers={"X-Junk": "a" * 100_000})
+
+    url = await server(app_with(mdm))
+    async with Client(url, retry=FAST) as client:
+        with pytest.raises(Exception) as info:
+            await client.request("GET", "devices")
+    assert type(info.value).__module__ == "bulkmdm.errors"
+
+
+# -- waits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", ["1000000000", "inf", "Fri, 31 Dec 2099 23:59:59 GMT"])
+async def test_a_retry_after_of_years_ends_the_attempts_at_once(server: Start, retry_after: str) -> None:
+    hits, count = counter()
+
+    async def mdm(request: web.Request) -> web.Response:
+        count(request)
+        return web.json_response({"message": "slow down"}, status=429, headers={"Retry-After": retry_after})
+
+    url = await server(app_with(mdm))
+    started = time.monotonic()
+    async with Client(url, retry=FAST) as client:
+        resp = await client.request("POST", "devices/1/lockdevice", json={})
+    assert time.monotonic() - started < 2
+    assert resp.status == 429 and len(hits) == 1
+    assert "longer than the 2 s bulkmdm waits" in resp.note
+    assert parse_retry_after("nan") is None
+
+
+async def test_a_503_retry_after_is_waited_up_to_the_cap_only(server: Start) -> None:
+    answers = iter([web.json_response({}, status=503, headers={"Retry-After": "1"}), web.json_response({"ok": 1})])
+    url = await server(app_with(lambda r: next(answers)))
+    started = time.monotonic()
+    async with Client(url, retry=FAST) as client:
+        resp = await client.request("GET", "x")
+    assert resp.ok and 0.9 < time.monotonic() - started < 2.5
+
+
+# -- stopping ---------------------------------------------------------------------
+
+
+async def test_no_request_starts_once_the_run_is_stopping(server: Start) -> None:
+    hits, count = counter()
+
+    async def mdm(request: web.Request) -> web.Response:
+        count(request)
+        return web.json_response({})
+
+    url = await server(app_with(mdm))
+    stop = asyncio.Event()
+    from bulkmdm.limits import RateController
+
+    limiter = RateController(rate=2.0, adaptive=False)
+    async with Client(url, retry=FAST, limiter=limiter, stopping=stop.is_set) as client:
+        first = await client.request("POST", "a", json={})
+        waiting = [asyncio.ensure_future(client.request("POST", "b", json={})) for _ in range(4)]
+        await asyncio.sleep(0.1)
+        stop.set()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert first.ok
+    assert all(isinstance(r, NotSent) for r in results), results
+    assert hits == ["POST /a"]
+    assert outcome_from_error(step(), results[0]).status is Status.NOT_RUN  # type: ignore[arg-type]
+
+
+# -- credentials ------------------------------------------------------------------
+
+
+async def test_a_credential_request_is_never_redirected(server: Start) -> None:
+    from bulkmdm.providers.manageengine import ZohoOAuth
+
+    stolen: list[str] = []
+
+    async def thief(request: web.Request) -> web.Response:
+        stolen.append((await request.text()) + request.query_string)
+        return web.json_response({"access_token": "x", "expires_in": 3600})
+
+    other = await server(app_with(thief))
+
+    async def accounts(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(other + "/oauth/v2/token")
+
+    token_url = await server(app_with(accounts)) + "/oauth/v2/token"
+    auth = ZohoOAuth(client_id="id-1", client_secret="secret-1", refresh_token="refresh-1", token_url=token_url)
+    async with Client("http://127.0.0.1:1/api/v1", auth=auth, retry=FAST) as client:
+        with pytest.raises(AuthError) as info:
+            await auth.ready(client)
+    assert stolen == []
+    assert "not followed" in str(info.value) and "secret-1" not in str(info.value)
+
+
+# -- end to end: a proxy in front of the simulator --------------------------------
+
+
+def step() -> Step:
+    return Step(JobRow(0, "lock", {"serial": "S1"}), "lock", "device S1")
+
+
+async def _front(start: Start, sim_url: str, change: Callable[[web.Request], web.Response]) -> str:
+    """Reads go to the simulator; every change gets ``change``'s answer."""
+    session = aiohttp.ClientSession()
+
+    async def proxy(request: web.Request) -> web.Response:
+        if request.method != "GET":
+            return change(request)
+        async with session.get(sim_url + request.path_qs, headers={"Authorization": request.headers.get(
+                "Authorization", "")}) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type=resp.content_type)
+
+    app = app_with(proxy)
+
+    async def close(_app: web.Application) -> None:
+        await session.close()
+
+    app.on_cleanup.append(close)
+    return await start(app)
+
+
+@pytest.mark.parametrize("answer", ["html", "redirect"])
+async def test_changes_answered_by_a_login_page_or_a_redirect_never_succeed(
+    server: Start, duo: SimServer, tmp_path: Path, answer: str
+) -> None:
+    from bulkmdm.engine import RunOptions, run_job
+    from bulkmdm.sim.duostation import FACTS
+
+    other = await server(app_with(lambda r: web.json_response({})))
+
+    def change(request: web.Request) -> web.Response:
+        if answer == "html":
+            return web.Response(text=LOGIN_PAGE, content_type="text/html")
+        raise web.HTTPTemporaryRedirect(other + request.path)
+
+    url = await _front(server, duo.url, change)
+    devices = duo.call(lambda: list(duo.app["state"].devices.values()))
+    serials = [d["serialNumber"] for d in devices[FACTS["edge_devices"]:][:3]]
+    job = write_csv(tmp_path / "lock.csv", [["serial", "action"], *([s, "lock"] for s in serials)])
+    options = RunOptions(job=job, provider="duostation", url=url, yes=True,
+                         env={"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"},
+                         state_dir=tmp_path / "state")
+    result = await asyncio.to_thread(run_job, options)
+    assert result.counts.get("succeeded", 0) == 0
+    assert result.exit_code == 1
+    assert duo.stats.mutating == 0
