@@ -37,27 +37,34 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import AuthError, TransportError
+from ..errors import TransportError
 from ..model import JobRow, Outcome, Status, Step
+from ..retry import RetryPolicy
 from ..transport import Auth, BasicAuth, Client, Response
 from .base import (
     Index,
+    ListFailed,
     LookupFailed,
     Provider,
     Settings,
     body_message,
+    cap,
     env_required,
-    explain_status,
-    failed,
+    explain_response,
+    fkey,
     get_field,
-    outcome_from_error,
+    key,
+    one_of,
     outcome_from_response,
+    read_back,
+    seg,
+    sentence,
     skipped,
+    wire_int,
 )
 
 DEVICE_ACTIONS = frozenset(
@@ -113,23 +120,6 @@ def _ref(obj: Any, field: str, nested: str) -> Any:
         inner = get_field(obj, nested)
         if isinstance(inner, Mapping):
             value = _id(inner)
-    return value
-
-
-def _key(value: Any) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _fkey(value: Any) -> str:
-    """GUIDs and e-mail addresses compare ignoring case."""
-    return _key(value).casefold()
-
-
-def _int(value: Any) -> Any:
-    """The doc's integer ids ("<tagId> is the unique id (integer)") go out as
-    JSON numbers even if a server handed them to us as numeric strings."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
     return value
 
 
@@ -215,8 +205,8 @@ def _matching(found: list[Any], fields: Sequence[str], wanted: str, what: str, v
     """The objects of a search's answer that carry ``fields`` equal to what
     was searched for. The server did the matching, but an object that does not
     say it matches is no match: one without the field fails the row, naming it."""
-    carrying = [obj for obj in found if _key(get_field(obj, *fields))]
-    matches = [obj for obj in carrying if _fkey(get_field(obj, *fields)) == wanted]
+    carrying = [obj for obj in found if key(get_field(obj, *fields))]
+    matches = [obj for obj in carrying if fkey(get_field(obj, *fields)) == wanted]
     if not matches and len(carrying) < len(found):
         return LookupFailed(f"the MDM answered the look-up of {what} '{value}' with {len(found) - len(carrying)} "
                             f"object(s) without a '{fields[0]}' field, so none can be matched to the row")
@@ -252,7 +242,7 @@ class _Links:
             specific = get_field(link, self.link_field)
             link_id = specific if specific is not None else _id(link, "deviceTagId", "userTagId")
             owner_ref = _ref(link, self.owner_field, self.nested)
-            owner_key = _fkey(owner_ref if _usable_id(owner_ref) else owner)
+            owner_key = fkey(owner_ref if _usable_id(owner_ref) else owner)
             tag_ref = _ref(link, "tagId", "tag")
             if tag_ref is None and specific is not None:
                 tag_ref = _id(link)
@@ -264,64 +254,17 @@ class _Links:
                     f"the MDM lists a tag link of {self.nested} {owner_ref or owner} without a usable tag id "
                     "(no 'tagId' field with a value), so which tags it has cannot be told"))
                 continue
-            seen = (_key(link_id), owner_key, _key(tag_ref))
+            seen = (key(link_id), owner_key, key(tag_ref))
             if link_id is not None and seen in self._seen:
                 continue
             self._seen.add(seen)
-            self.by_pair.setdefault((owner_key, _key(tag_ref)), []).append(link_id)
+            self.by_pair.setdefault((owner_key, key(tag_ref)), []).append(link_id)
 
     def ids(self, owner: Any, tag: Any) -> list[Any]:
-        problem = self.unreadable.get(_fkey(owner))
+        problem = self.unreadable.get(fkey(owner))
         if problem is not None:
             raise problem
-        return self.by_pair.get((_fkey(owner), _key(tag)), [])
-
-
-class _Repeats:
-    """Which rows of a job ask for the same change, kept across chunks as
-    16-byte digests (a million distinct messages would otherwise hold ~150 MB)."""
-
-    def __init__(self, seen: dict[tuple[Any, ...], int]) -> None:
-        self.seen = seen
-
-    @staticmethod
-    def digest(change: tuple[Any, ...]) -> tuple[bytes]:
-        return (hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest(),)
-
-    def once(self, row: JobRow, change: tuple[Any, ...], resolved: str) -> Outcome | None:
-        """Two rows asking for the same change: the second is not sent again."""
-        key = self.digest(change)
-        if key in self.seen:
-            return skipped(row, f"Same change as line {self.seen[key]}; sent once.", resolved)
-        self.seen[key] = row.line
-        return None
-
-    def contradicted(self, row: JobRow, change: tuple[Any, ...], opposite: str, what: str,
-                     resolved: str) -> Outcome | None:
-        # tag and untag (or tag-user and untag-user) of the same pair in one
-        # job, the earlier of them a change: every row is planned against
-        # the state before the run, so the later one would be judged on a
-        # state the earlier one changes, and its "skipped" (or its request)
-        # would not be what the MDM ends in. Like two assignments of one
-        # device, the later row fails and says which line it contradicts.
-        # (An earlier opposite row that was skipped changed nothing.)
-        key = self.digest(("changes", opposite, *change[1:]))
-        if key in self.seen:
-            verb = "untagged" if opposite.startswith("untag") else "tagged"
-            return failed(row, f"{_cap(what)} is also {verb} with this tag on line {self.seen[key]}; "
-                               "give each tag one change per job.", resolved)
-        return None
-
-    def changes(self, row: JobRow, change: tuple[Any, ...], step: Step) -> Step:
-        self.seen.setdefault(self.digest(("changes", *change)), row.line)
-        return step
-
-    def first(self, row: JobRow, key: tuple[Any, ...]) -> int | None:
-        """The line that already claimed ``key`` (one assignment per device), else claim it."""
-        if key in self.seen:
-            return self.seen[key]
-        self.seen[key] = row.line
-        return None
+        return self.by_pair.get((fkey(owner), key(tag)), [])
 
 
 def _tag_indexes(tags: list[Any]) -> dict[str, Index]:
@@ -357,9 +300,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+
+
 class DuoStation(Provider):
     name = "duostation"
     actions = frozenset(DEVICE_ACTIONS | USER_ACTIONS)
+    # "The API uses Basic Authentication. User name and password is the same
+    # that can be used to log in to DuoSTATION MDM".
+    credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    # The doc names no limit and no error statuses beyond "200 OK will be
+    # returned for successful requests": the shared policy (408, 429 and
+    # 502-504 tried again, Retry-After honoured within its cap).
+    retry_policy = RetryPolicy()
     # The doc states no limit; 20 requests/s with 8 in flight is gentle on a
     # school's server and still does 3,000 rows in under three minutes. The
     # adaptive controller may go up to 4x this until the server answers 429.
@@ -368,19 +320,19 @@ class DuoStation(Provider):
     max_batch = 1
     # Lists, searches and duplicate checks are kept across plan() calls.
     chunk_rows = 10_000
+    url_hint = "the site root, e.g. https://mdm.skolan.se (requests go to URL/api/...)"
+    # a server may answer refused Basic credentials with 403 rather than 401
+    setup_hint = ("the credentials (BULKMDM_USERNAME and BULKMDM_PASSWORD, the MDM's own login) and that "
+                  "the account may use the API")
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         #: everything fetched for the look-ups so far, kept for the next chunk
         self._lists: dict[str, Any] = {"extra": {}}
-        #: (what, which) -> the line that asked for it, across chunks
-        self._planned: dict[tuple[Any, ...], int] = {}
-        #: whether any list has been read (a 403 before that is a refusal of the credentials)
-        self._read_once = False
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        user, password = env_required(env, "BULKMDM_USERNAME", "BULKMDM_PASSWORD", provider="duostation")
+        user, password = env_required(env, *cls.credentials[0], provider="duostation")
         return BasicAuth(user, password)
 
     @classmethod
@@ -388,44 +340,28 @@ class DuoStation(Provider):
         return url.rstrip("/") + "/api"
 
     # -- reading ------------------------------------------------------------
-    async def _get(self, path: str) -> Any:
-        resp = await self.client.request("GET", path)
-        if resp.status == 403 and not self._read_once:
-            # "The API uses Basic Authentication": a server that answers our
-            # very first request with 403 instead of 401 refused the
-            # credentials (or the account may not use the API at all); nothing
-            # can be looked up, so the run stops like for a 401 (exit 2).
-            raise AuthError(f"the MDM refused the credentials (HTTP 403 on GET /api/{path.partition('?')[0]}); "
-                            "check the user name, the password and that the account may use the API",
-                            attempts=resp.attempts, status=403)
-        if not resp.ok:
-            raise _ListFailed(path.partition("?")[0], explain_status(resp.status, resp.body, resp.attempts),
-                              resp.status, resp.attempts)
-        self._read_once = True
-        return resp.body
-
     async def _list(self, path: str, *keys: str) -> list[Any]:
-        body = await self._get(path)
+        """A documented "Array of X", or ListFailed (an error, or another shape)."""
+        resp = await self.client.request("GET", path)
+        if not resp.ok:
+            raise ListFailed(path, resp)
         try:
-            return _items(body, *keys)
+            return _items(resp.body, *keys)
         except _Unreadable as exc:
-            raise _ListFailed(path.partition("?")[0], f"the MDM answered with {exc}.") from None
+            raise _ShapeFailed(path, resp, str(exc)) from None
 
     async def _search(self, path: str, what: str, value: str, *, by_id: bool) -> list[Any] | LookupFailed:
         """A documented search (or get-by-id) for one value that missed the
         list: the objects found, or why the look-up could not be made."""
         try:
             resp = await self.client.request("GET", path)
-        except AuthError:
-            raise
         except TransportError as exc:
             return LookupFailed(f"{what} '{value}' could not be looked up ({exc})")
         # a get-by-id for a value that is no id at all may be refused as malformed
         if resp.status == 404 or (by_id and resp.status == 400):
             return []
         if not resp.ok:
-            reason = explain_status(resp.status, resp.body, resp.attempts)
-            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {reason}")
+            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {explain_response(resp)}")
         try:
             return _objects(resp.body)
         except _Unreadable as exc:
@@ -445,56 +381,25 @@ class DuoStation(Provider):
             raise LookupFailed(f"group '{path}' names no group")
         try:
             resp = await self.client.request("GET", _query("groups", path=trimmed))
-        except AuthError:
-            raise
         except TransportError as exc:
             raise LookupFailed(f"group '{path}' could not be looked up ({exc})") from None
         if resp.status == 404:
             raise LookupFailed(f"group '{path}' was not found")
         if not resp.ok:
-            reason = explain_status(resp.status, resp.body, resp.attempts)
             raise LookupFailed(f"group '{path}' could not be resolved (it may match more than one group); "
-                               f"the MDM answered {reason}")
+                               f"the MDM answered {explain_response(resp)}")
         try:
-            found = _objects(resp.body)
+            found = [get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g
+                     for g in _objects(resp.body)]
         except _Unreadable as exc:
             raise LookupFailed(f"group '{path}' could not be looked up; the MDM answered with {exc}") from None
-        inner = [get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g for g in found]
-        if len(inner) > 1 or get_field(inner[0] if inner else None, "path", "fullPath", "groupPath"):
-            # The doc promises one group or an error; a server that answers
-            # with a list (or ignores the filter) is narrowed to the path asked.
-            inner = _groups_at(inner, path)
-        elif inner and _key(get_field(inner[0], "name")) not in ("", _norm_path(path).rpartition("\\")[2].strip()):
-            inner = []  # one group, but by its name not the one asked for
-        if not inner:
-            raise LookupFailed(f"group '{path}' was not found")
-        if len(inner) > 1:
-            raise LookupFailed(f"group '{path}' matches {len(inner)} groups; make it unique")
-        return inner[0]
+        return one_of(_at_path(found, path), path, "group", "group")
 
-    # -- planning -----------------------------------------------------------
-    async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
+    # -- planning: what the rows need -----------------------------------------
+    async def prepare(self, rows: Sequence[JobRow]) -> dict[str, Any]:
+        """Read the lists these rows need (once per run; a later chunk reuses
+        them), then look up what the lists did not hold."""
         actions = {row.action for row in rows}
-        try:
-            lists = await self._fetch_lists(actions, rows)
-        except _ListFailed as exc:
-            return [failed(row, exc.detail(), http_status=exc.status, attempts=exc.attempts) for row in rows]
-        except TransportError as exc:
-            if isinstance(exc, AuthError):
-                raise
-            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
-        repeats = _Repeats(self._planned)
-        out: list[Step | Outcome] = []
-        for row in rows:
-            try:
-                out.append(self._plan_row(row, lists, repeats))
-            except LookupFailed as exc:
-                out.append(failed(row, _sentence(str(exc))))
-        return out
-
-    async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> dict[str, Any]:
-        # Called once per chunk of rows: what an earlier chunk fetched is kept.
         lists = self._lists
         if actions & DEVICE_ACTIONS and "device_by_serial" not in lists:
             devices = await self._list("devices", "devices")
@@ -511,11 +416,11 @@ class DuoStation(Provider):
         if actions & {"install-app", "remove-app"} and "app_by_key" not in lists:
             lists.update(_app_indexes(await self._list("apps", "apps")))
         if "move-user" in actions:
-            await self._fetch_groups(rows, lists)
+            await self._groups(rows, lists)
         await self._search_misses(rows, lists)
         return lists
 
-    async def _fetch_groups(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
+    async def _groups(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
         groups: dict[str, Any] = lists.setdefault("groups", {})
         for path in sorted({row.get("group") for row in rows if row.action == "move-user" and row.get("group")}
                            - groups.keys()):
@@ -528,7 +433,7 @@ class DuoStation(Provider):
             # a group list the MDM will not give leaves those rows without one.
             try:
                 lists["group_paths"] = _unique_paths(await self._list("groups", "groups"))
-            except _ListFailed:
+            except ListFailed:
                 lists["group_paths"] = {}
 
     async def _links(self, kind: str, owner_field: str, nested: str, lists: dict[str, Any]) -> _Links:
@@ -539,8 +444,8 @@ class DuoStation(Provider):
         "GET /api/devicetags?deviceId=<deviceId>" once per device of the job,
         and only the rows whose search fails fail."""
         try:
-            links = _Links(await self._list(kind, kind, kind[:-4] + "Tags"), owner_field, nested)
-        except _ListFailed:
+            links: _Links | None = _Links(await self._list(kind, kind, kind[:-4] + "Tags"), owner_field, nested)
+        except ListFailed:
             links = None
         if links is None or links.orphans:
             lists[kind + "_by_owner"] = True
@@ -556,14 +461,14 @@ class DuoStation(Provider):
             if row.action in DEVICE_ACTIONS:
                 device_id, serial = row.get("device_id"), row.get("serial")
                 if device_id and not lists["device_by_id"].find(device_id):
-                    self._queue_search(todo, lists, "device_id", device_id, f"devices/{_seg(device_id)}",
+                    self._queue_search(todo, lists, "device_id", device_id, f"devices/{seg(device_id)}",
                                        "device id", ("id", *DEVICE_ID))
                 elif not device_id and serial and not lists["device_by_serial"].find(serial):
                     self._queue_search(todo, lists, "serial", serial, _query("devices", serialNumber=serial),
                                        "serial", SERIAL)
             if row.action in USER_ACTIONS:
                 self._queue_user_search(todo, lists, row)
-        await self._gather(todo.values())
+        await _gather(todo.values(), self.default_concurrency)
         reads: dict[str, Callable[[], Awaitable[Any]]] = {}
         todo = {}
         for row in rows:
@@ -571,38 +476,37 @@ class DuoStation(Provider):
                 self._queue_row_reads(reads, todo, lists, row)
             except LookupFailed:
                 continue
-        await self._gather([*reads.values(), *todo.values()])
+        await _gather([*reads.values(), *todo.values()], self.default_concurrency)
 
     def _queue_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: dict[str, Any],
                       kind: str, value: str, path: str, what: str, fields: tuple[str, ...],
                       then: tuple[str, str, str, tuple[str, ...]] | None = None) -> None:
         extra: dict[tuple[str, str], Any] = lists["extra"]
-        key = (kind, _fkey(value))
-        if not key[1] or key in todo or key in extra:
+        wanted = (kind, fkey(value))
+        if not wanted[1] or wanted in todo or wanted in extra:
             return
 
         async def run() -> None:
             found = await self._search(path, what, value, by_id=fields[0] == "id")
             if isinstance(found, list):
-                found = _matching(found, fields, key[1], what, value)
-            extra[key] = found
+                found = _matching(found, fields, wanted[1], what, value)
+            extra[wanted] = found
             if then is not None and not found:
                 # an account name may itself look like an address (anna@skola.se)
                 next_kind, next_path, next_what, next_fields = then
                 more = await self._search(next_path, next_what, value, by_id=False)
                 if isinstance(more, list):
-                    more = _matching(more, next_fields, key[1], next_what, value)
-                extra[(next_kind, key[1])] = more
+                    more = _matching(more, next_fields, wanted[1], next_what, value)
+                extra[(next_kind, wanted[1])] = more
 
-        todo[key] = run
+        todo[wanted] = run
 
     def _queue_user_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
                            lists: dict[str, Any], row: JobRow) -> None:
         value = _user_value(row)
         if row.action == "delete-user" and not row.get("email"):
             if value and not lists["user_by_id"].find(value):
-                self._queue_search(todo, lists, "user_id", value, f"users/{_seg(value)}", "user id",
-                                   ("id", *USER_ID))
+                self._queue_search(todo, lists, "user_id", value, f"users/{seg(value)}", "user id", ("id", *USER_ID))
             return
         if not value or lists["user_by_email"].find(value) or lists["user_by_account"].find(value):
             return
@@ -626,12 +530,12 @@ class DuoStation(Provider):
         elif row.action in ("tag-user", "untag-user"):
             user, listed = self._user(row.get("email"), lists)
             if not listed or lists.get("usertags_by_owner"):
-                user_id = _int(_identified(user, "user", row.get("email"), *USER_ID))
+                user_id = wire_int(_identified(user, "user", row.get("email"), *USER_ID))
                 self._queue_links(reads, lists, "usertags", "userId", user_id)
         elif row.action == "assign-user":
             earlier = _ref(self._device(row, lists)[0], "userId", "user")
-            if _usable_id(earlier) and _key(earlier) != "0" and not lists["user_by_id"].find(_key(earlier)):
-                self._queue_search(todo, lists, "user_id", _key(earlier), f"users/{_seg(earlier)}", "user id",
+            if _usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
+                self._queue_search(todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id",
                                    ("id", *USER_ID))
 
     def _queue_links(self, reads: dict[str, Callable[[], Awaitable[Any]]], lists: dict[str, Any],
@@ -639,40 +543,21 @@ class DuoStation(Provider):
         """Tag links of an object the lists did not hold (nor the link list cover)."""
         already: set[str] = lists.setdefault(kind + "_read", set())
         failures: dict[str, LookupFailed] = lists.setdefault("link_failures", {})
-        key = _fkey(owner)
-        if key in reads or key in already:
+        owner_key = fkey(owner)
+        if owner_key in reads or owner_key in already:
             return
-        already.add(key)
+        already.add(owner_key)
 
         async def run() -> None:
-            path = _query(kind, **{owner_field: owner})
+            what = f"the tags of {owner_field[:-2]} {owner}"
             try:
-                lists[kind].add(await self._list(path, kind), owner=owner)
-            except AuthError:
-                raise
-            except _ListFailed as exc:
-                failures[key] = LookupFailed(f"the tags of {owner_field[:-2]} {owner} could not be read: {exc.reason}")
+                lists[kind].add(await self._list(_query(kind, **{owner_field: owner}), kind), owner=owner)
+            except ListFailed as exc:
+                failures[owner_key] = LookupFailed(f"{what} could not be read: {exc.detail().partition(': ')[2]}")
             except TransportError as exc:
-                failures[key] = LookupFailed(f"the tags of {owner_field[:-2]} {owner} could not be read ({exc})")
+                failures[owner_key] = LookupFailed(f"{what} could not be read ({exc})")
 
-        reads[key] = run
-
-    async def _gather(self, jobs: Iterable[Callable[[], Awaitable[Any]]]) -> None:
-        """Run look-ups a few at a time (the rate limit still applies to each)."""
-        gate = asyncio.Semaphore(self.default_concurrency)
-
-        async def one(job: Callable[[], Awaitable[Any]]) -> None:
-            async with gate:
-                await job()
-
-        tasks = [asyncio.ensure_future(one(job)) for job in jobs]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            # an AuthError (or a cancelled plan) stops the other look-ups too
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        reads[owner_key] = run
 
     # -- resolving one value --------------------------------------------------
     def _find(self, lists: dict[str, Any], index: str, kind: str, value: str) -> tuple[list[Any], bool]:
@@ -680,19 +565,19 @@ class DuoStation(Provider):
         found = lists[index].find(value)
         if found:
             return found, True
-        extra = lists["extra"].get((kind, _fkey(value)), [])
+        extra = lists["extra"].get((kind, fkey(value)), [])
         if isinstance(extra, LookupFailed):
             raise extra
         return list(extra), False
 
     def _device(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, bool]:
         if row.get("device_id"):
-            value, label, found = row.get("device_id"), "device id", self._find(lists, "device_by_id", "device_id",
-                                                                                  row.get("device_id"))
+            value, label = row.get("device_id"), "device id"
+            found = self._find(lists, "device_by_id", "device_id", value)
         else:
-            value, label, found = row.get("serial"), "serial", self._find(lists, "device_by_serial", "serial",
-                                                                          row.get("serial"))
-        return _only(found[0], value, label, "device"), found[1]
+            value, label = row.get("serial"), "serial"
+            found = self._find(lists, "device_by_serial", "serial", value)
+        return one_of(found[0], value, label, "device"), found[1]
 
     def _user(self, value: str, lists: dict[str, Any]) -> tuple[Any, bool]:
         if not value.strip():
@@ -700,23 +585,25 @@ class DuoStation(Provider):
         if "@" in value:
             found = self._find(lists, "user_by_email", "email", value)
             if found[0]:
-                return _only(found[0], value, "user with email", "user"), found[1]
+                return one_of(found[0], value, "user with email", "user"), found[1]
             # an account name may itself look like an address (anna@skola.se)
             found = self._find(lists, "user_by_account", "account", value)
             if not found[0]:
                 raise LookupFailed(f"user with email '{value}' was not found")
-            return _only(found[0], value, "user with account name", "user"), found[1]
+            return one_of(found[0], value, "user with account name", "user"), found[1]
         found = self._find(lists, "user_by_account", "account", value)
-        return _only(found[0], value, "user with account name", "user"), found[1]
+        return one_of(found[0], value, "user with account name", "user"), found[1]
 
-    def _tag(self, name: str, lists: dict[str, Any]) -> Any:
+    @staticmethod
+    def _tag(name: str, lists: dict[str, Any]) -> Any:
         # Exact name first; a different capitalisation is accepted only when it
         # points at exactly one tag.
         if lists["tag_by_name"].find(name):
             return lists["tag_by_name"].one(name, "tag")
         return lists["tag_by_name_folded"].one(name, "tag")
 
-    def _app(self, value: str, lists: dict[str, Any]) -> Any:
+    @staticmethod
+    def _app(value: str, lists: dict[str, Any]) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank")
         found = {id(a): a for a in lists["app_by_key"].find(value)}
@@ -737,7 +624,7 @@ class DuoStation(Provider):
         """``obj``'s id, which no other listed object may share (two devices
         under one id are not one device: rows for each would read as one change)."""
         value = _identified(obj, what, shown, *alternatives)
-        holders = lists[index].find(_key(value)) if index in lists else []
+        holders = lists[index].find(key(value)) if index in lists else []
         if len(holders) > 1:
             raise LookupFailed(f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
                                "told apart from the others; nothing was sent")
@@ -753,90 +640,82 @@ class DuoStation(Provider):
         """(user, its id as the doc's integer, how the report names it)."""
         user = self._user(value, lists)[0]
         shown = get_field(user, *EMAIL) or value
-        return user, _int(self._id_of(user, lists, "user_by_id", "user", shown, *USER_ID)), _text(shown)
+        return user, wire_int(self._id_of(user, lists, "user_by_id", "user", shown, *USER_ID)), _text(shown)
 
     def _tag_ref(self, name: str, lists: dict[str, Any]) -> tuple[Any, str]:
         tag = self._tag(name, lists)
-        tag_id = _int(self._id_of(tag, lists, "tag_by_id", "tag", f"'{name}'", *TAG_ID))
+        tag_id = wire_int(self._id_of(tag, lists, "tag_by_id", "tag", f"'{name}'", *TAG_ID))
         return tag_id, _text(get_field(tag, "name", "tagName") or name)
 
     # -- planning one row -----------------------------------------------------
-    def _plan_row(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def plan_row(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         planner = {
             "tag": self._plan_device_tag, "untag": self._plan_device_tag,
             "tag-user": self._plan_user_tag, "untag-user": self._plan_user_tag,
             "assign-user": self._plan_assign, "move-user": self._plan_move, "delete-user": self._plan_delete_user,
         }.get(row.action)
-        if planner is None and row.action in COMMANDS:
-            planner = self._plan_command
         if planner is None:
-            return failed(row, f"duostation cannot {row.action}.")
-        return planner(row, lists, repeats)
+            if row.action not in COMMANDS:
+                raise LookupFailed(f"duostation cannot {row.action}")
+            planner = self._plan_command
+        return planner(row, lists)
 
-    def _plan_device_tag(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_device_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         _, dev_id, serial = self._device_ref(row, lists)
         tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
-        what = f"device {serial}"
-        resolved = f"device_id={dev_id}; tag_id={tag_id}"
-        change = (row.action, _fkey(dev_id), _key(tag_id))
         opposite = "untag" if row.action == "tag" else "tag"
-        dup = repeats.contradicted(row, change, opposite, what, resolved) or repeats.once(row, change, resolved)
-        if dup:
-            return dup
-        if _fkey(dev_id) in lists.get("link_failures", {}):
-            raise lists["link_failures"][_fkey(dev_id)]
-        links = lists["devicetags"].ids(dev_id, tag_id)
+        change = (row.action, fkey(dev_id), key(tag_id))
         # undo: the opposite row, naming the device by its id (exact) and serial (for people)
         undo = {"action": opposite, "serial": serial, "device_id": _text(dev_id), "tag": tag_name}
-        params = {"device": dev_id, "tag": tag_id, "name": tag_name}
-        return self._plan_link(row, repeats, change, what, links, params, resolved, undo)
+        return self._plan_link(row, lists, "devicetags", dev_id, change, opposite, f"device {serial}",
+                               {"device": dev_id, "tag": tag_id, "name": tag_name}, undo)
 
-    def _plan_user_tag(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_user_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         _, user_id, email = self._user_ref(row.get("email"), lists)
         tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
-        what = f"user {email}"
-        resolved = f"user_id={user_id}; tag_id={tag_id}"
-        change = (row.action, _key(user_id), _key(tag_id))
         opposite = "untag-user" if row.action == "tag-user" else "tag-user"
-        dup = repeats.contradicted(row, change, opposite, what, resolved) or repeats.once(row, change, resolved)
+        change = (row.action, key(user_id), key(tag_id))
+        undo = {"action": opposite, "email": row.get("email"), "tag": tag_name}
+        return self._plan_link(row, lists, "usertags", user_id, change, opposite, f"user {email}",
+                               {"user": user_id, "tag": tag_id, "name": tag_name}, undo)
+
+    def _plan_link(self, row: JobRow, lists: dict[str, Any], kind: str, owner: Any, change: tuple[Any, ...],
+                   opposite: str, what: str, params: dict[str, Any], undo: dict[str, str]) -> Step | Outcome:
+        """A tag or untag (of a device or a user): the same change twice is
+        sent once, a tag and an untag of one pair contradict each other, and
+        the links the owner has now say whether anything is sent."""
+        tag_id, name = params["tag"], params["name"]
+        resolved = f"{kind[:-4]}_id={owner}; tag_id={tag_id}"
+        verb = "untagged" if opposite.startswith("untag") else "tagged"
+        dup = (self.changes.contradicts(row, (opposite, *change[1:]), f"{cap(what)} is also {verb} with this tag",
+                                        resolved)
+               or self.changes.once(row, change, resolved))
         if dup:
             return dup
-        if _fkey(user_id) in lists.get("link_failures", {}):
-            raise lists["link_failures"][_fkey(user_id)]
-        links = lists["usertags"].ids(user_id, tag_id)
-        undo = {"action": opposite, "email": row.get("email"), "tag": tag_name}
-        params = {"user": user_id, "tag": tag_id, "name": tag_name}
-        return self._plan_link(row, repeats, change, what, links, params, resolved, undo)
+        if fkey(owner) in lists.get("link_failures", {}):
+            raise lists["link_failures"][fkey(owner)]
+        links = lists[kind].ids(owner, tag_id)
+        if row.action in ("tag", "tag-user") and links:
+            return skipped(row, f"{cap(what)} already has tag '{name}'; nothing sent.", resolved)
+        if row.action in ("untag", "untag-user"):
+            if not links:
+                return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
+            if not all(_usable_id(link) for link in links):
+                raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without an id")
+            params = {**params, "links": tuple(links)}
+        self.changes.changing(row, change)
+        return Step(row, row.action, what, params, resolved, (row.action,), undo)
 
-    @staticmethod
-    def _plan_link(row: JobRow, repeats: _Repeats, change: tuple[Any, ...], what: str, links: list[Any],
-                   params: dict[str, Any], resolved: str, undo: dict[str, str]) -> Step | Outcome:
-        """A tag or untag (of a device or a user) once its current links are known."""
-        name = params["name"]
-        if row.action in ("tag", "tag-user"):
-            if links:
-                return skipped(row, f"{_cap(what)} already has tag '{name}'; nothing sent.", resolved)
-            step = Step(row, row.action, what, params, resolved, (row.action,), undo)
-            return repeats.changes(row, change, step)
-        if not links:
-            return skipped(row, f"{_cap(what)} does not have tag '{name}'; nothing sent.", resolved)
-        if not all(_usable_id(link) for link in links):
-            raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without an id")
-        step = Step(row, row.action, what, {**params, "links": tuple(links)}, resolved, (row.action,), undo)
-        return repeats.changes(row, change, step)
-
-    def _plan_assign(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_assign(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         device, dev_id, serial = self._device_ref(row, lists)
         user, user_id, _ = self._user_ref(row.get("user") or row.get("email"), lists)
         who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
         resolved = f"device_id={dev_id}; user_id={user_id}"
-        dup = repeats.once(row, ("assign-user", _fkey(dev_id), _key(user_id)), resolved)
+        dup = (self.changes.once(row, ("assign-user", fkey(dev_id), key(user_id)), resolved)
+               or self.changes.only_one(row, ("assign-user", fkey(dev_id)), f"Device {serial} is also assigned",
+                                        resolved))
         if dup:
             return dup
-        line = repeats.first(row, ("assign-user", _fkey(dev_id)))
-        if line is not None:
-            return failed(row, f"Device {serial} is also assigned on line {line}; "
-                               "give each device one assignment per job.", resolved)
         if _assigned_to(device, user, user_id):
             return skipped(row, f"Device {serial} is already assigned to {who}; nothing sent.", resolved)
         return Step(row, "assign-user", f"device {serial}", {"device": dev_id, "user": user_id, "who": who},
@@ -848,9 +727,9 @@ class DuoStation(Provider):
         account name first: it is the login, where e-mail addresses may be
         shared). None when the device had no user: no verb unassigns one."""
         earlier = _ref(device, "userId", "user")
-        if _usable_id(earlier) and _key(earlier) != "0":
+        if _usable_id(earlier) and key(earlier) != "0":
             try:
-                found = self._find(lists, "user_by_id", "user_id", _key(earlier))[0]
+                found = self._find(lists, "user_by_id", "user_id", key(earlier))[0]
             except LookupFailed:
                 return None
             if len(found) != 1:
@@ -860,60 +739,53 @@ class DuoStation(Provider):
             # a device that names its user only by account name
             candidates = [get_field(device, "accountName")]
         for value in candidates:
-            if not value:
-                continue
             try:
-                again = self._user(str(value), lists)[0]
+                again = self._user(str(value or ""), lists)[0]
             except LookupFailed:
                 continue
-            if not _usable_id(earlier) or _key(_id(again, *USER_ID)) == _key(earlier):
+            if not _usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
                 return {"action": "assign-user", "serial": serial, "device_id": _text(dev_id), "user": str(value)}
         return None
 
-    def _plan_move(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_move(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         user, user_id, email = self._user_ref(row.get("email"), lists)
         group = lists["groups"].get(row.get("group"))
         if isinstance(group, LookupFailed):
             raise group
         if group is None:
             raise LookupFailed("the group is blank")
-        group_id = _int(_identified(group, "group", f"'{row.get('group')}'", *GROUP_ID))
+        group_id = wire_int(_identified(group, "group", f"'{row.get('group')}'", *GROUP_ID))
         resolved = f"user_id={user_id}; group_id={group_id}"
         # one user twice (an export lists a user once per device): the same
         # group is the same change, another group a contradiction
-        dup = repeats.once(row, ("move-user", _key(user_id), _key(group_id)), resolved)
+        dup = (self.changes.once(row, ("move-user", key(user_id), key(group_id)), resolved)
+               or self.changes.only_one(row, ("move-user", key(user_id)), f"User {email} is also moved", resolved))
         if dup:
             return dup
-        line = repeats.first(row, ("move-user", _key(user_id)))
-        if line is not None:
-            return failed(row, f"User {email} is also moved on line {line}; give each user one group per job.",
-                          resolved)
         earlier = _ref(user, "groupId", "group")
-        if _key(earlier) == _key(group_id):
+        if key(earlier) == key(group_id):
             return skipped(row, f"User {email} is already in group '{row.get('group')}'; nothing sent.", resolved)
         # undo: back to the group the user was in, by its full path (one no other group shares)
-        path = lists["group_paths"].get(_key(earlier))
+        path = lists["group_paths"].get(key(earlier))
         undo = {"action": "move-user", "email": row.get("email"), "group": path} if path else None
         return Step(row, "move-user", f"user {email}", {"user": user_id, "group": group_id, "path": row.get("group")},
                     resolved, ("move-user",), undo)
 
-    def _plan_delete_user(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_delete_user(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         if row.get("email"):
             _, user_id, who = self._user_ref(row.get("email"), lists)
         else:
             # CONTRACT: delete-user takes email or user_id
             found = self._find(lists, "user_by_id", "user_id", row.get("user_id"))
-            user = _only(found[0], row.get("user_id"), "user id", "user")
+            user = one_of(found[0], row.get("user_id"), "user id", "user")
             user_id = self._id_of(user, lists, "user_by_id", "user", row.get("user_id"), *USER_ID)
             who = _text(get_field(user, *EMAIL) or user_id)
         resolved = f"user_id={user_id}"
-        dup = repeats.once(row, ("delete-user", _key(user_id)), resolved)
-        if dup:
-            return dup
         # a deleted user cannot be put back: no undo
-        return Step(row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",))
+        return self.changes.once(row, ("delete-user", key(user_id)), resolved) or Step(
+            row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",))
 
-    def _plan_command(self, row: JobRow, lists: dict[str, Any], repeats: _Repeats) -> Step | Outcome:
+    def _plan_command(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         action = row.action
         _, dev_id, serial = self._device_ref(row, lists)
         params: dict[str, Any] = {"device": dev_id}
@@ -928,31 +800,18 @@ class DuoStation(Provider):
                 app_id = self._id_of(app, lists, "app_by_id", "app", f"'{row.get('app')}'", *APP_ID)
             elif not params["identifier"]:
                 raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by")
-            params["app"] = _int(app_id)
+            params["app"] = wire_int(app_id)
             resolved += f"; app_id={app_id}"
         if action == "message":
             params["message"] = row.get("message")
         which = params.get("app") if action == "install-app" else params.get("identifier")
-        dup = repeats.once(row, (action, _fkey(dev_id), _key(which), params.get("message")), resolved)
-        if dup:
-            return dup
         # Commands cannot be undone; nor can install-app and remove-app: the
         # doc has no read of the apps on a device, so the state before is not known.
-        return Step(row, action, f"device {serial}", params, resolved, (action,))
+        return self.changes.once(row, (action, fkey(dev_id), key(which), params.get("message")), resolved) or Step(
+            row, action, f"device {serial}", params, resolved, (action,))
 
-    # -- executing ----------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        out = []
-        for step in steps:
-            try:
-                out.append(await self._execute_one(step))
-            except AuthError:
-                raise
-            except TransportError as exc:
-                out.append(outcome_from_error(step, exc))
-        return out
-
-    async def _execute_one(self, step: Step) -> Outcome:
+    # -- sending ------------------------------------------------------------
+    async def send(self, step: Step) -> Outcome:
         send = {
             "tag": self._send_link, "tag-user": self._send_link, "untag": self._send_unlink,
             "untag-user": self._send_unlink, "assign-user": self._send_assign, "move-user": self._send_move,
@@ -980,13 +839,10 @@ class DuoStation(Provider):
         outcome: Outcome | None = None
         for link in step.params["links"]:
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
-            path = f"{kind}/{_seg(link)}"
-            resp = await self.client.request("DELETE", path)
-            if resp.status == 404 and resp.attempts > 1:
-                # our earlier attempt went through and the answer was lost
-                resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-            done = f"Tag '{step.params['name']}' unlinked from {step.target}."
-            outcome = await self._settle(step, resp, done, self._gone(path))
+            path = f"{kind}/{seg(link)}"
+            resp = _lost_delete(await self.client.request("DELETE", path))
+            outcome = await self._settle(step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.",
+                                         self._gone(path))
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -995,9 +851,9 @@ class DuoStation(Provider):
     async def _send_assign(self, step: Step) -> Outcome:
         p = step.params
         # PUT /api/devices/<id> { "userId": <userId> }
-        path = f"devices/{_seg(p['device'])}"
+        path = f"devices/{seg(p['device'])}"
         resp = await self.client.request("PUT", path, json={"userId": p["user"]})
-        done = _cap(f"{step.target} assigned to {p['who']}.")
+        done = cap(f"{step.target} assigned to {p['who']}.")
         return await self._settle(step, resp, done, self._shows(path, ("userId", "user"), p["user"]))
 
     async def _send_move(self, step: Step) -> Outcome:
@@ -1005,18 +861,15 @@ class DuoStation(Provider):
         # PUT /api/users/<id>: "Change the name, email, phone number and/or
         # group of a user" ("och/eller" in the Swedish doc): each field is
         # optional, so only the group is sent and nothing else is touched.
-        path = f"users/{_seg(p['user'])}"
+        path = f"users/{seg(p['user'])}"
         resp = await self.client.request("PUT", path, json={"groupId": p["group"]})
-        done = _cap(f"{step.target} moved to group '{p['path']}'.")
+        done = cap(f"{step.target} moved to group '{p['path']}'.")
         return await self._settle(step, resp, done, self._shows(path, ("groupId", "group"), p["group"]))
 
     async def _send_delete_user(self, step: Step) -> Outcome:
-        path = f"users/{_seg(step.params['user'])}"
-        resp = await self.client.request("DELETE", path)
-        if resp.status == 404 and resp.attempts > 1:
-            # our earlier attempt went through and the answer was lost
-            resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-        return await self._settle(step, resp, _cap(f"{step.target} deleted."), self._gone(path))
+        path = f"users/{seg(step.params['user'])}"
+        resp = _lost_delete(await self.client.request("DELETE", path))
+        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path))
 
     async def _send_command(self, step: Step) -> Outcome:
         p = step.params
@@ -1035,34 +888,35 @@ class DuoStation(Provider):
         elif step.action == "message":
             body = {"message": p["message"]}
         # Commands cannot be read back: a request that may have arrived is not
-        # resent (transport raises AmbiguousError -> status unknown).
-        resp = await self.client.request("POST", f"devices/{_seg(p['device'])}/{segment}", json=body)
-        return await self._settle(step, resp, f"{_cap(done)} to {step.target}.", None)
+        # resent (the client raises AmbiguousError -> status unknown).
+        resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body)
+        return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None)
 
-    async def _settle(self, step: Step, resp: Response, done: str, read_back: ReadBack | None, *,
+    async def _settle(self, step: Step, resp: Response, done: str, confirm: ReadBack | None, *,
                       new_id: bool = False) -> Outcome:
         """The Outcome of a change. The doc's answer confirms it ("200 OK will be
         returned for successful requests", with no response data, or with the
-        new link's id); a 2xx that is not that answer (a sign-in page, no id)
-        is read back where the API can read it, and otherwise not believed."""
+        new link's id); a 2xx that is not that answer (no id, an array, a
+        failure in its JSON) is read back where the API can read it, and
+        otherwise not believed."""
         if not resp.ok or resp.verified:
             return outcome_from_response(step, resp, done)
         refusal = _refusal(resp.body)
         if refusal is not None:
             return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but said the change "
-                           f"failed: {_sentence(refusal)}", resp.status, resp.attempts, step.resolved)
+                           f"failed: {sentence(refusal)}", resp.status, resp.attempts, step.resolved)
         problem = _not_the_answer(resp.body, new_id=new_id)
         if problem is None:
             return outcome_from_response(step, resp, done)
         said = f"The MDM answered HTTP {resp.status} with {problem}"
-        state = await read_back() if read_back is not None else None
+        state = await confirm() if confirm is not None else None
         if state is True:
             return Outcome(step.index, Status.SUCCEEDED, f"{done.rstrip('.')} (confirmed by reading it back: "
                            f"the MDM answered with {problem}).", resp.status, resp.attempts, step.resolved)
         if state is False:
             return Outcome(step.index, Status.FAILED, f"{said}, and reading it back shows the change is not there. "
                            "Run the report again to retry.", resp.status, resp.attempts, step.resolved)
-        why = "reading it back could not tell whether it was made" if read_back else "a command cannot be read back"
+        why = "reading it back could not tell whether it was made" if confirm else "a command cannot be read back"
         return Outcome(step.index, Status.UNKNOWN, f"{said}, not its confirmation, and {why}. "
                        f"Check {step.target}, then run the report again.", resp.status, resp.attempts, step.resolved)
 
@@ -1072,69 +926,42 @@ class DuoStation(Provider):
         (GET /api/devicetags?deviceId= / usertags?userId=); None: cannot tell."""
         nested = "device" if kind == "devicetags" else "user"
 
-        async def linked() -> bool | None:
-            try:
-                resp = await self.client.request("GET", _query(kind, **{owner_field: owner}))
-            except AuthError:
-                raise
-            except TransportError:
-                return None
-            if not resp.ok:
-                return None
+        def applied(body: Any) -> bool | None:
             links = _Links([], owner_field, nested)
             try:
-                links.add(_items(resp.body, kind), owner=owner)
+                links.add(_items(body, kind), owner=owner)
                 return bool(links.ids(owner, tag))
             except (_Unreadable, LookupFailed):
                 return None
 
-        return linked
-
-    async def _read_one(self, path: str) -> Mapping[str, Any] | bool | None:
-        """GET one object: the object, False if the MDM says there is none (404), None if it cannot tell."""
-        try:
-            resp = await self.client.request("GET", path)
-        except AuthError:
-            raise
-        except TransportError:
-            return None
-        if resp.status == 404:
-            return False
-        if not resp.ok:
-            return None
-        try:
-            found = _objects(resp.body)
-        except _Unreadable:
-            return None
-        return found[0] if len(found) == 1 else None
+        return read_back(lambda: self.client.request("GET", _query(kind, **{owner_field: owner})), applied)
 
     def _shows(self, path: str, ref: tuple[str, str], wanted: Any) -> ReadBack:
         """Whether the object at ``path`` now refers to ``wanted`` (``userId``, ``groupId``)."""
 
-        async def shows() -> bool | None:
-            found = await self._read_one(path)
-            if not isinstance(found, Mapping):
-                return found
+        def applied(body: Any) -> bool | None:
+            found = _one_object(body)
+            if found is None:
+                return None
             current = _ref(found, *ref)
             if current is None:
                 # "userId": null is an answer (no user); no such field at all is none
                 return False if _has_field(found, ref[0]) else None
-            return _key(current) == _key(wanted)
+            return key(current) == key(wanted)
 
-        return shows
+        return read_back(lambda: self.client.request("GET", path), applied)
 
     def _gone(self, path: str) -> ReadBack:
-        """Whether the object at ``path`` is gone (the MDM answers 404 for it)."""
+        """Whether the object at ``path`` is gone: the MDM answers 404 for it."""
 
-        async def gone() -> bool | None:
-            found = await self._read_one(path)
-            return None if found is None else found is False
+        async def fetch() -> Response:
+            resp = await self.client.request("GET", path)
+            return Response(200, _GONE) if resp.status == 404 else resp
 
-        return gone
+        return read_back(fetch, lambda body: True if body is _GONE else False if _one_object(body) else None)
 
     def requests_for(self, step: Step) -> int:
         return len(step.params.get("links", ())) or 1
-
     # -- data for export and templates ----------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
         """Every device, one dict of text per device (Provider interface, for
@@ -1148,15 +975,15 @@ class DuoStation(Provider):
         Raises TransportError (one sentence) when a list cannot be read."""
         try:
             devices = await self._list("devices", "devices")
-            users = {_key(_id(u, *USER_ID)): (get_field(u, *EMAIL), get_field(u, *ACCOUNT))
+            users = {key(_id(u, *USER_ID)): (get_field(u, *EMAIL), get_field(u, *ACCOUNT))
                      for u in await self._list("users", "users")}
             paths = _all_paths(await self._list("groups", "groups"))
             tags_of = await self._tags_by_device()
-        except _ListFailed as exc:
-            raise TransportError(exc.detail(), status=exc.status, attempts=exc.attempts) from None
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
         for device in devices:
             dev_id = _id(device, *DEVICE_ID)
-            email, account = users.get(_key(_ref(device, "userId", "user")), (None, None))
+            email, account = users.get(key(_ref(device, "userId", "user")), (None, None))
             yield {
                 "serial": _text(get_field(device, *SERIAL)),
                 "device_id": _text(dev_id),
@@ -1164,8 +991,8 @@ class DuoStation(Provider):
                 "model": _text(get_field(device, "model", "modelName")),
                 "email": _text(email or get_field(device, *EMAIL)),
                 "user": _text(account or get_field(device, "accountName")),
-                "group": paths.get(_key(get_field(device, *GROUP_ID)), ""),
-                "tags": "; ".join(sorted(tags_of.get(_fkey(dev_id), []), key=str.casefold)),
+                "group": paths.get(key(get_field(device, *GROUP_ID)), ""),
+                "tags": "; ".join(sorted(tags_of.get(fkey(dev_id), []), key=str.casefold)),
             }
 
     async def _tags_by_device(self) -> dict[str, list[str]]:
@@ -1174,11 +1001,12 @@ class DuoStation(Provider):
         joins, from the documented "GET /api/devices?tagId=<tagId>", one
         request per tag (not per device)."""
         tags = await self._list("tags", "tags")
-        names = {_key(_id(t, *TAG_ID)): _text(get_field(t, "name", "tagName")) for t in tags}
+        names = {key(_id(t, *TAG_ID)): _text(get_field(t, "name", "tagName")) for t in tags}
         out: dict[str, list[str]] = {}
         try:
-            links = _Links(await self._list("devicetags", "devicetags", "deviceTags"), "deviceId", "device")
-        except _ListFailed:
+            listed = await self._list("devicetags", "devicetags", "deviceTags")
+            links: _Links | None = _Links(listed, "deviceId", "device")
+        except ListFailed:
             links = None
         if links is not None and not links.orphans and not links.unreadable:
             for owner, tag in links.by_pair:
@@ -1186,7 +1014,7 @@ class DuoStation(Provider):
             return out
         for tag_id, name in names.items():
             for device in await self._list(_query("devices", tagId=tag_id), "devices"):
-                out.setdefault(_fkey(_id(device, *DEVICE_ID)), []).append(name)
+                out.setdefault(fkey(_id(device, *DEVICE_ID)), []).append(name)
         return out
 
     async def choices(self, column: str) -> list[str]:
@@ -1202,8 +1030,8 @@ class DuoStation(Provider):
                 return sorted(set(_unique_paths(await self._list("groups", "groups")).values()), key=str.casefold)
             if column == "app":
                 return self._app_choices(await self._list("apps", "apps"))
-        except _ListFailed as exc:
-            raise TransportError(exc.detail(), status=exc.status, attempts=exc.attempts) from None
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
         return []
 
     def _tag_choices(self, tags: list[Any]) -> list[str]:
@@ -1233,27 +1061,13 @@ class DuoStation(Provider):
         return sorted(values, key=str.casefold)
 
 
-class _ListFailed(Exception):
-    """A list the rows need could not be read; ``reason`` is a sentence."""
-
-    def __init__(self, path: str, reason: str, status: int | None = None, attempts: int = 0) -> None:
-        super().__init__(reason)
-        self.path = path
-        self.reason = reason
-        self.status = status
-        self.attempts = attempts
-
-    def detail(self) -> str:
-        return f"Could not read the MDM's {self.path} list: {self.reason}"
-
-
 def _refusal(body: Any) -> str | None:
     """The reason a 2xx's JSON gives for a change that failed
     ({"success": false, "message": ...}), or None."""
     if not isinstance(body, Mapping):
         return None
     flag = get_field(body, "success", "succeeded", "ok")
-    if flag is False or _key(flag).casefold() == "false" or get_field(body, "error", "errors"):
+    if flag is False or key(flag).casefold() == "false" or get_field(body, "error", "errors"):
         return body_message(body) or "no reason given"
     return None
 
@@ -1293,24 +1107,13 @@ def _user_value(row: JobRow) -> str:
     return row.get("email")
 
 
-def _only(found: list[Any], value: str, label: str, what: str) -> Any:
-    """The one object found for ``value``: blank, none and several fail the row."""
-    if not _key(value):
-        raise LookupFailed(f"the {label} is blank")
-    if not found:
-        raise LookupFailed(f"{label} '{value}' was not found")
-    if len(found) > 1:
-        raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
-    return found[0]
-
-
 def _assigned_to(device: Any, user: Any, user_id: Any) -> bool:
     current = _ref(device, "userId", "user")
     if current not in (None, ""):
-        return _key(current) == _key(user_id)
+        return key(current) == key(user_id)
     # a device object that names its user only by account name
     account, wanted = get_field(device, "accountName"), get_field(user, *ACCOUNT)
-    return bool(account) and bool(wanted) and _fkey(account) == _fkey(wanted)
+    return bool(account) and bool(wanted) and fkey(account) == fkey(wanted)
 
 
 def _norm_path(path: str) -> str:
@@ -1320,14 +1123,14 @@ def _norm_path(path: str) -> str:
 def _path_builder(groups: list[Any]) -> Callable[[Any], str]:
     """A group's full path (separator \\): from a ``path`` field when the
     objects have one, else built from name + parentId."""
-    by_id = {_key(_id(g, *GROUP_ID)): g for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if _usable_id(_id(g, *GROUP_ID))}
 
     def full(group: Any, depth: int = 0) -> str:
         given = get_field(group, "path", "fullPath", "groupPath")
         if given:
             return _norm_path(str(given))
         name = str(get_field(group, "name", default=""))
-        parent = by_id.get(_key(get_field(group, "parentId")))
+        parent = by_id.get(key(get_field(group, "parentId")))
         if parent is None or parent is group or depth > 50:
             return name
         return full(parent, depth + 1) + "\\" + name
@@ -1345,7 +1148,7 @@ def _groups_at(groups: list[Any], path: str) -> list[Any]:
 def _all_paths(groups: list[Any]) -> dict[str, str]:
     """Group id -> full path."""
     full = _path_builder(groups)
-    return {_key(_id(g, *GROUP_ID)): full(g) for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if _usable_id(_id(g, *GROUP_ID))}
 
 
 def _unique_paths(groups: list[Any]) -> dict[str, str]:
@@ -1365,15 +1168,62 @@ def _query(resource: str, /, **params: Any) -> str:
     return resource + "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
 
 
-def _seg(value: Any) -> str:
-    return quote(str(value), safe="")
+class _ShapeFailed(ListFailed):
+    """A list answered 2xx, but not as the doc's "Array of X"."""
+
+    def __init__(self, path: str, resp: Response, reason: str) -> None:
+        super().__init__(path, resp)
+        self.reason = reason
+
+    def detail(self) -> str:
+        return f"Could not read the MDM's {self.path} list: the MDM answered with {self.reason}."
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[0].upper() + text[1:] if text else "Look-up failed"
-    return text if text.endswith(".") else text + "."
+#: stands for "the MDM answered 404" in a read-back of a deletion
+_GONE = object()
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _one_object(body: Any) -> Mapping[str, Any] | None:
+    try:
+        found = _objects(body)
+    except _Unreadable:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _lost_delete(resp: Response) -> Response:
+    """A DELETE answered 404 after an earlier attempt: that attempt went
+    through and its answer was lost, so the object is gone as asked."""
+    if resp.status == 404 and resp.attempts > 1:
+        return Response(200, None, resp.headers, resp.attempts, verified=True)
+    return resp
+
+
+async def _gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
+    """Run look-ups ``limit`` at a time (the rate limit still applies to each)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> None:
+        async with gate:
+            await job()
+
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # a stopped run (or a cancelled plan) stops the other look-ups too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _at_path(groups: list[Any], path: str) -> list[Any]:
+    """The groups of a ``?path=`` answer that are the group at ``path``. The
+    doc promises one group or an error; a server that answers with a list (or
+    ignores the filter) is narrowed to the path asked, and one group under
+    another name is no match."""
+    if len(groups) > 1 or get_field(groups[0] if groups else None, "path", "fullPath", "groupPath"):
+        return _groups_at(groups, path)
+    if groups and key(get_field(groups[0], "name")) not in ("", _norm_path(path).rpartition("\\")[2].strip()):
+        return []
+    return groups
