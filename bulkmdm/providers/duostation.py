@@ -851,20 +851,21 @@ class DuoStation(Provider):
     async def _send_assign(self, step: Step) -> Outcome:
         p = step.params
         # PUT /api/devices/<id> { "userId": <userId> }
-        path = f"devices/{seg(p['device'])}"
-        resp = await self.client.request("PUT", path, json={"userId": p["user"]})
-        done = cap(f"{step.target} assigned to {p['who']}.")
-        return await self._settle(step, resp, done, self._shows(path, ("userId", "user"), p["user"]))
+        return await self._put(step, f"devices/{seg(p['device'])}", "userId", p["user"],
+                               f"{step.target} assigned to {p['who']}.")
 
     async def _send_move(self, step: Step) -> Outcome:
         p = step.params
         # PUT /api/users/<id>: "Change the name, email, phone number and/or
         # group of a user" ("och/eller" in the Swedish doc): each field is
         # optional, so only the group is sent and nothing else is touched.
-        path = f"users/{seg(p['user'])}"
-        resp = await self.client.request("PUT", path, json={"groupId": p["group"]})
-        done = cap(f"{step.target} moved to group '{p['path']}'.")
-        return await self._settle(step, resp, done, self._shows(path, ("groupId", "group"), p["group"]))
+        return await self._put(step, f"users/{seg(p['user'])}", "groupId", p["group"],
+                               f"{step.target} moved to group '{p['path']}'.")
+
+    async def _put(self, step: Step, path: str, field: str, value: Any, done: str) -> Outcome:
+        """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
+        resp = await self.client.request("PUT", path, json={field: value})
+        return await self._settle(step, resp, cap(done), self._shows(path, (field, field[:-2]), value))
 
     async def _send_delete_user(self, step: Step) -> Outcome:
         path = f"users/{seg(step.params['user'])}"
