@@ -84,6 +84,8 @@ def statuses(res: Any) -> list[str]:
     ("groups", "id", [5], "'id'"),
     ("devicetags", "tagId", [1], "'tagId'"),
     ("usertags", "tagId", [3], "'tagId'"),
+    ("devicetags", "id", [1], "'deviceTagId'"),
+    ("usertags", "id", [3], "'userTagId'"),
 ])
 def test_objects_without_the_key_field_are_no_match(duo: Any, run_cli: Any, tmp_path: Path, renamed: bool,
                                                      kind: str, field: str, rows: list[int], names: str) -> None:

@@ -701,7 +701,8 @@ class DuoStation(Provider):
             if not links:
                 return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
             if not all(_usable_id(link) for link in links):
-                raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without an id")
+                raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
+                                   f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by")
             params = {**params, "links": tuple(links)}
         self.changes.changing(row, change)
         return Step(row, row.action, what, params, resolved, (row.action,), undo)
