@@ -45,7 +45,10 @@ The doc shows no answer objects, so a real server may shape them otherwise;
 :class:`Shape` (``app["shape"]``, changeable while running) makes the
 simulator answer like such a server, for tests of a tolerant client: lists
 cut short, wrapped lists, PascalCase field names (Json.NET's default),
-integer ids as strings, another status for an ambiguous group path. Every
+integer ids as strings, another status for an ambiguous group path; and
+hostile answers for the tests of issue 10 (fields null or renamed, lists
+under unknown wrappers, searches that ignore their filter, changes answered
+200 with no body, a sign-in page or a failure in the JSON). Every
 ``/api`` request is kept in ``app["requests"]`` (method, raw path with query
 string, content type, body) so tests can assert the exact wire request.
 
