@@ -219,7 +219,7 @@ class _Phases:
     def message(self, text: str) -> None:
         pass
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, counts: Any = None) -> None:
         if self.on_start is not None:
             self.on_start()
         self.started = time.perf_counter()

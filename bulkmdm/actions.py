@@ -5,9 +5,10 @@ flight when a run died can be checked instead of resent)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import JobRow
+from .model import JobRow, Step
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +96,19 @@ def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
         if not any(row.get(col) for col in group):
             missing.append(" or ".join(group))
     return missing
+
+
+def confirmation_prompt(steps: Sequence[Step], *, shown: int = 5) -> str:
+    """The question before destructive steps: what, how many, and the first
+    few devices or users (with the job's name column where it has one), ending
+    in what to type."""
+    count = len(steps)
+    verbs = " / ".join(sorted({step.action for step in steps}))
+    lines = [f"This will {verbs} {count} device(s) or user(s):"]
+    for step in steps[:shown]:
+        name = step.row.get("name")
+        lines.append(f"  line {step.row.line}: {step.action} {step.target}" + (f" ({name})" if name else ""))
+    if count > shown:
+        lines.append(f"  ... and {count - shown} more")
+    lines.append(f"Type {count} to go ahead, anything else to stop")
+    return "\n".join(lines)

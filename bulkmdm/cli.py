@@ -12,14 +12,14 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .errors import BulkMDMError
+from .errors import BulkMDMError, ConfigError
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -78,11 +78,19 @@ def main() -> None:
 # -- run ---------------------------------------------------------------------
 
 
+def profile_option(command: Any) -> Any:
+    """``--profile NAME`` for every command that talks to an MDM (see bulkmdm.config.resolve_target)."""
+    return click.option("--profile", "-P", metavar="NAME",
+                        help="Take provider, url, partition, rate and concurrency from [profiles.NAME] in "
+                             "config.toml (flags win), and credentials the environment lacks from the OS keyring "
+                             "(`bulkmdm login`).")(command)
+
+
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--provider", "-p", required=True, metavar="NAME",
-              help="The MDM: duostation, manageengine, ivanti or banyan.")
-@click.option("--url", "-u", required=True, metavar="URL", help="The MDM's base address (https://...).")
+@click.option("--provider", "-p", metavar="NAME",
+              help="The MDM: duostation, manageengine, ivanti or banyan (or from --profile).")
+@click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...; or from --profile).")
 @click.option("--action", "-a", metavar="ACTION", help="Do this action on every row (else each row's action column).")
 @click.option("--report", "-o", type=click.Path(path_type=Path), metavar="OUT",
               help="Where the outcome report goes (.csv or .xlsx). Default: JOB's name + .outcome.")
@@ -101,31 +109,41 @@ def main() -> None:
 @click.option("--resend-unknown", is_flag=True,
               help="On resume, resend rows whose request was in flight when the run died (may do them twice).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
-def run(job: Path, provider: str, url: str, action: str | None, report: Path | None, dry_run: bool, yes: bool,
-        concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
+@profile_option
+def run(job: Path, provider: str | None, url: str | None, action: str | None, report: Path | None, dry_run: bool,
+        yes: bool, concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
         state_dir: Path | None, max_destructive: int | None, batch_size: int | None, resend_unknown: bool,
-        verbose: bool) -> None:
+        verbose: bool, profile: str | None) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
 
     Credentials come from the environment: BULKMDM_USERNAME and BULKMDM_PASSWORD
     (duostation, ivanti), BULKMDM_API_KEY or BULKMDM_CLIENT_ID/SECRET/REFRESH_TOKEN
-    (manageengine), BULKMDM_TOKEN (banyan).
+    (manageengine), BULKMDM_TOKEN (banyan); with --profile, those the environment
+    does not set come from the OS keyring (`bulkmdm login --profile NAME`).
 
     Running a report as the job re-runs only its failed, invalid and unknown
     rows. Running the same command after a crash or Ctrl-C continues where it
     stopped.
     """
+    from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
 
+    target = resolve_target(profile, provider=provider, url=url, partition=partition, rate=rate,
+                            concurrency=concurrency, env=os.environ)
+    env = environment_for(target, os.environ)
     if verbose:
-        _log_to_stderr()
+        _log_to_stderr(env)
     options = RunOptions(
-        job=job, provider=provider.casefold(), url=url, action=action, report=report, dry_run=dry_run, yes=yes,
-        concurrency=concurrency, rate=rate, partition=partition, timeout=timeout, fresh=fresh, state_dir=state_dir,
-        max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+        job=job, provider=target.provider, url=target.url, action=action, report=report, dry_run=dry_run, yes=yes,
+        concurrency=target.concurrency, rate=target.rate, partition=target.partition, timeout=timeout, fresh=fresh,
+        state_dir=state_dir, max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+        env=env,
     )
     events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
-    result = run_job(options, events)
+    try:
+        result = run_job(options, events)
+    finally:
+        events.finish()
     _summary(result, options, dry_run)
     sys.exit(result.exit_code)
 
@@ -138,9 +156,9 @@ class _RedactingEcho(logging.Handler):
     """--verbose: log lines to stderr, with any credential value blanked out.
     (Nothing logs headers; this is the second lock on the door.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         super().__init__(logging.INFO)
-        self.secrets = [v for k in SECRET_VARIABLES if len(v := os.environ.get(k, "")) >= 4]
+        self.secrets = [v for k in SECRET_VARIABLES if len(v := env.get(k, "")) >= 4]
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -150,14 +168,14 @@ class _RedactingEcho(logging.Handler):
         click.echo(text, err=True)
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(env: Mapping[str, str]) -> None:
     logger = logging.getLogger("bulkmdm")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         if isinstance(handler, _RedactingEcho):
             logger.removeHandler(handler)
-    logger.addHandler(_RedactingEcho())
+    logger.addHandler(_RedactingEcho(env))
 
 
 def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
@@ -194,12 +212,27 @@ def _command(job: Path, options: Any) -> str:
     return shlex.join(words)
 
 
+#: statuses a bar counts as done well / badly
+_GOOD = ("succeeded", "planned")
+_BAD = ("failed", "unknown", "not-run", "not run")
+
+
+def _clock(seconds: float) -> str:
+    """12 -> '0:12', 3725 -> '1:02:05'."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class PlainEvents:
     """Progress as plain lines, for logs and pipes: one every few seconds."""
 
     def __init__(self, every: float = 5.0) -> None:
         self.every = every
         self.total = 0
+        #: rows already done when this run started (invalid rows, rows carried over or done before a resume)
+        self.done_before = 0
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.last = 0.0
@@ -207,26 +240,42 @@ class PlainEvents:
     def message(self, text: str) -> None:
         click.echo(text, err=True)
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
+        """``total`` rows, ``done`` of them finished before sending starts,
+        with their statuses in ``counts`` (e.g. ``{"invalid": 3}``)."""
         self.total = total
+        self.done_before = done
+        self.counts = Counter({k: n for k, n in (counts or {}).items() if k not in ("pending", "in_flight") and n})
         self.started = time.monotonic()
         self.last = self.started
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
-        for o in outcomes:
-            self.counts[str(o.status)] += 1
+        self._count(outcomes)
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
             click.echo(self._line(now), err=True)
 
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            self.counts[str(outcome.status)] += 1
+
+    def speed_and_eta(self, now: float) -> tuple[float, float | None]:
+        """Rows per second sent by this run, and the seconds left (None until it is known)."""
+        done = sum(self.counts.values())
+        sent = max(done - self.done_before, 0)
+        elapsed = now - self.started
+        if sent == 0 or elapsed <= 0:
+            return 0.0, None
+        speed = sent / elapsed
+        return speed, max(self.total - done, 0) / speed
+
     def _line(self, now: float) -> str:
         done = sum(self.counts.values())
-        elapsed = max(now - self.started, 1e-6)
-        speed = done / elapsed
-        eta = (self.total - done) / speed if speed > 0 else 0
+        speed, eta = self.speed_and_eta(now)
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        return f"{done}/{self.total} rows ({parts}); {speed:.0f} rows/s, about {eta:.0f} s left"
+        left = f"ETA {_clock(eta)}" if eta is not None else "ETA --:--"
+        return f"{done}/{self.total} rows ({parts}); {speed:.1f} rows/s, {left}"
 
     def finish(self) -> None:
         pass
@@ -239,38 +288,48 @@ class PlainEvents:
 
 
 class TerminalEvents(PlainEvents):
-    """A rich progress bar with counts and ETA."""
+    """A live bar: rows done of all rows (invalid ones counted from the start),
+    counts by status, rows/s and a labelled ETA. Messages and the destructive
+    prompt print above it, never through it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.progress: Any = None
         self.task: Any = None
 
-    def start(self, total: int, done: int) -> None:
-        super().start(total, done)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
+        super().start(total, done, counts)
         from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.progress = Progress(
             TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[ok]} ok[/] [dim]{task.fields[skip]} skipped[/] "
-                       "[red]{task.fields[bad]} failed[/]"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("[green]{task.fields[good]} ok[/] [dim]{task.fields[skipped]} skipped[/] "
+                       "[red]{task.fields[failed]} failed {task.fields[invalid]} invalid[/]"),
+            TextColumn("{task.fields[speed]}"), TextColumn("[cyan]{task.fields[eta]}"),
+            console=Console(stderr=True), transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("rows", total=total, ok=0, skip=0, bad=0)
+        self.task = self.progress.add_task("rows", total=total, completed=sum(self.counts.values()),
+                                           **self._fields(time.monotonic()))
+
+    def _fields(self, now: float) -> dict[str, Any]:
+        counts = self.counts
+        speed, eta = self.speed_and_eta(now)
+        return {
+            "good": sum(counts[k] for k in _GOOD), "skipped": counts["skipped"],
+            "failed": sum(counts[k] for k in _BAD), "invalid": counts["invalid"],
+            "speed": f"{speed:.1f} rows/s", "eta": f"ETA {_clock(eta)}" if eta is not None else "ETA --:--",
+        }
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
-        for o in outcomes:
-            self.counts[str(o.status)] += 1
+        self._count(outcomes)
         if self.progress is not None:
-            c = self.counts
-            self.progress.update(self.task, advance=len(outcomes), ok=c["succeeded"] + c["planned"],
-                                 skip=c["skipped"], bad=c["failed"] + c["invalid"] + c["unknown"])
+            self.progress.update(self.task, completed=sum(self.counts.values()), **self._fields(time.monotonic()))
 
     def message(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False, highlight=False)
         else:
             click.echo(text, err=True)
 
@@ -283,12 +342,128 @@ class TerminalEvents(PlainEvents):
         return sys.stdin.isatty()
 
     def confirm(self, prompt: str, expected: str) -> bool:
-        self.finish()
-        try:
-            answer = click.prompt(prompt, default="", show_default=False, err=True)
-        except (click.Abort, EOFError):
-            return False
-        return answer.strip() == expected
+        """Ask with the bar paused, so the question stands clear of it. Ctrl-C
+        here stops at once (KeyboardInterrupt, exit 130); end of input or any
+        other answer declines."""
+        live = self.progress
+        if live is not None:
+            live.stop()
+        answer = _prompt_interruptibly(prompt)
+        confirmed = answer is not None and answer.strip() == expected
+        if live is not None:
+            if confirmed:
+                live.start()
+            else:  # nothing more to show: the run stops here
+                self.progress = None
+        return confirmed
+
+
+def _prompt_interruptibly(prompt: str) -> str | None:
+    """Ask on the terminal; None when the input ends (Ctrl-D). Ctrl-C raises
+    KeyboardInterrupt at once, even while an event loop owns SIGINT.
+
+    A blocking read would not do: the kernel may hand SIGINT to any thread
+    (aiohttp's resolver threads, say), and then the read in the main thread
+    is never interrupted. So the answer is awaited with select() on the
+    terminal and on a wakeup pipe that the signal writes to, whichever thread
+    receives it.
+    """
+    import select
+    import signal
+
+    try:
+        wake_read, wake_write = os.pipe()
+    except OSError:
+        wake_read = wake_write = -1
+    try:
+        os.set_blocking(wake_write, False)
+        previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or not POSIX: a plain prompt
+        for fd in (wake_read, wake_write):
+            if fd >= 0:
+                os.close(fd)
+        return _plain_prompt(prompt)
+    try:
+        click.echo(f"{prompt}: ", nl=False, err=True)  # asked only once Ctrl-C is watched for
+        while True:
+            ready, _, _ = select.select([sys.stdin, wake_read], [], [])
+            if wake_read in ready:
+                click.echo("", err=True)  # the answer's line was never ended
+                raise KeyboardInterrupt
+            line = sys.stdin.readline()
+            return line.rstrip("\r\n") if line else None
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wake_read)
+        os.close(wake_write)
+
+
+def _plain_prompt(prompt: str) -> str | None:
+    try:
+        return str(click.prompt(prompt, default="", show_default=False, err=True))
+    except (click.Abort, EOFError):
+        return None
+
+
+# -- profiles and secrets ----------------------------------------------------
+
+
+@main.command()
+@click.option("--profile", "-P", required=True, metavar="NAME", help="The profile in config.toml to log in for.")
+def login(profile: str) -> None:
+    """Store a profile's credentials in the OS keyring (asked for without echo).
+
+    The profile ([profiles.NAME] in config.toml) says which MDM it is, and so
+    which credentials to ask for. A run with --profile NAME then reads them
+    from the keyring whenever the environment does not set them.
+    """
+    from .config import config_path, credential_sets, keyring_backend, load_profile, store_secrets
+
+    chosen = load_profile(profile, os.environ)
+    if not chosen.provider:
+        raise ConfigError(f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
+                          "provider = \"duostation\" (or manageengine, ivanti, banyan) to it.")
+    sets = credential_sets(chosen.provider)
+    if not sets:
+        raise ConfigError(f"{chosen.provider} does not say which credentials it reads, so there is nothing to store; "
+                          "set its variables in the environment instead.")
+    keyring_backend(" or ".join(" and ".join(names) for names in sets))  # no backend: say so before asking
+    variables = sets[0]
+    if len(sets) > 1:
+        for number, names in enumerate(sets, start=1):
+            click.echo(f"  {number}: {', '.join(names)}", err=True)
+        choice = click.prompt(f"Which credentials does {chosen.provider} use here", type=click.IntRange(1, len(sets)),
+                              default=1, err=True)
+        variables = sets[choice - 1]
+    values = {}
+    for variable in variables:
+        secret = not variable.endswith("USERNAME")
+        values[variable] = click.prompt(variable, hide_input=secret, err=True).strip()
+    store_secrets(profile, values)
+    click.echo(f"Stored {', '.join(values)} for profile {profile!r} in the OS keyring; the environment still wins "
+               "when it sets them.", err=True)
+
+
+@main.command()
+@click.argument("action_name", metavar="ACTION")
+@click.option("--provider", "-p", metavar="NAME", help="Check that this MDM can do ACTION (or from --profile).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to write it (.xlsx or .csv). Default: ACTION.xlsx here.")
+@profile_option
+def template(action_name: str, provider: str | None, out: Path | None, profile: str | None) -> None:
+    """Write an empty job file for ACTION: its columns as the header, and in
+    an .xlsx a Notes sheet explaining each column with an example."""
+    from .config import load_profile
+    from .template import resolve_action, write_template
+
+    if profile and not provider:
+        provider = load_profile(profile, os.environ).provider
+    spec = resolve_action(action_name, provider)
+    path = write_template(out or Path(f"{spec.name}.xlsx"), spec, provider=provider)
+    click.echo(f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
+               f"--action {spec.name} --dry-run ...", err=True)
 
 
 # -- journal commands --------------------------------------------------------
@@ -298,32 +473,78 @@ class TerminalEvents(PlainEvents):
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
 @click.option("--limit", type=int, default=20, show_default=True, help="How many runs to list, newest first.")
 def runs(state_dir: Path | None, limit: int) -> None:
-    """List earlier runs with their row counts (newest first)."""
+    """List earlier runs (newest first): when, which MDM and profile, the job and its row counts."""
     from .engine import state_dir as resolve
     from .journal import Journal
 
     with Journal(resolve(state_dir, os.environ)) as journal:
         listed = journal.runs(limit)
-        if not listed:
-            click.echo("No runs yet.")
-            return
-        for info, counts in listed:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-            state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
-            parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            click.echo(f"{info.id:>4}  {when}  {info.provider:<11} {state:<10} {Path(info.job_path).name}: {parts}")
+    if not listed:
+        click.echo("No runs yet.")
+        return
+    profiles = _profiles_by_target()
+    table = [("RUN", "STARTED", "STATE", "PROVIDER", "URL", "PROFILE", "JOB", "ROWS")]
+    for info, counts in listed:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+        state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
+        profile = profiles.get((info.provider, info.url.rstrip("/")), "-")
+        table.append((str(info.id), when, state, info.provider, info.url, profile, Path(info.job_path).name, parts))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        cells = [cell.rjust(widths[0]) if i == 0 else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _profiles_by_target() -> dict[tuple[str, str], str]:
+    """(provider, url) -> the profile(s) in config.toml that name them; runs do not record a profile,
+    so this is what `runs` shows."""
+    from .config import load_profiles
+
+    try:
+        profiles = load_profiles(os.environ)
+    except BulkMDMError:
+        return {}
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, profile in sorted(profiles.items()):
+        if profile.provider and profile.url:
+            found.setdefault((profile.provider.casefold(), profile.url.rstrip("/")), []).append(name)
+    return {key: ", ".join(names) for key, names in found.items()}
 
 
 @main.command()
 @click.argument("run_id", metavar="RUN", type=int)
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write here instead of the run's report path.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Write it here (.csv or .xlsx).")
+@click.option("--replace", is_flag=True, help="Write over the run's own report (edits made to it since are lost).")
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
-def report(run_id: int, out: Path | None, state_dir: Path | None) -> None:
-    """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs)."""
-    from .engine import rebuild_report
+def report(run_id: int, out: Path | None, replace: bool, state_dir: Path | None) -> None:
+    """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs).
 
+    It goes to a new file next to the run's report (an admin may have edited
+    that one in Excel), unless --replace or --out says where.
+    """
+    from .engine import rebuild_report
+    from .engine import state_dir as resolve
+    from .journal import Journal
+
+    if out is not None and replace:
+        raise click.UsageError("Give --out or --replace, not both.")
+    if out is None:
+        with Journal(resolve(state_dir, os.environ)) as journal:
+            original = Path(journal.run(run_id).report_path)
+        out = original if replace else _unused_name(original, run_id)
     result = rebuild_report(run_id, out=out, state=state_dir)
     click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+
+
+def _unused_name(report_path: Path, run_id: int) -> Path:
+    """'tags.outcome.csv' -> 'tags.outcome.run3.csv' (then '.run3-2.csv', ...): a file that does not exist yet."""
+    candidate = report_path.with_name(f"{report_path.stem}.run{run_id}{report_path.suffix}")
+    number = 2
+    while candidate.exists():
+        candidate = report_path.with_name(f"{report_path.stem}.run{run_id}-{number}{report_path.suffix}")
+        number += 1
+    return candidate
 
 
 @main.command()
@@ -396,16 +617,26 @@ def export(provider: str, url: str, out: Path | None, action: str | None, partit
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
+@click.option("--real", "--me-real", "real", is_flag=True,
+              help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
+                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only; manageengine: the cloud "
+                   "API under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
 def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
         rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float) -> None:
+        slow_seconds: float, real: bool) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
+    import inspect
+
     from .sim import load
     from .sim.common import Faults, serve_forever
 
     faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
                     drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
-    app = load(provider.casefold())(devices=devices, seed=seed, username=username, password=password, faults=faults)
+    make_app = load(provider.casefold())
+    behaviour = {"real": True} if real else {}
+    if real and "real" not in inspect.signature(make_app).parameters:
+        raise click.UsageError(f"the {provider} simulator has no --real behaviour; leave --real out.")
+    app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
     creds = {
         "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "

@@ -8,6 +8,7 @@ names are accepted too, since DuoSTATION's admins often write them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 #: canonical column -> the names that mean it (canonical name included).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -54,3 +55,87 @@ def canonical(header: object) -> str | None:
     report columns, or ``None`` for a column bulkmdm does not use (it is still
     carried into the report)."""
     return _LOOKUP.get(normalise(header))
+
+
+def same_meaning(headers: Sequence[str]) -> dict[str, list[int]]:
+    """Canonical columns that two or more headers mean: ``{"serial": [0, 3]}``."""
+    positions: dict[str, list[int]] = {}
+    for position, header in enumerate(headers):
+        name = canonical(header)
+        if name is not None and not name.startswith("outcome:"):
+            positions.setdefault(name, []).append(position)
+    return {name: found for name, found in positions.items() if len(found) > 1}
+
+
+def disagreement(line: int, headers: Sequence[str], positions: Sequence[int], cells: Sequence[str]) -> str | None:
+    """The sentence for line ``line`` when its columns of one meaning hold
+    different values (white space around a value does not count), or None
+    when they agree."""
+    values = [cells[p].strip() for p in positions]
+    if len(set(values)) <= 1:
+        return None
+    first, other = positions[0], next(p for p, v in zip(positions, values, strict=True) if v != values[0])
+    twins = headers[first].strip() == headers[other].strip()
+
+    def says(position: int) -> str:
+        value = cells[position].strip()
+        name = f"column {position + 1} '{headers[position].strip()}'" if twins else f"'{headers[position].strip()}'"
+        return f"{name} " + (f"says '{value}'" if value else "is blank")
+
+    return (f"line {line} has two columns that mean {canonical(headers[first])}, and they differ: {says(first)} "
+            f"but {says(other)}; make them agree or delete one of the two columns.")
+
+
+#: every name a header may have, as written in ALIASES (the suggestions offered)
+_KNOWN_NAMES: dict[str, str] = {}
+for _names in ALIASES.values():
+    for _name in _names:
+        _KNOWN_NAMES.setdefault(normalise(_name), _name)
+
+
+def closest(header: str) -> str | None:
+    """The known column name nearest to ``header``, written in its style
+    ('Serail Number' -> 'Serial Number'), or None when nothing is close."""
+    import difflib
+
+    key = normalise(header)
+    if not key or key in _LOOKUP:
+        return None
+    match = difflib.get_close_matches(key, _KNOWN_NAMES, n=1, cutoff=0.75)
+    if not match:
+        return None
+    name = _KNOWN_NAMES[match[0]]
+    written = header.strip()
+    if "_" in written and " " not in written:
+        name = name.replace(" ", "_")
+    if written.isupper():
+        return name.upper()
+    if written[:1].isupper():
+        return " ".join(word[:1].upper() + word[1:] for word in name.split(" "))
+    return name
+
+
+def header_notes(headers: Sequence[str]) -> list[str]:
+    """What to tell a person about headers bulkmdm does not know, at the start
+    of a run: a 'did you mean' for each near miss, one line for the rest.
+    Not errors: those columns are still carried into the report."""
+    notes = []
+    unused = []
+    for header in headers:
+        if not header.strip() or canonical(header) is not None:
+            continue
+        suggestion = closest(header)
+        if suggestion:
+            notes.append(f"'{header.strip()}' is not a column bulkmdm knows; did you mean '{suggestion}'? "
+                         "(It is kept in the report as it is.)")
+        else:
+            unused.append(f"'{header.strip()}'")
+    if unused:
+        notes.append(f"Not used by bulkmdm, kept in the report: {', '.join(unused)}.")
+    return notes
+
+
+def seen(headers: Sequence[str]) -> str:
+    """'its columns are 'Serail Number', 'Tag'' for a message about a file that lacks a column."""
+    named = [f"'{h.strip()}'" for h in headers if h.strip()]
+    return f"its columns are {', '.join(named)}" if named else "it has no column names"

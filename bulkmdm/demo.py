@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
     moves = [["email", "group"]]
     for user in users[200:215]:
         moves.append([user["email"], FACTS["group_path"]])
+    emails = Counter(u["email"].casefold() for u in state.users.values())
+    teachers = [u for u in users if u["position"] == "Lärare" and emails[u["email"].casefold()] == 1]
+    untagged_teachers = [u for u in teachers if "Lärare" not in state.user_tags_of(u["id"])]
+    tag_users = [["email", "tag", "Kommentar"]]
+    tag_users += [[u["email"], "Lärare", ""] for u in untagged_teachers[:12]]
+    tag_users.append([FACTS["tagged_user"]["email"], FACTS["tagged_user"]["tag"], "already tagged"])
     return {
         "duostation-tag.csv": tag,
         "duostation-assign.xlsx": assign,
@@ -65,6 +72,7 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
         "duostation-lost.csv": lost,
         "duostation-apps.csv": apps,
         "duostation-move-user.csv": moves,
+        "duostation-tag-user.csv": tag_users,
     }
 
 
@@ -197,6 +205,8 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
             duo.url, action="assign-user", concurrency=8)
         run("Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url,
             action="move-user")
+        run("Tag the teachers (user tags)", out / "duostation-tag-user.csv", "duostation", duo.url,
+            action="tag-user")
         duo.faults.update({"error_rate": 0.15, "mutating_only": True, "seed": 1})
         echo("")
         echo("-- The MDM now answers 503 to 15% of changes; bulkmdm retries, nothing is sent twice.")

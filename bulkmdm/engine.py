@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import providers
-from .actions import ACTIONS, missing_columns, normalise_action
-from .columns import OUTCOME_COLUMNS
+from .actions import ACTIONS, confirmation_prompt, missing_columns, normalise_action
+from .columns import OUTCOME_COLUMNS, header_notes, seen
 from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, RunStopped, UsageError
 from .journal import DONE, IN_FLIGHT, PENDING, Journal, RunInfo
 from .limits import RateController, parse_rate
@@ -44,7 +44,9 @@ class Events(Protocol):
     """What the engine tells the person running it (the CLI implements this)."""
 
     def message(self, text: str) -> None: ...
-    def start(self, total: int, done: int) -> None: ...
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
+        """``total`` rows, ``done`` of them already finished (``counts``: their statuses)."""
+        ...
     def advance(self, outcomes: Sequence[Outcome]) -> None: ...
     def finish(self) -> None: ...
     def can_ask(self) -> bool:
@@ -62,7 +64,7 @@ class QuietEvents:
     def message(self, text: str) -> None:
         pass
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
         pass
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
@@ -146,6 +148,8 @@ class _Run:
         #: set once a batch has been sent (an answer or an error came back)
         self.sent_any = False
         self.concurrency = 8
+        #: the destructive prompt was declined (or interrupted): forget the run, write no report
+        self.declined = False
 
     # -- set-up -------------------------------------------------------------
     def _validate_options(self) -> tuple[type[Provider], str]:
@@ -203,13 +207,16 @@ class _Run:
         from .jobfile import read_job
 
         table = read_job(o.job)
+        for note in header_notes(table.headers):
+            self.events.message(note)
         rows_cells, headers, carried = _split_report(table)
         action_override = normalise_action(o.action) if o.action else None
         if not table.rows:
             raise JobFileError(f"{o.job} has a header but no rows; there is nothing to do.")
         if action_override is None and "action" not in table.canonical:
             raise JobFileError(
-                f"{o.job} has no action column; add one (e.g. 'action' with lock, tag, ...) or pass --action."
+                f"{o.job} has no action column ({seen(table.headers)}); add one (e.g. 'action' with lock, tag, ...) "
+                "or pass --action."
             )
 
         # validate every row
@@ -228,13 +235,15 @@ class _Run:
             reasons = Counter(o.detail for o in invalid.values())
             common, n = reasons.most_common(1)[0]
             if n == len(invalid) and common.startswith("Missing "):
-                raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:]}")
+                raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:-1]} "
+                                   f"({seen(headers)}).")
             if all(x.detail.startswith("Missing ") for x in invalid.values()):
                 # rows of several actions, each missing what its action needs
                 first = invalid[min(invalid)]
                 raise JobFileError(
                     f"No row of {o.job} can run: every row misses a column its action needs "
-                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')})."
+                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')}; "
+                    f"{seen(headers)})."
                 )
 
         destructive = [r for r in job_rows.values() if ACTIONS[r.action].destructive]
@@ -351,7 +360,7 @@ class _Run:
             result.requests = client.requests_sent
             result.mutating_requests = client.mutating_sent
             result.interrupted = self.interrupts > 0
-            if self.auth_error is not None and not self.sent_any:
+            if self.declined or (self.auth_error is not None and not self.sent_any):
                 # Refused at the first request: nothing was run (exit 2). An
                 # earlier report at this path stays as it was, and a new run
                 # is forgotten, so the corrected command starts clean.
@@ -387,20 +396,19 @@ class _Run:
         # see all rows at once (chunk_rows None).
         size = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
         feed = _Feed(self, journal, run_id, provider, rows, size, in_flight_before, result)
-        self.events.start(len(rows), 0)
+        self.events.start(result.rows, result.rows - len(rows), journal.counts(run_id))
         if not await feed.plan_next():
             return
         if confirm:
             destructive = [s for s in feed.queued() if ACTIONS[s.action].destructive]
             if destructive:
-                n = str(len(destructive))
-                verbs = " / ".join(sorted({s.action for s in destructive}))
-                answer = self.events.confirm(
-                    f"This will {verbs} {n} device(s) or user(s). Type {n} to go ahead, anything else to stop",
-                    n,
-                )
+                # Declined or Ctrl-C at the prompt: nothing was sent, so no run is left to resume.
+                self.declined = True
+                answer = self.events.confirm(confirmation_prompt(destructive), str(len(destructive)))
                 if answer is not True:
-                    raise ConfirmationRefused("Not confirmed; nothing destructive was sent.")
+                    raise ConfirmationRefused("Declined: nothing was sent. Run the same command again to be asked "
+                                              "again, or check the file first with --dry-run.")
+                self.declined = False
         await self._pool(journal, run_id, feed, provider.check if o.dry_run else provider.execute,
                          self.concurrency)
         if feed.error is not None:

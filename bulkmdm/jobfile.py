@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .columns import canonical as _canonical
+from .columns import disagreement, same_meaning
 from .errors import JobFileError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -579,6 +580,7 @@ def _table(
     if b"\x00" in data:
         _note_nul(columns, headers, problems)
     _note_huge(columns, headers, problems)
+    _note_disagreements(columns, headers, problems)
 
     rows = list(zip(*columns)) if columns else []
     return JobTable(
@@ -648,3 +650,18 @@ def _note_huge(columns: list[list[str]], headers: Sequence[str], problems: dict[
                     f"line {r + 2} has {len(cell):,} characters in column {_column_name(headers, position)}, "
                     f"more than Excel's limit of {EXCEL_CELL_LIMIT:,}; shorten that cell."
                 )
+
+
+def _note_disagreements(columns: list[list[str]], headers: Sequence[str], problems: dict[int, str]) -> None:
+    """Two columns that mean one (``serial`` and ``Serial Number``) must agree
+    on every row; where they do not, the row is invalid rather than one of
+    them silently winning."""
+    for positions in same_meaning(headers).values():
+        picked = [columns[p] for p in positions]
+        for r, values in enumerate(zip(*picked, strict=True)):
+            if r in problems or len({v.strip() for v in values}) <= 1:
+                continue
+            cells = dict(zip(positions, values, strict=True))
+            sentence = disagreement(r + 2, headers, positions, [cells.get(i, "") for i in range(len(headers))])
+            if sentence:
+                problems[r] = sentence

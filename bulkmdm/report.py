@@ -124,19 +124,40 @@ def _write_csv(temporary: Path, headers: Sequence[str], rows: Iterable[Sequence[
         writer.writerows([neutralise(_text(cell)) for cell in row] for row in rows)
 
 
+#: status -> (fill, font colour) of its cell: Excel's own Good / Neutral / Bad styles, and grey
+STATUS_COLOURS: dict[str, tuple[str, str]] = {
+    "succeeded": ("#C6EFCE", "#006100"),
+    "skipped": ("#EDEDED", "#595959"),
+    "failed": ("#FFC7CE", "#9C0006"),
+    "invalid": ("#FFC7CE", "#9C0006"),
+    "unknown": ("#FFEB9C", "#9C5700"),
+    "not-run": ("#FFEB9C", "#9C5700"),
+    "not run": ("#FFEB9C", "#9C5700"),
+}
+_MIN_WIDTH, _MAX_WIDTH = 8, 60
+
+
 def _write_xlsx(
     temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], sheet_name: str
 ) -> None:
+    """A sheet people read in Excel: a frozen, filterable header, columns as wide
+    as their text (within limits) and the status cell coloured by status."""
     import xlsxwriter
 
     workbook = xlsxwriter.Workbook(str(temporary), _XLSX_OPTIONS)
     try:
         sheet = workbook.add_worksheet(sheet_name)
         sheet.freeze_panes(1, 0)
+        heading = workbook.add_format({"bold": True, "bottom": 1, "bg_color": "#F2F2F2"})
+        coloured = {status: workbook.add_format({"bg_color": fill, "font_color": font})
+                    for status, (fill, font) in STATUS_COLOURS.items()}
+        status_column = _status_column(headers)
         write = sheet.write_string
+        # header text + room for the filter button
+        widths = [len(_text(header)) + 3 for header in headers]
         for column, header in enumerate(headers):
-            if text := _text(header):
-                write(0, column, text)
+            write(0, column, _text(header), heading)
+        number = 0
         for number, row in enumerate(rows, start=1):
             if number > XLSX_MAX_ROWS:
                 raise UsageError(
@@ -147,7 +168,26 @@ def _write_xlsx(
                 # write_string even for numbers: a text cell is never a
                 # formula, a number or a link, whatever it holds.
                 text = _text(cell)
-                if text:
+                if not text:
+                    continue
+                if column == status_column:
+                    write(number, column, text, coloured.get(text.strip().casefold()))
+                else:
                     write(number, column, text)
+                if column < len(widths):
+                    widths[column] = max(widths[column], len(text) if len(text) < _MAX_WIDTH else _MAX_WIDTH)
+                else:
+                    widths.append(min(len(text), _MAX_WIDTH))
+        for column, width in enumerate(widths):
+            sheet.set_column(column, column, min(max(width + 1, _MIN_WIDTH), _MAX_WIDTH))
+        if headers:
+            sheet.autofilter(0, 0, number, len(headers) - 1)
     finally:
         workbook.close()
+
+
+def _status_column(headers: Sequence[str]) -> int | None:
+    """The position of the report's own ``status`` column: the last one, since
+    bulkmdm appends its columns after the job's."""
+    found = [i for i, header in enumerate(headers) if _text(header).strip().casefold() == "status"]
+    return found[-1] if found else None

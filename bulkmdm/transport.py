@@ -375,7 +375,6 @@ class Client:
         log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
         if not req.credential:
             self.answered = True
-            self.answered_ok = self.answered_ok or 200 <= status < 300
         return status, raw, resp_headers
 
     async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
@@ -415,6 +414,8 @@ class Client:
                             status=status) from None
         if req.expect_json and 200 <= status < 300 and not is_json:
             raise BadAnswer(_not_json(req, status, content_type, body), attempts=attempt, status=status)
+        if 200 <= status < 300 and not req.credential:
+            self.answered_ok = True  # a real answer: from here on, failures are the MDM's, not the set-up's
         return Response(status, body, headers, attempt)
 
     def _retry_wait(

@@ -61,7 +61,7 @@ def test_terminal_confirmation_typed_count(duo: Any, tmp_path: Path) -> None:
             "--action", "wipe"]
     code, text = _run_on_terminal(args, "3", _env(tmp_path))
     assert code == 2, text
-    assert "Type 2" in text and "Not confirmed" in text
+    assert "Type 2" in text and "Declined" in text
     assert duo.stats.mutating == 0
     code, text = _run_on_terminal(args, "2", _env(tmp_path))
     assert code == 0, text

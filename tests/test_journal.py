@@ -39,7 +39,9 @@ def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None
     assert res.exit_code == 1
     listed = run_cli(["runs"])
     assert listed.exit_code == 0 and "j.csv" in listed.output and "1 succeeded" in listed.output
-    run_id = listed.output.split()[0]
+    header, first = listed.output.splitlines()[:2]
+    assert header.split()[:3] == ["RUN", "STARTED", "STATE"] and duo.url in first
+    run_id = first.split()[0]
     res.report_path.unlink()
     out = tmp_path / "again.xlsx"
     rebuilt = run_cli(["report", run_id, "--out", str(out)])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bulkmdm.errors import AuthError, ConfigError, QuotaExhausted
+from bulkmdm.errors import AuthError, ConfigError, QuotaExhausted, SetupFailed
 from bulkmdm.model import JobRow, Outcome, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
@@ -104,7 +104,7 @@ async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
             results = await asyncio.gather(*(provider.execute(b) for b in todo))
         else:
             results = [await provider.execute(b) for b in todo]
-        for batch, outcomes in zip(todo, results):
+        for batch, outcomes in zip(todo, results, strict=True):
             assert [o.index for o in outcomes] == [s.index for s in batch]
             out.update({o.index: o for o in outcomes})
     return [out[r.index] for r in job]
@@ -180,7 +180,8 @@ async def test_remove_from_group_skips_non_members(sim: SimServer, mode: str) ->
 async def test_install_app_by_name_bundle_or_id_in_one_request(sim: SimServer, mode: str) -> None:
     devs = generated(sim)[:5]
     names = [APP["name"], APP["name"], APP["bundle_identifier"], str(APP["id"]), APP["name"]]
-    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a} for d, a in zip(devs, names)))
+    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a}
+                 for d, a in zip(devs, names, strict=True)))
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 5
     assert "Installation of 'Kahoot!' sent" in out[0].detail
@@ -256,7 +257,7 @@ async def test_same_change_twice_is_sent_once_and_opposite_changes_conflict(sim:
     )
     out = await run(sim, env_for("on-premises", sim), job)
     assert statuses(out) == ["succeeded", "skipped", "failed"]
-    assert "line 2" in out[1].detail and "Line 2" in out[2].detail
+    assert "line 2" in out[1].detail and "line 2" in out[2].detail and "opposite change" in out[2].detail
     assert state(sim).log[FACTS["free_device"]["id"]] == [f"add-to-group:{GROUP['id']}"]
 
 
@@ -646,13 +647,16 @@ async def test_bad_credentials_stop_the_run_and_never_show_secrets(
     assert sim.stats.mutating == (1 if wrong != "BULKMDM_API_KEY" else 0)  # the token request only
 
 
-async def test_unreachable_token_endpoint_fails_rows_without_secrets(sim: SimServer) -> None:
+async def test_unreachable_token_endpoint_stops_the_run_without_secrets(sim: SimServer) -> None:
+    # nothing answers where the tokens come from: the set-up is wrong for every row (CONTRACT "Stopping early")
     env = env_for("cloud", sim, BULKMDM_OAUTH_URL="http://127.0.0.1:9/oauth/v2/token")
     job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
-    out = await run(sim, env, job)
-    assert statuses(out) == ["failed"]
-    assert "token endpoint" in out[0].detail
-    assert not any(s in out[0].detail for s in SECRETS)
+    with pytest.raises(SetupFailed) as info:
+        await run(sim, env, job)
+    assert "Nothing answers at the OAuth token endpoint 127.0.0.1:9" in str(info.value)
+    assert "BULKMDM_OAUTH_URL" in str(info.value) and "Nothing was sent." in str(info.value)
+    assert not any(s in str(info.value) for s in SECRETS)
+    assert sim.stats.requests == 0
 
 
 async def test_credentials_refused_with_403_stop_the_run_or_renew_the_token(sim: SimServer) -> None:
@@ -690,7 +694,8 @@ def test_missing_credentials_are_named() -> None:
     with pytest.raises(ConfigError, match="BULKMDM_DAILY_LIMIT"):
         ManageEngine.auth_from_env({"BULKMDM_API_KEY": "k", "BULKMDM_DAILY_LIMIT": "lots"})
     assert ManageEngine.api_base("https://mdm.example.com/") == "https://mdm.example.com/api/v1"
-    assert ManageEngine.api_base("https://mdm.example.com/api/v1/mdm/") == "https://mdm.example.com/api/v1"
+    # a user-supplied /api/v1/mdm is kept (issue 13): it is the base the vendor's public clients call
+    assert ManageEngine.api_base("https://mdm.example.com/api/v1/mdm/") == "https://mdm.example.com/api/v1/mdm"
     assert ManageEngine.api_base("https://mdm.manageengine.com/api/v1") == "https://mdm.manageengine.com/api/v1"
 
 

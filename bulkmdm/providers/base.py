@@ -498,22 +498,21 @@ class ListFailed(Exception):
 Page = tuple[list[Any], Any]
 
 
-async def collect_pages(
+async def iter_pages(
     fetch: Callable[[Any], Awaitable[Page]],
     *,
     ident: Callable[[Any], Any],
     max_pages: int = 100_000,
-) -> list[Any]:
-    """Every item of a paged list, each once.
+) -> AsyncIterator[Any]:
+    """Every item of a paged list, each once, page by page (an export streams).
 
     ``fetch(cursor)`` returns one page and the next cursor (``fetch(None)``
     the first page). Items whose ``ident`` was seen on an earlier page are
-    kept once, so a repeated or overlapping page cannot make a serial look
+    yielded once, so a repeated or overlapping page cannot make a serial look
     ambiguous; a page that adds nothing new, or a cursor seen before, ends
     the list (a server that ignores the paging parameters would loop).
     Items without an ident are kept (an :class:`Index` never matches them).
     """
-    items: list[Any] = []
     seen_ids: set[str] = set()
     seen_cursors: set[str] = set()
     cursor: Any = None
@@ -526,12 +525,21 @@ async def collect_pages(
                 continue
             if item_id:
                 seen_ids.add(item_id)
-            items.append(item)
             fresh += 1
+            yield item
         if cursor is None or not fresh or repr(cursor) in seen_cursors:
-            break
+            return
         seen_cursors.add(repr(cursor))
-    return items
+
+
+async def collect_pages(
+    fetch: Callable[[Any], Awaitable[Page]],
+    *,
+    ident: Callable[[Any], Any],
+    max_pages: int = 100_000,
+) -> list[Any]:
+    """Every item of a paged list, each once, as one list (see :func:`iter_pages`)."""
+    return [item async for item in iter_pages(fetch, ident=ident, max_pages=max_pages)]
 
 
 # -- same change, contradictions ---------------------------------------------

@@ -4,13 +4,33 @@ Two editions, one API:
 
 * on-premises (``BULKMDM_API_KEY`` set): requests go to
   ``<url>/api/v1/mdm/...`` with ``Authorization: <api key>``;
-* cloud (otherwise): requests go to ``<url>/api/v1/...`` with
+* cloud (otherwise): requests go to ``<url>/api/v1/mdm/...`` too, with
   ``Authorization: Zoho-oauthtoken <access token>``, the token obtained from
   Zoho's OAuth endpoint with the refresh-token grant (:class:`ZohoOAuth`).
+  The doc's introduction gives the cloud base as
+  ``https://mdm.manageengine.com/api/v1``, but every public client of the
+  cloud (a Dart client covering all nine regions, Python and JavaScript
+  scripts) calls ``https://mdm.manageengine.com/api/v1/mdm/devices``: that
+  comes first, and only when the run's first list answers 404 there does the
+  cloud fall back to the doc's ``<url>/api/v1/...`` for the rest of the run
+  (:meth:`ManageEngine._get`). A ``--url`` that already ends in
+  ``/api/v1/mdm`` is taken as it is, with no fallback.
+
+Regional clouds (``mdm.manageengine.eu``, ``.in``, ``.com.au``, ``.jp``,
+``.ca``, ``.cn``, ``.sa``, ``.uk``) take their tokens from their own Zoho
+accounts server (:func:`zoho_token_url`) unless ``BULKMDM_OAUTH_URL`` says
+otherwise; a refusal from a token server of another region says which one
+to use (:func:`region_hint`).
 
 ``api_base`` is a classmethod that sees only the URL, so it returns
-``<url>/api/v1`` for both, and the provider puts ``mdm/`` in front of every
-path when its credentials are an API key (:meth:`ManageEngine._path`).
+``<url>/api/v1`` (or the URL as given when it ends in ``/api/v1/mdm``), and
+the provider puts ``mdm/`` in front of every path (:meth:`ManageEngine._path`).
+
+Device lists keep de-enrolled records (``"is_removed": "true"``) beside a
+re-enrolled device's current record with the same serial. Public clients ask
+for ``exclude_removed=true`` and still check ``is_removed`` on every record
+(a JavaScript client compares it with the strings ``'true'``/``'false'``):
+so does this one, and a removed record never matches a row.
 
 What each action sends (bodies are JSON, as in the doc's curl examples, ids
 as JSON numbers as in its ``"device_ids": [ 1, 2, 3 ]``)::
@@ -36,10 +56,9 @@ The vendor allows 100 calls a minute and 2,500 a day (1,000 for free
 organisations). The rate is the default; the day's budget is checked when
 planning: rows whose requests would not fit fail up front with a note to
 run the report again tomorrow (``BULKMDM_DAILY_LIMIT`` changes the budget).
-The doc's 429 ("COM0002 API Limit Exceeded") names no Retry-After: when the
-transport's quick retries meet only 429s, the run holds for the minute
-window and tries once more; a 429 after that means the day's calls are used
-up, and the remaining rows fail without being sent.
+The doc's 429 ("COM0002 API Limit Exceeded") names no Retry-After: the
+declared retry policy holds the run for the minute window and tries once
+more; a 429 after that means the day's calls are used up, and the run stops.
 """
 
 from __future__ import annotations
@@ -48,25 +67,46 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any
-from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
-from ..errors import AuthError, BadAnswer, ConfigError, RedirectRefused, TransportError
+from ..errors import (
+    AuthError,
+    BadAnswer,
+    ConfigError,
+    ConnectError,
+    RedirectRefused,
+    RequestTimeout,
+    SetupFailed,
+    TransportError,
+)
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Index,
+    ListFailed,
     LookupFailed,
+    Page,
     Provider,
     Settings,
+    as_int,
     as_list,
+    cap,
+    collect_pages,
     explain_status,
     failed,
     get_field,
+    key,
     outcome_from_error,
+    seg,
+    send_halving,
     skipped,
+    wire_int,
 )
 
 log = logging.getLogger("bulkmdm.http")
@@ -79,6 +119,9 @@ GROUP_ACTIONS = frozenset({"add-to-group", "remove-from-group"})
 APP_ACTIONS = frozenset({"install-app", "remove-app"})
 #: actions whose rows share one request (the API takes a list of ids)
 BATCHED = frozenset({"add-to-group", "install-app"})
+#: the change that undoes each action
+OPPOSITE = {"add-to-group": "remove-from-group", "remove-from-group": "add-to-group",
+            "install-app": "remove-app", "remove-app": "install-app"}
 #: a whole-batch 4xx with these is about the account or the request's form,
 #: not one bad id; splitting the batch would only repeat it
 _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
@@ -131,12 +174,18 @@ class ZohoOAuth(Auth):
         self._lock: asyncio.Lock | None = None
         #: how many access tokens this run obtained
         self.grants = 0
+        #: what a refusal adds when the token server is not the tenant's region's (see region_hint)
+        self.hint = ""
+        #: whether the MDM took the current token (a 2xx answer to a request that carried it)
+        self._accepted = False
 
     def headers(self) -> Mapping[str, str]:
         _sent_token.set(self._token)
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
 
     def refused(self, status: int, body: Any) -> bool:
+        if 200 <= status < 300:
+            self._accepted = True  # the token server is one the MDM trusts
         return _token_refused(status, body)
 
     def _fresh(self) -> bool:
@@ -164,6 +213,11 @@ class ZohoOAuth(Auth):
         async with self._locked():
             if self._token is not None and self._token != failed_with:
                 return True
+            if self.hint and not self._accepted:
+                # A token from another region's accounts server, refused before
+                # the MDM ever took it: another token from there will not do.
+                raise AuthError(f"the MDM refused the access token from {urlsplit(self.token_url).netloc}"
+                                f"{self.hint}", status=401)
             await self._fetch(client)
         return True
 
@@ -186,6 +240,14 @@ class ZohoOAuth(Auth):
             resp = await client.request("POST", self.token_url, data=form, credential=True, idempotent=True)
         except (BadAnswer, RedirectRefused) as exc:
             raise AuthError(f"no access token: {self._redact(str(exc))}; check BULKMDM_OAUTH_URL") from None
+        except (ConnectError, RequestTimeout) as exc:
+            if not client.answered_ok:
+                # before the MDM ever answered: the set-up is wrong for every row (CONTRACT "Stopping early")
+                raise SetupFailed(f"Nothing answers at the OAuth token endpoint {where}: {self._redact(str(exc))}; "
+                                  "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
+                                  "that it can be reached from here. Nothing was sent.") from None
+            raise TransportError(f"no access token from the OAuth token endpoint {where}: "
+                                 f"{self._redact(str(exc))}", attempts=exc.attempts) from None
         except TransportError as exc:
             raise TransportError(f"no access token from the OAuth token endpoint {where}: "
                                  f"{self._redact(str(exc))}", attempts=exc.attempts) from None
@@ -203,7 +265,7 @@ class ZohoOAuth(Auth):
         reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {resp.status}"
         raise AuthError(
             f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
-            "BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN",
+            f"BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN{self.hint}",
             status=401,
         )
 
@@ -222,6 +284,7 @@ class ZohoOAuth(Auth):
         self._token = token
         self._expires_at = now + ttl - min(60.0, ttl / 10)
         self.grants += 1
+        self._accepted = False  # not yet by the MDM (the 200 just seen was the token server's)
 
     def _redact(self, text: str) -> str:
         for secret in (self._client_secret, self._refresh_token, self._client_id, self._token):
@@ -241,6 +304,64 @@ def _number(value: Any) -> float | None:
         return float(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
+
+
+#: A ManageEngine cloud's domain suffix -> the Zoho accounts server of that
+#: region. The doc knows one region: every OAuth step posts to
+#: "https://accounts.zoho.com/oauth/v2/token". Public clients serve nine
+#: (a Dart client's ManageEngineChannel lists mdm.manageengine.com, .eu, .in,
+#: .com.au, .jp, .ca, .cn, .sa, .co.uk) and pair each with its own accounts
+#: server (TypeScript clients' DATA_CENTRES tables): Canada's Zoho accounts
+#: live on zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any
+#: other mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
+ZOHO_ACCOUNTS = {
+    "com": "accounts.zoho.com",
+    "eu": "accounts.zoho.eu",
+    "in": "accounts.zoho.in",
+    "com.au": "accounts.zoho.com.au",
+    "jp": "accounts.zoho.jp",
+    "ca": "accounts.zohocloud.ca",
+    "cn": "accounts.zoho.com.cn",
+    "com.cn": "accounts.zoho.com.cn",
+    "sa": "accounts.zoho.sa",
+    "uk": "accounts.zoho.uk",
+    "co.uk": "accounts.zoho.uk",
+}
+
+
+def cloud_host(url: str) -> str | None:
+    """``url``'s host when it is a ManageEngine cloud (``mdm.manageengine.eu``)."""
+    host = (urlsplit(url.strip()).hostname or "").casefold().rstrip(".")
+    return host if host.startswith(("manageengine.", "mdm.manageengine.")) else None
+
+
+def zoho_accounts_host(url: str) -> str | None:
+    """The Zoho accounts server of the region ``url`` is in (None: not a ManageEngine cloud)."""
+    host = cloud_host(url)
+    if host is None:
+        return None
+    tld = host.split("manageengine.", 1)[1]
+    return ZOHO_ACCOUNTS.get(tld) or f"accounts.zoho.{tld}"
+
+
+def zoho_token_url(url: str) -> str:
+    """The token endpoint for a tenant at ``url`` (``--url``): its region's
+    Zoho accounts server, or the doc's ``accounts.zoho.com`` for a URL that
+    names no ManageEngine cloud (a proxy, a test server)."""
+    accounts = zoho_accounts_host(url)
+    return f"https://{accounts}/oauth/v2/token" if accounts else DEFAULT_OAUTH_URL
+
+
+def region_hint(url: str, token_url: str) -> str:
+    """What to say when credentials are refused and the token came from a
+    server other than the tenant's region's ("" when they match, or when the
+    tenant is not a ManageEngine cloud)."""
+    accounts = zoho_accounts_host(url)
+    used = (urlsplit(token_url).hostname or "").casefold()
+    if accounts is None or used == accounts:
+        return ""
+    return (f"; your tenant is on {cloud_host(url)}: use {accounts} (unset BULKMDM_OAUTH_URL, or set it to "
+            f"https://{accounts}/oauth/v2/token)")
 
 
 def _daily_limit(env: Mapping[str, str]) -> int | None:
@@ -263,10 +384,13 @@ def _daily_limit(env: Mapping[str, str]) -> int | None:
 class ManageEngine(Provider):
     name = "manageengine"
     actions = frozenset(GROUP_ACTIONS | APP_ACTIONS)
+    credentials = (("BULKMDM_API_KEY",), ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN"))
     # "100 API calls/minute". A handful in flight is plenty at that pace.
     default_rate = 100 / 60
     # "100 calls/min": a hard limit, so the adaptive controller must not probe above it
     max_rate = 100 / 60
+    #: the window the vendor counts its limit over ("100 API calls/minute")
+    rate_window = 60.0
     default_concurrency = 4
     # The doc: "COM0004 500 Internal server error, Please try again in a
     # moment": reads are tried again (a change that met a 500 may have been
@@ -283,18 +407,20 @@ class ManageEngine(Provider):
     # extra requests per bad id at most).
     max_batch = 100
     request_headers = DOC_HEADERS
+    url_hint = ("the server root, under which ManageEngine answers /api/v1/mdm/ (a cloud may answer the doc's "
+                "/api/v1/ instead), e.g. https://mdm.manageengine.eu or https://mdm.example.com:8383")
     #: the most devices whose app list is read to skip app rows already in state
     app_check_max = 250
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
         _daily_limit(env)  # a bad value stops the run before anything is sent
-        key = env.get("BULKMDM_API_KEY", "").strip()
-        if key:
-            return ApiKeyAuth(key)
-        names = ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN")
+        api_key = env.get("BULKMDM_API_KEY", "").strip()
+        if api_key:
+            return ApiKeyAuth(api_key)
+        names = cls.credentials[1]
         values = [env.get(n, "").strip() for n in names]
-        missing = [n for n, v in zip(names, values) if not v]
+        missing = [n for n, v in zip(names, values, strict=True) if not v]
         if len(missing) == len(names):
             raise ConfigError(
                 "manageengine needs BULKMDM_API_KEY (on-premises) or BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET "
@@ -305,6 +431,8 @@ class ManageEngine(Provider):
                 f"manageengine cloud needs {', '.join(missing)} in the environment as well (or BULKMDM_API_KEY "
                 "for an on-premises server); set it and run again."
             )
+        # Without BULKMDM_OAUTH_URL the provider names the tenant's region's
+        # accounts server once it knows --url (zoho_token_url).
         token_url = env.get("BULKMDM_OAUTH_URL", "").strip() or DEFAULT_OAUTH_URL
         if not token_url.startswith(("https://", "http://")):
             raise ConfigError(f"BULKMDM_OAUTH_URL {token_url!r} must start with https://.")
@@ -314,42 +442,63 @@ class ManageEngine(Provider):
 
     @classmethod
     def api_base(cls, url: str) -> str:
-        # Cloud: "https://mdm.manageengine.com/api/v1"; on-premises:
-        # "{ServerURL}/api/v1/mdm" -- the "mdm/" is added per path (_path).
-        # --url is the server root; a URL copied with the doc's base path on
-        # it is taken as meaning that root.
+        # --url is the server root, and "mdm/" is added per path (_path), so
+        # that the cloud can fall back to the doc's "<url>/api/v1/...". A URL
+        # copied with the doc's cloud base on it ("/api/v1") means that root;
+        # one that ends in "/api/v1/mdm" is the user's choice, kept as it is.
         root = url.rstrip("/")
-        for tail in ("/api/v1/mdm", "/api/v1"):
-            if root.casefold().endswith(tail):
-                root = root[: -len(tail)]
-                break
+        if root.casefold().endswith("/api/v1/mdm"):
+            return root
+        if root.casefold().endswith("/api/v1"):
+            root = root[: -len("/api/v1")]
         return root + "/api/v1"
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         auth = client.auth
-        if isinstance(auth, (ApiKeyAuth, ZohoOAuth)):
-            self.on_premises = isinstance(auth, ApiKeyAuth)
-        else:
-            self.on_premises = bool(settings.env.get("BULKMDM_API_KEY", "").strip())
+        self.on_premises = isinstance(auth, ApiKeyAuth) or (
+            not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip()))
         self.daily_limit = _daily_limit(settings.env)
+        pinned = client.base_url.casefold().endswith("/api/v1/mdm")
+        #: what goes before every path: "mdm/" (on-premises, and the cloud as
+        #: its public clients call it); "" once the cloud fell back to the doc's base
+        self._prefix = "" if pinned else "mdm/"
+        #: the cloud may still fall back to the doc's base (until a list answers)
+        self._may_fall_back = not pinned and not self.on_premises
+        if isinstance(auth, ZohoOAuth):
+            if not settings.env.get("BULKMDM_OAUTH_URL", "").strip():
+                auth.token_url = zoho_token_url(settings.url)
+            auth.hint = region_hint(settings.url, auth.token_url)
+        self._lists: _Lists | None = None
 
-    # -- requests -------------------------------------------------------------
+    # -- reading --------------------------------------------------------------
     def _path(self, path: str) -> str:
-        return ("mdm/" + path) if self.on_premises else path
-
-    async def _request(self, method: str, path: str, **kw: Any) -> Response:
-        url = self._path(path) if "://" not in path else path
-        return await self.client.request(method, url, **kw)
+        return path if "://" in path else self._prefix + path
 
     async def _get(self, path: str) -> Any:
-        resp = await self._request("GET", path)
+        """GET a documented resource: the body, or ListFailed. The run's first
+        list met with a 404 under /api/v1/mdm/ moves the cloud to the doc's base."""
+        resp = await self.client.request("GET", self._path(path))
+        if resp.status == 404 and self._may_fall_back:
+            # The doc: "Cloud https://mdm.manageengine.com/api/v1"; its public
+            # clients call /api/v1/mdm/. A cloud that serves only the doc's
+            # base is spoken to there for the rest of the run.
+            log.info("ManageEngine: %s answered 404 under /api/v1/mdm; trying the doc's cloud base /api/v1", path)
+            self._prefix, self._may_fall_back = "", False
+            resp = await self.client.request("GET", self._path(path))
+            if resp.status == 404:
+                self._prefix = "mdm/"
+                raise ListFailed(path, replace(resp, note=(
+                    "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url (the server root, "
+                    "e.g. https://mdm.manageengine.eu)")))
         if not resp.ok:
-            raise _ListFailed(path, resp)
+            raise ListFailed(path, resp)
+        self._may_fall_back = False
         return resp.body
 
-    async def _list(self, path: str, key: str | tuple[str, ...], id_field: str) -> list[Any]:
-        """A list under its wrapping key (``{"devices": [...]}``), every page.
+    async def _page(self, path: str, keys: tuple[str, ...], cursor: str | None) -> Page:
+        """One page of a list under its wrapping key (``{"devices": [...]}``)
+        and the next page's URL (None: the last).
 
         The doc's examples show one answer, but its error table has "COM0003
         Invalid paging params", and ManageEngine's API pages lists (50 items by
@@ -358,38 +507,24 @@ class ManageEngine(Provider):
         and ``limit``. A ``next`` link is followed; without one, a total larger
         than what arrived is fetched by ``offset``. Either way the request goes
         to the server this run talks to (only the link's path and query are
-        used), so the credentials go nowhere else. Items repeated across pages
-        are kept once, so a repeated page cannot make a serial look ambiguous."""
-        items: list[Any] = []
-        ids: set[str] = set()
-        current = self.client.url(self._path(path))
-        body = await self._get(path)
-        seen = {current}
-        while True:
-            page = as_list(body, *((key,) if isinstance(key, str) else key))
-            fresh = 0
-            for item in page:
-                item_id = _key(get_field(item, id_field))
-                if item_id and item_id in ids:
-                    continue
-                if item_id:
-                    ids.add(item_id)
-                items.append(item)
-                fresh += 1
-            nxt = _next_link(body)
-            if nxt:
-                url = self._on_this_server(urljoin(current, nxt))
-            else:
-                total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
-                if not page or total is None or len(items) >= total:
-                    return items
-                base = self.client.url(self._path(path))
-                url = f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': len(items), 'limit': len(page)})}"
-            if not fresh or url in seen or len(seen) > 1000:
-                return items
-            seen.add(url)
-            current = url
-            body = await self._get(url)
+        used), so the credentials go nowhere else."""
+        body = await self._get(cursor or path)
+        current = self.client.url(self._path(cursor or path))  # after _get: the base may have changed
+        items = as_list(body, *keys)
+        nxt = _next_link(body)
+        if nxt:
+            return items, self._on_this_server(urljoin(current, nxt))
+        total = _number(get_field(get_field(body, "metadata"), "total_record_count", "total"))
+        offset = _offset(current) + len(items)
+        if not items or total is None or offset >= total:
+            return items, None
+        base = self.client.url(self._path(path))
+        return items, f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': offset, 'limit': len(items)})}"
+
+    async def _list(self, path: str, keys: tuple[str, ...], id_field: str) -> list[Any]:
+        """Every page of a list, each item once (items without an id are all kept)."""
+        return await collect_pages(partial(self._page, path, keys),
+                                   ident=lambda item: _usable_id(get_field(item, id_field)))
 
     def _on_this_server(self, url: str) -> str:
         """``url``'s path and query on the server this run talks to (a next
@@ -397,6 +532,13 @@ class ManageEngine(Provider):
         base = urlsplit(self.client.base_url)
         parts = urlsplit(url)
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
+
+    async def _members(self, group_id: Any) -> set[str]:
+        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
+        21312 ] }`` (every page, should the server page it; member objects
+        are read too)."""
+        items = await self._list(f"groups/{seg(group_id)}/members", MEMBER_KEYS, "member_id")
+        return {_member_id(m) for m in items} - {""}
 
     async def _each(self, paths: Sequence[str], *, quiet: bool) -> list[Response | None]:
         """GET every path, a few at a time (the rate limiter paces them).
@@ -406,9 +548,7 @@ class ManageEngine(Provider):
         async def one(path: str) -> Response | None:
             async with limit:
                 try:
-                    return await self._request("GET", path)
-                except AuthError:
-                    raise
+                    return await self.client.request("GET", self._path(path))
                 except TransportError:
                     if not quiet:
                         raise
@@ -424,102 +564,60 @@ class ManageEngine(Provider):
 
     # -- planning -----------------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
-        actions = {row.action for row in rows}
-        try:
-            lists = await self._fetch_lists(actions, rows)
-        except _ListFailed as exc:
-            if exc.resp.status == 403 or _error_code(exc.resp.body) == "COM0013":
-                # The doc's table has "401 Unauthorized (Invalid AuthToken)" but
-                # also "403 Forbidden ... possibly not an user of the respective
-                # organization", and "COM0013 Not Authorised/ Invalid auth token":
-                # a server may refuse a bad key with 403. Refused on the look-ups,
-                # nothing can run and nothing was sent: bad credentials, not rows
-                # that failed one by one.
-                said = get_field(_me_body(exc.resp.body), "message")
-                what = urlsplit(exc.path).path.rsplit("/", 1)[-1] or exc.path
-                raise AuthError(
-                    f"the MDM refused the credentials (HTTP {exc.resp.status} reading the {what} list"
-                    f"{': ' + str(said) if said else ''}); check "
-                    f"{'BULKMDM_API_KEY' if self.on_premises else 'the OAuth client and refresh token'} "
-                    "and the account's permissions", attempts=exc.resp.attempts, status=exc.resp.status,
-                ) from None
-            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
-                    for row in rows]
-        except TransportError as exc:
-            if isinstance(exc, AuthError):
-                raise
-            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
-        seen: dict[tuple[Any, ...], tuple[str, int]] = {}
-        out: list[Step | Outcome] = []
-        for row in rows:
-            try:
-                out.append(self._plan_row(row, lists, seen))
-            except LookupFailed as exc:
-                out.append(failed(row, _sentence(str(exc))))
-        return self._within_budget(out)
+        # the base's plan loop, then the day's budget over all the rows
+        return self._within_budget(await super().plan(rows))
 
-    async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> _Lists:
-        lists = _Lists()
-        devices = await self._list("devices", "devices", "device_id")
-        by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
-        if by_serial and devices and not any(_has_serial(d) for d in devices):
-            devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
-        lists.device_by_id = Index("device", devices, lambda d: get_field(d, "device_id"))
-        lists.device_by_serial = Index("device", devices, _serial)
-        lists.device_by_serial_folded = Index("device", devices, _serial, fold=True)
-        lists.serials_known = any(_serial(d) for d in devices)
+    async def prepare(self, rows: Sequence[JobRow]) -> _Lists:
+        lists = self._lists or _Lists()
+        if self._lists is None:
+            devices = await self._list(DEVICE_LIST, ("devices",), "device_id")
+            by_serial = any(not row.get("device_id").strip() and row.get("serial").strip() for row in rows)
+            if by_serial and devices and not any(_has_serial(d) for d in devices):
+                devices = await self._with_details(devices, "devices", "device_id", lists, "serial numbers")
+            _index_devices(lists, devices)
+            self._lists = lists
+        actions = {row.action for row in rows}
         if actions & GROUP_ACTIONS:
-            groups = await self._list("groups", "groups", "group_id")
-            lists.group_by_name = Index("group", groups, lambda g: get_field(g, "name", "group_name"))
-            lists.group_by_name_folded = Index("group", groups, lambda g: get_field(g, "name", "group_name"),
-                                               fold=True)
-            wanted: dict[str, Any] = {}
-            for row in rows:
-                if row.action in GROUP_ACTIONS:
-                    try:
-                        group = self._group(row.get("group"), lists)
-                    except LookupFailed:
-                        continue
-                    wanted[_key(get_field(group, "group_id"))] = group
-            for group_id, group in wanted.items():
-                try:
-                    lists.members[group_id] = await self._members(group_id)
-                except _ListFailed as exc:
-                    lists.members[group_id] = LookupFailed(
-                        f"could not read the members of group {get_field(group, 'name')!r}: {_explain(exc.resp)}"
-                    )
+            await self._fetch_groups(lists, rows)
         if actions & APP_ACTIONS:
-            apps = await self._list("apps", "apps", "app_id")
-            self._index_apps(lists, apps)
-            app_rows = [row for row in rows if row.action in APP_ACTIONS]
-            if apps and not any(get_field(a, "bundle_identifier", "identifier") for a in apps):
-                # "Get App List" shows no bundle_identifier; "Get App Details" does.
-                unmatched = [row for row in app_rows if row.get("app").strip() and not self._app_matches(row, lists)]
-                if unmatched:
-                    apps = await self._with_details(apps, "apps", "app_id", lists, "bundle identifiers")
-                    self._index_apps(lists, apps)
-            await self._read_device_apps(app_rows, lists)
-            if lists.device_apps and not lists.no_details.get("apps"):
-                apps = await self._bundles_for_device_checks(apps, app_rows, lists)
+            await self._fetch_apps(lists, rows)
         return lists
 
-    async def _members(self, group_id: Any) -> set[str]:
-        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
-        21312 ] }`` (every page, should the server page it; member objects
-        are read too)."""
-        items = await self._list(f"groups/{_seg(group_id)}/members", MEMBER_KEYS, "member_id")
-        return {_member_id(m) for m in items} - {""}
+    async def _fetch_groups(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
+        if lists.groups is None:
+            lists.groups = await self._list("groups", ("groups",), "group_id")
+            _index_groups(lists, lists.groups)
+        wanted: dict[str, Any] = {}
+        for row in rows:
+            if row.action in GROUP_ACTIONS:
+                try:
+                    group = self._group(row.get("group"), lists)
+                except LookupFailed:
+                    continue
+                wanted.setdefault(key(get_field(group, "group_id")), group)
+        for group_id, group in wanted.items():
+            if group_id in lists.members:
+                continue
+            try:
+                lists.members[group_id] = await self._members(group_id)
+            except ListFailed as exc:
+                lists.members[group_id] = LookupFailed(
+                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}")
 
-    def _index_apps(self, lists: _Lists, apps: list[Any]) -> None:
-        lists.app_by_name = Index("app", apps, lambda a: get_field(a, "app_name", "name"))
-        lists.app_by_bundle = Index("app", apps, lambda a: get_field(a, "bundle_identifier", "identifier"))
-        lists.app_by_id = Index("app", apps, lambda a: get_field(a, "app_id"))
-        lists.app_names_folded = Index("app", apps, lambda a: get_field(a, "app_name", "name"), fold=True)
-
-    def _app_matches(self, row: JobRow, lists: _Lists) -> bool:
-        value = row.get("app")
-        return bool(lists.app_by_name.find(value) or lists.app_by_id.find(value))
+    async def _fetch_apps(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
+        if lists.apps is None:
+            lists.apps = await self._list("apps", ("apps",), "app_id")
+            _index_apps(lists, lists.apps)
+        app_rows = [row for row in rows if row.action in APP_ACTIONS]
+        if lists.apps and not any(get_field(a, "bundle_identifier", "identifier") for a in lists.apps):
+            # "Get App List" shows no bundle_identifier; "Get App Details" does.
+            unmatched = [row for row in app_rows if row.get("app").strip() and not _app_matches(row, lists)]
+            if unmatched:
+                lists.apps = await self._with_details(lists.apps, "apps", "app_id", lists, "bundle identifiers")
+                _index_apps(lists, lists.apps)
+        await self._read_device_apps(app_rows, lists)
+        if lists.device_apps and not lists.no_details.get("apps"):
+            await self._bundles_for_device_checks(app_rows, lists)
 
     async def _with_details(self, items: list[Any], kind: str, id_field: str, lists: _Lists,
                             what: str) -> list[Any]:
@@ -536,16 +634,16 @@ class ManageEngine(Provider):
             )
             return items
         ids = [get_field(item, id_field) for item in items]
-        answers = await self._each([f"{kind}/{_seg(i)}" for i in ids], quiet=False)
+        answers = await self._each([f"{kind}/{seg(i)}" for i in ids], quiet=False)
         out = []
-        for item, resp in zip(items, answers):
+        for item, resp in zip(items, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
                 # the list's fields win: the detail example has no device_id
                 out.append({**resp.body, **item})
             elif resp is not None and resp.status in (404, 410):
                 out.append(item)  # removed since the list was read
             elif resp is not None:
-                raise _ListFailed(f"{kind[:-1]} details", resp)
+                raise ListFailed(f"{kind[:-1]} details", resp)
         return out
 
     async def _read_device_apps(self, app_rows: Sequence[JobRow], lists: _Lists) -> None:
@@ -559,19 +657,18 @@ class ManageEngine(Provider):
                 device = self._device(row, lists)
             except LookupFailed:
                 continue
-            wanted[_key(get_field(device, "device_id"))] = get_field(device, "device_id")
+            wanted[key(get_field(device, "device_id"))] = get_field(device, "device_id")
         room = self._room()
         if not wanted or len(wanted) > self.app_check_max or (room is not None and len(wanted) > room // 4):
             return
-        answers = await self._each([f"devices/{_seg(d)}/apps" for d in wanted.values()], quiet=True)
-        for key, resp in zip(wanted, answers):
+        answers = await self._each([f"devices/{seg(d)}/apps" for d in wanted.values()], quiet=True)
+        for device_key, resp in zip(wanted, answers, strict=True):
             if resp is not None and resp.ok and isinstance(resp.body, Mapping):
-                lists.device_apps[key] = _DeviceApps(resp.body)
+                lists.device_apps[device_key] = _DeviceApps(resp.body)
 
-    async def _bundles_for_device_checks(self, apps: list[Any], app_rows: Sequence[JobRow],
-                                         lists: _Lists) -> list[Any]:
-        """``apps`` with the bundle identifiers of the apps whose presence on a
-        row's device the device's app list cannot settle by app id.
+    async def _bundles_for_device_checks(self, app_rows: Sequence[JobRow], lists: _Lists) -> None:
+        """Add the bundle identifiers of the apps whose presence on a row's
+        device the device's app list cannot settle by app id.
 
         "Get device app list" names an app by ``app_id`` and ``identifier``;
         its example's ``app_id`` (9007199254741340) is not from the repository's
@@ -587,28 +684,30 @@ class ManageEngine(Provider):
                 app = self._app(row.get("app"), lists)
             except LookupFailed:
                 continue
-            has = lists.device_apps.get(_key(get_field(device, "device_id")))
+            has = lists.device_apps.get(key(get_field(device, "device_id")))
             if (has is None or not has.identifiers or has.holds(app, loosely=False)
                     or get_field(app, "bundle_identifier", "identifier")):
                 continue
-            wanted[_key(get_field(app, "app_id"))] = get_field(app, "app_id")
+            wanted[key(get_field(app, "app_id"))] = get_field(app, "app_id")
         room = self._room()
         if not wanted or (room is not None and len(wanted) > room // 4):
-            return apps
-        answers = await self._each([f"apps/{_seg(i)}" for i in wanted.values()], quiet=True)
-        details = {key: resp.body for key, resp in zip(wanted, answers)
+            return
+        answers = await self._each([f"apps/{seg(i)}" for i in wanted.values()], quiet=True)
+        details = {app_key: resp.body for app_key, resp in zip(wanted, answers, strict=True)
                    if resp is not None and resp.ok and isinstance(resp.body, Mapping)}
-        if not details:
-            return apps
-        # the list's fields win, as in _with_details
-        merged = [{**details[_key(get_field(a, "app_id"))], **a} if _key(get_field(a, "app_id")) in details else a
-                  for a in apps]
-        self._index_apps(lists, merged)
-        return merged
+        if details and lists.apps is not None:
+            # the list's fields win, as in _with_details
+            lists.apps = [{**details[key(get_field(a, "app_id"))], **a} if key(get_field(a, "app_id")) in details
+                          else a for a in lists.apps]
+            _index_apps(lists, lists.apps)
 
     def _device(self, row: JobRow, lists: _Lists) -> Any:
-        if row.get("device_id").strip():
-            return lists.device_by_id.one(row.get("device_id"), "device id")
+        device_id = row.get("device_id")
+        if device_id.strip():
+            if not lists.device_by_id.find(device_id) and lists.removed_by_id.find(device_id):
+                raise LookupFailed(f"device id {device_id!r} is a removed (de-enrolled) record (is_removed true); "
+                                   "give the device's current id, or its serial")
+            return lists.device_by_id.one(device_id, "device id")
         serial = row.get("serial")
         if serial.strip() == "--":
             raise LookupFailed("the serial is '--', which the MDM writes for an unknown serial; give device_id")
@@ -617,14 +716,19 @@ class ManageEngine(Provider):
         if not lists.serials_known and serial.strip():
             why = lists.no_details.get("devices") or "the MDM's device list carries no serial numbers"
             raise LookupFailed(f"serial {serial!r} was not found: {why}; give device_id instead")
+        if serial.strip() and not lists.device_by_serial_folded.find(serial):
+            _why_no_device(serial, lists)
         # serial numbers have no meaningful case; a unique match ignoring it is the device
         return lists.device_by_serial_folded.one(serial, "serial")
 
     def _group(self, name: str, lists: _Lists) -> Any:
         if not lists.group_by_name.find(name) and name.strip():
+            if lists.groups_without_id.find(name):
+                raise LookupFailed(f"group {name!r} was found, but the MDM's record for it has no group_id "
+                                   "(missing or null), so it cannot be changed")
             near = lists.group_by_name_folded.find(name)
             if near:
-                hint = ", ".join(repr(get_field(g, "name", "group_name")) for g in near[:3])
+                hint = ", ".join(repr(_group_name(g)) for g in near[:3])
                 raise LookupFailed(f"group {name!r} was not found (names must match exactly; did you mean {hint}?)")
         return lists.group_by_name.one(name, "group")
 
@@ -634,8 +738,11 @@ class ManageEngine(Provider):
         found: dict[str, Any] = {}
         for index in (lists.app_by_name, lists.app_by_bundle, lists.app_by_id):
             for app in index.find(value):
-                found[_key(get_field(app, "app_id")) or str(id(app))] = app
+                found[_usable_id(get_field(app, "app_id"))] = app
         if not found:
+            if lists.apps_without_id.find(value):
+                raise LookupFailed(f"app {value!r} was found, but the MDM's record for it has no app_id "
+                                   "(missing or null), so it cannot be sent")
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
             if not hint and "apps" in lists.no_details:
@@ -646,65 +753,72 @@ class ManageEngine(Provider):
                                "give the app id instead")
         return next(iter(found.values()))
 
-    def _plan_row(self, row: JobRow, lists: _Lists, seen: dict[tuple[Any, ...], tuple[str, int]]) -> Step | Outcome:
-        action = row.action
-        if action not in self.actions:
-            return failed(row, f"manageengine cannot {action}.")
+    def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
+        if row.action not in self.actions:
+            return failed(row, f"manageengine cannot {row.action}.")
         device = self._device(row, lists)
+        if row.action in GROUP_ACTIONS:
+            return self._plan_group_row(row, device, lists)
+        return self._plan_app_row(row, device, lists)
+
+    def _same_or_opposite(self, row: JobRow, what: str, pair: tuple[str, str], label: str,
+                          resolved: str) -> Outcome | None:
+        """The same change twice is sent once; a change and its opposite to one
+        pair fail the later row (rows run concurrently, so their order is not kept)."""
+        opposite = OPPOSITE[row.action]
+        return self.changes.once(row, (row.action, *pair), resolved) or self.changes.contradicts(
+            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved)
+
+    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         dev_id = get_field(device, "device_id")
         label = f"device {_serial(device) or dev_id}"
+        group = self._group(row.get("group"), lists)
+        group_id = get_field(group, "group_id")
+        gname = _group_name(group)
+        resolved = f"device_id={dev_id}; group_id={group_id}"
+        pair = (key(dev_id), key(group_id))
+        clash = self._same_or_opposite(row, "group", pair, label, resolved)
+        if clash:
+            return clash
+        members = lists.members.get(key(group_id))
+        if isinstance(members, LookupFailed):
+            raise members
+        member = members is not None and key(dev_id) in members
+        if member == (row.action == "add-to-group"):
+            state = "already in" if member else "not in"
+            return skipped(row, f"{cap(label)} is {state} group {gname!r}; nothing sent.", resolved)
+        self.changes.changing(row, (row.action, *pair))
+        params = {"device": dev_id, "group": group_id, "name": gname}
+        if row.action == "add-to-group":
+            undo = _undo_row("remove-from-group", device, group=gname) if members is not None else None
+            return Step(row, row.action, label, params, resolved, (row.action, key(group_id)), undo)
+        return Step(row, row.action, label, params, resolved, (row.action, row.index),
+                    _undo_row("add-to-group", device, group=gname))
 
-        if action in GROUP_ACTIONS:
-            group = self._group(row.get("group"), lists)
-            group_id = get_field(group, "group_id")
-            gname = get_field(group, "name")
-            resolved = f"device_id={dev_id}; group_id={group_id}"
-            clash = self._once(seen, ("group", _key(dev_id), _key(group_id)), action, row, label, resolved)
-            if clash:
-                return clash
-            members = lists.members.get(_key(group_id))
-            if isinstance(members, LookupFailed):
-                raise members
-            member = members is not None and _key(dev_id) in members
-            if action == "add-to-group":
-                if member:
-                    return skipped(row, f"{_cap(label)} is already in group {gname!r}; nothing sent.", resolved)
-                return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
-                            resolved, (action, _key(group_id)))
-            if not member:
-                return skipped(row, f"{_cap(label)} is not in group {gname!r}; nothing sent.", resolved)
-            return Step(row, action, label, {"device": dev_id, "group": group_id, "name": gname},
-                        resolved, (action, row.index))
-
+    def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
+        action = row.action
+        dev_id = get_field(device, "device_id")
+        label = f"device {_serial(device) or dev_id}"
         app = self._app(row.get("app"), lists)
         app_id = get_field(app, "app_id")
         aname = get_field(app, "app_name", "name")
         resolved = f"device_id={dev_id}; app_id={app_id}"
-        clash = self._once(seen, ("app", _key(dev_id), _key(app_id)), action, row, label, resolved)
+        pair = (key(dev_id), key(app_id))
+        clash = self._same_or_opposite(row, "app", pair, label, resolved)
         if clash:
             return clash
-        has = lists.device_apps.get(_key(dev_id))
+        has = lists.device_apps.get(key(dev_id))
         if has is not None:
             if action == "install-app" and has.holds(app, loosely=False):
-                return skipped(row, f"{_cap(label)} already has {aname!r}; nothing sent.", resolved)
+                return skipped(row, f"{cap(label)} already has {aname!r}; nothing sent.", resolved)
             if action == "remove-app" and not has.holds(app, loosely=True):
-                return skipped(row, f"{_cap(label)} does not have {aname!r}; nothing sent.", resolved)
-        key = (action, _key(app_id)) if action == "install-app" else (action, row.index)
-        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, key)
-
-    @staticmethod
-    def _once(seen: dict[tuple[Any, ...], tuple[str, int]], key: tuple[Any, ...], action: str, row: JobRow,
-              label: str, resolved: str) -> Outcome | None:
-        """The same change twice is sent once; opposite changes to one pair fail
-        the later row (rows run concurrently, so their order is not kept)."""
-        earlier = seen.get(key)
-        if earlier is None:
-            seen[key] = (action, row.line)
-            return None
-        if earlier[0] == action:
-            return skipped(row, f"Same change as line {earlier[1]}; sent once.", resolved)
-        return failed(row, f"Line {earlier[1]} already does {earlier[0]} for {label} with the same "
-                           f"{key[0]}; put one change per {key[0]} and device in a job.", resolved)
+                return skipped(row, f"{cap(label)} does not have {aname!r}; nothing sent.", resolved)
+        self.changes.changing(row, (action, *pair))
+        # Undone only where the device's app list was read: without it, an
+        # app installed before the run could be removed by the undo.
+        undo = _undo_row(OPPOSITE[action], device, app=key(app_id)) if has is not None else None
+        batch = (action, key(app_id)) if action == "install-app" else (action, row.index)
+        return Step(row, action, label, {"device": dev_id, "app": app_id, "name": aname}, resolved, batch, undo)
 
     def _within_budget(self, out: list[Step | Outcome]) -> list[Step | Outcome]:
         """Fail, up front, the rows whose requests would not fit in the day.
@@ -717,13 +831,11 @@ class ManageEngine(Provider):
         if limit is None:
             return out
         lookups = self.client.requests_sent
-        reserve = max(10, limit // 50)
-        room = limit - reserve - lookups
+        room = limit - max(10, limit // 50) - lookups
         size = self.batch_size()
         #: batch key -> (steps in it so far, whether its current batch fits)
         open_batches: dict[Any, tuple[int, bool]] = {}
-        cost = 0
-        total = 0
+        cost = total = 0
         fits: list[bool] = []
         for item in out:
             if not isinstance(item, Step):
@@ -743,16 +855,77 @@ class ManageEngine(Provider):
             return out
         detail = (
             f"Not sent: this job needs about {total + lookups:,} API calls ({lookups} look-ups included) and "
-            f"ManageEngine allows {limit:,} a day (keeping {reserve} for retries); this row did not fit. Run "
-            "the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
+            f"ManageEngine allows {limit:,} a day (keeping {max(10, limit // 50)} for retries); this row did not "
+            "fit. Run the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
         )
-        result: list[Step | Outcome] = []
-        for item, ok in zip(out, fits):
-            if ok or not isinstance(item, Step):
-                result.append(item)
-            else:
-                result.append(failed(item.row, detail, item.resolved))
-        return result
+        return [item if ok or not isinstance(item, Step) else failed(item.row, detail, item.resolved)
+                for item, ok in zip(out, fits, strict=True)]
+
+    # -- export and templates ------------------------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """Every current device, one dict per device, page by page as the
+        device list pages: ``serial``, ``device_id``, ``name``, ``email``,
+        ``user``, ``model``, ``platform`` and ``groups`` (the names of the
+        groups it is a member of, ``"; "``-separated), all text. Removed
+        (de-enrolled) records are left out. A device list without serial
+        numbers (as the doc's example) has them read from each device's
+        details while that fits in half the day's remaining API calls (after
+        that, serials stay blank). Group memberships take one call
+        per group ("Get members present in a group"), made only when they
+        fit in a quarter of the day's remaining API calls; otherwise
+        ``groups`` is blank. Raises ``TransportError`` when a list cannot be
+        read."""
+        try:
+            groups_of = await self._groups_by_device()
+            seen: set[str] = set()
+            cursor: str | None = None
+            for _page in range(100_000):
+                devices, cursor = await self._page(DEVICE_LIST, ("devices",), cursor)
+                if devices and not any(_has_serial(d) for d in devices):
+                    # the doc's list example has no serial_number, its detail example does
+                    devices = await self._with_details(devices, "devices", "device_id", _Lists(), "serial numbers")
+                for device in devices:
+                    device_id = _usable_id(get_field(device, "device_id"))
+                    if _is_removed(device) or (device_id and device_id in seen):
+                        continue
+                    seen.add(device_id)
+                    yield _inventory_row(device, groups_of.get(device_id, ()))
+                if cursor is None:
+                    return
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
+
+    async def _groups_by_device(self) -> dict[str, list[str]]:
+        """device id -> names of its groups (empty when that would not fit in the day)."""
+        groups = [g for g in await self._list("groups", ("groups",), "group_id")
+                  if _usable_id(get_field(g, "group_id"))]
+        room = self._room()
+        if room is not None and len(groups) > room // 4:
+            log.info("ManageEngine: %d groups' members would not fit in the day's API calls; groups left blank",
+                     len(groups))
+            return {}
+        out: dict[str, list[str]] = {}
+        for group in groups:
+            for member in sorted(await self._members(get_field(group, "group_id"))):
+                out.setdefault(member, []).append(_group_name(group))
+        return out
+
+    async def choices(self, column: str) -> list[str]:
+        """Names a template offers for ``column``: groups by name (names two
+        groups share are left out: a row naming one fails as ambiguous), apps
+        by name, or by bundle identifier or app id where the name (and the
+        identifier) is shared. ManageEngine has no tags: ``[]``."""
+        try:
+            if column == "group":
+                groups = [g for g in await self._list("groups", ("groups",), "group_id")
+                          if _usable_id(get_field(g, "group_id"))]
+                names = Counter(_group_name(g) for g in groups)
+                return sorted((n for n, times in names.items() if n and times == 1), key=str.casefold)
+            if column == "app":
+                return _app_choices(await self._list("apps", ("apps",), "app_id"))
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
+        return []
 
     # -- dry run -------------------------------------------------------------------
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
@@ -760,125 +933,104 @@ class ManageEngine(Provider):
         return [Outcome(step.index, Status.PLANNED, _would(step) + many + ".", resolved=step.resolved)
                 for step in steps]
 
-    # -- executing -----------------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        if not steps:
-            return []
+    # -- sending -------------------------------------------------------------------
+    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
         if steps[0].action in BATCHED:
-            return await self._send_batch(list(steps))
-        out = []
-        for step in steps:
-            try:
-                out.append(await self._send_one(step))
-            except AuthError:
-                raise
-            except TransportError as exc:
-                out.append(outcome_from_error(step, exc))
-        return out
+            return await send_halving(steps, self._send_ids, _refused_whole)
+        return await super().send_batch(steps)
 
-    async def _send_batch(self, steps: list[Step]) -> list[Outcome]:
-        action = steps[0].action
-        ids = [_wire_id(s.params["device"]) for s in steps]
-        if action == "add-to-group":
+    async def _send_ids(self, steps: list[Step]) -> list[Outcome]:
+        """One POST carrying every step's device id: "Add multiple members
+        simultaneously to an existing group" / "Associate an existing app to
+        multiple devices"."""
+        ids = [wire_int(s.params["device"]) for s in steps]
+        if steps[0].action == "add-to-group":
             group_id = steps[0].params["group"]
-            path, key = f"groups/{_seg(group_id)}/members", "member_ids"
+            path, echo = f"groups/{seg(group_id)}/members", "member_ids"
             body: dict[str, Any] = {"member_ids": ids}
-
-            async def in_place() -> bool | None:
-                # after a lost answer: did the members arrive? All: done. None: resend.
-                try:
-                    now = await self._members(group_id)
-                except (TransportError, _ListFailed):
-                    return None
-                there = [_key(i) in now for i in ids]
-                return True if all(there) else False if not any(there) else None
-
-            verify: Any = in_place
+            verify: Any = partial(self._members_in_place, group_id, ids)
         else:
-            path, key = f"apps/{_seg(steps[0].params['app'])}/devices", "device_ids"
+            path, echo = f"apps/{seg(steps[0].params['app'])}/devices", "device_ids"
             # silent_install: "Enter 'False' for manual installation from App
             # Catalog" -- a bulk install means install; users are not mailed.
             body = {"device_ids": ids, "silent_install": True, "notify_user_via_email": False}
             verify = None  # installation cannot be read back cheaply; a lost answer is "unknown"
         try:
-            resp = await self._request("POST", path, json=body, verify=verify)
-        except AuthError:
-            raise
+            resp = await self.client.request("POST", self._path(path), json=body, verify=verify)
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         if resp.ok:
-            # The doc's answer echoes the ids ({"member_ids": [...]} /
-            # {"device_ids": [...]}); an id missing from a non-empty echo was
-            # not taken. No echo (or an empty one, or a 202) says nothing more
-            # than the 2xx.
-            confirmed = as_list(resp.body, key) if isinstance(resp.body, Mapping) and key in resp.body else None
-            got = {_key(i) for i in confirmed} if confirmed else None
-            out = []
-            for step in steps:
-                if got is None or _key(step.params["device"]) in got:
-                    out.append(_succeeded(step, resp))
-                else:
-                    out.append(Outcome(step.index, Status.FAILED,
-                                       f"The MDM answered HTTP {resp.status} but did not list this device among "
-                                       f"the {key}; check {step.target} and run the report again.",
-                                       resp.status, resp.attempts, step.resolved))
-            return out
+            return [_echoed(step, resp, echo) for step in steps]
         if resp.status == 409 and len(steps) == 1:
             # The doc's "COM0010 409 Resource Already Exists": the device was
             # already in the group (or the app already associated with it) when
             # the request arrived -- added or installed elsewhere since the
             # look-up, or a device app list that does not show an association
             # yet. The wanted state holds; a batch refused for it is halved
-            # first (below), so the rows that were not there get sent.
+            # (send_halving), so the rows that were not there get sent.
             return [_already(steps[0], resp)]
-        if resp.status == 409 and action == "add-to-group":
-            # Which members were already there is one read away (halving
-            # would cost up to two requests per row): those rows are already
-            # in state, the others are sent again without them.
-            try:
-                now: set[str] | None = await self._members(steps[0].params["group"])
-            except AuthError:
-                raise
-            except (TransportError, _ListFailed):
-                now = None
-            there = [s for s in steps if now is not None and _key(s.params["device"]) in now]
-            if there:
-                rest = [s for s in steps if s not in there]
-                done = {s.index: _already(s, resp) for s in there}
-                done.update({o.index: o for o in (await self._send_batch(rest) if rest else [])})
-                return [done[s.index] for s in steps]
-        if 400 <= resp.status < 500 and resp.status not in _NO_SPLIT and len(steps) > 1:
-            # Refused as a whole, most likely for a few bad ids: halve and retry
-            # until the bad rows stand alone.
-            half = len(steps) // 2
-            return await self._send_batch(steps[:half]) + await self._send_batch(steps[half:])
+        if resp.status == 409 and steps[0].action == "add-to-group":
+            return await self._resend_without_members(steps, resp)
         return [_failed(step, resp) for step in steps]
 
-    async def _send_one(self, step: Step) -> Outcome:
+    async def _members_in_place(self, group_id: Any, ids: list[Any]) -> bool | None:
+        """After a lost answer: did the members arrive? All: done; none: not
+        sent; some or unreadable: cannot tell. (The base's read_back reads one
+        answer; a group's member list may page.)"""
+        try:
+            now = await self._members(group_id)
+        except (TransportError, ListFailed):
+            return None
+        there = [key(i) in now for i in ids]
+        return True if all(there) else False if not any(there) else None
+
+    async def _resend_without_members(self, steps: list[Step], resp: Response) -> list[Outcome]:
+        """A 409 to an add: which members were already there is one read away
+        (halving would cost up to two requests per row); those rows are
+        already in state, the others are sent again without them."""
+        try:
+            now = await self._members(steps[0].params["group"])
+        except (TransportError, ListFailed):
+            return [_failed(step, resp) for step in steps]
+        there = [s for s in steps if key(s.params["device"]) in now]
+        if not there:
+            return [_failed(step, resp) for step in steps]
+        rest = [s for s in steps if s not in there]
+        done = {s.index: _already(s, resp) for s in there}
+        done.update({o.index: o for o in (await send_halving(rest, self._send_ids, _refused_whole) if rest else [])})
+        return [done[s.index] for s in steps]
+
+    async def send(self, step: Step) -> Outcome:
+        """"Remove a member from a particular group" / "Disassociate an app
+        from a particular device": one DELETE per row."""
         p = step.params
         if step.action == "remove-from-group":
-            path = f"groups/{_seg(p['group'])}/members/{_seg(p['device'])}"
+            path = f"groups/{seg(p['group'])}/members/{seg(p['device'])}"
         else:
-            path = f"apps/{_seg(p['app'])}/devices/{_seg(p['device'])}"
-        resp = await self._request("DELETE", path)
+            path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
+        resp = await self.client.request("DELETE", self._path(path))
         if resp.status == 404 and resp.attempts > 1:
             # an earlier attempt went through and its answer was lost
             resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-        if resp.ok:
-            return _succeeded(step, resp)
-        return _failed(step, resp)
+        return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
 class _Lists:
-    """What planning reads once per run."""
+    """What planning reads once per run (kept across chunks)."""
 
     def __init__(self) -> None:
         empty = Index("x", [], lambda _: None)
         self.device_by_id = self.device_by_serial = self.device_by_serial_folded = empty
+        #: records that never match a row, kept to say why: de-enrolled ones, ones without device_id
+        self.removed_by_id = self.removed_by_serial = self.no_id_by_serial = empty
         self.serials_known = False
-        self.group_by_name = self.group_by_name_folded = empty
+        self.group_by_name = self.group_by_name_folded = self.groups_without_id = empty
+        #: the lists as read (None: not needed yet)
+        self.groups: list[Any] | None = None
+        self.apps: list[Any] | None = None
         self.members: dict[str, set[str] | LookupFailed] = {}
         self.app_by_name = self.app_by_bundle = self.app_by_id = self.app_names_folded = empty
+        self.apps_without_id = empty
         #: device id -> its apps (only for devices that were read)
         self.device_apps: dict[str, _DeviceApps] = {}
         #: kind -> why its details were not read
@@ -893,37 +1045,27 @@ class _DeviceApps:
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         entries = [e for k in ("apps", "installed_apps") for e in as_list(body, k) if isinstance(e, Mapping)]
-        self.ids = {_key(get_field(e, "app_id")) for e in entries} - {""}
-        self.identifiers = {_key(get_field(e, "identifier", "bundle_identifier")) for e in entries} - {""}
-        self.names = {_key(get_field(e, "app_name", "name")).casefold() for e in entries} - {""}
+        self.ids = {key(get_field(e, "app_id")) for e in entries} - {""}
+        self.identifiers = {key(get_field(e, "identifier", "bundle_identifier")) for e in entries} - {""}
+        self.names = {key(get_field(e, "app_name", "name")).casefold() for e in entries} - {""}
 
     def holds(self, app: Any, *, loosely: bool) -> bool:
         """Whether ``app`` (from the repository list) is on the device: by app
         id or bundle identifier; ``loosely`` also by name. A device's app
         entry may carry an id of its own, so before a removal is skipped as
         "not there" every way of naming the app must miss."""
-        if _key(get_field(app, "app_id")) in self.ids:
+        if key(get_field(app, "app_id")) in self.ids:
             return True
-        bundle = _key(get_field(app, "bundle_identifier", "identifier"))
+        bundle = key(get_field(app, "bundle_identifier", "identifier"))
         if bundle and bundle in self.identifiers:
             return True
-        name = _key(get_field(app, "app_name", "name")).casefold()
+        name = key(get_field(app, "app_name", "name")).casefold()
         return loosely and bool(name) and name in self.names
-
-
-class _ListFailed(Exception):
-    def __init__(self, path: str, resp: Response) -> None:
-        self.path = path
-        self.resp = resp
-
-    def detail(self) -> str:
-        what = urlsplit(self.path).path.rsplit("/", 1)[-1] or self.path
-        return f"Could not read the MDM's {what} list: {_explain(self.resp)}"
 
 
 def _error_code(body: Any) -> str:
     """The doc's ``error_code`` of an error body ("" if none)."""
-    return _key(get_field(body, "error_code")) if isinstance(body, Mapping) else ""
+    return key(get_field(body, "error_code")) if isinstance(body, Mapping) else ""
 
 
 def _me_body(body: Any) -> Any:
@@ -938,14 +1080,36 @@ def _me_body(body: Any) -> Any:
 
 
 def _explain(resp: Response) -> str:
-    return explain_status(resp.status, _me_body(resp.body), resp.attempts)
+    """Why an error answer failed the row, with the doc's error code."""
+    detail = explain_status(resp.status, _me_body(resp.body), resp.attempts)
+    return detail[:-1] + f"; {resp.note}." if resp.note else detail
+
+
+def _echoed(step: Step, resp: Response, echo: str) -> Outcome:
+    """A 2xx to a POST of ids. The doc's answer echoes the ids
+    (``{"member_ids": [...]}`` / ``{"device_ids": [...]}``): an id missing
+    from a non-empty echo was not taken. No echo (or an empty one, or a 202)
+    says nothing more than the 2xx."""
+    confirmed = as_list(resp.body, echo) if isinstance(resp.body, Mapping) and echo in resp.body else None
+    if not confirmed or key(step.params["device"]) in {key(i) for i in confirmed}:
+        return _succeeded(step, resp)
+    return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but did not list this device "
+                   f"among the {echo}; check {step.target} and run the report again.", resp.status, resp.attempts,
+                   step.resolved)
+
+
+def _refused_whole(outcomes: list[Outcome]) -> bool:
+    """A batch refused as a whole for what may be a few bad ids (a 4xx that
+    is not about the account or the request's form): worth halving."""
+    return all(o.status is Status.FAILED and o.http_status is not None and 400 <= o.http_status < 500
+               and o.http_status not in _NO_SPLIT for o in outcomes)
 
 
 def _done(step: Step) -> str:
     p = step.params
     return {
-        "add-to-group": f"{_cap(step.target)} added to group {p.get('name')!r}.",
-        "remove-from-group": f"{_cap(step.target)} removed from group {p.get('name')!r}.",
+        "add-to-group": f"{cap(step.target)} added to group {p.get('name')!r}.",
+        "remove-from-group": f"{cap(step.target)} removed from group {p.get('name')!r}.",
         "install-app": f"Installation of {p.get('name')!r} sent to {step.target}.",
         "remove-app": f"Removal of {p.get('name')!r} sent to {step.target}.",
     }[step.action]
@@ -968,19 +1132,11 @@ def _succeeded(step: Step, resp: Response) -> Outcome:
     return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
 
-#: why a row failed once 429s outlasted a whole minute
-DAY_USED_UP = (
-    "HTTP 429: ManageEngine still answered 'API Limit Exceeded' (COM0002) after a full minute's pause, so the "
-    "organisation's API calls for the day (2,500; 1,000 for free organisations) look used up. Run the report "
-    "again tomorrow to send this row."
-)
-
-
 def _already(step: Step, resp: Response) -> Outcome:
     """A 409 (COM0010 "Resource Already Exists") to an add: already in state."""
     p = step.params
     if step.action == "add-to-group":
-        detail = f"{_cap(step.target)} was already in group {p.get('name')!r}"
+        detail = f"{cap(step.target)} was already in group {p.get('name')!r}"
     else:
         detail = f"{p.get('name')!r} was already associated with {step.target}"
     if resp.attempts > 1:
@@ -992,9 +1148,6 @@ def _already(step: Step, resp: Response) -> Outcome:
 
 
 def _failed(step: Step, resp: Response) -> Outcome:
-    if resp.status == 429:
-        detail = DAY_USED_UP if resp.attempts else "Not sent: " + DAY_USED_UP
-        return Outcome(step.index, Status.FAILED, detail, 429, resp.attempts, step.resolved)
     detail = _explain(resp)
     if resp.status in (400, 404) and step.action in BATCHED:
         detail += f" The MDM refused {step.target}; it may have been removed since the look-up."
@@ -1009,6 +1162,81 @@ def _serial(device: Any) -> str:
         value = get_field(get_field(device, "os"), "serial_number", "serial")
     text = "" if value is None else str(value).strip()
     return "" if text == "--" else text
+
+
+def _inventory_row(device: Any, groups: Sequence[str]) -> dict[str, str]:
+    user = get_field(device, "user")
+    return {
+        "serial": _serial(device),
+        "device_id": _usable_id(get_field(device, "device_id")),
+        "name": key(get_field(device, "device_name", "name")),
+        "email": key(get_field(user, "user_email", "email")),
+        "user": key(get_field(user, "user_name", "name")),
+        "model": key(get_field(device, "model")),
+        "platform": key(get_field(device, "platform_type")),
+        "groups": "; ".join(groups),
+    }
+
+
+def _app_choices(apps: list[Any]) -> list[str]:
+    """Each app once, by the first of name, bundle identifier and app id that
+    names it alone."""
+    apps = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+
+    def name(app: Any) -> str:
+        return key(get_field(app, "app_name", "name"))
+
+    def bundle(app: Any) -> str:
+        return key(get_field(app, "bundle_identifier", "identifier"))
+
+    names = Counter(name(a) for a in apps)
+    bundles = Counter(bundle(a) for a in apps)
+    out = set()
+    for app in apps:
+        if name(app) and names[name(app)] == 1:
+            out.add(name(app))
+        elif bundle(app) and bundles[bundle(app)] == 1:
+            out.add(bundle(app))
+        else:
+            out.add(_usable_id(get_field(app, "app_id")))
+    return sorted(out, key=str.casefold)
+
+
+def _why_no_device(serial: str, lists: _Lists) -> None:
+    """Raise why ``serial`` matches no current device record, when a record
+    that cannot be acted on holds it (else return: plain "not found")."""
+    if lists.removed_by_serial.find(serial):
+        raise LookupFailed(f"serial {serial!r} belongs only to removed (de-enrolled) device records "
+                           "(is_removed true); re-enrol the device or check the serial")
+    if lists.no_id_by_serial.find(serial):
+        raise LookupFailed(f"serial {serial!r} was found, but the MDM's record for it has no device_id "
+                           "(missing or null), so it cannot be changed")
+
+
+def _is_removed(device: Any) -> bool:
+    """A de-enrolled record: ``"is_removed": true``, or the strings public
+    clients compare it with (``d.is_removed === 'true'``)."""
+    value = get_field(device, "is_removed")
+    return value is True or (isinstance(value, str) and value.strip().casefold() == "true")
+
+
+def _usable_id(value: Any) -> str:
+    """An id as text, or "" when there is none to act on (missing, null,
+    blank, or not a number or string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return ""
+    return str(value).strip()
+
+
+def _group_name(group: Any) -> str:
+    return key(get_field(group, "name", "group_name"))
+
+
+def _undo_row(action: str, device: Any, **columns: str) -> dict[str, str]:
+    """The job row that puts a device's earlier state back (by device id,
+    which a serial shared by two records cannot make ambiguous)."""
+    return {"action": action, "device_id": key(get_field(device, "device_id")), "serial": _serial(device),
+            **columns}
 
 
 def _has_serial(device: Any) -> bool:
@@ -1027,6 +1255,13 @@ def _next_link(body: Any) -> str | None:
     return nxt.strip() if isinstance(nxt, str) and nxt.strip() else None
 
 
+#: The device list as public clients ask for it: without de-enrolled records.
+#: The doc's "Get device list" ("Get List of managed devices") shows neither
+#: the parameter nor an is_removed field, but the cloud keeps a re-enrolled
+#: device's old record; public clients pass exclude_removed=true and still
+#: filter on is_removed (a next link may drop the parameter), as we do.
+DEVICE_LIST = "devices?exclude_removed=true"
+
 #: where a members answer holds its list: the doc's key first
 MEMBER_KEYS = ("member_ids", "members", "devices")
 
@@ -1035,31 +1270,50 @@ def _member_id(member: Any) -> str:
     """A member id, or a member object's (``{"device_id": ...}``)."""
     if isinstance(member, Mapping):
         member = get_field(member, "member_id", "device_id", "resource_id")
-    return _key(member)
+    return key(member)
 
 
-def _wire_id(value: Any) -> Any:
-    """An id as the doc's bodies carry it: a JSON number (``"device_ids": [
-    1, 2, 3 ]``, type long). A list that gave it as a digit string is
-    converted; Python's int keeps every digit of ids above 2**53."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return value
+def _offset(url: str) -> int:
+    """The ``offset`` a page's URL asked for (0 for the first page)."""
+    values = parse_qs(urlsplit(url).query).get("offset")
+    return (as_int(values[-1]) or 0) if values else 0
 
 
-def _key(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _index_devices(lists: _Lists, devices: list[Any]) -> None:
+    # A record with "is_removed" true is a de-enrolled device whose serial a
+    # current record may hold again; one without a usable device_id cannot be
+    # acted on. Neither ever matches a row; both are kept to say why a row
+    # found nothing.
+    live = [d for d in devices if not _is_removed(d) and _usable_id(get_field(d, "device_id"))]
+    removed = [d for d in devices if _is_removed(d)]
+    no_id = [d for d in devices if not _is_removed(d) and not _usable_id(get_field(d, "device_id"))]
+    lists.device_by_id = Index("device", live, lambda d: _usable_id(get_field(d, "device_id")))
+    lists.device_by_serial = Index("device", live, _serial)
+    lists.device_by_serial_folded = Index("device", live, _serial, fold=True)
+    lists.removed_by_id = Index("device", removed, lambda d: _usable_id(get_field(d, "device_id")))
+    lists.removed_by_serial = Index("device", removed, _serial, fold=True)
+    lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
+    lists.serials_known = any(_serial(d) for d in devices)
 
 
-def _seg(value: Any) -> str:
-    return quote(str(value), safe="")
+def _index_groups(lists: _Lists, groups: list[Any]) -> None:
+    usable = [g for g in groups if _usable_id(get_field(g, "group_id"))]
+    lists.group_by_name = Index("group", usable, _group_name)
+    lists.group_by_name_folded = Index("group", usable, _group_name, fold=True)
+    lists.groups_without_id = Index("group", [g for g in groups if g not in usable], _group_name)
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[0].upper() + text[1:] if text else "Look-up failed"
-    return text if text.endswith((".", "?")) else text + "."
+def _index_apps(lists: _Lists, apps: list[Any]) -> None:
+    usable = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+    lists.app_by_name = Index("app", usable, lambda a: get_field(a, "app_name", "name"))
+    lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
+    lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
+    lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
+    lists.apps_without_id = Index("app", [a for a in apps if a not in usable],
+                                  lambda a: (get_field(a, "app_name", "name"),
+                                             get_field(a, "bundle_identifier", "identifier")))
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _app_matches(row: JobRow, lists: _Lists) -> bool:
+    value = row.get("app")
+    return bool(lists.app_by_name.find(value) or lists.app_by_id.find(value))

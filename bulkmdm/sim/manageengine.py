@@ -76,9 +76,27 @@ Where the doc is silent, the simulator behaves as a plausible real server:
   ``identifier`` ties them to an app;
 * ``state.read_errors = n``: the next ``n`` reads (GET) answer 500 COM0004
   "Internal server error, Please try again in a moment";
+* ``state.no_id[id] = "missing"`` (or ``"null"``): that device's, group's or
+  app's list entry comes without its id field (or with it null);
 * the token endpoint reads its parameters from the query string and a form
   body (``state.token_params`` = "query" or "form" reads only one), and
   records where they came from in ``state.token_sources``.
+
+Two behaviours (``make_app(real=...)``, ``bulkmdm sim manageengine --real``):
+
+* ``real=False`` (the doc): the cloud edition answers under the doc's cloud
+  base ``/api/v1/...`` only; ``/api/v1/mdm/...`` is the on-premises edition,
+  and a cloud token sent there meets a 404 (the doc's cloud has no such path).
+* ``real=True`` (what public clients of the cloud meet): both editions answer
+  under ``/api/v1/mdm/...`` (every public cloud client calls
+  ``https://mdm.manageengine.com/api/v1/mdm/devices``) and ``/api/v1/...``
+  is 404; the device list keeps de-enrolled records beside the current one
+  of the same serial (``"is_removed": "true"``; current ones ``"false"``, as
+  strings, the way public clients compare them), listed first, with their own
+  ``device_id``; ``exclude_removed=true`` leaves them out of a list page
+  (unless ``state.honour_exclude_removed`` is False), and a ``paging.next``
+  link does not carry it. A removed record still takes changes (a client that
+  picks it acts on a dead record); its action log shows that.
 
 Simulator-only (no auth): ``GET /_sim/log`` (the per-device action log) and
 the ``/_sim`` routes of :mod:`bulkmdm.sim.common`.
@@ -106,6 +124,8 @@ GROUP_ID_BASE = 9007199254751000
 APP_ID_BASE = 9007199254761000
 #: what own_device_app_ids adds to an app's id in a device's app list
 DEVICE_APP_ID_OFFSET = 100000
+#: a removed (de-enrolled) twin's id is its live device's id plus this
+REMOVED_ID_OFFSET = 800000
 
 #: The deliberate edge cases every seed and size holds. Tests assert them.
 FACTS: dict[str, Any] = {
@@ -124,6 +144,9 @@ FACTS: dict[str, Any] = {
     # a device with Keynote associated and installed
     "app_device": {"id": DEVICE_ID_BASE + 7, "serial": "APPIPAD00001"},
     "edge_devices": 8,
+    # real behaviour: these devices (and every tenth ordinary one) also have a
+    # removed (de-enrolled) record with the same serial, id + REMOVED_ID_OFFSET
+    "removed_twin_of": [DEVICE_ID_BASE + 4, DEVICE_ID_BASE + 5, DEVICE_ID_BASE + 6, DEVICE_ID_BASE + 7],
     # an ordinary group, and the group the member device is in
     "group": {"id": GROUP_ID_BASE + 10, "name": "Björkskolan Klass 8A"},
     "member_group": {"id": GROUP_ID_BASE + 0, "name": "Lånedatorer"},
@@ -190,6 +213,18 @@ class MEState:
         self.refresh_token = refresh_token
         self.access_token_ttl = access_token_ttl
         self.devices: dict[int, dict[str, Any]] = {}
+        #: de-enrolled records (real behaviour): id -> device, and live id -> its removed twin's id
+        self.removed: dict[int, dict[str, Any]] = {}
+        self.twin_of: dict[int, int] = {}
+        #: answer as the real cloud does (see the module docstring)
+        self.real = False
+        #: a list asked with exclude_removed=true leaves removed records out
+        self.honour_exclude_removed = True
+        #: how many device list pages were asked with exclude_removed=true
+        self.exclude_removed_asked = 0
+        #: device, group or app id -> "missing" or "null": its list entry
+        #: comes without that id (renamed, or null)
+        self.no_id: dict[int, str] = {}
         self.groups: dict[int, dict[str, Any]] = {}
         #: group id -> member device ids (a dict as an ordered set)
         self.members: dict[int, dict[int, None]] = {}
@@ -296,7 +331,7 @@ class MEState:
 
     # -- reads ----------------------------------------------------------------
     def device(self, device_id: int) -> dict[str, Any]:
-        device = self.devices.get(device_id)
+        device = self.devices.get(device_id) or self.removed.get(device_id)
         if device is None:
             raise ApiError("COM0008")
         return device
@@ -322,9 +357,35 @@ class MEState:
             keys = ("device_id", "device_capacity", "os_version", "is_lost_mode_enabled", "platform_type",
                     "platform_type_id", "model", "device_name", "product_name", "user")
         summary = {k: device[k] for k in keys if k in device}
+        if self.real:
+            summary["is_removed"] = "true" if device["device_id"] in self.removed else "false"
         if self.string_ids:
             summary["device_id"] = str(summary["device_id"])
-        return summary
+        return self.without_id(summary, "device_id", device["device_id"])
+
+    def without_id(self, item: dict[str, Any], field: str, item_id: int) -> dict[str, Any]:
+        """``item`` as listed: without its id field, or with it null, where ``no_id`` says so."""
+        how = self.no_id.get(item_id)
+        if how == "missing":
+            return {k: v for k, v in item.items() if k != field}
+        if how == "null":
+            return {**item, field: None}
+        return item
+
+    def device_list(self, *, exclude_removed: bool) -> list[dict[str, Any]]:
+        """The device list: each removed twin just before its live record."""
+        hide = exclude_removed and self.honour_exclude_removed
+        out = []
+        for device_id, device in self.devices.items():
+            twin = self.twin_of.get(device_id)
+            if twin is not None and not hide:
+                out.append(self.device_summary(self.removed[twin]))
+            out.append(self.device_summary(device))
+        if not hide:
+            # twins whose current record was deleted since
+            out.extend(self.device_summary(self.removed[twin]) for live, twin in self.twin_of.items()
+                       if live not in self.devices)
+        return out
 
     def device_apps(self, device_id: int) -> dict[str, Any]:
         self.device(device_id)
@@ -347,7 +408,7 @@ class MEState:
         for value in ids:
             # the doc: "device_ids": [ 1, 2, 3 ], ids of type long -- numbers, not strings
             device_id = value if isinstance(value, int) and not isinstance(value, bool) else None
-            if device_id is None or device_id not in self.devices:
+            if device_id is None or (device_id not in self.devices and device_id not in self.removed):
                 raise ApiError("COM0005", f"unknown id {value!r} in {name}")
             out.append(device_id)
         return out
@@ -459,7 +520,7 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
     generated = max(0, devices - len(edge_serials))
     all_serials = edge_serials + fleet.serials(generated, seed)
     people = fleet.people(len(all_serials), seed)
-    for i, (serial, person) in enumerate(zip(all_serials, people)):
+    for i, (serial, person) in enumerate(zip(all_serials, people, strict=True)):
         device_id = DEVICE_ID_BASE + i
         if i < len(edge_serials):
             model, platform, os_version = "iPad (9th generation)", "iOS", "18.1"
@@ -492,7 +553,20 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
     keynote, app_device = FACTS["installed_app"]["id"], FACTS["app_device"]["id"]
     state.associations.setdefault(keynote, {})[app_device] = None
     state.installed.setdefault(app_device, {})[keynote] = None
+    if state.real:
+        _add_removed_twins(state)
     return state
+
+
+def _add_removed_twins(state: MEState) -> None:
+    """De-enrolled records beside re-enrolled devices (real behaviour): the
+    FACTS devices that have twins, and every tenth ordinary device."""
+    ordinary = sorted(state.devices)[FACTS["edge_devices"]:]
+    for device_id in [*FACTS["removed_twin_of"], *ordinary[::10]]:
+        twin_id = device_id + REMOVED_ID_OFFSET
+        live = state.devices[device_id]
+        state.removed[twin_id] = {**live, "device_id": twin_id, "device_name": live["device_name"] + " (old)"}
+        state.twin_of[device_id] = twin_id
 
 
 # -- HTTP ----------------------------------------------------------------------
@@ -540,7 +614,9 @@ def _page(request: web.Request, state: MEState, key: str, items: list[Any]) -> w
 
 
 async def list_devices(request: web.Request, state: MEState) -> web.StreamResponse:
-    return _page(request, state, "devices", [state.device_summary(d) for d in state.devices.values()])
+    exclude = request.query.get("exclude_removed", "").strip().casefold() == "true"
+    state.exclude_removed_asked += exclude
+    return _page(request, state, "devices", state.device_list(exclude_removed=exclude))
 
 
 async def get_device(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -555,7 +631,9 @@ async def get_device_apps(request: web.Request, state: MEState) -> web.StreamRes
 
 async def list_groups(request: web.Request, state: MEState) -> web.StreamResponse:
     keep = ("group_id", "name", "group_type", "domain")
-    return _page(request, state, "groups", [{k: g[k] for k in keep if k in g} for g in state.groups.values()])
+    groups = [state.without_id({k: g[k] for k in keep if k in g}, "group_id", g["group_id"])
+              for g in state.groups.values()]
+    return _page(request, state, "groups", groups)
 
 
 async def get_group(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -583,11 +661,12 @@ async def remove_member(request: web.Request, state: MEState) -> web.StreamRespo
 
 
 async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
-    keep: tuple[str, ...] = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version", "platform_type",
-            "description", "icon", "added_time", "modified_time")
+    keep: tuple[str, ...] = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version",
+                             "platform_type", "description", "icon", "added_time", "modified_time")
     if state.doc_fields:
         keep = tuple(k for k in keep if k != "bundle_identifier")  # the doc's "Get App List" example
-    return _page(request, state, "apps", [{k: a[k] for k in keep} for a in state.apps.values()])
+    return _page(request, state, "apps", [state.without_id({k: a[k] for k in keep}, "app_id", a["app_id"])
+                                          for a in state.apps.values()])
 
 
 async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -628,9 +707,24 @@ _API: list[tuple[str, str, Route]] = [
 ]
 
 
-def _guarded(state: MEState, cloud: bool, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _not_here(state: MEState, mdm_path: bool, header: str) -> bool:
+    """Whether this server has no such path: the doc's cloud answers under
+    /api/v1 (a cloud token under /api/v1/mdm meets a 404); the real cloud
+    answers under /api/v1/mdm only."""
+    if state.real:
+        return not mdm_path
+    return mdm_path and header.strip().startswith("Zoho-oauthtoken ")
+
+
+def _guarded(state: MEState, mdm_path: bool, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        if not state.authorised(cloud, request.headers.get("Authorization", "")):
+        header = request.headers.get("Authorization", "")
+        if _not_here(state, mdm_path, header):
+            # the doc's "404 URL Not Found: The URL you've sent is wrong"
+            return web.json_response({"error_code": 404, "error_description": "URL Not Found",
+                                      "localized_error_description": "URL Not Found"}, status=404)
+        cloud = not mdm_path or header.strip().startswith("Zoho-oauthtoken ")
+        if not state.authorised(cloud, header):
             state.unauthorized += 1
             refusal = ApiError("COM0013")
             refusal.status = state.unauthorized_status
@@ -682,26 +776,27 @@ def make_app(
     client_secret: str = "me-secret",
     refresh_token: str = "me-refresh",
     access_token_ttl: float = 3600,
+    real: bool = False,
 ) -> web.Application:
     """A ManageEngine MDM simulator with a freshly seeded fleet.
 
     ``devices``: fleet size (the :data:`FACTS` edge cases count towards it).
     ``username``/``password`` are accepted so ``bulkmdm sim`` can call every
-    simulator alike; ManageEngine has no such credentials. The state is
-    ``app["state"]`` (a :class:`MEState`)."""
+    simulator alike; ManageEngine has no such credentials. ``real``: answer
+    as the real cloud does where it differs from the doc (see the module
+    docstring). The state is ``app["state"]`` (a :class:`MEState`)."""
     del username, password
-    state = seed_state(
-        MEState(api_key=api_key, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
-                access_token_ttl=access_token_ttl),
-        devices=devices, seed=seed,
-    )
+    state = MEState(api_key=api_key, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
+                    access_token_ttl=access_token_ttl)
+    state.real = real
+    seed_state(state, devices=devices, seed=seed)
     app = web.Application()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["state"] = state
     for method, path, route in _API:
-        app.router.add_route(method, "/api/v1/mdm" + path, _guarded(state, False, route))
-        app.router.add_route(method, "/api/v1" + path, _guarded(state, True, route))
+        app.router.add_route(method, "/api/v1/mdm" + path, _guarded(state, True, route))
+        app.router.add_route(method, "/api/v1" + path, _guarded(state, False, route))
     app.router.add_post("/oauth/v2/token", _token)
     app.router.add_get("/_sim/log", _log)
     instrument(app, faults)
