@@ -662,5 +662,31 @@ def demo(out: Path) -> None:
     sys.exit(run_demo(out, echo=lambda text: click.echo(text)))
 
 
+# -- the web page --------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Where the journal and uploaded jobs live (default: your user state folder).")
+@click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+def serve(port: int, state_dir: Path | None, no_browser: bool) -> None:
+    """Do the whole job on a local web page: pick a file, dry run, confirm, watch it run, download the report,
+    re-run what failed.
+
+    Listens on 127.0.0.1 only and prints the address to open, with a secret in
+    it; a request without the secret is refused. Ctrl-C stops it.
+    """
+    from .engine import state_dir as resolve
+    from .web import serve as serve_web
+
+    try:
+        serve_web(resolve(state_dir, os.environ), port=port, open_browser=not no_browser,
+                  echo=lambda text: click.echo(text))
+    except KeyboardInterrupt:
+        click.echo("bulkmdm serve stopped.", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,103 @@
+"""``bulkmdm serve``: the whole flow (connect, upload, dry run, confirm, run,
+report, re-run) on a local web page, over the same engine and journal.
+
+Modules: ``app`` (state and set-up), ``routes`` (pages), ``security`` (secret,
+Host, CSRF), ``connection`` (the MDM and its credentials), ``children`` (each
+run a child ``bulkmdm run``), ``preview`` and ``summary`` (what the pages show).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+import webbrowser
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["serve"]
+
+
+def serve(state_dir: Path, *, port: int = 0, open_browser: bool = True, echo: Callable[[str], None] = print) -> None:
+    """Serve the app on 127.0.0.1 until Ctrl-C; print (and open) the address with its secret."""
+    asyncio.run(_serve(state_dir, port, open_browser, echo))
+
+
+async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[[str], None]) -> None:
+    from aiohttp import web
+
+    from .app import STATE, make_app
+
+    _log_bugs_to_files(echo)
+    app = make_app(state_dir, port=port)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError as exc:
+            from ..errors import UsageError
+
+            reason = "another program uses it" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise UsageError(f"Cannot listen on 127.0.0.1:{port} ({reason}); pass another --port, "
+                             "or --port 0 for any free one.") from None
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        guard = app[STATE].guard
+        guard.port = bound
+        address = f"http://127.0.0.1:{bound}/?token={guard.secret}"
+        echo(f"Open {address}")
+        echo("Keep this window open while you work; Ctrl-C stops bulkmdm serve (and any run it started, "
+             "which can be resumed).")
+        if open_browser and _has_desktop():
+            # in a thread: webbrowser waits for some browsers to exit, and the page must answer meanwhile
+            threading.Thread(target=_open_browser, args=(address,), daemon=True).start()
+        stopped = asyncio.Event()
+        # SIGTERM stops serve like Ctrl-C does: its runs are stopped (and resumable), not orphaned
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        await stopped.wait()
+    finally:
+        await runner.cleanup()
+
+
+class _CrashFiles(logging.Handler):
+    """aiohttp's own errors (a bug that escaped a page) as one line on the terminal, the traceback in a file."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .app import crash_file
+
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            self.echo(f"bulkmdm serve: {record.getMessage()}")
+            return
+        self.echo(f"bulkmdm serve hit an internal error ({type(error).__name__}); it goes on. "
+                  f"Details for a bug report: {crash_file(error)}")
+
+
+def _log_bugs_to_files(echo: Callable[[str], None]) -> None:
+    logger = logging.getLogger("aiohttp")
+    logger.propagate = False
+    logger.handlers = [_CrashFiles(echo)]
+
+
+def _has_desktop() -> bool:
+    """A graphical session to open a browser in. Without one, webbrowser would start a console browser
+    (lynx, w3m) on this very terminal; the printed address is the way in there."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _open_browser(address: str) -> None:
+    with contextlib.suppress(webbrowser.Error, OSError):
+        webbrowser.open(address)

@@ -1,0 +1,239 @@
+"""Runs started from the page: each one a child ``bulkmdm run`` process.
+
+The web app reimplements nothing of a run: it starts the same command an
+admin would type, with the credentials in the child's environment only,
+follows it through the journal (read in short transactions) and through the
+lines the child prints, and stops it with SIGINT, which the child treats as
+Ctrl-C (report written, exit 130, resumable by running it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .connection import Connection
+
+#: how many of the child's output lines a page can show
+_KEPT_LINES = 200
+#: how often, at least, the journal is scanned for the latest failures: a full pass over the rows,
+#: 0.3 s for 100,000 rows, so a bigger job is scanned less often (at most a tenth of the time)
+_FAILURE_SCAN_SECONDS = 3.0
+_UNDO_LINE = re.compile(r"^Undo file: (.+)$")
+_RESUMING_LINE = re.compile(r"^Resuming run (\d+):")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """One ``bulkmdm run`` command, as the page asked for it."""
+
+    kind: str  # "dry run", "run" or "re-run"
+    job: Path
+    report: Path
+    connection: Connection
+    state_dir: Path
+    upload_id: str
+    dry_run: bool = False
+    yes: bool = False
+    rate: str | None = None
+    #: the action for every row, for a job without an action column
+    action: str | None = None
+
+    def arguments(self) -> list[str]:
+        """The command line (never a credential: those go in the environment)."""
+        words = [sys.executable, "-m", "bulkmdm", "run", str(self.job), "--provider", self.connection.provider,
+                 "--url", self.connection.url, "--report", str(self.report), "--state-dir", str(self.state_dir)]
+        if self.connection.partition:
+            words += ["--partition", self.connection.partition]
+        if self.action:
+            words += ["--action", self.action]
+        if self.dry_run:
+            words.append("--dry-run")
+        if self.yes:
+            words.append("--yes")
+        if self.rate:
+            words += ["--rate", self.rate]
+        return words
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    line: int
+    status: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Progress:
+    """A snapshot of a running child, for the live page."""
+
+    state: str
+    counts: dict[str, int]
+    done: int
+    total: int
+    rate: float | None
+    eta: float | None
+    failures: list[Failure] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+class ChildRun:
+    """A child ``bulkmdm run`` and what is known about it."""
+
+    def __init__(self, request: RunRequest) -> None:
+        self.id = secrets.token_hex(6)
+        self.request = request
+        self.process: asyncio.subprocess.Process | None = None
+        self.lines: deque[str] = deque(maxlen=_KEPT_LINES)
+        self.started = time.time()
+        self.ended: float | None = None
+        self.returncode: int | None = None
+        self.run_id: int | None = None
+        self.undo_file: Path | None = None
+        self.stop_requested = False
+        self._reader: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self._failures: list[Failure] = []
+        self._failures_scanned = 0.0
+        self._scan_every = _FAILURE_SCAN_SECONDS
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode is not None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.returncode in (130, 143, -signal.SIGINT)
+
+    @property
+    def error(self) -> str:
+        """The child's one-sentence error, when it ran nothing."""
+        for line in reversed(self.lines):
+            if line.startswith("Error: "):
+                return line.removeprefix("Error: ")
+        return ""
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.request.arguments(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=self.request.connection.child_environment(),
+            # its own session: a Ctrl-C on `bulkmdm serve` does not hit the child; serve stops it itself
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        secrets_ = self.request.connection.secrets()
+        while raw := await self.process.stdout.readline():
+            line = raw.decode("utf-8", "replace").rstrip()
+            for secret in secrets_:
+                line = line.replace(secret, "***")
+            if not line:
+                continue
+            self.lines.append(line)
+            if match := _UNDO_LINE.match(line):
+                self.undo_file = Path(match.group(1).strip())
+            if match := _RESUMING_LINE.match(line):
+                self.run_id = int(match.group(1))
+        self.returncode = await self.process.wait()
+        self.ended = time.time()
+        self._done.set()
+
+    def stop(self) -> None:
+        """Like Ctrl-C: no new rows start, the report is written, the run can be resumed."""
+        # once only: a second SIGINT would abandon the requests in flight (they would end up unknown)
+        if self.process is not None and not self.finished and not self.stop_requested:
+            self.stop_requested = True
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                self.process.send_signal(signal.SIGINT)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def progress(self) -> Progress:
+        """Counts from the journal, rate and ETA from their change, the latest failures."""
+        began = time.monotonic()
+        scan = began - self._failures_scanned >= self._scan_every or self.finished
+        run_id, counts, failures = await asyncio.to_thread(
+            read_progress, self.request, self.started, self.run_id, scan)
+        self.run_id = run_id
+        if failures is not None:
+            self._failures, self._failures_scanned = failures, time.monotonic()
+            self._scan_every = max(_FAILURE_SCAN_SECONDS, 10 * (self._failures_scanned - began))
+        total = sum(counts.values())
+        done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
+        rate, eta = self._speed(done, total)
+        state = "finished" if self.finished else ("stopping" if self.stop_requested else
+                                                  ("running" if run_id is not None else "starting"))
+        return Progress(state, counts, done, total, rate, eta, list(self._failures), list(self.lines))
+
+    def _speed(self, done: int, total: int) -> tuple[float | None, float | None]:
+        now = time.monotonic()
+        self._samples.append((now, done))
+        # rate over the last ten seconds or so: steady enough to read, quick to follow a change
+        then, done_then = next(((t, d) for t, d in self._samples if now - t <= 10.0), self._samples[0])
+        if now - then < 0.5 or done <= done_then:
+            return None, None
+        rate = (done - done_then) / (now - then)
+        return rate, (total - done) / rate
+
+
+def read_progress(request: RunRequest, started: float, run_id: int | None,
+                  scan_failures: bool) -> tuple[int | None, dict[str, int], list[Failure] | None]:
+    """The child's journal run (found by its job once it appears), its counts, and its latest failures."""
+    from ..errors import BulkMDMError
+    from ..journal import Journal
+
+    try:
+        with Journal(request.state_dir) as journal:
+            if run_id is None:
+                run_id = _find_run(journal, request, started)
+            if run_id is None:
+                return None, {}, None
+            counts = journal.counts(run_id)
+            failures = _latest_failures(journal, run_id) if scan_failures else None
+            return run_id, counts, failures
+    except BulkMDMError:
+        return run_id, {}, None
+
+
+def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
+    job = str(request.job.resolve())
+    for info, _counts in journal.runs(10):
+        if info.job_path != job or info.dry_run != request.dry_run:
+            continue
+        # a new run appears after the child started; a resumed one is the unfinished one
+        if info.created >= started - 1 or (info.finished is None and not info.dry_run):
+            return int(info.id)
+    return None
+
+
+def _latest_failures(journal: Any, run_id: int, keep: int = 6) -> list[Failure]:
+    latest: deque[Failure] = deque(maxlen=keep)
+    for record in journal.rows(run_id):
+        if record.status in ("failed", "invalid", "unknown"):
+            latest.append(Failure(record.idx + 2, record.status, record.detail or ""))
+    return list(reversed(latest))
+
+
+def count_statuses(counts: dict[str, int]) -> Counter[str]:
+    """Journal counts under the report's names: pending rows are not-run, rows in flight unknown."""
+    named: Counter[str] = Counter()
+    for key, n in counts.items():
+        named[{"pending": "not-run", "in_flight": "in flight"}.get(key, key)] += n
+    return named

@@ -1,0 +1,376 @@
+"""`bulkmdm serve` over plain HTTP (aiohttp's client against the real app on
+127.0.0.1): the locks (secret, Host, CSRF, upload cap), the preview of a big
+job, and errors as one sentence. The browser walk-through is test_web_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import write_csv
+
+from bulkmdm.sim.common import SimServer
+from bulkmdm.web.app import STATE, WebState, make_app
+from bulkmdm.web.children import RunRequest
+from bulkmdm.web.connection import connection_from_form
+
+SECRET = "test-secret-1234567890"
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    state: WebState
+
+    @property
+    def csrf(self) -> str:
+        return self.state.guard.csrf
+
+
+@contextlib.asynccontextmanager
+async def _serve_app(state_dir: Path, **options: Any) -> AsyncIterator[Served]:
+    app = make_app(state_dir, secret=SECRET, **options)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    app[STATE].guard.port = port
+    try:
+        yield Served(f"http://127.0.0.1:{port}", port, app[STATE])
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with _serve_app(tmp_path / "state", max_upload=4096) as server:
+        yield server
+
+
+def _client(cookie: bool = True) -> aiohttp.ClientSession:
+    jar = aiohttp.CookieJar(unsafe=True)  # the default jar ignores cookies of a bare IP address
+    session = aiohttp.ClientSession(cookie_jar=jar)
+    if cookie:
+        jar.update_cookies({"bulkmdm_session": SECRET})
+    return session
+
+
+async def test_first_visit_trades_the_secret_for_a_strict_cookie(served: Served) -> None:
+    async with _client(cookie=False) as client:
+        async with client.get(f"{served.url}/jobs/x?token={SECRET}&page=2", allow_redirects=False) as resp:
+            assert resp.status == 302
+            assert resp.headers["Location"] == "/jobs/x?page=2"
+            cookie = resp.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        async with client.get(f"{served.url}/") as resp:
+            assert resp.status == 200
+            assert "Content-Security-Policy" in resp.headers and resp.headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.css", "/jobs/abc", "/runs/abc/events", "/history/1/report"])
+async def test_no_secret_no_page(served: Served, path: str) -> None:
+    async with _client(cookie=False) as client:
+        for url in (f"{served.url}{path}", f"{served.url}{path}?token=wrong-secret"):
+            async with client.get(url, allow_redirects=False) as resp:
+                assert resp.status == 403
+                text = await resp.text()
+                assert "secret" in text and text.count("\n") == 1 and "Traceback" not in text
+
+
+async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> None:
+    async with _client() as client:
+        for host in (f"evil.example:{served.port}", f"127.0.0.1:{served.port + 1}", "localhost"):
+            async with client.get(f"{served.url}/?token={SECRET}", headers={"Host": host},
+                                  allow_redirects=False) as resp:
+                assert resp.status == 400, host
+        async with client.get(f"{served.url}/", headers={"Host": f"localhost:{served.port}"}) as resp:
+            assert resp.status == 200
+
+
+async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
+    form = {"provider": "duostation", "url": "http://127.0.0.1:9", "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "pw-from-the-form"}
+    async with _client() as client:
+        for token in (None, "forged"):
+            data = dict(form, **({"csrf": token} if token else {}))
+            async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+                assert resp.status == 403
+        assert served.state.connection is None
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", "forged")
+        upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
+        async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert not served.state.uploads
+        async with client.post(f"{served.url}/connect", data=dict(form, csrf=served.csrf),
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+        assert served.state.connection is not None
+        async with client.get(f"{served.url}/") as resp:
+            assert "pw-from-the-form" not in await resp.text()
+    assert "pw-from-the-form" not in repr(served.state.connection)
+
+
+async def test_upload_over_the_cap_is_one_sentence_and_keeps_nothing(served: Served) -> None:
+    async with _client() as client:
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"action,serial\n" + b"lock,ABC\n" * 1000, filename="big.csv")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            text = await resp.text()
+            assert resp.status == 200
+            assert "big.csv is larger than" in text and "split it" in text
+    assert not served.state.uploads
+    assert not any((served.state.uploads_dir).glob("*/*"))
+
+
+async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
+    async with _client() as client:
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"hello", filename="notes.txt")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            assert "notes.txt is not a .csv or .xlsx file" in await resp.text()
+        upload = aiohttp.FormData()
+        upload.add_field("csrf", served.csrf)
+        upload.add_field("job", b"PK\x03\x04 not really a workbook", filename="broken.xlsx")
+        async with client.post(f"{served.url}/upload", data=upload) as resp:
+            text = await resp.text()
+            assert resp.status == 400 and "broken.xlsx" in text and "Traceback" not in text
+
+
+async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) -> None:
+    job = tmp_path / "big.csv"
+    with open(job, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["action", "serial", "Tagg", "Serail"])
+        writer.writerows(["lock" if i % 1000 else "lokc", f"SN{i:07d}", "x", ""] for i in range(100_000))
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        started = time.monotonic()
+        first = await _upload(client, server, job)
+        first_page = time.monotonic() - started
+        started = time.monotonic()
+        async with client.get(f"{server.url}{_job_page(first)}?show=problems&page=2") as resp:
+            problems = await resp.text()
+        later_page = time.monotonic() - started
+    assert "100000 rows" in first and "Page 1 of 2000" in first and "SN0000049" in first and "SN0000050" not in first
+    assert "100 rows cannot run" in first and "did you mean <b>serial</b>" in first
+    assert len(first) < 200_000
+    assert "Page 2 of 2" in problems and "SN0050000" in problems
+    print(f"100k-row preview: first page {first_page:.2f} s, a later page {later_page:.2f} s")
+    assert first_page < 20 and later_page < 2, (first_page, later_page)
+
+
+async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path: Path) -> None:
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
+    with SimServer(duo_app(devices=20)) as sim:
+        async with _client() as client:
+            form = {"csrf": served.csrf, "provider": "duostation", "url": sim.url,
+                    "duostation:BULKMDM_USERNAME": "admin", "duostation:BULKMDM_PASSWORD": "wrong-password"}
+            await client.post(f"{served.url}/connect", data=form)
+            upload = aiohttp.FormData()
+            upload.add_field("csrf", served.csrf)
+            upload.add_field("job", job.read_bytes(), filename="lock.csv")
+            async with client.post(f"{served.url}/upload", data=upload) as resp:
+                job_page = str(resp.url)
+            async with client.post(f"{job_page}/dry-run", data={"csrf": served.csrf}) as resp:
+                run_page = str(resp.url)
+            text = ""
+            for _ in range(150):
+                async with client.get(run_page) as resp:
+                    text = await resp.text()
+                if "nothing was run" in text:
+                    break
+                await asyncio.sleep(0.2)
+    error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
+    assert error is not None, text
+    assert "credentials" in error.group(1).lower() and "wrong-password" not in text
+
+
+def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
+    connection = connection_from_form({"provider": "banyan", "url": "https://banyan.example/",
+                                       "banyan:BULKMDM_TOKEN": "tok-123456"})
+    request = RunRequest("run", tmp_path / "j.csv", tmp_path / "r.csv", connection, tmp_path, "u1")
+    assert "tok-123456" not in " ".join(request.arguments())
+    assert connection.child_environment()["BULKMDM_TOKEN"] == "tok-123456"
+    assert "tok-123456" not in repr(connection) and "tok-123456" not in repr(request)
+
+
+async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_path: Path, duo: SimServer) -> None:
+    from bulkmdm.sim.duostation import FACTS
+
+    job = write_csv(tmp_path / "terminal-job.csv", [["action", "serial", "tag"],
+                                                    ["tag", FACTS["untagged_device"]["serial"], "Prov-läge"]])
+    env = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin", "BULKMDM_STATE_DIR": str(served.state.state_dir)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url,
+        env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    assert await process.wait() == 0
+    async with _client() as client:
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+        assert "terminal-job.csv" in page and "1</b> succeeded" in page
+        link = re.search(r'href="(/history/\d+/report)"', page)
+        assert link is not None
+        async with client.get(f"{served.url}{link.group(1)}") as resp:
+            assert resp.status == 200 and "succeeded" in await resp.text()
+
+
+async def _upload(client: aiohttp.ClientSession, server: Served, job: Path) -> str:
+    """Upload a job; the preview page's HTML."""
+    form = aiohttp.FormData()
+    form.add_field("csrf", server.csrf)
+    form.add_field("job", job.read_bytes(), filename=job.name)
+    async with client.post(f"{server.url}/upload", data=form) as resp:
+        return await resp.text()
+
+
+def _job_page(html: str) -> str:
+    match = re.search(r'href="(/jobs/[0-9a-f]{16})\?show=problems"', html)
+    assert match is not None, html
+    return match.group(1)
+
+
+async def _post(client: aiohttp.ClientSession, server: Served, path: str, **form: str) -> str:
+    """POST a form; the path of the page it leads to."""
+    async with client.post(f"{server.url}{path}", data={"csrf": server.csrf, **form}, allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+        return resp.headers["Location"]
+
+
+async def _until(client: aiohttp.ClientSession, server: Served, path: str, marker: str) -> str:
+    for _ in range(300):
+        async with client.get(f"{server.url}{path}") as resp:
+            text = await resp.text()
+        if marker in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{marker!r} never appeared on {path}")
+
+
+async def _dry_run_and_run(client: aiohttp.ClientSession, server: Served, job_page: str, rate: str) -> str:
+    dry = await _post(client, server, f"{job_page}/dry-run")
+    await _until(client, server, dry, 'id="confirm"')
+    return await _post(client, server, f"{job_page}/run", rate=rate)
+
+
+async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: SimServer) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:64]])
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
+    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
+               "duostation:BULKMDM_PASSWORD": "admin"}
+    duo.faults.update({"latency": 0.2, "mutating_only": True})
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        job_page = _job_page(await _upload(client, server, job))
+        run_page = await _dry_run_and_run(client, server, job_page, "2/s")
+        for _ in range(200):
+            if duo.call(lambda: len(state.commands)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await _post(client, server, f"{run_page}/stop")
+        await _until(client, server, run_page, 'id="resume"')
+    sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
+    assert 0 < sent < len(serials)
+    duo.faults.update({"latency": 0.0})
+    async with _serve_app(tmp_path / "state") as server, _client() as client:  # a new `bulkmdm serve`
+        await _post(client, server, "/connect", **connect)
+        preview = await _upload(client, server, job)
+        assert _job_page(preview) == job_page and 'id="unfinished"' in preview
+        run_page = await _dry_run_and_run(client, server, job_page, "")
+        done = await _until(client, server, run_page, 'id="next"')
+        assert "Resuming run" in done
+    locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
+    assert locks == sorted(serials)
+
+
+async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tmp_path: Path) -> None:
+    source = Path(__file__).parent.parent / "jobs" / "duostation-assign.xlsx"
+    job = tmp_path / "Björkskolan lån.xlsx"
+    job.write_bytes(source.read_bytes())
+    served.state.max_upload = 1024 * 1024
+    async with _client() as client:
+        page = await _upload(client, served, job)
+    assert "Björkskolan lån.xlsx" in page and "✓ serial" in page
+    assert any(path.name == job.name for path in served.state.uploads_dir.glob("*/*"))
+
+
+async def test_an_unusable_state_folder_is_one_sentence(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    async with _serve_app(blocker / "state") as server, _client() as client:
+        page = await _upload(client, server, write_csv(tmp_path / "j.csv", [["action", "serial"], ["lock", "A"]]))
+        async with client.get(f"{server.url}/") as resp:
+            home = await resp.text()
+    assert "--state-dir naming a folder you can write to" in page and "Traceback" not in page
+    assert resp.status == 200 and "No runs yet" in home
+
+
+async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_path: Path, duo: SimServer) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:45]])
+    job = write_csv(tmp_path / "serials.csv", [["Serial Number"], *([s] for s in serials)])
+    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
+               "duostation:BULKMDM_PASSWORD": "admin"}
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        preview = await _upload(client, server, job)
+        assert 'id="action"' in preview and "No problems found" in preview
+        job_page = _job_page(preview)
+        async with client.post(f"{server.url}{job_page}/dry-run", data={"csrf": server.csrf, "action": "lokc"}) as resp:
+            assert resp.status == 400 and "Choose the action" in await resp.text()
+        dry = await _post(client, server, f"{job_page}/dry-run", action="lock")
+        await _until(client, server, dry, 'id="confirm"')
+        run_page = await _post(client, server, f"{job_page}/run")
+        await _until(client, server, run_page, 'id="next"')
+    locks = duo.call(lambda: sorted(c["serialNumber"] for c in state.commands if c["command"] == "lockdevice"))
+    assert locks == sorted(serials)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    """`bulkmdm serve` as a user starts it (no --no-browser; no desktop here, so no browser is started)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
+    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir",
+                             str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert re.fullmatch(r"Open http://127\.0\.0\.1:\d+/\?token=[\w-]{20,}", line), line
+        port = int(line.split(":")[2].split("/")[0])
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
+        with browser.open(line.removeprefix("Open ")) as resp:
+            assert resp.status == 200 and "bulkmdm" in resp.read().decode()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/")
+            raise AssertionError("served without the secret")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err

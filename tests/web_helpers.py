@@ -1,0 +1,33 @@
+"""Shared by the web tests: a real `bulkmdm serve` in a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def serving(state_dir: Path) -> Iterator[str]:
+    """Start `bulkmdm serve --port 0` and yield the address it prints (with its secret)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--no-browser", "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("Open http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield line.removeprefix("Open ")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
