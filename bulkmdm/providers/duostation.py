@@ -30,6 +30,13 @@ instead of reading as an empty list; and a change is ``succeeded`` only on
 the doc's answer (an empty 200, or the new link's id for a tag link), or
 when reading it back shows it made.
 
+Undo: tag/untag, tag-user/untag-user, assign-user (back to the device's
+earlier user) and move-user (back to the user's earlier group, by its path)
+carry the job row that reverses them (``Step.undo``); commands, deletions and
+app installs carry none (the doc has no read of the apps on a device). Export:
+``inventory()`` reads devices, users, groups, tags and device tags, five
+requests for any fleet (the doc pages nothing).
+
 Query strings are encoded by us, spaces as ``%20`` like the doc's example
 (``?path=Customers%5CCompany%20Inc``), not as ``+``.
 """
