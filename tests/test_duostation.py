@@ -270,7 +270,7 @@ def test_missing_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> N
 def test_bad_usage_is_one_sentence(duo: Any, run_cli: Any, tmp_path: Path, args: list[str], words: str) -> None:
     job = write_csv(tmp_path / "u.csv", [["serial", "action"], ["X", "lock"]])
     base = {"--provider": "duostation", "--url": duo.url}
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     argv = ["run", str(job)] + [x for kv in base.items() for x in kv]
     res = run_cli(argv)

@@ -77,7 +77,7 @@ def test_facts_hold_in_a_fresh_state() -> None:
         assert state.user(nodev["id"])["email"] == nodev["email"]
         withdev = FACTS["user_with_devices"]
         assert [(d["id"], d["serialNumber"]) for d in state.devices_of_user(withdev["id"])] == \
-            list(zip(withdev["device_ids"], withdev["serials"]))
+            list(zip(withdev["device_ids"], withdev["serials"], strict=True))
         assert state.user(withdev["id"])["name"] == "Åsa Öberg"
         tagged = FACTS["tagged_device"]
         assert state.device_tags_of(tagged["id"]) == [tagged["tag"]]

@@ -21,6 +21,22 @@ serialNumber=``, ``/api/users?email=`` / ``?account=``, ``/api/devices/<id>``,
 that way are read with ``GET /api/devicetags?deviceId=`` /
 ``/api/usertags?userId=``.
 
+Nothing is taken on trust that the MDM did not say (issue 10): an object
+without the field a row is matched on (an id, a serial, a link's tag) is no
+match and the row says which field was missing; two objects sharing an id are
+not one object; an answer that is not the doc's "array of X" (an HTML page,
+an empty body, a list under a key we do not know) fails the rows that need it
+instead of reading as an empty list; and a change is ``succeeded`` only on
+the doc's answer (an empty 200, or the new link's id for a tag link), or
+when reading it back shows it made.
+
+Undo: tag/untag, tag-user/untag-user, assign-user (back to the device's
+earlier user) and move-user (back to the user's earlier group, by its path)
+carry the job row that reverses them (``Step.undo``); commands, deletions and
+app installs carry none (the doc has no read of the apps on a device). Export:
+``inventory()`` reads devices, users, groups, tags and device tags, five
+requests for any fleet (the doc pages nothing).
+
 Query strings are encoded by us, spaces as ``%20`` like the doc's example
 (``?path=Customers%5CCompany%20Inc``), not as ``+``.
 """
@@ -28,27 +44,34 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import AuthError, TransportError
-from ..model import JobRow, Outcome, Step
+from ..errors import TransportError
+from ..model import JobRow, Outcome, Status, Step
+from ..retry import RetryPolicy
 from ..transport import Auth, BasicAuth, Client, Response
 from .base import (
     Index,
+    ListFailed,
     LookupFailed,
     Provider,
     Settings,
-    as_list,
+    body_message,
+    cap,
     env_required,
-    explain_status,
-    failed,
+    explain_response,
+    fkey,
     get_field,
-    outcome_from_error,
+    key,
+    one_of,
     outcome_from_response,
+    read_back,
+    seg,
+    sentence,
     skipped,
+    wire_int,
 )
 
 DEVICE_ACTIONS = frozenset(
@@ -68,15 +91,29 @@ COMMANDS = {
     "remove-app": ("removeapp", "app removal sent"),
 }
 
-#: Keys a list may be wrapped under. The doc says "Array of devices" (a bare
-#: array); these are read too, in case a server wraps it.
-WRAPPERS = ("data", "items", "results", "value", "list")
+#: Keys a list may be wrapped under (nested ones too: ``{"result": {"rows":
+#: [...]}}``). The doc says "Array of devices" (a bare array); these are read
+#: too, in case a server wraps it. A list under any other key is not guessed
+#: at: the answer is unreadable, never an empty list.
+WRAPPERS = ("data", "items", "results", "result", "value", "list", "rows", "records")
 
 # Field names as the doc spells its parameters first, then common variants.
 SERIAL = ("serialNumber", "serial", "serialNo")
 EMAIL = ("email", "emailAddress", "mail")
 ACCOUNT = ("accountName", "account", "userName", "login")
 PACKAGE = ("packageId", "identifier", "bundleId", "packageName")
+#: the other names an object's own id may come under (after ``id``)
+DEVICE_ID = ("deviceId", "guid")
+USER_ID = ("userId",)
+TAG_ID = ("tagId",)
+APP_ID = ("appId",)
+GROUP_ID = ("groupId",)
+
+#: reads a change back: True made, False not made, None cannot tell
+ReadBack = Callable[[], Awaitable["bool | None"]]
+
+#: the columns ``inventory`` yields, in order
+INVENTORY_COLUMNS = ("serial", "device_id", "name", "model", "email", "user", "group", "tags")
 
 
 def _id(obj: Any, *alternatives: str) -> Any:
@@ -93,21 +130,94 @@ def _ref(obj: Any, field: str, nested: str) -> Any:
     return value
 
 
-def _key(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _usable_id(value: Any) -> bool:
+    """An id we can send back: text or an integer, not blank (nor a bool, a
+    number with a fraction, an object)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and bool(str(value).strip())
 
 
-def _fkey(value: Any) -> str:
-    """GUIDs and e-mail addresses compare ignoring case."""
-    return _key(value).casefold()
-
-
-def _int(value: Any) -> Any:
-    """The doc's integer ids ("<tagId> is the unique id (integer)") go out as
-    JSON numbers even if a server handed them to us as numeric strings."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
+    """``obj``'s id, or LookupFailed naming the field that was missing: an
+    object without a usable id is no match (issue 10), and two of them must
+    never collapse into "the same change"."""
+    value = _id(obj, *alternatives)
+    if not _usable_id(value):
+        quoted = [f"'{name}'" for name in ("id", *alternatives)]
+        names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+        raise LookupFailed(f"the MDM lists {what} {shown} without a usable id (no {names} field with a value), "
+                           f"so it cannot be told apart from other {what}s; nothing was sent")
     return value
+
+
+class _Unreadable(Exception):
+    """An answer that is not the JSON the doc describes; the text says what it was."""
+
+
+def _describe_answer(body: Any) -> str:
+    if body is None:
+        return "an empty answer"
+    if isinstance(body, str):
+        page = " (an HTML page: a proxy's or sign-in page?)" if body.lstrip().startswith("<") else ""
+        return f"a page that is not JSON{page}"
+    if isinstance(body, Mapping):
+        keys = ", ".join(str(k) for k in list(body)[:5])
+        return f"an object with no list under a key bulkmdm knows ({keys})"
+    return f"a bare {type(body).__name__}"
+
+
+def _wrapped(body: Any, keys: Sequence[str], depth: int = 0) -> list[Any] | None:
+    if isinstance(body, list):
+        return body
+    if isinstance(body, Mapping) and depth < 3:
+        for key in keys:
+            value = get_field(body, key)
+            inner = _wrapped(value, keys, depth + 1) if isinstance(value, (list, Mapping)) else None
+            if inner is not None:
+                return inner
+    return None
+
+
+def _only_objects(found: list[Any]) -> list[Any]:
+    if not all(isinstance(obj, Mapping) for obj in found):
+        raise _Unreadable("a list of something other than objects")
+    return found
+
+
+def _items(body: Any, *keys: str) -> list[Any]:
+    """A documented "Array of X": a bare array, or one under a known wrapper
+    key. Anything else raises: read as an empty list, an HTML page or an
+    unknown wrapper would turn "untag" into "already untagged" and "tag" into
+    a second link."""
+    found = _wrapped(body, (*keys, *WRAPPERS))
+    if found is None:
+        raise _Unreadable(f"{_describe_answer(body)}, not the JSON array the doc describes")
+    return _only_objects(found)
+
+
+def _objects(body: Any) -> list[Any]:
+    """A search's or get-by-id's answer: an array (as ``_items``) or one object."""
+    found = _wrapped(body, WRAPPERS)
+    if found is not None:
+        return _only_objects(found)
+    if isinstance(body, Mapping):
+        if len(body) == 1:  # one object under a wrapper: {"data": {...}}
+            key, inner = next(iter(body.items()))
+            if isinstance(inner, Mapping) and str(key).replace("_", "").casefold() in WRAPPERS:
+                return [inner]
+        return [body]
+    raise _Unreadable(f"{_describe_answer(body)}, not the JSON the doc describes")
+
+
+def _matching(found: list[Any], fields: Sequence[str], wanted: str, what: str, value: str) -> list[Any] | LookupFailed:
+    """The objects of a search's answer that carry ``fields`` equal to what
+    was searched for. The server did the matching, but an object that does not
+    say it matches is no match: one without the field fails the row, naming it."""
+    carrying = [obj for obj in found if key(get_field(obj, *fields))]
+    matches = [obj for obj in carrying if fkey(get_field(obj, *fields)) == wanted]
+    if not matches and len(carrying) < len(found):
+        return LookupFailed(f"the MDM answered the look-up of {what} '{value}' with {len(found) - len(carrying)} "
+                            f"object(s) without a '{fields[0]}' field, so none can be matched to the row")
+    return matches
 
 
 class _Links:
@@ -119,10 +229,16 @@ class _Links:
         self.link_field = owner_field[:-2] + "TagId"
         self.nested = nested
         self.by_pair: dict[tuple[str, str], list[Any]] = {}
-        self._seen: set[str] = set()
+        self._seen: set[tuple[str, str, str]] = set()
+        #: owner -> why its links cannot be told (a link of it without a tag id)
+        self.unreadable: dict[str, LookupFailed] = {}
+        #: a link without an owner was listed: this list cannot say what an owner lacks
+        self.orphans = False
         self.add(links)
 
-    def add(self, links: list[Any]) -> None:
+    def add(self, links: list[Any], owner: Any = None) -> None:
+        """Record ``links``; ``owner`` is the one a search asked for (a link
+        that does not name its owner belongs to it)."""
         for link in links:
             # "Search for tags linked to a specific device" answers an "Array of
             # device tags"; a server may shape a device tag as the linked tag
@@ -132,24 +248,77 @@ class _Links:
             # the tag's id unless a tagId says otherwise.
             specific = get_field(link, self.link_field)
             link_id = specific if specific is not None else _id(link, "deviceTagId", "userTagId")
-            owner = _fkey(_ref(link, self.owner_field, self.nested))
+            owner_ref = _ref(link, self.owner_field, self.nested)
+            owner_key = fkey(owner_ref if _usable_id(owner_ref) else owner)
             tag_ref = _ref(link, "tagId", "tag")
             if tag_ref is None and specific is not None:
                 tag_ref = _id(link)
-            tag = _key(tag_ref)
-            if not (owner and tag) or (link_id is not None and _key(link_id) in self._seen):
+            if not owner_key:
+                self.orphans = True
                 continue
-            if link_id is not None:
-                self._seen.add(_key(link_id))
-            self.by_pair.setdefault((owner, tag), []).append(link_id)
+            if not _usable_id(tag_ref):
+                self.unreadable.setdefault(owner_key, LookupFailed(
+                    f"the MDM lists a tag link of {self.nested} {owner_ref or owner} without a usable tag id "
+                    "(no 'tagId' field with a value), so which tags it has cannot be told"))
+                continue
+            seen = (key(link_id), owner_key, key(tag_ref))
+            if link_id is not None and seen in self._seen:
+                continue
+            self._seen.add(seen)
+            self.by_pair.setdefault((owner_key, key(tag_ref)), []).append(link_id)
 
     def ids(self, owner: Any, tag: Any) -> list[Any]:
-        return self.by_pair.get((_fkey(owner), _key(tag)), [])
+        problem = self.unreadable.get(fkey(owner))
+        if problem is not None:
+            raise problem
+        return self.by_pair.get((fkey(owner), key(tag)), [])
+
+
+def _tag_indexes(tags: list[Any]) -> dict[str, Index]:
+    return {
+        "tag_by_name": Index("tag", tags, lambda t: get_field(t, "name", "tagName")),
+        "tag_by_name_folded": Index("tag", tags, lambda t: get_field(t, "name", "tagName"), fold=True),
+        "tag_by_id": Index("tag", tags, lambda t: _id(t, *TAG_ID)),
+    }
+
+
+def _app_indexes(apps: list[Any]) -> dict[str, Index]:
+    return {
+        "app_by_key": Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)]),
+        "app_by_key_folded": Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)], fold=True),
+        "app_by_id": Index("app", apps, lambda a: _id(a, *APP_ID)),
+    }
+
+
+def _user_indexes(users: list[Any]) -> dict[str, Index]:
+    return {
+        "user_by_email": Index("user", users, lambda u: get_field(u, *EMAIL), fold=True),
+        "user_by_account": Index("user", users, lambda u: get_field(u, *ACCOUNT), fold=True),
+        "user_by_id": Index("user", users, lambda u: _id(u, *USER_ID)),
+    }
+
+
+def _text(value: Any) -> str:
+    """A value as export text: ids keep every digit, serials their zeros."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 
 
 class DuoStation(Provider):
     name = "duostation"
     actions = frozenset(DEVICE_ACTIONS | USER_ACTIONS)
+    # "The API uses Basic Authentication. User name and password is the same
+    # that can be used to log in to DuoSTATION MDM".
+    credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    # The doc names no limit and no error statuses beyond "200 OK will be
+    # returned for successful requests": the shared policy (408, 429 and
+    # 502-504 tried again, Retry-After honoured within its cap).
+    retry_policy = RetryPolicy()
     # The doc states no limit; 20 requests/s with 8 in flight is gentle on a
     # school's server and still does 3,000 rows in under three minutes. The
     # adaptive controller may go up to 4x this until the server answers 429.
@@ -158,19 +327,19 @@ class DuoStation(Provider):
     max_batch = 1
     # Lists, searches and duplicate checks are kept across plan() calls.
     chunk_rows = 10_000
+    url_hint = "the site root, e.g. https://mdm.skolan.se (requests go to URL/api/...)"
+    # a server may answer refused Basic credentials with 403 rather than 401
+    setup_hint = ("the credentials (BULKMDM_USERNAME and BULKMDM_PASSWORD, the MDM's own login) and that "
+                  "the account may use the API")
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         #: everything fetched for the look-ups so far, kept for the next chunk
         self._lists: dict[str, Any] = {"extra": {}}
-        #: (what, which) -> the line that asked for it, across chunks
-        self._planned: dict[tuple[Any, ...], int] = {}
-        #: whether any list has been read (a 403 before that is a refusal of the credentials)
-        self._read_once = False
 
     @classmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        user, password = env_required(env, "BULKMDM_USERNAME", "BULKMDM_PASSWORD", provider="duostation")
+        user, password = env_required(env, *cls.credentials[0], provider="duostation")
         return BasicAuth(user, password)
 
     @classmethod
@@ -178,281 +347,244 @@ class DuoStation(Provider):
         return url.rstrip("/") + "/api"
 
     # -- reading ------------------------------------------------------------
-    async def _get(self, path: str) -> Any:
-        resp = await self.client.request("GET", path)
-        if resp.status == 403 and not self._read_once:
-            # "The API uses Basic Authentication": a server that answers our
-            # very first request with 403 instead of 401 refused the
-            # credentials (or the account may not use the API at all); nothing
-            # can be looked up, so the run stops like for a 401 (exit 2).
-            raise AuthError(f"the MDM refused the credentials (HTTP 403 on GET /api/{path.partition('?')[0]}); "
-                            "check the user name, the password and that the account may use the API",
-                            attempts=resp.attempts, status=403)
-        if not resp.ok:
-            raise _ListFailed(path.partition("?")[0], resp)
-        self._read_once = True
-        return resp.body
-
     async def _list(self, path: str, *keys: str) -> list[Any]:
-        return as_list(await self._get(path), path, *keys, *WRAPPERS)
+        """A documented "Array of X", or ListFailed (an error, or another shape)."""
+        resp = await self.client.request("GET", path)
+        if not resp.ok:
+            raise ListFailed(path, resp)
+        try:
+            return _items(resp.body, *keys)
+        except _Unreadable as exc:
+            raise _ShapeFailed(path, resp, str(exc)) from None
 
     async def _search(self, path: str, what: str, value: str, *, by_id: bool) -> list[Any] | LookupFailed:
         """A documented search (or get-by-id) for one value that missed the
         list: the objects found, or why the look-up could not be made."""
         try:
             resp = await self.client.request("GET", path)
-        except AuthError:
-            raise
         except TransportError as exc:
             return LookupFailed(f"{what} '{value}' could not be looked up ({exc})")
         # a get-by-id for a value that is no id at all may be refused as malformed
         if resp.status == 404 or (by_id and resp.status == 400):
             return []
         if not resp.ok:
-            reason = explain_status(resp.status, resp.body, resp.attempts)
-            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {reason}")
-        body = resp.body
-        if isinstance(body, Mapping) and _id(body) is not None:
-            return [body]
-        return as_list(body, path.partition("?")[0], *WRAPPERS)
+            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {explain_response(resp)}")
+        try:
+            return _objects(resp.body)
+        except _Unreadable as exc:
+            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered with {exc}")
 
     async def _group(self, path: str) -> Any:
         """GET /api/groups?path=<path>: "If more than one group matches the
         name an error will be returned" — the doc names no status, so any
         error answer (a 400, a 409, or a 500 from a server that throws) fails
         the rows that name this path, and only them."""
+        # "<path> is the full path for the group separated with / or \": a
+        # path written with a leading or trailing separator (\Skolor\Klass 7A\)
+        # names the same group, so it is sent without them, for a server
+        # that compares the path as written.
+        trimmed = path.strip().strip("\\/").strip()
+        if not trimmed:
+            raise LookupFailed(f"group '{path}' names no group")
         try:
-            # "<path> is the full path for the group separated with / or \": a
-            # path written with a leading or trailing separator (\Skolor\Klass 7A\)
-            # names the same group, so it is sent without them, for a server
-            # that compares the path as written.
-            trimmed = path.strip().strip("\\/").strip()
-            if not trimmed:
-                raise LookupFailed(f"group '{path}' names no group")
             resp = await self.client.request("GET", _query("groups", path=trimmed))
-        except AuthError:
-            raise
         except TransportError as exc:
             raise LookupFailed(f"group '{path}' could not be looked up ({exc})") from None
         if resp.status == 404:
             raise LookupFailed(f"group '{path}' was not found")
         if not resp.ok:
-            reason = explain_status(resp.status, resp.body, resp.attempts)
             raise LookupFailed(f"group '{path}' could not be resolved (it may match more than one group); "
-                               f"the MDM answered {reason}")
-        body = resp.body
-        if isinstance(body, Mapping) and _id(body) is None:
-            inner = get_field(body, "group")
-            body = inner if isinstance(inner, Mapping) else as_list(body, "groups", *WRAPPERS)
-        found = body if isinstance(body, list) else [body] if isinstance(body, Mapping) else []
-        if len(found) > 1:
-            # The doc promises one group or an error; a server that answers
-            # with a list (or ignores the filter) is narrowed to the path asked.
-            found = _groups_at(found, path)
-        if not found:
-            raise LookupFailed(f"group '{path}' was not found")
-        if len(found) > 1:
-            raise LookupFailed(f"group '{path}' matches {len(found)} groups; make it unique")
-        return found[0]
-
-    # -- planning -----------------------------------------------------------
-    async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
-        actions = {row.action for row in rows}
+                               f"the MDM answered {explain_response(resp)}")
         try:
-            lists = await self._fetch_lists(actions, rows)
-        except _ListFailed as exc:
-            detail = exc.detail()
-            return [failed(row, detail, http_status=exc.resp.status, attempts=exc.resp.attempts) for row in rows]
-        except TransportError as exc:
-            if isinstance(exc, AuthError):
-                raise
-            detail = f"Could not read the MDM's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
-        seen = self._planned
-        out: list[Step | Outcome] = []
-        for row in rows:
-            try:
-                out.append(self._plan_row(row, lists, seen))
-            except LookupFailed as exc:
-                out.append(failed(row, _sentence(str(exc))))
-        return out
+            found = [get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g
+                     for g in _objects(resp.body)]
+        except _Unreadable as exc:
+            raise LookupFailed(f"group '{path}' could not be looked up; the MDM answered with {exc}") from None
+        return one_of(_at_path(found, path), path, "group", "group")
 
-    async def _fetch_lists(self, actions: set[str], rows: Sequence[JobRow]) -> dict[str, Any]:
-        # Called once per chunk of rows: what an earlier chunk fetched is kept.
+    # -- planning: what the rows need -----------------------------------------
+    async def prepare(self, rows: Sequence[JobRow]) -> dict[str, Any]:
+        """Read the lists these rows need (once per run; a later chunk reuses
+        them), then look up what the lists did not hold."""
+        actions = {row.action for row in rows}
         lists = self._lists
         if actions & DEVICE_ACTIONS and "device_by_serial" not in lists:
             devices = await self._list("devices", "devices")
             lists["device_by_serial"] = Index("device", devices, lambda d: get_field(d, *SERIAL))
-            lists["device_by_id"] = Index("device", devices, lambda d: _id(d, "deviceId", "guid"), fold=True)
+            lists["device_by_id"] = Index("device", devices, lambda d: _id(d, *DEVICE_ID), fold=True)
         if actions & USER_ACTIONS and "user_by_email" not in lists:
-            users = await self._list("users", "users")
-            lists["user_by_email"] = Index("user", users, lambda u: get_field(u, *EMAIL), fold=True)
-            lists["user_by_account"] = Index("user", users, lambda u: get_field(u, *ACCOUNT), fold=True)
-            lists["user_by_id"] = Index("user", users, lambda u: _id(u, "userId"))
+            lists.update(_user_indexes(await self._list("users", "users")))
         if actions & {"tag", "untag", "tag-user", "untag-user"} and "tag_by_name" not in lists:
-            tags = await self._list("tags", "tags")
-            lists["tag_by_name"] = Index("tag", tags, lambda t: get_field(t, "name", "tagName"))
-            lists["tag_by_name_folded"] = Index("tag", tags, lambda t: get_field(t, "name", "tagName"), fold=True)
+            lists.update(_tag_indexes(await self._list("tags", "tags")))
         if actions & {"tag", "untag"} and "devicetags" not in lists:
             lists["devicetags"] = await self._links("devicetags", "deviceId", "device", lists)
         if actions & {"tag-user", "untag-user"} and "usertags" not in lists:
             lists["usertags"] = await self._links("usertags", "userId", "user", lists)
         if actions & {"install-app", "remove-app"} and "app_by_key" not in lists:
-            apps = await self._list("apps", "apps")
-            lists["app_by_key"] = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)])
-            lists["app_by_key_folded"] = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)],
-                                               fold=True)
-            lists["app_by_id"] = Index("app", apps, lambda a: _id(a, "appId"))
+            lists.update(_app_indexes(await self._list("apps", "apps")))
         if "move-user" in actions:
-            groups: dict[str, Any] = lists.setdefault("groups", {})
-            for path in sorted({row.get("group") for row in rows if row.action == "move-user" and row.get("group")}
-                               - groups.keys()):
-                try:
-                    groups[path] = await self._group(path)
-                except LookupFailed as exc:
-                    groups[path] = exc
+            await self._groups(rows, lists)
         await self._search_misses(rows, lists)
         return lists
+
+    async def _groups(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
+        groups: dict[str, Any] = lists.setdefault("groups", {})
+        for path in sorted({row.get("group") for row in rows if row.action == "move-user" and row.get("group")}
+                           - groups.keys()):
+            try:
+                groups[path] = await self._group(path)
+            except LookupFailed as exc:
+                groups[path] = exc
+        if "group_paths" not in lists:
+            # Only to write the undo row (the group a user is moved back to):
+            # a group list the MDM will not give leaves those rows without one.
+            try:
+                lists["group_paths"] = _unique_paths(await self._list("groups", "groups"))
+            except ListFailed:
+                lists["group_paths"] = {}
 
     async def _links(self, kind: str, owner_field: str, nested: str, lists: dict[str, Any]) -> _Links:
         """All device (or user) tags: "GET /api/devicetags - Get all available
         device tags". A server that refuses the whole list (one that wants a
-        search parameter, or cannot list a large site) is asked the documented
-        search instead, "GET /api/devicetags?deviceId=<deviceId>" once per
-        device of the job, and only the rows whose search fails fail."""
+        search parameter, or cannot list a large site), or lists links that do
+        not name their device, is asked the documented search instead,
+        "GET /api/devicetags?deviceId=<deviceId>" once per device of the job,
+        and only the rows whose search fails fail."""
         try:
-            return _Links(await self._list(kind, kind, kind[:-4] + "Tags"), owner_field, nested)
-        except _ListFailed:
+            links: _Links | None = _Links(await self._list(kind, kind, kind[:-4] + "Tags"), owner_field, nested)
+        except ListFailed:
+            links = None
+        if links is None or links.orphans:
             lists[kind + "_by_owner"] = True
             return _Links([], owner_field, nested)
+        return links
 
     async def _search_misses(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
-        """Look up, with the documented searches, the values the lists did not hold."""
-        extra: dict[tuple[str, str], Any] = lists["extra"]
+        """Look up, with the documented searches, the values the lists did not
+        hold; then what rows found that way need: their tag links, and the
+        user a device had before it is assigned (for the undo row)."""
         todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]] = {}
-
-        def search(kind: str, value: str, path: str, what: str, fields: tuple[str, ...],
-                   then: tuple[str, str, str, tuple[str, ...]] | None = None) -> None:
-            key = (kind, _fkey(value))
-            if not key[1] or key in todo or key in extra:
-                return
-
-            async def run() -> None:
-                found = await self._search(path, what, value, by_id=not fields)
-                if isinstance(found, list) and fields:
-                    # The server did the matching; objects that carry the field
-                    # must match it too (a server that ignored the filter).
-                    found = [o for o in found
-                             if get_field(o, *fields) is None or _fkey(get_field(o, *fields)) == key[1]]
-                extra[key] = found
-                if then is not None and not found:
-                    # an account name may itself look like an address (anna@skola.se)
-                    next_kind, next_path, next_what, next_fields = then
-                    more = await self._search(next_path, next_what, value, by_id=False)
-                    if isinstance(more, list):
-                        more = [o for o in more if get_field(o, *next_fields) is None
-                                or _fkey(get_field(o, *next_fields)) == key[1]]
-                    extra[(next_kind, key[1])] = more
-
-            todo[key] = run
-
         for row in rows:
             if row.action in DEVICE_ACTIONS:
                 device_id, serial = row.get("device_id"), row.get("serial")
                 if device_id and not lists["device_by_id"].find(device_id):
-                    search("device_id", device_id, f"devices/{_seg(device_id)}", "device id", ())
+                    self._queue_search(todo, lists, "device_id", device_id, f"devices/{seg(device_id)}",
+                                       "device id", ("id", *DEVICE_ID))
                 elif not device_id and serial and not lists["device_by_serial"].find(serial):
-                    search("serial", serial, _query("devices", serialNumber=serial), "serial", SERIAL)
+                    self._queue_search(todo, lists, "serial", serial, _query("devices", serialNumber=serial),
+                                       "serial", SERIAL)
             if row.action in USER_ACTIONS:
-                value = _user_value(row)
-                if row.action == "delete-user" and not row.get("email"):
-                    if value and not lists["user_by_id"].find(value):
-                        search("user_id", value, f"users/{_seg(value)}", "user id", ())
-                    continue
-                if not value or lists["user_by_email"].find(value) or lists["user_by_account"].find(value):
-                    continue
-                by_account = _query("users", account=value)
-                if "@" in value:
-                    search("email", value, _query("users", email=value), "user with email", EMAIL,
-                           then=("account", by_account, "user with account name", ACCOUNT))
-                else:
-                    search("account", value, by_account, "user with account name", ACCOUNT)
-        await self._gather(todo.values())
-
-        # Tag links of objects the lists did not hold are not in the link lists either.
+                self._queue_user_search(todo, lists, row)
+        await _gather(todo.values(), self.default_concurrency)
         reads: dict[str, Callable[[], Awaitable[Any]]] = {}
-        already: set[str] = lists.setdefault("links_read", set())
-        failures: dict[str, LookupFailed] = lists.setdefault("link_failures", {})
-
-        def read_links(kind: str, owner_field: str, owner: Any) -> None:
-            key = _fkey(owner)
-            if key in reads or key in already:
-                return
-            already.add(key)
-
-            async def run() -> None:
-                path = _query(kind, **{owner_field: owner})
-                try:
-                    lists[kind].add(await self._list(path, kind))
-                except AuthError:
-                    raise
-                except _ListFailed as exc:
-                    failures[key] = LookupFailed(f"the tags of {owner_field[:-2]} {owner} could not be read: "
-                                                 + explain_status(exc.resp.status, exc.resp.body, exc.resp.attempts))
-                except TransportError as exc:
-                    failures[key] = LookupFailed(f"the tags of {owner_field[:-2]} {owner} could not be read ({exc})")
-
-            reads[key] = run
-
+        todo = {}
         for row in rows:
             try:
-                if row.action in ("tag", "untag"):
-                    device, listed = self._device(row, lists)
-                    if not listed or lists.get("devicetags_by_owner"):
-                        read_links("devicetags", "deviceId", _id(device, "deviceId", "guid"))
-                elif row.action in ("tag-user", "untag-user"):
-                    user, listed = self._user(row.get("email"), lists)
-                    if not listed or lists.get("usertags_by_owner"):
-                        read_links("usertags", "userId", _int(_id(user, "userId")))
+                self._queue_row_reads(reads, todo, lists, row)
             except LookupFailed:
                 continue
-        await self._gather(reads.values())
+        await _gather([*reads.values(), *todo.values()], self.default_concurrency)
 
-    async def _gather(self, jobs: Iterable[Callable[[], Awaitable[Any]]]) -> None:
-        """Run look-ups a few at a time (the rate limit still applies to each)."""
-        gate = asyncio.Semaphore(self.default_concurrency)
+    def _queue_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: dict[str, Any],
+                      kind: str, value: str, path: str, what: str, fields: tuple[str, ...],
+                      then: tuple[str, str, str, tuple[str, ...]] | None = None) -> None:
+        extra: dict[tuple[str, str], Any] = lists["extra"]
+        wanted = (kind, fkey(value))
+        if not wanted[1] or wanted in todo or wanted in extra:
+            return
 
-        async def one(job: Callable[[], Awaitable[Any]]) -> None:
-            async with gate:
-                await job()
+        async def run() -> None:
+            found = await self._search(path, what, value, by_id=fields[0] == "id")
+            if isinstance(found, list):
+                found = _matching(found, fields, wanted[1], what, value)
+            extra[wanted] = found
+            if then is not None and not found:
+                # an account name may itself look like an address (anna@skola.se)
+                next_kind, next_path, next_what, next_fields = then
+                more = await self._search(next_path, next_what, value, by_id=False)
+                if isinstance(more, list):
+                    more = _matching(more, next_fields, wanted[1], next_what, value)
+                extra[(next_kind, wanted[1])] = more
 
-        tasks = [asyncio.ensure_future(one(job)) for job in jobs]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            # an AuthError (or a cancelled plan) stops the other look-ups too
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        todo[wanted] = run
 
+    def _queue_user_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
+                           lists: dict[str, Any], row: JobRow) -> None:
+        value = _user_value(row)
+        if row.action == "delete-user" and not row.get("email"):
+            if value and not lists["user_by_id"].find(value):
+                self._queue_search(todo, lists, "user_id", value, f"users/{seg(value)}", "user id", ("id", *USER_ID))
+            return
+        if not value or lists["user_by_email"].find(value) or lists["user_by_account"].find(value):
+            return
+        by_account = _query("users", account=value)
+        if "@" in value:
+            self._queue_search(todo, lists, "email", value, _query("users", email=value), "user with email", EMAIL,
+                               then=("account", by_account, "user with account name", ACCOUNT))
+        else:
+            self._queue_search(todo, lists, "account", value, by_account, "user with account name", ACCOUNT)
+
+    def _queue_row_reads(self, reads: dict[str, Callable[[], Awaitable[Any]]],
+                         todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
+                         lists: dict[str, Any], row: JobRow) -> None:
+        """What one row needs after the searches: tag links of an owner the
+        link list could not cover, the earlier user of a device to assign."""
+        if row.action in ("tag", "untag"):
+            device, listed = self._device(row, lists)
+            if not listed or lists.get("devicetags_by_owner"):
+                dev_id = _identified(device, "device", row.get("serial"), *DEVICE_ID)
+                self._queue_links(reads, lists, "devicetags", "deviceId", dev_id)
+        elif row.action in ("tag-user", "untag-user"):
+            user, listed = self._user(row.get("email"), lists)
+            if not listed or lists.get("usertags_by_owner"):
+                user_id = wire_int(_identified(user, "user", row.get("email"), *USER_ID))
+                self._queue_links(reads, lists, "usertags", "userId", user_id)
+        elif row.action == "assign-user":
+            earlier = _ref(self._device(row, lists)[0], "userId", "user")
+            if _usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
+                self._queue_search(todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id",
+                                   ("id", *USER_ID))
+
+    def _queue_links(self, reads: dict[str, Callable[[], Awaitable[Any]]], lists: dict[str, Any],
+                     kind: str, owner_field: str, owner: Any) -> None:
+        """Tag links of an object the lists did not hold (nor the link list cover)."""
+        already: set[str] = lists.setdefault(kind + "_read", set())
+        failures: dict[str, LookupFailed] = lists.setdefault("link_failures", {})
+        owner_key = fkey(owner)
+        if owner_key in reads or owner_key in already:
+            return
+        already.add(owner_key)
+
+        async def run() -> None:
+            what = f"the tags of {owner_field[:-2]} {owner}"
+            try:
+                lists[kind].add(await self._list(_query(kind, **{owner_field: owner}), kind), owner=owner)
+            except ListFailed as exc:
+                failures[owner_key] = LookupFailed(f"{what} could not be read: {exc.detail().partition(': ')[2]}")
+            except TransportError as exc:
+                failures[owner_key] = LookupFailed(f"{what} could not be read ({exc})")
+
+        reads[owner_key] = run
+
+    # -- resolving one value --------------------------------------------------
     def _find(self, lists: dict[str, Any], index: str, kind: str, value: str) -> tuple[list[Any], bool]:
         """(objects matching ``value``, whether they came from the fetched list)."""
         found = lists[index].find(value)
         if found:
             return found, True
-        extra = lists["extra"].get((kind, _fkey(value)), [])
+        extra = lists["extra"].get((kind, fkey(value)), [])
         if isinstance(extra, LookupFailed):
             raise extra
         return list(extra), False
 
     def _device(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, bool]:
         if row.get("device_id"):
-            value, label, found = row.get("device_id"), "device id", self._find(lists, "device_by_id", "device_id",
-                                                                                  row.get("device_id"))
+            value, label = row.get("device_id"), "device id"
+            found = self._find(lists, "device_by_id", "device_id", value)
         else:
-            value, label, found = row.get("serial"), "serial", self._find(lists, "device_by_serial", "serial",
-                                                                          row.get("serial"))
-        return _only(found[0], value, label, "device"), found[1]
+            value, label = row.get("serial"), "serial"
+            found = self._find(lists, "device_by_serial", "serial", value)
+        return one_of(found[0], value, label, "device"), found[1]
 
     def _user(self, value: str, lists: dict[str, Any]) -> tuple[Any, bool]:
         if not value.strip():
@@ -460,23 +592,25 @@ class DuoStation(Provider):
         if "@" in value:
             found = self._find(lists, "user_by_email", "email", value)
             if found[0]:
-                return _only(found[0], value, "user with email", "user"), found[1]
+                return one_of(found[0], value, "user with email", "user"), found[1]
             # an account name may itself look like an address (anna@skola.se)
             found = self._find(lists, "user_by_account", "account", value)
             if not found[0]:
                 raise LookupFailed(f"user with email '{value}' was not found")
-            return _only(found[0], value, "user with account name", "user"), found[1]
+            return one_of(found[0], value, "user with account name", "user"), found[1]
         found = self._find(lists, "user_by_account", "account", value)
-        return _only(found[0], value, "user with account name", "user"), found[1]
+        return one_of(found[0], value, "user with account name", "user"), found[1]
 
-    def _tag(self, name: str, lists: dict[str, Any]) -> Any:
+    @staticmethod
+    def _tag(name: str, lists: dict[str, Any]) -> Any:
         # Exact name first; a different capitalisation is accepted only when it
         # points at exactly one tag.
         if lists["tag_by_name"].find(name):
             return lists["tag_by_name"].one(name, "tag")
         return lists["tag_by_name_folded"].one(name, "tag")
 
-    def _app(self, value: str, lists: dict[str, Any]) -> Any:
+    @staticmethod
+    def _app(value: str, lists: dict[str, Any]) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank")
         found = {id(a): a for a in lists["app_by_key"].find(value)}
@@ -492,274 +626,485 @@ class DuoStation(Provider):
             raise LookupFailed(f"app '{value}' matches {len(found)} apps; give its package id instead")
         return next(iter(found.values()))
 
-    def _plan_row(self, row: JobRow, lists: dict[str, Any], seen: dict[tuple[Any, ...], int]) -> Step | Outcome:
-        action = row.action
+    @staticmethod
+    def _id_of(obj: Any, lists: dict[str, Any], index: str, what: str, shown: Any, *alternatives: str) -> Any:
+        """``obj``'s id, which no other listed object may share (two devices
+        under one id are not one device: rows for each would read as one change)."""
+        value = _identified(obj, what, shown, *alternatives)
+        holders = lists[index].find(key(value)) if index in lists else []
+        if len(holders) > 1:
+            raise LookupFailed(f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
+                               "told apart from the others; nothing was sent")
+        return value
 
-        def digest(change: tuple[Any, ...]) -> tuple[bytes]:
-            # Kept for the whole run as a 16-byte digest, not the tuple: a
-            # million distinct messages would otherwise hold ~150 MB here.
-            return (hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest(),)
+    def _device_ref(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, Any, str]:
+        """(device, its id, its serial) for a row naming a device."""
+        device = self._device(row, lists)[0]
+        serial = get_field(device, *SERIAL) or row.get("serial") or row.get("device_id")
+        return device, self._id_of(device, lists, "device_by_id", "device", serial, *DEVICE_ID), _text(serial)
 
-        def once(change: tuple[Any, ...], resolved: str) -> Outcome | None:
-            # Two rows asking for the same change: the second is not sent again.
-            key = digest(change)
-            if key in seen:
-                return skipped(row, f"Same change as line {seen[key]}; sent once.", resolved)
-            seen[key] = row.line
-            return None
+    def _user_ref(self, value: str, lists: dict[str, Any]) -> tuple[Any, Any, str]:
+        """(user, its id as the doc's integer, how the report names it)."""
+        user = self._user(value, lists)[0]
+        shown = get_field(user, *EMAIL) or value
+        return user, wire_int(self._id_of(user, lists, "user_by_id", "user", shown, *USER_ID)), _text(shown)
 
-        def contradicted(change: tuple[Any, ...], opposite: str, what: str, resolved: str) -> Outcome | None:
-            # tag and untag (or tag-user and untag-user) of the same pair in one
-            # job, the earlier of them a change: every row is planned against
-            # the state before the run, so the later one would be judged on a
-            # state the earlier one changes, and its "skipped" (or its request)
-            # would not be what the MDM ends in. Like two assignments of one
-            # device, the later row fails and says which line it contradicts.
-            # (An earlier opposite row that was skipped changed nothing.)
-            key = digest(("changes", opposite, *change[1:]))
-            if key in seen:
-                verb = "untagged" if opposite.startswith("untag") else "tagged"
-                return failed(row, f"{_cap(what)} is also {verb} with this tag on line {seen[key]}; "
-                                   "give each tag one change per job.", resolved)
-            return None
+    def _tag_ref(self, name: str, lists: dict[str, Any]) -> tuple[Any, str]:
+        tag = self._tag(name, lists)
+        tag_id = wire_int(self._id_of(tag, lists, "tag_by_id", "tag", f"'{name}'", *TAG_ID))
+        return tag_id, _text(get_field(tag, "name", "tagName") or name)
 
-        def changes(change: tuple[Any, ...], step: Step) -> Step:
-            seen.setdefault(digest(("changes", *change)), row.line)
-            return step
+    # -- planning one row -----------------------------------------------------
+    def plan_row(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        planner = {
+            "tag": self._plan_device_tag, "untag": self._plan_device_tag,
+            "tag-user": self._plan_user_tag, "untag-user": self._plan_user_tag,
+            "assign-user": self._plan_assign, "move-user": self._plan_move, "delete-user": self._plan_delete_user,
+        }.get(row.action)
+        if planner is None:
+            if row.action not in COMMANDS:
+                raise LookupFailed(f"duostation cannot {row.action}")
+            planner = self._plan_command
+        return planner(row, lists)
 
-        if action in ("tag", "untag"):
-            device = self._device(row, lists)[0]
-            tag = self._tag(row.get("tag"), lists)
-            dev_id, tag_id = _id(device, "deviceId", "guid"), _int(_id(tag, "tagId"))
-            serial = get_field(device, *SERIAL) or row.get("serial")
-            resolved = f"device_id={dev_id}; tag_id={tag_id}"
-            change = (action, _fkey(dev_id), _key(tag_id))
-            dup = contradicted(change, "untag" if action == "tag" else "tag", f"device {serial}", resolved) \
-                or once(change, resolved)
-            if dup:
-                return dup
-            if _fkey(dev_id) in lists.get("link_failures", {}):
-                raise lists["link_failures"][_fkey(dev_id)]
-            links = lists["devicetags"].ids(dev_id, tag_id)
-            tag_name = get_field(tag, "name", "tagName")
-            if action == "tag":
-                if links:
-                    return skipped(row, f"Device {serial} already has tag '{tag_name}'; nothing sent.", resolved)
-                return changes(change, Step(row, action, f"device {serial}",
-                                            {"device": dev_id, "tag": tag_id, "name": tag_name}, resolved, (action,)))
+    def _plan_device_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        _, dev_id, serial = self._device_ref(row, lists)
+        tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
+        opposite = "untag" if row.action == "tag" else "tag"
+        change = (row.action, fkey(dev_id), key(tag_id))
+        # undo: the opposite row, naming the device by its id (exact) and serial (for people)
+        undo = {"action": opposite, "serial": serial, "device_id": _text(dev_id), "tag": tag_name}
+        return self._plan_link(row, lists, "devicetags", dev_id, change, opposite, f"device {serial}",
+                               {"device": dev_id, "tag": tag_id, "name": tag_name}, undo)
+
+    def _plan_user_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        _, user_id, email = self._user_ref(row.get("email"), lists)
+        tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
+        opposite = "untag-user" if row.action == "tag-user" else "tag-user"
+        change = (row.action, key(user_id), key(tag_id))
+        undo = {"action": opposite, "email": row.get("email"), "tag": tag_name}
+        return self._plan_link(row, lists, "usertags", user_id, change, opposite, f"user {email}",
+                               {"user": user_id, "tag": tag_id, "name": tag_name}, undo)
+
+    def _plan_link(self, row: JobRow, lists: dict[str, Any], kind: str, owner: Any, change: tuple[Any, ...],
+                   opposite: str, what: str, params: dict[str, Any], undo: dict[str, str]) -> Step | Outcome:
+        """A tag or untag (of a device or a user): the same change twice is
+        sent once, a tag and an untag of one pair contradict each other, and
+        the links the owner has now say whether anything is sent."""
+        tag_id, name = params["tag"], params["name"]
+        resolved = f"{kind[:-4]}_id={owner}; tag_id={tag_id}"
+        verb = "untagged" if opposite.startswith("untag") else "tagged"
+        dup = (self.changes.contradicts(row, (opposite, *change[1:]), f"{cap(what)} is also {verb} with this tag",
+                                        resolved)
+               or self.changes.once(row, change, resolved))
+        if dup:
+            return dup
+        if fkey(owner) in lists.get("link_failures", {}):
+            raise lists["link_failures"][fkey(owner)]
+        links = lists[kind].ids(owner, tag_id)
+        if row.action in ("tag", "tag-user") and links:
+            return skipped(row, f"{cap(what)} already has tag '{name}'; nothing sent.", resolved)
+        if row.action in ("untag", "untag-user"):
             if not links:
-                return skipped(row, f"Device {serial} does not have tag '{tag_name}'; nothing sent.", resolved)
-            if None in links:
-                raise LookupFailed(f"the MDM lists the link of tag '{tag_name}' to device {serial} without an id")
-            return changes(change, Step(row, action, f"device {serial}",
-                                        {"device": dev_id, "tag": tag_id, "links": tuple(links), "name": tag_name},
-                                        resolved, (action,)))
+                return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
+            if not all(_usable_id(link) for link in links):
+                raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
+                                   f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by")
+            params = {**params, "links": tuple(links)}
+        self.changes.changing(row, change)
+        return Step(row, row.action, what, params, resolved, (row.action,), undo)
 
-        if action in ("tag-user", "untag-user"):
-            user = self._user(row.get("email"), lists)[0]
-            tag = self._tag(row.get("tag"), lists)
-            user_id, tag_id = _int(_id(user, "userId")), _int(_id(tag, "tagId"))
-            email = get_field(user, *EMAIL) or row.get("email")
-            resolved = f"user_id={user_id}; tag_id={tag_id}"
-            change = (action, _key(user_id), _key(tag_id))
-            opposite = "untag-user" if action == "tag-user" else "tag-user"
-            dup = contradicted(change, opposite, f"user {email}", resolved) or once(change, resolved)
-            if dup:
-                return dup
-            if _fkey(user_id) in lists.get("link_failures", {}):
-                raise lists["link_failures"][_fkey(user_id)]
-            links = lists["usertags"].ids(user_id, tag_id)
-            tag_name = get_field(tag, "name", "tagName")
-            if action == "tag-user":
-                if links:
-                    return skipped(row, f"User {email} already has tag '{tag_name}'; nothing sent.", resolved)
-                return changes(change, Step(row, action, f"user {email}",
-                                            {"user": user_id, "tag": tag_id, "name": tag_name}, resolved, (action,)))
-            if not links:
-                return skipped(row, f"User {email} does not have tag '{tag_name}'; nothing sent.", resolved)
-            if None in links:
-                raise LookupFailed(f"the MDM lists the link of tag '{tag_name}' to user {email} without an id")
-            return changes(change, Step(row, action, f"user {email}",
-                                        {"user": user_id, "tag": tag_id, "links": tuple(links), "name": tag_name},
-                                        resolved, (action,)))
+    def _plan_assign(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        device, dev_id, serial = self._device_ref(row, lists)
+        user, user_id, _ = self._user_ref(row.get("user") or row.get("email"), lists)
+        who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
+        resolved = f"device_id={dev_id}; user_id={user_id}"
+        dup = (self.changes.once(row, ("assign-user", fkey(dev_id), key(user_id)), resolved)
+               or self.changes.only_one(row, ("assign-user", fkey(dev_id)), f"Device {serial} is also assigned",
+                                        resolved))
+        if dup:
+            return dup
+        if _assigned_to(device, user, user_id):
+            return skipped(row, f"Device {serial} is already assigned to {who}; nothing sent.", resolved)
+        return Step(row, "assign-user", f"device {serial}", {"device": dev_id, "user": user_id, "who": who},
+                    resolved, ("assign-user",), self._undo_assign(device, dev_id, serial, lists))
 
-        if action == "assign-user":
-            device = self._device(row, lists)[0]
-            user = self._user(row.get("user") or row.get("email"), lists)[0]
-            dev_id, user_id = _id(device, "deviceId", "guid"), _int(_id(user, "userId"))
-            serial = get_field(device, *SERIAL) or row.get("serial")
-            who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
-            resolved = f"device_id={dev_id}; user_id={user_id}"
-            key = ("assign-user", _fkey(dev_id))
-            if key in seen:
-                return failed(row, f"Device {serial} is also assigned on line {seen[key]}; "
-                                   "give each device one assignment per job.", resolved)
-            seen[key] = row.line
-            if _assigned_to(device, user, user_id):
-                return skipped(row, f"Device {serial} is already assigned to {who}; nothing sent.", resolved)
-            return Step(row, action, f"device {serial}", {"device": dev_id, "user": user_id, "who": who},
-                        resolved, (action,))
-
-        if action == "move-user":
-            user = self._user(row.get("email"), lists)[0]
-            group = lists["groups"].get(row.get("group"))
-            if isinstance(group, LookupFailed):
-                raise group
-            if group is None:
-                raise LookupFailed("the group is blank")
-            user_id, group_id = _int(_id(user, "userId")), _int(_id(group, "groupId"))
-            email = get_field(user, *EMAIL) or row.get("email")
-            resolved = f"user_id={user_id}; group_id={group_id}"
-            key = ("move-user", _key(user_id))
-            if key in seen:
-                return failed(row, f"User {email} is also moved on line {seen[key]}; "
-                                   "give each user one group per job.", resolved)
-            seen[key] = row.line
-            if _key(_ref(user, "groupId", "group")) == _key(group_id):
-                return skipped(row, f"User {email} is already in group '{row.get('group')}'; nothing sent.",
-                               resolved)
-            return Step(row, action, f"user {email}", {"user": user_id, "group": group_id,
-                                                       "path": row.get("group")}, resolved, (action,))
-
-        if action == "delete-user":
-            if row.get("email"):
-                user = self._user(row.get("email"), lists)[0]
-            else:
-                # CONTRACT: delete-user takes email or user_id
-                found = self._find(lists, "user_by_id", "user_id", row.get("user_id"))
-                user = _only(found[0], row.get("user_id"), "user id", "user")
-            user_id = _id(user, "userId")
-            resolved = f"user_id={user_id}"
-            dup = once((action, _key(user_id)), resolved)
-            if dup:
-                return dup
-            who = get_field(user, *EMAIL) or row.get("email") or user_id
-            return Step(row, action, f"user {who}", {"user": user_id}, resolved, (action,))
-
-        if action in COMMANDS:
-            device = self._device(row, lists)[0]
-            dev_id = _id(device, "deviceId", "guid")
-            serial = get_field(device, *SERIAL) or row.get("serial")
-            params: dict[str, Any] = {"device": dev_id}
-            resolved = f"device_id={dev_id}"
-            if action in ("install-app", "remove-app"):
-                app = self._app(row.get("app"), lists)
-                params["app"] = _int(_id(app, "appId"))
-                params["identifier"] = get_field(app, *PACKAGE)
-                params["name"] = get_field(app, "name") or params["identifier"]
-                resolved += f"; app_id={params['app']}"
-                if action == "remove-app" and not params["identifier"]:
-                    raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by")
-            if action == "message":
-                params["message"] = row.get("message")
-            dup = once((action, _fkey(dev_id), _key(params.get("app")), params.get("message")), resolved)
-            if dup:
-                return dup
-            return Step(row, action, f"device {serial}", params, resolved, (action,))
-
-        return failed(row, f"duostation cannot {action}.")
-
-    # -- executing ----------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
-        out = []
-        for step in steps:
+    def _undo_assign(self, device: Any, dev_id: Any, serial: str, lists: dict[str, Any]) -> dict[str, str] | None:
+        """The assign-user row that gives the device back its earlier user,
+        naming that user by a value that resolves to exactly that user (the
+        account name first: it is the login, where e-mail addresses may be
+        shared). None when the device had no user: no verb unassigns one."""
+        earlier = _ref(device, "userId", "user")
+        if _usable_id(earlier) and key(earlier) != "0":
             try:
-                out.append(await self._execute_one(step))
-            except AuthError:
-                raise
-            except TransportError as exc:
-                out.append(outcome_from_error(step, exc))
-        return out
+                found = self._find(lists, "user_by_id", "user_id", key(earlier))[0]
+            except LookupFailed:
+                return None
+            if len(found) != 1:
+                return None
+            candidates = [get_field(found[0], *ACCOUNT), get_field(found[0], *EMAIL)]
+        else:
+            # a device that names its user only by account name
+            candidates = [get_field(device, "accountName")]
+        for value in candidates:
+            try:
+                again = self._user(str(value or ""), lists)[0]
+            except LookupFailed:
+                continue
+            if not _usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
+                return {"action": "assign-user", "serial": serial, "device_id": _text(dev_id), "user": str(value)}
+        return None
 
-    async def _execute_one(self, step: Step) -> Outcome:
+    def _plan_move(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        user, user_id, email = self._user_ref(row.get("email"), lists)
+        group = lists["groups"].get(row.get("group"))
+        if isinstance(group, LookupFailed):
+            raise group
+        if group is None:
+            raise LookupFailed("the group is blank")
+        group_id = wire_int(_identified(group, "group", f"'{row.get('group')}'", *GROUP_ID))
+        resolved = f"user_id={user_id}; group_id={group_id}"
+        # one user twice (an export lists a user once per device): the same
+        # group is the same change, another group a contradiction
+        dup = (self.changes.once(row, ("move-user", key(user_id), key(group_id)), resolved)
+               or self.changes.only_one(row, ("move-user", key(user_id)), f"User {email} is also moved", resolved))
+        if dup:
+            return dup
+        earlier = _ref(user, "groupId", "group")
+        if key(earlier) == key(group_id):
+            return skipped(row, f"User {email} is already in group '{row.get('group')}'; nothing sent.", resolved)
+        # undo: back to the group the user was in, by its full path (one no other group shares)
+        path = lists["group_paths"].get(key(earlier))
+        undo = {"action": "move-user", "email": row.get("email"), "group": path} if path else None
+        return Step(row, "move-user", f"user {email}", {"user": user_id, "group": group_id, "path": row.get("group")},
+                    resolved, ("move-user",), undo)
+
+    def _plan_delete_user(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        if row.get("email"):
+            _, user_id, who = self._user_ref(row.get("email"), lists)
+        else:
+            # CONTRACT: delete-user takes email or user_id
+            found = self._find(lists, "user_by_id", "user_id", row.get("user_id"))
+            user = one_of(found[0], row.get("user_id"), "user id", "user")
+            user_id = self._id_of(user, lists, "user_by_id", "user", row.get("user_id"), *USER_ID)
+            who = _text(get_field(user, *EMAIL) or user_id)
+        resolved = f"user_id={user_id}"
+        # a deleted user cannot be put back: no undo
+        return self.changes.once(row, ("delete-user", key(user_id)), resolved) or Step(
+            row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",))
+
+    def _plan_command(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+        action = row.action
+        _, dev_id, serial = self._device_ref(row, lists)
+        params: dict[str, Any] = {"device": dev_id}
+        resolved = f"device_id={dev_id}"
+        if action in ("install-app", "remove-app"):
+            app = self._app(row.get("app"), lists)
+            params["identifier"] = get_field(app, *PACKAGE)
+            params["name"] = get_field(app, "name") or params["identifier"]
+            app_id = _id(app, *APP_ID)
+            if action == "install-app":
+                # { "appId": <appId> }: the app's own id is what goes out
+                app_id = self._id_of(app, lists, "app_by_id", "app", f"'{row.get('app')}'", *APP_ID)
+            elif not params["identifier"]:
+                raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by")
+            params["app"] = wire_int(app_id)
+            resolved += f"; app_id={app_id}"
+        if action == "message":
+            params["message"] = row.get("message")
+        which = params.get("app") if action == "install-app" else params.get("identifier")
+        # Commands cannot be undone; nor can install-app and remove-app: the
+        # doc has no read of the apps on a device, so the state before is not known.
+        return self.changes.once(row, (action, fkey(dev_id), key(which), params.get("message")), resolved) or Step(
+            row, action, f"device {serial}", params, resolved, (action,))
+
+    # -- sending ------------------------------------------------------------
+    async def send(self, step: Step) -> Outcome:
+        send = {
+            "tag": self._send_link, "tag-user": self._send_link, "untag": self._send_unlink,
+            "untag-user": self._send_unlink, "assign-user": self._send_assign, "move-user": self._send_move,
+            "delete-user": self._send_delete_user,
+        }.get(step.action, self._send_command)
+        return await send(step)
+
+    async def _send_link(self, step: Step) -> Outcome:
         p = step.params
-        action = step.action
-        if action == "tag":
+        if step.action == "tag":
             # POST /api/devicetags { "deviceId": "<deviceId>", "tagId": <tagId> }
-            resp = await self._link("devicetags", "deviceId", p["device"], p["tag"])
-            return outcome_from_response(step, resp, f"Tag '{p['name']}' linked to {step.target}.")
-        if action == "tag-user":
+            kind, owner_field, owner = "devicetags", "deviceId", p["device"]
+        else:
             # POST /api/usertags { "userId": "<userId>", "tagId": <tagId> }: the
             # doc quotes <userId> but calls it "the unique id (integer)"; an
             # integer is what the text says, and what a typed server binds.
-            resp = await self._link("usertags", "userId", p["user"], p["tag"])
-            return outcome_from_response(step, resp, f"Tag '{p['name']}' linked to {step.target}.")
-        if action in ("untag", "untag-user"):
-            return await self._unlink("devicetags" if action == "untag" else "usertags", step)
-        if action == "assign-user":
-            # PUT /api/devices/<id> { "userId": <userId> }
-            resp = await self.client.request("PUT", f"devices/{_seg(p['device'])}", json={"userId": p["user"]})
-            return outcome_from_response(step, resp, _cap(f"{step.target} assigned to {p['who']}."))
-        if action == "move-user":
-            # PUT /api/users/<id>: "Change the name, email, phone number and/or
-            # group of a user" ("och/eller" in the Swedish doc): each field is
-            # optional, so only the group is sent and nothing else is touched.
-            resp = await self.client.request("PUT", f"users/{_seg(p['user'])}", json={"groupId": p["group"]})
-            return outcome_from_response(step, resp, _cap(f"{step.target} moved to group '{p['path']}'."))
-        if action == "delete-user":
-            resp = await self.client.request("DELETE", f"users/{_seg(p['user'])}")
-            if resp.status == 404 and resp.attempts > 1:
-                # our earlier attempt went through and the answer was lost
-                resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-            return outcome_from_response(step, resp, _cap(f"{step.target} deleted."))
-        segment, done = COMMANDS[action]
+            kind, owner_field, owner = "usertags", "userId", p["user"]
+        linked = self._linked(kind, owner_field, owner, p["tag"])
+        resp = await self.client.request("POST", kind, json={owner_field: owner, "tagId": p["tag"]}, verify=linked)
+        # "Response data: Id of the newly created device tag": a 2xx without it is read back
+        return await self._settle(step, resp, f"Tag '{p['name']}' linked to {step.target}.", linked, new_id=True)
+
+    async def _send_unlink(self, step: Step) -> Outcome:
+        kind = "devicetags" if step.action == "untag" else "usertags"
+        outcome: Outcome | None = None
+        for link in step.params["links"]:
+            # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
+            path = f"{kind}/{seg(link)}"
+            resp = _lost_delete(await self.client.request("DELETE", path))
+            outcome = await self._settle(step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.",
+                                         self._gone(path))
+            if outcome.status is not Status.SUCCEEDED:
+                return outcome
+        assert outcome is not None
+        return outcome
+
+    async def _send_assign(self, step: Step) -> Outcome:
+        p = step.params
+        # PUT /api/devices/<id> { "userId": <userId> }
+        return await self._put(step, f"devices/{seg(p['device'])}", "userId", p["user"],
+                               f"{step.target} assigned to {p['who']}.")
+
+    async def _send_move(self, step: Step) -> Outcome:
+        p = step.params
+        # PUT /api/users/<id>: "Change the name, email, phone number and/or
+        # group of a user" ("och/eller" in the Swedish doc): each field is
+        # optional, so only the group is sent and nothing else is touched.
+        return await self._put(step, f"users/{seg(p['user'])}", "groupId", p["group"],
+                               f"{step.target} moved to group '{p['path']}'.")
+
+    async def _put(self, step: Step, path: str, field: str, value: Any, done: str) -> Outcome:
+        """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
+        resp = await self.client.request("PUT", path, json={field: value})
+        return await self._settle(step, resp, cap(done), self._shows(path, (field, field[:-2]), value))
+
+    async def _send_delete_user(self, step: Step) -> Outcome:
+        path = f"users/{seg(step.params['user'])}"
+        resp = _lost_delete(await self.client.request("DELETE", path))
+        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path))
+
+    async def _send_command(self, step: Step) -> Outcome:
+        p = step.params
+        segment, done = COMMANDS[step.action]
         # "Data in DELETE-, PUT- and POST-commands must be structured as JSON
         # objects": commands without in-data get an empty object, not no body.
         body: dict[str, Any] = {}
-        if action == "install-app":
+        if step.action == "install-app":
             # { "appId": <appId>, "vpp": <vpp> }: vpp is optional; left to the MDM's default
             body = {"appId": p["app"]}
             done = f"installation of '{p['name']}' sent"
-        elif action == "remove-app":
+        elif step.action == "remove-app":
             # { "identifier": "<identifier>" }: the app's identifier (com.xxxx.yyy), not its id
             body = {"identifier": p["identifier"]}
             done = f"removal of '{p['name']}' sent"
-        elif action == "message":
+        elif step.action == "message":
             body = {"message": p["message"]}
         # Commands cannot be read back: a request that may have arrived is not
-        # resent (transport raises AmbiguousError -> status unknown).
-        resp = await self.client.request("POST", f"devices/{_seg(p['device'])}/{segment}", json=body)
-        return outcome_from_response(step, resp, f"{_cap(done)} to {step.target}.")
+        # resent (the client raises AmbiguousError -> status unknown).
+        resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body)
+        return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None)
 
-    async def _link(self, kind: str, owner_field: str, owner: Any, tag: Any) -> Response:
+    async def _settle(self, step: Step, resp: Response, done: str, confirm: ReadBack | None, *,
+                      new_id: bool = False) -> Outcome:
+        """The Outcome of a change. The doc's answer confirms it ("200 OK will be
+        returned for successful requests", with no response data, or with the
+        new link's id); a 2xx that is not that answer (no id, an array, a
+        failure in its JSON) is read back where the API can read it, and
+        otherwise not believed."""
+        if not resp.ok or resp.verified:
+            return outcome_from_response(step, resp, done)
+        refusal = _refusal(resp.body)
+        if refusal is not None:
+            return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but said the change "
+                           f"failed: {sentence(refusal)}", resp.status, resp.attempts, step.resolved)
+        problem = _not_the_answer(resp.body, new_id=new_id)
+        if problem is None:
+            return outcome_from_response(step, resp, done)
+        said = f"The MDM answered HTTP {resp.status} with {problem}"
+        state = await confirm() if confirm is not None else None
+        if state is True:
+            return Outcome(step.index, Status.SUCCEEDED, f"{done.rstrip('.')} (confirmed by reading it back: "
+                           f"the MDM answered with {problem}).", resp.status, resp.attempts, step.resolved)
+        if state is False:
+            return Outcome(step.index, Status.FAILED, f"{said}, and reading it back shows the change is not there. "
+                           "Run the report again to retry.", resp.status, resp.attempts, step.resolved)
+        why = "reading it back could not tell whether it was made" if confirm else "a command cannot be read back"
+        return Outcome(step.index, Status.UNKNOWN, f"{said}, not its confirmation, and {why}. "
+                       f"Check {step.target}, then run the report again.", resp.status, resp.attempts, step.resolved)
+
+    # -- reading a change back ------------------------------------------------
+    def _linked(self, kind: str, owner_field: str, owner: Any, tag: Any) -> ReadBack:
+        """Whether the tag is linked, by the documented search
+        (GET /api/devicetags?deviceId= / usertags?userId=); None: cannot tell."""
         nested = "device" if kind == "devicetags" else "user"
 
-        async def already_linked() -> bool | None:
-            # the documented search: GET /api/devicetags?deviceId= / usertags?userId=
+        def applied(body: Any) -> bool | None:
+            links = _Links([], owner_field, nested)
             try:
-                resp = await self.client.request("GET", _query(kind, **{owner_field: owner}))
-            except TransportError:
+                links.add(_items(body, kind), owner=owner)
+                return bool(links.ids(owner, tag))
+            except (_Unreadable, LookupFailed):
                 return None
-            if not resp.ok:
+
+        return read_back(lambda: self.client.request("GET", _query(kind, **{owner_field: owner})), applied)
+
+    def _shows(self, path: str, ref: tuple[str, str], wanted: Any) -> ReadBack:
+        """Whether the object at ``path`` now refers to ``wanted`` (``userId``, ``groupId``)."""
+
+        def applied(body: Any) -> bool | None:
+            found = _one_object(body)
+            if found is None:
                 return None
-            return bool(_Links(as_list(resp.body, kind, *WRAPPERS), owner_field, nested).ids(owner, tag))
+            current = _ref(found, *ref)
+            if current is None:
+                # "userId": null is an answer (no user); no such field at all is none
+                return False if _has_field(found, ref[0]) else None
+            return key(current) == key(wanted)
 
-        return await self.client.request("POST", kind, json={owner_field: owner, "tagId": tag}, verify=already_linked)
+        return read_back(lambda: self.client.request("GET", path), applied)
 
-    async def _unlink(self, kind: str, step: Step) -> Outcome:
-        last: Response | None = None
-        for link in step.params["links"]:
-            resp = await self.client.request("DELETE", f"{kind}/{_seg(link)}")
-            if resp.status == 404 and resp.attempts > 1:
-                resp = Response(200, None, resp.headers, resp.attempts, verified=True)
-            if not resp.ok:
-                return outcome_from_response(step, resp, "")
-            last = resp
-        assert last is not None
-        return outcome_from_response(step, last, f"Tag '{step.params['name']}' unlinked from {step.target}.")
+    def _gone(self, path: str) -> ReadBack:
+        """Whether the object at ``path`` is gone: the MDM answers 404 for it."""
+
+        async def fetch() -> Response:
+            resp = await self.client.request("GET", path)
+            return Response(200, _GONE) if resp.status == 404 else resp
+
+        return read_back(fetch, lambda body: True if body is _GONE else False if _one_object(body) else None)
 
     def requests_for(self, step: Step) -> int:
         return len(step.params.get("links", ())) or 1
+    # -- data for export and templates ----------------------------------------
+    async def inventory(self) -> AsyncIterator[dict[str, str]]:
+        """Every device, one dict of text per device (Provider interface, for
+        ``bulkmdm export``): ``serial``, ``device_id``, ``name``, ``model``,
+        the user's ``email`` and account name (``user``), the device's
+        ``group`` (full path) and its ``tags`` ("; " between names).
+
+        The doc pages nothing ("Get devices: Get all available devices"), so
+        the device list is one answer; devices are yielded from it one by one,
+        with users, groups and tags held only as the few fields a row needs.
+        Raises TransportError (one sentence) when a list cannot be read."""
+        try:
+            devices = await self._list("devices", "devices")
+            users = {key(_id(u, *USER_ID)): (get_field(u, *EMAIL), get_field(u, *ACCOUNT))
+                     for u in await self._list("users", "users")}
+            paths = _all_paths(await self._list("groups", "groups"))
+            tags_of = await self._tags_by_device()
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
+        for device in devices:
+            dev_id = _id(device, *DEVICE_ID)
+            email, account = users.get(key(_ref(device, "userId", "user")), (None, None))
+            yield {
+                "serial": _text(get_field(device, *SERIAL)),
+                "device_id": _text(dev_id),
+                "name": _text(get_field(device, "name", "deviceName")),
+                "model": _text(get_field(device, "model", "modelName")),
+                "email": _text(email or get_field(device, *EMAIL)),
+                "user": _text(account or get_field(device, "accountName")),
+                "group": paths.get(key(get_field(device, *GROUP_ID)), ""),
+                "tags": "; ".join(sorted(tags_of.get(fkey(dev_id), []), key=str.casefold)),
+            }
+
+    async def _tags_by_device(self) -> dict[str, list[str]]:
+        """Device id (folded) -> names of its tags, from "GET /api/devicetags";
+        where that list is refused or does not say which device and tag a link
+        joins, from the documented "GET /api/devices?tagId=<tagId>", one
+        request per tag (not per device)."""
+        tags = await self._list("tags", "tags")
+        names = {key(_id(t, *TAG_ID)): _text(get_field(t, "name", "tagName")) for t in tags}
+        out: dict[str, list[str]] = {}
+        try:
+            listed = await self._list("devicetags", "devicetags", "deviceTags")
+            links: _Links | None = _Links(listed, "deviceId", "device")
+        except ListFailed:
+            links = None
+        if links is not None and not links.orphans and not links.unreadable:
+            for owner, tag in links.by_pair:
+                out.setdefault(owner, []).append(names.get(tag, tag))
+            return out
+        for tag_id, name in names.items():
+            for device in await self._list(_query("devices", tagId=tag_id), "devices"):
+                out.setdefault(fkey(_id(device, *DEVICE_ID)), []).append(name)
+        return out
+
+    async def choices(self, column: str) -> list[str]:
+        """The names to offer in a template's dropdown for ``column``
+        (Provider interface, for ``bulkmdm template --url``): tag names for
+        ``tag``, full group paths for ``group``, apps for ``app``; each one a
+        value a job row can give that matches exactly one object. An empty
+        list for any other column. Raises TransportError when a list cannot be read."""
+        try:
+            if column == "tag":
+                return self._tag_choices(await self._list("tags", "tags"))
+            if column == "group":
+                return sorted(set(_unique_paths(await self._list("groups", "groups")).values()), key=str.casefold)
+            if column == "app":
+                return self._app_choices(await self._list("apps", "apps"))
+        except ListFailed as exc:
+            raise TransportError(exc.detail(), status=exc.resp.status, attempts=exc.resp.attempts) from None
+        return []
+
+    def _tag_choices(self, tags: list[Any]) -> list[str]:
+        lists = _tag_indexes(tags)
+        names = set()
+        for tag in tags:
+            name = _text(get_field(tag, "name", "tagName"))
+            try:
+                if name and self._tag(name, lists) is tag and _usable_id(_id(tag, *TAG_ID)):
+                    names.add(name)
+            except LookupFailed:
+                continue  # a name two tags share would fail the row
+        return sorted(names, key=str.casefold)
+
+    def _app_choices(self, apps: list[Any]) -> list[str]:
+        """Per app the first of its name, package id and id that names only it."""
+        lists = _app_indexes(apps)
+        values = set()
+        for app in apps:
+            for value in (get_field(app, "name"), get_field(app, *PACKAGE), _id(app, *APP_ID)):
+                try:
+                    if _usable_id(value) and self._app(str(value), lists) is app:
+                        values.add(str(value))
+                        break
+                except LookupFailed:
+                    continue
+        return sorted(values, key=str.casefold)
 
 
-class _ListFailed(Exception):
-    def __init__(self, path: str, resp: Response) -> None:
-        self.path = path
-        self.resp = resp
+def _refusal(body: Any) -> str | None:
+    """The reason a 2xx's JSON gives for a change that failed
+    ({"success": false, "message": ...}), or None."""
+    if not isinstance(body, Mapping):
+        return None
+    flag = get_field(body, "success", "succeeded", "ok")
+    if flag is False or key(flag).casefold() == "false" or get_field(body, "error", "errors"):
+        return body_message(body) or "no reason given"
+    return None
 
-    def detail(self) -> str:
-        return (f"Could not read the MDM's {self.path} list: "
-                + explain_status(self.resp.status, self.resp.body, self.resp.attempts))
+
+def _not_the_answer(body: Any, *, new_id: bool) -> str | None:
+    """Why a 2xx answer to a change is not the doc's answer, or None when it is."""
+    blank = body is None or (isinstance(body, str) and not body.strip())
+    if isinstance(body, str) and not blank:
+        return _describe_answer(body)
+    if isinstance(body, list):
+        # no change of the doc answers with an array; a read does (a change
+        # redirected to a list, or a server that ignored the method)
+        return "an array, as a read answers"
+    if new_id and _new_link_id(body) is None:
+        return "no body (the doc answers with the new link's id)" if blank else "no id of the new link"
+    return None
+
+
+def _has_field(obj: Mapping[str, Any], name: str) -> bool:
+    """Whether ``obj`` has the field ``name`` at all, however spelt (as ``get_field`` matches it)."""
+    wanted = name.replace("_", "").replace("-", "").casefold()
+    return any(str(key).replace("_", "").replace("-", "").casefold() == wanted for key in obj)
+
+
+def _new_link_id(body: Any) -> Any:
+    if isinstance(body, Mapping):
+        body = _id(body, "deviceTagId", "userTagId")
+    return body if _usable_id(body) else None
 
 
 def _user_value(row: JobRow) -> str:
@@ -771,47 +1116,58 @@ def _user_value(row: JobRow) -> str:
     return row.get("email")
 
 
-def _only(found: list[Any], value: str, label: str, what: str) -> Any:
-    """The one object found for ``value``: blank, none and several fail the row."""
-    if not _key(value):
-        raise LookupFailed(f"the {label} is blank")
-    if not found:
-        raise LookupFailed(f"{label} '{value}' was not found")
-    if len(found) > 1:
-        raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
-    return found[0]
-
-
 def _assigned_to(device: Any, user: Any, user_id: Any) -> bool:
     current = _ref(device, "userId", "user")
     if current not in (None, ""):
-        return _key(current) == _key(user_id)
+        return key(current) == key(user_id)
     # a device object that names its user only by account name
     account, wanted = get_field(device, "accountName"), get_field(user, *ACCOUNT)
-    return bool(account) and bool(wanted) and _fkey(account) == _fkey(wanted)
+    return bool(account) and bool(wanted) and fkey(account) == fkey(wanted)
 
 
 def _norm_path(path: str) -> str:
     return "\\".join(part for part in path.replace("/", "\\").split("\\") if part)
 
 
-def _groups_at(groups: list[Any], path: str) -> list[Any]:
-    """The groups whose full path is ``path`` (separators / or \\): from a
-    ``path`` field when the objects have one, else built from name + parentId."""
-    by_id = {_key(_id(g)): g for g in groups}
+def _path_builder(groups: list[Any]) -> Callable[[Any], str]:
+    """A group's full path (separator \\): from a ``path`` field when the
+    objects have one, else built from name + parentId."""
+    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if _usable_id(_id(g, *GROUP_ID))}
 
     def full(group: Any, depth: int = 0) -> str:
         given = get_field(group, "path", "fullPath", "groupPath")
         if given:
             return _norm_path(str(given))
         name = str(get_field(group, "name", default=""))
-        parent = by_id.get(_key(get_field(group, "parentId")))
+        parent = by_id.get(key(get_field(group, "parentId")))
         if parent is None or parent is group or depth > 50:
             return name
         return full(parent, depth + 1) + "\\" + name
 
+    return full
+
+
+def _groups_at(groups: list[Any], path: str) -> list[Any]:
+    """The groups whose full path is ``path`` (separators / or \\)."""
+    full = _path_builder(groups)
     wanted = _norm_path(path)
     return [g for g in groups if full(g) == wanted]
+
+
+def _all_paths(groups: list[Any]) -> dict[str, str]:
+    """Group id -> full path."""
+    full = _path_builder(groups)
+    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if _usable_id(_id(g, *GROUP_ID))}
+
+
+def _unique_paths(groups: list[Any]) -> dict[str, str]:
+    """Group id -> full path, for the groups whose path no other group shares
+    (the only ones ``GET /api/groups?path=`` can name)."""
+    paths = _all_paths(groups)
+    counts: dict[str, int] = {}
+    for path in paths.values():
+        counts[path] = counts.get(path, 0) + 1
+    return {group_id: path for group_id, path in paths.items() if path and counts[path] == 1}
 
 
 def _query(resource: str, /, **params: Any) -> str:
@@ -821,15 +1177,62 @@ def _query(resource: str, /, **params: Any) -> str:
     return resource + "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
 
 
-def _seg(value: Any) -> str:
-    return quote(str(value), safe="")
+class _ShapeFailed(ListFailed):
+    """A list answered 2xx, but not as the doc's "Array of X"."""
+
+    def __init__(self, path: str, resp: Response, reason: str) -> None:
+        super().__init__(path, resp)
+        self.reason = reason
+
+    def detail(self) -> str:
+        return f"Could not read the MDM's {self.path} list: the MDM answered with {self.reason}."
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[0].upper() + text[1:] if text else "Look-up failed"
-    return text if text.endswith(".") else text + "."
+#: stands for "the MDM answered 404" in a read-back of a deletion
+_GONE = object()
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _one_object(body: Any) -> Mapping[str, Any] | None:
+    try:
+        found = _objects(body)
+    except _Unreadable:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _lost_delete(resp: Response) -> Response:
+    """A DELETE answered 404 after an earlier attempt: that attempt went
+    through and its answer was lost, so the object is gone as asked."""
+    if resp.status == 404 and resp.attempts > 1:
+        return Response(200, None, resp.headers, resp.attempts, verified=True)
+    return resp
+
+
+async def _gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
+    """Run look-ups ``limit`` at a time (the rate limit still applies to each)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> None:
+        async with gate:
+            await job()
+
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # a stopped run (or a cancelled plan) stops the other look-ups too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _at_path(groups: list[Any], path: str) -> list[Any]:
+    """The groups of a ``?path=`` answer that are the group at ``path``. The
+    doc promises one group or an error; a server that answers with a list (or
+    ignores the filter) is narrowed to the path asked, and one group under
+    another name is no match."""
+    if len(groups) > 1 or get_field(groups[0] if groups else None, "path", "fullPath", "groupPath"):
+        return _groups_at(groups, path)
+    if groups and key(get_field(groups[0], "name")) not in ("", _norm_path(path).rpartition("\\")[2].strip()):
+        return []
+    return groups

@@ -45,7 +45,10 @@ The doc shows no answer objects, so a real server may shape them otherwise;
 :class:`Shape` (``app["shape"]``, changeable while running) makes the
 simulator answer like such a server, for tests of a tolerant client: lists
 cut short, wrapped lists, PascalCase field names (Json.NET's default),
-integer ids as strings, another status for an ambiguous group path. Every
+integer ids as strings, another status for an ambiguous group path; and
+hostile answers for the tests of issue 10 (fields null or renamed, lists
+under unknown wrappers, searches that ignore their filter, changes answered
+200 with no body, a sign-in page or a failure in the JSON). Every
 ``/api`` request is kept in ``app["requests"]`` (method, raw path with query
 string, content type, body) so tests can assert the exact wire request.
 
@@ -64,7 +67,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -164,7 +167,7 @@ def _missing(message: str) -> ApiError:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def as_int(value: Any, name: str, *, quoted: bool = False) -> int:
@@ -823,7 +826,8 @@ def _genitive(first: str) -> str:
     return first if first.endswith(("s", "x", "z")) else first + "s"
 
 
-def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1) -> DuoState:
+def seed_state(  # noqa: C901 (one pass over the district, in the order the ids must come)
+        state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1) -> DuoState:
     """Fill an empty ``state`` with the district and the :data:`FACTS`."""
     group_ids: dict[str, int] = {}
     for path in fleet.school_groups(seed):
@@ -878,7 +882,8 @@ def seed_state(state: DuoState, *, devices: int = 3000, users: int | None = None
         ("ASSIGNEDPAD1", "Lars iPad", ipad, lars, 0),
         (FACTS["leading_zero_serial"], "EKB-IPAD-0001", ipad, None, group_ids["Skolor\\Ekbackens skola"]),
     ]
-    for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(edge_devices, _EDGE_GUIDS):
+    for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(
+            edge_devices, _EDGE_GUIDS, strict=True):
         state.add_device({"id": device_id, "serialNumber": serial, "name": name, "model": model,
                           "platform": platform, "osVersion": os_version, "userId": owner, "groupId": group_id,
                           "lastSeen": "2025-01-14T13:37:00Z"})
@@ -1084,6 +1089,22 @@ class Shape:
     auth_status: int = 401
     #: ``?path=`` with a leading or trailing separator (``\\Skolor\\``) matches nothing
     exact_group_paths: bool = False
+    # -- hostile answers (issue 10): what bulkmdm must never read as success --
+    #: (kind, field) pairs answered without a value, e.g. ``("devices", "id")``:
+    #: every device comes with ``"id": null`` (renamed to ``"oldId"`` with
+    #: ``hidden_renamed``); kinds: groups, users, devices, tags, apps,
+    #: devicetags, usertags
+    hidden: tuple[tuple[str, str], ...] = ()
+    hidden_renamed: bool = False
+    #: how a change (POST, PUT, DELETE under /api) is answered: None as the doc
+    #: says; "empty": done, answered 200 with no body; "ignored": a tag link
+    #: not made, answered 200 with no body (other changes as the doc says);
+    #: "html": not done, 200 with a sign-in page; "refused": not done, 200
+    #: with ``{"success": false, "message": ...}``
+    change_answer: str | None = None
+    #: searches (``?serialNumber=``, ``?email=``, ``?path=``, ``?deviceId=`` ...)
+    #: ignore their parameters and answer the whole, uncut list
+    ignore_filters: bool = False
 
     @property
     def plain(self) -> bool:
@@ -1093,17 +1114,58 @@ class Shape:
 _ID_KEYS = frozenset({"id", "userId", "tagId", "groupId", "parentId", "appId"})
 
 
-def _shaped(data: Any, shape: Shape) -> Any:
+def _shaped(data: Any, shape: Shape, kind: str = "") -> Any:
     if isinstance(data, list):
-        return [_shaped(x, shape) for x in data]
+        return [_shaped(x, shape, kind) for x in data]
     if isinstance(data, dict):
+        hidden = {name for what, name in shape.hidden if what == kind}
         out: dict[str, Any] = {}
         for key, value in data.items():
             if shape.string_ids and key in _ID_KEYS and isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
+            if key in hidden:
+                if not shape.hidden_renamed:
+                    value = None
+                else:
+                    key = "old" + key[:1].upper() + key[1:]
             out[key[:1].upper() + key[1:] if shape.pascal_case else key] = value
         return out
     return data
+
+
+def _wrapped(data: Any, wrap: str | None) -> Any:
+    """``data`` under ``wrap`` (dots nest: ``"result.rows"``)."""
+    if not wrap or not isinstance(data, list):
+        return data
+    for key in reversed(wrap.split(".")):
+        data = {key: data}
+    return data
+
+
+_SIGN_IN_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
+                 b"<body><form method=post action=/login>Your session has expired.</form></body></html>")
+
+
+def _change_answers(shape: Shape) -> Any:
+    """Answers a change as ``shape.change_answer`` says (see :class:`Shape`)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        mode = shape.change_answer
+        if mode is None or request.method in ("GET", "HEAD") or not request.path.startswith("/api"):
+            return await handler(request)
+        if mode == "html":
+            return web.Response(body=_SIGN_IN_PAGE, content_type="text/html", charset="utf-8")
+        if mode == "refused":
+            return _json({"success": False, "message": "The operation could not be completed."})
+        if mode == "ignored":
+            if request.method == "POST" and request.path in ("/api/devicetags", "/api/usertags"):
+                return web.Response(status=200)
+            return await handler(request)
+        response = await handler(request)
+        return web.Response(status=200) if mode == "empty" and response.status == 200 else response
+
+    return middleware
 
 
 def _request_log(log: deque[dict[str, Any]]) -> Any:
@@ -1124,7 +1186,7 @@ def _request_log(log: deque[dict[str, Any]]) -> Any:
     return middleware
 
 
-def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
+def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (one closure per endpoint of the doc)
     r = web.RouteTableDef()
 
     def cached(kind: str) -> web.Response:
@@ -1133,13 +1195,16 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         rows = json.loads(state.list_json(kind))
         if shape.list_limit is not None and kind in shape.limited:
             rows = rows[:shape.list_limit]
-        return out(rows)
+        return out(rows, kind)
 
-    def out(data: Any) -> web.Response:
+    def whole(kind: str) -> web.Response:
+        """Every object of ``kind``, as a search that ignored its filter answers."""
+        return out(json.loads(state.list_json(kind)), kind)
+
+    def out(data: Any, kind: str) -> web.Response:
         if shape.plain:
             return _json(data)
-        data = _shaped(data, shape)
-        return _json({shape.wrap: data} if shape.wrap and isinstance(data, list) else data, bom=shape.bom)
+        return _json(_wrapped(_shaped(data, shape, kind), shape.wrap), bom=shape.bom)
 
     def links(kind: str, rows: list[dict[str, Any]] | None) -> web.Response:
         """A device/user tag list, as ``shape`` says (``None``: the unfiltered list)."""
@@ -1155,17 +1220,19 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
             link_id = kind[:-4] + "TagId"
             rows = [{link_id: row["id"], **{k: v for k, v in row.items() if k not in ("id", "tagId")},
                      "id": row["tagId"], "name": state.tag(row["tagId"])["name"]} for row in rows]
-        return out(rows)
+        return out(rows, kind)
 
     # -- groups
     @r.get("/api/groups")
     async def groups(request: web.Request) -> web.Response:
         path = _q(request, "path")
+        if path is not None and shape.ignore_filters:
+            return whole("groups")
         if path is not None:
             if shape.exact_group_paths and path != path.strip().strip("\\/"):
                 raise _missing(f"No group matches the path {path}")
             try:
-                return out(state.group_by_path(path))
+                return out(state.group_by_path(path), "groups")
             except ApiError as exc:
                 if exc.status == 409:
                     exc.status = shape.ambiguous_group_status
@@ -1174,7 +1241,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/groups/{id}")
     async def group(request: web.Request) -> web.Response:
-        return out(state.group(_id_of(request, "Group")))
+        return out(state.group(_id_of(request, "Group")), "groups")
 
     @r.put("/api/groups/{id}")
     async def put_group(request: web.Request) -> web.Response:
@@ -1201,13 +1268,15 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"email", "phoneNumber", "account", "groupId", "tagId"}:
             return cached("users")
+        if shape.ignore_filters:
+            return whole("users")
         return out(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
                                         account=_q(request, "account"), group_id=_qint(request, "groupId"),
-                                        tag_id=_qint(request, "tagId")))
+                                        tag_id=_qint(request, "tagId")), "users")
 
     @r.get("/api/users/{id}")
     async def user(request: web.Request) -> web.Response:
-        return out(state.user(_id_of(request, "User")))
+        return out(state.user(_id_of(request, "User")), "users")
 
     @r.put("/api/users/{id}")
     async def put_user(request: web.Request) -> web.Response:
@@ -1231,13 +1300,15 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         q = request.query
         if not q.keys() & {"serialNumber", "groupId", "userId", "accountName", "tagId"}:
             return cached("devices")
+        if shape.ignore_filters:
+            return whole("devices")
         return out(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
                                           user_id=_qint(request, "userId"), account=_q(request, "accountName"),
-                                          tag_id=_qint(request, "tagId")))
+                                          tag_id=_qint(request, "tagId")), "devices")
 
     @r.get("/api/devices/{id}")
     async def device(request: web.Request) -> web.Response:
-        return out(state.device(request.match_info["id"]))
+        return out(state.device(request.match_info["id"]), "devices")
 
     @r.put("/api/devices/{id}")
     async def put_device(request: web.Request) -> web.Response:
@@ -1268,7 +1339,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/tags/{id}")
     async def tag(request: web.Request) -> web.Response:
-        return out(state.tag(_id_of(request, "Tag")))
+        return out(state.tag(_id_of(request, "Tag")), "tags")
 
     @r.put("/api/tags/{id}")
     async def put_tag(request: web.Request) -> web.Response:
@@ -1291,6 +1362,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     async def devicetags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"deviceId", "serialNumber"}:
             return links("devicetags", None)
+        if shape.ignore_filters:
+            return links("devicetags", json.loads(state.list_json("devicetags")))
         return links("devicetags", state.search_device_tags(device_id=_q(request, "deviceId"),
                                                             serial=_q(request, "serialNumber")))
 
@@ -1306,6 +1379,8 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     async def usertags(request: web.Request) -> web.Response:
         if not request.query.keys() & {"userId", "email"}:
             return links("usertags", None)
+        if shape.ignore_filters:
+            return links("usertags", json.loads(state.list_json("usertags")))
         return links("usertags", state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
 
     @r.post("/api/usertags")
@@ -1330,7 +1405,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
         what = _LINK_NAMES[kind]
 
         async def get_link(request: web.Request) -> web.Response:
-            return out(state.link(kind, _id_of(request, what)))
+            return out(state.link(kind, _id_of(request, what)), kind)
 
         async def delete_link(request: web.Request) -> web.Response:
             state.unlink(kind, _id_of(request, what))
@@ -1349,7 +1424,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
 
     @r.get("/api/apps/{id}")
     async def app(request: web.Request) -> web.Response:
-        return out(state.app(_id_of(request, "App")))
+        return out(state.app(_id_of(request, "App")), "apps")
 
     @r.post("/api/apps")
     async def post_app(request: web.Request) -> web.Response:
@@ -1394,7 +1469,7 @@ def make_app(
     shape = shape or Shape()
     log: deque[dict[str, Any]] = deque(maxlen=10_000)
     app = web.Application(middlewares=[_request_log(log), _error_middleware,
-                                          _auth_middleware(username, password, shape)])
+                                          _auth_middleware(username, password, shape), _change_answers(shape)])
     with warnings.catch_warnings():
         # a plain string key, like common.py's app["faults"], so tests can write app["state"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
