@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JournalError
-from .model import Outcome
+from .model import Outcome, Status
 
 SCHEMA_VERSION = 1
 
@@ -264,13 +264,15 @@ class Journal:
             )
 
     def record(self, run_id: int, outcomes: Iterable[Outcome]) -> None:
+        """Record what became of rows. A row that was not sent (not-run) stays
+        pending: the same command sends it when the run continues."""
         with self._tx():
             self.db.executemany(
-                "UPDATE rows SET state = 'done', status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?"
+                "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?"
                 " WHERE run_id = ? AND idx = ?",
                 (
-                    (str(o.status), o.detail, _text(o.http_status), _text(o.attempts or None), o.resolved,
-                     run_id, o.index)
+                    (PENDING if o.status is Status.NOT_RUN else DONE, str(o.status), o.detail,
+                     _text(o.http_status), _text(o.attempts or None), o.resolved, run_id, o.index)
                     for o in outcomes
                 ),
             )

@@ -428,7 +428,7 @@ async def test_choices_offer_names_that_name_one_object(me: SimServer) -> None:
 
 def test_sim_option_for_the_real_behaviour_is_manageengine_only(run_cli: Any) -> None:
     result = run_cli(["sim", "duostation", "--me-real", "--port", "0"])
-    assert result.exit_code == 2 and "--me-real is for the manageengine simulator only" in result.output
+    assert result.exit_code == 2 and "the duostation simulator has no --real behaviour" in result.output
 
 
 def test_bulkmdm_sim_manageengine_me_real_serves_the_real_behaviour() -> None:
