@@ -37,7 +37,7 @@ small helpers for text and ids.
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Auth, Client, Response
+from ..transport import Auth, BasicAuth, Client, Response
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,16 +107,22 @@ class Provider(ABC):
         #: which rows ask for the same change, across every chunk of the run
         self.changes = Changes()
 
+    #: what the vendor's documented paths start with, after --url (``/api/v1``)
+    api_path: ClassVar[str] = ""
+
     # -- set-up -------------------------------------------------------------
     @classmethod
-    @abstractmethod
     def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        """Credentials from the environment; ``ConfigError`` names what is missing."""
+        """Credentials from the environment; ``ConfigError`` names what is missing.
+
+        Default: HTTP Basic from the (user name, password) variables of ``credentials``."""
+        user, password = env_required(env, *cls.credentials[0], provider=cls.name)
+        return BasicAuth(user, password)
 
     @classmethod
     def api_base(cls, url: str) -> str:
         """The root the vendor's documented paths are appended to."""
-        return url.rstrip("/")
+        return url.rstrip("/") + cls.api_path
 
     def batch_size(self) -> int:
         size = self.settings.batch_size or self.max_batch

@@ -51,7 +51,7 @@ from urllib.parse import quote
 from ..errors import TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Auth, BasicAuth, Client, Response
+from ..transport import Client, Response
 from .base import (
     Index,
     ListFailed,
@@ -60,7 +60,6 @@ from .base import (
     Settings,
     body_message,
     cap,
-    env_required,
     explain_response,
     fkey,
     get_field,
@@ -315,6 +314,7 @@ class DuoStation(Provider):
     # "The API uses Basic Authentication. User name and password is the same
     # that can be used to log in to DuoSTATION MDM".
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    api_path = "/api"
     # The doc names no limit and no error statuses beyond "200 OK will be
     # returned for successful requests": the shared policy (408, 429 and
     # 502-504 tried again, Retry-After honoured within its cap).
@@ -336,15 +336,6 @@ class DuoStation(Provider):
         super().__init__(client, settings)
         #: everything fetched for the look-ups so far, kept for the next chunk
         self._lists: dict[str, Any] = {"extra": {}}
-
-    @classmethod
-    def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        user, password = env_required(env, *cls.credentials[0], provider="duostation")
-        return BasicAuth(user, password)
-
-    @classmethod
-    def api_base(cls, url: str) -> str:
-        return url.rstrip("/") + "/api"
 
     # -- reading ------------------------------------------------------------
     async def _list(self, path: str, *keys: str) -> list[Any]:

@@ -58,7 +58,7 @@ from multidict import MultiDict
 from ..errors import ConfigError, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Auth, BasicAuth, Client, Response
+from ..transport import Client, Response
 from .base import (
     Index,
     ListFailed,
@@ -69,7 +69,6 @@ from .base import (
     as_list,
     cap,
     collect_pages,
-    env_required,
     explain_response,
     failed,
     get_field,
@@ -230,6 +229,7 @@ class Ivanti(Provider):
     name = "ivanti"
     actions = frozenset(BULK) | PER_DEVICE
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    api_path = "/api/v1"
     # The doc gives no rate limit and no retry advice: the shared policy
     # (408, 429, 502, 503, 504 tried again; Retry-After honoured within its cap).
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
@@ -271,15 +271,6 @@ class Ivanti(Provider):
         self._total: int | None = None
         #: actions whose checkViability this server does not offer
         self._no_viability: set[str] = set()
-
-    @classmethod
-    def auth_from_env(cls, env: Mapping[str, str]) -> Auth:
-        user, password = env_required(env, *cls.credentials[0], provider="ivanti")
-        return BasicAuth(user, password)
-
-    @classmethod
-    def api_base(cls, url: str) -> str:
-        return url.rstrip("/") + "/api/v1"
 
     # -- listing and paging -------------------------------------------------
     async def _search(self, params: Mapping[str, Any]) -> Any:

@@ -930,7 +930,7 @@ class ManageEngine(Provider):
     # -- dry run -------------------------------------------------------------------
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
         many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
-        return [Outcome(step.index, Status.PLANNED, _would(step) + many + ".", resolved=step.resolved)
+        return [Outcome(step.index, Status.PLANNED, _done(step, would=True) + many + ".", resolved=step.resolved)
                 for step in steps]
 
     # -- sending -------------------------------------------------------------------
@@ -1105,24 +1105,18 @@ def _refused_whole(outcomes: list[Outcome]) -> bool:
                and o.http_status not in _NO_SPLIT for o in outcomes)
 
 
-def _done(step: Step) -> str:
-    p = step.params
-    return {
-        "add-to-group": f"{cap(step.target)} added to group {p.get('name')!r}.",
-        "remove-from-group": f"{cap(step.target)} removed from group {p.get('name')!r}.",
-        "install-app": f"Installation of {p.get('name')!r} sent to {step.target}.",
-        "remove-app": f"Removal of {p.get('name')!r} sent to {step.target}.",
-    }[step.action]
+#: what a change did, and what a dry run says it would do
+_WORDING = {
+    "add-to-group": ("{Target} added to group {name!r}.", "Would add {target} to group {name!r}"),
+    "remove-from-group": ("{Target} removed from group {name!r}.", "Would remove {target} from group {name!r}"),
+    "install-app": ("Installation of {name!r} sent to {target}.", "Would install {name!r} on {target}"),
+    "remove-app": ("Removal of {name!r} sent to {target}.", "Would remove {name!r} from {target}"),
+}
 
 
-def _would(step: Step) -> str:
-    p = step.params
-    return {
-        "add-to-group": f"Would add {step.target} to group {p.get('name')!r}",
-        "remove-from-group": f"Would remove {step.target} from group {p.get('name')!r}",
-        "install-app": f"Would install {p.get('name')!r} on {step.target}",
-        "remove-app": f"Would remove {p.get('name')!r} from {step.target}",
-    }[step.action]
+def _done(step: Step, *, would: bool = False) -> str:
+    template = _WORDING[step.action][1 if would else 0]
+    return template.format(Target=cap(step.target), target=step.target, name=step.params.get("name"))
 
 
 def _succeeded(step: Step, resp: Response) -> Outcome:
