@@ -449,21 +449,46 @@ def login(profile: str) -> None:
 @main.command()
 @click.argument("action_name", metavar="ACTION")
 @click.option("--provider", "-p", metavar="NAME", help="Check that this MDM can do ACTION (or from --profile).")
+@click.option("--url", "-u", metavar="URL",
+              help="Read the MDM's tags, groups and apps and offer them as dropdowns (or from --profile).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
               help="Where to write it (.xlsx or .csv). Default: ACTION.xlsx here.")
 @profile_option
-def template(action_name: str, provider: str | None, out: Path | None, profile: str | None) -> None:
+def template(action_name: str, provider: str | None, url: str | None, out: Path | None, profile: str | None) -> None:
     """Write an empty job file for ACTION: its columns as the header, and in
-    an .xlsx a Notes sheet explaining each column with an example."""
+    an .xlsx a Notes sheet explaining each column with an example; with --url
+    (or a profile's), dropdowns of the MDM's tags, groups or apps."""
     from .config import load_profile
     from .template import resolve_action, write_template
 
+    if profile and not url:
+        url = load_profile(profile, os.environ).url
     if profile and not provider:
         provider = load_profile(profile, os.environ).provider
     spec = resolve_action(action_name, provider)
-    path = write_template(out or Path(f"{spec.name}.xlsx"), spec, provider=provider)
+    path = out or Path(f"{spec.name}.xlsx")
+    choices = _template_choices(spec, profile, provider, url) if url and path.suffix.lower() == ".xlsx" else None
+    path = write_template(path, spec, provider=provider, choices=choices)
     click.echo(f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
                f"--action {spec.name} --dry-run ...", err=True)
+
+
+def _template_choices(spec: Any, profile: str | None, provider: str | None, url: str) -> dict[str, list[str]]:
+    """The MDM's names for the action's tag, group and app columns."""
+    import asyncio
+
+    from .connect import open_provider
+    from .template import template_columns
+
+    connection = _connection(profile, provider=provider, url=url)
+    columns = [header for header, _ in template_columns(spec) if header in ("tag", "group", "app")]
+
+    async def read() -> dict[str, list[str]]:
+        async with open_provider(connection) as mdm:
+            return {column: await mdm.choices(column) for column in columns}
+
+    click.echo(f"Reading the {', '.join(columns) or 'names'} of {connection.url} ...", err=True)
+    return asyncio.run(read()) if columns else {}
 
 
 # -- journal commands --------------------------------------------------------
@@ -570,33 +595,45 @@ def actions() -> None:
 
 
 @main.command()
-@click.option("--provider", "-p", required=True, metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan.")
-@click.option("--url", "-u", required=True, metavar="URL", help="The MDM's base address (https://...).")
+@click.option("--provider", "-p", metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan.")
+@click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
               help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.")
 @click.option("--action", "-a", metavar="ACTION", help="Add an action column with this action: the file is a job.")
 @click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take.")
-def export(provider: str, url: str, out: Path | None, action: str | None, partition: str | None, rate: str | None,
-           timeout: float) -> None:
+@profile_option
+def export(provider: str | None, url: str | None, out: Path | None, action: str | None, partition: str | None,
+           rate: str | None, timeout: float, profile: str | None) -> None:
     """Write every device of the MDM to a sheet, one row each (serial, device_id, name, model, user ...).
 
     Add an action column (or pass --action) and the file is a job for `bulkmdm run`.
-    Credentials come from the environment, as for `bulkmdm run`.
+    Credentials come from the environment (or, with --profile, the OS keyring), as for `bulkmdm run`.
     """
     import asyncio
 
-    from .connect import Target
     from .export import default_path, export_devices
 
-    target = Target(provider=provider.casefold(), url=url, env=dict(os.environ), partition=partition, rate=rate,
-                    timeout=timeout)
-    path = out or default_path(target.provider)
-    click.echo(f"Reading the devices of {url} ...", err=True)
-    count = asyncio.run(export_devices(target, path, action=action,
+    connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
+    path = out or default_path(connection.provider)
+    click.echo(f"Reading the devices of {connection.url} ...", err=True)
+    count = asyncio.run(export_devices(connection, path, action=action,
                                        progress=lambda n: click.echo(f"{n} devices ...", err=True)))
     click.echo(f"{count} devices written to {path}.")
+
+
+def _connection(profile: str | None, *, provider: str | None, url: str | None, partition: str | None = None,
+                rate: str | None = None, timeout: float = 30.0) -> Any:
+    """The MDM a command talks to: flags over the profile, credentials from the environment or the keyring."""
+    from .config import environment_for, resolve_target
+    from .connect import Connection
+    from .validate import check_url
+
+    target = resolve_target(profile, provider=provider, url=url, env=os.environ, partition=partition, rate=rate)
+    check_url(target.url)
+    return Connection(provider=target.provider, url=target.url, env=environment_for(target, os.environ),
+                      partition=target.partition, rate=target.rate, concurrency=target.concurrency, timeout=timeout)
 
 
 # -- simulators and demo ----------------------------------------------------

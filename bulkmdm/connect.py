@@ -20,7 +20,7 @@ from .transport import Client
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
+class Connection:
     """Which MDM, and how hard to press it."""
 
     provider: str
@@ -50,7 +50,7 @@ def retry_policy(provider_cls: type[Provider], overrides: Mapping[str, object] |
     return replace(provider_cls.retry_policy, **overrides) if overrides else provider_cls.retry_policy  # type: ignore[arg-type]
 
 
-def make_client(target: Target, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None) -> Client:
+def make_client(target: Connection, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None) -> Client:
     """The one client of a run, set up as the vendor declares."""
     concurrency = target.concurrency or provider_cls.default_concurrency
     return Client(
@@ -67,7 +67,7 @@ def make_client(target: Target, provider_cls: type[Provider], *, stopping: Calla
 
 
 @asynccontextmanager
-async def open_provider(target: Target, *, stopping: Callable[[], bool] | None = None) -> AsyncIterator[Provider]:
+async def open_provider(target: Connection, *, stopping: Callable[[], bool] | None = None) -> AsyncIterator[Provider]:
     """The provider for ``target``, its client closed on the way out."""
     provider_cls = providers.get(target.provider)
     client = make_client(target, provider_cls, stopping=stopping)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from .actions import ACTIONS, normalise_action
-from .connect import Target, open_provider
+from .connect import Connection, open_provider
 from .errors import TransportError, UsageError
 from .providers.base import ListFailed
 from .report import write_report
@@ -48,7 +48,7 @@ def header_for(sample: list[dict[str, str]], action: str | None) -> list[str]:
 
 
 async def export_devices(
-    target: Target,
+    target: Connection,
     path: Path,
     *,
     action: str | None = None,
@@ -66,7 +66,7 @@ async def export_devices(
         raise TransportError(exc.detail()) from None
 
 
-async def _export(target: Target, path: Path, verb: str | None, progress: Callable[[int], None] | None) -> int:
+async def _export(target: Connection, path: Path, verb: str | None, progress: Callable[[int], None] | None) -> int:
     async with open_provider(target) as provider:
         devices = provider.inventory()
         sample = await _sample(devices)
