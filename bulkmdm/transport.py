@@ -14,6 +14,7 @@ import json as jsonlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -306,3 +307,9 @@ def _decode(raw: bytes, content_type: str) -> Any:
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 120 else text[:117] + "..."
+
+
+#: Called (if set) right before any request that is not a read goes out: the
+#: engine sets it per batch, to mark the batch's rows in flight only once a
+#: change is really being sent.
+about_to_change: ContextVar[Callable[[], None] | None] = ContextVar("bulkmdm_about_to_change", default=None)
