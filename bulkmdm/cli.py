@@ -162,7 +162,7 @@ def _log_to_stderr() -> None:
 
 def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     counts = result.counts
-    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not run"]
+    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run"]
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     rate = ""
     if result.elapsed > 0 and not dry_run:
@@ -322,8 +322,8 @@ def report(run_id: int, out: Path | None, state_dir: Path | None) -> None:
     """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs)."""
     from .engine import rebuild_report
 
-    result = rebuild_report(run_id, out=out, state=state_dir)
-    click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+    summary = rebuild_report(run_id, out=out, state=state_dir)
+    click.echo(f"Report: {summary.path} ({summary.rows} rows)")
 
 
 @main.command()

@@ -20,6 +20,7 @@ class Status(str, Enum):
     INVALID = "invalid"
     PLANNED = "planned"
     UNKNOWN = "unknown"
+    NOT_RUN = "not-run"
 
     def __str__(self) -> str:
         return self.value
@@ -28,7 +29,7 @@ class Status(str, Enum):
 #: Statuses a re-run of a report carries over untouched.
 DONE_STATUSES = frozenset({Status.SUCCEEDED, Status.SKIPPED})
 #: Statuses that make the exit code 1.
-BAD_STATUSES = frozenset({Status.FAILED, Status.INVALID, Status.UNKNOWN})
+BAD_STATUSES = frozenset({Status.FAILED, Status.INVALID, Status.UNKNOWN, Status.NOT_RUN})
 
 
 @dataclass(frozen=True, slots=True)

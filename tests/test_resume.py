@@ -151,7 +151,8 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
         report = read_report(job.with_name("lock.outcome.csv"))
         done = [r for r in report if r["status"] == "succeeded"]
         assert 0 < len(done) < 2000
-        assert all(r["status"] in ("succeeded", "") for r in report)  # in-flight requests were let finish
+        # in-flight requests were let finish; rows never sent are not-run
+        assert all(r["status"] in ("succeeded", "not-run") for r in report)
         second = subprocess.run(_cmd(job, sim.url, "--action", "lock"), env=env, capture_output=True, text=True,
                                 timeout=120)
         assert second.returncode == 0, second.stderr
@@ -195,7 +196,7 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
         report = read_report(job.with_name("lock.outcome.csv"))
         statuses = [r["status"] for r in report]
         assert statuses.count("unknown") == 8  # the eight in flight (--concurrency 8)
-        assert statuses.count("") == 92
+        assert statuses.count("not-run") == 92
         assert all("in flight" in r["detail"] for r in report if r["status"] == "unknown")
 
 
@@ -237,4 +238,4 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
         assert took < 10, took  # not the 60 s Retry-After
         report = read_report(job.with_name("lock.outcome.csv"))
         assert any(r["http_status"] == "429" and r["status"] == "failed" for r in report), report
-        assert all(r["status"] in ("succeeded", "failed", "") for r in report)
+        assert all(r["status"] in ("succeeded", "failed", "not-run") for r in report)

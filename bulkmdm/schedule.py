@@ -1,0 +1,151 @@
+"""Schedule: the worker pool that sends the planned batches, and the stop.
+
+A bounded pool of workers pulls batches from the plan feed (no task per
+row). A batch's rows are marked in flight in the journal only when its first
+change is about to go out (``transport.about_to_change``), so a run killed
+while rows wait for a rate slot leaves them ``not-run``, not ``unknown``.
+
+The run stops (no new batch starts; requests in flight may finish) on the
+first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
+circuit breaker sees the MDM refuse change after change the same way or go
+away; the rows left unsent are ``not-run``. A second Ctrl-C abandons the
+requests in flight (their rows are ``unknown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from .errors import AuthError
+from .events import Events
+from .model import Outcome, Status, Step
+from .plan import PlanFeed
+from .transport import about_to_change
+
+Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
+
+INTERRUPTED = "Not sent: the run was interrupted first. Run the same command again to continue."
+CREDENTIALS_REFUSED = ("Not sent: the MDM refused the credentials during the run. Fix them, then run the same "
+                       "command again to continue.")
+
+
+class Ledger(Protocol):
+    """Where the pool writes what happens to rows (the journal, for one run)."""
+
+    def mark_in_flight(self, indices: Sequence[int]) -> None: ...
+    def record(self, outcomes: Sequence[Outcome]) -> None: ...
+
+
+class Scheduler:
+    """Runs the worker pool for one run and owns its stop."""
+
+    def __init__(self, *, concurrency: int, events: Events, marks_in_flight: bool = True) -> None:
+        self.concurrency = max(1, concurrency)
+        self.events = events
+        #: dry runs change nothing, so nothing is ever in flight
+        self.marks_in_flight = marks_in_flight
+        self.stop = asyncio.Event()
+        #: the sentence rows left unsent show as their detail, once the run stops
+        self.stop_reason: str | None = None
+        #: the signal that stopped the run (SIGINT or SIGTERM), if any
+        self.signal: int | None = None
+        self.interrupts = 0
+        self.auth_error: AuthError | None = None
+        #: set once a batch has been sent (an answer or an error came back)
+        self.sent_any = False
+        self.workers: list[asyncio.Task[None]] = []
+
+    # -- the stop -------------------------------------------------------------
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    def stop_run(self, reason: str) -> None:
+        """No new batch starts from now on; ``reason`` is what unsent rows will say."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    def install_signals(self) -> Callable[[], None]:
+        """Handle Ctrl-C and SIGTERM while the run lasts; returns the function that undoes it."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+        def remove() -> None:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+        return remove
+
+    def _on_signal(self, signum: int) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.signal = signum
+            self.stop_run(INTERRUPTED)
+            self.events.message(
+                "Stopping: no new rows are started; waiting for requests in flight. Press Ctrl-C again to abandon them."
+            )
+        else:
+            for task in self.workers:
+                task.cancel()
+
+    # -- the pool -------------------------------------------------------------
+    async def run(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:
+        """Send every batch the feed gives, ``concurrency`` at a time, until it runs dry or the run stops."""
+        size = max(1, min(self.concurrency, feed.batches_hint()))
+        self.workers = [asyncio.ensure_future(self._work(feed, send, ledger)) for _ in range(size)]
+        try:
+            await asyncio.gather(*self.workers)
+        except asyncio.CancelledError:
+            if self.interrupts < 2:
+                raise
+        except BaseException:
+            for task in self.workers:
+                task.cancel()
+            raise
+
+    async def _work(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:
+        while not self.stop.is_set():
+            batch = await feed.next_batch()
+            if batch is None:
+                return
+            outcomes = await self._send(batch, send, ledger)
+            if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
+                raise RuntimeError("provider returned outcomes that do not match its batch")
+            ledger.record(outcomes)
+            self.events.advance(outcomes)
+
+    async def _send(self, batch: Sequence[Step], send: Send, ledger: Ledger) -> list[Outcome]:
+        """Send one batch, its rows marked in flight when its first change is about to go out."""
+        marked = False
+
+        def mark_batch_in_flight() -> None:
+            nonlocal marked
+            if not marked:
+                marked = True
+                ledger.mark_in_flight([step.index for step in batch])
+
+        token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
+        try:
+            outcomes = await send(batch)
+            self.sent_any = True
+            return outcomes
+        except AuthError as exc:
+            self.auth_error = exc
+            self.stop_run(CREDENTIALS_REFUSED)
+            return [Outcome(step.index, Status.FAILED, f"{_capitalised(str(exc))}; check the credentials.", 401,
+                            exc.attempts, step.resolved) for step in batch]
+        finally:
+            about_to_change.reset(token)
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
