@@ -28,7 +28,7 @@ from .limits import RateController, parse_rate
 from .model import BAD_STATUSES, Outcome
 from .plan import PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
-from .report import RunSummary, rebuild_report, write_run_report
+from .report import RunSummary, write_run_report
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .retry import RetryPolicy
 from .schedule import Scheduler
@@ -120,12 +120,25 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         result = RunResult(opened.run_id, report, Counter(), 0, resumed=opened.resumed, rows=opened.rows)
         try:
             await _execute(journal, opened, provider, client, scheduler, options, events, result)
+        except ConfirmationRefused:
+            if not opened.resumed:  # declined: nothing was sent, so leave no run to resume
+                journal.delete_run(opened.run_id)
+            raise
         except JournalError:
             _write_report_if_possible(journal, opened.run_id, report)
             raise
         _conclude(journal, opened, scheduler, result, options)
         result.elapsed = time.monotonic() - started
         return result
+
+
+def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
+                   env: Mapping[str, str] | None = None) -> RunResult:
+    """``bulkmdm report RUN``: write a run's report again from the journal."""
+    from . import report
+
+    summary = report.rebuild_report(run_id, out=out, state=state, env=env)
+    return RunResult(run_id, summary.path, summary.counts, 0, rows=summary.rows, summary=summary)
 
 
 def _client(provider_cls: type[Provider], auth: Any, url: str, options: RunOptions, scheduler: Scheduler) -> Client:

@@ -25,7 +25,7 @@ import re
 import secrets
 import stat
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -300,7 +300,7 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
 
 
 def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
-                   env: dict[str, str] | None = None) -> RunSummary:
+                   env: Mapping[str, str] | None = None) -> RunSummary:
     """``bulkmdm report RUN``: write a run's report again from the journal."""
     from .journal import Journal, state_dir
 
