@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import BulkMDMError
+from .errors import BulkMDMError, UsageError
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -40,6 +40,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # `bulkmdm runs | head`: the reader went away; the rest of the output has nowhere to go
+            _silence_stdout()
+            ctx.exit(1)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: one sentence here, the traceback in a file
@@ -48,6 +52,15 @@ class _Group(click.Group):
                 f"Error: bulkmdm hit an internal error ({type(exc).__name__}). The journal keeps every finished "
                 f"row; run the same command again to continue. Details for a bug report: {path}", err=True)
             ctx.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _crash_log(exc: BaseException) -> str:
@@ -460,7 +473,15 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
         click.echo(url)
         sys.stdout.flush()
 
-    serve_forever(app, port=port, announce=announce)
+    try:
+        serve_forever(app, port=port, announce=announce)
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"Port {port} on 127.0.0.1 is already in use; pick another with --port "
+                         "(--port 0 takes any free one).") from None
 
 
 @main.command()

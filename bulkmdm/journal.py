@@ -386,7 +386,8 @@ class Journal:
                 """,
                 (old_id, PENDING, DONE, _NOT_RUN, new_id, PENDING, new_id),
             )
-            return int(cur.rowcount or 0)
+            del cur  # rowcount is -1 for a statement that starts with WITH
+            return int(self.db.execute("SELECT changes()").fetchone()[0])
 
     def mark_in_flight(self, run_id: int, indices: Iterable[int]) -> None:
         """Written (and committed) before the request is sent."""

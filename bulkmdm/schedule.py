@@ -141,11 +141,10 @@ class Scheduler:
         except AuthError as exc:
             self.auth_error = exc
             self.stop_run(CREDENTIALS_REFUSED)
-            return [Outcome(step.index, Status.FAILED, f"{_capitalised(str(exc))}; check the credentials.", 401,
-                            exc.attempts, step.resolved) for step in batch]
+            # refused before the MDM did anything: these rows go again once the credentials are fixed
+            detail = f"Not sent: {exc}. Fix the credentials, then run the same command again to continue."
+            return [Outcome(step.index, Status.NOT_RUN, detail, exc.status, exc.attempts, step.resolved)
+                    for step in batch]
         finally:
             about_to_change.reset(token)
 
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
