@@ -276,6 +276,8 @@ def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result:
     if auth_error is not None:
         result.stopped = (f"The MDM refused the credentials part way through ({auth_error}); the rows not sent are "
                           "not-run. Fix the credentials, then run the same command again to continue.")
+    elif scheduler.breaker_stop is not None:
+        result.stopped = f"{scheduler.breaker_stop.rstrip('.')}. The rows not sent are not-run."
     if not summary.incomplete and not options.dry_run:
         journal.finish(opened.run_id, result.exit_code)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from .actions import ACTIONS
 from .columns import OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
-from .model import BAD_STATUSES, Status
+from .model import BAD_STATUSES, Status, reason_key
 
 if TYPE_CHECKING:
     from .journal import Journal, RowRecord
@@ -187,10 +187,6 @@ IN_FLIGHT_DETAIL = (
 #: Failure reasons grouped at most; a job with more distinct ones lumps the rest.
 _MAX_REASONS = 200
 _EXAMPLES = 5
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-_LINE = re.compile(r"\bline \d+")
-#: a path segment holding an id (``/api/devices/3f2a.../lock``)
-_ID_SEGMENT = re.compile(r"(?<=/)[^/\s)]*\d[^/\s)]*")
 _BAD = {str(status) for status in BAD_STATUSES}
 
 
@@ -254,7 +250,7 @@ class _Tally:
 
     def _failure(self, status: str, detail: str, line: int) -> None:
         # rows that differ only in the value they name ('X' not found) share a reason
-        key = status + ":" + _ID_SEGMENT.sub("…", _LINE.sub("line N", _QUOTED.sub("'…'", detail)))
+        key = status + ":" + reason_key(detail)
         if key not in self.reasons and len(self.reasons) >= _MAX_REASONS:
             key, detail = "other", "Other reasons: see the report."
         reason = self.reasons.setdefault(key, _Reason(detail))

@@ -10,6 +10,12 @@ first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
 circuit breaker sees the MDM refuse change after change the same way or go
 away; the rows left unsent are ``not-run``. A second Ctrl-C abandons the
 requests in flight (their rows are ``unknown``).
+
+A real run starts with a canary: one worker sends the first few batches
+alone, and the pool widens to ``concurrency`` only once they show that not
+every change is refused the same way; a job that is wrong throughout is
+caught before it fans out. Canary and breaker look only at Outcomes
+(status, HTTP status, detail), so they need nothing from the providers.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Protocol
 
 from .errors import AuthError
 from .events import Events
-from .model import Outcome, Status, Step
+from .model import Outcome, Status, Step, reason_key
 from .plan import PlanFeed
 from .transport import about_to_change
 
@@ -30,6 +36,55 @@ Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
 INTERRUPTED = "Not sent: the run was interrupted first. Run the same command again to continue."
 CREDENTIALS_REFUSED = ("Not sent: the MDM refused the credentials during the run. Fix them, then run the same "
                        "command again to continue.")
+
+
+#: batches the canary sends alone before the pool widens
+CANARY_BATCHES = 3
+#: batches in a row refused the same way (or without an answer) that stop the run
+BREAKER_BATCHES = 20
+
+
+class Breaker:
+    """Counts batches in a row that went wrong the same way: the same HTTP
+    status and reason, or no answer at all (the MDM gone away)."""
+
+    def __init__(self, threshold: int = BREAKER_BATCHES) -> None:
+        self.threshold = threshold
+        self.streak = 0
+        self._key: tuple[str, ...] | None = None
+        #: the detail of the first outcome of the streak (the MDM's own words)
+        self.example = ""
+
+    def observe(self, outcomes: Sequence[Outcome]) -> bool:
+        """Count one batch's outcomes; True when the run should stop."""
+        keys = {_refusal(outcome) for outcome in outcomes if outcome.status is not Status.NOT_RUN}
+        if not keys:
+            return False
+        key = keys.pop() if len(keys) == 1 else None
+        if key is None:
+            self.streak, self._key = 0, None
+        elif key == self._key:
+            self.streak += 1
+        else:
+            self.streak, self._key = 1, key
+            self.example = next(o.detail for o in outcomes if o.status is not Status.NOT_RUN)
+        return self.streak >= self.threshold
+
+    def why(self) -> str:
+        """The sentence that says why the run stopped, in the MDM's words."""
+        if self._key == ("no answer",):
+            return (f"The run stopped: the MDM did not answer {self.streak} changes in a row; it may be down or "
+                    f"unreachable. The last said: {self.example}")
+        return (f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}")
+
+
+def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
+    """How a change went wrong, as the breaker compares it; None when it did not."""
+    if outcome.status not in (Status.FAILED, Status.UNKNOWN):
+        return None
+    if outcome.http_status is None:
+        return ("no answer",)
+    return (str(outcome.http_status), reason_key(outcome.detail))
 
 
 class Ledger(Protocol):
@@ -57,6 +112,12 @@ class Scheduler:
         #: set once a batch has been sent (an answer or an error came back)
         self.sent_any = False
         self.workers: list[asyncio.Task[None]] = []
+        self.breaker = Breaker()
+        #: one sentence for the summary when the breaker stopped the run
+        self.breaker_stop: str | None = None
+        #: batches that came back; set once the canary is over
+        self.batches_done = 0
+        self.widened = asyncio.Event()
 
     # -- the stop -------------------------------------------------------------
     def stopping(self) -> bool:
@@ -101,7 +162,10 @@ class Scheduler:
     async def run(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:
         """Send every batch the feed gives, ``concurrency`` at a time, until it runs dry or the run stops."""
         size = max(1, min(self.concurrency, feed.batches_hint()))
-        self.workers = [asyncio.ensure_future(self._work(feed, send, ledger)) for _ in range(size)]
+        if not self.marks_in_flight:
+            self.widened.set()  # a dry run changes nothing: no canary
+        self.workers = [asyncio.ensure_future(self._work(feed, send, ledger, canary=number == 0))
+                        for number in range(size)]
         try:
             await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
@@ -112,16 +176,41 @@ class Scheduler:
                 task.cancel()
             raise
 
-    async def _work(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:
+    async def _work(self, feed: PlanFeed, send: Send, ledger: Ledger, *, canary: bool) -> None:
+        if not canary and not await self._canary_over():
+            return
         while not self.stop.is_set():
             batch = await feed.next_batch()
             if batch is None:
+                self.widened.set()  # nothing more to send: let the waiting workers end
                 return
             outcomes = await self._send(batch, send, ledger)
             if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
                 raise RuntimeError("provider returned outcomes that do not match its batch")
             ledger.record(outcomes)
             self.events.advance(outcomes)
+            self._judge(outcomes)
+
+    async def _canary_over(self) -> bool:
+        """Wait until the canary is over; False when the run stopped first."""
+        stop_task = asyncio.ensure_future(self.stop.wait())
+        widened_task = asyncio.ensure_future(self.widened.wait())
+        try:
+            await asyncio.wait({stop_task, widened_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+            widened_task.cancel()
+        return not self.stop.is_set()
+
+    def _judge(self, outcomes: Sequence[Outcome]) -> None:
+        """Stop on a breaker trip; widen the pool once the canary shows not every change is refused."""
+        self.batches_done += 1
+        if self.breaker.observe(outcomes):
+            self.breaker_stop = self.breaker.why()
+            self.stop_run(f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
+                          "Fix that, then run the same command again to continue.")
+        elif self.batches_done >= CANARY_BATCHES and self.breaker.streak < self.batches_done:
+            self.widened.set()
 
     async def _send(self, batch: Sequence[Step], send: Send, ledger: Ledger) -> list[Outcome]:
         """Send one batch, its rows marked in flight when its first change is about to go out."""

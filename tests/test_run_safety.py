@@ -394,3 +394,78 @@ def test_a_port_in_use_for_the_simulator_is_one_sentence() -> None:
     assert res.returncode == 2, res.stderr
     assert f"Port {port}" in res.stderr and "in use" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# -- the canary and the circuit breaker ----------------------------------------------
+
+
+def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_path: Path) -> None:
+    with SimServer(make_app(devices=500, seed=26)) as sim:
+        devices = _serials(sim, 400)
+        sim.faults.update({"error_rate": 1.0, "error_status": 403, "mutating_only": True})
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        env = _env(tmp_path)
+        args = _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8")
+        res = _run(args, env)
+        assert res.returncode == 1, res.stderr
+        _no_traceback(res.stderr)
+        assert sim.stats.mutating <= 28, sim.stats.mutating  # 20 in a row, and at most the pool's 8 in flight
+        assert "refused 20 changes in a row the same way" in res.stderr
+        assert "Service temporarily unavailable" in res.stderr  # the MDM's own words
+        rows = read_report(job.with_name("lock.outcome.csv"))
+        statuses = [r["status"] for r in rows]
+        assert statuses.count("failed") == sim.stats.mutating
+        assert statuses.count("not-run") == 400 - sim.stats.mutating
+        assert all("refused 20 changes" in r["detail"] for r in rows if r["status"] == "not-run")
+        # fixed: the same command continues with the rows not sent
+        sim.faults.update({"error_rate": 0.0})
+        again = _run(args, env)
+        assert "Resuming run" in again.stderr, again.stderr
+        assert [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))].count("succeeded") == (
+            400 - statuses.count("failed"))
+
+
+def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
+    with SimServer(make_app(devices=200, seed=27)) as sim:
+        devices = _serials(sim, 40)
+        sim.faults.update({"latency": 0.3, "mutating_only": True})
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
+                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
+            time.sleep(0.15)
+            assert sim.stats.mutating == 1  # alone while the first answer is awaited
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert sim.stats.mutating == 40
+
+
+def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
+    sim = SimServer(make_app(devices=400, seed=28))
+    sim.start()
+    try:
+        sim.faults.update({"latency": 0.01, "mutating_only": True})
+        devices = _serials(sim, 300)
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
+                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: sim.stats.mutating >= 30 or proc.poll() is not None)
+        finally:
+            sim.stop()
+        try:
+            _, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        sim.stop()
+    assert proc.returncode == 1, err
+    _no_traceback(err)
+    assert "did not answer 20 changes in a row" in err, err
+    statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
+    assert statuses.count("not-run") > 200
