@@ -41,16 +41,19 @@ _REPORT_TAILS = (".outcome", ".dryrun")
 @dataclass(frozen=True, slots=True)
 class RowEntry:
     """One data row: its cells as written (an earlier report's outcome columns
-    left out), what validation made of it, and its content digest."""
+    left out) and what validation made of it."""
 
     cells: tuple[str, ...]
     row: JobRow
-    #: the action and the cells that define the change, normalised and hashed
-    digest: str
     #: why the row cannot run (it is reported ``invalid``), or None
     invalid: str | None = None
     #: an earlier report's outcome columns for a row it marks done (carried over untouched)
     carried: tuple[str, ...] | None = None
+
+    @property
+    def digest(self) -> str:
+        """The row's content (see :func:`row_digest`); computed when asked, since a million rows keep it nowhere."""
+        return row_digest(self.row)
 
     @property
     def label(self) -> str:
@@ -212,7 +215,7 @@ def _entries(table: JobTable, provider_cls: type[Provider], action: str | None) 
         if status_at is not None and cells[status_at].strip().casefold() in done:
             carried = tuple(cells[table.outcome[name]] if name in table.outcome else "" for name in OUTCOME_COLUMNS)
         invalid = None if carried else (table.problems.get(index) or row_problem(row, provider_cls))
-        yield RowEntry(kept, row, row_digest(row), invalid, carried)
+        yield RowEntry(kept, row, invalid, carried)
 
 
 def job_row(index: int, cells: Sequence[str], canonical: Mapping[str, int], action: str | None) -> JobRow:
