@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .actions import ACTIONS, normalise_action
-from .errors import AuthError, ConfirmationRefused, JournalError
+from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
 from .journal import Journal, state_dir
 from .limits import RateController, parse_rate
@@ -182,8 +182,10 @@ async def _execute(journal: Journal, opened: OpenedRun, provider: Provider, clie
         async with client:
             try:
                 await _plan_and_send(journal, opened, provider, scheduler, options, events, result)
-            except AuthError as exc:
-                scheduler.auth_error = exc
+            except (ConfirmationRefused, JournalError):
+                raise
+            except BulkMDMError as exc:  # a stop while planning: credentials refused, a set-up that cannot work
+                scheduler.halt(exc)
             finally:
                 await provider.aclose()
     finally:
@@ -256,14 +258,15 @@ class _RunLedger:
 def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result: RunResult,
               options: RunOptions) -> None:
     """Write the report and settle the exit code; a run refused at its first request is forgotten."""
-    auth_error = scheduler.auth_error
-    if auth_error is not None and not scheduler.sent_any:
-        # Refused at the first request: nothing was run (exit 2). An earlier
-        # report at this path stays as it was, and a new run is forgotten, so
-        # the corrected command starts clean.
+    run_error = scheduler.run_error
+    if run_error is not None and not scheduler.sent_any:
+        # Stopped before anything was sent (credentials refused at the first
+        # request, ...): nothing was run (exit 2). An earlier report at this
+        # path stays as it was, and a new run is forgotten, so the corrected
+        # command starts clean.
         if not opened.resumed:
             journal.delete_run(opened.run_id)
-        raise auth_error
+        raise run_error
     if scheduler.stop_reason is not None:
         journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
     summary = write_run_report(journal, opened.run_id, result.report_path)
@@ -273,9 +276,12 @@ def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result:
         result.exit_code = 143 if scheduler.signal == signal.SIGTERM else 130
     else:
         result.exit_code = 1 if any(summary.counts.get(str(s)) for s in BAD_STATUSES) else 0
-    if auth_error is not None:
-        result.stopped = (f"The MDM refused the credentials part way through ({auth_error}); the rows not sent are "
+    if isinstance(run_error, AuthError):
+        result.stopped = (f"The MDM refused the credentials part way through ({run_error}); the rows not sent are "
                           "not-run. Fix the credentials, then run the same command again to continue.")
+    elif run_error is not None:
+        result.stopped = (f"The run stopped part way through: {str(run_error).rstrip('.')}. "
+                          "The rows not sent are not-run.")
     elif scheduler.breaker_stop is not None:
         result.stopped = f"{scheduler.breaker_stop.rstrip('.')}. The rows not sent are not-run."
     if not summary.incomplete and not options.dry_run:

@@ -25,7 +25,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from .errors import AuthError
+from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events
 from .model import Outcome, Status, Step, reason_key
 from .plan import PlanFeed
@@ -108,7 +108,8 @@ class Scheduler:
         #: the signal that stopped the run (SIGINT or SIGTERM), if any
         self.signal: int | None = None
         self.interrupts = 0
-        self.auth_error: AuthError | None = None
+        #: what stopped the run that no row could absorb (credentials refused, ...)
+        self.run_error: BulkMDMError | None = None
         #: set once a batch has been sent (an answer or an error came back)
         self.sent_any = False
         self.workers: list[asyncio.Task[None]] = []
@@ -128,6 +129,14 @@ class Scheduler:
         if not self.stop.is_set():
             self.stop_reason = reason
             self.stop.set()
+
+    def halt(self, exc: BulkMDMError) -> None:
+        """Stop the run for an error no row can absorb (credentials refused, a quota spent)."""
+        if self.run_error is None:
+            self.run_error = exc
+        why = str(exc).rstrip(".")
+        self.stop_run(CREDENTIALS_REFUSED if isinstance(exc, AuthError)
+                      else f"Not sent: the run stopped ({why}). Run the same command again to continue.")
 
     def install_signals(self) -> Callable[[], None]:
         """Handle Ctrl-C and SIGTERM while the run lasts; returns the function that undoes it."""
@@ -227,13 +236,15 @@ class Scheduler:
             outcomes = await send(batch)
             self.sent_any = True
             return outcomes
-        except AuthError as exc:
-            self.auth_error = exc
-            self.stop_run(CREDENTIALS_REFUSED)
-            # refused before the MDM did anything: these rows go again once the credentials are fixed
-            detail = f"Not sent: {exc}. Fix the credentials, then run the same command again to continue."
-            return [Outcome(step.index, Status.NOT_RUN, detail, exc.status, exc.attempts, step.resolved)
-                    for step in batch]
+        except (ConfirmationRefused, JournalError):
+            raise
+        except BulkMDMError as exc:
+            self.halt(exc)
+            # refused before the MDM did anything: these rows go again once the cause is fixed
+            fix = "Fix the credentials" if isinstance(exc, AuthError) else "Fix that"
+            detail = f"Not sent: {str(exc).rstrip('.')}. {fix}, then run the same command again to continue."
+            return [Outcome(step.index, Status.NOT_RUN, detail, getattr(exc, "status", None),
+                            getattr(exc, "attempts", 0), step.resolved) for step in batch]
         finally:
             about_to_change.reset(token)
 
