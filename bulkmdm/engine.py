@@ -124,8 +124,10 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
             if not opened.resumed:  # declined: nothing was sent, so leave no run to resume
                 journal.delete_run(opened.run_id)
             raise
-        except JournalError:
+        except JournalError as exc:
             _write_report_if_possible(journal, opened.run_id, report)
+            if scheduler.sent_any:
+                exc.exit_code = 1  # rows ran: 2 would say nothing was run
             raise
         _conclude(journal, opened, scheduler, result, options)
         result.elapsed = time.monotonic() - started

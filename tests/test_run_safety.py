@@ -349,6 +349,26 @@ def test_a_full_disk_while_journaling_is_one_sentence(duo: Any, tmp_path: Path) 
     assert duo.stats.mutating == 0
 
 
+def test_a_disk_full_mid_run_stops_with_one_sentence_and_nothing_is_sent_twice(tmp_path: Path) -> None:
+    with SimServer(make_app(devices=2500, seed=29)) as sim:
+        devices = _serials(sim, 2000)
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        env = _env(tmp_path)
+        args = _cmd(job, sim.url, "--action", "lock", "--rate", "none")
+        full = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
+                              preexec_fn=_limit_file_size(600 * 1024))
+        assert full.returncode == 1, full.stderr  # rows ran, so not 2
+        _no_traceback(full.stderr)
+        assert "disk is full" in full.stderr and "run the same command again" in full.stderr
+        assert len([line for line in full.stderr.splitlines() if line.startswith("Error:")]) == 1
+        assert 0 < sim.stats.mutating < 2000
+        again = _run(args, env)  # space freed
+        assert "Resuming run" in again.stderr, again.stderr
+        assert max(_locks_per_device(sim, devices)) == 1, "nothing sent twice"
+        statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
+        assert set(statuses) <= {"succeeded", "unknown"} and statuses.count("succeeded") >= 1900
+
+
 def test_a_damaged_journal_says_how_to_start_over(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
     env = _env(tmp_path)
