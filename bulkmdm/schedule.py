@@ -74,8 +74,8 @@ class Breaker:
         """The sentence that says why the run stopped, in the MDM's words."""
         if self._key == ("no answer",):
             return (f"The run stopped: the MDM did not answer {self.streak} changes in a row; it may be down or "
-                    f"unreachable. The last said: {self.example}")
-        return (f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}")
+                    f"unreachable (the first: {self.example.rstrip('.')}).")
+        return f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}"
 
 
 def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
@@ -214,7 +214,8 @@ class Scheduler:
     def _judge(self, outcomes: Sequence[Outcome]) -> None:
         """Stop on a breaker trip; widen the pool once the canary shows not every change is refused."""
         self.batches_done += 1
-        if self.breaker.observe(outcomes):
+        tripped = self.breaker.observe(outcomes)
+        if tripped and not self.stop.is_set():
             self.breaker_stop = self.breaker.why()
             self.stop_run(f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
                           "Fix that, then run the same command again to continue.")

@@ -187,7 +187,7 @@ def _client_calls_about_to_change() -> bool:
         async with Client(url, timeout=5) as client:
             token = about_to_change.set(lambda: calls.append(1))
             try:
-                await client.request("POST", "/api/nothing-here", json={}, idempotent=True)
+                await client.request("POST", "/api/nothing-here", json={})
             except Exception:
                 pass
             finally:
@@ -220,8 +220,9 @@ def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path
         statuses = [r["status"] for r in read_report(job.with_name("msg.outcome.csv"))]
         # only a message actually sent without its answer can be unknown, not the rows waiting for a slot
         assert statuses.count("unknown") <= 1, (statuses, again.stderr)
-        assert statuses.count("succeeded") + statuses.count("unknown") == sim.stats.mutating
-        assert sim.stats.mutating <= 40 and sent <= sim.stats.mutating
+        succeeded, unknown = statuses.count("succeeded"), statuses.count("unknown")
+        assert succeeded <= sim.stats.mutating <= succeeded + unknown and succeeded + unknown == 40
+        assert sent <= sim.stats.mutating
 
 
 # -- stops ---------------------------------------------------------------------
