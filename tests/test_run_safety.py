@@ -490,3 +490,26 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     assert "did not answer 20 changes in a row" in err, err
     statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
     assert statuses.count("not-run") > 200
+
+
+def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: Path) -> None:
+    from bulkmdm.journal import IN_FLIGHT, Journal, NewRow
+    from bulkmdm.model import Outcome, Status
+
+    def create(journal: Journal, digests: list[str]) -> int:
+        return journal.create_run(identity="job", job_path="/j.csv", content="-".join(digests), provider="duostation",
+                                  url="http://h", action="lock", partition_id=None, dry_run=False, headers=["serial"],
+                                  delimiter=",", report_path="/r.csv",
+                                  rows=[NewRow([d], "lock", d, d) for d in digests])
+
+    with Journal(tmp_path / "state") as journal:
+        old = create(journal, ["a", "a", "b", "c", "d"])
+        journal.record(old, [Outcome(0, Status.SUCCEEDED, "ok"), Outcome(1, Status.SUCCEEDED, "ok"),
+                             Outcome(2, Status.FAILED, "no"), Outcome(3, Status.NOT_RUN, "stopped")])
+        journal.mark_in_flight(old, [4])
+        new = create(journal, ["d", "c", "a", "e", "a", "a", "b"])
+        assert journal.carry_over(old, new) == 4  # a, a, b done and d in flight; c was not-run
+        assert journal.indices(new, IN_FLIGHT) == [0]
+        assert journal.to_send(new) == [1, 3, 5]  # c, e and the third a
+        statuses = {record.idx: record.status for record in journal.rows(new)}
+        assert statuses[2] == statuses[4] == "succeeded" and statuses[6] == "failed"
