@@ -443,7 +443,7 @@ class Journal:
                                   (identity,)).fetchone()
             if row is not None:
                 holder = LockHolder(*row)
-                if holder.pid != me and (holder.host != host or _alive(holder.pid)):
+                if holder.pid != me and (holder.host != host or _alive(holder.pid, holder.started)):
                     return holder
             self.db.execute("INSERT OR REPLACE INTO locks (identity, run_id, pid, host, started) VALUES (?,?,?,?,?)",
                             (identity, None, me, host, time.time()))
@@ -481,9 +481,14 @@ class _Connection:
             self._db.close()
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id is running (on this host)."""
+def _alive(pid: int, since: float) -> bool:
+    """Whether the process with this id that took a lock at ``since`` is still running (on this host).
+
+    A process that started after ``since`` merely got the id again (after a reboot, say)."""
     if pid <= 0:
+        return False
+    started = _process_start(pid)
+    if started is not None and started > since + 1:
         return False
     if os.name == "nt":  # os.kill(pid, 0) would end the process on Windows
         import ctypes
@@ -505,6 +510,18 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When a process started (epoch seconds), where the system tells (Linux); else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
+            ticks = int(stat_file.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as system:
+            boot = next(float(line.split()[1]) for line in system if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _text(value: object) -> str | None:

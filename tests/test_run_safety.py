@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -404,8 +405,6 @@ def test_a_closed_pipe_on_stdout_is_quiet(tmp_path: Path) -> None:
 
 
 def test_a_port_in_use_for_the_simulator_is_one_sentence() -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -513,3 +512,21 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
         assert journal.to_send(new) == [1, 3, 5]  # c, e and the third a
         statuses = {record.idx: record.status for record in journal.rows(new)}
         assert statuses[2] == statuses[4] == "succeeded" and statuses[6] == "failed"
+
+
+def test_a_lock_whose_process_id_was_taken_by_a_newer_process_does_not_block(duo: Any, tmp_path: Path) -> None:
+    job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
+    env = _env(tmp_path)
+    args = _cmd(job, duo.url, "--action", "lock")
+    assert _run(args, env).returncode == 0
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # a lock left an hour ago by a process whose id the (younger) stranger now has
+        with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+            db.execute("INSERT INTO locks (identity, run_id, pid, host, started) SELECT identity, id, ?, ?, ? FROM runs",
+                       (stranger.pid, socket.gethostname(), time.time() - 3600))
+        again = _run([*args, "--fresh"], env)
+        assert again.returncode == 0, again.stderr
+    finally:
+        stranger.kill()
+        stranger.wait(10)
