@@ -523,8 +523,9 @@ def test_a_lock_whose_process_id_was_taken_by_a_newer_process_does_not_block(duo
     try:
         # a lock left an hour ago by a process whose id the (younger) stranger now has
         with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
-            db.execute("INSERT INTO locks (identity, run_id, pid, host, started) SELECT identity, id, ?, ?, ? FROM runs",
-                       (stranger.pid, socket.gethostname(), time.time() - 3600))
+            an_hour_ago = time.time() - 3600
+            db.execute("INSERT INTO locks (identity, run_id, pid, host, started) "
+                       "SELECT identity, id, ?, ?, ? FROM runs", (stranger.pid, socket.gethostname(), an_hour_ago))
         again = _run([*args, "--fresh"], env)
         assert again.returncode == 0, again.stderr
     finally:
