@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import BulkMDMError, ConfigError
+from .errors import BulkMDMError, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -40,6 +40,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # `bulkmdm runs | head`: the reader went away; the rest of the output has nowhere to go
+            _silence_stdout()
+            ctx.exit(1)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: one sentence here, the traceback in a file
@@ -48,6 +52,15 @@ class _Group(click.Group):
                 f"Error: bulkmdm hit an internal error ({type(exc).__name__}). The journal keeps every finished "
                 f"row; run the same command again to continue. Details for a bug report: {path}", err=True)
             ctx.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _crash_log(exc: BaseException) -> str:
@@ -179,36 +192,104 @@ def _log_to_stderr(env: Mapping[str, str]) -> None:
 
 
 def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
+    """The end of a run: counts, what went wrong grouped by reason, where the report is, and the way on."""
+    if result.finished_before is not None:
+        _already_finished(result, options)
+        return
     counts = result.counts
-    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not run"]
+    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run"]
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
-    rate = ""
-    if result.elapsed > 0 and not dry_run:
-        rate = f" in {result.elapsed:.1f} s"
-    click.echo(f"{result.rows} rows: " + ", ".join(parts) + rate + ".", err=True)
+    took = f" in {result.elapsed:.1f} s" if result.elapsed > 0 and not dry_run else ""
+    click.echo(f"{result.rows} rows: " + ", ".join(parts) + took + ".", err=True)
+    summary = result.summary
+    if dry_run and summary is not None:
+        _dry_run_story(summary)
     if dry_run and result.planned_requests is not None:
         click.echo(f"The real run will send {result.planned_requests} request(s) that change something "
                    f"(this dry run made {result.requests} read-only request(s)).", err=True)
+    if summary is not None and summary.failures:
+        _failures(summary)
+    if result.stopped:
+        click.echo(result.stopped, err=True)
     click.echo(f"Report: {result.report_path}", err=True)
-    rerun = _command(result.report_path, options)
-    if result.exit_code == 130:
+    if result.exit_code in (130, 143):
         click.echo("Interrupted. To continue where it stopped, run the same command again:", err=True)
-        click.echo("  " + _command(options.job, options), err=True)
-    elif any(counts.get(k) for k in ("failed", "invalid", "unknown")) and not dry_run:
+        click.echo("  " + _command(options.job, report=options.report), err=True)
+    elif result.stopped:
+        click.echo("To continue once that is fixed, run the same command again:", err=True)
+        click.echo("  " + _command(options.job, report=options.report), err=True)
+    elif any(counts.get(k) for k in ("failed", "invalid", "unknown", "not-run")) and not dry_run:
         click.echo("Fix what the report's detail column says, then re-run only those rows with:", err=True)
-        click.echo("  " + rerun, err=True)
+        click.echo("  " + _rerun_command(result.report_path), err=True)
+    elif dry_run:
+        click.echo("To run it for real, the same command without --dry-run:", err=True)
+        click.echo("  " + _command(options.job, report=options.report), err=True)
 
 
-def _command(job: Path, options: Any) -> str:
-    words = ["bulkmdm", "run", str(job), "--provider", options.provider, "--url", options.url]
-    if options.partition:
-        words += ["--partition", options.partition]
-    if options.action:
-        words += ["--action", options.action]
-    if options.rate:
-        words += ["--rate", options.rate]
-    if options.state_dir:
-        words += ["--state-dir", str(options.state_dir)]
+#: how the summary names several rows of a destructive action
+_DESTROYS = {"wipe": "wipes", "retire": "retirements", "delete-device": "device deletions",
+             "delete-user": "user deletions"}
+
+
+def _dry_run_story(summary: Any) -> None:
+    """What the real run will do, by action, and which rows it destroys."""
+    for action, statuses in sorted(summary.by_action.items()):
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        click.echo(f"  {action}: {parts}", err=True)
+    for action, names in sorted(summary.destructive.items()):
+        n = summary.destructive_counts[action]
+        more = ", ..." if n > len(names) else ""
+        click.echo(f"  {n} {_DESTROYS.get(action, action) if n != 1 else action}: {', '.join(names)}{more}",
+                   err=True)
+
+
+def _failures(summary: Any, shown: int = 8) -> None:
+    """Rows that went wrong, grouped by reason, the largest groups first."""
+    click.echo("What went wrong:", err=True)
+    for group in summary.failures[:shown]:
+        lines = ", ".join(str(line) for line in group.lines) + (", ..." if group.count > len(group.lines) else "")
+        where = f"line {lines}" if group.count == 1 else f"lines {lines}"
+        click.echo(f"  {group.count} x {group.reason.rstrip('.')}: {where}", err=True)
+    if len(summary.failures) > shown:
+        rest = sum(group.count for group in summary.failures[shown:])
+        click.echo(f"  {rest} more rows for {len(summary.failures) - shown} other reasons: see the report.", err=True)
+
+
+def _already_finished(result: RunResult, options: Any) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.finished_before or 0))
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    click.echo(f"This job already ran to the end (run {result.run_id}, finished {when}: {parts}); "
+               "nothing was sent.", err=True)
+    click.echo(f"Report (kept): {result.report_path}", err=True)
+    if result.exit_code:
+        click.echo("To retry what did not succeed, run the report:", err=True)
+        click.echo("  " + _rerun_command(result.report_path), err=True)
+    click.echo("To run every row again:", err=True)
+    click.echo("  " + _command(options.job, report=options.report) + " --fresh", err=True)
+
+
+#: flags a printed command never repeats: they are decisions for one run
+_NOT_REPEATED = frozenset({"dry_run", "fresh", "resend_unknown", "verbose", "report"})
+
+
+def _command(job: Path, *, report: Path | None = None) -> str:
+    """``bulkmdm run JOB`` with every flag this command was given (bar one-run decisions)."""
+    words = ["bulkmdm", "run", str(job)]
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        for param in ctx.command.params:
+            if not isinstance(param, click.Option) or param.name is None or param.name in _NOT_REPEATED:
+                continue
+            if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.COMMANDLINE:
+                continue
+            value = ctx.params.get(param.name)
+            flag = max(param.opts, key=len)
+            if param.is_flag:
+                words += [flag] if value else []
+            elif value is not None:
+                words += [flag, str(value)]
+    if report is not None:
+        words += ["--report", str(report)]
     return shlex.join(words)
 
 
@@ -223,6 +304,13 @@ def _clock(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _rerun_command(report: Path) -> str:
+    """Running the report itself: it writes back to itself unless its name says otherwise."""
+    from .engine import default_report_path
+
+    return _command(report, report=None if default_report_path(report) == report else report)
 
 
 class PlainEvents:
@@ -631,8 +719,7 @@ def _connection(profile: str | None, *, provider: str | None, url: str | None, p
     from .validate import check_url
 
     target = resolve_target(profile, provider=provider, url=url, env=os.environ, partition=partition, rate=rate)
-    check_url(target.url)
-    return Connection(provider=target.provider, url=target.url, env=environment_for(target, os.environ),
+    return Connection(provider=target.provider, url=check_url(target.url), env=environment_for(target, os.environ),
                       partition=target.partition, rate=target.rate, concurrency=target.concurrency, timeout=timeout)
 
 
@@ -695,7 +782,15 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
         click.echo(url)
         sys.stdout.flush()
 
-    serve_forever(app, port=port, announce=announce)
+    try:
+        serve_forever(app, port=port, announce=announce)
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"Port {port} on 127.0.0.1 is already in use; pick another with --port "
+                         "(--port 0 takes any free one).") from None
 
 
 @main.command()

@@ -1,83 +1,43 @@
 """run_job(): read -> validate -> plan -> execute -> journal -> report.
 
-The engine owns the order of things and nothing vendor-specific: it builds
-the HTTP client and the shared rate controller, asks the provider to plan and
-execute, writes every state change to the journal *before* acting on it, and
-writes the report from the journal at the end (also after Ctrl-C).
+The engine holds the order of the stages and nothing else; each stage lives
+in the module named after it (``jobfile``, ``validate``, ``resume``, ``plan``,
+``schedule``, ``journal``, ``report``). Every state change is written to the
+journal *before* it is acted on, and the report is written from the journal
+at the end (also after Ctrl-C, SIGTERM or a stop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
+import contextlib
 import os
 import signal
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-from . import providers
-from .actions import ACTIONS, confirmation_prompt, missing_columns, normalise_action
-from .columns import OUTCOME_COLUMNS, header_notes, seen
-from .errors import AuthError, ConfirmationRefused, JobFileError, ReportError, RunStopped, UsageError
-from .journal import DONE, IN_FLIGHT, PENDING, Journal, RunInfo
-from .limits import RateController, parse_rate
-from .model import BAD_STATUSES, DONE_STATUSES, JobRow, Outcome, Status, Step
+from .actions import ACTIONS, confirmation_prompt, normalise_action
+from .columns import header_notes
+from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
+from .events import Events, QuietEvents
+from .journal import Journal, state_dir
+from .model import BAD_STATUSES, Outcome
+from .plan import PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
-from .retry import RetryPolicy, check_positive
+from .report import RunSummary, write_run_report
+from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
+from .schedule import Scheduler
+from .connect import Connection, make_client
 from .transport import Client
+from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
-NOT_RUN = "Not run yet: the run was interrupted. Run the same command again to continue."
-NOT_SENT_AUTH = ("Not sent: the MDM refused the credentials. Fix them, then run the same command again "
-                 "to continue.")
-IN_FLIGHT_DETAIL = (
-    "A request was in flight when the run stopped, so its effect is not known. Check the device, "
-    "then run this report again to resend it."
-)
-
-
-class Events(Protocol):
-    """What the engine tells the person running it (the CLI implements this)."""
-
-    def message(self, text: str) -> None: ...
-    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
-        """``total`` rows, ``done`` of them already finished (``counts``: their statuses)."""
-        ...
-    def advance(self, outcomes: Sequence[Outcome]) -> None: ...
-    def finish(self) -> None: ...
-    def can_ask(self) -> bool:
-        """Whether there is a terminal to ask on."""
-        ...
-
-    def confirm(self, prompt: str, expected: str) -> bool:
-        """Ask the person to type ``expected``; True if they did."""
-        ...
-
-
-class QuietEvents:
-    """Events that say nothing and cannot ask (tests, library use)."""
-
-    def message(self, text: str) -> None:
-        pass
-
-    def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
-        pass
-
-    def advance(self, outcomes: Sequence[Outcome]) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def can_ask(self) -> bool:
-        return False
-
-    def confirm(self, prompt: str, expected: str) -> bool:
-        return False
+__all__ = [
+    "Events", "QuietEvents", "RunOptions", "RunResult", "default_report_path", "rebuild_report", "run_job",
+    "state_dir",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,7 +58,8 @@ class RunOptions:
     max_destructive: int | None = None
     batch_size: int | None = None
     resend_unknown: bool = False
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: overrides of the provider's declared retry policy (tests and benchmarks shorten waits)
+    retry: Mapping[str, object] | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -116,609 +77,206 @@ class RunResult:
     elapsed: float = 0.0
     rows: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def state_dir(explicit: Path | None, env: Mapping[str, str]) -> Path:
-    if explicit is not None:
-        return explicit
-    if env.get("BULKMDM_STATE_DIR"):
-        return Path(env["BULKMDM_STATE_DIR"])
-    from platformdirs import user_state_dir
-
-    return Path(user_state_dir("bulkmdm", appauthor=False))
-
-
-def default_report_path(job: Path) -> Path:
-    return job.with_name(f"{job.stem}.outcome{job.suffix}")
+    #: what the report holds, counted (per action, failures by reason, destructive rows)
+    summary: RunSummary | None = None
+    #: why the run stopped before its end (credentials refused mid-run, ...): one sentence
+    stopped: str | None = None
+    #: when the job had already run to its end (nothing was sent this time)
+    finished_before: float | None = None
 
 
 def run_job(options: RunOptions, events: Events | None = None) -> RunResult:
-    """Run a job file to the end (or to Ctrl-C) and write its report."""
-    return asyncio.run(_Run(options, events or QuietEvents()).main())
+    """Run a job file to the end (or to a stop) and write its report."""
+    return asyncio.run(_run(options, events or QuietEvents()))
 
 
-class _Run:
-    def __init__(self, options: RunOptions, events: Events) -> None:
-        self.o = options
-        self.events = events
-        self.stop: asyncio.Event | None = None  # created inside the loop
-        self.interrupts = 0
-        self.workers: list[asyncio.Task[None]] = []
-        self.auth_error: RunStopped | None = None
-        #: set once a batch has been sent (an answer or an error came back)
-        self.sent_any = False
-        self.concurrency = 8
-        #: the destructive prompt was declined (or interrupted): forget the run, write no report
-        self.declined = False
+async def _run(options: RunOptions, events: Events) -> RunResult:
+    started = time.monotonic()
+    provider_cls, url = check_options(options)
+    provider_cls.auth_from_env(options.env)  # missing credentials stop the run before the job is read
+    from .jobfile import read_job
 
-    # -- set-up -------------------------------------------------------------
-    def _validate_options(self) -> tuple[type[Provider], str]:
-        o = self.o
-        provider_cls = providers.get(o.provider)
-        url = (o.url or "").strip()
-        if not url:
-            raise UsageError("Give the MDM's address with --url (e.g. --url https://mdm.example.com).")
-        if not url.startswith(("https://", "http://")):
-            raise UsageError(f"--url {url!r} must start with https:// (or http:// for a local server).")
-        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            # user:password@host would end up in the journal and in printed commands
-            raise UsageError("--url must not hold credentials; set them in the environment (see `bulkmdm run --help`).")
-        _check_url(url)
-        if o.concurrency is not None:
-            try:
-                check_positive("--concurrency", o.concurrency)
-            except ValueError as exc:
-                raise UsageError(f"{exc}.") from None
-        if not (o.timeout > 0 and math.isfinite(o.timeout)):
-            raise UsageError("--timeout must be a number of seconds greater than 0.")
-        if o.max_destructive is not None and o.max_destructive < 0:
-            raise UsageError("--max-destructive must be 0 or more.")
-        if o.batch_size is not None and o.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1.")
-        if o.action is not None and normalise_action(o.action) not in ACTIONS:
-            raise UsageError(f"--action {o.action!r} is not an action; `bulkmdm actions` lists them.")
-        if o.action is not None and normalise_action(o.action) not in provider_cls.actions:
-            can = ", ".join(sorted(provider_cls.actions))
-            raise UsageError(f"{provider_cls.name} cannot {normalise_action(o.action)}; it can: {can}.")
-        return provider_cls, url
-
-    def _rate(self, provider_cls: type[Provider]) -> RateController:
-        if self.o.rate is None:
-            rate = provider_cls.default_rate
-            ceiling = provider_cls.max_rate or (rate * 4 if rate else None)
-            return RateController(rate=rate, ceiling=ceiling, adaptive=True)
-        rate = parse_rate(self.o.rate)
-        return RateController(rate=rate, ceiling=rate, adaptive=True)
-
-    def _identity(self, table_sha: str, url: str) -> str:
-        o = self.o
-        parts = [
-            str(o.job.resolve()), table_sha, o.provider.casefold(), url.rstrip("/"),
-            normalise_action(o.action) if o.action else "", o.partition or o.env.get("BULKMDM_PARTITION_ID", ""),
-        ]
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-    # -- the run ------------------------------------------------------------
-    async def main(self) -> RunResult:
-        started = time.monotonic()
-        o = self.o
-        provider_cls, url = self._validate_options()
-        auth = provider_cls.auth_from_env(o.env)
-        from .jobfile import read_job
-
-        table = read_job(o.job)
-        for note in header_notes(table.headers):
-            self.events.message(note)
-        rows_cells, headers, carried = _split_report(table)
-        action_override = normalise_action(o.action) if o.action else None
-        if not table.rows:
-            raise JobFileError(f"{o.job} has a header but no rows; there is nothing to do.")
-        if action_override is None and "action" not in table.canonical:
-            raise JobFileError(
-                f"{o.job} has no action column ({seen(table.headers)}); add one (e.g. 'action' with lock, tag, ...) "
-                "or pass --action."
-            )
-
-        # validate every row
-        job_rows: dict[int, JobRow] = {}
-        invalid: dict[int, Outcome] = {}
-        for idx, cells in enumerate(rows_cells):
-            if idx in carried:
-                continue
-            row = _job_row(idx, cells, table.canonical, action_override)
-            problem = table.problems.get(idx) or _validate(row, provider_cls)
-            if problem:
-                invalid[idx] = Outcome(idx, Status.INVALID, problem)
-            else:
-                job_rows[idx] = row
-        if len(carried) < len(rows_cells) and not job_rows:
-            reasons = Counter(o.detail for o in invalid.values())
-            common, n = reasons.most_common(1)[0]
-            if n == len(invalid) and common.startswith("Missing "):
-                raise JobFileError(f"No row of {o.job} can run: {common[0].lower()}{common[1:-1]} "
-                                   f"({seen(headers)}).")
-            if all(x.detail.startswith("Missing ") for x in invalid.values()):
-                # rows of several actions, each missing what its action needs
-                first = invalid[min(invalid)]
-                raise JobFileError(
-                    f"No row of {o.job} can run: every row misses a column its action needs "
-                    f"(line {first.index + 2}: {first.detail[0].lower()}{first.detail[1:].rstrip('.')}; "
-                    f"{seen(headers)})."
-                )
-
-        destructive = [r for r in job_rows.values() if ACTIONS[r.action].destructive]
-        # "a job that holds any destructive row": invalid ones count too
-        held = {r.action for r in destructive} | {
-            action for i, cells in enumerate(rows_cells) if i not in carried and i not in job_rows
-            and (action := action_override or _job_row(i, cells, table.canonical, None).action) in ACTIONS
-            and ACTIONS[action].destructive
-        }
-        if held and not o.dry_run and not o.yes:
-            if not self.events.can_ask():
-                verbs = ", ".join(sorted(held))
-                raise ConfirmationRefused(
-                    f"This job holds destructive rows ({verbs}) and there is no terminal to "
-                    "confirm on; nothing was sent. Check the file, then run again with --yes."
-                )
-        if o.max_destructive is not None and len(destructive) > o.max_destructive:
-            raise ConfirmationRefused(
-                f"This job would {destructive[0].action} {len(destructive)} devices or users, more than "
-                f"--max-destructive {o.max_destructive}; nothing was sent."
-            )
-
-        journal = Journal(state_dir(o.state_dir, o.env))
-        try:
-            return await self._with_journal(
-                journal, provider_cls, auth, url, table, headers, rows_cells, carried, job_rows, invalid, started
-            )
-        finally:
-            journal.close()
-
-    async def _with_journal(
-        self,
-        journal: Journal,
-        provider_cls: type[Provider],
-        auth: Any,
-        url: str,
-        table: Any,
-        headers: tuple[str, ...],
-        rows_cells: list[Sequence[str]],
-        carried: dict[int, tuple[str, ...]],
-        job_rows: dict[int, JobRow],
-        invalid: dict[int, Outcome],
-        started: float,
-    ) -> RunResult:
-        o = self.o
-        report_path = o.report or default_report_path(o.job)
-        if report_path.suffix.lower() not in (".csv", ".xlsx"):
-            raise UsageError(f"--report {report_path} must end in .csv or .xlsx.")
-        if report_path.is_dir():
-            raise UsageError(f"--report {report_path} is a folder; give the path of a .csv or .xlsx file.")
-        folder = report_path.parent if str(report_path.parent) else Path(".")
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UsageError(f"Cannot write the report to {report_path}: {folder} is not a writable folder; "
-                             "pass --report with another path.")
+    table = read_job(options.job)
+    for note in header_notes(table.headers):
+        events.message(note)
+    job = validate_job(table, provider_cls, normalise_action(options.action) if options.action else None)
+    del table
+    report = report_path(options, job)
+    check_destructive(job, options, events)
+    identity = job_identity(options, url)
+    with Journal(state_dir(options.state_dir, options.env)) as journal, \
+            job_lock(journal, identity, dry_run=options.dry_run):
+        scheduler = Scheduler(concurrency=options.concurrency or provider_cls.default_concurrency, events=events,
+                              marks_in_flight=not options.dry_run)
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
-        limiter = self._rate(provider_cls)
-        concurrency = self.concurrency = o.concurrency or provider_cls.default_concurrency
-        client = Client(
-            provider_cls.api_base(url), auth=auth, limiter=limiter, retry=o.retry, timeout=o.timeout,
-            connections=concurrency + 4, stopping=lambda: self.stop is not None and self.stop.is_set(),
-            headers=provider_cls.request_headers,
-        )
-        settings = Settings(url=url, env=o.env, partition=o.partition, batch_size=o.batch_size, dry_run=o.dry_run)
-        provider = provider_cls(client, settings)
-        identity = self._identity(table.sha256, url)
-        run: RunInfo | None = None if (o.fresh or o.dry_run) else journal.resumable(identity)
-        resumed = run is not None
-        if run is None:
-            run_id = journal.create_run(
-                identity=identity, job_path=str(o.job.resolve()), job_sha256=table.sha256, provider=o.provider,
-                url=url, action=o.action, partition_id=o.partition, dry_run=o.dry_run, headers=headers,
-                delimiter=table.delimiter, report_path=str(report_path.resolve()), rows=rows_cells,
-            )
-            journal.record_raw(run_id, carried.items())
-            journal.record(run_id, invalid.values())
-        else:
-            run_id = run.id
-            journal.set_report_path(run_id, str(report_path.resolve()))
-        # The journal holds every row's cells now (the report is written from
-        # it); the parsed grid is not needed again, and on a million-row job
-        # it is a few hundred MB.
-        n_rows = len(rows_cells)
-        rows_cells.clear()
-        table.rows.clear()
-        in_flight_before = set(journal.indices(run_id, IN_FLIGHT))
-        todo = set(journal.indices(run_id, PENDING)) | in_flight_before
-        rows = [job_rows[i] for i in sorted(todo) if i in job_rows]
-        done_already = n_rows - len(todo)
-        del todo
-        job_rows.clear()  # ``rows`` holds them now
-        if resumed:
-            self.events.message(
-                f"Resuming run {run_id}: {done_already} of {n_rows} rows were already done"
-                + (f"; {len(in_flight_before)} were in flight and will be checked" if in_flight_before else "")
-                + " (--fresh starts over)."
-            )
-
-        result = RunResult(run_id, report_path, Counter(), 0, resumed=resumed, rows=n_rows)
-        self.stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed = _install_sigint(loop, self._on_sigint)
+        client = _client(provider_cls, url, options, scheduler)
+        provider = provider_cls(client, Settings(url=url, env=options.env, partition=options.partition,
+                                                 batch_size=options.batch_size, dry_run=options.dry_run))
+        opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
+        del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
+        if isinstance(opened, FinishedBefore):
+            return _finished_before(journal, opened, report)
+        journal.lock_run(identity, opened.run_id)
+        if opened.note:
+            events.message(opened.note)
+        result = RunResult(opened.run_id, report, Counter(), 0, resumed=opened.resumed, rows=opened.rows)
         try:
-            async with client:
-                try:
-                    await self._plan_and_execute(journal, run_id, provider, rows, in_flight_before, result)
-                except RunStopped as exc:
-                    self.auth_error = exc
-                finally:
-                    await provider.aclose()
-        finally:
-            if installed:
-                loop.remove_signal_handler(signal.SIGINT)
-            result.requests = client.requests_sent
-            result.mutating_requests = client.mutating_sent
-            result.interrupted = self.interrupts > 0
-            if self.declined or (self.auth_error is not None and not self.sent_any):
-                # Refused at the first request: nothing was run (exit 2). An
-                # earlier report at this path stays as it was, and a new run
-                # is forgotten, so the corrected command starts clean.
-                if not resumed:
-                    journal.delete_run(run_id)
-            else:
-                self._write_report(journal, run_id, report_path, result)
-            result.elapsed = time.monotonic() - started
-        if self.auth_error is not None:
-            raise self.auth_error
-        return result
-
-    async def _plan_and_execute(
-        self,
-        journal: Journal,
-        run_id: int,
-        provider: Provider,
-        rows: list[JobRow],
-        in_flight_before: set[int],
-        result: RunResult,
-    ) -> None:
-        """Plan and send in chunks, so that a million-row job never holds a
-        million Steps: the first chunk is planned here (and a destructive job
-        confirmed); later chunks are planned by whichever worker runs out of
-        batches first, while the others keep sending."""
-        o = self.o
-        if not rows:
-            return
-        self.events.message(f"Looking up {len(rows)} row(s) on the MDM...")
-        confirm = not o.dry_run and not o.yes and any(ACTIONS[r.action].destructive for r in rows)
-        # The number a person types is the whole job's, so a job to confirm is
-        # planned in one piece; so is everything for a provider that needs to
-        # see all rows at once (chunk_rows None).
-        size = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
-        feed = _Feed(self, journal, run_id, provider, rows, size, in_flight_before, result)
-        self.events.start(result.rows, result.rows - len(rows), journal.counts(run_id))
-        if not await feed.plan_next():
-            return
-        if confirm:
-            destructive = [s for s in feed.queued() if ACTIONS[s.action].destructive]
-            if destructive:
-                # Declined or Ctrl-C at the prompt: nothing was sent, so no run is left to resume.
-                self.declined = True
-                answer = self.events.confirm(confirmation_prompt(destructive), str(len(destructive)))
-                if answer is not True:
-                    raise ConfirmationRefused("Declined: nothing was sent. Run the same command again to be asked "
-                                              "again, or check the file first with --dry-run.")
-                self.declined = False
-        await self._pool(journal, run_id, feed, provider.check if o.dry_run else provider.execute,
-                         self.concurrency)
-        if feed.error is not None:
-            raise feed.error
-        self.events.finish()
-
-    async def _pool(self, journal: Journal, run_id: int, feed: _Feed, send: Any, concurrency: int) -> None:
-        """A bounded pool of workers pulling batches; no task per row."""
-        o = self.o
-        assert self.stop is not None
-        stop = self.stop
-
-        async def worker() -> None:
-            while not stop.is_set():
-                batch = await feed.next()
-                if batch is None:
-                    return
-                indices = [s.index for s in batch]
-                if not o.dry_run:
-                    journal.mark_in_flight(run_id, indices)
-                try:
-                    outcomes = await send(batch)
-                    self.sent_any = True
-                except RunStopped as exc:
-                    self.auth_error = exc
-                    stop.set()
-                    hint = "check the credentials" if isinstance(exc, AuthError) else "run the same command later"
-                    outcomes = [Outcome(s.index, Status.FAILED, f"{_cap(str(exc))}; {hint}.",
-                                        exc.status, exc.attempts, s.resolved) for s in batch]
-                if [x.index for x in outcomes] != indices:
-                    raise RuntimeError("provider returned outcomes that do not match its batch")
-                journal.record(run_id, outcomes)
-                self.events.advance(outcomes)
-
-        size = max(1, min(concurrency, feed.batches_hint()))
-        self.workers = [asyncio.ensure_future(worker()) for _ in range(size)]
-        try:
-            await asyncio.gather(*self.workers)
-        except asyncio.CancelledError:
-            if self.interrupts < 2:
-                raise
-        except BaseException:
-            for task in self.workers:
-                task.cancel()
+            await _execute(journal, opened, provider, client, scheduler, options, events, result)
+        except ConfirmationRefused:
+            if not opened.resumed:  # declined: nothing was sent, so leave no run to resume
+                journal.delete_run(opened.run_id)
             raise
-
-    def _on_sigint(self) -> None:
-        self.interrupts += 1
-        assert self.stop is not None
-        if self.interrupts == 1:
-            self.stop.set()
-            self.events.message(
-                "Stopping: no new rows are started; waiting for requests in flight. Press Ctrl-C again to abandon them."
-            )
-        else:
-            for task in self.workers:
-                task.cancel()
-
-    def _not_sent(self) -> str:
-        if self.auth_error is None:
-            return NOT_RUN
-        if isinstance(self.auth_error, AuthError):
-            return NOT_SENT_AUTH
-        return f"Not sent: {self.auth_error}. Run the same command again later to continue."
-
-    def _write_report(self, journal: Journal, run_id: int, path: Path, result: RunResult) -> None:
-        from .report import write_report
-
-        run = journal.run(run_id)
-        counts: Counter[str] = Counter()
-        incomplete = False
-
-        def records() -> Iterable[list[str]]:
-            nonlocal incomplete
-            for rec in journal.rows(run_id):
-                if rec.state == DONE:
-                    status = rec.status or ""
-                    values = [status, rec.detail or "", rec.http_status or "", rec.attempts or "", rec.resolved or ""]
-                elif rec.state == IN_FLIGHT:
-                    incomplete = True
-                    status = str(Status.UNKNOWN)
-                    values = [status, IN_FLIGHT_DETAIL, "", "", ""]
-                else:
-                    incomplete = True
-                    status = ""
-                    values = ["", self._not_sent(), "", "", ""]
-                counts[status or "not run"] += 1
-                yield [*rec.cells, *values]
-
-        try:
-            write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
-        except UsageError as exc:
-            raise ReportError(
-                f"{exc} Every outcome is in the journal: write it elsewhere with "
-                f"`bulkmdm report {run_id} --out OTHER.csv`."
-            ) from None
-        if not incomplete and not run.dry_run:
-            journal.finish(run_id)
-        result.counts = counts
-        bad = any(counts.get(str(s)) for s in BAD_STATUSES) or counts.get("not run", 0) > 0
-        if result.interrupted:
-            result.exit_code = 130
-        else:
-            result.exit_code = 1 if bad else 0
-
-
-class _Feed:
-    """Batches for the workers, planned a chunk of rows at a time."""
-
-    def __init__(self, run: _Run, journal: Journal, run_id: int, provider: Provider, rows: list[JobRow],
-                 size: int, in_flight_before: set[int], result: RunResult) -> None:
-        self.run = run
-        self.journal = journal
-        self.run_id = run_id
-        self.provider = provider
-        self.rows = rows
-        self.size = max(1, size)
-        self.start = 0
-        self.in_flight_before = in_flight_before
-        self.result = result
-        self.batches: deque[list[Step]] = deque()
-        self.lock = asyncio.Lock()
-        #: an error raised while planning a later chunk (raised after the pool stops)
-        self.error: BaseException | None = None
-        if run.o.dry_run:
-            result.planned_requests = 0
-
-    def queued(self) -> list[Step]:
-        return [s for b in self.batches for s in b]
-
-    def batches_hint(self) -> int:
-        """How many workers are worth starting."""
-        more = len(self.rows) - self.start
-        return len(self.batches) + more
-
-    async def next(self) -> list[Step] | None:
-        if self.batches:
-            return self.batches.popleft()
-        async with self.lock:
-            while not self.batches:
-                if self.start >= len(self.rows) or self.error is not None:
-                    return None
-                try:
-                    if not await self.plan_next():
-                        return None
-                except BaseException as exc:  # handed to the engine once the pool stops
-                    self.error = exc
-                    assert self.run.stop is not None
-                    self.run.stop.set()
-                    return None
-            return self.batches.popleft()
-
-    async def plan_next(self) -> bool:
-        """Plan the next chunk; False when Ctrl-C came first."""
-        o = self.run.o
-        stop = self.run.stop
-        assert stop is not None
-        chunk = self.rows[self.start:self.start + self.size]
-        plan_task = asyncio.ensure_future(self.provider.plan(chunk))
-        stop_task = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if not plan_task.done():
-            plan_task.cancel()
-            return False
-        planned = plan_task.result()
-        self.start += len(chunk)
-        if len(planned) != len(chunk):
-            raise RuntimeError("provider.plan returned the wrong number of results")
-        steps: list[Step] = []
-        early: list[Outcome] = []
-        for row, item in zip(chunk, planned):
-            if isinstance(item, Step):
-                if row.index in self.in_flight_before and not ACTIONS[row.action].verifiable \
-                        and not o.resend_unknown:
-                    early.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
-                else:
-                    steps.append(item)
-            else:
-                if row.index in self.in_flight_before:
-                    item = _reconciled(row, item)
-                early.append(item)
-        self.journal.record(self.run_id, early)
-        self.run.events.advance(early)
-        batches = _batches(steps, self.provider.batch_size())
-        if o.dry_run and self.result.planned_requests is not None:
-            self.result.planned_requests += sum(
-                1 if len(b) > 1 else self.provider.requests_for(b[0]) for b in batches)
-        self.batches.extend(batches)
-        return True
+        except JournalError as exc:
+            _write_report_if_possible(journal, opened.run_id, report)
+            if scheduler.sent_any:
+                exc.exit_code = 1  # rows ran: 2 would say nothing was run
+            raise
+        _conclude(journal, opened, scheduler, result, options)
+        result.elapsed = time.monotonic() - started
+        return result
 
 
 def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
                    env: Mapping[str, str] | None = None) -> RunResult:
     """``bulkmdm report RUN``: write a run's report again from the journal."""
-    env = env if env is not None else dict(os.environ)
-    with Journal(state_dir(state, env)) as journal:
-        info = journal.run(run_id)
-        path = out or Path(info.report_path)
-        result = RunResult(run_id, path, Counter(), 0, rows=0)
-        runner = _Run(RunOptions(job=Path(info.job_path), provider=info.provider, url=info.url), QuietEvents())
-        runner._write_report(journal, run_id, path, result)
-        result.rows = sum(result.counts.values())
-        return result
+    from . import report
+
+    summary = report.rebuild_report(run_id, out=out, state=state, env=env)
+    return RunResult(run_id, summary.path, summary.counts, 0, rows=summary.rows, summary=summary)
 
 
-# -- helpers -----------------------------------------------------------------
+def _client(provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler) -> Client:
+    """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler."""
+    connection = Connection(provider=provider_cls.name, url=url, env=options.env, partition=options.partition,
+                            rate=options.rate, concurrency=options.concurrency, timeout=options.timeout,
+                            retry=options.retry)
+    return make_client(connection, provider_cls, stopping=scheduler.stopping)
 
 
-def _split_report(table: Any) -> tuple[list[Sequence[str]], tuple[str, ...], dict[int, tuple[str, ...]]]:
-    """Input cells without our outcome columns, and the rows an earlier report
-    marks done (carried over untouched, with their outcome values)."""
-    outcome_pos = sorted(table.outcome.values()) if table.is_report else []
-    if not outcome_pos:
-        return list(table.rows), tuple(table.headers), {}
-    keep = [i for i in range(len(table.headers)) if i not in set(outcome_pos)]
-    headers = tuple(table.headers[i] for i in keep)
-    status_pos = table.outcome["status"]
-    carried: dict[int, tuple[str, ...]] = {}
-    rows: list[Sequence[str]] = []
-    done = {str(s) for s in DONE_STATUSES}
-    for idx, cells in enumerate(table.rows):
-        rows.append([cells[i] for i in keep])
-        if cells[status_pos].strip().casefold() in done:
-            carried[idx] = tuple(
-                cells[table.outcome[name]] if name in table.outcome else "" for name in OUTCOME_COLUMNS
-            )
-    return rows, headers, carried
-
-
-def _check_url(url: str) -> None:
-    """Refuse a --url that names no server (``http://``, a bad port, spaces)."""
-    from urllib.parse import urlsplit
-
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise UsageError(f"--url {url!r} holds spaces or control characters; give the MDM's address, "
-                         "e.g. --url https://mdm.example.com.")
+async def _execute(journal: Journal, opened: OpenedRun, provider: Provider, client: Client, scheduler: Scheduler,
+                   options: RunOptions, events: Events, result: RunResult) -> None:
+    """Plan and send the rows still to do, until the end or a stop."""
+    remove_signal_handlers = scheduler.install_signals()
     try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-        if host:
-            host.encode("idna")  # what the resolver does: 'a..b' fails here
-    except (ValueError, UnicodeError):
-        host = port = None
-        parts = None
-    if parts is None or not host or port == 0:
-        raise UsageError(f"--url {url!r} is not a usable address; give the MDM's address, "
-                         "e.g. --url https://mdm.example.com.")
+        async with client:
+            try:
+                await _plan_and_send(journal, opened, provider, scheduler, options, events, result)
+            except (ConfirmationRefused, JournalError):
+                raise
+            except BulkMDMError as exc:  # a stop while planning: credentials refused, a set-up that cannot work
+                scheduler.halt(exc)
+            finally:
+                await provider.aclose()
+    finally:
+        remove_signal_handlers()
+        result.requests = client.requests_sent
+        result.mutating_requests = client.mutating_sent
+        result.interrupted = scheduler.signal is not None
 
 
-def _job_row(idx: int, cells: Sequence[str], canonical: Mapping[str, int], action: str | None) -> JobRow:
-    fields = {}
-    for name, pos in canonical.items():
-        if pos < len(cells):
-            value = str(cells[pos]).strip()
-            if value:
-                fields[name] = value
-    return JobRow(idx, action or normalise_action(fields.get("action", "")), fields)
+async def _plan_and_send(journal: Journal, opened: OpenedRun, provider: Provider, scheduler: Scheduler,
+                         options: RunOptions, events: Events, result: RunResult) -> None:
+    rows = opened.todo
+    if not rows:
+        return
+    events.message(f"Looking up {len(rows)} row(s) on the MDM...")
+    confirm = not options.dry_run and not options.yes and any(ACTIONS[r.action].destructive for r in rows)
+    # The number a person types is the whole job's, so a job to confirm is
+    # planned in one piece; so is everything for a provider that needs to
+    # see all rows at once (chunk_rows None).
+    chunk_rows = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
+    ledger = _RunLedger(journal, opened.run_id, events)
+    feed = PlanFeed(provider, rows, PlanSettings(chunk_rows=chunk_rows, in_flight_before=opened.in_flight_before,
+                                                 resend_unknown=options.resend_unknown, dry_run=options.dry_run),
+                    record=ledger.record_decided, stop=scheduler.stop)
+    events.start(opened.rows, opened.rows - len(rows), journal.counts(opened.run_id))
+    if not await feed.plan_next_chunk():
+        return
+    if confirm:
+        _confirm_destructive(feed, events)
+    await scheduler.run(feed, provider.check if options.dry_run else provider.execute, ledger)
+    if options.dry_run:
+        result.planned_requests = feed.planned_requests
+    if feed.error is not None:
+        raise feed.error
+    events.finish()
 
 
-def _validate(row: JobRow, provider_cls: type[Provider]) -> str | None:
-    if not row.action:
-        return "No action: fill in the action column (e.g. tag, lock, message) or pass --action."
-    spec = ACTIONS.get(row.action)
-    if spec is None:
-        given = row.get("action") or row.action
-        return f"Unknown action '{given}'; `bulkmdm actions` lists the actions."
-    if row.action not in provider_cls.actions:
-        can = ", ".join(sorted(provider_cls.actions))
-        return f"{provider_cls.name} cannot {row.action}; it can: {can}."
-    missing = missing_columns(spec, row)
-    if missing:
-        return f"Missing {' and '.join(missing)}: the {row.action} action needs {'them' if len(missing) > 1 else 'it'}."
-    return None
+def _confirm_destructive(feed: PlanFeed, events: Events) -> None:
+    destructive = [s for s in feed.queued_steps() if ACTIONS[s.action].destructive]
+    if not destructive:
+        return
+    answer = events.confirm(confirmation_prompt(destructive), str(len(destructive)))
+    if answer is not True:
+        raise ConfirmationRefused("Declined: nothing was sent. Run the same command again to be asked again, "
+                                  "or check the file first with --dry-run.")
 
 
-def _reconciled(row: JobRow, item: Outcome) -> Outcome:
-    """A row whose request was in flight when the earlier run died, re-planned
-    against the MDM's current state: already in the wanted state means the
-    earlier request took effect; for a delete, the object being gone means
-    the same."""
-    if item.status is Status.SKIPPED:
-        return item.with_(status=Status.SUCCEEDED, detail="Done by the earlier run (confirmed by reading it back).")
-    if (item.status is Status.FAILED and row.action in ("delete-device", "delete-user")
-            and "not found" in item.detail.casefold()):
-        return item.with_(status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).")
-    return item
+class _RunLedger:
+    """The journal for one run, as the plan feed and the scheduler write to it."""
+
+    def __init__(self, journal: Journal, run_id: int, events: Events) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.events = events
+
+    def mark_in_flight(self, indices: Sequence[int]) -> None:
+        self.journal.mark_in_flight(self.run_id, indices)
+
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        self.journal.record(self.run_id, outcomes)
+
+    def record_decided(self, outcomes: list[Outcome]) -> None:
+        """Rows planning decided (skipped, failed look-up): journaled and shown at once."""
+        self.record(outcomes)
+        self.events.advance(outcomes)
 
 
-def _batches(steps: list[Step], size: int) -> list[list[Step]]:
-    if size <= 1:
-        return [[s] for s in steps]
-    groups: dict[Any, list[Step]] = {}
-    for step in steps:
-        groups.setdefault(step.batch_key, []).append(step)
-    out = []
-    for group in groups.values():
-        for start in range(0, len(group), size):
-            out.append(group[start:start + size])
-    out.sort(key=lambda b: b[0].index)
-    return out
+def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result: RunResult,
+              options: RunOptions) -> None:
+    """Write the report and settle the exit code; a run refused at its first request is forgotten."""
+    run_error = scheduler.run_error
+    if run_error is not None and not scheduler.sent_any:
+        # Stopped before anything was sent (credentials refused at the first
+        # request, ...): nothing was run (exit 2). An earlier report at this
+        # path stays as it was, and a new run is forgotten, so the corrected
+        # command starts clean.
+        if not opened.resumed:
+            journal.delete_run(opened.run_id)
+        raise run_error
+    if scheduler.stop_reason is not None:
+        journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
+    summary = write_run_report(journal, opened.run_id, result.report_path)
+    result.summary = summary
+    result.counts = summary.counts
+    if scheduler.signal is not None:
+        result.exit_code = 143 if scheduler.signal == signal.SIGTERM else 130
+    else:
+        result.exit_code = 1 if any(summary.counts.get(str(s)) for s in BAD_STATUSES) else 0
+    if isinstance(run_error, AuthError):
+        result.stopped = (f"The MDM refused the credentials part way through ({run_error}); the rows not sent are "
+                          "not-run. Fix the credentials, then run the same command again to continue.")
+    elif run_error is not None:
+        result.stopped = (f"The run stopped part way through: {str(run_error).rstrip('.')}. "
+                          "The rows not sent are not-run.")
+    elif scheduler.breaker_stop is not None:
+        result.stopped = f"{scheduler.breaker_stop.rstrip('.')}. The rows not sent are not-run."
+    if not summary.incomplete and not options.dry_run:
+        journal.finish(opened.run_id, result.exit_code)
 
 
-def _install_sigint(loop: asyncio.AbstractEventLoop, handler: Any) -> bool:
-    try:
-        loop.add_signal_handler(signal.SIGINT, handler)
-        return True
-    except (NotImplementedError, RuntimeError, ValueError):
-        return False
+def _finished_before(journal: Journal, finished: FinishedBefore, report: Path) -> RunResult:
+    """The job already ran to its end: send nothing, keep (or restore) its report, exit as it did."""
+    run = finished.run
+    if not report.exists():
+        write_run_report(journal, run.id, report)
+    counts = Counter(finished.counts)
+    return RunResult(run.id, report, counts, run.exit_code or 0, rows=sum(counts.values()),
+                     finished_before=run.finished)
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _write_report_if_possible(journal: Journal, run_id: int, report: Path) -> None:
+    """After the journal failed mid-run: a report of what it holds, if it can still be read."""
+    with contextlib.suppress(Exception):  # the journal's own error is the one to tell
+        write_run_report(journal, run_id, report)

@@ -4,21 +4,27 @@ One file (``journal.sqlite3``) under the user's state directory, readable by
 its owner only, in WAL mode with one writer. Per run it records the run's
 identity and every row's input cells and state:
 
-    pending  -> in_flight (written *before* the request is sent) -> done
+    pending  -> in_flight (written *before* a change is sent) -> done
 
 A ``done`` row carries its outcome. The report is generated from here, so it
 can always be rebuilt (``bulkmdm report RUN``), and a run that died is
 continued from here (rows ``done`` are never sent again; rows ``in_flight``
-are reconciled by the engine). No credential is ever written here.
+are reconciled by the engine). Every row also keeps a digest of its content
+(action and the cells that define the change), so that a job saved again
+after a crash continues by content, not by line number. A lock per job
+identity says which process is running it. No credential is ever written
+here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from typing import Any
 from .errors import JournalError
 from .model import Outcome, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -61,9 +67,28 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (run_id, idx)
     ) WITHOUT ROWID;
     """,
+    # Version 2: a run is recognised by the job's path (not its bytes) and its
+    # rows by their content; the job's digest is now of its rows' cells.
+    2: """
+    ALTER TABLE runs RENAME COLUMN job_sha256 TO content;
+    ALTER TABLE runs ADD COLUMN stop_reason TEXT;
+    ALTER TABLE runs ADD COLUMN exit_code INTEGER;
+    ALTER TABLE runs ADD COLUMN superseded_by INTEGER;
+    ALTER TABLE rows ADD COLUMN action TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rows ADD COLUMN digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rows ADD COLUMN label TEXT NOT NULL DEFAULT '';
+    CREATE TABLE locks (
+        identity TEXT PRIMARY KEY,
+        run_id INTEGER,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        started REAL NOT NULL
+    );
+    """,
 }
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
+_NOT_RUN = str(Status.NOT_RUN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +96,8 @@ class RunInfo:
     id: int
     identity: str
     job_path: str
-    job_sha256: str
+    #: digest of the job's rows (cells, in order): equal when the job is unchanged
+    content: str
     provider: str
     url: str
     action: str | None
@@ -83,6 +109,10 @@ class RunInfo:
     created: float
     updated: float
     finished: float | None
+    #: the sentence rows left unsent show as their detail (why the run stopped)
+    stop_reason: str | None
+    exit_code: int | None
+    superseded_by: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +125,41 @@ class RowRecord:
     http_status: str | None
     attempts: str | None
     resolved: str | None
+    action: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """A row as the journal stores it when a run is created."""
+
+    cells: Sequence[str]
+    action: str
+    #: digest of the row's content (action and the cells that define the change)
+    digest: str
+    #: what the row acts on (serial, device id, email), for summaries
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """The process that holds a job's lock."""
+
+    run_id: int | None
+    pid: int
+    host: str
+    started: float
+
+
+def state_dir(explicit: Path | None, env: Mapping[str, str]) -> Path:
+    """Where the journal lives: --state-dir, else BULKMDM_STATE_DIR, else the user's state folder."""
+    if explicit is not None:
+        return explicit
+    if env.get("BULKMDM_STATE_DIR"):
+        return Path(env["BULKMDM_STATE_DIR"])
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("bulkmdm", appauthor=False))
 
 
 class Journal:
@@ -102,27 +167,52 @@ class Journal:
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir).expanduser()
+        self.path = self.dir / "journal.sqlite3"
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.path = self.dir / "journal.sqlite3"
             if not self.path.exists():
                 # create it owner-only before SQLite writes a byte
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
             os.chmod(self.path, 0o600)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-            for suffix in ("-wal", "-shm"):
-                side = Path(str(self.path) + suffix)
-                if side.exists():
-                    os.chmod(side, 0o600)
-        except (OSError, sqlite3.Error) as exc:
+            self.db = _Connection(sqlite3.connect(self.path, isolation_level=None, timeout=10), self)
+        except OSError as exc:
             raise JournalError(
-                f"Cannot use the state database in {self.dir} ({exc}); pass --state-dir to use another folder."
+                f"Cannot use the state database in {self.dir} ({exc.strerror or exc}); "
+                "pass --state-dir to use another folder."
             ) from None
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def translate(self, exc: sqlite3.Error) -> JournalError:
+        """One sentence for an SQLite error: what happened, where, and the way on."""
+        text = str(exc)
+        lowered = text.casefold()
+        if "full" in lowered or "disk i/o" in lowered:
+            return JournalError(
+                f"Cannot write the state database in {self.dir}: the disk is full or refused the write ({text}). "
+                "Every row recorded before is kept; free some space, then run the same command again to continue."
+            )
+        if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+            return JournalError(
+                f"The state database {self.path} is damaged ({text}); move that file aside to start over "
+                "(the runs it recorded can then not be resumed), or pass --state-dir to use another folder."
+            )
+        if "locked" in lowered or "busy" in lowered:
+            return JournalError(
+                f"The state database {self.path} is busy (another bulkmdm holds it); wait for it to finish, "
+                "then run again."
+            )
+        return JournalError(f"Cannot use the state database {self.path} ({text}); pass --state-dir to use another "
+                            "folder.")
 
     def __enter__(self) -> Journal:
         return self
@@ -149,7 +239,7 @@ class Journal:
                 self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
+        def __init__(self, db: _Connection) -> None:
             self.db = db
 
         def __enter__(self) -> None:
@@ -167,7 +257,7 @@ class Journal:
         *,
         identity: str,
         job_path: str,
-        job_sha256: str,
+        content: str,
         provider: str,
         url: str,
         action: str | None,
@@ -176,27 +266,28 @@ class Journal:
         headers: Sequence[str],
         delimiter: str,
         report_path: str,
-        rows: Iterable[Sequence[str]],
+        rows: Iterable[NewRow],
     ) -> int:
         now = time.time()
         with self._tx():
             cur = self.db.execute(
-                "INSERT INTO runs (identity, job_path, job_sha256, provider, url, action, partition_id, dry_run,"
+                "INSERT INTO runs (identity, job_path, content, provider, url, action, partition_id, dry_run,"
                 " headers, delimiter, report_path, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (identity, job_path, job_sha256, provider, url, action, partition_id, int(dry_run),
+                (identity, job_path, content, provider, url, action, partition_id, int(dry_run),
                  json.dumps(list(headers)), delimiter, report_path, now, now),
             )
             run_id = int(cur.lastrowid or 0)
             self.db.executemany(
-                "INSERT INTO rows (run_id, idx, cells) VALUES (?,?,?)",
-                ((run_id, i, json.dumps(list(cells), ensure_ascii=False)) for i, cells in enumerate(rows)),
+                "INSERT INTO rows (run_id, idx, cells, action, digest, label) VALUES (?,?,?,?,?,?)",
+                ((run_id, i, json.dumps(list(row.cells), ensure_ascii=False), row.action, row.digest, row.label)
+                 for i, row in enumerate(rows)),
             )
         return run_id
 
-    def resumable(self, identity: str) -> RunInfo | None:
-        """The newest unfinished, non-dry run with this identity."""
+    def latest(self, identity: str) -> RunInfo | None:
+        """The newest real (not dry) run with this identity that no later run took over."""
         row = self.db.execute(
-            "SELECT * FROM runs WHERE identity = ? AND finished IS NULL AND dry_run = 0 ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM runs WHERE identity = ? AND dry_run = 0 AND superseded_by IS NULL ORDER BY id DESC LIMIT 1",
             (identity,),
         ).fetchone()
         return self._run(row) if row else None
@@ -220,12 +311,20 @@ class Journal:
         values[9] = tuple(json.loads(values[9]))
         return RunInfo(*values)
 
-    def finish(self, run_id: int) -> None:
+    def finish(self, run_id: int, exit_code: int = 0) -> None:
         now = time.time()
-        self.db.execute("UPDATE runs SET finished = ?, updated = ? WHERE id = ?", (now, now, run_id))
+        self.db.execute("UPDATE runs SET finished = ?, updated = ?, exit_code = ? WHERE id = ?",
+                        (now, now, exit_code, run_id))
 
     def set_report_path(self, run_id: int, path: str) -> None:
         self.db.execute("UPDATE runs SET report_path = ? WHERE id = ?", (path, run_id))
+
+    def set_stop_reason(self, run_id: int, reason: str | None) -> None:
+        self.db.execute("UPDATE runs SET stop_reason = ? WHERE id = ?", (reason, run_id))
+
+    def supersede(self, old_id: int, new_id: int) -> None:
+        """``new_id`` continues ``old_id`` (the job changed in between)."""
+        self.db.execute("UPDATE runs SET superseded_by = ? WHERE id = ?", (new_id, old_id))
 
     def delete_runs(self, keep: int = 100) -> None:
         """Forget all but the newest ``keep`` runs."""
@@ -247,6 +346,12 @@ class Journal:
         return [r[0] for r in self.db.execute(
             "SELECT idx FROM rows WHERE run_id = ? AND state = ? ORDER BY idx", (run_id, state))]
 
+    def to_send(self, run_id: int) -> list[int]:
+        """Rows still to send: never sent, or left ``not-run`` by a run that stopped."""
+        return [r[0] for r in self.db.execute(
+            "SELECT idx FROM rows WHERE run_id = ? AND (state = ? OR (state = ? AND status = ?)) ORDER BY idx",
+            (run_id, PENDING, DONE, _NOT_RUN))]
+
     def counts(self, run_id: int) -> dict[str, int]:
         out: dict[str, int] = {}
         for state, status, n in self.db.execute(
@@ -255,6 +360,34 @@ class Journal:
             key = status if state == DONE and status else state
             out[key] = out.get(key, 0) + n
         return out
+
+    def carry_over(self, old_id: int, new_id: int) -> int:
+        """Give the new run's rows the outcome (or in-flight state) of the earlier
+        run's rows with the same content; return how many were carried.
+
+        Rows are paired by digest and, among equal digests, by order, so two
+        identical rows of the new job take at most two finished ones."""
+        with self._tx():
+            cur = self.db.execute(
+                """
+                WITH old AS (
+                    SELECT state, status, detail, http_status, attempts, resolved, digest,
+                           row_number() OVER (PARTITION BY digest ORDER BY idx) AS nth
+                    FROM rows WHERE run_id = ? AND state != ? AND NOT (state = ? AND status = ?)
+                ), new AS (
+                    SELECT idx, digest, row_number() OVER (PARTITION BY digest ORDER BY idx) AS nth
+                    FROM rows WHERE run_id = ? AND state = ?
+                ), pairs AS (
+                    SELECT new.idx, old.* FROM new JOIN old ON old.digest = new.digest AND old.nth = new.nth
+                )
+                UPDATE rows SET state = pairs.state, status = pairs.status, detail = pairs.detail,
+                    http_status = pairs.http_status, attempts = pairs.attempts, resolved = pairs.resolved
+                FROM pairs WHERE rows.run_id = ? AND rows.idx = pairs.idx
+                """,
+                (old_id, PENDING, DONE, _NOT_RUN, new_id, PENDING, new_id),
+            )
+            del cur  # rowcount is -1 for a statement that starts with WITH
+            return int(self.db.execute("SELECT changes()").fetchone()[0])
 
     def mark_in_flight(self, run_id: int, indices: Iterable[int]) -> None:
         """Written (and committed) before the request is sent."""
@@ -289,12 +422,108 @@ class Journal:
 
     def rows(self, run_id: int) -> Iterator[RowRecord]:
         cur = self.db.execute(
-            "SELECT idx, cells, state, status, detail, http_status, attempts, resolved FROM rows"
+            "SELECT idx, cells, state, status, detail, http_status, attempts, resolved, action, label FROM rows"
             " WHERE run_id = ? ORDER BY idx",
             (run_id,),
         )
-        for idx, cells, state, status, detail, http_status, attempts, resolved in cur:
-            yield RowRecord(idx, json.loads(cells), state, status, detail, http_status, attempts, resolved)
+        try:
+            for idx, cells, state, status, detail, http_status, attempts, resolved, action, label in cur:
+                yield RowRecord(idx, json.loads(cells), state, status, detail, http_status, attempts, resolved,
+                                action, label)
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+
+    # -- the lock per job ---------------------------------------------------
+    def lock(self, identity: str) -> LockHolder | None:
+        """Take the job's lock for this process; the holder if another live process has it.
+
+        A lock left by a process that is gone (killed, crashed) is taken over."""
+        me = os.getpid()
+        host = socket.gethostname()
+        with self._tx():
+            row = self.db.execute("SELECT run_id, pid, host, started FROM locks WHERE identity = ?",
+                                  (identity,)).fetchone()
+            if row is not None:
+                holder = LockHolder(*row)
+                if holder.pid != me and (holder.host != host or _alive(holder.pid, holder.started)):
+                    return holder
+            self.db.execute("INSERT OR REPLACE INTO locks (identity, run_id, pid, host, started) VALUES (?,?,?,?,?)",
+                            (identity, None, me, host, time.time()))
+        return None
+
+    def lock_run(self, identity: str, run_id: int) -> None:
+        """Say which run the lock holder is working on."""
+        self.db.execute("UPDATE locks SET run_id = ? WHERE identity = ? AND pid = ?", (run_id, identity, os.getpid()))
+
+    def unlock(self, identity: str) -> None:
+        self.db.execute("DELETE FROM locks WHERE identity = ? AND pid = ?", (identity, os.getpid()))
+
+
+class _Connection:
+    """An SQLite connection whose errors arrive as one-sentence ``JournalError``s."""
+
+    def __init__(self, db: sqlite3.Connection, journal: Journal) -> None:
+        self._db = db
+        self._journal = journal
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._journal.translate(exc) from None
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        try:
+            return self._db.executemany(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._journal.translate(exc) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+
+def _alive(pid: int, since: float) -> bool:
+    """Whether the process with this id that took a lock at ``since`` is still running (on this host).
+
+    A process that started after ``since`` merely got the id again (after a reboot, say)."""
+    if pid <= 0:
+        return False
+    started = _process_start(pid)
+    if started is not None and started > since + 1:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would end the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When a process started (epoch seconds), where the system tells (Linux); else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
+            ticks = int(stat_file.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as system:
+            boot = next(float(line.split()[1]) for line in system if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _text(value: object) -> str | None:

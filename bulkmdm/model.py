@@ -5,6 +5,7 @@ Small frozen dataclasses, never DataFrames or dicts of dicts (see STYLE.md).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -94,3 +95,15 @@ class Outcome:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_LINE = re.compile(r"\bline \d+")
+#: a path segment holding an id (``/api/devices/3f2a.../lock``)
+_ID_SEGMENT = re.compile(r"(?<=/)[^/\s)]*\d[^/\s)]*")
+
+
+def reason_key(detail: str) -> str:
+    """A detail with the row's own values left out ('X' not found, line 5, ids in a path),
+    so that rows that went wrong for the same reason compare equal."""
+    return _ID_SEGMENT.sub("…", _LINE.sub("line N", _QUOTED.sub("'…'", detail)))

@@ -9,18 +9,34 @@ Excel must never run a cell as a formula. In CSV, a cell that starts with
 ``= + - @``, tab or CR gets a leading ``'`` (:func:`neutralise`), which
 :func:`bulkmdm.jobfile.read_job` removes again when a report is re-run. In
 XLSX every cell is written as a text cell, so nothing needs a prefix.
+
+:func:`write_run_report` assembles a run's report from the journal (the
+only source: ``bulkmdm report RUN`` uses it too) and tallies, as the rows
+stream past, what the end-of-run summary tells: counts per status and per
+action, failures grouped by reason, and the destructive rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+import stat
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import UsageError
+from .actions import ACTIONS
+from .columns import OUTCOME_COLUMNS
+from .errors import ReportError, UsageError
+from .model import BAD_STATUSES, Status, reason_key
+
+if TYPE_CHECKING:
+    from .journal import Journal, RowRecord
 
 # A cell already starting with "'" before one of the dangerous characters is
 # prefixed too, so that stripping one "'" on the way back in is exact:
@@ -70,19 +86,20 @@ def write_report(
         else:
             _write_xlsx(temporary, path, headers, rows, sheet)
         _fsync(temporary)
+        _keep_mode(path, temporary)
         os.replace(temporary, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
-        except OSError:
-            pass
         if isinstance(exc, PermissionError):
             raise UsageError(
-                f"The report {path} cannot be replaced (permission denied); close it if Excel has it open, or choose another --report."
+                f"The report {path} cannot be replaced (permission denied); close it if Excel has it open, "
+                "or choose another --report."
             ) from exc
         if isinstance(exc, OSError):
             raise UsageError(
-                f"The report {path} could not be written ({exc.strerror or exc}); free some space or choose another --report."
+                f"The report {path} could not be written ({exc.strerror or exc}); free some space "
+                "or choose another --report."
             ) from exc
         raise
 
@@ -103,6 +120,15 @@ def _reserve(path: Path) -> Path:
         os.close(fd)
         return candidate
     raise UsageError(f"The report cannot be written in {path.parent}; remove stale .{path.name}.*.tmp files there.")
+
+
+def _keep_mode(path: Path, temporary: Path) -> None:
+    """A report that replaces an earlier one keeps that file's permissions."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    os.chmod(temporary, mode)
 
 
 def _fsync(path: Path) -> None:
@@ -191,3 +217,135 @@ def _status_column(headers: Sequence[str]) -> int | None:
     bulkmdm appends its columns after the job's."""
     found = [i for i, header in enumerate(headers) if _text(header).strip().casefold() == "status"]
     return found[-1] if found else None
+
+
+# -- a run's report, from the journal -----------------------------------------
+
+#: The detail of a row the run never sent, when the journal holds no reason.
+NOT_RUN_DETAIL = "Not sent: the run stopped first. Run the same command again to continue."
+IN_FLIGHT_DETAIL = (
+    "A request was in flight when the run stopped, so its effect is not known. Check the device, "
+    "then run this report again to resend it."
+)
+#: Failure reasons grouped at most; a job with more distinct ones lumps the rest.
+_MAX_REASONS = 200
+_EXAMPLES = 5
+_BAD = {str(status) for status in BAD_STATUSES}
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Rows that went wrong for one reason."""
+
+    #: the first row's detail, as a representative
+    reason: str
+    count: int
+    #: the spreadsheet lines of the first few rows
+    lines: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What a run's report holds, counted while it was written."""
+
+    path: Path
+    counts: Counter[str] = field(default_factory=Counter)
+    #: action -> status -> rows
+    by_action: dict[str, Counter[str]] = field(default_factory=dict)
+    failures: list[FailureGroup] = field(default_factory=list)
+    #: destructive action -> what planned or succeeded rows act on (the first few)
+    destructive: dict[str, list[str]] = field(default_factory=dict)
+    destructive_counts: Counter[str] = field(default_factory=Counter)
+    #: some rows were never sent or their request was in flight: the run can be continued
+    incomplete: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(slots=True)
+class _Reason:
+    detail: str
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+
+
+class _Tally:
+    """Builds a RunSummary from rows as they stream past."""
+
+    def __init__(self, path: Path) -> None:
+        self.summary = RunSummary(path)
+        self.reasons: dict[str, _Reason] = {}
+
+    def add(self, record: RowRecord, status: str, detail: str) -> None:
+        summary = self.summary
+        summary.counts[status] += 1
+        summary.by_action.setdefault(record.action or "?", Counter())[status] += 1
+        if status in _BAD:
+            self._failure(status, detail, record.idx + 2)
+        spec = ACTIONS.get(record.action)
+        if spec is not None and spec.destructive and status in (str(Status.PLANNED), str(Status.SUCCEEDED)):
+            summary.destructive_counts[record.action] += 1
+            names = summary.destructive.setdefault(record.action, [])
+            if len(names) < _EXAMPLES:
+                names.append(record.label or f"line {record.idx + 2}")
+
+    def _failure(self, status: str, detail: str, line: int) -> None:
+        # rows that differ only in the value they name ('X' not found) share a reason
+        key = status + ":" + reason_key(detail)
+        if key not in self.reasons and len(self.reasons) >= _MAX_REASONS:
+            key, detail = "other", "Other reasons: see the report."
+        reason = self.reasons.setdefault(key, _Reason(detail))
+        reason.count += 1
+        if len(reason.lines) < _EXAMPLES:
+            reason.lines.append(line)
+
+    def done(self) -> RunSummary:
+        groups = [FailureGroup(r.detail, r.count, tuple(r.lines)) for r in self.reasons.values()]
+        self.summary.failures = sorted(groups, key=lambda group: -group.count)
+        return self.summary
+
+
+def outcome_values(record: RowRecord, stop_reason: str | None) -> list[str]:
+    """The report's outcome columns for one journal row."""
+    if record.state == "done":
+        return [record.status or "", record.detail or "", record.http_status or "", record.attempts or "",
+                record.resolved or ""]
+    if record.state == "in_flight":
+        return [str(Status.UNKNOWN), IN_FLIGHT_DETAIL, "", "", ""]
+    return [str(Status.NOT_RUN), stop_reason or NOT_RUN_DETAIL, "", "", ""]
+
+
+def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
+    """Write run ``run_id``'s report to ``path`` from the journal; what it holds, counted."""
+    run = journal.run(run_id)
+    tally = _Tally(path)
+
+    def records() -> Iterator[list[str]]:
+        for record in journal.rows(run_id):
+            values = outcome_values(record, run.stop_reason)
+            if record.state != "done" or values[0] == str(Status.NOT_RUN):
+                tally.summary.incomplete = True
+            tally.add(record, values[0], values[1])
+            yield [*record.cells, *values]
+
+    try:
+        write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
+    except UsageError as exc:
+        raise ReportError(
+            f"{exc} Every outcome is in the journal: write it elsewhere with "
+            f"`bulkmdm report {run_id} --out OTHER.csv`."
+        ) from None
+    return tally.done()
+
+
+def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
+                   env: Mapping[str, str] | None = None) -> RunSummary:
+    """``bulkmdm report RUN``: write a run's report again from the journal."""
+    from .journal import Journal, state_dir
+
+    env = env if env is not None else dict(os.environ)
+    with Journal(state_dir(state, env)) as journal:
+        path = out or Path(journal.run(run_id).report_path)
+        return write_run_report(journal, run_id, path)

@@ -74,8 +74,9 @@ def run_cli() -> object:
         output = result.output
         path = report
         if path is None and args and args[0] == "run":
-            job = Path(args[1])
-            path = job.with_name(f"{job.stem}.outcome{job.suffix}")
+            from bulkmdm.engine import default_report_path
+
+            path = default_report_path(Path(args[1]), dry_run="--dry-run" in args)
             if "--report" in args:
                 path = Path(args[list(args).index("--report") + 1])
         rows = read_report(path) if path is not None and path.exists() else []

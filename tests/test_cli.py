@@ -70,7 +70,7 @@ def test_refused_credentials_leave_the_earlier_report_alone(duo: Any, run_cli: A
     first = run_cli(args)
     assert [r["status"] for r in first.report] == ["succeeded", "failed"]
     before = first.report_path.read_bytes()
-    res = run_cli(args, env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    res = run_cli([*args, "--fresh"], env={"BULKMDM_PASSWORD": "wrong-password-123"})
     assert res.exit_code == 2 and "credentials" in res.output
     assert first.report_path.read_bytes() == before  # nothing was run, nothing overwritten
     again = run_cli([args[0], str(first.report_path), *args[2:]])

@@ -9,27 +9,30 @@ from typing import Any
 
 from conftest import read_report, write_csv
 
-from bulkmdm.journal import Journal
+from bulkmdm.journal import Journal, NewRow
 from bulkmdm.model import Outcome, Status
 from bulkmdm.sim.duostation import FACTS
 
 
 def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     with Journal(tmp_path / "st") as journal:
-        run_id = journal.create_run(identity="x", job_path="/j.csv", job_sha256="0", provider="duostation",
+        rows = [NewRow(["A"], "lock", "a", "A"), NewRow(["B"], "lock", "b", "B")]
+        run_id = journal.create_run(identity="x", job_path="/j.csv", content="0", provider="duostation",
                                     url="http://h", action=None, partition_id=None, dry_run=False,
-                                    headers=["serial"], delimiter=",", report_path="/r.csv", rows=[["A"], ["B"]])
+                                    headers=["serial"], delimiter=",", report_path="/r.csv", rows=rows)
         journal.mark_in_flight(run_id, [0])
         journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
         assert journal.counts(run_id) == {"in_flight": 1, "succeeded": 1}
-        assert journal.resumable("x").id == run_id  # type: ignore[union-attr]
+        latest = journal.latest("x")
+        assert latest is not None and latest.id == run_id and latest.finished is None
         journal.finish(run_id)
-        assert journal.resumable("x") is None
+        latest = journal.latest("x")
+        assert latest is not None and latest.finished is not None
     mode = stat.S_IMODE((tmp_path / "st" / "journal.sqlite3").stat().st_mode)
     assert mode == 0o600
     db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 2
 
 
 def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:
@@ -51,12 +54,18 @@ def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None
     assert run_cli(["report", "999"]).exit_code == 2
 
 
-def test_completed_run_is_not_resumed_but_rerun(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+def test_completed_run_is_not_run_again(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
     args = ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "tag"]
     first = run_cli([*args[:-1], "tag", "--report", str(tmp_path / "o.csv")])
     assert first.exit_code == 2  # no tag column: nothing run
     job = write_csv(tmp_path / "j.csv", [["serial", "tag"], [FACTS["untagged_device"]["serial"], "Lärare"]])
     assert run_cli(args).report[0]["status"] == "succeeded"
-    # running a finished job again is a new run: the tag is now there, so it is skipped
-    assert run_cli(args).report[0]["status"] == "skipped"
+    mutating = duo.stats.mutating
+    # the same command on a job that ran to the end sends nothing and keeps its report
+    again = run_cli(args)
+    assert again.exit_code == 0, again.output
+    assert again.report[0]["status"] == "succeeded"
+    assert duo.stats.mutating == mutating
+    # --fresh runs it again: the tag is there now, so the row is skipped
+    assert run_cli([*args, "--fresh"]).report[0]["status"] == "skipped"

@@ -23,7 +23,7 @@ def test_password_appears_nowhere(run_cli: Any, tmp_path: Path) -> None:
         assert res.exit_code == 1
         assert "POST /api/devices/" in res.output  # --verbose logs requests...
         bad = run_cli(["run", str(job), "--provider", "duostation", "--url", sim.url, "--action", "message",
-                       "--verbose"], env={"BULKMDM_PASSWORD": SECRET + "x"})
+                       "--verbose", "--fresh"], env={"BULKMDM_PASSWORD": SECRET + "x"})
         assert bad.exit_code == 2
     encoded = __import__("base64").b64encode(f"admin:{SECRET}".encode()).decode()
     for text in (res.output, bad.output):

@@ -1,0 +1,149 @@
+"""Plan: the feed of batches the workers send, planned a chunk of rows at a time.
+
+``provider.plan`` resolves a chunk of rows to Steps (to send) or Outcomes
+(skipped, failed look-up); the feed records those outcomes at once and queues
+the Steps in batches of one ``batch_key``. A million-row job never holds a
+million Steps: the first chunk is planned before the workers start (and a
+destructive job confirmed on it); later chunks are planned by whichever
+worker runs out of batches first, while the others keep sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from .actions import ACTIONS
+from .model import JobRow, Outcome, Status, Step
+from .providers.base import Provider
+
+IN_FLIGHT_DETAIL = (
+    "A request was in flight when the run stopped, so its effect is not known. Check the device, "
+    "then run this report again to resend it."
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanSettings:
+    """How the feed treats rows (from the run's options)."""
+
+    #: rows per ``provider.plan`` call
+    chunk_rows: int
+    #: rows whose request was in flight when an earlier run died
+    in_flight_before: frozenset[int] = frozenset()
+    #: resend those (when not verifiable) instead of reporting them unknown
+    resend_unknown: bool = False
+    dry_run: bool = False
+
+
+class PlanFeed:
+    """Batches for the workers; ``next_batch()`` plans the next chunk when the queue runs dry."""
+
+    def __init__(self, provider: Provider, rows: Sequence[JobRow], settings: PlanSettings, *,
+                 record: Callable[[list[Outcome]], None], stop: asyncio.Event) -> None:
+        self.provider = provider
+        self.rows = rows
+        self.settings = settings
+        self.record = record
+        self.stop = stop
+        self.planned_up_to = 0
+        self.batches: deque[list[Step]] = deque()
+        self.lock = asyncio.Lock()
+        #: mutating requests a real run would send (dry run's estimate)
+        self.planned_requests = 0
+        #: an error raised while planning a later chunk (raised after the pool stops)
+        self.error: BaseException | None = None
+
+    def queued_steps(self) -> list[Step]:
+        return [step for batch in self.batches for step in batch]
+
+    def batches_hint(self) -> int:
+        """How many workers are worth starting."""
+        return len(self.batches) + len(self.rows) - self.planned_up_to
+
+    async def next_batch(self) -> list[Step] | None:
+        """The next batch to send; None when there is nothing more (or the run is stopping)."""
+        if self.stop.is_set():
+            return None
+        if self.batches:
+            return self.batches.popleft()
+        async with self.lock:
+            while not self.batches:
+                if self.planned_up_to >= len(self.rows) or self.error is not None or self.stop.is_set():
+                    return None
+                try:
+                    if not await self.plan_next_chunk():
+                        return None
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # handed to the engine once the pool stops
+                    self.error = exc
+                    self.stop.set()
+                    return None
+            # another worker may have planned while this one waited for the lock
+            return None if self.stop.is_set() else self.batches.popleft()
+
+    async def plan_next_chunk(self) -> bool:
+        """Plan the next chunk; False when the run stopped first."""
+        chunk = self.rows[self.planned_up_to:self.planned_up_to + max(1, self.settings.chunk_rows)]
+        plan_task = asyncio.ensure_future(self.provider.plan(chunk))
+        stop_task = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if not plan_task.done():
+            plan_task.cancel()
+            return False
+        planned = plan_task.result()
+        self.planned_up_to += len(chunk)
+        if len(planned) != len(chunk):
+            raise RuntimeError("provider.plan returned the wrong number of results")
+        steps, decided = self._sort(chunk, planned)
+        self.record(decided)
+        batches = batches_of(steps, self.provider.batch_size())
+        if self.settings.dry_run:
+            self.planned_requests += sum(1 if len(b) > 1 else self.provider.requests_for(b[0]) for b in batches)
+        self.batches.extend(batches)
+        return True
+
+    def _sort(self, chunk: Sequence[JobRow], planned: Sequence[Step | Outcome]) -> tuple[list[Step], list[Outcome]]:
+        """Steps to send, and the rows planning already decided."""
+        steps: list[Step] = []
+        decided: list[Outcome] = []
+        was_in_flight = self.settings.in_flight_before
+        for row, item in zip(chunk, planned, strict=True):
+            if isinstance(item, Step):
+                if row.index in was_in_flight and not ACTIONS[row.action].verifiable \
+                        and not self.settings.resend_unknown:
+                    decided.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
+                else:
+                    steps.append(item)
+            else:
+                decided.append(reconciled(row, item) if row.index in was_in_flight else item)
+        return steps, decided
+
+
+def reconciled(row: JobRow, item: Outcome) -> Outcome:
+    """A row whose request was in flight when the earlier run died, re-planned
+    against the MDM's current state: already in the wanted state means the
+    earlier request took effect; for a delete, the object being gone means
+    the same."""
+    if item.status is Status.SKIPPED:
+        return item.with_(status=Status.SUCCEEDED, detail="Done by the earlier run (confirmed by reading it back).")
+    if (item.status is Status.FAILED and row.action in ("delete-device", "delete-user")
+            and "not found" in item.detail.casefold()):
+        return item.with_(status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).")
+    return item
+
+
+def batches_of(steps: list[Step], size: int) -> list[list[Step]]:
+    """Steps grouped by ``batch_key`` into batches of at most ``size``, in row order."""
+    if size <= 1:
+        return [[step] for step in steps]
+    groups: dict[Hashable, list[Step]] = {}
+    for step in steps:
+        groups.setdefault(step.batch_key, []).append(step)
+    batches = [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
+    batches.sort(key=lambda batch: batch[0].index)
+    return batches

@@ -1,0 +1,160 @@
+"""Resume: which run a job continues, and the lock that keeps a job to one process.
+
+A job is recognised by its path, provider, URL, action and partition (its
+*identity*), not by the file's bytes; its rows by their content. So:
+
+* the same job, unchanged, after a crash or Ctrl-C: the run continues where
+  it stopped;
+* the job saved again in the meantime (other line endings, rows reordered,
+  rows added or changed): a new run takes over the earlier one, keeps every
+  row whose content the earlier run finished, and sends only the rest;
+* the same job after a run that went to the end: nothing is sent;
+* an outcome report run again: it retries what the report says failed.
+
+``--fresh`` ignores earlier runs; dry runs never continue one. A second
+process running the same job while the first still holds its lock sends
+nothing (a lock left by a process that is gone is taken over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .actions import normalise_action
+from .errors import JournalError
+from .journal import IN_FLIGHT, Journal, LockHolder, NewRow, RunInfo
+from .model import JobRow, Outcome, Status
+from .validate import ValidJob
+
+if TYPE_CHECKING:
+    from .engine import RunOptions
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRun:
+    """The run this process works on, and the rows it still has to do."""
+
+    run_id: int
+    #: rows to plan and send, in order
+    todo: list[JobRow]
+    #: rows whose request was in flight when an earlier run died (to reconcile)
+    in_flight_before: frozenset[int]
+    rows: int
+    resumed: bool
+    #: what to tell the person about an earlier run this one continues
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedBefore:
+    """The job already ran to its end: nothing is sent."""
+
+    run: RunInfo
+    counts: dict[str, int]
+
+
+def job_identity(options: RunOptions, url: str) -> str:
+    """The job as a person would name it: its path, where it runs, and with which action."""
+    parts = [
+        str(options.job.resolve()), options.provider.casefold(), url.rstrip("/"),
+        normalise_action(options.action) if options.action else "",
+        options.partition or options.env.get("BULKMDM_PARTITION_ID", ""),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@contextmanager
+def job_lock(journal: Journal, identity: str, *, dry_run: bool) -> Iterator[None]:
+    """Hold the job's lock while the run lasts; ``JournalError`` when another live process holds it."""
+    if dry_run:  # a dry run changes nothing, so it may run beside the real one
+        yield
+        return
+    holder = journal.lock(identity)
+    if holder is not None:
+        raise JournalError(_held(holder))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(JournalError):  # the error that ended the run says more than this one
+            journal.unlock(identity)
+
+
+def _held(holder: LockHolder) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.started))
+    run = f"run {holder.run_id}" if holder.run_id is not None else "another run"
+    return (f"This job is already running ({run}: process {holder.pid} on {holder.host}, started {started}); "
+            "nothing was sent. Wait for it to finish or stop it, then run again.")
+
+
+def open_run(journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str,
+             report_path: Path) -> OpenedRun | FinishedBefore:
+    """Continue the job's earlier run, take it over with the job's new content, or start a new one."""
+    previous = None if options.fresh or options.dry_run else journal.latest(identity)
+    if previous is not None and previous.finished is not None and job.is_report:
+        previous = None  # running a report again retries what it says failed
+    if previous is not None and previous.content == job.content:
+        if previous.finished is not None:
+            return FinishedBefore(previous, journal.counts(previous.id))
+        return _resume(journal, previous, job, report_path)
+    run_id = _create(journal, job, identity=identity, options=options, url=url, report_path=report_path)
+    if previous is None:
+        return OpenedRun(run_id, [e.row for e in job.entries if e.invalid is None and e.carried is None],
+                         frozenset(), len(job.entries), resumed=False)
+    return _take_over(journal, previous, run_id, job)
+
+
+def _resume(journal: Journal, run: RunInfo, job: ValidJob, report_path: Path) -> OpenedRun:
+    journal.set_report_path(run.id, str(report_path.resolve()))
+    journal.set_stop_reason(run.id, None)
+    in_flight = frozenset(journal.indices(run.id, IN_FLIGHT))
+    todo = sorted({*journal.to_send(run.id), *in_flight})
+    done = len(job.entries) - len(todo)
+    note = (f"Resuming run {run.id}: {done} of {len(job.entries)} rows were already done"
+            + (f"; {len(in_flight)} were in flight and will be checked" if in_flight else "")
+            + " (--fresh starts over).")
+    return OpenedRun(run.id, _rows(job, todo), in_flight, len(job.entries), resumed=True, note=note)
+
+
+def _take_over(journal: Journal, previous: RunInfo, run_id: int, job: ValidJob) -> OpenedRun | FinishedBefore:
+    """The job changed since ``previous``: keep what it finished, send the rest."""
+    carried = journal.carry_over(previous.id, run_id)
+    in_flight = frozenset(journal.indices(run_id, IN_FLIGHT))
+    to_send = journal.to_send(run_id)
+    if previous.finished is not None and not to_send and not in_flight:
+        # the same rows, saved again (reordered, other line endings): nothing new to do
+        journal.delete_run(run_id)
+        return FinishedBefore(previous, journal.counts(previous.id))
+    journal.supersede(previous.id, run_id)
+    ended = "finished" if previous.finished is not None else "stopped"
+    note = (f"The job changed since run {previous.id} {ended}: {carried - len(in_flight)} rows already done "
+            f"are kept, {len(to_send)} new rows will run"
+            + (f", {len(in_flight)} that were in flight will be checked" if in_flight else "")
+            + " (--fresh starts over).")
+    todo = sorted({*to_send, *in_flight})
+    return OpenedRun(run_id, _rows(job, todo), in_flight, len(job.entries), resumed=True, note=note)
+
+
+def _rows(job: ValidJob, indices: list[int]) -> list[JobRow]:
+    entries = job.entries
+    return [entries[i].row for i in indices if entries[i].invalid is None and entries[i].carried is None]
+
+
+def _create(journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str,
+            report_path: Path) -> int:
+    run_id = journal.create_run(
+        identity=identity, job_path=str(options.job.resolve()), content=job.content, provider=options.provider,
+        url=url, action=options.action, partition_id=options.partition, dry_run=options.dry_run,
+        headers=job.headers, delimiter=job.delimiter, report_path=str(report_path.resolve()),
+        rows=(NewRow(e.cells, e.row.action, e.digest, e.label) for e in job.entries),
+    )
+    journal.record_raw(run_id, ((i, e.carried) for i, e in enumerate(job.entries) if e.carried is not None))
+    journal.record(run_id, (Outcome(i, Status.INVALID, e.invalid) for i, e in enumerate(job.entries)
+                            if e.invalid is not None))
+    return run_id

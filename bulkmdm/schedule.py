@@ -1,0 +1,251 @@
+"""Schedule: the worker pool that sends the planned batches, and the stop.
+
+A bounded pool of workers pulls batches from the plan feed (no task per
+row). A batch's rows are marked in flight in the journal only when its first
+change is about to go out (``transport.about_to_change``), so a run killed
+while rows wait for a rate slot leaves them ``not-run``, not ``unknown``.
+
+The run stops (no new batch starts; requests in flight may finish) on the
+first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
+circuit breaker sees the MDM refuse change after change the same way or go
+away; the rows left unsent are ``not-run``. A second Ctrl-C abandons the
+requests in flight (their rows are ``unknown``).
+
+A real run starts with a canary: one worker sends the first few batches
+alone, and the pool widens to ``concurrency`` only once they show that not
+every change is refused the same way; a job that is wrong throughout is
+caught before it fans out. Canary and breaker look only at Outcomes
+(status, HTTP status, detail), so they need nothing from the providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
+from .events import Events
+from .model import Outcome, Status, Step, reason_key
+from .plan import PlanFeed
+from .transport import about_to_change
+
+Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
+
+INTERRUPTED = "Not sent: the run was interrupted first. Run the same command again to continue."
+CREDENTIALS_REFUSED = ("Not sent: the MDM refused the credentials during the run. Fix them, then run the same "
+                       "command again to continue.")
+
+
+#: batches the canary sends alone before the pool widens
+CANARY_BATCHES = 3
+#: batches in a row refused the same way (or without an answer) that stop the run
+BREAKER_BATCHES = 20
+
+
+class Breaker:
+    """Counts batches in a row that went wrong the same way: the same HTTP
+    status and reason, or no answer at all (the MDM gone away)."""
+
+    def __init__(self, threshold: int = BREAKER_BATCHES) -> None:
+        self.threshold = threshold
+        self.streak = 0
+        self._key: tuple[str, ...] | None = None
+        #: the detail of the first outcome of the streak (the MDM's own words)
+        self.example = ""
+
+    def observe(self, outcomes: Sequence[Outcome]) -> bool:
+        """Count one batch's outcomes; True when the run should stop."""
+        keys = {_refusal(outcome) for outcome in outcomes if outcome.status is not Status.NOT_RUN}
+        if not keys:
+            return False
+        key = keys.pop() if len(keys) == 1 else None
+        if key is None:
+            self.streak, self._key = 0, None
+        elif key == self._key:
+            self.streak += 1
+        else:
+            self.streak, self._key = 1, key
+            self.example = next(o.detail for o in outcomes if o.status is not Status.NOT_RUN)
+        return self.streak >= self.threshold
+
+    def why(self) -> str:
+        """The sentence that says why the run stopped, in the MDM's words."""
+        if self._key == ("no answer",):
+            return (f"The run stopped: the MDM did not answer {self.streak} changes in a row; it may be down or "
+                    f"unreachable (the first: {self.example.rstrip('.')}).")
+        return f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}"
+
+
+def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
+    """How a change went wrong, as the breaker compares it; None when it did not."""
+    if outcome.status not in (Status.FAILED, Status.UNKNOWN):
+        return None
+    if outcome.http_status is None:
+        return ("no answer",)
+    return (str(outcome.http_status), reason_key(outcome.detail))
+
+
+class Ledger(Protocol):
+    """Where the pool writes what happens to rows (the journal, for one run)."""
+
+    def mark_in_flight(self, indices: Sequence[int]) -> None: ...
+    def record(self, outcomes: Sequence[Outcome]) -> None: ...
+
+
+class Scheduler:
+    """Runs the worker pool for one run and owns its stop."""
+
+    def __init__(self, *, concurrency: int, events: Events, marks_in_flight: bool = True) -> None:
+        self.concurrency = max(1, concurrency)
+        self.events = events
+        #: dry runs change nothing, so nothing is ever in flight
+        self.marks_in_flight = marks_in_flight
+        self.stop = asyncio.Event()
+        #: the sentence rows left unsent show as their detail, once the run stops
+        self.stop_reason: str | None = None
+        #: the signal that stopped the run (SIGINT or SIGTERM), if any
+        self.signal: int | None = None
+        self.interrupts = 0
+        #: what stopped the run that no row could absorb (credentials refused, ...)
+        self.run_error: BulkMDMError | None = None
+        #: set once a batch has been sent (an answer or an error came back)
+        self.sent_any = False
+        self.workers: list[asyncio.Task[None]] = []
+        self.breaker = Breaker()
+        #: one sentence for the summary when the breaker stopped the run
+        self.breaker_stop: str | None = None
+        #: batches that came back; set once the canary is over
+        self.batches_done = 0
+        self.widened = asyncio.Event()
+
+    # -- the stop -------------------------------------------------------------
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    def stop_run(self, reason: str) -> None:
+        """No new batch starts from now on; ``reason`` is what unsent rows will say."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    def halt(self, exc: BulkMDMError) -> None:
+        """Stop the run for an error no row can absorb (credentials refused, a quota spent)."""
+        if self.run_error is None:
+            self.run_error = exc
+        why = str(exc).rstrip(".")
+        self.stop_run(CREDENTIALS_REFUSED if isinstance(exc, AuthError)
+                      else f"Not sent: the run stopped ({why}). Run the same command again to continue.")
+
+    def install_signals(self) -> Callable[[], None]:
+        """Handle Ctrl-C and SIGTERM while the run lasts; returns the function that undoes it."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+        def remove() -> None:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+        return remove
+
+    def _on_signal(self, signum: int) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.signal = signum
+            self.stop_run(INTERRUPTED)
+            self.events.message(
+                "Stopping: no new rows are started; waiting for requests in flight. Press Ctrl-C again to abandon them."
+            )
+        else:
+            for task in self.workers:
+                task.cancel()
+
+    # -- the pool -------------------------------------------------------------
+    async def run(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:
+        """Send every batch the feed gives, ``concurrency`` at a time, until it runs dry or the run stops."""
+        size = max(1, min(self.concurrency, feed.batches_hint()))
+        if not self.marks_in_flight:
+            self.widened.set()  # a dry run changes nothing: no canary
+        self.workers = [asyncio.ensure_future(self._work(feed, send, ledger, canary=number == 0))
+                        for number in range(size)]
+        try:
+            await asyncio.gather(*self.workers)
+        except asyncio.CancelledError:
+            if self.interrupts < 2:
+                raise
+        except BaseException:
+            for task in self.workers:
+                task.cancel()
+            raise
+
+    async def _work(self, feed: PlanFeed, send: Send, ledger: Ledger, *, canary: bool) -> None:
+        if not canary and not await self._canary_over():
+            return
+        while not self.stop.is_set():
+            batch = await feed.next_batch()
+            if batch is None:
+                self.widened.set()  # nothing more to send: let the waiting workers end
+                return
+            outcomes = await self._send(batch, send, ledger)
+            if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
+                raise RuntimeError("provider returned outcomes that do not match its batch")
+            ledger.record(outcomes)
+            self.events.advance(outcomes)
+            self._judge(outcomes)
+
+    async def _canary_over(self) -> bool:
+        """Wait until the canary is over; False when the run stopped first."""
+        stop_task = asyncio.ensure_future(self.stop.wait())
+        widened_task = asyncio.ensure_future(self.widened.wait())
+        try:
+            await asyncio.wait({stop_task, widened_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+            widened_task.cancel()
+        return not self.stop.is_set()
+
+    def _judge(self, outcomes: Sequence[Outcome]) -> None:
+        """Stop on a breaker trip; widen the pool once the canary shows not every change is refused."""
+        self.batches_done += 1
+        tripped = self.breaker.observe(outcomes)
+        if tripped and not self.stop.is_set():
+            self.breaker_stop = self.breaker.why()
+            self.stop_run(f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
+                          "Fix that, then run the same command again to continue.")
+        elif self.batches_done >= CANARY_BATCHES and self.breaker.streak < self.batches_done:
+            self.widened.set()
+
+    async def _send(self, batch: Sequence[Step], send: Send, ledger: Ledger) -> list[Outcome]:
+        """Send one batch, its rows marked in flight when its first change is about to go out."""
+        marked = False
+
+        def mark_batch_in_flight() -> None:
+            nonlocal marked
+            if not marked:
+                marked = True
+                ledger.mark_in_flight([step.index for step in batch])
+
+        token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
+        try:
+            outcomes = await send(batch)
+            self.sent_any = True
+            return outcomes
+        except (ConfirmationRefused, JournalError):
+            raise
+        except BulkMDMError as exc:
+            self.halt(exc)
+            # refused before the MDM did anything: these rows go again once the cause is fixed
+            fix = "Fix the credentials" if isinstance(exc, AuthError) else "Fix that"
+            detail = f"Not sent: {str(exc).rstrip('.')}. {fix}, then run the same command again to continue."
+            return [Outcome(step.index, Status.NOT_RUN, detail, getattr(exc, "status", None),
+                            getattr(exc, "attempts", 0), step.resolved) for step in batch]
+        finally:
+            about_to_change.reset(token)
+
