@@ -555,7 +555,13 @@ def template(action_name: str, provider: str | None, url: str | None, out: Path 
         provider = load_profile(profile, os.environ).provider
     spec = resolve_action(action_name, provider)
     path = out or Path(f"{spec.name}.xlsx")
-    choices = _template_choices(spec, profile, provider, url) if url and path.suffix.lower() == ".xlsx" else None
+    choices = None
+    if url and path.suffix.lower() == ".xlsx":
+        try:
+            choices = _template_choices(spec, profile, provider, url)
+        except BulkMDMError as exc:
+            # the template is still worth having: without the lists, the columns take any name
+            click.echo(f"No dropdowns: {str(exc).rstrip('.')}.", err=True)
     path = write_template(path, spec, provider=provider, choices=choices)
     click.echo(f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
                f"--action {spec.name} --dry-run ...", err=True)

@@ -123,8 +123,9 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         result = RunResult(opened.run_id, report, Counter(), 0, resumed=opened.resumed, rows=opened.rows)
         try:
             await _execute(journal, opened, provider, client, scheduler, options, events, result)
-        except ConfirmationRefused:
-            if not opened.resumed:  # declined: nothing was sent, so leave no run to resume
+        except (ConfirmationRefused, KeyboardInterrupt):
+            # declined, or Ctrl-C at the prompt: nothing was sent, so leave no run to resume
+            if not opened.resumed and not scheduler.sent_any:
                 journal.delete_run(opened.run_id)
             raise
         except JournalError as exc:
