@@ -224,6 +224,19 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     elif dry_run:
         click.echo("To run it for real, the same command without --dry-run:", err=True)
         click.echo("  " + _command(options.job, report=options.report), err=True)
+    _undo_story(result)
+
+
+def _undo_story(result: RunResult) -> None:
+    """What cannot be undone, then (the run's last line) the file that puts back the rest."""
+    undo = result.undo
+    if undo is None:
+        return
+    if undo.not_undoable:
+        what = ", ".join(f"{n} {action}" for action, n in sorted(undo.not_undoable.items()))
+        click.echo(f"Cannot be undone (left out of the undo file): {what}.", err=True)
+    if undo.path is not None:
+        click.echo(f"Undo file: {undo.path}")
 
 
 #: how the summary names several rows of a destructive action

@@ -27,7 +27,7 @@ from .journal import Journal, state_dir
 from .model import BAD_STATUSES, Outcome
 from .plan import PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
-from .report import RunSummary, write_run_report
+from .report import RunSummary, UndoFile, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .connect import Connection, make_client
@@ -83,6 +83,8 @@ class RunResult:
     stopped: str | None = None
     #: when the job had already run to its end (nothing was sent this time)
     finished_before: float | None = None
+    #: the job that puts back what the run changed, and what it cannot put back
+    undo: UndoFile | None = None
 
 
 def run_job(options: RunOptions, events: Events | None = None) -> RunResult:
@@ -249,6 +251,8 @@ def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result:
     if scheduler.stop_reason is not None:
         journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
     summary = write_run_report(journal, opened.run_id, result.report_path)
+    if not options.dry_run:
+        result.undo = write_undo_file(journal, opened.run_id, result.report_path)
     result.summary = summary
     result.counts = summary.counts
     if scheduler.signal is not None:

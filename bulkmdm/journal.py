@@ -32,7 +32,7 @@ from typing import Any
 from .errors import JournalError
 from .model import Outcome, Status
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -84,6 +84,9 @@ _MIGRATIONS: dict[int, str] = {
         host TEXT NOT NULL,
         started REAL NOT NULL
     );
+    """,
+    3: """
+    ALTER TABLE rows ADD COLUMN undo TEXT;
     """,
 }
 
@@ -401,15 +404,29 @@ class Journal:
         pending: the same command sends it when the run continues."""
         with self._tx():
             self.db.executemany(
-                "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?"
-                " WHERE run_id = ? AND idx = ?",
+                "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
+                " undo = ? WHERE run_id = ? AND idx = ?",
                 (
                     (PENDING if o.status is Status.NOT_RUN else DONE, str(o.status), o.detail,
-                     _text(o.http_status), _text(o.attempts or None), o.resolved, run_id, o.index)
+                     _text(o.http_status), _text(o.attempts or None), o.resolved,
+                     json.dumps(dict(o.undo)) if o.undo else None, run_id, o.index)
                     for o in outcomes
                 ),
             )
             self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
+
+    def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
+        """The run's succeeded rows, last first: (action, the row that undoes it or None)."""
+        cur = self.db.execute(
+            "SELECT action, undo FROM rows WHERE run_id = ? AND state = 'done' AND status = 'succeeded'"
+            " ORDER BY idx DESC",
+            (run_id,),
+        )
+        try:
+            for action, undo in cur:
+                yield action, (json.loads(undo) if undo else None)
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
 
     def record_raw(self, run_id: int, items: Iterable[tuple[int, Sequence[str]]]) -> None:
         """Record outcomes carried over as text (an earlier report's columns)."""

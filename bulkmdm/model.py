@@ -90,6 +90,8 @@ class Outcome:
     http_status: int | None = None
     attempts: int = 0
     resolved: str = ""
+    #: for a change made: the job row that puts back what was there before (Step.undo)
+    undo: Mapping[str, str] | None = None
 
     def with_(self, **changes: Any) -> Outcome:
         from dataclasses import replace

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .actions import ACTIONS
-from .columns import OUTCOME_COLUMNS
+from .columns import CANONICAL, OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
 from .model import BAD_STATUSES, Status, reason_key
 
@@ -349,3 +349,49 @@ def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None =
     with Journal(state_dir(state, env)) as journal:
         path = out or Path(journal.run(run_id).report_path)
         return write_run_report(journal, run_id, path)
+
+
+# -- the undo file -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UndoFile:
+    """What a run changed that can be put back, and what cannot."""
+
+    #: the job file that puts back what the run changed (None: nothing to undo)
+    path: Path | None
+    rows: int = 0
+    #: action -> changes made that cannot be undone (messages, locks, wipes, deletions...)
+    not_undoable: Counter[str] = field(default_factory=Counter)
+
+
+def undo_path(report: Path, job: Path) -> Path:
+    """``<job stem>.undo.<ext>`` beside the report (an undo of an undo stays one name)."""
+    stem = job.stem
+    for tail in (".undo", ".outcome", ".dryrun"):
+        stem = stem.removesuffix(tail)
+    return report.with_name(f"{stem}.undo{report.suffix}")
+
+
+def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
+    """Write the job that reverses this run's changes, last change first.
+
+    Only changes whose earlier state the provider read before changing them
+    are in it (a tag, a user, a group, an app, a ban, an attribute); the rest
+    are counted in ``not_undoable`` so the summary can name them.
+    """
+    run = journal.run(run_id)
+    undo_rows: list[dict[str, str]] = []
+    result = UndoFile(None)
+    for action, undo in journal.changes_made(run_id):
+        if undo:
+            undo_rows.append(undo)
+        else:
+            result.not_undoable[action or "?"] += 1
+    if not undo_rows:
+        return result
+    columns = ["action", *[c for c in CANONICAL if c != "action" and any(c in r for r in undo_rows)]]
+    path = undo_path(report, Path(run.job_path))
+    write_report(path, columns, ([row.get(c, "") for c in columns] for row in undo_rows), delimiter=run.delimiter)
+    result.path, result.rows = path, len(undo_rows)
+    return result

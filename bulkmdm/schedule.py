@@ -196,7 +196,7 @@ class Scheduler:
             outcomes = await self._send(batch, send, ledger)
             if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
                 raise RuntimeError("provider returned outcomes that do not match its batch")
-            ledger.record(outcomes)
+            ledger.record(_with_undo(batch, outcomes))
             self.events.advance(outcomes)
             self._judge(outcomes)
 
@@ -249,3 +249,8 @@ class Scheduler:
         finally:
             about_to_change.reset(token)
 
+
+def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:
+    """A change made carries the row that puts back what its step read before it."""
+    return [outcome.with_(undo=step.undo) if step.undo and outcome.status is Status.SUCCEEDED else outcome
+            for step, outcome in zip(batch, outcomes, strict=True)]
