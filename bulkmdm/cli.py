@@ -211,6 +211,9 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
         _failures(summary)
     if result.stopped:
         click.echo(result.stopped, err=True)
+    if result.undo is not None and result.undo.not_undoable:
+        what = ", ".join(f"{n} {action}" for action, n in sorted(result.undo.not_undoable.items()))
+        click.echo(f"Cannot be undone (left out of the undo file): {what}.", err=True)
     click.echo(f"Report: {result.report_path}", err=True)
     if result.exit_code in (130, 143):
         click.echo("Interrupted. To continue where it stopped, run the same command again:", err=True)
@@ -228,15 +231,9 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
 
 
 def _undo_story(result: RunResult) -> None:
-    """What cannot be undone, then (the run's last line) the file that puts back the rest."""
-    undo = result.undo
-    if undo is None:
-        return
-    if undo.not_undoable:
-        what = ", ".join(f"{n} {action}" for action, n in sorted(undo.not_undoable.items()))
-        click.echo(f"Cannot be undone (left out of the undo file): {what}.", err=True)
-    if undo.path is not None:
-        click.echo(f"Undo file: {undo.path}")
+    """The run's last line: the file that puts back what it changed."""
+    if result.undo is not None and result.undo.path is not None:
+        click.echo(f"Undo file: {result.undo.path}")
 
 
 #: how the summary names several rows of a destructive action

@@ -114,6 +114,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler)
         provider = provider_cls(client, Settings(url=url, env=options.env, partition=options.partition,
+                                                 calls_today=journal.calls_today(_tenant(provider_cls.name, url)),
                                                  batch_size=options.batch_size, dry_run=options.dry_run))
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
@@ -149,6 +150,11 @@ def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None =
     return RunResult(run_id, summary.path, summary.counts, 0, rows=summary.rows, summary=summary)
 
 
+def _tenant(provider: str, url: str) -> str:
+    """Whose API quota a run spends: one MDM, as the journal counts its calls per day."""
+    return f"{provider} {url.rstrip('/')}"
+
+
 def _client(provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler) -> Client:
     """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler."""
     connection = Connection(provider=provider_cls.name, url=url, env=options.env, partition=options.partition,
@@ -176,6 +182,9 @@ async def _execute(journal: Journal, opened: OpenedRun, provider: Provider, clie
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None
+        # counted across runs: a vendor's daily quota is the day's, not the run's
+        with contextlib.suppress(JournalError):
+            journal.add_calls(_tenant(provider.name, provider.settings.url), client.requests_sent)
 
 
 async def _plan_and_send(journal: Journal, opened: OpenedRun, provider: Provider, scheduler: Scheduler,
@@ -201,6 +210,8 @@ async def _plan_and_send(journal: Journal, opened: OpenedRun, provider: Provider
     await scheduler.run(feed, provider.check if options.dry_run else provider.execute, ledger)
     if options.dry_run:
         result.planned_requests = feed.planned_requests
+        if note := provider.quota_note():
+            events.message(note)
     if feed.error is not None:
         raise feed.error
     events.finish()

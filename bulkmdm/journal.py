@@ -87,6 +87,12 @@ _MIGRATIONS: dict[int, str] = {
     """,
     3: """
     ALTER TABLE rows ADD COLUMN undo TEXT;
+    CREATE TABLE calls (
+        tenant TEXT NOT NULL,
+        day TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (tenant, day)
+    );
     """,
 }
 
@@ -450,6 +456,22 @@ class Journal:
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
 
+    # -- API calls per tenant and day (vendors with a daily quota) ------------
+    def calls_today(self, tenant: str) -> int:
+        """API calls this user's runs made to ``tenant`` today (local day)."""
+        row = self.db.execute("SELECT count FROM calls WHERE tenant = ? AND day = ?", (tenant, _today())).fetchone()
+        return int(row[0]) if row else 0
+
+    def add_calls(self, tenant: str, count: int) -> None:
+        if count <= 0:
+            return
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO calls (tenant, day, count) VALUES (?, ?, ?)"
+                " ON CONFLICT (tenant, day) DO UPDATE SET count = count + excluded.count",
+                (tenant, _today(), count),
+            )
+
     # -- the lock per job ---------------------------------------------------
     def lock(self, identity: str) -> LockHolder | None:
         """Take the job's lock for this process; the holder if another live process has it.
@@ -541,6 +563,10 @@ def _process_start(pid: int) -> float | None:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d")
 
 
 def _text(value: object) -> str | None:

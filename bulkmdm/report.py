@@ -314,6 +314,8 @@ def outcome_values(record: RowRecord, stop_reason: str | None) -> list[str]:
                 record.resolved or ""]
     if record.state == "in_flight":
         return [str(Status.UNKNOWN), IN_FLIGHT_DETAIL, "", "", ""]
+    if record.status == str(Status.NOT_RUN) and record.detail:
+        return [str(Status.NOT_RUN), record.detail, "", "", record.resolved or ""]  # why this row was held back
     return [str(Status.NOT_RUN), stop_reason or NOT_RUN_DETAIL, "", "", ""]
 
 

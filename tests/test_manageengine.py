@@ -379,14 +379,14 @@ async def test_server_error_fails_the_batch_without_raising(sim: SimServer) -> N
     assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1  # a 500 is not split
 
 
-async def test_daily_budget_fails_rows_that_do_not_fit_up_front(sim: SimServer) -> None:
+async def test_daily_budget_leaves_rows_that_do_not_fit_not_run(sim: SimServer) -> None:
     inside = sorted(members(sim, GROUP["id"]))[:12]
     job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
                  for d in inside))
     # 20 a day, 10 kept for retries, 3 look-ups (devices, groups, members): 7 rows fit
     out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), job)
-    assert statuses(out) == ["succeeded"] * 7 + ["failed"] * 5
-    assert "Run the report again tomorrow" in out[7].detail and "15 API calls" in out[7].detail
+    assert statuses(out) == ["succeeded"] * 7 + ["not-run"] * 5
+    assert "Run the same command tomorrow" in out[7].detail and "15 API calls" in out[7].detail
     assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 7
     assert state(sim).calls_today == 10
 
@@ -759,3 +759,24 @@ def test_shipped_example_job_runs_against_the_default_simulator(tmp_path: Path, 
         assert [r["status"] for r in result.report] == ["succeeded"] * 4 + ["skipped"] + ["succeeded"] * 4
         # one POST for the four additions, one for the two installs, two DELETEs
         assert server.stats.mutating == 4
+
+
+def test_the_days_quota_is_counted_across_runs(sim: SimServer, run_cli: Any, tmp_path: Path) -> None:
+    """ManageEngine allows so many calls a day: a second run the same day counts the first one's calls,
+    shows the budget in its dry run, and leaves what does not fit not-run for the same command tomorrow."""
+    inside = sorted(members(sim, GROUP["id"]))
+    env = env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="30")
+    header = ["action", "serial", "group"]
+    first = write_csv(tmp_path / "first.csv", [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]]
+                                                       for d in inside[:5])])
+    res = run_cli(["run", str(first), "--provider", "manageengine", "--url", sim.url], env=env)
+    assert res.exit_code == 0, res.output  # 3 look-ups + 5 changes: 8 of today's 30
+    second = write_csv(tmp_path / "second.csv", [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]]
+                                                         for d in inside[5:25])])
+    dry = run_cli(["run", str(second), "--provider", "manageengine", "--url", sim.url, "--dry-run"], env=env)
+    assert "earlier runs used 8 today" in dry.output, dry.output
+    res = run_cli(["run", str(second), "--provider", "manageengine", "--url", sim.url], env=env)
+    statuses_ = [r["status"] for r in res.report]
+    # 30 a day, 10 kept for retries, 8 + 3 (the dry run's look-ups) + 3 used: 6 rows fit
+    assert statuses_ == ["succeeded"] * 6 + ["not-run"] * 14, res.output
+    assert res.exit_code == 1 and "Run the same command tomorrow" in res.report[-1]["detail"]

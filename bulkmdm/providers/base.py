@@ -68,6 +68,8 @@ class Settings:
     partition: str | None = None
     batch_size: int | None = None
     dry_run: bool = False
+    #: API calls earlier runs made to this MDM today (for vendors with a daily quota)
+    calls_today: int = 0
 
 
 class Provider(ABC):
@@ -222,6 +224,10 @@ class Provider(ABC):
     def requests_for(self, step: Step) -> int:
         """How many mutating requests a real run sends for this step (dry-run estimate)."""
         return 1
+
+    def quota_note(self) -> str | None:
+        """For a vendor with a daily API quota: how much of today's is left (shown after a dry run)."""
+        return None
 
     # -- export -------------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:

@@ -459,6 +459,8 @@ class ManageEngine(Provider):
         self.on_premises = isinstance(auth, ApiKeyAuth) or (
             not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip()))
         self.daily_limit = _daily_limit(settings.env)
+        #: API calls today: earlier runs', this run's look-ups, and what the planned rows need
+        self._needed = settings.calls_today
         pinned = client.base_url.casefold().endswith("/api/v1/mdm")
         #: what goes before every path: "mdm/" (on-premises, and the cloud as
         #: its public clients call it); "" once the cloud fell back to the doc's base
@@ -560,7 +562,8 @@ class ManageEngine(Provider):
         """API calls left in the day's budget (None: no budget)."""
         if self.daily_limit is None:
             return None
-        return self.daily_limit - max(10, self.daily_limit // 50) - self.client.requests_sent
+        return (self.daily_limit - max(10, self.daily_limit // 50) - self.settings.calls_today
+                - self.client.requests_sent)
 
     # -- planning -----------------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
@@ -831,7 +834,9 @@ class ManageEngine(Provider):
         if limit is None:
             return out
         lookups = self.client.requests_sent
-        room = limit - max(10, limit // 50) - lookups
+        earlier = self.settings.calls_today
+        room = limit - max(10, limit // 50) - lookups - earlier
+        self._needed = earlier + lookups
         size = self.batch_size()
         #: batch key -> (steps in it so far, whether its current batch fits)
         open_batches: dict[Any, tuple[int, bool]] = {}
@@ -851,15 +856,30 @@ class ManageEngine(Provider):
             if item.action in BATCHED:
                 open_batches[item.batch_key] = (filled + 1, ok)
             fits.append(ok)
+        self._needed += total
         if all(fits):
             return out
+        used = f"; earlier runs used {earlier:,} of them today" if earlier else ""
         detail = (
             f"Not sent: this job needs about {total + lookups:,} API calls ({lookups} look-ups included) and "
-            f"ManageEngine allows {limit:,} a day (keeping {max(10, limit // 50)} for retries); this row did not "
-            "fit. Run the report again tomorrow to send it (BULKMDM_DAILY_LIMIT sets your organisation's limit)."
+            f"ManageEngine allows {limit:,} a day (keeping {max(10, limit // 50)} for retries){used}; this row did "
+            "not fit. Run the same command tomorrow to continue (BULKMDM_DAILY_LIMIT sets your organisation's "
+            "limit)."
         )
-        return [item if ok or not isinstance(item, Step) else failed(item.row, detail, item.resolved)
+        # not-run, not failed: the journal keeps the row pending for the same command tomorrow
+        return [item if ok or not isinstance(item, Step)
+                else Outcome(item.index, Status.NOT_RUN, detail, resolved=item.resolved)
                 for item, ok in zip(out, fits, strict=True)]
+
+    def quota_note(self) -> str | None:
+        limit = self.daily_limit
+        if limit is None:
+            return None
+        earlier = self.settings.calls_today
+        return (f"ManageEngine's daily API budget: {limit:,} calls; earlier runs used {earlier:,} today, this job "
+                f"needs about {self._needed - earlier:,}, leaving about {max(0, limit - self._needed):,}.")
+
+
 
     # -- export and templates ------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
