@@ -56,6 +56,37 @@ ACTIONS: dict[str, ActionSpec] = {
     )
 }
 
+#: what a dry run says a step would do: {target} is the device or user, the
+#: other names are the row's columns as the job gave them
+_WOULD = {
+    "tag": "tag {target} with '{tag}'",
+    "untag": "remove tag '{tag}' from {target}",
+    "tag-user": "tag {target} with '{tag}'",
+    "untag-user": "remove tag '{tag}' from {target}",
+    "assign-user": "assign {target} to {user}",
+    "move-user": "move {target} to group '{group}'",
+    "add-to-group": "add {target} to group '{group}'",
+    "remove-from-group": "remove {target} from group '{group}'",
+    "install-app": "install '{app}' on {target}",
+    "remove-app": "remove '{app}' from {target}",
+    "message": "send {target} the message '{message}'",
+    "set-attribute": "set {attribute} to '{value}' on {target}",
+    "clear-passcode": "clear the passcode of {target}",
+    "inventory": "ask {target} for its inventory",
+    "checkin": "make {target} check in",
+}
+
+
+def would(step: Step) -> str:
+    """What a step would do, in full: "Would assign device X to sam@school.se."."""
+    row = step.row
+    fields = {name: row.get(name) for name in ("tag", "group", "app", "message", "attribute", "value")}
+    fields["user"] = row.get("user") or row.get("email")
+    template = _WOULD.get(step.action, step.action + " {target}")
+    text = template.format(target=step.target, **fields)
+    return f"Would {text}" + ("" if text.endswith(".") else ".")
+
+
 _ALIASES = {
     "force-checkin": "checkin",
     "check-in": "checkin",

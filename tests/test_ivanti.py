@@ -458,7 +458,7 @@ async def test_dry_run_asks_check_viability_and_changes_nothing(sim: SimServer) 
         out = await run(provider, job, dry_run=True)
     assert statuses(out) == ["planned", "planned", "planned", "failed", "planned"]
     assert "not eligible: DEVICE_RETIRED" in out[3].detail
-    assert out[0].detail == f"would wipe device {active[0]['serialNumber']}"
+    assert out[0].detail == f"Would wipe device {active[0]['serialNumber']}."
     assert sim.stats.mutating == 0
     assert sim.stats.by_route["GET /api/v1/device/wipe"] == 4  # one device a request, as the doc shows
     assert "GET /api/v1/device/unlock" not in sim.stats.by_route  # no documented check: planned as is

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from ..actions import would
 from ..errors import (
     AmbiguousError,
     BadAnswer,
@@ -352,7 +353,7 @@ class Index:
 
 
 def planned(step: Step, detail: str = "") -> Outcome:
-    return Outcome(step.index, Status.PLANNED, detail or f"would {step.action} {step.target}", resolved=step.resolved)
+    return Outcome(step.index, Status.PLANNED, detail or would(step), resolved=step.resolved)
 
 
 def skipped(row: JobRow, detail: str, resolved: str = "") -> Outcome:

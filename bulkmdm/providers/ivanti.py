@@ -640,7 +640,7 @@ class Ivanti(Provider):
         sends the command unchecked and its own answer decides)."""
         if spec.segment in self._no_viability:
             note = f" (the MDM offers no eligibility check for {spec.segment}; the real run sends it unchecked)"
-            return [planned(s, _planned(s).detail + note) for s in steps]
+            return [planned(s, _planned(s).detail[:-1] + note + ".") for s in steps]
         return await send_halving(steps, lambda part: self._check_part(spec, part), _refused_whole)
 
     async def _check_part(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
@@ -655,7 +655,7 @@ class Ivanti(Provider):
             self._no_viability.add(spec.segment)
             note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {resp.status}; "
                     "the real run sends it unchecked)")
-            return [planned(s, _planned(s).detail + note) for s in steps]
+            return [planned(s, _planned(s).detail[:-1] + note + ".") for s in steps]
         if not resp.ok or errors:
             unchecked = [Outcome(s.index, Status.UNKNOWN, _refusal(resp, errors, f"Could not check whether the MDM "
                                                                                  f"would {spec.verb} {s.target}"),
@@ -964,11 +964,11 @@ def _one_owner(who: str, owners: Mapping[str, Any]) -> Any:
 def _planned(step: Step) -> Outcome:
     p = step.params
     if step.action == "set-attribute":
-        return planned(step, f"would set {p['name']} to {p['value']!r} on {step.target}")
+        return planned(step, f"Would set {p['name']} to {p['value']!r} on {step.target}.")
     if step.action == "assign-user":
-        return planned(step, f"would reassign {step.target} to {p['who']}")
+        return planned(step, f"Would reassign {step.target} to {p['who']}.")
     spec = BULK.get(step.action)
-    return planned(step, f"would {spec.verb if spec else 'delete'} {step.target}")
+    return planned(step, f"Would {spec.verb if spec else 'delete'} {step.target}.")
 
 
 def _not_eligible(spec: _Bulk, step: Step, reason: str, resp: Response) -> Outcome:
