@@ -46,13 +46,16 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("inventory", (_DEVICE,), summary="ask a device for its inventory"),
         ActionSpec("clear-passcode", (_DEVICE,), summary="clear a device's passcode"),
         ActionSpec("message", (_DEVICE, ("message",)), summary="send a message to a device"),
-        ActionSpec("set-attribute", (_DEVICE, ("attribute",), ("value",)), verifiable=True,
-                   summary="set a device's custom attribute"),
+        ActionSpec(
+            "set-attribute",
+            (_DEVICE, ("attribute",), ("value",)),
+            verifiable=True,
+            summary="set a device's custom attribute",
+        ),
         ActionSpec("ban", (_DEVICE,), verifiable=True, summary="ban a device"),
         ActionSpec("unban", (_DEVICE,), verifiable=True, summary="reinstate a banned device"),
         ActionSpec("delete-device", (_DEVICE,), destructive=True, verifiable=True, summary="delete a device"),
-        ActionSpec("delete-user", (("email", "user_id"),), destructive=True, verifiable=True,
-                   summary="delete a user"),
+        ActionSpec("delete-user", (("email", "user_id"),), destructive=True, verifiable=True, summary="delete a user"),
     )
 }
 

@@ -50,7 +50,9 @@ class _Group(click.Group):
             path = _crash_log(exc)
             click.echo(
                 f"Error: bulkmdm hit an internal error ({type(exc).__name__}). The journal keeps every finished "
-                f"row; run the same command again to continue. Details for a bug report: {path}", err=True)
+                f"row; run the same command again to continue. Details for a bug report: {path}",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -93,40 +95,83 @@ def main() -> None:
 
 def profile_option(command: Any) -> Any:
     """``--profile NAME`` for every command that talks to an MDM (see bulkmdm.config.resolve_target)."""
-    return click.option("--profile", "-P", metavar="NAME",
-                        help="Take provider, url, partition, rate and concurrency from [profiles.NAME] in "
-                             "config.toml (flags win), and credentials the environment lacks from the OS keyring "
-                             "(`bulkmdm login`).")(command)
+    return click.option(
+        "--profile",
+        "-P",
+        metavar="NAME",
+        help="Take provider, url, partition, rate and concurrency from [profiles.NAME] in "
+        "config.toml (flags win), and credentials the environment lacks from the OS keyring "
+        "(`bulkmdm login`).",
+    )(command)
 
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--provider", "-p", metavar="NAME",
-              help="The MDM: duostation, manageengine, ivanti or banyan (or from --profile).")
+@click.option(
+    "--provider", "-p", metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan (or from --profile)."
+)
 @click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...; or from --profile).")
 @click.option("--action", "-a", metavar="ACTION", help="Do this action on every row (else each row's action column).")
-@click.option("--report", "-o", type=click.Path(path_type=Path), metavar="OUT",
-              help="Where the outcome report goes (.csv or .xlsx). Default: JOB's name + .outcome.")
+@click.option(
+    "--report",
+    "-o",
+    type=click.Path(path_type=Path),
+    metavar="OUT",
+    help="Where the outcome report goes (.csv or .xlsx). Default: JOB's name + .outcome.",
+)
 @click.option("--dry-run", is_flag=True, help="Check every row and look-up; send nothing that changes anything.")
-@click.option("--yes", "-y", is_flag=True, help="Confirm destructive actions (wipe, retire, delete-device, delete-user).")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Confirm destructive actions (wipe, retire, delete-device, delete-user)."
+)
 @click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min ('none': no limit).")
 @click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S",
-              help="Seconds one request may take before the attempt counts as failed.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds one request may take before the attempt counts as failed.",
+)
 @click.option("--fresh", is_flag=True, help="Ignore what an earlier run of the same job recorded; start over.")
-@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Where the journal lives (default: your user state folder, or BULKMDM_STATE_DIR).")
-@click.option("--max-destructive", type=int, metavar="N", help="Refuse a job that would wipe/retire/delete more than N.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Where the journal lives (default: your user state folder, or BULKMDM_STATE_DIR).",
+)
+@click.option(
+    "--max-destructive", type=int, metavar="N", help="Refuse a job that would wipe/retire/delete more than N."
+)
 @click.option("--batch-size", type=int, metavar="N", help="Most devices in one bulk request (Ivanti).")
-@click.option("--resend-unknown", is_flag=True,
-              help="On resume, resend rows whose request was in flight when the run died (may do them twice).")
+@click.option(
+    "--resend-unknown",
+    is_flag=True,
+    help="On resume, resend rows whose request was in flight when the run died (may do them twice).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
 @profile_option
-def run(job: Path, provider: str | None, url: str | None, action: str | None, report: Path | None, dry_run: bool,
-        yes: bool, concurrency: int | None, rate: str | None, partition: str | None, timeout: float, fresh: bool,
-        state_dir: Path | None, max_destructive: int | None, batch_size: int | None, resend_unknown: bool,
-        verbose: bool, profile: str | None) -> None:
+def run(
+    job: Path,
+    provider: str | None,
+    url: str | None,
+    action: str | None,
+    report: Path | None,
+    dry_run: bool,
+    yes: bool,
+    concurrency: int | None,
+    rate: str | None,
+    partition: str | None,
+    timeout: float,
+    fresh: bool,
+    state_dir: Path | None,
+    max_destructive: int | None,
+    batch_size: int | None,
+    resend_unknown: bool,
+    verbose: bool,
+    profile: str | None,
+) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
 
     Credentials come from the environment: BULKMDM_USERNAME and BULKMDM_PASSWORD
@@ -141,15 +186,29 @@ def run(job: Path, provider: str | None, url: str | None, action: str | None, re
     from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
 
-    target = resolve_target(profile, provider=provider, url=url, partition=partition, rate=rate,
-                            concurrency=concurrency, env=os.environ)
+    target = resolve_target(
+        profile, provider=provider, url=url, partition=partition, rate=rate, concurrency=concurrency, env=os.environ
+    )
     env = environment_for(target, os.environ)
     if verbose:
         _log_to_stderr(env)
     options = RunOptions(
-        job=job, provider=target.provider, url=target.url, action=action, report=report, dry_run=dry_run, yes=yes,
-        concurrency=target.concurrency, rate=target.rate, partition=target.partition, timeout=timeout, fresh=fresh,
-        state_dir=state_dir, max_destructive=max_destructive, batch_size=batch_size, resend_unknown=resend_unknown,
+        job=job,
+        provider=target.provider,
+        url=target.url,
+        action=action,
+        report=report,
+        dry_run=dry_run,
+        yes=yes,
+        concurrency=target.concurrency,
+        rate=target.rate,
+        partition=target.partition,
+        timeout=timeout,
+        fresh=fresh,
+        state_dir=state_dir,
+        max_destructive=max_destructive,
+        batch_size=batch_size,
+        resend_unknown=resend_unknown,
         env=env,
     )
     events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
@@ -161,8 +220,14 @@ def run(job: Path, provider: str | None, url: str | None, action: str | None, re
     sys.exit(result.exit_code)
 
 
-SECRET_VARIABLES = ("BULKMDM_PASSWORD", "BULKMDM_API_KEY", "BULKMDM_TOKEN", "BULKMDM_CLIENT_SECRET",
-                    "BULKMDM_REFRESH_TOKEN", "BULKMDM_CLIENT_ID")
+SECRET_VARIABLES = (
+    "BULKMDM_PASSWORD",
+    "BULKMDM_API_KEY",
+    "BULKMDM_TOKEN",
+    "BULKMDM_CLIENT_SECRET",
+    "BULKMDM_REFRESH_TOKEN",
+    "BULKMDM_CLIENT_ID",
+)
 
 
 class _RedactingEcho(logging.Handler):
@@ -205,8 +270,11 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     if dry_run and summary is not None:
         _dry_run_story(summary)
     if dry_run and result.planned_requests is not None:
-        click.echo(f"The real run will send {result.planned_requests} request(s) that change something "
-                   f"(this dry run made {result.requests} read-only request(s)).", err=True)
+        click.echo(
+            f"The real run will send {result.planned_requests} request(s) that change something "
+            f"(this dry run made {result.requests} read-only request(s)).",
+            err=True,
+        )
     if summary is not None and summary.failures:
         _failures(summary)
     if result.stopped:
@@ -237,8 +305,12 @@ def _undo_story(result: RunResult) -> None:
 
 
 #: how the summary names several rows of a destructive action
-_DESTROYS = {"wipe": "wipes", "retire": "retirements", "delete-device": "device deletions",
-             "delete-user": "user deletions"}
+_DESTROYS = {
+    "wipe": "wipes",
+    "retire": "retirements",
+    "delete-device": "device deletions",
+    "delete-user": "user deletions",
+}
 
 
 def _dry_run_story(summary: Any) -> None:
@@ -249,8 +321,7 @@ def _dry_run_story(summary: Any) -> None:
     for action, names in sorted(summary.destructive.items()):
         n = summary.destructive_counts[action]
         more = ", ..." if n > len(names) else ""
-        click.echo(f"  {n} {_DESTROYS.get(action, action) if n != 1 else action}: {', '.join(names)}{more}",
-                   err=True)
+        click.echo(f"  {n} {_DESTROYS.get(action, action) if n != 1 else action}: {', '.join(names)}{more}", err=True)
 
 
 def _failures(summary: Any, shown: int = 8) -> None:
@@ -268,8 +339,9 @@ def _failures(summary: Any, shown: int = 8) -> None:
 def _already_finished(result: RunResult, options: Any) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.finished_before or 0))
     parts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-    click.echo(f"This job already ran to the end (run {result.run_id}, finished {when}: {parts}); "
-               "nothing was sent.", err=True)
+    click.echo(
+        f"This job already ran to the end (run {result.run_id}, finished {when}: {parts}); nothing was sent.", err=True
+    )
     click.echo(f"Report (kept): {result.report_path}", err=True)
     if result.exit_code:
         click.echo("To retry what did not succeed, run the report:", err=True)
@@ -401,23 +473,33 @@ class TerminalEvents(PlainEvents):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.progress = Progress(
-            TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[good]} ok[/] [dim]{task.fields[skipped]} skipped[/] "
-                       "[red]{task.fields[failed]} failed {task.fields[invalid]} invalid[/]"),
-            TextColumn("{task.fields[speed]}"), TextColumn("[cyan]{task.fields[eta]}"),
-            console=Console(stderr=True), transient=False,
+            TextColumn("[bold]rows"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "[green]{task.fields[good]} ok[/] [dim]{task.fields[skipped]} skipped[/] "
+                "[red]{task.fields[failed]} failed {task.fields[invalid]} invalid[/]"
+            ),
+            TextColumn("{task.fields[speed]}"),
+            TextColumn("[cyan]{task.fields[eta]}"),
+            console=Console(stderr=True),
+            transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("rows", total=total, completed=sum(self.counts.values()),
-                                           **self._fields(time.monotonic()))
+        self.task = self.progress.add_task(
+            "rows", total=total, completed=sum(self.counts.values()), **self._fields(time.monotonic())
+        )
 
     def _fields(self, now: float) -> dict[str, Any]:
         counts = self.counts
         speed, eta = self.speed_and_eta(now)
         return {
-            "good": sum(counts[k] for k in _GOOD), "skipped": counts["skipped"],
-            "failed": sum(counts[k] for k in _BAD), "invalid": counts["invalid"],
-            "speed": f"{speed:.1f} rows/s", "eta": f"ETA {_clock(eta)}" if eta is not None else "ETA --:--",
+            "good": sum(counts[k] for k in _GOOD),
+            "skipped": counts["skipped"],
+            "failed": sum(counts[k] for k in _BAD),
+            "invalid": counts["invalid"],
+            "speed": f"{speed:.1f} rows/s",
+            "eta": f"ETA {_clock(eta)}" if eta is not None else "ETA --:--",
         }
 
     def advance(self, outcomes: Sequence[Outcome]) -> None:
@@ -521,36 +603,53 @@ def login(profile: str) -> None:
 
     chosen = load_profile(profile, os.environ)
     if not chosen.provider:
-        raise ConfigError(f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
-                          "provider = \"duostation\" (or manageengine, ivanti, banyan) to it.")
+        raise ConfigError(
+            f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
+            'provider = "duostation" (or manageengine, ivanti, banyan) to it.'
+        )
     sets = credential_sets(chosen.provider)
     if not sets:
-        raise ConfigError(f"{chosen.provider} does not say which credentials it reads, so there is nothing to store; "
-                          "set its variables in the environment instead.")
+        raise ConfigError(
+            f"{chosen.provider} does not say which credentials it reads, so there is nothing to store; "
+            "set its variables in the environment instead."
+        )
     keyring_backend(" or ".join(" and ".join(names) for names in sets))  # no backend: say so before asking
     variables = sets[0]
     if len(sets) > 1:
         for number, names in enumerate(sets, start=1):
             click.echo(f"  {number}: {', '.join(names)}", err=True)
-        choice = click.prompt(f"Which credentials does {chosen.provider} use here", type=click.IntRange(1, len(sets)),
-                              default=1, err=True)
+        choice = click.prompt(
+            f"Which credentials does {chosen.provider} use here", type=click.IntRange(1, len(sets)), default=1, err=True
+        )
         variables = sets[choice - 1]
     values = {}
     for variable in variables:
         secret = not variable.endswith("USERNAME")
         values[variable] = click.prompt(variable, hide_input=secret, err=True).strip()
     store_secrets(profile, values)
-    click.echo(f"Stored {', '.join(values)} for profile {profile!r} in the OS keyring; the environment still wins "
-               "when it sets them.", err=True)
+    click.echo(
+        f"Stored {', '.join(values)} for profile {profile!r} in the OS keyring; the environment still wins "
+        "when it sets them.",
+        err=True,
+    )
 
 
 @main.command()
 @click.argument("action_name", metavar="ACTION")
 @click.option("--provider", "-p", metavar="NAME", help="Check that this MDM can do ACTION (or from --profile).")
-@click.option("--url", "-u", metavar="URL",
-              help="Read the MDM's tags, groups and apps and offer them as dropdowns (or from --profile).")
-@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
-              help="Where to write it (.xlsx or .csv). Default: ACTION.xlsx here.")
+@click.option(
+    "--url",
+    "-u",
+    metavar="URL",
+    help="Read the MDM's tags, groups and apps and offer them as dropdowns (or from --profile).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Where to write it (.xlsx or .csv). Default: ACTION.xlsx here.",
+)
 @profile_option
 def template(action_name: str, provider: str | None, url: str | None, out: Path | None, profile: str | None) -> None:
     """Write an empty job file for ACTION: its columns as the header, and in
@@ -573,8 +672,11 @@ def template(action_name: str, provider: str | None, url: str | None, out: Path 
             # the template is still worth having: without the lists, the columns take any name
             click.echo(f"No dropdowns: {str(exc).rstrip('.')}.", err=True)
     path = write_template(path, spec, provider=provider, choices=choices)
-    click.echo(f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
-               f"--action {spec.name} --dry-run ...", err=True)
+    click.echo(
+        f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "
+        f"--action {spec.name} --dry-run ...",
+        err=True,
+    )
 
 
 def _template_choices(spec: Any, profile: str | None, provider: str | None, url: str) -> dict[str, list[str]]:
@@ -701,15 +803,30 @@ def actions() -> None:
 @main.command()
 @click.option("--provider", "-p", metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan.")
 @click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...).")
-@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
-              help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.",
+)
 @click.option("--action", "-a", metavar="ACTION", help="Add an action column with this action: the file is a job.")
 @click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take.")
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."
+)
 @profile_option
-def export(provider: str | None, url: str | None, out: Path | None, action: str | None, partition: str | None,
-           rate: str | None, timeout: float, profile: str | None) -> None:
+def export(
+    provider: str | None,
+    url: str | None,
+    out: Path | None,
+    action: str | None,
+    partition: str | None,
+    rate: str | None,
+    timeout: float,
+    profile: str | None,
+) -> None:
     """Write every device of the MDM to a sheet, one row each (serial, device_id, name, model, user ...).
 
     Add an action column (or pass --action) and the file is a job for `bulkmdm run`.
@@ -722,30 +839,50 @@ def export(provider: str | None, url: str | None, out: Path | None, action: str 
     connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
     path = out or default_path(connection.provider)
     click.echo(f"Reading the devices of {connection.url} ...", err=True)
-    count = asyncio.run(export_devices(connection, path, action=action,
-                                       progress=lambda n: click.echo(f"{n} devices ...", err=True)))
+    count = asyncio.run(
+        export_devices(connection, path, action=action, progress=lambda n: click.echo(f"{n} devices ...", err=True))
+    )
     click.echo(f"{count} devices written to {path}.")
 
 
-def _connection(profile: str | None, *, provider: str | None, url: str | None, partition: str | None = None,
-                rate: str | None = None, timeout: float = 30.0) -> Any:
+def _connection(
+    profile: str | None,
+    *,
+    provider: str | None,
+    url: str | None,
+    partition: str | None = None,
+    rate: str | None = None,
+    timeout: float = 30.0,
+) -> Any:
     """The MDM a command talks to: flags over the profile, credentials from the environment or the keyring."""
     from .config import environment_for, resolve_target
     from .connect import Connection
     from .validate import check_url
 
     target = resolve_target(profile, provider=provider, url=url, env=os.environ, partition=partition, rate=rate)
-    return Connection(provider=target.provider, url=check_url(target.url), env=environment_for(target, os.environ),
-                      partition=target.partition, rate=target.rate, concurrency=target.concurrency, timeout=timeout)
+    return Connection(
+        provider=target.provider,
+        url=check_url(target.url),
+        env=environment_for(target, os.environ),
+        partition=target.partition,
+        rate=target.rate,
+        concurrency=target.concurrency,
+        timeout=timeout,
+    )
 
 
 # -- simulators and demo ----------------------------------------------------
 
 
 @main.command()
-@click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"],
-                                              case_sensitive=False))
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"], case_sensitive=False))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
 @click.option("--devices", type=int, default=3000, show_default=True, help="How many devices to seed.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed for the fake fleet.")
 @click.option("--username", default="admin", show_default=True, help="Basic-auth user name it accepts.")
@@ -757,25 +894,57 @@ def _connection(profile: str | None, *, provider: str | None, url: str | None, p
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
 @click.option("--slow-rate", type=float, default=0.0, help="Fraction answered only after --slow-seconds.")
 @click.option("--slow-seconds", type=float, default=5.0, help="How slow a slow answer is.")
-@click.option("--partition", type=click.IntRange(min=0), default=1, show_default=True, metavar="ID",
-              help="ivanti: the device space id (dmPartitionId) it serves; pass the same to "
-                   "`bulkmdm run --partition ID` (or set BULKMDM_PARTITION_ID).")
-@click.option("--real", "--me-real", "real", is_flag=True,
-              help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
-                   "only in GET /v2/enduser, object bodies only, /v1/delete_device only; ivanti: device searches "
-                   "in check-in order that moves while you page, sortFields honoured; manageengine: the cloud API "
-                   "under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).")
-def sim(provider: str, port: int, devices: int, seed: int, username: str, password: str, latency: float,
-        rate_limit: float | None, error_rate: float, drop_rate: float, drop_after_rate: float, slow_rate: float,
-        slow_seconds: float, partition: int, real: bool) -> None:
+@click.option(
+    "--partition",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    metavar="ID",
+    help="ivanti: the device space id (dmPartitionId) it serves; pass the same to "
+    "`bulkmdm run --partition ID` (or set BULKMDM_PARTITION_ID).",
+)
+@click.option(
+    "--real",
+    "--me-real",
+    "real",
+    is_flag=True,
+    help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
+    "only in GET /v2/enduser, object bodies only, /v1/delete_device only; ivanti: device searches "
+    "in check-in order that moves while you page, sortFields honoured; manageengine: the cloud API "
+    "under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).",
+)
+def sim(
+    provider: str,
+    port: int,
+    devices: int,
+    seed: int,
+    username: str,
+    password: str,
+    latency: float,
+    rate_limit: float | None,
+    error_rate: float,
+    drop_rate: float,
+    drop_after_rate: float,
+    slow_rate: float,
+    slow_seconds: float,
+    partition: int,
+    real: bool,
+) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
     from .sim import load
     from .sim.common import Faults, serve_forever
 
-    faults = Faults(latency=latency, rate_limit=rate_limit, error_rate=error_rate, drop_rate=drop_rate,
-                    drop_after_rate=drop_after_rate, slow_rate=slow_rate, slow_seconds=slow_seconds)
+    faults = Faults(
+        latency=latency,
+        rate_limit=rate_limit,
+        error_rate=error_rate,
+        drop_rate=drop_rate,
+        drop_after_rate=drop_after_rate,
+        slow_rate=slow_rate,
+        slow_seconds=slow_seconds,
+    )
     make_app = load(provider.casefold())
     accepts = inspect.signature(make_app).parameters
     behaviour: dict[str, Any] = {"real": True} if real else {}
@@ -787,7 +956,7 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
 
     creds = {
         "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
-                        "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
+        "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
         "banyan": "BULKMDM_TOKEN=banyan-token",
     }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
     if provider.casefold() == "ivanti":
@@ -805,13 +974,19 @@ def sim(provider: str, port: int, devices: int, seed: int, username: str, passwo
 
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise UsageError(f"Port {port} on 127.0.0.1 is already in use; pick another with --port "
-                         "(--port 0 takes any free one).") from None
+        raise UsageError(
+            f"Port {port} on 127.0.0.1 is already in use; pick another with --port (--port 0 takes any free one)."
+        ) from None
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bulkmdm-demo"), show_default=True,
-              help="Folder for the demo's job files and reports.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bulkmdm-demo"),
+    show_default=True,
+    help="Folder for the demo's job files and reports.",
+)
 def demo(out: Path) -> None:
     """Start the built-in simulators and run the example jobs against them."""
     from .demo import run_demo
@@ -823,10 +998,19 @@ def demo(out: Path) -> None:
 
 
 @main.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
-              help="Port on 127.0.0.1 (0: any free port).")
-@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Where the journal and uploaded jobs live (default: your user state folder).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Where the journal and uploaded jobs live (default: your user state folder).",
+)
 @click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
 def serve(port: int, state_dir: Path | None, no_browser: bool) -> None:
     """Do the whole job on a local web page: pick a file, dry run, confirm, watch it run, download the report,
@@ -839,8 +1023,9 @@ def serve(port: int, state_dir: Path | None, no_browser: bool) -> None:
     from .web import serve as serve_web
 
     try:
-        serve_web(resolve(state_dir, os.environ), port=port, open_browser=not no_browser,
-                  echo=lambda text: click.echo(text))
+        serve_web(
+            resolve(state_dir, os.environ), port=port, open_browser=not no_browser, echo=lambda text: click.echo(text)
+        )
     except KeyboardInterrupt:
         click.echo("bulkmdm serve stopped.", err=True)
 

@@ -82,8 +82,10 @@ def disagreement(line: int, headers: Sequence[str], positions: Sequence[int], ce
         name = f"column {position + 1} '{headers[position].strip()}'" if twins else f"'{headers[position].strip()}'"
         return f"{name} " + (f"says '{value}'" if value else "is blank")
 
-    return (f"line {line} has two columns that mean {canonical(headers[first])}, and they differ: {says(first)} "
-            f"but {says(other)}; make them agree or delete one of the two columns.")
+    return (
+        f"line {line} has two columns that mean {canonical(headers[first])}, and they differ: {says(first)} "
+        f"but {says(other)}; make them agree or delete one of the two columns."
+    )
 
 
 #: every name a header may have, as written in ALIASES (the suggestions offered)
@@ -126,8 +128,10 @@ def header_notes(headers: Sequence[str]) -> list[str]:
             continue
         suggestion = closest(header)
         if suggestion:
-            notes.append(f"'{header.strip()}' is not a column bulkmdm knows; did you mean '{suggestion}'? "
-                         "(It is kept in the report as it is.)")
+            notes.append(
+                f"'{header.strip()}' is not a column bulkmdm knows; did you mean '{suggestion}'? "
+                "(It is kept in the report as it is.)"
+            )
         else:
             unused.append(f"'{header.strip()}'")
     if unused:

@@ -120,17 +120,27 @@ def load_profile(name: str, env: Mapping[str, str]) -> Profile:
     if name in tables:
         return _profile(name, tables[name], text, path)
     if not text:
-        raise ConfigError(f"There is no profile {name!r}: {path} does not exist; create it with a [profiles.{name}] "
-                          "table that sets provider and url.")
+        raise ConfigError(
+            f"There is no profile {name!r}: {path} does not exist; create it with a [profiles.{name}] "
+            "table that sets provider and url."
+        )
     if not tables:
         raise ConfigError(
-            f"There is no profile {name!r}: {path} has none; add a [profiles.{name}] table with provider and url.")
+            f"There is no profile {name!r}: {path} has none; add a [profiles.{name}] table with provider and url."
+        )
     raise ConfigError(f"There is no profile {name!r} in {path}; it has: {', '.join(sorted(tables))}.")
 
 
-def resolve_target(profile_name: str | None, *, provider: str | None, url: str | None,
-                   env: Mapping[str, str], partition: str | None = None, rate: str | None = None,
-                   concurrency: int | None = None) -> Target:
+def resolve_target(
+    profile_name: str | None,
+    *,
+    provider: str | None,
+    url: str | None,
+    env: Mapping[str, str],
+    partition: str | None = None,
+    rate: str | None = None,
+    concurrency: int | None = None,
+) -> Target:
     """Merge a profile's values under the flags given on the command line.
 
     Any command that talks to an MDM (run, export, template, serve) calls this
@@ -142,12 +152,16 @@ def resolve_target(profile_name: str | None, *, provider: str | None, url: str |
     missing = [flag for flag, value in (("--provider", chosen_provider), ("--url", chosen_url)) if not value]
     if missing:
         them = "them" if len(missing) > 1 else "it"
-        where = (f"profile {profile_name!r} does not set {them} either" if profile_name
-                 else f"or name a profile that sets {them} with --profile NAME")
+        where = (
+            f"profile {profile_name!r} does not set {them} either"
+            if profile_name
+            else f"or name a profile that sets {them} with --profile NAME"
+        )
         raise UsageError(f"Give {' and '.join(missing)} ({where}).")
     assert chosen_provider is not None and chosen_url is not None
     return Target(
-        provider=chosen_provider.strip().casefold(), url=chosen_url.strip(),
+        provider=chosen_provider.strip().casefold(),
+        url=chosen_url.strip(),
         partition=partition if partition is not None else profile.partition,
         rate=rate if rate is not None else profile.rate,
         concurrency=concurrency if concurrency is not None else profile.concurrency,
@@ -161,19 +175,24 @@ def resolve_target(profile_name: str | None, *, provider: str | None, url: str |
 def _tables(document: Mapping[str, Any], text: str, path: Path) -> dict[str, dict[str, Any]]:
     for key in document:
         if key != "profiles":
-            raise ConfigError(f"{path}{_at(text, None, key)}: {key!r} is not a setting bulkmdm knows; "
-                              "put settings in a [profiles.NAME] table.")
+            raise ConfigError(
+                f"{path}{_at(text, None, key)}: {key!r} is not a setting bulkmdm knows; "
+                "put settings in a [profiles.NAME] table."
+            )
     tables = document.get("profiles", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}{_at(text, None, 'profiles')}: 'profiles' must be tables like [profiles.NAME].")
     profiles: dict[str, dict[str, Any]] = {}
     for name, table in tables.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}{_at(text, 'profiles', name)}: profile {name!r} must be a table, "
-                              f"written [profiles.{name}].")
+            raise ConfigError(
+                f"{path}{_at(text, 'profiles', name)}: profile {name!r} must be a table, written [profiles.{name}]."
+            )
         if not _PROFILE_NAME.match(name):
-            raise ConfigError(f"{path}{_at(text, f'profiles.{name}', None)}: {name!r} is not a usable profile name; "
-                              "use letters, digits, '-', '_' and '.'.")
+            raise ConfigError(
+                f"{path}{_at(text, f'profiles.{name}', None)}: {name!r} is not a usable profile name; "
+                "use letters, digits, '-', '_' and '.'."
+            )
         profiles[name] = table
     return profiles
 
@@ -184,11 +203,14 @@ def _profile(name: str, table: Mapping[str, Any], text: str, path: Path) -> Prof
     for key, value in table.items():
         where = f"{path}{_at(text, section, key)}"
         if _SECRET_KEY.search(key):
-            raise ConfigError(f"{where}: secrets are never read from {path.name}; remove {key!r} and store them "
-                              f"in the OS keyring with `bulkmdm login --profile {name}`.")
+            raise ConfigError(
+                f"{where}: secrets are never read from {path.name}; remove {key!r} and store them "
+                f"in the OS keyring with `bulkmdm login --profile {name}`."
+            )
         if key not in PROFILE_KEYS:
-            raise ConfigError(f"{where}: {key!r} is not a profile setting; a profile may set "
-                              f"{', '.join(PROFILE_KEYS)}.")
+            raise ConfigError(
+                f"{where}: {key!r} is not a profile setting; a profile may set {', '.join(PROFILE_KEYS)}."
+            )
         values[key] = _checked(key, value, where)
     return Profile(name=name, **values)
 
@@ -208,8 +230,9 @@ def _checked(key: str, value: Any, where: str) -> Any:
         from . import providers
 
         if value.casefold() not in providers.names():
-            raise ConfigError(f"{where}: provider {value!r} is not one bulkmdm knows; use one of "
-                              f"{', '.join(providers.names())}.")
+            raise ConfigError(
+                f"{where}: provider {value!r} is not one bulkmdm knows; use one of {', '.join(providers.names())}."
+            )
     elif key == "url" and not value.startswith(("https://", "http://")):
         raise ConfigError(f"{where}: url {value!r} must start with https:// (or http:// for a local server).")
     elif key == "rate":
@@ -223,7 +246,10 @@ def _checked(key: str, value: Any, where: str) -> Any:
 
 
 _EXAMPLES = {
-    "provider": '"duostation"', "url": '"https://mdm.example.com"', "partition": '"1"', "rate": '"100/min"',
+    "provider": '"duostation"',
+    "url": '"https://mdm.example.com"',
+    "partition": '"1"',
+    "rate": '"100/min"',
 }
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 
@@ -279,8 +305,10 @@ class KeyringUnavailable(ConfigError):
 
 def _no_keyring(reason: str, variables: str) -> KeyringUnavailable:
     reason = " ".join(reason.split())[:160].rstrip(".") or "it did not answer"
-    return KeyringUnavailable(f"The OS keyring cannot be used on this machine ({reason}); set {variables} in the "
-                              "environment instead (see `bulkmdm run --help`).")
+    return KeyringUnavailable(
+        f"The OS keyring cannot be used on this machine ({reason}); set {variables} in the "
+        "environment instead (see `bulkmdm run --help`)."
+    )
 
 
 def store_secrets(profile: str, values: Mapping[str, str]) -> None:
@@ -312,8 +340,10 @@ def environment_for(target: Target, env: Mapping[str, str]) -> dict[str, str]:
     except Exception as exc:
         raise _no_keyring(f"it could not be read: {type(exc).__name__}", _either(sets)) from None
     if not any(all(merged.get(v) for v in names) for names in sets):
-        raise ConfigError(f"{target.provider} needs {_either(sets)}: set them in the environment, or store them "
-                          f"for this profile with `bulkmdm login --profile {target.profile}`.")
+        raise ConfigError(
+            f"{target.provider} needs {_either(sets)}: set them in the environment, or store them "
+            f"for this profile with `bulkmdm login --profile {target.profile}`."
+        )
     return merged
 
 

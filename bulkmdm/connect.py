@@ -50,7 +50,9 @@ def retry_policy(provider_cls: type[Provider], overrides: Mapping[str, object] |
     return replace(provider_cls.retry_policy, **overrides) if overrides else provider_cls.retry_policy  # type: ignore[arg-type]
 
 
-def make_client(target: Connection, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None) -> Client:
+def make_client(
+    target: Connection, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None
+) -> Client:
     """The one client of a run, set up as the vendor declares."""
     concurrency = target.concurrency or provider_cls.default_concurrency
     return Client(
@@ -71,8 +73,9 @@ async def open_provider(target: Connection, *, stopping: Callable[[], bool] | No
     """The provider for ``target``, its client closed on the way out."""
     provider_cls = providers.get(target.provider)
     client = make_client(target, provider_cls, stopping=stopping)
-    settings = Settings(url=target.url, env=target.env, partition=target.partition, batch_size=target.batch_size,
-                        dry_run=target.dry_run)
+    settings = Settings(
+        url=target.url, env=target.env, partition=target.partition, batch_size=target.batch_size, dry_run=target.dry_run
+    )
     async with client:
         provider = provider_cls(client, settings)
         try:

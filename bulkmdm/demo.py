@@ -30,7 +30,7 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
     edge = FACTS["edge_devices"]
     devices = [d for d in list(state.devices.values())[edge:] if len(state.devices_by_serial(d["serialNumber"])) == 1]
     untagged = [d for d in devices if "Elev-iPad" not in state.device_tags_of(d["id"])]
-    users = list(state.users.values())[FACTS["edge_users"]:]
+    users = list(state.users.values())[FACTS["edge_users"] :]
     tag = [["Serial Number", "Tag", "Klass", "Kommentar"]]
     for i, dev in enumerate(untagged[:240]):
         tag.append([dev["serialNumber"], "Elev-iPad", f"7{'ABC'[i % 3]}", ""])
@@ -43,7 +43,7 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
         ["", "Elev-iPad", "9B", "serial missing"],
     ]
     assign = [["serial", "user", "name"]]
-    for dev, user in zip(devices[300:340], users[100:140]):
+    for dev, user in zip(devices[300:340], users[100:140], strict=False):
         assign.append([dev["serialNumber"], user["email"], user["name"]])
     message = [["serienummer", "meddelande"]]
     for dev in devices[400:460]:
@@ -108,7 +108,7 @@ def _manageengine_jobs(state: Any) -> dict[str, list[list[str]]]:
     serials: dict[str, int] = {}
     for device in state.devices.values():
         serials[device["serial_number"]] = serials.get(device["serial_number"], 0) + 1
-    ordinary = [d for d in list(state.devices.values())[FACTS["edge_devices"]:] if serials[d["serial_number"]] == 1]
+    ordinary = [d for d in list(state.devices.values())[FACTS["edge_devices"] :] if serials[d["serial_number"]] == 1]
     in_class = state.members.get(group["id"], {})
     joining = [d for d in ordinary if d["device_id"] not in in_class][:4]
     leaving = next(d for d in ordinary if d["device_id"] in in_class)
@@ -125,8 +125,12 @@ def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any, banyan_state: An
     """Write every example job into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    jobs = {**_duo_jobs(duo_state), **_ivanti_jobs(ivanti_state), **_banyan_jobs(banyan_state),
-            **_manageengine_jobs(me_state)}
+    jobs = {
+        **_duo_jobs(duo_state),
+        **_ivanti_jobs(ivanti_state),
+        **_banyan_jobs(banyan_state),
+        **_manageengine_jobs(me_state),
+    }
     for name, rows in jobs.items():
         path = folder / name
         if name.endswith(".xlsx"):
@@ -152,16 +156,21 @@ def _fleets() -> tuple[Any, Any, Any, Any]:
     from .sim.ivanti import make_app as ivanti_app
     from .sim.manageengine import make_app as me_app
 
-    return (duo_app(devices=DUO_DEVICES, seed=1), ivanti_app(devices=IVANTI_DEVICES, seed=1),
-            banyan_app(devices=BANYAN_DEVICES, seed=1, token=BANYAN_TOKEN), me_app(devices=ME_DEVICES, seed=1))
+    return (
+        duo_app(devices=DUO_DEVICES, seed=1),
+        ivanti_app(devices=IVANTI_DEVICES, seed=1),
+        banyan_app(devices=BANYAN_DEVICES, seed=1, token=BANYAN_TOKEN),
+        me_app(devices=ME_DEVICES, seed=1),
+    )
 
 
 def shown_command(job: Path, provider: str, url: str, **options: Any) -> str:
     """The ``bulkmdm run`` command line the demo prints for a run: every
     option, ``--partition`` included, so that a copied command works (run
     from the demo's folder, with the credentials in the environment)."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
-                     for k, v in options.items())
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}" for k, v in options.items()
+    )
     return f"bulkmdm run {job.name} --provider {provider} --url {url} {flags}".rstrip()
 
 
@@ -176,8 +185,12 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     state_dir = out / ".state"
     echo(f"Example jobs written to {out}/ ({len(jobs)} files).")
 
-    with SimServer(duo_app) as duo, SimServer(ivanti_app) as ivanti, SimServer(banyan_app) as banyan, \
-            SimServer(me_app) as me:
+    with (
+        SimServer(duo_app) as duo,
+        SimServer(ivanti_app) as ivanti,
+        SimServer(banyan_app) as banyan,
+        SimServer(me_app) as me,
+    ):
         echo(f"DuoSTATION simulator: {duo.url} ({DUO_DEVICES} devices). Ivanti simulator: {ivanti.url}.")
         duo.faults.latency = ivanti.faults.latency = 0.005
 
@@ -185,8 +198,7 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
             echo("")
             echo(f"== {title}")
             echo(f"$ {shown_command(job, provider, url, **kw)}")
-            options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=state_dir,
-                                 fresh=True, **kw)
+            options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=state_dir, fresh=True, **kw)
             result = run_job(options)
             counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
             echo(f"   {result.rows} rows: {counts}; {result.requests} requests in {result.elapsed:.1f} s.")
@@ -196,10 +208,24 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
             return result
 
         tag = out / "duostation-tag.csv"
-        run("Dry run first: what would tagging 254 iPads do?", tag, "duostation", duo.url, action="tag", dry_run=True,
-            report=out / "duostation-tag.dryrun.csv")
-        first = run("Tag them for real (bad rows fail with a reason; nothing is guessed)", tag, "duostation",
-                    duo.url, action="tag", rate="none", concurrency=16)
+        run(
+            "Dry run first: what would tagging 254 iPads do?",
+            tag,
+            "duostation",
+            duo.url,
+            action="tag",
+            dry_run=True,
+            report=out / "duostation-tag.dryrun.csv",
+        )
+        first = run(
+            "Tag them for real (bad rows fail with a reason; nothing is guessed)",
+            tag,
+            "duostation",
+            duo.url,
+            action="tag",
+            rate="none",
+            concurrency=16,
+        )
         failed = [r for r in _read(first.report_path) if r["status"] in ("failed", "invalid")]
         for row in failed[:4]:
             echo(f"   {row['Serial Number'] or '(blank serial)'}: {row['status']}: {row['detail']}")
@@ -208,33 +234,67 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
         duo.call(lambda: duo_app["state"].add_tag({"name": "Nytt läsår"}))
         run("Re-run only what failed", first.report_path, "duostation", duo.url, action="tag", rate="none")
 
-        run("Friday reassignment from HR's spreadsheet (xlsx)", out / "duostation-assign.xlsx", "duostation",
-            duo.url, action="assign-user", concurrency=8)
-        run("Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url,
-            action="move-user")
-        run("Tag the teachers (user tags)", out / "duostation-tag-user.csv", "duostation", duo.url,
-            action="tag-user")
+        run(
+            "Friday reassignment from HR's spreadsheet (xlsx)",
+            out / "duostation-assign.xlsx",
+            "duostation",
+            duo.url,
+            action="assign-user",
+            concurrency=8,
+        )
+        run(
+            "Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url, action="move-user"
+        )
+        run("Tag the teachers (user tags)", out / "duostation-tag-user.csv", "duostation", duo.url, action="tag-user")
         duo.faults.update({"error_rate": 0.15, "mutating_only": True, "seed": 1})
         echo("")
         echo("-- The MDM now answers 503 to 15% of changes; bulkmdm retries, nothing is sent twice.")
-        run("Message 60 students (semicolon CSV, Swedish text)", out / "duostation-message.csv", "duostation",
-            duo.url, action="message", rate="none")
+        run(
+            "Message 60 students (semicolon CSV, Swedish text)",
+            out / "duostation-message.csv",
+            "duostation",
+            duo.url,
+            action="message",
+            rate="none",
+        )
         duo.faults.update({"error_rate": 0.0})
-        run("Lost devices: lock and message (mixed actions in one file)", out / "duostation-lost.csv",
-            "duostation", duo.url)
-        run("Install an app (an ambiguous app name fails its row)", out / "duostation-apps.csv", "duostation",
-            duo.url)
-        result = run("Ivanti: lock 303 devices with bulk calls", out / "ivanti-lock.csv", "ivanti", ivanti.url,
-                     action="lock", partition="1")
+        run(
+            "Lost devices: lock and message (mixed actions in one file)",
+            out / "duostation-lost.csv",
+            "duostation",
+            duo.url,
+        )
+        run("Install an app (an ambiguous app name fails its row)", out / "duostation-apps.csv", "duostation", duo.url)
+        result = run(
+            "Ivanti: lock 303 devices with bulk calls",
+            out / "ivanti-lock.csv",
+            "ivanti",
+            ivanti.url,
+            action="lock",
+            partition="1",
+        )
         mutating = ivanti.stats.mutating
-        echo(f"   Ivanti received {mutating} changing requests for {result.rows} rows "
-             f"({mutating / max(result.rows, 1):.3f} per row).")
-        run("Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
-            out / "banyan-lost.csv", "banyan", banyan.url, env={"BULKMDM_TOKEN": BANYAN_TOKEN}, yes=True)
+        echo(
+            f"   Ivanti received {mutating} changing requests for {result.rows} rows "
+            f"({mutating / max(result.rows, 1):.3f} per row)."
+        )
+        run(
+            "Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
+            out / "banyan-lost.csv",
+            "banyan",
+            banyan.url,
+            env={"BULKMDM_TOKEN": BANYAN_TOKEN},
+            yes=True,
+        )
         echo("")
         echo("-- ManageEngine allows 100 calls a minute: bulkmdm paces itself under that on its own.")
-        run("ManageEngine (on-premises API key): class groups and apps", out / "manageengine-classes.csv",
-            "manageengine", me.url, env={"BULKMDM_API_KEY": ME_KEY})
+        run(
+            "ManageEngine (on-premises API key): class groups and apps",
+            out / "manageengine-classes.csv",
+            "manageengine",
+            me.url,
+            env={"BULKMDM_API_KEY": ME_KEY},
+        )
     echo("")
     echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {state_dir}")
     return 0
@@ -246,6 +306,5 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 if __name__ == "__main__":  # python -m bulkmdm.demo FOLDER: refresh the example jobs
-    for written in write_jobs(Path(sys.argv[1] if len(sys.argv) > 1 else "jobs"),
-                              *(app["state"] for app in _fleets())):
+    for written in write_jobs(Path(sys.argv[1] if len(sys.argv) > 1 else "jobs"), *(app["state"] for app in _fleets())):
         print(written)

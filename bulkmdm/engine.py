@@ -35,7 +35,13 @@ from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
 __all__ = [
-    "Events", "QuietEvents", "RunOptions", "RunResult", "default_report_path", "rebuild_report", "run_job",
+    "Events",
+    "QuietEvents",
+    "RunOptions",
+    "RunResult",
+    "default_report_path",
+    "rebuild_report",
+    "run_job",
     "state_dir",
 ]
 
@@ -106,16 +112,29 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
     report = report_path(options, job)
     check_destructive(job, options, events)
     identity = job_identity(options, url)
-    with Journal(state_dir(options.state_dir, options.env)) as journal, \
-            job_lock(journal, identity, dry_run=options.dry_run):
-        scheduler = Scheduler(concurrency=options.concurrency or provider_cls.default_concurrency, events=events,
-                              marks_in_flight=not options.dry_run)
+    with (
+        Journal(state_dir(options.state_dir, options.env)) as journal,
+        job_lock(journal, identity, dry_run=options.dry_run),
+    ):
+        scheduler = Scheduler(
+            concurrency=options.concurrency or provider_cls.default_concurrency,
+            events=events,
+            marks_in_flight=not options.dry_run,
+        )
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler)
-        provider = provider_cls(client, Settings(url=url, env=options.env, partition=options.partition,
-                                                 calls_today=journal.calls_today(_tenant(provider_cls.name, url)),
-                                                 batch_size=options.batch_size, dry_run=options.dry_run))
+        provider = provider_cls(
+            client,
+            Settings(
+                url=url,
+                env=options.env,
+                partition=options.partition,
+                calls_today=journal.calls_today(_tenant(provider_cls.name, url)),
+                batch_size=options.batch_size,
+                dry_run=options.dry_run,
+            ),
+        )
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
         if isinstance(opened, FinishedBefore):
@@ -141,8 +160,9 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         return result
 
 
-def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
-                   env: Mapping[str, str] | None = None) -> RunResult:
+def rebuild_report(
+    run_id: int, *, out: Path | None = None, state: Path | None = None, env: Mapping[str, str] | None = None
+) -> RunResult:
     """``bulkmdm report RUN``: write a run's report again from the journal."""
     from . import report
 
@@ -157,14 +177,29 @@ def _tenant(provider: str, url: str) -> str:
 
 def _client(provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler) -> Client:
     """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler."""
-    connection = Connection(provider=provider_cls.name, url=url, env=options.env, partition=options.partition,
-                            rate=options.rate, concurrency=options.concurrency, timeout=options.timeout,
-                            retry=options.retry)
+    connection = Connection(
+        provider=provider_cls.name,
+        url=url,
+        env=options.env,
+        partition=options.partition,
+        rate=options.rate,
+        concurrency=options.concurrency,
+        timeout=options.timeout,
+        retry=options.retry,
+    )
     return make_client(connection, provider_cls, stopping=scheduler.stopping)
 
 
-async def _execute(journal: Journal, opened: OpenedRun, provider: Provider, client: Client, scheduler: Scheduler,
-                   options: RunOptions, events: Events, result: RunResult) -> None:
+async def _execute(
+    journal: Journal,
+    opened: OpenedRun,
+    provider: Provider,
+    client: Client,
+    scheduler: Scheduler,
+    options: RunOptions,
+    events: Events,
+    result: RunResult,
+) -> None:
     """Plan and send the rows still to do, until the end or a stop."""
     remove_signal_handlers = scheduler.install_signals()
     try:
@@ -187,8 +222,15 @@ async def _execute(journal: Journal, opened: OpenedRun, provider: Provider, clie
             journal.add_calls(_tenant(provider.name, provider.settings.url), client.requests_sent)
 
 
-async def _plan_and_send(journal: Journal, opened: OpenedRun, provider: Provider, scheduler: Scheduler,
-                         options: RunOptions, events: Events, result: RunResult) -> None:
+async def _plan_and_send(
+    journal: Journal,
+    opened: OpenedRun,
+    provider: Provider,
+    scheduler: Scheduler,
+    options: RunOptions,
+    events: Events,
+    result: RunResult,
+) -> None:
     rows = opened.todo
     if not rows:
         return
@@ -199,9 +241,18 @@ async def _plan_and_send(journal: Journal, opened: OpenedRun, provider: Provider
     # see all rows at once (chunk_rows None).
     chunk_rows = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
     ledger = _RunLedger(journal, opened.run_id, events)
-    feed = PlanFeed(provider, rows, PlanSettings(chunk_rows=chunk_rows, in_flight_before=opened.in_flight_before,
-                                                 resend_unknown=options.resend_unknown, dry_run=options.dry_run),
-                    record=ledger.record_decided, stop=scheduler.stop)
+    feed = PlanFeed(
+        provider,
+        rows,
+        PlanSettings(
+            chunk_rows=chunk_rows,
+            in_flight_before=opened.in_flight_before,
+            resend_unknown=options.resend_unknown,
+            dry_run=options.dry_run,
+        ),
+        record=ledger.record_decided,
+        stop=scheduler.stop,
+    )
     events.start(opened.rows, opened.rows - len(rows), journal.counts(opened.run_id))
     if not await feed.plan_next_chunk():
         return
@@ -223,8 +274,10 @@ def _confirm_destructive(feed: PlanFeed, events: Events) -> None:
         return
     answer = events.confirm(confirmation_prompt(destructive), str(len(destructive)))
     if answer is not True:
-        raise ConfirmationRefused("Declined: nothing was sent. Run the same command again to be asked again, "
-                                  "or check the file first with --dry-run.")
+        raise ConfirmationRefused(
+            "Declined: nothing was sent. Run the same command again to be asked again, "
+            "or check the file first with --dry-run."
+        )
 
 
 class _RunLedger:
@@ -247,8 +300,9 @@ class _RunLedger:
         self.events.advance(outcomes)
 
 
-def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result: RunResult,
-              options: RunOptions) -> None:
+def _conclude(
+    journal: Journal, opened: OpenedRun, scheduler: Scheduler, result: RunResult, options: RunOptions
+) -> None:
     """Write the report and settle the exit code; a run refused at its first request is forgotten."""
     run_error = scheduler.run_error
     if run_error is not None and not scheduler.sent_any:
@@ -271,11 +325,14 @@ def _conclude(journal: Journal, opened: OpenedRun, scheduler: Scheduler, result:
     else:
         result.exit_code = 1 if any(summary.counts.get(str(s)) for s in BAD_STATUSES) else 0
     if isinstance(run_error, AuthError):
-        result.stopped = (f"The MDM refused the credentials part way through ({run_error}); the rows not sent are "
-                          "not-run. Fix the credentials, then run the same command again to continue.")
+        result.stopped = (
+            f"The MDM refused the credentials part way through ({run_error}); the rows not sent are "
+            "not-run. Fix the credentials, then run the same command again to continue."
+        )
     elif run_error is not None:
-        result.stopped = (f"The run stopped part way through: {str(run_error).rstrip('.')}. "
-                          "The rows not sent are not-run.")
+        result.stopped = (
+            f"The run stopped part way through: {str(run_error).rstrip('.')}. The rows not sent are not-run."
+        )
     elif scheduler.breaker_stop is not None:
         result.stopped = f"{scheduler.breaker_stop.rstrip('.')}. The rows not sent are not-run."
     if not summary.incomplete and not options.dry_run:
@@ -288,8 +345,9 @@ def _finished_before(journal: Journal, finished: FinishedBefore, report: Path) -
     if not report.exists():
         write_run_report(journal, run.id, report)
     counts = Counter(finished.counts)
-    return RunResult(run.id, report, counts, run.exit_code or 0, rows=sum(counts.values()),
-                     finished_before=run.finished)
+    return RunResult(
+        run.id, report, counts, run.exit_code or 0, rows=sum(counts.values()), finished_before=run.finished
+    )
 
 
 def _write_report_if_possible(journal: Journal, run_id: int, report: Path) -> None:

@@ -72,13 +72,12 @@ async def _export(target: Connection, path: Path, verb: str | None, progress: Ca
         sample = await _sample(devices)
         header = header_for(sample, verb)
         rows: queue.Queue[object] = queue.Queue(maxsize=2_000)
-        writer = asyncio.ensure_future(asyncio.to_thread(
-            write_report, path, header, _drain(rows), sheet="Devices"))
+        writer = asyncio.ensure_future(asyncio.to_thread(write_report, path, header, _drain(rows), sheet="Devices"))
         count = 0
         try:
             async for device in _chain(sample, devices):
                 cells = [verb] if verb else []
-                cells += [device.get(column, "") for column in header[len(cells):]]
+                cells += [device.get(column, "") for column in header[len(cells) :]]
                 await _put(rows, cells, writer)
                 count += 1
                 if progress is not None and count % 500 == 0:

@@ -233,7 +233,9 @@ def _looks_utf16(data: bytes) -> bool:
         return True
     sample = data[:4096]
     # ASCII text in UTF-16 has a NUL in every other byte.
-    return len(sample) >= 8 and (sample[1::2].count(0) > 0.9 * len(sample[1::2]) or sample[0::2].count(0) > 0.9 * len(sample[0::2]))
+    return len(sample) >= 8 and (
+        sample[1::2].count(0) > 0.9 * len(sample[1::2]) or sample[0::2].count(0) > 0.9 * len(sample[0::2])
+    )
 
 
 def _not_csv(path: Path, data: bytes) -> None:
@@ -251,11 +253,19 @@ def _not_csv(path: Path, data: bytes) -> None:
         }.get(found, "a ZIP archive")
         raise JobFileError(f"{path} is {what}, not a CSV file; save the table as CSV or as an Excel Workbook (.xlsx).")
     if head.startswith(_OLE2):
-        what = "a password-protected Excel workbook" if _ole2_kind(data) == "encrypted" else "an old-format Excel workbook (.xls)"
-        raise JobFileError(f"{path} is {what}, not a CSV file; open it in Excel and save it as 'CSV UTF-8' or as .xlsx.")
+        what = (
+            "a password-protected Excel workbook"
+            if _ole2_kind(data) == "encrypted"
+            else "an old-format Excel workbook (.xls)"
+        )
+        raise JobFileError(
+            f"{path} is {what}, not a CSV file; open it in Excel and save it as 'CSV UTF-8' or as .xlsx."
+        )
     for magic, what in _MAGIC:
         if head.startswith(magic):
-            raise JobFileError(f"{path} is {what}, not a CSV file; export the table from its spreadsheet as 'CSV UTF-8'.")
+            raise JobFileError(
+                f"{path} is {what}, not a CSV file; export the table from its spreadsheet as 'CSV UTF-8'."
+            )
     if _looks_utf16(data):
         raise JobFileError(
             f"{path} is saved as UTF-16 ('Unicode Text'); save it from Excel as 'CSV UTF-8 (Comma delimited)' instead."
@@ -275,28 +285,36 @@ def _not_xlsx(path: Path, data: bytes) -> None:
             return
         if found == "broken":
             raise JobFileError(
-                f"{path} is damaged (not a complete Excel workbook); open it in Excel and save it again, or export it as CSV."
+                f"{path} is damaged (not a complete Excel workbook); open it in Excel and save it again, "
+                "or export it as CSV."
             )
         what = {
             "xlsb": "an Excel binary workbook (.xlsb)",
             "ods": "an OpenDocument spreadsheet (.ods)",
             "docx": "a Word document",
         }.get(found, "a ZIP archive")
-        raise JobFileError(f"{path} is {what}, not an Excel workbook; open it and save it as an Excel Workbook (.xlsx).")
+        raise JobFileError(
+            f"{path} is {what}, not an Excel workbook; open it and save it as an Excel Workbook (.xlsx)."
+        )
     if head.startswith(_OLE2):
         if _ole2_kind(data) == "encrypted":
             raise JobFileError(
-                f"{path} is password-protected; remove the password in Excel (File > Info > Protect Workbook) and save it again."
+                f"{path} is password-protected; remove the password in Excel (File > Info > Protect Workbook) "
+                "and save it again."
             )
         raise JobFileError(
-            f"{path} is an old-format Excel workbook (.xls) with an .xlsx name; open it in Excel and save it as an Excel Workbook (.xlsx)."
+            f"{path} is an old-format Excel workbook (.xls) with an .xlsx name; open it in Excel and save it as "
+            "an Excel Workbook (.xlsx)."
         )
     for magic, what in _MAGIC:
         if head.startswith(magic):
-            raise JobFileError(f"{path} is {what}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead.")
+            raise JobFileError(
+                f"{path} is {what}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead."
+            )
     if _looks_text(data):
         raise JobFileError(
-            f"{path} is a text file (probably CSV), not an Excel workbook; rename it to {path.with_suffix('.csv').name}."
+            f"{path} is a text file (probably CSV), not an Excel workbook; "
+            f"rename it to {path.with_suffix('.csv').name}."
         )
     raise JobFileError(f"{path} is not an Excel workbook; open it in Excel and save it as an Excel Workbook (.xlsx).")
 
@@ -382,8 +400,10 @@ def _sniff(text: str) -> tuple[str, int]:
 def _read_csv(path: Path, data: bytes) -> tuple[list[list[str]], int, str]:
     _not_csv(path, data)
     text, utf8 = _decode(data)
-    if not text.strip(" \t\r\n\f\v,;\"\ufeff"):
-        raise JobFileError(f"{path} has no header row (it holds only blank lines); put the column names on the first line.")
+    if not text.strip(' \t\r\n\f\v,;"\ufeff'):
+        raise JobFileError(
+            f"{path} has no header row (it holds only blank lines); put the column names on the first line."
+        )
     delimiter, header_width = _sniff(text)
     del text
     frame = _parse_csv(path, utf8, delimiter)
@@ -425,7 +445,7 @@ def _parse_csv(path: Path, utf8: bytes, delimiter: str) -> pd.DataFrame:
             if unclosed:
                 line = int(unclosed.group(1)) + 1
                 raise JobFileError(
-                    f"{path} has a quote (\") on line {line} that is never closed, so the rest of the file "
+                    f'{path} has a quote (") on line {line} that is never closed, so the rest of the file '
                     "cannot be read; close the quote or remove it."
                 ) from exc
             wide = _FIELDS_ERROR.search(message)
@@ -490,10 +510,8 @@ def _plain(number: str) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _cell_text(value: Any) -> str:
-    """An Excel value as the text a person sees in the cell."""
-    if value is None:
-        return ""
+def _number_text(value: bool | int | float) -> str:
+    """A number (or TRUE/FALSE) as Excel shows it."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
@@ -502,13 +520,20 @@ def _cell_text(value: Any) -> str:
         # pandas turned the cell's float into int(float), inventing digits
         # the file never held; go back to the float's own shortest digits.
         return _plain(repr(float(value)))
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return ""
-        if value.is_integer():
-            return _cell_text(int(value))
-        # 15 significant digits, as Excel shows them (0.1+0.2 -> 0.3).
-        return _plain(format(value, ".15g"))
+    if value != value or value in (float("inf"), float("-inf")):
+        return ""
+    if value.is_integer():
+        return _number_text(int(value))
+    # 15 significant digits, as Excel shows them (0.1+0.2 -> 0.3).
+    return _plain(format(value, ".15g"))
+
+
+def _cell_text(value: Any) -> str:
+    """An Excel value as the text a person sees in the cell."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, int, float)):
+        return _number_text(value)
     if isinstance(value, datetime):
         if type(value).__name__ == "NaTType":  # pragma: no cover - pandas' missing datetime
             return ""
@@ -543,7 +568,9 @@ def _table(
     if not grid or not grid[0]:
         if kind == "xlsx":
             raise JobFileError(f"{path} has nothing on its first sheet; put the header row and the job rows there.")
-        raise JobFileError(f"{path} has no header row (it holds only blank lines); put the column names on the first line.")
+        raise JobFileError(
+            f"{path} has no header row (it holds only blank lines); put the column names on the first line."
+        )
     header_row = [column[0] for column in grid]
     problems: dict[int, str] = {}
 
@@ -582,7 +609,7 @@ def _table(
     _note_huge(columns, headers, problems)
     _note_disagreements(columns, headers, problems)
 
-    rows = list(zip(*columns)) if columns else []
+    rows = list(zip(*columns, strict=True)) if columns else []
     return JobTable(
         path=path,
         kind=kind,

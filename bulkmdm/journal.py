@@ -220,8 +220,9 @@ class Journal:
                 f"The state database {self.path} is busy (another bulkmdm holds it); wait for it to finish, "
                 "then run again."
             )
-        return JournalError(f"Cannot use the state database {self.path} ({text}); pass --state-dir to use another "
-                            "folder.")
+        return JournalError(
+            f"Cannot use the state database {self.path} ({text}); pass --state-dir to use another folder."
+        )
 
     def __enter__(self) -> Journal:
         return self
@@ -282,14 +283,29 @@ class Journal:
             cur = self.db.execute(
                 "INSERT INTO runs (identity, job_path, content, provider, url, action, partition_id, dry_run,"
                 " headers, delimiter, report_path, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (identity, job_path, content, provider, url, action, partition_id, int(dry_run),
-                 json.dumps(list(headers)), delimiter, report_path, now, now),
+                (
+                    identity,
+                    job_path,
+                    content,
+                    provider,
+                    url,
+                    action,
+                    partition_id,
+                    int(dry_run),
+                    json.dumps(list(headers)),
+                    delimiter,
+                    report_path,
+                    now,
+                    now,
+                ),
             )
             run_id = int(cur.lastrowid or 0)
             self.db.executemany(
                 "INSERT INTO rows (run_id, idx, cells, action, digest, label) VALUES (?,?,?,?,?,?)",
-                ((run_id, i, json.dumps(list(row.cells), ensure_ascii=False), row.action, row.digest, row.label)
-                 for i, row in enumerate(rows)),
+                (
+                    (run_id, i, json.dumps(list(row.cells), ensure_ascii=False), row.action, row.digest, row.label)
+                    for i, row in enumerate(rows)
+                ),
             )
         return run_id
 
@@ -322,8 +338,9 @@ class Journal:
 
     def finish(self, run_id: int, exit_code: int = 0) -> None:
         now = time.time()
-        self.db.execute("UPDATE runs SET finished = ?, updated = ?, exit_code = ? WHERE id = ?",
-                        (now, now, exit_code, run_id))
+        self.db.execute(
+            "UPDATE runs SET finished = ?, updated = ?, exit_code = ? WHERE id = ?", (now, now, exit_code, run_id)
+        )
 
     def set_report_path(self, run_id: int, path: str) -> None:
         self.db.execute("UPDATE runs SET report_path = ? WHERE id = ?", (path, run_id))
@@ -341,8 +358,9 @@ class Journal:
             self.db.execute(
                 "DELETE FROM rows WHERE run_id IN (SELECT id FROM runs ORDER BY id DESC LIMIT -1 OFFSET ?)", (keep,)
             )
-            self.db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM runs ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                            (keep,))
+            self.db.execute(
+                "DELETE FROM runs WHERE id IN (SELECT id FROM runs ORDER BY id DESC LIMIT -1 OFFSET ?)", (keep,)
+            )
 
     def delete_run(self, run_id: int) -> None:
         """Forget one run (one that sent nothing, e.g. refused credentials)."""
@@ -352,14 +370,22 @@ class Journal:
 
     # -- rows ---------------------------------------------------------------
     def indices(self, run_id: int, state: str) -> list[int]:
-        return [r[0] for r in self.db.execute(
-            "SELECT idx FROM rows WHERE run_id = ? AND state = ? ORDER BY idx", (run_id, state))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT idx FROM rows WHERE run_id = ? AND state = ? ORDER BY idx", (run_id, state)
+            )
+        ]
 
     def to_send(self, run_id: int) -> list[int]:
         """Rows still to send: never sent, or left ``not-run`` by a run that stopped."""
-        return [r[0] for r in self.db.execute(
-            "SELECT idx FROM rows WHERE run_id = ? AND (state = ? OR (state = ? AND status = ?)) ORDER BY idx",
-            (run_id, PENDING, DONE, _NOT_RUN))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT idx FROM rows WHERE run_id = ? AND (state = ? OR (state = ? AND status = ?)) ORDER BY idx",
+                (run_id, PENDING, DONE, _NOT_RUN),
+            )
+        ]
 
     def counts(self, run_id: int) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -413,9 +439,17 @@ class Journal:
                 "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
                 " undo = ? WHERE run_id = ? AND idx = ?",
                 (
-                    (PENDING if o.status is Status.NOT_RUN else DONE, str(o.status), o.detail,
-                     _text(o.http_status), _text(o.attempts or None), o.resolved,
-                     json.dumps(dict(o.undo)) if o.undo else None, run_id, o.index)
+                    (
+                        PENDING if o.status is Status.NOT_RUN else DONE,
+                        str(o.status),
+                        o.detail,
+                        _text(o.http_status),
+                        _text(o.attempts or None),
+                        o.resolved,
+                        json.dumps(dict(o.undo)) if o.undo else None,
+                        run_id,
+                        o.index,
+                    )
                     for o in outcomes
                 ),
             )
@@ -451,8 +485,9 @@ class Journal:
         )
         try:
             for idx, cells, state, status, detail, http_status, attempts, resolved, action, label in cur:
-                yield RowRecord(idx, json.loads(cells), state, status, detail, http_status, attempts, resolved,
-                                action, label)
+                yield RowRecord(
+                    idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label
+                )
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
 
@@ -480,14 +515,17 @@ class Journal:
         me = os.getpid()
         host = socket.gethostname()
         with self._tx():
-            row = self.db.execute("SELECT run_id, pid, host, started FROM locks WHERE identity = ?",
-                                  (identity,)).fetchone()
+            row = self.db.execute(
+                "SELECT run_id, pid, host, started FROM locks WHERE identity = ?", (identity,)
+            ).fetchone()
             if row is not None:
                 holder = LockHolder(*row)
                 if holder.pid != me and (holder.host != host or _alive(holder.pid, holder.started)):
                     return holder
-            self.db.execute("INSERT OR REPLACE INTO locks (identity, run_id, pid, host, started) VALUES (?,?,?,?,?)",
-                            (identity, None, me, host, time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO locks (identity, run_id, pid, host, started) VALUES (?,?,?,?,?)",
+                (identity, None, me, host, time.time()),
+            )
         return None
 
     def lock_run(self, identity: str, run_id: int) -> None:

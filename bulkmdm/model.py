@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """A row's status in the outcome report (CONTRACT.md)."""
 
     SUCCEEDED = "succeeded"
@@ -22,9 +22,6 @@ class Status(str, Enum):
     PLANNED = "planned"
     UNKNOWN = "unknown"
     NOT_RUN = "not-run"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Statuses a re-run of a report carries over untouched.

@@ -41,8 +41,15 @@ class PlanSettings:
 class PlanFeed:
     """Batches for the workers; ``next_batch()`` plans the next chunk when the queue runs dry."""
 
-    def __init__(self, provider: Provider, rows: Sequence[JobRow], settings: PlanSettings, *,
-                 record: Callable[[list[Outcome]], None], stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        rows: Sequence[JobRow],
+        settings: PlanSettings,
+        *,
+        record: Callable[[list[Outcome]], None],
+        stop: asyncio.Event,
+    ) -> None:
         self.provider = provider
         self.rows = rows
         self.settings = settings
@@ -87,7 +94,7 @@ class PlanFeed:
 
     async def plan_next_chunk(self) -> bool:
         """Plan the next chunk; False when the run stopped first."""
-        chunk = self.rows[self.planned_up_to:self.planned_up_to + max(1, self.settings.chunk_rows)]
+        chunk = self.rows[self.planned_up_to : self.planned_up_to + max(1, self.settings.chunk_rows)]
         plan_task = asyncio.ensure_future(self.provider.plan(chunk))
         stop_task = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -114,8 +121,11 @@ class PlanFeed:
         was_in_flight = self.settings.in_flight_before
         for row, item in zip(chunk, planned, strict=True):
             if isinstance(item, Step):
-                if row.index in was_in_flight and not ACTIONS[row.action].verifiable \
-                        and not self.settings.resend_unknown:
+                if (
+                    row.index in was_in_flight
+                    and not ACTIONS[row.action].verifiable
+                    and not self.settings.resend_unknown
+                ):
                     decided.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
                 else:
                     steps.append(item)
@@ -131,8 +141,11 @@ def reconciled(row: JobRow, item: Outcome) -> Outcome:
     the same."""
     if item.status is Status.SKIPPED:
         return item.with_(status=Status.SUCCEEDED, detail="Done by the earlier run (confirmed by reading it back).")
-    if (item.status is Status.FAILED and row.action in ("delete-device", "delete-user")
-            and "not found" in item.detail.casefold()):
+    if (
+        item.status is Status.FAILED
+        and row.action in ("delete-device", "delete-user")
+        and "not found" in item.detail.casefold()
+    ):
         return item.with_(status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).")
     return item
 
@@ -144,6 +157,6 @@ def batches_of(steps: list[Step], size: int) -> list[list[Step]]:
     groups: dict[Hashable, list[Step]] = {}
     for step in steps:
         groups.setdefault(step.batch_key, []).append(step)
-    batches = [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
+    batches = [group[start : start + size] for group in groups.values() for start in range(0, len(group), size)]
     batches.sort(key=lambda batch: batch[0].index)
     return batches

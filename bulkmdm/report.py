@@ -175,8 +175,10 @@ def _write_xlsx(
         sheet = workbook.add_worksheet(sheet_name)
         sheet.freeze_panes(1, 0)
         heading = workbook.add_format({"bold": True, "bottom": 1, "bg_color": "#F2F2F2"})
-        coloured = {status: workbook.add_format({"bg_color": fill, "font_color": font})
-                    for status, (fill, font) in STATUS_COLOURS.items()}
+        coloured = {
+            status: workbook.add_format({"bg_color": fill, "font_color": font})
+            for status, (fill, font) in STATUS_COLOURS.items()
+        }
         status_column = _status_column(headers)
         write = sheet.write_string
         # header text + room for the filter button
@@ -310,8 +312,13 @@ class _Tally:
 def outcome_values(record: RowRecord, stop_reason: str | None) -> list[str]:
     """The report's outcome columns for one journal row."""
     if record.state == "done":
-        return [record.status or "", record.detail or "", record.http_status or "", record.attempts or "",
-                record.resolved or ""]
+        return [
+            record.status or "",
+            record.detail or "",
+            record.http_status or "",
+            record.attempts or "",
+            record.resolved or "",
+        ]
     if record.state == "in_flight":
         return [str(Status.UNKNOWN), IN_FLIGHT_DETAIL, "", "", ""]
     if record.status == str(Status.NOT_RUN) and record.detail:
@@ -336,14 +343,14 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
         write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
     except UsageError as exc:
         raise ReportError(
-            f"{exc} Every outcome is in the journal: write it elsewhere with "
-            f"`bulkmdm report {run_id} --out OTHER.csv`."
+            f"{exc} Every outcome is in the journal: write it elsewhere with `bulkmdm report {run_id} --out OTHER.csv`."
         ) from None
     return tally.done()
 
 
-def rebuild_report(run_id: int, *, out: Path | None = None, state: Path | None = None,
-                   env: Mapping[str, str] | None = None) -> RunSummary:
+def rebuild_report(
+    run_id: int, *, out: Path | None = None, state: Path | None = None, env: Mapping[str, str] | None = None
+) -> RunSummary:
     """``bulkmdm report RUN``: write a run's report again from the journal."""
     from .journal import Journal, state_dir
 

@@ -63,7 +63,9 @@ class FinishedBefore:
 def job_identity(options: RunOptions, url: str) -> str:
     """The job as a person would name it: its path, where it runs, and with which action."""
     parts = [
-        str(options.job.resolve()), options.provider.casefold(), url.rstrip("/"),
+        str(options.job.resolve()),
+        options.provider.casefold(),
+        url.rstrip("/"),
         normalise_action(options.action) if options.action else "",
         options.partition or options.env.get("BULKMDM_PARTITION_ID", ""),
     ]
@@ -89,12 +91,15 @@ def job_lock(journal: Journal, identity: str, *, dry_run: bool) -> Iterator[None
 def _held(holder: LockHolder) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.started))
     run = f"run {holder.run_id}" if holder.run_id is not None else "another run"
-    return (f"This job is already running ({run}: process {holder.pid} on {holder.host}, started {started}); "
-            "nothing was sent. Wait for it to finish or stop it, then run again.")
+    return (
+        f"This job is already running ({run}: process {holder.pid} on {holder.host}, started {started}); "
+        "nothing was sent. Wait for it to finish or stop it, then run again."
+    )
 
 
-def open_run(journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str,
-             report_path: Path) -> OpenedRun | FinishedBefore:
+def open_run(
+    journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str, report_path: Path
+) -> OpenedRun | FinishedBefore:
     """Continue the job's earlier run, take it over with the job's new content, or start a new one."""
     previous = None if options.fresh or options.dry_run else journal.latest(identity)
     if previous is not None and previous.finished is not None and job.is_report:
@@ -105,8 +110,13 @@ def open_run(journal: Journal, job: ValidJob, *, identity: str, options: RunOpti
         return _resume(journal, previous, job, report_path)
     run_id = _create(journal, job, identity=identity, options=options, url=url, report_path=report_path)
     if previous is None:
-        return OpenedRun(run_id, [e.row for e in job.entries if e.invalid is None and e.carried is None],
-                         frozenset(), len(job.entries), resumed=False)
+        return OpenedRun(
+            run_id,
+            [e.row for e in job.entries if e.invalid is None and e.carried is None],
+            frozenset(),
+            len(job.entries),
+            resumed=False,
+        )
     return _take_over(journal, previous, run_id, job)
 
 
@@ -116,9 +126,11 @@ def _resume(journal: Journal, run: RunInfo, job: ValidJob, report_path: Path) ->
     in_flight = frozenset(journal.indices(run.id, IN_FLIGHT))
     todo = sorted({*journal.to_send(run.id), *in_flight})
     done = len(job.entries) - len(todo)
-    note = (f"Resuming run {run.id}: {done} of {len(job.entries)} rows were already done"
-            + (f"; {len(in_flight)} were in flight and will be checked" if in_flight else "")
-            + " (--fresh starts over).")
+    note = (
+        f"Resuming run {run.id}: {done} of {len(job.entries)} rows were already done"
+        + (f"; {len(in_flight)} were in flight and will be checked" if in_flight else "")
+        + " (--fresh starts over)."
+    )
     return OpenedRun(run.id, _rows(job, todo), in_flight, len(job.entries), resumed=True, note=note)
 
 
@@ -133,10 +145,12 @@ def _take_over(journal: Journal, previous: RunInfo, run_id: int, job: ValidJob) 
         return FinishedBefore(previous, journal.counts(previous.id))
     journal.supersede(previous.id, run_id)
     ended = "finished" if previous.finished is not None else "stopped"
-    note = (f"The job changed since run {previous.id} {ended}: {carried - len(in_flight)} rows already done "
-            f"are kept, {len(to_send)} new rows will run"
-            + (f", {len(in_flight)} that were in flight will be checked" if in_flight else "")
-            + " (--fresh starts over).")
+    note = (
+        f"The job changed since run {previous.id} {ended}: {carried - len(in_flight)} rows already done "
+        f"are kept, {len(to_send)} new rows will run"
+        + (f", {len(in_flight)} that were in flight will be checked" if in_flight else "")
+        + " (--fresh starts over)."
+    )
     todo = sorted({*to_send, *in_flight})
     return OpenedRun(run_id, _rows(job, todo), in_flight, len(job.entries), resumed=True, note=note)
 
@@ -146,15 +160,23 @@ def _rows(job: ValidJob, indices: list[int]) -> list[JobRow]:
     return [entries[i].row for i in indices if entries[i].invalid is None and entries[i].carried is None]
 
 
-def _create(journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str,
-            report_path: Path) -> int:
+def _create(journal: Journal, job: ValidJob, *, identity: str, options: RunOptions, url: str, report_path: Path) -> int:
     run_id = journal.create_run(
-        identity=identity, job_path=str(options.job.resolve()), content=job.content, provider=options.provider,
-        url=url, action=options.action, partition_id=options.partition, dry_run=options.dry_run,
-        headers=job.headers, delimiter=job.delimiter, report_path=str(report_path.resolve()),
+        identity=identity,
+        job_path=str(options.job.resolve()),
+        content=job.content,
+        provider=options.provider,
+        url=url,
+        action=options.action,
+        partition_id=options.partition,
+        dry_run=options.dry_run,
+        headers=job.headers,
+        delimiter=job.delimiter,
+        report_path=str(report_path.resolve()),
         rows=(NewRow(e.cells, e.row.action, e.digest, e.label) for e in job.entries),
     )
     journal.record_raw(run_id, ((i, e.carried) for i, e in enumerate(job.entries) if e.carried is not None))
-    journal.record(run_id, (Outcome(i, Status.INVALID, e.invalid) for i, e in enumerate(job.entries)
-                            if e.invalid is not None))
+    journal.record(
+        run_id, (Outcome(i, Status.INVALID, e.invalid) for i, e in enumerate(job.entries) if e.invalid is not None)
+    )
     return run_id

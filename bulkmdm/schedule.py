@@ -34,8 +34,9 @@ from .transport import about_to_change
 Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
 
 INTERRUPTED = "Not sent: the run was interrupted first. Run the same command again to continue."
-CREDENTIALS_REFUSED = ("Not sent: the MDM refused the credentials during the run. Fix them, then run the same "
-                       "command again to continue.")
+CREDENTIALS_REFUSED = (
+    "Not sent: the MDM refused the credentials during the run. Fix them, then run the same command again to continue."
+)
 
 
 #: batches the canary sends alone before the pool widens
@@ -73,8 +74,10 @@ class Breaker:
     def why(self) -> str:
         """The sentence that says why the run stopped, in the MDM's words."""
         if self._key == ("no answer",):
-            return (f"The run stopped: the MDM did not answer {self.streak} changes in a row; it may be down or "
-                    f"unreachable (the first: {self.example.rstrip('.')}).")
+            return (
+                f"The run stopped: the MDM did not answer {self.streak} changes in a row; it may be down or "
+                f"unreachable (the first: {self.example.rstrip('.')})."
+            )
         return f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}"
 
 
@@ -135,8 +138,11 @@ class Scheduler:
         if self.run_error is None:
             self.run_error = exc
         why = str(exc).rstrip(".")
-        self.stop_run(CREDENTIALS_REFUSED if isinstance(exc, AuthError)
-                      else f"Not sent: the run stopped ({why}). Run the same command again to continue.")
+        self.stop_run(
+            CREDENTIALS_REFUSED
+            if isinstance(exc, AuthError)
+            else f"Not sent: the run stopped ({why}). Run the same command again to continue."
+        )
 
     def install_signals(self) -> Callable[[], None]:
         """Handle Ctrl-C and SIGTERM while the run lasts; returns the function that undoes it."""
@@ -173,8 +179,9 @@ class Scheduler:
         size = max(1, min(self.concurrency, feed.batches_hint()))
         if not self.marks_in_flight:
             self.widened.set()  # a dry run changes nothing: no canary
-        self.workers = [asyncio.ensure_future(self._work(feed, send, ledger, canary=number == 0))
-                        for number in range(size)]
+        self.workers = [
+            asyncio.ensure_future(self._work(feed, send, ledger, canary=number == 0)) for number in range(size)
+        ]
         try:
             await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
@@ -217,8 +224,10 @@ class Scheduler:
         tripped = self.breaker.observe(outcomes)
         if tripped and not self.stop.is_set():
             self.breaker_stop = self.breaker.why()
-            self.stop_run(f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
-                          "Fix that, then run the same command again to continue.")
+            self.stop_run(
+                f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
+                "Fix that, then run the same command again to continue."
+            )
         elif self.batches_done >= CANARY_BATCHES and self.breaker.streak < self.batches_done:
             self.widened.set()
 
@@ -244,13 +253,24 @@ class Scheduler:
             # refused before the MDM did anything: these rows go again once the cause is fixed
             fix = "Fix the credentials" if isinstance(exc, AuthError) else "Fix that"
             detail = f"Not sent: {str(exc).rstrip('.')}. {fix}, then run the same command again to continue."
-            return [Outcome(step.index, Status.NOT_RUN, detail, getattr(exc, "status", None),
-                            getattr(exc, "attempts", 0), step.resolved) for step in batch]
+            return [
+                Outcome(
+                    step.index,
+                    Status.NOT_RUN,
+                    detail,
+                    getattr(exc, "status", None),
+                    getattr(exc, "attempts", 0),
+                    step.resolved,
+                )
+                for step in batch
+            ]
         finally:
             about_to_change.reset(token)
 
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:
     """A change made carries the row that puts back what its step read before it."""
-    return [outcome.with_(undo=step.undo) if step.undo and outcome.status is Status.SUCCEEDED else outcome
-            for step, outcome in zip(batch, outcomes, strict=True)]
+    return [
+        outcome.with_(undo=step.undo) if step.undo and outcome.status is Status.SUCCEEDED else outcome
+        for step, outcome in zip(batch, outcomes, strict=True)
+    ]

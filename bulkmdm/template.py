@@ -63,8 +63,9 @@ def resolve_action(name: str, provider: str | None) -> ActionSpec:
     return ACTIONS[action]
 
 
-def write_template(path: Path, spec: ActionSpec, *, provider: str | None = None,
-                   choices: Mapping[str, Sequence[str]] | None = None) -> Path:
+def write_template(
+    path: Path, spec: ActionSpec, *, provider: str | None = None, choices: Mapping[str, Sequence[str]] | None = None
+) -> Path:
     """Write the template for ``spec`` to ``path`` (.xlsx or .csv); never over an existing file."""
     suffix = path.suffix.lower()
     if suffix not in (".xlsx", ".csv"):
@@ -81,17 +82,20 @@ def write_template(path: Path, spec: ActionSpec, *, provider: str | None = None,
         else:
             _write_workbook(path, spec, headers, provider, choices or {})
     except OSError as exc:
-        raise UsageError(f"The template {path} could not be written ({exc.strerror or exc}); "
-                         "choose another -o.") from None
+        raise UsageError(
+            f"The template {path} could not be written ({exc.strerror or exc}); choose another -o."
+        ) from None
     return path
 
 
-def _write_workbook(path: Path, spec: ActionSpec, headers: list[str], provider: str | None,
-                    choices: Mapping[str, Sequence[str]]) -> None:
+def _write_workbook(
+    path: Path, spec: ActionSpec, headers: list[str], provider: str | None, choices: Mapping[str, Sequence[str]]
+) -> None:
     import xlsxwriter
 
-    workbook = xlsxwriter.Workbook(str(path), {"strings_to_formulas": False, "strings_to_numbers": False,
-                                               "strings_to_urls": False})
+    workbook = xlsxwriter.Workbook(
+        str(path), {"strings_to_formulas": False, "strings_to_numbers": False, "strings_to_urls": False}
+    )
     try:
         job = workbook.add_worksheet(JOB_SHEET)
         heading = workbook.add_format({"bold": True, "bottom": 1, "bg_color": "#F2F2F2"})
@@ -110,8 +114,11 @@ def _write_notes(workbook: Any, spec: ActionSpec, provider: str | None) -> None:
     notes = workbook.add_worksheet(NOTES_SHEET)
     bold = workbook.add_format({"bold": True})
     wrap = workbook.add_format({"text_wrap": True, "valign": "top"})
-    run = f"bulkmdm run FILE.xlsx --action {spec.name}" + (f" --provider {provider}" if provider else
-                                                            " --provider P") + " --url URL"
+    run = (
+        f"bulkmdm run FILE.xlsx --action {spec.name}"
+        + (f" --provider {provider}" if provider else " --provider P")
+        + " --url URL"
+    )
     lines = [
         f"One row per device or user to {spec.summary or spec.name} ({spec.name}). "
         "Fill in the first sheet; bulkmdm reads only that one.",
@@ -135,8 +142,9 @@ def _write_notes(workbook: Any, spec: ActionSpec, provider: str | None) -> None:
     notes.set_column(2, 3, 36)
 
 
-def add_choices(workbook: Any, sheet: Any, headers: Sequence[str], choices: Mapping[str, Sequence[str]],
-                *, rows: int = CHOICE_ROWS) -> None:
+def add_choices(
+    workbook: Any, sheet: Any, headers: Sequence[str], choices: Mapping[str, Sequence[str]], *, rows: int = CHOICE_ROWS
+) -> None:
     """Excel dropdowns (data validation lists) for the columns in ``choices``
     (column header -> the values to offer, e.g. the MDM's tag names).
 
@@ -149,8 +157,12 @@ def add_choices(workbook: Any, sheet: Any, headers: Sequence[str], choices: Mapp
         values = [str(v) for v in dict.fromkeys(choices.get(header, ())) if str(v).strip()]
         if not values:
             continue
-        rule: dict[str, Any] = {"validate": "list", "error_type": "warning", "error_title": header,
-                                "error_message": f"Not one of the {header} values listed from the MDM."}
+        rule: dict[str, Any] = {
+            "validate": "list",
+            "error_type": "warning",
+            "error_title": header,
+            "error_message": f"Not one of the {header} values listed from the MDM.",
+        }
         if sum(len(v) + 1 for v in values) <= _INLINE_LIMIT and not any("," in v or '"' in v for v in values):
             rule["source"] = values
         else:

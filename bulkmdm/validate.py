@@ -76,8 +76,11 @@ class ValidJob:
 
     def destructive_actions(self) -> set[str]:
         """The destructive verbs the job holds, counting rows that are invalid for other reasons."""
-        return {e.row.action for e in self.entries
-                if e.carried is None and e.row.action in ACTIONS and ACTIONS[e.row.action].destructive}
+        return {
+            e.row.action
+            for e in self.entries
+            if e.carried is None and e.row.action in ACTIONS and ACTIONS[e.row.action].destructive
+        }
 
 
 # -- options -----------------------------------------------------------------
@@ -125,8 +128,10 @@ def check_url(given: str | None) -> str:
 def _check_url(url: str) -> None:
     """Refuse a --url that names no server (``http://``, a bad port, spaces)."""
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise UsageError(f"--url {url!r} holds spaces or control characters; give the MDM's address, "
-                         "e.g. --url https://mdm.example.com.")
+        raise UsageError(
+            f"--url {url!r} holds spaces or control characters; give the MDM's address, "
+            "e.g. --url https://mdm.example.com."
+        )
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
@@ -135,8 +140,9 @@ def _check_url(url: str) -> None:
     except (ValueError, UnicodeError):
         host = port = None
     if not host or port == 0:
-        raise UsageError(f"--url {url!r} is not a usable address; give the MDM's address, "
-                         "e.g. --url https://mdm.example.com.")
+        raise UsageError(
+            f"--url {url!r} is not a usable address; give the MDM's address, e.g. --url https://mdm.example.com."
+        )
 
 
 def default_report_path(job: Path, *, dry_run: bool = False) -> Path:
@@ -156,19 +162,22 @@ def report_path(options: RunOptions, job: ValidJob) -> Path:
     path = options.report or default_report_path(options.job, dry_run=options.dry_run)
     if options.report is None and _same_file(path, options.job) and not job.is_report:
         # a job merely named like a report: never write over it
-        path = options.job.with_name(f"{options.job.stem}{'.dryrun' if options.dry_run else '.outcome'}"
-                                     f"{options.job.suffix}")
+        path = options.job.with_name(
+            f"{options.job.stem}{'.dryrun' if options.dry_run else '.outcome'}{options.job.suffix}"
+        )
     if path.suffix.lower() not in (".csv", ".xlsx"):
         raise UsageError(f"--report {path} must end in .csv or .xlsx.")
     if path.is_dir():
         raise UsageError(f"--report {path} is a folder; give the path of a .csv or .xlsx file.")
     if _same_file(path, options.job) and not job.is_report:
-        raise UsageError(f"--report {path} is the job file itself; the report would replace the job. "
-                         "Give the report another name.")
+        raise UsageError(
+            f"--report {path} is the job file itself; the report would replace the job. Give the report another name."
+        )
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UsageError(f"Cannot write the report to {path}: {folder} is not a writable folder; "
-                         "pass --report with another path.")
+        raise UsageError(
+            f"Cannot write the report to {path}: {folder} is not a writable folder; pass --report with another path."
+        )
     return path
 
 
@@ -202,8 +211,14 @@ def validate_job(table: JobTable, provider_cls: type[Provider], action: str | No
         entries.append(entry)
     headers = tuple(h for i, h in enumerate(table.headers) if i not in _outcome_positions(table))
     _refuse_when_nothing_can_run(table.path, entries, seen(table.headers))
-    return ValidJob(path=table.path, headers=headers, delimiter=table.delimiter, is_report=table.is_report,
-                    entries=entries, content=content.hexdigest())
+    return ValidJob(
+        path=table.path,
+        headers=headers,
+        delimiter=table.delimiter,
+        is_report=table.is_report,
+        entries=entries,
+        content=content.hexdigest(),
+    )
 
 
 def _outcome_positions(table: JobTable) -> frozenset[int]:
@@ -289,8 +304,9 @@ def check_destructive(job: ValidJob, options: RunOptions, events: Events) -> Non
             f"This job holds destructive rows ({', '.join(sorted(held))}) and there is no terminal to "
             "confirm on; nothing was sent. Check the file, then run again with --yes."
         )
-    destructive = [e.row for e in job.entries
-                   if e.carried is None and e.invalid is None and ACTIONS[e.row.action].destructive]
+    destructive = [
+        e.row for e in job.entries if e.carried is None and e.invalid is None and ACTIONS[e.row.action].destructive
+    ]
     if options.max_destructive is not None and len(destructive) > options.max_destructive:
         raise ConfirmationRefused(
             f"This job would {destructive[0].action} {len(destructive)} devices or users, more than "

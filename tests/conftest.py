@@ -55,7 +55,7 @@ def read_report(path: Path) -> list[dict[str, str]]:
         wb = openpyxl.load_workbook(path)
         ws = wb.worksheets[0]
         values = [[("" if c is None else str(c)) for c in row] for row in ws.iter_rows(values_only=True)]
-        return [dict(zip(values[0], r)) for r in values[1:]]
+        return [dict(zip(values[0], r, strict=False)) for r in values[1:]]
     with open(path, newline="", encoding="utf-8-sig") as fh:
         sample = fh.read(4096)
         fh.seek(0)
@@ -65,8 +65,9 @@ def read_report(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def run_cli() -> object:
-    def invoke(args: Sequence[str], *, env: dict[str, str] | None = None, report: Path | None = None,
-               input: str | None = None) -> Result:
+    def invoke(
+        args: Sequence[str], *, env: dict[str, str] | None = None, report: Path | None = None, input: str | None = None
+    ) -> Result:
         runner = CliRunner()
         merged = dict(CREDS)
         merged.update(env or {})

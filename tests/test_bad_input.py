@@ -19,8 +19,13 @@ def _run(run_cli: Any, duo: Any, job: Path, *extra: str) -> Any:
 
 def test_100k_rows_with_one_broken_row(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     st = duo.app["state"]
-    serials = duo.call(lambda: [d["serialNumber"] for d in list(st.devices.values())[FACTS["edge_devices"]:]
-                                if len(st.devices_by_serial(d["serialNumber"])) == 1][:50])
+    serials = duo.call(
+        lambda: [
+            d["serialNumber"]
+            for d in list(st.devices.values())[FACTS["edge_devices"] :]
+            if len(st.devices_by_serial(d["serialNumber"])) == 1
+        ][:50]
+    )
     lines = ["serial,tag,note"]
     for i in range(100_000):
         lines.append(f"{serials[i % 50]},Musik,row {i}")
@@ -38,12 +43,15 @@ def test_100k_rows_with_one_broken_row(duo: Any, run_cli: Any, tmp_path: Path) -
     assert statuses.count("failed") == 0
 
 
-@pytest.mark.parametrize("name, content, words", [
-    ("empty.csv", b"", "empty"),
-    ("fake.xlsx", b"serial,action\nA,lock\n", "xlsx"),
-    ("fake.csv", b"PK\x03\x04" + b"\x00" * 100, "csv"),
-    ("job.pdf", b"%PDF-1.4", ".pdf"),
-])
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("empty.csv", b"", "empty"),
+        ("fake.xlsx", b"serial,action\nA,lock\n", "xlsx"),
+        ("fake.csv", b"PK\x03\x04" + b"\x00" * 100, "csv"),
+        ("job.pdf", b"%PDF-1.4", ".pdf"),
+    ],
+)
 def test_file_level_errors(duo: Any, run_cli: Any, tmp_path: Path, name: str, content: bytes, words: str) -> None:
     job = tmp_path / name
     job.write_bytes(content)
@@ -81,8 +89,11 @@ def test_xlsx_with_formulas_merged_cells_and_duplicate_headers(duo: Any, run_cli
 
 def test_huge_cell_is_an_invalid_row(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     job = tmp_path / "huge.csv"
-    job.write_text(f"serial,message\n{FACTS['untagged_device']['serial']},{'x' * 40_000}\n"
-                   f"{FACTS['untagged_device']['serial']},ok\n", encoding="utf-8")
+    job.write_text(
+        f"serial,message\n{FACTS['untagged_device']['serial']},{'x' * 40_000}\n"
+        f"{FACTS['untagged_device']['serial']},ok\n",
+        encoding="utf-8",
+    )
     res = _run(run_cli, duo, job, "--action", "message")
     assert [r["status"] for r in res.report] == ["invalid", "succeeded"]
 

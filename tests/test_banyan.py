@@ -51,8 +51,9 @@ def rows_of(*specs: tuple[str, Mapping[str, str]]) -> list[JobRow]:
     return [JobRow(i, action, {k: v for k, v in fields.items() if v}) for i, (action, fields) in enumerate(specs)]
 
 
-async def run(sim: SimServer, *specs: tuple[str, Mapping[str, str]], token: str = TOKEN,
-              dry_run: bool = False) -> list[Outcome]:
+async def run(
+    sim: SimServer, *specs: tuple[str, Mapping[str, str]], token: str = TOKEN, dry_run: bool = False
+) -> list[Outcome]:
     """Plan every row, then execute the steps one by one in row order."""
     auth = Banyan.auth_from_env({"BULKMDM_TOKEN": token})
     async with Client(Banyan.api_base(sim.url + "/"), auth=auth, retry=FAST, timeout=5) as client:
@@ -90,8 +91,13 @@ async def test_ban_and_unban_change_only_what_needs_changing(any_sim: SimServer)
         ("unban", {"serial": not_banned["SerialNumber"]}),
         ("ban", {"serial": to_ban["SerialNumber"]}),
     )
-    assert [o.status for o in out] == [Status.SUCCEEDED, Status.SKIPPED, Status.SUCCEEDED, Status.SKIPPED,
-                                       Status.SKIPPED]
+    assert [o.status for o in out] == [
+        Status.SUCCEEDED,
+        Status.SKIPPED,
+        Status.SUCCEEDED,
+        Status.SKIPPED,
+        Status.SKIPPED,
+    ]
     assert "already banned" in out[1].detail and "line 2" in out[4].detail
     assert to_ban["Banned"] == "TRUE" and to_unban["Banned"] == "FALSE"
     assert log(sim, to_ban) == ["ban"] and log(sim, to_unban) == ["unban"]
@@ -169,9 +175,12 @@ async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) 
     auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
     async with Client(sim.url, auth=auth, retry=FAST, timeout=5) as client:
         provider = Banyan(client, Settings(url=sim.url))
-        step = Step(rows_of(("ban", {"serial": device["SerialNumber"]}))[0], "ban",
-                    f"device {device['SerialNumber']}", {"serial": device["SerialNumber"], "banned": True,
-                                                         "fields": {}})
+        step = Step(
+            rows_of(("ban", {"serial": device["SerialNumber"]}))[0],
+            "ban",
+            f"device {device['SerialNumber']}",
+            {"serial": device["SerialNumber"], "banned": True, "fields": {}},
+        )
         (out,) = await provider.execute([step])
     assert out.status is Status.UNKNOWN and "not resent" in out.detail
     assert log(sim, device) == ["ban"]
@@ -197,12 +206,21 @@ async def test_delete_device_with_and_without_email(sim: SimServer) -> None:
         ("delete-device", {"serial": DUPLICATE_SERIAL}),
         ("delete-device", {"serial": alone["SerialNumber"]}),
     )
-    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED,
-                                       Status.FAILED, Status.FAILED, Status.SKIPPED]
+    assert [x.status for x in out] == [
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.FAILED,
+        Status.FAILED,
+        Status.SKIPPED,
+    ]
     assert o.with_serial(alone["SerialNumber"]) == []
     assert o.with_serial(shared["SerialNumber"]) == [shared] and shared["Emails"] == [second]
-    assert o.with_serial(DUPLICATE_SERIAL) == [duplicate[0]] and log(sim, duplicate[1]) == [f"unlink {dup_email}",
-                                                                                             "delete"]
+    assert o.with_serial(DUPLICATE_SERIAL) == [duplicate[0]] and log(sim, duplicate[1]) == [
+        f"unlink {dup_email}",
+        "delete",
+    ]
     assert "not registered to nobody@skola.se" in out[3].detail
     assert "not found" in out[4].detail and "matches 2 devices" in out[5].detail
     assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 3
@@ -256,8 +274,9 @@ async def test_delete_device_falls_back_to_the_doc_path(sim: SimServer, no_route
     # once, the doc's kept for the rest of the run.
     org(sim).no_route_status = no_route
     a, b = org(sim).unique_devices(users=1)[:2]
-    out = await run(sim, ("delete-device", {"serial": a["SerialNumber"]}),
-                    ("delete-device", {"serial": b["SerialNumber"]}))
+    out = await run(
+        sim, ("delete-device", {"serial": a["SerialNumber"]}), ("delete-device", {"serial": b["SerialNumber"]})
+    )
     assert [x.status for x in out] == [Status.SUCCEEDED] * 2
     assert sim.stats.by_route["DELETE /v1/delete_device"] == 1  # learnt once per run
     assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 2
@@ -266,8 +285,9 @@ async def test_delete_device_falls_back_to_the_doc_path(sim: SimServer, no_route
 
 async def test_delete_device_uses_the_real_path_first(real_sim: SimServer) -> None:
     a, b = org(real_sim).unique_devices(users=1)[:2]
-    out = await run(real_sim, ("delete-device", {"serial": a["SerialNumber"]}),
-                    ("delete-device", {"serial": b["SerialNumber"]}))
+    out = await run(
+        real_sim, ("delete-device", {"serial": a["SerialNumber"]}), ("delete-device", {"serial": b["SerialNumber"]})
+    )
     assert [x.status for x in out] == [Status.SUCCEEDED] * 2
     assert real_sim.stats.by_route["DELETE /v1/delete_device"] == 2
     assert real_sim.stats.by_route["DELETE /v1/v1/delete_device"] == 0
@@ -278,8 +298,9 @@ async def test_a_404_on_both_delete_paths_does_not_switch_paths(sim: SimServer) 
     # so every row tries the real path first again.
     org(sim).delete_paths = set()
     a, b = org(sim).unique_devices(users=1)[:2]
-    out = await run(sim, ("delete-device", {"serial": a["SerialNumber"]}),
-                    ("delete-device", {"serial": b["SerialNumber"]}))
+    out = await run(
+        sim, ("delete-device", {"serial": a["SerialNumber"]}), ("delete-device", {"serial": b["SerialNumber"]})
+    )
     assert [x.status for x in out] == [Status.FAILED] * 2 and all(x.http_status == 404 for x in out)
     assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 2
     assert sim.stats.by_route["DELETE /v1/delete_device"] == 2
@@ -327,8 +348,15 @@ async def test_delete_user_by_id_and_by_email(sim: SimServer) -> None:
         ("delete-user", {"email": by_id["Email"]}),
         ("delete-user", {"email": " "}),
     )
-    assert [x.status for x in out] == [Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED, Status.FAILED,
-                                       Status.FAILED, Status.SKIPPED, Status.FAILED]
+    assert [x.status for x in out] == [
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.FAILED,
+        Status.FAILED,
+        Status.SKIPPED,
+        Status.FAILED,
+    ]
     assert out[0].resolved == f"user_id={by_id['ID']}" and out[1].resolved == f"user_id={by_email['ID']}"
     assert by_id["ID"] in org(sim).inactive and by_email["ID"] in org(sim).inactive
     assert other["ID"] in org(sim).users and log(sim, other) == []
@@ -341,12 +369,14 @@ async def test_user_already_deleted_with_their_only_device_is_skipped(sim: SimSe
     # Banyan deletes an end user with their only device ("If any user(s) is/are
     # associated with only the mentioned device then that/those user(s) will
     # also get deleted"), so the later delete-user finds nothing to delete.
-    device = next(d for d in o.unique_devices(users=1)
-                  if o.user(d["Emails"][0])["SerialNumbers"] == [d["SerialNumber"]])  # type: ignore[index]
+    device = next(
+        d for d in o.unique_devices(users=1) if o.user(d["Emails"][0])["SerialNumbers"] == [d["SerialNumber"]]
+    )  # type: ignore[index]
     user = o.user(device["Emails"][0])
     assert user is not None
-    out = await run(sim, ("delete-device", {"serial": device["SerialNumber"]}),
-                    ("delete-user", {"email": user["Email"]}))
+    out = await run(
+        sim, ("delete-device", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]})
+    )
     assert [x.status for x in out] == [Status.SUCCEEDED, Status.SKIPPED]
     assert "already gone" in out[1].detail and out[1].http_status == 400
 
@@ -374,8 +404,7 @@ def test_listing_answers_are_read_in_every_documented_shape() -> None:
     assert _page([{"SerialNumber": "A"}], "devices") == ([{"SerialNumber": "A"}], None)
     assert _page({"devices": [], "count": 27}, "devices") == ([], 27)
     assert _page({"devices": [{"a": 1}], "count": "3"}, "devices") == ([{"a": 1}], 3)
-    assert _page({"error_code": 0, "data": {"endusers": [{"ID": "x"}], "count": 1}}, "endusers") == (
-        [{"ID": "x"}], 1)
+    assert _page({"error_code": 0, "data": {"endusers": [{"ID": "x"}], "count": 1}}, "endusers") == ([{"ID": "x"}], 1)
     assert _page({"Message": "nope"}, "devices") == (None, None)
     assert _page("Internal Server Error", "devices") == (None, None)
 
@@ -385,18 +414,23 @@ async def test_simulator_is_strict_where_the_doc_is(sim: SimServer) -> None:
     serial = device["SerialNumber"]
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as http:
+
         async def status(method: str, path: str, **kwargs: Any) -> int:
             async with http.request(method, sim.url + path, **kwargs) as resp:
                 return resp.status
 
         update = "/v1/mdm/update_device"
         # "ContentType: application/json" and an array of device objects
-        assert await status("POST", update, params={"SerialNumber": serial}, data={"Banned": "TRUE"},
-                            headers=auth) == 400
-        assert await status("POST", update, params={"SerialNumber": serial}, json={"Banned": "TRUE"},
-                            headers=auth) == 400
-        assert await status("POST", update, params={"serialnumber": serial}, json=[{"Banned": "TRUE"}],
-                            headers=auth) == 400
+        assert (
+            await status("POST", update, params={"SerialNumber": serial}, data={"Banned": "TRUE"}, headers=auth) == 400
+        )
+        assert (
+            await status("POST", update, params={"SerialNumber": serial}, json={"Banned": "TRUE"}, headers=auth) == 400
+        )
+        assert (
+            await status("POST", update, params={"serialnumber": serial}, json=[{"Banned": "TRUE"}], headers=auth)
+            == 400
+        )
         assert await status("POST", update, params={"SerialNumber": serial}, json=[{"Banned": "TRUE"}]) == 401
         # "SerialNumber ... (compulsary parameter)", in that case
         assert await status("DELETE", DOC_DELETE_PATH, params={"serialnumber": serial}, headers=auth) == 400
@@ -404,16 +438,19 @@ async def test_simulator_is_strict_where_the_doc_is(sim: SimServer) -> None:
         assert await status("DELETE", "/v2/endusers", json={"ids": [device["DeviceID"]]}, headers=auth) == 400
         assert await status("GET", "/v1/devices", params={"limit": "ten"}, headers=auth) == 400
         assert device["Banned"] == "FALSE" and org(sim).with_serial(serial) == [device]
-        assert await status("POST", update, params={"SerialNumber": serial}, json=[{"Banned": "TRUE"}],
-                            headers=auth) == 200
+        assert (
+            await status("POST", update, params={"SerialNumber": serial}, json=[{"Banned": "TRUE"}], headers=auth)
+            == 200
+        )
     assert device["Banned"] == "TRUE"
 
 
 async def test_dry_run_sends_nothing_that_changes(sim: SimServer) -> None:
     device = org(sim).unique_devices(banned=False)[0]
     user = list(org(sim).users.values())[0]
-    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]}),
-                    dry_run=True)
+    out = await run(
+        sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]}), dry_run=True
+    )
     assert [x.status for x in out] == [Status.PLANNED, Status.PLANNED]
     assert mutating(sim) == 0 and sim.stats.by_route["GET /v1/endusers"] == 1
 
@@ -454,15 +491,18 @@ def test_cli_runs_a_mixed_job_and_reports_each_row(sim: SimServer, tmp_path: Pat
     ban, banned = o.unique_devices(banned=False)[0], o.unique_devices(banned=True)[0]
     deleted = o.unique_devices(users=1)[5]
     user = list(o.users.values())[20]
-    job = write_csv(tmp_path / "banyan job.csv", [
-        ["Action", "Serial Number", "E-mail", "Enduser ID"],
-        ["ban", ban["SerialNumber"], "", ""],
-        ["ban", banned["SerialNumber"], "", ""],
-        ["Delete Device", deleted["SerialNumber"], "", ""],
-        ["delete-user", "", "", user["ID"]],
-        ["ban", "NOSUCHSERIAL", "", ""],
-        ["lock", ban["SerialNumber"], "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "banyan job.csv",
+        [
+            ["Action", "Serial Number", "E-mail", "Enduser ID"],
+            ["ban", ban["SerialNumber"], "", ""],
+            ["ban", banned["SerialNumber"], "", ""],
+            ["Delete Device", deleted["SerialNumber"], "", ""],
+            ["delete-user", "", "", user["ID"]],
+            ["ban", "NOSUCHSERIAL", "", ""],
+            ["lock", ban["SerialNumber"], "", ""],
+        ],
+    )
     env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
     result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes"], env=env)
     report = read_report(tmp_path / "banyan job.outcome.csv")
@@ -473,8 +513,11 @@ def test_cli_runs_a_mixed_job_and_reports_each_row(sim: SimServer, tmp_path: Pat
     assert user["ID"] in o.inactive
 
     # run the report again: only the failed/invalid rows are tried, nothing is sent twice
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "banyan job.outcome.csv"), "--provider", "banyan",
-                                       "--url", sim.url, "--yes"], env=env)
+    result = CliRunner().invoke(
+        main,
+        ["run", str(tmp_path / "banyan job.outcome.csv"), "--provider", "banyan", "--url", sim.url, "--yes"],
+        env=env,
+    )
     assert result.exit_code == 1
     assert log(sim, ban) == ["ban"] and sim.stats.by_route["DELETE /v2/endusers"] == 1
 
@@ -491,8 +534,11 @@ def test_cli_destructive_job_needs_yes_and_missing_token_is_one_message(sim: Sim
     env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
     result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url], env=env)
     assert result.exit_code == 2 and mutating(sim) == 0
-    result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes"],
-                                env={"BULKMDM_STATE_DIR": str(tmp_path / "state")})
+    result = CliRunner().invoke(
+        main,
+        ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes"],
+        env={"BULKMDM_STATE_DIR": str(tmp_path / "state")},
+    )
     assert result.exit_code == 2 and "BULKMDM_TOKEN" in result.output and "Traceback" not in result.output
     assert mutating(sim) == 0 and org(sim).with_serial(device["SerialNumber"]) == [device]
 
@@ -510,8 +556,9 @@ def test_shipped_example_job_runs_against_the_default_simulator(tmp_path: Path, 
     job.write_bytes((Path(__file__).parent.parent / "jobs" / "banyan-lost.csv").read_bytes())
     with SimServer(make_app(devices=3000, seed=1, token=TOKEN, real=real)) as server:
         env = {"BULKMDM_TOKEN": TOKEN, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
-        result = CliRunner().invoke(main, ["run", str(job), "--provider", "banyan", "--url", server.url, "--yes"],
-                                    env=env)
+        result = CliRunner().invoke(
+            main, ["run", str(job), "--provider", "banyan", "--url", server.url, "--yes"], env=env
+        )
         report = read_report(tmp_path / "banyan-lost.outcome.csv")
         assert result.exit_code == 0, result.output
         assert [r["status"] for r in report] == ["succeeded"] * 4 + ["skipped"] + ["succeeded"] * 4

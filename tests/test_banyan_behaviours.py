@@ -40,10 +40,14 @@ def org(sim: SimServer) -> Org:
 def state(o: Org) -> dict[str, Any]:
     """Everything a job could change, compared whole after a run."""
     return {
-        "devices": {d["DeviceID"]: {k: (list(v) if isinstance(v, list) else v) for k, v in d.items()
-                                    if k in ("SerialNumber", "Banned", "Emails", "Model", "Ownership", "Platform",
-                                             "OS", "Architecture")}
-                    for d in o.devices.values()},
+        "devices": {
+            d["DeviceID"]: {
+                k: (list(v) if isinstance(v, list) else v)
+                for k, v in d.items()
+                if k in ("SerialNumber", "Banned", "Emails", "Model", "Ownership", "Platform", "OS", "Architecture")
+            }
+            for d in o.devices.values()
+        },
         "users": {uid: {"Email": u["Email"], "SerialNumbers": list(u["SerialNumbers"])} for uid, u in o.users.items()},
         "inactive": sorted(o.inactive),
         "inactive_devices": sorted(o.inactive_devices),
@@ -57,8 +61,9 @@ def write_job(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 
 def cli(run_cli: Any, job: Path, sim: SimServer, *more: str) -> Any:
-    return run_cli(["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes", *more],
-                   env={"BULKMDM_TOKEN": TOKEN})
+    return run_cli(
+        ["run", str(job), "--provider", "banyan", "--url", sim.url, "--yes", *more], env={"BULKMDM_TOKEN": TOKEN}
+    )
 
 
 async def plan(sim: SimServer, rows: Sequence[tuple[str, Mapping[str, str]]]) -> list[Any]:
@@ -73,24 +78,34 @@ def test_every_action_end_to_end(any_sim: SimServer, tmp_path: Path, run_cli: An
     to_ban = o.unique_devices(banned=False)[0]
     to_unban, banned = o.unique_devices(banned=True)[:2]
     # one user on it, who has another device: the device goes, the user stays
-    alone = next(d for d in o.unique_devices(users=1)
-                 if len(o.user(d["Emails"][0])["SerialNumbers"]) == 2)  # type: ignore[index]
+    alone = next(d for d in o.unique_devices(users=1) if len(o.user(d["Emails"][0])["SerialNumbers"]) == 2)  # type: ignore[index]
     shared = o.unique_devices(users=2)[0]
     leaving = shared["Emails"][1]  # also on their own device: only this registration goes
     lonely = [u for u in o.users.values() if not u["SerialNumbers"]][:2]
     before = state(o)
-    job = write_job(tmp_path / "all.csv", ["action", "serial", "device_id", "email", "user_id"], [
-        ["ban", to_ban["SerialNumber"], "", "", ""],
-        ["unban", "", to_unban["DeviceID"], "", ""],
-        ["ban", banned["SerialNumber"], "", "", ""],
-        ["delete-device", alone["SerialNumber"], "", "", ""],
-        ["delete-device", shared["SerialNumber"], "", leaving.upper(), ""],
-        ["delete-user", "", "", lonely[0]["Email"], ""],
-        ["delete-user", "", "", "", lonely[1]["ID"]],
-    ])
+    job = write_job(
+        tmp_path / "all.csv",
+        ["action", "serial", "device_id", "email", "user_id"],
+        [
+            ["ban", to_ban["SerialNumber"], "", "", ""],
+            ["unban", "", to_unban["DeviceID"], "", ""],
+            ["ban", banned["SerialNumber"], "", "", ""],
+            ["delete-device", alone["SerialNumber"], "", "", ""],
+            ["delete-device", shared["SerialNumber"], "", leaving.upper(), ""],
+            ["delete-user", "", "", lonely[0]["Email"], ""],
+            ["delete-user", "", "", "", lonely[1]["ID"]],
+        ],
+    )
     result = cli(run_cli, job, sim)
-    assert [r["status"] for r in result.report] == ["succeeded", "succeeded", "skipped", "succeeded", "succeeded",
-                                                    "succeeded", "succeeded"], result.output
+    assert [r["status"] for r in result.report] == [
+        "succeeded",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ], result.output
     assert result.exit_code == 0
 
     expected = before
@@ -130,8 +145,7 @@ def test_ban_body_keeps_the_device_fields(any_sim: SimServer, tmp_path: Path, ru
 
 
 @pytest.mark.parametrize(("real", "seed"), [(False, 3), (True, 3), (True, 5)])
-def test_delete_path_learnt_while_rows_retry_side_by_side(tmp_path: Path, run_cli: Any, real: bool,
-                                                          seed: int) -> None:
+def test_delete_path_learnt_while_rows_retry_side_by_side(tmp_path: Path, run_cli: Any, real: bool, seed: int) -> None:
     # Issue 13 item 6: a row whose first-path request was retried (503) came
     # back with its 404 after another row had switched paths, and failed
     # with 404 instead of trying the other path (seeds 3 and 5 against a
@@ -141,9 +155,11 @@ def test_delete_path_learnt_while_rows_retry_side_by_side(tmp_path: Path, run_cl
         sim.faults.update({"error_rate": 0.4, "mutating_only": True, "seed": seed})
         devices = o.unique_devices(users=1)[:8]
         bans = o.unique_devices(banned=False, users=2)[:4]
-        job = write_job(tmp_path / "del.csv", ["action", "serial"],
-                        [["delete-device", d["SerialNumber"]] for d in devices]
-                        + [["ban", d["SerialNumber"]] for d in bans])
+        job = write_job(
+            tmp_path / "del.csv",
+            ["action", "serial"],
+            [["delete-device", d["SerialNumber"]] for d in devices] + [["ban", d["SerialNumber"]] for d in bans],
+        )
         result = cli(run_cli, job, sim)
         assert [r["status"] for r in result.report] == ["succeeded"] * 12, [r["detail"] for r in result.report]
         assert all(o.with_serial(d["SerialNumber"]) == [] for d in devices)
@@ -159,8 +175,11 @@ def test_end_user_ids_are_read_from_v2_pages(tmp_path: Path, run_cli: Any) -> No
         last = max(o.users.values(), key=lambda u: u["ID"])
         gone = min(o.users.values(), key=lambda u: u["ID"])
         o.deactivate([gone["ID"]])  # listed by v2 as "Inactive"
-        job = write_job(tmp_path / "users.csv", ["action", "email"],
-                        [["delete-user", last["Email"]], ["delete-user", gone["Email"]]])
+        job = write_job(
+            tmp_path / "users.csv",
+            ["action", "email"],
+            [["delete-user", last["Email"]], ["delete-user", gone["Email"]]],
+        )
         result = cli(run_cli, job, sim)
         assert [r["status"] for r in result.report] == ["succeeded", "skipped"], result.output
         assert "already inactive" in result.report[1]["detail"]
@@ -180,13 +199,17 @@ def test_objects_without_the_key_field_are_no_match(any_sim: SimServer, tmp_path
         o.blank_fields[obj["DeviceID"]] = "DeviceID"
     for user in users:
         o.blank_fields[user["ID"]] = "id" if o.real else "ID"  # v2's name, or the v1 "ID" (CONTRACT.md)
-    job = write_job(tmp_path / "keys.csv", ["action", "serial", "device_id", "email"], [
-        ["ban", first["SerialNumber"], "", ""],
-        ["ban", second["SerialNumber"], "", ""],
-        ["unban", "", first["DeviceID"], ""],
-        ["delete-user", "", "", users[0]["Email"]],
-        ["delete-user", "", "", users[1]["Email"]],
-    ])
+    job = write_job(
+        tmp_path / "keys.csv",
+        ["action", "serial", "device_id", "email"],
+        [
+            ["ban", first["SerialNumber"], "", ""],
+            ["ban", second["SerialNumber"], "", ""],
+            ["unban", "", first["DeviceID"], ""],
+            ["delete-user", "", "", users[0]["Email"]],
+            ["delete-user", "", "", users[1]["Email"]],
+        ],
+    )
     result = cli(run_cli, job, any_sim)
     assert [r["status"] for r in result.report] == ["succeeded", "succeeded", "failed", "failed", "failed"]
     assert "2 devices in Banyan's list have no 'DeviceID'" in result.report[2]["detail"]
@@ -203,9 +226,17 @@ async def test_inventory_streams_every_device_page_by_page(any_sim: SimServer) -
         provider = Banyan(client, Settings(url=any_sim.url))
         rows = [row async for row in provider.inventory()]
         assert [await provider.choices(c) for c in ("tag", "group", "app")] == [[], [], []]
-    expected = {d["DeviceID"]: {"serial": d["SerialNumber"], "device_id": d["DeviceID"],
-                                "name": d["DeviceFriendlyName"], "email": ", ".join(d["Emails"]),
-                                "model": d["Model"], "banned": d["Banned"]} for d in o.devices.values()}
+    expected = {
+        d["DeviceID"]: {
+            "serial": d["SerialNumber"],
+            "device_id": d["DeviceID"],
+            "name": d["DeviceFriendlyName"],
+            "email": ", ".join(d["Emails"]),
+            "model": d["Model"],
+            "banned": d["Banned"],
+        }
+        for d in o.devices.values()
+    }
     assert len(rows) == len(o.devices) and {r["device_id"]: r for r in rows} == expected
     assert all(isinstance(v, str) for r in rows for v in r.values())
     assert any_sim.stats.by_route["GET /v1/devices"] == -(-len(o.devices) // 50)  # a short page is the last
@@ -223,13 +254,19 @@ def test_undo_rows_put_the_ban_state_back(any_sim: SimServer, tmp_path: Path, ru
     steps = asyncio.run(plan(any_sim, rows))
     assert all(isinstance(s, Step) for s in steps)
     assert [s.undo for s in steps] == [{"action": "unban", "serial": d["SerialNumber"]} for d in to_ban] + [
-        {"action": "ban", "serial": to_unban["SerialNumber"]}, None]
+        {"action": "ban", "serial": to_unban["SerialNumber"]},
+        None,
+    ]
     before = state(o)
-    job = write_job(tmp_path / "job.csv", ["action", "serial", "device_id"],
-                    [[a, f.get("serial", ""), f.get("device_id", "")] for a, f in rows])
+    job = write_job(
+        tmp_path / "job.csv",
+        ["action", "serial", "device_id"],
+        [[a, f.get("serial", ""), f.get("device_id", "")] for a, f in rows],
+    )
     assert cli(run_cli, job, any_sim).exit_code == 0
-    undo = write_job(tmp_path / "undo.csv", ["action", "serial"],
-                     [[s.undo["action"], s.undo["serial"]] for s in steps if s.undo])
+    undo = write_job(
+        tmp_path / "undo.csv", ["action", "serial"], [[s.undo["action"], s.undo["serial"]] for s in steps if s.undo]
+    )
     assert cli(run_cli, undo, any_sim).exit_code == 0
     del before["devices"][doomed["DeviceID"]]  # a deletion cannot be undone
     doomed_owner = next(uid for uid, u in before["users"].items() if doomed["SerialNumber"] in u["SerialNumbers"])

@@ -42,9 +42,11 @@ def test_readme_has_the_two_commands() -> None:
 
 
 def test_help_does_not_import_heavy_modules() -> None:
-    code = ("import sys; from bulkmdm.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('pandas', 'aiohttp', 'rich', 'sqlite3') if m in sys.modules))")
+    code = (
+        "import sys; from bulkmdm.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('pandas', 'aiohttp', 'rich', 'sqlite3') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 

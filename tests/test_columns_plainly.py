@@ -17,10 +17,19 @@ from bulkmdm.sim.duostation import FACTS
 FREE = FACTS["untagged_device"]["serial"]
 
 
-@pytest.mark.parametrize(("header", "suggestion"), [
-    ("Serail Number", "Serial Number"), ("serail_number", "serial_number"), ("EMIAL", "EMAIL"),
-    ("Mesage", "Message"), ("Klass", None), ("Kommentar", None), ("serial", None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("header", "suggestion"),
+    [
+        ("Serail Number", "Serial Number"),
+        ("serail_number", "serial_number"),
+        ("EMIAL", "EMAIL"),
+        ("Mesage", "Message"),
+        ("Klass", None),
+        ("Kommentar", None),
+        ("serial", None),
+        ("", None),
+    ],
+)
 def test_closest_known_column(header: str, suggestion: str | None) -> None:
     assert closest(header) == suggestion
 
@@ -55,18 +64,22 @@ def test_every_row_missing_a_column_lists_the_headers_seen(duo: Any, run_cli: An
 
 def test_two_columns_of_one_meaning_must_agree(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     other = FACTS["leading_zero_serial"]
-    job = write_csv(tmp_path / "j.csv", [
-        ["action", "serial", "Serial Number", "SN"],
-        ["lock", FREE, FREE, f" {FREE} "],
-        ["lock", FREE, other, FREE],
-        ["lock", "", other, ""],
-    ])
+    job = write_csv(
+        tmp_path / "j.csv",
+        [
+            ["action", "serial", "Serial Number", "SN"],
+            ["lock", FREE, FREE, f" {FREE} "],
+            ["lock", FREE, other, FREE],
+            ["lock", "", other, ""],
+        ],
+    )
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url])
     assert res.exit_code == 1, res.output
     assert [r["status"] for r in res.report] == ["succeeded", "invalid", "invalid"]
     assert res.report[1]["detail"] == (
         f"line 3 has two columns that mean serial, and they differ: 'serial' says '{FREE}' but 'Serial Number' "
-        f"says '{other}'; make them agree or delete one of the two columns.")
+        f"says '{other}'; make them agree or delete one of the two columns."
+    )
     assert "'serial' is blank but 'Serial Number' says" in res.report[2]["detail"]
     assert duo.stats.mutating == 1
 

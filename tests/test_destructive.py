@@ -55,10 +55,22 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_terminal_confirmation_typed_count(duo: Any, tmp_path: Path) -> None:
-    job = write_csv(tmp_path / "wipe.csv", [["serial"], [FACTS["untagged_device"]["serial"]],
-                                            [FACTS["leading_zero_serial"]]])
-    args = [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url,
-            "--action", "wipe"]
+    job = write_csv(
+        tmp_path / "wipe.csv", [["serial"], [FACTS["untagged_device"]["serial"]], [FACTS["leading_zero_serial"]]]
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "run",
+        str(job),
+        "--provider",
+        "duostation",
+        "--url",
+        duo.url,
+        "--action",
+        "wipe",
+    ]
     code, text = _run_on_terminal(args, "3", _env(tmp_path))
     assert code == 2, text
     assert "Type 2" in text and "Declined" in text

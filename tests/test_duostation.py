@@ -28,7 +28,7 @@ def serials(sim: Any, n: int, *, free: bool = False) -> list[str]:
 
     def pick() -> list[str]:
         out = []
-        for dev in list(st.devices.values())[F["edge_devices"]:]:
+        for dev in list(st.devices.values())[F["edge_devices"] :]:
             if free and st.device_tags_of(dev["id"]):
                 continue
             out.append(dev["serialNumber"])
@@ -45,22 +45,25 @@ def test_every_action(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     st = state(duo)
     free = F["untagged_device"]["serial"]
     deletable = F["user_without_devices"]["email"]
-    job = write_csv(tmp_path / "all.csv", [
-        ["action", "serial", "tag", "email", "user", "group", "app", "message", "note"],
-        ["tag", free, "Lärare", "", "", "", "", "", "keep me"],
-        ["untag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", "", "", ""],
-        ["tag-user", "", "Gymnasiet", deletable, "", "", "", "", ""],
-        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", "", ""],
-        ["assign-user", free, "", "", F["user_with_devices"]["account"], "", "", "", ""],
-        ["move-user", "", "", deletable, "", F["group_path"], "", "", ""],
-        ["install-app", free, "", "", "", "", F["app"]["name"], "", ""],
-        ["remove-app", free, "", "", "", "", F["app"]["packageId"], "", ""],
-        ["lock", free, "", "", "", "", "", "", ""],
-        ["inventory", free, "", "", "", "", "", "", ""],
-        ["clear-passcode", free, "", "", "", "", "", "", ""],
-        ["message", free, "", "", "", "", "", "Lämna in din iPad", ""],
-        ["wipe", F["leading_zero_serial"], "", "", "", "", "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "all.csv",
+        [
+            ["action", "serial", "tag", "email", "user", "group", "app", "message", "note"],
+            ["tag", free, "Lärare", "", "", "", "", "", "keep me"],
+            ["untag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", "", "", ""],
+            ["tag-user", "", "Gymnasiet", deletable, "", "", "", "", ""],
+            ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", "", ""],
+            ["assign-user", free, "", "", F["user_with_devices"]["account"], "", "", "", ""],
+            ["move-user", "", "", deletable, "", F["group_path"], "", "", ""],
+            ["install-app", free, "", "", "", "", F["app"]["name"], "", ""],
+            ["remove-app", free, "", "", "", "", F["app"]["packageId"], "", ""],
+            ["lock", free, "", "", "", "", "", "", ""],
+            ["inventory", free, "", "", "", "", "", "", ""],
+            ["clear-passcode", free, "", "", "", "", "", "", ""],
+            ["message", free, "", "", "", "", "", "Lämna in din iPad", ""],
+            ["wipe", F["leading_zero_serial"], "", "", "", "", "", "", ""],
+        ],
+    )
     res = run(run_cli, duo, job, "--yes")
     assert res.exit_code == 0, res.output
     assert [r["status"] for r in res.report] == ["succeeded"] * 13, res.report
@@ -76,8 +79,9 @@ def test_every_action(duo: Any, run_cli: Any, tmp_path: Path) -> None:
         assert st.devices[free_id]["userId"] == F["user_with_devices"]["id"]
         assert st.users[F["user_without_devices"]["id"]]["groupId"] == F["group_id"]
         cmds = [c["command"] for c in st.commands_for(free_id)]
-        assert sorted(cmds) == sorted(["installapp", "removeapp", "lockdevice", "inventorydevice",
-                                       "clearpasscode", "sendmessage"])
+        assert sorted(cmds) == sorted(
+            ["installapp", "removeapp", "lockdevice", "inventorydevice", "clearpasscode", "sendmessage"]
+        )
         msg = st.commands_for(free_id, "sendmessage")[0]
         assert msg["payload"] == {"message": "Lämna in din iPad"}
         assert st.commands_for(free_id, "installapp")[0]["payload"]["appId"] == F["app"]["id"]
@@ -88,9 +92,15 @@ def test_every_action(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 
 def test_delete_user(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    job = write_csv(tmp_path / "del.csv", [
-        ["email"], [F["user_without_devices"]["email"]], [F["user_with_devices"]["email"]], ["nobody@skola.se"],
-    ])
+    job = write_csv(
+        tmp_path / "del.csv",
+        [
+            ["email"],
+            [F["user_without_devices"]["email"]],
+            [F["user_with_devices"]["email"]],
+            ["nobody@skola.se"],
+        ],
+    )
     res = run(run_cli, duo, job, "--action", "delete-user", "--yes")
     assert res.exit_code == 1
     assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed"]
@@ -100,27 +110,44 @@ def test_delete_user(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 
 def test_skipped_not_found_ambiguous_invalid(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    job = write_csv(tmp_path / "mix.csv", [
-        ["Action", "Serial Number", "Tag Name", "E-mail", "Group Path"],
-        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", ""],   # already there
-        ["tag", "NOSUCHSERIAL", "Lärare", "", ""],                                 # not found
-        ["tag", F["duplicate_serial"], "Lärare", "", ""],                          # 2 devices
-        ["tag", F["untagged_device"]["serial"], F["duplicate_tag_name"], "", ""],  # 2 tags
-        ["tag", F["untagged_device"]["serial"], "Ingen sådan tagg", "", ""],       # tag not found
-        ["tag", "", "Lärare", "", ""],                                             # blank serial
-        ["explode", F["untagged_device"]["serial"], "Lärare", "", ""],             # unknown action
-        ["assign-user", F["assigned_device"]["serial"], "", F["assigned_device"]["email"], ""],  # already
-        ["move-user", "", "", F["user_in_group"]["email"], F["user_in_group"]["group"].replace("\\", "/")],
-        ["move-user", "", "", F["user_without_devices"]["email"], F["duplicate_group_path"]],
-        ["tag-user", "", F["tagged_user"]["tag"], F["duplicate_email"], ""],
-        ["install-app", F["untagged_device"]["serial"], "", "", ""],               # no app column value
-        ["lock", F["untagged_device"]["serial"], "", "", ""],
-        ["lock", F["untagged_device"]["serial"], "", "", ""],                      # same change twice
-    ])
+    job = write_csv(
+        tmp_path / "mix.csv",
+        [
+            ["Action", "Serial Number", "Tag Name", "E-mail", "Group Path"],
+            ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", ""],  # already there
+            ["tag", "NOSUCHSERIAL", "Lärare", "", ""],  # not found
+            ["tag", F["duplicate_serial"], "Lärare", "", ""],  # 2 devices
+            ["tag", F["untagged_device"]["serial"], F["duplicate_tag_name"], "", ""],  # 2 tags
+            ["tag", F["untagged_device"]["serial"], "Ingen sådan tagg", "", ""],  # tag not found
+            ["tag", "", "Lärare", "", ""],  # blank serial
+            ["explode", F["untagged_device"]["serial"], "Lärare", "", ""],  # unknown action
+            ["assign-user", F["assigned_device"]["serial"], "", F["assigned_device"]["email"], ""],  # already
+            ["move-user", "", "", F["user_in_group"]["email"], F["user_in_group"]["group"].replace("\\", "/")],
+            ["move-user", "", "", F["user_without_devices"]["email"], F["duplicate_group_path"]],
+            ["tag-user", "", F["tagged_user"]["tag"], F["duplicate_email"], ""],
+            ["install-app", F["untagged_device"]["serial"], "", "", ""],  # no app column value
+            ["lock", F["untagged_device"]["serial"], "", "", ""],
+            ["lock", F["untagged_device"]["serial"], "", "", ""],  # same change twice
+        ],
+    )
     res = run(run_cli, duo, job)
     statuses = [r["status"] for r in res.report]
-    assert statuses == ["skipped", "failed", "failed", "failed", "failed", "invalid", "invalid", "skipped",
-                        "skipped", "failed", "failed", "invalid", "succeeded", "skipped"]
+    assert statuses == [
+        "skipped",
+        "failed",
+        "failed",
+        "failed",
+        "failed",
+        "invalid",
+        "invalid",
+        "skipped",
+        "skipped",
+        "failed",
+        "failed",
+        "invalid",
+        "succeeded",
+        "skipped",
+    ]
     details = [r["detail"] for r in res.report]
     assert "NOSUCHSERIAL" in details[1] and "not found" in details[1]
     assert "matches 2 devices" in details[2]
@@ -145,8 +172,17 @@ def test_faults_are_retried_and_nothing_is_linked_twice(duo: Any, run_cli: Any, 
     assert all(r["status"] == "succeeded" for r in res.report)
     assert any(int(r["attempts"]) > 1 for r in res.report)
     assert duo.call(lambda: state(duo).duplicate_links()) == []
-    assert duo.call(lambda: sum(1 for s in targets for d in state(duo).devices_by_serial(s)
-                                if "Prov-läge" in state(duo).device_tags_of(d["id"]))) == 60
+    assert (
+        duo.call(
+            lambda: sum(
+                1
+                for s in targets
+                for d in state(duo).devices_by_serial(s)
+                if "Prov-läge" in state(duo).device_tags_of(d["id"])
+            )
+        )
+        == 60
+    )
 
 
 def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
@@ -172,13 +208,16 @@ def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, 
 
 def test_report_round_trip(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     targets = serials(duo, 5, free=True)
-    job = write_csv(tmp_path / "round.csv", [
-        ["serial", "tag", "owner"],
-        [targets[0], "Lärare", "=cmd|' /C calc'!A0"],
-        [targets[1], "Nytt läsår", "b"],
-        [targets[2], "Nytt läsår", "c"],
-        [targets[3], "Lärare", "d"],
-    ])
+    job = write_csv(
+        tmp_path / "round.csv",
+        [
+            ["serial", "tag", "owner"],
+            [targets[0], "Lärare", "=cmd|' /C calc'!A0"],
+            [targets[1], "Nytt läsår", "b"],
+            [targets[2], "Nytt läsår", "c"],
+            [targets[3], "Lärare", "d"],
+        ],
+    )
     first = run(run_cli, duo, job, "--action", "tag")
     assert first.exit_code == 1
     assert [r["status"] for r in first.report] == ["succeeded", "failed", "failed", "succeeded"]
@@ -216,8 +255,9 @@ def test_xlsx_job_and_report(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 def test_semicolon_cp1252_csv(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     job = tmp_path / "sv.csv"
-    job.write_bytes("SN;Tag;Action\r\n".encode("cp1252") +
-                    f"{F['untagged_device']['serial']};Prov-läge;tag\r\n".encode("cp1252"))
+    job.write_bytes(
+        "SN;Tag;Action\r\n".encode("cp1252") + f"{F['untagged_device']['serial']};Prov-läge;tag\r\n".encode("cp1252")
+    )
     res = run(run_cli, duo, job)
     assert res.exit_code == 0, res.output
     assert res.report[0]["Tag"] == "Prov-läge"
@@ -226,8 +266,15 @@ def test_semicolon_cp1252_csv(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 def test_dry_run_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     targets = serials(duo, 3, free=True)
-    job = write_csv(tmp_path / "dry.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets],
-                                           ["NOSUCH", "Lärare"], [F["tagged_device"]["serial"], "Prov-läge"]])
+    job = write_csv(
+        tmp_path / "dry.csv",
+        [
+            ["serial", "tag"],
+            *[[s, "Lärare"] for s in targets],
+            ["NOSUCH", "Lärare"],
+            [F["tagged_device"]["serial"], "Prov-läge"],
+        ],
+    )
     res = run(run_cli, duo, job, "--action", "tag", "--dry-run")
     assert [r["status"] for r in res.report] == ["planned"] * 3 + ["failed", "skipped"]
     assert "3 request(s) that change something" in res.output
@@ -235,8 +282,10 @@ def test_dry_run_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 
 def test_destructive_without_yes_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    job = write_csv(tmp_path / "wipe.csv", [["serial", "action"], [F["untagged_device"]["serial"], "wipe"],
-                                            [F["leading_zero_serial"], "lock"]])
+    job = write_csv(
+        tmp_path / "wipe.csv",
+        [["serial", "action"], [F["untagged_device"]["serial"], "wipe"], [F["leading_zero_serial"], "lock"]],
+    )
     res = run(run_cli, duo, job)
     assert res.exit_code == 2
     assert "--yes" in res.output and "Traceback" not in res.output
@@ -247,8 +296,10 @@ def test_destructive_without_yes_sends_nothing(duo: Any, run_cli: Any, tmp_path:
 
 def test_bad_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "c.csv", [["serial"], [F["untagged_device"]["serial"]]])
-    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
-                  env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    res = run_cli(
+        ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+        env={"BULKMDM_PASSWORD": "wrong-password-123"},
+    )
     assert res.exit_code == 2
     assert "credentials" in res.output and "wrong-password-123" not in res.output
     assert duo.stats.mutating == 0
@@ -256,17 +307,22 @@ def test_bad_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
 
 def test_missing_credentials_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "c.csv", [["serial"], ["X"]])
-    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
-                  env={"BULKMDM_USERNAME": ""})
+    res = run_cli(
+        ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+        env={"BULKMDM_USERNAME": ""},
+    )
     assert res.exit_code == 2 and "BULKMDM_USERNAME" in res.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--provider", "nope"], "Unknown provider"),
-    (["--url", "ftp://x"], "must start with https://"),
-    (["--rate", "fast"], "is not a rate"),
-    (["--action", "fly"], "is not an action"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--provider", "nope"], "Unknown provider"),
+        (["--url", "ftp://x"], "must start with https://"),
+        (["--rate", "fast"], "is not a rate"),
+        (["--action", "fly"], "is not an action"),
+    ],
+)
 def test_bad_usage_is_one_sentence(duo: Any, run_cli: Any, tmp_path: Path, args: list[str], words: str) -> None:
     job = write_csv(tmp_path / "u.csv", [["serial", "action"], ["X", "lock"]])
     base = {"--provider": "duostation", "--url": duo.url}
@@ -328,42 +384,48 @@ def test_requests_are_the_documented_ones(duo: Any, run_cli: Any, tmp_path: Path
     free, free_id = F["untagged_device"]["serial"], F["untagged_device"]["id"]
     tagged = F["tagged_device"]
     nodev = F["user_without_devices"]
-    job = write_csv(tmp_path / "wire.csv", [
-        ["action", "serial", "tag", "email", "user", "group", "app", "message"],
-        ["tag", free, "Lärare", "", "", "", "", ""],
-        ["untag", tagged["serial"], tagged["tag"], "", "", "", "", ""],
-        ["tag-user", "", "Gymnasiet", nodev["email"], "", "", "", ""],
-        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", ""],
-        ["assign-user", free, "", "", nodev["account"], "", "", ""],
-        ["move-user", "", "", nodev["email"], "", F["group_path"], "", ""],
-        ["install-app", free, "", "", "", "", F["app"]["name"], ""],
-        ["remove-app", free, "", "", "", "", F["app"]["name"], ""],
-        ["lock", free, "", "", "", "", "", ""],
-        ["wipe", free, "", "", "", "", "", ""],
-        ["inventory", free, "", "", "", "", "", ""],
-        ["clear-passcode", free, "", "", "", "", "", ""],
-        ["message", free, "", "", "", "", "", "Hej & välkommen"],
-        ["delete-user", "", "", F["user_in_group"]["email"], "", "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "wire.csv",
+        [
+            ["action", "serial", "tag", "email", "user", "group", "app", "message"],
+            ["tag", free, "Lärare", "", "", "", "", ""],
+            ["untag", tagged["serial"], tagged["tag"], "", "", "", "", ""],
+            ["tag-user", "", "Gymnasiet", nodev["email"], "", "", "", ""],
+            ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", "", ""],
+            ["assign-user", free, "", "", nodev["account"], "", "", ""],
+            ["move-user", "", "", nodev["email"], "", F["group_path"], "", ""],
+            ["install-app", free, "", "", "", "", F["app"]["name"], ""],
+            ["remove-app", free, "", "", "", "", F["app"]["name"], ""],
+            ["lock", free, "", "", "", "", "", ""],
+            ["wipe", free, "", "", "", "", "", ""],
+            ["inventory", free, "", "", "", "", "", ""],
+            ["clear-passcode", free, "", "", "", "", "", ""],
+            ["message", free, "", "", "", "", "", "Hej & välkommen"],
+            ["delete-user", "", "", F["user_in_group"]["email"], "", "", "", ""],
+        ],
+    )
     res = run(run_cli, duo, job, "--yes", "--concurrency", "1")
     assert [r["status"] for r in res.report] == ["succeeded"] * 14, res.report
     dev = f"/api/devices/{free_id}"
-    assert sorted(changes(duo), key=repr) == sorted([
-        ("POST", "/api/devicetags", {"deviceId": free_id, "tagId": 2}),
-        ("DELETE", f"/api/devicetags/{tagged['link_id']}", None),
-        ("POST", "/api/usertags", {"userId": nodev["id"], "tagId": 8}),
-        ("DELETE", f"/api/usertags/{F['tagged_user']['link_id']}", None),
-        ("PUT", dev, {"userId": nodev["id"]}),
-        ("PUT", f"/api/users/{nodev['id']}", {"groupId": F["group_id"]}),
-        ("POST", f"{dev}/installapp", {"appId": F["app"]["id"]}),
-        ("POST", f"{dev}/removeapp", {"identifier": F["app"]["packageId"]}),
-        ("POST", f"{dev}/lockdevice", {}),
-        ("POST", f"{dev}/wipedevice", {}),
-        ("POST", f"{dev}/inventorydevice", {}),
-        ("POST", f"{dev}/clearpasscode", {}),
-        ("POST", f"{dev}/sendmessage", {"message": "Hej & välkommen"}),
-        ("DELETE", f"/api/users/{F['user_in_group']['id']}", None),
-    ], key=repr)
+    assert sorted(changes(duo), key=repr) == sorted(
+        [
+            ("POST", "/api/devicetags", {"deviceId": free_id, "tagId": 2}),
+            ("DELETE", f"/api/devicetags/{tagged['link_id']}", None),
+            ("POST", "/api/usertags", {"userId": nodev["id"], "tagId": 8}),
+            ("DELETE", f"/api/usertags/{F['tagged_user']['link_id']}", None),
+            ("PUT", dev, {"userId": nodev["id"]}),
+            ("PUT", f"/api/users/{nodev['id']}", {"groupId": F["group_id"]}),
+            ("POST", f"{dev}/installapp", {"appId": F["app"]["id"]}),
+            ("POST", f"{dev}/removeapp", {"identifier": F["app"]["packageId"]}),
+            ("POST", f"{dev}/lockdevice", {}),
+            ("POST", f"{dev}/wipedevice", {}),
+            ("POST", f"{dev}/inventorydevice", {}),
+            ("POST", f"{dev}/clearpasscode", {}),
+            ("POST", f"{dev}/sendmessage", {"message": "Hej & välkommen"}),
+            ("DELETE", f"/api/users/{F['user_in_group']['id']}", None),
+        ],
+        key=repr,
+    )
     # integers go out as JSON numbers, bodies as JSON
     for r in wire(duo):
         if r["body"] is not None:
@@ -382,23 +444,35 @@ def test_lists_cut_short_use_the_documented_searches(duo: Any, run_cli: Any, tmp
     link is then found with the doc's searches, and "already done" still holds."""
     duo.app["shape"].list_limit = 0
     tagged, nodev = F["tagged_device"], F["user_without_devices"]
-    job = write_csv(tmp_path / "cut.csv", [
-        ["action", "serial", "tag", "email", "user", "group"],
-        ["tag", F["untagged_device"]["serial"], "Lärare", "", "", ""],
-        ["tag", tagged["serial"], tagged["tag"], "", "", ""],                   # already: links read per device
-        ["untag", tagged["serial"], tagged["tag"], "", "", ""],
-        ["tag-user", "", F["tagged_user"]["tag"], F["tagged_user"]["email"], "", ""],  # already
-        ["assign-user", F["leading_zero_serial"], "", "", nodev["account"], ""],
-        ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["email"], ""],  # already
-        ["move-user", "", "", F["mixed_case_email"].upper(), "", F["group_path"]],
-        ["lock", "NOSUCHSERIAL", "", "", "", ""],
-        ["lock", F["duplicate_serial"], "", "", "", ""],
-        ["tag-user", "", "Lärare", "nobody@skola.se", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "cut.csv",
+        [
+            ["action", "serial", "tag", "email", "user", "group"],
+            ["tag", F["untagged_device"]["serial"], "Lärare", "", "", ""],
+            ["tag", tagged["serial"], tagged["tag"], "", "", ""],  # already: links read per device
+            ["untag", tagged["serial"], tagged["tag"], "", "", ""],
+            ["tag-user", "", F["tagged_user"]["tag"], F["tagged_user"]["email"], "", ""],  # already
+            ["assign-user", F["leading_zero_serial"], "", "", nodev["account"], ""],
+            ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["email"], ""],  # already
+            ["move-user", "", "", F["mixed_case_email"].upper(), "", F["group_path"]],
+            ["lock", "NOSUCHSERIAL", "", "", "", ""],
+            ["lock", F["duplicate_serial"], "", "", "", ""],
+            ["tag-user", "", "Lärare", "nobody@skola.se", "", ""],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == [
-        "succeeded", "skipped", "succeeded", "skipped", "succeeded", "skipped", "succeeded",
-        "failed", "failed", "failed"], res.report
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "failed",
+        "failed",
+        "failed",
+    ], res.report
     assert "not found" in res.report[7]["detail"] and "matches 2 devices" in res.report[8]["detail"]
     assert "not found" in res.report[9]["detail"]
     paths = [r["path"] for r in wire(duo) if r["method"] == "GET"]
@@ -426,23 +500,35 @@ def test_pascal_case_wrapped_lists_and_string_ids(duo: Any, run_cli: Any, tmp_pa
     shape.pascal_case, shape.wrap, shape.string_ids = True, "Data", True
     free = F["untagged_device"]["serial"]
     nodev = F["user_without_devices"]
-    job = write_csv(tmp_path / "pascal.csv", [
-        ["action", "serial", "tag", "email", "user", "group", "app"],
-        ["tag", free, "Lärare", "", "", "", ""],
-        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", ""],
-        ["tag-user", "", "Gymnasiet", nodev["email"], "", "", ""],
-        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", ""],
-        ["assign-user", free, "", "", nodev["account"], "", ""],
-        ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["account"], "", ""],
-        ["move-user", "", "", nodev["email"], "", F["group_path"], ""],
-        ["move-user", "", "", F["user_in_group"]["email"], "", F["user_in_group"]["group"], ""],
-        ["install-app", free, "", "", "", "", F["app"]["packageId"]],
-        ["remove-app", free, "", "", "", "", F["app"]["name"]],
-    ])
+    job = write_csv(
+        tmp_path / "pascal.csv",
+        [
+            ["action", "serial", "tag", "email", "user", "group", "app"],
+            ["tag", free, "Lärare", "", "", "", ""],
+            ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", "", ""],
+            ["tag-user", "", "Gymnasiet", nodev["email"], "", "", ""],
+            ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", "", ""],
+            ["assign-user", free, "", "", nodev["account"], "", ""],
+            ["assign-user", F["assigned_device"]["serial"], "", "", F["assigned_device"]["account"], "", ""],
+            ["move-user", "", "", nodev["email"], "", F["group_path"], ""],
+            ["move-user", "", "", F["user_in_group"]["email"], "", F["user_in_group"]["group"], ""],
+            ["install-app", free, "", "", "", "", F["app"]["packageId"]],
+            ["remove-app", free, "", "", "", "", F["app"]["name"]],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == [
-        "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "skipped", "succeeded", "skipped",
-        "succeeded", "succeeded"], res.report
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+    ], res.report
 
     def check() -> None:
         st = state(duo)
@@ -452,22 +538,26 @@ def test_pascal_case_wrapped_lists_and_string_ids(duo: Any, run_cli: Any, tmp_pa
         assert st.devices[F["untagged_device"]["id"]]["userId"] == nodev["id"]
         assert st.users[nodev["id"]]["groupId"] == F["group_id"]
         assert st.commands_for(F["untagged_device"]["id"], "removeapp")[0]["payload"] == {
-            "identifier": F["app"]["packageId"]}
+            "identifier": F["app"]["packageId"]
+        }
 
     duo.call(check)
 
 
 def test_an_error_for_an_ambiguous_group_fails_only_its_rows(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    """"If more than one group matches the name an error will be returned":
+    """ "If more than one group matches the name an error will be returned":
     the doc names no status; a server that answers 500 fails those rows only."""
     duo.app["shape"].ambiguous_group_status = 500
     nodev = F["user_without_devices"]
-    job = write_csv(tmp_path / "amb.csv", [
-        ["action", "serial", "email", "group"],
-        ["move-user", "", nodev["email"], F["duplicate_group_path"]],
-        ["move-user", "", F["mixed_case_email"], F["group_path"]],
-        ["lock", F["untagged_device"]["serial"], "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "amb.csv",
+        [
+            ["action", "serial", "email", "group"],
+            ["move-user", "", nodev["email"], F["duplicate_group_path"]],
+            ["move-user", "", F["mixed_case_email"], F["group_path"]],
+            ["lock", F["untagged_device"]["serial"], "", ""],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == ["failed", "succeeded", "succeeded"], res.report
     assert "more than one group" in res.report[0]["detail"] and "500" in res.report[0]["detail"]
@@ -475,12 +565,18 @@ def test_an_error_for_an_ambiguous_group_fails_only_its_rows(duo: Any, run_cli: 
 
 
 def test_delete_user_by_user_id_and_account_names_that_look_like_addresses(
-        duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    duo: Any, run_cli: Any, tmp_path: Path
+) -> None:
     st = state(duo)
-    uid = duo.call(lambda: st.add_user({"name": "Anna Konto", "email": "anna.annan@skola.se",
-                                        "accountName": "anna@konto.local", "groupId": 0}))
-    job = write_csv(tmp_path / "del.csv", [["user_id"], [str(F["user_without_devices"]["id"])],
-                                           [str(F["user_with_devices"]["id"])], ["99999"], ["abc"]])
+    uid = duo.call(
+        lambda: st.add_user(
+            {"name": "Anna Konto", "email": "anna.annan@skola.se", "accountName": "anna@konto.local", "groupId": 0}
+        )
+    )
+    job = write_csv(
+        tmp_path / "del.csv",
+        [["user_id"], [str(F["user_without_devices"]["id"])], [str(F["user_with_devices"]["id"])], ["99999"], ["abc"]],
+    )
     res = run(run_cli, duo, job, "--action", "delete-user", "--yes")
     assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed", "failed"], res.report
     assert res.report[1]["http_status"] == "409"
@@ -523,20 +619,30 @@ def test_tag_and_untag_of_one_pair_in_one_job_fail_the_later_row(duo: Any, run_c
     # tag of the same pair used to report the tag "skipped: already has tag"
     # while the device ended without it. The later row now fails instead.
     tagged, user = F["tagged_device"], F["tagged_user"]
-    job = write_csv(tmp_path / "flip.csv", [
-        ["action", "serial", "email", "tag"],
-        ["untag", tagged["serial"], "", tagged["tag"]],
-        ["tag", tagged["serial"], "", tagged["tag"]],
-        ["untag", tagged["serial"], "", tagged["tag"]],
-        ["untag-user", "", user["email"], user["tag"]],
-        ["tag-user", "", user["email"], user["tag"]],
-        # an earlier opposite row that changed nothing is no contradiction
-        ["untag", F["untagged_device"]["serial"], "", "Lärare"],
-        ["tag", F["untagged_device"]["serial"], "", "Lärare"],
-    ])
+    job = write_csv(
+        tmp_path / "flip.csv",
+        [
+            ["action", "serial", "email", "tag"],
+            ["untag", tagged["serial"], "", tagged["tag"]],
+            ["tag", tagged["serial"], "", tagged["tag"]],
+            ["untag", tagged["serial"], "", tagged["tag"]],
+            ["untag-user", "", user["email"], user["tag"]],
+            ["tag-user", "", user["email"], user["tag"]],
+            # an earlier opposite row that changed nothing is no contradiction
+            ["untag", F["untagged_device"]["serial"], "", "Lärare"],
+            ["tag", F["untagged_device"]["serial"], "", "Lärare"],
+        ],
+    )
     res = run(run_cli, duo, job)
-    assert [r["status"] for r in res.report] == ["succeeded", "failed", "skipped", "succeeded", "failed",
-                                                 "skipped", "succeeded"], res.report
+    assert [r["status"] for r in res.report] == [
+        "succeeded",
+        "failed",
+        "skipped",
+        "succeeded",
+        "failed",
+        "skipped",
+        "succeeded",
+    ], res.report
     assert "also untagged" in res.report[1]["detail"] and "line 2" in res.report[1]["detail"]
     assert "line 2" in res.report[2]["detail"]
     assert "also untagged" in res.report[4]["detail"] and "line 5" in res.report[4]["detail"]
@@ -551,12 +657,15 @@ def test_app_name_in_another_capitalisation(duo: Any, run_cli: Any, tmp_path: Pa
     # Like tag names: a name or package id in other letter case is used when
     # it points at one app; one that points at several still fails the row.
     free = F["untagged_device"]["serial"]
-    job = write_csv(tmp_path / "apps.csv", [
-        ["action", "serial", "app"],
-        ["install-app", free, F["app"]["name"].upper()],
-        ["remove-app", free, F["app"]["packageId"].upper()],
-        ["install-app", free, F["shared_app_name"].lower()],
-    ])
+    job = write_csv(
+        tmp_path / "apps.csv",
+        [
+            ["action", "serial", "app"],
+            ["install-app", free, F["app"]["name"].upper()],
+            ["remove-app", free, F["app"]["packageId"].upper()],
+            ["install-app", free, F["shared_app_name"].lower()],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == ["succeeded", "succeeded", "failed"], res.report
     assert "matches 2 apps" in res.report[2]["detail"]
@@ -570,18 +679,27 @@ def test_answers_with_a_byte_order_mark_are_read(duo: Any, run_cli: Any, tmp_pat
     duo.app["shape"].bom = True
     free = F["untagged_device"]["serial"]
     nodev = F["user_without_devices"]
-    job = write_csv(tmp_path / "bom.csv", [
-        ["action", "serial", "tag", "email", "group", "app"],
-        ["tag", free, "Lärare", "", "", ""],
-        ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", ""],
-        ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", ""],
-        ["move-user", "", "", nodev["email"], F["group_path"], ""],
-        ["install-app", free, "", "", "", F["app"]["name"]],
-        ["lock", free, "", "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "bom.csv",
+        [
+            ["action", "serial", "tag", "email", "group", "app"],
+            ["tag", free, "Lärare", "", "", ""],
+            ["tag", F["tagged_device"]["serial"], F["tagged_device"]["tag"], "", "", ""],
+            ["untag-user", "", "Lärare", F["tagged_user"]["email"], "", ""],
+            ["move-user", "", "", nodev["email"], F["group_path"], ""],
+            ["install-app", free, "", "", "", F["app"]["name"]],
+            ["lock", free, "", "", "", ""],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == [
-        "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "succeeded"], res.report
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ], res.report
     assert duo.call(lambda: state(duo).users[nodev["id"]]["groupId"]) == F["group_id"]
 
 
@@ -591,13 +709,16 @@ def test_tag_links_shaped_as_the_tags_they_link(duo: Any, run_cli: Any, tmp_path
     duo.app["shape"].links_as_tags = True
     tagged, tuser = F["tagged_device"], F["tagged_user"]
     free = F["untagged_device"]["serial"]
-    job = write_csv(tmp_path / "tagobj.csv", [
-        ["action", "serial", "tag", "email"],
-        ["tag", tagged["serial"], tagged["tag"], ""],
-        ["untag", tagged["serial"], tagged["tag"], ""],
-        ["untag", free, tagged["tag"], ""],
-        ["untag-user", "", tuser["tag"], tuser["email"]],
-    ])
+    job = write_csv(
+        tmp_path / "tagobj.csv",
+        [
+            ["action", "serial", "tag", "email"],
+            ["tag", tagged["serial"], tagged["tag"], ""],
+            ["untag", tagged["serial"], tagged["tag"], ""],
+            ["untag", free, tagged["tag"], ""],
+            ["untag-user", "", tuser["tag"], tuser["email"]],
+        ],
+    )
     # the second row is the opposite of the first, which was skipped: it stands
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == ["skipped", "succeeded", "skipped", "succeeded"], res.report
@@ -614,19 +735,28 @@ def test_refused_unfiltered_link_lists_use_the_documented_search(duo: Any, run_c
     duo.app["shape"].unfiltered_links_status = 400
     tagged, tuser = F["tagged_device"], F["tagged_user"]
     free = F["untagged_device"]["serial"]
-    job = write_csv(tmp_path / "nolist.csv", [
-        ["action", "serial", "tag", "email"],
-        ["tag", tagged["serial"], tagged["tag"], ""],
-        ["tag", free, "Lärare", ""],
-        ["untag", tagged["serial"], "Lärare", ""],
-        ["tag-user", "", tuser["tag"], tuser["email"]],
-        ["untag-user", "", tuser["tag"], F["user_without_devices"]["email"]],
-        ["lock", free, "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "nolist.csv",
+        [
+            ["action", "serial", "tag", "email"],
+            ["tag", tagged["serial"], tagged["tag"], ""],
+            ["tag", free, "Lärare", ""],
+            ["untag", tagged["serial"], "Lärare", ""],
+            ["tag-user", "", tuser["tag"], tuser["email"]],
+            ["untag-user", "", tuser["tag"], F["user_without_devices"]["email"]],
+            ["lock", free, "", ""],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert res.exit_code == 0, res.report
     assert [r["status"] for r in res.report] == [
-        "skipped", "succeeded", "skipped", "skipped", "skipped", "succeeded"], res.report
+        "skipped",
+        "succeeded",
+        "skipped",
+        "skipped",
+        "skipped",
+        "succeeded",
+    ], res.report
     paths = [r["path"] for r in wire(duo) if r["method"] == "GET"]
     assert f"/api/devicetags?deviceId={tagged['id']}" in paths
     assert f"/api/usertags?userId={tuser['id']}" in paths
@@ -637,25 +767,30 @@ def test_refused_unfiltered_link_lists_use_the_documented_search(duo: Any, run_c
 def test_bad_credentials_answered_403_exit_2(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     duo.app["shape"].auth_status = 403
     job = write_csv(tmp_path / "c403.csv", [["serial"], [F["untagged_device"]["serial"]]])
-    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
-                  env={"BULKMDM_PASSWORD": "wrong-password-123"})
+    res = run_cli(
+        ["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"],
+        env={"BULKMDM_PASSWORD": "wrong-password-123"},
+    )
     assert res.exit_code == 2, res.output
     assert "credentials" in res.output and "wrong-password-123" not in res.output
     assert duo.stats.mutating == 0
 
 
 def test_group_path_with_outer_separators(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    """"<path> is the full path for the group separated with / or \\": a path
+    """ "<path> is the full path for the group separated with / or \\": a path
     written with a leading/trailing separator names the same group, also on a
     server that matches ?path= exactly as written."""
     duo.app["shape"].exact_group_paths = True
     nodev = F["user_without_devices"]
-    job = write_csv(tmp_path / "outer.csv", [
-        ["action", "email", "group"],
-        ["move-user", nodev["email"], "\\" + F["group_path"] + "\\"],
-        ["move-user", F["user_in_group"]["email"], "/" + F["user_in_group"]["group"]],
-        ["move-user", F["mixed_case_email"], "\\"],
-    ])
+    job = write_csv(
+        tmp_path / "outer.csv",
+        [
+            ["action", "email", "group"],
+            ["move-user", nodev["email"], "\\" + F["group_path"] + "\\"],
+            ["move-user", F["user_in_group"]["email"], "/" + F["user_in_group"]["group"]],
+            ["move-user", F["mixed_case_email"], "\\"],
+        ],
+    )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == ["succeeded", "skipped", "failed"], res.report
     assert res.report[0]["group"] == "\\" + F["group_path"] + "\\"

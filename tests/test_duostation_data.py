@@ -36,8 +36,10 @@ def with_provider(sim: Any, use: Callable[[DuoStation], Awaitable[T]]) -> T:
 
 def rows_of(table: list[list[str]]) -> list[JobRow]:
     header, *body = table
-    return [JobRow(i, cells[0], {k: v for k, v in zip(header[1:], cells[1:], strict=True) if v})
-            for i, cells in enumerate(body)]
+    return [
+        JobRow(i, cells[0], {k: v for k, v in zip(header[1:], cells[1:], strict=True) if v})
+        for i, cells in enumerate(body)
+    ]
 
 
 # -- undo -------------------------------------------------------------------------
@@ -51,7 +53,7 @@ JOB = [
     ["assign-user", ASSIGNED["serial"], "", "", NODEV["account"], ""],
     ["move-user", "", "", NODEV["email"], "", F["group_path"]],
     ["assign-user", FREE, "", "", F["user_with_devices"]["account"], ""],  # no user before: no undo
-    ["lock", FREE, "", "", "", ""],                                        # a command: no undo
+    ["lock", FREE, "", "", "", ""],  # a command: no undo
 ]
 
 
@@ -80,8 +82,12 @@ def test_undo_rows_put_back_what_the_job_changed(duo: Any, run_cli: Any, tmp_pat
     assert undo[1] == {"action": "tag", "serial": TAGGED["serial"], "device_id": TAGGED["id"], "tag": TAGGED["tag"]}
     assert undo[2] == {"action": "untag-user", "email": NODEV["email"], "tag": "Gymnasiet"}
     assert undo[3] == {"action": "tag-user", "email": TUSER["email"], "tag": TUSER["tag"]}
-    assert undo[4] == {"action": "assign-user", "serial": ASSIGNED["serial"], "device_id": ASSIGNED["id"],
-                       "user": ASSIGNED["account"]}
+    assert undo[4] == {
+        "action": "assign-user",
+        "serial": ASSIGNED["serial"],
+        "device_id": ASSIGNED["id"],
+        "user": ASSIGNED["account"],
+    }
     assert undo[5] == {"action": "move-user", "email": NODEV["email"], "group": "Personal\\Administration"}
     assert undo[6] is None and undo[7] is None
 
@@ -92,8 +98,16 @@ def test_undo_rows_put_back_what_the_job_changed(duo: Any, run_cli: Any, tmp_pat
     # the rows that succeeded, undone in reverse order, as a job file like any other
     columns = ["action", "serial", "device_id", "tag", "email", "user", "group"]
     reverse = [[u.get(c, "") for c in columns] for u in reversed(undo[:6]) if u is not None]
-    res = run_cli(["run", str(write_csv(tmp_path / "undo.csv", [columns, *reverse])), "--provider", "duostation",
-                   "--url", duo.url])
+    res = run_cli(
+        [
+            "run",
+            str(write_csv(tmp_path / "undo.csv", [columns, *reverse])),
+            "--provider",
+            "duostation",
+            "--url",
+            duo.url,
+        ]
+    )
     assert [r["status"] for r in res.report] == ["succeeded"] * 6, res.report
     assert snapshot(duo) == before
     # (the free device keeps the user the job gave it: no verb unassigns, so no undo row)
@@ -102,9 +116,9 @@ def test_undo_rows_put_back_what_the_job_changed(duo: Any, run_cli: Any, tmp_pat
 def test_skipped_and_failed_rows_carry_no_undo(duo: Any) -> None:
     job = [
         ["action", "serial", "tag", "email", "user", "group"],
-        ["tag", TAGGED["serial"], TAGGED["tag"], "", "", ""],                          # already
+        ["tag", TAGGED["serial"], TAGGED["tag"], "", "", ""],  # already
         ["move-user", "", "", F["user_in_group"]["email"], "", F["user_in_group"]["group"]],  # already
-        ["tag", "NOSUCHSERIAL", "Lärare", "", "", ""],                                 # not found
+        ["tag", "NOSUCHSERIAL", "Lärare", "", "", ""],  # not found
     ]
     planned = with_provider(duo, lambda provider: provider.plan(rows_of(job)))
     assert not any(isinstance(p, Step) for p in planned), planned
@@ -144,8 +158,10 @@ def test_inventory_lists_every_device_as_text(duo: Any) -> None:
     assert by_serial[FREE]["tags"] == "" and by_serial[FREE]["email"] == ""
 
     def tags_in_state() -> dict[str, str]:
-        return {d["serialNumber"]: "; ".join(sorted(st.device_tags_of(d["id"]), key=str.casefold))
-                for d in list(st.devices.values())[:400]}
+        return {
+            d["serialNumber"]: "; ".join(sorted(st.device_tags_of(d["id"]), key=str.casefold))
+            for d in list(st.devices.values())[:400]
+        }
 
     expected = duo.call(tags_in_state)
     assert {s: by_serial[s]["tags"] for s in expected} == expected
@@ -168,11 +184,11 @@ def test_an_export_with_an_action_column_is_a_job(duo: Any, run_cli: Any, tmp_pa
     already in the group the export shows, so nothing is sent (a user listed
     once per device is the same change twice)."""
     shared = F["duplicate_email"]  # (it and the shared group path would fail the rows as ambiguous)
-    rows = [r for r in inventory(duo)
-            if r["email"] and r["email"] != shared and r["group"] != F["duplicate_group_path"]][:25]
+    rows = [
+        r for r in inventory(duo) if r["email"] and r["email"] != shared and r["group"] != F["duplicate_group_path"]
+    ][:25]
     table = [["action", *INVENTORY_COLUMNS], *[["move-user", *r.values()] for r in rows]]
-    res = run_cli(["run", str(write_csv(tmp_path / "export.csv", table)), "--provider", "duostation",
-                   "--url", duo.url])
+    res = run_cli(["run", str(write_csv(tmp_path / "export.csv", table)), "--provider", "duostation", "--url", duo.url])
     assert {r["status"] for r in res.report} == {"skipped"}, [r["detail"] for r in res.report]
     assert res.report[0]["serial"] == rows[0]["serial"] and res.report[0]["tags"] == rows[0]["tags"]
     assert duo.stats.mutating == 0
@@ -199,7 +215,17 @@ def test_choices_name_exactly_one_object_each(duo: Any, run_cli: Any, tmp_path: 
     emails = duo.call(lambda: [u["email"] for u in list(duo.app["state"].users.values())[10:]])
     table += [["move-user", "", email, "", group, ""] for email, group in zip(emails, choices["group"], strict=False)]
     table += [["install-app", FREE, "", "", "", app] for app in choices["app"]]
-    res = run_cli(["run", str(write_csv(tmp_path / "choices.csv", table)), "--provider", "duostation",
-                   "--url", duo.url, "--dry-run"])
-    assert {r["status"] for r in res.report} <= {"planned", "skipped"}, [r for r in res.report
-                                                                         if r["status"] not in ("planned", "skipped")]
+    res = run_cli(
+        [
+            "run",
+            str(write_csv(tmp_path / "choices.csv", table)),
+            "--provider",
+            "duostation",
+            "--url",
+            duo.url,
+            "--dry-run",
+        ]
+    )
+    assert {r["status"] for r in res.report} <= {"planned", "skipped"}, [
+        r for r in res.report if r["status"] not in ("planned", "skipped")
+    ]

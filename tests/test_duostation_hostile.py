@@ -28,25 +28,39 @@ HEADER = ["action", "serial", "tag", "email", "user", "group", "app", "message"]
 #: every DuoSTATION action once, with what the simulator's state shows once it is done
 EVERY_ACTION: list[tuple[list[str], Callable[[Any], bool]]] = [
     (["tag", FREE, "Lärare", "", "", "", "", ""], lambda st: "Lärare" in st.device_tags_of(FREE_ID)),
-    (["untag", TAGGED["serial"], TAGGED["tag"], "", "", "", "", ""],
-     lambda st: TAGGED["tag"] not in st.device_tags_of(TAGGED["id"])),
-    (["tag-user", "", "Gymnasiet", NODEV["email"], "", "", "", ""],
-     lambda st: "Gymnasiet" in st.user_tags_of(NODEV["id"])),
-    (["untag-user", "", TUSER["tag"], TUSER["email"], "", "", "", ""],
-     lambda st: TUSER["tag"] not in st.user_tags_of(TUSER["id"])),
+    (
+        ["untag", TAGGED["serial"], TAGGED["tag"], "", "", "", "", ""],
+        lambda st: TAGGED["tag"] not in st.device_tags_of(TAGGED["id"]),
+    ),
+    (
+        ["tag-user", "", "Gymnasiet", NODEV["email"], "", "", "", ""],
+        lambda st: "Gymnasiet" in st.user_tags_of(NODEV["id"]),
+    ),
+    (
+        ["untag-user", "", TUSER["tag"], TUSER["email"], "", "", "", ""],
+        lambda st: TUSER["tag"] not in st.user_tags_of(TUSER["id"]),
+    ),
     (["assign-user", FREE, "", "", ASA["account"], "", "", ""], lambda st: st.devices[FREE_ID]["userId"] == ASA["id"]),
-    (["move-user", "", "", NODEV["email"], "", F["group_path"], "", ""],
-     lambda st: st.users[NODEV["id"]]["groupId"] == F["group_id"]),
-    (["install-app", FREE, "", "", "", "", F["app"]["name"], ""],
-     lambda st: bool(st.commands_for(FREE_ID, "installapp"))),
-    (["remove-app", FREE, "", "", "", "", F["app"]["packageId"], ""],
-     lambda st: bool(st.commands_for(FREE_ID, "removeapp"))),
+    (
+        ["move-user", "", "", NODEV["email"], "", F["group_path"], "", ""],
+        lambda st: st.users[NODEV["id"]]["groupId"] == F["group_id"],
+    ),
+    (
+        ["install-app", FREE, "", "", "", "", F["app"]["name"], ""],
+        lambda st: bool(st.commands_for(FREE_ID, "installapp")),
+    ),
+    (
+        ["remove-app", FREE, "", "", "", "", F["app"]["packageId"], ""],
+        lambda st: bool(st.commands_for(FREE_ID, "removeapp")),
+    ),
     (["lock", FREE, "", "", "", "", "", ""], lambda st: bool(st.commands_for(FREE_ID, "lockdevice"))),
     (["inventory", FREE, "", "", "", "", "", ""], lambda st: bool(st.commands_for(FREE_ID, "inventorydevice"))),
     (["clear-passcode", FREE, "", "", "", "", "", ""], lambda st: bool(st.commands_for(FREE_ID, "clearpasscode"))),
     (["message", FREE, "", "", "", "", "", "Hej"], lambda st: bool(st.commands_for(FREE_ID, "sendmessage"))),
-    (["wipe", F["leading_zero_serial"], "", "", "", "", "", ""],
-     lambda st: bool(st.commands_for(F["leading_zero_device_id"], "wipedevice"))),
+    (
+        ["wipe", F["leading_zero_serial"], "", "", "", "", "", ""],
+        lambda st: bool(st.commands_for(F["leading_zero_device_id"], "wipedevice")),
+    ),
     (["delete-user", "", "", GONE["email"], "", "", "", ""], lambda st: GONE["id"] not in st.users),
 ]
 
@@ -75,20 +89,24 @@ def statuses(res: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("renamed", [False, True], ids=["null", "renamed"])
-@pytest.mark.parametrize("kind, field, rows, names", [
-    ("devices", "id", [0, 1, 4, 6, 7, 8, 9, 10, 11, 12], "'id'"),
-    ("devices", "serialNumber", [0, 1, 4, 6, 7, 8, 9, 10, 11, 12], "'serialNumber'"),
-    ("users", "id", [2, 3, 4, 5, 13], "'id'"),
-    ("tags", "id", [0, 1, 2, 3], "'id'"),
-    ("apps", "id", [6], "'id'"),
-    ("groups", "id", [5], "'id'"),
-    ("devicetags", "tagId", [1], "'tagId'"),
-    ("usertags", "tagId", [3], "'tagId'"),
-    ("devicetags", "id", [1], "'deviceTagId'"),
-    ("usertags", "id", [3], "'userTagId'"),
-])
-def test_objects_without_the_key_field_are_no_match(duo: Any, run_cli: Any, tmp_path: Path, renamed: bool,
-                                                     kind: str, field: str, rows: list[int], names: str) -> None:
+@pytest.mark.parametrize(
+    "kind, field, rows, names",
+    [
+        ("devices", "id", [0, 1, 4, 6, 7, 8, 9, 10, 11, 12], "'id'"),
+        ("devices", "serialNumber", [0, 1, 4, 6, 7, 8, 9, 10, 11, 12], "'serialNumber'"),
+        ("users", "id", [2, 3, 4, 5, 13], "'id'"),
+        ("tags", "id", [0, 1, 2, 3], "'id'"),
+        ("apps", "id", [6], "'id'"),
+        ("groups", "id", [5], "'id'"),
+        ("devicetags", "tagId", [1], "'tagId'"),
+        ("usertags", "tagId", [3], "'tagId'"),
+        ("devicetags", "id", [1], "'deviceTagId'"),
+        ("usertags", "id", [3], "'userTagId'"),
+    ],
+)
+def test_objects_without_the_key_field_are_no_match(
+    duo: Any, run_cli: Any, tmp_path: Path, renamed: bool, kind: str, field: str, rows: list[int], names: str
+) -> None:
     shape = duo.app["shape"]
     shape.hidden, shape.hidden_renamed = ((kind, field),), renamed
     res, done = run_every_action(duo, run_cli, tmp_path)
@@ -102,20 +120,24 @@ def test_objects_without_the_key_field_are_no_match(duo: Any, run_cli: Any, tmp_
 
 
 @pytest.mark.parametrize("kind, owner", [("devicetags", "deviceId"), ("usertags", "userId")])
-def test_tag_links_without_their_owner_are_read_per_owner(duo: Any, run_cli: Any, tmp_path: Path,
-                                                          kind: str, owner: str) -> None:
+def test_tag_links_without_their_owner_are_read_per_owner(
+    duo: Any, run_cli: Any, tmp_path: Path, kind: str, owner: str
+) -> None:
     """A link list whose links do not name their device (or user) cannot say
     what a device lacks; each owner's links are read with the documented
     search instead, where the owner is the one asked for."""
     duo.app["shape"].hidden = ((kind, owner),)
-    job = write_csv(tmp_path / "owner.csv", [
-        HEADER,
-        ["tag", TAGGED["serial"], TAGGED["tag"], "", "", "", "", ""],
-        ["tag-user", "", TUSER["tag"], TUSER["email"], "", "", "", ""],
-        ["untag", TAGGED["serial"], "Lärare", "", "", "", "", ""],
-        ["tag", FREE, "Lärare", "", "", "", "", ""],
-        ["untag-user", "", TUSER["tag"], NODEV["email"], "", "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "owner.csv",
+        [
+            HEADER,
+            ["tag", TAGGED["serial"], TAGGED["tag"], "", "", "", "", ""],
+            ["tag-user", "", TUSER["tag"], TUSER["email"], "", "", "", ""],
+            ["untag", TAGGED["serial"], "Lärare", "", "", "", "", ""],
+            ["tag", FREE, "Lärare", "", "", "", "", ""],
+            ["untag-user", "", TUSER["tag"], NODEV["email"], "", "", "", ""],
+        ],
+    )
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url])
     assert statuses(res) == ["skipped", "skipped", "skipped", "succeeded", "skipped"], res.report
     assert duo.call(lambda: duo.app["state"].device_tags_of(FREE_ID)) == ["Lärare"]
@@ -142,8 +164,7 @@ def test_devices_sharing_an_id_are_not_one_device(duo: Any, run_cli: Any, tmp_pa
 
 
 @pytest.mark.parametrize("wrap", ["payload", "result.payload"])
-def test_a_list_in_an_unknown_wrapper_is_not_an_empty_list(duo: Any, run_cli: Any, tmp_path: Path,
-                                                           wrap: str) -> None:
+def test_a_list_in_an_unknown_wrapper_is_not_an_empty_list(duo: Any, run_cli: Any, tmp_path: Path, wrap: str) -> None:
     duo.app["shape"].wrap = wrap
     res, _ = run_every_action(duo, run_cli, tmp_path)
     assert set(statuses(res)) == {"failed"}, res.report

@@ -34,8 +34,9 @@ def vendor(request: pytest.FixtureRequest) -> Iterator[tuple[str, SimServer]]:
 
 
 @pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
-def test_export_lists_every_device_as_text(run_cli: Any, tmp_path: Path, vendor: tuple[str, SimServer],
-                                           suffix: str) -> None:
+def test_export_lists_every_device_as_text(
+    run_cli: Any, tmp_path: Path, vendor: tuple[str, SimServer], suffix: str
+) -> None:
     name, server = vendor
     out = tmp_path / f"fleet{suffix}"
     result = run_cli(["export", "--provider", name, "--url", server.url, "-o", str(out)], env=ENV[name])
@@ -59,11 +60,24 @@ def test_an_export_with_an_action_is_a_job(run_cli: Any, tmp_path: Path, vendor:
     if action is None:
         pytest.skip(f"{name} has no action that takes only a serial")
     out = tmp_path / "job.csv"
-    result = run_cli(["export", "--provider", name, "--url", server.url, "-o", str(out), "--action", action],
-                     env=ENV[name])
+    result = run_cli(
+        ["export", "--provider", name, "--url", server.url, "-o", str(out), "--action", action], env=ENV[name]
+    )
     assert result.exit_code == 0, result.output
-    run = run_cli(["run", str(out), "--provider", name, "--url", server.url, "--dry-run",
-                   "--report", str(tmp_path / "job.dryrun.csv")], env=ENV[name])
+    run = run_cli(
+        [
+            "run",
+            str(out),
+            "--provider",
+            name,
+            "--url",
+            server.url,
+            "--dry-run",
+            "--report",
+            str(tmp_path / "job.dryrun.csv"),
+        ],
+        env=ENV[name],
+    )
     statuses = {r["status"] for r in run.report} if run.report else set()
     assert statuses and statuses <= {"planned", "skipped", "failed"}, run.output
     assert server.stats.mutating == 0

@@ -68,8 +68,31 @@ def test_arbitrary_bytes_as_xlsx(content: bytes) -> None:
 
 
 CSV_TOKENS = st.sampled_from(
-    [b",", b";", b'"', b'""', b"\n", b"\r\n", b"\r", b" ", b"\t", b"a", b"serial", b"tag", b"NA", b"007",
-     b"\x00", b"\xe5", b"\xc3\xa5", b"\xef\xbb\xbf", b"\x81", b"'=", b"status", b"detail", b"\xff"]
+    [
+        b",",
+        b";",
+        b'"',
+        b'""',
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"a",
+        b"serial",
+        b"tag",
+        b"NA",
+        b"007",
+        b"\x00",
+        b"\xe5",
+        b"\xc3\xa5",
+        b"\xef\xbb\xbf",
+        b"\x81",
+        b"'=",
+        b"status",
+        b"detail",
+        b"\xff",
+    ]
 )
 
 
@@ -111,7 +134,9 @@ def test_damaged_xlsx(flips: list[tuple[int, int]], keep: int) -> None:
 
 HEADER = st.text(alphabet="abcdefghijklmnopqrstuvwxyzåäöÅÄÖ _-0123456789", min_size=1, max_size=12).filter(str.strip)
 CP1252_CHARS = "".join(
-    ch for ch in (bytes([b]).decode("cp1252", errors="ignore") for b in range(256)) if ch and (ch >= " " or ch in "\t\n\r")
+    ch
+    for ch in (bytes([b]).decode("cp1252", errors="ignore") for b in range(256))
+    if ch and (ch >= " " or ch in "\t\n\r")
 )
 
 

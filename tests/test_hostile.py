@@ -300,8 +300,9 @@ async def _front(start: Start, sim_url: str, change: Callable[[web.Request], web
     async def proxy(request: web.Request) -> web.Response:
         if request.method != "GET":
             return change(request)
-        async with session.get(sim_url + request.path_qs, headers={"Authorization": request.headers.get(
-                "Authorization", "")}) as resp:
+        async with session.get(
+            sim_url + request.path_qs, headers={"Authorization": request.headers.get("Authorization", "")}
+        ) as resp:
             return web.Response(body=await resp.read(), status=resp.status, content_type=resp.content_type)
 
     app = app_with(proxy)
@@ -329,11 +330,16 @@ async def test_changes_answered_by_a_login_page_or_a_redirect_never_succeed(
 
     url = await _front(server, duo.url, change)
     devices = duo.call(lambda: list(duo.app["state"].devices.values()))
-    serials = [d["serialNumber"] for d in devices[FACTS["edge_devices"]:][:3]]
+    serials = [d["serialNumber"] for d in devices[FACTS["edge_devices"] :][:3]]
     job = write_csv(tmp_path / "lock.csv", [["serial", "action"], *([s, "lock"] for s in serials)])
-    options = RunOptions(job=job, provider="duostation", url=url, yes=True,
-                         env={"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"},
-                         state_dir=tmp_path / "state")
+    options = RunOptions(
+        job=job,
+        provider="duostation",
+        url=url,
+        yes=True,
+        env={"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"},
+        state_dir=tmp_path / "state",
+    )
     result = await asyncio.to_thread(run_job, options)
     assert result.counts.get("succeeded", 0) == 0
     assert result.exit_code == 1

@@ -79,7 +79,7 @@ async def run(provider: Ivanti, job: list[JobRow], *, dry_run: bool = False) -> 
     size = provider.batch_size()
     for group in batches.values():
         for start in range(0, len(group), size):
-            batch = group[start:start + size]
+            batch = group[start : start + size]
             outcomes = await (provider.check(batch) if dry_run else provider.execute(batch))
             assert [o.index for o in outcomes] == [s.index for s in batch]
             done.update((o.index, o) for o in outcomes)
@@ -217,9 +217,12 @@ async def test_assign_user_rejections_come_from_the_answer(sim: SimServer) -> No
     state = state_of(sim)
     android = pick(sim, 1, registrationState="ACTIVE", platformType="ANDROID")[0]
     unsupervised = pick(sim, 1, registrationState="ACTIVE", platformType="IOS", supervised=False)[0]
-    new_owner = next(a for a, acc in state.accounts.items()
-                     if a not in (android["ownerId"], unsupervised["ownerId"])
-                     and any(d["ownerId"] == a for d in state.devices.values()))
+    new_owner = next(
+        a
+        for a, acc in state.accounts.items()
+        if a not in (android["ownerId"], unsupervised["ownerId"])
+        and any(d["ownerId"] == a for d in state.devices.values())
+    )
     email = state.accounts[new_owner]["email"]
     async with ivanti(sim) as provider:
         out = await run(provider, rows("assign-user", [android, unsupervised], user=email))
@@ -232,13 +235,15 @@ async def test_assign_user_rejections_come_from_the_answer(sim: SimServer) -> No
 
 async def test_assign_user_finds_the_account_through_owner_id_once_per_email(sim: SimServer) -> None:
     targets = pick(sim, 3, registrationState="ACTIVE", platformType="ANDROID")
-    owner_device = next(d for d in pick(sim, 50, registrationState="ACTIVE")
-                        if d["ownerId"] not in {t["ownerId"] for t in targets})
+    owner_device = next(
+        d for d in pick(sim, 50, registrationState="ACTIVE") if d["ownerId"] not in {t["ownerId"] for t in targets}
+    )
     account = owner_device["ownerId"]
     job = rows("assign-user", targets, email=owner_device["emailAddress"].upper())  # case does not matter
     job.append(JobRow(3, "assign-user", {"serial": targets[0]["serialNumber"], "user": "nobody@example.org"}))
-    job.append(JobRow(4, "assign-user", {"serial": owner_device["serialNumber"],
-                                          "email": owner_device["emailAddress"]}))
+    job.append(
+        JobRow(4, "assign-user", {"serial": owner_device["serialNumber"], "email": owner_device["emailAddress"]})
+    )
     async with ivanti(sim) as provider:
         out = await provider.plan(job)
         for step in out[:3]:
@@ -261,8 +266,10 @@ async def test_assign_user_finds_the_account_through_owner_id_once_per_email(sim
 async def test_message_batches_by_text(sim: SimServer) -> None:
     devices = pick(sim, 5, registrationState="ACTIVE")
     job = rows("message", devices[:3], message="Please return your iPad, Friday 15:00 & thanks")
-    job += [JobRow(3 + i, "message", {"serial": d["serialNumber"], "message": "Other text"})
-            for i, d in enumerate(devices[3:])]
+    job += [
+        JobRow(3 + i, "message", {"serial": d["serialNumber"], "message": "Other text"})
+        for i, d in enumerate(devices[3:])
+    ]
     async with ivanti(sim) as provider:
         out = await run(provider, job)
     assert statuses(out) == ["succeeded"] * 5
@@ -282,8 +289,9 @@ async def test_message_batches_by_text(sim: SimServer) -> None:
         ("checkin", {}, "checkin", "ACTIVE"),
     ],
 )
-async def test_each_bulk_action(sim: SimServer, action: str, where: dict[str, Any], logged: str,
-                                new_state: str) -> None:
+async def test_each_bulk_action(
+    sim: SimServer, action: str, where: dict[str, Any], logged: str, new_state: str
+) -> None:
     devices = pick(sim, 3, registrationState="ACTIVE", **where)
     async with ivanti(sim) as provider:
         out = await run(provider, rows(action, devices))
@@ -300,10 +308,12 @@ async def test_commands_without_a_viability_check_are_refused_in_the_plan(sim: S
     retired = pick(sim, 1, registrationState="RETIRED")[0]
     android = pick(sim, 1, registrationState="ACTIVE", platformType="ANDROID")[0]
     wiped = pick(sim, 1, registrationState="WIPE_PENDING")[0]
-    job = [JobRow(0, "unlock", {"serial": retired["serialNumber"]}),
-           JobRow(1, "restart", {"serial": android["serialNumber"]}),
-           JobRow(2, "wipe", {"serial": wiped["serialNumber"]}),
-           JobRow(3, "retire", {"serial": retired["serialNumber"]})]
+    job = [
+        JobRow(0, "unlock", {"serial": retired["serialNumber"]}),
+        JobRow(1, "restart", {"serial": android["serialNumber"]}),
+        JobRow(2, "wipe", {"serial": wiped["serialNumber"]}),
+        JobRow(3, "retire", {"serial": retired["serialNumber"]}),
+    ]
     async with ivanti(sim) as provider:
         out = await provider.plan(job)
     assert statuses(out) == ["failed", "failed", "skipped", "skipped"]
@@ -337,8 +347,10 @@ async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
     number of devices sent leaves the rows unknown; a count of 0 fails them."""
     app = make_app(devices=300, seed=7)
     answers = {
-        "/api/v1/device/unlock": {"errors": {"globalErrors": [{"code": "Disabled", "message": "Unlock is off"}],
-                                             "fieldErrors": None}, "result": None},
+        "/api/v1/device/unlock": {
+            "errors": {"globalErrors": [{"code": "Disabled", "message": "Unlock is off"}], "fieldErrors": None},
+            "result": None,
+        },
         "/api/v1/device/restart": {"errors": None, "result": 2},
         "/api/v1/device/message": {"errors": None, "result": False},
     }
@@ -473,11 +485,13 @@ async def test_set_attribute_patches_and_skips_what_is_already_set(sim: SimServe
     with_two = [d for d in pick(sim, 100) if d["customAttributes"] and len(d["customAttributes"]["attrs"]) == 2]
     done, todo = with_two[:2]
     city = done["customAttributes"]["attrs"]["cityid"][0]
-    job = [JobRow(0, "set-attribute", {"serial": done["serialNumber"], "attribute": "cityid", "value": city}),
-           JobRow(1, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
-           JobRow(2, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
-           JobRow(3, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "BOS"}),
-           JobRow(4, "set-attribute", {"serial": todo["serialNumber"], "attribute": "floor", "value": "3"})]
+    job = [
+        JobRow(0, "set-attribute", {"serial": done["serialNumber"], "attribute": "cityid", "value": city}),
+        JobRow(1, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
+        JobRow(2, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "OSL"}),
+        JobRow(3, "set-attribute", {"serial": todo["serialNumber"], "attribute": "cityid", "value": "BOS"}),
+        JobRow(4, "set-attribute", {"serial": todo["serialNumber"], "attribute": "floor", "value": "3"}),
+    ]
     async with ivanti(sim) as provider:
         out = await run(provider, job)
     assert statuses(out) == ["skipped", "succeeded", "skipped", "failed", "succeeded"]
@@ -515,20 +529,30 @@ def test_cli_runs_a_mixed_job(sim: SimServer, tmp_path: Path, run_cli: Any) -> N
     state = state_of(sim)
     active = pick(sim, 4, registrationState="ACTIVE", platformType="IOS", supervised=True)
     retired = pick(sim, 1, registrationState="RETIRED")[0]
-    job = write_csv(tmp_path / "job.csv", [
-        ["Action", "Serial Number", "Message Text", "Attribute Name", "Attribute Value"],
-        ["lock", active[0]["serialNumber"], "", "", ""],
-        ["lock", active[1]["serialNumber"], "", "", ""],
-        ["lock", retired["serialNumber"], "", "", ""],
-        ["send message", active[2]["serialNumber"], "=1+1 is not a formula", "", ""],
-        ["Set Attribute", active[3]["serialNumber"], "", "floor", "007"],
-        ["restart", state.duplicate_serial, "", "", ""],
-        ["retire", active[3]["serialNumber"], "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "job.csv",
+        [
+            ["Action", "Serial Number", "Message Text", "Attribute Name", "Attribute Value"],
+            ["lock", active[0]["serialNumber"], "", "", ""],
+            ["lock", active[1]["serialNumber"], "", "", ""],
+            ["lock", retired["serialNumber"], "", "", ""],
+            ["send message", active[2]["serialNumber"], "=1+1 is not a formula", "", ""],
+            ["Set Attribute", active[3]["serialNumber"], "", "floor", "007"],
+            ["restart", state.duplicate_serial, "", "", ""],
+            ["retire", active[3]["serialNumber"], "", "", ""],
+        ],
+    )
     result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1", "--yes"])
     assert result.exit_code == 1, result.output
     assert [r["status"] for r in result.report] == [
-        "succeeded", "succeeded", "failed", "succeeded", "succeeded", "failed", "succeeded"]
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+    ]
     assert "DEVICE_RETIRED" in result.report[2]["detail"]
     assert "matches 2 devices" in result.report[5]["detail"]
     assert result.report[4]["Attribute Value"] == "007"
@@ -539,12 +563,13 @@ def test_cli_runs_a_mixed_job(sim: SimServer, tmp_path: Path, run_cli: Any) -> N
     assert sim.stats.by_route["PUT /api/v1/device/lock"] == 1  # both locks in one request
 
 
-def test_cli_dry_run_takes_the_partition_from_the_environment(sim: SimServer, tmp_path: Path,
-                                                               run_cli: Any) -> None:
+def test_cli_dry_run_takes_the_partition_from_the_environment(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
     devices = pick(sim, 3, registrationState="ACTIVE")
     job = write_csv(tmp_path / "wipe.csv", [["serial"], *([d["serialNumber"]] for d in devices)])
-    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--action", "wipe", "--dry-run"],
-                     env={"BULKMDM_PARTITION_ID": "1"})
+    result = run_cli(
+        ["run", str(job), "--provider", "ivanti", "--url", sim.url, "--action", "wipe", "--dry-run"],
+        env={"BULKMDM_PARTITION_ID": "1"},
+    )
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in result.report] == ["planned"] * 3
     assert sim.stats.mutating == 0
@@ -604,9 +629,16 @@ def recorder(app: web.Application) -> list[dict[str, Any]]:
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
         body = await request.read() if request.body_exists else b""
-        seen.append({"method": request.method, "path": request.path, "query": request.query_string,
-                     "args": MultiDict(request.query), "type": request.content_type if body else "",
-                     "body": body.decode()})
+        seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "args": MultiDict(request.query),
+                "type": request.content_type if body else "",
+                "body": body.decode(),
+            }
+        )
         return await handler(request)
 
     app.middlewares.append(record)
@@ -630,11 +662,18 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
         retired = pick(server, 1, registrationState="RETIRED")
         owner = next(d for d in state.devices.values() if d["ownerId"] not in {a["ownerId"] for a in android})
         a, b = (str(d["id"]) for d in ios[:2])
-        job = [*rows("lock", ios[:2]), *rows("unlock", ios[:2]), *rows("restart", ios[:2]),
-               *rows("checkin", ios[:2]), *rows("message", ios[:2], message="Back by 5 & thanks"),
-               *rows("assign-user", android, email=owner["emailAddress"]),
-               *rows("set-attribute", ios[2:3], attribute="floor", value="007"),
-               *rows("delete-device", retired), *rows("retire", ios[3:4]), *rows("wipe", ios[4:5])]
+        job = [
+            *rows("lock", ios[:2]),
+            *rows("unlock", ios[:2]),
+            *rows("restart", ios[:2]),
+            *rows("checkin", ios[:2]),
+            *rows("message", ios[:2], message="Back by 5 & thanks"),
+            *rows("assign-user", android, email=owner["emailAddress"]),
+            *rows("set-attribute", ios[2:3], attribute="floor", value="007"),
+            *rows("delete-device", retired),
+            *rows("retire", ios[3:4]),
+            *rows("wipe", ios[4:5]),
+        ]
         job = [JobRow(i, r.action, r.fields) for i, r in enumerate(job)]
         async with ivanti(server) as provider:
             out = await run(provider, job)
@@ -646,8 +685,13 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
     # the device list: GET device?dmPartitionId=&rows=500&start=0, no body, in
     # a stable order (public clients' sortFields[0].name/order; see issue 13)
     (search,) = [r for r in sent("GET", "device") if "fq" not in r["args"]]
-    assert dict(search["args"]) == {"dmPartitionId": "1", "rows": "500", "start": "0",
-                                    "sortFields[0].name": "id", "sortFields[0].order": "ASC"}
+    assert dict(search["args"]) == {
+        "dmPartitionId": "1",
+        "rows": "500",
+        "start": "0",
+        "sortFields[0].name": "id",
+        "sortFields[0].order": "ASC",
+    }
     # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
     (by_email,) = [r for r in sent("GET", "device") if "fq" in r["args"]]
     assert dict(by_email["args"]) == {"q": "", "dmPartitionId": "1", "fq": f"EMAILADDRESS EQ {owner['emailAddress']}"}
@@ -663,12 +707,20 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
     assert check["body"] == ""
     # the message example, field by field, the ids "separated by url-encoded commas"
     assert form(sent("PUT", "device/message")[0]) == [
-        ("sendPushNotification", "true"), ("pushNotificationMessage", "Back by 5 & thanks"), ("sendEmail", "false"),
-        ("emailSubject", ""), ("emailBody", ""), ("dmPartitionId", "1"), ("deviceIds", f"{a},{b}")]
+        ("sendPushNotification", "true"),
+        ("pushNotificationMessage", "Back by 5 & thanks"),
+        ("sendEmail", "false"),
+        ("emailSubject", ""),
+        ("emailBody", ""),
+        ("dmPartitionId", "1"),
+        ("deviceIds", f"{a},{b}"),
+    ]
     assert "deviceIds=" + a + "%2C" + b in sent("PUT", "device/message")[0]["body"]
     # --data-urlencode 'accountId=10542407' --data-urlencode 'deviceIds=73542'
     assert form(sent("PUT", "device/updateAccount")[0]) == [
-        ("accountId", str(owner["ownerId"])), ("deviceIds", ",".join(str(d["id"]) for d in android))]
+        ("accountId", str(owner["ownerId"])),
+        ("deviceIds", ",".join(str(d["id"]) for d in android)),
+    ]
     (patch,) = sent("PATCH", f"device/{ios[2]['id']}/customattributes")
     assert patch["type"] == "application/json"
     assert json.loads(patch["body"]) == {"attrs": {"floor": ["007"]}, "forceOverwrite": True}
@@ -691,6 +743,7 @@ async def test_the_simulator_refuses_what_the_doc_does_not_show(sim: SimServer) 
     ident = str(device["id"])
     message = {"sendPushNotification": "true", "pushNotificationMessage": "hi", "deviceIds": ident}
     async with aiohttp.ClientSession(sim.url, headers=dict(BasicAuth("admin", "admin").headers())) as http:
+
         async def status(method: str, path: str, **kwargs: Any) -> int:
             async with http.request(method, "/api/v1/" + path, **kwargs) as resp:
                 body = await resp.json()
@@ -699,8 +752,9 @@ async def test_the_simulator_refuses_what_the_doc_does_not_show(sim: SimServer) 
 
         assert await status("PUT", "device/lock", json={"ids": [ident]}) == 415
         assert await status("PUT", "device/lock", data={"deviceIds": ident}) == 400
-        assert await status("PUT", "device/updateAccount", data={"accountId": str(device["ownerId"]),
-                                                                  "ids": ident}) == 400
+        assert (
+            await status("PUT", "device/updateAccount", data={"accountId": str(device["ownerId"]), "ids": ident}) == 400
+        )
         assert await status("PUT", "device/message", data=message) == 400
         assert await status("PUT", "device/message", data={**message, "dmPartitionId": "1"}) == 200
         assert await status("GET", "device/restart", params={"checkViability": "true", "ids": ident}) == 405
@@ -769,9 +823,11 @@ async def test_search_after_values_the_server_will_not_take_fall_back_to_start()
 async def test_owner_is_found_in_the_device_list_when_the_search_fails(server_does: str) -> None:
     app = make_app(devices=300, seed=7)
     if server_does == "finds nothing":
-        rewrite_search(app, lambda result, request: "fq" in request.query and result.update(
-            searchResults=[], totalCount=0))
+        rewrite_search(
+            app, lambda result, request: "fq" in request.query and result.update(searchResults=[], totalCount=0)
+        )
     else:
+
         @web.middleware
         async def no_fq(request: web.Request, handler: Any) -> web.StreamResponse:
             if "fq" in request.query:
@@ -840,8 +896,9 @@ def test_cli_plans_in_chunks(sim: SimServer, tmp_path: Path, run_cli: Any, monke
     active = pick(sim, 25, registrationState="ACTIVE", platformType="IOS", supervised=True)
     rows = [[d["serialNumber"]] for d in active] + [[active[0]["serialNumber"]]]
     job = write_csv(tmp_path / "lock.csv", [["serial"], *rows])
-    result = run_cli(["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1",
-                      "--action", "lock"])
+    result = run_cli(
+        ["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1", "--action", "lock"]
+    )
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in result.report] == ["succeeded"] * 25 + ["skipped"]
     assert "line 2" in result.report[25]["detail"]

@@ -62,8 +62,11 @@ class Picker:
     def __call__(self, **where: Any) -> dict[str, Any]:
         for device_id in reversed(self.state.sorted_ids):
             device = self.state.devices[device_id]
-            if (device_id in self.taken or not device["serialNumber"]
-                    or device["serialNumber"] == self.state.duplicate_serial):
+            if (
+                device_id in self.taken
+                or not device["serialNumber"]
+                or device["serialNumber"] == self.state.duplicate_serial
+            ):
                 continue
             if all(device.get(k) == v for k, v in where.items()):
                 self.taken.add(device_id)
@@ -110,8 +113,7 @@ async def test_every_device_is_found_in_both_behaviours(any_sim: SimServer) -> N
     assert any_sim.stats.by_route["GET /api/v1/device"] == 3
 
 
-async def test_a_server_refusing_the_sort_is_paged_the_docs_way_until_nothing_is_missing(
-        real_sim: SimServer) -> None:
+async def test_a_server_refusing_the_sort_is_paged_the_docs_way_until_nothing_is_missing(real_sim: SimServer) -> None:
     state = state_of(real_sim)
     state.refuses_sort = True
     async with ivanti(real_sim) as provider:
@@ -149,10 +151,12 @@ async def test_devices_listed_without_an_id_are_no_match_and_never_one_device(re
                 device["deviceId"] = device.pop("id")
 
     rewrite_search(app, strip_ids)
-    job = [JobRow(0, "lock", {"serial": nulled["serialNumber"]}),
-           JobRow(1, "lock", {"serial": renamed["serialNumber"]}),
-           JobRow(2, "lock", {"device_id": renamed["guid"]}),
-           JobRow(3, "lock", {"serial": fine["serialNumber"]})]
+    job = [
+        JobRow(0, "lock", {"serial": nulled["serialNumber"]}),
+        JobRow(1, "lock", {"serial": renamed["serialNumber"]}),
+        JobRow(2, "lock", {"device_id": renamed["guid"]}),
+        JobRow(3, "lock", {"serial": fine["serialNumber"]}),
+    ]
     with SimServer(app) as server:
         async with ivanti(server) as provider:
             out = await provider.plan(job)
@@ -175,35 +179,45 @@ def test_every_action_through_the_cli(any_sim: SimServer, tmp_path: Path, run_cl
     restart = pick(registrationState="ACTIVE", platformType="IOS", supervised=True)
     checkin, message = pick(registrationState="ACTIVE"), pick(registrationState="ACTIVE")
     moved = pick(registrationState="ACTIVE", platformType="ANDROID")
-    new_owner = next(d for d in (pick(registrationState="ACTIVE") for _ in range(20))
-                     if d["ownerId"] != moved["ownerId"])
+    new_owner = next(
+        d for d in (pick(registrationState="ACTIVE") for _ in range(20)) if d["ownerId"] != moved["ownerId"]
+    )
     attribute = pick(registrationState="ACTIVE")
     gone = pick(registrationState="RETIRED")
-    job = write_csv(tmp_path / "job.csv", [
-        ["action", "serial", "user", "message", "attribute", "value"],
-        *(["lock", d["serialNumber"], "", "", "", ""] for d in locks),
-        ["unlock", unlock["serialNumber"], "", "", "", ""],
-        ["wipe", wipe["serialNumber"], "", "", "", ""],
-        ["retire", retire["serialNumber"], "", "", "", ""],
-        ["restart", restart["serialNumber"], "", "", "", ""],
-        ["checkin", checkin["serialNumber"], "", "", "", ""],
-        ["message", message["serialNumber"], "", "Please return the iPad", "", ""],
-        ["assign-user", moved["serialNumber"], new_owner["emailAddress"], "", "", ""],
-        ["set-attribute", attribute["serialNumber"], "", "", "floor", "007"],
-        ["delete-device", gone["serialNumber"], "", "", "", ""],
-    ])
+    job = write_csv(
+        tmp_path / "job.csv",
+        [
+            ["action", "serial", "user", "message", "attribute", "value"],
+            *(["lock", d["serialNumber"], "", "", "", ""] for d in locks),
+            ["unlock", unlock["serialNumber"], "", "", "", ""],
+            ["wipe", wipe["serialNumber"], "", "", "", ""],
+            ["retire", retire["serialNumber"], "", "", "", ""],
+            ["restart", restart["serialNumber"], "", "", "", ""],
+            ["checkin", checkin["serialNumber"], "", "", "", ""],
+            ["message", message["serialNumber"], "", "Please return the iPad", "", ""],
+            ["assign-user", moved["serialNumber"], new_owner["emailAddress"], "", "", ""],
+            ["set-attribute", attribute["serialNumber"], "", "", "floor", "007"],
+            ["delete-device", gone["serialNumber"], "", "", "", ""],
+        ],
+    )
     result = run_cli(["run", str(job), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1", "--yes"])
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in result.report] == ["succeeded"] * 11, [r["detail"] for r in result.report]
     account = new_owner["ownerId"]
-    assert sorted(state.log) == sorted([
-        *((d["id"], "lock", "") for d in locks),
-        (unlock["id"], "unlock", ""), (wipe["id"], "wipe", ""), (retire["id"], "retire", ""),
-        (restart["id"], "restart", ""), (checkin["id"], "checkin", ""),
-        (message["id"], "message", "Please return the iPad"), (moved["id"], "assign-user", str(account)),
-        (attribute["id"], "customattributes-patch", json.dumps({"floor": ["007"]})),
-        (gone["id"], "delete-device", ""),
-    ])
+    assert sorted(state.log) == sorted(
+        [
+            *((d["id"], "lock", "") for d in locks),
+            (unlock["id"], "unlock", ""),
+            (wipe["id"], "wipe", ""),
+            (retire["id"], "retire", ""),
+            (restart["id"], "restart", ""),
+            (checkin["id"], "checkin", ""),
+            (message["id"], "message", "Please return the iPad"),
+            (moved["id"], "assign-user", str(account)),
+            (attribute["id"], "customattributes-patch", json.dumps({"floor": ["007"]})),
+            (gone["id"], "delete-device", ""),
+        ]
+    )
     assert wipe["registrationState"] == "WIPE_PENDING" and retire["registrationState"] == "RETIRED"
     assert moved["ownerId"] == account and moved["emailAddress"] == new_owner["emailAddress"]
     assert attribute["customAttributes"]["attrs"]["floor"] == ["007"]
@@ -222,8 +236,12 @@ def test_sim_help_says_how_to_choose_the_device_space() -> None:
 
 
 def test_sim_prints_the_device_space_id() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "sim", "ivanti", "--port", "0", "--devices", "5",
-                             "--partition", "23505"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "sim", "ivanti", "--port", "0", "--devices", "5", "--partition", "23505"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None and proc.stdout is not None
         announced = proc.stderr.readline()
@@ -235,8 +253,9 @@ def test_sim_prints_the_device_space_id() -> None:
     assert "device space id 23505 (--partition 23505 or BULKMDM_PARTITION_ID=23505)" in announced
 
 
-def test_the_demos_printed_ivanti_command_works_when_copied(any_sim: SimServer, tmp_path: Path, run_cli: Any,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demos_printed_ivanti_command_works_when_copied(
+    any_sim: SimServer, tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     device = Picker(state_of(any_sim))(registrationState="ACTIVE")
     write_csv(tmp_path / "ivanti-lock.csv", [["serial"], [device["serialNumber"]]])
     shown = shown_command(tmp_path / "ivanti-lock.csv", "ivanti", any_sim.url, action="lock", partition="1")
@@ -253,24 +272,32 @@ def test_the_demos_printed_ivanti_command_works_when_copied(any_sim: SimServer, 
 
 
 def _owners_and_attributes(state: IvantiState) -> dict[int, tuple[Any, ...]]:
-    return {i: (d["ownerId"], d["emailAddress"], d["uid"], json.dumps(d["customAttributes"], sort_keys=True))
-            for i, d in state.devices.items()}
+    return {
+        i: (d["ownerId"], d["emailAddress"], d["uid"], json.dumps(d["customAttributes"], sort_keys=True))
+        for i, d in state.devices.items()
+    }
 
 
 def test_undo_rows_put_back_owners_and_attributes(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
     state = state_of(any_sim)
     pick = Picker(state)
     moved = pick(registrationState="ACTIVE", platformType="ANDROID")
-    new_owner = next(d for d in (pick(registrationState="ACTIVE") for _ in range(20))
-                     if d["ownerId"] != moved["ownerId"])
-    changed = next(d for d in (pick(registrationState="ACTIVE") for _ in range(50))
-                   if d["customAttributes"] and len(d["customAttributes"]["attrs"].get("cityid", ())) == 1)
+    new_owner = next(
+        d for d in (pick(registrationState="ACTIVE") for _ in range(20)) if d["ownerId"] != moved["ownerId"]
+    )
+    changed = next(
+        d
+        for d in (pick(registrationState="ACTIVE") for _ in range(50))
+        if d["customAttributes"] and len(d["customAttributes"]["attrs"].get("cityid", ())) == 1
+    )
     fresh = next(d for d in (pick(registrationState="ACTIVE") for _ in range(50)) if not d["customAttributes"])
     locked = pick(registrationState="ACTIVE")
-    job = [JobRow(0, "assign-user", {"serial": moved["serialNumber"], "user": new_owner["emailAddress"]}),
-           JobRow(1, "set-attribute", {"serial": changed["serialNumber"], "attribute": "cityid", "value": "XYZ"}),
-           JobRow(2, "set-attribute", {"serial": fresh["serialNumber"], "attribute": "floor", "value": "3"}),
-           JobRow(3, "lock", {"serial": locked["serialNumber"]})]
+    job = [
+        JobRow(0, "assign-user", {"serial": moved["serialNumber"], "user": new_owner["emailAddress"]}),
+        JobRow(1, "set-attribute", {"serial": changed["serialNumber"], "attribute": "cityid", "value": "XYZ"}),
+        JobRow(2, "set-attribute", {"serial": fresh["serialNumber"], "attribute": "floor", "value": "3"}),
+        JobRow(3, "lock", {"serial": locked["serialNumber"]}),
+    ]
     before = _owners_and_attributes(state)
     previous_city = changed["customAttributes"]["attrs"]["cityid"][0]
 
@@ -281,16 +308,27 @@ def test_undo_rows_put_back_owners_and_attributes(any_sim: SimServer, tmp_path: 
     steps = asyncio.run(plan())
     assert all(isinstance(s, Step) for s in steps)
     undo = [s.undo for s in steps]
-    assert undo[0] == {"action": "assign-user", "device_id": str(moved["id"]), "serial": moved["serialNumber"],
-                       "user": moved["emailAddress"], "user_id": str(moved["ownerId"])}
-    assert undo[1] == {"action": "set-attribute", "device_id": str(changed["id"]),
-                       "serial": changed["serialNumber"], "attribute": "cityid", "value": previous_city}
+    assert undo[0] == {
+        "action": "assign-user",
+        "device_id": str(moved["id"]),
+        "serial": moved["serialNumber"],
+        "user": moved["emailAddress"],
+        "user_id": str(moved["ownerId"]),
+    }
+    assert undo[1] == {
+        "action": "set-attribute",
+        "device_id": str(changed["id"]),
+        "serial": changed["serialNumber"],
+        "attribute": "cityid",
+        "value": previous_city,
+    }
     assert undo[2] is None and undo[3] is None  # no earlier value to put back; a lock is a command
 
     header = ["action", "serial", "user", "attribute", "value"]
     forward = write_csv(tmp_path / "job.csv", [header, *([r.action, *(r.get(c) for c in header[1:])] for r in job)])
-    assert run_cli(["run", str(forward), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1"]
-                   ).exit_code == 0
+    assert (
+        run_cli(["run", str(forward), "--provider", "ivanti", "--url", any_sim.url, "--partition", "1"]).exit_code == 0
+    )
     assert moved["ownerId"] == new_owner["ownerId"] and changed["customAttributes"]["attrs"]["cityid"] == ["XYZ"]
 
     columns = ["action", "device_id", "serial", "user", "user_id", "attribute", "value"]
@@ -330,8 +368,14 @@ async def test_a_users_devices_without_an_owner_id_say_so() -> None:
 async def test_inventory_streams_every_device_as_text(any_sim: SimServer) -> None:
     state = state_of(any_sim)
     template = state.devices[state.sorted_ids[0]]
-    huge = dict(template, id=2**60 + 1, guid="0f8e2b4c-0000-4000-8000-000000000001", serialNumber="000123",
-                deviceName="Lab iPad", supervised=True)
+    huge = dict(
+        template,
+        id=2**60 + 1,
+        guid="0f8e2b4c-0000-4000-8000-000000000001",
+        serialNumber="000123",
+        deviceName="Lab iPad",
+        supervised=True,
+    )
     any_sim.call(lambda: state._add(huge, template["ownerId"]))
     async with ivanti(any_sim) as provider:
         stream = provider.inventory()
@@ -342,14 +386,19 @@ async def test_inventory_streams_every_device_as_text(any_sim: SimServer) -> Non
     assert any_sim.stats.by_route["GET /api/v1/device"] == 3
     by_id = {r["device_id"]: r for r in rows}
     assert by_id[str(2**60 + 1)] == {
-        "serial": "000123", "device_id": "1152921504606846977", "name": "Lab iPad",
-        "email": template["emailAddress"], "user": template["uid"], "platform": template["platformType"],
-        "registration_state": template["registrationState"], "model": template["prettyModel"]}
+        "serial": "000123",
+        "device_id": "1152921504606846977",
+        "name": "Lab iPad",
+        "email": template["emailAddress"],
+        "user": template["uid"],
+        "platform": template["platformType"],
+        "registration_state": template["registrationState"],
+        "model": template["prettyModel"],
+    }
     assert {r["registration_state"] for r in rows} >= {"ACTIVE", "RETIRED"}
 
 
-async def test_inventory_of_a_device_space_that_is_not_the_accounts_raises_one_clear_error(
-        any_sim: SimServer) -> None:
+async def test_inventory_of_a_device_space_that_is_not_the_accounts_raises_one_clear_error(any_sim: SimServer) -> None:
     from bulkmdm.errors import BulkMDMError
 
     async with ivanti(any_sim, partition="999") as provider:

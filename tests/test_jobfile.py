@@ -220,7 +220,9 @@ def test_long_row_counted_after_blank_lines_and_multiline_cells(tmp_path: Path) 
     path = write(tmp_path, "job.csv", 'serial,message\n\nA,"two\nlines"\n\nB,m,extra\n')
     table = read_job(path)
     assert table.rows == [("A", "two\nlines"), ("B", "m")]
-    assert table.problems == {1: "line 3 has 3 cells but the header has 2; remove the extra cells or give them a header."}
+    assert table.problems == {
+        1: "line 3 has 3 cells but the header has 2; remove the extra cells or give them a header."
+    }
 
 
 def test_nul_byte_makes_only_that_row_a_problem(tmp_path: Path) -> None:
@@ -407,7 +409,9 @@ def test_xlsx_with_a_damaged_sheet(tmp_path: Path) -> None:
 def test_encrypted_xlsx(tmp_path: Path) -> None:
     # Excel saves a password-protected workbook as an OLE2 container holding
     # an "EncryptedPackage" stream; the header and that name are what we see.
-    content = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504 + "EncryptedPackage".encode("utf-16-le") + b"\x00" * 512
+    content = (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504 + "EncryptedPackage".encode("utf-16-le") + b"\x00" * 512
+    )
     assert "password-protected" in file_error(write(tmp_path, "job.xlsx", content))
 
 
@@ -486,7 +490,10 @@ def test_xlsx_first_sheet_blank_rows_and_columns(tmp_path: Path) -> None:
 def test_xlsx_duplicate_and_outcome_headers(tmp_path: Path) -> None:
     path = make_xlsx(
         tmp_path / "job.xlsx",
-        [["Serial", "serial no", "Status", "Detail", "http_status", "Attempts", "resolved ids"], ["A", "B", "failed", "x", 500, 3, ""]],
+        [
+            ["Serial", "serial no", "Status", "Detail", "http_status", "Attempts", "resolved ids"],
+            ["A", "B", "failed", "x", 500, 3, ""],
+        ],
     )
     table = read_job(path)
     assert table.canonical == {"serial": 0}
@@ -526,7 +533,9 @@ def test_xlsx_huge_cell_and_nul(tmp_path: Path) -> None:
 def test_csv_report_round_trips_neutralised_cells(tmp_path: Path) -> None:
     path = tmp_path / "job.outcome.csv"
     values = ("=SUM(A1)", "+46701234567", "-5", "@user", "\tx", "\rx", "'=x", "plain", "'quoted")
-    write_report(path, ("serial", "=odd header", "status", "detail"), [(value, value, "failed", "d") for value in values])
+    write_report(
+        path, ("serial", "=odd header", "status", "detail"), [(value, value, "failed", "d") for value in values]
+    )
     table = read_job(path)
     assert table.is_report
     assert table.headers == ("serial", "=odd header", "status", "detail")

@@ -17,9 +17,20 @@ from bulkmdm.sim.duostation import FACTS
 def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     with Journal(tmp_path / "st") as journal:
         rows = [NewRow(["A"], "lock", "a", "A"), NewRow(["B"], "lock", "b", "B")]
-        run_id = journal.create_run(identity="x", job_path="/j.csv", content="0", provider="duostation",
-                                    url="http://h", action=None, partition_id=None, dry_run=False,
-                                    headers=["serial"], delimiter=",", report_path="/r.csv", rows=rows)
+        run_id = journal.create_run(
+            identity="x",
+            job_path="/j.csv",
+            content="0",
+            provider="duostation",
+            url="http://h",
+            action=None,
+            partition_id=None,
+            dry_run=False,
+            headers=["serial"],
+            delimiter=",",
+            report_path="/r.csv",
+            rows=rows,
+        )
         journal.mark_in_flight(run_id, [0])
         journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
         assert journal.counts(run_id) == {"in_flight": 1, "succeeded": 1}
@@ -36,8 +47,9 @@ def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
 
 
 def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    job = write_csv(tmp_path / "j.csv", [["serial", "action"], [FACTS["untagged_device"]["serial"], "lock"],
-                                         ["NOPE", "lock"]])
+    job = write_csv(
+        tmp_path / "j.csv", [["serial", "action"], [FACTS["untagged_device"]["serial"], "lock"], ["NOPE", "lock"]]
+    )
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url])
     assert res.exit_code == 1
     listed = run_cli(["runs"])

@@ -37,8 +37,9 @@ APP = FACTS["app"]
 
 def start(**kw: Any) -> SimServer:
     kw.setdefault("devices", 300)
-    return SimServer(make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                              refresh_token=REFRESH, **kw))
+    return SimServer(
+        make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH, **kw)
+    )
 
 
 @pytest.fixture
@@ -56,8 +57,12 @@ def env_for(mode: str, sim: SimServer, **extra: str) -> dict[str, str]:
     if mode == "on-premises":
         env = {"BULKMDM_API_KEY": API_KEY}
     else:
-        env = {"BULKMDM_CLIENT_ID": CLIENT_ID, "BULKMDM_CLIENT_SECRET": CLIENT_SECRET,
-               "BULKMDM_REFRESH_TOKEN": REFRESH, "BULKMDM_OAUTH_URL": sim.url + "/oauth/v2/token"}
+        env = {
+            "BULKMDM_CLIENT_ID": CLIENT_ID,
+            "BULKMDM_CLIENT_SECRET": CLIENT_SECRET,
+            "BULKMDM_REFRESH_TOKEN": REFRESH,
+            "BULKMDM_OAUTH_URL": sim.url + "/oauth/v2/token",
+        }
     env.update(extra)
     return env
 
@@ -71,26 +76,32 @@ def state(sim: SimServer) -> MEState:
 
 
 def rows(*specs: dict[str, str]) -> list[JobRow]:
-    return [JobRow(i, spec["action"], {k: v for k, v in spec.items() if k != "action"})
-            for i, spec in enumerate(specs)]
+    return [JobRow(i, spec["action"], {k: v for k, v in spec.items() if k != "action"}) for i, spec in enumerate(specs)]
 
 
 def batches(steps: list[Step], size: int) -> list[list[Step]]:
     groups: dict[Any, list[Step]] = {}
     for step in steps:
         groups.setdefault(step.batch_key, []).append(step)
-    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-async def run(sim: SimServer, env: dict[str, str], job: Sequence[JobRow], *,
-              between: Callable[[], Awaitable[None] | None] | None = None,
-              concurrent: bool = False, window: float | None = None) -> list[Outcome]:
+async def run(
+    sim: SimServer,
+    env: dict[str, str],
+    job: Sequence[JobRow],
+    *,
+    between: Callable[[], Awaitable[None] | None] | None = None,
+    concurrent: bool = False,
+    window: float | None = None,
+) -> list[Outcome]:
     """plan, then execute every batch, as the engine does; outcomes in row order.
     ``window``: the policy's wait for the API's per-minute window, shortened."""
     auth = ManageEngine.auth_from_env(env)
     policy = ME_FAST if window is None else replace(ME_FAST, throttle_wait=window)
-    async with Client(ManageEngine.api_base(sim.url), auth=auth, retry=policy, timeout=5,
-                      headers=ManageEngine.request_headers) as client:
+    async with Client(
+        ManageEngine.api_base(sim.url), auth=auth, retry=policy, timeout=5, headers=ManageEngine.request_headers
+    ) as client:
         provider = ManageEngine(client, Settings(url=sim.url, env=env))
         planned = await provider.plan(job)
         assert len(planned) == len(job)
@@ -126,7 +137,7 @@ def serial_of(sim: SimServer, device_id: int) -> str:
 
 def generated(sim: SimServer) -> list[int]:
     """Ordinary devices (not the FACTS edge cases), in id order."""
-    return sorted(state(sim).devices)[FACTS["edge_devices"]:]
+    return sorted(state(sim).devices)[FACTS["edge_devices"] :]
 
 
 def members(sim: SimServer, group_id: int) -> set[int]:
@@ -152,8 +163,10 @@ async def test_add_to_group_sends_one_request_and_skips_members(sim: SimServer, 
     inside = members(sim, GROUP["id"])
     new = [d for d in generated(sim) if d not in inside][:5]
     already = min(inside)
-    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-               {"action": "add-to-group", "serial": serial_of(sim, already), "group": GROUP["name"]})
+    job = rows(
+        *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+        {"action": "add-to-group", "serial": serial_of(sim, already), "group": GROUP["name"]},
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 5 + ["skipped"]
     assert "already in group" in out[5].detail
@@ -167,8 +180,10 @@ async def test_add_to_group_sends_one_request_and_skips_members(sim: SimServer, 
 async def test_remove_from_group_skips_non_members(sim: SimServer, mode: str) -> None:
     inside = sorted(members(sim, GROUP["id"]))[:3]
     free = FACTS["free_device"]
-    job = rows(*({"action": "remove-from-group", "device_id": str(d), "group": GROUP["name"]} for d in inside),
-               {"action": "remove-from-group", "serial": free["serial"], "group": GROUP["name"]})
+    job = rows(
+        *({"action": "remove-from-group", "device_id": str(d), "group": GROUP["name"]} for d in inside),
+        {"action": "remove-from-group", "serial": free["serial"], "group": GROUP["name"]},
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 3 + ["skipped"]
     assert "removed from group" in out[0].detail and "is not in group" in out[3].detail
@@ -180,8 +195,9 @@ async def test_remove_from_group_skips_non_members(sim: SimServer, mode: str) ->
 async def test_install_app_by_name_bundle_or_id_in_one_request(sim: SimServer, mode: str) -> None:
     devs = generated(sim)[:5]
     names = [APP["name"], APP["name"], APP["bundle_identifier"], str(APP["id"]), APP["name"]]
-    job = rows(*({"action": "install-app", "serial": serial_of(sim, d), "app": a}
-                 for d, a in zip(devs, names, strict=True)))
+    job = rows(
+        *({"action": "install-app", "serial": serial_of(sim, d), "app": a} for d, a in zip(devs, names, strict=True))
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 5
     assert "Installation of 'Kahoot!' sent" in out[0].detail
@@ -302,16 +318,26 @@ async def test_already_there_409_skips_that_row_and_sends_the_rest(sim: SimServe
     inside = members(sim, GROUP["id"])
     new = [d for d in generated(sim) if d not in inside][:4]
     devs = [d for d in generated(sim) if d not in state(sim).associations.get(APP["id"], {})][:4]
-    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-               *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in devs))
+    job = rows(
+        *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+        *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in devs),
+    )
 
     def meanwhile() -> None:
         sim.call(partial(state(sim).add_members, GROUP["id"], [new[1]]))
         sim.call(partial(state(sim).associate, APP["id"], [devs[2]]))
 
     out = await run(sim, env_for(mode, sim), job, between=meanwhile)
-    assert statuses(out) == ["succeeded", "skipped", "succeeded", "succeeded",
-                             "succeeded", "succeeded", "skipped", "succeeded"], out
+    assert statuses(out) == [
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "skipped",
+        "succeeded",
+    ], out
     assert "already in group" in out[1].detail and out[1].http_status == 409
     assert "already associated" in out[6].detail
     # the group's members are read to find the row already there; the app's
@@ -329,10 +355,11 @@ async def test_retry_on_503_applies_each_change_once() -> None:
     with start(faults=Faults(error_rate=0.5, mutating_only=True, seed=7)) as sim:
         inside = sorted(members(sim, GROUP["id"]))
         new = [d for d in generated(sim) if d not in inside][:4]
-        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-                   *({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                     for d in inside[:3]),
-                   {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]})
+        job = rows(
+            *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+            *({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside[:3]),
+            {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]},
+        )
         out = await run(sim, env_for("on-premises", sim), job)
         assert statuses(out) == ["succeeded"] * len(job)
         assert sim.stats.faults > 0
@@ -349,8 +376,10 @@ async def test_lost_answers_are_read_back_not_sent_twice() -> None:
     with start(faults=Faults(seed=7)) as sim:
         inside = sorted(members(sim, GROUP["id"]))
         new = [d for d in generated(sim) if d not in inside][:3]
-        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-                   {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+        job = rows(
+            *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+            {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
+        )
 
         def drop_answers() -> None:
             # the change is made, then the connection closes without an answer
@@ -381,8 +410,7 @@ async def test_server_error_fails_the_batch_without_raising(sim: SimServer) -> N
 
 async def test_daily_budget_leaves_rows_that_do_not_fit_not_run(sim: SimServer) -> None:
     inside = sorted(members(sim, GROUP["id"]))[:12]
-    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                 for d in inside))
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside))
     # 20 a day, 10 kept for retries, 3 look-ups (devices, groups, members): 7 rows fit
     out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), job)
     assert statuses(out) == ["succeeded"] * 7 + ["not-run"] * 5
@@ -407,10 +435,12 @@ async def test_doc_shaped_lists_serials_and_bundle_ids_come_from_details(mode: s
     with start(devices=40) as sim:
         state(sim).doc_fields = True
         new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:2]
-        job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-                   {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["bundle_identifier"]},
-                   {"action": "add-to-group", "serial": FACTS["duplicate_serial"], "group": GROUP["name"]},
-                   {"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]})
+        job = rows(
+            *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+            {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["bundle_identifier"]},
+            {"action": "add-to-group", "serial": FACTS["duplicate_serial"], "group": GROUP["name"]},
+            {"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]},
+        )
         out = await run(sim, env_for(mode, sim), job)
         assert statuses(out) == ["succeeded", "succeeded", "succeeded", "failed", "succeeded"]
         assert "matches 2 devices" in out[3].detail
@@ -423,8 +453,10 @@ async def test_doc_shaped_lists_serials_and_bundle_ids_come_from_details(mode: s
 async def test_doc_shaped_lists_read_no_details_when_not_needed_or_over_budget() -> None:
     with start(devices=40) as sim:
         state(sim).doc_fields = True
-        by_id = rows({"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]},
-                     {"action": "install-app", "device_id": str(FACTS["free_device"]["id"]), "app": APP["name"]})
+        by_id = rows(
+            {"action": "add-to-group", "device_id": str(FACTS["free_device"]["id"]), "group": GROUP["name"]},
+            {"action": "install-app", "device_id": str(FACTS["free_device"]["id"]), "app": APP["name"]},
+        )
         out = await run(sim, env_for("on-premises", sim), by_id)
         assert statuses(out) == ["succeeded"] * 2
         assert gets(sim, "on-premises", "/devices/{device_id}") == 0
@@ -441,14 +473,18 @@ async def test_ids_go_as_json_numbers_even_when_the_list_gives_strings(sim: SimS
     state(sim).string_ids = True  # and the simulator refuses "device_ids": ["..."] with COM0005
     state(sim).strict_headers = True  # and every request without the examples' Content-Type with COM0011
     new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:3]
-    job = rows(*({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
-               *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in new))
+    job = rows(
+        *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new),
+        *({"action": "install-app", "device_id": str(d), "app": APP["name"]} for d in new),
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 6
     assert set(new) <= members(sim, GROUP["id"]) and set(new) <= set(state(sim).associations[APP["id"]])
     # and as the doc has them, for rows in the opposite direction (DELETE, no body)
-    job = rows({"action": "remove-from-group", "device_id": str(new[0]), "group": GROUP["name"]},
-               {"action": "remove-app", "device_id": str(new[0]), "app": APP["name"]})
+    job = rows(
+        {"action": "remove-from-group", "device_id": str(new[0]), "group": GROUP["name"]},
+        {"action": "remove-app", "device_id": str(new[0]), "app": APP["name"]},
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 2
     assert new[0] not in members(sim, GROUP["id"]) and new[0] not in state(sim).associations[APP["id"]]
@@ -457,9 +493,11 @@ async def test_ids_go_as_json_numbers_even_when_the_list_gives_strings(sim: SimS
 async def test_app_rows_already_in_state_are_skipped(sim: SimServer, mode: str) -> None:
     has, free, keynote = FACTS["app_device"], FACTS["free_device"], FACTS["installed_app"]
     other = generated(sim)[0]
-    job = rows({"action": "install-app", "serial": has["serial"], "app": keynote["name"]},
-               {"action": "remove-app", "serial": free["serial"], "app": keynote["bundle_identifier"]},
-               {"action": "install-app", "device_id": str(other), "app": keynote["name"]})
+    job = rows(
+        {"action": "install-app", "serial": has["serial"], "app": keynote["name"]},
+        {"action": "remove-app", "serial": free["serial"], "app": keynote["bundle_identifier"]},
+        {"action": "install-app", "device_id": str(other), "app": keynote["name"]},
+    )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["skipped", "skipped", "succeeded"]
     assert "already has 'Keynote'" in out[0].detail and "does not have 'Keynote'" in out[1].detail
@@ -477,9 +515,11 @@ async def test_app_already_on_device_is_skipped_when_device_app_ids_differ(mode:
         state(sim).doc_fields = True
         state(sim).own_device_app_ids = True
         has, free, keynote = FACTS["app_device"], FACTS["free_device"], FACTS["installed_app"]
-        job = rows({"action": "install-app", "device_id": str(has["id"]), "app": keynote["name"]},
-                   {"action": "install-app", "device_id": str(free["id"]), "app": keynote["name"]},
-                   {"action": "remove-app", "device_id": str(free["id"]), "app": APP["name"]})
+        job = rows(
+            {"action": "install-app", "device_id": str(has["id"]), "app": keynote["name"]},
+            {"action": "install-app", "device_id": str(free["id"]), "app": keynote["name"]},
+            {"action": "remove-app", "device_id": str(free["id"]), "app": APP["name"]},
+        )
         out = await run(sim, env_for(mode, sim), job)
         assert statuses(out) == ["skipped", "succeeded", "skipped"]
         assert "already has 'Keynote'" in out[0].detail
@@ -518,11 +558,11 @@ async def test_lists_paged_by_offset_are_read_whole(mode: str) -> None:
         big = max(st.members, key=lambda g: len(st.members[g]))
         assert len(st.members[big]) > 10
         last_member = list(st.members[big])[-1]
-        job = rows({"action": "add-to-group", "serial": serial_of(sim, last_device),
-                    "group": st.groups[last_group]["name"]},
-                   {"action": "install-app", "serial": serial_of(sim, last_device),
-                    "app": str(last_app)},
-                   {"action": "remove-from-group", "device_id": str(last_member), "group": st.groups[big]["name"]})
+        job = rows(
+            {"action": "add-to-group", "serial": serial_of(sim, last_device), "group": st.groups[last_group]["name"]},
+            {"action": "install-app", "serial": serial_of(sim, last_device), "app": str(last_app)},
+            {"action": "remove-from-group", "device_id": str(last_member), "group": st.groups[big]["name"]},
+        )
         out = await run(sim, env_for(mode, sim), job)
         assert statuses(out) == ["succeeded"] * 3, out
         assert last_member not in st.members[big]
@@ -533,11 +573,17 @@ async def test_lists_paged_by_offset_are_read_whole(mode: str) -> None:
 
 
 def test_a_next_link_naming_another_host_is_read_from_this_server() -> None:
-    provider = ManageEngine(Client("http://127.0.0.1:1/api/v1", auth=ZohoOAuth(
-        client_id="c", client_secret="s", refresh_token="r", token_url="http://127.0.0.1:1/t")),
-        Settings(url="http://127.0.0.1:1"))
-    assert provider._on_this_server("https://mdm.example.com/api/v1/devices?limit=50&offset=50") == \
-        "http://127.0.0.1:1/api/v1/devices?limit=50&offset=50"
+    provider = ManageEngine(
+        Client(
+            "http://127.0.0.1:1/api/v1",
+            auth=ZohoOAuth(client_id="c", client_secret="s", refresh_token="r", token_url="http://127.0.0.1:1/t"),
+        ),
+        Settings(url="http://127.0.0.1:1"),
+    )
+    assert (
+        provider._on_this_server("https://mdm.example.com/api/v1/devices?limit=50&offset=50")
+        == "http://127.0.0.1:1/api/v1/devices?limit=50&offset=50"
+    )
 
 
 # -- the doc's API call limits -------------------------------------------------
@@ -548,8 +594,9 @@ async def test_minute_limit_429s_without_retry_after_are_waited_out(mode: str) -
         st = state(sim)
         st.calls_per_window, st.limit_window = 4, 0.5
         inside = sorted(members(sim, GROUP["id"]))[:6]
-        job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                     for d in inside))
+        job = rows(
+            *({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside)
+        )
         out = await run(sim, env_for(mode, sim), job, window=0.6)
         assert statuses(out) == ["succeeded"] * 6, [o.detail for o in out]
         assert st.limited > 0
@@ -560,8 +607,7 @@ async def test_daily_limit_429s_stop_the_run_without_sending_more(sim: SimServer
     st = state(sim)
     st.calls_per_day, st.limit_window = 6, 0.1
     inside = sorted(members(sim, GROUP["id"]))[:8]
-    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                 for d in inside))
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside))
     # our own budget is off: the server's answers are what stops the run
     with pytest.raises(QuotaExhausted) as info:
         await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="none"), job, window=0.2)
@@ -585,10 +631,10 @@ async def test_cloud_token_is_renewed_before_it_expires() -> None:
 
 async def test_cloud_token_is_refreshed_once_on_401(sim: SimServer) -> None:
     inside = sorted(members(sim, GROUP["id"]))[:4]
-    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                 for d in inside))
-    out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens),
-                    concurrent=True)
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside))
+    out = await run(
+        sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens), concurrent=True
+    )
     assert statuses(out) == ["succeeded"] * 4
     assert state(sim).token_grants == 2
     assert 1 <= state(sim).unauthorized <= 4
@@ -620,10 +666,12 @@ async def test_token_endpoint_gets_the_refresh_grant_in_the_form_body_only(sim: 
 async def test_cloud_token_refused_mid_run_is_refreshed_for_every_action(sim: SimServer) -> None:
     inside = sorted(members(sim, GROUP["id"]))
     new = [d for d in generated(sim) if d not in inside][:2]
-    job = rows({"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
-               {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
-               {"action": "install-app", "serial": serial_of(sim, new[1]), "app": APP["name"]},
-               {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]})
+    job = rows(
+        {"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
+        {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
+        {"action": "install-app", "serial": serial_of(sim, new[1]), "app": APP["name"]},
+        {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]},
+    )
     out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens))
     assert statuses(out) == ["succeeded"] * 4
     assert state(sim).token_grants == 2 and state(sim).unauthorized == 1
@@ -675,10 +723,12 @@ async def test_credentials_refused_with_403_stop_the_run_or_renew_the_token(sim:
     assert inside[0] in members(sim, GROUP["id"])
 
     new = [d for d in generated(sim) if d not in inside][:1]
-    job = rows({"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
-               {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
-               {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]},
-               {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]})
+    job = rows(
+        {"action": "add-to-group", "serial": serial_of(sim, new[0]), "group": GROUP["name"]},
+        {"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]},
+        {"action": "install-app", "serial": serial_of(sim, new[0]), "app": APP["name"]},
+        {"action": "remove-app", "serial": FACTS["app_device"]["serial"], "app": FACTS["installed_app"]["name"]},
+    )
     out = await run(sim, env_for("cloud", sim), job, between=lambda: sim.call(state(sim).expire_tokens))
     assert statuses(out) == ["succeeded"] * 4, out
     assert state(sim).token_grants == 2
@@ -706,22 +756,35 @@ def test_cli_run_on_premises(sim: SimServer, tmp_path: Path, run_cli: Any) -> No
     inside = sorted(members(sim, GROUP["id"]))
     new = [d for d in generated(sim) if d not in inside][:2]
     app_dev = FACTS["app_device"]
-    job = write_csv(tmp_path / "me.csv", [
-        ["Action", "Serial Number", "Group Name", "Bundle ID"],
-        ["add-to-group", serial_of(sim, new[0]), GROUP["name"], ""],
-        ["Add to group", serial_of(sim, new[1]), GROUP["name"], ""],
-        ["add-to-group", serial_of(sim, inside[0]), GROUP["name"], ""],
-        ["remove_from_group", serial_of(sim, inside[1]), GROUP["name"], ""],
-        ["install-app", serial_of(sim, new[0]), "", APP["bundle_identifier"]],
-        ["remove-app", app_dev["serial"], "", FACTS["installed_app"]["name"]],
-        ["add-to-group", "NOSUCHSERIAL", GROUP["name"], ""],
-        ["lock", serial_of(sim, new[0]), "", ""],
-    ])
-    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "50/s"],
-                     env={"BULKMDM_API_KEY": API_KEY})
+    job = write_csv(
+        tmp_path / "me.csv",
+        [
+            ["Action", "Serial Number", "Group Name", "Bundle ID"],
+            ["add-to-group", serial_of(sim, new[0]), GROUP["name"], ""],
+            ["Add to group", serial_of(sim, new[1]), GROUP["name"], ""],
+            ["add-to-group", serial_of(sim, inside[0]), GROUP["name"], ""],
+            ["remove_from_group", serial_of(sim, inside[1]), GROUP["name"], ""],
+            ["install-app", serial_of(sim, new[0]), "", APP["bundle_identifier"]],
+            ["remove-app", app_dev["serial"], "", FACTS["installed_app"]["name"]],
+            ["add-to-group", "NOSUCHSERIAL", GROUP["name"], ""],
+            ["lock", serial_of(sim, new[0]), "", ""],
+        ],
+    )
+    result = run_cli(
+        ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "50/s"],
+        env={"BULKMDM_API_KEY": API_KEY},
+    )
     assert result.exit_code == 1, result.output
     assert [r["status"] for r in result.report] == [
-        "succeeded", "succeeded", "skipped", "succeeded", "succeeded", "succeeded", "failed", "invalid"]
+        "succeeded",
+        "succeeded",
+        "skipped",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "failed",
+        "invalid",
+    ]
     assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1
     assert set(new) <= members(sim, GROUP["id"]) and inside[1] not in members(sim, GROUP["id"])
     text = result.report_path.read_text(encoding="utf-8-sig") + result.output
@@ -731,14 +794,19 @@ def test_cli_run_on_premises(sim: SimServer, tmp_path: Path, run_cli: Any) -> No
 def test_cli_cloud_dry_run_sends_nothing(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
     inside = sorted(members(sim, GROUP["id"]))
     new = [d for d in generated(sim) if d not in inside][:2]
-    job = write_csv(tmp_path / "cloud.csv", [
-        ["action", "serial", "group"],
-        *(["add-to-group", serial_of(sim, d), GROUP["name"]] for d in new),
-        ["add-to-group", serial_of(sim, inside[0]), GROUP["name"]],
-        ["add-to-group", serial_of(sim, new[0]), FACTS["duplicate_group_name"]],
-    ])
-    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", sim.url, "--dry-run", "--rate", "50/s"],
-                     env=env_for("cloud", sim))
+    job = write_csv(
+        tmp_path / "cloud.csv",
+        [
+            ["action", "serial", "group"],
+            *(["add-to-group", serial_of(sim, d), GROUP["name"]] for d in new),
+            ["add-to-group", serial_of(sim, inside[0]), GROUP["name"]],
+            ["add-to-group", serial_of(sim, new[0]), FACTS["duplicate_group_name"]],
+        ],
+    )
+    result = run_cli(
+        ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--dry-run", "--rate", "50/s"],
+        env=env_for("cloud", sim),
+    )
     assert result.exit_code == 1, result.output
     assert [r["status"] for r in result.report] == ["planned", "planned", "skipped", "failed"]
     assert "one request for 2 rows" in result.report[0]["detail"]
@@ -753,8 +821,10 @@ def test_shipped_example_job_runs_against_the_default_simulator(tmp_path: Path, 
     job = tmp_path / "manageengine-classes.csv"
     job.write_bytes((Path(__file__).parent.parent / "jobs" / "manageengine-classes.csv").read_bytes())
     with SimServer(make_app(devices=3000, seed=1)) as server:
-        result = run_cli(["run", str(job), "--provider", "manageengine", "--url", server.url, "--rate", "50/s"],
-                         env={"BULKMDM_API_KEY": "me-api-key"})
+        result = run_cli(
+            ["run", str(job), "--provider", "manageengine", "--url", server.url, "--rate", "50/s"],
+            env={"BULKMDM_API_KEY": "me-api-key"},
+        )
         assert result.exit_code == 0, result.output
         assert [r["status"] for r in result.report] == ["succeeded"] * 4 + ["skipped"] + ["succeeded"] * 4
         # one POST for the four additions, one for the two installs, two DELETEs
@@ -767,12 +837,15 @@ def test_the_days_quota_is_counted_across_runs(sim: SimServer, run_cli: Any, tmp
     inside = sorted(members(sim, GROUP["id"]))
     env = env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="30")
     header = ["action", "serial", "group"]
-    first = write_csv(tmp_path / "first.csv", [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]]
-                                                       for d in inside[:5])])
+    first = write_csv(
+        tmp_path / "first.csv", [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]] for d in inside[:5])]
+    )
     res = run_cli(["run", str(first), "--provider", "manageengine", "--url", sim.url], env=env)
     assert res.exit_code == 0, res.output  # 3 look-ups + 5 changes: 8 of today's 30
-    second = write_csv(tmp_path / "second.csv", [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]]
-                                                         for d in inside[5:25])])
+    second = write_csv(
+        tmp_path / "second.csv",
+        [header, *(["remove-from-group", serial_of(sim, d), GROUP["name"]] for d in inside[5:25])],
+    )
     dry = run_cli(["run", str(second), "--provider", "manageengine", "--url", sim.url, "--dry-run"], env=env)
     assert "earlier runs used 8 today" in dry.output, dry.output
     res = run_cli(["run", str(second), "--provider", "manageengine", "--url", sim.url], env=env)

@@ -63,18 +63,21 @@ def sim() -> Iterator[SimServer]:
 
 
 @asynccontextmanager
-async def provider_for(sim: SimServer, env: dict[str, str], *, url: str | None = None,
-                       settings_url: str | None = None) -> AsyncIterator[ManageEngine]:
+async def provider_for(
+    sim: SimServer, env: dict[str, str], *, url: str | None = None, settings_url: str | None = None
+) -> AsyncIterator[ManageEngine]:
     """A provider talking to ``sim`` (``url``: the --url given; ``settings_url``:
     the --url the provider is told, e.g. a regional cloud's)."""
     auth = ManageEngine.auth_from_env(env)
-    async with Client(ManageEngine.api_base(url or sim.url), auth=auth, retry=FAST, timeout=5,
-                      headers=ManageEngine.request_headers) as client:
+    async with Client(
+        ManageEngine.api_base(url or sim.url), auth=auth, retry=FAST, timeout=5, headers=ManageEngine.request_headers
+    ) as client:
         yield ManageEngine(client, Settings(url=settings_url or url or sim.url, env=env))
 
 
-async def plan_and_send(sim: SimServer, env: dict[str, str], job: Sequence[JobRow],
-                        **kw: Any) -> tuple[list[Step | Outcome], list[Outcome]]:
+async def plan_and_send(
+    sim: SimServer, env: dict[str, str], job: Sequence[JobRow], **kw: Any
+) -> tuple[list[Step | Outcome], list[Outcome]]:
     """plan, then send every step in batches, as the engine does."""
     async with provider_for(sim, env) as provider:
         for name, value in kw.items():
@@ -106,25 +109,30 @@ def api_routes(sim: SimServer) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("edition", ["on-premises", "cloud"])
-def test_every_action_through_the_cli(me: SimServer, behaviour: str, edition: str, tmp_path: Path,
-                                      run_cli: Any) -> None:
+def test_every_action_through_the_cli(
+    me: SimServer, behaviour: str, edition: str, tmp_path: Path, run_cli: Any
+) -> None:
     st = state(me)
     inside = sorted(members(me, GROUP["id"]))
     new = [d for d in generated(me) if d not in inside and d not in st.associations.get(APP["id"], {})][:2]
     free, member, app_dev = FACTS["free_device"], FACTS["member_device"], FACTS["app_device"]
     before = snapshot(me)
-    job = write_csv(tmp_path / "me.csv", [
-        ["action", "serial", "group", "app"],
-        ["add-to-group", serial_of(me, new[0]), GROUP["name"], ""],
-        ["add-to-group", free["serial"], GROUP["name"], ""],  # real: a removed twin is listed first
-        ["remove-from-group", serial_of(me, inside[0]), GROUP["name"], ""],
-        ["remove-from-group", member["serial"], MEMBER_GROUP["name"], ""],
-        ["install-app", serial_of(me, new[1]), "", APP["name"]],
-        ["install-app", free["serial"], "", APP["bundle_identifier"]],
-        ["remove-app", app_dev["serial"], "", KEYNOTE["name"]],
-    ])
-    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", me.url, "--rate", "50/s"],
-                     env=env_for(edition, me))
+    job = write_csv(
+        tmp_path / "me.csv",
+        [
+            ["action", "serial", "group", "app"],
+            ["add-to-group", serial_of(me, new[0]), GROUP["name"], ""],
+            ["add-to-group", free["serial"], GROUP["name"], ""],  # real: a removed twin is listed first
+            ["remove-from-group", serial_of(me, inside[0]), GROUP["name"], ""],
+            ["remove-from-group", member["serial"], MEMBER_GROUP["name"], ""],
+            ["install-app", serial_of(me, new[1]), "", APP["name"]],
+            ["install-app", free["serial"], "", APP["bundle_identifier"]],
+            ["remove-app", app_dev["serial"], "", KEYNOTE["name"]],
+        ],
+    )
+    result = run_cli(
+        ["run", str(job), "--provider", "manageengine", "--url", me.url, "--rate", "50/s"], env=env_for(edition, me)
+    )
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in result.report] == ["succeeded"] * 7, result.report
 
@@ -144,8 +152,9 @@ def test_every_action_through_the_cli(me: SimServer, behaviour: str, edition: st
     routes = api_routes(me)
     if behaviour == "doc" and edition == "cloud":
         # /api/v1/mdm/ first, as the public clients call the cloud; its 404 moves the run to the doc's base
-        assert [k for k in routes if k.startswith(("GET /api/v1/mdm", "POST /api/v1/mdm", "DELETE /api/v1/mdm"))] \
-            == ["GET /api/v1/mdm/devices"] and routes["GET /api/v1/mdm/devices"] == 1
+        assert [k for k in routes if k.startswith(("GET /api/v1/mdm", "POST /api/v1/mdm", "DELETE /api/v1/mdm"))] == [
+            "GET /api/v1/mdm/devices"
+        ] and routes["GET /api/v1/mdm/devices"] == 1
     else:
         assert all(k.split(" ")[1].startswith("/api/v1/mdm/") for k in routes), routes
     if behaviour == "real":
@@ -158,10 +167,13 @@ def test_every_action_through_the_cli(me: SimServer, behaviour: str, edition: st
 
 def test_a_url_ending_in_api_v1_mdm_is_kept(me: SimServer, behaviour: str, tmp_path: Path, run_cli: Any) -> None:
     free = FACTS["free_device"]
-    job = write_csv(tmp_path / "pinned.csv", [["action", "serial", "group"],
-                                               ["add-to-group", free["serial"], GROUP["name"]]])
-    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", me.url + "/api/v1/mdm/",
-                      "--rate", "50/s"], env=env_for("cloud", me))
+    job = write_csv(
+        tmp_path / "pinned.csv", [["action", "serial", "group"], ["add-to-group", free["serial"], GROUP["name"]]]
+    )
+    result = run_cli(
+        ["run", str(job), "--provider", "manageengine", "--url", me.url + "/api/v1/mdm/", "--rate", "50/s"],
+        env=env_for("cloud", me),
+    )
     # the user chose /api/v1/mdm: no fallback to the doc's /api/v1 (where the doc's cloud answers)
     assert "GET /api/v1/devices" not in me.stats.by_route
     if behaviour == "real":
@@ -174,15 +186,17 @@ def test_a_url_ending_in_api_v1_mdm_is_kept(me: SimServer, behaviour: str, tmp_p
         assert me.stats.mutating == 1  # the token request only
 
 
-def test_a_first_list_answering_404_on_both_bases_says_check_url(me: SimServer, tmp_path: Path,
-                                                                  run_cli: Any) -> None:
-    job = write_csv(tmp_path / "lost.csv", [["action", "serial", "group"],
-                                             ["add-to-group", FACTS["free_device"]["serial"], GROUP["name"]]])
-    result = run_cli(["run", str(job), "--provider", "manageengine", "--url", me.url + "/elsewhere",
-                      "--rate", "50/s"], env=env_for("cloud", me))
+def test_a_first_list_answering_404_on_both_bases_says_check_url(me: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    job = write_csv(
+        tmp_path / "lost.csv",
+        [["action", "serial", "group"], ["add-to-group", FACTS["free_device"]["serial"], GROUP["name"]]],
+    )
+    result = run_cli(
+        ["run", str(job), "--provider", "manageengine", "--url", me.url + "/elsewhere", "--rate", "50/s"],
+        env=env_for("cloud", me),
+    )
     assert result.exit_code == 2 and not result.report
-    assert "has no devices (HTTP 404 on the first look-up); check --url: it should be the server root" in \
-        result.output
+    assert "has no devices (HTTP 404 on the first look-up); check --url: it should be the server root" in result.output
     assert "/api/v1/mdm/" in result.output and "Nothing was sent." in result.output
     # both bases were tried, once each
     tried = me.stats.by_route
@@ -193,21 +207,24 @@ def test_a_first_list_answering_404_on_both_bases_says_check_url(me: SimServer, 
 # -- regions -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "accounts"), [
-    ("https://mdm.manageengine.com", "accounts.zoho.com"),
-    ("https://mdm.manageengine.eu/", "accounts.zoho.eu"),
-    ("https://MDM.ManageEngine.IN/api/v1/mdm", "accounts.zoho.in"),
-    ("https://mdm.manageengine.com.au", "accounts.zoho.com.au"),
-    ("https://mdm.manageengine.jp", "accounts.zoho.jp"),
-    ("https://mdm.manageengine.ca", "accounts.zohocloud.ca"),
-    ("https://mdm.manageengine.cn", "accounts.zoho.com.cn"),
-    ("https://mdm.manageengine.sa", "accounts.zoho.sa"),
-    ("https://mdm.manageengine.co.uk", "accounts.zoho.uk"),
-    ("https://mdm.manageengine.uk", "accounts.zoho.uk"),
-    ("https://mdm.manageengine.ae", "accounts.zoho.ae"),
-    ("https://mdm.skolan.se", "accounts.zoho.com"),
-    ("http://127.0.0.1:8080", "accounts.zoho.com"),
-])
+@pytest.mark.parametrize(
+    ("url", "accounts"),
+    [
+        ("https://mdm.manageengine.com", "accounts.zoho.com"),
+        ("https://mdm.manageengine.eu/", "accounts.zoho.eu"),
+        ("https://MDM.ManageEngine.IN/api/v1/mdm", "accounts.zoho.in"),
+        ("https://mdm.manageengine.com.au", "accounts.zoho.com.au"),
+        ("https://mdm.manageengine.jp", "accounts.zoho.jp"),
+        ("https://mdm.manageengine.ca", "accounts.zohocloud.ca"),
+        ("https://mdm.manageengine.cn", "accounts.zoho.com.cn"),
+        ("https://mdm.manageengine.sa", "accounts.zoho.sa"),
+        ("https://mdm.manageengine.co.uk", "accounts.zoho.uk"),
+        ("https://mdm.manageengine.uk", "accounts.zoho.uk"),
+        ("https://mdm.manageengine.ae", "accounts.zoho.ae"),
+        ("https://mdm.skolan.se", "accounts.zoho.com"),
+        ("http://127.0.0.1:8080", "accounts.zoho.com"),
+    ],
+)
 def test_token_url_comes_from_the_tenants_region(url: str, accounts: str) -> None:
     assert zoho_token_url(url) == f"https://{accounts}/oauth/v2/token"
 
@@ -215,7 +232,8 @@ def test_token_url_comes_from_the_tenants_region(url: str, accounts: str) -> Non
 def test_region_hint_names_the_tenants_accounts_server() -> None:
     assert region_hint("https://mdm.manageengine.eu", "https://accounts.zoho.com/oauth/v2/token") == (
         "; your tenant is on mdm.manageengine.eu: use accounts.zoho.eu (unset BULKMDM_OAUTH_URL, or set it to "
-        "https://accounts.zoho.eu/oauth/v2/token)")
+        "https://accounts.zoho.eu/oauth/v2/token)"
+    )
     assert region_hint("https://mdm.manageengine.eu", "https://accounts.zoho.eu/oauth/v2/token") == ""
     assert region_hint("https://mdm.skolan.se", "https://accounts.zoho.com/oauth/v2/token") == ""
 
@@ -262,8 +280,7 @@ async def test_a_token_expiring_mid_run_is_renewed_even_behind_a_token_proxy(sim
     # BULKMDM_OAUTH_URL names a proxy, not the tenant's accounts server: tokens
     # the MDM took once are renewed as usual when they expire, by one worker
     inside = sorted(members(sim, GROUP["id"]))[:4]
-    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]}
-                 for d in inside))
+    job = rows(*({"action": "remove-from-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in inside))
     async with provider_for(sim, env_for("cloud", sim), settings_url="https://mdm.manageengine.eu") as provider:
         assert provider.client.auth.hint  # type: ignore[attr-defined]
         planned = await provider.plan(job)
@@ -353,16 +370,23 @@ def test_undo_rows_put_the_earlier_state_back(me: SimServer, tmp_path: Path, run
     assert statuses(out) == ["succeeded", "skipped", "succeeded", "succeeded", "succeeded", "succeeded"]
     undo = [p.undo for p in planned if isinstance(p, Step) and p.undo is not None]
     assert len(undo) == 5
-    assert undo[0] == {"action": "remove-from-group", "device_id": str(new[0]), "serial": serial_of(me, new[0]),
-                       "group": GROUP["name"]}
-    assert undo[3] == {"action": "remove-app", "device_id": str(new[1]), "serial": serial_of(me, new[1]),
-                       "app": str(APP["id"])}
+    assert undo[0] == {
+        "action": "remove-from-group",
+        "device_id": str(new[0]),
+        "serial": serial_of(me, new[0]),
+        "group": GROUP["name"],
+    }
+    assert undo[3] == {
+        "action": "remove-app",
+        "device_id": str(new[1]),
+        "serial": serial_of(me, new[1]),
+        "app": str(APP["id"]),
+    }
     assert snapshot(me) != before
 
     header = ["action", "device_id", "serial", "group", "app"]
     undo_job = write_csv(tmp_path / "undo.csv", [header, *([row.get(c, "") for c in header] for row in undo)])
-    result = run_cli(["run", str(undo_job), "--provider", "manageengine", "--url", me.url, "--rate", "50/s"],
-                     env=env)
+    result = run_cli(["run", str(undo_job), "--provider", "manageengine", "--url", me.url, "--rate", "50/s"], env=env)
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in result.report] == ["succeeded"] * 5
     assert snapshot(me) == before
@@ -392,10 +416,16 @@ async def test_inventory_streams_every_current_device_as_text(me: SimServer, beh
     assert set(by_id) == {str(d) for d in st.devices}  # ids above 2**53, every digit
     member = by_id[str(FACTS["member_device"]["id"])]
     device = st.devices[FACTS["member_device"]["id"]]
-    assert member == {"serial": "MEMBERIPAD01", "device_id": str(FACTS["member_device"]["id"]),
-                      "name": device["device_name"], "email": device["user"]["user_email"],
-                      "user": device["user"]["user_name"], "model": "iPad (9th generation)", "platform": "ios",
-                      "groups": MEMBER_GROUP["name"]}
+    assert member == {
+        "serial": "MEMBERIPAD01",
+        "device_id": str(FACTS["member_device"]["id"]),
+        "name": device["device_name"],
+        "email": device["user"]["user_email"],
+        "user": device["user"]["user_name"],
+        "model": "iPad (9th generation)",
+        "platform": "ios",
+        "groups": MEMBER_GROUP["name"],
+    }
     assert by_id[str(FACTS["leading_zero_device_id"])]["serial"] == FACTS["leading_zero_serial"]
     assert all(isinstance(v, str) for row in found for v in row.values())
 
@@ -438,8 +468,12 @@ def test_bulkmdm_sim_manageengine_me_real_serves_the_real_behaviour() -> None:
     import urllib.error
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "sim", "manageengine", "--me-real", "--port", "0",
-                             "--devices", "40"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "sim", "manageengine", "--me-real", "--port", "0", "--devices", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()

@@ -87,17 +87,24 @@ def test_flags_win_over_the_profile(duo: Any, run_cli: Any, tmp_path: Path) -> N
     assert duo.stats.mutating == 1
 
 
-@pytest.mark.parametrize(("body", "words"), [
-    ('provider = "duostation"\nurl = "http://x"\nurll = "http://y"\n', ["line 4", "'urll' is not a profile setting"]),
-    ('provider = "duostation"\nconcurrency = "eight"\n', ["line 3", "concurrency must be a whole number"]),
-    ('provider = "airwatch"\n', ["line 2", "'airwatch' is not one bulkmdm knows"]),
-    ('provider = "duostation"\nurl = "mdm.example.com"\n', ["line 3", "must start with https://"]),
-    ('provider = "duostation"\nrate = "fast"\n', ["line 3", "is not a rate"]),
-    ('provider = "duostation"\npassword = "hunter2"\n', ["line 3", "bulkmdm login --profile skolan"]),
-    ('provider = "duostation"\ntoken = "abc"\n', ["line 3", "secrets are never read"]),
-])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (
+            'provider = "duostation"\nurl = "http://x"\nurll = "http://y"\n',
+            ["line 4", "'urll' is not a profile setting"],
+        ),
+        ('provider = "duostation"\nconcurrency = "eight"\n', ["line 3", "concurrency must be a whole number"]),
+        ('provider = "airwatch"\n', ["line 2", "'airwatch' is not one bulkmdm knows"]),
+        ('provider = "duostation"\nurl = "mdm.example.com"\n', ["line 3", "must start with https://"]),
+        ('provider = "duostation"\nrate = "fast"\n', ["line 3", "is not a rate"]),
+        ('provider = "duostation"\npassword = "hunter2"\n', ["line 3", "bulkmdm login --profile skolan"]),
+        ('provider = "duostation"\ntoken = "abc"\n', ["line 3", "secrets are never read"]),
+    ],
+)
 def test_a_profile_with_a_mistake_is_one_sentence_with_file_and_line(
-        run_cli: Any, tmp_path: Path, body: str, words: list[str]) -> None:
+    run_cli: Any, tmp_path: Path, body: str, words: list[str]
+) -> None:
     env = _config(tmp_path, "[profiles.skolan]\n" + body)
     res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env=env)
     assert res.exit_code == 2, res.output
@@ -109,7 +116,7 @@ def test_a_profile_with_a_mistake_is_one_sentence_with_file_and_line(
 
 
 def test_invalid_toml_names_the_line(run_cli: Any, tmp_path: Path) -> None:
-    env = _config(tmp_path, '[profiles.skolan]\nprovider = duostation\n')
+    env = _config(tmp_path, "[profiles.skolan]\nprovider = duostation\n")
     res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env=env)
     assert res.exit_code == 2 and "line 2" in res.output and "not valid TOML" in res.output
 
@@ -136,14 +143,17 @@ def test_xdg_config_home_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert config_dir({"BULKMDM_CONFIG_DIR": str(tmp_path / "o")}) == tmp_path / "o"
 
 
-def test_login_then_run_reads_the_keyring(duo: Any, run_cli: Any, tmp_path: Path,
-                                          memory_keyring: MemoryKeyring) -> None:
+def test_login_then_run_reads_the_keyring(
+    duo: Any, run_cli: Any, tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
     env = _config(tmp_path, f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n')
     before = (tmp_path / "config" / "config.toml").read_text()
     res = run_cli(["login", "--profile", "skolan"], env={**env, **NO_CREDS}, input="admin\nadmin\n")
     assert res.exit_code == 0, res.output
-    assert memory_keyring.secrets == {("bulkmdm", "skolan:BULKMDM_USERNAME"): "admin",
-                                      ("bulkmdm", "skolan:BULKMDM_PASSWORD"): "admin"}
+    assert memory_keyring.secrets == {
+        ("bulkmdm", "skolan:BULKMDM_USERNAME"): "admin",
+        ("bulkmdm", "skolan:BULKMDM_PASSWORD"): "admin",
+    }
     assert (tmp_path / "config" / "config.toml").read_text() == before
     res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env={**env, **NO_CREDS})
     assert res.exit_code == 0, res.output
@@ -153,8 +163,9 @@ def test_login_then_run_reads_the_keyring(duo: Any, run_cli: Any, tmp_path: Path
             assert b"admin" not in path.read_bytes().replace(b"BULKMDM_USERNAME", b"")
 
 
-def test_the_environment_wins_over_the_keyring(duo: Any, run_cli: Any, tmp_path: Path,
-                                               memory_keyring: MemoryKeyring) -> None:
+def test_the_environment_wins_over_the_keyring(
+    duo: Any, run_cli: Any, tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
     env = _config(tmp_path, f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n')
     memory_keyring.set_password("bulkmdm", "skolan:BULKMDM_USERNAME", "admin")
     memory_keyring.set_password("bulkmdm", "skolan:BULKMDM_PASSWORD", "wrong")
@@ -167,8 +178,7 @@ def test_the_environment_wins_over_the_keyring(duo: Any, run_cli: Any, tmp_path:
     assert duo.stats.mutating == 1
 
 
-def test_nothing_in_the_keyring_says_how_to_log_in(run_cli: Any, tmp_path: Path,
-                                                   memory_keyring: MemoryKeyring) -> None:
+def test_nothing_in_the_keyring_says_how_to_log_in(run_cli: Any, tmp_path: Path, memory_keyring: MemoryKeyring) -> None:
     env = _config(tmp_path, '[profiles.skolan]\nprovider = "duostation"\nurl = "http://127.0.0.1:1"\n')
     res = run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env={**env, **NO_CREDS})
     assert res.exit_code == 2
@@ -176,8 +186,7 @@ def test_nothing_in_the_keyring_says_how_to_log_in(run_cli: Any, tmp_path: Path,
     assert "bulkmdm login --profile skolan" in res.output
 
 
-def test_manageengine_login_asks_which_credentials(run_cli: Any, tmp_path: Path,
-                                                   memory_keyring: MemoryKeyring) -> None:
+def test_manageengine_login_asks_which_credentials(run_cli: Any, tmp_path: Path, memory_keyring: MemoryKeyring) -> None:
     env = _config(tmp_path, '[profiles.me]\nprovider = "manageengine"\nurl = "https://mdm.example.com"\n')
     res = run_cli(["login", "--profile", "me"], env=env, input="2\ncid\ncsecret\nrtoken\n")
     assert res.exit_code == 0, res.output
@@ -195,12 +204,17 @@ def test_no_keyring_backend_points_to_the_environment(run_cli: Any, tmp_path: Pa
     assert res.exit_code == 2 and "keyring cannot be used" in res.output
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ('[defaults]\nrate = "5/s"\n', ["(line 1)", "'defaults' is not a setting"]),
-    ('# mine\n\n[profiles."skolan"]\nprovider = "duostation"\n"url" = 5\n', ["(line 5)", "url must be text"]),
-    ('[profiles.skolan]\nprovider = "duostation"\n\n[profiles.other]\nconcurrency = 0\n',
-     ["(line 5)", "concurrency must be a whole number"]),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[defaults]\nrate = "5/s"\n', ["(line 1)", "'defaults' is not a setting"]),
+        ('# mine\n\n[profiles."skolan"]\nprovider = "duostation"\n"url" = 5\n', ["(line 5)", "url must be text"]),
+        (
+            '[profiles.skolan]\nprovider = "duostation"\n\n[profiles.other]\nconcurrency = 0\n',
+            ["(line 5)", "concurrency must be a whole number"],
+        ),
+    ],
+)
 def test_line_numbers_in_other_shapes(run_cli: Any, tmp_path: Path, text: str, words: list[str]) -> None:
     env = _config(tmp_path, text)
     profile = "other" if "profiles.other" in text else "skolan"
@@ -211,6 +225,8 @@ def test_line_numbers_in_other_shapes(run_cli: Any, tmp_path: Path, text: str, w
 
 
 def test_a_mistake_in_another_profile_does_not_block_this_one(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    env = _config(tmp_path, f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n\n'
-                            '[profiles.broken]\nprovider = "nope"\n')
+    env = _config(
+        tmp_path,
+        f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n\n[profiles.broken]\nprovider = "nope"\n',
+    )
     assert run_cli(["run", str(_lock_job(tmp_path)), "--profile", "skolan"], env=env).exit_code == 0

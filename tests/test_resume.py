@@ -26,8 +26,22 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _cmd(job: Path, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", url,
-            "--rate", "none", "--concurrency", "8", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "run",
+        str(job),
+        "--provider",
+        "duostation",
+        "--url",
+        url,
+        "--rate",
+        "none",
+        "--concurrency",
+        "8",
+        *extra,
+    ]
 
 
 def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
@@ -43,7 +57,7 @@ def _generated(sim: SimServer, n: int) -> list[tuple[str, str]]:
 
     def pick() -> list[tuple[str, str]]:
         out = []
-        for dev in list(st.devices.values())[FACTS["edge_devices"]:]:
+        for dev in list(st.devices.values())[FACTS["edge_devices"] :]:
             if len(st.devices_by_serial(dev["serialNumber"])) == 1:
                 out.append((dev["serialNumber"], dev["id"]))
         return out[:n]
@@ -60,8 +74,9 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -
         devices = _generated(sim, 3000)
         job = write_csv(tmp_path / "rollout.csv", [["serial", "tag"], *[[s, "Läsår 2027"] for s, _ in devices]])
         env = _env(tmp_path)
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "tag"), env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "tag"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 800 or proc.poll() is not None)
         finally:
@@ -70,8 +85,9 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -
         sent_before = sim.stats.mutating
         assert 0 < sent_before < 3000, "the kill should land part way through"
 
-        second = subprocess.run(_cmd(job, sim.url, "--action", "tag"), env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            _cmd(job, sim.url, "--action", "tag"), env=env, capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 0, second.stdout + second.stderr
         assert "Resuming run" in second.stderr
         report = read_report(job.with_name("rollout.outcome.csv"))
@@ -79,8 +95,12 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -
         assert {r["status"] for r in report} == {"succeeded"}
 
         def links() -> tuple[int, list[Any]]:
-            tagged = sum(1 for _, dev_id in devices if st.devicetags.of_owner(dev_id)
-                         and any(link["tagId"] == tag_id for link in st.devicetags.of_owner(dev_id)))
+            tagged = sum(
+                1
+                for _, dev_id in devices
+                if st.devicetags.of_owner(dev_id)
+                and any(link["tagId"] == tag_id for link in st.devicetags.of_owner(dev_id))
+            )
             return tagged, st.duplicate_links()
 
         tagged, duplicates = sim.call(links)
@@ -98,22 +118,24 @@ def test_sigkill_during_messages_marks_in_flight_unknown_never_resends(tmp_path:
         devices = _generated(sim, 1000)
         job = write_csv(tmp_path / "msg.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
         env = _env(tmp_path)
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "message"), env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "message"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 200 or proc.poll() is not None)
         finally:
             proc.kill()
             proc.wait(10)
-        second = subprocess.run(_cmd(job, sim.url, "--action", "message"), env=env, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            _cmd(job, sim.url, "--action", "message"), env=env, capture_output=True, text=True, timeout=120
+        )
         report = read_report(job.with_name("msg.outcome.csv"))
         statuses = [r["status"] for r in report]
         assert set(statuses) <= {"succeeded", "unknown"}
         per_device = sim.call(lambda: {d: len(st.commands_for(d, "sendmessage")) for _, d in devices})
         assert max(per_device.values()) == 1, "no message sent twice"
         # every row either got its message or is reported unknown (a request was in flight at the kill)
-        for (serial, dev_id), row in zip(devices, report):
+        for (serial, dev_id), row in zip(devices, report, strict=True):
             assert row["serial"] == serial
             if row["status"] == "unknown":
                 assert "in flight" in row["detail"]
@@ -123,8 +145,13 @@ def test_sigkill_during_messages_marks_in_flight_unknown_never_resends(tmp_path:
         # the report re-runs only the unknown rows
         if "unknown" in statuses:
             before = sim.stats.mutating
-            third = subprocess.run(_cmd(job.with_name("msg.outcome.csv"), sim.url, "--action", "message"),
-                                   env=env, capture_output=True, text=True, timeout=120)
+            third = subprocess.run(
+                _cmd(job.with_name("msg.outcome.csv"), sim.url, "--action", "message"),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert third.returncode == 0, third.stderr
             assert sim.stats.mutating - before == statuses.count("unknown")
 
@@ -137,8 +164,9 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
         devices = _generated(sim, 2000)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 300 or proc.poll() is not None)
             proc.send_signal(signal.SIGINT)
@@ -153,8 +181,9 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
         assert 0 < len(done) < 2000
         # in-flight requests were let finish; rows never sent are not-run
         assert all(r["status"] in ("succeeded", "not-run") for r in report)
-        second = subprocess.run(_cmd(job, sim.url, "--action", "lock"), env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            _cmd(job, sim.url, "--action", "lock"), env=env, capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 0, second.stderr
         per_device = sim.call(lambda: [len(st.commands_for(d, "lockdevice")) for _, d in devices])
         assert per_device == [1] * 2000
@@ -166,11 +195,13 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
         job = write_csv(tmp_path / "m.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
         env = _env(tmp_path)
         # a run that dies before finishing leaves rows pending; simulate by stopping at a 401
-        first = subprocess.run(_cmd(job, sim.url, "--action", "message"), env=env, capture_output=True, text=True,
-                               timeout=60)
+        first = subprocess.run(
+            _cmd(job, sim.url, "--action", "message"), env=env, capture_output=True, text=True, timeout=60
+        )
         assert first.returncode == 0
-        again = subprocess.run(_cmd(job, sim.url, "--action", "message", "--fresh"), env=env,
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            _cmd(job, sim.url, "--action", "message", "--fresh"), env=env, capture_output=True, text=True, timeout=60
+        )
         assert again.returncode == 0
         assert sim.stats.mutating == 10
 
@@ -181,8 +212,9 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
         devices = _generated(sim, 100)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             # past the canary (the pool has widened), every answer takes 20 s
             _wait_for(lambda: sim.stats.mutating >= 5 or proc.poll() is not None)
@@ -211,8 +243,9 @@ def test_429_with_retry_after_is_waited_out(tmp_path: Path) -> None:
         devices = _generated(sim, 120)
         st = sim.app["state"]
         job = write_csv(tmp_path / "t.csv", [["serial", "tag"], *[[s, "Musik"] for s, _ in devices]])
-        res = subprocess.run(_cmd(job, sim.url, "--action", "tag"), env=_env(tmp_path), capture_output=True,
-                             text=True, timeout=120)
+        res = subprocess.run(
+            _cmd(job, sim.url, "--action", "tag"), env=_env(tmp_path), capture_output=True, text=True, timeout=120
+        )
         assert res.returncode == 0, res.stderr
         assert sim.stats.throttled > 0
         report = read_report(job.with_name("t.outcome.csv"))
@@ -227,8 +260,13 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
         sim.faults.update({"rate_limit": 2, "retry_after": 60})
         devices = _generated(sim, 40)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock"), env=_env(tmp_path), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock"),
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _wait_for(lambda: sim.stats.throttled >= 1 or proc.poll() is not None)
             time.sleep(0.3)

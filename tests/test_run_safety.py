@@ -54,7 +54,7 @@ def _serials(sim: SimServer, n: int) -> list[tuple[str, str]]:
 
     def pick() -> list[tuple[str, str]]:
         out = []
-        for dev in list(st.devices.values())[FACTS["edge_devices"]:]:
+        for dev in list(st.devices.values())[FACTS["edge_devices"] :]:
             if len(st.devices_by_serial(dev["serialNumber"])) == 1:
                 out.append((dev["serialNumber"], dev["id"]))
         return out[:n]
@@ -115,10 +115,23 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
         env = _env(tmp_path)
         report = tmp_path / "out" / "locks.csv"
         report.parent.mkdir()
-        flags = ["--action", "lock", "--concurrency", "4", "--rate", "none", "--timeout", "20",
-                 "--max-destructive", "5", "--report", str(report)]
-        proc = subprocess.Popen(_cmd(job, sim.url, *flags), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        flags = [
+            "--action",
+            "lock",
+            "--concurrency",
+            "4",
+            "--rate",
+            "none",
+            "--timeout",
+            "20",
+            "--max-destructive",
+            "5",
+            "--report",
+            str(report),
+        ]
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, *flags), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 40 or proc.poll() is not None)
             proc.send_signal(signal.SIGTERM)
@@ -135,8 +148,15 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
         assert all("interrupted" in r["detail"] for r in rows if r["status"] == "not-run")
         # the hint repeats every flag that was given, so following it writes to the same report
         hint = err.strip().splitlines()[-1]
-        for flag in ("--report", str(report), "--concurrency 4", "--timeout 20.0", "--max-destructive 5",
-                     "--rate none", "--action lock"):
+        for flag in (
+            "--report",
+            str(report),
+            "--concurrency 4",
+            "--timeout 20.0",
+            "--max-destructive 5",
+            "--rate none",
+            "--action lock",
+        ):
             assert flag in hint, hint
         done = statuses.count("succeeded")
 
@@ -158,8 +178,13 @@ def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=23)) as sim:
         devices = _serials(sim, 60)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
-                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
             proc.send_signal(signal.SIGINT)
@@ -199,8 +224,10 @@ def _client_calls_about_to_change() -> bool:
     return bool(calls)
 
 
-@pytest.mark.skipif(not _client_calls_about_to_change(),
-                    reason="transport.Client does not call about_to_change yet (the lead's transport rewrite)")
+@pytest.mark.skipif(
+    not _client_calls_about_to_change(),
+    reason="transport.Client does not call about_to_change yet (the lead's transport rewrite)",
+)
 def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=24)) as sim:
         devices = _serials(sim, 40)
@@ -342,8 +369,14 @@ def test_a_full_disk_while_journaling_is_one_sentence(duo: Any, tmp_path: Path) 
     serial = FACTS["untagged_device"]["serial"]
     job = write_csv(tmp_path / "big.csv", [["serial", "message"], *[[serial, "x" * 200] for _ in range(3000)]])
     env = _env(tmp_path)
-    res = subprocess.run(_cmd(job, duo.url, "--action", "message"), env=env, capture_output=True, text=True,
-                         timeout=120, preexec_fn=_limit_file_size(256 * 1024))
+    res = subprocess.run(
+        _cmd(job, duo.url, "--action", "message"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(256 * 1024),
+    )
     assert res.returncode == 2, res.stderr
     _no_traceback(res.stderr)
     assert "disk is full" in res.stderr and str(tmp_path / "state") in res.stderr
@@ -357,8 +390,9 @@ def test_a_disk_full_mid_run_stops_with_one_sentence_and_nothing_is_sent_twice(t
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         args = _cmd(job, sim.url, "--action", "lock", "--rate", "none")
-        full = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
-                              preexec_fn=_limit_file_size(600 * 1024))
+        full = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size(600 * 1024)
+        )
         assert full.returncode == 1, full.stderr  # rows ran, so not 2
         _no_traceback(full.stderr)
         assert "disk is full" in full.stderr and "run the same command again" in full.stderr
@@ -394,12 +428,29 @@ def test_a_closed_pipe_on_stdout_is_quiet(tmp_path: Path) -> None:
 
     with Journal(tmp_path / "state") as journal:
         for n in range(3000):
-            journal.create_run(identity=str(n), job_path=f"/jobs/job-{n}.csv", content="", provider="duostation",
-                               url="http://127.0.0.1:1", action=None, partition_id=None, dry_run=False,
-                               headers=["serial"], delimiter=",", report_path="/r.csv", rows=[])
+            journal.create_run(
+                identity=str(n),
+                job_path=f"/jobs/job-{n}.csv",
+                content="",
+                provider="duostation",
+                url="http://127.0.0.1:1",
+                action=None,
+                partition_id=None,
+                dry_run=False,
+                headers=["serial"],
+                delimiter=",",
+                report_path="/r.csv",
+                rows=[],
+            )
     env = _env(tmp_path)
-    res = subprocess.run(f"'{sys.executable}' -m bulkmdm runs --limit 3000 | head -1", shell=True, env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        f"'{sys.executable}' -m bulkmdm runs --limit 3000 | head -1",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.stdout.strip(), res.stderr
     assert res.stderr == "", res.stderr
 
@@ -409,8 +460,12 @@ def test_a_port_in_use_for_the_simulator_is_one_sentence() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        res = subprocess.run([sys.executable, "-m", "bulkmdm", "sim", "duostation", "--port", str(port)],
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "bulkmdm", "sim", "duostation", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert res.returncode == 2, res.stderr
     assert f"Port {port}" in res.stderr and "in use" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -442,7 +497,8 @@ def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_
         again = _run(args, env)
         assert "Resuming run" in again.stderr, again.stderr
         assert [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))].count("succeeded") == (
-            400 - statuses.count("failed"))
+            400 - statuses.count("failed")
+        )
 
 
 def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
@@ -450,8 +506,13 @@ def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
         devices = _serials(sim, 40)
         sim.faults.update({"latency": 0.3, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
-                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
             time.sleep(0.15)
@@ -471,8 +532,13 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
         sim.faults.update({"latency": 0.01, "mutating_only": True})
         devices = _serials(sim, 300)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
-                                env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _wait_for(lambda: sim.stats.mutating >= 30 or proc.poll() is not None)
         finally:
@@ -496,15 +562,32 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
     from bulkmdm.model import Outcome, Status
 
     def create(journal: Journal, digests: list[str]) -> int:
-        return journal.create_run(identity="job", job_path="/j.csv", content="-".join(digests), provider="duostation",
-                                  url="http://h", action="lock", partition_id=None, dry_run=False, headers=["serial"],
-                                  delimiter=",", report_path="/r.csv",
-                                  rows=[NewRow([d], "lock", d, d) for d in digests])
+        return journal.create_run(
+            identity="job",
+            job_path="/j.csv",
+            content="-".join(digests),
+            provider="duostation",
+            url="http://h",
+            action="lock",
+            partition_id=None,
+            dry_run=False,
+            headers=["serial"],
+            delimiter=",",
+            report_path="/r.csv",
+            rows=[NewRow([d], "lock", d, d) for d in digests],
+        )
 
     with Journal(tmp_path / "state") as journal:
         old = create(journal, ["a", "a", "b", "c", "d"])
-        journal.record(old, [Outcome(0, Status.SUCCEEDED, "ok"), Outcome(1, Status.SUCCEEDED, "ok"),
-                             Outcome(2, Status.FAILED, "no"), Outcome(3, Status.NOT_RUN, "stopped")])
+        journal.record(
+            old,
+            [
+                Outcome(0, Status.SUCCEEDED, "ok"),
+                Outcome(1, Status.SUCCEEDED, "ok"),
+                Outcome(2, Status.FAILED, "no"),
+                Outcome(3, Status.NOT_RUN, "stopped"),
+            ],
+        )
         journal.mark_in_flight(old, [4])
         new = create(journal, ["d", "c", "a", "e", "a", "a", "b"])
         assert journal.carry_over(old, new) == 4  # a, a, b done and d in flight; c was not-run
@@ -524,8 +607,10 @@ def test_a_lock_whose_process_id_was_taken_by_a_newer_process_does_not_block(duo
         # a lock left an hour ago by a process whose id the (younger) stranger now has
         with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
             an_hour_ago = time.time() - 3600
-            db.execute("INSERT INTO locks (identity, run_id, pid, host, started) "
-                       "SELECT identity, id, ?, ?, ? FROM runs", (stranger.pid, socket.gethostname(), an_hour_ago))
+            db.execute(
+                "INSERT INTO locks (identity, run_id, pid, host, started) SELECT identity, id, ?, ?, ? FROM runs",
+                (stranger.pid, socket.gethostname(), an_hour_ago),
+            )
         again = _run([*args, "--fresh"], env)
         assert again.returncode == 0, again.stderr
     finally:

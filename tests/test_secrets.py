@@ -16,14 +16,30 @@ SECRET = "Pa55-very-secret-word"
 def test_password_appears_nowhere(run_cli: Any, tmp_path: Path) -> None:
     with SimServer(make_app(devices=50, password=SECRET)) as sim:
         sim.faults.update({"error_rate": 0.3, "seed": 2, "mutating_only": True})
-        job = write_csv(tmp_path / "s.csv", [["serial", "message"], [FACTS["untagged_device"]["serial"], "hej"],
-                                             ["NOPE", "hej"]])
-        res = run_cli(["run", str(job), "--provider", "duostation", "--url", sim.url, "--action", "message",
-                       "--verbose"], env={"BULKMDM_PASSWORD": SECRET})
+        job = write_csv(
+            tmp_path / "s.csv", [["serial", "message"], [FACTS["untagged_device"]["serial"], "hej"], ["NOPE", "hej"]]
+        )
+        res = run_cli(
+            ["run", str(job), "--provider", "duostation", "--url", sim.url, "--action", "message", "--verbose"],
+            env={"BULKMDM_PASSWORD": SECRET},
+        )
         assert res.exit_code == 1
         assert "POST /api/devices/" in res.output  # --verbose logs requests...
-        bad = run_cli(["run", str(job), "--provider", "duostation", "--url", sim.url, "--action", "message",
-                       "--verbose", "--fresh"], env={"BULKMDM_PASSWORD": SECRET + "x"})
+        bad = run_cli(
+            [
+                "run",
+                str(job),
+                "--provider",
+                "duostation",
+                "--url",
+                sim.url,
+                "--action",
+                "message",
+                "--verbose",
+                "--fresh",
+            ],
+            env={"BULKMDM_PASSWORD": SECRET + "x"},
+        )
         assert bad.exit_code == 2
     encoded = __import__("base64").b64encode(f"admin:{SECRET}".encode()).decode()
     for text in (res.output, bad.output):

@@ -85,13 +85,13 @@ def test_tls_against_a_plain_http_server(run_cli: Any, tmp_path: Path, vendor: t
     assert server.stats.mutating == 0
 
 
-def test_a_wrong_path_whose_first_list_answers_404(run_cli: Any, tmp_path: Path,
-                                                    vendor: tuple[str, SimServer]) -> None:
+def test_a_wrong_path_whose_first_list_answers_404(run_cli: Any, tmp_path: Path, vendor: tuple[str, SimServer]) -> None:
     name, server = vendor
     job = job_for(tmp_path, name)
     started = time.monotonic()
-    result = run_cli(["run", str(job), "--provider", name, "--url", server.url + "/wrong/place", "--yes"],
-                     env=ENV[name])
+    result = run_cli(
+        ["run", str(job), "--provider", name, "--url", server.url + "/wrong/place", "--yes"], env=ENV[name]
+    )
     check_stopped(result, job, started, "check --url")
     assert server.stats.mutating == 0
 

@@ -35,8 +35,15 @@ class Api:
         self.session, self.base, self.state, self.app = session, base, state, app
 
     async def __call__(
-        self, method: str, path: str, *, json: Any = None, data: Any = None,
-        params: dict[str, str] | None = None, auth: str | bool = True, content_type: str | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: Any = None,
+        params: dict[str, str] | None = None,
+        auth: str | bool = True,
+        content_type: str | None = None,
     ) -> tuple[int, Any, Any]:
         url = self.base + path if path.startswith("/_sim") else f"{self.base}/api/{path}"
         headers = {"Authorization": ADMIN if auth is True else auth} if auth else {}
@@ -64,20 +71,22 @@ async def api() -> AsyncIterator[Api]:
 def test_facts_hold_in_a_fresh_state() -> None:
     for devices in (8, 300):
         state: DuoState = make_app(devices=devices)["state"]
-        assert [d["id"] for d in state.devices_by_serial(FACTS["duplicate_serial"])] == \
-            FACTS["duplicate_serial_device_ids"]
+        assert [d["id"] for d in state.devices_by_serial(FACTS["duplicate_serial"])] == FACTS[
+            "duplicate_serial_device_ids"
+        ]
         assert [t["id"] for t in state.tags_by_name(FACTS["duplicate_tag_name"])] == FACTS["duplicate_tag_ids"]
-        assert [g["id"] for g in state.groups_by_path(FACTS["duplicate_group_path"])] == \
-            FACTS["duplicate_group_ids"]
+        assert [g["id"] for g in state.groups_by_path(FACTS["duplicate_group_path"])] == FACTS["duplicate_group_ids"]
         assert [g["id"] for g in state.groups_by_path(FACTS["group_path"])] == [FACTS["group_id"]]
-        assert [u["id"] for u in state.search_users(email=FACTS["duplicate_email"])] == \
-            FACTS["duplicate_email_user_ids"]
+        assert [u["id"] for u in state.search_users(email=FACTS["duplicate_email"])] == FACTS[
+            "duplicate_email_user_ids"
+        ]
         nodev = FACTS["user_without_devices"]
         assert state.devices_of_user(nodev["id"]) == [] and state.user_tags_of(nodev["id"]) == []
         assert state.user(nodev["id"])["email"] == nodev["email"]
         withdev = FACTS["user_with_devices"]
-        assert [(d["id"], d["serialNumber"]) for d in state.devices_of_user(withdev["id"])] == \
-            list(zip(withdev["device_ids"], withdev["serials"], strict=True))
+        assert [(d["id"], d["serialNumber"]) for d in state.devices_of_user(withdev["id"])] == list(
+            zip(withdev["device_ids"], withdev["serials"], strict=True)
+        )
         assert state.user(withdev["id"])["name"] == "Åsa Öberg"
         tagged = FACTS["tagged_device"]
         assert state.device_tags_of(tagged["id"]) == [tagged["tag"]]
@@ -86,16 +95,20 @@ def test_facts_hold_in_a_fresh_state() -> None:
         assert state.device_tags_of(free["id"]) == [] and state.device(free["id"])["userId"] is None
         assigned = FACTS["assigned_device"]
         dev = state.devices_by_serial(assigned["serial"])[0]
-        assert (dev["id"], dev["userId"], dev["accountName"]) == (assigned["id"], assigned["user_id"],
-                                                                  assigned["account"])
+        assert (dev["id"], dev["userId"], dev["accountName"]) == (
+            assigned["id"],
+            assigned["user_id"],
+            assigned["account"],
+        )
         assert state.user_tags_of(FACTS["tagged_user"]["id"]) == [FACTS["tagged_user"]["tag"]]
         in_group = FACTS["user_in_group"]
         assert state.user(in_group["id"])["groupId"] == in_group["group_id"]
         assert state.user(FACTS["mixed_case_email_user_id"])["email"] == FACTS["mixed_case_email"]
         assert state.devices_by_serial(FACTS["leading_zero_serial"])[0]["id"] == FACTS["leading_zero_device_id"]
         assert [a["id"] for a in state.apps_by_name(FACTS["shared_app_name"])] == FACTS["shared_app_name_ids"]
-        assert [a["id"] for a in state.apps.values() if a["packageId"] == FACTS["shared_package_id"]] == \
-            FACTS["shared_package_id_ids"]
+        assert [a["id"] for a in state.apps.values() if a["packageId"] == FACTS["shared_package_id"]] == FACTS[
+            "shared_package_id_ids"
+        ]
         assert state.app(FACTS["app"]["id"])["packageId"] == FACTS["app"]["packageId"]
         gt = state.link("grouptags", FACTS["group_tag"]["id"])
         assert (gt["groupId"], gt["tagId"]) == (FACTS["group_tag"]["group_id"], FACTS["group_tag"]["tag_id"])
@@ -131,6 +144,7 @@ def test_fleet_generators() -> None:
     assert len(set(serials)) == 3000
     assert all(re.fullmatch(r"[0-9A-HJ-NP-Z]{12}", s) for s in serials)
     import random
+
     assert GUID.match(fleet.guid(random.Random(1)))
     groups = fleet.school_groups(1)
     assert "Skolor" in groups and "Personal" in groups and "Skolor\\Norra gymnasiet\\Klass 7A" in groups
@@ -214,8 +228,9 @@ async def test_groups(api: Api) -> None:
         status, group, _ = await api("GET", "groups", params={"path": path})
         assert status == 200 and group["id"] == FACTS["group_id"]
     # the doc's own example encodes the backslash as %5C
-    async with api.session.get(f"{api.base}/api/groups?path=Skolor%5CBj%C3%B6rkskolan%5CKlass%208B",
-                               headers={"Authorization": ADMIN}) as resp:
+    async with api.session.get(
+        f"{api.base}/api/groups?path=Skolor%5CBj%C3%B6rkskolan%5CKlass%208B", headers={"Authorization": ADMIN}
+    ) as resp:
         assert (await resp.json())["id"] == FACTS["group_id"]
     assert (await api("GET", "groups", params={"path": "Skolor\\Björkskolan\\klass 8b"}))[0] == 404
     assert (await api("GET", "groups", params={"path": "Skolor\\Nowhere"}))[0] == 404
@@ -252,8 +267,19 @@ async def test_groups(api: Api) -> None:
 async def test_user_reads_and_searches(api: Api) -> None:
     status, users, _ = await api("GET", "users")
     assert status == 200 and len(users) == 160
-    assert set(users[0]) == {"id", "name", "email", "phoneNumber", "accountName", "accountGroup", "groupId",
-                             "company", "office", "department", "position"}
+    assert set(users[0]) == {
+        "id",
+        "name",
+        "email",
+        "phoneNumber",
+        "accountName",
+        "accountGroup",
+        "groupId",
+        "company",
+        "office",
+        "department",
+        "position",
+    }
     status, user, _ = await api("GET", "users/1")
     assert user["name"] == "Åsa Öberg" and user["accountName"] == "asaobe01"
     assert (await api("GET", "users/99999"))[0] == 404
@@ -283,9 +309,19 @@ async def test_user_reads_and_searches(api: Api) -> None:
 
 
 async def test_user_changes(api: Api) -> None:
-    status, new_id, _ = await api("POST", "users", json={
-        "name": "Göran Ängström", "email": "goran.angstrom@skola.se", "accountName": "goreng01",
-        "accountGroup": "Personal", "groupId": 31, "phoneNumber": "070-111 22 33", "position": "Lärare"})
+    status, new_id, _ = await api(
+        "POST",
+        "users",
+        json={
+            "name": "Göran Ängström",
+            "email": "goran.angstrom@skola.se",
+            "accountName": "goreng01",
+            "accountGroup": "Personal",
+            "groupId": 31,
+            "phoneNumber": "070-111 22 33",
+            "position": "Lärare",
+        },
+    )
     assert status == 200 and isinstance(new_id, int)
     user = (await api("GET", f"users/{new_id}"))[1]
     assert user["groupId"] == 31 and user["company"] is None
@@ -294,8 +330,9 @@ async def test_user_changes(api: Api) -> None:
 
     # moving a user moves the user's devices too (the doc's "Update a user")
     owner = FACTS["user_with_devices"]
-    status, body, _ = await api("PUT", f"users/{owner['id']}", json={"groupId": FACTS["group_id"],
-                                                                     "name": "Åsa Öberg-Lind"})
+    status, body, _ = await api(
+        "PUT", f"users/{owner['id']}", json={"groupId": FACTS["group_id"], "name": "Åsa Öberg-Lind"}
+    )
     assert status == 200 and body is None
     status, devices, _ = await api("GET", "devices", params={"userId": str(owner["id"])})
     assert {d["groupId"] for d in devices} == {FACTS["group_id"]} and len(devices) == 2
@@ -327,8 +364,18 @@ async def test_user_changes(api: Api) -> None:
 async def test_device_reads_and_searches(api: Api) -> None:
     status, devices, _ = await api("GET", "devices")
     assert status == 200 and len(devices) == 200
-    assert set(devices[0]) == {"id", "serialNumber", "name", "model", "platform", "osVersion", "userId",
-                               "accountName", "groupId", "lastSeen"}
+    assert set(devices[0]) == {
+        "id",
+        "serialNumber",
+        "name",
+        "model",
+        "platform",
+        "osVersion",
+        "userId",
+        "accountName",
+        "groupId",
+        "lastSeen",
+    }
     free = FACTS["untagged_device"]
     status, device, _ = await api("GET", f"devices/{free['id']}")
     assert device["serialNumber"] == free["serial"] and device["userId"] is None
@@ -388,7 +435,11 @@ async def test_tags_crud(api: Api) -> None:
     assert (await api("GET", "tags/999"))[0] == 404
     status, tag_id, _ = await api("POST", "tags", json={"name": "Sommarskola", "groupId": 9})
     assert status == 200 and (await api("GET", f"tags/{tag_id}"))[1] == {
-        "id": tag_id, "name": "Sommarskola", "description": None, "groupId": 9}
+        "id": tag_id,
+        "name": "Sommarskola",
+        "description": None,
+        "groupId": 9,
+    }
     assert (await api("POST", "tags", json={"name": "X", "groupId": 999}))[0] == 404
     status, body, _ = await api("PUT", f"tags/{tag_id}", json={"description": "Juni", "groupId": 0})
     assert status == 200 and body is None
@@ -411,12 +462,18 @@ async def test_device_tags_and_duplicate_links(api: Api) -> None:
     assert status == 200 and len(links) == api.state.summary()["devicetags"]
     tagged = FACTS["tagged_device"]
     link = (await api("GET", f"devicetags/{tagged['link_id']}"))[1]
-    assert link == {"id": tagged["link_id"], "deviceId": tagged["id"], "tagId": tagged["tag_id"],
-                    "serialNumber": tagged["serial"], "tagName": tagged["tag"]}
+    assert link == {
+        "id": tagged["link_id"],
+        "deviceId": tagged["id"],
+        "tagId": tagged["tag_id"],
+        "serialNumber": tagged["serial"],
+        "tagName": tagged["tag"],
+    }
     assert (await api("GET", "devicetags", params={"deviceId": tagged["id"]}))[1] == [link]
     assert (await api("GET", "devicetags", params={"serialNumber": tagged["serial"]}))[1] == [link]
-    assert (await api("GET", "devicetags", params={"serialNumber": tagged["serial"],
-                                                     "deviceId": tagged["id"]}))[1] == [link]
+    assert (await api("GET", "devicetags", params={"serialNumber": tagged["serial"], "deviceId": tagged["id"]}))[1] == [
+        link
+    ]
     assert (await api("GET", "devicetags", params={"serialNumber": "OTHER", "deviceId": tagged["id"]}))[1] == []
     assert (await api("GET", "devicetags/99999"))[0] == 404
 
@@ -443,8 +500,12 @@ async def test_device_tags_and_duplicate_links(api: Api) -> None:
 async def test_user_tags(api: Api) -> None:
     tagged = FACTS["tagged_user"]
     link = (await api("GET", f"usertags/{tagged['link_id']}"))[1]
-    assert link == {"id": tagged["link_id"], "userId": tagged["id"], "tagId": tagged["tag_id"],
-                    "userName": "Lars Håkansson"}
+    assert link == {
+        "id": tagged["link_id"],
+        "userId": tagged["id"],
+        "tagId": tagged["tag_id"],
+        "userName": "Lars Håkansson",
+    }
     assert (await api("GET", "usertags", params={"userId": str(tagged["id"])}))[1] == [link]
     assert (await api("GET", "usertags", params={"email": tagged["email"].upper()}))[1] == [link]
     assert (await api("GET", "usertags", params={"email": tagged["email"], "userId": "1"}))[1] == []
@@ -464,8 +525,11 @@ async def test_group_tags(api: Api) -> None:
     status, links, _ = await api("GET", "grouptags")
     assert status == 200 and len(links) == 3
     gt = FACTS["group_tag"]
-    assert (await api("GET", f"grouptags/{gt['id']}"))[1] == {"id": gt["id"], "groupId": gt["group_id"],
-                                                              "tagId": gt["tag_id"]}
+    assert (await api("GET", f"grouptags/{gt['id']}"))[1] == {
+        "id": gt["id"],
+        "groupId": gt["group_id"],
+        "tagId": gt["tag_id"],
+    }
     status, all_id, _ = await api("POST", "grouptags", json={"groupId": 0, "tagId": 18})  # 0 is 'All'
     assert status == 200 and (await api("GET", f"grouptags/{all_id}"))[1]["groupId"] == 0
     assert (await api("POST", "grouptags", json={"groupId": "13", "tagId": 18}))[0] == 200
@@ -482,26 +546,51 @@ async def test_group_tags(api: Api) -> None:
 async def test_apps(api: Api) -> None:
     status, apps, _ = await api("GET", "apps")
     assert status == 200 and len(apps) == 21
-    assert set(apps[0]) == {"id", "name", "description", "company", "packageId", "versionText", "versionNumber",
-                            "platform", "size", "store", "storeId", "imageUrl"}
+    assert set(apps[0]) == {
+        "id",
+        "name",
+        "description",
+        "company",
+        "packageId",
+        "versionText",
+        "versionNumber",
+        "platform",
+        "size",
+        "store",
+        "storeId",
+        "imageUrl",
+    }
     assert [a["id"] for a in apps if a["name"] == FACTS["shared_app_name"]] == FACTS["shared_app_name_ids"]
     assert (await api("GET", f"apps/{FACTS['app']['id']}"))[1]["name"] == "Kahoot!"
     assert (await api("GET", "apps/999"))[0] == 404
-    new = {"name": "Elevkollen", "company": "Norrby kommun", "packageId": "se.norrby.elevkollen",
-           "versionText": "1.0", "platform": 0, "size": 1234, "store": 2,
-           "storeId": "https://mdm.norrby.se/apps/elevkollen.ipa", "imageData": "iVBORw0KGgo="}
+    new = {
+        "name": "Elevkollen",
+        "company": "Norrby kommun",
+        "packageId": "se.norrby.elevkollen",
+        "versionText": "1.0",
+        "platform": 0,
+        "size": 1234,
+        "store": 2,
+        "storeId": "https://mdm.norrby.se/apps/elevkollen.ipa",
+        "imageData": "iVBORw0KGgo=",
+    }
     status, app_id, _ = await api("POST", "apps", json=new)
     assert status == 200 and app_id == 22
     # same packageId + platform + store: the app is updated, not added
     status, same, _ = await api("POST", "apps", json={**new, "versionText": "1.1", "versionNumber": 2})
     assert same == app_id and (await api("GET", f"apps/{app_id}"))[1]["versionText"] == "1.1"
-    status, other, _ = await api("POST", "apps", json={**new, "platform": 1, "store": 1,
-                                                       "storeId": "se.norrby.elevkollen"})
+    status, other, _ = await api(
+        "POST", "apps", json={**new, "platform": 1, "store": 1, "storeId": "se.norrby.elevkollen"}
+    )
     assert other == 23 and len((await api("GET", "apps"))[1]) == 23
-    for broken in ({k: v for k, v in new.items() if k != "company"},
-                   {**new, "imageUrl": "https://x/y.png"},
-                   {k: v for k, v in new.items() if k != "imageData"},
-                   {**new, "platform": 7}, {**new, "store": "x"}, {**new, "imageData": "not base64!"}):
+    for broken in (
+        {k: v for k, v in new.items() if k != "company"},
+        {**new, "imageUrl": "https://x/y.png"},
+        {k: v for k, v in new.items() if k != "imageData"},
+        {**new, "platform": 7},
+        {**new, "store": "x"},
+        {**new, "imageData": "not base64!"},
+    ):
         status, body, _ = await api("POST", "apps", json=broken)
         assert status == 400 and body["message"], broken
 
@@ -512,7 +601,10 @@ async def test_apps(api: Api) -> None:
 async def test_device_commands_are_logged(api: Api) -> None:
     dev = FACTS["assigned_device"]["id"]
     bodies: dict[str, Any] = {
-        "inventorydevice": None, "lockdevice": None, "wipedevice": {}, "clearpasscode": None,
+        "inventorydevice": None,
+        "lockdevice": None,
+        "wipedevice": {},
+        "clearpasscode": None,
         "installapp": {"appId": FACTS["app"]["id"], "vpp": True},
         "removeapp": {"identifier": "no.mobitroll.kahoot-app"},
         "sendmessage": {"message": "Lämna in din iPad i expeditionen"},
@@ -582,8 +674,7 @@ async def test_error_and_drop_switches_at_runtime(api: Api) -> None:
     await api("POST", "/_sim/faults", json={"error_rate": 0, "drop_rate": 1}, auth=False)
     with pytest.raises(aiohttp.ClientError):
         await api("GET", "tags")
-    await api("POST", "/_sim/faults", json={"drop_rate": 0, "drop_after_rate": 1, "mutating_only": True},
-              auth=False)
+    await api("POST", "/_sim/faults", json={"drop_rate": 0, "drop_after_rate": 1, "mutating_only": True}, auth=False)
     assert (await api("GET", "tags/1"))[0] == 200  # reads are spared
     with pytest.raises(aiohttp.ClientError):
         await api("POST", f"devices/{FACTS['assigned_device']['id']}/lockdevice")
@@ -598,6 +689,7 @@ async def test_error_and_drop_switches_at_runtime(api: Api) -> None:
 
 def test_sim_server_thread_and_control_routes() -> None:
     with SimServer(make_app(faults=Faults(latency=0.0))) as sim:
+
         def get(path: str, auth: bool = False) -> Any:
             req = urllib.request.Request(sim.url + path)
             if auth:
@@ -636,7 +728,11 @@ async def test_answer_shapes_and_request_log(api: Api) -> None:
 
     await api("POST", f"devices/{FACTS['untagged_device']['id']}/sendmessage", json={"message": "Hej"})
     log = list(api.app["requests"])
-    assert log[-1] == {"method": "POST", "path": f"/api/devices/{FACTS['untagged_device']['id']}/sendmessage",
-                       "contentType": "application/json", "body": {"message": "Hej"}}
+    assert log[-1] == {
+        "method": "POST",
+        "path": f"/api/devices/{FACTS['untagged_device']['id']}/sendmessage",
+        "contentType": "application/json",
+        "body": {"message": "Hej"},
+    }
     assert (log[-2]["method"], log[-2]["path"].partition("?")[0]) == ("GET", "/api/groups")
     assert log[0] == {"method": "GET", "path": "/api/devices", "contentType": None, "body": None}

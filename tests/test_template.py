@@ -88,5 +88,8 @@ def test_profile_names_the_provider(run_cli: Any, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "banyan cannot wipe" in res.output
     res = run_cli(["template", "ban", "--profile", "b", "-o", str(tmp_path / "b.xlsx")], env=env)
     assert res.exit_code == 0 and "--provider banyan" in " ".join(
-        str(c) for row in openpyxl.load_workbook(tmp_path / "b.xlsx")["Notes"].iter_rows(values_only=True)
-        for c in row if c)
+        str(c)
+        for row in openpyxl.load_workbook(tmp_path / "b.xlsx")["Notes"].iter_rows(values_only=True)
+        for c in row
+        if c
+    )

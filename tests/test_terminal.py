@@ -20,8 +20,9 @@ from bulkmdm.model import Outcome, Status
 from bulkmdm.sim.duostation import FACTS
 
 
-def _on_terminal(args: list[str], env: dict[str, str], *, answer: str | None = None,
-                 timeout: float = 60) -> tuple[int, str, float]:
+def _on_terminal(
+    args: list[str], env: dict[str, str], *, answer: str | None = None, timeout: float = 60
+) -> tuple[int, str, float]:
     """Run a command on a pseudo-terminal; at its prompt type ``answer``, or
     (``answer`` None) press Ctrl-C. Returns the exit code, the screen text and
     the seconds from the prompt to the exit."""
@@ -65,15 +66,31 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _wipe_job(tmp_path: Path) -> Path:
-    return write_csv(tmp_path / "wipe.csv", [
-        ["serial", "name"], [FACTS["untagged_device"]["serial"], "Elev-iPad 7A"], [FACTS["leading_zero_serial"], ""],
-        ["NOSUCHSERIAL", ""],
-    ])
+    return write_csv(
+        tmp_path / "wipe.csv",
+        [
+            ["serial", "name"],
+            [FACTS["untagged_device"]["serial"], "Elev-iPad 7A"],
+            [FACTS["leading_zero_serial"], ""],
+            ["NOSUCHSERIAL", ""],
+        ],
+    )
 
 
 def _args(job: Path, url: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", url,
-            "--action", "wipe"]
+    return [
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "run",
+        str(job),
+        "--provider",
+        "duostation",
+        "--url",
+        url,
+        "--action",
+        "wipe",
+    ]
 
 
 def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:

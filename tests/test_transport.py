@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from email.utils import format_datetime
 
 import pytest
@@ -81,10 +81,15 @@ async def test_401_is_auth_error_and_credentials_never_in_message(server) -> Non
 
 async def test_retry_after_seconds_is_honoured(server) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
-    url = await server(scripted([
-        lambda r: web.json_response({}, status=429, headers={"Retry-After": "1"}),
-        lambda r: web.json_response({}),
-    ], hits))
+    url = await server(
+        scripted(
+            [
+                lambda r: web.json_response({}, status=429, headers={"Retry-After": "1"}),
+                lambda r: web.json_response({}),
+            ],
+            hits,
+        )
+    )
     limiter = RateController(rate=None)
     async with Client(url, limiter=limiter, retry=FAST) as client:
         t0 = time.monotonic()
@@ -95,7 +100,7 @@ async def test_retry_after_seconds_is_honoured(server) -> None:  # type: ignore[
 
 
 def test_retry_after_http_date() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     header = format_datetime(now + timedelta(seconds=30), usegmt=True)
     assert parse_retry_after(header, now=now) == pytest.approx(30)
     assert parse_retry_after("7") == 7

@@ -19,12 +19,15 @@ def _job(tmp_path: Path, name: str = "job.csv") -> Path:
     return write_csv(tmp_path / name, [["serial", "tag", "action"], [serial, "Musik", "tag"]])
 
 
-@pytest.mark.parametrize("extra", [
-    ["--rate", "0"],
-    ["--rate", "0/min"],
-    ["--timeout", "inf"],
-    ["--max-destructive", "-1"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rate", "0"],
+        ["--rate", "0/min"],
+        ["--timeout", "inf"],
+        ["--max-destructive", "-1"],
+    ],
+)
 def test_odd_limits_are_bad_usage(duo: Any, run_cli: Any, tmp_path: Path, extra: list[str]) -> None:
     job = _job(tmp_path)
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, *extra])
@@ -35,10 +38,18 @@ def test_odd_limits_are_bad_usage(duo: Any, run_cli: Any, tmp_path: Path, extra:
     assert not res.report_path.exists()
 
 
-@pytest.mark.parametrize("url", [
-    "http://", "http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://a b", "http://a..b",
-    "http://" + "a" * 300 + ".com",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://",
+        "http://[::1",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://a b",
+        "http://a..b",
+        "http://" + "a" * 300 + ".com",
+    ],
+)
 def test_a_url_that_names_no_server_is_bad_usage(run_cli: Any, tmp_path: Path, url: str) -> None:
     job = _job(tmp_path)
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", url])
@@ -51,8 +62,10 @@ def test_report_path_that_is_a_folder_sends_nothing(duo: Any, run_cli: Any, tmp_
     job = _job(tmp_path)
     folder = tmp_path / "out.csv"
     folder.mkdir()
-    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--report", str(folder)],
-                  report=tmp_path / "none.csv")
+    res = run_cli(
+        ["run", str(job), "--provider", "duostation", "--url", duo.url, "--report", str(folder)],
+        report=tmp_path / "none.csv",
+    )
     assert res.exit_code == 2, res.output
     assert "folder" in res.output
     assert duo.stats.requests == 0
@@ -73,18 +86,32 @@ def test_default_report_keeps_the_extension_as_written(duo: Any, run_cli: Any, t
 
 @pytest.mark.parametrize("ext", ["csv", "xlsx"])
 def test_a_job_column_named_status_survives_rerunning_the_report(
-        duo: Any, run_cli: Any, tmp_path: Path, ext: str) -> None:
+    duo: Any, run_cli: Any, tmp_path: Path, ext: str
+) -> None:
     serial = FACTS["untagged_device"]["serial"]
-    rows = [["serial", "tag", "action", "Status", "note"],
-            [serial, "Musik", "tag", "in use", "a"],
-            ["NOSUCHSERIAL", "Musik", "tag", "spare", "b"]]
+    rows = [
+        ["serial", "tag", "action", "Status", "note"],
+        [serial, "Musik", "tag", "in use", "a"],
+        ["NOSUCHSERIAL", "Musik", "tag", "spare", "b"],
+    ]
     job = write_csv(tmp_path / "job.csv", rows)
-    first = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url,
-                     "--report", str(tmp_path / f"r1.{ext}")])
+    first = run_cli(
+        ["run", str(job), "--provider", "duostation", "--url", duo.url, "--report", str(tmp_path / f"r1.{ext}")]
+    )
     assert [r["status"] for r in first.report] == ["succeeded", "failed"]
     mutating = duo.stats.mutating
-    again = run_cli(["run", str(tmp_path / f"r1.{ext}"), "--provider", "duostation", "--url", duo.url,
-                     "--report", str(tmp_path / f"r2.{ext}")])
+    again = run_cli(
+        [
+            "run",
+            str(tmp_path / f"r1.{ext}"),
+            "--provider",
+            "duostation",
+            "--url",
+            duo.url,
+            "--report",
+            str(tmp_path / f"r2.{ext}"),
+        ]
+    )
     assert again.exit_code == 1, again.output
     assert duo.stats.mutating == mutating  # the succeeded row is carried, not resent
     path = tmp_path / f"r2.{ext}"

@@ -98,16 +98,21 @@ async def test_no_secret_no_page(served: Served, path: str) -> None:
 async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> None:
     async with _client() as client:
         for host in (f"evil.example:{served.port}", f"127.0.0.1:{served.port + 1}", "localhost"):
-            async with client.get(f"{served.url}/?token={SECRET}", headers={"Host": host},
-                                  allow_redirects=False) as resp:
+            async with client.get(
+                f"{served.url}/?token={SECRET}", headers={"Host": host}, allow_redirects=False
+            ) as resp:
                 assert resp.status == 400, host
         async with client.get(f"{served.url}/", headers={"Host": f"localhost:{served.port}"}) as resp:
             assert resp.status == 200
 
 
 async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
-    form = {"provider": "duostation", "url": "http://127.0.0.1:9", "duostation:BULKMDM_USERNAME": "admin",
-            "duostation:BULKMDM_PASSWORD": "pw-from-the-form"}
+    form = {
+        "provider": "duostation",
+        "url": "http://127.0.0.1:9",
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
+    }
     async with _client() as client:
         for token in (None, "forged"):
             data = dict(form, **({"csrf": token} if token else {}))
@@ -120,8 +125,9 @@ async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -
         async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
             assert resp.status == 403
         assert not served.state.uploads
-        async with client.post(f"{served.url}/connect", data=dict(form, csrf=served.csrf),
-                               allow_redirects=False) as resp:
+        async with client.post(
+            f"{served.url}/connect", data=dict(form, csrf=served.csrf), allow_redirects=False
+        ) as resp:
             assert resp.status == 303
         assert served.state.connection is not None
         async with client.get(f"{served.url}/") as resp:
@@ -185,8 +191,13 @@ async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path
     job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
     with SimServer(duo_app(devices=20)) as sim:
         async with _client() as client:
-            form = {"csrf": served.csrf, "provider": "duostation", "url": sim.url,
-                    "duostation:BULKMDM_USERNAME": "admin", "duostation:BULKMDM_PASSWORD": "wrong-password"}
+            form = {
+                "csrf": served.csrf,
+                "provider": "duostation",
+                "url": sim.url,
+                "duostation:BULKMDM_USERNAME": "admin",
+                "duostation:BULKMDM_PASSWORD": "wrong-password",
+            }
             await client.post(f"{served.url}/connect", data=form)
             upload = aiohttp.FormData()
             upload.add_field("csrf", served.csrf)
@@ -208,8 +219,9 @@ async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path
 
 
 def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
-    connection = connection_from_form({"provider": "banyan", "url": "https://banyan.example/",
-                                       "banyan:BULKMDM_TOKEN": "tok-123456"})
+    connection = connection_from_form(
+        {"provider": "banyan", "url": "https://banyan.example/", "banyan:BULKMDM_TOKEN": "tok-123456"}
+    )
     request = RunRequest("run", tmp_path / "j.csv", tmp_path / "r.csv", connection, tmp_path, "u1")
     assert "tok-123456" not in " ".join(request.arguments())
     assert connection.child_environment()["BULKMDM_TOKEN"] == "tok-123456"
@@ -219,12 +231,25 @@ def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path
 async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_path: Path, duo: SimServer) -> None:
     from bulkmdm.sim.duostation import FACTS
 
-    job = write_csv(tmp_path / "terminal-job.csv", [["action", "serial", "tag"],
-                                                    ["tag", FACTS["untagged_device"]["serial"], "Prov-läge"]])
+    job = write_csv(
+        tmp_path / "terminal-job.csv",
+        [["action", "serial", "tag"], ["tag", FACTS["untagged_device"]["serial"], "Prov-läge"]],
+    )
     env = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin", "BULKMDM_STATE_DIR": str(served.state.state_dir)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url,
-        env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "run",
+        str(job),
+        "--provider",
+        "duostation",
+        "--url",
+        duo.url,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     assert await process.wait() == 0
     async with _client() as client:
         async with client.get(f"{served.url}/") as resp:
@@ -278,8 +303,12 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
     state = duo.app["state"]
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:64]])
     job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
-    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
-               "duostation:BULKMDM_PASSWORD": "admin"}
+    connect = {
+        "provider": "duostation",
+        "url": duo.url,
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": "admin",
+    }
     duo.faults.update({"latency": 0.2, "mutating_only": True})
     async with _serve_app(tmp_path / "state") as server, _client() as client:
         await _post(client, server, "/connect", **connect)
@@ -331,8 +360,12 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
     state = duo.app["state"]
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:45]])
     job = write_csv(tmp_path / "serials.csv", [["Serial Number"], *([s] for s in serials)])
-    connect = {"provider": "duostation", "url": duo.url, "duostation:BULKMDM_USERNAME": "admin",
-               "duostation:BULKMDM_PASSWORD": "admin"}
+    connect = {
+        "provider": "duostation",
+        "url": duo.url,
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": "admin",
+    }
     async with _serve_app(tmp_path / "state") as server, _client() as client:
         await _post(client, server, "/connect", **connect)
         preview = await _upload(client, server, job)
@@ -352,9 +385,13 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
 def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
     """`bulkmdm serve` as a user starts it (no --no-browser; no desktop here, so no browser is started)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
-    proc = subprocess.Popen([sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir",
-                             str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

@@ -25,8 +25,9 @@ from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
-                                                          ".ci/run installs it")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it"
+)
 PASSWORD = "Sim-Pa55word-9f3c"
 WIPES = 16
 
@@ -51,7 +52,7 @@ def page(tmp_path: Path) -> Iterator[Any]:
 
 def _serials(sim: SimServer, n: int) -> list[str]:
     state = sim.app["state"]
-    return sim.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[FACTS["edge_devices"]:]][:n])
+    return sim.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[FACTS["edge_devices"] :]][:n])
 
 
 def _wipes(sim: SimServer) -> list[str]:

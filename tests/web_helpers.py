@@ -17,7 +17,10 @@ def serving(state_dir: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--no-browser", "--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None

@@ -52,8 +52,6 @@ def get(name: str) -> type[Provider]:
     _load_entry_points()
     key = (name or "").strip().casefold()
     if key not in PROVIDERS:
-        raise UsageError(
-            f"Unknown provider {name!r}; choose one of: {', '.join(sorted(PROVIDERS))} (--provider)."
-        )
+        raise UsageError(f"Unknown provider {name!r}; choose one of: {', '.join(sorted(PROVIDERS))} (--provider).")
     module_name, _, attr = PROVIDERS[key].partition(":")
     return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]

@@ -203,16 +203,25 @@ class _TwoForms:
         self.proven: str | None = None
         self._probing = asyncio.Lock()
 
-    async def send(self, send: Callable[[str], Awaitable[Response]], *, refused: Callable[[Response], bool],
-                   proves: Callable[[Response], bool]) -> Response:
+    async def send(
+        self,
+        send: Callable[[str], Awaitable[Response]],
+        *,
+        refused: Callable[[Response], bool],
+        proves: Callable[[Response], bool],
+    ) -> Response:
         """The answer of the form that was not refused (both refused: the first's)."""
         if self.proven is not None:
             return await self._send(send, refused, proves)
         async with self._probing:
             return await self._send(send, refused, proves)
 
-    async def _send(self, send: Callable[[str], Awaitable[Response]], refused: Callable[[Response], bool],
-                    proves: Callable[[Response], bool]) -> Response:
+    async def _send(
+        self,
+        send: Callable[[str], Awaitable[Response]],
+        refused: Callable[[Response], bool],
+        proves: Callable[[Response], bool],
+    ) -> Response:
         form = self.preferred
         resp = await send(form)
         if refused(resp) and self.proven != form:
@@ -301,14 +310,19 @@ class Banyan(Provider):
             raise ListFailed(path, resp)
         page, count = _page(resp.body, name)
         if page is None:
-            raise BadAnswer(f"Banyan's answer to GET {path} holds no {name!r} list", attempts=resp.attempts,
-                            status=resp.status)
+            raise BadAnswer(
+                f"Banyan's answer to GET {path} holds no {name!r} list", attempts=resp.attempts, status=resp.status
+            )
         skip += len(page)
         # "count" is the total in the doc's example (limit=2, "count": 27);
         # after a full page we still ask once more, in case a server counts
         # only the page (pybanyan pages on until one comes empty).
-        last = not paged or isinstance(resp.body, list) or not page or (
-            count is not None and skip >= count and len(page) < PAGE)
+        last = (
+            not paged
+            or isinstance(resp.body, list)
+            or not page
+            or (count is not None and skip >= count and len(page) < PAGE)
+        )
         return page, None if last else (skip, True)
 
     async def _list(self, path: str, name: str, ident: Callable[[Any], str], order_by: str | None = None) -> list[Any]:
@@ -419,11 +433,15 @@ class Banyan(Provider):
         actions = {row.action for row in rows}
         fresh = False
         if actions & DEVICE_ACTIONS and self._devices is None:
-            self._devices = await self._readable("device", self._list("v1/devices", "devices", _device_id,
-                                                                      "serialnumber"))
+            self._devices = await self._readable(
+                "device", self._list("v1/devices", "devices", _device_id, "serialnumber")
+            )
             fresh = True
-        if isinstance(self._devices, list) and any(r.action == "delete-device" and r.get("email") for r in rows) \
-                and any(_emails(d) is None for d in self._devices):
+        if (
+            isinstance(self._devices, list)
+            and any(r.action == "delete-device" and r.get("email") for r in rows)
+            and any(_emails(d) is None for d in self._devices)
+        ):
             await self._fill_emails(self._devices, rows)
             fresh = True
         if "delete-user" in actions and self._users is None:
@@ -441,8 +459,11 @@ class Banyan(Provider):
             return _Unreadable(exc.detail(), exc.resp.status, exc.resp.attempts)
         except TransportError as exc:
             self._stop_if_setup_is_wrong(exc)
-            return _Unreadable(f"Could not read Banyan's {what} list: {sentence(str(exc))} Run the job again.",
-                               exc.status, exc.attempts)
+            return _Unreadable(
+                f"Could not read Banyan's {what} list: {sentence(str(exc))} Run the job again.",
+                exc.status,
+                exc.attempts,
+            )
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action == "delete-user":
@@ -453,25 +474,35 @@ class Banyan(Provider):
         serial, resolved = _serial(device), f"device_id={_device_id(device)}"
         if row.action == "delete-device":
             return self.changes.once(row, ("delete-device", serial, email.casefold()), resolved) or Step(
-                row, row.action, f"device {serial}", {"serial": serial, "email": email}, resolved, (row.action,))
+                row, row.action, f"device {serial}", {"serial": serial, "email": email}, resolved, (row.action,)
+            )
         return self._plan_ban(row, device, resolved)
 
     def _plan_ban(self, row: JobRow, device: Any, resolved: str) -> Step | Outcome:
         action, serial = row.action, _serial(device)
         opposite = "unban" if action == "ban" else "ban"
         done = self.changes.once(row, (action, serial), resolved) or self.changes.contradicts(
-            row, (opposite, serial), f"Device {serial} is also {opposite}ned", resolved)
+            row, (opposite, serial), f"Device {serial} is also {opposite}ned", resolved
+        )
         if done:
             return done
         banned = _banned(device)
         if banned == (action == "ban"):
-            return skipped(row, f"Device {serial} is already {'banned' if banned else 'not banned'}; nothing sent.",
-                           resolved)
+            return skipped(
+                row, f"Device {serial} is already {'banned' if banned else 'not banned'}; nothing sent.", resolved
+            )
         self.changes.changing(row, (action, serial))
         fields = {name: value for name in DEVICE_FIELDS if (value := get_field(device, name)) not in (None, "")}
         # undone by the opposite verb: the state read here is the one to put back
-        return Step(row, action, f"device {serial}", {"serial": serial, "banned": action == "ban", "fields": fields},
-                    resolved, (action,), undo={"action": opposite, "serial": serial})
+        return Step(
+            row,
+            action,
+            f"device {serial}",
+            {"serial": serial, "banned": action == "ban", "fields": fields},
+            resolved,
+            (action,),
+            undo={"action": opposite, "serial": serial},
+        )
 
     def _plan_user(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         given_id, email = row.get("user_id"), row.get("email")
@@ -487,7 +518,8 @@ class Banyan(Provider):
         if user is not None and _inactive(user):
             return skipped(row, f"{cap(target)} is already inactive (deleted) in Banyan; nothing sent.", resolved)
         return self.changes.once(row, ("delete-user", fkey(user_id)), resolved) or Step(
-            row, row.action, target, {"id": user_id, "email": known_email}, resolved, (row.action,))
+            row, row.action, target, {"id": user_id, "email": known_email}, resolved, (row.action,)
+        )
 
     # -- send and read back ---------------------------------------------------
     async def send(self, step: Step) -> Outcome:
@@ -515,8 +547,9 @@ class Banyan(Provider):
                 body: Any = {**fields, "Banned": wanted}
             else:  # the doc's: [{"Model": ..., "Banned" : "FALSE"}]
                 body = [{**fields, "Banned": "TRUE" if wanted else "FALSE"}]
-            return await self.client.request("POST", "v1/mdm/update_device", params={"SerialNumber": serial},
-                                             json=body, verify=verify)
+            return await self.client.request(
+                "POST", "v1/mdm/update_device", params={"SerialNumber": serial}, json=body, verify=verify
+            )
 
         # The doc lists 400 "Bad Request" for a body it cannot read; the
         # other form is tried then (CONTRACT.md).
@@ -545,16 +578,25 @@ class Banyan(Provider):
 
         # Any answer but 404/405 shows the path is a route; two 404s prove
         # neither wrong (the 404 may be about the device), so nothing is kept.
-        resp = await self._delete_paths.send(send, refused=lambda r: r.status in NO_ROUTE,
-                                             proves=lambda r: r.status not in NO_ROUTE)
+        resp = await self._delete_paths.send(
+            send, refused=lambda r: r.status in NO_ROUTE, proves=lambda r: r.status not in NO_ROUTE
+        )
         if resp.status in (400, 404) and await gone() is True:
             what = f"{email}'s registration on device {serial}" if email else f"Device {serial}"
-            return _already(step, resp, f"{cap(what)} was already gone when the request arrived "
-                                        "(deleted elsewhere, or with a user or device earlier in this job).")
+            return _already(
+                step,
+                resp,
+                f"{cap(what)} was already gone when the request arrived "
+                "(deleted elsewhere, or with a user or device earlier in this job).",
+            )
         if email:
-            return _outcome(step, resp, f"Device {serial} no longer registered to {email} (Banyan deletes the "
-                                        "device too when that was its only user, and the user when that was their "
-                                        "only device).")
+            return _outcome(
+                step,
+                resp,
+                f"Device {serial} no longer registered to {email} (Banyan deletes the "
+                "device too when that was its only user, and the user when that was their "
+                "only device).",
+            )
         return _outcome(step, resp, f"Device {serial} deleted and its certificates revoked.")
 
     async def _delete_user(self, step: Step) -> Outcome:
@@ -562,25 +604,38 @@ class Banyan(Provider):
 
         def gone_from(body: Any) -> bool:
             # the doc's v1 list holds active end users only, with or without an id
-            return not any(fkey(_email(u)) == fkey(email) and fkey(_user_id(u)) in ("", fkey(user_id))
-                           and not _inactive(u) for u in as_list(body, "endusers"))
+            return not any(
+                fkey(_email(u)) == fkey(email) and fkey(_user_id(u)) in ("", fkey(user_id)) and not _inactive(u)
+                for u in as_list(body, "endusers")
+            )
 
         async def no_answer() -> bool | None:
             return None
 
-        gone = read_back(lambda: self.client.request("GET", "v1/endusers", params={"email": email}), gone_from) \
-            if email else no_answer
+        gone = (
+            read_back(lambda: self.client.request("GET", "v1/endusers", params={"email": email}), gone_from)
+            if email
+            else no_answer
+        )
         resp = await self.client.request(
             "DELETE", "v2/endusers", json={"enduser_ids": [user_id]}, idempotent=False, verify=gone
         )
         if resp.status in (400, 404) and await gone() is True:
-            return _already(step, resp, f"{cap(step.target)} was already gone when the request arrived "
-                                        "(deleted elsewhere, or with their last device earlier in this job).")
+            return _already(
+                step,
+                resp,
+                f"{cap(step.target)} was already gone when the request arrived "
+                "(deleted elsewhere, or with their last device earlier in this job).",
+            )
         # "This api marks endusers as inactive, checks the devices associated
         # with the user, if the device has no more active users then such
         # devices are marked as inactive too."
-        return _outcome(step, resp, f"{cap(step.target)} marked inactive (deleted); devices left without an "
-                                    "active user are marked inactive too.")
+        return _outcome(
+            step,
+            resp,
+            f"{cap(step.target)} marked inactive (deleted); devices left without an "
+            "active user are marked inactive too.",
+        )
 
 
 class _Lists:
@@ -595,8 +650,10 @@ class _Lists:
         self.device_by_id = Index("device", devices, _device_id, fold=True)
         # An object without the field a look-up keys on is no match for it,
         # and the failing row says how many such objects the list held.
-        self.devices_without = {"SerialNumber": sum(not _serial(d) for d in devices),
-                                "DeviceID": sum(not _device_id(d) for d in devices)}
+        self.devices_without = {
+            "SerialNumber": sum(not _serial(d) for d in devices),
+            "DeviceID": sum(not _device_id(d) for d in devices),
+        }
         # an e-mail listed both inactive and active (deleted, then back): the active one
         active = [u for u in users if not _inactive(u)]
         self.user_by_email = Index("end user", active, _email, fold=True)
@@ -607,8 +664,10 @@ class _Lists:
 
     def _not_found(self, exc: LookupFailed, field: str, count: int, what: str) -> LookupFailed:
         if count and "was not found" in str(exc):
-            return LookupFailed(f"{exc}; {count} {what}{'s' if count > 1 else ''} in Banyan's list "
-                                f"{'have' if count > 1 else 'has'} no {field!r}")
+            return LookupFailed(
+                f"{exc}; {count} {what}{'s' if count > 1 else ''} in Banyan's list "
+                f"{'have' if count > 1 else 'has'} no {field!r}"
+            )
         return exc
 
     def device_for(self, row: JobRow) -> tuple[Any, str]:
@@ -627,12 +686,16 @@ class _Lists:
             email = next((e for e in _emails(device) or () if e.casefold() == email.casefold()), email)
         serial = _serial(device)
         if not serial:
-            raise LookupFailed(f"device {_device_id(device)} has no SerialNumber in Banyan's list, and Banyan "
-                               "changes devices by serial number")
+            raise LookupFailed(
+                f"device {_device_id(device)} has no SerialNumber in Banyan's list, and Banyan "
+                "changes devices by serial number"
+            )
         sharing = self.device_by_serial.find(serial)
         if len(sharing) > 1 and not (email and sum(_holds(d, email) for d in sharing) == 1):
-            raise LookupFailed(f"serial {serial!r} is held by {len(sharing)} devices, and Banyan would change all "
-                               "of them; resolve the duplicate in Banyan first")
+            raise LookupFailed(
+                f"serial {serial!r} is held by {len(sharing)} devices, and Banyan would change all "
+                "of them; resolve the duplicate in Banyan first"
+            )
         return device, email
 
     def device_with_id(self, row: JobRow) -> Any:
@@ -662,8 +725,10 @@ class _Lists:
         if len(candidates) == 1 and not known:
             matching = candidates  # the listing does not say; the server will
         if not matching and len(known) < len(candidates):
-            raise LookupFailed(f"serial {serial!r} matches {len(candidates)} devices and Banyan's list does not "
-                               f"say which one {email} is registered on; make it unique")
+            raise LookupFailed(
+                f"serial {serial!r} matches {len(candidates)} devices and Banyan's list does not "
+                f"say which one {email} is registered on; make it unique"
+            )
         if not matching:
             raise LookupFailed(f"device {serial!r} is not registered to {email}")
         if len(matching) > 1:
@@ -677,11 +742,16 @@ class _Lists:
             # A serial alone cannot tell them apart, and Banyan acts on
             # every device holding it.
             whose = sorted({e for d in holders for e in _emails(d) or ()}, key=str.casefold)
-            hint = ("add an email column naming whose registration to delete"
-                    if row.action == "delete-device" else "resolve the duplicate in Banyan first")
-            raise LookupFailed(f"serial {serial!r} matches {len(holders)} devices"
-                               + (f" (registered to {', '.join(whose)})" if whose else "")
-                               + f", and Banyan would change all of them; {hint}")
+            hint = (
+                "add an email column naming whose registration to delete"
+                if row.action == "delete-device"
+                else "resolve the duplicate in Banyan first"
+            )
+            raise LookupFailed(
+                f"serial {serial!r} matches {len(holders)} devices"
+                + (f" (registered to {', '.join(whose)})" if whose else "")
+                + f", and Banyan would change all of them; {hint}"
+            )
         try:
             return self.device_by_serial.one(serial, "serial")
         except LookupFailed as exc:
@@ -693,8 +763,9 @@ class _Lists:
         except LookupFailed as exc:
             raise self._not_found(exc, "id", self.users_without["id"], "end user") from None
         if email and _email(user).casefold() != email.casefold():
-            raise LookupFailed(f"end user id {user_id!r} belongs to {_email(user) or 'an end user without email'}, "
-                               f"not {email}")
+            raise LookupFailed(
+                f"end user id {user_id!r} belongs to {_email(user) or 'an end user without email'}, not {email}"
+            )
         return user
 
     def user_with_email(self, email: str) -> Any:
@@ -706,8 +777,10 @@ class _Lists:
                 raise self._not_found(exc, "email", self.users_without["email"], "end user") from None
             user = inactive[0]
         if not _user_id(user):
-            raise LookupFailed(f"Banyan's end-user list has no 'id' for {email} (the field is missing or empty); "
-                               "put the end user's id in a user_id column")
+            raise LookupFailed(
+                f"Banyan's end-user list has no 'id' for {email} (the field is missing or empty); "
+                "put the end user's id in a user_id column"
+            )
         return user
 
 
@@ -715,8 +788,14 @@ def _outcome(step: Step, resp: Response, done: str) -> Outcome:
     if resp.ok and not resp.verified:
         reason = _body_error(resp.body)
         if reason:
-            return Outcome(step.index, Status.FAILED, f"Banyan answered HTTP {resp.status} but said it failed: "
-                           f"{sentence(reason)}", resp.status, resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.FAILED,
+                f"Banyan answered HTTP {resp.status} but said it failed: {sentence(reason)}",
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
     return outcome_from_response(step, resp, done)
 
 

@@ -146,8 +146,7 @@ class Provider(ABC):
             lists = await self.prepare(rows)
         except ListFailed as exc:
             self._stop_if_setup_is_wrong(exc)
-            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts)
-                    for row in rows]
+            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts) for row in rows]
         except TransportError as exc:
             self._stop_if_setup_is_wrong(exc)
             detail = f"Could not read the MDM's lists: {exc}. Run the job again."
@@ -182,8 +181,10 @@ class Provider(ABC):
                 )
             return
         if isinstance(exc, (ConnectError, RequestTimeout)) and not self.client.answered:
-            raise SetupFailed(f"Nothing answers at {where}: {exc}; check --url and that the MDM can be reached "
-                              "from here. Nothing was sent.")
+            raise SetupFailed(
+                f"Nothing answers at {where}: {exc}; check --url and that the MDM can be reached "
+                "from here. Nothing was sent."
+            )
         if isinstance(exc, (BadAnswer, RedirectRefused)):
             raise SetupFailed(f"{sentence(str(exc))[:-1]}. Nothing was sent.")
 
@@ -424,14 +425,27 @@ def explain_status(status: int, body: Any, attempts: int) -> str:
 def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
     """A request that produced no usable answer, as the row's Outcome (never raises)."""
     if isinstance(exc, NotSent):
-        return Outcome(step.index, Status.NOT_RUN, "Not sent: the run stopped first. Run the same command again "
-                       "to continue.", None, exc.attempts, step.resolved)
+        return Outcome(
+            step.index,
+            Status.NOT_RUN,
+            "Not sent: the run stopped first. Run the same command again to continue.",
+            None,
+            exc.attempts,
+            step.resolved,
+        )
     detail = sentence(str(exc), empty="The request failed")
     if isinstance(exc, AmbiguousError):
-        return Outcome(step.index, Status.UNKNOWN, detail + " Check the device, then run the report again to "
-                       "resend it.", exc.status, exc.attempts, step.resolved)
-    return Outcome(step.index, Status.FAILED, detail + " Run the report again to retry.", exc.status, exc.attempts,
-                   step.resolved)
+        return Outcome(
+            step.index,
+            Status.UNKNOWN,
+            detail + " Check the device, then run the report again to resend it.",
+            exc.status,
+            exc.attempts,
+            step.resolved,
+        )
+    return Outcome(
+        step.index, Status.FAILED, detail + " Run the report again to retry.", exc.status, exc.attempts, step.resolved
+    )
 
 
 # -- text and ids ------------------------------------------------------------
@@ -625,8 +639,7 @@ async def send_halving(
     if len(steps) < 2 or not refused_whole(outcomes):
         return outcomes
     half = len(steps) // 2
-    return await send_halving(steps[:half], send, refused_whole) + await send_halving(steps[half:], send,
-                                                                                      refused_whole)
+    return await send_halving(steps[:half], send, refused_whole) + await send_halving(steps[half:], send, refused_whole)
 
 
 def read_back(

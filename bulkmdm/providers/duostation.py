@@ -74,8 +74,18 @@ from .base import (
 )
 
 DEVICE_ACTIONS = frozenset(
-    {"tag", "untag", "assign-user", "install-app", "remove-app", "lock", "wipe",
-     "inventory", "clear-passcode", "message"}
+    {
+        "tag",
+        "untag",
+        "assign-user",
+        "install-app",
+        "remove-app",
+        "lock",
+        "wipe",
+        "inventory",
+        "clear-passcode",
+        "message",
+    }
 )
 USER_ACTIONS = frozenset({"tag-user", "untag-user", "assign-user", "move-user", "delete-user"})
 
@@ -143,8 +153,10 @@ def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
     if not _usable_id(value):
         quoted = [f"'{name}'" for name in ("id", *alternatives)]
         names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-        raise LookupFailed(f"the MDM lists {what} {shown} without a usable id (no {names} field with a value), "
-                           f"so it cannot be told apart from other {what}s; nothing was sent")
+        raise LookupFailed(
+            f"the MDM lists {what} {shown} without a usable id (no {names} field with a value), "
+            f"so it cannot be told apart from other {what}s; nothing was sent"
+        )
     return value
 
 
@@ -214,8 +226,10 @@ def _matching(found: list[Any], fields: Sequence[str], wanted: str, what: str, v
     carrying = [obj for obj in found if key(get_field(obj, *fields))]
     matches = [obj for obj in carrying if fkey(get_field(obj, *fields)) == wanted]
     if not matches and len(carrying) < len(found):
-        return LookupFailed(f"the MDM answered the look-up of {what} '{value}' with {len(found) - len(carrying)} "
-                            f"object(s) without a '{fields[0]}' field, so none can be matched to the row")
+        return LookupFailed(
+            f"the MDM answered the look-up of {what} '{value}' with {len(found) - len(carrying)} "
+            f"object(s) without a '{fields[0]}' field, so none can be matched to the row"
+        )
     return matches
 
 
@@ -256,9 +270,13 @@ class _Links:
                 self.orphans = True
                 continue
             if not _usable_id(tag_ref):
-                self.unreadable.setdefault(owner_key, LookupFailed(
-                    f"the MDM lists a tag link of {self.nested} {owner_ref or owner} without a usable tag id "
-                    "(no 'tagId' field with a value), so which tags it has cannot be told"))
+                self.unreadable.setdefault(
+                    owner_key,
+                    LookupFailed(
+                        f"the MDM lists a tag link of {self.nested} {owner_ref or owner} without a usable tag id "
+                        "(no 'tagId' field with a value), so which tags it has cannot be told"
+                    ),
+                )
                 continue
             seen = (key(link_id), owner_key, key(tag_ref))
             if link_id is not None and seen in self._seen:
@@ -306,8 +324,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-
-
 class DuoStation(Provider):
     name = "duostation"
     actions = frozenset(DEVICE_ACTIONS | USER_ACTIONS)
@@ -329,8 +345,10 @@ class DuoStation(Provider):
     chunk_rows = 10_000
     url_hint = "the site root, e.g. https://mdm.skolan.se (requests go to URL/api/...)"
     # a server may answer refused Basic credentials with 403 rather than 401
-    setup_hint = ("the credentials (BULKMDM_USERNAME and BULKMDM_PASSWORD, the MDM's own login) and that "
-                  "the account may use the API")
+    setup_hint = (
+        "the credentials (BULKMDM_USERNAME and BULKMDM_PASSWORD, the MDM's own login) and that "
+        "the account may use the API"
+    )
 
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
@@ -384,11 +402,14 @@ class DuoStation(Provider):
         if resp.status == 404:
             raise LookupFailed(f"group '{path}' was not found")
         if not resp.ok:
-            raise LookupFailed(f"group '{path}' could not be resolved (it may match more than one group); "
-                               f"the MDM answered {explain_response(resp)}")
+            raise LookupFailed(
+                f"group '{path}' could not be resolved (it may match more than one group); "
+                f"the MDM answered {explain_response(resp)}"
+            )
         try:
-            found = [get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g
-                     for g in _objects(resp.body)]
+            found = [
+                get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g for g in _objects(resp.body)
+            ]
         except _Unreadable as exc:
             raise LookupFailed(f"group '{path}' could not be looked up; the MDM answered with {exc}") from None
         return one_of(_at_path(found, path), path, "group", "group")
@@ -420,8 +441,9 @@ class DuoStation(Provider):
 
     async def _groups(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
         groups: dict[str, Any] = lists.setdefault("groups", {})
-        for path in sorted({row.get("group") for row in rows if row.action == "move-user" and row.get("group")}
-                           - groups.keys()):
+        for path in sorted(
+            {row.get("group") for row in rows if row.action == "move-user" and row.get("group")} - groups.keys()
+        ):
             try:
                 groups[path] = await self._group(path)
             except LookupFailed as exc:
@@ -459,11 +481,19 @@ class DuoStation(Provider):
             if row.action in DEVICE_ACTIONS:
                 device_id, serial = row.get("device_id"), row.get("serial")
                 if device_id and not lists["device_by_id"].find(device_id):
-                    self._queue_search(todo, lists, "device_id", device_id, f"devices/{seg(device_id)}",
-                                       "device id", ("id", *DEVICE_ID))
+                    self._queue_search(
+                        todo,
+                        lists,
+                        "device_id",
+                        device_id,
+                        f"devices/{seg(device_id)}",
+                        "device id",
+                        ("id", *DEVICE_ID),
+                    )
                 elif not device_id and serial and not lists["device_by_serial"].find(serial):
-                    self._queue_search(todo, lists, "serial", serial, _query("devices", serialNumber=serial),
-                                       "serial", SERIAL)
+                    self._queue_search(
+                        todo, lists, "serial", serial, _query("devices", serialNumber=serial), "serial", SERIAL
+                    )
             if row.action in USER_ACTIONS:
                 self._queue_user_search(todo, lists, row)
         await _gather(todo.values(), self.default_concurrency)
@@ -476,9 +506,17 @@ class DuoStation(Provider):
                 continue
         await _gather([*reads.values(), *todo.values()], self.default_concurrency)
 
-    def _queue_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: dict[str, Any],
-                      kind: str, value: str, path: str, what: str, fields: tuple[str, ...],
-                      then: tuple[str, str, str, tuple[str, ...]] | None = None) -> None:
+    def _queue_search(
+        self,
+        todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
+        lists: dict[str, Any],
+        kind: str,
+        value: str,
+        path: str,
+        what: str,
+        fields: tuple[str, ...],
+        then: tuple[str, str, str, tuple[str, ...]] | None = None,
+    ) -> None:
         extra: dict[tuple[str, str], Any] = lists["extra"]
         wanted = (kind, fkey(value))
         if not wanted[1] or wanted in todo or wanted in extra:
@@ -499,8 +537,9 @@ class DuoStation(Provider):
 
         todo[wanted] = run
 
-    def _queue_user_search(self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
-                           lists: dict[str, Any], row: JobRow) -> None:
+    def _queue_user_search(
+        self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: dict[str, Any], row: JobRow
+    ) -> None:
         value = _user_value(row)
         if row.action == "delete-user" and not row.get("email"):
             if value and not lists["user_by_id"].find(value):
@@ -510,14 +549,26 @@ class DuoStation(Provider):
             return
         by_account = _query("users", account=value)
         if "@" in value:
-            self._queue_search(todo, lists, "email", value, _query("users", email=value), "user with email", EMAIL,
-                               then=("account", by_account, "user with account name", ACCOUNT))
+            self._queue_search(
+                todo,
+                lists,
+                "email",
+                value,
+                _query("users", email=value),
+                "user with email",
+                EMAIL,
+                then=("account", by_account, "user with account name", ACCOUNT),
+            )
         else:
             self._queue_search(todo, lists, "account", value, by_account, "user with account name", ACCOUNT)
 
-    def _queue_row_reads(self, reads: dict[str, Callable[[], Awaitable[Any]]],
-                         todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
-                         lists: dict[str, Any], row: JobRow) -> None:
+    def _queue_row_reads(
+        self,
+        reads: dict[str, Callable[[], Awaitable[Any]]],
+        todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
+        lists: dict[str, Any],
+        row: JobRow,
+    ) -> None:
         """What one row needs after the searches: tag links of an owner the
         link list could not cover, the earlier user of a device to assign."""
         if row.action in ("tag", "untag"):
@@ -533,11 +584,18 @@ class DuoStation(Provider):
         elif row.action == "assign-user":
             earlier = _ref(self._device(row, lists)[0], "userId", "user")
             if _usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
-                self._queue_search(todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id",
-                                   ("id", *USER_ID))
+                self._queue_search(
+                    todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id", ("id", *USER_ID)
+                )
 
-    def _queue_links(self, reads: dict[str, Callable[[], Awaitable[Any]]], lists: dict[str, Any],
-                     kind: str, owner_field: str, owner: Any) -> None:
+    def _queue_links(
+        self,
+        reads: dict[str, Callable[[], Awaitable[Any]]],
+        lists: dict[str, Any],
+        kind: str,
+        owner_field: str,
+        owner: Any,
+    ) -> None:
         """Tag links of an object the lists did not hold (nor the link list cover)."""
         already: set[str] = lists.setdefault(kind + "_read", set())
         failures: dict[str, LookupFailed] = lists.setdefault("link_failures", {})
@@ -624,8 +682,10 @@ class DuoStation(Provider):
         value = _identified(obj, what, shown, *alternatives)
         holders = lists[index].find(key(value)) if index in lists else []
         if len(holders) > 1:
-            raise LookupFailed(f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
-                               "told apart from the others; nothing was sent")
+            raise LookupFailed(
+                f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
+                "told apart from the others; nothing was sent"
+            )
         return value
 
     def _device_ref(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, Any, str]:
@@ -648,9 +708,13 @@ class DuoStation(Provider):
     # -- planning one row -----------------------------------------------------
     def plan_row(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         planner = {
-            "tag": self._plan_device_tag, "untag": self._plan_device_tag,
-            "tag-user": self._plan_user_tag, "untag-user": self._plan_user_tag,
-            "assign-user": self._plan_assign, "move-user": self._plan_move, "delete-user": self._plan_delete_user,
+            "tag": self._plan_device_tag,
+            "untag": self._plan_device_tag,
+            "tag-user": self._plan_user_tag,
+            "untag-user": self._plan_user_tag,
+            "assign-user": self._plan_assign,
+            "move-user": self._plan_move,
+            "delete-user": self._plan_delete_user,
         }.get(row.action)
         if planner is None:
             if row.action not in COMMANDS:
@@ -665,8 +729,17 @@ class DuoStation(Provider):
         change = (row.action, fkey(dev_id), key(tag_id))
         # undo: the opposite row, naming the device by its id (exact) and serial (for people)
         undo = {"action": opposite, "serial": serial, "device_id": _text(dev_id), "tag": tag_name}
-        return self._plan_link(row, lists, "devicetags", dev_id, change, opposite, f"device {serial}",
-                               {"device": dev_id, "tag": tag_id, "name": tag_name}, undo)
+        return self._plan_link(
+            row,
+            lists,
+            "devicetags",
+            dev_id,
+            change,
+            opposite,
+            f"device {serial}",
+            {"device": dev_id, "tag": tag_id, "name": tag_name},
+            undo,
+        )
 
     def _plan_user_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         _, user_id, email = self._user_ref(row.get("email"), lists)
@@ -674,20 +747,39 @@ class DuoStation(Provider):
         opposite = "untag-user" if row.action == "tag-user" else "tag-user"
         change = (row.action, key(user_id), key(tag_id))
         undo = {"action": opposite, "email": row.get("email"), "tag": tag_name}
-        return self._plan_link(row, lists, "usertags", user_id, change, opposite, f"user {email}",
-                               {"user": user_id, "tag": tag_id, "name": tag_name}, undo)
+        return self._plan_link(
+            row,
+            lists,
+            "usertags",
+            user_id,
+            change,
+            opposite,
+            f"user {email}",
+            {"user": user_id, "tag": tag_id, "name": tag_name},
+            undo,
+        )
 
-    def _plan_link(self, row: JobRow, lists: dict[str, Any], kind: str, owner: Any, change: tuple[Any, ...],
-                   opposite: str, what: str, params: dict[str, Any], undo: dict[str, str]) -> Step | Outcome:
+    def _plan_link(
+        self,
+        row: JobRow,
+        lists: dict[str, Any],
+        kind: str,
+        owner: Any,
+        change: tuple[Any, ...],
+        opposite: str,
+        what: str,
+        params: dict[str, Any],
+        undo: dict[str, str],
+    ) -> Step | Outcome:
         """A tag or untag (of a device or a user): the same change twice is
         sent once, a tag and an untag of one pair contradict each other, and
         the links the owner has now say whether anything is sent."""
         tag_id, name = params["tag"], params["name"]
         resolved = f"{kind[:-4]}_id={owner}; tag_id={tag_id}"
         verb = "untagged" if opposite.startswith("untag") else "tagged"
-        dup = (self.changes.contradicts(row, (opposite, *change[1:]), f"{cap(what)} is also {verb} with this tag",
-                                        resolved)
-               or self.changes.once(row, change, resolved))
+        dup = self.changes.contradicts(
+            row, (opposite, *change[1:]), f"{cap(what)} is also {verb} with this tag", resolved
+        ) or self.changes.once(row, change, resolved)
         if dup:
             return dup
         if fkey(owner) in lists.get("link_failures", {}):
@@ -699,8 +791,10 @@ class DuoStation(Provider):
             if not links:
                 return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
             if not all(_usable_id(link) for link in links):
-                raise LookupFailed(f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
-                                   f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by")
+                raise LookupFailed(
+                    f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
+                    f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by"
+                )
             params = {**params, "links": tuple(links)}
         self.changes.changing(row, change)
         return Step(row, row.action, what, params, resolved, (row.action,), undo)
@@ -710,15 +804,22 @@ class DuoStation(Provider):
         user, user_id, _ = self._user_ref(row.get("user") or row.get("email"), lists)
         who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
         resolved = f"device_id={dev_id}; user_id={user_id}"
-        dup = (self.changes.once(row, ("assign-user", fkey(dev_id), key(user_id)), resolved)
-               or self.changes.only_one(row, ("assign-user", fkey(dev_id)), f"Device {serial} is also assigned",
-                                        resolved))
+        dup = self.changes.once(row, ("assign-user", fkey(dev_id), key(user_id)), resolved) or self.changes.only_one(
+            row, ("assign-user", fkey(dev_id)), f"Device {serial} is also assigned", resolved
+        )
         if dup:
             return dup
         if _assigned_to(device, user, user_id):
             return skipped(row, f"Device {serial} is already assigned to {who}; nothing sent.", resolved)
-        return Step(row, "assign-user", f"device {serial}", {"device": dev_id, "user": user_id, "who": who},
-                    resolved, ("assign-user",), self._undo_assign(device, dev_id, serial, lists))
+        return Step(
+            row,
+            "assign-user",
+            f"device {serial}",
+            {"device": dev_id, "user": user_id, "who": who},
+            resolved,
+            ("assign-user",),
+            self._undo_assign(device, dev_id, serial, lists),
+        )
 
     def _undo_assign(self, device: Any, dev_id: Any, serial: str, lists: dict[str, Any]) -> dict[str, str] | None:
         """The assign-user row that gives the device back its earlier user,
@@ -757,8 +858,9 @@ class DuoStation(Provider):
         resolved = f"user_id={user_id}; group_id={group_id}"
         # one user twice (an export lists a user once per device): the same
         # group is the same change, another group a contradiction
-        dup = (self.changes.once(row, ("move-user", key(user_id), key(group_id)), resolved)
-               or self.changes.only_one(row, ("move-user", key(user_id)), f"User {email} is also moved", resolved))
+        dup = self.changes.once(row, ("move-user", key(user_id), key(group_id)), resolved) or self.changes.only_one(
+            row, ("move-user", key(user_id)), f"User {email} is also moved", resolved
+        )
         if dup:
             return dup
         earlier = _ref(user, "groupId", "group")
@@ -767,8 +869,15 @@ class DuoStation(Provider):
         # undo: back to the group the user was in, by its full path (one no other group shares)
         path = lists["group_paths"].get(key(earlier))
         undo = {"action": "move-user", "email": row.get("email"), "group": path} if path else None
-        return Step(row, "move-user", f"user {email}", {"user": user_id, "group": group_id, "path": row.get("group")},
-                    resolved, ("move-user",), undo)
+        return Step(
+            row,
+            "move-user",
+            f"user {email}",
+            {"user": user_id, "group": group_id, "path": row.get("group")},
+            resolved,
+            ("move-user",),
+            undo,
+        )
 
     def _plan_delete_user(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         if row.get("email"):
@@ -782,7 +891,8 @@ class DuoStation(Provider):
         resolved = f"user_id={user_id}"
         # a deleted user cannot be put back: no undo
         return self.changes.once(row, ("delete-user", key(user_id)), resolved) or Step(
-            row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",))
+            row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",)
+        )
 
     def _plan_command(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
         action = row.action
@@ -807,13 +917,18 @@ class DuoStation(Provider):
         # Commands cannot be undone; nor can install-app and remove-app: the
         # doc has no read of the apps on a device, so the state before is not known.
         return self.changes.once(row, (action, fkey(dev_id), key(which), params.get("message")), resolved) or Step(
-            row, action, f"device {serial}", params, resolved, (action,))
+            row, action, f"device {serial}", params, resolved, (action,)
+        )
 
     # -- sending ------------------------------------------------------------
     async def send(self, step: Step) -> Outcome:
         send = {
-            "tag": self._send_link, "tag-user": self._send_link, "untag": self._send_unlink,
-            "untag-user": self._send_unlink, "assign-user": self._send_assign, "move-user": self._send_move,
+            "tag": self._send_link,
+            "tag-user": self._send_link,
+            "untag": self._send_unlink,
+            "untag-user": self._send_unlink,
+            "assign-user": self._send_assign,
+            "move-user": self._send_move,
             "delete-user": self._send_delete_user,
         }.get(step.action, self._send_command)
         return await send(step)
@@ -840,8 +955,9 @@ class DuoStation(Provider):
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
             path = f"{kind}/{seg(link)}"
             resp = _lost_delete(await self.client.request("DELETE", path))
-            outcome = await self._settle(step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.",
-                                         self._gone(path))
+            outcome = await self._settle(
+                step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.", self._gone(path)
+            )
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -850,16 +966,18 @@ class DuoStation(Provider):
     async def _send_assign(self, step: Step) -> Outcome:
         p = step.params
         # PUT /api/devices/<id> { "userId": <userId> }
-        return await self._put(step, f"devices/{seg(p['device'])}", "userId", p["user"],
-                               f"{step.target} assigned to {p['who']}.")
+        return await self._put(
+            step, f"devices/{seg(p['device'])}", "userId", p["user"], f"{step.target} assigned to {p['who']}."
+        )
 
     async def _send_move(self, step: Step) -> Outcome:
         p = step.params
         # PUT /api/users/<id>: "Change the name, email, phone number and/or
         # group of a user" ("och/eller" in the Swedish doc): each field is
         # optional, so only the group is sent and nothing else is touched.
-        return await self._put(step, f"users/{seg(p['user'])}", "groupId", p["group"],
-                               f"{step.target} moved to group '{p['path']}'.")
+        return await self._put(
+            step, f"users/{seg(p['user'])}", "groupId", p["group"], f"{step.target} moved to group '{p['path']}'."
+        )
 
     async def _put(self, step: Step, path: str, field: str, value: Any, done: str) -> Outcome:
         """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
@@ -892,8 +1010,9 @@ class DuoStation(Provider):
         resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body)
         return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None)
 
-    async def _settle(self, step: Step, resp: Response, done: str, confirm: ReadBack | None, *,
-                      new_id: bool = False) -> Outcome:
+    async def _settle(
+        self, step: Step, resp: Response, done: str, confirm: ReadBack | None, *, new_id: bool = False
+    ) -> Outcome:
         """The Outcome of a change. The doc's answer confirms it ("200 OK will be
         returned for successful requests", with no response data, or with the
         new link's id); a 2xx that is not that answer (no id, an array, a
@@ -903,22 +1022,46 @@ class DuoStation(Provider):
             return outcome_from_response(step, resp, done)
         refusal = _refusal(resp.body)
         if refusal is not None:
-            return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but said the change "
-                           f"failed: {sentence(refusal)}", resp.status, resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.FAILED,
+                f"The MDM answered HTTP {resp.status} but said the change failed: {sentence(refusal)}",
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
         problem = _not_the_answer(resp.body, new_id=new_id)
         if problem is None:
             return outcome_from_response(step, resp, done)
         said = f"The MDM answered HTTP {resp.status} with {problem}"
         state = await confirm() if confirm is not None else None
         if state is True:
-            return Outcome(step.index, Status.SUCCEEDED, f"{done.rstrip('.')} (confirmed by reading it back: "
-                           f"the MDM answered with {problem}).", resp.status, resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.SUCCEEDED,
+                f"{done.rstrip('.')} (confirmed by reading it back: the MDM answered with {problem}).",
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
         if state is False:
-            return Outcome(step.index, Status.FAILED, f"{said}, and reading it back shows the change is not there. "
-                           "Run the report again to retry.", resp.status, resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.FAILED,
+                f"{said}, and reading it back shows the change is not there. Run the report again to retry.",
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
         why = "reading it back could not tell whether it was made" if confirm else "a command cannot be read back"
-        return Outcome(step.index, Status.UNKNOWN, f"{said}, not its confirmation, and {why}. "
-                       f"Check {step.target}, then run the report again.", resp.status, resp.attempts, step.resolved)
+        return Outcome(
+            step.index,
+            Status.UNKNOWN,
+            f"{said}, not its confirmation, and {why}. Check {step.target}, then run the report again.",
+            resp.status,
+            resp.attempts,
+            step.resolved,
+        )
 
     # -- reading a change back ------------------------------------------------
     def _linked(self, kind: str, owner_field: str, owner: Any, tag: Any) -> ReadBack:
@@ -962,6 +1105,7 @@ class DuoStation(Provider):
 
     def requests_for(self, step: Step) -> int:
         return len(step.params.get("links", ())) or 1
+
     # -- data for export and templates ----------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
         """Every device, one dict of text per device (Provider interface, for
@@ -975,8 +1119,10 @@ class DuoStation(Provider):
         Raises TransportError (one sentence) when a list cannot be read."""
         try:
             devices = await self._list("devices", "devices")
-            users = {key(_id(u, *USER_ID)): (get_field(u, *EMAIL), get_field(u, *ACCOUNT))
-                     for u in await self._list("users", "users")}
+            users = {
+                key(_id(u, *USER_ID)): (get_field(u, *EMAIL), get_field(u, *ACCOUNT))
+                for u in await self._list("users", "users")
+            }
             paths = _all_paths(await self._list("groups", "groups"))
             tags_of = await self._tags_by_device()
         except ListFailed as exc:

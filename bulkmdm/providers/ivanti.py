@@ -94,8 +94,18 @@ MAX_PAGES = 10_000
 STABLE_SORT = {"sortFields[0].name": "id", "sortFields[0].order": "ASC"}
 
 #: The device fields the plan, its undo rows and the attribute choices read.
-PLAN_FIELDS = ("id", "guid", "serialNumber", "registrationState", "platformType", "supervised", "ownerId",
-               "emailAddress", "uid", "customAttributes")
+PLAN_FIELDS = (
+    "id",
+    "guid",
+    "serialNumber",
+    "registrationState",
+    "platformType",
+    "supervised",
+    "ownerId",
+    "emailAddress",
+    "uid",
+    "customAttributes",
+)
 
 WIPE_STATES = frozenset({"WIPE_PENDING", "WIPE_SENT", "WIPED"})
 RETIRE_STATES = frozenset({"RETIRE_PENDING", "RETIRE_SENT", "RETIRED"})
@@ -150,12 +160,16 @@ BULK: dict[str, _Bulk] = {
     "restart": _Bulk("restart", "restart", "Restart command sent to {target}.", joined=True),
     "checkin": _Bulk("forceCheckin", "force a check-in of", "Check-in request sent to {target}.", viability=True),
     # "The IDs of the devices ..., separated by url-encoded commas."
-    "message": _Bulk("message", "send a message to", "Message sent to {target}.", id_field="deviceIds",
-                     joined=True),
+    "message": _Bulk("message", "send a message to", "Message sent to {target}.", id_field="deviceIds", joined=True),
     # The doc shows a single id; deviceIds is comma-joined like the message
     # call's field of the same name.
-    "assign-user": _Bulk("updateAccount", "reassign", "Reassignment of {target} to {who} initiated "
-                         "(Ivanti finishes it when the device answers).", id_field="deviceIds", joined=True),
+    "assign-user": _Bulk(
+        "updateAccount",
+        "reassign",
+        "Reassignment of {target} to {who} initiated (Ivanti finishes it when the device answers).",
+        id_field="deviceIds",
+        joined=True,
+    ),
 }
 PER_DEVICE = frozenset({"set-attribute", "delete-device"})
 #: Wipe and Retire document one id only ("ids: id of the device to wipe",
@@ -187,8 +201,12 @@ class _Fleet:
         self.by_serial_folded = Index("device", self.devices, lambda d: get_field(d, "serialNumber"), fold=True)
         # A device_id column may hold the integer id or the GUID.
         self.by_ref = Index("device", self.devices, lambda d: [get_field(d, "id"), get_field(d, "guid")], fold=True)
-        self.without_id = Index("device", (d for d in listed if not key(get_field(d, "id"))),
-                                lambda d: [get_field(d, "serialNumber"), get_field(d, "guid")], fold=True)
+        self.without_id = Index(
+            "device",
+            (d for d in listed if not key(get_field(d, "id"))),
+            lambda d: [get_field(d, "serialNumber"), get_field(d, "guid")],
+            fold=True,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +234,13 @@ class _Target:
     def of(cls, device: Any) -> _Target:
         dev_id = get_field(device, "id")
         serial = key(get_field(device, "serialNumber"))
-        return cls(key(dev_id), f"device {serial or dev_id}", key(get_field(device, "registrationState")).upper(),
-                   f"device_id={dev_id}", {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial})
+        return cls(
+            key(dev_id),
+            f"device {serial or dev_id}",
+            key(get_field(device, "registrationState")).upper(),
+            f"device_id={dev_id}",
+            {"id": dev_id, "guid": get_field(device, "guid"), "serial": serial},
+        )
 
     def undo_row(self, action: str, **columns: str) -> dict[str, str]:
         """A job row for this device (by id, and serial where it has one)."""
@@ -259,8 +282,10 @@ class Ivanti(Provider):
         if not (partition.isascii() and partition.isdigit()):
             # "dmPartitionId: Integer. The device space ID." Anything else is a
             # typo that every request would carry: bad usage, nothing sent.
-            raise ConfigError(f"ivanti's device space id is a number (dmPartitionId, e.g. 23505), not "
-                              f"{partition!r}: correct --partition or BULKMDM_PARTITION_ID.")
+            raise ConfigError(
+                f"ivanti's device space id is a number (dmPartitionId, e.g. 23505), not "
+                f"{partition!r}: correct --partition or BULKMDM_PARTITION_ID."
+            )
         self.partition = partition
         self._fleet: _Fleet | None = None
         #: account ids by casefolded email/uid, or why there is none
@@ -351,8 +376,9 @@ class Ivanti(Provider):
         """A page of the search with only the fields a plan reads: a device
         of the real service has some 130, and a fleet is held for the run."""
         page, following = await self._fetch_page(cursor)
-        return [{name: get_field(device, name) for name in PLAN_FIELDS} for device in page
-                if isinstance(device, Mapping)], following
+        return [
+            {name: get_field(device, name) for name in PLAN_FIELDS} for device in page if isinstance(device, Mapping)
+        ], following
 
     async def _fetch_fleet(self) -> _Fleet:
         """Every device of the device space, each once.
@@ -405,8 +431,9 @@ class Ivanti(Provider):
             fleet = self._fleet or await self._fetch_fleet()
         except ListFailed as exc:
             raise self._list_error(exc) from None
-        names = {name.casefold(): name for device in fleet.devices
-                 for name in _attrs(get_field(device, "customAttributes"))}
+        names = {
+            name.casefold(): name for device in fleet.devices for name in _attrs(get_field(device, "customAttributes"))
+        }
         return sorted(names.values(), key=str.casefold)
 
     def _list_error(self, exc: ListFailed) -> Exception:
@@ -455,8 +482,9 @@ class Ivanti(Provider):
             # leading space: compare trimmed, case-insensitively.
             mine = [d for d in as_list(result, "searchResults") if key(get_field(d, attr)).casefold() == who.casefold()]
             owners = {key(owner): owner for d in mine if key(owner := get_field(d, "ownerId"))}
-            without_owner.update(key(get_field(d, "id")) or json.dumps(d, default=str)
-                                 for d in mine if not key(get_field(d, "ownerId")))
+            without_owner.update(
+                key(get_field(d, "id")) or json.dumps(d, default=str) for d in mine if not key(get_field(d, "ownerId"))
+            )
             if owners:
                 return _one_owner(who, owners)
         if self._fleet is not None:
@@ -464,16 +492,21 @@ class Ivanti(Provider):
             # first page, one that does not know it with an error; the device
             # list of this run carries the same emailAddress/uid/ownerId fields.
             for _field, attr in searches:
-                owners = {key(o): o for d in self._fleet.devices
-                          if key(get_field(d, attr)).casefold() == who.casefold() and key(o := get_field(d, "ownerId"))}
+                owners = {
+                    key(o): o
+                    for d in self._fleet.devices
+                    if key(get_field(d, attr)).casefold() == who.casefold() and key(o := get_field(d, "ownerId"))
+                }
                 if owners:
                     return _one_owner(who, owners)
         if refused is not None:
             raise refused
         if without_owner:
-            raise LookupFailed(f"the MDM lists {len(without_owner)} device(s) of {who} without an account id "
-                               "(their 'ownerId' field is missing or empty), so the account cannot be found; add "
-                               "the account id in a user_id column")
+            raise LookupFailed(
+                f"the MDM lists {len(without_owner)} device(s) of {who} without an account id "
+                "(their 'ownerId' field is missing or empty), so the account cannot be found; add "
+                "the account id in a user_id column"
+            )
         raise LookupFailed(
             f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
             "(Ivanti's device API finds a user only through a device they own)"
@@ -485,8 +518,13 @@ class Ivanti(Provider):
         the users the rows assign devices to."""
         if self._fleet is None:
             self._fleet = await self._fetch_fleet()
-        users = {who.casefold(): who for row in rows if row.action == "assign-user" and not row.get("user_id")
-                 and (who := (row.get("user") or row.get("email")).strip())}
+        users = {
+            who.casefold(): who
+            for row in rows
+            if row.action == "assign-user"
+            and not row.get("user_id")
+            and (who := (row.get("user") or row.get("email")).strip())
+        }
         await asyncio.gather(*(self._find_owner(who) for who in users.values()))
         return self._fleet
 
@@ -511,8 +549,9 @@ class Ivanti(Provider):
             device = fleet.by_ref.one(ref, "device id")
             actual = key(get_field(device, "serialNumber"))
             if serial and actual.casefold() != serial.casefold():
-                raise LookupFailed(f"device id {ref} has serial {actual or '(none)'}, not {serial}; "
-                                   "correct one of the two columns")
+                raise LookupFailed(
+                    f"device id {ref} has serial {actual or '(none)'}, not {serial}; correct one of the two columns"
+                )
             return device
         if not serial:
             raise LookupFailed("the serial is blank")
@@ -520,13 +559,16 @@ class Ivanti(Provider):
         if not found and fleet.without_id.find(serial):
             raise LookupFailed(_no_id(f"serial {serial}"))
         if not found:
-            raise LookupFailed(f"serial {serial} was not found among the {fleet.count} devices of device space "
-                               f"{self.partition}")
+            raise LookupFailed(
+                f"serial {serial} was not found among the {fleet.count} devices of device space {self.partition}"
+            )
         if len(found) > 1:
-            which = ", ".join(f"id {get_field(d, 'id')} {get_field(d, 'registrationState') or ''}".strip()
-                              for d in found[:5])
-            raise LookupFailed(f"serial {serial} matches {len(found)} devices ({which}); "
-                               "give the device_id column instead")
+            which = ", ".join(
+                f"id {get_field(d, 'id')} {get_field(d, 'registrationState') or ''}".strip() for d in found[:5]
+            )
+            raise LookupFailed(
+                f"serial {serial} matches {len(found)} devices ({which}); give the device_id column instead"
+            )
         return found[0]
 
     def _plan_assign(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
@@ -537,8 +579,9 @@ class Ivanti(Provider):
         resolved = f"{target.resolved}; account_id={account}"
         if same := self.changes.once(row, ("assign-user", target.id, key(account)), resolved):
             return same
-        if clash := self.changes.only_one(row, ("assign-user", target.id), f"{cap(target.name)} is also assigned",
-                                          resolved):
+        if clash := self.changes.only_one(
+            row, ("assign-user", target.id), f"{cap(target.name)} is also assigned", resolved
+        ):
             return clash
         previous = get_field(device, "ownerId")
         if key(previous) == key(account):
@@ -547,39 +590,63 @@ class Ivanti(Provider):
         if key(previous):
             before = key(get_field(device, "emailAddress")) or key(get_field(device, "uid")) or key(previous)
             undo = target.undo_row("assign-user", user=before, user_id=key(previous))
-        return Step(row, "assign-user", target.name, {**target.params, "account": account, "who": who}, resolved,
-                    ("assign-user", key(account)), undo=undo)
+        return Step(
+            row,
+            "assign-user",
+            target.name,
+            {**target.params, "account": account, "who": who},
+            resolved,
+            ("assign-user", key(account)),
+            undo=undo,
+        )
 
     def _plan_attribute(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
         name, value = row.get("attribute"), row.get("value")
         if same := self.changes.once(row, ("set-attribute", target.id, name, value), target.resolved):
             return same
-        if clash := self.changes.only_one(row, ("set-attribute", target.id, name),
-                                          f"{name!r} of {target.name} is also set", target.resolved):
+        if clash := self.changes.only_one(
+            row, ("set-attribute", target.id, name), f"{name!r} of {target.name} is also set", target.resolved
+        ):
             return clash
         # The device search carries "customAttributes": {"attrs": {...}},
         # or null for a device without any: no extra request to skip rows
         # already done.
         before = _attrs(get_field(device, "customAttributes")).get(name)
         if before == [value]:
-            return skipped(row, f"{cap(target.name)} already has {name} = {value!r}; nothing sent.",
-                           target.resolved)
+            return skipped(row, f"{cap(target.name)} already has {name} = {value!r}; nothing sent.", target.resolved)
         # Only one earlier value can be put back by a set-attribute row (an
         # attribute the device did not have, or several values, cannot).
-        undo = target.undo_row("set-attribute", attribute=name, value=before[0]) if (
-            before and len(before) == 1 and before[0]) else None
-        return Step(row, "set-attribute", target.name, {**target.params, "name": name, "value": value},
-                    target.resolved, ("set-attribute", row.index), undo=undo)
+        undo = (
+            target.undo_row("set-attribute", attribute=name, value=before[0])
+            if (before and len(before) == 1 and before[0])
+            else None
+        )
+        return Step(
+            row,
+            "set-attribute",
+            target.name,
+            {**target.params, "name": name, "value": value},
+            target.resolved,
+            ("set-attribute", row.index),
+            undo=undo,
+        )
 
     def _plan_delete(self, row: JobRow, device: Any, target: _Target) -> Step | Outcome:
         email = row.get("email")
         owner_email = key(get_field(device, "emailAddress"))
         if email and owner_email.casefold() != email.casefold():
-            return failed(row, f"{cap(target.name)} belongs to {owner_email or 'nobody'}, not {email}; "
-                               "nothing sent.", target.resolved)
+            return failed(
+                row,
+                f"{cap(target.name)} belongs to {owner_email or 'nobody'}, not {email}; nothing sent.",
+                target.resolved,
+            )
         if target.state in UNDELETABLE_STATES:
-            return failed(row, f"{cap(target.name)} is {target.state}; Ivanti deletes only retired devices. "
-                               "Retire it first, then run the report again.", target.resolved)
+            return failed(
+                row,
+                f"{cap(target.name)} is {target.state}; Ivanti deletes only retired devices. "
+                "Retire it first, then run the report again.",
+                target.resolved,
+            )
         if same := self.changes.once(row, ("delete-device", target.id), target.resolved):
             return same
         return Step(row, "delete-device", target.name, target.params, target.resolved, ("delete-device", row.index))
@@ -595,8 +662,12 @@ class Ivanti(Provider):
             platform = key(get_field(device, "platformType")).upper()
             if (platform and platform != "IOS") or get_field(device, "supervised") is False:
                 what = "an unsupervised iOS device" if platform == "IOS" else f"a {platform} device"
-                return failed(row, f"{name} is {what}; Ivanti restarts only supervised iOS devices "
-                                   "(\"Restart Supervised iOS Devices\").", target.resolved)
+                return failed(
+                    row,
+                    f"{name} is {what}; Ivanti restarts only supervised iOS devices "
+                    '("Restart Supervised iOS Devices").',
+                    target.resolved,
+                )
         if (action == "wipe" and state in WIPE_STATES) or (action == "retire" and state in RETIRE_STATES):
             return skipped(row, f"{name} is already {state}; nothing sent.", target.resolved)
         params = dict(target.params)
@@ -606,8 +677,9 @@ class Ivanti(Provider):
             batch = ("message", row.get("message"))
         if same := self.changes.once(row, (*batch, target.id), target.resolved):
             return same
-        return Step(row, action, target.name, params, target.resolved, (action, row.index) if action in SINGLE
-                    else batch)
+        return Step(
+            row, action, target.name, params, target.resolved, (action, row.index) if action in SINGLE else batch
+        )
 
     # -- sending --------------------------------------------------------------
     async def send_batch(self, steps: list[Step]) -> list[Outcome]:
@@ -619,8 +691,11 @@ class Ivanti(Provider):
         sent = await send_halving(eligible, lambda part: self._command(spec, part), _refused_whole) if eligible else []
         by_index = {o.index: o for o in sent}
         unchecked = [v for v in verdicts if v.status is Status.UNKNOWN]
-        if unchecked and all(o.status is Status.SUCCEEDED for o in sent) and all(
-                v.http_status is not None and 400 <= v.http_status < 500 for v in unchecked):
+        if (
+            unchecked
+            and all(o.status is Status.SUCCEEDED for o in sent)
+            and all(v.http_status is not None and 400 <= v.http_status < 500 for v in unchecked)
+        ):
             # The check refused what the command then took: this server
             # refuses the check itself. Stop asking it for this action.
             self._no_viability.add(spec.segment)
@@ -631,8 +706,12 @@ class Ivanti(Provider):
         spec = BULK.get(steps[0].action) if steps else None
         if spec is None or not spec.viability:
             return [_planned(s) for s in steps]
-        return [Outcome(v.index, Status.FAILED, v.detail, v.http_status, v.attempts, v.resolved)
-                if v.status is Status.UNKNOWN else v for v in await self._verdicts(spec, list(steps))]
+        return [
+            Outcome(v.index, Status.FAILED, v.detail, v.http_status, v.attempts, v.resolved)
+            if v.status is Status.UNKNOWN
+            else v
+            for v in await self._verdicts(spec, list(steps))
+        ]
 
     async def _verdicts(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
         """Per step: PLANNED (eligible), FAILED (not eligible, with the
@@ -653,13 +732,23 @@ class Ivanti(Provider):
         result, errors = _unwrap(resp.body)
         if resp.status in NO_CHECK_STATUSES:
             self._no_viability.add(spec.segment)
-            note = (f" (the MDM offers no eligibility check for {spec.segment}: HTTP {resp.status}; "
-                    "the real run sends it unchecked)")
+            note = (
+                f" (the MDM offers no eligibility check for {spec.segment}: HTTP {resp.status}; "
+                "the real run sends it unchecked)"
+            )
             return [planned(s, _planned(s).detail[:-1] + note + ".") for s in steps]
         if not resp.ok or errors:
-            unchecked = [Outcome(s.index, Status.UNKNOWN, _refusal(resp, errors, f"Could not check whether the MDM "
-                                                                                 f"would {spec.verb} {s.target}"),
-                                 resp.status, resp.attempts, s.resolved) for s in steps]
+            unchecked = [
+                Outcome(
+                    s.index,
+                    Status.UNKNOWN,
+                    _refusal(resp, errors, f"Could not check whether the MDM would {spec.verb} {s.target}"),
+                    resp.status,
+                    resp.attempts,
+                    s.resolved,
+                )
+                for s in steps
+            ]
             return _Refused(unchecked) if _splittable(resp, errors) else unchecked
         eligible = _eligible_count(result)
         if eligible is not None and eligible <= 0:
@@ -670,23 +759,38 @@ class Ivanti(Provider):
             # "result: Number of eligible devices" (the relinquish check's
             # answer) that does not say which, or a list cut short: halves
             return _Refused(planned(s) for s in steps)
-        return [_planned(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp)
-                for s in steps]
+        return [
+            _planned(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp)
+            for s in steps
+        ]
 
     async def _command(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
         try:
             # PUT, yet not idempotent: a second lock is a second command to
             # the device. Resent after a lost answer only if a read-back says
             # it was not applied; otherwise the rows become "unknown".
-            resp = await self.client.request("PUT", f"device/{spec.segment}", data=self._form(spec, steps),
-                                             idempotent=False, verify=self._verifier(spec, steps))
+            resp = await self.client.request(
+                "PUT",
+                f"device/{spec.segment}",
+                data=self._form(spec, steps),
+                idempotent=False,
+                verify=self._verifier(spec, steps),
+            )
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         result, errors = _unwrap(resp.body)
         if not resp.ok or errors:
-            refused = [Outcome(s.index, Status.FAILED, _refusal(resp, errors, f"The MDM refused to {spec.verb} "
-                                                                              f"{s.target}"),
-                               resp.status, resp.attempts, s.resolved) for s in steps]
+            refused = [
+                Outcome(
+                    s.index,
+                    Status.FAILED,
+                    _refusal(resp, errors, f"The MDM refused to {spec.verb} {s.target}"),
+                    resp.status,
+                    resp.attempts,
+                    s.resolved,
+                )
+                for s in steps
+            ]
             return _Refused(refused) if _splittable(resp, errors) else refused
         return _accepted(spec, steps, resp, result)
 
@@ -698,9 +802,14 @@ class Ivanti(Provider):
         if spec.segment == "message":
             # "sendPushNotification=true&pushNotificationMessage=...&sendEmail=false&emailSubject=
             #  &emailBody=&dmPartitionId=23003&deviceIds=370872%2C383279"
-            for name, value in (("sendPushNotification", "true"), ("pushNotificationMessage",
-                                 steps[0].params["message"]), ("sendEmail", "false"), ("emailSubject", ""),
-                                ("emailBody", ""), ("dmPartitionId", self.partition)):
+            for name, value in (
+                ("sendPushNotification", "true"),
+                ("pushNotificationMessage", steps[0].params["message"]),
+                ("sendEmail", "false"),
+                ("emailSubject", ""),
+                ("emailBody", ""),
+                ("dmPartitionId", self.partition),
+            ):
                 form.add(name, value)
         if spec.joined:
             form.add(spec.id_field, ",".join(ids))
@@ -712,9 +821,13 @@ class Ivanti(Provider):
         if spec.segment == "wipe":
             # The doc's example sends every option; a server reading them as
             # plain booleans may refuse a request without them.
-            for name, value in (("osxWipePin", ""), ("iosDisallowProximitySetup", "false"),
-                                ("iosPreserveDataPlan", "false"), ("message", ""),
-                                ("returnToServiceEnabled", "false")):
+            for name, value in (
+                ("osxWipePin", ""),
+                ("iosDisallowProximitySetup", "false"),
+                ("iosPreserveDataPlan", "false"),
+                ("message", ""),
+                ("returnToServiceEnabled", "false"),
+            ):
                 form.add(name, value)
         return form
 
@@ -722,9 +835,11 @@ class Ivanti(Provider):
         """Whether a command whose answer was lost took effect on every
         device (True), on none (False: resend), or cannot be told (None)."""
         if spec.segment == "updateAccount":
+
             def applied(device: Any, step: Step) -> bool:
                 return key(get_field(device, "ownerId")) == key(step.params["account"])
         elif spec.states:
+
             def applied(device: Any, step: Step) -> bool:
                 return key(get_field(device, "registrationState")).upper() in spec.states
         else:
@@ -739,8 +854,9 @@ class Ivanti(Provider):
 
         return verify
 
-    def _read_back_device(self, step: Step, applied: Callable[[Any, Step], bool]) -> Callable[
-            [], Awaitable[bool | None]]:
+    def _read_back_device(
+        self, step: Step, applied: Callable[[Any, Step], bool]
+    ) -> Callable[[], Awaitable[bool | None]]:
         def fetch() -> Awaitable[Response]:
             return self.client.request("GET", f"device/{seg(step.params['id'])}")
 
@@ -758,11 +874,17 @@ class Ivanti(Provider):
             # PATCH keeps the other attributes (the POST of "Add/Replace" would
             # delete them). forceOverwrite makes a resend harmless.
             resp = await self.client.request(
-                "PATCH", f"device/{path_id}/customattributes", json={"attrs": {name: [value]}, "forceOverwrite": True},
-                verify=read_back(lambda: self.client.request("GET", f"device/{path_id}/customattributes"),
-                                 lambda body: _attrs(_unwrap(body)[0]).get(name) == [value]))
+                "PATCH",
+                f"device/{path_id}/customattributes",
+                json={"attrs": {name: [value]}, "forceOverwrite": True},
+                verify=read_back(
+                    lambda: self.client.request("GET", f"device/{path_id}/customattributes"),
+                    lambda body: _attrs(_unwrap(body)[0]).get(name) == [value],
+                ),
+            )
             done, what = f"Attribute {name} set to {value!r} on {step.target}.", f"The MDM refused to set {name} on"
         else:
+
             async def device_or_none() -> Response:
                 read = await self.client.request("GET", f"device/{path_id}")
                 return Response(200, {"result": None}) if read.status == 404 else read
@@ -771,17 +893,33 @@ class Ivanti(Provider):
             # (the parameter table's "ids / Request body" is a copy of Retire's).
             # One device per request: the answer ("result": 1) cannot say which
             # of several devices was refused, and this one cannot be undone.
-            resp = await self.client.request("DELETE", "device", params={"deviceIds": key(step.params["id"])},
-                                             idempotent=False,
-                                             verify=read_back(device_or_none, lambda body: not _unwrap(body)[0]))
+            resp = await self.client.request(
+                "DELETE",
+                "device",
+                params={"deviceIds": key(step.params["id"])},
+                idempotent=False,
+                verify=read_back(device_or_none, lambda body: not _unwrap(body)[0]),
+            )
             done, what = f"{cap(step.target)} deleted.", "The MDM refused to delete"
         result, errors = _unwrap(resp.body)
         if not resp.ok or errors:
-            return Outcome(step.index, Status.FAILED, _refusal(resp, errors, f"{what} {step.target}"), resp.status,
-                           resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.FAILED,
+                _refusal(resp, errors, f"{what} {step.target}"),
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
         if result in (0, False) and not resp.verified:
-            return Outcome(step.index, Status.FAILED, f"The MDM answered but changed nothing on {step.target} "
-                           f"(result {result!r}).", resp.status, resp.attempts, step.resolved)
+            return Outcome(
+                step.index,
+                Status.FAILED,
+                f"The MDM answered but changed nothing on {step.target} (result {result!r}).",
+                resp.status,
+                resp.attempts,
+                step.resolved,
+            )
         if resp.verified:
             done += " (Confirmed by reading it back after the answer was lost.)"
         return Outcome(step.index, Status.SUCCEEDED, done, resp.status, resp.attempts, step.resolved)
@@ -817,6 +955,7 @@ def _refusal(resp: Response, errors: str, what: str) -> str:
 
 def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> list[Outcome]:
     """What a 2xx answer to a command says about each of its devices."""
+
     def ok(step: Step) -> Outcome:
         detail = cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
         if resp.verified:
@@ -824,8 +963,10 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
     def each(status: Status, detail: str) -> list[Outcome]:
-        return [Outcome(s.index, status, detail.format(target=s.target), resp.status, resp.attempts, s.resolved)
-                for s in steps]
+        return [
+            Outcome(s.index, status, detail.format(target=s.target), resp.status, resp.attempts, s.resolved)
+            for s in steps
+        ]
 
     if resp.verified or result is None or result is True:
         return [ok(s) for s in steps]
@@ -834,18 +975,25 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
         # reassignment, and hence rejected. Empty list, if all the devices
         # have been initiated reassignment."
         rejected = _rejections(result, steps, strict=spec.segment == "updateAccount") or {}
-        return [ok(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp)
-                for s in steps]
+        return [
+            ok(s) if (why := _rejection_for(rejected, s)) is None else _not_eligible(spec, s, why, resp) for s in steps
+        ]
     if result is False or (isinstance(result, (int, float)) and result <= 0):
-        return each(Status.FAILED, f"The MDM accepted the request but did not {spec.verb} {{target}} "
-                                   f"(result {result!r}); check that it is enrolled and eligible.")
+        return each(
+            Status.FAILED,
+            f"The MDM accepted the request but did not {spec.verb} {{target}} "
+            f"(result {result!r}); check that it is enrolled and eligible.",
+        )
     if isinstance(result, int) and 1 < result < len(steps):
         # "result": 1 means success for some calls (scheduleOSUpdate: "1
         # (one) for success") and a count for others (forceCheckin answers
         # 2 for two ids). Fewer than sent, and not 1: some were dropped
         # without saying which.
-        return each(Status.UNKNOWN, f"The MDM carried out the request for {result} of the {len(steps)} devices "
-                                    "in it without saying which; check {target} before sending it again.")
+        return each(
+            Status.UNKNOWN,
+            f"The MDM carried out the request for {result} of the {len(steps)} devices "
+            "in it without saying which; check {target} before sending it again.",
+        )
     return [ok(s) for s in steps]
 
 
@@ -880,10 +1028,23 @@ def _errors_text(errors: Any) -> str:
     return "; ".join(parts)[:300]
 
 
-
 #: per-device "status" values of an answer that lists every device it was sent
-_DONE = frozenset({"SUCCESS", "SUCCEEDED", "SUCCESSFUL", "OK", "ACCEPTED", "INITIATED", "SENT", "QUEUED",
-                   "PENDING", "TRUE", "DONE", "COMPLETED"})
+_DONE = frozenset(
+    {
+        "SUCCESS",
+        "SUCCEEDED",
+        "SUCCESSFUL",
+        "OK",
+        "ACCEPTED",
+        "INITIATED",
+        "SENT",
+        "QUEUED",
+        "PENDING",
+        "TRUE",
+        "DONE",
+        "COMPLETED",
+    }
+)
 
 
 def _eligible_count(result: Any) -> int | None:
@@ -918,11 +1079,15 @@ def _rejections(result: Any, steps: Sequence[Step] = (), *, strict: bool = True)
         return {}
     if total is not None and total > len(devices):
         return None
-    listed = {key(ref).casefold() for device in devices
-              for ref in ((get_field(device, "id"), get_field(device, "guid")) if isinstance(device, Mapping)
-                          else (device,)) if key(ref)}
-    every = bool(steps) and all(key(s.params.get("id")).casefold() in listed
-                                or key(s.params.get("guid")).casefold() in listed for s in steps)
+    listed = {
+        key(ref).casefold()
+        for device in devices
+        for ref in ((get_field(device, "id"), get_field(device, "guid")) if isinstance(device, Mapping) else (device,))
+        if key(ref)
+    }
+    every = bool(steps) and all(
+        key(s.params.get("id")).casefold() in listed or key(s.params.get("guid")).casefold() in listed for s in steps
+    )
     out: dict[str, str] = {}
     for device in devices:
         if not isinstance(device, Mapping):
@@ -956,8 +1121,10 @@ def _rejection_for(rejected: Mapping[str, str], step: Step) -> str | None:
 
 def _one_owner(who: str, owners: Mapping[str, Any]) -> Any:
     if len(owners) > 1:
-        raise LookupFailed(f"user {who} owns devices under {len(owners)} accounts "
-                           f"({', '.join(sorted(owners))}); give the account name instead")
+        raise LookupFailed(
+            f"user {who} owns devices under {len(owners)} accounts "
+            f"({', '.join(sorted(owners))}); give the account name instead"
+        )
     return next(iter(owners.values()))
 
 
@@ -973,8 +1140,14 @@ def _planned(step: Step) -> Outcome:
 
 def _not_eligible(spec: _Bulk, step: Step, reason: str, resp: Response) -> Outcome:
     why = reason or "the MDM gave no reason"
-    return Outcome(step.index, Status.FAILED, f"The MDM says it cannot {spec.verb} {step.target}: not eligible: {why}.",
-                   resp.status, resp.attempts, step.resolved)
+    return Outcome(
+        step.index,
+        Status.FAILED,
+        f"The MDM says it cannot {spec.verb} {step.target}: not eligible: {why}.",
+        resp.status,
+        resp.attempts,
+        step.resolved,
+    )
 
 
 def _attrs(value: Any) -> dict[str, list[str]]:
@@ -990,8 +1163,15 @@ def _attrs(value: Any) -> dict[str, list[str]]:
 
 
 def _inventory_row(device: Any) -> dict[str, str]:
-    fields = {"serial": "serialNumber", "device_id": "id", "name": "deviceName", "email": "emailAddress",
-              "user": "uid", "platform": "platformType", "registration_state": "registrationState"}
+    fields = {
+        "serial": "serialNumber",
+        "device_id": "id",
+        "name": "deviceName",
+        "email": "emailAddress",
+        "user": "uid",
+        "platform": "platformType",
+        "registration_state": "registrationState",
+    }
     row = {column: _text(get_field(device, name)) for column, name in fields.items()}
     row["model"] = _text(get_field(device, "prettyModel")) or _text(get_field(device, "deviceModel"))
     return row
@@ -1006,8 +1186,10 @@ def _text(value: Any) -> str:
 
 
 def _no_id(what: str) -> str:
-    return (f"the MDM lists {what} without a device id (its 'id' field is missing or empty), so no command can "
-            "name it; check the device in the Ivanti portal")
+    return (
+        f"the MDM lists {what} without a device id (its 'id' field is missing or empty), so no command can "
+        "name it; check the device in the Ivanti portal"
+    )
 
 
 def _continuation(result: Any, page: Sequence[Any]) -> str:

@@ -120,8 +120,12 @@ APP_ACTIONS = frozenset({"install-app", "remove-app"})
 #: actions whose rows share one request (the API takes a list of ids)
 BATCHED = frozenset({"add-to-group", "install-app"})
 #: the change that undoes each action
-OPPOSITE = {"add-to-group": "remove-from-group", "remove-from-group": "add-to-group",
-            "install-app": "remove-app", "remove-app": "install-app"}
+OPPOSITE = {
+    "add-to-group": "remove-from-group",
+    "remove-from-group": "add-to-group",
+    "install-app": "remove-app",
+    "remove-app": "install-app",
+}
 #: a whole-batch 4xx with these is about the account or the request's form,
 #: not one bad id; splitting the batch would only repeat it
 _NO_SPLIT = frozenset({401, 403, 405, 406, 429})
@@ -216,8 +220,9 @@ class ZohoOAuth(Auth):
             if self.hint and not self._accepted:
                 # A token from another region's accounts server, refused before
                 # the MDM ever took it: another token from there will not do.
-                raise AuthError(f"the MDM refused the access token from {urlsplit(self.token_url).netloc}"
-                                f"{self.hint}", status=401)
+                raise AuthError(
+                    f"the MDM refused the access token from {urlsplit(self.token_url).netloc}{self.hint}", status=401
+                )
             await self._fetch(client)
         return True
 
@@ -243,14 +248,20 @@ class ZohoOAuth(Auth):
         except (ConnectError, RequestTimeout) as exc:
             if not client.answered_ok:
                 # before the MDM ever answered: the set-up is wrong for every row (CONTRACT "Stopping early")
-                raise SetupFailed(f"Nothing answers at the OAuth token endpoint {where}: {self._redact(str(exc))}; "
-                                  "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
-                                  "that it can be reached from here. Nothing was sent.") from None
-            raise TransportError(f"no access token from the OAuth token endpoint {where}: "
-                                 f"{self._redact(str(exc))}", attempts=exc.attempts) from None
+                raise SetupFailed(
+                    f"Nothing answers at the OAuth token endpoint {where}: {self._redact(str(exc))}; "
+                    "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
+                    "that it can be reached from here. Nothing was sent."
+                ) from None
+            raise TransportError(
+                f"no access token from the OAuth token endpoint {where}: {self._redact(str(exc))}",
+                attempts=exc.attempts,
+            ) from None
         except TransportError as exc:
-            raise TransportError(f"no access token from the OAuth token endpoint {where}: "
-                                 f"{self._redact(str(exc))}", attempts=exc.attempts) from None
+            raise TransportError(
+                f"no access token from the OAuth token endpoint {where}: {self._redact(str(exc))}",
+                attempts=exc.attempts,
+            ) from None
         body = resp.body if isinstance(resp.body, Mapping) else {}
         error = get_field(body, "error")
         token = get_field(body, "access_token")
@@ -258,8 +269,11 @@ class ZohoOAuth(Auth):
             self._store(token, body)
             return
         if resp.status == 429 or resp.status >= 500 or _too_many(body):
-            raise TransportError(f"the OAuth token endpoint {where} answered HTTP {resp.status} (too busy or "
-                                 "failing); no access token", attempts=resp.attempts, status=resp.status)
+            raise TransportError(
+                f"the OAuth token endpoint {where} answered HTTP {resp.status} (too busy or failing); no access token",
+                attempts=resp.attempts,
+                status=resp.status,
+            )
         # Zoho refuses a bad client or refresh token with HTTP 200 and
         # {"error": "invalid_client"} / {"error": "invalid_code"}.
         reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {resp.status}"
@@ -360,8 +374,10 @@ def region_hint(url: str, token_url: str) -> str:
     used = (urlsplit(token_url).hostname or "").casefold()
     if accounts is None or used == accounts:
         return ""
-    return (f"; your tenant is on {cloud_host(url)}: use {accounts} (unset BULKMDM_OAUTH_URL, or set it to "
-            f"https://{accounts}/oauth/v2/token)")
+    return (
+        f"; your tenant is on {cloud_host(url)}: use {accounts} (unset BULKMDM_OAUTH_URL, or set it to "
+        f"https://{accounts}/oauth/v2/token)"
+    )
 
 
 def _daily_limit(env: Mapping[str, str]) -> int | None:
@@ -407,8 +423,10 @@ class ManageEngine(Provider):
     # extra requests per bad id at most).
     max_batch = 100
     request_headers = DOC_HEADERS
-    url_hint = ("the server root, under which ManageEngine answers /api/v1/mdm/ (a cloud may answer the doc's "
-                "/api/v1/ instead), e.g. https://mdm.manageengine.eu or https://mdm.example.com:8383")
+    url_hint = (
+        "the server root, under which ManageEngine answers /api/v1/mdm/ (a cloud may answer the doc's "
+        "/api/v1/ instead), e.g. https://mdm.manageengine.eu or https://mdm.example.com:8383"
+    )
     #: the most devices whose app list is read to skip app rows already in state
     app_check_max = 250
 
@@ -437,8 +455,9 @@ class ManageEngine(Provider):
         if not token_url.startswith(("https://", "http://")):
             raise ConfigError(f"BULKMDM_OAUTH_URL {token_url!r} must start with https://.")
         client_id, client_secret, refresh_token = values
-        return ZohoOAuth(client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
-                         token_url=token_url)
+        return ZohoOAuth(
+            client_id=client_id, client_secret=client_secret, refresh_token=refresh_token, token_url=token_url
+        )
 
     @classmethod
     def api_base(cls, url: str) -> str:
@@ -457,7 +476,8 @@ class ManageEngine(Provider):
         super().__init__(client, settings)
         auth = client.auth
         self.on_premises = isinstance(auth, ApiKeyAuth) or (
-            not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip()))
+            not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip())
+        )
         self.daily_limit = _daily_limit(settings.env)
         #: API calls today: earlier runs', this run's look-ups, and what the planned rows need
         self._needed = settings.calls_today
@@ -490,9 +510,16 @@ class ManageEngine(Provider):
             resp = await self.client.request("GET", self._path(path))
             if resp.status == 404:
                 self._prefix = "mdm/"
-                raise ListFailed(path, replace(resp, note=(
-                    "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url (the server root, "
-                    "e.g. https://mdm.manageengine.eu)")))
+                raise ListFailed(
+                    path,
+                    replace(
+                        resp,
+                        note=(
+                            "both /api/v1/mdm/ and the doc's /api/v1/ answered 404; check --url (the server root, "
+                            "e.g. https://mdm.manageengine.eu)"
+                        ),
+                    ),
+                )
         if not resp.ok:
             raise ListFailed(path, resp)
         self._may_fall_back = False
@@ -525,8 +552,9 @@ class ManageEngine(Provider):
 
     async def _list(self, path: str, keys: tuple[str, ...], id_field: str) -> list[Any]:
         """Every page of a list, each item once (items without an id are all kept)."""
-        return await collect_pages(partial(self._page, path, keys),
-                                   ident=lambda item: _usable_id(get_field(item, id_field)))
+        return await collect_pages(
+            partial(self._page, path, keys), ident=lambda item: _usable_id(get_field(item, id_field))
+        )
 
     def _on_this_server(self, url: str) -> str:
         """``url``'s path and query on the server this run talks to (a next
@@ -536,7 +564,7 @@ class ManageEngine(Provider):
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
     async def _members(self, group_id: Any) -> set[str]:
-        """"Get members present in a group": ``{ "member_ids": [ 12, 213123,
+        """ "Get members present in a group": ``{ "member_ids": [ 12, 213123,
         21312 ] }`` (every page, should the server page it; member objects
         are read too)."""
         items = await self._list(f"groups/{seg(group_id)}/members", MEMBER_KEYS, "member_id")
@@ -562,8 +590,9 @@ class ManageEngine(Provider):
         """API calls left in the day's budget (None: no budget)."""
         if self.daily_limit is None:
             return None
-        return (self.daily_limit - max(10, self.daily_limit // 50) - self.settings.calls_today
-                - self.client.requests_sent)
+        return (
+            self.daily_limit - max(10, self.daily_limit // 50) - self.settings.calls_today - self.client.requests_sent
+        )
 
     # -- planning -----------------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:
@@ -605,7 +634,8 @@ class ManageEngine(Provider):
                 lists.members[group_id] = await self._members(group_id)
             except ListFailed as exc:
                 lists.members[group_id] = LookupFailed(
-                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}")
+                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}"
+                )
 
     async def _fetch_apps(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
         if lists.apps is None:
@@ -622,8 +652,7 @@ class ManageEngine(Provider):
         if lists.device_apps and not lists.no_details.get("apps"):
             await self._bundles_for_device_checks(app_rows, lists)
 
-    async def _with_details(self, items: list[Any], kind: str, id_field: str, lists: _Lists,
-                            what: str) -> list[Any]:
+    async def _with_details(self, items: list[Any], kind: str, id_field: str, lists: _Lists, what: str) -> list[Any]:
         """``items`` with the fields of their detail answers (``GET kind/{id}``)
         added: the doc's list examples lack what a row may name them by (the
         device list has no serial_number, the app list no bundle_identifier),
@@ -688,28 +717,39 @@ class ManageEngine(Provider):
             except LookupFailed:
                 continue
             has = lists.device_apps.get(key(get_field(device, "device_id")))
-            if (has is None or not has.identifiers or has.holds(app, loosely=False)
-                    or get_field(app, "bundle_identifier", "identifier")):
+            if (
+                has is None
+                or not has.identifiers
+                or has.holds(app, loosely=False)
+                or get_field(app, "bundle_identifier", "identifier")
+            ):
                 continue
             wanted[key(get_field(app, "app_id"))] = get_field(app, "app_id")
         room = self._room()
         if not wanted or (room is not None and len(wanted) > room // 4):
             return
         answers = await self._each([f"apps/{seg(i)}" for i in wanted.values()], quiet=True)
-        details = {app_key: resp.body for app_key, resp in zip(wanted, answers, strict=True)
-                   if resp is not None and resp.ok and isinstance(resp.body, Mapping)}
+        details = {
+            app_key: resp.body
+            for app_key, resp in zip(wanted, answers, strict=True)
+            if resp is not None and resp.ok and isinstance(resp.body, Mapping)
+        }
         if details and lists.apps is not None:
             # the list's fields win, as in _with_details
-            lists.apps = [{**details[key(get_field(a, "app_id"))], **a} if key(get_field(a, "app_id")) in details
-                          else a for a in lists.apps]
+            lists.apps = [
+                {**details[key(get_field(a, "app_id"))], **a} if key(get_field(a, "app_id")) in details else a
+                for a in lists.apps
+            ]
             _index_apps(lists, lists.apps)
 
     def _device(self, row: JobRow, lists: _Lists) -> Any:
         device_id = row.get("device_id")
         if device_id.strip():
             if not lists.device_by_id.find(device_id) and lists.removed_by_id.find(device_id):
-                raise LookupFailed(f"device id {device_id!r} is a removed (de-enrolled) record (is_removed true); "
-                                   "give the device's current id, or its serial")
+                raise LookupFailed(
+                    f"device id {device_id!r} is a removed (de-enrolled) record (is_removed true); "
+                    "give the device's current id, or its serial"
+                )
             return lists.device_by_id.one(device_id, "device id")
         serial = row.get("serial")
         if serial.strip() == "--":
@@ -727,8 +767,10 @@ class ManageEngine(Provider):
     def _group(self, name: str, lists: _Lists) -> Any:
         if not lists.group_by_name.find(name) and name.strip():
             if lists.groups_without_id.find(name):
-                raise LookupFailed(f"group {name!r} was found, but the MDM's record for it has no group_id "
-                                   "(missing or null), so it cannot be changed")
+                raise LookupFailed(
+                    f"group {name!r} was found, but the MDM's record for it has no group_id "
+                    "(missing or null), so it cannot be changed"
+                )
             near = lists.group_by_name_folded.find(name)
             if near:
                 hint = ", ".join(repr(_group_name(g)) for g in near[:3])
@@ -744,16 +786,19 @@ class ManageEngine(Provider):
                 found[_usable_id(get_field(app, "app_id"))] = app
         if not found:
             if lists.apps_without_id.find(value):
-                raise LookupFailed(f"app {value!r} was found, but the MDM's record for it has no app_id "
-                                   "(missing or null), so it cannot be sent")
+                raise LookupFailed(
+                    f"app {value!r} was found, but the MDM's record for it has no app_id "
+                    "(missing or null), so it cannot be sent"
+                )
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
             if not hint and "apps" in lists.no_details:
                 hint = f"; {lists.no_details['apps']}"
             raise LookupFailed(f"app {value!r} was not found (give its name, bundle identifier or app id){hint}")
         if len(found) > 1:
-            raise LookupFailed(f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); "
-                               "give the app id instead")
+            raise LookupFailed(
+                f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); give the app id instead"
+            )
         return next(iter(found.values()))
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
@@ -764,13 +809,15 @@ class ManageEngine(Provider):
             return self._plan_group_row(row, device, lists)
         return self._plan_app_row(row, device, lists)
 
-    def _same_or_opposite(self, row: JobRow, what: str, pair: tuple[str, str], label: str,
-                          resolved: str) -> Outcome | None:
+    def _same_or_opposite(
+        self, row: JobRow, what: str, pair: tuple[str, str], label: str, resolved: str
+    ) -> Outcome | None:
         """The same change twice is sent once; a change and its opposite to one
         pair fail the later row (rows run concurrently, so their order is not kept)."""
         opposite = OPPOSITE[row.action]
         return self.changes.once(row, (row.action, *pair), resolved) or self.changes.contradicts(
-            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved)
+            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved
+        )
 
     def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         dev_id = get_field(device, "device_id")
@@ -795,8 +842,15 @@ class ManageEngine(Provider):
         if row.action == "add-to-group":
             undo = _undo_row("remove-from-group", device, group=gname) if members is not None else None
             return Step(row, row.action, label, params, resolved, (row.action, key(group_id)), undo)
-        return Step(row, row.action, label, params, resolved, (row.action, row.index),
-                    _undo_row("add-to-group", device, group=gname))
+        return Step(
+            row,
+            row.action,
+            label,
+            params,
+            resolved,
+            (row.action, row.index),
+            _undo_row("add-to-group", device, group=gname),
+        )
 
     def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         action = row.action
@@ -867,19 +921,22 @@ class ManageEngine(Provider):
             "limit)."
         )
         # not-run, not failed: the journal keeps the row pending for the same command tomorrow
-        return [item if ok or not isinstance(item, Step)
-                else Outcome(item.index, Status.NOT_RUN, detail, resolved=item.resolved)
-                for item, ok in zip(out, fits, strict=True)]
+        return [
+            item
+            if ok or not isinstance(item, Step)
+            else Outcome(item.index, Status.NOT_RUN, detail, resolved=item.resolved)
+            for item, ok in zip(out, fits, strict=True)
+        ]
 
     def quota_note(self) -> str | None:
         limit = self.daily_limit
         if limit is None:
             return None
         earlier = self.settings.calls_today
-        return (f"ManageEngine's daily API budget: {limit:,} calls; earlier runs used {earlier:,} today, this job "
-                f"needs about {self._needed - earlier:,}, leaving about {max(0, limit - self._needed):,}.")
-
-
+        return (
+            f"ManageEngine's daily API budget: {limit:,} calls; earlier runs used {earlier:,} today, this job "
+            f"needs about {self._needed - earlier:,}, leaving about {max(0, limit - self._needed):,}."
+        )
 
     # -- export and templates ------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
@@ -917,12 +974,14 @@ class ManageEngine(Provider):
 
     async def _groups_by_device(self) -> dict[str, list[str]]:
         """device id -> names of its groups (empty when that would not fit in the day)."""
-        groups = [g for g in await self._list("groups", ("groups",), "group_id")
-                  if _usable_id(get_field(g, "group_id"))]
+        groups = [
+            g for g in await self._list("groups", ("groups",), "group_id") if _usable_id(get_field(g, "group_id"))
+        ]
         room = self._room()
         if room is not None and len(groups) > room // 4:
-            log.info("ManageEngine: %d groups' members would not fit in the day's API calls; groups left blank",
-                     len(groups))
+            log.info(
+                "ManageEngine: %d groups' members would not fit in the day's API calls; groups left blank", len(groups)
+            )
             return {}
         out: dict[str, list[str]] = {}
         for group in groups:
@@ -937,8 +996,11 @@ class ManageEngine(Provider):
         identifier) is shared. ManageEngine has no tags: ``[]``."""
         try:
             if column == "group":
-                groups = [g for g in await self._list("groups", ("groups",), "group_id")
-                          if _usable_id(get_field(g, "group_id"))]
+                groups = [
+                    g
+                    for g in await self._list("groups", ("groups",), "group_id")
+                    if _usable_id(get_field(g, "group_id"))
+                ]
                 names = Counter(_group_name(g) for g in groups)
                 return sorted((n for n, times in names.items() if n and times == 1), key=str.casefold)
             if column == "app":
@@ -950,8 +1012,10 @@ class ManageEngine(Provider):
     # -- dry run -------------------------------------------------------------------
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
         many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
-        return [Outcome(step.index, Status.PLANNED, _done(step, would=True) + many + ".", resolved=step.resolved)
-                for step in steps]
+        return [
+            Outcome(step.index, Status.PLANNED, _done(step, would=True) + many + ".", resolved=step.resolved)
+            for step in steps
+        ]
 
     # -- sending -------------------------------------------------------------------
     async def send_batch(self, steps: list[Step]) -> list[Outcome]:
@@ -1021,7 +1085,7 @@ class ManageEngine(Provider):
         return [done[s.index] for s in steps]
 
     async def send(self, step: Step) -> Outcome:
-        """"Remove a member from a particular group" / "Disassociate an app
+        """ "Remove a member from a particular group" / "Disassociate an app
         from a particular device": one DELETE per row."""
         p = step.params
         if step.action == "remove-from-group":
@@ -1113,16 +1177,27 @@ def _echoed(step: Step, resp: Response, echo: str) -> Outcome:
     confirmed = as_list(resp.body, echo) if isinstance(resp.body, Mapping) and echo in resp.body else None
     if not confirmed or key(step.params["device"]) in {key(i) for i in confirmed}:
         return _succeeded(step, resp)
-    return Outcome(step.index, Status.FAILED, f"The MDM answered HTTP {resp.status} but did not list this device "
-                   f"among the {echo}; check {step.target} and run the report again.", resp.status, resp.attempts,
-                   step.resolved)
+    return Outcome(
+        step.index,
+        Status.FAILED,
+        f"The MDM answered HTTP {resp.status} but did not list this device "
+        f"among the {echo}; check {step.target} and run the report again.",
+        resp.status,
+        resp.attempts,
+        step.resolved,
+    )
 
 
 def _refused_whole(outcomes: list[Outcome]) -> bool:
     """A batch refused as a whole for what may be a few bad ids (a 4xx that
     is not about the account or the request's form): worth halving."""
-    return all(o.status is Status.FAILED and o.http_status is not None and 400 <= o.http_status < 500
-               and o.http_status not in _NO_SPLIT for o in outcomes)
+    return all(
+        o.status is Status.FAILED
+        and o.http_status is not None
+        and 400 <= o.http_status < 500
+        and o.http_status not in _NO_SPLIT
+        for o in outcomes
+    )
 
 
 #: what a change did, and what a dry run says it would do
@@ -1220,11 +1295,15 @@ def _why_no_device(serial: str, lists: _Lists) -> None:
     """Raise why ``serial`` matches no current device record, when a record
     that cannot be acted on holds it (else return: plain "not found")."""
     if lists.removed_by_serial.find(serial):
-        raise LookupFailed(f"serial {serial!r} belongs only to removed (de-enrolled) device records "
-                           "(is_removed true); re-enrol the device or check the serial")
+        raise LookupFailed(
+            f"serial {serial!r} belongs only to removed (de-enrolled) device records "
+            "(is_removed true); re-enrol the device or check the serial"
+        )
     if lists.no_id_by_serial.find(serial):
-        raise LookupFailed(f"serial {serial!r} was found, but the MDM's record for it has no device_id "
-                           "(missing or null), so it cannot be changed")
+        raise LookupFailed(
+            f"serial {serial!r} was found, but the MDM's record for it has no device_id "
+            "(missing or null), so it cannot be changed"
+        )
 
 
 def _is_removed(device: Any) -> bool:
@@ -1249,14 +1328,15 @@ def _group_name(group: Any) -> str:
 def _undo_row(action: str, device: Any, **columns: str) -> dict[str, str]:
     """The job row that puts a device's earlier state back (by device id,
     which a serial shared by two records cannot make ambiguous)."""
-    return {"action": action, "device_id": key(get_field(device, "device_id")), "serial": _serial(device),
-            **columns}
+    return {"action": action, "device_id": key(get_field(device, "device_id")), "serial": _serial(device), **columns}
 
 
 def _has_serial(device: Any) -> bool:
     """Whether a device object has a serial number field at all ("--" counts)."""
-    return (get_field(device, "serial_number", "serial") is not None
-            or get_field(get_field(device, "os"), "serial_number", "serial") is not None)
+    return (
+        get_field(device, "serial_number", "serial") is not None
+        or get_field(get_field(device, "os"), "serial_number", "serial") is not None
+    )
 
 
 def _next_link(body: Any) -> str | None:
@@ -1323,9 +1403,11 @@ def _index_apps(lists: _Lists, apps: list[Any]) -> None:
     lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
     lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
     lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
-    lists.apps_without_id = Index("app", [a for a in apps if a not in usable],
-                                  lambda a: (get_field(a, "app_name", "name"),
-                                             get_field(a, "bundle_identifier", "identifier")))
+    lists.apps_without_id = Index(
+        "app",
+        [a for a in apps if a not in usable],
+        lambda a: (get_field(a, "app_name", "name"), get_field(a, "bundle_identifier", "identifier")),
+    )
 
 
 def _app_matches(row: JobRow, lists: _Lists) -> bool:

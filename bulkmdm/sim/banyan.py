@@ -246,8 +246,15 @@ def seed_org(devices: int, seed: int, *, real: bool = False) -> Org:
             "LastLogin": 1_736_900_000_000_000_000 - rng.randrange(10**15),
             "LoginCount": rng.randrange(1, 500),
             "SerialNumbers": [],
-            "TrustData": {"EntityTrustscore": 100, "OverrideTrustscore": 100, "AccessTrustscore": 100,
-                          "OverrideActive": "FALSE", "Level": "AlwaysAllow", "UpdatedAt": 0, "Factors": []},
+            "TrustData": {
+                "EntityTrustscore": 100,
+                "OverrideTrustscore": 100,
+                "AccessTrustscore": 100,
+                "OverrideActive": "FALSE",
+                "Level": "AlwaysAllow",
+                "UpdatedAt": 0,
+                "Factors": [],
+            },
             "Roles": ["all-students" if k % 9 else "all-staff"],
         }
         users.append(user)
@@ -269,8 +276,15 @@ def seed_org(devices: int, seed: int, *, real: bool = False) -> Org:
             "Architecture": _ARCH.get(platform, "arm64"),
             "RegisteredStatus": "TRUE",
             "MdmData": {"Timestamp": 0, "Source": "BNN", "CompromisedStatus": "FALSE", "CompliantStatus": ""},
-            "TrustData": {"EntityTrustscore": 100, "OverrideTrustscore": 100, "AccessTrustscore": 100,
-                          "OverrideActive": "FALSE", "Level": "High", "UpdatedAt": 0, "Factors": []},
+            "TrustData": {
+                "EntityTrustscore": 100,
+                "OverrideTrustscore": 100,
+                "AccessTrustscore": 100,
+                "OverrideActive": "FALSE",
+                "Level": "High",
+                "UpdatedAt": 0,
+                "Factors": [],
+            },
             "Roles": ["Developer"],
             "Banned": "TRUE" if banned else "FALSE",
             "OS": os_version,
@@ -283,7 +297,7 @@ def seed_org(devices: int, seed: int, *, real: bool = False) -> Org:
         if i % 25 == 7:  # a shared device: two end users registered on it
             owners.append(users[(i + 1) % n_people])
         make_device(serial, owners, banned=i % 10 == 3)
-    extra = users[n_people + LONELY_USERS:]
+    extra = users[n_people + LONELY_USERS :]
     make_device(DUPLICATE_SERIAL, [extra[0]], banned=False)
     make_device(DUPLICATE_SERIAL, [extra[1]], banned=False)
     make_device("", [users[0]], banned=False)
@@ -317,8 +331,14 @@ def _int(request: web.Request, *names: str) -> int | None:
     return value
 
 
-def _listing(request: web.Request, org: Org, items: list[dict[str, Any]], key: str,
-             sortable: dict[str, str], shape: Callable[[dict[str, Any]], dict[str, Any]]) -> web.Response:
+def _listing(
+    request: web.Request,
+    org: Org,
+    items: list[dict[str, Any]],
+    key: str,
+    sortable: dict[str, str],
+    shape: Callable[[dict[str, Any]], dict[str, Any]],
+) -> web.Response:
     try:
         skip = _int(request, "skip", "Skip")
         limit = _int(request, "limit", "Limit")
@@ -343,7 +363,7 @@ def _listing(request: web.Request, org: Org, items: list[dict[str, Any]], key: s
     size = len(items) if limit is None else limit
     if org.max_limit is not None:
         size = min(size, org.max_limit)
-    page = [shape(o) for o in items[start:start + size]]
+    page = [shape(o) for o in items[start : start + size]]
     if key == "devices" and not org.emails_in_pages:
         page = [{k: v for k, v in d.items() if k != "Emails"} for d in page]
     return web.json_response({key: page, "count": len(items)})
@@ -353,9 +373,15 @@ def _v2_user(org: Org, user: dict[str, Any], active: bool) -> dict[str, Any]:
     """An end user as ``GET /v2/enduser`` shows one (pybanyan's ``UserV2``
     reads ``name``, ``email``, ``status``, ``last_login``, ``security_roles``;
     CONTRACT.md: the id is ``id``)."""
-    obj = {"id": user["ID"], "name": user["Name"], "email": user["Email"],
-           "status": "Active" if active else "Inactive", "created_at": 1_700_000_000_000_000_000,
-           "last_login": user["LastLogin"], "security_roles": user["Roles"]}
+    obj = {
+        "id": user["ID"],
+        "name": user["Name"],
+        "email": user["Email"],
+        "status": "Active" if active else "Inactive",
+        "created_at": 1_700_000_000_000_000_000,
+        "last_login": user["LastLogin"],
+        "security_roles": user["Roles"],
+    }
     return org.shown(obj, user["ID"])
 
 
@@ -433,8 +459,10 @@ class _Api:
             skip = _int(request, "skip") or 0
             limit = _int(request, "limit")
         except _BadRequest as exc:
-            return web.json_response({"request_id": self.org.request_id(), "error_code": 400,
-                                      "error_description": str(exc), "data": None}, status=400)
+            return web.json_response(
+                {"request_id": self.org.request_id(), "error_code": 400, "error_description": str(exc), "data": None},
+                status=400,
+            )
         only_active = (_param(request, "active") or "").casefold() == "true"
         listed = [(u, True) for u in self.org.users.values()]
         if not only_active:
@@ -443,9 +471,15 @@ class _Api:
         size = len(listed) if limit is None else limit
         if self.org.max_limit is not None:
             size = min(size, self.org.max_limit)
-        page = [_v2_user(self.org, user, active) for user, active in listed[skip:skip + size]]
-        return web.json_response({"request_id": self.org.request_id(), "error_code": 0, "error_description": "",
-                                  "data": {"endusers": page, "count": len(listed)}})
+        page = [_v2_user(self.org, user, active) for user, active in listed[skip : skip + size]]
+        return web.json_response(
+            {
+                "request_id": self.org.request_id(),
+                "error_code": 0,
+                "error_description": "",
+                "data": {"endusers": page, "count": len(listed)},
+            }
+        )
 
     async def get_devices(self, request: web.Request) -> web.Response:
         if self.org.devices_status is not None:
@@ -519,8 +553,15 @@ class _Api:
 
     async def delete_endusers(self, request: web.Request) -> web.Response:
         def answer(status: int, description: str, data: Any) -> web.Response:
-            return web.json_response({"request_id": self.org.request_id(), "error_code": 0 if status == 200 else status,
-                                      "error_description": description, "data": data}, status=status)
+            return web.json_response(
+                {
+                    "request_id": self.org.request_id(),
+                    "error_code": 0 if status == 200 else status,
+                    "error_description": description,
+                    "data": data,
+                },
+                status=status,
+            )
 
         try:
             body = json.loads(await request.text())

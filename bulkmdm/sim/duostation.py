@@ -110,22 +110,35 @@ FACTS: dict[str, Any] = {
     "user_without_devices": {"id": 4, "email": "sam.nystrom@skola.se", "account": "samnys01"},
     # a user with two devices: DELETE answers 409
     "user_with_devices": {
-        "id": 1, "email": "asa.oberg@skola.se", "account": "asaobe01", "name": "Åsa Öberg",
-        "serials": ["OBERGIPAD001", "OBERGCHROME1"], "device_ids": _EDGE_GUIDS[2:4],
+        "id": 1,
+        "email": "asa.oberg@skola.se",
+        "account": "asaobe01",
+        "name": "Åsa Öberg",
+        "serials": ["OBERGIPAD001", "OBERGCHROME1"],
+        "device_ids": _EDGE_GUIDS[2:4],
     },
     # a device that carries tag "Prov-läge" (one link)
-    "tagged_device": {"id": _EDGE_GUIDS[4], "serial": "TAGGEDIPAD01", "tag": "Prov-läge", "tag_id": 3,
-                      "link_id": 1},
+    "tagged_device": {"id": _EDGE_GUIDS[4], "serial": "TAGGEDIPAD01", "tag": "Prov-läge", "tag_id": 3, "link_id": 1},
     # a device with no user and no tags
     "untagged_device": {"id": _EDGE_GUIDS[5], "serial": "FREEIPAD0001"},
     # a device assigned to Lars Håkansson
-    "assigned_device": {"id": _EDGE_GUIDS[6], "serial": "ASSIGNEDPAD1", "user_id": 5,
-                        "email": "lars.hakansson@skola.se", "account": "larhak01"},
+    "assigned_device": {
+        "id": _EDGE_GUIDS[6],
+        "serial": "ASSIGNEDPAD1",
+        "user_id": 5,
+        "email": "lars.hakansson@skola.se",
+        "account": "larhak01",
+    },
     # a user who carries tag "Lärare" (one link)
     "tagged_user": {"id": 5, "email": "lars.hakansson@skola.se", "tag": "Lärare", "tag_id": 2, "link_id": 1},
     # a user already in group "Skolor\\Björkskolan\\Klass 8B"
-    "user_in_group": {"id": 6, "email": "marta.sjoberg@skola.se", "account": "marsjo01",
-                      "group": "Skolor\\Björkskolan\\Klass 8B", "group_id": 13},
+    "user_in_group": {
+        "id": 6,
+        "email": "marta.sjoberg@skola.se",
+        "account": "marsjo01",
+        "group": "Skolor\\Björkskolan\\Klass 8B",
+        "group_id": 13,
+    },
     # an e-mail stored with capitals (searches ignore case)
     "mixed_case_email": "Maja.Ekstrom@Skola.SE",
     "mixed_case_email_user_id": 7,
@@ -415,8 +428,18 @@ class DuoState:
 
     # -- users ----------------------------------------------------------------
     #: a user's fields, in the order they are answered
-    USER_FIELDS = ("name", "email", "phoneNumber", "accountName", "accountGroup", "groupId", "company", "office",
-                   "department", "position")
+    USER_FIELDS = (
+        "name",
+        "email",
+        "phoneNumber",
+        "accountName",
+        "accountGroup",
+        "groupId",
+        "company",
+        "office",
+        "department",
+        "position",
+    )
     #: what PUT may change (the doc's "Update a user" body)
     USER_UPDATABLE = frozenset(USER_FIELDS) - {"accountName", "accountGroup"}
 
@@ -440,8 +463,10 @@ class DuoState:
 
     def add_user(self, fields: dict[str, Any]) -> int:
         """Add a user; ``groupId`` omitted means the root (0)."""
-        values = {key: self._user_value(key, fields.get(key, 0) if key == "groupId" else fields.get(key))
-                  for key in self.USER_FIELDS}
+        values = {
+            key: self._user_value(key, fields.get(key, 0) if key == "groupId" else fields.get(key))
+            for key in self.USER_FIELDS
+        }
         user_id = self._new_id("user")
         user = self.users[user_id] = {"id": user_id, **values}
         self._index_user(user, True)
@@ -477,8 +502,15 @@ class DuoState:
         del self.users[user_id]
         self._changed("users", "usertags")
 
-    def search_users(self, *, email: str | None = None, phone: str | None = None, account: str | None = None,
-                     group_id: int | None = None, tag_id: int | None = None) -> list[dict[str, Any]]:
+    def search_users(
+        self,
+        *,
+        email: str | None = None,
+        phone: str | None = None,
+        account: str | None = None,
+        group_id: int | None = None,
+        tag_id: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Users matching every given criterion (e-mail ignores case)."""
         sets: list[Iterable[int]] = []
         if email is not None:
@@ -551,8 +583,15 @@ class DuoState:
     def devices_of_user(self, user_id: int) -> list[dict[str, Any]]:
         return [self.devices[i] for i in self._devices_by_user.get(user_id, ())]
 
-    def search_devices(self, *, serial: str | None = None, group_id: int | None = None, user_id: int | None = None,
-                       account: str | None = None, tag_id: int | None = None) -> list[dict[str, Any]]:
+    def search_devices(
+        self,
+        *,
+        serial: str | None = None,
+        group_id: int | None = None,
+        user_id: int | None = None,
+        account: str | None = None,
+        tag_id: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Devices matching every given criterion (all exact)."""
         sets: list[Iterable[str]] = []
         if serial is not None:
@@ -562,8 +601,9 @@ class DuoState:
         if user_id is not None:
             sets.append(self._devices_by_user.get(user_id, {}))
         if account is not None:
-            sets.append({d: None for u in self._users_by_account.get(account, ())
-                         for d in self._devices_by_user.get(u, ())})
+            sets.append(
+                {d: None for u in self._users_by_account.get(account, ()) for d in self._devices_by_user.get(u, ())}
+            )
         if tag_id is not None:
             sets.append({link["deviceId"]: None for link in self.devicetags.of_tag(tag_id)})
         if not sets:
@@ -589,14 +629,16 @@ class DuoState:
             _text(payload.get("identifier"), "identifier", required=True)
         elif command == "sendmessage":
             _text(payload.get("message"), "message", required=True)
-        self.commands.append({
-            "seq": len(self.commands) + 1,
-            "deviceId": device["id"],
-            "serialNumber": device["serialNumber"],
-            "command": command,
-            "payload": payload,
-            "time": _now(),
-        })
+        self.commands.append(
+            {
+                "seq": len(self.commands) + 1,
+                "deviceId": device["id"],
+                "serialNumber": device["serialNumber"],
+                "command": command,
+                "payload": payload,
+                "time": _now(),
+            }
+        )
 
     def commands_for(self, device_id: str, command: str | None = None) -> list[dict[str, Any]]:
         device_id = device_id.lower()
@@ -653,8 +695,9 @@ class DuoState:
         """Link a tag to a device. A pair already linked gets a second link."""
         device = self.device(device_id)
         tag = self.tag(tag_id)
-        link_id = self.devicetags.add({"deviceId": device["id"], "tagId": tag_id,
-                                       "serialNumber": device["serialNumber"], "tagName": tag["name"]})
+        link_id = self.devicetags.add(
+            {"deviceId": device["id"], "tagId": tag_id, "serialNumber": device["serialNumber"], "tagName": tag["name"]}
+        )
         self._changed("devicetags")
         return link_id
 
@@ -687,8 +730,7 @@ class DuoState:
         except KeyError:
             raise _missing(f"{_LINK_NAMES[kind]} {link_id} not found") from None
 
-    def search_device_tags(self, *, device_id: str | None = None,
-                           serial: str | None = None) -> list[dict[str, Any]]:
+    def search_device_tags(self, *, device_id: str | None = None, serial: str | None = None) -> list[dict[str, Any]]:
         sets: list[Iterable[str]] = []
         if device_id is not None:
             sets.append({device_id.lower(): None})
@@ -729,10 +771,19 @@ class DuoState:
 
     # -- apps -----------------------------------------------------------------
     #: an app's fields in answer order: (name, type, required by the doc)
-    APP_FIELDS = (("name", str, True), ("description", str, False), ("company", str, True),
-                  ("packageId", str, True), ("versionText", str, True), ("versionNumber", int, False),
-                  ("platform", int, True), ("size", int, True), ("store", int, True), ("storeId", str, True),
-                  ("imageUrl", str, False))
+    APP_FIELDS = (
+        ("name", str, True),
+        ("description", str, False),
+        ("company", str, True),
+        ("packageId", str, True),
+        ("versionText", str, True),
+        ("versionNumber", int, False),
+        ("platform", int, True),
+        ("size", int, True),
+        ("store", int, True),
+        ("storeId", str, True),
+        ("imageUrl", str, False),
+    )
 
     def upsert_app(self, fields: dict[str, Any]) -> int:
         """Add an app, or update the one with the same packageId, platform
@@ -809,11 +860,18 @@ def _intersect(sets: list[Iterable[Any]]) -> set[Any]:
 
 # -- seeding ------------------------------------------------------------------
 
-_TAG_GROUPS = {"Gymnasiet": "Skolor\\Norra gymnasiet", "Skrivare Norra": "Skolor\\Norra gymnasiet",
-               "Wi-Fi Personal": "Personal"}
+_TAG_GROUPS = {
+    "Gymnasiet": "Skolor\\Norra gymnasiet",
+    "Skrivare Norra": "Skolor\\Norra gymnasiet",
+    "Wi-Fi Personal": "Personal",
+}
 _TAG_DESCRIPTIONS = {
-    "Elev-iPad": "iPad utlämnad till elev", "Lärare": "Personalens enheter", "Prov-läge": "Låst läge vid prov",
-    "Lånedator": "Utlånad från biblioteket", "Kiosk-läge": "En app i helskärm", "Trasig": "Inlämnad för service",
+    "Elev-iPad": "iPad utlämnad till elev",
+    "Lärare": "Personalens enheter",
+    "Prov-läge": "Låst läge vid prov",
+    "Lånedator": "Utlånad från biblioteket",
+    "Kiosk-läge": "En app i helskärm",
+    "Trasig": "Inlämnad för service",
     "Dubblett": "Skapad två gånger av misstag",
 }
 
@@ -827,7 +885,8 @@ def _genitive(first: str) -> str:
 
 
 def seed_state(  # noqa: C901 (one pass over the district, in the order the ids must come)
-        state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1) -> DuoState:
+    state: DuoState, *, devices: int = 3000, users: int | None = None, seed: int = 1
+) -> DuoState:
     """Fill an empty ``state`` with the district and the :data:`FACTS`."""
     group_ids: dict[str, int] = {}
     for path in fleet.school_groups(seed):
@@ -838,28 +897,47 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
 
     for name in fleet.TAG_NAMES:
         group = _TAG_GROUPS.get(name)
-        state.add_tag({"name": name, "description": _TAG_DESCRIPTIONS.get(name),
-                       "groupId": group_ids[group] if group else 0})
+        state.add_tag(
+            {"name": name, "description": _TAG_DESCRIPTIONS.get(name), "groupId": group_ids[group] if group else 0}
+        )
     tag_ids = {t["name"]: t["id"] for t in reversed(state.tags.values())}  # first of a duplicate name wins
 
     for name, company, package, app_platform, store, store_id, version in fleet.APP_CATALOG:
-        state.upsert_app({
-            "name": name, "description": f"{name} från {company}", "company": company, "packageId": package,
-            "versionText": version, "versionNumber": int(version.split(".")[0]), "platform": app_platform,
-            "size": 20_000_000 + 1_000_000 * (len(package) % 97), "store": store, "storeId": store_id,
-            "imageUrl": f"https://mdm.norrby.se/icons/{package}.png",
-        })
+        state.upsert_app(
+            {
+                "name": name,
+                "description": f"{name} från {company}",
+                "company": company,
+                "packageId": package,
+                "versionText": version,
+                "versionNumber": int(version.split(".")[0]),
+                "platform": app_platform,
+                "size": 20_000_000 + 1_000_000 * (len(package) % 97),
+                "store": store,
+                "storeId": store_id,
+                "imageUrl": f"https://mdm.norrby.se/icons/{package}.png",
+            }
+        )
 
     # -- edge cases first, so their ids are the same for every seed and size
     company = fleet.MUNICIPALITY
 
     def edge_user(name: str, email: str, account: str, group: str, position: str) -> int:
         school = group.split(SEP)[1] if group.startswith("Skolor") else "Förvaltningen"
-        return state.add_user({
-            "name": name, "email": email, "phoneNumber": None, "accountName": account,
-            "accountGroup": "Elever" if position == "Elev" else "Personal", "groupId": group_ids[group],
-            "company": company, "office": school, "department": group.split(SEP)[-1], "position": position,
-        })
+        return state.add_user(
+            {
+                "name": name,
+                "email": email,
+                "phoneNumber": None,
+                "accountName": account,
+                "accountGroup": "Elever" if position == "Elev" else "Personal",
+                "groupId": group_ids[group],
+                "company": company,
+                "office": school,
+                "department": group.split(SEP)[-1],
+                "position": position,
+            }
+        )
 
     asa = edge_user("Åsa Öberg", "asa.oberg@skola.se", "asaobe01", "Skolor\\Björkskolan\\Klass 7A", "Elev")
     edge_user("Kim Lindqvist", "kim.lindqvist@skola.se", "kimlin01", "Skolor\\Norra gymnasiet\\Klass 9A", "Elev")
@@ -883,10 +961,21 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
         (FACTS["leading_zero_serial"], "EKB-IPAD-0001", ipad, None, group_ids["Skolor\\Ekbackens skola"]),
     ]
     for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(
-            edge_devices, _EDGE_GUIDS, strict=True):
-        state.add_device({"id": device_id, "serialNumber": serial, "name": name, "model": model,
-                          "platform": platform, "osVersion": os_version, "userId": owner, "groupId": group_id,
-                          "lastSeen": "2025-01-14T13:37:00Z"})
+        edge_devices, _EDGE_GUIDS, strict=True
+    ):
+        state.add_device(
+            {
+                "id": device_id,
+                "serialNumber": serial,
+                "name": name,
+                "model": model,
+                "platform": platform,
+                "osVersion": os_version,
+                "userId": owner,
+                "groupId": group_id,
+                "lastSeen": "2025-01-14T13:37:00Z",
+            }
+        )
     state.link_device_tag(FACTS["tagged_device"]["id"], tag_ids["Prov-läge"])
     state.link_user_tag(lars, tag_ids["Lärare"])
     state.link_group_tag(group_ids["Skolor\\Norra gymnasiet"], tag_ids["Gymnasiet"])
@@ -903,16 +992,25 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
     pupils: list[Any] = []
     for person in fleet.people(n_users, seed, taken=taken):
         is_staff = rng.random() < 0.1
-        group = rng.choice(("Personal\\Lärare", "Personal\\Lärare", "Personal\\Administration")) if is_staff \
+        group = (
+            rng.choice(("Personal\\Lärare", "Personal\\Lärare", "Personal\\Administration"))
+            if is_staff
             else rng.choice(classes)
-        user_id = state.add_user({
-            "name": person.name, "email": person.email, "phoneNumber": person.phone if is_staff or rng.random() < 0.3
-            else None, "accountName": person.account, "accountGroup": "Personal" if is_staff else "Elever",
-            "groupId": group_ids[group], "company": company,
-            "office": group.split(SEP)[1] if not is_staff else "Förvaltningen",
-            "department": group.split(SEP)[-1], "position": ("Lärare" if "Lärare" in group else "Administratör")
-            if is_staff else "Elev",
-        })
+        )
+        user_id = state.add_user(
+            {
+                "name": person.name,
+                "email": person.email,
+                "phoneNumber": person.phone if is_staff or rng.random() < 0.3 else None,
+                "accountName": person.account,
+                "accountGroup": "Personal" if is_staff else "Elever",
+                "groupId": group_ids[group],
+                "company": company,
+                "office": group.split(SEP)[1] if not is_staff else "Förvaltningen",
+                "department": group.split(SEP)[-1],
+                "position": ("Lärare" if "Lärare" in group else "Administratör") if is_staff else "Elev",
+            }
+        )
         (staff if is_staff else pupils).append((user_id, person, group))
         if is_staff and "Lärare" in group and rng.random() < 0.6:
             state.link_user_tag(user_id, tag_ids["Lärare"])
@@ -941,9 +1039,19 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
             group = rng.choice(classes)
             name = f"{fleet.school_code(group)}-{_kind(model).upper()}-{i:04d}"
             group_id = group_ids[group if rng.random() < 0.5 else group.rpartition(SEP)[0]]
-        state.add_device({"id": device_id, "serialNumber": serial, "name": name, "model": model,
-                          "platform": platform, "osVersion": os_version, "userId": owner_id, "groupId": group_id,
-                          "lastSeen": fleet.last_seen(rng)})
+        state.add_device(
+            {
+                "id": device_id,
+                "serialNumber": serial,
+                "name": name,
+                "model": model,
+                "platform": platform,
+                "osVersion": os_version,
+                "userId": owner_id,
+                "groupId": group_id,
+                "lastSeen": fleet.last_seen(rng),
+            }
+        )
         if group.startswith("Personal"):
             if rng.random() < 0.7:
                 state.link_device_tag(device_id, tag_ids["Lärare"])
@@ -988,8 +1096,10 @@ async def _body(request: web.Request, *, optional: bool = False) -> dict[str, An
     # "Data in DELETE-, PUT- and POST-commands must be structured as JSON
     # objects": a form or text body is refused the way ASP.NET refuses it.
     if "json" not in request.content_type:
-        raise ApiError(415, f"The request body must be JSON (Content-Type: application/json), "
-                            f"not {request.content_type or 'untyped'}")
+        raise ApiError(
+            415,
+            f"The request body must be JSON (Content-Type: application/json), not {request.content_type or 'untyped'}",
+        )
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -1030,8 +1140,11 @@ def _auth_middleware(username: str, password: str, shape: Shape) -> Any:
         if request.path.startswith("/api"):
             header = request.headers.get("Authorization", "")
             if header != token and _basic(header) != expected:
-                raise ApiError(shape.auth_status, "Authorization has been denied for this request.",
-                               {"WWW-Authenticate": f'Basic realm="{REALM}"'} if shape.auth_status == 401 else None)
+                raise ApiError(
+                    shape.auth_status,
+                    "Authorization has been denied for this request.",
+                    {"WWW-Authenticate": f'Basic realm="{REALM}"'} if shape.auth_status == 401 else None,
+                )
         return await handler(request)
 
     return middleware
@@ -1057,8 +1170,11 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.json_response({"message": exc.reason}, status=exc.status,
-                                 headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        return web.json_response(
+            {"message": exc.reason},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
 
 
 @dataclass
@@ -1142,8 +1258,10 @@ def _wrapped(data: Any, wrap: str | None) -> Any:
     return data
 
 
-_SIGN_IN_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
-                 b"<body><form method=post action=/login>Your session has expired.</form></body></html>")
+_SIGN_IN_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
+    b"<body><form method=post action=/login>Your session has expired.</form></body></html>"
+)
 
 
 def _change_answers(shape: Shape) -> Any:
@@ -1179,8 +1297,14 @@ def _request_log(log: deque[dict[str, Any]]) -> Any:
                     body = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
                     body = raw.decode("utf-8", errors="replace")
-            log.append({"method": request.method, "path": request.raw_path,
-                        "contentType": request.content_type if raw else None, "body": body})
+            log.append(
+                {
+                    "method": request.method,
+                    "path": request.raw_path,
+                    "contentType": request.content_type if raw else None,
+                    "body": body,
+                }
+            )
         return await handler(request)
 
     return middleware
@@ -1194,7 +1318,7 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
             return web.Response(body=state.list_json(kind), content_type=_JSON, charset="utf-8")
         rows = json.loads(state.list_json(kind))
         if shape.list_limit is not None and kind in shape.limited:
-            rows = rows[:shape.list_limit]
+            rows = rows[: shape.list_limit]
         return out(rows, kind)
 
     def whole(kind: str) -> web.Response:
@@ -1215,11 +1339,18 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
                 return cached(kind)
             rows = json.loads(state.list_json(kind))
             if shape.list_limit is not None and kind in shape.limited:
-                rows = rows[:shape.list_limit]
+                rows = rows[: shape.list_limit]
         if shape.links_as_tags:
             link_id = kind[:-4] + "TagId"
-            rows = [{link_id: row["id"], **{k: v for k, v in row.items() if k not in ("id", "tagId")},
-                     "id": row["tagId"], "name": state.tag(row["tagId"])["name"]} for row in rows]
+            rows = [
+                {
+                    link_id: row["id"],
+                    **{k: v for k, v in row.items() if k not in ("id", "tagId")},
+                    "id": row["tagId"],
+                    "name": state.tag(row["tagId"])["name"],
+                }
+                for row in rows
+            ]
         return out(rows, kind)
 
     # -- groups
@@ -1270,9 +1401,16 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
             return cached("users")
         if shape.ignore_filters:
             return whole("users")
-        return out(state.search_users(email=_q(request, "email"), phone=_q(request, "phoneNumber"),
-                                        account=_q(request, "account"), group_id=_qint(request, "groupId"),
-                                        tag_id=_qint(request, "tagId")), "users")
+        return out(
+            state.search_users(
+                email=_q(request, "email"),
+                phone=_q(request, "phoneNumber"),
+                account=_q(request, "account"),
+                group_id=_qint(request, "groupId"),
+                tag_id=_qint(request, "tagId"),
+            ),
+            "users",
+        )
 
     @r.get("/api/users/{id}")
     async def user(request: web.Request) -> web.Response:
@@ -1302,9 +1440,16 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
             return cached("devices")
         if shape.ignore_filters:
             return whole("devices")
-        return out(state.search_devices(serial=_q(request, "serialNumber"), group_id=_qint(request, "groupId"),
-                                          user_id=_qint(request, "userId"), account=_q(request, "accountName"),
-                                          tag_id=_qint(request, "tagId")), "devices")
+        return out(
+            state.search_devices(
+                serial=_q(request, "serialNumber"),
+                group_id=_qint(request, "groupId"),
+                user_id=_qint(request, "userId"),
+                account=_q(request, "accountName"),
+                tag_id=_qint(request, "tagId"),
+            ),
+            "devices",
+        )
 
     @r.get("/api/devices/{id}")
     async def device(request: web.Request) -> web.Response:
@@ -1364,8 +1509,10 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
             return links("devicetags", None)
         if shape.ignore_filters:
             return links("devicetags", json.loads(state.list_json("devicetags")))
-        return links("devicetags", state.search_device_tags(device_id=_q(request, "deviceId"),
-                                                            serial=_q(request, "serialNumber")))
+        return links(
+            "devicetags",
+            state.search_device_tags(device_id=_q(request, "deviceId"), serial=_q(request, "serialNumber")),
+        )
 
     @r.post("/api/devicetags")
     async def post_devicetag(request: web.Request) -> web.Response:
@@ -1386,8 +1533,11 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
     @r.post("/api/usertags")
     async def post_usertag(request: web.Request) -> web.Response:
         data = await _body(request)
-        return _created(state.link_user_tag(as_int(_required(data, "userId"), "userId", quoted=True),
-                                            as_int(_required(data, "tagId"), "tagId")))
+        return _created(
+            state.link_user_tag(
+                as_int(_required(data, "userId"), "userId", quoted=True), as_int(_required(data, "tagId"), "tagId")
+            )
+        )
 
     @r.get("/api/grouptags")
     async def grouptags(request: web.Request) -> web.Response:
@@ -1398,8 +1548,11 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
         data = await _body(request)
         if data.get("groupId") is None or data.get("groupId") == "":
             raise _bad("groupId is required")
-        return _created(state.link_group_tag(as_int(data["groupId"], "groupId", quoted=True),
-                                             as_int(_required(data, "tagId"), "tagId")))
+        return _created(
+            state.link_group_tag(
+                as_int(data["groupId"], "groupId", quoted=True), as_int(_required(data, "tagId"), "tagId")
+            )
+        )
 
     def link_routes(kind: str) -> None:
         what = _LINK_NAMES[kind]
@@ -1468,8 +1621,14 @@ def make_app(
     state = seed_state(DuoState(), devices=devices, users=users, seed=seed)
     shape = shape or Shape()
     log: deque[dict[str, Any]] = deque(maxlen=10_000)
-    app = web.Application(middlewares=[_request_log(log), _error_middleware,
-                                          _auth_middleware(username, password, shape), _change_answers(shape)])
+    app = web.Application(
+        middlewares=[
+            _request_log(log),
+            _error_middleware,
+            _auth_middleware(username, password, shape),
+            _change_answers(shape),
+        ]
+    )
     with warnings.catch_warnings():
         # a plain string key, like common.py's app["faults"], so tests can write app["state"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
@@ -1479,4 +1638,3 @@ def make_app(
     app.add_routes(_routes(state, shape))
     instrument(app, faults)
     return app
-

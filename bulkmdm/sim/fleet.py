@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 #: the e-mail domain of every generated person
 DOMAIN = "skola.se"
@@ -29,24 +29,132 @@ CLASSES = ("Klass 7A", "Klass 7B", "Klass 8A", "Klass 8B", "Klass 9A", "Klass 9B
 STAFF_GROUPS = ("Lärare", "Administration")
 
 FIRST_NAMES = (
-    "Åsa", "Björn", "Märta", "Göran", "Linnéa", "Sölve", "Ebba", "Elsa", "Alice", "Maja", "Wilma", "Alma",
-    "Saga", "Astrid", "Signe", "Agnes", "Ella", "Freja", "Stina", "Ylva", "Ingrid", "Karin", "Tove", "Märit",
-    "Hugo", "Oscar", "Lucas", "Elias", "William", "Liam", "Noah", "Adam", "Nils", "Olle", "Måns", "Sixten",
-    "Axel", "Vilgot", "Ludvig", "Gösta", "Örjan", "Jöns", "Pär", "Anders", "Lars", "Håkan", "Kim", "Sam",
+    "Åsa",
+    "Björn",
+    "Märta",
+    "Göran",
+    "Linnéa",
+    "Sölve",
+    "Ebba",
+    "Elsa",
+    "Alice",
+    "Maja",
+    "Wilma",
+    "Alma",
+    "Saga",
+    "Astrid",
+    "Signe",
+    "Agnes",
+    "Ella",
+    "Freja",
+    "Stina",
+    "Ylva",
+    "Ingrid",
+    "Karin",
+    "Tove",
+    "Märit",
+    "Hugo",
+    "Oscar",
+    "Lucas",
+    "Elias",
+    "William",
+    "Liam",
+    "Noah",
+    "Adam",
+    "Nils",
+    "Olle",
+    "Måns",
+    "Sixten",
+    "Axel",
+    "Vilgot",
+    "Ludvig",
+    "Gösta",
+    "Örjan",
+    "Jöns",
+    "Pär",
+    "Anders",
+    "Lars",
+    "Håkan",
+    "Kim",
+    "Sam",
 )
 LAST_NAMES = (
-    "Åberg", "Öberg", "Bäckström", "Löfgren", "Söderström", "Sjöberg", "Ström", "Nyström", "Hägglund",
-    "Lindqvist", "Johansson", "Karlsson", "Nilsson", "Eriksson", "Andersson", "Pettersson", "Håkansson",
-    "Östlund", "Ängström", "Lundgren", "Berglund", "Sandström", "Forsberg", "Holmqvist", "Jönsson",
-    "Ekström", "Sundén", "Wikström", "Björklund", "Dahlén", "Engström", "Falk", "Gustafsson", "Hedlund",
-    "Isaksson", "Jakobsson", "Källström", "Lindahl", "Malmström", "Norén", "Persson", "Rönnqvist", "Sjödin",
+    "Åberg",
+    "Öberg",
+    "Bäckström",
+    "Löfgren",
+    "Söderström",
+    "Sjöberg",
+    "Ström",
+    "Nyström",
+    "Hägglund",
+    "Lindqvist",
+    "Johansson",
+    "Karlsson",
+    "Nilsson",
+    "Eriksson",
+    "Andersson",
+    "Pettersson",
+    "Håkansson",
+    "Östlund",
+    "Ängström",
+    "Lundgren",
+    "Berglund",
+    "Sandström",
+    "Forsberg",
+    "Holmqvist",
+    "Jönsson",
+    "Ekström",
+    "Sundén",
+    "Wikström",
+    "Björklund",
+    "Dahlén",
+    "Engström",
+    "Falk",
+    "Gustafsson",
+    "Hedlund",
+    "Isaksson",
+    "Jakobsson",
+    "Källström",
+    "Lindahl",
+    "Malmström",
+    "Norén",
+    "Persson",
+    "Rönnqvist",
+    "Sjödin",
 )
 
 TAG_NAMES = (
-    "Elev-iPad", "Lärare", "Prov-läge", "Lånedator", "Åk 7", "Åk 8", "Åk 9", "Gymnasiet", "Bibliotek",
-    "Kiosk-läge", "Delad iPad", "Wi-Fi Elev", "Wi-Fi Personal", "Skrivare Norra", "Digitala prov", "Begränsad",
-    "Reserv", "Ny 2024", "Ny 2025", "Trasig", "Service", "Sommarlån", "Specialpedagog", "Musik", "Bild",
-    "Slöjd", "Idrott", "Nationella prov", "Dubblett", "Dubblett",
+    "Elev-iPad",
+    "Lärare",
+    "Prov-läge",
+    "Lånedator",
+    "Åk 7",
+    "Åk 8",
+    "Åk 9",
+    "Gymnasiet",
+    "Bibliotek",
+    "Kiosk-läge",
+    "Delad iPad",
+    "Wi-Fi Elev",
+    "Wi-Fi Personal",
+    "Skrivare Norra",
+    "Digitala prov",
+    "Begränsad",
+    "Reserv",
+    "Ny 2024",
+    "Ny 2025",
+    "Trasig",
+    "Service",
+    "Sommarlån",
+    "Specialpedagog",
+    "Musik",
+    "Bild",
+    "Slöjd",
+    "Idrott",
+    "Nationella prov",
+    "Dubblett",
+    "Dubblett",
 )
 
 #: (name, company, packageId, platform, store, storeId, versionText)
@@ -69,10 +177,24 @@ APP_CATALOG: tuple[tuple[str, str, str, int, int, str, str], ...] = (
     ("Skolon", "Skolon AB", "se.skolon.app", 0, 0, "1071385452", "4.12.0"),
     ("Inläsningstjänst", "Inläsningstjänst AB", "se.inlasningstjanst.elevapp", 0, 0, "1195617124", "2.8.3"),
     ("Google Classroom", "Google LLC", "com.google.Classroom", 0, 0, "924620788", "3.31.1"),
-    ("Google Docs", "Google LLC", "com.google.android.apps.docs.editors.docs", 1, 1,
-     "com.google.android.apps.docs.editors.docs", "1.24.472"),
-    ("Skrivtavlan", "Norrby kommun", "se.norrby.skrivtavlan", 0, 2, "https://mdm.norrby.se/apps/skrivtavlan.ipa",
-     "1.0.4"),
+    (
+        "Google Docs",
+        "Google LLC",
+        "com.google.android.apps.docs.editors.docs",
+        1,
+        1,
+        "com.google.android.apps.docs.editors.docs",
+        "1.24.472",
+    ),
+    (
+        "Skrivtavlan",
+        "Norrby kommun",
+        "se.norrby.skrivtavlan",
+        0,
+        2,
+        "https://mdm.norrby.se/apps/skrivtavlan.ipa",
+        "1.0.4",
+    ),
     ("Schoolsoft", "SchoolSoft AB", "se.schoolsoft.mobile", 0, 0, "590593138", "7.4.0"),
     ("Matteappen", "Norrby kommun", "se.norrby.matte", 2, 2, "https://mdm.norrby.se/apps/matte.pkg", "2.1"),
 )
@@ -90,7 +212,7 @@ DEVICE_MODELS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
 #: Apple serials leave out I and O (they read as 1 and 0)
 SERIAL_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 #: "now" for generated ``lastSeen`` times, so they do not depend on the clock
-EPOCH = datetime(2025, 1, 15, 8, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2025, 1, 15, 8, 0, tzinfo=UTC)
 
 _FOLD = str.maketrans({"å": "a", "ä": "a", "ö": "o", "é": "e", "ü": "u", "Å": "A", "Ä": "A", "Ö": "O", "É": "E"})
 
@@ -196,7 +318,7 @@ def last_seen(rng: random.Random) -> str:
 
 
 def school_code(path: str) -> str:
-    """"Skolor\\Björkskolan\\Klass 7A" -> "BJO" (for device names)."""
+    """ "Skolor\\Björkskolan\\Klass 7A" -> "BJO" (for device names)."""
     parts = path.split("\\")
     name = parts[1] if len(parts) > 1 else parts[0]
     return fold(name)[:3].upper()

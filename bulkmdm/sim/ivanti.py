@@ -54,15 +54,68 @@ from .common import Faults, Handler, instrument
 
 MAX_ROWS = 500
 
-_FIRST = ("Ana", "Ben", "Chloé", "David", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kofi", "Lena",
-          "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Ximena",
-          "Yusuf", "Zoe", "Liam", "Maja", "Noah", "Olga")
-_LAST = ("Smith", "García", "Müller", "Kowalski", "Nguyen", "Okafor", "Rossi", "Silva", "Tanaka", "Jensen",
-         "Dubois", "Ivanova", "Kim", "Larsen", "Moreau", "Novak", "Patel", "Quispe", "Schmidt", "Walsh")
+_FIRST = (
+    "Ana",
+    "Ben",
+    "Chloé",
+    "David",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Ximena",
+    "Yusuf",
+    "Zoe",
+    "Liam",
+    "Maja",
+    "Noah",
+    "Olga",
+)
+_LAST = (
+    "Smith",
+    "García",
+    "Müller",
+    "Kowalski",
+    "Nguyen",
+    "Okafor",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Jensen",
+    "Dubois",
+    "Ivanova",
+    "Kim",
+    "Larsen",
+    "Moreau",
+    "Novak",
+    "Patel",
+    "Quispe",
+    "Schmidt",
+    "Walsh",
+)
 _CITIES = ("SF", "NYC", "LON", "BER", "PAR", "TYO", "SYD")
 _MODELS = {
-    "IOS": (("iPhone14,5", "iPhone 13"), ("iPhone15,2", "iPhone 14 Pro"), ("iPad13,1", "iPad Air 4th gen"),
-            ("iPad7,5", "iPad 6th gen")),
+    "IOS": (
+        ("iPhone14,5", "iPhone 13"),
+        ("iPhone15,2", "iPhone 14 Pro"),
+        ("iPad13,1", "iPad Air 4th gen"),
+        ("iPad7,5", "iPad 6th gen"),
+    ),
     "ANDROID": (("Pixel 7", "Pixel 7"), ("SM-G991B", "Galaxy S21"), ("TC52", "Zebra TC52")),
     "OSX": (("MacBookAir10,1", "MacBook Air (M1)"),),
     "WINDOWS": (("Surface Pro 8", "Surface Pro 8"),),
@@ -222,9 +275,7 @@ class IvantiState:
             serials.add(serial)
             if rng.random() < 0.01:
                 serial = ""  # some Android devices report none (see the doc's Pixel 2)
-            state = rng.choices(
-                ("ACTIVE", "RETIRED", "WIPED", "WIPE_PENDING", "RETIRE_PENDING"), (92, 5, 1, 1, 1)
-            )[0]
+            state = rng.choices(("ACTIVE", "RETIRED", "WIPED", "WIPE_PENDING", "RETIRE_PENDING"), (92, 5, 1, 1, 1))[0]
             attrs: dict[str, list[str]] | None = None
             if rng.random() < 0.4:
                 attrs = {"cityid": [rng.choice(_CITIES)]}
@@ -243,8 +294,12 @@ class IvantiState:
                     "platformVersion": {"IOS": "17.4", "ANDROID": "14", "OSX": "14.4", "WINDOWS": "10.0.22631"}[
                         platform
                     ],
-                    "manufacturer": {"IOS": "Apple Inc.", "OSX": "Apple Inc.", "ANDROID": "Google",
-                                     "WINDOWS": "Microsoft"}[platform],
+                    "manufacturer": {
+                        "IOS": "Apple Inc.",
+                        "OSX": "Apple Inc.",
+                        "ANDROID": "Google",
+                        "WINDOWS": "Microsoft",
+                    }[platform],
                     "registrationState": state,
                     "supervised": platform == "IOS" and rng.random() < 0.75,
                     "lastCheckin": 1_700_000_000_000 + rng.randint(0, 10**10),
@@ -429,8 +484,11 @@ async def _form(request: web.Request) -> MultiDict[str] | web.Response:
             for key, value in body.items():
                 params.add(key, value if isinstance(value, str) else str(value))
         elif await request.read():
-            return _error(415, f"Content type '{ctype}' not supported; send the parameters form-encoded",
-                          code="UnsupportedMediaType")
+            return _error(
+                415,
+                f"Content type '{ctype}' not supported; send the parameters form-encoded",
+                code="UnsupportedMediaType",
+            )
     return params
 
 
@@ -438,8 +496,11 @@ async def _json_body(request: web.Request) -> Any:
     """The JSON body of the custom-attribute calls ("a JSON payload"): 415
     for another content type, 400 for malformed JSON."""
     if request.content_type != "application/json":
-        return _error(415, f"Content type '{request.content_type}' not supported; send application/json",
-                      code="UnsupportedMediaType")
+        return _error(
+            415,
+            f"Content type '{request.content_type}' not supported; send application/json",
+            code="UnsupportedMediaType",
+        )
     try:
         return json.loads(await request.read() or b"{}")
     except ValueError:
@@ -478,16 +539,26 @@ def _sort_fields(query: MultiMapping[str], state: IvantiState) -> list[tuple[str
         if name is None:
             break
         order = query.get(f"sortFields[{i}].order", "ASC").upper()
-        if state.refuses_sort or order not in ("ASC", "DESC") or (
-                state.devices and name not in next(iter(state.devices.values()))):
+        if (
+            state.refuses_sort
+            or order not in ("ASC", "DESC")
+            or (state.devices and name not in next(iter(state.devices.values())))
+        ):
             return _error(400, f"Cannot sort by {name} {order}", field=f"sortFields[{i}]", code="InvalidSort")
         out.append((name, order == "DESC"))
     return out
 
 
 def _search_page(devices: list[dict[str, Any]], total: int, start: int, rows: int) -> dict[str, Any]:
-    return {"totalCount": total, "queryTime": 1, "searchResults": devices, "offset": start, "limit": rows,
-            "facetedResults": {}, "totalUnfilteredResultCount": 0}
+    return {
+        "totalCount": total,
+        "queryTime": 1,
+        "searchResults": devices,
+        "offset": start,
+        "limit": rows,
+        "facetedResults": {},
+        "totalUnfilteredResultCount": 0,
+    }
 
 
 def make_app(
@@ -551,7 +622,7 @@ def make_app(
                 position = bisect_right(ids, int(after))
             except ValueError:
                 return _error(400, "searchAfterValues must come from an earlier answer", field="searchAfterValues")
-            page_ids = ids[position:position + rows]
+            page_ids = ids[position : position + rows]
         elif after:
             return _error(400, "searchAfterValues need the search sorted by id", field="searchAfterValues")
         else:
@@ -563,9 +634,13 @@ def make_app(
                     field="start",
                     code="Range",
                 )
-            page_ids = ids[start:start + rows]
-        result = _search_page([state.devices[i] for i in page_ids], len(page_ids) if state.total_is_page else total,
-                              0 if state.real else start, rows)
+            page_ids = ids[start : start + rows]
+        result = _search_page(
+            [state.devices[i] for i in page_ids],
+            len(page_ids) if state.total_is_page else total,
+            0 if state.real else start,
+            rows,
+        )
         if large and page_ids and by_id:
             result["searchAfterValues"] = [str(page_ids[-1])]
         return _envelope(result)
@@ -632,8 +707,14 @@ def make_app(
             each = []
             for device in found:
                 codes = rule(device)
-                each.append({"id": device["id"], "guid": device["guid"], "status": "FAILED" if codes else "SUCCESS",
-                             "actionExceptionCodes": codes})
+                each.append(
+                    {
+                        "id": device["id"],
+                        "guid": device["guid"],
+                        "status": "FAILED" if codes else "SUCCESS",
+                        "actionExceptionCodes": codes,
+                    }
+                )
                 if codes:
                     rejected.append(dict(device, actionExceptionCodes=codes))
                     continue
@@ -662,8 +743,7 @@ def make_app(
             return _error(400, "deviceIds is required", field="deviceIds", code="NotEmpty")
         found, missing = _resolve(state, refs)
         if missing:
-            return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="deviceIds",
-                          code="NotFound")
+            return _error(400, f"Invalid device id(s): {', '.join(missing[:10])}", field="deviceIds", code="NotFound")
         busy = [d for d in found if d["registrationState"] in ("ACTIVE", "WIPE_PENDING")]
         if busy:
             return _error(

@@ -195,8 +195,7 @@ class ApiError(Exception):
 def _error_response(exc: ApiError) -> web.Response:
     # the doc: { "error_code": 1002, "error_description": "Unknown ID", "localized_error_description": ... }
     return web.json_response(
-        {"error_code": exc.code, "error_description": exc.description,
-         "localized_error_description": exc.description},
+        {"error_code": exc.code, "error_description": exc.description, "localized_error_description": exc.description},
         status=exc.status,
     )
 
@@ -205,8 +204,9 @@ class MEState:
     """The simulator's data. Every look-up is a dict access. Call methods from
     the server's loop (``SimServer.call(lambda: state.…)``)."""
 
-    def __init__(self, *, api_key: str, client_id: str, client_secret: str, refresh_token: str,
-                 access_token_ttl: float) -> None:
+    def __init__(
+        self, *, api_key: str, client_id: str, client_secret: str, refresh_token: str, access_token_ttl: float
+    ) -> None:
         self.api_key = api_key
         self.client_id = client_id
         self.client_secret = client_secret
@@ -349,13 +349,35 @@ class MEState:
         return app
 
     def device_summary(self, device: dict[str, Any]) -> dict[str, Any]:
-        keys: tuple[str, ...] = ("device_id", "device_name", "serial_number", "udid", "os_version", "platform_type",
-                                 "platform_type_id", "model", "product_name", "device_capacity",
-                                 "is_lost_mode_enabled", "owned_by", "user")
+        keys: tuple[str, ...] = (
+            "device_id",
+            "device_name",
+            "serial_number",
+            "udid",
+            "os_version",
+            "platform_type",
+            "platform_type_id",
+            "model",
+            "product_name",
+            "device_capacity",
+            "is_lost_mode_enabled",
+            "owned_by",
+            "user",
+        )
         if self.doc_fields:
             # exactly the doc's "Get device list" example
-            keys = ("device_id", "device_capacity", "os_version", "is_lost_mode_enabled", "platform_type",
-                    "platform_type_id", "model", "device_name", "product_name", "user")
+            keys = (
+                "device_id",
+                "device_capacity",
+                "os_version",
+                "is_lost_mode_enabled",
+                "platform_type",
+                "platform_type_id",
+                "model",
+                "device_name",
+                "product_name",
+                "user",
+            )
         summary = {k: device[k] for k in keys if k in device}
         if self.real:
             summary["is_removed"] = "true" if device["device_id"] in self.removed else "false"
@@ -383,15 +405,22 @@ class MEState:
             out.append(self.device_summary(device))
         if not hide:
             # twins whose current record was deleted since
-            out.extend(self.device_summary(self.removed[twin]) for live, twin in self.twin_of.items()
-                       if live not in self.devices)
+            out.extend(
+                self.device_summary(self.removed[twin])
+                for live, twin in self.twin_of.items()
+                if live not in self.devices
+            )
         return out
 
     def device_apps(self, device_id: int) -> dict[str, Any]:
         self.device(device_id)
         apps = [
-            {"app_name": a["app_name"], "identifier": a["bundle_identifier"], "app_version": a["version"],
-             "app_id": a["app_id"] + DEVICE_APP_ID_OFFSET if self.own_device_app_ids else a["app_id"]}
+            {
+                "app_name": a["app_name"],
+                "identifier": a["bundle_identifier"],
+                "app_version": a["version"],
+                "app_id": a["app_id"] + DEVICE_APP_ID_OFFSET if self.own_device_app_ids else a["app_id"],
+            }
             for a in (self.apps[i] for i in self.installed.get(device_id, ()))
         ]
         return {"apps": apps, "installed_apps": apps}
@@ -490,8 +519,12 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
     class_groups = []
     for k, name in enumerate(names):
         group_id = GROUP_ID_BASE + k
-        state.groups[group_id] = {"group_id": group_id, "name": name, "group_type": 1,
-                                  "description": f"Enheter: {name}"}
+        state.groups[group_id] = {
+            "group_id": group_id,
+            "name": name,
+            "group_type": 1,
+            "description": f"Enheter: {name}",
+        }
         if name == "Lärare":
             state.groups[group_id]["domain"] = "SKOLA"
         if k >= len(_FIXED_GROUPS):
@@ -501,22 +534,36 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
     for k, (app_name, company, bundle, app_platform, store, store_id, version) in enumerate(fleet.APP_CATALOG):
         app_id = APP_ID_BASE + k
         state.apps[app_id] = {
-            "app_id": app_id, "app_name": app_name, "app_category": "Education",
+            "app_id": app_id,
+            "app_name": app_name,
+            "app_category": "Education",
             # the doc leaves the codes out; store apps 1, enterprise (in-house) apps 2
             "app_type": 2 if store == 2 else 1,
-            "bundle_identifier": bundle, "version": version,
+            "bundle_identifier": bundle,
+            "version": version,
             "platform_type": 2 if app_platform == 1 else 1,
             "description": f"{app_name} ({company})",
             "icon": f"https://mdm.example.se/icons/{app_id}.png",
             "store_url": f"https://apps.apple.com/se/app/id{store_id}" if store == 0 else "--",
-            "is_app_paid": False, "country_code": "SE", "store_id": store_id,
-            "added_time": 1704067200000 + k * 86400000, "modified_time": 1717200000000 + k * 3600000,
+            "is_app_paid": False,
+            "country_code": "SE",
+            "store_id": store_id,
+            "added_time": 1704067200000 + k * 86400000,
+            "modified_time": 1717200000000 + k * 3600000,
         }
     assert state.apps[FACTS["app"]["id"]]["app_name"] == FACTS["app"]["name"]
     assert state.apps[FACTS["installed_app"]["id"]]["app_name"] == FACTS["installed_app"]["name"]
 
-    edge_serials = [FACTS["duplicate_serial"], FACTS["duplicate_serial"], "--", "--", FACTS["leading_zero_serial"],
-                    FACTS["member_device"]["serial"], FACTS["free_device"]["serial"], FACTS["app_device"]["serial"]]
+    edge_serials = [
+        FACTS["duplicate_serial"],
+        FACTS["duplicate_serial"],
+        "--",
+        "--",
+        FACTS["leading_zero_serial"],
+        FACTS["member_device"]["serial"],
+        FACTS["free_device"]["serial"],
+        FACTS["app_device"]["serial"],
+    ]
     generated = max(0, devices - len(edge_serials))
     all_serials = edge_serials + fleet.serials(generated, seed)
     people = fleet.people(len(all_serials), seed)
@@ -542,8 +589,7 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
             "device_capacity": rng.choice((32.0, 64.0, 128.0)),
             "is_lost_mode_enabled": False,
             "owned_by": "1",
-            "user": {"user_id": DEVICE_ID_BASE + 500000 + i, "user_name": person.account,
-                     "user_email": person.email},
+            "user": {"user_id": DEVICE_ID_BASE + 500000 + i, "user_name": person.account, "user_email": person.email},
         }
         if i >= len(edge_serials):
             state.members.setdefault(rng.choice(class_groups), {})[device_id] = None
@@ -561,7 +607,7 @@ def seed_state(state: MEState, *, devices: int, seed: int) -> MEState:
 def _add_removed_twins(state: MEState) -> None:
     """De-enrolled records beside re-enrolled devices (real behaviour): the
     FACTS devices that have twins, and every tenth ordinary device."""
-    ordinary = sorted(state.devices)[FACTS["edge_devices"]:]
+    ordinary = sorted(state.devices)[FACTS["edge_devices"] :]
     for device_id in [*FACTS["removed_twin_of"], *ordinary[::10]]:
         twin_id = device_id + REMOVED_ID_OFFSET
         live = state.devices[device_id]
@@ -607,7 +653,7 @@ def _page(request: web.Request, state: MEState, key: str, items: list[Any]) -> w
     if not offset_text.isdigit() or not limit_text.isdigit() or int(limit_text) < 1:
         raise ApiError("COM0003")
     offset, limit = int(offset_text), min(int(limit_text), state.page_size)
-    body: dict[str, Any] = {"metadata": {"total_record_count": len(items)}, key: items[offset:offset + limit]}
+    body: dict[str, Any] = {"metadata": {"total_record_count": len(items)}, key: items[offset : offset + limit]}
     if offset + limit < len(items) and state.next_links:
         body["paging"] = {"next": str(request.url.with_query({"limit": str(limit), "offset": str(offset + limit)}))}
     return web.json_response(body)
@@ -621,8 +667,13 @@ async def list_devices(request: web.Request, state: MEState) -> web.StreamRespon
 
 async def get_device(request: web.Request, state: MEState) -> web.StreamResponse:
     device = state.device(_id(request, "device_id"))
-    return web.json_response({**device, "name": device["device_name"], "os": {
-        "serial_number": device["serial_number"], "os_version": device["os_version"]}})
+    return web.json_response(
+        {
+            **device,
+            "name": device["device_name"],
+            "os": {"serial_number": device["serial_number"], "os_version": device["os_version"]},
+        }
+    )
 
 
 async def get_device_apps(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -631,8 +682,9 @@ async def get_device_apps(request: web.Request, state: MEState) -> web.StreamRes
 
 async def list_groups(request: web.Request, state: MEState) -> web.StreamResponse:
     keep = ("group_id", "name", "group_type", "domain")
-    groups = [state.without_id({k: g[k] for k in keep if k in g}, "group_id", g["group_id"])
-              for g in state.groups.values()]
+    groups = [
+        state.without_id({k: g[k] for k in keep if k in g}, "group_id", g["group_id"]) for g in state.groups.values()
+    ]
     return _page(request, state, "groups", groups)
 
 
@@ -661,12 +713,27 @@ async def remove_member(request: web.Request, state: MEState) -> web.StreamRespo
 
 
 async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
-    keep: tuple[str, ...] = ("app_id", "app_name", "app_category", "app_type", "bundle_identifier", "version",
-                             "platform_type", "description", "icon", "added_time", "modified_time")
+    keep: tuple[str, ...] = (
+        "app_id",
+        "app_name",
+        "app_category",
+        "app_type",
+        "bundle_identifier",
+        "version",
+        "platform_type",
+        "description",
+        "icon",
+        "added_time",
+        "modified_time",
+    )
     if state.doc_fields:
         keep = tuple(k for k in keep if k != "bundle_identifier")  # the doc's "Get App List" example
-    return _page(request, state, "apps", [state.without_id({k: a[k] for k in keep}, "app_id", a["app_id"])
-                                          for a in state.apps.values()])
+    return _page(
+        request,
+        state,
+        "apps",
+        [state.without_id({k: a[k] for k in keep}, "app_id", a["app_id"]) for a in state.apps.values()],
+    )
 
 
 async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -721,8 +788,14 @@ def _guarded(state: MEState, mdm_path: bool, route: Route) -> Callable[[web.Requ
         header = request.headers.get("Authorization", "")
         if _not_here(state, mdm_path, header):
             # the doc's "404 URL Not Found: The URL you've sent is wrong"
-            return web.json_response({"error_code": 404, "error_description": "URL Not Found",
-                                      "localized_error_description": "URL Not Found"}, status=404)
+            return web.json_response(
+                {
+                    "error_code": 404,
+                    "error_description": "URL Not Found",
+                    "localized_error_description": "URL Not Found",
+                },
+                status=404,
+            )
         cloud = not mdm_path or header.strip().startswith("Zoho-oauthtoken ")
         if not state.authorised(cloud, header):
             state.unauthorized += 1
@@ -786,8 +859,13 @@ def make_app(
     as the real cloud does where it differs from the doc (see the module
     docstring). The state is ``app["state"]`` (a :class:`MEState`)."""
     del username, password
-    state = MEState(api_key=api_key, client_id=client_id, client_secret=client_secret, refresh_token=refresh_token,
-                    access_token_ttl=access_token_ttl)
+    state = MEState(
+        api_key=api_key,
+        client_id=client_id,
+        client_secret=client_secret,
+        refresh_token=refresh_token,
+        access_token_ttl=access_token_ttl,
+    )
     state.real = real
     seed_state(state, devices=devices, seed=seed)
     app = web.Application()

@@ -45,15 +45,18 @@ async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[
             from ..errors import UsageError
 
             reason = "another program uses it" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise UsageError(f"Cannot listen on 127.0.0.1:{port} ({reason}); pass another --port, "
-                             "or --port 0 for any free one.") from None
+            raise UsageError(
+                f"Cannot listen on 127.0.0.1:{port} ({reason}); pass another --port, or --port 0 for any free one."
+            ) from None
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         guard = app[STATE].guard
         guard.port = bound
         address = f"http://127.0.0.1:{bound}/?token={guard.secret}"
         echo(f"Open {address}")
-        echo("Keep this window open while you work; Ctrl-C stops bulkmdm serve (and any run it started, "
-             "which can be resumed).")
+        echo(
+            "Keep this window open while you work; Ctrl-C stops bulkmdm serve (and any run it started, "
+            "which can be resumed)."
+        )
         if open_browser and _has_desktop():
             # in a thread: webbrowser waits for some browsers to exit, and the page must answer meanwhile
             threading.Thread(target=_open_browser, args=(address,), daemon=True).start()
@@ -80,8 +83,10 @@ class _CrashFiles(logging.Handler):
         if error is None:
             self.echo(f"bulkmdm serve: {record.getMessage()}")
             return
-        self.echo(f"bulkmdm serve hit an internal error ({type(error).__name__}); it goes on. "
-                  f"Details for a bug report: {crash_file(error)}")
+        self.echo(
+            f"bulkmdm serve hit an internal error ({type(error).__name__}); it goes on. "
+            f"Details for a bug report: {crash_file(error)}"
+        )
 
 
 def _log_bugs_to_files(echo: Callable[[str], None]) -> None:

@@ -86,7 +86,8 @@ class WebState:
     def render(self, name: str, *, status: int = 200, **context: Any) -> web.Response:
         flash, self.flash = self.flash, ""
         html = self.templates.get_template(name).render(
-            csrf=self.guard.csrf, connection=self.connection, flash=context.pop("flash", flash), **context)
+            csrf=self.guard.csrf, connection=self.connection, flash=context.pop("flash", flash), **context
+        )
         return web.Response(text=html, content_type="text/html", status=status)
 
     async def table(self, upload: Upload) -> Any:
@@ -118,14 +119,18 @@ class WebState:
 STATE = web.AppKey("state", WebState)
 
 
-def make_app(state_dir: Path, *, port: int = 0, max_upload: int = MAX_UPLOAD, secret: str | None = None
-             ) -> web.Application:
+def make_app(
+    state_dir: Path, *, port: int = 0, max_upload: int = MAX_UPLOAD, secret: str | None = None
+) -> web.Application:
     """The app; ``app[STATE].guard.port`` must be set to the bound port before it answers."""
     from . import routes
 
     templates = jinja2.Environment(
-        loader=jinja2.PackageLoader("bulkmdm.web", "templates"), autoescape=True,
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.PackageLoader("bulkmdm.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     templates.globals.update(credential_fields=CREDENTIAL_FIELDS, providers=sorted(CREDENTIAL_FIELDS))
     templates.filters.update(routes.FILTERS)
@@ -154,13 +159,19 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return request.app[STATE].render("error.html", message=str(exc), status=400)
     except OSError as exc:
         return request.app[STATE].render(
-            "error.html", status=500, message=f"bulkmdm could not use a file it needs ({exc.strerror or exc}: "
-            f"{exc.filename or ''}); start bulkmdm serve with --state-dir naming a folder you can write to.")
+            "error.html",
+            status=500,
+            message=f"bulkmdm could not use a file it needs ({exc.strerror or exc}: "
+            f"{exc.filename or ''}); start bulkmdm serve with --state-dir naming a folder you can write to.",
+        )
     except Exception as exc:  # a bug: one sentence here, the traceback in a file
         path = crash_file(exc)
         return request.app[STATE].render(
-            "error.html", status=500, message=f"bulkmdm hit an internal error ({type(exc).__name__}); runs already "
-            f"started go on, and the journal keeps every finished row. Details for a bug report: {path}")
+            "error.html",
+            status=500,
+            message=f"bulkmdm hit an internal error ({type(exc).__name__}); runs already "
+            f"started go on, and the journal keeps every finished row. Details for a bug report: {path}",
+        )
 
 
 def crash_file(exc: BaseException) -> str:

@@ -50,8 +50,21 @@ class RunRequest:
 
     def arguments(self) -> list[str]:
         """The command line (never a credential: those go in the environment)."""
-        words = [sys.executable, "-m", "bulkmdm", "run", str(self.job), "--provider", self.connection.provider,
-                 "--url", self.connection.url, "--report", str(self.report), "--state-dir", str(self.state_dir)]
+        words = [
+            sys.executable,
+            "-m",
+            "bulkmdm",
+            "run",
+            str(self.job),
+            "--provider",
+            self.connection.provider,
+            "--url",
+            self.connection.url,
+            "--report",
+            str(self.report),
+            "--state-dir",
+            str(self.state_dir),
+        ]
         if self.connection.partition:
             words += ["--partition", self.connection.partition]
         if self.action:
@@ -125,8 +138,11 @@ class ChildRun:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.request.arguments(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=self.request.connection.child_environment(),
+            *self.request.arguments(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.request.connection.child_environment(),
             # its own session: a Ctrl-C on `bulkmdm serve` does not hit the child; serve stops it itself
             start_new_session=True,
         )
@@ -169,8 +185,7 @@ class ChildRun:
         """Counts from the journal, rate and ETA from their change, the latest failures."""
         began = time.monotonic()
         scan = began - self._failures_scanned >= self._scan_every or self.finished
-        run_id, counts, failures = await asyncio.to_thread(
-            read_progress, self.request, self.started, self.run_id, scan)
+        run_id, counts, failures = await asyncio.to_thread(read_progress, self.request, self.started, self.run_id, scan)
         self.run_id = run_id
         if failures is not None:
             self._failures, self._failures_scanned = failures, time.monotonic()
@@ -178,8 +193,11 @@ class ChildRun:
         total = sum(counts.values())
         done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
         rate, eta = self._speed(done, total)
-        state = "finished" if self.finished else ("stopping" if self.stop_requested else
-                                                  ("running" if run_id is not None else "starting"))
+        state = (
+            "finished"
+            if self.finished
+            else ("stopping" if self.stop_requested else ("running" if run_id is not None else "starting"))
+        )
         return Progress(state, counts, done, total, rate, eta, list(self._failures), list(self.lines))
 
     def _speed(self, done: int, total: int) -> tuple[float | None, float | None]:
@@ -193,8 +211,9 @@ class ChildRun:
         return rate, (total - done) / rate
 
 
-def read_progress(request: RunRequest, started: float, run_id: int | None,
-                  scan_failures: bool) -> tuple[int | None, dict[str, int], list[Failure] | None]:
+def read_progress(
+    request: RunRequest, started: float, run_id: int | None, scan_failures: bool
+) -> tuple[int | None, dict[str, int], list[Failure] | None]:
     """The child's journal run (found by its job once it appears), its counts, and its latest failures."""
     from ..errors import BulkMDMError
     from ..journal import Journal

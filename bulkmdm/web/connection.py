@@ -29,15 +29,18 @@ class Credential:
 
 #: provider -> the fields its credentials are typed into (CONTRACT.md "Credentials").
 CREDENTIAL_FIELDS: dict[str, tuple[Credential, ...]] = {
-    "duostation": (Credential("BULKMDM_USERNAME", "User name", secret=False),
-                   Credential("BULKMDM_PASSWORD", "Password")),
-    "ivanti": (Credential("BULKMDM_USERNAME", "User name", secret=False),
-               Credential("BULKMDM_PASSWORD", "Password")),
-    "manageengine": (Credential("BULKMDM_API_KEY", "API key (on-premises)"),
-                     Credential("BULKMDM_CLIENT_ID", "OAuth client id (cloud)"),
-                     Credential("BULKMDM_CLIENT_SECRET", "OAuth client secret (cloud)"),
-                     Credential("BULKMDM_REFRESH_TOKEN", "OAuth refresh token (cloud)"),
-                     Credential("BULKMDM_OAUTH_URL", "OAuth token URL (optional)", secret=False)),
+    "duostation": (
+        Credential("BULKMDM_USERNAME", "User name", secret=False),
+        Credential("BULKMDM_PASSWORD", "Password"),
+    ),
+    "ivanti": (Credential("BULKMDM_USERNAME", "User name", secret=False), Credential("BULKMDM_PASSWORD", "Password")),
+    "manageengine": (
+        Credential("BULKMDM_API_KEY", "API key (on-premises)"),
+        Credential("BULKMDM_CLIENT_ID", "OAuth client id (cloud)"),
+        Credential("BULKMDM_CLIENT_SECRET", "OAuth client secret (cloud)"),
+        Credential("BULKMDM_REFRESH_TOKEN", "OAuth refresh token (cloud)"),
+        Credential("BULKMDM_OAUTH_URL", "OAuth token URL (optional)", secret=False),
+    ),
     "banyan": (Credential("BULKMDM_TOKEN", "API token"),),
 }
 

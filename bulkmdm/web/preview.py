@@ -103,13 +103,14 @@ def problem_rows(table: JobTable, action_override: str | None, can_do: Collectio
     return [i for i in range(len(table.rows)) if row_problem(table, i, action_override, can_do)]
 
 
-def page_of(table: JobTable, indices: list[int] | None, number: int, action_override: str | None,
-            can_do: Collection[str] | None) -> Page:
+def page_of(
+    table: JobTable, indices: list[int] | None, number: int, action_override: str | None, can_do: Collection[str] | None
+) -> Page:
     """Page ``number`` (1-based) of the rows, or of ``indices`` when given."""
     total = len(table.rows) if indices is None else len(indices)
     count = max(1, -(-total // PAGE_ROWS))
     number = min(max(1, number), count)
     start = (number - 1) * PAGE_ROWS
-    chosen = range(start, min(start + PAGE_ROWS, total)) if indices is None else indices[start:start + PAGE_ROWS]
+    chosen = range(start, min(start + PAGE_ROWS, total)) if indices is None else indices[start : start + PAGE_ROWS]
     rows = [RowView(i + 2, table.rows[i], row_problem(table, i, action_override, can_do)) for i in chosen]
     return Page(rows, number, count)

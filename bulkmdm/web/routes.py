@@ -46,8 +46,9 @@ def _upload(request: web.Request) -> Upload:
 def _child(request: web.Request) -> ChildRun:
     child = _state(request).children.get(request.match_info["child"])
     if child is None:
-        raise web.HTTPNotFound(text="There is no such run in this session; the history on the first page lists "
-                                    "every run.\n")
+        raise web.HTTPNotFound(
+            text="There is no such run in this session; the history on the first page lists every run.\n"
+        )
     return child
 
 
@@ -75,9 +76,15 @@ def _history(state: WebState, limit: int = 15) -> list[dict[str, Any]]:
     history = []
     for info, counts in listed:
         job = Path(info.job_path)
-        history.append({"info": info, "counts": count_statuses(counts), "child": ours.get(info.id),
-                        "report": Path(info.report_path).exists(),
-                        "upload": job.parent.name if job.parent.parent == uploads and job.exists() else None})
+        history.append(
+            {
+                "info": info,
+                "counts": count_statuses(counts),
+                "child": ours.get(info.id),
+                "report": Path(info.report_path).exists(),
+                "upload": job.parent.name if job.parent.parent == uploads and job.exists() else None,
+            }
+        )
     return history
 
 
@@ -103,10 +110,15 @@ async def upload(request: web.Request) -> web.Response:
     state = _state(request)
     reader = await request.multipart()
     part = await reader.next()
-    if part is None or getattr(part, "name", None) != "csrf" or not state.guard.holds_csrf(
-            (await part.read(decode=False))[:200].decode(errors="replace")):  # type: ignore[union-attr]
-        return web.Response(status=403, text="This form is out of date (its security token does not match); reload "
-                                             "the page and send it again.\n")
+    if (
+        part is None
+        or getattr(part, "name", None) != "csrf"
+        or not state.guard.holds_csrf((await part.read(decode=False))[:200].decode(errors="replace"))
+    ):  # type: ignore[union-attr]
+        return web.Response(
+            status=403,
+            text="This form is out of date (its security token does not match); reload the page and send it again.\n",
+        )
     part = await reader.next()
     filename = getattr(part, "filename", None) or ""
     if part is None or not filename:
@@ -120,8 +132,9 @@ async def upload(request: web.Request) -> web.Response:
     incoming = incoming_file(state)
     digest = await _save(part, incoming, state.max_upload)
     if digest is None:
-        state.flash = (f"{name} is larger than {state.max_upload // (1024 * 1024)} MB; split it into smaller "
-                       "jobs and upload each.")
+        state.flash = (
+            f"{name} is larger than {state.max_upload // (1024 * 1024)} MB; split it into smaller jobs and upload each."
+        )
         return _see("/")
     job = keep_upload(state, incoming, name, digest)
     return _see(f"/jobs/{job.id}")
@@ -161,11 +174,22 @@ async def preview(request: web.Request) -> web.Response:
     only_problems = request.query.get("show") == "problems"
     problems = await asyncio.to_thread(look.problem_rows, table, job.action, can_do)
     page = look.page_of(table, problems if only_problems else None, _number(request), job.action, can_do)
-    earlier = [item for item in await asyncio.to_thread(_history, state, 50)
-               if item["info"].job_path == str(job.path.resolve())]
-    return state.render("job.html", job=job, table=table, columns=look.read_columns(table), page=page,
-                        problems=len(problems), only_problems=only_problems, earlier=earlier,
-                        actions=sorted(can_do) if can_do is not None else sorted(ACTIONS))
+    earlier = [
+        item
+        for item in await asyncio.to_thread(_history, state, 50)
+        if item["info"].job_path == str(job.path.resolve())
+    ]
+    return state.render(
+        "job.html",
+        job=job,
+        table=table,
+        columns=look.read_columns(table),
+        page=page,
+        problems=len(problems),
+        only_problems=only_problems,
+        earlier=earlier,
+        actions=sorted(can_do) if can_do is not None else sorted(ACTIONS),
+    )
 
 
 def _can_do(state: WebState) -> frozenset[str] | None:
@@ -204,8 +228,16 @@ async def dry_run(request: web.Request) -> web.Response:
         if action not in ACTIONS:
             raise UsageError("Choose the action for every row from the list.")
         job.action = action
-    run = RunRequest("dry run", job.path, job.report_path("dry run"), _connection(state), state.state_dir, job.id,
-                     dry_run=True, action=job.action)
+    run = RunRequest(
+        "dry run",
+        job.path,
+        job.report_path("dry run"),
+        _connection(state),
+        state.state_dir,
+        job.id,
+        dry_run=True,
+        action=job.action,
+    )
     job.dry_run = await state.start(run)
     return _see(f"/runs/{job.dry_run.id}")
 
@@ -221,8 +253,17 @@ async def run(request: web.Request) -> web.Response:
     if yes is None:
         return _see(f"/runs/{job.dry_run.id}")
     # The MDM the dry run checked, even if the page has been switched to another since.
-    request_ = RunRequest("run", job.path, job.report_path("run"), job.dry_run.request.connection, state.state_dir,
-                          job.id, yes=yes, rate=_rate(form), action=job.dry_run.request.action)
+    request_ = RunRequest(
+        "run",
+        job.path,
+        job.report_path("run"),
+        job.dry_run.request.connection,
+        state.state_dir,
+        job.id,
+        yes=yes,
+        rate=_rate(form),
+        action=job.dry_run.request.action,
+    )
     child = await state.start(request_)
     job.runs.append(child)
     return _see(f"/runs/{child.id}")
@@ -275,8 +316,17 @@ async def rerun(request: web.Request) -> web.Response:
     yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{child.id}")
-    again = RunRequest("re-run", child.request.report, job.report_path("re-run"), child.request.connection,
-                       state.state_dir, job.id, yes=yes, rate=_rate(form), action=child.request.action)
+    again = RunRequest(
+        "re-run",
+        child.request.report,
+        job.report_path("re-run"),
+        child.request.connection,
+        state.state_dir,
+        job.id,
+        yes=yes,
+        rate=_rate(form),
+        action=child.request.action,
+    )
     started = await state.start(again)
     job.runs.append(started)
     return _see(f"/runs/{started.id}")
@@ -293,8 +343,15 @@ async def watch(request: web.Request) -> web.Response:
     summary = None
     if child.finished and child.request.report.exists() and child.returncode != 2:
         summary = await state.summary(child.request.report, child.request.action)
-    return state.render("run.html", child=child, job=job, progress=progress, summary=summary,
-                        counts=count_statuses(progress.counts), page=_number(request))
+    return state.render(
+        "run.html",
+        child=child,
+        job=job,
+        progress=progress,
+        summary=summary,
+        counts=count_statuses(progress.counts),
+        page=_number(request),
+    )
 
 
 @routes.get("/runs/{child}/events")
@@ -304,8 +361,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     Written by hand on StreamResponse (a dozen lines) rather than with
     aiohttp-sse: one more dependency for one endpoint is not worth it."""
     child = _child(request)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     try:
         while True:
@@ -330,8 +388,10 @@ async def report(request: web.Request) -> web.StreamResponse:
     if path.suffix.lower() != wanted:
         path = path.with_name(f"{path.stem}{wanted}")
         if child.run_id is None or not await _rebuild(child, path):
-            raise UsageError("This report cannot be written in that format now; download it as "
-                             f"{child.request.report.suffix} instead.")
+            raise UsageError(
+                "This report cannot be written in that format now; download it as "
+                f"{child.request.report.suffix} instead."
+            )
     return _download(path)
 
 
@@ -339,9 +399,19 @@ async def _rebuild(child: ChildRun, out: Path) -> bool:
     import sys
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bulkmdm", "report", str(child.run_id), "--out", str(out), "--state-dir",
-        str(child.request.state_dir), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "report",
+        str(child.run_id),
+        "--out",
+        str(out),
+        "--state-dir",
+        str(child.request.state_dir),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     return await process.wait() == 0 and out.exists()
 
 
@@ -383,8 +453,11 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     seconds = int(seconds)
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min" if seconds >= 3600 else (
-        f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s")
+    return (
+        f"{seconds // 3600} h {seconds % 3600 // 60} min"
+        if seconds >= 3600
+        else (f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s")
+    )
 
 
 def _sentence(text: str) -> str:

@@ -59,8 +59,9 @@ class Guard:
     async def _check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.host not in self.allowed_hosts():
             # A DNS-rebinding page reaches us under its own name; refuse before anything else.
-            return _refuse(400, "This address is not bulkmdm serve's; open the address it printed "
-                                "(http://127.0.0.1:PORT/...).")
+            return _refuse(
+                400, "This address is not bulkmdm serve's; open the address it printed (http://127.0.0.1:PORT/...)."
+            )
         token = request.query.get("token")
         if token is not None:
             if not self.holds_secret(token):
@@ -71,16 +72,21 @@ class Guard:
             response.set_cookie(COOKIE, self.secret, httponly=True, samesite="Strict", path="/")
             return response
         if not self.holds_secret(request.cookies.get(COOKIE)):
-            return _refuse(403, "This page needs the secret address bulkmdm serve printed "
-                                "(http://127.0.0.1:PORT/?token=...); open that address again.")
+            return _refuse(
+                403,
+                "This page needs the secret address bulkmdm serve printed "
+                "(http://127.0.0.1:PORT/?token=...); open that address again.",
+            )
         if request.method not in ("GET", "HEAD"):
             if request.content_type == "multipart/form-data" and request.path == UPLOAD_PATH:
                 # The upload handler reads the token from the form's first part,
                 # before it stores a byte of the file.
                 return await handler(request)
             if not self.holds_csrf(await _csrf_of(request)):
-                return _refuse(403, "This form is out of date (its security token does not match); reload the "
-                                    "page and send it again.")
+                return _refuse(
+                    403,
+                    "This form is out of date (its security token does not match); reload the page and send it again.",
+                )
         return await handler(request)
 
 
