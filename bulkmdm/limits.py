@@ -43,7 +43,8 @@ down to nothing (the "death spiral" of issue 11):
 Increases come after each round's worth of answers at the current rate, and
 only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
-"slow start" doubles the rate every quarter window; below 95% of the measured
+"slow start" doubles the rate every quarter window (and lifts it once it
+no longer binds: the requests in flight pace the run until a 429); below 95% of the measured
 limit it returns there by x1.2 a window; near it, it creeps by 0.25% of it
 a window (a probe past the limit every ~20 windows); well past it with no
 429, the limit has gone up: +5% a window. Never above ``ceiling`` (the
@@ -100,6 +101,8 @@ USED = 0.75
 SLOW_START, RECOVER, CREEP, PROBE = 2.0, 1.2, 0.0025, 1.05
 #: This far past the measured limit with no 429, the limit has gone up.
 PAST = 1.0 + 2 * GUARD
+#: Slow start lifts the rate (no ceiling, no limit seen) once it stops binding after this many raises.
+UNBOUND_AFTER = 3
 #: Start from here when a run with no rate is refused and nothing can be measured.
 FALLBACK = 10.0
 #: Counting buckets per window (windows slide by this step).
@@ -123,6 +126,9 @@ DROP = 0.8
 MIN_SAMPLES = 10
 #: Concurrency: how long the lowest latency is remembered (seconds).
 BASE_MEMORY = 30.0
+#: Concurrency: a request in flight this long (seconds; or this many times the lowest
+#: latency, if more) is held by the server, not queued: it stops counting against the limit.
+HELD, HELD_FACTOR = 1.0, 20.0
 #: The most requests in flight an adaptive run reaches (and workers the engine starts).
 MAX_CONCURRENCY = 256
 #: With a documented rate ceiling, requests in flight beyond this many seconds of it are pointless.
@@ -132,6 +138,8 @@ OVERLOAD_STATUSES = frozenset({502, 503, 504})
 
 #: (active send time, generation) of the request the current task sent last.
 _SENT: ContextVar[tuple[float, int] | None] = ContextVar("bulkmdm_rate_slot", default=None)
+#: the slot in flight the current task holds (its number)
+_SLOT: ContextVar[int] = ContextVar("bulkmdm_flight_slot", default=0)
 
 
 def parse_rate(text: str) -> float | None:
@@ -235,7 +243,7 @@ class RateController:
 
     ``rate=None`` means no limit (until a 429 says otherwise, if adaptive).
     ``ceiling`` caps every increase (an explicit ``--rate`` is its own
-    ceiling; ``None``: no cap). ``adaptive=False`` keeps the rate fixed and
+    ceiling; ``None``: no cap, the rate grows while the server keeps up). ``adaptive=False`` keeps the rate fixed and
     lets every Retry-After pause everyone. ``floor`` is the lowest rate a cut
     may reach. ``window`` is the span (seconds) over which the vendor counts
     its limit. With ``concurrency``, every slot is also a slot in flight,
@@ -260,7 +268,7 @@ class RateController:
             raise UsageError("The rate floor must be greater than 0.")
         if not window > 0:
             raise UsageError("The rate window must be greater than 0.")
-        self.ceiling = ceiling if ceiling is not None else rate
+        self.ceiling = ceiling
         self.rate = rate if rate is None or self.ceiling is None else min(rate, self.ceiling)
         self.adaptive = adaptive
         self.floor = floor
@@ -492,6 +500,11 @@ class RateController:
         elapsed = now - self._round_started
         self._new_round()
         if elapsed * USED > span:
+            if limit is None and self.ceiling is None and self.stats.raises >= UNBOUND_AFTER:
+                # slow start has outgrown what the run sends: the rate no
+                # longer binds, so it is lifted (no timer per request) until a
+                # 429 shows a limit; the requests in flight pace the run
+                self.rate = None
             return
         if limit is None:
             new = rate * SLOW_START
@@ -544,30 +557,51 @@ class ConcurrencyLimit:
         self._peak = 0
         #: (when, median latency) of recent windows, and recent overload shares
         self._medians: deque[tuple[float, float]] = deque()
-        self._overload_shares: deque[float] = deque(maxlen=8)
+        self._overload_shares: deque[tuple[int, int]] = deque(maxlen=8)
+        #: slot number -> when it was taken, in the order taken
+        self._started: dict[int, float] = {}
+        self._taken = 0
 
     @property
     def slots(self) -> int:
         return max(1, int(self.limit))
 
+    def _room(self) -> int:
+        """Slots free now. A request held for much longer than answers take
+        (a reply the server holds for seconds) is not the server's queue: it
+        stops counting, up to the limit again (a server slow for everyone
+        moves the median latency, which lowers the limit instead)."""
+        free = self.slots - self.in_flight
+        if free > 0 or not self.adaptive or self.stats.base_latency is None:
+            return free
+        cutoff = time.monotonic() - max(HELD, HELD_FACTOR * self.stats.base_latency)
+        held = 0
+        for started in self._started.values():
+            if started >= cutoff or held >= self.slots:
+                break
+            held += 1
+        return free + held
+
     async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
         """Wait for a slot in flight; False (no slot taken) once ``stopping`` says True."""
-        while self.in_flight >= self.slots:
+        while self._room() <= 0:
             if stopping is not None and stopping():
                 return False
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                if stopping is None:
-                    await waiter
-                else:
-                    await asyncio.wait({waiter}, timeout=0.25)
+                # woken when a request in flight ends (each ends within the
+                # client's timeout), then ``stopping`` is checked again
+                await waiter
             except BaseException:
                 self._forget(waiter)
                 raise
             self._forget(waiter)
         self.in_flight += 1
         self._peak = max(self._peak, self.in_flight)
+        self._taken += 1
+        self._started[self._taken] = time.monotonic()
+        _SLOT.set(self._taken)
         return True
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
@@ -581,12 +615,13 @@ class ConcurrencyLimit:
     def release(self, latency: float | None, *, overloaded: bool = False) -> None:
         """An attempt ended; ``latency`` of a successful answer (None: no success)."""
         self.in_flight = max(0, self.in_flight - 1)
+        self._started.pop(_SLOT.get(), None)
         if self.adaptive:
             self._observe(latency, overloaded)
         self._wake()
 
     def _wake(self) -> None:
-        free = self.slots - self.in_flight
+        free = self._room()
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -608,13 +643,16 @@ class ConcurrencyLimit:
     def _adjust(self) -> None:
         limit = self.limit
         answers, overloaded = self._answers, self._overloaded
-        usual = statistics.median(self._overload_shares) if self._overload_shares else 0.0
-        if overloaded > 1 and _excess(overloaded, answers, usual):
+        share = overloaded / answers
+        history = self._overload_shares
+        # with little history, only a share no noise explains; then more than the usual share
+        usual = sum(o for o, _ in history) / sum(n for _, n in history) if len(history) >= 3 else None
+        history.append((overloaded, answers))
+        if overloaded > 1 and (share > MAX_NOISE if usual is None else _excess(overloaded, answers, usual)):
             self.limit = max(self.minimum, limit * DROP)
             self.stats.drops += 1
             self._note()
             return
-        self._overload_shares.append(overloaded / answers)
         gradient = 1.0
         if self._latencies:
             now = time.monotonic()
