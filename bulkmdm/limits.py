@@ -58,12 +58,15 @@ Netflix concurrency-limits' Gradient2, Envoy's adaptive concurrency). After
 each window of answers (at least the limit's worth), the window's median
 latency of successful answers is compared with the lowest window median of
 the last half minute: ``gradient = TOLERANCE * base / median`` (0.5..1).
-The limit becomes ``limit * gradient + sqrt(limit)`` (smoothed), so it grows
+The limit becomes ``limit * gradient + sqrt(limit) / 2`` (smoothed), so it grows
 while the latency stays near its minimum and the slots are used, and shrinks
 when the latency grows (the server is queueing). Overload answers (502, 503,
 504, timeouts) shrink it by a fifth only when their share exceeds what the
 recent windows showed (a server that answers 10% 503 whatever the load is
-noisy, not full). Medians ignore the few replies a server holds for seconds.
+noisy, not full). Medians ignore the few replies a server holds for seconds,
+and those stop counting against the limit after a second; the event loop's
+own delay is taken out of the latency (a client short of CPU is not a server
+queueing).
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ SIGMAS = 3.0
 
 #: Concurrency: latency up to TOLERANCE x the minimum counts as "not queueing".
 TOLERANCE = 1.25
+#: Concurrency: requests allowed to queue at the server, x sqrt(limit) (what the limit grows by).
+QUEUE = 0.5
 #: Concurrency: weight of a new limit against the old one, per window.
 SMOOTHING = 0.3
 #: Concurrency: the factor applied when overload answers exceed their usual share.
@@ -130,7 +135,7 @@ BASE_MEMORY = 30.0
 #: latency, if more) is held by the server, not queued: it stops counting against the limit.
 HELD, HELD_FACTOR = 1.0, 20.0
 #: The most requests in flight an adaptive run reaches (and workers the engine starts).
-MAX_CONCURRENCY = 256
+MAX_CONCURRENCY = 128
 #: With a documented rate ceiling, requests in flight beyond this many seconds of it are pointless.
 CEILING_SECONDS = 8.0
 #: Answers that say the server (or a gateway before it) is overloaded.
@@ -561,6 +566,9 @@ class ConcurrencyLimit:
         #: slot number -> when it was taken, in the order taken
         self._started: dict[int, float] = {}
         self._taken = 0
+        #: the event loop's last measured delay in running a callback (seconds)
+        self._lag = 0.0
+        self._probing = False
 
     @property
     def slots(self) -> int:
@@ -639,6 +647,22 @@ class ConcurrencyLimit:
         self._answers = self._overloaded = 0
         self._latencies = []
         self._peak = self.in_flight
+        self._probe_lag()
+
+    def _probe_lag(self) -> None:
+        """Measure how long this event loop takes to get round to a callback:
+        answers wait that long here, not at the server (a client short of CPU
+        is not a server queueing)."""
+        if self._probing:
+            return
+        loop = asyncio.get_running_loop()
+        self._probing = True
+
+        def done(started: float) -> None:
+            self._probing = False
+            self._lag = loop.time() - started
+
+        loop.call_soon(done, loop.time())
 
     def _adjust(self) -> None:
         limit = self.limit
@@ -646,9 +670,10 @@ class ConcurrencyLimit:
         share = overloaded / answers
         history = self._overload_shares
         # with little history, only a share no noise explains; then more than the usual share
-        usual = sum(o for o, _ in history) / sum(n for _, n in history) if len(history) >= 3 else None
+        # (one overload answer more than seen, so that a quiet start is not "none at all")
+        usual = (sum(o for o, _ in history) + 1) / sum(n for _, n in history) if len(history) >= 3 else None
         history.append((overloaded, answers))
-        if overloaded > 1 and (share > MAX_NOISE if usual is None else _excess(overloaded, answers, usual)):
+        if overloaded > 2 and (share > 2 * MAX_NOISE if usual is None else _excess(overloaded, answers, usual)):
             self.limit = max(self.minimum, limit * DROP)
             self.stats.drops += 1
             self._note()
@@ -656,7 +681,7 @@ class ConcurrencyLimit:
         gradient = 1.0
         if self._latencies:
             now = time.monotonic()
-            median = statistics.median(self._latencies)
+            median = max(statistics.median(self._latencies) - self._lag, min(self._latencies))
             self._medians.append((now, median))
             while self._medians[0][0] < now - BASE_MEMORY:
                 self._medians.popleft()
@@ -664,7 +689,7 @@ class ConcurrencyLimit:
             self.stats.base_latency = base
             gradient = max(0.5, min(1.0, TOLERANCE * base / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
-        queue = math.sqrt(limit) if self._peak >= limit / 2 else 0.0
+        queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
         target = limit * gradient + queue
         new = limit * (1 - SMOOTHING) + target * SMOOTHING
         if new < limit:
