@@ -21,19 +21,25 @@ It is *evidence of a limit* only when it correlates with our own pace; a
 flaky gateway) is forgotten, so that sporadic 429s cannot ratchet the rate
 down to nothing (the "death spiral" of issue 11):
 
-* **Windows in active time.** Sends, answers and 429s are counted per
+* **Windows without pauses.** Sends, answers and 429s are counted per
   window of the vendor's ``rate_window`` (ManageEngine counts per minute,
-  most vendors per second), on a clock that stops while the run is paused
-  for a Retry-After: a pause never makes a window look empty.
+  most vendors per second). A window that held a pause for a Retry-After is
+  never taken for a measurement: the pause emptied it (the old controller
+  measured a "limit" from such a second and ratcheted down), and the
+  server's own window emptied with it.
 * **Noise is learned.** A 429 is evidence when the window's 429s exceed what
   the learned noise share explains (three standard deviations over it; with
-  no noise learned, any 429 is evidence). Evidence pauses every worker for
-  the Retry-After and cuts the rate to 95% of what the server served in its
+  no noise learned, any 429 is; while slow start climbs below the ceiling,
+  only two or more that are a fifth of the last quarter window's answers: a
+  limit overshot refuses everything in flight at once). Evidence pauses every worker for
+  the Retry-After and cuts the rate to 97% of what the server served in its
   best recent window (never below that: what it served, it can serve).
-* **A cut is a test.** After a cut, the next window shows whether the 429s
-  went away. If they did, the limit is confirmed (the measured limit). If
-  they came at the same share at the lower pace, they were not about our
-  pace: the old rate is restored and their share becomes the noise level.
+* **A cut is a test.** After a cut, the next window (and enough answers to
+  see a 5% noise) shows whether the 429s went away. If they did (no more
+  than the noise learned explains), the limit is confirmed (the measured
+  limit). If they kept coming at the lower pace, they were not about our
+  pace: the old rate is restored, slow start may climb again, and their
+  share becomes the noise level.
 * **A limit is forgotten** when 429s come while the server serves clearly
   less than the limit it showed (they are not about our pace either).
 * **Echoes.** 429s for requests sent before the last cut are echoes of the
@@ -44,10 +50,11 @@ Increases come after each round's worth of answers at the current rate, and
 only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
 "slow start" doubles the rate every quarter window (and lifts it once it
-no longer binds: the requests in flight pace the run until a 429); below 95% of the measured
-limit it returns there by x1.2 a window; near it, it creeps by 0.25% of it
-a window (a probe past the limit every ~20 windows); well past it with no
-429, the limit has gone up: +5% a window. Never above ``ceiling`` (the
+no longer binds: the requests in flight pace the run until a 429); below
+97% of the measured limit it returns there by x1.2 a window; near it, it
+creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
+answered by a cut without a pause); well past it with no 429, the limit has gone up: +5% a
+window. Never above ``ceiling`` (the
 vendor's documented limit or an explicit ``--rate``), never below ``floor``.
 
 Concurrency and latency (``ConcurrencyLimit(adaptive=True)``)
@@ -95,8 +102,10 @@ _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 36
 #: N+1 requests span 1.02 s: up to 20 ms of such jitter is absorbed, at a
 #: cost of 2% of the rate.
 GUARD = 0.02
-#: After evidence of a limit the rate goes to this share of what was served.
-BACKOFF = 0.95
+#: After evidence of a limit the rate goes to this share of what was served
+#: (with GUARD, 95% of it is sent: the best window a sliding-window limit
+#: lets through is its limit, so this is under it).
+BACKOFF = 0.97
 #: An increase needs this share of the round's slots to have been used.
 USED = 0.75
 #: Growth per round: before any limit (per quarter window), back towards the
@@ -111,9 +120,14 @@ FALLBACK = 10.0
 #: Counting buckets per window (windows slide by this step).
 BUCKETS = 8
 #: A cut under test is judged on at least this many answers after it.
-TEST_ANSWERS = 30
+TEST_ANSWERS = 20
+#: While slow start climbs (no limit seen, below the ceiling), 429s are evidence
+#: past this share of the last quarter window's answers.
+SUSPECT = 0.2
 #: 429s while the server serves less than this share of a measured limit are not about our pace.
-FORGET = 0.9
+FORGET = 0.75
+#: The lowest share of noise a test is sure to see (three 429s expected in its answers).
+NOISE_SEEN = 0.05
 #: A share of 429s above this is never taken for noise.
 MAX_NOISE = 0.25
 #: Standard deviations of the noise share that a window's 429s must exceed to be evidence.
@@ -121,6 +135,8 @@ SIGMAS = 3.0
 
 #: Concurrency: latency up to TOLERANCE x the minimum counts as "not queueing".
 TOLERANCE = 1.25
+#: Concurrency: an answer waits about this many rounds of the event loop here before it is read.
+LAG_FACTOR = 2.0
 #: Concurrency: requests allowed to queue at the server, x sqrt(limit) (what the limit grows by).
 QUEUE = 0.5
 #: Concurrency: weight of a new limit against the old one, per window.
@@ -141,7 +157,7 @@ CEILING_SECONDS = 8.0
 #: Answers that say the server (or a gateway before it) is overloaded.
 OVERLOAD_STATUSES = frozenset({502, 503, 504})
 
-#: (active send time, generation) of the request the current task sent last.
+#: (send time, generation) of the request the current task sent last.
 _SENT: ContextVar[tuple[float, int] | None] = ContextVar("bulkmdm_rate_slot", default=None)
 #: the slot in flight the current task holds (its number)
 _SLOT: ContextVar[int] = ContextVar("bulkmdm_flight_slot", default=0)
@@ -184,26 +200,23 @@ def _excess(count: int, total: int, share: float) -> bool:
     return count > expected + SIGMAS * math.sqrt(total * share * (1.0 - share))
 
 
-class _ActiveClock:
-    """Monotonic time with the run-wide pauses taken out."""
+class _Pauses:
+    """The run-wide pauses (Retry-After), so that no window that held one is
+    taken for a measurement of the server's limit."""
 
     def __init__(self) -> None:
-        self._pauses: deque[tuple[float, float]] = deque()
-        #: paused seconds of intervals dropped from ``_pauses`` (all in the past)
-        self._dropped = 0.0
+        self._spans: deque[tuple[float, float]] = deque(maxlen=64)
 
-    def pause(self, start: float, end: float) -> None:
-        if self._pauses and start <= self._pauses[-1][1]:
-            first, last = self._pauses.pop()
-            start, end = min(first, start), max(last, end)
-        self._pauses.append((start, end))
-        if len(self._pauses) > 64:
-            first, last = self._pauses.popleft()
-            self._dropped += last - first
+    def add(self, start: float, end: float) -> None:
+        if self._spans and start <= self._spans[-1][1]:
+            first, _ = self._spans.pop()
+            start = min(first, start)
+        self._spans.append((start, end))
 
-    def active(self, at: float) -> float:
-        paused = self._dropped + sum(min(end, at) - start for start, end in self._pauses if start < at)
-        return at - paused
+    def ended_in(self, start: float, end: float) -> bool:
+        """Whether a pause ended inside ``start``..``end`` (a pause still on at
+        ``end`` began after every send of the span: it does not matter)."""
+        return any(first < end and start < last < end for first, last in self._spans)
 
 
 @dataclass(slots=True)
@@ -214,7 +227,7 @@ class _Test:
     previous_limit: float | None
     #: the 429 share of the window that was taken as evidence
     share: float
-    #: active time when sending resumes (after the pause)
+    #: when sending resumes (after the pause)
     resume: float
     #: the bucket of the refused request (the windows before it were measured)
     cut_bucket: int
@@ -248,11 +261,12 @@ class RateController:
 
     ``rate=None`` means no limit (until a 429 says otherwise, if adaptive).
     ``ceiling`` caps every increase (an explicit ``--rate`` is its own
-    ceiling; ``None``: no cap, the rate grows while the server keeps up). ``adaptive=False`` keeps the rate fixed and
-    lets every Retry-After pause everyone. ``floor`` is the lowest rate a cut
-    may reach. ``window`` is the span (seconds) over which the vendor counts
-    its limit. With ``concurrency``, every slot is also a slot in flight,
-    given back by :meth:`release`.
+    ceiling; ``None``: no cap, the rate grows while the server keeps up).
+    ``adaptive=False`` keeps the rate fixed and lets every Retry-After pause
+    everyone. ``floor`` is the lowest rate a cut may reach. ``window`` is
+    the span (seconds) over which the vendor counts its limit. With
+    ``concurrency``, every slot is also a slot in flight, given back by
+    :meth:`release`.
     """
 
     def __init__(
@@ -285,8 +299,8 @@ class RateController:
         self._paused_until = 0.0
         #: bumped on every cut: slots and answers from before it are stale
         self._generation = 0
-        self._clock = _ActiveClock()
-        #: bucket index -> [sent, served, throttled], by active send time
+        self._pauses = _Pauses()
+        #: bucket index -> [sent, served, throttled], by send time
         self._buckets: dict[int, list[int]] = {}
         self._test: _Test | None = None
         #: answers since the round began, and when it began (monotonic)
@@ -295,11 +309,16 @@ class RateController:
         self._round_sent = 0
 
     # -- the counts ----------------------------------------------------------
-    def _bucket(self, active: float) -> int:
-        return math.floor(active * BUCKETS / self.window)
+    def _bucket(self, at: float) -> int:
+        return math.floor(at * BUCKETS / self.window)
 
-    def _count(self, active: float, column: int) -> None:
-        index = self._bucket(active)
+    def _paused_in(self, last: int) -> bool:
+        """Whether the window ending with bucket ``last`` held a pause."""
+        step = self.window / BUCKETS
+        return self._pauses.ended_in((last - BUCKETS + 1) * step, (last + 1) * step)
+
+    def _count(self, at: float, column: int) -> None:
+        index = self._bucket(at)
         counts = self._buckets.get(index)
         if counts is None:
             counts = self._buckets[index] = [0, 0, 0]
@@ -318,12 +337,16 @@ class RateController:
         return sent, served, throttled
 
     def _best_served(self, last: int) -> int:
-        """The most answers served in one window ending at or before bucket ``last`` (recent ones)."""
-        return max(self._span(end - BUCKETS + 1, end)[1] for end in range(last - 4 * BUCKETS, last + 1))
+        """The most answers served in one recent window ending at or before
+        bucket ``last``, of the windows that held no pause (a server's window
+        empties during a pause: one spanning it shows more than the limit)."""
+        ends = range(last - 4 * BUCKETS, last + 1)
+        whole = [end for end in ends if not self._paused_in(end)] or list(ends)
+        return max(self._span(end - BUCKETS + 1, end)[1] for end in whole)
 
     def _sent_at(self, now: float) -> tuple[float, int]:
         sent = _SENT.get()
-        return sent if sent is not None else (self._clock.active(now), self._generation)
+        return sent if sent is not None else (now, self._generation)
 
     # -- the slots -----------------------------------------------------------
     async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
@@ -359,9 +382,8 @@ class RateController:
             # schedule before the cut. Take one from the new schedule.
 
     def _took(self, at: float, generation: int) -> None:
-        active = self._clock.active(at)
-        _SENT.set((active, generation))
-        self._count(active, 0)
+        _SENT.set((at, generation))
+        self._count(at, 0)
 
     def release(self, status: int | None, seconds: float = 0.0, *, timed_out: bool = False) -> None:
         """An attempt ended: with an HTTP ``status``, or none (no answer); it
@@ -389,7 +411,7 @@ class RateController:
         if self._test is not None:
             if generation == self._generation:
                 self._test.served += 1
-            self._judge(self._clock.active(now))
+            self._judge(now)
             return
         self._round_answers += 1
         self._maybe_raise(now)
@@ -410,14 +432,14 @@ class RateController:
         if self._test is not None:
             if generation == self._generation:
                 self._test.throttled += 1
-            self._judge(self._clock.active(now))
+            self._judge(now)
             return  # a cut under test: the test decides what these 429s mean
         if generation != self._generation:
             return  # an echo of the overload already acted on
         index = self._bucket(sent_at)
         sent, served, throttled = self._span(index - BUCKETS + 1, index)
         limit = self.stats.limit
-        if limit is not None and served < FORGET * limit * self.window:
+        if limit is not None and served < FORGET * limit * self.window and not self._paused_in(index):
             # refused while the server served clearly less than it has shown it
             # takes: not about our pace, so what was measured was not a limit
             self.stats.limit = None
@@ -426,11 +448,21 @@ class RateController:
             return
         if not _excess(throttled, served + throttled, self.stats.noise):
             return
-        self._pause(now, retry_after)
+        climbing = limit is None and (self.ceiling is None or (self.rate or 0.0) < self.ceiling)
+        if climbing:
+            # while slow start climbs, a limit overshot shows as many 429s at once
+            _, served_now, throttled_now = self._span(index - BUCKETS // 4 + 1, index)
+            if (throttled_now < 2 or throttled_now < SUSPECT * (served_now + throttled_now)
+                    or served + throttled < TEST_ANSWERS / 2):
+                return
+        if limit is None or (self.rate or math.inf) > PAST * limit:
+            # a probe just past a known limit needs no pause: the cut below
+            # it is enough (and the probe's own requests wait their Retry-After)
+            self._pause(now, retry_after)
         self._generation += 1
         self._next = max(now, self._paused_until)
         self.stats.cuts += 1
-        resume = self._clock.active(max(now, self._paused_until))
+        resume = max(now, self._paused_until)
         self._test = _Test(self.rate, limit, throttled / max(1, served + throttled), resume, index)
         self._cut(index)
 
@@ -438,7 +470,7 @@ class RateController:
         if retry_after:
             until = now + retry_after
             if until > self._paused_until:
-                self._clock.pause(max(now, self._paused_until), until)
+                self._pauses.add(max(now, self._paused_until), until)
                 self._paused_until = until
 
     def _cut(self, index: int) -> None:
@@ -455,31 +487,35 @@ class RateController:
         self.rate = max(self.floor, new)
         self._new_round()
 
-    def _judge(self, active_now: float) -> None:
+    def _judge(self, now: float) -> None:
         """Decide a cut under test, once enough answers came after it."""
         test = self._test
         assert test is not None
         served, throttled = test.served, test.throttled
         answers = served + throttled
-        enough = answers >= TEST_ANSWERS and (
-            active_now - test.resume >= self.window or answers >= (self.rate or 0.0) * self.window)
-        if not enough and active_now - test.resume < 4 * self.window:
+        # enough answers that the share before would have shown three 429s
+        enough = answers >= max(TEST_ANSWERS, 3 / max(test.share, 0.01), 3 / NOISE_SEEN) and (
+            now - test.resume >= self.window or answers >= (self.rate or 0.0) * self.window)
+        # 429s coming back at the lower pace about as often as before settle it early
+        persisting = throttled >= 3 and throttled >= answers * test.share / 2
+        if not (enough or persisting) and now - test.resume < 4 * self.window:
             return
         self._test = None
         share = throttled / max(1, answers)
         if share > MAX_NOISE:
             # still refused at a high share: the cut was not enough (a fixed
             # window lets up to twice its limit through across its edge)
-            served_rate = served / max(active_now - test.resume, self.window)
+            served_rate = served / max(now - test.resume, self.window)
             self.stats.limit = served_rate
             self.rate = max(self.floor, min(BACKOFF * (self.rate or served_rate), BACKOFF * served_rate))
-        elif throttled and share >= test.share / 2:
-            # the 429s came as often at the lower pace: not about our pace
+        elif throttled > answers * self.stats.noise + 1:
+            # the 429s kept coming at the lower pace: not (only) about our pace
             noise = self.stats.noise
             self.stats.noise = share if noise == 0 else (noise + share) / 2
             self.stats.forgiven += 1
             self.rate = test.previous_rate
-            self.stats.limit = test.previous_limit
+            # a limit measured at this level may have been noise too: climb again
+            self.stats.limit = None
         else:
             # confirmed; answers to requests sent before the cut may have come since
             best = self._best_served(test.cut_bucket) / self.window
@@ -681,7 +717,7 @@ class ConcurrencyLimit:
         gradient = 1.0
         if self._latencies:
             now = time.monotonic()
-            median = max(statistics.median(self._latencies) - self._lag, min(self._latencies))
+            median = max(statistics.median(self._latencies) - LAG_FACTOR * self._lag, min(self._latencies))
             self._medians.append((now, median))
             while self._medians[0][0] < now - BASE_MEMORY:
                 self._medians.popleft()

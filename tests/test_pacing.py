@@ -148,9 +148,9 @@ def test_a_window_of_a_minute_measures_per_minute() -> None:
     """ManageEngine counts 100 calls a minute: a cut measured over a minute,
     not over the last second (which would drive the rate to its floor)."""
     limiter = RateController(rate=100 / 60, ceiling=100 / 60, window=60.0)
-    for _ in range(90):
-        limiter._count(limiter._clock.active(0.0) + 1.0, 1)  # 90 served in the minute
-    limiter._count(limiter._clock.active(0.0) + 1.0, 2)
-    limiter._cut(limiter._bucket(limiter._clock.active(0.0) + 1.0))
+    for call in range(90):
+        limiter._count(1.0 + call * 0.6, 1)  # 90 served in the minute
+    limiter._count(61.0, 2)  # refused just after it
+    limiter._cut(limiter._bucket(61.0))
     assert limiter.stats.limit == pytest.approx(90 / 60)
     assert limiter.rate is not None and limiter.rate >= 0.9 * 90 / 60 * 0.95
