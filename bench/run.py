@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bulkmdm's benchmark: one command, every figure next to its target.
 
-    python bench/run.py            the full bench (under 5 minutes on 2 cores)
+    python bench/run.py            the full bench (about 5 minutes on 2 cores)
     python bench/run.py --quick    small sizes: a smoke run, figures indicative only
 
 Everything runs on 127.0.0.1 against the built-in simulators, each in its own
@@ -694,12 +694,61 @@ def _print_header() -> None:
     print("  ".join("-" * w for w in _WIDTHS))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 (one branch per figure)
+def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: C901 (one branch per figure)
+    """Measure the wanted figures, in order; simulators started go to ``sims`` (closed by the caller)."""
+    sizes = bench.sizes
+    needs_duo = wanted & {"throughput", "requests", "known", "unknown", "faults", "capacity", "cpu", "memory",
+                          "reading"}
+    duo = Sim("duostation", devices=sizes.devices) if needs_duo else None
+    ivanti = Sim("ivanti", devices=sizes.ivanti_devices) if "requests" in wanted else None
+    sims += [s for s in (duo, ivanti) if s is not None]
+    devices = duo_devices(duo) if duo is not None else []
+    if "throughput" in wanted:
+        assert duo is not None
+        fig_throughput(bench, duo, devices)
+    if "requests" in wanted:
+        assert duo is not None and ivanti is not None
+        fig_requests(bench, duo, devices, ivanti)
+        ivanti.close()
+    serials = [d["serialNumber"] for d in devices]
+    if "known" in wanted:
+        assert duo is not None
+        fig_known(bench, duo, serials)
+    if "unknown" in wanted:
+        assert duo is not None
+        # other devices than the known-limit run's, so no row is a repeat
+        fig_unknown(bench, duo, serials[sizes.known_rows:])
+    if "faults" in wanted:
+        assert duo is not None
+        fig_faults(bench, duo, devices)
+    if "capacity" in wanted:
+        assert duo is not None
+        fig_capacity(bench, duo, serials)
+    if "cpu" in wanted:
+        assert duo is not None
+        fig_cpu(bench, duo, serials)
+    big_csv = bench.tmp / "big.csv"
+    if wanted & {"reading", "memory"}:
+        # A 1M-row message job: every row a distinct message to one of the
+        # simulator's devices (cycled), so every row is validated, looked
+        # up and planned (a tag job would collapse repeats into skips).
+        write_csv(big_csv, ["serial", "message", "note"],
+                  ((serials[i % len(serials)], f"Bench message {i}", f"row {i}") for i in range(sizes.csv_rows)))
+    if "reading" in wanted:
+        fig_reading(bench, big_csv)
+    if "memory" in wanted:
+        assert duo is not None
+        fig_memory(bench, duo, big_csv, sizes.csv_rows)
+    if "startup" in wanted:
+        fig_startup(bench)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
         description="Measure bulkmdm against its built-in simulators on 127.0.0.1 and print every figure "
                     "next to its target (PASS/FAIL). Comparisons are measured side by side in the same run.",
-        epilog="Figures: " + ", ".join(FIGURES) + ". The full bench takes 2-4 minutes on 2 cores; generated "
+        epilog="Figures: " + ", ".join(FIGURES) + ". The full bench takes about 5 minutes on 2 cores; generated "
                "files go to a temporary folder that is deleted.",
     )
     parser.add_argument("--quick", action="store_true",
@@ -729,50 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 (one branch pe
     print(f"pacing: {wire_pacing()}\n")
     _print_header()
     try:
-        needs_duo = wanted & {"throughput", "requests", "known", "unknown", "faults", "capacity", "cpu", "memory",
-                              "reading"}
-        duo = Sim("duostation", devices=sizes.devices) if needs_duo else None
-        ivanti = Sim("ivanti", devices=sizes.ivanti_devices) if "requests" in wanted else None
-        sims += [s for s in (duo, ivanti) if s is not None]
-        devices = duo_devices(duo) if duo is not None else []
-        if "throughput" in wanted:
-            assert duo is not None
-            fig_throughput(bench, duo, devices)
-        if "requests" in wanted:
-            assert duo is not None and ivanti is not None
-            fig_requests(bench, duo, devices, ivanti)
-            ivanti.close()
-        serials = [d["serialNumber"] for d in devices]
-        if "known" in wanted:
-            assert duo is not None
-            fig_known(bench, duo, serials)
-        if "unknown" in wanted:
-            assert duo is not None
-            # other devices than the known-limit run's, so no row is a repeat
-            fig_unknown(bench, duo, serials[sizes.known_rows:])
-        if "faults" in wanted:
-            assert duo is not None
-            fig_faults(bench, duo, devices)
-        if "capacity" in wanted:
-            assert duo is not None
-            fig_capacity(bench, duo, serials)
-        if "cpu" in wanted:
-            assert duo is not None
-            fig_cpu(bench, duo, serials)
-        big_csv = bench.tmp / "big.csv"
-        if wanted & {"reading", "memory"}:
-            # A 1M-row message job: every row a distinct message to one of the
-            # simulator's devices (cycled), so every row is validated, looked
-            # up and planned (a tag job would collapse repeats into skips).
-            write_csv(big_csv, ["serial", "message", "note"],
-                      ((serials[i % len(serials)], f"Bench message {i}", f"row {i}") for i in range(sizes.csv_rows)))
-        if "reading" in wanted:
-            fig_reading(bench, big_csv)
-        if "memory" in wanted:
-            assert duo is not None
-            fig_memory(bench, duo, big_csv, sizes.csv_rows)
-        if "startup" in wanted:
-            fig_startup(bench)
+        _figures(bench, wanted, sims)
     except Exception:
         traceback.print_exc()
         print("\nThe bench broke before it finished (see above).")
