@@ -1,60 +1,94 @@
 """Rate and concurrency control shared by every worker of a run.
 
-One :class:`RateController` per run. It hands out send slots spaced
-``(1 + GUARD)/rate`` apart, so there is never a burst above the rate (unlike
-``aiolimiter.AsyncLimiter(N, T)``, which lets up to 2N through at a window
-edge). It is written here rather than wrapping aiolimiter because the rate
-changes while a run goes: it is lowered on 429 and raised slowly after a run
-of successes, never above an explicit ``--rate``; aiolimiter keeps its rate
-in private attributes.
+A run is paced by two controllers, built together by :func:`for_run`:
 
-How the rate adapts (``adaptive=True``)
----------------------------------------
+* :class:`RateController`: send slots spaced ``(1 + GUARD)/rate`` apart (no
+  burst above the rate, unlike ``aiolimiter.AsyncLimiter(N, T)``, which lets
+  up to 2N through at a window edge), adapted to the MDM's 429 answers;
+* :class:`ConcurrencyLimit`: how many requests may be in flight, adapted to
+  the MDM's latency (for a server with no rate limit but a finite capacity).
 
-Every answer is attributed to the slot its request was sent in (a context
-variable set by :meth:`RateController.acquire`, read back by
-:meth:`~RateController.throttled` and :meth:`~RateController.succeeded` in
-the same task), which gives three things a plain counter cannot:
+The client takes a concurrency slot, then a send slot, for every attempt
+(:meth:`RateController.acquire`) and gives the concurrency slot back with the
+attempt's answer and latency (:meth:`RateController.release`).
 
-* **One cut per overload.** 429s for requests sent before the last cut are
-  echoes of the overload already acted on; they do not cut again.
-* **A measured limit instead of a guess.** When a request sent at time *t*
-  is refused, the requests sent in the second before *t* that succeeded are
-  what the server let through in its window: that count is the server's
-  limit as seen from here. The rate drops to 95% of it (and at least 5%
-  below the current rate), so after one 429 the run goes on just under the
-  limit instead of sawing between 70% and 100% of it. With no usable count
-  (nothing succeeded in that second) the rate is halved.
-* **No stale slots.** Slots handed out before a 429 are handed out again,
-  after the Retry-After pause and at the new rate; otherwise every waiting
-  worker would fire into the server's full window.
+The rate and 429s (``adaptive=True``)
+-------------------------------------
 
-Increases come after each second's worth of successes at the current rate
-(``rate`` of them), and only when they came at no less than 3/4 of it (a run
-held back by ``--concurrency`` or slow answers has shown nothing about the
-server):
+A 429 always makes its own request wait (Retry-After, or a short backoff).
+It is *evidence of a limit* only when it correlates with our own pace; a
+429 that comes whatever the pace (a quota shared with other integrations, a
+flaky gateway) is forgotten, so that sporadic 429s cannot ratchet the rate
+down to nothing (the "death spiral" of issue 11):
 
-* before any 429 nothing is known, so it climbs from the provider's safe
-  default by half a second (x1.5/s, "slow start") up to the ceiling;
-* below 95% of the last measured limit (after repeated cuts) it returns
-  there by x1.2/s;
-* near the measured limit it creeps by 0.25% of it a second, so a probe
-  past the limit (which costs a Retry-After pause) comes every ~20 s;
-* more than 4% past the measured limit (2% past, once paced) with no 429, the server has raised
-  its limit: +5%/s again.
+* **Windows without pauses.** Sends, answers and 429s are counted per
+  window of the vendor's ``rate_window`` (ManageEngine counts per minute,
+  most vendors per second). A window that held a pause for a Retry-After is
+  never taken for a measurement: the pause emptied it (the old controller
+  measured a "limit" from such a second and ratcheted down), and the
+  server's own window emptied with it.
+* **Noise is learned.** A 429 is evidence when the window's 429s exceed what
+  the learned noise share explains (three standard deviations over it; with
+  no noise learned, any 429 is; while slow start climbs below the ceiling,
+  only two or more that are a fifth of the last quarter window's answers: a
+  limit overshot refuses everything in flight at once). Evidence pauses every worker for
+  the Retry-After and cuts the rate to 97% of what the server served in its
+  best recent window (never below that: what it served, it can serve).
+* **A cut is a test.** After a cut, the next window (and enough answers to
+  see a 5% noise) shows whether the 429s went away. If they did (no more
+  than the noise learned explains), the limit is confirmed (the measured
+  limit). If they kept coming at the lower pace, they were not about our
+  pace: the old rate is restored, slow start may climb again, and their
+  share becomes the noise level.
+* **A limit is forgotten** when 429s come while the server serves clearly
+  less than the limit it showed (they are not about our pace either).
+* **Echoes.** 429s for requests sent before the last cut are echoes of the
+  overload already acted on; they do not cut again. Slots handed out before
+  a cut are handed out again at the new rate, after the pause.
 
-Never above ``ceiling``, never below ``floor``.
+Increases come after each round's worth of answers at the current rate, and
+only when the round's slots were used (a run held back by concurrency or
+slow answers shows nothing about the server): with no limit measured,
+"slow start" doubles the rate every quarter window (and lifts it once it
+no longer binds: the requests in flight pace the run until a 429); below
+97% of the measured limit it returns there by x1.2 a window; near it, it
+creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
+answered by a cut without a pause); well past it with no 429, the limit has gone up: +5% a
+window. Never above ``ceiling`` (the
+vendor's documented limit or an explicit ``--rate``), never below ``floor``.
+
+Concurrency and latency (``ConcurrencyLimit(adaptive=True)``)
+-------------------------------------------------------------
+
+The number of requests in flight is the control variable (TCP Vegas,
+Netflix concurrency-limits' Gradient2, Envoy's adaptive concurrency). After
+each window of answers (at least the limit's worth), the window's median
+latency of successful answers is compared with the lowest window median of
+the last half minute: ``gradient = TOLERANCE * base / median`` (0.5..1).
+The limit becomes ``limit * gradient + sqrt(limit) / 2`` (smoothed), so it grows
+while the latency stays near its minimum and the slots are used, and shrinks
+when the latency grows (the server is queueing). Overload answers (502, 503,
+504, timeouts) shrink it by a fifth only when their share exceeds what the
+recent windows showed (a server that answers 10% 503 whatever the load is
+noisy, not full). Medians ignore the few replies a server holds for seconds,
+and those stop counting against the limit after a second; the event loop's
+own delay is taken out of the latency (a client short of CPU is not a server
+queueing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import UsageError
 
@@ -68,22 +102,65 @@ _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 36
 #: N+1 requests span 1.02 s: up to 20 ms of such jitter is absorbed, at a
 #: cost of 2% of the rate.
 GUARD = 0.02
-#: After a 429 the rate goes to this share of the measured limit.
-BACKOFF = 0.95
-#: Seconds of successes behind a measurement or an increase.
-WINDOW = 1.0
-#: An increase needs this share of the rate to have been used.
+#: After evidence of a limit the rate goes to this share of what was served
+#: (with GUARD, 95% of it is sent: the best window a sliding-window limit
+#: lets through is its limit, so this is under it).
+BACKOFF = 0.97
+#: An increase needs this share of the round's slots to have been used.
 USED = 0.75
-#: Growth per second: before any 429, back towards the measured limit, near
-#: it (a share of the limit, added), past it.
+#: Growth per round: before any limit (per quarter window), back towards the
+#: measured limit, near it (a share of the limit, added), past it.
 SLOW_START, RECOVER, CREEP, PROBE = 2.0, 1.2, 0.0025, 1.05
 #: This far past the measured limit with no 429, the limit has gone up.
 PAST = 1.0 + 2 * GUARD
+#: Slow start lifts the rate (no ceiling, no limit seen) once it stops binding after this many raises.
+UNBOUND_AFTER = 3
 #: Start from here when a run with no rate is refused and nothing can be measured.
 FALLBACK = 10.0
+#: Counting buckets per window (windows slide by this step).
+BUCKETS = 8
+#: A cut under test is judged on at least this many answers after it.
+TEST_ANSWERS = 20
+#: While slow start climbs (no limit seen, below the ceiling), 429s are evidence
+#: past this share of the last quarter window's answers.
+SUSPECT = 0.2
+#: 429s while the server serves less than this share of a measured limit are not about our pace.
+FORGET = 0.75
+#: The lowest share of noise a test is sure to see (three 429s expected in its answers).
+NOISE_SEEN = 0.05
+#: A share of 429s above this is never taken for noise.
+MAX_NOISE = 0.25
+#: Standard deviations of the noise share that a window's 429s must exceed to be evidence.
+SIGMAS = 3.0
+
+#: Concurrency: latency up to TOLERANCE x the minimum counts as "not queueing".
+TOLERANCE = 1.25
+#: Concurrency: an answer waits about this many rounds of the event loop here before it is read.
+LAG_FACTOR = 2.0
+#: Concurrency: requests allowed to queue at the server, x sqrt(limit) (what the limit grows by).
+QUEUE = 0.5
+#: Concurrency: weight of a new limit against the old one, per window.
+SMOOTHING = 0.3
+#: Concurrency: the factor applied when overload answers exceed their usual share.
+DROP = 0.8
+#: Concurrency: answers per adjustment, at least.
+MIN_SAMPLES = 10
+#: Concurrency: how long the lowest latency is remembered (seconds).
+BASE_MEMORY = 30.0
+#: Concurrency: a request in flight this long (seconds; or this many times the lowest
+#: latency, if more) is held by the server, not queued: it stops counting against the limit.
+HELD, HELD_FACTOR = 1.0, 20.0
+#: The most requests in flight an adaptive run reaches (and workers the engine starts).
+MAX_CONCURRENCY = 128
+#: With a documented rate ceiling, requests in flight beyond this many seconds of it are pointless.
+CEILING_SECONDS = 8.0
+#: Answers that say the server (or a gateway before it) is overloaded.
+OVERLOAD_STATUSES = frozenset({502, 503, 504})
 
 #: (send time, generation) of the request the current task sent last.
 _SENT: ContextVar[tuple[float, int] | None] = ContextVar("bulkmdm_rate_slot", default=None)
+#: the slot in flight the current task holds (its number)
+_SLOT: ContextVar[int] = ContextVar("bulkmdm_flight_slot", default=0)
 
 
 def parse_rate(text: str) -> float | None:
@@ -116,17 +193,47 @@ async def sleep_unless(seconds: float, stopping: Callable[[], bool] | None) -> b
     return not stopping()
 
 
-@dataclass(slots=True)
-class _Window:
-    """The second before a refused request was sent, and how many requests
-    sent in it succeeded (answers still coming in are added as they come)."""
+def _excess(count: int, total: int, share: float) -> bool:
+    """Whether ``count`` of ``total`` is more than a share of ``share`` explains
+    (SIGMAS standard deviations over it; with no share, any count is)."""
+    expected = total * share
+    return count > expected + SIGMAS * math.sqrt(total * share * (1.0 - share))
 
-    generation: int
-    start: float
-    end: float
-    counted: int
-    #: the rate that was cut (None: there was none)
-    rate: float | None
+
+class _Pauses:
+    """The run-wide pauses (Retry-After), so that no window that held one is
+    taken for a measurement of the server's limit."""
+
+    def __init__(self) -> None:
+        self._spans: deque[tuple[float, float]] = deque(maxlen=64)
+
+    def add(self, start: float, end: float) -> None:
+        if self._spans and start <= self._spans[-1][1]:
+            first, _ = self._spans.pop()
+            start = min(first, start)
+        self._spans.append((start, end))
+
+    def ended_in(self, start: float, end: float) -> bool:
+        """Whether a pause ended inside ``start``..``end`` (a pause still on at
+        ``end`` began after every send of the span: it does not matter)."""
+        return any(first < end and start < last < end for first, last in self._spans)
+
+
+@dataclass(slots=True)
+class _Test:
+    """A cut under test: did the 429s go away at the lower pace?"""
+
+    previous_rate: float | None
+    previous_limit: float | None
+    #: the 429 share of the window that was taken as evidence
+    share: float
+    #: when sending resumes (after the pause)
+    resume: float
+    #: the bucket of the refused request (the windows before it were measured)
+    cut_bucket: int
+    #: answers to requests sent after the cut
+    served: int = 0
+    throttled: int = 0
 
 
 @dataclass(slots=True)
@@ -135,22 +242,31 @@ class RateStats:
     sent: int = 0
     #: 429 answers reported
     throttled: int = 0
-    #: times the rate was lowered (one per overload, not per 429)
+    #: times the rate was lowered on evidence (one per overload, not per 429)
     cuts: int = 0
-    #: times it was raised
+    #: cuts undone: the 429s came just as often at the lower pace
+    forgiven: int = 0
+    #: measured limits forgotten: 429s came while the server served less
+    forgotten: int = 0
+    #: times the rate was raised
     raises: int = 0
-    #: the server's limit as last measured on a 429 (requests/s), if any
+    #: the server's limit as last measured (requests/s), if any
     limit: float | None = None
+    #: the share of 429s learned to be noise (not about our pace)
+    noise: float = 0.0
 
 
 class RateController:
-    """Strict pacing; on 429 a measured cut, then a careful climb.
+    """Strict pacing; on evidence of a limit a measured cut, then a careful climb.
 
     ``rate=None`` means no limit (until a 429 says otherwise, if adaptive).
     ``ceiling`` caps every increase (an explicit ``--rate`` is its own
-    ceiling; ``None``: no cap). ``adaptive=False`` keeps the rate fixed
-    (Retry-After still pauses everyone). ``floor`` is the lowest rate a cut
-    may reach.
+    ceiling; ``None``: no cap, the rate grows while the server keeps up).
+    ``adaptive=False`` keeps the rate fixed and lets every Retry-After pause
+    everyone. ``floor`` is the lowest rate a cut may reach. ``window`` is
+    the span (seconds) over which the vendor counts its limit. With
+    ``concurrency``, every slot is also a slot in flight, given back by
+    :meth:`release`.
     """
 
     def __init__(
@@ -160,6 +276,8 @@ class RateController:
         ceiling: float | None = None,
         adaptive: bool = True,
         floor: float = 0.2,
+        window: float = 1.0,
+        concurrency: ConcurrencyLimit | None = None,
     ) -> None:
         if rate is not None and not rate > 0:
             raise UsageError("The rate must be greater than 0.")
@@ -167,31 +285,89 @@ class RateController:
             raise UsageError("The rate ceiling must be greater than 0.")
         if not floor > 0:
             raise UsageError("The rate floor must be greater than 0.")
-        self.ceiling = ceiling if ceiling is not None else rate
+        if not window > 0:
+            raise UsageError("The rate window must be greater than 0.")
+        self.ceiling = ceiling
         self.rate = rate if rate is None or self.ceiling is None else min(rate, self.ceiling)
         self.adaptive = adaptive
         self.floor = floor
+        self.window = window
+        self.concurrency = concurrency
         self.stats = RateStats()
         #: the earliest time the next slot may be handed out
         self._next = 0.0
         self._paused_until = 0.0
         #: bumped on every cut: slots and answers from before it are stale
         self._generation = 0
-        #: send times of requests that succeeded, in the order they answered
-        self._ok: deque[float] = deque(maxlen=20_000)
-        #: successes since the last change of rate, and when that was
-        self._ok_since = 0
-        self._changed = time.monotonic()
-        self._window: _Window | None = None
+        self._pauses = _Pauses()
+        #: bucket index -> [sent, served, throttled], by send time
+        self._buckets: dict[int, list[int]] = {}
+        self._test: _Test | None = None
+        #: answers since the round began, and when it began (monotonic)
+        self._round_answers = 0
+        self._round_started = time.monotonic()
+        self._round_sent = 0
 
+    # -- the counts ----------------------------------------------------------
+    def _bucket(self, at: float) -> int:
+        return math.floor(at * BUCKETS / self.window)
+
+    def _paused_in(self, last: int) -> bool:
+        """Whether the window ending with bucket ``last`` held a pause."""
+        step = self.window / BUCKETS
+        return self._pauses.ended_in((last - BUCKETS + 1) * step, (last + 1) * step)
+
+    def _count(self, at: float, column: int) -> None:
+        index = self._bucket(at)
+        counts = self._buckets.get(index)
+        if counts is None:
+            counts = self._buckets[index] = [0, 0, 0]
+            if len(self._buckets) > 8 * BUCKETS:
+                for old in [i for i in self._buckets if i < index - 6 * BUCKETS]:
+                    del self._buckets[old]
+        counts[column] += 1
+
+    def _span(self, first: int, last: int) -> tuple[int, int, int]:
+        """(sent, served, throttled) of buckets first..last."""
+        sent = served = throttled = 0
+        for index in range(first, last + 1):
+            counts = self._buckets.get(index)
+            if counts is not None:
+                sent, served, throttled = sent + counts[0], served + counts[1], throttled + counts[2]
+        return sent, served, throttled
+
+    def _best_served(self, last: int) -> int:
+        """The most answers served in one recent window ending at or before
+        bucket ``last``, of the windows that held no pause (a server's window
+        empties during a pause: one spanning it shows more than the limit)."""
+        ends = range(last - 4 * BUCKETS, last + 1)
+        whole = [end for end in ends if not self._paused_in(end)] or list(ends)
+        return max(self._span(end - BUCKETS + 1, end)[1] for end in whole)
+
+    def _sent_at(self, now: float) -> tuple[float, int]:
+        sent = _SENT.get()
+        return sent if sent is not None else (now, self._generation)
+
+    # -- the slots -----------------------------------------------------------
     async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
-        """Wait for this request's send slot. With ``stopping``, give the wait
-        up (return False) once it says True; otherwise return True."""
+        """Wait for this request's slot in flight (with ``concurrency``) and its
+        send slot. With ``stopping``, give the wait up (return False) once it
+        says True; otherwise return True."""
+        if self.concurrency is not None and not await self.concurrency.acquire(stopping):
+            return False
+        if await self._send_slot(stopping):
+            return True
+        if self.concurrency is not None:
+            self.concurrency.release(None, overloaded=False)
+        return False
+
+    async def _send_slot(self, stopping: Callable[[], bool] | None) -> bool:
         self.stats.sent += 1
+        self._round_sent += 1
         while True:
             now = time.monotonic()
             if self.rate is None and self._paused_until <= now:
-                _SENT.set((now, self._generation))
+                self._took(now, self._generation)
                 return True
             slot = max(now, self._next, self._paused_until)
             if self.rate is not None:
@@ -200,81 +376,177 @@ class RateController:
             if slot > now and not await sleep_unless(slot - now, stopping):
                 return False
             if generation == self._generation:
-                _SENT.set((slot, generation))
+                self._took(max(slot, time.monotonic()) if slot > now else now, generation)
                 return True
-            # A 429 came while this request waited: its slot belonged to the
+            # A cut came while this request waited: its slot belonged to the
             # schedule before the cut. Take one from the new schedule.
 
-    def throttled(self, retry_after: float | None) -> None:
-        """The server said 429: slow down (and pause everyone for Retry-After)."""
-        self.stats.throttled += 1
-        now = time.monotonic()
-        if retry_after:
-            self._paused_until = max(self._paused_until, now + retry_after)
-        sent = _SENT.get()
-        sent_at, generation = sent if sent is not None else (now, self._generation)
-        if generation != self._generation:
-            return  # sent before the last cut: an echo of the same overload
-        self._generation += 1
-        resume = max(now, self._paused_until)
-        self._next = resume
-        self._changed = resume
-        self._ok_since = 0
-        if not self.adaptive:
-            return
-        counted = sum(1 for t in self._ok if sent_at - WINDOW <= t < sent_at)
-        self._window = _Window(generation, sent_at - WINDOW, sent_at, counted, self.rate)
-        self.stats.cuts += 1
-        self._cut()
+    def _took(self, at: float, generation: int) -> None:
+        _SENT.set((at, generation))
+        self._count(at, 0)
 
-    def _cut(self) -> None:
-        """Set the rate from the window behind the last 429."""
-        w = self._window
-        assert w is not None
-        if w.counted >= 2:
-            limit = w.counted / WINDOW
-            new = BACKOFF * limit
-            if w.rate is not None:
-                new = min(new, BACKOFF * w.rate)
-        else:
-            new = 0.5 * (w.rate if w.rate is not None else FALLBACK)
-            limit = new
-        self.stats.limit = limit
-        self.rate = max(self.floor, new)
+    def release(self, status: int | None, seconds: float = 0.0, *, timed_out: bool = False) -> None:
+        """An attempt ended: with an HTTP ``status``, or none (no answer); it
+        took ``seconds``. Frees its slot in flight and counts the answer."""
+        if status is not None and status != 429:
+            self._served()
+        if self.concurrency is not None:
+            ok = status is not None and 200 <= status < 300
+            overloaded = timed_out or status in OVERLOAD_STATUSES
+            self.concurrency.release(seconds if ok else None, overloaded=overloaded)
 
     def succeeded(self) -> None:
-        """A request went through: after a second of them, maybe speed up."""
+        """A request's final answer was a success (counted already by :meth:`release`
+        when the client reports every attempt; counted here otherwise)."""
+        if _SENT.get() is None:
+            self._served()
+
+    # -- answers -------------------------------------------------------------
+    def _served(self) -> None:
         now = time.monotonic()
-        sent = _SENT.get()
-        ok = self._ok
-        ok.append(sent[0] if sent is not None else now)
-        while ok and ok[0] < now - 2 * WINDOW - 1.0:
-            ok.popleft()
+        sent_at, generation = self._sent_at(now)
+        self._count(sent_at, 1)
         if not self.adaptive or self.rate is None:
             return
-        w = self._window
-        if sent is not None and w is not None and sent[1] == w.generation and w.start <= sent[0] < w.end:
-            # Sent before the refused request, answered after it (a 429 comes
-            # back at once, a success only after the server's work): it was
-            # in the server's window too, so the measured limit goes up by one.
-            w.counted += 1
-            if w.counted >= 2:
-                rate = self.rate
-                self._cut()
-                self.rate = max(self.rate, rate)
+        if self._test is not None:
+            if generation == self._generation:
+                self._test.served += 1
+            self._judge(now)
             return
-        self._ok_since += 1
-        if self._ok_since < max(1.0, self.rate * WINDOW):
+        self._round_answers += 1
+        self._maybe_raise(now)
+
+    def throttled(self, retry_after: float | None) -> None:
+        """The server said 429: this request waits; evidence of a limit slows
+        everyone down (and pauses everyone for Retry-After)."""
+        self.stats.throttled += 1
+        now = time.monotonic()
+        sent_at, generation = self._sent_at(now)
+        self._count(sent_at, 2)
+        if not self.adaptive:
+            self._pause(now, retry_after)
+            if generation == self._generation:
+                self._generation += 1
+                self._next = max(now, self._paused_until)
             return
-        # A second's worth of successes at the current rate: did they come at
-        # that rate, or was the run held back by something else (--concurrency,
-        # slow answers)? Then nothing shows the server could take more.
-        elapsed = now - self._changed
-        self._changed = now
-        self._ok_since = 0
-        if elapsed * USED > WINDOW:
+        if self._test is not None:
+            if generation == self._generation:
+                self._test.throttled += 1
+            self._judge(now)
+            return  # a cut under test: the test decides what these 429s mean
+        if generation != self._generation:
+            return  # an echo of the overload already acted on
+        index = self._bucket(sent_at)
+        sent, served, throttled = self._span(index - BUCKETS + 1, index)
+        limit = self.stats.limit
+        if limit is not None and served < FORGET * limit * self.window and not self._paused_in(index):
+            # refused while the server served clearly less than it has shown it
+            # takes: not about our pace, so what was measured was not a limit
+            self.stats.limit = None
+            self.stats.forgotten += 1
+            self.stats.noise = max(self.stats.noise, throttled / max(1, served + throttled))
             return
+        if not _excess(throttled, served + throttled, self.stats.noise):
+            return
+        climbing = limit is None and (self.ceiling is None or (self.rate or 0.0) < self.ceiling)
+        if climbing:
+            # while slow start climbs, a limit overshot shows as many 429s at once
+            _, served_now, throttled_now = self._span(index - BUCKETS // 4 + 1, index)
+            if (throttled_now < 2 or throttled_now < SUSPECT * (served_now + throttled_now)
+                    or served + throttled < TEST_ANSWERS / 2):
+                return
+        if limit is None or (self.rate or math.inf) > PAST * limit:
+            # a probe just past a known limit needs no pause: the cut below
+            # it is enough (and the probe's own requests wait their Retry-After)
+            self._pause(now, retry_after)
+        self._generation += 1
+        self._next = max(now, self._paused_until)
+        self.stats.cuts += 1
+        resume = max(now, self._paused_until)
+        self._test = _Test(self.rate, limit, throttled / max(1, served + throttled), resume, index)
+        self._cut(index)
+
+    def _pause(self, now: float, retry_after: float | None) -> None:
+        if retry_after:
+            until = now + retry_after
+            if until > self._paused_until:
+                self._pauses.add(max(now, self._paused_until), until)
+                self._paused_until = until
+
+    def _cut(self, index: int) -> None:
+        """Cut to just under what the server served in its best recent window."""
+        best = self._best_served(index)
+        if best >= 2:
+            new = BACKOFF * best / self.window
+            if self.rate is not None:
+                new = min(new, BACKOFF * self.rate)
+            self.stats.limit = best / self.window
+        else:
+            new = 0.5 * (self.rate if self.rate is not None else FALLBACK)
+            self.stats.limit = new
+        self.rate = max(self.floor, new)
+        self._new_round()
+
+    def _judge(self, now: float) -> None:
+        """Decide a cut under test, once enough answers came after it."""
+        test = self._test
+        assert test is not None
+        served, throttled = test.served, test.throttled
+        answers = served + throttled
+        # enough answers that the share before would have shown three 429s
+        enough = answers >= max(TEST_ANSWERS, 3 / max(test.share, 0.01), 3 / NOISE_SEEN) and (
+            now - test.resume >= self.window or answers >= (self.rate or 0.0) * self.window)
+        # 429s coming back at the lower pace about as often as before settle it early
+        persisting = throttled >= 3 and throttled >= answers * test.share / 2
+        if not (enough or persisting) and now - test.resume < 4 * self.window:
+            return
+        self._test = None
+        share = throttled / max(1, answers)
+        if share > MAX_NOISE:
+            # still refused at a high share: the cut was not enough (a fixed
+            # window lets up to twice its limit through across its edge)
+            served_rate = served / max(now - test.resume, self.window)
+            self.stats.limit = served_rate
+            self.rate = max(self.floor, min(BACKOFF * (self.rate or served_rate), BACKOFF * served_rate))
+        elif throttled > answers * self.stats.noise + 1:
+            # the 429s kept coming at the lower pace: not (only) about our pace
+            noise = self.stats.noise
+            self.stats.noise = share if noise == 0 else (noise + share) / 2
+            self.stats.forgiven += 1
+            self.rate = test.previous_rate
+            # a limit measured at this level may have been noise too: climb again
+            self.stats.limit = None
+        else:
+            # confirmed; answers to requests sent before the cut may have come since
+            best = self._best_served(test.cut_bucket) / self.window
+            if self.stats.limit is not None and best > self.stats.limit:
+                self.stats.limit = best
+                self.rate = max(self.rate or 0.0, min(BACKOFF * best, self.ceiling or math.inf))
+        self._new_round()
+
+    # -- increases -----------------------------------------------------------
+    def _new_round(self) -> None:
+        self._round_answers = self._round_sent = 0
+        self._round_started = time.monotonic()
+
+    def _maybe_raise(self, now: float) -> None:
         rate, limit = self.rate, self.stats.limit
+        assert rate is not None
+        span = self.window / 4 if limit is None else self.window
+        if self._round_answers < max(1.0, rate * span):
+            return
+        # A round's worth of answers at the current rate: did they come at
+        # that rate, or was the run held back by something else (concurrency,
+        # slow answers)? Then nothing shows the server could take more.
+        elapsed = now - self._round_started
+        self._new_round()
+        if elapsed * USED > span:
+            if limit is None and self.ceiling is None and self.stats.raises >= UNBOUND_AFTER:
+                # slow start has outgrown what the run sends: the rate no
+                # longer binds, so it is lifted (no timer per request) until a
+                # 429 shows a limit; the requests in flight pace the run
+                self.rate = None
+            return
         if limit is None:
             new = rate * SLOW_START
         elif rate < BACKOFF * limit:
@@ -288,3 +560,226 @@ class RateController:
         if new > rate:
             self.rate = new
             self.stats.raises += 1
+
+
+@dataclass(slots=True)
+class ConcurrencyStats:
+    #: the highest and lowest limit reached
+    highest: float = 0.0
+    lowest: float = math.inf
+    #: adjustments that lowered the limit on latency, and on overload answers
+    shrinks: int = 0
+    drops: int = 0
+    #: the lowest window median latency seen (seconds)
+    base_latency: float | None = None
+
+
+class ConcurrencyLimit:
+    """How many requests may be in flight; with ``adaptive``, moved by latency.
+
+    Starts at ``initial``, stays within ``minimum``..``maximum``; a fixed
+    limit (``adaptive=False``) is a plain semaphore of ``initial``.
+    """
+
+    def __init__(self, *, initial: int, maximum: int | None = None, adaptive: bool = True, minimum: int = 1) -> None:
+        if initial < 1 or minimum < 1:
+            raise UsageError("The concurrency must be at least 1.")
+        self.adaptive = adaptive
+        self.minimum = minimum
+        self.maximum = max(initial, maximum if maximum is not None and adaptive else initial)
+        self.limit = float(initial)
+        self.in_flight = 0
+        self.stats = ConcurrencyStats(highest=self.limit, lowest=self.limit)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # the current window
+        self._answers = 0
+        self._overloaded = 0
+        self._latencies: list[float] = []
+        self._peak = 0
+        #: (when, median latency) of recent windows, and recent overload shares
+        self._medians: deque[tuple[float, float]] = deque()
+        self._overload_shares: deque[tuple[int, int]] = deque(maxlen=8)
+        #: slot number -> when it was taken, in the order taken
+        self._started: dict[int, float] = {}
+        self._taken = 0
+        #: the event loop's last measured delay in running a callback (seconds)
+        self._lag = 0.0
+        self._probing = False
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.limit))
+
+    def _room(self) -> int:
+        """Slots free now. A request held for much longer than answers take
+        (a reply the server holds for seconds) is not the server's queue: it
+        stops counting, up to the limit again (a server slow for everyone
+        moves the median latency, which lowers the limit instead)."""
+        free = self.slots - self.in_flight
+        if free > 0 or not self.adaptive or self.stats.base_latency is None:
+            return free
+        cutoff = time.monotonic() - max(HELD, HELD_FACTOR * self.stats.base_latency)
+        held = 0
+        for started in self._started.values():
+            if started >= cutoff or held >= self.slots:
+                break
+            held += 1
+        return free + held
+
+    async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
+        """Wait for a slot in flight; False (no slot taken) once ``stopping`` says True."""
+        while self._room() <= 0:
+            if stopping is not None and stopping():
+                return False
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                # woken when a request in flight ends (each ends within the
+                # client's timeout), then ``stopping`` is checked again
+                await waiter
+            except BaseException:
+                self._forget(waiter)
+                raise
+            self._forget(waiter)
+        self.in_flight += 1
+        self._peak = max(self._peak, self.in_flight)
+        self._taken += 1
+        self._started[self._taken] = time.monotonic()
+        _SLOT.set(self._taken)
+        return True
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        elif not waiter.cancelled():
+            self._wake()  # woken, but it may not take the slot: pass the turn on
+
+    def release(self, latency: float | None, *, overloaded: bool = False) -> None:
+        """An attempt ended; ``latency`` of a successful answer (None: no success)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self._started.pop(_SLOT.get(), None)
+        if self.adaptive:
+            self._observe(latency, overloaded)
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self._room()
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def _observe(self, latency: float | None, overloaded: bool) -> None:
+        self._answers += 1
+        self._overloaded += overloaded
+        if latency is not None:
+            self._latencies.append(latency)
+        if self._answers < max(MIN_SAMPLES, self.slots):
+            return
+        self._adjust()
+        self._answers = self._overloaded = 0
+        self._latencies = []
+        self._peak = self.in_flight
+        self._probe_lag()
+
+    def _probe_lag(self) -> None:
+        """Measure how long this event loop takes to get round to a callback:
+        answers wait that long here, not at the server (a client short of CPU
+        is not a server queueing)."""
+        if self._probing:
+            return
+        loop = asyncio.get_running_loop()
+        self._probing = True
+
+        def done(started: float) -> None:
+            self._probing = False
+            self._lag = loop.time() - started
+
+        loop.call_soon(done, loop.time())
+
+    def _adjust(self) -> None:
+        limit = self.limit
+        answers, overloaded = self._answers, self._overloaded
+        share = overloaded / answers
+        history = self._overload_shares
+        # with little history, only a share no noise explains; then more than the usual share
+        # (one overload answer more than seen, so that a quiet start is not "none at all")
+        usual = (sum(o for o, _ in history) + 1) / sum(n for _, n in history) if len(history) >= 3 else None
+        history.append((overloaded, answers))
+        if overloaded > 2 and (share > 2 * MAX_NOISE if usual is None else _excess(overloaded, answers, usual)):
+            self.limit = max(self.minimum, limit * DROP)
+            self.stats.drops += 1
+            self._note()
+            return
+        gradient = 1.0
+        if self._latencies:
+            now = time.monotonic()
+            median = max(statistics.median(self._latencies) - LAG_FACTOR * self._lag, min(self._latencies))
+            self._medians.append((now, median))
+            while self._medians[0][0] < now - BASE_MEMORY:
+                self._medians.popleft()
+            base = min(m for _, m in self._medians)
+            self.stats.base_latency = base
+            gradient = max(0.5, min(1.0, TOLERANCE * base / median)) if median > 0 else 1.0
+        # grow only when the slots were used: an idle limit shows nothing
+        queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
+        target = limit * gradient + queue
+        new = limit * (1 - SMOOTHING) + target * SMOOTHING
+        if new < limit:
+            self.stats.shrinks += 1
+        self.limit = min(self.maximum, max(self.minimum, new))
+        self._note()
+
+    def _note(self) -> None:
+        self.stats.highest = max(self.stats.highest, self.limit)
+        self.stats.lowest = min(self.stats.lowest, self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """A run's pacing: the rate controller (what the client takes as its
+    ``limiter``; it holds the concurrency limit too) and how many workers
+    the engine starts (enough for the highest concurrency it may reach)."""
+
+    rate: RateController
+    concurrency: ConcurrencyLimit
+    workers: int
+    notes: tuple[str, ...] = field(default=())
+
+
+def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: Any) -> Pacing:
+    """The pacing of a run from its ``--rate`` and ``--concurrency`` (None:
+    not given) and the provider's declared limits.
+
+    Without ``--rate`` the rate starts at the provider's ``default_rate``
+    and adapts, never above its documented ``max_rate`` (no ceiling where
+    the vendor documents none); ``--rate R`` is fixed at most R (a 429 still
+    lowers it); ``--rate none`` starts unlimited. Without ``--concurrency``
+    the requests in flight start at ``default_concurrency`` and adapt to the
+    MDM's latency; ``--concurrency N`` is fixed at N. The vendor counts its
+    limit over ``rate_window`` seconds (1 unless the provider says).
+    """
+    window = float(getattr(provider_cls, "rate_window", 1.0) or 1.0)
+    if rate_flag is None:
+        rate = provider_cls.default_rate
+        ceiling = provider_cls.max_rate
+        start = rate if rate is None or ceiling is None else min(rate, ceiling)
+        controller_rate, controller_ceiling = start, ceiling
+    else:
+        controller_rate = controller_ceiling = parse_rate(rate_flag)
+    initial = max(1, int(provider_cls.default_concurrency))
+    if concurrency_flag is not None:
+        if concurrency_flag < 1:
+            raise UsageError("--concurrency must be at least 1.")
+        concurrency = ConcurrencyLimit(initial=concurrency_flag, adaptive=False)
+    else:
+        maximum = MAX_CONCURRENCY
+        if controller_ceiling is not None:
+            maximum = min(maximum, max(initial, math.ceil(controller_ceiling * CEILING_SECONDS)))
+        concurrency = ConcurrencyLimit(initial=initial, maximum=maximum, adaptive=True)
+    controller = RateController(rate=controller_rate, ceiling=controller_ceiling, adaptive=True, window=window,
+                                concurrency=concurrency)
+    return Pacing(controller, concurrency, concurrency.maximum)

@@ -30,6 +30,7 @@ import base64
 import json as jsonlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -282,7 +283,7 @@ class Client:
             attempt += 1
             if not await self._slot(req, first=last is None):
                 return _give_up(last, req)
-            result = await self._attempt(req, attempt)
+            result = await self._paced_attempt(req, attempt)
             if isinstance(result, _Failure):
                 settled = await self._after_failure(req, result, attempt, idempotent, verify)
                 if settled is not None:
@@ -315,7 +316,28 @@ class Client:
             return False
         if not req.credential:
             await self.auth.ready(self)
-        return await self.limiter.acquire(self._stopping) and not self._stopping()
+        if not await self.limiter.acquire(self._stopping):
+            return False
+        if self._stopping():
+            self.limiter.release(None)
+            return False
+        return True
+
+    async def _paced_attempt(self, req: _Request, attempt: int) -> Response | _Failure:
+        """One attempt in the slot just taken; the limiter gets the slot back
+        with the answer's status and latency (what adaptive concurrency reads)."""
+        started = time.monotonic()
+        try:
+            result = await self._attempt(req, attempt)
+        except BaseException:
+            self.limiter.release(None, time.monotonic() - started)
+            raise
+        if isinstance(result, _Failure):
+            timed_out = isinstance(result.error, RequestTimeout)
+            self.limiter.release(None, time.monotonic() - started, timed_out=timed_out)
+        else:
+            self.limiter.release(result.status, time.monotonic() - started)
+        return result
 
     async def _attempt(self, req: _Request, attempt: int) -> Response | _Failure:
         """Send once (following same-origin redirects of a read); an answer or why there is none."""

@@ -16,7 +16,8 @@ def test_quick_bench_prints_every_figure() -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     for figure in ("throughput: message", "requests per row: DuoSTATION tag", "requests per row: Ivanti lock",
-                   "known (--rate", "unknown (no --rate", "unknown (--rate none", "XLSX (read_job)",
-                   "CSV (read_job)", "peak memory", "start-up: bulkmdm --help"):
+                   "known (--rate", "unknown (no --rate", "unknown (--rate none", "fault mix: DuoSTATION tag",
+                   "unknown capacity:", "CPU per row:", "XLSX (read_job)", "CSV (read_job)", "peak memory",
+                   "start-up: bulkmdm --help"):
         assert figure in out, out
-    assert "10 figures" in out, out
+    assert "12 figures" in out, out

@@ -12,7 +12,9 @@ the simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import statistics
 import threading
 import time
 import warnings
@@ -24,6 +26,15 @@ from typing import Any
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The fault mix of issue 11: 10% 503, 5% 429 with Retry-After: 1, 3%
+#: dropped connections (half before the work, half after it), 2% replies
+#: held for 2 s. Set it with ``faults.update(FAULT_MIX)`` (or POST it to
+#: /_sim/faults) together with a ``seed``.
+FAULT_MIX: dict[str, Any] = {
+    "error_rate": 0.10, "error_status": 503, "throttle_rate": 0.05, "throttle_retry_after": 1.0,
+    "drop_rate": 0.015, "drop_after_rate": 0.015, "slow_rate": 0.02, "slow_seconds": 2.0,
+}
 
 
 @dataclass
@@ -46,6 +57,16 @@ class Faults:
     rate_limit: float | None = None
     #: the Retry-After sent with a 429 (seconds); None: computed from the limit
     retry_after: float | None = None
+    #: answer this fraction 429 with ``Retry-After: throttle_retry_after``,
+    #: whatever the pace (a quota shared with other integrations, a gateway)
+    throttle_rate: float = 0.0
+    throttle_retry_after: float = 1.0
+    #: finite capacity with no rate limit: ``capacity_workers`` requests are
+    #: served at a time, each taking ``service_seconds``; the rest queue, and
+    #: past ``queue_limit`` waiting (None: no limit) they are answered 503
+    capacity_workers: int | None = None
+    service_seconds: float = 0.0
+    queue_limit: int | None = None
     #: apply faults only to requests that change something (not GET)
     mutating_only: bool = False
     seed: int | None = None
@@ -64,6 +85,10 @@ class Stats:
     mutating: int = 0
     throttled: int = 0
     faults: int = 0
+    #: answered 503 because the capacity queue was full
+    rejected: int = 0
+    #: seconds each request waited in the capacity queue (the most recent ones)
+    queue_waits: list[float] = field(default_factory=list)
     by_route: Counter[str] = field(default_factory=Counter)
     first_at: float | None = None
     last_at: float | None = None
@@ -71,6 +96,9 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["by_route"] = dict(self.by_route)
+        waits = out.pop("queue_waits")
+        out["queued"] = len(waits)
+        out["queue_wait_median"] = statistics.median(waits) if waits else None
         return out
 
 
@@ -98,6 +126,9 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
     rng = random.Random(faults.seed)
     seeded = [faults.seed]
     window = _Window()
+    capacity = _Capacity(lambda request, handler: faulty(request, handler,
+                                                          request.method not in ("GET", "HEAD")
+                                                          or not faults.mutating_only))
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -123,9 +154,18 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
                 return web.json_response(
                     {"message": "Too many requests"}, status=429, headers={"Retry-After": str(int(retry_after))}
                 )
+        eligible = mutating or not faults.mutating_only
+        if eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
+            stats.throttled += 1
+            return web.json_response({"message": "Too many requests"}, status=429,
+                                     headers={"Retry-After": f"{faults.throttle_retry_after:g}"})
+        if faults.capacity_workers:
+            return await capacity.serve(request, handler, faults, stats)
+        return await faulty(request, handler, eligible)
+
+    async def faulty(request: web.Request, handler: Handler, eligible: bool) -> web.StreamResponse:
         if faults.latency:
             await asyncio.sleep(faults.latency)
-        eligible = mutating or not faults.mutating_only
         if eligible and faults.error_rate and rng.random() < faults.error_rate:
             stats.faults += 1
             return web.json_response({"message": "Service temporarily unavailable"}, status=faults.error_status)
@@ -144,6 +184,60 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
         return response
 
     return middleware
+
+
+class _Capacity:
+    """N workers x S seconds of service, a queue, 503 past the queue's limit
+    (``Faults.capacity_workers``, ``service_seconds``, ``queue_limit``)."""
+
+    def __init__(self, inner: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]) -> None:
+        self.inner = inner
+        self.busy = 0
+        self.waiting: list[asyncio.Future[None]] = []
+
+    async def serve(self, request: web.Request, handler: Handler, faults: Faults,
+                    stats: Stats) -> web.StreamResponse:
+        workers = max(1, int(faults.capacity_workers or 1))
+        if self.busy >= workers:
+            if faults.queue_limit is not None and len(self.waiting) >= faults.queue_limit:
+                stats.rejected += 1
+                return web.json_response({"message": "Server busy"}, status=503)
+            queued = time.monotonic()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(waiter)
+            try:
+                await waiter  # handed a worker by the one that finished
+            except BaseException:
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._hand_over()
+                raise
+            _keep(stats.queue_waits, time.monotonic() - queued)
+        else:
+            self.busy += 1
+            _keep(stats.queue_waits, 0.0)
+        try:
+            if faults.service_seconds:
+                await asyncio.sleep(faults.service_seconds)
+            return await self.inner(request, handler)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """A worker is free: give it to the first in the queue (it stays busy)."""
+        while self.waiting:
+            waiter = self.waiting.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.busy -= 1
+
+
+def _keep(values: list[float], value: float, most: int = 100_000) -> None:
+    if len(values) >= most:
+        del values[: most // 2]
+    values.append(value)
 
 
 def _drop(request: web.Request) -> None:
@@ -299,7 +393,5 @@ def serve_forever(app: web.Application, *, port: int, announce: Callable[[str], 
         finally:
             await runner.cleanup()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
