@@ -121,9 +121,22 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(
-    devices=3_000, throughput_rows=1_500, baseline_rows=60, tag_rows=300, ivanti_devices=600, lock_rows=300,
-    known_rows=60, unknown_rows=90, unlimited_rows=90, fault_rows=200, capacity_rows=200, cpu_rows=300,
-    xlsx_rows=3_000, csv_rows=30_000, startup_runs=3, reps=1,
+    devices=3_000,
+    throughput_rows=1_500,
+    baseline_rows=60,
+    tag_rows=300,
+    ivanti_devices=600,
+    lock_rows=300,
+    known_rows=60,
+    unknown_rows=90,
+    unlimited_rows=90,
+    fault_rows=200,
+    capacity_rows=200,
+    cpu_rows=300,
+    xlsx_rows=3_000,
+    csv_rows=30_000,
+    startup_runs=3,
+    reps=1,
 )
 
 FIGURES = ("throughput", "requests", "known", "unknown", "faults", "capacity", "cpu", "reading", "memory", "startup")
@@ -160,8 +173,21 @@ class Sim:
 
     def __init__(self, provider: str, *, devices: int) -> None:
         self.provider = provider
-        cmd = [sys.executable, "-m", "bulkmdm", "sim", provider, "--port", "0", "--devices", str(devices),
-               "--username", USER, "--password", PASSWORD]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bulkmdm",
+            "sim",
+            provider,
+            "--port",
+            "0",
+            "--devices",
+            str(devices),
+            "--username",
+            USER,
+            "--password",
+            PASSWORD,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._url: str | None = None
 
@@ -177,8 +203,9 @@ class Sim:
 
     def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json", **(headers or {})})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         with urllib.request.urlopen(request, timeout=60) as resp:
             return json.loads(resp.read() or b"null")
 
@@ -319,12 +346,15 @@ def _pacing_note() -> str:
     rate, conc = pacing.rate, pacing.concurrency
     shown = "none" if rate.rate is None else f"{rate.rate:,.0f}/s"
     limit = "" if rate.stats.limit is None else f", measured limit {rate.stats.limit:,.1f}/s"
-    return (f"pacing: rate {shown}{limit}, {rate.stats.cuts} cut(s), {rate.stats.forgiven} forgiven, "
-            f"noise {rate.stats.noise:.1%}; in flight {conc.limit:.0f} (highest {conc.stats.highest:.0f})")
+    return (
+        f"pacing: rate {shown}{limit}, {rate.stats.cuts} cut(s), {rate.stats.forgiven} forgiven, "
+        f"noise {rate.stats.noise:.1%}; in flight {conc.limit:.0f} (highest {conc.stats.highest:.0f})"
+    )
 
 
-def run(bench: Bench, job: Path, provider: str, sim: Sim, *, on_start: Callable[[], None] | None = None,
-        **options: Any) -> Timed:
+def run(
+    bench: Bench, job: Path, provider: str, sim: Sim, *, on_start: Callable[[], None] | None = None, **options: Any
+) -> Timed:
     from bulkmdm.engine import RunOptions, run_job
 
     state = bench.tmp / f"state-{job.stem}"
@@ -338,8 +368,13 @@ def run(bench: Bench, job: Path, provider: str, sim: Sim, *, on_start: Callable[
     result = run_job(RunOptions(job=job, provider=provider, url=sim.url, state_dir=state, env=env, **options), events)
     wall = time.perf_counter() - started
     begun = events.started or started
-    return Timed(result, wall, (events.finished or time.perf_counter()) - begun, _cpu() - cpu,
-                 (events.most or events.finished or time.perf_counter()) - begun)
+    return Timed(
+        result,
+        wall,
+        (events.finished or time.perf_counter()) - begun,
+        _cpu() - cpu,
+        (events.most or events.finished or time.perf_counter()) - begun,
+    )
 
 
 def _cpu() -> float:
@@ -376,8 +411,9 @@ def naive_loop(sim: Sim, serials: Sequence[str]) -> float:
         found = json.loads(resp.read())
         device = found[0] if isinstance(found, list) else found
         body = json.dumps({"message": f"Naive message {i}"})
-        conn.request("POST", f"/api/devices/{quote(str(device['id']), safe='')}/sendmessage", body=body,
-                     headers=post_headers)
+        conn.request(
+            "POST", f"/api/devices/{quote(str(device['id']), safe='')}/sendmessage", body=body, headers=post_headers
+        )
         resp = conn.getresponse()
         resp.read()
         if resp.status >= 300:
@@ -392,11 +428,14 @@ def fig_throughput(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> Non
     duo.faults(latency=s.latency, rate_limit=None)
     serials = [d["serialNumber"] for d in devices]
     n = min(s.throughput_rows, len(serials))
-    job = write_csv(bench.tmp / "throughput.csv", ["serial", "message"],
-                    ((serial, f"Bench message {i}") for i, serial in enumerate(serials[:n])))
+    job = write_csv(
+        bench.tmp / "throughput.csv",
+        ["serial", "message"],
+        ((serial, f"Bench message {i}") for i, serial in enumerate(serials[:n])),
+    )
     baselines, ratios, runs = [], [], []
     for _ in range(s.reps):
-        baseline = naive_loop(duo, serials[n - s.baseline_rows:n])
+        baseline = naive_loop(duo, serials[n - s.baseline_rows : n])
         timed = run(bench, job, "duostation", duo, action="message")
         baselines.append(baseline)
         ratios.append(n / timed.wall / baseline)
@@ -404,12 +443,23 @@ def fig_throughput(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> Non
     ratio = statistics.median(ratios)
     timed = runs[ratios.index(ratio)] if ratio in ratios else runs[-1]
     ok = all(t.result.counts.get("succeeded", 0) == n for t in runs)
-    bench.add(Row(f"throughput: message, {n:,} rows, {s.latency * 1000:g} ms latency, defaults",
-                  f"{n / timed.wall:,.0f} rows/s = {ratio:.1f}x naive", ">= 30x naive", ratio >= 30 and ok,
-                  f"median of {len(ratios)}: {_each(ratios, 'x')}; whole run {timed.wall:.1f} s, sending "
-                  f"{n / timed.sending:,.0f} rows/s; {_counts(timed.result)}; {_pacing_note()}"))
-    bench.add(Row(f"  naive loop, {s.baseline_rows} rows sampled", f"{statistics.median(baselines):,.0f} rows/s",
-                  detail="sequential GET look-up + POST per row, one kept-alive connection"))
+    bench.add(
+        Row(
+            f"throughput: message, {n:,} rows, {s.latency * 1000:g} ms latency, defaults",
+            f"{n / timed.wall:,.0f} rows/s = {ratio:.1f}x naive",
+            ">= 30x naive",
+            ratio >= 30 and ok,
+            f"median of {len(ratios)}: {_each(ratios, 'x')}; whole run {timed.wall:.1f} s, sending "
+            f"{n / timed.sending:,.0f} rows/s; {_counts(timed.result)}; {_pacing_note()}",
+        )
+    )
+    bench.add(
+        Row(
+            f"  naive loop, {s.baseline_rows} rows sampled",
+            f"{statistics.median(baselines):,.0f} rows/s",
+            detail="sequential GET look-up + POST per row, one kept-alive connection",
+        )
+    )
 
 
 def _each(values: Sequence[float], unit: str = "", digits: int = 1) -> str:
@@ -443,10 +493,16 @@ def fig_requests(bench: Bench, duo: Sim, devices: list[dict[str, Any]], ivanti: 
         if timed.result.counts.get("succeeded", 0) != len(serials):
             per_rows[-1] = math.inf
     per_row, wall = statistics.median(per_rows), statistics.median(walls)
-    bench.add(Row(f"requests per row: DuoSTATION tag, {s.tag_rows:,} rows, defaults",
-                  f"{per_row:.4f}, {wall:.1f} s", "<= 1.02, < 10 s", per_row <= 1.02 and wall < 10,
-                  f"median of {len(walls)} runs (one tag each): {_each(per_rows, '', 4)} requests/row, "
-                  f"{_each(walls, ' s')} whole run; {_counts(timed.result)}; {_pacing_note()}"))
+    bench.add(
+        Row(
+            f"requests per row: DuoSTATION tag, {s.tag_rows:,} rows, defaults",
+            f"{per_row:.4f}, {wall:.1f} s",
+            "<= 1.02, < 10 s",
+            per_row <= 1.02 and wall < 10,
+            f"median of {len(walls)} runs (one tag each): {_each(per_rows, '', 4)} requests/row, "
+            f"{_each(walls, ' s')} whole run; {_counts(timed.result)}; {_pacing_note()}",
+        )
+    )
 
     lock = ivanti_serials(ivanti)[: s.lock_rows]
     job = write_csv(bench.tmp / "lock.csv", ["serial"], ((serial,) for serial in lock))
@@ -454,10 +510,16 @@ def fig_requests(bench: Bench, duo: Sim, devices: list[dict[str, Any]], ivanti: 
     timed = run(bench, job, "ivanti", ivanti, action="lock", rate="none", yes=True)
     sent = ivanti.stats()["requests"]
     per_row = sent / len(lock)
-    bench.add(Row(f"requests per row: Ivanti lock, {len(lock):,} rows", f"{per_row:.4f}", "<= 0.05",
-                  per_row <= 0.05 and timed.result.counts.get("succeeded", 0) > 0,
-                  f"{sent:,} requests (device pages, viability checks, locks of 100); "
-                  f"{_counts(timed.result)} (not ACTIVE: refused up front)"))
+    bench.add(
+        Row(
+            f"requests per row: Ivanti lock, {len(lock):,} rows",
+            f"{per_row:.4f}",
+            "<= 0.05",
+            per_row <= 0.05 and timed.result.counts.get("succeeded", 0) > 0,
+            f"{sent:,} requests (device pages, viability checks, locks of 100); "
+            f"{_counts(timed.result)} (not ACTIVE: refused up front)",
+        )
+    )
 
 
 def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
@@ -469,8 +531,9 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
     most: list[float] = []
     details: list[str] = []
     right = True
-    for rep, (clean_tag, faulty_tag) in enumerate((("Musik", "Bild"), ("Idrott", "Trasig"),
-                                                   ("Service", "Specialpedagog"))[: s.reps]):
+    for rep, (clean_tag, faulty_tag) in enumerate(
+        (("Musik", "Bild"), ("Idrott", "Trasig"), ("Service", "Specialpedagog"))[: s.reps]
+    ):
         rates = []
         for tag, faults in ((clean_tag, {}), (faulty_tag, {**FAULT_MIX, "seed": 11 + rep})):
             serials = _untagged(duo, devices, tag, s.fault_rows)  # (read before the faults are on)
@@ -480,20 +543,28 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
             duo.faults(**{key: 0.0 for key in FAULT_MIX if key.endswith("_rate")})
             links = _links(duo, tag)
             by_serial = {d["serialNumber"]: d["id"] for d in devices}
-            right = right and timed.result.counts.get("succeeded", 0) == len(serials) and all(
-                links[by_serial[x]] == 1 for x in serials)
+            right = (
+                right
+                and timed.result.counts.get("succeeded", 0) == len(serials)
+                and all(links[by_serial[x]] == 1 for x in serials)
+            )
             rates.append(len(serials) / timed.sending)
             rates.append(0.99 * len(serials) / timed.most)
         ratios.append(rates[2] / rates[0])
         most.append(rates[3] / rates[1])
         details.append(f"{rates[2]:,.0f}/{rates[0]:,.0f} rows/s")
     ratio = statistics.median(ratios)
-    bench.add(Row(f"fault mix: DuoSTATION tag, {s.fault_rows:,} rows, defaults",
-                  f"{ratio:.2f} of fault-free, {'every row right' if right else 'ROWS WRONG'}",
-                  ">= 0.5, every row right", ratio >= 0.5 and right,
-                  f"median of {len(ratios)} (faults/clean, sending phase): {'; '.join(details)}; until 99% of "
-                  f"the rows were done: {_each(most, '', 2)} (the rest is retries backing off); 10% 503, "
-                  f"5% 429 Retry-After 1, 3% dropped, 2% held 2 s; {_pacing_note()}"))
+    bench.add(
+        Row(
+            f"fault mix: DuoSTATION tag, {s.fault_rows:,} rows, defaults",
+            f"{ratio:.2f} of fault-free, {'every row right' if right else 'ROWS WRONG'}",
+            ">= 0.5, every row right",
+            ratio >= 0.5 and right,
+            f"median of {len(ratios)} (faults/clean, sending phase): {'; '.join(details)}; until 99% of "
+            f"the rows were done: {_each(most, '', 2)} (the rest is retries backing off); 10% 503, "
+            f"5% 429 Retry-After 1, 3% dropped, 2% held 2 s; {_pacing_note()}",
+        )
+    )
 
 
 def fig_capacity(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
@@ -502,11 +573,19 @@ def fig_capacity(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
     capacity = s.capacity_workers / s.service
     shares, waits, runs = [], [], []
     for rep in range(s.reps):
-        rows = serials[rep * s.capacity_rows:(rep + 1) * s.capacity_rows]
-        job = write_csv(bench.tmp / f"capacity-{rep}.csv", ["serial", "message"],
-                        ((x, f"Capacity message {rep} {i}") for i, x in enumerate(rows)))
-        duo.faults(latency=0.0, rate_limit=None, capacity_workers=s.capacity_workers,
-                   service_seconds=s.service, queue_limit=s.queue_limit)
+        rows = serials[rep * s.capacity_rows : (rep + 1) * s.capacity_rows]
+        job = write_csv(
+            bench.tmp / f"capacity-{rep}.csv",
+            ["serial", "message"],
+            ((x, f"Capacity message {rep} {i}") for i, x in enumerate(rows)),
+        )
+        duo.faults(
+            latency=0.0,
+            rate_limit=None,
+            capacity_workers=s.capacity_workers,
+            service_seconds=s.service,
+            queue_limit=s.queue_limit,
+        )
         timed = run(bench, job, "duostation", duo, on_start=duo.reset, action="message")
         stats = duo.stats()
         duo.faults(capacity_workers=None)
@@ -517,13 +596,18 @@ def fig_capacity(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
         runs.append((timed, stats))
     share, wait = statistics.median(shares), statistics.median(waits)
     timed, stats = runs[-1]
-    bench.add(Row(f"unknown capacity: {s.capacity_workers} workers x {s.service * 1000:g} ms, defaults, "
-                  f"{s.capacity_rows:,} rows",
-                  f"{share:.2f} capacity, queueing {wait:.2f} service", ">= 0.8, <= 1 service time",
-                  share >= 0.8 and wait <= 1.0,
-                  f"capacity {capacity:,.0f} requests/s, queue limit {s.queue_limit}; median of {len(shares)}: "
-                  f"{_each(shares, '', 2)} of capacity, median queueing {_each(waits, '', 2)} service times; "
-                  f"{stats['rejected']} x 503 (queue full); {_counts(timed.result)}; {_pacing_note()}"))
+    bench.add(
+        Row(
+            f"unknown capacity: {s.capacity_workers} workers x {s.service * 1000:g} ms, defaults, "
+            f"{s.capacity_rows:,} rows",
+            f"{share:.2f} capacity, queueing {wait:.2f} service",
+            ">= 0.8, <= 1 service time",
+            share >= 0.8 and wait <= 1.0,
+            f"capacity {capacity:,.0f} requests/s, queue limit {s.queue_limit}; median of {len(shares)}: "
+            f"{_each(shares, '', 2)} of capacity, median queueing {_each(waits, '', 2)} service times; "
+            f"{stats['rejected']} x 503 (queue full); {_counts(timed.result)}; {_pacing_note()}",
+        )
+    )
 
 
 def fig_cpu(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
@@ -531,26 +615,35 @@ def fig_cpu(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
     s = bench.sizes
     duo.faults(latency=0.0, rate_limit=None)
     rows = serials[: s.cpu_rows]
-    job = write_csv(bench.tmp / "cpu.csv", ["serial", "message"],
-                    ((x, f"CPU message {i}") for i, x in enumerate(rows)))
+    job = write_csv(bench.tmp / "cpu.csv", ["serial", "message"], ((x, f"CPU message {i}") for i, x in enumerate(rows)))
     costs = []
     for _ in range(s.reps):
         timed = run(bench, job, "duostation", duo, action="message", rate="none")
         costs.append(timed.cpu / len(rows) * 1e6)
     cost = statistics.median(costs)
-    bench.add(Row(f"CPU per row: message, {len(rows):,} rows, --rate none", f"{cost:,.0f} us/row",
-                  "(tracked: a regression shows)", None,
-                  f"median of {len(costs)}: {_each(costs, ' us', 0)}; read, plan, send, journal, report; "
-                  f"{_counts(timed.result)}"))
+    bench.add(
+        Row(
+            f"CPU per row: message, {len(rows):,} rows, --rate none",
+            f"{cost:,.0f} us/row",
+            "(tracked: a regression shows)",
+            None,
+            f"median of {len(costs)}: {_each(costs, ' us', 0)}; read, plan, send, journal, report; "
+            f"{_counts(timed.result)}",
+        )
+    )
 
 
-def _saturation(bench: Bench, duo: Sim, serials: Sequence[str], tag: str, rate: str | None
-                ) -> tuple[float, float, Timed, dict[str, Any]]:
+def _saturation(
+    bench: Bench, duo: Sim, serials: Sequence[str], tag: str, rate: str | None
+) -> tuple[float, float, Timed, dict[str, Any]]:
     """(achieved requests/s, share answered 429) of a message job against a
     simulator allowing ``limit`` requests in any 1-s window."""
     s = bench.sizes
-    job = write_csv(bench.tmp / f"limit-{tag}.csv", ["serial", "message"],
-                    ((serial, f"Limited message {tag} {i}") for i, serial in enumerate(serials)))
+    job = write_csv(
+        bench.tmp / f"limit-{tag}.csv",
+        ["serial", "message"],
+        ((serial, f"Limited message {tag} {i}") for i, serial in enumerate(serials)),
+    )
     duo.faults(latency=s.latency, rate_limit=s.limit)
     time.sleep(1.1)  # an empty window: nothing left over from the run before
     timed = run(bench, job, "duostation", duo, on_start=duo.reset, action="message", rate=rate)
@@ -568,26 +661,38 @@ def fig_known(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
     rows = serials[: bench.sizes.known_rows]
     achieved, share, timed, stats = _saturation(bench, duo, rows, "known", f"{n}/s")
     ok = achieved >= 0.95 * n and stats["throttled"] == 0
-    bench.add(Row(f"rate limit {n}/s, known (--rate {n}/s), {len(rows)} rows",
-                  f"{achieved:.1f}/s = {achieved / n:.2f} N, {stats['throttled']} x 429",
-                  ">= 0.95 N, 0 x 429", ok,
-                  f"{stats['requests']} requests in {timed.sending:.1f} s; {_counts(timed.result)}"))
+    bench.add(
+        Row(
+            f"rate limit {n}/s, known (--rate {n}/s), {len(rows)} rows",
+            f"{achieved:.1f}/s = {achieved / n:.2f} N, {stats['throttled']} x 429",
+            ">= 0.95 N, 0 x 429",
+            ok,
+            f"{stats['requests']} requests in {timed.sending:.1f} s; {_counts(timed.result)}",
+        )
+    )
 
 
 def fig_unknown(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
     s = bench.sizes
     n = s.limit
-    for label, rate, count in (("no --rate: DuoSTATION default 20/s, adapts", None, s.unknown_rows),
-                               ("--rate none: unlimited until a 429", "none", s.unlimited_rows)):
+    for label, rate, count in (
+        ("no --rate: DuoSTATION default 20/s, adapts", None, s.unknown_rows),
+        ("--rate none: unlimited until a 429", "none", s.unlimited_rows),
+    ):
         rows = serials[:count]
         serials = serials[count:]
         achieved, share, timed, stats = _saturation(bench, duo, rows, label.split(":")[0].strip("- "), rate)
         ok = achieved >= 0.9 * n and share <= 0.03
-        bench.add(Row(f"rate limit {n}/s, unknown ({label}), {len(rows)} rows",
-                      f"{achieved:.1f}/s = {achieved / n:.2f} N, {share:.1%} x 429",
-                      ">= 0.9 N, <= 3% x 429", ok,
-                      f"{stats['requests']} requests, {stats['throttled']} answered 429, in {timed.sending:.1f} s; "
-                      f"{_counts(timed.result)}; {_pacing_note()}"))
+        bench.add(
+            Row(
+                f"rate limit {n}/s, unknown ({label}), {len(rows)} rows",
+                f"{achieved:.1f}/s = {achieved / n:.2f} N, {share:.1%} x 429",
+                ">= 0.9 N, <= 3% x 429",
+                ok,
+                f"{stats['requests']} requests, {stats['throttled']} answered 429, in {timed.sending:.1f} s; "
+                f"{_counts(timed.result)}; {_pacing_note()}",
+            )
+        )
 
 
 def _best_of(fn: Callable[[], Any], runs: int) -> float:
@@ -626,8 +731,15 @@ def fig_reading(bench: Bench, big_csv: Path) -> None:
 
     ours = _best_of(lambda: read_job(xlsx), 1)
     theirs = _best_of(with_openpyxl, 1)
-    bench.add(Row(f"read {s.xlsx_rows:,}-row XLSX (read_job)", f"{ours:.2f} s = {theirs / ours:.1f}x faster",
-                  ">= 3x pandas+openpyxl", theirs / ours >= 3, "python-calamine via pandas"))
+    bench.add(
+        Row(
+            f"read {s.xlsx_rows:,}-row XLSX (read_job)",
+            f"{ours:.2f} s = {theirs / ours:.1f}x faster",
+            ">= 3x pandas+openpyxl",
+            theirs / ours >= 3,
+            "python-calamine via pandas",
+        )
+    )
     bench.add(Row("  pandas read_excel(engine='openpyxl')", f"{theirs:.2f} s"))
 
     def plain_csv() -> list[list[str]]:
@@ -636,17 +748,37 @@ def fig_reading(bench: Bench, big_csv: Path) -> None:
 
     ours = _best_of(lambda: read_job(big_csv), 1)
     theirs = _best_of(plain_csv, 1)
-    bench.add(Row(f"read {s.csv_rows:,}-row CSV (read_job)", f"{ours:.2f} s = {ours / theirs:.2f}x the loop",
-                  "<= 1.5x plain csv loop", ours / theirs <= 1.5,
-                  "encoding + delimiter detection, pandas C parser, checks per cell"))
+    bench.add(
+        Row(
+            f"read {s.csv_rows:,}-row CSV (read_job)",
+            f"{ours:.2f} s = {ours / theirs:.2f}x the loop",
+            "<= 1.5x plain csv loop",
+            ours / theirs <= 1.5,
+            "encoding + delimiter detection, pandas C parser, checks per cell",
+        )
+    )
     bench.add(Row("  plain csv.reader loop", f"{theirs:.2f} s"))
 
 
 def fig_memory(bench: Bench, duo: Sim, big_csv: Path, rows: int) -> None:
     duo.faults(latency=0.0, rate_limit=None)
     env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(bench.tmp / "state-dry")}
-    cmd = [sys.executable, "-m", "bulkmdm", "run", str(big_csv), "--provider", "duostation", "--url", duo.url,
-           "--action", "message", "--dry-run", "--report", str(bench.tmp / "dry.outcome.csv")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bulkmdm",
+        "run",
+        str(big_csv),
+        "--provider",
+        "duostation",
+        "--url",
+        duo.url,
+        "--action",
+        "message",
+        "--dry-run",
+        "--report",
+        str(bench.tmp / "dry.outcome.csv"),
+    ]
     started = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert child.stderr is not None
@@ -657,9 +789,15 @@ def fig_memory(bench: Bench, duo: Sim, big_csv: Path, rows: int) -> None:
     peak_mb = usage.ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB on Linux
     if child.returncode != 0:
         raise RuntimeError(f"the dry run exited {child.returncode}: {errors.decode(errors='replace')[-400:]}")
-    bench.add(Row(f"peak memory: {rows:,}-row dry run", f"{peak_mb:,.0f} MB", "< 1,000 MB", peak_mb < 1000,
-                  f"`bulkmdm run --dry-run` in a child, RSS high-water mark; {wall:.1f} s, "
-                  f"{rows / wall:,.0f} rows/s"))
+    bench.add(
+        Row(
+            f"peak memory: {rows:,}-row dry run",
+            f"{peak_mb:,.0f} MB",
+            "< 1,000 MB",
+            peak_mb < 1000,
+            f"`bulkmdm run --dry-run` in a child, RSS high-water mark; {wall:.1f} s, {rows / wall:,.0f} rows/s",
+        )
+    )
 
 
 def fig_startup(bench: Bench) -> None:
@@ -671,8 +809,15 @@ def fig_startup(bench: Bench) -> None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         times.append(time.perf_counter() - started)
     median = statistics.median(times)
-    bench.add(Row("start-up: bulkmdm --help", f"{median:.3f} s", "< 0.3 s", median < 0.3,
-                  f"median of {len(times)}: {' '.join(f'{t:.3f}' for t in times)}"))
+    bench.add(
+        Row(
+            "start-up: bulkmdm --help",
+            f"{median:.3f} s",
+            "< 0.3 s",
+            median < 0.3,
+            f"median of {len(times)}: {' '.join(f'{t:.3f}' for t in times)}",
+        )
+    )
 
 
 # -- the table -----------------------------------------------------------------
@@ -697,8 +842,17 @@ def _print_header() -> None:
 def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: C901 (one branch per figure)
     """Measure the wanted figures, in order; simulators started go to ``sims`` (closed by the caller)."""
     sizes = bench.sizes
-    needs_duo = wanted & {"throughput", "requests", "known", "unknown", "faults", "capacity", "cpu", "memory",
-                          "reading"}
+    needs_duo = wanted & {
+        "throughput",
+        "requests",
+        "known",
+        "unknown",
+        "faults",
+        "capacity",
+        "cpu",
+        "memory",
+        "reading",
+    }
     duo = Sim("duostation", devices=sizes.devices) if needs_duo else None
     ivanti = Sim("ivanti", devices=sizes.ivanti_devices) if "requests" in wanted else None
     sims += [s for s in (duo, ivanti) if s is not None]
@@ -717,7 +871,7 @@ def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: 
     if "unknown" in wanted:
         assert duo is not None
         # other devices than the known-limit run's, so no row is a repeat
-        fig_unknown(bench, duo, serials[sizes.known_rows:])
+        fig_unknown(bench, duo, serials[sizes.known_rows :])
     if "faults" in wanted:
         assert duo is not None
         fig_faults(bench, duo, devices)
@@ -732,8 +886,11 @@ def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: 
         # A 1M-row message job: every row a distinct message to one of the
         # simulator's devices (cycled), so every row is validated, looked
         # up and planned (a tag job would collapse repeats into skips).
-        write_csv(big_csv, ["serial", "message", "note"],
-                  ((serials[i % len(serials)], f"Bench message {i}", f"row {i}") for i in range(sizes.csv_rows)))
+        write_csv(
+            big_csv,
+            ["serial", "message", "note"],
+            ((serials[i % len(serials)], f"Bench message {i}", f"row {i}") for i in range(sizes.csv_rows)),
+        )
     if "reading" in wanted:
         fig_reading(bench, big_csv)
     if "memory" in wanted:
@@ -747,17 +904,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
         description="Measure bulkmdm against its built-in simulators on 127.0.0.1 and print every figure "
-                    "next to its target (PASS/FAIL). Comparisons are measured side by side in the same run.",
+        "next to its target (PASS/FAIL). Comparisons are measured side by side in the same run.",
         epilog="Figures: " + ", ".join(FIGURES) + ". The full bench takes about 5 minutes on 2 cores; generated "
-               "files go to a temporary folder that is deleted.",
+        "files go to a temporary folder that is deleted.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes (a smoke run for CI, ~20 s); the figures are indicative only and do not "
-                             "affect the exit code")
-    parser.add_argument("--only", metavar="FIGURE[,FIGURE]", default="",
-                        help=f"run only these figures ({', '.join(FIGURES)})")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="the simulator's rate limit N in requests/s for the saturation figures (default: 50)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (a smoke run for CI, ~20 s); the figures are indicative only and do not affect the exit code",
+    )
+    parser.add_argument(
+        "--only", metavar="FIGURE[,FIGURE]", default="", help=f"run only these figures ({', '.join(FIGURES)})"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="the simulator's rate limit N in requests/s for the saturation figures (default: 50)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
     args = parser.parse_args(argv)
 
@@ -773,8 +937,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(sizes, tmp)
     sims: list[Sim] = []
     started = time.perf_counter()
-    print(f"bulkmdm bench{' (--quick: sizes too small for the targets to mean much)' if args.quick else ''}; "
-          f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}\n")
+    print(
+        f"bulkmdm bench{' (--quick: sizes too small for the targets to mean much)' if args.quick else ''}; "
+        f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}\n"
+    )
     print(f"pacing: {wire_pacing()}\n")
     _print_header()
     try:

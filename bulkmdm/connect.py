@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from . import providers
-from .limits import RateController, parse_rate
+from .limits import Pacing, for_run
 from .providers.base import Provider, Settings
 from .retry import RetryPolicy
 from .transport import Client
@@ -36,32 +36,26 @@ class Connection:
     retry: Mapping[str, object] | None = None
 
 
-def rate_controller(rate_flag: str | None, provider_cls: type[Provider]) -> RateController:
-    """The run's rate controller: ``--rate`` wins; else the vendor's default, adapting up to its limit."""
-    if rate_flag is None:
-        rate = provider_cls.default_rate
-        ceiling = provider_cls.max_rate or (rate * 4 if rate else None)
-        return RateController(rate=rate, ceiling=ceiling, adaptive=True)
-    rate = parse_rate(rate_flag)
-    return RateController(rate=rate, ceiling=rate, adaptive=True)
-
-
 def retry_policy(provider_cls: type[Provider], overrides: Mapping[str, object] | None) -> RetryPolicy:
     return replace(provider_cls.retry_policy, **overrides) if overrides else provider_cls.retry_policy  # type: ignore[arg-type]
 
 
 def make_client(
-    target: Connection, provider_cls: type[Provider], *, stopping: Callable[[], bool] | None = None
+    target: Connection,
+    provider_cls: type[Provider],
+    *,
+    stopping: Callable[[], bool] | None = None,
+    pacing: Pacing | None = None,
 ) -> Client:
-    """The one client of a run, set up as the vendor declares."""
-    concurrency = target.concurrency or provider_cls.default_concurrency
+    """The one client of a run, set up as the vendor declares, paced by ``pacing`` (default: from the flags)."""
+    pacing = pacing or for_run(target.rate, target.concurrency, provider_cls)
     return Client(
         provider_cls.api_base(target.url),
         auth=provider_cls.auth_from_env(target.env),
-        limiter=rate_controller(target.rate, provider_cls),
+        limiter=pacing.rate,
         retry=retry_policy(provider_cls, target.retry),
         timeout=target.timeout,
-        connections=concurrency + 4,
+        connections=pacing.workers + 4,
         stopping=stopping,
         headers=provider_cls.request_headers,
         answers_json=provider_cls.answers_json,

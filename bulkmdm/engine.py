@@ -31,6 +31,7 @@ from .report import RunSummary, UndoFile, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .connect import Connection, make_client
+from .limits import Pacing, for_run
 from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -116,14 +117,15 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         Journal(state_dir(options.state_dir, options.env)) as journal,
         job_lock(journal, identity, dry_run=options.dry_run),
     ):
+        pacing = for_run(options.rate, options.concurrency, provider_cls)
         scheduler = Scheduler(
-            concurrency=options.concurrency or provider_cls.default_concurrency,
+            concurrency=pacing.workers,
             events=events,
             marks_in_flight=not options.dry_run,
         )
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
-        client = _client(provider_cls, url, options, scheduler)
+        client = _client(provider_cls, url, options, scheduler, pacing)
         provider = provider_cls(
             client,
             Settings(
@@ -175,7 +177,9 @@ def _tenant(provider: str, url: str) -> str:
     return f"{provider} {url.rstrip('/')}"
 
 
-def _client(provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler) -> Client:
+def _client(
+    provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler, pacing: Pacing
+) -> Client:
     """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler."""
     connection = Connection(
         provider=provider_cls.name,
@@ -187,7 +191,7 @@ def _client(provider_cls: type[Provider], url: str, options: RunOptions, schedul
         timeout=options.timeout,
         retry=options.retry,
     )
-    return make_client(connection, provider_cls, stopping=scheduler.stopping)
+    return make_client(connection, provider_cls, stopping=scheduler.stopping, pacing=pacing)
 
 
 async def _execute(

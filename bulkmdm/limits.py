@@ -452,8 +452,11 @@ class RateController:
         if climbing:
             # while slow start climbs, a limit overshot shows as many 429s at once
             _, served_now, throttled_now = self._span(index - BUCKETS // 4 + 1, index)
-            if (throttled_now < 2 or throttled_now < SUSPECT * (served_now + throttled_now)
-                    or served + throttled < TEST_ANSWERS / 2):
+            if (
+                throttled_now < 2
+                or throttled_now < SUSPECT * (served_now + throttled_now)
+                or served + throttled < TEST_ANSWERS / 2
+            ):
                 return
         if limit is None or (self.rate or math.inf) > PAST * limit:
             # a probe just past a known limit needs no pause: the cut below
@@ -495,7 +498,8 @@ class RateController:
         answers = served + throttled
         # enough answers that the share before would have shown three 429s
         enough = answers >= max(TEST_ANSWERS, 3 / max(test.share, 0.01), 3 / NOISE_SEEN) and (
-            now - test.resume >= self.window or answers >= (self.rate or 0.0) * self.window)
+            now - test.resume >= self.window or answers >= (self.rate or 0.0) * self.window
+        )
         # 429s coming back at the lower pace about as often as before settle it early
         persisting = throttled >= 3 and throttled >= answers * test.share / 2
         if not (enough or persisting) and now - test.resume < 4 * self.window:
@@ -780,6 +784,7 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
         if controller_ceiling is not None:
             maximum = min(maximum, max(initial, math.ceil(controller_ceiling * CEILING_SECONDS)))
         concurrency = ConcurrencyLimit(initial=initial, maximum=maximum, adaptive=True)
-    controller = RateController(rate=controller_rate, ceiling=controller_ceiling, adaptive=True, window=window,
-                                concurrency=concurrency)
+    controller = RateController(
+        rate=controller_rate, ceiling=controller_ceiling, adaptive=True, window=window, concurrency=concurrency
+    )
     return Pacing(controller, concurrency, concurrency.maximum)

@@ -271,7 +271,12 @@ class Client:
         """
         method = method.upper()
         req = _Request(
-            method, self.url(path), _clean_params(params), json, data, credential,
+            method,
+            self.url(path),
+            _clean_params(params),
+            json,
+            data,
+            credential,
             self.answers_json if expect_json is None else expect_json,
         )
         if idempotent is None:
@@ -295,7 +300,8 @@ class Client:
                 if renewed or not await self.auth.renew(self):
                     raise AuthError(
                         f"the MDM refused the credentials (HTTP {result.status} on {req.what})",
-                        attempts=attempt, status=result.status,
+                        attempts=attempt,
+                        status=result.status,
                     )
                 renewed = True
                 attempt -= 1
@@ -350,8 +356,12 @@ class Client:
             if status not in REDIRECTS:
                 return self._answer(req, status, raw, headers, attempt)
             url = self._redirect_target(req, url, headers.get("Location", ""), status, attempt)
-        return _Failure(RedirectRefused(f"{req.what} was redirected more than {MAX_REDIRECTS} times; check --url",
-                                        attempts=attempt), ambiguous=False)
+        return _Failure(
+            RedirectRefused(
+                f"{req.what} was redirected more than {MAX_REDIRECTS} times; check --url", attempts=attempt
+            ),
+            ambiguous=False,
+        )
 
     async def _send(self, req: _Request, url: str, attempt: int) -> tuple[int, bytes, dict[str, str]] | _Failure:
         self.requests_sent += 1
@@ -367,7 +377,12 @@ class Client:
             # a token request is the token endpoint's, not the MDM's: no MDM headers, no credentials
             headers = {} if req.credential else {**self._headers, **self.auth.headers()}
             async with self.session.request(
-                req.method, url, params=req.params, json=req.json, data=req.data, headers=headers,
+                req.method,
+                url,
+                params=req.params,
+                json=req.json,
+                data=req.data,
+                headers=headers,
                 allow_redirects=False,
             ) as resp:
                 sent = True
@@ -424,7 +439,8 @@ class Client:
         raise RedirectRefused(
             f"the MDM answered {req.what} with HTTP {status}, a redirect to {shown}, which was not followed "
             f"({why}); check --url (the MDM's own address, https:// if it uses TLS)",
-            attempts=attempt, status=status,
+            attempts=attempt,
+            status=status,
         )
 
     def _answer(self, req: _Request, status: int, raw: bytes, headers: dict[str, str], attempt: int) -> Response:
@@ -432,25 +448,26 @@ class Client:
         try:
             body, is_json = _decode(raw, content_type)
         except RecursionError:
-            raise BadAnswer(f"the MDM's answer to {req.what} is JSON nested too deep to read", attempts=attempt,
-                            status=status) from None
+            raise BadAnswer(
+                f"the MDM's answer to {req.what} is JSON nested too deep to read", attempts=attempt, status=status
+            ) from None
         if req.expect_json and 200 <= status < 300 and not is_json:
             raise BadAnswer(_not_json(req, status, content_type, body), attempts=attempt, status=status)
         if 200 <= status < 300 and not req.credential:
             self.answered_ok = True  # a real answer: from here on, failures are the MDM's, not the set-up's
         return Response(status, body, headers, attempt)
 
-    def _retry_wait(
-        self, req: _Request, resp: Response, attempt: int, waited_window: bool
-    ) -> tuple[float | None, str]:
+    def _retry_wait(self, req: _Request, resp: Response, attempt: int, waited_window: bool) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or None: this answer is final (and why, if early)."""
         policy = self.retry
         if not policy.retries(req.method, resp.status) or attempt >= policy.attempts or self._stopping():
             return None, ""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if retry_after is not None and retry_after > policy.max_wait:
-            return None, (f"the MDM asked to wait {_duration(retry_after)}, longer than the "
-                          f"{_duration(policy.max_wait)} bulkmdm waits")
+            return None, (
+                f"the MDM asked to wait {_duration(retry_after)}, longer than the "
+                f"{_duration(policy.max_wait)} bulkmdm waits"
+            )
         if resp.status != 429:
             return (retry_after if retry_after is not None else policy.backoff(attempt)), ""
         if retry_after is None and policy.throttle_wait is not None:
@@ -458,7 +475,8 @@ class Client:
                 raise QuotaExhausted(
                     f"the MDM still answers {req.what} with 429 after a whole {_duration(policy.throttle_wait)} "
                     "wait: its API quota for the day seems spent",
-                    attempts=attempt, status=429,
+                    attempts=attempt,
+                    status=429,
                 )
             retry_after = policy.throttle_wait
         # a 429 is the limiter's business: the pause it sets holds every worker
@@ -474,14 +492,16 @@ class Client:
             raise error  # the same server will answer the same way
         if failure.ambiguous and not idempotent:
             if verify is None:
-                raise AmbiguousError(f"{error} and may have reached the MDM; not resent, to avoid doing it twice",
-                                     attempts=attempt)
+                raise AmbiguousError(
+                    f"{error} and may have reached the MDM; not resent, to avoid doing it twice", attempts=attempt
+                )
             state = await verify()
             if state is True:
                 return Response(200, None, {}, attempt, verified=True)
             if state is None:
-                raise AmbiguousError(f"{error}; could not tell whether it took effect, so it was not resent",
-                                     attempts=attempt)
+                raise AmbiguousError(
+                    f"{error}; could not tell whether it took effect, so it was not resent", attempts=attempt
+                )
         # Until the MDM has answered once, a connection that fails is most
         # likely a wrong --url: two tries, not the whole retry budget.
         attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
@@ -524,7 +544,7 @@ def _decode(raw: bytes, content_type: str) -> tuple[Any, bool]:
     # JSON may come as text/plain, after white space
     text = raw.decode("utf-8-sig", errors="replace")
     start = text.lstrip()[:1]
-    if "json" in content_type or (start and start in "[{\"-0123456789tfn"):
+    if "json" in content_type or (start and start in '[{"-0123456789tfn'):
         try:
             return jsonlib.loads(text), True
         except ValueError:
@@ -534,15 +554,19 @@ def _decode(raw: bytes, content_type: str) -> tuple[Any, bool]:
 
 def _not_json(req: _Request, status: int, content_type: str, body: str) -> str:
     kind = "an HTML page" if body.lstrip()[:1] == "<" or "html" in content_type.casefold() else "text that is not JSON"
-    return (f"the MDM answered {req.what} with {kind} (HTTP {status}), not the JSON it sends: a login page or a "
-            "proxy in the way? Check --url and the network")
+    return (
+        f"the MDM answered {req.what} with {kind} (HTTP {status}), not the JSON it sends: a login page or a "
+        "proxy in the way? Check --url and the network"
+    )
 
 
 def _tls_failed(url: str, exc: BaseException) -> str:
     where = _shown(url)
     if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc):
-        return (f"{where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
-                "really the MDM, or check the port")
+        return (
+            f"{where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
+            "really the MDM, or check the port"
+        )
     return f"the TLS handshake with {where} failed ({_reason(exc)}); check --url and the server's certificate"
 
 

@@ -370,8 +370,10 @@ async def test_user_already_deleted_with_their_only_device_is_skipped(sim: SimSe
     # associated with only the mentioned device then that/those user(s) will
     # also get deleted"), so the later delete-user finds nothing to delete.
     device = next(
-        d for d in o.unique_devices(users=1) if o.user(d["Emails"][0])["SerialNumbers"] == [d["SerialNumber"]]
-    )  # type: ignore[index]
+        d
+        for d in o.unique_devices(users=1)
+        if (owner := o.user(d["Emails"][0])) is not None and owner["SerialNumbers"] == [d["SerialNumber"]]
+    )
     user = o.user(device["Emails"][0])
     assert user is not None
     out = await run(

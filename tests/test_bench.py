@@ -15,9 +15,20 @@ def test_quick_bench_prints_every_figure() -> None:
     done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
-    for figure in ("throughput: message", "requests per row: DuoSTATION tag", "requests per row: Ivanti lock",
-                   "known (--rate", "unknown (no --rate", "unknown (--rate none", "fault mix: DuoSTATION tag",
-                   "unknown capacity:", "CPU per row:", "XLSX (read_job)", "CSV (read_job)", "peak memory",
-                   "start-up: bulkmdm --help"):
+    for figure in (
+        "throughput: message",
+        "requests per row: DuoSTATION tag",
+        "requests per row: Ivanti lock",
+        "known (--rate",
+        "unknown (no --rate",
+        "unknown (--rate none",
+        "fault mix: DuoSTATION tag",
+        "unknown capacity:",
+        "CPU per row:",
+        "XLSX (read_job)",
+        "CSV (read_job)",
+        "peak memory",
+        "start-up: bulkmdm --help",
+    ):
         assert figure in out, out
     assert "12 figures" in out, out

@@ -87,8 +87,7 @@ async def test_concurrency_grows_while_latency_stays_flat(server: SimServer) -> 
     assert concurrency.in_flight == 0
 
 
-@pytest.mark.parametrize("server", [Faults(capacity_workers=2, service_seconds=0.02, queue_limit=100)],
-                         indirect=True)
+@pytest.mark.parametrize("server", [Faults(capacity_workers=2, service_seconds=0.02, queue_limit=100)], indirect=True)
 async def test_concurrency_stays_gentle_on_a_small_server(server: SimServer) -> None:
     """2 workers x 20 ms and 48 tasks pushing: more than a few in flight only
     queue, so the limit stays near the server's size and the queue short."""
@@ -116,8 +115,9 @@ async def test_503_noise_does_not_shrink_the_requests_in_flight(server: SimServe
     assert concurrency.limit >= 8
 
 
-@pytest.mark.parametrize("server", [Faults(latency=0.005, **{**FAULT_MIX, "slow_seconds": 0.5}, seed=11)],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "server", [Faults(latency=0.005, **{**FAULT_MIX, "slow_seconds": 0.5}, seed=11)], indirect=True
+)
 async def test_the_fault_mix_finishes_and_every_slot_comes_back(server: SimServer) -> None:
     """503s, 429s, dropped connections, held replies: every GET ends 200 and
     no slot in flight is lost on any of those paths."""

@@ -23,7 +23,7 @@ def serving(state_dir: Path) -> Iterator[str]:
         env=env,
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline().strip()
         assert line.startswith("Open http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
         yield line.removeprefix("Open ")

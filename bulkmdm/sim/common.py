@@ -32,8 +32,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: held for 2 s. Set it with ``faults.update(FAULT_MIX)`` (or POST it to
 #: /_sim/faults) together with a ``seed``.
 FAULT_MIX: dict[str, Any] = {
-    "error_rate": 0.10, "error_status": 503, "throttle_rate": 0.05, "throttle_retry_after": 1.0,
-    "drop_rate": 0.015, "drop_after_rate": 0.015, "slow_rate": 0.02, "slow_seconds": 2.0,
+    "error_rate": 0.10,
+    "error_status": 503,
+    "throttle_rate": 0.05,
+    "throttle_retry_after": 1.0,
+    "drop_rate": 0.015,
+    "drop_after_rate": 0.015,
+    "slow_rate": 0.02,
+    "slow_seconds": 2.0,
 }
 
 
@@ -126,9 +132,11 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
     rng = random.Random(faults.seed)
     seeded = [faults.seed]
     window = _Window()
-    capacity = _Capacity(lambda request, handler: faulty(request, handler,
-                                                          request.method not in ("GET", "HEAD")
-                                                          or not faults.mutating_only))
+    capacity = _Capacity(
+        lambda request, handler: faulty(
+            request, handler, request.method not in ("GET", "HEAD") or not faults.mutating_only
+        )
+    )
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -157,8 +165,11 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
         eligible = mutating or not faults.mutating_only
         if eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
             stats.throttled += 1
-            return web.json_response({"message": "Too many requests"}, status=429,
-                                     headers={"Retry-After": f"{faults.throttle_retry_after:g}"})
+            return web.json_response(
+                {"message": "Too many requests"},
+                status=429,
+                headers={"Retry-After": f"{faults.throttle_retry_after:g}"},
+            )
         if faults.capacity_workers:
             return await capacity.serve(request, handler, faults, stats)
         return await faulty(request, handler, eligible)
@@ -195,8 +206,7 @@ class _Capacity:
         self.busy = 0
         self.waiting: list[asyncio.Future[None]] = []
 
-    async def serve(self, request: web.Request, handler: Handler, faults: Faults,
-                    stats: Stats) -> web.StreamResponse:
+    async def serve(self, request: web.Request, handler: Handler, faults: Faults, stats: Stats) -> web.StreamResponse:
         workers = max(1, int(faults.capacity_workers or 1))
         if self.busy >= workers:
             if faults.queue_limit is not None and len(self.waiting) >= faults.queue_limit:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
@@ -111,10 +111,10 @@ async def upload(request: web.Request) -> web.Response:
     reader = await request.multipart()
     part = await reader.next()
     if (
-        part is None
-        or getattr(part, "name", None) != "csrf"
+        not isinstance(part, BodyPartReader)
+        or part.name != "csrf"
         or not state.guard.holds_csrf((await part.read(decode=False))[:200].decode(errors="replace"))
-    ):  # type: ignore[union-attr]
+    ):
         return web.Response(
             status=403,
             text="This form is out of date (its security token does not match); reload the page and send it again.\n",
