@@ -1012,7 +1012,8 @@ def demo(out: Path) -> None:
     help="Where the journal and uploaded jobs live (default: your user state folder).",
 )
 @click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
-def serve(port: int, state_dir: Path | None, no_browser: bool) -> None:
+@profile_option
+def serve(port: int, state_dir: Path | None, no_browser: bool, profile: str | None) -> None:
     """Do the whole job on a local web page: pick a file, dry run, confirm, watch it run, download the report,
     re-run what failed.
 
@@ -1024,7 +1025,11 @@ def serve(port: int, state_dir: Path | None, no_browser: bool) -> None:
 
     try:
         serve_web(
-            resolve(state_dir, os.environ), port=port, open_browser=not no_browser, echo=lambda text: click.echo(text)
+            resolve(state_dir, os.environ),
+            port=port,
+            open_browser=not no_browser,
+            echo=lambda text: click.echo(text),
+            profile=profile,
         )
     except KeyboardInterrupt:
         click.echo("bulkmdm serve stopped.", err=True)

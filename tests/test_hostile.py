@@ -344,3 +344,48 @@ async def test_changes_answered_by_a_login_page_or_a_redirect_never_succeed(
     assert result.counts.get("succeeded", 0) == 0
     assert result.exit_code == 1
     assert duo.stats.mutating == 0
+
+
+BOMB_SCRIPT = r"""
+import asyncio, gzip, resource, sys
+from aiohttp import web
+from bulkmdm.errors import BadAnswer
+from bulkmdm.transport import Client
+
+BOMB = gzip.compress(b"[" + b"0" * (1024 * 1024 * 1024) + b"]", compresslevel=9)  # 1 GB of zeros, ~1 MB
+
+async def bomb(request):
+    return web.Response(body=BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", bomb)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    async with Client(f"http://127.0.0.1:{port}") as client:
+        try:
+            await client.request("GET", "devices")
+        except BadAnswer:
+            pass
+        else:
+            sys.exit("the bomb was read")
+    await runner.cleanup()
+
+asyncio.run(main())
+print(len(BOMB), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_a_gzip_bomb_keeps_peak_memory_under_a_gigabyte() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", BOMB_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    compressed, peak = map(int, done.stdout.split())
+    assert compressed < 2_000_000
+    assert peak < 1_000_000_000, f"peak RSS {peak / 1e6:.0f} MB"
+    print(f"gzip bomb of {compressed / 1e6:.1f} MB (1 GB decoded): peak RSS {peak / 1e6:.0f} MB")

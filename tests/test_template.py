@@ -93,3 +93,27 @@ def test_profile_names_the_provider(run_cli: Any, tmp_path: Path) -> None:
         for c in row
         if c
     )
+
+
+def test_template_with_url_offers_the_mdms_tags(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    import openpyxl
+
+    out = tmp_path / "tags.xlsx"
+    res = run_cli(["template", "tag", "--provider", "duostation", "--url", duo.url, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    tags = duo.call(lambda: sorted(t["name"] for t in duo.app["state"].tags.values()))
+    book = openpyxl.load_workbook(out)
+    rules = {str(r.sqref): r.formula1 for r in book["Job"].data_validations.dataValidation}
+    (formula,) = rules.values()
+    if formula.startswith("Lists!"):
+        cells = book["Lists"][formula.removeprefix("Lists!").replace("$", "")]
+        offered = [row[0].value for row in cells if row[0].value]
+    else:
+        offered = formula.strip('"').split(",")
+    assert offered and set(offered) <= set(tags)
+    # no dropdowns without credentials, but still a template, and one sentence why
+    res = run_cli(
+        ["template", "tag", "--provider", "duostation", "--url", duo.url, "-o", str(tmp_path / "b.xlsx")],
+        env={"BULKMDM_USERNAME": "", "BULKMDM_PASSWORD": ""},
+    )
+    assert res.exit_code == 0 and "No dropdowns:" in res.output and (tmp_path / "b.xlsx").exists()

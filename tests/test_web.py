@@ -411,3 +411,45 @@ def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err
+
+
+async def test_a_saved_profile_connects_with_its_keyring_credentials(
+    served: Served, tmp_path: Path, duo: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    class Memory(KeyringBackend):
+        priority = 1  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.values: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.values.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.values[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.values.pop((service, username), None)
+
+    memory = Memory()
+    memory.set_password("bulkmdm", "skolan:BULKMDM_USERNAME", "admin")
+    memory.set_password("bulkmdm", "skolan:BULKMDM_PASSWORD", "admin")
+    monkeypatch.setattr(keyring, "get_keyring", lambda: memory)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.toml").write_text(f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n')
+    monkeypatch.setenv("BULKMDM_CONFIG_DIR", str(config))
+    async with _client() as client:
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+        assert 'id="profile"' in page and ">skolan<" in page
+        await _post(client, served, "/connect", profile="skolan")
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+    assert served.state.connection is not None and served.state.connection.url == duo.url
+    assert served.state.connection.credentials["BULKMDM_PASSWORD"] == "admin"
+    assert "Runs go to <strong>duostation</strong>" in page and "admin" not in page.replace("admin@", "")

@@ -19,22 +19,40 @@ import threading
 import webbrowser
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["serve"]
 
 
-def serve(state_dir: Path, *, port: int = 0, open_browser: bool = True, echo: Callable[[str], None] = print) -> None:
-    """Serve the app on 127.0.0.1 until Ctrl-C; print (and open) the address with its secret."""
-    asyncio.run(_serve(state_dir, port, open_browser, echo))
+def serve(
+    state_dir: Path,
+    *,
+    port: int = 0,
+    open_browser: bool = True,
+    echo: Callable[[str], None] = print,
+    profile: str | None = None,
+) -> None:
+    """Serve the app on 127.0.0.1 until Ctrl-C; print (and open) the address with its secret.
+
+    With ``profile``, the page starts connected to that profile's MDM."""
+    connection = None
+    if profile:
+        from .connection import connection_from_profile
+
+        connection = connection_from_profile(profile)  # a profile that cannot work stops serve before it starts
+    asyncio.run(_serve(state_dir, port, open_browser, echo, connection))
 
 
-async def _serve(state_dir: Path, port: int, open_browser: bool, echo: Callable[[str], None]) -> None:
+async def _serve(
+    state_dir: Path, port: int, open_browser: bool, echo: Callable[[str], None], connection: Any = None
+) -> None:
     from aiohttp import web
 
     from .app import STATE, make_app
 
     _log_bugs_to_files(echo)
     app = make_app(state_dir, port=port)
+    app[STATE].connection = connection
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:

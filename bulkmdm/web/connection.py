@@ -5,8 +5,8 @@ reach a child ``bulkmdm run`` through its environment, never through a
 command line, a page, a log, a URL or a file.
 
 Where a connection comes from is decided in one place,
-:func:`connection_from_form`; a profile picker (``bulkmdm/config.py`` and the
-keyring, once they exist) plugs in there.
+:func:`connection_from_form`: typed in, or a profile of ``config.toml`` with
+its credentials from the environment or the OS keyring (``bulkmdm login``).
 """
 
 from __future__ import annotations
@@ -78,8 +78,36 @@ class Connection:
         return [v for k, v in self.credentials.items() if k in secret_names and len(v) >= 4]
 
 
+def profile_names() -> list[str]:
+    """The profiles of config.toml, for the picker (none when the file is missing or broken)."""
+    from ..config import load_profiles
+    from ..errors import BulkMDMError
+
+    try:
+        return sorted(load_profiles(os.environ))
+    except BulkMDMError:
+        return []
+
+
+def connection_from_profile(name: str) -> Connection:
+    """The MDM of profile ``name``, its credentials from the environment or the keyring (``ConfigError`` if none)."""
+    from ..config import environment_for, resolve_target
+
+    target = resolve_target(name, provider=None, url=None, env=os.environ)
+    env = environment_for(target, os.environ)
+    fields = CREDENTIAL_FIELDS.get(target.provider, ())
+    credentials = {c.variable: env.get(c.variable, "") for c in fields}
+    if not any(credentials[c.variable] for c in fields if c.secret):
+        raise UsageError(f"Profile {name!r} has no credentials: run `bulkmdm login --profile {name}` once.")
+    return Connection(
+        provider=target.provider, url=target.url.rstrip("/"), partition=target.partition or "", credentials=credentials
+    )
+
+
 def connection_from_form(form: Mapping[str, str]) -> Connection:
     """Build a connection from the connect form; raise ``UsageError`` with one sentence if it cannot work."""
+    if form.get("profile", "").strip():
+        return connection_from_profile(form["profile"].strip())
     provider = form.get("provider", "").strip().casefold()
     if provider not in CREDENTIAL_FIELDS:
         raise UsageError("Choose the MDM product from the list.")

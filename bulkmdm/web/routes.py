@@ -18,7 +18,7 @@ from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
-from .connection import Connection, connection_from_form
+from .connection import Connection, connection_from_form, profile_names
 
 routes = web.RouteTableDef()
 
@@ -59,7 +59,10 @@ def _child(request: web.Request) -> ChildRun:
 async def home(request: web.Request) -> web.Response:
     state = _state(request)
     history = await asyncio.to_thread(_history, state)
-    return state.render("home.html", history=history, max_upload_mb=state.max_upload // (1024 * 1024))
+    profiles = await asyncio.to_thread(profile_names) if state.connection is None else []
+    return state.render(
+        "home.html", history=history, profiles=profiles, max_upload_mb=state.max_upload // (1024 * 1024)
+    )
 
 
 def _history(state: WebState, limit: int = 15) -> list[dict[str, Any]]:
@@ -94,7 +97,7 @@ async def connect(request: web.Request) -> web.Response:
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     try:
         state.connection = connection_from_form(form)
-    except UsageError as exc:
+    except BulkMDMError as exc:  # a typo in the form, or a profile without credentials
         state.flash = str(exc)
     return _see("/")
 
