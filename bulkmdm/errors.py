@@ -21,6 +21,7 @@ of one request and fails one row (providers turn it into an ``Outcome``).
     │   └── QuotaExhausted          the MDM's API quota is spent for now         (exit 1)
     └── TransportError              one request produced no usable answer: the row fails
         ├── ConnectError            could not connect / connection dropped
+        │   └── TLSFailed           the TLS handshake failed (http vs https, certificate)
         ├── RequestTimeout          no answer within --timeout
         ├── AmbiguousError          the request may have been applied; not resent
         ├── BadAnswer               an answer that is not the vendor's (HTML for JSON, too big, too deep)
@@ -97,6 +98,10 @@ class TransportError(BulkMDMError):
 
 class ConnectError(TransportError):
     """The MDM could not be reached, or dropped the connection."""
+
+
+class TLSFailed(ConnectError):
+    """The TLS handshake with the MDM failed."""
 
 
 class RequestTimeout(TransportError):

@@ -48,6 +48,7 @@ from .errors import (
     QuotaExhausted,
     RedirectRefused,
     RequestTimeout,
+    TLSFailed,
     TransportError,
 )
 from .limits import RateController, sleep_unless
@@ -394,7 +395,7 @@ class Client:
         except aiohttp.ClientSSLError as exc:
             # Never reached the server either, and the same handshake fails the same way again.
             log.info("%s -> TLS error", req.what)
-            return _Failure(ConnectError(_tls_failed(url, exc), attempts=attempt), ambiguous=False, final=True)
+            return _Failure(TLSFailed(_tls_failed(url, exc), attempts=attempt), ambiguous=False, final=True)
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: always safe to try again.
             log.info("%s -> connect error after %.3fs", req.what, loop.time() - started)

@@ -347,12 +347,21 @@ async def test_changes_answered_by_a_login_page_or_a_redirect_never_succeed(
 
 
 BOMB_SCRIPT = r"""
-import asyncio, gzip, resource, sys
+import asyncio, resource, sys, zlib
 from aiohttp import web
 from bulkmdm.errors import BadAnswer
 from bulkmdm.transport import Client
 
-BOMB = gzip.compress(b"[" + b"0" * (1024 * 1024 * 1024) + b"]", compresslevel=9)  # 1 GB of zeros, ~1 MB
+def bomb_bytes():
+    # 1 GB of zeros in ~1 MB, compressed a chunk at a time (never 1 GB here)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b"0" * (1024 * 1024)
+    parts = [packer.compress(b"[")]
+    parts += [packer.compress(chunk) for _ in range(1024)]
+    parts.append(packer.compress(b"]") + packer.flush())
+    return b"".join(parts)
+
+BOMB = bomb_bytes()
 
 async def bomb(request):
     return web.Response(body=BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})

@@ -53,6 +53,7 @@ from ..errors import (
     RedirectRefused,
     RequestTimeout,
     SetupFailed,
+    TLSFailed,
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
@@ -180,6 +181,8 @@ class Provider(ABC):
                     f"--url, {self.setup_hint}. Nothing was sent."
                 )
             return
+        if isinstance(exc, TLSFailed):
+            raise SetupFailed(f"{sentence(str(exc))[:-1]}. Nothing was sent.")
         if isinstance(exc, (ConnectError, RequestTimeout)) and not self.client.answered:
             raise SetupFailed(
                 f"Nothing answers at {where}: {exc}; check --url and that the MDM can be reached "
@@ -365,30 +368,42 @@ def failed(row: JobRow, detail: str, resolved: str = "", http_status: int | None
     return Outcome(row.index, Status.FAILED, detail, http_status=http_status, attempts=attempts, resolved=resolved)
 
 
+#: where vendors put the human part of an error body (Ivanti nests it in globalErrors)
+_MESSAGE_KEYS = (
+    "message",
+    "error",
+    "errors",
+    "globalErrors",
+    "detail",
+    "error_description",
+    "title",
+    "messages",
+    "description",
+)
+
+
 def body_message(body: Any) -> str:
-    """The human part of an error body, if any."""
-    if isinstance(body, str):
-        text = body.strip()
-    elif isinstance(body, Mapping):
-        text = ""
-        for key in ("message", "error", "errors", "detail", "error_description", "title", "messages"):
-            value = get_field(body, key)
-            if value:
-                if isinstance(value, list):
-                    value = "; ".join(
-                        str(get_field(v, "message", "description", default=v)) if isinstance(v, Mapping) else str(v)
-                        for v in value
-                    )
-                elif isinstance(value, Mapping):
-                    value = get_field(value, "message", "description", default=value)
-                text = str(value)
-                break
-    else:
-        text = ""
-    text = " ".join(text.split())
+    """The human part of an error body, if any (one line, at most 200 characters)."""
+    text = " ".join(_message_in(body, depth=0).split())
     if text.startswith("<"):
         return ""  # an HTML error page says nothing useful in one line
     return text[:200]
+
+
+def _message_in(value: Any, *, depth: int) -> str:
+    if depth > 4 or value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        return "; ".join(filter(None, (_message_in(item, depth=depth + 1) for item in value[:5])))
+    if isinstance(value, Mapping):
+        for name in _MESSAGE_KEYS:
+            found = _message_in(get_field(value, name), depth=depth + 1)
+            if found:
+                return found
+        return ""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
 def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
