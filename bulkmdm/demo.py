@@ -176,15 +176,13 @@ def shown_command(job: Path, provider: str, url: str, **options: Any) -> str:
 
 def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     """Run the demo; returns the exit code (0 when it went as planned)."""
-    from .engine import RunOptions, run_job
     from .sim.common import SimServer
 
     duo_app, ivanti_app, banyan_app, me_app = _fleets()
     out = out.resolve()
     jobs = write_jobs(out, duo_app["state"], ivanti_app["state"], banyan_app["state"], me_app["state"])
-    state_dir = out / ".state"
     echo(f"Example jobs written to {out}/ ({len(jobs)} files).")
-
+    demo = _Demo(out, echo)
     with (
         SimServer(duo_app) as duo,
         SimServer(ivanti_app) as ivanti,
@@ -193,111 +191,127 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     ):
         echo(f"DuoSTATION simulator: {duo.url} ({DUO_DEVICES} devices). Ivanti simulator: {ivanti.url}.")
         duo.faults.latency = ivanti.faults.latency = 0.005
-
-        def run(title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
-            echo("")
-            echo(f"== {title}")
-            echo(f"$ {shown_command(job, provider, url, **kw)}")
-            options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=state_dir, fresh=True, **kw)
-            result = run_job(options)
-            counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-            echo(f"   {result.rows} rows: {counts}; {result.requests} requests in {result.elapsed:.1f} s.")
-            if result.planned_requests is not None:
-                echo(f"   The real run would send {result.planned_requests} changing requests.")
-            echo(f"   Report: {result.report_path}")
-            return result
-
-        tag = out / "duostation-tag.csv"
-        run(
-            "Dry run first: what would tagging 254 iPads do?",
-            tag,
-            "duostation",
-            duo.url,
-            action="tag",
-            dry_run=True,
-            report=out / "duostation-tag.dryrun.csv",
-        )
-        first = run(
-            "Tag them for real (bad rows fail with a reason; nothing is guessed)",
-            tag,
-            "duostation",
-            duo.url,
-            action="tag",
-            rate="none",
-            concurrency=16,
-        )
-        failed = [r for r in _read(first.report_path) if r["status"] in ("failed", "invalid")]
-        for row in failed[:4]:
-            echo(f"   {row['Serial Number'] or '(blank serial)'}: {row['status']}: {row['detail']}")
-        echo("")
-        echo("-- The admin creates the tag 'Nytt läsår' in the MDM, then re-runs the report:")
-        duo.call(lambda: duo_app["state"].add_tag({"name": "Nytt läsår"}))
-        run("Re-run only what failed", first.report_path, "duostation", duo.url, action="tag", rate="none")
-
-        run(
-            "Friday reassignment from HR's spreadsheet (xlsx)",
-            out / "duostation-assign.xlsx",
-            "duostation",
-            duo.url,
-            action="assign-user",
-            concurrency=8,
-        )
-        run(
-            "Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url, action="move-user"
-        )
-        run("Tag the teachers (user tags)", out / "duostation-tag-user.csv", "duostation", duo.url, action="tag-user")
-        duo.faults.update({"error_rate": 0.15, "mutating_only": True, "seed": 1})
-        echo("")
-        echo("-- The MDM now answers 503 to 15% of changes; bulkmdm retries, nothing is sent twice.")
-        run(
-            "Message 60 students (semicolon CSV, Swedish text)",
-            out / "duostation-message.csv",
-            "duostation",
-            duo.url,
-            action="message",
-            rate="none",
-        )
-        duo.faults.update({"error_rate": 0.0})
-        run(
-            "Lost devices: lock and message (mixed actions in one file)",
-            out / "duostation-lost.csv",
-            "duostation",
-            duo.url,
-        )
-        run("Install an app (an ambiguous app name fails its row)", out / "duostation-apps.csv", "duostation", duo.url)
-        result = run(
-            "Ivanti: lock 303 devices with bulk calls",
-            out / "ivanti-lock.csv",
-            "ivanti",
-            ivanti.url,
-            action="lock",
-            partition="1",
-        )
-        mutating = ivanti.stats.mutating
-        echo(
-            f"   Ivanti received {mutating} changing requests for {result.rows} rows "
-            f"({mutating / max(result.rows, 1):.3f} per row)."
-        )
-        run(
-            "Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
-            out / "banyan-lost.csv",
-            "banyan",
-            banyan.url,
-            env={"BULKMDM_TOKEN": BANYAN_TOKEN},
-            yes=True,
-        )
-        echo("")
-        echo("-- ManageEngine allows 100 calls a minute: bulkmdm paces itself under that on its own.")
-        run(
-            "ManageEngine (on-premises API key): class groups and apps",
-            out / "manageengine-classes.csv",
-            "manageengine",
-            me.url,
-            env={"BULKMDM_API_KEY": ME_KEY},
-        )
+        _duostation_story(demo, duo)
+        _other_vendors_story(demo, ivanti, banyan, me)
     echo("")
-    echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {state_dir}")
+    echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {demo.state_dir}")
     return 0
+
+
+class _Demo:
+    """Runs one example job after another, saying what each did."""
+
+    def __init__(self, out: Path, echo: Callable[[str], None]) -> None:
+        self.out = out
+        self.echo = echo
+        self.state_dir = out / ".state"
+
+    def run(self, title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
+        from .engine import RunOptions, run_job
+
+        echo = self.echo
+        echo("")
+        echo(f"== {title}")
+        echo(f"$ {shown_command(job, provider, url, **kw)}")
+        options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=self.state_dir, fresh=True, **kw)
+        result = run_job(options)
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+        echo(f"   {result.rows} rows: {counts}; {result.requests} requests in {result.elapsed:.1f} s.")
+        if result.planned_requests is not None:
+            echo(f"   The real run would send {result.planned_requests} changing requests.")
+        echo(f"   Report: {result.report_path}")
+        return result
+
+
+def _duostation_story(demo: _Demo, duo: Any) -> None:
+    out, echo, run = demo.out, demo.echo, demo.run
+    tag = out / "duostation-tag.csv"
+    dry = out / "duostation-tag.dryrun.csv"
+    run(
+        "Dry run first: what would tagging 254 iPads do?",
+        tag,
+        "duostation",
+        duo.url,
+        action="tag",
+        dry_run=True,
+        report=dry,
+    )
+    first = run(
+        "Tag them for real (bad rows fail with a reason; nothing is guessed)",
+        tag,
+        "duostation",
+        duo.url,
+        action="tag",
+        rate="none",
+        concurrency=16,
+    )
+    failed = [r for r in _read(first.report_path) if r["status"] in ("failed", "invalid")]
+    for row in failed[:4]:
+        echo(f"   {row['Serial Number'] or '(blank serial)'}: {row['status']}: {row['detail']}")
+    echo("")
+    echo("-- The admin creates the tag 'Nytt läsår' in the MDM, then re-runs the report:")
+    duo.call(lambda: duo.app["state"].add_tag({"name": "Nytt läsår"}))
+    run("Re-run only what failed", first.report_path, "duostation", duo.url, action="tag", rate="none")
+    run(
+        "Friday reassignment from HR's spreadsheet (xlsx)",
+        out / "duostation-assign.xlsx",
+        "duostation",
+        duo.url,
+        action="assign-user",
+        concurrency=8,
+    )
+    run("Move staff to their new group", out / "duostation-move-user.csv", "duostation", duo.url, action="move-user")
+    run("Tag the teachers (user tags)", out / "duostation-tag-user.csv", "duostation", duo.url, action="tag-user")
+    duo.faults.update({"error_rate": 0.15, "mutating_only": True, "seed": 1})
+    echo("")
+    echo("-- The MDM now answers 503 to 15% of changes; bulkmdm retries, nothing is sent twice.")
+    run(
+        "Message 60 students (semicolon CSV, Swedish text)",
+        out / "duostation-message.csv",
+        "duostation",
+        duo.url,
+        action="message",
+        rate="none",
+    )
+    duo.faults.update({"error_rate": 0.0})
+    run(
+        "Lost devices: lock and message (mixed actions in one file)", out / "duostation-lost.csv", "duostation", duo.url
+    )
+    run("Install an app (an ambiguous app name fails its row)", out / "duostation-apps.csv", "duostation", duo.url)
+
+
+def _other_vendors_story(demo: _Demo, ivanti: Any, banyan: Any, me: Any) -> None:
+    out, echo, run = demo.out, demo.echo, demo.run
+    result = run(
+        "Ivanti: lock 303 devices with bulk calls",
+        out / "ivanti-lock.csv",
+        "ivanti",
+        ivanti.url,
+        action="lock",
+        partition="1",
+    )
+    mutating = ivanti.stats.mutating
+    echo(
+        f"   Ivanti received {mutating} changing requests for {result.rows} rows "
+        f"({mutating / max(result.rows, 1):.3f} per row)."
+    )
+    run(
+        "Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
+        out / "banyan-lost.csv",
+        "banyan",
+        banyan.url,
+        env={"BULKMDM_TOKEN": BANYAN_TOKEN},
+        yes=True,
+    )
+    echo("")
+    echo("-- ManageEngine allows 100 calls a minute: bulkmdm paces itself under that on its own.")
+    run(
+        "ManageEngine (on-premises API key): class groups and apps",
+        out / "manageengine-classes.csv",
+        "manageengine",
+        me.url,
+        env={"BULKMDM_API_KEY": ME_KEY},
+    )
 
 
 def _read(path: Path) -> list[dict[str, str]]:
