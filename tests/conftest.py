@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from bulkmdm.cli import main
@@ -84,3 +87,47 @@ def run_cli() -> object:
         return Result(result.exit_code, output, rows, path or Path())
 
     return invoke
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds (AssertionError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.01)
+
+
+def unique_devices(sim: SimServer, n: int) -> list[tuple[str, str]]:
+    """``n`` (serial, device id) pairs of generated DuoSTATION devices with a unique serial."""
+    from bulkmdm.sim.duostation import FACTS
+
+    st = sim.app["state"]
+
+    def pick() -> list[tuple[str, str]]:
+        out = []
+        for dev in list(st.devices.values())[FACTS["edge_devices"] :]:
+            if len(st.devices_by_serial(dev["serialNumber"])) == 1:
+                out.append((dev["serialNumber"], dev["id"]))
+        return out[:n]
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def loopback() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """Start aiohttp apps on 127.0.0.1 (a free port each); their base URLs; stopped after the test."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

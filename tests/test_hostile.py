@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +26,7 @@ from conftest import write_csv
 
 FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05, max_wait=2.0)
 
-Start = Callable[[web.Application], "asyncio.Future[str]"]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Start]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
-    yield start  # type: ignore[misc]
-    for runner in runners:
-        await runner.cleanup()
+Start = Callable[[web.Application], Awaitable[str]]
 
 
 def app_with(handler: Callable[[web.Request], Any]) -> web.Application:
@@ -65,19 +47,19 @@ def counter() -> tuple[list[str], Callable[[web.Request], None]]:
 # -- redirects -----------------------------------------------------------------
 
 
-async def test_a_change_redirected_to_another_origin_is_not_followed(server: Start) -> None:
+async def test_a_change_redirected_to_another_origin_is_not_followed(loopback: Start) -> None:
     elsewhere_hits, count_elsewhere = counter()
 
     async def elsewhere(request: web.Request) -> web.Response:
         count_elsewhere(request)
         return web.json_response({"ok": True})
 
-    other = await server(app_with(elsewhere))
+    other = await loopback(app_with(elsewhere))
 
     async def mdm(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect(other + request.path)
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(RedirectRefused) as info:
             await client.request("POST", "devices/1/lockdevice", json={})
@@ -86,7 +68,7 @@ async def test_a_change_redirected_to_another_origin_is_not_followed(server: Sta
     assert info.value.attempts == 1  # one redirect, no retry loop
 
 
-async def test_a_change_is_not_redirected_even_within_the_origin(server: Start) -> None:
+async def test_a_change_is_not_redirected_even_within_the_origin(loopback: Start) -> None:
     hits, count = counter()
 
     async def mdm(request: web.Request) -> web.Response:
@@ -95,15 +77,15 @@ async def test_a_change_is_not_redirected_even_within_the_origin(server: Start) 
             raise web.HTTPPermanentRedirect("/api/v2/devices/1/lockdevice")
         return web.json_response({})
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url + "/api", retry=FAST) as client:
         with pytest.raises(RedirectRefused):
             await client.request("POST", "devices/1/lockdevice", json={})
     assert hits == ["POST /api/devices/1/lockdevice"]
 
 
-async def test_a_read_follows_a_redirect_within_the_origin_only(server: Start) -> None:
-    other = await server(app_with(lambda r: web.json_response(["elsewhere"])))
+async def test_a_read_follows_a_redirect_within_the_origin_only(loopback: Start) -> None:
+    other = await loopback(app_with(lambda r: web.json_response(["elsewhere"])))
 
     async def mdm(request: web.Request) -> web.Response:
         if request.path == "/api/devices":
@@ -112,7 +94,7 @@ async def test_a_read_follows_a_redirect_within_the_origin_only(server: Start) -
             return web.json_response([{"id": 1}])
         raise web.HTTPFound(other + "/api/tags")
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url + "/api", retry=FAST) as client:
         resp = await client.request("GET", "devices")
         assert resp.ok and resp.body == [{"id": 1}]
@@ -120,14 +102,14 @@ async def test_a_read_follows_a_redirect_within_the_origin_only(server: Start) -
             await client.request("GET", "tags")
 
 
-async def test_a_redirect_loop_ends_quickly(server: Start) -> None:
+async def test_a_redirect_loop_ends_quickly(loopback: Start) -> None:
     hits, count = counter()
 
     async def mdm(request: web.Request) -> web.Response:
         count(request)
         raise web.HTTPFound(request.path)
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(RedirectRefused):
             await client.request("GET", "devices")
@@ -141,8 +123,8 @@ LOGIN_PAGE = "<!DOCTYPE html><html><body><form action='/sso/login'>Session expir
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
-async def test_an_html_page_with_200_is_not_an_answer(server: Start, method: str) -> None:
-    url = await server(app_with(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")))
+async def test_an_html_page_with_200_is_not_an_answer(loopback: Start, method: str) -> None:
+    url = await loopback(app_with(lambda r: web.Response(text=LOGIN_PAGE, content_type="text/html")))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(BadAnswer) as info:
             await client.request(method, "devices/1", json={} if method != "GET" else None)
@@ -151,33 +133,33 @@ async def test_an_html_page_with_200_is_not_an_answer(server: Start, method: str
     assert outcome.status is Status.FAILED
 
 
-async def test_an_empty_2xx_and_json_text_are_answers(server: Start) -> None:
+async def test_an_empty_2xx_and_json_text_are_answers(loopback: Start) -> None:
     answers = iter([web.Response(status=204), web.Response(text='{"a": 1}', content_type="text/plain")])
-    url = await server(app_with(lambda r: next(answers)))
+    url = await loopback(app_with(lambda r: next(answers)))
     async with Client(url, retry=FAST) as client:
         assert (await client.request("DELETE", "x")).status == 204
         assert (await client.request("GET", "x")).body == {"a": 1}
 
 
-async def test_json_nested_too_deep_is_an_unreadable_answer(server: Start) -> None:
+async def test_json_nested_too_deep_is_an_unreadable_answer(loopback: Start) -> None:
     deep = "[" * 100_000 + "]" * 100_000
-    url = await server(app_with(lambda r: web.Response(text=deep, content_type="application/json")))
+    url = await loopback(app_with(lambda r: web.Response(text=deep, content_type="application/json")))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(BadAnswer) as info:
             await client.request("GET", "devices")
     assert "nested too deep" in str(info.value)
 
 
-async def test_a_body_over_the_cap_is_refused_unread(server: Start) -> None:
+async def test_a_body_over_the_cap_is_refused_unread(loopback: Start) -> None:
     big = b"[" + b"1," * 600_000 + b"1]"
-    url = await server(app_with(lambda r: web.Response(body=big, content_type="application/json")))
+    url = await loopback(app_with(lambda r: web.Response(body=big, content_type="application/json")))
     async with Client(url, retry=FAST, max_body=1_000_000) as client:
         with pytest.raises(BadAnswer) as info:
             await client.request("GET", "devices")
     assert "larger than" in str(info.value)
 
 
-async def test_a_gzip_bomb_is_refused_in_bounded_memory(server: Start) -> None:
+async def test_a_gzip_bomb_is_refused_in_bounded_memory(loopback: Start) -> None:
     # 200 MB of zeros in ~200 KB: refused at the default cap, never held whole
     bomb = gzip.compress(b"[" + b"0" * (200 * 1024 * 1024) + b"]", compresslevel=9)
     assert len(bomb) < 1_000_000
@@ -185,18 +167,18 @@ async def test_a_gzip_bomb_is_refused_in_bounded_memory(server: Start) -> None:
     async def mdm(request: web.Request) -> web.Response:
         return web.Response(body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(BadAnswer) as info:
             await client.request("GET", "devices")
     assert f"larger than {MAX_BODY // (1024 * 1024)} MB" in str(info.value)
 
 
-async def test_absurd_headers_fail_the_request_cleanly(server: Start) -> None:
+async def test_absurd_headers_fail_the_request_cleanly(loopback: Start) -> None:
     async def mdm(request: web.Request) -> web.Response:
         return web.json_response({}, headers={"X-Junk": "a" * 100_000})
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     async with Client(url, retry=FAST) as client:
         with pytest.raises(Exception) as info:
             await client.request("GET", "devices")
@@ -207,14 +189,14 @@ async def test_absurd_headers_fail_the_request_cleanly(server: Start) -> None:
 
 
 @pytest.mark.parametrize("retry_after", ["1000000000", "inf", "Fri, 31 Dec 2099 23:59:59 GMT"])
-async def test_a_retry_after_of_years_ends_the_attempts_at_once(server: Start, retry_after: str) -> None:
+async def test_a_retry_after_of_years_ends_the_attempts_at_once(loopback: Start, retry_after: str) -> None:
     hits, count = counter()
 
     async def mdm(request: web.Request) -> web.Response:
         count(request)
         return web.json_response({"message": "slow down"}, status=429, headers={"Retry-After": retry_after})
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     started = time.monotonic()
     async with Client(url, retry=FAST) as client:
         resp = await client.request("POST", "devices/1/lockdevice", json={})
@@ -224,9 +206,9 @@ async def test_a_retry_after_of_years_ends_the_attempts_at_once(server: Start, r
     assert parse_retry_after("nan") is None
 
 
-async def test_a_503_retry_after_is_waited_up_to_the_cap_only(server: Start) -> None:
+async def test_a_503_retry_after_is_waited_up_to_the_cap_only(loopback: Start) -> None:
     answers = iter([web.json_response({}, status=503, headers={"Retry-After": "1"}), web.json_response({"ok": 1})])
-    url = await server(app_with(lambda r: next(answers)))
+    url = await loopback(app_with(lambda r: next(answers)))
     started = time.monotonic()
     async with Client(url, retry=FAST) as client:
         resp = await client.request("GET", "x")
@@ -236,14 +218,14 @@ async def test_a_503_retry_after_is_waited_up_to_the_cap_only(server: Start) -> 
 # -- stopping ---------------------------------------------------------------------
 
 
-async def test_no_request_starts_once_the_run_is_stopping(server: Start) -> None:
+async def test_no_request_starts_once_the_run_is_stopping(loopback: Start) -> None:
     hits, count = counter()
 
     async def mdm(request: web.Request) -> web.Response:
         count(request)
         return web.json_response({})
 
-    url = await server(app_with(mdm))
+    url = await loopback(app_with(mdm))
     stop = asyncio.Event()
     from bulkmdm.limits import RateController
 
@@ -263,7 +245,7 @@ async def test_no_request_starts_once_the_run_is_stopping(server: Start) -> None
 # -- credentials ------------------------------------------------------------------
 
 
-async def test_a_credential_request_is_never_redirected(server: Start) -> None:
+async def test_a_credential_request_is_never_redirected(loopback: Start) -> None:
     from bulkmdm.providers.manageengine import ZohoOAuth
 
     stolen: list[str] = []
@@ -272,12 +254,12 @@ async def test_a_credential_request_is_never_redirected(server: Start) -> None:
         stolen.append((await request.text()) + request.query_string)
         return web.json_response({"access_token": "x", "expires_in": 3600})
 
-    other = await server(app_with(thief))
+    other = await loopback(app_with(thief))
 
     async def accounts(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect(other + "/oauth/v2/token")
 
-    token_url = await server(app_with(accounts)) + "/oauth/v2/token"
+    token_url = await loopback(app_with(accounts)) + "/oauth/v2/token"
     auth = ZohoOAuth(client_id="id-1", client_secret="secret-1", refresh_token="refresh-1", token_url=token_url)
     async with Client("http://127.0.0.1:1/api/v1", auth=auth, retry=FAST) as client:
         with pytest.raises(AuthError) as info:
@@ -316,19 +298,19 @@ async def _front(start: Start, sim_url: str, change: Callable[[web.Request], web
 
 @pytest.mark.parametrize("answer", ["html", "redirect"])
 async def test_changes_answered_by_a_login_page_or_a_redirect_never_succeed(
-    server: Start, duo: SimServer, tmp_path: Path, answer: str
+    loopback: Start, duo: SimServer, tmp_path: Path, answer: str
 ) -> None:
     from bulkmdm.engine import RunOptions, run_job
     from bulkmdm.sim.duostation import FACTS
 
-    other = await server(app_with(lambda r: web.json_response({})))
+    other = await loopback(app_with(lambda r: web.json_response({})))
 
     def change(request: web.Request) -> web.Response:
         if answer == "html":
             return web.Response(text=LOGIN_PAGE, content_type="text/html")
         raise web.HTTPTemporaryRedirect(other + request.path)
 
-    url = await _front(server, duo.url, change)
+    url = await _front(loopback, duo.url, change)
     devices = duo.call(lambda: list(duo.app["state"].devices.values()))
     serials = [d["serialNumber"] for d in devices[FACTS["edge_devices"] :][:3]]
     job = write_csv(tmp_path / "lock.csv", [["serial", "action"], *([s, "lock"] for s in serials)])

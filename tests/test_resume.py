@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CREDS, read_report, write_csv
+from conftest import CREDS, read_report, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
-from bulkmdm.sim.duostation import FACTS, make_app
+from bulkmdm.sim.duostation import make_app
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -44,41 +44,20 @@ def _cmd(job: Path, url: str, *extra: str) -> list[str]:
     ]
 
 
-def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
-
-
-def _generated(sim: SimServer, n: int) -> list[tuple[str, str]]:
-    st = sim.app["state"]
-
-    def pick() -> list[tuple[str, str]]:
-        out = []
-        for dev in list(st.devices.values())[FACTS["edge_devices"] :]:
-            if len(st.devices_by_serial(dev["serialNumber"])) == 1:
-                out.append((dev["serialNumber"], dev["id"]))
-        return out[:n]
-
-    return sim.call(pick)  # type: ignore[no-any-return]
-
-
 def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     with SimServer(make_app(devices=3200, seed=3)) as sim:
         sim.faults.latency = 0.002
         sim.faults.mutating_only = True
         st = sim.app["state"]
         tag_id = sim.call(lambda: st.add_tag({"name": "Läsår 2027"}))
-        devices = _generated(sim, 3000)
+        devices = unique_devices(sim, 3000)
         job = write_csv(tmp_path / "rollout.csv", [["serial", "tag"], *[[s, "Läsår 2027"] for s, _ in devices]])
         env = _env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "tag"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 800 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 800 or proc.poll() is not None)
         finally:
             proc.kill()
             proc.wait(10)
@@ -115,14 +94,14 @@ def test_sigkill_during_messages_marks_in_flight_unknown_never_resends(tmp_path:
         sim.faults.latency = 0.01
         sim.faults.mutating_only = True
         st = sim.app["state"]
-        devices = _generated(sim, 1000)
+        devices = unique_devices(sim, 1000)
         job = write_csv(tmp_path / "msg.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
         env = _env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "message"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 200 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 200 or proc.poll() is not None)
         finally:
             proc.kill()
             proc.wait(10)
@@ -161,14 +140,14 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
         sim.faults.latency = 0.005
         sim.faults.mutating_only = True
         st = sim.app["state"]
-        devices = _generated(sim, 2000)
+        devices = unique_devices(sim, 2000)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 300 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 300 or proc.poll() is not None)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
         finally:
@@ -191,7 +170,7 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
 
 def test_fresh_starts_over(tmp_path: Path) -> None:
     with SimServer(make_app(devices=100, seed=6)) as sim:
-        devices = _generated(sim, 5)
+        devices = unique_devices(sim, 5)
         job = write_csv(tmp_path / "m.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
         env = _env(tmp_path)
         # a run that dies before finishing leaves rows pending; simulate by stopping at a 401
@@ -209,7 +188,7 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
 def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) -> None:
     with SimServer(make_app(devices=300, seed=8)) as sim:
         sim.faults.update({"latency": 0.2, "mutating_only": True})
-        devices = _generated(sim, 100)
+        devices = unique_devices(sim, 100)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         proc = subprocess.Popen(
@@ -217,10 +196,10 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
         )
         try:
             # past the canary (the pool has widened), every answer takes 20 s
-            _wait_for(lambda: sim.stats.mutating >= 5 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 5 or proc.poll() is not None)
             sim.faults.update({"slow_rate": 1.0, "slow_seconds": 20.0})
             base = sim.stats.mutating
-            _wait_for(lambda: sim.stats.mutating >= base + 8 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= base + 8 or proc.poll() is not None)
             time.sleep(0.5)  # the last quick answers come back
             proc.send_signal(signal.SIGINT)
             time.sleep(0.3)
@@ -240,7 +219,7 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
 def test_429_with_retry_after_is_waited_out(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=9)) as sim:
         sim.faults.update({"rate_limit": 40, "retry_after": 1})
-        devices = _generated(sim, 120)
+        devices = unique_devices(sim, 120)
         st = sim.app["state"]
         job = write_csv(tmp_path / "t.csv", [["serial", "tag"], *[[s, "Musik"] for s, _ in devices]])
         res = subprocess.run(
@@ -258,7 +237,7 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
     long Retry-After end with the MDM's last answer, and the run exits at once."""
     with SimServer(make_app(devices=200, seed=10)) as sim:
         sim.faults.update({"rate_limit": 2, "retry_after": 60})
-        devices = _generated(sim, 40)
+        devices = unique_devices(sim, 40)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"),
@@ -268,7 +247,7 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
             text=True,
         )
         try:
-            _wait_for(lambda: sim.stats.throttled >= 1 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.throttled >= 1 or proc.poll() is not None)
             time.sleep(0.3)
             proc.send_signal(signal.SIGINT)
             started = time.monotonic()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CREDS, read_report, write_csv
+from conftest import CREDS, read_report, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
@@ -40,28 +40,6 @@ def _run(args: Sequence[str], env: dict[str, str], timeout: float = 120) -> subp
     return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
-
-
-def _serials(sim: SimServer, n: int) -> list[tuple[str, str]]:
-    """``n`` (serial, device id) pairs of devices with a unique serial."""
-    st = sim.app["state"]
-
-    def pick() -> list[tuple[str, str]]:
-        out = []
-        for dev in list(st.devices.values())[FACTS["edge_devices"] :]:
-            if len(st.devices_by_serial(dev["serialNumber"])) == 1:
-                out.append((dev["serialNumber"], dev["id"]))
-        return out[:n]
-
-    return sim.call(pick)  # type: ignore[no-any-return]
-
-
 def _locks_per_device(sim: SimServer, devices: Sequence[tuple[str, str]]) -> list[int]:
     st = sim.app["state"]
     return sim.call(lambda: [len(st.commands_for(dev_id, "lockdevice")) for _, dev_id in devices])  # type: ignore
@@ -77,13 +55,13 @@ def _no_traceback(text: str) -> None:
 def test_a_second_run_of_a_running_job_sends_nothing_and_names_the_holder(tmp_path: Path) -> None:
     with SimServer(make_app(devices=300, seed=21)) as sim:
         sim.faults.update({"latency": 0.05, "mutating_only": True})
-        devices = _serials(sim, 200)
+        devices = unique_devices(sim, 200)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         args = _cmd(job, sim.url, "--action", "lock", "--concurrency", "2", "--rate", "none")
         first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            _wait_for(lambda: sim.stats.mutating >= 4 or first.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 4 or first.poll() is not None)
             second = _run(args, env, timeout=60)
             assert second.returncode == 2, second.stderr
             assert "already running" in second.stderr and f"process {first.pid}" in second.stderr, second.stderr
@@ -110,7 +88,7 @@ def test_a_second_run_of_a_running_job_sends_nothing_and_names_the_holder(tmp_pa
 def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(tmp_path: Path) -> None:
     with SimServer(make_app(devices=500, seed=22)) as sim:
         sim.faults.update({"latency": 0.01, "mutating_only": True})
-        devices = _serials(sim, 400)
+        devices = unique_devices(sim, 400)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices[:300]]])
         env = _env(tmp_path)
         report = tmp_path / "out" / "locks.csv"
@@ -133,7 +111,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
             _cmd(job, sim.url, *flags), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 40 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 40 or proc.poll() is not None)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
         finally:
@@ -176,7 +154,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
 
 def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=23)) as sim:
-        devices = _serials(sim, 60)
+        devices = unique_devices(sim, 60)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
@@ -186,7 +164,7 @@ def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
             text=True,
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
             proc.send_signal(signal.SIGINT)
             at_signal = sim.stats.mutating
             _, err = proc.communicate(timeout=30)
@@ -230,13 +208,13 @@ def _client_calls_about_to_change() -> bool:
 )
 def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=24)) as sim:
-        devices = _serials(sim, 40)
+        devices = unique_devices(sim, 40)
         job = write_csv(tmp_path / "msg.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
         env = _env(tmp_path)
         args = _cmd(job, sim.url, "--action", "message", "--rate", "2/s", "--concurrency", "8")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
             time.sleep(0.2)  # the answer to the last change has come back; seven rows wait for a slot
             proc.kill()
             proc.wait(10)
@@ -259,13 +237,13 @@ def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path
 def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_path: Path) -> None:
     with SimServer(make_app(devices=300, seed=25)) as sim:
         sim.faults.update({"latency": 0.02, "mutating_only": True})
-        devices = _serials(sim, 150)
+        devices = unique_devices(sim, 150)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         args = _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "2")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            _wait_for(lambda: sim.stats.mutating >= 10 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 10 or proc.poll() is not None)
             sim.faults.update({"error_rate": 1.0, "error_status": 401})
             _, err = proc.communicate(timeout=60)
         finally:
@@ -386,7 +364,7 @@ def test_a_full_disk_while_journaling_is_one_sentence(duo: Any, tmp_path: Path) 
 
 def test_a_disk_full_mid_run_stops_with_one_sentence_and_nothing_is_sent_twice(tmp_path: Path) -> None:
     with SimServer(make_app(devices=2500, seed=29)) as sim:
-        devices = _serials(sim, 2000)
+        devices = unique_devices(sim, 2000)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
         args = _cmd(job, sim.url, "--action", "lock", "--rate", "none")
@@ -476,7 +454,7 @@ def test_a_port_in_use_for_the_simulator_is_one_sentence() -> None:
 
 def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_path: Path) -> None:
     with SimServer(make_app(devices=500, seed=26)) as sim:
-        devices = _serials(sim, 400)
+        devices = unique_devices(sim, 400)
         sim.faults.update({"error_rate": 1.0, "error_status": 403, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = _env(tmp_path)
@@ -503,7 +481,7 @@ def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_
 
 def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=27)) as sim:
-        devices = _serials(sim, 40)
+        devices = unique_devices(sim, 40)
         sim.faults.update({"latency": 0.3, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
@@ -514,7 +492,7 @@ def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
             text=True,
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
             time.sleep(0.15)
             assert sim.stats.mutating == 1  # alone while the first answer is awaited
             _, err = proc.communicate(timeout=60)
@@ -530,7 +508,7 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     sim.start()
     try:
         sim.faults.update({"latency": 0.01, "mutating_only": True})
-        devices = _serials(sim, 300)
+        devices = unique_devices(sim, 300)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
@@ -540,7 +518,7 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
             text=True,
         )
         try:
-            _wait_for(lambda: sim.stats.mutating >= 30 or proc.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 30 or proc.poll() is not None)
         finally:
             sim.stop()
         try:

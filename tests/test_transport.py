@@ -1,11 +1,11 @@
-"""The HTTP boundary against a real loopback server: retries, Retry-After,
+"""The HTTP boundary against a real loopback loopback: retries, Retry-After,
 ambiguous requests, rate pacing, and aiohttp errors mapped to our tree."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, UTC
 from email.utils import format_datetime
 
@@ -18,24 +18,6 @@ from bulkmdm.retry import RetryPolicy, parse_retry_after
 from bulkmdm.transport import BasicAuth, Client
 
 FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Callable[[web.Application], asyncio.Future[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
-    yield start  # type: ignore[misc]
-    for runner in runners:
-        await runner.cleanup()
 
 
 def scripted(answers: list[Callable[[web.Request], web.StreamResponse]], hits: list[web.Request]) -> web.Application:
@@ -52,26 +34,28 @@ def scripted(answers: list[Callable[[web.Request], web.StreamResponse]], hits: l
     return app
 
 
-async def test_retries_503_then_succeeds(server) -> None:  # type: ignore[no-untyped-def]
+async def test_retries_503_then_succeeds(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
-    url = await server(scripted([lambda r: web.json_response({}, status=503), lambda r: web.json_response([1])], hits))
+    url = await loopback(
+        scripted([lambda r: web.json_response({}, status=503), lambda r: web.json_response([1])], hits)
+    )
     async with Client(url, retry=FAST) as client:
         resp = await client.request("POST", "x", json={"a": 1})
     assert resp.status == 200 and resp.body == [1] and resp.attempts == 2
     assert len(hits) == 2
 
 
-async def test_final_4xx_is_not_retried(server) -> None:  # type: ignore[no-untyped-def]
+async def test_final_4xx_is_not_retried(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
-    url = await server(scripted([lambda r: web.json_response({"message": "nope"}, status=400)], hits))
+    url = await loopback(scripted([lambda r: web.json_response({"message": "nope"}, status=400)], hits))
     async with Client(url, retry=FAST) as client:
         resp = await client.request("GET", "x")
     assert resp.status == 400 and len(hits) == 1
 
 
-async def test_401_is_auth_error_and_credentials_never_in_message(server) -> None:  # type: ignore[no-untyped-def]
+async def test_401_is_auth_error_and_credentials_never_in_message(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
-    url = await server(scripted([lambda r: web.json_response({}, status=401)], hits))
+    url = await loopback(scripted([lambda r: web.json_response({}, status=401)], hits))
     async with Client(url, auth=BasicAuth("admin", "s3cr3t-pw"), retry=FAST) as client:
         with pytest.raises(AuthError) as info:
             await client.request("GET", "x")
@@ -79,9 +63,9 @@ async def test_401_is_auth_error_and_credentials_never_in_message(server) -> Non
     assert hits[0].headers["Authorization"].startswith("Basic ")
 
 
-async def test_retry_after_seconds_is_honoured(server) -> None:  # type: ignore[no-untyped-def]
+async def test_retry_after_seconds_is_honoured(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
-    url = await server(
+    url = await loopback(
         scripted(
             [
                 lambda r: web.json_response({}, status=429, headers={"Retry-After": "1"}),
@@ -107,28 +91,28 @@ def test_retry_after_http_date() -> None:
     assert parse_retry_after("soon") is None
 
 
-async def test_timeout_on_post_is_not_resent_without_verify(server) -> None:  # type: ignore[no-untyped-def]
+async def test_timeout_on_post_is_not_resent_without_verify(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(1.0)
         return web.json_response({})
 
-    url = await server(scripted([slow], hits))  # type: ignore[list-item]
+    url = await loopback(scripted([slow], hits))  # type: ignore[list-item]
     async with Client(url, retry=FAST, timeout=0.2) as client:
         with pytest.raises(AmbiguousError):
             await client.request("POST", "x", json={})
     assert len(hits) == 1
 
 
-async def test_timeout_on_post_is_verified_instead_of_resent(server) -> None:  # type: ignore[no-untyped-def]
+async def test_timeout_on_post_is_verified_instead_of_resent(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(1.0)
         return web.json_response({})
 
-    url = await server(scripted([slow], hits))  # type: ignore[list-item]
+    url = await loopback(scripted([slow], hits))  # type: ignore[list-item]
     checks = []
 
     async def verify() -> bool:
@@ -140,14 +124,14 @@ async def test_timeout_on_post_is_verified_instead_of_resent(server) -> None:  #
     assert resp.verified and len(hits) == 1 and checks == [1]
 
 
-async def test_timeout_on_put_is_retried(server) -> None:  # type: ignore[no-untyped-def]
+async def test_timeout_on_put_is_retried(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(1.0)
         return web.json_response({})
 
-    url = await server(scripted([slow, lambda r: web.json_response({})], hits))  # type: ignore[list-item]
+    url = await loopback(scripted([slow, lambda r: web.json_response({})], hits))  # type: ignore[list-item]
     async with Client(url, retry=FAST, timeout=0.2) as client:
         resp = await client.request("PUT", "x", json={})
     assert resp.ok and len(hits) == 2
@@ -195,7 +179,7 @@ def test_adaptive_rate_drops_on_429_and_recovers_below_ceiling() -> None:
 
 
 async def test_an_answer_slower_than_the_measuring_window_is_counted_safely() -> None:
-    """A success whose request was sent long ago (a slow server) must not
+    """A success whose request was sent long ago (a slow loopback) must not
     empty the controller's window and crash the run."""
     limiter = RateController(rate=20, ceiling=40)
     await limiter.acquire()
