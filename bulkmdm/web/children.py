@@ -250,9 +250,11 @@ def _latest_failures(journal: Any, run_id: int, keep: int = 6) -> list[Failure]:
     return list(reversed(latest))
 
 
-def count_statuses(counts: dict[str, int]) -> Counter[str]:
-    """Journal counts under the report's names: pending rows are not-run, rows in flight unknown."""
+def count_statuses(counts: dict[str, int], *, running: bool = False) -> Counter[str]:
+    """Journal counts under the report's names: pending rows are not-run (waiting, while the run
+    still goes), rows in flight are in flight."""
+    pending = "waiting" if running else "not-run"
     named: Counter[str] = Counter()
     for key, n in counts.items():
-        named[{"pending": "not-run", "in_flight": "in flight"}.get(key, key)] += n
+        named[{"pending": pending, "in_flight": "in flight"}.get(key, key)] += n
     return named

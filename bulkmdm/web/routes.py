@@ -352,7 +352,7 @@ async def watch(request: web.Request) -> web.Response:
         job=job,
         progress=progress,
         summary=summary,
-        counts=count_statuses(progress.counts),
+        counts=count_statuses(progress.counts, running=not child.finished),
         page=_number(request),
     )
 
@@ -372,7 +372,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             progress = await child.progress()
             payload = asdict(progress)
-            payload["counts"] = count_statuses(progress.counts)
+            payload["counts"] = count_statuses(progress.counts, running=not child.finished)
             await response.write(f"data: {json.dumps(payload)}\n\n".encode())
             if child.finished:
                 await response.write(b"event: end\ndata: {}\n\n")

@@ -17,7 +17,7 @@ function showCredentials() {
   update();
 }
 
-const ORDER = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run", "in flight"];
+const ORDER = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run", "in flight", "waiting"];
 
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
