@@ -150,6 +150,12 @@ def profile_option(command: Any) -> Any:
     is_flag=True,
     help="On resume, resend rows whose request was in flight when the run died (may do them twice).",
 )
+@click.option(
+    "--wait-for-quota",
+    is_flag=True,
+    help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets and continue "
+    "(default: stop, leaving the rest not-run for the same command tomorrow).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
 @profile_option
 def run(
@@ -169,6 +175,7 @@ def run(
     max_destructive: int | None,
     batch_size: int | None,
     resend_unknown: bool,
+    wait_for_quota: bool,
     verbose: bool,
     profile: str | None,
 ) -> None:
@@ -209,6 +216,7 @@ def run(
         max_destructive=max_destructive,
         batch_size=batch_size,
         resend_unknown=resend_unknown,
+        wait_for_quota=wait_for_quota,
         env=env,
     )
     events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()

@@ -32,6 +32,7 @@ from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .connect import Connection, make_client
 from .limits import Pacing, for_run
+from .quota import DayQuota
 from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -65,6 +66,8 @@ class RunOptions:
     max_destructive: int | None = None
     batch_size: int | None = None
     resend_unknown: bool = False
+    #: a vendor's daily API quota spent: hold until it resets instead of leaving rows not-run
+    wait_for_quota: bool = False
     #: overrides of the provider's declared retry policy (tests and benchmarks shorten waits)
     retry: Mapping[str, object] | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -126,16 +129,25 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler, pacing)
+        calls_today = journal.calls_today(_tenant(provider_cls.name, url))
         provider = provider_cls(
             client,
             Settings(
                 url=url,
                 env=options.env,
                 partition=options.partition,
-                calls_today=journal.calls_today(_tenant(provider_cls.name, url)),
+                calls_today=calls_today,
                 batch_size=options.batch_size,
                 dry_run=options.dry_run,
+                wait_for_quota=options.wait_for_quota,
             ),
+        )
+        client.quota = DayQuota(
+            provider.daily_limit,
+            calls_today,
+            wait=options.wait_for_quota,
+            vendor=provider_cls.name,
+            on_hold=events.message,
         )
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
@@ -223,7 +235,9 @@ async def _execute(
         result.interrupted = scheduler.signal is not None
         # counted across runs: a vendor's daily quota is the day's, not the run's
         with contextlib.suppress(JournalError):
-            journal.add_calls(_tenant(provider.name, provider.settings.url), client.requests_sent)
+            tenant = _tenant(provider.name, provider.settings.url)
+            for day, calls in (client.quota.sent if client.quota else {}).items():
+                journal.add_calls(tenant, calls, day=day.isoformat())
 
 
 async def _plan_and_send(

@@ -497,14 +497,15 @@ class Journal:
         row = self.db.execute("SELECT count FROM calls WHERE tenant = ? AND day = ?", (tenant, _today())).fetchone()
         return int(row[0]) if row else 0
 
-    def add_calls(self, tenant: str, count: int) -> None:
+    def add_calls(self, tenant: str, count: int, day: str | None = None) -> None:
+        """Count ``count`` more API calls to ``tenant`` on ``day`` (YYYY-MM-DD, local; default today)."""
         if count <= 0:
             return
         with self._tx():
             self.db.execute(
                 "INSERT INTO calls (tenant, day, count) VALUES (?, ?, ?)"
                 " ON CONFLICT (tenant, day) DO UPDATE SET count = count + excluded.count",
-                (tenant, _today(), count),
+                (tenant, day or _today(), count),
             )
 
     # -- the lock per job ---------------------------------------------------

@@ -52,6 +52,7 @@ from .errors import (
     TransportError,
 )
 from .limits import RateController, sleep_unless
+from .quota import DayQuota
 from .retry import IDEMPOTENT_METHODS, READ_METHODS, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("bulkmdm.http")
@@ -194,6 +195,8 @@ class Client:
         self.answers_json = answers_json
         self.requests_sent = 0
         self.mutating_sent = 0
+        #: the vendor's daily API quota, when it has one (set by the engine; see quota.py)
+        self.quota: DayQuota | None = None
         #: any HTTP answer came from the MDM in this run / a 2xx one did
         self.answered = False
         self.answered_ok = False
@@ -307,8 +310,17 @@ class Client:
                 renewed = True
                 attempt -= 1
                 continue
-            wait, note = self._retry_wait(req, result, attempt, waited_window)
+            try:
+                wait, note = self._retry_wait(req, result, attempt, waited_window)
+            except QuotaExhausted:
+                if self.quota is None or not self.quota.wait:
+                    raise
+                self.quota.refused_by_server()  # the next attempt holds until the quota resets
+                attempt, waited_window, last = 0, False, result  # a new day starts the attempts afresh
+                continue
             if wait is None:
+                if result.status == 429 and self._stopping():
+                    return _give_up(result, req)
                 if result.ok:
                     self.limiter.succeeded()
                 return replace(result, note=note) if note else result
@@ -328,6 +340,16 @@ class Client:
         if self._stopping():
             self.limiter.release(None)
             return False
+        if self.quota is not None and not req.credential:
+            # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent
+            try:
+                counted = await self.quota.take(self._stopping)
+            except BaseException:
+                self.limiter.release(None)
+                raise
+            if not counted:
+                self.limiter.release(None)
+                return False
         return True
 
     async def _paced_attempt(self, req: _Request, attempt: int) -> Response | _Failure:
@@ -475,7 +497,8 @@ class Client:
             if waited_window:
                 raise QuotaExhausted(
                     f"the MDM still answers {req.what} with 429 after a whole {_duration(policy.throttle_wait)} "
-                    "wait: its API quota for the day seems spent",
+                    "wait: its API quota for the day seems spent; run the same command after it resets to continue "
+                    "(or add --wait-for-quota to hold until then)",
                     attempts=attempt,
                     status=429,
                 )
@@ -516,8 +539,9 @@ class Client:
 
 
 def _give_up(last: Response | TransportError | None, req: _Request) -> Response:
-    """The run is stopping: the last attempt's answer is the row's answer."""
-    if last is None:
+    """The run is stopping: the last attempt's answer is the row's answer
+    (a 429 did nothing: the row was not run)."""
+    if last is None or (isinstance(last, Response) and last.status == 429):
         raise NotSent(f"{req.what} was not sent: the run was stopping")
     if isinstance(last, TransportError):
         raise last

@@ -72,6 +72,8 @@ class Settings:
     dry_run: bool = False
     #: API calls earlier runs made to this MDM today (for vendors with a daily quota)
     calls_today: int = 0
+    #: --wait-for-quota: hold for the daily quota's reset instead of leaving rows not-run
+    wait_for_quota: bool = False
 
 
 class Provider(ABC):
@@ -110,6 +112,8 @@ class Provider(ABC):
         self.settings = settings
         #: which rows ask for the same change, across every chunk of the run
         self.changes = Changes()
+        #: the vendor's API calls a day (None: no daily quota); the engine holds the run to it (quota.py)
+        self.daily_limit: int | None = None
 
     #: what the vendor's documented paths start with, after --url (``/api/v1``)
     api_path: ClassVar[str] = ""

@@ -885,7 +885,8 @@ class ManageEngine(Provider):
         retries and split batches. Rows past the budget fail with a note;
         running the report again tomorrow sends them."""
         limit = self.daily_limit
-        if limit is None:
+        if limit is None or self.settings.wait_for_quota:  # (a waiting run holds at the budget instead)
+            self._needed = self.settings.calls_today + self.client.requests_sent + self._sends(out)
             return out
         lookups = self.client.requests_sent
         earlier = self.settings.calls_today
@@ -933,10 +934,30 @@ class ManageEngine(Provider):
         if limit is None:
             return None
         earlier = self.settings.calls_today
-        return (
+        note = (
             f"ManageEngine's daily API budget: {limit:,} calls; earlier runs used {earlier:,} today, this job "
             f"needs about {self._needed - earlier:,}, leaving about {max(0, limit - self._needed):,}."
         )
+        if self.settings.wait_for_quota and self._needed > limit:
+            days = -(-(self._needed - limit) // limit)  # whole days past today
+            note += (
+                f" With --wait-for-quota the run holds at midnight when today's calls are used and continues "
+                f"(about {days} more day{'s' if days > 1 else ''})."
+            )
+        return note
+
+    def _sends(self, out: Sequence[Step | Outcome]) -> int:
+        """Requests the planned steps need: one per batch of a shared key, one per other step."""
+        size = self.batch_size()
+        filled: Counter[Any] = Counter()
+        total = 0
+        for item in out:
+            if isinstance(item, Step):
+                if item.action not in BATCHED or filled[item.batch_key] % size == 0:
+                    total += 1
+                if item.action in BATCHED:
+                    filled[item.batch_key] += 1
+        return total
 
     # -- export and templates ------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:

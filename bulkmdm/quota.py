@@ -1,0 +1,140 @@
+"""A vendor's daily API quota, shared by every request of a run.
+
+ManageEngine allows 2,500 API calls a day (1,000 for a free organisation).
+The journal counts each MDM's calls per local day across runs
+(``Journal.calls_today``); :class:`DayQuota` carries that count through a run,
+one call per attempt, and decides what happens when the budget is spent:
+
+* without ``--wait-for-quota`` the run stops cleanly before the budget is
+  exceeded (:class:`QuotaExhausted`): the rows not sent stay ``not-run``, and
+  the same command continues them tomorrow;
+* with it, every request holds until the day resets (local midnight, the day
+  the journal counts in), the person running it is told once ("waiting for
+  the daily quota, resumes at HH:MM"), and the run continues.
+
+The vendor's doc does not say when its day resets. When the server itself
+says the quota is spent (ManageEngine: a 429 that outlasts the minute's
+window) while our own count says there is room (another integration spent
+it, or the server's day is not our local day), a waiting run holds until
+midnight or for an hour, whichever comes first, and asks again.
+
+The clock is :func:`now` (module level, so that a test can move the wall
+clock to just before midnight instead of waiting a day).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+
+from .errors import QuotaExhausted
+from .limits import sleep_unless
+
+#: how long a hold after the server's own refusal lasts at most before asking again
+SERVER_RETRY = timedelta(hours=1)
+#: a long hold sleeps in steps this long, so that a wall clock that jumps is noticed
+STEP_SECONDS = 30.0
+
+
+def now() -> datetime:
+    """The local wall clock (the day the journal counts calls in)."""
+    return datetime.now()
+
+
+def next_reset(moment: datetime) -> datetime:
+    """The local midnight after ``moment``."""
+    return datetime.combine(moment.date() + timedelta(days=1), datetime.min.time())
+
+
+class DayQuota:
+    """Today's API calls to one MDM against its daily ``limit`` (None: no limit).
+
+    ``used``: the calls earlier runs made today (from the journal). ``wait``:
+    hold until the reset instead of stopping. ``on_hold`` is told, once per
+    hold, what the run is waiting for."""
+
+    def __init__(
+        self,
+        limit: int | None,
+        used: int = 0,
+        *,
+        wait: bool = False,
+        vendor: str = "the MDM",
+        on_hold: Callable[[str], None] | None = None,
+    ) -> None:
+        self.limit = limit
+        self.used = used
+        self.wait = wait
+        self.vendor = vendor
+        self.on_hold = on_hold
+        self.day = now().date()
+        #: this run's calls per local day (what the journal adds up at the end)
+        self.sent: Counter[date] = Counter()
+        #: the moment a hold ends, while one is on (every waiting request shares it)
+        self._until: datetime | None = None
+        #: how many holds this run made
+        self.holds = 0
+
+    # -- one call per attempt -------------------------------------------------
+    async def take(self, stopping: Callable[[], bool]) -> bool:
+        """Count one call against today's budget, holding first while it is spent
+        (``wait``); False when the run stopped during a hold.
+
+        Raises :class:`QuotaExhausted` when the budget is spent and the run does
+        not wait."""
+        while True:
+            self._roll()
+            if self._until is None and (self.limit is None or self.used < self.limit):
+                self.used += 1
+                self.sent[self.day] += 1
+                return True
+            if not self.wait:
+                raise QuotaExhausted(
+                    f"this run has used {self.vendor}'s {self.limit:,} API calls for today; run the same command "
+                    "after midnight to continue (or add --wait-for-quota to hold until then)"
+                )
+            if not await self._hold(stopping):
+                return False
+
+    def refused_by_server(self) -> None:
+        """The server says the day's quota is spent (whatever our count says):
+        the next call of a waiting run holds until midnight, or an hour,
+        whichever comes first."""
+        if self._until is None:
+            moment = now()
+            self._until = min(next_reset(moment), moment + SERVER_RETRY)
+            self._announce("the MDM says its daily API quota is spent")
+
+    # -- the hold -------------------------------------------------------------
+    def _roll(self) -> None:
+        """A new day: earlier runs' calls were yesterday's."""
+        moment = now()
+        if moment.date() != self.day:
+            self.day = moment.date()
+            self.used = 0
+        if self._until is not None and moment >= self._until:
+            self._until = None
+
+    def _announce(self, why: str) -> None:
+        self.holds += 1
+        until = self._until
+        assert until is not None
+        if self.on_hold is not None:
+            self.on_hold(f"Waiting for the daily quota, resumes at {until:%H:%M} ({why}; Ctrl-C stops here).")
+
+    async def _hold(self, stopping: Callable[[], bool]) -> bool:
+        if self._until is None:
+            self._until = next_reset(now())
+            self._announce(f"{self.vendor}'s {self.limit:,} API calls for today are used")
+        until = self._until
+        while until is not None and (left := (until - now()).total_seconds()) > 0:
+            if not await sleep_unless(min(left, STEP_SECONDS), stopping):
+                return False
+            until = self._until
+        if stopping():
+            return False
+        if self.on_hold is not None and self._until is not None:
+            self.on_hold("The daily quota has reset: continuing.")
+        self._roll()
+        return True

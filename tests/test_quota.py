@@ -1,0 +1,211 @@
+"""The day's API quota (issue 11, item 4): ManageEngine's calls a day, with
+``--wait-for-quota`` holding until the reset, against the simulator over real
+HTTP. The wall clock bulkmdm reads (``bulkmdm.quota.now``) is moved to a few
+seconds before midnight, so that the reset comes in the test's lifetime."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_manageengine import GROUP, env_for, members, serial_of, start, state
+
+from bulkmdm import quota
+from bulkmdm.engine import RunOptions, RunResult, run_job
+from bulkmdm.events import QuietEvents
+from bulkmdm.journal import Journal
+from bulkmdm.quota import DayQuota, next_reset
+from bulkmdm.sim.common import SimServer
+
+
+class Recorded(QuietEvents):
+    def __init__(self, on_message: Callable[[str], None] | None = None) -> None:
+        self.messages: list[str] = []
+        self.on_message = on_message
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+        if self.on_message is not None:
+            self.on_message(text)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with start() as server:
+        yield server
+
+
+def clock_at(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
+    """bulkmdm's wall clock reads ``moment`` now, and runs on at the real pace."""
+    began = time.monotonic()
+    monkeypatch.setattr(quota, "now", lambda: moment + timedelta(seconds=time.monotonic() - began))
+
+
+def before_midnight(seconds: float) -> datetime:
+    return next_reset(datetime.now()) - timedelta(seconds=seconds)
+
+
+def job_of(tmp_path: Path, sim: SimServer, count: int) -> tuple[Path, list[int]]:
+    """A job that takes ``count`` devices out of the group; and those devices."""
+    inside = sorted(members(sim, GROUP["id"]))[:count]
+    path = tmp_path / "leavers.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["action", "serial", "group"])
+        writer.writerows(["remove-from-group", serial_of(sim, d), GROUP["name"]] for d in inside)
+    return path, inside
+
+
+def changed_once(sim: SimServer, devices: list[int]) -> bool:
+    log = state(sim).log
+    return all(log[d] == [f"remove-from-group:{GROUP['id']}"] for d in devices)
+
+
+def run(tmp_path: Path, sim: SimServer, job: Path, events: Recorded, **options: Any) -> RunResult:
+    env = env_for("on-premises", sim, **options.pop("env", {}))
+    return run_job(
+        RunOptions(
+            job=job,
+            provider="manageengine",
+            url=sim.url,
+            rate="none",
+            state_dir=tmp_path / "state",
+            env=env,
+            retry={"base": 0.01, "cap": 0.05, "throttle_wait": 0.2},
+            **options,
+        ),
+        events,
+    )
+
+
+def calls_by_day(tmp_path: Path) -> dict[str, int]:
+    with Journal(tmp_path / "state") as journal:
+        return {day: count for day, count in journal.db.execute("SELECT day, count FROM calls")}
+
+
+def test_a_waiting_run_holds_at_its_budget_until_midnight_and_finishes(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, devices = job_of(tmp_path, sim, 24)
+    clock_at(monkeypatch, before_midnight(3))
+    events = Recorded()
+    # 20 calls a day: 3 look-ups and 17 rows today, the other 7 rows after midnight
+    result = run(tmp_path, sim, job, events, wait_for_quota=True, env={"BULKMDM_DAILY_LIMIT": "20"})
+    assert result.counts == {"succeeded": 24}, events.messages
+    assert result.exit_code == 0
+    holds = [m for m in events.messages if m.startswith("Waiting for the daily quota")]
+    assert holds == [
+        "Waiting for the daily quota, resumes at 00:00 (manageengine's 20 API calls for today are used; "
+        "Ctrl-C stops here)."
+    ]
+    assert "The daily quota has reset: continuing." in events.messages
+    # every row's change made once, and the calls counted on the day they were made
+    assert changed_once(sim, devices) and not members(sim, GROUP["id"]) & set(devices)
+    assert state(sim).calls_today == 3 + 24
+    today = before_midnight(3).date()
+    assert calls_by_day(tmp_path) == {today.isoformat(): 20, (today + timedelta(days=1)).isoformat(): 7}
+
+
+def test_a_run_that_does_not_wait_leaves_what_does_not_fit_not_run(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, devices = job_of(tmp_path, sim, 24)
+    clock_at(monkeypatch, before_midnight(3))
+    events = Recorded()
+    result = run(tmp_path, sim, job, events, env={"BULKMDM_DAILY_LIMIT": "20"})
+    # 10 of the 20 kept for retries: 3 look-ups + 7 rows
+    assert result.counts == {"succeeded": 7, "not-run": 17}
+    assert result.exit_code == 1
+    assert not any(m.startswith("Waiting") for m in events.messages)
+    assert changed_once(sim, devices[:7]) and members(sim, GROUP["id"]) >= set(devices[7:])
+
+
+def test_the_dry_run_says_a_waiting_run_takes_more_days(sim: SimServer, tmp_path: Path) -> None:
+    job, _ = job_of(tmp_path, sim, 24)
+    events = Recorded()
+    result = run(tmp_path, sim, job, events, dry_run=True, wait_for_quota=True, env={"BULKMDM_DAILY_LIMIT": "20"})
+    assert result.counts == {"planned": 24}
+    note = " ".join(result.notes + events.messages)
+    assert "this job needs about 27" in note, note  # 3 look-ups + 24 rows
+    assert "With --wait-for-quota the run holds at midnight" in note and "about 1 more day" in note
+
+
+def test_the_servers_own_quota_refusal_holds_a_waiting_run_until_it_resets(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = state(sim)
+    st.calls_per_day, st.limit_window = 8, 0.1
+    job, devices = job_of(tmp_path, sim, 10)
+    clock_at(monkeypatch, before_midnight(2))
+
+    def on_message(text: str) -> None:
+        if text.startswith("Waiting for the daily quota"):
+            sim.call(lambda: setattr(st, "calls_today", 0))  # the server's day turns over too
+
+    events = Recorded(on_message)
+    # our own count is off: the server's 429s say the quota is spent
+    result = run(tmp_path, sim, job, events, wait_for_quota=True, env={"BULKMDM_DAILY_LIMIT": "none"})
+    assert result.counts == {"succeeded": 10}, events.messages
+    holds = [m for m in events.messages if m.startswith("Waiting for the daily quota")]
+    assert holds == [
+        "Waiting for the daily quota, resumes at 00:00 (the MDM says its daily API quota is spent; Ctrl-C stops here)."
+    ]
+    assert changed_once(sim, devices)
+
+
+def test_the_servers_refusal_stops_a_run_that_does_not_wait(sim: SimServer, tmp_path: Path) -> None:
+    st = state(sim)
+    st.calls_per_day, st.limit_window = 8, 0.1
+    job, _ = job_of(tmp_path, sim, 10)
+    events = Recorded()
+    result = run(tmp_path, sim, job, events, env={"BULKMDM_DAILY_LIMIT": "none"})
+    assert result.exit_code == 1
+    assert result.counts["succeeded"] == 5 and result.counts["not-run"] >= 4
+    assert result.stopped is not None and "--wait-for-quota" in result.stopped
+
+
+def test_ctrl_c_during_the_hold_leaves_the_rest_not_run(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, _ = job_of(tmp_path, sim, 24)
+    clock_at(monkeypatch, before_midnight(6 * 3600))  # a hold of six hours
+
+    def on_message(text: str) -> None:
+        if text.startswith("Waiting for the daily quota"):
+            os.kill(os.getpid(), signal.SIGINT)  # the run's own Ctrl-C handler takes it
+
+    events = Recorded(on_message)
+    began = time.monotonic()
+    result = run(tmp_path, sim, job, events, wait_for_quota=True, env={"BULKMDM_DAILY_LIMIT": "20"})
+    assert time.monotonic() - began < 20
+    assert result.interrupted
+    assert result.counts == {"succeeded": 17, "not-run": 7}
+    assert state(sim).calls_today == 20
+
+
+async def test_a_day_quota_counts_each_call_on_its_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock_at(monkeypatch, before_midnight(0.3))
+    day_quota = DayQuota(3, used=1, wait=True)
+    assert [await day_quota.take(lambda: False) for _ in range(4)] == [True] * 4
+    today = before_midnight(0.3).date()
+    assert dict(day_quota.sent) == {today: 2, today + timedelta(days=1): 2}
+    assert day_quota.holds == 1
+
+
+def test_the_command_line_takes_wait_for_quota(sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    job, _ = job_of(tmp_path, sim, 24)
+    env = {**env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), "BULKMDM_STATE_DIR": str(tmp_path / "s")}
+    args = ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "none"]
+    dry = run_cli([*args, "--dry-run", "--wait-for-quota"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "With --wait-for-quota the run holds at midnight" in dry.output
+    res = run_cli(args, env=env)  # without it: what does not fit today is not-run, for tomorrow
+    assert res.exit_code == 1 and "not-run" in {r["status"] for r in res.report}
+    assert "--wait-for-quota" in (run_cli(["run", "--help"]).output)
