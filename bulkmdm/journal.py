@@ -426,15 +426,25 @@ class Journal:
 
     def mark_in_flight(self, run_id: int, indices: Iterable[int]) -> None:
         """Written (and committed) before the request is sent."""
-        with self._tx():
-            self.db.executemany(
-                "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in indices)
-            )
+        self.write(run_id, in_flight=indices)
 
     def record(self, run_id: int, outcomes: Iterable[Outcome]) -> None:
         """Record what became of rows. A row that was not sent (not-run) stays
         pending: the same command sends it when the run continues."""
+        self.write(run_id, outcomes)
+
+    def write(self, run_id: int, outcomes: Iterable[Outcome] | None = None, in_flight: Iterable[int] = ()) -> None:
+        """Mark rows in flight and record outcomes (as ``mark_in_flight`` and
+        ``record`` do) in one transaction, committed when this returns."""
+        # One transaction costs far more than the rows in it (taking the write
+        # lock, appending the pages to the WAL), so the pool hands over what
+        # its workers did in one turn of the event loop at once.
         with self._tx():
+            self.db.executemany(
+                "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in in_flight)
+            )
+            if outcomes is None:
+                return
             self.db.executemany(
                 "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
                 " undo = ? WHERE run_id = ? AND idx = ?",
