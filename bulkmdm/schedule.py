@@ -21,8 +21,10 @@ caught before it fans out. Canary and breaker look only at Outcomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
@@ -43,6 +45,8 @@ CREDENTIALS_REFUSED = (
 CANARY_BATCHES = 3
 #: batches in a row refused the same way (or without an answer) that stop the run
 BREAKER_BATCHES = 20
+#: allocations between two young passes of the cycle collector while the pool runs
+YOUNG_COLLECTION = 10_000
 
 
 class Breaker:
@@ -257,6 +261,12 @@ class Scheduler:
         self.workers = [
             asyncio.ensure_future(self._work(feed, send, writes, canary=number == 0)) for number in range(size)
         ]
+        with _collector_eased():
+            await self._pool(writes)
+        writes.close()
+
+    async def _pool(self, writes: GroupCommit) -> None:
+        """Wait for the workers; what they handed over is written whatever way they end."""
         try:
             await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
@@ -268,7 +278,6 @@ class Scheduler:
                 task.cancel()
             writes.flush()
             raise
-        writes.close()
 
     async def _work(self, feed: PlanFeed, send: Send, writes: GroupCommit, *, canary: bool) -> None:
         if not canary and not await self._canary_over():
@@ -344,6 +353,25 @@ class Scheduler:
             ]
         finally:
             about_to_change.reset(token)
+
+
+@contextlib.contextmanager
+def _collector_eased() -> Iterator[None]:
+    """Python's cycle collector, eased while the pool runs (restored after).
+
+    Every request allocates a few hundred short-lived objects, and the
+    collector's young pass runs every 700 allocations, each time walking
+    whatever is in flight; what is alive when the pool starts (the job's
+    rows, the look-up lists: millions of objects on a big job) lives until
+    it ends, so the full passes need not walk it again and again."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], YOUNG_COLLECTION), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:

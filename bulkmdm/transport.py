@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json as jsonlib
 import logging
 import ssl
@@ -220,9 +221,7 @@ class Client:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._connections, ssl=ssl.create_default_context(), ttl_dns_cache=300
-            )
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=_tls_context(), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -324,7 +323,7 @@ class Client:
         """Credentials ready and a rate slot taken; False when the run is stopping."""
         if self._stopping():
             return False
-        if not req.credential:
+        if not req.credential and type(self.auth).ready is not Auth.ready:  # (the base's does nothing)
             await self.auth.ready(self)
         if not await self.limiter.acquire(self._stopping):
             return False
@@ -519,6 +518,13 @@ class Client:
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
         await sleep_unless(seconds, self._stopping)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's verifying TLS context: reading its certificates takes tens
+    of milliseconds, so once per process, not once per run."""
+    return ssl.create_default_context()
 
 
 def _give_up(last: Response | TransportError | None, req: _Request) -> Response:
