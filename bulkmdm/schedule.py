@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -261,7 +262,7 @@ class Scheduler:
         self.workers = [
             asyncio.ensure_future(self._work(feed, send, writes, canary=number == 0)) for number in range(size)
         ]
-        with _collector_eased():
+        with _Collector.eased():
             await self._pool(writes)
         writes.close()
 
@@ -355,23 +356,36 @@ class Scheduler:
             about_to_change.reset(token)
 
 
-@contextlib.contextmanager
-def _collector_eased() -> Iterator[None]:
-    """Python's cycle collector, eased while the pool runs (restored after).
+class _Collector:
+    """Python's cycle collector, eased while pools run (restored when the last ends).
 
     Every request allocates a few hundred short-lived objects, and the
     collector's young pass runs every 700 allocations, each time walking
-    whatever is in flight; what is alive when the pool starts (the job's
-    rows, the look-up lists: millions of objects on a big job) lives until
-    it ends, so the full passes need not walk it again and again."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(thresholds[0], YOUNG_COLLECTION), *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+    whatever is in flight; what is alive when a pool starts (the job's rows,
+    the look-up lists: millions of objects on a big job) lives until it
+    ends, so the full passes need not walk it again and again."""
+
+    lock = threading.Lock()
+    pools = 0
+    thresholds: tuple[int, ...] = ()
+
+    @classmethod
+    @contextlib.contextmanager
+    def eased(cls) -> Iterator[None]:
+        with cls.lock:
+            if cls.pools == 0:
+                cls.thresholds = gc.get_threshold()
+                gc.freeze()
+                gc.set_threshold(max(cls.thresholds[0], YOUNG_COLLECTION), *cls.thresholds[1:])
+            cls.pools += 1
+        try:
+            yield
+        finally:
+            with cls.lock:
+                cls.pools -= 1
+                if cls.pools == 0:
+                    gc.set_threshold(*cls.thresholds)
+                    gc.unfreeze()
 
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:
