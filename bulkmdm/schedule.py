@@ -108,11 +108,11 @@ class GroupCommit:
 
     A transaction costs far more than the rows in it, and workers whose
     answers arrive together reach the ledger in the same turn: what they
-    hand over (outcomes, rows about to be sent) is written at the end of
-    that turn in one transaction. A worker about to send waits for that
-    commit, so its rows are durably in flight before the request leaves; an
-    outcome is committed before the loop looks for the next answers. The
-    outcomes are shown (``events.advance``) once they are written.
+    hand over (outcomes, rows about to be sent) is written in one
+    transaction first thing in the loop's next turn. A worker about to send
+    waits for that commit, so its rows are durably in flight before the
+    request leaves; an outcome is durable microseconds after its answer.
+    The outcomes are shown (``events.advance``) once they are written.
     """
 
     def __init__(self, ledger: Ledger, events: Events) -> None:
@@ -126,7 +126,7 @@ class GroupCommit:
         self.error: BaseException | None = None
 
     def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Record these outcomes (committed at the end of this turn of the loop)."""
+        """Record these outcomes (committed in the loop's next turn)."""
         if self.error is not None:
             raise self.error
         self._outcomes += outcomes
