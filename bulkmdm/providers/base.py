@@ -63,7 +63,7 @@ from ..transport import Auth, BasicAuth, Client, Response
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
 #: planned in one go would hold every answer in flight for ~100 ms)
-PLAN_SLICE = 500
+PLAN_SLICE = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
