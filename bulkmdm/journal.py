@@ -97,6 +97,11 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
+
+# json.dumps with any option builds a new encoder per call; these are built once
+# (the same text as json.dumps(cells, ensure_ascii=False) and json.dumps(undo)).
+_cells_json = json.JSONEncoder(ensure_ascii=False).encode
+_undo_json = json.JSONEncoder().encode
 _NOT_RUN = str(Status.NOT_RUN)
 
 
@@ -177,6 +182,8 @@ class Journal:
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir).expanduser()
         self.path = self.dir / "journal.sqlite3"
+        #: run id -> when its ``updated`` was last written
+        self._touched: dict[int, float] = {}
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
@@ -303,7 +310,7 @@ class Journal:
             self.db.executemany(
                 "INSERT INTO rows (run_id, idx, cells, action, digest, label) VALUES (?,?,?,?,?,?)",
                 (
-                    (run_id, i, json.dumps(list(row.cells), ensure_ascii=False), row.action, row.digest, row.label)
+                    (run_id, i, _cells_json(list(row.cells)), row.action, row.digest, row.label)
                     for i, row in enumerate(rows)
                 ),
             )
@@ -426,15 +433,25 @@ class Journal:
 
     def mark_in_flight(self, run_id: int, indices: Iterable[int]) -> None:
         """Written (and committed) before the request is sent."""
-        with self._tx():
-            self.db.executemany(
-                "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in indices)
-            )
+        self.write(run_id, in_flight=indices)
 
     def record(self, run_id: int, outcomes: Iterable[Outcome]) -> None:
         """Record what became of rows. A row that was not sent (not-run) stays
         pending: the same command sends it when the run continues."""
+        self.write(run_id, outcomes)
+
+    def write(self, run_id: int, outcomes: Iterable[Outcome] | None = None, in_flight: Iterable[int] = ()) -> None:
+        """Mark rows in flight and record outcomes (as ``mark_in_flight`` and
+        ``record`` do) in one transaction, committed when this returns."""
+        # One transaction costs far more than the rows in it (taking the write
+        # lock, appending the pages to the WAL), so the pool hands over what
+        # its workers did in one turn of the event loop at once.
         with self._tx():
+            self.db.executemany(
+                "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in in_flight)
+            )
+            if outcomes is None:
+                return
             self.db.executemany(
                 "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
                 " undo = ? WHERE run_id = ? AND idx = ?",
@@ -446,14 +463,18 @@ class Journal:
                         _text(o.http_status),
                         _text(o.attempts or None),
                         o.resolved,
-                        json.dumps(dict(o.undo)) if o.undo else None,
+                        _undo_json(dict(o.undo)) if o.undo else None,
                         run_id,
                         o.index,
                     )
                     for o in outcomes
                 ),
             )
-            self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
+            now = time.time()
+            # to the second: a run's every transaction need not rewrite its runs row too
+            if now - self._touched.get(run_id, 0.0) >= 1.0:
+                self._touched[run_id] = now
+                self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
     def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
         """The run's succeeded rows, last first: (action, the row that undoes it or None)."""

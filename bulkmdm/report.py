@@ -54,9 +54,13 @@ _XLSX_OPTIONS = {
 }
 
 
+#: the first characters of the cells _DANGEROUS may match (most cells start otherwise)
+_SUSPECT = frozenset("'=+-@\t\r")
+
+
 def neutralise(cell: str) -> str:
     """Prefix ``'`` to a CSV cell Excel would otherwise read as a formula."""
-    return "'" + cell if _DANGEROUS.match(cell) else cell
+    return "'" + cell if cell and cell[0] in _SUSPECT and _DANGEROUS.match(cell) else cell
 
 
 def write_report(

@@ -21,8 +21,11 @@ caught before it fans out. Canary and breaker look only at Outcomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
@@ -43,6 +46,8 @@ CREDENTIALS_REFUSED = (
 CANARY_BATCHES = 3
 #: batches in a row refused the same way (or without an answer) that stop the run
 BREAKER_BATCHES = 20
+#: allocations between two young passes of the cycle collector while the pool runs
+YOUNG_COLLECTION = 10_000
 
 
 class Breaker:
@@ -93,8 +98,82 @@ def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
 class Ledger(Protocol):
     """Where the pool writes what happens to rows (the journal, for one run)."""
 
-    def mark_in_flight(self, indices: Sequence[int]) -> None: ...
-    def record(self, outcomes: Sequence[Outcome]) -> None: ...
+    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int]) -> None:
+        """Record ``outcomes`` and mark the rows ``in_flight``, committed in one transaction."""
+        ...
+
+
+class GroupCommit:
+    """The pool's writes to the ledger, a transaction per turn of the event loop.
+
+    A transaction costs far more than the rows in it, and workers whose
+    answers arrive together reach the ledger in the same turn: what they
+    hand over (outcomes, rows about to be sent) is written in one
+    transaction first thing in the loop's next turn. A worker about to send
+    waits for that commit, so its rows are durably in flight before the
+    request leaves; an outcome is durable microseconds after its answer.
+    The outcomes are shown (``events.advance``) once they are written.
+    """
+
+    def __init__(self, ledger: Ledger, events: Events) -> None:
+        self.ledger = ledger
+        self.events = events
+        self._outcomes: list[Outcome] = []
+        self._in_flight: list[int] = []
+        self._waiting: list[asyncio.Future[None]] = []
+        self._flush: asyncio.Handle | None = None
+        #: why the last write failed: raised to every worker from then on
+        self.error: BaseException | None = None
+
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Record these outcomes (committed in the loop's next turn)."""
+        if self.error is not None:
+            raise self.error
+        self._outcomes += outcomes
+        self._schedule()
+
+    def mark_in_flight(self, indices: Sequence[int]) -> asyncio.Future[None]:
+        """Mark rows in flight; the future is done once that is committed."""
+        if self.error is not None:
+            raise self.error
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight += indices
+        self._waiting.append(committed)
+        self._schedule()
+        return committed
+
+    def _schedule(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is pending now; a failure is kept in ``error`` and handed to the waiting workers."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        outcomes, in_flight, waiting = self._outcomes, self._in_flight, self._waiting
+        if not (outcomes or in_flight):
+            return
+        self._outcomes, self._in_flight, self._waiting = [], [], []
+        try:
+            self.ledger.write(outcomes, in_flight)
+            if outcomes:
+                self.events.advance(outcomes)
+        except Exception as exc:  # the journal's error, raised to the workers (and to the run)
+            self.error = self.error or exc
+        for committed in waiting:
+            if committed.done():
+                continue  # its worker was cancelled (a second Ctrl-C)
+            if self.error is not None:
+                committed.set_exception(self.error)
+            else:
+                committed.set_result(None)
+
+    def close(self) -> None:
+        """Write what is left once the pool has stopped; raise the error a write met, if any."""
+        self.flush()
+        if self.error is not None:
+            raise self.error
 
 
 class Scheduler:
@@ -179,20 +258,29 @@ class Scheduler:
         size = max(1, min(self.concurrency, feed.batches_hint()))
         if not self.marks_in_flight:
             self.widened.set()  # a dry run changes nothing: no canary
+        writes = GroupCommit(ledger, self.events)
         self.workers = [
-            asyncio.ensure_future(self._work(feed, send, ledger, canary=number == 0)) for number in range(size)
+            asyncio.ensure_future(self._work(feed, send, writes, canary=number == 0)) for number in range(size)
         ]
+        with _Collector.eased():
+            await self._pool(writes)
+        writes.close()
+
+    async def _pool(self, writes: GroupCommit) -> None:
+        """Wait for the workers; what they handed over is written whatever way they end."""
         try:
             await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
             if self.interrupts < 2:
+                writes.flush()
                 raise
         except BaseException:
             for task in self.workers:
                 task.cancel()
+            writes.flush()
             raise
 
-    async def _work(self, feed: PlanFeed, send: Send, ledger: Ledger, *, canary: bool) -> None:
+    async def _work(self, feed: PlanFeed, send: Send, writes: GroupCommit, *, canary: bool) -> None:
         if not canary and not await self._canary_over():
             return
         while not self.stop.is_set():
@@ -200,11 +288,10 @@ class Scheduler:
             if batch is None:
                 self.widened.set()  # nothing more to send: let the waiting workers end
                 return
-            outcomes = await self._send(batch, send, ledger)
+            outcomes = await self._send(batch, send, writes)
             if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
                 raise RuntimeError("provider returned outcomes that do not match its batch")
-            ledger.record(_with_undo(batch, outcomes))
-            self.events.advance(outcomes)
+            writes.record(_with_undo(batch, outcomes))
             self._judge(outcomes)
 
     async def _canary_over(self) -> bool:
@@ -231,15 +318,16 @@ class Scheduler:
         elif self.batches_done >= CANARY_BATCHES and self.breaker.streak < self.batches_done:
             self.widened.set()
 
-    async def _send(self, batch: Sequence[Step], send: Send, ledger: Ledger) -> list[Outcome]:
+    async def _send(self, batch: Sequence[Step], send: Send, writes: GroupCommit) -> list[Outcome]:
         """Send one batch, its rows marked in flight when its first change is about to go out."""
         marked = False
 
-        def mark_batch_in_flight() -> None:
+        def mark_batch_in_flight() -> Awaitable[None] | None:
             nonlocal marked
-            if not marked:
-                marked = True
-                ledger.mark_in_flight([step.index for step in batch])
+            if marked:
+                return None
+            marked = True
+            return writes.mark_in_flight([step.index for step in batch])
 
         token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
         try:
@@ -266,6 +354,38 @@ class Scheduler:
             ]
         finally:
             about_to_change.reset(token)
+
+
+class _Collector:
+    """Python's cycle collector, eased while pools run (restored when the last ends).
+
+    Every request allocates a few hundred short-lived objects, and the
+    collector's young pass runs every 700 allocations, each time walking
+    whatever is in flight; what is alive when a pool starts (the job's rows,
+    the look-up lists: millions of objects on a big job) lives until it
+    ends, so the full passes need not walk it again and again."""
+
+    lock = threading.Lock()
+    pools = 0
+    thresholds: tuple[int, ...] = ()
+
+    @classmethod
+    @contextlib.contextmanager
+    def eased(cls) -> Iterator[None]:
+        with cls.lock:
+            if cls.pools == 0:
+                cls.thresholds = gc.get_threshold()
+                gc.freeze()
+                gc.set_threshold(max(cls.thresholds[0], YOUNG_COLLECTION), *cls.thresholds[1:])
+            cls.pools += 1
+        try:
+            yield
+        finally:
+            with cls.lock:
+                cls.pools -= 1
+                if cls.pools == 0:
+                    gc.set_threshold(*cls.thresholds)
+                    gc.unfreeze()
 
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json as jsonlib
 import logging
 import ssl
@@ -63,8 +64,11 @@ Verify = Callable[[], Awaitable["bool | None"]]
 
 #: Called (if set) right before any request that is not a read goes out: the
 #: engine sets it per batch, to mark the batch's rows in flight only once a
-#: change is really being sent.
-about_to_change: ContextVar[Callable[[], None] | None] = ContextVar("bulkmdm_about_to_change", default=None)
+#: change is really being sent. What it returns, if anything, is awaited
+#: before the request goes out (the journal's commit of that mark).
+about_to_change: ContextVar[Callable[[], Awaitable[None] | None] | None] = ContextVar(
+    "bulkmdm_about_to_change", default=None
+)
 
 #: The largest answer read, after decompression. A fleet list of 100,000
 #: devices is some tens of MB; past this an answer is refused, not read.
@@ -220,9 +224,7 @@ class Client:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._connections, ssl=ssl.create_default_context(), ttl_dns_cache=300
-            )
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=_tls_context(), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -333,7 +335,7 @@ class Client:
         """Credentials ready and a rate slot taken; False when the run is stopping."""
         if self._stopping():
             return False
-        if not req.credential:
+        if not req.credential and type(self.auth).ready is not Auth.ready:  # (the base's does nothing)
             await self.auth.ready(self)
         if not await self.limiter.acquire(self._stopping):
             return False
@@ -357,6 +359,11 @@ class Client:
         with the answer's status and latency (what adaptive concurrency reads)."""
         started = time.monotonic()
         try:
+            if not req.is_read and not req.credential and (hook := about_to_change.get()) is not None:
+                committed = hook()
+                if committed is not None:
+                    await committed
+                    started = time.monotonic()  # the latency is the MDM's, not the journal's commit
             result = await self._attempt(req, attempt)
         except BaseException:
             self.limiter.release(None, time.monotonic() - started)
@@ -390,9 +397,6 @@ class Client:
         self.requests_sent += 1
         if not req.is_read:
             self.mutating_sent += 1
-            hook = about_to_change.get()
-            if hook is not None and not req.credential:
-                hook()
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = False
@@ -432,7 +436,8 @@ class Client:
             log.info("%s -> %s", req.what, type(exc).__name__)
             error = ConnectError(f"{req.what} failed: the connection dropped ({_reason(exc)})", attempts=attempt)
             return _Failure(error, ambiguous=sent or not isinstance(exc, aiohttp.ClientConnectorError))
-        log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
+        if log.isEnabledFor(logging.INFO):  # what a request is takes a URL parse: not for nothing
+            log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
         if not req.credential:
             self.answered = True
         return status, raw, resp_headers
@@ -536,6 +541,13 @@ class Client:
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
         await sleep_unless(seconds, self._stopping)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's verifying TLS context: reading its certificates takes tens
+    of milliseconds, so once per process, not once per run."""
+    return ssl.create_default_context()
 
 
 def _give_up(last: Response | TransportError | None, req: _Request) -> Response:

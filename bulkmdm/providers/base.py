@@ -36,6 +36,7 @@ small helpers for text and ids.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from abc import ABC
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,10 @@ from ..errors import (
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, BasicAuth, Client, Response
+
+#: rows planned between two turns of the event loop (a chunk of 10,000 rows
+#: planned in one go would hold every answer in flight for ~100 ms)
+PLAN_SLICE = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,11 +162,14 @@ class Provider(ABC):
             detail = f"Could not read the MDM's lists: {exc}. Run the job again."
             return [failed(row, detail, attempts=exc.attempts) for row in rows]
         out: list[Step | Outcome] = []
-        for row in rows:
+        for number, row in enumerate(rows, start=1):
             try:
                 out.append(self.plan_row(row, lists))
             except LookupFailed as exc:
                 out.append(failed(row, sentence(str(exc))))
+            if number % PLAN_SLICE == 0:
+                # a later chunk is planned while requests are in flight: let their answers in
+                await asyncio.sleep(0)
         return out
 
     def _stop_if_setup_is_wrong(self, exc: ListFailed | TransportError) -> None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..errors import TransportError
@@ -921,16 +921,19 @@ class DuoStation(Provider):
         )
 
     # -- sending ------------------------------------------------------------
+    #: action -> the method that sends it (the rest are device commands)
+    _SENDERS: ClassVar[dict[str, str]] = {
+        "tag": "_send_link",
+        "tag-user": "_send_link",
+        "untag": "_send_unlink",
+        "untag-user": "_send_unlink",
+        "assign-user": "_send_assign",
+        "move-user": "_send_move",
+        "delete-user": "_send_delete_user",
+    }
+
     async def send(self, step: Step) -> Outcome:
-        send = {
-            "tag": self._send_link,
-            "tag-user": self._send_link,
-            "untag": self._send_unlink,
-            "untag-user": self._send_unlink,
-            "assign-user": self._send_assign,
-            "move-user": self._send_move,
-            "delete-user": self._send_delete_user,
-        }.get(step.action, self._send_command)
+        send: Callable[[Step], Awaitable[Outcome]] = getattr(self, self._SENDERS.get(step.action, "_send_command"))
         return await send(step)
 
     async def _send_link(self, step: Step) -> Outcome:

@@ -1,0 +1,102 @@
+"""The pool's journal writes, grouped: one transaction per turn of the event
+loop, a mark committed before its request may go out, nothing left unwritten
+(against a real journal file, read back from a second connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from bulkmdm.errors import JournalError
+from bulkmdm.events import QuietEvents
+from bulkmdm.journal import Journal, NewRow
+from bulkmdm.model import Outcome, Status
+from bulkmdm.schedule import GroupCommit
+
+
+class _Ledger:
+    """One run of a real journal, counting its transactions."""
+
+    def __init__(self, journal: Journal, run_id: int) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.transactions = 0
+
+    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int]) -> None:
+        self.transactions += 1
+        self.journal.write(self.run_id, outcomes or None, in_flight)
+
+
+def _run(journal: Journal, rows: int) -> int:
+    return journal.create_run(
+        identity="x",
+        job_path="/j.csv",
+        content="0",
+        provider="duostation",
+        url="http://h",
+        action="lock",
+        partition_id=None,
+        dry_run=False,
+        headers=["serial"],
+        delimiter=",",
+        report_path="/r.csv",
+        rows=[NewRow([f"S{i}"], "lock", f"d{i}", f"S{i}") for i in range(rows)],
+    )
+
+
+def _states(path: Path) -> dict[int, str]:
+    """What another process reading the journal sees (committed rows only)."""
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT idx, coalesce(status, state) FROM rows ORDER BY idx").fetchall())
+    finally:
+        db.close()
+
+
+def test_one_turn_is_one_transaction_and_marks_are_committed_before_the_wait_ends(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        ledger = _Ledger(journal, _run(journal, 6))
+
+        async def go() -> None:
+            writes = GroupCommit(ledger, QuietEvents())
+            # three workers about to send in the same turn, two outcomes from the turn before
+            writes.record([Outcome(0, Status.SUCCEEDED, "ok", 200, 1), Outcome(1, Status.FAILED, "no", 404, 1)])
+            marks = [writes.mark_in_flight([i]) for i in (2, 3, 4)]
+            assert _states(journal.path) == dict.fromkeys(range(6), "pending")  # nothing yet: still this turn
+            await asyncio.gather(*marks)
+            assert ledger.transactions == 1
+            assert _states(journal.path) == {
+                0: "succeeded",
+                1: "failed",
+                2: "in_flight",
+                3: "in_flight",
+                4: "in_flight",
+                5: "pending",
+            }
+            writes.record([Outcome(2, Status.SUCCEEDED, "ok", 200, 1)])
+            writes.close()  # the pool ended: what is left is written at once
+            assert ledger.transactions == 2
+            assert _states(journal.path)[2] == "succeeded"
+
+        asyncio.run(go())
+
+
+def test_a_failed_write_reaches_the_waiting_worker_and_the_end_of_the_pool(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        ledger = _Ledger(journal, _run(journal, 2))
+
+        async def go() -> None:
+            writes = GroupCommit(ledger, QuietEvents())
+            journal.db.close()  # the journal fails under the pool (a disk gone, a file removed)
+            with pytest.raises(JournalError):
+                await writes.mark_in_flight([0])
+            with pytest.raises(JournalError):
+                writes.record([Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
+            with pytest.raises(JournalError):
+                writes.close()
+
+        asyncio.run(go())
