@@ -393,7 +393,7 @@ class Client:
             ambiguous=False,
         )
 
-    async def _send(self, req: _Request, url: str, attempt: int) -> tuple[int, bytes, dict[str, str]] | _Failure:
+    async def _send(self, req: _Request, url: str, attempt: int) -> tuple[int, bytes, Mapping[str, str]] | _Failure:
         self.requests_sent += 1
         if not req.is_read:
             self.mutating_sent += 1
@@ -414,7 +414,9 @@ class Client:
             ) as resp:
                 sent = True
                 status = resp.status
-                resp_headers = {k: v for k, v in resp.headers.items() if k.lower() != "set-cookie"}
+                # case-insensitive, as HTTP's are (a proxy speaking HTTP/2 lower-cases every name)
+                resp_headers = resp.headers.copy()
+                resp_headers.popall("Set-Cookie", None)
                 raw = await self._read_body(req, resp, attempt)
         except BadAnswer as exc:
             return _Failure(exc, ambiguous=not req.is_read)
@@ -471,7 +473,7 @@ class Client:
             status=status,
         )
 
-    def _answer(self, req: _Request, status: int, raw: bytes, headers: dict[str, str], attempt: int) -> Response:
+    def _answer(self, req: _Request, status: int, raw: bytes, headers: Mapping[str, str], attempt: int) -> Response:
         content_type = headers.get("Content-Type", "")
         try:
             body, is_json = _decode(raw, content_type)

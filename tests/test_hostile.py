@@ -380,3 +380,55 @@ def test_a_gzip_bomb_keeps_peak_memory_under_a_gigabyte() -> None:
     assert compressed < 2_000_000
     assert peak < 1_000_000_000, f"peak RSS {peak / 1e6:.0f} MB"
     print(f"gzip bomb of {compressed / 1e6:.1f} MB (1 GB decoded): peak RSS {peak / 1e6:.0f} MB")
+
+
+# -- header names in any case ---------------------------------------------------------
+
+
+async def _raw_server(answers: list[bytes]) -> tuple[str, asyncio.AbstractServer]:
+    """A server writing these exact answers (header names as given), one per request."""
+    queue = list(answers)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while queue:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lengths = [ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")]
+            length = int(lengths[0]) if lengths else 0
+            await reader.readexactly(length)
+            writer.write(queue.pop(0))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", server
+
+
+def _answer(status: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items()), f"content-length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_header_names_in_lower_case_are_read_like_any_other() -> None:
+    # aiohttp's C parser gives the headers it knows their usual case; its pure-Python
+    # parser (AIOHTTP_NO_EXTENSIONS=1, or a Python without aiohttp's wheels) keeps the
+    # server's, so a plain dict of them missed "retry-after" and "content-type".
+    page = LOGIN_PAGE.encode()
+    url, server = await _raw_server(
+        [
+            _answer("429 Too Many Requests", {"retry-after": "1", "content-type": "application/json"}, b"{}"),
+            _answer("200 OK", {"content-type": "text/html; charset=utf-8"}, page),
+        ]
+    )
+    try:
+        started = time.monotonic()
+        async with Client(url, retry=FAST) as client:
+            with pytest.raises(BadAnswer) as info:
+                await client.request("POST", "devices/1/lockdevice", json={})
+        # the lower-case retry-after was waited out (not FAST's 10 ms backoff), and the lower-case
+        # content-type showed the login page for what it is
+        assert time.monotonic() - started >= 0.9
+        assert "HTML page (HTTP 200)" in str(info.value)
+    finally:
+        server.close()
+        await server.wait_closed()
