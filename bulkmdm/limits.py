@@ -29,11 +29,15 @@ down to nothing (the "death spiral" of issue 11):
   server's own window emptied with it.
 * **Noise is learned.** A 429 is evidence when the window's 429s exceed what
   the learned noise share explains (three standard deviations over it; with
-  no noise learned, any 429 is; while slow start climbs below the ceiling,
-  only two or more that are a fifth of the last quarter window's answers: a
-  limit overshot refuses everything in flight at once). Evidence pauses every worker for
-  the Retry-After and cuts the rate to 97% of what the server served in its
-  best recent window (never below that: what it served, it can serve).
+  no noise learned, any 429 is). While slow start climbs below the ceiling,
+  a limit overshot refuses a large share at once: 429s are evidence only
+  when they are a fifth of the latest answers (the last quarter window, or
+  as much of the last window as holds 20 answers) and more than a 5% noise
+  explains (at 20/s, two 429s among ten answers are common noise: taken for
+  a limit, they cost a pause and a test at the lowest rate of the run).
+  Evidence pauses every worker for the Retry-After and cuts the rate to 97%
+  of what the server served in its best recent window (never below that:
+  what it served, it can serve).
 * **A cut is a test.** After a cut, the next window (and enough answers to
   see a 5% noise) shows whether the 429s went away. If they did (no more
   than the noise learned explains), the limit is confirmed (the measured
@@ -152,6 +156,10 @@ BASE_MEMORY = 30.0
 HELD, HELD_FACTOR = 1.0, 20.0
 #: The most requests in flight an adaptive run reaches (and workers the engine starts).
 MAX_CONCURRENCY = 128
+#: Workers per slot in flight of an adaptive run: a row waiting out a Retry-After
+#: or a backoff keeps its worker but not its slot (under issue 11's fault mix a
+#: row spends some 25x longer waiting than in flight).
+WORKERS_PER_SLOT = 4
 #: With a documented rate ceiling, requests in flight beyond this many seconds of it are pointless.
 CEILING_SECONDS = 8.0
 #: Answers that say the server (or a gateway before it) is overloaded.
@@ -449,15 +457,8 @@ class RateController:
         if not _excess(throttled, served + throttled, self.stats.noise):
             return
         climbing = limit is None and (self.ceiling is None or (self.rate or 0.0) < self.ceiling)
-        if climbing:
-            # while slow start climbs, a limit overshot shows as many 429s at once
-            _, served_now, throttled_now = self._span(index - BUCKETS // 4 + 1, index)
-            if (
-                throttled_now < 2
-                or throttled_now < SUSPECT * (served_now + throttled_now)
-                or served + throttled < TEST_ANSWERS / 2
-            ):
-                return
+        if climbing and not self._overshot(index):
+            return
         if limit is None or (self.rate or math.inf) > PAST * limit:
             # a probe just past a known limit needs no pause: the cut below
             # it is enough (and the probe's own requests wait their Retry-After)
@@ -468,6 +469,24 @@ class RateController:
         resume = max(now, self._paused_until)
         self._test = _Test(self.rate, limit, throttled / max(1, served + throttled), resume, index)
         self._cut(index)
+
+    def _overshot(self, index: int) -> bool:
+        """While slow start climbs: whether the latest answers (the last quarter
+        window, or as much of the last window as holds TEST_ANSWERS) show a
+        limit overshot, which refuses a large share of them at once, rather
+        than noise (taken to be at least NOISE_SEEN until one is learned: at
+        20/s, two 429s among ten answers are common noise)."""
+        first = index - BUCKETS // 4 + 1
+        _, served, throttled = self._span(first, index)
+        while served + throttled < TEST_ANSWERS and first > index - BUCKETS + 1:
+            first -= 1
+            _, served, throttled = self._span(first, index)
+        answers = served + throttled
+        return (
+            answers >= TEST_ANSWERS
+            and throttled >= SUSPECT * answers
+            and _excess(throttled, answers, max(self.stats.noise, NOISE_SEEN))
+        )
 
     def _pause(self, now: float, retry_after: float | None) -> None:
         if retry_after:
@@ -746,7 +765,9 @@ class ConcurrencyLimit:
 class Pacing:
     """A run's pacing: the rate controller (what the client takes as its
     ``limiter``; it holds the concurrency limit too) and how many workers
-    the engine starts (enough for the highest concurrency it may reach)."""
+    the engine starts: with adaptive concurrency, WORKERS_PER_SLOT for each
+    request it may have in flight, since a row waiting out a Retry-After or
+    a backoff keeps its worker but gives its slot back."""
 
     rate: RateController
     concurrency: ConcurrencyLimit
@@ -787,4 +808,7 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
     controller = RateController(
         rate=controller_rate, ceiling=controller_ceiling, adaptive=True, window=window, concurrency=concurrency
     )
-    return Pacing(controller, concurrency, concurrency.maximum)
+    # workers wait out their own retries (Retry-After, backoff) without a slot
+    # in flight: enough of them that those waits do not bind before the limit
+    workers = concurrency.maximum * (WORKERS_PER_SLOT if concurrency.adaptive else 1)
+    return Pacing(controller, concurrency, workers)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from bulkmdm.limits import MAX_CONCURRENCY, ConcurrencyLimit, RateController, for_run
+from bulkmdm.limits import MAX_CONCURRENCY, WORKERS_PER_SLOT, ConcurrencyLimit, RateController, for_run
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
@@ -132,11 +132,13 @@ def test_for_run_reads_the_vendor_and_the_flags() -> None:
     duo = for_run(None, None, provider("duostation"))
     assert duo.rate.rate == provider("duostation").default_rate
     assert duo.rate.ceiling is None  # no documented limit: no ceiling
-    assert duo.concurrency.adaptive and duo.workers == MAX_CONCURRENCY
+    assert duo.concurrency.adaptive and duo.concurrency.maximum == MAX_CONCURRENCY
+    # rows waiting out a Retry-After or a backoff hold a worker, not a slot in flight
+    assert duo.workers == WORKERS_PER_SLOT * MAX_CONCURRENCY
     me = for_run(None, None, provider("manageengine"))
     assert me.rate.ceiling == pytest.approx(100 / 60)
     assert me.rate.window == getattr(provider("manageengine"), "rate_window", 1.0)
-    assert me.workers < MAX_CONCURRENCY  # 100/min needs few in flight
+    assert me.concurrency.maximum < MAX_CONCURRENCY  # 100/min needs few in flight
     fixed = for_run("20/s", 5, provider("duostation"))
     assert fixed.rate.rate == fixed.rate.ceiling == 20
     assert not fixed.concurrency.adaptive and fixed.workers == 5
