@@ -7,13 +7,14 @@ wide margins, not on timings."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
 
-from bulkmdm.limits import MAX_CONCURRENCY, WORKERS_PER_SLOT, ConcurrencyLimit, RateController, for_run
+from bulkmdm.limits import MAX_CONCURRENCY, WORKERS_PER_SLOT, ConcurrencyLimit, RateController, _Test, for_run
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
@@ -156,3 +157,29 @@ def test_a_window_of_a_minute_measures_per_minute() -> None:
     limiter._cut(limiter._bucket(61.0))
     assert limiter.stats.limit == pytest.approx(90 / 60)
     assert limiter.rate is not None and limiter.rate >= 0.9 * 90 / 60 * 0.95
+
+
+def test_a_test_in_a_runs_tail_does_not_measure_its_few_rows_as_a_limit() -> None:
+    """A cut whose test saw a run's last rows (few requests, some 429s among
+    them) shows nothing about the server's pace: what those few rows were
+    served is not taken for the limit (it drove the rest of a run to 1 row/s)."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate = 900.0  # just cut from no limit
+    now = time.monotonic()
+    limiter._test = _Test(None, None, share=0.1, resume=now - 4.5, cut_bucket=limiter._bucket(now - 4.6))
+    limiter._test.served, limiter._test.throttled = 8, 4  # a third refused, but only 12 answers in 4.5 s
+    limiter._judge(now)
+    assert limiter.rate is None or limiter.rate >= 900.0
+    assert limiter.stats.noise <= 0.25
+
+
+def test_a_cut_that_was_not_enough_is_measured_again() -> None:
+    """The same share refused while the requests went at the new rate: the
+    cut was not enough, and the rate goes under what was served since."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate = 60.0
+    now = time.monotonic()
+    limiter._test = _Test(None, None, share=0.3, resume=now - 1.0, cut_bucket=limiter._bucket(now - 1.1))
+    limiter._test.served, limiter._test.throttled = 40, 20  # 60 answers in a second at 60/s
+    limiter._judge(now)
+    assert limiter.rate is not None and limiter.rate <= 40.0
