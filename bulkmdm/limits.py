@@ -60,10 +60,11 @@ only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
 "slow start" doubles the rate every quarter window (and lifts it once it
 no longer binds: the requests in flight pace the run until a 429); below
-97% of the measured limit it returns there by x1.2 a window; near it, it
-creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
-answered by a cut without a pause); well past it with no 429, the limit has gone up: +5% a
-window. Never above ``ceiling`` (the
+the measured limit it returns there by x1.2 a window (the cut's 97% was
+the test; once confirmed, the limit is held as a known one is, GUARD under
+it); past it, it creeps by 0.25% of it a window (a probe past the limit
+every ~16 windows, answered by a cut without a pause); well past it with
+no 429, the limit has gone up: +5% a window. Never above ``ceiling`` (the
 vendor's documented limit or an explicit ``--rate``), never below ``floor``.
 
 Concurrency and latency (``ConcurrencyLimit(adaptive=True)``)
@@ -379,6 +380,8 @@ class RateController:
         if self.concurrency is not None and not await self.concurrency.acquire(stopping):
             return False
         if await self._send_slot(stopping):
+            if self.concurrency is not None:
+                self.concurrency.sent()
             return True
         if self.concurrency is not None:
             self.concurrency.release(None, overloaded=False)
@@ -592,8 +595,8 @@ class RateController:
             return
         if limit is None:
             new = rate * SLOW_START
-        elif rate < BACKOFF * limit:
-            new = min(rate * RECOVER, BACKOFF * limit)
+        elif rate < limit:
+            new = min(rate * RECOVER, limit)
         elif rate < PAST * limit:
             new = rate + CREEP * limit
         else:
@@ -690,6 +693,14 @@ class ConcurrencyLimit:
         self._started[self._taken] = time.monotonic()
         _SLOT.set(self._taken)
         return True
+
+    def sent(self) -> None:
+        """The current task's request goes out now (it may have waited for a
+        send slot since it took its slot in flight): whether the server holds
+        it is counted from here, not from a wait of the client's own."""
+        slot = _SLOT.get()
+        if self._started.pop(slot, None) is not None:
+            self._started[slot] = time.monotonic()  # (last: the oldest stay first)
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
