@@ -183,3 +183,22 @@ def test_a_cut_that_was_not_enough_is_measured_again() -> None:
     limiter._test.served, limiter._test.throttled = 40, 20  # 60 answers in a second at 60/s
     limiter._judge(now)
     assert limiter.rate is not None and limiter.rate <= 40.0
+
+
+def test_slow_start_takes_a_limit_overshot_but_not_two_429s_in_ten_for_one() -> None:
+    """At 20/s a quarter window holds five answers: two 429s among the last ten
+    are common 5% noise (and cost a pause and a three-second test at the run's
+    lowest rate); a third of twenty refused at once is a limit overshot."""
+    noisy = RateController(rate=20.0, window=1.0)
+    index = noisy._bucket(100.0)
+    served = (3, 2, 3, 2, 3, 3, 1, 1)  # a window at 20/s, two of its last five answers refused
+    for bucket, count in zip(range(index - 7, index + 1), served, strict=True):
+        for column in [1] * count + ([2] if bucket >= index - 1 else []):
+            noisy._count(bucket / 8 + 0.001, column)
+    assert noisy._span(index - 7, index) == (0, 18, 2)
+    assert not noisy._overshot(index)
+    overshot = RateController(rate=80.0, window=1.0)
+    for bucket in range(index - 1, index + 1):  # the last quarter window at 80/s: 20 answers, 7 refused
+        for column in [1] * 6 + [2] * 4 if bucket == index else [1] * 7 + [2] * 3:
+            overshot._count(bucket / 8 + 0.001, column)
+    assert overshot._overshot(index)
