@@ -60,12 +60,11 @@ only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
 "slow start" doubles the rate every quarter window (and lifts it once it
 no longer binds: the requests in flight pace the run until a 429); below
-the measured limit it returns there by x1.2 a window (the cut's 97% was
-the test; once confirmed, the limit is held as a known one is, GUARD under
-it); past it, it creeps by 0.25% of it a window (a probe past the limit
-every ~16 windows, answered by a cut without a pause); well past it with
-no 429, the limit has gone up: +5% a window. Never above ``ceiling`` (the
-vendor's documented limit or an explicit ``--rate``), never below ``floor``.
+97% of the measured limit it returns there by x1.2 a window; near it, it
+creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
+answered by a cut without a pause); well past it with no 429, the limit
+has gone up: +5% a window. Never above ``ceiling`` (the vendor's documented
+limit or an explicit ``--rate``), never below ``floor``.
 
 Concurrency and latency (``ConcurrencyLimit(adaptive=True)``)
 -------------------------------------------------------------
@@ -595,8 +594,8 @@ class RateController:
             return
         if limit is None:
             new = rate * SLOW_START
-        elif rate < limit:
-            new = min(rate * RECOVER, limit)
+        elif rate < BACKOFF * limit:
+            new = min(rate * RECOVER, BACKOFF * limit)
         elif rate < PAST * limit:
             new = rate + CREEP * limit
         else:
