@@ -29,17 +29,26 @@ down to nothing (the "death spiral" of issue 11):
   server's own window emptied with it.
 * **Noise is learned.** A 429 is evidence when the window's 429s exceed what
   the learned noise share explains (three standard deviations over it; with
-  no noise learned, any 429 is; while slow start climbs below the ceiling,
-  only two or more that are a fifth of the last quarter window's answers: a
-  limit overshot refuses everything in flight at once). Evidence pauses every worker for
-  the Retry-After and cuts the rate to 97% of what the server served in its
-  best recent window (never below that: what it served, it can serve).
+  no noise learned, any 429 is). While slow start climbs below the ceiling,
+  a limit overshot refuses a large share at once: 429s are evidence only
+  when they are a fifth of the latest answers (the last quarter window, or
+  as much of the last window as holds 20 answers) and more than a 5% noise
+  explains (at 20/s, two 429s among ten answers are common noise: taken for
+  a limit, they cost a pause and a test at the lowest rate of the run).
+  Evidence pauses every worker for the Retry-After and cuts the rate to 97%
+  of what the server served in its best recent window (never below that:
+  what it served, it can serve).
 * **A cut is a test.** After a cut, the next window (and enough answers to
   see a 5% noise) shows whether the 429s went away. If they did (no more
   than the noise learned explains), the limit is confirmed (the measured
   limit). If they kept coming at the lower pace, they were not about our
   pace: the old rate is restored, slow start may climb again, and their
-  share becomes the noise level.
+  share becomes the noise level. If more than a quarter were still refused
+  while the requests went at the new rate, the cut was not enough: the rate
+  goes under what was served since. Only then: a run's last rows, sent one
+  by one as they come back from their retries, are served slowly because
+  they are few, not because of a limit (measuring them as one drove the
+  rate of a run's tail to 1/s).
 * **A limit is forgotten** when 429s come while the server serves clearly
   less than the limit it showed (they are not about our pace either).
 * **Echoes.** 429s for requests sent before the last cut are echoes of the
@@ -53,9 +62,9 @@ slow answers shows nothing about the server): with no limit measured,
 no longer binds: the requests in flight pace the run until a 429); below
 97% of the measured limit it returns there by x1.2 a window; near it, it
 creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
-answered by a cut without a pause); well past it with no 429, the limit has gone up: +5% a
-window. Never above ``ceiling`` (the
-vendor's documented limit or an explicit ``--rate``), never below ``floor``.
+answered by a cut without a pause); well past it with no 429, the limit
+has gone up: +5% a window. Never above ``ceiling`` (the vendor's documented
+limit or an explicit ``--rate``), never below ``floor``.
 
 Concurrency and latency (``ConcurrencyLimit(adaptive=True)``)
 -------------------------------------------------------------
@@ -71,9 +80,18 @@ when the latency grows (the server is queueing). Overload answers (502, 503,
 504, timeouts) shrink it by a fifth only when their share exceeds what the
 recent windows showed (a server that answers 10% 503 whatever the load is
 noisy, not full). Medians ignore the few replies a server holds for seconds,
-and those stop counting against the limit after a second; the event loop's
-own delay is taken out of the latency (a client short of CPU is not a server
-queueing).
+and those stop counting against the limit after a quarter second (or twenty
+times the lowest latency, if more); the event loop's own delay is taken out
+of the latency (a client short of CPU is not a server queueing).
+
+Workers and retries
+-------------------
+
+A row waiting out a Retry-After or a backoff gives its slot in flight back
+but keeps its worker, so an adaptive run starts ``WORKERS_PER_SLOT`` workers
+for each slot it may reach: under issue 11's fault mix a row spends far
+longer waiting than in flight, and 128 workers capped the run at a third of
+its fault-free rate with slots to spare.
 """
 
 from __future__ import annotations
@@ -149,9 +167,14 @@ MIN_SAMPLES = 10
 BASE_MEMORY = 30.0
 #: Concurrency: a request in flight this long (seconds; or this many times the lowest
 #: latency, if more) is held by the server, not queued: it stops counting against the limit.
-HELD, HELD_FACTOR = 1.0, 20.0
+#: (At a second, 2% of replies held 2 s by a 5-ms server took three slots in four.)
+HELD, HELD_FACTOR = 0.25, 20.0
 #: The most requests in flight an adaptive run reaches (and workers the engine starts).
 MAX_CONCURRENCY = 128
+#: Workers per slot in flight of an adaptive run: a row waiting out a Retry-After
+#: or a backoff keeps its worker but not its slot (under issue 11's fault mix a
+#: row spends some 25x longer waiting than in flight).
+WORKERS_PER_SLOT = 4
 #: With a documented rate ceiling, requests in flight beyond this many seconds of it are pointless.
 CEILING_SECONDS = 8.0
 #: Answers that say the server (or a gateway before it) is overloaded.
@@ -356,6 +379,8 @@ class RateController:
         if self.concurrency is not None and not await self.concurrency.acquire(stopping):
             return False
         if await self._send_slot(stopping):
+            if self.concurrency is not None:
+                self.concurrency.sent()
             return True
         if self.concurrency is not None:
             self.concurrency.release(None, overloaded=False)
@@ -449,15 +474,8 @@ class RateController:
         if not _excess(throttled, served + throttled, self.stats.noise):
             return
         climbing = limit is None and (self.ceiling is None or (self.rate or 0.0) < self.ceiling)
-        if climbing:
-            # while slow start climbs, a limit overshot shows as many 429s at once
-            _, served_now, throttled_now = self._span(index - BUCKETS // 4 + 1, index)
-            if (
-                throttled_now < 2
-                or throttled_now < SUSPECT * (served_now + throttled_now)
-                or served + throttled < TEST_ANSWERS / 2
-            ):
-                return
+        if climbing and not self._overshot(index):
+            return
         if limit is None or (self.rate or math.inf) > PAST * limit:
             # a probe just past a known limit needs no pause: the cut below
             # it is enough (and the probe's own requests wait their Retry-After)
@@ -468,6 +486,24 @@ class RateController:
         resume = max(now, self._paused_until)
         self._test = _Test(self.rate, limit, throttled / max(1, served + throttled), resume, index)
         self._cut(index)
+
+    def _overshot(self, index: int) -> bool:
+        """While slow start climbs: whether the latest answers (the last quarter
+        window, or as much of the last window as holds TEST_ANSWERS) show a
+        limit overshot, which refuses a large share of them at once, rather
+        than noise (taken to be at least NOISE_SEEN until one is learned: at
+        20/s, two 429s among ten answers are common noise)."""
+        first = index - BUCKETS // 4 + 1
+        _, served, throttled = self._span(first, index)
+        while served + throttled < TEST_ANSWERS and first > index - BUCKETS + 1:
+            first -= 1
+            _, served, throttled = self._span(first, index)
+        answers = served + throttled
+        return (
+            answers >= TEST_ANSWERS
+            and throttled >= SUSPECT * answers
+            and _excess(throttled, answers, max(self.stats.noise, NOISE_SEEN))
+        )
 
     def _pause(self, now: float, retry_after: float | None) -> None:
         if retry_after:
@@ -506,16 +542,21 @@ class RateController:
             return
         self._test = None
         share = throttled / max(1, answers)
-        if share > MAX_NOISE:
+        elapsed = max(now - test.resume, self.window)
+        # the requests after the cut went at its rate: not held back by a run
+        # with few rows left (its tail) or by the requests in flight, which
+        # would make what the server served look like its limit
+        paced = answers >= USED * (self.rate or 0.0) * elapsed
+        if share > MAX_NOISE and paced:
             # still refused at a high share: the cut was not enough (a fixed
             # window lets up to twice its limit through across its edge)
-            served_rate = served / max(now - test.resume, self.window)
+            served_rate = served / elapsed
             self.stats.limit = served_rate
             self.rate = max(self.floor, min(BACKOFF * (self.rate or served_rate), BACKOFF * served_rate))
         elif throttled > answers * self.stats.noise + 1:
             # the 429s kept coming at the lower pace: not (only) about our pace
             noise = self.stats.noise
-            self.stats.noise = share if noise == 0 else (noise + share) / 2
+            self.stats.noise = min(MAX_NOISE, share if noise == 0 else (noise + share) / 2)
             self.stats.forgiven += 1
             self.rate = test.previous_rate
             # a limit measured at this level may have been noise too: climb again
@@ -652,6 +693,14 @@ class ConcurrencyLimit:
         _SLOT.set(self._taken)
         return True
 
+    def sent(self) -> None:
+        """The current task's request goes out now (it may have waited for a
+        send slot since it took its slot in flight): whether the server holds
+        it is counted from here, not from a wait of the client's own."""
+        slot = _SLOT.get()
+        if self._started.pop(slot, None) is not None:
+            self._started[slot] = time.monotonic()  # (last: the oldest stay first)
+
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.cancel()
@@ -746,7 +795,9 @@ class ConcurrencyLimit:
 class Pacing:
     """A run's pacing: the rate controller (what the client takes as its
     ``limiter``; it holds the concurrency limit too) and how many workers
-    the engine starts (enough for the highest concurrency it may reach)."""
+    the engine starts: with adaptive concurrency, WORKERS_PER_SLOT for each
+    request it may have in flight, since a row waiting out a Retry-After or
+    a backoff keeps its worker but gives its slot back."""
 
     rate: RateController
     concurrency: ConcurrencyLimit
@@ -787,4 +838,7 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
     controller = RateController(
         rate=controller_rate, ceiling=controller_ceiling, adaptive=True, window=window, concurrency=concurrency
     )
-    return Pacing(controller, concurrency, concurrency.maximum)
+    # workers wait out their own retries (Retry-After, backoff) without a slot
+    # in flight: enough of them that those waits do not bind before the limit
+    workers = concurrency.maximum * (WORKERS_PER_SLOT if concurrency.adaptive else 1)
+    return Pacing(controller, concurrency, workers)

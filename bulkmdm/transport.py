@@ -287,7 +287,7 @@ class Client:
         )
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        attempt = 0
+        attempt = throttled = 0  # tries, and the 429s among them (a budget of their own)
         renewed = waited_window = False
         last: Response | TransportError | None = None
         while True:
@@ -296,11 +296,11 @@ class Client:
                 return _give_up(last, req)
             result = await self._paced_attempt(req, attempt)
             if isinstance(result, _Failure):
-                settled = await self._after_failure(req, result, attempt, idempotent, verify)
+                settled = await self._after_failure(req, result, attempt, idempotent, verify, attempt - throttled)
                 if settled is not None:
                     return settled
                 last = result.error
-                await self._pause(self.retry.backoff(attempt))
+                await self._pause(self.retry.backoff(attempt - throttled))
                 continue
             if self.auth.refused(result.status, result.body) and not req.credential:
                 if renewed or not await self.auth.renew(self):
@@ -313,12 +313,13 @@ class Client:
                 attempt -= 1
                 continue
             try:
-                wait, note = self._retry_wait(req, result, attempt, waited_window)
+                wait, note = self._retry_wait(req, result, attempt, waited_window, throttled)
             except QuotaExhausted:
                 if self.quota is None or not self.quota.wait:
                     raise
                 self.quota.refused_by_server()  # the next attempt holds until the quota resets
-                attempt, waited_window, last = 0, False, result  # a new day starts the attempts afresh
+                # a new day starts the attempts afresh
+                attempt, throttled, waited_window, last = 0, 0, False, result
                 continue
             if wait is None:
                 if result.status == 429 and self._stopping():
@@ -326,6 +327,7 @@ class Client:
                 if result.ok:
                     self.limiter.succeeded()
                 return replace(result, note=note) if note else result
+            throttled += result.status == 429
             last = result
             waited_window = wait >= (self.retry.throttle_wait or float("inf"))
             await self._pause(wait)
@@ -487,10 +489,14 @@ class Client:
             self.answered_ok = True  # a real answer: from here on, failures are the MDM's, not the set-up's
         return Response(status, body, headers, attempt)
 
-    def _retry_wait(self, req: _Request, resp: Response, attempt: int, waited_window: bool) -> tuple[float | None, str]:
-        """Seconds to wait before the next attempt, or None: this answer is final (and why, if early)."""
+    def _retry_wait(
+        self, req: _Request, resp: Response, attempt: int, waited_window: bool, throttled: int
+    ) -> tuple[float | None, str]:
+        """Seconds to wait before the next attempt, or None: this answer is final (and why, if early).
+        ``throttled``: the 429s before this answer (retry.py: a budget and a wait of their own)."""
         policy = self.retry
-        if not policy.retries(req.method, resp.status) or attempt >= policy.attempts or self._stopping():
+        tries = throttled + 1 if resp.status == 429 else attempt - throttled
+        if not policy.retries(req.method, resp.status) or tries >= policy.attempts or self._stopping():
             return None, ""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if retry_after is not None and retry_after > policy.max_wait:
@@ -499,7 +505,7 @@ class Client:
                 f"{_duration(policy.max_wait)} bulkmdm waits"
             )
         if resp.status != 429:
-            return (retry_after if retry_after is not None else policy.backoff(attempt)), ""
+            return (retry_after if retry_after is not None else policy.backoff(tries)), ""
         if retry_after is None and policy.throttle_wait is not None:
             if waited_window:
                 raise QuotaExhausted(
@@ -510,12 +516,13 @@ class Client:
                     status=429,
                 )
             retry_after = policy.throttle_wait
-        # a 429 is the limiter's business: the pause it sets holds every worker
+        # this request waits either way; whether the 429 is evidence of a limit
+        # (a pause for every worker) is the limiter's business
         self.limiter.throttled(retry_after)
-        return (retry_after if retry_after is not None else policy.backoff(attempt) / 4), ""
+        return (retry_after if retry_after is not None else policy.backoff(tries) / 4), ""
 
     async def _after_failure(
-        self, req: _Request, failure: _Failure, attempt: int, idempotent: bool, verify: Verify | None
+        self, req: _Request, failure: _Failure, attempt: int, idempotent: bool, verify: Verify | None, failures: int
     ) -> Response | None:
         """Raise, settle (a verified change), or None: worth another attempt."""
         error = failure.error
@@ -536,7 +543,7 @@ class Client:
         # Until the MDM has answered once, a connection that fails is most
         # likely a wrong --url: two tries, not the whole retry budget.
         attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
-        if attempt >= attempts or self._stopping():
+        if failures >= attempts or self._stopping():
             raise error
         return None
 

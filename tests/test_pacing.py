@@ -7,13 +7,14 @@ wide margins, not on timings."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
 
-from bulkmdm.limits import MAX_CONCURRENCY, ConcurrencyLimit, RateController, for_run
+from bulkmdm.limits import MAX_CONCURRENCY, WORKERS_PER_SLOT, ConcurrencyLimit, RateController, _Test, for_run
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
@@ -132,11 +133,13 @@ def test_for_run_reads_the_vendor_and_the_flags() -> None:
     duo = for_run(None, None, provider("duostation"))
     assert duo.rate.rate == provider("duostation").default_rate
     assert duo.rate.ceiling is None  # no documented limit: no ceiling
-    assert duo.concurrency.adaptive and duo.workers == MAX_CONCURRENCY
+    assert duo.concurrency.adaptive and duo.concurrency.maximum == MAX_CONCURRENCY
+    # rows waiting out a Retry-After or a backoff hold a worker, not a slot in flight
+    assert duo.workers == WORKERS_PER_SLOT * MAX_CONCURRENCY
     me = for_run(None, None, provider("manageengine"))
     assert me.rate.ceiling == pytest.approx(100 / 60)
     assert me.rate.window == getattr(provider("manageengine"), "rate_window", 1.0)
-    assert me.workers < MAX_CONCURRENCY  # 100/min needs few in flight
+    assert me.concurrency.maximum < MAX_CONCURRENCY  # 100/min needs few in flight
     fixed = for_run("20/s", 5, provider("duostation"))
     assert fixed.rate.rate == fixed.rate.ceiling == 20
     assert not fixed.concurrency.adaptive and fixed.workers == 5
@@ -154,3 +157,48 @@ def test_a_window_of_a_minute_measures_per_minute() -> None:
     limiter._cut(limiter._bucket(61.0))
     assert limiter.stats.limit == pytest.approx(90 / 60)
     assert limiter.rate is not None and limiter.rate >= 0.9 * 90 / 60 * 0.95
+
+
+def test_a_test_in_a_runs_tail_does_not_measure_its_few_rows_as_a_limit() -> None:
+    """A cut whose test saw a run's last rows (few requests, some 429s among
+    them) shows nothing about the server's pace: what those few rows were
+    served is not taken for the limit (it drove the rest of a run to 1 row/s)."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate = 900.0  # just cut from no limit
+    now = time.monotonic()
+    limiter._test = _Test(None, None, share=0.1, resume=now - 4.5, cut_bucket=limiter._bucket(now - 4.6))
+    limiter._test.served, limiter._test.throttled = 8, 4  # a third refused, but only 12 answers in 4.5 s
+    limiter._judge(now)
+    assert limiter.rate is None or limiter.rate >= 900.0
+    assert limiter.stats.noise <= 0.25
+
+
+def test_a_cut_that_was_not_enough_is_measured_again() -> None:
+    """The same share refused while the requests went at the new rate: the
+    cut was not enough, and the rate goes under what was served since."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate = 60.0
+    now = time.monotonic()
+    limiter._test = _Test(None, None, share=0.3, resume=now - 1.0, cut_bucket=limiter._bucket(now - 1.1))
+    limiter._test.served, limiter._test.throttled = 40, 20  # 60 answers in a second at 60/s
+    limiter._judge(now)
+    assert limiter.rate is not None and limiter.rate <= 40.0
+
+
+def test_slow_start_takes_a_limit_overshot_but_not_two_429s_in_ten_for_one() -> None:
+    """At 20/s a quarter window holds five answers: two 429s among the last ten
+    are common 5% noise (and cost a pause and a three-second test at the run's
+    lowest rate); a third of twenty refused at once is a limit overshot."""
+    noisy = RateController(rate=20.0, window=1.0)
+    index = noisy._bucket(100.0)
+    served = (3, 2, 3, 2, 3, 3, 1, 1)  # a window at 20/s, two of its last five answers refused
+    for bucket, count in zip(range(index - 7, index + 1), served, strict=True):
+        for column in [1] * count + ([2] if bucket >= index - 1 else []):
+            noisy._count(bucket / 8 + 0.001, column)
+    assert noisy._span(index - 7, index) == (0, 18, 2)
+    assert not noisy._overshot(index)
+    overshot = RateController(rate=80.0, window=1.0)
+    for bucket in range(index - 1, index + 1):  # the last quarter window at 80/s: 20 answers, 7 refused
+        for column in [1] * 6 + [2] * 4 if bucket == index else [1] * 7 + [2] * 3:
+            overshot._count(bucket / 8 + 0.001, column)
+    assert overshot._overshot(index)
