@@ -55,6 +55,8 @@ down to nothing (the "death spiral" of issue 11):
   overload already acted on; they do not cut again. Slots handed out before
   a cut are handed out again at the new rate, after the pause.
 
+Slots already handed out are handed out again at the new spacing when the
+rate goes up (a big pool reserves seconds of slots at a slow start's rate).
 Increases come after each round's worth of answers at the current rate, and
 only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
@@ -151,8 +153,10 @@ MAX_NOISE = 0.25
 #: Standard deviations of the noise share that a window's 429s must exceed to be evidence.
 SIGMAS = 3.0
 
-#: Concurrency: latency up to TOLERANCE x the minimum counts as "not queueing".
-TOLERANCE = 1.25
+#: Concurrency: latency up to TOLERANCE x the minimum counts as "not queueing"
+#: (Gradient2's rttTolerance default; at 1.25 a fast server's own jitter held the
+#: limit near 30 in flight: 28x the naive script instead of 35x, same capacity figure).
+TOLERANCE = 1.5
 #: Concurrency: an answer waits about this many rounds of the event loop here before it is read.
 LAG_FACTOR = 2.0
 #: Concurrency: requests allowed to queue at the server, x sqrt(limit) (what the limit grows by).
@@ -322,6 +326,9 @@ class RateController:
         self._paused_until = 0.0
         #: bumped on every cut: slots and answers from before it are stale
         self._generation = 0
+        #: bumped on every raise: slots handed out at the old spacing are handed out again
+        self._spacing = 0
+        self._respaced: asyncio.Event | None = None
         self._pauses = _Pauses()
         #: bucket index -> [sent, served, throttled], by send time
         self._buckets: dict[int, list[int]] = {}
@@ -397,14 +404,40 @@ class RateController:
             slot = max(now, self._next, self._paused_until)
             if self.rate is not None:
                 self._next = slot + (1.0 + GUARD) / self.rate
-            generation = self._generation
-            if slot > now and not await sleep_unless(slot - now, stopping):
+            generation, spacing = self._generation, self._spacing
+            if slot > now and not await self._sleep(slot - now, stopping):
                 return False
-            if generation == self._generation:
+            if generation == self._generation and spacing == self._spacing:
                 self._took(max(slot, time.monotonic()) if slot > now else now, generation)
                 return True
             # A cut came while this request waited: its slot belonged to the
-            # schedule before the cut. Take one from the new schedule.
+            # schedule before the cut (or a raise: to the old spacing, which
+            # would hold a big pool's reserved slots seconds behind the new
+            # rate). Take one from the new schedule.
+
+    async def _sleep(self, seconds: float, stopping: Callable[[], bool] | None) -> bool:
+        """Sleep until a slot, or until a raise re-spaces the slots (True); False once ``stopping``."""
+        if self._respaced is None:
+            self._respaced = asyncio.Event()
+        respaced = self._respaced
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if stopping is not None and stopping():
+                return False
+            try:
+                await asyncio.wait_for(respaced.wait(), min(left, 0.25))
+                return True
+            except TimeoutError:
+                continue
+        return stopping is None or not stopping()
+
+    def _respace(self) -> None:
+        """The rate went up: slots already handed out are handed out again at the new spacing."""
+        self._spacing += 1
+        self._next = min(self._next, time.monotonic())
+        if self._respaced is not None:
+            self._respaced.set()
+            self._respaced = None
 
     def _took(self, at: float, generation: int) -> None:
         _SENT.set((at, generation))
@@ -591,6 +624,7 @@ class RateController:
                 # longer binds, so it is lifted (no timer per request) until a
                 # 429 shows a limit; the requests in flight pace the run
                 self.rate = None
+                self._respace()
             return
         if limit is None:
             new = rate * SLOW_START
@@ -605,6 +639,7 @@ class RateController:
         if new > rate:
             self.rate = new
             self.stats.raises += 1
+            self._respace()
 
 
 @dataclass(slots=True)

@@ -11,10 +11,10 @@ circuit breaker sees the MDM refuse change after change the same way or go
 away; the rows left unsent are ``not-run``. A second Ctrl-C abandons the
 requests in flight (their rows are ``unknown``).
 
-A real run starts with a canary: one worker sends the first few batches
-alone, and the pool widens to ``concurrency`` only once they show that not
-every change is refused the same way; a job that is wrong throughout is
-caught before it fans out. Canary and breaker look only at Outcomes
+A real run starts with a canary: one worker sends the first batches alone,
+and the pool widens to ``concurrency`` once a change succeeds, or once
+``CANARY_BATCHES`` batches show that not every change is refused the same
+way; a job that is wrong throughout is caught before it fans out. Canary and breaker look only at Outcomes
 (status, HTTP status, detail), so they need nothing from the providers.
 """
 
@@ -42,7 +42,7 @@ CREDENTIALS_REFUSED = (
 )
 
 
-#: batches the canary sends alone before the pool widens
+#: batches the canary sends alone (one at a time) before the pool widens, unless one succeeds first
 CANARY_BATCHES = 3
 #: batches in a row refused the same way (or without an answer) that stop the run
 BREAKER_BATCHES = 20
@@ -315,7 +315,11 @@ class Scheduler:
                 f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
                 "Fix that, then run the same command again to continue."
             )
-        elif self.batches_done >= CANARY_BATCHES and self.breaker.streak < self.batches_done:
+        elif self.breaker.streak < self.batches_done and (
+            # a change made shows the job is not wrong throughout: the canary's
+            # other batches need not be waited out (each fault of theirs, one at a time)
+            self.batches_done >= CANARY_BATCHES or any(o.status is Status.SUCCEEDED for o in outcomes)
+        ):
             self.widened.set()
 
     async def _send(self, batch: Sequence[Step], send: Send, writes: GroupCommit) -> list[Outcome]:

@@ -202,3 +202,17 @@ def test_slow_start_takes_a_limit_overshot_but_not_two_429s_in_ten_for_one() -> 
         for column in [1] * 6 + [2] * 4 if bucket == index else [1] * 7 + [2] * 3:
             overshot._count(bucket / 8 + 0.001, column)
     assert overshot._overshot(index)
+
+
+async def test_a_raise_hands_out_the_slots_already_reserved_again_at_the_new_spacing() -> None:
+    # 20 requests waiting at 2/s have reserved 10 s of slots; once the rate is 200/s they
+    # go at the new spacing (what slow start does with a pool of hundreds of workers)
+    controller = RateController(rate=2.0, adaptive=False)
+    started = time.monotonic()
+    waiting = [asyncio.ensure_future(controller.acquire()) for _ in range(20)]
+    await asyncio.sleep(0.3)
+    assert sum(task.done() for task in waiting) <= 2
+    controller.rate = 200.0
+    controller._respace()
+    assert all(await asyncio.wait_for(asyncio.gather(*waiting), 5))
+    assert time.monotonic() - started < 3
