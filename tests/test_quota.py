@@ -209,3 +209,13 @@ def test_the_command_line_takes_wait_for_quota(sim: SimServer, tmp_path: Path, r
     res = run_cli(args, env=env)  # without it: what does not fit today is not-run, for tomorrow
     assert res.exit_code == 1 and "not-run" in {r["status"] for r in res.report}
     assert "--wait-for-quota" in (run_cli(["run", "--help"]).output)
+
+
+async def test_a_spent_quota_stops_a_run_that_does_not_wait_before_the_call() -> None:
+    from bulkmdm.errors import QuotaExhausted
+
+    day_quota = DayQuota(5, used=5, vendor="manageengine")
+    with pytest.raises(QuotaExhausted) as info:
+        await day_quota.take(lambda: False)
+    assert "manageengine's 5 API calls for today" in str(info.value) and "--wait-for-quota" in str(info.value)
+    assert day_quota.used == 5 and not day_quota.sent
