@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +23,58 @@ from bulkmdm.cli import main
 from bulkmdm.sim.common import SimServer
 
 CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for a ``bulkmdm`` subprocess: no BULKMDM_ variable of the
+    caller's, the simulators' credentials, a journal folder of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
+    env.update(CREDS, BULKMDM_STATE_DIR=str(tmp_path / "state"), **extra)
+    return env
+
+
+def run_cmd(job: Path, url: str, *extra: str) -> list[str]:
+    """``bulkmdm run JOB`` against DuoSTATION at ``url``, as a subprocess's argv."""
+    return [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", url, *extra]
+
+
+def on_terminal(
+    args: list[str], env: dict[str, str], *, answer: str | None = None, timeout: float = 60
+) -> tuple[int, str, float]:
+    """Run a command on a pseudo-terminal; at its prompt type ``answer``, or
+    (``answer`` None) press Ctrl-C. Returns the exit code, the screen text and
+    the seconds from the prompt to the exit."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = b""
+    asked_at = 0.0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if not asked_at and b"Type" in seen and seen.rstrip().endswith(b":"):
+                    asked_at = time.monotonic()
+                    if answer is None:
+                        proc.send_signal(signal.SIGINT)  # what Ctrl-C on its terminal sends
+                    else:
+                        os.write(master, answer.encode() + b"\r")
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return proc.returncode, seen.decode(errors="replace"), time.monotonic() - asked_at
 
 
 @pytest.fixture(autouse=True)

@@ -4,44 +4,20 @@ simulator's side."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CREDS, read_report, unique_devices, wait_for, write_csv
+from conftest import cli_env, read_report, run_cmd, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import make_app
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
-    env.update(CREDS)
-    env["BULKMDM_STATE_DIR"] = str(tmp_path / "state")
-    return env
-
-
 def _cmd(job: Path, url: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bulkmdm",
-        "run",
-        str(job),
-        "--provider",
-        "duostation",
-        "--url",
-        url,
-        "--rate",
-        "none",
-        "--concurrency",
-        "8",
-        *extra,
-    ]
+    return run_cmd(job, url, "--rate", "none", "--concurrency", "8", *extra)
 
 
 def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
@@ -52,7 +28,7 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -
         tag_id = sim.call(lambda: st.add_tag({"name": "Läsår 2027"}))
         devices = unique_devices(sim, 3000)
         job = write_csv(tmp_path / "rollout.csv", [["serial", "tag"], *[[s, "Läsår 2027"] for s, _ in devices]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "tag"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -110,7 +86,7 @@ def test_sigkill_during_messages_marks_in_flight_unknown_never_resends(tmp_path:
         st = sim.app["state"]
         devices = unique_devices(sim, 1000)
         job = write_csv(tmp_path / "msg.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "message"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -156,7 +132,7 @@ def test_ctrl_c_writes_report_exits_130_and_resumes(tmp_path: Path) -> None:
         st = sim.app["state"]
         devices = unique_devices(sim, 2000)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -186,7 +162,7 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
     with SimServer(make_app(devices=100, seed=6)) as sim:
         devices = unique_devices(sim, 5)
         job = write_csv(tmp_path / "m.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         # a run that dies before finishing leaves rows pending; simulate by stopping at a 401
         first = subprocess.run(
             _cmd(job, sim.url, "--action", "message"), env=env, capture_output=True, text=True, timeout=60
@@ -204,7 +180,7 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
         sim.faults.update({"latency": 0.2, "mutating_only": True})
         devices = unique_devices(sim, 100)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -237,7 +213,7 @@ def test_429_with_retry_after_is_waited_out(tmp_path: Path) -> None:
         st = sim.app["state"]
         job = write_csv(tmp_path / "t.csv", [["serial", "tag"], *[[s, "Musik"] for s, _ in devices]])
         res = subprocess.run(
-            _cmd(job, sim.url, "--action", "tag"), env=_env(tmp_path), capture_output=True, text=True, timeout=120
+            _cmd(job, sim.url, "--action", "tag"), env=cli_env(tmp_path), capture_output=True, text=True, timeout=120
         )
         assert res.returncode == 0, res.stderr
         assert sim.stats.throttled > 0
@@ -256,7 +232,7 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"),
-            env=_env(tmp_path),
+            env=cli_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

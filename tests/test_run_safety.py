@@ -19,21 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CREDS, read_report, unique_devices, wait_for, write_csv
+from conftest import cli_env, read_report, run_cmd, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
-    env.update(CREDS)
-    env["BULKMDM_STATE_DIR"] = str(tmp_path / "state")
-    return env
-
-
-def _cmd(job: Path, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", url, *extra]
 
 
 def _run(args: Sequence[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -57,8 +46,8 @@ def test_a_second_run_of_a_running_job_sends_nothing_and_names_the_holder(tmp_pa
         sim.faults.update({"latency": 0.05, "mutating_only": True})
         devices = unique_devices(sim, 200)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
-        args = _cmd(job, sim.url, "--action", "lock", "--concurrency", "2", "--rate", "none")
+        env = cli_env(tmp_path)
+        args = run_cmd(job, sim.url, "--action", "lock", "--concurrency", "2", "--rate", "none")
         first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: sim.stats.mutating >= 4 or first.poll() is not None)
@@ -90,7 +79,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
         sim.faults.update({"latency": 0.01, "mutating_only": True})
         devices = unique_devices(sim, 400)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices[:300]]])
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
         report = tmp_path / "out" / "locks.csv"
         report.parent.mkdir()
         flags = [
@@ -108,7 +97,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
             str(report),
         ]
         proc = subprocess.Popen(
-            _cmd(job, sim.url, *flags), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            run_cmd(job, sim.url, *flags), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
             wait_for(lambda: sim.stats.mutating >= 40 or proc.poll() is not None)
@@ -142,7 +131,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
         edited = [[s] for s, _ in reversed(devices[:300])] + [[s] for s, _ in devices[300:]]
         with open(job, "w", newline="", encoding="utf-8") as fh:
             fh.write("serial\r\n" + "".join(f"{s}\r\n" for (s,) in edited))
-        again = _run(_cmd(job, sim.url, *flags), env)
+        again = _run(run_cmd(job, sim.url, *flags), env)
         assert again.returncode == 0, again.stderr
         assert f"{done} rows already done are kept, {400 - done} new rows will run" in again.stderr, again.stderr
         assert _locks_per_device(sim, devices) == [1] * 400, "nothing twice, nothing lost"
@@ -157,8 +146,8 @@ def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
         devices = unique_devices(sim, 60)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
-            _cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
-            env=_env(tmp_path),
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
+            env=cli_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -210,8 +199,8 @@ def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path
     with SimServer(make_app(devices=200, seed=24)) as sim:
         devices = unique_devices(sim, 40)
         job = write_csv(tmp_path / "msg.csv", [["serial", "message"], *[[s, "Hej"] for s, _ in devices]])
-        env = _env(tmp_path)
-        args = _cmd(job, sim.url, "--action", "message", "--rate", "2/s", "--concurrency", "8")
+        env = cli_env(tmp_path)
+        args = run_cmd(job, sim.url, "--action", "message", "--rate", "2/s", "--concurrency", "8")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
@@ -239,8 +228,8 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
         sim.faults.update({"latency": 0.02, "mutating_only": True})
         devices = unique_devices(sim, 150)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
-        args = _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "2")
+        env = cli_env(tmp_path)
+        args = run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "2")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: sim.stats.mutating >= 10 or proc.poll() is not None)
@@ -269,8 +258,8 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
 
 def test_a_finished_job_is_not_run_again_by_the_same_command(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]], ["NOPE"]])
-    env = _env(tmp_path)
-    args = _cmd(job, duo.url, "--action", "lock")
+    env = cli_env(tmp_path)
+    args = run_cmd(job, duo.url, "--action", "lock")
     first = _run(args, env)
     assert first.returncode == 1, first.stderr
     report = job.with_name("j.outcome.csv")
@@ -288,10 +277,10 @@ def test_a_finished_job_is_not_run_again_by_the_same_command(duo: Any, tmp_path:
 def test_a_dry_run_never_replaces_the_real_report_and_counts_by_action(duo: Any, tmp_path: Path) -> None:
     free = FACTS["untagged_device"]["serial"]
     job = write_csv(tmp_path / "j.csv", [["serial", "action"], [free, "lock"], [free, "wipe"], ["NOPE", "wipe"]])
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     real = job.with_name("j.outcome.csv")
     real.write_text("serial,status\nX,succeeded\n")
-    dry = _run(_cmd(job, duo.url, "--dry-run"), env)
+    dry = _run(run_cmd(job, duo.url, "--dry-run"), env)
     assert dry.returncode == 1, dry.stderr
     assert real.read_text() == "serial,status\nX,succeeded\n"
     statuses = [r["status"] for r in read_report(job.with_name("j.dryrun.csv"))]
@@ -303,10 +292,10 @@ def test_a_dry_run_never_replaces_the_real_report_and_counts_by_action(duo: Any,
 
 def test_report_names_do_not_grow(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "x.csv", [["serial"], [FACTS["untagged_device"]["serial"]], ["NOPE"]])
-    env = _env(tmp_path)
-    assert _run(_cmd(job, duo.url, "--action", "lock"), env).returncode == 1
+    env = cli_env(tmp_path)
+    assert _run(run_cmd(job, duo.url, "--action", "lock"), env).returncode == 1
     report = tmp_path / "x.outcome.csv"
-    again = _run(_cmd(report, duo.url, "--action", "lock"), env)
+    again = _run(run_cmd(report, duo.url, "--action", "lock"), env)
     assert again.returncode == 1, again.stderr
     assert not (tmp_path / "x.outcome.outcome.csv").exists()
     assert [r["status"] for r in read_report(report)] == ["succeeded", "failed"]
@@ -317,7 +306,7 @@ def test_report_names_do_not_grow(duo: Any, tmp_path: Path) -> None:
 def test_report_naming_the_job_itself_is_refused(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
     before = job.read_bytes()
-    res = _run(_cmd(job, duo.url, "--action", "lock", "--report", str(job)), _env(tmp_path))
+    res = _run(run_cmd(job, duo.url, "--action", "lock", "--report", str(job)), cli_env(tmp_path))
     assert res.returncode == 2, res.stderr
     assert "job file itself" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert job.read_bytes() == before and duo.stats.requests == 0
@@ -325,11 +314,11 @@ def test_report_naming_the_job_itself_is_refused(duo: Any, tmp_path: Path) -> No
 
 def test_a_report_replacing_an_earlier_one_keeps_its_permissions(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
-    env = _env(tmp_path)
-    assert _run(_cmd(job, duo.url, "--action", "lock"), env).returncode == 0
+    env = cli_env(tmp_path)
+    assert _run(run_cmd(job, duo.url, "--action", "lock"), env).returncode == 0
     report = tmp_path / "j.outcome.csv"
     os.chmod(report, 0o640)
-    assert _run(_cmd(job, duo.url, "--action", "lock", "--fresh"), env).returncode == 0
+    assert _run(run_cmd(job, duo.url, "--action", "lock", "--fresh"), env).returncode == 0
     assert stat.S_IMODE(report.stat().st_mode) == 0o640
 
 
@@ -346,9 +335,9 @@ def _limit_file_size(limit: int) -> Any:
 def test_a_full_disk_while_journaling_is_one_sentence(duo: Any, tmp_path: Path) -> None:
     serial = FACTS["untagged_device"]["serial"]
     job = write_csv(tmp_path / "big.csv", [["serial", "message"], *[[serial, "x" * 200] for _ in range(3000)]])
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     res = subprocess.run(
-        _cmd(job, duo.url, "--action", "message"),
+        run_cmd(job, duo.url, "--action", "message"),
         env=env,
         capture_output=True,
         text=True,
@@ -366,8 +355,8 @@ def test_a_disk_full_mid_run_stops_with_one_sentence_and_nothing_is_sent_twice(t
     with SimServer(make_app(devices=2500, seed=29)) as sim:
         devices = unique_devices(sim, 2000)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
-        args = _cmd(job, sim.url, "--action", "lock", "--rate", "none")
+        env = cli_env(tmp_path)
+        args = run_cmd(job, sim.url, "--action", "lock", "--rate", "none")
         full = subprocess.run(
             args, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size(600 * 1024)
         )
@@ -385,15 +374,15 @@ def test_a_disk_full_mid_run_stops_with_one_sentence_and_nothing_is_sent_twice(t
 
 def test_a_damaged_journal_says_how_to_start_over(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
-    env = _env(tmp_path)
-    assert _run(_cmd(job, duo.url, "--action", "lock"), env).returncode == 0
+    env = cli_env(tmp_path)
+    assert _run(run_cmd(job, duo.url, "--action", "lock"), env).returncode == 0
     journal = tmp_path / "state" / "journal.sqlite3"
     with sqlite3.connect(journal) as db:  # fold the WAL in, so the damage lands in the file that is read
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(journal.read_bytes())
     data[0:4096] = b"\xde\xad\xbe\xef" * 1024
     journal.write_bytes(bytes(data))
-    res = _run(_cmd(job, duo.url, "--action", "lock", "--fresh"), env)
+    res = _run(run_cmd(job, duo.url, "--action", "lock", "--fresh"), env)
     assert res.returncode == 2, res.stderr
     _no_traceback(res.stderr)
     assert str(journal) in res.stderr and "damaged" in res.stderr and "--state-dir" in res.stderr
@@ -420,7 +409,7 @@ def test_a_closed_pipe_on_stdout_is_quiet(tmp_path: Path) -> None:
                 report_path="/r.csv",
                 rows=[],
             )
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     res = subprocess.run(
         f"'{sys.executable}' -m bulkmdm runs --limit 3000 | head -1",
         shell=True,
@@ -457,8 +446,8 @@ def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_
         devices = unique_devices(sim, 400)
         sim.faults.update({"error_rate": 1.0, "error_status": 403, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        env = _env(tmp_path)
-        args = _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8")
+        env = cli_env(tmp_path)
+        args = run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8")
         res = _run(args, env)
         assert res.returncode == 1, res.stderr
         _no_traceback(res.stderr)
@@ -485,8 +474,8 @@ def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
         sim.faults.update({"latency": 0.3, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
-            _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
-            env=_env(tmp_path),
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
+            env=cli_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -511,8 +500,8 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
         devices = unique_devices(sim, 300)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         proc = subprocess.Popen(
-            _cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
-            env=_env(tmp_path),
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "16"),
+            env=cli_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -577,8 +566,8 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
 
 def test_a_lock_whose_process_id_was_taken_by_a_newer_process_does_not_block(duo: Any, tmp_path: Path) -> None:
     job = write_csv(tmp_path / "j.csv", [["serial"], [FACTS["untagged_device"]["serial"]]])
-    env = _env(tmp_path)
-    args = _cmd(job, duo.url, "--action", "lock")
+    env = cli_env(tmp_path)
+    args = run_cmd(job, duo.url, "--action", "lock")
     assert _run(args, env).returncode == 0
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

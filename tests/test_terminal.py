@@ -3,66 +3,15 @@ declined vs. Ctrl-C), the live bar's rate and ETA, and plain progress lines."""
 
 from __future__ import annotations
 
-import os
-import pty
-import select
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CREDS, write_csv
+from conftest import cli_env, on_terminal, write_csv
 
 from bulkmdm.cli import PlainEvents
 from bulkmdm.model import Outcome, Status
 from bulkmdm.sim.duostation import FACTS
-
-
-def _on_terminal(
-    args: list[str], env: dict[str, str], *, answer: str | None = None, timeout: float = 60
-) -> tuple[int, str, float]:
-    """Run a command on a pseudo-terminal; at its prompt type ``answer``, or
-    (``answer`` None) press Ctrl-C. Returns the exit code, the screen text and
-    the seconds from the prompt to the exit."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    seen = b""
-    asked_at = 0.0
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-                if not asked_at and b"Type" in seen and seen.rstrip().endswith(b":"):
-                    asked_at = time.monotonic()
-                    if answer is None:
-                        proc.send_signal(signal.SIGINT)  # what Ctrl-C on its terminal sends
-                    else:
-                        os.write(master, answer.encode() + b"\r")
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    return proc.returncode, seen.decode(errors="replace"), time.monotonic() - asked_at
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
-    env.update(CREDS, BULKMDM_STATE_DIR=str(tmp_path / "state"), TERM="dumb")
-    return env
 
 
 def _wipe_job(tmp_path: Path) -> Path:
@@ -95,7 +44,7 @@ def _args(job: Path, url: str) -> list[str]:
 
 def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:
     job = _wipe_job(tmp_path)
-    code, text, _ = _on_terminal(_args(job, duo.url), _env(tmp_path), answer="no")
+    code, text, _ = on_terminal(_args(job, duo.url), cli_env(tmp_path, TERM="dumb"), answer="no")
     assert code == 2, text
     assert "This will wipe 2 device(s) or user(s):" in text
     assert "line 2: wipe device FREEIPAD0001 (Elev-iPad 7A)" in text
@@ -105,7 +54,7 @@ def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:
     assert duo.stats.mutating == 0
     assert not job.with_name("wipe.outcome.csv").exists()
     # a declined prompt leaves nothing to resume: the same command asks again
-    code, text, _ = _on_terminal(_args(job, duo.url), _env(tmp_path), answer="2")
+    code, text, _ = on_terminal(_args(job, duo.url), cli_env(tmp_path, TERM="dumb"), answer="2")
     assert code == 1, text  # NOSUCHSERIAL failed
     assert "Resuming" not in text
     assert duo.stats.mutating == 2
@@ -113,12 +62,12 @@ def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:
 
 def test_ctrl_c_at_the_prompt_stops_at_once(duo: Any, tmp_path: Path) -> None:
     job = _wipe_job(tmp_path)
-    code, text, seconds = _on_terminal(_args(job, duo.url), _env(tmp_path), answer=None)
+    code, text, seconds = on_terminal(_args(job, duo.url), cli_env(tmp_path, TERM="dumb"), answer=None)
     assert code == 130, text
     assert seconds < 5, seconds
     assert "Traceback" not in text and "Declined" not in text
     assert duo.stats.mutating == 0
-    code, text, _ = _on_terminal(_args(job, duo.url), _env(tmp_path), answer="0")
+    code, text, _ = on_terminal(_args(job, duo.url), cli_env(tmp_path, TERM="dumb"), answer="0")
     assert "Resuming" not in text
 
 
@@ -126,7 +75,7 @@ def test_the_bar_shows_rate_eta_and_invalid_rows(duo: Any, tmp_path: Path) -> No
     rows = [["action", "serial"], ["lock", FACTS["untagged_device"]["serial"]], ["lock", ""], ["frobnicate", "X"]]
     job = write_csv(tmp_path / "lock.csv", rows)
     args = [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url]
-    code, text, _ = _on_terminal(args, _env(tmp_path), answer="")
+    code, text, _ = on_terminal(args, cli_env(tmp_path, TERM="dumb"), answer="")
     assert code == 1, text
     assert "rows/s" in text and "ETA" in text
     assert "3/3" in text and "2 invalid" in text
