@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import write_csv
+from conftest import CREDS, run_cmd, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.web.app import STATE, WebState, make_app
@@ -235,18 +235,9 @@ async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_pa
         tmp_path / "terminal-job.csv",
         [["action", "serial", "tag"], ["tag", FACTS["untagged_device"]["serial"], "Prov-läge"]],
     )
-    env = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin", "BULKMDM_STATE_DIR": str(served.state.state_dir)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bulkmdm",
-        "run",
-        str(job),
-        "--provider",
-        "duostation",
-        "--url",
-        duo.url,
-        env={**os.environ, **env},
+        *run_cmd(job, duo.url),
+        env={**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(served.state.state_dir)},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
