@@ -738,18 +738,7 @@ class Ivanti(Provider):
             )
             return [planned(s, _planned(s).detail[:-1] + note + ".") for s in steps]
         if not resp.ok or errors:
-            unchecked = [
-                Outcome(
-                    s.index,
-                    Status.UNKNOWN,
-                    _refusal(resp, errors, f"Could not check whether the MDM would {spec.verb} {s.target}"),
-                    resp.status,
-                    resp.attempts,
-                    s.resolved,
-                )
-                for s in steps
-            ]
-            return _Refused(unchecked) if _splittable(resp, errors) else unchecked
+            return _refused(steps, resp, errors, Status.UNKNOWN, f"Could not check whether the MDM would {spec.verb}")
         eligible = _eligible_count(result)
         if eligible is not None and eligible <= 0:
             none = "the MDM's check counts none of them eligible"
@@ -780,18 +769,7 @@ class Ivanti(Provider):
             return [outcome_from_error(s, exc) for s in steps]
         result, errors = _unwrap(resp.body)
         if not resp.ok or errors:
-            refused = [
-                Outcome(
-                    s.index,
-                    Status.FAILED,
-                    _refusal(resp, errors, f"The MDM refused to {spec.verb} {s.target}"),
-                    resp.status,
-                    resp.attempts,
-                    s.resolved,
-                )
-                for s in steps
-            ]
-            return _Refused(refused) if _splittable(resp, errors) else refused
+            return _refused(steps, resp, errors, Status.FAILED, f"The MDM refused to {spec.verb}")
         return _accepted(spec, steps, resp, result)
 
     def _form(self, spec: _Bulk, steps: list[Step]) -> MultiDict[str]:
@@ -943,6 +921,16 @@ def _splittable(resp: Response, errors: str) -> bool:
 
 def _refused_whole(outcomes: list[Outcome]) -> bool:
     return isinstance(outcomes, _Refused)
+
+
+def _refused(steps: Sequence[Step], resp: Response, errors: str, status: Status, what: str) -> list[Outcome]:
+    """Every step of a request refused as a whole, ``status``, "``what`` <target> ...";
+    a :class:`_Refused` when the refusal may be down to one device of it."""
+    outcomes = [
+        Outcome(s.index, status, _refusal(resp, errors, f"{what} {s.target}"), resp.status, resp.attempts, s.resolved)
+        for s in steps
+    ]
+    return _Refused(outcomes) if _splittable(resp, errors) else outcomes
 
 
 def _refusal(resp: Response, errors: str, what: str) -> str:
