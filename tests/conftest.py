@@ -25,6 +25,25 @@ from bulkmdm.sim.common import SimServer
 CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
 
 
+def journal_run(journal: Any, rows: Sequence[Any] = (), **fields: Any) -> int:
+    """A run in ``journal`` (a bulkmdm.journal.Journal) with these rows (NewRow); the
+    fields a test does not name are those of a one-column DuoSTATION job."""
+    defaults: dict[str, Any] = {
+        "identity": "x",
+        "job_path": "/j.csv",
+        "content": "0",
+        "provider": "duostation",
+        "url": "http://h",
+        "action": None,
+        "partition_id": None,
+        "dry_run": False,
+        "headers": ["serial"],
+        "delimiter": ",",
+        "report_path": "/r.csv",
+    }
+    return int(journal.create_run(**{**defaults, **fields}, rows=list(rows)))
+
+
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment for a ``bulkmdm`` subprocess: no BULKMDM_ variable of the
     caller's, the simulators' credentials, a journal folder of the test's own."""

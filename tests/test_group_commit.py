@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from conftest import journal_run
 
 from bulkmdm.errors import JournalError
 from bulkmdm.events import QuietEvents
@@ -32,20 +33,7 @@ class _Ledger:
 
 
 def _run(journal: Journal, rows: int) -> int:
-    return journal.create_run(
-        identity="x",
-        job_path="/j.csv",
-        content="0",
-        provider="duostation",
-        url="http://h",
-        action="lock",
-        partition_id=None,
-        dry_run=False,
-        headers=["serial"],
-        delimiter=",",
-        report_path="/r.csv",
-        rows=[NewRow([f"S{i}"], "lock", f"d{i}", f"S{i}") for i in range(rows)],
-    )
+    return journal_run(journal, [NewRow([f"S{i}"], "lock", f"d{i}", f"S{i}") for i in range(rows)], action="lock")
 
 
 def _states(path: Path) -> dict[int, str]:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from conftest import read_report, write_csv
+from conftest import journal_run, read_report, write_csv
 
 from bulkmdm.journal import SCHEMA_VERSION, Journal, NewRow
 from bulkmdm.model import Outcome, Status
@@ -17,20 +17,7 @@ from bulkmdm.sim.duostation import FACTS
 def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     with Journal(tmp_path / "st") as journal:
         rows = [NewRow(["A"], "lock", "a", "A"), NewRow(["B"], "lock", "b", "B")]
-        run_id = journal.create_run(
-            identity="x",
-            job_path="/j.csv",
-            content="0",
-            provider="duostation",
-            url="http://h",
-            action=None,
-            partition_id=None,
-            dry_run=False,
-            headers=["serial"],
-            delimiter=",",
-            report_path="/r.csv",
-            rows=rows,
-        )
+        run_id = journal_run(journal, rows)
         journal.mark_in_flight(run_id, [0])
         journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
         assert journal.counts(run_id) == {"in_flight": 1, "succeeded": 1}

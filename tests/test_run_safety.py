@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, read_report, run_cmd, unique_devices, wait_for, write_csv
+from conftest import cli_env, journal_run, read_report, run_cmd, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
@@ -395,20 +395,7 @@ def test_a_closed_pipe_on_stdout_is_quiet(tmp_path: Path) -> None:
 
     with Journal(tmp_path / "state") as journal:
         for n in range(3000):
-            journal.create_run(
-                identity=str(n),
-                job_path=f"/jobs/job-{n}.csv",
-                content="",
-                provider="duostation",
-                url="http://127.0.0.1:1",
-                action=None,
-                partition_id=None,
-                dry_run=False,
-                headers=["serial"],
-                delimiter=",",
-                report_path="/r.csv",
-                rows=[],
-            )
+            journal_run(journal, identity=str(n), job_path=f"/jobs/job-{n}.csv", content="", url="http://127.0.0.1:1")
     env = cli_env(tmp_path)
     res = subprocess.run(
         f"'{sys.executable}' -m bulkmdm runs --limit 3000 | head -1",
@@ -529,20 +516,8 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
     from bulkmdm.model import Outcome, Status
 
     def create(journal: Journal, digests: list[str]) -> int:
-        return journal.create_run(
-            identity="job",
-            job_path="/j.csv",
-            content="-".join(digests),
-            provider="duostation",
-            url="http://h",
-            action="lock",
-            partition_id=None,
-            dry_run=False,
-            headers=["serial"],
-            delimiter=",",
-            report_path="/r.csv",
-            rows=[NewRow([d], "lock", d, d) for d in digests],
-        )
+        rows = [NewRow([d], "lock", d, d) for d in digests]
+        return journal_run(journal, rows, identity="job", content="-".join(digests), action="lock")
 
     with Journal(tmp_path / "state") as journal:
         old = create(journal, ["a", "a", "b", "c", "d"])
