@@ -885,31 +885,29 @@ class ManageEngine(Provider):
         retries and split batches. Rows past the budget fail with a note;
         running the report again tomorrow sends them."""
         limit = self.daily_limit
+        opens = self._opens_request(out)
+        total = sum(opens)
         if limit is None or self.settings.wait_for_quota:  # (a waiting run holds at the budget instead)
-            self._needed = self.settings.calls_today + self.client.requests_sent + self._sends(out)
+            self._needed = self.settings.calls_today + self.client.requests_sent + total
             return out
         lookups = self.client.requests_sent
         earlier = self.settings.calls_today
         room = limit - max(10, limit // 50) - lookups - earlier
         self._needed = earlier + lookups
-        size = self.batch_size()
-        #: batch key -> (steps in it so far, whether its current batch fits)
-        open_batches: dict[Any, tuple[int, bool]] = {}
-        cost = total = 0
+        #: batch key -> whether its current batch fits
+        batch_fits: dict[Any, bool] = {}
+        cost = 0
         fits: list[bool] = []
-        for item in out:
+        for item, opening in zip(out, opens, strict=True):
             if not isinstance(item, Step):
                 fits.append(True)
                 continue
-            filled, batch_fits = open_batches.get(item.batch_key, (0, False))
-            if item.action in BATCHED and filled % size != 0:
-                ok = batch_fits  # rides in a request already counted (or already cut)
-            else:
-                total += 1
+            if opening:
                 ok = cost + 1 <= room
                 cost += ok
-            if item.action in BATCHED:
-                open_batches[item.batch_key] = (filled + 1, ok)
+                batch_fits[item.batch_key] = ok
+            else:
+                ok = batch_fits[item.batch_key]  # rides in a request already counted (or already cut)
             fits.append(ok)
         self._needed += total
         if all(fits):
@@ -946,18 +944,19 @@ class ManageEngine(Provider):
             )
         return note
 
-    def _sends(self, out: Sequence[Step | Outcome]) -> int:
-        """Requests the planned steps need: one per batch of a shared key, one per other step."""
+    def _opens_request(self, out: Sequence[Step | Outcome]) -> list[bool]:
+        """Which planned steps open a request: each batch of a shared key's first, and every other step."""
         size = self.batch_size()
         filled: Counter[Any] = Counter()
-        total = 0
+        opens: list[bool] = []
         for item in out:
-            if isinstance(item, Step):
-                if item.action not in BATCHED or filled[item.batch_key] % size == 0:
-                    total += 1
-                if item.action in BATCHED:
-                    filled[item.batch_key] += 1
-        return total
+            if not isinstance(item, Step):
+                opens.append(False)
+                continue
+            opens.append(item.action not in BATCHED or filled[item.batch_key] % size == 0)
+            if item.action in BATCHED:
+                filled[item.batch_key] += 1
+        return opens
 
     # -- export and templates ------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
