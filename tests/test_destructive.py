@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env, on_terminal, write_csv
+from conftest import cli_env, on_terminal, run_cmd, write_csv
 
 from bulkmdm.sim.duostation import FACTS
 
@@ -15,19 +14,7 @@ def test_terminal_confirmation_typed_count(duo: Any, tmp_path: Path) -> None:
     job = write_csv(
         tmp_path / "wipe.csv", [["serial"], [FACTS["untagged_device"]["serial"]], [FACTS["leading_zero_serial"]]]
     )
-    args = [
-        sys.executable,
-        "-m",
-        "bulkmdm",
-        "run",
-        str(job),
-        "--provider",
-        "duostation",
-        "--url",
-        duo.url,
-        "--action",
-        "wipe",
-    ]
+    args = run_cmd(job, duo.url, "--action", "wipe")
     code, text = on_terminal(args, cli_env(tmp_path, TERM="dumb"), answer="3")[:2]
     assert code == 2, text
     assert "Type 2" in text and "Declined" in text

@@ -3,11 +3,10 @@ declined vs. Ctrl-C), the live bar's rate and ETA, and plain progress lines."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env, on_terminal, write_csv
+from conftest import cli_env, on_terminal, run_cmd, write_csv
 
 from bulkmdm.cli import PlainEvents
 from bulkmdm.model import Outcome, Status
@@ -27,19 +26,7 @@ def _wipe_job(tmp_path: Path) -> Path:
 
 
 def _args(job: Path, url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bulkmdm",
-        "run",
-        str(job),
-        "--provider",
-        "duostation",
-        "--url",
-        url,
-        "--action",
-        "wipe",
-    ]
+    return run_cmd(job, url, "--action", "wipe")
 
 
 def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:
@@ -74,7 +61,7 @@ def test_ctrl_c_at_the_prompt_stops_at_once(duo: Any, tmp_path: Path) -> None:
 def test_the_bar_shows_rate_eta_and_invalid_rows(duo: Any, tmp_path: Path) -> None:
     rows = [["action", "serial"], ["lock", FACTS["untagged_device"]["serial"]], ["lock", ""], ["frobnicate", "X"]]
     job = write_csv(tmp_path / "lock.csv", rows)
-    args = [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", duo.url]
+    args = run_cmd(job, duo.url)
     code, text, _ = on_terminal(args, cli_env(tmp_path, TERM="dumb"), answer="")
     assert code == 1, text
     assert "rows/s" in text and "ETA" in text
