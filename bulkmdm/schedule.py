@@ -11,11 +11,16 @@ circuit breaker sees the MDM refuse change after change the same way or go
 away; the rows left unsent are ``not-run``. A second Ctrl-C abandons the
 requests in flight (their rows are ``unknown``).
 
-A real run starts with a canary: one worker sends the first batches alone,
-and the pool widens to ``concurrency`` once a change succeeds, or once
+A real run starts with a canary: the first batches go out alone, one at a
+time, and the pool widens to ``concurrency`` once a change succeeds, or once
 ``CANARY_BATCHES`` batches show that not every change is refused the same
-way; a job that is wrong throughout is caught before it fans out. Canary and breaker look only at Outcomes
-(status, HTTP status, detail), so they need nothing from the providers.
+way; a job that is wrong throughout is caught before it fans out. A canary
+batch that waits out a fault (a 429, a 5xx, a dropped connection: it says
+nothing about the job) or has no answer after ``CANARY_PATIENCE`` lets the
+next go out alongside it, up to ``CANARY_BATCHES`` at once, so a noisy MDM
+does not hold the whole run while one row retries. Canary and breaker look
+only at Outcomes (status, HTTP status, detail), so they need nothing from the
+providers.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events
 from .model import Outcome, Status, Step, reason_key
 from .plan import PlanFeed
-from .transport import about_to_change
+from .transport import about_to_change, waiting_out
 
 Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
 
@@ -44,6 +49,8 @@ CREDENTIALS_REFUSED = (
 
 #: batches the canary sends alone (one at a time) before the pool widens, unless one succeeds first
 CANARY_BATCHES = 3
+#: seconds a canary batch may go unanswered before the next goes out alongside it
+CANARY_PATIENCE = 1.0
 #: batches in a row refused the same way (or without an answer) that stop the run
 BREAKER_BATCHES = 20
 #: allocations between two young passes of the cycle collector while the pool runs
@@ -201,6 +208,9 @@ class Scheduler:
         #: batches that came back; set once the canary is over
         self.batches_done = 0
         self.widened = asyncio.Event()
+        #: set while no canary batch holds the turn to go out
+        self._turn = asyncio.Event()
+        self._turn.set()
 
     # -- the stop -------------------------------------------------------------
     def stopping(self) -> bool:
@@ -260,7 +270,8 @@ class Scheduler:
             self.widened.set()  # a dry run changes nothing: no canary
         writes = GroupCommit(ledger, self.events)
         self.workers = [
-            asyncio.ensure_future(self._work(feed, send, writes, canary=number == 0)) for number in range(size)
+            asyncio.ensure_future(self._work(feed, send, writes, canary=number < CANARY_BATCHES))
+            for number in range(size)
         ]
         with _Collector.eased():
             await self._pool(writes)
@@ -281,29 +292,45 @@ class Scheduler:
             raise
 
     async def _work(self, feed: PlanFeed, send: Send, writes: GroupCommit, *, canary: bool) -> None:
-        if not canary and not await self._canary_over():
-            return
+        if not canary:
+            await _first(self.widened, self.stop)
         while not self.stop.is_set():
-            batch = await feed.next_batch()
-            if batch is None:
-                self.widened.set()  # nothing more to send: let the waiting workers end
+            turn = await self._canary_turn() if not self.widened.is_set() else None
+            if self.stop.is_set():
                 return
-            outcomes = await self._send(batch, send, writes)
+            try:
+                batch = await feed.next_batch()
+                if batch is None:
+                    self.widened.set()  # nothing more to send: let the waiting workers end
+                    return
+                outcomes = await self._send(batch, send, writes, turn)
+            finally:
+                if turn is not None:
+                    turn()
             if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
                 raise RuntimeError("provider returned outcomes that do not match its batch")
             writes.record(_with_undo(batch, outcomes))
             self._judge(outcomes)
 
-    async def _canary_over(self) -> bool:
-        """Wait until the canary is over; False when the run stopped first."""
-        stop_task = asyncio.ensure_future(self.stop.wait())
-        widened_task = asyncio.ensure_future(self.widened.wait())
-        try:
-            await asyncio.wait({stop_task, widened_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_task.cancel()
-            widened_task.cancel()
-        return not self.stop.is_set()
+    async def _canary_turn(self) -> Callable[[], None] | None:
+        """Wait for the canary's turn to send a batch alone; the function that
+        passes it on, or None when the pool has widened (or the run stopped) first."""
+        while not self._turn.is_set():
+            if self.widened.is_set() or self.stop.is_set():
+                return None
+            await _first(self._turn, self.widened, self.stop)
+        if self.widened.is_set() or self.stop.is_set():
+            return None
+        self._turn.clear()
+        passed = False
+
+        def pass_on() -> None:
+            nonlocal passed
+            if not passed:
+                passed = True
+                self._turn.set()
+
+        return pass_on
 
     def _judge(self, outcomes: Sequence[Outcome]) -> None:
         """Stop on a breaker trip; widen the pool once the canary shows not every change is refused."""
@@ -322,8 +349,12 @@ class Scheduler:
         ):
             self.widened.set()
 
-    async def _send(self, batch: Sequence[Step], send: Send, writes: GroupCommit) -> list[Outcome]:
-        """Send one batch, its rows marked in flight when its first change is about to go out."""
+    async def _send(
+        self, batch: Sequence[Step], send: Send, writes: GroupCommit, turn: Callable[[], None] | None = None
+    ) -> list[Outcome]:
+        """Send one batch, its rows marked in flight when its first change is
+        about to go out; a canary batch passes its ``turn`` on when it waits out
+        a fault or goes unanswered for ``CANARY_PATIENCE``."""
         marked = False
 
         def mark_batch_in_flight() -> Awaitable[None] | None:
@@ -334,6 +365,8 @@ class Scheduler:
             return writes.mark_in_flight([step.index for step in batch])
 
         token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
+        waiting = waiting_out.set(turn)
+        impatient = None if turn is None else asyncio.get_running_loop().call_later(CANARY_PATIENCE, turn)
         try:
             outcomes = await send(batch)
             self.sent_any = True
@@ -358,6 +391,19 @@ class Scheduler:
             ]
         finally:
             about_to_change.reset(token)
+            waiting_out.reset(waiting)
+            if impatient is not None:
+                impatient.cancel()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class _Collector:

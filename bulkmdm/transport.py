@@ -70,6 +70,12 @@ about_to_change: ContextVar[Callable[[], Awaitable[None] | None] | None] = Conte
     "bulkmdm_about_to_change", default=None
 )
 
+#: Called (if set) when a request is about to wait out an answer worth
+#: retrying (a 429, a 5xx, a dropped connection): such an answer says nothing
+#: about whether the job is right, so the scheduler's canary lets its next
+#: batch go out alongside instead of waiting it out too.
+waiting_out: ContextVar[Callable[[], None] | None] = ContextVar("bulkmdm_waiting_out", default=None)
+
 #: The largest answer read, after decompression. A fleet list of 100,000
 #: devices is some tens of MB; past this an answer is refused, not read.
 MAX_BODY = 128 * 1024 * 1024
@@ -549,6 +555,8 @@ class Client:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
+        if (hook := waiting_out.get()) is not None:
+            hook()
         await sleep_unless(seconds, self._stopping)
 
 

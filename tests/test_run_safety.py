@@ -479,6 +479,48 @@ def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
         assert sim.stats.mutating == 40
 
 
+@pytest.mark.parametrize(
+    ("fault", "within"),
+    [
+        ({"throttle_rate": 1.0, "throttle_retry_after": 3.0}, 1.0),  # each change answered 429, Retry-After 3
+        ({"slow_rate": 1.0, "slow_seconds": 3.0}, 2.6),  # each change held 3 s (passed on after CANARY_PATIENCE)
+    ],
+    ids=["429", "held"],
+)
+def test_a_canary_batch_waiting_out_a_fault_lets_the_next_go_alongside(
+    tmp_path: Path, fault: dict[str, float], within: float
+) -> None:
+    """A 429 or a reply held for seconds says nothing about whether the job is
+    right: while the first change waits it out, the next canary batch goes
+    out, up to three at once; no more, since nothing has succeeded yet."""
+    with SimServer(make_app(devices=200, seed=29)) as sim:
+        devices = unique_devices(sim, 20)
+        sim.faults.update({**fault, "mutating_only": True, "seed": 29})
+        job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
+        proc = subprocess.Popen(
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
+            env=cli_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
+            started = time.monotonic()
+            wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
+            assert time.monotonic() - started < within
+            time.sleep(0.2)
+            assert sim.stats.mutating == 3  # the canary's three, the pool not widened
+            sim.faults.update({"throttle_rate": 0.0, "slow_rate": 0.0})
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
+        assert statuses == ["succeeded"] * 20
+
+
 def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     sim = SimServer(make_app(devices=400, seed=28))
     sim.start()
