@@ -173,6 +173,11 @@ BASE_MEMORY = 30.0
 #: latency, if more) is held by the server, not queued: it stops counting against the limit.
 #: (At a second, 2% of replies held 2 s by a 5-ms server took three slots in four.)
 HELD, HELD_FACTOR = 0.25, 20.0
+#: ... up to this many times the limit: past that, held requests count again (a bound on
+#: what is in flight). 2% of replies held 2 s at 3,000 requests/s is some 100 held at once.
+HELD_SHARE = 3
+#: seconds a count of the held requests stands before it is made again
+HELD_RECOUNT = 0.005
 #: The most requests in flight an adaptive run reaches (and workers the engine starts).
 MAX_CONCURRENCY = 128
 #: Workers per slot in flight of an adaptive run: a row waiting out a Retry-After
@@ -682,6 +687,11 @@ class ConcurrencyLimit:
         #: slot number -> when it was taken, in the order taken
         self._started: dict[int, float] = {}
         self._taken = 0
+        #: the last count of held requests, the cutoff it used, and until when it stands
+        self._held_count = 0
+        self._held_cutoff = -math.inf
+        self._held_until = -math.inf
+        self._held_timer: asyncio.TimerHandle | None = None
         #: the event loop's last measured delay in running a callback (seconds)
         self._lag = 0.0
         self._probing = False
@@ -693,18 +703,35 @@ class ConcurrencyLimit:
     def _room(self) -> int:
         """Slots free now. A request held for much longer than answers take
         (a reply the server holds for seconds) is not the server's queue: it
-        stops counting, up to the limit again (a server slow for everyone
+        stops counting, up to ``HELD_SHARE`` times the limit (a server slow for everyone
         moves the median latency, which lowers the limit instead)."""
         free = self.slots - self.in_flight
         if free > 0 or not self.adaptive or self.stats.base_latency is None:
             return free
-        cutoff = time.monotonic() - max(HELD, HELD_FACTOR * self.stats.base_latency)
+        return free + self._held()
+
+    def _held(self) -> int:
+        """Requests in flight that count as held: a walk from the oldest,
+        done again at most every ``HELD_RECOUNT`` seconds (asked two or three
+        times per request, it walked some 100 held replies each time)."""
+        now = time.monotonic()
+        if now < self._held_until:
+            return self._held_count
+        cutoff = now - max(HELD, HELD_FACTOR * (self.stats.base_latency or 0.0))
+        most = HELD_SHARE * self.slots
         held = 0
         for started in self._started.values():
-            if started >= cutoff or held >= self.slots:
+            if started >= cutoff or held >= most:
                 break
             held += 1
-        return free + held
+        self._held_count, self._held_cutoff, self._held_until = held, cutoff, now + HELD_RECOUNT
+        return held
+
+    def _unstart(self, slot: int) -> None:
+        """The slot's request is no longer waiting for its answer (or is sent again)."""
+        started = self._started.pop(slot, None)
+        if started is not None and started < self._held_cutoff and self._held_count > 0:
+            self._held_count -= 1  # it was counted held: the count stays right until the next walk
 
     async def acquire(self, stopping: Callable[[], bool] | None = None) -> bool:
         """Wait for a slot in flight; False (no slot taken) once ``stopping`` says True."""
@@ -713,6 +740,7 @@ class ConcurrencyLimit:
                 return False
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            self._wake_when_held()
             try:
                 # woken when a request in flight ends (each ends within the
                 # client's timeout), then ``stopping`` is checked again
@@ -733,7 +761,8 @@ class ConcurrencyLimit:
         send slot since it took its slot in flight): whether the server holds
         it is counted from here, not from a wait of the client's own."""
         slot = _SLOT.get()
-        if self._started.pop(slot, None) is not None:
+        if slot in self._started:
+            self._unstart(slot)
             self._started[slot] = time.monotonic()  # (last: the oldest stay first)
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
@@ -747,10 +776,30 @@ class ConcurrencyLimit:
     def release(self, latency: float | None, *, overloaded: bool = False) -> None:
         """An attempt ended; ``latency`` of a successful answer (None: no success)."""
         self.in_flight = max(0, self.in_flight - 1)
-        self._started.pop(_SLOT.get(), None)
+        self._unstart(_SLOT.get())
         if self.adaptive:
             self._observe(latency, overloaded)
         self._wake()
+
+    def _wake_when_held(self) -> None:
+        """With every slot taken, wake the waiters when the oldest request in
+        flight starts to count as held (no answer may come to wake them before)."""
+        if self._held_timer is not None or not self.adaptive or self.stats.base_latency is None:
+            return
+        after = max(HELD, HELD_FACTOR * self.stats.base_latency)
+        oldest = next(iter(self._started.values()), None)
+        if oldest is None or self._held() >= HELD_SHARE * self.slots:
+            return
+
+        def wake() -> None:
+            self._held_timer = None
+            self._held_until = -math.inf  # count again: one more is held now
+            self._wake()
+            if self._waiters:
+                self._wake_when_held()
+
+        delay = max(HELD_RECOUNT, oldest + after - time.monotonic())
+        self._held_timer = asyncio.get_running_loop().call_later(delay, wake)
 
     def _wake(self) -> None:
         free = self._room()
