@@ -100,6 +100,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import re
 import statistics
@@ -787,8 +788,10 @@ class ConcurrencyLimit:
         if self._held_timer is not None or not self.adaptive or self.stats.base_latency is None:
             return
         after = max(HELD, HELD_FACTOR * self.stats.base_latency)
-        oldest = next(iter(self._started.values()), None)
-        if oldest is None or self._held() >= HELD_SHARE * self.slots:
+        held = self._held()
+        # the oldest request not yet counted held
+        oldest = next(itertools.islice(self._started.values(), held, None), None)
+        if oldest is None or held >= HELD_SHARE * self.slots:
             return
 
         def wake() -> None:
