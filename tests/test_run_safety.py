@@ -168,33 +168,6 @@ def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
         assert statuses.count("not-run") == 60 - sim.stats.mutating
 
 
-def _client_calls_about_to_change() -> bool:
-    """Whether transport.Client itself calls the hook before a change (the lead's rewrite)."""
-    import asyncio
-
-    from bulkmdm.transport import Client, about_to_change
-
-    calls: list[int] = []
-
-    async def probe(url: str) -> None:
-        async with Client(url, timeout=5) as client:
-            token = about_to_change.set(lambda: calls.append(1))
-            try:
-                await client.request("POST", "/api/nothing-here", json={})
-            except Exception:
-                pass
-            finally:
-                about_to_change.reset(token)
-
-    with SimServer(make_app(devices=10, seed=1)) as sim:
-        asyncio.run(probe(sim.url))
-    return bool(calls)
-
-
-@pytest.mark.skipif(
-    not _client_calls_about_to_change(),
-    reason="transport.Client does not call about_to_change yet (the lead's transport rewrite)",
-)
 def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=24)) as sim:
         devices = unique_devices(sim, 40)
