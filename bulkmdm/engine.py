@@ -129,7 +129,8 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler, pacing)
-        calls_today = journal.calls_today(_tenant(provider_cls.name, url))
+        tenant = _tenant(provider_cls.name, url)
+        calls_today = journal.calls_today(tenant)
         provider = provider_cls(
             client,
             Settings(
@@ -148,6 +149,8 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
             wait=options.wait_for_quota,
             vendor=provider_cls.name,
             on_hold=events.message,
+            # counted across runs: a vendor's daily quota is the day's, not the run's
+            save=lambda day, calls: journal.add_calls(tenant, calls, day=day.isoformat()),
         )
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
@@ -233,11 +236,9 @@ async def _execute(
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None
-        # counted across runs: a vendor's daily quota is the day's, not the run's
-        with contextlib.suppress(JournalError):
-            tenant = _tenant(provider.name, provider.settings.url)
-            for day, calls in (client.quota.sent if client.quota else {}).items():
-                journal.add_calls(tenant, calls, day=day.isoformat())
+        if client.quota is not None:
+            with contextlib.suppress(JournalError):
+                client.quota.flush()  # the calls not written as they went out
 
 
 async def _plan_and_send(

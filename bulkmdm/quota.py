@@ -35,6 +35,8 @@ from .limits import sleep_unless
 SERVER_RETRY = timedelta(hours=1)
 #: a long hold sleeps in steps this long, so that a wall clock that jumps is noticed
 STEP_SECONDS = 30.0
+#: calls counted between two writes to the journal, for an MDM without a daily limit
+SAVE_EVERY = 1_000
 
 
 def now() -> datetime:
@@ -62,15 +64,20 @@ class DayQuota:
         wait: bool = False,
         vendor: str = "the MDM",
         on_hold: Callable[[str], None] | None = None,
+        save: Callable[[date, int], None] | None = None,
     ) -> None:
         self.limit = limit
         self.used = used
         self.wait = wait
         self.vendor = vendor
         self.on_hold = on_hold
+        #: adds calls to the journal's count of a day (``Journal.add_calls``)
+        self.save = save
         self.day = now().date()
-        #: this run's calls per local day (what the journal adds up at the end)
+        #: this run's calls per local day
         self.sent: Counter[date] = Counter()
+        #: ... and how many of them the journal has
+        self._saved: Counter[date] = Counter()
         #: the moment a hold ends, while one is on (every waiting request shares it)
         self._until: datetime | None = None
         #: how many holds this run made
@@ -88,6 +95,8 @@ class DayQuota:
             if self._until is None and (self.limit is None or self.used < self.limit):
                 self.used += 1
                 self.sent[self.day] += 1
+                if self.limit is not None or self.sent[self.day] - self._saved[self.day] >= SAVE_EVERY:
+                    self.flush()
                 return True
             if not self.wait:
                 raise QuotaExhausted(
@@ -96,6 +105,20 @@ class DayQuota:
                 )
             if not await self._hold(stopping):
                 return False
+
+    def flush(self) -> None:
+        """Give the journal the calls it does not have yet. Under a daily limit
+        each call is written as it goes out (a ManageEngine run makes at most
+        100 a minute), so a run killed part way has counted every call it
+        made; otherwise every ``SAVE_EVERY`` calls and at the run's end. A
+        write that fails raises ``JournalError``, as the run's other journal
+        writes do; what it did not write is tried again at the next."""
+        if self.save is None:
+            return
+        for day, count in self.sent.items():
+            if count > self._saved[day]:
+                self.save(day, count - self._saved[day])
+                self._saved[day] = count
 
     def refused_by_server(self) -> None:
         """The server says the day's quota is spent (whatever our count says):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from test_manageengine import GROUP, env_for, members, serial_of, start, state
 
 from bulkmdm import quota
@@ -219,3 +222,28 @@ async def test_a_spent_quota_stops_a_run_that_does_not_wait_before_the_call() ->
         await day_quota.take(lambda: False)
     assert "manageengine's 5 API calls for today" in str(info.value) and "--wait-for-quota" in str(info.value)
     assert day_quota.used == 5 and not day_quota.sent
+
+
+def test_a_run_killed_part_way_has_counted_every_call_it_made(sim: SimServer, tmp_path: Path) -> None:
+    """Under a daily limit each call is in the journal before it goes out: a
+    run killed with SIGKILL (nothing at its end runs) leaves no call
+    uncounted, so the next run does not spend what is no longer there."""
+    job, _ = job_of(tmp_path, sim, 60)
+    sim.faults.update({"latency": 0.05})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
+    env.update(env_for("on-premises", sim), BULKMDM_STATE_DIR=str(tmp_path / "state"))
+    args = [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "manageengine", "--url", sim.url]
+    proc = subprocess.Popen([*args, "--rate", "none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: state(sim).calls_today >= 15 or proc.poll() is not None, timeout=60)
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.3)  # requests the kill cut off mid-way end on the server
+    served = state(sim).calls_today
+    assert 15 <= served < 3 + 60  # killed part way
+    counted = sum(calls_by_day(tmp_path).values())
+    # each call was counted before it went out: at most the ones in flight at the kill were not served
+    assert served <= counted <= served + 10
