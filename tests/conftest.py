@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import pty
@@ -55,6 +56,19 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def run_cmd(job: Path, url: str, *extra: str) -> list[str]:
     """``bulkmdm run JOB`` against DuoSTATION at ``url``, as a subprocess's argv."""
     return [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "duostation", "--url", url, *extra]
+
+
+@contextlib.contextmanager
+def spawn(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """A command run in the background, its output kept (``communicate()``);
+    killed if it is still running when the block ends."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
 
 
 def on_terminal(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env, read_report, run_cmd, unique_devices, wait_for, write_csv
+from conftest import cli_env, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import make_app
@@ -230,23 +230,13 @@ def test_ctrl_c_does_not_wait_out_retries(tmp_path: Path) -> None:
         sim.faults.update({"rate_limit": 2, "retry_after": 60})
         devices = unique_devices(sim, 40)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(
-            _cmd(job, sim.url, "--action", "lock"),
-            env=cli_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with spawn(_cmd(job, sim.url, "--action", "lock"), cli_env(tmp_path)) as proc:
             wait_for(lambda: sim.stats.throttled >= 1 or proc.poll() is not None)
             time.sleep(0.3)
             proc.send_signal(signal.SIGINT)
             started = time.monotonic()
             _, err = proc.communicate(timeout=30)
             took = time.monotonic() - started
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 130, err
         assert took < 10, took  # not the 60 s Retry-After
         report = read_report(job.with_name("lock.outcome.csv"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, journal_run, read_report, run_cmd, unique_devices, wait_for, write_csv
+from conftest import cli_env, journal_run, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
@@ -145,21 +145,13 @@ def test_no_new_batch_starts_after_ctrl_c(tmp_path: Path) -> None:
     with SimServer(make_app(devices=200, seed=23)) as sim:
         devices = unique_devices(sim, 60)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(
-            run_cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"),
-            env=cli_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with spawn(
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "4/s", "--concurrency", "2"), cli_env(tmp_path)
+        ) as proc:
             wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
             proc.send_signal(signal.SIGINT)
             at_signal = sim.stats.mutating
             _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 130, err
         # at most the two batches already taken (one per worker) may still go out
         assert sim.stats.mutating - at_signal <= 2
@@ -433,21 +425,13 @@ def test_the_canary_sends_the_first_changes_alone(tmp_path: Path) -> None:
         devices = unique_devices(sim, 40)
         sim.faults.update({"latency": 0.3, "mutating_only": True})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(
-            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
-            env=cli_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with spawn(
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"), cli_env(tmp_path)
+        ) as proc:
             wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
             time.sleep(0.15)
             assert sim.stats.mutating == 1  # alone while the first answer is awaited
             _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0, err
         assert sim.stats.mutating == 40
 
@@ -470,14 +454,9 @@ def test_a_canary_batch_waiting_out_a_fault_lets_the_next_go_alongside(
         devices = unique_devices(sim, 20)
         sim.faults.update({**fault, "mutating_only": True, "seed": 29})
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
-        proc = subprocess.Popen(
-            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"),
-            env=cli_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with spawn(
+            run_cmd(job, sim.url, "--action", "lock", "--rate", "none", "--concurrency", "8"), cli_env(tmp_path)
+        ) as proc:
             wait_for(lambda: sim.stats.mutating >= 1 or proc.poll() is not None)
             started = time.monotonic()
             wait_for(lambda: sim.stats.mutating >= 3 or proc.poll() is not None)
@@ -486,9 +465,6 @@ def test_a_canary_batch_waiting_out_a_fault_lets_the_next_go_alongside(
             assert sim.stats.mutating == 3  # the canary's three, the pool not widened
             sim.faults.update({"throttle_rate": 0.0, "slow_rate": 0.0})
             _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0, err
         statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
         assert statuses == ["succeeded"] * 20
