@@ -592,6 +592,12 @@ class RateController:
             served_rate = served / elapsed
             self.stats.limit = served_rate
             self.rate = max(self.floor, min(BACKOFF * (self.rate or served_rate), BACKOFF * served_rate))
+        elif share > MAX_NOISE:
+            # refused at a share no noise explains, though the requests since the
+            # cut did not go at its rate (a run's tail, a client short of CPU):
+            # nothing was measured, so the cut stands (taking it for noise let
+            # the rate loose again with a quarter of the answers 429 forgiven)
+            pass
         elif throttled > answers * self.stats.noise + 1:
             # the 429s kept coming at the lower pace: not (only) about our pace
             noise = self.stats.noise

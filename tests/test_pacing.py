@@ -207,6 +207,23 @@ def test_a_test_in_a_runs_tail_does_not_measure_its_few_rows_as_a_limit() -> Non
     assert limiter.stats.noise <= 0.25
 
 
+def test_a_share_no_noise_explains_is_never_forgiven() -> None:
+    """Cut from no limit, then 8 of the next 20 answers 429 while the requests did
+    not go at the cut's rate (the client short of CPU for a moment): that is
+    not noise. Taking it for noise set the rate loose again and learned a
+    noise of 25%, after which a real limit was overrun with 12% of the
+    answers 429 (seen in a bench run)."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate = 45.0  # just cut
+    now = time.monotonic()
+    limiter._test = _Test(None, None, share=0.6, resume=now - 1.5, cut_bucket=limiter._bucket(now - 1.6))
+    limiter._test.served, limiter._test.throttled = 12, 8  # 20 answers in 1.5 s at 45/s: not at its rate
+    limiter._judge(now)
+    assert limiter._test is None
+    assert limiter.rate == 45.0
+    assert limiter.stats.noise == 0.0 and limiter.stats.forgiven == 0
+
+
 def test_a_cut_that_was_not_enough_is_measured_again() -> None:
     """The same share refused while the requests went at the new rate: the
     cut was not enough, and the rate goes under what was served since."""
