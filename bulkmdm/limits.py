@@ -604,8 +604,10 @@ class RateController:
             self.stats.noise = min(MAX_NOISE, share if noise == 0 else (noise + share) / 2)
             self.stats.forgiven += 1
             self.rate = test.previous_rate
-            # a limit measured at this level may have been noise too: climb again
-            self.stats.limit = None
+            # a limit measured at this cut may have been noise too: climb again,
+            # but not past one measured before it (the cut came of creeping just
+            # past that one: cleared, slow start doubled through it and overshot)
+            self.stats.limit = test.previous_limit
         else:
             # confirmed; answers to requests sent before the cut may have come since
             best = self._best_served(test.cut_bucket) / self.window

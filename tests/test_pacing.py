@@ -224,6 +224,21 @@ def test_a_share_no_noise_explains_is_never_forgiven() -> None:
     assert limiter.stats.noise == 0.0 and limiter.stats.forgiven == 0
 
 
+def test_a_forgiven_cut_past_a_measured_limit_keeps_that_limit() -> None:
+    """Creeping just past a limit measured earlier (50/s) drew a 429, and the
+    cut's test saw two more among 160 answers (requests bunched at the
+    window's edge): forgiven, the rate goes back, but the limit measured
+    before stays, so the climb goes on creeping instead of doubling through it."""
+    limiter = RateController(rate=None, window=1.0)
+    limiter.rate, limiter.stats.limit = 48.5, 50.0  # just cut from 50.4
+    now = time.monotonic()
+    limiter._test = _Test(50.4, 50.0, share=0.02, resume=now - 3.0, cut_bucket=limiter._bucket(now - 3.1))
+    limiter._test.served, limiter._test.throttled = 158, 2
+    limiter._judge(now)
+    assert limiter.stats.forgiven == 1
+    assert limiter.rate == 50.4 and limiter.stats.limit == 50.0
+
+
 def test_a_cut_that_was_not_enough_is_measured_again() -> None:
     """The same share refused while the requests went at the new rate: the
     cut was not enough, and the rate goes under what was served since."""
