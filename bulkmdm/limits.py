@@ -60,8 +60,9 @@ rate goes up (a big pool reserves seconds of slots at a slow start's rate).
 Increases come after each round's worth of answers at the current rate, and
 only when the round's slots were used (a run held back by concurrency or
 slow answers shows nothing about the server): with no limit measured,
-"slow start" doubles the rate every quarter window (and lifts it once it
-no longer binds: the requests in flight pace the run until a 429); below
+"slow start" doubles the rate every quarter window, or every eighth once
+an eighth holds TEST_ANSWERS answers (and lifts it once it no longer
+binds: the requests in flight pace the run until a 429); below
 97% of the measured limit it returns there by x1.2 a window; near it, it
 creeps by 0.25% of it a window (a probe past the limit every ~12 windows,
 answered by a cut without a pause); well past it with no 429, the limit
@@ -129,7 +130,7 @@ GUARD = 0.02
 BACKOFF = 0.97
 #: An increase needs this share of the round's slots to have been used.
 USED = 0.75
-#: Growth per round: before any limit (per quarter window), back towards the
+#: Growth per round: before any limit (per quarter or eighth window), back towards the
 #: measured limit, near it (a share of the limit, added), past it.
 SLOW_START, RECOVER, CREEP, PROBE = 2.0, 1.2, 0.0025, 1.05
 #: This far past the measured limit with no 429, the limit has gone up.
@@ -621,10 +622,23 @@ class RateController:
         self._round_answers = self._round_sent = 0
         self._round_started = time.monotonic()
 
+    def _round_span(self, rate: float, limit: float | None) -> float:
+        """How long a round of increases lasts: a window near a measured limit;
+        in slow start a quarter window, or an eighth once an eighth holds
+        TEST_ANSWERS answers (an overshoot still shows in the last quarter
+        window's answers, which is what :meth:`_overshot` looks at; below
+        that, an eighth-window round outran a 60/s limit before the server's
+        window had filled and refused anything)."""
+        if limit is not None:
+            return self.window
+        if rate * self.window / 8 >= TEST_ANSWERS:
+            return self.window / 8
+        return self.window / 4
+
     def _maybe_raise(self, now: float) -> None:
         rate, limit = self.rate, self.stats.limit
         assert rate is not None
-        span = self.window / 4 if limit is None else self.window
+        span = self._round_span(rate, limit)
         if self._round_answers < max(1.0, rate * span):
             return
         # A round's worth of answers at the current rate: did they come at

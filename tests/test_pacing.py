@@ -10,10 +10,12 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 
+from bulkmdm import limits
 from bulkmdm.limits import (
     HELD_SHARE,
     MAX_CONCURRENCY,
@@ -268,6 +270,28 @@ def test_slow_start_takes_a_limit_overshot_but_not_two_429s_in_ten_for_one() -> 
         for column in [1] * 6 + [2] * 4 if bucket == index else [1] * 7 + [2] * 3:
             overshot._count(bucket / 8 + 0.001, column)
     assert overshot._overshot(index)
+
+
+def test_slow_start_doubles_every_eighth_window_once_an_eighth_holds_enough_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answered at once and at its pace, slow start from 20/s doubles every
+    quarter window while a quarter holds few answers (a 60/s limit must show
+    before the climb outruns it), then every eighth: 20/s to past 2,000/s in
+    1.25 s instead of 1.75 s (a 20,000-row job's ramp was a quarter of it)."""
+    clock = [100.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    limiter = RateController(rate=20.0, window=1.0)
+    raised_at: dict[float, float] = {}
+    while limiter.rate is not None and limiter.rate < 2000 and clock[0] < 110:
+        limiter._took(clock[0], limiter._generation)
+        limiter._served()
+        raised_at.setdefault(limiter.rate, clock[0] - 100.0)
+        clock[0] += 1.0 / limiter.rate
+    assert limiter.rate == 2560.0
+    assert raised_at[40.0] == pytest.approx(0.25, abs=0.06)  # a quarter window at 20/s
+    assert raised_at[320.0] - raised_at[160.0] == pytest.approx(0.125, abs=0.02)  # an eighth at 160/s
+    assert clock[0] - 100.0 == pytest.approx(1.25, abs=0.1)
 
 
 async def test_a_raise_hands_out_the_slots_already_reserved_again_at_the_new_spacing() -> None:
