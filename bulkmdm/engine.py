@@ -25,7 +25,7 @@ from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
 from .journal import Journal, state_dir
 from .model import BAD_STATUSES, Outcome
-from .plan import PlanFeed, PlanSettings
+from .plan import FIRST_CHUNK, PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
 from .report import RunSummary, UndoFile, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
@@ -259,12 +259,14 @@ async def _plan_and_send(
     # planned in one piece; so is everything for a provider that needs to
     # see all rows at once (chunk_rows None).
     chunk_rows = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
+    chunked = bool(provider.chunk_rows) and not confirm
     ledger = _RunLedger(journal, opened.run_id, events)
     feed = PlanFeed(
         provider,
         rows,
         PlanSettings(
             chunk_rows=chunk_rows,
+            first_chunk_rows=FIRST_CHUNK if chunked else None,
             in_flight_before=opened.in_flight_before,
             resend_unknown=options.resend_unknown,
             dry_run=options.dry_run,

@@ -3,9 +3,11 @@
 ``provider.plan`` resolves a chunk of rows to Steps (to send) or Outcomes
 (skipped, failed look-up); the feed records those outcomes at once and queues
 the Steps in batches of one ``batch_key``. A million-row job never holds a
-million Steps: the first chunk is planned before the workers start (and a
-destructive job confirmed on it); later chunks are planned by whichever
-worker runs out of batches first, while the others keep sending.
+million Steps. The first chunk is planned before the workers start (and a
+destructive job confirmed on it); it is small, so that the first request
+goes out soon (on a 20,000-row job, planning 10,000 rows first held it for
+some 0.1 s). The next chunk is planned alongside the sending once fewer
+than half a chunk of rows are queued, so the queue does not run dry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from .actions import ACTIONS
 from .model import JobRow, Outcome, Status, Step
 from .providers.base import Provider
 
+#: rows in the first chunk at most (the rest of the job is planned while it is sent)
+FIRST_CHUNK = 1_000
+#: the next chunk is planned once fewer than this share of a chunk's rows are queued
+AHEAD = 0.5
+
 IN_FLIGHT_DETAIL = (
     "A request was in flight when the run stopped, so its effect is not known. Check the device, "
     "then run this report again to resend it."
@@ -31,6 +38,8 @@ class PlanSettings:
 
     #: rows per ``provider.plan`` call
     chunk_rows: int
+    #: rows in the first call, if fewer (the job's start waits for it)
+    first_chunk_rows: int | None = None
     #: rows whose request was in flight when an earlier run died
     in_flight_before: frozenset[int] = frozenset()
     #: resend those (when not verifiable) instead of reporting them unknown
@@ -57,7 +66,11 @@ class PlanFeed:
         self.stop = stop
         self.planned_up_to = 0
         self.batches: deque[list[Step]] = deque()
+        #: the Steps in ``batches``
+        self.queued = 0
         self.lock = asyncio.Lock()
+        #: the next chunk, being planned while the workers send
+        self._ahead: asyncio.Future[None] | None = None
         #: mutating requests a real run would send (dry run's estimate)
         self.planned_requests = 0
         #: an error raised while planning a later chunk (raised after the pool stops)
@@ -75,26 +88,58 @@ class PlanFeed:
         if self.stop.is_set():
             return None
         if self.batches:
-            return self.batches.popleft()
+            return self._pop()
         async with self.lock:
             while not self.batches:
                 if self.planned_up_to >= len(self.rows) or self.error is not None or self.stop.is_set():
                     return None
-                try:
-                    if not await self.plan_next_chunk():
-                        return None
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # handed to the engine once the pool stops
-                    self.error = exc
-                    self.stop.set()
+                if not await self._plan_caught():
                     return None
-            # another worker may have planned while this one waited for the lock
-            return None if self.stop.is_set() else self.batches.popleft()
+            # another worker (or the plan ahead) may have planned while this one waited for the lock
+            return None if self.stop.is_set() else self._pop()
+
+    def _pop(self) -> list[Step]:
+        batch = self.batches.popleft()
+        self.queued -= len(batch)
+        if (
+            self._ahead is None
+            and self.queued < AHEAD * self.settings.chunk_rows
+            and self.planned_up_to < len(self.rows)
+            and not self.lock.locked()
+        ):
+            self._ahead = asyncio.ensure_future(self._plan_ahead())
+        return batch
+
+    async def _plan_ahead(self) -> None:
+        try:
+            async with self.lock:
+                if self.planned_up_to < len(self.rows) and self.error is None and not self.stop.is_set():
+                    await self._plan_caught()
+        finally:
+            self._ahead = None
+
+    async def _plan_caught(self) -> bool:
+        """Plan the next chunk (under the lock); an error is kept for the engine and stops the run."""
+        try:
+            return await self.plan_next_chunk()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the engine once the pool stops
+            self.error = exc
+            self.stop.set()
+            return False
+
+    def close(self) -> None:
+        """The pool has stopped: a chunk still being planned is not needed."""
+        if self._ahead is not None:
+            self._ahead.cancel()
 
     async def plan_next_chunk(self) -> bool:
         """Plan the next chunk; False when the run stopped first."""
-        chunk = self.rows[self.planned_up_to : self.planned_up_to + max(1, self.settings.chunk_rows)]
+        size = self.settings.chunk_rows
+        if self.planned_up_to == 0 and self.settings.first_chunk_rows is not None:
+            size = min(size, self.settings.first_chunk_rows)
+        chunk = self.rows[self.planned_up_to : self.planned_up_to + max(1, size)]
         plan_task = asyncio.ensure_future(self.provider.plan(chunk))
         stop_task = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait({plan_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,6 +157,7 @@ class PlanFeed:
         if self.settings.dry_run:
             self.planned_requests += sum(1 if len(b) > 1 else self.provider.requests_for(b[0]) for b in batches)
         self.batches.extend(batches)
+        self.queued += len(steps)
         return True
 
     def _sort(self, chunk: Sequence[JobRow], planned: Sequence[Step | Outcome]) -> tuple[list[Step], list[Outcome]]:

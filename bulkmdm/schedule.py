@@ -273,8 +273,11 @@ class Scheduler:
             asyncio.ensure_future(self._work(feed, send, writes, canary=number < CANARY_BATCHES))
             for number in range(size)
         ]
-        with _Collector.eased():
-            await self._pool(writes)
+        try:
+            with _Collector.eased():
+                await self._pool(writes)
+        finally:
+            feed.close()
         writes.close()
 
     async def _pool(self, writes: GroupCommit) -> None:
