@@ -259,8 +259,8 @@ class Banyan(Provider):
     # the shared policy stands: 408/429/502/503/504 retried, 500 final.
     # The doc states no limit. Banyan is one cloud API shared with the org's
     # live zero-trust traffic, and every delete revokes client certificates,
-    # so we start gently: 5 requests/s with 4 in flight (1,000 rows in about
-    # 3.5 minutes). The adaptive controller climbs to 4x until it sees a 429.
+    # so we start gently: 5 requests/s with 4 in flight. The adaptive
+    # controller climbs from there until it sees a 429 or a queue.
     default_rate = 5.0
     default_concurrency = 4
     # DELETE v2/endusers takes a list of ids, but the doc's 400 "record not

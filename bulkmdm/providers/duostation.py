@@ -335,9 +335,10 @@ class DuoStation(Provider):
     # returned for successful requests": the shared policy (408, 429 and
     # 502-504 tried again, Retry-After honoured within its cap).
     retry_policy = RetryPolicy()
-    # The doc states no limit; 20 requests/s with 8 in flight is gentle on a
-    # school's server and still does 3,000 rows in under three minutes. The
-    # adaptive controller may go up to 4x this until the server answers 429.
+    # The doc states no limit; a run starts at 20 requests/s with 8 in flight,
+    # gentle on a school's server, and the adaptive controller climbs from
+    # there (limits.py: slow start) until the server answers 429 or its
+    # latency shows a queue.
     default_rate = 20.0
     default_concurrency = 8
     max_batch = 1
