@@ -445,7 +445,7 @@ class Journal:
         ``record`` do) in one transaction, committed when this returns."""
         # One transaction costs far more than the rows in it (taking the write
         # lock, appending the pages to the WAL), so the pool hands over what
-        # its workers did in one turn of the event loop at once.
+        # its workers did within a millisecond (schedule.COMMIT_DELAY) at once.
         with self._tx():
             self.db.executemany(
                 "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in in_flight)

@@ -47,6 +47,13 @@ CREDENTIALS_REFUSED = (
 )
 
 
+#: Seconds the pool's writes gather before they are committed in one
+#: transaction. Committing every turn of the event loop took some 5,000
+#: transactions for a 20,000-row job at full speed (4 rows each, 0.7 s of
+#: the run); within a millisecond, some 1,900 (0.44 s). A change waits that
+#: long at most before it goes out, an outcome as long before it is durable.
+COMMIT_DELAY = 0.001
+
 #: batches the canary sends alone (one at a time) before the pool widens, unless one succeeds first
 CANARY_BATCHES = 3
 #: seconds a canary batch may go unanswered before the next goes out alongside it
@@ -111,15 +118,14 @@ class Ledger(Protocol):
 
 
 class GroupCommit:
-    """The pool's writes to the ledger, a transaction per turn of the event loop.
+    """The pool's writes to the ledger, a transaction per COMMIT_DELAY at most.
 
-    A transaction costs far more than the rows in it, and workers whose
-    answers arrive together reach the ledger in the same turn: what they
-    hand over (outcomes, rows about to be sent) is written in one
-    transaction first thing in the loop's next turn. A worker about to send
-    waits for that commit, so its rows are durably in flight before the
-    request leaves; an outcome is durable microseconds after its answer.
-    The outcomes are shown (``events.advance``) once they are written.
+    A transaction costs far more than the rows in it: what the workers hand
+    over (outcomes, rows about to be sent) within COMMIT_DELAY of the first
+    is written in one transaction. A worker about to send waits for that
+    commit, so its rows are durably in flight before the request leaves; an
+    outcome is durable within a millisecond of its answer. The outcomes are
+    shown (``events.advance``) once they are written.
     """
 
     def __init__(self, ledger: Ledger, events: Events) -> None:
@@ -151,7 +157,7 @@ class GroupCommit:
 
     def _schedule(self) -> None:
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+            self._flush = asyncio.get_running_loop().call_later(COMMIT_DELAY, self.flush)
 
     def flush(self) -> None:
         """Write what is pending now; a failure is kept in ``error`` and handed to the waiting workers."""

@@ -73,6 +73,27 @@ def test_one_turn_is_one_transaction_and_marks_are_committed_before_the_wait_end
         asyncio.run(go())
 
 
+def test_what_comes_within_the_commit_delay_shares_one_transaction(tmp_path: Path) -> None:
+    """Answers and sends a few turns of the loop apart (as they come at full
+    speed) are written together: a transaction a turn was 5,000 of them for a
+    20,000-row job."""
+    with Journal(tmp_path) as journal:
+        ledger = _Ledger(journal, _run(journal, 4))
+
+        async def go() -> None:
+            writes = GroupCommit(ledger, QuietEvents())
+            writes.record([Outcome(0, Status.SUCCEEDED, "ok", 200, 1)])
+            await asyncio.sleep(0)  # the next turn of the loop
+            marked = writes.mark_in_flight([1])
+            await asyncio.sleep(0)
+            writes.record([Outcome(2, Status.FAILED, "no", 404, 1)])
+            await marked
+            assert ledger.transactions == 1
+            assert _states(journal.path) == {0: "succeeded", 1: "in_flight", 2: "failed", 3: "pending"}
+
+        asyncio.run(go())
+
+
 def test_a_failed_write_reaches_the_waiting_worker_and_the_end_of_the_pool(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
         ledger = _Ledger(journal, _run(journal, 2))
