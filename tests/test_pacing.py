@@ -299,6 +299,35 @@ def test_slow_start_doubles_every_eighth_window_once_an_eighth_holds_enough_answ
     assert clock[0] - 100.0 == pytest.approx(1.25, abs=0.1)
 
 
+def test_slow_start_counts_its_first_round_from_the_first_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the lists and planning the first rows take the run's own time
+    before the rows go: the first round counts from the first row, so five
+    answers at 20/s raise the rate (counted from the start, the round looked
+    unused and the first raise came a round later)."""
+    clock = [100.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def first_raise(rows_start: bool) -> float:
+        clock[0] = 100.0
+        limiter = RateController(rate=20.0, window=1.0)
+
+        def answer() -> None:
+            limiter._took(clock[0], limiter._generation)
+            limiter._served()
+
+        contextvars.copy_context().run(answer)  # the list read
+        clock[0] += 0.4  # planning the first rows
+        if rows_start:
+            limiter.rows_start()
+        while limiter.rate == 20.0:
+            contextvars.copy_context().run(answer)
+            clock[0] += 1 / 20
+        return clock[0] - 100.0
+
+    assert first_raise(True) == pytest.approx(0.4 + 0.25, abs=0.06)
+    assert first_raise(False) >= 0.4 + 0.4  # a round (0.25 s) later
+
+
 async def test_a_raise_hands_out_the_slots_already_reserved_again_at_the_new_spacing() -> None:
     # 20 requests waiting at 2/s have reserved 10 s of slots; once the rate is 200/s they
     # go at the new spacing (what slow start does with a pool of hundreds of workers)
