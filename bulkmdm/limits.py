@@ -581,6 +581,7 @@ class RateController:
         if not (enough or persisting) and now - test.resume < 4 * self.window:
             return
         self._test = None
+        before = self.rate
         share = throttled / max(1, answers)
         elapsed = max(now - test.resume, self.window)
         # the requests after the cut went at its rate: not held back by a run
@@ -615,6 +616,10 @@ class RateController:
             if self.stats.limit is not None and best > self.stats.limit:
                 self.stats.limit = best
                 self.rate = max(self.rate or 0.0, min(BACKOFF * best, self.ceiling or math.inf))
+        if before is not None and (self.rate is None or self.rate > before):
+            # the requests waiting hold slots spaced at the cut's rate (seconds
+            # of them at a low one): they are handed out again at the new spacing
+            self._respace()
         self._new_round()
 
     # -- increases -----------------------------------------------------------
