@@ -600,7 +600,14 @@ class RateController:
             # nothing was measured, so the cut stands (taking it for noise let
             # the rate loose again with a quarter of the answers 429 forgiven)
             pass
-        elif throttled > answers * self.stats.noise + 1:
+        elif throttled > answers * self.stats.noise + 1 or (
+            # a cut from slow start (a rate that was climbing, no limit known):
+            # under the limit it measured, a sliding window refuses nothing at
+            # this spacing, so one 429 in the test says noise (a 5% noise shows
+            # none among 60 answers one time in twenty, not one in five: taken
+            # for a limit, it held a 3,000-row job near 30/s for seven seconds)
+            throttled >= 1 and test.previous_limit is None and test.previous_rate is not None
+        ):
             # the 429s kept coming at the lower pace: not (only) about our pace
             noise = self.stats.noise
             self.stats.noise = min(MAX_NOISE, share if noise == 0 else (noise + share) / 2)
