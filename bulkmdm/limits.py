@@ -601,12 +601,18 @@ class RateController:
             # the rate loose again with a quarter of the answers 429 forgiven)
             pass
         elif throttled > answers * self.stats.noise + 1 or (
-            # a cut from slow start (a rate that was climbing, no limit known):
-            # under the limit it measured, a sliding window refuses nothing at
-            # this spacing, so one 429 in the test says noise (a 5% noise shows
-            # none among 60 answers one time in twenty, not one in five: taken
-            # for a limit, it held a 3,000-row job near 30/s for seven seconds)
-            throttled >= 1 and test.previous_limit is None and test.previous_rate is not None
+            # the run's first cut from slow start (a rate that was climbing, no
+            # limit known): under the limit it measured, a sliding window
+            # refuses nothing at this spacing, so one 429 in the test says
+            # noise (a 5% noise shows none among 60 answers one time in twenty,
+            # not one in five: taken for a limit, it held a 3,000-row job near
+            # 30/s for seven seconds). Once only: a server whose window was
+            # still full after the cut (no Retry-After to wait out) may refuse
+            # one; the noise learned from this test then takes two as before.
+            throttled >= 1
+            and self.stats.forgiven == 0
+            and test.previous_limit is None
+            and test.previous_rate is not None
         ):
             # the 429s kept coming at the lower pace: not (only) about our pace
             noise = self.stats.noise
