@@ -42,8 +42,11 @@ down to nothing (the "death spiral" of issue 11):
   see a 5% noise) shows whether the 429s went away. If they did (no more
   than the noise learned explains), the limit is confirmed (the measured
   limit). If they kept coming at the lower pace, they were not about our
-  pace: the old rate is restored, slow start may climb again, and their
-  share becomes the noise level. If more than a quarter were still refused
+  pace: the old rate is restored (the slots waiting at the cut's spacing
+  are handed out again), slow start may climb again, and their share
+  becomes the noise level; for the run's first cut from slow start, one
+  429 is enough (under the limit it measured a sliding window refuses
+  nothing at that spacing). If more than a quarter were still refused
   while the requests went at the new rate, the cut was not enough: the rate
   goes under what was served since. Only then: a run's last rows, sent one
   by one as they come back from their retries, are served slowly because
