@@ -258,8 +258,8 @@ async def _plan_and_send(
     # The number a person types is the whole job's, so a job to confirm is
     # planned in one piece; so is everything for a provider that needs to
     # see all rows at once (chunk_rows None).
-    chunk_rows = provider.chunk_rows if provider.chunk_rows and not confirm else len(rows)
     chunked = bool(provider.chunk_rows) and not confirm
+    chunk_rows = (provider.chunk_rows or len(rows)) if chunked else len(rows)
     ledger = _RunLedger(journal, opened.run_id, events)
     feed = PlanFeed(
         provider,

@@ -91,7 +91,7 @@ class PlanFeed:
             return self._pop()
         async with self.lock:
             while not self.batches:
-                if self.planned_up_to >= len(self.rows) or self.error is not None or self.stop.is_set():
+                if not self._more_to_plan():
                     return None
                 if not await self._plan_caught():
                     return None
@@ -113,10 +113,13 @@ class PlanFeed:
     async def _plan_ahead(self) -> None:
         try:
             async with self.lock:
-                if self.planned_up_to < len(self.rows) and self.error is None and not self.stop.is_set():
+                if self._more_to_plan():
                     await self._plan_caught()
         finally:
             self._ahead = None
+
+    def _more_to_plan(self) -> bool:
+        return self.planned_up_to < len(self.rows) and self.error is None and not self.stop.is_set()
 
     async def _plan_caught(self) -> bool:
         """Plan the next chunk (under the lock); an error is kept for the engine and stops the run."""
