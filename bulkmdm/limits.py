@@ -346,7 +346,6 @@ class RateController:
         #: answers since the round began, and when it began (monotonic)
         self._round_answers = 0
         self._round_started = time.monotonic()
-        self._round_sent = 0
 
     # -- the counts ----------------------------------------------------------
     def _bucket(self, at: float) -> int:
@@ -405,7 +404,6 @@ class RateController:
 
     async def _send_slot(self, stopping: Callable[[], bool] | None) -> bool:
         self.stats.sent += 1
-        self._round_sent += 1
         while True:
             now = time.monotonic()
             if self.rate is None and self._paused_until <= now:
@@ -648,7 +646,7 @@ class RateController:
             self._new_round()
 
     def _new_round(self) -> None:
-        self._round_answers = self._round_sent = 0
+        self._round_answers = 0
         self._round_started = time.monotonic()
 
     def _round_span(self, rate: float, limit: float | None) -> float:
