@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import spawn, wait_for
 from test_manageengine import GROUP, env_for, members, serial_of, start, state
 
 from bulkmdm import quota
@@ -233,14 +232,10 @@ def test_a_run_killed_part_way_has_counted_every_call_it_made(sim: SimServer, tm
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
     env.update(env_for("on-premises", sim), BULKMDM_STATE_DIR=str(tmp_path / "state"))
     args = [sys.executable, "-m", "bulkmdm", "run", str(job), "--provider", "manageengine", "--url", sim.url]
-    proc = subprocess.Popen([*args, "--rate", "none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with spawn([*args, "--rate", "none"], env) as proc:
         wait_for(lambda: state(sim).calls_today >= 15 or proc.poll() is not None, timeout=60)
         proc.kill()
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.communicate(timeout=10)
     time.sleep(0.3)  # requests the kill cut off mid-way end on the server
     served = state(sim).calls_today
     assert 15 <= served < 3 + 60  # killed part way
