@@ -178,6 +178,9 @@ BASE_MEMORY = 30.0
 #: latency, if more) is held by the server, not queued: it stops counting against the limit.
 #: (At a second, 2% of replies held 2 s by a 5-ms server took three slots in four.)
 HELD, HELD_FACTOR = 0.25, 20.0
+#: A change held this long (seconds; or HELD_FACTOR times the lowest latency, if more)
+#: is read back while its answer is awaited (transport.py): shown in place, it is done.
+READ_BACK = 0.5
 #: ... up to this many times the limit: past that, held requests count again (a bound on
 #: what is in flight). 2% of replies held 2 s at 3,000 requests/s is some 100 held at once.
 HELD_SHARE = 3
@@ -637,6 +640,12 @@ class RateController:
         self._new_round()
 
     # -- increases -----------------------------------------------------------
+    def held_after(self) -> float | None:
+        """Seconds after which a change still unanswered is held by the MDM
+        (far longer than its answers take) and worth reading back; None
+        while that is not known (no adaptive concurrency, no answers yet)."""
+        return self.concurrency.held_after() if self.concurrency is not None else None
+
     def rows_start(self) -> None:
         """The run starts sending its rows: the round under way begins again
         here. Reading the MDM's lists and planning the first rows before took
@@ -776,6 +785,13 @@ class ConcurrencyLimit:
             held += 1
         self._held_count, self._held_cutoff, self._held_until = held, cutoff, now + HELD_RECOUNT
         return held
+
+    def held_after(self) -> float | None:
+        """See :meth:`RateController.held_after`: from the lowest latency seen."""
+        base = self.stats.base_latency
+        if not self.adaptive or base is None:
+            return None
+        return max(READ_BACK, HELD_FACTOR * base)
 
     def _unstart(self, slot: int) -> None:
         """The slot's request is no longer waiting for its answer (or is sent again)."""

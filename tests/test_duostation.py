@@ -195,6 +195,22 @@ def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path:
     assert duo.call(lambda: state(duo).duplicate_links()) == []
 
 
+def test_held_replies_are_read_back_while_the_run_goes_on(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """With the defaults, a tag whose answer the MDM holds 3 s (after doing
+    it) is read back once answers are known to take milliseconds: confirmed
+    without waiting out the hold, and never sent twice."""
+    targets = serials(duo, 150, free=True)
+    duo.faults.update({"latency": 0.005, "slow_rate": 0.1, "slow_seconds": 3.0, "mutating_only": True, "seed": 5})
+    before = duo.stats.mutating
+    job = write_csv(tmp_path / "held.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag")
+    assert [r["status"] for r in res.report] == ["succeeded"] * 150, res.report
+    confirmed = [r for r in res.report if "confirmed by reading it back" in r["detail"]]
+    assert len(confirmed) >= 5, [r["detail"] for r in res.report]
+    assert duo.stats.mutating - before == 150
+    assert duo.call(lambda: state(duo).duplicate_links()) == []
+
+
 def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     target = serials(duo, 1)[0]
     duo.faults.update({"drop_after_rate": 1.0, "mutating_only": True})

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, UsageError
-from bulkmdm.limits import RateController, parse_rate
+from bulkmdm.limits import READ_BACK, ConcurrencyLimit, RateController, parse_rate
 from bulkmdm.retry import RetryPolicy, parse_retry_after
 from bulkmdm.transport import BasicAuth, Client
 
@@ -210,3 +210,103 @@ def test_json_with_a_byte_order_mark_is_json() -> None:
     from bulkmdm.transport import _decode
 
     assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8")[0] == [{"id": 1}]
+
+
+async def _warmed(url: str, client: Client) -> None:
+    """Enough quick answers that adaptive concurrency knows the MDM's latency."""
+    for _ in range(30):
+        assert (await client.request("GET", "quick")).ok
+    assert client.limiter.held_after() is not None
+
+
+def _held_change(done: list[str], *, work_first: bool, hold: float) -> web.Application:
+    """Reads answer at once; a change is held ``hold`` seconds, after its
+    work (``work_first``) or before it (a queue), as servers do."""
+
+    async def quick(request: web.Request) -> web.Response:
+        return web.json_response({"done": list(done)})
+
+    async def change(request: web.Request) -> web.Response:
+        if work_first:
+            done.append(request.path)
+        await asyncio.sleep(hold)
+        if not work_first:
+            done.append(request.path)
+        return web.json_response({"id": 1}, status=201)
+
+    app = web.Application()
+    app.router.add_get("/quick", quick)
+    app.router.add_post("/change", change)
+    return app
+
+
+def _adaptive() -> RateController:
+    return RateController(rate=None, concurrency=ConcurrencyLimit(initial=8, maximum=32))
+
+
+async def test_a_held_change_is_read_back_and_confirmed_without_its_answer(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The MDM did the change but holds its answer 3 s, where answers take
+    milliseconds: after READ_BACK the change is read back, shown in place,
+    and confirmed, without waiting out the hold or sending it again."""
+    done: list[str] = []
+    url = await loopback(_held_change(done, work_first=True, hold=3.0))
+    reads: list[bool] = []
+
+    async def verify() -> bool:
+        reads.append("/change" in done)
+        return reads[-1]
+
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(url, client)
+        t0 = time.monotonic()
+        resp = await client.request("POST", "change", json={}, verify=verify)
+        took = time.monotonic() - t0
+        sent = client.mutating_sent
+    assert resp.verified and resp.ok
+    assert reads == [True] and sent == 1 and done == ["/change"]
+    assert READ_BACK * 0.9 <= took < 1.5, took
+    assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
+
+
+async def test_a_held_change_not_yet_in_place_is_waited_for_not_sent_again(loopback) -> None:  # type: ignore[no-untyped-def]
+    """Held before the work (a queue): the read-back shows nothing, so the
+    answer is waited for as ever, and the change is sent once."""
+    done: list[str] = []
+    url = await loopback(_held_change(done, work_first=False, hold=1.2))
+    calls: list[str] = []
+
+    async def verify() -> bool:
+        calls.append("read")
+        return "/change" in done
+
+    async def unreadable() -> bool | None:
+        calls.append("unreadable")
+        raise ConnectError("the read-back failed too")
+
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(url, client)
+        for check in (verify, unreadable):
+            t0 = time.monotonic()
+            resp = await client.request("POST", "change", json={}, verify=check)
+            took = time.monotonic() - t0
+            assert resp.status == 201 and not resp.verified
+            assert 1.1 <= took < 2.5, took
+        sent = client.mutating_sent
+    assert calls == ["read", "unreadable"] and sent == 2 and done == ["/change", "/change"]
+
+
+async def test_a_held_change_is_not_read_back_when_asked_not_to(loopback) -> None:  # type: ignore[no-untyped-def]
+    """A read-back worth many requests (a bulk command's devices) is left to
+    a lost answer: a merely held one is waited for."""
+    done: list[str] = []
+    url = await loopback(_held_change(done, work_first=True, hold=1.0))
+    calls: list[str] = []
+
+    async def verify() -> bool:
+        calls.append("read")
+        return True
+
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(url, client)
+        resp = await client.request("POST", "change", json={}, verify=verify, read_back_held=False)
+    assert resp.status == 201 and not resp.verified and calls == []

@@ -436,7 +436,7 @@ def _message_in(value: Any, *, depth: int) -> str:
 def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     """2xx -> succeeded with ``done``; anything else -> failed with the reason."""
     if resp.ok:
-        detail = done + (" (confirmed by reading it back after the answer was lost)" if resp.verified else "")
+        detail = done + (" (confirmed by reading it back: the answer was lost or held up)" if resp.verified else "")
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
     return Outcome(step.index, Status.FAILED, explain_response(resp), resp.status, resp.attempts, step.resolved)
 

@@ -1237,7 +1237,7 @@ def _done(step: Step, *, would: bool = False) -> str:
 def _succeeded(step: Step, resp: Response) -> Outcome:
     detail = _done(step)
     if resp.verified:
-        detail = detail.rstrip(".") + " (confirmed by reading it back after the answer was lost)."
+        detail = detail.rstrip(".") + " (confirmed by reading it back: the answer was lost or held up)."
     return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
 
