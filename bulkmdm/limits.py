@@ -378,13 +378,14 @@ class RateController:
                 sent, served, throttled = sent + counts[0], served + counts[1], throttled + counts[2]
         return sent, served, throttled
 
-    def _best_served(self, last: int) -> int:
+    def _best_served(self, last: int, column: int = 1) -> int:
         """The most answers served in one recent window ending at or before
         bucket ``last``, of the windows that held no pause (a server's window
-        empties during a pause: one spanning it shows more than the limit)."""
+        empties during a pause: one spanning it shows more than the limit).
+        With ``column=0``: the most requests sent in one such window."""
         ends = range(last - 4 * BUCKETS, last + 1)
         whole = [end for end in ends if not self._paused_in(end)] or list(ends)
-        return max(self._span(end - BUCKETS + 1, end)[1] for end in whole)
+        return max(self._span(end - BUCKETS + 1, end)[column] for end in whole)
 
     def _sent_at(self, now: float) -> tuple[float, int]:
         sent = _SENT.get()
@@ -543,11 +544,20 @@ class RateController:
             first -= 1
             _, served, throttled = self._span(first, index)
         answers = served + throttled
-        return (
+        if not (
             answers >= TEST_ANSWERS
             and throttled >= SUSPECT * answers
             and _excess(throttled, answers, max(self.stats.noise, NOISE_SEEN))
-        )
+        ):
+            return False
+        # An overshoot is our pace outrunning the server's: these requests
+        # went out faster than any before them. Sent at a pace well below one
+        # the run has just kept up (its tail, where what is left to send is
+        # mostly retries of rows already refused once, so refused again more
+        # often), they say nothing about our pace: at the end of a faulty run
+        # such a "limit" paused everyone for a second.
+        sent = self._span(first, index)[0] * BUCKETS / (index - first + 1)
+        return sent >= FORGET * self._best_served(index, column=0)
 
     def _pause(self, now: float, retry_after: float | None) -> None:
         if retry_after:

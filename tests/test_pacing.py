@@ -301,6 +301,28 @@ def test_slow_start_takes_a_limit_overshot_but_not_two_429s_in_ten_for_one() -> 
     assert overshot._overshot(index)
 
 
+def test_429s_in_a_runs_tail_are_not_an_overshoot() -> None:
+    """A run's last quarter second: 30 requests (most of them retries of
+    rows refused before), 12 of them refused. Sent at a fifth of the pace the
+    run had just kept up with few 429s, they are not our pace outrunning the
+    server's (taken for one, they paused everyone for a second at the end of
+    a faulty run); the same answers at the run's fastest pace are."""
+    index = 1000
+
+    def limiter(earlier_sent_per_bucket: int) -> RateController:
+        rate = RateController(rate=None, window=1.0)
+        for bucket in range(index - 9, index - 1):  # the window before: 5% refused
+            for column in [0] * earlier_sent_per_bucket + [1] * 19 + [2]:
+                rate._count(bucket / 8 + 0.001, column)
+        for bucket in (index - 1, index):  # the last quarter window: 15 sent, 6 refused, each
+            for column in [0] * 15 + [1] * 9 + [2] * 6:
+                rate._count(bucket / 8 + 0.001, column)
+        return rate
+
+    assert not limiter(earlier_sent_per_bucket=80)._overshot(index)  # the tail of a run at 640/s
+    assert limiter(earlier_sent_per_bucket=15)._overshot(index)  # as fast as ever: a limit
+
+
 def test_slow_start_doubles_every_eighth_window_once_an_eighth_holds_enough_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
