@@ -344,12 +344,13 @@ class Client:
 
     # -- the parts of one attempt ---------------------------------------------
     async def _slot(self, req: _Request, *, first: bool) -> bool:
-        """Credentials ready and a rate slot taken; False when the run is stopping."""
+        """Credentials ready and a rate slot taken; False when the run is stopping.
+        A retry (not ``first``) goes before the first attempts waiting."""
         if self._stopping():
             return False
         if not req.credential and type(self.auth).ready is not Auth.ready:  # (the base's does nothing)
             await self.auth.ready(self)
-        if not await self.limiter.acquire(self._stopping):
+        if not await self.limiter.acquire(self._stopping, retry=not first):
             return False
         if self._stopping():
             self.limiter.release(None)

@@ -409,3 +409,24 @@ async def test_a_raise_hands_out_the_slots_already_reserved_again_at_the_new_spa
     controller._respace()
     assert all(await asyncio.wait_for(asyncio.gather(*waiting), 5))
     assert time.monotonic() - started < 3
+
+
+async def test_a_retry_takes_a_free_slot_before_first_attempts_waiting() -> None:
+    """Rows waiting for their first attempt queue in order; a retry (its row
+    started already, refused once) goes before them."""
+    concurrency = ConcurrencyLimit(initial=1, adaptive=False)
+    assert await concurrency.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, retry: bool) -> None:
+        assert await concurrency.acquire(retry=retry)
+        order.append(name)
+        concurrency.release(None)
+
+    waiting = [asyncio.ensure_future(wait(f"first {n}", False)) for n in range(3)]
+    await asyncio.sleep(0)
+    waiting.append(asyncio.ensure_future(wait("retry", True)))
+    await asyncio.sleep(0)
+    concurrency.release(None)
+    await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert order == ["retry", "first 0", "first 1", "first 2"]
