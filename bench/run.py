@@ -548,7 +548,9 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
             )
             rates.append(len(serials) / timed.sending)
             tails.append(timed.sending - timed.most)
-        detail = f"{rates[1]:,.0f}/{rates[0]:,.0f} rows/s, last 1% {tails[1]:.1f}/{tails[0]:.1f} s"
+        pacing = LAST_PACING[0]
+        cuts = "" if pacing is None else f", {pacing.rate.stats.cuts} cut(s) ({pacing.rate.stats.forgiven} forgiven)"
+        detail = f"{rates[1]:,.0f}/{rates[0]:,.0f} rows/s, last 1% {tails[1]:.1f}/{tails[0]:.1f} s{cuts}"
         return rates[1] / rates[0], detail
 
     long_ratios, short_ratios, long_details, short_details = [], [], [], []
