@@ -212,7 +212,7 @@ def test_json_with_a_byte_order_mark_is_json() -> None:
     assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8")[0] == [{"id": 1}]
 
 
-async def _warmed(url: str, client: Client) -> None:
+async def _warmed(client: Client) -> None:
     """Enough quick answers that adaptive concurrency knows the MDM's latency."""
     for _ in range(30):
         assert (await client.request("GET", "quick")).ok
@@ -257,7 +257,7 @@ async def test_a_held_change_is_read_back_and_confirmed_without_its_answer(loopb
         return reads[-1]
 
     async with Client(url, limiter=_adaptive(), retry=FAST) as client:
-        await _warmed(url, client)
+        await _warmed(client)
         t0 = time.monotonic()
         resp = await client.request("POST", "change", json={}, verify=verify)
         took = time.monotonic() - t0
@@ -284,7 +284,7 @@ async def test_a_held_change_not_yet_in_place_is_waited_for_not_sent_again(loopb
         raise ConnectError("the read-back failed too")
 
     async with Client(url, limiter=_adaptive(), retry=FAST) as client:
-        await _warmed(url, client)
+        await _warmed(client)
         for check in (verify, unreadable):
             t0 = time.monotonic()
             resp = await client.request("POST", "change", json={}, verify=check)
@@ -307,6 +307,6 @@ async def test_a_held_change_is_not_read_back_when_asked_not_to(loopback) -> Non
         return True
 
     async with Client(url, limiter=_adaptive(), retry=FAST) as client:
-        await _warmed(url, client)
+        await _warmed(client)
         resp = await client.request("POST", "change", json={}, verify=verify, read_back_held=False)
     assert resp.status == 201 and not resp.verified and calls == []
