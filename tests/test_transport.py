@@ -310,3 +310,44 @@ async def test_a_held_change_is_not_read_back_when_asked_not_to(loopback) -> Non
         await _warmed(client)
         resp = await client.request("POST", "change", json={}, verify=verify, read_back_held=False)
     assert resp.status == 201 and not resp.verified and calls == []
+
+
+async def test_a_row_cancelled_as_its_held_change_is_confirmed_stays_cancelled(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The read-back gives the attempt up by cancelling it; a cancellation of
+    the row's own at the same moment (a second Ctrl-C) is not swallowed as
+    that read-back's: the request ends cancelled, and no task is left."""
+    done: list[str] = []
+    url = await loopback(_held_change(done, work_first=True, hold=3.0))
+    request: list[asyncio.Task[object]] = []
+
+    async def verify() -> bool:
+        asyncio.get_running_loop().call_soon(request[0].cancel)  # the stop, just before the confirmation
+        return True
+
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(client)
+        request.append(asyncio.ensure_future(client.request("POST", "change", json={}, verify=verify)))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(request[0]), 5)
+        assert request[0].cancelled()
+        assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
+    assert done == ["/change"]
+
+
+async def test_a_stopping_run_starts_no_read_back(loopback) -> None:  # type: ignore[no-untyped-def]
+    """Once the run is stopping, no new request starts: a held change's
+    answer is waited for (it says what happened), not read back."""
+    done: list[str] = []
+    url = await loopback(_held_change(done, work_first=True, hold=1.0))
+    stopping = [False]
+    calls: list[str] = []
+
+    async def verify() -> bool:
+        calls.append("read")
+        return True
+
+    async with Client(url, limiter=_adaptive(), retry=FAST, stopping=lambda: stopping[0]) as client:
+        await _warmed(client)
+        asyncio.get_running_loop().call_later(0.1, stopping.__setitem__, 0, True)
+        resp = await client.request("POST", "change", json={}, verify=verify)
+    assert resp.status == 201 and not resp.verified and calls == []
