@@ -540,10 +540,10 @@ class RateController:
         than noise (taken to be at least NOISE_SEEN until one is learned: at
         20/s, two 429s among ten answers are common noise)."""
         first = index - BUCKETS // 4 + 1
-        _, served, throttled = self._span(first, index)
+        sent, served, throttled = self._span(first, index)
         while served + throttled < TEST_ANSWERS and first > index - BUCKETS + 1:
             first -= 1
-            _, served, throttled = self._span(first, index)
+            sent, served, throttled = self._span(first, index)
         answers = served + throttled
         if not (
             answers >= TEST_ANSWERS
@@ -557,8 +557,7 @@ class RateController:
         # mostly retries of rows already refused once, so refused again more
         # often), they say nothing about our pace: at the end of a faulty run
         # such a "limit" paused everyone for a second.
-        sent = self._span(first, index)[0] * BUCKETS / (index - first + 1)
-        return sent >= FORGET * self._best_served(index, column=0)
+        return sent * BUCKETS / (index - first + 1) >= FORGET * self._best_served(index, column=0)
 
     def _pause(self, now: float, retry_after: float | None) -> None:
         if retry_after:
