@@ -472,6 +472,12 @@ class RateController:
         if _SENT.get() is None:
             self._served()
 
+    def held_after(self) -> float | None:
+        """Seconds after which a change still unanswered is held by the MDM
+        (far longer than its answers take) and worth reading back; None
+        while that is not known (no adaptive concurrency, no answers yet)."""
+        return self.concurrency.held_after() if self.concurrency is not None else None
+
     # -- answers -------------------------------------------------------------
     def _served(self) -> None:
         now = time.monotonic()
@@ -650,12 +656,6 @@ class RateController:
         self._new_round()
 
     # -- increases -----------------------------------------------------------
-    def held_after(self) -> float | None:
-        """Seconds after which a change still unanswered is held by the MDM
-        (far longer than its answers take) and worth reading back; None
-        while that is not known (no adaptive concurrency, no answers yet)."""
-        return self.concurrency.held_after() if self.concurrency is not None else None
-
     def rows_start(self) -> None:
         """The run starts sending its rows: the round under way begins again
         here. Reading the MDM's lists and planning the first rows before took
