@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 from datetime import datetime, timedelta, UTC
 from email.utils import format_datetime
 
@@ -332,6 +333,91 @@ async def test_a_row_cancelled_as_its_held_change_is_confirmed_stays_cancelled(l
         assert request[0].cancelled()
         assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
     assert done == ["/change"]
+
+
+def _read_back_held(state: dict[str, int], *, held_reads: int, hold: float, then: int = 200) -> web.Application:
+    """A change whose connection drops after its work (so it is read back);
+    the first ``held_reads`` read-backs are held ``hold`` seconds, the rest
+    answer at once with ``then``."""
+
+    async def quick(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def change(request: web.Request) -> web.Response:
+        state["changes"] += 1
+        assert request.transport is not None
+        request.transport.abort()  # done, and no answer
+        raise asyncio.CancelledError
+
+    async def check(request: web.Request) -> web.Response:
+        state["reads"] += 1
+        if state["reads"] <= held_reads:
+            await asyncio.sleep(hold)
+        elif then != 200:
+            return web.json_response({}, status=then)
+        return web.json_response({"done": state["changes"] > 0})
+
+    app = web.Application()
+    app.router.add_get("/quick", quick)
+    app.router.add_get("/check", check)
+    app.router.add_post("/change", change)
+    return app
+
+
+def _checker(client: Client) -> Callable[[], Any]:
+    async def verify() -> bool | None:
+        resp = await client.request("GET", "check")
+        return bool(resp.body["done"]) if resp.ok else None
+
+    return verify
+
+
+async def test_a_held_read_back_is_sent_once_more_and_the_first_answer_taken(loopback) -> None:  # type: ignore[no-untyped-def]
+    """A read-back (after a dropped connection) held 3 s where answers take
+    milliseconds is sent once more after READ_BACK: the second answer
+    confirms the change; the change itself is sent once, and the held read
+    is given up with its slot."""
+    state = {"changes": 0, "reads": 0}
+    url = await loopback(_read_back_held(state, held_reads=1, hold=3.0))
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(client)
+        t0 = time.monotonic()
+        resp = await client.request("POST", "change", json={}, verify=_checker(client))
+        took = time.monotonic() - t0
+        assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
+    assert resp.verified and state == {"changes": 1, "reads": 2}
+    assert READ_BACK * 0.9 <= took < 1.5, took
+
+
+async def test_a_held_read_back_whose_second_sending_is_refused_is_waited_for(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The second sending answered 503 through its retries: the held read
+    still answers, and decides; nothing is sent a third time per attempt."""
+    state = {"changes": 0, "reads": 0}
+    url = await loopback(_read_back_held(state, held_reads=1, hold=1.2, then=503))
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(client)
+        t0 = time.monotonic()
+        resp = await client.request("POST", "change", json={}, verify=_checker(client))
+        took = time.monotonic() - t0
+    assert resp.verified and state["changes"] == 1
+    assert state["reads"] == 1 + FAST.attempts  # the held one, and the second sending's tries
+    assert 1.1 <= took < 2.5, took
+
+
+async def test_reads_are_sent_once_more_only_as_read_backs_and_not_against_a_daily_quota(loopback) -> None:  # type: ignore[no-untyped-def]
+    """A read that is not a change's read-back (a list may take long) is
+    waited for; so is a read-back where each call spends a day's quota."""
+    from bulkmdm.quota import DayQuota
+
+    state = {"changes": 0, "reads": 0}
+    url = await loopback(_read_back_held(state, held_reads=2, hold=1.0))
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(client)
+        assert (await client.request("GET", "check")).ok
+        assert state["reads"] == 1
+        client.quota = DayQuota(2500)
+        resp = await client.request("POST", "change", json={}, verify=_checker(client))
+    assert resp.verified and state == {"changes": 1, "reads": 2}
 
 
 async def test_a_stopping_run_starts_no_read_back(loopback) -> None:  # type: ignore[no-untyped-def]
