@@ -42,9 +42,9 @@ import aiohttp
 
 from .errors import (
     AmbiguousError,
-    BulkMDMError,
     AuthError,
     BadAnswer,
+    BulkMDMError,
     ConnectError,
     NotSent,
     QuotaExhausted,
@@ -448,16 +448,26 @@ class Client:
                 return await first, True
             log.info("%s: no answer yet, long after answers come; sending it once more", req.what)
             second = loop.create_task(self._hedge(req))
-            await asyncio.wait((first, second), return_when=asyncio.FIRST_COMPLETED)
-            if not first.done() and (again := second.result()) is not None:
-                return again, False
-            return await first, True
+            waiting = {first, second}
+            while True:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                own = self._usable(req, first)
+                if not own and (again := _result(second)) is not None:
+                    return again, False
+                if own or (first.done() and second.done()):  # (neither usable: the first's failure decides)
+                    return first.result(), True
+                waiting = {task for task in waiting if not task.done()}
         finally:
             for task in (first, second):
                 if task is not None and not task.done():
                     task.cancel()
             # (each ends promptly once cancelled; its slot is given back as it ends)
             await asyncio.gather(*(t for t in (first, second) if t is not None), return_exceptions=True)
+
+    def _usable(self, req: _Request, task: asyncio.Task[Response | _Failure]) -> bool:
+        """The attempt ended with an answer that settles it (not one worth retrying)."""
+        result = _result(task)
+        return isinstance(result, Response) and not self.retry.retries(req.method, result.status)
 
     async def _hedge(self, req: _Request) -> Response | None:
         """A held read-back sent once more, retried as any request (not sent a
@@ -708,6 +718,13 @@ def _tls_context() -> ssl.SSLContext:
     """The system's verifying TLS context: reading its certificates takes tens
     of milliseconds, so once per process, not once per run."""
     return ssl.create_default_context()
+
+
+def _result(task: asyncio.Task[Any]) -> Any:
+    """A task's result; None while it runs, or if it was cancelled or raised."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 async def _as_read_back(verify: Verify) -> bool | None:

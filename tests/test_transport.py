@@ -404,6 +404,42 @@ async def test_a_held_read_back_whose_second_sending_is_refused_is_waited_for(lo
     assert 1.1 <= took < 2.5, took
 
 
+async def test_a_held_read_back_that_then_fails_leaves_the_second_sending_to_answer(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The held read's connection drops while the second sending is on its
+    way: the second's answer is taken (not a third read after a backoff)."""
+    state = {"changes": 0, "reads": 0}
+
+    async def quick(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def change(request: web.Request) -> web.Response:
+        state["changes"] += 1
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+
+    async def check(request: web.Request) -> web.Response:
+        state["reads"] += 1
+        if state["reads"] == 1:  # held, then dropped
+            await asyncio.sleep(READ_BACK + 0.3)
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        await asyncio.sleep(0.6)  # the second: slower than the first's failure
+        return web.json_response({"done": True})
+
+    app = web.Application()
+    app.router.add_get("/quick", quick)
+    app.router.add_get("/check", check)
+    app.router.add_post("/change", change)
+    url = await loopback(app)
+    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+        await _warmed(client)
+        resp = await client.request("POST", "change", json={}, verify=_checker(client))
+        assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
+    assert resp.verified and state == {"changes": 1, "reads": 2}
+
+
 async def test_reads_are_sent_once_more_only_as_read_backs_and_not_against_a_daily_quota(loopback) -> None:  # type: ignore[no-untyped-def]
     """A read that is not a change's read-back (a list may take long) is
     waited for; so is a read-back where each call spends a day's quota."""
