@@ -222,6 +222,9 @@ class Sim:
         query = ("?" + urlencode(params)) if params else ""
         return self._call("GET", path + query, headers=AUTH)
 
+    def delete(self, path: str) -> None:
+        self._call("DELETE", path, headers=AUTH)
+
     def faults(self, **changes: Any) -> None:
         self._call("POST", "/_sim/faults", changes)
 
@@ -464,16 +467,20 @@ def _each(values: Sequence[float], unit: str = "", digits: int = 1) -> str:
     return " ".join(f"{v:,.{digits}f}{unit}" for v in values)
 
 
+def _tag_id(duo: Sim, tag_name: str) -> int:
+    return next(int(t["id"]) for t in duo.get("/api/tags") if t["name"] == tag_name)
+
+
 def _untagged(duo: Sim, devices: list[dict[str, Any]], tag_name: str, count: int) -> list[str]:
-    tag = next(t for t in duo.get("/api/tags") if t["name"] == tag_name)
-    tagged = {link["deviceId"] for link in duo.get("/api/devicetags") if link["tagId"] == tag["id"]}
+    tag = _tag_id(duo, tag_name)
+    tagged = {link["deviceId"] for link in duo.get("/api/devicetags") if link["tagId"] == tag}
     return [d["serialNumber"] for d in devices if d["id"] not in tagged][:count]
 
 
 def _links(duo: Sim, tag_name: str) -> Counter[str]:
     """How many links of this tag each device has (a double send shows as 2)."""
-    tag = next(t for t in duo.get("/api/tags") if t["name"] == tag_name)
-    return Counter(link["deviceId"] for link in duo.get("/api/devicetags") if link["tagId"] == tag["id"])
+    tag = _tag_id(duo, tag_name)
+    return Counter(link["deviceId"] for link in duo.get("/api/devicetags") if link["tagId"] == tag)
 
 
 def fig_requests(bench: Bench, duo: Sim, devices: list[dict[str, Any]], ivanti: Sim) -> None:
@@ -546,6 +553,9 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
                 and timed.result.counts.get("succeeded", 0) == len(serials)
                 and all(links[by_serial[x]] == 1 for x in serials)
             )
+            # the tag goes, with its links: the next run reads the fleet this one read
+            # (otherwise each faulty run read the clean run's 15,000 links more)
+            duo.delete(f"/api/tags/{_tag_id(duo, tag)}")
             rates.append(len(serials) / timed.sending)
             tails.append(timed.sending - timed.most)
         pacing = LAST_PACING[0]
