@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, UTC
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -335,10 +335,17 @@ async def test_a_row_cancelled_as_its_held_change_is_confirmed_stays_cancelled(l
     assert done == ["/change"]
 
 
-def _read_back_held(state: dict[str, int], *, held_reads: int, hold: float, then: int = 200) -> web.Application:
+def _read_back_held(
+    state: dict[str, int],
+    *,
+    held_reads: int = 0,
+    hold: float = 0.0,
+    then: int = 200,
+    check: Callable[[web.Request], Awaitable[web.Response]] | None = None,
+) -> web.Application:
     """A change whose connection drops after its work (so it is read back);
     the first ``held_reads`` read-backs are held ``hold`` seconds, the rest
-    answer at once with ``then``."""
+    answer at once with ``then`` (or as ``check`` answers them)."""
 
     async def quick(request: web.Request) -> web.Response:
         return web.json_response({})
@@ -349,7 +356,7 @@ def _read_back_held(state: dict[str, int], *, held_reads: int, hold: float, then
         request.transport.abort()  # done, and no answer
         raise asyncio.CancelledError
 
-    async def check(request: web.Request) -> web.Response:
+    async def held(request: web.Request) -> web.Response:
         state["reads"] += 1
         if state["reads"] <= held_reads:
             await asyncio.sleep(hold)
@@ -359,7 +366,7 @@ def _read_back_held(state: dict[str, int], *, held_reads: int, hold: float, then
 
     app = web.Application()
     app.router.add_get("/quick", quick)
-    app.router.add_get("/check", check)
+    app.router.add_get("/check", check or held)
     app.router.add_post("/change", change)
     return app
 
@@ -409,15 +416,6 @@ async def test_a_held_read_back_that_then_fails_leaves_the_second_sending_to_ans
     way: the second's answer is taken (not a third read after a backoff)."""
     state = {"changes": 0, "reads": 0}
 
-    async def quick(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    async def change(request: web.Request) -> web.Response:
-        state["changes"] += 1
-        assert request.transport is not None
-        request.transport.abort()
-        raise asyncio.CancelledError
-
     async def check(request: web.Request) -> web.Response:
         state["reads"] += 1
         if state["reads"] == 1:  # held, then dropped
@@ -428,11 +426,7 @@ async def test_a_held_read_back_that_then_fails_leaves_the_second_sending_to_ans
         await asyncio.sleep(0.6)  # the second: slower than the first's failure
         return web.json_response({"done": True})
 
-    app = web.Application()
-    app.router.add_get("/quick", quick)
-    app.router.add_get("/check", check)
-    app.router.add_post("/change", change)
-    url = await loopback(app)
+    url = await loopback(_read_back_held(state, check=check))
     async with Client(url, limiter=_adaptive(), retry=FAST) as client:
         await _warmed(client)
         resp = await client.request("POST", "change", json={}, verify=_checker(client))
