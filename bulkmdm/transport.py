@@ -433,9 +433,9 @@ class Client:
 
     async def _attempt_hedged(self, req: _Request, attempt: int, held: float) -> tuple[Response | _Failure, bool]:
         """One attempt of a read-back that, if no answer came after ``held``
-        seconds (far longer than answers take), is sent once more alongside,
-        with retries of its own: the first usable answer of the two is the
-        attempt's, and the other is given up. A read is safe to send twice.
+        seconds (far longer than answers take), is sent once more alongside:
+        the first usable answer of the two is the attempt's, and the other
+        is given up. A read is safe to send twice.
         Under issue 11's fault mix, a read-back held 2 s (2% of them) was
         often a faulty run's last row. Returns the answer, and whether it is
         this attempt's own (not the second sending's)."""
@@ -447,7 +447,7 @@ class Client:
             if done or self._stopping():
                 return await first, True
             log.info("%s: no answer yet, long after answers come; sending it once more", req.what)
-            second = loop.create_task(self._hedge(req))
+            second = loop.create_task(self._hedge(req, attempt))
             waiting = {first, second}
             while True:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -469,15 +469,19 @@ class Client:
         result = _result(task)
         return isinstance(result, Response) and not self.retry.retries(req.method, result.status)
 
-    async def _hedge(self, req: _Request) -> Response | None:
-        """A held read-back sent once more, retried as any request (not sent a
-        third time); None when it got no answer worth having (the held one may yet)."""
-        _reading_back.set(False)  # (this task's own context)
+    async def _hedge(self, req: _Request, attempt: int) -> Response | None:
+        """A held read-back sent once more: one attempt in a slot of its own,
+        never retried (a server that holds every read would otherwise be
+        asked the policy's tries for each of the first's); None when it got
+        no answer worth having (the held one may yet)."""
+        _reading_back.set(False)  # (this task's own context: the second is not sent again)
         try:
-            again = await self.request(req.method, req.url, params=req.params, expect_json=req.expect_json)
+            if not await self._slot(req, first=False):
+                return None
+            again = await self._paced_attempt(req, attempt, None)
         except BulkMDMError:
             return None
-        return None if self.retry.retries(req.method, again.status) else again
+        return again if isinstance(again, Response) and not self.retry.retries(req.method, again.status) else None
 
     async def _attempt_reading_back(
         self, req: _Request, attempt: int, verify: Verify, held: float

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, UsageError
+from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, TransportError, UsageError
 from bulkmdm.limits import READ_BACK, ConcurrencyLimit, RateController, parse_rate
 from bulkmdm.retry import RetryPolicy, parse_retry_after
 from bulkmdm.transport import BasicAuth, Client
@@ -397,8 +397,9 @@ async def test_a_held_read_back_is_sent_once_more_and_the_first_answer_taken(loo
 
 
 async def test_a_held_read_back_whose_second_sending_is_refused_is_waited_for(loopback) -> None:  # type: ignore[no-untyped-def]
-    """The second sending answered 503 through its retries: the held read
-    still answers, and decides; nothing is sent a third time per attempt."""
+    """The second sending answered 503: the held read still answers, and
+    decides. The second is one attempt, never retried: a server that holds
+    every read is not asked the policy's tries for each held one."""
     state = {"changes": 0, "reads": 0}
     url = await loopback(_read_back_held(state, held_reads=1, hold=1.2, then=503))
     async with Client(url, limiter=_adaptive(), retry=FAST) as client:
@@ -407,7 +408,7 @@ async def test_a_held_read_back_whose_second_sending_is_refused_is_waited_for(lo
         resp = await client.request("POST", "change", json={}, verify=_checker(client))
         took = time.monotonic() - t0
     assert resp.verified and state["changes"] == 1
-    assert state["reads"] == 1 + FAST.attempts  # the held one, and the second sending's tries
+    assert state["reads"] == 2  # the held one, and the second sending, once
     assert 1.1 <= took < 2.5, took
 
 
@@ -432,6 +433,24 @@ async def test_a_held_read_back_that_then_fails_leaves_the_second_sending_to_ans
         resp = await client.request("POST", "change", json={}, verify=_checker(client))
         assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
     assert resp.verified and state == {"changes": 1, "reads": 2}
+
+
+async def test_a_server_holding_every_read_back_is_asked_twice_per_try_not_more(loopback) -> None:  # type: ignore[no-untyped-def]
+    """Every read-back held past the client's timeout: each try of the read
+    is sent once more, and that second sending is not itself retried, so
+    the reads stay at two per try and the row ends within its tries."""
+    state = {"changes": 0, "reads": 0}
+    url = await loopback(_read_back_held(state, held_reads=100, hold=5.0))
+    tries = RetryPolicy(attempts=2, base=0.01, cap=0.05)
+    async with Client(url, limiter=_adaptive(), retry=tries, timeout=0.7) as client:
+        await _warmed(client)
+        t0 = time.monotonic()
+        with pytest.raises(TransportError):
+            await client.request("POST", "change", json={}, verify=_checker(client))
+        took = time.monotonic() - t0
+        assert client.limiter.concurrency is not None and client.limiter.concurrency.in_flight == 0
+    assert state == {"changes": 1, "reads": 2 * tries.attempts}
+    assert took < 4.0, took
 
 
 async def test_reads_are_sent_once_more_only_as_read_backs_and_not_against_a_daily_quota(loopback) -> None:  # type: ignore[no-untyped-def]
