@@ -451,7 +451,7 @@ class Client:
             waiting = {first, second}
             while True:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                own = self._usable(req, first)
+                own = self._settles(req, _result(first))
                 if not own and (again := _result(second)) is not None:
                     return again, False
                 if own or (first.done() and second.done()):  # (neither usable: the first's failure decides)
@@ -464,9 +464,8 @@ class Client:
             # (each ends promptly once cancelled; its slot is given back as it ends)
             await asyncio.gather(*(t for t in (first, second) if t is not None), return_exceptions=True)
 
-    def _usable(self, req: _Request, task: asyncio.Task[Response | _Failure]) -> bool:
-        """The attempt ended with an answer that settles it (not one worth retrying)."""
-        result = _result(task)
+    def _settles(self, req: _Request, result: object) -> bool:
+        """An answer that settles the attempt (not one worth retrying, nor none)."""
         return isinstance(result, Response) and not self.retry.retries(req.method, result.status)
 
     async def _hedge(self, req: _Request, attempt: int) -> Response | None:
@@ -481,7 +480,7 @@ class Client:
             again = await self._paced_attempt(req, attempt, None)
         except BulkMDMError:
             return None
-        return again if isinstance(again, Response) and not self.retry.retries(req.method, again.status) else None
+        return again if isinstance(again, Response) and self._settles(req, again) else None
 
     async def _attempt_reading_back(
         self, req: _Request, attempt: int, verify: Verify, held: float
