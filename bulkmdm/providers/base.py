@@ -433,10 +433,14 @@ def _message_in(value: Any, *, depth: int) -> str:
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
+#: How a row's detail says that its change was confirmed by a read-back (``Response.verified``).
+READ_BACK_CONFIRMED = "confirmed by reading it back: the answer was lost or held up"
+
+
 def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     """2xx -> succeeded with ``done``; anything else -> failed with the reason."""
     if resp.ok:
-        detail = done + (" (confirmed by reading it back: the answer was lost or held up)" if resp.verified else "")
+        detail = done + (f" ({READ_BACK_CONFIRMED})" if resp.verified else "")
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
     return Outcome(step.index, Status.FAILED, explain_response(resp), resp.status, resp.attempts, step.resolved)
 

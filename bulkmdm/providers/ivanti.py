@@ -62,6 +62,7 @@ from ..transport import Client, Response
 from .base import (
     Index,
     ListFailed,
+    READ_BACK_CONFIRMED,
     LookupFailed,
     Provider,
     Settings,
@@ -902,7 +903,7 @@ class Ivanti(Provider):
                 step.resolved,
             )
         if resp.verified:
-            done += " (Confirmed by reading it back: the answer was lost or held up.)"
+            done += f" ({cap(READ_BACK_CONFIRMED)}.)"
         return Outcome(step.index, Status.SUCCEEDED, done, resp.status, resp.attempts, step.resolved)
 
 
@@ -950,7 +951,7 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
     def ok(step: Step) -> Outcome:
         detail = cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
         if resp.verified:
-            detail += " (Confirmed by reading it back: the answer was lost or held up.)"
+            detail += f" ({cap(READ_BACK_CONFIRMED)}.)"
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
     def each(status: Status, detail: str) -> list[Outcome]:

@@ -90,6 +90,7 @@ from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Index,
     ListFailed,
+    READ_BACK_CONFIRMED,
     LookupFailed,
     Page,
     Provider,
@@ -1239,7 +1240,7 @@ def _done(step: Step, *, would: bool = False) -> str:
 def _succeeded(step: Step, resp: Response) -> Outcome:
     detail = _done(step)
     if resp.verified:
-        detail = detail.rstrip(".") + " (confirmed by reading it back: the answer was lost or held up)."
+        detail = detail.rstrip(".") + f" ({READ_BACK_CONFIRMED})."
     return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
 
 
