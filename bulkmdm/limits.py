@@ -378,13 +378,14 @@ class RateController:
                 sent, served, throttled = sent + counts[0], served + counts[1], throttled + counts[2]
         return sent, served, throttled
 
-    def _best_served(self, last: int, column: int = 1) -> int:
-        """The most answers served in one recent window ending at or before
-        bucket ``last``, of the windows that held no pause (a server's window
-        empties during a pause: one spanning it shows more than the limit).
-        With ``column=0``: the most requests sent in one such window."""
+    def _best_window(self, last: int, *, sent: bool = False) -> int:
+        """The most answers served (with ``sent``: requests sent) in one
+        recent window ending at or before bucket ``last``, of the windows
+        that held no pause (a server's window empties during a pause: one
+        spanning it shows more than the limit)."""
         ends = range(last - 4 * BUCKETS, last + 1)
         whole = [end for end in ends if not self._paused_in(end)] or list(ends)
+        column = 0 if sent else 1  # (_span: sent, served, throttled)
         return max(self._span(end - BUCKETS + 1, end)[column] for end in whole)
 
     def _sent_at(self, now: float) -> tuple[float, int]:
@@ -563,7 +564,7 @@ class RateController:
         # mostly retries of rows already refused once, so refused again more
         # often), they say nothing about our pace: at the end of a faulty run
         # such a "limit" paused everyone for a second.
-        return sent * BUCKETS / (index - first + 1) >= FORGET * self._best_served(index, column=0)
+        return sent * BUCKETS / (index - first + 1) >= FORGET * self._best_window(index, sent=True)
 
     def _pause(self, now: float, retry_after: float | None) -> None:
         if retry_after:
@@ -574,7 +575,7 @@ class RateController:
 
     def _cut(self, index: int) -> None:
         """Cut to just under what the server served in its best recent window."""
-        best = self._best_served(index)
+        best = self._best_window(index)
         if best >= 2:
             new = BACKOFF * best / self.window
             if self.rate is not None:
@@ -645,7 +646,7 @@ class RateController:
             self.stats.limit = test.previous_limit
         else:
             # confirmed; answers to requests sent before the cut may have come since
-            best = self._best_served(test.cut_bucket) / self.window
+            best = self._best_window(test.cut_bucket) / self.window
             if self.stats.limit is not None and best > self.stats.limit:
                 self.stats.limit = best
                 self.rate = max(self.rate or 0.0, min(BACKOFF * best, self.ceiling or math.inf))
