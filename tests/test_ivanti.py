@@ -344,7 +344,7 @@ async def test_500_rows_need_far_fewer_requests_than_rows() -> None:
 
 async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
     """A 200 whose envelope holds errors is a refusal; a count below the
-    number of devices sent leaves the rows unknown; a count of 0 fails them."""
+    number of devices sent (1 included) leaves the rows unknown; a count of 0 fails them."""
     app = make_app(devices=300, seed=7)
     answers = {
         "/api/v1/device/unlock": {
@@ -352,6 +352,7 @@ async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
             "result": None,
         },
         "/api/v1/device/restart": {"errors": None, "result": 2},
+        "/api/v1/device/forceCheckin": {"errors": None, "result": 1},
         "/api/v1/device/message": {"errors": None, "result": False},
     }
 
@@ -367,12 +368,16 @@ async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
         async with ivanti(scripted_sim) as provider:
             unlock = await run(provider, rows("unlock", devices[:1]))
             restart = await run(provider, rows("restart", devices))
+            checkin = await run(provider, rows("checkin", devices[:2]))
             message = await run(provider, rows("message", devices[:2], message="hi"))
     assert statuses(unlock) == ["failed"]
     serial = devices[0]["serialNumber"]
     assert unlock[0].detail == f"The MDM refused to unlock device {serial} (HTTP 200): Unlock is off."
     assert statuses(restart) == ["unknown"] * 3
     assert "for 2 of the 3 devices in it without saying which" in restart[0].detail
+    # a count of 1 for two devices is one of them, not "success" for both
+    assert statuses(checkin) == ["unknown"] * 2
+    assert "for 1 of the 2 devices in it without saying which" in checkin[0].detail
     assert statuses(message) == ["failed"] * 2 and "(result False)" in message[0].detail
 
 

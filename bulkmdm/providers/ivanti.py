@@ -976,11 +976,13 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
             f"The MDM accepted the request but did not {spec.verb} {{target}} "
             f"(result {result!r}); check that it is enrolled and eligible.",
         )
-    if isinstance(result, int) and 1 < result < len(steps):
-        # "result": 1 means success for some calls (scheduleOSUpdate: "1
-        # (one) for success") and a count for others (forceCheckin answers
-        # 2 for two ids). Fewer than sent, and not 1: some were dropped
-        # without saying which.
+    if isinstance(result, int) and result < len(steps):
+        # A count of the devices acted on: forceCheckin answers 2 for
+        # "ids=22062&ids=22196", logoutUser documents "Number of devices to
+        # which the API call sent the logout request", and every single-id
+        # example answers 1. (Only scheduleOSUpdate, which bulkmdm does not
+        # send, calls 1 "success".) Fewer than sent, 1 included: some were
+        # dropped without saying which.
         return each(
             Status.UNKNOWN,
             f"The MDM carried out the request for {result} of the {len(steps)} devices "
