@@ -100,9 +100,11 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _LINE = re.compile(r"\bline \d+")
 #: a path segment holding an id (``/api/devices/3f2a.../lock``)
 _ID_SEGMENT = re.compile(r"(?<=/)[^/\s)]*\d[^/\s)]*")
+#: an unquoted value with a digit in it (a serial, an id, an email, a count), not the HTTP status
+_VALUE = re.compile(r"(?<!HTTP )(?<![\w.@+-])[\w.@+-]*\d[\w.@+-]*")
 
 
 def reason_key(detail: str) -> str:
-    """A detail with the row's own values left out ('X' not found, line 5, ids in a path),
-    so that rows that went wrong for the same reason compare equal."""
-    return _ID_SEGMENT.sub("…", _LINE.sub("line N", _QUOTED.sub("'…'", detail)))
+    """A detail with the row's own values left out ('X' not found, line 5, ids in a path,
+    "on device GEN0007"), so that rows that went wrong for the same reason compare equal."""
+    return _VALUE.sub("…", _ID_SEGMENT.sub("…", _LINE.sub("line N", _QUOTED.sub("'…'", detail))))

@@ -435,3 +435,43 @@ async def test_search_after_values_the_server_ignores_fall_back_to_start() -> No
         assert isinstance(out[0], Step)
         # page 1, its continuation answered with page 1 again, then pages 2 and 3 by start
         assert server.stats.by_route["GET /api/v1/device"] == 4
+
+
+# -- a read-only account (found from outside: the refusal names each device) ----
+
+
+def test_a_read_only_account_stops_the_run_although_each_refusal_names_its_device(
+    tmp_path: Path, run_cli: Any
+) -> None:
+    """Ivanti's 403 in its own envelope: each row's detail names its device
+    ("... on device GEN0007 ..."), yet it is one refusal, and the breaker
+    stops the run within a couple of dozen requests, the rest `not-run`."""
+    writes: list[str] = []
+
+    @web.middleware
+    async def read_only(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            writes.append(request.path)
+            body = {"errors": [{"message": "Access denied: read-only role"}], "result": None}
+            return web.json_response(body, status=403)
+        return await handler(request)
+
+    app = make_app(devices=FLEET, seed=7, real=True)
+    app.middlewares.append(read_only)
+    with SimServer(app) as sim:
+        pick = Picker(state_of(sim))
+        devices = [pick(registrationState="ACTIVE") for _ in range(60)]
+        job = write_csv(
+            tmp_path / "attrs.csv",
+            [["serial", "attribute", "value"], *([d["serialNumber"], "floor", "3"] for d in devices)],
+        )
+        args = ["run", str(job), "--provider", "ivanti", "--url", sim.url, "--partition", "1"]
+        result = run_cli([*args, "--action", "set-attribute", "--concurrency", "4"])
+    assert result.exit_code == 1, result.output
+    assert "refused 20 changes in a row the same way" in result.output, result.output
+    assert "Access denied: read-only role" in result.output
+    statuses = [r["status"] for r in result.report]
+    assert len(writes) <= 24 and statuses.count("failed") == len(writes), (len(writes), statuses)
+    assert statuses.count("not-run") == 60 - len(writes)
+    # and the summary counts them as one reason, not one per device
+    assert f"{len(writes)} x The MDM refused to set floor on device" in result.output, result.output
