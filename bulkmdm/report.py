@@ -243,7 +243,7 @@ _BAD = {str(status) for status in BAD_STATUSES}
 class FailureGroup:
     """Rows that went wrong for one reason."""
 
-    #: the first row's detail, as a representative
+    #: the rows' detail; where they differ in the values they name, with those left out ("Serial '…' was not found")
     reason: str
     count: int
     #: the spreadsheet lines of the first few rows
@@ -275,6 +275,8 @@ class _Reason:
     detail: str
     count: int = 0
     lines: list[int] = field(default_factory=list)
+    #: the rows' details differ (in the values they name): the first would speak for the others
+    varied: bool = False
 
 
 class _Tally:
@@ -304,11 +306,15 @@ class _Tally:
             key, detail = "other", "Other reasons: see the report."
         reason = self.reasons.setdefault(key, _Reason(detail))
         reason.count += 1
+        reason.varied = reason.varied or detail != reason.detail
         if len(reason.lines) < _EXAMPLES:
             reason.lines.append(line)
 
     def done(self) -> RunSummary:
-        groups = [FailureGroup(r.detail, r.count, tuple(r.lines)) for r in self.reasons.values()]
+        groups = [
+            FailureGroup(reason_key(r.detail) if r.varied else r.detail, r.count, tuple(r.lines))
+            for r in self.reasons.values()
+        ]
         self.summary.failures = sorted(groups, key=lambda group: -group.count)
         return self.summary
 

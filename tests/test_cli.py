@@ -94,3 +94,23 @@ def test_a_setting_the_provider_refuses_writes_no_report(run_cli: Any, tmp_path:
     res = run_cli(["run", str(job), "--provider", "ivanti", "--url", "http://127.0.0.1:9", "--action", "lock"])
     assert res.exit_code == 2 and "partition" in res.output
     assert not res.report_path.exists()
+
+
+def test_rows_failing_alike_are_one_reason_naming_no_single_rows_value(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """Three serials not found are one reason, told without the first row's
+    serial (lines 3 and 4 are not 'NOPE-1'); rows failing with one and the
+    same detail keep its value."""
+    from conftest import unique_devices
+
+    (a, _), (b, _) = unique_devices(duo, 2)
+    job = write_csv(
+        tmp_path / "g.csv",
+        [["serial", "tag"], ["NOPE-1", "Musik"], ["NOPE-2", "Musik"], ["NOPE-3", "Musik"]]
+        + [[a, "No such tag"], [b, "No such tag"]],
+    )
+    res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "tag"])
+    assert res.exit_code == 1, res.output
+    summary = res.output[res.output.index("What went wrong") :]
+    assert "3 x Serial '…' was not found" in summary and "NOPE" not in summary, summary
+    assert "lines 2, 3, 4" in summary
+    assert "2 x " in summary and "'No such tag'" in summary, summary
