@@ -87,6 +87,12 @@ class QuotaExhausted(RunStopped):
     exit_code = 1
 
 
+class Unreachable(RunStopped):
+    """The MDM answered earlier in the run, and now connection after connection to it fails."""
+
+    exit_code = 1
+
+
 class TransportError(BulkMDMError):
     """A request did not produce a usable answer."""
 

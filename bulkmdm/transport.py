@@ -52,6 +52,7 @@ from .errors import (
     RequestTimeout,
     TLSFailed,
     TransportError,
+    Unreachable,
 )
 from .limits import RateController, sleep_unless
 from .quota import DayQuota
@@ -88,6 +89,10 @@ MAX_BODY = 128 * 1024 * 1024
 #: Same-origin redirects a read follows before giving up.
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Connections in a row that could not be made (no answer between them), once
+#: the MDM has answered in this run, that show it went away: the run stops
+#: then, rather than every row in flight spending its retries on it.
+UNREACHABLE_AFTER = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +237,9 @@ class Client:
         #: any HTTP answer came from the MDM in this run / a 2xx one did
         self.answered = False
         self.answered_ok = False
+        #: connections in a row that could not be made (reset by any answer), and to where
+        self.unreachable = 0
+        self._unreachable_at = ""
         self._connections = connections
         #: True once the run is stopping (Ctrl-C): no new request is started.
         self._stopping = stopping or (lambda: False)
@@ -327,14 +335,24 @@ class Client:
             idempotent = method in IDEMPOTENT_METHODS
         attempt = throttled = 0  # tries, and the 429s among them (a budget of their own)
         renewed = waited_window = False
+        #: an attempt may have reached the MDM without an answer (else: refused, or never sent)
+        reached = False
         last: Response | TransportError | None = None
         while True:
             attempt += 1
             if not await self._slot(req, first=last is None):
-                return _give_up(last, req)
+                return _give_up(last, req, reached)
             result = await self._paced_attempt(req, attempt, verify if read_back_held else None)
             if isinstance(result, _Failure):
-                settled = await self._after_failure(req, result, attempt, idempotent, verify, attempt - throttled)
+                reached = reached or result.ambiguous
+                if not reached:
+                    self._check_reachable(result)
+                try:
+                    settled = await self._after_failure(req, result, attempt, idempotent, verify, attempt - throttled)
+                except ConnectError:
+                    if not reached and self._stopping():
+                        raise NotSent(f"{req.what} was not sent: the run was stopping") from None
+                    raise
                 if settled is not None:
                     return settled
                 last = result.error
@@ -361,7 +379,7 @@ class Client:
                 continue
             if wait is None:
                 if result.status == 429 and self._stopping():
-                    return _give_up(result, req)
+                    return _give_up(result, req, reached)
                 if result.ok:
                     self.limiter.succeeded()
                 return replace(result, note=note) if note else result
@@ -592,6 +610,8 @@ class Client:
             # Never reached the server: always safe to try again.
             log.info("%s -> connect error after %.3fs", req.what, loop.time() - started)
             where = urlsplit(url).netloc
+            self.unreachable += 1
+            self._unreachable_at = where
             return _Failure(ConnectError(f"could not connect to {where} ({_reason(exc)})", attempts=attempt), False)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.info("%s -> timeout", req.what)
@@ -606,6 +626,7 @@ class Client:
             log.info("%s -> %s in %.3fs", req.what, status, loop.time() - started)
         if not req.credential:
             self.answered = True
+        self.unreachable = 0
         return status, raw, resp_headers
 
     async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
@@ -709,6 +730,24 @@ class Client:
             raise error
         return None
 
+    def _check_reachable(self, failure: _Failure) -> None:
+        """Raise :class:`Unreachable` when this attempt's connection could not
+        be made, as the last ``UNREACHABLE_AFTER`` could not, after the MDM
+        answered earlier in the run (before it ever answered, a wrong --url is
+        the set-up's error, not this one)."""
+        error = failure.error
+        if (
+            type(error) is ConnectError
+            and not failure.ambiguous
+            and self.answered
+            and self.unreachable >= UNREACHABLE_AFTER
+        ):
+            raise Unreachable(
+                f"the MDM stopped answering: the last {self.unreachable} connections to {self._unreachable_at} "
+                "could not be made; check that it is up and reachable",
+                attempts=error.attempts,
+            )
+
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
         if (hook := waiting_out.get()) is not None:
@@ -739,10 +778,14 @@ async def _as_read_back(verify: Verify) -> bool | None:
         _reading_back.reset(token)
 
 
-def _give_up(last: Response | TransportError | None, req: _Request) -> Response:
+def _give_up(last: Response | TransportError | None, req: _Request, reached: bool) -> Response:
     """The run is stopping: the last attempt's answer is the row's answer
-    (a 429 did nothing: the row was not run)."""
-    if last is None or (isinstance(last, Response) and last.status == 429):
+    (a 429 did nothing: the row was not run; nor did connections never made)."""
+    if (
+        last is None
+        or (isinstance(last, Response) and last.status == 429)
+        or (type(last) is ConnectError and not reached)
+    ):
         raise NotSent(f"{req.what} was not sent: the run was stopping")
     if isinstance(last, TransportError):
         raise last
