@@ -345,14 +345,9 @@ class Client:
             result = await self._paced_attempt(req, attempt, verify if read_back_held else None)
             if isinstance(result, _Failure):
                 reached = reached or result.ambiguous
-                if not reached:
-                    self._check_reachable(result)
-                try:
-                    settled = await self._after_failure(req, result, attempt, idempotent, verify, attempt - throttled)
-                except ConnectError:
-                    if not reached and self._stopping():
-                        raise NotSent(f"{req.what} was not sent: the run was stopping") from None
-                    raise
+                settled = await self._after_failure(
+                    req, result, attempt, idempotent, verify, attempt - throttled, reached=reached
+                )
                 if settled is not None:
                     return settled
                 last = result.error
@@ -705,10 +700,21 @@ class Client:
         return (retry_after if retry_after is not None else policy.backoff(tries) / 4), ""
 
     async def _after_failure(
-        self, req: _Request, failure: _Failure, attempt: int, idempotent: bool, verify: Verify | None, failures: int
+        self,
+        req: _Request,
+        failure: _Failure,
+        attempt: int,
+        idempotent: bool,
+        verify: Verify | None,
+        failures: int,
+        *,
+        reached: bool,
     ) -> Response | None:
-        """Raise, settle (a verified change), or None: worth another attempt."""
+        """Raise, settle (a verified change), or None: worth another attempt.
+        ``reached``: some attempt of the request may have reached the MDM."""
         error = failure.error
+        if not reached:
+            self._check_reachable(failure)
         if failure.final or isinstance(error, (BadAnswer, RedirectRefused)):
             raise error  # the same server will answer the same way
         if failure.ambiguous and not idempotent:
@@ -726,6 +732,8 @@ class Client:
         # Until the MDM has answered once, a connection that fails is most
         # likely a wrong --url: two tries, not the whole retry budget.
         attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
+        if self._stopping() and not reached and type(error) is ConnectError:
+            raise NotSent(f"{req.what} was not sent: the run was stopping")  # no connection was ever made
         if failures >= attempts or self._stopping():
             raise error
         return None

@@ -440,9 +440,7 @@ async def test_search_after_values_the_server_ignores_fall_back_to_start() -> No
 # -- a read-only account (found from outside: the refusal names each device) ----
 
 
-def test_a_read_only_account_stops_the_run_although_each_refusal_names_its_device(
-    tmp_path: Path, run_cli: Any
-) -> None:
+def test_a_read_only_account_stops_the_run_although_each_refusal_names_its_device(tmp_path: Path, run_cli: Any) -> None:
     """Ivanti's 403 in its own envelope: each row's detail names its device
     ("... on device GEN0007 ..."), yet it is one refusal, and the breaker
     stops the run within a couple of dozen requests, the rest `not-run`."""
