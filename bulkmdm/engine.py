@@ -316,8 +316,10 @@ class _RunLedger:
     def record(self, outcomes: Sequence[Outcome]) -> None:
         self.journal.record(self.run_id, outcomes)
 
-    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int]) -> None:
-        self.journal.write(self.run_id, outcomes or None, in_flight)
+    def write(
+        self, outcomes: Sequence[Outcome], in_flight: Sequence[int], undo: Sequence[tuple[int, Mapping[str, str]]]
+    ) -> None:
+        self.journal.write(self.run_id, outcomes or None, in_flight, undo)
 
     def record_decided(self, outcomes: list[Outcome]) -> None:
         """Rows planning decided (skipped, failed look-up): journaled and shown at once."""

@@ -32,7 +32,7 @@ from typing import Any
 from .errors import JournalError
 from .model import Outcome, Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -94,6 +94,12 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (tenant, day)
     );
     """,
+    # the undo file a run writes (never another run's); rows carried in from a
+    # report, which this run did not change
+    4: """
+    ALTER TABLE runs ADD COLUMN undo_path TEXT;
+    ALTER TABLE rows ADD COLUMN carried INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
@@ -127,6 +133,8 @@ class RunInfo:
     stop_reason: str | None
     exit_code: int | None
     superseded_by: int | None
+    #: the undo file this run wrote (None until it writes one)
+    undo_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,8 +364,14 @@ class Journal:
         self.db.execute("UPDATE runs SET stop_reason = ? WHERE id = ?", (reason, run_id))
 
     def supersede(self, old_id: int, new_id: int) -> None:
-        """``new_id`` continues ``old_id`` (the job changed in between)."""
+        """``new_id`` continues ``old_id`` (the job changed in between), and its undo file."""
         self.db.execute("UPDATE runs SET superseded_by = ? WHERE id = ?", (new_id, old_id))
+        self.db.execute(
+            "UPDATE runs SET undo_path = (SELECT undo_path FROM runs WHERE id = ?) WHERE id = ?", (old_id, new_id)
+        )
+
+    def set_undo_path(self, run_id: int, path: str) -> None:
+        self.db.execute("UPDATE runs SET undo_path = ? WHERE id = ?", (path, run_id))
 
     def delete_runs(self, keep: int = 100) -> None:
         """Forget all but the newest ``keep`` runs."""
@@ -413,7 +427,7 @@ class Journal:
             cur = self.db.execute(
                 """
                 WITH old AS (
-                    SELECT state, status, detail, http_status, attempts, resolved, digest,
+                    SELECT state, status, detail, http_status, attempts, resolved, undo, carried, digest,
                            row_number() OVER (PARTITION BY digest ORDER BY idx) AS nth
                     FROM rows WHERE run_id = ? AND state != ? AND NOT (state = ? AND status = ?)
                 ), new AS (
@@ -423,7 +437,8 @@ class Journal:
                     SELECT new.idx, old.* FROM new JOIN old ON old.digest = new.digest AND old.nth = new.nth
                 )
                 UPDATE rows SET state = pairs.state, status = pairs.status, detail = pairs.detail,
-                    http_status = pairs.http_status, attempts = pairs.attempts, resolved = pairs.resolved
+                    http_status = pairs.http_status, attempts = pairs.attempts, resolved = pairs.resolved,
+                    undo = pairs.undo, carried = pairs.carried
                 FROM pairs WHERE rows.run_id = ? AND rows.idx = pairs.idx
                 """,
                 (old_id, PENDING, DONE, _NOT_RUN, new_id, PENDING, new_id),
@@ -431,18 +446,31 @@ class Journal:
             del cur  # rowcount is -1 for a statement that starts with WITH
             return int(self.db.execute("SELECT changes()").fetchone()[0])
 
-    def mark_in_flight(self, run_id: int, indices: Iterable[int]) -> None:
-        """Written (and committed) before the request is sent."""
-        self.write(run_id, in_flight=indices)
+    def mark_in_flight(
+        self, run_id: int, indices: Iterable[int], undo: Iterable[tuple[int, Mapping[str, str]]] = ()
+    ) -> None:
+        """Written (and committed) before the request is sent; ``undo``: (row, the
+        row that undoes its change) for the changes that can be undone."""
+        self.write(run_id, in_flight=indices, undo=undo)
 
     def record(self, run_id: int, outcomes: Iterable[Outcome]) -> None:
         """Record what became of rows. A row that was not sent (not-run) stays
         pending: the same command sends it when the run continues."""
         self.write(run_id, outcomes)
 
-    def write(self, run_id: int, outcomes: Iterable[Outcome] | None = None, in_flight: Iterable[int] = ()) -> None:
+    def write(
+        self,
+        run_id: int,
+        outcomes: Iterable[Outcome] | None = None,
+        in_flight: Iterable[int] = (),
+        undo: Iterable[tuple[int, Mapping[str, str]]] = (),
+    ) -> None:
         """Mark rows in flight and record outcomes (as ``mark_in_flight`` and
-        ``record`` do) in one transaction, committed when this returns."""
+        ``record`` do) in one transaction, committed when this returns.
+
+        The undo row of a change is written as it goes out: a run that dies
+        with it in flight and finds it done when it continues still has it.
+        An outcome without one keeps it."""
         # One transaction costs far more than the rows in it (taking the write
         # lock, appending the pages to the WAL), so the pool hands over what
         # its workers did within a millisecond (schedule.COMMIT_DELAY) at once.
@@ -450,11 +478,15 @@ class Journal:
             self.db.executemany(
                 "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in in_flight)
             )
+            self.db.executemany(
+                "UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?",
+                ((_undo_json(dict(u)), run_id, i) for i, u in undo),
+            )
             if outcomes is None:
                 return
             self.db.executemany(
                 "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                " undo = ? WHERE run_id = ? AND idx = ?",
+                " undo = coalesce(?, undo) WHERE run_id = ? AND idx = ?",
                 (
                     (
                         PENDING if o.status is Status.NOT_RUN else DONE,
@@ -480,7 +512,7 @@ class Journal:
         """The run's succeeded rows, last first: (action, the row that undoes it or None)."""
         cur = self.db.execute(
             "SELECT action, undo FROM rows WHERE run_id = ? AND state = 'done' AND status = 'succeeded'"
-            " ORDER BY idx DESC",
+            " AND carried = 0 ORDER BY idx DESC",
             (run_id,),
         )
         try:
@@ -490,11 +522,11 @@ class Journal:
             raise self.translate(exc) from None
 
     def record_raw(self, run_id: int, items: Iterable[tuple[int, Sequence[str]]]) -> None:
-        """Record outcomes carried over as text (an earlier report's columns)."""
+        """Record outcomes carried over as text (an earlier report's columns): not this run's changes."""
         with self._tx():
             self.db.executemany(
-                "UPDATE rows SET state = 'done', status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?"
-                " WHERE run_id = ? AND idx = ?",
+                "UPDATE rows SET state = 'done', status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
+                " carried = 1 WHERE run_id = ? AND idx = ?",
                 ((*values, run_id, idx) for idx, values in items),
             )
 

@@ -384,12 +384,28 @@ class UndoFile:
     not_undoable: Counter[str] = field(default_factory=Counter)
 
 
-def undo_path(report: Path, job: Path) -> Path:
-    """``<job stem>.undo.<ext>`` beside the report (an undo of an undo stays one name)."""
+def undo_path(report: Path, job: Path, written: str | None = None) -> Path:
+    """The run's undo file: the one it ``written`` before (a run continued), else
+    ``<job stem>.undo.<ext>`` beside the report, or ``.undo-2``, ``.undo-3``, ...
+    where that name is taken. An undo file never replaces another run's (a
+    report run again keeps the first run's), nor the job being run (the undo of
+    an undo file would otherwise become that file, and the same command would
+    then redo what was just undone)."""
+    if written:
+        return Path(written)
     stem = job.stem
-    for tail in (".undo", ".outcome", ".dryrun"):
-        stem = stem.removesuffix(tail)
-    return report.with_name(f"{stem}.undo{report.suffix}")
+    while (shorter := _RUN_FILE_TAIL.sub("", stem)) != stem:
+        stem = shorter
+    running, n = job.resolve(), 1
+    while True:
+        path = report.with_name(f"{stem}.undo{'' if n == 1 else f'-{n}'}{report.suffix}")
+        if not path.exists() and path.resolve() != running:
+            return path
+        n += 1
+
+
+#: what bulkmdm adds to a job's name for the files it writes beside it
+_RUN_FILE_TAIL = re.compile(r"\.(?:undo(?:-\d+)?|outcome|dryrun)$")
 
 
 def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
@@ -410,7 +426,8 @@ def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
     if not undo_rows:
         return result
     columns = ["action", *[c for c in CANONICAL if c != "action" and any(c in r for r in undo_rows)]]
-    path = undo_path(report, Path(run.job_path))
+    path = undo_path(report, Path(run.job_path), run.undo_path)
     write_report(path, columns, ([row.get(c, "") for c in columns] for row in undo_rows), delimiter=run.delimiter)
+    journal.set_undo_path(run_id, str(path))
     result.path, result.rows = path, len(undo_rows)
     return result

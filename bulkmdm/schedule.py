@@ -30,7 +30,7 @@ import contextlib
 import gc
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
@@ -112,8 +112,11 @@ def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
 class Ledger(Protocol):
     """Where the pool writes what happens to rows (the journal, for one run)."""
 
-    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int]) -> None:
-        """Record ``outcomes`` and mark the rows ``in_flight``, committed in one transaction."""
+    def write(
+        self, outcomes: Sequence[Outcome], in_flight: Sequence[int], undo: Sequence[tuple[int, Mapping[str, str]]]
+    ) -> None:
+        """Record ``outcomes`` and mark the rows ``in_flight`` (with the ``undo``
+        rows of their changes), committed in one transaction."""
         ...
 
 
@@ -133,6 +136,7 @@ class GroupCommit:
         self.events = events
         self._outcomes: list[Outcome] = []
         self._in_flight: list[int] = []
+        self._undo: list[tuple[int, Mapping[str, str]]] = []
         self._waiting: list[asyncio.Future[None]] = []
         self._flush: asyncio.Handle | None = None
         #: why the last write failed: raised to every worker from then on
@@ -145,12 +149,16 @@ class GroupCommit:
         self._outcomes += outcomes
         self._schedule()
 
-    def mark_in_flight(self, indices: Sequence[int]) -> asyncio.Future[None]:
-        """Mark rows in flight; the future is done once that is committed."""
+    def mark_in_flight(
+        self, indices: Sequence[int], undo: Sequence[tuple[int, Mapping[str, str]]] = ()
+    ) -> asyncio.Future[None]:
+        """Mark rows in flight, with the rows that undo their changes; the
+        future is done once that is committed."""
         if self.error is not None:
             raise self.error
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_flight += indices
+        self._undo += undo
         self._waiting.append(committed)
         self._schedule()
         return committed
@@ -164,12 +172,12 @@ class GroupCommit:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        outcomes, in_flight, waiting = self._outcomes, self._in_flight, self._waiting
+        outcomes, in_flight, undo, waiting = self._outcomes, self._in_flight, self._undo, self._waiting
         if not (outcomes or in_flight):
             return
-        self._outcomes, self._in_flight, self._waiting = [], [], []
+        self._outcomes, self._in_flight, self._undo, self._waiting = [], [], [], []
         try:
-            self.ledger.write(outcomes, in_flight)
+            self.ledger.write(outcomes, in_flight, undo)
             if outcomes:
                 self.events.advance(outcomes)
         except Exception as exc:  # the journal's error, raised to the workers (and to the run)
@@ -371,7 +379,9 @@ class Scheduler:
             if marked:
                 return None
             marked = True
-            return writes.mark_in_flight([step.index for step in batch])
+            return writes.mark_in_flight(
+                [step.index for step in batch], [(step.index, step.undo) for step in batch if step.undo]
+            )
 
         token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
         waiting = waiting_out.set(turn)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ class _Ledger:
         self.run_id = run_id
         self.transactions = 0
 
-    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int]) -> None:
+    def write(self, outcomes: Sequence[Outcome], in_flight: Sequence[int], undo: Sequence[Any] = ()) -> None:
         self.transactions += 1
-        self.journal.write(self.run_id, outcomes or None, in_flight)
+        self.journal.write(self.run_id, outcomes or None, in_flight, undo)
 
 
 def _run(journal: Journal, rows: int) -> int:

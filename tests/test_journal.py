@@ -30,7 +30,7 @@ def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     assert mode == 0o600
     db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:
@@ -68,3 +68,36 @@ def test_completed_run_is_not_run_again(duo: Any, run_cli: Any, tmp_path: Path) 
     assert duo.stats.mutating == mutating
     # --fresh runs it again: the tag is there now, so the row is skipped
     assert run_cli([*args, "--fresh"]).report[0]["status"] == "skipped"
+
+
+def test_a_journal_of_schema_3_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
+    """Version 4 adds the run's undo file and rows carried in from a report."""
+    from bulkmdm.journal import _MIGRATIONS
+
+    (tmp_path / "st").mkdir()
+    db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in (1, 2, 3):
+        db.executescript(_MIGRATIONS[version])
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    db.commit()
+    db.close()
+    with Journal(tmp_path / "st") as journal:
+        run_id = journal_run(journal, [NewRow(["A"], "tag", "a", "A")])
+        journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag"})])
+        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag"})]
+        assert journal.run(run_id).undo_path is None
+        journal.set_undo_path(run_id, "/u.csv")
+        assert journal.run(run_id).undo_path == "/u.csv"
+
+
+def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> None:
+    """Marked in flight with its undo row, a change found done when the run
+    continues (an outcome without an undo row) keeps it; rows carried in from
+    a report are not this run's changes."""
+    with Journal(tmp_path / "st") as journal:
+        run_id = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("A", "B")])
+        journal.mark_in_flight(run_id, [0], [(0, {"action": "untag", "serial": "A"})])
+        journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "Done by the earlier run.", 200, 1)])
+        journal.record_raw(run_id, [(1, ["succeeded", "Tagged earlier.", "200", "1", ""])])
+        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag", "serial": "A"})]

@@ -30,8 +30,13 @@ def test_running_the_undo_file_restores_the_state(duo: Any, run_cli: Any, tmp_pa
     assert res.exit_code == 0, res.output
     assert [r["status"] for r in res.report] == ["succeeded"] * 6
     assert snapshot(duo) == before
-    # undoing the undo gets the same name, not friday.undo.undo.csv
-    assert res.output.strip().splitlines()[-1] == f"Undo file: {undo}"
+    # the undo of the undo never replaces the file just run (found from
+    # outside: it did, and the same command then redid what was undone)
+    assert res.output.strip().splitlines()[-1] == f"Undo file: {tmp_path / 'friday.undo-2.csv'}"
+    assert [r["action"] for r in read_report(undo)] == [r["action"] for r in rows]
+    again = run_cli(["run", str(undo), "--provider", "duostation", "--url", duo.url])
+    assert "already ran to the end" in again.output or "finished" in again.output, again.output
+    assert snapshot(duo) == before
 
 
 def test_a_dry_run_or_a_run_that_changed_nothing_has_no_undo_file(duo: Any, run_cli: Any, tmp_path: Path) -> None:
@@ -42,3 +47,25 @@ def test_a_dry_run_or_a_run_that_changed_nothing_has_no_undo_file(duo: Any, run_
     res = run_cli(["run", str(lock), "--provider", "duostation", "--url", duo.url])
     assert res.exit_code == 0, res.output
     assert "Undo file" not in res.output and "Cannot be undone (left out of the undo file): 1 lock." in res.output
+
+
+def test_running_the_report_again_keeps_the_first_runs_undo_file(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """Found from outside: the report run again wrote its undo file over the
+    first run's, and called the first run's changes "cannot be undone"."""
+    from conftest import unique_devices
+
+    (a, _), (b, _) = unique_devices(duo, 2)
+    job = write_csv(tmp_path / "job.csv", [["serial", "tag"], [a, "Musik"], [b, "Musikk"]])
+    args = ["--provider", "duostation", "--url", duo.url, "--action", "tag"]
+    first = run_cli(["run", str(job), *args])
+    assert [r["status"] for r in first.report] == ["succeeded", "failed"], first.output
+    undo = tmp_path / "job.undo.csv"
+    assert [(r["action"], r["serial"]) for r in read_report(undo)] == [("untag", a)]
+    fixed = first.report_path.read_text(encoding="utf-8-sig").replace("Musikk", "Musik")
+    first.report_path.write_text(fixed, encoding="utf-8")
+    again = run_cli(["run", str(first.report_path), *args])
+    assert [r["status"] for r in again.report] == ["succeeded", "succeeded"], again.output
+    assert "Cannot be undone" not in again.output, again.output
+    assert again.output.strip().splitlines()[-1] == f"Undo file: {tmp_path / 'job.undo-2.csv'}"
+    assert [(r["action"], r["serial"]) for r in read_report(undo)] == [("untag", a)]
+    assert [(r["action"], r["serial"]) for r in read_report(tmp_path / "job.undo-2.csv")] == [("untag", b)]
