@@ -59,7 +59,20 @@ def make_client(
         stopping=stopping,
         headers=provider_cls.request_headers,
         answers_json=provider_cls.answers_json,
+        credential_hint=credential_hint(provider_cls, target.env),
     )
+
+
+def credential_hint(provider_cls: type[Provider], env: Mapping[str, str]) -> str:
+    """What to check when the MDM refuses the credentials: the variables this run read them from."""
+    from .config import credential_sets
+
+    sets = credential_sets(provider_cls.name)
+    if not sets:
+        return ""
+    used = next((names for names in sets if any(env.get(name) for name in names)), sets[0])
+    names = used[0] if len(used) == 1 else f"{', '.join(used[:-1])} and {used[-1]}"
+    return f"check {names} (or what `bulkmdm login` stored for the profile)"
 
 
 @asynccontextmanager

@@ -219,6 +219,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         max_body: int = MAX_BODY,
         answers_json: bool = True,
+        credential_hint: str = "",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -228,6 +229,8 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.max_body = max_body
+        #: what to check when the MDM refuses the credentials ("check BULKMDM_TOKEN")
+        self.credential_hint = credential_hint
         #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
         self.answers_json = answers_json
         self.requests_sent = 0
@@ -356,7 +359,8 @@ class Client:
             if self.auth.refused(result.status, result.body) and not req.credential:
                 if renewed or not await self.auth.renew(self):
                     raise AuthError(
-                        f"the MDM refused the credentials (HTTP {result.status} on {req.what})",
+                        f"the MDM refused the credentials (HTTP {result.status} on {req.what})"
+                        + (f"; {self.credential_hint}" if self.credential_hint else ""),
                         attempts=attempt,
                         status=result.status,
                     )
