@@ -236,6 +236,7 @@ async def sleep_unless(seconds: float, stopping: Callable[[], bool] | None) -> b
 def _excess(count: int, total: int, share: float) -> bool:
     """Whether ``count`` of ``total`` is more than a share of ``share`` explains
     (SIGMAS standard deviations over it; with no share, any count is)."""
+    share = min(1.0, max(0.0, share))  # (a usual share counted with one more than seen may pass 1)
     expected = total * share
     return count > expected + SIGMAS * math.sqrt(total * share * (1.0 - share))
 
