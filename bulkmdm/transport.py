@@ -86,6 +86,11 @@ _reading_back: ContextVar[bool] = ContextVar("bulkmdm_reading_back", default=Fal
 #: The largest answer read, after decompression. A fleet list of 100,000
 #: devices is some tens of MB; past this an answer is refused, not read.
 MAX_BODY = 128 * 1024 * 1024
+#: Past this many bytes, an answer is read only while no other is: answers
+#: this big come one at a time (a fleet list), so requests in flight cannot
+#: each hold up to MAX_BODY (a hostile server answering every change with a
+#: 1 GB body took 2 GB at 16 in flight).
+SHARED_BODY = 2 * 1024 * 1024
 #: Same-origin redirects a read follows before giving up.
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -231,6 +236,8 @@ class Client:
         self.max_body = max_body
         #: what to check when the MDM refuses the credentials ("check BULKMDM_TOKEN")
         self.credential_hint = credential_hint
+        #: held while an answer past SHARED_BODY is read
+        self._big_body = asyncio.Lock()
         #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
         self.answers_json = answers_json
         self.requests_sent = 0
@@ -634,11 +641,20 @@ class Client:
         if resp.content_length is not None and resp.content_length > limit:
             raise BadAnswer(_too_big(req, limit), attempts=attempt)
         body = bytearray()
-        async for chunk in resp.content.iter_chunked(256 * 1024):
-            body += chunk
-            if len(body) > limit:
-                raise BadAnswer(_too_big(req, limit), attempts=attempt)
-        return bytes(body)
+        big = False
+        try:
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    body.clear()  # (not kept alive by the error's traceback)
+                    raise BadAnswer(_too_big(req, limit), attempts=attempt)
+                if not big and len(body) > SHARED_BODY:
+                    await self._big_body.acquire()  # (the server waits meanwhile: TCP flow control)
+                    big = True
+            return bytes(body)
+        finally:
+            if big:
+                self._big_body.release()
 
     def _redirect_target(self, req: _Request, url: str, location: str, status: int, attempt: int) -> str:
         """Where a redirect may be followed to; raises RedirectRefused otherwise."""

@@ -432,3 +432,44 @@ async def test_header_names_in_lower_case_are_read_like_any_other() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_answers_past_a_few_mb_are_read_one_at_a_time(loopback: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found from outside: a server answering every change with a huge body
+    had each request in flight hold up to the cap (2 GB at 16 in flight).
+    Past SHARED_BODY an answer is read only while no other is."""
+    import tracemalloc
+
+    from bulkmdm import transport
+
+    monkeypatch.setattr(transport, "SHARED_BODY", 256 * 1024, raising=False)
+    chunk = b"0" * (256 * 1024)
+
+    async def mdm(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b"[")
+        for _ in range(32):  # 8 MB, a chunk at a time
+            await resp.write(chunk)
+            await asyncio.sleep(0.002)
+        await resp.write(b"]")
+        return resp
+
+    async def refusal(client: Client, i: int) -> str:
+        try:
+            await client.request("GET", f"devices/{i}")
+        except BadAnswer as exc:
+            return str(exc)
+        return "read"
+
+    url = await loopback(app_with(mdm))
+    async with Client(url, retry=FAST, max_body=4 * 1024 * 1024) as client:
+        tracemalloc.start()
+        try:
+            results = await asyncio.gather(*(refusal(client, i) for i in range(6)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert all("larger than" in r for r in results), results
+    # one answer up to its 4 MB cap at a time, the others held at 256 KB: about 6 MB, not 6 x 4 MB
+    assert peak < 14 * 1024 * 1024, peak
