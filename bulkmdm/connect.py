@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from . import providers
+from .errors import BulkMDMError
 from .limits import Pacing, for_run
 from .providers.base import Provider, Settings
 from .retry import RetryPolicy
@@ -46,6 +47,7 @@ def make_client(
     *,
     stopping: Callable[[], bool] | None = None,
     pacing: Pacing | None = None,
+    halt: Callable[[BulkMDMError], None] | None = None,
 ) -> Client:
     """The one client of a run, set up as the vendor declares, paced by ``pacing`` (default: from the flags)."""
     pacing = pacing or for_run(target.rate, target.concurrency, provider_cls)
@@ -60,6 +62,7 @@ def make_client(
         headers=provider_cls.request_headers,
         answers_json=provider_cls.answers_json,
         credential_hint=credential_hint(provider_cls, target.env),
+        halt=halt,
     )
 
 

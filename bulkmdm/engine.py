@@ -206,7 +206,7 @@ def _client(
         timeout=options.timeout,
         retry=options.retry,
     )
-    return make_client(connection, provider_cls, stopping=scheduler.stopping, pacing=pacing)
+    return make_client(connection, provider_cls, stopping=scheduler.stopping, pacing=pacing, halt=scheduler.halt)
 
 
 async def _execute(

@@ -94,9 +94,10 @@ SHARED_BODY = 2 * 1024 * 1024
 #: Same-origin redirects a read follows before giving up.
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: Connections in a row that could not be made (no answer between them), once
-#: the MDM has answered in this run, that show it went away: the run stops
-#: then, rather than every row in flight spending its retries on it.
+#: Connections in a row that could not be made (no answer between them), or
+#: changes in a row sent without an answer (timed out, dropped), once the MDM
+#: has answered in this run, that show it went away: the run stops then,
+#: rather than every row in flight spending its retries on it.
 UNREACHABLE_AFTER = 20
 
 
@@ -225,6 +226,7 @@ class Client:
         max_body: int = MAX_BODY,
         answers_json: bool = True,
         credential_hint: str = "",
+        halt: Callable[[BulkMDMError], None] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -238,6 +240,8 @@ class Client:
         self.credential_hint = credential_hint
         #: held while an answer past SHARED_BODY is read
         self._big_body = asyncio.Lock()
+        #: stops the run (the scheduler's halt) when the MDM is found gone
+        self._halt = halt
         #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
         self.answers_json = answers_json
         self.requests_sent = 0
@@ -250,6 +254,8 @@ class Client:
         #: connections in a row that could not be made (reset by any answer), and to where
         self.unreachable = 0
         self._unreachable_at = ""
+        #: changes in a row that got no answer (reset by an answer to a change)
+        self.unanswered_changes = 0
         self._connections = connections
         #: True once the run is stopping (Ctrl-C): no new request is started.
         self._stopping = stopping or (lambda: False)
@@ -397,14 +403,17 @@ class Client:
     # -- the parts of one attempt ---------------------------------------------
     async def _slot(self, req: _Request, *, first: bool) -> bool:
         """Credentials ready and a rate slot taken; False when the run is stopping.
-        A retry (not ``first``) goes before the first attempts waiting."""
-        if self._stopping():
+        A retry (not ``first``) goes before the first attempts waiting. A
+        change's read-back goes even while the run stops: it settles a request
+        in flight (was the change made?), which the stop lets finish."""
+        stopping = _never if _reading_back.get() else self._stopping
+        if stopping():
             return False
         if not req.credential and type(self.auth).ready is not Auth.ready:  # (the base's does nothing)
             await self.auth.ready(self)
-        if not await self.limiter.acquire(self._stopping, retry=not first):
+        if not await self.limiter.acquire(stopping, retry=not first):
             return False
-        if self._stopping():
+        if stopping():
             self.limiter.release(None)
             return False
         if self.quota is not None and not req.credential:
@@ -618,14 +627,17 @@ class Client:
             where = urlsplit(url).netloc
             self.unreachable += 1
             self._unreachable_at = where
+            self._unanswered(req)
             return _Failure(ConnectError(f"could not connect to {where} ({_reason(exc)})", attempts=attempt), False)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.info("%s -> timeout", req.what)
+            self._unanswered(req)
             timeout = RequestTimeout(f"{req.what} got no answer within {self.timeout:g} s", attempts=attempt)
             return _Failure(timeout, ambiguous=True)
         except (aiohttp.ClientError, OSError) as exc:
             # (also aiohttp's parser refusing an absurd header or status line)
             log.info("%s -> %s", req.what, type(exc).__name__)
+            self._unanswered(req)
             error = ConnectError(f"{req.what} failed: the connection dropped ({_reason(exc)})", attempts=attempt)
             return _Failure(error, ambiguous=sent or not isinstance(exc, aiohttp.ClientConnectorError))
         if log.isEnabledFor(logging.INFO):  # what a request is takes a URL parse: not for nothing
@@ -633,6 +645,8 @@ class Client:
         if not req.credential:
             self.answered = True
         self.unreachable = 0
+        if not req.is_read:
+            self.unanswered_changes = 0
         return status, raw, resp_headers
 
     async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
@@ -733,8 +747,7 @@ class Client:
         """Raise, settle (a verified change), or None: worth another attempt.
         ``reached``: some attempt of the request may have reached the MDM."""
         error = failure.error
-        if not reached:
-            self._check_reachable(failure)
+        self._check_gone(failure, reached)
         if failure.final or isinstance(error, (BadAnswer, RedirectRefused)):
             raise error  # the same server will answer the same way
         if failure.ambiguous and not idempotent:
@@ -758,23 +771,35 @@ class Client:
             raise error
         return None
 
-    def _check_reachable(self, failure: _Failure) -> None:
-        """Raise :class:`Unreachable` when this attempt's connection could not
-        be made, as the last ``UNREACHABLE_AFTER`` could not, after the MDM
-        answered earlier in the run (before it ever answered, a wrong --url is
-        the set-up's error, not this one)."""
-        error = failure.error
-        if (
-            type(error) is ConnectError
-            and not failure.ambiguous
-            and self.answered
-            and self.unreachable >= UNREACHABLE_AFTER
-        ):
-            raise Unreachable(
+    def _unanswered(self, req: _Request) -> None:
+        if not req.is_read and not req.credential:
+            self.unanswered_changes += 1
+
+    def _check_gone(self, failure: _Failure, reached: bool) -> None:
+        """Stop the run (``halt``) when, after the MDM answered earlier in the
+        run, the last ``UNREACHABLE_AFTER`` connections could not be made or
+        the last ``UNREACHABLE_AFTER`` changes got no answer: it went away.
+        Before it ever answered, a wrong --url is the set-up's error. Without
+        a ``halt``, a request that never reached it raises instead."""
+        if not self.answered:
+            return
+        if self.unreachable >= UNREACHABLE_AFTER:
+            why = (
                 f"the MDM stopped answering: the last {self.unreachable} connections to {self._unreachable_at} "
-                "could not be made; check that it is up and reachable",
-                attempts=error.attempts,
+                "could not be made; check that it is up and reachable"
             )
+        elif self.unanswered_changes >= UNREACHABLE_AFTER:
+            why = (
+                f"the MDM stopped answering changes: the last {self.unanswered_changes} sent got no answer "
+                f"({failure.error}); check that it is up and working, or allow it a longer --timeout"
+            )
+        else:
+            return
+        gone = Unreachable(why, attempts=failure.error.attempts)
+        if self._halt is not None:
+            self._halt(gone)
+        elif not reached and type(failure.error) is ConnectError:
+            raise gone
 
     async def _pause(self, seconds: float) -> None:
         """Sleep before a retry; cut short when the run is stopping."""
@@ -804,6 +829,10 @@ async def _as_read_back(verify: Verify) -> bool | None:
         return await verify()
     finally:
         _reading_back.reset(token)
+
+
+def _never() -> bool:
+    return False
 
 
 def _give_up(last: Response | TransportError | None, req: _Request, reached: bool) -> Response:

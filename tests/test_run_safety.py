@@ -506,6 +506,30 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     assert statuses.count("not-run") >= 300 - sim.stats.mutating - 16, (statuses.count("not-run"), sim.stats.mutating)
 
 
+def test_an_mdm_that_stops_answering_changes_stops_the_run(tmp_path: Path) -> None:
+    """Found from outside: changes held past the timeout while reads are
+    answered (each read back, not there, sent again) kept a 300-row tag job
+    going for minutes. 20 changes in a row without an answer stop the run."""
+    with SimServer(make_app(devices=400, seed=28)) as sim:
+        devices = unique_devices(sim, 300)
+        sim.faults.update({"slow_rate": 1.0, "slow_seconds": 30.0, "mutating_only": True})
+        job = write_csv(tmp_path / "tag.csv", [["serial", "tag"], *[[s, "Musik"] for s, _ in devices]])
+        started = time.monotonic()
+        res = _run(run_cmd(job, sim.url, "--action", "tag", "--timeout", "1"), cli_env(tmp_path))
+        took = time.monotonic() - started
+        posts = sim.stats.mutating
+    assert res.returncode == 1, res.stderr
+    _no_traceback(res.stderr)
+    assert "the MDM stopped answering changes: the last 20 sent got no answer" in res.stderr, res.stderr
+    assert posts <= 45, (posts, took, res.stderr)  # 20 in a row, and the ones in flight then
+    assert took < 45, took
+    statuses = [r["status"] for r in read_report(job.with_name("tag.outcome.csv"))]
+    assert statuses.count("not-run") >= 300 - posts, statuses
+    # the changes in flight at the stop are read back (this server makes a
+    # change, then holds its answer): none is left unknown
+    assert statuses.count("unknown") == 0 and statuses.count("succeeded") == posts, statuses
+
+
 def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: Path) -> None:
     from bulkmdm.journal import IN_FLIGHT, Journal, NewRow
     from bulkmdm.model import Outcome, Status
