@@ -121,6 +121,8 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         job_lock(journal, identity, dry_run=options.dry_run),
     ):
         pacing = for_run(options.rate, options.concurrency, provider_cls)
+        for note in pacing.notes:
+            events.message(note)
         scheduler = Scheduler(
             concurrency=pacing.workers,
             events=events,

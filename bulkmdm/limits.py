@@ -203,6 +203,13 @@ _SENT: ContextVar[tuple[float, int] | None] = ContextVar("bulkmdm_rate_slot", de
 _SLOT: ContextVar[int] = ContextVar("bulkmdm_flight_slot", default=0)
 
 
+def _shown_rate(rate: float, window: float) -> str:
+    """A rate as the vendor counts it: "100 calls a minute", "20 calls a second"."""
+    if window >= 60:
+        return f"{rate * 60:g} calls a minute"
+    return f"{rate:g} calls a second"
+
+
 def parse_rate(text: str) -> float | None:
     """'100/min' -> 1.667 requests/s; '20/s' or '20' -> 20.0; 'none',
     'unlimited' -> None (no limit). A rate of 0 is refused: it would never
@@ -991,6 +998,7 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
     limit over ``rate_window`` seconds (1 unless the provider says).
     """
     window = float(getattr(provider_cls, "rate_window", 1.0) or 1.0)
+    notes: list[str] = []
     if rate_flag is None:
         rate = provider_cls.default_rate
         ceiling = provider_cls.max_rate
@@ -998,6 +1006,14 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
         controller_rate, controller_ceiling = start, ceiling
     else:
         controller_rate = controller_ceiling = parse_rate(rate_flag)
+        documented = provider_cls.max_rate
+        if documented is not None and (controller_rate is None or controller_rate > documented):
+            # an explicit --rate wins (issue 11: a server may allow more than
+            # its vendor documents), but the admin is told what they asked for
+            notes.append(
+                f"{provider_cls.name} documents at most {_shown_rate(documented, window)}; --rate {rate_flag} "
+                "asks for more: where the MDM holds to it, its 429s will hold the run."
+            )
     initial = max(1, int(provider_cls.default_concurrency))
     if concurrency_flag is not None:
         if concurrency_flag < 1:
@@ -1014,4 +1030,4 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
     # workers wait out their own retries (Retry-After, backoff) without a slot
     # in flight: enough of them that those waits do not bind before the limit
     workers = concurrency.maximum * (WORKERS_PER_SLOT if concurrency.adaptive else 1)
-    return Pacing(controller, concurrency, workers)
+    return Pacing(controller, concurrency, workers, tuple(notes))

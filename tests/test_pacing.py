@@ -25,6 +25,7 @@ from bulkmdm.limits import (
     RateController,
     _Test,
     for_run,
+    parse_rate,
 )
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
@@ -181,7 +182,18 @@ def test_for_run_reads_the_vendor_and_the_flags() -> None:
     assert fixed.rate.rate == fixed.rate.ceiling == 20
     assert not fixed.concurrency.adaptive and fixed.workers == 5
     unlimited = for_run("none", None, provider("duostation"))
-    assert unlimited.rate.rate is None
+    assert unlimited.rate.rate is None and not unlimited.notes
+    # an explicit --rate past a documented limit wins, and says so (found
+    # from outside: 20/s sent ManageEngine 101 calls in 5 s without a word)
+    for flag in ("20/s", "none"):
+        faster = for_run(flag, None, provider("manageengine"))
+        assert faster.rate.ceiling == parse_rate(flag)
+        assert faster.notes == (
+            f"manageengine documents at most 100 calls a minute; --rate {flag} asks for more: "
+            "where the MDM holds to it, its 429s will hold the run.",
+        )
+    slower = for_run("50/min", None, provider("manageengine"))
+    assert slower.rate.rate == pytest.approx(50 / 60) and not slower.notes
 
 
 def test_a_window_of_a_minute_measures_per_minute() -> None:
