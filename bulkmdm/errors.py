@@ -87,6 +87,10 @@ class QuotaExhausted(RunStopped):
     exit_code = 1
 
 
+class TokenUnavailable(RunStopped):
+    """The OAuth token endpoint gives no access token (failing or unreachable): no request can go."""
+
+
 class Unreachable(RunStopped):
     """The MDM answered earlier in the run, and now connection after connection to it fails."""
 

@@ -853,3 +853,27 @@ def test_the_days_quota_is_counted_across_runs(sim: SimServer, run_cli: Any, tmp
     # 30 a day, 10 kept for retries, 8 + 3 (the dry run's look-ups) + 3 used: 6 rows fit
     assert statuses_ == ["succeeded"] * 6 + ["not-run"] * 14, res.output
     assert res.exit_code == 1 and "Run the same command tomorrow" in res.report[-1]["detail"]
+
+
+async def test_a_token_endpoint_failing_from_the_start_is_the_set_up_failing() -> None:
+    """Found from outside: a token endpoint answering 500 at the first request
+    failed every row (exit 1, the earlier report replaced); nothing can be
+    sent without a token, so it is the set-up's failure (exit 2)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def failing(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/oauth/v2/token":
+            return web.json_response({"error": "internal"}, status=500)
+        return await handler(request)
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(failing)
+    with SimServer(app) as sim:
+        job = rows({"action": "add-to-group", "serial": FACTS["free_device"]["serial"], "group": GROUP["name"]})
+        with pytest.raises(SetupFailed) as info:
+            await run(sim, env_for("cloud", sim), job)
+        assert "gave no access token (it answered HTTP 500" in str(info.value)
+        assert (
+            "Nothing was sent." in str(info.value) and sim.stats.requests == sim.stats.by_route["POST /oauth/v2/token"]
+        )

@@ -18,7 +18,9 @@ import pytest
 from test_manageengine import (
     API_KEY,
     APP,
+    CLIENT_ID,
     CLIENT_SECRET,
+    REFRESH,
     FAST,
     GROUP,
     env_for,
@@ -493,3 +495,43 @@ def test_bulkmdm_sim_manageengine_me_real_serves_the_real_behaviour() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_token_endpoint_failing_mid_run_stops_the_run(tmp_path: Path, run_cli: Any) -> None:
+    """Found from outside: with the token endpoint answering 500 mid-run, every
+    row still went to the MDM (each refused 401, each a call of the day's
+    quota), and the rows said "failed" under a summary saying "not-run"."""
+    from aiohttp import web
+
+    from bulkmdm.sim.manageengine import make_app
+
+    changes = {"made": 0}
+
+    @web.middleware
+    async def failing_tokens(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/oauth/v2/token" and changes["made"] >= 5:
+            return web.json_response({"error": "internal"}, status=500)
+        response = await handler(request)
+        if request.method in ("POST", "DELETE") and request.path.startswith("/api/") and response.status < 300:
+            changes["made"] += 1
+            if changes["made"] == 5:
+                request.app["state"].expire_tokens()
+        return response
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(failing_tokens)
+    with SimServer(app) as sim:
+        new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:30]
+        job = write_csv(
+            tmp_path / "add.csv",
+            [["serial", "group"], *([state(sim).devices[d]["serial_number"], GROUP["name"]] for d in new)],
+        )
+        args = ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--action", "add-to-group"]
+        result = run_cli([*args, "--rate", "none", "--batch-size", "1"], env=env_for("cloud", sim))
+        refused = state(sim).unauthorized
+    assert result.exit_code == 1, result.output
+    assert "gave no access token (it answered HTTP 500" in result.output, result.output
+    statuses = [r["status"] for r in result.report]
+    assert statuses.count("succeeded") == 5 and statuses.count("failed") == 0, statuses
+    assert statuses.count("not-run") == 25
+    assert refused <= 8, refused  # the changes in flight when the token expired, not every row

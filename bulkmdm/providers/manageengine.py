@@ -77,11 +77,13 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 from ..errors import (
     AuthError,
     BadAnswer,
+    BulkMDMError,
     ConfigError,
     ConnectError,
     RedirectRefused,
     RequestTimeout,
     SetupFailed,
+    TokenUnavailable,
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
@@ -254,15 +256,9 @@ class ZohoOAuth(Auth):
                     "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
                     "that it can be reached from here. Nothing was sent."
                 ) from None
-            raise TransportError(
-                f"no access token from the OAuth token endpoint {where}: {self._redact(str(exc))}",
-                attempts=exc.attempts,
-            ) from None
+            raise self._unavailable(client, f"{self._redact(str(exc))}", exc.attempts) from None
         except TransportError as exc:
-            raise TransportError(
-                f"no access token from the OAuth token endpoint {where}: {self._redact(str(exc))}",
-                attempts=exc.attempts,
-            ) from None
+            raise self._unavailable(client, self._redact(str(exc)), exc.attempts) from None
         body = resp.body if isinstance(resp.body, Mapping) else {}
         error = get_field(body, "error")
         token = get_field(body, "access_token")
@@ -270,11 +266,7 @@ class ZohoOAuth(Auth):
             self._store(token, body)
             return
         if resp.status == 429 or resp.status >= 500 or _too_many(body):
-            raise TransportError(
-                f"the OAuth token endpoint {where} answered HTTP {resp.status} (too busy or failing); no access token",
-                attempts=resp.attempts,
-                status=resp.status,
-            )
+            raise self._unavailable(client, f"it answered HTTP {resp.status} (too busy or failing)", resp.attempts)
         # Zoho refuses a bad client or refresh token with HTTP 200 and
         # {"error": "invalid_client"} / {"error": "invalid_code"}.
         reason = self._redact(str(error)) if isinstance(error, str) and len(error) < 60 else f"HTTP {resp.status}"
@@ -282,6 +274,22 @@ class ZohoOAuth(Auth):
             f"the OAuth token endpoint {where} refused the refresh token or client ({reason}); check "
             f"BULKMDM_CLIENT_ID, BULKMDM_CLIENT_SECRET and BULKMDM_REFRESH_TOKEN{self.hint}",
             status=401,
+        )
+
+    def _unavailable(self, client: Client, why: str, attempts: int) -> BulkMDMError:
+        """No access token, the endpoint failing rather than refusing: no
+        request can go, so the run stops (every row would be refused, each
+        spending a call of the day's quota). Before the MDM ever answered,
+        that is the set-up's failure: nothing was sent."""
+        where = urlsplit(self.token_url).netloc
+        if not client.answered_ok:
+            return SetupFailed(
+                f"The OAuth token endpoint {where} gave no access token ({why}); check BULKMDM_OAUTH_URL, "
+                "or run the same command again later. Nothing was sent."
+            )
+        return TokenUnavailable(
+            f"the OAuth token endpoint {where} gave no access token ({why}); run the same command again later",
+            attempts=attempts,
         )
 
     def _store(self, token: str, body: Mapping[str, Any]) -> None:
