@@ -824,6 +824,32 @@ async def test_search_after_values_the_server_will_not_take_fall_back_to_start()
         assert server.stats.by_route["GET /api/v1/device"] == 4  # 3 pages, 1 refused continuation
 
 
+@pytest.mark.parametrize("past_the_count", ["answers", "refuses"])
+async def test_a_totalcount_short_of_the_fleet_loses_no_device_after_a_full_page(past_the_count: str) -> None:
+    """Found from outside: a totalCount of 700 for 1,200 devices stopped the
+    paging after the second page, though it came back full; a full page is
+    always followed by one more ask (a server refusing it ends the list)."""
+    fleet = 1000 if past_the_count == "refuses" else 1200  # (1,000: its last page is full)
+    app = make_app(devices=fleet, seed=5)
+    state: IvantiState = app["state"]
+    rewrite_search(app, lambda result, request: result.update(totalCount=700))
+    if past_the_count == "refuses":
+
+        @web.middleware
+        async def refuse(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.path == "/api/v1/device" and int(request.query.get("start", "0") or 0) >= fleet:
+                return web.json_response({"errors": [{"message": "start out of range"}], "result": None}, status=400)
+            return await handler(request)
+
+        app.middlewares.append(refuse)
+    with SimServer(app) as server:
+        last = max(state.devices)
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, "checkin", {"device_id": str(last)})])
+            assert provider._fleet is not None and provider._fleet.count == fleet
+        assert isinstance(out[0], Step) and out[0].params["id"] == last
+
+
 @pytest.mark.parametrize("server_does", ["finds nothing", "refuses fq"])
 async def test_owner_is_found_in_the_device_list_when_the_search_fails(server_does: str) -> None:
     app = make_app(devices=300, seed=7)

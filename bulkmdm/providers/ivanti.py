@@ -341,15 +341,22 @@ class Ivanti(Provider):
         as given, comma-joined, with the same sort."""
         if cursor is None:
             self._total = None
-        result, cursor = await self._read_page(cursor or _Cursor())
+        # past the totalCount, after a full page: only to make sure
+        beyond = cursor is not None and self._total is not None and cursor.start >= self._total
+        try:
+            result, cursor = await self._read_page(cursor or _Cursor())
+        except ListFailed:
+            if beyond:
+                return [], None  # refused past the count it gave: the list ended there
+            raise
         page = as_list(result, "searchResults")
         total = as_int(get_field(result, "totalCount"))
         self._total = total if self._total is None else self._total
         start = cursor.start + len(page)
-        if not page or (total is not None and start >= total and not (len(page) >= PAGE_ROWS and total <= len(page))):
-            # (A full page whose totalCount is no more than the page itself
-            # may be a server counting the page, "totalCount" is not
-            # described: the next page is asked for rather than stop at 500.)
+        if not page or (total is not None and start >= total and len(page) < PAGE_ROWS):
+            # A full page is followed by one more ask, whatever totalCount
+            # says: "totalCount" is not described, and a server counting the
+            # page, or counting short, would otherwise lose the devices after it.
             return page, None
         return page, _Cursor(start, _continuation(result, page) if cursor.after_ok else "", cursor.after_ok)
 
