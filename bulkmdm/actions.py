@@ -77,6 +77,8 @@ _WOULD = {
     "clear-passcode": "clear the passcode of {target}",
     "inventory": "ask {target} for its inventory",
     "checkin": "make {target} check in",
+    "delete-device": "delete {target}",
+    "delete-user": "delete {target}",
 }
 
 

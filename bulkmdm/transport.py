@@ -890,7 +890,7 @@ def _tls_failed(url: str, exc: BaseException) -> str:
     where = _shown(url)
     if url.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc):
         return (
-            f"{where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
+            f"the server at {where} does not speak TLS (it answered in plain HTTP); use http:// in --url if that is "
             "really the MDM, or check the port"
         )
     return f"the TLS handshake with {where} failed ({_reason(exc)}); check --url and the server's certificate"

@@ -99,3 +99,16 @@ async def test_closing_the_feed_cancels_a_chunk_being_planned() -> None:
     feed.close()
     await asyncio.sleep(0)
     assert ahead.cancelled() or ahead.done()
+
+
+def test_a_dry_run_says_what_each_action_would_do_in_words() -> None:
+    """Found from outside: "Would delete-device device BSN3."."""
+    from bulkmdm.actions import ACTIONS, would
+    from bulkmdm.model import JobRow, Step
+
+    for action in ACTIONS:
+        text = would(Step(JobRow(0, action, {"tag": "T", "group": "G", "app": "A"}), action, "device X"))
+        assert text.startswith("Would ") and text.endswith(".") and ("-" not in action or action not in text), text
+    assert would(Step(JobRow(0, "delete-user", {}), "delete-user", "user sam@skola.se")) == (
+        "Would delete user sam@skola.se."
+    )

@@ -669,7 +669,10 @@ class Ivanti(Provider):
         if action == "restart":
             platform = key(get_field(device, "platformType")).upper()
             if (platform and platform != "IOS") or get_field(device, "supervised") is False:
-                what = "an unsupervised iOS device" if platform == "IOS" else f"a {platform} device"
+                if platform in ("IOS", ""):
+                    what = "an unsupervised iOS device" if platform else "an unsupervised device"
+                else:
+                    what = f"{'an' if platform[0] in 'AEIOU' else 'a'} {platform} device"
                 return failed(
                     row,
                     f"{name} is {what}; Ivanti restarts only supervised iOS devices "
