@@ -877,3 +877,23 @@ async def test_a_token_endpoint_failing_from_the_start_is_the_set_up_failing() -
         assert (
             "Nothing was sent." in str(info.value) and sim.stats.requests == sim.stats.by_route["POST /oauth/v2/token"]
         )
+
+
+async def test_an_mdm_listing_no_devices_says_so() -> None:
+    """Found from outside: an empty device list was explained as one that
+    "carries no serial numbers"."""
+    from aiohttp import web
+
+    @web.middleware
+    async def empty(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.path.endswith("/devices"):
+            return web.json_response({"devices": [], "metadata": {"total_record_count": 0}})
+        return await handler(request)
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(empty)
+    with SimServer(app) as sim:
+        job = rows({"action": "add-to-group", "serial": "SN0001", "group": GROUP["name"]})
+        out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["failed"]
+    assert out[0].detail == "Serial 'SN0001' was not found: the MDM lists no devices at all."

@@ -766,6 +766,8 @@ class ManageEngine(Provider):
         if lists.device_by_serial.find(serial):
             return lists.device_by_serial.one(serial, "serial")
         if not lists.serials_known and serial.strip():
+            if not lists.device_count and "devices" not in lists.no_details:
+                raise LookupFailed(f"serial {serial!r} was not found: the MDM lists no devices at all")
             why = lists.no_details.get("devices") or "the MDM's device list carries no serial numbers"
             raise LookupFailed(f"serial {serial!r} was not found: {why}; give device_id instead")
         if serial.strip() and not lists.device_by_serial_folded.find(serial):
@@ -1139,6 +1141,8 @@ class _Lists:
         #: records that never match a row, kept to say why: de-enrolled ones, ones without device_id
         self.removed_by_id = self.removed_by_serial = self.no_id_by_serial = empty
         self.serials_known = False
+        #: devices the MDM listed
+        self.device_count = 0
         self.group_by_name = self.group_by_name_folded = self.groups_without_id = empty
         #: the lists as read (None: not needed yet)
         self.groups: list[Any] | None = None
@@ -1419,6 +1423,7 @@ def _index_devices(lists: _Lists, devices: list[Any]) -> None:
     lists.removed_by_serial = Index("device", removed, _serial, fold=True)
     lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
     lists.serials_known = any(_serial(d) for d in devices)
+    lists.device_count = len(devices)
 
 
 def _index_groups(lists: _Lists, groups: list[Any]) -> None:
