@@ -92,3 +92,17 @@ async def open_provider(target: Connection, *, stopping: Callable[[], bool] | No
             yield provider
         finally:
             await provider.aclose()
+            _count_calls(target, provider, client.requests_sent)
+
+
+def _count_calls(target: Connection, provider: Provider, calls: int) -> None:
+    """Add these calls (an export's, a template's look-ups) to the day's count
+    of a vendor with a daily quota, as a run's are: the next run's budget
+    (and its dry run's "used today") then holds them."""
+    if provider.daily_limit is None or not calls:
+        return
+    from .journal import Journal, state_dir
+    from .quota import tenant
+
+    with Journal(state_dir(None, target.env)) as journal:
+        journal.add_calls(tenant(target.provider, target.url), calls)

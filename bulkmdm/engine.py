@@ -32,7 +32,7 @@ from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .connect import Connection, make_client
 from .limits import Pacing, for_run
-from .quota import DayQuota
+from .quota import DayQuota, tenant as quota_tenant
 from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -131,7 +131,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler, pacing)
-        tenant = _tenant(provider_cls.name, url)
+        tenant = quota_tenant(provider_cls.name, url)
         calls_today = journal.calls_today(tenant)
         provider = provider_cls(
             client,
@@ -187,11 +187,6 @@ def rebuild_report(
 
     summary = report.rebuild_report(run_id, out=out, state=state, env=env)
     return RunResult(run_id, summary.path, summary.counts, 0, rows=summary.rows, summary=summary)
-
-
-def _tenant(provider: str, url: str) -> str:
-    """Whose API quota a run spends: one MDM, as the journal counts its calls per day."""
-    return f"{provider} {url.rstrip('/')}"
 
 
 def _client(

@@ -49,6 +49,11 @@ def next_reset(moment: datetime) -> datetime:
     return datetime.combine(moment.date() + timedelta(days=1), datetime.min.time())
 
 
+def tenant(provider: str, url: str) -> str:
+    """Whose API quota calls spend: one MDM, as the journal counts its calls per day."""
+    return f"{provider} {url.rstrip('/')}"
+
+
 class DayQuota:
     """Today's API calls to one MDM against its daily ``limit`` (None: no limit).
 

@@ -81,3 +81,21 @@ def test_an_export_with_an_action_is_a_job(run_cli: Any, tmp_path: Path, vendor:
     statuses = {r["status"] for r in run.report} if run.report else set()
     assert statuses and statuses <= {"planned", "skipped", "failed"}, run.output
     assert server.stats.mutating == 0
+
+
+def test_an_exports_calls_count_against_manageengines_daily_quota(run_cli: Any, tmp_path: Path) -> None:
+    """Found from outside: an export's calls were not counted, so the next
+    run (and its dry run's "used today") thought the day's budget untouched."""
+    from bulkmdm import sim
+    from bulkmdm.journal import Journal
+    from bulkmdm.quota import tenant
+
+    with SimServer(sim.load("manageengine")(devices=60, seed=2)) as server:
+        out = tmp_path / "fleet.csv"
+        args = ["export", "--provider", "manageengine", "--url", server.url, "-o", str(out)]
+        result = run_cli(args, env=ENV["manageengine"])
+        assert result.exit_code == 0, result.output
+        calls = server.stats.requests
+    assert calls > 0
+    with Journal(tmp_path / "state") as journal:
+        assert journal.calls_today(tenant("manageengine", server.url)) == calls
