@@ -1018,3 +1018,17 @@ async def test_a_total_count_of_the_page_alone_does_not_end_the_device_list() ->
             assert provider._fleet is not None and provider._fleet.count == 1200
         assert isinstance(out[0], Step) and out[0].params["id"] == last
         assert server.stats.by_route["GET /api/v1/device"] == 3
+
+
+async def test_a_device_space_listing_no_devices_is_a_set_up_to_check() -> None:
+    """Found from outside: a server answering a wrong dmPartitionId with an
+    empty list failed every row "not found among the 0 devices"; nothing can
+    be found there, so nothing is sent and --partition is named."""
+    app = make_app(devices=50, seed=5)
+    rewrite_search(app, lambda result, request: result.update(searchResults=[], totalCount=0))
+    with SimServer(app) as server:
+        async with ivanti(server) as provider:
+            with pytest.raises(SetupFailed) as info:
+                await provider.plan([JobRow(0, "lock", {"serial": "X1"})])
+        assert "lists no devices; check --partition" in str(info.value)
+        assert server.stats.mutating == 0

@@ -55,7 +55,7 @@ from urllib.parse import urlencode
 
 from multidict import MultiDict
 
-from ..errors import ConfigError, TransportError
+from ..errors import ConfigError, SetupFailed, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Client, Response
@@ -526,6 +526,14 @@ class Ivanti(Provider):
         the users the rows assign devices to."""
         if self._fleet is None:
             self._fleet = await self._fetch_fleet()
+            if not self._fleet.count:
+                # (found from outside: a server answering a wrong dmPartitionId
+                # with an empty space failed every row "not found among 0")
+                raise SetupFailed(
+                    f"Device space {self.partition} at {self.settings.url} lists no devices; check --partition "
+                    "(or BULKMDM_PARTITION_ID): it is the dmPartitionId of the space that holds the job's "
+                    "devices. Nothing was sent."
+                )
         users = {
             who.casefold(): who
             for row in rows
