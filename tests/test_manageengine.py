@@ -897,3 +897,33 @@ async def test_an_mdm_listing_no_devices_says_so() -> None:
         out = await run(sim, env_for("on-premises", sim), job)
     assert statuses(out) == ["failed"]
     assert out[0].detail == "Serial 'SN0001' was not found: the MDM lists no devices at all."
+
+
+async def test_a_delete_whose_answer_was_lost_says_what_the_retry_found() -> None:
+    """Found from outside: the retry's 404 was told as "confirmed by reading
+    it back" with HTTP 200, though no read-back was made."""
+    from aiohttp import web
+
+    from bulkmdm.sim.common import _drop
+
+    dropped: list[str] = []
+
+    @web.middleware
+    async def lose_first_answer(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        if request.method == "DELETE" and not dropped:
+            dropped.append(request.path)
+            _drop(request)  # the change is made; its answer never arrives
+            raise asyncio.CancelledError
+        return response
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(lose_first_answer)
+    with SimServer(app) as sim:
+        inside = sorted(members(sim, GROUP["id"]))
+        job = rows({"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+        out = await run(sim, env_for("on-premises", sim), job)
+        assert dropped and inside[0] not in members(sim, GROUP["id"])
+    assert statuses(out) == ["succeeded"] and out[0].http_status == 404 and out[0].attempts == 2
+    assert "an earlier try went through: the MDM answers the retry HTTP 404" in out[0].detail
+    assert "reading it back" not in out[0].detail

@@ -1127,8 +1127,14 @@ class ManageEngine(Provider):
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
         resp = await self.client.request("DELETE", self._path(path))
         if resp.status == 404 and resp.attempts > 1:
-            # an earlier attempt went through and its answer was lost
-            resp = Response(200, None, resp.headers, resp.attempts, verified=True)
+            # an earlier attempt went through and its answer was lost: told
+            # as what happened (no read-back was made; the retry's 404 says it)
+            done = _succeeded(step, Response(200, None, resp.headers, resp.attempts))
+            return done.with_(
+                detail=done.detail.rstrip(".") + " (an earlier try went through: the MDM answers the retry "
+                "HTTP 404, nothing is left to remove).",
+                http_status=404,
+            )
         return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
