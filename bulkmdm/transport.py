@@ -783,10 +783,13 @@ class Client:
         a ``halt``, a request that never reached it raises instead."""
         if not self.answered:
             return
-        if self.unreachable >= UNREACHABLE_AFTER:
+        # a connection failed since the last answer: it went (the changes in flight then dropped first)
+        connecting = self.unreachable > 0
+        if self.unreachable >= UNREACHABLE_AFTER or (self.unanswered_changes >= UNREACHABLE_AFTER and connecting):
             why = (
-                f"the MDM stopped answering: the last {self.unreachable} connections to {self._unreachable_at} "
-                "could not be made; check that it is up and reachable"
+                f"the MDM stopped answering: the last {max(self.unreachable, self.unanswered_changes)} requests "
+                f"got no answer, and connections to {self._unreachable_at} can no longer be made; "
+                "check that it is up and reachable"
             )
         elif self.unanswered_changes >= UNREACHABLE_AFTER:
             why = (

@@ -6,6 +6,7 @@ the real CLI (`python -m bulkmdm run ...`) against the built-in simulator on
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import socket
@@ -500,7 +501,10 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     # connections refused after answers: the run stops at once, the rows it
     # could not deliver are not-run (found from outside: 500 connection
     # attempts and 121 rows "failed" before the breaker saw 20 outcomes)
-    assert "the MDM stopped answering: the last 20 connections to 127.0.0.1:" in err, err
+    assert re.search(r"the MDM stopped answering: the last 2\d requests got no answer, and connections to 127", err), (
+        err
+    )
+    assert "can no longer be made; check that it is up and reachable" in err
     statuses = [r["status"] for r in read_report(job.with_name("lock.outcome.csv"))]
     assert statuses.count("failed") == 0, err
     assert statuses.count("not-run") >= 300 - sim.stats.mutating - 16, (statuses.count("not-run"), sim.stats.mutating)
@@ -520,7 +524,7 @@ def test_an_mdm_that_stops_answering_changes_stops_the_run(tmp_path: Path) -> No
         posts = sim.stats.mutating
     assert res.returncode == 1, res.stderr
     _no_traceback(res.stderr)
-    assert "the MDM stopped answering changes: the last 20 sent got no answer" in res.stderr, res.stderr
+    assert re.search(r"the MDM stopped answering changes: the last 2\d sent got no answer", res.stderr), res.stderr
     assert posts <= 45, (posts, took, res.stderr)  # 20 in a row, and the ones in flight then
     assert took < 45, took
     statuses = [r["status"] for r in read_report(job.with_name("tag.outcome.csv"))]
