@@ -8,6 +8,7 @@ never climbs past its documented limit (an explicit rate is its own ceiling).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -101,8 +102,10 @@ def _count_calls(target: Connection, provider: Provider, calls: int) -> None:
     (and its dry run's "used today") then holds them."""
     if provider.daily_limit is None or not calls:
         return
+    from .errors import JournalError
     from .journal import Journal, state_dir
     from .quota import tenant
 
-    with Journal(state_dir(None, target.env)) as journal:
+    # (a journal that cannot be written must not hide what the export itself met)
+    with contextlib.suppress(JournalError), Journal(state_dir(None, target.env)) as journal:
         journal.add_calls(tenant(target.provider, target.url), calls)
