@@ -256,7 +256,7 @@ class ZohoOAuth(Auth):
                     "check BULKMDM_OAUTH_URL (without it, --url's region names the endpoint) and "
                     "that it can be reached from here. Nothing was sent."
                 ) from None
-            raise self._unavailable(client, f"{self._redact(str(exc))}", exc.attempts) from None
+            raise self._unavailable(client, self._redact(str(exc)), exc.attempts) from None
         except TransportError as exc:
             raise self._unavailable(client, self._redact(str(exc)), exc.attempts) from None
         body = resp.body if isinstance(resp.body, Mapping) else {}
