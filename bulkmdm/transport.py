@@ -765,8 +765,8 @@ class Client:
         # Until the MDM has answered once, a connection that fails is most
         # likely a wrong --url: two tries, not the whole retry budget.
         attempts = self.retry.attempts if self.answered else min(2, self.retry.attempts)
-        if self._stopping() and not reached and type(error) is ConnectError:
-            raise NotSent(f"{req.what} was not sent: the run was stopping")  # no connection was ever made
+        if self._stopping() and _never_delivered(error, reached):
+            raise _not_sent(req)
         if failures >= attempts or self._stopping():
             raise error
         return None
@@ -801,7 +801,7 @@ class Client:
         gone = Unreachable(why, attempts=failure.error.attempts)
         if self._halt is not None:
             self._halt(gone)
-        elif not reached and type(failure.error) is ConnectError:
+        elif _never_delivered(failure.error, reached):
             raise gone
 
     async def _pause(self, seconds: float) -> None:
@@ -838,15 +838,24 @@ def _never() -> bool:
     return False
 
 
+def _never_delivered(error: TransportError, reached: bool) -> bool:
+    """No attempt of the request reached the MDM: every one failed to connect."""
+    return not reached and type(error) is ConnectError
+
+
+def _not_sent(req: _Request) -> NotSent:
+    return NotSent(f"{req.what} was not sent: the run was stopping")
+
+
 def _give_up(last: Response | TransportError | None, req: _Request, reached: bool) -> Response:
     """The run is stopping: the last attempt's answer is the row's answer
     (a 429 did nothing: the row was not run; nor did connections never made)."""
     if (
         last is None
         or (isinstance(last, Response) and last.status == 429)
-        or (type(last) is ConnectError and not reached)
+        or (isinstance(last, TransportError) and _never_delivered(last, reached))
     ):
-        raise NotSent(f"{req.what} was not sent: the run was stopping")
+        raise _not_sent(req)
     if isinstance(last, TransportError):
         raise last
     return last
