@@ -256,6 +256,105 @@ def _drop(request: web.Request) -> None:
         transport.abort()
 
 
+@dataclass
+class CheckIns:
+    """When simulated devices take the commands queued for them, as a fleet does.
+
+    ``delay`` None (the default): at once, when the MDM accepts them (fast
+    tests). A number: a device takes what is queued for it at its next
+    check-in, about ``delay`` seconds after the command (each device between
+    half and one and a half times it, the same every time), and an offline
+    device (``offline_rate`` of the fleet, chosen by device id and ``seed``,
+    or named in ``offline``) never does. ``POST /_sim/checkins`` changes these
+    (JSON), ``GET /_sim/checkins`` shows them, and ``POST /_sim/checkins/now``
+    makes every online device with a queued command check in at once."""
+
+    delay: float | None = None
+    offline_rate: float = 0.0
+    #: device ids (as text) that never check in
+    offline: list[str] = field(default_factory=list)
+    seed: int = 0
+    #: queued commands: (when the device takes it, epoch seconds; device id; what it does then)
+    queue: list[tuple[float, str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    #: commands devices have taken
+    taken: int = 0
+
+    def is_offline(self, device: str) -> bool:
+        if device in self.offline:
+            return True
+        return self.offline_rate > 0 and random.Random(f"{self.seed}:offline:{device}").random() < self.offline_rate
+
+    def later(self, device: str, take: Callable[[], None]) -> None:
+        """The device takes ``take`` at its next check-in (at once without a delay)."""
+        if self.delay is None:
+            take()
+            return
+        spread = 0.5 + random.Random(f"{self.seed}:delay:{device}").random()
+        self.queue.append((time.time() + self.delay * spread, device, take))
+
+    def settle(self, *, everyone: bool = False) -> int:
+        """Devices whose check-in is due (``everyone``: every online one) take
+        their queued commands; how many commands were taken."""
+        now = time.time()
+        due = [item for item in self.queue if (everyone or item[0] <= now) and not self.is_offline(item[1])]
+        if not due:
+            return 0
+        taken = {id(item) for item in due}
+        self.queue = [item for item in self.queue if id(item) not in taken]
+        for _, _, take in due:
+            take()
+        self.taken += len(due)
+        return len(due)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delay": self.delay,
+            "offline_rate": self.offline_rate,
+            "offline": list(self.offline),
+            "seed": self.seed,
+            "queued": len(self.queue),
+            "taken": self.taken,
+        }
+
+    def update(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            if name not in ("delay", "offline_rate", "offline", "seed"):
+                raise KeyError(name)
+            setattr(self, name, [str(v) for v in value] if name == "offline" else value)
+
+
+def checkin_middleware(checkins: CheckIns) -> Any:
+    """Before every request to the API, the devices whose check-in is due take their commands."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if checkins.queue and not request.path.startswith("/_sim"):
+            checkins.settle()
+        return await handler(request)
+
+    return middleware
+
+
+def add_checkin_routes(app: web.Application, checkins: CheckIns) -> None:
+    async def get_checkins(request: web.Request) -> web.Response:
+        return web.json_response(checkins.as_dict())
+
+    async def set_checkins(request: web.Request) -> web.Response:
+        try:
+            checkins.update(await request.json())
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"message": f"bad check-in setting: {exc}"}, status=400)
+        return web.json_response(checkins.as_dict())
+
+    async def check_in_now(request: web.Request) -> web.Response:
+        checkins.settle(everyone=True)
+        return web.json_response(checkins.as_dict())
+
+    app.router.add_get("/_sim/checkins", get_checkins)
+    app.router.add_post("/_sim/checkins", set_checkins)
+    app.router.add_post("/_sim/checkins/now", check_in_now)
+
+
 def add_control_routes(app: web.Application, faults: Faults, stats: Stats) -> None:
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response(stats.as_dict())
@@ -282,8 +381,9 @@ def add_control_routes(app: web.Application, faults: Faults, stats: Stats) -> No
     app.router.add_post("/_sim/faults", set_faults)
 
 
-def instrument(app: web.Application, faults: Faults | None = None) -> web.Application:
-    """Give ``app`` fault switches, counters and the /_sim control routes.
+def instrument(app: web.Application, faults: Faults | None = None, checkins: CheckIns | None = None) -> web.Application:
+    """Give ``app`` fault switches, counters and the /_sim control routes
+    (and, with ``checkins``, devices that take commands when they check in).
 
     Call before the app's own routes are frozen (i.e. inside ``make_app``)."""
     faults = faults or Faults()
@@ -293,6 +393,11 @@ def instrument(app: web.Application, faults: Faults | None = None) -> web.Applic
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["faults"] = faults
         app["stats"] = stats
+        if checkins is not None:
+            app["checkins"] = checkins
+    if checkins is not None:
+        app.middlewares.insert(0, checkin_middleware(checkins))
+        add_checkin_routes(app, checkins)
     app.middlewares.insert(0, fault_middleware(faults, stats))
     add_control_routes(app, faults, stats)
     return app
