@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,26 @@ def test_a_look_that_does_not_fit_in_the_days_quota_stops(me: SimServer, tmp_pat
     env = {**ME, "BULKMDM_DAILY_LIMIT": str(spent + 3)}
     assert track(run_cli, ran.report_path, env=env).exit_code == 1
     assert me.stats.requests == spent + 3
+
+
+def test_a_look_waits_for_the_quota_to_reset_with_wait_for_quota(
+    me: SimServer, tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkmdm import quota
+
+    job, _ = me_job(tmp_path, me)
+    ran = run_me(run_cli, job, me)
+    spent = me.stats.requests
+    # bulkmdm's wall clock three seconds before midnight, running on at the real pace
+    moment, began = quota.next_reset(quota.now()) - timedelta(seconds=3), time.monotonic()
+    monkeypatch.setattr(quota, "now", lambda: moment + timedelta(seconds=time.monotonic() - began))
+    env = {**ME, "BULKMDM_DAILY_LIMIT": str(spent + 2)}
+    result = track(run_cli, ran.report_path, "--wait-for-quota", env=env)
+    assert result.exit_code == 1, result.output
+    assert "Waiting for the daily quota, resumes at 00:00" in result.output
+    assert "The daily quota has reset: continuing." in result.output
+    assert me.stats.requests == spent + 3  # the whole look: two calls today, one after midnight
+    assert [r["device_status"] for r in result.report] == ["pending", "pending", "confirmed"]
 
 
 def test_run_with_track_follows_the_changes_after_the_run(tmp_path: Path, run_cli: Any) -> None:
