@@ -536,13 +536,37 @@ class Journal:
             raise self.translate(exc) from None
 
     def sent_times(self, run_id: int) -> dict[int, float]:
-        """Row -> when its change last went out (epoch seconds), for the rows the journal knows it of."""
-        return {
-            idx: float(sent)
-            for idx, sent in self.db.execute(
-                "SELECT idx, sent_at FROM rows WHERE run_id = ? AND sent_at IS NOT NULL", (run_id,)
-            )
-        }
+        """Row -> when its change last went out (epoch seconds), for the rows the journal knows it of.
+
+        A row carried into this run from an earlier report (run again as the
+        job) went out in the run that wrote that report: its time is that
+        run's row's of the same content."""
+        out: dict[int, float] = {}
+        carried: dict[str, list[int]] = {}
+        for idx, sent, is_carried, digest in self.db.execute(
+            "SELECT idx, sent_at, carried, digest FROM rows WHERE run_id = ?", (run_id,)
+        ):
+            if sent is not None:
+                out[idx] = float(sent)
+            elif is_carried:
+                carried.setdefault(digest, []).append(idx)
+        if carried:
+            run = self.run(run_id)
+            earlier = self.db.execute(
+                "SELECT id FROM runs WHERE id < ? AND dry_run = 0 AND provider = ? AND url = ?"
+                " AND report_path IN (?, ?) ORDER BY id DESC",
+                (run_id, run.provider, run.url, run.report_path, run.job_path),
+            ).fetchall()
+            for (earlier_id,) in earlier:
+                for digest, sent in self.db.execute(
+                    "SELECT digest, sent_at FROM rows WHERE run_id = ? AND sent_at IS NOT NULL ORDER BY idx",
+                    (earlier_id,),
+                ):
+                    for idx in carried.pop(digest, ()):
+                        out[idx] = float(sent)
+                if not carried:
+                    break
+        return out
 
     def record_raw(self, run_id: int, items: Iterable[tuple[int, Sequence[str]]]) -> None:
         """Record outcomes carried over as text (an earlier report's columns): not this run's changes."""

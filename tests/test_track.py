@@ -246,6 +246,22 @@ def test_a_report_used_as_a_job_ignores_the_two_columns(ivanti: SimServer, tmp_p
         "attempts",
         "resolved_ids",
     ]
+    # the rows carried over from the first run are followed with that run's times, as before
+    tracked = track(run_cli, ran.report_path)
+    assert [r["device_status"] for r in tracked.report] == ["pending", "pending", ""]
+    check_in(ivanti)
+    assert [r["device_status"] for r in track(run_cli, ran.report_path).report] == ["confirmed", "confirmed", ""]
+
+
+def test_an_xlsx_report_is_tracked_in_place(ivanti: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    devices = active(ivanti, 2)
+    report = tmp_path / "wiped.xlsx"
+    ran = run_ivanti(run_cli, ivanti_job(tmp_path, devices, ["wipe", "lock"]), ivanti, "--report", str(report))
+    check_in(ivanti)
+    result = track(run_cli, ran.report_path)
+    assert result.exit_code == 0, result.output
+    assert [r["device_status"] for r in result.report] == ["confirmed", "confirmed"]
+    assert [r["note"] for r in result.report] == ["=1+1", "=1+1"]
 
 
 def test_nothing_could_be_looked_at_exits_2(tmp_path: Path, run_cli: Any) -> None:
