@@ -372,7 +372,7 @@ async def _follow(
                     if not _fits(provider, watching, quota, options.wait_for_quota, result):
                         break
                     if not await _look(provider, watching, stop, events, result):
-                        if result.stopped is not None or result.looks == 0 and options.until == 0:
+                        if result.stopped is not None:
                             break
                     else:
                         writer.write(result.rows)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import statistics
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -274,10 +276,14 @@ class CheckIns:
     #: device ids (as text) that never check in
     offline: list[str] = field(default_factory=list)
     seed: int = 0
-    #: queued commands: (when the device takes it, epoch seconds; device id; what it does then)
-    queue: list[tuple[float, str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    #: queued commands, a heap: (when the device takes it, epoch seconds; order; device id; what it does then)
+    queue: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    #: commands due on devices that are offline, until they come back
+    held: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list, repr=False)
     #: commands devices have taken
     taken: int = 0
+    #: the order commands were sent in (ties of the heap)
+    sent: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def is_offline(self, device: str) -> bool:
         if device in self.offline:
@@ -290,21 +296,21 @@ class CheckIns:
             take()
             return
         spread = 0.5 + random.Random(f"{self.seed}:delay:{device}").random()
-        self.queue.append((time.time() + self.delay * spread, device, take))
+        heapq.heappush(self.queue, (time.time() + self.delay * spread, next(self.sent), device, take))
 
     def settle(self, *, everyone: bool = False) -> int:
         """Devices whose check-in is due (``everyone``: every online one) take
-        their queued commands; how many commands were taken."""
-        now = time.time()
-        due = [item for item in self.queue if (everyone or item[0] <= now) and not self.is_offline(item[1])]
-        if not due:
-            return 0
-        taken = {id(item) for item in due}
-        self.queue = [item for item in self.queue if id(item) not in taken]
-        for _, _, take in due:
-            take()
-        self.taken += len(due)
-        return len(due)
+        their queued commands, in the order they were sent; how many were taken."""
+        now, taken = time.time(), 0
+        while self.queue and (everyone or self.queue[0][0] <= now):
+            item = heapq.heappop(self.queue)
+            if self.is_offline(item[2]):
+                self.held.append(item)
+                continue
+            item[3]()
+            taken += 1
+        self.taken += taken
+        return taken
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -312,7 +318,7 @@ class CheckIns:
             "offline_rate": self.offline_rate,
             "offline": list(self.offline),
             "seed": self.seed,
-            "queued": len(self.queue),
+            "queued": len(self.queue) + len(self.held),
             "taken": self.taken,
         }
 
@@ -321,6 +327,10 @@ class CheckIns:
             if name not in ("delay", "offline_rate", "offline", "seed"):
                 raise KeyError(name)
             setattr(self, name, [str(v) for v in value] if name == "offline" else value)
+        # devices back online take what waited for them at their next check-in
+        for item in self.held:
+            heapq.heappush(self.queue, item)
+        self.held.clear()
 
 
 def checkin_middleware(checkins: CheckIns) -> Any:
