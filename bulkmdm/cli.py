@@ -287,6 +287,13 @@ def run(
     help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets (default: stop).",
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@click.option(
+    "--profile",
+    "-P",
+    metavar="NAME",
+    help="Credentials the environment does not set come from this profile's OS keyring entries "
+    "(`bulkmdm login`); the MDM is the one the run spoke to.",
+)
 def track(
     report_file: Path,
     until: str,
@@ -297,6 +304,7 @@ def track(
     timeout: float,
     wait_for_quota: bool,
     state_dir: Path | None,
+    profile: str | None,
 ) -> None:
     """Follow a run's succeeded rows on the devices: did the device take the wipe, the lock, the app?
 
@@ -317,6 +325,7 @@ def track(
         timeout=timeout,
         state_dir=state_dir,
         wait_for_quota=wait_for_quota,
+        profile=profile,
         env=dict(os.environ),
     )
     sys.exit(_track_and_tell(options, as_json=as_json))

@@ -102,6 +102,8 @@ class TrackOptions:
     wait_for_quota: bool = False
     #: overrides of the provider's retry policy (tests shorten waits)
     retry: Mapping[str, object] | None = None
+    #: credentials the environment lacks come from this profile's keyring entries (``bulkmdm login``)
+    profile: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -327,11 +329,12 @@ async def _follow(
 
     stop = _Stop()
     provider_cls, url, partition = mdm.cls, mdm.url, mdm.partition
+    env = _environment(mdm, options)
     pacing = for_run(options.rate, options.concurrency, provider_cls)
     connection = Connection(
         provider=mdm.provider,
         url=url,
-        env=options.env,
+        env=env,
         partition=partition,
         rate=options.rate,
         concurrency=options.concurrency,
@@ -345,7 +348,7 @@ async def _follow(
         client,
         Settings(
             url=url,
-            env=options.env,
+            env=env,
             partition=partition,
             calls_today=calls_today,
             wait_for_quota=options.wait_for_quota,
@@ -392,6 +395,15 @@ async def _follow(
         if stop.signal is not None:
             result.interrupted = True
             result.exit_code = 143 if stop.signal == signal.SIGTERM else 130
+
+
+def _environment(mdm: _Mdm, options: TrackOptions) -> dict[str, str]:
+    """The environment, with what ``--profile`` keeps in the keyring for the run's MDM."""
+    if options.profile is None:
+        return dict(options.env)
+    from .config import Target, environment_for
+
+    return environment_for(Target(mdm.provider, mdm.url, profile=options.profile), options.env)
 
 
 def _fits(provider: Provider, watching: Sequence[TrackRow], quota: DayQuota, wait: bool, result: TrackResult) -> bool:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ def run_ivanti(run_cli: Any, job: Path, sim: SimServer, *extra: str) -> Any:
     return result
 
 
-def track(run_cli: Any, report: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
+def track(run_cli: Any, report: Path, *extra: str, env: Mapping[str, str | None] | None = None) -> Any:
     return run_cli(["track", str(report), *extra], env=env or IVANTI, report=report)
 
 
@@ -251,6 +251,28 @@ def test_a_report_used_as_a_job_ignores_the_two_columns(ivanti: SimServer, tmp_p
     assert [r["device_status"] for r in tracked.report] == ["pending", "pending", ""]
     check_in(ivanti)
     assert [r["device_status"] for r in track(run_cli, ran.report_path).report] == ["confirmed", "confirmed", ""]
+
+
+def test_track_takes_credentials_from_a_profiles_keyring(ivanti: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    import keyring
+    from test_profiles import MemoryKeyring
+
+    devices = active(ivanti, 1)
+    ran = run_ivanti(run_cli, ivanti_job(tmp_path, devices, ["lock"]), ivanti)
+    check_in(ivanti)
+    without = {**IVANTI, "BULKMDM_USERNAME": None, "BULKMDM_PASSWORD": None}
+    before, backend = keyring.get_keyring(), MemoryKeyring()
+    keyring.set_keyring(backend)
+    try:
+        backend.set_password("bulkmdm", "school:BULKMDM_USERNAME", "admin")
+        backend.set_password("bulkmdm", "school:BULKMDM_PASSWORD", "admin")
+        refused = track(run_cli, ran.report_path, env=without)
+        assert refused.exit_code == 2 and "BULKMDM_USERNAME" in refused.output
+        result = track(run_cli, ran.report_path, "--profile", "school", env=without)
+        assert result.exit_code == 0, result.output
+        assert result.report[0]["device_status"] == "confirmed"
+    finally:
+        keyring.set_keyring(before)
 
 
 def test_an_xlsx_report_is_tracked_in_place(ivanti: SimServer, tmp_path: Path, run_cli: Any) -> None:

@@ -5,8 +5,10 @@ thread for tests, or in the foreground for ``bulkmdm sim``).
 Fault switches (:class:`Faults`) can be changed while the server runs, from
 Python (``sim.faults.error_rate = 0.2``) or over HTTP: ``POST /_sim/faults``
 with a JSON object of the fields to change. ``GET /_sim/stats`` returns the
-request counters. These ``/_sim`` paths need no credentials and exist only in
-the simulator.
+request counters. A simulator whose devices check in (:class:`CheckIns`:
+Ivanti, ManageEngine) adds ``GET``/``POST /_sim/checkins`` (the delay, the
+offline devices) and ``POST /_sim/checkins/now``. These ``/_sim`` paths need
+no credentials and exist only in the simulator.
 """
 
 from __future__ import annotations
