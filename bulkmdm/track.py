@@ -209,12 +209,8 @@ async def _track(options: TrackOptions, events: TrackEvents) -> TrackResult:
             )
         provider_cls = providers.get(run.provider)
         earlier = _earlier_columns(table.outcome, table.rows)
-        rows = [
-            _classify(record, earlier[i], journal_sent, provider_cls)
-            for i, (record, journal_sent) in enumerate(
-                zip(records, _sent(journal.sent_times(run.id), len(records)), strict=True)
-            )
-        ]
+        sent = journal.sent_times(run.id)
+        rows = [_classify(record, earlier[i], sent.get(record.idx), provider_cls) for i, record in enumerate(records)]
         result = TrackResult(report, rows)
         writer = _ReportWriter(report, table.headers, table.rows, table.outcome, table.delimiter)
         watching = [row for row in rows if row.status == PENDING]
@@ -226,10 +222,6 @@ async def _track(options: TrackOptions, events: TrackEvents) -> TrackResult:
             events.looked(result)  # what is known without a look (MDM-side changes, what is not trackable)
         result.exit_code = _exit_code(result, bool(watching))
         return result
-
-
-def _sent(known: Mapping[int, float], count: int) -> list[float | None]:
-    return [known.get(i) for i in range(count)]
 
 
 def _earlier_columns(outcome: Mapping[str, int], cells: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
@@ -449,7 +441,7 @@ async def _look(
     for sighting in sightings:
         row = by_index[sighting.index]
         row.detail = sighting.detail
-        if sighting.seen is not None:
+        if sighting.confirmed and sighting.seen is not None:
             row.status, row.seen = CONFIRMED, iso(sighting.seen)
     result.looks += 1
     return True
