@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -452,8 +453,40 @@ def test_a_bad_duration_is_one_sentence(run_cli: Any, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--until 'soon' is not a duration" in result.output
 
 
+def _sim_json(url: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)  # type: ignore[no-any-return]
+
+
+def test_the_check_in_control_routes(ivanti: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    devices = active(ivanti, 2)
+    ran = run_ivanti(run_cli, ivanti_job(tmp_path, devices, ["lock", "lock"]), ivanti)
+    assert _sim_json(ivanti.url, "/_sim/checkins")["queued"] == 2
+    assert _sim_json(ivanti.url, "/_sim/checkins", {"offline": [devices[1]["id"]]})["offline"] == [
+        str(devices[1]["id"])
+    ]
+    now = _sim_json(ivanti.url, "/_sim/checkins/now", {})
+    assert now["taken"] == 1 and now["queued"] == 1
+    assert [r["device_status"] for r in track(run_cli, ran.report_path).report] == ["confirmed", "pending"]
+
+
 def test_the_simulator_command_takes_check_in_settings(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     args = [sys.executable, "-m", "bulkmdm", "sim", "banyan", "--port", "0", "--checkin-delay", "5"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no device check-ins" in done.stderr
+
+    args = [sys.executable, "-m", "bulkmdm", "sim", "ivanti", "--port", "0", "--devices", "50"]
+    proc = subprocess.Popen(
+        [*args, "--checkin-delay", "5", "--offline-rate", "0.2"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        settings = _sim_json(url, "/_sim/checkins")
+        assert settings["delay"] == 5 and settings["offline_rate"] == 0.2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
