@@ -351,7 +351,8 @@ def _track_and_tell(options: Any, *, as_json: bool) -> int:
         result = track(options, Told())
     except BulkMDMError as exc:
         if as_json:
-            click.echo(json.dumps({"error": str(exc), "report": str(options.report), "undo": None, "exit": 2}))
+            error: dict[str, Any] = {"error": str(exc), "counts": {}, "report": str(options.report), "undo": None}
+            click.echo(json.dumps({**error, "exit": exc.exit_code}))
         raise
     _track_summary(result)
     if as_json:
