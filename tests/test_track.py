@@ -163,6 +163,18 @@ def test_an_offline_device_stays_pending_and_tracking_again_asks_only_about_it(
     assert third.exit_code == 0 and lookups(ivanti) == asked
 
 
+def test_tracking_against_the_live_service_s_moving_search_order(tmp_path: Path, run_cli: Any) -> None:
+    # --real: searches come in check-in order that moves while a client pages; devices check in on their own
+    with SimServer(make_ivanti(devices=1200, seed=1, real=True, checkins=CheckIns(delay=LATER))) as sim:
+        devices = active(sim, 3)
+        ran = run_ivanti(run_cli, ivanti_job(tmp_path, devices, ["wipe", "lock", "lock"]), sim)
+        first = track(run_cli, ran.report_path)
+        assert [r["device_status"] for r in first.report] == ["pending"] * 3, first.output
+        check_in(sim, offline=[str(devices[1]["id"])])
+        second = track(run_cli, ran.report_path)
+        assert [r["device_status"] for r in second.report] == ["confirmed", "pending", "confirmed"], second.output
+
+
 def test_json_lines_end_in_a_summary(ivanti: SimServer, tmp_path: Path, run_cli: Any) -> None:
     devices = active(ivanti, 2)
     ran = run_ivanti(run_cli, ivanti_job(tmp_path, devices, ["wipe", "lock"]), ivanti)
