@@ -156,6 +156,13 @@ def profile_option(command: Any) -> Any:
     help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets and continue "
     "(default: stop, leaving the rest not-run for the same command tomorrow).",
 )
+@click.option(
+    "--track",
+    "track_for",
+    metavar="DURATION",
+    help="After the run, follow its succeeded rows on the devices for this long (30s, 15m, 2h), "
+    "as `bulkmdm track REPORT --until DURATION` does.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
 @profile_option
 def run(
@@ -176,6 +183,7 @@ def run(
     batch_size: int | None,
     resend_unknown: bool,
     wait_for_quota: bool,
+    track_for: str | None,
     verbose: bool,
     profile: str | None,
 ) -> None:
@@ -199,6 +207,13 @@ def run(
     env = environment_for(target, os.environ)
     if verbose:
         _log_to_stderr(env)
+    following = None
+    if track_for is not None:
+        from .track import parse_duration
+
+        if dry_run:
+            raise click.UsageError("--track follows changes a run made; a dry run makes none, so leave one out.")
+        following = parse_duration(track_for, flag="--track")
     options = RunOptions(
         job=job,
         provider=target.provider,
@@ -225,7 +240,177 @@ def run(
     finally:
         events.finish()
     _summary(result, options, dry_run)
+    if following is not None and result.exit_code not in (2, 130, 143) and result.report_path.exists():
+        from .track import DEFAULT_EVERY, TrackOptions
+
+        click.echo(f"Following the changes on the devices for {track_for} ...", err=True)
+        tracked = _track_and_tell(
+            TrackOptions(
+                report=result.report_path,
+                until=following,
+                every=min(DEFAULT_EVERY, max(following / 10, 1.0)),
+                rate=target.rate,
+                concurrency=target.concurrency,
+                timeout=timeout,
+                state_dir=state_dir,
+                wait_for_quota=wait_for_quota,
+                env=env,
+            ),
+            as_json=False,
+        )
+        sys.exit(result.exit_code or tracked)
     sys.exit(result.exit_code)
+
+
+# -- following through ---------------------------------------------------------
+
+
+@main.command()
+@click.argument("report_file", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option(
+    "--until",
+    metavar="DURATION",
+    default="0s",
+    help="Keep looking until every trackable row is confirmed or this long has passed (30s, 15m, 2h). "
+    "Default: one look.",
+)
+@click.option("--every", metavar="DURATION", default="1m", show_default=True, help="Time between two looks (30s, 5m).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (the last one a summary); words on stderr.")
+@click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
+@click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."
+)
+@click.option(
+    "--wait-for-quota",
+    is_flag=True,
+    help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets (default: stop).",
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@click.option(
+    "--profile",
+    "-P",
+    metavar="NAME",
+    help="Credentials the environment does not set come from this profile's OS keyring entries "
+    "(`bulkmdm login`); the MDM is the one the run spoke to.",
+)
+def track(
+    report_file: Path,
+    until: str,
+    every: str,
+    as_json: bool,
+    rate: str | None,
+    concurrency: int | None,
+    timeout: float,
+    wait_for_quota: bool,
+    state_dir: Path | None,
+    profile: str | None,
+) -> None:
+    """Follow a run's succeeded rows on the devices: did the device take the wipe, the lock, the app?
+
+    Reads REPORT (the outcome report a run wrote) and its journal, asks the MDM with
+    read-only requests in bulk, and writes two columns into REPORT: device_status
+    (confirmed, pending, not-trackable) and device_seen. Running it again continues.
+    Exit 0: every trackable row confirmed; 1: some still pending; 2: nothing could be
+    looked at. Credentials come from the environment, as for `bulkmdm run`.
+    """
+    from .track import TrackOptions, parse_duration
+
+    options = TrackOptions(
+        report=report_file,
+        until=parse_duration(until, flag="--until"),
+        every=max(parse_duration(every, flag="--every"), 1.0),
+        rate=rate,
+        concurrency=concurrency,
+        timeout=timeout,
+        state_dir=state_dir,
+        wait_for_quota=wait_for_quota,
+        profile=profile,
+        env=dict(os.environ),
+    )
+    sys.exit(_track_and_tell(options, as_json=as_json))
+
+
+def _track_and_tell(options: Any, *, as_json: bool) -> int:
+    """Track, printing progress as it polls and the summary at the end; the exit code."""
+    import json
+
+    from .track import TrackEvents, TrackResult, track
+
+    class Told(TrackEvents):
+        def message(self, text: str) -> None:
+            click.echo(text, err=True)
+
+        def looked(self, result: TrackResult) -> None:
+            click.echo(result.progress(), err=True)
+            if as_json:
+                counts = result.counts()
+                click.echo(json.dumps({"event": "look", "looks": result.looks, "counts": dict(counts)}))
+
+    try:
+        result = track(options, Told())
+    except BulkMDMError as exc:
+        if as_json:
+            error: dict[str, Any] = {"error": str(exc), "counts": {}, "report": str(options.report), "undo": None}
+            click.echo(json.dumps({**error, "exit": exc.exit_code}))
+        raise
+    _track_summary(result)
+    if as_json:
+        for row in result.rows:
+            if row.status in ("pending", "not-trackable"):
+                click.echo(json.dumps(_track_line(row)))
+        click.echo(
+            json.dumps(
+                {
+                    "counts": dict(result.counts()),
+                    "by_action": {action: dict(counts) for action, counts in sorted(result.by_action().items())},
+                    "pending": [row.label or f"line {row.line}" for row in result.pending()],
+                    "looks": result.looks,
+                    "requests": result.requests,
+                    "report": str(result.report),
+                    "undo": None,
+                    "exit": result.exit_code,
+                }
+            )
+        )
+    return result.exit_code
+
+
+def _track_line(row: Any) -> dict[str, Any]:
+    return {
+        "line": row.line,
+        "label": row.label,
+        "action": row.action,
+        "device_status": row.status,
+        "device_seen": row.seen,
+        "detail": row.detail,
+    }
+
+
+def _track_summary(result: Any, shown: int = 20) -> None:
+    """By action and status, why rows are not trackable, the pending rows' serials, and the way on."""
+    from .track import ORDER
+
+    for action, counts in sorted(result.by_action().items()):
+        parts = ", ".join(f"{counts[s]} {s}" for s in ORDER if counts.get(s))
+        click.echo(f"  {action}: {parts}", err=True)
+    reasons = Counter(row.detail for row in result.rows if row.status == "not-trackable")
+    for reason, n in reasons.most_common():
+        click.echo(f"  Not trackable ({n}): {reason}", err=True)
+    pending = result.pending()
+    if pending:
+        names = [row.label or f"line {row.line}" for row in pending[:shown]]
+        more = f", ... ({len(pending) - shown} more in the report)" if len(pending) > shown else ""
+        click.echo(f"Pending ({len(pending)}): {', '.join(names)}{more}", err=True)
+    if result.stopped:
+        click.echo(result.stopped, err=True)
+    click.echo(f"Report: {result.report}", err=True)
+    if result.interrupted:
+        click.echo("Interrupted; what was known is in the report. To continue:", err=True)
+        click.echo("  " + shlex.join(["bulkmdm", "track", str(result.report)]), err=True)
+    elif pending:
+        click.echo("To look again later (confirmed rows are not asked about again):", err=True)
+        click.echo("  " + shlex.join(["bulkmdm", "track", str(result.report), "--until", "1h"]), err=True)
 
 
 SECRET_VARIABLES = (
@@ -921,6 +1106,20 @@ def _connection(
     "in check-in order that moves while you page, sortFields honoured; manageengine: the cloud API "
     "under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).",
 )
+@click.option(
+    "--checkin-delay",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help="ivanti, manageengine: devices take a command (wipe, lock, app install ...) only when they next "
+    "check in, about S seconds after it (default: at once). POST /_sim/checkins/now checks them all in.",
+)
+@click.option(
+    "--offline-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    metavar="F",
+    help="With --checkin-delay: this fraction of the devices never checks in (offline, in a drawer).",
+)
 def sim(
     provider: str,
     port: int,
@@ -937,12 +1136,14 @@ def sim(
     slow_seconds: float,
     partition: int,
     real: bool,
+    checkin_delay: float | None,
+    offline_rate: float,
 ) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
     from .sim import load
-    from .sim.common import Faults, serve_forever
+    from .sim.common import CheckIns, Faults, serve_forever
 
     faults = Faults(
         latency=latency,
@@ -960,6 +1161,11 @@ def sim(
         raise click.UsageError(f"the {provider} simulator has no --real behaviour; leave --real out.")
     if "partition" in accepts:
         behaviour["partition"] = str(partition)
+    if checkin_delay is not None or offline_rate:
+        if "checkins" not in accepts:
+            raise click.UsageError(f"the {provider} simulator has no device check-ins; leave --checkin-delay out.")
+        delay = checkin_delay if checkin_delay is not None else 0.0
+        behaviour["checkins"] = CheckIns(delay=delay, offline_rate=offline_rate, seed=seed)
     app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
     creds = {

@@ -31,6 +31,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
 #: ``status`` and ``detail`` is an earlier report being re-run.
 OUTCOME_COLUMNS: tuple[str, ...] = ("status", "detail", "http_status", "attempts", "resolved_ids")
 
+#: The columns ``bulkmdm track`` adds after them: whether the device shows the
+#: change, and when it was seen to. A report run again as a job ignores them,
+#: as it does the outcome columns.
+TRACK_COLUMNS: tuple[str, ...] = ("device_status", "device_seen")
+
 CANONICAL: tuple[str, ...] = tuple(ALIASES)
 
 _SQUEEZE = re.compile(r"[\s_\-]+")
@@ -46,7 +51,7 @@ _LOOKUP: dict[str, str] = {}
 for _canonical, _names in ALIASES.items():
     for _name in _names:
         _LOOKUP[normalise(_name)] = _canonical
-for _name in OUTCOME_COLUMNS:
+for _name in (*OUTCOME_COLUMNS, *TRACK_COLUMNS):
     _LOOKUP.setdefault(normalise(_name), "outcome:" + _name)
 
 

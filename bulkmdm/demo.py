@@ -82,7 +82,9 @@ def _ivanti_jobs(state: Any) -> dict[str, list[list[str]]]:
     rows = [["serial", "reason"]]
     rows += [[d["serialNumber"], "reported lost"] for d in active[:300]]
     rows += [[d["serialNumber"], "already retired"] for d in others[:3]]
-    return {"ivanti-lock.csv": rows}
+    wipe = [["serial", "reason"]]
+    wipe += [[d["serialNumber"], "stolen from the bus"] for d in active[300:308]]
+    return {"ivanti-lock.csv": rows, "ivanti-wipe.csv": wipe}
 
 
 def _banyan_jobs(org: Any) -> dict[str, list[list[str]]]:
@@ -295,6 +297,7 @@ def _other_vendors_story(demo: _Demo, ivanti: Any, banyan: Any, me: Any) -> None
         f"   Ivanti received {mutating} changing requests for {result.rows} rows "
         f"({mutating / max(result.rows, 1):.3f} per row)."
     )
+    _follow_through_story(demo, ivanti)
     run(
         "Banyan: ban lost devices, delete a sold one and a leaver (destructive: confirmed with --yes)",
         out / "banyan-lost.csv",
@@ -312,6 +315,48 @@ def _other_vendors_story(demo: _Demo, ivanti: Any, banyan: Any, me: Any) -> None
         me.url,
         env={"BULKMDM_API_KEY": ME_KEY},
     )
+
+
+def _follow_through_story(demo: _Demo, ivanti: Any) -> None:
+    """A wipe goes from 'the MDM accepted it' to 'the device did it': the
+    simulated iPads take commands only when they check in, one never does."""
+    from .track import TrackEvents, TrackOptions, TrackResult, track
+
+    out, echo = demo.out, demo.echo
+    checkins = ivanti.app["checkins"]
+    job = out / "ivanti-wipe.csv"
+    last = _read(job)[-1]["serial"]
+    offline = ivanti.call(
+        lambda: next(str(i) for i, d in ivanti.app["state"].devices.items() if d["serialNumber"] == last)
+    )
+    ivanti.call(lambda: checkins.update({"delay": 2.0, "offline": [offline]}))
+    echo("")
+    echo("-- From here on the Ivanti iPads take a command only when they next check in (a few seconds); one is off.")
+    wiped = demo.run(
+        "Ivanti: wipe 8 stolen iPads (destructive: --yes)",
+        job,
+        "ivanti",
+        ivanti.url,
+        action="wipe",
+        partition="1",
+        yes=True,
+    )
+
+    class Told(TrackEvents):
+        def looked(self, result: TrackResult) -> None:
+            echo(f"   {result.progress()}")
+
+    env = {**CREDS, "BULKMDM_PARTITION_ID": "1"}
+    for title, until in (("one look, right away", 0), ("a look every 2 s for up to 10 s", 10)):
+        echo("")
+        echo(f"== Did the iPads take the wipe? ({title})")
+        echo(f"$ bulkmdm track {wiped.report_path.name}" + (f" --until {until}s --every 2s" if until else ""))
+        result = track(
+            TrackOptions(report=wiped.report_path, until=until, every=2.0, state_dir=demo.state_dir, env=env), Told()
+        )
+        pending = ", ".join(row.label for row in result.pending()) or "none"
+        echo(f"   Still pending: {pending} (exit {result.exit_code})")
+    ivanti.call(lambda: checkins.update({"delay": None, "offline": []}))
 
 
 def _read(path: Path) -> list[dict[str, str]]:

@@ -32,7 +32,7 @@ from typing import Any
 from .errors import JournalError
 from .model import Outcome, Status
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -99,6 +99,11 @@ _MIGRATIONS: dict[int, str] = {
     4: """
     ALTER TABLE runs ADD COLUMN undo_path TEXT;
     ALTER TABLE rows ADD COLUMN carried INTEGER NOT NULL DEFAULT 0;
+    """,
+    # when each row's change last went out (epoch seconds, written as it is
+    # marked in flight): `bulkmdm track` compares a device's last check-in with it
+    5: """
+    ALTER TABLE rows ADD COLUMN sent_at REAL;
     """,
 }
 
@@ -332,6 +337,13 @@ class Journal:
         ).fetchone()
         return self._run(row) if row else None
 
+    def for_report(self, report_path: str) -> RunInfo | None:
+        """The newest real run that wrote its report to ``report_path`` (resolved), if any."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE report_path = ? AND dry_run = 0 ORDER BY id DESC LIMIT 1", (report_path,)
+        ).fetchone()
+        return self._run(row) if row else None
+
     def run(self, run_id: int) -> RunInfo:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
@@ -427,7 +439,7 @@ class Journal:
             cur = self.db.execute(
                 """
                 WITH old AS (
-                    SELECT state, status, detail, http_status, attempts, resolved, undo, carried, digest,
+                    SELECT state, status, detail, http_status, attempts, resolved, undo, carried, sent_at, digest,
                            row_number() OVER (PARTITION BY digest ORDER BY idx) AS nth
                     FROM rows WHERE run_id = ? AND state != ? AND NOT (state = ? AND status = ?)
                 ), new AS (
@@ -438,7 +450,7 @@ class Journal:
                 )
                 UPDATE rows SET state = pairs.state, status = pairs.status, detail = pairs.detail,
                     http_status = pairs.http_status, attempts = pairs.attempts, resolved = pairs.resolved,
-                    undo = pairs.undo, carried = pairs.carried
+                    undo = pairs.undo, carried = pairs.carried, sent_at = pairs.sent_at
                 FROM pairs WHERE rows.run_id = ? AND rows.idx = pairs.idx
                 """,
                 (old_id, PENDING, DONE, _NOT_RUN, new_id, PENDING, new_id),
@@ -474,9 +486,11 @@ class Journal:
         # One transaction costs far more than the rows in it (taking the write
         # lock, appending the pages to the WAL), so the pool hands over what
         # its workers did within a millisecond (schedule.COMMIT_DELAY) at once.
+        sent_at = time.time()
         with self._tx():
             self.db.executemany(
-                "UPDATE rows SET state = 'in_flight' WHERE run_id = ? AND idx = ?", ((run_id, i) for i in in_flight)
+                "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?",
+                ((sent_at, run_id, i) for i in in_flight),
             )
             self.db.executemany(
                 "UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?",
@@ -520,6 +534,39 @@ class Journal:
                 yield action, (json.loads(undo) if undo else None)
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
+
+    def sent_times(self, run_id: int) -> dict[int, float]:
+        """Row -> when its change last went out (epoch seconds), for the rows the journal knows it of.
+
+        A row carried into this run from an earlier report (run again as the
+        job) went out in the run that wrote that report: its time is that
+        run's row's of the same content."""
+        out: dict[int, float] = {}
+        carried: dict[str, list[int]] = {}
+        for idx, sent, is_carried, digest in self.db.execute(
+            "SELECT idx, sent_at, carried, digest FROM rows WHERE run_id = ?", (run_id,)
+        ):
+            if sent is not None:
+                out[idx] = float(sent)
+            elif is_carried:
+                carried.setdefault(digest, []).append(idx)
+        if carried:
+            run = self.run(run_id)
+            earlier = self.db.execute(
+                "SELECT id FROM runs WHERE id < ? AND dry_run = 0 AND provider = ? AND url = ?"
+                " AND report_path IN (?, ?) ORDER BY id DESC",
+                (run_id, run.provider, run.url, run.report_path, run.job_path),
+            ).fetchall()
+            for (earlier_id,) in earlier:
+                for digest, sent in self.db.execute(
+                    "SELECT digest, sent_at FROM rows WHERE run_id = ? AND sent_at IS NOT NULL ORDER BY idx",
+                    (earlier_id,),
+                ):
+                    for idx in carried.pop(digest, ()):
+                        out[idx] = float(sent)
+                if not carried:
+                    break
+        return out
 
     def record_raw(self, run_id: int, items: Iterable[tuple[int, Sequence[str]]]) -> None:
         """Record outcomes carried over as text (an earlier report's columns): not this run's changes."""

@@ -29,5 +29,9 @@ def test_demo_runs(tmp_path: Path, monkeypatch: Any) -> None:
     assert "Ivanti received 3 changing requests for 303 rows" in result.output
     assert "banyan-lost.csv --provider banyan" in result.output and "9 rows: 1 skipped, 8 succeeded" in result.output
     assert "manageengine-classes.csv --provider manageengine" in result.output
+    # the wipe goes from pending to confirmed as the simulated iPads check in; the one that is off stays pending
+    assert "0/8 confirmed, 8 pending" in result.output and "7/8 confirmed, 1 pending" in result.output
+    wiped = read_report(tmp_path / "bulkmdm-demo" / "ivanti-wipe.outcome.csv")
+    assert [r["device_status"] for r in wiped] == ["confirmed"] * 7 + ["pending"]
     message = read_report(tmp_path / "bulkmdm-demo" / "duostation-message.outcome.csv")
     assert [r["status"] for r in message] == ["succeeded"] * 60

@@ -30,7 +30,7 @@ def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     assert mode == 0o600
     db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:

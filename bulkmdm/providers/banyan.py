@@ -43,6 +43,7 @@ from ..errors import BadAnswer, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..transport import Auth, HeaderAuth, Response
 from .base import (
+    Follow,
     Index,
     ListFailed,
     LookupFailed,
@@ -251,7 +252,11 @@ class Banyan(Provider):
     """Ban, unban and delete Banyan devices; delete (mark inactive) end users."""
 
     name = "banyan"
+    title = "Banyan"
     actions = frozenset({"ban", "unban", "delete-device", "delete-user"})
+    # Every action changes Banyan's own records (a device's Banned flag, a
+    # device or end user removed), which the run's answer and read-back show.
+    follow = {action: Follow.MDM for action in ("ban", "unban", "delete-device", "delete-user")}
     credentials = (("BULKMDM_TOKEN",),)
     url_hint = "Banyan's API endpoint (the root of its /v1/... and /v2/... paths)"
     setup_hint = "and that the API key may read end users and devices"

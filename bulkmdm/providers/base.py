@@ -25,6 +25,12 @@ A provider holds only what is vendor-specific, and reads like its API doc
   whether a change whose answer was lost took effect (:func:`read_back`).
 * **export**: ``inventory()`` yields the fleet as job rows; ``choices(column)``
   names the tags, groups or apps a template may offer.
+* **follow through** (``bulkmdm track``): ``follow`` says, per action, whether
+  its effect lives in the MDM (:attr:`Follow.MDM`: the run's answer and
+  read-back showed it) or on the device (:attr:`Follow.DEVICE`: ``look(rows)``
+  asks the MDM, read-only and many devices per request, whether each device
+  shows it); an action not named is not trackable (``untrackable(action)``
+  says why).
 
 What every vendor needs lives here, once: the plan loop (look-up failures
 and unreadable lists become failed rows), the execute loop (every
@@ -41,6 +47,7 @@ import hashlib
 from abc import ABC
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -84,8 +91,57 @@ class Settings:
     wait_for_quota: bool = False
 
 
+class Follow(StrEnum):
+    """How ``bulkmdm track`` follows an action the MDM accepted."""
+
+    #: the change lives in the MDM itself (a tag, a user, a group, a ban, an
+    #: attribute): the run's accepted answer, read back where it was lost, shows it
+    MDM = "mdm"
+    #: the device takes it when it next checks in: ``Provider.look`` asks
+    DEVICE = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """A succeeded row whose effect on the device is being followed."""
+
+    index: int
+    action: str
+    #: the row's ``resolved_ids`` ("device_id=7; app_id=3"): which objects the change named
+    resolved: str
+    #: when the change went out (epoch seconds)
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """What one look found for a tracked row."""
+
+    index: int
+    #: when the device was seen to show the change (epoch seconds); None: not yet
+    seen: float | None
+    #: for people: what the MDM says of the device
+    detail: str
+
+    @property
+    def confirmed(self) -> bool:
+        return self.seen is not None
+
+
+def resolved_ids(resolved: str) -> dict[str, str]:
+    """``"device_id=7; app_id=3"`` -> ``{"device_id": "7", "app_id": "3"}``."""
+    out = {}
+    for part in resolved.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() and value.strip():
+            out[name.strip()] = value.strip()
+    return out
+
+
 class Provider(ABC):
     name: ClassVar[str]
+    #: the vendor's name as people write it ("DuoSTATION"), for sentences
+    title: ClassVar[str] = ""
     #: the verbs of ``actions.ACTIONS`` this vendor can do
     actions: ClassVar[frozenset[str]]
     #: the environment variables that hold credentials: each tuple is one
@@ -114,6 +170,8 @@ class Provider(ABC):
     url_hint: ClassVar[str] = "the MDM's base address"
     #: what else to check when the first look-up is refused
     setup_hint: ClassVar[str] = "the account's API permissions"
+    #: action -> how ``bulkmdm track`` follows it; an action not named is not trackable
+    follow: ClassVar[Mapping[str, Follow]] = {}
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
@@ -249,6 +307,22 @@ class Provider(ABC):
         """For a vendor with a daily API quota: how much of today's is left (shown after a dry run)."""
         return None
 
+    # -- following through ---------------------------------------------------
+    @classmethod
+    def untrackable(cls, action: str) -> str:
+        """Why ``bulkmdm track`` cannot tell whether a device took ``action``."""
+        return f"{cls.title or cls.name}'s API does not show whether a device took {_a(action)}."
+
+    async def look(self, rows: Sequence[Tracked]) -> list[Sighting]:
+        """One look, with read-only requests, at whether each device shows its
+        row's change (actions of ``follow`` that are :attr:`Follow.DEVICE`);
+        one Sighting per row, in order."""
+        raise NotImplementedError(f"{self.name} follows no action on the device")
+
+    def look_cost(self, rows: Sequence[Tracked]) -> int:
+        """About how many requests one ``look`` at ``rows`` makes (for a daily quota)."""
+        return 1
+
     # -- export -------------------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
         """Every device as a job row (canonical column names, text values)."""
@@ -264,6 +338,22 @@ class Provider(ABC):
 
 
 # -- helpers shared by the vendors ------------------------------------------
+
+
+#: what a device takes, by action, for "... whether a device took a lock"
+_TAKEN = {
+    "install-app": "an app install",
+    "remove-app": "an app removal",
+    "inventory": "an inventory request",
+    "clear-passcode": "a passcode reset",
+    "checkin": "a check-in request",
+    "retire": "a retirement",
+}
+
+
+def _a(action: str) -> str:
+    """'lock' -> 'a lock', 'install-app' -> 'an app install'."""
+    return _TAKEN.get(action) or ("an " if action[:1] in "aeiou" else "a ") + action
 
 
 def env_required(env: Mapping[str, str], *names: str, provider: str) -> list[str]:

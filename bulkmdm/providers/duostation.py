@@ -53,6 +53,7 @@ from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Client, Response
 from .base import (
+    Follow,
     Index,
     ListFailed,
     LookupFailed,
@@ -326,7 +327,16 @@ def _text(value: Any) -> str:
 
 class DuoStation(Provider):
     name = "duostation"
+    title = "DuoSTATION"
     actions = frozenset(DEVICE_ACTIONS | USER_ACTIONS)
+    # Tags, users, their groups and deletions live in DuoSTATION itself. The
+    # device commands (lockdevice, wipedevice, installapp, ...) answer "200
+    # OK will be returned for successful requests" and nothing in the API
+    # shows whether a device has since carried one out: not trackable.
+    follow = {
+        action: Follow.MDM
+        for action in ("tag", "untag", "tag-user", "untag-user", "assign-user", "move-user", "delete-user")
+    }
     # "The API uses Basic Authentication. User name and password is the same
     # that can be used to log in to DuoSTATION MDM".
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -60,6 +61,10 @@ from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Client, Response
 from .base import (
+    Follow,
+    Sighting,
+    Tracked,
+    resolved_ids,
     Index,
     ListFailed,
     READ_BACK_CONFIRMED,
@@ -249,9 +254,26 @@ class _Target:
         return {"action": action, "device_id": self.id, **({"serial": serial} if serial else {}), **columns}
 
 
+#: registrationState once a device has carried out the command. The doc's
+#: REGISTRATIONSTATE facet lists WIPE_PENDING, WIPE_SENT, WIPED and
+#: RETIRE_PENDING, RETIRE_SENT, RETIRED: a wipe or retire is queued (PENDING),
+#: sent to the device (SENT), and done once the device took it.
+DONE_STATES = {"wipe": "WIPED", "retire": "RETIRED"}
+
+
 class Ivanti(Provider):
     name = "ivanti"
+    title = "Ivanti"
     actions = frozenset(BULK) | PER_DEVICE
+    # wipe and retire: the device's registrationState (DONE_STATES). The other
+    # device commands: "lastCheckin: Last client checkin." later than the
+    # command, since a device takes what is queued for it when it checks in
+    # (the doc's forceCheckin exists to make that sooner). The owner
+    # (updateAccount), custom attributes and deletions are the MDM's own records.
+    follow = {
+        **{action: Follow.DEVICE for action in ("wipe", "retire", "lock", "unlock", "restart", "checkin", "message")},
+        **{action: Follow.MDM for action in ("assign-user", "set-attribute", "delete-device")},
+    }
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
     api_path = "/api/v1"
     # The doc gives no rate limit and no retry advice: the shared policy
@@ -414,6 +436,25 @@ class Ivanti(Provider):
             if self._total is None or found >= self._total or (number and len(by_id) == before):
                 break
         return _Fleet([*by_id.values(), *without_id])
+
+    # -- following through ---------------------------------------------------
+    async def look(self, rows: Sequence[Tracked]) -> list[Sighting]:
+        """The device search, paged as for a run (500 devices a request, by
+        id), read until every tracked device was seen: each row's device
+        shows its change by its ``registrationState`` (wipe, retire) or a
+        ``lastCheckin`` after the change went out (the other commands)."""
+        wanted = {resolved_ids(row.resolved).get("device_id", "") for row in rows} - {""}
+        found: dict[str, Any] = {}
+        try:
+            async for device in iter_pages(self._fetch_page, ident=lambda d: get_field(d, "id"), max_pages=MAX_PAGES):
+                dev_id = key(get_field(device, "id"))
+                if dev_id in wanted:
+                    found[dev_id] = device
+                    if len(found) == len(wanted):
+                        break
+        except ListFailed as exc:
+            raise self._list_error(exc) from None
+        return [_sighting(row, found.get(resolved_ids(row.resolved).get("device_id", ""))) for row in rows]
 
     # -- export and templates ---------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
@@ -1202,6 +1243,24 @@ def _no_id(what: str) -> str:
         f"the MDM lists {what} without a device id (its 'id' field is missing or empty), so no command can "
         "name it; check the device in the Ivanti portal"
     )
+
+
+def _sighting(row: Tracked, device: Any) -> Sighting:
+    """Whether ``device`` (from the search) shows ``row``'s change."""
+    if device is None:
+        return Sighting(row.index, None, "The device is not in the device space's search any more.")
+    state = key(get_field(device, "registrationState")).upper()
+    checkin = as_int(get_field(device, "lastCheckin"))
+    seen = checkin / 1000 if checkin else None
+    done = DONE_STATES.get(row.action)
+    if done is not None:
+        if state == done:
+            # when it happened: the check-in that reported it, where that is after the command
+            return Sighting(row.index, seen if seen and seen >= row.sent_at else time.time(), f"{state}.")
+        return Sighting(row.index, None, f"registrationState is {state or 'not given'}.")
+    if seen is not None and seen > row.sent_at:
+        return Sighting(row.index, seen, "The device checked in after the command.")
+    return Sighting(row.index, None, "The device has not checked in since the command.")
 
 
 def _continuation(result: Any, page: Sequence[Any]) -> str:

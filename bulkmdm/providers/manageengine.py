@@ -90,6 +90,10 @@ from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
+    Follow,
+    Sighting,
+    Tracked,
+    resolved_ids,
     Index,
     ListFailed,
     READ_BACK_CONFIRMED,
@@ -408,7 +412,15 @@ def _daily_limit(env: Mapping[str, str]) -> int | None:
 
 class ManageEngine(Provider):
     name = "manageengine"
+    title = "ManageEngine"
     actions = frozenset(GROUP_ACTIONS | APP_ACTIONS)
+    # Group membership is the MDM's own record. An app reaches the device when
+    # it next checks in: "Get the list of apps installed on the device" (GET
+    # devices/{device_id}/apps) shows it there (install-app) or gone (remove-app).
+    follow = {
+        **{action: Follow.MDM for action in GROUP_ACTIONS},
+        **{action: Follow.DEVICE for action in APP_ACTIONS},
+    }
     credentials = (("BULKMDM_API_KEY",), ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN"))
     # "100 API calls/minute". A handful in flight is plenty at that pace.
     default_rate = 100 / 60
@@ -1019,6 +1031,41 @@ class ManageEngine(Provider):
             for member in sorted(await self._members(get_field(group, "group_id"))):
                 out.setdefault(member, []).append(_group_name(group))
         return out
+
+    # -- following through ---------------------------------------------------
+    async def look(self, rows: Sequence[Tracked]) -> list[Sighting]:
+        """The app repository once (to know each app's bundle identifier and
+        name), then "Get the list of apps installed on the device" once per
+        device of the rows: the doc has no list of many devices' apps, so
+        rows on one device share its request, and that is the floor."""
+        ids = [resolved_ids(row.resolved) for row in rows]
+        repository = {key(get_field(a, "app_id")): a for a in await self._list("apps", ("apps",), "app_id")}
+        devices = [d for d in dict.fromkeys(i.get("device_id", "") for i in ids) if d]
+        answers = await self._each([f"devices/{seg(d)}/apps" for d in devices], quiet=True)
+        on_device = {
+            d: _DeviceApps(resp.body)
+            for d, resp in zip(devices, answers, strict=True)
+            if resp is not None and resp.ok and isinstance(resp.body, Mapping)
+        }
+        now = time.time()
+        out = []
+        for row, named in zip(rows, ids, strict=True):
+            apps = on_device.get(named.get("device_id", ""))
+            app_id = named.get("app_id", "")
+            app = repository.get(app_id, {"app_id": app_id})
+            if apps is None:
+                out.append(Sighting(row.index, None, "The device's app list could not be read in this look."))
+            elif row.action == "install-app" and apps.holds(app, loosely=False):
+                out.append(Sighting(row.index, now, "The app is among the device's installed apps."))
+            elif row.action == "remove-app" and not apps.holds(app, loosely=True):
+                out.append(Sighting(row.index, now, "The app is no longer among the device's apps."))
+            else:
+                out.append(Sighting(row.index, None, "The device has not reported the change yet."))
+        return out
+
+    def look_cost(self, rows: Sequence[Tracked]) -> int:
+        devices = {resolved_ids(row.resolved).get("device_id", "") for row in rows} - {""}
+        return len(devices) + 1
 
     async def choices(self, column: str) -> list[str]:
         """Names a template offers for ``column``: groups by name (names two

@@ -5,21 +5,25 @@ thread for tests, or in the foreground for ``bulkmdm sim``).
 Fault switches (:class:`Faults`) can be changed while the server runs, from
 Python (``sim.faults.error_rate = 0.2``) or over HTTP: ``POST /_sim/faults``
 with a JSON object of the fields to change. ``GET /_sim/stats`` returns the
-request counters. These ``/_sim`` paths need no credentials and exist only in
-the simulator.
+request counters. A simulator whose devices check in (:class:`CheckIns`:
+Ivanti, ManageEngine) adds ``GET``/``POST /_sim/checkins`` (the delay, the
+offline devices) and ``POST /_sim/checkins/now``. These ``/_sim`` paths need
+no credentials and exist only in the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import statistics
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -256,6 +260,113 @@ def _drop(request: web.Request) -> None:
         transport.abort()
 
 
+@dataclass
+class CheckIns:
+    """When simulated devices take the commands queued for them, as a fleet does.
+
+    ``delay`` None (the default): at once, when the MDM accepts them (fast
+    tests). A number: a device takes what is queued for it at its next
+    check-in, about ``delay`` seconds after the command (each device between
+    half and one and a half times it, the same every time), and an offline
+    device (``offline_rate`` of the fleet, chosen by device id and ``seed``,
+    or named in ``offline``) never does. ``POST /_sim/checkins`` changes these
+    (JSON), ``GET /_sim/checkins`` shows them, and ``POST /_sim/checkins/now``
+    makes every online device with a queued command check in at once."""
+
+    delay: float | None = None
+    offline_rate: float = 0.0
+    #: device ids (as text) that never check in
+    offline: list[str] = field(default_factory=list)
+    seed: int = 0
+    #: queued commands, a heap: (when the device takes it, epoch seconds; order; device id; what it does then)
+    queue: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    #: commands due on devices that are offline, until they come back
+    held: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    #: commands devices have taken
+    taken: int = 0
+    #: the order commands were sent in (ties of the heap)
+    sent: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    def is_offline(self, device: str) -> bool:
+        if device in self.offline:
+            return True
+        return self.offline_rate > 0 and random.Random(f"{self.seed}:offline:{device}").random() < self.offline_rate
+
+    def later(self, device: str, take: Callable[[], None]) -> None:
+        """The device takes ``take`` at its next check-in (at once without a delay)."""
+        if self.delay is None:
+            take()
+            return
+        spread = 0.5 + random.Random(f"{self.seed}:delay:{device}").random()
+        heapq.heappush(self.queue, (time.time() + self.delay * spread, next(self.sent), device, take))
+
+    def settle(self, *, everyone: bool = False) -> int:
+        """Devices whose check-in is due (``everyone``: every online one) take
+        their queued commands, in the order they were sent; how many were taken."""
+        now, taken = time.time(), 0
+        while self.queue and (everyone or self.queue[0][0] <= now):
+            item = heapq.heappop(self.queue)
+            if self.is_offline(item[2]):
+                self.held.append(item)
+                continue
+            item[3]()
+            taken += 1
+        self.taken += taken
+        return taken
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delay": self.delay,
+            "offline_rate": self.offline_rate,
+            "offline": list(self.offline),
+            "seed": self.seed,
+            "queued": len(self.queue) + len(self.held),
+            "taken": self.taken,
+        }
+
+    def update(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            if name not in ("delay", "offline_rate", "offline", "seed"):
+                raise KeyError(name)
+            setattr(self, name, [str(v) for v in value] if name == "offline" else value)
+        # devices back online take what waited for them at their next check-in
+        for item in self.held:
+            heapq.heappush(self.queue, item)
+        self.held.clear()
+
+
+def checkin_middleware(checkins: CheckIns) -> Any:
+    """Before every request to the API, the devices whose check-in is due take their commands."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if checkins.queue and not request.path.startswith("/_sim"):
+            checkins.settle()
+        return await handler(request)
+
+    return middleware
+
+
+def add_checkin_routes(app: web.Application, checkins: CheckIns) -> None:
+    async def get_checkins(request: web.Request) -> web.Response:
+        return web.json_response(checkins.as_dict())
+
+    async def set_checkins(request: web.Request) -> web.Response:
+        try:
+            checkins.update(await request.json())
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"message": f"bad check-in setting: {exc}"}, status=400)
+        return web.json_response(checkins.as_dict())
+
+    async def check_in_now(request: web.Request) -> web.Response:
+        checkins.settle(everyone=True)
+        return web.json_response(checkins.as_dict())
+
+    app.router.add_get("/_sim/checkins", get_checkins)
+    app.router.add_post("/_sim/checkins", set_checkins)
+    app.router.add_post("/_sim/checkins/now", check_in_now)
+
+
 def add_control_routes(app: web.Application, faults: Faults, stats: Stats) -> None:
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response(stats.as_dict())
@@ -282,8 +393,9 @@ def add_control_routes(app: web.Application, faults: Faults, stats: Stats) -> No
     app.router.add_post("/_sim/faults", set_faults)
 
 
-def instrument(app: web.Application, faults: Faults | None = None) -> web.Application:
-    """Give ``app`` fault switches, counters and the /_sim control routes.
+def instrument(app: web.Application, faults: Faults | None = None, checkins: CheckIns | None = None) -> web.Application:
+    """Give ``app`` fault switches, counters and the /_sim control routes
+    (and, with ``checkins``, devices that take commands when they check in).
 
     Call before the app's own routes are frozen (i.e. inside ``make_app``)."""
     faults = faults or Faults()
@@ -293,6 +405,11 @@ def instrument(app: web.Application, faults: Faults | None = None) -> web.Applic
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["faults"] = faults
         app["stats"] = stats
+        if checkins is not None:
+            app["checkins"] = checkins
+    if checkins is not None:
+        app.middlewares.insert(0, checkin_middleware(checkins))
+        add_checkin_routes(app, checkins)
     app.middlewares.insert(0, fault_middleware(faults, stats))
     add_control_routes(app, faults, stats)
     return app

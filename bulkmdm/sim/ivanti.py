@@ -40,17 +40,19 @@ import binascii
 import json
 import random
 import re
+import time
 import uuid
 import warnings
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from .common import Faults, Handler, instrument
+from .common import CheckIns, Faults, Handler, instrument
 
 MAX_ROWS = 500
 
@@ -124,6 +126,19 @@ _SERIAL_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 
 #: registrationState after each action that changes it
 _NEW_STATE = {"wipe": "WIPE_PENDING", "retire": "RETIRED"}
+#: with check-ins (``CheckIns.delay`` set), a command waits for the device:
+#: its registrationState while it waits, and once the device took it
+_QUEUED_STATE = {"wipe": "WIPE_PENDING", "retire": "RETIRE_PENDING"}
+_TAKEN_STATE = {"wipe": "WIPED", "retire": "RETIRED"}
+#: the commands a device takes at its check-in (the rest change the MDM's own records)
+_AT_CHECKIN = frozenset({"lock", "unlock", "wipe", "retire", "restart", "checkin", "message"})
+
+
+def _check_in(device: dict[str, Any], action: str) -> None:
+    """The device checks in and takes ``action``."""
+    device["lastCheckin"] = int(time.time() * 1000)
+    if action in _TAKEN_STATE and device["registrationState"] == _QUEUED_STATE[action]:
+        device["registrationState"] = _TAKEN_STATE[action]
 
 
 def _reasons_active(device: dict[str, Any]) -> list[str]:
@@ -570,10 +585,14 @@ def make_app(
     partition: str = "1",
     faults: Faults | None = None,
     real: bool = False,
+    checkins: CheckIns | None = None,
 ) -> web.Application:
     """An Ivanti Neurons for MDM tenant with ``devices`` devices in device
     space ``partition``, answering on ``/api/v1/...`` as the doc shows, or
-    with ``real`` as the live service does (see :attr:`IvantiState.real`)."""
+    with ``real`` as the live service does (see :attr:`IvantiState.real`).
+    ``checkins``: when devices take the commands sent to them (default: at
+    once; see :class:`~bulkmdm.sim.common.CheckIns`)."""
+    checkins = checkins or CheckIns(seed=seed)
     state = IvantiState(devices=devices, seed=seed, partition=str(partition))
     state.real = real
     app = web.Application(middlewares=[_basic_auth_middleware(username, password)])
@@ -581,7 +600,7 @@ def make_app(
         # plain string keys, like common.instrument's app["faults"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["state"] = state
-    instrument(app, faults)
+    instrument(app, faults, checkins)
 
     def wrong_partition(value: str | None) -> web.Response | None:
         if not value:
@@ -719,7 +738,10 @@ def make_app(
                     rejected.append(dict(device, actionExceptionCodes=codes))
                     continue
                 sent += 1
-                if action in _NEW_STATE:
+                if checkins.delay is not None and action in _AT_CHECKIN:
+                    device["registrationState"] = _QUEUED_STATE.get(action, device["registrationState"])
+                    checkins.later(str(device["id"]), partial(_check_in, device, action))
+                elif action in _NEW_STATE:
                     device["registrationState"] = _NEW_STATE[action]
                 if segment == "updateAccount":
                     state._set_owner(device, account_id)

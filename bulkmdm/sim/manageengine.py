@@ -110,12 +110,13 @@ import secrets
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from . import fleet
-from .common import Faults, instrument
+from .common import CheckIns, Faults, instrument
 
 __all__ = ["FACTS", "MEState", "make_app"]
 
@@ -233,6 +234,8 @@ class MEState:
         self.associations: dict[int, dict[int, None]] = {}
         #: device id -> app ids installed on it
         self.installed: dict[int, dict[int, None]] = {}
+        #: when a device takes an app install or removal (default: at once)
+        self.checkins = CheckIns()
         #: device id -> every change applied to it, e.g. "add-to-group:<group id>"
         self.log: dict[int, list[str]] = {}
         #: access token -> expiry (time.monotonic())
@@ -469,15 +472,19 @@ class MEState:
             raise ApiError("COM0010", "already associated")
         for device_id in devices:
             bucket[device_id] = None
-            self.installed.setdefault(device_id, {})[app_id] = None
+            # the association is the MDM's at once; the app reaches the device when it checks in
+            self.checkins.later(str(device_id), partial(self._install, device_id, app_id))
             self._log(device_id, f"install-app:{app_id}")
         return devices
+
+    def _install(self, device_id: int, app_id: int) -> None:
+        self.installed.setdefault(device_id, {})[app_id] = None
 
     def disassociate(self, app_id: int, device_id: int) -> None:
         self.app(app_id)
         self.device(device_id)
         self.associations.get(app_id, {}).pop(device_id, None)
-        self.installed.get(device_id, {}).pop(app_id, None)
+        self.checkins.later(str(device_id), lambda: self.installed.get(device_id, {}).pop(app_id, None))
         self._log(device_id, f"remove-app:{app_id}")
 
     def delete_device(self, device_id: int) -> None:
@@ -850,6 +857,7 @@ def make_app(
     refresh_token: str = "me-refresh",
     access_token_ttl: float = 3600,
     real: bool = False,
+    checkins: CheckIns | None = None,
 ) -> web.Application:
     """A ManageEngine MDM simulator with a freshly seeded fleet.
 
@@ -857,7 +865,9 @@ def make_app(
     ``username``/``password`` are accepted so ``bulkmdm sim`` can call every
     simulator alike; ManageEngine has no such credentials. ``real``: answer
     as the real cloud does where it differs from the doc (see the module
-    docstring). The state is ``app["state"]`` (a :class:`MEState`)."""
+    docstring). ``checkins``: when devices take app installs and removals
+    (default: at once; see :class:`~bulkmdm.sim.common.CheckIns`). The state
+    is ``app["state"]`` (a :class:`MEState`)."""
     del username, password
     state = MEState(
         api_key=api_key,
@@ -867,6 +877,7 @@ def make_app(
         access_token_ttl=access_token_ttl,
     )
     state.real = real
+    state.checkins = checkins or CheckIns(seed=seed)
     seed_state(state, devices=devices, seed=seed)
     app = web.Application()
     with warnings.catch_warnings():
@@ -877,5 +888,5 @@ def make_app(
         app.router.add_route(method, "/api/v1" + path, _guarded(state, False, route))
     app.router.add_post("/oauth/v2/token", _token)
     app.router.add_get("/_sim/log", _log)
-    instrument(app, faults)
+    instrument(app, faults, state.checkins)
     return app

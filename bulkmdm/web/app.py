@@ -124,6 +124,7 @@ def make_app(
 ) -> web.Application:
     """The app; ``app[STATE].guard.port`` must be set to the bound port before it answers."""
     from . import routes
+    from .followup import add_follow_up
 
     templates = jinja2.Environment(
         loader=jinja2.PackageLoader("bulkmdm.web", "templates"),
@@ -138,6 +139,7 @@ def make_app(
     app = web.Application(middlewares=[guard.middleware(), _errors], client_max_size=1024 * 1024)
     app[STATE] = WebState(guard=guard, state_dir=state_dir, templates=templates, max_upload=max_upload)
     routes.add_routes(app)
+    add_follow_up(app)
     app.router.add_static("/static/", Path(__file__).with_name("static"), name="static")
     app.on_response_prepare.append(add_headers)
     app.on_shutdown.append(_stop_children)
