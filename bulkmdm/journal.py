@@ -345,6 +345,15 @@ class Journal:
             out.append((info, self.counts(info.id)))
         return out
 
+    def later_writers(self, run_id: int) -> list[RunInfo]:
+        """Later real runs whose report is the file run ``run_id``'s report is (a report run again, a job continued)."""
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE id > ? AND dry_run = 0"
+            " AND report_path = (SELECT report_path FROM runs WHERE id = ?) ORDER BY id",
+            (run_id, run_id),
+        ).fetchall()
+        return [self._run(row) for row in rows]
+
     def _run(self, row: Sequence[Any]) -> RunInfo:
         values = list(row)
         values[8] = bool(values[8])
