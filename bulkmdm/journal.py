@@ -518,10 +518,12 @@ class Journal:
                 self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
     def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
-        """The run's succeeded rows, last first: (action, the row that undoes it or None)."""
+        """The run's succeeded rows, last first: (action, the row that undoes it or None); and
+        the rows still in flight (unknown: their change may have been made) that have an undo row."""
         cur = self.db.execute(
-            "SELECT action, undo FROM rows WHERE run_id = ? AND state = 'done' AND status = 'succeeded'"
-            " AND carried = 0 ORDER BY idx DESC",
+            "SELECT action, undo FROM rows WHERE run_id = ? AND carried = 0"
+            " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
+            " ORDER BY idx DESC",
             (run_id,),
         )
         try:

@@ -508,7 +508,9 @@ _RUN_FILE_TAIL = re.compile(r"\.(?:undo(?:-\d+)?|outcome|dryrun)$")
 def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
     """Write the job that reverses this run's changes, last change first.
 
-    Only changes whose earlier state the provider read before changing them
+    Changes whose effect is unknown (in flight when the run stopped) are in
+    it too: putting back a change that was not made changes nothing. Only
+    changes whose earlier state the provider read before changing them
     are in it (a tag, a user, a group, an app, a ban, an attribute); the rest
     are counted in ``not_undoable`` so the summary can name them.
     """
