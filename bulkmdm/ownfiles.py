@@ -5,7 +5,7 @@ A CSV cell Excel would run as a formula is written with a leading ``'``
 with ``'``: taking one ``'`` off every cell that begins with one gives back
 exactly what was written. That must happen for bulkmdm's own files only; in a
 person's own CSV a leading ``'`` is data. A report is known by its outcome
-columns (``status`` and ``detail``). Every CSV bulkmdm writes (report, undo
+columns (``status`` and ``detail``). Every file bulkmdm writes (report, undo
 file, export) is also remembered here, by the SHA-256 of its bytes, in
 ``written-files`` in the state folder, with the MDM it was written for (if
 any): an undo file or an export read back unchanged is known wherever it was

@@ -81,9 +81,9 @@ def write_report(
 
     Cells are written as text: ``None`` becomes ``""``, anything else
     ``str(value)``. ``delimiter`` applies to CSV only. With ``state`` (the
-    state folder), a CSV is remembered there as bulkmdm's own
+    state folder), the file is remembered there as bulkmdm's own
     (:mod:`bulkmdm.ownfiles`, ``mdm`` saying which MDM it is about), so that
-    reading it back undoes the formula guard.
+    reading a CSV back undoes the formula guard.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -100,7 +100,7 @@ def write_report(
             _write_xlsx(temporary, path, headers, rows, sheet)
         _fsync(temporary)
         _keep_mode(path, temporary)
-        if state is not None and suffix == ".csv":
+        if state is not None:
             remember(state, file_digest(temporary), mdm)
         os.replace(temporary, path)
     except BaseException as exc:
