@@ -352,7 +352,13 @@ def _conclude(
         raise run_error
     if scheduler.stop_reason is not None:
         journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
-    summary = write_run_report(journal, opened.run_id, result.report_path)
+    try:
+        summary = write_run_report(journal, opened.run_id, result.report_path)
+    except BulkMDMError:
+        if not options.dry_run:  # the undo file still goes out if it can; the report's error is the one to tell
+            with contextlib.suppress(Exception):
+                write_undo_file(journal, opened.run_id, result.report_path)
+        raise
     if not options.dry_run:
         result.undo = write_undo_file(journal, opened.run_id, result.report_path)
     result.summary = summary

@@ -408,7 +408,8 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
         )
     except UsageError as exc:
         raise ReportError(
-            f"{exc} Every outcome is in the journal: write it elsewhere with `bulkmdm report {run_id} --out OTHER.csv`."
+            f"{exc} Every outcome is in the journal: write it elsewhere with "
+            f"`bulkmdm report {run_id} --out OTHER.csv --undo`."
         ) from None
     return tally.done()
 

@@ -149,3 +149,17 @@ def test_a_value_too_long_for_excel_is_never_written_cut(duo: Any, run_cli: Any,
     csv_report = tmp_path / "msg.outcome.csv"
     res = run_cli(["run", str(job), *args, "--report", str(csv_report), "--fresh"])
     assert read_report(csv_report)[1]["message"] == huge
+
+
+def test_an_xlsx_holds_a_marker_not_a_cut_value_and_that_row_cannot_run(tmp_path: Path) -> None:
+    path = tmp_path / "undo.xlsx"
+    huge = "z" * (EXCEL_CELL_LIMIT + 1)
+    write_report(path, ("action", "attribute_value"), [("set-attribute", "short"), ("set-attribute", huge)])
+    table = read_job(path)
+    assert table.rows[0] == ("set-attribute", "short")
+    assert not table.rows[1][1].startswith("z") and "32,768 characters" in table.rows[1][1]
+    assert list(table.problems) == [1] and "is not in this file" in table.problems[1]
+    # the same rows as CSV keep the value whole
+    whole = tmp_path / "undo.csv"
+    write_report(whole, ("action", "attribute_value"), [("set-attribute", huge)])
+    assert read_job(whole).rows == [("set-attribute", huge)]
