@@ -940,25 +940,45 @@ def _profiles_by_target() -> dict[tuple[str, str], str]:
 @click.argument("run_id", metavar="RUN", type=int)
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Write it here (.csv or .xlsx).")
 @click.option("--replace", is_flag=True, help="Write over the run's own report (edits made to it since are lost).")
+@click.option("--force", is_flag=True, help="With --replace: even when later runs wrote that report since.")
+@click.option("--undo", is_flag=True, help="Also write the run's undo file from the journal.")
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
-def report(run_id: int, out: Path | None, replace: bool, state_dir: Path | None) -> None:
+def report(run_id: int, out: Path | None, replace: bool, force: bool, undo: bool, state_dir: Path | None) -> None:
     """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs).
 
     It goes to a new file next to the run's report (an admin may have edited
-    that one in Excel), unless --replace or --out says where.
+    that one in Excel), unless --replace or --out says where. With --undo it
+    also writes the undo file (the one the run wrote, or one beside the report).
     """
     from .engine import rebuild_report
     from .engine import state_dir as resolve
     from .journal import Journal
+    from .report import rebuild_undo
 
     if out is not None and replace:
         raise click.UsageError("Give --out or --replace, not both.")
+    if force and not replace:
+        raise click.UsageError("--force goes with --replace.")
     if out is None:
         with Journal(resolve(state_dir, os.environ)) as journal:
             original = Path(journal.run(run_id).report_path)
+            later = [run.id for run in journal.later_writers(run_id)] if replace and original.exists() else []
+        if later and not force:
+            runs = ", ".join(map(str, later))
+            raise UsageError(
+                f"{original} was written again by later run{'s' if len(later) > 1 else ''} {runs}, so replacing it "
+                f"with run {run_id}'s report would take back what they recorded; nothing was written. Leave out "
+                "--replace to write a new file, or add --force to replace it anyway."
+            )
         out = original if replace else _unused_name(original, run_id)
     result = rebuild_report(run_id, out=out, state=state_dir)
     click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+    if undo:
+        made = rebuild_undo(run_id, result.report_path, state=state_dir)
+        if made.path is not None:
+            click.echo(f"Undo file: {made.path} ({made.rows} rows)")
+        else:
+            click.echo(f"Run {run_id} changed nothing that can be undone; no undo file was written.")
 
 
 def _unused_name(report_path: Path, run_id: int) -> Path:

@@ -23,11 +23,12 @@ from .actions import ACTIONS, confirmation_prompt, normalise_action
 from .columns import header_notes
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
-from .journal import Journal, state_dir
+from .journal import IN_FLIGHT, Journal, state_dir
 from .model import BAD_STATUSES, Outcome
 from .plan import FIRST_CHUNK, PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
-from .report import RunSummary, UndoFile, write_run_report, write_undo_file
+from .ownfiles import written
+from .report import RunSummary, UndoFile, check_writable, undo_path, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .connect import Connection, make_client
@@ -108,16 +109,18 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
     provider_cls.auth_from_env(options.env)  # missing credentials stop the run before the job is read
     from .jobfile import read_job
 
-    table = read_job(options.job)
+    state = state_dir(options.state_dir, options.env)
+    table = read_job(options.job, own=written(state))
     for note in header_notes(table.headers):
         events.message(note)
     job = validate_job(table, provider_cls, normalise_action(options.action) if options.action else None)
     del table
     report = report_path(options, job)
+    _check_writable(report, options)
     check_destructive(job, options, events)
     identity = job_identity(options, url)
     with (
-        Journal(state_dir(options.state_dir, options.env)) as journal,
+        Journal(state) as journal,
         job_lock(journal, identity, dry_run=options.dry_run),
     ):
         pacing = for_run(options.rate, options.concurrency, provider_cls)
@@ -162,19 +165,31 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         if opened.note:
             events.message(opened.note)
         result = RunResult(opened.run_id, report, Counter(), 0, resumed=opened.resumed, rows=opened.rows)
+        # Ctrl-C and SIGTERM stay handled until the report and the undo file
+        # are written: a second Ctrl-C while they are written must not cut
+        # them off (the loop only notes a signal while the files are written).
+        remove_signal_handlers = scheduler.install_signals()
         try:
-            await _execute(journal, opened, provider, client, scheduler, options, events, result)
-        except (ConfirmationRefused, KeyboardInterrupt):
-            # declined, or Ctrl-C at the prompt: nothing was sent, so leave no run to resume
-            if not opened.resumed and not scheduler.sent_any:
-                journal.delete_run(opened.run_id)
-            raise
-        except JournalError as exc:
-            _write_report_if_possible(journal, opened.run_id, report)
-            if scheduler.sent_any:
-                exc.exit_code = 1  # rows ran: 2 would say nothing was run
-            raise
-        _conclude(journal, opened, scheduler, result, options)
+            try:
+                await _execute(journal, opened, provider, client, scheduler, options, events, result)
+            except (ConfirmationRefused, KeyboardInterrupt):
+                # declined, or Ctrl-C at the prompt: nothing was sent, so leave no run to resume
+                if not opened.resumed and not scheduler.sent_any:
+                    journal.delete_run(opened.run_id)
+                raise
+            except JournalError as exc:
+                _write_files_if_possible(journal, opened.run_id, report, options)
+                if scheduler.sent_any:
+                    exc.exit_code = 1  # rows ran: 2 would say nothing was run
+                raise
+            except BaseException:
+                # a bug: what went out is still reported, and can be undone
+                if scheduler.sent_any or _in_flight(journal, opened.run_id):
+                    _write_files_if_possible(journal, opened.run_id, report, options)
+                raise
+            _conclude(journal, opened, scheduler, result, options)
+        finally:
+            remove_signal_handlers()
         result.elapsed = time.monotonic() - started
         return result
 
@@ -217,7 +232,6 @@ async def _execute(
     result: RunResult,
 ) -> None:
     """Plan and send the rows still to do, until the end or a stop."""
-    remove_signal_handlers = scheduler.install_signals()
     try:
         async with client:
             try:
@@ -229,7 +243,6 @@ async def _execute(
             finally:
                 await provider.aclose()
     finally:
-        remove_signal_handlers()
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None
@@ -339,7 +352,13 @@ def _conclude(
         raise run_error
     if scheduler.stop_reason is not None:
         journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
-    summary = write_run_report(journal, opened.run_id, result.report_path)
+    try:
+        summary = write_run_report(journal, opened.run_id, result.report_path)
+    except BulkMDMError:
+        if not options.dry_run:  # the undo file still goes out if it can; the report's error is the one to tell
+            with contextlib.suppress(Exception):
+                write_undo_file(journal, opened.run_id, result.report_path)
+        raise
     if not options.dry_run:
         result.undo = write_undo_file(journal, opened.run_id, result.report_path)
     result.summary = summary
@@ -374,7 +393,24 @@ def _finished_before(journal: Journal, finished: FinishedBefore, report: Path) -
     )
 
 
-def _write_report_if_possible(journal: Journal, run_id: int, report: Path) -> None:
-    """After the journal failed mid-run: a report of what it holds, if it can still be read."""
-    with contextlib.suppress(Exception):  # the journal's own error is the one to tell
+def _write_files_if_possible(journal: Journal, run_id: int, report: Path, options: RunOptions) -> None:
+    """After a run ended by an error: its report and undo file from what the journal holds, if it can be read."""
+    with contextlib.suppress(Exception):  # the error that ended the run is the one to tell
         write_run_report(journal, run_id, report)
+    if not options.dry_run:
+        with contextlib.suppress(Exception):
+            write_undo_file(journal, run_id, report)
+
+
+def _in_flight(journal: Journal, run_id: int) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(journal.indices(run_id, IN_FLIGHT))
+    return False
+
+
+def _check_writable(report: Path, options: RunOptions) -> None:
+    """The report and the undo file can be written: found out before anything is sent, not after."""
+    check_writable(report, "report", "choose another name or folder with --report")
+    if not options.dry_run:
+        where = "choose another folder with --report (it goes beside the report)"
+        check_writable(undo_path(report, options.job), "undo file", where)

@@ -20,6 +20,8 @@ from .actions import ACTIONS, normalise_action
 from .connect import Connection, open_provider
 from .errors import TransportError, UsageError
 from .providers.base import ListFailed
+from .journal import state_dir
+from .ownfiles import mdm_key
 from .report import write_report
 
 #: the columns every export starts with, in this order (where the vendor has them)
@@ -72,7 +74,11 @@ async def _export(target: Connection, path: Path, verb: str | None, progress: Ca
         sample = await _sample(devices)
         header = header_for(sample, verb)
         rows: queue.Queue[object] = queue.Queue(maxsize=2_000)
-        writer = asyncio.ensure_future(asyncio.to_thread(write_report, path, header, _drain(rows), sheet="Devices"))
+        # remembered as bulkmdm's own, so a CSV export read back as a job is taken exactly
+        state, mdm = state_dir(None, target.env), mdm_key(target.provider, target.url, target.partition)
+        writer = asyncio.ensure_future(
+            asyncio.to_thread(write_report, path, header, _drain(rows), sheet="Devices", state=state, mdm=mdm)
+        )
         count = 0
         try:
             async for device in _chain(sample, devices):

@@ -23,7 +23,7 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -37,14 +37,27 @@ from .errors import JobFileError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-#: Excel's limit on the characters in one cell; a longer cell is a broken row.
+#: Excel's limit on the characters in one cell ("Excel specifications and
+#: limits"); a longer cell is a broken row.
 EXCEL_CELL_LIMIT = 32_767
+#: What an .xlsx file bulkmdm writes holds in place of a value no Excel cell
+#: can hold (longer than EXCEL_CELL_LIMIT, or with U+FFFE/U+FFFF, which XML
+#: cannot carry), never the value cut or changed; a row holding it is invalid.
+NOT_WRITTEN = "[not written: {why}; the .csv form of this file keeps it]"
+_NOT_WRITTEN = re.compile(r"\[not written: (.+); the \.csv form of this file keeps it\]", re.DOTALL)
+_NOT_XML = re.compile("[\ufffe\uffff]")
+
+
+def not_in_excel(cell: str) -> str | None:
+    """Why ``cell`` cannot go into an Excel cell as it is, or None when it can."""
+    if len(cell) > EXCEL_CELL_LIMIT:
+        return f"{len(cell):,} characters, more than an Excel cell holds"
+    if (found := _NOT_XML.search(cell)) is not None:
+        return f"U+{ord(found.group()):04X}, a character an Excel cell cannot hold"
+    return None
+
 
 _KINDS = {".csv": "csv", ".xlsx": "xlsx"}
-# Cells a report prefixed with "'" so Excel shows them as text; see
-# report.neutralise, which also prefixes cells already starting with "'"
-# before one of these, so that undoing it is exact.
-_NEUTRALISED = re.compile(r"'+[=+\-@\t\r]")
 _FIELDS_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _EOF_IN_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 # How often a CSV with over-long rows is re-parsed with a wider frame before
@@ -83,8 +96,12 @@ class JobTable:
         return "status" in self.outcome and "detail" in self.outcome
 
 
-def read_job(path: str | Path) -> JobTable:
-    """Read a ``.csv`` or ``.xlsx`` job file; raise ``JobFileError`` if it cannot be used."""
+def read_job(path: str | Path, *, own: Collection[str] = ()) -> JobTable:
+    """Read a ``.csv`` or ``.xlsx`` job file; raise ``JobFileError`` if it cannot be used.
+
+    ``own``: the SHA-256 of the CSV files bulkmdm wrote (:mod:`bulkmdm.ownfiles`);
+    the formula guard is taken off those, and off reports, only.
+    """
     path = Path(path)
     data = _read_bytes(path)
     kind = _KINDS[path.suffix.lower()]
@@ -100,7 +117,7 @@ def read_job(path: str | Path) -> JobTable:
             grid, header_width, delimiter = _read_csv(path, data)
         else:
             grid, header_width, delimiter = _read_xlsx(path, data), None, ","
-        return _table(path, kind, data, delimiter, grid, header_width)
+        return _table(path, kind, data, delimiter, grid, header_width, own)
     except JobFileError:
         raise
     except Exception as exc:
@@ -561,7 +578,13 @@ def _cell_text(value: Any) -> str:
 
 
 def _table(
-    path: Path, kind: str, data: bytes, delimiter: str, grid: list[list[str]], header_width: int | None
+    path: Path,
+    kind: str,
+    data: bytes,
+    delimiter: str,
+    grid: list[list[str]],
+    header_width: int | None,
+    own: Collection[str] = (),
 ) -> JobTable:
     """Build the table from parsed columns (``grid[c][r]``; row 0 is the header)."""
     grid = _drop_blank_rows(grid)
@@ -600,13 +623,17 @@ def _table(
         else:
             canonical.setdefault(name, position)
 
-    if kind == "csv" and "status" in outcome and "detail" in outcome:
+    sha256 = hashlib.sha256(data).hexdigest()
+    if kind == "csv" and (("status" in outcome and "detail" in outcome) or sha256 in own):
+        # bulkmdm's own file: one "'" off every cell that begins with one (report.neutralise)
         headers = [_restore(header) for header in headers]
-        columns = [[_restore(cell) if cell[:1] == "'" else cell for cell in column] for column in columns]
+        columns = [[_restore(cell) for cell in column] for column in columns]
 
     if b"\x00" in data:
         _note_nul(columns, headers, problems)
     _note_huge(columns, headers, problems)
+    if kind == "xlsx":
+        _note_not_written(columns, headers, problems)
     _note_disagreements(columns, headers, problems)
 
     rows = list(zip(*columns, strict=True)) if columns else []
@@ -618,7 +645,7 @@ def _table(
         outcome=outcome,
         rows=rows,
         problems=dict(sorted(problems.items())),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         delimiter=delimiter,
     )
 
@@ -638,7 +665,7 @@ def _drop_blank_rows(grid: list[list[str]]) -> list[list[str]]:
 
 
 def _restore(cell: str) -> str:
-    return cell[1:] if _NEUTRALISED.match(cell) else cell
+    return cell[1:] if cell[:1] == "'" else cell
 
 
 def _column_name(headers: Sequence[str], position: int) -> str:
@@ -676,6 +703,18 @@ def _note_huge(columns: list[list[str]], headers: Sequence[str], problems: dict[
                 problems[r] = (
                     f"line {r + 2} has {len(cell):,} characters in column {_column_name(headers, position)}, "
                     f"more than Excel's limit of {EXCEL_CELL_LIMIT:,}; shorten that cell."
+                )
+
+
+def _note_not_written(columns: list[list[str]], headers: Sequence[str], problems: dict[int, str]) -> None:
+    """A cell that holds NOT_WRITTEN in place of its value: the row cannot be run from this file."""
+    for position, column in enumerate(columns):
+        for r, cell in enumerate(column):
+            if cell[:14] == "[not written: " and r not in problems and (found := _NOT_WRITTEN.fullmatch(cell)):
+                problems[r] = (
+                    f"line {r + 2}'s value in column {_column_name(headers, position)} is not in this file "
+                    f"({found.group(1)}); run the .csv form of the file instead (for a report, "
+                    "`bulkmdm report RUN --out FILE.csv` writes it)."
                 )
 
 

@@ -357,6 +357,15 @@ class Journal:
             out.append((info, self.counts(info.id)))
         return out
 
+    def later_writers(self, run_id: int) -> list[RunInfo]:
+        """Later real runs whose report is the file run ``run_id``'s report is (a report run again, a job continued)."""
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE id > ? AND dry_run = 0"
+            " AND report_path = (SELECT report_path FROM runs WHERE id = ?) ORDER BY id",
+            (run_id, run_id),
+        ).fetchall()
+        return [self._run(row) for row in rows]
+
     def _run(self, row: Sequence[Any]) -> RunInfo:
         values = list(row)
         values[8] = bool(values[8])
@@ -523,10 +532,12 @@ class Journal:
                 self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
     def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
-        """The run's succeeded rows, last first: (action, the row that undoes it or None)."""
+        """The run's succeeded rows, last first: (action, the row that undoes it or None); and
+        the rows still in flight (unknown: their change may have been made) that have an undo row."""
         cur = self.db.execute(
-            "SELECT action, undo FROM rows WHERE run_id = ? AND state = 'done' AND status = 'succeeded'"
-            " AND carried = 0 ORDER BY idx DESC",
+            "SELECT action, undo FROM rows WHERE run_id = ? AND carried = 0"
+            " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
+            " ORDER BY idx DESC",
             (run_id,),
         )
         try:

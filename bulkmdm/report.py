@@ -6,9 +6,13 @@ in the same folder, then renamed), so a killed run never leaves half a report
 where the last good one was.
 
 Excel must never run a cell as a formula. In CSV, a cell that starts with
-``= + - @``, tab or CR gets a leading ``'`` (:func:`neutralise`), which
-:func:`bulkmdm.jobfile.read_job` removes again when a report is re-run. In
-XLSX every cell is written as a text cell, so nothing needs a prefix.
+``= + - @``, tab, CR or ``'`` gets a leading ``'`` (:func:`neutralise`);
+:func:`bulkmdm.jobfile.read_job` takes one ``'`` off every cell that begins
+with one when it reads a file bulkmdm wrote (:mod:`bulkmdm.ownfiles`), which
+gives back exactly what was written. In XLSX every cell is written as a text
+cell, so nothing needs a prefix; a value no Excel cell can hold (too long)
+is never written cut: its cell holds ``jobfile.NOT_WRITTEN`` instead, which
+``read_job`` turns into an ``invalid`` row, and a CSV keeps it whole.
 
 :func:`write_run_report` assembles a run's report from the journal (the
 only source: ``bulkmdm report RUN`` uses it too) and tallies, as the rows
@@ -33,15 +37,12 @@ from typing import TYPE_CHECKING
 from .actions import ACTIONS
 from .columns import CANONICAL, OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
+from .jobfile import NOT_WRITTEN, not_in_excel
 from .model import BAD_STATUSES, Status, reason_key
+from .ownfiles import file_digest, mdm_key, remember
 
 if TYPE_CHECKING:
     from .journal import Journal, RowRecord
-
-# A cell already starting with "'" before one of the dangerous characters is
-# prefixed too, so that stripping one "'" on the way back in is exact:
-# "=1" -> "'=1" -> "=1" and "'=1" -> "''=1" -> "'=1".
-_DANGEROUS = re.compile(r"'*[=+\-@\t\r]")
 
 #: The most data rows one Excel sheet holds (1,048,576 rows minus the header).
 XLSX_MAX_ROWS = 1_048_575
@@ -54,13 +55,16 @@ _XLSX_OPTIONS = {
 }
 
 
-#: the first characters of the cells _DANGEROUS may match (most cells start otherwise)
-_SUSPECT = frozenset("'=+-@\t\r")
+#: The first characters of a CSV cell that get a leading "'": those Excel
+#: starts a formula with (OWASP, "CSV Injection"), and "'" itself, so that
+#: taking one "'" off every cell that begins with one is exact on the way
+#: back in ("=1" -> "'=1" -> "=1", "'x" -> "''x" -> "'x").
+_GUARDED = frozenset("'=+-@\t\r")
 
 
 def neutralise(cell: str) -> str:
-    """Prefix ``'`` to a CSV cell Excel would otherwise read as a formula."""
-    return "'" + cell if cell and cell[0] in _SUSPECT and _DANGEROUS.match(cell) else cell
+    """Prefix ``'`` to a CSV cell Excel would otherwise read as a formula (or that begins with ``'``)."""
+    return "'" + cell if cell[:1] in _GUARDED else cell
 
 
 def write_report(
@@ -70,11 +74,16 @@ def write_report(
     *,
     delimiter: str = ",",
     sheet: str = "Outcome",
+    state: Path | None = None,
+    mdm: str | None = None,
 ) -> None:
     """Write ``headers`` and ``rows`` to ``path`` (``.csv`` or ``.xlsx``), atomically.
 
     Cells are written as text: ``None`` becomes ``""``, anything else
-    ``str(value)``. ``delimiter`` applies to CSV only.
+    ``str(value)``. ``delimiter`` applies to CSV only. With ``state`` (the
+    state folder), the file is remembered there as bulkmdm's own
+    (:mod:`bulkmdm.ownfiles`, ``mdm`` saying which MDM it is about), so that
+    reading a CSV back undoes the formula guard.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -91,6 +100,8 @@ def write_report(
             _write_xlsx(temporary, path, headers, rows, sheet)
         _fsync(temporary)
         _keep_mode(path, temporary)
+        if state is not None:
+            remember(state, file_digest(temporary), mdm)
         os.replace(temporary, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -108,10 +119,38 @@ def write_report(
         raise
 
 
+def check_writable(path: Path, what: str, remedy: str) -> None:
+    """Stop (``UsageError``, one sentence) unless a file can be written at ``path``.
+
+    The file is created and removed again (or, when it exists, opened for
+    writing without being changed), and so is a temporary file beside it, so
+    a name too long for the file system, a folder that is missing or
+    read-only, or a file held open elsewhere is found before a run changes
+    anything, not after.
+    """
+    created = False
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            created = True
+        temporary = _reserve(path)
+        os.unlink(temporary)
+    except (OSError, UsageError) as exc:
+        why = f" ({exc.strerror or exc})" if isinstance(exc, OSError) else ""
+        raise UsageError(f"The {what} {path} cannot be written{why}, so nothing was sent; {remedy}.") from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def _reserve(path: Path) -> Path:
     """Create an empty temporary file next to ``path`` (mode from the umask, like any new file)."""
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # the name's first 40 characters: a temporary name must fit wherever the file's own does
+        candidate = path.with_name(f".{path.name[:40]}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -123,7 +162,9 @@ def _reserve(path: Path) -> Path:
             ) from exc
         os.close(fd)
         return candidate
-    raise UsageError(f"The report cannot be written in {path.parent}; remove stale .{path.name}.*.tmp files there.")
+    raise UsageError(
+        f"The report cannot be written in {path.parent}; remove stale .{path.name[:40]}.*.tmp files there."
+    )
 
 
 def _keep_mode(path: Path, temporary: Path) -> None:
@@ -202,6 +243,9 @@ def _write_xlsx(
                 text = _text(cell)
                 if not text:
                     continue
+                if (why := not_in_excel(text)) is not None:
+                    # never the value cut or changed: a marker that makes the row invalid when read back
+                    text = NOT_WRITTEN.format(why=why)
                 if column == status_column:
                     write(number, column, text, coloured.get(text.strip().casefold()))
                 else:
@@ -341,21 +385,45 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
     run = journal.run(run_id)
     tally = _Tally(path)
 
+    xlsx = path.suffix.lower() == ".xlsx"
+
     def records() -> Iterator[list[str]]:
         for record in journal.rows(run_id):
             values = outcome_values(record, run.stop_reason)
             if record.state != "done" or values[0] == str(Status.NOT_RUN):
                 tally.summary.incomplete = True
             tally.add(record, values[0], values[1])
+            if xlsx:
+                values[1] = _not_in_xlsx(run_id, run.headers, record.cells, values[1])
             yield [*record.cells, *values]
 
     try:
-        write_report(path, [*run.headers, *OUTCOME_COLUMNS], records(), delimiter=run.delimiter)
+        write_report(
+            path,
+            [*run.headers, *OUTCOME_COLUMNS],
+            records(),
+            delimiter=run.delimiter,
+            state=journal.dir,
+            mdm=mdm_key(run.provider, run.url, run.partition_id),
+        )
     except UsageError as exc:
         raise ReportError(
-            f"{exc} Every outcome is in the journal: write it elsewhere with `bulkmdm report {run_id} --out OTHER.csv`."
+            f"{exc} Every outcome is in the journal: write it elsewhere with "
+            f"`bulkmdm report {run_id} --out OTHER.csv --undo`."
         ) from None
     return tally.done()
+
+
+def _not_in_xlsx(run_id: int, headers: Sequence[str], cells: Sequence[str], detail: str) -> str:
+    """The row's detail, saying which of its values the .xlsx report cannot hold."""
+    for position, cell in enumerate(cells):
+        if (why := not_in_excel(cell)) is not None:
+            column = headers[position] if position < len(headers) else str(position + 1)
+            detail = (
+                f"{detail} This .xlsx report leaves out the value in column '{column}' ({why}); "
+                f"`bulkmdm report {run_id} --out FILE.csv` writes it in full."
+            ).strip()
+    return detail
 
 
 def rebuild_report(
@@ -368,6 +436,22 @@ def rebuild_report(
     with Journal(state_dir(state, env)) as journal:
         path = out or Path(journal.run(run_id).report_path)
         return write_run_report(journal, run_id, path)
+
+
+def rebuild_undo(
+    run_id: int, report: Path, *, state: Path | None = None, env: Mapping[str, str] | None = None
+) -> UndoFile:
+    """``bulkmdm report RUN --undo``: write a run's undo file again from the journal."""
+    from .journal import Journal, state_dir
+
+    env = env if env is not None else dict(os.environ)
+    with Journal(state_dir(state, env)) as journal:
+        if journal.run(run_id).dry_run:
+            return UndoFile(None)
+        try:
+            return write_undo_file(journal, run_id, report)
+        except UsageError as exc:
+            raise ReportError(str(exc).replace("The report", "The undo file", 1)) from None
 
 
 # -- the undo file -------------------------------------------------------------
@@ -398,10 +482,24 @@ def undo_path(report: Path, job: Path, written: str | None = None) -> Path:
         stem = shorter
     running, n = job.resolve(), 1
     while True:
-        path = report.with_name(f"{stem}.undo{'' if n == 1 else f'-{n}'}{report.suffix}")
+        tail = f".undo{'' if n == 1 else f'-{n}'}{report.suffix}"
+        path = report.with_name(_fit(stem, tail))
         if not path.exists() and path.resolve() != running:
             return path
         n += 1
+
+
+#: the longest file name, in bytes, of the usual file systems (ext4, APFS, and NTFS in UTF-16 units)
+NAME_MAX = 255
+
+
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem cut (never the tail) so the name fits NAME_MAX."""
+    room = NAME_MAX - len(os.fsencode(tail))
+    encoded = os.fsencode(stem)
+    if len(encoded) > room:
+        stem = encoded[:room].decode("utf-8", "ignore")
+    return stem + tail
 
 
 #: what bulkmdm adds to a job's name for the files it writes beside it
@@ -411,7 +509,9 @@ _RUN_FILE_TAIL = re.compile(r"\.(?:undo(?:-\d+)?|outcome|dryrun)$")
 def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
     """Write the job that reverses this run's changes, last change first.
 
-    Only changes whose earlier state the provider read before changing them
+    Changes whose effect is unknown (in flight when the run stopped) are in
+    it too: putting back a change that was not made changes nothing. Only
+    changes whose earlier state the provider read before changing them
     are in it (a tag, a user, a group, an app, a ban, an attribute); the rest
     are counted in ``not_undoable`` so the summary can name them.
     """
@@ -427,7 +527,14 @@ def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
         return result
     columns = ["action", *[c for c in CANONICAL if c != "action" and any(c in r for r in undo_rows)]]
     path = undo_path(report, Path(run.job_path), run.undo_path)
-    write_report(path, columns, ([row.get(c, "") for c in columns] for row in undo_rows), delimiter=run.delimiter)
+    write_report(
+        path,
+        columns,
+        ([row.get(c, "") for c in columns] for row in undo_rows),
+        delimiter=run.delimiter,
+        state=journal.dir,
+        mdm=mdm_key(run.provider, run.url, run.partition_id),
+    )
     journal.set_undo_path(run_id, str(path))
     result.path, result.rows = path, len(undo_rows)
     return result

@@ -9,7 +9,11 @@ A job is recognised by its path, provider, URL, action and partition (its
   rows added or changed): a new run takes over the earlier one, keeps every
   row whose content the earlier run finished, and sends only the rest;
 * the same job after a run that went to the end: nothing is sent;
-* an outcome report run again: it retries what the report says failed.
+* an outcome report run again: it retries what the report says failed;
+* the journal gone (deleted, or damaged and moved aside): the report beside
+  the job is the second record; the rows it says ``succeeded`` or
+  ``skipped`` (matched by content, each at most once) are not sent again,
+  unless it is known to be about another MDM.
 
 ``--fresh`` ignores earlier runs; dry runs never continue one. A second
 process running the same job while the first still holds its lock sends
@@ -19,6 +23,7 @@ nothing (a lock left by a process that is gone is taken over).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -28,10 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .actions import normalise_action
+from .columns import OUTCOME_COLUMNS
 from .errors import JournalError
 from .journal import IN_FLIGHT, Journal, LockHolder, NewRow, RunInfo
 from .model import JobRow, Outcome, Status
-from .validate import ValidJob
+from .validate import ValidJob, job_row, row_digest
 
 if TYPE_CHECKING:
     from .engine import RunOptions
@@ -108,6 +114,9 @@ def open_run(
         if previous.finished is not None:
             return FinishedBefore(previous, journal.counts(previous.id))
         return _resume(journal, previous, job, report_path)
+    note = None
+    if previous is None and not options.fresh and not options.dry_run and not job.is_report:
+        job, note = _done_by_report(journal, job, report_path, options, url)
     run_id = _create(journal, job, identity=identity, options=options, url=url, report_path=report_path)
     if previous is None:
         return OpenedRun(
@@ -116,8 +125,60 @@ def open_run(
             frozenset(),
             len(job.entries),
             resumed=False,
+            note=note,
         )
     return _take_over(journal, previous, run_id, job)
+
+
+def _done_by_report(
+    journal: Journal, job: ValidJob, report_path: Path, options: RunOptions, url: str
+) -> tuple[ValidJob, str | None]:
+    """The journal has no run of this job: the rows its report says finished are carried, not sent again."""
+    from .errors import JobFileError
+    from .jobfile import read_job
+    from .ownfiles import mdm_key, written
+
+    if not report_path.is_file() or _same(report_path, options.job):
+        return job, None
+    own = written(journal.dir)
+    try:
+        table = read_job(report_path, own=own)
+    except JobFileError:
+        return job, None
+    if not table.is_report:
+        return job, None
+    if own.get(table.sha256) and own[table.sha256] != mdm_key(options.provider, url, options.partition):
+        return job, None  # bulkmdm wrote it for another MDM: it says nothing about this one
+    status_at = table.outcome["status"]
+    done = {str(Status.SUCCEEDED), str(Status.SKIPPED)}
+    action = normalise_action(options.action) if options.action else None
+    finished: dict[str, list[tuple[str, ...]]] = {}
+    for index, cells in enumerate(table.rows):
+        if index in table.problems or cells[status_at].strip().casefold() not in done:
+            continue
+        outcome = tuple(cells[table.outcome[name]] if name in table.outcome else "" for name in OUTCOME_COLUMNS)
+        finished.setdefault(row_digest(job_row(index, cells, table.canonical, action)), []).append(outcome)
+    entries, carried = [], 0
+    for entry in job.entries:
+        outcomes = finished.get(entry.digest) if entry.carried is None else None
+        if outcomes:
+            entry = dataclasses.replace(entry, carried=outcomes.pop(0), invalid=None)
+            carried += 1
+        entries.append(entry)
+    if not carried:
+        return job, None
+    note = (
+        f"No record of an earlier run of this job is left in the state folder, so its report {report_path} "
+        f"decides: {carried} rows it says succeeded or skipped are not sent again (--fresh sends them again)."
+    )
+    return dataclasses.replace(job, entries=entries), note
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _resume(journal: Journal, run: RunInfo, job: ValidJob, report_path: Path) -> OpenedRun:

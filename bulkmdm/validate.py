@@ -167,7 +167,11 @@ def report_path(options: RunOptions, job: ValidJob) -> Path:
         )
     if path.suffix.lower() not in (".csv", ".xlsx"):
         raise UsageError(f"--report {path} must end in .csv or .xlsx.")
-    if path.is_dir():
+    try:
+        folder_named = path.is_dir()
+    except OSError:
+        folder_named = False  # a name the file system refuses (too long): report.check_writable says so
+    if folder_named:
         raise UsageError(f"--report {path} is a folder; give the path of a .csv or .xlsx file.")
     if _same_file(path, options.job) and not job.is_report:
         raise UsageError(

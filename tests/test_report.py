@@ -16,7 +16,7 @@ from bulkmdm.jobfile import read_job
 from bulkmdm.report import neutralise, write_report
 
 DANGEROUS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://evil","click")', "=cmd|' /C calc'!A0"]
-HARMLESS = ["", "a=b", "x-1", "user@example.com", " =1", "'", "'x", "00123", "TRUE", "1.5", "NA", "http://example.com"]
+HARMLESS = ["", "a=b", "x-1", "user@example.com", " =1", "00123", "TRUE", "1.5", "NA", "http://example.com"]
 TRICKY = DANGEROUS + HARMLESS + ["'=x", "''-1", "Lärare på Åsögatan", "two\nlines", "a,b;c", 'say "hi"', "  padded  "]
 
 
@@ -30,10 +30,13 @@ def test_neutralise_leaves_other_cells(cell: str) -> None:
     assert neutralise(cell) == cell
 
 
-def test_neutralise_prefixes_an_existing_apostrophe_before_a_formula() -> None:
-    # So that removing one "'" when the report is read back is exact.
+def test_neutralise_prefixes_every_existing_apostrophe() -> None:
+    # So that removing one "'" from every cell that begins with one, when
+    # bulkmdm reads its own file back, is exact.
     assert neutralise("'=x") == "''=x"
     assert neutralise("''+1") == "'''+1"
+    assert neutralise("'") == "''"
+    assert neutralise("'x") == "''x"
 
 
 def test_csv_is_formula_safe_bom_and_crlf(tmp_path: Path) -> None:

@@ -93,9 +93,10 @@ class WebState:
     async def table(self, upload: Upload) -> Any:
         """The upload's parsed job, kept for the last few uploads (paging must not re-read it)."""
         from ..jobfile import read_job
+        from ..ownfiles import written
 
         if upload.id not in self.tables:
-            self.tables[upload.id] = await asyncio.to_thread(read_job, upload.path)
+            self.tables[upload.id] = await asyncio.to_thread(read_job, upload.path, own=written(self.state_dir))
             while len(self.tables) > 3:
                 self.tables.popitem(last=False)
         self.tables.move_to_end(upload.id)
