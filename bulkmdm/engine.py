@@ -47,6 +47,11 @@ __all__ = [
     "state_dir",
 ]
 
+#: A file whose appearance stops the run as Ctrl-C does (the report is written,
+#: the rest stays not-run, the same command continues it): how ``bulkmdm serve``
+#: stops its runs, on Windows too, where no signal reaches a child process.
+STOP_FILE_VARIABLE = "BULKMDM_STOP_FILE"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
@@ -218,6 +223,8 @@ async def _execute(
 ) -> None:
     """Plan and send the rows still to do, until the end or a stop."""
     remove_signal_handlers = scheduler.install_signals()
+    stop_file = options.env.get(STOP_FILE_VARIABLE, "").strip()
+    watcher = asyncio.ensure_future(scheduler.watch_stop_file(Path(stop_file))) if stop_file else None
     try:
         async with client:
             try:
@@ -230,6 +237,8 @@ async def _execute(
                 await provider.aclose()
     finally:
         remove_signal_handlers()
+        if watcher is not None:
+            watcher.cancel()
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import CREDS, run_cmd, write_csv
+from conftest import CREDS, read_report, run_cmd, spawn, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.web.app import STATE, WebState, make_app
@@ -444,3 +444,25 @@ async def test_a_saved_profile_connects_with_its_keyring_credentials(
     assert served.state.connection is not None and served.state.connection.url == duo.url
     assert served.state.connection.credentials["BULKMDM_PASSWORD"] == "admin"
     assert "Runs go to <strong>duostation</strong>" in page and "admin" not in page.replace("admin@", "")
+
+
+def test_a_stop_file_stops_a_run_as_ctrl_c_does(tmp_path: Path, duo: SimServer) -> None:
+    """The stop `bulkmdm serve` uses: no signal, a file the run looks for (Windows has no SIGINT for a child)."""
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:60]])
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
+    stop = tmp_path / "stop-now"
+    duo.faults.update({"latency": 0.2, "mutating_only": True})
+    env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(tmp_path / "state"), "BULKMDM_STOP_FILE": str(stop)}
+    with spawn(run_cmd(job, duo.url, "--rate", "4/s"), env) as proc:
+        deadline = time.monotonic() + 30
+        while duo.call(lambda: len(state.commands)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        stop.touch()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err  # as after Ctrl-C
+    statuses = [row["status"] for row in read_report(tmp_path / "lock.outcome.csv")]
+    sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
+    assert 0 < statuses.count("succeeded") == sent < len(serials)
+    assert statuses.count("not-run") == len(serials) - sent and "Interrupted" in err

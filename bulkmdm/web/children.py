@@ -3,14 +3,15 @@
 The web app reimplements nothing of a run: it starts the same command an
 admin would type, with the credentials in the child's environment only,
 follows it through the journal (read in short transactions) and through the
-lines the child prints, and stops it with SIGINT, which the child treats as
-Ctrl-C (report written, exit 130, resumable by running it again).
+lines the child prints, and stops it with a stop file (``BULKMDM_STOP_FILE``),
+which the child treats as Ctrl-C (report written, exit 130, resumable by
+running it again). A file and not a signal: on Windows no SIGINT reaches a
+child process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import signal
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine import STOP_FILE_VARIABLE
 from .connection import Connection
 
 #: how many of the child's output lines a page can show
@@ -142,7 +144,7 @@ class ChildRun:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self.request.connection.child_environment(),
+            env={**self.request.connection.child_environment(), STOP_FILE_VARIABLE: str(self.stop_file)},
             # its own session: a Ctrl-C on `bulkmdm serve` does not hit the child; serve stops it itself
             start_new_session=True,
         )
@@ -164,15 +166,20 @@ class ChildRun:
                 self.run_id = int(match.group(1))
         self.returncode = await self.process.wait()
         self.ended = time.time()
+        self.stop_file.unlink(missing_ok=True)
         self._done.set()
 
+    @property
+    def stop_file(self) -> Path:
+        """The file that stops this child (in its job's folder, named by this run)."""
+        return self.request.report.parent / f".stop-{self.id}"
+
     def stop(self) -> None:
-        """Like Ctrl-C: no new rows start, the report is written, the run can be resumed."""
-        # once only: a second SIGINT would abandon the requests in flight (they would end up unknown)
+        """Like Ctrl-C: no new rows start, requests in flight finish, the report is written, the run can be
+        resumed."""
         if self.process is not None and not self.finished and not self.stop_requested:
             self.stop_requested = True
-            with contextlib.suppress(ProcessLookupError):  # it ended just now
-                self.process.send_signal(signal.SIGINT)
+            self.stop_file.touch()
 
     async def wait(self, timeout: float | None = None) -> bool:
         try:
