@@ -466,3 +466,20 @@ def test_a_stop_file_stops_a_run_as_ctrl_c_does(tmp_path: Path, duo: SimServer) 
     sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
     assert 0 < statuses.count("succeeded") == sent < len(serials)
     assert statuses.count("not-run") == len(serials) - sent and "Interrupted" in err
+
+
+def test_failures_are_grouped_by_reason_as_the_terminal_groups_them(tmp_path: Path, duo: SimServer) -> None:
+    from bulkmdm.web.summary import summarise
+
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:42]])
+    missing = [f"NOSUCH{i:03d}" for i in range(12)]
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials + missing)])
+    env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(run_cmd(job, duo.url, "--dry-run"), env=env, capture_output=True, text=True, timeout=60)
+    terminal = [line.strip() for line in done.stderr.splitlines() if re.match(r"\s+\d+ x ", line)]
+    groups = summarise(tmp_path / "lock.dryrun.csv").failures
+    assert len(terminal) == len(groups) == 1, done.stderr
+    group = groups[0]
+    assert group.count == 12 and "'…'" in group.reason and group.lines == (4, 5, 6, 7, 8)
+    assert terminal[0] == f"12 x {group.reason.rstrip('.')}: lines 4, 5, 6, 7, 8, ..."
