@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -483,3 +484,107 @@ def test_failures_are_grouped_by_reason_as_the_terminal_groups_them(tmp_path: Pa
     group = groups[0]
     assert group.count == 12 and "'…'" in group.reason and group.lines == (4, 5, 6, 7, 8)
     assert terminal[0] == f"12 x {group.reason.rstrip('.')}: lines 4, 5, 6, 7, 8, ..."
+
+
+def _journal_of(state_dir: Path, rows: int) -> int:
+    """A finished lock run of ``rows`` rows in the journal: every 100th failed, the last 1,000 not sent."""
+    from conftest import journal_run
+
+    from bulkmdm.journal import Journal, NewRow
+    from bulkmdm.model import Outcome, Status
+
+    with Journal(state_dir) as journal:
+        run_id = journal_run(
+            journal,
+            [NewRow([f"SN{i:07d}", f"pupil{i}@skolan.se"], "lock", f"d{i}", f"SN{i:07d}") for i in range(rows)],
+            headers=["serial", "email"],
+        )
+        journal.record(
+            run_id,
+            (
+                Outcome(i, Status.FAILED, f"Serial 'SN{i:07d}' was not found.")
+                if i % 100 == 0
+                else Outcome(i, Status.SUCCEEDED, "Locked.")
+                for i in range(rows - 1000)
+            ),
+        )
+    return run_id
+
+
+def test_the_row_table_pages_a_100000_row_run_from_the_journal(tmp_path: Path) -> None:
+    from bulkmdm.web.rows import read_table, rows_to_fix
+
+    run_id = _journal_of(tmp_path, 100_000)
+    timings = {}
+    for name, query in {
+        "first page": {},
+        "last page": {"number": 2000},
+        "failed, page 10": {"status": "failed", "number": 10},
+        "not-run, last page": {"status": "not-run", "number": 20},
+        "search an e-mail": {"search": "PUPIL54321@"},
+    }.items():
+        started = time.monotonic()
+        table = read_table(tmp_path, run_id, **query)  # type: ignore[arg-type]
+        timings[name] = time.monotonic() - started
+        if name == "last page":
+            assert table.number == table.count == 2000 and table.rows[-1].line == 100_001
+            assert table.rows[-1].status == "not-run" and "Not sent" in table.rows[-1].detail
+        if name == "failed, page 10":
+            assert table.matches == 990 and table.count == 20 and table.rows[0].line == 45_002
+            assert {row.status for row in table.rows} == {"failed"}
+        if name == "not-run, last page":
+            assert table.matches == 1000 and table.rows[-1].line == 100_001
+        if name == "search an e-mail":
+            assert [row.target for row in table.rows] == ["SN0054321"]
+    started = time.monotonic()
+    text, count = rows_to_fix(tmp_path, run_id)
+    timings["rows to fix"] = time.monotonic() - started
+    lines = text.splitlines()
+    assert count == 1990 and lines[0] == "action,serial,email" and lines[1] == "lock,SN0000000,pupil0@skolan.se"
+    print("100k-row table:", {name: f"{seconds * 1000:.0f} ms" for name, seconds in timings.items()})
+    assert max(t for name, t in timings.items() if name != "rows to fix") < 1.0, timings
+
+
+def test_the_eta_waits_until_it_means_something(tmp_path: Path) -> None:
+    from bulkmdm.web.children import ChildRun
+
+    connection = connection_from_form({"provider": "banyan", "url": "https://b.example", "banyan:BULKMDM_TOKEN": "t"})
+    child = ChildRun(RunRequest("run", tmp_path / "j.csv", tmp_path / "r.csv", connection, tmp_path, "u1"))
+    # the first second runs far ahead (invalid rows done at once, a full rate bucket), then 10 rows/s
+    assert child.speed(0, 10_000, 100.0) == (None, None)
+    rate, eta = child.speed(300, 10_000, 101.0)
+    assert rate == 300 and eta is None  # at 300 rows/s the job would seem to end in half a minute
+    for second in range(2, 13):
+        rate, eta = child.speed(300 + 10 * (second - 1), 10_000, 100.0 + second)
+    assert rate is not None and eta is not None
+    assert abs(rate - 10) < 0.5 and 900 <= eta <= 1000, (rate, eta)  # the true pace: 10 rows/s, ~960 s left
+
+
+async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as_a_job(
+    tmp_path: Path, duo: SimServer
+) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:100]])
+    rows = [["lock", s, "7B"] for s in serials] + [["lock", f"NOSUCH{i}", "7C"] for i in range(3)]
+    job = write_csv(tmp_path / "lås.csv", [["action", "serial", "class"], *rows])
+    connect = {
+        "provider": "duostation",
+        "url": duo.url,
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": "admin",
+    }
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        run_page = await _dry_run_and_run(client, server, _job_page(await _upload(client, server, job)), "")
+        page = await _until(client, server, run_page, 'id="next"')
+        assert 'id="row-table"' in page and "Page 1 of 2" in page and "63 rows" in page
+        async with client.get(f"{server.url}{run_page}", params={"status": "failed"}) as resp:
+            failed = await resp.text()
+        assert "3 rows failed" in failed and failed.count("NOSUCH") >= 3 and serials[0] not in failed
+        async with client.get(f"{server.url}{run_page}", params={"q": serials[7].lower()}) as resp:
+            found = await resp.text()
+        assert "1 row holding" in found and serials[7] in found and serials[8] not in found
+        async with client.get(f"{server.url}{run_page}/rows-to-fix.csv") as resp:
+            assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
+            fix = (await resp.read()).decode("utf-8-sig")
+    assert fix.splitlines() == ["action,serial,class"] + [f"lock,NOSUCH{i},7C" for i in range(3)]

@@ -27,9 +27,12 @@ from .connection import Connection
 
 #: how many of the child's output lines a page can show
 _KEPT_LINES = 200
-#: how often, at least, the journal is scanned for the latest failures: a full pass over the rows,
-#: 0.3 s for 100,000 rows, so a bigger job is scanned less often (at most a tenth of the time)
-_FAILURE_SCAN_SECONDS = 3.0
+#: the statuses "Latest failures" lists
+_FAILED_KEYS = frozenset({"failed", "invalid", "unknown"})
+#: seconds of progress the rate is measured over before an ETA is shown: the first seconds run
+#: ahead (rows found invalid are done at once, the rate limiter's bucket starts full), and an
+#: estimate from them is off by far
+_ETA_AFTER = 10.0
 _UNDO_LINE = re.compile(r"^Undo file: (.+)$")
 _RESUMING_LINE = re.compile(r"^Resuming run (\d+):")
 
@@ -118,9 +121,6 @@ class ChildRun:
         self._reader: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)
-        self._failures: list[Failure] = []
-        self._failures_scanned = 0.0
-        self._scan_every = _FAILURE_SCAN_SECONDS
 
     @property
     def finished(self) -> bool:
@@ -190,38 +190,37 @@ class ChildRun:
 
     async def progress(self) -> Progress:
         """Counts from the journal, rate and ETA from their change, the latest failures."""
-        began = time.monotonic()
-        scan = began - self._failures_scanned >= self._scan_every or self.finished
-        run_id, counts, failures = await asyncio.to_thread(read_progress, self.request, self.started, self.run_id, scan)
+        run_id, counts, failures = await asyncio.to_thread(read_progress, self.request, self.started, self.run_id)
         self.run_id = run_id
-        if failures is not None:
-            self._failures, self._failures_scanned = failures, time.monotonic()
-            self._scan_every = max(_FAILURE_SCAN_SECONDS, 10 * (self._failures_scanned - began))
         total = sum(counts.values())
         done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
-        rate, eta = self._speed(done, total)
+        rate, eta = self.speed(done, total, time.monotonic())
         state = (
             "finished"
             if self.finished
             else ("stopping" if self.stop_requested else ("running" if run_id is not None else "starting"))
         )
-        return Progress(state, counts, done, total, rate, eta, list(self._failures), list(self.lines))
+        return Progress(state, counts, done, total, rate, eta, failures, list(self.lines))
 
-    def _speed(self, done: int, total: int) -> tuple[float | None, float | None]:
-        now = time.monotonic()
+    def speed(self, done: int, total: int, now: float) -> tuple[float | None, float | None]:
+        """Rows a second over the last ten seconds or so (steady enough to read, quick to follow a
+        change), and the seconds left at that rate: None until it has that long a span to go by."""
+        if not self._samples or done < self._samples[-1][1]:
+            self._samples.clear()  # a resumed run counts afresh
         self._samples.append((now, done))
-        # rate over the last ten seconds or so: steady enough to read, quick to follow a change
-        then, done_then = next(((t, d) for t, d in self._samples if now - t <= 10.0), self._samples[0])
+        then, done_then = next(((t, d) for t, d in self._samples if now - t <= _ETA_AFTER), self._samples[0])
         if now - then < 0.5 or done <= done_then:
             return None, None
         rate = (done - done_then) / (now - then)
-        return rate, (total - done) / rate
+        measured = now - self._samples[0][0] >= _ETA_AFTER
+        return rate, ((total - done) / rate if measured else None)
 
 
 def read_progress(
-    request: RunRequest, started: float, run_id: int | None, scan_failures: bool
-) -> tuple[int | None, dict[str, int], list[Failure] | None]:
-    """The child's journal run (found by its job once it appears), its counts, and its latest failures."""
+    request: RunRequest, started: float, run_id: int | None
+) -> tuple[int | None, dict[str, int], list[Failure]]:
+    """The child's journal run (found by its job once it appears), its counts, and its latest failures
+    (read after the counts: every failure counted is in the list)."""
     from ..errors import BulkMDMError
     from ..journal import Journal
 
@@ -230,12 +229,13 @@ def read_progress(
             if run_id is None:
                 run_id = _find_run(journal, request, started)
             if run_id is None:
-                return None, {}, None
+                return None, {}, []
             counts = journal.counts(run_id)
-            failures = _latest_failures(journal, run_id) if scan_failures else None
+            latest = journal.find_rows(run_id, keys=_FAILED_KEYS, limit=6, newest_first=True)
+            failures = [Failure(r.idx + 2, r.status or "", r.detail or "") for r in latest]
             return run_id, counts, failures
     except BulkMDMError:
-        return run_id, {}, None
+        return run_id, {}, []
 
 
 def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
@@ -247,14 +247,6 @@ def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
         if info.created >= started - 1 or (info.finished is None and not info.dry_run):
             return int(info.id)
     return None
-
-
-def _latest_failures(journal: Any, run_id: int, keep: int = 6) -> list[Failure]:
-    latest: deque[Failure] = deque(maxlen=keep)
-    for record in journal.rows(run_id):
-        if record.status in ("failed", "invalid", "unknown"):
-            latest.append(Failure(record.idx + 2, record.status, record.detail or ""))
-    return list(reversed(latest))
 
 
 def count_statuses(counts: dict[str, int], *, running: bool = False) -> Counter[str]:

@@ -19,6 +19,7 @@ from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
 from .connection import Connection, connection_from_form, profile_names
+from .rows import TO_FIX, read_table, rows_to_fix
 
 routes = web.RouteTableDef()
 
@@ -346,14 +347,44 @@ async def watch(request: web.Request) -> web.Response:
     summary = None
     if child.finished and child.request.report.exists() and child.returncode != 2:
         summary = await state.summary(child.request.report, child.request.action)
+    table = None
+    if child.run_id is not None:
+        table = await asyncio.to_thread(
+            read_table,
+            child.request.state_dir,
+            child.run_id,
+            status=request.query.get("status", ""),
+            search=request.query.get("q", "")[:200],
+            number=_number(request, "rows"),
+            running=not child.finished,
+        )
+    counts = count_statuses(progress.counts, running=not child.finished)
     return state.render(
         "run.html",
         child=child,
         job=job,
         progress=progress,
         summary=summary,
-        counts=count_statuses(progress.counts, running=not child.finished),
+        counts=counts,
+        table=table,
+        to_fix=sum(counts.get(s, 0) for s in TO_FIX),
         page=_number(request),
+    )
+
+
+@routes.get("/runs/{child}/rows-to-fix.csv")
+async def rows_to_fix_download(request: web.Request) -> web.Response:
+    """The rows that did not succeed, as a job: fix them in a spreadsheet, upload, run."""
+    child = _child(request)
+    if child.run_id is None or not child.finished:
+        raise UsageError("The rows to fix can be downloaded once the run has ended.")
+    text, _count = await asyncio.to_thread(rows_to_fix, child.request.state_dir, child.run_id)
+    name = f"{child.request.job.stem.removesuffix('.outcome')}.to-fix.csv"
+    return web.Response(
+        body=text.encode("utf-8-sig"),  # the BOM makes Excel read å/ä/ö as UTF-8, as in the report
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
     )
 
 
