@@ -5,6 +5,7 @@ job, and errors as one sentence. The browser walk-through is test_web_browser.py
 from __future__ import annotations
 
 import asyncio
+import html
 import contextlib
 import csv
 import os
@@ -108,9 +109,12 @@ async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> Non
 
 
 async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    sim = SimServer(duo_app(devices=20, password="pw-from-the-form"))
     form = {
         "provider": "duostation",
-        "url": "http://127.0.0.1:9",
+        "url": sim.__enter__().url,
         "duostation:BULKMDM_USERNAME": "admin",
         "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
     }
@@ -133,6 +137,7 @@ async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -
         assert served.state.connection is not None
         async with client.get(f"{served.url}/") as resp:
             assert "pw-from-the-form" not in await resp.text()
+    sim.__exit__(None, None, None)
     assert "pw-from-the-form" not in repr(served.state.connection)
 
 
@@ -186,37 +191,66 @@ async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) ->
     assert first_page < 20 and later_page < 2, (first_page, later_page)
 
 
-async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path: Path) -> None:
+def _flash(page: str) -> str:
+    found = re.search(r'<div class="notice bad" role="alert" id="flash">(.*?)</div>', page, re.S)
+    assert found is not None, page
+    return html.unescape(found.group(1))
+
+
+async def test_connect_checks_the_credentials_and_says_what_was_refused(served: Served) -> None:
     from bulkmdm.sim.duostation import make_app as duo_app
 
-    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
     with SimServer(duo_app(devices=20)) as sim:
+        form = {
+            "csrf": served.csrf,
+            "provider": "duostation",
+            "url": sim.url,
+            "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "wrong-password",
+        }
         async with _client() as client:
-            form = {
-                "csrf": served.csrf,
-                "provider": "duostation",
-                "url": sim.url,
-                "duostation:BULKMDM_USERNAME": "admin",
-                "duostation:BULKMDM_PASSWORD": "wrong-password",
-            }
-            await client.post(f"{served.url}/connect", data=form)
-            upload = aiohttp.FormData()
-            upload.add_field("csrf", served.csrf)
-            upload.add_field("job", job.read_bytes(), filename="lock.csv")
-            async with client.post(f"{served.url}/upload", data=upload) as resp:
-                job_page = str(resp.url)
-            async with client.post(f"{job_page}/dry-run", data={"csrf": served.csrf}) as resp:
-                run_page = str(resp.url)
-            text = ""
-            for _ in range(150):
-                async with client.get(run_page) as resp:
-                    text = await resp.text()
-                if "nothing was run" in text:
-                    break
-                await asyncio.sleep(0.2)
-    error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
-    assert error is not None, text
-    assert "credentials" in error.group(1).lower() and "wrong-password" not in text
+            async with client.post(f"{served.url}/connect", data=form) as resp:
+                page = await resp.text()
+            refused = _flash(page)
+            assert served.state.connection is None and "Connected to" not in page
+            assert "refused these credentials (HTTP 401)" in refused and "user name and password" in refused
+            assert "BULKMDM_" not in refused and "bulkmdm login" not in page and "wrong-password" not in page
+            # what was typed is still there (the password is typed again)
+            assert f'value="{sim.url}"' in page and 'value="admin"' in page and 'id="type-again"' in page
+            assert re.search(r'<option value="duostation"\s+selected>', page)
+            form["duostation:BULKMDM_PASSWORD"] = "admin"
+            async with client.post(f"{served.url}/connect", data=form) as resp:
+                page = await resp.text()
+            assert served.state.connection is not None and 'id="note"' in page and "answered" in page
+    async with _client() as client:
+        nothing = dict(form, url="http://127.0.0.1:9")
+        served.state.connection = None
+        async with client.post(f"{served.url}/connect", data=nothing) as resp:
+            page = await resp.text()
+    assert "No answer from duostation at http://127.0.0.1:9" in _flash(page) and served.state.connection is None
+
+
+async def test_the_mdm_form_keeps_what_was_typed_and_use_another_mdm_starts_from_it(served: Served) -> None:
+    async with _client() as client:
+        form = {"csrf": served.csrf, "provider": "ivanti", "url": "https://na1.mobileiron.example"}
+        form |= {"ivanti:BULKMDM_USERNAME": "api-user", "ivanti:BULKMDM_PASSWORD": "secret-pw"}
+        async with client.post(f"{served.url}/connect", data=form) as resp:
+            page = await resp.text()
+        assert "ivanti needs the device space id" in _flash(page)
+        assert (
+            re.search(r'<option value="ivanti"\s+selected>', page) and 'value="https://na1.mobileiron.example"' in page
+        )
+        assert 'value="api-user"' in page and "secret-pw" not in page
+        async with client.post(f"{served.url}/connect", data=form | {"ivanti:partition": "skolan"}) as resp:
+            page = await resp.text()
+        assert "The device space id is a number (e.g. 23505), not 'skolan'." in _flash(page)
+        assert 'value="skolan"' in page
+        served.state.connection = connection_from_form(form | {"ivanti:partition": "23505"})
+        await _post(client, served, "/disconnect")
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+    assert re.search(r'<option value="ivanti"\s+selected>', page) and 'value="23505"' in page
+    assert 'value="api-user"' in page and "secret-pw" not in page
 
 
 def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
@@ -588,3 +622,41 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
             assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
             fix = (await resp.read()).decode("utf-8-sig")
     assert fix.splitlines() == ["action,serial,class"] + [f"lock,NOSUCH{i},7C" for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("provider", "right", "wrong"),
+    [
+        ("duostation", {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}, {"BULKMDM_PASSWORD": "nope"}),
+        ("ivanti", {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}, {"BULKMDM_PASSWORD": "nope"}),
+        ("manageengine", {"BULKMDM_API_KEY": "me-api-key"}, {"BULKMDM_API_KEY": "nope"}),
+        (
+            "manageengine",
+            {
+                "BULKMDM_CLIENT_ID": "me-client",
+                "BULKMDM_CLIENT_SECRET": "me-secret",
+                "BULKMDM_REFRESH_TOKEN": "me-refresh",
+            },
+            {"BULKMDM_REFRESH_TOKEN": "nope"},
+        ),
+        ("banyan", {"BULKMDM_TOKEN": "banyan-token"}, {"BULKMDM_TOKEN": "nope"}),
+    ],
+)
+async def test_connect_makes_one_read_on_every_vendor(
+    provider: str, right: dict[str, str], wrong: dict[str, str]
+) -> None:
+    import importlib
+
+    from bulkmdm.errors import UsageError
+    from bulkmdm.web.connection import Connection, check_connection
+
+    sim_app = importlib.import_module(f"bulkmdm.sim.{provider}").make_app(devices=30)
+    with SimServer(sim_app) as sim:
+        partition = "1" if provider == "ivanti" else ""
+        oauth = {"BULKMDM_OAUTH_URL": f"{sim.url}/oauth/v2/token"} if "BULKMDM_CLIENT_ID" in right else {}
+        await check_connection(Connection(provider, sim.url, partition, {**right, **oauth}))
+        with pytest.raises(UsageError, match=r"refused these credentials \(HTTP 40[13]\)"):
+            await check_connection(Connection(provider, sim.url, partition, {**right, **oauth, **wrong}))
+        if partition:
+            with pytest.raises(UsageError, match="refused a first look-up .*check the device space id"):
+                await check_connection(Connection(provider, sim.url, "999", right))

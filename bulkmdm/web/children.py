@@ -159,11 +159,11 @@ class ChildRun:
                 line = line.replace(secret, "***")
             if not line:
                 continue
-            self.lines.append(line)
             if match := _UNDO_LINE.match(line):
                 self.undo_file = Path(match.group(1).strip())
             if match := _RESUMING_LINE.match(line):
                 self.run_id = int(match.group(1))
+            self.lines.append(hide_paths(line, self.request.state_dir))
         self.returncode = await self.process.wait()
         self.ended = time.time()
         self.stop_file.unlink(missing_ok=True)
@@ -247,6 +247,15 @@ def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
         if info.created >= started - 1 or (info.finished is None and not info.dry_run):
             return int(info.id)
     return None
+
+
+def hide_paths(text: str, state_dir: Path) -> str:
+    """``text`` without this server's own paths, which are no business of a page: a file kept for the
+    page is named by its name alone, the state folder as such."""
+    for folder in {state_dir, state_dir.resolve()}:
+        text = re.sub(re.escape(str(folder / "web-jobs")) + r"[/\\][0-9a-f]{16}[/\\]", "", text)
+        text = text.replace(str(folder), "the state folder")
+    return text
 
 
 def count_statuses(counts: dict[str, int], *, running: bool = False) -> Counter[str]:

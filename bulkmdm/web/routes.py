@@ -18,7 +18,16 @@ from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
-from .connection import Connection, connection_from_form, profile_names
+from .connection import (
+    CREDENTIAL_FIELDS,
+    Connection,
+    check_connection,
+    connection_from_form,
+    extra_settings,
+    profile_names,
+    typed_values,
+    values_of,
+)
 from .rows import TO_FIX, read_table, rows_to_fix
 
 routes = web.RouteTableDef()
@@ -62,7 +71,12 @@ async def home(request: web.Request) -> web.Response:
     history = await asyncio.to_thread(_history, state)
     profiles = await asyncio.to_thread(profile_names) if state.connection is None else []
     return state.render(
-        "home.html", history=history, profiles=profiles, max_upload_mb=state.max_upload // (1024 * 1024)
+        "home.html",
+        history=history,
+        profiles=profiles,
+        max_upload_mb=state.max_upload // (1024 * 1024),
+        typed=state.typed,
+        settings_of={name: extra_settings(name) for name in CREDENTIAL_FIELDS},
     )
 
 
@@ -97,15 +111,23 @@ async def connect(request: web.Request) -> web.Response:
     state = _state(request)
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     try:
-        state.connection = connection_from_form(form)
-    except BulkMDMError as exc:  # a typo in the form, or a profile without credentials
+        connection = connection_from_form(form)
+        await check_connection(connection)
+    except BulkMDMError as exc:  # a typo in the form, a profile without credentials, a refusal of the MDM
         state.flash = str(exc)
+        state.typed = typed_values(form) if not form.get("profile") else state.typed
+        return _see("/")
+    state.connection, state.typed = connection, {}
+    state.note = f"Connected: {connection.label} answered a first look-up with these credentials."
     return _see("/")
 
 
 @routes.post("/disconnect")
 async def disconnect(request: web.Request) -> web.Response:
-    _state(request).connection = None
+    state = _state(request)
+    if state.connection is not None:
+        state.typed = values_of(state.connection)
+    state.connection = None
     return _see("/")
 
 
