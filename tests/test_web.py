@@ -167,6 +167,27 @@ async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
         async with client.post(f"{served.url}/upload", data=upload) as resp:
             text = await resp.text()
             assert resp.status == 400 and "broken.xlsx" in text and "Traceback" not in text
+    # the page names the file, never where this server keeps it
+    assert "web-jobs" not in text and str(served.state.state_dir) not in text
+
+
+async def test_a_header_only_file_is_not_found_without_problems(served: Served, tmp_path: Path) -> None:
+    async with _client() as client:
+        page = await _upload(client, served, write_csv(tmp_path / "empty.csv", [["action", "serial"]]))
+    assert 'id="no-rows"' in page and "No problems found" not in page and 'id="dry-run"' not in page
+
+
+async def test_pages_are_csp_clean_and_have_an_icon(served: Served) -> None:
+    templates = Path(__file__).parent.parent / "bulkmdm" / "web" / "templates"
+    for template in templates.glob("*.html"):  # the CSP allows neither inline styles nor inline scripts
+        text = template.read_text()
+        assert not re.search(r"\sstyle=|<style|<script(?![^>]*\ssrc=)|\son[a-z]+=", text), template.name
+    async with _client() as client:
+        async with client.get(f"{served.url}/") as resp:
+            assert '<link rel="icon" href="/static/favicon.svg"' in await resp.text()
+        for path in ("/static/favicon.svg", "/favicon.ico"):
+            async with client.get(f"{served.url}{path}") as resp:
+                assert resp.status == 200 and resp.content_type == "image/svg+xml", path
 
 
 async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) -> None:
@@ -253,6 +274,30 @@ async def test_the_mdm_form_keeps_what_was_typed_and_use_another_mdm_starts_from
     assert 'value="api-user"' in page and "secret-pw" not in page
 
 
+async def test_credentials_refused_during_a_run_are_told_in_the_pages_words(served: Served, tmp_path: Path) -> None:
+    """The password changed after Connect checked it: the run's one sentence, without the terminal's remedy."""
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
+    with SimServer(duo_app(devices=20)) as sim:
+        served.state.connection = connection_from_form(
+            {
+                "provider": "duostation",
+                "url": sim.url,
+                "duostation:BULKMDM_USERNAME": "admin",
+                "duostation:BULKMDM_PASSWORD": "changed-since",
+            }
+        )
+        async with _client() as client:
+            run_page = await _post(client, served, f"{_job_page(await _upload(client, served, job))}/dry-run")
+            text = await _until(client, served, run_page, "nothing was run")
+    error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
+    assert error is not None, text
+    sentence = html.unescape(error.group(1))
+    assert "refused the credentials (HTTP 401" in sentence and "connect again" in sentence
+    assert "BULKMDM_" not in sentence and "bulkmdm login" not in sentence and "changed-since" not in text
+
+
 def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
     connection = connection_from_form(
         {"provider": "banyan", "url": "https://banyan.example/", "banyan:BULKMDM_TOKEN": "tok-123456"}
@@ -316,7 +361,7 @@ async def _until(client: aiohttp.ClientSession, server: Served, path: str, marke
         if marker in text:
             return text
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{marker!r} never appeared on {path}")
+    raise AssertionError(f"{marker!r} never appeared on {path}: {text[-3000:]}")
 
 
 async def _dry_run_and_run(client: aiohttp.ClientSession, server: Served, job_page: str, rate: str) -> str:

@@ -34,6 +34,13 @@ _FAILED_KEYS = frozenset({"failed", "invalid", "unknown"})
 #: estimate from them is off by far
 _ETA_AFTER = 10.0
 _UNDO_LINE = re.compile(r"^Undo file: (.+)$")
+#: the terminal's remedy for refused credentials (connect.credential_hint), and the page's
+_TERMINAL_REMEDY = re.compile(
+    r"check BULKMDM_\w+(?:(?:, | and )BULKMDM_\w+)* \(or what `bulkmdm login` stored for the profile\)"
+)
+_PAGE_REMEDY = (
+    "the credentials may have changed since you connected: use another MDM on the first page and connect again"
+)
 _RESUMING_LINE = re.compile(r"^Resuming run (\d+):")
 
 
@@ -132,10 +139,10 @@ class ChildRun:
 
     @property
     def error(self) -> str:
-        """The child's one-sentence error, when it ran nothing."""
+        """The child's one-sentence error, when it ran nothing, in the page's words."""
         for line in reversed(self.lines):
             if line.startswith("Error: "):
-                return line.removeprefix("Error: ")
+                return _TERMINAL_REMEDY.sub(_PAGE_REMEDY, line.removeprefix("Error: "))
         return ""
 
     async def start(self) -> None:

@@ -39,10 +39,10 @@ function render(p) {
   set("done", p.done);
   set("total", p.total);
   set("rate", p.rate ? p.rate.toFixed(1) : "–");
-  set("eta", duration(p.eta));
+  set("eta", p.eta === null || p.eta === undefined ? "time left: estimating…" : `${duration(p.eta)} left`);
   set("state", p.state);
   const bar = document.getElementById("bar");
-  if (bar) bar.style.width = p.total ? `${(100 * p.done / p.total).toFixed(1)}%` : "0";
+  if (bar) { bar.max = p.total || 1; bar.value = p.done; }
   const chips = document.getElementById("chips");
   if (chips) {
     const list = document.createElement("ul");
