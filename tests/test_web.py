@@ -663,6 +663,9 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
         async with client.get(f"{server.url}{run_page}", params={"q": serials[7].lower()}) as resp:
             found = await resp.text()
         assert "1 row holding" in found and serials[7] in found and serials[8] not in found
+        async with client.get(f"{server.url}{run_page}/rows", params={"status": "failed"}) as resp:
+            part = await resp.text()  # what the page fetches while a run goes
+        assert "<html" not in part and part.count("<tr>") == 4 and "3 rows failed" in part
         async with client.get(f"{server.url}{run_page}/rows-to-fix.csv") as resp:
             assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
             fix = (await resp.read()).decode("utf-8-sig")

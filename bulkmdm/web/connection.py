@@ -190,7 +190,7 @@ async def check_connection(connection: Connection, *, timeout: float = 15.0) -> 
                 await provider.aclose()
     except AuthError as exc:
         raise UsageError(
-            f"{where} refused these credentials (HTTP {exc.status}); check the "
+            f"The MDM at {connection.url} refused these credentials (HTTP {exc.status}): check the "
             f"{_credential_words(connection)} and type them again."
         ) from None
     except ListFailed as exc:
@@ -201,8 +201,9 @@ async def check_connection(connection: Connection, *, timeout: float = 15.0) -> 
                 f"address: it should be {provider_cls.url_hint}."
             ) from None
         needs = "".join(f"the {s.label.lower()}, " for s in provider_cls.extra_settings)
+        why = explain_response(exc.resp).rstrip(".")
         raise UsageError(
-            f"{where} refused a first look-up ({explain_response(exc.resp).rstrip('.')}); check {needs}"
+            f"The MDM at {connection.url} refused a first look-up ({why}); check {needs}"
             "and that the account may use the API."
         ) from None
     except ConfigError:
@@ -216,7 +217,7 @@ async def check_connection(connection: Connection, *, timeout: float = 15.0) -> 
             "reached from this computer."
         ) from None
     except BulkMDMError as exc:
-        raise UsageError(f"{where} cannot be used now: {str(exc).rstrip('.')}.") from None
+        raise UsageError(f"The MDM at {connection.url} cannot be used now: {str(exc).rstrip('.')}.") from None
 
 
 def _labels(provider: str) -> dict[str, str]:

@@ -378,6 +378,29 @@ async def watch(request: web.Request) -> web.Response:
     summary = None
     if child.finished and child.request.report.exists() and child.returncode != 2:
         summary = await state.summary(child.request.report, child.request.action)
+    return state.render(
+        "run.html",
+        child=child,
+        job=job,
+        progress=progress,
+        summary=summary,
+        page=_number(request),
+        **await _rows(request, child, progress),
+    )
+
+
+@routes.get("/runs/{child}/rows")
+async def rows_part(request: web.Request) -> web.Response:
+    """The row table alone, as the run goes: the run's page fetches it every few seconds."""
+    state, child = _state(request), _child(request)
+    context = await _rows(request, child, await child.progress())
+    if context["table"] is None:
+        return web.Response(status=204)
+    return state.render("rows_part.html", child=child, **context)
+
+
+async def _rows(request: web.Request, child: ChildRun, progress: Any) -> dict[str, Any]:
+    """The page of the row table the address asks for (its status, search and page), and the counts."""
     table = None
     if child.run_id is not None and child.returncode != 2:
         with contextlib.suppress(BulkMDMError):  # a run refused at its start leaves no rows behind
@@ -391,17 +414,7 @@ async def watch(request: web.Request) -> web.Response:
                 running=not child.finished,
             )
     counts = count_statuses(progress.counts, running=not child.finished)
-    return state.render(
-        "run.html",
-        child=child,
-        job=job,
-        progress=progress,
-        summary=summary,
-        counts=counts,
-        table=table,
-        to_fix=sum(counts.get(s, 0) for s in TO_FIX),
-        page=_number(request),
-    )
+    return {"table": table, "counts": counts, "to_fix": sum(counts.get(s, 0) for s in TO_FIX)}
 
 
 @routes.get("/runs/{child}/rows-to-fix.csv")
