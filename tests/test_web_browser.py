@@ -79,6 +79,9 @@ def _wipes(sim: SimServer) -> list[str]:
 
 
 def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    # no page shows where the server keeps files (the log of a run included)
+    html = page.content()
+    assert "web-jobs" not in html and str(tmp_path) not in html, name
     path = tmp_path / "screens" / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     if os.environ.get("SERVE_SCREENSHOTS"):
