@@ -92,9 +92,6 @@ class ExtraSetting:
     name: str
     #: what a person calls it, on a form
     label: str
-    #: the command-line flag and the environment variable that give it
-    flag: str
-    variable: str
     #: an example value, shown as the form field's placeholder
     example: str = ""
     #: the value is a whole number (an id)

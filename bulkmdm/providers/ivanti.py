@@ -261,9 +261,7 @@ class Ivanti(Provider):
     url_hint = "the tenant root, e.g. https://na1.mobileiron.com (requests go to URL/api/v1/...)"
     setup_hint = "the device space id (--partition) and the account's API permissions"
     # "dmPartitionId: Integer. The device space ID." Every device request carries it.
-    extra_settings = (
-        ExtraSetting("partition", "Device space id", "--partition", "BULKMDM_PARTITION_ID", "23505", digits=True),
-    )
+    extra_settings = (ExtraSetting("partition", "Device space id", "23505", digits=True),)
     # The doc states no request rate. One bulk request carries up to 100
     # devices, so 10 requests/s already acts on 1,000 devices/s; per-device
     # calls (custom attributes, delete) do 3,000 rows in five minutes. Four in

@@ -391,7 +391,7 @@ async def watch(request: web.Request) -> web.Response:
 
 @routes.get("/runs/{child}/rows")
 async def rows_part(request: web.Request) -> web.Response:
-    """The row table alone, as the run goes: the run's page fetches it every few seconds."""
+    """The row table alone, as the run goes: the run's page fetches it again as rows get done."""
     state, child = _state(request), _child(request)
     context = await _rows(request, child, await child.progress())
     if context["table"] is None:
