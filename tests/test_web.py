@@ -330,6 +330,13 @@ async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_pa
         assert link is not None
         async with client.get(f"{served.url}{link.group(1)}") as resp:
             assert resp.status == 200 and "succeeded" in await resp.text()
+        rows = re.search(r'href="(/history/\d+)">rows<', page)
+        assert rows is not None
+        async with client.get(f"{served.url}{rows.group(1)}") as resp:
+            table = await resp.text()  # the rows of a run started in the terminal
+        assert 'id="row-table"' in table and FACTS["untagged_device"]["serial"] in table and "1 row" in table
+        async with client.get(f"{served.url}{rows.group(1)}", params={"status": "failed"}) as resp:
+            assert "No row matches" in await resp.text()
 
 
 async def _upload(client: aiohttp.ClientSession, server: Served, job: Path) -> str:
@@ -666,6 +673,9 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
         async with client.get(f"{server.url}{run_page}/rows", params={"status": "failed"}) as resp:
             part = await resp.text()  # what the page fetches while a run goes
         assert "<html" not in part and part.count("<tr>") == 4 and "3 rows failed" in part
+        async with client.get(f"{server.url}{run_page}/events") as resp:
+            stream = await resp.text()  # what the page follows while the run goes; a run that ended ends it
+        assert resp.content_type == "text/event-stream" and '"failed": 3' in stream and "event: end" in stream
         async with client.get(f"{server.url}{run_page}/rows-to-fix.csv") as resp:
             assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
             fix = (await resp.read()).decode("utf-8-sig")

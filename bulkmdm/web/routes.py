@@ -400,21 +400,62 @@ async def rows_part(request: web.Request) -> web.Response:
 
 
 async def _rows(request: web.Request, child: ChildRun, progress: Any) -> dict[str, Any]:
-    """The page of the row table the address asks for (its status, search and page), and the counts."""
+    """The run's row table, as the address asks for it."""
+    counts = count_statuses(progress.counts, running=not child.finished)
+    run_id = child.run_id if child.returncode != 2 else None
+    return await _row_table(request, child.request.state_dir, run_id, counts, f"/runs/{child.id}", not child.finished)
+
+
+async def _row_table(
+    request: web.Request, state_dir: Path, run_id: int | None, counts: Any, base: str, live: bool
+) -> dict[str, Any]:
+    """The page of a run's rows the address asks for (its status, search and page), and the counts."""
     table = None
-    if child.run_id is not None and child.returncode != 2:
+    if run_id is not None:
         with contextlib.suppress(BulkMDMError):  # a run refused at its start leaves no rows behind
             table = await asyncio.to_thread(
                 read_table,
-                child.request.state_dir,
-                child.run_id,
+                state_dir,
+                run_id,
                 status=request.query.get("status", ""),
                 search=request.query.get("q", "")[:200],
                 number=_number(request, "rows"),
-                running=not child.finished,
+                running=live,
             )
-    counts = count_statuses(progress.counts, running=not child.finished)
-    return {"table": table, "counts": counts, "to_fix": sum(counts.get(s, 0) for s in TO_FIX)}
+    to_fix = sum(counts.get(s, 0) for s in TO_FIX)
+    return {"table": table, "counts": counts, "to_fix": to_fix, "rows_base": base, "rows_live": live}
+
+
+@routes.get("/history/{run_id:\\d+}")
+async def history_run(request: web.Request) -> web.Response:
+    """Any run of the journal (started in the terminal, or by an earlier `bulkmdm serve`): its rows."""
+    from ..journal import Journal
+
+    state, run_id = _state(request), int(request.match_info["run_id"])
+
+    def read() -> tuple[Any, dict[str, int]]:
+        with Journal(state.state_dir) as journal:
+            return journal.run(run_id), journal.counts(run_id)
+
+    info, counts = await asyncio.to_thread(read)
+    named = count_statuses(counts)
+    context = await _row_table(request, state.state_dir, run_id, named, f"/history/{run_id}", False)
+    return state.render("history_run.html", info=info, report=Path(info.report_path).exists(), **context)
+
+
+@routes.get("/history/{run_id:\\d+}/rows-to-fix.csv")
+async def history_rows_to_fix(request: web.Request) -> web.Response:
+    from ..journal import Journal
+
+    state, run_id = _state(request), int(request.match_info["run_id"])
+
+    def read() -> tuple[Any, str]:
+        with Journal(state.state_dir) as journal:
+            info = journal.run(run_id)
+        return info, rows_to_fix(state.state_dir, run_id)[0]
+
+    info, text = await asyncio.to_thread(read)
+    return _csv_download(text, Path(info.job_path))
 
 
 @routes.get("/runs/{child}/rows-to-fix.csv")
@@ -424,7 +465,11 @@ async def rows_to_fix_download(request: web.Request) -> web.Response:
     if child.run_id is None or not child.finished:
         raise UsageError("The rows to fix can be downloaded once the run has ended.")
     text, _count = await asyncio.to_thread(rows_to_fix, child.request.state_dir, child.run_id)
-    name = f"{child.request.job.stem.removesuffix('.outcome')}.to-fix.csv"
+    return _csv_download(text, child.request.job)
+
+
+def _csv_download(text: str, job: Path) -> web.Response:
+    name = f"{job.stem.removesuffix('.outcome')}.to-fix.csv"
     return web.Response(
         body=text.encode("utf-8-sig"),  # the BOM makes Excel read å/ä/ö as UTF-8, as in the report
         content_type="text/csv",
