@@ -115,6 +115,10 @@ def test_whole_flow_in_chromium(duo: SimServer, page: Any, tmp_path: Path) -> No
         page.goto(address.split("?")[0])
         assert page.locator("table.data tbody tr").count() == 3  # the history: dry run, run (resumed), re-run
         _shot(page, tmp_path, "08-history")
+        page.click("text=Use another MDM")  # starts from the MDM it leaves, the password typed again
+        assert page.input_value("#provider") == "duostation" and page.input_value("input[name=url]") == duo.url
+        assert page.input_value("input[name='duostation:BULKMDM_USERNAME']") == "admin"
+        assert page.input_value("input[name='duostation:BULKMDM_PASSWORD']") == ""
     assert sorted(_wipes(duo)) == sorted(serials)  # each device wiped once, across stop and resume
     for file in (tmp_path / "state").rglob("*"):
         assert not file.is_file() or PASSWORD.encode() not in file.read_bytes(), file
