@@ -111,33 +111,32 @@ async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> Non
 async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
     from bulkmdm.sim.duostation import make_app as duo_app
 
-    sim = SimServer(duo_app(devices=20, password="pw-from-the-form"))
-    form = {
-        "provider": "duostation",
-        "url": sim.__enter__().url,
-        "duostation:BULKMDM_USERNAME": "admin",
-        "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
-    }
-    async with _client() as client:
-        for token in (None, "forged"):
-            data = dict(form, **({"csrf": token} if token else {}))
-            async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+    with SimServer(duo_app(devices=20, password="pw-from-the-form")) as sim:  # Connect reads from the MDM
+        form = {
+            "provider": "duostation",
+            "url": sim.url,
+            "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
+        }
+        async with _client() as client:
+            for token in (None, "forged"):
+                data = dict(form, **({"csrf": token} if token else {}))
+                async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+                    assert resp.status == 403
+            assert served.state.connection is None
+            upload = aiohttp.FormData()
+            upload.add_field("csrf", "forged")
+            upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
+            async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
                 assert resp.status == 403
-        assert served.state.connection is None
-        upload = aiohttp.FormData()
-        upload.add_field("csrf", "forged")
-        upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
-        async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
-            assert resp.status == 403
-        assert not served.state.uploads
-        async with client.post(
-            f"{served.url}/connect", data=dict(form, csrf=served.csrf), allow_redirects=False
-        ) as resp:
-            assert resp.status == 303
-        assert served.state.connection is not None
-        async with client.get(f"{served.url}/") as resp:
-            assert "pw-from-the-form" not in await resp.text()
-    sim.__exit__(None, None, None)
+            assert not served.state.uploads
+            async with client.post(
+                f"{served.url}/connect", data=dict(form, csrf=served.csrf), allow_redirects=False
+            ) as resp:
+                assert resp.status == 303
+            assert served.state.connection is not None
+            async with client.get(f"{served.url}/") as resp:
+                assert "pw-from-the-form" not in await resp.text()
     assert "pw-from-the-form" not in repr(served.state.connection)
 
 
