@@ -625,7 +625,8 @@ def test_the_row_table_pages_a_100000_row_run_from_the_journal(tmp_path: Path) -
     text, count = rows_to_fix(tmp_path, run_id)
     timings["rows to fix"] = time.monotonic() - started
     lines = text.splitlines()
-    assert count == 1990 and lines[0] == "action,serial,email" and lines[1] == "lock,SN0000000,pupil0@skolan.se"
+    assert count == 1990 and lines[0] == "action,serial,email,status,detail"
+    assert lines[1] == "lock,SN0000000,pupil0@skolan.se,failed,Serial 'SN0000000' was not found."
     print("100k-row table:", {name: f"{seconds * 1000:.0f} ms" for name, seconds in timings.items()})
     assert max(t for name, t in timings.items() if name != "rows to fix") < 1.0, timings
 
@@ -650,7 +651,7 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
 ) -> None:
     state = duo.app["state"]
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:100]])
-    rows = [["lock", s, "7B"] for s in serials] + [["lock", f"NOSUCH{i}", "7C"] for i in range(3)]
+    rows = [["lock", s, "7B"] for s in serials] + [["lock", f"NOSUCH{i}", "=7C"] for i in range(3)]
     job = write_csv(tmp_path / "lås.csv", [["action", "serial", "class"], *rows])
     connect = {
         "provider": "duostation",
@@ -678,7 +679,17 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
         async with client.get(f"{server.url}{run_page}/rows-to-fix.csv") as resp:
             assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
             fix = (await resp.read()).decode("utf-8-sig")
-    assert fix.splitlines() == ["action,serial,class"] + [f"lock,NOSUCH{i},7C" for i in range(3)]
+    assert fix.splitlines() == ["action,serial,class,status,detail"] + [
+        f"lock,NOSUCH{i},'=7C,failed,Serial 'NOSUCH{i}' was not found."
+        for i in range(3)  # no formula for Excel
+    ]
+    # uploaded again, it is a job of those rows, each to run
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_text(fix, encoding="utf-8")
+    from bulkmdm.jobfile import read_job
+
+    table = read_job(fixed)
+    assert table.is_report and [row[2] for row in table.rows] == ["=7C"] * 3
 
 
 @pytest.mark.parametrize(

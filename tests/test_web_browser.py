@@ -210,7 +210,8 @@ def _row_table(page: Any, tmp_path: Path) -> None:
     download.value.save_as(fix)
     with open(fix, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["Action", "Serial Number", "Klass", "Tgg"] and len(rows) == 5
+    assert rows[0] == ["Action", "Serial Number", "Klass", "Tgg", "status", "detail"] and len(rows) == 5
+    assert {row[4] for row in rows[1:]} == {"failed", "invalid"}
 
 
 def _wait_until(condition: Any, timeout: float = 20.0) -> None:

@@ -90,8 +90,10 @@ def _table_row(record: RowRecord, stop_reason: str | None, running: bool) -> Tab
 
 
 def rows_to_fix(state_dir: Path, run_id: int) -> tuple[str, int]:
-    """The run's failed, invalid, unknown and not-run rows as a CSV job (its own columns, an action
-    column added when the job had none), and how many there are."""
+    """The run's failed, invalid, unknown and not-run rows as a CSV job, and how many there are: the
+    job's own columns (an action column added when the job had none), then each row's status and
+    detail, so the file reads as a report does (why each row is there; cells kept from Excel's formulas
+    with a leading ' that reading it removes again) and runs every row of it."""
     keys = {key for status in TO_FIX for key in _KEYS[status]}
     with Journal(state_dir) as journal:
         info = journal.run(run_id)
@@ -100,11 +102,12 @@ def rows_to_fix(state_dir: Path, run_id: int) -> tuple[str, int]:
         add_action = not any(canonical(info.headers[i]) == "action" for i in kept)
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow((["action"] if add_action else []) + [info.headers[i] for i in kept])
+        writer.writerow((["action"] if add_action else []) + [info.headers[i] for i in kept] + ["status", "detail"])
         written = 0
         while records := journal.find_rows(run_id, keys=keys, offset=written, limit=_CHUNK):
             for record in records:
-                cells = [neutralise(record.cells[i]) if i < len(record.cells) else "" for i in kept]
-                writer.writerow(([record.action] if add_action else []) + cells)
+                cells = [record.cells[i] if i < len(record.cells) else "" for i in kept]
+                cells += outcome_values(record, info.stop_reason)[:2]
+                writer.writerow([neutralise(cell) for cell in ([record.action] if add_action else []) + cells])
             written += len(records)
     return out.getvalue(), written
