@@ -48,6 +48,11 @@ __all__ = [
     "state_dir",
 ]
 
+#: A file whose appearance stops the run as Ctrl-C does (the report is written,
+#: the rest stays not-run, the same command continues it): how ``bulkmdm serve``
+#: stops its runs, on Windows too, where no signal reaches a child process.
+STOP_FILE_VARIABLE = "BULKMDM_STOP_FILE"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOptions:
@@ -232,6 +237,8 @@ async def _execute(
     result: RunResult,
 ) -> None:
     """Plan and send the rows still to do, until the end or a stop."""
+    stop_file = options.env.get(STOP_FILE_VARIABLE, "").strip()
+    watcher = asyncio.ensure_future(scheduler.watch_stop_file(Path(stop_file))) if stop_file else None
     try:
         async with client:
             try:
@@ -243,6 +250,8 @@ async def _execute(
             finally:
                 await provider.aclose()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None

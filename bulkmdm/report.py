@@ -323,27 +323,14 @@ class _Reason:
     varied: bool = False
 
 
-class _Tally:
-    """Builds a RunSummary from rows as they stream past."""
+class FailureTally:
+    """Rows that went wrong, grouped by reason: the one grouping the end-of-run
+    summary and the pages of ``bulkmdm serve`` show."""
 
-    def __init__(self, path: Path) -> None:
-        self.summary = RunSummary(path)
+    def __init__(self) -> None:
         self.reasons: dict[str, _Reason] = {}
 
-    def add(self, record: RowRecord, status: str, detail: str) -> None:
-        summary = self.summary
-        summary.counts[status] += 1
-        summary.by_action.setdefault(record.action or "?", Counter())[status] += 1
-        if status in _BAD:
-            self._failure(status, detail, record.idx + 2)
-        spec = ACTIONS.get(record.action)
-        if spec is not None and spec.destructive and status in (str(Status.PLANNED), str(Status.SUCCEEDED)):
-            summary.destructive_counts[record.action] += 1
-            names = summary.destructive.setdefault(record.action, [])
-            if len(names) < _EXAMPLES:
-                names.append(record.label or f"line {record.idx + 2}")
-
-    def _failure(self, status: str, detail: str, line: int) -> None:
+    def add(self, status: str, detail: str, line: int) -> None:
         # rows that differ only in the value they name ('X' not found) share a reason
         key = status + ":" + reason_key(detail)
         if key not in self.reasons and len(self.reasons) >= _MAX_REASONS:
@@ -354,12 +341,37 @@ class _Tally:
         if len(reason.lines) < _EXAMPLES:
             reason.lines.append(line)
 
-    def done(self) -> RunSummary:
+    def groups(self) -> list[FailureGroup]:
+        """The groups, the largest first."""
         groups = [
             FailureGroup(reason_key(r.detail) if r.varied else r.detail, r.count, tuple(r.lines))
             for r in self.reasons.values()
         ]
-        self.summary.failures = sorted(groups, key=lambda group: -group.count)
+        return sorted(groups, key=lambda group: -group.count)
+
+
+class _Tally:
+    """Builds a RunSummary from rows as they stream past."""
+
+    def __init__(self, path: Path) -> None:
+        self.summary = RunSummary(path)
+        self.failures = FailureTally()
+
+    def add(self, record: RowRecord, status: str, detail: str) -> None:
+        summary = self.summary
+        summary.counts[status] += 1
+        summary.by_action.setdefault(record.action or "?", Counter())[status] += 1
+        if status in _BAD:
+            self.failures.add(status, detail, record.idx + 2)
+        spec = ACTIONS.get(record.action)
+        if spec is not None and spec.destructive and status in (str(Status.PLANNED), str(Status.SUCCEEDED)):
+            summary.destructive_counts[record.action] += 1
+            names = summary.destructive.setdefault(record.action, [])
+            if len(names) < _EXAMPLES:
+                names.append(record.label or f"line {record.idx + 2}")
+
+    def done(self) -> RunSummary:
+        self.summary.failures = self.failures.groups()
         return self.summary
 
 

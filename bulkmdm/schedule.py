@@ -31,6 +31,7 @@ import gc
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
@@ -58,6 +59,8 @@ COMMIT_DELAY = 0.001
 CANARY_BATCHES = 3
 #: seconds a canary batch may go unanswered before the next goes out alongside it
 CANARY_PATIENCE = 1.0
+#: seconds between two looks for a stop file: a stop is seen well within a second, at one stat() each time
+STOP_FILE_POLL = 0.25
 #: batches in a row refused the same way (or without an answer) that stop the run
 BREAKER_BATCHES = 20
 #: allocations between two young passes of the cycle collector while the pool runs
@@ -267,14 +270,31 @@ class Scheduler:
     def _on_signal(self, signum: int) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
-            self.signal = signum
-            self.stop_run(INTERRUPTED)
+            self.interrupt(signum)
             self.events.message(
                 "Stopping: no new rows are started; waiting for requests in flight. Press Ctrl-C again to abandon them."
             )
         else:
             for task in self.workers:
                 task.cancel()
+
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """Stop as a first Ctrl-C does: no new batch starts, requests in flight finish, the rest stays not-run."""
+        if self.signal is None:
+            self.signal = signum
+            self.stop_run(INTERRUPTED)
+
+    async def watch_stop_file(self, path: Path, every: float = STOP_FILE_POLL) -> None:
+        """Stop like Ctrl-C once ``path`` exists: the way to stop a run where no signal can be sent to it
+        (``bulkmdm serve`` on Windows, a scheduler that can only write a file)."""
+        while not self.stop.is_set():
+            if path.exists():
+                self.interrupts = max(self.interrupts, 1)
+                self.interrupt(signal.SIGINT)
+                self.events.message("Stopping (asked for by a stop file): no new rows are started.")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), every)
 
     # -- the pool -------------------------------------------------------------
     async def run(self, feed: PlanFeed, send: Send, ledger: Ledger) -> None:

@@ -5,6 +5,7 @@ job, and errors as one sentence. The browser walk-through is test_web_browser.py
 from __future__ import annotations
 
 import asyncio
+import html
 import contextlib
 import csv
 import os
@@ -19,11 +20,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import CREDS, run_cmd, write_csv
+from conftest import CREDS, read_report, run_cmd, spawn, write_csv
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.web.app import STATE, WebState, make_app
@@ -107,31 +109,34 @@ async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> Non
 
 
 async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -> None:
-    form = {
-        "provider": "duostation",
-        "url": "http://127.0.0.1:9",
-        "duostation:BULKMDM_USERNAME": "admin",
-        "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
-    }
-    async with _client() as client:
-        for token in (None, "forged"):
-            data = dict(form, **({"csrf": token} if token else {}))
-            async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    with SimServer(duo_app(devices=20, password="pw-from-the-form")) as sim:  # Connect reads from the MDM
+        form = {
+            "provider": "duostation",
+            "url": sim.url,
+            "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
+        }
+        async with _client() as client:
+            for token in (None, "forged"):
+                data = dict(form, **({"csrf": token} if token else {}))
+                async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
+                    assert resp.status == 403
+            assert served.state.connection is None
+            upload = aiohttp.FormData()
+            upload.add_field("csrf", "forged")
+            upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
+            async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
                 assert resp.status == 403
-        assert served.state.connection is None
-        upload = aiohttp.FormData()
-        upload.add_field("csrf", "forged")
-        upload.add_field("job", b"action,serial\nlock,1\n", filename="job.csv")
-        async with client.post(f"{served.url}/upload", data=upload, allow_redirects=False) as resp:
-            assert resp.status == 403
-        assert not served.state.uploads
-        async with client.post(
-            f"{served.url}/connect", data=dict(form, csrf=served.csrf), allow_redirects=False
-        ) as resp:
-            assert resp.status == 303
-        assert served.state.connection is not None
-        async with client.get(f"{served.url}/") as resp:
-            assert "pw-from-the-form" not in await resp.text()
+            assert not served.state.uploads
+            async with client.post(
+                f"{served.url}/connect", data=dict(form, csrf=served.csrf), allow_redirects=False
+            ) as resp:
+                assert resp.status == 303
+            assert served.state.connection is not None
+            async with client.get(f"{served.url}/") as resp:
+                assert "pw-from-the-form" not in await resp.text()
     assert "pw-from-the-form" not in repr(served.state.connection)
 
 
@@ -161,6 +166,27 @@ async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
         async with client.post(f"{served.url}/upload", data=upload) as resp:
             text = await resp.text()
             assert resp.status == 400 and "broken.xlsx" in text and "Traceback" not in text
+    # the page names the file, never where this server keeps it
+    assert "web-jobs" not in text and str(served.state.state_dir) not in text
+
+
+async def test_a_header_only_file_is_not_found_without_problems(served: Served, tmp_path: Path) -> None:
+    async with _client() as client:
+        page = await _upload(client, served, write_csv(tmp_path / "empty.csv", [["action", "serial"]]))
+    assert 'id="no-rows"' in page and "No problems found" not in page and 'id="dry-run"' not in page
+
+
+async def test_pages_are_csp_clean_and_have_an_icon(served: Served) -> None:
+    templates = Path(__file__).parent.parent / "bulkmdm" / "web" / "templates"
+    for template in templates.glob("*.html"):  # the CSP allows neither inline styles nor inline scripts
+        text = template.read_text()
+        assert not re.search(r"\sstyle=|<style|<script(?![^>]*\ssrc=)|\son[a-z]+=", text), template.name
+    async with _client() as client:
+        async with client.get(f"{served.url}/") as resp:
+            assert '<link rel="icon" href="/static/favicon.svg"' in await resp.text()
+        for path in ("/static/favicon.svg", "/favicon.ico"):
+            async with client.get(f"{served.url}{path}") as resp:
+                assert resp.status == 200 and resp.content_type == "image/svg+xml", path
 
 
 async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) -> None:
@@ -185,37 +211,90 @@ async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) ->
     assert first_page < 20 and later_page < 2, (first_page, later_page)
 
 
-async def test_bad_credentials_show_the_childs_sentence(served: Served, tmp_path: Path) -> None:
+def _flash(page: str) -> str:
+    found = re.search(r'<div class="notice bad" role="alert" id="flash">(.*?)</div>', page, re.S)
+    assert found is not None, page
+    return html.unescape(found.group(1))
+
+
+async def test_connect_checks_the_credentials_and_says_what_was_refused(served: Served) -> None:
+    from bulkmdm.sim.duostation import make_app as duo_app
+
+    with SimServer(duo_app(devices=20)) as sim:
+        form = {
+            "csrf": served.csrf,
+            "provider": "duostation",
+            "url": sim.url,
+            "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": "wrong-password",
+        }
+        async with _client() as client:
+            async with client.post(f"{served.url}/connect", data=form) as resp:
+                page = await resp.text()
+            refused = _flash(page)
+            assert served.state.connection is None and "Connected to" not in page
+            assert "refused these credentials (HTTP 401)" in refused and "user name and password" in refused
+            assert "BULKMDM_" not in refused and "bulkmdm login" not in page and "wrong-password" not in page
+            # what was typed is still there (the password is typed again)
+            assert f'value="{sim.url}"' in page and 'value="admin"' in page and 'id="type-again"' in page
+            assert re.search(r'<option value="duostation"\s+selected>', page)
+            form["duostation:BULKMDM_PASSWORD"] = "admin"
+            async with client.post(f"{served.url}/connect", data=form) as resp:
+                page = await resp.text()
+            assert served.state.connection is not None and 'id="note"' in page and "answered" in page
+    async with _client() as client:
+        nothing = dict(form, url="http://127.0.0.1:9")
+        served.state.connection = None
+        async with client.post(f"{served.url}/connect", data=nothing) as resp:
+            page = await resp.text()
+    assert "No answer from duostation at http://127.0.0.1:9" in _flash(page) and served.state.connection is None
+
+
+async def test_the_mdm_form_keeps_what_was_typed_and_use_another_mdm_starts_from_it(served: Served) -> None:
+    async with _client() as client:
+        form = {"csrf": served.csrf, "provider": "ivanti", "url": "https://na1.mobileiron.example"}
+        form |= {"ivanti:BULKMDM_USERNAME": "api-user", "ivanti:BULKMDM_PASSWORD": "secret-pw"}
+        async with client.post(f"{served.url}/connect", data=form) as resp:
+            page = await resp.text()
+        assert "ivanti needs the device space id" in _flash(page)
+        assert (
+            re.search(r'<option value="ivanti"\s+selected>', page) and 'value="https://na1.mobileiron.example"' in page
+        )
+        assert 'value="api-user"' in page and "secret-pw" not in page
+        async with client.post(f"{served.url}/connect", data=form | {"ivanti:partition": "skolan"}) as resp:
+            page = await resp.text()
+        assert "The device space id is a number (e.g. 23505), not 'skolan'." in _flash(page)
+        assert 'value="skolan"' in page
+        served.state.connection = connection_from_form(form | {"ivanti:partition": "23505"})
+        await _post(client, served, "/disconnect")
+        async with client.get(f"{served.url}/") as resp:
+            page = await resp.text()
+    assert re.search(r'<option value="ivanti"\s+selected>', page) and 'value="23505"' in page
+    assert 'value="api-user"' in page and "secret-pw" not in page
+
+
+async def test_credentials_refused_during_a_run_are_told_in_the_pages_words(served: Served, tmp_path: Path) -> None:
+    """The password changed after Connect checked it: the run's one sentence, without the terminal's remedy."""
     from bulkmdm.sim.duostation import make_app as duo_app
 
     job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
     with SimServer(duo_app(devices=20)) as sim:
-        async with _client() as client:
-            form = {
-                "csrf": served.csrf,
+        served.state.connection = connection_from_form(
+            {
                 "provider": "duostation",
                 "url": sim.url,
                 "duostation:BULKMDM_USERNAME": "admin",
-                "duostation:BULKMDM_PASSWORD": "wrong-password",
+                "duostation:BULKMDM_PASSWORD": "changed-since",
             }
-            await client.post(f"{served.url}/connect", data=form)
-            upload = aiohttp.FormData()
-            upload.add_field("csrf", served.csrf)
-            upload.add_field("job", job.read_bytes(), filename="lock.csv")
-            async with client.post(f"{served.url}/upload", data=upload) as resp:
-                job_page = str(resp.url)
-            async with client.post(f"{job_page}/dry-run", data={"csrf": served.csrf}) as resp:
-                run_page = str(resp.url)
-            text = ""
-            for _ in range(150):
-                async with client.get(run_page) as resp:
-                    text = await resp.text()
-                if "nothing was run" in text:
-                    break
-                await asyncio.sleep(0.2)
+        )
+        async with _client() as client:
+            run_page = await _post(client, served, f"{_job_page(await _upload(client, served, job))}/dry-run")
+            text = await _until(client, served, run_page, "nothing was run")
     error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
     assert error is not None, text
-    assert "credentials" in error.group(1).lower() and "wrong-password" not in text
+    sentence = html.unescape(error.group(1))
+    assert "refused the credentials (HTTP 401" in sentence and "connect again" in sentence
+    assert "BULKMDM_" not in sentence and "bulkmdm login" not in sentence and "changed-since" not in text
 
 
 def test_credentials_go_in_the_environment_never_the_command_line(tmp_path: Path) -> None:
@@ -250,6 +329,13 @@ async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_pa
         assert link is not None
         async with client.get(f"{served.url}{link.group(1)}") as resp:
             assert resp.status == 200 and "succeeded" in await resp.text()
+        rows = re.search(r'href="(/history/\d+)">rows<', page)
+        assert rows is not None
+        async with client.get(f"{served.url}{rows.group(1)}") as resp:
+            table = await resp.text()  # the rows of a run started in the terminal
+        assert 'id="row-table"' in table and FACTS["untagged_device"]["serial"] in table and "1 row" in table
+        async with client.get(f"{served.url}{rows.group(1)}", params={"status": "failed"}) as resp:
+            assert "No row matches" in await resp.text()
 
 
 async def _upload(client: aiohttp.ClientSession, server: Served, job: Path) -> str:
@@ -281,7 +367,7 @@ async def _until(client: aiohttp.ClientSession, server: Served, path: str, marke
         if marker in text:
             return text
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{marker!r} never appeared on {path}")
+    raise AssertionError(f"{marker!r} never appeared on {path}: {text[-3000:]}")
 
 
 async def _dry_run_and_run(client: aiohttp.ClientSession, server: Served, job_page: str, rate: str) -> str:
@@ -444,3 +530,201 @@ async def test_a_saved_profile_connects_with_its_keyring_credentials(
     assert served.state.connection is not None and served.state.connection.url == duo.url
     assert served.state.connection.credentials["BULKMDM_PASSWORD"] == "admin"
     assert "Runs go to <strong>duostation</strong>" in page and "admin" not in page.replace("admin@", "")
+
+
+def test_a_stop_file_stops_a_run_as_ctrl_c_does(tmp_path: Path, duo: SimServer) -> None:
+    """The stop `bulkmdm serve` uses: no signal, a file the run looks for (Windows has no SIGINT for a child)."""
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:60]])
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
+    stop = tmp_path / "stop-now"
+    duo.faults.update({"latency": 0.2, "mutating_only": True})
+    env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(tmp_path / "state"), "BULKMDM_STOP_FILE": str(stop)}
+    with spawn(run_cmd(job, duo.url, "--rate", "4/s"), env) as proc:
+        deadline = time.monotonic() + 30
+        while duo.call(lambda: len(state.commands)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        stop.touch()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err  # as after Ctrl-C
+    statuses = [row["status"] for row in read_report(tmp_path / "lock.outcome.csv")]
+    sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
+    assert 0 < statuses.count("succeeded") == sent < len(serials)
+    assert statuses.count("not-run") == len(serials) - sent and "Interrupted" in err
+
+
+def test_failures_are_grouped_by_reason_as_the_terminal_groups_them(tmp_path: Path, duo: SimServer) -> None:
+    from bulkmdm.web.summary import summarise
+
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:42]])
+    missing = [f"NOSUCH{i:03d}" for i in range(12)]
+    job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials + missing)])
+    env = {**os.environ, **CREDS, "BULKMDM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(run_cmd(job, duo.url, "--dry-run"), env=env, capture_output=True, text=True, timeout=60)
+    terminal = [line.strip() for line in done.stderr.splitlines() if re.match(r"\s+\d+ x ", line)]
+    groups = summarise(tmp_path / "lock.dryrun.csv").failures
+    assert len(terminal) == len(groups) == 1, done.stderr
+    group = groups[0]
+    assert group.count == 12 and "'…'" in group.reason and group.lines == (4, 5, 6, 7, 8)
+    assert terminal[0] == f"12 x {group.reason.rstrip('.')}: lines 4, 5, 6, 7, 8, ..."
+
+
+def _journal_of(state_dir: Path, rows: int) -> int:
+    """A finished lock run of ``rows`` rows in the journal: every 100th failed, the last 1,000 not sent."""
+    from conftest import journal_run
+
+    from bulkmdm.journal import Journal, NewRow
+    from bulkmdm.model import Outcome, Status
+
+    with Journal(state_dir) as journal:
+        run_id = journal_run(
+            journal,
+            [NewRow([f"SN{i:07d}", f"pupil{i}@skolan.se"], "lock", f"d{i}", f"SN{i:07d}") for i in range(rows)],
+            headers=["serial", "email"],
+        )
+        journal.record(
+            run_id,
+            (
+                Outcome(i, Status.FAILED, f"Serial 'SN{i:07d}' was not found.")
+                if i % 100 == 0
+                else Outcome(i, Status.SUCCEEDED, "Locked.")
+                for i in range(rows - 1000)
+            ),
+        )
+    return run_id
+
+
+def test_the_row_table_pages_a_100000_row_run_from_the_journal(tmp_path: Path) -> None:
+    from bulkmdm.web.rows import read_table, rows_to_fix
+
+    run_id = _journal_of(tmp_path, 100_000)
+    timings = {}
+    for name, query in {
+        "first page": {},
+        "last page": {"number": 2000},
+        "failed, page 10": {"status": "failed", "number": 10},
+        "not-run, last page": {"status": "not-run", "number": 20},
+        "search an e-mail": {"search": "PUPIL54321@"},
+    }.items():
+        started = time.monotonic()
+        table = read_table(tmp_path, run_id, **query)  # type: ignore[arg-type]
+        timings[name] = time.monotonic() - started
+        if name == "last page":
+            assert table.number == table.count == 2000 and table.rows[-1].line == 100_001
+            assert table.rows[-1].status == "not-run" and "Not sent" in table.rows[-1].detail
+        if name == "failed, page 10":
+            assert table.matches == 990 and table.count == 20 and table.rows[0].line == 45_002
+            assert {row.status for row in table.rows} == {"failed"}
+        if name == "not-run, last page":
+            assert table.matches == 1000 and table.rows[-1].line == 100_001
+        if name == "search an e-mail":
+            assert [row.target for row in table.rows] == ["SN0054321"]
+    started = time.monotonic()
+    text, count = rows_to_fix(tmp_path, run_id)
+    timings["rows to fix"] = time.monotonic() - started
+    lines = text.splitlines()
+    assert count == 1990 and lines[0] == "action,serial,email,status,detail"
+    assert lines[1] == "lock,SN0000000,pupil0@skolan.se,failed,Serial 'SN0000000' was not found."
+    print("100k-row table:", {name: f"{seconds * 1000:.0f} ms" for name, seconds in timings.items()})
+    assert max(t for name, t in timings.items() if name != "rows to fix") < 1.0, timings
+
+
+def test_the_eta_waits_until_it_means_something(tmp_path: Path) -> None:
+    from bulkmdm.web.children import ChildRun
+
+    connection = connection_from_form({"provider": "banyan", "url": "https://b.example", "banyan:BULKMDM_TOKEN": "t"})
+    child = ChildRun(RunRequest("run", tmp_path / "j.csv", tmp_path / "r.csv", connection, tmp_path, "u1"))
+    # the first second runs far ahead (invalid rows done at once, a full rate bucket), then 10 rows/s
+    assert child.speed(0, 10_000, 100.0) == (None, None)
+    rate, eta = child.speed(300, 10_000, 101.0)
+    assert rate == 300 and eta is None  # at 300 rows/s the job would seem to end in half a minute
+    for second in range(2, 13):
+        rate, eta = child.speed(300 + 10 * (second - 1), 10_000, 100.0 + second)
+    assert rate is not None and eta is not None
+    assert abs(rate - 10) < 0.5 and 900 <= eta <= 1000, (rate, eta)  # the true pace: 10 rows/s, ~960 s left
+
+
+async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as_a_job(
+    tmp_path: Path, duo: SimServer
+) -> None:
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:100]])
+    rows = [["lock", s, "7B"] for s in serials] + [["lock", f"NOSUCH{i}", "=7C"] for i in range(3)]
+    job = write_csv(tmp_path / "lås.csv", [["action", "serial", "class"], *rows])
+    connect = {
+        "provider": "duostation",
+        "url": duo.url,
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": "admin",
+    }
+    async with _serve_app(tmp_path / "state") as server, _client() as client:
+        await _post(client, server, "/connect", **connect)
+        run_page = await _dry_run_and_run(client, server, _job_page(await _upload(client, server, job)), "")
+        page = await _until(client, server, run_page, 'id="next"')
+        assert 'id="row-table"' in page and "Page 1 of 2" in page and "63 rows" in page
+        async with client.get(f"{server.url}{run_page}", params={"status": "failed"}) as resp:
+            failed = await resp.text()
+        assert "3 rows failed" in failed and failed.count("NOSUCH") >= 3 and serials[0] not in failed
+        async with client.get(f"{server.url}{run_page}", params={"q": serials[7].lower()}) as resp:
+            found = await resp.text()
+        assert "1 row holding" in found and serials[7] in found and serials[8] not in found
+        async with client.get(f"{server.url}{run_page}/rows", params={"status": "failed"}) as resp:
+            part = await resp.text()  # what the page fetches while a run goes
+        assert "<html" not in part and part.count("<tr>") == 4 and "3 rows failed" in part
+        async with client.get(f"{server.url}{run_page}/events") as resp:
+            stream = await resp.text()  # what the page follows while the run goes; a run that ended ends it
+        assert resp.content_type == "text/event-stream" and '"failed": 3' in stream and "event: end" in stream
+        async with client.get(f"{server.url}{run_page}/rows-to-fix.csv") as resp:
+            assert resp.status == 200 and "lås.to-fix.csv" in unquote(resp.headers["Content-Disposition"])
+            fix = (await resp.read()).decode("utf-8-sig")
+    assert fix.splitlines() == ["action,serial,class,status,detail"] + [
+        f"lock,NOSUCH{i},'=7C,failed,Serial 'NOSUCH{i}' was not found."
+        for i in range(3)  # no formula for Excel
+    ]
+    # uploaded again, it is a job of those rows, each to run
+    fixed = tmp_path / "fixed.csv"
+    fixed.write_text(fix, encoding="utf-8")
+    from bulkmdm.jobfile import read_job
+
+    table = read_job(fixed)
+    assert table.is_report and [row[2] for row in table.rows] == ["=7C"] * 3
+
+
+@pytest.mark.parametrize(
+    ("provider", "right", "wrong"),
+    [
+        ("duostation", {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}, {"BULKMDM_PASSWORD": "nope"}),
+        ("ivanti", {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}, {"BULKMDM_PASSWORD": "nope"}),
+        ("manageengine", {"BULKMDM_API_KEY": "me-api-key"}, {"BULKMDM_API_KEY": "nope"}),
+        (
+            "manageengine",
+            {
+                "BULKMDM_CLIENT_ID": "me-client",
+                "BULKMDM_CLIENT_SECRET": "me-secret",
+                "BULKMDM_REFRESH_TOKEN": "me-refresh",
+            },
+            {"BULKMDM_REFRESH_TOKEN": "nope"},
+        ),
+        ("banyan", {"BULKMDM_TOKEN": "banyan-token"}, {"BULKMDM_TOKEN": "nope"}),
+    ],
+)
+async def test_connect_makes_one_read_on_every_vendor(
+    provider: str, right: dict[str, str], wrong: dict[str, str]
+) -> None:
+    import importlib
+
+    from bulkmdm.errors import UsageError
+    from bulkmdm.web.connection import Connection, check_connection
+
+    sim_app = importlib.import_module(f"bulkmdm.sim.{provider}").make_app(devices=30)
+    with SimServer(sim_app) as sim:
+        partition = "1" if provider == "ivanti" else ""
+        oauth = {"BULKMDM_OAUTH_URL": f"{sim.url}/oauth/v2/token"} if "BULKMDM_CLIENT_ID" in right else {}
+        await check_connection(Connection(provider, sim.url, partition, {**right, **oauth}))
+        with pytest.raises(UsageError, match=r"refused these credentials \(HTTP 40[13]\)"):
+            await check_connection(Connection(provider, sim.url, partition, {**right, **oauth, **wrong}))
+        if partition:
+            with pytest.raises(UsageError, match="refused a first look-up .*check the device space id"):
+                await check_connection(Connection(provider, sim.url, "999", right))

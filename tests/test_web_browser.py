@@ -1,10 +1,14 @@
 """`bulkmdm serve` in a real Chromium (Debian's `chromium`, driven by Playwright):
 the whole flow against the DuoSTATION simulator, one screenshot per step.
 
-Upload -> preview -> dry run -> confirm a destructive job (wipe) -> watch it
-run -> stop -> resume -> download the report -> re-run the failed rows.
-Screenshots (1280x800) land in the test's tmp folder; SERVE_SCREENSHOTS=DIR
-copies them there too (that is how docs/serve.png is made).
+Connect (refused, then accepted) -> upload -> preview -> dry run -> confirm a
+destructive job (wipe) -> watch it run -> stop -> resume -> the row table
+(filter, search, the rows to fix as a job) -> download the report -> re-run
+the failed rows; and the MDM form keeping what was typed. One Chromium for
+the module; every page is watched for console errors (a CSP refusal) and
+failed requests (a missing favicon). Screenshots (1280x800) land in the
+test's tmp folder; SERVE_SCREENSHOTS=DIR copies them there too (that is how
+docs/serve.png is made).
 """
 
 from __future__ import annotations
@@ -38,16 +42,30 @@ def duo() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-        context.set_default_timeout(20_000)
-        yield context.new_page()
-        context.close()
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    troubles: list[str] = []
+    page.on("console", lambda message: troubles.append(message.text) if message.type == "error" else None)
+    page.on(
+        "response",
+        lambda response: troubles.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
+    yield page
+    context.close()
+    # a CSP refusal is a console error; a missing favicon a 404
+    assert troubles == [], troubles
 
 
 def _serials(sim: SimServer, n: int) -> list[str]:
@@ -61,6 +79,9 @@ def _wipes(sim: SimServer) -> list[str]:
 
 
 def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    # no page shows where the server keeps files (the log of a run included)
+    html = page.content()
+    assert "web-jobs" not in html and str(tmp_path) not in html, name
     path = tmp_path / "screens" / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     if os.environ.get("SERVE_SCREENSHOTS"):
@@ -94,6 +115,10 @@ def test_whole_flow_in_chromium(duo: SimServer, page: Any, tmp_path: Path) -> No
         page.goto(address.split("?")[0])
         assert page.locator("table.data tbody tr").count() == 3  # the history: dry run, run (resumed), re-run
         _shot(page, tmp_path, "08-history")
+        page.click("text=Use another MDM")  # starts from the MDM it leaves, the password typed again
+        assert page.input_value("#provider") == "duostation" and page.input_value("input[name=url]") == duo.url
+        assert page.input_value("input[name='duostation:BULKMDM_USERNAME']") == "admin"
+        assert page.input_value("input[name='duostation:BULKMDM_PASSWORD']") == ""
     assert sorted(_wipes(duo)) == sorted(serials)  # each device wiped once, across stop and resume
     for file in (tmp_path / "state").rglob("*"):
         assert not file.is_file() or PASSWORD.encode() not in file.read_bytes(), file
@@ -106,9 +131,16 @@ def _connect_and_upload(page: Any, tmp_path: Path, address: str, url: str, job: 
     page.select_option("#provider", "duostation")
     page.fill("input[name=url]", url)
     page.fill("input[name='duostation:BULKMDM_USERNAME']", "admin")
+    page.fill("input[name='duostation:BULKMDM_PASSWORD']", "not-the-password")
+    page.click("#connect-button")
+    refused = page.inner_text("#flash")
+    assert "refused these credentials" in refused and "BULKMDM_" not in refused
+    assert "Not connected" in page.inner_text("header") and page.input_value("input[name=url]") == url
+    _shot(page, tmp_path, "01-refused")
     page.fill("input[name='duostation:BULKMDM_PASSWORD']", PASSWORD)
     _shot(page, tmp_path, "01-connect")
     page.click("#connect-button")
+    assert "answered a first look-up" in page.inner_text("#note")
     assert PASSWORD not in page.content()
     page.set_input_files("input[name=job]", str(job))
     page.click("#upload-button")
@@ -127,6 +159,7 @@ def _dry_run(page: Any, tmp_path: Path) -> None:
     results = page.inner_text("#results")
     assert f"{WIPES} planned" in results and "2 failed" in results and "2 invalid" in results
     assert "Destructive rows" in results and "NOSUCHSERIAL1" in results
+    assert "2 ×\tSerial '…' was not found" in page.inner_text("table.failures")  # grouped as in the terminal
     _shot(page, tmp_path, "03-dry-run")
 
 
@@ -143,6 +176,9 @@ def _run_stop_resume(page: Any, tmp_path: Path, duo: SimServer) -> None:
     page.wait_for_url("**/runs/*")
     _wait_until(lambda: len(_wipes(duo)) >= 2)  # sent by the run (rows found invalid count as done at once)
     _wait_until(lambda: int(page.inner_text("#done")) >= 6)
+    assert "2 failed" in page.inner_text("#chips") and "NOSUCHSERIAL" in page.inner_text("#failures")
+    assert "estimating" in page.inner_text("#eta")  # a few seconds in: no ETA yet
+    _wait_until(lambda: "succeeded" in page.inner_text("#row-table"))  # the row table follows the run
     _shot(page, tmp_path, "04-running")
     page.click("#stop")
     page.wait_for_selector("#resume", timeout=20_000)
@@ -154,6 +190,28 @@ def _run_stop_resume(page: Any, tmp_path: Path, duo: SimServer) -> None:
     page.click("#resume")
     page.wait_for_selector("#next", timeout=30_000)
     _shot(page, tmp_path, "06-done")
+    _row_table(page, tmp_path)
+
+
+def _row_table(page: Any, tmp_path: Path) -> None:
+    page.locator("#rows").scroll_into_view_if_needed()
+    assert page.locator("#row-table tbody tr").count() == WIPES + 4
+    page.click("#rows .filters >> text=failed (2)")
+    assert page.locator("#row-table tbody tr").count() == 2 and "2 rows failed" in page.inner_text("#rows")
+    _shot(page, tmp_path, "06-rows-failed")
+    page.click("#rows .filters >> text=All")
+    page.fill("#row-search", "nosuchserial2")
+    page.click("#row-search-button")
+    assert page.locator("#row-table tbody tr").count() == 1 and "NOSUCHSERIAL2" in page.inner_text("#row-table")
+    _shot(page, tmp_path, "06-rows-search")
+    with page.expect_download() as download:
+        page.click("#to-fix")
+    fix = tmp_path / "to-fix.csv"
+    download.value.save_as(fix)
+    with open(fix, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["Action", "Serial Number", "Klass", "Tgg", "status", "detail"] and len(rows) == 5
+    assert {row[4] for row in rows[1:]} == {"failed", "invalid"}
 
 
 def _wait_until(condition: Any, timeout: float = 20.0) -> None:
@@ -183,3 +241,30 @@ def _download_and_rerun(page: Any, tmp_path: Path) -> None:
     page.wait_for_selector("#next", timeout=30_000)
     assert "re-run" in page.inner_text("h1").lower()
     _shot(page, tmp_path, "07-rerun")
+
+
+def test_the_mdm_form_keeps_what_was_typed(page: Any, tmp_path: Path) -> None:
+    with serving(tmp_path / "state") as address:
+        page.goto(address)
+        page.select_option("#provider", "ivanti")
+        page.fill("input[name=url]", "https://na1.mobileiron.example")
+        page.fill("input[name='ivanti:BULKMDM_USERNAME']", "api-user")
+        page.fill("input[name='ivanti:BULKMDM_PASSWORD']", "secret-pw")
+        page.click("#connect-button")
+        assert "needs the device space id" in page.inner_text("#flash")
+        assert page.input_value("#provider") == "ivanti"
+        assert page.input_value("input[name=url]") == "https://na1.mobileiron.example"
+        assert page.input_value("input[name='ivanti:BULKMDM_USERNAME']") == "api-user"
+        assert page.is_visible("input[name='ivanti:partition']") and not page.is_visible(
+            "input[name='banyan:BULKMDM_TOKEN']"
+        )
+        _shot(page, tmp_path, "09-form-kept")
+        empty = tmp_path / "only-a-header.csv"
+        empty.write_text("action,serial\n")
+        page.set_input_files("input[name=job]", str(empty))
+        page.click("#upload-button")
+        page.wait_for_url("**/jobs/*")
+        assert "no rows under the header" in page.inner_text("#no-rows") and "No problems" not in page.inner_text(
+            "main"
+        )
+        _shot(page, tmp_path, "10-header-only")

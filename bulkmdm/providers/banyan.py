@@ -258,6 +258,8 @@ class Banyan(Provider):
     # device or end user removed), which the run's answer and read-back show.
     follow = {action: Follow.MDM for action in ("ban", "unban", "delete-device", "delete-user")}
     credentials = (("BULKMDM_TOKEN",),)
+    # the device list's first page, one device long (the doc's ``?skip=0&limit=10``)
+    access_check = ("v1/devices", {"skip": 0, "limit": 1})
     url_hint = "Banyan's API endpoint (the root of its /v1/... and /v2/... paths)"
     setup_hint = "and that the API key may read end users and devices"
     # The doc lists 200/400/500 for every endpoint and no retryable status, so

@@ -138,6 +138,20 @@ def resolved_ids(resolved: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ExtraSetting:
+    """A setting a vendor needs besides its address and credentials (Ivanti's device space)."""
+
+    #: the field of :class:`Settings` it fills
+    name: str
+    #: what a person calls it, on a form
+    label: str
+    #: an example value, shown as the form field's placeholder
+    example: str = ""
+    #: the value is a whole number (an id)
+    digits: bool = False
+
+
 class Provider(ABC):
     name: ClassVar[str]
     #: the vendor's name as people write it ("DuoSTATION"), for sentences
@@ -172,6 +186,10 @@ class Provider(ABC):
     setup_hint: ClassVar[str] = "the account's API permissions"
     #: action -> how ``bulkmdm track`` follows it; an action not named is not trackable
     follow: ClassVar[Mapping[str, Follow]] = {}
+    #: settings the vendor needs besides address and credentials, each required
+    extra_settings: ClassVar[tuple[ExtraSetting, ...]] = ()
+    #: the documented read-only request :meth:`check_access` sends (path after ``api_path``, query)
+    access_check: ClassVar[tuple[str, Mapping[str, Any]]] = ("", {})
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
@@ -209,6 +227,13 @@ class Provider(ABC):
         if not resp.ok:
             raise ListFailed(path, resp)
         return resp.body
+
+    async def check_access(self) -> None:
+        """One read-only request that needs the credentials and every setting (the web page's
+        Connect): returns once the MDM answers it; raises AuthError (credentials refused),
+        ListFailed (another error answer) or a TransportError (no usable answer)."""
+        path, params = self.access_check
+        await self.read(path, params=params or None)
 
     # -- planning -----------------------------------------------------------
     async def plan(self, rows: Sequence[JobRow]) -> list[Step | Outcome]:

@@ -341,6 +341,8 @@ class DuoStation(Provider):
     # that can be used to log in to DuoSTATION MDM".
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
     api_path = "/api"
+    # "Get tags": the smallest list the doc has, read by every run that tags
+    access_check = ("tags", {})
     # The doc names no limit and no error statuses beyond "200 OK will be
     # returned for successful requests": the shared policy (408, 429 and
     # 502-504 tried again, Retry-After honoured within its cap).

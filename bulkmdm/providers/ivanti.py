@@ -65,6 +65,7 @@ from .base import (
     Sighting,
     Tracked,
     resolved_ids,
+    ExtraSetting,
     Index,
     ListFailed,
     READ_BACK_CONFIRMED,
@@ -281,6 +282,8 @@ class Ivanti(Provider):
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
     url_hint = "the tenant root, e.g. https://na1.mobileiron.com (requests go to URL/api/v1/...)"
     setup_hint = "the device space id (--partition) and the account's API permissions"
+    # "dmPartitionId: Integer. The device space ID." Every device request carries it.
+    extra_settings = (ExtraSetting("partition", "Device space id", "23505", digits=True),)
     # The doc states no request rate. One bulk request carries up to 100
     # devices, so 10 requests/s already acts on 1,000 devices/s; per-device
     # calls (custom attributes, delete) do 3,000 rows in five minutes. Four in
@@ -319,6 +322,10 @@ class Ivanti(Provider):
         self._total: int | None = None
         #: actions whose checkViability this server does not offer
         self._no_viability: set[str] = set()
+
+    async def check_access(self) -> None:
+        """One device of the device space: the credentials and the device space id both count."""
+        await self._search({"dmPartitionId": self.partition, "rows": 1, "start": 0})
 
     # -- listing and paging -------------------------------------------------
     async def _search(self, params: Mapping[str, Any]) -> Any:

@@ -546,6 +546,11 @@ class ManageEngine(Provider):
         self._may_fall_back = False
         return resp.body
 
+    async def check_access(self) -> None:
+        """The device list's first page, one device long ("offset" and "limit" page every list),
+        under the base a run would use (on-premises or cloud)."""
+        await self._get(DEVICE_LIST + "&limit=1")
+
     async def _page(self, path: str, keys: tuple[str, ...], cursor: str | None) -> Page:
         """One page of a list under its wrapping key (``{"devices": [...]}``)
         and the next page's URL (None: the last).

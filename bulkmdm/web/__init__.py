@@ -3,7 +3,7 @@ report, re-run) on a local web page, over the same engine and journal.
 
 Modules: ``app`` (state and set-up), ``routes`` (pages), ``security`` (secret,
 Host, CSRF), ``connection`` (the MDM and its credentials), ``children`` (each
-run a child ``bulkmdm run``), ``preview`` and ``summary`` (what the pages show).
+run a child ``bulkmdm run``), ``preview``, ``summary`` and ``rows`` (what the pages show).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import jinja2
 from aiohttp import web
 
 from ..errors import BulkMDMError
-from .children import ChildRun, RunRequest
+from .children import ChildRun, RunRequest, hide_paths
 from .connection import CREDENTIAL_FIELDS, Connection
 from .security import Guard, add_headers
 
@@ -78,6 +78,10 @@ class WebState:
     tables: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     summaries: dict[tuple[str, float, str | None], Any] = field(default_factory=dict)
     flash: str = ""
+    #: a sentence of good news for the next page (connected, say)
+    note: str = ""
+    #: what the connect form held when it last failed (or the MDM left by "Use another MDM"): never a secret
+    typed: dict[str, str] = field(default_factory=dict)
 
     @property
     def uploads_dir(self) -> Path:
@@ -85,8 +89,15 @@ class WebState:
 
     def render(self, name: str, *, status: int = 200, **context: Any) -> web.Response:
         flash, self.flash = self.flash, ""
+        note, self.note = self.note, ""
+        if "message" in context:
+            context["message"] = hide_paths(context["message"], self.state_dir)
         html = self.templates.get_template(name).render(
-            csrf=self.guard.csrf, connection=self.connection, flash=context.pop("flash", flash), **context
+            csrf=self.guard.csrf,
+            connection=self.connection,
+            flash=hide_paths(context.pop("flash", flash), self.state_dir),
+            note=note,
+            **context,
         )
         return web.Response(text=html, content_type="text/html", status=status)
 

@@ -3,14 +3,15 @@
 The web app reimplements nothing of a run: it starts the same command an
 admin would type, with the credentials in the child's environment only,
 follows it through the journal (read in short transactions) and through the
-lines the child prints, and stops it with SIGINT, which the child treats as
-Ctrl-C (report written, exit 130, resumable by running it again).
+lines the child prints, and stops it with a stop file (``BULKMDM_STOP_FILE``),
+which the child treats as Ctrl-C (report written, exit 130, resumable by
+running it again). A file and not a signal: on Windows no SIGINT reaches a
+child process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import signal
@@ -21,14 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine import STOP_FILE_VARIABLE
 from .connection import Connection
 
 #: how many of the child's output lines a page can show
 _KEPT_LINES = 200
-#: how often, at least, the journal is scanned for the latest failures: a full pass over the rows,
-#: 0.3 s for 100,000 rows, so a bigger job is scanned less often (at most a tenth of the time)
-_FAILURE_SCAN_SECONDS = 3.0
+#: the statuses "Latest failures" lists
+_FAILED_KEYS = frozenset({"failed", "invalid", "unknown"})
+#: seconds of progress the rate is measured over before an ETA is shown: the first seconds run
+#: ahead (rows found invalid are done at once, the rate limiter's bucket starts full), and an
+#: estimate from them is off by far
+_ETA_AFTER = 10.0
 _UNDO_LINE = re.compile(r"^Undo file: (.+)$")
+#: the terminal's remedy for refused credentials (connect.credential_hint), and the page's
+_TERMINAL_REMEDY = re.compile(
+    r"check BULKMDM_\w+(?:(?:, | and )BULKMDM_\w+)* \(or what `bulkmdm login` stored for the profile\)"
+)
+_PAGE_REMEDY = (
+    "the credentials may have changed since you connected: use another MDM on the first page and connect again"
+)
 _RESUMING_LINE = re.compile(r"^Resuming run (\d+):")
 
 
@@ -116,9 +128,6 @@ class ChildRun:
         self._reader: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)
-        self._failures: list[Failure] = []
-        self._failures_scanned = 0.0
-        self._scan_every = _FAILURE_SCAN_SECONDS
 
     @property
     def finished(self) -> bool:
@@ -130,10 +139,10 @@ class ChildRun:
 
     @property
     def error(self) -> str:
-        """The child's one-sentence error, when it ran nothing."""
+        """The child's one-sentence error, when it ran nothing, in the page's words."""
         for line in reversed(self.lines):
             if line.startswith("Error: "):
-                return line.removeprefix("Error: ")
+                return _TERMINAL_REMEDY.sub(_PAGE_REMEDY, line.removeprefix("Error: "))
         return ""
 
     async def start(self) -> None:
@@ -142,7 +151,7 @@ class ChildRun:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self.request.connection.child_environment(),
+            env={**self.request.connection.child_environment(), STOP_FILE_VARIABLE: str(self.stop_file)},
             # its own session: a Ctrl-C on `bulkmdm serve` does not hit the child; serve stops it itself
             start_new_session=True,
         )
@@ -157,22 +166,27 @@ class ChildRun:
                 line = line.replace(secret, "***")
             if not line:
                 continue
-            self.lines.append(line)
             if match := _UNDO_LINE.match(line):
                 self.undo_file = Path(match.group(1).strip())
             if match := _RESUMING_LINE.match(line):
                 self.run_id = int(match.group(1))
+            self.lines.append(hide_paths(line, self.request.state_dir))
         self.returncode = await self.process.wait()
         self.ended = time.time()
+        self.stop_file.unlink(missing_ok=True)
         self._done.set()
 
+    @property
+    def stop_file(self) -> Path:
+        """The file that stops this child (in its job's folder, named by this run)."""
+        return self.request.report.parent / f".stop-{self.id}"
+
     def stop(self) -> None:
-        """Like Ctrl-C: no new rows start, the report is written, the run can be resumed."""
-        # once only: a second SIGINT would abandon the requests in flight (they would end up unknown)
+        """Like Ctrl-C: no new rows start, requests in flight finish, the report is written, the run can be
+        resumed."""
         if self.process is not None and not self.finished and not self.stop_requested:
             self.stop_requested = True
-            with contextlib.suppress(ProcessLookupError):  # it ended just now
-                self.process.send_signal(signal.SIGINT)
+            self.stop_file.touch()
 
     async def wait(self, timeout: float | None = None) -> bool:
         try:
@@ -183,38 +197,37 @@ class ChildRun:
 
     async def progress(self) -> Progress:
         """Counts from the journal, rate and ETA from their change, the latest failures."""
-        began = time.monotonic()
-        scan = began - self._failures_scanned >= self._scan_every or self.finished
-        run_id, counts, failures = await asyncio.to_thread(read_progress, self.request, self.started, self.run_id, scan)
+        run_id, counts, failures = await asyncio.to_thread(read_progress, self.request, self.started, self.run_id)
         self.run_id = run_id
-        if failures is not None:
-            self._failures, self._failures_scanned = failures, time.monotonic()
-            self._scan_every = max(_FAILURE_SCAN_SECONDS, 10 * (self._failures_scanned - began))
         total = sum(counts.values())
         done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
-        rate, eta = self._speed(done, total)
+        rate, eta = self.speed(done, total, time.monotonic())
         state = (
             "finished"
             if self.finished
             else ("stopping" if self.stop_requested else ("running" if run_id is not None else "starting"))
         )
-        return Progress(state, counts, done, total, rate, eta, list(self._failures), list(self.lines))
+        return Progress(state, counts, done, total, rate, eta, failures, list(self.lines))
 
-    def _speed(self, done: int, total: int) -> tuple[float | None, float | None]:
-        now = time.monotonic()
+    def speed(self, done: int, total: int, now: float) -> tuple[float | None, float | None]:
+        """Rows a second over the last ten seconds or so (steady enough to read, quick to follow a
+        change), and the seconds left at that rate: None until it has that long a span to go by."""
+        if not self._samples or done < self._samples[-1][1]:
+            self._samples.clear()  # a resumed run counts afresh
         self._samples.append((now, done))
-        # rate over the last ten seconds or so: steady enough to read, quick to follow a change
-        then, done_then = next(((t, d) for t, d in self._samples if now - t <= 10.0), self._samples[0])
+        then, done_then = next(((t, d) for t, d in self._samples if now - t <= _ETA_AFTER), self._samples[0])
         if now - then < 0.5 or done <= done_then:
             return None, None
         rate = (done - done_then) / (now - then)
-        return rate, (total - done) / rate
+        measured = now - self._samples[0][0] >= _ETA_AFTER
+        return rate, ((total - done) / rate if measured else None)
 
 
 def read_progress(
-    request: RunRequest, started: float, run_id: int | None, scan_failures: bool
-) -> tuple[int | None, dict[str, int], list[Failure] | None]:
-    """The child's journal run (found by its job once it appears), its counts, and its latest failures."""
+    request: RunRequest, started: float, run_id: int | None
+) -> tuple[int | None, dict[str, int], list[Failure]]:
+    """The child's journal run (found by its job once it appears), its counts, and its latest failures
+    (read after the counts: every failure counted is in the list)."""
     from ..errors import BulkMDMError
     from ..journal import Journal
 
@@ -223,12 +236,13 @@ def read_progress(
             if run_id is None:
                 run_id = _find_run(journal, request, started)
             if run_id is None:
-                return None, {}, None
+                return None, {}, []
             counts = journal.counts(run_id)
-            failures = _latest_failures(journal, run_id) if scan_failures else None
+            latest = journal.find_rows(run_id, keys=_FAILED_KEYS, limit=6, newest_first=True)
+            failures = [Failure(r.idx + 2, r.status or "", r.detail or "") for r in latest]
             return run_id, counts, failures
     except BulkMDMError:
-        return run_id, {}, None
+        return run_id, {}, []
 
 
 def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
@@ -242,12 +256,13 @@ def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
     return None
 
 
-def _latest_failures(journal: Any, run_id: int, keep: int = 6) -> list[Failure]:
-    latest: deque[Failure] = deque(maxlen=keep)
-    for record in journal.rows(run_id):
-        if record.status in ("failed", "invalid", "unknown"):
-            latest.append(Failure(record.idx + 2, record.status, record.detail or ""))
-    return list(reversed(latest))
+def hide_paths(text: str, state_dir: Path) -> str:
+    """``text`` without this server's own paths, which are no business of a page: a file kept for the
+    page is named by its name alone, the state folder as such."""
+    for folder in {state_dir, state_dir.resolve()}:
+        text = re.sub(re.escape(str(folder / "web-jobs")) + r"[/\\][0-9a-f]{16}[/\\]", "", text)
+        text = text.replace(str(folder), "the state folder")
+    return text
 
 
 def count_statuses(counts: dict[str, int], *, running: bool = False) -> Counter[str]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..providers.base import ExtraSetting
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,17 @@ def connection_from_profile(name: str) -> Connection:
     )
 
 
+def extra_settings(provider: str) -> tuple[ExtraSetting, ...]:
+    """What the provider needs besides an address and credentials (Ivanti: the device space id)."""
+    from .. import providers
+    from ..errors import BulkMDMError
+
+    try:
+        return providers.get(provider).extra_settings
+    except (BulkMDMError, ImportError):
+        return ()
+
+
 def connection_from_form(form: Mapping[str, str]) -> Connection:
     """Build a connection from the connect form; raise ``UsageError`` with one sentence if it cannot work."""
     if form.get("profile", "").strip():
@@ -119,7 +131,105 @@ def connection_from_form(form: Mapping[str, str]) -> Connection:
     credentials = {c.variable: form.get(f"{provider}:{c.variable}", "").strip() for c in CREDENTIAL_FIELDS[provider]}
     if not any(credentials[c.variable] for c in CREDENTIAL_FIELDS[provider] if c.secret):
         raise UsageError(f"The {provider} credentials are empty; type them into their fields.")
-    partition = form.get("partition", "").strip()
-    if provider == "ivanti" and not partition:
-        raise UsageError("Ivanti needs the device space id; type it into the Device space field.")
-    return Connection(provider=provider, url=url.rstrip("/"), partition=partition, credentials=credentials)
+    values = {}
+    for setting in extra_settings(provider):
+        value = form.get(f"{provider}:{setting.name}", "").strip()
+        example = f" (e.g. {setting.example})" if setting.example else ""
+        if not value:
+            raise UsageError(f"{provider} needs the {setting.label.lower()}; type it into its field{example}.")
+        if setting.digits and not (value.isascii() and value.isdigit()):
+            raise UsageError(f"The {setting.label.lower()} is a number{example}, not {value!r}.")
+        values[setting.name] = value
+    return Connection(
+        provider=provider, url=url.rstrip("/"), partition=values.get("partition", ""), credentials=credentials
+    )
+
+
+def typed_values(form: Mapping[str, str]) -> dict[str, str]:
+    """What the connect form held, to fill it in again after an error: never a secret."""
+    secret = {f"{name}:{c.variable}" for name, fields in CREDENTIAL_FIELDS.items() for c in fields if c.secret}
+    return {k: v for k, v in form.items() if k not in secret and k not in ("csrf", "profile")}
+
+
+def values_of(connection: Connection) -> dict[str, str]:
+    """The connect form filled in with a connection's values (its secrets left out)."""
+    form = {"provider": connection.provider, "url": connection.url}
+    form.update({f"{connection.provider}:{k}": v for k, v in connection.credentials.items()})
+    if connection.partition:
+        form[f"{connection.provider}:partition"] = connection.partition
+    return typed_values(form)
+
+
+async def check_connection(connection: Connection, *, timeout: float = 15.0) -> None:
+    """Make one read-only request with the connection's credentials; raise ``UsageError`` with one
+    sentence, in the page's words, when the MDM refuses it or does not answer."""
+    from .. import providers
+    from ..connect import Connection as Target
+    from ..connect import make_client
+    from ..errors import AuthError, BulkMDMError, ConfigError, TransportError
+    from ..providers.base import ListFailed, Settings, explain_response
+
+    provider_cls = providers.get(connection.provider)
+    env = dict(connection.credentials)
+    where = f"{connection.provider} at {connection.url}"
+    target = Target(
+        provider=connection.provider,
+        url=connection.url,
+        env=env,
+        partition=connection.partition or None,
+        timeout=timeout,
+        retry={"attempts": 2},  # a person waits on the page: one retry of a busy MDM, not eight
+    )
+    try:
+        client = make_client(target, provider_cls)
+        provider = provider_cls(client, Settings(url=connection.url, env=env, partition=target.partition))
+        async with client:
+            try:
+                await provider.check_access()
+            finally:
+                await provider.aclose()
+    except AuthError as exc:
+        raise UsageError(
+            f"The MDM at {connection.url} refused these credentials (HTTP {exc.status}): check the "
+            f"{_credential_words(connection)} and type them again."
+        ) from None
+    except ListFailed as exc:
+        status = exc.resp.status
+        if status in (404, 405):
+            raise UsageError(
+                f"{connection.url} answers, but not as {connection.provider} does (HTTP {status}); check the "
+                f"address: it should be {provider_cls.url_hint}."
+            ) from None
+        needs = "".join(f"the {s.label.lower()}, " for s in provider_cls.extra_settings)
+        why = explain_response(exc.resp).rstrip(".")
+        raise UsageError(
+            f"The MDM at {connection.url} refused a first look-up ({why}); check {needs}"
+            "and that the account may use the API."
+        ) from None
+    except ConfigError:
+        raise UsageError(
+            f"These {connection.provider} credentials are not complete: fill in "
+            f"{_credential_sets(provider_cls.credentials, connection.provider)}."
+        ) from None
+    except TransportError as exc:
+        raise UsageError(
+            f"No answer from {where}: {str(exc).rstrip('.')}. Check the address and that the MDM can be "
+            "reached from this computer."
+        ) from None
+    except BulkMDMError as exc:
+        raise UsageError(f"The MDM at {connection.url} cannot be used now: {str(exc).rstrip('.')}.") from None
+
+
+def _labels(provider: str) -> dict[str, str]:
+    return {c.variable: c.label for c in CREDENTIAL_FIELDS.get(provider, ())}
+
+
+def _credential_words(connection: Connection) -> str:
+    labels = _labels(connection.provider)
+    used = [labels.get(k, k).lower() for k, v in connection.credentials.items() if v]
+    return " and ".join(used) if len(used) <= 2 else ", ".join(used[:-1]) + " and " + used[-1]
+
+
+def _credential_sets(sets: tuple[tuple[str, ...], ...], provider: str) -> str:
+    labels = _labels(provider)
+    return "; or ".join(", ".join(labels.get(name, name) for name in names) for names in sets)

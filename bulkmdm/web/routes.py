@@ -4,6 +4,7 @@ connect, upload, preview, dry run, confirm, run, done, history."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -18,7 +19,17 @@ from ..actions import ACTIONS, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
-from .connection import Connection, connection_from_form, profile_names
+from .connection import (
+    CREDENTIAL_FIELDS,
+    Connection,
+    check_connection,
+    connection_from_form,
+    extra_settings,
+    profile_names,
+    typed_values,
+    values_of,
+)
+from .rows import TO_FIX, read_table, rows_to_fix
 
 routes = web.RouteTableDef()
 
@@ -61,7 +72,12 @@ async def home(request: web.Request) -> web.Response:
     history = await asyncio.to_thread(_history, state)
     profiles = await asyncio.to_thread(profile_names) if state.connection is None else []
     return state.render(
-        "home.html", history=history, profiles=profiles, max_upload_mb=state.max_upload // (1024 * 1024)
+        "home.html",
+        history=history,
+        profiles=profiles,
+        max_upload_mb=state.max_upload // (1024 * 1024),
+        typed=state.typed,
+        settings_of={name: extra_settings(name) for name in CREDENTIAL_FIELDS},
     )
 
 
@@ -91,20 +107,36 @@ def _history(state: WebState, limit: int = 15) -> list[dict[str, Any]]:
     return history
 
 
+@routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """For a client that asks for the icon at its old place, not where the pages' <link> says."""
+    return web.FileResponse(
+        Path(__file__).with_name("static") / "favicon.svg", headers={"Content-Type": "image/svg+xml"}
+    )
+
+
 @routes.post("/connect")
 async def connect(request: web.Request) -> web.Response:
     state = _state(request)
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     try:
-        state.connection = connection_from_form(form)
-    except BulkMDMError as exc:  # a typo in the form, or a profile without credentials
+        connection = connection_from_form(form)
+        await check_connection(connection)
+    except BulkMDMError as exc:  # a typo in the form, a profile without credentials, a refusal of the MDM
         state.flash = str(exc)
+        state.typed = typed_values(form) if not form.get("profile") else state.typed
+        return _see("/")
+    state.connection, state.typed = connection, {}
+    state.note = f"Connected: {connection.label} answered a first look-up with these credentials."
     return _see("/")
 
 
 @routes.post("/disconnect")
 async def disconnect(request: web.Request) -> web.Response:
-    _state(request).connection = None
+    state = _state(request)
+    if state.connection is not None:
+        state.typed = values_of(state.connection)
+    state.connection = None
     return _see("/")
 
 
@@ -352,8 +384,97 @@ async def watch(request: web.Request) -> web.Response:
         job=job,
         progress=progress,
         summary=summary,
-        counts=count_statuses(progress.counts, running=not child.finished),
         page=_number(request),
+        **await _rows(request, child, progress),
+    )
+
+
+@routes.get("/runs/{child}/rows")
+async def rows_part(request: web.Request) -> web.Response:
+    """The row table alone, as the run goes: the run's page fetches it again as rows get done."""
+    state, child = _state(request), _child(request)
+    context = await _rows(request, child, await child.progress())
+    if context["table"] is None:
+        return web.Response(status=204)
+    return state.render("rows_part.html", child=child, **context)
+
+
+async def _rows(request: web.Request, child: ChildRun, progress: Any) -> dict[str, Any]:
+    """The run's row table, as the address asks for it."""
+    counts = count_statuses(progress.counts, running=not child.finished)
+    run_id = child.run_id if child.returncode != 2 else None
+    return await _row_table(request, child.request.state_dir, run_id, counts, f"/runs/{child.id}", not child.finished)
+
+
+async def _row_table(
+    request: web.Request, state_dir: Path, run_id: int | None, counts: Any, base: str, live: bool
+) -> dict[str, Any]:
+    """The page of a run's rows the address asks for (its status, search and page), and the counts."""
+    table = None
+    if run_id is not None:
+        with contextlib.suppress(BulkMDMError):  # a run refused at its start leaves no rows behind
+            table = await asyncio.to_thread(
+                read_table,
+                state_dir,
+                run_id,
+                status=request.query.get("status", ""),
+                search=request.query.get("q", "")[:200],
+                number=_number(request, "rows"),
+                running=live,
+            )
+    to_fix = sum(counts.get(s, 0) for s in TO_FIX)
+    return {"table": table, "counts": counts, "to_fix": to_fix, "rows_base": base, "rows_live": live}
+
+
+@routes.get("/history/{run_id:\\d+}")
+async def history_run(request: web.Request) -> web.Response:
+    """Any run of the journal (started in the terminal, or by an earlier `bulkmdm serve`): its rows."""
+    from ..journal import Journal
+
+    state, run_id = _state(request), int(request.match_info["run_id"])
+
+    def read() -> tuple[Any, dict[str, int]]:
+        with Journal(state.state_dir) as journal:
+            return journal.run(run_id), journal.counts(run_id)
+
+    info, counts = await asyncio.to_thread(read)
+    named = count_statuses(counts)
+    context = await _row_table(request, state.state_dir, run_id, named, f"/history/{run_id}", False)
+    return state.render("history_run.html", info=info, report=Path(info.report_path).exists(), **context)
+
+
+@routes.get("/history/{run_id:\\d+}/rows-to-fix.csv")
+async def history_rows_to_fix(request: web.Request) -> web.Response:
+    from ..journal import Journal
+
+    state, run_id = _state(request), int(request.match_info["run_id"])
+
+    def read() -> tuple[Any, str]:
+        with Journal(state.state_dir) as journal:
+            info = journal.run(run_id)
+        return info, rows_to_fix(state.state_dir, run_id)[0]
+
+    info, text = await asyncio.to_thread(read)
+    return _csv_download(text, Path(info.job_path))
+
+
+@routes.get("/runs/{child}/rows-to-fix.csv")
+async def rows_to_fix_download(request: web.Request) -> web.Response:
+    """The rows that did not succeed, as a job: fix them in a spreadsheet, upload, run."""
+    child = _child(request)
+    if child.run_id is None or not child.finished:
+        raise UsageError("The rows to fix can be downloaded once the run has ended.")
+    text, _count = await asyncio.to_thread(rows_to_fix, child.request.state_dir, child.run_id)
+    return _csv_download(text, child.request.job)
+
+
+def _csv_download(text: str, job: Path) -> web.Response:
+    name = f"{job.stem.removesuffix('.outcome')}.to-fix.csv"
+    return web.Response(
+        body=text.encode("utf-8-sig"),  # the BOM makes Excel read å/ä/ö as UTF-8, as in the report
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
     )
 
 

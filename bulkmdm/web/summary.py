@@ -1,5 +1,6 @@
 """What a finished run's report says, for the results pages: counts by
-action and status, the destructive rows, and the failures grouped by reason.
+action and status, the destructive rows, and the failures grouped by reason
+(as the terminal groups them: :class:`bulkmdm.report.FailureTally`).
 
 It reads the outcome report (the contract's surface), not the engine's
 insides, so the pages stay right however the engine is arranged.
@@ -13,11 +14,13 @@ from pathlib import Path
 
 from ..actions import ACTIONS, normalise_action
 from ..jobfile import read_job
+from ..model import BAD_STATUSES
+from ..report import FailureGroup, FailureTally
 
 #: the order statuses are shown in, matching the report's
 STATUS_ORDER = ("succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run")
 #: statuses a re-run of the report runs again
-RERUN_STATUSES = frozenset({"failed", "invalid", "unknown", "not-run"})
+RERUN_STATUSES = frozenset(str(status) for status in BAD_STATUSES)
 _TARGET_COLUMNS = ("serial", "device_id", "email", "user_id", "user")
 
 
@@ -28,13 +31,6 @@ class ReportRow:
     target: str
     status: str
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class FailureGroup:
-    detail: str
-    count: int
-    lines: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -61,14 +57,14 @@ class Summary:
         return [(s, self.by_status[s]) for s in STATUS_ORDER if self.by_status.get(s)]
 
 
-def summarise(report: Path, action_override: str | None = None, *, examples: int = 8) -> Summary:
+def summarise(report: Path, action_override: str | None = None) -> Summary:
     """Read an outcome report and count what happened."""
     table = read_job(report)
     status_pos, detail_pos = table.outcome.get("status"), table.outcome.get("detail")
     action_pos = table.canonical.get("action")
     target_pos = [table.canonical[c] for c in _TARGET_COLUMNS if c in table.canonical]
     summary = Summary(rows=len(table.rows))
-    failures: dict[str, list[int]] = {}
+    failures = FailureTally()
     for index, cells in enumerate(table.rows):
         status = (cells[status_pos].strip() if status_pos is not None else "") or "not-run"
         detail = cells[detail_pos].strip() if detail_pos is not None else ""
@@ -78,8 +74,7 @@ def summarise(report: Path, action_override: str | None = None, *, examples: int
         if action in ACTIONS and ACTIONS[action].destructive:
             target = next((cells[p].strip() for p in target_pos if cells[p].strip()), "")
             summary.destructive.append(ReportRow(index + 2, action, target, status, detail))
-        if status in ("failed", "invalid", "unknown"):
-            failures.setdefault(detail or "(no detail)", []).append(index + 2)
-    ranked = sorted(failures.items(), key=lambda item: (-len(item[1]), item[0]))
-    summary.failures = [FailureGroup(detail, len(lines), tuple(lines[:examples])) for detail, lines in ranked]
+        if status in RERUN_STATUSES:
+            failures.add(status, detail, index + 2)
+    summary.failures = failures.groups()
     return summary

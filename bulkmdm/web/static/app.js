@@ -39,10 +39,10 @@ function render(p) {
   set("done", p.done);
   set("total", p.total);
   set("rate", p.rate ? p.rate.toFixed(1) : "–");
-  set("eta", duration(p.eta));
+  set("eta", p.eta === null || p.eta === undefined ? "time left: estimating…" : `${duration(p.eta)} left`);
   set("state", p.state);
   const bar = document.getElementById("bar");
-  if (bar) bar.style.width = p.total ? `${(100 * p.done / p.total).toFixed(1)}%` : "0";
+  if (bar) { bar.max = p.total || 1; bar.value = p.done; }
   const chips = document.getElementById("chips");
   if (chips) {
     const list = document.createElement("ul");
@@ -74,14 +74,38 @@ function render(p) {
   }
   const log = document.getElementById("log");
   if (log && p.lines.length) log.textContent = p.lines.join("\n");
+  refreshRows(p.done);
 }
 
 function follow() {
   const box = document.querySelector("[data-events]");
   if (!box || !window.EventSource) return;
   const source = new EventSource(box.dataset.events);
-  source.onmessage = (event) => render(JSON.parse(event.data));
+  source.onmessage = (event) => {
+    const progress = JSON.parse(event.data);
+    // the page was loaded before the run had rows: load it again once it has, for the row table
+    if (progress.state === "running" && "reloadWhenRunning" in box.dataset) {
+      source.close();
+      window.location.reload();
+      return;
+    }
+    render(progress);
+  };
   source.addEventListener("end", () => { source.close(); window.location.reload(); });
+}
+
+const rows = { shown: null, asked: 0 };
+
+async function refreshRows(done) {
+  // the row table of a running job, fetched again (same filter, search and page) when rows got done,
+  // at most every second and a half
+  const box = document.querySelector("[data-live]");
+  const part = document.getElementById("rows-live");
+  if (!box || !part || !window.fetch || done === rows.shown || Date.now() - rows.asked < 1500) return;
+  rows.asked = Date.now();
+  rows.shown = done;
+  const answer = await fetch(box.dataset.live + window.location.search, { credentials: "same-origin" });
+  if (answer.status === 200) part.innerHTML = await answer.text();
 }
 
 function oneSubmitEach() {
