@@ -80,7 +80,7 @@ def test_follow_up_view_in_chromium(sim: SimServer, page: Any, tmp_path: Path) -
         page.fill("input[name=url]", sim.url)
         page.fill("input[name='ivanti:BULKMDM_USERNAME']", "admin")
         page.fill("input[name='ivanti:BULKMDM_PASSWORD']", PASSWORD)
-        page.fill("input[name=partition]", "1")
+        page.fill("input[name='ivanti:partition']", "1")
         page.click("#connect-button")
         page.click("text=follow up")
         page.wait_for_url("**/follow-up")
