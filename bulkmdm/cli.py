@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
+from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -883,7 +884,7 @@ def _connection(
 
 
 @main.command()
-@click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"], case_sensitive=False))
+@click.argument("provider", type=click.Choice(sorted(SIMULATORS), case_sensitive=False))
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -891,8 +892,14 @@ def _connection(
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
-@click.option("--devices", type=int, default=3000, show_default=True, help="How many devices to seed.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the fake fleet.")
+@click.option(
+    "--devices",
+    type=int,
+    default=DEFAULT_DEVICES,
+    show_default=True,
+    help="How many devices to seed (jobs/ fits the default).",
+)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed for the fake fleet.")
 @click.option("--username", default="admin", show_default=True, help="Basic-auth user name it accepts.")
 @click.option("--password", default="admin", show_default=True, help="Basic-auth password it accepts.")
 @click.option("--latency", type=float, default=0.0, help="Seconds added to every answer.")
@@ -941,7 +948,7 @@ def sim(
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
-    from .sim import load
+    from .sim import client_env, load
     from .sim.common import Faults, serve_forever
 
     faults = Faults(
@@ -962,16 +969,20 @@ def sim(
         behaviour["partition"] = str(partition)
     app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
-    creds = {
-        "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
-        "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
-        "banyan": "BULKMDM_TOKEN=banyan-token",
-    }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
-    if provider.casefold() == "ivanti":
-        creds += f"; device space id {partition} (--partition {partition} or BULKMDM_PARTITION_ID={partition})"
+    variables = client_env(provider.casefold(), username=username, password=password, partition=str(partition))
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
+    space = variables.get("BULKMDM_PARTITION_ID")
+    partition_flag = f" --partition {space}" if space else ""
+    device_space = f"; device space id {space} (--partition {space} or BULKMDM_PARTITION_ID={space})" if space else ""
 
     def announce(url: str) -> None:
-        click.echo(f"{provider} simulator on {url}; credentials: {creds}. Ctrl-C stops it.", err=True)
+        click.echo(
+            f"{provider} simulator on {url} ({devices} devices, seed {seed}){device_space}; Ctrl-C stops it.\n"
+            f"In another terminal:\n"
+            f"  export {exports}\n"
+            f"  bulkmdm run JOB --provider {provider.casefold()} --url {url}{partition_flag} --dry-run",
+            err=True,
+        )
         click.echo(url)
         sys.stdout.flush()
 
