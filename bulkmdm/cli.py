@@ -6,6 +6,7 @@ so that ``bulkmdm --help`` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -21,6 +22,7 @@ import click
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
 from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
+from .words import plural
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -106,6 +108,17 @@ def profile_option(command: Any) -> Any:
     )(command)
 
 
+def json_option(command: Any) -> Any:
+    """``--json`` for every command a script may run (see bulkmdm.jsonout)."""
+    return click.option(
+        "--json",
+        "json_lines",
+        is_flag=True,
+        help="For scripts: JSON lines on stdout (progress, then a summary with counts, report, undo "
+        "and exit); messages for people stay on stderr.",
+    )(command)
+
+
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
 @click.option(
@@ -158,6 +171,7 @@ def profile_option(command: Any) -> Any:
     "(default: stop, leaving the rest not-run for the same command tomorrow).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
+@json_option
 @profile_option
 def run(
     job: Path,
@@ -178,6 +192,7 @@ def run(
     resend_unknown: bool,
     wait_for_quota: bool,
     verbose: bool,
+    json_lines: bool,
     profile: str | None,
 ) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
@@ -191,6 +206,60 @@ def run(
     rows. Running the same command after a crash or Ctrl-C continues where it
     stopped.
     """
+    lines = _json_lines(json_lines)
+    with lines.summary_on_error(command="run") if lines else contextlib.nullcontext():
+        result, options = _run(
+            job,
+            lines,
+            provider=provider,
+            url=url,
+            action=action,
+            report=report,
+            dry_run=dry_run,
+            yes=yes,
+            concurrency=concurrency,
+            rate=rate,
+            partition=partition,
+            timeout=timeout,
+            fresh=fresh,
+            state_dir=state_dir,
+            max_destructive=max_destructive,
+            batch_size=batch_size,
+            resend_unknown=resend_unknown,
+            wait_for_quota=wait_for_quota,
+            verbose=verbose,
+            profile=profile,
+        )
+    _summary(result, options, dry_run, stdout=lines is None)
+    if lines is not None:
+        _json_summary(lines, result, dry_run)
+    sys.exit(result.exit_code)
+
+
+def _run(
+    job: Path,
+    lines: Any,
+    *,
+    provider: str | None,
+    url: str | None,
+    action: str | None,
+    report: Path | None,
+    dry_run: bool,
+    yes: bool,
+    concurrency: int | None,
+    rate: str | None,
+    partition: str | None,
+    timeout: float,
+    fresh: bool,
+    state_dir: Path | None,
+    max_destructive: int | None,
+    batch_size: int | None,
+    resend_unknown: bool,
+    wait_for_quota: bool,
+    verbose: bool,
+    profile: str | None,
+) -> tuple[RunResult, Any]:
+    """The run itself: options resolved, the job run with the progress it shows."""
     from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
 
@@ -220,13 +289,50 @@ def run(
         wait_for_quota=wait_for_quota,
         env=env,
     )
-    events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
+    events: Any = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
+    if lines is not None:
+        from .jsonout import JsonProgress
+
+        events = JsonProgress(events, lines)
     try:
-        result = run_job(options, events)
+        return run_job(options, events), options
     finally:
         events.finish()
-    _summary(result, options, dry_run)
-    sys.exit(result.exit_code)
+
+
+def _json_lines(wanted: bool) -> Any:
+    if not wanted:
+        return None
+    from .jsonout import JsonLines
+
+    return JsonLines()
+
+
+def _json_summary(lines: Any, result: RunResult, dry_run: bool) -> None:
+    """The summary line of ``run --json`` (fields documented in the README's "For scripts")."""
+    summary = result.summary
+    from .jsonout import all_counts
+
+    lines.summary(
+        counts=all_counts(result.counts),
+        report=result.report_path,
+        undo=result.undo.path if result.undo is not None else None,
+        exit=result.exit_code,
+        command="run",
+        run=result.run_id,
+        rows=result.rows,
+        dry_run=dry_run,
+        elapsed=round(result.elapsed, 3),
+        requests=result.requests,
+        planned_requests=result.planned_requests,
+        stopped=result.stopped,
+        already_finished=result.finished_before is not None,
+        failures=[
+            {"reason": group.reason, "rows": group.count, "lines": list(group.lines)}
+            for group in (summary.failures if summary is not None else [])
+        ],
+        not_undoable=dict(result.undo.not_undoable) if result.undo is not None else {},
+    )
 
 
 SECRET_VARIABLES = (
@@ -265,8 +371,9 @@ def _log_to_stderr(env: Mapping[str, str]) -> None:
     logger.addHandler(_RedactingEcho(env))
 
 
-def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
-    """The end of a run: counts, what went wrong grouped by reason, where the report is, and the way on."""
+def _summary(result: RunResult, options: Any, dry_run: bool, *, stdout: bool = True) -> None:
+    """The end of a run: counts, what went wrong grouped by reason, where the report is, and the way on
+    (all on stderr but the undo file's line, which goes to stdout unless ``stdout`` is False: --json)."""
     if result.finished_before is not None:
         _already_finished(result, options)
         return
@@ -304,13 +411,13 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     elif dry_run:
         click.echo("To run it for real, the same command without --dry-run:", err=True)
         click.echo("  " + _command(options.job, report=options.report), err=True)
-    _undo_story(result)
+    _undo_story(result, stdout=stdout)
 
 
-def _undo_story(result: RunResult) -> None:
+def _undo_story(result: RunResult, *, stdout: bool = True) -> None:
     """The run's last line: the file that puts back what it changed."""
     if result.undo is not None and result.undo.path is not None:
-        click.echo(f"Undo file: {result.undo.path}")
+        click.echo(f"Undo file: {result.undo.path}", err=not stdout)
 
 
 #: how the summary names several rows of a destructive action
@@ -360,7 +467,7 @@ def _already_finished(result: RunResult, options: Any) -> None:
 
 
 #: flags a printed command never repeats: they are decisions for one run
-_NOT_REPEATED = frozenset({"dry_run", "fresh", "resend_unknown", "verbose", "report"})
+_NOT_REPEATED = frozenset({"dry_run", "fresh", "resend_unknown", "verbose", "report", "json_lines"})
 
 
 def _command(job: Path, *, report: Path | None = None) -> str:
@@ -825,6 +932,7 @@ def actions() -> None:
 @click.option(
     "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."
 )
+@json_option
 @profile_option
 def export(
     provider: str | None,
@@ -834,6 +942,7 @@ def export(
     partition: str | None,
     rate: str | None,
     timeout: float,
+    json_lines: bool,
     profile: str | None,
 ) -> None:
     """Write every device of the MDM to a sheet, one row each (serial, device_id, name, model, user ...).
@@ -845,13 +954,21 @@ def export(
 
     from .export import default_path, export_devices
 
-    connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
-    path = out or default_path(connection.provider)
-    click.echo(f"Reading the devices of {connection.url} ...", err=True)
-    count = asyncio.run(
-        export_devices(connection, path, action=action, progress=lambda n: click.echo(f"{n} devices ...", err=True))
-    )
-    click.echo(f"{count} devices written to {path}.")
+    lines = _json_lines(json_lines)
+
+    def progress(n: int) -> None:
+        click.echo(f"{n} devices ...", err=True)
+        if lines is not None:
+            lines.write("progress", done=n)
+
+    with lines.summary_on_error(command="export") if lines else contextlib.nullcontext():
+        connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
+        path = out or default_path(connection.provider)
+        click.echo(f"Reading the devices of {connection.url} ...", err=True)
+        count = asyncio.run(export_devices(connection, path, action=action, progress=progress))
+    click.echo(f"{plural(count, 'device')} written to {path}.", err=lines is not None)
+    if lines is not None:
+        lines.summary(counts={"exported": count}, report=path, undo=None, exit=0, command="export", devices=count)
 
 
 def _connection(
