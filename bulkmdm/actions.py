@@ -125,6 +125,25 @@ def normalise_action(text: str) -> str:
     return _ALIASES.get(name, name)
 
 
+def closest_action(given: str) -> str | None:
+    """The action nearest to a misspelt one ('tagg' -> 'tag', 'lcok' -> 'lock'), or None."""
+    import difflib
+
+    name = normalise_action(given)
+    match = difflib.get_close_matches(name, [*ACTIONS, *_ALIASES], n=1, cutoff=0.6)
+    return _ALIASES.get(match[0], match[0]) if match else None
+
+
+def not_an_action(given: str, *, flag: str = "") -> str:
+    """The sentence for an action bulkmdm does not know, with the nearest one it does
+    ("--action 'tagg' is not an action; did you mean 'tag'? ...")."""
+    close = closest_action(given)
+    named = f"{flag} {given!r}" if flag else repr(given)
+    if close:
+        return f"{named} is not an action; did you mean '{close}'? (`bulkmdm actions` lists them.)"
+    return f"{named} is not an action; `bulkmdm actions` lists them."
+
+
 def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
     """The required values the row lacks, as a person would name them."""
     missing = []

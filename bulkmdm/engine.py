@@ -109,7 +109,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
     from .jobfile import read_job
 
     table = read_job(options.job)
-    for note in header_notes(table.headers):
+    for note in (*table.notes, *header_notes(table.headers)):
         events.message(note)
     job = validate_job(table, provider_cls, normalise_action(options.action) if options.action else None)
     del table

@@ -171,7 +171,13 @@ def _write_xlsx(
     temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], sheet_name: str
 ) -> None:
     """A sheet people read in Excel: a frozen, filterable header, columns as wide
-    as their text (within limits) and the status cell coloured by status."""
+    as their text (within limits) and the status cell coloured by status.
+
+    Every cell and column is formatted as Text (``@``), so that a value typed
+    into the sheet afterwards (a serial ``00123``, a long id) stays as typed
+    when the file is used as a job; only the report's own counts
+    (``http_status``, ``attempts``) are numbers, which Excel sums and filters.
+    """
     import xlsxwriter
 
     workbook = xlsxwriter.Workbook(str(temporary), _XLSX_OPTIONS)
@@ -179,11 +185,13 @@ def _write_xlsx(
         sheet = workbook.add_worksheet(sheet_name)
         sheet.freeze_panes(1, 0)
         heading = workbook.add_format({"bold": True, "bottom": 1, "bg_color": "#F2F2F2"})
+        text_format = workbook.add_format({"num_format": "@"})
         coloured = {
-            status: workbook.add_format({"bg_color": fill, "font_color": font})
+            status: workbook.add_format({"bg_color": fill, "font_color": font, "num_format": "@"})
             for status, (fill, font) in STATUS_COLOURS.items()
         }
         status_column = _status_column(headers)
+        numeric = _number_columns(headers)
         write = sheet.write_string
         # header text + room for the filter button
         widths = [len(_text(header)) + 3 for header in headers]
@@ -203,19 +211,37 @@ def _write_xlsx(
                 if not text:
                     continue
                 if column == status_column:
-                    write(number, column, text, coloured.get(text.strip().casefold()))
+                    write(number, column, text, coloured.get(text.strip().casefold(), text_format))
+                elif column in numeric and _COUNT.fullmatch(text):
+                    sheet.write_number(number, column, int(text))
                 else:
-                    write(number, column, text)
+                    write(number, column, text, text_format)
                 if column < len(widths):
                     widths[column] = max(widths[column], len(text) if len(text) < _MAX_WIDTH else _MAX_WIDTH)
                 else:
                     widths.append(min(len(text), _MAX_WIDTH))
         for column, width in enumerate(widths):
-            sheet.set_column(column, column, min(max(width + 1, _MIN_WIDTH), _MAX_WIDTH))
+            shown = min(max(width + 1, _MIN_WIDTH), _MAX_WIDTH)
+            sheet.set_column(column, column, shown, None if column in numeric else text_format)
         if headers:
             sheet.autofilter(0, 0, number, len(headers) - 1)
     finally:
         workbook.close()
+
+
+#: a count as the report writes it: digits, no leading zero, short enough to be exact in Excel
+_COUNT = re.compile(r"0|[1-9][0-9]{0,14}")
+
+
+def _number_columns(headers: Sequence[str]) -> frozenset[int]:
+    """The positions of the report's own ``http_status`` and ``attempts`` columns
+    (the last of each name, as for ``status``)."""
+    found = {}
+    for i, header in enumerate(headers):
+        name = _text(header).strip().casefold()
+        if name in ("http_status", "attempts"):
+            found[name] = i
+    return frozenset(found.values()) if _status_column(headers) is not None else frozenset()
 
 
 def _status_column(headers: Sequence[str]) -> int | None:
