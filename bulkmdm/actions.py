@@ -5,10 +5,12 @@ flight when a run died can be checked instead of resent)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .model import JobRow, Step
+from .words import plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +155,37 @@ def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
     return missing
 
 
+#: destructive action -> what it does to what: "wipe 3 devices", "delete 1 user"
+_DESTROYS = {
+    "wipe": ("wipe", "device"),
+    "retire": ("retire", "device"),
+    "delete-device": ("delete", "device"),
+    "delete-user": ("delete", "user"),
+}
+
+
+def destroys(counts: Mapping[str, int]) -> str:
+    """What destructive rows do, by action (action -> rows), in the order of
+    :data:`ACTIONS`: 'wipe 3 devices and delete 1 user'."""
+    order = {name: i for i, name in enumerate(ACTIONS)}
+    parts = []
+    previous = ""
+    for action in sorted((a for a, n in counts.items() if n), key=lambda a: order.get(a, len(order))):
+        verb, noun = _DESTROYS.get(action, (action, "row"))
+        # "delete 2 devices and 1 user", not "delete 2 devices and delete 1 user"
+        parts.append(("" if verb == previous else f"{verb} ") + plural(counts[action], noun))
+        previous = verb
+    if not parts:
+        return "change nothing"
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
 def confirmation_prompt(steps: Sequence[Step], *, shown: int = 5) -> str:
     """The question before destructive steps: what, how many, and the first
     few devices or users (with the job's name column where it has one), ending
     in what to type."""
     count = len(steps)
-    verbs = " / ".join(sorted({step.action for step in steps}))
-    lines = [f"This will {verbs} {count} device(s) or user(s):"]
+    lines = [f"This will {destroys(Counter(step.action for step in steps))}:"]
     for step in steps[:shown]:
         name = step.row.get("name")
         lines.append(f"  line {step.row.line}: {step.action} {step.target}" + (f" ({name})" if name else ""))

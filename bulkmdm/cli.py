@@ -22,7 +22,7 @@ import click
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
 from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
-from .words import plural
+from .words import counts_list, counts_text, plural
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -378,17 +378,15 @@ def _summary(result: RunResult, options: Any, dry_run: bool, *, stdout: bool = T
         _already_finished(result, options)
         return
     counts = result.counts
-    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run"]
-    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     took = f" in {result.elapsed:.1f} s" if result.elapsed > 0 and not dry_run else ""
-    click.echo(f"{result.rows} rows: " + ", ".join(parts) + took + ".", err=True)
+    click.echo(counts_text(counts, result.rows) + took + ".", err=True)
     summary = result.summary
     if dry_run and summary is not None:
         _dry_run_story(summary)
     if dry_run and result.planned_requests is not None:
         click.echo(
-            f"The real run will send {result.planned_requests} request(s) that change something "
-            f"(this dry run made {result.requests} read-only request(s)).",
+            f"The real run will send {plural(result.planned_requests, 'request')} that change something "
+            f"(this dry run made {plural(result.requests, 'read-only request')}).",
             err=True,
         )
     if summary is not None and summary.failures:
@@ -420,24 +418,16 @@ def _undo_story(result: RunResult, *, stdout: bool = True) -> None:
         click.echo(f"Undo file: {result.undo.path}", err=not stdout)
 
 
-#: how the summary names several rows of a destructive action
-_DESTROYS = {
-    "wipe": "wipes",
-    "retire": "retirements",
-    "delete-device": "device deletions",
-    "delete-user": "user deletions",
-}
-
-
 def _dry_run_story(summary: Any) -> None:
     """What the real run will do, by action, and which rows it destroys."""
+    from .actions import destroys
+
     for action, statuses in sorted(summary.by_action.items()):
-        parts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-        click.echo(f"  {action}: {parts}", err=True)
+        click.echo(f"  {action}: {counts_list(statuses)}", err=True)
     for action, names in sorted(summary.destructive.items()):
         n = summary.destructive_counts[action]
         more = ", ..." if n > len(names) else ""
-        click.echo(f"  {n} {_DESTROYS.get(action, action) if n != 1 else action}: {', '.join(names)}{more}", err=True)
+        click.echo(f"  would {destroys({action: n})}: {', '.join(names)}{more}", err=True)
 
 
 def _failures(summary: Any, shown: int = 8) -> None:
@@ -449,12 +439,13 @@ def _failures(summary: Any, shown: int = 8) -> None:
         click.echo(f"  {group.count} x {group.reason.rstrip('.')}: {where}", err=True)
     if len(summary.failures) > shown:
         rest = sum(group.count for group in summary.failures[shown:])
-        click.echo(f"  {rest} more rows for {len(summary.failures) - shown} other reasons: see the report.", err=True)
+        others = plural(len(summary.failures) - shown, "other reason")
+        click.echo(f"  {plural(rest, 'more row')} for {others}: see the report.", err=True)
 
 
 def _already_finished(result: RunResult, options: Any) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.finished_before or 0))
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    parts = counts_list(result.counts)
     click.echo(
         f"This job already ran to the end (run {result.run_id}, finished {when}: {parts}); nothing was sent.", err=True
     )
@@ -559,7 +550,7 @@ class PlainEvents:
     def _line(self, now: float) -> str:
         done = sum(self.counts.values())
         speed, eta = self.speed_and_eta(now)
-        parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        parts = counts_list(self.counts)
         left = f"ETA {_clock(eta)}" if eta is not None else "ETA --:--"
         return f"{done}/{self.total} rows ({parts}); {speed:.1f} rows/s, {left}"
 
@@ -834,7 +825,7 @@ def runs(state_dir: Path | None, limit: int) -> None:
     for info, counts in listed:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
         state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
-        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
+        parts = counts_list(counts)
         profile = profiles.get((info.provider, info.url.rstrip("/")), "-")
         table.append((str(info.id), when, state, info.provider, info.url, profile, Path(info.job_path).name, parts))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
@@ -881,7 +872,7 @@ def report(run_id: int, out: Path | None, replace: bool, state_dir: Path | None)
             original = Path(journal.run(run_id).report_path)
         out = original if replace else _unused_name(original, run_id)
     result = rebuild_report(run_id, out=out, state=state_dir)
-    click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+    click.echo(f"Report: {result.report_path} ({plural(result.rows, 'row')})")
 
 
 def _unused_name(report_path: Path, run_id: int) -> Path:

@@ -247,7 +247,7 @@ class _Demo:
 
     def run(self, title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
         from .engine import RunOptions, run_job
-        from .words import counts_text
+        from .words import counts_text, plural
 
         echo = self.echo
         echo("")
@@ -255,7 +255,8 @@ class _Demo:
         echo(f"$ {shown_command(job, provider, url, **kw)}")
         options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=self.state_dir, fresh=True, **kw)
         result = run_job(options)
-        echo(f"   {counts_text(result.counts, result.rows)}; {result.requests} requests in {result.elapsed:.1f} s.")
+        sent = plural(result.requests, "request")
+        echo(f"   {counts_text(result.counts, result.rows)}; {sent} in {result.elapsed:.1f} s.")
         if result.planned_requests is not None:
             echo(f"   The real run would send {result.planned_requests} changing requests.")
         echo(f"   Report: {result.report_path}")

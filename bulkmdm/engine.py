@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .actions import ACTIONS, confirmation_prompt, normalise_action
 from .columns import header_notes
+from .words import plural
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
 from .journal import Journal, state_dir
@@ -250,7 +251,7 @@ async def _plan_and_send(
     rows = opened.todo
     if not rows:
         return
-    events.message(f"Looking up {len(rows)} row(s) on the MDM...")
+    events.message(f"Looking up {plural(len(rows), 'row')} on the MDM...")
     confirm = not options.dry_run and not options.yes and any(ACTIONS[r.action].destructive for r in rows)
     # The number a person types is the whole job's, so a job to confirm is
     # planned in one piece; so is everything for a provider that needs to

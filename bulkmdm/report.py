@@ -34,6 +34,7 @@ from .actions import ACTIONS
 from .columns import CANONICAL, OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
 from .model import BAD_STATUSES, Status, reason_key
+from .words import NOT_SENT
 
 if TYPE_CHECKING:
     from .journal import Journal, RowRecord
@@ -254,7 +255,7 @@ def _status_column(headers: Sequence[str]) -> int | None:
 # -- a run's report, from the journal -----------------------------------------
 
 #: The detail of a row the run never sent, when the journal holds no reason.
-NOT_RUN_DETAIL = "Not sent: the run stopped first. Run the same command again to continue."
+NOT_RUN_DETAIL = NOT_SENT
 IN_FLIGHT_DETAIL = (
     "A request was in flight when the run stopped, so its effect is not known. Check the device, "
     "then run this report again to resend it."

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import providers
-from .actions import ACTIONS, missing_columns, normalise_action, not_an_action
+from .actions import ACTIONS, destroys, missing_columns, normalise_action, not_an_action
 from .columns import OUTCOME_COLUMNS, seen
 from .errors import ConfirmationRefused, JobFileError, UsageError
 from .model import DONE_STATUSES, JobRow
@@ -308,6 +308,6 @@ def check_destructive(job: ValidJob, options: RunOptions, events: Events) -> Non
     ]
     if options.max_destructive is not None and len(destructive) > options.max_destructive:
         raise ConfirmationRefused(
-            f"This job would {destructive[0].action} {len(destructive)} devices or users, more than "
+            f"This job would {destroys(Counter(row.action for row in destructive))}, more than "
             f"--max-destructive {options.max_destructive}; nothing was sent."
         )

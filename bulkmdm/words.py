@@ -11,6 +11,9 @@ from collections.abc import Mapping
 #: every status, in the order every count line shows them (CONTRACT.md's statuses)
 STATUS_ORDER = ("succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run")
 
+#: the detail of a row a run never sent because it stopped first (Ctrl-C, a stop, a quota spent)
+NOT_SENT = "Not sent: the run stopped first. Run the same command again to continue."
+
 #: plural forms English does not make by adding "s"
 _IRREGULAR = {"entry": "entries", "this": "these", "is": "are", "was": "were", "has": "have"}
 
