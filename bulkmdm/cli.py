@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from .engine import RunResult
     from .model import Outcome
 
-PROVIDER_NAMES = ("duostation", "manageengine", "ivanti", "banyan")
-
 
 class _Group(click.Group):
     """Turns every BulkMDMError into one sentence and its exit code."""
