@@ -6,7 +6,6 @@ so that ``bulkmdm --help`` answers at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
@@ -37,9 +36,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BulkMDMError as exc:
             click.echo(f"Error: {exc}", err=True)
+            _json_failed(ctx, exc.exit_code, str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
+            _json_failed(ctx, 130, "Interrupted.")
             ctx.exit(130)
         except BrokenPipeError:
             # `bulkmdm runs | head`: the reader went away; the rest of the output has nowhere to go
@@ -54,6 +55,7 @@ class _Group(click.Group):
                 f"row; run the same command again to continue. Details for a bug report: {path}",
                 err=True,
             )
+            _json_failed(ctx, 1, f"bulkmdm hit an internal error ({type(exc).__name__}); details in {path}.")
             ctx.exit(1)
 
 
@@ -204,62 +206,10 @@ def run(
     rows. Running the same command after a crash or Ctrl-C continues where it
     stopped.
     """
-    lines = _json_lines(json_lines)
-    with lines.summary_on_error(command="run") if lines else contextlib.nullcontext():
-        result, options = _run(
-            job,
-            lines,
-            provider=provider,
-            url=url,
-            action=action,
-            report=report,
-            dry_run=dry_run,
-            yes=yes,
-            concurrency=concurrency,
-            rate=rate,
-            partition=partition,
-            timeout=timeout,
-            fresh=fresh,
-            state_dir=state_dir,
-            max_destructive=max_destructive,
-            batch_size=batch_size,
-            resend_unknown=resend_unknown,
-            wait_for_quota=wait_for_quota,
-            verbose=verbose,
-            profile=profile,
-        )
-    _summary(result, options, dry_run, stdout=lines is None)
-    if lines is not None:
-        _json_summary(lines, result, dry_run)
-    sys.exit(result.exit_code)
-
-
-def _run(
-    job: Path,
-    lines: Any,
-    *,
-    provider: str | None,
-    url: str | None,
-    action: str | None,
-    report: Path | None,
-    dry_run: bool,
-    yes: bool,
-    concurrency: int | None,
-    rate: str | None,
-    partition: str | None,
-    timeout: float,
-    fresh: bool,
-    state_dir: Path | None,
-    max_destructive: int | None,
-    batch_size: int | None,
-    resend_unknown: bool,
-    wait_for_quota: bool,
-    verbose: bool,
-    profile: str | None,
-) -> tuple[RunResult, Any]:
-    """The run itself: options resolved, the job run with the progress it shows."""
     from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
+
+    lines = _json_lines(json_lines, "run")
 
     target = resolve_target(
         profile, provider=provider, url=url, partition=partition, rate=rate, concurrency=concurrency, env=os.environ
@@ -293,17 +243,37 @@ def _run(
 
         events = JsonProgress(events, lines)
     try:
-        return run_job(options, events), options
+        result = run_job(options, events)
     finally:
         events.finish()
+    _summary(result, options, dry_run, stdout=lines is None)
+    if lines is not None:
+        _json_summary(lines, result, dry_run)
+    sys.exit(result.exit_code)
 
 
-def _json_lines(wanted: bool) -> Any:
+#: where a command's --json emitter is kept (click's ctx.meta), so that an error the
+#: group turns into one sentence also ends the JSON lines with a summary
+_JSON_META = "bulkmdm.json"
+
+
+def _json_lines(wanted: bool, command: str) -> Any:
+    """The command's JSON lines emitter (bulkmdm.jsonout) for --json, else None."""
     if not wanted:
         return None
     from .jsonout import JsonLines
 
-    return JsonLines()
+    lines = JsonLines()
+    click.get_current_context().meta[_JSON_META] = (lines, command)
+    return lines
+
+
+def _json_failed(ctx: click.Context, exit_code: int, error: str) -> None:
+    """A command run with --json that ends in an error still ends with a summary line."""
+    held = ctx.meta.get(_JSON_META)
+    if held is not None:
+        lines, command = held
+        lines.summary(counts={}, report=None, undo=None, exit=exit_code, error=error, command=command)
 
 
 def _json_summary(lines: Any, result: RunResult, dry_run: bool) -> None:
@@ -943,18 +913,17 @@ def export(
 
     from .export import default_path, export_devices
 
-    lines = _json_lines(json_lines)
+    lines = _json_lines(json_lines, "export")
 
     def progress(n: int) -> None:
         click.echo(f"{n} devices ...", err=True)
         if lines is not None:
             lines.write("progress", done=n)
 
-    with lines.summary_on_error(command="export") if lines else contextlib.nullcontext():
-        connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
-        path = out or default_path(connection.provider)
-        click.echo(f"Reading the devices of {connection.url} ...", err=True)
-        count = asyncio.run(export_devices(connection, path, action=action, progress=progress))
+    connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
+    path = out or default_path(connection.provider)
+    click.echo(f"Reading the devices of {connection.url} ...", err=True)
+    count = asyncio.run(export_devices(connection, path, action=action, progress=progress))
     click.echo(f"{plural(count, 'device')} written to {path}.", err=lines is not None)
     if lines is not None:
         lines.summary(counts={"exported": count}, report=path, undo=None, exit=0, command="export", devices=count)

@@ -26,12 +26,10 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import BulkMDMError
 from .events import Events
 from .model import Outcome
 from .words import STATUS_ORDER
@@ -82,23 +80,6 @@ class JsonLines:
             exit=exit,
             **more,
         )
-
-    @contextmanager
-    def summary_on_error(self, **fields: Any) -> Iterator[None]:
-        """A command that fails before its own summary still ends with one: the
-        error's sentence and exit code (2 for set-up errors, 130 for Ctrl-C)."""
-        try:
-            yield
-        except BulkMDMError as exc:
-            self.summary(counts={}, report=None, undo=None, exit=exc.exit_code, error=str(exc), **fields)
-            raise
-        except KeyboardInterrupt:
-            self.summary(counts={}, report=None, undo=None, exit=130, error="Interrupted.", **fields)
-            raise
-        except Exception as exc:  # a bug: the CLI writes the traceback to a file and exits 1
-            error = f"bulkmdm hit an internal error ({type(exc).__name__})."
-            self.summary(counts={}, report=None, undo=None, exit=1, error=error, **fields)
-            raise
 
 
 def _plain(value: Any) -> Any:

@@ -101,3 +101,12 @@ def test_progress_lines_carry_counts_and_rate() -> None:
     assert step["event"] == "progress" and step["done"] == 3 and step["total"] == 3
     assert step["counts"]["succeeded"] == step["counts"]["failed"] == step["counts"]["invalid"] == 1
     assert step["rate"] >= 0
+
+
+def test_an_export_that_cannot_reach_the_mdm_ends_with_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.csv"
+    code, lines, stderr = invoke(["export", "-p", "duostation", "-u", "http://127.0.0.1:9", "-o", str(out), "--json"])
+    assert code == 2
+    summary = lines[-1]
+    assert summary["event"] == "summary" and summary["exit"] == 2 and summary["command"] == "export"
+    assert summary["error"] in stderr and not out.exists()
