@@ -13,8 +13,9 @@ stderr as always, and stdout carries one JSON object per line, each with an
   rows, zeros included; ``export``: ``exported`` -> devices), ``report`` (the
   file written, or null), ``undo`` (path or null), ``exit`` (the exit code the
   command ends with), ``command``, and what the command adds. A command that
-  fails before it starts still ends with one, with ``error`` (the sentence a
-  person sees) and ``counts`` empty.
+  fails (bad usage, an MDM that cannot be reached, Ctrl-C before its end)
+  still ends with one, with ``error`` (the sentence a person sees) and
+  ``counts`` empty: the CLI's group writes it (``bulkmdm.cli._json_failed``).
 
 A consumer reads the last line for the outcome and may ignore events it does
 not know: events and fields are only ever added.
@@ -83,10 +84,11 @@ class JsonLines:
 
 
 def _plain(value: Any) -> Any:
+    """What json cannot write by itself: paths as text, sets as sorted lists."""
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, Counter | set | frozenset | tuple):
-        return dict(value) if isinstance(value, Counter) else list(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
