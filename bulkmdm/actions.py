@@ -5,10 +5,12 @@ flight when a run died can be checked instead of resent)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .model import JobRow, Step
+from .words import plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,25 @@ def normalise_action(text: str) -> str:
     return _ALIASES.get(name, name)
 
 
+def closest_action(given: str) -> str | None:
+    """The action nearest to a misspelt one ('tagg' -> 'tag', 'lcok' -> 'lock'), or None."""
+    import difflib
+
+    name = normalise_action(given)
+    match = difflib.get_close_matches(name, [*ACTIONS, *_ALIASES], n=1, cutoff=0.6)
+    return _ALIASES.get(match[0], match[0]) if match else None
+
+
+def not_an_action(given: str, *, flag: str = "") -> str:
+    """The sentence for an action bulkmdm does not know, with the nearest one it does
+    ("--action 'tagg' is not an action; did you mean 'tag'? ...")."""
+    close = closest_action(given)
+    named = f"{flag} {given!r}" if flag else repr(given)
+    if close:
+        return f"{named} is not an action; did you mean '{close}'? (`bulkmdm actions` lists them.)"
+    return f"{named} is not an action; `bulkmdm actions` lists them."
+
+
 def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
     """The required values the row lacks, as a person would name them."""
     missing = []
@@ -134,13 +155,37 @@ def missing_columns(spec: ActionSpec, row: JobRow) -> list[str]:
     return missing
 
 
+#: destructive action -> what it does to what: "wipe 3 devices", "delete 1 user"
+_DESTROYS = {
+    "wipe": ("wipe", "device"),
+    "retire": ("retire", "device"),
+    "delete-device": ("delete", "device"),
+    "delete-user": ("delete", "user"),
+}
+
+
+def destroys(counts: Mapping[str, int]) -> str:
+    """What destructive rows do, by action (action -> rows), in the order of
+    :data:`ACTIONS`: 'wipe 3 devices and delete 1 user'."""
+    order = {name: i for i, name in enumerate(ACTIONS)}
+    parts = []
+    previous = ""
+    for action in sorted((a for a, n in counts.items() if n), key=lambda a: order.get(a, len(order))):
+        verb, noun = _DESTROYS.get(action, (action, "row"))
+        # "delete 2 devices and 1 user", not "delete 2 devices and delete 1 user"
+        parts.append(("" if verb == previous else f"{verb} ") + plural(counts[action], noun))
+        previous = verb
+    if not parts:
+        return "change nothing"
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
 def confirmation_prompt(steps: Sequence[Step], *, shown: int = 5) -> str:
     """The question before destructive steps: what, how many, and the first
     few devices or users (with the job's name column where it has one), ending
     in what to type."""
     count = len(steps)
-    verbs = " / ".join(sorted({step.action for step in steps}))
-    lines = [f"This will {verbs} {count} device(s) or user(s):"]
+    lines = [f"This will {destroys(Counter(step.action for step in steps))}:"]
     for step in steps[:shown]:
         name = step.row.get("name")
         lines.append(f"  line {step.row.line}: {step.action} {step.target}" + (f" ({name})" if name else ""))

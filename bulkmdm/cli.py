@@ -20,12 +20,12 @@ import click
 
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
+from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
+from .words import counts_list, counts_text, plural
 
 if TYPE_CHECKING:
     from .engine import RunResult
     from .model import Outcome
-
-PROVIDER_NAMES = ("duostation", "manageengine", "ivanti", "banyan")
 
 
 class _Group(click.Group):
@@ -36,9 +36,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BulkMDMError as exc:
             click.echo(f"Error: {exc}", err=True)
+            _json_failed(ctx, exc.exit_code, str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
+            _json_failed(ctx, 130, "Interrupted.")
             ctx.exit(130)
         except BrokenPipeError:
             # `bulkmdm runs | head`: the reader went away; the rest of the output has nowhere to go
@@ -53,6 +55,7 @@ class _Group(click.Group):
                 f"row; run the same command again to continue. Details for a bug report: {path}",
                 err=True,
             )
+            _json_failed(ctx, 1, f"bulkmdm hit an internal error ({type(exc).__name__}); details in {path}.")
             ctx.exit(1)
 
 
@@ -102,6 +105,17 @@ def profile_option(command: Any) -> Any:
         help="Take provider, url, partition, rate and concurrency from [profiles.NAME] in "
         "config.toml (flags win), and credentials the environment lacks from the OS keyring "
         "(`bulkmdm login`).",
+    )(command)
+
+
+def json_option(command: Any) -> Any:
+    """``--json`` for every command a script may run (see bulkmdm.jsonout)."""
+    return click.option(
+        "--json",
+        "json_lines",
+        is_flag=True,
+        help="For scripts: JSON lines on stdout (progress, then a summary with counts, report, undo "
+        "and exit); messages for people stay on stderr.",
     )(command)
 
 
@@ -164,6 +178,7 @@ def profile_option(command: Any) -> Any:
     "as `bulkmdm track REPORT --until DURATION` does.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log every request (credentials redacted) to stderr.")
+@json_option
 @profile_option
 def run(
     job: Path,
@@ -185,6 +200,7 @@ def run(
     wait_for_quota: bool,
     track_for: str | None,
     verbose: bool,
+    json_lines: bool,
     profile: str | None,
 ) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
@@ -200,6 +216,8 @@ def run(
     """
     from .config import environment_for, resolve_target
     from .engine import RunOptions, run_job
+
+    lines = _json_lines(json_lines, "run")
 
     target = resolve_target(
         profile, provider=provider, url=url, partition=partition, rate=rate, concurrency=concurrency, env=os.environ
@@ -234,12 +252,17 @@ def run(
         wait_for_quota=wait_for_quota,
         env=env,
     )
-    events = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
+    events: Any = TerminalEvents() if sys.stderr.isatty() else PlainEvents()
+    if lines is not None:
+        from .jsonout import JsonProgress
+
+        events = JsonProgress(events, lines)
     try:
         result = run_job(options, events)
     finally:
         events.finish()
-    _summary(result, options, dry_run)
+    _summary(result, options, dry_run, stdout=lines is None)
+    exit_code = result.exit_code
     if following is not None and result.exit_code not in (2, 130, 143) and result.report_path.exists():
         from .track import DEFAULT_EVERY, TrackOptions
 
@@ -256,10 +279,12 @@ def run(
                 wait_for_quota=wait_for_quota,
                 env=env,
             ),
-            as_json=False,
+            lines=None,
         )
-        sys.exit(result.exit_code or tracked)
-    sys.exit(result.exit_code)
+        exit_code = result.exit_code or tracked
+    if lines is not None:
+        _json_summary(lines, result, dry_run, exit_code)
+    sys.exit(exit_code)
 
 
 # -- following through ---------------------------------------------------------
@@ -275,7 +300,7 @@ def run(
     "Default: one look.",
 )
 @click.option("--every", metavar="DURATION", default="1m", show_default=True, help="Time between two looks (30s, 5m).")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (the last one a summary); words on stderr.")
+@json_option
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
 @click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
 @click.option(
@@ -298,7 +323,7 @@ def track(
     report_file: Path,
     until: str,
     every: str,
-    as_json: bool,
+    json_lines: bool,
     rate: str | None,
     concurrency: int | None,
     timeout: float,
@@ -328,13 +353,13 @@ def track(
         profile=profile,
         env=dict(os.environ),
     )
-    sys.exit(_track_and_tell(options, as_json=as_json))
+    sys.exit(_track_and_tell(options, lines=_json_lines(json_lines, "track")))
 
 
-def _track_and_tell(options: Any, *, as_json: bool) -> int:
-    """Track, printing progress as it polls and the summary at the end; the exit code."""
-    import json
-
+def _track_and_tell(options: Any, *, lines: Any) -> int:
+    """Track, printing progress as it polls and the summary at the end; the exit code.
+    With ``lines`` (--json): a ``look`` line per look, a ``row`` line per row still
+    pending or not trackable, then the summary (an error's summary is the group's)."""
     from .track import TrackEvents, TrackResult, track
 
     class Told(TrackEvents):
@@ -343,35 +368,25 @@ def _track_and_tell(options: Any, *, as_json: bool) -> int:
 
         def looked(self, result: TrackResult) -> None:
             click.echo(result.progress(), err=True)
-            if as_json:
-                counts = result.counts()
-                click.echo(json.dumps({"event": "look", "looks": result.looks, "counts": dict(counts)}))
+            if lines is not None:
+                lines.write("look", looks=result.looks, counts=dict(result.counts()))
 
-    try:
-        result = track(options, Told())
-    except BulkMDMError as exc:
-        if as_json:
-            error: dict[str, Any] = {"error": str(exc), "counts": {}, "report": str(options.report), "undo": None}
-            click.echo(json.dumps({**error, "exit": exc.exit_code}))
-        raise
+    result = track(options, Told())
     _track_summary(result)
-    if as_json:
+    if lines is not None:
         for row in result.rows:
             if row.status in ("pending", "not-trackable"):
-                click.echo(json.dumps(_track_line(row)))
-        click.echo(
-            json.dumps(
-                {
-                    "counts": dict(result.counts()),
-                    "by_action": {action: dict(counts) for action, counts in sorted(result.by_action().items())},
-                    "pending": [row.label or f"line {row.line}" for row in result.pending()],
-                    "looks": result.looks,
-                    "requests": result.requests,
-                    "report": str(result.report),
-                    "undo": None,
-                    "exit": result.exit_code,
-                }
-            )
+                lines.write("row", **_track_line(row))
+        lines.summary(
+            counts=dict(result.counts()),
+            report=result.report,
+            undo=None,
+            exit=result.exit_code,
+            command="track",
+            by_action={action: dict(counts) for action, counts in sorted(result.by_action().items())},
+            pending=[row.label or f"line {row.line}" for row in result.pending()],
+            looks=result.looks,
+            requests=result.requests,
         )
     return result.exit_code
 
@@ -413,6 +428,57 @@ def _track_summary(result: Any, shown: int = 20) -> None:
         click.echo("  " + shlex.join(["bulkmdm", "track", str(result.report), "--until", "1h"]), err=True)
 
 
+#: where a command's --json emitter is kept (click's ctx.meta), so that an error the
+#: group turns into one sentence also ends the JSON lines with a summary
+_JSON_META = "bulkmdm.json"
+
+
+def _json_lines(wanted: bool, command: str) -> Any:
+    """The command's JSON lines emitter (bulkmdm.jsonout) for --json, else None."""
+    if not wanted:
+        return None
+    from .jsonout import JsonLines
+
+    lines = JsonLines()
+    click.get_current_context().meta[_JSON_META] = (lines, command)
+    return lines
+
+
+def _json_failed(ctx: click.Context, exit_code: int, error: str) -> None:
+    """A command run with --json that ends in an error still ends with a summary line."""
+    held = ctx.meta.get(_JSON_META)
+    if held is not None:
+        lines, command = held
+        lines.summary(counts={}, report=None, undo=None, exit=exit_code, error=error, command=command)
+
+
+def _json_summary(lines: Any, result: RunResult, dry_run: bool, exit_code: int) -> None:
+    """The summary line of ``run --json`` (fields documented in the README's "For scripts")."""
+    summary = result.summary
+    from .jsonout import all_counts
+
+    lines.summary(
+        counts=all_counts(result.counts),
+        report=result.report_path,
+        undo=result.undo.path if result.undo is not None else None,
+        exit=exit_code,
+        command="run",
+        run=result.run_id,
+        rows=result.rows,
+        dry_run=dry_run,
+        elapsed=round(result.elapsed, 3),
+        requests=result.requests,
+        planned_requests=result.planned_requests,
+        stopped=result.stopped,
+        already_finished=result.finished_before is not None,
+        failures=[
+            {"reason": group.reason, "rows": group.count, "lines": list(group.lines)}
+            for group in (summary.failures if summary is not None else [])
+        ],
+        not_undoable=dict(result.undo.not_undoable) if result.undo is not None else {},
+    )
+
+
 SECRET_VARIABLES = (
     "BULKMDM_PASSWORD",
     "BULKMDM_API_KEY",
@@ -449,23 +515,22 @@ def _log_to_stderr(env: Mapping[str, str]) -> None:
     logger.addHandler(_RedactingEcho(env))
 
 
-def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
-    """The end of a run: counts, what went wrong grouped by reason, where the report is, and the way on."""
+def _summary(result: RunResult, options: Any, dry_run: bool, *, stdout: bool = True) -> None:
+    """The end of a run: counts, what went wrong grouped by reason, where the report is, and the way on
+    (all on stderr but the undo file's line, which goes to stdout unless ``stdout`` is False: --json)."""
     if result.finished_before is not None:
         _already_finished(result, options)
         return
     counts = result.counts
-    order = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run"]
-    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     took = f" in {result.elapsed:.1f} s" if result.elapsed > 0 and not dry_run else ""
-    click.echo(f"{result.rows} rows: " + ", ".join(parts) + took + ".", err=True)
+    click.echo(counts_text(counts, result.rows) + took + ".", err=True)
     summary = result.summary
     if dry_run and summary is not None:
         _dry_run_story(summary)
     if dry_run and result.planned_requests is not None:
         click.echo(
-            f"The real run will send {result.planned_requests} request(s) that change something "
-            f"(this dry run made {result.requests} read-only request(s)).",
+            f"The real run will send {plural(result.planned_requests, 'request')} that change something "
+            f"(this dry run made {plural(result.requests, 'read-only request')}).",
             err=True,
         )
     if summary is not None and summary.failures:
@@ -488,33 +553,25 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     elif dry_run:
         click.echo("To run it for real, the same command without --dry-run:", err=True)
         click.echo("  " + _command(options.job, report=options.report), err=True)
-    _undo_story(result)
+    _undo_story(result, stdout=stdout)
 
 
-def _undo_story(result: RunResult) -> None:
+def _undo_story(result: RunResult, *, stdout: bool = True) -> None:
     """The run's last line: the file that puts back what it changed."""
     if result.undo is not None and result.undo.path is not None:
-        click.echo(f"Undo file: {result.undo.path}")
-
-
-#: how the summary names several rows of a destructive action
-_DESTROYS = {
-    "wipe": "wipes",
-    "retire": "retirements",
-    "delete-device": "device deletions",
-    "delete-user": "user deletions",
-}
+        click.echo(f"Undo file: {result.undo.path}", err=not stdout)
 
 
 def _dry_run_story(summary: Any) -> None:
     """What the real run will do, by action, and which rows it destroys."""
+    from .actions import destroys
+
     for action, statuses in sorted(summary.by_action.items()):
-        parts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-        click.echo(f"  {action}: {parts}", err=True)
+        click.echo(f"  {action}: {counts_list(statuses)}", err=True)
     for action, names in sorted(summary.destructive.items()):
         n = summary.destructive_counts[action]
         more = ", ..." if n > len(names) else ""
-        click.echo(f"  {n} {_DESTROYS.get(action, action) if n != 1 else action}: {', '.join(names)}{more}", err=True)
+        click.echo(f"  would {destroys({action: n})}: {', '.join(names)}{more}", err=True)
 
 
 def _failures(summary: Any, shown: int = 8) -> None:
@@ -526,12 +583,13 @@ def _failures(summary: Any, shown: int = 8) -> None:
         click.echo(f"  {group.count} x {group.reason.rstrip('.')}: {where}", err=True)
     if len(summary.failures) > shown:
         rest = sum(group.count for group in summary.failures[shown:])
-        click.echo(f"  {rest} more rows for {len(summary.failures) - shown} other reasons: see the report.", err=True)
+        others = plural(len(summary.failures) - shown, "other reason")
+        click.echo(f"  {plural(rest, 'more row')} for {others}: see the report.", err=True)
 
 
 def _already_finished(result: RunResult, options: Any) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.finished_before or 0))
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    parts = counts_list(result.counts)
     click.echo(
         f"This job already ran to the end (run {result.run_id}, finished {when}: {parts}); nothing was sent.", err=True
     )
@@ -544,7 +602,7 @@ def _already_finished(result: RunResult, options: Any) -> None:
 
 
 #: flags a printed command never repeats: they are decisions for one run
-_NOT_REPEATED = frozenset({"dry_run", "fresh", "resend_unknown", "verbose", "report"})
+_NOT_REPEATED = frozenset({"dry_run", "fresh", "resend_unknown", "verbose", "report", "json_lines"})
 
 
 def _command(job: Path, *, report: Path | None = None) -> str:
@@ -636,7 +694,7 @@ class PlainEvents:
     def _line(self, now: float) -> str:
         done = sum(self.counts.values())
         speed, eta = self.speed_and_eta(now)
-        parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        parts = counts_list(self.counts)
         left = f"ETA {_clock(eta)}" if eta is not None else "ETA --:--"
         return f"{done}/{self.total} rows ({parts}); {speed:.1f} rows/s, {left}"
 
@@ -911,7 +969,7 @@ def runs(state_dir: Path | None, limit: int) -> None:
     for info, counts in listed:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
         state = "dry run" if info.dry_run else ("finished" if info.finished else "unfinished")
-        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
+        parts = counts_list(counts)
         profile = profiles.get((info.provider, info.url.rstrip("/")), "-")
         table.append((str(info.id), when, state, info.provider, info.url, profile, Path(info.job_path).name, parts))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
@@ -972,7 +1030,7 @@ def report(run_id: int, out: Path | None, replace: bool, force: bool, undo: bool
             )
         out = original if replace else _unused_name(original, run_id)
     result = rebuild_report(run_id, out=out, state=state_dir)
-    click.echo(f"Report: {result.report_path} ({result.rows} rows)")
+    click.echo(f"Report: {result.report_path} ({plural(result.rows, 'row')})")
     if undo:
         made = rebuild_undo(run_id, result.report_path, state=state_dir)
         if made.path is not None:
@@ -1029,6 +1087,7 @@ def actions() -> None:
 @click.option(
     "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."
 )
+@json_option
 @profile_option
 def export(
     provider: str | None,
@@ -1038,6 +1097,7 @@ def export(
     partition: str | None,
     rate: str | None,
     timeout: float,
+    json_lines: bool,
     profile: str | None,
 ) -> None:
     """Write every device of the MDM to a sheet, one row each (serial, device_id, name, model, user ...).
@@ -1049,13 +1109,20 @@ def export(
 
     from .export import default_path, export_devices
 
+    lines = _json_lines(json_lines, "export")
+
+    def progress(n: int) -> None:
+        click.echo(f"{n} devices ...", err=True)
+        if lines is not None:
+            lines.write("progress", done=n)
+
     connection = _connection(profile, provider=provider, url=url, partition=partition, rate=rate, timeout=timeout)
     path = out or default_path(connection.provider)
     click.echo(f"Reading the devices of {connection.url} ...", err=True)
-    count = asyncio.run(
-        export_devices(connection, path, action=action, progress=lambda n: click.echo(f"{n} devices ...", err=True))
-    )
-    click.echo(f"{count} devices written to {path}.")
+    count = asyncio.run(export_devices(connection, path, action=action, progress=progress))
+    click.echo(f"{plural(count, 'device')} written to {path}.", err=lines is not None)
+    if lines is not None:
+        lines.summary(counts={"exported": count}, report=path, undo=None, exit=0, command="export", devices=count)
 
 
 def _connection(
@@ -1088,7 +1155,7 @@ def _connection(
 
 
 @main.command()
-@click.argument("provider", type=click.Choice(["duostation", "ivanti", "manageengine", "banyan"], case_sensitive=False))
+@click.argument("provider", type=click.Choice(sorted(SIMULATORS), case_sensitive=False))
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -1096,8 +1163,14 @@ def _connection(
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
-@click.option("--devices", type=int, default=3000, show_default=True, help="How many devices to seed.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the fake fleet.")
+@click.option(
+    "--devices",
+    type=int,
+    default=DEFAULT_DEVICES,
+    show_default=True,
+    help="How many devices to seed (jobs/ fits the default).",
+)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed for the fake fleet.")
 @click.option("--username", default="admin", show_default=True, help="Basic-auth user name it accepts.")
 @click.option("--password", default="admin", show_default=True, help="Basic-auth password it accepts.")
 @click.option("--latency", type=float, default=0.0, help="Seconds added to every answer.")
@@ -1162,7 +1235,7 @@ def sim(
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
-    from .sim import load
+    from .sim import client_env, load
     from .sim.common import CheckIns, Faults, serve_forever
 
     faults = Faults(
@@ -1188,16 +1261,20 @@ def sim(
         behaviour["checkins"] = CheckIns(delay=delay, offline_rate=offline_rate, seed=seed)
     app = make_app(devices=devices, seed=seed, username=username, password=password, faults=faults, **behaviour)
 
-    creds = {
-        "manageengine": "BULKMDM_API_KEY=me-api-key (on-premises), or the OAuth client me-client / me-secret / "
-        "me-refresh with BULKMDM_OAUTH_URL=<url>/oauth/v2/token",
-        "banyan": "BULKMDM_TOKEN=banyan-token",
-    }.get(provider.casefold(), f"BULKMDM_USERNAME={username} BULKMDM_PASSWORD={password}")
-    if provider.casefold() == "ivanti":
-        creds += f"; device space id {partition} (--partition {partition} or BULKMDM_PARTITION_ID={partition})"
+    variables = client_env(provider.casefold(), username=username, password=password, partition=str(partition))
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
+    space = variables.get("BULKMDM_PARTITION_ID")
+    partition_flag = f" --partition {space}" if space else ""
+    device_space = f"; device space id {space} (--partition {space} or BULKMDM_PARTITION_ID={space})" if space else ""
 
     def announce(url: str) -> None:
-        click.echo(f"{provider} simulator on {url}; credentials: {creds}. Ctrl-C stops it.", err=True)
+        click.echo(
+            f"{provider} simulator on {url} ({devices} devices, seed {seed}){device_space}; Ctrl-C stops it.\n"
+            f"In another terminal:\n"
+            f"  export {exports}\n"
+            f"  bulkmdm run JOB --provider {provider.casefold()} --url {url}{partition_flag} --dry-run",
+            err=True,
+        )
         click.echo(url)
         sys.stdout.flush()
 

@@ -38,6 +38,12 @@ TRACK_COLUMNS: tuple[str, ...] = ("device_status", "device_seen")
 
 CANONICAL: tuple[str, ...] = tuple(ALIASES)
 
+#: Columns ``bulkmdm export`` writes that describe a device without being any
+#: action's input (its model and platform, its tags and groups as a list, its
+#: registration or ban state): known, so an export used as a job carries them
+#: into the report without a note or a "did you mean".
+DESCRIPTIVE: tuple[str, ...] = ("model", "platform", "tags", "groups", "registration_state", "banned")
+
 _SQUEEZE = re.compile(r"[\s_\-]+")
 
 
@@ -53,6 +59,7 @@ for _canonical, _names in ALIASES.items():
         _LOOKUP[normalise(_name)] = _canonical
 for _name in (*OUTCOME_COLUMNS, *TRACK_COLUMNS):
     _LOOKUP.setdefault(normalise(_name), "outcome:" + _name)
+_DESCRIPTIVE = frozenset(normalise(name) for name in DESCRIPTIVE)
 
 
 def canonical(header: object) -> str | None:
@@ -106,7 +113,7 @@ def closest(header: str) -> str | None:
     import difflib
 
     key = normalise(header)
-    if not key or key in _LOOKUP:
+    if not key or key in _LOOKUP or key in _DESCRIPTIVE:
         return None
     match = difflib.get_close_matches(key, _KNOWN_NAMES, n=1, cutoff=0.75)
     if not match:
@@ -129,7 +136,7 @@ def header_notes(headers: Sequence[str]) -> list[str]:
     notes = []
     unused = []
     for header in headers:
-        if not header.strip() or canonical(header) is not None:
+        if not header.strip() or canonical(header) is not None or normalise(header) in _DESCRIPTIVE:
             continue
         suggestion = closest(header)
         if suggestion:

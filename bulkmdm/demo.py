@@ -1,9 +1,12 @@
 """``bulkmdm demo``: start the built-in simulators on 127.0.0.1, write the
 example jobs, and run them the way an admin would, explaining each step.
 
-The example jobs are generated from the simulators' seeded fleets (seed 1),
-so they always match; ``jobs/`` in the repository holds the same files
-(``python -m bulkmdm.demo jobs`` writes them, and a test keeps them in step).
+The example jobs are generated from the simulators' default fleets (the
+size and seed ``bulkmdm sim`` serves), so they always match; ``jobs/`` in the
+repository holds them (``python -m bulkmdm.demo jobs`` writes them, and a test
+keeps them in step), and every one of them dry-runs clean. The demo's own
+copies add a few deliberate mistakes (a typo, a blank serial, a tag not yet
+created, an ambiguous app name), to show what a failed row looks like.
 """
 
 from __future__ import annotations
@@ -15,16 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DUO_DEVICES = 3000
-IVANTI_DEVICES = 2000
-BANYAN_DEVICES = 3000
-BANYAN_TOKEN = "banyan-token"
-ME_DEVICES = 3000
-ME_KEY = "me-api-key"
-CREDS = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": "admin"}
+from .sim import DEFAULT_DEVICES, DEFAULT_SEED, client_env
+
+CREDS = client_env("duostation")
+#: the ports the demo serves its simulators on where they are free, as the README's
+#: "Try it on a simulator" does, so a command it prints works again after it ends
+PORTS = {"duostation": 8080, "ivanti": 8081, "manageengine": 8082, "banyan": 8083}
 
 
-def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
+def _duo_jobs(state: Any, mistakes: bool) -> dict[str, list[list[str]]]:
     from .sim.duostation import FACTS
 
     edge = FACTS["edge_devices"]
@@ -34,14 +36,16 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
     tag = [["Serial Number", "Tag", "Klass", "Kommentar"]]
     for i, dev in enumerate(untagged[:240]):
         tag.append([dev["serialNumber"], "Elev-iPad", f"7{'ABC'[i % 3]}", ""])
-    for dev in untagged[240:250]:
-        tag.append([dev["serialNumber"], "Nytt läsår", "8A", "tag not created yet"])
-    tag += [
-        [FACTS["tagged_device"]["serial"], FACTS["tagged_device"]["tag"], "9B", "already tagged"],
-        [FACTS["duplicate_serial"], "Elev-iPad", "9B", "two devices share this serial"],
-        ["F9XX0000ZZZZ", "Elev-iPad", "9B", "typo in the serial"],
-        ["", "Elev-iPad", "9B", "serial missing"],
-    ]
+    if mistakes:
+        for dev in untagged[240:250]:
+            tag.append([dev["serialNumber"], "Nytt läsår", "8A", "tag not created yet"])
+    tag.append([FACTS["tagged_device"]["serial"], FACTS["tagged_device"]["tag"], "9B", "already tagged"])
+    if mistakes:
+        tag += [
+            [FACTS["duplicate_serial"], "Elev-iPad", "9B", "two devices share this serial"],
+            ["F9XX0000ZZZZ", "Elev-iPad", "9B", "typo in the serial"],
+            ["", "Elev-iPad", "9B", "serial missing"],
+        ]
     assign = [["serial", "user", "name"]]
     for dev, user in zip(devices[300:340], users[100:140], strict=False):
         assign.append([dev["serialNumber"], user["email"], user["name"]])
@@ -55,7 +59,8 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
     apps = [["serial", "app", "action"]]
     for dev in devices[600:620]:
         apps.append([dev["serialNumber"], "Kahoot!", "install-app"])
-    apps.append([devices[620]["serialNumber"], "Google Chrome", "install-app"])
+    if mistakes:
+        apps.append([devices[620]["serialNumber"], "Google Chrome", "install-app"])
     moves = [["email", "group"]]
     for user in users[200:215]:
         moves.append([user["email"], FACTS["group_path"]])
@@ -76,12 +81,13 @@ def _duo_jobs(state: Any) -> dict[str, list[list[str]]]:
     }
 
 
-def _ivanti_jobs(state: Any) -> dict[str, list[list[str]]]:
+def _ivanti_jobs(state: Any, mistakes: bool) -> dict[str, list[list[str]]]:
     active = [d for d in state.devices.values() if d.get("registrationState") == "ACTIVE" and d.get("serialNumber")]
     others = [d for d in state.devices.values() if d.get("registrationState") == "RETIRED" and d.get("serialNumber")]
     rows = [["serial", "reason"]]
     rows += [[d["serialNumber"], "reported lost"] for d in active[:300]]
-    rows += [[d["serialNumber"], "already retired"] for d in others[:3]]
+    if mistakes:  # a retired device cannot be locked: the MDM refuses it
+        rows += [[d["serialNumber"], "already retired"] for d in others[:3]]
     wipe = [["serial", "reason"]]
     wipe += [[d["serialNumber"], "stolen from the bus"] for d in active[300:308]]
     return {"ivanti-lock.csv": rows, "ivanti-wipe.csv": wipe}
@@ -123,13 +129,16 @@ def _manageengine_jobs(state: Any) -> dict[str, list[list[str]]]:
     return {"manageengine-classes.csv": rows}
 
 
-def write_jobs(folder: Path, duo_state: Any, ivanti_state: Any, banyan_state: Any, me_state: Any) -> list[Path]:
-    """Write every example job into ``folder``."""
+def write_jobs(
+    folder: Path, duo_state: Any, ivanti_state: Any, banyan_state: Any, me_state: Any, *, mistakes: bool = False
+) -> list[Path]:
+    """Write every example job into ``folder``; with ``mistakes``, the demo's copies
+    that hold a few rows that cannot run."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     jobs = {
-        **_duo_jobs(duo_state),
-        **_ivanti_jobs(ivanti_state),
+        **_duo_jobs(duo_state, mistakes),
+        **_ivanti_jobs(ivanti_state, mistakes),
         **_banyan_jobs(banyan_state),
         **_manageengine_jobs(me_state),
     }
@@ -158,11 +167,12 @@ def _fleets() -> tuple[Any, Any, Any, Any]:
     from .sim.ivanti import make_app as ivanti_app
     from .sim.manageengine import make_app as me_app
 
+    n, seed = DEFAULT_DEVICES, DEFAULT_SEED
     return (
-        duo_app(devices=DUO_DEVICES, seed=1),
-        ivanti_app(devices=IVANTI_DEVICES, seed=1),
-        banyan_app(devices=BANYAN_DEVICES, seed=1, token=BANYAN_TOKEN),
-        me_app(devices=ME_DEVICES, seed=1),
+        duo_app(devices=n, seed=seed),
+        ivanti_app(devices=n, seed=seed),
+        banyan_app(devices=n, seed=seed),
+        me_app(devices=n, seed=seed),
     )
 
 
@@ -182,22 +192,50 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
 
     duo_app, ivanti_app, banyan_app, me_app = _fleets()
     out = out.resolve()
-    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"], banyan_app["state"], me_app["state"])
-    echo(f"Example jobs written to {out}/ ({len(jobs)} files).")
+    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"], banyan_app["state"], me_app["state"], mistakes=True)
+    echo(f"Example jobs written to {out}/ ({len(jobs)} files; jobs/ in the repository has them without the mistakes).")
     demo = _Demo(out, echo)
     with (
-        SimServer(duo_app) as duo,
-        SimServer(ivanti_app) as ivanti,
-        SimServer(banyan_app) as banyan,
-        SimServer(me_app) as me,
+        SimServer(duo_app, port=_free_port(PORTS["duostation"])) as duo,
+        SimServer(ivanti_app, port=_free_port(PORTS["ivanti"])) as ivanti,
+        SimServer(banyan_app, port=_free_port(PORTS["banyan"])) as banyan,
+        SimServer(me_app, port=_free_port(PORTS["manageengine"])) as me,
     ):
-        echo(f"DuoSTATION simulator: {duo.url} ({DUO_DEVICES} devices). Ivanti simulator: {ivanti.url}.")
+        echo(f"Simulators ({DEFAULT_DEVICES} devices each, as `bulkmdm sim` serves them):")
+        for name, server in (("duostation", duo), ("ivanti", ivanti), ("manageengine", me), ("banyan", banyan)):
+            echo(f"  {name}: {server.url}")
         duo.faults.latency = ivanti.faults.latency = 0.005
         _duostation_story(demo, duo)
         _other_vendors_story(demo, ivanti, banyan, me)
+        ports = {"duostation": duo.port, "ivanti": ivanti.port, "manageengine": me.port, "banyan": banyan.port}
     echo("")
     echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {demo.state_dir}")
+    if demo.undo_files:
+        echo("Undo files (each is a job that puts back what its run changed):")
+        for path in demo.undo_files:
+            echo(f"  {path.name}")
+    echo("")
+    echo("The simulators stopped with the demo. To try a command above again, start its simulator")
+    echo("in another terminal, then run the command from the demo's folder with its credentials:")
+    starts = {name: f"bulkmdm sim {name} --port {port}" for name, port in ports.items()}
+    width = max(len(start) for start in starts.values())
+    for name, start in starts.items():
+        exports = " ".join(f"{k}={v}" for k, v in client_env(name).items())
+        echo(f"  {start.ljust(width)}   then: export {exports}")
+    echo(f"  cd {out}")
     return 0
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` when nothing listens there on 127.0.0.1, else 0 (any free port)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred
 
 
 class _Demo:
@@ -207,9 +245,11 @@ class _Demo:
         self.out = out
         self.echo = echo
         self.state_dir = out / ".state"
+        self.undo_files: list[Path] = []
 
     def run(self, title: str, job: Path, provider: str, url: str, env: dict[str, str] = CREDS, **kw: Any) -> Any:
         from .engine import RunOptions, run_job
+        from .words import counts_text, plural
 
         echo = self.echo
         echo("")
@@ -217,11 +257,14 @@ class _Demo:
         echo(f"$ {shown_command(job, provider, url, **kw)}")
         options = RunOptions(job=job, provider=provider, url=url, env=env, state_dir=self.state_dir, fresh=True, **kw)
         result = run_job(options)
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
-        echo(f"   {result.rows} rows: {counts}; {result.requests} requests in {result.elapsed:.1f} s.")
+        sent = plural(result.requests, "request")
+        echo(f"   {counts_text(result.counts, result.rows)}; {sent} in {result.elapsed:.1f} s.")
         if result.planned_requests is not None:
             echo(f"   The real run would send {result.planned_requests} changing requests.")
         echo(f"   Report: {result.report_path}")
+        if result.undo is not None and result.undo.path is not None:
+            echo(f"   Undo file: {result.undo.path}")
+            self.undo_files.append(result.undo.path)
         return result
 
 
@@ -303,7 +346,7 @@ def _other_vendors_story(demo: _Demo, ivanti: Any, banyan: Any, me: Any) -> None
         out / "banyan-lost.csv",
         "banyan",
         banyan.url,
-        env={"BULKMDM_TOKEN": BANYAN_TOKEN},
+        env=client_env("banyan"),
         yes=True,
     )
     echo("")
@@ -313,7 +356,7 @@ def _other_vendors_story(demo: _Demo, ivanti: Any, banyan: Any, me: Any) -> None
         out / "manageengine-classes.csv",
         "manageengine",
         me.url,
-        env={"BULKMDM_API_KEY": ME_KEY},
+        env=client_env("manageengine"),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .actions import ACTIONS, confirmation_prompt, normalise_action
 from .columns import header_notes
+from .words import plural
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
 from .journal import IN_FLIGHT, Journal, state_dir
@@ -116,7 +117,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
 
     state = state_dir(options.state_dir, options.env)
     table = read_job(options.job, own=written(state))
-    for note in header_notes(table.headers):
+    for note in (*table.notes, *header_notes(table.headers)):
         events.message(note)
     job = validate_job(table, provider_cls, normalise_action(options.action) if options.action else None)
     del table
@@ -272,7 +273,7 @@ async def _plan_and_send(
     rows = opened.todo
     if not rows:
         return
-    events.message(f"Looking up {len(rows)} row(s) on the MDM...")
+    events.message(f"Looking up {plural(len(rows), 'row')} on the MDM...")
     confirm = not options.dry_run and not options.yes and any(ACTIONS[r.action].destructive for r in rows)
     # The number a person types is the whole job's, so a job to confirm is
     # planned in one piece; so is everything for a provider that needs to

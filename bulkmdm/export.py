@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-from .actions import ACTIONS, normalise_action
+from .actions import ACTIONS, normalise_action, not_an_action
 from .connect import Connection, open_provider
 from .errors import TransportError, UsageError
 from .providers.base import ListFailed
@@ -61,7 +61,7 @@ async def export_devices(
         raise UsageError(f"-o {path} must end in .xlsx or .csv.")
     verb = normalise_action(action) if action else None
     if verb is not None and verb not in ACTIONS:
-        raise UsageError(f"--action {action!r} is not an action; `bulkmdm actions` lists them.")
+        raise UsageError(not_an_action(action or "", flag="--action"))
     try:
         return await _export(target, path, verb, progress)
     except ListFailed as exc:

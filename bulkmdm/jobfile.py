@@ -89,6 +89,8 @@ class JobTable:
     problems: dict[int, str]
     sha256: str
     delimiter: str
+    #: what a person should be told about how the file was read (the sheet read, ...)
+    notes: tuple[str, ...] = ()
 
     @property
     def is_report(self) -> bool:
@@ -113,11 +115,12 @@ def read_job(path: str | Path, *, own: Collection[str] = ()) -> JobTable:
     collecting = gc.isenabled()
     gc.disable()
     try:
+        notes: tuple[str, ...] = ()
         if kind == "csv":
             grid, header_width, delimiter = _read_csv(path, data)
         else:
-            grid, header_width, delimiter = _read_xlsx(path, data), None, ","
-        return _table(path, kind, data, delimiter, grid, header_width, own)
+            (grid, notes), header_width, delimiter = _read_xlsx(path, data), None, ","
+        return _table(path, kind, data, delimiter, grid, header_width, own, notes)
     except JobFileError:
         raise
     except Exception as exc:
@@ -492,20 +495,40 @@ def _count_delimiter(delimiter: str) -> Callable[[bytes], int]:
 # XLSX
 
 
-def _read_xlsx(path: Path, data: bytes) -> list[list[str]]:
+#: the sheet of a template (bulkmdm.template) that explains the columns: never read as rows
+_NOTES_SHEET = "Notes"
+
+
+def _read_xlsx(path: Path, data: bytes) -> tuple[list[list[str]], tuple[str, ...]]:
+    """The first sheet's columns of text; where the first sheet is blank (a workbook
+    whose data an admin pasted on Sheet2), the first sheet that has rows, and a note
+    naming it. A template's Notes sheet is never read as rows."""
     _not_xlsx(path, data)
     import pandas as pd
 
-    frame = pd.read_excel(
-        io.BytesIO(data),
-        sheet_name=0,
-        header=None,
-        engine="calamine",
-        dtype=object,
-        keep_default_na=False,
-        na_filter=False,
+    book = pd.ExcelFile(io.BytesIO(data), engine="calamine")
+    names = [str(name) for name in book.sheet_names]
+    for position, name in enumerate(names):
+        if position and name == _NOTES_SHEET:
+            continue
+        frame = pd.read_excel(book, sheet_name=name, header=None, dtype=object, keep_default_na=False, na_filter=False)
+        grid = [[cell if type(cell) is str else _cell_text(cell) for cell in frame[c].tolist()] for c in frame.columns]
+        if position == 0 and (len(names) == 1 or _has_rows(grid)):
+            return grid, ()
+        if _has_rows(grid):
+            note = (
+                f"The first sheet of {path.name}, '{names[0]}', is blank: reading the sheet '{name}', "
+                "the first that has rows."
+            )
+            return grid, (note,)
+    others = ", ".join(f"'{name}'" for name in names)
+    raise JobFileError(
+        f"{path} has nothing on any of its sheets ({others}); put the header row and the job rows on the first."
     )
-    return [[cell if type(cell) is str else _cell_text(cell) for cell in frame[c].tolist()] for c in frame.columns]
+
+
+def _has_rows(grid: list[list[str]]) -> bool:
+    return any(cell.strip() for column in grid for cell in column)
 
 
 _EXACT_INT = 2**53
@@ -585,6 +608,7 @@ def _table(
     grid: list[list[str]],
     header_width: int | None,
     own: Collection[str] = (),
+    notes: tuple[str, ...] = (),
 ) -> JobTable:
     """Build the table from parsed columns (``grid[c][r]``; row 0 is the header)."""
     grid = _drop_blank_rows(grid)
@@ -647,6 +671,7 @@ def _table(
         problems=dict(sorted(problems.items())),
         sha256=sha256,
         delimiter=delimiter,
+        notes=notes,
     )
 
 

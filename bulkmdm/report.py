@@ -40,6 +40,7 @@ from .errors import ReportError, UsageError
 from .jobfile import NOT_WRITTEN, not_in_excel
 from .model import BAD_STATUSES, Status, reason_key
 from .ownfiles import file_digest, mdm_key, remember
+from .words import NOT_SENT
 
 if TYPE_CHECKING:
     from .journal import Journal, RowRecord
@@ -212,7 +213,13 @@ def _write_xlsx(
     temporary: Path, path: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], sheet_name: str
 ) -> None:
     """A sheet people read in Excel: a frozen, filterable header, columns as wide
-    as their text (within limits) and the status cell coloured by status."""
+    as their text (within limits) and the status cell coloured by status.
+
+    Every cell and column is formatted as Text (``@``), so that a value typed
+    into the sheet afterwards (a serial ``00123``, a long id) stays as typed
+    when the file is used as a job; only the report's own counts
+    (``http_status``, ``attempts``) are numbers, which Excel sums and filters.
+    """
     import xlsxwriter
 
     workbook = xlsxwriter.Workbook(str(temporary), _XLSX_OPTIONS)
@@ -220,11 +227,13 @@ def _write_xlsx(
         sheet = workbook.add_worksheet(sheet_name)
         sheet.freeze_panes(1, 0)
         heading = workbook.add_format({"bold": True, "bottom": 1, "bg_color": "#F2F2F2"})
+        text_format = workbook.add_format({"num_format": "@"})
         coloured = {
-            status: workbook.add_format({"bg_color": fill, "font_color": font})
+            status: workbook.add_format({"bg_color": fill, "font_color": font, "num_format": "@"})
             for status, (fill, font) in STATUS_COLOURS.items()
         }
         status_column = _status_column(headers)
+        numeric = _number_columns(headers)
         write = sheet.write_string
         # header text + room for the filter button
         widths = [len(_text(header)) + 3 for header in headers]
@@ -247,19 +256,37 @@ def _write_xlsx(
                     # never the value cut or changed: a marker that makes the row invalid when read back
                     text = NOT_WRITTEN.format(why=why)
                 if column == status_column:
-                    write(number, column, text, coloured.get(text.strip().casefold()))
+                    write(number, column, text, coloured.get(text.strip().casefold(), text_format))
+                elif column in numeric and _COUNT.fullmatch(text):
+                    sheet.write_number(number, column, int(text))
                 else:
-                    write(number, column, text)
+                    write(number, column, text, text_format)
                 if column < len(widths):
                     widths[column] = max(widths[column], len(text) if len(text) < _MAX_WIDTH else _MAX_WIDTH)
                 else:
                     widths.append(min(len(text), _MAX_WIDTH))
         for column, width in enumerate(widths):
-            sheet.set_column(column, column, min(max(width + 1, _MIN_WIDTH), _MAX_WIDTH))
+            shown = min(max(width + 1, _MIN_WIDTH), _MAX_WIDTH)
+            sheet.set_column(column, column, shown, None if column in numeric else text_format)
         if headers:
             sheet.autofilter(0, 0, number, len(headers) - 1)
     finally:
         workbook.close()
+
+
+#: a count as the report writes it: digits, no leading zero, short enough to be exact in Excel
+_COUNT = re.compile(r"0|[1-9][0-9]{0,14}")
+
+
+def _number_columns(headers: Sequence[str]) -> frozenset[int]:
+    """The positions of the report's own ``http_status`` and ``attempts`` columns
+    (the last of each name, as for ``status``)."""
+    found = {}
+    for i, header in enumerate(headers):
+        name = _text(header).strip().casefold()
+        if name in ("http_status", "attempts"):
+            found[name] = i
+    return frozenset(found.values()) if _status_column(headers) is not None else frozenset()
 
 
 def _status_column(headers: Sequence[str]) -> int | None:
@@ -272,7 +299,7 @@ def _status_column(headers: Sequence[str]) -> int | None:
 # -- a run's report, from the journal -----------------------------------------
 
 #: The detail of a row the run never sent, when the journal holds no reason.
-NOT_RUN_DETAIL = "Not sent: the run stopped first. Run the same command again to continue."
+NOT_RUN_DETAIL = NOT_SENT
 IN_FLIGHT_DETAIL = (
     "A request was in flight when the run stopped, so its effect is not known. Check the device, "
     "then run this report again to resend it."

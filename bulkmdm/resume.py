@@ -38,6 +38,7 @@ from .errors import JournalError
 from .journal import IN_FLIGHT, Journal, LockHolder, NewRow, RunInfo
 from .model import JobRow, Outcome, Status
 from .validate import ValidJob, job_row, row_digest
+from .words import plural
 
 if TYPE_CHECKING:
     from .engine import RunOptions
@@ -188,8 +189,14 @@ def _resume(journal: Journal, run: RunInfo, job: ValidJob, report_path: Path) ->
     todo = sorted({*journal.to_send(run.id), *in_flight})
     done = len(job.entries) - len(todo)
     note = (
-        f"Resuming run {run.id}: {done} of {len(job.entries)} rows were already done"
-        + (f"; {len(in_flight)} were in flight and will be checked" if in_flight else "")
+        f"Resuming run {run.id}: {done} of {plural(len(job.entries), 'row')} "
+        + ("was" if done == 1 else "were")
+        + " already done"
+        + (
+            f"; {len(in_flight)} {'was' if len(in_flight) == 1 else 'were'} in flight and will be checked"
+            if in_flight
+            else ""
+        )
         + " (--fresh starts over)."
     )
     return OpenedRun(run.id, _rows(job, todo), in_flight, len(job.entries), resumed=True, note=note)
@@ -206,9 +213,10 @@ def _take_over(journal: Journal, previous: RunInfo, run_id: int, job: ValidJob) 
         return FinishedBefore(previous, journal.counts(previous.id))
     journal.supersede(previous.id, run_id)
     ended = "finished" if previous.finished is not None else "stopped"
+    kept = carried - len(in_flight)
     note = (
-        f"The job changed since run {previous.id} {ended}: {carried - len(in_flight)} rows already done "
-        f"are kept, {len(to_send)} new rows will run"
+        f"The job changed since run {previous.id} {ended}: {plural(kept, 'row')} already done "
+        f"{'is' if kept == 1 else 'are'} kept, {plural(len(to_send), 'new row')} will run"
         + (f", {len(in_flight)} that were in flight will be checked" if in_flight else "")
         + " (--fresh starts over)."
     )

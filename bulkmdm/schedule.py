@@ -39,10 +39,11 @@ from .events import Events
 from .model import Outcome, Status, Step, reason_key
 from .plan import PlanFeed
 from .transport import about_to_change, waiting_out
+from .words import NOT_SENT
 
 Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
 
-INTERRUPTED = "Not sent: the run was interrupted first. Run the same command again to continue."
+INTERRUPTED = NOT_SENT
 CREDENTIALS_REFUSED = (
     "Not sent: the MDM refused the credentials during the run. Fix them, then run the same command again to continue."
 )

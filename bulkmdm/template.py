@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .actions import ACTIONS, ActionSpec, normalise_action
+from .actions import ACTIONS, ActionSpec, normalise_action, not_an_action
 from .errors import UsageError
 
 #: the sheet a job is read from, and the others
@@ -52,7 +52,7 @@ def resolve_action(name: str, provider: str | None) -> ActionSpec:
     """The action named ``name``, checked against ``provider`` when one is given."""
     action = normalise_action(name)
     if action not in ACTIONS:
-        raise UsageError(f"{name!r} is not an action; `bulkmdm actions` lists them.")
+        raise UsageError(not_an_action(name))
     if provider:
         from . import providers
 

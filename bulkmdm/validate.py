@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import providers
-from .actions import ACTIONS, missing_columns, normalise_action
+from .actions import ACTIONS, destroys, missing_columns, normalise_action, not_an_action
 from .columns import OUTCOME_COLUMNS, seen
 from .errors import ConfirmationRefused, JobFileError, UsageError
 from .model import DONE_STATUSES, JobRow
@@ -104,7 +104,7 @@ def check_options(options: RunOptions) -> tuple[type[Provider], str]:
     if options.action is not None:
         action = normalise_action(options.action)
         if action not in ACTIONS:
-            raise UsageError(f"--action {options.action!r} is not an action; `bulkmdm actions` lists them.")
+            raise UsageError(not_an_action(options.action, flag="--action"))
         if action not in provider_cls.actions:
             can = ", ".join(sorted(provider_cls.actions))
             raise UsageError(f"{provider_cls.name} cannot {action}; it can: {can}.")
@@ -267,8 +267,7 @@ def row_problem(row: JobRow, provider_cls: type[Provider]) -> str | None:
         return "No action: fill in the action column (e.g. tag, lock, message) or pass --action."
     spec = ACTIONS.get(row.action)
     if spec is None:
-        given = row.get("action") or row.action
-        return f"Unknown action '{given}'; `bulkmdm actions` lists the actions."
+        return not_an_action(row.get("action") or row.action)
     if row.action not in provider_cls.actions:
         can = ", ".join(sorted(provider_cls.actions))
         return f"{provider_cls.name} cannot {row.action}; it can: {can}."
@@ -313,6 +312,6 @@ def check_destructive(job: ValidJob, options: RunOptions, events: Events) -> Non
     ]
     if options.max_destructive is not None and len(destructive) > options.max_destructive:
         raise ConfirmationRefused(
-            f"This job would {destructive[0].action} {len(destructive)} devices or users, more than "
+            f"This job would {destroys(Counter(row.action for row in destructive))}, more than "
             f"--max-destructive {options.max_destructive}; nothing was sent."
         )

@@ -47,7 +47,7 @@ def test_a_near_miss_header_is_named_at_the_start_and_still_carried(duo: Any, ru
     res = run_cli(["run", str(job), "--provider", "duostation", "--url", duo.url, "--action", "lock"])
     assert res.exit_code == 0, res.output
     assert "'Mesage' is not a column bulkmdm knows; did you mean 'Message'?" in res.output
-    assert res.output.index("did you mean") < res.output.index("rows:")
+    assert res.output.index("did you mean") < res.output.index("1 row: 1 succeeded")
     assert res.report[0]["Mesage"] == "hej" and res.report[0]["Klass"] == "7A"
 
 

@@ -153,7 +153,7 @@ def test_skipped_not_found_ambiguous_invalid(duo: Any, run_cli: Any, tmp_path: P
     assert "matches 2 devices" in details[2]
     assert "matches 2 tags" in details[3]
     assert "Missing serial or device_id" in details[5]
-    assert "Unknown action 'explode'" in details[6]
+    assert "'explode' is not an action" in details[6]
     assert "group" in details[9]
     assert "matches 2 users" in details[10]
     assert "Missing app" in details[11]

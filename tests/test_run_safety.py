@@ -113,7 +113,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_an_edited_job_continues_by_content(t
         statuses = [r["status"] for r in rows]
         assert 0 < statuses.count("succeeded") < 300
         assert set(statuses) <= {"succeeded", "not-run"}
-        assert all("interrupted" in r["detail"] for r in rows if r["status"] == "not-run")
+        assert all("the run stopped first" in r["detail"] for r in rows if r["status"] == "not-run")
         # the hint repeats every flag that was given, so following it writes to the same report
         hint = err.strip().splitlines()[-1]
         for flag in (
@@ -251,8 +251,8 @@ def test_a_dry_run_never_replaces_the_real_report_and_counts_by_action(duo: Any,
     assert real.read_text() == "serial,status\nX,succeeded\n"
     statuses = [r["status"] for r in read_report(job.with_name("j.dryrun.csv"))]
     assert statuses == ["planned", "planned", "failed"]
-    assert "lock: 1 planned" in dry.stderr and "wipe: 1 failed, 1 planned" in dry.stderr
-    assert f"1 wipe: {free}" in dry.stderr
+    assert "lock: 1 planned" in dry.stderr and "wipe: 1 planned, 1 failed" in dry.stderr
+    assert f"would wipe 1 device: {free}" in dry.stderr
     assert duo.stats.mutating == 0
 
 

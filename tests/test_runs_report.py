@@ -34,7 +34,7 @@ def test_report_writes_a_new_file_unless_replace(duo: Any, run_cli: Any, tmp_pat
     assert first.exit_code == 0, first.output
     assert res.report_path.read_text(encoding="utf-8") == "edited in Excel\n"
     new = tmp_path / "j.outcome.run1.csv"
-    assert f"Report: {new} (1 rows)" in first.output
+    assert f"Report: {new} (1 row)" in first.output
     assert read_report(new)[0]["status"] == "succeeded"
     second = run_cli(["report", "1"])
     assert str(tmp_path / "j.outcome.run1-2.csv") in second.output

@@ -33,7 +33,7 @@ def test_prompt_names_what_it_destroys(duo: Any, tmp_path: Path) -> None:
     job = _wipe_job(tmp_path)
     code, text, _ = on_terminal(_args(job, duo.url), cli_env(tmp_path, TERM="dumb"), answer="no")
     assert code == 2, text
-    assert "This will wipe 2 device(s) or user(s):" in text
+    assert "This will wipe 2 devices:" in text
     assert "line 2: wipe device FREEIPAD0001 (Elev-iPad 7A)" in text
     assert "line 3: wipe device 001234567890" in text
     assert "Type 2 to go ahead" in text
@@ -74,5 +74,5 @@ def test_plain_lines_count_rows_done_before_and_say_eta(capsys: Any) -> None:
     events.started -= 2.0
     events.advance([Outcome(2, Status.SUCCEEDED, "ok"), Outcome(3, Status.SUCCEEDED, "ok")])
     line = capsys.readouterr().err
-    assert line.startswith("4/10 rows (2 invalid, 2 succeeded);"), line
+    assert line.startswith("4/10 rows (2 succeeded, 2 invalid);"), line
     assert "1.0 rows/s, ETA 0:06" in line

@@ -182,6 +182,7 @@ def test_json_lines_end_in_a_summary(ivanti: SimServer, tmp_path: Path, run_cli:
     result = track(run_cli, ran.report_path, "--json")
     lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     summary = lines[-1]
+    assert summary["event"] == "summary" and summary["command"] == "track"
     assert summary["counts"] == {"confirmed": 1, "pending": 1}
     assert summary["report"] == str(ran.report_path) and summary["undo"] is None and summary["exit"] == 1
     assert summary["pending"] == [devices[0]["serialNumber"]]
@@ -189,6 +190,7 @@ def test_json_lines_end_in_a_summary(ivanti: SimServer, tmp_path: Path, run_cli:
     pending = [line for line in lines if line.get("device_status") == "pending"]
     assert pending == [
         {
+            "event": "row",
             "line": 2,
             "label": devices[0]["serialNumber"],
             "action": "wipe",

@@ -67,6 +67,7 @@ from ..errors import (
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..transport import Auth, BasicAuth, Client, Response
+from ..words import NOT_SENT
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
 #: planned in one go would hold every answer in flight for ~100 ms; at 100
@@ -589,7 +590,7 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
         return Outcome(
             step.index,
             Status.NOT_RUN,
-            "Not sent: the run stopped first. Run the same command again to continue.",
+            NOT_SENT,
             None,
             exc.attempts,
             step.resolved,

@@ -3,9 +3,13 @@
 Each simulator is an aiohttp ``web.Application`` that speaks one vendor's API
 as its doc describes, on 127.0.0.1, with switches for latency, a rate limit
 (429 + Retry-After) and injected faults (see :mod:`bulkmdm.sim.common`).
+Each module also says, in ``client_env``, which environment a ``bulkmdm run``
+against it needs, so that ``bulkmdm sim`` and the demo print the same.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 SIMULATORS: dict[str, str] = {
     "duostation": "bulkmdm.sim.duostation:make_app",
@@ -14,10 +18,24 @@ SIMULATORS: dict[str, str] = {
     "banyan": "bulkmdm.sim.banyan:make_app",
 }
 
+#: the fleet `bulkmdm sim` and `bulkmdm demo` serve, and that jobs/ is written for:
+#: one size and seed for every vendor, so an example job matches whichever way it is tried
+DEFAULT_DEVICES = 3000
+DEFAULT_SEED = 1
+
+
+def _module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(SIMULATORS[name].partition(":")[0])
+
 
 def load(name: str):  # type: ignore[no-untyped-def]
     """The ``make_app`` of the simulator registered under ``name``."""
-    import importlib
+    return getattr(_module(name), SIMULATORS[name].partition(":")[2])
 
-    module_name, _, attr = SIMULATORS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+
+def client_env(name: str, *, username: str = "admin", password: str = "admin", partition: str = "1") -> dict[str, str]:
+    """The environment a ``bulkmdm run`` against the simulator ``name`` (as
+    ``bulkmdm sim`` starts it with these settings) needs."""
+    return dict(_module(name).client_env(username=username, password=password, partition=partition))

@@ -576,6 +576,11 @@ class _Api:
         return answer(200, "", "successfully marked the endusers as inactive")
 
 
+def client_env(*, username: str, password: str, partition: str) -> dict[str, str]:
+    """What ``bulkmdm run`` needs against this simulator: the bearer token it accepts."""
+    return {"BULKMDM_TOKEN": "banyan-token"}
+
+
 def make_app(
     *,
     devices: int = 1000,

@@ -75,7 +75,7 @@ from aiohttp import web
 from . import fleet
 from .common import Faults, Handler, instrument
 
-__all__ = ["COMMANDS", "FACTS", "ApiError", "DuoState", "Shape", "make_app", "seed_state"]
+__all__ = ["COMMANDS", "FACTS", "ApiError", "DuoState", "Shape", "client_env", "make_app", "seed_state"]
 
 #: the device commands (POST /api/devices/<id>/<command>)
 COMMANDS = ("inventorydevice", "installapp", "removeapp", "lockdevice", "wipedevice", "clearpasscode", "sendmessage")
@@ -1599,6 +1599,11 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
         return _json(log)
 
     return r
+
+
+def client_env(*, username: str, password: str, partition: str) -> dict[str, str]:
+    """What ``bulkmdm run`` needs against this simulator: its HTTP Basic account."""
+    return {"BULKMDM_USERNAME": username, "BULKMDM_PASSWORD": password}
 
 
 def make_app(

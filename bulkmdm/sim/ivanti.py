@@ -576,6 +576,12 @@ def _search_page(devices: list[dict[str, Any]], total: int, start: int, rows: in
     }
 
 
+def client_env(*, username: str, password: str, partition: str) -> dict[str, str]:
+    """What ``bulkmdm run`` needs against this simulator: its HTTP Basic account and the
+    device space it serves (``--partition`` says the same)."""
+    return {"BULKMDM_USERNAME": username, "BULKMDM_PASSWORD": password, "BULKMDM_PARTITION_ID": partition}
+
+
 def make_app(
     *,
     devices: int = 2000,

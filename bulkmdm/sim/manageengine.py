@@ -118,7 +118,7 @@ from aiohttp import web
 from . import fleet
 from .common import CheckIns, Faults, instrument
 
-__all__ = ["FACTS", "MEState", "make_app"]
+__all__ = ["FACTS", "MEState", "client_env", "make_app"]
 
 DEVICE_ID_BASE = 9007199254741000  # above 2**53, like the doc's example ids
 GROUP_ID_BASE = 9007199254751000
@@ -842,6 +842,13 @@ async def _token(request: web.Request) -> web.StreamResponse:
 async def _log(request: web.Request) -> web.StreamResponse:
     state: MEState = request.app["state"]
     return web.json_response({str(k): v for k, v in state.log.items()})
+
+
+def client_env(*, username: str, password: str, partition: str) -> dict[str, str]:
+    """What ``bulkmdm run`` needs against this simulator: the on-premises API key it accepts
+    (it also grants OAuth tokens to the client me-client / me-secret / me-refresh at
+    ``URL/oauth/v2/token``)."""
+    return {"BULKMDM_API_KEY": "me-api-key"}
 
 
 def make_app(
