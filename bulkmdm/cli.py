@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
+from .shown import Secrets, plain
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -35,7 +36,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BulkMDMError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            # (a server's words may be in it: shown without escapes or credentials)
+            click.echo(f"Error: {Secrets.from_env(os.environ).clean(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -228,30 +230,17 @@ def run(
     sys.exit(result.exit_code)
 
 
-SECRET_VARIABLES = (
-    "BULKMDM_PASSWORD",
-    "BULKMDM_API_KEY",
-    "BULKMDM_TOKEN",
-    "BULKMDM_CLIENT_SECRET",
-    "BULKMDM_REFRESH_TOKEN",
-    "BULKMDM_CLIENT_ID",
-)
-
-
 class _RedactingEcho(logging.Handler):
     """--verbose: log lines to stderr, with any credential value blanked out.
     (Nothing logs headers; this is the second lock on the door.)"""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         super().__init__(logging.INFO)
-        self.secrets = [v for k in SECRET_VARIABLES if len(v := env.get(k, "")) >= 4]
+        self.secrets = Secrets.from_env(env)
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        click.echo(text, err=True)
+        click.echo(self.secrets.clean(self.format(record)), err=True)
 
 
 def _log_to_stderr(env: Mapping[str, str]) -> None:
@@ -286,7 +275,7 @@ def _summary(result: RunResult, options: Any, dry_run: bool) -> None:
     if summary is not None and summary.failures:
         _failures(summary)
     if result.stopped:
-        click.echo(result.stopped, err=True)
+        click.echo(plain(result.stopped), err=True)
     if result.undo is not None and result.undo.not_undoable:
         what = ", ".join(f"{n} {action}" for action, n in sorted(result.undo.not_undoable.items()))
         click.echo(f"Cannot be undone (left out of the undo file): {what}.", err=True)
@@ -338,7 +327,7 @@ def _failures(summary: Any, shown: int = 8) -> None:
     for group in summary.failures[:shown]:
         lines = ", ".join(str(line) for line in group.lines) + (", ..." if group.count > len(group.lines) else "")
         where = f"line {lines}" if group.count == 1 else f"lines {lines}"
-        click.echo(f"  {group.count} x {group.reason.rstrip('.')}: {where}", err=True)
+        click.echo(f"  {group.count} x {plain(group.reason).rstrip('.')}: {where}", err=True)
     if len(summary.failures) > shown:
         rest = sum(group.count for group in summary.failures[shown:])
         click.echo(f"  {rest} more rows for {len(summary.failures) - shown} other reasons: see the report.", err=True)
@@ -416,7 +405,7 @@ class PlainEvents:
         self.last = 0.0
 
     def message(self, text: str) -> None:
-        click.echo(text, err=True)
+        click.echo(plain(text), err=True)
 
     def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
         """``total`` rows, ``done`` of them finished before sending starts,
@@ -516,6 +505,7 @@ class TerminalEvents(PlainEvents):
             self.progress.update(self.task, completed=sum(self.counts.values()), **self._fields(time.monotonic()))
 
     def message(self, text: str) -> None:
+        text = plain(text)
         if self.progress is not None:
             self.progress.console.print(text, markup=False, highlight=False)
         else:

@@ -59,6 +59,7 @@ from ..errors import (
 )
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
+from ..shown import plain
 from ..transport import Auth, BasicAuth, Client, Response
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
@@ -411,7 +412,7 @@ _MESSAGE_KEYS = (
 
 def body_message(body: Any) -> str:
     """The human part of an error body, if any (one line, at most 200 characters)."""
-    text = " ".join(_message_in(body, depth=0).split())
+    text = " ".join(plain(_message_in(body, depth=0)).split())
     if text.startswith("<"):
         return ""  # an HTML error page says nothing useful in one line
     return text[:200]
@@ -479,7 +480,7 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
             exc.attempts,
             step.resolved,
         )
-    detail = sentence(str(exc), empty="The request failed")
+    detail = sentence(plain(str(exc)), empty="The request failed")
     if isinstance(exc, AmbiguousError):
         return Outcome(
             step.index,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..shown import Secrets, plain
 from .connection import Connection
 
 #: how many of the child's output lines a page can show
@@ -150,11 +151,9 @@ class ChildRun:
 
     async def _follow(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        secrets_ = self.request.connection.secrets()
+        shown = Secrets.from_env(self.request.connection.credentials)
         while raw := await self.process.stdout.readline():
-            line = raw.decode("utf-8", "replace").rstrip()
-            for secret in secrets_:
-                line = line.replace(secret, "***")
+            line = shown.clean(raw.decode("utf-8", "replace")).rstrip()
             if not line:
                 continue
             self.lines.append(line)
@@ -246,7 +245,7 @@ def _latest_failures(journal: Any, run_id: int, keep: int = 6) -> list[Failure]:
     latest: deque[Failure] = deque(maxlen=keep)
     for record in journal.rows(run_id):
         if record.status in ("failed", "invalid", "unknown"):
-            latest.append(Failure(record.idx + 2, record.status, record.detail or ""))
+            latest.append(Failure(record.idx + 2, record.status, plain(record.detail or "")))
     return list(reversed(latest))
 
 

@@ -1,0 +1,158 @@
+"""What a server says is data: it reaches the terminal, the report, the journal
+and the web page without escape sequences, and without the run's credentials
+even when the server echoes them back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from openpyxl import load_workbook
+
+from bulkmdm.shown import REDACTED, Secrets, plain
+from bulkmdm.sim.common import SimServer
+from bulkmdm.sim.duostation import FACTS, make_app
+from bulkmdm.transport import BasicAuth
+
+from conftest import write_csv
+
+Start = Callable[[web.Application], Awaitable[str]]
+
+SECRET = "Pa55-very-secret-word"
+BASIC = base64.b64encode(f"admin:{SECRET}".encode()).decode()
+#: a clipboard write (OSC 52), a title change (OSC 0), text hidden by SGR 8, a
+#: cursor move, a bidi override, a C1 CSI and a bell
+ESCAPES = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;pwned\x1b\\\x1b[8mhidden\x1b[0m\x1b[2J\u202eevil\u202c\x9b31m\x07"
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text", "plain text"),
+        ("a\x1b]52;c;Y2xpcA==\x07b", "ab"),
+        ("a\x1b]0;title\x1b\\b", "ab"),
+        ("a\x1b[1;31mred\x1b[0mb", "aredb"),
+        ("a\x9b2Jb\x9d0;t\x9cc", "abc"),
+        ("a\x1bPdcs\x1b\\b", "ab"),
+        ("a\u202eb\u2066c\u200bd\U000e0041e", "abcde"),
+        ("line\nbreak\ttab\x00nul\x7fdel", "line break tabnuldel"),
+        ("unterminated \x1b]52;c;payload", "unterminated "),
+        ("Å ä 東京 \U0001f600", "Å ä 東京 \U0001f600"),
+    ],
+)
+def test_plain_removes_escape_sequences_and_hidden_characters(raw: str, shown: str) -> None:
+    assert plain(raw) == shown
+
+
+def test_secrets_are_redacted_in_every_form() -> None:
+    env = {"BULKMDM_USERNAME": "admin", "BULKMDM_PASSWORD": SECRET, "BULKMDM_TOKEN": "tok-1234"}
+    secrets = Secrets.from_env(env)
+    for text in (
+        f"bad password {SECRET}!",
+        f"Authorization: Basic {BASIC}",
+        f"b64 {base64.b64encode(SECRET.encode()).decode()}",
+        "url-encoded " + SECRET.replace("-", "%2D"),  # (quote() leaves '-', a server may not)
+        "bearer tok-1234",
+    ):
+        assert SECRET not in secrets.redact(text) and "tok-1234" not in secrets.redact(text)
+    assert secrets.redact(f"Basic {BASIC}") == f"Basic {REDACTED}"
+    assert secrets.redact("nothing secret here") == "nothing secret here"
+
+
+def test_the_auth_in_use_is_redacted_as_it_changes() -> None:
+    class Token:
+        value = "first-token-1"
+
+        def headers(self) -> dict[str, str]:
+            return {"Authorization": f"Zoho-oauthtoken {self.value}"}
+
+    token = Token()
+    secrets = Secrets.from_env({}, auth=token)
+    assert secrets.clean("bad first-token-1") == f"bad {REDACTED}"
+    token.value = "second-token-2"  # renewed during the run
+    assert secrets.clean("bad second-token-2, was first-token-1") == f"bad {REDACTED}, was {REDACTED}"
+    basic = Secrets(auth=BasicAuth("admin", SECRET))
+    assert secrets.clean("x") == "x" and basic.clean(f"pw {SECRET}") == f"pw {REDACTED}"
+
+
+async def _echoing_front(start: Start, sim_url: str) -> str:
+    """Reads go to the simulator; every change is refused with an error text
+    that echoes the request's credentials among escape sequences."""
+    session = aiohttp.ClientSession()
+
+    async def handle(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if request.method == "GET":
+            async with session.get(sim_url + request.path_qs, headers={"Authorization": auth}) as resp:
+                return web.Response(body=await resp.read(), status=resp.status, content_type=resp.content_type)
+        password = base64.b64decode(auth.split()[-1]).decode().partition(":")[2]
+        message = f"denied {ESCAPES} for {auth} ({password})"
+        return web.json_response({"message": message}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def close(_app: web.Application) -> None:
+        await session.close()
+
+    app.on_cleanup.append(close)
+    return await start(app)
+
+
+def _journal_text(path: Path) -> bytes:
+    """Every value in every table of a journal, as text."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        values = [str(value) for table in tables for row in db.execute(f'SELECT * FROM "{table}"') for value in row]
+    assert any("denied" in value for value in values)
+    return "\n".join(values).encode()
+
+
+def _assert_clean(data: bytes, where: object) -> None:
+    for bad in (SECRET.encode(), BASIC.encode(), b"\x1b", "\u202e".encode(), b"\x07", "\x9b".encode()):
+        assert bad not in data, (where, bad)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+async def test_a_server_echoing_credentials_and_escapes_leaks_nothing(
+    loopback: Start, run_cli: Any, tmp_path: Path, suffix: str
+) -> None:
+    with SimServer(make_app(devices=20, password=SECRET)) as sim:
+        url = await _echoing_front(loopback, sim.url)
+        serial = FACTS["untagged_device"]["serial"]
+        job = write_csv(tmp_path / "job.csv", [["serial", "message"], [serial, "hello"]])
+        report = tmp_path / f"out{suffix}"
+        args = ["run", str(job), "--provider", "duostation", "--url", url, "--action", "message", "--verbose"]
+        res = await asyncio.to_thread(
+            run_cli, [*args, "--report", str(report)], env={"BULKMDM_PASSWORD": SECRET}, report=report
+        )
+    assert res.exit_code == 1
+    if suffix == ".csv":
+        rows = list(csv.DictReader(report.open(encoding="utf-8-sig")))
+        detail = rows[0]["detail"]
+    else:
+        sheet = load_workbook(report).active
+        assert sheet is not None
+        header = [c.value for c in sheet[1]]
+        detail = str(sheet.cell(2, header.index("detail") + 1).value)
+    assert detail.startswith("HTTP 400: ") and "denied" in detail and "evil" in detail
+    assert f"for {REDACTED} ({REDACTED})" in detail
+    _assert_clean(res.output.encode(), "terminal")
+    for path in tmp_path.rglob("*"):
+        if path.suffix == ".sqlite3":
+            _assert_clean(_journal_text(path), path)
+        elif path.is_file() and path.suffix != ".xlsx":
+            _assert_clean(path.read_bytes(), path)
+    if suffix == ".xlsx":
+        for sheet in load_workbook(report):
+            for row in sheet.iter_rows(values_only=True):
+                _assert_clean("".join(map(str, row)).encode(), report)
