@@ -355,8 +355,10 @@ class Index:
             keys = value if isinstance(value, (list, tuple, set)) else (value,)
             for k in keys:
                 norm = self._norm(k)
-                if norm:
-                    by.setdefault(norm, []).append(obj)
+                held = by.setdefault(norm, []) if norm else None
+                # (an object whose two keys are equal, a name that is also its package id, is one match)
+                if held is not None and not any(other is obj for other in held):
+                    held.append(obj)
 
     def _norm(self, value: Any) -> str:
         if value is None:
@@ -551,6 +553,40 @@ def one_of(found: Sequence[Any], value: str, label: str, what: str) -> Any:
     if len(found) > 1:
         raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
     return found[0]
+
+
+def one_across(
+    value: str,
+    label: str,
+    what: str,
+    found: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    ident: Callable[[Any], Any],
+    name: Callable[[Any], str],
+) -> Any:
+    """The one object ``value`` names in any of the fields a vendor searches.
+
+    ``found`` holds, per field (``"email"``, ``"account name"``), the objects
+    whose field holds ``value``. One object found by several fields is one
+    match; different objects (one by e-mail, another by account name) are
+    ambiguous however each field alone would resolve, and the row fails
+    naming them. Objects are the same when their ``ident`` is.
+    """
+    if not key(value):
+        raise LookupFailed(f"the {label} is blank")
+    matches: dict[str, tuple[Any, list[str]]] = {}
+    for field_name, objects in found:
+        for obj in objects:
+            ident_key = key(ident(obj)) or f"#{id(obj)}"
+            fields = matches.setdefault(ident_key, (obj, []))[1]
+            if field_name not in fields:
+                fields.append(field_name)
+    if not matches:
+        raise LookupFailed(f"{label} '{value}' was not found")
+    if len(matches) == 1:
+        return next(iter(matches.values()))[0]
+    named = "; ".join(f"{name(obj)} by {' and '.join(fields)}" for obj, fields in list(matches.values())[:5])
+    raise LookupFailed(f"{label} '{value}' matches {len(matches)} {what}s ({named}); make it unique")
 
 
 # -- lists -------------------------------------------------------------------

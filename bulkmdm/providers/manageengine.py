@@ -105,6 +105,7 @@ from .base import (
     failed,
     get_field,
     key,
+    one_across,
     outcome_from_error,
     seg,
     send_halving,
@@ -791,11 +792,12 @@ class ManageEngine(Provider):
     def _app(self, value: str, lists: _Lists) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank")
-        found: dict[str, Any] = {}
-        for index in (lists.app_by_name, lists.app_by_bundle, lists.app_by_id):
-            for app in index.find(value):
-                found[_usable_id(get_field(app, "app_id"))] = app
-        if not found:
+        found = [
+            ("name", lists.app_by_name.find(value)),
+            ("bundle identifier", lists.app_by_bundle.find(value)),
+            ("app id", lists.app_by_id.find(value)),
+        ]
+        if not any(apps for _field, apps in found):
             if lists.apps_without_id.find(value):
                 raise LookupFailed(
                     f"app {value!r} was found, but the MDM's record for it has no app_id "
@@ -806,11 +808,16 @@ class ManageEngine(Provider):
             if not hint and "apps" in lists.no_details:
                 hint = f"; {lists.no_details['apps']}"
             raise LookupFailed(f"app {value!r} was not found (give its name, bundle identifier or app id){hint}")
-        if len(found) > 1:
-            raise LookupFailed(
-                f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); give the app id instead"
-            )
-        return next(iter(found.values()))
+        return one_across(
+            value,
+            "app",
+            "app",
+            found,
+            ident=lambda app: _usable_id(get_field(app, "app_id")),
+            name=lambda app: (
+                f"{key(get_field(app, 'app_name', 'name')) or 'an app'} (app id {_usable_id(get_field(app, 'app_id'))})"
+            ),
+        )
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action not in self.actions:
