@@ -335,9 +335,11 @@ def _number(value: Any) -> float | None:
 #: "https://accounts.zoho.com/oauth/v2/token". Public clients serve nine
 #: (a Dart client's ManageEngineChannel lists mdm.manageengine.com, .eu, .in,
 #: .com.au, .jp, .ca, .cn, .sa, .co.uk) and pair each with its own accounts
-#: server (TypeScript clients' DATA_CENTRES tables): Canada's Zoho accounts
-#: live on zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any
-#: other mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
+#: server (TypeScript clients' DATA_CENTRES tables), as Zoho's "Multi DC
+#: support" page lists them: Canada's Zoho accounts live on zohocloud.ca,
+#: China's on zoho.com.cn, the UK's on zoho.uk. The client secret and refresh
+#: token go to no other host unless BULKMDM_OAUTH_URL names it: a cloud
+#: address in any other region (a typo: mdm.manageengine.cm) is refused.
 ZOHO_ACCOUNTS = {
     "com": "accounts.zoho.com",
     "eu": "accounts.zoho.eu",
@@ -360,19 +362,28 @@ def cloud_host(url: str) -> str | None:
 
 
 def zoho_accounts_host(url: str) -> str | None:
-    """The Zoho accounts server of the region ``url`` is in (None: not a ManageEngine cloud)."""
+    """The Zoho accounts server of the region ``url`` is in (None: not a
+    ManageEngine cloud, or one in no region of :data:`ZOHO_ACCOUNTS`)."""
     host = cloud_host(url)
     if host is None:
         return None
-    tld = host.split("manageengine.", 1)[1]
-    return ZOHO_ACCOUNTS.get(tld) or f"accounts.zoho.{tld}"
+    return ZOHO_ACCOUNTS.get(host.split("manageengine.", 1)[1])
 
 
 def zoho_token_url(url: str) -> str:
     """The token endpoint for a tenant at ``url`` (``--url``): its region's
     Zoho accounts server, or the doc's ``accounts.zoho.com`` for a URL that
-    names no ManageEngine cloud (a proxy, a test server)."""
+    names no ManageEngine cloud (a proxy, a test server). A cloud address in
+    no known region is a ConfigError: the secrets would go to a host that
+    only its name makes Zoho's."""
     accounts = zoho_accounts_host(url)
+    if accounts is None and cloud_host(url) is not None:
+        known = ", ".join(sorted(set(ZOHO_ACCOUNTS.values())))
+        raise ConfigError(
+            f"--url {cloud_host(url)} is no ManageEngine cloud region bulkmdm knows, so it sends the OAuth "
+            f"client secret nowhere: the token hosts are {known}. Check --url, or set BULKMDM_OAUTH_URL to "
+            "your region's token endpoint; nothing was sent."
+        )
     return f"https://{accounts}/oauth/v2/token" if accounts else DEFAULT_OAUTH_URL
 
 
