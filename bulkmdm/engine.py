@@ -33,7 +33,7 @@ from .schedule import Scheduler
 from .shown import Secrets
 from .connect import Connection, make_client
 from .limits import Pacing, for_run
-from .quota import DayQuota, tenant as quota_tenant
+from .quota import DayQuota
 from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -132,7 +132,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler, pacing)
-        tenant = quota_tenant(provider_cls.name, url)
+        tenant = provider_cls.quota_tenant(url, options.env)
         calls_today = journal.calls_today(tenant)
         provider = provider_cls(
             client,

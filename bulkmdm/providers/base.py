@@ -58,6 +58,7 @@ from ..errors import (
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
+from ..quota import tenant
 from ..retry import RetryPolicy
 from ..shown import plain
 from ..transport import Auth, BasicAuth, Client, Response
@@ -140,6 +141,12 @@ class Provider(ABC):
     def api_base(cls, url: str) -> str:
         """The root the vendor's documented paths are appended to."""
         return url.rstrip("/") + cls.api_path
+
+    @classmethod
+    def quota_tenant(cls, url: str, env: Mapping[str, str]) -> str:
+        """Whose daily quota this run's calls spend (the journal's count of them).
+        Default: the MDM at ``url``."""
+        return tenant(cls.name, url)
 
     def batch_size(self) -> int:
         size = self.settings.batch_size or self.max_batch

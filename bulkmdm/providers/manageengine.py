@@ -87,6 +87,7 @@ from ..errors import (
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
+from ..quota import tenant
 from ..retry import RetryPolicy
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
@@ -479,6 +480,17 @@ class ManageEngine(Provider):
         return ZohoOAuth(
             client_id=client_id, client_secret=client_secret, refresh_token=refresh_token, token_url=token_url
         )
+
+    @classmethod
+    def quota_tenant(cls, url: str, env: Mapping[str, str]) -> str:
+        # The daily limit is the organisation's ("Paid Organization - 2500 API
+        # calls/day"), and every cloud organisation calls mdm.manageengine.<region>:
+        # counted per OAuth client (or an API key used on the cloud), not per
+        # URL. An on-premises server is the organisation's own.
+        api_key = env.get("BULKMDM_API_KEY", "").strip()  # (the credential auth_from_env uses first)
+        if api_key:
+            return tenant(cls.name, url, api_key if cloud_host(url) else "")
+        return tenant(cls.name, url, env.get("BULKMDM_CLIENT_ID", "").strip())
 
     @classmethod
     def api_base(cls, url: str) -> str:
