@@ -58,14 +58,15 @@ _ESCAPES = re.compile(
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co"})
 
 
-def plain(text: str) -> str:
+def plain(text: str, *, keep_lines: bool = False) -> str:
     """``text`` without escape sequences or invisible characters; line breaks
-    and tabs become spaces (a detail is one line)."""
+    and tabs become spaces (a detail is one line) unless ``keep_lines``."""
     if text.isascii() and text.isprintable():
         return text
     text = _ESCAPES.sub("", text)
+    kept = "\t\n" if keep_lines else ""
     return "".join(
-        " " if ch in "\t\n\r\v\f" else ch
+        ch if ch in kept else " " if ch in "\t\n\r\v\f" else ch
         for ch in text
         if ch in "\t\n\r\v\f" or unicodedata.category(ch) not in _HIDDEN
     )

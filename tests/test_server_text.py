@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import csv
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -156,3 +157,34 @@ async def test_a_server_echoing_credentials_and_escapes_leaks_nothing(
         for sheet in load_workbook(report):
             for row in sheet.iter_rows(values_only=True):
                 _assert_clean("".join(map(str, row)).encode(), report)
+
+
+async def test_the_web_page_shows_what_the_server_said_without_escapes_or_credentials(
+    loopback: Start, tmp_path: Path
+) -> None:
+    from test_web import _client, _job_page, _post, _serve_app, _until, _upload
+
+    with SimServer(make_app(devices=20, password=SECRET)) as sim:
+        url = await _echoing_front(loopback, sim.url)
+        job = write_csv(tmp_path / "web.csv", [["serial", "message"], [FACTS["untagged_device"]["serial"], "hej"]])
+        connect = {
+            "provider": "duostation",
+            "url": url,
+            "duostation:BULKMDM_USERNAME": "admin",
+            "duostation:BULKMDM_PASSWORD": SECRET,
+        }
+        async with _serve_app(tmp_path / "state") as server, _client(server) as client:
+            await _post(client, server, "/connect", **connect)
+            job_page = _job_page(await _upload(client, server, job))
+            dry = await _post(client, server, f"{job_page}/dry-run", action="message")
+            await _until(client, server, dry, 'id="confirm"')
+            run_page = await _post(client, server, f"{job_page}/run")
+            page = await _until(client, server, run_page, 'id="next"')
+            async with client.get(f"{server.url}{run_page}/events") as resp:
+                events = await resp.text()
+    assert "denied" in page and "evil" in page and REDACTED in page
+    _assert_clean(page.encode(), "run page")
+    # (JSON writes control characters as \u escapes: read them back first)
+    payloads = [json.loads(line[len("data: ") :]) for line in events.splitlines() if line.startswith("data: {")]
+    assert payloads
+    _assert_clean(json.dumps(payloads, ensure_ascii=False).encode(), "progress events")
