@@ -188,3 +188,36 @@ async def test_the_web_page_shows_what_the_server_said_without_escapes_or_creden
     payloads = [json.loads(line[len("data: ") :]) for line in events.splitlines() if line.startswith("data: {")]
     assert payloads
     _assert_clean(json.dumps(payloads, ensure_ascii=False).encode(), "progress events")
+
+
+async def test_a_token_server_echoing_the_client_secret_leaks_nothing(
+    loopback: Start, run_cli: Any, tmp_path: Path
+) -> None:
+    from urllib.parse import quote
+
+    secret, refresh = "very/secret+client=value", "1000.refresh-token-value"
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        # (a short reason is shown: the token server's own word for what it refused)
+        message = f"\x1b]52;c;eA==\x07{form.get('client_secret')!s}\u202e"
+        return web.json_response({"error": message}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/oauth/v2/token", token)
+    url = await loopback(app)
+    env = {
+        "BULKMDM_USERNAME": "",
+        "BULKMDM_PASSWORD": "",
+        "BULKMDM_CLIENT_ID": "1000.CLIENT",
+        "BULKMDM_CLIENT_SECRET": secret,
+        "BULKMDM_REFRESH_TOKEN": refresh,
+        "BULKMDM_OAUTH_URL": url + "/oauth/v2/token",
+    }
+    job = write_csv(tmp_path / "me.csv", [["serial", "group"], ["S1", "Lab"]])
+    args = ["run", str(job), "--provider", "manageengine", "--url", url, "--action", "add-to-group", "--verbose"]
+    res = await asyncio.to_thread(run_cli, args, env=env)
+    assert res.exit_code == 2 and f"({REDACTED})" in res.output, res.output
+    for text in (res.output, *(p.read_text(errors="replace") for p in tmp_path.rglob("*.csv"))):
+        for bad in (secret, quote(secret, safe=""), refresh, "\x1b", "\u202e", "\x07"):
+            assert bad not in text, bad

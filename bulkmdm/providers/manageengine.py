@@ -89,6 +89,7 @@ from ..errors import (
 from ..model import JobRow, Outcome, Status, Step
 from ..quota import tenant
 from ..retry import RetryPolicy
+from ..shown import Secrets
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Index,
@@ -312,10 +313,9 @@ class ZohoOAuth(Auth):
         self._accepted = False  # not yet by the MDM (the 200 just seen was the token server's)
 
     def _redact(self, text: str) -> str:
-        for secret in (self._client_secret, self._refresh_token, self._client_id, self._token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """A token server's words, without escapes or any of the three secrets
+        or the access token (nor their encoded forms)."""
+        return Secrets((self._client_secret, self._refresh_token, self._client_id, self._token or "")).clean(text)
 
 
 def _too_many(body: Any) -> bool:
