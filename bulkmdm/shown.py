@@ -61,7 +61,7 @@ _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co"})
 def plain(text: str, *, keep_lines: bool = False) -> str:
     """``text`` without escape sequences or invisible characters; line breaks
     and tabs become spaces (a detail is one line) unless ``keep_lines``."""
-    if text.isascii() and text.isprintable():
+    if text.isprintable():  # (no character of category C: nothing to remove, the usual case)
         return text
     text = _ESCAPES.sub("", text)
     kept = "\t\n" if keep_lines else ""
@@ -86,6 +86,7 @@ class Secrets:
 
     def __init__(self, values: Iterable[str] = (), *, auth: HasHeaders | None = None) -> None:
         self._auth = auth
+        self._auth_seen: dict[str, str] = {}
         self._values: set[str] = set()
         self._forms: list[str] = []
         for value in values:
@@ -118,6 +119,9 @@ class Secrets:
             headers = self._auth.headers()
         except Exception:  # an auth not ready yet has nothing to hide
             return
+        if headers == self._auth_seen:
+            return
+        self._auth_seen = dict(headers)
         for name, value in headers.items():
             if name.casefold() in ("authorization", "x-api-key", "api-key") and value:
                 self.add(value)
@@ -137,6 +141,9 @@ class Secrets:
     def redact(self, text: str) -> str:
         """``text`` with every form of a known secret replaced by ``[redacted]``."""
         self._learn_auth()
+        return self._replace(text)
+
+    def _replace(self, text: str) -> str:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, REDACTED)
@@ -148,10 +155,15 @@ class Secrets:
 
     def outcome(self, outcome: Outcome) -> Outcome:
         """``outcome`` with its detail and resolved object cleaned (itself when already clean)."""
-        detail, resolved = self.clean(outcome.detail), self.clean(outcome.resolved)
-        if detail == outcome.detail and resolved == outcome.resolved:
-            return outcome
-        return replace(outcome, detail=detail, resolved=resolved)
+        return self.outcomes((outcome,))[0]
 
     def outcomes(self, outcomes: Iterable[Outcome]) -> list[Outcome]:
-        return [self.outcome(o) for o in outcomes]
+        """Each outcome with its detail and resolved object cleaned (itself when already clean)."""
+        self._learn_auth()
+        cleaned = []
+        for outcome in outcomes:
+            detail, resolved = self._replace(plain(outcome.detail)), self._replace(plain(outcome.resolved))
+            if detail != outcome.detail or resolved != outcome.resolved:
+                outcome = replace(outcome, detail=detail, resolved=resolved)
+            cleaned.append(outcome)
+        return cleaned
