@@ -71,7 +71,8 @@ def _crash_log(exc: BaseException) -> str:
     import tempfile
     import traceback
 
-    text = "".join(traceback.format_exception(exc))
+    # (a bug report is shared: what a server said in it is plain, and no credential is in it)
+    text = Secrets.from_env(os.environ).redact(plain("".join(traceback.format_exception(exc)), keep_lines=True))
     try:
         fd, path = tempfile.mkstemp(prefix="bulkmdm-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:

@@ -221,3 +221,18 @@ async def test_a_token_server_echoing_the_client_secret_leaks_nothing(
     for text in (res.output, *(p.read_text(errors="replace") for p in tmp_path.rglob("*.csv"))):
         for bad in (secret, quote(secret, safe=""), refresh, "\x1b", "\u202e", "\x07"):
             assert bad not in text, bad
+
+
+def test_a_crash_file_holds_no_credential_and_no_escape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulkmdm.cli import _crash_log
+
+    monkeypatch.setenv("BULKMDM_USERNAME", "admin")
+    monkeypatch.setenv("BULKMDM_PASSWORD", SECRET)
+    try:
+        raise RuntimeError(f"the MDM said {ESCAPES} to Basic {BASIC}\nand {SECRET}")
+    except RuntimeError as exc:
+        path = Path(_crash_log(exc))
+    text = path.read_text()
+    path.unlink()
+    assert "Traceback" in text and "RuntimeError: the MDM said" in text and f"Basic {REDACTED}" in text
+    _assert_clean(text.encode(), path)
