@@ -669,7 +669,7 @@ def template(action_name: str, provider: str | None, url: str | None, out: Path 
             choices = _template_choices(spec, profile, provider, url)
         except BulkMDMError as exc:
             # the template is still worth having: without the lists, the columns take any name
-            click.echo(f"No dropdowns: {str(exc).rstrip('.')}.", err=True)
+            click.echo(f"No dropdowns: {Secrets.from_env(os.environ).clean(str(exc)).rstrip('.')}.", err=True)
     path = write_template(path, spec, provider=provider, choices=choices)
     click.echo(
         f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "

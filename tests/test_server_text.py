@@ -236,3 +236,21 @@ def test_a_crash_file_holds_no_credential_and_no_escape(monkeypatch: pytest.Monk
     path.unlink()
     assert "Traceback" in text and "RuntimeError: the MDM said" in text and f"Basic {REDACTED}" in text
     _assert_clean(text.encode(), path)
+
+
+async def test_a_template_whose_lists_fail_says_so_without_escapes_or_credentials(
+    loopback: Start, run_cli: Any, tmp_path: Path
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        echoed = request.headers.get("Authorization", "")
+        return web.json_response({"message": f"broken {ESCAPES} {echoed} {SECRET}"}, status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    url = await loopback(app)
+    out = tmp_path / "tag.xlsx"
+    args = ["template", "tag", "--provider", "duostation", "--url", url, "-o", str(out)]
+    res = await asyncio.to_thread(run_cli, args, env={"BULKMDM_PASSWORD": SECRET})
+    assert res.exit_code == 0 and "No dropdowns:" in res.output and "broken" in res.output, res.output
+    assert REDACTED in res.output
+    _assert_clean(res.output.encode(), "terminal")
