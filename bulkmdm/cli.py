@@ -21,6 +21,7 @@ import click
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
 from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
+from .shown import Secrets, plain
 from .words import counts_list, counts_text, plural
 
 if TYPE_CHECKING:
@@ -35,8 +36,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BulkMDMError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            _json_failed(ctx, exc.exit_code, str(exc))
+            # (a server's words may be in it: shown without escapes or credentials)
+            shown = Secrets.from_env(os.environ).clean(str(exc))
+            click.echo(f"Error: {shown}", err=True)
+            _json_failed(ctx, exc.exit_code, shown)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -72,7 +75,8 @@ def _crash_log(exc: BaseException) -> str:
     import tempfile
     import traceback
 
-    text = "".join(traceback.format_exception(exc))
+    # (a bug report is shared: what a server said in it is plain, and no credential is in it)
+    text = Secrets.from_env(os.environ).redact(plain("".join(traceback.format_exception(exc)), keep_lines=True))
     try:
         fd, path = tempfile.mkstemp(prefix="bulkmdm-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:
@@ -479,30 +483,17 @@ def _json_summary(lines: Any, result: RunResult, dry_run: bool, exit_code: int) 
     )
 
 
-SECRET_VARIABLES = (
-    "BULKMDM_PASSWORD",
-    "BULKMDM_API_KEY",
-    "BULKMDM_TOKEN",
-    "BULKMDM_CLIENT_SECRET",
-    "BULKMDM_REFRESH_TOKEN",
-    "BULKMDM_CLIENT_ID",
-)
-
-
 class _RedactingEcho(logging.Handler):
     """--verbose: log lines to stderr, with any credential value blanked out.
     (Nothing logs headers; this is the second lock on the door.)"""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         super().__init__(logging.INFO)
-        self.secrets = [v for k in SECRET_VARIABLES if len(v := env.get(k, "")) >= 4]
+        self.secrets = Secrets.from_env(env)
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        click.echo(text, err=True)
+        click.echo(self.secrets.clean(self.format(record)), err=True)
 
 
 def _log_to_stderr(env: Mapping[str, str]) -> None:
@@ -536,7 +527,7 @@ def _summary(result: RunResult, options: Any, dry_run: bool, *, stdout: bool = T
     if summary is not None and summary.failures:
         _failures(summary)
     if result.stopped:
-        click.echo(result.stopped, err=True)
+        click.echo(plain(result.stopped), err=True)
     if result.undo is not None and result.undo.not_undoable:
         what = ", ".join(f"{n} {action}" for action, n in sorted(result.undo.not_undoable.items()))
         click.echo(f"Cannot be undone (left out of the undo file): {what}.", err=True)
@@ -580,7 +571,7 @@ def _failures(summary: Any, shown: int = 8) -> None:
     for group in summary.failures[:shown]:
         lines = ", ".join(str(line) for line in group.lines) + (", ..." if group.count > len(group.lines) else "")
         where = f"line {lines}" if group.count == 1 else f"lines {lines}"
-        click.echo(f"  {group.count} x {group.reason.rstrip('.')}: {where}", err=True)
+        click.echo(f"  {group.count} x {plain(group.reason).rstrip('.')}: {where}", err=True)
     if len(summary.failures) > shown:
         rest = sum(group.count for group in summary.failures[shown:])
         others = plural(len(summary.failures) - shown, "other reason")
@@ -659,7 +650,7 @@ class PlainEvents:
         self.last = 0.0
 
     def message(self, text: str) -> None:
-        click.echo(text, err=True)
+        click.echo(plain(text), err=True)
 
     def start(self, total: int, done: int, counts: Mapping[str, int] | None = None) -> None:
         """``total`` rows, ``done`` of them finished before sending starts,
@@ -759,6 +750,7 @@ class TerminalEvents(PlainEvents):
             self.progress.update(self.task, completed=sum(self.counts.values()), **self._fields(time.monotonic()))
 
     def message(self, text: str) -> None:
+        text = plain(text)
         if self.progress is not None:
             self.progress.console.print(text, markup=False, highlight=False)
         else:
@@ -921,7 +913,7 @@ def template(action_name: str, provider: str | None, url: str | None, out: Path 
             choices = _template_choices(spec, profile, provider, url)
         except BulkMDMError as exc:
             # the template is still worth having: without the lists, the columns take any name
-            click.echo(f"No dropdowns: {str(exc).rstrip('.')}.", err=True)
+            click.echo(f"No dropdowns: {Secrets.from_env(os.environ).clean(str(exc)).rstrip('.')}.", err=True)
     path = write_template(path, spec, provider=provider, choices=choices)
     click.echo(
         f"Template: {path}. Fill in one row per device or user, then: bulkmdm run {shlex.quote(str(path))} "

@@ -104,8 +104,7 @@ def _count_calls(target: Connection, provider: Provider, calls: int) -> None:
         return
     from .errors import JournalError
     from .journal import Journal, state_dir
-    from .quota import tenant
 
     # (a journal that cannot be written must not hide what the export itself met)
     with contextlib.suppress(JournalError), Journal(state_dir(None, target.env)) as journal:
-        journal.add_calls(tenant(target.provider, target.url), calls)
+        journal.add_calls(type(provider).quota_tenant(target.url, target.env), calls)

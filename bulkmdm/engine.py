@@ -32,9 +32,10 @@ from .ownfiles import written
 from .report import RunSummary, UndoFile, check_writable, undo_path, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
+from .shown import Secrets
 from .connect import Connection, make_client
 from .limits import Pacing, for_run
-from .quota import DayQuota, tenant as quota_tenant
+from .quota import DayQuota
 from .transport import Client
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -140,7 +141,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
         client = _client(provider_cls, url, options, scheduler, pacing)
-        tenant = quota_tenant(provider_cls.name, url)
+        tenant = provider_cls.quota_tenant(url, options.env)
         calls_today = journal.calls_today(tenant)
         provider = provider_cls(
             client,
@@ -280,7 +281,7 @@ async def _plan_and_send(
     # see all rows at once (chunk_rows None).
     chunked = bool(provider.chunk_rows) and not confirm
     chunk_rows = (provider.chunk_rows or len(rows)) if chunked else len(rows)
-    ledger = _RunLedger(journal, opened.run_id, events)
+    ledger = _RunLedger(journal, opened.run_id, events, Secrets.from_env(options.env, auth=provider.client.auth))
     feed = PlanFeed(
         provider,
         rows,
@@ -325,24 +326,27 @@ def _confirm_destructive(feed: PlanFeed, events: Events) -> None:
 class _RunLedger:
     """The journal for one run, as the plan feed and the scheduler write to it."""
 
-    def __init__(self, journal: Journal, run_id: int, events: Events) -> None:
+    def __init__(self, journal: Journal, run_id: int, events: Events, secrets: Secrets) -> None:
         self.journal = journal
         self.run_id = run_id
         self.events = events
+        #: what a server said enters the journal here, and only as text fit to show
+        self.secrets = secrets
 
     def mark_in_flight(self, indices: Sequence[int]) -> None:
         self.journal.mark_in_flight(self.run_id, indices)
 
     def record(self, outcomes: Sequence[Outcome]) -> None:
-        self.journal.record(self.run_id, outcomes)
+        self.journal.record(self.run_id, self.secrets.outcomes(outcomes))
 
     def write(
         self, outcomes: Sequence[Outcome], in_flight: Sequence[int], undo: Sequence[tuple[int, Mapping[str, str]]]
     ) -> None:
-        self.journal.write(self.run_id, outcomes or None, in_flight, undo)
+        self.journal.write(self.run_id, self.secrets.outcomes(outcomes) or None, in_flight, undo)
 
     def record_decided(self, outcomes: list[Outcome]) -> None:
         """Rows planning decided (skipped, failed look-up): journaled and shown at once."""
+        outcomes = self.secrets.outcomes(outcomes)
         self.record(outcomes)
         self.events.advance(outcomes)
 
@@ -360,8 +364,9 @@ def _conclude(
         if not opened.resumed:
             journal.delete_run(opened.run_id)
         raise run_error
+    secrets = Secrets.from_env(options.env)
     if scheduler.stop_reason is not None:
-        journal.set_stop_reason(opened.run_id, scheduler.stop_reason)
+        journal.set_stop_reason(opened.run_id, secrets.clean(scheduler.stop_reason))
     try:
         summary = write_run_report(journal, opened.run_id, result.report_path)
     except BulkMDMError:
@@ -388,6 +393,7 @@ def _conclude(
         )
     elif scheduler.breaker_stop is not None:
         result.stopped = f"{scheduler.breaker_stop.rstrip('.')}. The rows not sent are not-run."
+    result.stopped = secrets.clean(result.stopped) if result.stopped else result.stopped
     if not summary.incomplete and not options.dry_run:
         journal.finish(opened.run_id, result.exit_code)
 

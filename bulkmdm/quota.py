@@ -24,6 +24,7 @@ clock to just before midnight instead of waiting a day).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -49,8 +50,13 @@ def next_reset(moment: datetime) -> datetime:
     return datetime.combine(moment.date() + timedelta(days=1), datetime.min.time())
 
 
-def tenant(provider: str, url: str) -> str:
-    """Whose API quota calls spend: one MDM, as the journal counts its calls per day."""
+def tenant(provider: str, url: str, organisation: str = "") -> str:
+    """Whose API quota calls spend, as the journal counts its calls per day:
+    the ``organisation`` where the vendor counts per organisation (several
+    share one cloud URL), else the MDM at ``url``. The organisation is kept
+    only as a SHA-256 digest: what names it may be a credential."""
+    if organisation:
+        return f"{provider} organisation {hashlib.sha256(organisation.encode()).hexdigest()[:32]}"
     return f"{provider} {url.rstrip('/')}"
 
 

@@ -41,6 +41,7 @@ from .jobfile import NOT_WRITTEN, not_in_excel
 from .model import BAD_STATUSES, Status, reason_key
 from .ownfiles import file_digest, mdm_key, remember
 from .words import NOT_SENT
+from .shown import plain
 
 if TYPE_CHECKING:
     from .journal import Journal, RowRecord
@@ -403,20 +404,22 @@ class _Tally:
 
 
 def outcome_values(record: RowRecord, stop_reason: str | None) -> list[str]:
-    """The report's outcome columns for one journal row."""
+    """The report's outcome columns for one journal row (the journal holds
+    them cleaned; a journal written by an older bulkmdm may not: ``plain``)."""
     if record.state == "done":
         return [
             record.status or "",
-            record.detail or "",
+            plain(record.detail or ""),
             record.http_status or "",
             record.attempts or "",
-            record.resolved or "",
+            plain(record.resolved or ""),
         ]
     if record.state == "in_flight":
         return [str(Status.UNKNOWN), IN_FLIGHT_DETAIL, "", "", ""]
     if record.status == str(Status.NOT_RUN) and record.detail:
-        return [str(Status.NOT_RUN), record.detail, "", "", record.resolved or ""]  # why this row was held back
-    return [str(Status.NOT_RUN), stop_reason or NOT_RUN_DETAIL, "", "", ""]
+        # why this row was held back
+        return [str(Status.NOT_RUN), plain(record.detail), "", "", plain(record.resolved or "")]
+    return [str(Status.NOT_RUN), plain(stop_reason or NOT_RUN_DETAIL), "", "", ""]
 
 
 def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:

@@ -606,6 +606,47 @@ def test_delete_user_by_user_id_and_account_names_that_look_like_addresses(
     assert duo.call(lambda: st.devices[F["untagged_device"]["id"]]["userId"]) == uid
 
 
+@pytest.mark.parametrize("action", ["assign-user", "tag-user"])
+def test_a_value_that_is_one_users_email_and_anothers_account_name_fails_naming_both(
+    duo: Any, run_cli: Any, tmp_path: Path, action: str
+) -> None:
+    st = state(duo)
+    address = F["user_without_devices"]["email"]
+    other = duo.call(lambda: st.add_user({"name": "Sam Annan", "email": "sam.annan@skola.se", "accountName": address}))
+    column = "user" if action == "assign-user" else "email"
+    job = write_csv(
+        tmp_path / "both.csv",
+        [["serial", column, "tag"], [F["untagged_device"]["serial"], address, F["tagged_user"]["tag"]]],
+    )
+    before = len(changes(duo))
+    res = run(run_cli, duo, job, "--action", action)
+    assert res.report[0]["status"] == "failed", res.report
+    detail = res.report[0]["detail"]
+    assert f"{address} (id {F['user_without_devices']['id']}) by email" in detail, detail
+    assert f"sam.annan@skola.se (id {other}) by account name" in detail, detail
+    assert len(changes(duo)) == before
+
+
+def test_an_app_named_like_another_apps_id_fails_naming_both(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    st = state(duo)
+    kahoot = F["app"]
+    other = duo.call(lambda: next(a for a in st.apps.values() if a["id"] != kahoot["id"]))
+
+    def rename() -> None:
+        other["name"] = str(kahoot["id"])
+        st._changed("apps")
+
+    duo.call(rename)
+    job = write_csv(tmp_path / "app.csv", [["serial", "app"], [F["untagged_device"]["serial"], str(kahoot["id"])]])
+    before = len(changes(duo))
+    res = run(run_cli, duo, job, "--action", "install-app")
+    detail = res.report[0]["detail"]
+    assert res.report[0]["status"] == "failed", res.report
+    assert f"{kahoot['name']} (id {kahoot['id']}) by id" in detail, detail
+    assert f"{kahoot['id']} (id {other['id']}) by name or package id" in detail, detail
+    assert len(changes(duo)) == before
+
+
 def test_planned_in_chunks(duo: Any, run_cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A job planned a chunk at a time (as a huge one is) fetches its lists
     once, catches a repeat across chunks and reports every row."""

@@ -257,10 +257,30 @@ async def test_assign_user_finds_the_account_through_owner_id_once_per_email(sim
         result = await provider.execute([s for s in out[:3] if isinstance(s, Step)])
     assert statuses(result) == ["succeeded"] * 3
     assert all(t["ownerId"] == account and t["emailAddress"] == owner_device["emailAddress"] for t in targets)
-    # one device-list page, one search for the email (whatever its case), two
-    # for the unknown user (by email address, then by uid)
-    assert sim.stats.by_route["GET /api/v1/device"] == 4
+    # one device-list page, two searches for the email (whatever its case) and
+    # two for the unknown user: by email address and by uid, each
+    assert sim.stats.by_route["GET /api/v1/device"] == 5
     assert sim.stats.by_route["PUT /api/v1/device/updateAccount"] == 1
+
+
+async def test_an_address_that_is_one_accounts_email_and_anothers_uid_fails_naming_both(sim: SimServer) -> None:
+    state = state_of(sim)
+    target, by_email = pick(sim, 2, registrationState="ACTIVE")
+    other = next(d for d in pick(sim, 50, registrationState="ACTIVE") if d["ownerId"] != by_email["ownerId"])
+    address, b = by_email["emailAddress"], other["ownerId"]
+
+    def give_uid() -> None:
+        state.accounts[b]["uid"] = address
+        for device in [d for d in state.devices.values() if d["ownerId"] == b]:
+            state._set_owner(device, b)
+
+    sim.call(give_uid)
+    async with ivanti(sim) as provider:
+        out = await provider.plan(rows("assign-user", [target], email=address))
+    assert isinstance(out[0], Outcome) and out[0].status is Status.FAILED, out
+    assert f"account {by_email['ownerId']} by emailAddress" in out[0].detail
+    assert f"account {b} by uid" in out[0].detail
+    assert sim.stats.mutating == 0
 
 
 async def test_message_batches_by_text(sim: SimServer) -> None:
@@ -698,8 +718,10 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
         "sortFields[0].order": "ASC",
     }
     # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
-    (by_email,) = [r for r in sent("GET", "device") if "fq" in r["args"]]
+    # and "UID EQ <uid>": an address that is one account's email and another's uid names neither
+    by_email, by_uid = [r for r in sent("GET", "device") if "fq" in r["args"]]
     assert dict(by_email["args"]) == {"q": "", "dmPartitionId": "1", "fq": f"EMAILADDRESS EQ {owner['emailAddress']}"}
+    assert dict(by_uid["args"]) == {"q": "", "dmPartitionId": "1", "fq": f"UID EQ {owner['emailAddress']}"}
     # "To lock multiple devices, you can chain the ids parameter: ids=126070&ids=337552"
     for segment in ("lock", "unlock", "forceCheckin"):
         (put,) = sent("PUT", f"device/{segment}")

@@ -219,6 +219,17 @@ async def test_remove_app_disassociates(sim: SimServer, mode: str) -> None:
 # -- look-ups ------------------------------------------------------------------
 
 
+async def test_an_app_named_like_another_apps_bundle_identifier_fails_naming_both(sim: SimServer) -> None:
+    other = FACTS["installed_app"]
+    sim.call(lambda: state(sim).apps[other["id"]].update(app_name=APP["bundle_identifier"]))
+    job = rows({"action": "install-app", "serial": FACTS["free_device"]["serial"], "app": APP["bundle_identifier"]})
+    out = await run(sim, env_for("on-premises", sim), job)
+    assert statuses(out) == ["failed"]
+    assert f"{APP['name']} (app id {APP['id']}) by bundle identifier" in out[0].detail, out[0].detail
+    assert f"{APP['bundle_identifier']} (app id {other['id']}) by name" in out[0].detail, out[0].detail
+    assert sim.stats.mutating == 0
+
+
 async def test_not_found_ambiguous_and_blank_rows_fail_without_sending(sim: SimServer) -> None:
     g = GROUP["name"]
     job = rows(

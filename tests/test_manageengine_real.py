@@ -34,10 +34,10 @@ from test_manageengine import (
     write_csv,
 )
 
-from bulkmdm.errors import AuthError
+from bulkmdm.errors import AuthError, ConfigError
 from bulkmdm.model import JobRow, Outcome, Step
 from bulkmdm.providers.base import Settings
-from bulkmdm.providers.manageengine import ManageEngine, region_hint, zoho_token_url
+from bulkmdm.providers.manageengine import ManageEngine, cloud_host, region_hint, zoho_token_url
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.manageengine import FACTS, REMOVED_ID_OFFSET
 from bulkmdm.transport import Client
@@ -222,13 +222,43 @@ def test_a_first_list_answering_404_on_both_bases_says_check_url(me: SimServer, 
         ("https://mdm.manageengine.sa", "accounts.zoho.sa"),
         ("https://mdm.manageengine.co.uk", "accounts.zoho.uk"),
         ("https://mdm.manageengine.uk", "accounts.zoho.uk"),
-        ("https://mdm.manageengine.ae", "accounts.zoho.ae"),
         ("https://mdm.skolan.se", "accounts.zoho.com"),
         ("http://127.0.0.1:8080", "accounts.zoho.com"),
     ],
 )
 def test_token_url_comes_from_the_tenants_region(url: str, accounts: str) -> None:
     assert zoho_token_url(url) == f"https://{accounts}/oauth/v2/token"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://mdm.manageengine.cm", "https://mdm.manageengine.ae", "https://mdm.manageengine.com.evil.example"]
+)
+async def test_a_cloud_address_in_no_known_region_is_refused_before_anything_is_sent(me: SimServer, url: str) -> None:
+    """The client secret would go to accounts.zoho.<whatever --url ends in>."""
+    env = env_for("cloud", me)
+    del env["BULKMDM_OAUTH_URL"]
+    with pytest.raises(ConfigError) as info:
+        async with provider_for(me, env, settings_url=url):
+            pass
+    message = str(info.value)
+    assert str(cloud_host(url)) in message and "nothing was sent" in message
+    for host in ("accounts.zoho.com", "accounts.zoho.eu", "accounts.zohocloud.ca", "accounts.zoho.uk"):
+        assert host in message
+    assert "accounts.zoho.cm" not in message and "evil" not in message.split("hosts are")[1]
+    # an explicit token endpoint is the admin's choice, whatever --url is
+    async with provider_for(me, env_for("cloud", me), settings_url=url) as provider:
+        assert provider.client.auth.token_url == me.url + "/oauth/v2/token"  # type: ignore[attr-defined]
+    assert me.stats.requests == 0
+
+
+def test_a_mistyped_cloud_address_stops_the_run_in_one_sentence(me: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    env = {**env_for("cloud", me), "BULKMDM_OAUTH_URL": ""}
+    job = write_csv(tmp_path / "me.csv", [["serial", "group"], [FACTS["free_device"]["serial"], GROUP["name"]]])
+    args = ["run", str(job), "--provider", "manageengine", "--url", "https://mdm.manageengine.cm", "--yes"]
+    result = run_cli([*args, "--action", "add-to-group"], env=env)
+    assert result.exit_code == 2 and not result.report
+    assert "mdm.manageengine.cm is no ManageEngine cloud region" in result.output
+    assert "accounts.zoho.com.au" in result.output and "Traceback" not in result.output
 
 
 def test_region_hint_names_the_tenants_accounts_server() -> None:

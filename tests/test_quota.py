@@ -242,3 +242,28 @@ def test_a_run_killed_part_way_has_counted_every_call_it_made(sim: SimServer, tm
     counted = sum(calls_by_day(tmp_path).values())
     # each call was counted before it went out: at most the ones in flight at the kill were not served
     assert served <= counted <= served + 10
+
+
+def test_the_daily_quota_is_counted_per_organisation_not_per_url(sim: SimServer, tmp_path: Path) -> None:
+    """Organisations share mdm.manageengine.<region>: one's calls must not spend another's day."""
+    from test_manageengine import CLIENT_ID
+
+    from bulkmdm.providers.manageengine import ManageEngine
+
+    job, devices = job_of(tmp_path, sim, 4)
+    ours = env_for("cloud", sim, BULKMDM_API_KEY="")
+    result = run(tmp_path, sim, job, Recorded(), env=ours)
+    assert result.counts == {"succeeded": 4}
+    other = {**ours, "BULKMDM_CLIENT_ID": "1000.ANOTHER-ORGANISATION"}
+    with Journal(tmp_path / "state") as journal:
+        # (the token request counts too: every request takes a slot of the run)
+        assert journal.calls_today(ManageEngine.quota_tenant(sim.url, ours)) >= state(sim).calls_today > 0
+        assert journal.calls_today(ManageEngine.quota_tenant(sim.url, other)) == 0
+        kept = [tenant for (tenant,) in journal.db.execute("SELECT DISTINCT tenant FROM calls")]
+    assert kept == [ManageEngine.quota_tenant(sim.url, ours)]
+    assert CLIENT_ID not in kept[0] and "organisation" in kept[0]
+    # an on-premises server is its organisation's own: counted per server
+    on_premises = env_for("on-premises", sim)
+    assert ManageEngine.quota_tenant(sim.url, on_premises) == f"manageengine {sim.url}"
+    cloud_key = ManageEngine.quota_tenant("https://mdm.manageengine.com", on_premises)
+    assert cloud_key != "manageengine https://mdm.manageengine.com" and on_premises["BULKMDM_API_KEY"] not in cloud_key

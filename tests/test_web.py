@@ -67,29 +67,40 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         yield server
 
 
-def _client(cookie: bool = True) -> aiohttp.ClientSession:
+def _client(served: Served | None = None) -> aiohttp.ClientSession:
+    """A client; with ``served``, holding a session of that server (as after a visit with the secret)."""
     jar = aiohttp.CookieJar(unsafe=True)  # the default jar ignores cookies of a bare IP address
     session = aiohttp.ClientSession(cookie_jar=jar)
-    if cookie:
-        jar.update_cookies({"bulkmdm_session": SECRET})
+    if served is not None:
+        jar.update_cookies({served.state.guard.cookie: served.state.guard.open_session()})
     return session
 
 
 async def test_first_visit_trades_the_secret_for_a_strict_cookie(served: Served) -> None:
-    async with _client(cookie=False) as client:
+    async with _client() as client:
         async with client.get(f"{served.url}/jobs/x?token={SECRET}&page=2", allow_redirects=False) as resp:
             assert resp.status == 302
             assert resp.headers["Location"] == "/jobs/x?page=2"
             cookie = resp.headers["Set-Cookie"]
             assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            # a session id of its own, named for this port: the browser sends it to every 127.0.0.1 server
+            name, _, value = cookie.partition(";")[0].partition("=")
+            assert name == f"bulkmdm_session_{served.port}" and SECRET not in cookie and len(value) >= 32
         async with client.get(f"{served.url}/") as resp:
             assert resp.status == 200
             assert "Content-Security-Policy" in resp.headers and resp.headers["X-Frame-Options"] == "DENY"
+    # the secret itself as a cookie, under either name, opens nothing
+    for name in ("bulkmdm_session", f"bulkmdm_session_{served.port}"):
+        async with (
+            aiohttp.ClientSession(cookies={name: SECRET}) as client,
+            client.get(f"{served.url}/", allow_redirects=False) as resp,
+        ):
+            assert resp.status == 403
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.css", "/jobs/abc", "/runs/abc/events", "/history/1/report"])
 async def test_no_secret_no_page(served: Served, path: str) -> None:
-    async with _client(cookie=False) as client:
+    async with _client() as client:
         for url in (f"{served.url}{path}", f"{served.url}{path}?token=wrong-secret"):
             async with client.get(url, allow_redirects=False) as resp:
                 assert resp.status == 403
@@ -98,7 +109,7 @@ async def test_no_secret_no_page(served: Served, path: str) -> None:
 
 
 async def test_wrong_host_is_refused_even_with_the_secret(served: Served) -> None:
-    async with _client() as client:
+    async with _client(served) as client:
         for host in (f"evil.example:{served.port}", f"127.0.0.1:{served.port + 1}", "localhost"):
             async with client.get(
                 f"{served.url}/?token={SECRET}", headers={"Host": host}, allow_redirects=False
@@ -118,7 +129,7 @@ async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -
             "duostation:BULKMDM_USERNAME": "admin",
             "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
         }
-        async with _client() as client:
+        async with _client(served) as client:
             for token in (None, "forged"):
                 data = dict(form, **({"csrf": token} if token else {}))
                 async with client.post(f"{served.url}/connect", data=data, allow_redirects=False) as resp:
@@ -141,7 +152,7 @@ async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -
 
 
 async def test_upload_over_the_cap_is_one_sentence_and_keeps_nothing(served: Served) -> None:
-    async with _client() as client:
+    async with _client(served) as client:
         upload = aiohttp.FormData()
         upload.add_field("csrf", served.csrf)
         upload.add_field("job", b"action,serial\n" + b"lock,ABC\n" * 1000, filename="big.csv")
@@ -154,7 +165,7 @@ async def test_upload_over_the_cap_is_one_sentence_and_keeps_nothing(served: Ser
 
 
 async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
-    async with _client() as client:
+    async with _client(served) as client:
         upload = aiohttp.FormData()
         upload.add_field("csrf", served.csrf)
         upload.add_field("job", b"hello", filename="notes.txt")
@@ -195,7 +206,7 @@ async def test_a_100000_row_job_is_previewed_a_page_at_a_time(tmp_path: Path) ->
         writer = csv.writer(fh)
         writer.writerow(["action", "serial", "Tagg", "Serail"])
         writer.writerows(["lock" if i % 1000 else "lokc", f"SN{i:07d}", "x", ""] for i in range(100_000))
-    async with _serve_app(tmp_path / "state") as server, _client() as client:
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         started = time.monotonic()
         first = await _upload(client, server, job)
         first_page = time.monotonic() - started
@@ -321,7 +332,7 @@ async def test_history_lists_runs_started_in_the_terminal(served: Served, tmp_pa
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert await process.wait() == 0
-    async with _client() as client:
+    async with _client(served) as client:
         async with client.get(f"{served.url}/") as resp:
             page = await resp.text()
         assert "terminal-job.csv" in page and "1</b> succeeded" in page
@@ -387,7 +398,7 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
         "duostation:BULKMDM_PASSWORD": "admin",
     }
     duo.faults.update({"latency": 0.2, "mutating_only": True})
-    async with _serve_app(tmp_path / "state") as server, _client() as client:
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
         job_page = _job_page(await _upload(client, server, job))
         run_page = await _dry_run_and_run(client, server, job_page, "2/s")
@@ -400,7 +411,7 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
     sent = duo.call(lambda: len([c for c in state.commands if c["command"] == "lockdevice"]))
     assert 0 < sent < len(serials)
     duo.faults.update({"latency": 0.0})
-    async with _serve_app(tmp_path / "state") as server, _client() as client:  # a new `bulkmdm serve`
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:  # a new `bulkmdm serve`
         await _post(client, server, "/connect", **connect)
         preview = await _upload(client, server, job)
         assert _job_page(preview) == job_page and 'id="unfinished"' in preview
@@ -416,7 +427,7 @@ async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tm
     job = tmp_path / "Björkskolan lån.xlsx"
     job.write_bytes(source.read_bytes())
     served.state.max_upload = 1024 * 1024
-    async with _client() as client:
+    async with _client(served) as client:
         page = await _upload(client, served, job)
     assert "Björkskolan lån.xlsx" in page and "✓ serial" in page
     assert any(path.name == job.name for path in served.state.uploads_dir.glob("*/*"))
@@ -425,7 +436,7 @@ async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tm
 async def test_an_unusable_state_folder_is_one_sentence(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    async with _serve_app(blocker / "state") as server, _client() as client:
+    async with _serve_app(blocker / "state") as server, _client(server) as client:
         page = await _upload(client, server, write_csv(tmp_path / "j.csv", [["action", "serial"], ["lock", "A"]]))
         async with client.get(f"{server.url}/") as resp:
             home = await resp.text()
@@ -443,7 +454,7 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
         "duostation:BULKMDM_USERNAME": "admin",
         "duostation:BULKMDM_PASSWORD": "admin",
     }
-    async with _serve_app(tmp_path / "state") as server, _client() as client:
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
         preview = await _upload(client, server, job)
         assert 'id="action"' in preview and "No problems found" in preview
@@ -490,6 +501,60 @@ def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop
     assert proc.returncode == 0 and "Traceback" not in err
 
 
+#: A stand-in browser: writes down its command line (what `ps` shows every
+#: local user) and what the file it was given holds, with its permissions.
+FAKE_BROWSER = """
+import json, os, stat, sys
+from urllib.parse import unquote, urlsplit
+path = unquote(urlsplit(sys.argv[1]).path) if sys.argv[1].startswith("file:") else ""
+info = {"argv": sys.argv[1:], "path": path}
+if path:
+    info["mode"] = stat.S_IMODE(os.stat(path).st_mode)
+    info["page"] = open(path, encoding="utf-8").read()
+with open(sys.argv[2] + ".tmp", "w") as fh:
+    json.dump(info, fh)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+"""
+
+
+def test_the_browser_is_opened_through_a_private_file_never_with_the_secret(tmp_path: Path) -> None:
+    """As jupyter_server does: the browser's command line names a file only the user can read."""
+    import json
+    import shlex
+
+    script, record = tmp_path / "browser.py", tmp_path / "browser.json"
+    script.write_text(FAKE_BROWSER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
+    env.update(DISPLAY=":0", BROWSER=shlex.join([sys.executable, str(script), "%s", str(record)]))
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip().removeprefix("Open ")
+        secret = address.partition("token=")[2]
+        assert len(secret) >= 20, address
+        deadline = time.monotonic() + 60
+        while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        opened = json.loads(record.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(secret in arg for arg in opened["argv"]), opened["argv"]
+    assert opened["argv"][0].startswith("file://") and opened["path"].startswith(str(state_dir))
+    assert opened["mode"] == 0o600
+    assert f'content="0;url={address}"' in opened["page"] and f'href="{address}"' in opened["page"]
+    assert not Path(opened["path"]).exists()  # removed when serve stops
+
+
 async def test_a_saved_profile_connects_with_its_keyring_credentials(
     served: Served, tmp_path: Path, duo: SimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -520,7 +585,7 @@ async def test_a_saved_profile_connects_with_its_keyring_credentials(
     config.mkdir()
     (config / "config.toml").write_text(f'[profiles.skolan]\nprovider = "duostation"\nurl = "{duo.url}"\n')
     monkeypatch.setenv("BULKMDM_CONFIG_DIR", str(config))
-    async with _client() as client:
+    async with _client(served) as client:
         async with client.get(f"{served.url}/") as resp:
             page = await resp.text()
         assert 'id="profile"' in page and ">skolan<" in page

@@ -65,7 +65,9 @@ from ..errors import (
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
+from ..quota import tenant
 from ..retry import RetryPolicy
+from ..shown import plain
 from ..transport import Auth, BasicAuth, Client, Response
 from ..words import NOT_SENT
 
@@ -216,6 +218,12 @@ class Provider(ABC):
     def api_base(cls, url: str) -> str:
         """The root the vendor's documented paths are appended to."""
         return url.rstrip("/") + cls.api_path
+
+    @classmethod
+    def quota_tenant(cls, url: str, env: Mapping[str, str]) -> str:
+        """Whose daily quota this run's calls spend (the journal's count of them).
+        Default: the MDM at ``url``."""
+        return tenant(cls.name, url)
 
     def batch_size(self) -> int:
         size = self.settings.batch_size or self.max_batch
@@ -470,8 +478,10 @@ class Index:
             keys = value if isinstance(value, (list, tuple, set)) else (value,)
             for k in keys:
                 norm = self._norm(k)
-                if norm:
-                    by.setdefault(norm, []).append(obj)
+                held = by.setdefault(norm, []) if norm else None
+                # (an object whose two keys are equal, a name that is also its package id, is one match)
+                if held is not None and not any(other is obj for other in held):
+                    held.append(obj)
 
     def _norm(self, value: Any) -> str:
         if value is None:
@@ -527,7 +537,7 @@ _MESSAGE_KEYS = (
 
 def body_message(body: Any) -> str:
     """The human part of an error body, if any (one line, at most 200 characters)."""
-    text = " ".join(_message_in(body, depth=0).split())
+    text = " ".join(plain(_message_in(body, depth=0)).split())
     if text.startswith("<"):
         return ""  # an HTML error page says nothing useful in one line
     return text[:200]
@@ -595,7 +605,7 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
             exc.attempts,
             step.resolved,
         )
-    detail = sentence(str(exc), empty="The request failed")
+    detail = sentence(plain(str(exc)), empty="The request failed")
     if isinstance(exc, AmbiguousError):
         return Outcome(
             step.index,
@@ -666,6 +676,40 @@ def one_of(found: Sequence[Any], value: str, label: str, what: str) -> Any:
     if len(found) > 1:
         raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
     return found[0]
+
+
+def one_across(
+    value: str,
+    label: str,
+    what: str,
+    found: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    ident: Callable[[Any], Any],
+    name: Callable[[Any], str],
+) -> Any:
+    """The one object ``value`` names in any of the fields a vendor searches.
+
+    ``found`` holds, per field (``"email"``, ``"account name"``), the objects
+    whose field holds ``value``. One object found by several fields is one
+    match; different objects (one by e-mail, another by account name) are
+    ambiguous however each field alone would resolve, and the row fails
+    naming them. Objects are the same when their ``ident`` is.
+    """
+    if not key(value):
+        raise LookupFailed(f"the {label} is blank")
+    matches: dict[str, tuple[Any, list[str]]] = {}
+    for field_name, objects in found:
+        for obj in objects:
+            ident_key = key(ident(obj)) or f"#{id(obj)}"
+            fields = matches.setdefault(ident_key, (obj, []))[1]
+            if field_name not in fields:
+                fields.append(field_name)
+    if not matches:
+        raise LookupFailed(f"{label} '{value}' was not found")
+    if len(matches) == 1:
+        return next(iter(matches.values()))[0]
+    named = "; ".join(f"{name(obj)} by {' and '.join(fields)}" for obj, fields in list(matches.values())[:5])
+    raise LookupFailed(f"{label} '{value}' matches {len(matches)} {what}s ({named}); make it unique")
 
 
 # -- lists -------------------------------------------------------------------

@@ -65,6 +65,7 @@ from .base import (
     fkey,
     get_field,
     key,
+    one_across,
     one_of,
     outcome_from_response,
     read_back,
@@ -124,6 +125,12 @@ ReadBack = Callable[[], Awaitable["bool | None"]]
 
 #: the columns ``inventory`` yields, in order
 INVENTORY_COLUMNS = ("serial", "device_id", "name", "model", "email", "user", "group", "tags")
+
+
+def _user_name(user: Any) -> str:
+    """A user as a look-up names it: e-mail or account name, and id."""
+    shown = key(get_field(user, *EMAIL)) or key(get_field(user, *ACCOUNT)) or "a user"
+    return f"{shown} (id {key(_id(user, *USER_ID)) or '?'})"
 
 
 def _id(obj: Any, *alternatives: str) -> Any:
@@ -540,8 +547,8 @@ class DuoStation(Provider):
             if isinstance(found, list):
                 found = _matching(found, fields, wanted[1], what, value)
             extra[wanted] = found
-            if then is not None and not found:
-                # an account name may itself look like an address (anna@skola.se)
+            if then is not None:
+                # an account name may itself look like an address (anna@skola.se), another user's
                 next_kind, next_path, next_what, next_fields = then
                 more = await self._search(next_path, next_what, value, by_id=False)
                 if isinstance(more, list):
@@ -649,19 +656,25 @@ class DuoStation(Provider):
         return one_of(found[0], value, label, "device"), found[1]
 
     def _user(self, value: str, lists: dict[str, Any]) -> tuple[Any, bool]:
+        """The user ``value`` names by e-mail or by account name (an account
+        name may itself look like an address: anna@skola.se), and whether the
+        user list held it. A value that is one user's e-mail and another's
+        account name names neither."""
         if not value.strip():
             raise LookupFailed("the user is blank")
+        fields = [("account name", self._find(lists, "user_by_account", "account", value))]
         if "@" in value:
-            found = self._find(lists, "user_by_email", "email", value)
-            if found[0]:
-                return one_of(found[0], value, "user with email", "user"), found[1]
-            # an account name may itself look like an address (anna@skola.se)
-            found = self._find(lists, "user_by_account", "account", value)
-            if not found[0]:
-                raise LookupFailed(f"user with email '{value}' was not found")
-            return one_of(found[0], value, "user with account name", "user"), found[1]
-        found = self._find(lists, "user_by_account", "account", value)
-        return one_of(found[0], value, "user with account name", "user"), found[1]
+            fields.insert(0, ("email", self._find(lists, "user_by_email", "email", value)))
+        label = "user with email" if "@" in value else "user with account name"
+        user = one_across(
+            value,
+            label,
+            "user",
+            [(field, found) for field, (found, _listed) in fields],
+            ident=lambda u: _id(u, *USER_ID),
+            name=_user_name,
+        )
+        return user, any(listed and any(u is user for u in found) for _field, (found, listed) in fields)
 
     @staticmethod
     def _tag(name: str, lists: dict[str, Any]) -> Any:
@@ -675,18 +688,23 @@ class DuoStation(Provider):
     def _app(value: str, lists: dict[str, Any]) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank")
-        found = {id(a): a for a in lists["app_by_key"].find(value)}
-        if not found:
-            # As for tags: a different capitalisation of a name or package id
-            # is accepted only when it points at exactly one app.
-            found = {id(a): a for a in lists["app_by_key_folded"].find(value)}
-        if not found and value.strip().isdigit():
-            found = {id(a): a for a in lists["app_by_id"].find(value)}
-        if not found:
+        # As for tags: a different capitalisation of a name or package id is
+        # accepted only when it points at exactly one app.
+        by_key = lists["app_by_key"].find(value) or lists["app_by_key_folded"].find(value)
+        by_id = lists["app_by_id"].find(value) if value.strip().isdigit() else []
+        if not by_key and not by_id:
             raise LookupFailed(f"app '{value}' was not found (give its name, package id or id)")
-        if len(found) > 1:
-            raise LookupFailed(f"app '{value}' matches {len(found)} apps; give its package id instead")
-        return next(iter(found.values()))
+        return one_across(
+            value,
+            "app",
+            "app",
+            [("name or package id", by_key), ("id", by_id)],
+            ident=lambda a: _id(a, *APP_ID),
+            name=lambda a: (
+                f"{key(get_field(a, 'name')) or key(get_field(a, *PACKAGE)) or 'an app'} "
+                f"(id {key(_id(a, *APP_ID)) or '?'})"
+            ),
+        )
 
     @staticmethod
     def _id_of(obj: Any, lists: dict[str, Any], index: str, what: str, shown: Any, *alternatives: str) -> Any:

@@ -81,6 +81,7 @@ from .base import (
     get_field,
     iter_pages,
     key,
+    one_across,
     outcome_from_error,
     planned,
     read_back,
@@ -527,34 +528,43 @@ class Ivanti(Provider):
         searches.append(("UID", "uid"))  # uid is often the email address too
         refused: ListFailed | None = None
         without_owner: set[str] = set()  # devices of this user listed without an ownerId
+        # Every search is made and the owners pooled: an address that is one
+        # account's e-mail and another's uid names neither.
+        found: list[tuple[str, list[Any]]] = []
         for field, attr in searches:
             # "?q=&dmPartitionId=23505&fq=EMAILADDRESS+EQ+<email>"
             try:
                 result = await self._search({"q": "", "dmPartitionId": self.partition, "fq": f"{field} EQ {who}"})
+                devices = as_list(result, "searchResults")
             except ListFailed as exc:
-                refused = refused or exc
-                continue
+                if self._fleet is None:
+                    refused = refused or exc
+                    continue
+                # A server that ignores the fq filter answers with an unfiltered
+                # first page, one that does not know it with an error; the device
+                # list of this run carries the same emailAddress/uid/ownerId fields.
+                devices = self._fleet.devices
             # The doc's example answer has " [email protected]" with a
             # leading space: compare trimmed, case-insensitively.
-            mine = [d for d in as_list(result, "searchResults") if key(get_field(d, attr)).casefold() == who.casefold()]
-            owners = {key(owner): owner for d in mine if key(owner := get_field(d, "ownerId"))}
+            mine = [d for d in devices if key(get_field(d, attr)).casefold() == who.casefold()]
+            found.append((attr, [owner for d in mine if key(owner := get_field(d, "ownerId"))]))
             without_owner.update(
                 key(get_field(d, "id")) or json.dumps(d, default=str) for d in mine if not key(get_field(d, "ownerId"))
             )
-            if owners:
-                return _one_owner(who, owners)
-        if self._fleet is not None:
-            # A server that ignores the fq filter answers with an unfiltered
-            # first page, one that does not know it with an error; the device
-            # list of this run carries the same emailAddress/uid/ownerId fields.
-            for _field, attr in searches:
-                owners = {
-                    key(o): o
-                    for d in self._fleet.devices
-                    if key(get_field(d, attr)).casefold() == who.casefold() and key(o := get_field(d, "ownerId"))
-                }
-                if owners:
-                    return _one_owner(who, owners)
+        if not any(owners for _attr, owners in found) and self._fleet is not None:
+            found = [
+                (
+                    attr,
+                    [
+                        o
+                        for d in self._fleet.devices
+                        if key(get_field(d, attr)).casefold() == who.casefold() and key(o := get_field(d, "ownerId"))
+                    ],
+                )
+                for _field, attr in searches
+            ]
+        if any(owners for _attr, owners in found):
+            return one_across(who, "user", "account", found, ident=key, name=lambda owner: f"account {key(owner)}")
         if refused is not None:
             raise refused
         if without_owner:
@@ -1177,15 +1187,6 @@ def _rejection_for(rejected: Mapping[str, str], step: Step) -> str | None:
         if key(ref) and key(ref).casefold() in rejected:
             return rejected[key(ref).casefold()]
     return None
-
-
-def _one_owner(who: str, owners: Mapping[str, Any]) -> Any:
-    if len(owners) > 1:
-        raise LookupFailed(
-            f"user {who} owns devices under {len(owners)} accounts "
-            f"({', '.join(sorted(owners))}); give the account name instead"
-        )
-    return next(iter(owners.values()))
 
 
 def _planned(step: Step) -> Outcome:

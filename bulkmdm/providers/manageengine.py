@@ -87,7 +87,9 @@ from ..errors import (
     TransportError,
 )
 from ..model import JobRow, Outcome, Status, Step
+from ..quota import tenant
 from ..retry import RetryPolicy
+from ..shown import Secrets
 from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Follow,
@@ -109,6 +111,7 @@ from .base import (
     failed,
     get_field,
     key,
+    one_across,
     outcome_from_error,
     seg,
     send_halving,
@@ -314,10 +317,9 @@ class ZohoOAuth(Auth):
         self._accepted = False  # not yet by the MDM (the 200 just seen was the token server's)
 
     def _redact(self, text: str) -> str:
-        for secret in (self._client_secret, self._refresh_token, self._client_id, self._token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """A token server's words, without escapes or any of the three secrets
+        or the access token (nor their encoded forms)."""
+        return Secrets((self._client_secret, self._refresh_token, self._client_id, self._token or "")).clean(text)
 
 
 def _too_many(body: Any) -> bool:
@@ -338,9 +340,11 @@ def _number(value: Any) -> float | None:
 #: "https://accounts.zoho.com/oauth/v2/token". Public clients serve nine
 #: (a Dart client's ManageEngineChannel lists mdm.manageengine.com, .eu, .in,
 #: .com.au, .jp, .ca, .cn, .sa, .co.uk) and pair each with its own accounts
-#: server (TypeScript clients' DATA_CENTRES tables): Canada's Zoho accounts
-#: live on zohocloud.ca, China's on zoho.com.cn, the UK's on zoho.uk; any
-#: other mdm.manageengine.<tld> is taken to pair with accounts.zoho.<tld>.
+#: server (TypeScript clients' DATA_CENTRES tables), as Zoho's "Multi DC
+#: support" page lists them: Canada's Zoho accounts live on zohocloud.ca,
+#: China's on zoho.com.cn, the UK's on zoho.uk. The client secret and refresh
+#: token go to no other host unless BULKMDM_OAUTH_URL names it: a cloud
+#: address in any other region (a typo: mdm.manageengine.cm) is refused.
 ZOHO_ACCOUNTS = {
     "com": "accounts.zoho.com",
     "eu": "accounts.zoho.eu",
@@ -363,19 +367,28 @@ def cloud_host(url: str) -> str | None:
 
 
 def zoho_accounts_host(url: str) -> str | None:
-    """The Zoho accounts server of the region ``url`` is in (None: not a ManageEngine cloud)."""
+    """The Zoho accounts server of the region ``url`` is in (None: not a
+    ManageEngine cloud, or one in no region of :data:`ZOHO_ACCOUNTS`)."""
     host = cloud_host(url)
     if host is None:
         return None
-    tld = host.split("manageengine.", 1)[1]
-    return ZOHO_ACCOUNTS.get(tld) or f"accounts.zoho.{tld}"
+    return ZOHO_ACCOUNTS.get(host.split("manageengine.", 1)[1])
 
 
 def zoho_token_url(url: str) -> str:
     """The token endpoint for a tenant at ``url`` (``--url``): its region's
     Zoho accounts server, or the doc's ``accounts.zoho.com`` for a URL that
-    names no ManageEngine cloud (a proxy, a test server)."""
+    names no ManageEngine cloud (a proxy, a test server). A cloud address in
+    no known region is a ConfigError: the secrets would go to a host that
+    only its name makes Zoho's."""
     accounts = zoho_accounts_host(url)
+    if accounts is None and cloud_host(url) is not None:
+        known = ", ".join(sorted(set(ZOHO_ACCOUNTS.values())))
+        raise ConfigError(
+            f"--url {cloud_host(url)} is no ManageEngine cloud region bulkmdm knows, so it sends the OAuth "
+            f"client secret nowhere: the token hosts are {known}. Check --url, or set BULKMDM_OAUTH_URL to "
+            "your region's token endpoint; nothing was sent."
+        )
     return f"https://{accounts}/oauth/v2/token" if accounts else DEFAULT_OAUTH_URL
 
 
@@ -479,6 +492,17 @@ class ManageEngine(Provider):
         return ZohoOAuth(
             client_id=client_id, client_secret=client_secret, refresh_token=refresh_token, token_url=token_url
         )
+
+    @classmethod
+    def quota_tenant(cls, url: str, env: Mapping[str, str]) -> str:
+        # The daily limit is the organisation's ("Paid Organization - 2500 API
+        # calls/day"), and every cloud organisation calls mdm.manageengine.<region>:
+        # counted per OAuth client (or an API key used on the cloud), not per
+        # URL. An on-premises server is the organisation's own.
+        api_key = env.get("BULKMDM_API_KEY", "").strip()  # (the credential auth_from_env uses first)
+        if api_key:
+            return tenant(cls.name, url, api_key if cloud_host(url) else "")
+        return tenant(cls.name, url, env.get("BULKMDM_CLIENT_ID", "").strip())
 
     @classmethod
     def api_base(cls, url: str) -> str:
@@ -808,11 +832,12 @@ class ManageEngine(Provider):
     def _app(self, value: str, lists: _Lists) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank")
-        found: dict[str, Any] = {}
-        for index in (lists.app_by_name, lists.app_by_bundle, lists.app_by_id):
-            for app in index.find(value):
-                found[_usable_id(get_field(app, "app_id"))] = app
-        if not found:
+        found = [
+            ("name", lists.app_by_name.find(value)),
+            ("bundle identifier", lists.app_by_bundle.find(value)),
+            ("app id", lists.app_by_id.find(value)),
+        ]
+        if not any(apps for _field, apps in found):
             if lists.apps_without_id.find(value):
                 raise LookupFailed(
                     f"app {value!r} was found, but the MDM's record for it has no app_id "
@@ -823,11 +848,16 @@ class ManageEngine(Provider):
             if not hint and "apps" in lists.no_details:
                 hint = f"; {lists.no_details['apps']}"
             raise LookupFailed(f"app {value!r} was not found (give its name, bundle identifier or app id){hint}")
-        if len(found) > 1:
-            raise LookupFailed(
-                f"app {value!r} matches {len(found)} apps (ids {', '.join(sorted(found))}); give the app id instead"
-            )
-        return next(iter(found.values()))
+        return one_across(
+            value,
+            "app",
+            "app",
+            found,
+            ident=lambda app: _usable_id(get_field(app, "app_id")),
+            name=lambda app: (
+                f"{key(get_field(app, 'app_name', 'name')) or 'an app'} (app id {_usable_id(get_field(app, 'app_id'))})"
+            ),
+        )
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action not in self.actions:

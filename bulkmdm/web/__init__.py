@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import html
 import logging
 import os
 import signal
@@ -51,6 +52,7 @@ async def _serve(
     from .app import STATE, make_app
 
     _log_bugs_to_files(echo)
+    opener: Path | None = None
     app = make_app(state_dir, port=port)
     app[STATE].connection = connection
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -76,14 +78,18 @@ async def _serve(
             "which can be resumed)."
         )
         if open_browser and _has_desktop():
+            opener = _redirect_file(state_dir, bound, address)
             # in a thread: webbrowser waits for some browsers to exit, and the page must answer meanwhile
-            threading.Thread(target=_open_browser, args=(address,), daemon=True).start()
+            threading.Thread(target=_open_browser, args=(opener.as_uri(),), daemon=True).start()
         stopped = asyncio.Event()
         # SIGTERM stops serve like Ctrl-C does: its runs are stopped (and resumable), not orphaned
         with contextlib.suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
         await stopped.wait()
     finally:
+        if opener is not None:
+            with contextlib.suppress(OSError):
+                opener.unlink()
         await runner.cleanup()
 
 
@@ -119,6 +125,29 @@ def _has_desktop() -> bool:
     if sys.platform in ("win32", "darwin"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+#: The page the browser is opened on: it goes on to the address with the secret.
+_REDIRECT_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={url}">
+<title>bulkmdm serve</title></head>
+<body><p>Opening <a href="{url}">bulkmdm serve</a>...</p></body></html>
+"""
+
+
+def _redirect_file(state_dir: Path, port: int, address: str) -> Path:
+    """A page only this user can read (mode 0600) that sends the browser on to
+    ``address``. The browser's command line, which ``ps`` shows every local
+    user, then names this file, not the secret: as jupyter_server opens its
+    browser through ``jpserver-<pid>-open.html``."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / f"serve-{port}-open.html"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # (one left by a serve that was killed: created afresh, never written through)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, 0o600), "w", encoding="utf-8") as page:
+        page.write(_REDIRECT_PAGE.format(url=html.escape(address, quote=True)))
+    return path
 
 
 def _open_browser(address: str) -> None:

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from aiohttp import web
 
 from ..errors import BulkMDMError
+from ..shown import plain
 from .children import ChildRun, RunRequest, hide_paths
 from .connection import CREDENTIAL_FIELDS, Connection
 from .security import Guard, add_headers
@@ -131,6 +133,14 @@ class WebState:
 STATE = web.AppKey("state", WebState)
 
 
+def _shown(value: Any) -> Any:
+    """Every value a page shows (what an MDM said among them), without escape
+    sequences or invisible characters; autoescape takes care of the HTML."""
+    if isinstance(value, markupsafe.Markup):
+        return markupsafe.Markup(plain(str(value), keep_lines=True))
+    return plain(value, keep_lines=True) if isinstance(value, str) else value
+
+
 def make_app(
     state_dir: Path, *, port: int = 0, max_upload: int = MAX_UPLOAD, secret: str | None = None
 ) -> web.Application:
@@ -144,6 +154,7 @@ def make_app(
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
     templates.globals.update(credential_fields=CREDENTIAL_FIELDS, providers=sorted(CREDENTIAL_FIELDS))
     templates.filters.update(routes.FILTERS)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import STOP_FILE_VARIABLE
+from ..shown import Secrets, plain
 from .connection import Connection
 
 #: how many of the child's output lines a page can show
@@ -159,11 +160,9 @@ class ChildRun:
 
     async def _follow(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        secrets_ = self.request.connection.secrets()
+        shown = Secrets.from_env(self.request.connection.credentials)
         while raw := await self.process.stdout.readline():
-            line = raw.decode("utf-8", "replace").rstrip()
-            for secret in secrets_:
-                line = line.replace(secret, "***")
+            line = shown.clean(raw.decode("utf-8", "replace")).rstrip()
             if not line:
                 continue
             if match := _UNDO_LINE.match(line):
@@ -239,7 +238,7 @@ def read_progress(
                 return None, {}, []
             counts = journal.counts(run_id)
             latest = journal.find_rows(run_id, keys=_FAILED_KEYS, limit=6, newest_first=True)
-            failures = [Failure(r.idx + 2, r.status or "", r.detail or "") for r in latest]
+            failures = [Failure(r.idx + 2, r.status or "", plain(r.detail or "")) for r in latest]
             return run_id, counts, failures
     except BulkMDMError:
         return run_id, {}, []

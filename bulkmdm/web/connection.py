@@ -73,11 +73,6 @@ class Connection:
         env["NO_COLOR"] = "1"
         return env
 
-    def secrets(self) -> list[str]:
-        """Credential values long enough to be worth blanking out of a child's output."""
-        secret_names = {c.variable for c in CREDENTIAL_FIELDS.get(self.provider, ()) if c.secret}
-        return [v for k, v in self.credentials.items() if k in secret_names and len(v) >= 4]
-
 
 def profile_names() -> list[str]:
     """The profiles of config.toml, for the picker (none when the file is missing or broken)."""

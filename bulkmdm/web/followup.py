@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..shown import Secrets, plain
 from ..errors import UsageError
 from .app import STATE, WebState
 
@@ -105,9 +106,9 @@ async def _ended(request: web.Request, run_id: int) -> None:
         state = _state(request)
         lines = [line for line in err.decode(errors="replace").splitlines() if line.startswith("Error:")]
         text = lines[-1].removeprefix("Error:").strip() if lines else "The look could not reach the MDM."
-        for secret in state.connection.secrets() if state.connection else []:
-            text = text.replace(secret, "***")
-        state.flash = text
+        if state.connection is not None:
+            text = Secrets.from_env(state.connection.credentials).clean(text)
+        state.flash = plain(text)
 
 
 @routes.get("/history/{run_id:\\d+}/follow-up")

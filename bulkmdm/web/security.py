@@ -3,9 +3,15 @@
 ``bulkmdm serve`` listens on 127.0.0.1, but any page the admin's browser
 opens can still send requests there, and a DNS-rebinding page can even read
 the answers. So every request must carry the session's secret (in the
-address the first time, then in an HttpOnly, SameSite=Strict cookie), name
-this server in its Host header, and every POST must carry a CSRF token
-that only our own pages hold.
+address the first time), or the session cookie it was traded for, name this
+server in its Host header, and every POST must carry a CSRF token that only
+our own pages hold.
+
+The cookie holds a random session id of its own, never the secret: a browser
+sends a 127.0.0.1 cookie to every server on 127.0.0.1 (cookies ignore ports),
+so a cookie holding the secret would hand it to any other local program the
+browser visits. Its name carries the port, so a second ``bulkmdm serve``
+does not overwrite it; it is HttpOnly and SameSite=Strict.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import Any
 from aiohttp import web
 
 COOKIE = "bulkmdm_session"
+#: session ids minted at most; past this the oldest is forgotten (its browser
+#: opens the printed address again)
+MAX_SESSIONS = 1000
 #: the one path that takes multipart/form-data; its handler checks the CSRF token itself
 UPLOAD_PATH = "/upload"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +48,25 @@ class Guard:
         self.port = port
         self.secret = secret or secrets.token_urlsafe(24)
         self.csrf = secrets.token_urlsafe(24)
+        #: the session ids handed out for the secret, one per visit of the address with it
+        self._sessions: dict[str, None] = {}
+
+    @property
+    def cookie(self) -> str:
+        """The session cookie's name: this server's port in it (see the module's docstring)."""
+        return f"{COOKIE}_{self.port}"
+
+    def open_session(self) -> str:
+        """A new session id, for a browser that showed the secret."""
+        session = secrets.token_urlsafe(24)
+        self._sessions[session] = None
+        while len(self._sessions) > MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        return session
+
+    def holds_session(self, value: str | None) -> bool:
+        # (a dict look-up compares hashes first: its timing says nothing of a 192-bit random id)
+        return value is not None and value in self._sessions
 
     def allowed_hosts(self) -> frozenset[str]:
         return frozenset({f"127.0.0.1:{self.port}", f"localhost:{self.port}"})
@@ -69,9 +97,9 @@ class Guard:
             # Set the cookie and drop the secret from the address bar and the history.
             kept = [(key, value) for key, value in request.query.items() if key != "token"]
             response = web.Response(status=302, headers={"Location": str(request.rel_url.with_query(kept))})
-            response.set_cookie(COOKIE, self.secret, httponly=True, samesite="Strict", path="/")
+            response.set_cookie(self.cookie, self.open_session(), httponly=True, samesite="Strict", path="/")
             return response
-        if not self.holds_secret(request.cookies.get(COOKIE)):
+        if not self.holds_session(request.cookies.get(self.cookie)):
             return _refuse(
                 403,
                 "This page needs the secret address bulkmdm serve printed "
