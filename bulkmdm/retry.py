@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from email.utils import parsedate_to_datetime
 
-#: Answers that mean "not done, try again later". 408 and 429 say the server
-#: did not process the request; 502/503/504 say the request failed before an
-#: answer was made. 500 and other 4xx are final: sending the same thing again
-#: will not change the answer.
+#: Answers worth another try. 408, 429 and 503 say the server did not
+#: process the request; 502 and 504 are a gateway's, whose backend may have
+#: made a change before the gateway gave up on it, so a change that is not
+#: idempotent is read back before it is sent again (``transport.MAYBE_DONE``).
+#: 500 and other 4xx are final: sending the same thing again will not change
+#: the answer.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -96,9 +98,13 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+def parse_retry_after(value: str | None, *, date: str | None = None, now: datetime | None = None) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or unreadable.
 
+    An HTTP date is the server's clock: it is measured from the answer's own
+    ``Date`` header when that is readable (RFC 9110, 10.2.3: "the time the
+    message was generated"), so a server whose clock runs an hour ahead
+    asking for 2 s gets 2 s; only without one is our clock (``now``) used.
     Absurd values are passed through as large numbers (``inf`` for
     ``Retry-After: inf``): the caller compares them with its cap.
     """
@@ -111,11 +117,16 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         pass
     else:
         return None if math.isnan(seconds) else max(0.0, seconds)
+    when = _http_date(value)
+    if when is None:
+        return None
+    server_now = _http_date(date) if date else None
+    return max(0.0, (when - (server_now or now or datetime.now(UTC))).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value.strip()[:100])
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when

@@ -18,6 +18,10 @@ the word of something that is not the MDM:
 * a Retry-After (or throttle wait) longer than the policy's ``max_wait``:
   the attempts end with that answer instead of a wait of years.
 
+A gateway's 502 or 504 to a change is taken as "maybe done", as a dropped
+connection is: read back before anything is sent again, and ``unknown``
+(:class:`AmbiguousError`) when it cannot be.
+
 Providers get a :class:`Response` for any HTTP answer (2xx or a final error
 status), or a ``TransportError`` when no usable answer came. Nothing here
 knows about rows or files.
@@ -91,9 +95,19 @@ MAX_BODY = 128 * 1024 * 1024
 #: each hold up to MAX_BODY (a hostile server answering every change with a
 #: 1 GB body took 2 GB at 16 in flight).
 SHARED_BODY = 2 * 1024 * 1024
+#: Seconds a connection may take to be made: slightly more than a multiple
+#: of 3 s, TCP's initial retransmission window, as the requests library's
+#: documentation advises for a connect timeout (RFC 6298 lowers the initial
+#: RTO to 1 s; Linux still waits 1 + 2 + 4 s for three SYNs).
+CONNECT_TIMEOUT = 9.5
 #: Same-origin redirects a read follows before giving up.
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: A gateway's answers for a backend that failed or was slow to answer
+#: (RFC 9110, 15.6.3 and 15.6.5): the backend may have made a change before
+#: the gateway gave up on it, so to a change they mean "maybe done", as a
+#: dropped connection does. 503 and 429 say the request was not processed.
+MAYBE_DONE = frozenset({502, 504})
 #: Connections in a row that could not be made (no answer between them), or
 #: changes in a row sent without an answer (timed out, dropped), once the MDM
 #: has answered in this run, that show it went away: the run stops then,
@@ -220,6 +234,7 @@ class Client:
         limiter: RateController | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         connections: int = 32,
         stopping: Callable[[], bool] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -235,6 +250,8 @@ class Client:
         self.limiter = limiter or RateController(rate=None, adaptive=False)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
+        #: how long making a connection may take (within ``timeout``)
+        self.connect_timeout = min(connect_timeout, timeout)
         self.max_body = max_body
         #: what to check when the MDM refuses the credentials ("check BULKMDM_TOKEN")
         self.credential_hint = credential_hint
@@ -282,7 +299,9 @@ class Client:
             connector = aiohttp.TCPConnector(limit=self._connections, ssl=_tls_context(), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # a connection not made within connect_timeout is known never sent,
+                # unlike a request that got no answer within the total
+                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout),
                 headers={"Accept": "application/json", "User-Agent": "bulkmdm"},
             )
             # aiohttp quietly resends an idempotent request once when a kept-alive
@@ -354,10 +373,11 @@ class Client:
         #: an attempt may have reached the MDM without an answer (else: refused, or never sent)
         reached = False
         last: Response | TransportError | None = None
+        unsure = False  # the last answer may follow the change made (see MAYBE_DONE)
         while True:
             attempt += 1
             if not await self._slot(req, first=last is None):
-                return _give_up(last, req, reached)
+                return _give_up(last, req, reached, unsure)
             result = await self._paced_attempt(req, attempt, verify if read_back_held else None)
             if isinstance(result, _Failure):
                 reached = reached or result.ambiguous
@@ -380,6 +400,11 @@ class Client:
                 renewed = True
                 attempt -= 1
                 continue
+            # an answer that may follow the change made: read back, or resent only if idempotent
+            settled, unsure = await self._maybe_done(req, result, attempt, idempotent, verify)
+            if settled is not None:
+                return settled
+            reached = reached or unsure
             try:
                 wait, note = self._retry_wait(req, result, attempt, waited_window, throttled)
             except QuotaExhausted:
@@ -391,10 +416,10 @@ class Client:
                 continue
             if wait is None:
                 if result.status == 429 and self._stopping():
-                    return _give_up(result, req, reached)
+                    return _give_up(result, req, reached, unsure=False)
                 if result.ok:
                     self.limiter.succeeded()
-                return replace(result, note=note) if note else result
+                return _final(req, result, note, unsure=unsure)
             throttled += result.status == 429
             last = result
             waited_window = wait >= (self.retry.throttle_wait or float("inf"))
@@ -621,14 +646,12 @@ class Client:
             # Never reached the server either, and the same handshake fails the same way again.
             log.info("%s -> TLS error", req.what)
             return _Failure(TLSFailed(_tls_failed(url, exc), attempts=attempt), ambiguous=False, final=True)
+        except aiohttp.ConnectionTimeoutError:
+            # No connection within connect_timeout: never sent, so as safe to try again as a refusal.
+            return self._not_connected(req, url, f"no connection within {self.connect_timeout:g} s", started, attempt)
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: always safe to try again.
-            log.info("%s -> connect error after %.3fs", req.what, loop.time() - started)
-            where = urlsplit(url).netloc
-            self.unreachable += 1
-            self._unreachable_at = where
-            self._unanswered(req)
-            return _Failure(ConnectError(f"could not connect to {where} ({_reason(exc)})", attempts=attempt), False)
+            return self._not_connected(req, url, _reason(exc), started, attempt)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.info("%s -> timeout", req.what)
             self._unanswered(req)
@@ -648,6 +671,15 @@ class Client:
         if not req.is_read:
             self.unanswered_changes = 0
         return status, raw, resp_headers
+
+    def _not_connected(self, req: _Request, url: str, why: str, started: float, attempt: int) -> _Failure:
+        """A connection that could not be made: the request never left."""
+        log.info("%s -> connect error after %.3fs", req.what, asyncio.get_running_loop().time() - started)
+        where = urlsplit(url).netloc
+        self.unreachable += 1
+        self._unreachable_at = where
+        self._unanswered(req)
+        return _Failure(ConnectError(f"could not connect to {where} ({why})", attempts=attempt), False)
 
     async def _read_body(self, req: _Request, resp: aiohttp.ClientResponse, attempt: int) -> bytes:
         """The whole body, refused past ``max_body`` bytes (after decompression)."""
@@ -710,7 +742,7 @@ class Client:
         tries = throttled + 1 if resp.status == 429 else attempt - throttled
         if not policy.retries(req.method, resp.status) or tries >= policy.attempts or self._stopping():
             return None, ""
-        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"), date=resp.headers.get("Date"))
         if retry_after is not None and retry_after > policy.max_wait:
             return None, (
                 f"the MDM asked to wait {_duration(retry_after)}, longer than the "
@@ -732,6 +764,26 @@ class Client:
         # (a pause for every worker) is the limiter's business
         self.limiter.throttled(retry_after)
         return (retry_after if retry_after is not None else policy.backoff(tries) / 4), ""
+
+    async def _maybe_done(
+        self, req: _Request, resp: Response, attempt: int, idempotent: bool, verify: Verify | None
+    ) -> tuple[Response | None, bool]:
+        """For a gateway's 502/504 to a change (see MAYBE_DONE): the change
+        confirmed by a read-back (a verified Response), if it was, and
+        whether it may still have been made (an idempotent change is resent
+        without a read-back; a change read back and not in place was not).
+        Raises :class:`AmbiguousError` for a change that is not idempotent
+        with nothing to read it back with, or a read-back that cannot tell."""
+        if resp.status not in MAYBE_DONE or req.is_read or req.credential:
+            return None, False
+        if idempotent:
+            return None, True
+        if verify is None:
+            raise _unsure(req, resp, attempt, "; not resent, to avoid doing it twice")
+        state = await _as_read_back(verify)
+        if state is None:
+            raise _unsure(req, resp, attempt, "; could not tell whether it took effect, so it was not resent")
+        return (Response(200, None, {}, attempt, verified=True) if state else None), False
 
     async def _after_failure(
         self,
@@ -847,7 +899,23 @@ def _not_sent(req: _Request) -> NotSent:
     return NotSent(f"{req.what} was not sent: the run was stopping")
 
 
-def _give_up(last: Response | TransportError | None, req: _Request, reached: bool) -> Response:
+def _unsure(req: _Request, resp: Response, attempt: int, then: str) -> AmbiguousError:
+    return AmbiguousError(
+        f"the MDM answered {req.what} with HTTP {resp.status}, a gateway's answer: the change may have been "
+        f"made behind it{then}",
+        attempts=attempt,
+        status=resp.status,
+    )
+
+
+def _final(req: _Request, resp: Response, note: str, *, unsure: bool) -> Response:
+    """The last answer of the attempts, as the request's (with why they ended early, if so)."""
+    if unsure:
+        raise _unsure(req, resp, resp.attempts, "; it was not sent again")
+    return replace(resp, note=note) if note else resp
+
+
+def _give_up(last: Response | TransportError | None, req: _Request, reached: bool, unsure: bool) -> Response:
     """The run is stopping: the last attempt's answer is the row's answer
     (a 429 did nothing: the row was not run; nor did connections never made)."""
     if (
@@ -858,6 +926,8 @@ def _give_up(last: Response | TransportError | None, req: _Request, reached: boo
         raise _not_sent(req)
     if isinstance(last, TransportError):
         raise last
+    if unsure:
+        raise _unsure(req, last, last.attempts, "; the run stopped before it could be read back")
     return last
 
 

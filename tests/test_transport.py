@@ -486,3 +486,68 @@ async def test_a_stopping_run_starts_no_read_back(loopback) -> None:  # type: ig
         asyncio.get_running_loop().call_later(0.1, stopping.__setitem__, 0, True)
         resp = await client.request("POST", "change", json={}, verify=verify)
     assert resp.status == 201 and not resp.verified and calls == []
+
+
+def test_retry_after_date_is_measured_against_the_answers_date() -> None:
+    ours = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for skew in (timedelta(hours=1), -timedelta(hours=1)):
+        server = ours + skew
+        date = format_datetime(server, usegmt=True)
+        retry_after = format_datetime(server + timedelta(seconds=2), usegmt=True)
+        assert parse_retry_after(retry_after, date=date, now=ours) == pytest.approx(2)
+    # without a readable Date, our own clock is all there is
+    later = format_datetime(ours + timedelta(seconds=5), usegmt=True)
+    assert parse_retry_after(later, date="yesterday", now=ours) == pytest.approx(5)
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)])
+async def test_a_retry_after_date_from_a_skewed_server_waits_what_it_asks(loopback, skew: timedelta) -> None:  # type: ignore[no-untyped-def]
+    """A server an hour ahead is not "asking for an hour"; one an hour behind
+    does not have its retries sent at once."""
+    hits: list[web.Request] = []
+
+    def throttled(request: web.Request) -> web.Response:
+        server = datetime.now(UTC) + skew
+        headers = {
+            "Date": format_datetime(server, usegmt=True),
+            "Retry-After": format_datetime(server + timedelta(seconds=1), usegmt=True),
+        }
+        return web.json_response({}, status=429, headers=headers)
+
+    url = await loopback(scripted([throttled, lambda r: web.json_response({})], hits))
+    async with Client(url, retry=FAST) as client:
+        t0 = time.monotonic()
+        resp = await client.request("GET", "x")
+        waited = time.monotonic() - t0
+    assert resp.ok and len(hits) == 2
+    assert 0.5 <= waited < 5
+
+
+async def test_a_connection_never_made_is_not_ambiguous() -> None:
+    """A connect timeout says the request never left: a POST without a
+    read-back fails as "could not connect", not as "may have been applied"."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    # fill the accept queue: the kernel then leaves further handshakes unanswered
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        async with Client(f"http://127.0.0.1:{port}", retry=FAST, timeout=5, connect_timeout=0.2) as client:
+            t0 = time.monotonic()
+            with pytest.raises(ConnectError) as info:
+                await client.request("POST", "x", json={})
+        assert not isinstance(info.value, AmbiguousError)
+        assert "no connection within 0.2 s" in str(info.value)
+        assert time.monotonic() - t0 < 3
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
