@@ -1,13 +1,13 @@
 """What is retried, and how long to wait: the retry policy, declared once.
 
 Each provider declares a :class:`RetryPolicy` (``Provider.retry_policy``);
-the one client in ``transport.py`` carries it out for every request, token
+the one client in ``client.py`` carries it out for every request, token
 fetches included. Written here rather than taken from stamina/tenacity
 because each attempt must (1) take a fresh slot from the shared rate
 controller, (2) honour a server's Retry-After, within a cap, and (3) ask,
 before resending a request that may already have been applied, whether it
 took effect. Those hooks sit in the middle of the attempt loop in
-``transport.py``; what stays here is the small, pure part: which answers are
+``client.py``; what stays here is the small, pure part: which answers are
 worth another try and how long to sleep.
 """
 
@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 #: Answers worth another try. 408, 429 and 503 say the server did not
 #: process the request; 502 and 504 are a gateway's, whose backend may have
 #: made a change before the gateway gave up on it, so a change that is not
-#: idempotent is read back before it is sent again (``transport.MAYBE_DONE``).
+#: idempotent is read back before it is sent again (``steps.readback.MAYBE_DONE``).
 #: 500 and other 4xx are final: sending the same thing again will not change
 #: the answer.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -130,3 +130,57 @@ def _http_date(value: str) -> datetime | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """Where one request's attempts stand: a frozen value, the next one
+    returned by :meth:`increment` (as urllib3's ``Retry.increment`` does),
+    with the ``history`` of what each attempt got."""
+
+    #: attempts made (a retry after renewed credentials is not one more)
+    attempt: int = 0
+    #: the 429s among them (a budget of their own)
+    throttled: int = 0
+    #: the credentials were renewed once already
+    renewed: bool = False
+    #: the last wait was a whole throttle window (a 429 after it: the quota is spent)
+    waited_window: bool = False
+    #: some attempt may have reached the MDM without an answer
+    reached: bool = False
+    #: what each attempt got: an HTTP status, or the name of the error
+    history: tuple[int | str, ...] = ()
+
+    @property
+    def failures(self) -> int:
+        """The attempts that were not a 429."""
+        return self.attempt - self.throttled
+
+    def increment(self, got: int | str, *, reached: bool = False) -> RetryState:
+        """The state after one more attempt, which got ``got`` (a status, or an error's name)."""
+        return RetryState(
+            self.attempt + 1,
+            self.throttled + (got == 429),
+            self.renewed,
+            self.waited_window,
+            self.reached or reached,
+            (*self.history, got),
+        )
+
+    def renewing(self) -> RetryState:
+        """The credentials were refused and renewed: the attempt is made again, not counted twice."""
+        return RetryState(self.attempt, self.throttled, True, self.waited_window, self.reached, self.history)
+
+    def waiting(self, window: bool) -> RetryState:
+        """The wait before the next attempt is (``window``) or is not a whole throttle window."""
+        if window == self.waited_window:
+            return self
+        return RetryState(self.attempt, self.throttled, self.renewed, window, self.reached, self.history)
+
+    def new_day(self) -> RetryState:
+        """The day's quota reset: the attempts start afresh (what reached the MDM still did)."""
+        return RetryState(renewed=self.renewed, reached=self.reached, history=self.history)
+
+
+#: every request starts here (shared: a RetryState is never changed)
+FIRST = RetryState()

@@ -24,7 +24,7 @@ from bulkmdm.providers.ivanti import Ivanti
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import Faults, SimServer
 from bulkmdm.sim.ivanti import IvantiState, make_app
-from bulkmdm.transport import BasicAuth, Client
+from bulkmdm.client import BasicAuth, Client
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)
 

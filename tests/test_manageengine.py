@@ -21,7 +21,7 @@ from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import Faults, SimServer
 from bulkmdm.sim.manageengine import FACTS, MEState, make_app
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
 #: ManageEngine's declared policy with short waits (the minute window: 0.2 s)

@@ -59,7 +59,7 @@ from ..errors import (
 )
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Auth, BasicAuth, Client, Response
+from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
 #: planned in one go would hold every answer in flight for ~100 ms; at 100
@@ -140,6 +140,11 @@ class Provider(ABC):
         """The root the vendor's documented paths are appended to."""
         return url.rstrip("/") + cls.api_path
 
+    @classmethod
+    def daily_limit_for(cls, settings: Settings) -> int | None:
+        """The vendor's API calls a day for these settings (None: no daily quota)."""
+        return None
+
     def batch_size(self) -> int:
         size = self.settings.batch_size or self.max_batch
         return max(1, min(size, self.max_batch))
@@ -215,25 +220,28 @@ class Provider(ABC):
         raise NotImplementedError(f"{self.name} plans no rows")
 
     # -- executing ----------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
+    async def execute(self, steps: Sequence[Step], context: RequestContext = NO_CONTEXT) -> list[Outcome]:
         """Send one batch; one Outcome per step, in order. Never raises for a
-        vendor or network error (a ``RunStopped`` ends the run)."""
+        vendor or network error (a ``RunStopped`` ends the run). ``context``
+        is the batch's (the scheduler's hooks): every request of the batch
+        carries it (``client.request(..., context=context)``), and so do its
+        read-backs (``verify(context)``)."""
         try:
-            return await self.send_batch(list(steps))
+            return await self.send_batch(list(steps), context)
         except TransportError as exc:
             return [outcome_from_error(step, exc) for step in steps]
 
-    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+    async def send_batch(self, steps: list[Step], context: RequestContext) -> list[Outcome]:
         """Send steps that share a ``batch_key``. Default: one ``send`` each."""
         out = []
         for step in steps:
             try:
-                out.append(await self.send(step))
+                out.append(await self.send(step, context))
             except TransportError as exc:
                 out.append(outcome_from_error(step, exc))
         return out
 
-    async def send(self, step: Step) -> Outcome:
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
         """Send one step and say what came of it."""
         raise NotImplementedError(f"{self.name} sends batches only")
 
@@ -689,16 +697,17 @@ async def send_halving(
 
 
 def read_back(
-    fetch: Callable[[], Awaitable[Response]],
+    fetch: Callable[[RequestContext], Awaitable[Response]],
     applied: Callable[[Any], bool | None],
-) -> Callable[[], Awaitable[bool | None]]:
-    """A ``verify`` callback for ``client.request``: read the object again and
+) -> Verify:
+    """A ``verify`` callback for ``client.request``: read the object again
+    (``fetch(context)``, its request carrying the context it is given) and
     say whether the change is in place (``applied(body)``); None when the
     read fails or cannot tell, so the request is not resent blindly."""
 
-    async def verify() -> bool | None:
+    async def verify(context: RequestContext) -> bool | None:
         try:
-            resp = await fetch()
+            resp = await fetch(context)
         except TransportError:
             return None
         return applied(resp.body) if resp.ok else None
