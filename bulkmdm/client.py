@@ -286,15 +286,18 @@ class Client:
         stopping = _never if context.read_back else self._stopping
         if stopping():
             return False
-        await self.credentials.ready(self, credential=credential)
+        if self.credentials.readies and not credential:
+            await self.credentials.ready(self)
         if not await self.pace.take(stopping, retry=not first):
             return False
         if stopping():
             self.pace.give_back()
             return False
+        if not self.quota.counts(credential=credential):
+            return True
         # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent
         try:
-            counted = await self.quota.take(self._stopping, credential=credential)
+            counted = await self.quota.take(self._stopping)
         except BaseException:
             self.pace.give_back()
             raise
@@ -320,7 +323,7 @@ class Client:
         learned = True  # the answer is this attempt's own (its latency is the MDM's)
         change = req.method not in READ_METHODS and not credential
         try:
-            if await self.in_flight.before(context, change=change):
+            if change and context.before_change is not None and await self.in_flight.before(context):
                 started = time.monotonic()  # the latency is the MDM's, not the journal's commit
             if verify is not None and (held := self.pace.held_after()) is not None:
                 result = await self.read_back.while_held(
@@ -390,7 +393,7 @@ class Client:
     ) -> Response | Failure:
         """Send once (following same-origin redirects of a read); an answer or why there is none."""
         change = req.method not in READ_METHODS
-        wire = replace(req, headers=headers) if headers else req
+        wire = Request(req.method, req.url, req.params, req.json, req.data, headers) if headers else req
         for _hop in range(MAX_REDIRECTS + 1):
             self.requests_sent += 1
             if change:

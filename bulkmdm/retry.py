@@ -8,7 +8,8 @@ controller, (2) honour a server's Retry-After, within a cap, and (3) ask,
 before resending a request that may already have been applied, whether it
 took effect. Those hooks sit in the middle of the attempt loop in
 ``client.py``; what stays here is the small, pure part: which answers are
-worth another try and how long to sleep.
+worth another try, how long to sleep, and :class:`RetryState`, where one
+request's attempts stand, as a frozen value.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A provider holds only what is vendor-specific, and reads like its API doc
 (as httpx's ``AsyncBaseTransport`` is one method and ``aclose``):
 
-* **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.transport.Auth`
+* **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.client.Auth`
   from the variables named in ``credentials``; ``api_base(url)`` is the root
   the documented paths are appended to.
 * **declare its limits**: ``retry_policy`` (which answers are retried, the
@@ -17,12 +17,14 @@ A provider holds only what is vendor-specific, and reads like its API doc
   wanted state); it raises :class:`LookupFailed` for a value that matches
   nothing or several objects. ``self.changes`` (:class:`Changes`) says which
   rows are the same change, or contradict each other, across the whole run.
-* **send**: ``send(step)`` for one step, or ``send_batch(steps)`` for vendors
-  whose requests carry many (``max_batch > 1``; :func:`send_halving` splits
+* **send**: ``send(step, context)`` for one step, or ``send_batch(steps,
+  context)`` for vendors whose requests carry many (``max_batch > 1``; :func:`send_halving` splits
   a batch refused as a whole). ``check(steps)`` is the dry run's read-only
   counterpart.
 * **read back**: the ``verify`` callbacks handed to ``client.request`` say
-  whether a change whose answer was lost took effect (:func:`read_back`).
+  whether a change whose answer was lost took effect (:func:`read_back`);
+  each takes the context its reads carry. Every request of a batch carries
+  the batch's ``context`` (``client.request(..., context=context)``).
 * **export**: ``inventory()`` yields the fleet as job rows; ``choices(column)``
   names the tags, groups or apps a template may offer.
 

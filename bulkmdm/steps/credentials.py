@@ -69,11 +69,12 @@ class Credentials:
         self._headers = dict(headers or {})
         #: what to check when the MDM refuses the credentials ("check BULKMDM_TOKEN")
         self.hint = hint
-        self._readies = type(self.auth).ready is not Auth.ready  # (the base's does nothing)
+        #: the credentials have something to do before a request (the base's ``ready`` does nothing)
+        self.readies = type(self.auth).ready is not Auth.ready
 
-    async def ready(self, client: Client, *, credential: bool) -> None:
-        if self._readies and not credential:
-            await self.auth.ready(client)
+    async def ready(self, client: Client) -> None:
+        """Have credentials that will work (the client asks only when ``readies``; never for a token request)."""
+        await self.auth.ready(client)
 
     def headers(self, *, credential: bool) -> Mapping[str, str]:
         """What a request carries; a token request is the token endpoint's: no MDM headers, no credentials."""

@@ -10,10 +10,12 @@ from .context import RequestContext
 class InFlightMark:
     """Calls the batch's ``before_change`` hook before a change is sent."""
 
-    async def before(self, context: RequestContext, *, change: bool) -> bool:
-        """Mark the batch in flight before a change; True when that waited
-        for the journal's commit (the attempt's latency starts after it)."""
-        if not change or context.before_change is None:
+    async def before(self, context: RequestContext) -> bool:
+        """Mark the batch in flight before a change goes out (the client
+        calls this for changes only, when the batch has the hook); True when
+        that waited for the journal's commit (the attempt's latency starts
+        after it)."""
+        if context.before_change is None:
             return False
         committed = context.before_change()
         if committed is None:

@@ -12,7 +12,7 @@ when the run stops. The controllers decide what a slot costs and whether a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..limits import RateController
 
@@ -27,10 +27,11 @@ class Pace:
     def __init__(self, limiter: RateController | None = None) -> None:
         self.limiter = limiter or RateController(rate=None, adaptive=False)
 
-    async def take(self, stopping: Callable[[], bool], *, retry: bool) -> bool:
+    def take(self, stopping: Callable[[], bool], *, retry: bool) -> Awaitable[bool]:
         """A slot for one attempt; False when the run stopped first. A ``retry``
-        goes before the first attempts waiting."""
-        return await self.limiter.acquire(stopping, retry=retry)
+        goes before the first attempts waiting. (The controller's own
+        awaitable: no coroutine of its own on every attempt.)"""
+        return self.limiter.acquire(stopping, retry=retry)
 
     def give_back(self, seconds: float = 0.0) -> None:
         """The slot taken, unused or with nothing learned (no answer of the MDM's own)."""

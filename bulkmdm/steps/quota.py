@@ -16,10 +16,14 @@ class DailyQuota:
     def __init__(self, quota: DayQuota | None = None) -> None:
         self.quota = quota
 
-    async def take(self, stopping: Callable[[], bool], *, credential: bool) -> bool:
+    def counts(self, *, credential: bool) -> bool:
+        """Whether this attempt is counted (the client asks first: most runs count nothing)."""
+        return self.quota is not None and not credential
+
+    async def take(self, stopping: Callable[[], bool]) -> bool:
         """Count this attempt; False when the run stopped during a hold.
         Raises ``QuotaExhausted`` when the calls are spent and the run does not wait."""
-        if self.quota is None or credential:
+        if self.quota is None:
             return True
         return await self.quota.take(stopping)
 
