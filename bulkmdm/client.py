@@ -68,7 +68,7 @@ from .steps.canary import CanaryTurn
 from .steps.context import NO_CONTEXT, RequestContext
 from .steps.credentials import Auth, BasicAuth, Credentials, HeaderAuth
 from .steps.inflight import InFlightMark
-from .steps.pacing import Pace
+from .steps.pacing import Pace, Slot
 from .steps.quota import DailyQuota
 from .steps.reachability import UNREACHABLE_AFTER, Reachability, never_delivered
 from .steps.readback import MAYBE_DONE, ReadBack, Verify, unsure
@@ -231,10 +231,11 @@ class Client:
         unsure_last = False  # the last answer may follow the change made (see MAYBE_DONE)
         while True:
             attempt = state.attempt + 1
-            if not await self._turn(req, context, credential=credential, first=last is None):
+            slot = await self._turn(req, context, credential=credential, first=last is None)
+            if slot is None:
                 return _give_up(last, req, state.reached, unsure_last)
             sent = self.credentials.headers(credential=credential)
-            result = await self._paced_attempt(req, sent, attempt, context, held_verify, expect, credential)
+            result = await self._paced_attempt(slot, req, sent, attempt, context, held_verify, expect, credential)
             if isinstance(result, Failure):
                 state = state.increment(type(result.error).__name__, reached=result.ambiguous)
                 settled = await self._after_failure(req, result, state, idempotent, verify, context)
@@ -258,7 +259,7 @@ class Client:
             else:
                 unsure_last = False
             try:
-                wait, note = self._retry_wait(req, result, state)
+                wait, note = self._retry_wait(slot, req, result, state)
             except QuotaExhausted:
                 if not self.quota.waits():
                     raise
@@ -269,7 +270,7 @@ class Client:
                 if result.status == 429 and self._stopping():
                     return _give_up(result, req, state.reached, unsure=False)
                 if result.ok:
-                    self.pace.succeeded()
+                    self.pace.succeeded(slot)
                 return _final(req, result, note, unsure=unsure_last)
             last = result
             state = state.waiting(wait >= (self.retry.throttle_wait or float("inf")))
@@ -277,36 +278,39 @@ class Client:
             await self.pace.wait(wait, self._stopping)
 
     # -- the parts of one attempt ---------------------------------------------
-    async def _turn(self, req: Request, context: RequestContext, *, credential: bool, first: bool) -> bool:
-        """Credentials ready, a rate slot and a call of the day's quota taken;
-        False when the run is stopping. A retry (not ``first``) goes before
+    async def _turn(self, req: Request, context: RequestContext, *, credential: bool, first: bool) -> Slot | None:
+        """Credentials ready, a rate slot and a call of the day's quota taken:
+        the slot; None when the run is stopping. A retry (not ``first``) goes before
         the first attempts waiting. A change's read-back goes even while the
         run stops: it settles a request in flight (was the change made?),
         which the stop lets finish."""
         stopping = _never if context.read_back else self._stopping
         if stopping():
-            return False
+            return None
         if self.credentials.readies and not credential:
             await self.credentials.ready(self)
-        if not await self.pace.take(stopping, retry=not first):
-            return False
+        slot = await self.pace.take(stopping, retry=not first)
+        if slot is None:
+            return None
         if stopping():
-            self.pace.give_back()
-            return False
+            self.pace.give_back(slot)
+            return None
         if not self.quota.counts(credential=credential):
-            return True
+            return slot
         # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent
         try:
             counted = await self.quota.take(self._stopping)
         except BaseException:
-            self.pace.give_back()
+            self.pace.give_back(slot)
             raise
         if not counted:
-            self.pace.give_back()
-        return counted
+            self.pace.give_back(slot)
+            return None
+        return slot
 
     async def _paced_attempt(
         self,
+        slot: Slot,
         req: Request,
         headers: Mapping[str, str],
         attempt: int,
@@ -339,14 +343,14 @@ class Client:
             else:
                 result = await self._attempt(req, headers, attempt, expect_json, credential)
         except BaseException:
-            self.pace.give_back(time.monotonic() - started)
+            self.pace.give_back(slot, time.monotonic() - started)
             raise
         if isinstance(result, Failure):
-            self.pace.no_answer(time.monotonic() - started, timed_out=isinstance(result.error, RequestTimeout))
+            self.pace.no_answer(slot, time.monotonic() - started, timed_out=isinstance(result.error, RequestTimeout))
         elif result.verified or not learned:  # no answer came: nothing to learn about the MDM's latency
-            self.pace.give_back(time.monotonic() - started)
+            self.pace.give_back(slot, time.monotonic() - started)
         else:
-            self.pace.answered(result.status, time.monotonic() - started)
+            self.pace.answered(slot, result.status, time.monotonic() - started)
         return result
 
     def _hedge_after(self) -> float | None:
@@ -369,9 +373,10 @@ class Client:
             # asked the policy's tries for each of the first's); None when it
             # got no answer worth having (the held one may yet).
             try:
-                if not await self._turn(req, NO_CONTEXT, credential=False, first=False):
+                slot = await self._turn(req, NO_CONTEXT, credential=False, first=False)
+                if slot is None:
                     return None
-                second = await self._paced_attempt(req, headers, attempt, NO_CONTEXT, None, expect_json, False)
+                second = await self._paced_attempt(slot, req, headers, attempt, NO_CONTEXT, None, expect_json, False)
             except BulkMDMError:
                 return None
             return second if isinstance(second, Response) and self._settles(req, second) else None
@@ -457,7 +462,7 @@ class Client:
                 self.reach.answered_as_the_mdm()
         return Response(status, body, answer.headers, attempt)
 
-    def _retry_wait(self, req: Request, resp: Response, state: RetryState) -> tuple[float | None, str]:
+    def _retry_wait(self, slot: Slot, req: Request, resp: Response, state: RetryState) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or None: this answer is final (and why, if early)."""
         policy = self.retry
         tries = state.throttled if resp.status == 429 else state.failures
@@ -483,7 +488,7 @@ class Client:
             retry_after = policy.throttle_wait
         # this request waits either way; whether the 429 is evidence of a limit
         # (a pause for every worker) is the pacing's business
-        self.pace.throttled(retry_after)
+        self.pace.throttled(slot, retry_after)
         return (retry_after if retry_after is not None else policy.backoff(tries) / 4), ""
 
     async def _after_failure(

@@ -7,12 +7,18 @@ a 429 is reported with its Retry-After (:meth:`Pace.throttled`), and the
 waits before a retry, a 429's included, are :meth:`Pace.wait`, cut short
 when the run stops. The controllers decide what a slot costs and whether a
 429 holds everyone; this class only carries the request path's side of it.
+
+Every call after :meth:`Pace.take` carries the attempt's :class:`Slot`
+back, so a controller that hands out tickets (``slot = await
+acquire(...)``, ``release(slot, ...)``, ``throttled(slot, ...)``) changes
+this class only; the one in ``limits.py`` today tells attempts apart by the
+task sending them, and its slot is :data:`TAKEN`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..limits import RateController
 
@@ -21,35 +27,46 @@ from ..limits import RateController
 STOP_CHECK = 0.25
 
 
+class Slot:
+    """One attempt's slot, as :meth:`Pace.take` hands it out and every later
+    call about that attempt takes it back (the controller's ticket)."""
+
+    __slots__ = ()
+
+
+#: the slot of the controller that counts attempts by the task sending them
+TAKEN = Slot()
+
+
 class Pace:
     """The request path's side of the shared rate and concurrency controller."""
 
     def __init__(self, limiter: RateController | None = None) -> None:
         self.limiter = limiter or RateController(rate=None, adaptive=False)
 
-    def take(self, stopping: Callable[[], bool], *, retry: bool) -> Awaitable[bool]:
-        """A slot for one attempt; False when the run stopped first. A ``retry``
-        goes before the first attempts waiting. (The controller's own
-        awaitable: no coroutine of its own on every attempt.)"""
-        return self.limiter.acquire(stopping, retry=retry)
+    async def take(self, stopping: Callable[[], bool], *, retry: bool) -> Slot | None:
+        """A slot for one attempt; None when the run stopped first. A ``retry``
+        goes before the first attempts waiting."""
+        return TAKEN if await self.limiter.acquire(stopping, retry=retry) else None
 
-    def give_back(self, seconds: float = 0.0) -> None:
+    def give_back(self, slot: Slot, seconds: float = 0.0) -> None:
         """The slot taken, unused or with nothing learned (no answer of the MDM's own)."""
         self.limiter.release(None, seconds)
 
-    def answered(self, status: int, seconds: float) -> None:
+    def answered(self, slot: Slot, status: int, seconds: float) -> None:
         """The attempt's answer and how long it took (what adaptive concurrency reads)."""
         self.limiter.release(status, seconds)
 
-    def no_answer(self, seconds: float, *, timed_out: bool) -> None:
+    def no_answer(self, slot: Slot, seconds: float, *, timed_out: bool) -> None:
         self.limiter.release(None, seconds, timed_out=timed_out)
 
-    def throttled(self, retry_after: float | None) -> None:
-        """A 429: whether it is evidence of a limit (a pause for everyone) is the controller's business."""
+    def throttled(self, slot: Slot, retry_after: float | None) -> None:
+        """The attempt in ``slot`` was answered 429: whether it is evidence of
+        a limit (a pause for everyone) is the controller's business."""
         self.limiter.throttled(retry_after)
 
-    def succeeded(self) -> None:
-        """A request's final answer was a success."""
+    def succeeded(self, slot: Slot) -> None:
+        """The request's final answer, in ``slot``, was a success."""
         self.limiter.succeeded()
 
     def held_after(self) -> float | None:
