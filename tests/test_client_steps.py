@@ -343,3 +343,63 @@ async def test_a_connection_never_made_before_any_answer_is_the_set_ups_error() 
         with pytest.raises(ConnectError):
             await c.request("POST", "x", json={})
     assert not halted and len(sent) == 2  # a wrong --url: two tries, not the whole budget
+
+
+@pytest.mark.looptime
+async def test_a_held_change_is_read_back_and_its_attempt_given_up_once_in_place() -> None:
+    from bulkmdm.response import Response
+    from bulkmdm.steps.readback import ReadBack
+
+    read_back = ReadBack(lambda: False)
+    loop = asyncio.get_running_loop()
+    contexts: list[RequestContext] = []
+
+    async def held() -> Response:
+        await asyncio.sleep(60)  # the MDM holds the answer
+        return Response(200, {})
+
+    started = loop.time()
+    resp = await read_back.while_held("POST /x", 1, _verify([True], contexts), RequestContext(), 2.0, held)
+    read_back.close()
+    assert resp.verified and resp.attempts == 1
+    assert loop.time() - started == pytest.approx(2, abs=0.1)
+    assert [context.read_back for context in contexts] == [True]
+
+
+@pytest.mark.looptime
+async def test_a_held_change_not_in_place_is_waited_for() -> None:
+    from bulkmdm.response import Response
+    from bulkmdm.steps.readback import ReadBack
+
+    read_back = ReadBack(lambda: False)
+
+    async def held() -> Response:
+        await asyncio.sleep(10)
+        return Response(201, {"id": 1})
+
+    resp = await read_back.while_held("POST /x", 1, _verify([False], []), RequestContext(), 2.0, held)
+    read_back.close()
+    assert resp.status == 201 and not resp.verified
+
+
+@pytest.mark.looptime
+async def test_a_held_read_back_is_sent_once_more_and_the_first_answer_taken() -> None:
+    from bulkmdm.response import Failure, Response
+    from bulkmdm.steps.readback import ReadBack
+
+    read_back = ReadBack(lambda: False)
+    loop = asyncio.get_running_loop()
+    seconds = iter([60.0, 0.01])
+
+    async def send() -> Response | Failure:
+        await asyncio.sleep(next(seconds))
+        return Response(200, {"first": True})
+
+    async def again() -> Response | None:
+        await asyncio.sleep(next(seconds))
+        return Response(200, {"second": True})
+
+    started = loop.time()
+    answer, own = await read_back.hedged("GET /check", 1.0, send, again, lambda r: isinstance(r, Response))
+    assert isinstance(answer, Response) and answer.body == {"second": True} and not own
+    assert loop.time() - started == pytest.approx(1.01, abs=0.05)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,7 @@ class _HeldChange:
     verify: Verify
     context: RequestContext
     what: str
-    #: when it counts as held (monotonic)
+    #: when it counts as held (the event loop's clock)
     due: float
     #: its attempt ended (an answer, a failure, or given up)
     answered: bool = False
@@ -118,13 +117,14 @@ class ReadBack:
         task = asyncio.current_task()
         if task is None:
             return await send()
-        change = _HeldChange(task, verify, context.reading_back(), what, time.monotonic() + held)
+        loop = asyncio.get_running_loop()
+        change = _HeldChange(task, verify, context.reading_back(), what, loop.time() + held)
         # one watch for all the changes in flight, oldest first (a timer per
         # attempt costs a few microseconds of CPU each; this, less)
         changes = self._changes_in_flight
         changes[change] = None
         if self._held_watch is None:
-            self._held_watch = asyncio.get_running_loop().call_later(held, self._watch_held)
+            self._held_watch = loop.call_later(held, self._watch_held)
         try:
             return await send()
         except asyncio.CancelledError:
@@ -141,8 +141,8 @@ class ReadBack:
     def _watch_held(self) -> None:
         """Read back the changes in flight held past their time; again at the next one's."""
         self._held_watch = None
-        now = time.monotonic()
         loop = asyncio.get_running_loop()
+        now = loop.time()
         for change in self._changes_in_flight:
             if change.due > now:
                 self._held_watch = loop.call_later(max(0.01, change.due - now), self._watch_held)
