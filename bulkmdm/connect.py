@@ -17,8 +17,9 @@ from . import providers
 from .errors import BulkMDMError
 from .limits import Pacing, for_run
 from .providers.base import Provider, Settings
+from .quota import DayQuota
 from .retry import RetryPolicy
-from .transport import Client
+from .client import Client
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,8 +50,10 @@ def make_client(
     stopping: Callable[[], bool] | None = None,
     pacing: Pacing | None = None,
     halt: Callable[[BulkMDMError], None] | None = None,
+    quota: DayQuota | None = None,
 ) -> Client:
-    """The one client of a run, set up as the vendor declares, paced by ``pacing`` (default: from the flags)."""
+    """The one client of a run, set up as the vendor declares, paced by ``pacing`` (default: from the
+    flags), its calls counted against the day's ``quota`` (if any)."""
     pacing = pacing or for_run(target.rate, target.concurrency, provider_cls)
     return Client(
         provider_cls.api_base(target.url),
@@ -64,6 +67,7 @@ def make_client(
         answers_json=provider_cls.answers_json,
         credential_hint=credential_hint(provider_cls, target.env),
         halt=halt,
+        quota=quota,
     )
 
 

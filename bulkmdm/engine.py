@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .words import plural
 from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events, QuietEvents
 from .journal import IN_FLIGHT, Journal, state_dir
-from .model import BAD_STATUSES, Outcome
+from .model import BAD_STATUSES, Outcome, Step
 from .plan import FIRST_CHUNK, PlanFeed, PlanSettings
 from .providers.base import Provider, Settings
 from .ownfiles import written
@@ -36,7 +36,7 @@ from .shown import Secrets
 from .connect import Connection, make_client
 from .limits import Pacing, for_run
 from .quota import DayQuota
-from .transport import Client
+from .client import Client, RequestContext
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
 __all__ = [
@@ -140,23 +140,19 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         )
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
-        client = _client(provider_cls, url, options, scheduler, pacing)
         tenant = provider_cls.quota_tenant(url, options.env)
         calls_today = journal.calls_today(tenant)
-        provider = provider_cls(
-            client,
-            Settings(
-                url=url,
-                env=options.env,
-                partition=options.partition,
-                calls_today=calls_today,
-                batch_size=options.batch_size,
-                dry_run=options.dry_run,
-                wait_for_quota=options.wait_for_quota,
-            ),
+        settings = Settings(
+            url=url,
+            env=options.env,
+            partition=options.partition,
+            calls_today=calls_today,
+            batch_size=options.batch_size,
+            dry_run=options.dry_run,
+            wait_for_quota=options.wait_for_quota,
         )
-        client.quota = DayQuota(
-            provider.daily_limit,
+        quota = DayQuota(
+            provider_cls.daily_limit_for(settings),
             calls_today,
             wait=options.wait_for_quota,
             vendor=provider_cls.name,
@@ -164,6 +160,8 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
             # counted across runs: a vendor's daily quota is the day's, not the run's
             save=lambda day, calls: journal.add_calls(tenant, calls, day=day.isoformat()),
         )
+        client = _client(provider_cls, url, options, scheduler, pacing, quota)
+        provider = provider_cls(client, settings)
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
         if isinstance(opened, FinishedBefore):
@@ -178,7 +176,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         remove_signal_handlers = scheduler.install_signals()
         try:
             try:
-                await _execute(journal, opened, provider, client, scheduler, options, events, result)
+                await _execute(journal, opened, provider, client, scheduler, pacing, options, events, result)
             except (ConfirmationRefused, KeyboardInterrupt):
                 # declined, or Ctrl-C at the prompt: nothing was sent, so leave no run to resume
                 if not opened.resumed and not scheduler.sent_any:
@@ -212,9 +210,10 @@ def rebuild_report(
 
 
 def _client(
-    provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler, pacing: Pacing
+    provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler, pacing: Pacing, quota: DayQuota
 ) -> Client:
-    """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler."""
+    """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler,
+    its every call counted against the day's ``quota``."""
     connection = Connection(
         provider=provider_cls.name,
         url=url,
@@ -225,7 +224,9 @@ def _client(
         timeout=options.timeout,
         retry=options.retry,
     )
-    return make_client(connection, provider_cls, stopping=scheduler.stopping, pacing=pacing, halt=scheduler.halt)
+    return make_client(
+        connection, provider_cls, stopping=scheduler.stopping, pacing=pacing, halt=scheduler.halt, quota=quota
+    )
 
 
 async def _execute(
@@ -234,6 +235,7 @@ async def _execute(
     provider: Provider,
     client: Client,
     scheduler: Scheduler,
+    pacing: Pacing,
     options: RunOptions,
     events: Events,
     result: RunResult,
@@ -244,7 +246,7 @@ async def _execute(
     try:
         async with client:
             try:
-                await _plan_and_send(journal, opened, provider, scheduler, options, events, result)
+                await _plan_and_send(journal, opened, provider, scheduler, pacing, options, events, result)
             except (ConfirmationRefused, JournalError):
                 raise
             except BulkMDMError as exc:  # a stop while planning: credentials refused, a set-up that cannot work
@@ -257,9 +259,8 @@ async def _execute(
         result.requests = client.requests_sent
         result.mutating_requests = client.mutating_sent
         result.interrupted = scheduler.signal is not None
-        if client.quota is not None:
-            with contextlib.suppress(JournalError):
-                client.quota.flush()  # the calls not written as they went out
+        with contextlib.suppress(JournalError):
+            client.quota.flush()  # the calls not written as they went out
 
 
 async def _plan_and_send(
@@ -267,6 +268,7 @@ async def _plan_and_send(
     opened: OpenedRun,
     provider: Provider,
     scheduler: Scheduler,
+    pacing: Pacing,
     options: RunOptions,
     events: Events,
     result: RunResult,
@@ -300,8 +302,8 @@ async def _plan_and_send(
         return
     if confirm:
         _confirm_destructive(feed, events)
-    provider.client.limiter.rows_start()
-    await scheduler.run(feed, provider.check if options.dry_run else provider.execute, ledger)
+    pacing.rate.rows_start()
+    await scheduler.run(feed, _dry_run(provider) if options.dry_run else provider.execute, ledger)
     if options.dry_run:
         result.planned_requests = feed.planned_requests
         if note := provider.quota_note():
@@ -309,6 +311,15 @@ async def _plan_and_send(
     if feed.error is not None:
         raise feed.error
     events.finish()
+
+
+def _dry_run(provider: Provider) -> Callable[[Sequence[Step], RequestContext], Awaitable[list[Outcome]]]:
+    """The dry run's send: ``provider.check`` (read-only: no batch hook to run)."""
+
+    async def check(steps: Sequence[Step], context: RequestContext) -> list[Outcome]:
+        return await provider.check(steps)
+
+    return check
 
 
 def _confirm_destructive(feed: PlanFeed, events: Events) -> None:

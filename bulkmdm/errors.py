@@ -20,8 +20,9 @@ of one request and fails one row (providers turn it into an ``Outcome``).
     │   ├── SetupFailed             nothing answers, or not as the MDM: wrong URL, TLS, device space (exit 2)
     │   └── QuotaExhausted          the MDM's API quota is spent for now         (exit 1)
     └── TransportError              one request produced no usable answer: the row fails
-        ├── ConnectError            could not connect / connection dropped
-        │   └── TLSFailed           the TLS handshake failed (http vs https, certificate)
+        ├── ConnectError            could not connect (nothing was sent)
+        │   ├── TLSFailed           the TLS handshake failed (http vs https, certificate)
+        │   └── ConnectionDropped   the connection dropped after the request went out
         ├── RequestTimeout          no answer within --timeout
         ├── AmbiguousError          the request may have been applied; not resent
         ├── BadAnswer               an answer that is not the vendor's (HTML for JSON, too big, too deep)
@@ -112,6 +113,10 @@ class ConnectError(TransportError):
 
 class TLSFailed(ConnectError):
     """The TLS handshake with the MDM failed."""
+
+
+class ConnectionDropped(ConnectError):
+    """The connection dropped once the request was sent: it may have reached the MDM."""
 
 
 class RequestTimeout(TransportError):

@@ -1,14 +1,15 @@
 """What is retried, and how long to wait: the retry policy, declared once.
 
 Each provider declares a :class:`RetryPolicy` (``Provider.retry_policy``);
-the one client in ``transport.py`` carries it out for every request, token
+the one client in ``client.py`` carries it out for every request, token
 fetches included. Written here rather than taken from stamina/tenacity
 because each attempt must (1) take a fresh slot from the shared rate
 controller, (2) honour a server's Retry-After, within a cap, and (3) ask,
 before resending a request that may already have been applied, whether it
 took effect. Those hooks sit in the middle of the attempt loop in
-``transport.py``; what stays here is the small, pure part: which answers are
-worth another try and how long to sleep.
+``client.py``; what stays here is the small, pure part: which answers are
+worth another try, how long to sleep, and :class:`RetryState`, where one
+request's attempts stand, as a frozen value.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from email.utils import parsedate_to_datetime
 
-#: Answers that mean "not done, try again later". 408 and 429 say the server
-#: did not process the request; 502/503/504 say the request failed before an
-#: answer was made. 500 and other 4xx are final: sending the same thing again
-#: will not change the answer.
+#: Answers worth another try. 408, 429 and 503 say the server did not
+#: process the request; 502 and 504 are a gateway's, whose backend may have
+#: made a change before the gateway gave up on it, so a change that is not
+#: idempotent is read back before it is sent again (``steps.readback.MAYBE_DONE``).
+#: 500 and other 4xx are final: sending the same thing again will not change
+#: the answer.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -96,9 +99,13 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+def parse_retry_after(value: str | None, *, date: str | None = None, now: datetime | None = None) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or unreadable.
 
+    An HTTP date is the server's clock: it is measured from the answer's own
+    ``Date`` header when that is readable (RFC 9110, 10.2.3: "the time the
+    message was generated"), so a server whose clock runs an hour ahead
+    asking for 2 s gets 2 s; only without one is our clock (``now``) used.
     Absurd values are passed through as large numbers (``inf`` for
     ``Retry-After: inf``): the caller compares them with its cap.
     """
@@ -111,11 +118,70 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         pass
     else:
         return None if math.isnan(seconds) else max(0.0, seconds)
+    when = _http_date(value)
+    if when is None:
+        return None
+    server_now = _http_date(date) if date else None
+    return max(0.0, (when - (server_now or now or datetime.now(UTC))).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value.strip()[:100])
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """Where one request's attempts stand: a frozen value, the next one
+    returned by :meth:`increment` (as urllib3's ``Retry.increment`` does),
+    with the ``history`` of what each attempt got."""
+
+    #: attempts made (a retry after renewed credentials is not one more)
+    attempt: int = 0
+    #: the 429s among them (a budget of their own)
+    throttled: int = 0
+    #: the credentials were renewed once already
+    renewed: bool = False
+    #: the last wait was a whole throttle window (a 429 after it: the quota is spent)
+    waited_window: bool = False
+    #: some attempt may have reached the MDM without an answer
+    reached: bool = False
+    #: what each attempt got: an HTTP status, or the name of the error
+    history: tuple[int | str, ...] = ()
+
+    @property
+    def failures(self) -> int:
+        """The attempts that were not a 429."""
+        return self.attempt - self.throttled
+
+    def increment(self, got: int | str, *, reached: bool = False) -> RetryState:
+        """The state after one more attempt, which got ``got`` (a status, or an error's name)."""
+        return RetryState(
+            self.attempt + 1,
+            self.throttled + (got == 429),
+            self.renewed,
+            self.waited_window,
+            self.reached or reached,
+            (*self.history, got),
+        )
+
+    def renewing(self) -> RetryState:
+        """The credentials were refused and renewed: the attempt is made again, not counted twice."""
+        return RetryState(self.attempt, self.throttled, True, self.waited_window, self.reached, self.history)
+
+    def waiting(self, window: bool) -> RetryState:
+        """The wait before the next attempt is (``window``) or is not a whole throttle window."""
+        if window == self.waited_window:
+            return self
+        return RetryState(self.attempt, self.throttled, self.renewed, window, self.reached, self.history)
+
+    def new_day(self) -> RetryState:
+        """The day's quota reset: the attempts start afresh (what reached the MDM still did)."""
+        return RetryState(renewed=self.renewed, reached=self.reached, history=self.history)
+
+
+#: every request starts here (shared: a RetryState is never changed)
+FIRST = RetryState()

@@ -2,8 +2,10 @@
 
 A bounded pool of workers pulls batches from the plan feed (no task per
 row). A batch's rows are marked in flight in the journal only when its first
-change is about to go out (``transport.about_to_change``), so a run killed
-while rows wait for a rate slot leaves them ``not-run``, not ``unknown``.
+change is about to go out (the ``before_change`` hook of the batch's
+:class:`~bulkmdm.steps.context.RequestContext`, which the batch's requests
+carry), so a run killed while rows wait for a rate slot leaves them
+``not-run``, not ``unknown``.
 
 The run stops (no new batch starts; requests in flight may finish) on the
 first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
@@ -38,10 +40,11 @@ from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
 from .events import Events
 from .model import Outcome, Status, Step, reason_key
 from .plan import PlanFeed
-from .transport import about_to_change, waiting_out
+from .steps.context import RequestContext
 from .words import NOT_SENT
 
-Send = Callable[[Sequence[Step]], Awaitable[list[Outcome]]]
+#: sends one batch with its context (``Provider.execute``)
+Send = Callable[[Sequence[Step], RequestContext], Awaitable[list[Outcome]]]
 
 INTERRUPTED = NOT_SENT
 CREDENTIALS_REFUSED = (
@@ -404,11 +407,10 @@ class Scheduler:
                 [step.index for step in batch], [(step.index, step.undo) for step in batch if step.undo]
             )
 
-        token = about_to_change.set(mark_batch_in_flight if self.marks_in_flight else None)
-        waiting = waiting_out.set(turn)
+        context = RequestContext(before_change=mark_batch_in_flight if self.marks_in_flight else None, waiting_out=turn)
         impatient = None if turn is None else asyncio.get_running_loop().call_later(CANARY_PATIENCE, turn)
         try:
-            outcomes = await send(batch)
+            outcomes = await send(batch, context)
             self.sent_any = True
             return outcomes
         except (ConfirmationRefused, JournalError):
@@ -430,8 +432,6 @@ class Scheduler:
                 for step in batch
             ]
         finally:
-            about_to_change.reset(token)
-            waiting_out.reset(waiting)
             if impatient is not None:
                 impatient.cancel()
 

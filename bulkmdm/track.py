@@ -317,7 +317,7 @@ async def _follow(
     """Look, write, wait, until every row is confirmed, the time is up, or a stop."""
     from .connect import Connection, make_client
     from .limits import for_run, sleep_unless
-    from .quota import DayQuota, tenant
+    from .quota import DayQuota
 
     stop = _Stop()
     provider_cls, url, partition = mdm.cls, mdm.url, mdm.partition
@@ -333,28 +333,25 @@ async def _follow(
         timeout=options.timeout,
         retry=options.retry,
     )
-    client = make_client(connection, provider_cls, stopping=stop, pacing=pacing)
-    where = tenant(provider_cls.name, url)
+    where = provider_cls.quota_tenant(url, env)
     calls_today = journal.calls_today(where)
-    provider = provider_cls(
-        client,
-        Settings(
-            url=url,
-            env=env,
-            partition=partition,
-            calls_today=calls_today,
-            wait_for_quota=options.wait_for_quota,
-        ),
+    settings = Settings(
+        url=url,
+        env=env,
+        partition=partition,
+        calls_today=calls_today,
+        wait_for_quota=options.wait_for_quota,
     )
     quota = DayQuota(
-        provider.daily_limit,
+        provider_cls.daily_limit_for(settings),
         calls_today,
         wait=options.wait_for_quota,
         vendor=provider_cls.name,
         on_hold=events.message,
         save=lambda day, calls: journal.add_calls(where, calls, day=day.isoformat()),
     )
-    client.quota = quota
+    client = make_client(connection, provider_cls, stopping=stop, pacing=pacing, quota=quota)
+    provider = provider_cls(client, settings)
     deadline = time.monotonic() + options.until
     remove_signals = stop.install()
     try:

@@ -16,7 +16,7 @@ from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, Org, make_app
 from bulkmdm.sim.common import SimServer
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 TOKEN = "s3cr3t-banyan-token"
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
@@ -184,6 +184,37 @@ async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) 
         (out,) = await provider.execute([step])
     assert out.status is Status.UNKNOWN and "not resent" in out.detail
     assert log(sim, device) == ["ban"]
+
+
+async def test_gateway_answer_after_the_work_is_read_back_not_resent(real_sim: SimServer) -> None:
+    sim = real_sim
+    sim.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
+    device = org(sim).unique_devices(banned=False)[0]
+    users = [u for u in org(sim).users.values() if len(u["SerialNumbers"]) == 2]
+    out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": users[0]["Email"]}))
+    assert [o.status for o in out] == [Status.SUCCEEDED] * 2, [o.detail for o in out]
+    assert all("confirmed by reading it back" in o.detail for o in out)
+    assert log(sim, device) == ["ban"] and log(sim, users[0]) == ["delete"]
+    assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
+
+
+async def test_gateway_answer_with_state_unreadable_is_unknown(real_sim: SimServer) -> None:
+    sim = real_sim
+    sim.faults.update({"gateway_after_rate": 1.0})  # the read-back's GETs too: nothing can be read back
+    device = org(sim).unique_devices(banned=False)[0]
+    auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
+    async with Client(sim.url, auth=auth, retry=FAST, timeout=5) as client:
+        provider = Banyan(client, Settings(url=sim.url))
+        step = Step(
+            rows_of(("ban", {"serial": device["SerialNumber"]}))[0],
+            "ban",
+            f"device {device['SerialNumber']}",
+            {"serial": device["SerialNumber"], "banned": True, "fields": {}},
+        )
+        (out,) = await provider.execute([step])
+    assert out.status is Status.UNKNOWN and "not resent" in out.detail and "HTTP 504" in out.detail
+    assert log(sim, device) == ["ban"]
+    assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
 
 
 # -- delete-device ----------------------------------------------------------------

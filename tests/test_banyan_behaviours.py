@@ -20,7 +20,7 @@ from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.banyan import DOC_DELETE_PATH, SHORT_DELETE_PATH, Org, make_app
 from bulkmdm.sim.common import SimServer
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 TOKEN = "s3cr3t-banyan-token"
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)

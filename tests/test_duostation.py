@@ -222,6 +222,31 @@ def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, 
     assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
 
 
+def test_gateway_answer_after_a_tag_is_read_back_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    """A 504 from a gateway after the MDM linked the tag: read back, confirmed, never linked twice."""
+    targets = serials(duo, 3, free=True)
+    duo.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
+    before = duo.stats.mutating
+    job = write_csv(tmp_path / "gw.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag")
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in res.report] == ["succeeded"] * 3, res.report
+    assert all("confirmed by reading it back" in r["detail"] for r in res.report)
+    assert duo.stats.mutating - before == 3
+    assert duo.call(lambda: state(duo).duplicate_links()) == []
+
+
+def test_gateway_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    target = serials(duo, 1)[0]
+    duo.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
+    job = write_csv(tmp_path / "gw-msg.csv", [["serial", "message"], [target, "Hej"]])
+    res = run(run_cli, duo, job, "--action", "message")
+    assert res.exit_code == 1
+    assert res.report[0]["status"] == "unknown"
+    assert "HTTP 504" in res.report[0]["detail"] and "not resent" in res.report[0]["detail"]
+    assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
+
+
 def test_report_round_trip(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     targets = serials(duo, 5, free=True)
     job = write_csv(

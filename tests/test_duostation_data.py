@@ -13,7 +13,7 @@ from bulkmdm.model import JobRow, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.duostation import INVENTORY_COLUMNS, DuoStation
 from bulkmdm.sim.duostation import FACTS
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 from conftest import CREDS, write_csv
 

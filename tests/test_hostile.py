@@ -20,7 +20,7 @@ from bulkmdm.model import JobRow, Status, Step
 from bulkmdm.providers.base import outcome_from_error
 from bulkmdm.retry import RetryPolicy, parse_retry_after
 from bulkmdm.sim.common import SimServer
-from bulkmdm.transport import MAX_BODY, Client
+from bulkmdm.client import MAX_BODY, Client
 
 from conftest import write_csv
 
@@ -332,7 +332,7 @@ BOMB_SCRIPT = r"""
 import asyncio, resource, sys, zlib
 from aiohttp import web
 from bulkmdm.errors import BadAnswer
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 def bomb_bytes():
     # 1 GB of zeros in ~1 MB, compressed a chunk at a time (never 1 GB here)

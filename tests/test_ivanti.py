@@ -24,7 +24,7 @@ from bulkmdm.providers.ivanti import Ivanti
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import Faults, SimServer
 from bulkmdm.sim.ivanti import IvantiState, make_app
-from bulkmdm.transport import BasicAuth, Client
+from bulkmdm.client import BasicAuth, Client
 
 FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05)
 
@@ -482,6 +482,31 @@ async def test_lost_answer_is_confirmed_by_reading_back(sim: SimServer, action: 
     assert "Confirmed by reading it back" in out[0].detail
     for device in devices:
         assert state.applied(device["id"], logged) == 1
+
+
+async def test_gateway_answer_to_a_command_is_unknown_and_not_resent(sim: SimServer) -> None:
+    devices = pick(sim, 3, registrationState="ACTIVE")
+    async with ivanti(sim) as provider:
+        planned = [s for s in await provider.plan(rows("lock", devices)) if isinstance(s, Step)]
+        sim.faults.update({"gateway_after_rate": 1.0, "gateway_status": 502, "mutating_only": True})
+        out = await provider.execute(planned)
+    assert statuses(out) == ["unknown"] * 3
+    assert "HTTP 502" in out[0].detail
+    assert all(state_of(sim).applied(d["id"], "lock") == 1 for d in devices)
+
+
+@pytest.mark.parametrize("action", ["retire", "set-attribute"])
+async def test_gateway_answer_after_a_change_is_read_back_not_resent(sim: SimServer, action: str) -> None:
+    devices = pick(sim, 2, registrationState="ACTIVE")
+    extra = {"attribute": "cityid", "value": "Reykjavík"} if action == "set-attribute" else {}
+    async with ivanti(sim) as provider:
+        planned = [s for s in await provider.plan(rows(action, devices, **extra)) if isinstance(s, Step)]
+        sim.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
+        out = await provider.execute(planned)
+    assert statuses(out) == ["succeeded"] * 2, out
+    assert "Confirmed by reading it back" in out[0].detail
+    logged = {"set-attribute": "customattributes-patch"}.get(action, action)
+    assert all(state_of(sim).applied(d["id"], logged) == 1 for d in devices)
 
 
 # -- dry run --------------------------------------------------------------------

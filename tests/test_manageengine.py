@@ -21,7 +21,7 @@ from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import Faults, SimServer
 from bulkmdm.sim.manageengine import FACTS, MEState, make_app
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
 #: ManageEngine's declared policy with short waits (the minute window: 0.2 s)
@@ -406,6 +406,28 @@ async def test_lost_answers_are_read_back_not_sent_twice() -> None:
         for d in new:
             assert state(sim).log[d] == [f"add-to-group:{GROUP['id']}"]
         assert state(sim).log[inside[0]] == [f"remove-from-group:{GROUP['id']}"]
+
+
+async def test_gateway_answers_are_read_back_or_unknown_never_sent_twice(sim: SimServer) -> None:
+    """A 504 after the work: an add to a group is read back and confirmed;
+    an app installation, which cannot be read back, is unknown; neither is sent twice."""
+    new = [d for d in generated(sim) if d not in members(sim, GROUP["id"])][:4]
+    job = rows(
+        *({"action": "add-to-group", "serial": serial_of(sim, d), "group": GROUP["name"]} for d in new[:2]),
+        *({"action": "install-app", "serial": serial_of(sim, d), "app": APP["name"]} for d in new[2:]),
+    )
+
+    def gateway() -> None:
+        sim.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
+
+    out = await run(sim, env_for("on-premises", sim), job, between=gateway)
+    assert statuses(out) == ["succeeded"] * 2 + ["unknown"] * 2, [o.detail for o in out]
+    assert all("confirmed by reading it back" in o.detail for o in out[:2])
+    assert "HTTP 504" in out[2].detail and "not resent" in out[2].detail
+    assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1
+    assert posts(sim, "on-premises", "/apps/{app_id}/devices") == 1
+    assert all(state(sim).log[d] == [f"add-to-group:{GROUP['id']}"] for d in new[:2])
+    assert all(state(sim).log[d] == [f"install-app:{APP['id']}"] for d in new[2:])
 
 
 async def test_server_error_fails_the_batch_without_raising(sim: SimServer) -> None:

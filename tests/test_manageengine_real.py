@@ -40,7 +40,7 @@ from bulkmdm.providers.base import Settings
 from bulkmdm.providers.manageengine import ManageEngine, cloud_host, region_hint, zoho_token_url
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.manageengine import FACTS, REMOVED_ID_OFFSET
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 KEYNOTE = FACTS["installed_app"]
 MEMBER_GROUP = FACTS["member_group"]

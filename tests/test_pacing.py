@@ -30,7 +30,7 @@ from bulkmdm.limits import (
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
-from bulkmdm.transport import Client
+from bulkmdm.client import Client
 
 RETRY = RetryPolicy(attempts=10, base=0.01, cap=0.05)
 

@@ -22,7 +22,7 @@ from openpyxl import load_workbook
 from bulkmdm.shown import REDACTED, Secrets, plain
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
-from bulkmdm.transport import BasicAuth
+from bulkmdm.client import BasicAuth
 
 from conftest import write_csv
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, UTC
 from email.utils import format_datetime
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -16,7 +15,7 @@ from aiohttp import web
 from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, TransportError, UsageError
 from bulkmdm.limits import READ_BACK, ConcurrencyLimit, RateController, parse_rate
 from bulkmdm.retry import RetryPolicy, parse_retry_after
-from bulkmdm.transport import BasicAuth, Client
+from bulkmdm.client import BasicAuth, Client, RequestContext, Verify
 
 FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
 
@@ -116,7 +115,7 @@ async def test_timeout_on_post_is_verified_instead_of_resent(loopback) -> None: 
     url = await loopback(scripted([slow], hits))  # type: ignore[list-item]
     checks = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         checks.append(1)
         return True
 
@@ -208,7 +207,7 @@ async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
 
 
 def test_json_with_a_byte_order_mark_is_json() -> None:
-    from bulkmdm.transport import _decode
+    from bulkmdm.client import _decode
 
     assert _decode(b'\xef\xbb\xbf[{"id": 1}]', "application/json; charset=utf-8")[0] == [{"id": 1}]
 
@@ -253,7 +252,7 @@ async def test_a_held_change_is_read_back_and_confirmed_without_its_answer(loopb
     url = await loopback(_held_change(done, work_first=True, hold=3.0))
     reads: list[bool] = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         reads.append("/change" in done)
         return reads[-1]
 
@@ -276,11 +275,11 @@ async def test_a_held_change_not_yet_in_place_is_waited_for_not_sent_again(loopb
     url = await loopback(_held_change(done, work_first=False, hold=1.2))
     calls: list[str] = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         calls.append("read")
         return "/change" in done
 
-    async def unreadable() -> bool | None:
+    async def unreadable(context: RequestContext) -> bool | None:
         calls.append("unreadable")
         raise ConnectError("the read-back failed too")
 
@@ -303,7 +302,7 @@ async def test_a_held_change_is_not_read_back_when_asked_not_to(loopback) -> Non
     url = await loopback(_held_change(done, work_first=True, hold=1.0))
     calls: list[str] = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         calls.append("read")
         return True
 
@@ -321,7 +320,7 @@ async def test_a_row_cancelled_as_its_held_change_is_confirmed_stays_cancelled(l
     url = await loopback(_held_change(done, work_first=True, hold=3.0))
     request: list[asyncio.Task[object]] = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         asyncio.get_running_loop().call_soon(request[0].cancel)  # the stop, just before the confirmation
         return True
 
@@ -371,9 +370,9 @@ def _read_back_held(
     return app
 
 
-def _checker(client: Client) -> Callable[[], Any]:
-    async def verify() -> bool | None:
-        resp = await client.request("GET", "check")
+def _checker(client: Client) -> Verify:
+    async def verify(context: RequestContext) -> bool | None:
+        resp = await client.request("GET", "check", context=context)
         return bool(resp.body["done"]) if resp.ok else None
 
     return verify
@@ -460,11 +459,10 @@ async def test_reads_are_sent_once_more_only_as_read_backs_and_not_against_a_dai
 
     state = {"changes": 0, "reads": 0}
     url = await loopback(_read_back_held(state, held_reads=2, hold=1.0))
-    async with Client(url, limiter=_adaptive(), retry=FAST) as client:
+    async with Client(url, limiter=_adaptive(), retry=FAST, quota=DayQuota(2500)) as client:
         await _warmed(client)
         assert (await client.request("GET", "check")).ok
         assert state["reads"] == 1
-        client.quota = DayQuota(2500)
         resp = await client.request("POST", "change", json={}, verify=_checker(client))
     assert resp.verified and state == {"changes": 1, "reads": 2}
 
@@ -477,7 +475,7 @@ async def test_a_stopping_run_starts_no_read_back(loopback) -> None:  # type: ig
     stopping = [False]
     calls: list[str] = []
 
-    async def verify() -> bool:
+    async def verify(context: RequestContext) -> bool:
         calls.append("read")
         return True
 
@@ -486,3 +484,68 @@ async def test_a_stopping_run_starts_no_read_back(loopback) -> None:  # type: ig
         asyncio.get_running_loop().call_later(0.1, stopping.__setitem__, 0, True)
         resp = await client.request("POST", "change", json={}, verify=verify)
     assert resp.status == 201 and not resp.verified and calls == []
+
+
+def test_retry_after_date_is_measured_against_the_answers_date() -> None:
+    ours = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for skew in (timedelta(hours=1), -timedelta(hours=1)):
+        server = ours + skew
+        date = format_datetime(server, usegmt=True)
+        retry_after = format_datetime(server + timedelta(seconds=2), usegmt=True)
+        assert parse_retry_after(retry_after, date=date, now=ours) == pytest.approx(2)
+    # without a readable Date, our own clock is all there is
+    later = format_datetime(ours + timedelta(seconds=5), usegmt=True)
+    assert parse_retry_after(later, date="yesterday", now=ours) == pytest.approx(5)
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)])
+async def test_a_retry_after_date_from_a_skewed_server_waits_what_it_asks(loopback, skew: timedelta) -> None:  # type: ignore[no-untyped-def]
+    """A server an hour ahead is not "asking for an hour"; one an hour behind
+    does not have its retries sent at once."""
+    hits: list[web.Request] = []
+
+    def throttled(request: web.Request) -> web.Response:
+        server = datetime.now(UTC) + skew
+        headers = {
+            "Date": format_datetime(server, usegmt=True),
+            "Retry-After": format_datetime(server + timedelta(seconds=1), usegmt=True),
+        }
+        return web.json_response({}, status=429, headers=headers)
+
+    url = await loopback(scripted([throttled, lambda r: web.json_response({})], hits))
+    async with Client(url, retry=FAST) as client:
+        t0 = time.monotonic()
+        resp = await client.request("GET", "x")
+        waited = time.monotonic() - t0
+    assert resp.ok and len(hits) == 2
+    assert 0.5 <= waited < 5
+
+
+async def test_a_connection_never_made_is_not_ambiguous() -> None:
+    """A connect timeout says the request never left: a POST without a
+    read-back fails as "could not connect", not as "may have been applied"."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    # fill the accept queue: the kernel then leaves further handshakes unanswered
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        async with Client(f"http://127.0.0.1:{port}", retry=FAST, timeout=5, connect_timeout=0.2) as client:
+            t0 = time.monotonic()
+            with pytest.raises(ConnectError) as info:
+                await client.request("POST", "x", json={})
+        assert not isinstance(info.value, AmbiguousError)
+        assert "no connection within 0.2 s" in str(info.value)
+        assert time.monotonic() - t0 < 3
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import BadAnswer, TransportError
 from ..model import JobRow, Outcome, Status, Step
-from ..transport import Auth, HeaderAuth, Response
+from ..client import NO_CONTEXT, Auth, HeaderAuth, RequestContext, Response
 from .base import (
     Follow,
     Index,
@@ -356,9 +356,9 @@ class Banyan(Provider):
                 raise
         return await self._list("v1/endusers", "endusers", _user_ident, "email")
 
-    async def _serial_query(self, serial: str) -> Response:
+    async def _serial_query(self, serial: str, context: RequestContext = NO_CONTEXT) -> Response:
         # the doc's non-paginated example: GET /devices?serialnumber=...
-        return await self.client.request("GET", "v1/devices", params={"serialnumber": serial})
+        return await self.client.request("GET", "v1/devices", params={"serialnumber": serial}, context=context)
 
     async def _devices_now(self, serial: str) -> list[Any] | None:
         """The devices holding exactly this serial now; None when unreadable."""
@@ -529,21 +529,21 @@ class Banyan(Provider):
         )
 
     # -- send and read back ---------------------------------------------------
-    async def send(self, step: Step) -> Outcome:
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
         if step.action in ("ban", "unban"):
-            return await self._ban(step)
+            return await self._ban(step, context)
         if step.action == "delete-device":
-            return await self._delete_device(step)
-        return await self._delete_user(step)
+            return await self._delete_device(step, context)
+        return await self._delete_user(step, context)
 
-    async def _ban(self, step: Step) -> Outcome:
+    async def _ban(self, step: Step, context: RequestContext) -> Outcome:
         serial, wanted, fields = step.params["serial"], step.params["banned"], step.params["fields"]
 
         def in_place(body: Any) -> bool | None:
             devices = _devices_with(body, serial)
             return all(_banned(d) == wanted for d in devices) if devices else None
 
-        verify = read_back(lambda: self._serial_query(serial), in_place)
+        verify = read_back(lambda context: self._serial_query(serial, context), in_place)
 
         async def send(form: str) -> Response:
             # The device's own fields go back with "Banned", as pybanyan and
@@ -555,7 +555,12 @@ class Banyan(Provider):
             else:  # the doc's: [{"Model": ..., "Banned" : "FALSE"}]
                 body = [{**fields, "Banned": "TRUE" if wanted else "FALSE"}]
             return await self.client.request(
-                "POST", "v1/mdm/update_device", params={"SerialNumber": serial}, json=body, verify=verify
+                "POST",
+                "v1/mdm/update_device",
+                params={"SerialNumber": serial},
+                json=body,
+                verify=verify,
+                context=context,
             )
 
         # The doc lists 400 "Bad Request" for a body it cannot read; the
@@ -563,7 +568,7 @@ class Banyan(Provider):
         resp = await self._ban_bodies.send(send, refused=lambda r: r.status == 400, proves=lambda r: r.ok)
         return _outcome(step, resp, f"Device {serial} {'banned' if wanted else 'unbanned'}.")
 
-    async def _delete_device(self, step: Step) -> Outcome:
+    async def _delete_device(self, step: Step, context: RequestContext) -> Outcome:
         serial, email = step.params["serial"], step.params["email"]
 
         def gone_from(body: Any) -> bool | None:
@@ -574,21 +579,23 @@ class Banyan(Provider):
                 return None  # the answer does not say who is registered
             return not any(_holds(d, email) for d in devices)
 
-        gone = read_back(lambda: self._serial_query(serial), gone_from)
+        gone = read_back(lambda context: self._serial_query(serial, context), gone_from)
 
         async def send(path: str) -> Response:
             # DELETE is idempotent in HTTP terms, but a second one after a
             # lost answer gets a 400 for a device that is no longer there;
             # read back instead of resending.
             params = {"SerialNumber": serial, "Email": email or None}
-            return await self.client.request("DELETE", path, params=params, idempotent=False, verify=gone)
+            return await self.client.request(
+                "DELETE", path, params=params, idempotent=False, verify=gone, context=context
+            )
 
         # Any answer but 404/405 shows the path is a route; two 404s prove
         # neither wrong (the 404 may be about the device), so nothing is kept.
         resp = await self._delete_paths.send(
             send, refused=lambda r: r.status in NO_ROUTE, proves=lambda r: r.status not in NO_ROUTE
         )
-        if resp.status in (400, 404) and await gone() is True:
+        if resp.status in (400, 404) and await gone(context) is True:
             what = f"{email}'s registration on device {serial}" if email else f"Device {serial}"
             return _already(
                 step,
@@ -606,7 +613,7 @@ class Banyan(Provider):
             )
         return _outcome(step, resp, f"Device {serial} deleted and its certificates revoked.")
 
-    async def _delete_user(self, step: Step) -> Outcome:
+    async def _delete_user(self, step: Step, context: RequestContext) -> Outcome:
         user_id, email = step.params["id"], step.params["email"]
 
         def gone_from(body: Any) -> bool:
@@ -616,18 +623,21 @@ class Banyan(Provider):
                 for u in as_list(body, "endusers")
             )
 
-        async def no_answer() -> bool | None:
+        async def no_answer(context: RequestContext) -> bool | None:
             return None
 
         gone = (
-            read_back(lambda: self.client.request("GET", "v1/endusers", params={"email": email}), gone_from)
+            read_back(
+                lambda context: self.client.request("GET", "v1/endusers", params={"email": email}, context=context),
+                gone_from,
+            )
             if email
             else no_answer
         )
         resp = await self.client.request(
-            "DELETE", "v2/endusers", json={"enduser_ids": [user_id]}, idempotent=False, verify=gone
+            "DELETE", "v2/endusers", json={"enduser_ids": [user_id]}, idempotent=False, verify=gone, context=context
         )
-        if resp.status in (400, 404) and await gone() is True:
+        if resp.status in (400, 404) and await gone(context) is True:
             return _already(
                 step,
                 resp,

@@ -3,7 +3,7 @@
 A provider holds only what is vendor-specific, and reads like its API doc
 (as httpx's ``AsyncBaseTransport`` is one method and ``aclose``):
 
-* **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.transport.Auth`
+* **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.client.Auth`
   from the variables named in ``credentials``; ``api_base(url)`` is the root
   the documented paths are appended to.
 * **declare its limits**: ``retry_policy`` (which answers are retried, the
@@ -17,12 +17,14 @@ A provider holds only what is vendor-specific, and reads like its API doc
   wanted state); it raises :class:`LookupFailed` for a value that matches
   nothing or several objects. ``self.changes`` (:class:`Changes`) says which
   rows are the same change, or contradict each other, across the whole run.
-* **send**: ``send(step)`` for one step, or ``send_batch(steps)`` for vendors
-  whose requests carry many (``max_batch > 1``; :func:`send_halving` splits
+* **send**: ``send(step, context)`` for one step, or ``send_batch(steps,
+  context)`` for vendors whose requests carry many (``max_batch > 1``; :func:`send_halving` splits
   a batch refused as a whole). ``check(steps)`` is the dry run's read-only
   counterpart.
 * **read back**: the ``verify`` callbacks handed to ``client.request`` say
-  whether a change whose answer was lost took effect (:func:`read_back`).
+  whether a change whose answer was lost took effect (:func:`read_back`);
+  each takes the context its reads carry. Every request of a batch carries
+  the batch's ``context`` (``client.request(..., context=context)``).
 * **export**: ``inventory()`` yields the fleet as job rows; ``choices(column)``
   names the tags, groups or apps a template may offer.
 * **follow through** (``bulkmdm track``): ``follow`` says, per action, whether
@@ -67,8 +69,8 @@ from ..errors import (
 from ..model import JobRow, Outcome, Status, Step
 from ..quota import tenant
 from ..retry import RetryPolicy
+from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
 from ..shown import plain
-from ..transport import Auth, BasicAuth, Client, Response
 from ..words import NOT_SENT
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
@@ -225,6 +227,11 @@ class Provider(ABC):
         Default: the MDM at ``url``."""
         return tenant(cls.name, url)
 
+    @classmethod
+    def daily_limit_for(cls, settings: Settings) -> int | None:
+        """The vendor's API calls a day for these settings (None: no daily quota)."""
+        return None
+
     def batch_size(self) -> int:
         size = self.settings.batch_size or self.max_batch
         return max(1, min(size, self.max_batch))
@@ -307,25 +314,28 @@ class Provider(ABC):
         raise NotImplementedError(f"{self.name} plans no rows")
 
     # -- executing ----------------------------------------------------------
-    async def execute(self, steps: Sequence[Step]) -> list[Outcome]:
+    async def execute(self, steps: Sequence[Step], context: RequestContext = NO_CONTEXT) -> list[Outcome]:
         """Send one batch; one Outcome per step, in order. Never raises for a
-        vendor or network error (a ``RunStopped`` ends the run)."""
+        vendor or network error (a ``RunStopped`` ends the run). ``context``
+        is the batch's (the scheduler's hooks): every request of the batch
+        carries it (``client.request(..., context=context)``), and so do its
+        read-backs (``verify(context)``)."""
         try:
-            return await self.send_batch(list(steps))
+            return await self.send_batch(list(steps), context)
         except TransportError as exc:
             return [outcome_from_error(step, exc) for step in steps]
 
-    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+    async def send_batch(self, steps: list[Step], context: RequestContext) -> list[Outcome]:
         """Send steps that share a ``batch_key``. Default: one ``send`` each."""
         out = []
         for step in steps:
             try:
-                out.append(await self.send(step))
+                out.append(await self.send(step, context))
             except TransportError as exc:
                 out.append(outcome_from_error(step, exc))
         return out
 
-    async def send(self, step: Step) -> Outcome:
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
         """Send one step and say what came of it."""
         raise NotImplementedError(f"{self.name} sends batches only")
 
@@ -849,16 +859,17 @@ async def send_halving(
 
 
 def read_back(
-    fetch: Callable[[], Awaitable[Response]],
+    fetch: Callable[[RequestContext], Awaitable[Response]],
     applied: Callable[[Any], bool | None],
-) -> Callable[[], Awaitable[bool | None]]:
-    """A ``verify`` callback for ``client.request``: read the object again and
+) -> Verify:
+    """A ``verify`` callback for ``client.request``: read the object again
+    (``fetch(context)``, its request carrying the context it is given) and
     say whether the change is in place (``applied(body)``); None when the
     read fails or cannot tell, so the request is not resent blindly."""
 
-    async def verify() -> bool | None:
+    async def verify(context: RequestContext) -> bool | None:
         try:
-            resp = await fetch()
+            resp = await fetch(context)
         except TransportError:
             return None
         return applied(resp.body) if resp.ok else None

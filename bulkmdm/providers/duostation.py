@@ -51,7 +51,7 @@ from urllib.parse import quote
 from ..errors import TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Client, Response
+from ..client import Client, RequestContext, Response, Verify
 from .base import (
     Follow,
     Index,
@@ -120,8 +120,6 @@ TAG_ID = ("tagId",)
 APP_ID = ("appId",)
 GROUP_ID = ("groupId",)
 
-#: reads a change back: True made, False not made, None cannot tell
-ReadBack = Callable[[], Awaitable["bool | None"]]
 
 #: the columns ``inventory`` yields, in order
 INVENTORY_COLUMNS = ("serial", "device_id", "name", "model", "email", "user", "group", "tags")
@@ -963,11 +961,13 @@ class DuoStation(Provider):
         "delete-user": "_send_delete_user",
     }
 
-    async def send(self, step: Step) -> Outcome:
-        send: Callable[[Step], Awaitable[Outcome]] = getattr(self, self._SENDERS.get(step.action, "_send_command"))
-        return await send(step)
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
+        send: Callable[[Step, RequestContext], Awaitable[Outcome]] = getattr(
+            self, self._SENDERS.get(step.action, "_send_command")
+        )
+        return await send(step, context)
 
-    async def _send_link(self, step: Step) -> Outcome:
+    async def _send_link(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
         if step.action == "tag":
             # POST /api/devicetags { "deviceId": "<deviceId>", "tagId": <tagId> }
@@ -978,52 +978,60 @@ class DuoStation(Provider):
             # integer is what the text says, and what a typed server binds.
             kind, owner_field, owner = "usertags", "userId", p["user"]
         linked = self._linked(kind, owner_field, owner, p["tag"])
-        resp = await self.client.request("POST", kind, json={owner_field: owner, "tagId": p["tag"]}, verify=linked)
+        resp = await self.client.request(
+            "POST", kind, json={owner_field: owner, "tagId": p["tag"]}, verify=linked, context=context
+        )
         # "Response data: Id of the newly created device tag": a 2xx without it is read back
-        return await self._settle(step, resp, f"Tag '{p['name']}' linked to {step.target}.", linked, new_id=True)
+        done = f"Tag '{p['name']}' linked to {step.target}."
+        return await self._settle(step, resp, done, linked, context, new_id=True)
 
-    async def _send_unlink(self, step: Step) -> Outcome:
+    async def _send_unlink(self, step: Step, context: RequestContext) -> Outcome:
         kind = "devicetags" if step.action == "untag" else "usertags"
         outcome: Outcome | None = None
         for link in step.params["links"]:
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
             path = f"{kind}/{seg(link)}"
-            resp = _lost_delete(await self.client.request("DELETE", path))
+            resp = _lost_delete(await self.client.request("DELETE", path, context=context))
             outcome = await self._settle(
-                step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.", self._gone(path)
+                step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.", self._gone(path), context
             )
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
         return outcome
 
-    async def _send_assign(self, step: Step) -> Outcome:
+    async def _send_assign(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
         # PUT /api/devices/<id> { "userId": <userId> }
         return await self._put(
-            step, f"devices/{seg(p['device'])}", "userId", p["user"], f"{step.target} assigned to {p['who']}."
+            step, f"devices/{seg(p['device'])}", "userId", p["user"], f"{step.target} assigned to {p['who']}.", context
         )
 
-    async def _send_move(self, step: Step) -> Outcome:
+    async def _send_move(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
         # PUT /api/users/<id>: "Change the name, email, phone number and/or
         # group of a user" ("och/eller" in the Swedish doc): each field is
         # optional, so only the group is sent and nothing else is touched.
         return await self._put(
-            step, f"users/{seg(p['user'])}", "groupId", p["group"], f"{step.target} moved to group '{p['path']}'."
+            step,
+            f"users/{seg(p['user'])}",
+            "groupId",
+            p["group"],
+            f"{step.target} moved to group '{p['path']}'.",
+            context,
         )
 
-    async def _put(self, step: Step, path: str, field: str, value: Any, done: str) -> Outcome:
+    async def _put(self, step: Step, path: str, field: str, value: Any, done: str, context: RequestContext) -> Outcome:
         """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
-        resp = await self.client.request("PUT", path, json={field: value})
-        return await self._settle(step, resp, cap(done), self._shows(path, (field, field[:-2]), value))
+        resp = await self.client.request("PUT", path, json={field: value}, context=context)
+        return await self._settle(step, resp, cap(done), self._shows(path, (field, field[:-2]), value), context)
 
-    async def _send_delete_user(self, step: Step) -> Outcome:
+    async def _send_delete_user(self, step: Step, context: RequestContext) -> Outcome:
         path = f"users/{seg(step.params['user'])}"
-        resp = _lost_delete(await self.client.request("DELETE", path))
-        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path))
+        resp = _lost_delete(await self.client.request("DELETE", path, context=context))
+        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path), context)
 
-    async def _send_command(self, step: Step) -> Outcome:
+    async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
         segment, done = COMMANDS[step.action]
         # "Data in DELETE-, PUT- and POST-commands must be structured as JSON
@@ -1041,11 +1049,18 @@ class DuoStation(Provider):
             body = {"message": p["message"]}
         # Commands cannot be read back: a request that may have arrived is not
         # resent (the client raises AmbiguousError -> status unknown).
-        resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body)
-        return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None)
+        resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body, context=context)
+        return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None, context)
 
     async def _settle(
-        self, step: Step, resp: Response, done: str, confirm: ReadBack | None, *, new_id: bool = False
+        self,
+        step: Step,
+        resp: Response,
+        done: str,
+        confirm: Verify | None,
+        context: RequestContext,
+        *,
+        new_id: bool = False,
     ) -> Outcome:
         """The Outcome of a change. The doc's answer confirms it ("200 OK will be
         returned for successful requests", with no response data, or with the
@@ -1068,7 +1083,7 @@ class DuoStation(Provider):
         if problem is None:
             return outcome_from_response(step, resp, done)
         said = f"The MDM answered HTTP {resp.status} with {problem}"
-        state = await confirm() if confirm is not None else None
+        state = await confirm(context) if confirm is not None else None
         if state is True:
             return Outcome(
                 step.index,
@@ -1098,7 +1113,7 @@ class DuoStation(Provider):
         )
 
     # -- reading a change back ------------------------------------------------
-    def _linked(self, kind: str, owner_field: str, owner: Any, tag: Any) -> ReadBack:
+    def _linked(self, kind: str, owner_field: str, owner: Any, tag: Any) -> Verify:
         """Whether the tag is linked, by the documented search
         (GET /api/devicetags?deviceId= / usertags?userId=); None: cannot tell."""
         nested = "device" if kind == "devicetags" else "user"
@@ -1111,9 +1126,11 @@ class DuoStation(Provider):
             except (_Unreadable, LookupFailed):
                 return None
 
-        return read_back(lambda: self.client.request("GET", _query(kind, **{owner_field: owner})), applied)
+        return read_back(
+            lambda context: self.client.request("GET", _query(kind, **{owner_field: owner}), context=context), applied
+        )
 
-    def _shows(self, path: str, ref: tuple[str, str], wanted: Any) -> ReadBack:
+    def _shows(self, path: str, ref: tuple[str, str], wanted: Any) -> Verify:
         """Whether the object at ``path`` now refers to ``wanted`` (``userId``, ``groupId``)."""
 
         def applied(body: Any) -> bool | None:
@@ -1126,13 +1143,13 @@ class DuoStation(Provider):
                 return False if _has_field(found, ref[0]) else None
             return key(current) == key(wanted)
 
-        return read_back(lambda: self.client.request("GET", path), applied)
+        return read_back(lambda context: self.client.request("GET", path, context=context), applied)
 
-    def _gone(self, path: str) -> ReadBack:
+    def _gone(self, path: str) -> Verify:
         """Whether the object at ``path`` is gone: the MDM answers 404 for it."""
 
-        async def fetch() -> Response:
-            resp = await self.client.request("GET", path)
+        async def fetch(context: RequestContext) -> Response:
+            resp = await self.client.request("GET", path, context=context)
             return Response(200, _GONE) if resp.status == 404 else resp
 
         return read_back(fetch, lambda body: True if body is _GONE else False if _one_object(body) else None)

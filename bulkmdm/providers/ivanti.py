@@ -59,7 +59,7 @@ from multidict import MultiDict
 from ..errors import ConfigError, SetupFailed, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
-from ..transport import Client, Response
+from ..client import NO_CONTEXT, Client, RequestContext, Response, Verify
 from .base import (
     Follow,
     Sighting,
@@ -759,13 +759,17 @@ class Ivanti(Provider):
         )
 
     # -- sending --------------------------------------------------------------
-    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+    async def send_batch(self, steps: list[Step], context: RequestContext) -> list[Outcome]:
         spec = BULK.get(steps[0].action)
         if spec is None:
-            return await super().send_batch(steps)  # set-attribute, delete-device: one request each
-        verdicts = await self._verdicts(spec, steps) if spec.viability else [planned(s) for s in steps]
+            return await super().send_batch(steps, context)  # set-attribute, delete-device: one request each
+        verdicts = await self._verdicts(spec, steps, context) if spec.viability else [planned(s) for s in steps]
         eligible = [s for s, v in zip(steps, verdicts, strict=True) if v.status in (Status.PLANNED, Status.UNKNOWN)]
-        sent = await send_halving(eligible, lambda part: self._command(spec, part), _refused_whole) if eligible else []
+        sent = (
+            await send_halving(eligible, lambda part: self._command(spec, part, context), _refused_whole)
+            if eligible
+            else []
+        )
         by_index = {o.index: o for o in sent}
         unchecked = [v for v in verdicts if v.status is Status.UNKNOWN]
         if (
@@ -790,20 +794,20 @@ class Ivanti(Provider):
             for v in await self._verdicts(spec, list(steps))
         ]
 
-    async def _verdicts(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+    async def _verdicts(self, spec: _Bulk, steps: list[Step], context: RequestContext = NO_CONTEXT) -> list[Outcome]:
         """Per step: PLANNED (eligible), FAILED (not eligible, with the
         vendor's reason; or no answer), UNKNOWN (the check failed: a real run
         sends the command unchecked and its own answer decides)."""
         if spec.segment in self._no_viability:
             note = f" (the MDM offers no eligibility check for {spec.segment}; the real run sends it unchecked)"
             return [planned(s, _planned(s).detail[:-1] + note + ".") for s in steps]
-        return await send_halving(steps, lambda part: self._check_part(spec, part), _refused_whole)
+        return await send_halving(steps, lambda part: self._check_part(spec, part, context), _refused_whole)
 
-    async def _check_part(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+    async def _check_part(self, spec: _Bulk, steps: list[Step], context: RequestContext) -> list[Outcome]:
         # "https://[Ivanti Neurons for MDM]/api/v1/device/forceCheckin?checkViability=true&ids=22062&ids=22196"
         query = urlencode([("checkViability", "true"), *(("ids", key(s.params["id"])) for s in steps)])
         try:
-            resp = await self.client.request("GET", f"device/{spec.segment}?{query}")
+            resp = await self.client.request("GET", f"device/{spec.segment}?{query}", context=context)
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         result, errors = _unwrap(resp.body)
@@ -830,7 +834,7 @@ class Ivanti(Provider):
             for s in steps
         ]
 
-    async def _command(self, spec: _Bulk, steps: list[Step]) -> list[Outcome]:
+    async def _command(self, spec: _Bulk, steps: list[Step], context: RequestContext) -> list[Outcome]:
         try:
             # PUT, yet not idempotent: a second lock is a second command to
             # the device. Resent after a lost answer only if a read-back says
@@ -844,6 +848,7 @@ class Ivanti(Provider):
                 # a read-back is a read of every device in the batch: worth it
                 # for a lost answer, not for one that is merely slow
                 read_back_held=len(steps) == 1,
+                context=context,
             )
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
@@ -889,7 +894,7 @@ class Ivanti(Provider):
                 form.add(name, value)
         return form
 
-    def _verifier(self, spec: _Bulk, steps: list[Step]) -> Callable[[], Awaitable[bool | None]] | None:
+    def _verifier(self, spec: _Bulk, steps: list[Step]) -> Verify | None:
         """Whether a command whose answer was lost took effect on every
         device (True), on none (False: resend), or cannot be told (None)."""
         if spec.segment == "updateAccount":
@@ -904,19 +909,17 @@ class Ivanti(Provider):
             return None  # lock, unlock, restart, check-in, message leave nothing to read back
         each = [self._read_back_device(step, applied) for step in steps]
 
-        async def verify() -> bool | None:
-            flags = await asyncio.gather(*(one() for one in each))
+        async def verify(context: RequestContext) -> bool | None:
+            flags = await asyncio.gather(*(one(context) for one in each))
             if all(flag is True for flag in flags):
                 return True
             return False if all(flag is False for flag in flags) else None
 
         return verify
 
-    def _read_back_device(
-        self, step: Step, applied: Callable[[Any, Step], bool]
-    ) -> Callable[[], Awaitable[bool | None]]:
-        def fetch() -> Awaitable[Response]:
-            return self.client.request("GET", f"device/{seg(step.params['id'])}")
+    def _read_back_device(self, step: Step, applied: Callable[[Any, Step], bool]) -> Verify:
+        def fetch(context: RequestContext) -> Awaitable[Response]:
+            return self.client.request("GET", f"device/{seg(step.params['id'])}", context=context)
 
         def in_place(body: Any) -> bool | None:
             device = _unwrap(body)[0]
@@ -924,7 +927,7 @@ class Ivanti(Provider):
 
         return read_back(fetch, in_place)
 
-    async def send(self, step: Step) -> Outcome:
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
         """set-attribute and delete-device, one device a request."""
         path_id = seg(step.params["id"])
         if step.action == "set-attribute":
@@ -936,15 +939,16 @@ class Ivanti(Provider):
                 f"device/{path_id}/customattributes",
                 json={"attrs": {name: [value]}, "forceOverwrite": True},
                 verify=read_back(
-                    lambda: self.client.request("GET", f"device/{path_id}/customattributes"),
+                    lambda context: self.client.request("GET", f"device/{path_id}/customattributes", context=context),
                     lambda body: _attrs(_unwrap(body)[0]).get(name) == [value],
                 ),
+                context=context,
             )
             done, what = f"Attribute {name} set to {value!r} on {step.target}.", f"The MDM refused to set {name} on"
         else:
 
-            async def device_or_none() -> Response:
-                read = await self.client.request("GET", f"device/{path_id}")
+            async def device_or_none(context: RequestContext) -> Response:
+                read = await self.client.request("GET", f"device/{path_id}", context=context)
                 return Response(200, {"result": None}) if read.status == 404 else read
 
             # The URI and example say "DELETE /api/v1/device?deviceIds={id}"
@@ -957,6 +961,7 @@ class Ivanti(Provider):
                 params={"deviceIds": key(step.params["id"])},
                 idempotent=False,
                 verify=read_back(device_or_none, lambda body: not _unwrap(body)[0]),
+                context=context,
             )
             done, what = f"{cap(step.target)} deleted.", "The MDM refused to delete"
         result, errors = _unwrap(resp.body)

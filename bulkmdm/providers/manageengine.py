@@ -64,7 +64,6 @@ more; a 429 after that means the day's calls are used up, and the run stops.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections import Counter
@@ -89,8 +88,8 @@ from ..errors import (
 from ..model import JobRow, Outcome, Status, Step
 from ..quota import tenant
 from ..retry import RetryPolicy
+from ..client import NO_CONTEXT, Auth, Client, HeaderAuth, RequestContext, Response
 from ..shown import Secrets
-from ..transport import Auth, Client, HeaderAuth, Response
 from .base import (
     Follow,
     Sighting,
@@ -164,10 +163,6 @@ class ApiKeyAuth(HeaderAuth):
         return _token_refused(status, body)
 
 
-#: the access token the current task last sent (see ZohoOAuth.renew)
-_sent_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("bulkmdm_me_sent_token", default=None)
-
-
 class ZohoOAuth(Auth):
     """Cloud: an access token from Zoho's refresh-token grant, fetched on first
     use, renewed a little before ``expires_in`` runs out and when refused.
@@ -194,7 +189,6 @@ class ZohoOAuth(Auth):
         self._accepted = False
 
     def headers(self) -> Mapping[str, str]:
-        _sent_token.set(self._token)
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
 
     def refused(self, status: int, body: Any) -> bool:
@@ -218,14 +212,11 @@ class ZohoOAuth(Auth):
             if not self._fresh():
                 await self._fetch(client)
 
-    async def renew(self, client: Client) -> bool:
-        # The client asks for headers() and calls renew() from the same task,
-        # so the context variable holds the token that was refused. Workers
-        # refused together renew once: the others find a token newer than the
-        # one that failed and just retry with it.
-        failed_with = _sent_token.get()
+    async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
+        # Workers refused together renew once: the others find a token newer
+        # than the one their refused request carried and just retry with it.
         async with self._locked():
-            if self._token is not None and self._token != failed_with:
+            if self._token is not None and sent.get("Authorization") != f"Zoho-oauthtoken {self._token}":
                 return True
             if self.hint and not self._accepted:
                 # A token from another region's accounts server, refused before
@@ -517,13 +508,17 @@ class ManageEngine(Provider):
             root = root[: -len("/api/v1")]
         return root + "/api/v1"
 
+    @classmethod
+    def daily_limit_for(cls, settings: Settings) -> int | None:
+        return _daily_limit(settings.env)
+
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         auth = client.auth
         self.on_premises = isinstance(auth, ApiKeyAuth) or (
             not isinstance(auth, ZohoOAuth) and bool(settings.env.get("BULKMDM_API_KEY", "").strip())
         )
-        self.daily_limit = _daily_limit(settings.env)
+        self.daily_limit = self.daily_limit_for(settings)
         #: API calls today: earlier runs', this run's look-ups, and what the planned rows need
         self._needed = settings.calls_today
         pinned = client.base_url.casefold().endswith("/api/v1/mdm")
@@ -542,17 +537,17 @@ class ManageEngine(Provider):
     def _path(self, path: str) -> str:
         return path if "://" in path else self._prefix + path
 
-    async def _get(self, path: str) -> Any:
+    async def _get(self, path: str, context: RequestContext = NO_CONTEXT) -> Any:
         """GET a documented resource: the body, or ListFailed. The run's first
         list met with a 404 under /api/v1/mdm/ moves the cloud to the doc's base."""
-        resp = await self.client.request("GET", self._path(path))
+        resp = await self.client.request("GET", self._path(path), context=context)
         if resp.status == 404 and self._may_fall_back:
             # The doc: "Cloud https://mdm.manageengine.com/api/v1"; its public
             # clients call /api/v1/mdm/. A cloud that serves only the doc's
             # base is spoken to there for the rest of the run.
             log.info("ManageEngine: %s answered 404 under /api/v1/mdm; trying the doc's cloud base /api/v1", path)
             self._prefix, self._may_fall_back = "", False
-            resp = await self.client.request("GET", self._path(path))
+            resp = await self.client.request("GET", self._path(path), context=context)
             if resp.status == 404:
                 self._prefix = "mdm/"
                 raise ListFailed(
@@ -575,7 +570,9 @@ class ManageEngine(Provider):
         under the base a run would use (on-premises or cloud)."""
         await self._get(DEVICE_LIST + "&limit=1")
 
-    async def _page(self, path: str, keys: tuple[str, ...], cursor: str | None) -> Page:
+    async def _page(
+        self, path: str, keys: tuple[str, ...], cursor: str | None, context: RequestContext = NO_CONTEXT
+    ) -> Page:
         """One page of a list under its wrapping key (``{"devices": [...]}``)
         and the next page's URL (None: the last).
 
@@ -587,7 +584,7 @@ class ManageEngine(Provider):
         than what arrived is fetched by ``offset``. Either way the request goes
         to the server this run talks to (only the link's path and query are
         used), so the credentials go nowhere else."""
-        body = await self._get(cursor or path)
+        body = await self._get(cursor or path, context)
         current = self.client.url(self._path(cursor or path))  # after _get: the base may have changed
         items = as_list(body, *keys)
         nxt = _next_link(body)
@@ -600,10 +597,12 @@ class ManageEngine(Provider):
         base = self.client.url(self._path(path))
         return items, f"{base}{'&' if '?' in base else '?'}{urlencode({'offset': offset, 'limit': len(items)})}"
 
-    async def _list(self, path: str, keys: tuple[str, ...], id_field: str) -> list[Any]:
+    async def _list(
+        self, path: str, keys: tuple[str, ...], id_field: str, context: RequestContext = NO_CONTEXT
+    ) -> list[Any]:
         """Every page of a list, each item once (items without an id are all kept)."""
         return await collect_pages(
-            partial(self._page, path, keys), ident=lambda item: _usable_id(get_field(item, id_field))
+            partial(self._page, path, keys, context=context), ident=lambda item: _usable_id(get_field(item, id_field))
         )
 
     def _on_this_server(self, url: str) -> str:
@@ -613,11 +612,11 @@ class ManageEngine(Provider):
         parts = urlsplit(url)
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
-    async def _members(self, group_id: Any) -> set[str]:
+    async def _members(self, group_id: Any, context: RequestContext = NO_CONTEXT) -> set[str]:
         """ "Get members present in a group": ``{ "member_ids": [ 12, 213123,
         21312 ] }`` (every page, should the server page it; member objects
         are read too)."""
-        items = await self._list(f"groups/{seg(group_id)}/members", MEMBER_KEYS, "member_id")
+        items = await self._list(f"groups/{seg(group_id)}/members", MEMBER_KEYS, "member_id", context)
         return {_member_id(m) for m in items} - {""}
 
     async def _each(self, paths: Sequence[str], *, quiet: bool) -> list[Response | None]:
@@ -1131,12 +1130,12 @@ class ManageEngine(Provider):
         ]
 
     # -- sending -------------------------------------------------------------------
-    async def send_batch(self, steps: list[Step]) -> list[Outcome]:
+    async def send_batch(self, steps: list[Step], context: RequestContext) -> list[Outcome]:
         if steps[0].action in BATCHED:
-            return await send_halving(steps, self._send_ids, _refused_whole)
-        return await super().send_batch(steps)
+            return await send_halving(steps, partial(self._send_ids, context=context), _refused_whole)
+        return await super().send_batch(steps, context)
 
-    async def _send_ids(self, steps: list[Step]) -> list[Outcome]:
+    async def _send_ids(self, steps: list[Step], context: RequestContext) -> list[Outcome]:
         """One POST carrying every step's device id: "Add multiple members
         simultaneously to an existing group" / "Associate an existing app to
         multiple devices"."""
@@ -1155,7 +1154,9 @@ class ManageEngine(Provider):
         try:
             # (a read-back is the group's member list, pages of it, from a daily
             # quota: worth it for a lost answer, not for one that is merely slow)
-            resp = await self.client.request("POST", self._path(path), json=body, verify=verify, read_back_held=False)
+            resp = await self.client.request(
+                "POST", self._path(path), json=body, verify=verify, read_back_held=False, context=context
+            )
         except TransportError as exc:
             return [outcome_from_error(s, exc) for s in steps]
         if resp.ok:
@@ -1169,26 +1170,28 @@ class ManageEngine(Provider):
             # (send_halving), so the rows that were not there get sent.
             return [_already(steps[0], resp)]
         if resp.status == 409 and steps[0].action == "add-to-group":
-            return await self._resend_without_members(steps, resp)
+            return await self._resend_without_members(steps, resp, context)
         return [_failed(step, resp) for step in steps]
 
-    async def _members_in_place(self, group_id: Any, ids: list[Any]) -> bool | None:
+    async def _members_in_place(self, group_id: Any, ids: list[Any], context: RequestContext) -> bool | None:
         """After a lost answer: did the members arrive? All: done; none: not
         sent; some or unreadable: cannot tell. (The base's read_back reads one
         answer; a group's member list may page.)"""
         try:
-            now = await self._members(group_id)
+            now = await self._members(group_id, context)
         except (TransportError, ListFailed):
             return None
         there = [key(i) in now for i in ids]
         return True if all(there) else False if not any(there) else None
 
-    async def _resend_without_members(self, steps: list[Step], resp: Response) -> list[Outcome]:
+    async def _resend_without_members(
+        self, steps: list[Step], resp: Response, context: RequestContext
+    ) -> list[Outcome]:
         """A 409 to an add: which members were already there is one read away
         (halving would cost up to two requests per row); those rows are
         already in state, the others are sent again without them."""
         try:
-            now = await self._members(steps[0].params["group"])
+            now = await self._members(steps[0].params["group"], context)
         except (TransportError, ListFailed):
             return [_failed(step, resp) for step in steps]
         there = [s for s in steps if key(s.params["device"]) in now]
@@ -1196,10 +1199,11 @@ class ManageEngine(Provider):
             return [_failed(step, resp) for step in steps]
         rest = [s for s in steps if s not in there]
         done = {s.index: _already(s, resp) for s in there}
-        done.update({o.index: o for o in (await send_halving(rest, self._send_ids, _refused_whole) if rest else [])})
+        send = partial(self._send_ids, context=context)
+        done.update({o.index: o for o in (await send_halving(rest, send, _refused_whole) if rest else [])})
         return [done[s.index] for s in steps]
 
-    async def send(self, step: Step) -> Outcome:
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
         """ "Remove a member from a particular group" / "Disassociate an app
         from a particular device": one DELETE per row."""
         p = step.params
@@ -1207,7 +1211,7 @@ class ManageEngine(Provider):
             path = f"groups/{seg(p['group'])}/members/{seg(p['device'])}"
         else:
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
-        resp = await self.client.request("DELETE", self._path(path))
+        resp = await self.client.request("DELETE", self._path(path), context=context)
         if resp.status == 404 and resp.attempts > 1:
             # an earlier attempt went through and its answer was lost: told
             # as what happened (no read-back was made; the retry's 404 says it)

@@ -60,6 +60,10 @@ class Faults:
     drop_rate: float = 0.0
     #: do the work, then close the connection without an answer
     drop_after_rate: float = 0.0
+    #: do the work, then answer ``gateway_status`` as a gateway whose backend
+    #: was slow (a load balancer's 504 after the backend applied the change)
+    gateway_after_rate: float = 0.0
+    gateway_status: int = 504
     #: do the work, then wait ``slow_seconds`` before answering
     slow_rate: float = 0.0
     slow_seconds: float = 5.0
@@ -193,12 +197,19 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
             stats.faults += 1
             _drop(request)
             raise asyncio.CancelledError
+        if eligible and faults.gateway_after_rate and rng.random() < faults.gateway_after_rate:
+            stats.faults += 1
+            return web.Response(text=_GATEWAY_PAGE, status=faults.gateway_status, content_type="text/html")
         if eligible and faults.slow_rate and rng.random() < faults.slow_rate:
             stats.faults += 1
             await asyncio.sleep(faults.slow_seconds)
         return response
 
     return middleware
+
+
+#: what a gateway (nginx) answers in place of a backend's answer
+_GATEWAY_PAGE = "<html><head><title>Gateway</title></head><body><center><h1>Gateway error</h1></center></body></html>"
 
 
 class _Capacity:

@@ -1,0 +1,98 @@
+"""Credentials: what every request to the MDM carries, and what happens when
+the MDM refuses them.
+
+An :class:`Auth` adds its headers to each request; ``ready`` (before every
+attempt) and ``renew`` (once, when refused) get the client, so that a token
+request is one more request of the run: paced, counted, retried by the
+policy, never redirected (``request(..., credential=True)``). ``renew`` is
+told which headers the refused attempt carried, so that workers refused
+together renew once: the others find newer credentials and retry with them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AuthError
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+
+class Auth:
+    """Adds credentials to a request. Subclasses may fetch or renew them."""
+
+    def headers(self) -> Mapping[str, str]:
+        return {}
+
+    def refused(self, status: int, body: Any) -> bool:
+        """Whether this answer means the credentials were refused."""
+        return status == 401
+
+    async def ready(self, client: Client) -> None:
+        """Called before every request: have credentials that will work."""
+
+    async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
+        """Called once when the credentials ``sent`` were refused; True if new ones are worth a retry."""
+        return False
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"<{type(self).__name__} (redacted)>"
+
+
+class BasicAuth(Auth):
+    def __init__(self, username: str, password: str) -> None:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._header = f"Basic {token}"
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": self._header}
+
+
+class HeaderAuth(Auth):
+    """A fixed Authorization header, e.g. ``Bearer <token>``."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": self._value}
+
+
+class Credentials:
+    """The run's :class:`Auth` on every request, the vendor's required headers before it."""
+
+    def __init__(self, auth: Auth | None = None, *, headers: Mapping[str, str] | None = None, hint: str = "") -> None:
+        self.auth = auth or Auth()
+        self._headers = dict(headers or {})
+        #: what to check when the MDM refuses the credentials ("check BULKMDM_TOKEN")
+        self.hint = hint
+        #: the credentials have something to do before a request (the base's ``ready`` does nothing)
+        self.readies = type(self.auth).ready is not Auth.ready
+
+    async def ready(self, client: Client) -> None:
+        """Have credentials that will work (the client asks only when ``readies``; never for a token request)."""
+        await self.auth.ready(client)
+
+    def headers(self, *, credential: bool) -> Mapping[str, str]:
+        """What a request carries; a token request is the token endpoint's: no MDM headers, no credentials."""
+        if credential:
+            return {}
+        return {**self._headers, **self.auth.headers()}
+
+    async def refused(
+        self, client: Client, status: int, body: Any, sent: Mapping[str, str], *, what: str, attempt: int, renewed: bool
+    ) -> bool:
+        """Whether the answer refused the credentials and new ones are worth a
+        retry; raises :class:`AuthError` when they cannot be renewed."""
+        if not self.auth.refused(status, body):
+            return False
+        if renewed or not await self.auth.renew(client, sent):
+            raise AuthError(
+                f"the MDM refused the credentials (HTTP {status} on {what})" + (f"; {self.hint}" if self.hint else ""),
+                attempts=attempt,
+                status=status,
+            )
+        return True
