@@ -182,7 +182,7 @@ async def test_not_a_job_file_and_an_unreadable_one(served: Served) -> None:
 
 
 async def test_a_header_only_file_is_not_found_without_problems(served: Served, tmp_path: Path) -> None:
-    async with _client() as client:
+    async with _client(served) as client:
         page = await _upload(client, served, write_csv(tmp_path / "empty.csv", [["action", "serial"]]))
     assert 'id="no-rows"' in page and "No problems found" not in page and 'id="dry-run"' not in page
 
@@ -192,7 +192,7 @@ async def test_pages_are_csp_clean_and_have_an_icon(served: Served) -> None:
     for template in templates.glob("*.html"):  # the CSP allows neither inline styles nor inline scripts
         text = template.read_text()
         assert not re.search(r"\sstyle=|<style|<script(?![^>]*\ssrc=)|\son[a-z]+=", text), template.name
-    async with _client() as client:
+    async with _client(served) as client:
         async with client.get(f"{served.url}/") as resp:
             assert '<link rel="icon" href="/static/favicon.svg"' in await resp.text()
         for path in ("/static/favicon.svg", "/favicon.ico"):
@@ -239,7 +239,7 @@ async def test_connect_checks_the_credentials_and_says_what_was_refused(served: 
             "duostation:BULKMDM_USERNAME": "admin",
             "duostation:BULKMDM_PASSWORD": "wrong-password",
         }
-        async with _client() as client:
+        async with _client(served) as client:
             async with client.post(f"{served.url}/connect", data=form) as resp:
                 page = await resp.text()
             refused = _flash(page)
@@ -253,7 +253,7 @@ async def test_connect_checks_the_credentials_and_says_what_was_refused(served: 
             async with client.post(f"{served.url}/connect", data=form) as resp:
                 page = await resp.text()
             assert served.state.connection is not None and 'id="note"' in page and "answered" in page
-    async with _client() as client:
+    async with _client(served) as client:
         nothing = dict(form, url="http://127.0.0.1:9")
         served.state.connection = None
         async with client.post(f"{served.url}/connect", data=nothing) as resp:
@@ -262,7 +262,7 @@ async def test_connect_checks_the_credentials_and_says_what_was_refused(served: 
 
 
 async def test_the_mdm_form_keeps_what_was_typed_and_use_another_mdm_starts_from_it(served: Served) -> None:
-    async with _client() as client:
+    async with _client(served) as client:
         form = {"csrf": served.csrf, "provider": "ivanti", "url": "https://na1.mobileiron.example"}
         form |= {"ivanti:BULKMDM_USERNAME": "api-user", "ivanti:BULKMDM_PASSWORD": "secret-pw"}
         async with client.post(f"{served.url}/connect", data=form) as resp:
@@ -298,7 +298,7 @@ async def test_credentials_refused_during_a_run_are_told_in_the_pages_words(serv
                 "duostation:BULKMDM_PASSWORD": "changed-since",
             }
         )
-        async with _client() as client:
+        async with _client(served) as client:
             run_page = await _post(client, served, f"{_job_page(await _upload(client, served, job))}/dry-run")
             text = await _until(client, served, run_page, "nothing was run")
     error = re.search(r'<p class="notice bad" id="error">(.*?)</p>', text, re.S)
@@ -724,7 +724,7 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
         "duostation:BULKMDM_USERNAME": "admin",
         "duostation:BULKMDM_PASSWORD": "admin",
     }
-    async with _serve_app(tmp_path / "state") as server, _client() as client:
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
         run_page = await _dry_run_and_run(client, server, _job_page(await _upload(client, server, job)), "")
         page = await _until(client, server, run_page, 'id="next"')
