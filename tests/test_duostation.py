@@ -318,7 +318,7 @@ def test_dry_run_sends_nothing(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     )
     res = run(run_cli, duo, job, "--action", "tag", "--dry-run")
     assert [r["status"] for r in res.report] == ["planned"] * 3 + ["failed", "skipped"]
-    assert "3 request(s) that change something" in res.output
+    assert "will send 3 requests that change something" in res.output
     assert duo.stats.mutating == 0
 
 
