@@ -59,9 +59,9 @@ class RetryPolicy:
     #: The first wait is up to 0.1 s, as gRPC's retry policy examples and
     #: Google's API clients start (and stamina's ``wait_initial``): a lone
     #: 503 among answers that come in milliseconds is not worth half a
-    #: second, and under issue 11's noise the rows retrying are what a run's
-    #: last seconds are made of (with 0.5 s, three 503s in a row, one row in
-    #: a thousand, waited up to 3.5 s; now 0.7 s).
+    #: second, and under a noisy server the rows retrying are what a run's
+    #: last seconds are made of (three 503s in a row wait 0.1 + 0.2 + 0.4 s,
+    #: where a first wait of 0.5 s makes it 3.5 s).
     base: float = 0.1
     #: The adaptive concurrency limit (limits.py) is what spares a server in
     #: trouble: it cuts the requests in flight when overload answers exceed

@@ -1,5 +1,5 @@
 """Banyan end to end through the CLI against both behaviours of its simulator
-(the doc's and the real service's, issue 13), with the exact server state
+(the doc's and the real service's), with the exact server state
 checked; plus export (inventory), template choices, undo rows and objects
 without the fields we key on."""
 

@@ -74,7 +74,7 @@ def test_refused_credentials_leave_the_earlier_report_alone(duo: Any, run_cli: A
     before = first.report_path.read_bytes()
     res = run_cli([*args, "--fresh"], env={"BULKMDM_PASSWORD": "wrong-password-123"})
     assert res.exit_code == 2 and "credentials" in res.output
-    # the cause and the fix (found from outside: it named no fix)
+    # the cause and the fix
     assert "check BULKMDM_USERNAME and BULKMDM_PASSWORD" in res.output, res.output
     assert first.report_path.read_bytes() == before  # nothing was run, nothing overwritten
     again = run_cli([args[0], str(first.report_path), *args[2:]])

@@ -1,4 +1,4 @@
-"""DuoSTATION against a hostile simulator (issue 10): objects without the
+"""DuoSTATION against a hostile simulator: objects without the
 fields bulkmdm keys on, lists in shapes the doc does not describe, and
 changes answered with something other than the doc's answer. Every action
 runs through the CLI; a row is `succeeded` only when the simulator's state

@@ -733,7 +733,7 @@ async def test_requests_are_sent_as_the_doc_shows() -> None:
         return [r for r in seen if r["method"] == method and r["path"] == "/api/v1/" + path]
 
     # the device list: GET device?dmPartitionId=&rows=500&start=0, no body, in
-    # a stable order (public clients' sortFields[0].name/order; see issue 13)
+    # a stable order (public clients' sortFields[0].name/order)
     (search,) = [r for r in sent("GET", "device") if "fq" not in r["args"]]
     assert dict(search["args"]) == {
         "dmPartitionId": "1",

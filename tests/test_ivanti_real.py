@@ -2,8 +2,8 @@
 13): the device search pages in an order that moves under the client unless
 it sorts by a field that does not; every action runs end to end through the
 CLI against both behaviours of the simulator, with its exact state checked.
-Also: devices listed without an id (issue 10), and how to choose the device
-space id for the simulator and the demo's printed commands (issue 13, item 8)."""
+Also: devices listed without an id, and how to choose the device
+space id for the simulator and the demo's printed commands."""
 
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def test_every_action_through_the_cli(any_sim: SimServer, tmp_path: Path, run_cl
     assert gone["id"] not in state.devices and len(state.devices) == FLEET - 1
 
 
-# -- choosing the device space (issue 13, item 8) ---------------------------------
+# -- choosing the device space ----------------------------------------------------
 
 
 def test_sim_help_says_how_to_choose_the_device_space() -> None:
@@ -268,7 +268,7 @@ def test_the_demos_printed_ivanti_command_works_when_copied(
     assert state_of(any_sim).log == [(device["id"], "lock", "")]
 
 
-# -- undo (issue 12) ----------------------------------------------------------------
+# -- undo --------------------------------------------------------------------------
 
 
 def _owners_and_attributes(state: IvantiState) -> dict[int, tuple[Any, ...]]:
@@ -362,7 +362,7 @@ async def test_a_users_devices_without_an_owner_id_say_so() -> None:
     assert f"The MDM lists {len(owned)} device(s) of {email} without an account id (their 'ownerId'" in out[0].detail
 
 
-# -- export and templates (issue 14) --------------------------------------------------
+# -- export and templates -------------------------------------------------------------
 
 
 async def test_inventory_streams_every_device_as_text(any_sim: SimServer) -> None:
@@ -437,7 +437,7 @@ async def test_search_after_values_the_server_ignores_fall_back_to_start() -> No
         assert server.stats.by_route["GET /api/v1/device"] == 4
 
 
-# -- a read-only account (found from outside: the refusal names each device) ----
+# -- a read-only account (the refusal names each device) --------------------------
 
 
 def test_a_read_only_account_stops_the_run_although_each_refusal_names_its_device(tmp_path: Path, run_cli: Any) -> None:

@@ -779,7 +779,7 @@ def test_missing_credentials_are_named() -> None:
     with pytest.raises(ConfigError, match="BULKMDM_DAILY_LIMIT"):
         ManageEngine.auth_from_env({"BULKMDM_API_KEY": "k", "BULKMDM_DAILY_LIMIT": "lots"})
     assert ManageEngine.api_base("https://mdm.example.com/") == "https://mdm.example.com/api/v1"
-    # a user-supplied /api/v1/mdm is kept (issue 13): it is the base the vendor's public clients call
+    # a user-supplied /api/v1/mdm is kept: it is the base the vendor's public clients call
     assert ManageEngine.api_base("https://mdm.example.com/api/v1/mdm/") == "https://mdm.example.com/api/v1/mdm"
     assert ManageEngine.api_base("https://mdm.manageengine.com/api/v1") == "https://mdm.manageengine.com/api/v1"
 

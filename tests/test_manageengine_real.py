@@ -1,7 +1,7 @@
-"""ManageEngine as its doc writes and as its real cloud answers (issue 13):
+"""ManageEngine as its doc writes and as its real cloud answers:
 every action through the CLI against both behaviours of the simulator, the
 cloud's base path and its fallback, regional token servers, de-enrolled
-records, records without ids (issue 10 item 5), undo rows, and the export /
+records, records without ids, undo rows, and the export /
 template methods (inventory, choices)."""
 
 from __future__ import annotations

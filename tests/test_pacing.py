@@ -67,7 +67,7 @@ async def _drive(url: str, limiter: RateController, requests: int, workers: int)
 @pytest.mark.parametrize("server", [Faults(throttle_rate=0.08, throttle_retry_after=1.0, seed=7)], indirect=True)
 async def test_sporadic_429s_do_not_collapse_the_rate(server: SimServer) -> None:
     """429s at a steady share whatever the pace are noise: they pause only their
-    own request, the rate is not ratcheted down (issue 11's death spiral)."""
+    own request, the rate is not ratcheted down (no death spiral)."""
     limiter = RateController(rate=40.0, window=1.0)
     statuses = await _drive(server.url, limiter, 600, 16)
     assert statuses == {200: 600}

@@ -1,4 +1,4 @@
-"""The day's API quota (issue 11, item 4): ManageEngine's calls a day, with
+"""The day's API quota: ManageEngine's calls a day, with
 ``--wait-for-quota`` holding until the reset, against the simulator over real
 HTTP. The wall clock bulkmdm reads (``bulkmdm.quota.now``) is moved to a few
 seconds before midnight, so that the reset comes in the test's lifetime."""

@@ -499,8 +499,8 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
     assert proc.returncode == 1, err
     _no_traceback(err)
     # connections refused after answers: the run stops at once, the rows it
-    # could not deliver are not-run (found from outside: 500 connection
-    # attempts and 121 rows "failed" before the breaker saw 20 outcomes)
+    # could not deliver are not-run (not spent on connection attempts until
+    # the breaker has seen 20 outcomes)
     assert re.search(r"the MDM stopped answering: the last 2\d requests got no answer, and connections to 127", err), (
         err
     )

@@ -21,7 +21,7 @@ serialNumber=``, ``/api/users?email=`` / ``?account=``, ``/api/devices/<id>``,
 that way are read with ``GET /api/devicetags?deviceId=`` /
 ``/api/usertags?userId=``.
 
-Nothing is taken on trust that the MDM did not say (issue 10): an object
+Nothing is taken on trust that the MDM did not say: an object
 without the field a row is matched on (an id, a serial, a link's tag) is no
 match and the row says which field was missing; two objects sharing an id are
 not one object; an answer that is not the doc's "array of X" (an HTML page,
@@ -153,7 +153,7 @@ def _usable_id(value: Any) -> bool:
 
 def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
     """``obj``'s id, or LookupFailed naming the field that was missing: an
-    object without a usable id is no match (issue 10), and two of them must
+    object without a usable id is no match, and two of them must
     never collapse into "the same change"."""
     value = _id(obj, *alternatives)
     if not _usable_id(value):

@@ -585,8 +585,8 @@ class Ivanti(Provider):
         if self._fleet is None:
             self._fleet = await self._fetch_fleet()
             if not self._fleet.count:
-                # (found from outside: a server answering a wrong dmPartitionId
-                # with an empty space failed every row "not found among 0")
+                # a wrong dmPartitionId is answered with an empty space, not an
+                # error: every row would fail "not found among 0"
                 raise SetupFailed(
                     f"Device space {self.partition} at {self.settings.url} lists no devices; check --partition "
                     "(or BULKMDM_PARTITION_ID): it is the dmPartitionId of the space that holds the job's "

@@ -46,7 +46,7 @@ The doc shows no answer objects, so a real server may shape them otherwise;
 simulator answer like such a server, for tests of a tolerant client: lists
 cut short, wrapped lists, PascalCase field names (Json.NET's default),
 integer ids as strings, another status for an ambiguous group path; and
-hostile answers for the tests of issue 10 (fields null or renamed, lists
+hostile answers for the tests (fields null or renamed, lists
 under unknown wrappers, searches that ignore their filter, changes answered
 200 with no body, a sign-in page or a failure in the JSON). Every
 ``/api`` request is kept in ``app["requests"]`` (method, raw path with query
@@ -1205,7 +1205,7 @@ class Shape:
     auth_status: int = 401
     #: ``?path=`` with a leading or trailing separator (``\\Skolor\\``) matches nothing
     exact_group_paths: bool = False
-    # -- hostile answers (issue 10): what bulkmdm must never read as success --
+    # -- hostile answers: what bulkmdm must never read as success --
     #: (kind, field) pairs answered without a value, e.g. ``("devices", "id")``:
     #: every device comes with ``"id": null`` (renamed to ``"oldId"`` with
     #: ``hidden_renamed``); kinds: groups, users, devices, tags, apps,
