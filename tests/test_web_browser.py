@@ -147,7 +147,7 @@ def _connect_and_upload(page: Any, tmp_path: Path, address: str, url: str, job: 
     page.wait_for_url("**/jobs/*")
     body = page.inner_text("main")
     assert f"{WIPES + 4} rows" in body and "2 rows cannot run" in body
-    assert "did you mean tag" in body
+    assert "did you mean tag" in body and "did you mean 'wipe'" in body
     _shot(page, tmp_path, "02-preview")
     page.click("text=Problems (2)")
     assert page.locator("table.rows tbody tr").count() == 2

@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from ..actions import ACTIONS, missing_columns, normalise_action
+from ..actions import ACTIONS, closest_action, missing_columns, normalise_action
 from ..columns import ALIASES, canonical, normalise
 from ..jobfile import JobTable
 from ..model import JobRow
@@ -89,8 +89,8 @@ def row_problem(table: JobTable, index: int, action_override: str | None, can_do
         # without an action column the action is chosen on the page for every row
         return "" if "action" not in table.canonical else "No action: fill in the action column (e.g. lock, tag)."
     if action not in ACTIONS:
-        close = difflib.get_close_matches(action, list(ACTIONS), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "the README lists the actions."
+        close = closest_action(action)
+        hint = f"did you mean '{close}'?" if close else "the README lists the actions."
         return f"{fields.get('action', action)!r} is not an action; {hint}"
     if can_do is not None and action not in can_do:
         return f"This MDM cannot {action}."

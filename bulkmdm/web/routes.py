@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
 
-from ..actions import ACTIONS, normalise_action
+from ..actions import ACTIONS, destroys, normalise_action
 from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
@@ -284,7 +285,8 @@ async def run(request: web.Request) -> web.Response:
     if job.dry_run is None or not job.dry_run.finished or not job.dry_run.request.report.exists():
         raise UsageError("Do a dry run of this job first; the real run is started from its results.")
     summary = await state.summary(job.dry_run.request.report, job.dry_run.request.action)
-    yes = _confirmed(state, summary.destructive_planned, bool(summary.destructive), str(form.get("confirm", "")))
+    planned = Counter(row.action for row in summary.destructive if row.status == "planned")
+    yes = _confirmed(state, planned, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{job.dry_run.id}")
     # The MDM the dry run checked, even if the page has been switched to another since.
@@ -304,16 +306,18 @@ async def run(request: web.Request) -> web.Response:
     return _see(f"/runs/{child.id}")
 
 
-def _confirmed(state: WebState, destructive: int, holds_destructive: bool, typed: str) -> bool | None:
-    """True/False for --yes; None (and a message) when a destructive job's count was not typed."""
+def _confirmed(state: WebState, by_action: Counter[str], holds_destructive: bool, typed: str) -> bool | None:
+    """True/False for --yes; None (and a message) when a destructive job's count was not typed.
+    ``by_action``: the destructive rows the run will send, per action."""
     if not holds_destructive:
         return False
+    destructive = sum(by_action.values())
     if destructive == 0:
         # Its destructive rows are all invalid or failed in the dry run, so none is sent; the
         # engine still wants --yes for a job that holds one (invalid rows count there too).
         return True
     if typed.strip() != str(destructive):
-        state.flash = f"Type {destructive} (the number of devices or users it changes for good) to go ahead."
+        state.flash = f"Type {destructive} to go ahead: this run will {destroys(by_action)}, for good."
         return None
     return True
 
@@ -347,7 +351,9 @@ async def rerun(request: web.Request) -> web.Response:
     job = state.uploads[child.request.upload_id]
     form = await request.post()
     summary = await state.summary(child.request.report, child.request.action)
-    to_confirm = sum(1 for row in summary.destructive if row.status in ("failed", "invalid", "unknown", "not-run"))
+    to_confirm = Counter(
+        row.action for row in summary.destructive if row.status in ("failed", "invalid", "unknown", "not-run")
+    )
     yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
         return _see(f"/runs/{child.id}")

@@ -12,13 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..actions import ACTIONS, normalise_action
+from ..actions import ACTIONS, destroys, normalise_action
 from ..jobfile import read_job
 from ..model import BAD_STATUSES
 from ..report import FailureGroup, FailureTally
+from ..words import STATUS_ORDER
 
-#: the order statuses are shown in, matching the report's
-STATUS_ORDER = ("succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run")
 #: statuses a re-run of the report runs again
 RERUN_STATUSES = frozenset(str(status) for status in BAD_STATUSES)
 _TARGET_COLUMNS = ("serial", "device_id", "email", "user_id", "user")
@@ -48,6 +47,11 @@ class Summary:
     def destructive_planned(self) -> int:
         """The count a person types to confirm: destructive rows the real run will send."""
         return sum(1 for row in self.destructive if row.status == "planned")
+
+    @property
+    def destroys(self) -> str:
+        """What the real run does for good, per action: 'wipe 3 devices and delete 1 user'."""
+        return destroys(Counter(row.action for row in self.destructive if row.status == "planned"))
 
     @property
     def to_rerun(self) -> int:
