@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from bulkmdm.columns import same_meaning
 from bulkmdm.errors import JobFileError
 from bulkmdm.jobfile import JobTable, read_job
 from bulkmdm.report import write_report
@@ -173,6 +174,9 @@ def test_csv_tables_round_trip(
     encoded: tuple[str, tuple[list[str], list[list[str]]]], delimiter: str, quoting: Literal[0, 1, 2, 3], newline: str
 ) -> None:
     encoding, (headers, rows) = encoded
+    # Two headers that mean one column (two "account"s, "sn" and "serial") make a row
+    # where they differ invalid, by design (tests/test_jobfile.py); here every cell is data.
+    assume(not same_meaning(headers))
     if newline == "\n" and quoting == csv.QUOTE_MINIMAL:
         # The csv module then leaves a lone CR unquoted, and "x\r\n" is a line
         # ending to every reader; Excel never writes that.
