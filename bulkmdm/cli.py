@@ -48,9 +48,21 @@ def _credential_words() -> str:
     return "; ".join(f"{sets} ({', '.join(names)})" for sets, names in by_sets.items())
 
 
+def _partition_words() -> str:
+    """Which providers read --partition, and as what ("Ivanti device space id (or BULKMDM_PARTITION_ID)")."""
+    from . import providers
+
+    return "; ".join(
+        f"{cls.title or cls.name} {setting.label.lower()}" + (f" (or {setting.variable})" if setting.variable else "")
+        for cls in providers.classes()
+        for setting in cls.extra_settings
+        if setting.name == "partition"
+    )
+
+
 #: placeholders a command's help may use, filled in from the provider registry when the
 #: help is shown (so that a plain command does not import every provider)
-_HELP_FILLS = {"{providers}": _provider_words, "{credentials}": _credential_words}
+_HELP_FILLS = {"{providers}": _provider_words, "{credentials}": _credential_words, "{partition}": _partition_words}
 
 
 class _Command(click.Command):
@@ -185,7 +197,7 @@ def json_option(command: Any) -> Any:
 )
 @click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min ('none': no limit).")
-@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--partition", metavar="ID", help="{partition}.")
 @click.option(
     "--timeout",
     type=float,
@@ -1117,7 +1129,7 @@ def actions() -> None:
     help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.",
 )
 @click.option("--action", "-a", metavar="ACTION", help="Add an action column with this action: the file is a job.")
-@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--partition", metavar="ID", help="{partition}.")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
 @click.option(
     "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."

@@ -31,13 +31,14 @@ class Acme(Provider):
     """A vendor known only through its registration (no simulator)."""
 
     name = "acme"
+    title = "Acme"
     actions = frozenset({"tag"})
     credential_fields = (
         Credential("BULKMDM_ACME_USER", "Acme user", secret=False),
         Credential("BULKMDM_ACME_KEY", "Acme key"),
     )
     credentials = (("BULKMDM_ACME_USER", "BULKMDM_ACME_KEY"),)
-    extra_settings = (ExtraSetting("partition", "Acme site", "7", digits=True, variable="BULKMDM_ACME_SITE"),)
+    extra_settings = (ExtraSetting("partition", "Site id", "7", digits=True, variable="BULKMDM_ACME_SITE"),)
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_a_registered_vendor_is_offered_everywhere_with_nothing_else_edited(
     assert connection.credentials == {"BULKMDM_ACME_USER": "admin", "BULKMDM_ACME_KEY": "acme-key-123"}
     assert connection.partition == "7"
     assert "acme:BULKMDM_ACME_KEY" not in typed_values(form) and typed_values(form)["acme:BULKMDM_ACME_USER"]
-    with pytest.raises(UsageError, match="acme needs the acme site"):
+    with pytest.raises(UsageError, match="acme needs the site id"):
         connection_from_form({**form, "acme:partition": ""})
     with pytest.raises(UsageError, match="The acme credentials are empty"):
         connection_from_form({**form, "acme:BULKMDM_ACME_KEY": ""})
@@ -105,6 +106,7 @@ def test_a_registered_vendor_is_offered_everywhere_with_nothing_else_edited(
     # the CLI's help names it and its credentials
     text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
     assert "acme" in text and "BULKMDM_ACME_USER, BULKMDM_ACME_KEY (acme)" in text
+    assert "Acme site id (or BULKMDM_ACME_SITE)" in text
     # it has no simulator: `bulkmdm sim` does not offer one
     assert "acme" not in sim.names()
     result = CliRunner().invoke(main, ["sim", "acme", "--port", "0"])
