@@ -85,14 +85,14 @@ class Secrets:
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, auth: HasHeaders | None = None) -> Secrets:
         """The credentials a run reads from ``env`` (every variable a registered provider
-        declares secret) and the Basic form of user:password."""
-        from .providers import secret_variables
+        declares secret) and the Basic form of each user:password pair sent as HTTP Basic."""
+        from .providers import basic_pairs, secret_variables
 
         found = cls((env.get(name) or "" for name in secret_variables()), auth=auth)
-        password = env.get("BULKMDM_PASSWORD") or ""
-        if password:
-            pair = f"{env.get('BULKMDM_USERNAME') or ''}:{password}"
-            found.add(base64.b64encode(pair.encode()).decode())
+        for user, password in basic_pairs():
+            if env.get(password):
+                pair = f"{env.get(user) or ''}:{env[password]}"
+                found.add(base64.b64encode(pair.encode()).decode())
         return found
 
     def add(self, value: str) -> None:

@@ -9,6 +9,7 @@ module outside ``providers/`` and ``sim/`` keys anything on a vendor's name.
 from __future__ import annotations
 
 import ast
+import base64
 import inspect
 from pathlib import Path
 
@@ -100,9 +101,12 @@ def test_a_registered_vendor_is_offered_everywhere_with_nothing_else_edited(
     monkeypatch.setenv("BULKMDM_ACME_SITE", "9")
     child = Connection(provider="acme", url="https://acme.example").child_environment()
     assert "BULKMDM_ACME_KEY" not in child and "BULKMDM_ACME_SITE" not in child
-    # its secret is redacted where a server echoes it
-    shown = Secrets.from_env({"BULKMDM_ACME_KEY": "acme-key-123"}).clean("bad key acme-key-123")
-    assert "acme-key-123" not in shown and "[redacted]" in shown
+    # its secret is redacted where a server echoes it, and so is the Basic form its
+    # (inherited) auth sends
+    env = {"BULKMDM_ACME_USER": "admin", "BULKMDM_ACME_KEY": "acme-key-123"}
+    basic = base64.b64encode(b"admin:acme-key-123").decode()
+    shown = Secrets.from_env(env).clean(f"bad key acme-key-123 in Basic {basic}")
+    assert "acme-key-123" not in shown and basic not in shown and shown.count("[redacted]") == 2
     # the CLI's help names it and its credentials
     text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
     assert "acme" in text and "BULKMDM_ACME_USER, BULKMDM_ACME_KEY (acme)" in text

@@ -88,3 +88,19 @@ def credential_variables() -> frozenset[str]:
 def secret_variables() -> tuple[str, ...]:
     """The environment variables that hold a secret for any registered provider, sorted."""
     return tuple(sorted({c.variable for name in names() for c in credential_fields(name) if c.secret}))
+
+
+def basic_pairs() -> list[tuple[str, str]]:
+    """The (user name, password) variables of each provider that sends them as HTTP Basic
+    (the base's ``auth_from_env``, which reads its first credential set), without repeats."""
+    from inspect import getattr_static
+
+    from .base import Provider
+
+    basic = getattr_static(Provider, "auth_from_env")
+    pairs = [
+        (cls.credentials[0][0], cls.credentials[0][1])
+        for cls in classes()
+        if cls.credentials and len(cls.credentials[0]) == 2 and getattr_static(cls, "auth_from_env") is basic
+    ]
+    return list(dict.fromkeys(pairs))
