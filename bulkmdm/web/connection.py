@@ -28,7 +28,9 @@ def credential_fields() -> dict[str, tuple[Credential, ...]]:
 
 
 def _fields_of(provider: str) -> tuple[Credential, ...]:
-    return credential_fields().get(provider, ())
+    from .. import providers
+
+    return providers.credential_fields(provider) if provider in providers.names() else ()
 
 
 @dataclass(frozen=True, slots=True)
