@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
-from .sim import DEFAULT_DEVICES, DEFAULT_SEED, SIMULATORS
+from .sim import DEFAULT_DEVICES, DEFAULT_SEED
 from .shown import Secrets, plain
 from .words import counts_list, counts_text, plural
 
@@ -29,8 +29,64 @@ if TYPE_CHECKING:
     from .model import Outcome
 
 
+def _provider_words() -> str:
+    """The registered providers, as a sentence lists them ("banyan, duostation or ivanti")."""
+    from . import providers
+
+    names = providers.names()
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _credential_words() -> str:
+    """Each provider's credential variables, as the run's help lists them."""
+    from . import providers
+
+    by_sets: dict[str, list[str]] = {}
+    for cls in providers.classes():
+        sets = " or ".join(", ".join(names) for names in cls.credentials)
+        by_sets.setdefault(sets, []).append(cls.name)
+    return "; ".join(f"{sets} ({', '.join(names)})" for sets, names in by_sets.items())
+
+
+def _partition_words() -> str:
+    """Which providers read --partition, and as what ("Ivanti device space id (or BULKMDM_PARTITION_ID)")."""
+    from . import providers
+
+    return "; ".join(
+        f"{cls.title or cls.name} {setting.label.lower()}" + (f" (or {setting.variable})" if setting.variable else "")
+        for cls in providers.classes()
+        for setting in cls.extra_settings
+        if setting.name == "partition"
+    )
+
+
+#: placeholders a command's help may use, filled in from the provider registry when the
+#: help is shown (so that a plain command does not import every provider)
+_HELP_FILLS = {"{providers}": _provider_words, "{credentials}": _credential_words, "{partition}": _partition_words}
+
+
+class _Command(click.Command):
+    """A command whose help may name the providers and their credentials (``_HELP_FILLS``)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        texts: list[tuple[Any, str | None]] = [(self, self.help)]
+        texts += [(p, p.help) for p in self.params if isinstance(p, click.Option)]
+        try:
+            for owner, text in texts:
+                for mark, fill in _HELP_FILLS.items():
+                    if text and mark in text:
+                        text = text.replace(mark, fill())
+                owner.help = text
+            super().format_help(ctx, formatter)
+        finally:
+            for owner, text in texts:
+                owner.help = text
+
+
 class _Group(click.Group):
     """Turns every BulkMDMError into one sentence and its exit code."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -125,9 +181,7 @@ def json_option(command: Any) -> Any:
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option(
-    "--provider", "-p", metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan (or from --profile)."
-)
+@click.option("--provider", "-p", metavar="NAME", help="The MDM: {providers} (or from --profile).")
 @click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...; or from --profile).")
 @click.option("--action", "-a", metavar="ACTION", help="Do this action on every row (else each row's action column).")
 @click.option(
@@ -143,7 +197,7 @@ def json_option(command: Any) -> Any:
 )
 @click.option("--concurrency", "-c", type=int, metavar="N", help="Requests in flight at once.")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min ('none': no limit).")
-@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--partition", metavar="ID", help="{partition}.")
 @click.option(
     "--timeout",
     type=float,
@@ -209,10 +263,9 @@ def run(
 ) -> None:
     """Run the rows of JOB (.csv or .xlsx) against the MDM and write an outcome report.
 
-    Credentials come from the environment: BULKMDM_USERNAME and BULKMDM_PASSWORD
-    (duostation, ivanti), BULKMDM_API_KEY or BULKMDM_CLIENT_ID/SECRET/REFRESH_TOKEN
-    (manageengine), BULKMDM_TOKEN (banyan); with --profile, those the environment
-    does not set come from the OS keyring (`bulkmdm login --profile NAME`).
+    Credentials come from the environment: {credentials}; with --profile, those
+    the environment does not set come from the OS keyring (`bulkmdm login
+    --profile NAME`).
 
     Running a report as the job re-runs only its failed, invalid and unknown
     rows. Running the same command after a crash or Ctrl-C continues where it
@@ -842,13 +895,15 @@ def login(profile: str) -> None:
     which credentials to ask for. A run with --profile NAME then reads them
     from the keyring whenever the environment does not set them.
     """
+    from . import providers
     from .config import config_path, credential_sets, keyring_backend, load_profile, store_secrets
 
     chosen = load_profile(profile, os.environ)
     if not chosen.provider:
+        first, *others = providers.names()
         raise ConfigError(
             f"Profile {profile!r} in {config_path(os.environ)} names no provider; add "
-            'provider = "duostation" (or manageengine, ivanti, banyan) to it.'
+            f'provider = "{first}" (or {", ".join(others)}) to it.'
         )
     sets = credential_sets(chosen.provider)
     if not sets:
@@ -865,10 +920,10 @@ def login(profile: str) -> None:
             f"Which credentials does {chosen.provider} use here", type=click.IntRange(1, len(sets)), default=1, err=True
         )
         variables = sets[choice - 1]
+    secret = {c.variable: c.secret for c in providers.credential_fields(chosen.provider)}
     values = {}
     for variable in variables:
-        secret = not variable.endswith("USERNAME")
-        values[variable] = click.prompt(variable, hide_input=secret, err=True).strip()
+        values[variable] = click.prompt(variable, hide_input=secret.get(variable, True), err=True).strip()
     store_secrets(profile, values)
     click.echo(
         f"Stored {', '.join(values)} for profile {profile!r} in the OS keyring; the environment still wins "
@@ -1064,7 +1119,7 @@ def actions() -> None:
 
 
 @main.command()
-@click.option("--provider", "-p", metavar="NAME", help="The MDM: duostation, manageengine, ivanti or banyan.")
+@click.option("--provider", "-p", metavar="NAME", help="The MDM: {providers}.")
 @click.option("--url", "-u", metavar="URL", help="The MDM's base address (https://...).")
 @click.option(
     "--out",
@@ -1074,7 +1129,7 @@ def actions() -> None:
     help="Where the devices go (.xlsx or .csv). Default: <provider>-devices-<date>.xlsx.",
 )
 @click.option("--action", "-a", metavar="ACTION", help="Add an action column with this action: the file is a job.")
-@click.option("--partition", metavar="ID", help="Ivanti device space id (or BULKMDM_PARTITION_ID).")
+@click.option("--partition", metavar="ID", help="{partition}.")
 @click.option("--rate", "-r", metavar="R", help="Most requests per time, e.g. 20/s or 100/min.")
 @click.option(
     "--timeout", type=float, default=30.0, show_default=True, metavar="S", help="Seconds one request may take."
@@ -1146,8 +1201,25 @@ def _connection(
 # -- simulators and demo ----------------------------------------------------
 
 
+class _SimulatorChoice(click.Choice):  # type: ignore[type-arg]
+    """The providers with a built-in simulator, read from the registry when first needed."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        from . import sim
+
+        return sim.names()
+
+    @choices.setter
+    def choices(self, value: Sequence[str]) -> None:
+        pass
+
+
 @main.command()
-@click.argument("provider", type=click.Choice(sorted(SIMULATORS), case_sensitive=False))
+@click.argument("provider", type=_SimulatorChoice())
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -1227,6 +1299,7 @@ def sim(
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
     import inspect
 
+    from . import providers
     from .sim import client_env, load
     from .sim.common import CheckIns, Faults, serve_forever
 
@@ -1255,16 +1328,21 @@ def sim(
 
     variables = client_env(provider.casefold(), username=username, password=password, partition=str(partition))
     exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
-    space = variables.get("BULKMDM_PARTITION_ID")
-    partition_flag = f" --partition {space}" if space else ""
-    device_space = f"; device space id {space} (--partition {space} or BULKMDM_PARTITION_ID={space})" if space else ""
+    setting_flags = setting_words = ""
+    for setting in providers.get(provider).extra_settings:
+        value = variables.get(setting.variable) if setting.variable else None
+        if value:
+            setting_flags += f" --{setting.name} {value}"
+            setting_words += (
+                f"; {setting.label.lower()} {value} (--{setting.name} {value} or {setting.variable}={value})"
+            )
 
     def announce(url: str) -> None:
         click.echo(
-            f"{provider} simulator on {url} ({devices} devices, seed {seed}){device_space}; Ctrl-C stops it.\n"
+            f"{provider} simulator on {url} ({devices} devices, seed {seed}){setting_words}; Ctrl-C stops it.\n"
             f"In another terminal:\n"
             f"  export {exports}\n"
-            f"  bulkmdm run JOB --provider {provider.casefold()} --url {url}{partition_flag} --dry-run",
+            f"  bulkmdm run JOB --provider {provider.casefold()} --url {url}{setting_flags} --dry-run",
             err=True,
         )
         click.echo(url)

@@ -31,15 +31,6 @@ from .errors import ConfigError, UsageError
 #: The keyring service every secret is stored under.
 KEYRING_SERVICE = "bulkmdm"
 
-#: provider -> alternative sets of credential variables, used until a provider
-#: class says it itself (``Provider.credentials``).
-FALLBACK_CREDENTIALS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "duostation": (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),),
-    "ivanti": (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),),
-    "manageengine": (("BULKMDM_API_KEY",), ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN")),
-    "banyan": (("BULKMDM_TOKEN",),),
-}
-
 #: The keys a profile may have.
 PROFILE_KEYS = ("provider", "url", "partition", "rate", "concurrency")
 
@@ -224,7 +215,7 @@ def _checked(key: str, value: Any, where: str) -> Any:
     if key == "partition" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {key} must be text in quotes, like {_EXAMPLES[key]}.")
+        raise ConfigError(f"{where}: {key} must be text in quotes, like {_example(key)}.")
     value = value.strip()
     if key == "provider":
         from . import providers
@@ -245,8 +236,15 @@ def _checked(key: str, value: Any, where: str) -> Any:
     return value
 
 
+def _example(key: str) -> str:
+    if key == "provider":
+        from . import providers
+
+        return f'"{providers.names()[0]}"'
+    return _EXAMPLES[key]
+
+
 _EXAMPLES = {
-    "provider": '"duostation"',
     "url": '"https://mdm.example.com"',
     "partition": '"1"',
     "rate": '"100/min"',
@@ -280,9 +278,7 @@ def credential_sets(provider: str) -> tuple[tuple[str, ...], ...]:
     """The alternative sets of credential variables ``provider`` reads."""
     from . import providers
 
-    provider_cls = providers.get(provider)
-    fallback = FALLBACK_CREDENTIALS.get(provider_cls.name, ())
-    return tuple(getattr(provider_cls, "credentials", fallback) or fallback)
+    return tuple(providers.get(provider).credentials)
 
 
 def keyring_backend(variables: str) -> Any:

@@ -28,16 +28,6 @@ from .model import Outcome
 
 REDACTED = "[redacted]"
 
-#: The environment variables that hold a credential (config.credential_sets names them per vendor).
-SECRET_VARIABLES = (
-    "BULKMDM_PASSWORD",
-    "BULKMDM_API_KEY",
-    "BULKMDM_TOKEN",
-    "BULKMDM_CLIENT_SECRET",
-    "BULKMDM_REFRESH_TOKEN",
-    "BULKMDM_CLIENT_ID",
-)
-
 #: Shorter values are not looked for: replacing every "ab" in a sentence hides
 #: the sentence, not a secret (no vendor issues credentials this short).
 MIN_SECRET = 4
@@ -94,12 +84,15 @@ class Secrets:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, auth: HasHeaders | None = None) -> Secrets:
-        """The credentials a run reads from ``env`` (and the Basic form of user:password)."""
-        found = cls((env.get(name) or "" for name in SECRET_VARIABLES), auth=auth)
-        password = env.get("BULKMDM_PASSWORD") or ""
-        if password:
-            pair = f"{env.get('BULKMDM_USERNAME') or ''}:{password}"
-            found.add(base64.b64encode(pair.encode()).decode())
+        """The credentials a run reads from ``env`` (every variable a registered provider
+        declares secret) and the Basic form of each user:password pair sent as HTTP Basic."""
+        from .providers import basic_pairs, secret_variables
+
+        found = cls((env.get(name) or "" for name in secret_variables()), auth=auth)
+        for user, password in basic_pairs():
+            if env.get(password):
+                pair = f"{env.get(user) or ''}:{env[password]}"
+                found.add(base64.b64encode(pair.encode()).decode())
         return found
 
     def add(self, value: str) -> None:

@@ -76,7 +76,7 @@ def test_xlsx_with_formulas_merged_cells_and_duplicate_headers(duo: Any, run_cli
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.append(["Serial", "serial", "Message", "Count"])
-    # two columns of one meaning must agree (CONTRACT; a disagreeing row is invalid: test_columns_plainly.py)
+    # two columns of one meaning must agree (CONTRACT; a disagreeing row is invalid: test_columns.py)
     ws.append([FACTS["untagged_device"]["serial"], FACTS["untagged_device"]["serial"], "Hej", "=1+1"])
     ws.append(["", "", "merged", ""])
     ws.merge_cells("A2:A3")

@@ -43,6 +43,7 @@ from ..errors import BadAnswer, TransportError
 from ..model import JobRow, Outcome, Status, Step
 from ..client import NO_CONTEXT, Auth, HeaderAuth, RequestContext, Response
 from .base import (
+    Credential,
     Follow,
     Index,
     ListFailed,
@@ -257,7 +258,9 @@ class Banyan(Provider):
     # Every action changes Banyan's own records (a device's Banned flag, a
     # device or end user removed), which the run's answer and read-back show.
     follow = {action: Follow.MDM for action in ("ban", "unban", "delete-device", "delete-user")}
+    credential_fields = (Credential("BULKMDM_TOKEN", "API token"),)
     credentials = (("BULKMDM_TOKEN",),)
+    simulator = "bulkmdm.sim.banyan:make_app"
     # the device list's first page, one device long (the doc's ``?skip=0&limit=10``)
     access_check = ("v1/devices", {"skip": 0, "limit": 1})
     url_hint = "Banyan's API endpoint (the root of its /v1/... and /v2/... paths)"

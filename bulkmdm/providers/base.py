@@ -6,9 +6,16 @@ A provider holds only what is vendor-specific, and reads like its API doc
 * **authenticate**: ``auth_from_env(env)`` builds the :class:`~bulkmdm.client.Auth`
   from the variables named in ``credentials``; ``api_base(url)`` is the root
   the documented paths are appended to.
+* **declare what it needs**: ``credential_fields`` (each variable, its label
+  on the web form, whether it is secret) and ``credentials`` (the complete
+  sets among them), ``extra_settings`` (Ivanti's device space), and
+  ``simulator`` (its built-in simulator's ``make_app``). The CLI, profiles,
+  keyring, web page and ``bulkmdm sim`` read these, and nothing else names
+  a vendor.
 * **declare its limits**: ``retry_policy`` (which answers are retried, the
-  wait for a 429 without Retry-After), ``default_rate``/``max_rate``,
-  ``default_concurrency``, ``max_batch``, ``request_headers``, ``answers_json``.
+  wait for a 429 without Retry-After), ``default_rate``/``max_rate`` and
+  the ``rate_window`` they are counted over, ``default_concurrency``,
+  ``max_batch``, ``request_headers``, ``answers_json``.
 * **list and page**: ``prepare(rows)`` reads, once per run and kept across
   chunks, whatever ``plan_row`` needs (with :meth:`Provider.read`,
   :func:`collect_pages` and :class:`Index`).
@@ -144,6 +151,17 @@ def resolved_ids(resolved: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """One environment variable a provider reads a credential from."""
+
+    variable: str
+    #: what a person calls it, on the web page's form
+    label: str
+    #: its value is hidden: masked on the form, asked for without echo, redacted from answers
+    secret: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ExtraSetting:
     """A setting a vendor needs besides its address and credentials (Ivanti's device space)."""
 
@@ -155,6 +173,8 @@ class ExtraSetting:
     example: str = ""
     #: the value is a whole number (an id)
     digits: bool = False
+    #: the environment variable that gives it when no flag does
+    variable: str = ""
 
 
 class Provider(ABC):
@@ -163,9 +183,15 @@ class Provider(ABC):
     title: ClassVar[str] = ""
     #: the verbs of ``actions.ACTIONS`` this vendor can do
     actions: ClassVar[frozenset[str]]
-    #: the environment variables that hold credentials: each tuple is one
-    #: complete set (ManageEngine: an API key, or an OAuth client)
+    #: every environment variable the vendor reads credentials from, in the
+    #: order the web page's form shows them (optional ones included)
+    credential_fields: ClassVar[tuple[Credential, ...]] = ()
+    #: the complete sets among ``credential_fields``: each tuple is one
+    #: (ManageEngine: an API key, or an OAuth client)
     credentials: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: the built-in simulator's app factory, ``"package.module:make_app"``
+    #: (its module also has ``client_env``); "" when there is none
+    simulator: ClassVar[str] = ""
     #: which answers are retried, how long a 429 waits (see retry.py)
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
     #: the vendor answers JSON: a 2xx answer that is not JSON is not an answer
@@ -175,6 +201,9 @@ class Provider(ABC):
     #: the vendor's documented hard limit (requests/s), if any: without
     #: --rate the adaptive controller never climbs above it
     max_rate: ClassVar[float | None] = None
+    #: the seconds the vendor counts its limit over (a limit per minute is
+    #: kept over a minute's window, not as a steady rate per second)
+    rate_window: ClassVar[float] = 1.0
     default_concurrency: ClassVar[int] = 8
     #: the most steps one ``execute`` call may carry
     max_batch: ClassVar[int] = 1

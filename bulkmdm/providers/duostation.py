@@ -53,6 +53,7 @@ from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..client import Client, RequestContext, Response, Verify
 from .base import (
+    Credential,
     Follow,
     Index,
     ListFailed,
@@ -344,8 +345,13 @@ class DuoStation(Provider):
     }
     # "The API uses Basic Authentication. User name and password is the same
     # that can be used to log in to DuoSTATION MDM".
+    credential_fields = (
+        Credential("BULKMDM_USERNAME", "User name", secret=False),
+        Credential("BULKMDM_PASSWORD", "Password"),
+    )
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
     api_path = "/api"
+    simulator = "bulkmdm.sim.duostation:make_app"
     # "Get tags": the smallest list the doc has, read by every run that tags
     access_check = ("tags", {})
     # The doc names no limit and no error statuses beyond "200 OK will be

@@ -61,6 +61,7 @@ from ..model import JobRow, Outcome, Status, Step
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Client, RequestContext, Response, Verify
 from .base import (
+    Credential,
     Follow,
     Sighting,
     Tracked,
@@ -276,15 +277,22 @@ class Ivanti(Provider):
         **{action: Follow.DEVICE for action in ("wipe", "retire", "lock", "unlock", "restart", "checkin", "message")},
         **{action: Follow.MDM for action in ("assign-user", "set-attribute", "delete-device")},
     }
+    credential_fields = (
+        Credential("BULKMDM_USERNAME", "User name", secret=False),
+        Credential("BULKMDM_PASSWORD", "Password"),
+    )
     credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
     api_path = "/api/v1"
+    simulator = "bulkmdm.sim.ivanti:make_app"
     # The doc gives no rate limit and no retry advice: the shared policy
     # (408, 429, 502, 503, 504 tried again; Retry-After honoured within its cap).
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
     url_hint = "the tenant root, e.g. https://na1.mobileiron.com (requests go to URL/api/v1/...)"
     setup_hint = "the device space id (--partition) and the account's API permissions"
     # "dmPartitionId: Integer. The device space ID." Every device request carries it.
-    extra_settings = (ExtraSetting("partition", "Device space id", "23505", digits=True),)
+    extra_settings = (
+        ExtraSetting("partition", "Device space id", "23505", digits=True, variable="BULKMDM_PARTITION_ID"),
+    )
     # The doc states no request rate. One bulk request carries up to 100
     # devices, so 10 requests/s already acts on 1,000 devices/s; per-device
     # calls (custom attributes, delete) do 3,000 rows in five minutes. Four in

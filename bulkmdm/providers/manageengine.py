@@ -91,6 +91,7 @@ from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, Client, HeaderAuth, RequestContext, Response
 from ..shown import Secrets
 from .base import (
+    Credential,
     Follow,
     Sighting,
     Tracked,
@@ -425,7 +426,17 @@ class ManageEngine(Provider):
         **{action: Follow.MDM for action in GROUP_ACTIONS},
         **{action: Follow.DEVICE for action in APP_ACTIONS},
     }
+    # On-premises servers take an API key; the cloud takes a Zoho OAuth
+    # client, whose token URL is optional (Zoho's accounts host for --url).
+    credential_fields = (
+        Credential("BULKMDM_API_KEY", "API key (on-premises)"),
+        Credential("BULKMDM_CLIENT_ID", "OAuth client id (cloud)"),
+        Credential("BULKMDM_CLIENT_SECRET", "OAuth client secret (cloud)"),
+        Credential("BULKMDM_REFRESH_TOKEN", "OAuth refresh token (cloud)"),
+        Credential("BULKMDM_OAUTH_URL", "OAuth token URL (optional)", secret=False),
+    )
     credentials = (("BULKMDM_API_KEY",), ("BULKMDM_CLIENT_ID", "BULKMDM_CLIENT_SECRET", "BULKMDM_REFRESH_TOKEN"))
+    simulator = "bulkmdm.sim.manageengine:make_app"
     # "100 API calls/minute". A handful in flight is plenty at that pace.
     default_rate = 100 / 60
     # "100 calls/min": a hard limit, so the adaptive controller must not probe above it

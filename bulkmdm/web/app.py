@@ -25,7 +25,7 @@ from aiohttp import web
 from ..errors import BulkMDMError
 from ..shown import plain
 from .children import ChildRun, RunRequest, hide_paths
-from .connection import CREDENTIAL_FIELDS, Connection
+from .connection import Connection, credential_fields
 from .security import Guard, add_headers
 
 #: the largest job file the page takes
@@ -156,7 +156,8 @@ def make_app(
         lstrip_blocks=True,
         finalize=_shown,
     )
-    templates.globals.update(credential_fields=CREDENTIAL_FIELDS, providers=sorted(CREDENTIAL_FIELDS))
+    fields = credential_fields()
+    templates.globals.update(credential_fields=fields, providers=sorted(fields))
     templates.filters.update(routes.FILTERS)
     guard = Guard(port, secret=secret)
     app = web.Application(middlewares=[guard.middleware(), _errors], client_max_size=1024 * 1024)

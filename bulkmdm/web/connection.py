@@ -16,40 +16,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..providers.base import ExtraSetting
+from ..providers.base import Credential, ExtraSetting
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """One environment variable a provider reads its credentials from."""
+def credential_fields() -> dict[str, tuple[Credential, ...]]:
+    """provider -> the fields its credentials are typed into, as each provider declares them
+    (CONTRACT.md "Credentials")."""
+    from .. import providers
 
-    variable: str
-    label: str
-    secret: bool = True
+    return {name: providers.credential_fields(name) for name in providers.names()}
 
 
-#: provider -> the fields its credentials are typed into (CONTRACT.md "Credentials").
-CREDENTIAL_FIELDS: dict[str, tuple[Credential, ...]] = {
-    "duostation": (
-        Credential("BULKMDM_USERNAME", "User name", secret=False),
-        Credential("BULKMDM_PASSWORD", "Password"),
-    ),
-    "ivanti": (Credential("BULKMDM_USERNAME", "User name", secret=False), Credential("BULKMDM_PASSWORD", "Password")),
-    "manageengine": (
-        Credential("BULKMDM_API_KEY", "API key (on-premises)"),
-        Credential("BULKMDM_CLIENT_ID", "OAuth client id (cloud)"),
-        Credential("BULKMDM_CLIENT_SECRET", "OAuth client secret (cloud)"),
-        Credential("BULKMDM_REFRESH_TOKEN", "OAuth refresh token (cloud)"),
-        Credential("BULKMDM_OAUTH_URL", "OAuth token URL (optional)", secret=False),
-    ),
-    "banyan": (Credential("BULKMDM_TOKEN", "API token"),),
-}
+def _fields_of(provider: str) -> tuple[Credential, ...]:
+    from .. import providers
 
-#: Every variable a child must not inherit from the shell that started
-#: ``bulkmdm serve``: the page's connection is the only one a run uses.
-_INHERITED_CREDENTIALS = frozenset(
-    {c.variable for fields in CREDENTIAL_FIELDS.values() for c in fields} | {"BULKMDM_PARTITION_ID"}
-)
+    return providers.credential_fields(provider) if provider in providers.names() else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +48,12 @@ class Connection:
 
     def child_environment(self) -> dict[str, str]:
         """The environment of a child run: ours, minus inherited credentials, plus this connection's."""
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_CREDENTIALS}
+        from .. import providers
+
+        # the page's connection is the only one a run uses: no credential or
+        # setting is inherited from the shell that started `bulkmdm serve`
+        inherited = providers.credential_variables()
+        env = {k: v for k, v in os.environ.items() if k not in inherited}
         env.update({k: v for k, v in self.credentials.items() if v})
         env["PYTHONUNBUFFERED"] = "1"
         env["NO_COLOR"] = "1"
@@ -91,7 +77,7 @@ def connection_from_profile(name: str) -> Connection:
 
     target = resolve_target(name, provider=None, url=None, env=os.environ)
     env = environment_for(target, os.environ)
-    fields = CREDENTIAL_FIELDS.get(target.provider, ())
+    fields = _fields_of(target.provider)
     credentials = {c.variable: env.get(c.variable, "") for c in fields}
     if not any(credentials[c.variable] for c in fields if c.secret):
         raise UsageError(f"Profile {name!r} has no credentials: run `bulkmdm login --profile {name}` once.")
@@ -116,15 +102,16 @@ def connection_from_form(form: Mapping[str, str]) -> Connection:
     if form.get("profile", "").strip():
         return connection_from_profile(form["profile"].strip())
     provider = form.get("provider", "").strip().casefold()
-    if provider not in CREDENTIAL_FIELDS:
+    fields = credential_fields().get(provider)
+    if fields is None:
         raise UsageError("Choose the MDM product from the list.")
     url = form.get("url", "").strip()
     if not url.startswith(("https://", "http://")):
         raise UsageError("The MDM's address must start with https:// (or http:// for a local server).")
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
         raise UsageError("Type the credentials into their own fields, not into the address.")
-    credentials = {c.variable: form.get(f"{provider}:{c.variable}", "").strip() for c in CREDENTIAL_FIELDS[provider]}
-    if not any(credentials[c.variable] for c in CREDENTIAL_FIELDS[provider] if c.secret):
+    credentials = {c.variable: form.get(f"{provider}:{c.variable}", "").strip() for c in fields}
+    if not any(credentials[c.variable] for c in fields if c.secret):
         raise UsageError(f"The {provider} credentials are empty; type them into their fields.")
     values = {}
     for setting in extra_settings(provider):
@@ -142,7 +129,7 @@ def connection_from_form(form: Mapping[str, str]) -> Connection:
 
 def typed_values(form: Mapping[str, str]) -> dict[str, str]:
     """What the connect form held, to fill it in again after an error: never a secret."""
-    secret = {f"{name}:{c.variable}" for name, fields in CREDENTIAL_FIELDS.items() for c in fields if c.secret}
+    secret = {f"{name}:{c.variable}" for name, fields in credential_fields().items() for c in fields if c.secret}
     return {k: v for k, v in form.items() if k not in secret and k not in ("csrf", "profile")}
 
 
@@ -216,7 +203,7 @@ async def check_connection(connection: Connection, *, timeout: float = 15.0) -> 
 
 
 def _labels(provider: str) -> dict[str, str]:
-    return {c.variable: c.label for c in CREDENTIAL_FIELDS.get(provider, ())}
+    return {c.variable: c.label for c in _fields_of(provider)}
 
 
 def _credential_words(connection: Connection) -> str:

@@ -21,7 +21,7 @@ from ..errors import BulkMDMError, UsageError
 from .app import STATE, Upload, WebState, find_upload, incoming_file, job_name, keep_upload
 from .children import ChildRun, RunRequest, count_statuses
 from .connection import (
-    CREDENTIAL_FIELDS,
+    credential_fields,
     Connection,
     check_connection,
     connection_from_form,
@@ -78,7 +78,7 @@ async def home(request: web.Request) -> web.Response:
         profiles=profiles,
         max_upload_mb=state.max_upload // (1024 * 1024),
         typed=state.typed,
-        settings_of={name: extra_settings(name) for name in CREDENTIAL_FIELDS},
+        settings_of={name: extra_settings(name) for name in credential_fields()},
     )
 
 

@@ -1,4 +1,4 @@
-"""Columns said plainly: 'did you mean' for near-miss headers, the headers a
+"""The job file's columns: 'did you mean' for near-miss headers, the headers a
 file has when every row misses a column, and two columns of one meaning."""
 
 from __future__ import annotations
