@@ -146,10 +146,10 @@ def test_ban_body_keeps_the_device_fields(any_sim: SimServer, tmp_path: Path, ru
 
 @pytest.mark.parametrize(("real", "seed"), [(False, 3), (True, 3), (True, 5)])
 def test_delete_path_learnt_while_rows_retry_side_by_side(tmp_path: Path, run_cli: Any, real: bool, seed: int) -> None:
-    # Issue 13 item 6: a row whose first-path request was retried (503) came
-    # back with its 404 after another row had switched paths, and failed
-    # with 404 instead of trying the other path (seeds 3 and 5 against a
-    # server with /v1/delete_device only, when the doc's path went first).
+    # A row whose first-path request is retried (503) can come back with its
+    # 404 after another row has switched paths: it tries the other path
+    # rather than failing with 404 (seeds 3 and 5 against a server with
+    # /v1/delete_device only, when the doc's path goes first).
     with SimServer(make_app(devices=220, seed=3, token=TOKEN, real=real)) as sim:
         o = org(sim)
         sim.faults.update({"error_rate": 0.4, "mutating_only": True, "seed": seed})
@@ -190,7 +190,7 @@ def test_end_user_ids_are_read_from_v2_pages(tmp_path: Path, run_cli: Any) -> No
 
 
 def test_objects_without_the_key_field_are_no_match(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
-    # Issue 10 item 5: devices whose DeviceID and end users whose id is null
+    # Devices whose DeviceID and end users whose id is null
     # are not collapsed into one object; each row says which field is missing.
     o = org(any_sim)
     first, second = o.unique_devices(banned=False)[:2]

@@ -84,8 +84,8 @@ def test_an_export_with_an_action_is_a_job(run_cli: Any, tmp_path: Path, vendor:
 
 
 def test_an_exports_calls_count_against_manageengines_daily_quota(run_cli: Any, tmp_path: Path) -> None:
-    """Found from outside: an export's calls were not counted, so the next
-    run (and its dry run's "used today") thought the day's budget untouched."""
+    """An export's calls count against the day's budget, so the next run (and
+    its dry run's "used today") knows what is left."""
     from bulkmdm import sim
     from bulkmdm.journal import Journal
     from bulkmdm.quota import tenant

@@ -435,9 +435,9 @@ async def test_header_names_in_lower_case_are_read_like_any_other() -> None:
 
 
 async def test_answers_past_a_few_mb_are_read_one_at_a_time(loopback: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found from outside: a server answering every change with a huge body
-    had each request in flight hold up to the cap (2 GB at 16 in flight).
-    Past SHARED_BODY an answer is read only while no other is."""
+    """A server answering every change with a huge body must not have each
+    request in flight hold up to the cap: past SHARED_BODY an answer is read
+    only while no other is."""
     import tracemalloc
 
     from bulkmdm import transport

@@ -873,9 +873,9 @@ async def test_search_after_values_the_server_will_not_take_fall_back_to_start()
 
 @pytest.mark.parametrize("past_the_count", ["answers", "refuses"])
 async def test_a_totalcount_short_of_the_fleet_loses_no_device_after_a_full_page(past_the_count: str) -> None:
-    """Found from outside: a totalCount of 700 for 1,200 devices stopped the
-    paging after the second page, though it came back full; a full page is
-    always followed by one more ask (a server refusing it ends the list)."""
+    """A totalCount short of the fleet (700 for 1,200 devices) does not stop
+    the paging: a full page is always followed by one more ask (a server
+    refusing it ends the list)."""
     fleet = 1000 if past_the_count == "refuses" else 1200  # (1,000: its last page is full)
     app = make_app(devices=fleet, seed=5)
     state: IvantiState = app["state"]
@@ -1068,9 +1068,9 @@ async def test_a_total_count_of_the_page_alone_does_not_end_the_device_list() ->
 
 
 async def test_a_device_space_listing_no_devices_is_a_set_up_to_check() -> None:
-    """Found from outside: a server answering a wrong dmPartitionId with an
-    empty list failed every row "not found among the 0 devices"; nothing can
-    be found there, so nothing is sent and --partition is named."""
+    """A server answers a wrong dmPartitionId with an empty list: nothing can
+    be found there, so nothing is sent and --partition is named (rather than
+    every row failing "not found among the 0 devices")."""
     app = make_app(devices=50, seed=5)
     rewrite_search(app, lambda result, request: result.update(searchResults=[], totalCount=0))
     with SimServer(app) as server:

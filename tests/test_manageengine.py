@@ -891,9 +891,9 @@ def test_the_days_quota_is_counted_across_runs(sim: SimServer, run_cli: Any, tmp
 
 
 async def test_a_token_endpoint_failing_from_the_start_is_the_set_up_failing() -> None:
-    """Found from outside: a token endpoint answering 500 at the first request
-    failed every row (exit 1, the earlier report replaced); nothing can be
-    sent without a token, so it is the set-up's failure (exit 2)."""
+    """A token endpoint answering 500 at the first request is the set-up
+    failing (exit 2, the earlier report kept): nothing can be sent without a
+    token, so no row fails for it."""
     from aiohttp import web
 
     @web.middleware
@@ -915,8 +915,8 @@ async def test_a_token_endpoint_failing_from_the_start_is_the_set_up_failing() -
 
 
 async def test_an_mdm_listing_no_devices_says_so() -> None:
-    """Found from outside: an empty device list was explained as one that
-    "carries no serial numbers"."""
+    """An empty device list is told as such, not as one that "carries no
+    serial numbers"."""
     from aiohttp import web
 
     @web.middleware
@@ -935,8 +935,8 @@ async def test_an_mdm_listing_no_devices_says_so() -> None:
 
 
 async def test_a_delete_whose_answer_was_lost_says_what_the_retry_found() -> None:
-    """Found from outside: the retry's 404 was told as "confirmed by reading
-    it back" with HTTP 200, though no read-back was made."""
+    """The retry's 404 is told as what it is (an earlier try went through),
+    never as "confirmed by reading it back" with HTTP 200: no read-back was made."""
     from aiohttp import web
 
     from bulkmdm.sim.common import _drop

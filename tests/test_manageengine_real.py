@@ -528,9 +528,9 @@ def test_bulkmdm_sim_manageengine_me_real_serves_the_real_behaviour() -> None:
 
 
 def test_a_token_endpoint_failing_mid_run_stops_the_run(tmp_path: Path, run_cli: Any) -> None:
-    """Found from outside: with the token endpoint answering 500 mid-run, every
-    row still went to the MDM (each refused 401, each a call of the day's
-    quota), and the rows said "failed" under a summary saying "not-run"."""
+    """With the token endpoint answering 500 mid-run, the run stops: the rows
+    left are not-run (not sent to the MDM to be refused 401, each a call of
+    the day's quota), and the summary and the rows agree."""
     from aiohttp import web
 
     from bulkmdm.sim.manageengine import make_app

@@ -102,7 +102,7 @@ async def test_closing_the_feed_cancels_a_chunk_being_planned() -> None:
 
 
 def test_a_dry_run_says_what_each_action_would_do_in_words() -> None:
-    """Found from outside: "Would delete-device device BSN3."."""
+    """Each action is said in words ("Would delete device BSN3"), never as its verb ("Would delete-device")."""
     from bulkmdm.actions import ACTIONS, would
     from bulkmdm.model import JobRow, Step
 

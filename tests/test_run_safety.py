@@ -511,9 +511,9 @@ def test_a_server_gone_mid_run_stops_the_run(tmp_path: Path) -> None:
 
 
 def test_an_mdm_that_stops_answering_changes_stops_the_run(tmp_path: Path) -> None:
-    """Found from outside: changes held past the timeout while reads are
-    answered (each read back, not there, sent again) kept a 300-row tag job
-    going for minutes. 20 changes in a row without an answer stop the run."""
+    """Changes held past the timeout while reads are answered (each read
+    back, not there, sent again) would keep a job going for minutes: 20
+    changes in a row without an answer stop the run."""
     with SimServer(make_app(devices=400, seed=28)) as sim:
         devices = unique_devices(sim, 300)
         sim.faults.update({"slow_rate": 1.0, "slow_seconds": 30.0, "mutating_only": True})

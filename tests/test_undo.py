@@ -50,8 +50,8 @@ def test_a_dry_run_or_a_run_that_changed_nothing_has_no_undo_file(duo: Any, run_
 
 
 def test_running_the_report_again_keeps_the_first_runs_undo_file(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    """Found from outside: the report run again wrote its undo file over the
-    first run's, and called the first run's changes "cannot be undone"."""
+    """The report run again writes an undo file of its own beside the first
+    run's, and the first run's changes are not called "cannot be undone"."""
     from conftest import unique_devices
 
     (a, _), (b, _) = unique_devices(duo, 2)
