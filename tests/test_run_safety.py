@@ -536,7 +536,7 @@ def test_an_mdm_that_stops_answering_changes_stops_the_run(tmp_path: Path) -> No
 
 def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: Path) -> None:
     from bulkmdm.journal import IN_FLIGHT, Journal, NewRow
-    from bulkmdm.model import Outcome, Status
+    from bulkmdm.model import Outcome, Reason, Status
 
     def create(journal: Journal, digests: list[str]) -> int:
         rows = [NewRow([d], "lock", d, d) for d in digests]
@@ -547,10 +547,10 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
         journal.record(
             old,
             [
-                Outcome(0, Status.SUCCEEDED, "ok"),
-                Outcome(1, Status.SUCCEEDED, "ok"),
-                Outcome(2, Status.FAILED, "no"),
-                Outcome(3, Status.NOT_RUN, "stopped"),
+                Outcome(0, Status.SUCCEEDED, "ok", reason=Reason.DONE),
+                Outcome(1, Status.SUCCEEDED, "ok", reason=Reason.DONE),
+                Outcome(2, Status.FAILED, "no", reason=Reason.REFUSED),
+                Outcome(3, Status.NOT_RUN, "stopped", reason=Reason.NOT_SENT),
             ],
         )
         journal.mark_in_flight(old, [4])
