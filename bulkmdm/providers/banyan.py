@@ -807,7 +807,7 @@ class _Lists:
             user = self.user_by_email.one(email, "end user with email")
         except LookupFailed as exc:
             inactive = self.inactive_by_email.find(email)
-            if not inactive or "was not found" not in str(exc):
+            if not inactive or exc.code is not Reason.NOT_FOUND:
                 raise self._not_found(exc, "email", self.users_without["email"], "end user") from None
             user = inactive[0]
         if not _user_id(user):
