@@ -455,6 +455,7 @@ async def test_daily_budget_leaves_rows_that_do_not_fit_not_run(sim: SimServer) 
     # 20 a day, 10 kept for retries, 3 look-ups (devices, groups, members): 7 rows fit
     out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), job)
     assert statuses(out) == ["succeeded"] * 7 + ["not-run"] * 5
+    assert {o.reason for o in out[7:]} == {Reason.QUOTA}
     assert "Run the same command tomorrow" in out[7].detail and "15 API calls" in out[7].detail
     assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 7
     assert state(sim).calls_today == 10

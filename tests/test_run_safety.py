@@ -20,8 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, journal_run, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
+from conftest import (
+    cli_env,
+    journal_reasons,
+    journal_run,
+    read_report,
+    run_cmd,
+    spawn,
+    unique_devices,
+    wait_for,
+    write_csv,
+)
 
+from bulkmdm.model import Reason
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
 
@@ -211,6 +222,8 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
         statuses = [r["status"] for r in rows]
         assert statuses.count("succeeded") >= 5 and statuses.count("not-run") > 100
         assert set(statuses) <= {"succeeded", "not-run"}  # the rows refused with 401 are not-run too
+        reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
+        assert Reason.AUTH in reasons and set(reasons) <= {Reason.DONE, Reason.AUTH, Reason.NOT_SENT}
         # fixed: the same command continues with the rows not sent
         sim.faults.update({"error_rate": 0.0})
         again = _run(args, env)
@@ -412,6 +425,10 @@ def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_
         assert statuses.count("failed") == sim.stats.mutating
         assert statuses.count("not-run") == 400 - sim.stats.mutating
         assert all("refused 20 changes" in r["detail"] for r in rows if r["status"] == "not-run")
+        reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
+        assert [str(reason) for reason in reasons] == [
+            Reason.AUTH if r["status"] == "failed" else Reason.NOT_SENT for r in rows
+        ]
         # fixed: the same command continues with the rows not sent
         sim.faults.update({"error_rate": 0.0})
         again = _run(args, env)
