@@ -187,7 +187,7 @@ async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) 
             {"serial": device["SerialNumber"], "banned": True, "fields": {}},
         )
         (out,) = await provider.execute([step])
-    assert out.status is Status.UNKNOWN and "not resent" in out.detail
+    assert (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER) and "not resent" in out.detail
     assert log(sim, device) == ["ban"]
 
 
@@ -217,7 +217,11 @@ async def test_gateway_answer_with_state_unreadable_is_unknown(real_sim: SimServ
             {"serial": device["SerialNumber"], "banned": True, "fields": {}},
         )
         (out,) = await provider.execute([step])
-    assert out.status is Status.UNKNOWN and "not resent" in out.detail and "HTTP 504" in out.detail
+    assert (
+        (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER)
+        and "not resent" in out.detail
+        and "HTTP 504" in out.detail
+    )
     assert log(sim, device) == ["ban"]
     assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
 

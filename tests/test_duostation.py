@@ -192,7 +192,7 @@ def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path:
     job = write_csv(tmp_path / "slow.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
     res = run(run_cli, duo, job, "--action", "tag", "--timeout", "0.5")
     assert [r["status"] for r in res.report] == ["succeeded"] * 6, res.report
-    assert "confirmed" in res.report[0]["detail"]
+    assert res.reasons[0] == Reason.READ_BACK
     assert duo.call(lambda: state(duo).duplicate_links()) == []
 
 
@@ -218,7 +218,7 @@ def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, 
     job = write_csv(tmp_path / "msg.csv", [["serial", "message"], [target, "Hej"]])
     res = run(run_cli, duo, job, "--action", "message")
     assert res.exit_code == 1
-    assert res.report[0]["status"] == "unknown"
+    assert res.report[0]["status"] == "unknown" and res.reasons == [Reason.NO_ANSWER]
     assert "not resent" in res.report[0]["detail"]
     assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
 
