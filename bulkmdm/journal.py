@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JournalError
-from .model import Outcome, Status
+from .model import Outcome, Reason, Status
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -105,6 +105,11 @@ _MIGRATIONS: dict[int, str] = {
     5: """
     ALTER TABLE rows ADD COLUMN sent_at REAL;
     """,
+    # each row's reason code (model.Reason); NULL (rows written before, or
+    # carried in from a report's columns) reads as its status's usual reason
+    6: """
+    ALTER TABLE rows ADD COLUMN reason TEXT;
+    """,
 }
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
@@ -154,6 +159,17 @@ class RowRecord:
     resolved: str | None
     action: str
     label: str
+    #: why the row ended as it did (for a row not yet done: its status's usual reason)
+    reason: Reason = Reason.NOT_SENT
+
+
+def _reason(code: str | None, status: str | None) -> Reason:
+    """A stored reason code; none (an older journal, a report's columns) or one this
+    bulkmdm does not know reads as the status's usual reason."""
+    try:
+        return Reason(code) if code else Reason.of_status(status)
+    except ValueError:
+        return Reason.of_status(status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +464,8 @@ class Journal:
             cur = self.db.execute(
                 """
                 WITH old AS (
-                    SELECT state, status, detail, http_status, attempts, resolved, undo, carried, sent_at, digest,
+                    SELECT state, status, detail, http_status, attempts, resolved, undo, carried, sent_at, reason,
+                           digest,
                            row_number() OVER (PARTITION BY digest ORDER BY idx) AS nth
                     FROM rows WHERE run_id = ? AND state != ? AND NOT (state = ? AND status = ?)
                 ), new AS (
@@ -459,7 +476,7 @@ class Journal:
                 )
                 UPDATE rows SET state = pairs.state, status = pairs.status, detail = pairs.detail,
                     http_status = pairs.http_status, attempts = pairs.attempts, resolved = pairs.resolved,
-                    undo = pairs.undo, carried = pairs.carried, sent_at = pairs.sent_at
+                    undo = pairs.undo, carried = pairs.carried, sent_at = pairs.sent_at, reason = pairs.reason
                 FROM pairs WHERE rows.run_id = ? AND rows.idx = pairs.idx
                 """,
                 (old_id, PENDING, DONE, _NOT_RUN, new_id, PENDING, new_id),
@@ -509,7 +526,7 @@ class Journal:
                 return
             self.db.executemany(
                 "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                " undo = coalesce(?, undo) WHERE run_id = ? AND idx = ?",
+                " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
                 (
                     (
                         PENDING if o.status is Status.NOT_RUN else DONE,
@@ -519,6 +536,7 @@ class Journal:
                         _text(o.attempts or None),
                         o.resolved,
                         _undo_json(dict(o.undo)) if o.undo else None,
+                        str(o.reason),
                         run_id,
                         o.index,
                     )
@@ -584,21 +602,18 @@ class Journal:
         with self._tx():
             self.db.executemany(
                 "UPDATE rows SET state = 'done', status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                " carried = 1 WHERE run_id = ? AND idx = ?",
+                " carried = 1, reason = NULL WHERE run_id = ? AND idx = ?",
                 ((*values, run_id, idx) for idx, values in items),
             )
 
     def rows(self, run_id: int) -> Iterator[RowRecord]:
         cur = self.db.execute(
-            "SELECT idx, cells, state, status, detail, http_status, attempts, resolved, action, label FROM rows"
-            " WHERE run_id = ? ORDER BY idx",
+            f"SELECT {_ROW_COLUMNS} FROM rows WHERE run_id = ? ORDER BY idx",
             (run_id,),
         )
         try:
-            for idx, cells, state, status, detail, http_status, attempts, resolved, action, label in cur:
-                yield RowRecord(
-                    idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label
-                )
+            for values in cur:
+                yield _record(values)
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
 
@@ -620,14 +635,10 @@ class Journal:
         order = "DESC" if newest_first else "ASC"
         try:
             cur = self.db.execute(
-                "SELECT idx, cells, state, status, detail, http_status, attempts, resolved, action, label FROM rows"
-                f" WHERE {where} ORDER BY idx {order} LIMIT ? OFFSET ?",
+                f"SELECT {_ROW_COLUMNS} FROM rows WHERE {where} ORDER BY idx {order} LIMIT ? OFFSET ?",
                 (*parameters, max(0, limit), max(0, offset)),
             )
-            return [
-                RowRecord(idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label)
-                for idx, cells, state, status, detail, http_status, attempts, resolved, action, label in cur
-            ]
+            return [_record(values) for values in cur]
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
 
@@ -776,3 +787,15 @@ def _today() -> str:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+_ROW_COLUMNS = "idx, cells, state, status, detail, http_status, attempts, resolved, action, label, reason"
+
+
+def _record(values: Sequence[Any]) -> RowRecord:
+    idx, cells, state, status, detail, http_status, attempts, resolved, action, label, code = values
+    # a row in flight may have gone out again after an earlier outcome: that outcome no longer holds
+    reason = Reason.NO_ANSWER if state == IN_FLIGHT else _reason(code, status)
+    return RowRecord(
+        idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason
+    )

@@ -24,6 +24,74 @@ class Status(StrEnum):
     NOT_RUN = "not-run"
 
 
+class Reason(StrEnum):
+    """Why a row ended as it did, as a code (like ``http.HTTPStatus`` or
+    ``errno``): the breaker, the failure summary and a continued run decide on
+    it; the row's detail sentence says it to people and is free to change."""
+
+    #: the MDM answered the change with success
+    DONE = "done"
+    #: the answer was lost or held up; reading the object back showed the change made
+    READ_BACK = "read-back"
+    #: already in the wanted state, or the same change as an earlier line: nothing sent
+    ALREADY = "already"
+    #: a dry run: what would be sent
+    PLANNED = "planned"
+    #: a value in the row names nothing in the MDM (or the MDM answered 404)
+    NOT_FOUND = "not-found"
+    #: a value in the row names more than one object
+    AMBIGUOUS = "ambiguous"
+    #: the row cannot run as written: a blank or bad value, an action the vendor lacks,
+    #: a change that clashes with another line's
+    INVALID_ROW = "invalid-row"
+    #: the MDM said no: a 4xx other than those below, a 2xx whose body says it failed,
+    #: or a state in which the MDM refuses the change
+    REFUSED = "refused"
+    #: the credentials or their permissions were refused (401, 403)
+    AUTH = "auth"
+    #: the MDM kept answering 429
+    RATE_LIMITED = "rate-limited"
+    #: the MDM failed (5xx) or could not be reached, after the retries
+    UNAVAILABLE = "unavailable"
+    #: the MDM answered in a form that does not say what happened
+    BAD_ANSWER = "bad-answer"
+    #: sent, and the answer lost: the change may or may not have been made
+    NO_ANSWER = "no-answer"
+    #: not sent: the run stopped first
+    NOT_SENT = "not-sent"
+    #: not sent: the day's API calls would not cover it
+    QUOTA = "quota"
+
+    @classmethod
+    def of_status(cls, status: str | None) -> Reason:
+        """The usual reason of a status: what a row recorded without a code (an
+        older journal, a report's columns) is read as."""
+        return _USUAL.get(status or "", cls.NOT_SENT)
+
+    @classmethod
+    def of_http(cls, status: int | None) -> Reason:
+        """The reason an error answer with HTTP ``status`` gives a row (no answer: UNAVAILABLE)."""
+        if status is None or status >= 500:
+            return cls.UNAVAILABLE
+        if status in (401, 403):
+            return cls.AUTH
+        if status == 404:
+            return cls.NOT_FOUND
+        if status == 429:
+            return cls.RATE_LIMITED
+        return cls.REFUSED
+
+
+_USUAL: dict[str, Reason] = {
+    Status.SUCCEEDED: Reason.DONE,
+    Status.SKIPPED: Reason.ALREADY,
+    Status.FAILED: Reason.REFUSED,
+    Status.INVALID: Reason.INVALID_ROW,
+    Status.PLANNED: Reason.PLANNED,
+    Status.UNKNOWN: Reason.NO_ANSWER,
+    Status.NOT_RUN: Reason.NOT_SENT,
+}
+
 #: Statuses a re-run of a report carries over untouched.
 DONE_STATUSES = frozenset({Status.SUCCEEDED, Status.SKIPPED})
 #: Statuses that make the exit code 1.
@@ -79,7 +147,7 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one row."""
+    """What happened to one row: ``reason`` is what decisions read, ``detail`` what people do."""
 
     index: int
     status: Status
@@ -89,6 +157,7 @@ class Outcome:
     resolved: str = ""
     #: for a change made: the job row that puts back what was there before (Step.undo)
     undo: Mapping[str, str] | None = None
+    reason: Reason = field(kw_only=True)
 
     def with_(self, **changes: Any) -> Outcome:
         from dataclasses import replace
@@ -106,5 +175,6 @@ _VALUE = re.compile(r"(?<!HTTP )(?<![\w.@+-])[\w.@+-]*\d[\w.@+-]*")
 
 def reason_key(detail: str) -> str:
     """A detail with the row's own values left out ('X' not found, line 5, ids in a path,
-    "on device GEN0007"), so that rows that went wrong for the same reason compare equal."""
+    "on device GEN0007"): the shape of the sentence, for showing one sentence for many rows.
+    Decisions read :class:`Reason`, never this."""
     return _VALUE.sub("…", _ID_SEGMENT.sub("…", _LINE.sub("line N", _QUOTED.sub("'…'", detail))))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from .actions import ACTIONS
-from .model import JobRow, Outcome, Status, Step
+from .model import JobRow, Outcome, Reason, Status, Step
 from .providers.base import Provider
 
 #: rows in the first chunk at most (the rest of the job is planned while it is sent)
@@ -175,7 +175,11 @@ class PlanFeed:
                     and not ACTIONS[row.action].verifiable
                     and not self.settings.resend_unknown
                 ):
-                    decided.append(Outcome(row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved))
+                    decided.append(
+                        Outcome(
+                            row.index, Status.UNKNOWN, IN_FLIGHT_DETAIL, resolved=item.resolved, reason=Reason.NO_ANSWER
+                        )
+                    )
                 else:
                     steps.append(item)
             else:
@@ -188,14 +192,16 @@ def reconciled(row: JobRow, item: Outcome) -> Outcome:
     against the MDM's current state: already in the wanted state means the
     earlier request took effect; for a delete, the object being gone means
     the same."""
-    if item.status is Status.SKIPPED:
-        return item.with_(status=Status.SUCCEEDED, detail="Done by the earlier run (confirmed by reading it back).")
-    if (
-        item.status is Status.FAILED
-        and row.action in ("delete-device", "delete-user")
-        and "not found" in item.detail.casefold()
-    ):
-        return item.with_(status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).")
+    if item.reason is Reason.ALREADY:
+        return item.with_(
+            status=Status.SUCCEEDED,
+            detail="Done by the earlier run (confirmed by reading it back).",
+            reason=Reason.READ_BACK,
+        )
+    if item.reason is Reason.NOT_FOUND and row.action in ("delete-device", "delete-user"):
+        return item.with_(
+            status=Status.SUCCEEDED, detail="Deleted by the earlier run (it is gone now).", reason=Reason.READ_BACK
+        )
     return item
 
 

@@ -38,7 +38,7 @@ from .actions import ACTIONS
 from .columns import CANONICAL, OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
 from .jobfile import NOT_WRITTEN, not_in_excel
-from .model import BAD_STATUSES, Status, reason_key
+from .model import BAD_STATUSES, Reason, Status, reason_key
 from .ownfiles import file_digest, mdm_key, remember
 from .words import NOT_SENT
 from .shown import plain
@@ -358,16 +358,19 @@ class FailureTally:
     def __init__(self) -> None:
         self.reasons: dict[str, _Reason] = {}
 
-    def add(self, status: str, detail: str, line: int) -> None:
-        # rows that differ only in the value they name ('X' not found) share a reason
-        key = status + ":" + reason_key(detail)
+    def add(self, status: str, detail: str, line: int, reason: Reason | None = None) -> None:
+        """Count a row; without a ``reason`` (a report's columns) it is its status's usual one."""
+        # grouped by code, and within it by the sentence's shape: rows that differ
+        # only in the value they name ('X' not found) share a group
+        code = reason or Reason.of_status(status)
+        key = f"{status}:{code}:{reason_key(detail)}"
         if key not in self.reasons and len(self.reasons) >= _MAX_REASONS:
             key, detail = "other", "Other reasons: see the report."
-        reason = self.reasons.setdefault(key, _Reason(detail))
-        reason.count += 1
-        reason.varied = reason.varied or detail != reason.detail
-        if len(reason.lines) < _EXAMPLES:
-            reason.lines.append(line)
+        group = self.reasons.setdefault(key, _Reason(detail))
+        group.count += 1
+        group.varied = group.varied or detail != group.detail
+        if len(group.lines) < _EXAMPLES:
+            group.lines.append(line)
 
     def groups(self) -> list[FailureGroup]:
         """The groups, the largest first."""
@@ -390,7 +393,7 @@ class _Tally:
         summary.counts[status] += 1
         summary.by_action.setdefault(record.action or "?", Counter())[status] += 1
         if status in _BAD:
-            self.failures.add(status, detail, record.idx + 2)
+            self.failures.add(status, detail, record.idx + 2, record.reason)
         spec = ACTIONS.get(record.action)
         if spec is not None and spec.destructive and status in (str(Status.PLANNED), str(Status.SUCCEEDED)):
             summary.destructive_counts[record.action] += 1

@@ -36,7 +36,7 @@ from .actions import normalise_action
 from .columns import OUTCOME_COLUMNS
 from .errors import JournalError
 from .journal import IN_FLIGHT, Journal, LockHolder, NewRow, RunInfo
-from .model import JobRow, Outcome, Status
+from .model import JobRow, Outcome, Reason, Status
 from .validate import ValidJob, job_row, row_digest
 from .words import plural
 
@@ -246,6 +246,11 @@ def _create(journal: Journal, job: ValidJob, *, identity: str, options: RunOptio
     )
     journal.record_raw(run_id, ((i, e.carried) for i, e in enumerate(job.entries) if e.carried is not None))
     journal.record(
-        run_id, (Outcome(i, Status.INVALID, e.invalid) for i, e in enumerate(job.entries) if e.invalid is not None)
+        run_id,
+        (
+            Outcome(i, Status.INVALID, e.invalid, reason=Reason.INVALID_ROW)
+            for i, e in enumerate(job.entries)
+            if e.invalid is not None
+        ),
     )
     return run_id

@@ -36,9 +36,9 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError
+from .errors import AuthError, BulkMDMError, ConfirmationRefused, JournalError, QuotaExhausted
 from .events import Events
-from .model import Outcome, Status, Step, reason_key
+from .model import Outcome, Reason, Status, Step
 from .plan import PlanFeed
 from .steps.context import RequestContext
 from .words import NOT_SENT
@@ -72,8 +72,8 @@ YOUNG_COLLECTION = 10_000
 
 
 class Breaker:
-    """Counts batches in a row that went wrong the same way: the same HTTP
-    status and reason, or no answer at all (the MDM gone away)."""
+    """Counts batches in a row that went wrong the same way: the same reason
+    code and HTTP status, or no answer at all (the MDM gone away)."""
 
     def __init__(self, threshold: int = BREAKER_BATCHES) -> None:
         self.threshold = threshold
@@ -107,13 +107,27 @@ class Breaker:
         return f"The run stopped: the MDM refused {self.streak} changes in a row the same way: {self.example}"
 
 
+#: the reasons of a change that got no answer at all (the MDM gone away), whatever the error
+_NO_ANSWER = frozenset({Reason.NO_ANSWER, Reason.UNAVAILABLE})
+
+
 def _refusal(outcome: Outcome) -> tuple[str, ...] | None:
-    """How a change went wrong, as the breaker compares it; None when it did not."""
+    """How a change went wrong, as the breaker compares it (its reason code and
+    HTTP status, never its wording); None when it did not."""
     if outcome.status not in (Status.FAILED, Status.UNKNOWN):
         return None
-    if outcome.http_status is None:
+    if outcome.http_status is None and outcome.reason in _NO_ANSWER:
         return ("no answer",)
-    return (str(outcome.http_status), reason_key(outcome.detail))
+    return (str(outcome.reason), str(outcome.http_status or ""))
+
+
+def _not_sent_reason(exc: BulkMDMError) -> Reason:
+    """Why a batch a run-stopping error held back was not sent."""
+    if isinstance(exc, AuthError):
+        return Reason.AUTH
+    if isinstance(exc, QuotaExhausted):
+        return Reason.QUOTA
+    return Reason.NOT_SENT
 
 
 class Ledger(Protocol):
@@ -428,6 +442,7 @@ class Scheduler:
                     getattr(exc, "status", None),
                     getattr(exc, "attempts", 0),
                     step.resolved,
+                    reason=_not_sent_reason(exc),
                 )
                 for step in batch
             ]

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,19 @@ class Result:
     output: str
     report: list[dict[str, str]]
     report_path: Path
+    #: each row's reason code (bulkmdm.model.Reason), as the journal of the run that wrote the report holds it
+    reasons: list[str] = field(default_factory=list)
+
+
+def journal_reasons(state: Path, report: Path) -> list[str]:
+    """The reason code of each row of the run that last wrote ``report``, from the journal in ``state``."""
+    from bulkmdm.journal import Journal
+
+    if not (state / "journal.sqlite3").exists():
+        return []
+    with Journal(state) as journal:
+        run = journal.for_report(str(report.resolve()))
+        return [str(record.reason) for record in journal.rows(run.id)] if run is not None else []
 
 
 def write_csv(path: Path, rows: Sequence[Sequence[str]], *, delimiter: str = ",", encoding: str = "utf-8") -> Path:
@@ -174,7 +187,9 @@ def run_cli() -> object:
             if "--report" in args:
                 path = Path(args[list(args).index("--report") + 1])
         rows = read_report(path) if path is not None and path.exists() else []
-        return Result(result.exit_code, output, rows, path or Path())
+        state = Path(merged.get("BULKMDM_STATE_DIR") or os.environ["BULKMDM_STATE_DIR"])
+        reasons = journal_reasons(state, path) if path is not None and "--dry-run" not in args else []
+        return Result(result.exit_code, output, rows, path or Path(), reasons)
 
     return invoke
 

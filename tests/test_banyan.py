@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from bulkmdm.errors import AuthError, ConfigError
-from bulkmdm.model import JobRow, Outcome, Status, Step
+from bulkmdm.model import JobRow, Outcome, Reason, Status, Step
 from bulkmdm.providers.banyan import Banyan, _body_error, _page
 from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
@@ -98,6 +98,7 @@ async def test_ban_and_unban_change_only_what_needs_changing(any_sim: SimServer)
         Status.SKIPPED,
         Status.SKIPPED,
     ]
+    assert all(o.reason is Reason.ALREADY for o in out if o.status is Status.SKIPPED)
     assert "already banned" in out[1].detail and "line 2" in out[4].detail
     assert to_ban["Banned"] == "TRUE" and to_unban["Banned"] == "FALSE"
     assert log(sim, to_ban) == ["ban"] and log(sim, to_unban) == ["unban"]
@@ -120,11 +121,14 @@ async def test_ban_look_ups_that_fail_the_row(sim: SimServer) -> None:
         ("ban", {"device_id": some["DeviceID"], "serial": "OTHERSERIAL"}),
     )
     assert all(o.status is Status.FAILED for o in out)
-    assert "was not found" in out[0].detail
-    assert "blank" in out[1].detail
-    assert "matches 2 devices" in out[2].detail
-    assert "held by 2 devices" in out[3].detail
-    assert "was not found" in out[4].detail  # serials match exactly
+    assert [o.reason for o in out] == [
+        Reason.NOT_FOUND,
+        Reason.INVALID_ROW,  # blank
+        Reason.AMBIGUOUS,
+        Reason.AMBIGUOUS,  # held by 2 devices
+        Reason.NOT_FOUND,  # serials match exactly
+        Reason.INVALID_ROW,  # the device id's serial is another
+    ]
     assert "not 'OTHERSERIAL'" in out[5].detail
     assert mutating(sim) == 0 and all(d["Banned"] == "FALSE" for d in duplicate)
 
@@ -161,6 +165,7 @@ async def test_answer_lost_after_the_work_is_read_back_not_resent(real_sim: SimS
         ("delete-user", {"email": users[0]["Email"]}),
     )
     assert [o.status for o in out] == [Status.SUCCEEDED] * 3, [o.detail for o in out]
+    assert [o.reason for o in out] == [Reason.READ_BACK] * 3
     assert all("confirmed by reading it back" in o.detail for o in out)
     assert log(sim, device) == ["ban"] and log(sim, gone_device) == ["delete"] and log(sim, users[0]) == ["delete"]
     # The POST went once. (aiohttp itself resends a DELETE once on a dropped
@@ -182,7 +187,7 @@ async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) 
             {"serial": device["SerialNumber"], "banned": True, "fields": {}},
         )
         (out,) = await provider.execute([step])
-    assert out.status is Status.UNKNOWN and "not resent" in out.detail
+    assert (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER) and "not resent" in out.detail
     assert log(sim, device) == ["ban"]
 
 
@@ -193,7 +198,7 @@ async def test_gateway_answer_after_the_work_is_read_back_not_resent(real_sim: S
     users = [u for u in org(sim).users.values() if len(u["SerialNumbers"]) == 2]
     out = await run(sim, ("ban", {"serial": device["SerialNumber"]}), ("delete-user", {"email": users[0]["Email"]}))
     assert [o.status for o in out] == [Status.SUCCEEDED] * 2, [o.detail for o in out]
-    assert all("confirmed by reading it back" in o.detail for o in out)
+    assert [o.reason for o in out] == [Reason.READ_BACK] * 2
     assert log(sim, device) == ["ban"] and log(sim, users[0]) == ["delete"]
     assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
 
@@ -212,7 +217,11 @@ async def test_gateway_answer_with_state_unreadable_is_unknown(real_sim: SimServ
             {"serial": device["SerialNumber"], "banned": True, "fields": {}},
         )
         (out,) = await provider.execute([step])
-    assert out.status is Status.UNKNOWN and "not resent" in out.detail and "HTTP 504" in out.detail
+    assert (
+        (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER)
+        and "not resent" in out.detail
+        and "HTTP 504" in out.detail
+    )
     assert log(sim, device) == ["ban"]
     assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
 
@@ -253,7 +262,7 @@ async def test_delete_device_with_and_without_email(sim: SimServer) -> None:
         "delete",
     ]
     assert "not registered to nobody@skola.se" in out[3].detail
-    assert "not found" in out[4].detail and "matches 2 devices" in out[5].detail
+    assert (out[4].reason, out[5].reason) == (Reason.NOT_FOUND, Reason.AMBIGUOUS)
     assert sim.stats.by_route["DELETE /v1/v1/delete_device"] == 3
 
 
@@ -391,7 +400,8 @@ async def test_delete_user_by_id_and_by_email(sim: SimServer) -> None:
     assert out[0].resolved == f"user_id={by_id['ID']}" and out[1].resolved == f"user_id={by_email['ID']}"
     assert by_id["ID"] in org(sim).inactive and by_email["ID"] in org(sim).inactive
     assert other["ID"] in org(sim).users and log(sim, other) == []
-    assert "was not found" in out[2].detail and "belongs to" in out[4].detail and "blank" in out[6].detail
+    assert (out[2].reason, out[4].reason, out[6].reason) == (Reason.NOT_FOUND, Reason.INVALID_ROW, Reason.INVALID_ROW)
+    assert "belongs to" in out[4].detail
     assert sim.stats.by_route["DELETE /v2/endusers"] == 2
 
 
@@ -411,7 +421,8 @@ async def test_user_already_deleted_with_their_only_device_is_skipped(sim: SimSe
         sim, ("delete-device", {"serial": device["SerialNumber"]}), ("delete-user", {"email": user["Email"]})
     )
     assert [x.status for x in out] == [Status.SUCCEEDED, Status.SKIPPED]
-    assert "already gone" in out[1].detail and out[1].http_status == 400
+    assert out[1].reason is Reason.ALREADY and out[1].http_status == 400
+    assert "already gone" in out[1].detail
 
 
 # -- reading, auth, dry run ----------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import openpyxl
 import pytest
 
+from bulkmdm.model import Reason
 from bulkmdm.sim.duostation import FACTS
 
 from conftest import write_csv
@@ -105,7 +106,7 @@ def test_delete_user(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed"]
     assert res.report[1]["http_status"] == "409"
-    assert "not found" in res.report[2]["detail"]
+    assert res.reasons == [Reason.DONE, Reason.REFUSED, Reason.NOT_FOUND]
     assert duo.call(lambda: F["user_without_devices"]["id"] not in state(duo).users)
 
 
@@ -149,13 +150,13 @@ def test_skipped_not_found_ambiguous_invalid(duo: Any, run_cli: Any, tmp_path: P
         "skipped",
     ]
     details = [r["detail"] for r in res.report]
-    assert "NOSUCHSERIAL" in details[1] and "not found" in details[1]
-    assert "matches 2 devices" in details[2]
-    assert "matches 2 tags" in details[3]
+    assert "NOSUCHSERIAL" in details[1] and res.reasons[1] == Reason.NOT_FOUND
+    assert res.reasons[2:4] == [Reason.AMBIGUOUS, Reason.AMBIGUOUS]  # two devices, two tags
     assert "Missing serial or device_id" in details[5]
     assert "'explode' is not an action" in details[6]
     assert "group" in details[9]
-    assert "matches 2 users" in details[10]
+    assert res.reasons[10] == Reason.AMBIGUOUS
+    assert {res.reasons[i] for i, r in enumerate(res.report) if r["status"] == "invalid"} == {Reason.INVALID_ROW}
     assert "Missing app" in details[11]
     assert "line 14" in details[13]
     assert res.exit_code == 1
@@ -191,7 +192,7 @@ def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path:
     job = write_csv(tmp_path / "slow.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
     res = run(run_cli, duo, job, "--action", "tag", "--timeout", "0.5")
     assert [r["status"] for r in res.report] == ["succeeded"] * 6, res.report
-    assert "confirmed" in res.report[0]["detail"]
+    assert res.reasons[0] == Reason.READ_BACK
     assert duo.call(lambda: state(duo).duplicate_links()) == []
 
 
@@ -217,7 +218,7 @@ def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, 
     job = write_csv(tmp_path / "msg.csv", [["serial", "message"], [target, "Hej"]])
     res = run(run_cli, duo, job, "--action", "message")
     assert res.exit_code == 1
-    assert res.report[0]["status"] == "unknown"
+    assert res.report[0]["status"] == "unknown" and res.reasons == [Reason.NO_ANSWER]
     assert "not resent" in res.report[0]["detail"]
     assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
 
@@ -231,6 +232,7 @@ def test_gateway_answer_after_a_tag_is_read_back_not_resent(duo: Any, run_cli: A
     res = run(run_cli, duo, job, "--action", "tag")
     assert res.exit_code == 0, res.output
     assert [r["status"] for r in res.report] == ["succeeded"] * 3, res.report
+    assert res.reasons == [Reason.READ_BACK] * 3
     assert all("confirmed by reading it back" in r["detail"] for r in res.report)
     assert duo.stats.mutating - before == 3
     assert duo.call(lambda: state(duo).duplicate_links()) == []
@@ -514,8 +516,7 @@ def test_lists_cut_short_use_the_documented_searches(duo: Any, run_cli: Any, tmp
         "failed",
         "failed",
     ], res.report
-    assert "not found" in res.report[7]["detail"] and "matches 2 devices" in res.report[8]["detail"]
-    assert "not found" in res.report[9]["detail"]
+    assert res.reasons[7:] == [Reason.NOT_FOUND, Reason.AMBIGUOUS, Reason.NOT_FOUND]
     paths = [r["path"] for r in wire(duo) if r["method"] == "GET"]
     assert f"/api/devices?serialNumber={tagged['serial']}" in paths
     assert f"/api/devicetags?deviceId={tagged['id']}" in paths
@@ -621,7 +622,7 @@ def test_delete_user_by_user_id_and_account_names_that_look_like_addresses(
     res = run(run_cli, duo, job, "--action", "delete-user", "--yes")
     assert [r["status"] for r in res.report] == ["succeeded", "failed", "failed", "failed"], res.report
     assert res.report[1]["http_status"] == "409"
-    assert "not found" in res.report[2]["detail"] and "not found" in res.report[3]["detail"]
+    assert res.reasons[2:] == [Reason.NOT_FOUND, Reason.NOT_FOUND]
     assert duo.call(lambda: F["user_without_devices"]["id"] not in st.users)
     assert ("DELETE", f"/api/users/{F['user_without_devices']['id']}", None) in changes(duo)
 
@@ -750,7 +751,7 @@ def test_app_name_in_another_capitalisation(duo: Any, run_cli: Any, tmp_path: Pa
     )
     res = run(run_cli, duo, job)
     assert [r["status"] for r in res.report] == ["succeeded", "succeeded", "failed"], res.report
-    assert "matches 2 apps" in res.report[2]["detail"]
+    assert res.reasons[2] == Reason.AMBIGUOUS
     bodies = [body for method, _path, body in changes(duo)]
     assert bodies == [{"appId": F["app"]["id"]}, {"identifier": F["app"]["packageId"]}], bodies
 

@@ -16,7 +16,7 @@ from conftest import journal_run
 from bulkmdm.errors import JournalError
 from bulkmdm.events import QuietEvents
 from bulkmdm.journal import Journal, NewRow
-from bulkmdm.model import Outcome, Status
+from bulkmdm.model import Outcome, Reason, Status
 from bulkmdm.schedule import GroupCommit
 
 
@@ -53,7 +53,12 @@ def test_one_turn_is_one_transaction_and_marks_are_committed_before_the_wait_end
         async def go() -> None:
             writes = GroupCommit(ledger, QuietEvents())
             # three workers about to send in the same turn, two outcomes from the turn before
-            writes.record([Outcome(0, Status.SUCCEEDED, "ok", 200, 1), Outcome(1, Status.FAILED, "no", 404, 1)])
+            writes.record(
+                [
+                    Outcome(0, Status.SUCCEEDED, "ok", 200, 1, reason=Reason.DONE),
+                    Outcome(1, Status.FAILED, "no", 404, 1, reason=Reason.NOT_FOUND),
+                ]
+            )
             marks = [writes.mark_in_flight([i]) for i in (2, 3, 4)]
             assert _states(journal.path) == dict.fromkeys(range(6), "pending")  # nothing yet: still this turn
             await asyncio.gather(*marks)
@@ -66,7 +71,7 @@ def test_one_turn_is_one_transaction_and_marks_are_committed_before_the_wait_end
                 4: "in_flight",
                 5: "pending",
             }
-            writes.record([Outcome(2, Status.SUCCEEDED, "ok", 200, 1)])
+            writes.record([Outcome(2, Status.SUCCEEDED, "ok", 200, 1, reason=Reason.DONE)])
             writes.close()  # the pool ended: what is left is written at once
             assert ledger.transactions == 2
             assert _states(journal.path)[2] == "succeeded"
@@ -83,11 +88,11 @@ def test_what_comes_within_the_commit_delay_shares_one_transaction(tmp_path: Pat
 
         async def go() -> None:
             writes = GroupCommit(ledger, QuietEvents())
-            writes.record([Outcome(0, Status.SUCCEEDED, "ok", 200, 1)])
+            writes.record([Outcome(0, Status.SUCCEEDED, "ok", 200, 1, reason=Reason.DONE)])
             await asyncio.sleep(0)  # the next turn of the loop
             marked = writes.mark_in_flight([1])
             await asyncio.sleep(0)
-            writes.record([Outcome(2, Status.FAILED, "no", 404, 1)])
+            writes.record([Outcome(2, Status.FAILED, "no", 404, 1, reason=Reason.NOT_FOUND)])
             await marked
             assert ledger.transactions == 1
             assert _states(journal.path) == {0: "succeeded", 1: "in_flight", 2: "failed", 3: "pending"}
@@ -105,7 +110,7 @@ def test_a_failed_write_reaches_the_waiting_worker_and_the_end_of_the_pool(tmp_p
             with pytest.raises(JournalError):
                 await writes.mark_in_flight([0])
             with pytest.raises(JournalError):
-                writes.record([Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
+                writes.record([Outcome(1, Status.SUCCEEDED, "ok", 200, 1, reason=Reason.DONE)])
             with pytest.raises(JournalError):
                 writes.close()
 

@@ -18,7 +18,7 @@ from conftest import write_csv  # type: ignore[import-not-found]
 from multidict import MultiDict
 
 from bulkmdm.errors import AuthError, ConfigError, SetupFailed
-from bulkmdm.model import JobRow, Outcome, Status, Step
+from bulkmdm.model import JobRow, Outcome, Reason, Status, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.ivanti import Ivanti
 from bulkmdm.retry import RetryPolicy
@@ -152,7 +152,7 @@ async def test_lookups_are_exact(sim: SimServer) -> None:
     assert detail(out[0]) == "Serial NOSUCHSERIAL was not found among the 300 devices of device space 1."
     assert isinstance(out[1], Outcome) and out[1].detail == "The serial is blank."
     assert isinstance(out[2], Outcome) and out[2].status is Status.FAILED
-    assert f"serial {dup} matches 2 devices".lower() in out[2].detail.lower()
+    assert out[2].reason is Reason.AMBIGUOUS
     assert "RETIRED" in out[2].detail and "device_id" in out[2].detail
     for step in out[3], out[4], out[6]:
         assert isinstance(step, Step) and step.params["id"] == device["id"]
@@ -253,7 +253,7 @@ async def test_assign_user_finds_the_account_through_owner_id_once_per_email(sim
         assert isinstance(out[3], Outcome) and out[3].status is Status.FAILED
         assert "No device in device space 1 belongs to nobody@example.org" in out[3].detail
         assert isinstance(out[4], Outcome) and out[4].status is Status.SKIPPED
-        assert "already belongs to" in out[4].detail
+        assert out[4].reason is Reason.ALREADY
         result = await provider.execute([s for s in out[:3] if isinstance(s, Step)])
     assert statuses(result) == ["succeeded"] * 3
     assert all(t["ownerId"] == account and t["emailAddress"] == owner_device["emailAddress"] for t in targets)
@@ -337,9 +337,9 @@ async def test_commands_without_a_viability_check_are_refused_in_the_plan(sim: S
     async with ivanti(sim) as provider:
         out = await provider.plan(job)
     assert statuses(out) == ["failed", "failed", "skipped", "skipped"]
+    assert [o.reason for o in out if isinstance(o, Outcome)] == [Reason.REFUSED] * 2 + [Reason.ALREADY] * 2
     assert "is RETIRED; the MDM sends commands only to active devices" in detail(out[0])
     assert "restarts only supervised iOS devices" in detail(out[1])
-    assert "already WIPE_PENDING" in detail(out[2])
 
 
 async def test_the_same_change_twice_is_sent_once(sim: SimServer) -> None:
@@ -394,11 +394,11 @@ async def test_answers_are_read_from_the_envelope_and_the_count() -> None:
     serial = devices[0]["serialNumber"]
     assert unlock[0].detail == f"The MDM refused to unlock device {serial} (HTTP 200): Unlock is off."
     assert statuses(restart) == ["unknown"] * 3
+    assert {o.reason for o in restart + checkin} == {Reason.BAD_ANSWER}
     assert "for 2 of the 3 devices in it without saying which" in restart[0].detail
     # a count of 1 for two devices is one of them, not "success" for both
     assert statuses(checkin) == ["unknown"] * 2
-    assert "for 1 of the 2 devices in it without saying which" in checkin[0].detail
-    assert statuses(message) == ["failed"] * 2 and "(result False)" in message[0].detail
+    assert statuses(message) == ["failed"] * 2 and {o.reason for o in unlock + message} == {Reason.REFUSED}
 
 
 # -- a batch refused as a whole -------------------------------------------------
@@ -452,7 +452,7 @@ async def test_lost_answer_to_a_command_is_unknown_and_not_resent(sim: SimServer
         sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
         out = await provider.execute(planned)
     assert statuses(out) == ["unknown"] * 4
-    assert "not resent" in out[0].detail
+    assert {o.reason for o in out} == {Reason.NO_ANSWER}
     assert all(state_of(sim).applied(d["id"], "lock") == 1 for d in devices)
 
 
@@ -479,6 +479,7 @@ async def test_lost_answer_is_confirmed_by_reading_back(sim: SimServer, action: 
         sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
         out = await provider.execute(planned)
     assert statuses(out) == ["succeeded"] * 2, out
+    assert [o.reason for o in out] == [Reason.READ_BACK] * 2
     assert "Confirmed by reading it back" in out[0].detail
     for device in devices:
         assert state.applied(device["id"], logged) == 1
@@ -504,7 +505,7 @@ async def test_gateway_answer_after_a_change_is_read_back_not_resent(sim: SimSer
         sim.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
         out = await provider.execute(planned)
     assert statuses(out) == ["succeeded"] * 2, out
-    assert "Confirmed by reading it back" in out[0].detail
+    assert [o.reason for o in out] == [Reason.READ_BACK] * 2
     logged = {"set-attribute": "customattributes-patch"}.get(action, action)
     assert all(state_of(sim).applied(d["id"], logged) == 1 for d in devices)
 
@@ -545,7 +546,13 @@ async def test_set_attribute_patches_and_skips_what_is_already_set(sim: SimServe
     async with ivanti(sim) as provider:
         out = await run(provider, job)
     assert statuses(out) == ["skipped", "succeeded", "skipped", "failed", "succeeded"]
-    assert f"already has cityid = '{city}'" in out[0].detail and "Same change as line 3" in out[2].detail
+    assert [o.reason for o in out if isinstance(o, Outcome)] == [
+        Reason.ALREADY,
+        Reason.DONE,
+        Reason.ALREADY,  # the same change as line 3
+        Reason.INVALID_ROW,  # another value for the attribute on line 3
+        Reason.DONE,
+    ]
     assert "is also set on line 3; give it one change per job" in out[3].detail
     attrs = todo["customAttributes"]["attrs"]
     assert attrs["cityid"] == ["OSL"] and attrs["floor"] == ["3"]
@@ -566,8 +573,8 @@ async def test_delete_device(sim: SimServer) -> None:
         out = await run(provider, job)
     assert statuses(out) == ["succeeded", "succeeded", "failed", "failed"]
     assert out[0].detail == f"Device {retired[0]['serialNumber']} deleted."
+    assert [o.reason for o in out] == [Reason.DONE, Reason.DONE, Reason.REFUSED, Reason.INVALID_ROW]
     assert "is ACTIVE" in out[2].detail and "Retire it first" in out[2].detail
-    assert "not someone@else.org" in out[3].detail
     assert all(d["id"] not in state.devices for d in retired) and active["id"] in state.devices
     assert sim.stats.by_route["DELETE /api/v1/device"] == 2  # one per device
 
@@ -604,7 +611,7 @@ def test_cli_runs_a_mixed_job(sim: SimServer, tmp_path: Path, run_cli: Any) -> N
         "succeeded",
     ]
     assert "DEVICE_RETIRED" in result.report[2]["detail"]
-    assert "matches 2 devices" in result.report[5]["detail"]
+    assert result.reasons[5] == Reason.AMBIGUOUS
     assert result.report[4]["Attribute Value"] == "007"
     assert active[3]["customAttributes"]["attrs"]["floor"] == ["007"]  # leading zeros kept
     assert state.applied(active[0]["id"], "lock") == state.applied(active[1]["id"], "lock") == 1

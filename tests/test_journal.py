@@ -10,7 +10,7 @@ from typing import Any
 from conftest import journal_run, read_report, write_csv
 
 from bulkmdm.journal import SCHEMA_VERSION, Journal, NewRow
-from bulkmdm.model import Outcome, Status
+from bulkmdm.model import Outcome, Reason, Status
 from bulkmdm.sim.duostation import FACTS
 
 
@@ -19,7 +19,7 @@ def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
         rows = [NewRow(["A"], "lock", "a", "A"), NewRow(["B"], "lock", "b", "B")]
         run_id = journal_run(journal, rows)
         journal.mark_in_flight(run_id, [0])
-        journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1)])
+        journal.record(run_id, [Outcome(1, Status.SUCCEEDED, "ok", 200, 1, reason=Reason.DONE)])
         assert journal.counts(run_id) == {"in_flight": 1, "succeeded": 1}
         latest = journal.latest("x")
         assert latest is not None and latest.id == run_id and latest.finished is None
@@ -30,7 +30,7 @@ def test_journal_file_is_owner_only_and_wal(tmp_path: Path) -> None:
     assert mode == 0o600
     db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 6
 
 
 def test_runs_and_report_rebuild(duo: Any, run_cli: Any, tmp_path: Path) -> None:
@@ -84,11 +84,60 @@ def test_a_journal_of_schema_3_is_migrated_keeping_its_runs(tmp_path: Path) -> N
     db.close()
     with Journal(tmp_path / "st") as journal:
         run_id = journal_run(journal, [NewRow(["A"], "tag", "a", "A")])
-        journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag"})])
+        journal.record(
+            run_id, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag"}, reason=Reason.DONE)]
+        )
         assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag"})]
         assert journal.run(run_id).undo_path is None
         journal.set_undo_path(run_id, "/u.csv")
         assert journal.run(run_id).undo_path == "/u.csv"
+
+
+def test_rows_keep_their_reason_code_and_an_older_journals_read_as_their_status_says(tmp_path: Path) -> None:
+    """Version 6 stores each row's reason code; a row written before it (or
+    carried in from a report's columns) reads as its status's usual reason."""
+    from bulkmdm.journal import _MIGRATIONS
+
+    (tmp_path / "st").mkdir()
+    db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 6):
+        db.executescript(_MIGRATIONS[version])
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    db.execute(
+        "INSERT INTO runs (id, identity, job_path, content, provider, url, headers, report_path, created, updated)"
+        " VALUES (1, 'x', '/j.csv', '0', 'duostation', 'http://h', '[\"serial\"]', '/r.csv', 0, 0)"
+    )
+    for idx, status in enumerate(("succeeded", "skipped", "failed", "unknown")):
+        db.execute(
+            "INSERT INTO rows (run_id, idx, cells, state, status, detail) VALUES (1, ?, '[\"A\"]', 'done', ?, 'x')",
+            (idx, status),
+        )
+    db.execute("INSERT INTO rows (run_id, idx, cells, state) VALUES (1, 4, '[\"B\"]', 'in_flight')")
+    db.commit()
+    db.close()
+    with Journal(tmp_path / "st") as journal:
+        assert [r.reason for r in journal.rows(1)] == [
+            Reason.DONE,
+            Reason.ALREADY,
+            Reason.REFUSED,
+            Reason.NO_ANSWER,
+            Reason.NO_ANSWER,
+        ]
+        run_id = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("A", "B", "C")])
+        journal.record(
+            run_id,
+            [
+                Outcome(0, Status.FAILED, "Serial 'A' was not found.", reason=Reason.NOT_FOUND),
+                Outcome(1, Status.NOT_RUN, "Not sent: over the day's quota.", reason=Reason.QUOTA),
+            ],
+        )
+        journal.record_raw(run_id, [(2, ["succeeded", "Tagged earlier.", "200", "1", ""])])
+        assert [r.reason for r in journal.rows(run_id)] == [Reason.NOT_FOUND, Reason.QUOTA, Reason.DONE]
+        # a changed job's run keeps the codes of the rows it carries over
+        later = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("C", "A")])
+        journal.carry_over(run_id, later)
+        assert [r.reason for r in journal.rows(later)] == [Reason.DONE, Reason.NOT_FOUND]
 
 
 def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> None:
@@ -98,7 +147,7 @@ def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> Non
     with Journal(tmp_path / "st") as journal:
         run_id = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("A", "B")])
         journal.mark_in_flight(run_id, [0], [(0, {"action": "untag", "serial": "A"})])
-        journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "Done by the earlier run.", 200, 1)])
+        journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "Done by the earlier run.", 200, 1, reason=Reason.DONE)])
         journal.record_raw(run_id, [(1, ["succeeded", "Tagged earlier.", "200", "1", ""])])
         assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
 
@@ -109,10 +158,16 @@ def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path)
     undone"."""
     with Journal(tmp_path / "st") as journal:
         old = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("A", "B")])
-        journal.record(old, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "A"})])
+        journal.record(
+            old,
+            [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "A"}, reason=Reason.DONE)],
+        )
         new = journal_run(journal, [NewRow([s], "tag", s, s) for s in ("B", "A")])
         assert journal.carry_over(old, new) == 1
-        journal.record(new, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "B"})])
+        journal.record(
+            new,
+            [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "B"}, reason=Reason.DONE)],
+        )
         assert list(journal.changes_made(new)) == [
             ("tag", {"action": "untag", "serial": "A"}),
             ("tag", {"action": "untag", "serial": "B"}),

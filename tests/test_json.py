@@ -14,7 +14,7 @@ from conftest import CREDS, read_report, unique_devices, write_csv
 
 from bulkmdm.cli import main
 from bulkmdm.jsonout import JsonLines, JsonProgress
-from bulkmdm.model import Outcome, Status
+from bulkmdm.model import Outcome, Reason, Status
 from bulkmdm.events import QuietEvents
 
 STATUSES = ["succeeded", "skipped", "planned", "failed", "invalid", "unknown", "not-run"]
@@ -95,7 +95,9 @@ def test_progress_lines_carry_counts_and_rate() -> None:
     out = io.StringIO()
     progress = JsonProgress(QuietEvents(), JsonLines(out), every=0.0)
     progress.start(3, 1, {"invalid": 1})
-    progress.advance([Outcome(0, Status.SUCCEEDED, "ok"), Outcome(1, Status.FAILED, "no")])
+    progress.advance(
+        [Outcome(0, Status.SUCCEEDED, "ok", reason=Reason.DONE), Outcome(1, Status.FAILED, "no", reason=Reason.REFUSED)]
+    )
     start, step = (json.loads(line) for line in out.getvalue().splitlines())
     assert start == {"event": "start", "total": 3, "done": 1, "counts": {**dict.fromkeys(STATUSES, 0), "invalid": 1}}
     assert step["event"] == "progress" and step["done"] == 3 and step["total"] == 3

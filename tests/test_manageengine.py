@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bulkmdm.errors import AuthError, ConfigError, QuotaExhausted, SetupFailed
-from bulkmdm.model import JobRow, Outcome, Step
+from bulkmdm.model import JobRow, Outcome, Reason, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.manageengine import ManageEngine, ZohoOAuth
 from bulkmdm.retry import RetryPolicy
@@ -169,7 +169,7 @@ async def test_add_to_group_sends_one_request_and_skips_members(sim: SimServer, 
     )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["succeeded"] * 5 + ["skipped"]
-    assert "already in group" in out[5].detail
+    assert out[5].reason is Reason.ALREADY
     assert out[0].resolved == f"device_id={new[0]}; group_id={GROUP['id']}"
     assert posts(sim, mode, "/groups/{group_id}/members") == 1
     assert members(sim, GROUP["id"]) == inside | set(new)
@@ -249,17 +249,23 @@ async def test_not_found_ambiguous_and_blank_rows_fail_without_sending(sim: SimS
     )
     out = await run(sim, env_for("on-premises", sim), job)
     assert statuses(out) == ["failed"] * len(job)
-    details = [o.detail for o in out]
-    assert "'NOSUCHSERIAL' was not found" in details[0]
-    assert "matches 2 devices" in details[1]
-    assert "'--'" in details[2] and "blank" in details[3]
-    assert "Device id '9007199254999999' was not found" in details[4]
-    assert "Group 'Ingen sådan grupp' was not found" in details[5]
-    assert "matches 2 groups" in details[6]
-    assert "did you mean 'Lånedatorer'" in details[7]
-    assert "blank" in details[8]
-    assert "matches 2 apps" in details[9] and "matches 2 apps" in details[10]
-    assert "'Minecraft' was not found" in details[11] and "blank" in details[12]
+    assert [o.reason for o in out] == [
+        Reason.NOT_FOUND,
+        Reason.AMBIGUOUS,
+        Reason.INVALID_ROW,  # the serial '--'
+        Reason.INVALID_ROW,  # blank
+        Reason.NOT_FOUND,
+        Reason.NOT_FOUND,
+        Reason.AMBIGUOUS,
+        Reason.NOT_FOUND,  # names must match exactly
+        Reason.INVALID_ROW,
+        Reason.AMBIGUOUS,
+        Reason.AMBIGUOUS,
+        Reason.NOT_FOUND,
+        Reason.INVALID_ROW,
+    ]
+    assert "'--'" in out[2].detail
+    assert "did you mean 'Lånedatorer'" in out[7].detail
     assert sim.stats.mutating == 0
 
 
@@ -349,8 +355,8 @@ async def test_already_there_409_skips_that_row_and_sends_the_rest(sim: SimServe
         "skipped",
         "succeeded",
     ], out
-    assert "already in group" in out[1].detail and out[1].http_status == 409
-    assert "already associated" in out[6].detail
+    assert out[1].reason is Reason.ALREADY and out[1].http_status == 409
+    assert out[6].reason is Reason.ALREADY
     # the group's members are read to find the row already there; the app's
     # batch is halved until it stands alone
     assert posts(sim, mode, "/groups/{group_id}/members") == 2
@@ -398,7 +404,7 @@ async def test_lost_answers_are_read_back_not_sent_twice() -> None:
 
         out = await run(sim, env_for("on-premises", sim), job, between=drop_answers)
         assert statuses(out) == ["succeeded"] * 4
-        assert all("confirmed by reading it back" in o.detail for o in out[:3])
+        assert [o.reason for o in out] == [Reason.READ_BACK] * 3 + [Reason.DONE]
         # the DELETE is not read back: its retry's 404 says the first went through
         assert "an earlier try went through" in out[3].detail and out[3].http_status == 404
         assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1  # a POST is read back, not resent
@@ -422,7 +428,7 @@ async def test_gateway_answers_are_read_back_or_unknown_never_sent_twice(sim: Si
 
     out = await run(sim, env_for("on-premises", sim), job, between=gateway)
     assert statuses(out) == ["succeeded"] * 2 + ["unknown"] * 2, [o.detail for o in out]
-    assert all("confirmed by reading it back" in o.detail for o in out[:2])
+    assert [o.reason for o in out] == [Reason.READ_BACK] * 2 + [Reason.NO_ANSWER] * 2
     assert "HTTP 504" in out[2].detail and "not resent" in out[2].detail
     assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1
     assert posts(sim, "on-premises", "/apps/{app_id}/devices") == 1
@@ -449,6 +455,7 @@ async def test_daily_budget_leaves_rows_that_do_not_fit_not_run(sim: SimServer) 
     # 20 a day, 10 kept for retries, 3 look-ups (devices, groups, members): 7 rows fit
     out = await run(sim, env_for("on-premises", sim, BULKMDM_DAILY_LIMIT="20"), job)
     assert statuses(out) == ["succeeded"] * 7 + ["not-run"] * 5
+    assert {o.reason for o in out[7:]} == {Reason.QUOTA}
     assert "Run the same command tomorrow" in out[7].detail and "15 API calls" in out[7].detail
     assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 7
     assert state(sim).calls_today == 10
@@ -478,7 +485,7 @@ async def test_doc_shaped_lists_serials_and_bundle_ids_come_from_details(mode: s
         )
         out = await run(sim, env_for(mode, sim), job)
         assert statuses(out) == ["succeeded", "succeeded", "succeeded", "failed", "succeeded"]
-        assert "matches 2 devices" in out[3].detail
+        assert out[3].reason is Reason.AMBIGUOUS
         assert gets(sim, mode, "/devices/{device_id}") == 40
         assert gets(sim, mode, "/apps/{app_id}") == len(state(sim).apps)
         assert set(new) | {FACTS["free_device"]["id"]} <= members(sim, GROUP["id"])
@@ -535,6 +542,7 @@ async def test_app_rows_already_in_state_are_skipped(sim: SimServer, mode: str) 
     )
     out = await run(sim, env_for(mode, sim), job)
     assert statuses(out) == ["skipped", "skipped", "succeeded"]
+    assert [o.reason for o in out] == [Reason.ALREADY, Reason.ALREADY, Reason.DONE]
     assert "already has 'Keynote'" in out[0].detail and "does not have 'Keynote'" in out[1].detail
     assert gets(sim, mode, "/devices/{device_id}/apps") == 3
     assert deletes(sim, mode, "/apps/{app_id}/devices/{device_id}") == 0
@@ -557,7 +565,7 @@ async def test_app_already_on_device_is_skipped_when_device_app_ids_differ(mode:
         )
         out = await run(sim, env_for(mode, sim), job)
         assert statuses(out) == ["skipped", "succeeded", "skipped"]
-        assert "already has 'Keynote'" in out[0].detail
+        assert out[0].reason is Reason.ALREADY
         assert gets(sim, mode, "/apps/{app_id}") == 1  # Keynote's details only
         assert state(sim).log == {free["id"]: [f"install-app:{keynote['id']}"]}
 
@@ -961,4 +969,4 @@ async def test_a_delete_whose_answer_was_lost_says_what_the_retry_found() -> Non
         assert dropped and inside[0] not in members(sim, GROUP["id"])
     assert statuses(out) == ["succeeded"] and out[0].http_status == 404 and out[0].attempts == 2
     assert "an earlier try went through: the MDM answers the retry HTTP 404" in out[0].detail
-    assert "reading it back" not in out[0].detail
+    assert out[0].reason is Reason.DONE and "reading it back" not in out[0].detail

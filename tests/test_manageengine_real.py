@@ -35,7 +35,7 @@ from test_manageengine import (
 )
 
 from bulkmdm.errors import AuthError, ConfigError
-from bulkmdm.model import JobRow, Outcome, Step
+from bulkmdm.model import JobRow, Outcome, Reason, Step
 from bulkmdm.providers.base import Settings
 from bulkmdm.providers.manageengine import ManageEngine, cloud_host, region_hint, zoho_token_url
 from bulkmdm.sim.common import SimServer
@@ -373,10 +373,9 @@ async def test_records_without_ids_are_no_match_and_never_collapse(sim: SimServe
     )
     _, out = await plan_and_send(sim, {"BULKMDM_API_KEY": API_KEY}, job)
     assert statuses(out) == ["failed"] * 5
-    assert "has no device_id (missing or null)" in out[0].detail and "has no device_id" in out[1].detail
+    assert [o.reason for o in out] == [Reason.BAD_ANSWER] * 4 + [Reason.NOT_FOUND]
+    assert "has no device_id (missing or null)" in out[0].detail
     assert "Group 'Lärare' was found, but the MDM's record for it has no group_id" in out[2].detail
-    assert "has no app_id" in out[3].detail
-    assert "was not found" in out[4].detail
     assert not any("Same change" in o.detail for o in out)
     assert sim.stats.mutating == 0
 

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
+from conftest import cli_env, journal_reasons, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
 
+from bulkmdm.model import Reason
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import make_app
 
@@ -70,6 +71,11 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -
         report = read_report(job.with_name("rollout.outcome.csv"))
         assert len(report) == 3000
         assert {r["status"] for r in report} == {"succeeded"}
+        # made by this run, or (in flight when the first died) found made by reading it back
+        assert set(journal_reasons(tmp_path / "state", job.with_name("rollout.outcome.csv"))) <= {
+            Reason.DONE,
+            Reason.READ_BACK,
+        }
 
         tagged, duplicates = sim.call(links)
         assert tagged == 3000, "no row lost"
@@ -104,10 +110,11 @@ def test_sigkill_during_messages_marks_in_flight_unknown_never_resends(tmp_path:
         per_device = sim.call(lambda: {d: len(st.commands_for(d, "sendmessage")) for _, d in devices})
         assert max(per_device.values()) == 1, "no message sent twice"
         # every row either got its message or is reported unknown (a request was in flight at the kill)
-        for (serial, dev_id), row in zip(devices, report, strict=True):
+        reasons = journal_reasons(tmp_path / "state", job.with_name("msg.outcome.csv"))
+        for (serial, dev_id), row, reason in zip(devices, report, reasons, strict=True):
             assert row["serial"] == serial
             if row["status"] == "unknown":
-                assert "in flight" in row["detail"]
+                assert reason == Reason.NO_ANSWER
             else:
                 assert per_device[dev_id] == 1
         assert second.returncode == (1 if "unknown" in statuses else 0)

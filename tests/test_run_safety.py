@@ -20,8 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_env, journal_run, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
+from conftest import (
+    cli_env,
+    journal_reasons,
+    journal_run,
+    read_report,
+    run_cmd,
+    spawn,
+    unique_devices,
+    wait_for,
+    write_csv,
+)
 
+from bulkmdm.model import Reason
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
 
@@ -211,6 +222,8 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
         statuses = [r["status"] for r in rows]
         assert statuses.count("succeeded") >= 5 and statuses.count("not-run") > 100
         assert set(statuses) <= {"succeeded", "not-run"}  # the rows refused with 401 are not-run too
+        reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
+        assert Reason.AUTH in reasons and set(reasons) <= {Reason.DONE, Reason.AUTH, Reason.NOT_SENT}
         # fixed: the same command continues with the rows not sent
         sim.faults.update({"error_rate": 0.0})
         again = _run(args, env)
@@ -412,6 +425,10 @@ def test_a_job_whose_every_change_is_refused_stops_within_a_couple_of_dozen(tmp_
         assert statuses.count("failed") == sim.stats.mutating
         assert statuses.count("not-run") == 400 - sim.stats.mutating
         assert all("refused 20 changes" in r["detail"] for r in rows if r["status"] == "not-run")
+        reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
+        assert [str(reason) for reason in reasons] == [
+            Reason.AUTH if r["status"] == "failed" else Reason.NOT_SENT for r in rows
+        ]
         # fixed: the same command continues with the rows not sent
         sim.faults.update({"error_rate": 0.0})
         again = _run(args, env)
@@ -536,7 +553,7 @@ def test_an_mdm_that_stops_answering_changes_stops_the_run(tmp_path: Path) -> No
 
 def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: Path) -> None:
     from bulkmdm.journal import IN_FLIGHT, Journal, NewRow
-    from bulkmdm.model import Outcome, Status
+    from bulkmdm.model import Outcome, Reason, Status
 
     def create(journal: Journal, digests: list[str]) -> int:
         rows = [NewRow([d], "lock", d, d) for d in digests]
@@ -547,10 +564,10 @@ def test_rows_are_carried_over_by_content_each_done_row_at_most_once(tmp_path: P
         journal.record(
             old,
             [
-                Outcome(0, Status.SUCCEEDED, "ok"),
-                Outcome(1, Status.SUCCEEDED, "ok"),
-                Outcome(2, Status.FAILED, "no"),
-                Outcome(3, Status.NOT_RUN, "stopped"),
+                Outcome(0, Status.SUCCEEDED, "ok", reason=Reason.DONE),
+                Outcome(1, Status.SUCCEEDED, "ok", reason=Reason.DONE),
+                Outcome(2, Status.FAILED, "no", reason=Reason.REFUSED),
+                Outcome(3, Status.NOT_RUN, "stopped", reason=Reason.NOT_SENT),
             ],
         )
         journal.mark_in_flight(old, [4])

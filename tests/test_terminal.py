@@ -9,7 +9,7 @@ from typing import Any
 from conftest import cli_env, on_terminal, run_cmd, write_csv
 
 from bulkmdm.cli import PlainEvents
-from bulkmdm.model import Outcome, Status
+from bulkmdm.model import Outcome, Reason, Status
 from bulkmdm.sim.duostation import FACTS
 
 
@@ -72,7 +72,9 @@ def test_plain_lines_count_rows_done_before_and_say_eta(capsys: Any) -> None:
     events = PlainEvents(every=0)
     events.start(10, 2, {"invalid": 2, "pending": 8})
     events.started -= 2.0
-    events.advance([Outcome(2, Status.SUCCEEDED, "ok"), Outcome(3, Status.SUCCEEDED, "ok")])
+    events.advance(
+        [Outcome(2, Status.SUCCEEDED, "ok", reason=Reason.DONE), Outcome(3, Status.SUCCEEDED, "ok", reason=Reason.DONE)]
+    )
     line = capsys.readouterr().err
     assert line.startswith("4/10 rows (2 succeeded, 2 invalid);"), line
     assert "1.0 rows/s, ETA 0:06" in line

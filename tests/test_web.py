@@ -641,7 +641,7 @@ def _journal_of(state_dir: Path, rows: int) -> int:
     from conftest import journal_run
 
     from bulkmdm.journal import Journal, NewRow
-    from bulkmdm.model import Outcome, Status
+    from bulkmdm.model import Outcome, Reason, Status
 
     with Journal(state_dir) as journal:
         run_id = journal_run(
@@ -652,9 +652,9 @@ def _journal_of(state_dir: Path, rows: int) -> int:
         journal.record(
             run_id,
             (
-                Outcome(i, Status.FAILED, f"Serial 'SN{i:07d}' was not found.")
+                Outcome(i, Status.FAILED, f"Serial 'SN{i:07d}' was not found.", reason=Reason.NOT_FOUND)
                 if i % 100 == 0
-                else Outcome(i, Status.SUCCEEDED, "Locked.")
+                else Outcome(i, Status.SUCCEEDED, "Locked.", reason=Reason.DONE)
                 for i in range(rows - 1000)
             ),
         )

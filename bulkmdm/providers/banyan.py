@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadAnswer, TransportError
-from ..model import JobRow, Outcome, Status, Step
+from ..model import JobRow, Outcome, Reason, Status, Step
 from ..client import NO_CONTEXT, Auth, HeaderAuth, RequestContext, Response
 from .base import (
     Credential,
@@ -54,6 +54,7 @@ from .base import (
     as_list,
     body_message,
     cap,
+    error_reason,
     collect_pages,
     env_required,
     failed,
@@ -244,9 +245,10 @@ class _Unreadable:
     detail: str
     status: int | None
     attempts: int
+    code: Reason
 
     def fail(self, row: JobRow) -> Outcome:
-        return failed(row, self.detail, http_status=self.status, attempts=self.attempts)
+        return failed(row, self.detail, http_status=self.status, attempts=self.attempts, reason=self.code)
 
 
 class Banyan(Provider):
@@ -466,13 +468,14 @@ class Banyan(Provider):
             return await reading
         except ListFailed as exc:
             self._stop_if_setup_is_wrong(exc)
-            return _Unreadable(exc.detail(), exc.resp.status, exc.resp.attempts)
+            return _Unreadable(exc.detail(), exc.resp.status, exc.resp.attempts, exc.code)
         except TransportError as exc:
             self._stop_if_setup_is_wrong(exc)
             return _Unreadable(
                 f"Could not read Banyan's {what} list: {sentence(str(exc))} Run the job again.",
                 exc.status,
                 exc.attempts,
+                error_reason(exc),
             )
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
@@ -683,10 +686,11 @@ class _Lists:
         self.users_have_ids = len(self.user_by_id) > 0
 
     def _not_found(self, exc: LookupFailed, field: str, count: int, what: str) -> LookupFailed:
-        if count and "was not found" in str(exc):
+        if count and exc.code is Reason.NOT_FOUND:
             return LookupFailed(
                 f"{exc}; {count} {what}{'s' if count > 1 else ''} in Banyan's list "
-                f"{'have' if count > 1 else 'has'} no {field!r}"
+                f"{'have' if count > 1 else 'has'} no {field!r}",
+                exc.code,
             )
         return exc
 
@@ -708,13 +712,15 @@ class _Lists:
         if not serial:
             raise LookupFailed(
                 f"device {_device_id(device)} has no SerialNumber in Banyan's list, and Banyan "
-                "changes devices by serial number"
+                "changes devices by serial number",
+                Reason.BAD_ANSWER,
             )
         sharing = self.device_by_serial.find(serial)
         if len(sharing) > 1 and not (email and sum(_holds(d, email) for d in sharing) == 1):
             raise LookupFailed(
                 f"serial {serial!r} is held by {len(sharing)} devices, and Banyan would change all "
-                "of them; resolve the duplicate in Banyan first"
+                "of them; resolve the duplicate in Banyan first",
+                Reason.AMBIGUOUS,
             )
         return device, email
 
@@ -725,9 +731,11 @@ class _Lists:
         except LookupFailed as exc:
             raise self._not_found(exc, "DeviceID", self.devices_without["DeviceID"], "device") from None
         if given_serial and given_serial != _serial(device):
-            raise LookupFailed(f"device id {given_id!r} has serial {_serial(device)!r}, not {given_serial!r}")
+            raise LookupFailed(
+                f"device id {given_id!r} has serial {_serial(device)!r}, not {given_serial!r}", Reason.INVALID_ROW
+            )
         if row.action == "delete-device" and email and _emails(device) is not None and not _holds(device, email):
-            raise LookupFailed(f"device {given_id!r} is not registered to {email}")
+            raise LookupFailed(f"device {given_id!r} is not registered to {email}", Reason.INVALID_ROW)
         return device
 
     def device_of(self, serial: str, email: str) -> Any:
@@ -738,7 +746,11 @@ class _Lists:
         """
         candidates = self.device_by_serial.find(serial)
         if not candidates:
-            exc = LookupFailed(f"serial {serial!r} was not found" if serial.strip() else "the serial is blank")
+            exc = (
+                LookupFailed(f"serial {serial!r} was not found")
+                if serial.strip()
+                else LookupFailed("the serial is blank", Reason.INVALID_ROW)
+            )
             raise self._not_found(exc, "SerialNumber", self.devices_without["SerialNumber"], "device")
         known = [d for d in candidates if _emails(d) is not None]
         matching = [d for d in known if _holds(d, email)]
@@ -747,12 +759,15 @@ class _Lists:
         if not matching and len(known) < len(candidates):
             raise LookupFailed(
                 f"serial {serial!r} matches {len(candidates)} devices and Banyan's list does not "
-                f"say which one {email} is registered on; make it unique"
+                f"say which one {email} is registered on; make it unique",
+                Reason.AMBIGUOUS,
             )
         if not matching:
-            raise LookupFailed(f"device {serial!r} is not registered to {email}")
+            raise LookupFailed(f"device {serial!r} is not registered to {email}", Reason.INVALID_ROW)
         if len(matching) > 1:
-            raise LookupFailed(f"serial {serial!r} with {email} matches {len(matching)} devices; make it unique")
+            raise LookupFailed(
+                f"serial {serial!r} with {email} matches {len(matching)} devices; make it unique", Reason.AMBIGUOUS
+            )
         return matching[0]
 
     def only_device(self, row: JobRow) -> Any:
@@ -770,7 +785,8 @@ class _Lists:
             raise LookupFailed(
                 f"serial {serial!r} matches {len(holders)} devices"
                 + (f" (registered to {', '.join(whose)})" if whose else "")
-                + f", and Banyan would change all of them; {hint}"
+                + f", and Banyan would change all of them; {hint}",
+                Reason.AMBIGUOUS,
             )
         try:
             return self.device_by_serial.one(serial, "serial")
@@ -784,7 +800,8 @@ class _Lists:
             raise self._not_found(exc, "id", self.users_without["id"], "end user") from None
         if email and _email(user).casefold() != email.casefold():
             raise LookupFailed(
-                f"end user id {user_id!r} belongs to {_email(user) or 'an end user without email'}, not {email}"
+                f"end user id {user_id!r} belongs to {_email(user) or 'an end user without email'}, not {email}",
+                Reason.INVALID_ROW,
             )
         return user
 
@@ -793,13 +810,14 @@ class _Lists:
             user = self.user_by_email.one(email, "end user with email")
         except LookupFailed as exc:
             inactive = self.inactive_by_email.find(email)
-            if not inactive or "was not found" not in str(exc):
+            if not inactive or exc.code is not Reason.NOT_FOUND:
                 raise self._not_found(exc, "email", self.users_without["email"], "end user") from None
             user = inactive[0]
         if not _user_id(user):
             raise LookupFailed(
                 f"Banyan's end-user list has no 'id' for {email} (the field is missing or empty); "
-                "put the end user's id in a user_id column"
+                "put the end user's id in a user_id column",
+                Reason.BAD_ANSWER,
             )
         return user
 
@@ -815,9 +833,10 @@ def _outcome(step: Step, resp: Response, done: str) -> Outcome:
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=Reason.REFUSED,
             )
     return outcome_from_response(step, resp, done)
 
 
 def _already(step: Step, resp: Response, detail: str) -> Outcome:
-    return Outcome(step.index, Status.SKIPPED, detail, resp.status, resp.attempts, step.resolved)
+    return Outcome(step.index, Status.SKIPPED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.ALREADY)

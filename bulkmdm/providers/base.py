@@ -73,7 +73,7 @@ from ..errors import (
     TLSFailed,
     TransportError,
 )
-from ..model import JobRow, Outcome, Status, Step
+from ..model import JobRow, Outcome, Reason, Status, Step
 from ..quota import tenant
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
@@ -287,17 +287,20 @@ class Provider(ABC):
             lists = await self.prepare(rows)
         except ListFailed as exc:
             self._stop_if_setup_is_wrong(exc)
-            return [failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts) for row in rows]
+            return [
+                failed(row, exc.detail(), http_status=exc.resp.status, attempts=exc.resp.attempts, reason=exc.code)
+                for row in rows
+            ]
         except TransportError as exc:
             self._stop_if_setup_is_wrong(exc)
             detail = f"Could not read the MDM's lists: {exc}. Run the job again."
-            return [failed(row, detail, attempts=exc.attempts) for row in rows]
+            return [failed(row, detail, attempts=exc.attempts, reason=error_reason(exc)) for row in rows]
         out: list[Step | Outcome] = []
         for number, row in enumerate(rows, start=1):
             try:
                 out.append(self.plan_row(row, lists))
             except LookupFailed as exc:
-                out.append(failed(row, sentence(str(exc))))
+                out.append(failed(row, sentence(str(exc)), reason=exc.code))
             if number % PLAN_SLICE == 0:
                 # a later chunk is planned while requests are in flight: let their answers in
                 await asyncio.sleep(0)
@@ -479,7 +482,12 @@ def as_list(body: Any, *keys: str) -> list[Any]:
 
 
 class LookupFailed(Exception):
-    """A value matched nothing, or more than one object; the row fails."""
+    """A value matched nothing, or more than one object; the row fails with ``code``
+    (NOT_FOUND unless the raise says otherwise: AMBIGUOUS, INVALID_ROW, or why a look-up could not be made)."""
+
+    def __init__(self, message: str, code: Reason = Reason.NOT_FOUND) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Index:
@@ -536,12 +544,12 @@ class Index:
         label = label or self.what
         norm = self._norm(value)
         if not norm:
-            raise LookupFailed(f"the {label} is blank")
+            raise LookupFailed(f"the {label} is blank", Reason.INVALID_ROW)
         found = self._by.get(norm, ())
         if not found:
             raise LookupFailed(f"{label} '{value}' was not found")
         if len(found) > 1:
-            raise LookupFailed(f"{label} '{value}' matches {len(found)} {self.what}s; make it unique")
+            raise LookupFailed(f"{label} '{value}' matches {len(found)} {self.what}s; make it unique", Reason.AMBIGUOUS)
         return found[0]
 
     def __len__(self) -> int:
@@ -549,15 +557,26 @@ class Index:
 
 
 def planned(step: Step, detail: str = "") -> Outcome:
-    return Outcome(step.index, Status.PLANNED, detail or would(step), resolved=step.resolved)
+    return Outcome(step.index, Status.PLANNED, detail or would(step), resolved=step.resolved, reason=Reason.PLANNED)
 
 
 def skipped(row: JobRow, detail: str, resolved: str = "") -> Outcome:
-    return Outcome(row.index, Status.SKIPPED, detail, resolved=resolved)
+    """Already in the wanted state (or the same change as an earlier line): nothing sent."""
+    return Outcome(row.index, Status.SKIPPED, detail, resolved=resolved, reason=Reason.ALREADY)
 
 
-def failed(row: JobRow, detail: str, resolved: str = "", http_status: int | None = None, attempts: int = 0) -> Outcome:
-    return Outcome(row.index, Status.FAILED, detail, http_status=http_status, attempts=attempts, resolved=resolved)
+def failed(
+    row: JobRow,
+    detail: str,
+    resolved: str = "",
+    http_status: int | None = None,
+    attempts: int = 0,
+    *,
+    reason: Reason,
+) -> Outcome:
+    return Outcome(
+        row.index, Status.FAILED, detail, http_status=http_status, attempts=attempts, resolved=resolved, reason=reason
+    )
 
 
 #: where vendors put the human part of an error body (Ivanti nests it in globalErrors)
@@ -606,8 +625,23 @@ def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     """2xx -> succeeded with ``done``; anything else -> failed with the reason."""
     if resp.ok:
         detail = done + (f" ({READ_BACK_CONFIRMED})" if resp.verified else "")
-        return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
-    return Outcome(step.index, Status.FAILED, explain_response(resp), resp.status, resp.attempts, step.resolved)
+        return Outcome(
+            step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=done_reason(resp)
+        )
+    return Outcome(
+        step.index,
+        Status.FAILED,
+        explain_response(resp),
+        resp.status,
+        resp.attempts,
+        step.resolved,
+        reason=Reason.of_http(resp.status),
+    )
+
+
+def done_reason(resp: Response) -> Reason:
+    """How a change the MDM made is known: its answer, or a read-back (``Response.verified``)."""
+    return Reason.READ_BACK if resp.verified else Reason.DONE
 
 
 def explain_response(resp: Response) -> str:
@@ -643,6 +677,7 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
             None,
             exc.attempts,
             step.resolved,
+            reason=Reason.NOT_SENT,
         )
     detail = sentence(plain(str(exc)), empty="The request failed")
     if isinstance(exc, AmbiguousError):
@@ -653,10 +688,30 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
             exc.status,
             exc.attempts,
             step.resolved,
+            reason=Reason.NO_ANSWER,
         )
     return Outcome(
-        step.index, Status.FAILED, detail + " Run the report again to retry.", exc.status, exc.attempts, step.resolved
+        step.index,
+        Status.FAILED,
+        detail + " Run the report again to retry.",
+        exc.status,
+        exc.attempts,
+        step.resolved,
+        reason=error_reason(exc),
     )
+
+
+def error_reason(exc: TransportError) -> Reason:
+    """The reason a request without a usable answer gives its row."""
+    if isinstance(exc, NotSent):
+        return Reason.NOT_SENT
+    if isinstance(exc, AmbiguousError):
+        return Reason.NO_ANSWER
+    if isinstance(exc, (BadAnswer, RedirectRefused)):
+        return Reason.BAD_ANSWER
+    if exc.status is not None:
+        return Reason.of_http(exc.status)
+    return Reason.UNAVAILABLE
 
 
 # -- text and ids ------------------------------------------------------------
@@ -709,11 +764,11 @@ def as_int(value: Any) -> int | None:
 def one_of(found: Sequence[Any], value: str, label: str, what: str) -> Any:
     """The one object found for ``value``: blank, none and several fail the row."""
     if not key(value):
-        raise LookupFailed(f"the {label} is blank")
+        raise LookupFailed(f"the {label} is blank", Reason.INVALID_ROW)
     if not found:
         raise LookupFailed(f"{label} '{value}' was not found")
     if len(found) > 1:
-        raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique")
+        raise LookupFailed(f"{label} '{value}' matches {len(found)} {what}s; make it unique", Reason.AMBIGUOUS)
     return found[0]
 
 
@@ -735,7 +790,7 @@ def one_across(
     naming them. Objects are the same when their ``ident`` is.
     """
     if not key(value):
-        raise LookupFailed(f"the {label} is blank")
+        raise LookupFailed(f"the {label} is blank", Reason.INVALID_ROW)
     matches: dict[str, tuple[Any, list[str]]] = {}
     for field_name, objects in found:
         for obj in objects:
@@ -748,7 +803,7 @@ def one_across(
     if len(matches) == 1:
         return next(iter(matches.values()))[0]
     named = "; ".join(f"{name(obj)} by {' and '.join(fields)}" for obj, fields in list(matches.values())[:5])
-    raise LookupFailed(f"{label} '{value}' matches {len(matches)} {what}s ({named}); make it unique")
+    raise LookupFailed(f"{label} '{value}' matches {len(matches)} {what}s ({named}); make it unique", Reason.AMBIGUOUS)
 
 
 # -- lists -------------------------------------------------------------------
@@ -764,6 +819,12 @@ class ListFailed(Exception):
 
     def detail(self) -> str:
         return f"Could not read the MDM's {self.path} list: {explain_response(self.resp)}"
+
+    @property
+    def code(self) -> Reason:
+        """The reason code of the rows the plan fails for it."""
+        # a list that cannot be read says nothing about the row's own object, even as a 404
+        return Reason.REFUSED if self.resp.status == 404 else Reason.of_http(self.resp.status)
 
 
 #: One page: its items and the cursor of the next page (None: the last).
@@ -848,7 +909,9 @@ class Changes:
         digest = self._digest(("only", *subject))
         line = self._lines.setdefault(digest, row.line)
         if line != row.line:
-            return failed(row, f"{clash} on line {line}; give it one change per job.", resolved)
+            return failed(
+                row, f"{clash} on line {line}; give it one change per job.", resolved, reason=Reason.INVALID_ROW
+            )
         return None
 
     def changing(self, row: JobRow, change: Sequence[Any]) -> None:
@@ -864,7 +927,9 @@ class Changes:
         """
         line = self._lines.get(self._digest(("sent", *opposite)))
         if line is not None and line != row.line:
-            return failed(row, f"{clash} on line {line}; give each pair one change per job.", resolved)
+            return failed(
+                row, f"{clash} on line {line}; give each pair one change per job.", resolved, reason=Reason.INVALID_ROW
+            )
         return None
 
 

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..errors import TransportError
-from ..model import JobRow, Outcome, Status, Step
+from ..model import JobRow, Outcome, Reason, Status, Step
 from ..retry import RetryPolicy
 from ..client import Client, RequestContext, Response, Verify
 from .base import (
@@ -62,6 +62,7 @@ from .base import (
     Settings,
     body_message,
     cap,
+    error_reason,
     explain_response,
     fkey,
     get_field,
@@ -162,7 +163,8 @@ def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
         names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
         raise LookupFailed(
             f"the MDM lists {what} {shown} without a usable id (no {names} field with a value), "
-            f"so it cannot be told apart from other {what}s; nothing was sent"
+            f"so it cannot be told apart from other {what}s; nothing was sent",
+            Reason.BAD_ANSWER,
         )
     return value
 
@@ -235,7 +237,8 @@ def _matching(found: list[Any], fields: Sequence[str], wanted: str, what: str, v
     if not matches and len(carrying) < len(found):
         return LookupFailed(
             f"the MDM answered the look-up of {what} '{value}' with {len(found) - len(carrying)} "
-            f"object(s) without a '{fields[0]}' field, so none can be matched to the row"
+            f"object(s) without a '{fields[0]}' field, so none can be matched to the row",
+            Reason.BAD_ANSWER,
         )
     return matches
 
@@ -281,7 +284,8 @@ class _Links:
                     owner_key,
                     LookupFailed(
                         f"the MDM lists a tag link of {self.nested} {owner_ref or owner} without a usable tag id "
-                        "(no 'tagId' field with a value), so which tags it has cannot be told"
+                        "(no 'tagId' field with a value), so which tags it has cannot be told",
+                        Reason.BAD_ANSWER,
                     ),
                 )
                 continue
@@ -396,16 +400,21 @@ class DuoStation(Provider):
         try:
             resp = await self.client.request("GET", path)
         except TransportError as exc:
-            return LookupFailed(f"{what} '{value}' could not be looked up ({exc})")
+            return LookupFailed(f"{what} '{value}' could not be looked up ({exc})", error_reason(exc))
         # a get-by-id for a value that is no id at all may be refused as malformed
         if resp.status == 404 or (by_id and resp.status == 400):
             return []
         if not resp.ok:
-            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered {explain_response(resp)}")
+            return LookupFailed(
+                f"{what} '{value}' could not be looked up; the MDM answered {explain_response(resp)}",
+                Reason.of_http(resp.status),
+            )
         try:
             return _objects(resp.body)
         except _Unreadable as exc:
-            return LookupFailed(f"{what} '{value}' could not be looked up; the MDM answered with {exc}")
+            return LookupFailed(
+                f"{what} '{value}' could not be looked up; the MDM answered with {exc}", Reason.BAD_ANSWER
+            )
 
     async def _group(self, path: str) -> Any:
         """GET /api/groups?path=<path>: "If more than one group matches the
@@ -418,24 +427,28 @@ class DuoStation(Provider):
         # that compares the path as written.
         trimmed = path.strip().strip("\\/").strip()
         if not trimmed:
-            raise LookupFailed(f"group '{path}' names no group")
+            raise LookupFailed(f"group '{path}' names no group", Reason.INVALID_ROW)
         try:
             resp = await self.client.request("GET", _query("groups", path=trimmed))
         except TransportError as exc:
-            raise LookupFailed(f"group '{path}' could not be looked up ({exc})") from None
+            raise LookupFailed(f"group '{path}' could not be looked up ({exc})", error_reason(exc)) from None
         if resp.status == 404:
             raise LookupFailed(f"group '{path}' was not found")
         if not resp.ok:
             raise LookupFailed(
                 f"group '{path}' could not be resolved (it may match more than one group); "
-                f"the MDM answered {explain_response(resp)}"
+                f"the MDM answered {explain_response(resp)}",
+                # the doc's "an error" for a name that matches several groups names no status
+                Reason.AMBIGUOUS if resp.status in (400, 409, 422) else Reason.of_http(resp.status),
             )
         try:
             found = [
                 get_field(g, "group") if isinstance(get_field(g, "group"), Mapping) else g for g in _objects(resp.body)
             ]
         except _Unreadable as exc:
-            raise LookupFailed(f"group '{path}' could not be looked up; the MDM answered with {exc}") from None
+            raise LookupFailed(
+                f"group '{path}' could not be looked up; the MDM answered with {exc}", Reason.BAD_ANSWER
+            ) from None
         return one_of(_at_path(found, path), path, "group", "group")
 
     # -- planning: what the rows need -----------------------------------------
@@ -633,9 +646,11 @@ class DuoStation(Provider):
             try:
                 lists[kind].add(await self._list(_query(kind, **{owner_field: owner}), kind), owner=owner)
             except ListFailed as exc:
-                failures[owner_key] = LookupFailed(f"{what} could not be read: {exc.detail().partition(': ')[2]}")
+                failures[owner_key] = LookupFailed(
+                    f"{what} could not be read: {exc.detail().partition(': ')[2]}", exc.code
+                )
             except TransportError as exc:
-                failures[owner_key] = LookupFailed(f"{what} could not be read ({exc})")
+                failures[owner_key] = LookupFailed(f"{what} could not be read ({exc})", error_reason(exc))
 
         reads[owner_key] = run
 
@@ -665,7 +680,7 @@ class DuoStation(Provider):
         user list held it. A value that is one user's e-mail and another's
         account name names neither."""
         if not value.strip():
-            raise LookupFailed("the user is blank")
+            raise LookupFailed("the user is blank", Reason.INVALID_ROW)
         fields = [("account name", self._find(lists, "user_by_account", "account", value))]
         if "@" in value:
             fields.insert(0, ("email", self._find(lists, "user_by_email", "email", value)))
@@ -691,7 +706,7 @@ class DuoStation(Provider):
     @staticmethod
     def _app(value: str, lists: dict[str, Any]) -> Any:
         if not value.strip():
-            raise LookupFailed("the app is blank")
+            raise LookupFailed("the app is blank", Reason.INVALID_ROW)
         # As for tags: a different capitalisation of a name or package id is
         # accepted only when it points at exactly one app.
         by_key = lists["app_by_key"].find(value) or lists["app_by_key_folded"].find(value)
@@ -719,7 +734,8 @@ class DuoStation(Provider):
         if len(holders) > 1:
             raise LookupFailed(
                 f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
-                "told apart from the others; nothing was sent"
+                "told apart from the others; nothing was sent",
+                Reason.AMBIGUOUS,
             )
         return value
 
@@ -753,7 +769,7 @@ class DuoStation(Provider):
         }.get(row.action)
         if planner is None:
             if row.action not in COMMANDS:
-                raise LookupFailed(f"duostation cannot {row.action}")
+                raise LookupFailed(f"duostation cannot {row.action}", Reason.INVALID_ROW)
             planner = self._plan_command
         return planner(row, lists)
 
@@ -828,7 +844,8 @@ class DuoStation(Provider):
             if not all(_usable_id(link) for link in links):
                 raise LookupFailed(
                     f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
-                    f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by"
+                    f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by",
+                    Reason.BAD_ANSWER,
                 )
             params = {**params, "links": tuple(links)}
         self.changes.changing(row, change)
@@ -888,7 +905,7 @@ class DuoStation(Provider):
         if isinstance(group, LookupFailed):
             raise group
         if group is None:
-            raise LookupFailed("the group is blank")
+            raise LookupFailed("the group is blank", Reason.INVALID_ROW)
         group_id = wire_int(_identified(group, "group", f"'{row.get('group')}'", *GROUP_ID))
         resolved = f"user_id={user_id}; group_id={group_id}"
         # one user twice (an export lists a user once per device): the same
@@ -943,7 +960,7 @@ class DuoStation(Provider):
                 # { "appId": <appId> }: the app's own id is what goes out
                 app_id = self._id_of(app, lists, "app_by_id", "app", f"'{row.get('app')}'", *APP_ID)
             elif not params["identifier"]:
-                raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by")
+                raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by", Reason.BAD_ANSWER)
             params["app"] = wire_int(app_id)
             resolved += f"; app_id={app_id}"
         if action == "message":
@@ -1084,6 +1101,7 @@ class DuoStation(Provider):
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=Reason.REFUSED,
             )
         problem = _not_the_answer(resp.body, new_id=new_id)
         if problem is None:
@@ -1098,6 +1116,7 @@ class DuoStation(Provider):
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=Reason.READ_BACK,
             )
         if state is False:
             return Outcome(
@@ -1107,6 +1126,7 @@ class DuoStation(Provider):
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=Reason.BAD_ANSWER,
             )
         why = "reading it back could not tell whether it was made" if confirm else "a command cannot be read back"
         return Outcome(
@@ -1116,6 +1136,7 @@ class DuoStation(Provider):
             resp.status,
             resp.attempts,
             step.resolved,
+            reason=Reason.BAD_ANSWER,
         )
 
     # -- reading a change back ------------------------------------------------
@@ -1380,6 +1401,10 @@ class _ShapeFailed(ListFailed):
 
     def detail(self) -> str:
         return f"Could not read the MDM's {self.path} list: the MDM answered with {self.reason}."
+
+    @property
+    def code(self) -> Reason:
+        return Reason.BAD_ANSWER
 
 
 #: stands for "the MDM answered 404" in a read-back of a deletion

@@ -57,7 +57,7 @@ from urllib.parse import urlencode
 from multidict import MultiDict
 
 from ..errors import ConfigError, SetupFailed, TransportError
-from ..model import JobRow, Outcome, Status, Step
+from ..model import JobRow, Outcome, Reason, Status, Step
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Client, RequestContext, Response, Verify
 from .base import (
@@ -76,6 +76,8 @@ from .base import (
     as_int,
     as_list,
     cap,
+    done_reason,
+    error_reason,
     collect_pages,
     explain_response,
     failed,
@@ -517,16 +519,16 @@ class Ivanti(Provider):
             except LookupFailed as exc:
                 self._owners[folded] = exc
             except ListFailed as exc:
-                self._owners[folded] = LookupFailed(exc.detail().rstrip("."))
+                self._owners[folded] = LookupFailed(exc.detail().rstrip("."), exc.code)
             except TransportError as exc:
-                self._owners[folded] = LookupFailed(f"could not search the devices of {who}: {exc}")
+                self._owners[folded] = LookupFailed(f"could not search the devices of {who}: {exc}", error_reason(exc))
 
     def _owner(self, who: str) -> Any:
         """The account id of a user: the ``ownerId`` of a device found by
         "List Devices by UID or Email Address" (CONTRACT.md)."""
         found = self._owners.get(who.strip().casefold())
         if found is None:
-            raise LookupFailed(f"the devices of {who} were not searched")
+            raise LookupFailed(f"the devices of {who} were not searched", Reason.INVALID_ROW)
         if isinstance(found, Exception):
             raise found
         return found
@@ -579,7 +581,8 @@ class Ivanti(Provider):
             raise LookupFailed(
                 f"the MDM lists {len(without_owner)} device(s) of {who} without an account id "
                 "(their 'ownerId' field is missing or empty), so the account cannot be found; add "
-                "the account id in a user_id column"
+                "the account id in a user_id column",
+                Reason.BAD_ANSWER,
             )
         raise LookupFailed(
             f"no device in device space {self.partition} belongs to {who}, so their account id cannot be found "
@@ -612,7 +615,11 @@ class Ivanti(Provider):
 
     def plan_row(self, row: JobRow, lists: Any) -> Step | Outcome:
         if row.action not in self.actions:
-            return failed(row, f"ivanti cannot {row.action or 'do this'}; it can {', '.join(sorted(self.actions))}.")
+            return failed(
+                row,
+                f"ivanti cannot {row.action or 'do this'}; it can {', '.join(sorted(self.actions))}.",
+                reason=Reason.INVALID_ROW,
+            )
         device = self._device(row, lists)
         target = _Target.of(device)
         if row.action == "assign-user":
@@ -627,19 +634,20 @@ class Ivanti(Provider):
         ref, serial = row.get("device_id"), row.get("serial")
         if ref:
             if not fleet.by_ref.find(ref) and fleet.without_id.find(ref):
-                raise LookupFailed(_no_id(f"device {ref}"))
+                raise LookupFailed(_no_id(f"device {ref}"), Reason.BAD_ANSWER)
             device = fleet.by_ref.one(ref, "device id")
             actual = key(get_field(device, "serialNumber"))
             if serial and actual.casefold() != serial.casefold():
                 raise LookupFailed(
-                    f"device id {ref} has serial {actual or '(none)'}, not {serial}; correct one of the two columns"
+                    f"device id {ref} has serial {actual or '(none)'}, not {serial}; correct one of the two columns",
+                    Reason.INVALID_ROW,
                 )
             return device
         if not serial:
-            raise LookupFailed("the serial is blank")
+            raise LookupFailed("the serial is blank", Reason.INVALID_ROW)
         found = fleet.by_serial.find(serial) or fleet.by_serial_folded.find(serial)
         if not found and fleet.without_id.find(serial):
-            raise LookupFailed(_no_id(f"serial {serial}"))
+            raise LookupFailed(_no_id(f"serial {serial}"), Reason.BAD_ANSWER)
         if not found:
             raise LookupFailed(
                 f"serial {serial} was not found among the {fleet.count} devices of device space {self.partition}"
@@ -649,7 +657,8 @@ class Ivanti(Provider):
                 f"id {get_field(d, 'id')} {get_field(d, 'registrationState') or ''}".strip() for d in found[:5]
             )
             raise LookupFailed(
-                f"serial {serial} matches {len(found)} devices ({which}); give the device_id column instead"
+                f"serial {serial} matches {len(found)} devices ({which}); give the device_id column instead",
+                Reason.AMBIGUOUS,
             )
         return found[0]
 
@@ -721,6 +730,7 @@ class Ivanti(Provider):
                 row,
                 f"{cap(target.name)} belongs to {owner_email or 'nobody'}, not {email}; nothing sent.",
                 target.resolved,
+                reason=Reason.INVALID_ROW,
             )
         if target.state in UNDELETABLE_STATES:
             return failed(
@@ -728,6 +738,7 @@ class Ivanti(Provider):
                 f"{cap(target.name)} is {target.state}; Ivanti deletes only retired devices. "
                 "Retire it first, then run the report again.",
                 target.resolved,
+                reason=Reason.REFUSED,
             )
         if same := self.changes.once(row, ("delete-device", target.id), target.resolved):
             return same
@@ -739,7 +750,12 @@ class Ivanti(Provider):
         if action in ("unlock", "restart", "message") and state and state != "ACTIVE":
             # No viability check is documented for these, and their answer is
             # a bare count: refuse here what the MDM would silently drop.
-            return failed(row, f"{name} is {state}; the MDM sends commands only to active devices.", target.resolved)
+            return failed(
+                row,
+                f"{name} is {state}; the MDM sends commands only to active devices.",
+                target.resolved,
+                reason=Reason.REFUSED,
+            )
         if action == "restart":
             platform = key(get_field(device, "platformType")).upper()
             if (platform and platform != "IOS") or get_field(device, "supervised") is False:
@@ -752,6 +768,7 @@ class Ivanti(Provider):
                     f"{name} is {what}; Ivanti restarts only supervised iOS devices "
                     '("Restart Supervised iOS Devices").',
                     target.resolved,
+                    reason=Reason.REFUSED,
                 )
         if (action == "wipe" and state in WIPE_STATES) or (action == "retire" and state in RETIRE_STATES):
             return skipped(row, f"{name} is already {state}; nothing sent.", target.resolved)
@@ -796,7 +813,7 @@ class Ivanti(Provider):
         if spec is None or not spec.viability:
             return [_planned(s) for s in steps]
         return [
-            Outcome(v.index, Status.FAILED, v.detail, v.http_status, v.attempts, v.resolved)
+            Outcome(v.index, Status.FAILED, v.detail, v.http_status, v.attempts, v.resolved, reason=v.reason)
             if v.status is Status.UNKNOWN
             else v
             for v in await self._verdicts(spec, list(steps))
@@ -981,6 +998,7 @@ class Ivanti(Provider):
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=_refusal_code(resp),
             )
         if result in (0, False) and not resp.verified:
             return Outcome(
@@ -990,10 +1008,13 @@ class Ivanti(Provider):
                 resp.status,
                 resp.attempts,
                 step.resolved,
+                reason=Reason.REFUSED,
             )
         if resp.verified:
             done += f" ({cap(READ_BACK_CONFIRMED)}.)"
-        return Outcome(step.index, Status.SUCCEEDED, done, resp.status, resp.attempts, step.resolved)
+        return Outcome(
+            step.index, Status.SUCCEEDED, done, resp.status, resp.attempts, step.resolved, reason=done_reason(resp)
+        )
 
 
 # -- reading the answers --------------------------------------------------------
@@ -1020,10 +1041,23 @@ def _refused(steps: Sequence[Step], resp: Response, errors: str, status: Status,
     """Every step of a request refused as a whole, ``status``, "``what`` <target> ...";
     a :class:`_Refused` when the refusal may be down to one device of it."""
     outcomes = [
-        Outcome(s.index, status, _refusal(resp, errors, f"{what} {s.target}"), resp.status, resp.attempts, s.resolved)
+        Outcome(
+            s.index,
+            status,
+            _refusal(resp, errors, f"{what} {s.target}"),
+            resp.status,
+            resp.attempts,
+            s.resolved,
+            reason=_refusal_code(resp),
+        )
         for s in steps
     ]
     return _Refused(outcomes) if _splittable(resp, errors) else outcomes
+
+
+def _refusal_code(resp: Response) -> Reason:
+    """An error answer's code, or REFUSED for a 2xx whose envelope holds errors."""
+    return Reason.REFUSED if resp.ok else Reason.of_http(resp.status)
 
 
 def _refusal(resp: Response, errors: str, what: str) -> str:
@@ -1041,11 +1075,15 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
         detail = cap(spec.done.format(target=step.target, who=step.params.get("who", "")))
         if resp.verified:
             detail += f" ({cap(READ_BACK_CONFIRMED)}.)"
-        return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+        return Outcome(
+            step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=done_reason(resp)
+        )
 
-    def each(status: Status, detail: str) -> list[Outcome]:
+    def each(status: Status, detail: str, reason: Reason) -> list[Outcome]:
         return [
-            Outcome(s.index, status, detail.format(target=s.target), resp.status, resp.attempts, s.resolved)
+            Outcome(
+                s.index, status, detail.format(target=s.target), resp.status, resp.attempts, s.resolved, reason=reason
+            )
             for s in steps
         ]
 
@@ -1064,6 +1102,7 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
             Status.FAILED,
             f"The MDM accepted the request but did not {spec.verb} {{target}} "
             f"(result {result!r}); check that it is enrolled and eligible.",
+            Reason.REFUSED,
         )
     if isinstance(result, int) and result < len(steps):
         # A count of the devices acted on: forceCheckin answers 2 for
@@ -1076,6 +1115,7 @@ def _accepted(spec: _Bulk, steps: list[Step], resp: Response, result: Any) -> li
             Status.UNKNOWN,
             f"The MDM carried out the request for {result} of the {len(steps)} devices "
             "in it without saying which; check {target} before sending it again.",
+            Reason.BAD_ANSWER,
         )
     return [ok(s) for s in steps]
 
@@ -1221,6 +1261,7 @@ def _not_eligible(spec: _Bulk, step: Step, reason: str, resp: Response) -> Outco
         resp.status,
         resp.attempts,
         step.resolved,
+        reason=Reason.REFUSED,
     )
 
 

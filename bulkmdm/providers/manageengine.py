@@ -85,7 +85,7 @@ from ..errors import (
     TokenUnavailable,
     TransportError,
 )
-from ..model import JobRow, Outcome, Status, Step
+from ..model import JobRow, Outcome, Reason, Status, Step
 from ..quota import tenant
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, Client, HeaderAuth, RequestContext, Response
@@ -106,6 +106,7 @@ from .base import (
     as_int,
     as_list,
     cap,
+    done_reason,
     collect_pages,
     explain_status,
     failed,
@@ -694,7 +695,8 @@ class ManageEngine(Provider):
                 lists.members[group_id] = await self._members(group_id)
             except ListFailed as exc:
                 lists.members[group_id] = LookupFailed(
-                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}"
+                    f"could not read the members of group {_group_name(group)!r}: {_explain(exc.resp)}",
+                    exc.code,
                 )
 
     async def _fetch_apps(self, lists: _Lists, rows: Sequence[JobRow]) -> None:
@@ -813,7 +815,9 @@ class ManageEngine(Provider):
             return lists.device_by_id.one(device_id, "device id")
         serial = row.get("serial")
         if serial.strip() == "--":
-            raise LookupFailed("the serial is '--', which the MDM writes for an unknown serial; give device_id")
+            raise LookupFailed(
+                "the serial is '--', which the MDM writes for an unknown serial; give device_id", Reason.INVALID_ROW
+            )
         if lists.device_by_serial.find(serial):
             return lists.device_by_serial.one(serial, "serial")
         if not lists.serials_known and serial.strip():
@@ -831,7 +835,8 @@ class ManageEngine(Provider):
             if lists.groups_without_id.find(name):
                 raise LookupFailed(
                     f"group {name!r} was found, but the MDM's record for it has no group_id "
-                    "(missing or null), so it cannot be changed"
+                    "(missing or null), so it cannot be changed",
+                    Reason.BAD_ANSWER,
                 )
             near = lists.group_by_name_folded.find(name)
             if near:
@@ -841,7 +846,7 @@ class ManageEngine(Provider):
 
     def _app(self, value: str, lists: _Lists) -> Any:
         if not value.strip():
-            raise LookupFailed("the app is blank")
+            raise LookupFailed("the app is blank", Reason.INVALID_ROW)
         found = [
             ("name", lists.app_by_name.find(value)),
             ("bundle identifier", lists.app_by_bundle.find(value)),
@@ -851,7 +856,8 @@ class ManageEngine(Provider):
             if lists.apps_without_id.find(value):
                 raise LookupFailed(
                     f"app {value!r} was found, but the MDM's record for it has no app_id "
-                    "(missing or null), so it cannot be sent"
+                    "(missing or null), so it cannot be sent",
+                    Reason.BAD_ANSWER,
                 )
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
@@ -871,7 +877,7 @@ class ManageEngine(Provider):
 
     def plan_row(self, row: JobRow, lists: _Lists) -> Step | Outcome:
         if row.action not in self.actions:
-            return failed(row, f"manageengine cannot {row.action}.")
+            return failed(row, f"manageengine cannot {row.action}.", reason=Reason.INVALID_ROW)
         device = self._device(row, lists)
         if row.action in GROUP_ACTIONS:
             return self._plan_group_row(row, device, lists)
@@ -991,7 +997,7 @@ class ManageEngine(Provider):
         return [
             item
             if ok or not isinstance(item, Step)
-            else Outcome(item.index, Status.NOT_RUN, detail, resolved=item.resolved)
+            else Outcome(item.index, Status.NOT_RUN, detail, resolved=item.resolved, reason=Reason.QUOTA)
             for item, ok in zip(out, fits, strict=True)
         ]
 
@@ -1136,7 +1142,13 @@ class ManageEngine(Provider):
     async def check(self, steps: Sequence[Step]) -> list[Outcome]:
         many = f" (one request for {len(steps)} rows)" if len(steps) > 1 else ""
         return [
-            Outcome(step.index, Status.PLANNED, _done(step, would=True) + many + ".", resolved=step.resolved)
+            Outcome(
+                step.index,
+                Status.PLANNED,
+                _done(step, would=True) + many + ".",
+                resolved=step.resolved,
+                reason=Reason.PLANNED,
+            )
             for step in steps
         ]
 
@@ -1323,6 +1335,7 @@ def _echoed(step: Step, resp: Response, echo: str) -> Outcome:
         resp.status,
         resp.attempts,
         step.resolved,
+        reason=Reason.REFUSED,
     )
 
 
@@ -1356,7 +1369,9 @@ def _succeeded(step: Step, resp: Response) -> Outcome:
     detail = _done(step)
     if resp.verified:
         detail = detail.rstrip(".") + f" ({READ_BACK_CONFIRMED})."
-    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+    return Outcome(
+        step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=done_reason(resp)
+    )
 
 
 def _already(step: Step, resp: Response) -> Outcome:
@@ -1369,16 +1384,20 @@ def _already(step: Step, resp: Response) -> Outcome:
     if resp.attempts > 1:
         # a retried request may have found its own earlier attempt's change
         detail += " when the request was retried (HTTP 409, Resource Already Exists); taken as done."
-        return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+        return Outcome(
+            step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.DONE
+        )
     detail += " when the request arrived (HTTP 409, Resource Already Exists); nothing changed."
-    return Outcome(step.index, Status.SKIPPED, detail, resp.status, resp.attempts, step.resolved)
+    return Outcome(step.index, Status.SKIPPED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.ALREADY)
 
 
 def _failed(step: Step, resp: Response) -> Outcome:
     detail = _explain(resp)
     if resp.status in (400, 404) and step.action in BATCHED:
         detail += f" The MDM refused {step.target}; it may have been removed since the look-up."
-    return Outcome(step.index, Status.FAILED, detail, resp.status, resp.attempts, step.resolved)
+    return Outcome(
+        step.index, Status.FAILED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.of_http(resp.status)
+    )
 
 
 def _serial(device: Any) -> str:
@@ -1440,7 +1459,8 @@ def _why_no_device(serial: str, lists: _Lists) -> None:
     if lists.no_id_by_serial.find(serial):
         raise LookupFailed(
             f"serial {serial!r} was found, but the MDM's record for it has no device_id "
-            "(missing or null), so it cannot be changed"
+            "(missing or null), so it cannot be changed",
+            Reason.BAD_ANSWER,
         )
 
 
