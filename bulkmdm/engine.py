@@ -276,7 +276,6 @@ async def _plan_and_send(
         return
     if confirm:
         _confirm_destructive(feed, events)
-    provider.client.limiter.rows_start()
     await scheduler.run(feed, provider.check if options.dry_run else provider.execute, ledger)
     if options.dry_run:
         result.planned_requests = feed.planned_requests

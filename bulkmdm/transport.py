@@ -54,7 +54,7 @@ from .errors import (
     TransportError,
     Unreachable,
 )
-from .limits import RateController, sleep_unless
+from .limits import RateController, Slot, sleep_unless
 from .quota import DayQuota
 from .retry import IDEMPOTENT_METHODS, READ_METHODS, RetryPolicy, parse_retry_after
 
@@ -356,9 +356,10 @@ class Client:
         last: Response | TransportError | None = None
         while True:
             attempt += 1
-            if not await self._slot(req, first=last is None):
+            slot = await self._slot(req, first=last is None)
+            if slot is None:
                 return _give_up(last, req, reached)
-            result = await self._paced_attempt(req, attempt, verify if read_back_held else None)
+            result = await self._paced_attempt(req, slot, attempt, verify if read_back_held else None)
             if isinstance(result, _Failure):
                 reached = reached or result.ambiguous
                 settled = await self._after_failure(
@@ -381,7 +382,7 @@ class Client:
                 attempt -= 1
                 continue
             try:
-                wait, note = self._retry_wait(req, result, attempt, waited_window, throttled)
+                wait, note = self._retry_wait(req, result, slot, attempt, waited_window, throttled)
             except QuotaExhausted:
                 if self.quota is None or not self.quota.wait:
                     raise
@@ -392,8 +393,6 @@ class Client:
             if wait is None:
                 if result.status == 429 and self._stopping():
                     return _give_up(result, req, reached)
-                if result.ok:
-                    self.limiter.succeeded()
                 return replace(result, note=note) if note else result
             throttled += result.status == 429
             last = result
@@ -401,34 +400,37 @@ class Client:
             await self._pause(wait)
 
     # -- the parts of one attempt ---------------------------------------------
-    async def _slot(self, req: _Request, *, first: bool) -> bool:
-        """Credentials ready and a rate slot taken; False when the run is stopping.
+    async def _slot(self, req: _Request, *, first: bool) -> Slot | None:
+        """Credentials ready and a rate slot taken; None when the run is stopping.
         A retry (not ``first``) goes before the first attempts waiting. A
         change's read-back goes even while the run stops: it settles a request
         in flight (was the change made?), which the stop lets finish."""
         stopping = _never if _reading_back.get() else self._stopping
         if stopping():
-            return False
+            return None
         if not req.credential and type(self.auth).ready is not Auth.ready:  # (the base's does nothing)
             await self.auth.ready(self)
-        if not await self.limiter.acquire(stopping, retry=not first):
-            return False
+        slot = await self.limiter.acquire(stopping, retry=not first)
+        if slot is None:
+            return None
         if stopping():
-            self.limiter.release(None)
-            return False
+            self.limiter.release(slot, None)
+            return None
         if self.quota is not None and not req.credential:
             # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent
             try:
                 counted = await self.quota.take(self._stopping)
             except BaseException:
-                self.limiter.release(None)
+                self.limiter.release(slot, None)
                 raise
             if not counted:
-                self.limiter.release(None)
-                return False
-        return True
+                self.limiter.release(slot, None)
+                return None
+        return slot
 
-    async def _paced_attempt(self, req: _Request, attempt: int, verify: Verify | None) -> Response | _Failure:
+    async def _paced_attempt(
+        self, req: _Request, slot: Slot, attempt: int, verify: Verify | None
+    ) -> Response | _Failure:
         """One attempt in the slot just taken; the limiter gets the slot back
         with the answer's status and latency (what adaptive concurrency reads).
         With ``verify``, a change whose answer is held is read back meanwhile;
@@ -448,15 +450,15 @@ class Client:
             else:
                 result = await self._attempt(req, attempt)
         except BaseException:
-            self.limiter.release(None, time.monotonic() - started)
+            self.limiter.release(slot, None, time.monotonic() - started)
             raise
         if isinstance(result, _Failure):
             timed_out = isinstance(result.error, RequestTimeout)
-            self.limiter.release(None, time.monotonic() - started, timed_out=timed_out)
+            self.limiter.release(slot, None, time.monotonic() - started, timed_out=timed_out)
         elif result.verified or not learned:  # no answer came: nothing to learn about the MDM's latency
-            self.limiter.release(None, time.monotonic() - started)
+            self.limiter.release(slot, None, time.monotonic() - started)
         else:
-            self.limiter.release(result.status, time.monotonic() - started)
+            self.limiter.release(slot, result.status, time.monotonic() - started)
         return result
 
     def _hedge_after(self) -> float | None:
@@ -508,9 +510,10 @@ class Client:
         no answer worth having (the held one may yet)."""
         _reading_back.set(False)  # (this task's own context: the second is not sent again)
         try:
-            if not await self._slot(req, first=False):
+            slot = await self._slot(req, first=False)
+            if slot is None:
                 return None
-            again = await self._paced_attempt(req, attempt, None)
+            again = await self._paced_attempt(req, slot, attempt, None)
         except BulkMDMError:
             return None
         return again if isinstance(again, Response) and self._settles(req, again) else None
@@ -702,7 +705,7 @@ class Client:
         return Response(status, body, headers, attempt)
 
     def _retry_wait(
-        self, req: _Request, resp: Response, attempt: int, waited_window: bool, throttled: int
+        self, req: _Request, resp: Response, slot: Slot, attempt: int, waited_window: bool, throttled: int
     ) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or None: this answer is final (and why, if early).
         ``throttled``: the 429s before this answer (retry.py: a budget and a wait of their own)."""
@@ -730,7 +733,7 @@ class Client:
             retry_after = policy.throttle_wait
         # this request waits either way; whether the 429 is evidence of a limit
         # (a pause for every worker) is the limiter's business
-        self.limiter.throttled(retry_after)
+        self.limiter.throttled(slot, retry_after)
         return (retry_after if retry_after is not None else policy.backoff(tries) / 4), ""
 
     async def _after_failure(
