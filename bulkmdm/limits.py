@@ -25,13 +25,16 @@ request rate. From them:
   throttle (``_enabled``).
 * **The measured rate.** Answers are counted in half-second buckets, each
   closed bucket weighing ``RATE_SMOOTHING`` against the rate before
-  (``RateClocker``: ``_TIME_BUCKET_RANGE`` 0.5, ``_DEFAULT_SMOOTHING`` 0.8).
-  A new rate is never more than ``MAX_RATE_ADJUST`` times it
+  (``RateClocker``: ``_TIME_BUCKET_RANGE`` 0.5, ``_DEFAULT_SMOOTHING`` 0.8);
+  a bucket cut short by a start or a hold is left out (it would measure the
+  hold). A new rate is never more than ``MAX_RATE_ADJUST`` times it
   (``_MAX_RATE_ADJUST_SCALE``): before any 429 this is slow start, the rate
   doubling with what actually went out (and never under the vendor's
   ``default_rate`` it started from).
-* **CUBIC.** On a throttle, ``W_max`` is the measured rate (at most the
-  bucket's rate), the rate becomes ``BETA * W_max`` and then regrows as
+* **CUBIC.** On a throttle, ``W_max`` is the measured rate of the answers
+  the server took, not 429 (botocore takes every answer: a run sent far
+  past a limit, ``--rate none``, would measure its own pace, while what was
+  taken is the limit), at most the bucket's rate; the rate becomes ``BETA * W_max`` and then regrows as
   ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max * (1 - BETA) / SCALE)``
   (``CubicCalculator``: ``_BETA`` 0.7, ``_SCALE_CONSTANT`` 0.4): quickly back
   to ``W_max``, a plateau near it, then a probe past it.
@@ -48,12 +51,16 @@ as a wave.
 429s that do not depend on our pace
 -----------------------------------
 
-The rule: *the background share is the share of 429s in the last*
-``BACKGROUND_WINDOWS`` *windows whose 429s were at most* ``1 - BETA`` *of
-their answers (a limit a cut by BETA does not clear refuses more); a 429 is
+The rule: *the background share is the share of 429s over the last*
+``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence; a 429 is
 evidence of a limit only when the last window's answers hold more 429s than
-that share explains at* ``SIGMAS`` *standard deviations (with no background,
-any 429 is).* A 429 that is not evidence makes only its own request wait.
+that share explains at* ``SIGMAS`` *standard deviations.* With no window
+counted yet the share is taken to be ``1 - BETA`` before the first cut (a
+run's first answers are too few to tell noise from a limit, and a limit
+overshot by slow start soon refuses more) and none after a cut (a limit was
+seen: any 429 may be it). Evidence strikes out the window counted just
+before it, which the last window's answers reach into. A 429 that is not
+evidence makes only its own request wait.
 
 Concurrency from latency: TCP Vegas / Netflix Gradient2
 -------------------------------------------------------
@@ -240,10 +247,10 @@ class RateStats:
 
 
 class _Meter:
-    """The rate the server took (answers other than 429), as botocore's
-    ``RateClocker`` measures a rate: counted in RATE_BUCKET buckets, each
-    closed bucket weighing RATE_SMOOTHING. The first bucket after a start or
-    a hold is partial and is not taken for a measurement."""
+    """A rate of answers as botocore's ``RateClocker`` measures it: counted in
+    RATE_BUCKET buckets, each closed bucket weighing RATE_SMOOTHING. The first
+    bucket after a start or a hold is partial and is not taken for a
+    measurement."""
 
     def __init__(self) -> None:
         self.rate = 0.0
@@ -385,7 +392,9 @@ class RateController:
         self._clock: Clock = clock or loop_clock
         #: before the first cut the rate stays at least where it started (the vendor's default)
         self._least = self.rate or floor
+        #: the rate of every answer (botocore's), and of those the server took (not 429)
         self._meter = _Meter()
+        self._served = _Meter()
         self._answers = _Answers(window)
         # CUBIC: W_max, K and the time of the last cut
         self._w_max: float | None = None
@@ -522,8 +531,9 @@ class RateController:
         if status is None:
             return
         throttled = status == 429
+        self._meter.record(now)
         if not throttled:
-            self._meter.record(now)
+            self._served.record(now)
         self._answers.record(now, throttled)
         self.stats.background = self._answers.background
         if not throttled and self.adaptive and self.rate is not None:
@@ -556,8 +566,9 @@ class RateController:
         return self._meter.rate or self._answers.measured(now)
 
     def _cut(self, now: float) -> None:
-        """CUBIC's decrease: W_max is the measured rate (at most the bucket's)."""
-        w_max = min(self._measured(now), self.rate if self.rate is not None else math.inf)
+        """CUBIC's decrease: W_max is the rate the server took (at most the bucket's)."""
+        served = self._served.rate or self._answers.measured(now)
+        w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor
         self._w_max = w_max
@@ -600,6 +611,7 @@ class RateController:
         self._paused_until = now + retry_after
         self._tokens, self._filled = 0.0, self._paused_until
         self._meter.restart(self._paused_until)
+        self._served.restart(self._paused_until)
 
 
 @dataclass(slots=True)

@@ -7,14 +7,20 @@ milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bulkmdm.limits import Pacing, for_run
 from bulkmdm.providers import get as provider
-from bulkmdm.sim.common import Limit
+
+
+class Allows(Protocol):
+    """A server's limit (``bulkmdm.sim.common``): None, or the Retry-After of a 429."""
+
+    def allow(self, now: float) -> float | None: ...
 
 
 @dataclass
@@ -25,6 +31,8 @@ class Outcome:
     done: int = 0
     #: seconds each request waited for its turn
     waits: list[float] = field(default_factory=list)
+    #: when each row was done
+    finished: list[float] = field(default_factory=list)
 
     @property
     def throttled(self) -> int:
@@ -44,9 +52,21 @@ class Outcome:
     def median_wait(self) -> float:
         return statistics.median(self.waits)
 
+    def most_rate(self, share: float = 0.99) -> float:
+        """Rows a second until ``share`` of them were done (the rest is the
+        tail of rows waiting out the server's Retry-After)."""
+        first = self.requests[0][0]
+        return share * self.rows / (self.finished[math.ceil(share * self.rows) - 1] - first)
+
+    def share_between(self, start: float, end: float) -> float:
+        """The share of requests answered 429 between ``start`` and ``end`` (s after the first)."""
+        first = self.requests[0][0]
+        inside = [ok for t, ok in self.requests if first + start <= t <= first + end]
+        return sum(not ok for ok in inside) / max(1, len(inside))
+
 
 async def drive(
-    limit: Callable[[float], float | None] | Limit | None,
+    limit: Allows | None,
     rows: int,
     *,
     pacing: Pacing | None = None,
@@ -62,7 +82,6 @@ async def drive(
     limiter = pacing.rate
     loop = asyncio.get_running_loop()
     outcome = Outcome(rows)
-    allow = limit.allow if limit is not None and hasattr(limit, "allow") else limit
     rng = random.Random(seed)
     todo = iter(range(rows))
 
@@ -75,7 +94,7 @@ async def drive(
             outcome.waits.append(loop.time() - asked)
             await asyncio.sleep(latency / 2)
             now = loop.time()
-            wait = allow(now) if allow is not None else None  # type: ignore[operator]
+            wait = limit.allow(now) if limit is not None else None
             if wait is None and throttle_rate and rng.random() < throttle_rate:
                 wait = throttle_retry_after
             outcome.requests.append((now, wait is None))
@@ -83,6 +102,7 @@ async def drive(
             if wait is None:
                 limiter.release(slot, 200, latency)
                 outcome.done += 1
+                outcome.finished.append(loop.time())
                 return
             limiter.release(slot, 429, latency)
             limiter.throttled(slot, wait)

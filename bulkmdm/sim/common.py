@@ -44,6 +44,10 @@ FAULT_MIX: dict[str, Any] = {
 }
 
 
+#: How a simulator's rate limit counts (``Faults.limit_shape``).
+LIMIT_SHAPES = ("sliding", "bucket", "fixed")
+
+
 @dataclass
 class Faults:
     """Switches for misbehaviour. Rates are fractions of requests (0..1)."""
@@ -98,6 +102,8 @@ class Faults:
         for key, value in changes.items():
             if key not in names:
                 raise KeyError(key)
+            if key == "limit_shape" and value not in LIMIT_SHAPES:
+                raise ValueError(f"limit_shape {value!r} is not one of {', '.join(LIMIT_SHAPES)}")
             setattr(self, key, value)
 
 
