@@ -415,6 +415,8 @@ class RateController:
         """Wait for a slot in flight (with ``concurrency``) and a token; the
         :class:`Slot` to hand back, or None (nothing taken) once ``stopping``
         says True. A ``retry`` goes before the first attempts waiting."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time  # (bound once: asked several times a request)
         number = 0
         concurrency = self.concurrency
         if concurrency is not None:
@@ -723,6 +725,8 @@ class ConcurrencyLimit:
         A ``retry`` (a request that waited out a Retry-After or a backoff)
         queues before the first attempts: its row was started already, and
         the rows refused two or three times are a faulty run's last."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time
         while self._room() <= 0:
             if stopping is not None and stopping():
                 return None

@@ -22,11 +22,12 @@ import warnings
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 #: The fault mix of issue 11: 10% 503, 5% 429 with Retry-After: 1, 3%
 #: dropped connections (half before the work, half after it), 2% replies
@@ -120,6 +121,11 @@ class Stats:
     by_route: Counter[str] = field(default_factory=Counter)
     first_at: float | None = None
     last_at: float | None = None
+    #: (when, allowed) of each request while a limit or random 429s are on (the most recent ones)
+    log: list[tuple[float, bool]] = field(default_factory=list)
+    #: when the limit counted its first request, and (fixed windows) the requests each window allowed
+    limit_first_at: float | None = None
+    limit_windows: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -221,18 +227,18 @@ class _Limiter:
         self.faults = faults
         self._key: tuple[Any, ...] = ()
         self.limit: Limit | None = None
-        self._first: float | None = None
+        self.first: float | None = None
 
     def allow(self, now: float) -> float | None:
         faults = self.faults
         key = (faults.rate_limit, faults.limit_shape, faults.limit_burst, faults.limit_window)
         if key != self._key:
-            self._key, self.limit, self._first = key, limit_shape(faults), None
+            self._key, self.limit, self.first = key, limit_shape(faults), None
         if self.limit is None or faults.rate_limit is None:
             return None
-        if self._first is None:
-            self._first = now
-        since = now - self._first
+        if self.first is None:
+            self.first = now
+        since = now - self.first
         halved = faults.limit_halved_at is not None and since >= faults.limit_halved_at
         restored = faults.limit_restored_at is not None and since >= faults.limit_restored_at
         self.limit.rate = faults.rate_limit / 2 if halved and not restored else faults.rate_limit
@@ -266,21 +272,23 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
         if mutating:
             stats.mutating += 1
         wait = limiter.allow(now)
+        if wait is not None and faults.retry_after is not None:
+            wait = faults.retry_after
+        if limiter.limit is not None:
+            stats.limit_first_at = limiter.first
+            if isinstance(limiter.limit, FixedWindow):
+                stats.limit_windows = limiter.limit.counts
+        eligible = mutating or not faults.mutating_only
+        if wait is None and eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
+            wait = faults.throttle_retry_after
+        if faults.rate_limit or faults.throttle_rate:
+            _keep(stats.log, (now, wait is None))
         if wait is not None:
             stats.throttled += 1
-            retry_after = faults.retry_after if faults.retry_after is not None else wait
             return web.json_response(
                 {"message": "Too many requests"},
                 status=429,
-                headers={"Retry-After": f"{retry_after:.3f}".rstrip("0").rstrip(".")},
-            )
-        eligible = mutating or not faults.mutating_only
-        if eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
-            stats.throttled += 1
-            return web.json_response(
-                {"message": "Too many requests"},
-                status=429,
-                headers={"Retry-After": f"{faults.throttle_retry_after:g}"},
+                headers={"Retry-After": f"{wait:.3f}".rstrip("0").rstrip(".")},
             )
         if faults.capacity_workers:
             return await capacity.serve(request, handler, faults, stats)
@@ -356,7 +364,7 @@ class _Capacity:
         self.busy -= 1
 
 
-def _keep(values: list[float], value: float, most: int = 100_000) -> None:
+def _keep(values: list[T], value: T, most: int = 100_000) -> None:
     if len(values) >= most:
         del values[: most // 2]
     values.append(value)
