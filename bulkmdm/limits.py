@@ -52,15 +52,18 @@ as a wave.
 -----------------------------------
 
 The rule: *the background share is the share of 429s over the last*
-``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence; a 429 is
+``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence (Laplace's
+rule of succession: one more 429 than seen, over two more answers); a 429 is
 evidence of a limit only when the last window's answers hold more 429s than
 that share explains at* ``SIGMAS`` *standard deviations.* With no window
 counted yet the share is taken to be ``1 - BETA`` before the first cut (a
 run's first answers are too few to tell noise from a limit, and a limit
 overshot by slow start soon refuses more) and none after a cut (a limit was
 seen: any 429 may be it). Evidence strikes out the window counted just
-before it, which the last window's answers reach into. A 429 that is not
-evidence makes only its own request wait.
+before it, which the last window's answers reach into. Laplace's estimate
+keeps a background of none from making one 429 evidence: a window left out
+for a lone 429 would keep the share at none, and every sporadic 429 would cut
+the rate again. A 429 that is not evidence makes only its own request wait.
 
 Concurrency from latency: TCP Vegas / Netflix Gradient2
 -------------------------------------------------------
@@ -326,8 +329,9 @@ class _Answers:
             self._share()
 
     def _share(self) -> None:
+        """Laplace's rule of succession over the windows counted."""
         answers = sum(n for _, n, _ in self._background)
-        self.background = sum(t for t, _, _ in self._background) / answers if answers else 0.0
+        self.background = (sum(t for t, _, _ in self._background) + 1) / (answers + 2) if answers else 0.0
 
     def measured(self, now: float) -> float:
         """Answers a second over the last window (or since the first answer)."""
