@@ -23,12 +23,22 @@ requests per row
     a DuoSTATION ``tag`` job (and the time the whole run took) and an Ivanti
     ``lock`` job, every request counted by the simulator (``/_sim/stats``),
     look-ups included.
-rate-limit saturation
+known rate limit
     the simulator allows N requests in any 1-s window and answers 429 with
-    Retry-After above it. Known limit: ``--rate N/s``. Unknown limit: no
-    ``--rate`` (the provider's default start, 20/s for DuoSTATION, adapting
-    with no ceiling), and ``--rate none`` (no limit until the first 429).
-    Counted by the simulator over the sending phase (after the look-ups).
+    Retry-After above it; ``--rate N/s`` (an explicit rate is a ceiling that
+    wins). Counted by the simulator over the sending phase (after the look-ups).
+limit shapes
+    a default run (no ``--rate``: DuoSTATION starts at 20/s and adapts, no
+    ceiling) against each shape the simulator has (``sim.common.Faults``):
+    a token bucket of N/s with a burst of 1 s and of 0.2 s of it (Retry-After
+    rounded up to whole seconds), a sliding 1-s window (Retry-After exact),
+    fixed windows of 10 s and 60 s (Retry-After to the window's end: the
+    figure is the share of each whole window's quota used, so the 60-s run
+    spans one whole window and a bit), the limit halved and later restored
+    (how soon every 2-s span follows it), and 5% random 429s with no limit
+    (rows/s until 99% of the rows are done, against the same run without
+    them). Requests allowed a second and the share answered 429 come from
+    the simulator's own log of the sending phase.
 fault mix
     a DuoSTATION ``tag`` job against a server answering 10% 503, 5% 429
     with ``Retry-After: 1``, 3% dropped connections and 2% replies held 2 s
@@ -46,6 +56,12 @@ unknown capacity
     and answers 503 past a queue limit; no rate limit. Requests/s served
     over the sending phase as a share of N/S, and the median time a request
     waited in the queue, in service times.
+cost
+    CPU seconds of the bulkmdm process per row of a ``message`` job at full
+    speed (``--rate none``, no server latency), marginal between two job
+    sizes (start-up cancels out), next to a bare aiohttp loop in the same
+    process sending the same requests (the device list, then one POST per
+    row from 64 tasks); and the larger job's rows/s against the bare loop's.
 CPU per row
     CPU seconds of the bulkmdm process (the simulator has its own) per row
     of a ``message`` job at full speed (``--rate none``), whole run.
@@ -69,6 +85,7 @@ broke), 1 some figure fails, 2 the bench broke.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import csv
 import http.client
@@ -109,8 +126,19 @@ class Sizes:
     lock_rows: int = 5_000
     limit: int = 50
     known_rows: int = 500
-    unknown_rows: int = 1_250
-    unlimited_rows: int = 1_000
+    #: rows of each limit shape's run (at the limit: some 20 s); the fixed
+    #: windows' runs span two windows of 10 s and one of 60 s and a bit
+    shape_rows: int = 1_000
+    fixed10_rows: int = 1_600
+    fixed60_rows: int = 3_300
+    #: the halved-and-restored run: halved 15 s after its first request, restored 30 s after it
+    halved_rows: int = 1_800
+    halved_at: float = 15.0
+    restored_at: float = 30.0
+    #: the random-429s run (and the same without them)
+    random_rows: int = 8_000
+    #: CPU per row, marginal: two job sizes
+    cost_rows: tuple[int, int] = (2_000, 8_000)
     fault_rows: int = 15_000
     #: the short job run beside it (printed in the detail)
     fault_short_rows: int = 3_000
@@ -136,8 +164,14 @@ QUICK = Sizes(
     ivanti_devices=600,
     lock_rows=300,
     known_rows=60,
-    unknown_rows=90,
-    unlimited_rows=90,
+    shape_rows=60,
+    fixed10_rows=60,
+    fixed60_rows=60,
+    halved_rows=150,
+    halved_at=1.0,
+    restored_at=2.0,
+    random_rows=300,
+    cost_rows=(150, 450),
     fault_rows=600,
     fault_short_rows=200,
     capacity_rows=200,
@@ -148,7 +182,19 @@ QUICK = Sizes(
     reps=1,
 )
 
-FIGURES = ("throughput", "requests", "known", "unknown", "faults", "capacity", "cpu", "reading", "memory", "startup")
+FIGURES = (
+    "throughput",
+    "requests",
+    "known",
+    "shapes",
+    "faults",
+    "capacity",
+    "cost",
+    "cpu",
+    "reading",
+    "memory",
+    "startup",
+)
 
 
 @dataclass(slots=True)
@@ -345,10 +391,10 @@ def _pacing_note() -> str:
         return ""
     rate, conc = pacing.rate, pacing.concurrency
     shown = "none" if rate.rate is None else f"{rate.rate:,.0f}/s"
-    limit = "" if rate.stats.limit is None else f", measured limit {rate.stats.limit:,.1f}/s"
+    limit = "" if rate.stats.limit is None else f", W_max {rate.stats.limit:,.1f}/s"
     return (
-        f"pacing: rate {shown}{limit}, {rate.stats.cuts} cut(s), {rate.stats.forgiven} forgiven, "
-        f"noise {rate.stats.noise:.1%}; in flight {conc.limit:.0f} (highest {conc.stats.highest:.0f})"
+        f"pacing: rate {shown}{limit}, {rate.stats.cuts} cut(s), {rate.stats.evidence} 429(s) taken as a limit, "
+        f"background {rate.stats.background:.1%}; in flight {conc.limit:.0f} (highest {conc.stats.highest:.0f})"
     )
 
 
@@ -561,7 +607,7 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
             rates.append(len(serials) / timed.sending)
             tails.append(timed.sending - timed.most)
         pacing = LAST_PACING[0]
-        cuts = "" if pacing is None else f", {pacing.rate.stats.cuts} cut(s) ({pacing.rate.stats.forgiven} forgiven)"
+        cuts = "" if pacing is None else f", {pacing.rate.stats.cuts} cut(s)"
         detail = f"{rates[1]:,.0f}/{rates[0]:,.0f} rows/s, last 1% {tails[1]:.1f}/{tails[0]:.1f} s{cuts}"
         return rates[1] / rates[0], detail
 
@@ -583,8 +629,8 @@ def fig_faults(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
         Row(
             f"fault mix: DuoSTATION tag, {s.fault_rows:,} rows, defaults",
             f"{ratio:.2f} of fault-free, {'every row right' if right else 'ROWS WRONG'}",
-            ">= 0.5, every row right",
-            ratio >= 0.5 and right,
+            ">= 0.6, every row right",
+            ratio >= 0.6 and right,
             f"median of {len(long_ratios)} (faults/clean, sending phase): {_each(long_ratios, '', 2)} "
             f"({'; '.join(long_details)}); a {s.fault_short_rows:,}-row job: median "
             f"{statistics.median(short_ratios):.2f} ({_each(short_ratios, '', 2)}: {'; '.join(short_details)}), "
@@ -629,8 +675,8 @@ def fig_capacity(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
             f"unknown capacity: {s.capacity_workers} workers x {s.service * 1000:g} ms, defaults, "
             f"{s.capacity_rows:,} rows",
             f"{share:.2f} capacity, queueing {wait:.2f} service",
-            ">= 0.8, <= 1 service time",
-            share >= 0.8 and wait <= 1.0,
+            ">= 0.85, <= 1 service time",
+            share >= 0.85 and wait <= 1.0,
             f"capacity {capacity:,.0f} requests/s, queue limit {s.queue_limit}; median of {len(shares)}: "
             f"{_each(shares, '', 2)} of capacity, median queueing {_each(waits, '', 2)} service times; "
             f"{stats['rejected']} x 503 (queue full); {_counts(timed.result)}; {_pacing_note()}",
@@ -700,27 +746,260 @@ def fig_known(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
     )
 
 
-def fig_unknown(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+#: the simulator's limit settings when no limit is on
+NO_LIMIT: dict[str, Any] = {
+    "rate_limit": None,
+    "limit_shape": "sliding",
+    "limit_burst": None,
+    "limit_window": 10.0,
+    "limit_halved_at": None,
+    "limit_restored_at": None,
+    "throttle_rate": 0.0,
+    "seed": None,
+}
+
+
+def _message_job(bench: Bench, serials: Sequence[str], rows: int, tag: str) -> Path:
+    """A message job of ``rows`` rows over ``serials`` (cycled: each row a distinct message)."""
+    return write_csv(
+        bench.tmp / f"shape-{tag}.csv",
+        ["serial", "message"],
+        ((serials[i % len(serials)], f"Shape {tag} message {i}") for i in range(rows)),
+    )
+
+
+def _shape_run(
+    bench: Bench, duo: Sim, serials: Sequence[str], rows: int, tag: str, faults: dict[str, Any]
+) -> tuple[Timed, dict[str, Any]]:
+    """A default message job against the simulator set to ``faults``; its
+    counters from the start of sending."""
+    job = _message_job(bench, serials, rows, tag)
+    duo.faults(latency=bench.sizes.latency, **{**NO_LIMIT, **faults})
+    time.sleep(1.1)  # an empty window: nothing left over from the run before
+    timed = run(bench, job, "duostation", duo, on_start=duo.reset, action="message")
+    stats = duo.stats()
+    duo.faults(**NO_LIMIT)
+    return timed, stats
+
+
+def _taken(log: Sequence[Sequence[Any]], start: float = -math.inf, end: float = math.inf) -> tuple[float, float]:
+    """(requests allowed a second, share answered 429) of the log between ``start`` and ``end``."""
+    inside = [(t, ok) for t, ok in log if start <= t <= end]
+    allowed = [t for t, ok in inside if ok]
+    rate = (len(allowed) - 1) / (allowed[-1] - allowed[0]) if len(allowed) > 1 else 0.0
+    return rate, sum(not ok for _, ok in inside) / max(1, len(inside))
+
+
+def _follows(
+    log: Sequence[Sequence[Any]], since: float, until: float, span: float, good: Callable[[float, float], bool]
+) -> float:
+    """Seconds after ``since`` until the next ``span`` seconds are ``good`` (rate, 429 share); inf: never."""
+    for start in _frange(since, until - span, 0.5):
+        if good(*_taken(log, start, start + span)):
+            return start - since
+    return math.inf
+
+
+def _frange(start: float, end: float, step: float) -> list[float]:
+    return [start + i * step for i in range(int((end - start) / step) + 1)]
+
+
+def _right(timed: Timed, rows: int) -> bool:
+    return bool(timed.result.counts.get("succeeded", 0) == rows)
+
+
+def fig_shapes(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+    """The limit shapes, each a default run against the simulator (no --rate)."""
     s = bench.sizes
     n = s.limit
-    for label, rate, count in (
-        ("no --rate: DuoSTATION default 20/s, adapts", None, s.unknown_rows),
-        ("--rate none: unlimited until a 429", "none", s.unlimited_rows),
+    for label, tag, faults in (
+        ("token bucket, burst 1 s, Retry-After rounded up", "bucket1", {"limit_shape": "bucket", "limit_burst": n}),
+        (
+            "token bucket, burst 0.2 s, Retry-After rounded up",
+            "bucket02",
+            {"limit_shape": "bucket", "limit_burst": n / 5},
+        ),
+        ("sliding 1-s window, Retry-After exact", "sliding", {"limit_shape": "sliding"}),
     ):
-        rows = serials[:count]
-        serials = serials[count:]
-        achieved, share, timed, stats = _saturation(bench, duo, rows, label.split(":")[0].strip("- "), rate)
-        ok = achieved >= 0.9 * n and share <= 0.03
+        timed, stats = _shape_run(bench, duo, serials, s.shape_rows, tag, {"rate_limit": n, **faults})
+        achieved, share = _taken(stats["log"])
         bench.add(
             Row(
-                f"rate limit {n}/s, unknown ({label}), {len(rows)} rows",
-                f"{achieved:.1f}/s = {achieved / n:.2f} N, {share:.1%} x 429",
-                ">= 0.9 N, <= 3% x 429",
-                ok,
-                f"{stats['requests']} requests, {stats['throttled']} answered 429, in {timed.sending:.1f} s; "
+                f"limit {n}/s: {label}, {s.shape_rows:,} rows",
+                f"{achieved / n:.2f} N, {share:.1%} x 429",
+                ">= 0.9 N, <= 3% x 429, rows right",
+                achieved >= 0.9 * n and share <= 0.03 and _right(timed, s.shape_rows),
+                f"{achieved:.1f}/s; {stats['requests']} requests, {stats['throttled']} answered 429, sending "
+                f"{timed.sending:.1f} s; {_counts(timed.result)}; {_pacing_note()}",
+            )
+        )
+    for span, rows in ((10.0, s.fixed10_rows), (60.0, s.fixed60_rows)):
+        timed, stats = _shape_run(
+            bench,
+            duo,
+            serials,
+            rows,
+            f"fixed{span:g}",
+            {"rate_limit": n, "limit_shape": "fixed", "limit_window": span},
+        )
+        quota = int(n * span)
+        windows = stats["limit_windows"]
+        full = windows[:-1] or windows
+        use = statistics.mean(full) / quota if full else 0.0
+        _, share = _taken(stats["log"])
+        bench.add(
+            Row(
+                f"limit {quota:,} per fixed {span:g}-s window, Retry-After to its end, {rows:,} rows",
+                f"{use:.2f} of each window, {share:.1%} x 429",
+                ">= 0.9, <= 3% x 429, rows right",
+                use >= 0.9 and share <= 0.03 and _right(timed, rows),
+                f"requests allowed per window (the last one partial): {windows}; {stats['throttled']} answered 429; "
                 f"{_counts(timed.result)}; {_pacing_note()}",
             )
         )
+    fig_halved(bench, duo, serials)
+    fig_random(bench, duo, serials)
+
+
+def fig_halved(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+    s = bench.sizes
+    n = s.limit
+    timed, stats = _shape_run(
+        bench,
+        duo,
+        serials,
+        s.halved_rows,
+        "halved",
+        {"rate_limit": n, "limit_halved_at": s.halved_at, "limit_restored_at": s.restored_at},
+    )
+    log, first = stats["log"], stats["limit_first_at"] or 0.0
+    halved, restored = first + s.halved_at, first + s.restored_at
+    end = log[-1][0] if log else restored
+    before, _ = _taken(log, first, halved)
+    during, during_share = _taken(log, halved + 10, restored)
+    after, _ = _taken(log, restored + 10, end)
+    _, share = _taken(log)
+    # how soon the rate of the next 5 s is at the new limit (down: under it with few 429s)
+    down = _follows(
+        log, halved, restored, 5.0, lambda rate, share: 0.9 * n / 2 <= rate <= 1.05 * n / 2 and share <= 0.03
+    )
+    up = _follows(log, restored, end, 5.0, lambda rate, share: rate >= 0.9 * n)
+    ok = (
+        during >= 0.9 * n / 2
+        and during_share <= 0.03
+        and after >= 0.9 * n
+        and share <= 0.03
+        and _right(timed, s.halved_rows)
+    )
+    bench.add(
+        Row(
+            f"limit {n}/s halved at {s.halved_at:g} s, restored at {s.restored_at:g} s, {s.halved_rows:,} rows",
+            f"{during / (n / 2):.2f} N/2 and {after / n:.2f} N from 10 s after each, {share:.1%} x 429",
+            ">= 0.9 of each within 10 s, <= 3% x 429",
+            ok,
+            f"allowed {before:.1f}/s before the halving, {during:.1f}/s from 10 s after it ({during_share:.1%} x 429), "
+            f"{after:.1f}/s from 10 s after the restore; the next 5 s at the new limit {down:.1f} s after the "
+            f"halving, {up:.1f} s after the restore; {_counts(timed.result)}; {_pacing_note()}",
+        )
+    )
+
+
+def fig_random(bench: Bench, duo: Sim, serials: Sequence[str]) -> None:
+    """5% random 429s (Retry-After: 1), no limit, against the same job without them."""
+    s = bench.sizes
+    rates, wholes, notes, right = [], [], [], True
+    for tag, faults in (("clean", {}), ("random", {"throttle_rate": 0.05, "seed": 5})):
+        timed, stats = _shape_run(bench, duo, serials, s.random_rows, tag, faults)
+        right = right and _right(timed, s.random_rows)
+        rates.append(0.99 * s.random_rows / timed.most)
+        wholes.append(s.random_rows / timed.sending)
+        notes.append(_pacing_note())
+    ratio = rates[1] / rates[0]
+    bench.add(
+        Row(
+            f"5% random 429s, no limit, {s.random_rows:,} rows",
+            f"{ratio:.2f} of fault-free",
+            ">= 0.9, rows right",
+            ratio >= 0.9 and right,
+            f"rows/s until 99% done {rates[1]:,.0f}/{rates[0]:,.0f}; whole sending phase {wholes[1]:,.0f}/"
+            f"{wholes[0]:,.0f} ({wholes[1] / wholes[0]:.2f}: the last rows wait out chained 1-s Retry-Afters); "
+            f"with them: {notes[1]}",
+        )
+    )
+
+
+async def _bare_loop(url: str, ids: Sequence[str], workers: int) -> None:
+    """What bulkmdm sends for a message job, with nothing around it: the
+    device list once, then one POST per row from ``workers`` tasks over one
+    aiohttp session."""
+    import aiohttp
+
+    todo = iter(enumerate(ids))
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        async with session.get(url + "/api/devices") as resp:
+            await resp.read()
+
+        async def worker() -> None:
+            for i, device in todo:
+                async with session.post(
+                    f"{url}/api/devices/{device}/sendmessage", json={"message": f"Bare message {i}"}
+                ) as resp:
+                    await resp.read()
+                    if resp.status >= 300:
+                        raise RuntimeError(f"the bare loop got HTTP {resp.status}")
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def fig_cost(bench: Bench, duo: Sim, devices: list[dict[str, Any]]) -> None:
+    """CPU per row (marginal, two job sizes) and throughput of bulkmdm with
+    --rate none against a bare aiohttp loop sending the same requests, side by side."""
+    s = bench.sizes
+    duo.faults(latency=0.0, **NO_LIMIT)
+    small, large = s.cost_rows
+    ours: dict[int, tuple[float, float]] = {}
+    bare: dict[int, tuple[float, float]] = {}
+    routes: dict[str, int] = {}
+    workers = 64
+    for rows in (small, large):
+        picked = [devices[i % len(devices)] for i in range(rows)]
+        job = write_csv(
+            bench.tmp / f"cost-{rows}.csv",
+            ["serial", "message"],
+            ((d["serialNumber"], f"Cost message {i}") for i, d in enumerate(picked)),
+        )
+        duo.reset()
+        timed = run(bench, job, "duostation", duo, action="message", rate="none")
+        routes = duo.stats()["by_route"]
+        if not _right(timed, rows):
+            raise RuntimeError(f"the cost run did not succeed every row: {_counts(timed.result)}")
+        ours[rows] = (timed.cpu, rows / timed.sending)
+        cpu, started = _cpu(), time.perf_counter()
+        asyncio.run(_bare_loop(duo.url, [str(d["id"]) for d in picked], workers))
+        bare[rows] = (_cpu() - cpu, rows / (time.perf_counter() - started))
+    per_row = (ours[large][0] - ours[small][0]) / (large - small) * 1e6
+    bare_row = (bare[large][0] - bare[small][0]) / (large - small) * 1e6
+    bench.add(
+        Row(
+            f"CPU per row, marginal ({small:,} and {large:,} rows), --rate none",
+            f"{per_row:,.0f} us = {per_row / bare_row:.2f}x bare",
+            "<= 1.3x bare aiohttp loop",
+            per_row <= 1.3 * bare_row,
+            f"bare aiohttp loop ({workers} tasks, one session, the device list then a POST per row): "
+            f"{bare_row:,.0f} us/row; bulkmdm's requests at {large:,} rows: {routes}",
+        )
+    )
+    ratio = ours[large][1] / bare[large][1]
+    bench.add(
+        Row(
+            f"throughput, --rate none, {large:,} rows",
+            f"{ours[large][1]:,.0f} rows/s = {ratio:.2f} of bare",
+            ">= 0.8 bare aiohttp loop",
+            ratio >= 0.8,
+            f"bulkmdm's sending phase against the bare loop's whole run ({bare[large][1]:,.0f} rows/s); "
+            f"{_pacing_note()}",
+        )
+    )
 
 
 def _best_of(fn: Callable[[], Any], runs: int) -> float:
@@ -874,9 +1153,10 @@ def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: 
         "throughput",
         "requests",
         "known",
-        "unknown",
+        "shapes",
         "faults",
         "capacity",
+        "cost",
         "cpu",
         "memory",
         "reading",
@@ -896,16 +1176,18 @@ def _figures(bench: Bench, wanted: set[str], sims: list[Sim]) -> None:  # noqa: 
     if "known" in wanted:
         assert duo is not None
         fig_known(bench, duo, serials)
-    if "unknown" in wanted:
+    if "shapes" in wanted:
         assert duo is not None
-        # other devices than the known-limit run's, so no row is a repeat
-        fig_unknown(bench, duo, serials[sizes.known_rows :])
+        fig_shapes(bench, duo, serials)
     if "faults" in wanted:
         assert duo is not None
         fig_faults(bench, duo, devices)
     if "capacity" in wanted:
         assert duo is not None
         fig_capacity(bench, duo, serials)
+    if "cost" in wanted:
+        assert duo is not None
+        fig_cost(bench, duo, devices)
     if "cpu" in wanted:
         assert duo is not None
         fig_cpu(bench, duo, serials)

@@ -1239,6 +1239,21 @@ class _SimulatorChoice(click.Choice):  # type: ignore[type-arg]
 @click.option("--password", default="admin", show_default=True, help="Basic-auth password it accepts.")
 @click.option("--latency", type=float, default=0.0, help="Seconds added to every answer.")
 @click.option("--rate-limit", type=float, help="Requests per second allowed; above it: 429 with Retry-After.")
+@click.option(
+    "--limit-shape",
+    type=click.Choice(["sliding", "bucket", "fixed"]),
+    default="sliding",
+    show_default=True,
+    help="How --rate-limit counts: any 1-s window (exact Retry-After), a token bucket (Retry-After "
+    "rounded up to whole seconds), or fixed windows of --limit-window seconds (Retry-After to the window's end).",
+)
+@click.option("--limit-burst", type=float, help="bucket: its tokens (default: one second of --rate-limit).")
+@click.option("--limit-window", type=float, default=10.0, show_default=True, help="fixed: the window's seconds.")
+@click.option("--limit-halved-at", type=float, help="Halve --rate-limit this many seconds after its first request.")
+@click.option("--limit-restored-at", type=float, help="Restore it this many seconds after its first request.")
+@click.option(
+    "--throttle-rate", type=float, default=0.0, help="Fraction answered 429 (Retry-After: 1) whatever the pace."
+)
 @click.option("--error-rate", type=float, default=0.0, help="Fraction of requests answered 503.")
 @click.option("--drop-rate", type=float, default=0.0, help="Fraction of connections dropped before the work.")
 @click.option("--drop-after-rate", type=float, default=0.0, help="Fraction dropped after the work is done.")
@@ -1286,6 +1301,12 @@ def sim(
     password: str,
     latency: float,
     rate_limit: float | None,
+    limit_shape: str,
+    limit_burst: float | None,
+    limit_window: float,
+    limit_halved_at: float | None,
+    limit_restored_at: float | None,
+    throttle_rate: float,
     error_rate: float,
     drop_rate: float,
     drop_after_rate: float,
@@ -1306,6 +1327,12 @@ def sim(
     faults = Faults(
         latency=latency,
         rate_limit=rate_limit,
+        limit_shape=limit_shape,
+        limit_burst=limit_burst,
+        limit_window=limit_window,
+        limit_halved_at=limit_halved_at,
+        limit_restored_at=limit_restored_at,
+        throttle_rate=throttle_rate,
         error_rate=error_rate,
         drop_rate=drop_rate,
         drop_after_rate=drop_after_rate,

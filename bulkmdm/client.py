@@ -269,8 +269,6 @@ class Client:
             if wait is None:
                 if result.status == 429 and self._stopping():
                     return _give_up(result, req, state.reached, unsure=False)
-                if result.ok:
-                    self.pace.succeeded(slot)
                 return _final(req, result, note, unsure=unsure_last)
             last = result
             state = state.waiting(wait >= (self.retry.throttle_wait or float("inf")))

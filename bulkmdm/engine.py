@@ -302,7 +302,6 @@ async def _plan_and_send(
         return
     if confirm:
         _confirm_destructive(feed, events)
-    pacing.rate.rows_start()
     await scheduler.run(feed, _dry_run(provider) if options.dry_run else provider.execute, ledger)
     if options.dry_run:
         result.planned_requests = feed.planned_requests

@@ -20,10 +20,17 @@ def test_quick_bench_prints_every_figure() -> None:
         "requests per row: DuoSTATION tag",
         "requests per row: Ivanti lock",
         "known (--rate",
-        "unknown (no --rate",
-        "unknown (--rate none",
+        "token bucket, burst 1 s",
+        "token bucket, burst 0.2 s",
+        "sliding 1-s window",
+        "per fixed 10-s window",
+        "per fixed 60-s window",
+        "halved at",
+        "5% random 429s",
         "fault mix: DuoSTATION tag",
         "unknown capacity:",
+        "CPU per row, marginal",
+        "throughput, --rate none",
         "CPU per row:",
         "XLSX (read_job)",
         "CSV (read_job)",
@@ -31,4 +38,4 @@ def test_quick_bench_prints_every_figure() -> None:
         "start-up: bulkmdm --help",
     ):
         assert figure in out, out
-    assert "12 figures" in out, out
+    assert "19 figures" in out, out

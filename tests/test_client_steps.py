@@ -22,7 +22,7 @@ from bulkmdm.errors import (
     RequestTimeout,
     Unreachable,
 )
-from bulkmdm.limits import RateController
+from bulkmdm.limits import RateController, Slot
 from bulkmdm.quota import DayQuota
 from bulkmdm.retry import FIRST, RetryPolicy
 from bulkmdm.steps.credentials import Auth
@@ -137,7 +137,7 @@ class _Told(RateController):
         super().__init__(rate=None, adaptive=False)
         self.told: list[float | None] = []
 
-    def throttled(self, retry_after: float | None) -> None:
+    def throttled(self, slot: Slot, retry_after: float | None) -> None:
         self.told.append(retry_after)
 
 

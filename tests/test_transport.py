@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from bulkmdm.errors import AmbiguousError, AuthError, ConnectError, TransportError, UsageError
-from bulkmdm.limits import READ_BACK, ConcurrencyLimit, RateController, parse_rate
+from bulkmdm.limits import READ_BACK, ConcurrencyLimit, RateController, Slot, parse_rate
 from bulkmdm.retry import RetryPolicy, parse_retry_after
 from bulkmdm.client import BasicAuth, Client, RequestContext, Verify
 
@@ -170,11 +170,18 @@ def test_parse_rate() -> None:
 
 
 def test_adaptive_rate_drops_on_429_and_recovers_below_ceiling() -> None:
-    limiter = RateController(rate=100, ceiling=100)
-    limiter.throttled(None)
+    now = [0.0]
+    limiter = RateController(rate=100, ceiling=100, clock=lambda: now[0])
+    for _ in range(200):  # two windows of answers, none refused
+        now[0] += 0.01
+        limiter.release(Slot(now[0]), 200)
+    for _ in range(6):  # (a few 429s after none are what the background explains)
+        limiter.release(Slot(now[0]), 429)
+        limiter.throttled(Slot(now[0]), None)
     assert limiter.rate is not None and limiter.rate < 100
-    for _ in range(5000):
-        limiter.succeeded()
+    for _ in range(2000):  # twenty seconds at the new rate
+        now[0] += 0.01
+        limiter.release(Slot(now[0]), 200)
     assert limiter.rate == 100
 
 
@@ -182,19 +189,17 @@ async def test_an_answer_slower_than_the_measuring_window_is_counted_safely() ->
     """A success whose request was sent long ago (a slow loopback) must not
     empty the controller's window and crash the run."""
     limiter = RateController(rate=20, ceiling=40)
-    await limiter.acquire()
-    import bulkmdm.limits as limits
-
-    sent, generation = limits._SENT.get() or (0.0, 0)
-    limits._SENT.set((sent - 10.0, generation))
-    limiter.succeeded()
-    limiter.succeeded()
+    slot = await limiter.acquire()
+    assert slot is not None
+    old = Slot(slot.sent - 10.0, slot.number)
+    limiter.release(old, 200)
+    limiter.release(old, 200)
     assert limiter.rate is not None
 
 
 async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
-    limiter = RateController(rate=1, ceiling=1)
-    limiter.throttled(30.0)  # everyone paused for 30 s
+    limiter = RateController(rate=1, adaptive=False)
+    limiter.throttled(Slot(asyncio.get_running_loop().time()), 30.0)  # everyone held for 30 s
     stop = False
 
     def stopping() -> bool:
@@ -203,7 +208,7 @@ async def test_a_retry_stops_waiting_for_its_slot_when_the_run_stops() -> None:
     task = asyncio.ensure_future(limiter.acquire(stopping))
     await asyncio.sleep(0.1)
     stop = True
-    assert await asyncio.wait_for(task, 2) is False
+    assert await asyncio.wait_for(task, 2) is None
 
 
 def test_json_with_a_byte_order_mark_is_json() -> None:

@@ -17,19 +17,21 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import random
 import statistics
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 #: The fault mix of issue 11: 10% 503, 5% 429 with Retry-After: 1, 3%
 #: dropped connections (half before the work, half after it), 2% replies
@@ -45,6 +47,10 @@ FAULT_MIX: dict[str, Any] = {
     "slow_rate": 0.02,
     "slow_seconds": 2.0,
 }
+
+
+#: How a simulator's rate limit counts (``Faults.limit_shape``).
+LIMIT_SHAPES = ("sliding", "bucket", "fixed")
 
 
 @dataclass
@@ -67,8 +73,23 @@ class Faults:
     #: do the work, then wait ``slow_seconds`` before answering
     slow_rate: float = 0.0
     slow_seconds: float = 5.0
-    #: requests per second allowed (None: no limit); above it: 429
+    #: requests per second allowed (None: no limit); above it: 429 with
+    #: Retry-After, counted as ``limit_shape`` says (see :func:`limit_shape`)
     rate_limit: float | None = None
+    #: how the limit counts: "sliding" (at most the limit in any one second;
+    #: Retry-After exact), "bucket" (a token bucket of ``limit_burst`` tokens
+    #: filled at the limit; Retry-After rounded up to whole seconds, as
+    #: gateways send it), "fixed" (the limit x ``limit_window`` requests per
+    #: window of ``limit_window`` seconds; Retry-After to the window's end)
+    limit_shape: str = "sliding"
+    #: the bucket's tokens (None: one second of the limit)
+    limit_burst: float | None = None
+    #: the fixed window's span (seconds)
+    limit_window: float = 10.0
+    #: the limit is halved this many seconds after the first request it
+    #: counts, and restored at ``limit_restored_at`` (None: never)
+    limit_halved_at: float | None = None
+    limit_restored_at: float | None = None
     #: the Retry-After sent with a 429 (seconds); None: computed from the limit
     retry_after: float | None = None
     #: answer this fraction 429 with ``Retry-After: throttle_retry_after``,
@@ -90,6 +111,8 @@ class Faults:
         for key, value in changes.items():
             if key not in names:
                 raise KeyError(key)
+            if key == "limit_shape" and value not in LIMIT_SHAPES:
+                raise ValueError(f"limit_shape {value!r} is not one of {', '.join(LIMIT_SHAPES)}")
             setattr(self, key, value)
 
 
@@ -106,6 +129,11 @@ class Stats:
     by_route: Counter[str] = field(default_factory=Counter)
     first_at: float | None = None
     last_at: float | None = None
+    #: (when, allowed) of each request while a limit or random 429s are on (the most recent ones)
+    log: list[tuple[float, bool]] = field(default_factory=list)
+    #: when the limit counted its first request, and (fixed windows) the requests each window allowed
+    limit_first_at: float | None = None
+    limit_windows: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -116,30 +144,119 @@ class Stats:
         return out
 
 
-class _Window:
-    """A sliding one-second window: at most ``limit`` requests in any second."""
+class SlidingWindow:
+    """At most ``rate`` requests in any one second; Retry-After exact (until
+    the oldest request of the last second leaves it)."""
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.times: deque[float] = deque()
 
-    def allow(self, limit: float, now: float) -> tuple[bool, float]:
-        cutoff = now - 1.0
+    def allow(self, now: float) -> float | None:
+        """None: allowed (and counted); else the Retry-After to send (seconds)."""
         times = self.times
-        drop = 0
-        while drop < len(times) and times[drop] <= cutoff:
-            drop += 1
-        if drop:
-            del times[:drop]
-        if len(times) < max(1, int(limit)):
+        while times and times[0] <= now - 1.0:
+            times.popleft()
+        if len(times) < max(1, int(self.rate)):
             times.append(now)
-            return True, 0.0
-        return False, max(0.0, times[0] + 1.0 - now)
+            return None
+        return max(0.001, times[-max(1, int(self.rate))] + 1.0 - now)
+
+
+class TokenBucket:
+    """A bucket of ``burst`` tokens filled at ``rate`` a second, one token a
+    request; Retry-After rounded up to whole seconds (HTTP's delta-seconds)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.tokens = self.burst
+        self._filled: float | None = None
+
+    def allow(self, now: float) -> float | None:
+        if self._filled is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return float(math.ceil((1.0 - self.tokens) / self.rate))
+
+
+class FixedWindow:
+    """``rate x span`` requests per window of ``span`` seconds, windows counted
+    from the first request; Retry-After to the window's end."""
+
+    def __init__(self, rate: float, span: float) -> None:
+        self.rate = rate
+        self.span = span
+        self._origin: float | None = None
+        self._index = -1
+        self.count = 0
+        #: requests allowed in each window so far
+        self.counts: list[int] = []
+
+    def allow(self, now: float) -> float | None:
+        if self._origin is None:
+            self._origin = now
+        index = math.floor((now - self._origin) / self.span)
+        if index != self._index:
+            self._index, self.count = index, 0
+            self.counts.append(0)
+        if self.count < max(1, int(self.rate * self.span)):
+            self.count += 1
+            self.counts[-1] += 1
+            return None
+        return max(0.001, self._origin + (index + 1) * self.span - now)
+
+
+Limit = SlidingWindow | TokenBucket | FixedWindow
+
+
+def limit_shape(faults: Faults) -> Limit | None:
+    """The limit the fault settings describe (None: no limit)."""
+    rate = faults.rate_limit
+    if not rate:
+        return None
+    if faults.limit_shape == "bucket":
+        return TokenBucket(rate, faults.limit_burst if faults.limit_burst is not None else rate)
+    if faults.limit_shape == "fixed":
+        return FixedWindow(rate, faults.limit_window)
+    if faults.limit_shape == "sliding":
+        return SlidingWindow(rate)
+    raise ValueError(f"limit_shape {faults.limit_shape!r} is not sliding, bucket or fixed")
+
+
+class _Limiter:
+    """The simulator's limit, rebuilt when its settings change; halved and
+    restored on the schedule the settings give."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._key: tuple[Any, ...] = ()
+        self.limit: Limit | None = None
+        self.first: float | None = None
+
+    def allow(self, now: float) -> float | None:
+        faults = self.faults
+        key = (faults.rate_limit, faults.limit_shape, faults.limit_burst, faults.limit_window)
+        if key != self._key:
+            self._key, self.limit, self.first = key, limit_shape(faults), None
+        if self.limit is None or faults.rate_limit is None:
+            return None
+        if self.first is None:
+            self.first = now
+        since = now - self.first
+        halved = faults.limit_halved_at is not None and since >= faults.limit_halved_at
+        restored = faults.limit_restored_at is not None and since >= faults.limit_restored_at
+        self.limit.rate = faults.rate_limit / 2 if halved and not restored else faults.rate_limit
+        return self.limit.allow(now)
 
 
 def fault_middleware(faults: Faults, stats: Stats) -> Any:
     rng = random.Random(faults.seed)
     seeded = [faults.seed]
-    window = _Window()
+    limiter = _Limiter(faults)
     capacity = _Capacity(
         lambda request, handler: faulty(
             request, handler, request.method not in ("GET", "HEAD") or not faults.mutating_only
@@ -162,21 +279,24 @@ def fault_middleware(faults: Faults, stats: Stats) -> Any:
         mutating = request.method not in ("GET", "HEAD")
         if mutating:
             stats.mutating += 1
-        if faults.rate_limit:
-            ok, wait = window.allow(faults.rate_limit, now)
-            if not ok:
-                stats.throttled += 1
-                retry_after = faults.retry_after if faults.retry_after is not None else max(1, round(wait + 0.5))
-                return web.json_response(
-                    {"message": "Too many requests"}, status=429, headers={"Retry-After": str(int(retry_after))}
-                )
+        wait = limiter.allow(now)
+        if wait is not None and faults.retry_after is not None:
+            wait = faults.retry_after
+        if limiter.limit is not None:
+            stats.limit_first_at = limiter.first
+            if isinstance(limiter.limit, FixedWindow):
+                stats.limit_windows = limiter.limit.counts
         eligible = mutating or not faults.mutating_only
-        if eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
+        if wait is None and eligible and faults.throttle_rate and rng.random() < faults.throttle_rate:
+            wait = faults.throttle_retry_after
+        if faults.rate_limit or faults.throttle_rate:
+            _keep(stats.log, (now, wait is None))
+        if wait is not None:
             stats.throttled += 1
             return web.json_response(
                 {"message": "Too many requests"},
                 status=429,
-                headers={"Retry-After": f"{faults.throttle_retry_after:g}"},
+                headers={"Retry-After": f"{wait:.3f}".rstrip("0").rstrip(".")},
             )
         if faults.capacity_workers:
             return await capacity.serve(request, handler, faults, stats)
@@ -259,7 +379,7 @@ class _Capacity:
         self.busy -= 1
 
 
-def _keep(values: list[float], value: float, most: int = 100_000) -> None:
+def _keep(values: list[T], value: T, most: int = 100_000) -> None:
     if len(values) >= most:
         del values[: most // 2]
     values.append(value)

@@ -8,11 +8,11 @@ waits before a retry, a 429's included, are :meth:`Pace.wait`, cut short
 when the run stops. The controllers decide what a slot costs and whether a
 429 holds everyone; this class only carries the request path's side of it.
 
-Every call after :meth:`Pace.take` carries the attempt's :class:`Slot`
-back, so a controller that hands out tickets (``slot = await
-acquire(...)``, ``release(slot, ...)``, ``throttled(slot, ...)``) changes
-this class only; the one in ``limits.py`` today tells attempts apart by the
-task sending them, and its slot is :data:`TAKEN`.
+Every call after :meth:`Pace.take` carries the attempt's
+:class:`~bulkmdm.limits.Slot` back: the controller hands out a ticket
+(``slot = await acquire(...)``) and takes it back with what came of it
+(``release(slot, ...)``, ``throttled(slot, ...)``), so no state about an
+attempt lives anywhere but in the value passed along.
 """
 
 from __future__ import annotations
@@ -20,22 +20,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..limits import RateController
+from ..limits import RateController, Slot
 
+__all__ = ["STOP_CHECK", "Pace", "Slot"]
 
 #: seconds between two looks at the run's stop during a wait
 STOP_CHECK = 0.25
-
-
-class Slot:
-    """One attempt's slot, as :meth:`Pace.take` hands it out and every later
-    call about that attempt takes it back (the controller's ticket)."""
-
-    __slots__ = ()
-
-
-#: the slot of the controller that counts attempts by the task sending them
-TAKEN = Slot()
 
 
 class Pace:
@@ -47,27 +37,23 @@ class Pace:
     async def take(self, stopping: Callable[[], bool], *, retry: bool) -> Slot | None:
         """A slot for one attempt; None when the run stopped first. A ``retry``
         goes before the first attempts waiting."""
-        return TAKEN if await self.limiter.acquire(stopping, retry=retry) else None
+        return await self.limiter.acquire(stopping, retry=retry)
 
     def give_back(self, slot: Slot, seconds: float = 0.0) -> None:
         """The slot taken, unused or with nothing learned (no answer of the MDM's own)."""
-        self.limiter.release(None, seconds)
+        self.limiter.release(slot, None, seconds)
 
     def answered(self, slot: Slot, status: int, seconds: float) -> None:
         """The attempt's answer and how long it took (what adaptive concurrency reads)."""
-        self.limiter.release(status, seconds)
+        self.limiter.release(slot, status, seconds)
 
     def no_answer(self, slot: Slot, seconds: float, *, timed_out: bool) -> None:
-        self.limiter.release(None, seconds, timed_out=timed_out)
+        self.limiter.release(slot, None, seconds, timed_out=timed_out)
 
     def throttled(self, slot: Slot, retry_after: float | None) -> None:
         """The attempt in ``slot`` was answered 429: whether it is evidence of
         a limit (a pause for everyone) is the controller's business."""
-        self.limiter.throttled(retry_after)
-
-    def succeeded(self, slot: Slot) -> None:
-        """The request's final answer, in ``slot``, was a success."""
-        self.limiter.succeeded()
+        self.limiter.throttled(slot, retry_after)
 
     def held_after(self) -> float | None:
         """Seconds after which an answer not yet come is held far longer than answers take (None: not known)."""
