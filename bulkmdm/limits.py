@@ -910,7 +910,7 @@ def for_run(rate_flag: str | None, concurrency_flag: int | None, provider_cls: A
         controller_rate = controller_ceiling = parse_rate(rate_flag)
         documented = provider_cls.max_rate
         if documented is not None and (controller_rate is None or controller_rate > documented):
-            # an explicit --rate wins (issue 11: a server may allow more than
+            # an explicit --rate wins (a server may allow more than
             # its vendor documents), but the admin is told what they asked for
             notes.append(
                 f"{provider_cls.name} documents at most {_shown_rate(documented, window)}; --rate {rate_flag} "

@@ -217,9 +217,9 @@ async def test_a_retry_takes_a_free_slot_before_first_attempts_waiting() -> None
 
 
 async def test_every_answer_an_overload_for_window_after_window_is_no_crash() -> None:
-    """Found from outside: an MDM answering 503 to every change made the
-    usual overload share (one more than seen, over the answers) pass 1, and
-    the test of a share no noise explains raised a math domain error."""
+    """An MDM answering 503 to every change: the usual overload share (one
+    more than seen, over the answers) stays a share, and the test of a share
+    no noise explains raises no math domain error."""
     concurrency = ConcurrencyLimit(initial=8, maximum=64)
     for _ in range(40 * 8):
         number = await concurrency.acquire()

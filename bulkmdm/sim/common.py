@@ -33,7 +33,7 @@ from aiohttp import web
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
-#: The fault mix of issue 11: 10% 503, 5% 429 with Retry-After: 1, 3%
+#: The bench's fault mix: 10% 503, 5% 429 with Retry-After: 1, 3%
 #: dropped connections (half before the work, half after it), 2% replies
 #: held for 2 s. Set it with ``faults.update(FAULT_MIX)`` (or POST it to
 #: /_sim/faults) together with a ``seed``.
