@@ -388,11 +388,6 @@ NOT_APPLICABLE: dict[tuple[str, str, str, str], str] = {
 #: fails today, run as a strict xfail so that the fix must drop its entry
 KNOWN_GAPS: dict[tuple[str, str, str, str], str] = {
     **{
-        ("duostation", "doc", action, case): "a DELETE's retry answered 404 is told as confirmed by reading it back"
-        for action in ("untag", "delete-user")
-        for case in ("lost-then-2xx", "lost-then-404", "held-then-504")
-    },
-    **{
         (vendor, "*", "*", "absurd-json-200"): "a 2xx whose JSON is not the vendor's answer is taken as success"
         for vendor in ("manageengine", "ivanti", "banyan")
     },

@@ -581,6 +581,18 @@ def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     return Outcome(step.index, Status.FAILED, explain_response(resp), resp.status, resp.attempts, step.resolved)
 
 
+def gone_on_retry(step: Step, resp: Response, done: str) -> Outcome | None:
+    """A DELETE answered 404 after an earlier attempt: that attempt went
+    through and its answer was lost, so the object is gone as asked. Told as
+    what happened: no read-back was made, the retry's 404 says it. None for
+    any other answer."""
+    if resp.status != 404 or resp.attempts <= 1:
+        return None
+    said = "an earlier try went through: the MDM answers the retry HTTP 404, nothing is left to remove"
+    detail = f"{done.rstrip('.')} ({said})."
+    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)
+
+
 def explain_response(resp: Response) -> str:
     """Why an error answer failed the row, in one sentence."""
     detail = explain_status(resp.status, resp.body, resp.attempts)

@@ -63,6 +63,7 @@ from .base import (
     cap,
     explain_response,
     fkey,
+    gone_on_retry,
     get_field,
     key,
     one_across,
@@ -991,10 +992,9 @@ class DuoStation(Provider):
         for link in step.params["links"]:
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
             path = f"{kind}/{seg(link)}"
-            resp = _lost_delete(await self.client.request("DELETE", path, context=context))
-            outcome = await self._settle(
-                step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.", self._gone(path), context
-            )
+            resp = await self.client.request("DELETE", path, context=context)
+            done = f"Tag '{step.params['name']}' unlinked from {step.target}."
+            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -1028,8 +1028,9 @@ class DuoStation(Provider):
 
     async def _send_delete_user(self, step: Step, context: RequestContext) -> Outcome:
         path = f"users/{seg(step.params['user'])}"
-        resp = _lost_delete(await self.client.request("DELETE", path, context=context))
-        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path), context)
+        resp = await self.client.request("DELETE", path, context=context)
+        done = cap(f"{step.target} deleted.")
+        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
 
     async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
@@ -1386,14 +1387,6 @@ def _one_object(body: Any) -> Mapping[str, Any] | None:
     except _Unreadable:
         return None
     return found[0] if len(found) == 1 else None
-
-
-def _lost_delete(resp: Response) -> Response:
-    """A DELETE answered 404 after an earlier attempt: that attempt went
-    through and its answer was lost, so the object is gone as asked."""
-    if resp.status == 404 and resp.attempts > 1:
-        return Response(200, None, resp.headers, resp.attempts, verified=True)
-    return resp
 
 
 async def _gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:

@@ -103,6 +103,7 @@ from .base import (
     Provider,
     Settings,
     as_int,
+    gone_on_retry,
     as_list,
     cap,
     collect_pages,
@@ -1212,15 +1213,9 @@ class ManageEngine(Provider):
         else:
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
         resp = await self.client.request("DELETE", self._path(path), context=context)
-        if resp.status == 404 and resp.attempts > 1:
-            # an earlier attempt went through and its answer was lost: told
-            # as what happened (no read-back was made; the retry's 404 says it)
-            done = _succeeded(step, Response(200, None, resp.headers, resp.attempts))
-            return done.with_(
-                detail=done.detail.rstrip(".") + " (an earlier try went through: the MDM answers the retry "
-                "HTTP 404, nothing is left to remove).",
-                http_status=404,
-            )
+        gone = gone_on_retry(step, resp, _done(step))
+        if gone is not None:
+            return gone
         return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
