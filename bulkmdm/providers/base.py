@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from abc import ABC
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from ..actions import would
@@ -72,6 +73,8 @@ from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
 from ..shown import plain
 from ..words import NOT_SENT
+
+T = TypeVar("T")
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
 #: planned in one go would hold every answer in flight for ~100 ms; at 100
@@ -543,6 +546,61 @@ _MESSAGE_KEYS = (
     "messages",
     "description",
 )
+
+
+#: words by which a 2xx answer's ``Message`` says the request failed
+#: (Banyan's update_device answers ``[{"Message": "Success"}]`` when it worked)
+FAILURE_WORDS = re.compile(r"\b(error|fail\w*|invalid|not found|unable|denied)\b", re.I)
+
+
+def failure_in_2xx(body: Any) -> str | None:
+    """The reason a 2xx answer's JSON gives for a request that failed, or None.
+
+    Vendors answer a failed change with HTTP 200 in several ways:
+    ``{"success": false, "message": ...}``, an ``error``/``errors`` field,
+    a non-zero ``error_code`` (Banyan's v2 DELETE doc shows its 500 body
+    under the heading "500 Ok"), or a ``Message`` in words of failure. An
+    array (Banyan's update_device) is read object by object."""
+    for obj in body if isinstance(body, list) else [body]:
+        if not isinstance(obj, Mapping):
+            continue
+        flag = get_field(obj, "success", "succeeded", "ok")
+        if flag is False or key(flag).casefold() == "false" or get_field(obj, "error", "errors"):
+            return body_message(obj) or "no reason given"
+        code = get_field(obj, "error_code")
+        if code not in (None, 0, "0", ""):
+            return f"error code {code}" + (f": {body_message(obj)}" if body_message(obj) else "")
+        message = key(get_field(obj, "Message"))
+        if message and FAILURE_WORDS.search(message):
+            return message
+    return None
+
+
+def usable_id(value: Any) -> str:
+    """An id as text, or "" when there is none to send back (missing, null,
+    blank, a bool, a number with a fraction, an object)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return ""
+    return str(value).strip()
+
+
+async def gather_bounded(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``jobs`` at most ``limit`` at a time (the rate limiter still paces
+    each request); their results in order. The first error stops the rest:
+    a stopped run, or a look-up that failed, leaves nothing running behind."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await job()
+
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def body_message(body: Any) -> str:

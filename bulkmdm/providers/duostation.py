@@ -43,8 +43,7 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -59,10 +58,11 @@ from .base import (
     LookupFailed,
     Provider,
     Settings,
-    body_message,
     cap,
     explain_response,
+    failure_in_2xx,
     fkey,
+    gather_bounded,
     gone_on_retry,
     get_field,
     key,
@@ -74,6 +74,7 @@ from .base import (
     sentence,
     skipped,
     wire_int,
+    usable_id,
 )
 
 DEVICE_ACTIONS = frozenset(
@@ -146,18 +147,12 @@ def _ref(obj: Any, field: str, nested: str) -> Any:
     return value
 
 
-def _usable_id(value: Any) -> bool:
-    """An id we can send back: text or an integer, not blank (nor a bool, a
-    number with a fraction, an object)."""
-    return isinstance(value, (str, int)) and not isinstance(value, bool) and bool(str(value).strip())
-
-
 def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
     """``obj``'s id, or LookupFailed naming the field that was missing: an
     object without a usable id is no match, and two of them must
     never collapse into "the same change"."""
     value = _id(obj, *alternatives)
-    if not _usable_id(value):
+    if not usable_id(value):
         quoted = [f"'{name}'" for name in ("id", *alternatives)]
         names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
         raise LookupFailed(
@@ -269,14 +264,14 @@ class _Links:
             specific = get_field(link, self.link_field)
             link_id = specific if specific is not None else _id(link, "deviceTagId", "userTagId")
             owner_ref = _ref(link, self.owner_field, self.nested)
-            owner_key = fkey(owner_ref if _usable_id(owner_ref) else owner)
+            owner_key = fkey(owner_ref if usable_id(owner_ref) else owner)
             tag_ref = _ref(link, "tagId", "tag")
             if tag_ref is None and specific is not None:
                 tag_ref = _id(link)
             if not owner_key:
                 self.orphans = True
                 continue
-            if not _usable_id(tag_ref):
+            if not usable_id(tag_ref):
                 self.unreadable.setdefault(
                     owner_key,
                     LookupFailed(
@@ -515,7 +510,7 @@ class DuoStation(Provider):
                     )
             if row.action in USER_ACTIONS:
                 self._queue_user_search(todo, lists, row)
-        await _gather(todo.values(), self.default_concurrency)
+        await gather_bounded(todo.values(), self.default_concurrency)
         reads: dict[str, Callable[[], Awaitable[Any]]] = {}
         todo = {}
         for row in rows:
@@ -523,7 +518,7 @@ class DuoStation(Provider):
                 self._queue_row_reads(reads, todo, lists, row)
             except LookupFailed:
                 continue
-        await _gather([*reads.values(), *todo.values()], self.default_concurrency)
+        await gather_bounded([*reads.values(), *todo.values()], self.default_concurrency)
 
     def _queue_search(
         self,
@@ -602,7 +597,7 @@ class DuoStation(Provider):
                 self._queue_links(reads, lists, "usertags", "userId", user_id)
         elif row.action == "assign-user":
             earlier = _ref(self._device(row, lists)[0], "userId", "user")
-            if _usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
+            if usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
                 self._queue_search(
                     todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id", ("id", *USER_ID)
                 )
@@ -820,7 +815,7 @@ class DuoStation(Provider):
         if row.action in ("untag", "untag-user"):
             if not links:
                 return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
-            if not all(_usable_id(link) for link in links):
+            if not all(usable_id(link) for link in links):
                 raise LookupFailed(
                     f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
                     f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by"
@@ -857,7 +852,7 @@ class DuoStation(Provider):
         account name first: it is the login, where e-mail addresses may be
         shared). None when the device had no user: no verb unassigns one."""
         earlier = _ref(device, "userId", "user")
-        if _usable_id(earlier) and key(earlier) != "0":
+        if usable_id(earlier) and key(earlier) != "0":
             try:
                 found = self._find(lists, "user_by_id", "user_id", key(earlier))[0]
             except LookupFailed:
@@ -873,7 +868,7 @@ class DuoStation(Provider):
                 again = self._user(str(value or ""), lists)[0]
             except LookupFailed:
                 continue
-            if not _usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
+            if not usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
                 return {"action": "assign-user", "serial": serial, "device_id": _text(dev_id), "user": str(value)}
         return None
 
@@ -1070,7 +1065,7 @@ class DuoStation(Provider):
         otherwise not believed."""
         if not resp.ok or resp.verified:
             return outcome_from_response(step, resp, done)
-        refusal = _refusal(resp.body)
+        refusal = failure_in_2xx(resp.body)
         if refusal is not None:
             return Outcome(
                 step.index,
@@ -1238,7 +1233,7 @@ class DuoStation(Provider):
         for tag in tags:
             name = _text(get_field(tag, "name", "tagName"))
             try:
-                if name and self._tag(name, lists) is tag and _usable_id(_id(tag, *TAG_ID)):
+                if name and self._tag(name, lists) is tag and usable_id(_id(tag, *TAG_ID)):
                     names.add(name)
             except LookupFailed:
                 continue  # a name two tags share would fail the row
@@ -1251,23 +1246,12 @@ class DuoStation(Provider):
         for app in apps:
             for value in (get_field(app, "name"), get_field(app, *PACKAGE), _id(app, *APP_ID)):
                 try:
-                    if _usable_id(value) and self._app(str(value), lists) is app:
+                    if usable_id(value) and self._app(str(value), lists) is app:
                         values.add(str(value))
                         break
                 except LookupFailed:
                     continue
         return sorted(values, key=str.casefold)
-
-
-def _refusal(body: Any) -> str | None:
-    """The reason a 2xx's JSON gives for a change that failed
-    ({"success": false, "message": ...}), or None."""
-    if not isinstance(body, Mapping):
-        return None
-    flag = get_field(body, "success", "succeeded", "ok")
-    if flag is False or key(flag).casefold() == "false" or get_field(body, "error", "errors"):
-        return body_message(body) or "no reason given"
-    return None
 
 
 def _not_the_answer(body: Any, *, new_id: bool) -> str | None:
@@ -1293,7 +1277,7 @@ def _has_field(obj: Mapping[str, Any], name: str) -> bool:
 def _new_link_id(body: Any) -> Any:
     if isinstance(body, Mapping):
         body = _id(body, "deviceTagId", "userTagId")
-    return body if _usable_id(body) else None
+    return body if usable_id(body) else None
 
 
 def _user_value(row: JobRow) -> str:
@@ -1321,7 +1305,7 @@ def _norm_path(path: str) -> str:
 def _path_builder(groups: list[Any]) -> Callable[[Any], str]:
     """A group's full path (separator \\): from a ``path`` field when the
     objects have one, else built from name + parentId."""
-    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if usable_id(_id(g, *GROUP_ID))}
 
     def full(group: Any, depth: int = 0) -> str:
         given = get_field(group, "path", "fullPath", "groupPath")
@@ -1346,7 +1330,7 @@ def _groups_at(groups: list[Any], path: str) -> list[Any]:
 def _all_paths(groups: list[Any]) -> dict[str, str]:
     """Group id -> full path."""
     full = _path_builder(groups)
-    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if usable_id(_id(g, *GROUP_ID))}
 
 
 def _unique_paths(groups: list[Any]) -> dict[str, str]:
@@ -1387,24 +1371,6 @@ def _one_object(body: Any) -> Mapping[str, Any] | None:
     except _Unreadable:
         return None
     return found[0] if len(found) == 1 else None
-
-
-async def _gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
-    """Run look-ups ``limit`` at a time (the rate limit still applies to each)."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(job: Callable[[], Awaitable[Any]]) -> None:
-        async with gate:
-            await job()
-
-    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        # a stopped run (or a cancelled plan) stops the other look-ups too
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _at_path(groups: list[Any], path: str) -> list[Any]:
