@@ -107,10 +107,8 @@ class Act:
 @dataclass(frozen=True)
 class Vendor:
     name: str
-    behaviours: tuple[str, ...]
     start: Callable[[bool, Script], SimServer]
     env: dict[str, str]
-    args: tuple[str, ...]
     actions: dict[str, Act]
     #: fresh targets, by target column; each call hands out ones not handed out before
     targets: Callable[[SimServer, str], list[str]]
@@ -173,10 +171,8 @@ def _duo_messages(sim: SimServer, serial: str) -> int:
 
 DUOSTATION = Vendor(
     name="duostation",
-    behaviours=("doc",),
     start=_duo_start,
     env={},
-    args=(),
     actions={
         "tag": Act("change", lambda s: {"tag": "Lärare"}, lambda sim, s: _duo_tags(sim, s).count("Lärare")),
         "untag": Act(
@@ -239,10 +235,8 @@ _ME_APP = manageengine.FACTS["app"]
 
 MANAGEENGINE = Vendor(
     name="manageengine",
-    behaviours=("doc", "real"),
     start=_me_start,
     env={"BULKMDM_API_KEY": ME_KEY},
-    args=(),
     actions={
         "add-to-group": Act("change", lambda s: {"group": _ME_GROUP["name"]}, _me_in("members", _ME_GROUP["id"])),
         "remove-from-group": Act(
@@ -297,10 +291,8 @@ def _ivanti_applied(action: str) -> Callable[[SimServer, str], int]:
 
 IVANTI = Vendor(
     name="ivanti",
-    behaviours=("doc", "real"),
     start=_ivanti_start,
     env={"BULKMDM_PARTITION_ID": "1"},
-    args=("--yes",),
     actions={
         "lock": Act("command", lambda s: {}, _ivanti_applied("lock")),
         "unlock": Act("command", lambda s: {}, _ivanti_applied("unlock")),
@@ -344,10 +336,8 @@ def _banyan_exists(sim: SimServer, serial: str) -> int:
 
 BANYAN = Vendor(
     name="banyan",
-    behaviours=("doc", "real"),
     start=_banyan_start,
     env={"BULKMDM_TOKEN": "banyan-token"},
-    args=("--yes",),
     actions={
         "ban": Act("change", lambda s: {}, _banyan_banned),
         "unban": Act("change", lambda s: {}, lambda sim, s: 1 - _banyan_banned(sim, s), prepare="ban"),
