@@ -631,8 +631,31 @@ def _message_in(value: Any, *, depth: int) -> str:
 READ_BACK_CONFIRMED = "confirmed by reading it back: the answer was lost or held up"
 
 
+def not_an_answer(body: Any) -> str | None:
+    """Why a 2xx body to a change is no vendor's answer, or None. No vendor
+    answers a change with an array that holds arrays or nulls; such a body
+    (a proxy's, a server's bug) confirms nothing."""
+    if isinstance(body, list) and any(item is None or isinstance(item, list) for item in body):
+        return "an array holding arrays or nulls"
+    return None
+
+
+def unconfirmed(step: Step, resp: Response, problem: str) -> Outcome:
+    """A change answered 2xx with a body that is not the vendor's answer:
+    it may or may not have been made, so it is neither done nor resent."""
+    detail = (
+        f"The MDM answered HTTP {resp.status} with {problem}, not its answer, so the change is not "
+        f"confirmed; check {step.target}, then run the report again."
+    )
+    return Outcome(step.index, Status.UNKNOWN, detail, resp.status, resp.attempts, step.resolved)
+
+
 def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
-    """2xx -> succeeded with ``done``; anything else -> failed with the reason."""
+    """2xx -> succeeded with ``done`` (unknown when the body is no answer);
+    anything else -> failed with the reason."""
+    problem = not_an_answer(resp.body) if resp.ok and not resp.verified else None
+    if problem is not None:
+        return unconfirmed(step, resp, problem)
     if resp.ok:
         detail = done + (f" ({READ_BACK_CONFIRMED})" if resp.verified else "")
         return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved)

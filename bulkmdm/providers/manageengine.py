@@ -113,12 +113,14 @@ from .base import (
     failed,
     get_field,
     key,
+    not_an_answer,
     one_across,
     outcome_from_error,
     seg,
     send_halving,
     skipped,
     wire_int,
+    unconfirmed,
 )
 
 log = logging.getLogger("bulkmdm.http")
@@ -1335,6 +1337,9 @@ def _done(step: Step, *, would: bool = False) -> str:
 
 
 def _succeeded(step: Step, resp: Response) -> Outcome:
+    problem = not_an_answer(resp.body) if not resp.verified else None
+    if problem is not None:
+        return unconfirmed(step, resp, problem)
     detail = _done(step)
     if resp.verified:
         detail = detail.rstrip(".") + f" ({READ_BACK_CONFIRMED})."
