@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,8 +113,8 @@ class Vendor:
     actions: dict[str, Act]
     #: fresh targets, by target column; each call hands out ones not handed out before
     targets: Callable[[SimServer, str], list[str]]
-    #: a value that matches two objects, by target column (none: the simulator seeds none)
-    ambiguous: dict[str, str]
+    #: a value that matches two objects, by target column (the simulator and the column)
+    ambiguous: Callable[[SimServer, str], str]
 
 
 def _sim(app: web.Application, script: Script) -> SimServer:
@@ -126,7 +127,7 @@ def _sim(app: web.Application, script: Script) -> SimServer:
 
 def _duo_start(real: bool, script: Script) -> SimServer:
     assert not real
-    return _sim(duostation.make_app(devices=160, seed=3), script)
+    return _sim(duostation.make_app(devices=400, users=400, seed=3), script)
 
 
 def _duo_targets(sim: SimServer, column: str) -> list[str]:
@@ -164,9 +165,22 @@ def _duo_user_exists(sim: SimServer, email: str) -> int:
     return 0 if sim.call(lambda: sim.app["state"].search_users(email=email)) else 1
 
 
-def _duo_messages(sim: SimServer, serial: str) -> int:
-    device = _duo_device(sim, serial)
-    return len(sim.call(lambda: sim.app["state"].commands_for(device["id"], "sendmessage")))
+def _duo_commands(command: str) -> Callable[[SimServer, str], int]:
+    def sent(sim: SimServer, serial: str) -> int:
+        device = _duo_device(sim, serial)
+        return len(sim.call(lambda: sim.app["state"].commands_for(device["id"], command)))
+
+    return sent
+
+
+def _duo_user_tags(sim: SimServer, email: str) -> int:
+    st = sim.app["state"]
+
+    def count() -> int:
+        (user,) = st.search_users(email=email)
+        return int(st.user_tags_of(user["id"]).count("Lärare"))
+
+    return sim.call(count)  # type: ignore[no-any-return]
 
 
 DUOSTATION = Vendor(
@@ -182,10 +196,23 @@ DUOSTATION = Vendor(
             prepare="tag",
         ),
         "delete-user": Act("delete", lambda s: {}, _duo_user_exists, column="email"),
-        "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _duo_messages),
+        "tag-user": Act("change", lambda e: {"tag": "Lärare"}, lambda sim, e: _duo_user_tags(sim, e), column="email"),
+        "untag-user": Act(
+            "change",
+            lambda e: {"tag": "Lärare"},
+            lambda sim, e: 1 - _duo_user_tags(sim, e),
+            prepare="tag-user",
+            column="email",
+        ),
+        "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _duo_commands("sendmessage")),
+        "lock": Act("command", lambda s: {}, _duo_commands("lockdevice")),
+        "inventory": Act("command", lambda s: {}, _duo_commands("inventorydevice")),
+        "clear-passcode": Act("command", lambda s: {}, _duo_commands("clearpasscode")),
+        "wipe": Act("command", lambda s: {}, _duo_commands("wipedevice")),
+        "install-app": Act("command", lambda s: {"app": duostation.FACTS["app"]["name"]}, _duo_commands("installapp")),
     },
     targets=_duo_targets,
-    ambiguous={"serial": duostation.FACTS["duplicate_serial"], "email": duostation.FACTS["duplicate_email"]},
+    ambiguous=lambda sim, column: duostation.FACTS["duplicate_" + column],
 )
 
 
@@ -246,9 +273,15 @@ MANAGEENGINE = Vendor(
             prepare="add-to-group",
         ),
         "install-app": Act("sent", lambda s: {"app": _ME_APP["name"]}, _me_in("associations", _ME_APP["id"])),
+        "remove-app": Act(
+            "change",
+            lambda s: {"app": _ME_APP["name"]},
+            lambda sim, s: 1 - _me_in("associations", _ME_APP["id"])(sim, s),
+            prepare="install-app",
+        ),
     },
     targets=_me_targets,
-    ambiguous={"serial": manageengine.FACTS["duplicate_serial"]},
+    ambiguous=lambda sim, column: manageengine.FACTS["duplicate_serial"],
 )
 
 # Ivanti ------------------------------------------------------------------------
@@ -262,8 +295,7 @@ def _ivanti_targets(sim: SimServer, column: str) -> list[str]:
     st = sim.app["state"]
 
     def pick() -> list[str]:
-        serials = [d["serialNumber"] for d in st.devices.values() if d["registrationState"] == "ACTIVE"]
-        counts = {s: serials.count(s) for s in serials}
+        counts = Counter(d["serialNumber"] for d in st.devices.values())
         return [
             d["serialNumber"]
             for d in st.devices.values()
@@ -296,9 +328,13 @@ IVANTI = Vendor(
     actions={
         "lock": Act("command", lambda s: {}, _ivanti_applied("lock")),
         "unlock": Act("command", lambda s: {}, _ivanti_applied("unlock")),
+        "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _ivanti_applied("message")),
+        "checkin": Act("command", lambda s: {}, _ivanti_applied("checkin")),
+        "retire": Act("change", lambda s: {}, _ivanti_applied("retire")),
     },
     targets=_ivanti_targets,
-    ambiguous={},
+    # a re-enrolled device: its retired record keeps the serial
+    ambiguous=lambda sim, column: sim.app["state"].duplicate_serial,
 )
 
 # Banyan ------------------------------------------------------------------------
@@ -312,6 +348,8 @@ def _banyan_targets(sim: SimServer, column: str) -> list[str]:
     org = sim.app["state"]
 
     def pick() -> list[str]:
+        if column == "email":
+            return [u["Email"] for u in org.users.values() if not org.log.get(f"user:{u['ID']}")]
         return [
             d["SerialNumber"]
             for d in org.devices.values()
@@ -329,6 +367,11 @@ def _banyan_banned(sim: SimServer, serial: str) -> int:
     return sum(1 for d in sim.call(lambda: org.with_serial(serial)) if d["Banned"] == "TRUE")
 
 
+def _banyan_user_gone(sim: SimServer, email: str) -> int:
+    org = sim.app["state"]
+    return 0 if sim.call(lambda: org.user(email)) else 1
+
+
 def _banyan_exists(sim: SimServer, serial: str) -> int:
     org = sim.app["state"]
     return 0 if sim.call(lambda: org.with_serial(serial)) else 1
@@ -342,9 +385,10 @@ BANYAN = Vendor(
         "ban": Act("change", lambda s: {}, _banyan_banned),
         "unban": Act("change", lambda s: {}, lambda sim, s: 1 - _banyan_banned(sim, s), prepare="ban"),
         "delete-device": Act("delete", lambda s: {}, _banyan_exists),
+        "delete-user": Act("delete", lambda e: {}, _banyan_user_gone, column="email"),
     },
     targets=_banyan_targets,
-    ambiguous={"serial": banyan.DUPLICATE_SERIAL},
+    ambiguous=lambda sim, column: banyan.DUPLICATE_SERIAL,
 )
 
 VENDORS = {v.name: v for v in (DUOSTATION, MANAGEENGINE, IVANTI, BANYAN)}
@@ -370,7 +414,7 @@ NOT_APPLICABLE: dict[tuple[str, str, str, str], str] = {
     ("duostation", "real", "*", "*"): "the DuoSTATION simulator has one behaviour, the doc's",
     ("*", "*", "command", "already"): "a command is sent each time it is asked for; it has no state to be in",
     ("*", "*", "delete", "already"): "an object already deleted is not found: the not-found case",
-    ("ivanti", "*", "*", "ambiguous"): "the Ivanti simulator seeds no two active devices with one serial",
+    ("banyan", "*", "delete-user", "ambiguous"): "Banyan's users are keyed by e-mail: no two share one",
 }
 
 
@@ -467,7 +511,7 @@ def test_contract(vendor: str, behaviour: str, action: str, case: str, sims: Any
     if case == "not-found":
         target = "NOSUCH0000X1" if act.column == "serial" else "nobody.here@contract.example"
     elif case == "ambiguous":
-        target = on.vendor.ambiguous[act.column]
+        target = on.vendor.ambiguous(on.sim, act.column)
     row = {act.column: target, **act.fields(target)}
     found = case not in ("not-found", "ambiguous")
     ahead = ([act.prepare] if act.prepare and found else []) + ([action] if case == "already" else [])
