@@ -141,6 +141,7 @@ def _duo_targets(sim: SimServer, column: str) -> list[str]:
                 if u.get("email")
                 and not st.devices_of_user(u["id"])
                 and not st.user_tags_of(u["id"])
+                and u.get("groupId") != duostation.FACTS["group_id"]
                 and len(st.search_users(email=u["email"])) == 1
             ]
         return [
@@ -171,6 +172,18 @@ def _duo_commands(command: str) -> Callable[[SimServer, str], int]:
         return len(sim.call(lambda: sim.app["state"].commands_for(device["id"], command)))
 
     return sent
+
+
+_DUO_OWNER = duostation.FACTS["user_with_devices"]
+
+
+def _duo_assigned(sim: SimServer, serial: str) -> int:
+    return int(_duo_device(sim, serial).get("userId") == _DUO_OWNER["id"])
+
+
+def _duo_moved(sim: SimServer, email: str) -> int:
+    (user,) = sim.call(lambda: sim.app["state"].search_users(email=email))
+    return int(user.get("groupId") == duostation.FACTS["group_id"])
 
 
 def _duo_user_tags(sim: SimServer, email: str) -> int:
@@ -210,6 +223,8 @@ DUOSTATION = Vendor(
         "clear-passcode": Act("command", lambda s: {}, _duo_commands("clearpasscode")),
         "wipe": Act("command", lambda s: {}, _duo_commands("wipedevice")),
         "install-app": Act("command", lambda s: {"app": duostation.FACTS["app"]["name"]}, _duo_commands("installapp")),
+        "assign-user": Act("change", lambda s: {"user": _DUO_OWNER["account"]}, _duo_assigned),
+        "move-user": Act("change", lambda e: {"group": duostation.FACTS["group_path"]}, _duo_moved, column="email"),
     },
     targets=_duo_targets,
     ambiguous=lambda sim, column: duostation.FACTS["duplicate_" + column],
@@ -321,6 +336,11 @@ def _ivanti_applied(action: str) -> Callable[[SimServer, str], int]:
     return applied
 
 
+def _ivanti_gone(sim: SimServer, serial: str) -> int:
+    st = sim.app["state"]
+    return 0 if sim.call(lambda: [d for d in st.devices.values() if d["serialNumber"] == serial]) else 1
+
+
 IVANTI = Vendor(
     name="ivanti",
     start=_ivanti_start,
@@ -331,6 +351,8 @@ IVANTI = Vendor(
         "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _ivanti_applied("message")),
         "checkin": Act("command", lambda s: {}, _ivanti_applied("checkin")),
         "retire": Act("change", lambda s: {}, _ivanti_applied("retire")),
+        "wipe": Act("change", lambda s: {}, _ivanti_applied("wipe")),
+        "delete-device": Act("delete", lambda s: {}, _ivanti_gone, prepare="retire"),
     },
     targets=_ivanti_targets,
     # a re-enrolled device: its retired record keeps the serial

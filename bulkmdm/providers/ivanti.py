@@ -979,6 +979,9 @@ class Ivanti(Provider):
                 resp.attempts,
                 step.resolved,
             )
+        problem = not_an_answer(result) if not resp.verified else None
+        if problem is not None:
+            return unconfirmed(step, resp, problem)
         if result in (0, False) and not resp.verified:
             return Outcome(
                 step.index,
