@@ -11,7 +11,8 @@ import pytest
 
 from bulkmdm.errors import AuthError, ConfigError
 from bulkmdm.model import JobRow, Outcome, Reason, Status, Step
-from bulkmdm.providers.banyan import Banyan, _body_error, _page
+from bulkmdm.providers.banyan import Banyan, _page
+from bulkmdm.providers.base import failure_in_2xx
 from bulkmdm.providers.base import Settings
 from bulkmdm.retry import RetryPolicy
 from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, Org, make_app
@@ -514,11 +515,13 @@ async def test_token_is_sent_as_bearer_and_never_shown(sim: SimServer) -> None:
 
 
 def test_a_2xx_body_that_reports_an_error_fails() -> None:
-    assert _body_error([{"Message": "Success"}]) is None
-    assert _body_error("Successfully deleted end user device") is None
-    assert _body_error({"error_code": 0, "data": "successfully marked the endusers as inactive"}) is None
-    assert "error occoured" in (_body_error({"error_code": 500, "error_description": "error occoured"}) or "")
-    assert _body_error({"Message": "Device not found"}) == "Device not found"
+    """Banyan's answers as the shared detector reads them (DuoSTATION's ``success: false`` too)."""
+    assert failure_in_2xx([{"Message": "Success"}]) is None
+    assert failure_in_2xx("Successfully deleted end user device") is None
+    assert failure_in_2xx({"error_code": 0, "data": "successfully marked the endusers as inactive"}) is None
+    assert "error occoured" in (failure_in_2xx({"error_code": 500, "error_description": "error occoured"}) or "")
+    assert failure_in_2xx({"Message": "Device not found"}) == "Device not found"
+    assert failure_in_2xx({"success": False, "message": "Tag is locked"}) == "Tag is locked"
 
 
 # -- the command line ---------------------------------------------------------------

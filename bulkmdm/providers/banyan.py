@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..errors import BadAnswer, TransportError
@@ -52,13 +52,14 @@ from .base import (
     Provider,
     as_int,
     as_list,
-    body_message,
     cap,
     error_reason,
     collect_pages,
     env_required,
     failed,
+    failure_in_2xx,
     fkey,
+    gather_bounded,
     get_field,
     key,
     outcome_from_response,
@@ -84,9 +85,6 @@ NO_ROUTE = frozenset({404, 405})
 #: Script integration) send back with ``Banned``; the doc's example body has
 #: the same (OS aside)
 DEVICE_FIELDS = ("Model", "Ownership", "Platform", "OS", "Architecture")
-
-#: words in a 2xx answer's "Message" that say it did not work after all
-_FAILURE_WORDS = re.compile(r"\b(error|fail\w*|invalid|not found|unable|denied)\b", re.I)
 
 
 def _serial(device: Any) -> str:
@@ -150,25 +148,6 @@ def _banned(device: Any) -> bool:
 
 def _holds(device: Any, email: str) -> bool:
     return email.casefold() in {e.casefold() for e in _emails(device) or ()}
-
-
-def _body_error(body: Any) -> str | None:
-    """A reason when a 2xx answer's body says the request failed.
-
-    The v2 DELETE doc shows its 500 body under the heading "500 Ok", so a
-    server may well answer HTTP 200 with ``"error_code": 500``; update_device
-    answers ``[{"Message": "Success"}]`` (its OpenAPI spec: a bare object).
-    """
-    for obj in body if isinstance(body, list) else [body]:
-        if not isinstance(obj, Mapping):
-            continue
-        code = get_field(obj, "error_code")
-        if code not in (None, 0, "0", ""):
-            return f"error code {code}" + (f": {body_message(obj)}" if body_message(obj) else "")
-        message = key(get_field(obj, "Message"))
-        if message and _FAILURE_WORDS.search(message):
-            return message
-    return None
 
 
 def _devices_with(body: Any, serial: str) -> list[Any]:
@@ -389,11 +368,9 @@ class Banyan(Provider):
             if row.action == "delete-device" and row.get("email"):
                 found = by_id.find(row.get("device_id")) if row.get("device_id") else by_serial.find(row.get("serial"))
                 serials.update(_serial(d) for d in found if _emails(d) is None and _serial(d))
-        gate = asyncio.Semaphore(self.default_concurrency)
 
         async def fill(serial: str) -> None:
-            async with gate:
-                fetched = await self._devices_now(serial)
+            fetched = await self._devices_now(serial)
             ours = by_serial.find(serial)
             for fresh in fetched or ():
                 emails, fresh_id = _emails(fresh), fkey(_device_id(fresh))
@@ -404,7 +381,7 @@ class Banyan(Provider):
                     if isinstance(device, MutableMapping):
                         device["Emails"] = emails
 
-        await asyncio.gather(*(fill(s) for s in sorted(serials)))
+        await gather_bounded((partial(fill, s) for s in sorted(serials)), self.default_concurrency)
 
     # -- export and templates ---------------------------------------------------
     async def inventory(self) -> AsyncIterator[dict[str, str]]:
@@ -824,7 +801,7 @@ class _Lists:
 
 def _outcome(step: Step, resp: Response, done: str) -> Outcome:
     if resp.ok and not resp.verified:
-        reason = _body_error(resp.body)
+        reason = failure_in_2xx(resp.body)
         if reason:
             return Outcome(
                 step.index,

@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from abc import ABC
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from ..actions import would
@@ -79,6 +80,8 @@ from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
 from ..shown import plain
 from ..words import NOT_SENT
+
+T = TypeVar("T")
 
 #: rows planned between two turns of the event loop (a chunk of 10,000 rows
 #: planned in one go would hold every answer in flight for ~100 ms; at 100
@@ -593,6 +596,61 @@ _MESSAGE_KEYS = (
 )
 
 
+#: words by which a 2xx answer's ``Message`` says the request failed
+#: (Banyan's update_device answers ``[{"Message": "Success"}]`` when it worked)
+FAILURE_WORDS = re.compile(r"\b(error|fail\w*|invalid|not found|unable|denied)\b", re.I)
+
+
+def failure_in_2xx(body: Any) -> str | None:
+    """The reason a 2xx answer's JSON gives for a request that failed, or None.
+
+    Vendors answer a failed change with HTTP 200 in several ways:
+    ``{"success": false, "message": ...}``, an ``error``/``errors`` field,
+    a non-zero ``error_code`` (Banyan's v2 DELETE doc shows its 500 body
+    under the heading "500 Ok"), or a ``Message`` in words of failure. An
+    array (Banyan's update_device) is read object by object."""
+    for obj in body if isinstance(body, list) else [body]:
+        if not isinstance(obj, Mapping):
+            continue
+        flag = get_field(obj, "success", "succeeded", "ok")
+        if flag is False or key(flag).casefold() == "false" or get_field(obj, "error", "errors"):
+            return body_message(obj) or "no reason given"
+        code = get_field(obj, "error_code")
+        if code not in (None, 0, "0", ""):
+            return f"error code {code}" + (f": {body_message(obj)}" if body_message(obj) else "")
+        message = key(get_field(obj, "Message"))
+        if message and FAILURE_WORDS.search(message):
+            return message
+    return None
+
+
+def usable_id(value: Any) -> str:
+    """An id as text, or "" when there is none to send back (missing, null,
+    blank, a bool, a number with a fraction, an object)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return ""
+    return str(value).strip()
+
+
+async def gather_bounded(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``jobs`` at most ``limit`` at a time (the rate limiter still paces
+    each request); their results in order. The first error stops the rest:
+    a stopped run, or a look-up that failed, leaves nothing running behind."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await job()
+
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def body_message(body: Any) -> str:
     """The human part of an error body, if any (one line, at most 200 characters)."""
     text = " ".join(plain(_message_in(body, depth=0)).split())
@@ -621,8 +679,33 @@ def _message_in(value: Any, *, depth: int) -> str:
 READ_BACK_CONFIRMED = "confirmed by reading it back: the answer was lost or held up"
 
 
+def not_an_answer(body: Any) -> str | None:
+    """Why a 2xx body to a change is no vendor's answer, or None. No vendor
+    answers a change with an array that holds arrays or nulls; such a body
+    (a proxy's, a server's bug) confirms nothing."""
+    if isinstance(body, list) and any(item is None or isinstance(item, list) for item in body):
+        return "an array holding arrays or nulls"
+    return None
+
+
+def unconfirmed(step: Step, resp: Response, problem: str) -> Outcome:
+    """A change answered 2xx with a body that is not the vendor's answer:
+    it may or may not have been made, so it is neither done nor resent."""
+    detail = (
+        f"The MDM answered HTTP {resp.status} with {problem}, not its answer, so the change is not "
+        f"confirmed; check {step.target}, then run the report again."
+    )
+    return Outcome(
+        step.index, Status.UNKNOWN, detail, resp.status, resp.attempts, step.resolved, reason=Reason.BAD_ANSWER
+    )
+
+
 def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
-    """2xx -> succeeded with ``done``; anything else -> failed with the reason."""
+    """2xx -> succeeded with ``done`` (unknown when the body is no answer);
+    anything else -> failed with the reason."""
+    problem = not_an_answer(resp.body) if resp.ok and not resp.verified else None
+    if problem is not None:
+        return unconfirmed(step, resp, problem)
     if resp.ok:
         detail = done + (f" ({READ_BACK_CONFIRMED})" if resp.verified else "")
         return Outcome(
@@ -642,6 +725,19 @@ def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
 def done_reason(resp: Response) -> Reason:
     """How a change the MDM made is known: its answer, or a read-back (``Response.verified``)."""
     return Reason.READ_BACK if resp.verified else Reason.DONE
+
+
+def gone_on_retry(step: Step, resp: Response, done: str) -> Outcome | None:
+    """A DELETE answered 404 after an earlier attempt: that attempt went
+    through and its answer was lost, so the object is gone as asked. Told as
+    what happened: no read-back was made, the retry's 404 says it. None for
+    any other answer."""
+    if resp.status != 404 or resp.attempts <= 1:
+        return None
+    said = "an earlier try went through: the MDM answers the retry HTTP 404, nothing is left to remove"
+    detail = f"{done.rstrip('.')} ({said})."
+    # done as asked, known from the retry's answer (not a read-back)
+    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.DONE)
 
 
 def explain_response(resp: Response) -> str:

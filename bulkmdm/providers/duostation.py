@@ -43,8 +43,8 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -60,11 +60,13 @@ from .base import (
     LookupFailed,
     Provider,
     Settings,
-    body_message,
     cap,
     error_reason,
     explain_response,
+    failure_in_2xx,
     fkey,
+    gather_bounded,
+    gone_on_retry,
     get_field,
     key,
     one_across,
@@ -75,6 +77,7 @@ from .base import (
     sentence,
     skipped,
     wire_int,
+    usable_id,
 )
 
 DEVICE_ACTIONS = frozenset(
@@ -147,18 +150,12 @@ def _ref(obj: Any, field: str, nested: str) -> Any:
     return value
 
 
-def _usable_id(value: Any) -> bool:
-    """An id we can send back: text or an integer, not blank (nor a bool, a
-    number with a fraction, an object)."""
-    return isinstance(value, (str, int)) and not isinstance(value, bool) and bool(str(value).strip())
-
-
 def _identified(obj: Any, what: str, shown: Any, *alternatives: str) -> Any:
     """``obj``'s id, or LookupFailed naming the field that was missing: an
     object without a usable id is no match, and two of them must
     never collapse into "the same change"."""
     value = _id(obj, *alternatives)
-    if not _usable_id(value):
+    if not usable_id(value):
         quoted = [f"'{name}'" for name in ("id", *alternatives)]
         names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
         raise LookupFailed(
@@ -272,14 +269,14 @@ class _Links:
             specific = get_field(link, self.link_field)
             link_id = specific if specific is not None else _id(link, "deviceTagId", "userTagId")
             owner_ref = _ref(link, self.owner_field, self.nested)
-            owner_key = fkey(owner_ref if _usable_id(owner_ref) else owner)
+            owner_key = fkey(owner_ref if usable_id(owner_ref) else owner)
             tag_ref = _ref(link, "tagId", "tag")
             if tag_ref is None and specific is not None:
                 tag_ref = _id(link)
             if not owner_key:
                 self.orphans = True
                 continue
-            if not _usable_id(tag_ref):
+            if not usable_id(tag_ref):
                 self.unreadable.setdefault(
                     owner_key,
                     LookupFailed(
@@ -302,28 +299,69 @@ class _Links:
         return self.by_pair.get((fkey(owner), key(tag)), [])
 
 
-def _tag_indexes(tags: list[Any]) -> dict[str, Index]:
-    return {
-        "tag_by_name": Index("tag", tags, lambda t: get_field(t, "name", "tagName")),
-        "tag_by_name_folded": Index("tag", tags, lambda t: get_field(t, "name", "tagName"), fold=True),
-        "tag_by_id": Index("tag", tags, lambda t: _id(t, *TAG_ID)),
-    }
+def _nothing(obj: Any) -> None:
+    return None
 
 
-def _app_indexes(apps: list[Any]) -> dict[str, Index]:
-    return {
-        "app_by_key": Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)]),
-        "app_by_key_folded": Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)], fold=True),
-        "app_by_id": Index("app", apps, lambda a: _id(a, *APP_ID)),
-    }
+@dataclass
+class _Lookups:
+    """What planning has read so far, kept for the next chunk of a run: the
+    lists the rows needed, indexed, and what the documented searches found."""
 
+    #: the lists read so far: "devices", "users", "tags", "apps", "devicetags", "usertags"
+    read: set[str] = field(default_factory=set)
+    device_by_serial: Index = field(default_factory=lambda: Index("device", (), _nothing))
+    device_by_id: Index = field(default_factory=lambda: Index("device", (), _nothing))
+    user_by_email: Index = field(default_factory=lambda: Index("user", (), _nothing))
+    user_by_account: Index = field(default_factory=lambda: Index("user", (), _nothing))
+    user_by_id: Index = field(default_factory=lambda: Index("user", (), _nothing))
+    tag_by_name: Index = field(default_factory=lambda: Index("tag", (), _nothing))
+    tag_by_name_folded: Index = field(default_factory=lambda: Index("tag", (), _nothing))
+    tag_by_id: Index = field(default_factory=lambda: Index("tag", (), _nothing))
+    app_by_key: Index = field(default_factory=lambda: Index("app", (), _nothing))
+    app_by_key_folded: Index = field(default_factory=lambda: Index("app", (), _nothing))
+    app_by_id: Index = field(default_factory=lambda: Index("app", (), _nothing))
+    devicetags: _Links = field(default_factory=lambda: _Links([], "deviceId", "device"))
+    usertags: _Links = field(default_factory=lambda: _Links([], "userId", "user"))
+    #: link kinds the MDM does not list whole: each owner's links are searched
+    by_owner: set[str] = field(default_factory=set)
+    #: owners whose links were searched, by link kind
+    links_read: dict[str, set[str]] = field(default_factory=lambda: {"devicetags": set(), "usertags": set()})
+    #: owners whose links could not be read, and why
+    link_failures: dict[str, LookupFailed] = field(default_factory=dict)
+    #: group path -> the group (or why it was not found), for move-user rows
+    groups: dict[str, Any] = field(default_factory=dict)
+    #: group id -> its full path (for undo rows); None until read
+    group_paths: dict[str, str] | None = None
+    #: what the documented searches found: (kind, folded value) -> the objects, or why none
+    extra: dict[tuple[str, str], Any] = field(default_factory=dict)
 
-def _user_indexes(users: list[Any]) -> dict[str, Index]:
-    return {
-        "user_by_email": Index("user", users, lambda u: get_field(u, *EMAIL), fold=True),
-        "user_by_account": Index("user", users, lambda u: get_field(u, *ACCOUNT), fold=True),
-        "user_by_id": Index("user", users, lambda u: _id(u, *USER_ID)),
-    }
+    def links(self, kind: str) -> _Links:
+        """The device tags or the user tags."""
+        return self.devicetags if kind == "devicetags" else self.usertags
+
+    def take_devices(self, devices: list[Any]) -> None:
+        self.device_by_serial = Index("device", devices, lambda d: get_field(d, *SERIAL))
+        self.device_by_id = Index("device", devices, lambda d: _id(d, *DEVICE_ID), fold=True)
+        self.read.add("devices")
+
+    def take_users(self, users: list[Any]) -> None:
+        self.user_by_email = Index("user", users, lambda u: get_field(u, *EMAIL), fold=True)
+        self.user_by_account = Index("user", users, lambda u: get_field(u, *ACCOUNT), fold=True)
+        self.user_by_id = Index("user", users, lambda u: _id(u, *USER_ID))
+        self.read.add("users")
+
+    def take_tags(self, tags: list[Any]) -> None:
+        self.tag_by_name = Index("tag", tags, lambda t: get_field(t, "name", "tagName"))
+        self.tag_by_name_folded = Index("tag", tags, lambda t: get_field(t, "name", "tagName"), fold=True)
+        self.tag_by_id = Index("tag", tags, lambda t: _id(t, *TAG_ID))
+        self.read.add("tags")
+
+    def take_apps(self, apps: list[Any]) -> None:
+        self.app_by_key = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)])
+        self.app_by_key_folded = Index("app", apps, lambda a: [get_field(a, "name"), get_field(a, *PACKAGE)], fold=True)
+        self.app_by_id = Index("app", apps, lambda a: _id(a, *APP_ID))
+        self.read.add("apps")
 
 
 def _text(value: Any) -> str:
@@ -381,7 +419,7 @@ class DuoStation(Provider):
     def __init__(self, client: Client, settings: Settings) -> None:
         super().__init__(client, settings)
         #: everything fetched for the look-ups so far, kept for the next chunk
-        self._lists: dict[str, Any] = {"extra": {}}
+        self._lists = _Lookups()
 
     # -- reading ------------------------------------------------------------
     async def _list(self, path: str, *keys: str) -> list[Any]:
@@ -452,32 +490,32 @@ class DuoStation(Provider):
         return one_of(_at_path(found, path), path, "group", "group")
 
     # -- planning: what the rows need -----------------------------------------
-    async def prepare(self, rows: Sequence[JobRow]) -> dict[str, Any]:
+    async def prepare(self, rows: Sequence[JobRow]) -> _Lookups:
         """Read the lists these rows need (once per run; a later chunk reuses
         them), then look up what the lists did not hold."""
         actions = {row.action for row in rows}
         lists = self._lists
-        if actions & DEVICE_ACTIONS and "device_by_serial" not in lists:
-            devices = await self._list("devices", "devices")
-            lists["device_by_serial"] = Index("device", devices, lambda d: get_field(d, *SERIAL))
-            lists["device_by_id"] = Index("device", devices, lambda d: _id(d, *DEVICE_ID), fold=True)
-        if actions & USER_ACTIONS and "user_by_email" not in lists:
-            lists.update(_user_indexes(await self._list("users", "users")))
-        if actions & {"tag", "untag", "tag-user", "untag-user"} and "tag_by_name" not in lists:
-            lists.update(_tag_indexes(await self._list("tags", "tags")))
-        if actions & {"tag", "untag"} and "devicetags" not in lists:
-            lists["devicetags"] = await self._links("devicetags", "deviceId", "device", lists)
-        if actions & {"tag-user", "untag-user"} and "usertags" not in lists:
-            lists["usertags"] = await self._links("usertags", "userId", "user", lists)
-        if actions & {"install-app", "remove-app"} and "app_by_key" not in lists:
-            lists.update(_app_indexes(await self._list("apps", "apps")))
+        if actions & DEVICE_ACTIONS and "devices" not in lists.read:
+            lists.take_devices(await self._list("devices", "devices"))
+        if actions & USER_ACTIONS and "users" not in lists.read:
+            lists.take_users(await self._list("users", "users"))
+        if actions & {"tag", "untag", "tag-user", "untag-user"} and "tags" not in lists.read:
+            lists.take_tags(await self._list("tags", "tags"))
+        if actions & {"tag", "untag"} and "devicetags" not in lists.read:
+            lists.devicetags = await self._links("devicetags", "deviceId", "device", lists)
+            lists.read.add("devicetags")
+        if actions & {"tag-user", "untag-user"} and "usertags" not in lists.read:
+            lists.usertags = await self._links("usertags", "userId", "user", lists)
+            lists.read.add("usertags")
+        if actions & {"install-app", "remove-app"} and "apps" not in lists.read:
+            lists.take_apps(await self._list("apps", "apps"))
         if "move-user" in actions:
             await self._groups(rows, lists)
         await self._search_misses(rows, lists)
         return lists
 
-    async def _groups(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
-        groups: dict[str, Any] = lists.setdefault("groups", {})
+    async def _groups(self, rows: Sequence[JobRow], lists: _Lookups) -> None:
+        groups = lists.groups
         for path in sorted(
             {row.get("group") for row in rows if row.action == "move-user" and row.get("group")} - groups.keys()
         ):
@@ -485,15 +523,15 @@ class DuoStation(Provider):
                 groups[path] = await self._group(path)
             except LookupFailed as exc:
                 groups[path] = exc
-        if "group_paths" not in lists:
+        if lists.group_paths is None:
             # Only to write the undo row (the group a user is moved back to):
             # a group list the MDM will not give leaves those rows without one.
             try:
-                lists["group_paths"] = _unique_paths(await self._list("groups", "groups"))
+                lists.group_paths = _unique_paths(await self._list("groups", "groups"))
             except ListFailed:
-                lists["group_paths"] = {}
+                lists.group_paths = {}
 
-    async def _links(self, kind: str, owner_field: str, nested: str, lists: dict[str, Any]) -> _Links:
+    async def _links(self, kind: str, owner_field: str, nested: str, lists: _Lookups) -> _Links:
         """All device (or user) tags: "GET /api/devicetags - Get all available
         device tags". A server that refuses the whole list (one that wants a
         search parameter, or cannot list a large site), or lists links that do
@@ -505,11 +543,11 @@ class DuoStation(Provider):
         except ListFailed:
             links = None
         if links is None or links.orphans:
-            lists[kind + "_by_owner"] = True
+            lists.by_owner.add(kind)
             return _Links([], owner_field, nested)
         return links
 
-    async def _search_misses(self, rows: Sequence[JobRow], lists: dict[str, Any]) -> None:
+    async def _search_misses(self, rows: Sequence[JobRow], lists: _Lookups) -> None:
         """Look up, with the documented searches, the values the lists did not
         hold; then what rows found that way need: their tag links, and the
         user a device had before it is assigned (for the undo row)."""
@@ -517,7 +555,7 @@ class DuoStation(Provider):
         for row in rows:
             if row.action in DEVICE_ACTIONS:
                 device_id, serial = row.get("device_id"), row.get("serial")
-                if device_id and not lists["device_by_id"].find(device_id):
+                if device_id and not lists.device_by_id.find(device_id):
                     self._queue_search(
                         todo,
                         lists,
@@ -527,13 +565,13 @@ class DuoStation(Provider):
                         "device id",
                         ("id", *DEVICE_ID),
                     )
-                elif not device_id and serial and not lists["device_by_serial"].find(serial):
+                elif not device_id and serial and not lists.device_by_serial.find(serial):
                     self._queue_search(
                         todo, lists, "serial", serial, _query("devices", serialNumber=serial), "serial", SERIAL
                     )
             if row.action in USER_ACTIONS:
                 self._queue_user_search(todo, lists, row)
-        await _gather(todo.values(), self.default_concurrency)
+        await gather_bounded(todo.values(), self.default_concurrency)
         reads: dict[str, Callable[[], Awaitable[Any]]] = {}
         todo = {}
         for row in rows:
@@ -541,12 +579,12 @@ class DuoStation(Provider):
                 self._queue_row_reads(reads, todo, lists, row)
             except LookupFailed:
                 continue
-        await _gather([*reads.values(), *todo.values()], self.default_concurrency)
+        await gather_bounded([*reads.values(), *todo.values()], self.default_concurrency)
 
     def _queue_search(
         self,
         todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
-        lists: dict[str, Any],
+        lists: _Lookups,
         kind: str,
         value: str,
         path: str,
@@ -554,7 +592,7 @@ class DuoStation(Provider):
         fields: tuple[str, ...],
         then: tuple[str, str, str, tuple[str, ...]] | None = None,
     ) -> None:
-        extra: dict[tuple[str, str], Any] = lists["extra"]
+        extra = lists.extra
         wanted = (kind, fkey(value))
         if not wanted[1] or wanted in todo or wanted in extra:
             return
@@ -575,14 +613,14 @@ class DuoStation(Provider):
         todo[wanted] = run
 
     def _queue_user_search(
-        self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: dict[str, Any], row: JobRow
+        self, todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]], lists: _Lookups, row: JobRow
     ) -> None:
         value = _user_value(row)
         if row.action == "delete-user" and not row.get("email"):
-            if value and not lists["user_by_id"].find(value):
+            if value and not lists.user_by_id.find(value):
                 self._queue_search(todo, lists, "user_id", value, f"users/{seg(value)}", "user id", ("id", *USER_ID))
             return
-        if not value or lists["user_by_email"].find(value) or lists["user_by_account"].find(value):
+        if not value or lists.user_by_email.find(value) or lists.user_by_account.find(value):
             return
         by_account = _query("users", account=value)
         if "@" in value:
@@ -603,24 +641,24 @@ class DuoStation(Provider):
         self,
         reads: dict[str, Callable[[], Awaitable[Any]]],
         todo: dict[tuple[str, str], Callable[[], Awaitable[Any]]],
-        lists: dict[str, Any],
+        lists: _Lookups,
         row: JobRow,
     ) -> None:
         """What one row needs after the searches: tag links of an owner the
         link list could not cover, the earlier user of a device to assign."""
         if row.action in ("tag", "untag"):
             device, listed = self._device(row, lists)
-            if not listed or lists.get("devicetags_by_owner"):
+            if not listed or "devicetags" in lists.by_owner:
                 dev_id = _identified(device, "device", row.get("serial"), *DEVICE_ID)
                 self._queue_links(reads, lists, "devicetags", "deviceId", dev_id)
         elif row.action in ("tag-user", "untag-user"):
             user, listed = self._user(row.get("email"), lists)
-            if not listed or lists.get("usertags_by_owner"):
+            if not listed or "usertags" in lists.by_owner:
                 user_id = wire_int(_identified(user, "user", row.get("email"), *USER_ID))
                 self._queue_links(reads, lists, "usertags", "userId", user_id)
         elif row.action == "assign-user":
             earlier = _ref(self._device(row, lists)[0], "userId", "user")
-            if _usable_id(earlier) and key(earlier) != "0" and not lists["user_by_id"].find(key(earlier)):
+            if usable_id(earlier) and key(earlier) != "0" and not lists.user_by_id.find(key(earlier)):
                 self._queue_search(
                     todo, lists, "user_id", key(earlier), f"users/{seg(earlier)}", "user id", ("id", *USER_ID)
                 )
@@ -628,14 +666,14 @@ class DuoStation(Provider):
     def _queue_links(
         self,
         reads: dict[str, Callable[[], Awaitable[Any]]],
-        lists: dict[str, Any],
+        lists: _Lookups,
         kind: str,
         owner_field: str,
         owner: Any,
     ) -> None:
         """Tag links of an object the lists did not hold (nor the link list cover)."""
-        already: set[str] = lists.setdefault(kind + "_read", set())
-        failures: dict[str, LookupFailed] = lists.setdefault("link_failures", {})
+        already = lists.links_read[kind]
+        failures = lists.link_failures
         owner_key = fkey(owner)
         if owner_key in reads or owner_key in already:
             return
@@ -644,7 +682,7 @@ class DuoStation(Provider):
         async def run() -> None:
             what = f"the tags of {owner_field[:-2]} {owner}"
             try:
-                lists[kind].add(await self._list(_query(kind, **{owner_field: owner}), kind), owner=owner)
+                lists.links(kind).add(await self._list(_query(kind, **{owner_field: owner}), kind), owner=owner)
             except ListFailed as exc:
                 failures[owner_key] = LookupFailed(
                     f"{what} could not be read: {exc.detail().partition(': ')[2]}", exc.code
@@ -655,35 +693,35 @@ class DuoStation(Provider):
         reads[owner_key] = run
 
     # -- resolving one value --------------------------------------------------
-    def _find(self, lists: dict[str, Any], index: str, kind: str, value: str) -> tuple[list[Any], bool]:
+    def _find(self, lists: _Lookups, index: Index, kind: str, value: str) -> tuple[list[Any], bool]:
         """(objects matching ``value``, whether they came from the fetched list)."""
-        found = lists[index].find(value)
+        found = index.find(value)
         if found:
             return found, True
-        extra = lists["extra"].get((kind, fkey(value)), [])
+        extra = lists.extra.get((kind, fkey(value)), [])
         if isinstance(extra, LookupFailed):
             raise extra
         return list(extra), False
 
-    def _device(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, bool]:
+    def _device(self, row: JobRow, lists: _Lookups) -> tuple[Any, bool]:
         if row.get("device_id"):
             value, label = row.get("device_id"), "device id"
-            found = self._find(lists, "device_by_id", "device_id", value)
+            found = self._find(lists, lists.device_by_id, "device_id", value)
         else:
             value, label = row.get("serial"), "serial"
-            found = self._find(lists, "device_by_serial", "serial", value)
+            found = self._find(lists, lists.device_by_serial, "serial", value)
         return one_of(found[0], value, label, "device"), found[1]
 
-    def _user(self, value: str, lists: dict[str, Any]) -> tuple[Any, bool]:
+    def _user(self, value: str, lists: _Lookups) -> tuple[Any, bool]:
         """The user ``value`` names by e-mail or by account name (an account
         name may itself look like an address: anna@skola.se), and whether the
         user list held it. A value that is one user's e-mail and another's
         account name names neither."""
         if not value.strip():
             raise LookupFailed("the user is blank", Reason.INVALID_ROW)
-        fields = [("account name", self._find(lists, "user_by_account", "account", value))]
+        fields = [("account name", self._find(lists, lists.user_by_account, "account", value))]
         if "@" in value:
-            fields.insert(0, ("email", self._find(lists, "user_by_email", "email", value)))
+            fields.insert(0, ("email", self._find(lists, lists.user_by_email, "email", value)))
         label = "user with email" if "@" in value else "user with account name"
         user = one_across(
             value,
@@ -696,21 +734,21 @@ class DuoStation(Provider):
         return user, any(listed and any(u is user for u in found) for _field, (found, listed) in fields)
 
     @staticmethod
-    def _tag(name: str, lists: dict[str, Any]) -> Any:
+    def _tag(name: str, lists: _Lookups) -> Any:
         # Exact name first; a different capitalisation is accepted only when it
         # points at exactly one tag.
-        if lists["tag_by_name"].find(name):
-            return lists["tag_by_name"].one(name, "tag")
-        return lists["tag_by_name_folded"].one(name, "tag")
+        if lists.tag_by_name.find(name):
+            return lists.tag_by_name.one(name, "tag")
+        return lists.tag_by_name_folded.one(name, "tag")
 
     @staticmethod
-    def _app(value: str, lists: dict[str, Any]) -> Any:
+    def _app(value: str, lists: _Lookups) -> Any:
         if not value.strip():
             raise LookupFailed("the app is blank", Reason.INVALID_ROW)
         # As for tags: a different capitalisation of a name or package id is
         # accepted only when it points at exactly one app.
-        by_key = lists["app_by_key"].find(value) or lists["app_by_key_folded"].find(value)
-        by_id = lists["app_by_id"].find(value) if value.strip().isdigit() else []
+        by_key = lists.app_by_key.find(value) or lists.app_by_key_folded.find(value)
+        by_id = lists.app_by_id.find(value) if value.strip().isdigit() else []
         if not by_key and not by_id:
             raise LookupFailed(f"app '{value}' was not found (give its name, package id or id)")
         return one_across(
@@ -726,11 +764,11 @@ class DuoStation(Provider):
         )
 
     @staticmethod
-    def _id_of(obj: Any, lists: dict[str, Any], index: str, what: str, shown: Any, *alternatives: str) -> Any:
+    def _id_of(obj: Any, index: Index, what: str, shown: Any, *alternatives: str) -> Any:
         """``obj``'s id, which no other listed object may share (two devices
         under one id are not one device: rows for each would read as one change)."""
         value = _identified(obj, what, shown, *alternatives)
-        holders = lists[index].find(key(value)) if index in lists else []
+        holders = index.find(key(value))
         if len(holders) > 1:
             raise LookupFailed(
                 f"the MDM lists {len(holders)} {what}s with id {value}, so {what} {shown} cannot be "
@@ -739,25 +777,25 @@ class DuoStation(Provider):
             )
         return value
 
-    def _device_ref(self, row: JobRow, lists: dict[str, Any]) -> tuple[Any, Any, str]:
+    def _device_ref(self, row: JobRow, lists: _Lookups) -> tuple[Any, Any, str]:
         """(device, its id, its serial) for a row naming a device."""
         device = self._device(row, lists)[0]
         serial = get_field(device, *SERIAL) or row.get("serial") or row.get("device_id")
-        return device, self._id_of(device, lists, "device_by_id", "device", serial, *DEVICE_ID), _text(serial)
+        return device, self._id_of(device, lists.device_by_id, "device", serial, *DEVICE_ID), _text(serial)
 
-    def _user_ref(self, value: str, lists: dict[str, Any]) -> tuple[Any, Any, str]:
+    def _user_ref(self, value: str, lists: _Lookups) -> tuple[Any, Any, str]:
         """(user, its id as the doc's integer, how the report names it)."""
         user = self._user(value, lists)[0]
         shown = get_field(user, *EMAIL) or value
-        return user, wire_int(self._id_of(user, lists, "user_by_id", "user", shown, *USER_ID)), _text(shown)
+        return user, wire_int(self._id_of(user, lists.user_by_id, "user", shown, *USER_ID)), _text(shown)
 
-    def _tag_ref(self, name: str, lists: dict[str, Any]) -> tuple[Any, str]:
+    def _tag_ref(self, name: str, lists: _Lookups) -> tuple[Any, str]:
         tag = self._tag(name, lists)
-        tag_id = wire_int(self._id_of(tag, lists, "tag_by_id", "tag", f"'{name}'", *TAG_ID))
+        tag_id = wire_int(self._id_of(tag, lists.tag_by_id, "tag", f"'{name}'", *TAG_ID))
         return tag_id, _text(get_field(tag, "name", "tagName") or name)
 
     # -- planning one row -----------------------------------------------------
-    def plan_row(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def plan_row(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         planner = {
             "tag": self._plan_device_tag,
             "untag": self._plan_device_tag,
@@ -773,7 +811,7 @@ class DuoStation(Provider):
             planner = self._plan_command
         return planner(row, lists)
 
-    def _plan_device_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_device_tag(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         _, dev_id, serial = self._device_ref(row, lists)
         tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
         opposite = "untag" if row.action == "tag" else "tag"
@@ -792,7 +830,7 @@ class DuoStation(Provider):
             undo,
         )
 
-    def _plan_user_tag(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_user_tag(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         _, user_id, email = self._user_ref(row.get("email"), lists)
         tag_id, tag_name = self._tag_ref(row.get("tag"), lists)
         opposite = "untag-user" if row.action == "tag-user" else "tag-user"
@@ -813,7 +851,7 @@ class DuoStation(Provider):
     def _plan_link(
         self,
         row: JobRow,
-        lists: dict[str, Any],
+        lists: _Lookups,
         kind: str,
         owner: Any,
         change: tuple[Any, ...],
@@ -833,15 +871,15 @@ class DuoStation(Provider):
         ) or self.changes.once(row, change, resolved)
         if dup:
             return dup
-        if fkey(owner) in lists.get("link_failures", {}):
-            raise lists["link_failures"][fkey(owner)]
-        links = lists[kind].ids(owner, tag_id)
+        if fkey(owner) in lists.link_failures:
+            raise lists.link_failures[fkey(owner)]
+        links = lists.links(kind).ids(owner, tag_id)
         if row.action in ("tag", "tag-user") and links:
             return skipped(row, f"{cap(what)} already has tag '{name}'; nothing sent.", resolved)
         if row.action in ("untag", "untag-user"):
             if not links:
                 return skipped(row, f"{cap(what)} does not have tag '{name}'; nothing sent.", resolved)
-            if not all(_usable_id(link) for link in links):
+            if not all(usable_id(link) for link in links):
                 raise LookupFailed(
                     f"the MDM lists the link of tag '{name}' to {what} without a usable id (no 'id' "
                     f"or '{kind[:-4]}TagId' field with a value), so there is nothing to unlink by",
@@ -851,7 +889,7 @@ class DuoStation(Provider):
         self.changes.changing(row, change)
         return Step(row, row.action, what, params, resolved, (row.action,), undo)
 
-    def _plan_assign(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_assign(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         device, dev_id, serial = self._device_ref(row, lists)
         user, user_id, _ = self._user_ref(row.get("user") or row.get("email"), lists)
         who = get_field(user, *EMAIL) or get_field(user, *ACCOUNT) or user_id
@@ -873,15 +911,15 @@ class DuoStation(Provider):
             self._undo_assign(device, dev_id, serial, lists),
         )
 
-    def _undo_assign(self, device: Any, dev_id: Any, serial: str, lists: dict[str, Any]) -> dict[str, str] | None:
+    def _undo_assign(self, device: Any, dev_id: Any, serial: str, lists: _Lookups) -> dict[str, str] | None:
         """The assign-user row that gives the device back its earlier user,
         naming that user by a value that resolves to exactly that user (the
         account name first: it is the login, where e-mail addresses may be
         shared). None when the device had no user: no verb unassigns one."""
         earlier = _ref(device, "userId", "user")
-        if _usable_id(earlier) and key(earlier) != "0":
+        if usable_id(earlier) and key(earlier) != "0":
             try:
-                found = self._find(lists, "user_by_id", "user_id", key(earlier))[0]
+                found = self._find(lists, lists.user_by_id, "user_id", key(earlier))[0]
             except LookupFailed:
                 return None
             if len(found) != 1:
@@ -895,13 +933,13 @@ class DuoStation(Provider):
                 again = self._user(str(value or ""), lists)[0]
             except LookupFailed:
                 continue
-            if not _usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
+            if not usable_id(earlier) or key(_id(again, *USER_ID)) == key(earlier):
                 return {"action": "assign-user", "serial": serial, "device_id": _text(dev_id), "user": str(value)}
         return None
 
-    def _plan_move(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_move(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         user, user_id, email = self._user_ref(row.get("email"), lists)
-        group = lists["groups"].get(row.get("group"))
+        group = lists.groups.get(row.get("group"))
         if isinstance(group, LookupFailed):
             raise group
         if group is None:
@@ -919,7 +957,7 @@ class DuoStation(Provider):
         if key(earlier) == key(group_id):
             return skipped(row, f"User {email} is already in group '{row.get('group')}'; nothing sent.", resolved)
         # undo: back to the group the user was in, by its full path (one no other group shares)
-        path = lists["group_paths"].get(key(earlier))
+        path = (lists.group_paths or {}).get(key(earlier))
         undo = {"action": "move-user", "email": row.get("email"), "group": path} if path else None
         return Step(
             row,
@@ -931,14 +969,14 @@ class DuoStation(Provider):
             undo,
         )
 
-    def _plan_delete_user(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_delete_user(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         if row.get("email"):
             _, user_id, who = self._user_ref(row.get("email"), lists)
         else:
             # CONTRACT: delete-user takes email or user_id
-            found = self._find(lists, "user_by_id", "user_id", row.get("user_id"))
+            found = self._find(lists, lists.user_by_id, "user_id", row.get("user_id"))
             user = one_of(found[0], row.get("user_id"), "user id", "user")
-            user_id = self._id_of(user, lists, "user_by_id", "user", row.get("user_id"), *USER_ID)
+            user_id = self._id_of(user, lists.user_by_id, "user", row.get("user_id"), *USER_ID)
             who = _text(get_field(user, *EMAIL) or user_id)
         resolved = f"user_id={user_id}"
         # a deleted user cannot be put back: no undo
@@ -946,7 +984,7 @@ class DuoStation(Provider):
             row, "delete-user", f"user {who}", {"user": user_id}, resolved, ("delete-user",)
         )
 
-    def _plan_command(self, row: JobRow, lists: dict[str, Any]) -> Step | Outcome:
+    def _plan_command(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         action = row.action
         _, dev_id, serial = self._device_ref(row, lists)
         params: dict[str, Any] = {"device": dev_id}
@@ -958,7 +996,7 @@ class DuoStation(Provider):
             app_id = _id(app, *APP_ID)
             if action == "install-app":
                 # { "appId": <appId> }: the app's own id is what goes out
-                app_id = self._id_of(app, lists, "app_by_id", "app", f"'{row.get('app')}'", *APP_ID)
+                app_id = self._id_of(app, lists.app_by_id, "app", f"'{row.get('app')}'", *APP_ID)
             elif not params["identifier"]:
                 raise LookupFailed(f"app '{row.get('app')}' has no package id to uninstall by", Reason.BAD_ANSWER)
             params["app"] = wire_int(app_id)
@@ -1014,10 +1052,9 @@ class DuoStation(Provider):
         for link in step.params["links"]:
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
             path = f"{kind}/{seg(link)}"
-            resp = _lost_delete(await self.client.request("DELETE", path, context=context))
-            outcome = await self._settle(
-                step, resp, f"Tag '{step.params['name']}' unlinked from {step.target}.", self._gone(path), context
-            )
+            resp = await self.client.request("DELETE", path, context=context)
+            done = f"Tag '{step.params['name']}' unlinked from {step.target}."
+            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -1051,8 +1088,9 @@ class DuoStation(Provider):
 
     async def _send_delete_user(self, step: Step, context: RequestContext) -> Outcome:
         path = f"users/{seg(step.params['user'])}"
-        resp = _lost_delete(await self.client.request("DELETE", path, context=context))
-        return await self._settle(step, resp, cap(f"{step.target} deleted."), self._gone(path), context)
+        resp = await self.client.request("DELETE", path, context=context)
+        done = cap(f"{step.target} deleted.")
+        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
 
     async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
@@ -1092,7 +1130,7 @@ class DuoStation(Provider):
         otherwise not believed."""
         if not resp.ok or resp.verified:
             return outcome_from_response(step, resp, done)
-        refusal = _refusal(resp.body)
+        refusal = failure_in_2xx(resp.body)
         if refusal is not None:
             return Outcome(
                 step.index,
@@ -1259,12 +1297,13 @@ class DuoStation(Provider):
         return []
 
     def _tag_choices(self, tags: list[Any]) -> list[str]:
-        lists = _tag_indexes(tags)
+        lists = _Lookups()
+        lists.take_tags(tags)
         names = set()
         for tag in tags:
             name = _text(get_field(tag, "name", "tagName"))
             try:
-                if name and self._tag(name, lists) is tag and _usable_id(_id(tag, *TAG_ID)):
+                if name and self._tag(name, lists) is tag and usable_id(_id(tag, *TAG_ID)):
                     names.add(name)
             except LookupFailed:
                 continue  # a name two tags share would fail the row
@@ -1272,28 +1311,18 @@ class DuoStation(Provider):
 
     def _app_choices(self, apps: list[Any]) -> list[str]:
         """Per app the first of its name, package id and id that names only it."""
-        lists = _app_indexes(apps)
+        lists = _Lookups()
+        lists.take_apps(apps)
         values = set()
         for app in apps:
             for value in (get_field(app, "name"), get_field(app, *PACKAGE), _id(app, *APP_ID)):
                 try:
-                    if _usable_id(value) and self._app(str(value), lists) is app:
+                    if usable_id(value) and self._app(str(value), lists) is app:
                         values.add(str(value))
                         break
                 except LookupFailed:
                     continue
         return sorted(values, key=str.casefold)
-
-
-def _refusal(body: Any) -> str | None:
-    """The reason a 2xx's JSON gives for a change that failed
-    ({"success": false, "message": ...}), or None."""
-    if not isinstance(body, Mapping):
-        return None
-    flag = get_field(body, "success", "succeeded", "ok")
-    if flag is False or key(flag).casefold() == "false" or get_field(body, "error", "errors"):
-        return body_message(body) or "no reason given"
-    return None
 
 
 def _not_the_answer(body: Any, *, new_id: bool) -> str | None:
@@ -1319,7 +1348,7 @@ def _has_field(obj: Mapping[str, Any], name: str) -> bool:
 def _new_link_id(body: Any) -> Any:
     if isinstance(body, Mapping):
         body = _id(body, "deviceTagId", "userTagId")
-    return body if _usable_id(body) else None
+    return body if usable_id(body) else None
 
 
 def _user_value(row: JobRow) -> str:
@@ -1347,7 +1376,7 @@ def _norm_path(path: str) -> str:
 def _path_builder(groups: list[Any]) -> Callable[[Any], str]:
     """A group's full path (separator \\): from a ``path`` field when the
     objects have one, else built from name + parentId."""
-    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    by_id = {key(_id(g, *GROUP_ID)): g for g in groups if usable_id(_id(g, *GROUP_ID))}
 
     def full(group: Any, depth: int = 0) -> str:
         given = get_field(group, "path", "fullPath", "groupPath")
@@ -1372,7 +1401,7 @@ def _groups_at(groups: list[Any], path: str) -> list[Any]:
 def _all_paths(groups: list[Any]) -> dict[str, str]:
     """Group id -> full path."""
     full = _path_builder(groups)
-    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if _usable_id(_id(g, *GROUP_ID))}
+    return {key(_id(g, *GROUP_ID)): full(g) for g in groups if usable_id(_id(g, *GROUP_ID))}
 
 
 def _unique_paths(groups: list[Any]) -> dict[str, str]:
@@ -1417,32 +1446,6 @@ def _one_object(body: Any) -> Mapping[str, Any] | None:
     except _Unreadable:
         return None
     return found[0] if len(found) == 1 else None
-
-
-def _lost_delete(resp: Response) -> Response:
-    """A DELETE answered 404 after an earlier attempt: that attempt went
-    through and its answer was lost, so the object is gone as asked."""
-    if resp.status == 404 and resp.attempts > 1:
-        return Response(200, None, resp.headers, resp.attempts, verified=True)
-    return resp
-
-
-async def _gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> None:
-    """Run look-ups ``limit`` at a time (the rate limit still applies to each)."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(job: Callable[[], Awaitable[Any]]) -> None:
-        async with gate:
-            await job()
-
-    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        # a stopped run (or a cancelled plan) stops the other look-ups too
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _at_path(groups: list[Any], path: str) -> list[Any]:

@@ -91,6 +91,8 @@ from .base import (
     seg,
     send_halving,
     skipped,
+    not_an_answer,
+    unconfirmed,
 )
 
 #: The doc: "Do not send a value larger than 500 with the rows parameter
@@ -880,6 +882,9 @@ class Ivanti(Provider):
         result, errors = _unwrap(resp.body)
         if not resp.ok or errors:
             return _refused(steps, resp, errors, Status.FAILED, f"The MDM refused to {spec.verb}")
+        problem = not_an_answer(result) if not resp.verified else None
+        if problem is not None:
+            return [unconfirmed(step, resp, problem) for step in steps]
         return _accepted(spec, steps, resp, result)
 
     def _form(self, spec: _Bulk, steps: list[Step]) -> MultiDict[str]:
@@ -1000,6 +1005,9 @@ class Ivanti(Provider):
                 step.resolved,
                 reason=_refusal_code(resp),
             )
+        problem = not_an_answer(result) if not resp.verified else None
+        if problem is not None:
+            return unconfirmed(step, resp, problem)
         if result in (0, False) and not resp.verified:
             return Outcome(
                 step.index,

@@ -104,6 +104,9 @@ from .base import (
     Provider,
     Settings,
     as_int,
+    gather_bounded,
+    gone_on_retry,
+    usable_id,
     as_list,
     cap,
     done_reason,
@@ -112,12 +115,14 @@ from .base import (
     failed,
     get_field,
     key,
+    not_an_answer,
     one_across,
     outcome_from_error,
     seg,
     send_halving,
     skipped,
     wire_int,
+    unconfirmed,
 )
 
 log = logging.getLogger("bulkmdm.http")
@@ -614,7 +619,7 @@ class ManageEngine(Provider):
     ) -> list[Any]:
         """Every page of a list, each item once (items without an id are all kept)."""
         return await collect_pages(
-            partial(self._page, path, keys, context=context), ident=lambda item: _usable_id(get_field(item, id_field))
+            partial(self._page, path, keys, context=context), ident=lambda item: usable_id(get_field(item, id_field))
         )
 
     def _on_this_server(self, url: str) -> str:
@@ -634,18 +639,16 @@ class ManageEngine(Provider):
     async def _each(self, paths: Sequence[str], *, quiet: bool) -> list[Response | None]:
         """GET every path, a few at a time (the rate limiter paces them).
         ``quiet``: None where no answer came; otherwise that error is raised."""
-        limit = asyncio.Semaphore(max(1, self.default_concurrency))
 
         async def one(path: str) -> Response | None:
-            async with limit:
-                try:
-                    return await self.client.request("GET", self._path(path))
-                except TransportError:
-                    if not quiet:
-                        raise
-                    return None
+            try:
+                return await self.client.request("GET", self._path(path))
+            except TransportError:
+                if not quiet:
+                    raise
+                return None
 
-        return list(await asyncio.gather(*(one(p) for p in paths)))
+        return await gather_bounded((partial(one, p) for p in paths), self.default_concurrency)
 
     def _room(self) -> int | None:
         """API calls left in the day's budget (None: no budget)."""
@@ -869,9 +872,9 @@ class ManageEngine(Provider):
             "app",
             "app",
             found,
-            ident=lambda app: _usable_id(get_field(app, "app_id")),
+            ident=lambda app: usable_id(get_field(app, "app_id")),
             name=lambda app: (
-                f"{key(get_field(app, 'app_name', 'name')) or 'an app'} (app id {_usable_id(get_field(app, 'app_id'))})"
+                f"{key(get_field(app, 'app_name', 'name')) or 'an app'} (app id {usable_id(get_field(app, 'app_id'))})"
             ),
         )
 
@@ -1056,7 +1059,7 @@ class ManageEngine(Provider):
                     # the doc's list example has no serial_number, its detail example does
                     devices = await self._with_details(devices, "devices", "device_id", _Lists(), "serial numbers")
                 for device in devices:
-                    device_id = _usable_id(get_field(device, "device_id"))
+                    device_id = usable_id(get_field(device, "device_id"))
                     if _is_removed(device) or (device_id and device_id in seen):
                         continue
                     seen.add(device_id)
@@ -1068,9 +1071,7 @@ class ManageEngine(Provider):
 
     async def _groups_by_device(self) -> dict[str, list[str]]:
         """device id -> names of its groups (empty when that would not fit in the day)."""
-        groups = [
-            g for g in await self._list("groups", ("groups",), "group_id") if _usable_id(get_field(g, "group_id"))
-        ]
+        groups = [g for g in await self._list("groups", ("groups",), "group_id") if usable_id(get_field(g, "group_id"))]
         room = self._room()
         if room is not None and len(groups) > room // 4:
             log.info(
@@ -1128,7 +1129,7 @@ class ManageEngine(Provider):
                 groups = [
                     g
                     for g in await self._list("groups", ("groups",), "group_id")
-                    if _usable_id(get_field(g, "group_id"))
+                    if usable_id(get_field(g, "group_id"))
                 ]
                 names = Counter(_group_name(g) for g in groups)
                 return sorted((n for n, times in names.items() if n and times == 1), key=str.casefold)
@@ -1235,15 +1236,9 @@ class ManageEngine(Provider):
         else:
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
         resp = await self.client.request("DELETE", self._path(path), context=context)
-        if resp.status == 404 and resp.attempts > 1:
-            # an earlier attempt went through and its answer was lost: told
-            # as what happened (no read-back was made; the retry's 404 says it)
-            done = _succeeded(step, Response(200, None, resp.headers, resp.attempts))
-            return done.with_(
-                detail=done.detail.rstrip(".") + " (an earlier try went through: the MDM answers the retry "
-                "HTTP 404, nothing is left to remove).",
-                http_status=404,
-            )
+        gone = gone_on_retry(step, resp, _done(step))
+        if gone is not None:
+            return gone
         return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
@@ -1366,6 +1361,9 @@ def _done(step: Step, *, would: bool = False) -> str:
 
 
 def _succeeded(step: Step, resp: Response) -> Outcome:
+    problem = not_an_answer(resp.body) if not resp.verified else None
+    if problem is not None:
+        return unconfirmed(step, resp, problem)
     detail = _done(step)
     if resp.verified:
         detail = detail.rstrip(".") + f" ({READ_BACK_CONFIRMED})."
@@ -1414,7 +1412,7 @@ def _inventory_row(device: Any, groups: Sequence[str]) -> dict[str, str]:
     user = get_field(device, "user")
     return {
         "serial": _serial(device),
-        "device_id": _usable_id(get_field(device, "device_id")),
+        "device_id": usable_id(get_field(device, "device_id")),
         "name": key(get_field(device, "device_name", "name")),
         "email": key(get_field(user, "user_email", "email")),
         "user": key(get_field(user, "user_name", "name")),
@@ -1427,7 +1425,7 @@ def _inventory_row(device: Any, groups: Sequence[str]) -> dict[str, str]:
 def _app_choices(apps: list[Any]) -> list[str]:
     """Each app once, by the first of name, bundle identifier and app id that
     names it alone."""
-    apps = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+    apps = [a for a in apps if usable_id(get_field(a, "app_id"))]
 
     def name(app: Any) -> str:
         return key(get_field(app, "app_name", "name"))
@@ -1444,7 +1442,7 @@ def _app_choices(apps: list[Any]) -> list[str]:
         elif bundle(app) and bundles[bundle(app)] == 1:
             out.add(bundle(app))
         else:
-            out.add(_usable_id(get_field(app, "app_id")))
+            out.add(usable_id(get_field(app, "app_id")))
     return sorted(out, key=str.casefold)
 
 
@@ -1469,14 +1467,6 @@ def _is_removed(device: Any) -> bool:
     clients compare it with (``d.is_removed === 'true'``)."""
     value = get_field(device, "is_removed")
     return value is True or (isinstance(value, str) and value.strip().casefold() == "true")
-
-
-def _usable_id(value: Any) -> str:
-    """An id as text, or "" when there is none to act on (missing, null,
-    blank, or not a number or string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return ""
-    return str(value).strip()
 
 
 def _group_name(group: Any) -> str:
@@ -1536,13 +1526,13 @@ def _index_devices(lists: _Lists, devices: list[Any]) -> None:
     # current record may hold again; one without a usable device_id cannot be
     # acted on. Neither ever matches a row; both are kept to say why a row
     # found nothing.
-    live = [d for d in devices if not _is_removed(d) and _usable_id(get_field(d, "device_id"))]
+    live = [d for d in devices if not _is_removed(d) and usable_id(get_field(d, "device_id"))]
     removed = [d for d in devices if _is_removed(d)]
-    no_id = [d for d in devices if not _is_removed(d) and not _usable_id(get_field(d, "device_id"))]
-    lists.device_by_id = Index("device", live, lambda d: _usable_id(get_field(d, "device_id")))
+    no_id = [d for d in devices if not _is_removed(d) and not usable_id(get_field(d, "device_id"))]
+    lists.device_by_id = Index("device", live, lambda d: usable_id(get_field(d, "device_id")))
     lists.device_by_serial = Index("device", live, _serial)
     lists.device_by_serial_folded = Index("device", live, _serial, fold=True)
-    lists.removed_by_id = Index("device", removed, lambda d: _usable_id(get_field(d, "device_id")))
+    lists.removed_by_id = Index("device", removed, lambda d: usable_id(get_field(d, "device_id")))
     lists.removed_by_serial = Index("device", removed, _serial, fold=True)
     lists.no_id_by_serial = Index("device", no_id, _serial, fold=True)
     lists.serials_known = any(_serial(d) for d in devices)
@@ -1550,17 +1540,17 @@ def _index_devices(lists: _Lists, devices: list[Any]) -> None:
 
 
 def _index_groups(lists: _Lists, groups: list[Any]) -> None:
-    usable = [g for g in groups if _usable_id(get_field(g, "group_id"))]
+    usable = [g for g in groups if usable_id(get_field(g, "group_id"))]
     lists.group_by_name = Index("group", usable, _group_name)
     lists.group_by_name_folded = Index("group", usable, _group_name, fold=True)
     lists.groups_without_id = Index("group", [g for g in groups if g not in usable], _group_name)
 
 
 def _index_apps(lists: _Lists, apps: list[Any]) -> None:
-    usable = [a for a in apps if _usable_id(get_field(a, "app_id"))]
+    usable = [a for a in apps if usable_id(get_field(a, "app_id"))]
     lists.app_by_name = Index("app", usable, lambda a: get_field(a, "app_name", "name"))
     lists.app_by_bundle = Index("app", usable, lambda a: get_field(a, "bundle_identifier", "identifier"))
-    lists.app_by_id = Index("app", usable, lambda a: _usable_id(get_field(a, "app_id")))
+    lists.app_by_id = Index("app", usable, lambda a: usable_id(get_field(a, "app_id")))
     lists.app_names_folded = Index("app", usable, lambda a: get_field(a, "app_name", "name"), fold=True)
     lists.apps_without_id = Index(
         "app",

@@ -1,0 +1,629 @@
+"""One contract, every vendor: the same cases run against each provider and
+its simulator (both behaviours, the doc's and ``--real``, where a simulator
+has them), for the actions listed per vendor below.
+
+Each case runs a one-row job in process (the CLI over real HTTP on
+127.0.0.1) and asserts the row's status, the gist of its detail and the
+simulator's state. What a case does to the wire comes from :class:`Script`,
+a middleware inside the simulator that acts on the requests that change
+something: it loses the answer of a change the simulator made, answers for
+the simulator (404, 409, a refusal, HTML, absurd JSON), or holds the answer
+and lets a gateway answer 504. One simulator runs per vendor and behaviour
+for the module; each case takes devices or users no other case touched.
+
+A case that cannot apply to an action is named in :data:`NOT_APPLICABLE`
+with the reason, and collected as such: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bulkmdm import providers
+from bulkmdm.sim import banyan, duostation, ivanti, manageengine
+from bulkmdm.sim.common import SimServer, _drop
+
+from conftest import write_csv
+
+#: what every case asserts on the detail where the MDM refused the change
+REFUSAL = "Refused by the contract test"
+
+# -- the wire ------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    """What the simulator does to the next requests that change something,
+    one entry each; past the last entry it answers as itself."""
+
+    steps: list[str] = field(default_factory=list)
+    #: how many requests that change something arrived (the script's and the rest)
+    changes: int = 0
+    #: how many reads arrived after the first change (a read-back's requests)
+    reads_after: int = 0
+
+    def middleware(self) -> Any:
+        @web.middleware
+        async def scripted(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.path.startswith("/_sim"):
+                return await handler(request)
+            if request.method in ("GET", "HEAD") or _asks_only(request):
+                self.reads_after += bool(self.changes)
+                return await handler(request)
+            self.changes += 1
+            step = self.steps.pop(0) if self.steps else "pass"
+            if step == "pass":
+                return await handler(request)
+            if step == "lose":  # the change is made; its answer never arrives
+                await handler(request)
+                _drop(request)
+                raise asyncio.CancelledError
+            if step == "gateway":  # the change is made; a gateway gives up waiting for it
+                await handler(request)
+                return web.json_response({"message": "Gateway Timeout"}, status=504)
+            if step == "html":
+                return web.Response(text="<html><body>Welcome! Please sign in.</body></html>", content_type="text/html")
+            if step == "absurd":
+                return web.json_response([[[["ok"]]], None, {"": {}}])
+            if step == "refuse":
+                return web.json_response({"message": REFUSAL, "error": REFUSAL}, status=403)
+            return web.json_response({"message": f"HTTP {step}"}, status=int(step))
+
+        return scripted
+
+
+def _asks_only(request: web.Request) -> bool:
+    """A POST that changes nothing: Ivanti's viability checks, Banyan's list."""
+    return "Viability" in request.path or "viability" in request.path
+
+
+# -- the vendors -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Act:
+    """One action of a vendor in the suite."""
+
+    #: "change" (read back, so retried), "delete", "sent" (in a state the MDM
+    #: lists, but never resent), "command" (no state: sent once, never read back)
+    kind: str
+    #: the row's columns for a target (its serial, or a user's e-mail)
+    fields: Callable[[str], dict[str, str]]
+    #: how many times the wanted state is in place for the target (commands: how many were sent)
+    applied: Callable[[SimServer, str], int]
+    #: the action that puts a fresh target in the state this one changes (e.g. tag before untag)
+    prepare: str | None = None
+    #: the target column: "serial" or "email"
+    column: str = "serial"
+
+
+@dataclass(frozen=True)
+class Vendor:
+    name: str
+    start: Callable[[bool, Script], SimServer]
+    env: dict[str, str]
+    actions: dict[str, Act]
+    #: fresh targets, by target column; each call hands out ones not handed out before
+    targets: Callable[[SimServer, str], list[str]]
+    #: a value that matches two objects, by target column (the simulator and the column)
+    ambiguous: Callable[[SimServer, str], str]
+
+
+def _sim(app: web.Application, script: Script) -> SimServer:
+    app.middlewares.append(script.middleware())
+    return SimServer(app)
+
+
+# DuoSTATION ------------------------------------------------------------------------
+
+
+def _duo_start(real: bool, script: Script) -> SimServer:
+    assert not real
+    return _sim(duostation.make_app(devices=400, users=400, seed=3), script)
+
+
+def _duo_targets(sim: SimServer, column: str) -> list[str]:
+    st = sim.app["state"]
+
+    def pick() -> list[str]:
+        if column == "email":
+            return [
+                u["email"]
+                for u in st.users.values()
+                if u.get("email")
+                and not st.devices_of_user(u["id"])
+                and not st.user_tags_of(u["id"])
+                and u.get("groupId") != duostation.FACTS["group_id"]
+                and len(st.search_users(email=u["email"])) == 1
+            ]
+        return [
+            d["serialNumber"]
+            for d in list(st.devices.values())[duostation.FACTS["edge_devices"] :]
+            if len(st.devices_by_serial(d["serialNumber"])) == 1 and not st.device_tags_of(d["id"])
+        ]
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+def _duo_device(sim: SimServer, serial: str) -> Any:
+    return sim.call(lambda: sim.app["state"].devices_by_serial(serial)[0])
+
+
+def _duo_tags(sim: SimServer, serial: str) -> list[str]:
+    device = _duo_device(sim, serial)
+    return sim.call(lambda: sim.app["state"].device_tags_of(device["id"]))  # type: ignore[no-any-return]
+
+
+def _duo_user_exists(sim: SimServer, email: str) -> int:
+    return 0 if sim.call(lambda: sim.app["state"].search_users(email=email)) else 1
+
+
+def _duo_commands(command: str) -> Callable[[SimServer, str], int]:
+    def sent(sim: SimServer, serial: str) -> int:
+        device = _duo_device(sim, serial)
+        return len(sim.call(lambda: sim.app["state"].commands_for(device["id"], command)))
+
+    return sent
+
+
+_DUO_OWNER = duostation.FACTS["user_with_devices"]
+_DUO_APP = duostation.FACTS["app"]
+
+
+def _duo_assigned(sim: SimServer, serial: str) -> int:
+    return int(_duo_device(sim, serial).get("userId") == _DUO_OWNER["id"])
+
+
+def _duo_moved(sim: SimServer, email: str) -> int:
+    (user,) = sim.call(lambda: sim.app["state"].search_users(email=email))
+    return int(user.get("groupId") == duostation.FACTS["group_id"])
+
+
+def _duo_user_tags(sim: SimServer, email: str) -> int:
+    st = sim.app["state"]
+
+    def count() -> int:
+        (user,) = st.search_users(email=email)
+        return int(st.user_tags_of(user["id"]).count("Lärare"))
+
+    return sim.call(count)  # type: ignore[no-any-return]
+
+
+DUOSTATION = Vendor(
+    name="duostation",
+    start=_duo_start,
+    env={},
+    actions={
+        "tag": Act("change", lambda s: {"tag": "Lärare"}, lambda sim, s: _duo_tags(sim, s).count("Lärare")),
+        "untag": Act(
+            "change",
+            lambda s: {"tag": "Lärare"},
+            lambda sim, s: 1 - _duo_tags(sim, s).count("Lärare"),
+            prepare="tag",
+        ),
+        "delete-user": Act("delete", lambda s: {}, _duo_user_exists, column="email"),
+        "tag-user": Act("change", lambda e: {"tag": "Lärare"}, lambda sim, e: _duo_user_tags(sim, e), column="email"),
+        "untag-user": Act(
+            "change",
+            lambda e: {"tag": "Lärare"},
+            lambda sim, e: 1 - _duo_user_tags(sim, e),
+            prepare="tag-user",
+            column="email",
+        ),
+        "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _duo_commands("sendmessage")),
+        "lock": Act("command", lambda s: {}, _duo_commands("lockdevice")),
+        "inventory": Act("command", lambda s: {}, _duo_commands("inventorydevice")),
+        "clear-passcode": Act("command", lambda s: {}, _duo_commands("clearpasscode")),
+        "wipe": Act("command", lambda s: {}, _duo_commands("wipedevice")),
+        "install-app": Act("command", lambda s: {"app": duostation.FACTS["app"]["name"]}, _duo_commands("installapp")),
+        "remove-app": Act(
+            "command", lambda s: {"app": duostation.FACTS["app"]["packageId"]}, _duo_commands("removeapp")
+        ),
+        "assign-user": Act("change", lambda s: {"user": _DUO_OWNER["account"]}, _duo_assigned),
+        "move-user": Act("change", lambda e: {"group": duostation.FACTS["group_path"]}, _duo_moved, column="email"),
+    },
+    targets=_duo_targets,
+    ambiguous=lambda sim, column: duostation.FACTS["duplicate_" + column],
+)
+
+
+# ManageEngine ------------------------------------------------------------------------
+
+ME_KEY = "me-api-key"
+
+
+def _me_start(real: bool, script: Script) -> SimServer:
+    return _sim(manageengine.make_app(devices=120, seed=3, api_key=ME_KEY, real=real), script)
+
+
+def _me_targets(sim: SimServer, column: str) -> list[str]:
+    st = sim.app["state"]
+
+    def pick() -> list[str]:
+        out = []
+        for device in list(st.devices.values())[manageengine.FACTS["edge_devices"] :]:
+            serial = device["serial_number"]
+            if st.log.get(device["device_id"]) or len([d for d in st.by_serial(serial) if not d.get("removed")]) != 1:
+                continue
+            if device["device_id"] in st.members.get(_ME_GROUP["id"], {}):
+                continue
+            if device["device_id"] in st.associations.get(_ME_APP["id"], {}):
+                continue
+            out.append(serial)
+        return out
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+def _me_in(table: str, object_id: int) -> Callable[[SimServer, str], int]:
+    def applied(sim: SimServer, serial: str) -> int:
+        st = sim.app["state"]
+
+        def count() -> int:
+            ids = {d["device_id"] for d in st.by_serial(serial)}
+            return sum(1 for i in ids if i in getattr(st, table).get(object_id, {}))
+
+        return sim.call(count)  # type: ignore[no-any-return]
+
+    return applied
+
+
+_ME_GROUP = manageengine.FACTS["group"]
+_ME_APP = manageengine.FACTS["app"]
+
+MANAGEENGINE = Vendor(
+    name="manageengine",
+    start=_me_start,
+    env={"BULKMDM_API_KEY": ME_KEY},
+    actions={
+        "add-to-group": Act("change", lambda s: {"group": _ME_GROUP["name"]}, _me_in("members", _ME_GROUP["id"])),
+        "remove-from-group": Act(
+            "change",
+            lambda s: {"group": _ME_GROUP["name"]},
+            lambda sim, s: 1 - _me_in("members", _ME_GROUP["id"])(sim, s),
+            prepare="add-to-group",
+        ),
+        "install-app": Act("sent", lambda s: {"app": _ME_APP["name"]}, _me_in("associations", _ME_APP["id"])),
+        "remove-app": Act(
+            "change",
+            lambda s: {"app": _ME_APP["name"]},
+            lambda sim, s: 1 - _me_in("associations", _ME_APP["id"])(sim, s),
+            prepare="install-app",
+        ),
+    },
+    targets=_me_targets,
+    ambiguous=lambda sim, column: manageengine.FACTS["duplicate_serial"],
+)
+
+# Ivanti ------------------------------------------------------------------------
+
+
+def _ivanti_start(real: bool, script: Script) -> SimServer:
+    return _sim(ivanti.make_app(devices=120, seed=3, real=real), script)
+
+
+def _ivanti_targets(sim: SimServer, column: str) -> list[str]:
+    st = sim.app["state"]
+
+    def pick() -> list[str]:
+        counts = Counter(d["serialNumber"] for d in st.devices.values())
+        return [
+            d["serialNumber"]
+            for d in st.devices.values()
+            if d["registrationState"] == "ACTIVE"
+            and d["serialNumber"]
+            and counts[d["serialNumber"]] == 1
+            and not any(entry[0] == d["id"] for entry in st.log)
+        ]
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+def _ivanti_applied(action: str) -> Callable[[SimServer, str], int]:
+    def applied(sim: SimServer, serial: str) -> int:
+        st = sim.app["state"]
+
+        def count() -> int:
+            ids = [d["id"] for d in st.devices.values() if d["serialNumber"] == serial]
+            return sum(st.applied(i, action) for i in ids)
+
+        return sim.call(count)  # type: ignore[no-any-return]
+
+    return applied
+
+
+def _ivanti_gone(sim: SimServer, serial: str) -> int:
+    st = sim.app["state"]
+    return 0 if sim.call(lambda: [d for d in st.devices.values() if d["serialNumber"] == serial]) else 1
+
+
+IVANTI = Vendor(
+    name="ivanti",
+    start=_ivanti_start,
+    env={"BULKMDM_PARTITION_ID": "1"},
+    actions={
+        "lock": Act("command", lambda s: {}, _ivanti_applied("lock")),
+        "unlock": Act("command", lambda s: {}, _ivanti_applied("unlock")),
+        "message": Act("command", lambda s: {"message": "Lämna in din iPad"}, _ivanti_applied("message")),
+        "checkin": Act("command", lambda s: {}, _ivanti_applied("checkin")),
+        "retire": Act("change", lambda s: {}, _ivanti_applied("retire")),
+        "wipe": Act("change", lambda s: {}, _ivanti_applied("wipe")),
+        "delete-device": Act("delete", lambda s: {}, _ivanti_gone, prepare="retire"),
+    },
+    targets=_ivanti_targets,
+    # a re-enrolled device: its retired record keeps the serial
+    ambiguous=lambda sim, column: sim.app["state"].duplicate_serial,
+)
+
+# Banyan ------------------------------------------------------------------------
+
+
+def _banyan_start(real: bool, script: Script) -> SimServer:
+    return _sim(banyan.make_app(devices=120, seed=3, real=real), script)
+
+
+def _banyan_targets(sim: SimServer, column: str) -> list[str]:
+    org = sim.app["state"]
+
+    def pick() -> list[str]:
+        if column == "email":
+            return [u["Email"] for u in org.users.values() if not org.log.get(f"user:{u['ID']}")]
+        return [
+            d["SerialNumber"]
+            for d in org.devices.values()
+            if d["SerialNumber"]
+            and d["Banned"] == "FALSE"
+            and len(org.with_serial(d["SerialNumber"])) == 1
+            and not org.log.get(f"device:{d['DeviceID']}")
+        ]
+
+    return sim.call(pick)  # type: ignore[no-any-return]
+
+
+def _banyan_banned(sim: SimServer, serial: str) -> int:
+    org = sim.app["state"]
+    return sum(1 for d in sim.call(lambda: org.with_serial(serial)) if d["Banned"] == "TRUE")
+
+
+def _banyan_user_gone(sim: SimServer, email: str) -> int:
+    org = sim.app["state"]
+    return 0 if sim.call(lambda: org.user(email)) else 1
+
+
+def _banyan_exists(sim: SimServer, serial: str) -> int:
+    org = sim.app["state"]
+    return 0 if sim.call(lambda: org.with_serial(serial)) else 1
+
+
+BANYAN = Vendor(
+    name="banyan",
+    start=_banyan_start,
+    env={"BULKMDM_TOKEN": "banyan-token"},
+    actions={
+        "ban": Act("change", lambda s: {}, _banyan_banned),
+        "unban": Act("change", lambda s: {}, lambda sim, s: 1 - _banyan_banned(sim, s), prepare="ban"),
+        "delete-device": Act("delete", lambda s: {}, _banyan_exists),
+        "delete-user": Act("delete", lambda e: {}, _banyan_user_gone, column="email"),
+    },
+    targets=_banyan_targets,
+    ambiguous=lambda sim, column: banyan.DUPLICATE_SERIAL,
+)
+
+VENDORS = {v.name: v for v in (DUOSTATION, MANAGEENGINE, IVANTI, BANYAN)}
+
+# -- the cases ---------------------------------------------------------------------
+
+CASES = (
+    "success",
+    "already",
+    "not-found",
+    "ambiguous",
+    "refused",
+    "lost-then-2xx",
+    "lost-then-404",
+    "lost-then-409",
+    "held-then-504",
+    "html-200",
+    "absurd-json-200",
+)
+
+#: (vendor or "*", behaviour or "*", action kind or action, case) -> why the case cannot apply
+NOT_APPLICABLE: dict[tuple[str, str, str, str], str] = {
+    ("duostation", "real", "*", "*"): "the DuoSTATION simulator has one behaviour, the doc's",
+    ("*", "*", "command", "already"): "a command is sent each time it is asked for; it has no state to be in",
+    ("*", "*", "delete", "already"): "an object already deleted is not found: the not-found case",
+    ("banyan", "*", "delete-user", "ambiguous"): "Banyan's users are keyed by e-mail: no two share one",
+}
+
+
+#: (vendor, action) -> why the action is not in the suite yet
+NOT_IN_SUITE: dict[tuple[str, str], str] = {
+    ("ivanti", "assign-user"): "a reassignment finishes when the device answers: tests/test_ivanti.py covers it",
+    ("ivanti", "restart"): "only supervised iOS devices restart; the simulator's fresh devices are mostly not",
+    (
+        "ivanti",
+        "set-attribute",
+    ): "needs an attribute the tenant defines: test_ivanti.py and test_ivanti_real.py cover it",
+}
+
+#: (vendor, behaviour or "*", action or "*", case) -> the bug: a case a vendor
+#: fails today, run as a strict xfail so that the fix must drop its entry
+KNOWN_GAPS: dict[tuple[str, str, str, str], str] = {}
+
+
+def _matches(table: dict[tuple[str, str, str, str], str], vendor: str, behaviour: str, action: str, case: str) -> str:
+    kind = VENDORS[vendor].actions[action].kind
+    for v, b, a, c in table:
+        if v in ("*", vendor) and b in ("*", behaviour) and a in ("*", kind, action) and c in ("*", case):
+            return table[(v, b, a, c)]
+    return ""
+
+
+def combinations() -> Iterator[tuple[str, str, str, str]]:
+    for vendor in VENDORS.values():
+        for behaviour in ("doc", "real"):
+            for action in vendor.actions:
+                for case in CASES:
+                    yield vendor.name, behaviour, action, case
+
+
+def _params() -> Iterator[Any]:
+    for combination in combinations():
+        if _matches(NOT_APPLICABLE, *combination):
+            continue
+        gap = _matches(KNOWN_GAPS, *combination)
+        marks = [pytest.mark.xfail(reason=gap, strict=True)] if gap else []
+        yield pytest.param(*combination, marks=marks, id="-".join(combination))
+
+
+def test_every_case_runs_or_says_why_not() -> None:
+    """Each entry of the tables names cases that exist, each case either runs
+    or is named in NOT_APPLICABLE, and each action a vendor declares is in
+    the suite or named in NOT_IN_SUITE: nothing drops out unsaid."""
+    every = list(combinations())
+    for table in (NOT_APPLICABLE, KNOWN_GAPS):
+        for entry in table:
+            assert any(_matches({entry: "x"}, *c) for c in every), f"{entry} names no case"
+    running = [c for c in every if not _matches(NOT_APPLICABLE, *c)]
+    for name, suite in VENDORS.items():
+        declared = {action for v, action in NOT_IN_SUITE if v == name}
+        assert set(providers.get(name).actions) == set(suite.actions) | declared, name
+        assert not set(suite.actions) & declared, name
+    for vendor in VENDORS:
+        assert any(c[0] == vendor for c in running), f"no case runs for {vendor}"
+
+
+# -- the harness -------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    vendor: Vendor
+    sim: SimServer
+    script: Script
+    pools: dict[str, Iterator[str]]
+
+    def fresh(self, column: str) -> str:
+        if column not in self.pools:
+            self.pools[column] = iter(self.vendor.targets(self.sim, column))
+        return next(self.pools[column])
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[dict[tuple[str, str], Running]]:
+    """One simulator per vendor and behaviour, started when a case first asks for it."""
+    started: dict[tuple[str, str], Running] = {}
+    yield started
+    for running in started.values():
+        running.sim.__exit__(None, None, None)
+
+
+def running(sims: dict[tuple[str, str], Running], vendor: str, behaviour: str) -> Running:
+    if (vendor, behaviour) not in sims:
+        script = Script()
+        sim = VENDORS[vendor].start(behaviour == "real", script)
+        sim.__enter__()
+        sims[(vendor, behaviour)] = Running(VENDORS[vendor], sim, script, {})
+    return sims[(vendor, behaviour)]
+
+
+_jobs = itertools.count()
+
+
+def run_row(run_cli: Any, tmp_path: Path, on: Running, action: str, row: dict[str, str]) -> Any:
+    job = write_csv(tmp_path / f"job{next(_jobs)}.csv", [["action", *row], [action, *row.values()]])
+    args = ["run", str(job), "--provider", on.vendor.name, "--url", on.sim.url, "--rate", "none", "--yes"]
+    return run_cli(args, env=on.vendor.env)
+
+
+@pytest.mark.parametrize(("vendor", "behaviour", "action", "case"), list(_params()))
+def test_contract(vendor: str, behaviour: str, action: str, case: str, sims: Any, run_cli: Any, tmp_path: Path) -> None:
+    on = running(sims, vendor, behaviour)
+    act = on.vendor.actions[action]
+    target = on.fresh(act.column)
+    if case == "not-found":
+        target = "NOSUCH0000X1" if act.column == "serial" else "nobody.here@contract.example"
+    elif case == "ambiguous":
+        target = on.vendor.ambiguous(on.sim, act.column)
+    row = {act.column: target, **act.fields(target)}
+    found = case not in ("not-found", "ambiguous")
+    ahead = ([act.prepare] if act.prepare and found else []) + ([action] if case == "already" else [])
+    for first in ahead:
+        prepared = run_row(run_cli, tmp_path, on, first, row)
+        assert [r["status"] for r in prepared.report] == ["succeeded"], prepared.report
+    before = act.applied(on.sim, target) if found else 0
+    on.script.steps = {
+        "refused": ["refuse"],
+        "lost-then-2xx": ["lose"],
+        "lost-then-404": ["lose", "404"],
+        "lost-then-409": ["lose", "409"],
+        "held-then-504": ["gateway"],
+        "html-200": ["html"],
+        "absurd-json-200": ["absurd"],
+    }.get(case, [])
+    on.script.changes = on.script.reads_after = 0
+    result = run_row(run_cli, tmp_path, on, action, row)
+    left = list(on.script.steps)
+    on.script.steps = []
+    assert len(result.report) == 1, result.output
+    got = result.report[0]
+    status, detail = got["status"], got["detail"]
+    after = act.applied(on.sim, target) if found else 0
+    if found:
+        assert after <= 1, f"the change was applied {after} times"
+    if status == "succeeded":
+        assert after == 1, f"succeeded, but the change is not in place: {detail}"
+    if "confirmed by reading it back" in detail:
+        assert on.script.reads_after, f"no read-back was made: {detail}"
+    if case == "lost-then-404" and not left and status == "succeeded" and not on.script.reads_after:
+        # the retry's 404 is what tells the change was made: the row says so
+        assert "an earlier try went through" in detail, detail
+    expect(case, act.kind, status, detail, changes=on.script.changes, before=before, after=after)
+
+
+def expect(case: str, kind: str, status: str, detail: str, *, changes: int, before: int, after: int) -> None:
+    """What each case must come to, by the kind of action."""
+    once = kind in ("command", "sent")
+    if case == "success":
+        assert (status, after) == ("succeeded", 1), detail
+    elif case == "already":
+        assert (status, changes, after) == ("skipped", 0, 1), detail
+        assert "nothing sent" in detail or "already" in detail, detail
+    elif case == "not-found":
+        assert (status, changes) == ("failed", 0), detail
+        assert "not found" in detail, detail
+    elif case == "ambiguous":
+        assert (status, changes) == ("failed", 0), detail
+        assert "matches 2" in detail, detail
+    elif case == "refused":
+        assert (status, after) == ("failed", before), detail
+        assert REFUSAL in detail, detail
+    elif case in ("lost-then-2xx", "held-then-504"):
+        if once:  # sent at most once (after <= 1, above), and not told as done
+            assert (status, changes) == ("unknown", 1), detail
+            assert "not resent" in detail, detail
+        else:
+            assert (status, after) == ("succeeded", 1), detail
+    elif case in ("lost-then-404", "lost-then-409"):
+        if once:
+            assert (status, changes) == ("unknown", 1), detail
+            assert "not resent" in detail, detail
+        else:
+            assert status in ("succeeded", "failed"), detail
+    elif case == "html-200":
+        assert status in ("failed", "unknown") and after == before, detail
+        assert "HTML page" in detail, detail
+    elif case == "absurd-json-200":
+        assert status in ("failed", "unknown") and after == before, detail
+        assert "array" in detail, detail
+    else:
+        raise AssertionError(f"no expectation for case {case!r}")
