@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from . import providers
 from .errors import BulkMDMError
@@ -20,6 +21,9 @@ from .providers.base import Provider, Settings
 from .quota import DayQuota
 from .retry import RetryPolicy
 from .client import Client
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +102,23 @@ async def open_provider(target: Connection, *, stopping: Callable[[], bool] | No
         finally:
             await provider.aclose()
             _count_calls(target, provider, client.requests_sent)
+
+
+def todays_quota(
+    journal: Journal, provider_cls: type[Provider], settings: Settings, *, on_hold: Callable[[str], None]
+) -> DayQuota:
+    """The day's quota of a run (or a look) spending ``settings.calls_today``
+    and more: counted in the journal per organisation, across runs, since a
+    vendor's daily quota is the day's, not the run's."""
+    tenant = provider_cls.quota_tenant(settings.url, settings.env)
+    return DayQuota(
+        provider_cls.daily_limit_for(settings),
+        settings.calls_today,
+        wait=settings.wait_for_quota,
+        vendor=provider_cls.name,
+        on_hold=on_hold,
+        save=lambda day, calls: journal.add_calls(tenant, calls, day=day.isoformat()),
+    )
 
 
 def _count_calls(target: Connection, provider: Provider, calls: int) -> None:

@@ -33,7 +33,7 @@ from .report import RunSummary, UndoFile, check_writable, undo_path, write_run_r
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .shown import Secrets
-from .connect import Connection, make_client
+from .connect import Connection, make_client, todays_quota
 from .limits import Pacing, for_run
 from .quota import DayQuota
 from .client import Client, RequestContext
@@ -151,15 +151,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
             dry_run=options.dry_run,
             wait_for_quota=options.wait_for_quota,
         )
-        quota = DayQuota(
-            provider_cls.daily_limit_for(settings),
-            calls_today,
-            wait=options.wait_for_quota,
-            vendor=provider_cls.name,
-            on_hold=events.message,
-            # counted across runs: a vendor's daily quota is the day's, not the run's
-            save=lambda day, calls: journal.add_calls(tenant, calls, day=day.isoformat()),
-        )
+        quota = todays_quota(journal, provider_cls, settings, on_hold=events.message)
         client = _client(provider_cls, url, options, scheduler, pacing, quota)
         provider = provider_cls(client, settings)
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)

@@ -315,9 +315,8 @@ async def _follow(
     writer: _ReportWriter,
 ) -> None:
     """Look, write, wait, until every row is confirmed, the time is up, or a stop."""
-    from .connect import Connection, make_client
+    from .connect import Connection, make_client, todays_quota
     from .limits import for_run, sleep_unless
-    from .quota import DayQuota
 
     stop = _Stop()
     provider_cls, url, partition = mdm.cls, mdm.url, mdm.partition
@@ -342,14 +341,7 @@ async def _follow(
         calls_today=calls_today,
         wait_for_quota=options.wait_for_quota,
     )
-    quota = DayQuota(
-        provider_cls.daily_limit_for(settings),
-        calls_today,
-        wait=options.wait_for_quota,
-        vendor=provider_cls.name,
-        on_hold=events.message,
-        save=lambda day, calls: journal.add_calls(where, calls, day=day.isoformat()),
-    )
+    quota = todays_quota(journal, provider_cls, settings, on_hold=events.message)
     client = make_client(connection, provider_cls, stopping=stop, pacing=pacing, quota=quota)
     provider = provider_cls(client, settings)
     deadline = time.monotonic() + options.until
