@@ -168,7 +168,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         remove_signal_handlers = scheduler.install_signals()
         try:
             try:
-                await _execute(journal, opened, provider, client, scheduler, pacing, options, events, result)
+                await _execute(journal, opened, provider, client, scheduler, options, events, result)
             except (ConfirmationRefused, KeyboardInterrupt):
                 # declined, or Ctrl-C at the prompt: nothing was sent, so leave no run to resume
                 if not opened.resumed and not scheduler.sent_any:
@@ -227,7 +227,6 @@ async def _execute(
     provider: Provider,
     client: Client,
     scheduler: Scheduler,
-    pacing: Pacing,
     options: RunOptions,
     events: Events,
     result: RunResult,
@@ -238,7 +237,7 @@ async def _execute(
     try:
         async with client:
             try:
-                await _plan_and_send(journal, opened, provider, scheduler, pacing, options, events, result)
+                await _plan_and_send(journal, opened, provider, scheduler, options, events, result)
             except (ConfirmationRefused, JournalError):
                 raise
             except BulkMDMError as exc:  # a stop while planning: credentials refused, a set-up that cannot work
@@ -260,7 +259,6 @@ async def _plan_and_send(
     opened: OpenedRun,
     provider: Provider,
     scheduler: Scheduler,
-    pacing: Pacing,
     options: RunOptions,
     events: Events,
     result: RunResult,
