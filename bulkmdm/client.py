@@ -246,7 +246,7 @@ class Client:
                 await self.pace.wait(self.retry.backoff(state.failures), self._stopping)
                 continue
             if not credential and await self.credentials.refused(
-                self, result.status, result.body, sent, what=req.what, attempt=attempt, renewed=state.renewed
+                self, result.status, result.body, sent, what=lambda: req.what, attempt=attempt, renewed=state.renewed
             ):
                 state = state.renewing()
                 continue

@@ -662,7 +662,8 @@ class ConcurrencyLimit:
         self._overloaded = 0
         self._latencies: list[float] = []
         self._peak = 0
-        #: (when, median latency) of recent windows, and recent overload shares
+        #: (when, median latency) of recent windows, each lower than the ones before it
+        #: (see _adjust), and recent overload shares
         self._medians: deque[tuple[float, float]] = deque()
         self._overload_shares: deque[tuple[int, int]] = deque(maxlen=8)
         #: slot number -> when it was taken, in the order taken
@@ -853,10 +854,17 @@ class ConcurrencyLimit:
         if self._latencies:
             now = self._clock()
             median = max(statistics.median(self._latencies) - LAG_FACTOR * self._lag, min(self._latencies))
-            self._medians.append((now, median))
-            while self._medians[0][0] < now - BASE_MEMORY:
-                self._medians.popleft()
-            base = min(m for _, m in self._medians)
+            # the lowest of the last BASE_MEMORY seconds as a monotonic queue (a sliding
+            # window's minimum): a median no lower than a later one can never be the lowest
+            # again, so it goes; the oldest left is the lowest (one look per window, where a
+            # walk of the whole memory took thousands of windows at loopback's pace)
+            medians = self._medians
+            while medians and medians[-1][1] >= median:
+                medians.pop()
+            medians.append((now, median))
+            while medians[0][0] < now - BASE_MEMORY:
+                medians.popleft()
+            base = medians[0][1]
             self.stats.base_latency = base
             gradient = max(0.5, min(1.0, TOLERANCE * base / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing

@@ -219,8 +219,12 @@ class AiohttpTransport(Transport):
     async def _read_body(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
         """The whole body, refused past ``max_body`` bytes (after decompression)."""
         limit = self.max_body
-        if resp.content_length is not None and resp.content_length > limit:
+        length = resp.content_length
+        if length is not None and length > limit:
             raise BadAnswer(_too_big(request, limit))
+        if length is not None and length <= min(limit, SHARED_BODY) and "Content-Encoding" not in resp.headers:
+            # the length is the body's own (nothing to decompress) and small: one read, as most answers are
+            return await resp.read()
         body = bytearray()
         big = False
         try:

@@ -17,6 +17,7 @@ from bulkmdm.limits import (
     HELD_SHARE,
     MAX_CONCURRENCY,
     WORKERS_PER_SLOT,
+    BASE_MEMORY,
     BETA,
     SCALE,
     ConcurrencyLimit,
@@ -374,3 +375,22 @@ async def test_rate_none_sends_without_a_bucket_until_a_limit_shows() -> None:
         assert slot is not None
         limiter.release(slot, 200)
     assert loop.time() == started and limiter.rate is None
+
+
+async def test_base_latency_is_the_lowest_window_median_of_the_memory() -> None:
+    """The base latency (Vegas' base RTT) is the lowest window median of the
+    last BASE_MEMORY seconds: a low one stands until it is that old, then
+    the lowest of those after it takes over."""
+    now = [0.0]
+    concurrency = ConcurrencyLimit(initial=1, maximum=1, clock=lambda: now[0])
+    medians = [0.050, 0.030, 0.040, 0.020, 0.060, 0.035, 0.045, 0.025, 0.070, 0.055] * 3
+    seen: list[tuple[float, float]] = []
+    for i, latency in enumerate(medians):
+        now[0] = i * BASE_MEMORY / 7  # some seven windows in memory at a time
+        for _ in range(10):  # a window of ten answers of the same latency: its median
+            number = await concurrency.acquire()
+            assert number is not None
+            concurrency.release(number, latency)
+        seen.append((now[0], latency))
+        expected = min(m for at, m in seen if at >= now[0] - BASE_MEMORY)
+        assert concurrency.stats.base_latency == pytest.approx(expected)

@@ -12,7 +12,7 @@ together renew once: the others find newer credentials and retry with them.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError
@@ -83,15 +83,26 @@ class Credentials:
         return {**self._headers, **self.auth.headers()}
 
     async def refused(
-        self, client: Client, status: int, body: Any, sent: Mapping[str, str], *, what: str, attempt: int, renewed: bool
+        self,
+        client: Client,
+        status: int,
+        body: Any,
+        sent: Mapping[str, str],
+        *,
+        what: str | Callable[[], str],
+        attempt: int,
+        renewed: bool,
     ) -> bool:
         """Whether the answer refused the credentials and new ones are worth a
-        retry; raises :class:`AuthError` when they cannot be renewed."""
+        retry; raises :class:`AuthError` when they cannot be renewed. ``what``
+        names the request in that error (a callable: named only then, since
+        naming it parses its URL and every answer of a run is asked here)."""
         if not self.auth.refused(status, body):
             return False
         if renewed or not await self.auth.renew(client, sent):
+            named = what if isinstance(what, str) else what()
             raise AuthError(
-                f"the MDM refused the credentials (HTTP {status} on {what})" + (f"; {self.hint}" if self.hint else ""),
+                f"the MDM refused the credentials (HTTP {status} on {named})" + (f"; {self.hint}" if self.hint else ""),
                 attempts=attempt,
                 status=status,
             )
