@@ -127,6 +127,12 @@ BACKGROUND_WINDOWS = 10
 #: Standard deviations over the background that make 429s evidence (the
 #: three-sigma rule: a background share passes it about once in 700 windows).
 SIGMAS = 3.0
+#: Seconds between two wake-ups of a loaded event loop, at the least: epoll
+#: waits in whole milliseconds (asyncio rounds a timer's timeout up to one),
+#: and a loop turn under load takes a few. At rates past 1/TIMER_GRAIN the
+#: bucket holds the tokens due in that time (at 50/s still one token; at
+#: 2,000/s ten), or timers firing a millisecond apart would cap the rate.
+TIMER_GRAIN = 0.005
 #: While requests wait for their turn, whether the run is stopping is looked
 #: at this often (seconds): Ctrl-C ends the wait within it.
 STOP_CHECK = 0.25
@@ -469,7 +475,9 @@ class RateController:
 
     def _refill(self, now: float) -> None:
         if self.rate is not None and now > self._filled:
-            self._tokens = min(1.0, self._tokens + (now - self._filled) * self.rate)
+            # one token, or what comes in a timer's granularity if more: a turn cannot come
+            # sooner than the event loop wakes, and tokens due meanwhile are not lost
+            self._tokens = min(max(1.0, self.rate * TIMER_GRAIN), self._tokens + (now - self._filled) * self.rate)
         self._filled = max(self._filled, now)
 
     def _next_turn(self, now: float) -> float:
@@ -669,6 +677,8 @@ class ConcurrencyLimit:
         #: slot number -> when it was taken, in the order taken
         self._started: dict[int, float] = {}
         self._taken = 0
+        #: slot numbers whose request went out (not waiting for the rate's token)
+        self._out: set[int] = set()
         #: the last count of held requests, the cutoff it used, and until when it stands
         self._held_count = 0
         self._held_cutoff = -math.inf
@@ -750,7 +760,6 @@ class ConcurrencyLimit:
                 raise
             self._forget(waiter)
         self.in_flight += 1
-        self._peak = max(self._peak, self.in_flight)
         self._taken += 1
         self._started[self._taken] = self._clock()
         return self._taken
@@ -762,6 +771,11 @@ class ConcurrencyLimit:
         if number in self._started:
             self._unstart(number)
             self._started[number] = now  # (last: the oldest stay first)
+        # slots used are requests sent: a slot waiting for the rate's token shows
+        # the rate binding, not that more in flight would be used (Gradient2's
+        # application-limited check counts requests in flight at the server)
+        self._out.add(number)
+        self._peak = max(self._peak, len(self._out))
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
@@ -774,6 +788,7 @@ class ConcurrencyLimit:
     def release(self, number: int, latency: float | None, *, overloaded: bool = False) -> None:
         """Slot ``number``'s attempt ended; ``latency`` of a successful answer (None: no success)."""
         self.in_flight = max(0, self.in_flight - 1)
+        self._out.discard(number)
         self._unstart(number)
         if self.adaptive:
             self._observe(latency, overloaded)
@@ -819,7 +834,7 @@ class ConcurrencyLimit:
         self._adjust()
         self._answers = self._overloaded = 0
         self._latencies = []
-        self._peak = self.in_flight
+        self._peak = len(self._out)
         self._probe_lag()
 
     def _probe_lag(self) -> None:
