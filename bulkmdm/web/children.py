@@ -161,7 +161,7 @@ class ChildRun:
     async def _follow(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         shown = Secrets.from_env(self.request.connection.credentials)
-        while raw := await self.process.stdout.readline():
+        while raw := await _next_line(self.process.stdout):
             line = shown.clean(raw.decode("utf-8", "replace")).rstrip()
             if not line:
                 continue
@@ -253,6 +253,16 @@ def _find_run(journal: Any, request: RunRequest, started: float) -> int | None:
         if info.created >= started - 1 or (info.finished is None and not info.dry_run):
             return int(info.id)
     return None
+
+
+async def _next_line(stream: asyncio.StreamReader) -> bytes:
+    """The child's next line; a line past the reader's limit (64 KiB) comes in
+    pieces rather than ending the reading, which would leave the page waiting
+    for an end it is never told of (asyncio keeps such a line in its buffer)."""
+    try:
+        return await stream.readline()
+    except ValueError:
+        return await stream.read(1 << 16)
 
 
 def hide_paths(text: str, state_dir: Path) -> str:
