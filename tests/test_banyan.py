@@ -174,10 +174,8 @@ async def test_answer_lost_after_the_work_is_read_back_not_resent(real_sim: SimS
     assert sim.stats.by_route["POST /v1/mdm/update_device"] == 1
 
 
-async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) -> None:
-    sim = real_sim
-    sim.faults.update({"drop_after_rate": 1.0})  # GETs are dropped too: nothing can be read back
-    device = org(sim).unique_devices(banned=False)[0]
+async def _ban_directly(sim: SimServer, device: dict[str, Any]) -> Outcome:
+    """A ban of ``device`` sent through the provider alone (no plan, no run), its outcome."""
     auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
     async with Client(sim.url, auth=auth, retry=FAST, timeout=5) as client:
         provider = Banyan(client, Settings(url=sim.url))
@@ -188,6 +186,14 @@ async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) 
             {"serial": device["SerialNumber"], "banned": True, "fields": {}},
         )
         (out,) = await provider.execute([step])
+    return out
+
+
+async def test_answer_lost_and_state_unreadable_is_unknown(real_sim: SimServer) -> None:
+    sim = real_sim
+    sim.faults.update({"drop_after_rate": 1.0})  # GETs are dropped too: nothing can be read back
+    device = org(sim).unique_devices(banned=False)[0]
+    out = await _ban_directly(sim, device)
     assert (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER) and "not resent" in out.detail
     assert log(sim, device) == ["ban"]
 
@@ -208,16 +214,7 @@ async def test_gateway_answer_with_state_unreadable_is_unknown(real_sim: SimServ
     sim = real_sim
     sim.faults.update({"gateway_after_rate": 1.0})  # the read-back's GETs too: nothing can be read back
     device = org(sim).unique_devices(banned=False)[0]
-    auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
-    async with Client(sim.url, auth=auth, retry=FAST, timeout=5) as client:
-        provider = Banyan(client, Settings(url=sim.url))
-        step = Step(
-            rows_of(("ban", {"serial": device["SerialNumber"]}))[0],
-            "ban",
-            f"device {device['SerialNumber']}",
-            {"serial": device["SerialNumber"], "banned": True, "fields": {}},
-        )
-        (out,) = await provider.execute([step])
+    out = await _ban_directly(sim, device)
     assert (
         (out.status, out.reason) == (Status.UNKNOWN, Reason.NO_ANSWER)
         and "not resent" in out.detail
