@@ -61,11 +61,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import random
 import warnings
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -845,6 +846,9 @@ class DuoState:
         }
 
 
+#: a search filter: the search's keyword and how to read the query's value
+_Filter = tuple[str, Callable[[web.Request, str], Any]]
+
 _LINK_NAMES = {"devicetags": "Device tag", "usertags": "User tag", "grouptags": "Group tag"}
 
 
@@ -922,6 +926,31 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
     # -- edge cases first, so their ids are the same for every seed and size
     company = fleet.MUNICIPALITY
 
+    def add_device(
+        device_id: str,
+        serial: str,
+        name: str,
+        model: tuple[str, str, str],
+        owner: int | None,
+        group_id: int,
+        last_seen: str | None,
+    ) -> None:
+        """``model``: (model, platform, OS version), as :func:`fleet.device_model` gives it."""
+        model_name, platform, os_version = model
+        state.add_device(
+            {
+                "id": device_id,
+                "serialNumber": serial,
+                "name": name,
+                "model": model_name,
+                "platform": platform,
+                "osVersion": os_version,
+                "userId": owner,
+                "groupId": group_id,
+                "lastSeen": last_seen,
+            }
+        )
+
     def edge_user(name: str, email: str, account: str, group: str, position: str) -> int:
         school = group.split(SEP)[1] if group.startswith("Skolor") else "Förvaltningen"
         return state.add_user(
@@ -960,22 +989,8 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
         ("ASSIGNEDPAD1", "Lars iPad", ipad, lars, 0),
         (FACTS["leading_zero_serial"], "EKB-IPAD-0001", ipad, None, group_ids["Skolor\\Ekbackens skola"]),
     ]
-    for (serial, name, (model, platform, os_version), owner, group_id), device_id in zip(
-        edge_devices, _EDGE_GUIDS, strict=True
-    ):
-        state.add_device(
-            {
-                "id": device_id,
-                "serialNumber": serial,
-                "name": name,
-                "model": model,
-                "platform": platform,
-                "osVersion": os_version,
-                "userId": owner,
-                "groupId": group_id,
-                "lastSeen": "2025-01-14T13:37:00Z",
-            }
-        )
+    for (serial, name, described, owner, group_id), device_id in zip(edge_devices, _EDGE_GUIDS, strict=True):
+        add_device(device_id, serial, name, described, owner, group_id, "2025-01-14T13:37:00Z")
     state.link_device_tag(FACTS["tagged_device"]["id"], tag_ids["Prov-läge"])
     state.link_user_tag(lars, tag_ids["Lärare"])
     state.link_group_tag(group_ids["Skolor\\Norra gymnasiet"], tag_ids["Gymnasiet"])
@@ -1025,7 +1040,8 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
     n_assigned = round(n_devices * 0.7) if owners else 0
     guid_rng = random.Random(f"bulkmdm-duostation-guids:{seed}")
     for i, serial in enumerate(serial_list):
-        model, platform, os_version = fleet.device_model(rng)
+        described = fleet.device_model(rng)
+        model, platform, _ = described
         device_id = fleet.guid(guid_rng)
         while device_id in state.devices:
             device_id = fleet.guid(guid_rng)
@@ -1039,19 +1055,7 @@ def seed_state(  # noqa: C901 (one pass over the district, in the order the ids 
             group = rng.choice(classes)
             name = f"{fleet.school_code(group)}-{_kind(model).upper()}-{i:04d}"
             group_id = group_ids[group if rng.random() < 0.5 else group.rpartition(SEP)[0]]
-        state.add_device(
-            {
-                "id": device_id,
-                "serialNumber": serial,
-                "name": name,
-                "model": model,
-                "platform": platform,
-                "osVersion": os_version,
-                "userId": owner_id,
-                "groupId": group_id,
-                "lastSeen": fleet.last_seen(rng),
-            }
-        )
+        add_device(device_id, serial, name, described, owner_id, group_id, fleet.last_seen(rng))
         if group.startswith("Personal"):
             if rng.random() < 0.7:
                 state.link_device_tag(device_id, tag_ids["Lärare"])
@@ -1310,7 +1314,7 @@ def _request_log(log: deque[dict[str, Any]]) -> Any:
     return middleware
 
 
-def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (one closure per endpoint of the doc)
+def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:
     r = web.RouteTableDef()
 
     def cached(kind: str) -> web.Response:
@@ -1320,10 +1324,6 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
         if shape.list_limit is not None and kind in shape.limited:
             rows = rows[: shape.list_limit]
         return out(rows, kind)
-
-    def whole(kind: str) -> web.Response:
-        """Every object of ``kind``, as a search that ignored its filter answers."""
-        return out(json.loads(state.list_json(kind)), kind)
 
     def out(data: Any, kind: str) -> web.Response:
         if shape.plain:
@@ -1353,12 +1353,83 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
             ]
         return out(rows, kind)
 
+    def rows_or_list(kind: str, rows: list[dict[str, Any]] | None) -> web.Response:
+        return cached(kind) if rows is None else out(rows, kind)
+
+    def listing(
+        kind: str,
+        search: Callable[..., list[dict[str, Any]]] | None = None,
+        filters: dict[str, _Filter] | None = None,
+        *,
+        answer: Callable[[str, list[dict[str, Any]] | None], web.Response] = rows_or_list,
+    ) -> None:
+        """GET /api/<kind>: the whole list, or the ``search`` by the query's
+        ``filters`` (query name -> the search's keyword and how to read the
+        value); a server that ignores filters answers every object."""
+        by = filters or {}
+
+        async def get_list(request: web.Request) -> web.Response:
+            rows: list[dict[str, Any]] | None = None
+            if search is not None and request.query.keys() & by.keys():
+                if shape.ignore_filters:
+                    rows = json.loads(state.list_json(kind))
+                else:
+                    rows = search(**{arg: read(request, name) for name, (arg, read) in by.items()})
+            return answer(kind, rows)
+
+        r.get(f"/api/{kind}")(get_list)
+
+    def objects(
+        kind: str,
+        key: Callable[[web.Request], Any],
+        one: Callable[[Any], dict[str, Any]],
+        *,
+        update: Callable[[Any, dict[str, Any]], None] | None = None,
+        add: Callable[[dict[str, Any]], int] | None = None,
+        delete: Callable[[Any], None] | None = None,
+    ) -> None:
+        """The doc's endpoints on one object of ``kind``: GET and, where
+        given, PUT (after a 404 for an unknown id), POST and DELETE."""
+
+        async def get_one(request: web.Request) -> web.Response:
+            return out(one(key(request)), kind)
+
+        r.get(f"/api/{kind}/{{id}}")(get_one)
+        if update is not None:
+            change = update
+
+            async def put_one(request: web.Request) -> web.Response:
+                object_id = key(request)
+                one(object_id)
+                change(object_id, await _body(request))
+                return _ok()
+
+            r.put(f"/api/{kind}/{{id}}")(put_one)
+        if add is not None:
+            create = add
+
+            async def post_one(request: web.Request) -> web.Response:
+                return _created(create(await _body(request)))
+
+            r.post(f"/api/{kind}")(post_one)
+        if delete is not None:
+            remove = delete
+
+            async def delete_one(request: web.Request) -> web.Response:
+                remove(key(request))
+                return _ok()
+
+            r.delete(f"/api/{kind}/{{id}}")(delete_one)
+
+    def numbered(what: str) -> Callable[[web.Request], int]:
+        return lambda request: _id_of(request, what)
+
     # -- groups
     @r.get("/api/groups")
     async def groups(request: web.Request) -> web.Response:
         path = _q(request, "path")
         if path is not None and shape.ignore_filters:
-            return whole("groups")
+            return out(json.loads(state.list_json("groups")), "groups")
         if path is not None:
             if shape.exact_group_paths and path != path.strip().strip("\\/"):
                 raise _missing(f"No group matches the path {path}")
@@ -1370,102 +1441,55 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
                 raise
         return cached("groups")
 
-    @r.get("/api/groups/{id}")
-    async def group(request: web.Request) -> web.Response:
-        return out(state.group(_id_of(request, "Group")), "groups")
-
-    @r.put("/api/groups/{id}")
-    async def put_group(request: web.Request) -> web.Response:
-        group_id = _id_of(request, "Group")
-        state.group(group_id)
-        data = await _body(request)
-        state.rename_group(group_id, _required(data, "name"))
-        return _ok()
-
-    @r.post("/api/groups")
-    async def post_group(request: web.Request) -> web.Response:
-        data = await _body(request)
+    def add_group(data: dict[str, Any]) -> int:
         parent = data.get("parentId")
-        return _created(state.add_group(_required(data, "name"), 0 if parent is None else as_int(parent, "parentId")))
+        return state.add_group(_required(data, "name"), 0 if parent is None else as_int(parent, "parentId"))
 
-    @r.delete("/api/groups/{id}")
-    async def delete_group(request: web.Request) -> web.Response:
-        state.delete_group(_id_of(request, "Group"))
-        return _ok()
+    objects(
+        "groups",
+        numbered("Group"),
+        state.group,
+        update=lambda group_id, data: state.rename_group(group_id, _required(data, "name")),
+        add=add_group,
+        delete=state.delete_group,
+    )
 
     # -- users
-    @r.get("/api/users")
-    async def users(request: web.Request) -> web.Response:
-        q = request.query
-        if not q.keys() & {"email", "phoneNumber", "account", "groupId", "tagId"}:
-            return cached("users")
-        if shape.ignore_filters:
-            return whole("users")
-        return out(
-            state.search_users(
-                email=_q(request, "email"),
-                phone=_q(request, "phoneNumber"),
-                account=_q(request, "account"),
-                group_id=_qint(request, "groupId"),
-                tag_id=_qint(request, "tagId"),
-            ),
-            "users",
-        )
-
-    @r.get("/api/users/{id}")
-    async def user(request: web.Request) -> web.Response:
-        return out(state.user(_id_of(request, "User")), "users")
-
-    @r.put("/api/users/{id}")
-    async def put_user(request: web.Request) -> web.Response:
-        user_id = _id_of(request, "User")
-        state.user(user_id)
-        state.update_user(user_id, await _body(request))
-        return _ok()
-
-    @r.post("/api/users")
-    async def post_user(request: web.Request) -> web.Response:
-        return _created(state.add_user(await _body(request)))
-
-    @r.delete("/api/users/{id}")
-    async def delete_user(request: web.Request) -> web.Response:
-        state.delete_user(_id_of(request, "User"))
-        return _ok()
+    listing(
+        "users",
+        state.search_users,
+        {
+            "email": ("email", _q),
+            "phoneNumber": ("phone", _q),
+            "account": ("account", _q),
+            "groupId": ("group_id", _qint),
+            "tagId": ("tag_id", _qint),
+        },
+    )
+    objects(
+        "users", numbered("User"), state.user, update=state.update_user, add=state.add_user, delete=state.delete_user
+    )
 
     # -- devices
-    @r.get("/api/devices")
-    async def devices(request: web.Request) -> web.Response:
-        q = request.query
-        if not q.keys() & {"serialNumber", "groupId", "userId", "accountName", "tagId"}:
-            return cached("devices")
-        if shape.ignore_filters:
-            return whole("devices")
-        return out(
-            state.search_devices(
-                serial=_q(request, "serialNumber"),
-                group_id=_qint(request, "groupId"),
-                user_id=_qint(request, "userId"),
-                account=_q(request, "accountName"),
-                tag_id=_qint(request, "tagId"),
-            ),
-            "devices",
-        )
+    listing(
+        "devices",
+        state.search_devices,
+        {
+            "serialNumber": ("serial", _q),
+            "groupId": ("group_id", _qint),
+            "userId": ("user_id", _qint),
+            "accountName": ("account", _q),
+            "tagId": ("tag_id", _qint),
+        },
+    )
 
-    @r.get("/api/devices/{id}")
-    async def device(request: web.Request) -> web.Response:
-        return out(state.device(request.match_info["id"]), "devices")
-
-    @r.put("/api/devices/{id}")
-    async def put_device(request: web.Request) -> web.Response:
-        device_id = request.match_info["id"]
-        state.device(device_id)
-        data = await _body(request)
+    def assign(device_id: str, data: dict[str, Any]) -> None:
         if "userId" not in data:
             raise _bad("userId is required")
         # null or 0 unlinks the user (the doc only shows linking)
-        user_id = None if data["userId"] is None else as_int(data["userId"], "userId")
-        state.assign_device(device_id, user_id)
-        return _ok()
+        state.assign_device(device_id, None if data["userId"] is None else as_int(data["userId"], "userId"))
+
+    objects("devices", lambda request: request.match_info["id"], state.device, update=assign)
 
     @r.post("/api/devices/{id}/{command}")
     async def command(request: web.Request) -> web.Response:
@@ -1478,110 +1502,46 @@ def _routes(state: DuoState, shape: Shape) -> web.RouteTableDef:  # noqa: C901 (
         return _ok()
 
     # -- tags
-    @r.get("/api/tags")
-    async def tags(request: web.Request) -> web.Response:
-        return cached("tags")
-
-    @r.get("/api/tags/{id}")
-    async def tag(request: web.Request) -> web.Response:
-        return out(state.tag(_id_of(request, "Tag")), "tags")
-
-    @r.put("/api/tags/{id}")
-    async def put_tag(request: web.Request) -> web.Response:
-        tag_id = _id_of(request, "Tag")
-        state.tag(tag_id)
-        state.update_tag(tag_id, await _body(request))
-        return _ok()
-
-    @r.post("/api/tags")
-    async def post_tag(request: web.Request) -> web.Response:
-        return _created(state.add_tag(await _body(request)))
-
-    @r.delete("/api/tags/{id}")
-    async def delete_tag(request: web.Request) -> web.Response:
-        state.delete_tag(_id_of(request, "Tag"))
-        return _ok()
+    listing("tags")
+    objects("tags", numbered("Tag"), state.tag, update=state.update_tag, add=state.add_tag, delete=state.delete_tag)
 
     # -- tag links
-    @r.get("/api/devicetags")
-    async def devicetags(request: web.Request) -> web.Response:
-        if not request.query.keys() & {"deviceId", "serialNumber"}:
-            return links("devicetags", None)
-        if shape.ignore_filters:
-            return links("devicetags", json.loads(state.list_json("devicetags")))
-        return links(
-            "devicetags",
-            state.search_device_tags(device_id=_q(request, "deviceId"), serial=_q(request, "serialNumber")),
-        )
-
-    @r.post("/api/devicetags")
-    async def post_devicetag(request: web.Request) -> web.Response:
-        data = await _body(request)
+    def add_device_tag(data: dict[str, Any]) -> int:
         device_id = _required(data, "deviceId")
         if not isinstance(device_id, str):
             raise _bad("deviceId must be a GUID string")
-        return _created(state.link_device_tag(device_id, as_int(_required(data, "tagId"), "tagId")))
+        return state.link_device_tag(device_id, as_int(_required(data, "tagId"), "tagId"))
 
-    @r.get("/api/usertags")
-    async def usertags(request: web.Request) -> web.Response:
-        if not request.query.keys() & {"userId", "email"}:
-            return links("usertags", None)
-        if shape.ignore_filters:
-            return links("usertags", json.loads(state.list_json("usertags")))
-        return links("usertags", state.search_user_tags(user_id=_qint(request, "userId"), email=_q(request, "email")))
+    def add_user_tag(data: dict[str, Any]) -> int:
+        user_id = as_int(_required(data, "userId"), "userId", quoted=True)
+        return state.link_user_tag(user_id, as_int(_required(data, "tagId"), "tagId"))
 
-    @r.post("/api/usertags")
-    async def post_usertag(request: web.Request) -> web.Response:
-        data = await _body(request)
-        return _created(
-            state.link_user_tag(
-                as_int(_required(data, "userId"), "userId", quoted=True), as_int(_required(data, "tagId"), "tagId")
-            )
-        )
-
-    @r.get("/api/grouptags")
-    async def grouptags(request: web.Request) -> web.Response:
-        return cached("grouptags")
-
-    @r.post("/api/grouptags")
-    async def post_grouptag(request: web.Request) -> web.Response:
-        data = await _body(request)
+    def add_group_tag(data: dict[str, Any]) -> int:
         if data.get("groupId") is None or data.get("groupId") == "":
             raise _bad("groupId is required")
-        return _created(
-            state.link_group_tag(
-                as_int(data["groupId"], "groupId", quoted=True), as_int(_required(data, "tagId"), "tagId")
-            )
+        group_id = as_int(data["groupId"], "groupId", quoted=True)
+        return state.link_group_tag(group_id, as_int(_required(data, "tagId"), "tagId"))
+
+    listing(
+        "devicetags",
+        state.search_device_tags,
+        {"deviceId": ("device_id", _q), "serialNumber": ("serial", _q)},
+        answer=links,
+    )
+    listing("usertags", state.search_user_tags, {"userId": ("user_id", _qint), "email": ("email", _q)}, answer=links)
+    listing("grouptags")
+    for kind, add in (("devicetags", add_device_tag), ("usertags", add_user_tag), ("grouptags", add_group_tag)):
+        objects(
+            kind,
+            numbered(_LINK_NAMES[kind]),
+            functools.partial(state.link, kind),
+            add=add,
+            delete=functools.partial(state.unlink, kind),
         )
 
-    def link_routes(kind: str) -> None:
-        what = _LINK_NAMES[kind]
-
-        async def get_link(request: web.Request) -> web.Response:
-            return out(state.link(kind, _id_of(request, what)), kind)
-
-        async def delete_link(request: web.Request) -> web.Response:
-            state.unlink(kind, _id_of(request, what))
-            return _ok()
-
-        r.get(f"/api/{kind}/{{id}}")(get_link)
-        r.delete(f"/api/{kind}/{{id}}")(delete_link)
-
-    for kind in _LINK_NAMES:
-        link_routes(kind)
-
     # -- apps
-    @r.get("/api/apps")
-    async def apps(request: web.Request) -> web.Response:
-        return cached("apps")
-
-    @r.get("/api/apps/{id}")
-    async def app(request: web.Request) -> web.Response:
-        return out(state.app(_id_of(request, "App")), "apps")
-
-    @r.post("/api/apps")
-    async def post_app(request: web.Request) -> web.Response:
-        return _created(state.upsert_app(await _body(request)))
+    listing("apps")
+    objects("apps", numbered("App"), state.app, add=state.upsert_app)
 
     # -- simulator-only, no auth
     @r.get("/_sim/state/summary")
