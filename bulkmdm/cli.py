@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from .words import counts_list, counts_text, plural
 
 if TYPE_CHECKING:
     from .engine import RunResult
+    from .providers.base import ExtraSetting
     from .model import Outcome
 
 
@@ -48,21 +49,79 @@ def _credential_words() -> str:
     return "; ".join(f"{sets} ({', '.join(names)})" for sets, names in by_sets.items())
 
 
-def _partition_words() -> str:
-    """Which providers read --partition, and as what ("Ivanti device space id (or BULKMDM_PARTITION_ID)")."""
+def _partition_settings(*, simulated: bool = False) -> Iterator[tuple[str, ExtraSetting]]:
+    """Each provider (``simulated``: with a built-in simulator) that reads --partition, as
+    people write its name, and the setting it reads it as."""
     from . import providers
 
+    for cls in providers.classes():
+        if cls.simulator or not simulated:
+            yield from ((cls.title or cls.name, s) for s in cls.extra_settings if s.name == "partition")
+
+
+def _or_variable(setting: ExtraSetting) -> str:
+    return f" (or {setting.variable})" if setting.variable else ""
+
+
+def _partition_words() -> str:
+    """Which providers read --partition, and as what (each one's title, the setting's label and variable)."""
+    return "; ".join(f"{title} {s.label.lower()}{_or_variable(s)}" for title, s in _partition_settings())
+
+
+def _sim_partition_words() -> str:
+    """What `bulkmdm sim` serves as --partition, for each simulator that has one."""
     return "; ".join(
-        f"{cls.title or cls.name} {setting.label.lower()}" + (f" (or {setting.variable})" if setting.variable else "")
-        for cls in providers.classes()
-        for setting in cls.extra_settings
-        if setting.name == "partition"
+        f"{title}: the {s.label.lower()} it serves; pass the same to `bulkmdm run --partition ID`{_or_variable(s)}"
+        for title, s in _partition_settings(simulated=True)
+    )
+
+
+def _real_words() -> str:
+    """What `bulkmdm sim --real` changes, for each simulator that has it."""
+    from . import sim
+
+    return "; ".join(f"{name}: {what}" for name, what in sim.real_behaviours().items())
+
+
+def _checkin_words() -> str:
+    """The simulators whose devices take commands only when they check in."""
+    from . import sim
+
+    return ", ".join(name for name in sim.names() if "checkins" in sim.accepts(name))
+
+
+def _batching_words() -> str:
+    """The providers that send many devices in one request."""
+    from . import providers
+
+    return ", ".join(cls.title or cls.name for cls in providers.classes() if cls.max_batch > 1)
+
+
+def _quota_words() -> str:
+    """The providers whose API has a daily quota (those that say how to count it)."""
+    from inspect import getattr_static
+
+    from . import providers
+    from .providers.base import Provider
+
+    none = getattr_static(Provider, "daily_limit_for")
+    return ", ".join(
+        cls.title or cls.name for cls in providers.classes() if getattr_static(cls, "daily_limit_for") is not none
     )
 
 
 #: placeholders a command's help may use, filled in from the provider registry when the
 #: help is shown (so that a plain command does not import every provider)
-_HELP_FILLS = {"{providers}": _provider_words, "{credentials}": _credential_words, "{partition}": _partition_words}
+_HELP_FILLS = {
+    "{providers}": _provider_words,
+    "{credentials}": _credential_words,
+    "{partition}": _partition_words,
+    "{sim_partition}": _sim_partition_words,
+    "{real}": _real_words,
+    "{checkins}": _checkin_words,
+    "{batching}": _batching_words,
+    "{quota}": _quota_words,
+}
 
 
 class _Command(click.Command):
@@ -216,7 +275,7 @@ def json_option(command: Any) -> Any:
 @click.option(
     "--max-destructive", type=int, metavar="N", help="Refuse a job that would wipe/retire/delete more than N."
 )
-@click.option("--batch-size", type=int, metavar="N", help="Most devices in one bulk request (Ivanti).")
+@click.option("--batch-size", type=int, metavar="N", help="Most devices in one bulk request ({batching}).")
 @click.option(
     "--resend-unknown",
     is_flag=True,
@@ -225,7 +284,7 @@ def json_option(command: Any) -> Any:
 @click.option(
     "--wait-for-quota",
     is_flag=True,
-    help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets and continue "
+    help="When the MDM's daily API quota ({quota}) is used up, hold until it resets and continue "
     "(default: stop, leaving the rest not-run for the same command tomorrow).",
 )
 @click.option(
@@ -366,7 +425,7 @@ def run(
 @click.option(
     "--wait-for-quota",
     is_flag=True,
-    help="When the MDM's daily API quota (ManageEngine) is used up, hold until it resets (default: stop).",
+    help="When the MDM's daily API quota ({quota}) is used up, hold until it resets (default: stop).",
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
 @click.option(
@@ -1265,24 +1324,20 @@ class _SimulatorChoice(click.Choice):  # type: ignore[type-arg]
     default=1,
     show_default=True,
     metavar="ID",
-    help="ivanti: the device space id (dmPartitionId) it serves; pass the same to "
-    "`bulkmdm run --partition ID` (or set BULKMDM_PARTITION_ID).",
+    help="{sim_partition}.",
 )
 @click.option(
     "--real",
     "--me-real",
     "real",
     is_flag=True,
-    help="Answer as the vendor's real service does where it differs from its doc (banyan: end-user ids "
-    "only in GET /v2/enduser, object bodies only, /v1/delete_device only; ivanti: device searches "
-    "in check-in order that moves while you page, sortFields honoured; manageengine: the cloud API "
-    "under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones).",
+    help="Answer as the vendor's real service does where it differs from its doc ({real}).",
 )
 @click.option(
     "--checkin-delay",
     type=click.FloatRange(min=0),
     metavar="S",
-    help="ivanti, manageengine: devices take a command (wipe, lock, app install ...) only when they next "
+    help="{checkins}: devices take a command (wipe, lock, app install ...) only when they next "
     "check in, about S seconds after it (default: at once). POST /_sim/checkins/now checks them all in.",
 )
 @click.option(
@@ -1318,10 +1373,8 @@ def sim(
     offline_rate: float,
 ) -> None:
     """Serve a built-in simulator of PROVIDER's API on 127.0.0.1 until Ctrl-C."""
-    import inspect
-
     from . import providers
-    from .sim import client_env, load
+    from .sim import accepts as accepted, client_env, load
     from .sim.common import CheckIns, Faults, serve_forever
 
     faults = Faults(
@@ -1340,7 +1393,7 @@ def sim(
         slow_seconds=slow_seconds,
     )
     make_app = load(provider.casefold())
-    accepts = inspect.signature(make_app).parameters
+    accepts = accepted(provider.casefold())
     behaviour: dict[str, Any] = {"real": True} if real else {}
     if real and "real" not in accepts:
         raise click.UsageError(f"the {provider} simulator has no --real behaviour; leave --real out.")

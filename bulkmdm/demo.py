@@ -11,6 +11,7 @@ created, an ambiguous app name), to show what a failed row looks like.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 from collections import Counter
@@ -18,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import sim
 from .sim import DEFAULT_DEVICES, DEFAULT_SEED, client_env
 
 CREDS = client_env("duostation")
-#: the ports the demo serves its simulators on where they are free, as the README's
-#: "Try it on a simulator" does, so a command it prints works again after it ends
-PORTS = {"duostation": 8080, "ivanti": 8081, "manageengine": 8082, "banyan": 8083}
+#: the simulators the demo tours, in the order :func:`write_jobs` takes their fleets
+TOUR = ("duostation", "ivanti", "banyan", "manageengine")
 
 
 def _duo_jobs(state: Any, mistakes: bool) -> dict[str, list[list[str]]]:
@@ -161,19 +162,9 @@ def write_jobs(
     return written
 
 
-def _fleets() -> tuple[Any, Any, Any, Any]:
-    from .sim.banyan import make_app as banyan_app
-    from .sim.duostation import make_app as duo_app
-    from .sim.ivanti import make_app as ivanti_app
-    from .sim.manageengine import make_app as me_app
-
-    n, seed = DEFAULT_DEVICES, DEFAULT_SEED
-    return (
-        duo_app(devices=n, seed=seed),
-        ivanti_app(devices=n, seed=seed),
-        banyan_app(devices=n, seed=seed),
-        me_app(devices=n, seed=seed),
-    )
+def _fleets() -> tuple[Any, ...]:
+    """The simulators of :data:`TOUR`, each with the fleet `bulkmdm sim` serves."""
+    return tuple(sim.load(name)(devices=DEFAULT_DEVICES, seed=DEFAULT_SEED) for name in TOUR)
 
 
 def shown_command(job: Path, provider: str, url: str, **options: Any) -> str:
@@ -190,24 +181,26 @@ def run_demo(out: Path, *, echo: Callable[[str], None] = print) -> int:
     """Run the demo; returns the exit code (0 when it went as planned)."""
     from .sim.common import SimServer
 
-    duo_app, ivanti_app, banyan_app, me_app = _fleets()
+    apps = dict(zip(TOUR, _fleets(), strict=True))
     out = out.resolve()
-    jobs = write_jobs(out, duo_app["state"], ivanti_app["state"], banyan_app["state"], me_app["state"], mistakes=True)
+    jobs = write_jobs(out, *(app["state"] for app in apps.values()), mistakes=True)
     echo(f"Example jobs written to {out}/ ({len(jobs)} files; jobs/ in the repository has them without the mistakes).")
     demo = _Demo(out, echo)
-    with (
-        SimServer(duo_app, port=_free_port(PORTS["duostation"])) as duo,
-        SimServer(ivanti_app, port=_free_port(PORTS["ivanti"])) as ivanti,
-        SimServer(banyan_app, port=_free_port(PORTS["banyan"])) as banyan,
-        SimServer(me_app, port=_free_port(PORTS["manageengine"])) as me,
-    ):
+    with contextlib.ExitStack() as stack:
+        # each on its own simulator's port where that is free, as the README's "Try it on a
+        # simulator" serves it, so a command the demo prints works again after it ends
+        servers = {
+            name: stack.enter_context(SimServer(apps[name], port=_free_port(sim.port(name))))
+            for name in sorted(apps, key=sim.port)
+        }
         echo(f"Simulators ({DEFAULT_DEVICES} devices each, as `bulkmdm sim` serves them):")
-        for name, server in (("duostation", duo), ("ivanti", ivanti), ("manageengine", me), ("banyan", banyan)):
+        for name, server in servers.items():
             echo(f"  {name}: {server.url}")
+        duo, ivanti, banyan, me = (servers[name] for name in TOUR)
         duo.faults.latency = ivanti.faults.latency = 0.005
         _duostation_story(demo, duo)
         _other_vendors_story(demo, ivanti, banyan, me)
-        ports = {"duostation": duo.port, "ivanti": ivanti.port, "manageengine": me.port, "banyan": banyan.port}
+        ports = {name: server.port for name, server in servers.items()}
     echo("")
     echo(f"Done. The reports are in {out}/ next to their jobs. Try: bulkmdm runs --state-dir {demo.state_dir}")
     if demo.undo_files:
@@ -389,7 +382,7 @@ def _follow_through_story(demo: _Demo, ivanti: Any) -> None:
         def looked(self, result: TrackResult) -> None:
             echo(f"   {result.progress()}")
 
-    env = {**CREDS, "BULKMDM_PARTITION_ID": "1"}
+    env = client_env("ivanti")
     for title, until in (("one look, right away", 0), ("a look every 2 s for up to 10 s", 10)):
         echo("")
         echo(f"== Did the iPads take the wipe? ({title})")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import providers
 from .actions import normalise_action
 from .columns import OUTCOME_COLUMNS
 from .errors import JournalError
@@ -74,7 +75,7 @@ def job_identity(options: RunOptions, url: str) -> str:
         options.provider.casefold(),
         url.rstrip("/"),
         normalise_action(options.action) if options.action else "",
-        options.partition or options.env.get("BULKMDM_PARTITION_ID", ""),
+        options.partition or providers.settings_from_env(options.provider, options.env).get("partition", ""),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 

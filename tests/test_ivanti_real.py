@@ -231,7 +231,7 @@ def test_sim_help_says_how_to_choose_the_device_space() -> None:
     result = CliRunner().invoke(main, ["sim", "--help"], terminal_width=200)
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    assert "--partition ID" in text and "device space id (dmPartitionId)" in text
+    assert "--partition ID" in text and "Ivanti: the device space id it serves" in text
     assert "bulkmdm run --partition ID" in text and "--real" in text
 
 

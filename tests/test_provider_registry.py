@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import base64
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -117,32 +118,77 @@ def test_a_registered_vendor_is_offered_everywhere_with_nothing_else_edited(
     assert result.exit_code == 2 and "'acme' is not one of" in result.output
 
 
-def _vendor_keys(path: Path) -> list[str]:
-    """Each place in ``path`` where a vendor's name is a string of its own (a comparison, a key, an argument)."""
+def _strings(path: Path, *, docstrings: bool = False) -> list[tuple[int, str]]:
+    """The string constants of ``path`` (and its docstrings, with ``docstrings``), with their lines."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-    }
+    skipped = (
+        set()
+        if docstrings
+        else {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+    )
     return [
-        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
+        (node.lineno, node.value)
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and node.value in BUILT_IN and id(node) not in docstrings
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skipped
     ]
 
 
-def test_no_module_outside_providers_and_sim_keys_on_a_vendor_name() -> None:
+def _where(path: Path, line: int, what: object) -> str:
+    return f"{path.relative_to(PACKAGE.parent)}:{line}: {what!r}"
+
+
+#: a built-in vendor's name (or title: "DuoSTATION", "ManageEngine") as a word of a sentence
+VENDOR_WORD = re.compile(r"\b(" + "|".join(BUILT_IN) + r")\b", re.IGNORECASE)
+
+
+def _vendor_keys(path: Path) -> list[str]:
+    """Each place in ``path`` where a string names a vendor: a comparison, a key, an argument,
+    or a word of a message or help text (docstrings aside)."""
+    return [_where(path, line, value) for line, value in _strings(path) if VENDOR_WORD.search(value)]
+
+
+def _vendor_tables(path: Path) -> list[str]:
+    """Each dict literal in ``path`` keyed by a vendor's name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        _where(path, node.lineno, [key.value for key in node.keys if isinstance(key, ast.Constant)])
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Dict)
+        and any(isinstance(key, ast.Constant) and key.value in BUILT_IN for key in node.keys)
+    ]
+
+
+def _vendor_variables(path: Path) -> list[str]:
+    """Each string in ``path``, docstrings included, that names an environment variable a
+    provider declares (a credential's, or an extra setting's such as Ivanti's device space)."""
+    variables = providers.credential_variables()
+    return [
+        _where(path, line, value)
+        for line, value in _strings(path, docstrings=True)
+        if any(variable in value for variable in variables)
+    ]
+
+
+def _modules_outside(*allowed: Path) -> list[Path]:
+    return [path for path in sorted(PACKAGE.rglob("*.py")) if not any(path == a or a in path.parents for a in allowed)]
+
+
+def test_no_module_outside_providers_and_sim_keys_on_a_vendor_name(acme: type[Acme]) -> None:
+    vendors = (PACKAGE / "providers", PACKAGE / "sim")
     # the demo is a tour of the built-in vendors' example jobs: it names them as a script does
-    allowed = {PACKAGE / "providers", PACKAGE / "sim", PACKAGE / "demo.py"}
-    found = [
-        where
-        for path in sorted(PACKAGE.rglob("*.py"))
-        if not any(path == a or a in path.parents for a in allowed)
-        for where in _vendor_keys(path)
-    ]
-    assert found == []
-    # (the scan itself finds them where they are)
-    assert _vendor_keys(Path(inspect.getfile(providers)))
+    assert [where for path in _modules_outside(*vendors, PACKAGE / "demo.py") for where in _vendor_keys(path)] == []
+    # ... but even the demo keeps no table keyed by them (a port each, say) and writes out no
+    # variable a provider declares (the registered fake one's included): it asks the registry
+    outside = _modules_outside(*vendors)
+    assert [where for path in outside for where in (*_vendor_tables(path), *_vendor_variables(path))] == []
+    # (the scans find them where they are)
+    registry = Path(inspect.getfile(providers))
+    assert _vendor_keys(registry) and _vendor_tables(registry)
+    assert _vendor_variables(PACKAGE / "providers" / "ivanti.py")
+    assert _vendor_variables(Path(__file__)) and "BULKMDM_ACME_SITE" in providers.credential_variables()

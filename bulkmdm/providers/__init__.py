@@ -13,6 +13,7 @@ the CLI, profiles, keyring, web page and simulators read it through
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -83,6 +84,18 @@ def credential_variables() -> frozenset[str]:
     found = {c.variable for name in names() for c in credential_fields(name)}
     found |= {s.variable for cls in classes() for s in cls.extra_settings if s.variable}
     return frozenset(found)
+
+
+def settings_from_env(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """Provider ``name``'s extra settings that ``env`` gives through their declared variables,
+    by setting name (``{"partition": "23505"}``)."""
+    return {s.name: env[s.variable] for s in get(name).extra_settings if s.variable and env.get(s.variable)}
+
+
+def settings_env(name: str, values: Mapping[str, str | None]) -> dict[str, str]:
+    """The environment that gives provider ``name`` its extra settings ``values`` (setting
+    name -> value) through their declared variables, as a child ``bulkmdm`` reads them."""
+    return {s.variable: value for s in get(name).extra_settings if s.variable and (value := values.get(s.name))}
 
 
 def secret_variables() -> tuple[str, ...]:

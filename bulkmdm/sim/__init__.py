@@ -49,6 +49,24 @@ def load(name: str):  # type: ignore[no-untyped-def]
     return getattr(_module(name), _target(name)[1])
 
 
+def port(name: str) -> int:
+    """The port the simulator of provider ``name`` is served on where it is free (its
+    module's ``PORT``; 0, any free port, when it names none)."""
+    return int(getattr(_module(name), "PORT", 0))
+
+
+def accepts(name: str) -> frozenset[str]:
+    """The keyword arguments the simulator of provider ``name`` takes (``real``, ``checkins``, ...)."""
+    import inspect
+
+    return frozenset(inspect.signature(load(name)).parameters)
+
+
+def real_behaviours() -> dict[str, str]:
+    """What ``real=True`` changes, by the name of each simulator that has it (its module's ``REAL``)."""
+    return {name: getattr(_module(name), "REAL", "") for name in names() if "real" in accepts(name)}
+
+
 def client_env(name: str, *, username: str = "admin", password: str = "admin", partition: str = "1") -> dict[str, str]:
     """The environment a ``bulkmdm run`` against the simulator ``name`` (as
     ``bulkmdm sim`` starts it with these settings) needs."""

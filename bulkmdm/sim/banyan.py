@@ -71,6 +71,11 @@ from aiohttp import web
 from . import fleet
 from .common import Faults, instrument
 
+#: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
+PORT = 8083
+#: what ``real=True`` (`bulkmdm sim banyan --real`) changes, for the command's help
+REAL = "end-user ids only in GET /v2/enduser, object bodies only, /v1/delete_device only"
+
 DUPLICATE_SERIAL = "DUPLICATE001"
 LONELY_USERS = 3
 #: the doc's path for "Delete Enduser Device", and the one Banyan's OpenAPI

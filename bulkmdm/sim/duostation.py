@@ -76,7 +76,10 @@ from aiohttp import web
 from . import fleet
 from .common import Faults, Handler, instrument
 
-__all__ = ["COMMANDS", "FACTS", "ApiError", "DuoState", "Shape", "client_env", "make_app", "seed_state"]
+__all__ = ["COMMANDS", "FACTS", "PORT", "ApiError", "DuoState", "Shape", "client_env", "make_app", "seed_state"]
+
+#: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
+PORT = 8080
 
 #: the device commands (POST /api/devices/<id>/<command>)
 COMMANDS = ("inventorydevice", "installapp", "removeapp", "lockdevice", "wipedevice", "clearpasscode", "sendmessage")

@@ -54,6 +54,11 @@ from multidict import MultiDict, MultiMapping
 
 from .common import CheckIns, Faults, Handler, instrument
 
+#: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
+PORT = 8081
+#: what ``real=True`` (`bulkmdm sim ivanti --real`) changes, for the command's help
+REAL = "device searches in check-in order that moves while you page, sortFields honoured"
+
 MAX_ROWS = 500
 
 _FIRST = (

@@ -118,7 +118,12 @@ from aiohttp import web
 from . import fleet
 from .common import CheckIns, Faults, instrument
 
-__all__ = ["FACTS", "MEState", "client_env", "make_app"]
+__all__ = ["FACTS", "PORT", "REAL", "MEState", "client_env", "make_app"]
+
+#: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
+PORT = 8082
+#: what ``real=True`` (`bulkmdm sim manageengine --real`) changes, for the command's help
+REAL = "the cloud API under /api/v1/mdm only, de-enrolled device records beside re-enrolled ones"
 
 DEVICE_ID_BASE = 9007199254741000  # above 2**53, like the doc's example ids
 GROUP_ID_BASE = 9007199254751000

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import providers
 from ..shown import Secrets, plain
 from ..errors import UsageError
 from .app import STATE, WebState
@@ -142,8 +143,7 @@ async def look(request: web.Request) -> web.Response:
     elif not _looking(request, run_id):
         args = ["-m", "bulkmdm", "track", run.report_path, "--state-dir", str(state.state_dir)]
         env = connection.child_environment()
-        if connection.partition:
-            env["BULKMDM_PARTITION_ID"] = connection.partition
+        env.update(providers.settings_env(connection.provider, {"partition": connection.partition}))
         _looks(request)[run_id] = await asyncio.create_subprocess_exec(
             sys.executable,
             *args,
