@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import BulkMDMError, ConfigError, UsageError
+from .events import QuietEvents
 from .sim import DEFAULT_DEVICES, DEFAULT_SEED
 from .shown import Secrets, plain
 from .words import counts_list, counts_text, plural
@@ -749,8 +750,8 @@ def _rerun_command(report: Path) -> str:
     return _command(report, report=None if default_report_path(report) == report else report)
 
 
-class PlainEvents:
-    """Progress as plain lines, for logs and pipes: one every few seconds."""
+class PlainEvents(QuietEvents):
+    """Progress as plain lines, for logs and pipes: one every few seconds (it cannot ask)."""
 
     def __init__(self, every: float = 5.0) -> None:
         self.every = every
@@ -800,15 +801,6 @@ class PlainEvents:
         parts = counts_list(self.counts)
         left = f"ETA {_clock(eta)}" if eta is not None else "ETA --:--"
         return f"{done}/{self.total} rows ({parts}); {speed:.1f} rows/s, {left}"
-
-    def finish(self) -> None:
-        pass
-
-    def can_ask(self) -> bool:
-        return False
-
-    def confirm(self, prompt: str, expected: str) -> bool:
-        return False
 
 
 class TerminalEvents(PlainEvents):
@@ -1260,6 +1252,17 @@ def _connection(
 # -- simulators and demo ----------------------------------------------------
 
 
+def _port_option(default: int) -> Any:
+    """``--port`` of a command that serves on 127.0.0.1."""
+    return click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        default=default,
+        show_default=True,
+        help="Port on 127.0.0.1 (0: any free port).",
+    )
+
+
 class _SimulatorChoice(click.Choice):  # type: ignore[type-arg]
     """The providers with a built-in simulator, read from the registry when first needed."""
 
@@ -1279,13 +1282,7 @@ class _SimulatorChoice(click.Choice):  # type: ignore[type-arg]
 
 @main.command()
 @click.argument("provider", type=_SimulatorChoice())
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port on 127.0.0.1 (0: any free port).",
-)
+@_port_option(8080)
 @click.option(
     "--devices",
     type=int,
@@ -1459,13 +1456,7 @@ def demo(out: Path) -> None:
 
 
 @main.command()
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8765,
-    show_default=True,
-    help="Port on 127.0.0.1 (0: any free port).",
-)
+@_port_option(8765)
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path),

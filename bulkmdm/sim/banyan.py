@@ -69,7 +69,7 @@ from typing import Any
 from aiohttp import web
 
 from . import fleet
-from .common import Faults, instrument
+from .common import Faults, auth_middleware, instrument
 
 #: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
 PORT = 8083
@@ -606,19 +606,13 @@ def make_app(
     """
     del username, password
     org = seed_org(devices, seed, real=real)
-    expected = f"Bearer {token}"
 
-    @web.middleware
-    async def bearer(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/_sim"):
-            return await handler(request)
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.casefold() != "bearer" or f"Bearer {value}" != expected:
-            return web.json_response({"message": "Unauthorized"}, status=401)
-        return await handler(request)
+    def bearer(header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        return scheme.casefold() == "bearer" and value == token
 
-    app = web.Application(middlewares=[bearer])
+    refused = auth_middleware(bearer, lambda: web.json_response({"message": "Unauthorized"}, status=401))
+    app = web.Application(middlewares=[refused])
     with warnings.catch_warnings():
         # a plain string key, like common.instrument's app["faults"]
         warnings.simplefilter("ignore", web.NotAppKeyWarning)

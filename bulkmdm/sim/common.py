@@ -14,6 +14,8 @@ no credentials and exist only in the simulator.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import heapq
 import itertools
@@ -251,6 +253,32 @@ class _Limiter:
         restored = faults.limit_restored_at is not None and since >= faults.limit_restored_at
         self.limit.rate = faults.rate_limit / 2 if halved and not restored else faults.rate_limit
         return self.limit.allow(now)
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """The (user name, password) of an ``Authorization: Basic ...`` header (RFC 7617);
+    None for any other scheme or a value that is not base64 of ``user:password``."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.casefold() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, ValueError):
+        return None
+    return (user, password) if sep else None
+
+
+def auth_middleware(accepts: Callable[[str], bool], refusal: Callable[[], web.StreamResponse]) -> Any:
+    """Answer ``refusal()`` to a request whose ``Authorization`` header ``accepts`` does not
+    take; the simulator's own ``/_sim`` paths need none."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim") or accepts(request.headers.get("Authorization", "")):
+            return await handler(request)
+        return refusal()
+
+    return middleware
 
 
 def fault_middleware(faults: Faults, stats: Stats) -> Any:

@@ -74,7 +74,7 @@ from typing import Any
 from aiohttp import web
 
 from . import fleet
-from .common import Faults, Handler, instrument
+from .common import Faults, Handler, basic_credentials, instrument
 
 __all__ = ["COMMANDS", "FACTS", "PORT", "ApiError", "DuoState", "Shape", "client_env", "make_app", "seed_state"]
 
@@ -1146,7 +1146,7 @@ def _auth_middleware(username: str, password: str, shape: Shape) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api"):
             header = request.headers.get("Authorization", "")
-            if header != token and _basic(header) != expected:
+            if header != token and basic_credentials(header) != expected:
                 raise ApiError(
                     shape.auth_status,
                     "Authorization has been denied for this request.",
@@ -1155,17 +1155,6 @@ def _auth_middleware(username: str, password: str, shape: Shape) -> Any:
         return await handler(request)
 
     return middleware
-
-
-def _basic(header: str) -> tuple[str, str] | None:
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, ValueError):
-        return None
-    return (user, password) if sep else None
 
 
 @web.middleware

@@ -35,8 +35,6 @@ State lives in :class:`IvantiState` at ``app["state"]``; ``state.log`` and
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import random
 import re
@@ -52,7 +50,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from .common import CheckIns, Faults, Handler, instrument
+from .common import CheckIns, Faults, Handler, auth_middleware, basic_credentials, instrument
 
 #: the port the README's "Try it on a simulator" and `bulkmdm demo` serve it on
 PORT = 8081
@@ -464,26 +462,12 @@ def _error(status: int, message: str, *, field: str | None = None, code: str = "
 
 
 def _basic_auth_middleware(username: str, password: str) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/_sim"):
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        ok = False
-        if scheme.casefold() == "basic":
-            try:
-                user, _, secret = base64.b64decode(token.strip()).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                user, secret = "", ""
-            ok = user == username and secret == password
-        if not ok:
-            response = _error(401, "Full authentication is required to access this resource", code="Unauthorized")
-            response.headers["WWW-Authenticate"] = 'Basic realm="Ivanti Neurons for MDM"'
-            return response
-        return await handler(request)
+    def refusal() -> web.Response:
+        response = _error(401, "Full authentication is required to access this resource", code="Unauthorized")
+        response.headers["WWW-Authenticate"] = 'Basic realm="Ivanti Neurons for MDM"'
+        return response
 
-    return middleware
+    return auth_middleware(lambda header: basic_credentials(header) == (username, password), refusal)
 
 
 #: media types the form endpoints read, as a Spring ``@RequestParam`` server does

@@ -708,20 +708,35 @@ async def get_members(request: web.Request, state: MEState) -> web.StreamRespons
     return _page(request, state, "member_ids", state.member_ids(_id(request, "group_id")))
 
 
-async def add_members(request: web.Request, state: MEState) -> web.StreamResponse:
-    group_id = _id(request, "group_id")
-    body = await _json(request)
-    return web.json_response({"member_ids": state.add_members(group_id, body.get("member_ids"))})
+def _links(
+    owner: str,
+    member: str,
+    listed: str,
+    add: Callable[[MEState, int, Any], list[int]],
+    remove: Callable[[MEState, int, int], None],
+) -> tuple[Route, Route, Route]:
+    """The doc's three endpoints on the devices linked to one object (a group's members, an
+    app's devices): link those the body's ``listed`` names, link one, unlink one."""
+
+    async def add_many(request: web.Request, state: MEState) -> web.StreamResponse:
+        owner_id = _id(request, owner)
+        body = await _json(request)
+        return web.json_response({listed: add(state, owner_id, body.get(listed))})
+
+    async def add_one(request: web.Request, state: MEState) -> web.StreamResponse:
+        add(state, _id(request, owner), [_id(request, member)])
+        return web.Response(status=202)
+
+    async def remove_one(request: web.Request, state: MEState) -> web.StreamResponse:
+        remove(state, _id(request, owner), _id(request, member))
+        return web.Response(status=204)
+
+    return add_many, add_one, remove_one
 
 
-async def add_member(request: web.Request, state: MEState) -> web.StreamResponse:
-    state.add_members(_id(request, "group_id"), [_id(request, "member_id")])
-    return web.Response(status=202)
-
-
-async def remove_member(request: web.Request, state: MEState) -> web.StreamResponse:
-    state.remove_member(_id(request, "group_id"), _id(request, "member_id"))
-    return web.Response(status=204)
+add_members, add_member, remove_member = _links(
+    "group_id", "member_id", "member_ids", MEState.add_members, MEState.remove_member
+)
 
 
 async def list_apps(request: web.Request, state: MEState) -> web.StreamResponse:
@@ -752,20 +767,9 @@ async def get_app(request: web.Request, state: MEState) -> web.StreamResponse:
     return web.json_response(state.app(_id(request, "app_id")))
 
 
-async def associate_devices(request: web.Request, state: MEState) -> web.StreamResponse:
-    app_id = _id(request, "app_id")
-    body = await _json(request)
-    return web.json_response({"device_ids": state.associate(app_id, body.get("device_ids"))})
-
-
-async def associate_device(request: web.Request, state: MEState) -> web.StreamResponse:
-    state.associate(_id(request, "app_id"), [_id(request, "device_id")])
-    return web.Response(status=202)
-
-
-async def disassociate_device(request: web.Request, state: MEState) -> web.StreamResponse:
-    state.disassociate(_id(request, "app_id"), _id(request, "device_id"))
-    return web.Response(status=204)
+associate_devices, associate_device, disassociate_device = _links(
+    "app_id", "device_id", "device_ids", MEState.associate, MEState.disassociate
+)
 
 
 _API: list[tuple[str, str, Route]] = [
