@@ -239,6 +239,12 @@ def json_option(command: Any) -> Any:
     )(command)
 
 
+#: ``--state-dir`` of a command that reads the journal
+_state_dir_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives."
+)
+
+
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
 @click.option("--provider", "-p", metavar="NAME", help="The MDM: {providers} (or from --profile).")
@@ -428,7 +434,7 @@ def run(
     is_flag=True,
     help="When the MDM's daily API quota ({quota}) is used up, hold until it resets (default: stop).",
 )
-@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@_state_dir_option
 @click.option(
     "--profile",
     "-P",
@@ -1050,7 +1056,7 @@ def _template_choices(spec: Any, profile: str | None, provider: str | None, url:
 
 
 @main.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@_state_dir_option
 @click.option("--limit", type=int, default=20, show_default=True, help="How many runs to list, newest first.")
 def runs(state_dir: Path | None, limit: int) -> None:
     """List earlier runs (newest first): when, which MDM and profile, the job and its row counts."""
@@ -1098,7 +1104,7 @@ def _profiles_by_target() -> dict[tuple[str, str], str]:
 @click.option("--replace", is_flag=True, help="Write over the run's own report (edits made to it since are lost).")
 @click.option("--force", is_flag=True, help="With --replace: even when later runs wrote that report since.")
 @click.option("--undo", is_flag=True, help="Also write the run's undo file from the journal.")
-@click.option("--state-dir", type=click.Path(path_type=Path), metavar="DIR", help="Where the journal lives.")
+@_state_dir_option
 def report(run_id: int, out: Path | None, replace: bool, force: bool, undo: bool, state_dir: Path | None) -> None:
     """Write RUN's outcome report again from the journal (`bulkmdm runs` lists runs).
 

@@ -164,6 +164,15 @@ class Credential:
     secret: bool = True
 
 
+#: the credential fields of a vendor that takes HTTP Basic (the base's ``auth_from_env``), and
+#: their one complete set
+BASIC_CREDENTIAL_FIELDS = (
+    Credential("BULKMDM_USERNAME", "User name", secret=False),
+    Credential("BULKMDM_PASSWORD", "Password"),
+)
+BASIC_CREDENTIALS = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+
+
 @dataclass(frozen=True, slots=True)
 class ExtraSetting:
     """A setting a vendor needs besides its address and credentials (Ivanti's device space)."""

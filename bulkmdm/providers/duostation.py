@@ -53,7 +53,8 @@ from ..model import JobRow, Outcome, Reason, Status, Step
 from ..retry import RetryPolicy
 from ..client import Client, RequestContext, Response, Verify
 from .base import (
-    Credential,
+    BASIC_CREDENTIAL_FIELDS,
+    BASIC_CREDENTIALS,
     Follow,
     Index,
     ListFailed,
@@ -387,11 +388,8 @@ class DuoStation(Provider):
     }
     # "The API uses Basic Authentication. User name and password is the same
     # that can be used to log in to DuoSTATION MDM".
-    credential_fields = (
-        Credential("BULKMDM_USERNAME", "User name", secret=False),
-        Credential("BULKMDM_PASSWORD", "Password"),
-    )
-    credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    credential_fields = BASIC_CREDENTIAL_FIELDS
+    credentials = BASIC_CREDENTIALS
     api_path = "/api"
     simulator = "bulkmdm.sim.duostation:make_app"
     # "Get tags": the smallest list the doc has, read by every run that tags

@@ -61,7 +61,8 @@ from ..model import JobRow, Outcome, Reason, Status, Step
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Client, RequestContext, Response, Verify
 from .base import (
-    Credential,
+    BASIC_CREDENTIAL_FIELDS,
+    BASIC_CREDENTIALS,
     Follow,
     Sighting,
     Tracked,
@@ -281,11 +282,8 @@ class Ivanti(Provider):
         **{action: Follow.DEVICE for action in ("wipe", "retire", "lock", "unlock", "restart", "checkin", "message")},
         **{action: Follow.MDM for action in ("assign-user", "set-attribute", "delete-device")},
     }
-    credential_fields = (
-        Credential("BULKMDM_USERNAME", "User name", secret=False),
-        Credential("BULKMDM_PASSWORD", "Password"),
-    )
-    credentials = (("BULKMDM_USERNAME", "BULKMDM_PASSWORD"),)
+    credential_fields = BASIC_CREDENTIAL_FIELDS
+    credentials = BASIC_CREDENTIALS
     api_path = "/api/v1"
     simulator = "bulkmdm.sim.ivanti:make_app"
     # The doc gives no rate limit and no retry advice: the shared policy

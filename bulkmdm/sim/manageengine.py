@@ -450,14 +450,19 @@ class MEState:
             out.append(device_id)
         return out
 
+    def _link(self, links: dict[int, dict[int, None]], owner_id: int, ids: Any, name: str, already: str) -> list[int]:
+        """Link the devices of the body's ``name`` to ``owner_id`` (a group, an app) in ``links``."""
+        devices = self._known(ids, name)
+        bucket = links.setdefault(owner_id, {})
+        if self.conflict_on_duplicate and any(d in bucket for d in devices):
+            raise ApiError("COM0010", already)
+        bucket.update(dict.fromkeys(devices))
+        return devices
+
     def add_members(self, group_id: int, ids: Any) -> list[int]:
         self.group(group_id)
-        members = self._known(ids, "member_ids")
-        bucket = self.members.setdefault(group_id, {})
-        if self.conflict_on_duplicate and any(d in bucket for d in members):
-            raise ApiError("COM0010", "already a member")
+        members = self._link(self.members, group_id, ids, "member_ids", "already a member")
         for device_id in members:
-            bucket[device_id] = None
             self._log(device_id, f"add-to-group:{group_id}")
         return members
 
@@ -471,12 +476,8 @@ class MEState:
 
     def associate(self, app_id: int, ids: Any) -> list[int]:
         self.app(app_id)
-        devices = self._known(ids, "device_ids")
-        bucket = self.associations.setdefault(app_id, {})
-        if self.conflict_on_duplicate and any(d in bucket for d in devices):
-            raise ApiError("COM0010", "already associated")
+        devices = self._link(self.associations, app_id, ids, "device_ids", "already associated")
         for device_id in devices:
-            bucket[device_id] = None
             # the association is the MDM's at once; the app reaches the device when it checks in
             self.checkins.later(str(device_id), partial(self._install, device_id, app_id))
             self._log(device_id, f"install-app:{app_id}")
