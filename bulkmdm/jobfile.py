@@ -202,6 +202,23 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
+#: what a ZIP container that is not a workbook is (``_zip_kind``), as a sentence names it
+_ZIP_WHAT = {
+    "xlsb": "an Excel binary workbook (.xlsb)",
+    "ods": "an OpenDocument spreadsheet (.ods)",
+    "docx": "a Word document",
+}
+
+
+def _is_zip(head: bytes) -> bool:
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06")
+
+
+def _magic_what(head: bytes) -> str | None:
+    """What a file of another known format (``_MAGIC``) is, by its first bytes."""
+    return next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+
+
 def _zip_kind(data: bytes) -> str:
     """'xlsx', 'xlsb', 'ods', 'docx', 'zip', or 'broken' for a ZIP container."""
     try:
@@ -262,15 +279,11 @@ def _not_csv(path: Path, data: bytes) -> None:
     """Raise when a .csv file is really something else."""
     head = data[:16]
     csv_name = path.with_suffix(".xlsx").name
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if _is_zip(head):
         found = _zip_kind(data)
         if found == "xlsx":
             raise JobFileError(f"{path} is an Excel workbook, not a CSV file; rename it to {csv_name}.")
-        what = {
-            "xlsb": "an Excel binary workbook (.xlsb)",
-            "ods": "an OpenDocument spreadsheet (.ods)",
-            "docx": "a Word document",
-        }.get(found, "a ZIP archive")
+        what = _ZIP_WHAT.get(found, "a ZIP archive")
         raise JobFileError(f"{path} is {what}, not a CSV file; save the table as CSV or as an Excel Workbook (.xlsx).")
     if head.startswith(_OLE2):
         what = (
@@ -281,11 +294,8 @@ def _not_csv(path: Path, data: bytes) -> None:
         raise JobFileError(
             f"{path} is {what}, not a CSV file; open it in Excel and save it as 'CSV UTF-8' or as .xlsx."
         )
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            raise JobFileError(
-                f"{path} is {what}, not a CSV file; export the table from its spreadsheet as 'CSV UTF-8'."
-            )
+    if known := _magic_what(head):
+        raise JobFileError(f"{path} is {known}, not a CSV file; export the table from its spreadsheet as 'CSV UTF-8'.")
     if _looks_utf16(data):
         raise JobFileError(
             f"{path} is saved as UTF-16 ('Unicode Text'); save it from Excel as 'CSV UTF-8 (Comma delimited)' instead."
@@ -299,7 +309,7 @@ def _not_csv(path: Path, data: bytes) -> None:
 def _not_xlsx(path: Path, data: bytes) -> None:
     """Raise when a .xlsx file is really something else."""
     head = data[:16]
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if _is_zip(head):
         found = _zip_kind(data)
         if found == "xlsx":
             return
@@ -308,11 +318,7 @@ def _not_xlsx(path: Path, data: bytes) -> None:
                 f"{path} is damaged (not a complete Excel workbook); open it in Excel and save it again, "
                 "or export it as CSV."
             )
-        what = {
-            "xlsb": "an Excel binary workbook (.xlsb)",
-            "ods": "an OpenDocument spreadsheet (.ods)",
-            "docx": "a Word document",
-        }.get(found, "a ZIP archive")
+        what = _ZIP_WHAT.get(found, "a ZIP archive")
         raise JobFileError(
             f"{path} is {what}, not an Excel workbook; open it and save it as an Excel Workbook (.xlsx)."
         )
@@ -326,11 +332,8 @@ def _not_xlsx(path: Path, data: bytes) -> None:
             f"{path} is an old-format Excel workbook (.xls) with an .xlsx name; open it in Excel and save it as "
             "an Excel Workbook (.xlsx)."
         )
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            raise JobFileError(
-                f"{path} is {what}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead."
-            )
+    if known := _magic_what(head):
+        raise JobFileError(f"{path} is {known}, not an Excel workbook; give bulkmdm the .xlsx or a CSV export instead.")
     if _looks_text(data):
         raise JobFileError(
             f"{path} is a text file (probably CSV), not an Excel workbook; "
