@@ -836,11 +836,7 @@ class ManageEngine(Provider):
     def _group(self, name: str, lists: _Lists) -> Any:
         if not lists.group_by_name.find(name) and name.strip():
             if lists.groups_without_id.find(name):
-                raise LookupFailed(
-                    f"group {name!r} was found, but the MDM's record for it has no group_id "
-                    "(missing or null), so it cannot be changed",
-                    Reason.BAD_ANSWER,
-                )
+                raise _found_without_id(f"group {name!r}", "group_id")
             near = lists.group_by_name_folded.find(name)
             if near:
                 hint = ", ".join(repr(_group_name(g)) for g in near[:3])
@@ -857,11 +853,7 @@ class ManageEngine(Provider):
         ]
         if not any(apps for _field, apps in found):
             if lists.apps_without_id.find(value):
-                raise LookupFailed(
-                    f"app {value!r} was found, but the MDM's record for it has no app_id "
-                    "(missing or null), so it cannot be sent",
-                    Reason.BAD_ANSWER,
-                )
+                raise _found_without_id(f"app {value!r}", "app_id", "sent")
             near = lists.app_names_folded.find(value)
             hint = f"; did you mean {get_field(near[0], 'app_name', 'name')!r}?" if near else ""
             if not hint and "apps" in lists.no_details:
@@ -1455,11 +1447,16 @@ def _why_no_device(serial: str, lists: _Lists) -> None:
             "(is_removed true); re-enrol the device or check the serial"
         )
     if lists.no_id_by_serial.find(serial):
-        raise LookupFailed(
-            f"serial {serial!r} was found, but the MDM's record for it has no device_id "
-            "(missing or null), so it cannot be changed",
-            Reason.BAD_ANSWER,
-        )
+        raise _found_without_id(f"serial {serial!r}", "device_id")
+
+
+def _found_without_id(what: str, id_field: str, done: str = "changed") -> LookupFailed:
+    """``what`` matches a record the MDM lists without its ``id_field`` (missing or null):
+    there is nothing to send the change to."""
+    return LookupFailed(
+        f"{what} was found, but the MDM's record for it has no {id_field} (missing or null), so it cannot be {done}",
+        Reason.BAD_ANSWER,
+    )
 
 
 def _is_removed(device: Any) -> bool:
