@@ -127,6 +127,19 @@ def duo() -> Iterator[SimServer]:
         yield server
 
 
+#: the bearer token the Banyan simulators of the tests accept
+BANYAN_TOKEN = "s3cr3t-banyan-token"
+
+
+@pytest.fixture(params=["doc", "real"])
+def any_banyan(request: pytest.FixtureRequest) -> Iterator[SimServer]:
+    """A Banyan simulator in each behaviour in turn: the doc's, then the real service's."""
+    from bulkmdm.sim.banyan import make_app
+
+    with SimServer(make_app(devices=220, seed=3, token=BANYAN_TOKEN, real=request.param == "real")) as server:
+        yield server
+
+
 @dataclass
 class Result:
     exit_code: int

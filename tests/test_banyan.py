@@ -19,7 +19,8 @@ from bulkmdm.sim.banyan import DOC_DELETE_PATH, DUPLICATE_SERIAL, Org, make_app
 from bulkmdm.sim.common import SimServer
 from bulkmdm.client import Client
 
-TOKEN = "s3cr3t-banyan-token"
+from conftest import BANYAN_TOKEN as TOKEN
+
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
 
 
@@ -34,13 +35,6 @@ def sim() -> Iterator[SimServer]:
 def real_sim() -> Iterator[SimServer]:
     """The simulator answering as Banyan's service does (``bulkmdm sim banyan --real``)."""
     with SimServer(make_app(devices=220, seed=3, token=TOKEN, real=True)) as server:
-        yield server
-
-
-@pytest.fixture(params=["doc", "real"])
-def any_sim(request: pytest.FixtureRequest) -> Iterator[SimServer]:
-    """Each behaviour of the simulator in turn: the doc's, then the real service's."""
-    with SimServer(make_app(devices=220, seed=3, token=TOKEN, real=request.param == "real")) as server:
         yield server
 
 
@@ -80,8 +74,8 @@ def mutating(sim: SimServer) -> int:
 # -- ban / unban ----------------------------------------------------------------
 
 
-async def test_ban_and_unban_change_only_what_needs_changing(any_sim: SimServer) -> None:
-    sim = any_sim
+async def test_ban_and_unban_change_only_what_needs_changing(any_banyan: SimServer) -> None:
+    sim = any_banyan
     to_ban, already_banned = org(sim).unique_devices(banned=False)[0], org(sim).unique_devices(banned=True)[0]
     to_unban, not_banned = org(sim).unique_devices(banned=True)[1], org(sim).unique_devices(banned=False)[1]
     out = await run(

@@ -6,7 +6,7 @@ without the fields we key on."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,9 @@ from bulkmdm.sim.banyan import DOC_DELETE_PATH, SHORT_DELETE_PATH, Org, make_app
 from bulkmdm.sim.common import SimServer
 from bulkmdm.client import Client
 
-TOKEN = "s3cr3t-banyan-token"
+from conftest import BANYAN_TOKEN as TOKEN
+
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05)
-
-
-@pytest.fixture(params=["doc", "real"])
-def any_sim(request: pytest.FixtureRequest) -> Iterator[SimServer]:
-    """Each behaviour of the simulator in turn: the doc's, then the real service's."""
-    with SimServer(make_app(devices=220, seed=3, token=TOKEN, real=request.param == "real")) as server:
-        yield server
 
 
 def org(sim: SimServer) -> Org:
@@ -73,8 +67,8 @@ async def plan(sim: SimServer, rows: Sequence[tuple[str, Mapping[str, str]]]) ->
         return await provider.plan([JobRow(i, a, dict(f)) for i, (a, f) in enumerate(rows)])
 
 
-def test_every_action_end_to_end(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
-    sim, o = any_sim, org(any_sim)
+def test_every_action_end_to_end(any_banyan: SimServer, tmp_path: Path, run_cli: Any) -> None:
+    sim, o = any_banyan, org(any_banyan)
     to_ban = o.unique_devices(banned=False)[0]
     to_unban, banned = o.unique_devices(banned=True)[:2]
     # one user on it, who has another device: the device goes, the user stays
@@ -132,14 +126,14 @@ def test_every_action_end_to_end(any_sim: SimServer, tmp_path: Path, run_cli: An
     assert routes["DELETE /v2/endusers"] == 2
 
 
-def test_ban_body_keeps_the_device_fields(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+def test_ban_body_keeps_the_device_fields(any_banyan: SimServer, tmp_path: Path, run_cli: Any) -> None:
     # The device's own fields travel with "Banned" (as pybanyan sends them);
     # the server must end up with them as they were.
-    o = org(any_sim)
+    o = org(any_banyan)
     device = o.unique_devices(banned=False)[3]
     kept = {k: device[k] for k in ("Model", "Ownership", "Platform", "OS", "Architecture")}
     job = write_job(tmp_path / "ban.csv", ["action", "serial"], [["ban", device["SerialNumber"]]])
-    assert cli(run_cli, job, any_sim).exit_code == 0
+    assert cli(run_cli, job, any_banyan).exit_code == 0
     assert device["Banned"] == "TRUE" and {k: device[k] for k in kept} == kept
     assert o.log[f"device:{device['DeviceID']}"] == ["ban"]
 
@@ -189,10 +183,10 @@ def test_end_user_ids_are_read_from_v2_pages(tmp_path: Path, run_cli: Any) -> No
         assert sim.stats.by_route["DELETE /v2/endusers"] == 1
 
 
-def test_objects_without_the_key_field_are_no_match(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+def test_objects_without_the_key_field_are_no_match(any_banyan: SimServer, tmp_path: Path, run_cli: Any) -> None:
     # Devices whose DeviceID and end users whose id is null
     # are not collapsed into one object; each row says which field is missing.
-    o = org(any_sim)
+    o = org(any_banyan)
     first, second = o.unique_devices(banned=False)[:2]
     users = [u for u in o.users.values() if not u["SerialNumbers"]][:2]
     for obj in (first, second):
@@ -210,7 +204,7 @@ def test_objects_without_the_key_field_are_no_match(any_sim: SimServer, tmp_path
             ["delete-user", "", "", users[1]["Email"]],
         ],
     )
-    result = cli(run_cli, job, any_sim)
+    result = cli(run_cli, job, any_banyan)
     assert [r["status"] for r in result.report] == ["succeeded", "succeeded", "failed", "failed", "failed"]
     assert "2 devices in Banyan's list have no 'DeviceID'" in result.report[2]["detail"]
     assert result.reasons[2:] == [Reason.NOT_FOUND, Reason.BAD_ANSWER, Reason.BAD_ANSWER]
@@ -218,12 +212,12 @@ def test_objects_without_the_key_field_are_no_match(any_sim: SimServer, tmp_path
     assert all(u["ID"] in o.users for u in users)
 
 
-async def test_inventory_streams_every_device_page_by_page(any_sim: SimServer) -> None:
-    o = org(any_sim)
+async def test_inventory_streams_every_device_page_by_page(any_banyan: SimServer) -> None:
+    o = org(any_banyan)
     o.max_limit = 50
     auth = Banyan.auth_from_env({"BULKMDM_TOKEN": TOKEN})
-    async with Client(any_sim.url, auth=auth, retry=FAST, timeout=5) as client:
-        provider = Banyan(client, Settings(url=any_sim.url))
+    async with Client(any_banyan.url, auth=auth, retry=FAST, timeout=5) as client:
+        provider = Banyan(client, Settings(url=any_banyan.url))
         rows = [row async for row in provider.inventory()]
         assert [await provider.choices(c) for c in ("tag", "group", "app")] == [[], [], []]
     expected = {
@@ -239,19 +233,19 @@ async def test_inventory_streams_every_device_page_by_page(any_sim: SimServer) -
     }
     assert len(rows) == len(o.devices) and {r["device_id"]: r for r in rows} == expected
     assert all(isinstance(v, str) for r in rows for v in r.values())
-    assert any_sim.stats.by_route["GET /v1/devices"] == -(-len(o.devices) // 50)  # a short page is the last
+    assert any_banyan.stats.by_route["GET /v1/devices"] == -(-len(o.devices) // 50)  # a short page is the last
 
 
-def test_undo_rows_put_the_ban_state_back(any_sim: SimServer, tmp_path: Path, run_cli: Any) -> None:
+def test_undo_rows_put_the_ban_state_back(any_banyan: SimServer, tmp_path: Path, run_cli: Any) -> None:
     import asyncio
 
-    o = org(any_sim)
+    o = org(any_banyan)
     to_ban = o.unique_devices(banned=False)[:2]
     to_unban = o.unique_devices(banned=True)[0]
     doomed = o.unique_devices(users=1)[7]
     rows = [("ban", {"serial": d["SerialNumber"]}) for d in to_ban]
     rows += [("unban", {"device_id": to_unban["DeviceID"]}), ("delete-device", {"serial": doomed["SerialNumber"]})]
-    steps = asyncio.run(plan(any_sim, rows))
+    steps = asyncio.run(plan(any_banyan, rows))
     assert all(isinstance(s, Step) for s in steps)
     assert [s.undo for s in steps] == [{"action": "unban", "serial": d["SerialNumber"]} for d in to_ban] + [
         {"action": "ban", "serial": to_unban["SerialNumber"]},
@@ -263,11 +257,11 @@ def test_undo_rows_put_the_ban_state_back(any_sim: SimServer, tmp_path: Path, ru
         ["action", "serial", "device_id"],
         [[a, f.get("serial", ""), f.get("device_id", "")] for a, f in rows],
     )
-    assert cli(run_cli, job, any_sim).exit_code == 0
+    assert cli(run_cli, job, any_banyan).exit_code == 0
     undo = write_job(
         tmp_path / "undo.csv", ["action", "serial"], [[s.undo["action"], s.undo["serial"]] for s in steps if s.undo]
     )
-    assert cli(run_cli, undo, any_sim).exit_code == 0
+    assert cli(run_cli, undo, any_banyan).exit_code == 0
     del before["devices"][doomed["DeviceID"]]  # a deletion cannot be undone
     doomed_owner = next(uid for uid, u in before["users"].items() if doomed["SerialNumber"] in u["SerialNumbers"])
     if before["users"][doomed_owner]["SerialNumbers"] == [doomed["SerialNumber"]]:

@@ -186,67 +186,61 @@ def test_faults_are_retried_and_nothing_is_linked_twice(duo: Any, run_cli: Any, 
     )
 
 
-def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    targets = serials(duo, 6, free=True)
-    duo.faults.update({"slow_rate": 1.0, "slow_seconds": 1.5, "mutating_only": True})
-    job = write_csv(tmp_path / "slow.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
-    res = run(run_cli, duo, job, "--action", "tag", "--timeout", "0.5")
-    assert [r["status"] for r in res.report] == ["succeeded"] * 6, res.report
-    assert res.reasons[0] == Reason.READ_BACK
+def tag_through(duo: Any, run_cli: Any, tmp_path: Path, count: int, faults: dict[str, Any], *flags: str) -> Any:
+    """Tag ``count`` tag-free devices while the changes meet ``faults``: every row
+    succeeds, and each link is sent once and made once."""
+    targets = serials(duo, count, free=True)
+    duo.faults.update({**faults, "mutating_only": True})
+    before = duo.stats.mutating
+    job = write_csv(tmp_path / "tag.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
+    res = run(run_cli, duo, job, "--action", "tag", *flags)
+    assert [r["status"] for r in res.report] == ["succeeded"] * count, res.report
+    assert duo.stats.mutating - before == count
     assert duo.call(lambda: state(duo).duplicate_links()) == []
+    return res
+
+
+def test_slow_reply_tag_is_verified_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+    res = tag_through(duo, run_cli, tmp_path, 6, {"slow_rate": 1.0, "slow_seconds": 1.5}, "--timeout", "0.5")
+    assert res.reasons[0] == Reason.READ_BACK
 
 
 def test_held_replies_are_read_back_while_the_run_goes_on(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     """With the defaults, a tag whose answer the MDM holds 3 s (after doing
     it) is read back once answers are known to take milliseconds: confirmed
     without waiting out the hold, and never sent twice."""
-    targets = serials(duo, 150, free=True)
-    duo.faults.update({"latency": 0.005, "slow_rate": 0.1, "slow_seconds": 3.0, "mutating_only": True, "seed": 5})
-    before = duo.stats.mutating
-    job = write_csv(tmp_path / "held.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
-    res = run(run_cli, duo, job, "--action", "tag")
-    assert [r["status"] for r in res.report] == ["succeeded"] * 150, res.report
+    held = {"latency": 0.005, "slow_rate": 0.1, "slow_seconds": 3.0, "seed": 5}
+    res = tag_through(duo, run_cli, tmp_path, 150, held)
     confirmed = [r for r in res.report if "confirmed by reading it back" in r["detail"]]
     assert len(confirmed) >= 5, [r["detail"] for r in res.report]
-    assert duo.stats.mutating - before == 150
-    assert duo.call(lambda: state(duo).duplicate_links()) == []
 
 
-def test_lost_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("drop_after_rate", "not resent"), ("gateway_after_rate", "HTTP 504")],
+    ids=["lost", "gateway"],
+)
+def test_message_whose_answer_is_lost_is_unknown_not_resent(
+    duo: Any, run_cli: Any, tmp_path: Path, fault: str, said: str
+) -> None:
+    """A message has no read-back: a lost answer, or a gateway's 504 after the MDM
+    took it, leaves the row unknown and the message sent once."""
     target = serials(duo, 1)[0]
-    duo.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+    duo.faults.update({fault: 1.0, "mutating_only": True})
     job = write_csv(tmp_path / "msg.csv", [["serial", "message"], [target, "Hej"]])
     res = run(run_cli, duo, job, "--action", "message")
     assert res.exit_code == 1
     assert res.report[0]["status"] == "unknown" and res.reasons == [Reason.NO_ANSWER]
-    assert "not resent" in res.report[0]["detail"]
+    assert said in res.report[0]["detail"] and "not resent" in res.report[0]["detail"]
     assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
 
 
 def test_gateway_answer_after_a_tag_is_read_back_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
     """A 504 from a gateway after the MDM linked the tag: read back, confirmed, never linked twice."""
-    targets = serials(duo, 3, free=True)
-    duo.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
-    before = duo.stats.mutating
-    job = write_csv(tmp_path / "gw.csv", [["serial", "tag"], *[[s, "Lärare"] for s in targets]])
-    res = run(run_cli, duo, job, "--action", "tag")
+    res = tag_through(duo, run_cli, tmp_path, 3, {"gateway_after_rate": 1.0})
     assert res.exit_code == 0, res.output
-    assert [r["status"] for r in res.report] == ["succeeded"] * 3, res.report
     assert res.reasons == [Reason.READ_BACK] * 3
     assert all("confirmed by reading it back" in r["detail"] for r in res.report)
-    assert duo.stats.mutating - before == 3
-    assert duo.call(lambda: state(duo).duplicate_links()) == []
-
-
-def test_gateway_answer_to_a_message_is_unknown_not_resent(duo: Any, run_cli: Any, tmp_path: Path) -> None:
-    target = serials(duo, 1)[0]
-    duo.faults.update({"gateway_after_rate": 1.0, "mutating_only": True})
-    job = write_csv(tmp_path / "gw-msg.csv", [["serial", "message"], [target, "Hej"]])
-    res = run(run_cli, duo, job, "--action", "message")
-    assert res.exit_code == 1
-    assert res.report[0]["status"] == "unknown"
-    assert "HTTP 504" in res.report[0]["detail"] and "not resent" in res.report[0]["detail"]
-    assert duo.call(lambda: len([c for c in state(duo).commands if c["serialNumber"] == target])) == 1
 
 
 def test_report_round_trip(duo: Any, run_cli: Any, tmp_path: Path) -> None:

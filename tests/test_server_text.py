@@ -162,17 +162,12 @@ async def test_a_server_echoing_credentials_and_escapes_leaks_nothing(
 async def test_the_web_page_shows_what_the_server_said_without_escapes_or_credentials(
     loopback: Start, tmp_path: Path
 ) -> None:
-    from test_web import _client, _job_page, _post, _serve_app, _until, _upload
+    from test_web import _client, _duo_form, _job_page, _post, _serve_app, _until, _upload
 
     with SimServer(make_app(devices=20, password=SECRET)) as sim:
         url = await _echoing_front(loopback, sim.url)
         job = write_csv(tmp_path / "web.csv", [["serial", "message"], [FACTS["untagged_device"]["serial"], "hej"]])
-        connect = {
-            "provider": "duostation",
-            "url": url,
-            "duostation:BULKMDM_USERNAME": "admin",
-            "duostation:BULKMDM_PASSWORD": SECRET,
-        }
+        connect = _duo_form(url, SECRET)
         async with _serve_app(tmp_path / "state") as server, _client(server) as client:
             await _post(client, server, "/connect", **connect)
             job_page = _job_page(await _upload(client, server, job))

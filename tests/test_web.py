@@ -123,12 +123,7 @@ async def test_every_post_needs_the_csrf_token(served: Served, tmp_path: Path) -
     from bulkmdm.sim.duostation import make_app as duo_app
 
     with SimServer(duo_app(devices=20, password="pw-from-the-form")) as sim:  # Connect reads from the MDM
-        form = {
-            "provider": "duostation",
-            "url": sim.url,
-            "duostation:BULKMDM_USERNAME": "admin",
-            "duostation:BULKMDM_PASSWORD": "pw-from-the-form",
-        }
+        form = _duo_form(sim.url, "pw-from-the-form")
         async with _client(served) as client:
             for token in (None, "forged"):
                 data = dict(form, **({"csrf": token} if token else {}))
@@ -232,13 +227,7 @@ async def test_connect_checks_the_credentials_and_says_what_was_refused(served: 
     from bulkmdm.sim.duostation import make_app as duo_app
 
     with SimServer(duo_app(devices=20)) as sim:
-        form = {
-            "csrf": served.csrf,
-            "provider": "duostation",
-            "url": sim.url,
-            "duostation:BULKMDM_USERNAME": "admin",
-            "duostation:BULKMDM_PASSWORD": "wrong-password",
-        }
+        form = {"csrf": served.csrf, **_duo_form(sim.url, "wrong-password")}
         async with _client(served) as client:
             async with client.post(f"{served.url}/connect", data=form) as resp:
                 page = await resp.text()
@@ -290,14 +279,7 @@ async def test_credentials_refused_during_a_run_are_told_in_the_pages_words(serv
 
     job = write_csv(tmp_path / "lock.csv", [["action", "serial"], ["lock", "ABC"]])
     with SimServer(duo_app(devices=20)) as sim:
-        served.state.connection = connection_from_form(
-            {
-                "provider": "duostation",
-                "url": sim.url,
-                "duostation:BULKMDM_USERNAME": "admin",
-                "duostation:BULKMDM_PASSWORD": "changed-since",
-            }
-        )
+        served.state.connection = connection_from_form(_duo_form(sim.url, "changed-since"))
         async with _client(served) as client:
             run_page = await _post(client, served, f"{_job_page(await _upload(client, served, job))}/dry-run")
             text = await _until(client, served, run_page, "nothing was run")
@@ -364,6 +346,16 @@ def _job_page(html: str) -> str:
     return match.group(1)
 
 
+def _duo_form(url: str, password: str = "admin") -> dict[str, str]:
+    """The page's Connect form filled in for a DuoSTATION simulator at ``url``."""
+    return {
+        "provider": "duostation",
+        "url": url,
+        "duostation:BULKMDM_USERNAME": "admin",
+        "duostation:BULKMDM_PASSWORD": password,
+    }
+
+
 async def _post(client: aiohttp.ClientSession, server: Served, path: str, **form: str) -> str:
     """POST a form; the path of the page it leads to."""
     async with client.post(f"{server.url}{path}", data={"csrf": server.csrf, **form}, allow_redirects=False) as resp:
@@ -391,12 +383,7 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
     state = duo.app["state"]
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:64]])
     job = write_csv(tmp_path / "lock.csv", [["action", "serial"], *(["lock", s] for s in serials)])
-    connect = {
-        "provider": "duostation",
-        "url": duo.url,
-        "duostation:BULKMDM_USERNAME": "admin",
-        "duostation:BULKMDM_PASSWORD": "admin",
-    }
+    connect = _duo_form(duo.url)
     duo.faults.update({"latency": 0.2, "mutating_only": True})
     async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
@@ -448,12 +435,7 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
     state = duo.app["state"]
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:45]])
     job = write_csv(tmp_path / "serials.csv", [["Serial Number"], *([s] for s in serials)])
-    connect = {
-        "provider": "duostation",
-        "url": duo.url,
-        "duostation:BULKMDM_USERNAME": "admin",
-        "duostation:BULKMDM_PASSWORD": "admin",
-    }
+    connect = _duo_form(duo.url)
     async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
         preview = await _upload(client, server, job)
@@ -718,12 +700,7 @@ async def test_a_runs_page_has_its_rows_filtered_searched_and_the_failed_ones_as
     serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:100]])
     rows = [["lock", s, "7B"] for s in serials] + [["lock", f"NOSUCH{i}", "=7C"] for i in range(3)]
     job = write_csv(tmp_path / "lås.csv", [["action", "serial", "class"], *rows])
-    connect = {
-        "provider": "duostation",
-        "url": duo.url,
-        "duostation:BULKMDM_USERNAME": "admin",
-        "duostation:BULKMDM_PASSWORD": "admin",
-    }
+    connect = _duo_form(duo.url)
     async with _serve_app(tmp_path / "state") as server, _client(server) as client:
         await _post(client, server, "/connect", **connect)
         run_page = await _dry_run_and_run(client, server, _job_page(await _upload(client, server, job)), "")
