@@ -6,7 +6,6 @@ Screenshots land in the test's tmp folder (SERVE_SCREENSHOTS=DIR copies them).""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import cli_env, write_csv
 from test_track import LATER, active, check_in
-from web_helpers import serving
+from web_helpers import downloaded_csv, serving
 
 from bulkmdm.sim.common import CheckIns, SimServer
 from bulkmdm.sim.ivanti import make_app
@@ -95,12 +94,8 @@ def test_follow_up_view_in_chromium(sim: SimServer, page: Any, tmp_path: Path) -
         assert rows.count() == 1 and devices[2]["serialNumber"] in rows.first.inner_text()
         _shot(page, tmp_path, "follow-up")
 
-        with page.expect_download() as download:
-            page.click("#pending-download")
-        saved = tmp_path / "pending.csv"
-        download.value.save_as(saved)
-        with open(saved, newline="", encoding="utf-8-sig") as fh:
-            assert list(csv.reader(fh)) == [["action", "serial", "Klass"], ["wipe", devices[2]["serialNumber"], "7B"]]
+        pending = downloaded_csv(page, "#pending-download", tmp_path / "pending.csv")
+        assert pending == [["action", "serial", "Klass"], ["wipe", devices[2]["serialNumber"], "7B"]]
         assert PASSWORD not in page.content()
     for file in (tmp_path / "state").rglob("*"):
         assert not file.is_file() or PASSWORD.encode() not in file.read_bytes(), file

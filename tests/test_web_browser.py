@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import read_report
-from web_helpers import serving
+from web_helpers import downloaded_csv, serving
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
@@ -204,12 +204,7 @@ def _row_table(page: Any, tmp_path: Path) -> None:
     page.click("#row-search-button")
     assert page.locator("#row-table tbody tr").count() == 1 and "NOSUCHSERIAL2" in page.inner_text("#row-table")
     _shot(page, tmp_path, "06-rows-search")
-    with page.expect_download() as download:
-        page.click("#to-fix")
-    fix = tmp_path / "to-fix.csv"
-    download.value.save_as(fix)
-    with open(fix, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    rows = downloaded_csv(page, "#to-fix", tmp_path / "to-fix.csv")
     assert rows[0] == ["Action", "Serial Number", "Klass", "Tgg", "status", "detail"] and len(rows) == 5
     assert {row[4] for row in rows[1:]} == {"failed", "invalid"}
 
@@ -223,12 +218,8 @@ def _wait_until(condition: Any, timeout: float = 20.0) -> None:
 
 
 def _download_and_rerun(page: Any, tmp_path: Path) -> None:
-    with page.expect_download() as download:
-        page.click("text=Download report (.csv)")
-    report = tmp_path / "downloaded.csv"
-    download.value.save_as(report)
-    with open(report, newline="", encoding="utf-8-sig") as fh:
-        statuses = [row["status"] for row in csv.DictReader(fh)]
+    header, *rows = downloaded_csv(page, "text=Download report (.csv)", tmp_path / "downloaded.csv")
+    statuses = [row[header.index("status")] for row in rows]
     assert statuses.count("succeeded") == WIPES and statuses.count("failed") == 2
     with page.expect_download() as download:
         page.click("text=Download report (.xlsx)")

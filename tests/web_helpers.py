@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -34,3 +36,12 @@ def serving(state_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def downloaded_csv(page: Any, click: str, to: Path) -> list[list[str]]:
+    """Click ``click`` on a Playwright ``page``, save the CSV it downloads at ``to``, and read it back."""
+    with page.expect_download() as download:
+        page.click(click)
+    download.value.save_as(to)
+    with open(to, newline="", encoding="utf-8-sig") as fh:
+        return list(csv.reader(fh))
