@@ -844,6 +844,19 @@ def rewrite_search(app: web.Application, change: Any) -> None:
     app.middlewares.append(rewrite)
 
 
+async def plan_the_last_device(app: web.Application, action: str = "checkin") -> SimServer:
+    """Plan ``action`` on the fleet's last device (the highest id) against ``app``: the
+    whole fleet is read and the device found. Returns the (stopped) server, for its counts."""
+    state: IvantiState = app["state"]
+    with SimServer(app) as server:
+        last = max(state.devices)
+        async with ivanti(server) as provider:
+            out = await provider.plan([JobRow(0, action, {"device_id": str(last)})])
+            assert provider._fleet is not None and provider._fleet.count == len(state.devices)
+        assert isinstance(out[0], Step) and out[0].params["id"] == last
+    return server
+
+
 async def test_search_after_values_are_also_read_from_the_last_device() -> None:
     app = make_app(devices=1200, seed=5)
     state: IvantiState = app["state"]
@@ -855,27 +868,17 @@ async def test_search_after_values_are_also_read_from_the_last_device() -> None:
             result["searchResults"][-1] = dict(result["searchResults"][-1], searchAfterValues=values)
 
     rewrite_search(app, move)
-    with SimServer(app) as server:
-        last = max(state.devices)
-        async with ivanti(server) as provider:
-            out = await provider.plan([JobRow(0, "lock", {"device_id": str(last)})])
-        assert isinstance(out[0], Step) and out[0].params["id"] == last
-        assert state.search_after_requests == 2
+    await plan_the_last_device(app, "lock")
+    assert state.search_after_requests == 2
 
 
 async def test_search_after_values_the_server_will_not_take_fall_back_to_start() -> None:
     """A server that hands out continuation values it then refuses (or
     ignores) is paged by ``start``: every device is still found."""
     app = make_app(devices=1200, seed=5)
-    state: IvantiState = app["state"]
     rewrite_search(app, lambda result, request: result.update(searchAfterValues=["not-a-value"]))
-    with SimServer(app) as server:
-        last = max(state.devices)
-        async with ivanti(server) as provider:
-            out = await provider.plan([JobRow(0, "checkin", {"device_id": str(last)})])
-            assert provider._fleet is not None and provider._fleet.count == 1200
-        assert isinstance(out[0], Step) and out[0].params["id"] == last
-        assert server.stats.by_route["GET /api/v1/device"] == 4  # 3 pages, 1 refused continuation
+    server = await plan_the_last_device(app)
+    assert server.stats.by_route["GET /api/v1/device"] == 4  # 3 pages, 1 refused continuation
 
 
 @pytest.mark.parametrize("past_the_count", ["answers", "refuses"])
@@ -885,7 +888,6 @@ async def test_a_totalcount_short_of_the_fleet_loses_no_device_after_a_full_page
     refusing it ends the list)."""
     fleet = 1000 if past_the_count == "refuses" else 1200  # (1,000: its last page is full)
     app = make_app(devices=fleet, seed=5)
-    state: IvantiState = app["state"]
     rewrite_search(app, lambda result, request: result.update(totalCount=700))
     if past_the_count == "refuses":
 
@@ -896,12 +898,7 @@ async def test_a_totalcount_short_of_the_fleet_loses_no_device_after_a_full_page
             return await handler(request)
 
         app.middlewares.append(refuse)
-    with SimServer(app) as server:
-        last = max(state.devices)
-        async with ivanti(server) as provider:
-            out = await provider.plan([JobRow(0, "checkin", {"device_id": str(last)})])
-            assert provider._fleet is not None and provider._fleet.count == fleet
-        assert isinstance(out[0], Step) and out[0].params["id"] == last
+    await plan_the_last_device(app)
 
 
 @pytest.mark.parametrize("server_does", ["finds nothing", "refuses fq"])
@@ -1065,13 +1062,8 @@ async def test_a_total_count_of_the_page_alone_does_not_end_the_device_list() ->
     app = make_app(devices=1200, seed=5)
     state: IvantiState = app["state"]
     state.total_is_page = True
-    with SimServer(app) as server:
-        last = max(state.devices)
-        async with ivanti(server) as provider:
-            out = await provider.plan([JobRow(0, "lock", {"device_id": str(last)})])
-            assert provider._fleet is not None and provider._fleet.count == 1200
-        assert isinstance(out[0], Step) and out[0].params["id"] == last
-        assert server.stats.by_route["GET /api/v1/device"] == 3
+    server = await plan_the_last_device(app, "lock")
+    assert server.stats.by_route["GET /api/v1/device"] == 3
 
 
 async def test_a_device_space_listing_no_devices_is_a_set_up_to_check() -> None:
