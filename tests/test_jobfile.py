@@ -342,8 +342,9 @@ def test_csv_that_is_an_xlsx(tmp_path: Path) -> None:
     assert "rename it to job.xlsx" in message
 
 
-def test_csv_that_is_a_zip(tmp_path: Path) -> None:
-    path = tmp_path / "job.csv"
+@pytest.mark.parametrize("name", ["job.csv", "job.xlsx"])
+def test_a_job_that_is_a_plain_zip(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("job.csv", "serial\nA\n")
     assert "ZIP archive" in file_error(path)
@@ -379,13 +380,6 @@ def test_xlsx_that_is_a_pdf(tmp_path: Path) -> None:
 
 def test_xlsx_that_is_binary(tmp_path: Path) -> None:
     assert "not an Excel workbook" in file_error(write(tmp_path, "job.xlsx", bytes(range(256)) * 4))
-
-
-def test_xlsx_that_is_a_plain_zip(tmp_path: Path) -> None:
-    path = tmp_path / "job.xlsx"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("hello.txt", "hi")
-    assert "ZIP archive" in file_error(path)
 
 
 def test_truncated_xlsx(tmp_path: Path) -> None:
