@@ -284,24 +284,37 @@ async def run(request: web.Request) -> web.Response:
     form = await request.post()
     if job.dry_run is None or not job.dry_run.finished or not job.dry_run.request.report.exists():
         raise UsageError("Do a dry run of this job first; the real run is started from its results.")
-    summary = await state.summary(job.dry_run.request.report, job.dry_run.request.action)
-    planned = Counter(row.action for row in summary.destructive if row.status == "planned")
-    yes = _confirmed(state, planned, bool(summary.destructive), str(form.get("confirm", "")))
+    return await _run_after(state, job, form, job.dry_run, "run", job.path, ("planned",))
+
+
+async def _run_after(
+    state: WebState, job: Upload, form: Any, earlier: ChildRun, kind: str, source: Path, statuses: tuple[str, ...]
+) -> web.Response:
+    """Start the ``kind`` run of ``job`` on ``source`` from ``earlier``'s results: against the
+    MDM ``earlier`` ran on (even if the page has been switched to another since), with its
+    action, once the destructive rows of ``statuses`` in its report are confirmed."""
+    summary = await state.summary(earlier.request.report, earlier.request.action)
+    to_confirm = Counter(row.action for row in summary.destructive if row.status in statuses)
+    yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
     if yes is None:
-        return _see(f"/runs/{job.dry_run.id}")
-    # The MDM the dry run checked, even if the page has been switched to another since.
-    request_ = RunRequest(
-        "run",
-        job.path,
-        job.report_path("run"),
-        job.dry_run.request.connection,
+        return _see(f"/runs/{earlier.id}")
+    request = RunRequest(
+        kind,
+        source,
+        job.report_path(kind),
+        earlier.request.connection,
         state.state_dir,
         job.id,
         yes=yes,
         rate=_rate(form),
-        action=job.dry_run.request.action,
+        action=earlier.request.action,
     )
-    child = await state.start(request_)
+    return await _start(state, job, request)
+
+
+async def _start(state: WebState, job: Upload, request: RunRequest) -> web.Response:
+    """Start a run of ``job`` and show its page."""
+    child = await state.start(request)
     job.runs.append(child)
     return _see(f"/runs/{child.id}")
 
@@ -339,9 +352,7 @@ async def resume(request: web.Request) -> web.Response:
     state, child = _state(request), _child(request)
     if not child.finished:
         return _see(f"/runs/{child.id}")
-    again = await state.start(child.request)
-    state.uploads[child.request.upload_id].runs.append(again)
-    return _see(f"/runs/{again.id}")
+    return await _start(state, state.uploads[child.request.upload_id], child.request)
 
 
 @routes.post("/runs/{child}/rerun")
@@ -350,27 +361,7 @@ async def rerun(request: web.Request) -> web.Response:
     state, child = _state(request), _child(request)
     job = state.uploads[child.request.upload_id]
     form = await request.post()
-    summary = await state.summary(child.request.report, child.request.action)
-    to_confirm = Counter(
-        row.action for row in summary.destructive if row.status in ("failed", "invalid", "unknown", "not-run")
-    )
-    yes = _confirmed(state, to_confirm, bool(summary.destructive), str(form.get("confirm", "")))
-    if yes is None:
-        return _see(f"/runs/{child.id}")
-    again = RunRequest(
-        "re-run",
-        child.request.report,
-        job.report_path("re-run"),
-        child.request.connection,
-        state.state_dir,
-        job.id,
-        yes=yes,
-        rate=_rate(form),
-        action=child.request.action,
-    )
-    started = await state.start(again)
-    job.runs.append(started)
-    return _see(f"/runs/{started.id}")
+    return await _run_after(state, job, form, child, "re-run", child.request.report, TO_FIX)
 
 
 # -- watching and results ------------------------------------------------------
