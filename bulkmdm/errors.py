@@ -7,6 +7,8 @@ remedy). aiohttp exceptions are translated once, in ``transport.py``.
 The tree says what each error stops: a :class:`RunStopped` ends the whole run
 (rows not yet sent stay ``not-run``); a :class:`TransportError` is the answer
 of one request and fails one row (providers turn it into an ``Outcome``).
+Both come of requests, and say how many attempts were made and the last
+answer's HTTP status (their shared base, ``_AboutRequests``, is never caught).
 
     BulkMDMError                    anything we expect and can explain
     ├── UsageError                  bad flags, bad --rate, unknown provider      (exit 2)
@@ -65,13 +67,19 @@ class ReportError(BulkMDMError):
     exit_code = 1
 
 
-class RunStopped(BulkMDMError):
-    """The run cannot go on: no further request is sent."""
+class _AboutRequests(BulkMDMError):
+    """An error that came of requests to the MDM: how many attempts were made, and the
+    HTTP status of the last answer (None: no answer). Not caught as such: see its two
+    branches, :class:`RunStopped` and :class:`TransportError`."""
 
     def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.status = status
+
+
+class RunStopped(_AboutRequests):
+    """The run cannot go on: no further request is sent."""
 
 
 class AuthError(RunStopped):
@@ -98,13 +106,8 @@ class Unreachable(RunStopped):
     exit_code = 1
 
 
-class TransportError(BulkMDMError):
+class TransportError(_AboutRequests):
     """A request did not produce a usable answer."""
-
-    def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-        self.status = status
 
 
 class ConnectError(TransportError):
