@@ -878,25 +878,27 @@ class ManageEngine(Provider):
             return self._plan_group_row(row, device, lists)
         return self._plan_app_row(row, device, lists)
 
-    def _same_or_opposite(
-        self, row: JobRow, what: str, pair: tuple[str, str], label: str, resolved: str
-    ) -> Outcome | None:
-        """The same change twice is sent once; a change and its opposite to one
-        pair fail the later row (rows run concurrently, so their order is not kept)."""
-        opposite = OPPOSITE[row.action]
-        return self.changes.once(row, (row.action, *pair), resolved) or self.changes.contradicts(
-            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved
-        )
-
-    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
+    def _link(
+        self, row: JobRow, device: Any, what: str, target_id: Any
+    ) -> tuple[str, str, tuple[str, str], Outcome | None]:
+        """A row that links ``device`` to the ``what`` (group, app) ``target_id``: its label,
+        the ids it resolved to, the pair its change is keyed on, and its outcome when another
+        row asks the same: the same change twice is sent once; a change and its opposite to
+        one pair fail the later row (rows run concurrently, so their order is not kept)."""
         dev_id = get_field(device, "device_id")
         label = f"device {_serial(device) or dev_id}"
+        resolved = f"device_id={dev_id}; {what}_id={target_id}"
+        pair = (key(dev_id), key(target_id))
+        opposite = OPPOSITE[row.action]
+        clash = self.changes.once(row, (row.action, *pair), resolved) or self.changes.contradicts(
+            row, (opposite, *pair), f"{cap(label)} gets the opposite change ({opposite}) for this {what}", resolved
+        )
+        return label, resolved, pair, clash
+
+    def _plan_group_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         group = self._group(row.get("group"), lists)
-        group_id = get_field(group, "group_id")
-        gname = _group_name(group)
-        resolved = f"device_id={dev_id}; group_id={group_id}"
-        pair = (key(dev_id), key(group_id))
-        clash = self._same_or_opposite(row, "group", pair, label, resolved)
+        dev_id, group_id, gname = get_field(device, "device_id"), get_field(group, "group_id"), _group_name(group)
+        label, resolved, pair, clash = self._link(row, device, "group", group_id)
         if clash:
             return clash
         members = lists.members.get(key(group_id))
@@ -923,14 +925,13 @@ class ManageEngine(Provider):
 
     def _plan_app_row(self, row: JobRow, device: Any, lists: _Lists) -> Step | Outcome:
         action = row.action
-        dev_id = get_field(device, "device_id")
-        label = f"device {_serial(device) or dev_id}"
         app = self._app(row.get("app"), lists)
-        app_id = get_field(app, "app_id")
-        aname = get_field(app, "app_name", "name")
-        resolved = f"device_id={dev_id}; app_id={app_id}"
-        pair = (key(dev_id), key(app_id))
-        clash = self._same_or_opposite(row, "app", pair, label, resolved)
+        dev_id, app_id, aname = (
+            get_field(device, "device_id"),
+            get_field(app, "app_id"),
+            get_field(app, "app_name", "name"),
+        )
+        label, resolved, pair, clash = self._link(row, device, "app", app_id)
         if clash:
             return clash
         has = lists.device_apps.get(key(dev_id))
