@@ -33,6 +33,7 @@ doc's non-paginated example has them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -193,28 +194,18 @@ class _TwoForms:
         proves: Callable[[Response], bool],
     ) -> Response:
         """The answer of the form that was not refused (both refused: the first's)."""
-        if self.proven is not None:
-            return await self._send(send, refused, proves)
-        async with self._probing:
-            return await self._send(send, refused, proves)
-
-    async def _send(
-        self,
-        send: Callable[[str], Awaitable[Response]],
-        refused: Callable[[Response], bool],
-        proves: Callable[[Response], bool],
-    ) -> Response:
-        form = self.preferred
-        resp = await send(form)
-        if refused(resp) and self.proven != form:
-            # not proven, so the refusal may be about the form: try the other
-            other = self.forms[1] if form == self.forms[0] else self.forms[0]
-            second = await send(other)
-            if not refused(second):
-                form, resp = other, second
-        if proves(resp) and self.proven is None:
-            self.preferred = self.proven = form
-        return resp
+        async with contextlib.nullcontext() if self.proven is not None else self._probing:
+            form = self.preferred
+            resp = await send(form)
+            if refused(resp) and self.proven != form:
+                # not proven, so the refusal may be about the form: try the other
+                other = self.forms[1] if form == self.forms[0] else self.forms[0]
+                second = await send(other)
+                if not refused(second):
+                    form, resp = other, second
+            if proves(resp) and self.proven is None:
+                self.preferred = self.proven = form
+            return resp
 
 
 @dataclass(frozen=True, slots=True)
