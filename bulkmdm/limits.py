@@ -34,25 +34,38 @@ request rate. From them:
 * **CUBIC.** On a throttle, ``W_max`` is the measured rate of the answers
   the server took, not 429 (botocore takes every answer: a run sent far
   past a limit, ``--rate none``, would measure its own pace, while what was
-  taken is the limit), at most the bucket's rate; the rate becomes ``BETA * W_max`` and then regrows as
-  ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max * (1 - BETA) / SCALE)``
-  (``CubicCalculator``: ``_BETA`` 0.7, ``_SCALE_CONSTANT`` 0.4): quickly back
-  to ``W_max``, a plateau near it, then a probe past it.
+  taken is the limit), at most the bucket's rate and at most what the server
+  took over its own ``window`` (the span it counts its limit over; the
+  half-second buckets also catch the burst a token bucket lets through as it
+  empties, which is not its rate); the rate becomes ``BETA * W_max`` and
+  then regrows as ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max *
+  (1 - BETA) / SCALE)`` (``CubicCalculator``: ``_BETA`` 0.7,
+  ``_SCALE_CONSTANT`` 0.4): quickly back to ``W_max``, a plateau near it,
+  then a probe past it.
 
-Two rules are ours. **One cut per overload:** a 429 cuts the rate only for
+Three rules are ours. **One cut per overload:** a 429 cuts the rate only for
 a request sent a whole ``window`` after the last cut, the span over which
 the vendor counts its limit (RFC 8312 reduces once per congestion event; the
 429s of requests sent before the server's window emptied of the old pace
 belong to the cut already made). **A Retry-After holds everyone:** a 429
 that is evidence of a limit (below) holds every send until its Retry-After,
 and the waiting rows then take tokens at the new rate, retries first: never
-as a wave.
+as a wave. **A probe is worth its hold:** against a limit that has not
+moved, CUBIC's probe past ``W_max`` ends in a 429 whose Retry-After holds
+every send, time the limit goes unused (a second's Retry-After on a bucket
+that refills in a fifth of one loses four fifths of a second). The plateau
+at ``W_max`` is therefore stretched: CUBIC's clock stops at ``K`` for
+``PROBE_EVERY`` times the hold of the cut, at most ``PLATEAU_MOST`` seconds,
+so that the holds of probes take at most ``1 / PROBE_EVERY`` of the time,
+while a limit that was raised is probed for again at most ``PLATEAU_MOST``
+seconds after the rate is back at ``W_max``.
 
 429s that do not depend on our pace
 -----------------------------------
 
 The rule: *the background share is the share of 429s over the last*
-``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence (Laplace's
+``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence and the rate
+was below the last limit (Laplace's
 rule of succession: one more 429 than seen, over two more answers); a 429 is
 evidence of a limit only when the last window's answers hold more 429s than
 that share explains at* ``SIGMAS`` *standard deviations.* With no window
@@ -121,6 +134,12 @@ MAX_RATE_ADJUST = 2.0
 RATE_BUCKET, RATE_SMOOTHING = 0.5, 0.8
 #: The lowest sending rate, requests/s (botocore TokenBucket._MIN_RATE).
 MIN_RATE = 0.5
+#: CUBIC's plateau at W_max lasts this many times the hold that came with the cut: a probe
+#: that finds the limit where it was costs that hold, here at most a tenth of the time.
+PROBE_EVERY = 10.0
+#: ... and at most this long (seconds): a limit that was raised is probed for again
+#: within it (a 60-s window's Retry-After would otherwise stretch it to ten minutes).
+PLATEAU_MOST = 10.0
 #: Windows over which the background share of 429s is counted: ten windows
 #: hold five 429s of a 5% background at 10 requests/s, enough to see it.
 BACKGROUND_WINDOWS = 10
@@ -334,6 +353,12 @@ class _Answers:
             self._background.append((throttled, answers, now))
             self._share()
 
+    def pace_bound(self) -> None:
+        """The window being counted holds answers to requests sent at the last
+        limit or past it: its 429s may depend on the pace, and it does not
+        count for the background."""
+        self._tally_evidence = True
+
     def _share(self) -> None:
         """Laplace's rule of succession over the windows counted."""
         answers = sum(n for _, n, _ in self._background)
@@ -344,6 +369,15 @@ class _Answers:
         if self._first is None:
             return 0.0
         return len(self._recent) / max(min(self.window, now - self._first), RATE_BUCKET)
+
+    def served(self, now: float, since: float) -> float:
+        """Answers not 429 a second over the last window, counted from ``since``
+        if later (the end of a hold: the server was not asked meanwhile)."""
+        if self._first is None:
+            return 0.0
+        start = max(now - self.window, self._first, since if since <= now else -math.inf)
+        taken = sum(1 for at, throttled in self._recent if at >= start and not throttled)
+        return taken / max(now - start, RATE_BUCKET)
 
     def evidence(self, now: float, *, cut: bool) -> bool:
         """Whether the last window's 429s are more than the background explains
@@ -410,6 +444,8 @@ class RateController:
         self._w_max: float | None = None
         self._k = 0.0
         self._cut_at = -math.inf
+        #: how long CUBIC's clock stops at K after the last cut (see PROBE_EVERY)
+        self._plateau = 0.0
         # the token bucket (one token) and the hold of a Retry-After
         self._tokens = 1.0
         self._filled = -math.inf
@@ -565,9 +601,9 @@ class RateController:
         if not self._answers.evidence(now, cut=self._w_max is not None):
             return
         self.stats.evidence += 1
-        self._pause(now, retry_after)
         if slot.sent >= self._cut_at + self.window:
-            self._cut(now)
+            self._cut(now, retry_after or 0.0)
+        self._pause(now, retry_after)
 
     def held_after(self) -> float | None:
         """Seconds after which a change still unanswered is held by the MDM
@@ -579,15 +615,20 @@ class RateController:
     def _measured(self, now: float) -> float:
         return self._meter.rate or self._answers.measured(now)
 
-    def _cut(self, now: float) -> None:
-        """CUBIC's decrease: W_max is the rate the server took (at most the bucket's)."""
+    def _cut(self, now: float, hold: float = 0.0) -> None:
+        """CUBIC's decrease: W_max is the rate the server took (at most the
+        bucket's, and at most what it took over its window); ``hold``: the
+        Retry-After that came with it, which sets the plateau."""
         served = self._served.rate or self._answers.measured(now)
+        if self._answers.recent:
+            served = min(served, self._answers.served(now, self._paused_until))
         w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor
         self._w_max = w_max
         self._k = (w_max * (1 - BETA) / SCALE) ** (1 / 3)
         self._cut_at = now
+        self._plateau = min(PROBE_EVERY * hold, PLATEAU_MOST)
         self._least = self.floor
         self.stats.cuts += 1
         self.stats.limit = w_max
@@ -596,7 +637,15 @@ class RateController:
     def _grow(self, now: float) -> None:
         """CUBIC's growth, at most MAX_RATE_ADJUST times the measured rate."""
         # before the first cut (slow start) only the measured rate bounds it
-        new = math.inf if self._w_max is None else SCALE * (now - self._cut_at - self._k) ** 3 + self._w_max
+        if self._w_max is None:
+            new = math.inf
+        else:
+            t = now - self._cut_at
+            if t >= self._k:
+                # at W_max or past it: 429s now may be the limit's, not the background
+                self._answers.pace_bound()
+                t = max(self._k, t - self._plateau)  # the plateau at W_max (see PROBE_EVERY)
+            new = SCALE * (t - self._k) ** 3 + self._w_max
         measured = self._measured(now)
         if measured > 0:
             new = min(new, MAX_RATE_ADJUST * measured)

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from bulkmdm.limits import (
+    PROBE_EVERY,
     HELD_SHARE,
     MAX_CONCURRENCY,
     WORKERS_PER_SLOT,
@@ -246,7 +247,8 @@ def _answer(limiter: RateController, clock: FakeClock, rate: float, seconds: flo
 
 def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() -> None:
     """botocore's CubicCalculator: W_max is the measured rate, the rate goes
-    to BETA x W_max, and is back at W_max after K = cbrt(W_max (1 - BETA) / SCALE)."""
+    to BETA x W_max, and is back at W_max after K = cbrt(W_max (1 - BETA) / SCALE);
+    it stays there PROBE_EVERY times the cut's Retry-After, then probes past it."""
     clock = FakeClock()
     limiter = RateController(rate=100.0, clock=clock)
     _answer(limiter, clock, 40.0, 3.0)  # the server takes 40/s (the run sends no more)
@@ -260,8 +262,47 @@ def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() ->
     clock.now += 1.0  # the Retry-After
     _answer(limiter, clock, 40.0, k - 1.0)
     assert limiter.rate == pytest.approx(w_max, rel=0.02)
-    _answer(limiter, clock, 40.0, 2.0)  # past K: convex, probing above W_max
-    assert limiter.rate is not None and limiter.rate > w_max
+    _answer(limiter, clock, 40.0, PROBE_EVERY * 1.0 - 1.0)  # the plateau: a probe would cost a 1-s hold
+    assert limiter.rate == pytest.approx(w_max, rel=0.02)
+    _answer(limiter, clock, 40.0, 3.0)  # past it: convex, probing above W_max
+    assert limiter.rate is not None and limiter.rate > 1.05 * w_max
+
+
+def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst() -> None:
+    """A token bucket lets its burst through as it empties: the half-second
+    meter sees more than the bucket's rate, the server's own window does not."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    _answer(limiter, clock, 40.0, 3.0)
+    _answer(limiter, clock, 80.0, 0.25)  # the burst of a bucket of 40/s, 10 deep
+    _answer(limiter, clock, 40.0, 0.75)
+    for _ in range(4):
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), 1.0)
+    assert limiter.stats.limit == pytest.approx(50.0, rel=0.05)  # 40/s and the burst of 10 in the last second
+
+
+def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
+    """Past K the rate is back at W_max: a trickle of 429s there is the limit
+    refusing a pace a little over it, and must not teach the background rule
+    that such a share is noise (it would never be evidence)."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    _answer(limiter, clock, 40.0, 3.0)
+    for _ in range(4):
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), 1.0)
+    w_max = limiter.stats.limit
+    assert w_max is not None
+    k = (w_max * (1 - BETA) / SCALE) ** (1 / 3)
+    clock.now += 1.0
+    _answer(limiter, clock, 40.0, k + 1.0)  # back at W_max
+    background = limiter.stats.background
+    for _ in range(6):  # one 429 a second among 40 answers, for six seconds
+        _answer(limiter, clock, 40.0, 1.0)
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), 1.0)
+    assert limiter.stats.background == background
 
 
 def test_one_cut_per_window_of_the_vendor() -> None:

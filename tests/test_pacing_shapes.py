@@ -32,11 +32,6 @@ async def test_token_bucket_with_a_second_of_burst() -> None:
     assert outcome.share <= 0.03
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each CUBIC cycle (4-8 s at 50/s with botocore's constants) holds every send for the bucket's "
-    "Retry-After rounded up to 1 s, while the 0.2-s bucket is full after 0.2 s: some 0.8 s of the limit lost a cycle",
-)
 async def test_token_bucket_with_a_fifth_of_a_second_of_burst() -> None:
     outcome = await drive(TokenBucket(LIMIT, LIMIT / 5), 1500)
     assert outcome.done == 1500
