@@ -10,7 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env, journal_reasons, read_report, run_cmd, spawn, unique_devices, wait_for, write_csv
+from conftest import (
+    Lines,
+    cli_env,
+    journal_reasons,
+    read_report,
+    run_cmd,
+    spawn,
+    unique_devices,
+    wait_for,
+    write_csv,
+)
 
 from bulkmdm.model import Reason
 from bulkmdm.sim.common import SimServer
@@ -191,21 +201,23 @@ def test_second_ctrl_c_abandons_in_flight_requests_as_unknown(tmp_path: Path) ->
         proc = subprocess.Popen(
             _cmd(job, sim.url, "--action", "lock"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        err = Lines(proc.stderr)
         try:
-            # past the canary (the pool has widened), every answer takes 20 s
-            wait_for(lambda: sim.stats.mutating >= 5 or proc.poll() is not None)
+            # past the canary (more than its three sent: the pool has widened), every answer is held 20 s
+            wait_for(lambda: sim.stats.mutating >= 5 or proc.poll() is not None, what="the pool to widen")
             sim.faults.update({"slow_rate": 1.0, "slow_seconds": 20.0})
-            base = sim.stats.mutating
-            wait_for(lambda: sim.stats.mutating >= base + 8 or proc.poll() is not None)
-            time.sleep(0.5)  # the last quick answers come back
+            # each of the eight workers waits on a held answer (a worker sends its
+            # next change only once it has the last one's answer: none is on its way)
+            wait_for(lambda: sim.stats.faults >= 8 or proc.poll() is not None, what="eight answers held")
             proc.send_signal(signal.SIGINT)
-            time.sleep(0.3)
+            wait_for(lambda: "again to abandon" in err or proc.poll() is not None, what="the first Ctrl-C's notice")
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=15)
+            proc.wait(timeout=15)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        assert proc.returncode == 130, err
+        assert proc.returncode == 130, err.text()
+        assert sim.stats.faults == 8
         report = read_report(job.with_name("lock.outcome.csv"))
         statuses = [r["status"] for r in report]
         assert statuses.count("unknown") == 8  # the eight in flight (--concurrency 8)
