@@ -1215,7 +1215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes (a smoke run for CI, ~30 s on 2 cores); the figures are indicative only and do not affect the exit code",
+        help="small sizes (a smoke run for CI, ~30 s); the figures are indicative only and do not affect the exit code",
     )
     parser.add_argument(
         "--only", metavar="FIGURE[,FIGURE]", default="", help=f"run only these figures ({', '.join(FIGURES)})"
