@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import os
@@ -236,6 +237,13 @@ class Lines:
     def text(self) -> str:
         self._thread.join(10)
         return "".join(self.lines)
+
+
+def sim_idle(sim: SimServer) -> bool:
+    """True when the simulator holds no connection and handles no request: no
+    task is left on its loop (a connection is one until it is closed, a
+    request one until it is answered)."""
+    return sim.call(lambda: not asyncio.all_tasks())  # type: ignore[no-any-return]
 
 
 def unique_devices(sim: SimServer, n: int) -> list[tuple[str, str]]:
