@@ -57,14 +57,17 @@ def _no_traceback(text: str) -> None:
 def test_a_second_run_of_a_running_job_sends_nothing_and_names_the_holder(tmp_path: Path) -> None:
     with SimServer(make_app(devices=300, seed=21)) as sim:
         sim.faults.update({"latency": 0.05, "mutating_only": True})
-        devices = unique_devices(sim, 200)
+        devices = unique_devices(sim, 40)
         job = write_csv(tmp_path / "lock.csv", [["serial"], *[[s] for s, _ in devices]])
         env = cli_env(tmp_path)
         args = run_cmd(job, sim.url, "--action", "lock", "--concurrency", "2", "--rate", "none")
         first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: sim.stats.mutating >= 4 or first.poll() is not None)
+            wait_for(lambda: sim.stats.mutating >= 4 or first.poll() is not None, what="four locks sent")
+            # from now on every answer is held: the first run is still running whenever the second starts
+            sim.faults.update({"slow_rate": 1.0, "slow_seconds": 30.0})
             second = _run(args, env, timeout=60)
+            assert first.poll() is None
             assert second.returncode == 2, second.stderr
             assert "already running" in second.stderr and f"process {first.pid}" in second.stderr, second.stderr
             assert "started" in second.stderr and len(second.stderr.strip().splitlines()) == 1
@@ -72,6 +75,7 @@ def test_a_second_run_of_a_running_job_sends_nothing_and_names_the_holder(tmp_pa
         finally:
             first.kill()
             first.wait(10)
+        sim.faults.update({"slow_rate": 0.0})
         # a lock left by a process that is gone does not block: the same command continues
         third = _run(args, env)
         assert "Resuming run" in third.stderr, third.stderr
