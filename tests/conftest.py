@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import os
 import pty
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,13 +211,52 @@ def run_cli() -> object:
     return invoke
 
 
-def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    """Poll ``predicate`` until it holds (AssertionError after ``timeout`` seconds)."""
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``predicate`` until it holds (AssertionError naming ``what`` after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
         time.sleep(0.01)
+
+
+def journal_states(state: Path) -> Counter[str]:
+    """How many rows of every run in the journal in ``state`` are in each state
+    (``in_flight``, ``done``, ...), read while a ``bulkmdm run`` child may be
+    writing it (the journal is in WAL mode: a reader does not block the writer)."""
+    path = state / "journal.sqlite3"
+    if not path.exists():
+        return Counter()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return Counter(dict(db.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall()))
+    except sqlite3.OperationalError:  # the child has not created its tables yet
+        return Counter()
+    finally:
+        db.close()
+
+
+class Lines:
+    """The lines a child writes to a pipe, read as they come by a thread of their own."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(pipe.readline, "")), daemon=True)
+        self._thread.start()
+
+    def __contains__(self, words: str) -> bool:
+        return any(words in line for line in list(self.lines))
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "".join(self.lines)
+
+
+def sim_idle(sim: SimServer) -> bool:
+    """True when the simulator holds no connection and handles no request: no
+    task is left on its loop (a connection is one until it is closed, a
+    request one until it is answered)."""
+    return sim.call(lambda: not asyncio.all_tasks())  # type: ignore[no-any-return]
 
 
 def unique_devices(sim: SimServer, n: int) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import spawn, wait_for
+from conftest import sim_idle, spawn, wait_for
 from test_manageengine import GROUP, env_for, members, serial_of, start, state
 
 from bulkmdm import quota
@@ -236,7 +236,8 @@ def test_a_run_killed_part_way_has_counted_every_call_it_made(sim: SimServer, tm
         wait_for(lambda: state(sim).calls_today >= 15 or proc.poll() is not None, timeout=60)
         proc.kill()
         proc.communicate(timeout=10)
-    time.sleep(0.3)  # requests the kill cut off mid-way end on the server
+    # the requests the kill cut off mid-way end on the server
+    wait_for(lambda: sim_idle(sim), what="the simulator to finish the killed run's requests")
     served = state(sim).calls_today
     assert 15 <= served < 3 + 60  # killed part way
     counted = sum(calls_by_day(tmp_path).values())
