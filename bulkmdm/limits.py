@@ -83,7 +83,8 @@ when their share exceeds what the recent windows showed (the background
 rule above, applied to overloads). Replies a server holds for seconds stop
 counting against the limit (they are not its queue), and the event loop's
 own delay is taken out of the latency (a client short of CPU is not a server
-queueing).
+queueing); a base under ``TIMER_GRAIN`` counts as that grain, since the
+loop's own turns are latencies that long.
 
 Workers and retries
 -------------------
@@ -881,7 +882,10 @@ class ConcurrencyLimit:
                 medians.popleft()
             base = medians[0][1]
             self.stats.base_latency = base
-            gradient = max(0.5, min(1.0, TOLERANCE * base / median)) if median > 0 else 1.0
+            # a latency under the loop's timer grain is the client's own turn (and the
+            # host's scheduling), not a queue at the server: a loopback server's
+            # sub-millisecond base would take every loop turn for one
+            gradient = max(0.5, min(1.0, TOLERANCE * max(base, TIMER_GRAIN) / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
         queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
         target = limit * gradient + queue
