@@ -426,8 +426,9 @@ class RateController:
         """Wait for a slot in flight (with ``concurrency``) and a token; the
         :class:`Slot` to hand back, or None (nothing taken) once ``stopping``
         says True. A ``retry`` goes before the first attempts waiting."""
-        if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time  # (bound once: asked several times a request)
+        slot = self.take_now()
+        if slot is not None:
+            return slot
         number = 0
         concurrency = self.concurrency
         if concurrency is not None:
@@ -444,6 +445,21 @@ class RateController:
             concurrency.sent(number, now)
         self.stats.sent += 1
         return Slot(now, number)
+
+    def take_now(self) -> Slot | None:
+        """A slot at once when one is free and no request waits for its turn
+        (every attempt of a run below its limits), without a wait; None:
+        :meth:`acquire` waits for one."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time  # (bound once: asked several times a request)
+        concurrency = self.concurrency
+        if concurrency is not None and not concurrency.free():
+            return None
+        if not self._take_now():
+            return None
+        now = self._clock()
+        self.stats.sent += 1
+        return Slot(now, 0 if concurrency is None else concurrency.take_now(now))
 
     def _take_now(self) -> bool:
         if self._waiters:
@@ -763,6 +779,21 @@ class ConcurrencyLimit:
         self.in_flight += 1
         self._taken += 1
         self._started[self._taken] = self._clock()
+        return self._taken
+
+    def free(self) -> bool:
+        """A slot is free now and no request waits for one."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time
+        return not self._waiters and self._room() > 0
+
+    def take_now(self, now: float) -> int:
+        """Take the slot :meth:`free` found, its request going out at ``now``: its number."""
+        self.in_flight += 1
+        self._taken += 1
+        self._started[self._taken] = now
+        self._out.add(self._taken)
+        self._peak = max(self._peak, len(self._out))
         return self._taken
 
     def sent(self, number: int, now: float) -> None:
