@@ -287,7 +287,7 @@ class Client:
             return None
         if self.credentials.readies and not credential:
             await self.credentials.ready(self)
-        slot = await self.pace.take(stopping, retry=not first)
+        slot = self.pace.take_now() or await self.pace.take(stopping, retry=not first)
         if slot is None:
             return None
         if stopping():
@@ -297,7 +297,7 @@ class Client:
             return slot
         # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent
         try:
-            counted = await self.quota.take(self._stopping)
+            counted = self.quota.take_now() or await self.quota.take(self._stopping)
         except BaseException:
             self.pace.give_back(slot)
             raise

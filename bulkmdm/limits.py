@@ -96,7 +96,8 @@ when their share exceeds what the recent windows showed (the background
 rule above, applied to overloads). Replies a server holds for seconds stop
 counting against the limit (they are not its queue), and the event loop's
 own delay is taken out of the latency (a client short of CPU is not a server
-queueing).
+queueing); a base under ``TIMER_GRAIN`` counts as that grain, since the
+loop's own turns are latencies that long.
 
 Workers and retries
 -------------------
@@ -461,8 +462,9 @@ class RateController:
         """Wait for a slot in flight (with ``concurrency``) and a token; the
         :class:`Slot` to hand back, or None (nothing taken) once ``stopping``
         says True. A ``retry`` goes before the first attempts waiting."""
-        if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time  # (bound once: asked several times a request)
+        slot = self.take_now()
+        if slot is not None:
+            return slot
         number = 0
         concurrency = self.concurrency
         if concurrency is not None:
@@ -479,6 +481,21 @@ class RateController:
             concurrency.sent(number, now)
         self.stats.sent += 1
         return Slot(now, number)
+
+    def take_now(self) -> Slot | None:
+        """A slot at once when one is free and no request waits for its turn
+        (every attempt of a run below its limits), without a wait; None:
+        :meth:`acquire` waits for one."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time  # (bound once: asked several times a request)
+        concurrency = self.concurrency
+        if concurrency is not None and not concurrency.free():
+            return None
+        if not self._take_now():
+            return None
+        now = self._clock()
+        self.stats.sent += 1
+        return Slot(now, 0 if concurrency is None else concurrency.take_now(now))
 
     def _take_now(self) -> bool:
         if self._waiters:
@@ -813,6 +830,21 @@ class ConcurrencyLimit:
         self._started[self._taken] = self._clock()
         return self._taken
 
+    def free(self) -> bool:
+        """A slot is free now and no request waits for one."""
+        if self._clock is loop_clock:
+            self._clock = asyncio.get_running_loop().time
+        return not self._waiters and self._room() > 0
+
+    def take_now(self, now: float) -> int:
+        """Take the slot :meth:`free` found, its request going out at ``now``: its number."""
+        self.in_flight += 1
+        self._taken += 1
+        self._started[self._taken] = now
+        self._out.add(self._taken)
+        self._peak = max(self._peak, len(self._out))
+        return self._taken
+
     def sent(self, number: int, now: float) -> None:
         """Slot ``number``'s request goes out at ``now`` (it may have waited for
         a token since it took its slot in flight): whether the server holds
@@ -930,7 +962,10 @@ class ConcurrencyLimit:
                 medians.popleft()
             base = medians[0][1]
             self.stats.base_latency = base
-            gradient = max(0.5, min(1.0, TOLERANCE * base / median)) if median > 0 else 1.0
+            # a latency under the loop's timer grain is the client's own turn (and the
+            # host's scheduling), not a queue at the server: a loopback server's
+            # sub-millisecond base would take every loop turn for one
+            gradient = max(0.5, min(1.0, TOLERANCE * max(base, TIMER_GRAIN) / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
         queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
         target = limit * gradient + queue

@@ -102,12 +102,7 @@ class DayQuota:
         Raises :class:`QuotaExhausted` when the budget is spent and the run does
         not wait."""
         while True:
-            self._roll()
-            if self._until is None and (self.limit is None or self.used < self.limit):
-                self.used += 1
-                self.sent[self.day] += 1
-                if self.limit is not None or self.sent[self.day] - self._saved[self.day] >= SAVE_EVERY:
-                    self.flush()
+            if self.take_now():
                 return True
             if not self.wait:
                 raise QuotaExhausted(
@@ -116,6 +111,17 @@ class DayQuota:
                 )
             if not await self._hold(stopping):
                 return False
+
+    def take_now(self) -> bool:
+        """Count one call when today's budget has it and no hold is on; False: nothing counted."""
+        self._roll()
+        if self._until is not None or (self.limit is not None and self.used >= self.limit):
+            return False
+        self.used += 1
+        self.sent[self.day] += 1
+        if self.limit is not None or self.sent[self.day] - self._saved[self.day] >= SAVE_EVERY:
+            self.flush()
+        return True
 
     def flush(self) -> None:
         """Give the journal the calls it does not have yet. Under a daily limit

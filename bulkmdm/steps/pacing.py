@@ -34,6 +34,11 @@ class Pace:
     def __init__(self, limiter: RateController | None = None) -> None:
         self.limiter = limiter or RateController(rate=None, adaptive=False)
 
+    def take_now(self) -> Slot | None:
+        """A slot at once, when one is free and nothing waits for one (no await:
+        most attempts); None: :meth:`take` waits for one."""
+        return self.limiter.take_now()
+
     async def take(self, stopping: Callable[[], bool], *, retry: bool) -> Slot | None:
         """A slot for one attempt; None when the run stopped first. A ``retry``
         goes before the first attempts waiting."""

@@ -20,6 +20,11 @@ class DailyQuota:
         """Whether this attempt is counted (the client asks first: most runs count nothing)."""
         return self.quota is not None and not credential
 
+    def take_now(self) -> bool:
+        """Count this attempt when the day's calls are not spent (no await:
+        most attempts); False: :meth:`take` holds or raises."""
+        return self.quota is None or self.quota.take_now()
+
     async def take(self, stopping: Callable[[], bool]) -> bool:
         """Count this attempt; False when the run stopped during a hold.
         Raises ``QuotaExhausted`` when the calls are spent and the run does not wait."""
