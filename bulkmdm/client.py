@@ -210,9 +210,10 @@ class Client:
         place; when it says it is, the result is a ``Response(verified=True)``;
         when it cannot tell, :class:`AmbiguousError` is raised and nothing is
         resent. An idempotent change resent that way and answered 404 or 409
-        is read back as well (``ReadBack.after_resent``). A change with ``verify`` whose answer the MDM holds far longer
-        than its answers take is read back meanwhile, unless
-        ``read_back_held`` is False (a read-back of many requests' worth).
+        is read back as well (``ReadBack.after_resent``). A change with
+        ``verify`` whose answer the MDM holds far longer than its answers
+        take is read back meanwhile, unless ``read_back_held`` is False (a
+        read-back of many requests' worth).
 
         ``context`` is the batch's (see ``steps/context.py``): its hooks run
         as the request goes out and waits. ``credential=True`` marks a token

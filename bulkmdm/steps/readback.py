@@ -48,8 +48,8 @@ Verify = Callable[[RequestContext], Awaitable["bool | None"]]
 MAYBE_DONE = frozenset({502, 504})
 
 #: Answers to a resent change that may be about what an earlier, unanswered
-#: attempt of it did: the object it moved no longer matches the request
-#: (404), or the MDM finds the change already made (409). A DELETE's 404 is
+#: attempt of it did: the MDM no longer finds what the request names as it
+#: was (404), or finds the change already made (409). A DELETE's 404 is
 #: not among them: it says that nothing is left, which is what was asked.
 RESENT_REFUSED = frozenset({404, 409})
 
