@@ -12,7 +12,8 @@ included). Each attempt goes through the steps of ``steps/``, in order:
 5. the :class:`~bulkmdm.transport.Transport` sends it (redirects of a read
    followed within the same origin);
 6. :class:`~.steps.readback.ReadBack` of a change held, or answered
-   ambiguously (no answer, a gateway's 502/504);
+   ambiguously (no answer, a gateway's 502/504), or resent after that and
+   refused (404/409);
 7. :class:`~.steps.reachability.Reachability`: the run stops when the MDM
    went away;
 
@@ -208,9 +209,11 @@ class Client:
         idempotent, or if ``verify(context)`` says the change is not in
         place; when it says it is, the result is a ``Response(verified=True)``;
         when it cannot tell, :class:`AmbiguousError` is raised and nothing is
-        resent. A change with ``verify`` whose answer the MDM holds far longer
-        than its answers take is read back meanwhile, unless
-        ``read_back_held`` is False (a read-back of many requests' worth).
+        resent. An idempotent change resent that way and answered 404 or 409
+        is read back as well (``ReadBack.after_resent``). A change with
+        ``verify`` whose answer the MDM holds far longer than its answers
+        take is read back meanwhile, unless ``read_back_held`` is False (a
+        read-back of many requests' worth).
 
         ``context`` is the batch's (see ``steps/context.py``): its hooks run
         as the request goes out and waits. ``credential=True`` marks a token
@@ -269,6 +272,9 @@ class Client:
             if wait is None:
                 if result.status == 429 and self._stopping():
                     return _give_up(result, req, state.reached, unsure=False)
+                if state.reached and idempotent and not is_read and not credential:
+                    # resent without a read-back after an attempt that may have made the change
+                    result = await self.read_back.after_resent(req.what, method, result, verify, context)
                 return _final(req, result, note, unsure=unsure_last)
             last = result
             state = state.waiting(wait >= (self.retry.throttle_wait or float("inf")))

@@ -298,6 +298,56 @@ async def test_an_idempotent_change_still_answered_by_a_gateway_at_the_end_is_un
     assert len(sent) == FAST.attempts
 
 
+@pytest.mark.parametrize("lost", [ConnectionDropped("dropped"), json_answer({}, 504)])
+@pytest.mark.parametrize("answered", [404, 409])
+@pytest.mark.parametrize("shown", [True, False, None])
+async def test_an_idempotent_change_resent_after_no_answer_and_refused_is_read_back(
+    lost: Answer | BaseException, answered: int, shown: bool | None
+) -> None:
+    """The resend's 404/409 may be about what the unanswered attempt did:
+    in place, the change is confirmed; not in place, the answer stands;
+    unreadable, it is unknown. Nothing is sent a third time."""
+    contexts: list[RequestContext] = []
+    transport, sent = scripted(lost, json_answer({"message": "no"}, answered))
+    async with client(transport) as c:
+        request = c.request("PUT", "x", json={}, verify=_verify([shown], contexts))
+        if shown is None:
+            with pytest.raises(AmbiguousError, match=f"HTTP {answered} after an earlier try") as info:
+                await request
+            assert info.value.status == answered
+        else:
+            resp = await request
+            assert (resp.ok, resp.verified, resp.status) == ((True, True, 200) if shown else (False, False, answered))
+    assert len(sent) == 2 and [context.read_back for context in contexts] == [True]
+
+
+async def test_an_idempotent_change_resent_and_refused_without_a_read_back_is_unknown() -> None:
+    transport, sent = scripted(ConnectionDropped("dropped"), json_answer({}, 409))
+    async with client(transport) as c:
+        with pytest.raises(AmbiguousError, match="cannot be read back"):
+            await c.request("PUT", "x", json={})
+    assert len(sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "first", "answered"),
+    [
+        ("DELETE", ConnectionDropped("dropped"), 404),  # nothing is left, as the DELETE asked
+        ("PUT", json_answer({}, 503), 404),  # a 503 did nothing: the 404 is the MDM's word
+        ("PUT", json_answer({}, 429), 409),
+        ("PUT", ConnectionDropped("dropped"), 400),  # no answer an earlier change would cause
+    ],
+)
+async def test_a_refusal_that_cannot_be_about_an_earlier_try_is_not_read_back(
+    method: str, first: Answer | BaseException, answered: int
+) -> None:
+    checks: list[RequestContext] = []
+    transport, sent = scripted(first, json_answer({}, answered))
+    async with client(transport) as c:
+        resp = await c.request(method, "x", json={}, verify=_verify([True], checks))
+    assert (resp.status, resp.verified, len(sent), checks) == (answered, False, 2, [])
+
+
 async def test_a_read_back_goes_out_while_the_run_stops() -> None:
     stop = [False]
     sent: list[Request] = []

@@ -716,7 +716,7 @@ def outcome_from_response(step: Step, resp: Response, done: str) -> Outcome:
     if problem is not None:
         return unconfirmed(step, resp, problem)
     if resp.ok:
-        detail = done + (f" ({READ_BACK_CONFIRMED})" if resp.verified else "")
+        detail = f"{done.rstrip('.')} ({READ_BACK_CONFIRMED})." if resp.verified else done
         return Outcome(
             step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=done_reason(resp)
         )

@@ -1050,9 +1050,10 @@ class DuoStation(Provider):
         for link in step.params["links"]:
             # DELETE /api/devicetags/<id>: <id> is the device tag's, not the tag's
             path = f"{kind}/{seg(link)}"
-            resp = await self.client.request("DELETE", path, context=context)
+            gone = self._gone(path)
+            resp = await self.client.request("DELETE", path, verify=gone, context=context)
             done = f"Tag '{step.params['name']}' unlinked from {step.target}."
-            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
+            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -1081,14 +1082,16 @@ class DuoStation(Provider):
 
     async def _put(self, step: Step, path: str, field: str, value: Any, done: str, context: RequestContext) -> Outcome:
         """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
-        resp = await self.client.request("PUT", path, json={field: value}, context=context)
-        return await self._settle(step, resp, cap(done), self._shows(path, (field, field[:-2]), value), context)
+        shows = self._shows(path, (field, field[:-2]), value)
+        resp = await self.client.request("PUT", path, json={field: value}, verify=shows, context=context)
+        return await self._settle(step, resp, cap(done), shows, context)
 
     async def _send_delete_user(self, step: Step, context: RequestContext) -> Outcome:
         path = f"users/{seg(step.params['user'])}"
-        resp = await self.client.request("DELETE", path, context=context)
+        gone = self._gone(path)
+        resp = await self.client.request("DELETE", path, verify=gone, context=context)
         done = cap(f"{step.target} deleted.")
-        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, self._gone(path), context)
+        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
 
     async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params

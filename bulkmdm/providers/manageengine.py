@@ -1201,6 +1201,13 @@ class ManageEngine(Provider):
         there = [key(i) in now for i in ids]
         return True if all(there) else False if not any(there) else None
 
+    async def _member_gone(self, group_id: Any, device_id: Any, context: RequestContext) -> bool | None:
+        """Whether the device is no longer among the group's members; None: the list cannot be read."""
+        try:
+            return key(device_id) not in await self._members(group_id, context)
+        except (TransportError, ListFailed):
+            return None
+
     async def _resend_without_members(
         self, steps: list[Step], resp: Response, context: RequestContext
     ) -> list[Outcome]:
@@ -1224,11 +1231,19 @@ class ManageEngine(Provider):
         """ "Remove a member from a particular group" / "Disassociate an app
         from a particular device": one DELETE per row."""
         p = step.params
+        verify: Any = None
         if step.action == "remove-from-group":
             path = f"groups/{seg(p['group'])}/members/{seg(p['device'])}"
+            verify = partial(self._member_gone, p["group"], p["device"])
         else:
+            # a disassociation shows on the device's app list only after the
+            # device checks in: it cannot be read back
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
-        resp = await self.client.request("DELETE", self._path(path), context=context)
+        # (a read-back is the group's member list, from a daily quota: worth it
+        # for an answer that may be about an earlier try, not for a slow one)
+        resp = await self.client.request(
+            "DELETE", self._path(path), verify=verify, read_back_held=False, context=context
+        )
         gone = gone_on_retry(step, resp, _done(step))
         if gone is not None:
             return gone

@@ -7,6 +7,11 @@
   it (``Response(verified=True)``); not in place, it is safe to send again;
   unreadable, or without a ``verify``, it is :class:`AmbiguousError`
   (``unknown``), never sent twice.
+* **Resent, then refused**: an idempotent change resent without a
+  read-back after an attempt that may have made it, and answered 404 or 409
+  (see ``RESENT_REFUSED``), may be refused for what that attempt did; it is
+  read back: shown in place, the change is confirmed; not in place, the
+  answer stands; unreadable, or without a ``verify``, it is ``unknown``.
 * **Held**: a change whose answer the MDM holds far longer than its answers
   take (``held_after``) is read back meanwhile; shown in place, its attempt
   is given up and the change confirmed; otherwise its answer is waited for
@@ -41,6 +46,12 @@ Verify = Callable[[RequestContext], Awaitable["bool | None"]]
 #: the gateway gave up on it, so to a change they mean "maybe done", as a
 #: dropped connection does. 503 and 429 say the request was not processed.
 MAYBE_DONE = frozenset({502, 504})
+
+#: Answers to a resent change that may be about what an earlier, unanswered
+#: attempt of it did: the MDM no longer finds what the request names as it
+#: was (404), or finds the change already made (409). A DELETE's 404 is
+#: not among them: it says that nothing is left, which is what was asked.
+RESENT_REFUSED = frozenset({404, 409})
 
 Attempt = Callable[[], Coroutine[Any, Any, "Response | Failure"]]
 
@@ -107,6 +118,30 @@ class ReadBack:
         if state is None:
             raise unsure(what, resp, "; could not tell whether it took effect, so it was not resent")
         return (Response(200, None, {}, resp.attempts, verified=True) if state else None), False
+
+    async def after_resent(
+        self, what: str, method: str, resp: Response, verify: Verify | None, context: RequestContext
+    ) -> Response:
+        """The last answer to an idempotent change that was resent after an
+        attempt that may have made it: a 404 or 409 is read back before it
+        is believed. Returns a ``Response(verified=True)`` when the change
+        is in place, ``resp`` when it is not or the answer says nothing of
+        an earlier attempt; raises :class:`AmbiguousError` when it cannot
+        be read back."""
+        if resp.status not in RESENT_REFUSED or (method == "DELETE" and resp.status == 404):
+            return resp
+        said = (
+            f"the MDM answered {what} with HTTP {resp.status} after an earlier try went unanswered, "
+            "and that try may have made the change"
+        )
+        if verify is None:
+            raise AmbiguousError(f"{said}; it cannot be read back", attempts=resp.attempts, status=resp.status)
+        state = await verify(context.reading_back())
+        if state is None:
+            raise AmbiguousError(
+                f"{said}; reading it back could not tell whether it did", attempts=resp.attempts, status=resp.status
+            )
+        return Response(200, None, {}, resp.attempts, verified=True) if state else resp
 
     # -- a change held ---------------------------------------------------------
     async def while_held(
