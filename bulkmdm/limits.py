@@ -65,14 +65,14 @@ seconds after the rate is back at ``W_max``.
 
 The rule: *the background share is the share of 429s over the last*
 ``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence and the rate
-was below the last limit (Laplace's
-rule of succession: one more 429 than seen, over two more answers); a 429 is
-evidence of a limit only when the last window's answers hold more 429s than
-that share explains at* ``SIGMAS`` *standard deviations.* With no window
-counted yet the share is taken to be ``1 - BETA`` before the first cut (a
-run's first answers are too few to tell noise from a limit, and a limit
-overshot by slow start soon refuses more) and none after a cut (a limit was
-seen: any 429 may be it). Evidence strikes out the window counted just
+was below the last limit (Laplace's rule of succession: one more 429 than
+seen, over two more answers); a 429 is evidence of a limit only when the
+last window's answers hold more 429s than that share explains at*
+``SIGMAS`` *standard deviations.* With no window counted yet the share is
+taken to be ``STARTING_SHARE`` before the first cut (a run's first answers
+are too few to tell noise from a limit, and a limit overshot by slow start
+soon refuses far more) and none after a cut (a limit was seen: any 429 may
+be it). Evidence strikes out the window counted just
 before it, which the last window's answers reach into. Laplace's estimate
 keeps a background of none from making one 429 evidence: a window left out
 for a lone 429 would keep the share at none, and every sporadic 429 would cut
@@ -141,6 +141,10 @@ PROBE_EVERY = 10.0
 #: ... and at most this long (seconds): a limit that was raised is probed for again
 #: within it (a 60-s window's Retry-After would otherwise stretch it to ten minutes).
 PLATEAU_MOST = 10.0
+#: The background share of 429s taken before a run has counted any (its first window is
+#: still open): one in ten. A 5% background exceeds it by three sigmas in under one first
+#: window in a thousand; a slow start past a limit soon has half its requests refused.
+STARTING_SHARE = 0.1
 #: Windows over which the background share of 429s is counted: ten windows
 #: hold five 429s of a 5% background at 10 requests/s, enough to see it.
 BACKGROUND_WINDOWS = 10
@@ -382,10 +386,10 @@ class _Answers:
 
     def evidence(self, now: float, *, cut: bool) -> bool:
         """Whether the last window's 429s are more than the background explains
-        (with no window counted yet, it is taken to be 1 - BETA before the
-        first cut and none after it); the window being counted then no longer
-        counts for the background."""
-        background = self.background if self._background else 0.0 if cut else 1 - BETA
+        (with no window counted yet, it is taken to be STARTING_SHARE before
+        the first cut and none after it); the window being counted then no
+        longer counts for the background."""
+        background = self.background if self._background else 0.0 if cut else STARTING_SHARE
         found = _excess(self.recent_throttled, len(self._recent), background)
         if found:
             # the last window's answers, which show it, reach into the window counted before
@@ -646,7 +650,9 @@ class RateController:
         self._k = (w_max * (1 - BETA) / SCALE) ** (1 / 3)
         self._cut_at = now
         self._plateau = min(PROBE_EVERY * hold, PLATEAU_MOST)
-        self._least = self.floor
+        # the rate measured just after a hold counts only its first answers: the cut's
+        # rate stands until CUBIC regrows past it
+        self._least = BETA * w_max
         self.stats.cuts += 1
         self.stats.limit = w_max
         self._set_rate(now, BETA * w_max)

@@ -305,6 +305,30 @@ def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
     assert limiter.stats.background == background
 
 
+def _overshoot_at_the_start(limiter: RateController, clock: FakeClock) -> float:
+    """A run's first 0.4 s at 40/s (no half-second bucket measured yet), then
+    a limit's 429s and their hold of a second: W_max."""
+    _answer(limiter, clock, 40.0, 0.4)
+    for _ in range(8):
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), 1.0)
+    assert limiter.stats.cuts == 1
+    clock.now += 1.0
+    assert limiter.stats.limit is not None
+    return limiter.stats.limit
+
+
+def test_after_a_hold_the_rate_stays_at_the_cuts_until_cubic_regrows() -> None:
+    """Just after a hold the last window holds a handful of answers: twice
+    that is no measure of what the server takes, and the rate stays at
+    BETA x W_max (the cut's) while CUBIC regrows from it."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    w_max = _overshoot_at_the_start(limiter, clock)
+    _answer(limiter, clock, 10.0, 0.2)  # the first answers after it
+    assert limiter.rate is not None and limiter.rate >= BETA * w_max
+
+
 def test_one_cut_per_window_of_the_vendor() -> None:
     """429s to requests sent within a window of the cut belong to the overload
     already cut for (ManageEngine counts its 100 calls over a minute)."""

@@ -42,6 +42,18 @@ async def test_token_bucket_with_a_fifth_of_a_second_of_burst() -> None:
     assert outcome.rate() >= 0.9 * LIMIT
 
 
+async def test_a_slow_start_past_a_small_bucket_is_caught_within_a_few_429s() -> None:
+    """25/s with a burst of 5: slow start doubles past it within a second;
+    before any window is counted the background is taken to be one in ten,
+    so the overshoot is evidence after a handful of 429s, not a third of a
+    window's answers."""
+    outcome = await drive(TokenBucket(25, 5), 1000)
+    assert outcome.done == 1000
+    first_second = [ok for t, ok in outcome.requests if t - outcome.requests[0][0] <= 1.5]
+    assert first_second.count(False) <= 12
+    assert outcome.share <= 0.03
+
+
 @pytest.mark.parametrize(("span", "limit", "rows"), [(10.0, LIMIT, 1500), (60.0, 10, 1500)])
 async def test_fixed_windows(span: float, limit: int, rows: int) -> None:
     """Every window the run spans whole is used to its quota, with one or
