@@ -235,8 +235,9 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
         assert set(statuses) <= {"succeeded", "not-run"}  # the rows refused with 401 are not-run too
         reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
         assert Reason.AUTH in reasons and set(reasons) <= {Reason.DONE, Reason.AUTH, Reason.NOT_SENT}
-        # fixed: the same command continues with the rows not sent
-        sim.faults.update({"error_rate": 0.0})
+        # fixed: the same command continues with the rows not sent (the latency only had to keep
+        # the first run going until the credentials were refused)
+        sim.faults.update({"error_rate": 0.0, "latency": 0.0})
         again = _run(args, env)
         assert again.returncode == 0, again.stderr
         assert {r["status"] for r in read_report(job.with_name("lock.outcome.csv"))} == {"succeeded"}
