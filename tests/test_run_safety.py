@@ -199,7 +199,9 @@ def test_rows_waiting_for_a_rate_slot_are_not_in_flight_at_a_kill(tmp_path: Path
             if proc.poll() is None:
                 proc.kill()
         sent = sim.stats.mutating
-        again = _run(args, env)
+        # the rest at any pace: a run continues whatever its --rate (not part of the job's identity)
+        again = _run([*args[: args.index("--rate")], "--rate", "none", "--concurrency", "8"], env)
+        assert "Resuming run" in again.stderr, again.stderr
         statuses = [r["status"] for r in read_report(job.with_name("msg.outcome.csv"))]
         # only a message actually sent without its answer can be unknown, not the rows waiting for a slot
         assert statuses.count("unknown") <= 1, (statuses, again.stderr)
@@ -235,8 +237,9 @@ def test_credentials_refused_after_rows_ran_exit_1_with_the_rest_not_run(tmp_pat
         assert set(statuses) <= {"succeeded", "not-run"}  # the rows refused with 401 are not-run too
         reasons = journal_reasons(tmp_path / "state", job.with_name("lock.outcome.csv"))
         assert Reason.AUTH in reasons and set(reasons) <= {Reason.DONE, Reason.AUTH, Reason.NOT_SENT}
-        # fixed: the same command continues with the rows not sent
-        sim.faults.update({"error_rate": 0.0})
+        # fixed: the same command continues with the rows not sent (the latency only had to keep
+        # the first run going until the credentials were refused)
+        sim.faults.update({"error_rate": 0.0, "latency": 0.0})
         again = _run(args, env)
         assert again.returncode == 0, again.stderr
         assert {r["status"] for r in read_report(job.with_name("lock.outcome.csv"))} == {"succeeded"}

@@ -453,7 +453,7 @@ def test_run_with_track_follows_the_changes_after_the_run(tmp_path: Path, run_cl
     with start_me(checkins=CheckIns(delay=0.5)) as sim:
         job, _ = me_job(tmp_path, sim)
         result = run_cli(
-            ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "none", "--track", "60s"],
+            ["run", str(job), "--provider", "manageengine", "--url", sim.url, "--rate", "none", "--track", "10s"],
             env=ME,
         )
         assert result.exit_code == 0, result.output

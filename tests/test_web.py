@@ -409,6 +409,36 @@ async def test_a_stopped_run_resumes_after_serve_restarts(tmp_path: Path, duo: S
     assert locks == sorted(serials)
 
 
+async def test_a_child_ending_while_its_page_is_read_shows_its_results(
+    tmp_path: Path, duo: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page of a run reads the journal (awaits) while its child may end: it
+    is shown either still running (followed, so it reloads when the child ends)
+    or ended with its results, never ended without them (nothing would reload it)."""
+    state = duo.app["state"]
+    serials = duo.call(lambda: [d["serialNumber"] for d in list(state.devices.values())[40:44]])
+    job = write_csv(tmp_path / "wipe.csv", [["action", "serial"], *(["wipe", s] for s in serials)])
+    async with _serve_app(tmp_path / "state") as server, _client(server) as client:
+        await _post(client, server, "/connect", **_duo_form(duo.url))
+        job_page = _job_page(await _upload(client, server, job))
+        dry = await _post(client, server, f"{job_page}/dry-run")
+        await _until(client, server, dry, 'id="confirm"')
+        (child,) = server.state.children.values()
+        ended, read = child.returncode, child.progress
+
+        async def ends_while_read() -> Any:
+            progress = await read()
+            # the child's end, as its reader task sees it: at the page's next await
+            asyncio.get_running_loop().call_soon(setattr, child, "returncode", ended)
+            return progress
+
+        child.returncode = None  # the child runs again, as far as the page can tell
+        monkeypatch.setattr(child, "progress", ends_while_read)
+        async with client.get(f"{server.url}{dry}") as resp:
+            page = await resp.text()
+        assert 'id="confirm"' in page or "data-events" in page, page
+
+
 async def test_an_xlsx_job_with_a_non_ascii_name_is_previewed(served: Served, tmp_path: Path) -> None:
     source = Path(__file__).parent.parent / "jobs" / "duostation-assign.xlsx"
     job = tmp_path / "Björkskolan lån.xlsx"

@@ -372,17 +372,15 @@ async def watch(request: web.Request) -> web.Response:
     state, child = _state(request), _child(request)
     job = state.uploads[child.request.upload_id]
     progress = await child.progress()
+    rows = await _rows(request, child, progress)
+    # asked after the last read that may let the child end: a child that ended during
+    # the reads is shown ended with its results, not ended without them and no longer
+    # followed (the page would wait for good)
     summary = None
     if child.finished and child.request.report.exists() and child.returncode != 2:
         summary = await state.summary(child.request.report, child.request.action)
     return state.render(
-        "run.html",
-        child=child,
-        job=job,
-        progress=progress,
-        summary=summary,
-        page=_number(request),
-        **await _rows(request, child, progress),
+        "run.html", child=child, job=job, progress=progress, summary=summary, page=_number(request), **rows
     )
 
 
