@@ -277,8 +277,17 @@ class Journal:
             raise JournalError(
                 f"The state database {self.path} was written by a newer bulkmdm; upgrade bulkmdm or pass --state-dir."
             )
+        self._migrate_from(current)
+
+    def _migrate_from(self, current: int) -> None:
+        """Apply the migrations after ``current``, the version read before any lock."""
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with self._tx():
+                # another bulkmdm opening the same fresh folder may have migrated meanwhile:
+                # the version is read again under the write lock this transaction holds
+                done = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+                if done >= version:
+                    continue
                 for statement in _MIGRATIONS[version].split(";"):
                     if statement.strip():
                         self.db.execute(statement)

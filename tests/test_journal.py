@@ -172,3 +172,18 @@ def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path)
             ("tag", {"action": "untag", "serial": "A"}),
             ("tag", {"action": "untag", "serial": "B"}),
         ]
+
+
+def test_a_migration_another_bulkmdm_made_meanwhile_is_not_made_again(tmp_path: Path) -> None:
+    """Two runs started at once in a new folder may both read no schema
+    before either takes the write lock; each step reads the version again
+    under the lock, so the second finds the tables made instead of failing
+    on "table already exists"."""
+    with Journal(tmp_path / "st") as first, Journal(tmp_path / "st") as second:
+        second._migrate_from(0)  # what it read before the first migrated
+        run_id = journal_run(second, [NewRow(["A"], "lock", "a", "A")])
+        assert first.counts(run_id) == {"pending": 1}
+    db = sqlite3.connect(tmp_path / "st" / "journal.sqlite3")
+    assert [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+        range(1, SCHEMA_VERSION + 1)
+    )
