@@ -121,6 +121,36 @@ def todays_quota(
     )
 
 
+def provider_for_run(
+    journal: Journal,
+    target: Connection,
+    provider_cls: type[Provider],
+    *,
+    wait_for_quota: bool,
+    stopping: Callable[[], bool],
+    pacing: Pacing,
+    on_hold: Callable[[str], None],
+    halt: Callable[[BulkMDMError], None] | None = None,
+) -> tuple[Provider, Client, DayQuota]:
+    """The provider of a run (or a look) at ``target``, its one client and
+    the day's quota that client counts against, the calls earlier runs made
+    today read from the journal (building the provider checks its settings:
+    a refused one raises ConfigError before anything is sent)."""
+    tenant = provider_cls.quota_tenant(target.url, target.env)
+    settings = Settings(
+        url=target.url,
+        env=target.env,
+        partition=target.partition,
+        batch_size=target.batch_size,
+        dry_run=target.dry_run,
+        calls_today=journal.calls_today(tenant),
+        wait_for_quota=wait_for_quota,
+    )
+    quota = todays_quota(journal, provider_cls, settings, on_hold=on_hold)
+    client = make_client(target, provider_cls, stopping=stopping, pacing=pacing, halt=halt, quota=quota)
+    return provider_cls(client, settings), client, quota
+
+
 def _count_calls(target: Connection, provider: Provider, calls: int) -> None:
     """Add these calls (an export's, a template's look-ups) to the day's count
     of a vendor with a daily quota, as a run's are: the next run's budget

@@ -27,15 +27,14 @@ from .events import Events, QuietEvents
 from .journal import IN_FLIGHT, Journal, state_dir
 from .model import BAD_STATUSES, Outcome, Step
 from .plan import FIRST_CHUNK, PlanFeed, PlanSettings
-from .providers.base import Provider, Settings
+from .providers.base import Provider
 from .ownfiles import written
 from .report import RunSummary, UndoFile, check_writable, undo_path, write_run_report, write_undo_file
 from .resume import FinishedBefore, OpenedRun, job_identity, job_lock, open_run
 from .schedule import Scheduler
 from .shown import Secrets
-from .connect import Connection, make_client, todays_quota
-from .limits import Pacing, for_run
-from .quota import DayQuota
+from .connect import Connection, provider_for_run
+from .limits import for_run
 from .client import Client, RequestContext
 from .validate import check_destructive, check_options, default_report_path, report_path, validate_job
 
@@ -140,20 +139,28 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
         )
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.
-        tenant = provider_cls.quota_tenant(url, options.env)
-        calls_today = journal.calls_today(tenant)
-        settings = Settings(
+        connection = Connection(
+            provider=provider_cls.name,
             url=url,
             env=options.env,
             partition=options.partition,
-            calls_today=calls_today,
+            rate=options.rate,
+            concurrency=options.concurrency,
+            timeout=options.timeout,
             batch_size=options.batch_size,
             dry_run=options.dry_run,
-            wait_for_quota=options.wait_for_quota,
+            retry=options.retry,
         )
-        quota = todays_quota(journal, provider_cls, settings, on_hold=events.message)
-        client = _client(provider_cls, url, options, scheduler, pacing, quota)
-        provider = provider_cls(client, settings)
+        provider, client, _ = provider_for_run(
+            journal,
+            connection,
+            provider_cls,
+            wait_for_quota=options.wait_for_quota,
+            stopping=scheduler.stopping,
+            pacing=pacing,
+            on_hold=events.message,
+            halt=scheduler.halt,
+        )
         opened = open_run(journal, job, identity=identity, options=options, url=url, report_path=report)
         del job  # the journal holds every row's cells now; on a million-row job this is a few hundred MB
         if isinstance(opened, FinishedBefore):
@@ -199,26 +206,6 @@ def rebuild_report(
 
     summary = report.rebuild_report(run_id, out=out, state=state, env=env)
     return RunResult(run_id, summary.path, summary.counts, 0, rows=summary.rows, summary=summary)
-
-
-def _client(
-    provider_cls: type[Provider], url: str, options: RunOptions, scheduler: Scheduler, pacing: Pacing, quota: DayQuota
-) -> Client:
-    """The run's one client, as the vendor declares it (connect.py), stopping with the scheduler,
-    its every call counted against the day's ``quota``."""
-    connection = Connection(
-        provider=provider_cls.name,
-        url=url,
-        env=options.env,
-        partition=options.partition,
-        rate=options.rate,
-        concurrency=options.concurrency,
-        timeout=options.timeout,
-        retry=options.retry,
-    )
-    return make_client(
-        connection, provider_cls, stopping=scheduler.stopping, pacing=pacing, halt=scheduler.halt, quota=quota
-    )
 
 
 async def _execute(

@@ -39,7 +39,7 @@ from .columns import TRACK_COLUMNS
 from .errors import BulkMDMError, QuotaExhausted, UsageError
 from .journal import Journal, RowRecord, state_dir
 from .model import Status
-from .providers.base import Follow, ListFailed, Provider, Settings, Tracked
+from .providers.base import Follow, ListFailed, Provider, Tracked
 
 if TYPE_CHECKING:
     from .quota import DayQuota
@@ -315,7 +315,7 @@ async def _follow(
     writer: _ReportWriter,
 ) -> None:
     """Look, write, wait, until every row is confirmed, the time is up, or a stop."""
-    from .connect import Connection, make_client, todays_quota
+    from .connect import Connection, provider_for_run
     from .limits import for_run, sleep_unless
 
     stop = _Stop()
@@ -332,18 +332,15 @@ async def _follow(
         timeout=options.timeout,
         retry=options.retry,
     )
-    where = provider_cls.quota_tenant(url, env)
-    calls_today = journal.calls_today(where)
-    settings = Settings(
-        url=url,
-        env=env,
-        partition=partition,
-        calls_today=calls_today,
+    provider, client, quota = provider_for_run(
+        journal,
+        connection,
+        provider_cls,
         wait_for_quota=options.wait_for_quota,
+        stopping=stop,
+        pacing=pacing,
+        on_hold=events.message,
     )
-    quota = todays_quota(journal, provider_cls, settings, on_hold=events.message)
-    client = make_client(connection, provider_cls, stopping=stop, pacing=pacing, quota=quota)
-    provider = provider_cls(client, settings)
     deadline = time.monotonic() + options.until
     remove_signals = stop.install()
     try:
