@@ -6,7 +6,6 @@ Screenshots land in the test's tmp folder (SERVE_SCREENSHOTS=DIR copies them).""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import cli_env, write_csv
 from test_track import LATER, active, check_in
-from web_helpers import downloaded_csv, serving
+from web_helpers import downloaded_csv, screenshot, serving
 
 from bulkmdm.sim.common import CheckIns, SimServer
 from bulkmdm.sim.ivanti import make_app
@@ -43,16 +42,6 @@ def page() -> Iterator[Any]:
         yield context.new_page()
         context.close()
         browser.close()
-
-
-def _shot(page: Any, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / "screens" / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("SERVE_SCREENSHOTS"):
-        target = Path(os.environ["SERVE_SCREENSHOTS"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, target / path.name)
-    return path
 
 
 def _look(page: Any) -> str:
@@ -92,7 +81,7 @@ def test_follow_up_view_in_chromium(sim: SimServer, page: Any, tmp_path: Path) -
         assert _look(page).startswith("2/3 confirmed, 1 pending (oldest")
         rows = page.locator("#pending tbody tr")
         assert rows.count() == 1 and devices[2]["serialNumber"] in rows.first.inner_text()
-        _shot(page, tmp_path, "follow-up")
+        screenshot(page, tmp_path, "follow-up", full_page=True)
 
         pending = downloaded_csv(page, "#pending-download", tmp_path / "pending.csv")
         assert pending == [["action", "serial", "Klass"], ["wipe", devices[2]["serialNumber"], "7B"]]

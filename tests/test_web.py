@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import CREDS, read_report, run_cmd, spawn, write_csv
+from web_helpers import serve_process
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.web.app import STATE, WebState, make_app
@@ -485,13 +486,7 @@ async def test_a_job_without_an_action_column_gets_one_action_for_every_row(tmp_
 def test_serve_command_prints_the_address_and_stops_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
     """`bulkmdm serve` as a user starts it (no --no-browser; no desktop here, so no browser is started)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = serve_process(tmp_path / "state", env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -539,13 +534,7 @@ def test_the_browser_is_opened_through_a_private_file_never_with_the_secret(tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
     env.update(DISPLAY=":0", BROWSER=shlex.join([sys.executable, str(script), "%s", str(record)]))
     state_dir = tmp_path / "state"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = serve_process(state_dir, env)
     try:
         assert proc.stdout is not None
         address = proc.stdout.readline().strip().removeprefix("Open ")

@@ -14,7 +14,6 @@ docs/serve.png is made).
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import read_report
-from web_helpers import downloaded_csv, serving
+from web_helpers import downloaded_csv, screenshot, serving
 
 from bulkmdm.sim.common import SimServer
 from bulkmdm.sim.duostation import FACTS, make_app
@@ -82,12 +81,7 @@ def _shot(page: Any, tmp_path: Path, name: str) -> None:
     # no page shows where the server keeps files (the log of a run included)
     html = page.content()
     assert "web-jobs" not in html and str(tmp_path) not in html, name
-    path = tmp_path / "screens" / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
-    if os.environ.get("SERVE_SCREENSHOTS"):
-        target = Path(os.environ["SERVE_SCREENSHOTS"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, target / path.name)
+    screenshot(page, tmp_path, name, full_page=False)
 
 
 def _job(tmp_path: Path, serials: list[str]) -> Path:

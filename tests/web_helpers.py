@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,17 +14,22 @@ from pathlib import Path
 from typing import Any
 
 
-@contextmanager
-def serving(state_dir: Path) -> Iterator[str]:
-    """Start `bulkmdm serve --port 0` and yield the address it prints (with its secret)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", "--no-browser", "--state-dir", str(state_dir)],
+def serve_process(state_dir: Path, env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
+    """`bulkmdm serve --port 0` in a child process, its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulkmdm", "serve", "--port", "0", *flags, "--state-dir", str(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+@contextmanager
+def serving(state_dir: Path) -> Iterator[str]:
+    """Start `bulkmdm serve --port 0` and yield the address it prints (with its secret)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMDM_")}
+    proc = serve_process(state_dir, env, "--no-browser")
     try:
         assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline().strip()
@@ -45,3 +51,15 @@ def downloaded_csv(page: Any, click: str, to: Path) -> list[list[str]]:
     download.value.save_as(to)
     with open(to, newline="", encoding="utf-8-sig") as fh:
         return list(csv.reader(fh))
+
+
+def screenshot(page: Any, tmp_path: Path, name: str, *, full_page: bool) -> Path:
+    """A screenshot of ``page`` under ``tmp_path/screens``, copied to
+    ``$SERVE_SCREENSHOTS`` when it is set (to look at them after a run)."""
+    path = tmp_path / "screens" / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    if os.environ.get("SERVE_SCREENSHOTS"):
+        target = Path(os.environ["SERVE_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.name)
+    return path
