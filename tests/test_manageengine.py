@@ -969,3 +969,31 @@ async def test_a_delete_whose_answer_was_lost_is_read_back_not_sent_again() -> N
         assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 1
     assert statuses(out) == ["succeeded"] and out[0].attempts == 1
     assert out[0].reason is Reason.READ_BACK and "confirmed by reading it back" in out[0].detail
+
+
+async def test_a_delete_answered_404_after_a_503_fails_as_a_first_404_does() -> None:
+    """The 503 did nothing; the device left the group elsewhere before the
+    retry, whose 404 says it is not there: the row fails as a first answer's
+    404 makes it fail, never "succeeded" on the word of a try that did nothing."""
+    from aiohttp import web
+
+    busy: list[str] = []
+
+    @web.middleware
+    async def busy_then_removed_elsewhere(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "DELETE" and not busy:
+            busy.append(request.path)
+            group_id, device_id = (int(part) for part in request.path.split("/")[-3::2])
+            request.app["state"].remove_member(group_id, device_id)  # (in the console, meanwhile)
+            return web.json_response({"error_code": "COM0004"}, status=503)
+        return await handler(request)
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(busy_then_removed_elsewhere)
+    with SimServer(app) as sim:
+        inside = sorted(members(sim, GROUP["id"]))
+        job = rows({"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+        out = await run(sim, env_for("on-premises", sim), job)
+        assert busy and deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 2
+    assert statuses(out) == ["failed"] and out[0].http_status == 404 and out[0].attempts == 2
+    assert out[0].reason is Reason.NOT_FOUND and "does not exist" in out[0].detail

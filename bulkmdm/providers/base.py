@@ -736,19 +736,6 @@ def done_reason(resp: Response) -> Reason:
     return Reason.READ_BACK if resp.verified else Reason.DONE
 
 
-def gone_on_retry(step: Step, resp: Response, done: str) -> Outcome | None:
-    """A DELETE answered 404 after an earlier attempt: that attempt went
-    through and its answer was lost, so the object is gone as asked. Told as
-    what happened: no read-back was made, the retry's 404 says it. None for
-    any other answer."""
-    if resp.status != 404 or resp.attempts <= 1:
-        return None
-    said = "an earlier try went through: the MDM answers the retry HTTP 404, nothing is left to remove"
-    detail = f"{done.rstrip('.')} ({said})."
-    # done as asked, known from the retry's answer (not a read-back)
-    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.DONE)
-
-
 def explain_response(resp: Response) -> str:
     """Why an error answer failed the row, in one sentence."""
     detail = explain_status(resp.status, resp.body, resp.attempts)

@@ -67,7 +67,6 @@ from .base import (
     failure_in_2xx,
     fkey,
     gather_bounded,
-    gone_on_retry,
     get_field,
     key,
     one_across,
@@ -1053,7 +1052,7 @@ class DuoStation(Provider):
             gone = self._gone(path)
             resp = await self.client.request("DELETE", path, verify=gone, context=context)
             done = f"Tag '{step.params['name']}' unlinked from {step.target}."
-            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
+            outcome = await self._settle(step, resp, done, gone, context)
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -1091,7 +1090,7 @@ class DuoStation(Provider):
         gone = self._gone(path)
         resp = await self.client.request("DELETE", path, verify=gone, context=context)
         done = cap(f"{step.target} deleted.")
-        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
+        return await self._settle(step, resp, done, gone, context)
 
     async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params

@@ -105,7 +105,6 @@ from .base import (
     Settings,
     as_int,
     gather_bounded,
-    gone_on_retry,
     usable_id,
     as_list,
     cap,
@@ -1245,9 +1244,6 @@ class ManageEngine(Provider):
         resp = await self.client.request(
             "DELETE", self._path(path), verify=verify, read_back_held=False, context=context
         )
-        gone = gone_on_retry(step, resp, _done(step))
-        if gone is not None:
-            return gone
         return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 
