@@ -20,9 +20,11 @@ from bulkmdm.errors import (
     ConnectionDropped,
     QuotaExhausted,
     RequestTimeout,
+    TargetGone,
     Unreachable,
 )
 from bulkmdm.limits import RateController, Slot
+from bulkmdm.providers.base import read_back
 from bulkmdm.quota import DayQuota
 from bulkmdm.retry import FIRST, RetryPolicy
 from bulkmdm.steps.credentials import Auth
@@ -339,6 +341,40 @@ async def test_a_refusal_of_a_change_sent_again_after_its_read_back_stands(metho
         resp = await c.request(method, "x", json={}, verify=verify(c))
     assert (resp.status, resp.verified) == (answered, False)
     assert [r.method for r in sent] == [method, "GET", method]
+
+
+@pytest.mark.parametrize("lost", [ConnectionDropped("dropped"), json_answer({}, 504)])
+@pytest.mark.parametrize("missing", ["", "device SN1"])
+async def test_a_change_whose_object_reads_back_404_fails_as_gone_only_where_that_proves_it(
+    lost: Answer | BaseException, missing: str
+) -> None:
+    """A read-back of the object the change is made on (``missing`` names
+    it) answered 404 proves it gone: :class:`TargetGone`, counting the
+    change's attempts; a read whose 404 proves nothing leaves it unknown.
+    Neither is sent again."""
+    sent: list[str] = []
+
+    async def handler(request: Request) -> Answer:
+        sent.append(request.method)
+        if request.method == "GET":
+            return json_answer({"message": "Device 1 not found"}, 404)
+        if isinstance(lost, BaseException):
+            raise lost
+        return lost
+
+    async with client(MemoryTransport(handler)) as c:
+        verify = read_back(
+            lambda context: c.request("GET", "devices/1", context=context), lambda body: True, missing=missing
+        )
+        change = c.request("PUT", "devices/1", json={}, verify=verify)
+        if missing:
+            with pytest.raises(TargetGone, match="^Device SN1 no longer exists") as gone:
+                await change
+            assert (gone.value.status, gone.value.attempts) == (404, 1)
+        else:
+            with pytest.raises(AmbiguousError, match="could not tell"):
+                await change
+    assert sent == ["PUT", "GET"]
 
 
 @pytest.mark.parametrize(("method", "credential"), [("GET", False), ("POST", True)])

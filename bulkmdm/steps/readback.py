@@ -18,7 +18,10 @@
   long is sent once more alongside, and the first usable answer is taken.
 
 A read-back's requests carry ``context.reading_back()``: they go out even
-while the run stops, since they settle a change already in flight.
+while the run stops, since they settle a change already in flight. A
+``verify`` that finds the object of the change gone (a 404 to its read)
+raises :class:`~bulkmdm.errors.TargetGone`: the request ends with it, and
+its row fails, neither unknown nor sent again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AmbiguousError, TransportError
+from ..errors import AmbiguousError, TargetGone, TransportError
 from ..response import Failure, Response
 from .context import RequestContext
 
@@ -89,7 +92,7 @@ class ReadBack:
             raise AmbiguousError(
                 f"{error} and may have reached the MDM; not resent, to avoid doing it twice", attempts=attempt
             )
-        state = await verify(context.reading_back())
+        state = await _shown(verify, context, attempt)
         if state is None:
             raise AmbiguousError(
                 f"{error}; could not tell whether it took effect, so it was not resent", attempts=attempt
@@ -103,7 +106,7 @@ class ReadBack:
         place: safe to send again)."""
         if verify is None:
             raise _unsure(what, resp, "; not resent, to avoid doing it twice")
-        state = await verify(context.reading_back())
+        state = await _shown(verify, context, resp.attempts)
         if state is None:
             raise _unsure(what, resp, "; could not tell whether it took effect, so it was not resent")
         return Response(200, None, {}, resp.attempts, verified=True) if state else None
@@ -198,6 +201,16 @@ class ReadBack:
                     task.cancel()
             # (each ends promptly once cancelled; its slot is given back as it ends)
             await asyncio.gather(*(t for t in (first, second) if t is not None), return_exceptions=True)
+
+
+async def _shown(verify: Verify, context: RequestContext, attempts: int) -> bool | None:
+    """What ``verify`` shows of a change after ``attempts`` attempts (a
+    :class:`TargetGone` it raises ends the request, counting them)."""
+    try:
+        return await verify(context.reading_back())
+    except TargetGone as gone:
+        gone.attempts = attempts
+        raise
 
 
 def _unsure(what: str, resp: Response, then: str) -> AmbiguousError:
