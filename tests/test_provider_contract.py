@@ -695,7 +695,7 @@ SCRIPTS = {
 }
 
 #: the cases whose first change may be made without its answer: lost, or a gateway's
-AMBIGUOUS = ("lost-then-2xx", "lost-then-404", "lost-then-409", "held-then-504")
+IN_DOUBT = ("lost-then-2xx", "lost-then-404", "lost-then-409", "held-then-504")
 
 
 @pytest.mark.parametrize(("vendor", "behaviour", "action", "case"), list(_params()))
@@ -740,7 +740,7 @@ def test_contract(vendor: str, behaviour: str, action: str, case: str, sims: Any
         before=before,
         after=after,
     )
-    if case in AMBIGUOUS and on.script.changes > 1:
+    if case in IN_DOUBT and on.script.changes > 1:
         # the first try may have made the change: a read-back comes before it is sent again
         sequence = on.script.sequence
         second = next(i for i, sent in enumerate(sequence) if i and sent != "read")
@@ -786,13 +786,13 @@ def expect(
         # to every vendor: Banyan answers it to a body form it does not read)
         assert got == ("failed", Reason.AUTH) and after == before, detail
         assert REFUSAL in detail, f"the MDM's own reason is not passed on: {detail}"
-    elif (once or act.unreadable) and case in AMBIGUOUS:
+    elif (once or act.unreadable) and case in IN_DOUBT:
         # a change that cannot be read back is sent once, and not told as done
         assert got == ("unknown", Reason.NO_ANSWER) and changes == 1, f"{detail} ({act.unreadable or act.kind})"
-    elif case in AMBIGUOUS and made_first:
+    elif case in IN_DOUBT and made_first:
         # the first try made the change: read back, and not sent again
         assert got == ("succeeded", Reason.READ_BACK) and changes == 1 and reads_last and after == 1, detail
-    elif case in AMBIGUOUS:
+    elif case in IN_DOUBT:
         # the first try did not make it (a body form or a path the MDM
         # refused): read back, then sent again; the retry's answer stands,
         # unless the vendor's other form, tried after it, made the change
