@@ -12,8 +12,7 @@ included). Each attempt goes through the steps of ``steps/``, in order:
 5. the :class:`~bulkmdm.transport.Transport` sends it (redirects of a read
    followed within the same origin);
 6. :class:`~.steps.readback.ReadBack` of a change held, or answered
-   ambiguously (no answer, a gateway's 502/504), or resent after that and
-   refused (404/409);
+   ambiguously (no answer, a gateway's 502/504) before it is sent again;
 7. :class:`~.steps.reachability.Reachability`: the run stops when the MDM
    went away;
 
@@ -50,7 +49,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .errors import (
-    AmbiguousError,
     BadAnswer,
     BulkMDMError,
     ConnectError,
@@ -64,7 +62,7 @@ from .errors import (
 from .limits import RateController
 from .quota import DayQuota
 from .response import Failure, Response
-from .retry import FIRST, IDEMPOTENT_METHODS, READ_METHODS, RetryPolicy, RetryState, parse_retry_after
+from .retry import FIRST, READ_METHODS, RetryPolicy, RetryState, parse_retry_after
 from .steps.canary import CanaryTurn
 from .steps.context import NO_CONTEXT, RequestContext
 from .steps.credentials import Auth, BasicAuth, Credentials, HeaderAuth
@@ -72,7 +70,7 @@ from .steps.inflight import InFlightMark
 from .steps.pacing import Pace, Slot
 from .steps.quota import DailyQuota
 from .steps.reachability import UNREACHABLE_AFTER, Reachability, never_delivered
-from .steps.readback import MAYBE_DONE, ReadBack, Verify, unsure
+from .steps.readback import MAYBE_DONE, ReadBack, Verify
 from .transport import MAX_BODY, AiohttpTransport, Answer, Request, Transport, origin, shown
 
 __all__ = [
@@ -194,7 +192,6 @@ class Client:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         data: Mapping[str, Any] | str | None = None,
-        idempotent: bool | None = None,
         verify: Verify | None = None,
         read_back_held: bool = True,
         credential: bool = False,
@@ -203,14 +200,14 @@ class Client:
     ) -> Response:
         """Send one logical request, retrying what the policy says is worth retrying.
 
-        ``idempotent`` defaults from the method (GET/PUT/DELETE yes, POST/PATCH
-        no). A request that may have reached the server without an answer
-        (timeout, dropped connection, a gateway's 502/504) is resent only if
-        idempotent, or if ``verify(context)`` says the change is not in
-        place; when it says it is, the result is a ``Response(verified=True)``;
-        when it cannot tell, :class:`AmbiguousError` is raised and nothing is
-        resent. An idempotent change resent that way and answered 404 or 409
-        is read back as well (``ReadBack.after_resent``). A change with
+        A change (any method but GET/HEAD/OPTIONS; not a credential request)
+        that may have reached the server without an answer (timeout, dropped
+        connection, a gateway's 502/504) is sent again only if
+        ``verify(context)`` says it is not in place, whatever its method;
+        when it says it is, the result is a ``Response(verified=True)``;
+        without a ``verify``, or when it cannot tell,
+        :class:`AmbiguousError` is raised and nothing is sent again. Reads
+        and credential requests are simply sent again. A change with
         ``verify`` whose answer the MDM holds far longer than its answers
         take is read back meanwhile, unless ``read_back_held`` is False (a
         read-back of many requests' worth).
@@ -224,27 +221,25 @@ class Client:
         """
         method = method.upper()
         req = Request(method, self.url(path), _clean_params(params), json, data)
-        is_read = method in READ_METHODS
+        # a change may be made by an attempt that gets no answer: it is read back before it is sent again
+        change = method not in READ_METHODS and not credential
         expect = self.answers_json if expect_json is None else expect_json
-        if idempotent is None:
-            idempotent = method in IDEMPOTENT_METHODS
-        held_verify = verify if read_back_held and not is_read else None
+        held_verify = verify if read_back_held and method not in READ_METHODS else None
         state: RetryState = FIRST
         last: Response | TransportError | None = None
-        unsure_last = False  # the last answer may follow the change made (see MAYBE_DONE)
         while True:
             attempt = state.attempt + 1
             slot = await self._turn(req, context, credential=credential, first=last is None)
             if slot is None:
-                return _give_up(last, req, state.reached, unsure_last)
+                return _give_up(last, req, state.reached)
             sent = self.credentials.headers(credential=credential)
             result = await self._paced_attempt(slot, req, sent, attempt, context, held_verify, expect, credential)
             if isinstance(result, Failure):
                 state = state.increment(type(result.error).__name__, reached=result.ambiguous)
-                settled = await self._after_failure(req, result, state, idempotent, verify, context)
+                settled = await self._after_failure(req, result, state, change, verify, context)
                 if settled is not None:
                     return settled
-                last, unsure_last = result.error, False
+                last = result.error
                 self.canary.waiting_out(context)
                 await self.pace.wait(self.retry.backoff(state.failures), self._stopping)
                 continue
@@ -254,13 +249,11 @@ class Client:
                 state = state.renewing()
                 continue
             state = state.increment(result.status)
-            if result.status in MAYBE_DONE and not is_read and not credential:
-                settled, unsure_last = await self.read_back.after_gateway(req.what, result, idempotent, verify, context)
+            if change and result.status in MAYBE_DONE:
+                settled = await self.read_back.after_gateway(req.what, result, verify, context)
                 if settled is not None:
                     return settled
                 state = replace(state, reached=True) if not state.reached else state
-            else:
-                unsure_last = False
             try:
                 wait, note = self._retry_wait(slot, req, result, state)
             except QuotaExhausted:
@@ -271,11 +264,8 @@ class Client:
                 continue
             if wait is None:
                 if result.status == 429 and self._stopping():
-                    return _give_up(result, req, state.reached, unsure=False)
-                if state.reached and idempotent and not is_read and not credential:
-                    # resent without a read-back after an attempt that may have made the change
-                    result = await self.read_back.after_resent(req.what, method, result, verify, context)
-                return _final(req, result, note, unsure=unsure_last)
+                    return _give_up(result, req, state.reached)
+                return replace(result, note=note) if note else result
             last = result
             state = state.waiting(wait >= (self.retry.throttle_wait or float("inf")))
             self.canary.waiting_out(context)
@@ -500,7 +490,7 @@ class Client:
         req: Request,
         failure: Failure,
         state: RetryState,
-        idempotent: bool,
+        change: bool,
         verify: Verify | None,
         context: RequestContext,
     ) -> Response | None:
@@ -509,7 +499,7 @@ class Client:
         self.reach.check(error, reached=state.reached)
         if failure.final or isinstance(error, (BadAnswer, RedirectRefused)):
             raise error  # the same server will answer the same way
-        if failure.ambiguous and not idempotent:
+        if failure.ambiguous and change:
             settled = await self.read_back.after_no_answer(error, state.attempt, verify, context)
             if settled is not None:
                 return settled
@@ -527,18 +517,7 @@ def _not_sent(req: Request) -> NotSent:
     return NotSent(f"{req.what} was not sent: the run was stopping")
 
 
-def _final(req: Request, resp: Response, note: str, *, unsure: bool) -> Response:
-    """The last answer of the attempts, as the request's (with why they ended early, if so)."""
-    if unsure:
-        raise _unsure(req, resp, "; it was not sent again")
-    return replace(resp, note=note) if note else resp
-
-
-def _unsure(req: Request, resp: Response, then: str) -> AmbiguousError:
-    return unsure(req.what, resp, then)
-
-
-def _give_up(last: Response | TransportError | None, req: Request, reached: bool, unsure: bool) -> Response:
+def _give_up(last: Response | TransportError | None, req: Request, reached: bool) -> Response:
     """The run is stopping: the last attempt's answer is the row's answer
     (a 429 did nothing: the row was not run; nor did connections never made)."""
     if (
@@ -549,8 +528,6 @@ def _give_up(last: Response | TransportError | None, req: Request, reached: bool
         raise _not_sent(req)
     if isinstance(last, TransportError):
         raise last
-    if unsure:
-        raise _unsure(req, last, "; the run stopped before it could be read back")
     return last
 
 

@@ -27,6 +27,7 @@ answer's HTTP status (their shared base, ``_AboutRequests``, is never caught).
         │   └── ConnectionDropped   the connection dropped after the request went out
         ├── RequestTimeout          no answer within --timeout
         ├── AmbiguousError          the request may have been applied; not resent
+        ├── TargetGone              a change's read-back found its object gone (HTTP 404)
         ├── BadAnswer               an answer that is not the vendor's (HTML for JSON, too big, too deep)
         ├── RedirectRefused         a redirect that was not followed (another origin, or a change)
         └── NotSent                 the run was stopping; the request never went out
@@ -128,6 +129,12 @@ class RequestTimeout(TransportError):
 
 class AmbiguousError(TransportError):
     """The request may have reached the MDM; its effect is not known."""
+
+
+class TargetGone(TransportError):
+    """Reading a change back, the MDM answers 404 for the object it changes:
+    that object no longer exists, so the change cannot be in place, and is
+    not sent again."""
 
 
 class BadAnswer(TransportError):

@@ -22,13 +22,12 @@ from email.utils import parsedate_to_datetime
 
 #: Answers worth another try. 408, 429 and 503 say the server did not
 #: process the request; 502 and 504 are a gateway's, whose backend may have
-#: made a change before the gateway gave up on it, so a change that is not
-#: idempotent is read back before it is sent again (``steps.readback.MAYBE_DONE``).
+#: made a change before the gateway gave up on it, so a change is read back
+#: before it is sent again (``steps.readback.MAYBE_DONE``).
 #: 500 and other 4xx are final: sending the same thing again will not change
 #: the answer.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 

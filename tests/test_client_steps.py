@@ -20,9 +20,11 @@ from bulkmdm.errors import (
     ConnectionDropped,
     QuotaExhausted,
     RequestTimeout,
+    TargetGone,
     Unreachable,
 )
 from bulkmdm.limits import RateController, Slot
+from bulkmdm.providers.base import read_back
 from bulkmdm.quota import DayQuota
 from bulkmdm.retry import FIRST, RetryPolicy
 from bulkmdm.steps.credentials import Auth
@@ -254,97 +256,152 @@ def _verify(
     return verify
 
 
-@pytest.mark.parametrize(
-    "lost", [ConnectionDropped("dropped"), RequestTimeout("no answer"), json_answer({}, 504), json_answer({}, 502)]
-)
-async def test_a_change_that_may_have_been_made_is_read_back_not_resent(lost: Answer | BaseException) -> None:
+#: every method of a change: none is resent without a read-back, idempotent or not
+CHANGES = ("POST", "PATCH", "PUT", "DELETE")
+#: what leaves a change in doubt: no answer, or a gateway's
+LOST = (ConnectionDropped("dropped"), RequestTimeout("no answer"), json_answer({}, 504), json_answer({}, 502))
+
+
+def _reading(
+    *changes: Answer | BaseException, shown: list[bool | None]
+) -> tuple[MemoryTransport, list[Request], Callable[[Client], Callable[[RequestContext], Awaitable[bool | None]]]]:
+    """A transport answering each change with the next of ``changes`` and
+    every GET (a read-back) with ``shown[0]``; the requests in the order
+    they went out; and a ``verify`` that reads back through the client."""
+    sent: list[Request] = []
+    answers = iter(changes)
+
+    async def handler(request: Request) -> Answer:
+        sent.append(request)
+        if request.method == "GET":
+            return json_answer({"shown": shown[0]})
+        answer = next(answers)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def verify(c: Client) -> Callable[[RequestContext], Awaitable[bool | None]]:
+        async def read(context: RequestContext) -> bool | None:
+            shows: bool | None = (await c.request("GET", "x", context=context)).body["shown"]
+            return shows
+
+        return read
+
+    return MemoryTransport(handler), sent, verify
+
+
+@pytest.mark.parametrize("method", CHANGES)
+@pytest.mark.parametrize("lost", LOST)
+async def test_a_change_that_may_have_been_made_is_read_back_not_resent(
+    method: str, lost: Answer | BaseException
+) -> None:
     contexts: list[RequestContext] = []
     transport, sent = scripted(lost, json_answer({}))
     async with client(transport) as c:
-        resp = await c.request("POST", "x", json={}, verify=_verify([True], contexts))
+        resp = await c.request(method, "x", json={}, verify=_verify([True], contexts))
     assert resp.verified and len(sent) == 1
     assert [context.read_back for context in contexts] == [True]
 
 
-async def test_a_gateway_answer_shown_not_done_is_sent_again() -> None:
-    transport, sent = scripted(json_answer({}, 504), json_answer({"id": 1}))
+@pytest.mark.parametrize("method", CHANGES)
+@pytest.mark.parametrize("lost", LOST)
+async def test_a_change_read_back_not_in_place_is_sent_again_after_each_read(
+    method: str, lost: Answer | BaseException
+) -> None:
+    transport, sent, verify = _reading(lost, lost, json_answer({"id": 1}), shown=[False])
     async with client(transport) as c:
-        resp = await c.request("POST", "x", json={}, verify=_verify([False], []))
-    assert resp.ok and not resp.verified and len(sent) == 2
+        resp = await c.request(method, "x", json={}, verify=verify(c))
+    assert resp.ok and not resp.verified
+    assert [r.method for r in sent] == [method, "GET", method, "GET", method]
 
 
+@pytest.mark.parametrize("method", CHANGES)
+@pytest.mark.parametrize("lost", [ConnectionDropped("dropped"), json_answer({}, 504)])
 @pytest.mark.parametrize("readable", [False, True])
-async def test_a_gateway_answer_that_cannot_be_read_back_is_unknown(readable: bool) -> None:
-    transport, sent = scripted(json_answer({}, 504))
+async def test_a_change_that_cannot_be_read_back_is_unknown_and_sent_once(
+    method: str, lost: Answer | BaseException, readable: bool
+) -> None:
+    transport, sent, verify = _reading(lost, json_answer({}), shown=[None])
     async with client(transport) as c:
-        with pytest.raises(AmbiguousError, match="HTTP 504") as info:
-            await c.request("POST", "x", json={}, verify=_verify([None], []) if readable else None)
-    assert len(sent) == 1 and info.value.status == 504
+        with pytest.raises(AmbiguousError, match="not resent") as info:
+            await c.request(method, "x", json={}, verify=verify(c) if readable else None)
+    assert [r.method for r in sent] == [method, "GET"] if readable else [method]
+    assert info.value.status == (504 if isinstance(lost, Answer) else None)
 
 
-async def test_503_and_429_to_a_change_are_not_done_and_resent() -> None:
-    transport, sent = scripted(json_answer({}, 503), json_answer({}, 429), json_answer({"id": 1}))
-    checks: list[RequestContext] = []
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+@pytest.mark.parametrize("answered", [404, 409])
+async def test_a_refusal_of_a_change_sent_again_after_its_read_back_stands(method: str, answered: int) -> None:
+    """Sent again only once a read-back showed it not in place: its 404 or
+    409 is the MDM's word on that state, and is not read back again."""
+    transport, sent, verify = _reading(
+        ConnectionDropped("dropped"), json_answer({"message": "no"}, answered), shown=[False]
+    )
     async with client(transport) as c:
-        resp = await c.request("POST", "x", json={}, verify=_verify([True], checks))
-    assert resp.ok and len(sent) == 3 and checks == []
-
-
-async def test_an_idempotent_change_still_answered_by_a_gateway_at_the_end_is_unknown() -> None:
-    transport, sent = scripted(json_answer({}, 504))
-    async with client(transport) as c:
-        with pytest.raises(AmbiguousError, match="not sent again"):
-            await c.request("PUT", "x", json={})
-    assert len(sent) == FAST.attempts
+        resp = await c.request(method, "x", json={}, verify=verify(c))
+    assert (resp.status, resp.verified) == (answered, False)
+    assert [r.method for r in sent] == [method, "GET", method]
 
 
 @pytest.mark.parametrize("lost", [ConnectionDropped("dropped"), json_answer({}, 504)])
-@pytest.mark.parametrize("answered", [404, 409])
-@pytest.mark.parametrize("shown", [True, False, None])
-async def test_an_idempotent_change_resent_after_no_answer_and_refused_is_read_back(
-    lost: Answer | BaseException, answered: int, shown: bool | None
+@pytest.mark.parametrize("missing", ["", "device SN1"])
+async def test_a_change_whose_object_reads_back_404_fails_as_gone_only_where_that_proves_it(
+    lost: Answer | BaseException, missing: str
 ) -> None:
-    """The resend's 404/409 may be about what the unanswered attempt did:
-    in place, the change is confirmed; not in place, the answer stands;
-    unreadable, it is unknown. Nothing is sent a third time."""
-    contexts: list[RequestContext] = []
-    transport, sent = scripted(lost, json_answer({"message": "no"}, answered))
-    async with client(transport) as c:
-        request = c.request("PUT", "x", json={}, verify=_verify([shown], contexts))
-        if shown is None:
-            with pytest.raises(AmbiguousError, match=f"HTTP {answered} after an earlier try") as info:
-                await request
-            assert info.value.status == answered
+    """A read-back of the object the change is made on (``missing`` names
+    it) answered 404 proves it gone: :class:`TargetGone`, counting the
+    change's attempts; a read whose 404 proves nothing leaves it unknown.
+    Neither is sent again."""
+    sent: list[str] = []
+
+    async def handler(request: Request) -> Answer:
+        sent.append(request.method)
+        if request.method == "GET":
+            return json_answer({"message": "Device 1 not found"}, 404)
+        if isinstance(lost, BaseException):
+            raise lost
+        return lost
+
+    async with client(MemoryTransport(handler)) as c:
+        verify = read_back(
+            lambda context: c.request("GET", "devices/1", context=context), lambda body: True, missing=missing
+        )
+        change = c.request("PUT", "devices/1", json={}, verify=verify)
+        if missing:
+            with pytest.raises(TargetGone, match="^Device SN1 no longer exists") as gone:
+                await change
+            assert (gone.value.status, gone.value.attempts) == (404, 1)
         else:
-            resp = await request
-            assert (resp.ok, resp.verified, resp.status) == ((True, True, 200) if shown else (False, False, answered))
-    assert len(sent) == 2 and [context.read_back for context in contexts] == [True]
+            with pytest.raises(AmbiguousError, match="could not tell"):
+                await change
+    assert sent == ["PUT", "GET"]
 
 
-async def test_an_idempotent_change_resent_and_refused_without_a_read_back_is_unknown() -> None:
-    transport, sent = scripted(ConnectionDropped("dropped"), json_answer({}, 409))
-    async with client(transport) as c:
-        with pytest.raises(AmbiguousError, match="cannot be read back"):
-            await c.request("PUT", "x", json={})
-    assert len(sent) == 2
-
-
-@pytest.mark.parametrize(
-    ("method", "first", "answered"),
-    [
-        ("DELETE", ConnectionDropped("dropped"), 404),  # nothing is left, as the DELETE asked
-        ("PUT", json_answer({}, 503), 404),  # a 503 did nothing: the 404 is the MDM's word
-        ("PUT", json_answer({}, 429), 409),
-        ("PUT", ConnectionDropped("dropped"), 400),  # no answer an earlier change would cause
-    ],
-)
-async def test_a_refusal_that_cannot_be_about_an_earlier_try_is_not_read_back(
-    method: str, first: Answer | BaseException, answered: int
+@pytest.mark.parametrize(("method", "credential"), [("GET", False), ("POST", True)])
+async def test_a_read_or_a_credential_request_without_an_answer_is_simply_sent_again(
+    method: str, credential: bool
 ) -> None:
+    transport, sent = scripted(ConnectionDropped("dropped"), json_answer({"access_token": "t"}))
+    async with client(transport) as c:
+        resp = await c.request(method, "https://mdm.example/token", data={"a": "b"}, credential=credential)
+    assert resp.ok and len(sent) == 2
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_503_and_429_to_a_change_are_not_done_and_resent(method: str) -> None:
+    transport, sent = scripted(json_answer({}, 503), json_answer({}, 429), json_answer({"id": 1}))
+    checks: list[RequestContext] = []
+    async with client(transport) as c:
+        resp = await c.request(method, "x", json={}, verify=_verify([True], checks))
+    assert resp.ok and len(sent) == 3 and checks == []
+
+
+@pytest.mark.parametrize(("first", "answered"), [(json_answer({}, 503), 404), (json_answer({}, 429), 409)])
+async def test_a_refusal_after_an_answer_that_did_nothing_is_not_read_back(first: Answer, answered: int) -> None:
     checks: list[RequestContext] = []
     transport, sent = scripted(first, json_answer({}, answered))
     async with client(transport) as c:
-        resp = await c.request(method, "x", json={}, verify=_verify([True], checks))
+        resp = await c.request("PUT", "x", json={}, verify=_verify([True], checks))
     assert (resp.status, resp.verified, len(sent), checks) == (answered, False, 2, [])
 
 

@@ -4,6 +4,7 @@ simulator's state."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from urllib.parse import quote
 from typing import Any
@@ -873,3 +874,48 @@ def test_group_path_with_outer_separators(duo: Any, run_cli: Any, tmp_path: Path
     assert res.report[0]["group"] == "\\" + F["group_path"] + "\\"
     assert duo.call(lambda: state(duo).users[nodev["id"]]["groupId"]) == F["group_id"]
     assert f"/api/groups?path={quote(F['group_path'], safe='')}" in [r["path"] for r in wire(duo)]
+
+
+@pytest.mark.parametrize("answer", ["lost", "gateway"])
+@pytest.mark.parametrize("action", ["assign-user", "move-user"])
+def test_a_change_to_an_object_deleted_meanwhile_fails_not_found(
+    run_cli: Any, tmp_path: Path, answer: str, action: str
+) -> None:
+    """The device (or user) is deleted in the console as the change goes out,
+    and its answer is lost or a gateway's: the read-back's 404 proves it
+    gone, so the row fails not-found, saying so, and nothing is sent again."""
+    from aiohttp import web
+
+    from bulkmdm.sim.common import SimServer, _drop
+    from bulkmdm.sim.duostation import make_app
+
+    sent: list[str] = []
+
+    @web.middleware
+    async def deleted_meanwhile(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/api/") and (request.method != "GET" or sent):
+            sent.append(request.method)
+        if request.method == "PUT" and sent.count("PUT") == 1:
+            kind, object_id = request.path.split("/")[2:4]
+            st = request.app["state"]
+            st.remove_device(object_id) if kind == "devices" else st.delete_user(int(object_id))
+            if answer == "lost":
+                _drop(request)
+                raise asyncio.CancelledError
+            return web.json_response({"message": "Gateway Timeout"}, status=504)
+        return await handler(request)
+
+    app = make_app(devices=50, users=50, seed=1)
+    app.middlewares.append(deleted_meanwhile)
+    with SimServer(app) as sim:
+        if action == "assign-user":
+            row = ["serial", "user"], [serials(sim, 1)[0], F["user_with_devices"]["account"]]
+            what = "device"
+        else:
+            row = ["email", "group"], [F["user_without_devices"]["email"], F["group_path"]]
+            what = "user"
+        res = run(run_cli, sim, write_csv(tmp_path / "job.csv", row), "--action", action)
+    assert res.report[0]["status"] == "failed" and res.reasons == [Reason.NOT_FOUND], res.report
+    detail = res.report[0]["detail"]
+    assert detail.startswith(what.capitalize()) and "no longer exists" in detail, detail
+    assert sent == ["PUT", "GET"]  # read back once, never sent again

@@ -404,11 +404,10 @@ async def test_lost_answers_are_read_back_not_sent_twice() -> None:
 
         out = await run(sim, env_for("on-premises", sim), job, between=drop_answers)
         assert statuses(out) == ["succeeded"] * 4
-        assert [o.reason for o in out] == [Reason.READ_BACK] * 3 + [Reason.DONE]
-        # the DELETE is not read back: its retry's 404 says the first went through
-        assert "an earlier try went through" in out[3].detail and out[3].http_status == 404
-        assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1  # a POST is read back, not resent
-        assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 2  # 404 the second time
+        assert [o.reason for o in out] == [Reason.READ_BACK] * 4
+        # a POST and a DELETE alike are read back, not sent again
+        assert posts(sim, "on-premises", "/groups/{group_id}/members") == 1
+        assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 1
         for d in new:
             assert state(sim).log[d] == [f"add-to-group:{GROUP['id']}"]
         assert state(sim).log[inside[0]] == [f"remove-from-group:{GROUP['id']}"]
@@ -942,9 +941,9 @@ async def test_an_mdm_listing_no_devices_says_so() -> None:
     assert out[0].detail == "Serial 'SN0001' was not found: the MDM lists no devices at all."
 
 
-async def test_a_delete_whose_answer_was_lost_says_what_the_retry_found() -> None:
-    """The retry's 404 is told as what it is (an earlier try went through),
-    never as "confirmed by reading it back" with HTTP 200: no read-back was made."""
+async def test_a_delete_whose_answer_was_lost_is_read_back_not_sent_again() -> None:
+    """The group's members show the device gone: the row is confirmed by
+    that read-back, and the DELETE is not sent a second time."""
     from aiohttp import web
 
     from bulkmdm.sim.common import _drop
@@ -967,6 +966,34 @@ async def test_a_delete_whose_answer_was_lost_says_what_the_retry_found() -> Non
         job = rows({"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
         out = await run(sim, env_for("on-premises", sim), job)
         assert dropped and inside[0] not in members(sim, GROUP["id"])
-    assert statuses(out) == ["succeeded"] and out[0].http_status == 404 and out[0].attempts == 2
-    assert "an earlier try went through: the MDM answers the retry HTTP 404" in out[0].detail
-    assert out[0].reason is Reason.DONE and "reading it back" not in out[0].detail
+        assert deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 1
+    assert statuses(out) == ["succeeded"] and out[0].attempts == 1
+    assert out[0].reason is Reason.READ_BACK and "confirmed by reading it back" in out[0].detail
+
+
+async def test_a_delete_answered_404_after_a_503_fails_as_a_first_404_does() -> None:
+    """The 503 did nothing; the device left the group elsewhere before the
+    retry, whose 404 says it is not there: the row fails as a first answer's
+    404 makes it fail, never "succeeded" on the word of a try that did nothing."""
+    from aiohttp import web
+
+    busy: list[str] = []
+
+    @web.middleware
+    async def busy_then_removed_elsewhere(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "DELETE" and not busy:
+            busy.append(request.path)
+            group_id, device_id = (int(part) for part in request.path.split("/")[-3::2])
+            request.app["state"].remove_member(group_id, device_id)  # (in the console, meanwhile)
+            return web.json_response({"error_code": "COM0004"}, status=503)
+        return await handler(request)
+
+    app = make_app(api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH)
+    app.middlewares.append(busy_then_removed_elsewhere)
+    with SimServer(app) as sim:
+        inside = sorted(members(sim, GROUP["id"]))
+        job = rows({"action": "remove-from-group", "serial": serial_of(sim, inside[0]), "group": GROUP["name"]})
+        out = await run(sim, env_for("on-premises", sim), job)
+        assert busy and deletes(sim, "on-premises", "/groups/{group_id}/members/{member_id}") == 2
+    assert statuses(out) == ["failed"] and out[0].http_status == 404 and out[0].attempts == 2
+    assert out[0].reason is Reason.NOT_FOUND and "does not exist" in out[0].detail

@@ -124,7 +124,7 @@ async def test_timeout_on_post_is_verified_instead_of_resent(loopback) -> None: 
     assert resp.verified and len(hits) == 1 and checks == [1]
 
 
-async def test_timeout_on_put_is_retried(loopback) -> None:  # type: ignore[no-untyped-def]
+async def test_timeout_on_put_is_read_back_then_resent_when_not_in_place(loopback) -> None:  # type: ignore[no-untyped-def]
     hits: list[web.Request] = []
 
     async def slow(request: web.Request) -> web.Response:
@@ -132,9 +132,15 @@ async def test_timeout_on_put_is_retried(loopback) -> None:  # type: ignore[no-u
         return web.json_response({})
 
     url = await loopback(scripted([slow, lambda r: web.json_response({})], hits))  # type: ignore[list-item]
+    checks = []
+
+    async def verify(context: RequestContext) -> bool:
+        checks.append(len(hits))
+        return False
+
     async with Client(url, retry=FAST, timeout=0.2) as client:
-        resp = await client.request("PUT", "x", json={})
-    assert resp.ok and len(hits) == 2
+        resp = await client.request("PUT", "x", json={}, verify=verify)
+    assert resp.ok and not resp.verified and len(hits) == 2 and checks == [1]
 
 
 async def test_connection_refused_is_connect_error() -> None:

@@ -556,13 +556,10 @@ class Banyan(Provider):
         gone = read_back(lambda context: self._serial_query(serial, context), gone_from)
 
         async def send(path: str) -> Response:
-            # DELETE is idempotent in HTTP terms, but a second one after a
-            # lost answer gets a 400 for a device that is no longer there;
-            # read back instead of resending.
+            # (a second DELETE after a lost answer gets a 400 for a device
+            # that is no longer there: the client reads it back instead)
             params = {"SerialNumber": serial, "Email": email or None}
-            return await self.client.request(
-                "DELETE", path, params=params, idempotent=False, verify=gone, context=context
-            )
+            return await self.client.request("DELETE", path, params=params, verify=gone, context=context)
 
         # Any answer but 404/405 shows the path is a route; two 404s prove
         # neither wrong (the 404 may be about the device), so nothing is kept.
@@ -609,7 +606,7 @@ class Banyan(Provider):
             else no_answer
         )
         resp = await self.client.request(
-            "DELETE", "v2/endusers", json={"enduser_ids": [user_id]}, idempotent=False, verify=gone, context=context
+            "DELETE", "v2/endusers", json={"enduser_ids": [user_id]}, verify=gone, context=context
         )
         if resp.status in (400, 404) and await gone(context) is True:
             return _already(

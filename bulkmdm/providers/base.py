@@ -71,6 +71,7 @@ from ..errors import (
     RedirectRefused,
     RequestTimeout,
     SetupFailed,
+    TargetGone,
     TLSFailed,
     TransportError,
 )
@@ -736,19 +737,6 @@ def done_reason(resp: Response) -> Reason:
     return Reason.READ_BACK if resp.verified else Reason.DONE
 
 
-def gone_on_retry(step: Step, resp: Response, done: str) -> Outcome | None:
-    """A DELETE answered 404 after an earlier attempt: that attempt went
-    through and its answer was lost, so the object is gone as asked. Told as
-    what happened: no read-back was made, the retry's 404 says it. None for
-    any other answer."""
-    if resp.status != 404 or resp.attempts <= 1:
-        return None
-    said = "an earlier try went through: the MDM answers the retry HTTP 404, nothing is left to remove"
-    detail = f"{done.rstrip('.')} ({said})."
-    # done as asked, known from the retry's answer (not a read-back)
-    return Outcome(step.index, Status.SUCCEEDED, detail, resp.status, resp.attempts, step.resolved, reason=Reason.DONE)
-
-
 def explain_response(resp: Response) -> str:
     """Why an error answer failed the row, in one sentence."""
     detail = explain_status(resp.status, resp.body, resp.attempts)
@@ -795,10 +783,12 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
             step.resolved,
             reason=Reason.NO_ANSWER,
         )
+    # (an object gone stays gone: running the report again cannot help)
+    remedy = "" if isinstance(exc, TargetGone) else " Run the report again to retry."
     return Outcome(
         step.index,
         Status.FAILED,
-        detail + " Run the report again to retry.",
+        detail + remedy,
         exc.status,
         exc.attempts,
         step.resolved,
@@ -1060,17 +1050,31 @@ async def send_halving(
 def read_back(
     fetch: Callable[[RequestContext], Awaitable[Response]],
     applied: Callable[[Any], bool | None],
+    *,
+    missing: str = "",
 ) -> Verify:
     """A ``verify`` callback for ``client.request``: read the object again
     (``fetch(context)``, its request carrying the context it is given) and
     say whether the change is in place (``applied(body)``); None when the
-    read fails or cannot tell, so the request is not resent blindly."""
+    read fails or cannot tell, so the request is not resent blindly.
+
+    With ``missing`` (the object, as a row names it: "device X"), a 404 to
+    the read of the object the change is made on proves it gone: the change
+    cannot be in place, and :class:`TargetGone` ends the request (the row
+    fails, not-found) rather than leaving it in doubt or sending it again."""
 
     async def verify(context: RequestContext) -> bool | None:
         try:
             resp = await fetch(context)
         except TransportError:
             return None
+        if missing and resp.status == 404:
+            raise TargetGone(
+                f"{cap(missing)} no longer exists: reading it back, the MDM answers HTTP 404 "
+                "(deleted since the look-up?); nothing was sent again.",
+                attempts=resp.attempts,
+                status=404,
+            )
         return applied(resp.body) if resp.ok else None
 
     return verify

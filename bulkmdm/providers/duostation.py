@@ -67,7 +67,6 @@ from .base import (
     failure_in_2xx,
     fkey,
     gather_bounded,
-    gone_on_retry,
     get_field,
     key,
     one_across,
@@ -1053,7 +1052,7 @@ class DuoStation(Provider):
             gone = self._gone(path)
             resp = await self.client.request("DELETE", path, verify=gone, context=context)
             done = f"Tag '{step.params['name']}' unlinked from {step.target}."
-            outcome = gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
+            outcome = await self._settle(step, resp, done, gone, context)
             if outcome.status is not Status.SUCCEEDED:
                 return outcome
         assert outcome is not None
@@ -1082,7 +1081,7 @@ class DuoStation(Provider):
 
     async def _put(self, step: Step, path: str, field: str, value: Any, done: str, context: RequestContext) -> Outcome:
         """PUT one field of an object; read back as ``field`` (or the id of its nested object)."""
-        shows = self._shows(path, (field, field[:-2]), value)
+        shows = self._shows(path, (field, field[:-2]), value, step.target)
         resp = await self.client.request("PUT", path, json={field: value}, verify=shows, context=context)
         return await self._settle(step, resp, cap(done), shows, context)
 
@@ -1091,7 +1090,7 @@ class DuoStation(Provider):
         gone = self._gone(path)
         resp = await self.client.request("DELETE", path, verify=gone, context=context)
         done = cap(f"{step.target} deleted.")
-        return gone_on_retry(step, resp, done) or await self._settle(step, resp, done, gone, context)
+        return await self._settle(step, resp, done, gone, context)
 
     async def _send_command(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
@@ -1196,8 +1195,9 @@ class DuoStation(Provider):
             lambda context: self.client.request("GET", _query(kind, **{owner_field: owner}), context=context), applied
         )
 
-    def _shows(self, path: str, ref: tuple[str, str], wanted: Any) -> Verify:
-        """Whether the object at ``path`` now refers to ``wanted`` (``userId``, ``groupId``)."""
+    def _shows(self, path: str, ref: tuple[str, str], wanted: Any, target: str) -> Verify:
+        """Whether the object at ``path`` (the row's ``target``) now refers to
+        ``wanted`` (``userId``, ``groupId``); a 404 for it proves it deleted."""
 
         def applied(body: Any) -> bool | None:
             found = _one_object(body)
@@ -1209,7 +1209,7 @@ class DuoStation(Provider):
                 return False if _has_field(found, ref[0]) else None
             return key(current) == key(wanted)
 
-        return read_back(lambda context: self.client.request("GET", path, context=context), applied)
+        return read_back(lambda context: self.client.request("GET", path, context=context), applied, missing=target)
 
     def _gone(self, path: str) -> Verify:
         """Whether the object at ``path`` is gone: the MDM answers 404 for it."""

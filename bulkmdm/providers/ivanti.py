@@ -861,14 +861,14 @@ class Ivanti(Provider):
 
     async def _command(self, spec: _Bulk, steps: list[Step], context: RequestContext) -> list[Outcome]:
         try:
-            # PUT, yet not idempotent: a second lock is a second command to
-            # the device. Resent after a lost answer only if a read-back says
-            # it was not applied; otherwise the rows become "unknown".
+            # A PUT, yet a second lock is a second command to the device:
+            # like every change, resent after a lost answer only if a
+            # read-back says it was not applied; without one the rows are
+            # "unknown".
             resp = await self.client.request(
                 "PUT",
                 f"device/{spec.segment}",
                 data=self._form(spec, steps),
-                idempotent=False,
                 verify=self._verifier(spec, steps),
                 # a read-back is a read of every device in the batch: worth it
                 # for a lost answer, not for one that is merely slow
@@ -987,7 +987,6 @@ class Ivanti(Provider):
                 "DELETE",
                 "device",
                 params={"deviceIds": key(step.params["id"])},
-                idempotent=False,
                 verify=read_back(device_or_none, lambda body: not _unwrap(body)[0]),
                 context=context,
             )

@@ -105,7 +105,6 @@ from .base import (
     Settings,
     as_int,
     gather_bounded,
-    gone_on_retry,
     usable_id,
     as_list,
     cap,
@@ -250,7 +249,7 @@ class ZohoOAuth(Auth):
         }
         where = urlsplit(self.token_url).netloc
         try:
-            resp = await client.request("POST", self.token_url, data=form, credential=True, idempotent=True)
+            resp = await client.request("POST", self.token_url, data=form, credential=True)
         except (BadAnswer, RedirectRefused) as exc:
             raise AuthError(f"no access token: {self._redact(str(exc))}; check BULKMDM_OAUTH_URL") from None
         except (ConnectError, RequestTimeout) as exc:
@@ -1236,17 +1235,15 @@ class ManageEngine(Provider):
             path = f"groups/{seg(p['group'])}/members/{seg(p['device'])}"
             verify = partial(self._member_gone, p["group"], p["device"])
         else:
-            # a disassociation shows on the device's app list only after the
-            # device checks in: it cannot be read back
+            # The API lists no app's devices, and a disassociation shows on
+            # the device's app list only after the device checks in: it
+            # cannot be read back, so a lost answer leaves the row unknown.
             path = f"apps/{seg(p['app'])}/devices/{seg(p['device'])}"
         # (a read-back is the group's member list, from a daily quota: worth it
-        # for an answer that may be about an earlier try, not for a slow one)
+        # for a lost answer, not for one that is merely slow)
         resp = await self.client.request(
             "DELETE", self._path(path), verify=verify, read_back_held=False, context=context
         )
-        gone = gone_on_retry(step, resp, _done(step))
-        if gone is not None:
-            return gone
         return _succeeded(step, resp) if resp.ok else _failed(step, resp)
 
 

@@ -559,6 +559,19 @@ class DuoState:
         self._changed("devices")
         return device_id
 
+    def remove_device(self, device_id: str) -> None:
+        """Remove a device and its tag links (the API cannot; tests: a device
+        deleted in the console since the look-up)."""
+        device = self.device(device_id)
+        for link_id in list(self.devicetags.by_owner.get(device["id"], ())):
+            self.devicetags.remove(link_id)
+        _remove(self._devices_by_serial, device["serialNumber"], device["id"])
+        _remove(self._devices_by_group, device["groupId"], device["id"])
+        if device["userId"] is not None:
+            _remove(self._devices_by_user, device["userId"], device["id"])
+        del self.devices[device["id"]]
+        self._changed("devices", "devicetags")
+
     def _move_device(self, device: dict[str, Any], group_id: int) -> None:
         _remove(self._devices_by_group, device["groupId"], device["id"])
         device["groupId"] = group_id

@@ -3,15 +3,13 @@
 
 * **Ambiguous**: a change that may have reached the MDM without an answer
   (timed out, dropped), or answered 502/504 by a gateway (see
-  ``MAYBE_DONE``), is not resent blindly: ``verify`` shown in place settles
-  it (``Response(verified=True)``); not in place, it is safe to send again;
-  unreadable, or without a ``verify``, it is :class:`AmbiguousError`
-  (``unknown``), never sent twice.
-* **Resent, then refused**: an idempotent change resent without a
-  read-back after an attempt that may have made it, and answered 404 or 409
-  (see ``RESENT_REFUSED``), may be refused for what that attempt did; it is
-  read back: shown in place, the change is confirmed; not in place, the
-  answer stands; unreadable, or without a ``verify``, it is ``unknown``.
+  ``MAYBE_DONE``), is not resent blindly, whatever its method: ``verify``
+  shown in place settles it (``Response(verified=True)``); not in place, it
+  is safe to send again; unreadable, or without a ``verify``, it is
+  :class:`AmbiguousError` (``unknown``), never sent twice. An idempotent
+  PUT or DELETE is no exception: sent again after a try that made it, it is
+  a second change on the wire, and its answer (a 404, a 409) may be about
+  the first try rather than the state the row asked for.
 * **Held**: a change whose answer the MDM holds far longer than its answers
   take (``held_after``) is read back meanwhile; shown in place, its attempt
   is given up and the change confirmed; otherwise its answer is waited for
@@ -20,7 +18,10 @@
   long is sent once more alongside, and the first usable answer is taken.
 
 A read-back's requests carry ``context.reading_back()``: they go out even
-while the run stops, since they settle a change already in flight.
+while the run stops, since they settle a change already in flight. A
+``verify`` that finds the object of the change gone (a 404 to its read)
+raises :class:`~bulkmdm.errors.TargetGone`: the request ends with it, and
+its row fails, neither unknown nor sent again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AmbiguousError, TransportError
+from ..errors import AmbiguousError, TargetGone, TransportError
 from ..response import Failure, Response
 from .context import RequestContext
 
@@ -46,12 +47,6 @@ Verify = Callable[[RequestContext], Awaitable["bool | None"]]
 #: the gateway gave up on it, so to a change they mean "maybe done", as a
 #: dropped connection does. 503 and 429 say the request was not processed.
 MAYBE_DONE = frozenset({502, 504})
-
-#: Answers to a resent change that may be about what an earlier, unanswered
-#: attempt of it did: the MDM no longer finds what the request names as it
-#: was (404), or finds the change already made (409). A DELETE's 404 is
-#: not among them: it says that nothing is left, which is what was asked.
-RESENT_REFUSED = frozenset({404, 409})
 
 Attempt = Callable[[], Coroutine[Any, Any, "Response | Failure"]]
 
@@ -91,13 +86,13 @@ class ReadBack:
     async def after_no_answer(
         self, error: TransportError, attempt: int, verify: Verify | None, context: RequestContext
     ) -> Response | None:
-        """A change (not idempotent) that may have reached the MDM without an
-        answer: confirmed, or None (not in place: safe to send again)."""
+        """A change that may have reached the MDM without an answer:
+        confirmed, or None (not in place: safe to send again)."""
         if verify is None:
             raise AmbiguousError(
                 f"{error} and may have reached the MDM; not resent, to avoid doing it twice", attempts=attempt
             )
-        state = await verify(context.reading_back())
+        state = await _shown(verify, context, attempt)
         if state is None:
             raise AmbiguousError(
                 f"{error}; could not tell whether it took effect, so it was not resent", attempts=attempt
@@ -105,43 +100,16 @@ class ReadBack:
         return Response(200, None, {}, attempt, verified=True) if state else None
 
     async def after_gateway(
-        self, what: str, resp: Response, idempotent: bool, verify: Verify | None, context: RequestContext
-    ) -> tuple[Response | None, bool]:
-        """A gateway's 502/504 to a change: confirmed by a read-back, if it
-        was, and whether it may still have been made (an idempotent change is
-        resent without a read-back; one read back and not in place was not)."""
-        if idempotent:
-            return None, True
+        self, what: str, resp: Response, verify: Verify | None, context: RequestContext
+    ) -> Response | None:
+        """A gateway's 502/504 to a change: confirmed, or None (not in
+        place: safe to send again)."""
         if verify is None:
-            raise unsure(what, resp, "; not resent, to avoid doing it twice")
-        state = await verify(context.reading_back())
+            raise _unsure(what, resp, "; not resent, to avoid doing it twice")
+        state = await _shown(verify, context, resp.attempts)
         if state is None:
-            raise unsure(what, resp, "; could not tell whether it took effect, so it was not resent")
-        return (Response(200, None, {}, resp.attempts, verified=True) if state else None), False
-
-    async def after_resent(
-        self, what: str, method: str, resp: Response, verify: Verify | None, context: RequestContext
-    ) -> Response:
-        """The last answer to an idempotent change that was resent after an
-        attempt that may have made it: a 404 or 409 is read back before it
-        is believed. Returns a ``Response(verified=True)`` when the change
-        is in place, ``resp`` when it is not or the answer says nothing of
-        an earlier attempt; raises :class:`AmbiguousError` when it cannot
-        be read back."""
-        if resp.status not in RESENT_REFUSED or (method == "DELETE" and resp.status == 404):
-            return resp
-        said = (
-            f"the MDM answered {what} with HTTP {resp.status} after an earlier try went unanswered, "
-            "and that try may have made the change"
-        )
-        if verify is None:
-            raise AmbiguousError(f"{said}; it cannot be read back", attempts=resp.attempts, status=resp.status)
-        state = await verify(context.reading_back())
-        if state is None:
-            raise AmbiguousError(
-                f"{said}; reading it back could not tell whether it did", attempts=resp.attempts, status=resp.status
-            )
-        return Response(200, None, {}, resp.attempts, verified=True) if state else resp
+            raise _unsure(what, resp, "; could not tell whether it took effect, so it was not resent")
+        return Response(200, None, {}, resp.attempts, verified=True) if state else None
 
     # -- a change held ---------------------------------------------------------
     async def while_held(
@@ -235,7 +203,17 @@ class ReadBack:
             await asyncio.gather(*(t for t in (first, second) if t is not None), return_exceptions=True)
 
 
-def unsure(what: str, resp: Response, then: str) -> AmbiguousError:
+async def _shown(verify: Verify, context: RequestContext, attempts: int) -> bool | None:
+    """What ``verify`` shows of a change after ``attempts`` attempts (a
+    :class:`TargetGone` it raises ends the request, counting them)."""
+    try:
+        return await verify(context.reading_back())
+    except TargetGone as gone:
+        gone.attempts = attempts
+        raise
+
+
+def _unsure(what: str, resp: Response, then: str) -> AmbiguousError:
     """A gateway's 502/504 to a change that is left as it is."""
     return AmbiguousError(
         f"the MDM answered {what} with HTTP {resp.status}, a gateway's answer: the change may have been "
