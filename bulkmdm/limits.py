@@ -99,6 +99,21 @@ own delay is taken out of the latency (a client short of CPU is not a server
 queueing); a base under ``TIMER_GRAIN`` counts as that grain, since the
 loop's own turns are latencies that long.
 
+What counts as "not queueing" is at least the client's own share of the
+latency. By the asymptotic bounds of a closed queueing network (Lazowska,
+Zahorjan, Graham and Sevcik, *Quantitative System Performance*, 1984, ch. 5:
+with N requests circulating, the response time is at least N times the
+demand of the busiest centre), N requests in flight through an event loop
+that spends ``c`` seconds of CPU on each answer take at least ``N * c``
+each, however fast the server: so the base the gradient compares with is at
+least the window's mean in flight times the loop's CPU per answer. A client
+short of CPU (a fast server on loopback) then keeps its requests in flight,
+which handle more answers per turn of the loop, instead of shrinking the
+limit on latency that is its own. The CPU is the event loop thread's
+(``time.thread_time``), counted only where the loop's clock is asyncio's
+own (``time.monotonic``: the same seconds); on a virtual clock the CPU the
+test takes is no part of the latency.
+
 Workers and retries
 -------------------
 
@@ -115,6 +130,7 @@ import itertools
 import math
 import re
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -717,6 +733,9 @@ class ConcurrencyLimit:
 
     Starts at ``initial``, stays within ``minimum``..``maximum``; a fixed
     limit (``adaptive=False``) is a plain semaphore of ``initial``.
+    ``clock``: seconds, by default the running event loop's; ``cpu``: CPU
+    seconds of the thread that runs the loop, by default ``time.thread_time``
+    where the loop's clock is asyncio's own (see the module docstring).
     """
 
     def __init__(
@@ -727,6 +746,7 @@ class ConcurrencyLimit:
         adaptive: bool = True,
         minimum: int = 1,
         clock: Clock | None = None,
+        cpu: Clock | None = None,
     ) -> None:
         if initial < 1 or minimum < 1:
             raise UsageError("The concurrency must be at least 1.")
@@ -758,6 +778,11 @@ class ConcurrencyLimit:
         self._held_timer: asyncio.TimerHandle | None = None
         #: the event loop's last measured delay in running a callback (seconds)
         self._lag = 0.0
+        #: requests in flight summed over the window's answers (its mean in flight), and the
+        #: event loop thread's CPU clock when the window began (see the module docstring)
+        self._loaded = 0
+        self._cpu_at: float | None = None
+        self._cpu = cpu
         self._probing = False
         self._clock: Clock = clock or loop_clock
 
@@ -813,7 +838,7 @@ class ConcurrencyLimit:
         queues before the first attempts: its row was started already, and
         the rows refused two or three times are a faulty run's last."""
         if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time
+            self._bind()
         while self._room() <= 0:
             if stopping is not None and stopping():
                 return None
@@ -839,8 +864,16 @@ class ConcurrencyLimit:
     def free(self) -> bool:
         """A slot is free now and no request waits for one."""
         if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time
+            self._bind()
         return not self._waiters and self._room() > 0
+
+    def _bind(self) -> None:
+        """The running loop's clock, bound once (asked several times a request);
+        the CPU clock where the loop's clock is asyncio's own (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        if self._cpu is None and type(loop).time is asyncio.BaseEventLoop.time:
+            self._cpu = time.thread_time
 
     def take_now(self, now: float) -> int:
         """Take the slot :meth:`free` found, its request going out at ``now``: its number."""
@@ -914,12 +947,13 @@ class ConcurrencyLimit:
     def _observe(self, latency: float | None, overloaded: bool) -> None:
         self._answers += 1
         self._overloaded += overloaded
+        self._loaded += self.in_flight + 1  # (this answer's own request included)
         if latency is not None:
             self._latencies.append(latency)
         if self._answers < max(MIN_SAMPLES, self.slots):
             return
         self._adjust()
-        self._answers = self._overloaded = 0
+        self._answers = self._overloaded = self._loaded = 0
         self._latencies = []
         self._peak = len(self._out)
         self._probe_lag()
@@ -939,9 +973,21 @@ class ConcurrencyLimit:
 
         loop.call_soon(done, loop.time())
 
+    def _own_share(self) -> float:
+        """The least latency the client's own CPU makes for the window's requests:
+        the mean in flight times the event loop's CPU per answer (0 without a CPU clock)."""
+        if self._cpu is None:
+            return 0.0
+        now, began = self._cpu(), self._cpu_at
+        self._cpu_at = now
+        if began is None or not self._answers:
+            return 0.0  # (the first window: counted from here)
+        return (self._loaded / self._answers) * ((now - began) / self._answers)
+
     def _adjust(self) -> None:
         limit = self.limit
         answers, overloaded = self._answers, self._overloaded
+        own = self._own_share()
         history = self._overload_shares
         # more than the usual share (one overload answer more than seen, so that a quiet
         # start is not "none at all"); with little history it is taken to be 1 - BETA, as for 429s
@@ -970,8 +1016,10 @@ class ConcurrencyLimit:
             self.stats.base_latency = base
             # a latency under the loop's timer grain is the client's own turn (and the
             # host's scheduling), not a queue at the server: a loopback server's
-            # sub-millisecond base would take every loop turn for one
-            gradient = max(0.5, min(1.0, TOLERANCE * max(base, TIMER_GRAIN) / median)) if median > 0 else 1.0
+            # sub-millisecond base would take every loop turn for one; nor is one under
+            # what the client's own CPU takes for the requests in flight
+            least = max(base, TIMER_GRAIN, own)
+            gradient = max(0.5, min(1.0, TOLERANCE * least / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
         queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
         target = limit * gradient + queue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 
 import pytest
@@ -481,3 +481,29 @@ async def test_base_latency_is_the_lowest_window_median_of_the_memory() -> None:
         seen.append((now[0], latency))
         expected = min(m for at, m in seen if at >= now[0] - BASE_MEMORY)
         assert concurrency.stats.base_latency == pytest.approx(expected)
+
+
+async def test_latency_the_clients_own_cpu_makes_does_not_shrink_the_limit() -> None:
+    """A fast server and a client short of CPU: N requests in flight through
+    an event loop that spends 1 ms of CPU on each answer take N ms each (a
+    closed network's bound), on the controller's fake clocks. That latency is
+    the client's own: counted with the loop's CPU, the limit grows to its
+    maximum; the same latencies with no CPU clock keep it near the base."""
+
+    def run(cpu_counted: bool) -> ConcurrencyLimit:
+        now, cpu, demand = [0.0], [0.0], 0.001
+        concurrency = ConcurrencyLimit(
+            initial=4, maximum=64, clock=lambda: now[0], cpu=(lambda: cpu[0]) if cpu_counted else None
+        )
+        limiter = RateController(rate=None, concurrency=concurrency, clock=lambda: now[0])
+        flying: deque[Slot] = deque()
+        for _ in range(5000):
+            while (slot := limiter.take_now()) is not None:
+                flying.append(slot)
+            now[0] += demand
+            cpu[0] += demand
+            limiter.release(flying.popleft(), 200, concurrency.in_flight * demand)
+        return concurrency
+
+    assert run(cpu_counted=True).limit == 64
+    assert run(cpu_counted=False).limit <= 12
