@@ -82,6 +82,11 @@ class Credentials:
             return {}
         return {**self._headers, **self.auth.headers()}
 
+    def refuses(self, status: int, body: Any) -> bool:
+        """Whether this answer refused the credentials (asked of every answer,
+        without an await: :meth:`refused` then renews them or raises)."""
+        return self.auth.refused(status, body)
+
     async def refused(
         self,
         client: Client,
