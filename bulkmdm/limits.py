@@ -757,6 +757,8 @@ class ConcurrencyLimit:
         self.in_flight = 0
         self.stats = ConcurrencyStats(highest=self.limit, lowest=self.limit)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        #: slots kept for the waiters woken to take them (not free to anyone else meanwhile)
+        self._promised = 0
         # the current window
         self._answers = 0
         self._overloaded = 0
@@ -795,7 +797,7 @@ class ConcurrencyLimit:
         (a reply the server holds for seconds) is not the server's queue: it
         stops counting, up to ``HELD_SHARE`` times the limit (a server slow for everyone
         moves the median latency, which lowers the limit instead)."""
-        free = self.slots - self.in_flight
+        free = self.slots - self.in_flight - self._promised
         if free > 0 or not self.adaptive or self.stats.base_latency is None:
             return free
         return free + self._held()
@@ -850,12 +852,13 @@ class ConcurrencyLimit:
             self._wake_when_held()
             try:
                 # woken when a request in flight ends (each ends within the
-                # client's timeout), then ``stopping`` is checked again
+                # client's timeout), with a slot kept for it; then
+                # ``stopping`` is checked again
                 await waiter
             except BaseException:
                 self._forget(waiter)
                 raise
-            self._forget(waiter)
+            self._promised -= 1  # the slot kept is taken below, if the limit did not shrink meanwhile
         self.in_flight += 1
         self._taken += 1
         self._started[self._taken] = self._clock()
@@ -898,12 +901,14 @@ class ConcurrencyLimit:
         self._peak = max(self._peak, len(self._out))
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter that will not take its slot (cancelled)."""
         if not waiter.done():
             waiter.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
         elif not waiter.cancelled():
-            self._wake()  # woken, but it may not take the slot: pass the turn on
+            self._promised -= 1
+            self._wake()  # woken with a slot kept for it: the slot goes to the next
 
     def release(self, number: int, latency: float | None, *, overloaded: bool = False) -> None:
         """Slot ``number``'s attempt ended; ``latency`` of a successful answer (None: no success)."""
@@ -937,11 +942,15 @@ class ConcurrencyLimit:
         self._held_timer = asyncio.get_running_loop().call_later(delay, wake)
 
     def _wake(self) -> None:
+        """Wake a waiter for each free slot, the slot kept for it: a request
+        that comes meanwhile (``free``) cannot take it, so the waiter woken
+        never finds it gone and waits again."""
         free = self._room()
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._promised += 1
                 free -= 1
 
     def _observe(self, latency: float | None, overloaded: bool) -> None:
