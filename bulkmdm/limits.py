@@ -511,16 +511,18 @@ class RateController:
         concurrency = self.concurrency
         if concurrency is not None and not concurrency.free():
             return None
-        if not self._take_now():
-            return None
         now = self._clock()
+        if not self._take_now(now):
+            return None
         self.stats.sent += 1
         return Slot(now, 0 if concurrency is None else concurrency.take_now(now))
 
-    def _take_now(self) -> bool:
+    def _take_now(self, now: float | None = None) -> bool:
+        """A token at once (``now``: the clock just read, if it was)."""
         if self._waiters:
             return False
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if now < self._paused_until:
             return False
         if self.rate is None:
@@ -945,6 +947,8 @@ class ConcurrencyLimit:
         """Wake a waiter for each free slot, the slot kept for it: a request
         that comes meanwhile (``free``) cannot take it, so the waiter woken
         never finds it gone and waits again."""
+        if not self._waiters:
+            return  # (most releases: the room need not be counted)
         free = self._room()
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
