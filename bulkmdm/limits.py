@@ -99,6 +99,16 @@ own delay is taken out of the latency (a client short of CPU is not a server
 queueing); a base under ``TIMER_GRAIN`` counts as that grain, since the
 loop's own turns are latencies that long.
 
+Until the latency first says "queueing" (or overload answers cut it), the
+limit doubles after every other window whose slots were used: TCP Vegas'
+slow start (Brakmo and Peterson, *TCP Vegas: End to End Congestion
+Avoidance on a Global Internet*, IEEE JSAC 1995, section 3.3: exponential
+growth every other round trip, the window held in between so that its
+latency is measured at one size, until the round trips show a queue), so
+that a run reaches a fast server's concurrency within a few windows, not
+after thousands of answers of square-root steps. The first window held past
+the server's size shows its queue, and the gradient takes over from there.
+
 What counts as "not queueing" is at least the client's own share of the
 latency. By the asymptotic bounds of a closed queueing network (Lazowska,
 Zahorjan, Graham and Sevcik, *Quantitative System Performance*, 1984, ch. 5:
@@ -788,6 +798,10 @@ class ConcurrencyLimit:
         self._cpu_at: float | None = None
         self._cpu = cpu
         self._probing = False
+        #: Vegas' slow start: the limit doubles until the latency first shows a queue,
+        #: held for a window after each doubling (its answers were sent at both sizes)
+        self._slow_start = adaptive
+        self._doubled = False
         self._clock: Clock = clock or loop_clock
 
     @property
@@ -1009,6 +1023,7 @@ class ConcurrencyLimit:
         if overloaded > 2 and _excess(overloaded, answers, usual):
             self.limit = max(self.minimum, limit * DROP)
             self.stats.drops += 1
+            self._slow_start = False
             self._note()
             return
         gradient = 1.0
@@ -1034,7 +1049,15 @@ class ConcurrencyLimit:
             least = max(base, TIMER_GRAIN, own)
             gradient = max(0.5, min(1.0, TOLERANCE * least / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
-        queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
+        used = self._peak >= limit / 2
+        if self._slow_start and self._latencies and gradient >= 1.0:
+            if used and not self._doubled:
+                self.limit = min(self.maximum, 2 * limit)
+                self._note()
+            self._doubled = used and not self._doubled
+            return
+        self._slow_start = False
+        queue = QUEUE * math.sqrt(limit) if used else 0.0
         target = limit * gradient + queue
         new = limit * (1 - SMOOTHING) + target * SMOOTHING
         if new < limit:

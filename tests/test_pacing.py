@@ -507,3 +507,26 @@ async def test_latency_the_clients_own_cpu_makes_does_not_shrink_the_limit() -> 
 
     assert run(cpu_counted=True).limit == 64
     assert run(cpu_counted=False).limit <= 12
+
+
+async def test_the_limit_doubles_every_other_window_until_the_latency_shows_a_queue() -> None:
+    """Vegas' slow start on fake clocks: a server with room for 32 answering
+    in 10 ms while it has it (queueing past it) takes the limit from 8 to 16,
+    32 and 64 within a few hundred answers (square-root steps took
+    thousands), each doubling held for a window; the window held at 64 shows
+    the queue (20 ms, past TOLERANCE times 10), which ends the doubling."""
+    now = [0.0]
+    concurrency = ConcurrencyLimit(initial=8, maximum=128, clock=lambda: now[0])
+    limiter = RateController(rate=None, concurrency=concurrency, clock=lambda: now[0])
+    flying: deque[Slot] = deque()
+    seen: list[float] = []
+    for _ in range(400):
+        while (slot := limiter.take_now()) is not None:
+            flying.append(slot)
+        now[0] += 0.001
+        latency = 0.010 * max(1.0, concurrency.in_flight / 32)
+        limiter.release(flying.popleft(), 200, latency)
+        if not seen or concurrency.limit != seen[-1]:
+            seen.append(concurrency.limit)
+    assert seen[:4] == [8, 16, 32, 64]
+    assert concurrency.stats.highest == 64 and concurrency.limit < 64
