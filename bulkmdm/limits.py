@@ -747,7 +747,8 @@ class ConcurrencyLimit:
     limit (``adaptive=False``) is a plain semaphore of ``initial``.
     ``clock``: seconds, by default the running event loop's; ``cpu``: CPU
     seconds of the thread that runs the loop, by default ``time.thread_time``
-    where the loop's clock is asyncio's own (see the module docstring).
+    where that clock is asyncio's own, none with a ``clock`` given or a
+    virtual loop clock (see the module docstring).
     """
 
     def __init__(

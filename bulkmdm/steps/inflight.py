@@ -17,8 +17,8 @@ class InFlightMark:
         this for changes only): the journal's commit of the mark, which the
         client awaits before sending (the attempt's latency starts after it),
         or None when there is nothing to wait for (no hook, or the batch was
-        marked already). Not a coroutine itself: most changes of a run have
-        nothing to wait for here, and each await is a turn of the loop."""
+        marked already). Not a coroutine itself: a change with nothing to
+        wait for here goes out without one more coroutine to run."""
         if context.before_change is None:
             return None
         return context.before_change()
