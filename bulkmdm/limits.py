@@ -119,7 +119,10 @@ each, however fast the server: so the base the gradient compares with is at
 least the window's mean in flight times the loop's CPU per answer. A client
 short of CPU (a fast server on loopback) then keeps its requests in flight,
 which handle more answers per turn of the loop, instead of shrinking the
-limit on latency that is its own. The CPU is the event loop thread's
+limit on latency that is its own. (The bound holds whichever side is
+slower; what it hides is a queue at a server whose own capacity is within
+``TOLERANCE`` of the client's rate, a server that then answers as fast as
+the client can take its answers.) The CPU is the event loop thread's
 (``time.thread_time``), counted only where the loop's clock is asyncio's
 own (``time.monotonic``: the same seconds); on a virtual clock the CPU the
 test takes is no part of the latency.
