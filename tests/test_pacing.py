@@ -240,6 +240,32 @@ async def test_a_retry_takes_a_free_slot_before_first_attempts_waiting() -> None
     assert order == ["retry", "first 0", "first 1", "first 2"]
 
 
+async def test_a_slot_freed_for_a_waiter_is_kept_for_it() -> None:
+    """A slot freed while a request waits goes to that request: one that
+    comes before the waiter has run (a worker going straight on to its next
+    row) finds no slot free, and the waiter is not woken only to wait again;
+    a waiter cancelled after it was woken passes its slot to the next."""
+    concurrency = ConcurrencyLimit(initial=1, adaptive=False)
+    held = await concurrency.acquire()
+    assert held is not None
+    waiter = asyncio.ensure_future(concurrency.acquire())
+    await asyncio.sleep(0)
+    concurrency.release(held, None)
+    assert not concurrency.free()  # kept for the waiter, which has not run yet
+    number = await asyncio.wait_for(waiter, 5)
+    assert number is not None and concurrency.in_flight == 1
+
+    first = asyncio.ensure_future(concurrency.acquire())
+    second = asyncio.ensure_future(concurrency.acquire())
+    await asyncio.sleep(0)
+    concurrency.release(number, None)
+    first.cancel()  # woken, then cancelled before it took the slot
+    taken = await asyncio.wait_for(second, 5)
+    assert taken is not None and first.cancelled() and concurrency.in_flight == 1
+    concurrency.release(taken, None)
+    assert concurrency.free() and concurrency.in_flight == 0
+
+
 async def test_every_answer_an_overload_for_window_after_window_is_no_crash() -> None:
     """An MDM answering 503 to every change: the usual overload share (one
     more than seen, over the answers) stays a share, and the test of a share
