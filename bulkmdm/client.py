@@ -229,7 +229,9 @@ class Client:
         last: Response | TransportError | None = None
         while True:
             attempt = state.attempt + 1
-            slot = await self._turn(req, context, credential=credential, first=last is None)
+            slot = self._turn_now(context, credential) or await self._turn(
+                req, context, credential=credential, first=last is None
+            )
             if slot is None:
                 return _give_up(last, req, state.reached)
             sent = self.credentials.headers(credential=credential)
@@ -243,11 +245,19 @@ class Client:
                 self.canary.waiting_out(context)
                 await self.pace.wait(self.retry.backoff(state.failures), self._stopping)
                 continue
-            if not credential and await self.credentials.refused(
-                self, result.status, result.body, sent, what=lambda: req.what, attempt=attempt, renewed=state.renewed
+            if (
+                not credential
+                and self.credentials.refuses(result.status, result.body)
+                and await self.credentials.refused(
+                    self, result.status, result.body, sent, what=req.what, attempt=attempt, renewed=state.renewed
+                )
             ):
                 state = state.renewing()
                 continue
+            if result.ok and not self.retry.retries(method, result.status):
+                # final at once (most answers): no wait; a 2xx is neither a gateway's "maybe
+                # done" nor the refusal of a resent change that the read-backs below look into
+                return result
             state = state.increment(result.status)
             if change and result.status in MAYBE_DONE:
                 settled = await self.read_back.after_gateway(req.what, result, verify, context)
@@ -272,6 +282,17 @@ class Client:
             await self.pace.wait(wait, self._stopping)
 
     # -- the parts of one attempt ---------------------------------------------
+    def _turn_now(self, context: RequestContext, credential: bool) -> Slot | None:
+        """What :meth:`_turn` comes to when nothing needs a wait (no await:
+        most attempts): the slot; None: :meth:`_turn` sees to it."""
+        if (self.credentials.readies and not credential) or (not context.read_back and self._stopping()):
+            return None
+        slot = self.pace.take_now()
+        if slot is None or not self.quota.counts(credential=credential) or self.quota.take_now():
+            return slot
+        self.pace.give_back(slot)  # the day's calls are spent: _turn holds or raises
+        return None
+
     async def _turn(self, req: Request, context: RequestContext, *, credential: bool, first: bool) -> Slot | None:
         """Credentials ready, a rate slot and a call of the day's quota taken:
         the slot; None when the run is stopping. A retry (not ``first``) goes before
@@ -321,7 +342,8 @@ class Client:
         learned = True  # the answer is this attempt's own (its latency is the MDM's)
         change = req.method not in READ_METHODS and not credential
         try:
-            if change and context.before_change is not None and await self.in_flight.before(context):
+            if change and (committed := self.in_flight.mark(context)) is not None:
+                await committed
                 started = time.monotonic()  # the latency is the MDM's, not the journal's commit
             if verify is not None and (held := self.pace.held_after()) is not None:
                 result = await self.read_back.while_held(

@@ -99,6 +99,34 @@ own delay is taken out of the latency (a client short of CPU is not a server
 queueing); a base under ``TIMER_GRAIN`` counts as that grain, since the
 loop's own turns are latencies that long.
 
+Until the latency first says "queueing" (or overload answers cut it), the
+limit doubles after every other window whose slots were used: TCP Vegas'
+slow start (Brakmo and Peterson, *TCP Vegas: End to End Congestion
+Avoidance on a Global Internet*, IEEE JSAC 1995, section 3.3: exponential
+growth every other round trip, the window held in between so that its
+latency is measured at one size, until the round trips show a queue), so
+that a run reaches a fast server's concurrency within a few windows, not
+after thousands of answers of square-root steps. The first window held past
+the server's size shows its queue, and the gradient takes over from there.
+
+What counts as "not queueing" is at least the client's own share of the
+latency. By the asymptotic bounds of a closed queueing network (Lazowska,
+Zahorjan, Graham and Sevcik, *Quantitative System Performance*, 1984, ch. 5:
+with N requests circulating, the response time is at least N times the
+demand of the busiest centre), N requests in flight through an event loop
+that spends ``c`` seconds of CPU on each answer take at least ``N * c``
+each, however fast the server: so the base the gradient compares with is at
+least the window's mean in flight times the loop's CPU per answer. A client
+short of CPU (a fast server on loopback) then keeps its requests in flight,
+which handle more answers per turn of the loop, instead of shrinking the
+limit on latency that is its own. (The bound holds whichever side is
+slower; what it hides is a queue at a server whose own capacity is within
+``TOLERANCE`` of the client's rate, a server that then answers as fast as
+the client can take its answers.) The CPU is the event loop thread's
+(``time.thread_time``), counted only where the loop's clock is asyncio's
+own (``time.monotonic``: the same seconds); on a virtual clock the CPU the
+test takes is no part of the latency.
+
 Workers and retries
 -------------------
 
@@ -115,6 +143,7 @@ import itertools
 import math
 import re
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -495,16 +524,18 @@ class RateController:
         concurrency = self.concurrency
         if concurrency is not None and not concurrency.free():
             return None
-        if not self._take_now():
-            return None
         now = self._clock()
+        if not self._take_now(now):
+            return None
         self.stats.sent += 1
         return Slot(now, 0 if concurrency is None else concurrency.take_now(now))
 
-    def _take_now(self) -> bool:
+    def _take_now(self, now: float | None = None) -> bool:
+        """A token at once (``now``: the clock just read, if it was)."""
         if self._waiters:
             return False
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if now < self._paused_until:
             return False
         if self.rate is None:
@@ -717,6 +748,10 @@ class ConcurrencyLimit:
 
     Starts at ``initial``, stays within ``minimum``..``maximum``; a fixed
     limit (``adaptive=False``) is a plain semaphore of ``initial``.
+    ``clock``: seconds, by default the running event loop's; ``cpu``: CPU
+    seconds of the thread that runs the loop, by default ``time.thread_time``
+    where that clock is asyncio's own, none with a ``clock`` given or a
+    virtual loop clock (see the module docstring).
     """
 
     def __init__(
@@ -727,6 +762,7 @@ class ConcurrencyLimit:
         adaptive: bool = True,
         minimum: int = 1,
         clock: Clock | None = None,
+        cpu: Clock | None = None,
     ) -> None:
         if initial < 1 or minimum < 1:
             raise UsageError("The concurrency must be at least 1.")
@@ -737,6 +773,8 @@ class ConcurrencyLimit:
         self.in_flight = 0
         self.stats = ConcurrencyStats(highest=self.limit, lowest=self.limit)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        #: slots kept for the waiters woken to take them (not free to anyone else meanwhile)
+        self._promised = 0
         # the current window
         self._answers = 0
         self._overloaded = 0
@@ -758,7 +796,16 @@ class ConcurrencyLimit:
         self._held_timer: asyncio.TimerHandle | None = None
         #: the event loop's last measured delay in running a callback (seconds)
         self._lag = 0.0
+        #: requests in flight summed over the window's answers (its mean in flight), and the
+        #: event loop thread's CPU clock when the window began (see the module docstring)
+        self._loaded = 0
+        self._cpu_at: float | None = None
+        self._cpu = cpu
         self._probing = False
+        #: Vegas' slow start: the limit doubles until the latency first shows a queue,
+        #: held for a window after each doubling (its answers were sent at both sizes)
+        self._slow_start = adaptive
+        self._doubled = False
         self._clock: Clock = clock or loop_clock
 
     @property
@@ -770,7 +817,7 @@ class ConcurrencyLimit:
         (a reply the server holds for seconds) is not the server's queue: it
         stops counting, up to ``HELD_SHARE`` times the limit (a server slow for everyone
         moves the median latency, which lowers the limit instead)."""
-        free = self.slots - self.in_flight
+        free = self.slots - self.in_flight - self._promised
         if free > 0 or not self.adaptive or self.stats.base_latency is None:
             return free
         return free + self._held()
@@ -813,7 +860,7 @@ class ConcurrencyLimit:
         queues before the first attempts: its row was started already, and
         the rows refused two or three times are a faulty run's last."""
         if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time
+            self._bind()
         while self._room() <= 0:
             if stopping is not None and stopping():
                 return None
@@ -825,12 +872,13 @@ class ConcurrencyLimit:
             self._wake_when_held()
             try:
                 # woken when a request in flight ends (each ends within the
-                # client's timeout), then ``stopping`` is checked again
+                # client's timeout), with a slot kept for it; then
+                # ``stopping`` is checked again
                 await waiter
             except BaseException:
                 self._forget(waiter)
                 raise
-            self._forget(waiter)
+            self._promised -= 1  # the slot kept is taken below, if the limit did not shrink meanwhile
         self.in_flight += 1
         self._taken += 1
         self._started[self._taken] = self._clock()
@@ -839,8 +887,16 @@ class ConcurrencyLimit:
     def free(self) -> bool:
         """A slot is free now and no request waits for one."""
         if self._clock is loop_clock:
-            self._clock = asyncio.get_running_loop().time
+            self._bind()
         return not self._waiters and self._room() > 0
+
+    def _bind(self) -> None:
+        """The running loop's clock, bound once (asked several times a request);
+        the CPU clock where the loop's clock is asyncio's own (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        if self._cpu is None and type(loop).time is asyncio.BaseEventLoop.time:
+            self._cpu = time.thread_time
 
     def take_now(self, now: float) -> int:
         """Take the slot :meth:`free` found, its request going out at ``now``: its number."""
@@ -865,12 +921,14 @@ class ConcurrencyLimit:
         self._peak = max(self._peak, len(self._out))
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter that will not take its slot (cancelled)."""
         if not waiter.done():
             waiter.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
         elif not waiter.cancelled():
-            self._wake()  # woken, but it may not take the slot: pass the turn on
+            self._promised -= 1
+            self._wake()  # woken with a slot kept for it: the slot goes to the next
 
     def release(self, number: int, latency: float | None, *, overloaded: bool = False) -> None:
         """Slot ``number``'s attempt ended; ``latency`` of a successful answer (None: no success)."""
@@ -904,22 +962,29 @@ class ConcurrencyLimit:
         self._held_timer = asyncio.get_running_loop().call_later(delay, wake)
 
     def _wake(self) -> None:
+        """Wake a waiter for each free slot, the slot kept for it: a request
+        that comes meanwhile (``free``) cannot take it, so the waiter woken
+        never finds it gone and waits again."""
+        if not self._waiters:
+            return  # (most releases: the room need not be counted)
         free = self._room()
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._promised += 1
                 free -= 1
 
     def _observe(self, latency: float | None, overloaded: bool) -> None:
         self._answers += 1
         self._overloaded += overloaded
+        self._loaded += self.in_flight + 1  # (this answer's own request included)
         if latency is not None:
             self._latencies.append(latency)
         if self._answers < max(MIN_SAMPLES, self.slots):
             return
         self._adjust()
-        self._answers = self._overloaded = 0
+        self._answers = self._overloaded = self._loaded = 0
         self._latencies = []
         self._peak = len(self._out)
         self._probe_lag()
@@ -939,9 +1004,21 @@ class ConcurrencyLimit:
 
         loop.call_soon(done, loop.time())
 
+    def _own_share(self) -> float:
+        """The least latency the client's own CPU makes for the window's requests:
+        the mean in flight times the event loop's CPU per answer (0 without a CPU clock)."""
+        if self._cpu is None:
+            return 0.0
+        now, began = self._cpu(), self._cpu_at
+        self._cpu_at = now
+        if began is None or not self._answers:
+            return 0.0  # (the first window: counted from here)
+        return (self._loaded / self._answers) * ((now - began) / self._answers)
+
     def _adjust(self) -> None:
         limit = self.limit
         answers, overloaded = self._answers, self._overloaded
+        own = self._own_share()
         history = self._overload_shares
         # more than the usual share (one overload answer more than seen, so that a quiet
         # start is not "none at all"); with little history it is taken to be 1 - BETA, as for 429s
@@ -950,6 +1027,7 @@ class ConcurrencyLimit:
         if overloaded > 2 and _excess(overloaded, answers, usual):
             self.limit = max(self.minimum, limit * DROP)
             self.stats.drops += 1
+            self._slow_start = False
             self._note()
             return
         gradient = 1.0
@@ -970,10 +1048,20 @@ class ConcurrencyLimit:
             self.stats.base_latency = base
             # a latency under the loop's timer grain is the client's own turn (and the
             # host's scheduling), not a queue at the server: a loopback server's
-            # sub-millisecond base would take every loop turn for one
-            gradient = max(0.5, min(1.0, TOLERANCE * max(base, TIMER_GRAIN) / median)) if median > 0 else 1.0
+            # sub-millisecond base would take every loop turn for one; nor is one under
+            # what the client's own CPU takes for the requests in flight
+            least = max(base, TIMER_GRAIN, own)
+            gradient = max(0.5, min(1.0, TOLERANCE * least / median)) if median > 0 else 1.0
         # grow only when the slots were used: an idle limit shows nothing
-        queue = QUEUE * math.sqrt(limit) if self._peak >= limit / 2 else 0.0
+        used = self._peak >= limit / 2
+        if self._slow_start and self._latencies and gradient >= 1.0:
+            if used and not self._doubled:
+                self.limit = min(self.maximum, 2 * limit)
+                self._note()
+            self._doubled = used and not self._doubled
+            return
+        self._slow_start = False
+        queue = QUEUE * math.sqrt(limit) if used else 0.0
         target = limit * gradient + queue
         new = limit * (1 - SMOOTHING) + target * SMOOTHING
         if new < limit:

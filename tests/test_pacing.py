@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 
 import pytest
@@ -238,6 +238,32 @@ async def test_a_retry_takes_a_free_slot_before_first_attempts_waiting() -> None
     concurrency.release(held, None)
     await asyncio.wait_for(asyncio.gather(*waiting), 5)
     assert order == ["retry", "first 0", "first 1", "first 2"]
+
+
+async def test_a_slot_freed_for_a_waiter_is_kept_for_it() -> None:
+    """A slot freed while a request waits goes to that request: one that
+    comes before the waiter has run (a worker going straight on to its next
+    row) finds no slot free, and the waiter is not woken only to wait again;
+    a waiter cancelled after it was woken passes its slot to the next."""
+    concurrency = ConcurrencyLimit(initial=1, adaptive=False)
+    held = await concurrency.acquire()
+    assert held is not None
+    waiter = asyncio.ensure_future(concurrency.acquire())
+    await asyncio.sleep(0)
+    concurrency.release(held, None)
+    assert not concurrency.free()  # kept for the waiter, which has not run yet
+    number = await asyncio.wait_for(waiter, 5)
+    assert number is not None and concurrency.in_flight == 1
+
+    first = asyncio.ensure_future(concurrency.acquire())
+    second = asyncio.ensure_future(concurrency.acquire())
+    await asyncio.sleep(0)
+    concurrency.release(number, None)
+    first.cancel()  # woken, then cancelled before it took the slot
+    taken = await asyncio.wait_for(second, 5)
+    assert taken is not None and first.cancelled() and concurrency.in_flight == 1
+    concurrency.release(taken, None)
+    assert concurrency.free() and concurrency.in_flight == 0
 
 
 async def test_every_answer_an_overload_for_window_after_window_is_no_crash() -> None:
@@ -481,3 +507,52 @@ async def test_base_latency_is_the_lowest_window_median_of_the_memory() -> None:
         seen.append((now[0], latency))
         expected = min(m for at, m in seen if at >= now[0] - BASE_MEMORY)
         assert concurrency.stats.base_latency == pytest.approx(expected)
+
+
+async def test_latency_the_clients_own_cpu_makes_does_not_shrink_the_limit() -> None:
+    """A fast server and a client short of CPU: N requests in flight through
+    an event loop that spends 1 ms of CPU on each answer take N ms each (a
+    closed network's bound), on the controller's fake clocks. That latency is
+    the client's own: counted with the loop's CPU, the limit grows to its
+    maximum; the same latencies with no CPU clock keep it near the base."""
+
+    def run(cpu_counted: bool) -> ConcurrencyLimit:
+        now, cpu, demand = [0.0], [0.0], 0.001
+        concurrency = ConcurrencyLimit(
+            initial=4, maximum=64, clock=lambda: now[0], cpu=(lambda: cpu[0]) if cpu_counted else None
+        )
+        limiter = RateController(rate=None, concurrency=concurrency, clock=lambda: now[0])
+        flying: deque[Slot] = deque()
+        for _ in range(5000):
+            while (slot := limiter.take_now()) is not None:
+                flying.append(slot)
+            now[0] += demand
+            cpu[0] += demand
+            limiter.release(flying.popleft(), 200, concurrency.in_flight * demand)
+        return concurrency
+
+    assert run(cpu_counted=True).limit == 64
+    assert run(cpu_counted=False).limit <= 12
+
+
+async def test_the_limit_doubles_every_other_window_until_the_latency_shows_a_queue() -> None:
+    """Vegas' slow start on fake clocks: a server with room for 32 answering
+    in 10 ms while it has it (queueing past it) takes the limit from 8 to 16,
+    32 and 64 within a few hundred answers (square-root steps took
+    thousands), each doubling held for a window; the window held at 64 shows
+    the queue (20 ms, past TOLERANCE times 10), which ends the doubling."""
+    now = [0.0]
+    concurrency = ConcurrencyLimit(initial=8, maximum=128, clock=lambda: now[0])
+    limiter = RateController(rate=None, concurrency=concurrency, clock=lambda: now[0])
+    flying: deque[Slot] = deque()
+    seen: list[float] = []
+    for _ in range(400):
+        while (slot := limiter.take_now()) is not None:
+            flying.append(slot)
+        now[0] += 0.001
+        latency = 0.010 * max(1.0, concurrency.in_flight / 32)
+        limiter.release(flying.popleft(), 200, latency)
+        if not seen or concurrency.limit != seen[-1]:
+            seen.append(concurrency.limit)
+    assert seen[:4] == [8, 16, 32, 64]
+    assert concurrency.stats.highest == 64 and concurrency.limit < 64

@@ -825,7 +825,9 @@ def sentence(text: str, *, empty: str = "Look-up failed") -> str:
 
 def seg(value: Any) -> str:
     """An id as one URL path segment (nothing in it can add a path or a query)."""
-    return quote(key(value), safe="")
+    text = key(value)
+    # most ids are ASCII letters and digits, which quote() leaves as they are
+    return text if text.isascii() and text.isalnum() else quote(text, safe="")
 
 
 def key(value: Any) -> str:

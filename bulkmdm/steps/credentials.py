@@ -82,6 +82,11 @@ class Credentials:
             return {}
         return {**self._headers, **self.auth.headers()}
 
+    def refuses(self, status: int, body: Any) -> bool:
+        """Whether this answer refused the credentials (asked of every answer,
+        without an await: :meth:`refused` then renews them or raises)."""
+        return self.auth.refused(status, body)
+
     async def refused(
         self,
         client: Client,
@@ -95,8 +100,8 @@ class Credentials:
     ) -> bool:
         """Whether the answer refused the credentials and new ones are worth a
         retry; raises :class:`AuthError` when they cannot be renewed. ``what``
-        names the request in that error (a callable: named only then, since
-        naming it parses its URL and every answer of a run is asked here)."""
+        names the request in that error (a callable is called only then). The
+        client asks only of an answer :meth:`refuses`."""
         if not self.auth.refused(status, body):
             return False
         if renewed or not await self.auth.renew(client, sent):

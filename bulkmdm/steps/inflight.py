@@ -4,21 +4,21 @@ slot leaves them ``not-run``, not ``unknown``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from .context import RequestContext
 
 
 class InFlightMark:
     """Calls the batch's ``before_change`` hook before a change is sent."""
 
-    async def before(self, context: RequestContext) -> bool:
-        """Mark the batch in flight before a change goes out (the client
-        calls this for changes only, when the batch has the hook); True when
-        that waited for the journal's commit (the attempt's latency starts
-        after it)."""
+    def mark(self, context: RequestContext) -> Awaitable[None] | None:
+        """Mark the batch in flight before a change goes out (the client calls
+        this for changes only): the journal's commit of the mark, which the
+        client awaits before sending (the attempt's latency starts after it),
+        or None when there is nothing to wait for (no hook, or the batch was
+        marked already). Not a coroutine itself: a change with nothing to
+        wait for here goes out without one more coroutine to run."""
         if context.before_change is None:
-            return False
-        committed = context.before_change()
-        if committed is None:
-            return False
-        await committed
-        return True
+            return None
+        return context.before_change()
