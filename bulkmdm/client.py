@@ -302,14 +302,20 @@ class Client:
         stopping = _never if context.read_back else self._stopping
         if stopping():
             return None
-        if self.credentials.readies and not credential:
-            await self.credentials.ready(self)
-        slot = self.pace.take_now() or await self.pace.take(stopping, retry=not first)
-        if slot is None:
-            return None
-        if stopping():
+        readies = self.credentials.readies and not credential
+        while True:
+            if readies:
+                await self.credentials.ready(self)
+            slot = self.pace.take_now() or await self.pace.take(stopping, retry=not first)
+            if slot is None:
+                return None
+            if stopping():
+                self.pace.give_back(slot)
+                return None
+            if not readies or self.credentials.current():
+                break
+            # refused meanwhile (another request's answer): not sent with them, each refused too
             self.pace.give_back(slot)
-            return None
         if not self.quota.counts(credential=credential):
             return slot
         # counted as it goes out (not while it queues for a slot); holds while the day's quota is spent

@@ -23,7 +23,7 @@ from bulkmdm.errors import (
     TargetGone,
     Unreachable,
 )
-from bulkmdm.limits import RateController, Slot
+from bulkmdm.limits import ConcurrencyLimit, RateController, Slot
 from bulkmdm.providers.base import read_back
 from bulkmdm.quota import DayQuota
 from bulkmdm.retry import FIRST, RetryPolicy
@@ -116,6 +116,46 @@ async def test_credentials_renew_once_told_what_was_refused_then_stop() -> None:
         with pytest.raises(AuthError, match="check BULKMDM_TOKEN"):
             await c.request("GET", "x")
     assert len(sent) == 2
+
+
+class _Refusable(Auth):
+    """A token the MDM may refuse: renewed in a tenth of a second; until then
+    not current, and ``ready`` waits for the new one."""
+
+    def __init__(self) -> None:
+        self.token = "one"
+        self.refused_token = ""
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": self.token}
+
+    def current(self) -> bool:
+        return self.token != self.refused_token
+
+    async def ready(self, client: Client) -> None:
+        while not self.current():
+            await asyncio.sleep(0.01)
+
+    async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
+        self.refused_token = sent["Authorization"]
+        await asyncio.sleep(0.1)
+        self.token = "two"
+        return True
+
+
+@pytest.mark.looptime
+async def test_requests_waiting_for_their_turn_when_the_credentials_are_refused_wait_for_new_ones() -> None:
+    async def handler(request: Request) -> Answer:
+        sent.append(request.headers["Authorization"])
+        await asyncio.sleep(0.01)
+        return json_answer({}, 401 if request.headers["Authorization"] == "one" else 200)
+
+    sent: list[str] = []
+    one_at_a_time = RateController(rate=None, adaptive=False, concurrency=ConcurrencyLimit(initial=1, adaptive=False))
+    async with client(MemoryTransport(handler), auth=_Refusable(), limiter=one_at_a_time) as c:
+        answers = await asyncio.gather(*(c.request("GET", f"x/{n}") for n in range(3)))
+    assert all(resp.ok for resp in answers)
+    assert sent == ["one", "two", "two", "two"]  # the refused token went out once
 
 
 async def test_a_credential_request_carries_no_credentials() -> None:

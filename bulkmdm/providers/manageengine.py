@@ -193,6 +193,8 @@ class ZohoOAuth(Auth):
         self.hint = ""
         #: whether the MDM took the current token (a 2xx answer to a request that carried it)
         self._accepted = False
+        #: why the last fetch gave no token: every request after it stops with the same error
+        self._failed: BaseException | None = None
 
     def headers(self) -> Mapping[str, str]:
         return {"Authorization": f"Zoho-oauthtoken {self._token}"} if self._token else {}
@@ -201,6 +203,9 @@ class ZohoOAuth(Auth):
         if 200 <= status < 300:
             self._accepted = True  # the token server is one the MDM trusts
         return _token_refused(status, body)
+
+    def current(self) -> bool:
+        return self._fresh()
 
     def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
@@ -211,17 +216,25 @@ class ZohoOAuth(Auth):
         return self._lock
 
     async def ready(self, client: Client) -> None:
-        """Have an access token that will not expire in the next moments."""
+        """Have an access token that will not expire in the next moments
+        (while a refused one is renewed, requests wait for the new one rather
+        than go out with it, each refused and each a call of the day's quota)."""
         if self._fresh():
             return
         async with self._locked():
+            if self._failed is not None:
+                raise self._failed
             if not self._fresh():
                 await self._fetch(client)
 
     async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
         # Workers refused together renew once: the others find a token newer
         # than the one their refused request carried and just retry with it.
+        if self._token is not None and sent.get("Authorization") == f"Zoho-oauthtoken {self._token}":
+            self._expires_at = 0.0  # refused: no longer fresh, whatever expires_in said
         async with self._locked():
+            if self._failed is not None:
+                raise self._failed
             if self._token is not None and sent.get("Authorization") != f"Zoho-oauthtoken {self._token}":
                 return True
             if self.hint and not self._accepted:
@@ -234,6 +247,13 @@ class ZohoOAuth(Auth):
         return True
 
     async def _fetch(self, client: Client) -> None:
+        try:
+            await self._request_token(client)
+        except (AuthError, SetupFailed, TokenUnavailable) as exc:
+            self._failed = exc
+            raise
+
+    async def _request_token(self, client: Client) -> None:
         # The doc's Step 4 lists refresh_token, client_id, client_secret,
         # redirect_uri and grant_type=refresh_token, none marked mandatory, and
         # shows every example in the query string

@@ -34,6 +34,12 @@ class Auth:
     async def ready(self, client: Client) -> None:
         """Called before every request: have credentials that will work."""
 
+    def current(self) -> bool:
+        """Whether the credentials :meth:`ready` made are still good to send
+        (asked again once the request has its turn: a refusal meanwhile, or
+        their expiry, sends it back to :meth:`ready`)."""
+        return True
+
     async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
         """Called once when the credentials ``sent`` were refused; True if new ones are worth a retry."""
         return False
@@ -75,6 +81,10 @@ class Credentials:
     async def ready(self, client: Client) -> None:
         """Have credentials that will work (the client asks only when ``readies``; never for a token request)."""
         await self.auth.ready(client)
+
+    def current(self) -> bool:
+        """Whether the credentials are still good to send (see :meth:`Auth.current`)."""
+        return self.auth.current()
 
     def headers(self, *, credential: bool) -> Mapping[str, str]:
         """What a request carries; a token request is the token endpoint's: no MDM headers, no credentials."""
