@@ -146,9 +146,10 @@ class _Refusable(Auth):
 @pytest.mark.looptime
 async def test_requests_waiting_for_their_turn_when_the_credentials_are_refused_wait_for_new_ones() -> None:
     async def handler(request: Request) -> Answer:
-        sent.append(request.headers["Authorization"])
+        token = (request.headers or {})["Authorization"]
+        sent.append(token)
         await asyncio.sleep(0.01)
-        return json_answer({}, 401 if request.headers["Authorization"] == "one" else 200)
+        return json_answer({}, 401 if token == "one" else 200)
 
     sent: list[str] = []
     one_at_a_time = RateController(rate=None, adaptive=False, concurrency=ConcurrencyLimit(initial=1, adaptive=False))
