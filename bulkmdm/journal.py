@@ -26,8 +26,9 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import JournalError
 from .model import Outcome, Reason, Status
@@ -114,10 +115,18 @@ _MIGRATIONS: dict[int, str] = {
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
 
-# json.dumps with any option builds a new encoder per call; these are built once
-# (the same text as json.dumps(cells, ensure_ascii=False) and json.dumps(undo)).
-_cells_json = json.JSONEncoder(ensure_ascii=False).encode
+# json.dumps with any option builds a new encoder per call; this one is built once
+# (the same text as json.dumps(undo)).
 _undo_json = json.JSONEncoder().encode
+
+
+def cells_json(cells: Iterable[str]) -> str:
+    """A row's text cells as the journal stores them: the text of
+    ``json.dumps(list(cells), ensure_ascii=False)``, made by the function that
+    call quotes each string with, without building an encoder per row."""
+    return "[" + ", ".join(map(encode_basestring, cells)) + "]"
+
+
 _NOT_RUN = str(Status.NOT_RUN)
 
 
@@ -172,9 +181,9 @@ def _reason(code: str | None, status: str | None) -> Reason:
         return Reason.of_status(status)
 
 
-@dataclass(frozen=True, slots=True)
-class NewRow:
-    """A row as the journal stores it when a run is created."""
+class NewRow(NamedTuple):
+    """A row as the journal stores it when a run is created (a tuple: a run
+    creates one per row of its job)."""
 
     cells: Sequence[str]
     action: str
@@ -348,8 +357,8 @@ class Journal:
             self.db.executemany(
                 "INSERT INTO rows (run_id, idx, cells, action, digest, label) VALUES (?,?,?,?,?,?)",
                 (
-                    (run_id, i, _cells_json(list(row.cells)), row.action, row.digest, row.label)
-                    for i, row in enumerate(rows)
+                    (run_id, i, cells_json(cells), action, digest, label)
+                    for i, (cells, action, digest, label) in enumerate(rows)
                 ),
             )
         return run_id
