@@ -118,6 +118,7 @@ PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
 # json.dumps with any option builds a new encoder per call; this one is built once
 # (the same text as json.dumps(undo)).
 _undo_json = json.JSONEncoder().encode
+_loads = json.JSONDecoder().decode
 
 
 def cells_json(cells: Iterable[str]) -> str:
@@ -156,8 +157,9 @@ class RunInfo:
     undo_path: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RowRecord:
+class RowRecord(NamedTuple):
+    """One row of a run as the journal holds it (a tuple: a report reads one per row)."""
+
     idx: int
     cells: list[str]
     state: str
@@ -172,13 +174,15 @@ class RowRecord:
     reason: Reason = Reason.NOT_SENT
 
 
+#: reason code -> Reason (a dict look-up: a report reads one per row)
+_REASONS = {str(reason): reason for reason in Reason}
+
+
 def _reason(code: str | None, status: str | None) -> Reason:
     """A stored reason code; none (an older journal, a report's columns) or one this
     bulkmdm does not know reads as the status's usual reason."""
-    try:
-        return Reason(code) if code else Reason.of_status(status)
-    except ValueError:
-        return Reason.of_status(status)
+    found = _REASONS.get(code) if code else None
+    return Reason.of_status(status) if found is None else found
 
 
 class NewRow(NamedTuple):
@@ -567,20 +571,30 @@ class Journal:
                 self._touched[run_id] = now
                 self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
-    def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
-        """The run's succeeded rows, last first: (action, the row that undoes it or None); and
-        the rows still in flight (unknown: their change may have been made) that have an undo row."""
+    #: the rows whose change the run made, or may have made (in flight: unknown) and can put back
+    _CHANGED = (
+        "run_id = ? AND carried = 0"
+        " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
+    )
+
+    def undo_rows(self, run_id: int) -> Iterator[tuple[str, dict[str, str]]]:
+        """The changes the run made that can be put back, last first: (action, the row that
+        undoes it); the rows still in flight (unknown: their change may have been made) too."""
         cur = self.db.execute(
-            "SELECT action, undo FROM rows WHERE run_id = ? AND carried = 0"
-            " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
-            " ORDER BY idx DESC",
-            (run_id,),
+            f"SELECT action, undo FROM rows WHERE {self._CHANGED} AND undo IS NOT NULL ORDER BY idx DESC", (run_id,)
         )
         try:
             for action, undo in cur:
-                yield action, (json.loads(undo) if undo else None)
+                yield action, json.loads(undo)
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
+
+    def not_undoable(self, run_id: int) -> dict[str, int]:
+        """Action -> the changes the run made that cannot be put back (no undo row)."""
+        cur = self.db.execute(
+            f"SELECT action, count(*) FROM rows WHERE {self._CHANGED} AND undo IS NULL GROUP BY action", (run_id,)
+        )
+        return {action: count for action, count in cur}
 
     def sent_times(self, run_id: int) -> dict[int, float]:
         """Row -> when its change last went out (epoch seconds), for the rows the journal knows it of.
@@ -814,6 +828,4 @@ def _record(values: Sequence[Any]) -> RowRecord:
     idx, cells, state, status, detail, http_status, attempts, resolved, action, label, code = values
     # a row in flight may have gone out again after an earlier outcome: that outcome no longer holds
     reason = Reason.NO_ANSWER if state == IN_FLIGHT else _reason(code, status)
-    return RowRecord(
-        idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason
-    )
+    return RowRecord(idx, _loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason)

@@ -92,7 +92,7 @@ def test_a_journal_of_schema_3_is_migrated_keeping_its_runs(tmp_path: Path) -> N
         journal.record(
             run_id, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag"}, reason=Reason.DONE)]
         )
-        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag"})]
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag"})]
         assert journal.run(run_id).undo_path is None
         journal.set_undo_path(run_id, "/u.csv")
         assert journal.run(run_id).undo_path == "/u.csv"
@@ -154,7 +154,7 @@ def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> Non
         journal.mark_in_flight(run_id, [0], [(0, {"action": "untag", "serial": "A"})])
         journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "Done by the earlier run.", 200, 1, reason=Reason.DONE)])
         journal.record_raw(run_id, [(1, ["succeeded", "Tagged earlier.", "200", "1", ""])])
-        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
 
 
 def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path)
             new,
             [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "B"}, reason=Reason.DONE)],
         )
-        assert list(journal.changes_made(new)) == [
+        assert list(journal.undo_rows(new)) == [
             ("tag", {"action": "untag", "serial": "A"}),
             ("tag", {"action": "untag", "serial": "B"}),
         ]
