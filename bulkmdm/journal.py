@@ -129,6 +129,7 @@ def cells_json(cells: Iterable[str]) -> str:
 
 
 _NOT_RUN = str(Status.NOT_RUN)
+_NOT_RUN_STATUS = Status.NOT_RUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,37 +535,45 @@ class Journal:
         # One transaction costs far more than the rows in it (taking the write
         # lock, appending the pages to the WAL), so the pool hands over what
         # its workers did within a millisecond (schedule.COMMIT_DELAY) at once.
+        # The statements' rows are made before the write lock is taken, and a
+        # statement with no rows is not run.
         sent_at = time.time()
-        with self._tx():
-            self.db.executemany(
-                "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?",
-                ((sent_at, run_id, i) for i in in_flight),
-            )
-            self.db.executemany(
-                "UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?",
-                ((_undo_json(dict(u)), run_id, i) for i, u in undo),
-            )
-            if outcomes is None:
-                return
-            self.db.executemany(
-                "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
+        marks = [(sent_at, run_id, i) for i in in_flight]
+        undo_rows = [(_undo_json(dict(u)), run_id, i) for i, u in undo]
+        done = (
+            None
+            if outcomes is None
+            else [
                 (
-                    (
-                        PENDING if o.status is Status.NOT_RUN else DONE,
-                        str(o.status),
-                        o.detail,
-                        _text(o.http_status),
-                        _text(o.attempts or None),
-                        o.resolved,
-                        _undo_json(dict(o.undo)) if o.undo else None,
-                        str(o.reason),
-                        run_id,
-                        o.index,
-                    )
-                    for o in outcomes
-                ),
-            )
+                    PENDING if o.status is _NOT_RUN_STATUS else DONE,
+                    str(o.status),
+                    o.detail,
+                    None if o.http_status is None else str(o.http_status),
+                    str(o.attempts) if o.attempts else None,
+                    o.resolved,
+                    _undo_json(dict(o.undo)) if o.undo else None,
+                    str(o.reason),
+                    run_id,
+                    o.index,
+                )
+                for o in outcomes
+            ]
+        )
+        with self._tx():
+            if marks:
+                self.db.executemany(
+                    "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?", marks
+                )
+            if undo_rows:
+                self.db.executemany("UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?", undo_rows)
+            if done is None:
+                return
+            if done:
+                self.db.executemany(
+                    "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
+                    " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
+                    done,
+                )
             now = time.time()
             # to the second: a run's every transaction need not rewrite its runs row too
             if now - self._touched.get(run_id, 0.0) >= 1.0:
@@ -815,10 +824,6 @@ def _row_filter(run_id: int, keys: Collection[str], search: str) -> tuple[str, t
 
 def _today() -> str:
     return time.strftime("%Y-%m-%d")
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 _ROW_COLUMNS = "idx, cells, state, status, detail, http_status, attempts, resolved, action, label, reason"
