@@ -157,6 +157,31 @@ def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> Non
         assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
 
 
+def test_changes_that_cannot_be_undone_are_counted_per_action(tmp_path: Path) -> None:
+    """A change made without an undo row counts as one that cannot be put back;
+    a row still in flight without one, a failed row and a carried row do not."""
+    with Journal(tmp_path / "st") as journal:
+        rows = [
+            NewRow([s], action, s, s)
+            for s, action in zip("ABCDEF", ["message", "lock", "message", "tag", "lock", "message"], strict=True)
+        ]
+        run_id = journal_run(journal, rows)
+        journal.mark_in_flight(run_id, [4])
+        journal.record(
+            run_id,
+            [
+                Outcome(0, Status.SUCCEEDED, "Sent.", 200, 1, reason=Reason.DONE),
+                Outcome(1, Status.SUCCEEDED, "Locked.", 200, 1, reason=Reason.DONE),
+                Outcome(2, Status.SUCCEEDED, "Sent.", 200, 1, reason=Reason.DONE),
+                Outcome(3, Status.SUCCEEDED, "Tagged.", 200, 1, undo={"action": "untag"}, reason=Reason.DONE),
+                Outcome(5, Status.FAILED, "Refused.", 400, 1, reason=Reason.REFUSED),
+            ],
+        )
+        journal.record_raw(run_id, [(2, ["succeeded", "Sent earlier.", "200", "1", ""])])
+        assert journal.not_undoable(run_id) == {"message": 1, "lock": 1}
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag"})]
+
+
 def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path) -> None:
     """The job saved again (rows reordered) continues the earlier run: its
     undo file still puts back what that run changed, none of it "cannot be
