@@ -26,8 +26,9 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import JournalError
 from .model import Outcome, Reason, Status
@@ -114,11 +115,21 @@ _MIGRATIONS: dict[int, str] = {
 
 PENDING, IN_FLIGHT, DONE = "pending", "in_flight", "done"
 
-# json.dumps with any option builds a new encoder per call; these are built once
-# (the same text as json.dumps(cells, ensure_ascii=False) and json.dumps(undo)).
-_cells_json = json.JSONEncoder(ensure_ascii=False).encode
+# json.dumps with any option builds a new encoder per call; this one is built once
+# (the same text as json.dumps(undo)).
 _undo_json = json.JSONEncoder().encode
+_loads = json.JSONDecoder().decode
+
+
+def cells_json(cells: Iterable[str]) -> str:
+    """A row's text cells as the journal stores them: the text of
+    ``json.dumps(list(cells), ensure_ascii=False)``, made by the function that
+    call quotes each string with, without building an encoder per row."""
+    return "[" + ", ".join(map(encode_basestring, cells)) + "]"
+
+
 _NOT_RUN = str(Status.NOT_RUN)
+_NOT_RUN_STATUS = Status.NOT_RUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +158,9 @@ class RunInfo:
     undo_path: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RowRecord:
+class RowRecord(NamedTuple):
+    """One row of a run as the journal holds it (a tuple: a report reads one per row)."""
+
     idx: int
     cells: list[str]
     state: str
@@ -163,18 +175,20 @@ class RowRecord:
     reason: Reason = Reason.NOT_SENT
 
 
+#: reason code -> Reason (a dict look-up: a report reads one per row)
+_REASONS = {str(reason): reason for reason in Reason}
+
+
 def _reason(code: str | None, status: str | None) -> Reason:
     """A stored reason code; none (an older journal, a report's columns) or one this
     bulkmdm does not know reads as the status's usual reason."""
-    try:
-        return Reason(code) if code else Reason.of_status(status)
-    except ValueError:
-        return Reason.of_status(status)
+    found = _REASONS.get(code) if code else None
+    return Reason.of_status(status) if found is None else found
 
 
-@dataclass(frozen=True, slots=True)
-class NewRow:
-    """A row as the journal stores it when a run is created."""
+class NewRow(NamedTuple):
+    """A row as the journal stores it when a run is created (a tuple: a run
+    creates one per row of its job)."""
 
     cells: Sequence[str]
     action: str
@@ -348,8 +362,8 @@ class Journal:
             self.db.executemany(
                 "INSERT INTO rows (run_id, idx, cells, action, digest, label) VALUES (?,?,?,?,?,?)",
                 (
-                    (run_id, i, _cells_json(list(row.cells)), row.action, row.digest, row.label)
-                    for i, row in enumerate(rows)
+                    (run_id, i, cells_json(cells), action, digest, label)
+                    for i, (cells, action, digest, label) in enumerate(rows)
                 ),
             )
         return run_id
@@ -521,57 +535,75 @@ class Journal:
         # One transaction costs far more than the rows in it (taking the write
         # lock, appending the pages to the WAL), so the pool hands over what
         # its workers did within a millisecond (schedule.COMMIT_DELAY) at once.
+        # The statements' rows are made before the write lock is taken, and a
+        # statement with no rows is not run.
         sent_at = time.time()
-        with self._tx():
-            self.db.executemany(
-                "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?",
-                ((sent_at, run_id, i) for i in in_flight),
-            )
-            self.db.executemany(
-                "UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?",
-                ((_undo_json(dict(u)), run_id, i) for i, u in undo),
-            )
-            if outcomes is None:
-                return
-            self.db.executemany(
-                "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
+        marks = [(sent_at, run_id, i) for i in in_flight]
+        undo_rows = [(_undo_json(dict(u)), run_id, i) for i, u in undo]
+        done = (
+            None
+            if outcomes is None
+            else [
                 (
-                    (
-                        PENDING if o.status is Status.NOT_RUN else DONE,
-                        str(o.status),
-                        o.detail,
-                        _text(o.http_status),
-                        _text(o.attempts or None),
-                        o.resolved,
-                        _undo_json(dict(o.undo)) if o.undo else None,
-                        str(o.reason),
-                        run_id,
-                        o.index,
-                    )
-                    for o in outcomes
-                ),
-            )
+                    PENDING if o.status is _NOT_RUN_STATUS else DONE,
+                    str(o.status),
+                    o.detail,
+                    None if o.http_status is None else str(o.http_status),
+                    str(o.attempts) if o.attempts else None,
+                    o.resolved,
+                    _undo_json(dict(o.undo)) if o.undo else None,
+                    str(o.reason),
+                    run_id,
+                    o.index,
+                )
+                for o in outcomes
+            ]
+        )
+        with self._tx():
+            if marks:
+                self.db.executemany(
+                    "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?", marks
+                )
+            if undo_rows:
+                self.db.executemany("UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?", undo_rows)
+            if done is None:
+                return
+            if done:
+                self.db.executemany(
+                    "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
+                    " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
+                    done,
+                )
             now = time.time()
             # to the second: a run's every transaction need not rewrite its runs row too
             if now - self._touched.get(run_id, 0.0) >= 1.0:
                 self._touched[run_id] = now
                 self.db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
-    def changes_made(self, run_id: int) -> Iterator[tuple[str, dict[str, str] | None]]:
-        """The run's succeeded rows, last first: (action, the row that undoes it or None); and
-        the rows still in flight (unknown: their change may have been made) that have an undo row."""
+    #: the rows whose change the run made, or may have made (in flight: unknown) and can put back
+    _CHANGED = (
+        "run_id = ? AND carried = 0"
+        " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
+    )
+
+    def undo_rows(self, run_id: int) -> Iterator[tuple[str, dict[str, str]]]:
+        """The changes the run made that can be put back, last first: (action, the row that
+        undoes it); the rows still in flight (unknown: their change may have been made) too."""
         cur = self.db.execute(
-            "SELECT action, undo FROM rows WHERE run_id = ? AND carried = 0"
-            " AND ((state = 'done' AND status = 'succeeded') OR (state = 'in_flight' AND undo IS NOT NULL))"
-            " ORDER BY idx DESC",
-            (run_id,),
+            f"SELECT action, undo FROM rows WHERE {self._CHANGED} AND undo IS NOT NULL ORDER BY idx DESC", (run_id,)
         )
         try:
             for action, undo in cur:
-                yield action, (json.loads(undo) if undo else None)
+                yield action, json.loads(undo)
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
+
+    def not_undoable(self, run_id: int) -> dict[str, int]:
+        """Action -> the changes the run made that cannot be put back (no undo row)."""
+        cur = self.db.execute(
+            f"SELECT action, count(*) FROM rows WHERE {self._CHANGED} AND undo IS NULL GROUP BY action", (run_id,)
+        )
+        return {action: count for action, count in cur}
 
     def sent_times(self, run_id: int) -> dict[int, float]:
         """Row -> when its change last went out (epoch seconds), for the rows the journal knows it of.
@@ -794,10 +826,6 @@ def _today() -> str:
     return time.strftime("%Y-%m-%d")
 
 
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
 _ROW_COLUMNS = "idx, cells, state, status, detail, http_status, attempts, resolved, action, label, reason"
 
 
@@ -805,6 +833,4 @@ def _record(values: Sequence[Any]) -> RowRecord:
     idx, cells, state, status, detail, http_status, attempts, resolved, action, label, code = values
     # a row in flight may have gone out again after an earlier outcome: that outcome no longer holds
     reason = Reason.NO_ANSWER if state == IN_FLIGHT else _reason(code, status)
-    return RowRecord(
-        idx, json.loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason
-    )
+    return RowRecord(idx, _loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason)

@@ -189,12 +189,21 @@ def _text(value: object) -> str:
     return value if type(value) is str else str(value)
 
 
+def _csv_cell(value: object) -> str:
+    """A cell as the CSV holds it: as text (:func:`_text`), formula-guarded (:func:`neutralise`)."""
+    text = value if type(value) is str else _text(value)
+    return "'" + text if text[:1] in _GUARDED else text
+
+
 def _write_csv(temporary: Path, headers: Sequence[str], rows: Iterable[Sequence[object]], delimiter: str) -> None:
-    # utf-8-sig: the BOM is what makes Excel read å/ä/ö as UTF-8.
-    with open(temporary, "w", encoding="utf-8-sig", newline="") as handle:
+    # The BOM is what makes Excel read å/ä/ö as UTF-8. It is written by hand,
+    # not by the utf-8-sig codec, whose encoder is Python code called for
+    # every row the csv writer writes; the bytes are the same.
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        handle.write("\ufeff")
         writer = csv.writer(handle, delimiter=delimiter, lineterminator="\r\n")
-        writer.writerow([neutralise(_text(header)) for header in headers])
-        writer.writerows([neutralise(_text(cell)) for cell in row] for row in rows)
+        writer.writerow(list(map(_csv_cell, headers)))
+        writer.writerows(list(map(_csv_cell, row)) for row in rows)
 
 
 #: status -> (fill, font colour) of its cell: Excel's own Good / Neutral / Bad styles, and grey
@@ -309,6 +318,9 @@ IN_FLIGHT_DETAIL = (
 _MAX_REASONS = 200
 _EXAMPLES = 5
 _BAD = {str(status) for status in BAD_STATUSES}
+_DESTRUCTIVE = frozenset(name for name, spec in ACTIONS.items() if spec.destructive)
+#: the statuses of a destructive row the summary names: it would run, or it ran
+_DESTROYING = frozenset({str(Status.PLANNED), str(Status.SUCCEEDED)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,11 +403,14 @@ class _Tally:
     def add(self, record: RowRecord, status: str, detail: str) -> None:
         summary = self.summary
         summary.counts[status] += 1
-        summary.by_action.setdefault(record.action or "?", Counter())[status] += 1
+        action = record.action or "?"
+        by_status = summary.by_action.get(action)
+        if by_status is None:
+            by_status = summary.by_action[action] = Counter()
+        by_status[status] += 1
         if status in _BAD:
             self.failures.add(status, detail, record.idx + 2, record.reason)
-        spec = ACTIONS.get(record.action)
-        if spec is not None and spec.destructive and status in (str(Status.PLANNED), str(Status.SUCCEEDED)):
+        if record.action in _DESTRUCTIVE and status in _DESTROYING:
             summary.destructive_counts[record.action] += 1
             names = summary.destructive.setdefault(record.action, [])
             if len(names) < _EXAMPLES:
@@ -432,10 +447,12 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
 
     xlsx = path.suffix.lower() == ".xlsx"
 
+    not_run = str(Status.NOT_RUN)
+
     def records() -> Iterator[list[str]]:
         for record in journal.rows(run_id):
             values = outcome_values(record, run.stop_reason)
-            if record.state != "done" or values[0] == str(Status.NOT_RUN):
+            if record.state != "done" or values[0] == not_run:
                 tally.summary.incomplete = True
             tally.add(record, values[0], values[1])
             if xlsx:
@@ -563,7 +580,9 @@ def write_undo_file(journal: Journal, run_id: int, report: Path) -> UndoFile:
     run = journal.run(run_id)
     undo_rows: list[dict[str, str]] = []
     result = UndoFile(None)
-    for action, undo in journal.changes_made(run_id):
+    for action, count in journal.not_undoable(run_id).items():
+        result.not_undoable[action or "?"] += count
+    for action, undo in journal.undo_rows(run_id):
         if undo:
             undo_rows.append(undo)
         else:

@@ -153,9 +153,19 @@ class Secrets:
     def outcomes(self, outcomes: Iterable[Outcome]) -> list[Outcome]:
         """Each outcome with its detail and resolved object cleaned (itself when already clean)."""
         self._learn_auth()
+        forms = self._forms
         cleaned = []
         for outcome in outcomes:
-            detail, resolved = self._replace(plain(outcome.detail)), self._replace(plain(outcome.resolved))
+            detail, resolved = outcome.detail, outcome.resolved
+            if detail.isprintable() and resolved.isprintable():
+                # the usual outcome: nothing for plain() to take out, and no
+                # secret in either text (one look for each across both: a match
+                # that spans the NUL between them only costs the full cleaning)
+                both = f"{detail}\0{resolved}"
+                if not any(form in both for form in forms):
+                    cleaned.append(outcome)
+                    continue
+            detail, resolved = self._replace(plain(detail)), self._replace(plain(resolved))
             if detail != outcome.detail or resolved != outcome.resolved:
                 outcome = replace(outcome, detail=detail, resolved=resolved)
             cleaned.append(outcome)

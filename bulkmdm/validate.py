@@ -10,12 +10,12 @@ digest of its content that a later run of an edited job recognises it by.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from . import providers
 from .actions import ACTIONS, destroys, missing_columns, normalise_action, not_an_action
 from .columns import OUTCOME_COLUMNS, seen
 from .errors import ConfirmationRefused, JobFileError, UsageError
+from .journal import cells_json
 from .model import DONE_STATUSES, JobRow
 from .providers.base import Provider
 from .retry import check_positive
@@ -58,7 +59,11 @@ class RowEntry:
     @property
     def label(self) -> str:
         """What the row acts on (a serial, device id or email), for summaries."""
-        return next((self.row.get(name) for name in _LABEL_COLUMNS if self.row.get(name)), "")
+        fields = self.row.fields
+        for name in _LABEL_COLUMNS:
+            if value := fields.get(name):
+                return value
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +216,7 @@ def validate_job(table: JobTable, provider_cls: type[Provider], action: str | No
     content = hashlib.sha256((action or "").encode())
     entries: list[RowEntry] = []
     for entry in _entries(table, provider_cls, action):
-        content.update(json.dumps(entry.cells, ensure_ascii=False).encode())
+        content.update(cells_json(entry.cells).encode())
         entries.append(entry)
     headers = tuple(h for i, h in enumerate(table.headers) if i not in _outcome_positions(table))
     _refuse_when_nothing_can_run(table.path, entries, seen(table.headers))
@@ -256,9 +261,15 @@ def job_row(index: int, cells: Sequence[str], canonical: Mapping[str, int], acti
 
 
 def row_digest(row: JobRow) -> str:
-    """The row's content: its action and the cells that define the change, normalised."""
-    fields = sorted((name, " ".join(value.split())) for name, value in row.fields.items() if name != "action")
-    return hashlib.sha256(json.dumps([row.action, fields], ensure_ascii=False).encode()).hexdigest()[:32]
+    """The row's content: its action and the cells that define the change, normalised.
+
+    The digest is of ``json.dumps([action, sorted([name, value], ...)], ensure_ascii=False)``,
+    whose text is built here from the strings quoted as that call quotes them
+    (an encoder built per row costs more than the rest of the digest)."""
+    fields = sorted([(name, " ".join(value.split())) for name, value in row.fields.items() if name != "action"])
+    pairs = ", ".join([f"[{encode_basestring(name)}, {encode_basestring(value)}]" for name, value in fields])
+    text = f"[{encode_basestring(row.action)}, [{pairs}]]"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def row_problem(row: JobRow, provider_cls: type[Provider]) -> str | None:

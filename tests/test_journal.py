@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
 
 from conftest import journal_run, read_report, write_csv
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bulkmdm.journal import SCHEMA_VERSION, Journal, NewRow
-from bulkmdm.model import Outcome, Reason, Status
+from bulkmdm.journal import SCHEMA_VERSION, Journal, NewRow, cells_json
+from bulkmdm.model import JobRow, Outcome, Reason, Status
+from bulkmdm.validate import row_digest
 from bulkmdm.sim.duostation import FACTS
 
 
@@ -87,7 +92,7 @@ def test_a_journal_of_schema_3_is_migrated_keeping_its_runs(tmp_path: Path) -> N
         journal.record(
             run_id, [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag"}, reason=Reason.DONE)]
         )
-        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag"})]
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag"})]
         assert journal.run(run_id).undo_path is None
         journal.set_undo_path(run_id, "/u.csv")
         assert journal.run(run_id).undo_path == "/u.csv"
@@ -149,7 +154,32 @@ def test_a_changes_undo_row_is_kept_from_when_it_went_out(tmp_path: Path) -> Non
         journal.mark_in_flight(run_id, [0], [(0, {"action": "untag", "serial": "A"})])
         journal.record(run_id, [Outcome(0, Status.SUCCEEDED, "Done by the earlier run.", 200, 1, reason=Reason.DONE)])
         journal.record_raw(run_id, [(1, ["succeeded", "Tagged earlier.", "200", "1", ""])])
-        assert list(journal.changes_made(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag", "serial": "A"})]
+
+
+def test_changes_that_cannot_be_undone_are_counted_per_action(tmp_path: Path) -> None:
+    """A change made without an undo row counts as one that cannot be put back;
+    a row still in flight without one, a failed row and a carried row do not."""
+    with Journal(tmp_path / "st") as journal:
+        rows = [
+            NewRow([s], action, s, s)
+            for s, action in zip("ABCDEF", ["message", "lock", "message", "tag", "lock", "message"], strict=True)
+        ]
+        run_id = journal_run(journal, rows)
+        journal.mark_in_flight(run_id, [4])
+        journal.record(
+            run_id,
+            [
+                Outcome(0, Status.SUCCEEDED, "Sent.", 200, 1, reason=Reason.DONE),
+                Outcome(1, Status.SUCCEEDED, "Locked.", 200, 1, reason=Reason.DONE),
+                Outcome(2, Status.SUCCEEDED, "Sent.", 200, 1, reason=Reason.DONE),
+                Outcome(3, Status.SUCCEEDED, "Tagged.", 200, 1, undo={"action": "untag"}, reason=Reason.DONE),
+                Outcome(5, Status.FAILED, "Refused.", 400, 1, reason=Reason.REFUSED),
+            ],
+        )
+        journal.record_raw(run_id, [(2, ["succeeded", "Sent earlier.", "200", "1", ""])])
+        assert journal.not_undoable(run_id) == {"message": 1, "lock": 1}
+        assert list(journal.undo_rows(run_id)) == [("tag", {"action": "untag"})]
 
 
 def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path) -> None:
@@ -168,7 +198,7 @@ def test_rows_carried_over_to_a_changed_job_keep_their_undo_rows(tmp_path: Path)
             new,
             [Outcome(0, Status.SUCCEEDED, "ok", 200, 1, undo={"action": "untag", "serial": "B"}, reason=Reason.DONE)],
         )
-        assert list(journal.changes_made(new)) == [
+        assert list(journal.undo_rows(new)) == [
             ("tag", {"action": "untag", "serial": "A"}),
             ("tag", {"action": "untag", "serial": "B"}),
         ]
@@ -187,3 +217,22 @@ def test_a_migration_another_bulkmdm_made_meanwhile_is_not_made_again(tmp_path: 
     assert [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY version")] == list(
         range(1, SCHEMA_VERSION + 1)
     )
+
+
+_TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from('"\\\x00\x1f\x7f\u2028é€😀'))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, max_size=6))
+def test_cells_are_stored_as_json_dumps_wrote_them(cells: list[str]) -> None:
+    # a journal written before keeps its rows' text: the same cells must give the same text
+    assert cells_json(tuple(cells)) == json.dumps(cells, ensure_ascii=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.dictionaries(st.sampled_from(["serial", "message", "tag", "action", "email"]), _TEXT))
+def test_row_digest_is_the_digest_earlier_runs_stored(action: str, fields: dict[str, str]) -> None:
+    # a job continued after an upgrade is matched row by row on these digests
+    normalised = sorted((name, " ".join(value.split())) for name, value in fields.items() if name != "action")
+    text = json.dumps([action, normalised], ensure_ascii=False)
+    assert row_digest(JobRow(0, action, fields)) == hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -48,3 +48,23 @@ def test_password_appears_nowhere(run_cli: Any, tmp_path: Path) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert SECRET.encode() not in data and encoded.encode() not in data, path
+
+
+def test_outcomes_are_cleaned_field_by_field_and_kept_when_clean() -> None:
+    from urllib.parse import quote
+
+    from bulkmdm.model import Outcome, Reason, Status
+    from bulkmdm.shown import REDACTED, Secrets
+
+    secrets = Secrets([SECRET])
+    clean = Outcome(0, Status.SUCCEEDED, "The message was sent.", 200, 1, "device_id=7", reason=Reason.DONE)
+    echoed = Outcome(1, Status.FAILED, f"Refused: bad password {SECRET}.", 400, 1, "device_id=8", reason=Reason.REFUSED)
+    in_resolved = Outcome(2, Status.FAILED, "Refused.", 400, 1, f"user={quote(SECRET)}", reason=Reason.REFUSED)
+    hidden = Outcome(3, Status.FAILED, f"Refused\x1b[2J {SECRET}", 400, 1, "device_id=\u202e9", reason=Reason.REFUSED)
+    # a secret's form that spans the two texts is not in either: nothing is taken out
+    spanning = Outcome(4, Status.FAILED, SECRET[:5], 400, 1, SECRET[5:], reason=Reason.REFUSED)
+    out = secrets.outcomes([clean, echoed, in_resolved, hidden, spanning])
+    assert out[0] is clean and out[4] is spanning
+    assert out[1].detail == f"Refused: bad password {REDACTED}." and out[1].resolved == "device_id=8"
+    assert out[2].detail == "Refused." and out[2].resolved == f"user={REDACTED}"
+    assert out[3].detail == f"Refused {REDACTED}" and out[3].resolved == "device_id=9"

@@ -701,8 +701,9 @@ class DuoStation(Provider):
         return list(extra), False
 
     def _device(self, row: JobRow, lists: _Lookups) -> tuple[Any, bool]:
-        if row.get("device_id"):
-            value, label = row.get("device_id"), "device id"
+        value = row.get("device_id")
+        if value:
+            label = "device id"
             found = self._find(lists, lists.device_by_id, "device_id", value)
         else:
             value, label = row.get("serial"), "serial"
@@ -793,20 +794,12 @@ class DuoStation(Provider):
 
     # -- planning one row -----------------------------------------------------
     def plan_row(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
-        planner = {
-            "tag": self._plan_device_tag,
-            "untag": self._plan_device_tag,
-            "tag-user": self._plan_user_tag,
-            "untag-user": self._plan_user_tag,
-            "assign-user": self._plan_assign,
-            "move-user": self._plan_move,
-            "delete-user": self._plan_delete_user,
-        }.get(row.action)
-        if planner is None:
-            if row.action not in COMMANDS:
-                raise LookupFailed(f"duostation cannot {row.action}", Reason.INVALID_ROW)
-            planner = self._plan_command
-        return planner(row, lists)
+        planner = _PLANNERS.get(row.action)
+        if planner is not None:
+            return planner(self, row, lists)
+        if row.action not in COMMANDS:
+            raise LookupFailed(f"duostation cannot {row.action}", Reason.INVALID_ROW)
+        return self._plan_command(row, lists)
 
     def _plan_device_tag(self, row: JobRow, lists: _Lookups) -> Step | Outcome:
         _, dev_id, serial = self._device_ref(row, lists)
@@ -1324,6 +1317,18 @@ class DuoStation(Provider):
                 except LookupFailed:
                     continue
         return sorted(values, key=str.casefold)
+
+
+#: the planner of each action that is not a device command (those are ``_plan_command``'s)
+_PLANNERS: dict[str, Callable[[DuoStation, JobRow, _Lookups], Step | Outcome]] = {
+    "tag": DuoStation._plan_device_tag,
+    "untag": DuoStation._plan_device_tag,
+    "tag-user": DuoStation._plan_user_tag,
+    "untag-user": DuoStation._plan_user_tag,
+    "assign-user": DuoStation._plan_assign,
+    "move-user": DuoStation._plan_move,
+    "delete-user": DuoStation._plan_delete_user,
+}
 
 
 def _not_the_answer(body: Any, *, new_id: bool) -> str | None:
