@@ -184,9 +184,7 @@ SIGMAS = 3.0
 #: waits in whole milliseconds (asyncio rounds a timer's timeout up to one),
 #: and a loop turn under load takes a few. At rates past 1/TIMER_GRAIN the
 #: bucket holds the tokens due in that time (at 50/s still one token; at
-#: 2,000/s ten), or timers firing a millisecond apart would cap the rate; a
-#: turn its timer gives late keeps the time it waited (up to this), where a
-#: bucket of one token lost it on every turn: a millisecond at 50/s is 5%.
+#: 2,000/s ten), or timers firing a millisecond apart would cap the rate.
 TIMER_GRAIN = 0.005
 #: While requests wait for their turn, whether the run is stopping is looked
 #: at this often (seconds): Ctrl-C ends the wait within it.
@@ -563,15 +561,11 @@ class RateController:
         finally:
             turn.cancel()  # (no-op once it has a result)
 
-    def _refill(self, now: float, late: float = 0.0) -> None:
-        """Tokens due by ``now``: one, or what comes in a timer's granularity if
-        more (a turn cannot come sooner than the event loop wakes, and tokens due
-        meanwhile are not lost). A turn ``late`` past its timer keeps what came
-        meanwhile too, up to a timer grain: the next turn's time runs from when
-        this one was due, not from when the loop got to it."""
+    def _refill(self, now: float) -> None:
         if self.rate is not None and now > self._filled:
-            most = max(1.0, self.rate * TIMER_GRAIN, 1.0 + min(late, TIMER_GRAIN) * self.rate)
-            self._tokens = min(most, self._tokens + (now - self._filled) * self.rate)
+            # one token, or what comes in a timer's granularity if more: a turn cannot come
+            # sooner than the event loop wakes, and tokens due meanwhile are not lost
+            self._tokens = min(max(1.0, self.rate * TIMER_GRAIN), self._tokens + (now - self._filled) * self.rate)
         self._filled = max(self._filled, now)
 
     def _next_turn(self, now: float) -> float:
@@ -594,9 +588,8 @@ class RateController:
         self._timer = asyncio.get_running_loop().call_at(at, self._dispatch)
 
     def _dispatch(self) -> None:
-        now = self._clock()
-        late = max(0.0, now - self._timer_at)
         self._timer, self._timer_at = None, math.inf
+        now = self._clock()
         waiters = self._waiters
         while waiters:
             turn = waiters[0][0]
@@ -606,7 +599,7 @@ class RateController:
             if now < self._paused_until:
                 break
             if self.rate is not None:
-                self._refill(now, late)
+                self._refill(now)
                 if self._tokens < 1.0 - 1e-9:
                     break
                 self._tokens -= 1.0
