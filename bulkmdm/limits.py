@@ -35,9 +35,10 @@ request rate. From them:
   the server took, not 429 (botocore takes every answer: a run sent far
   past a limit, ``--rate none``, would measure its own pace, while what was
   taken is the limit), at most the bucket's rate and at most what the server
-  took over its own ``window`` (the span it counts its limit over; the
+  took over its own last ``window`` (the span it counts its limit over; the
   half-second buckets also catch the burst a token bucket lets through as it
-  empties, which is not its rate); the rate becomes ``BETA * W_max`` and
+  empties, which is not its rate) unless a hold ended within it (a few
+  answers after a hold are no rate); the rate becomes ``BETA * W_max`` and
   then regrows as ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max *
   (1 - BETA) / SCALE)`` (``CubicCalculator``: ``_BETA`` 0.7,
   ``_SCALE_CONSTANT`` 0.4): quickly back to ``W_max``, a plateau near it,
@@ -404,12 +405,14 @@ class _Answers:
             return 0.0
         return len(self._recent) / max(min(self.window, now - self._first), RATE_BUCKET)
 
-    def served(self, now: float, since: float) -> float:
-        """Answers not 429 a second over the last window, counted from ``since``
-        if later (the end of a hold: the server was not asked meanwhile)."""
-        if self._first is None:
-            return 0.0
-        start = max(now - self.window, self._first, since if since <= now else -math.inf)
+    def served(self, now: float, since: float) -> float | None:
+        """Answers not 429 a second over the last window; None when the server
+        was not asked for part of it (a hold ended at ``since``, less than a
+        window ago): a count over a fraction of its window, a few answers just
+        after a hold, says nothing of the rate it takes."""
+        if self._first is None or since > now - self.window:
+            return None
+        start = max(now - self.window, self._first)
         taken = sum(1 for at, throttled in self._recent if at >= start and not throttled)
         return taken / max(now - start, RATE_BUCKET)
 
@@ -672,8 +675,9 @@ class RateController:
         bucket's, and at most what it took over its window); ``hold``: the
         Retry-After that came with it, which sets the plateau."""
         served = self._served.rate or self._answers.measured(now)
-        if self._answers.recent:
-            served = min(served, self._answers.served(now, self._paused_until))
+        taken = self._answers.served(now, self._paused_until) if self._answers.recent else None
+        if taken is not None:
+            served = min(served, taken)
         w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor

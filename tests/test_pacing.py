@@ -316,6 +316,25 @@ def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() ->
     assert limiter.rate is not None and limiter.rate > 1.05 * w_max
 
 
+def test_a_cut_just_after_a_hold_does_not_take_its_few_answers_for_the_limit() -> None:
+    """The first answers after a Retry-After's hold are a fraction of the
+    server's window: one taken and one refused there is not a limit of 2/s."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    _answer(limiter, clock, 40.0, 3.0)
+    for _ in range(4):
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), 1.0)
+    first = limiter.stats.limit
+    assert limiter.stats.cuts == 1 and first is not None
+    clock.now += 1.0  # the hold
+    limiter.release(Slot(clock.now), 200)
+    limiter.release(Slot(clock.now), 429)
+    limiter.throttled(Slot(clock.now), 1.0)
+    assert limiter.stats.cuts == 2 and limiter.stats.limit is not None
+    assert limiter.stats.limit >= 0.5 * first
+
+
 def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst() -> None:
     """A token bucket lets its burst through as it empties: the half-second
     meter sees more than the bucket's rate, the server's own window does not."""
