@@ -19,17 +19,13 @@ from dataclasses import dataclass
 
 from .actions import ACTIONS
 from .model import JobRow, Outcome, Reason, Status, Step
+from .words import IN_FLIGHT_DETAIL
 from .providers.base import Provider
 
 #: rows in the first chunk at most (the rest of the job is planned while it is sent)
 FIRST_CHUNK = 1_000
 #: the next chunk is planned once fewer than this share of a chunk's rows are queued
 AHEAD = 0.5
-
-IN_FLIGHT_DETAIL = (
-    "A request was in flight when the run stopped, so its effect is not known. Check the device, "
-    "then run this report again to resend it."
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,7 +40,7 @@ from .errors import ReportError, UsageError
 from .jobfile import NOT_WRITTEN, not_in_excel
 from .model import BAD_STATUSES, Reason, Status, reason_key
 from .ownfiles import file_digest, mdm_key, remember
-from .words import NOT_SENT
+from .words import IN_FLIGHT_DETAIL, NOT_SENT
 from .shown import plain
 
 if TYPE_CHECKING:
@@ -310,10 +310,6 @@ def _status_column(headers: Sequence[str]) -> int | None:
 
 #: The detail of a row the run never sent, when the journal holds no reason.
 NOT_RUN_DETAIL = NOT_SENT
-IN_FLIGHT_DETAIL = (
-    "A request was in flight when the run stopped, so its effect is not known. Check the device, "
-    "then run this report again to resend it."
-)
 #: Failure reasons grouped at most; a job with more distinct ones lumps the rest.
 _MAX_REASONS = 200
 _EXAMPLES = 5

@@ -14,6 +14,13 @@ STATUS_ORDER = ("succeeded", "skipped", "planned", "failed", "invalid", "unknown
 #: the detail of a row a run never sent because it stopped first (Ctrl-C, a stop, a quota spent)
 NOT_SENT = "Not sent: the run stopped first. Run the same command again to continue."
 
+#: what an admin does with a row whose change may or may not have been made (``unknown``):
+#: the row may name a device or a user
+CHECK_THEN_RESEND = "Check it in the MDM, then run the report again to resend it."
+
+#: the detail of a row whose request was in flight when the run stopped
+IN_FLIGHT_DETAIL = "A request was in flight when the run stopped, so its effect is not known. " + CHECK_THEN_RESEND
+
 #: plural forms English does not make by adding "s"
 _IRREGULAR = {"entry": "entries", "this": "these", "is": "are", "was": "were", "has": "have"}
 

@@ -15,7 +15,10 @@ from bulkmdm.report import NOT_RUN_DETAIL
 from bulkmdm.schedule import INTERRUPTED
 from bulkmdm.sim import client_env, load
 from bulkmdm.sim.common import SimServer
-from bulkmdm.words import counts_list, counts_text, plural
+from bulkmdm.errors import AmbiguousError
+from bulkmdm.model import JobRow, Step
+from bulkmdm.providers.base import outcome_from_error
+from bulkmdm.words import CHECK_THEN_RESEND, IN_FLIGHT_DETAIL, counts_list, counts_text, plural
 
 JOBS = Path(__file__).parent.parent / "jobs"
 
@@ -37,6 +40,15 @@ def test_destructive_actions_are_said_per_action() -> None:
 
 def test_a_row_never_sent_reads_the_same_whatever_stopped_the_run() -> None:
     assert INTERRUPTED == NOT_RUN_DETAIL == "Not sent: the run stopped first. Run the same command again to continue."
+
+
+def test_an_unknown_row_says_to_check_it_in_the_mdm_whatever_it_names() -> None:
+    """A user row left unknown (in flight at the stop, or answered ambiguously)
+    is not told to check "the device": the same words serve devices and users."""
+    step = Step(JobRow(0, "move-user", {"email": "ada@example.org"}), "move-user", "ada@example.org")
+    ambiguous = outcome_from_error(step, AmbiguousError("no answer came back; it cannot be read back"))
+    for detail in (IN_FLIGHT_DETAIL, ambiguous.detail):
+        assert detail.endswith(CHECK_THEN_RESEND) and "device" not in detail
 
 
 def test_dry_run_and_max_destructive_say_what_each_action_destroys(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ from ..quota import tenant
 from ..retry import RetryPolicy
 from ..client import NO_CONTEXT, Auth, BasicAuth, Client, RequestContext, Response, Verify
 from ..shown import plain
-from ..words import NOT_SENT
+from ..words import CHECK_THEN_RESEND, NOT_SENT
 
 T = TypeVar("T")
 
@@ -777,7 +777,7 @@ def outcome_from_error(step: Step, exc: TransportError) -> Outcome:
         return Outcome(
             step.index,
             Status.UNKNOWN,
-            detail + " Check the device, then run the report again to resend it.",
+            f"{detail} {CHECK_THEN_RESEND}",
             exc.status,
             exc.attempts,
             step.resolved,
