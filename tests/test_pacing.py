@@ -293,6 +293,13 @@ def _answer(limiter: RateController, clock: FakeClock, rate: float, seconds: flo
         limiter.release(Slot(clock.now), status)
 
 
+def _refused(limiter: RateController, clock: FakeClock, times: int = 1, retry_after: float = 1.0) -> None:
+    """``times`` answers 429 with ``retry_after``, each to a request sent now."""
+    for _ in range(times):
+        limiter.release(Slot(clock.now), 429)
+        limiter.throttled(Slot(clock.now), retry_after)
+
+
 def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() -> None:
     """botocore's CubicCalculator: W_max is the measured rate, the rate goes
     to BETA x W_max, and is back at W_max after K = cbrt(W_max (1 - BETA) / SCALE);
@@ -300,9 +307,7 @@ def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() ->
     clock = FakeClock()
     limiter = RateController(rate=100.0, clock=clock)
     _answer(limiter, clock, 40.0, 3.0)  # the server takes 40/s (the run sends no more)
-    for _ in range(4):  # (a 429 or two after none is what Laplace's background explains)
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock, 4)  # (a 429 or two after none is what Laplace's background explains)
     w_max = limiter.stats.limit
     assert w_max is not None and w_max == pytest.approx(40.0, rel=0.05)
     assert limiter.rate == pytest.approx(BETA * w_max)
@@ -322,15 +327,12 @@ def test_a_cut_just_after_a_hold_does_not_take_its_few_answers_for_the_limit() -
     clock = FakeClock()
     limiter = RateController(rate=100.0, clock=clock)
     _answer(limiter, clock, 40.0, 3.0)
-    for _ in range(4):
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock, 4)
     first = limiter.stats.limit
     assert limiter.stats.cuts == 1 and first is not None
     clock.now += 1.0  # the hold
     limiter.release(Slot(clock.now), 200)
-    limiter.release(Slot(clock.now), 429)
-    limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock)
     assert limiter.stats.cuts == 2 and limiter.stats.limit is not None
     assert limiter.stats.limit >= 0.5 * first
 
@@ -343,9 +345,7 @@ def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst()
     _answer(limiter, clock, 40.0, 3.0)
     _answer(limiter, clock, 80.0, 0.25)  # the burst of a bucket of 40/s, 10 deep
     _answer(limiter, clock, 40.0, 0.75)
-    for _ in range(4):
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock, 4)
     assert limiter.stats.limit == pytest.approx(50.0, rel=0.05)  # 40/s and the burst of 10 in the last second
 
 
@@ -356,9 +356,7 @@ def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
     clock = FakeClock()
     limiter = RateController(rate=100.0, clock=clock)
     _answer(limiter, clock, 40.0, 3.0)
-    for _ in range(4):
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock, 4)
     w_max = limiter.stats.limit
     assert w_max is not None
     k = (w_max * (1 - BETA) / SCALE) ** (1 / 3)
@@ -367,8 +365,7 @@ def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
     background = limiter.stats.background
     for _ in range(6):  # one 429 a second among 40 answers, for six seconds
         _answer(limiter, clock, 40.0, 1.0)
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+        _refused(limiter, clock)
     assert limiter.stats.background == background
 
 
@@ -376,9 +373,7 @@ def _overshoot_at_the_start(limiter: RateController, clock: FakeClock) -> float:
     """A run's first 0.4 s at 40/s (no half-second bucket measured yet), then
     a limit's 429s and their hold of a second: W_max."""
     _answer(limiter, clock, 40.0, 0.4)
-    for _ in range(8):
-        limiter.release(Slot(clock.now), 429)
-        limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock, 8)
     assert limiter.stats.cuts == 1
     clock.now += 1.0
     assert limiter.stats.limit is not None
@@ -406,8 +401,7 @@ def test_one_cut_per_window_of_the_vendor() -> None:
     def refused(count: int) -> None:
         for _ in range(count):
             clock.now += 1.0
-            limiter.release(Slot(clock.now), 429)
-            limiter.throttled(Slot(clock.now), 5.0)
+            _refused(limiter, clock, retry_after=5.0)
 
     refused(8)
     assert limiter.stats.cuts == 1 and limiter.stats.evidence >= 3
@@ -446,8 +440,7 @@ def test_before_any_window_only_a_large_share_is_evidence() -> None:
     clock = FakeClock()
     limiter = RateController(rate=20.0, clock=clock)
     _answer(limiter, clock, 20.0, 0.5)
-    limiter.release(Slot(clock.now), 429)
-    limiter.throttled(Slot(clock.now), 1.0)
+    _refused(limiter, clock)
     assert limiter.stats.cuts == 0 and limiter.rate is not None and limiter.rate >= 20.0
 
 
