@@ -205,10 +205,11 @@ class ZohoOAuth(Auth):
         return _token_refused(status, body)
 
     def current(self) -> bool:
-        return self._fresh()
-
-    def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
+
+    def _carried(self, sent: Mapping[str, str]) -> bool:
+        """Whether the headers ``sent`` carried the current token."""
+        return self._token is not None and sent.get("Authorization") == self.headers()["Authorization"]
 
     def _locked(self) -> asyncio.Lock:
         if self._lock is None:
@@ -219,23 +220,23 @@ class ZohoOAuth(Auth):
         """Have an access token that will not expire in the next moments
         (while a refused one is renewed, requests wait for the new one rather
         than go out with it, each refused and each a call of the day's quota)."""
-        if self._fresh():
+        if self.current():
             return
         async with self._locked():
             if self._failed is not None:
                 raise self._failed
-            if not self._fresh():
+            if not self.current():
                 await self._fetch(client)
 
     async def renew(self, client: Client, sent: Mapping[str, str]) -> bool:
         # Workers refused together renew once: the others find a token newer
         # than the one their refused request carried and just retry with it.
-        if self._token is not None and sent.get("Authorization") == f"Zoho-oauthtoken {self._token}":
+        if self._carried(sent):
             self._expires_at = 0.0  # refused: no longer fresh, whatever expires_in said
         async with self._locked():
             if self._failed is not None:
                 raise self._failed
-            if self._token is not None and sent.get("Authorization") != f"Zoho-oauthtoken {self._token}":
+            if self._token is not None and not self._carried(sent):
                 return True
             if self.hint and not self._accepted:
                 # A token from another region's accounts server, refused before
