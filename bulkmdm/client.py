@@ -255,8 +255,7 @@ class Client:
                 state = state.renewing()
                 continue
             if result.ok and not self.retry.retries(method, result.status):
-                # final at once (most answers): no wait; a 2xx is neither a gateway's "maybe
-                # done" nor the refusal of a resent change that the read-backs below look into
+                # final at once (most answers): no wait, and a 2xx is no gateway's "maybe done"
                 return result
             state = state.increment(result.status)
             if change and result.status in MAYBE_DONE:
