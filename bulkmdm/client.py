@@ -249,7 +249,7 @@ class Client:
                 not credential
                 and self.credentials.refuses(result.status, result.body)
                 and await self.credentials.refused(
-                    self, result.status, result.body, sent, what=req.what, attempt=attempt, renewed=state.renewed
+                    self, result.status, sent, what=req.what, attempt=attempt, renewed=state.renewed
                 )
             ):
                 state = state.renewing()

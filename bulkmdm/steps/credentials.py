@@ -101,19 +101,16 @@ class Credentials:
         self,
         client: Client,
         status: int,
-        body: Any,
         sent: Mapping[str, str],
         *,
         what: str | Callable[[], str],
         attempt: int,
         renewed: bool,
     ) -> bool:
-        """Whether the answer refused the credentials and new ones are worth a
-        retry; raises :class:`AuthError` when they cannot be renewed. ``what``
-        names the request in that error (a callable is called only then). The
-        client asks only of an answer :meth:`refuses`."""
-        if not self.auth.refused(status, body):
-            return False
+        """An answer :meth:`refuses` refused the credentials ``sent``: True when
+        new ones are worth a retry; raises :class:`AuthError` when they cannot be
+        renewed. ``what`` names the request in that error (a callable is called
+        only then)."""
         if renewed or not await self.auth.renew(client, sent):
             named = what if isinstance(what, str) else what()
             raise AuthError(
