@@ -485,6 +485,23 @@ async def test_lost_answer_is_confirmed_by_reading_back(sim: SimServer, action: 
         assert state.applied(device["id"], logged) == 1
 
 
+async def test_set_attribute_on_a_device_deleted_meanwhile_fails_not_found(sim: SimServer) -> None:
+    """The device is deleted in the console as the change goes out and its
+    answer is lost: the read-back's 404 proves it gone, so the row fails
+    not-found, saying so, and nothing is sent again."""
+    (device,) = pick(sim, 1, registrationState="ACTIVE")
+    async with ivanti(sim) as provider:
+        planned = await provider.plan(rows("set-attribute", [device], attribute="floor", value="3"))
+        assert [type(s) for s in planned] == [Step]
+        state_of(sim).delete(device["id"])
+        sim.faults.update({"drop_after_rate": 1.0, "mutating_only": True})
+        before = sim.stats.mutating
+        out = await provider.execute([s for s in planned if isinstance(s, Step)])
+    assert statuses(out) == ["failed"] and out[0].reason == Reason.NOT_FOUND, out
+    assert "no longer exists" in out[0].detail and "nothing was sent again" in out[0].detail, out[0].detail
+    assert sim.stats.mutating - before == 1  # the PATCH once, then only the read
+
+
 async def test_gateway_answer_to_a_command_is_unknown_and_not_resent(sim: SimServer) -> None:
     devices = pick(sim, 3, registrationState="ACTIVE")
     async with ivanti(sim) as provider:

@@ -966,9 +966,11 @@ class Ivanti(Provider):
                 "PATCH",
                 f"device/{path_id}/customattributes",
                 json={"attrs": {name: [value]}, "forceOverwrite": True},
+                # a 404 to that read proves the device deleted meanwhile: the row fails not-found
                 verify=read_back(
                     lambda context: self.client.request("GET", f"device/{path_id}/customattributes", context=context),
                     lambda body: _attrs(_unwrap(body)[0]).get(name) == [value],
+                    missing=step.target,
                 ),
                 context=context,
             )
