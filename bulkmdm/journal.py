@@ -129,7 +129,18 @@ def cells_json(cells: Iterable[str]) -> str:
 
 
 _NOT_RUN = str(Status.NOT_RUN)
-_NOT_RUN_STATUS = Status.NOT_RUN
+
+#: one outcome: status, detail, http_status, attempts, resolved, reason, run, row. A row
+#: not sent (not-run) stays pending, to be sent when the run continues.
+_OUTCOME = (
+    "UPDATE rows SET state = iif(?1 = 'not-run', 'pending', 'done'), status = ?1, detail = ?2, http_status = ?3,"
+    " attempts = ?4, resolved = ?5, reason = ?6 WHERE run_id = ?7 AND idx = ?8"
+)
+#: one outcome with the row that undoes its change: as _OUTCOME, the undo row before the run and row
+_OUTCOME_UNDO = (
+    "UPDATE rows SET state = iif(?1 = 'not-run', 'pending', 'done'), status = ?1, detail = ?2, http_status = ?3,"
+    " attempts = ?4, resolved = ?5, reason = ?6, undo = ?7 WHERE run_id = ?8 AND idx = ?9"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,10 @@ class RowRecord(NamedTuple):
     #: why the row ended as it did (for a row not yet done: its status's usual reason)
     reason: Reason = Reason.NOT_SENT
 
+
+#: A row as :meth:`Journal.row_values` gives it: idx, cells, state, status, detail,
+#: http_status, attempts, resolved, action, label and the stored reason code.
+RowValues = tuple[int, list[str], str, str | None, str | None, str | None, str | None, str | None, str, str, str | None]
 
 #: reason code -> Reason (a dict look-up: a report reads one per row)
 _REASONS = {str(reason): reason for reason in Reason}
@@ -538,42 +553,51 @@ class Journal:
         # The statements' rows are made before the write lock is taken, and a
         # statement with no rows is not run.
         sent_at = time.time()
-        marks = [(sent_at, run_id, i) for i in in_flight]
+        # the rows of one flush are mostly consecutive (the workers take the
+        # batches in row order): one statement per run of them walks the
+        # table once instead of looking up each row
+        marks = [(sent_at, run_id, first, last) for first, last in _spans(in_flight)]
         undo_rows = [(_undo_json(dict(u)), run_id, i) for i, u in undo]
-        done = (
-            None
-            if outcomes is None
-            else [
-                (
-                    PENDING if o.status is _NOT_RUN_STATUS else DONE,
-                    str(o.status),
-                    o.detail,
-                    None if o.http_status is None else str(o.http_status),
-                    str(o.attempts) if o.attempts else None,
-                    o.resolved,
-                    _undo_json(dict(o.undo)) if o.undo else None,
-                    str(o.reason),
-                    run_id,
-                    o.index,
-                )
-                for o in outcomes
-            ]
-        )
+        if outcomes is None:
+            done = with_undo = None
+        else:
+            # http_status and attempts are TEXT columns: SQLite stores the
+            # integers bound to them as their text
+            done = []
+            with_undo = []
+            for o in outcomes:
+                if o.undo:
+                    with_undo.append(
+                        (
+                            o.status,
+                            o.detail,
+                            o.http_status,
+                            o.attempts or None,
+                            o.resolved,
+                            o.reason,
+                            _undo_json(dict(o.undo)),
+                            run_id,
+                            o.index,
+                        )
+                    )
+                else:
+                    done.append(
+                        (o.status, o.detail, o.http_status, o.attempts or None, o.resolved, o.reason, run_id, o.index)
+                    )
         with self._tx():
             if marks:
                 self.db.executemany(
-                    "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx = ?", marks
+                    "UPDATE rows SET state = 'in_flight', sent_at = ? WHERE run_id = ? AND idx BETWEEN ? AND ?", marks
                 )
             if undo_rows:
                 self.db.executemany("UPDATE rows SET undo = ? WHERE run_id = ? AND idx = ?", undo_rows)
-            if done is None:
+            if done is None or with_undo is None:
                 return
+            # an outcome without an undo row keeps the one its row has
             if done:
-                self.db.executemany(
-                    "UPDATE rows SET state = ?, status = ?, detail = ?, http_status = ?, attempts = ?, resolved = ?,"
-                    " undo = coalesce(?, undo), reason = ? WHERE run_id = ? AND idx = ?",
-                    done,
-                )
+                self.db.executemany(_OUTCOME, done)
+            if with_undo:
+                self.db.executemany(_OUTCOME_UNDO, with_undo)
             now = time.time()
             # to the second: a run's every transaction need not rewrite its runs row too
             if now - self._touched.get(run_id, 0.0) >= 1.0:
@@ -655,6 +679,20 @@ class Journal:
         try:
             for values in cur:
                 yield _record(values)
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+
+    def row_values(self, run_id: int) -> Iterator[RowValues]:
+        """:meth:`rows` as plain tuples, without a RowRecord each (a report reads a
+        million): the same values in the same order, the reason as its stored code
+        (:func:`row_reason` reads it)."""
+        cur = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM rows WHERE run_id = ? ORDER BY idx",
+            (run_id,),
+        )
+        try:
+            for idx, cells, state, status, detail, http_status, attempts, resolved, action, label, code in cur:
+                yield idx, _loads(cells), state, status, detail, http_status, attempts, resolved, action, label, code
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
 
@@ -829,8 +867,29 @@ def _today() -> str:
 _ROW_COLUMNS = "idx, cells, state, status, detail, http_status, attempts, resolved, action, label, reason"
 
 
+def _spans(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """``indices`` as (first, last) runs of consecutive numbers, in order."""
+    ordered = sorted(indices)
+    if not ordered:
+        return []
+    spans = []
+    first = last = ordered[0]
+    for i in ordered:
+        if i > last + 1:
+            spans.append((first, last))
+            first = i
+        last = i
+    spans.append((first, last))
+    return spans
+
+
+def row_reason(state: str, code: str | None, status: str | None) -> Reason:
+    """Why a row ended as it did, from its state, stored reason code and status."""
+    # a row in flight may have gone out again after an earlier outcome: that outcome no longer holds
+    return Reason.NO_ANSWER if state == IN_FLIGHT else _reason(code, status)
+
+
 def _record(values: Sequence[Any]) -> RowRecord:
     idx, cells, state, status, detail, http_status, attempts, resolved, action, label, code = values
-    # a row in flight may have gone out again after an earlier outcome: that outcome no longer holds
-    reason = Reason.NO_ANSWER if state == IN_FLIGHT else _reason(code, status)
+    reason = row_reason(state, code, status)
     return RowRecord(idx, _loads(cells), state, status, detail, http_status, attempts, resolved, action, label, reason)

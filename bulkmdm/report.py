@@ -38,6 +38,7 @@ from .actions import ACTIONS
 from .columns import CANONICAL, OUTCOME_COLUMNS
 from .errors import ReportError, UsageError
 from .jobfile import NOT_WRITTEN, not_in_excel
+from .journal import row_reason
 from .model import BAD_STATUSES, Reason, Status, reason_key
 from .ownfiles import file_digest, mdm_key, remember
 from .words import IN_FLIGHT_DETAIL, NOT_SENT
@@ -390,49 +391,65 @@ class FailureTally:
 
 
 class _Tally:
-    """Builds a RunSummary from rows as they stream past."""
+    """Builds a RunSummary from rows as they stream past.
+
+    A row is counted by its (action, status) alone, one dict update; only
+    the rows the summary names (those that went wrong, destructive ones)
+    are looked at further."""
 
     def __init__(self, path: Path) -> None:
         self.summary = RunSummary(path)
         self.failures = FailureTally()
+        #: (action, status) -> rows, in the order each pair first came
+        self.pairs: Counter[tuple[str, str]] = Counter()
 
-    def add(self, record: RowRecord, status: str, detail: str) -> None:
-        summary = self.summary
-        summary.counts[status] += 1
-        action = record.action or "?"
-        by_status = summary.by_action.get(action)
-        if by_status is None:
-            by_status = summary.by_action[action] = Counter()
-        by_status[status] += 1
+    def add(self, idx: int, action: str, label: str, reason: Reason | None, status: str, detail: str) -> None:
+        self.pairs[action, status] += 1
         if status in _BAD:
-            self.failures.add(status, detail, record.idx + 2, record.reason)
-        if record.action in _DESTRUCTIVE and status in _DESTROYING:
-            summary.destructive_counts[record.action] += 1
-            names = summary.destructive.setdefault(record.action, [])
+            self.failures.add(status, detail, idx + 2, reason)
+        if action in _DESTRUCTIVE and status in _DESTROYING:
+            summary = self.summary
+            summary.destructive_counts[action] += 1
+            names = summary.destructive.setdefault(action, [])
             if len(names) < _EXAMPLES:
-                names.append(record.label or f"line {record.idx + 2}")
+                names.append(label or f"line {idx + 2}")
 
     def done(self) -> RunSummary:
-        self.summary.failures = self.failures.groups()
-        return self.summary
+        summary = self.summary
+        for (action, status), count in self.pairs.items():
+            summary.counts[status] += count
+            by_status = summary.by_action.get(action or "?")
+            if by_status is None:
+                by_status = summary.by_action[action or "?"] = Counter()
+            by_status[status] += count
+        summary.failures = self.failures.groups()
+        return summary
 
 
 def outcome_values(record: RowRecord, stop_reason: str | None) -> list[str]:
     """The report's outcome columns for one journal row (the journal holds
     them cleaned; a journal written by an older bulkmdm may not: ``plain``)."""
-    if record.state == "done":
-        return [
-            record.status or "",
-            plain(record.detail or ""),
-            record.http_status or "",
-            record.attempts or "",
-            plain(record.resolved or ""),
-        ]
-    if record.state == "in_flight":
+    return _outcome_values(
+        record.state, record.status, record.detail, record.http_status, record.attempts, record.resolved, stop_reason
+    )
+
+
+def _outcome_values(
+    state: str,
+    status: str | None,
+    detail: str | None,
+    http_status: str | None,
+    attempts: str | None,
+    resolved: str | None,
+    stop_reason: str | None,
+) -> list[str]:
+    if state == "done":
+        return [status or "", plain(detail or ""), http_status or "", attempts or "", plain(resolved or "")]
+    if state == "in_flight":
         return [str(Status.UNKNOWN), IN_FLIGHT_DETAIL, "", "", ""]
-    if record.status == str(Status.NOT_RUN) and record.detail:
+    if status == str(Status.NOT_RUN) and detail:
         # why this row was held back
-        return [str(Status.NOT_RUN), plain(record.detail), "", "", plain(record.resolved or "")]
+        return [str(Status.NOT_RUN), plain(detail), "", "", plain(resolved or "")]
     return [str(Status.NOT_RUN), plain(stop_reason or NOT_RUN_DETAIL), "", "", ""]
 
 
@@ -446,14 +463,19 @@ def write_run_report(journal: Journal, run_id: int, path: Path) -> RunSummary:
     not_run = str(Status.NOT_RUN)
 
     def records() -> Iterator[list[str]]:
-        for record in journal.rows(run_id):
-            values = outcome_values(record, run.stop_reason)
-            if record.state != "done" or values[0] == not_run:
+        stop_reason, add = run.stop_reason, tally.add
+        for idx, cells, state, status, detail, http, attempts, resolved, action, label, code in journal.row_values(
+            run_id
+        ):
+            values = _outcome_values(state, status, detail, http, attempts, resolved, stop_reason)
+            shown = values[0]
+            if state != "done" or shown == not_run:
                 tally.summary.incomplete = True
-            tally.add(record, values[0], values[1])
+            # (the reason is read only for a row the summary names)
+            add(idx, action, label, row_reason(state, code, status) if shown in _BAD else None, shown, values[1])
             if xlsx:
-                values[1] = _not_in_xlsx(run_id, run.headers, record.cells, values[1])
-            yield [*record.cells, *values]
+                values[1] = _not_in_xlsx(run_id, run.headers, cells, values[1])
+            yield [*cells, *values]
 
     try:
         write_report(

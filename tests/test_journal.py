@@ -236,3 +236,31 @@ def test_row_digest_is_the_digest_earlier_runs_stored(action: str, fields: dict[
     normalised = sorted((name, " ".join(value.split())) for name, value in fields.items() if name != "action")
     text = json.dumps([action, normalised], ensure_ascii=False)
     assert row_digest(JobRow(0, action, fields)) == hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=30), st.lists(st.integers(0, 40), max_size=30, unique=True))
+def test_a_write_marks_exactly_the_rows_it_names_and_records_exactly_its_outcomes(
+    marked: list[int], answered: list[int]
+) -> None:
+    """Rows in any order, repeated, with gaps and runs: those marked are in
+    flight (those answered in the same write done), and every other row is untouched."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder, Journal(Path(folder)) as journal:
+        run_id = journal_run(journal, [NewRow([str(i)], "lock", str(i), str(i)) for i in range(41)])
+        outcomes = [
+            Outcome(i, Status.NOT_RUN if i % 5 == 0 else Status.SUCCEEDED, f"row {i}", 200, i % 3, reason=Reason.DONE)
+            for i in answered
+        ]
+        journal.write(run_id, outcomes, [i for i in marked if i not in answered])
+        rows = {r.idx: r for r in journal.rows(run_id)}
+        for idx, row in rows.items():
+            if idx in answered:
+                expected = ("pending", "not-run") if idx % 5 == 0 else ("done", "succeeded")
+                assert (row.state, row.status, row.detail) == (*expected, f"row {idx}")
+                assert (row.http_status, row.attempts) == ("200", None if idx % 3 == 0 else str(idx % 3))
+            elif idx in marked:
+                assert (row.state, row.status) == ("in_flight", None)
+            else:
+                assert (row.state, row.status) == ("pending", None)

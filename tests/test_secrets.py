@@ -68,3 +68,8 @@ def test_outcomes_are_cleaned_field_by_field_and_kept_when_clean() -> None:
     assert out[1].detail == f"Refused: bad password {REDACTED}." and out[1].resolved == "device_id=8"
     assert out[2].detail == "Refused." and out[2].resolved == f"user={REDACTED}"
     assert out[3].detail == f"Refused {REDACTED}" and out[3].resolved == "device_id=9"
+    # a clean batch comes back as it was, and so do outcomes a secret's form spans (in the batch, not in one)
+    other = Outcome(5, Status.FAILED, SECRET[5:], 400, 1, "", reason=Reason.REFUSED)
+    halves = Outcome(6, Status.FAILED, SECRET[:5], 400, 1, "", reason=Reason.REFUSED)
+    assert all(a is b for a, b in zip(secrets.outcomes([clean, other]), [clean, other], strict=True))
+    assert all(a is b for a, b in zip(secrets.outcomes([halves, other]), [halves, other], strict=True))

@@ -986,9 +986,14 @@ class Changes:
     def __init__(self) -> None:
         self._lines: dict[bytes, int] = {}
 
-    @staticmethod
-    def _digest(change: Iterable[Any]) -> bytes:
-        return hashlib.blake2b("\x1f".join(map(str, change)).encode(), digest_size=16).digest()
+    #: an empty 16-byte BLAKE2b: each digest starts from a copy (the constructor parses its options each call)
+    _EMPTY = hashlib.blake2b(digest_size=16)
+
+    @classmethod
+    def _digest(cls, change: Iterable[Any]) -> bytes:
+        digest = cls._EMPTY.copy()
+        digest.update("\x1f".join(map(str, change)).encode())
+        return digest.digest()
 
     def once(self, row: JobRow, change: Sequence[Any], resolved: str = "") -> Outcome | None:
         """Two rows asking for the same change: the later one is skipped, not sent again."""
