@@ -38,11 +38,18 @@ request rate. From them:
   took over its own last ``window`` (the span it counts its limit over; the
   half-second buckets also catch the burst a token bucket lets through as it
   empties, which is not its rate) unless a hold ended within it (a few
-  answers after a hold are no rate); the rate becomes ``BETA * W_max`` and
-  then regrows as ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max *
-  (1 - BETA) / SCALE)`` (``CubicCalculator``: ``_BETA`` 0.7,
-  ``_SCALE_CONSTANT`` 0.4): quickly back to ``W_max``, a plateau near it,
-  then a probe past it.
+  answers after a hold are no rate). After a hold of at least that window
+  (a Retry-After that long empties what the server counts: a window's
+  requests, a bucket's debt) it is also at most what the server took since
+  the hold ended: a probe past a bucket's rate empties its burst before a
+  429 says so, and the last window then holds all of the burst and measures
+  the pace sent, where the time since the hold spreads it (BBR's estimate of
+  a token-bucket policer, Linux ``tcp_bbr.c`` ``bbr_lt_bw_sampling``: the
+  average rate delivered over an interval that starts at a loss). The rate
+  becomes ``BETA * W_max`` and then regrows as ``SCALE * (t - K)**3 +
+  W_max``, with ``K = cbrt(W_max * (1 - BETA) / SCALE)``
+  (``CubicCalculator``: ``_BETA`` 0.7, ``_SCALE_CONSTANT`` 0.4): quickly
+  back to ``W_max``, a plateau near it, then a probe past it.
 
 Three rules are ours. **One cut per overload:** a 429 cuts the rate only for
 a request sent a whole ``window`` after the last cut, the span over which
@@ -313,25 +320,28 @@ class _Meter:
     """A rate of answers as botocore's ``RateClocker`` measures it: counted in
     RATE_BUCKET buckets, each closed bucket weighing RATE_SMOOTHING. The first
     bucket after a start or a hold is partial and is not taken for a
-    measurement."""
+    measurement. ``counted`` answers came since the last restart (``after``)."""
 
     def __init__(self) -> None:
         self.rate = 0.0
         self._bucket: int | None = None
         self._count = 0
+        self.counted = 0
 
     def restart(self, at: float) -> None:
         """Count afresh from ``at`` (the end of a hold: a bucket spanning it
         would measure the hold, not the server)."""
         self._bucket = None
-        self._after = at
+        self.after = at
+        self.counted = 0
 
-    _after = -math.inf
+    after = -math.inf
     _partial = True
 
     def record(self, now: float) -> None:
-        if now < self._after:
+        if now < self.after:
             return  # an answer to a request sent before the hold
+        self.counted += 1
         bucket = math.floor(now / RATE_BUCKET)
         if self._bucket is None:
             self._bucket, self._count, self._partial = bucket, 0, True
@@ -487,6 +497,8 @@ class RateController:
         self._tokens = 1.0
         self._filled = -math.inf
         self._paused_until = -math.inf
+        #: the last hold was at least a window long: the server's count started afresh after it
+        self._emptied = False
         #: requests waiting for their turn (retries at the front), and what stops each
         self._waiters: deque[tuple[asyncio.Future[bool], Callable[[], bool] | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -672,12 +684,18 @@ class RateController:
 
     def _cut(self, now: float, hold: float = 0.0) -> None:
         """CUBIC's decrease: W_max is the rate the server took (at most the
-        bucket's, and at most what it took over its window); ``hold``: the
-        Retry-After that came with it, which sets the plateau."""
+        bucket's, at most what it took over its window, and after a hold of a
+        window or more at most what it took since); ``hold``: the Retry-After
+        that came with it, which sets the plateau."""
         served = self._served.rate or self._answers.measured(now)
         taken = self._answers.served(now, self._paused_until) if self._answers.recent else None
         if taken is not None:
             served = min(served, taken)
+        since = now - self._served.after
+        if self._emptied and since >= self.window:
+            # the epoch since the server's count started afresh: a bucket's burst
+            # spread over it, not all of it in the last window
+            served = min(served, self._served.counted / since)
         w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor
@@ -730,6 +748,7 @@ class RateController:
         if not retry_after or now + retry_after <= self._paused_until:
             return
         self._paused_until = now + retry_after
+        self._emptied = retry_after >= self.window
         self._tokens, self._filled = 0.0, self._paused_until
         self._meter.restart(self._paused_until)
         self._served.restart(self._paused_until)

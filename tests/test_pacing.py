@@ -30,7 +30,7 @@ from bulkmdm.limits import (
 )
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
-from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
+from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, TokenBucket, instrument
 from bulkmdm.client import Client
 
 RETRY = RetryPolicy(attempts=10, base=0.01, cap=0.05)
@@ -347,6 +347,39 @@ def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst()
     _answer(limiter, clock, 40.0, 0.75)
     _refused(limiter, clock, 4)
     assert limiter.stats.limit == pytest.approx(50.0, rel=0.05)  # 40/s and the burst of 10 in the last second
+
+
+def _limits_found(server: TokenBucket, cuts: int) -> list[float]:
+    """W_max at each of the first ``cuts`` cuts of a run (from 20/s, slow
+    start) against ``server``, every turn taken as it comes and answered at
+    once, each 429's Retry-After holding everyone."""
+    clock = FakeClock()
+    limiter = RateController(rate=20.0, clock=clock)
+    found: list[float] = []
+    while len(found) < cuts and clock.now < 120.0:
+        slot = None
+        while slot is None:
+            clock.now = limiter._next_turn(clock.now)
+            slot = limiter.take_now()
+        wait = server.allow(clock.now)
+        limiter.release(slot, 200 if wait is None else 429)
+        if wait is not None:
+            limiter.throttled(slot, wait)
+            if limiter.stats.cuts > len(found) and limiter.stats.limit is not None:
+                found.append(limiter.stats.limit)
+    return found
+
+
+def test_after_a_hold_of_a_window_the_limit_is_what_the_server_took_since() -> None:
+    """A token bucket of 50/s with a burst of 10, Retry-After rounded up to a
+    second: a probe past W_max empties the burst before a 429 says so, and
+    the last window then measures the pace sent. A hold of at least the
+    vendor's window empties what the server counts, so what it took since
+    spreads the burst over that time (cf. BBR's policer estimate, the rate
+    delivered between losses): the probe's W_max is the bucket's rate."""
+    found = _limits_found(TokenBucket(50.0, 10.0), 3)
+    assert len(found) == 3
+    assert found[-1] == pytest.approx(50.0, rel=0.03)
 
 
 def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
