@@ -300,6 +300,28 @@ def _refused(limiter: RateController, clock: FakeClock, times: int = 1, retry_af
         limiter.throttled(Slot(clock.now), retry_after)
 
 
+def _turns_given_late(limiter: RateController, clock: FakeClock, turns: int, late: float) -> float:
+    """Seconds ``turns`` sends take when every turn is given ``late`` after it
+    is due (an event loop wakes a millisecond or more after its timer)."""
+    started = clock.now
+    for _ in range(turns):
+        clock.now = limiter._next_turn(clock.now) + late
+        assert limiter.take_now() is not None
+    return clock.now - started
+
+
+def test_turns_given_late_keep_the_rate_set_below_a_ceiling_and_not_at_one() -> None:
+    """Below a ceiling the tokens due while a turn came late are kept: the
+    rate CUBIC set goes out, not 5% under it. At a ceiling (``--rate``) the
+    bucket holds one token: a late turn does not make the next one early."""
+    clock = FakeClock()
+    adaptive = RateController(rate=50.0, clock=clock)
+    assert 500 / _turns_given_late(adaptive, clock, 500, 0.001) == pytest.approx(50.0, rel=0.005)
+    clock = FakeClock()
+    fixed = RateController(rate=50.0, ceiling=50.0, clock=clock)
+    assert 500 / _turns_given_late(fixed, clock, 500, 0.001) == pytest.approx(1 / 0.021, rel=0.005)
+
+
 def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() -> None:
     """botocore's CubicCalculator: W_max is the measured rate, the rate goes
     to BETA x W_max, and is back at W_max after K = cbrt(W_max (1 - BETA) / SCALE);
