@@ -46,8 +46,11 @@ request rate. From them:
   429 says so, and the last window then holds all of the burst and measures
   the pace sent, where the time since the hold spreads it (BBR's estimate of
   a token-bucket policer, Linux ``tcp_bbr.c`` ``bbr_lt_bw_sampling``: the
-  average rate delivered over an interval that starts at a loss). The rate
-  becomes ``BETA * W_max`` and then regrows as ``SCALE * (t - K)**3 +
+  average rate delivered over an interval that starts at a loss). Not for a
+  probe past slow start's ``W_max``: that is a ramp's figure (the meter lags
+  a ramp), and the time since the hold is mostly the plateau held at it, the
+  run's own pace, which would keep an underestimate probe after probe. The
+  rate becomes ``BETA * W_max`` and then regrows as ``SCALE * (t - K)**3 +
   W_max``, with ``K = cbrt(W_max * (1 - BETA) / SCALE)``
   (``CubicCalculator``: ``_BETA`` 0.7, ``_SCALE_CONSTANT`` 0.4): quickly
   back to ``W_max``, a plateau near it, then a probe past it.
@@ -501,6 +504,8 @@ class RateController:
         self._paused_until = -math.inf
         #: the last hold was at least a window long: the server's count started afresh after it
         self._emptied = False
+        #: W_max is slow start's (a ramp's measure: the meter lags it), not yet a cut's after a probe
+        self._ramp = False
         #: requests waiting for their turn (retries at the front), and what stops each
         self._waiters: deque[tuple[asyncio.Future[bool], Callable[[], bool] | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -706,10 +711,14 @@ class RateController:
         if taken is not None:
             served = min(served, taken)
         since = now - self._served.after
-        if self._emptied and since >= self.window:
+        # a probe past slow start's W_max: the plateau held at it was a lagging
+        # meter's figure, and the epoch would be the run's own pace, not the server's
+        past_ramp = self._ramp and self.rate is not None and self._w_max is not None and self.rate > self._w_max
+        if self._emptied and not past_ramp and since >= self.window:
             # the epoch since the server's count started afresh: a bucket's burst
             # spread over it, not all of it in the last window
             served = min(served, self._served.counted / since)
+        self._ramp = self._w_max is None
         w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor

@@ -371,13 +371,16 @@ def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst()
     assert limiter.stats.limit == pytest.approx(50.0, rel=0.05)  # 40/s and the burst of 10 in the last second
 
 
-def _limits_found(server: TokenBucket, cuts: int) -> list[float]:
-    """W_max at each of the first ``cuts`` cuts of a run (from 20/s, slow
-    start) against ``server``, every turn taken as it comes and answered at
-    once, each 429's Retry-After holding everyone."""
-    clock = FakeClock()
-    limiter = RateController(rate=20.0, clock=clock)
+def _limits_found(
+    server: TokenBucket, cuts: int, limiter: RateController | None = None, clock: FakeClock | None = None
+) -> list[float]:
+    """W_max at each of the next ``cuts`` cuts of a run (by default from 20/s,
+    slow start) against ``server``, every turn taken as it comes and answered
+    at once, each 429's Retry-After holding everyone."""
+    clock = clock or FakeClock()
+    limiter = limiter or RateController(rate=20.0, clock=clock)
     found: list[float] = []
+    cut = limiter.stats.cuts
     while len(found) < cuts and clock.now < 120.0:
         slot = None
         while slot is None:
@@ -387,7 +390,7 @@ def _limits_found(server: TokenBucket, cuts: int) -> list[float]:
         limiter.release(slot, 200 if wait is None else 429)
         if wait is not None:
             limiter.throttled(slot, wait)
-            if limiter.stats.cuts > len(found) and limiter.stats.limit is not None:
+            if limiter.stats.cuts > cut + len(found) and limiter.stats.limit is not None:
                 found.append(limiter.stats.limit)
     return found
 
@@ -402,6 +405,21 @@ def test_after_a_hold_of_a_window_the_limit_is_what_the_server_took_since() -> N
     found = _limits_found(TokenBucket(50.0, 10.0), 3)
     assert len(found) == 3
     assert found[-1] == pytest.approx(50.0, rel=0.03)
+
+
+def test_a_probe_past_slow_starts_limit_measures_the_server_not_the_plateau() -> None:
+    """Slow start's W_max is a lagging meter's figure, here 30/s for a bucket
+    of 50/s: the plateau held at it is the run's own pace, and what the server
+    took since the hold (that plateau, mostly) would keep the rate there
+    probe after probe. The probe's cut measures the last window instead."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    _answer(limiter, clock, 30.0, 3.0)
+    _refused(limiter, clock, 4)
+    assert limiter.stats.cuts == 1 and limiter.stats.limit == pytest.approx(30.0, rel=0.05)
+    clock.now += 1.0  # the hold
+    found = _limits_found(TokenBucket(50.0, 10.0), 1, limiter, clock)
+    assert found and found[0] >= 45.0
 
 
 def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
