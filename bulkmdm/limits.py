@@ -19,11 +19,12 @@ request rate. From them:
 
 * **A token bucket for sending.** Every attempt takes a token; tokens come at
   the sending rate (``TokenBucket``). Ours holds one token, not a second's
-  worth (and the tokens due while the event loop was late to give a turn,
-  so that the rate set is the rate sent): a server that counts any one
-  second (a sliding window) refuses a burst above the rate. Before the
-  first 429 a run with no rate of its own (``--rate none``) sends without a
-  bucket, as botocore does until its first throttle (``_enabled``).
+  worth (and, once CUBIC sets the rate, the tokens due while the event loop
+  was late to give a turn, so that the rate found is the rate sent): a
+  server that counts any one second (a sliding window) refuses a burst
+  above the rate. Before the first 429 a run with no rate of its own
+  (``--rate none``) sends without a bucket, as botocore does until its
+  first throttle (``_enabled``).
 * **The measured rate.** Answers are counted in half-second buckets, each
   closed bucket weighing ``RATE_SMOOTHING`` against the rate before
   (``RateClocker``: ``_TIME_BUCKET_RANGE`` 0.5, ``_DEFAULT_SMOOTHING`` 0.8);
@@ -196,8 +197,9 @@ SIGMAS = 3.0
 #: waits in whole milliseconds (asyncio rounds a timer's timeout up to one),
 #: and a loop turn under load takes a few. The bucket keeps the tokens due in
 #: that time (at 50/s a quarter token more than one; at 2,000/s ten), or turns
-#: given late would cap the rate under the one set (at a ceiling: one token,
-#: or a grain's worth where that is more; see ``RateController._refill``).
+#: given late would cap the rate under the one CUBIC set (in slow start and at
+#: a ceiling: one token, or a grain's worth where that is more; see
+#: ``RateController._refill``).
 TIMER_GRAIN = 0.005
 #: While requests wait for their turn, whether the run is stopping is looked
 #: at this often (seconds): Ctrl-C ends the wait within it.
@@ -586,19 +588,21 @@ class RateController:
     def _refill(self, now: float) -> None:
         rate = self.rate
         if rate is not None and now > self._filled:
-            # A turn cannot come sooner than the event loop wakes. Below a ceiling a turn
-            # given late keeps the tokens that came meanwhile, up to TIMER_GRAIN's worth,
-            # so the rate CUBIC set is the rate that goes out (botocore's TokenBucket
-            # refills by the time elapsed and keeps a second's worth; a loop a millisecond
-            # late at every 20-ms token would send 5% under the limit it found). At a
-            # ceiling (--rate, the vendor's documented limit) the bucket holds one token,
-            # or a timer grain's worth at rates past 1/TIMER_GRAIN: the ceiling is a pace
-            # not to pass in any second a sliding window counts, and a late turn's token
-            # is not sent early.
+            # A turn cannot come sooner than the event loop wakes. Once CUBIC sets the rate
+            # (after the first cut), below a ceiling, a turn given late keeps the tokens that
+            # came meanwhile, up to TIMER_GRAIN's worth, so the rate found is the rate that
+            # goes out (botocore's TokenBucket refills by the time elapsed and keeps a
+            # second's worth; a loop a millisecond late at every 20-ms token would send 5%
+            # under the limit it found). Otherwise the bucket holds one token, or a timer
+            # grain's worth at rates past 1/TIMER_GRAIN: a ceiling (--rate, the vendor's
+            # documented limit) is a pace not to pass in any second a sliding window counts,
+            # and slow start's rate is a bound on its growth (twice what went out), where
+            # turns given late slow the ramp and with it the overshoot past a limit.
             ceiling = self.ceiling
-            depth = (
-                max(1.0, rate * TIMER_GRAIN) if ceiling is not None and rate >= ceiling else 1.0 + rate * TIMER_GRAIN
-            )
+            if self._w_max is None or (ceiling is not None and rate >= ceiling):
+                depth = max(1.0, rate * TIMER_GRAIN)
+            else:
+                depth = 1.0 + rate * TIMER_GRAIN
             self._tokens = min(depth, self._tokens + (now - self._filled) * rate)
         self._filled = max(self._filled, now)
 

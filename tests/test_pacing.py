@@ -310,16 +310,26 @@ def _turns_given_late(limiter: RateController, clock: FakeClock, turns: int, lat
     return clock.now - started
 
 
-def test_turns_given_late_keep_the_rate_set_below_a_ceiling_and_not_at_one() -> None:
-    """Below a ceiling the tokens due while a turn came late are kept: the
-    rate CUBIC set goes out, not 5% under it. At a ceiling (``--rate``) the
-    bucket holds one token: a late turn does not make the next one early."""
+def test_turns_given_late_keep_the_rate_cubic_set_and_not_at_a_ceiling_or_in_slow_start() -> None:
+    """Once CUBIC sets the rate, below a ceiling, the tokens due while a turn
+    came late are kept: the rate goes out, not 5% under it. At a ceiling
+    (``--rate``) and in slow start the bucket holds one token: a late turn
+    does not make the next one early."""
     clock = FakeClock()
-    adaptive = RateController(rate=50.0, clock=clock)
-    assert 500 / _turns_given_late(adaptive, clock, 500, 0.001) == pytest.approx(50.0, rel=0.005)
+    cut = RateController(rate=100.0, clock=clock)
+    _answer(cut, clock, 50.0, 3.0)
+    _refused(cut, clock, 4)
+    clock.now += 1.0  # the hold
+    rate = cut.rate
+    assert cut.stats.cuts == 1 and rate is not None
+    assert 500 / _turns_given_late(cut, clock, 500, 0.001) == pytest.approx(rate, rel=0.005)
+    late = 1 / (1 / rate + 0.001)
     clock = FakeClock()
-    fixed = RateController(rate=50.0, ceiling=50.0, clock=clock)
-    assert 500 / _turns_given_late(fixed, clock, 500, 0.001) == pytest.approx(1 / 0.021, rel=0.005)
+    fixed = RateController(rate=rate, ceiling=rate, clock=clock)
+    assert 500 / _turns_given_late(fixed, clock, 500, 0.001) == pytest.approx(late, rel=0.005)
+    clock = FakeClock()
+    starting = RateController(rate=rate, clock=clock)
+    assert 500 / _turns_given_late(starting, clock, 500, 0.001) == pytest.approx(late, rel=0.005)
 
 
 def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() -> None:
