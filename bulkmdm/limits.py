@@ -40,7 +40,11 @@ request rate. From them:
   took over its own last ``window`` (the span it counts its limit over; the
   half-second buckets also catch the burst a token bucket lets through as it
   empties, which is not its rate) unless a hold ended within it (a few
-  answers after a hold are no rate). After a hold of at least that window
+  answers after a hold are no rate). At slow start's end it is what the
+  server took over that window alone: the rate doubles faster than the
+  half-second buckets close, and the meter lags it (a measure under the
+  limit would hold the plateau under it; one over it, a bucket's burst,
+  ends at the next cut, which the time since the hold measures). After a hold of at least that window
   (a Retry-After that long empties what the server counts: a window's
   requests, a bucket's debt) it is also at most what the server took since
   the hold ended: a probe past a bucket's rate empties its burst before a
@@ -713,7 +717,9 @@ class RateController:
         served = self._served.rate or self._answers.measured(now)
         taken = self._answers.served(now, self._paused_until) if self._answers.recent else None
         if taken is not None:
-            served = min(served, taken)
+            # at slow start's end the meter lags the ramp (the rate doubles faster than its
+            # half-second buckets close): what the server took over its window is the measure
+            served = taken if self._w_max is None else min(served, taken)
         since = now - self._served.after
         # a probe past slow start's W_max: the plateau held at it was a lagging
         # meter's figure, and the epoch would be the run's own pace, not the server's

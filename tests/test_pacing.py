@@ -432,6 +432,20 @@ def test_a_probe_past_slow_starts_limit_measures_the_server_not_the_plateau() ->
     assert found and found[0] >= 45.0
 
 
+def test_at_slow_starts_end_the_limit_is_the_servers_window_not_the_lagging_meter() -> None:
+    """Slow start doubles the rate faster than the half-second buckets close:
+    at the first 429s the meter still shows the ramp's slower part (36/s),
+    while the server took 53 over its last second. W_max is the latter."""
+    clock = FakeClock()
+    limiter = RateController(rate=20.0, clock=clock)
+    _answer(limiter, clock, 20.0, 1.0)
+    _answer(limiter, clock, 40.0, 0.5)
+    _answer(limiter, clock, 80.0, 0.375)
+    _refused(limiter, clock, 15)  # (before any window, a large share is evidence)
+    assert limiter.stats.cuts == 1
+    assert limiter.stats.limit == pytest.approx(53.0, rel=0.03)
+
+
 def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
     """Past K the rate is back at W_max: a trickle of 429s there is the limit
     refusing a pace a little over it, and must not teach the background rule
