@@ -19,10 +19,12 @@ request rate. From them:
 
 * **A token bucket for sending.** Every attempt takes a token; tokens come at
   the sending rate (``TokenBucket``). Ours holds one token, not a second's
-  worth: a server that counts any one second (a sliding window) refuses a
-  burst above the rate. Before the first 429 a run with no rate of its own
-  (``--rate none``) sends without a bucket, as botocore does until its first
-  throttle (``_enabled``).
+  worth (and, once CUBIC sets the rate, the tokens due while the event loop
+  was late to give a turn, so that the rate found is the rate sent): a
+  server that counts any one second (a sliding window) refuses a burst
+  above the rate. Before the first 429 a run with no rate of its own
+  (``--rate none``) sends without a bucket, as botocore does until its
+  first throttle (``_enabled``).
 * **The measured rate.** Answers are counted in half-second buckets, each
   closed bucket weighing ``RATE_SMOOTHING`` against the rate before
   (``RateClocker``: ``_TIME_BUCKET_RANGE`` 0.5, ``_DEFAULT_SMOOTHING`` 0.8);
@@ -38,11 +40,25 @@ request rate. From them:
   took over its own last ``window`` (the span it counts its limit over; the
   half-second buckets also catch the burst a token bucket lets through as it
   empties, which is not its rate) unless a hold ended within it (a few
-  answers after a hold are no rate); the rate becomes ``BETA * W_max`` and
-  then regrows as ``SCALE * (t - K)**3 + W_max``, with ``K = cbrt(W_max *
-  (1 - BETA) / SCALE)`` (``CubicCalculator``: ``_BETA`` 0.7,
-  ``_SCALE_CONSTANT`` 0.4): quickly back to ``W_max``, a plateau near it,
-  then a probe past it.
+  answers after a hold are no rate). At slow start's end it is what the
+  server took over that window alone: the rate doubles faster than the
+  half-second buckets close, and the meter lags it (a measure under the
+  limit would hold the plateau under it; one over it, a bucket's burst,
+  ends at the next cut, which the time since the hold measures). After a hold of at least that window
+  (a Retry-After that long empties what the server counts: a window's
+  requests, a bucket's debt) it is also at most what the server took since
+  the hold ended: a probe past a bucket's rate empties its burst before a
+  429 says so, and the last window then holds all of the burst and measures
+  the pace sent, where the time since the hold spreads it (BBR's estimate of
+  a token-bucket policer, Linux ``tcp_bbr.c`` ``bbr_lt_bw_sampling``: the
+  average rate delivered over an interval that starts at a loss). Not for a
+  probe past slow start's ``W_max``: that is a ramp's figure (the meter lags
+  a ramp), and the time since the hold is mostly the plateau held at it, the
+  run's own pace, which would keep an underestimate probe after probe. The
+  rate becomes ``BETA * W_max`` and then regrows as ``SCALE * (t - K)**3 +
+  W_max``, with ``K = cbrt(W_max * (1 - BETA) / SCALE)``
+  (``CubicCalculator``: ``_BETA`` 0.7, ``_SCALE_CONSTANT`` 0.4): quickly
+  back to ``W_max``, a plateau near it, then a probe past it.
 
 Three rules are ours. **One cut per overload:** a 429 cuts the rate only for
 a request sent a whole ``window`` after the last cut, the span over which
@@ -198,9 +214,11 @@ SIGMAS = 3.0
 IN_A_ROW = 7
 #: Seconds between two wake-ups of a loaded event loop, at the least: epoll
 #: waits in whole milliseconds (asyncio rounds a timer's timeout up to one),
-#: and a loop turn under load takes a few. At rates past 1/TIMER_GRAIN the
-#: bucket holds the tokens due in that time (at 50/s still one token; at
-#: 2,000/s ten), or timers firing a millisecond apart would cap the rate.
+#: and a loop turn under load takes a few. The bucket keeps the tokens due in
+#: that time (at 50/s a quarter token more than one; at 2,000/s ten), or turns
+#: given late would cap the rate under the one CUBIC set (in slow start and at
+#: a ceiling: one token, or a grain's worth where that is more; see
+#: ``RateController._refill``).
 TIMER_GRAIN = 0.005
 #: While requests wait for their turn, whether the run is stopping is looked
 #: at this often (seconds): Ctrl-C ends the wait within it.
@@ -336,25 +354,28 @@ class _Meter:
     """A rate of answers as botocore's ``RateClocker`` measures it: counted in
     RATE_BUCKET buckets, each closed bucket weighing RATE_SMOOTHING. The first
     bucket after a start or a hold is partial and is not taken for a
-    measurement."""
+    measurement. ``counted`` answers came since the last restart (``after``)."""
 
     def __init__(self) -> None:
         self.rate = 0.0
         self._bucket: int | None = None
         self._count = 0
+        self.counted = 0
 
     def restart(self, at: float) -> None:
         """Count afresh from ``at`` (the end of a hold: a bucket spanning it
         would measure the hold, not the server)."""
         self._bucket = None
-        self._after = at
+        self.after = at
+        self.counted = 0
 
-    _after = -math.inf
+    after = -math.inf
     _partial = True
 
     def record(self, now: float) -> None:
-        if now < self._after:
+        if now < self.after:
             return  # an answer to a request sent before the hold
+        self.counted += 1
         bucket = math.floor(now / RATE_BUCKET)
         if self._bucket is None:
             self._bucket, self._count, self._partial = bucket, 0, True
@@ -521,6 +542,10 @@ class RateController:
         self._tokens = 1.0
         self._filled = -math.inf
         self._paused_until = -math.inf
+        #: the last hold was at least a window long: the server's count started afresh after it
+        self._emptied = False
+        #: W_max is slow start's (a ramp's measure: the meter lags it), not yet a cut's after a probe
+        self._ramp = False
         #: requests waiting for their turn (retries at the front), and what stops each
         self._waiters: deque[tuple[asyncio.Future[bool], Callable[[], bool] | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -599,10 +624,24 @@ class RateController:
             turn.cancel()  # (no-op once it has a result)
 
     def _refill(self, now: float) -> None:
-        if self.rate is not None and now > self._filled:
-            # one token, or what comes in a timer's granularity if more: a turn cannot come
-            # sooner than the event loop wakes, and tokens due meanwhile are not lost
-            self._tokens = min(max(1.0, self.rate * TIMER_GRAIN), self._tokens + (now - self._filled) * self.rate)
+        rate = self.rate
+        if rate is not None and now > self._filled:
+            # A turn cannot come sooner than the event loop wakes. Once CUBIC sets the rate
+            # (after the first cut), below a ceiling, a turn given late keeps the tokens that
+            # came meanwhile, up to TIMER_GRAIN's worth, so the rate found is the rate that
+            # goes out (botocore's TokenBucket refills by the time elapsed and keeps a
+            # second's worth; a loop a millisecond late at every 20-ms token would send 5%
+            # under the limit it found). Otherwise the bucket holds one token, or a timer
+            # grain's worth at rates past 1/TIMER_GRAIN: a ceiling (--rate, the vendor's
+            # documented limit) is a pace not to pass in any second a sliding window counts,
+            # and slow start's rate is a bound on its growth (twice what went out), where
+            # turns given late slow the ramp and with it the overshoot past a limit.
+            ceiling = self.ceiling
+            if self._w_max is None or (ceiling is not None and rate >= ceiling):
+                depth = max(1.0, rate * TIMER_GRAIN)
+            else:
+                depth = 1.0 + rate * TIMER_GRAIN
+            self._tokens = min(depth, self._tokens + (now - self._filled) * rate)
         self._filled = max(self._filled, now)
 
     def _next_turn(self, now: float) -> float:
@@ -706,12 +745,24 @@ class RateController:
 
     def _cut(self, now: float, hold: float = 0.0) -> None:
         """CUBIC's decrease: W_max is the rate the server took (at most the
-        bucket's, and at most what it took over its window); ``hold``: the
-        Retry-After that came with it, which sets the plateau."""
+        bucket's, at most what it took over its window, and after a hold of a
+        window or more at most what it took since); ``hold``: the Retry-After
+        that came with it, which sets the plateau."""
         served = self._served.rate or self._answers.measured(now)
         taken = self._answers.served(now, self._paused_until) if self._answers.recent else None
         if taken is not None:
-            served = min(served, taken)
+            # at slow start's end the meter lags the ramp (the rate doubles faster than its
+            # half-second buckets close): what the server took over its window is the measure
+            served = taken if self._w_max is None else min(served, taken)
+        since = now - self._served.after
+        # a probe past slow start's W_max: the plateau held at it was a lagging
+        # meter's figure, and the epoch would be the run's own pace, not the server's
+        past_ramp = self._ramp and self.rate is not None and self._w_max is not None and self.rate > self._w_max
+        if self._emptied and not past_ramp and since >= self.window:
+            # the epoch since the server's count started afresh: a bucket's burst
+            # spread over it, not all of it in the last window
+            served = min(served, self._served.counted / since)
+        self._ramp = self._w_max is None
         w_max = min(served, self.rate if self.rate is not None else math.inf)
         if not w_max > 0:
             w_max = self.rate or self.floor
@@ -764,6 +815,7 @@ class RateController:
         if not retry_after or now + retry_after <= self._paused_until:
             return
         self._paused_until = now + retry_after
+        self._emptied = retry_after >= self.window
         self._tokens, self._filled = 0.0, self._paused_until
         self._meter.restart(self._paused_until)
         self._served.restart(self._paused_until)

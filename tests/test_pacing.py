@@ -30,7 +30,7 @@ from bulkmdm.limits import (
 )
 from bulkmdm.providers import get as provider
 from bulkmdm.retry import RetryPolicy
-from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, instrument
+from bulkmdm.sim.common import FAULT_MIX, Faults, SimServer, TokenBucket, instrument
 from bulkmdm.client import Client
 
 RETRY = RetryPolicy(attempts=10, base=0.01, cap=0.05)
@@ -300,6 +300,38 @@ def _refused(limiter: RateController, clock: FakeClock, times: int = 1, retry_af
         limiter.throttled(Slot(clock.now), retry_after)
 
 
+def _turns_given_late(limiter: RateController, clock: FakeClock, turns: int, late: float) -> float:
+    """Seconds ``turns`` sends take when every turn is given ``late`` after it
+    is due (an event loop wakes a millisecond or more after its timer)."""
+    started = clock.now
+    for _ in range(turns):
+        clock.now = limiter._next_turn(clock.now) + late
+        assert limiter.take_now() is not None
+    return clock.now - started
+
+
+def test_turns_given_late_keep_the_rate_cubic_set_and_not_at_a_ceiling_or_in_slow_start() -> None:
+    """Once CUBIC sets the rate, below a ceiling, the tokens due while a turn
+    came late are kept: the rate goes out, not 5% under it. At a ceiling
+    (``--rate``) and in slow start the bucket holds one token: a late turn
+    does not make the next one early."""
+    clock = FakeClock()
+    cut = RateController(rate=100.0, clock=clock)
+    _answer(cut, clock, 50.0, 3.0)
+    _refused(cut, clock, 4)
+    clock.now += 1.0  # the hold
+    rate = cut.rate
+    assert cut.stats.cuts == 1 and rate is not None
+    assert 500 / _turns_given_late(cut, clock, 500, 0.001) == pytest.approx(rate, rel=0.005)
+    late = 1 / (1 / rate + 0.001)
+    clock = FakeClock()
+    fixed = RateController(rate=rate, ceiling=rate, clock=clock)
+    assert 500 / _turns_given_late(fixed, clock, 500, 0.001) == pytest.approx(late, rel=0.005)
+    clock = FakeClock()
+    starting = RateController(rate=rate, clock=clock)
+    assert 500 / _turns_given_late(starting, clock, 500, 0.001) == pytest.approx(late, rel=0.005)
+
+
 def test_a_throttle_cuts_to_beta_of_the_measured_rate_and_regrows_cubically() -> None:
     """botocore's CubicCalculator: W_max is the measured rate, the rate goes
     to BETA x W_max, and is back at W_max after K = cbrt(W_max (1 - BETA) / SCALE);
@@ -347,6 +379,71 @@ def test_the_limit_is_what_the_server_took_over_its_window_not_a_buckets_burst()
     _answer(limiter, clock, 40.0, 0.75)
     _refused(limiter, clock, 4)
     assert limiter.stats.limit == pytest.approx(50.0, rel=0.05)  # 40/s and the burst of 10 in the last second
+
+
+def _limits_found(
+    server: TokenBucket, cuts: int, limiter: RateController | None = None, clock: FakeClock | None = None
+) -> list[float]:
+    """W_max at each of the next ``cuts`` cuts of a run (by default from 20/s,
+    slow start) against ``server``, every turn taken as it comes and answered
+    at once, each 429's Retry-After holding everyone."""
+    clock = clock or FakeClock()
+    limiter = limiter or RateController(rate=20.0, clock=clock)
+    found: list[float] = []
+    cut = limiter.stats.cuts
+    while len(found) < cuts and clock.now < 120.0:
+        slot = None
+        while slot is None:
+            clock.now = limiter._next_turn(clock.now)
+            slot = limiter.take_now()
+        wait = server.allow(clock.now)
+        limiter.release(slot, 200 if wait is None else 429)
+        if wait is not None:
+            limiter.throttled(slot, wait)
+            if limiter.stats.cuts > cut + len(found) and limiter.stats.limit is not None:
+                found.append(limiter.stats.limit)
+    return found
+
+
+def test_after_a_hold_of_a_window_the_limit_is_what_the_server_took_since() -> None:
+    """A token bucket of 50/s with a burst of 10, Retry-After rounded up to a
+    second: a probe past W_max empties the burst before a 429 says so, and
+    the last window then measures the pace sent. A hold of at least the
+    vendor's window empties what the server counts, so what it took since
+    spreads the burst over that time (cf. BBR's policer estimate, the rate
+    delivered between losses): the probe's W_max is the bucket's rate."""
+    found = _limits_found(TokenBucket(50.0, 10.0), 3)
+    assert len(found) == 3
+    assert found[-1] == pytest.approx(50.0, rel=0.03)
+
+
+def test_a_probe_past_slow_starts_limit_measures_the_server_not_the_plateau() -> None:
+    """Slow start's W_max is a lagging meter's figure, here 30/s for a bucket
+    of 50/s: the plateau held at it is the run's own pace, and what the server
+    took since the hold (that plateau, mostly) would keep the rate there
+    probe after probe. The probe's cut measures the last window instead."""
+    clock = FakeClock()
+    limiter = RateController(rate=100.0, clock=clock)
+    _answer(limiter, clock, 30.0, 3.0)
+    _refused(limiter, clock, 4)
+    assert limiter.stats.cuts == 1 and limiter.stats.limit == pytest.approx(30.0, rel=0.05)
+    clock.now += 1.0  # the hold
+    found = _limits_found(TokenBucket(50.0, 10.0), 1, limiter, clock)
+    assert found and found[0] >= 45.0
+
+
+def test_at_slow_starts_end_the_limit_is_the_servers_window_not_the_lagging_meter() -> None:
+    """Slow start doubles the rate faster than the half-second buckets close:
+    at the first 429s the meter still shows the ramp's slower part (36/s),
+    while the server took 53 over its last second. W_max is the latter."""
+    clock = FakeClock()
+    limiter = RateController(rate=20.0, clock=clock)
+    _answer(limiter, clock, 20.0, 1.0)
+    _answer(limiter, clock, 40.0, 0.5)
+    _answer(limiter, clock, 80.0, 0.375)
+    _refused(limiter, clock, 15)  # (before any window, a large share is evidence)
+    assert limiter.stats.cuts == 1
+    assert limiter.stats.limit == pytest.approx(53.0, rel=0.03)
 
 
 def test_429s_at_the_last_limit_are_not_taken_for_the_background() -> None:
