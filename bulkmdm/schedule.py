@@ -5,7 +5,11 @@ row). A batch's rows are marked in flight in the journal only when its first
 change is about to go out (the ``before_change`` hook of the batch's
 :class:`~bulkmdm.steps.context.RequestContext`, which the batch's requests
 carry), so a run killed while rows wait for a rate slot leaves them
-``not-run``, not ``unknown``.
+``not-run``, not ``unknown``. A worker takes a batch only once a request
+could go out (``room``: a slot in flight free): a run has more workers than
+slots (a row waiting out a Retry-After keeps its worker, not its slot), and
+the others wait without a row rather than each holding one that waits for a
+slot, woken once more to send it.
 
 The run stops (no new batch starts; requests in flight may finish) on the
 first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
@@ -141,6 +145,20 @@ class Ledger(Protocol):
         ...
 
 
+class Room(Protocol):
+    """Room in flight for one more request (the run's rate controller): a
+    worker waits for it before it takes a batch, so no row waits with a
+    worker that cannot send it."""
+
+    def room(self) -> Awaitable[None] | None:
+        """None when a request could go out now; otherwise what to await until one may."""
+        ...
+
+    def open_all(self) -> None:
+        """Wake every worker waiting for room (the run is ending)."""
+        ...
+
+
 class GroupCommit:
     """The pool's writes to the ledger, a transaction per COMMIT_DELAY at most.
 
@@ -221,9 +239,13 @@ class GroupCommit:
 class Scheduler:
     """Runs the worker pool for one run and owns its stop."""
 
-    def __init__(self, *, concurrency: int, events: Events, marks_in_flight: bool = True) -> None:
+    def __init__(
+        self, *, concurrency: int, events: Events, marks_in_flight: bool = True, room: Room | None = None
+    ) -> None:
         self.concurrency = max(1, concurrency)
         self.events = events
+        #: what workers wait for before they take a batch (None: they take one at once)
+        self.room = room
         #: dry runs change nothing, so nothing is ever in flight
         self.marks_in_flight = marks_in_flight
         self.stop = asyncio.Event()
@@ -347,25 +369,36 @@ class Scheduler:
             raise
 
     async def _work(self, feed: PlanFeed, send: Send, writes: GroupCommit, *, canary: bool) -> None:
-        if not canary:
-            await _first(self.widened, self.stop)
-        while not self.stop.is_set():
-            turn = await self._canary_turn() if not self.widened.is_set() else None
-            if self.stop.is_set():
-                return
-            try:
-                batch = await feed.next_batch()
-                if batch is None:
-                    self.widened.set()  # nothing more to send: let the waiting workers end
+        room = self.room
+        try:
+            if not canary:
+                await _first(self.widened, self.stop)
+            while not self.stop.is_set():
+                if room is not None and (opening := room.room()) is not None:
+                    # no batch is taken until a request could go out (a worker
+                    # that frees a slot and goes on to its next batch takes it first)
+                    await opening
+                    continue
+                turn = await self._canary_turn() if not self.widened.is_set() else None
+                if self.stop.is_set():
                     return
-                outcomes = await self._send(batch, send, writes, turn)
-            finally:
-                if turn is not None:
-                    turn()
-            if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
-                raise RuntimeError("provider returned outcomes that do not match its batch")
-            writes.record(_with_undo(batch, outcomes))
-            self._judge(outcomes)
+                try:
+                    batch = await feed.next_batch()
+                    if batch is None:
+                        self.widened.set()  # nothing more to send: let the waiting workers end
+                        return
+                    outcomes = await self._send(batch, send, writes, turn)
+                finally:
+                    if turn is not None:
+                        turn()
+                if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
+                    raise RuntimeError("provider returned outcomes that do not match its batch")
+                writes.record(_with_undo(batch, outcomes))
+                self._judge(outcomes)
+        finally:
+            if room is not None:
+                # no more rows from this worker: those waiting for room see whether any are left
+                room.open_all()
 
     async def _canary_turn(self) -> Callable[[], None] | None:
         """Wait for the canary's turn to send a batch alone; the function that
