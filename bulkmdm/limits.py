@@ -829,15 +829,25 @@ class ConcurrencyLimit:
         self._clock: Clock = clock or loop_clock
 
     @property
+    def limit(self) -> float:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: float) -> None:
+        self._limit = value
+        # the whole slots it allows, kept: asked a few times per request
+        self._slots = max(1, int(value))
+
+    @property
     def slots(self) -> int:
-        return max(1, int(self.limit))
+        return self._slots
 
     def _room(self) -> int:
         """Slots free now. A request held for much longer than answers take
         (a reply the server holds for seconds) is not the server's queue: it
         stops counting, up to ``HELD_SHARE`` times the limit (a server slow for everyone
         moves the median latency, which lowers the limit instead)."""
-        free = self.slots - self.in_flight - self._promised
+        free = self._slots - self.in_flight - self._promised
         if free > 0 or not self.adaptive or self.stats.base_latency is None:
             return free
         return free + self._held()
@@ -1036,7 +1046,7 @@ class ConcurrencyLimit:
         self._loaded += self.in_flight + 1  # (this answer's own request included)
         if latency is not None:
             self._latencies.append(latency)
-        if self._answers < max(MIN_SAMPLES, self.slots):
+        if self._answers < max(MIN_SAMPLES, self._slots):
             return
         self._adjust()
         self._answers = self._overloaded = self._loaded = 0

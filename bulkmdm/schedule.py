@@ -88,10 +88,19 @@ class Breaker:
 
     def observe(self, outcomes: Sequence[Outcome]) -> bool:
         """Count one batch's outcomes; True when the run should stop."""
-        keys = {_refusal(outcome) for outcome in outcomes if outcome.status is not Status.NOT_RUN}
-        if not keys:
+        key: tuple[str, ...] | None = None
+        seen = False
+        for outcome in outcomes:
+            if outcome.status is Status.NOT_RUN:
+                continue
+            refusal = _refusal(outcome)
+            if not seen:
+                key, seen = refusal, True
+            elif refusal != key:
+                key = None  # went wrong in more than one way (or not at all for some)
+                break
+        if not seen:
             return False
-        key = keys.pop() if len(keys) == 1 else None
         if key is None:
             self.streak, self._key = 0, None
         elif key == self._key:
@@ -391,7 +400,9 @@ class Scheduler:
                 finally:
                     if turn is not None:
                         turn()
-                if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
+                if len(outcomes) != len(batch) or any(
+                    outcome.index != step.index for outcome, step in zip(outcomes, batch, strict=True)
+                ):
                     raise RuntimeError("provider returned outcomes that do not match its batch")
                 writes.record(_with_undo(batch, outcomes))
                 self._judge(outcomes)
@@ -430,10 +441,14 @@ class Scheduler:
                 f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
                 "Fix that, then run the same command again to continue."
             )
-        elif self.breaker.streak < self.batches_done and (
-            # a change made shows the job is not wrong throughout: the canary's
-            # other batches need not be waited out (each fault of theirs, one at a time)
-            self.batches_done >= CANARY_BATCHES or any(o.status is Status.SUCCEEDED for o in outcomes)
+        elif (
+            not self.widened.is_set()
+            and self.breaker.streak < self.batches_done
+            and (
+                # a change made shows the job is not wrong throughout: the canary's
+                # other batches need not be waited out (each fault of theirs, one at a time)
+                self.batches_done >= CANARY_BATCHES or any(o.status is Status.SUCCEEDED for o in outcomes)
+            )
         ):
             self.widened.set()
 
@@ -528,6 +543,11 @@ class _Collector:
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:
     """A change made carries the row that puts back what its step read before it."""
+    for step in batch:
+        if step.undo:
+            break
+    else:
+        return outcomes  # (most batches: nothing to undo)
     return [
         outcome.with_(undo=step.undo) if step.undo and outcome.status is Status.SUCCEEDED else outcome
         for step, outcome in zip(batch, outcomes, strict=True)
