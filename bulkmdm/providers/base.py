@@ -831,11 +831,15 @@ def sentence(text: str, *, empty: str = "Look-up failed") -> str:
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
+#: an id quote() leaves as it is (ASCII letters, digits and "-._~": a GUID, a number)
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9\-._~]*")
+
+
 def seg(value: Any) -> str:
     """An id as one URL path segment (nothing in it can add a path or a query)."""
     text = key(value)
-    # most ids are ASCII letters and digits, which quote() leaves as they are
-    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+    # most ids are what quote() leaves as it is: asked only of the others
+    return text if _PLAIN_SEGMENT.fullmatch(text) else quote(text, safe="")
 
 
 def key(value: Any) -> str:
