@@ -152,6 +152,8 @@ class AiohttpTransport(Transport):
         #: how long making a connection may take (within ``timeout``)
         self.connect_timeout = min(connect_timeout, timeout)
         self.max_body = max_body
+        #: an answer of known length up to this, not compressed, is read in one go
+        self._one_read = min(max_body, SHARED_BODY)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         #: held while an answer past SHARED_BODY is read
@@ -205,7 +207,12 @@ class AiohttpTransport(Transport):
                     kept = resp.headers.copy()
                     kept.popall("Set-Cookie", None)
                     headers = kept
-                body = await self._read_body(request, resp)
+                length = resp.content_length
+                if length is not None and length <= self._one_read and "Content-Encoding" not in resp.headers:
+                    # the length is the body's own (nothing to decompress) and small: one read, as most answers are
+                    body = await resp.read()
+                else:
+                    body = await self._read_body(request, resp, length)
         except aiohttp.ClientSSLError as exc:
             # never reached the server either, and the same handshake fails the same way again
             log.info("%s -> TLS error", request.what)
@@ -249,15 +256,13 @@ class AiohttpTransport(Transport):
         log.info("%s -> connect error after %.3fs", request.what, asyncio.get_running_loop().time() - started)
         return ConnectError(f"could not connect to {urlsplit(request.url).netloc} ({why})")
 
-    async def _read_body(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
-        """The whole body, refused past ``max_body`` bytes (after decompression)."""
+    async def _read_body(self, request: Request, resp: aiohttp.ClientResponse, length: int | None) -> bytes:
+        """A body of unknown, large or compressed ``length``, refused past
+        ``max_body`` bytes (after decompression); :meth:`send` reads a small
+        one of known length at once."""
         limit = self.max_body
-        length = resp.content_length
         if length is not None and length > limit:
             raise BadAnswer(_too_big(request, limit))
-        if length is not None and length <= min(limit, SHARED_BODY) and "Content-Encoding" not in resp.headers:
-            # the length is the body's own (nothing to decompress) and small: one read, as most answers are
-            return await resp.read()
         body = bytearray()
         big = False
         try:
