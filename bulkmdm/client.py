@@ -220,7 +220,11 @@ class Client:
         when the run stopped before it went out.
         """
         method = method.upper()
-        req = Request(method, self.url(path), _clean_params(params), json, data)
+        credentials = self.credentials
+        # the headers known now (credentials to ready first are known once ready): the
+        # request is built again only when an attempt carries other ones (renewed)
+        headers = None if credentials.readies and not credential else credentials.headers(credential=credential) or None
+        req = Request(method, self.url(path), _clean_params(params), json, data, headers)
         # a change may be made by an attempt that gets no answer: it is read back before it is sent again
         change = method not in READ_METHODS and not credential
         expect = self.answers_json if expect_json is None else expect_json
@@ -234,8 +238,9 @@ class Client:
             )
             if slot is None:
                 return _give_up(last, req, state.reached)
-            sent = self.credentials.headers(credential=credential)
-            result = await self._paced_attempt(slot, req, sent, attempt, context, held_verify, expect, credential)
+            if (sent := credentials.headers(credential=credential) or None) is not req.headers:
+                req = Request(method, req.url, req.params, json, data, sent)
+            result = await self._paced_attempt(slot, req, attempt, context, held_verify, expect, credential)
             if isinstance(result, Failure):
                 state = state.increment(type(result.error).__name__, reached=result.ambiguous)
                 settled = await self._after_failure(req, result, state, change, verify, context)
@@ -247,9 +252,9 @@ class Client:
                 continue
             if (
                 not credential
-                and self.credentials.refuses(result.status, result.body)
-                and await self.credentials.refused(
-                    self, result.status, sent, what=req.what, attempt=attempt, renewed=state.renewed
+                and credentials.refuses(result.status, result.body)
+                and await credentials.refused(
+                    self, result.status, sent or {}, what=req.what, attempt=attempt, renewed=state.renewed
                 )
             ):
                 state = state.renewing()
@@ -332,7 +337,6 @@ class Client:
         self,
         slot: Slot,
         req: Request,
-        headers: Mapping[str, str],
         attempt: int,
         context: RequestContext,
         verify: Verify | None,
@@ -357,12 +361,12 @@ class Client:
                     verify,
                     context,
                     held,
-                    lambda: self._attempt(req, headers, attempt, expect_json, credential),
+                    lambda: self._attempt(req, attempt, expect_json, credential),
                 )
             elif context.read_back and req.method in READ_METHODS and (held := self._hedge_after()) is not None:
-                result, learned = await self._hedged(req, headers, attempt, context, expect_json, held)
+                result, learned = await self._hedged(req, attempt, context, expect_json, held)
             else:
-                result = await self._attempt(req, headers, attempt, expect_json, credential)
+                result = await self._attempt(req, attempt, expect_json, credential)
         except BaseException:
             self.pace.give_back(slot, time.monotonic() - started)
             raise
@@ -382,7 +386,6 @@ class Client:
     async def _hedged(
         self,
         req: Request,
-        headers: Mapping[str, str],
         attempt: int,
         context: RequestContext,
         expect_json: bool,
@@ -397,7 +400,7 @@ class Client:
                 slot = await self._turn(req, NO_CONTEXT, credential=False, first=False)
                 if slot is None:
                     return None
-                second = await self._paced_attempt(slot, req, headers, attempt, NO_CONTEXT, None, expect_json, False)
+                second = await self._paced_attempt(slot, req, attempt, NO_CONTEXT, None, expect_json, False)
             except BulkMDMError:
                 return None
             return second if isinstance(second, Response) and self._settles(req, second) else None
@@ -405,7 +408,7 @@ class Client:
         return await self.read_back.hedged(
             req.what,
             held,
-            lambda: self._attempt(req, headers, attempt, expect_json, False),
+            lambda: self._attempt(req, attempt, expect_json, False),
             again,
             lambda result: self._settles(req, result),
         )
@@ -414,12 +417,10 @@ class Client:
         """An answer that settles the attempt (not one worth retrying, nor none)."""
         return isinstance(result, Response) and not self.retry.retries(req.method, result.status)
 
-    async def _attempt(
-        self, req: Request, headers: Mapping[str, str], attempt: int, expect_json: bool, credential: bool
-    ) -> Response | Failure:
+    async def _attempt(self, req: Request, attempt: int, expect_json: bool, credential: bool) -> Response | Failure:
         """Send once (following same-origin redirects of a read); an answer or why there is none."""
         change = req.method not in READ_METHODS
-        wire = Request(req.method, req.url, req.params, req.json, req.data, headers) if headers else req
+        wire = req
         for _hop in range(MAX_REDIRECTS + 1):
             self.requests_sent += 1
             if change:
@@ -479,7 +480,7 @@ class Client:
         if 200 <= status < 300:
             if expect_json and not is_json:
                 raise BadAnswer(_not_json(req, status, content_type, body), attempts=attempt, status=status)
-            if not credential:
+            if not credential and not self.reach.answered_ok:
                 self.reach.answered_as_the_mdm()
         return Response(status, body, answer.headers, attempt)
 

@@ -136,6 +136,7 @@ async def _run(options: RunOptions, events: Events) -> RunResult:
             concurrency=pacing.workers,
             events=events,
             marks_in_flight=not options.dry_run,
+            room=pacing.rate,
         )
         # The provider is built before the journal is touched: a setting it
         # refuses (ConfigError) leaves no run and no report behind.

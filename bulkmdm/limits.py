@@ -160,7 +160,10 @@ Workers and retries
 
 A row waiting out a Retry-After or a backoff gives its slot in flight back
 but keeps its worker, so an adaptive run starts ``WORKERS_PER_SLOT`` workers
-for each slot it may reach.
+for each slot it may reach. The workers wait for room
+(:meth:`ConcurrencyLimit.room`) before they take a row: one that frees a slot
+and goes on to its next row takes it back, and the others are woken only for
+a slot still free once the loop has run what was ready.
 """
 
 from __future__ import annotations
@@ -592,6 +595,16 @@ class RateController:
         self.stats.sent += 1
         return Slot(now, 0 if concurrency is None else concurrency.take_now(now))
 
+    def room(self) -> asyncio.Future[None] | None:
+        """None when a request could take a slot in flight now; otherwise a
+        future done once one may be free (:meth:`ConcurrencyLimit.room`)."""
+        return None if self.concurrency is None else self.concurrency.room()
+
+    def open_all(self) -> None:
+        """Wake every worker waiting for room: the run is ending."""
+        if self.concurrency is not None:
+            self.concurrency.open_all()
+
     def _take_now(self, now: float | None = None) -> bool:
         """A token at once (``now``: the clock just read, if it was)."""
         if self._waiters:
@@ -865,6 +878,9 @@ class ConcurrencyLimit:
         self._waiters: deque[asyncio.Future[None]] = deque()
         #: slots kept for the waiters woken to take them (not free to anyone else meanwhile)
         self._promised = 0
+        #: workers waiting for room before they take a row (:meth:`room`), and the look that wakes them
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._opening: asyncio.Handle | None = None
         # the current window
         self._answers = 0
         self._overloaded = 0
@@ -899,15 +915,25 @@ class ConcurrencyLimit:
         self._clock: Clock = clock or loop_clock
 
     @property
+    def limit(self) -> float:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: float) -> None:
+        self._limit = value
+        # the whole slots it allows, kept: asked a few times per request
+        self._slots = max(1, int(value))
+
+    @property
     def slots(self) -> int:
-        return max(1, int(self.limit))
+        return self._slots
 
     def _room(self) -> int:
         """Slots free now. A request held for much longer than answers take
         (a reply the server holds for seconds) is not the server's queue: it
         stops counting, up to ``HELD_SHARE`` times the limit (a server slow for everyone
         moves the median latency, which lowers the limit instead)."""
-        free = self.slots - self.in_flight - self._promised
+        free = self._slots - self.in_flight - self._promised
         if free > 0 or not self.adaptive or self.stats.base_latency is None:
             return free
         return free + self._held()
@@ -1054,7 +1080,10 @@ class ConcurrencyLimit:
     def _wake(self) -> None:
         """Wake a waiter for each free slot, the slot kept for it: a request
         that comes meanwhile (``free``) cannot take it, so the waiter woken
-        never finds it gone and waits again."""
+        never finds it gone and waits again. Workers waiting for room
+        (:meth:`room`) are looked at once the loop has run what is ready."""
+        if self._idle and self._opening is None:
+            self._opening = asyncio.get_running_loop().call_soon(self._open)
         if not self._waiters:
             return  # (most releases: the room need not be counted)
         free = self._room()
@@ -1065,13 +1094,45 @@ class ConcurrencyLimit:
                 self._promised += 1
                 free -= 1
 
+    def room(self) -> asyncio.Future[None] | None:
+        """None when a request could take a slot now; otherwise a future done
+        once one may be free (none is kept for it), for a worker that waits
+        for room before it takes a row (a row taken meanwhile would wait
+        here in its place, its worker woken once more to send it)."""
+        if self.free():
+            return None
+        opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.append(opening)
+        return opening
+
+    def _open(self) -> None:
+        """Wake a worker waiting for room for each slot still free once the
+        callbacks that were ready have run: a worker that freed a slot and
+        went straight on to its next row took it back meanwhile, and no one
+        is woken to find it gone."""
+        self._opening = None
+        free = 0 if self._waiters else self._room()
+        idle = self._idle
+        while free > 0 and idle:
+            opening = idle.popleft()
+            if not opening.done():
+                opening.set_result(None)
+                free -= 1
+
+    def open_all(self) -> None:
+        """Wake every worker waiting for room (the run is ending: no row is left, or it stopped)."""
+        while self._idle:
+            opening = self._idle.popleft()
+            if not opening.done():
+                opening.set_result(None)
+
     def _observe(self, latency: float | None, overloaded: bool) -> None:
         self._answers += 1
         self._overloaded += overloaded
         self._loaded += self.in_flight + 1  # (this answer's own request included)
         if latency is not None:
             self._latencies.append(latency)
-        if self._answers < max(MIN_SAMPLES, self.slots):
+        if self._answers < max(MIN_SAMPLES, self._slots):
             return
         self._adjust()
         self._answers = self._overloaded = self._loaded = 0

@@ -25,6 +25,8 @@ clock to just before midnight instead of waiting a day).
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -38,6 +40,10 @@ SERVER_RETRY = timedelta(hours=1)
 STEP_SECONDS = 30.0
 #: calls counted between two writes to the journal, for an MDM without a daily limit
 SAVE_EVERY = 1_000
+#: seconds between two reads of the wall clock while calls are counted (the
+#: monotonic clock in between): a wall clock that jumps (a laptop woken the
+#: next day) is noticed within this
+LOOK_EVERY = 1.0
 
 
 def now() -> datetime:
@@ -93,6 +99,8 @@ class DayQuota:
         self._until: datetime | None = None
         #: how many holds this run made
         self.holds = 0
+        #: when (monotonic clock) :meth:`_roll` next reads the wall clock
+        self._look_at = -math.inf
 
     # -- one call per attempt -------------------------------------------------
     async def take(self, stopping: Callable[[], bool]) -> bool:
@@ -118,8 +126,9 @@ class DayQuota:
         if self._until is not None or (self.limit is not None and self.used >= self.limit):
             return False
         self.used += 1
-        self.sent[self.day] += 1
-        if self.limit is not None or self.sent[self.day] - self._saved[self.day] >= SAVE_EVERY:
+        day = self.day
+        sent = self.sent[day] = self.sent[day] + 1
+        if self.limit is not None or sent - self._saved.get(day, 0) >= SAVE_EVERY:
             self.flush()
         return True
 
@@ -148,13 +157,21 @@ class DayQuota:
 
     # -- the hold -------------------------------------------------------------
     def _roll(self) -> None:
-        """A new day: earlier runs' calls were yesterday's."""
+        """A new day: earlier runs' calls were yesterday's. The wall clock is
+        read at most every ``LOOK_EVERY`` seconds (and at the next reset, or
+        the end of a hold, if sooner): asked once per call, reading it cost
+        more than the rest of counting the call."""
+        looked = time.monotonic()
+        if looked < self._look_at:
+            return
         moment = now()
         if moment.date() != self.day:
             self.day = moment.date()
             self.used = 0
         if self._until is not None and moment >= self._until:
             self._until = None
+        due = (next_reset(moment) if self._until is None else min(next_reset(moment), self._until)) - moment
+        self._look_at = looked + min(LOOK_EVERY, due.total_seconds())
 
     def _announce(self, why: str) -> None:
         self.holds += 1
@@ -176,5 +193,6 @@ class DayQuota:
             return False
         if self.on_hold is not None and self._until is not None:
             self.on_hold("The daily quota has reset: continuing.")
+        self._look_at = -math.inf  # the wall clock says the hold is over: read it now
         self._roll()
         return True

@@ -5,7 +5,11 @@ row). A batch's rows are marked in flight in the journal only when its first
 change is about to go out (the ``before_change`` hook of the batch's
 :class:`~bulkmdm.steps.context.RequestContext`, which the batch's requests
 carry), so a run killed while rows wait for a rate slot leaves them
-``not-run``, not ``unknown``.
+``not-run``, not ``unknown``. A worker takes a batch only once a request
+could go out (``room``: a slot in flight free): a run has more workers than
+slots (a row waiting out a Retry-After keeps its worker, not its slot), and
+the others wait without a row rather than each holding one that waits for a
+slot, woken once more to send it.
 
 The run stops (no new batch starts; requests in flight may finish) on the
 first Ctrl-C or SIGTERM, when the MDM refuses the credentials, and when the
@@ -84,10 +88,19 @@ class Breaker:
 
     def observe(self, outcomes: Sequence[Outcome]) -> bool:
         """Count one batch's outcomes; True when the run should stop."""
-        keys = {_refusal(outcome) for outcome in outcomes if outcome.status is not Status.NOT_RUN}
-        if not keys:
+        key: tuple[str, ...] | None = None
+        seen = False
+        for outcome in outcomes:
+            if outcome.status is Status.NOT_RUN:
+                continue
+            refusal = _refusal(outcome)
+            if not seen:
+                key, seen = refusal, True
+            elif refusal != key:
+                key = None  # went wrong in more than one way (or not at all for some)
+                break
+        if not seen:
             return False
-        key = keys.pop() if len(keys) == 1 else None
         if key is None:
             self.streak, self._key = 0, None
         elif key == self._key:
@@ -138,6 +151,20 @@ class Ledger(Protocol):
     ) -> None:
         """Record ``outcomes`` and mark the rows ``in_flight`` (with the ``undo``
         rows of their changes), committed in one transaction."""
+        ...
+
+
+class Room(Protocol):
+    """Room in flight for one more request (the run's rate controller): a
+    worker waits for it before it takes a batch, so no row waits with a
+    worker that cannot send it."""
+
+    def room(self) -> Awaitable[None] | None:
+        """None when a request could go out now; otherwise what to await until one may."""
+        ...
+
+    def open_all(self) -> None:
+        """Wake every worker waiting for room (the run is ending)."""
         ...
 
 
@@ -221,9 +248,13 @@ class GroupCommit:
 class Scheduler:
     """Runs the worker pool for one run and owns its stop."""
 
-    def __init__(self, *, concurrency: int, events: Events, marks_in_flight: bool = True) -> None:
+    def __init__(
+        self, *, concurrency: int, events: Events, marks_in_flight: bool = True, room: Room | None = None
+    ) -> None:
         self.concurrency = max(1, concurrency)
         self.events = events
+        #: what workers wait for before they take a batch (None: they take one at once)
+        self.room = room
         #: dry runs change nothing, so nothing is ever in flight
         self.marks_in_flight = marks_in_flight
         self.stop = asyncio.Event()
@@ -347,25 +378,38 @@ class Scheduler:
             raise
 
     async def _work(self, feed: PlanFeed, send: Send, writes: GroupCommit, *, canary: bool) -> None:
-        if not canary:
-            await _first(self.widened, self.stop)
-        while not self.stop.is_set():
-            turn = await self._canary_turn() if not self.widened.is_set() else None
-            if self.stop.is_set():
-                return
-            try:
-                batch = await feed.next_batch()
-                if batch is None:
-                    self.widened.set()  # nothing more to send: let the waiting workers end
+        room = self.room
+        try:
+            if not canary:
+                await _first(self.widened, self.stop)
+            while not self.stop.is_set():
+                if room is not None and (opening := room.room()) is not None:
+                    # no batch is taken until a request could go out (a worker
+                    # that frees a slot and goes on to its next batch takes it first)
+                    await opening
+                    continue
+                turn = await self._canary_turn() if not self.widened.is_set() else None
+                if self.stop.is_set():
                     return
-                outcomes = await self._send(batch, send, writes, turn)
-            finally:
-                if turn is not None:
-                    turn()
-            if [outcome.index for outcome in outcomes] != [step.index for step in batch]:
-                raise RuntimeError("provider returned outcomes that do not match its batch")
-            writes.record(_with_undo(batch, outcomes))
-            self._judge(outcomes)
+                try:
+                    batch = await feed.next_batch()
+                    if batch is None:
+                        self.widened.set()  # nothing more to send: let the waiting workers end
+                        return
+                    outcomes = await self._send(batch, send, writes, turn)
+                finally:
+                    if turn is not None:
+                        turn()
+                if len(outcomes) != len(batch) or any(
+                    outcome.index != step.index for outcome, step in zip(outcomes, batch, strict=True)
+                ):
+                    raise RuntimeError("provider returned outcomes that do not match its batch")
+                writes.record(_with_undo(batch, outcomes))
+                self._judge(outcomes)
+        finally:
+            if room is not None:
+                # no more rows from this worker: those waiting for room see whether any are left
+                room.open_all()
 
     async def _canary_turn(self) -> Callable[[], None] | None:
         """Wait for the canary's turn to send a batch alone; the function that
@@ -397,10 +441,14 @@ class Scheduler:
                 f"Not sent: {self.breaker_stop[0].lower()}{self.breaker_stop[1:].rstrip('.')}. "
                 "Fix that, then run the same command again to continue."
             )
-        elif self.breaker.streak < self.batches_done and (
-            # a change made shows the job is not wrong throughout: the canary's
-            # other batches need not be waited out (each fault of theirs, one at a time)
-            self.batches_done >= CANARY_BATCHES or any(o.status is Status.SUCCEEDED for o in outcomes)
+        elif (
+            not self.widened.is_set()
+            and self.breaker.streak < self.batches_done
+            and (
+                # a change made shows the job is not wrong throughout: the canary's
+                # other batches need not be waited out (each fault of theirs, one at a time)
+                self.batches_done >= CANARY_BATCHES or any(o.status is Status.SUCCEEDED for o in outcomes)
+            )
         ):
             self.widened.set()
 
@@ -495,6 +543,11 @@ class _Collector:
 
 def _with_undo(batch: Sequence[Step], outcomes: list[Outcome]) -> list[Outcome]:
     """A change made carries the row that puts back what its step read before it."""
+    for step in batch:
+        if step.undo:
+            break
+    else:
+        return outcomes  # (most batches: nothing to undo)
     return [
         outcome.with_(undo=step.undo) if step.undo and outcome.status is Status.SUCCEEDED else outcome
         for step, outcome in zip(batch, outcomes, strict=True)

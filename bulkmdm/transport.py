@@ -30,6 +30,7 @@ import asyncio
 import functools
 import json as jsonlib
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from .errors import BadAnswer, ConnectError, ConnectionDropped, RequestTimeout, TLSFailed
 
@@ -56,6 +58,10 @@ SHARED_BODY = 2 * 1024 * 1024
 #: documentation advises for a connect timeout (RFC 6298 lowers the initial
 #: RTO to 1 s; Linux still waits 1 + 2 + 4 s for three SYNs).
 CONNECT_TIMEOUT = 9.5
+#: A path yarl leaves as it is when it parses a URL: only the characters its
+#: path quoter keeps (RFC 3986's unreserved and sub-delims, ":", "@", "/"),
+#: no percent-escape to requote, and (checked apart) no dot segment to remove.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9\-._~!$'()*,+&=;:@/]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +152,15 @@ class AiohttpTransport(Transport):
         #: how long making a connection may take (within ``timeout``)
         self.connect_timeout = min(connect_timeout, timeout)
         self.max_body = max_body
+        #: an answer of known length up to this, not compressed, is read in one go
+        self._one_read = min(max_body, SHARED_BODY)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         #: held while an answer past SHARED_BODY is read
         self._big_body = asyncio.Lock()
+        #: the origin of the last URL parsed, and as text (see :meth:`_url`)
+        self._origin: URL | None = None
+        self._prefix = ""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -181,7 +192,7 @@ class AiohttpTransport(Transport):
         try:
             async with self.session.request(
                 request.method,
-                request.url,
+                self._url(request.url),
                 params=request.params,
                 json=request.json,
                 data=request.data,
@@ -189,10 +200,19 @@ class AiohttpTransport(Transport):
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                # case-insensitive, as HTTP's are (a proxy speaking HTTP/2 lower-cases every name)
-                headers = resp.headers.copy()
-                headers.popall("Set-Cookie", None)
-                body = await self._read_body(request, resp)
+                # case-insensitive, as HTTP's are (a proxy speaking HTTP/2 lower-cases
+                # every name); read-only, and a copy only to leave cookies out
+                headers: Mapping[str, str] = resp.headers
+                if "Set-Cookie" in resp.headers:
+                    kept = resp.headers.copy()
+                    kept.popall("Set-Cookie", None)
+                    headers = kept
+                length = resp.content_length
+                if length is not None and length <= self._one_read and "Content-Encoding" not in resp.headers:
+                    # the length is the body's own (nothing to decompress) and small: one read, as most answers are
+                    body = await resp.read()
+                else:
+                    body = await self._read_body(request, resp, length)
         except aiohttp.ClientSSLError as exc:
             # never reached the server either, and the same handshake fails the same way again
             log.info("%s -> TLS error", request.what)
@@ -212,19 +232,37 @@ class AiohttpTransport(Transport):
             log.info("%s -> %s in %.3fs", request.what, status, loop.time() - started)
         return Answer(status, body, headers)
 
+    def _url(self, url: str) -> URL | str:
+        """``url`` parsed as aiohttp would parse it. A URL on the origin of the
+        last one, whose path yarl would leave as it is, is that origin with the
+        path put in as it is: every request of a run goes to one origin, and
+        parsing the whole URL afresh each time (host, port, quoting) took more
+        CPU than anything else the transport does for a small answer."""
+        origin = self._origin
+        if origin is not None and url.startswith(self._prefix):
+            path = url[len(self._prefix) :]
+            if _PLAIN_PATH.fullmatch(path) and "/." not in path:
+                return origin.with_path(path, encoded=True)
+        try:
+            parsed = URL(url)
+        except ValueError:
+            return url  # (aiohttp refuses it, as it refuses any URL it cannot parse)
+        if parsed.absolute:
+            self._origin = parsed.origin()
+            self._prefix = str(self._origin)
+        return parsed
+
     def _not_connected(self, request: Request, why: str, started: float) -> ConnectError:
         log.info("%s -> connect error after %.3fs", request.what, asyncio.get_running_loop().time() - started)
         return ConnectError(f"could not connect to {urlsplit(request.url).netloc} ({why})")
 
-    async def _read_body(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
-        """The whole body, refused past ``max_body`` bytes (after decompression)."""
+    async def _read_body(self, request: Request, resp: aiohttp.ClientResponse, length: int | None) -> bytes:
+        """A body of unknown, large or compressed ``length``, refused past
+        ``max_body`` bytes (after decompression); :meth:`send` reads a small
+        one of known length at once."""
         limit = self.max_body
-        length = resp.content_length
         if length is not None and length > limit:
             raise BadAnswer(_too_big(request, limit))
-        if length is not None and length <= min(limit, SHARED_BODY) and "Content-Encoding" not in resp.headers:
-            # the length is the body's own (nothing to decompress) and small: one read, as most answers are
-            return await resp.read()
         body = bytearray()
         big = False
         try:

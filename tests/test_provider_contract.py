@@ -810,3 +810,16 @@ def expect(
         assert status == "unknown" or reads, f"failed without a read-back: {detail}"
     else:
         raise AssertionError(f"no expectation for case {case!r}")
+
+
+def test_an_id_is_one_path_segment_as_quote_makes_it() -> None:
+    """seg leaves an id as it is only where quote() would: a slash, a query
+    mark, a space or a letter past ASCII is escaped, so no id adds a path."""
+    from urllib.parse import quote
+
+    from bulkmdm.providers.base import seg
+
+    for value in ["C02X1234", "3f2a-9c_1.0~x", "a/b", "a?b=c", "a b", "é", "50%", "..", "", 12, None]:
+        text = "" if value is None else str(value)
+        assert seg(value) == quote(text, safe=""), value
+    assert "/" not in seg("../../users") and "?" not in seg("x?y")

@@ -268,3 +268,30 @@ def test_the_daily_quota_is_counted_per_organisation_not_per_url(sim: SimServer,
     assert ManageEngine.quota_tenant(sim.url, on_premises) == f"manageengine {sim.url}"
     cloud_key = ManageEngine.quota_tenant("https://mdm.manageengine.com", on_premises)
     assert cloud_key != "manageengine https://mdm.manageengine.com" and on_premises["BULKMDM_API_KEY"] not in cloud_key
+
+
+def test_calls_counted_in_a_burst_read_the_wall_clock_once_and_still_roll_at_midnight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wall clock is read at most every LOOK_EVERY seconds while calls
+    are counted, and at the reset if that is sooner: a burst of calls just
+    before midnight reads it once, and the first call after the reset is
+    the new day's."""
+    moment, began = before_midnight(0.5), time.monotonic()
+    reads = []
+
+    def wall() -> datetime:
+        reads.append(1)
+        return moment + timedelta(seconds=time.monotonic() - began)
+
+    monkeypatch.setattr(quota, "now", wall)
+    day_quota = DayQuota(None)
+    reads.clear()
+    for _ in range(500):
+        assert day_quota.take_now()
+    assert len(reads) == 1 and quota.LOOK_EVERY >= 1.0
+    time.sleep(0.6)  # past midnight by the monotonic clock the wall clock runs at
+    assert day_quota.take_now()
+    today = moment.date()
+    assert dict(day_quota.sent) == {today: 500, today + timedelta(days=1): 1}
+    assert day_quota.used == 1

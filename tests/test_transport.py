@@ -560,3 +560,36 @@ async def test_a_connection_never_made_is_not_ambiguous() -> None:
         for filler in fillers:
             filler.close()
         server.close()
+
+
+def test_a_url_on_the_last_origin_is_parsed_as_yarl_parses_it() -> None:
+    """The transport puts a plain path on the last origin as it is, and
+    parses anything else afresh: either way the URL is the one yarl (and so
+    aiohttp) makes of the text."""
+    from yarl import URL
+
+    from bulkmdm.transport import AiohttpTransport
+
+    transport = AiohttpTransport()
+    base = "http://127.0.0.1:844"
+    urls = [
+        f"{base}/api/devices/12/sendmessage",  # parsed whole: no origin yet
+        f"{base}/api/devices/12/sendmessage",
+        f"{base}/api/v1.0/users/a@b.se/tags;x=1,(y)!$'*+&=:~",
+        f"{base}/api/devices/C02X%2fY/lock",  # an escape: requoted by yarl
+        f"{base}/api/devices/C02X%2FY/lock",
+        f"{base}/api/a b/é",  # quoted by yarl
+        f"{base}/api/./devices/../users",  # dot segments: removed by yarl
+        f"{base}/api/devices?serialNumber=C02X",  # a query
+        f"{base}/api/devices#top",
+        f"{base}5/api/devices",  # another port that starts like the origin
+        "http://user:secret@127.0.0.1:844/api/devices",
+        "https://mdm.example/api/devices",
+        f"{base}/api/devices/12",  # back on the first origin
+        f"{base}/",
+    ]
+    for url in urls:
+        made = transport._url(url)
+        assert transport._prefix  # an origin kept: the plain paths after the first are put on it
+        assert isinstance(made, URL) and str(made) == str(URL(url)) and made == URL(url), url
+    assert transport._url("http://[::1") == "http://[::1"  # left to aiohttp to refuse, as ever

@@ -43,7 +43,7 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -1012,11 +1012,12 @@ class DuoStation(Provider):
         "delete-user": "_send_delete_user",
     }
 
-    async def send(self, step: Step, context: RequestContext) -> Outcome:
-        send: Callable[[Step, RequestContext], Awaitable[Outcome]] = getattr(
+    def send(self, step: Step, context: RequestContext) -> Coroutine[Any, Any, Outcome]:
+        # the sender's own coroutine, not one more around it (awaited once per row)
+        send: Callable[[Step, RequestContext], Coroutine[Any, Any, Outcome]] = getattr(
             self, self._SENDERS.get(step.action, "_send_command")
         )
-        return await send(step, context)
+        return send(step, context)
 
     async def _send_link(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
@@ -1104,6 +1105,10 @@ class DuoStation(Provider):
         # Commands cannot be read back: a request that may have arrived is not
         # resent (the client raises AmbiguousError -> status unknown).
         resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body, context=context)
+        if resp.body is None:
+            # the doc's answer to a command (200 with no data), or an error with no
+            # body: nothing in it to read (what _settle would find of it)
+            return outcome_from_response(step, resp, f"{cap(done)} to {step.target}.")
         return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None, context)
 
     async def _settle(

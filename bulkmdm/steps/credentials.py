@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ..client import Client
 
 
+#: what a token request carries of the run's headers: none
+_NONE: Mapping[str, str] = {}
+
+
 class Auth:
     """Adds credentials to a request. Subclasses may fetch or renew them."""
 
@@ -51,20 +55,21 @@ class Auth:
 class BasicAuth(Auth):
     def __init__(self, username: str, password: str) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-        self._header = f"Basic {token}"
+        # the same mapping each time: Credentials merges it with the vendor's headers once
+        self._headers = {"Authorization": f"Basic {token}"}
 
     def headers(self) -> Mapping[str, str]:
-        return {"Authorization": self._header}
+        return self._headers
 
 
 class HeaderAuth(Auth):
     """A fixed Authorization header, e.g. ``Bearer <token>``."""
 
     def __init__(self, value: str) -> None:
-        self._value = value
+        self._headers = {"Authorization": value}
 
     def headers(self) -> Mapping[str, str]:
-        return {"Authorization": self._value}
+        return self._headers
 
 
 class Credentials:
@@ -77,6 +82,9 @@ class Credentials:
         self.hint = hint
         #: the credentials have something to do before a request (the base's ``ready`` does nothing)
         self.readies = type(self.auth).ready is not Auth.ready
+        #: the last headers the Auth gave, and what requests carried with them
+        self._auth_headers: Mapping[str, str] | None = None
+        self._sent: Mapping[str, str] = {}
 
     async def ready(self, client: Client) -> None:
         """Have credentials that will work (the client asks only when ``readies``; never for a token request)."""
@@ -89,8 +97,13 @@ class Credentials:
     def headers(self, *, credential: bool) -> Mapping[str, str]:
         """What a request carries; a token request is the token endpoint's: no MDM headers, no credentials."""
         if credential:
-            return {}
-        return {**self._headers, **self.auth.headers()}
+            return _NONE
+        auth = self.auth.headers()
+        if auth is not self._auth_headers and auth != self._auth_headers:
+            # merged again only when the Auth gives other headers (a new
+            # token): a dict per request is a cost each request would pay
+            self._auth_headers, self._sent = auth, {**self._headers, **auth}
+        return self._sent
 
     def refuses(self, status: int, body: Any) -> bool:
         """Whether this answer refused the credentials (asked of every answer,
