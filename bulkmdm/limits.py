@@ -83,24 +83,13 @@ seconds after the rate is back at ``W_max``.
 The rule: *the background share is the share of 429s over the last*
 ``BACKGROUND_WINDOWS`` *windows in which no 429 was evidence and the rate
 was below the last limit (Laplace's rule of succession: one more 429 than
-seen, over two more answers); a 429 is evidence of a limit when it ends a
-run of* ``IN_A_ROW`` *429s in a row, or when the last window's answers hold
-more 429s than that share explains at* ``SIGMAS`` *standard deviations (before
-the first cut, of the beta-binomial predictive distribution: the share was
-itself counted over a sample).* With no window counted yet the share is
+seen, over two more answers); a 429 is evidence of a limit only when the
+last window's answers hold more 429s than that share explains at*
+``SIGMAS`` *standard deviations.* With no window counted yet the share is
 taken to be ``STARTING_SHARE`` before the first cut (a run's first answers
 are too few to tell noise from a limit, and a limit overshot by slow start
 soon refuses far more) and none after a cut (a limit was seen: any 429 may
-be it). Before the first cut the question is whether there is a limit at
-all: the windows counted then are a slow start's, a few dozen answers each
-while the last window holds hundreds, and a share counted over so few (two
-in sixty, where the server refuses one in twenty) would make the next
-window's ordinary 429s look like a limit, and the cut that followed would
-cost most of the run; the beta-binomial spread widens the test by what the
-count does not know. After a cut a limit was seen and the share counted is
-taken at its word, as none is with no window counted. A run of 429s in a
-row is what a quota spent (a fixed window's) looks like, whatever the last
-window's share. Evidence strikes out the window counted just
+be it). Evidence strikes out the window counted just
 before it, which the last window's answers reach into. Laplace's estimate
 keeps a background of none from making one 429 evidence: a window left out
 for a lone 429 would keep the share at none, and every sporadic 429 would cut
@@ -211,10 +200,6 @@ BACKGROUND_WINDOWS = 10
 #: Standard deviations over the background that make 429s evidence (the
 #: three-sigma rule: a background share passes it about once in 700 windows).
 SIGMAS = 3.0
-#: 429s in a row that are evidence whatever the share counted: at the largest share
-#: taken for noise before any is counted (STARTING_SHARE, one in ten), seven in a row
-#: come once in ten million answers; a fixed window's quota spent refuses every request.
-IN_A_ROW = 7
 #: Seconds between two wake-ups of a loaded event loop, at the least: epoll
 #: waits in whole milliseconds (asyncio rounds a timer's timeout up to one),
 #: and a loop turn under load takes a few. The bucket keeps the tokens due in
@@ -311,20 +296,12 @@ async def sleep_unless(seconds: float, stopping: Callable[[], bool] | None) -> b
     return not stopping()
 
 
-def _excess(count: int, total: int, share: float, seen: int | None = None) -> bool:
+def _excess(count: int, total: int, share: float) -> bool:
     """Whether ``count`` of ``total`` is more than a share of ``share`` explains
-    (SIGMAS standard deviations over it; with no share, any count is).
-
-    ``seen``: the answers the share was counted over by Laplace's rule (None:
-    the share is taken as given). A counted share is itself uncertain: the
-    count's spread is then that of the beta-binomial predictive distribution
-    (the share's Beta posterior), the binomial's times ``(seen + 2 + total) /
-    (seen + 3)``, so that a share counted over a few dozen answers does not
-    pass for what the next thousand hold."""
+    (SIGMAS standard deviations over it; with no share, any count is)."""
     share = min(1.0, max(0.0, share))
     expected = total * share
-    spread = 1.0 if seen is None else (seen + 2 + total) / (seen + 3)
-    return count > expected + SIGMAS * math.sqrt(total * share * (1.0 - share) * spread)
+    return count > expected + SIGMAS * math.sqrt(total * share * (1.0 - share))
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,8 +375,6 @@ class _Answers:
         #: (when, was a 429) of the last window's answers
         self._recent: deque[tuple[float, bool]] = deque()
         self.recent_throttled = 0
-        #: 429s in a row among the last answers
-        self.in_a_row = 0
         self._first: float | None = None
         #: the window being counted for the background: its start, answers, 429s
         self._tally_start = 0.0
@@ -409,8 +384,6 @@ class _Answers:
         #: (429s, answers, when it closed) of the last windows that count for the background
         self._background: deque[tuple[int, int, float]] = deque(maxlen=BACKGROUND_WINDOWS)
         self.background = 0.0
-        #: the answers of those windows
-        self._seen = 0
 
     @property
     def recent(self) -> int:
@@ -420,7 +393,6 @@ class _Answers:
         recent = self._recent
         recent.append((now, throttled))
         self.recent_throttled += throttled
-        self.in_a_row = self.in_a_row + 1 if throttled else 0
         cutoff = now - self.window
         while recent[0][0] <= cutoff:
             self.recent_throttled -= recent.popleft()[1]
@@ -448,7 +420,7 @@ class _Answers:
 
     def _share(self) -> None:
         """Laplace's rule of succession over the windows counted."""
-        answers = self._seen = sum(n for _, n, _ in self._background)
+        answers = sum(n for _, n, _ in self._background)
         self.background = (sum(t for t, _, _ in self._background) + 1) / (answers + 2) if answers else 0.0
 
     def measured(self, now: float) -> float:
@@ -469,18 +441,12 @@ class _Answers:
         return taken / max(now - start, RATE_BUCKET)
 
     def evidence(self, now: float, *, cut: bool) -> bool:
-        """Whether the last answers are IN_A_ROW 429s in a row, or the last
-        window's 429s more than the background explains (with no window counted
-        yet, it is taken to be STARTING_SHARE before the first cut and none
-        after it; before the first cut, with the spread of a share counted
-        over ``_seen`` answers); the window being counted then no longer counts
-        for the background."""
-        if self.in_a_row >= IN_A_ROW:
-            found = True
-        elif self._background:
-            found = _excess(self.recent_throttled, len(self._recent), self.background, None if cut else self._seen)
-        else:
-            found = _excess(self.recent_throttled, len(self._recent), 0.0 if cut else STARTING_SHARE)
+        """Whether the last window's 429s are more than the background explains
+        (with no window counted yet, it is taken to be STARTING_SHARE before
+        the first cut and none after it); the window being counted then no
+        longer counts for the background."""
+        background = self.background if self._background else 0.0 if cut else STARTING_SHARE
+        found = _excess(self.recent_throttled, len(self._recent), background)
         if found:
             # the last window's answers, which show it, reach into the window counted before
             self._tally_evidence = True

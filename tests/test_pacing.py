@@ -531,50 +531,6 @@ def test_a_steady_share_of_429s_is_background_and_cuts_nothing() -> None:
     assert limiter.stats.cuts == 1
 
 
-def _answer_refusing(limiter: RateController, clock: FakeClock, rate: float, seconds: float, every: int) -> None:
-    """Answers at ``rate`` a second for ``seconds``, every ``every``-th of them a 429 (Retry-After: 1)."""
-    for n in range(round(rate * seconds)):
-        clock.now += 1 / rate
-        refused = n % every == every - 1
-        limiter.release(Slot(clock.now), 429 if refused else 200)
-        if refused:
-            limiter.throttled(Slot(clock.now), 1.0)
-
-
-def test_a_share_counted_over_a_slow_starts_few_answers_does_not_make_the_next_windows_429s_a_limit() -> None:
-    """A first window of 30 answers without a 429 (Laplace: one in 32), then
-    a window of 800 at one in 18 (a server refusing one in twenty, a little
-    over): by the binomial alone 44 is three sigmas over 25, but a share
-    counted over 30 answers says little about the next 800 (beta-binomial
-    spread), and no cut follows. A third refused is still a limit."""
-    clock = FakeClock()
-    limiter = RateController(rate=5000.0, clock=clock)
-    _answer(limiter, clock, 30.0, 1.0)
-    _answer_refusing(limiter, clock, 800.0, 1.0, 18)
-    assert limiter.stats.throttled == 44
-    assert limiter.stats.cuts == 0 and limiter.stats.evidence == 0
-    _answer_refusing(limiter, clock, 800.0, 1.0, 3)
-    assert limiter.stats.cuts == 1
-
-
-def test_seven_429s_in_a_row_are_a_limit_whatever_the_windows_share() -> None:
-    """A quota spent refuses every request: seven in a row, which a share of one
-    in ten (the most taken for noise before any is counted) makes once in ten
-    million answers, are evidence, though among a thousand answers with a 5%
-    background they are no three-sigma excess of the window. Six are not."""
-    clock = FakeClock()
-    limiter = RateController(rate=5000.0, clock=clock)
-    _answer_refusing(limiter, clock, 1000.0, 12.0, 20)  # the background: one in twenty
-    assert limiter.stats.cuts == 0
-    assert limiter.stats.background == pytest.approx(0.05, abs=0.005)
-    _answer(limiter, clock, 1000.0, 0.5)
-    _refused(limiter, clock, 6)
-    assert limiter.stats.evidence == 0
-    _answer(limiter, clock, 1000.0, 0.01)
-    _refused(limiter, clock, 7)
-    assert limiter.stats.evidence == 1 and limiter.stats.cuts == 1
-
-
 def test_before_any_window_only_a_large_share_is_evidence() -> None:
     """A run's first 429 (no background counted yet) is not a limit unless
     more than 1 - BETA of the answers are refused."""
