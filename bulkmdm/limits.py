@@ -1022,8 +1022,9 @@ class ConcurrencyLimit:
         self._wake()
 
     def _wake_when_held(self) -> None:
-        """With every slot taken, wake the waiters when the oldest request in
-        flight starts to count as held (no answer may come to wake them before)."""
+        """With every slot taken, wake the waiters (and the workers waiting for
+        room) when the oldest request in flight starts to count as held (no
+        answer may come to wake them before)."""
         if self._held_timer is not None or not self.adaptive or self.stats.base_latency is None:
             return
         after = max(HELD, HELD_FACTOR * self.stats.base_latency)
@@ -1037,7 +1038,7 @@ class ConcurrencyLimit:
             self._held_timer = None
             self._held_until = -math.inf  # count again: one more is held now
             self._wake()
-            if self._waiters:
+            if self._waiters or self._idle:
                 self._wake_when_held()
 
         delay = max(HELD_RECOUNT, oldest + after - self._clock())
@@ -1069,6 +1070,8 @@ class ConcurrencyLimit:
             return None
         opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle.append(opening)
+        # a slot whose request the server holds frees room without an answer to say so
+        self._wake_when_held()
         return opening
 
     def _open(self) -> None:

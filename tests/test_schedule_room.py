@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from bulkmdm.events import QuietEvents
-from bulkmdm.limits import ConcurrencyLimit, RateController
+from bulkmdm.limits import HELD, ConcurrencyLimit, RateController
 from bulkmdm.model import Outcome, Reason, Status, Step
 from bulkmdm.plan import PlanFeed
 from bulkmdm.schedule import Scheduler
@@ -139,3 +139,20 @@ async def test_a_slot_freed_and_taken_back_at_once_wakes_no_one() -> None:
     await asyncio.sleep(0)
     assert [w is not None and w.done() for w in waiting] == [True, False]
     assert concurrency.room() is None
+
+
+async def test_a_worker_waiting_for_room_is_woken_when_the_request_in_its_slot_is_held() -> None:
+    """The one slot's request gets no answer for far longer than answers take
+    (the server holds it): it stops counting against the limit, and a worker
+    waiting for room is woken for the slot without any answer coming."""
+    concurrency = ConcurrencyLimit(initial=1, maximum=1, adaptive=True)
+    concurrency.stats.base_latency = 0.005  # (answers so far took 5 ms)
+    taken = await concurrency.acquire()
+    assert taken is not None
+    opening = concurrency.room()
+    assert opening is not None
+    await asyncio.sleep(0.1)
+    assert not opening.done()  # not held yet: the slot is the request's
+    await asyncio.wait_for(opening, HELD + 0.1)
+    assert concurrency.free()
+    concurrency.release(taken, None)
