@@ -480,7 +480,7 @@ class Client:
         if 200 <= status < 300:
             if expect_json and not is_json:
                 raise BadAnswer(_not_json(req, status, content_type, body), attempts=attempt, status=status)
-            if not credential and not self.reach.answered_ok:
+            if not credential:
                 self.reach.answered_as_the_mdm()
         return Response(status, body, answer.headers, attempt)
 

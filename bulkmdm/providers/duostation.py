@@ -1105,10 +1105,6 @@ class DuoStation(Provider):
         # Commands cannot be read back: a request that may have arrived is not
         # resent (the client raises AmbiguousError -> status unknown).
         resp = await self.client.request("POST", f"devices/{seg(p['device'])}/{segment}", json=body, context=context)
-        if resp.body is None:
-            # the doc's answer to a command (200 with no data), or an error with no
-            # body: nothing in it to read (what _settle would find of it)
-            return outcome_from_response(step, resp, f"{cap(done)} to {step.target}.")
         return await self._settle(step, resp, f"{cap(done)} to {step.target}.", None, context)
 
     async def _settle(
