@@ -245,8 +245,6 @@ class Provider(ABC):
         self.changes = Changes()
         #: the vendor's API calls a day (None: no daily quota); the engine holds the run to it (quota.py)
         self.daily_limit: int | None = None
-        #: batches are sent one ``send`` per step (``send_batch`` not the vendor's own)
-        self._step_by_step = type(self).send_batch is Provider.send_batch
 
     #: what the vendor's documented paths start with, after --url (``/api/v1``)
     api_path: ClassVar[str] = ""
@@ -367,12 +365,6 @@ class Provider(ABC):
         is the batch's (the scheduler's hooks): every request of the batch
         carries it (``client.request(..., context=context)``), and so do its
         read-backs (``verify(context)``)."""
-        if self._step_by_step and len(steps) == 1:
-            # (most batches: one step, sent without the loop of send_batch around it)
-            try:
-                return [await self.send(steps[0], context)]
-            except TransportError as exc:
-                return [outcome_from_error(steps[0], exc)]
         try:
             return await self.send_batch(list(steps), context)
         except TransportError as exc:

@@ -43,7 +43,7 @@ Query strings are encoded by us, spaces as ``%20`` like the doc's example
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -1012,12 +1012,11 @@ class DuoStation(Provider):
         "delete-user": "_send_delete_user",
     }
 
-    def send(self, step: Step, context: RequestContext) -> Coroutine[Any, Any, Outcome]:
-        # the sender's own coroutine, not one more around it (awaited once per row)
-        send: Callable[[Step, RequestContext], Coroutine[Any, Any, Outcome]] = getattr(
+    async def send(self, step: Step, context: RequestContext) -> Outcome:
+        send: Callable[[Step, RequestContext], Awaitable[Outcome]] = getattr(
             self, self._SENDERS.get(step.action, "_send_command")
         )
-        return send(step, context)
+        return await send(step, context)
 
     async def _send_link(self, step: Step, context: RequestContext) -> Outcome:
         p = step.params
